@@ -1,0 +1,34 @@
+# vaultnode: `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+export CGO_ENABLED ?= 0
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
+
+.PHONY: help build run test test-unit bench fmt vet clean
+
+help: ## list the targets
+	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build vaultd, vaultctl and vault-agent into ./bin (static)
+	@mkdir -p $(BIN)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./appliance/cmd/vaultd ./appliance/cmd/vaultctl ./agentkit/cmd/vault-agent
+
+run: build ## start a vault and an agent here and protect a sample tree (or DIR=...)
+	@bash scripts/run.sh $(DIR)
+
+vet: ## go vet every package
+	$(GO) vet ./...
+
+test: build ## run every test (unit, end to end, crash, image in QEMU)
+	$(GO) vet ./...
+	$(GO) test -timeout 60m ./...
+
+bench: build ## run the benchmark against restic and print ratios
+	@bash scripts/bench.sh
+
+fmt: ## gofmt every file
+	gofmt -w $$(git ls-files '*.go')
+
+clean: ## remove build outputs
+	rm -rf $(BIN) var out

@@ -1,0 +1,46 @@
+package clock
+
+import (
+	"testing"
+	"time"
+)
+
+func TestFakeFiresInOrder(t *testing.T) {
+	start := time.Date(2026, 3, 29, 0, 30, 0, 0, time.UTC)
+	f := NewFake(start)
+	a := f.NewTimer(time.Minute)
+	b := f.NewTimer(time.Hour)
+	f.Advance(30 * time.Second)
+	select {
+	case <-a.C():
+		t.Fatal("timer fired early")
+	default:
+	}
+	f.Advance(31 * time.Second)
+	select {
+	case got := <-a.C():
+		if want := start.Add(61 * time.Second); !got.Equal(want) {
+			t.Fatalf("fired at %v, want %v", got, want)
+		}
+	default:
+		t.Fatal("timer did not fire")
+	}
+	if !b.Stop() {
+		t.Fatal("Stop of an active timer returned false")
+	}
+	f.Advance(2 * time.Hour)
+	select {
+	case <-b.C():
+		t.Fatal("stopped timer fired")
+	default:
+	}
+	if b.Reset(time.Second) {
+		t.Fatal("Reset of a stopped timer returned true")
+	}
+	f.Advance(time.Second)
+	select {
+	case <-b.C():
+	default:
+		t.Fatal("reset timer did not fire")
+	}
+}
