@@ -1,0 +1,166 @@
+// Package pki is the vault's own certificate authority: it makes the CA and
+// the server certificate on first start and signs the certificates of
+// enrolled computers.
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"vaultnode/internal/wire"
+)
+
+// Authority is a loaded CA with the server's certificate.
+type Authority struct {
+	CA     *x509.Certificate
+	CAPEM  []byte
+	key    crypto.Signer
+	Server tls.Certificate
+}
+
+// LoadOrCreate loads DIR/ca.pem, ca.key, server.pem, server.key, making
+// any that are missing.
+func LoadOrCreate(dir string, now time.Time) (*Authority, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create tls dir: %w", err)
+	}
+	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
+	if _, err := os.Stat(caCert); errors.Is(err, os.ErrNotExist) {
+		if err := makeCA(caCert, caKey, now); err != nil {
+			return nil, err
+		}
+	}
+	a := &Authority{}
+	var err error
+	a.CAPEM, err = os.ReadFile(caCert)
+	if err != nil {
+		return nil, fmt.Errorf("read CA: %w", err)
+	}
+	pair, err := tls.LoadX509KeyPair(caCert, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	a.CA, err = x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("parse CA: %w", err)
+	}
+	a.key = pair.PrivateKey.(crypto.Signer)
+	srvCert, srvKey := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	if _, err := os.Stat(srvCert); errors.Is(err, os.ErrNotExist) {
+		if err := a.makeServer(srvCert, srvKey, now); err != nil {
+			return nil, err
+		}
+	}
+	a.Server, err = tls.LoadX509KeyPair(srvCert, srvKey)
+	if err != nil {
+		return nil, fmt.Errorf("load server certificate: %w", err)
+	}
+	a.Server.Certificate = append(a.Server.Certificate, a.CA.Raw) // send the chain for pinning
+	return a, nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n
+}
+
+func writeKey(path string, key *ecdsa.PrivateKey) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+}
+
+func makeCA(certPath, keyPath string, now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate CA key: %w", err)
+	}
+	host, _ := os.Hostname()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "vaultnode CA " + host, Organization: []string{"vaultnode"}},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(30, 0, 0),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return fmt.Errorf("create CA: %w", err)
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return fmt.Errorf("write CA key: %w", err)
+	}
+	return os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+func (a *Authority) makeServer(certPath, keyPath string, now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate server key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: wire.ServerName},
+		DNSNames: []string{wire.ServerName, "localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.CA, &key.PublicKey, a.key)
+	if err != nil {
+		return fmt.Errorf("create server certificate: %w", err)
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return fmt.Errorf("write server key: %w", err)
+	}
+	return os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+// SignComputer signs a computer's certificate request. The certificate's
+// common name is the computer id and its organization the company.
+func (a *Authority) SignComputer(csrPEM []byte, id, company string, now time.Time) ([]byte, string, error) {
+	blk, _ := pem.Decode(csrPEM)
+	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+		return nil, "", errors.New("certificate request is not a PEM CERTIFICATE REQUEST")
+	}
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		return nil, "", fmt.Errorf("parse certificate request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, "", fmt.Errorf("certificate request signature: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: id, Organization: []string{company}},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.CA, csr.PublicKey, a.key)
+	if err != nil {
+		return nil, "", fmt.Errorf("sign computer certificate: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), Fingerprint(der), nil
+}
+
+// Fingerprint is the hex SHA-256 of a certificate's DER.
+func Fingerprint(der []byte) string { h := sha256.Sum256(der); return hex.EncodeToString(h[:]) }
+
+// Pool returns a pool holding the CA.
+func (a *Authority) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(a.CA)
+	return p
+}

@@ -1,0 +1,497 @@
+// Package store is the vault's chunk store: append-only pack files of sealed
+// entries plus a bbolt index from chunk ID to location (docs/format.md).
+//
+// Durability contract: Put returns only after the entries are synced to their
+// pack and the index transaction recording them has committed. After a crash
+// at any instant, Open truncates packs to their committed length, so every
+// acknowledged entry is readable and nothing unacknowledged is visible.
+package store
+
+import (
+	"crypto/cipher"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"go.etcd.io/bbolt"
+	"go.uber.org/zap"
+
+	"vaultnode/internal/pack"
+)
+
+// MaxPackSize is the size past which a pack is sealed and a new one started.
+const MaxPackSize = 64 << 20
+
+var (
+	bucketPacks  = []byte("packs")
+	bucketChunks = []byte("chunks")
+	bucketMeta   = []byte("meta")
+	keyNextPack  = []byte("next-pack")
+)
+
+// Errors of the store.
+var (
+	ErrNotFound = errors.New("chunk not found")
+	ErrDamaged  = errors.New("stored chunk is damaged")
+	ErrNoSpace  = errors.New("no space left on the vault's data disk")
+)
+
+// Location is where an entry lives.
+type Location struct {
+	Pack     uint32
+	Offset   uint32
+	BodyLen  uint32
+	PlainLen uint32
+	Kind     pack.Kind
+	Flags    uint8
+}
+
+func (l Location) marshal() []byte {
+	b := make([]byte, 18)
+	binary.LittleEndian.PutUint32(b[0:], l.Pack)
+	binary.LittleEndian.PutUint32(b[4:], l.Offset)
+	binary.LittleEndian.PutUint32(b[8:], l.BodyLen)
+	binary.LittleEndian.PutUint32(b[12:], l.PlainLen)
+	b[16] = byte(l.Kind)
+	b[17] = l.Flags
+	return b
+}
+
+func parseLocation(b []byte) (Location, error) {
+	if len(b) != 18 {
+		return Location{}, fmt.Errorf("index value of %d bytes, want 18", len(b))
+	}
+	return Location{
+		Pack: binary.LittleEndian.Uint32(b[0:]), Offset: binary.LittleEndian.Uint32(b[4:]),
+		BodyLen: binary.LittleEndian.Uint32(b[8:]), PlainLen: binary.LittleEndian.Uint32(b[12:]),
+		Kind: pack.Kind(b[16]), Flags: b[17],
+	}, nil
+}
+
+// packRecord is the index's record of one pack.
+type packRecord struct {
+	Company   string
+	Committed uint64
+}
+
+func (r packRecord) marshal() []byte {
+	b := make([]byte, 8, 8+len(r.Company))
+	binary.LittleEndian.PutUint64(b, r.Committed)
+	return append(b, r.Company...)
+}
+
+func parsePackRecord(b []byte) (packRecord, error) {
+	if len(b) < 9 {
+		return packRecord{}, fmt.Errorf("pack record of %d bytes", len(b))
+	}
+	return packRecord{Committed: binary.LittleEndian.Uint64(b), Company: string(b[8:])}, nil
+}
+
+func packKey(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
+
+// Store is a chunk store in one directory.
+type Store struct {
+	dir string
+	db  *bbolt.DB
+	log *zap.Logger
+
+	mu       sync.Mutex
+	free     map[string][]*writer // open packs per company not in use
+	nextPack uint32
+
+	rmu     sync.Mutex
+	readers map[uint32]*os.File
+}
+
+type writer struct {
+	f       *os.File
+	number  uint32
+	company string
+	size    int64 // committed size
+	fresh   bool  // no index record yet
+}
+
+// Open opens or creates the store in dir and recovers from any crash.
+func Open(dir string, log *zap.Logger) (*Store, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "packs"), 0o700); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	db, err := bbolt.Open(filepath.Join(dir, "index.db"), 0o600, &bbolt.Options{
+		Timeout: 0, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open index %s: %w", filepath.Join(dir, "index.db"), err)
+	}
+	s := &Store{dir: dir, db: db, log: log, free: map[string][]*writer{}, readers: map[uint32]*os.File{}}
+	if err := s.recover(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// recover truncates packs to their committed length and removes pack files
+// that no index record names (written, never acknowledged).
+func (s *Store) recover() error {
+	known := map[uint32]packRecord{}
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketPacks, bucketChunks, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if v := tx.Bucket(bucketMeta).Get(keyNextPack); v != nil {
+			s.nextPack = binary.BigEndian.Uint32(v)
+		}
+		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
+			r, err := parsePackRecord(v)
+			if err != nil {
+				return fmt.Errorf("pack %x: %w", k, err)
+			}
+			known[binary.BigEndian.Uint32(k)] = r
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("read index: %w", err)
+	}
+	root := filepath.Join(s.dir, "packs")
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		n, ok := parsePackName(d.Name())
+		if !ok {
+			return nil
+		}
+		if n >= s.nextPack {
+			s.nextPack = n + 1
+		}
+		r, ok := known[n]
+		if !ok {
+			s.log.Warn("removing pack never acknowledged", zap.String("pack", p))
+			return os.Remove(p)
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if uint64(fi.Size()) > r.Committed {
+			s.log.Warn("truncating unacknowledged tail of pack", zap.String("pack", p),
+				zap.Int64("size", fi.Size()), zap.Uint64("committed", r.Committed))
+			if err := os.Truncate(p, int64(r.Committed)); err != nil {
+				return fmt.Errorf("truncate pack %s: %w", p, err)
+			}
+		}
+		return nil
+	})
+}
+
+func parsePackName(name string) (uint32, bool) {
+	hex, ok := strings.CutSuffix(name, ".pack")
+	if !ok || len(hex) != 8 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(hex, 16, 32)
+	return uint32(n), err == nil
+}
+
+// PackPath is the file of pack n.
+func (s *Store) PackPath(n uint32) string {
+	return filepath.Join(s.dir, "packs", fmt.Sprintf("%03x", n>>8), fmt.Sprintf("%08x.pack", n))
+}
+
+// Close closes the store.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	for _, ws := range s.free {
+		for _, w := range ws {
+			w.f.Close()
+		}
+	}
+	s.free = nil
+	s.mu.Unlock()
+	s.rmu.Lock()
+	for _, f := range s.readers {
+		f.Close()
+	}
+	s.readers = nil
+	s.rmu.Unlock()
+	return s.db.Close()
+}
+
+// Has reports for each id whether the company's index holds it.
+func (s *Store) Has(company string, ids [][32]byte) ([]bool, error) {
+	out := make([]bool, len(ids))
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketChunks).Bucket([]byte(company))
+		if b == nil {
+			return nil
+		}
+		for i := range ids {
+			out[i] = b.Get(ids[i][:]) != nil
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Lookup returns where an entry is.
+func (s *Store) Lookup(company string, id [32]byte) (Location, error) {
+	var loc Location
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketChunks).Bucket([]byte(company))
+		if b == nil {
+			return ErrNotFound
+		}
+		v := b.Get(id[:])
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		loc, err = parseLocation(v)
+		return err
+	})
+	return loc, err
+}
+
+// Entry is one sealed entry to append: Data holds header and body as made by
+// pack.AppendEntry.
+type Entry struct {
+	Header pack.EntryHeader
+	Data   []byte
+}
+
+// Put appends sealed entries of one company and commits them to the index.
+// It returns after both are durable.
+func (s *Store) Put(company string, entries []Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	w, err := s.takeWriter(company)
+	if err != nil {
+		return err
+	}
+	locs := make([]Location, len(entries))
+	off := w.size
+	bufs := make([][]byte, len(entries))
+	for i, e := range entries {
+		locs[i] = Location{Pack: w.number, Offset: uint32(off), BodyLen: e.Header.BodyLen,
+			PlainLen: e.Header.PlainLen, Kind: e.Header.Kind, Flags: e.Header.Flags}
+		off += int64(len(e.Data))
+		bufs[i] = e.Data
+	}
+	if err := writeAllAt(w.f, bufs, w.size); err != nil {
+		s.dropWriter(w)
+		return classify(fmt.Errorf("append to pack %08x: %w", w.number, err))
+	}
+	if err := syscall.Fdatasync(int(w.f.Fd())); err != nil {
+		s.dropWriter(w)
+		return classify(fmt.Errorf("sync pack %08x: %w", w.number, err))
+	}
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		cb, err := tx.Bucket(bucketChunks).CreateBucketIfNotExists([]byte(company))
+		if err != nil {
+			return err
+		}
+		for i, e := range entries {
+			if cb.Get(e.Header.ID[:]) != nil {
+				continue // stored meanwhile by another session: keep the first
+			}
+			if err := cb.Put(e.Header.ID[:], locs[i].marshal()); err != nil {
+				return err
+			}
+		}
+		if w.fresh {
+			if err := tx.Bucket(bucketMeta).Put(keyNextPack, binary.BigEndian.AppendUint32(nil, w.number+1)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketPacks).Put(packKey(w.number), packRecord{Company: company, Committed: uint64(off)}.marshal())
+	})
+	if err != nil {
+		s.dropWriter(w)
+		return classify(fmt.Errorf("commit index: %w", err))
+	}
+	w.size = off
+	w.fresh = false
+	s.giveWriter(w)
+	return nil
+}
+
+func writeAllAt(f *os.File, bufs [][]byte, off int64) error {
+	for _, b := range bufs {
+		if _, err := f.WriteAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
+}
+
+func classify(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
+
+func (s *Store) takeWriter(company string) (*writer, error) {
+	s.mu.Lock()
+	if ws := s.free[company]; len(ws) > 0 {
+		w := ws[len(ws)-1]
+		s.free[company] = ws[:len(ws)-1]
+		s.mu.Unlock()
+		return w, nil
+	}
+	n := s.nextPack
+	s.nextPack++
+	s.mu.Unlock()
+	p := s.PackPath(n)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return nil, classify(fmt.Errorf("create pack: %w", err))
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, classify(fmt.Errorf("create pack: %w", err))
+	}
+	hdr, err := pack.FileHeader{Company: company, Number: n}.Marshal()
+	if err == nil {
+		_, err = f.Write(hdr)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(p)
+		return nil, classify(fmt.Errorf("write pack header: %w", err))
+	}
+	return &writer{f: f, number: n, company: company, size: pack.FileHeaderSize, fresh: true}, nil
+}
+
+func (s *Store) giveWriter(w *writer) {
+	if w.size >= MaxPackSize {
+		w.f.Close()
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.free == nil {
+		w.f.Close()
+		return
+	}
+	s.free[w.company] = append(s.free[w.company], w)
+}
+
+// dropWriter abandons a pack after a failed write: its tail past the
+// committed size is cut so a later reader never sees it.
+func (s *Store) dropWriter(w *writer) {
+	if !w.fresh {
+		_ = w.f.Truncate(w.size)
+		w.f.Close()
+		return
+	}
+	w.f.Close()
+	os.Remove(w.f.Name())
+}
+
+func (s *Store) reader(n uint32) (*os.File, error) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if f := s.readers[n]; f != nil {
+		return f, nil
+	}
+	f, err := os.Open(s.PackPath(n))
+	if err != nil {
+		return nil, err
+	}
+	if len(s.readers) >= 128 {
+		for k, old := range s.readers {
+			old.Close()
+			delete(s.readers, k)
+			break
+		}
+	}
+	s.readers[n] = f
+	return f, nil
+}
+
+// Get reads and opens an entry, appending its payload (as stored: maybe
+// zstd) to dst. A damaged entry gives ErrDamaged, never data.
+func (s *Store) Get(company string, aead cipher.AEAD, id [32]byte, dst []byte) ([]byte, Location, error) {
+	loc, err := s.Lookup(company, id)
+	if err != nil {
+		return nil, loc, err
+	}
+	f, err := s.reader(loc.Pack)
+	if err != nil {
+		return nil, loc, fmt.Errorf("%w: pack %08x: %w", ErrDamaged, loc.Pack, err)
+	}
+	buf := make([]byte, pack.EntryHeaderSize+int(loc.BodyLen))
+	if _, err := f.ReadAt(buf, int64(loc.Offset)); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, loc, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+	}
+	h, err := pack.ParseEntryHeader(buf)
+	if err != nil {
+		return nil, loc, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+	}
+	if h.ID != id || h.BodyLen != loc.BodyLen {
+		return nil, loc, fmt.Errorf("%w: pack %08x offset %d holds another entry", ErrDamaged, loc.Pack, loc.Offset)
+	}
+	out, err := pack.OpenBody(dst, aead, &h, buf[pack.EntryHeaderSize:])
+	if err != nil {
+		return nil, loc, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+	}
+	return out, loc, nil
+}
+
+// PackInfo describes one pack for verification.
+type PackInfo struct {
+	Number    uint32
+	Company   string
+	Committed int64
+	Path      string
+}
+
+// Packs lists every pack the index knows.
+func (s *Store) Packs() ([]PackInfo, error) {
+	var out []PackInfo
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
+			r, err := parsePackRecord(v)
+			if err != nil {
+				return err
+			}
+			n := binary.BigEndian.Uint32(k)
+			out = append(out, PackInfo{Number: n, Company: r.Company, Committed: int64(r.Committed), Path: s.PackPath(n)})
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ForEachChunk calls fn for every index entry of a company.
+func (s *Store) ForEachChunk(company string, fn func(id [32]byte, loc Location) error) error {
+	return s.db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketChunks).Bucket([]byte(company))
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			loc, err := parseLocation(v)
+			if err != nil {
+				return err
+			}
+			return fn([32]byte(k), loc)
+		})
+	})
+}

@@ -1,0 +1,630 @@
+package vault
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/pki"
+	"vaultnode/appliance/store"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/pack"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// session is an open synchronization of one configuration.
+type session struct {
+	id       string
+	company  string
+	computer string
+	config   string
+	previous uint64
+	started  time.Time
+
+	mu         sync.Mutex
+	lastUsed   time.Time
+	chunksSent int64
+	bytesSent  int64
+}
+
+// apiError is an error with its HTTP status and wire code.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func fail(status int, code, format string, args ...any) error {
+	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func (v *Vault) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+	case errors.Is(err, store.ErrNoSpace):
+		ae = &apiError{http.StatusInsufficientStorage, wire.CodeNoSpace, "the vault's data disk is full; tell the vault's administrator"}
+	default:
+		v.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
+		ae = &apiError{http.StatusInternalServerError, wire.CodeInternal, "internal error: " + err.Error()}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(ae.status)
+	json.NewEncoder(w).Encode(wire.Error{Code: ae.code, Message: ae.msg})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func readJSON(r *http.Request, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r.Body, wire.MaxJSONBody+1))
+	if err != nil {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "read request: %v", err)
+	}
+	if len(b) > wire.MaxJSONBody {
+		return fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body over %d bytes", wire.MaxJSONBody)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "malformed JSON request: %v", err)
+	}
+	return nil
+}
+
+func readBody(r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength > max {
+		return nil, fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body of %d bytes is over the %d limit", r.ContentLength, max)
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, wire.CodeBadRequest, "read request: %v", err)
+	}
+	if int64(len(b)) > max {
+		return nil, fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body is over the %d limit", max)
+	}
+	return b, nil
+}
+
+// caller is the authenticated computer of a request.
+type caller struct {
+	catalog.Computer
+	keys *companyKeys
+}
+
+type handler func(w http.ResponseWriter, r *http.Request, c *caller) error
+
+func (v *Vault) authed(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, err := v.authenticate(r)
+		if err == nil {
+			err = h(w, r, c)
+		}
+		if err != nil {
+			v.writeErr(w, r, err)
+		}
+	}
+}
+
+func (v *Vault) authenticate(r *http.Request) (*caller, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, fail(http.StatusUnauthorized, wire.CodeUnauthorized, "no client certificate: enrol this computer with `vault-agent enroll`")
+	}
+	cert := r.TLS.PeerCertificates[0]
+	cp, err := v.Catalog.Computer(cert.Subject.CommonName)
+	if err != nil {
+		return nil, fail(http.StatusForbidden, wire.CodeUnauthorized, "computer %q is unknown to this vault: enrol it again with a new token", cert.Subject.CommonName)
+	}
+	if cp.Revoked != nil {
+		return nil, fail(http.StatusForbidden, wire.CodeRevoked, "computer %s (%s) was revoked on %s: ask the vault administrator for a new enrolment token", cp.Name, cp.ID, cp.Revoked.Format(time.RFC3339))
+	}
+	if cp.Fingerprint != "" && cp.Fingerprint != pki.Fingerprint(cert.Raw) {
+		return nil, fail(http.StatusForbidden, wire.CodeUnauthorized, "certificate of %s is not the one it enrolled with", cp.ID)
+	}
+	k, err := v.companyKeys(cp.Company)
+	if err != nil {
+		return nil, err
+	}
+	return &caller{Computer: cp, keys: k}, nil
+}
+
+func (v *Vault) agentHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+wire.PathHealth, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{"status": "ok", "time": v.clk.Now().UTC()})
+	})
+	mux.HandleFunc("POST "+wire.PathEnroll, func(w http.ResponseWriter, r *http.Request) {
+		if err := v.enroll(w, r); err != nil {
+			v.writeErr(w, r, err)
+		}
+	})
+	mux.HandleFunc("GET "+wire.PathComputer, v.authed(v.computer))
+	mux.HandleFunc("PUT "+wire.PathConfigs+"{name}", v.authed(v.putConfig))
+	mux.HandleFunc("DELETE "+wire.PathConfigs+"{name}", v.authed(v.deleteConfig))
+	mux.HandleFunc("POST "+wire.PathSessions, v.authed(v.openSession))
+	mux.HandleFunc("POST "+wire.PathSession+"{id}/lack", v.authed(v.lack))
+	mux.HandleFunc("POST "+wire.PathSession+"{id}/chunks", v.authed(v.upload))
+	mux.HandleFunc("POST "+wire.PathSession+"{id}/commit", v.authed(v.commit))
+	mux.HandleFunc("POST "+wire.PathSession+"{id}/abort", v.authed(v.abort))
+	mux.HandleFunc("GET "+wire.PathVersions+"{config}", v.authed(v.versions))
+	mux.HandleFunc("POST "+wire.PathChunks, v.authed(v.getChunks))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		v.writeErr(w, r, fail(http.StatusNotFound, wire.CodeNotFound, "no such API: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (v *Vault) enroll(w http.ResponseWriter, r *http.Request) error {
+	var req wire.EnrollRequest
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	tok, err := wire.ParseToken(req.Token)
+	if err != nil {
+		return fail(http.StatusBadRequest, wire.CodeBadToken, "%v", err)
+	}
+	name := strings.TrimSpace(req.Hostname)
+	if name == "" || len(name) > 253 {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "hostname must be 1 to 253 characters")
+	}
+	var certPEM []byte
+	cp, err := v.Catalog.Enroll(tok.Secret[:], v.clk.Now(), func(company string) (catalog.Computer, error) {
+		id := catalog.NewComputerID()
+		var fp string
+		var err error
+		certPEM, fp, err = v.CA.SignComputer(req.CSR, id, company, v.clk.Now())
+		if err != nil {
+			return catalog.Computer{}, fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+		}
+		return catalog.Computer{ID: id, Company: company, Name: name, Fingerprint: fp, Enrolled: v.clk.Now()}, nil
+	})
+	if errors.Is(err, catalog.ErrToken) {
+		return fail(http.StatusForbidden, wire.CodeBadToken, "enrolment token is unknown, already used or expired: create a new one with `vaultctl token create COMPANY`")
+	}
+	if err != nil {
+		return err
+	}
+	v.log.Info("computer enrolled", zap.String("id", cp.ID), zap.String("name", cp.Name), zap.String("company", cp.Company))
+	writeJSON(w, wire.EnrollResponse{ComputerID: cp.ID, Company: cp.Company, Certificate: certPEM, CA: v.CA.CAPEM})
+	return nil
+}
+
+func (v *Vault) computer(w http.ResponseWriter, r *http.Request, c *caller) error {
+	cfgs, err := v.Catalog.Configs(c.ID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, wire.Computer{ID: c.ID, Name: c.Name, Company: c.Company,
+		ChunkKey: c.keys.set.ChunkID[:], GearKey: c.keys.set.Gear[:], Configs: cfgs})
+	return nil
+}
+
+func (v *Vault) putConfig(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var cfg wire.Config
+	if err := readJSON(r, &cfg); err != nil {
+		return err
+	}
+	cfg.Name = r.PathValue("name")
+	if err := validateConfig(&cfg); err != nil {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+	}
+	out, err := v.Catalog.PutConfig(c.ID, cfg)
+	if errors.Is(err, catalog.ErrInvalid) {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, out)
+	return nil
+}
+
+func validateConfig(cfg *wire.Config) error {
+	switch cfg.Kind {
+	case "":
+		cfg.Kind = wire.KindFiles
+		fallthrough
+	case wire.KindFiles:
+		if len(cfg.Paths) == 0 {
+			return errors.New("a files configuration needs at least one path")
+		}
+		for _, p := range cfg.Paths {
+			if !strings.HasPrefix(p, "/") {
+				return fmt.Errorf("path %q is not absolute", p)
+			}
+		}
+	case wire.KindDatabase:
+		if len(cfg.Command) == 0 {
+			return errors.New("a database configuration needs a dump command")
+		}
+	default:
+		return fmt.Errorf("unknown configuration kind %q (want %q or %q)", cfg.Kind, wire.KindFiles, wire.KindDatabase)
+	}
+	return nil
+}
+
+func (v *Vault) deleteConfig(w http.ResponseWriter, r *http.Request, c *caller) error {
+	err := v.Catalog.DeleteConfig(c.ID, r.PathValue("name"))
+	if errors.Is(err, catalog.ErrNotFound) {
+		return fail(http.StatusNotFound, wire.CodeNotFound, "%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (v *Vault) openSession(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var req wire.OpenSession
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if _, err := v.Catalog.Config(c.ID, req.Config); err != nil {
+		return fail(http.StatusNotFound, wire.CodeNotFound, "configuration %q does not exist for this computer: create it first", req.Config)
+	}
+	prev, err := v.Catalog.LastSeq(c.ID, req.Config)
+	if err != nil {
+		return err
+	}
+	var b [16]byte
+	rand.Read(b[:])
+	now := v.clk.Now()
+	s := &session{id: hex.EncodeToString(b[:]), company: c.Company, computer: c.ID, config: req.Config,
+		previous: prev, started: now, lastUsed: now}
+	v.smu.Lock()
+	for id, old := range v.sessions {
+		if old.computer == c.ID && old.config == req.Config {
+			delete(v.sessions, id) // the agent restarted: the new session replaces the old
+		}
+	}
+	v.sessions[s.id] = s
+	v.smu.Unlock()
+	writeJSON(w, wire.Session{ID: s.id, Previous: prev, Expires: now.Add(v.opts.SessionTTL)})
+	return nil
+}
+
+func (v *Vault) session(r *http.Request, c *caller) (*session, error) {
+	v.smu.Lock()
+	s := v.sessions[r.PathValue("id")]
+	v.smu.Unlock()
+	if s == nil || s.computer != c.ID {
+		return nil, fail(http.StatusNotFound, wire.CodeUnknownSession, "unknown session %q (expired, finished or replaced): open a new session", r.PathValue("id"))
+	}
+	s.mu.Lock()
+	s.lastUsed = v.clk.Now()
+	s.mu.Unlock()
+	return s, nil
+}
+
+func (v *Vault) expireSessions(ctx interface{ Done() <-chan struct{} }) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-v.clk.After(time.Minute):
+		}
+		now := v.clk.Now()
+		v.smu.Lock()
+		for id, s := range v.sessions {
+			s.mu.Lock()
+			idle := now.Sub(s.lastUsed)
+			s.mu.Unlock()
+			if idle > v.opts.SessionTTL {
+				delete(v.sessions, id)
+			}
+		}
+		v.smu.Unlock()
+	}
+}
+
+func (v *Vault) lack(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := v.session(r, c)
+	if err != nil {
+		return err
+	}
+	body, err := readBody(r, wire.MaxLackIDs*32)
+	if err != nil {
+		return err
+	}
+	ids, err := wire.ParseIDs(body, wire.MaxLackIDs)
+	if err != nil {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+	}
+	has, err := v.Store.Has(s.company, ids)
+	if err != nil {
+		return err
+	}
+	bitmap := make([]byte, (len(ids)+7)/8)
+	for i, h := range has {
+		if !h {
+			bitmap[i/8] |= 1 << (i % 8)
+		}
+	}
+	w.Header().Set("Content-Type", wire.MediaFrames)
+	w.Write(bitmap)
+	return nil
+}
+
+func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := v.session(r, c)
+	if err != nil {
+		return err
+	}
+	select {
+	case v.uploads <- struct{}{}:
+		defer func() { <-v.uploads }()
+	case <-r.Context().Done():
+		return r.Context().Err()
+	}
+	body, err := readBody(r, wire.MaxUploadBody)
+	if err != nil {
+		return err
+	}
+	fr := wire.NewFrameReader(bytes.NewReader(body))
+	h := keys.NewHasher(c.keys.set.ChunkID)
+	var entries []store.Entry
+	var scratch []byte
+	var sent int64
+	for {
+		f, err := fr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: %v", err)
+		}
+		if f.Kind != wire.FrameData && f.Kind != wire.FrameListing {
+			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x has unknown kind %d", f.ID[:8], f.Kind)
+		}
+		scratch, err = wire.Decompress(scratch[:0], f.Flags, f.Payload, f.PlainLen)
+		if err != nil {
+			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x: %v", f.ID[:8], err)
+		}
+		if h.Sum(scratch) != f.ID {
+			return fail(http.StatusUnprocessableEntity, wire.CodeMismatch, "upload: chunk %x: content does not match its id; nothing of this request was stored", f.ID[:8])
+		}
+		eh := pack.EntryHeader{Kind: pack.Kind(f.Kind), Flags: f.Flags, ID: f.ID, PlainLen: f.PlainLen}
+		data := pack.AppendEntry(make([]byte, 0, pack.EntryHeaderSize+pack.Overhead+len(f.Payload)), c.keys.aead, &eh, f.Payload)
+		entries = append(entries, store.Entry{Header: eh, Data: data})
+		sent += int64(len(f.Payload))
+	}
+	if err := v.Store.Put(s.company, entries); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.chunksSent += int64(len(entries))
+	s.bytesSent += sent
+	s.mu.Unlock()
+	writeJSON(w, map[string]int{"stored": len(entries)})
+	return nil
+}
+
+func (v *Vault) abort(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := v.session(r, c)
+	if err != nil {
+		return err
+	}
+	v.smu.Lock()
+	delete(v.sessions, s.id)
+	v.smu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (v *Vault) commit(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := v.session(r, c)
+	if err != nil {
+		return err
+	}
+	var req wire.Commit
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	totals, err := v.checkListing(r, s.company, c.keys, req.Listing)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	totals.ChunksSent, totals.BytesSent = s.chunksSent, s.bytesSent
+	s.mu.Unlock()
+	last, err := v.Catalog.LastSeq(c.ID, s.config)
+	if err != nil {
+		return err
+	}
+	started := req.Started
+	if started.IsZero() {
+		started = s.started
+	}
+	m := wire.Manifest{Magic: wire.ManifestMagic, Company: s.company, Computer: c.ID, Config: s.config,
+		Seq: last + 1, Started: started.UTC(), Finished: v.clk.Now().UTC(), Listing: req.Listing, Totals: totals}
+	mb, err := tree.Marshal(&m)
+	if err != nil {
+		return err
+	}
+	eh := pack.EntryHeader{Kind: pack.KindManifest, ID: keys.NewHasher(c.keys.set.ChunkID).Sum(mb), PlainLen: uint32(len(mb))}
+	data := pack.AppendEntry(nil, c.keys.aead, &eh, mb)
+	if err := v.Store.Put(s.company, []store.Entry{{Header: eh, Data: data}}); err != nil {
+		return err
+	}
+	if err := v.Catalog.AddVersion(m); err != nil {
+		return err
+	}
+	v.smu.Lock()
+	delete(v.sessions, s.id)
+	v.smu.Unlock()
+	v.log.Info("version committed", zap.String("computer", c.ID), zap.String("config", s.config), zap.Uint64("seq", m.Seq),
+		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent))
+	writeJSON(w, wire.Committed{Seq: m.Seq})
+	return nil
+}
+
+// checkListing reads a version's listing and checks that every chunk it
+// references is in the store; it returns the version's totals, computed
+// from the listing itself.
+func (v *Vault) checkListing(r *http.Request, company string, k *companyKeys, listing []tree.ChunkRef) (wire.Totals, error) {
+	var t wire.Totals
+	if len(listing) == 0 {
+		return t, fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: empty listing")
+	}
+	rd, err := tree.NewReader(v.listingReader(company, k, listing))
+	if err != nil {
+		return t, listingErr(err)
+	}
+	var pending [][32]byte
+	check := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		has, err := v.Store.Has(company, pending)
+		if err != nil {
+			return err
+		}
+		for i, h := range has {
+			if !h {
+				return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: the listing references chunk %x that the vault lacks: upload it first", pending[i][:8])
+			}
+		}
+		pending = pending[:0]
+		return nil
+	}
+	for {
+		if err := r.Context().Err(); err != nil {
+			return t, err
+		}
+		n, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return t, listingErr(err)
+		}
+		switch n.Type {
+		case tree.TypeFile:
+			t.Files++
+			t.Bytes += n.Size
+		case tree.TypeDir:
+			t.Dirs++
+		case tree.TypeDeleted:
+			t.Deleted++
+		}
+		switch n.Status {
+		case tree.StatusUnreadable:
+			t.Unreadable++
+		case tree.StatusInconsistent:
+			t.Inconsistent++
+		}
+		for _, c := range n.Chunks {
+			pending = append(pending, c.ID)
+		}
+		if len(pending) >= 4096 {
+			if err := check(); err != nil {
+				return t, err
+			}
+		}
+	}
+	return t, check()
+}
+
+func listingErr(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return err
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: listing chunk missing: %v", err)
+	}
+	return fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: bad listing: %v", err)
+}
+
+// listingReader streams the plaintext of a listing's chunks.
+func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef) io.Reader {
+	pr, pw := io.Pipe()
+	go func() {
+		h := keys.NewHasher(k.set.ChunkID)
+		var buf, plain []byte
+		for _, ref := range refs {
+			var err error
+			var loc store.Location
+			buf, loc, err = v.Store.Get(company, k.aead, ref.ID, buf[:0])
+			if err == nil {
+				plain, err = wire.Decompress(plain[:0], loc.Flags, buf, loc.PlainLen)
+			}
+			if err == nil && h.Sum(plain) != ref.ID {
+				err = fmt.Errorf("%w: listing chunk %x does not hash to its id", store.ErrDamaged, ref.ID[:8])
+			}
+			if err != nil {
+				pw.CloseWithError(fmt.Errorf("listing chunk %x: %w", ref.ID[:8], err))
+				return
+			}
+			if _, err := pw.Write(plain); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	return pr
+}
+
+func (v *Vault) versions(w http.ResponseWriter, r *http.Request, c *caller) error {
+	config := r.PathValue("config")
+	if config == "*" {
+		config = ""
+	}
+	ms, err := v.Catalog.Versions(c.ID, config)
+	if err != nil {
+		return err
+	}
+	if ms == nil {
+		ms = []wire.Manifest{}
+	}
+	writeJSON(w, wire.Versions{Versions: ms})
+	return nil
+}
+
+func (v *Vault) getChunks(w http.ResponseWriter, r *http.Request, c *caller) error {
+	body, err := readBody(r, wire.MaxGetIDs*32)
+	if err != nil {
+		return err
+	}
+	ids, err := wire.ParseIDs(body, wire.MaxGetIDs)
+	if err != nil {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+	}
+	w.Header().Set("Content-Type", wire.MediaFrames)
+	var buf, out []byte
+	for _, id := range ids {
+		var loc store.Location
+		buf, loc, err = v.Store.Get(c.Company, c.keys.aead, id, buf[:0])
+		f := wire.Frame{ID: id, Kind: wire.StatusOK, Flags: loc.Flags, PlainLen: loc.PlainLen, Payload: buf}
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			f = wire.Frame{ID: id, Kind: wire.StatusMissing, Payload: []byte("the vault has no such chunk")}
+		case err != nil:
+			v.log.Error("damaged chunk requested", zap.String("company", c.Company), zap.String("id", hex.EncodeToString(id[:])), zap.Error(err))
+			f = wire.Frame{ID: id, Kind: wire.StatusDamaged, Payload: []byte(err.Error())}
+		}
+		out = wire.AppendFrame(out[:0], &f)
+		if _, err := w.Write(out); err != nil {
+			return nil // client went away
+		}
+	}
+	return nil
+}

@@ -1,0 +1,224 @@
+// Package vault is the vault service: it ties the chunk store, the catalog
+// and the certificate authority together and serves the agent API over
+// mutual TLS and the administration API on a Unix socket.
+package vault
+
+import (
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/pki"
+	"vaultnode/appliance/store"
+	"vaultnode/internal/clock"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/pack"
+)
+
+// MarkerFile is written at the top of a vault's data directory; an agent on
+// the same host never backs up a directory that holds it.
+const MarkerFile = ".vaultnode-vault"
+
+// Options configure a vault.
+type Options struct {
+	Dir        string // data directory
+	Listen     string // agent API address
+	Log        *zap.Logger
+	Clock      clock.Clock
+	SessionTTL time.Duration // idle time after which an open session is forgotten
+}
+
+// Vault is a running vault.
+type Vault struct {
+	opts    Options
+	log     *zap.Logger
+	clk     clock.Clock
+	master  cipher.AEAD
+	Store   *store.Store
+	Catalog *catalog.Catalog
+	CA      *pki.Authority
+
+	kmu  sync.Mutex
+	keys map[string]*companyKeys
+
+	smu      sync.Mutex
+	sessions map[string]*session
+
+	uploads chan struct{} // bounds concurrent upload requests (memory)
+}
+
+type companyKeys struct {
+	set  keys.Set
+	aead cipher.AEAD
+}
+
+// Open opens (or creates) the vault in opts.Dir.
+func Open(opts Options) (*Vault, error) {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if opts.SessionTTL == 0 {
+		opts.SessionTTL = time.Hour
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(opts.Dir, MarkerFile), []byte("vaultnode vault data: agents on this host skip this directory\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("write marker: %w", err)
+	}
+	mk, err := loadMasterKey(filepath.Join(opts.Dir, "master.key"))
+	if err != nil {
+		return nil, err
+	}
+	v := &Vault{opts: opts, log: opts.Log, clk: opts.Clock, master: pack.NewAEAD(mk),
+		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, uploads: make(chan struct{}, 4)}
+	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
+		return nil, err
+	}
+	if v.Catalog, err = catalog.Open(opts.Dir); err != nil {
+		return nil, err
+	}
+	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store")); err != nil {
+		v.Catalog.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// Close closes the store and catalog.
+func (v *Vault) Close() error {
+	return errors.Join(v.Store.Close(), v.Catalog.Close())
+}
+
+func loadMasterKey(path string) ([32]byte, error) {
+	var k [32]byte
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := rand.Read(k[:]); err != nil {
+			return k, err
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, k[:], 0o600); err != nil {
+			return k, fmt.Errorf("write master key: %w", err)
+		}
+		if err := syncFile(tmp); err != nil {
+			return k, err
+		}
+		return k, os.Rename(tmp, path)
+	}
+	if err != nil {
+		return k, fmt.Errorf("read master key: %w", err)
+	}
+	if len(b) != 32 {
+		return k, fmt.Errorf("master key %s is %d bytes, want 32: restore it from your key backup", path, len(b))
+	}
+	copy(k[:], b)
+	return k, nil
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// NewCompany creates a company with a fresh secret.
+func (v *Vault) NewCompany(name string) error {
+	var secret [32]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		return err
+	}
+	nonce := make([]byte, v.master.NonceSize())
+	rand.Read(nonce)
+	sealed := v.master.Seal(nonce, nonce, secret[:], []byte("company "+name))
+	return v.Catalog.CreateCompany(catalog.Company{Name: name, Sealed: sealed, Created: v.clk.Now()})
+}
+
+func (v *Vault) companyKeys(name string) (*companyKeys, error) {
+	v.kmu.Lock()
+	defer v.kmu.Unlock()
+	if k := v.keys[name]; k != nil {
+		return k, nil
+	}
+	co, err := v.Catalog.Company(name)
+	if err != nil {
+		return nil, err
+	}
+	ns := v.master.NonceSize()
+	if len(co.Sealed) < ns {
+		return nil, fmt.Errorf("company %q: sealed secret is truncated", name)
+	}
+	secret, err := v.master.Open(nil, co.Sealed[:ns], co.Sealed[ns:], []byte("company "+name))
+	if err != nil || len(secret) != 32 {
+		return nil, fmt.Errorf("company %q: cannot unseal its secret with this vault's master key (wrong master.key?)", name)
+	}
+	k := &companyKeys{set: keys.Derive([32]byte(secret))}
+	k.aead = pack.NewAEAD(k.set.Pack)
+	v.keys[name] = k
+	return k, nil
+}
+
+// Serve runs the agent API and the admin socket until ctx is done.
+func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
+	ln, err := net.Listen("tcp", v.opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", v.opts.Listen, err)
+	}
+	sock := filepath.Join(v.opts.Dir, "admin.sock")
+	os.Remove(sock)
+	aln, err := net.Listen("unix", sock)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	os.Chmod(sock, 0o600)
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{v.CA.Server},
+		ClientCAs:    v.CA.Pool(),
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		NextProtos:   []string{"h2", "http/1.1"},
+	}
+	errLog, _ := zap.NewStdLogAt(v.log.Named("http"), zap.WarnLevel)
+	agentSrv := &http.Server{Handler: v.agentHandler(), TLSConfig: tlsConf, ErrorLog: errLog,
+		ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute}
+	adminSrv := &http.Server{Handler: v.adminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 30 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- agentSrv.ServeTLS(ln, "", "") }()
+	go func() { errc <- adminSrv.Serve(aln) }()
+	go v.expireSessions(ctx)
+	v.log.Info("vault serving", zap.String("agent_api", ln.Addr().String()), zap.String("admin", sock))
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		agentSrv.Close()
+		adminSrv.Close()
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = errors.Join(agentSrv.Shutdown(sctx), adminSrv.Shutdown(sctx))
+	os.Remove(sock)
+	return err
+}

@@ -1,0 +1,230 @@
+// Package pack reads and writes pack files: append-only files of sealed,
+// self-describing entries (docs/format.md, "Pack files").
+package pack
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// Sizes of the fixed parts of the format.
+const (
+	FileHeaderSize  = 32
+	EntryHeaderSize = 52
+	NonceSize       = chacha20poly1305.NonceSizeX
+	Overhead        = NonceSize + chacha20poly1305.Overhead
+	// MaxPlain bounds a chunk's plaintext; the chunker never makes more.
+	MaxPlain = 8 << 20
+)
+
+var (
+	fileMagic  = [8]byte{'V', 'N', 'P', 'A', 'C', 'K', 0, 1}
+	entryMagic = [4]byte{'V', 'N', 'E', '1'}
+	castagnoli = crc32.MakeTable(crc32.Castagnoli)
+)
+
+// Errors a reader returns; wrapped with the offset where they happened.
+var (
+	ErrMagic   = errors.New("unknown magic (not a vaultnode pack, or a newer format)")
+	ErrCorrupt = errors.New("corrupt entry")
+	ErrAuth    = errors.New("entry failed authentication (damaged or tampered)")
+)
+
+// Kind says what an entry holds.
+type Kind uint8
+
+const (
+	KindData     Kind = 1
+	KindListing  Kind = 2
+	KindManifest Kind = 3
+)
+
+// FlagZstd marks a payload that is one zstd frame.
+const FlagZstd uint8 = 1
+
+// FileHeader starts every pack.
+type FileHeader struct {
+	Company string // at most 16 bytes
+	Number  uint32
+}
+
+// Marshal encodes the header.
+func (h FileHeader) Marshal() ([]byte, error) {
+	if len(h.Company) > 16 || h.Company == "" {
+		return nil, fmt.Errorf("company id %q must be 1 to 16 bytes", h.Company)
+	}
+	b := make([]byte, FileHeaderSize)
+	copy(b, fileMagic[:])
+	copy(b[8:24], h.Company)
+	binary.LittleEndian.PutUint32(b[24:], h.Number)
+	return b, nil
+}
+
+// ParseFileHeader decodes a pack's first 32 bytes.
+func ParseFileHeader(b []byte) (FileHeader, error) {
+	if len(b) < FileHeaderSize {
+		return FileHeader{}, fmt.Errorf("pack header: %w: %d bytes", ErrCorrupt, len(b))
+	}
+	if !bytes.Equal(b[:8], fileMagic[:]) {
+		return FileHeader{}, fmt.Errorf("pack header: %w: %q", ErrMagic, b[:8])
+	}
+	return FileHeader{
+		Company: string(bytes.TrimRight(b[8:24], "\x00")),
+		Number:  binary.LittleEndian.Uint32(b[24:]),
+	}, nil
+}
+
+// EntryHeader describes one entry.
+type EntryHeader struct {
+	Kind     Kind
+	Flags    uint8
+	ID       [32]byte
+	PlainLen uint32
+	BodyLen  uint32
+}
+
+// Marshal encodes the header including its CRC.
+func (h *EntryHeader) Marshal() [EntryHeaderSize]byte {
+	var b [EntryHeaderSize]byte
+	copy(b[:4], entryMagic[:])
+	b[4] = byte(h.Kind)
+	b[5] = h.Flags
+	copy(b[8:40], h.ID[:])
+	binary.LittleEndian.PutUint32(b[40:], h.PlainLen)
+	binary.LittleEndian.PutUint32(b[44:], h.BodyLen)
+	binary.LittleEndian.PutUint32(b[48:], crc32.Checksum(b[:48], castagnoli))
+	return b
+}
+
+// ParseEntryHeader decodes and checks an entry header.
+func ParseEntryHeader(b []byte) (EntryHeader, error) {
+	if len(b) < EntryHeaderSize {
+		return EntryHeader{}, fmt.Errorf("entry header: %w: truncated at %d bytes", ErrCorrupt, len(b))
+	}
+	if !bytes.Equal(b[:4], entryMagic[:]) {
+		return EntryHeader{}, fmt.Errorf("entry header: %w: %q", ErrMagic, b[:4])
+	}
+	if got, want := crc32.Checksum(b[:48], castagnoli), binary.LittleEndian.Uint32(b[48:]); got != want {
+		return EntryHeader{}, fmt.Errorf("entry header: %w: crc %08x, want %08x", ErrCorrupt, got, want)
+	}
+	h := EntryHeader{Kind: Kind(b[4]), Flags: b[5], PlainLen: binary.LittleEndian.Uint32(b[40:]), BodyLen: binary.LittleEndian.Uint32(b[44:])}
+	copy(h.ID[:], b[8:40])
+	switch {
+	case h.Kind < KindData || h.Kind > KindManifest:
+		return h, fmt.Errorf("entry header: %w: unknown kind %d", ErrCorrupt, h.Kind)
+	case h.Flags&^FlagZstd != 0 || b[6] != 0 || b[7] != 0:
+		return h, fmt.Errorf("entry header: %w: unknown flags %#x", ErrCorrupt, h.Flags)
+	case h.PlainLen > MaxPlain:
+		return h, fmt.Errorf("entry header: %w: plain length %d over %d", ErrCorrupt, h.PlainLen, MaxPlain)
+	case h.BodyLen < Overhead || h.BodyLen > MaxPlain+Overhead+MaxPlain/64+1024:
+		return h, fmt.Errorf("entry header: %w: body length %d", ErrCorrupt, h.BodyLen)
+	}
+	return h, nil
+}
+
+// NewAEAD returns the cipher sealing entries with a company's pack key.
+func NewAEAD(key [32]byte) cipher.AEAD {
+	a, err := chacha20poly1305.NewX(key[:])
+	if err != nil {
+		panic("xchacha20poly1305 with a 32-byte key cannot fail: " + err.Error())
+	}
+	return a
+}
+
+// AppendEntry seals payload and appends the whole entry (header and body)
+// to dst. h.BodyLen is set.
+func AppendEntry(dst []byte, aead cipher.AEAD, h *EntryHeader, payload []byte) []byte {
+	h.BodyLen = uint32(Overhead + len(payload))
+	hb := h.Marshal()
+	dst = append(dst, hb[:]...)
+	var nonce [NonceSize]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	dst = append(dst, nonce[:]...)
+	return aead.Seal(dst, nonce[:], payload, hb[:48])
+}
+
+// OpenBody authenticates and decrypts an entry's body, appending the
+// payload to dst.
+func OpenBody(dst []byte, aead cipher.AEAD, h *EntryHeader, body []byte) ([]byte, error) {
+	if uint32(len(body)) != h.BodyLen || len(body) < Overhead {
+		return nil, fmt.Errorf("open entry %x: %w: body is %d bytes, header says %d", h.ID[:8], ErrCorrupt, len(body), h.BodyLen)
+	}
+	hb := h.Marshal()
+	out, err := aead.Open(dst, body[:NonceSize], body[NonceSize:], hb[:48])
+	if err != nil {
+		return nil, fmt.Errorf("open entry %x: %w", h.ID[:8], ErrAuth)
+	}
+	return out, nil
+}
+
+// Entry is one entry found by a Scanner.
+type Entry struct {
+	Header EntryHeader
+	Offset int64 // offset of the entry header in the pack
+	Body   []byte
+}
+
+// Scanner reads a pack from its start, entry by entry.
+type Scanner struct {
+	r      *bufio.Reader
+	Header FileHeader
+	off    int64
+	body   []byte
+}
+
+// NewScanner reads the file header and returns a Scanner positioned on the
+// first entry.
+func NewScanner(r io.Reader) (*Scanner, error) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	hb := make([]byte, FileHeaderSize)
+	if _, err := io.ReadFull(br, hb); err != nil {
+		return nil, fmt.Errorf("read pack header: %w", err)
+	}
+	h, err := ParseFileHeader(hb)
+	if err != nil {
+		return nil, err
+	}
+	return &Scanner{r: br, Header: h, off: FileHeaderSize}, nil
+}
+
+// Offset is where the next entry starts: after a clean io.EOF, the length of
+// the valid part of the pack.
+func (s *Scanner) Offset() int64 { return s.off }
+
+// Next returns the next entry, io.EOF at a clean end, or an error naming the
+// offset of the first bad entry. The body is valid until the next call.
+func (s *Scanner) Next() (*Entry, error) {
+	var hb [EntryHeaderSize]byte
+	n, err := io.ReadFull(s.r, hb[:])
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if err != nil {
+		return nil, fmt.Errorf("entry at offset %d: %w: truncated header (%d bytes)", s.off, ErrCorrupt, n)
+	}
+	h, err := ParseEntryHeader(hb[:])
+	if err != nil {
+		return nil, fmt.Errorf("entry at offset %d: %w", s.off, err)
+	}
+	if cap(s.body) < int(h.BodyLen) {
+		s.body = make([]byte, h.BodyLen)
+	}
+	s.body = s.body[:h.BodyLen]
+	if _, err := io.ReadFull(s.r, s.body); err != nil {
+		return nil, fmt.Errorf("entry at offset %d: %w: truncated body", s.off, ErrCorrupt)
+	}
+	e := &Entry{Header: h, Offset: s.off, Body: s.body}
+	s.off += EntryHeaderSize + int64(h.BodyLen)
+	return e, nil
+}

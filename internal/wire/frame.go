@@ -1,0 +1,175 @@
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// FrameHeaderSize is the size of a chunk frame's fixed part.
+const FrameHeaderSize = 32 + 1 + 1 + 4 + 4
+
+// MaxPlain bounds a chunk's plaintext on the wire (the chunker makes at most 4 MiB).
+const MaxPlain = 8 << 20
+
+// Frame status in download answers.
+const (
+	StatusOK      uint8 = 0
+	StatusMissing uint8 = 1 // the vault has no such chunk
+	StatusDamaged uint8 = 2 // the vault's copy failed verification; payload is the reason
+)
+
+// Frame kinds in uploads match pack kinds.
+const (
+	FrameData    uint8 = 1
+	FrameListing uint8 = 2
+)
+
+// FlagZstd marks a zstd-compressed payload.
+const FlagZstd uint8 = 1
+
+// ErrFrame is wrapped by every frame decoding error.
+var ErrFrame = errors.New("malformed frame")
+
+// Frame is one chunk on the wire. In uploads Kind is the chunk kind; in
+// downloads it is the status.
+type Frame struct {
+	ID       [32]byte
+	Kind     uint8
+	Flags    uint8
+	PlainLen uint32
+	Payload  []byte
+}
+
+// AppendFrame encodes f after dst.
+func AppendFrame(dst []byte, f *Frame) []byte {
+	var h [FrameHeaderSize]byte
+	copy(h[:32], f.ID[:])
+	h[32] = f.Kind
+	h[33] = f.Flags
+	binary.LittleEndian.PutUint32(h[34:], f.PlainLen)
+	binary.LittleEndian.PutUint32(h[38:], uint32(len(f.Payload)))
+	return append(append(dst, h[:]...), f.Payload...)
+}
+
+// FrameReader decodes a stream of frames.
+type FrameReader struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+// NewFrameReader reads frames from r.
+func NewFrameReader(r io.Reader) *FrameReader {
+	return &FrameReader{r: bufio.NewReaderSize(r, 256<<10)}
+}
+
+// Next returns the next frame (its payload valid until the next call), or
+// io.EOF after the last one.
+func (fr *FrameReader) Next() (*Frame, error) {
+	var h [FrameHeaderSize]byte
+	n, err := io.ReadFull(fr.r, h[:])
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: truncated frame header (%d bytes)", ErrFrame, n)
+	}
+	f := &Frame{Kind: h[32], Flags: h[33], PlainLen: binary.LittleEndian.Uint32(h[34:])}
+	copy(f.ID[:], h[:32])
+	size := binary.LittleEndian.Uint32(h[38:])
+	if f.PlainLen > MaxPlain || size > MaxPlain+MaxPlain/64+1024 {
+		return nil, fmt.Errorf("%w: chunk of %d bytes (%d on the wire) is over the %d limit", ErrFrame, f.PlainLen, size, MaxPlain)
+	}
+	if f.Flags&^FlagZstd != 0 {
+		return nil, fmt.Errorf("%w: unknown flags %#x", ErrFrame, f.Flags)
+	}
+	if cap(fr.buf) < int(size) {
+		fr.buf = make([]byte, size)
+	}
+	fr.buf = fr.buf[:size]
+	if _, err := io.ReadFull(fr.r, fr.buf); err != nil {
+		return nil, fmt.Errorf("%w: truncated payload", ErrFrame)
+	}
+	f.Payload = fr.buf
+	return f, nil
+}
+
+// IDs encodes a list of chunk IDs as a request body.
+func AppendIDs(dst []byte, ids [][32]byte) []byte {
+	for i := range ids {
+		dst = append(dst, ids[i][:]...)
+	}
+	return dst
+}
+
+// ParseIDs decodes a body of concatenated IDs.
+func ParseIDs(b []byte, max int) ([][32]byte, error) {
+	if len(b)%32 != 0 {
+		return nil, fmt.Errorf("%w: body of %d bytes is not a whole number of 32-byte ids", ErrFrame, len(b))
+	}
+	n := len(b) / 32
+	if n > max {
+		return nil, fmt.Errorf("%w: %d ids, at most %d per request", ErrFrame, n, max)
+	}
+	ids := make([][32]byte, n)
+	for i := range ids {
+		copy(ids[i][:], b[i*32:])
+	}
+	return ids, nil
+}
+
+var (
+	encOnce sync.Once
+	enc     *zstd.Encoder
+	dec     *zstd.Decoder
+)
+
+func codecs() {
+	encOnce.Do(func() {
+		var err error
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		if err != nil {
+			panic("zstd encoder: " + err.Error())
+		}
+		dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxPlain*2), zstd.WithDecoderMaxWindow(MaxPlain))
+		if err != nil {
+			panic("zstd decoder: " + err.Error())
+		}
+	})
+}
+
+// Compress returns the payload to send for plain: a zstd frame appended to
+// dst and FlagZstd when it saves at least 3 %, else plain itself and 0.
+func Compress(dst, plain []byte) ([]byte, uint8) {
+	codecs()
+	out := enc.EncodeAll(plain, dst[:0])
+	if len(out) < len(plain)-len(plain)/33 {
+		return out, FlagZstd
+	}
+	return plain, 0
+}
+
+// Decompress returns the plaintext of a payload, appended to dst. It fails
+// when the result is not exactly plainLen bytes.
+func Decompress(dst []byte, flags uint8, payload []byte, plainLen uint32) ([]byte, error) {
+	if flags&FlagZstd == 0 {
+		if uint32(len(payload)) != plainLen {
+			return nil, fmt.Errorf("%w: plain payload of %d bytes, header says %d", ErrFrame, len(payload), plainLen)
+		}
+		return append(dst, payload...), nil
+	}
+	codecs()
+	out, err := dec.DecodeAll(payload, dst)
+	if err != nil {
+		return nil, fmt.Errorf("%w: zstd: %w", ErrFrame, err)
+	}
+	if uint32(len(out)-len(dst)) != plainLen {
+		return nil, fmt.Errorf("%w: decompressed to %d bytes, header says %d", ErrFrame, len(out)-len(dst), plainLen)
+	}
+	return out, nil
+}

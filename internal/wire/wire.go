@@ -1,0 +1,162 @@
+// Package wire defines the agent API of a vault: its paths, JSON messages and
+// the binary frames of chunk queries, uploads and downloads
+// (docs/protocol.md).
+package wire
+
+import (
+	"time"
+
+	"vaultnode/internal/tree"
+)
+
+// Paths of the agent API. All but Health and Enroll need a client certificate.
+const (
+	PathHealth   = "/v1/health"
+	PathEnroll   = "/v1/enroll"
+	PathComputer = "/v1/computer"     // GET: identity, chunk key, configurations
+	PathConfigs  = "/v1/configs/"     // PUT/DELETE /v1/configs/NAME
+	PathSessions = "/v1/sessions"     // POST: open a session
+	PathSession  = "/v1/sessions/"    // /v1/sessions/ID/{lack,chunks,commit,abort}
+	PathVersions = "/v1/versions/"    // GET /v1/versions/CONFIG[/SEQ]
+	PathChunks   = "/v1/chunks/get"   // POST: body of IDs, response frames
+	PathStatus   = "/v1/status"       // POST: agent reports a configuration's state
+	ServerName   = "vaultd.vaultnode" // DNS name in every vault server certificate
+	MediaFrames  = "application/x-vaultnode-frames"
+)
+
+// Limits the vault enforces; a request over them gets 413.
+const (
+	MaxLackIDs    = 65536    // IDs per lack query
+	MaxUploadBody = 64 << 20 // bytes per upload request
+	MaxGetIDs     = 4096     // IDs per chunk download request
+	MaxJSONBody   = 1 << 20  // bytes of any JSON request
+)
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Code    string `json:"code"`    // stable machine-readable code, e.g. "unknown_session"
+	Message string `json:"message"` // what went wrong and what to do
+}
+
+// Error codes.
+const (
+	CodeBadRequest     = "bad_request"
+	CodeTooLarge       = "too_large"
+	CodeUnauthorized   = "unauthorized"    // no or bad client certificate
+	CodeRevoked        = "revoked"         // the computer was revoked
+	CodeUnknownSession = "unknown_session" // expired, finished or never opened; open a new one
+	CodeBadToken       = "bad_token"       // unknown, used or expired enrolment token
+	CodeMismatch       = "chunk_mismatch"  // a chunk's content does not hash to its ID
+	CodeMissingChunk   = "missing_chunk"   // a commit references chunks the vault lacks
+	CodeNotFound       = "not_found"
+	CodeBusy           = "busy" // another session for this configuration is open
+	CodeInternal       = "internal"
+	CodeNoSpace        = "no_space" // the vault's disk is full
+)
+
+// EnrollRequest registers a computer with a one-time token.
+type EnrollRequest struct {
+	Token    string `json:"token"`
+	Hostname string `json:"hostname"`
+	CSR      []byte `json:"csr"` // PEM certificate request for the computer's key
+}
+
+// EnrollResponse carries the computer's identity.
+type EnrollResponse struct {
+	ComputerID  string `json:"computer_id"`
+	Company     string `json:"company"`
+	Certificate []byte `json:"certificate"` // PEM, signed by the vault CA
+	CA          []byte `json:"ca"`          // PEM of the vault CA
+}
+
+// Computer is what GET /v1/computer answers.
+type Computer struct {
+	ID       string   `json:"id"`
+	Name     string   `json:"name"`
+	Company  string   `json:"company"`
+	ChunkKey []byte   `json:"chunk_key"` // Kid, 32 bytes
+	GearKey  []byte   `json:"gear_key"`  // Kcdc, 32 bytes
+	Configs  []Config `json:"configs"`
+}
+
+// Config kinds.
+const (
+	KindFiles    = "files"
+	KindDatabase = "database"
+)
+
+// Config is a backup configuration. The vault is its source of truth.
+type Config struct {
+	Name     string   `json:"name"`
+	Kind     string   `json:"kind"`
+	Revision int64    `json:"revision,omitempty"` // set by the vault
+	Paths    []string `json:"paths,omitempty"`    // absolute roots
+	Include  []string `json:"include,omitempty"`  // globs; empty = everything
+	Exclude  []string `json:"exclude,omitempty"`  // globs
+	// CrossMounts lets the walk descend into other filesystems.
+	CrossMounts bool `json:"cross_mounts,omitempty"`
+	// NoAutoExclude turns off the automatic exclusions.
+	NoAutoExclude bool `json:"no_auto_exclude,omitempty"`
+	// Command is a database/application configuration's dump command.
+	Command []string `json:"command,omitempty"`
+}
+
+// OpenSession starts a synchronization of one configuration.
+type OpenSession struct {
+	Config string `json:"config"`
+}
+
+// Session is the answer to OpenSession.
+type Session struct {
+	ID       string    `json:"id"`
+	Previous uint64    `json:"previous"` // sequence of the last committed version, 0 if none
+	Expires  time.Time `json:"expires"`
+}
+
+// Commit ends a session with the version's listing.
+type Commit struct {
+	Listing []tree.ChunkRef `json:"listing"`
+	Started time.Time       `json:"started"`
+	Totals  Totals          `json:"totals"`
+}
+
+// Totals summarize a version.
+type Totals struct {
+	Files        int64 `json:"files"`
+	Dirs         int64 `json:"dirs"`
+	Bytes        int64 `json:"bytes"`        // logical bytes of regular files
+	Unreadable   int64 `json:"unreadable"`   // nodes with StatusUnreadable
+	Inconsistent int64 `json:"inconsistent"` // nodes with StatusInconsistent
+	Deleted      int64 `json:"deleted"`
+	ChunksSent   int64 `json:"chunks_sent"`
+	BytesSent    int64 `json:"bytes_sent"` // chunk payload bytes uploaded
+}
+
+// Committed is the answer to Commit.
+type Committed struct {
+	Seq uint64 `json:"seq"`
+}
+
+// Manifest describes a committed version (docs/format.md).
+type Manifest struct {
+	Magic    string          `cbor:"1,keyasint" json:"-"`
+	Company  string          `cbor:"2,keyasint" json:"company"`
+	Computer string          `cbor:"3,keyasint" json:"computer"`
+	Config   string          `cbor:"4,keyasint" json:"config"`
+	Seq      uint64          `cbor:"5,keyasint" json:"seq"`
+	Started  time.Time       `cbor:"6,keyasint" json:"started"`
+	Finished time.Time       `cbor:"7,keyasint" json:"finished"`
+	Listing  []tree.ChunkRef `cbor:"8,keyasint" json:"listing"`
+	Totals   Totals          `cbor:"9,keyasint" json:"totals"`
+}
+
+// ManifestMagic opens every manifest.
+const ManifestMagic = "vaultnode manifest v1"
+
+// Complete reports whether a version protects its whole selection.
+func (m *Manifest) Complete() bool { return m.Totals.Unreadable == 0 && m.Totals.Inconsistent == 0 }
+
+// Versions answers GET /v1/versions/CONFIG.
+type Versions struct {
+	Versions []Manifest `json:"versions"`
+}
