@@ -1,0 +1,259 @@
+package corpus
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const testScale = 0.01
+
+func generate(t *testing.T, opts Options) (string, Stats) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "corpus")
+	st, err := Generate(dir, opts)
+	if err != nil {
+		t.Fatalf("Generate: %v", err)
+	}
+	return dir, st
+}
+
+func TestGenerateDeterministic(t *testing.T) {
+	tests := []struct {
+		name     string
+		a, b     Options
+		wantSame bool
+	}{
+		{"same seed", Options{Seed: 7, Scale: testScale}, Options{Seed: 7, Scale: testScale}, true},
+		{"default seed is 1", Options{Scale: testScale}, Options{Seed: 1, Scale: testScale}, true},
+		{"other seed", Options{Seed: 7, Scale: testScale}, Options{Seed: 8, Scale: testScale}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			da, sa := generate(t, tt.a)
+			db, sb := generate(t, tt.b)
+			ha, err := TreeHash(da)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hb, err := TreeHash(db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (ha == hb) != tt.wantSame {
+				t.Errorf("tree hashes %s and %s: same = %v, want %v", ha, hb, ha == hb, tt.wantSame)
+			}
+			if tt.wantSame {
+				if diff := cmp.Diff(sa, sb); diff != "" {
+					t.Errorf("stats differ (-a +b):\n%s", diff)
+				}
+			}
+		})
+	}
+}
+
+func TestGenerateShape(t *testing.T) {
+	dir, st := generate(t, Options{Scale: testScale})
+	m, err := Manifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files, links, dirs int
+	var bytes int64
+	for _, e := range m {
+		switch {
+		case e.Mode.IsRegular():
+			files++
+			bytes += e.Size
+			if e.Mtime.Before(BaseTime.Add(-2 * 3600e9)) {
+				t.Errorf("%s: mtime %v is not a fixed corpus time", e.Path, e.Mtime)
+			}
+		case e.Mode.IsDir():
+			dirs++
+		default:
+			links++
+		}
+	}
+	got := Stats{Files: files, Dirs: dirs, Symlinks: links, Bytes: bytes}
+	want := Stats{Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("tree does not match Stats (-stats +tree):\n%s", diff)
+	}
+	if st.SmallFiles < 20 || st.LargeFiles != 6 || st.SparseFiles != 2 {
+		t.Errorf("stats %+v: want >= 20 small, 6 large, 2 sparse files", st)
+	}
+	// Sparse files must really be sparse.
+	for _, name := range []string{"db-0.img", "db-1.img"} {
+		var s syscallStat
+		if err := statBlocks(filepath.Join(dir, SparseDir, name), &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.allocated*4 > s.size {
+			t.Errorf("%s: %d bytes allocated of %d: not sparse", name, s.allocated, s.size)
+		}
+	}
+	// vm-3 holds half of vm-0 (partial duplication between images).
+	a, err := os.ReadFile(filepath.Join(dir, ImageDir, "vm-0.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, ImageDir, "vm-3.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), string(a[len(a)/8:len(a)/8+len(a)/2])) {
+		t.Errorf("vm-3.img does not contain half of vm-0.img")
+	}
+	// Source-like text is compressible: it has line structure and repeated words.
+	src, err := os.ReadFile(filepath.Join(dir, LogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(src), " component=") {
+		t.Errorf("%s does not look like a log", LogFile)
+	}
+}
+
+func TestMutate(t *testing.T) {
+	opts := Options{Scale: 0.02}
+	da, _ := generate(t, opts)
+	db, _ := generate(t, opts)
+	before, err := Manifest(da)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, err := Mutate(da, 5)
+	if err != nil {
+		t.Fatalf("Mutate: %v", err)
+	}
+	sb, err := Mutate(db, 5)
+	if err != nil {
+		t.Fatalf("Mutate: %v", err)
+	}
+	if diff := cmp.Diff(sa, sb); diff != "" {
+		t.Errorf("mutation stats differ for the same seed (-a +b):\n%s", diff)
+	}
+	ha, err := TreeHash(da)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, err := TreeHash(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ha != hb {
+		t.Errorf("same tree and seed mutate to different trees: %s, %s", ha, hb)
+	}
+	after, err := Manifest(da)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if Hash(before) == Hash(after) {
+		t.Fatalf("Mutate changed nothing")
+	}
+	if sa.FilesEdited < 1 || sa.Insertions != 3 || sa.Appends != 1 || sa.HoleWrites != 1 ||
+		sa.Added < 1 || sa.Deleted != sa.Added || sa.DirsRenamed != 1 {
+		t.Errorf("mutation stats %+v: want edits, 3 insertions, 1 append, 1 hole write, adds = deletes, 1 rename", sa)
+	}
+	if want := sa.FilesEdited + sa.Insertions + sa.Appends + sa.HoleWrites + sa.Added; sa.Edits != want {
+		t.Errorf("Edits = %d, want %d", sa.Edits, want)
+	}
+
+	// Classify the differences: the byte count of new content must cover
+	// what grew, and renamed files must be unchanged.
+	old := map[string]Entry{}
+	for _, e := range before {
+		old[e.Path] = e
+	}
+	oldRenamed := strings.Split(sa.RenamedDir, " -> ")
+	var grown int64
+	var changed, added, renamedSame int
+	for _, e := range after {
+		if !e.Mode.IsRegular() {
+			continue
+		}
+		p := e.Path
+		if rest, ok := strings.CutPrefix(p, filepath.ToSlash(oldRenamed[1])+"/"); ok {
+			o, had := old[filepath.ToSlash(oldRenamed[0])+"/"+rest]
+			if had && o.Digest == e.Digest && o.Mtime.Equal(e.Mtime) {
+				renamedSame++
+				continue
+			}
+			p = filepath.ToSlash(oldRenamed[0]) + "/" + rest
+		}
+		o, had := old[p]
+		switch {
+		case !had:
+			added++
+			grown += e.Size
+		case o.Digest != e.Digest:
+			changed++
+			if !e.Mtime.After(MutationTime) {
+				t.Errorf("%s changed but its mtime %v was not moved past MutationTime", e.Path, e.Mtime)
+			}
+			grown += e.Size - o.Size
+		}
+	}
+	if added != sa.Added {
+		t.Errorf("found %d new files, stats say %d", added, sa.Added)
+	}
+	if changed != sa.FilesEdited+sa.Insertions+sa.Appends+sa.HoleWrites {
+		t.Errorf("found %d changed files, stats say %d edits, %d insertions, %d appends, %d hole writes",
+			changed, sa.FilesEdited, sa.Insertions, sa.Appends, sa.HoleWrites)
+	}
+	if renamedSame == 0 {
+		t.Errorf("no unchanged file found in the renamed directory %s", sa.RenamedDir)
+	}
+	if grown > sa.BytesChanged || sa.BytesChanged <= 0 {
+		t.Errorf("tree grew by %d bytes, BytesChanged = %d: want 0 < grown <= BytesChanged", grown, sa.BytesChanged)
+	}
+
+	// A second mutation with another seed works on the mutated tree.
+	if _, err := Mutate(da, 6); err != nil {
+		t.Fatalf("second Mutate: %v", err)
+	}
+}
+
+func TestManifestSparseEqualsDense(t *testing.T) {
+	dir := t.TempDir()
+	sparse := filepath.Join(dir, "sparse")
+	dense := filepath.Join(dir, "dense")
+	f, err := os.Create(sparse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 5<<20 + 123
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("data"), 3<<20+7); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	b := make([]byte, size)
+	copy(b[3<<20+7:], "data")
+	if err := os.WriteFile(dense, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := fileDigest(sparse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd, err := fileDigest(dense)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds != dd {
+		t.Errorf("sparse and dense copies hash differently")
+	}
+	b[0] = 1
+	if err := os.WriteFile(dense, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if dd, _ = fileDigest(dense); ds == dd {
+		t.Errorf("different contents hash alike")
+	}
+}
