@@ -1,0 +1,64 @@
+// Package meta captures and applies everything a file is besides its
+// content: type, owner, mode, times, extended attributes (POSIX ACLs,
+// SELinux labels and file capabilities are xattrs), inode flags, symlink
+// targets, device numbers and the data layout of sparse files.
+//
+// Every function works on a directory descriptor and a name relative to it
+// (openat style), so paths deeper than PATH_MAX and names that are any bytes
+// a Linux filesystem allows work. Extended attributes are reached through
+// /proc/self/fd/DIRFD/NAME with the l* calls, which never follow the final
+// symlink; /proc must be mounted.
+//
+// Restore order for one object: Create (or CreateFile and WriteSparse for
+// regular files), then Apply, which sets owner, mode, xattrs, times and inode
+// flags in that order. Directories are applied after their contents. Inode
+// flags that forbid changes (immutable, append-only) are set last; a restore
+// that makes hard links to such a file sets its flags after the last link
+// (Options.SkipFlags, then SetFlags).
+package meta
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrSocket is returned by Create for a socket: sockets are recorded, never
+// recreated (the process that listened on it is gone).
+var ErrSocket = errors.New("sockets are recorded, not restored")
+
+// ErrType is returned by Create for a type it does not make (regular files
+// are made with CreateFile, deleted markers are not objects).
+var ErrType = errors.New("type not created by Create")
+
+// Options control restore.
+type Options struct {
+	// ByName sets owners by the recorded User and Group names as known on
+	// this system; a name unknown here falls back to the recorded number.
+	// The default restores numeric IDs.
+	ByName bool
+	// SkipOwner leaves owner and group as created (restore as a non-root user).
+	SkipOwner bool
+	// SkipFlags makes Apply leave inode flags alone; the caller sets them
+	// later with SetFlags (for example after the last hard link to the file
+	// exists: an immutable file cannot be linked).
+	SkipFlags bool
+	// Replace makes Create, CreateFile and Link remove an existing
+	// non-directory at the name first (clearing immutable and append-only).
+	Replace bool
+}
+
+// xattrPath names dirfd/name for the path-based xattr calls.
+func xattrPath(dirfd int, name string) string {
+	if dirfd == unix.AT_FDCWD || (len(name) > 0 && name[0] == '/') {
+		return name
+	}
+	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+// pathErr wraps err as "verb name: err".
+func pathErr(verb, name string, err error) error {
+	return fmt.Errorf("%s %q: %w", verb, name, err)
+}
