@@ -1,0 +1,435 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"vaultnode/internal/clock"
+)
+
+// collector runs a watcher and accumulates what it delivers.
+type collector struct {
+	w      *Watcher
+	cancel context.CancelFunc
+	done   chan error
+
+	mu      sync.Mutex
+	batches []Batch
+	paths   map[string]int // path -> number of batches naming it
+	rescan  map[string]bool
+	full    int
+}
+
+func startWatcher(t *testing.T, backend string, roots []string, opts Options, clk clock.Clock) *collector {
+	t.Helper()
+	opts.Backend = backend
+	w, err := New(roots, opts, zaptest.NewLogger(t), clk)
+	if err != nil {
+		t.Fatalf("New(%s): %v", backend, err)
+	}
+	if got := w.Backend(); got != backend {
+		t.Fatalf("Backend() = %q, want %q", got, backend)
+	}
+	return runCollector(t, w)
+}
+
+func runCollector(t *testing.T, w *Watcher) *collector {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &collector{w: w, cancel: cancel, done: make(chan error, 1), paths: map[string]int{}, rescan: map[string]bool{}}
+	go func() { c.done <- w.Run(ctx) }()
+	go func() {
+		for b := range w.Batches() {
+			c.mu.Lock()
+			c.batches = append(c.batches, b)
+			for _, p := range b.Paths {
+				c.paths[p]++
+			}
+			for _, d := range b.Rescan {
+				c.rescan[d] = true
+			}
+			if b.Full {
+				c.full++
+			}
+			c.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-c.done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return c
+}
+
+// covered reports whether p was delivered as a path, inside a rescan, or by
+// a full rescan.
+func (c *collector) covered(p string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.paths[p] > 0 || c.full > 0 {
+		return true
+	}
+	for q := p; ; q = filepath.Dir(q) {
+		if c.rescan[q] {
+			return true
+		}
+		if q == filepath.Dir(q) {
+			return false
+		}
+	}
+}
+
+func (c *collector) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batches = nil
+	c.paths = map[string]int{}
+	c.rescan = map[string]bool{}
+	c.full = 0
+}
+
+func (c *collector) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			t.Fatalf("waiting for %s: batches so far %+v", what, c.batches)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (c *collector) waitCovered(t *testing.T, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		c.waitFor(t, "change of "+p, func() bool { return c.covered(p) })
+	}
+}
+
+func writeFile(t *testing.T, p, content string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var backends = []string{BackendFanotify, BackendInotify}
+
+func TestCreateWriteRenameDelete(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			root := t.TempDir()
+			c := startWatcher(t, be, []string{root}, Options{Quiet: 50 * time.Millisecond}, clock.Real{})
+			a := filepath.Join(root, "a.txt")
+			b := filepath.Join(root, "b.txt")
+
+			writeFile(t, a, "one")
+			c.waitCovered(t, a)
+
+			c.reset()
+			f, err := os.OpenFile(a, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString("two")
+			f.Close()
+			c.waitCovered(t, a)
+
+			c.reset()
+			if err := os.Rename(a, b); err != nil {
+				t.Fatal(err)
+			}
+			c.waitCovered(t, a, b)
+
+			c.reset()
+			if err := os.Chmod(b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c.waitCovered(t, b)
+
+			c.reset()
+			if err := os.Remove(b); err != nil {
+				t.Fatal(err)
+			}
+			c.waitCovered(t, b)
+
+			// Renaming a directory reports both names; the new one is rescanned.
+			c.reset()
+			d1 := filepath.Join(root, "d1")
+			os.Mkdir(d1, 0o755)
+			writeFile(t, filepath.Join(d1, "inner"), "x")
+			c.waitCovered(t, filepath.Join(d1, "inner"))
+			c.reset()
+			d2 := filepath.Join(root, "d2")
+			if err := os.Rename(d1, d2); err != nil {
+				t.Fatal(err)
+			}
+			c.waitCovered(t, d1, d2)
+			c.waitFor(t, "rescan of d2", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.rescan[d2] || c.full > 0 })
+			// After the rename, changes inside the renamed directory carry the new name.
+			c.reset()
+			writeFile(t, filepath.Join(d2, "inner"), "y")
+			c.waitCovered(t, filepath.Join(d2, "inner"))
+			c.mu.Lock()
+			for p := range c.paths {
+				if strings.HasPrefix(p, d1+"/") {
+					t.Errorf("change reported under the old name %s", p)
+				}
+			}
+			c.mu.Unlock()
+
+			// Nothing outside the root is reported.
+			c.mu.Lock()
+			for p := range c.paths {
+				if !under(p, root) {
+					t.Errorf("path outside the root: %s", p)
+				}
+			}
+			c.mu.Unlock()
+		})
+	}
+}
+
+func TestNewDirectoriesWithContent(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			root := t.TempDir()
+			outside := t.TempDir()
+			c := startWatcher(t, be, []string{root}, Options{Quiet: 50 * time.Millisecond}, clock.Real{})
+
+			// mkdir -p a/b/c && echo > a/b/c/f, as fast as Go can.
+			deep := filepath.Join(root, "a", "b", "c")
+			if err := os.MkdirAll(deep, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			f := filepath.Join(deep, "f")
+			writeFile(t, f, "\n")
+			c.waitCovered(t, f)
+
+			// A whole tree moved in from outside the root.
+			tree := filepath.Join(outside, "tree")
+			os.MkdirAll(filepath.Join(tree, "x", "y"), 0o755)
+			writeFile(t, filepath.Join(tree, "x", "y", "g"), "g")
+			c.reset()
+			moved := filepath.Join(root, "tree")
+			if err := os.Rename(tree, moved); err != nil {
+				t.Fatal(err)
+			}
+			c.waitCovered(t, filepath.Join(moved, "x", "y", "g"))
+			c.mu.Lock()
+			if !c.rescan[moved] && c.full == 0 {
+				t.Errorf("moved-in tree not rescanned: %+v", c.batches)
+			}
+			c.mu.Unlock()
+
+			// And changes inside it afterwards are seen (inotify added watches).
+			c.reset()
+			h := filepath.Join(moved, "x", "y", "h")
+			writeFile(t, h, "h")
+			c.waitCovered(t, h)
+
+			// A file moved out of the root is reported under its old name.
+			c.reset()
+			if err := os.Rename(h, filepath.Join(outside, "h")); err != nil {
+				t.Fatal(err)
+			}
+			c.waitCovered(t, h)
+		})
+	}
+}
+
+func TestThousandWritesCoalesce(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			root := t.TempDir()
+			c := startWatcher(t, be, []string{root}, Options{Quiet: 300 * time.Millisecond, MaxDelay: time.Minute}, clock.Real{})
+			p := filepath.Join(root, "hot")
+			f, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 1000; i++ {
+				fmt.Fprintf(f, "line %d\n", i)
+				if i%100 == 99 { // close and reopen now and then: close_write events too
+					f.Close()
+					if f, err = os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			f.Close()
+			c.waitCovered(t, p)
+			time.Sleep(500 * time.Millisecond) // past the quiet period: nothing more arrives
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.paths[p] != 1 || len(c.batches) != 1 || len(c.batches[0].Paths) != 1 {
+				t.Fatalf("1000 writes gave %d batches naming the file %d times: %+v", len(c.batches), c.paths[p], c.batches)
+			}
+			t.Logf("%s: %d kernel events became one path", be, c.w.Stats().Events)
+		})
+	}
+}
+
+func TestPendingLimitCollapsesToDirectories(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			root := t.TempDir()
+			for _, d := range []string{"d1", "d2", "d3"} {
+				os.Mkdir(filepath.Join(root, d), 0o755)
+			}
+			c := startWatcher(t, be, []string{root}, Options{Quiet: 300 * time.Millisecond, MaxDelay: time.Minute, MaxPending: 8}, clock.Real{})
+			var all []string
+			for i := 0; i < 60; i++ {
+				p := filepath.Join(root, fmt.Sprintf("d%d", i%3+1), fmt.Sprintf("f%02d", i))
+				writeFile(t, p, "x")
+				all = append(all, p)
+			}
+			c.waitCovered(t, all...)
+			time.Sleep(400 * time.Millisecond)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			for _, b := range c.batches {
+				if len(b.Paths)+len(b.Rescan) > 8 {
+					t.Errorf("batch exceeds the pending limit: %d paths, %d rescans", len(b.Paths), len(b.Rescan))
+				}
+			}
+			if len(c.rescan) == 0 && c.full == 0 {
+				t.Fatalf("no collapse to directories: %+v", c.batches)
+			}
+			if st := c.w.Stats(); st.Collapses == 0 {
+				t.Errorf("Stats.Collapses = 0")
+			}
+		})
+	}
+}
+
+// A real kernel queue overflow: events pile up before Run reads any, past the
+// queue limit; the first batch must ask for a full rescan.
+func TestQueueOverflowRequestsFullRescan(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			root := t.TempDir()
+			w, err := New([]string{root}, Options{Backend: be, Quiet: 50 * time.Millisecond}, zaptest.NewLogger(t), clock.Real{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			limit := w.Limits().QueueLimit
+			if limit <= 0 || limit > 200000 {
+				w.Close()
+				t.Fatalf("queue limit %d: cannot overflow it in a test", limit)
+			}
+			// Distinct files, so the kernel cannot merge their events.
+			for i := 0; i < limit+100; i++ {
+				f, err := os.Create(filepath.Join(root, fmt.Sprintf("f%06d", i)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.Close()
+			}
+			c := runCollector(t, w)
+			c.waitFor(t, "a full rescan", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.full > 0 })
+			if st := w.Stats(); st.Overflows == 0 {
+				t.Errorf("Stats.Overflows = 0 after a full rescan for overflow")
+			}
+		})
+	}
+}
+
+func TestPeriodicFullRescanWithFakeClock(t *testing.T) {
+	root := t.TempDir()
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	w, err := New([]string{root}, Options{Backend: BackendInotify, FullRescan: time.Hour}, zaptest.NewLogger(t), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := runCollector(t, w)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c.mu.Lock()
+		n := c.full
+		c.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no periodic full rescan")
+		}
+		clk.Advance(10 * time.Minute)
+		time.Sleep(2 * time.Millisecond)
+	}
+	if clk.Now().Before(time.Date(2026, 1, 1, 1, 0, 0, 0, time.UTC)) {
+		t.Fatalf("full rescan before the interval: %v", clk.Now())
+	}
+}
+
+func TestAutoPicksFanotifyAndReportsLimits(t *testing.T) {
+	root := t.TempDir()
+	w, err := New([]string{root}, Options{}, zaptest.NewLogger(t), clock.Real{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	l := w.Limits()
+	if l.Backend != BackendFanotify || len(l.Filesystems) == 0 || l.Reason == "" {
+		t.Fatalf("Limits = %+v, want fanotify with filesystems (we are root on kernel >= 5.9)", l)
+	}
+	t.Logf("auto: %+v", l)
+}
+
+func TestInotifyWatchBudget(t *testing.T) {
+	root := t.TempDir()
+	for i := 0; i < 10; i++ {
+		os.MkdirAll(filepath.Join(root, fmt.Sprintf("d%d", i), "sub"), 0o755)
+	}
+	w, err := New([]string{root}, Options{Backend: BackendInotify, MaxWatches: 5}, zaptest.NewLogger(t), clock.Real{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	l := w.Limits()
+	if l.Watches != 5 || l.MaxWatches != 5 || l.Degraded == "" {
+		t.Fatalf("Limits = %+v, want 5 of 5 watches and a degraded note", l)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "file")
+	writeFile(t, file, "x")
+	for _, tt := range []struct {
+		roots []string
+		opts  Options
+		want  string
+	}{
+		{nil, Options{}, "no roots"},
+		{[]string{filepath.Join(root, "missing")}, Options{}, "no such file"},
+		{[]string{file}, Options{}, "not a directory"},
+		{[]string{root}, Options{Backend: "kqueue"}, "want fanotify, inotify"},
+	} {
+		w, err := New(tt.roots, tt.opts, zaptest.NewLogger(t), clock.Real{})
+		if err == nil {
+			w.Close()
+			t.Errorf("New(%v, %+v) succeeded", tt.roots, tt.opts)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("New(%v, %+v) = %v, want it to mention %q", tt.roots, tt.opts, err, tt.want)
+		}
+	}
+}
