@@ -1,0 +1,309 @@
+// Package backup runs one synchronization of a files configuration: it walks
+// the selection in tree order, reuses the chunk lists of files unchanged
+// since the last committed version (size, mtime, ctime, inode), reads,
+// chunks and hashes the rest in parallel, sends only the chunks the vault
+// lacks, and commits a version whose listing is a full view of the selection.
+package backup
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"vaultnode/agentkit/client"
+	"vaultnode/agentkit/selection"
+	"vaultnode/agentkit/state"
+	"vaultnode/internal/chunker"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// Vault is what a synchronization needs of the vault.
+type Vault interface {
+	Open(ctx context.Context, config string) (*wire.Session, error)
+	Lack(ctx context.Context, session string, ids [][32]byte) ([]bool, error)
+	Upload(ctx context.Context, session string, frames []byte) error
+	Commit(ctx context.Context, session string, c wire.Commit) (uint64, error)
+	Abort(ctx context.Context, session string) error
+}
+
+// Options of Run.
+type Options struct {
+	Vault    Vault
+	Config   wire.Config
+	ChunkKey [32]byte
+	GearKey  [32]byte
+	State    *state.Dir
+	Log      *zap.Logger
+	// Progress, when set, is called about every Interval with the counters.
+	Progress func(s *Stats)
+	Interval time.Duration
+	Workers  int // file readers; default GOMAXPROCS
+	// Retries is how many times a file that changes while read is re-read.
+	Retries int
+}
+
+// Stats are the counters of a run, updated atomically.
+type Stats struct {
+	Start        time.Time
+	Files        int64 // files seen
+	Dirs         int64
+	Bytes        int64 // logical bytes of files seen
+	FilesRead    int64 // files whose content was read
+	BytesRead    int64 // content bytes read
+	Unreadable   int64
+	Inconsistent int64
+	Deleted      int64
+	ChunksKnown  int64 // chunks the vault already had
+	ChunksSent   int64
+	BytesSent    int64 // bytes of upload bodies
+	Done         bool
+}
+
+// Snapshot returns a consistent copy of the counters.
+func (s *Stats) Snapshot() Stats {
+	return Stats{Start: s.Start, Files: atomic.LoadInt64(&s.Files), Dirs: atomic.LoadInt64(&s.Dirs),
+		Bytes: atomic.LoadInt64(&s.Bytes), FilesRead: atomic.LoadInt64(&s.FilesRead), BytesRead: atomic.LoadInt64(&s.BytesRead),
+		Unreadable: atomic.LoadInt64(&s.Unreadable), Inconsistent: atomic.LoadInt64(&s.Inconsistent),
+		Deleted: atomic.LoadInt64(&s.Deleted), ChunksKnown: atomic.LoadInt64(&s.ChunksKnown),
+		ChunksSent: atomic.LoadInt64(&s.ChunksSent), BytesSent: atomic.LoadInt64(&s.BytesSent), Done: s.Done}
+}
+
+// Result is a committed synchronization.
+type Result struct {
+	Seq      uint64
+	Stats    Stats
+	Problems []string // files not fully protected, with the reason
+	Duration time.Duration
+}
+
+// Run synchronizes one configuration and commits a version.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	res, err := run(ctx, o, true)
+	if client.IsCode(err, wire.CodeMissingChunk) {
+		// The vault lacks chunks our cache says it has (it was restored
+		// from an older state, or the cache is from another vault): read
+		// everything again.
+		o.Log.Warn("vault lacks chunks of the cached version; synchronizing without the cache", zap.Error(err))
+		return run(ctx, o, false)
+	}
+	return res, err
+}
+
+func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	if o.Retries <= 0 {
+		o.Retries = 3
+	}
+	if o.Interval <= 0 {
+		o.Interval = 200 * time.Millisecond
+	}
+	if o.Config.Kind != "" && o.Config.Kind != wire.KindFiles {
+		return nil, fmt.Errorf("configuration %q is of kind %q; only %q is supported by this agent", o.Config.Name, o.Config.Kind, wire.KindFiles)
+	}
+	gear, err := chunker.NewGear(o.GearKey)
+	if err != nil {
+		return nil, err
+	}
+	sel, err := selection.New(selection.Options{Include: o.Config.Include, Exclude: o.Config.Exclude,
+		NoAuto: o.Config.NoAutoExclude, StatePath: o.State.Path})
+	if err != nil {
+		return nil, err
+	}
+	cdir, err := o.State.ConfigDir(o.Config.Name)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := o.Vault.Open(ctx, o.Config.Name)
+	if err != nil {
+		return nil, fmt.Errorf("open session: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			o.Vault.Abort(actx, sess.ID)
+			cancel()
+		}
+	}()
+
+	stats := &Stats{Start: time.Now()}
+	var prev *tree.Reader
+	if path, _ := o.State.LastListing(o.Config.Name); path != "" && useCache {
+		f, err := os.Open(path)
+		if err == nil {
+			defer f.Close()
+			zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+			if err == nil {
+				defer zr.Close()
+				prev, err = tree.NewReader(zr)
+			}
+			if err != nil {
+				o.Log.Warn("ignoring unreadable listing cache", zap.String("path", path), zap.Error(err))
+				prev = nil
+			}
+		}
+	}
+	tmp, err := os.CreateTemp(cdir, "listing-*.tmp")
+	if err != nil {
+		return nil, fmt.Errorf("create listing cache: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	zw, err := zstd.NewWriter(tmp, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	up := newUploader(o.Vault, sess.ID, stats)
+	order := make(chan *item, 4096)
+	work := make(chan *item, 64)
+	var problems []string
+
+	if o.Progress != nil {
+		progDone := make(chan struct{})
+		defer close(progDone)
+		go func() {
+			t := time.NewTicker(o.Interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-progDone:
+					return
+				case <-t.C:
+					o.Progress(stats)
+				}
+			}
+		}()
+	}
+
+	// Upload stages: lack queries, compression, upload bodies.
+	g.Go(func() error { return up.lacker(gctx) })
+	cg, cctx := errgroup.WithContext(gctx)
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		cg.Go(func() error { return up.compressor(cctx) })
+	}
+	g.Go(func() error {
+		err := cg.Wait()
+		if ferr := up.flush(gctx); err == nil {
+			err = ferr
+		}
+		return err
+	})
+	for range 2 {
+		g.Go(func() error { return up.sender(gctx) })
+	}
+
+	// Producers of chunks: the walker, the file readers and the listing.
+	pg, pctx := errgroup.WithContext(gctx)
+	for range o.Workers {
+		pg.Go(func() error {
+			r := &reader{gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, retries: o.Retries,
+				buf: make([]byte, 2*chunker.MaxSize)}
+			for it := range work {
+				if err := r.read(pctx, it); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	pg.Go(func() error {
+		w := &walker{ctx: pctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
+			links: map[[2]uint64][]byte{}, log: o.Log}
+		err := w.run()
+		close(work)
+		close(order)
+		return err
+	})
+	var listing []tree.ChunkRef
+	lr, lw := io.Pipe()
+	pg.Go(func() error {
+		h := keys.NewHasher(o.ChunkKey)
+		c := chunker.New(gear, lr, nil)
+		for {
+			b, err := c.Next()
+			if err == io.EOF {
+				return nil
+			}
+			if err == nil {
+				id := h.Sum(b)
+				listing = append(listing, tree.ChunkRef{ID: id, Len: uint32(len(b))})
+				err = up.add(pctx, wire.FrameListing, id, b)
+			}
+			if err != nil {
+				lr.CloseWithError(err)
+				return err
+			}
+		}
+	})
+	pg.Go(func() error {
+		tw, err := tree.NewWriter(io.MultiWriter(zw, lw))
+		if err != nil {
+			lw.CloseWithError(err)
+			return err
+		}
+		for it := range order {
+			select {
+			case <-it.done:
+			case <-pctx.Done():
+				lw.CloseWithError(pctx.Err())
+				for range order {
+				}
+				return pctx.Err()
+			}
+			if it.node.Status != tree.StatusOK {
+				problems = append(problems, fmt.Sprintf("%s: %s", it.node.Path, it.node.Err))
+			}
+			if err := tw.Write(&it.node); err != nil {
+				lw.CloseWithError(err)
+				for range order {
+				}
+				return err
+			}
+		}
+		return lw.Close()
+	})
+	g.Go(func() error {
+		err := pg.Wait()
+		close(up.cand)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("write listing cache: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, fmt.Errorf("write listing cache: %w", err)
+	}
+	seq, err := o.Vault.Commit(ctx, sess.ID, wire.Commit{Listing: listing, Started: stats.Start})
+	if err != nil {
+		return nil, fmt.Errorf("commit version: %w", err)
+	}
+	committed = true
+	if err := o.State.CommitListing(o.Config.Name, tmp.Name(), seq); err != nil {
+		o.Log.Warn("could not keep the listing cache; the next synchronization reads every file", zap.Error(err))
+	}
+	stats.Done = true
+	if o.Progress != nil {
+		o.Progress(stats)
+	}
+	return &Result{Seq: seq, Stats: stats.Snapshot(), Problems: problems, Duration: time.Since(stats.Start)}, nil
+}

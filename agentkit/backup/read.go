@@ -1,0 +1,146 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/chunker"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+var errEOF = io.EOF
+
+type reader struct {
+	gear    *chunker.Gear
+	hasher  *keys.Hasher
+	up      *uploader
+	stats   *Stats
+	retries int
+	buf     []byte
+}
+
+// read fills it.node's chunks from its open file. A file that changes while
+// it is read is read again, up to the retry limit, then recorded as
+// inconsistent: never a silently torn copy.
+func (r *reader) read(ctx context.Context, it *item) error {
+	defer close(it.done)
+	defer it.file.Close()
+	n := &it.node
+	atomic.AddInt64(&r.stats.FilesRead, 1)
+	for attempt := 0; ; attempt++ {
+		before, err := fstat(int(it.file.Fd()))
+		if err != nil {
+			return r.unreadable(n, err)
+		}
+		n.Size, n.Mtime, n.Ctime = before.Size, before.Mtime, before.Ctime
+		err = r.readOnce(ctx, it)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			if errors.Is(err, errVanished) {
+				return r.unreadable(n, err)
+			}
+			return r.unreadable(n, err)
+		}
+		after, err := fstat(int(it.file.Fd()))
+		if err != nil {
+			return r.unreadable(n, err)
+		}
+		if after.Size == before.Size && after.Mtime == before.Mtime && after.Ctime == before.Ctime {
+			return nil
+		}
+		if attempt >= r.retries {
+			atomic.AddInt64(&r.stats.Inconsistent, 1)
+			n.Chunks, n.Extents, n.Sparse = nil, nil, false
+			n.Status, n.Err = tree.StatusInconsistent, fmt.Sprintf("kept changing while read (%d attempts); retried next run", attempt+1)
+			return nil
+		}
+		if _, err := it.file.Seek(0, io.SeekStart); err != nil {
+			return r.unreadable(n, err)
+		}
+	}
+}
+
+var errVanished = errors.New("file vanished")
+
+func (r *reader) unreadable(n *tree.Node, err error) error {
+	atomic.AddInt64(&r.stats.Unreadable, 1)
+	n.Chunks, n.Extents, n.Sparse = nil, nil, false
+	n.Status, n.Err = tree.StatusUnreadable, err.Error()
+	return nil
+}
+
+func fstat(fd int) (tree.Node, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BASIC_STATS, &stx); err != nil {
+		return tree.Node{}, fmt.Errorf("stat: %w", err)
+	}
+	n := meta.FromStatx(&stx)
+	n.Size = int64(stx.Size)
+	n.Nlink = uint32(stx.Blocks) // reused below: allocated 512-byte blocks
+	return n, nil
+}
+
+func (r *reader) readOnce(ctx context.Context, it *item) error {
+	n := &it.node
+	n.Chunks = n.Chunks[:0]
+	n.Extents, n.Sparse = nil, false
+	var src io.Reader = it.file
+	st, _ := fstat(int(it.file.Fd()))
+	if int64(st.Nlink)*512 < n.Size {
+		// Fewer blocks than bytes: look for holes.
+		ext, sparse, err := meta.DataExtents(it.file, n.Size)
+		if err != nil {
+			return err
+		}
+		if sparse {
+			n.Extents, n.Sparse = ext, true
+			src = meta.ExtentReader(it.file, ext)
+		}
+	}
+	limit := n.Size
+	if n.Sparse {
+		limit = 0
+		for _, e := range n.Extents {
+			limit += e.Len
+		}
+	}
+	// Read no more than the size stat reported, so a growing file is seen
+	// as changed by the second stat rather than read past its size.
+	c := chunker.New(r.gear, io.LimitReader(src, limit), r.buf)
+	var total int64
+	for {
+		b, err := c.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		id := r.hasher.Sum(b)
+		n.Chunks = append(n.Chunks, tree.ChunkRef{ID: id, Len: uint32(len(b))})
+		total += int64(len(b))
+		atomic.AddInt64(&r.stats.BytesRead, int64(len(b)))
+		if err := r.up.add(ctx, wire.FrameData, id, b); err != nil {
+			return err
+		}
+	}
+	if total != limit {
+		// The file shrank while read: the stat after will differ; make
+		// the node consistent with what was read until then.
+		if n.Sparse {
+			return fmt.Errorf("read: sparse file shrank while read")
+		}
+		n.Size = total
+	}
+	return nil
+}

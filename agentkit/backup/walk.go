@@ -1,0 +1,308 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/agentkit/selection"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// VaultMarker is the file a vault keeps at the top of its data directory;
+// a directory holding it is never backed up.
+const VaultMarker = ".vaultnode-vault"
+
+// item is one node on its way to the listing.
+type item struct {
+	node tree.Node
+	file *os.File      // open for reading when the content must be read
+	done chan struct{} // closed when node is final
+}
+
+var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+type walker struct {
+	ctx   context.Context
+	sel   *selection.Selection
+	cfg   wire.Config
+	prev  *tree.Reader
+	pcur  *tree.Node
+	order chan<- *item
+	work  chan<- *item
+	stats *Stats
+	links map[[2]uint64][]byte // (dev, ino) of multi-link files -> first path
+	log   *zap.Logger
+}
+
+// roots returns the configured paths cleaned, sorted in tree order, with
+// any path inside another dropped.
+func roots(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		out = append(out, path.Clean(p))
+	}
+	sort.Slice(out, func(i, j int) bool { return tree.Compare([]byte(rel(out[i])), []byte(rel(out[j]))) < 0 })
+	var kept []string
+	for _, p := range out {
+		inside := false
+		for _, k := range kept {
+			if k == "/" || p == k || strings.HasPrefix(p, k+"/") {
+				inside = true
+			}
+		}
+		if !inside {
+			kept = append(kept, p)
+		}
+	}
+	return kept
+}
+
+func rel(abs string) string {
+	if abs == "/" {
+		return "."
+	}
+	return strings.TrimPrefix(abs, "/")
+}
+
+func (w *walker) run() error {
+	if w.prev != nil {
+		w.advance()
+	}
+	for _, root := range roots(w.cfg.Paths) {
+		n, err := meta.Lstat(unix.AT_FDCWD, root)
+		n.Path = []byte(rel(root))
+		if err != nil && n.Type == 0 {
+			if errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("selected path %s does not exist: fix the configuration", root)
+			}
+			n.Type = tree.TypeDir
+			n.Status, n.Err = tree.StatusUnreadable, err.Error()
+			if err := w.emit(n, nil); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := w.visit(unix.AT_FDCWD, root, root, n, n.Dev, w.sel.IncludesPath(root)); err != nil {
+			return err
+		}
+	}
+	return w.catchUp(nil)
+}
+
+// advance moves to the next node of the previous listing.
+func (w *walker) advance() {
+	n, err := w.prev.Next()
+	if err != nil {
+		if !errors.Is(err, errEOF) {
+			w.log.Warn("listing cache unreadable past this point", zap.Error(err))
+		}
+		w.pcur, w.prev = nil, nil
+		return
+	}
+	w.pcur = n
+}
+
+// catchUp records as deleted every previous node before p (all when p is nil)
+// and returns the previous node at p, if any.
+func (w *walker) catchUp(p []byte) error {
+	for w.pcur != nil && (p == nil || tree.Compare(w.pcur.Path, p) < 0) {
+		if w.pcur.Type != tree.TypeDeleted {
+			atomic.AddInt64(&w.stats.Deleted, 1)
+			if err := w.send(&item{node: tree.Node{Path: w.pcur.Path, Type: tree.TypeDeleted}, done: closedDone}, false); err != nil {
+				return err
+			}
+		}
+		w.advance()
+	}
+	return nil
+}
+
+func (w *walker) previous(p []byte) (*tree.Node, error) {
+	if err := w.catchUp(p); err != nil {
+		return nil, err
+	}
+	if w.pcur != nil && bytes.Equal(w.pcur.Path, p) {
+		n := w.pcur
+		w.advance()
+		return n, nil
+	}
+	return nil, nil
+}
+
+func (w *walker) send(it *item, read bool) error {
+	select {
+	case w.order <- it:
+	case <-w.ctx.Done():
+		return w.ctx.Err()
+	}
+	if read {
+		select {
+		case w.work <- it:
+		case <-w.ctx.Done():
+			return w.ctx.Err()
+		}
+	}
+	return nil
+}
+
+// emit sends a node that needs no reading.
+func (w *walker) emit(n tree.Node, _ *tree.Node) error {
+	prev, err := w.previous(n.Path)
+	_ = prev
+	if err != nil {
+		return err
+	}
+	return w.send(&item{node: n, done: closedDone}, false)
+}
+
+// visit records the object name (relative to dirfd) and, for a directory,
+// everything below it.
+func (w *walker) visit(dirfd int, name, abs string, n tree.Node, rootDev uint64, included bool) error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	switch n.Type {
+	case tree.TypeDir:
+		return w.visitDir(dirfd, name, abs, n, rootDev, included)
+	case tree.TypeFile:
+		return w.visitFile(dirfd, name, n)
+	default:
+		return w.emit(n, nil)
+	}
+}
+
+func (w *walker) visitFile(dirfd int, name string, n tree.Node) error {
+	atomic.AddInt64(&w.stats.Files, 1)
+	atomic.AddInt64(&w.stats.Bytes, n.Size)
+	prev, err := w.previous(n.Path)
+	if err != nil {
+		return err
+	}
+	if n.Nlink > 1 {
+		key := [2]uint64{n.Dev, n.Ino}
+		if first, ok := w.links[key]; ok {
+			n.LinkTo = first
+			return w.send(&item{node: n, done: closedDone}, false)
+		}
+		w.links[key] = n.Path
+	}
+	if prev != nil && prev.Type == tree.TypeFile && prev.Status == tree.StatusOK && prev.LinkTo == nil &&
+		prev.Size == n.Size && prev.Mtime == n.Mtime && prev.Ctime == n.Ctime && prev.Ino == n.Ino {
+		n.Chunks, n.Extents, n.Sparse = prev.Chunks, prev.Extents, prev.Sparse
+		return w.send(&item{node: n, done: closedDone}, false)
+	}
+	fd, err := openFile(dirfd, name)
+	if err != nil {
+		atomic.AddInt64(&w.stats.Unreadable, 1)
+		n.Status, n.Err = tree.StatusUnreadable, err.Error()
+		return w.send(&item{node: n, done: closedDone}, false)
+	}
+	return w.send(&item{node: n, file: os.NewFile(uintptr(fd), string(n.Path)), done: make(chan struct{})}, true)
+}
+
+func openFile(dirfd int, name string) (int, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.EPERM) {
+		fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("open: %w", err)
+	}
+	return fd, nil
+}
+
+func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint64, included bool) error {
+	atomic.AddInt64(&w.stats.Dirs, 1)
+	if n.Dev != rootDev && !w.cfg.CrossMounts {
+		n.MountPoint = true
+		return w.emit(n, nil)
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		atomic.AddInt64(&w.stats.Unreadable, 1)
+		n.Status, n.Err = tree.StatusUnreadable, "open directory: "+err.Error()
+		return w.emit(n, nil)
+	}
+	d := os.NewFile(uintptr(fd), abs)
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		atomic.AddInt64(&w.stats.Unreadable, 1)
+		n.Status, n.Err = tree.StatusUnreadable, "read directory: "+err.Error()
+		return w.emit(n, nil)
+	}
+	if err := w.emit(n, nil); err != nil {
+		return err
+	}
+	sort.Strings(names) // bytewise, as tree order wants
+	for _, name := range names {
+		if name == VaultMarker {
+			// this directory is a vault's data: only the directory itself is recorded
+			return nil
+		}
+	}
+	for _, child := range names {
+		cabs := abs + "/" + child
+		if abs == "/" {
+			cabs = "/" + child
+		}
+		if ex, _ := w.sel.Excluded(cabs); ex {
+			continue
+		}
+		cn, err := meta.Lstat(fd, child)
+		cpath := append(append(bytes.Clone(n.Path), '/'), child...)
+		if string(n.Path) == "." {
+			cpath = []byte(child)
+		}
+		if cn.Type == 0 {
+			if errors.Is(err, unix.ENOENT) {
+				continue // vanished since the directory was read
+			}
+			atomic.AddInt64(&w.stats.Unreadable, 1)
+			cn = tree.Node{Path: cpath, Type: tree.TypeFile, Status: tree.StatusUnreadable, Err: fmt.Sprint(err)}
+			if err := w.emit(cn, nil); err != nil {
+				return err
+			}
+			continue
+		}
+		cn.Path = cpath
+		if err != nil {
+			w.log.Debug("metadata partly unreadable", zap.String("path", cabs), zap.Error(err))
+		}
+		cinc := included || (w.sel.HasIncludes() && w.sel.IncludesPath(cabs))
+		if cn.Type == tree.TypeDir {
+			if w.sel.Auto() {
+				if pfs := pseudoOf(fd, child); pfs != "" {
+					continue
+				}
+			}
+		} else if !w.sel.Included(cabs, cinc) {
+			continue
+		}
+		if err := w.visit(fd, child, cabs, cn, rootDev, cinc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func pseudoOf(dirfd int, name string) string {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_PATH, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(fd)
+	return selection.PseudoFS(fd)
+}

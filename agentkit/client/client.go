@@ -1,0 +1,226 @@
+// Package client speaks the vault's agent API (docs/protocol.md) over
+// mutual TLS and HTTP/2.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"vaultnode/internal/wire"
+)
+
+// Error is an error answer of the vault.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
+
+// IsCode reports whether err is a vault error with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Client talks to one vault.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+func newTransport(conf *tls.Config) *http.Transport {
+	t := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConns: 4,
+		IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 30 * time.Second, ResponseHeaderTimeout: 10 * time.Minute}
+	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second,
+		MaxReceiveBufferPerConnection: 64 << 20, MaxReceiveBufferPerStream: 16 << 20}
+	return t
+}
+
+// New returns a client authenticated with cert, trusting only ca.
+func New(addr string, cert tls.Certificate, ca *x509.CertPool) *Client {
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: ca,
+		ServerName: wire.ServerName, NextProtos: []string{"h2"}}
+	return &Client{base: "https://" + addr, hc: &http.Client{Transport: newTransport(conf)}}
+}
+
+// Enroll registers a computer. The vault is trusted only if its CA matches
+// the pin in the token.
+func Enroll(ctx context.Context, addr string, token wire.Token, req wire.EnrollRequest) (*wire.EnrollResponse, error) {
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, ServerName: wire.ServerName, NextProtos: []string{"h2"},
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			_, err := wire.VerifyChainPin(raw, token.CAPin)
+			return err
+		}}
+	c := &Client{base: "https://" + addr, hc: &http.Client{Transport: newTransport(conf), Timeout: time.Minute}}
+	var resp wire.EnrollResponse
+	if err := c.json(ctx, "POST", wire.PathEnroll, req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path, ctype string, body []byte) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reach the vault: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		e := &Error{Status: resp.StatusCode}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var we wire.Error
+		if json.Unmarshal(b, &we) != nil || we.Message == "" {
+			we.Code, we.Message = "http", fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b))
+		}
+		e.Code, e.Message = we.Code, we.Message
+		return nil, e
+	}
+	return resp, nil
+}
+
+func (c *Client) json(ctx context.Context, method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	resp, err := c.do(ctx, method, path, "application/json", body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("read vault answer to %s: %w", path, err)
+	}
+	return nil
+}
+
+// Computer returns the computer's identity, keys and configurations.
+func (c *Client) Computer(ctx context.Context) (*wire.Computer, error) {
+	var out wire.Computer
+	return &out, c.json(ctx, "GET", wire.PathComputer, nil, &out)
+}
+
+// PutConfig creates or replaces a configuration.
+func (c *Client) PutConfig(ctx context.Context, cfg wire.Config) (*wire.Config, error) {
+	var out wire.Config
+	return &out, c.json(ctx, "PUT", wire.PathConfigs+url.PathEscape(cfg.Name), cfg, &out)
+}
+
+// DeleteConfig removes a configuration (its versions stay).
+func (c *Client) DeleteConfig(ctx context.Context, name string) error {
+	return c.json(ctx, "DELETE", wire.PathConfigs+url.PathEscape(name), nil, nil)
+}
+
+// Open opens a session for a configuration.
+func (c *Client) Open(ctx context.Context, config string) (*wire.Session, error) {
+	var out wire.Session
+	return &out, c.json(ctx, "POST", wire.PathSessions, wire.OpenSession{Config: config}, &out)
+}
+
+// Lack returns, for each id, whether the vault lacks it.
+func (c *Client) Lack(ctx context.Context, session string, ids [][32]byte) ([]bool, error) {
+	resp, err := c.do(ctx, "POST", wire.PathSession+session+"/lack", wire.MediaFrames, wire.AppendIDs(nil, ids))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	bm, err := io.ReadAll(io.LimitReader(resp.Body, int64(len(ids)/8+2)))
+	if err != nil {
+		return nil, fmt.Errorf("read lack answer: %w", err)
+	}
+	if len(bm) != (len(ids)+7)/8 {
+		return nil, fmt.Errorf("lack answer of %d bytes for %d ids", len(bm), len(ids))
+	}
+	out := make([]bool, len(ids))
+	for i := range out {
+		out[i] = bm[i/8]&(1<<(i%8)) != 0
+	}
+	return out, nil
+}
+
+// Upload sends a body of frames.
+func (c *Client) Upload(ctx context.Context, session string, frames []byte) error {
+	resp, err := c.do(ctx, "POST", wire.PathSession+session+"/chunks", wire.MediaFrames, frames)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	return resp.Body.Close()
+}
+
+// Commit commits the session's version.
+func (c *Client) Commit(ctx context.Context, session string, commit wire.Commit) (uint64, error) {
+	var out wire.Committed
+	err := c.json(ctx, "POST", wire.PathSession+session+"/commit", commit, &out)
+	return out.Seq, err
+}
+
+// Abort drops a session.
+func (c *Client) Abort(ctx context.Context, session string) error {
+	return c.json(ctx, "POST", wire.PathSession+session+"/abort", struct{}{}, nil)
+}
+
+// Versions lists the versions of a configuration ("" for all).
+func (c *Client) Versions(ctx context.Context, config string) ([]wire.Manifest, error) {
+	if config == "" {
+		config = "*"
+	}
+	var out wire.Versions
+	return out.Versions, c.json(ctx, "GET", wire.PathVersions+url.PathEscape(config), nil, &out)
+}
+
+// GetChunks downloads chunks; fn is called for each frame in order (the
+// frame is valid only during the call).
+func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	resp, err := c.do(ctx, "POST", wire.PathChunks, wire.MediaFrames, wire.AppendIDs(nil, ids))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	fr := wire.NewFrameReader(resp.Body)
+	for i := range ids {
+		f, err := fr.Next()
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("download chunk %d of %d: %w", i+1, len(ids), err)
+		}
+		if f.ID != ids[i] {
+			return fmt.Errorf("download: vault answered chunk %x for %x", f.ID[:8], ids[i][:8])
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}

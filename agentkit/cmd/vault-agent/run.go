@@ -1,0 +1,578 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"vaultnode/agentkit/backup"
+	"vaultnode/agentkit/client"
+	"vaultnode/agentkit/meta"
+	"vaultnode/agentkit/progress"
+	"vaultnode/agentkit/restore"
+	"vaultnode/agentkit/state"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+const usage = `Usage: vault-agent [-state DIR] [-v] COMMAND [ARGS]
+
+Commands:
+  enroll -vault HOST:PORT -token TOKEN [-name NAME]   register this computer with a vault
+  config set NAME -path DIR [-path DIR...] [-include GLOB...] [-exclude GLOB...] [-cross-mounts] [-no-auto-exclude]
+  config list                                         show this computer's configurations
+  config delete NAME                                  remove a configuration (its versions stay)
+  backup [-json] [CONFIG...]                          synchronize configurations now (all if none given)
+  versions [CONFIG]                                   list committed versions
+  ls CONFIG@VERSION [PATH]                            list what a version holds (VERSION: a number or "latest")
+  restore CONFIG@VERSION[:PATH] [-to DIR] [-dry-run] [-existing skip|overwrite|keep-both] [-by-name]
+                                                      restore a version, a directory or a file; without -to,
+                                                      to the original place
+  diff CONFIG@VERSION DIR                             compare a version with a directory (where the version
+                                                      was restored, or the original place)
+
+Patterns (-include, -exclude) are globs: a pattern without '/' matches a name at
+any depth ("*.tmp"), one with '/' an absolute path ("/home/*/.cache", "/var/**/*.log").
+Automatic exclusions: /proc /sys /dev /run, pseudo filesystems, swap files, the
+agent's state directory and any vault data directory. Other filesystems mounted
+inside a path are recorded as mount points and not entered unless -cross-mounts.
+
+Exit status: 0 success; 1 failure (nothing committed or restored); 2 usage error;
+3 done but incomplete (some files could not be backed up or restored: listed).
+`
+
+type app struct {
+	stdout, stderr io.Writer
+	st             *state.Dir
+	log            *zap.Logger
+	prog           *progress.Line
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("vault-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state", "var/agent", "state `directory` (identity and caches)")
+	verbose := fs.Bool("v", false, "log details to stderr")
+	fs.Usage = func() { fmt.Fprint(stderr, usage, "\nGlobal flags:\n"); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	st, err := state.Open(*stateDir)
+	if err != nil {
+		return err
+	}
+	lvl := zapcore.WarnLevel
+	if *verbose {
+		lvl = zapcore.DebugLevel
+	}
+	enc := zap.NewDevelopmentEncoderConfig()
+	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(stderr), lvl))
+	a := &app{stdout: stdout, stderr: stderr, st: st, log: log, prog: progress.New(stderr)}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
+	case "enroll":
+		return a.enroll(ctx, rest)
+	case "config":
+		return a.config(ctx, rest)
+	case "backup":
+		return a.backup(ctx, rest)
+	case "versions":
+		return a.versions(ctx, rest)
+	case "ls":
+		return a.ls(ctx, rest)
+	case "restore":
+		return a.restore(ctx, rest)
+	case "diff":
+		return a.diff(ctx, rest)
+	case "help":
+		fs.Usage()
+		return nil
+	}
+	fs.Usage()
+	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+func (a *app) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	return fs
+}
+
+// parseInterleaved parses flags that may come after positional arguments.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func (a *app) client() (*client.Client, state.Identity, error) {
+	id, cert, pool, err := a.st.Load()
+	if err != nil {
+		return nil, id, err
+	}
+	return client.New(id.Vault, cert, pool), id, nil
+}
+
+func (a *app) enroll(ctx context.Context, args []string) error {
+	fs := a.flags("enroll")
+	addr := fs.String("vault", "", "the vault's `HOST:PORT`")
+	tok := fs.String("token", "", "one-time enrolment `token` from `vaultctl token create`")
+	host, _ := os.Hostname()
+	name := fs.String("name", host, "this computer's `name` on the vault")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *addr == "" || *tok == "" {
+		return usageError{"enroll needs -vault HOST:PORT and -token TOKEN"}
+	}
+	t, err := wire.ParseToken(*tok)
+	if err != nil {
+		return err
+	}
+	csr, err := a.st.NewKey(*name)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Enroll(ctx, *addr, t, wire.EnrollRequest{Token: *tok, Hostname: *name, CSR: csr})
+	if err != nil {
+		return fmt.Errorf("enroll: %w", err)
+	}
+	id := state.Identity{Vault: *addr, Computer: resp.ComputerID, Company: resp.Company, Hostname: *name}
+	if err := a.st.SaveIdentity(id, resp.Certificate, resp.CA); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "enrolled as %s (%s) in company %s at %s\n", resp.ComputerID, *name, resp.Company, *addr)
+	return nil
+}
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
+
+func (a *app) config(ctx context.Context, args []string) error {
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	if len(args) == 0 {
+		return usageError{"config needs set, list or delete"}
+	}
+	switch args[0] {
+	case "list":
+		comp, err := c.Computer(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tKIND\tREV\tPATHS\tINCLUDE\tEXCLUDE")
+		for _, cfg := range comp.Configs {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", cfg.Name, cfg.Kind, cfg.Revision, strings.Join(cfg.Paths, " "),
+				strings.Join(cfg.Include, " "), strings.Join(cfg.Exclude, " "))
+		}
+		return tw.Flush()
+	case "delete":
+		if len(args) != 2 {
+			return usageError{"config delete NAME"}
+		}
+		return c.DeleteConfig(ctx, args[1])
+	case "set":
+		fs := a.flags("config set")
+		var paths, inc, exc multi
+		fs.Var(&paths, "path", "absolute `path` to protect (repeat)")
+		fs.Var(&inc, "include", "only protect files matching `glob` (repeat)")
+		fs.Var(&exc, "exclude", "skip paths matching `glob` (repeat)")
+		cross := fs.Bool("cross-mounts", false, "descend into other filesystems")
+		noAuto := fs.Bool("no-auto-exclude", false, "turn off the automatic exclusions")
+		pos, err := parseInterleaved(fs, args[1:])
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usageError{"config set NAME -path DIR ..."}
+		}
+		for i, p := range paths {
+			abs, err := filepath.Abs(p)
+			if err != nil {
+				return err
+			}
+			paths[i] = abs
+		}
+		cfg, err := c.PutConfig(ctx, wire.Config{Name: pos[0], Kind: wire.KindFiles, Paths: paths, Include: inc, Exclude: exc,
+			CrossMounts: *cross, NoAutoExclude: *noAuto})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "configuration %s saved (revision %d)\n", cfg.Name, cfg.Revision)
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown config command %q", args[0])}
+}
+
+// Summary is what `backup -json` prints per configuration.
+type Summary struct {
+	Config       string   `json:"config"`
+	Version      uint64   `json:"version"`
+	Seconds      float64  `json:"seconds"`
+	Files        int64    `json:"files"`
+	Dirs         int64    `json:"dirs"`
+	Bytes        int64    `json:"bytes"`
+	FilesRead    int64    `json:"files_read"`
+	BytesRead    int64    `json:"bytes_read"`
+	ChunksSent   int64    `json:"chunks_sent"`
+	ChunksKnown  int64    `json:"chunks_known"`
+	BytesSent    int64    `json:"bytes_sent"`
+	Deleted      int64    `json:"deleted"`
+	Unreadable   int64    `json:"unreadable"`
+	Inconsistent int64    `json:"inconsistent"`
+	Problems     []string `json:"problems"`
+}
+
+func (a *app) backup(ctx context.Context, args []string) error {
+	fs := a.flags("backup")
+	asJSON := fs.Bool("json", false, "print a JSON summary per configuration")
+	names, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	comp, err := c.Computer(ctx)
+	if err != nil {
+		return err
+	}
+	var todo []wire.Config
+	if len(names) == 0 {
+		todo = comp.Configs
+		if len(todo) == 0 {
+			return errors.New("this computer has no configuration: create one with `vault-agent config set NAME -path DIR`")
+		}
+	}
+	for _, n := range names {
+		found := false
+		for _, cfg := range comp.Configs {
+			if cfg.Name == n {
+				todo = append(todo, cfg)
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("no configuration %q on the vault for this computer: see `vault-agent config list`", n)
+		}
+	}
+	var incompleteN int
+	for _, cfg := range todo {
+		o := backup.Options{Vault: c, Config: cfg, ChunkKey: [32]byte(comp.ChunkKey), GearKey: [32]byte(comp.GearKey), State: a.st, Log: a.log}
+		if a.prog.Enabled() {
+			o.Progress = func(s *backup.Stats) {
+				x := s.Snapshot()
+				a.prog.Show("backup "+cfg.Name+":", x.Files, x.BytesRead, 0, x.Start)
+			}
+		}
+		res, err := backup.Run(ctx, o)
+		a.prog.Done()
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", cfg.Name, err)
+		}
+		s := res.Stats
+		if *asJSON {
+			sum := Summary{Config: cfg.Name, Version: res.Seq, Seconds: res.Duration.Seconds(), Files: s.Files, Dirs: s.Dirs,
+				Bytes: s.Bytes, FilesRead: s.FilesRead, BytesRead: s.BytesRead, ChunksSent: s.ChunksSent, ChunksKnown: s.ChunksKnown,
+				BytesSent: s.BytesSent, Deleted: s.Deleted, Unreadable: s.Unreadable, Inconsistent: s.Inconsistent, Problems: res.Problems}
+			if sum.Problems == nil {
+				sum.Problems = []string{}
+			}
+			b, _ := json.Marshal(sum)
+			fmt.Fprintln(a.stdout, string(b))
+		} else {
+			fmt.Fprintf(a.stdout, "%s@%d: %d files, %d dirs, %s; read %d files (%s), sent %d chunks (%s), %d deleted, in %s\n",
+				cfg.Name, res.Seq, s.Files, s.Dirs, progress.Bytes(s.Bytes), s.FilesRead, progress.Bytes(s.BytesRead),
+				s.ChunksSent, progress.Bytes(s.BytesSent), s.Deleted, res.Duration.Round(time.Millisecond))
+			for _, p := range res.Problems {
+				fmt.Fprintln(a.stdout, "  NOT PROTECTED:", p)
+			}
+		}
+		if len(res.Problems) > 0 {
+			incompleteN++
+		}
+	}
+	if incompleteN > 0 {
+		return incomplete{fmt.Sprintf("%d configuration(s) committed with files that could not be read: they are listed above and will be retried", incompleteN)}
+	}
+	return nil
+}
+
+func (a *app) versions(ctx context.Context, args []string) error {
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	config := ""
+	if len(args) > 0 {
+		config = args[0]
+	}
+	ms, err := c.Versions(ctx, config)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tFINISHED\tFILES\tSIZE\tSENT\tSTATE")
+	for _, m := range ms {
+		stateS := "complete"
+		if !m.Complete() {
+			stateS = fmt.Sprintf("incomplete: %d unreadable, %d inconsistent", m.Totals.Unreadable, m.Totals.Inconsistent)
+		}
+		fmt.Fprintf(tw, "%s@%d\t%s\t%d\t%s\t%s\t%s\n", m.Config, m.Seq, m.Finished.Local().Format(time.DateTime),
+			m.Totals.Files, progress.Bytes(m.Totals.Bytes), progress.Bytes(m.Totals.BytesSent), stateS)
+	}
+	return tw.Flush()
+}
+
+// resolve parses CONFIG@VERSION[:PATH] and finds the manifest.
+func (a *app) resolve(ctx context.Context, c *client.Client, spec string) (wire.Manifest, []byte, error) {
+	var m wire.Manifest
+	cfg, rest, ok := strings.Cut(spec, "@")
+	if !ok {
+		return m, nil, usageError{fmt.Sprintf("%q: want CONFIG@VERSION (VERSION a number or latest)", spec)}
+	}
+	ver, p, _ := strings.Cut(rest, ":")
+	ms, err := c.Versions(ctx, cfg)
+	if err != nil {
+		return m, nil, err
+	}
+	if len(ms) == 0 {
+		return m, nil, fmt.Errorf("configuration %q has no version yet", cfg)
+	}
+	if ver == "latest" || ver == "" {
+		m = ms[len(ms)-1]
+	} else {
+		n, err := strconv.ParseUint(ver, 10, 64)
+		if err != nil {
+			return m, nil, usageError{fmt.Sprintf("version %q: want a number or latest", ver)}
+		}
+		found := false
+		for _, x := range ms {
+			if x.Seq == n {
+				m, found = x, true
+			}
+		}
+		if !found {
+			return m, nil, fmt.Errorf("%s@%d does not exist: see `vault-agent versions %s`", cfg, n, cfg)
+		}
+	}
+	return m, versionPath(p), nil
+}
+
+// versionPath turns a user's path (absolute or relative to the root) into
+// a listing path.
+func versionPath(p string) []byte {
+	p = strings.Trim(filepath.Clean("/"+p), "/")
+	if p == "" {
+		return nil
+	}
+	return []byte(p)
+}
+
+func (a *app) keys(ctx context.Context, c *client.Client) ([32]byte, error) {
+	comp, err := c.Computer(ctx)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return [32]byte(comp.ChunkKey), nil
+}
+
+func (a *app) ls(ctx context.Context, args []string) error {
+	if len(args) < 1 || len(args) > 2 {
+		return usageError{"ls CONFIG@VERSION [PATH]"}
+	}
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	m, prefix, err := a.resolve(ctx, c, args[0])
+	if err != nil {
+		return err
+	}
+	if len(args) == 2 {
+		prefix = versionPath(args[1])
+	}
+	key, err := a.keys(ctx, c)
+	if err != nil {
+		return err
+	}
+	rd, stop, err := restore.OpenListing(ctx, c, key, m.Listing)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	found := false
+	for {
+		n, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if len(prefix) > 0 && !(string(n.Path) == string(prefix) || strings.HasPrefix(string(n.Path), string(prefix)+"/")) {
+			continue
+		}
+		found = true
+		fmt.Fprintln(a.stdout, formatNode(n))
+	}
+	if !found && len(prefix) > 0 {
+		return fmt.Errorf("%s is not in %s@%d", prefix, m.Config, m.Seq)
+	}
+	return nil
+}
+
+func formatNode(n *tree.Node) string {
+	if n.Type == tree.TypeDeleted {
+		return fmt.Sprintf("%-10s %-17s %12s %-19s /%s", "deleted", "", "", "", quote(n.Path))
+	}
+	mode := fmt.Sprintf("%s%04o", string("?-dlcbps"[min(int(n.Type), 7)]), n.Mode)
+	owner := n.User
+	if owner == "" {
+		owner = strconv.Itoa(int(n.UID))
+	}
+	group := n.Group
+	if group == "" {
+		group = strconv.Itoa(int(n.GID))
+	}
+	s := fmt.Sprintf("%-10s %-17s %12d %s /%s", mode, owner+"/"+group, n.Size,
+		time.Unix(n.Mtime.Sec, n.Mtime.Nsec).Local().Format(time.DateTime), quote(n.Path))
+	if n.Type == tree.TypeSymlink {
+		s += " -> " + quote(n.Target)
+	}
+	if n.LinkTo != nil {
+		s += " (hard link to /" + quote(n.LinkTo) + ")"
+	}
+	if n.MountPoint {
+		s += " (mount point)"
+	}
+	if n.Status != tree.StatusOK {
+		s += " (NOT PROTECTED: " + n.Err + ")"
+	}
+	return s
+}
+
+func quote(b []byte) string {
+	s := string(b)
+	if strconv.CanBackquote(s) && !strings.ContainsAny(s, "`") {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
+}
+
+func (a *app) restore(ctx context.Context, args []string) error {
+	fs := a.flags("restore")
+	to := fs.String("to", "", "restore under this `directory` (default: the original place)")
+	dry := fs.Bool("dry-run", false, "list what would be restored, change nothing")
+	existing := fs.String("existing", "skip", "for files that exist: `skip`, overwrite or keep-both")
+	byName := fs.Bool("by-name", false, "map owners by user and group names instead of numbers")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{"restore CONFIG@VERSION[:PATH] [-to DIR]"}
+	}
+	switch restore.Existing(*existing) {
+	case restore.Skip, restore.Overwrite, restore.KeepBoth:
+	default:
+		return usageError{fmt.Sprintf("-existing %q: want skip, overwrite or keep-both", *existing)}
+	}
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	m, prefix, err := a.resolve(ctx, c, pos[0])
+	if err != nil {
+		return err
+	}
+	key, err := a.keys(ctx, c)
+	if err != nil {
+		return err
+	}
+	target := *to
+	if target == "" {
+		target = "/"
+	}
+	o := restore.Options{Source: c, ChunkKey: key, Manifest: m, Prefix: prefix, Target: target, DryRun: *dry,
+		Existing: restore.Existing(*existing), Meta: meta.Options{ByName: *byName, SkipOwner: os.Geteuid() != 0},
+		Log: a.log, Out: a.stdout}
+	if a.prog.Enabled() {
+		o.Progress = func(s *restore.Stats) { a.prog.Show("restore:", s.Files, s.Bytes, m.Totals.Bytes, s.Start) }
+	}
+	res, err := restore.Run(ctx, o)
+	a.prog.Done()
+	if res != nil {
+		for _, p := range res.Problems {
+			fmt.Fprintln(a.stdout, "FAILED:", p)
+		}
+		verb := "restored"
+		if *dry {
+			verb = "would restore"
+		}
+		fmt.Fprintf(a.stdout, "%s %d files (%s) of %s@%d to %s; %d skipped (exist), %d failed\n", verb, res.Stats.Files,
+			progress.Bytes(res.Stats.Bytes), m.Config, m.Seq, target, res.Stats.Skipped, res.Stats.Failed)
+	}
+	if err != nil {
+		return err
+	}
+	if len(res.Problems) > 0 {
+		return incomplete{fmt.Sprintf("%d object(s) could not be restored: listed above", len(res.Problems))}
+	}
+	return nil
+}
+
+func (a *app) diff(ctx context.Context, args []string) error {
+	if len(args) != 2 {
+		return usageError{"diff CONFIG@VERSION DIR"}
+	}
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	m, prefix, err := a.resolve(ctx, c, args[0])
+	if err != nil {
+		return err
+	}
+	key, err := a.keys(ctx, c)
+	if err != nil {
+		return err
+	}
+	return runDiff(ctx, a, c, key, m, prefix, args[1])
+}

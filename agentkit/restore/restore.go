@@ -1,0 +1,518 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// Existing says what to do with a file that already exists at the target.
+type Existing string
+
+const (
+	Skip      Existing = "skip"
+	Overwrite Existing = "overwrite"
+	KeepBoth  Existing = "keep-both"
+)
+
+// Options of Run.
+type Options struct {
+	Source   Source
+	ChunkKey [32]byte
+	Manifest wire.Manifest
+	// Prefix restricts the restore to one path of the version (and what is
+	// below it); empty restores everything.
+	Prefix []byte
+	// Target is the directory the version's paths are recreated under; "/"
+	// puts everything back in its original place.
+	Target   string
+	DryRun   bool
+	Existing Existing
+	Meta     meta.Options
+	Log      *zap.Logger
+	Out      io.Writer // dry-run listing
+	Progress func(s *Stats)
+	Workers  int
+}
+
+// Stats count a restore.
+type Stats struct {
+	Start   time.Time
+	Files   int64
+	Bytes   int64
+	Skipped int64
+	Failed  int64
+	Total   int64 // bytes to restore, known as the listing is read
+}
+
+// Result is what a restore did.
+type Result struct {
+	Stats    Stats
+	Problems []string // every object that could not be restored, and why
+}
+
+type dirEntry struct {
+	path []byte
+	fd   int
+	node *tree.Node // nil for a directory made only to reach a prefix
+	wg   sync.WaitGroup
+}
+
+type restorer struct {
+	o     Options
+	ctx   context.Context
+	stats *Stats
+	mu    sync.Mutex
+	probs []string
+	stack []*dirEntry
+	jobs  chan *job
+	links []link
+	dirs  map[string]*tree.Node
+}
+
+type job struct {
+	dir  *dirEntry
+	name string
+	node *tree.Node
+}
+
+type link struct {
+	node *tree.Node
+}
+
+func (r *restorer) problem(format string, args ...any) {
+	atomic.AddInt64(&r.stats.Failed, 1)
+	r.mu.Lock()
+	r.probs = append(r.probs, fmt.Sprintf(format, args...))
+	r.mu.Unlock()
+}
+
+// Run restores the version described by o.Manifest.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if o.Existing == "" {
+		o.Existing = Skip
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	rd, stop, err := OpenListing(ctx, o.Source, o.ChunkKey, o.Manifest.Listing)
+	if err != nil {
+		return nil, fmt.Errorf("read listing of %s@%d: %w", o.Manifest.Config, o.Manifest.Seq, err)
+	}
+	defer stop()
+	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, 64), dirs: map[string]*tree.Node{}}
+	if !o.DryRun {
+		if err := os.MkdirAll(o.Target, 0o700); err != nil {
+			return nil, fmt.Errorf("create target: %w", err)
+		}
+		fd, err := unix.Open(o.Target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open target %s: %w", o.Target, err)
+		}
+		r.stack = []*dirEntry{{path: nil, fd: fd}}
+	}
+	if o.Progress != nil {
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					o.Progress(r.stats)
+				}
+			}
+		}()
+	}
+	var wg sync.WaitGroup
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := &fileWriter{r: r, h: keys.NewHasher(o.ChunkKey)}
+			for j := range r.jobs {
+				w.restore(j)
+				j.dir.wg.Done()
+			}
+		}()
+	}
+	walkErr := r.walk(rd)
+	close(r.jobs)
+	wg.Wait()
+	if !o.DryRun {
+		for len(r.stack) > 1 {
+			r.pop()
+		}
+		r.makeLinks()
+		unix.Close(r.stack[0].fd)
+	}
+	if o.Progress != nil {
+		o.Progress(r.stats)
+	}
+	res := &Result{Stats: *r.stats, Problems: r.probs}
+	if walkErr != nil {
+		return res, walkErr
+	}
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	return res, nil
+}
+
+func under(p, prefix []byte) bool {
+	if len(prefix) == 0 || string(prefix) == "." {
+		return true
+	}
+	return bytes.Equal(p, prefix) || (bytes.HasPrefix(p, prefix) && p[len(prefix)] == '/')
+}
+
+func (r *restorer) walk(rd *tree.Reader) error {
+	found := false
+	for {
+		if err := r.ctx.Err(); err != nil {
+			return err
+		}
+		n, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read listing: %w", err)
+		}
+		if !under(n.Path, r.o.Prefix) {
+			if found && tree.Compare(n.Path, r.o.Prefix) > 0 {
+				break // tree order: nothing under the prefix comes later
+			}
+			continue
+		}
+		found = true
+		if n.Type == tree.TypeDeleted {
+			continue
+		}
+		if n.Status != tree.StatusOK {
+			r.problem("%s: not restored: it was not backed up completely (%s)", n.Path, n.Err)
+			if n.Type != tree.TypeDir {
+				continue
+			}
+		}
+		if n.Type == tree.TypeFile {
+			atomic.AddInt64(&r.stats.Total, n.Size)
+		}
+		if r.o.DryRun {
+			fmt.Fprintf(r.o.Out, "%-8s %12d  %s\n", n.Type, n.Size, n.Path)
+			if n.Type == tree.TypeFile {
+				atomic.AddInt64(&r.stats.Files, 1)
+				atomic.AddInt64(&r.stats.Bytes, n.Size)
+			}
+			continue
+		}
+		if err := r.place(n); err != nil {
+			r.problem("%s: %v", n.Path, err)
+		}
+	}
+	if !found && len(r.o.Prefix) > 0 {
+		return fmt.Errorf("%s is not in %s@%d: see `vault-agent ls`", r.o.Prefix, r.o.Manifest.Config, r.o.Manifest.Seq)
+	}
+	return nil
+}
+
+func splitPath(p []byte) (dir, name []byte) {
+	i := bytes.LastIndexByte(p, '/')
+	if i < 0 {
+		return nil, p
+	}
+	return p[:i], p[i+1:]
+}
+
+// enter makes the directory stack match dir, creating missing directories.
+func (r *restorer) enter(dir []byte) error {
+	for len(r.stack) > 1 && !under(dir, r.stack[len(r.stack)-1].path) {
+		r.pop()
+	}
+	top := r.stack[len(r.stack)-1]
+	if bytes.Equal(top.path, dir) {
+		return nil
+	}
+	rest := dir
+	if len(top.path) > 0 {
+		rest = dir[len(top.path)+1:]
+	}
+	for _, c := range bytes.Split(rest, []byte{'/'}) {
+		top = r.stack[len(r.stack)-1]
+		if err := unix.Mkdirat(top.fd, string(c), 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("create directory %s: %w", c, err)
+		}
+		if err := r.push(top, c, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *restorer) push(parent *dirEntry, name []byte, n *tree.Node) error {
+	fd, err := unix.Openat(parent.fd, string(name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open directory %s: %w", name, err)
+	}
+	p := bytes.Clone(name)
+	if len(parent.path) > 0 {
+		p = append(append(bytes.Clone(parent.path), '/'), name...)
+	}
+	r.stack = append(r.stack, &dirEntry{path: p, fd: fd, node: n})
+	return nil
+}
+
+// pop leaves the innermost directory: waits for its files, then applies its
+// metadata (after its contents, so times and read-only modes hold).
+func (r *restorer) pop() {
+	d := r.stack[len(r.stack)-1]
+	r.stack = r.stack[:len(r.stack)-1]
+	d.wg.Wait()
+	unix.Close(d.fd)
+	if d.node != nil {
+		parent := r.stack[len(r.stack)-1]
+		_, name := splitPath(d.path)
+		if err := meta.Apply(parent.fd, string(name), d.node, r.o.Meta); err != nil {
+			r.problem("%s: metadata: %v", d.path, err)
+		}
+	}
+}
+
+func (r *restorer) place(n *tree.Node) error {
+	dir, name := splitPath(n.Path)
+	if string(n.Path) == "." {
+		dir, name = nil, nil
+	}
+	if err := r.enter(dir); err != nil {
+		return err
+	}
+	parent := r.stack[len(r.stack)-1]
+	if name == nil { // the root of the filesystem: restore into the target itself
+		return nil
+	}
+	switch n.Type {
+	case tree.TypeDir:
+		if n.MountPoint {
+			// recreate the mount point directory; its contents were another filesystem
+		}
+		if err := meta.Create(parent.fd, string(name), n, r.o.Meta); err != nil {
+			return err
+		}
+		r.dirs[string(n.Path)] = n
+		return r.push(parent, name, n)
+	case tree.TypeFile:
+		if n.LinkTo != nil {
+			r.links = append(r.links, link{node: n})
+			return nil
+		}
+		final, skip, err := r.targetName(parent.fd, string(name))
+		if err != nil || skip {
+			return err
+		}
+		parent.wg.Add(1)
+		r.jobs <- &job{dir: parent, name: final, node: n}
+		return nil
+	case tree.TypeSocket:
+		return nil // recorded, not recreated
+	default:
+		final, skip, err := r.targetName(parent.fd, string(name))
+		if err != nil || skip {
+			return err
+		}
+		opts := r.o.Meta
+		opts.Replace = r.o.Existing == Overwrite
+		if err := meta.Create(parent.fd, final, n, opts); err != nil {
+			return err
+		}
+		if err := meta.Apply(parent.fd, final, n, r.o.Meta); err != nil {
+			return fmt.Errorf("metadata: %w", err)
+		}
+		return nil
+	}
+}
+
+// targetName applies the policy for an existing object.
+func (r *restorer) targetName(dirfd int, name string) (string, bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+		return name, false, nil
+	}
+	switch r.o.Existing {
+	case Overwrite:
+		return name, false, nil
+	case KeepBoth:
+		for i := 1; ; i++ {
+			alt := name + ".restored"
+			if i > 1 {
+				alt += "-" + strconv.Itoa(i)
+			}
+			if err := unix.Fstatat(dirfd, alt, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+				return alt, false, nil
+			}
+		}
+	}
+	atomic.AddInt64(&r.stats.Skipped, 1)
+	return name, true, nil
+}
+
+// makeLinks creates hard links once every file is written.
+func (r *restorer) makeLinks() {
+	base := r.o.Target
+	touched := map[string]bool{}
+	for _, l := range r.links {
+		old := filepath.Join(base, string(l.node.LinkTo))
+		nw := filepath.Join(base, string(l.node.Path))
+		opts := r.o.Meta
+		opts.Replace = r.o.Existing == Overwrite
+		if err := meta.Link(unix.AT_FDCWD, old, unix.AT_FDCWD, nw, opts); err != nil {
+			r.problem("%s: %v", l.node.Path, err)
+			continue
+		}
+		atomic.AddInt64(&r.stats.Files, 1)
+		dir, _ := splitPath(l.node.Path)
+		touched[string(dir)] = true
+	}
+	// Linking changed the directories' times: set them again.
+	for d := range touched {
+		if n := r.dirs[d]; n != nil {
+			if err := meta.Apply(unix.AT_FDCWD, filepath.Join(base, d), n, r.o.Meta); err != nil {
+				r.problem("%s: metadata: %v", d, err)
+			}
+		}
+	}
+}
+
+// fileWriter restores regular files.
+type fileWriter struct {
+	r   *restorer
+	h   *keys.Hasher
+	buf []byte
+}
+
+func (w *fileWriter) restore(j *job) {
+	r := w.r
+	n := j.node
+	tmp := fmt.Sprintf(".%s.vaultnode-%d", truncName(j.name), time.Now().UnixNano())
+	f, err := meta.CreateFile(j.dir.fd, tmp, meta.Options{})
+	if err != nil {
+		r.problem("%s: %v", n.Path, err)
+		return
+	}
+	err = meta.WriteSparse(f, n, &chunkReader{ctx: r.ctx, w: w, refs: n.Chunks})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && r.o.Existing == Overwrite {
+		_ = meta.Unprotect(j.dir.fd, j.name)
+	}
+	if err == nil {
+		err = unix.Renameat(j.dir.fd, tmp, j.dir.fd, j.name)
+	}
+	if err != nil {
+		unix.Unlinkat(j.dir.fd, tmp, 0)
+		r.problem("%s: NOT RESTORED: %v", n.Path, err)
+		return
+	}
+	opts := r.o.Meta
+	if n.Nlink > 1 {
+		opts.SkipFlags = true // links come later; an immutable file cannot be linked
+	}
+	if err := meta.Apply(j.dir.fd, j.name, n, opts); err != nil {
+		r.problem("%s: metadata: %v", n.Path, err)
+	}
+	atomic.AddInt64(&r.stats.Files, 1)
+}
+
+func truncName(s string) string {
+	if len(s) > 200 {
+		return s[:200]
+	}
+	return s
+}
+
+// chunkReader streams a file's chunks, prefetching one batch ahead.
+type chunkReader struct {
+	ctx  context.Context
+	w    *fileWriter
+	refs []tree.ChunkRef
+	cur  []byte
+	next chan batchResult
+}
+
+type batchResult struct {
+	data [][]byte
+	err  error
+}
+
+const batchChunks = 8
+
+func (c *chunkReader) fetch(refs []tree.ChunkRef) chan batchResult {
+	ch := make(chan batchResult, 1)
+	go func() {
+		h := keys.NewHasher(c.w.r.o.ChunkKey)
+		var res batchResult
+		res.err = c.w.r.o.Source.GetChunks(c.ctx, idsOf(refs), func(f *wire.Frame) error {
+			b, err := verify(h, f, nil)
+			if err != nil {
+				return err
+			}
+			res.data = append(res.data, b)
+			return nil
+		})
+		ch <- res
+	}()
+	return ch
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for len(c.cur) == 0 {
+		if c.next == nil {
+			if len(c.refs) == 0 {
+				return 0, io.EOF
+			}
+			k := min(batchChunks, len(c.refs))
+			c.next = c.fetch(c.refs[:k])
+			c.refs = c.refs[k:]
+		}
+		res := <-c.next
+		c.next = nil
+		if res.err != nil {
+			return 0, res.err
+		}
+		if len(c.refs) > 0 { // prefetch the next batch while this one is written
+			k := min(batchChunks, len(c.refs))
+			c.next = c.fetch(c.refs[:k])
+			c.refs = c.refs[k:]
+		}
+		c.cur = bytes.Join(res.data, nil)
+	}
+	n := copy(p, c.cur)
+	c.cur = c.cur[n:]
+	atomic.AddInt64(&c.w.r.stats.Bytes, int64(n))
+	return n, nil
+}
