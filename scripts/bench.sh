@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Benchmark vaultnode against restic on a generated corpus (issue 2, "Benchmark").
+#   make bench                          # full run, about 1 GiB of data
+#   make bench BENCH_FLAGS="-scale 0.1" # smaller; see: go run ./scripts/bench -help
+# Results: a table on stdout and out/bench/results.json. Needs root for
+# dropping page caches (otherwise every phase runs warm, for both tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v restic >/dev/null 2>&1; then
+	echo "bench: restic is missing; installing the Debian package" >&2
+	sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo="sudo"
+	$sudo apt-get install -y restic >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y restic >/dev/null; }
+fi
+
+mkdir -p out/bench
+go build -o out/bench/bench ./scripts/bench
+# BENCH_FLAGS is split on spaces on purpose.
+# shellcheck disable=SC2086
+exec out/bench/bench -bin bin -out out/bench/results.json ${BENCH_FLAGS:-} "$@"

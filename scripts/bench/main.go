@@ -1,0 +1,338 @@
+// Command bench measures vaultnode against restic on one generated corpus:
+// an initial backup, an incremental backup after a mutation, a backup with
+// no change and a full restore. It prints a table, the ratios and the
+// targets of issue 2, and writes the figures as JSON.
+//
+//	bench [-scale 1] [-seed 1] [-only vaultnode|restic] [-work DIR] [-keep]
+//	      [-bin ./bin] [-restic restic] [-out out/bench/results.json] [-warm]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"vaultnode/internal/clock"
+	"vaultnode/internal/corpus"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// Phases, in the order they run.
+const (
+	phaseInitial     = "initial"
+	phaseIncremental = "incremental"
+	phaseNoChange    = "no-change"
+	phaseRestore     = "restore"
+)
+
+var phases = []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore}
+
+// avgChunk is the chunker's average chunk size (internal/chunker.AvgSize).
+const avgChunk = 1 << 20
+
+// tool is one backup program under test.
+type tool interface {
+	Name() string
+	Setup(ctx context.Context) error
+	Backup(ctx context.Context, res *phaseResult) error
+	// Restore restores the latest version into dir and returns where the
+	// corpus root landed.
+	Restore(ctx context.Context, dir string, res *phaseResult) (string, error)
+	StoreDir() string
+	// SentIsStoreGrowth says bytes sent are measured as store growth.
+	SentIsStoreGrowth() bool
+	Close() error
+}
+
+// phaseResult is one tool's figures for one phase.
+type phaseResult struct {
+	Tool               string   `json:"tool"`
+	Phase              string   `json:"phase"`
+	WallSeconds        float64  `json:"wall_seconds"`
+	MBPerSecond        float64  `json:"mb_per_second"` // corpus data bytes (holes excluded) / wall, 1 MB = 10^6 B
+	CPUSeconds         float64  `json:"cpu_seconds"`   // client + server, user + system
+	ClientCPUSeconds   float64  `json:"client_cpu_seconds"`
+	ServerCPUSeconds   float64  `json:"server_cpu_seconds"`
+	PeakRSSBytes       int64    `json:"peak_rss_bytes"` // client + server
+	ClientPeakRSSBytes int64    `json:"client_peak_rss_bytes"`
+	ServerPeakRSSBytes int64    `json:"server_peak_rss_bytes"`
+	BytesSent          int64    `json:"bytes_sent"`     // on the wire to the vault; restic: repository growth
+	BytesReceived      int64    `json:"bytes_received"` // on the wire from the vault
+	ReportedBytesSent  *int64   `json:"reported_bytes_sent,omitempty"`
+	StoreBytesAdded    int64    `json:"store_bytes_added"`
+	Notes              []string `json:"notes,omitempty"`
+	Error              string   `json:"error,omitempty"`
+
+	clientWall time.Duration
+}
+
+func (r *phaseResult) addClient(u usage) {
+	r.clientWall += u.wall
+	r.ClientCPUSeconds += u.cpu.Seconds()
+	r.ClientPeakRSSBytes = max(r.ClientPeakRSSBytes, u.maxRSS)
+}
+
+// results is what results.json holds.
+type results struct {
+	Started       time.Time             `json:"started"`
+	Host          map[string]string     `json:"host"`
+	Scale         float64               `json:"scale"`
+	Seed          uint64                `json:"seed"`
+	Caches        string                `json:"caches"`
+	Corpus        corpus.Stats          `json:"corpus"`
+	CorpusSeconds float64               `json:"corpus_generate_seconds"`
+	Mutation      corpus.MutationStats  `json:"mutation"`
+	Phases        []*phaseResult        `json:"phases"`
+	Restores      map[string]restoreChk `json:"restore_check"`
+	Targets       []target              `json:"targets"`
+}
+
+type restoreChk struct {
+	Root        string   `json:"root"`
+	Identical   bool     `json:"identical"`
+	Differences []string `json:"differences,omitempty"`
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	scale := fs.Float64("scale", 1, "corpus size: 1 is about 1 GiB of data (plus 8 GiB of sparse holes)")
+	seed := fs.Uint64("seed", 1, "corpus and mutation seed")
+	keep := fs.Bool("keep", false, "keep the work directory (corpus, stores, restores, logs)")
+	work := fs.String("work", "out/bench/work", "work directory; its bench subdirectories are replaced")
+	only := fs.String("only", "", "run one tool: vaultnode or restic")
+	bin := fs.String("bin", "bin", "directory holding vaultd, vaultctl and vault-agent")
+	resticBin := fs.String("restic", "restic", "restic program")
+	out := fs.String("out", "out/bench/results.json", "where to write the results as JSON")
+	warm := fs.Bool("warm", false, "do not drop page caches between phases")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q; see -help", fs.Args())
+	}
+	if *only != "" && *only != "vaultnode" && *only != "restic" {
+		return fmt.Errorf("-only %q: use vaultnode or restic", *only)
+	}
+	clk := clock.Real{}
+	workDir, err := filepath.Abs(*work)
+	if err != nil {
+		return fmt.Errorf("resolve work dir: %w", err)
+	}
+	binDir, err := filepath.Abs(*bin)
+	if err != nil {
+		return fmt.Errorf("resolve bin dir: %w", err)
+	}
+	logf := func(format string, a ...any) {
+		fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
+	}
+
+	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Host: hostInfo(), Restores: map[string]restoreChk{}}
+	corpusDir := filepath.Join(workDir, "corpus")
+	r := runner{clk: clk}
+	var tools []tool
+	if *only != "restic" {
+		for _, p := range []string{"vaultd", "vaultctl", "vault-agent"} {
+			if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
+				return fmt.Errorf("find %s: %w; run make build first (or -only restic)", p, err)
+			}
+		}
+		tools = append(tools, &vaultnode{bin: binDir, work: filepath.Join(workDir, "vaultnode"), corpus: corpusDir, r: r, clk: clk})
+	}
+	if *only != "vaultnode" {
+		p, err := exec.LookPath(*resticBin)
+		if err != nil {
+			return fmt.Errorf("find restic: %w; install it with apt-get install restic (or -only vaultnode)", err)
+		}
+		tools = append(tools, &restic{bin: p, work: filepath.Join(workDir, "restic"), corpus: corpusDir, r: r})
+	}
+
+	// Fresh subdirectories; anything else in -work is left alone.
+	for _, d := range []string{"corpus", "vaultnode", "restic", "restore-vaultnode", "restore-restic"} {
+		if err := os.RemoveAll(filepath.Join(workDir, d)); err != nil {
+			return fmt.Errorf("clean work dir: %w", err)
+		}
+	}
+	if !*keep {
+		defer func() {
+			for _, d := range []string{"corpus", "vaultnode", "restic", "restore-vaultnode", "restore-restic"} {
+				_ = os.RemoveAll(filepath.Join(workDir, d))
+			}
+		}()
+	}
+
+	logf("generating the corpus (scale %g, seed %d) in %s", *scale, *seed, corpusDir)
+	t0 := clk.Now()
+	if res.Corpus, err = corpus.Generate(corpusDir, corpus.Options{Seed: *seed, Scale: *scale}); err != nil {
+		return err
+	}
+	res.CorpusSeconds = clk.Now().Sub(t0).Seconds()
+	logf("corpus: %d files, %s of data, %s apparent, in %.1f s", res.Corpus.Files, mb(res.Corpus.DataBytes), mb(res.Corpus.Bytes), res.CorpusSeconds)
+
+	cold := !*warm
+	res.Caches = "cold: page caches dropped before every phase"
+	if cold {
+		if err := dropCaches(); err != nil {
+			cold = false
+			res.Caches = fmt.Sprintf("warm: every phase of both tools runs with warm caches (%v)", err)
+		}
+	} else {
+		res.Caches = "warm: -warm given; every phase of both tools runs with warm caches"
+	}
+	logf("caches: %s", res.Caches)
+
+	broken := map[string]error{}
+	for _, t := range tools {
+		logf("%s: setting up", t.Name())
+		if err := t.Setup(ctx); err != nil {
+			broken[t.Name()] = err
+			logf("%s: setup failed: %v", t.Name(), err)
+		}
+	}
+	defer func() {
+		for _, t := range tools {
+			if err := t.Close(); err != nil {
+				logf("%s: %v", t.Name(), err)
+			}
+		}
+	}()
+
+	var want []corpus.Entry
+	for _, ph := range phases {
+		switch ph {
+		case phaseIncremental:
+			logf("mutating the corpus")
+			if res.Mutation, err = corpus.Mutate(corpusDir, *seed); err != nil {
+				return err
+			}
+		case phaseRestore:
+			if want, err = corpus.Manifest(corpusDir); err != nil {
+				return err
+			}
+		}
+		for _, t := range tools {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			pr := &phaseResult{Tool: t.Name(), Phase: ph}
+			res.Phases = append(res.Phases, pr)
+			if err := broken[t.Name()]; err != nil {
+				pr.Error = "setup failed: " + err.Error()
+				continue
+			}
+			if cold {
+				if err := dropCaches(); err != nil {
+					return err
+				}
+			}
+			logf("%s: %s", t.Name(), ph)
+			root, err := runPhase(ctx, t, ph, filepath.Join(workDir, "restore-"+t.Name()), res.Corpus.DataBytes, pr)
+			if err != nil {
+				pr.Error = err.Error()
+				logf("%s: %s failed: %v", t.Name(), ph, err)
+			} else {
+				logf("%s: %s took %.2f s", t.Name(), ph, pr.WallSeconds)
+			}
+			if ph == phaseRestore && root != "" {
+				syscall.Sync()
+				res.Restores[t.Name()] = checkRestore(want, root)
+			}
+		}
+	}
+
+	res.Targets = evaluate(res)
+	printReport(stdout, res)
+	if err := writeJSON(*out, res); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nresults: %s\n", *out)
+	if *keep {
+		fmt.Fprintf(stdout, "work directory kept: %s\n", workDir)
+	}
+	return nil
+}
+
+// runPhase runs one phase of one tool and fills in the figures.
+func runPhase(ctx context.Context, t tool, ph, restoreDir string, dataBytes int64, pr *phaseResult) (string, error) {
+	store0, err := diskUsage(t.StoreDir())
+	if err != nil {
+		return "", err
+	}
+	var root string
+	if ph == phaseRestore {
+		if err := os.MkdirAll(restoreDir, 0o755); err != nil {
+			return "", fmt.Errorf("create restore dir: %w", err)
+		}
+		root, err = t.Restore(ctx, restoreDir, pr)
+	} else {
+		err = t.Backup(ctx, pr)
+	}
+	store1, serr := diskUsage(t.StoreDir())
+	if serr != nil {
+		return root, errors.Join(err, serr)
+	}
+	pr.StoreBytesAdded = store1 - store0
+	if t.SentIsStoreGrowth() {
+		pr.BytesSent = pr.StoreBytesAdded
+	}
+	pr.WallSeconds = pr.clientWall.Seconds()
+	if pr.WallSeconds > 0 {
+		pr.MBPerSecond = float64(dataBytes) / 1e6 / pr.WallSeconds
+	}
+	pr.CPUSeconds = pr.ClientCPUSeconds + pr.ServerCPUSeconds
+	pr.PeakRSSBytes = pr.ClientPeakRSSBytes + pr.ServerPeakRSSBytes
+	return root, err
+}
+
+func checkRestore(want []corpus.Entry, root string) restoreChk {
+	got, err := corpus.Manifest(root)
+	if err != nil {
+		return restoreChk{Root: root, Differences: []string{err.Error()}}
+	}
+	d := corpus.Diff(want, got, 10)
+	return restoreChk{Root: root, Identical: len(d) == 0, Differences: d}
+}
+
+func hostInfo() map[string]string {
+	h := map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "go": runtime.Version()}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		h["kernel"] = strings.TrimSpace(string(b))
+	}
+	if b, err := exec.Command("restic", "version").Output(); err == nil {
+		h["restic"] = strings.TrimSpace(string(b))
+	}
+	return h
+}
+
+func writeJSON(path string, res *results) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"vaultnode/internal/clock"
+)
+
+// usage is what one measured child process cost.
+type usage struct {
+	wall   time.Duration
+	cpu    time.Duration // user + system
+	maxRSS int64         // bytes
+	stdout []byte
+}
+
+// command is one child process to run and measure.
+type command struct {
+	name   string   // program path
+	args   []string // arguments
+	env    []string // extra environment
+	logTo  string   // file for stderr (and stdout unless captured)
+	stdout bool     // capture stdout into usage.stdout
+}
+
+// runner runs child processes, timing them with its clock.
+type runner struct {
+	clk clock.Clock
+}
+
+// run runs c to completion and returns its wall time and rusage.
+func (r runner) run(ctx context.Context, c command) (usage, error) {
+	cmd := exec.CommandContext(ctx, c.name, c.args...)
+	cmd.Env = append(os.Environ(), c.env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var out bytes.Buffer
+	var log io.Writer = io.Discard
+	if c.logTo != "" {
+		f, err := os.OpenFile(c.logTo, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return usage{}, fmt.Errorf("open log: %w", err)
+		}
+		defer f.Close()
+		fmt.Fprintf(f, "\n$ %s %s\n", c.name, strings.Join(c.args, " "))
+		log = f
+	}
+	cmd.Stderr = log
+	cmd.Stdout = log
+	if c.stdout {
+		cmd.Stdout = io.MultiWriter(&out, log)
+	}
+	start := r.clk.Now()
+	err := cmd.Run()
+	u := usage{wall: r.clk.Now().Sub(start), stdout: out.Bytes()}
+	if ps := cmd.ProcessState; ps != nil {
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+			u.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			u.maxRSS = ru.Maxrss * 1024
+		}
+	}
+	if err != nil {
+		return u, fmt.Errorf("run %s %s: %w%s", filepath.Base(c.name), strings.Join(c.args, " "), err, tail(c.logTo))
+	}
+	return u, nil
+}
+
+// tail returns the last lines of a log file, for error messages.
+func tail(path string) string {
+	if path == "" {
+		return ""
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 8 {
+		lines = lines[len(lines)-8:]
+	}
+	return "\n  " + strings.Join(lines, "\n  ") + "\n  (log: " + path + ")"
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times; 100 on every
+// Linux architecture Go supports.
+const clockTicks = 100
+
+// procCPU returns the user+system time a running process has used.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read process times: %w", err)
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("read process times: malformed /proc stat")
+	}
+	f := strings.Fields(s[i+1:])
+	// After the command name: state is field 3, utime 14, stime 15.
+	if len(f) < 13 {
+		return 0, errors.New("read process times: short /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("read process times: %w", err)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+// procPeakRSS returns VmHWM, the peak resident set of a running process
+// (since its start or since resetPeakRSS).
+func procPeakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read process status: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read process status: %w", err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, errors.New("read process status: no VmHWM")
+}
+
+// resetPeakRSS sets VmHWM back to the current RSS (Linux >= 4.0).
+func resetPeakRSS(pid int) error {
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		return fmt.Errorf("reset peak RSS: %w", err)
+	}
+	return nil
+}
+
+// diskUsage sums the allocated bytes of every file under dir, like du.
+func diskUsage(dir string) (int64, error) {
+	var total int64
+	err := filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			total += st.Blocks * 512
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measure disk usage: %w", err)
+	}
+	return total, nil
+}
+
+// dropCaches writes dirty pages back and empties the page cache, so the
+// next phase reads from disk. It fails where /proc/sys is read-only.
+func dropCaches() error {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		return fmt.Errorf("drop page caches: %w", err)
+	}
+	return nil
+}

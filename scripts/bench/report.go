@@ -1,0 +1,235 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// target is one goal of issue 2 and whether this run met it.
+type target struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Want   string  `json:"want"`
+	Status string  `json:"status"` // PASS, MISS or n/a
+	Detail string  `json:"detail"`
+}
+
+func (r *results) find(tool, phase string) *phaseResult {
+	for _, p := range r.Phases {
+		if p.Tool == tool && p.Phase == phase && p.Error == "" {
+			return p
+		}
+	}
+	return nil
+}
+
+func (r *results) failure(tool, phase string) string {
+	for _, p := range r.Phases {
+		if p.Tool == tool && p.Phase == phase && p.Error != "" {
+			return tool + " " + phase + " failed"
+		}
+	}
+	return tool + " " + phase + " not run"
+}
+
+func status(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+// evaluate checks the targets of issue 2, "Benchmark".
+func evaluate(r *results) []target {
+	var ts []target
+	speed := func(name, phase string, want float64) {
+		t := target{Name: name, Want: fmt.Sprintf(">= %gx restic's speed", want), Status: "n/a"}
+		v, rs := r.find("vaultnode", phase), r.find("restic", phase)
+		switch {
+		case v == nil:
+			t.Detail = r.failure("vaultnode", phase)
+		case rs == nil:
+			t.Detail = r.failure("restic", phase)
+		default:
+			t.Value = rs.WallSeconds / v.WallSeconds
+			t.Status = status(t.Value >= want)
+			t.Detail = fmt.Sprintf("vaultnode %.2f s, restic %.2f s", v.WallSeconds, rs.WallSeconds)
+		}
+		ts = append(ts, t)
+	}
+
+	speed("initial backup throughput", phaseInitial, 2)
+
+	t := target{Name: "initial backup peak RSS (agent + vault)", Want: "<= restic's", Status: "n/a"}
+	if v, rs := r.find("vaultnode", phaseInitial), r.find("restic", phaseInitial); v != nil && rs != nil && rs.PeakRSSBytes > 0 {
+		t.Value = float64(v.PeakRSSBytes) / float64(rs.PeakRSSBytes)
+		t.Status = status(t.Value <= 1)
+		t.Detail = fmt.Sprintf("agent %s + vault %s vs restic %s (agent alone: %.2fx)",
+			mb(v.ClientPeakRSSBytes), mb(v.ServerPeakRSSBytes), mb(rs.PeakRSSBytes),
+			float64(v.ClientPeakRSSBytes)/float64(rs.PeakRSSBytes))
+	} else {
+		t.Detail = "needs both initial backups"
+	}
+	ts = append(ts, t)
+
+	speed("no-change backup speed", phaseNoChange, 3)
+
+	m := r.Mutation
+	budget := m.BytesChanged + int64(m.Edits)*avgChunk
+	t = target{Name: "incremental bytes sent", Want: "<= 1.2x (bytes changed + 1 MiB per edit)", Status: "n/a"}
+	if v := r.find("vaultnode", phaseIncremental); v != nil && budget > 0 {
+		t.Value = float64(v.BytesSent) / float64(budget)
+		t.Status = status(t.Value <= 1.2)
+		t.Detail = fmt.Sprintf("sent %s on the wire; changed %s in %d edits, allowance %s",
+			mb(v.BytesSent), mb(m.BytesChanged), m.Edits, mb(int64(1.2*float64(budget))))
+		if v.ReportedBytesSent != nil {
+			t.Detail += fmt.Sprintf("; agent reports %s", mb(*v.ReportedBytesSent))
+		}
+		if rs := r.find("restic", phaseIncremental); rs != nil {
+			t.Detail += fmt.Sprintf("; restic added %s (%.2fx)", mb(rs.BytesSent), float64(rs.BytesSent)/float64(budget))
+		}
+	} else {
+		t.Detail = r.failure("vaultnode", phaseIncremental)
+	}
+	ts = append(ts, t)
+
+	speed("full restore speed", phaseRestore, 1.5)
+	if c, ok := r.Restores["vaultnode"]; ok && !c.Identical {
+		last := &ts[len(ts)-1]
+		if last.Status == "PASS" {
+			last.Status = "MISS"
+		}
+		last.Detail += "; the vaultnode restore differs from the corpus"
+	}
+	return ts
+}
+
+func mb(b int64) string {
+	switch {
+	case b >= 1e9 || b <= -1e9:
+		return fmt.Sprintf("%.2f GB", float64(b)/1e9)
+	case b >= 1e6 || b <= -1e6:
+		return fmt.Sprintf("%.1f MB", float64(b)/1e6)
+	case b >= 1e3 || b <= -1e3:
+		return fmt.Sprintf("%.1f kB", float64(b)/1e3)
+	}
+	return fmt.Sprintf("%d B", b)
+}
+
+func mbCol(b int64) string { return fmt.Sprintf("%.1f", float64(b)/1e6) }
+
+func printReport(w io.Writer, r *results) {
+	c := r.Corpus
+	fmt.Fprintf(w, "\ncorpus: scale %g seed %d: %d files (%d source-like, %d images, %d sparse), %d dirs; %s of data, %s apparent\n",
+		r.Scale, r.Seed, c.Files, c.SmallFiles, c.LargeFiles, c.SparseFiles, c.Dirs, mb(c.DataBytes), mb(c.Bytes))
+	m := r.Mutation
+	fmt.Fprintf(w, "mutation: %d files edited, %d insertions, %d append, %d hole write, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
+		m.FilesEdited, m.Insertions, m.Appends, m.HoleWrites, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
+	fmt.Fprintf(w, "caches: %s\n", r.Caches)
+	fmt.Fprintf(w, "host: %s\n\n", hostLine(r.Host))
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "phase\ttool\twall s\tMB/s\tCPU s\t(agent+vault)\tpeak RSS MB\t(agent+vault)\tsent MB\trecv MB\tstore +MB\t")
+	for _, ph := range phases {
+		for _, p := range r.Phases {
+			if p.Phase != ph {
+				continue
+			}
+			if p.Error != "" {
+				fmt.Fprintf(tw, "%s\t%s\tFAILED\t\t\t\t\t\t\t\t\t\n", p.Phase, p.Tool)
+				continue
+			}
+			split := func(a, b float64, f string) string {
+				if p.Tool == "restic" {
+					return ""
+				}
+				return fmt.Sprintf(f+"+"+f, a, b)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\t%.2f\t%s\t%.0f\t%s\t%s\t%s\t%s\t\n",
+				p.Phase, p.Tool, p.WallSeconds, p.MBPerSecond, p.CPUSeconds,
+				split(p.ClientCPUSeconds, p.ServerCPUSeconds, "%.2f"),
+				float64(p.PeakRSSBytes)/1e6,
+				split(float64(p.ClientPeakRSSBytes)/1e6, float64(p.ServerPeakRSSBytes)/1e6, "%.0f"),
+				mbCol(p.BytesSent), recvCol(p), mbCol(p.StoreBytesAdded))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "restic's sent = its repository growth (local repository); vaultnode's = bytes on the wire through a counting proxy")
+
+	fmt.Fprintln(w, "\nvaultnode / restic:")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "phase\tspeed (restic wall / ours)\tCPU (ours / restic)\tpeak RSS (ours / restic)\tsent (ours / restic)\tstore growth (ours / restic)\t")
+	for _, ph := range phases {
+		v, rs := r.find("vaultnode", ph), r.find("restic", ph)
+		if v == nil || rs == nil {
+			fmt.Fprintf(tw, "%s\tn/a\t\t\t\t\t\n", ph)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", ph,
+			ratio(rs.WallSeconds, v.WallSeconds), ratio(v.CPUSeconds, rs.CPUSeconds),
+			ratio(float64(v.PeakRSSBytes), float64(rs.PeakRSSBytes)),
+			ratio(float64(v.BytesSent), float64(rs.BytesSent)),
+			ratio(float64(v.StoreBytesAdded), float64(rs.StoreBytesAdded)))
+	}
+	tw.Flush()
+
+	if len(r.Restores) > 0 {
+		fmt.Fprintln(w, "\nrestore check (content, size, mode, file mtime, symlinks):")
+		for _, name := range []string{"vaultnode", "restic"} {
+			c, ok := r.Restores[name]
+			if !ok {
+				continue
+			}
+			if c.Identical {
+				fmt.Fprintf(w, "  %s: identical to the corpus\n", name)
+				continue
+			}
+			fmt.Fprintf(w, "  %s: DIFFERS (%s):\n    %s\n", name, c.Root, strings.Join(c.Differences, "\n    "))
+		}
+	}
+
+	errs := false
+	for _, p := range r.Phases {
+		if p.Error != "" {
+			if !errs {
+				fmt.Fprintln(w, "\nfailures:")
+				errs = true
+			}
+			fmt.Fprintf(w, "  %s %s: %s\n", p.Tool, p.Phase, p.Error)
+		}
+		for _, n := range p.Notes {
+			fmt.Fprintf(w, "  note (%s %s): %s\n", p.Tool, p.Phase, n)
+		}
+	}
+
+	fmt.Fprintln(w, "\ntargets (issue 2):")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, t := range r.Targets {
+		val := ""
+		if t.Status != "n/a" {
+			val = fmt.Sprintf("%.2fx", t.Value)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\twant %s\t%s\n", t.Status, t.Name, val, t.Want, t.Detail)
+	}
+	tw.Flush()
+}
+
+func recvCol(p *phaseResult) string {
+	if p.Tool == "restic" {
+		return "-"
+	}
+	return mbCol(p.BytesReceived)
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+func hostLine(h map[string]string) string {
+	return fmt.Sprintf("%s CPUs, kernel %s, %s, %s", h["cpus"], h["kernel"], h["go"], h["restic"])
+}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"vaultnode/internal/clock"
+)
+
+// vaultnode drives vaultd, vaultctl and vault-agent as README.md documents
+// them. The agent reaches the vault through a counting proxy, so bytes sent
+// are bytes on the wire (TLS and HTTP/2 included).
+type vaultnode struct {
+	bin    string // directory holding vaultd, vaultctl, vault-agent
+	work   string // working directory of this tool
+	corpus string // absolute path of the tree to protect
+	r      runner
+	clk    clock.Clock
+
+	vaultd    *exec.Cmd
+	exited    chan struct{} // closed when vaultd has exited
+	exitErr   error         // set before exited is closed
+	proxy     *proxy
+	hwmReset  bool // resetting the vault's peak RSS works
+	hwmWarned bool
+}
+
+func (t *vaultnode) Name() string            { return "vaultnode" }
+func (t *vaultnode) StoreDir() string        { return filepath.Join(t.work, "vault") }
+func (t *vaultnode) stateDir() string        { return filepath.Join(t.work, "agent") }
+func (t *vaultnode) logFile() string         { return filepath.Join(t.work, "vaultnode.log") }
+func (t *vaultnode) SentIsStoreGrowth() bool { return false }
+func (t *vaultnode) prog(name string) string { return filepath.Join(t.bin, name) }
+func (t *vaultnode) agent(args ...string) []string {
+	return append([]string{"-state", t.stateDir()}, args...)
+}
+
+func (t *vaultnode) Setup(ctx context.Context) error {
+	for _, d := range []string{t.work, t.StoreDir(), t.stateDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("set up vaultnode: %w", err)
+		}
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	logf, err := os.Create(filepath.Join(t.work, "vaultd.log"))
+	if err != nil {
+		return fmt.Errorf("set up vaultnode: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(t.prog("vaultd"), "-data", t.StoreDir(), "-listen", listen)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start vaultd: %w", err)
+	}
+	t.vaultd = cmd
+	t.exited = make(chan struct{})
+	go func() {
+		t.exitErr = cmd.Wait()
+		close(t.exited)
+	}()
+	if err := t.waitHealthy(ctx, listen); err != nil {
+		return err
+	}
+	if t.proxy, err = startProxy(listen); err != nil {
+		return err
+	}
+	if _, err := t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "company", "create", "bench"}, logTo: t.logFile()}); err != nil {
+		return err
+	}
+	u, err := t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "token", "create", "bench"}, logTo: t.logFile(), stdout: true})
+	if err != nil {
+		return err
+	}
+	token := lastLine(u.stdout)
+	if token == "" {
+		return errors.New("create token: vaultctl printed nothing; see " + t.logFile())
+	}
+	if _, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("enroll", "-vault", t.proxy.addr(), "-token", token), logTo: t.logFile()}); err != nil {
+		return err
+	}
+	if _, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("config", "set", "corpus", "-path", t.corpus), logTo: t.logFile()}); err != nil {
+		return err
+	}
+	t.hwmReset = resetPeakRSS(t.vaultd.Process.Pid) == nil
+	return nil
+}
+
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitHealthy polls GET /v1/health until it answers 200, vaultd exits, or a
+// minute passes.
+func (t *vaultnode) waitHealthy(ctx context.Context, addr string) error {
+	client := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
+	}
+	defer client.CloseIdleConnections()
+	deadline := t.clk.Now().Add(time.Minute)
+	var last error
+	for t.clk.Now().Before(deadline) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/v1/health", nil)
+		if err != nil {
+			return fmt.Errorf("probe vault health: %w", err)
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("status %s", resp.Status)
+		}
+		last = err
+		select {
+		case <-t.exited:
+			return fmt.Errorf("start vaultd: it exited (%v)%s", t.exitErr, tail(filepath.Join(t.work, "vaultd.log")))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.clk.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("start vaultd: no healthy answer from https://%s/v1/health within a minute (last: %v)%s", addr, last, tail(filepath.Join(t.work, "vaultd.log")))
+}
+
+// measureVault runs fn and adds the vault's CPU time and peak RSS during it,
+// and the bytes that crossed the proxy, to res.
+func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func() error) error {
+	if t.vaultd == nil {
+		return errors.New("vaultd is not running")
+	}
+	select {
+	case <-t.exited:
+		return fmt.Errorf("vaultd has exited (%v)%s", t.exitErr, tail(filepath.Join(t.work, "vaultd.log")))
+	default:
+	}
+	pid := t.vaultd.Process.Pid
+	if t.hwmReset {
+		_ = resetPeakRSS(pid)
+	} else if !t.hwmWarned {
+		res.Notes = append(res.Notes, "vault peak RSS is since its start: /proc/PID/clear_refs is not writable")
+		t.hwmWarned = true
+	}
+	cpu0, err := procCPU(pid)
+	if err != nil {
+		return err
+	}
+	up0, down0 := t.proxy.counts()
+	runErr := fn()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	idleErr := t.proxy.idle(wctx, t.clk)
+	cancel()
+	up1, down1 := t.proxy.counts()
+	res.BytesSent = up1 - up0
+	res.BytesReceived = down1 - down0
+	cpu1, err1 := procCPU(pid)
+	hwm, err2 := procPeakRSS(pid)
+	if err := errors.Join(err1, err2); err != nil {
+		return errors.Join(runErr, err)
+	}
+	res.ServerCPUSeconds = (cpu1 - cpu0).Seconds()
+	res.ServerPeakRSSBytes = hwm
+	return errors.Join(runErr, idleErr)
+}
+
+func (t *vaultnode) Backup(ctx context.Context, res *phaseResult) error {
+	return t.measureVault(ctx, res, func() error {
+		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("backup", "-json", "corpus"), logTo: t.logFile(), stdout: true})
+		res.addClient(u)
+		if n, ok := findInt(u.stdout, "bytes_sent"); ok {
+			res.ReportedBytesSent = &n
+		}
+		return err
+	})
+}
+
+func (t *vaultnode) Restore(ctx context.Context, dir string, res *phaseResult) (string, error) {
+	err := t.measureVault(ctx, res, func() error {
+		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("restore", "corpus@latest", "-to", dir), logTo: t.logFile()})
+		res.addClient(u)
+		return err
+	})
+	// The contract does not say whether the configured path is recreated
+	// under the target: look for the tree in the likely places.
+	for _, root := range []string{dir, filepath.Join(dir, t.corpus), filepath.Join(dir, filepath.Base(t.corpus))} {
+		if _, serr := os.Lstat(filepath.Join(root, "logs")); serr == nil {
+			return root, err
+		}
+	}
+	return dir, err
+}
+
+// Close stops the proxy and vaultd (SIGTERM, then SIGKILL after 30 s).
+func (t *vaultnode) Close() error {
+	var errs []error
+	if t.proxy != nil {
+		errs = append(errs, t.proxy.Close())
+	}
+	if t.vaultd != nil {
+		_ = syscall.Kill(-t.vaultd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-t.exited:
+		case <-t.clk.After(30 * time.Second):
+			_ = syscall.Kill(-t.vaultd.Process.Pid, syscall.SIGKILL)
+			<-t.exited
+			errs = append(errs, errors.New("stop vaultd: it ignored SIGTERM for 30 s and was killed"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// findInt looks for a numeric field named key in any JSON object of out
+// (one document, or one per line), at any depth; the last one wins.
+func findInt(out []byte, key string) (int64, bool) {
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.UseNumber()
+	var found int64
+	ok := false
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				if n, isNum := x.(json.Number); isNum && k == key {
+					if i, err := n.Int64(); err == nil {
+						found, ok = i, true
+					}
+				}
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		}
+	}
+	for {
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			break
+		}
+		walk(v)
+	}
+	return found, ok
+}
