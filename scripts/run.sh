@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# make run: a vault and an agent on this machine, on embedded defaults.
+# Protects DIR (first argument) or a sample tree it makes, prints what was
+# stored and how to restore. State lives under ./var (delete it to start over).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$PWD/bin
+VAR=$PWD/var
+DATA=$VAR/vault
+STATE=$VAR/agent
+ADDR=${VAULT_ADDR:-127.0.0.1:7443}
+DIR=${1:-}
+mkdir -p "$VAR"
+
+if [ -z "$DIR" ]; then
+  DIR=$VAR/sample
+  if [ ! -d "$DIR" ]; then
+    echo "making a sample tree in $DIR"
+    mkdir -p "$DIR/docs/letters" "$DIR/src/app" "$DIR/media"
+    for i in $(seq 1 200); do printf 'line %d of a note about the vault\n' $(seq 1 $((i % 50 + 1))) > "$DIR/docs/note-$i.txt"; done
+    cp -r "$PWD/internal" "$DIR/src/app/" 2>/dev/null || true
+    head -c 20000000 /dev/urandom > "$DIR/media/video.bin"
+    truncate -s 1G "$DIR/media/disk.img"; printf 'boot sector' | dd of="$DIR/media/disk.img" conv=notrunc status=none
+    ln -sf ../docs/note-1.txt "$DIR/src/readme-link"
+  fi
+fi
+DIR=$(cd "$DIR" && pwd)
+
+"$BIN/vaultd" -data "$DATA" -listen "$ADDR" >"$VAR/vaultd.log" 2>&1 &
+VPID=$!
+stop() { kill "$VPID" 2>/dev/null; wait "$VPID" 2>/dev/null || true; }
+trap stop EXIT
+for _ in $(seq 1 100); do [ -S "$DATA/admin.sock" ] && break; sleep 0.1; done
+[ -S "$DATA/admin.sock" ] || { echo "vaultd did not start; see $VAR/vaultd.log"; cat "$VAR/vaultd.log"; exit 1; }
+echo "vault running on $ADDR (data in $DATA, log in $VAR/vaultd.log)"
+
+if [ ! -f "$STATE/identity.json" ]; then
+  "$BIN/vaultctl" -data "$DATA" company list | grep -qx demo || "$BIN/vaultctl" -data "$DATA" company create demo
+  TOKEN=$("$BIN/vaultctl" -data "$DATA" token create demo)
+  "$BIN/vault-agent" -state "$STATE" enroll -vault "$ADDR" -token "$TOKEN"
+fi
+"$BIN/vault-agent" -state "$STATE" config set sample -path "$DIR"
+"$BIN/vault-agent" -state "$STATE" backup sample
+echo
+"$BIN/vault-agent" -state "$STATE" versions sample
+echo
+"$BIN/vaultctl" -data "$DATA" computers
+echo
+"$BIN/vaultctl" -data "$DATA" verify
+cat <<EOT
+
+Stored. To look and restore while the vault runs:
+  bin/vault-agent -state $STATE ls sample@latest
+  bin/vault-agent -state $STATE restore sample@latest -to /tmp/restored
+  bin/vault-agent -state $STATE restore sample@latest:$DIR/docs -to /tmp/restored --dry-run
+  bin/vault-agent -state $STATE backup sample        # again: only changes are sent
+EOT
+if [ -t 0 ]; then
+  echo
+  read -r -p "The vault keeps running until you press Enter. " _ || true
+fi
