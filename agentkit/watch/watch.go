@@ -254,8 +254,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 		beErr <- w.be.run(ctx, w.emit)
 	}()
 	defer func() {
+		cancel()
+		<-beErr // the reader closes its file on cancel and returns
 		w.Close()
-		<-beErr // the reader goroutine ends once its file is closed
 	}()
 
 	timer := w.clk.NewTimer(time.Hour)
