@@ -39,10 +39,13 @@ func ParseToken(s string) (Token, error) {
 	if !ok {
 		return t, fmt.Errorf("%w: it must start with %q (copy it whole from `vaultctl token create`)", ErrToken, tokenPrefix)
 	}
-	sec, pin, ok := strings.Cut(rest, "_")
-	if !ok {
+	// The secret part has a fixed length: '_' is in the base64url alphabet,
+	// so the parts cannot be split at the first '_'.
+	n := b64.EncodedLen(len(t.Secret))
+	if len(rest) <= n || rest[n] != '_' {
 		return t, fmt.Errorf("%w: missing the CA pin part", ErrToken)
 	}
+	sec, pin := rest[:n], rest[n+1:]
 	a, err := b64.DecodeString(sec)
 	if err != nil || len(a) != len(t.Secret) {
 		return t, fmt.Errorf("%w: bad secret part", ErrToken)

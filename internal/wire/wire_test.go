@@ -1,0 +1,285 @@
+package wire_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"vaultnode/internal/wire"
+)
+
+func TestFrameRoundTrip(t *testing.T) {
+	frames := []wire.Frame{
+		{ID: [32]byte{1}, Kind: wire.FrameData, PlainLen: 5, Payload: []byte("hello")},
+		{ID: [32]byte{2}, Kind: wire.FrameListing, Flags: wire.FlagZstd, PlainLen: 1000, Payload: []byte{0x28, 0xb5, 0x2f, 0xfd}},
+		{ID: [32]byte{3}, Kind: wire.StatusMissing, Payload: []byte("the vault has no such chunk")},
+		{ID: [32]byte{4}, Kind: wire.FrameData, Payload: []byte{}},
+		{ID: [32]byte{5}, Kind: wire.FrameData, PlainLen: 4 << 20, Payload: bytes.Repeat([]byte{9}, 4<<20)},
+	}
+	var b []byte
+	for i := range frames {
+		b = wire.AppendFrame(b, &frames[i])
+	}
+	fr := wire.NewFrameReader(bytes.NewReader(b))
+	for i := range frames {
+		f, err := fr.Next()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		got := *f
+		got.Payload = append([]byte{}, f.Payload...)
+		if diff := cmp.Diff(frames[i], got); diff != "" {
+			t.Fatalf("frame %d (-want +got):\n%s", i, diff)
+		}
+	}
+	if _, err := fr.Next(); err != io.EOF {
+		t.Fatalf("after the last frame: %v, want io.EOF", err)
+	}
+	// Header layout: id | kind | flags | plain len LE | payload len LE.
+	h := b[:wire.FrameHeaderSize]
+	if h[0] != 1 || h[32] != wire.FrameData || h[33] != 0 || binary.LittleEndian.Uint32(h[34:]) != 5 || binary.LittleEndian.Uint32(h[38:]) != 5 {
+		t.Fatalf("frame header layout changed: %x", h)
+	}
+}
+
+func TestFrameReaderErrors(t *testing.T) {
+	good := wire.AppendFrame(nil, &wire.Frame{Kind: wire.FrameData, PlainLen: 3, Payload: []byte("abc")})
+	mut := func(f func(b []byte)) []byte {
+		b := append([]byte(nil), good...)
+		f(b)
+		return b
+	}
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"truncated header", good[:20]},
+		{"truncated payload", good[:len(good)-1]},
+		{"plain over limit", mut(func(b []byte) { binary.LittleEndian.PutUint32(b[34:], wire.MaxPlain+1) })},
+		{"payload over limit", mut(func(b []byte) { binary.LittleEndian.PutUint32(b[38:], 0xffffffff) })},
+		{"unknown flags", mut(func(b []byte) { b[33] = 0x80 })},
+	}
+	for _, tt := range tests {
+		_, err := wire.NewFrameReader(bytes.NewReader(tt.b)).Next()
+		if !errors.Is(err, wire.ErrFrame) {
+			t.Errorf("%s: err = %v, want ErrFrame", tt.name, err)
+		}
+	}
+	if _, err := wire.NewFrameReader(bytes.NewReader(nil)).Next(); err != io.EOF {
+		t.Errorf("empty stream: %v, want io.EOF", err)
+	}
+}
+
+func TestIDs(t *testing.T) {
+	ids := [][32]byte{{1}, {2, 3}, {0xff}}
+	b := wire.AppendIDs(nil, ids)
+	if len(b) != 96 {
+		t.Fatalf("%d bytes", len(b))
+	}
+	got, err := wire.ParseIDs(b, 3)
+	if err != nil || !cmp.Equal(got, ids) {
+		t.Fatalf("ParseIDs = %v, %v", got, err)
+	}
+	if got, err := wire.ParseIDs(nil, 3); err != nil || len(got) != 0 {
+		t.Fatalf("ParseIDs(empty) = %v, %v", got, err)
+	}
+	for _, tt := range []struct {
+		b   []byte
+		max int
+	}{{b[:95], 3}, {b, 2}, {b[:1], 10}} {
+		if _, err := wire.ParseIDs(tt.b, tt.max); !errors.Is(err, wire.ErrFrame) {
+			t.Errorf("ParseIDs(%d bytes, max %d): %v, want ErrFrame", len(tt.b), tt.max, err)
+		}
+	}
+}
+
+func TestCompress(t *testing.T) {
+	rnd := make([]byte, 100000)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range rnd {
+		rnd[i] = byte(r.Uint32())
+	}
+	tests := []struct {
+		name     string
+		plain    []byte
+		wantZstd bool
+	}{
+		{"empty", nil, false},
+		{"tiny", []byte("a"), false},
+		{"random", rnd, false},
+		{"text", []byte(strings.Repeat("all work and no play makes jack a dull boy\n", 2000)), true},
+		{"zeros 4M", make([]byte, 4<<20), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			payload, fl := wire.Compress(nil, tt.plain)
+			if (fl == wire.FlagZstd) != tt.wantZstd {
+				t.Fatalf("flags %d, want zstd %v", fl, tt.wantZstd)
+			}
+			if fl == wire.FlagZstd && len(payload) >= len(tt.plain)-len(tt.plain)/33 {
+				t.Fatalf("compressed to %d of %d bytes: must save 3%%", len(payload), len(tt.plain))
+			}
+			out, err := wire.Decompress([]byte("x"), fl, payload, uint32(len(tt.plain)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(out, append([]byte("x"), tt.plain...)) {
+				t.Fatal("round trip differs")
+			}
+			if _, err := wire.Decompress(nil, fl, payload, uint32(len(tt.plain))+1); !errors.Is(err, wire.ErrFrame) {
+				t.Fatalf("wrong declared length: %v, want ErrFrame", err)
+			}
+		})
+	}
+	// Garbage flagged as zstd.
+	if _, err := wire.Decompress(nil, wire.FlagZstd, []byte("not zstd at all"), 15); !errors.Is(err, wire.ErrFrame) {
+		t.Fatalf("garbage zstd: %v, want ErrFrame", err)
+	}
+}
+
+// TestDecompressBomb: a small frame declaring far more than MaxPlain must be
+// refused, not allocated.
+func TestDecompressBomb(t *testing.T) {
+	big := make([]byte, 64<<20)
+	payload, fl := wire.Compress(nil, big)
+	if fl != wire.FlagZstd {
+		t.Fatal("zeros did not compress")
+	}
+	if _, err := wire.Decompress(nil, fl, payload, wire.MaxPlain); !errors.Is(err, wire.ErrFrame) {
+		t.Fatalf("64 MiB bomb: %v, want ErrFrame", err)
+	}
+}
+
+func TestToken(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 2000; i++ {
+		var tok wire.Token
+		for j := range tok.Secret {
+			tok.Secret[j] = byte(r.Uint32())
+		}
+		for j := range tok.CAPin {
+			tok.CAPin[j] = byte(r.Uint32())
+		}
+		s := tok.String()
+		got, err := wire.ParseToken("  " + s + "\n")
+		if err != nil {
+			t.Fatalf("ParseToken(%q) of a token made by Token.String: %v", s, err)
+		}
+		if got != tok {
+			t.Fatalf("round trip of %q differs", s)
+		}
+	}
+}
+
+func TestParseTokenErrors(t *testing.T) {
+	var tok wire.Token
+	tok.Secret[0] = 1
+	good := tok.String()
+	for _, s := range []string{
+		"",
+		"vn1_",
+		"vn2_" + good[4:],
+		strings.Split(good, "_")[0] + "_" + strings.Split(good, "_")[1],
+		good + "AA",
+		good[:len(good)-2],
+		"vn1_!!!!_" + good[len(good)-43:],
+	} {
+		if _, err := wire.ParseToken(s); !errors.Is(err, wire.ErrToken) {
+			t.Errorf("ParseToken(%q) = %v, want ErrToken", s, err)
+		}
+	}
+}
+
+func FuzzFrameReader(f *testing.F) {
+	var b []byte
+	b = wire.AppendFrame(b, &wire.Frame{ID: [32]byte{1}, Kind: wire.FrameData, PlainLen: 5, Payload: []byte("hello")})
+	b = wire.AppendFrame(b, &wire.Frame{ID: [32]byte{2}, Kind: wire.FrameListing, Flags: wire.FlagZstd, PlainLen: 9, Payload: []byte("zz")})
+	f.Add(b)
+	f.Add(b[:50])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr := wire.NewFrameReader(bytes.NewReader(b))
+		var re []byte
+		for {
+			fm, err := fr.Next()
+			if err == io.EOF {
+				// Everything read re-encodes to exactly the input.
+				if !bytes.Equal(re, b) {
+					t.Fatalf("frames re-encode to %d bytes of %d", len(re), len(b))
+				}
+				return
+			}
+			if err != nil {
+				if !errors.Is(err, wire.ErrFrame) {
+					t.Fatalf("error %v does not wrap ErrFrame", err)
+				}
+				return
+			}
+			if fm.PlainLen > wire.MaxPlain || fm.Flags&^wire.FlagZstd != 0 {
+				t.Fatalf("accepted frame %+v", fm)
+			}
+			re = wire.AppendFrame(re, fm)
+		}
+	})
+}
+
+func FuzzParseIDs(f *testing.F) {
+	f.Add(make([]byte, 64), 2)
+	f.Add(make([]byte, 33), 5)
+	f.Add([]byte{}, 0)
+	f.Fuzz(func(t *testing.T, b []byte, max int) {
+		ids, err := wire.ParseIDs(b, max)
+		if err != nil {
+			return
+		}
+		if len(ids) > max || len(ids)*32 != len(b) || !bytes.Equal(wire.AppendIDs(nil, ids), b) {
+			t.Fatalf("ParseIDs(%d bytes, %d) = %d ids", len(b), max, len(ids))
+		}
+	})
+}
+
+func FuzzParseToken(f *testing.F) {
+	var tok wire.Token
+	tok.Secret[3] = 0xfc // '_' in the base64url of the secret
+	f.Add(tok.String())
+	f.Add(wire.Token{}.String())
+	f.Add("vn1_abc_def")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok, err := wire.ParseToken(s)
+		if err != nil {
+			if !errors.Is(err, wire.ErrToken) {
+				t.Fatalf("error %v does not wrap ErrToken", err)
+			}
+			return
+		}
+		again, err := wire.ParseToken(tok.String())
+		if err != nil || again != tok {
+			t.Fatalf("re-parse of %q: %v", tok.String(), err)
+		}
+	})
+}
+
+func FuzzDecompress(f *testing.F) {
+	z, _ := wire.Compress(nil, bytes.Repeat([]byte("abcdef"), 1000))
+	f.Add(z, uint8(wire.FlagZstd), uint32(6000))
+	f.Add([]byte("raw"), uint8(0), uint32(3))
+	f.Add(z[:10], uint8(wire.FlagZstd), uint32(6000))
+	f.Fuzz(func(t *testing.T, payload []byte, flags uint8, plainLen uint32) {
+		out, err := wire.Decompress(nil, flags, payload, plainLen)
+		if err != nil {
+			if !errors.Is(err, wire.ErrFrame) {
+				t.Fatalf("error %v does not wrap ErrFrame", err)
+			}
+			return
+		}
+		if uint32(len(out)) != plainLen {
+			t.Fatalf("%d bytes out, declared %d", len(out), plainLen)
+		}
+	})
+}
