@@ -144,10 +144,12 @@ func (n *Node) Validate() error {
 		want := n.Size
 		if n.Sparse {
 			want = 0
+			var end int64 // extents are in order and do not overlap, so want <= Size
 			for _, e := range n.Extents {
-				if e.Off < 0 || e.Len < 0 || e.Off+e.Len > n.Size {
-					return fmt.Errorf("path %q: extent %d+%d outside size %d", n.Path, e.Off, e.Len, n.Size)
+				if e.Off < end || e.Len < 0 || e.Off > n.Size || e.Len > n.Size-e.Off { // no overflow
+					return fmt.Errorf("path %q: extent %d+%d overlaps, is out of order or outside size %d", n.Path, e.Off, e.Len, n.Size)
 				}
+				end = e.Off + e.Len
 				want += e.Len
 			}
 		}
