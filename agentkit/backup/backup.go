@@ -205,7 +205,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		}
 		return err
 	})
-	for range 2 {
+	for range senders {
 		g.Go(func() error { return up.sender(gctx) })
 	}
 

@@ -44,7 +44,10 @@ type body struct {
 }
 
 const (
-	budgetBytes = 192 << 20
+	// senders is the number of uploads in flight: the vault syncs each
+	// before answering, so several in flight keep its disk busy.
+	senders     = 4
+	budgetBytes = 64 << 20
 	batchBytes  = 8 << 20
 	lackBatch   = 256
 )
@@ -52,7 +55,7 @@ const (
 func newUploader(v Vault, session string, stats *Stats) *uploader {
 	return &uploader{vault: v, session: session, stats: stats, seen: map[[32]byte]struct{}{},
 		budget: semaphore.NewWeighted(budgetBytes), cand: make(chan *chunk, lackBatch),
-		comp: make(chan *chunk, 16), bodies: make(chan *body, 2)}
+		comp: make(chan *chunk, 16), bodies: make(chan *body, 1)}
 }
 
 // add offers a chunk; data is copied. It blocks while the budget is spent.

@@ -297,7 +297,10 @@ func (s *Store) Put(company string, entries []Entry) error {
 		s.dropWriter(w)
 		return classify(fmt.Errorf("sync pack %08x: %w", w.number, err))
 	}
-	err = s.db.Update(func(tx *bbolt.Tx) error {
+	// Batch coalesces the index commits of concurrent uploads into one
+	// transaction (one fsync for many requests); the function is idempotent
+	// as Batch may run it again.
+	err = s.db.Batch(func(tx *bbolt.Tx) error {
 		cb, err := tx.Bucket(bucketChunks).CreateBucketIfNotExists([]byte(company))
 		if err != nil {
 			return err

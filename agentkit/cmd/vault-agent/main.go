@@ -10,12 +10,22 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
+
+	"vaultnode/internal/profile"
 )
 
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// The agent runs beside the computer's real work: keep the heap
+		// near what the pipelines hold instead of letting it double.
+		debug.SetMemoryLimit(128 << 20)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := profile.Start("agent")
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stopProfile()
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }

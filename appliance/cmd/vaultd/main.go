@@ -16,12 +16,16 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"vaultnode/appliance/vault"
+	"vaultnode/internal/profile"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	stopProfile := profile.Start("vaultd")
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stopProfile()
+	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "vaultd:", err)
 		}
