@@ -2,7 +2,6 @@ package backup
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -15,8 +14,6 @@ import (
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
-
-var errEOF = io.EOF
 
 type reader struct {
 	gear    *chunker.Gear
@@ -36,22 +33,19 @@ func (r *reader) read(ctx context.Context, it *item) error {
 	n := &it.node
 	atomic.AddInt64(&r.stats.FilesRead, 1)
 	for attempt := 0; ; attempt++ {
-		before, err := fstat(int(it.file.Fd()))
+		before, allocated, err := fstat(int(it.file.Fd()))
 		if err != nil {
 			return r.unreadable(n, err)
 		}
 		n.Size, n.Mtime, n.Ctime = before.Size, before.Mtime, before.Ctime
-		err = r.readOnce(ctx, it)
+		err = r.readOnce(ctx, it, allocated)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
-			if errors.Is(err, errVanished) {
-				return r.unreadable(n, err)
-			}
 			return r.unreadable(n, err)
 		}
-		after, err := fstat(int(it.file.Fd()))
+		after, _, err := fstat(int(it.file.Fd()))
 		if err != nil {
 			return r.unreadable(n, err)
 		}
@@ -70,8 +64,6 @@ func (r *reader) read(ctx context.Context, it *item) error {
 	}
 }
 
-var errVanished = errors.New("file vanished")
-
 func (r *reader) unreadable(n *tree.Node, err error) error {
 	atomic.AddInt64(&r.stats.Unreadable, 1)
 	n.Chunks, n.Extents, n.Sparse = nil, nil, false
@@ -79,24 +71,21 @@ func (r *reader) unreadable(n *tree.Node, err error) error {
 	return nil
 }
 
-func fstat(fd int) (tree.Node, error) {
+// fstat describes an open file: its node fields and allocated bytes.
+func fstat(fd int) (tree.Node, int64, error) {
 	var stx unix.Statx_t
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BASIC_STATS, &stx); err != nil {
-		return tree.Node{}, fmt.Errorf("stat: %w", err)
+		return tree.Node{}, 0, fmt.Errorf("stat: %w", err)
 	}
-	n := meta.FromStatx(&stx)
-	n.Size = int64(stx.Size)
-	n.Nlink = uint32(stx.Blocks) // reused below: allocated 512-byte blocks
-	return n, nil
+	return meta.FromStatx(&stx), int64(stx.Blocks) * 512, nil
 }
 
-func (r *reader) readOnce(ctx context.Context, it *item) error {
+func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error {
 	n := &it.node
 	n.Chunks = n.Chunks[:0]
 	n.Extents, n.Sparse = nil, false
 	var src io.Reader = it.file
-	st, _ := fstat(int(it.file.Fd()))
-	if int64(st.Nlink)*512 < n.Size {
+	if allocated < n.Size {
 		// Fewer blocks than bytes: look for holes.
 		ext, sparse, err := meta.DataExtents(it.file, n.Size)
 		if err != nil {

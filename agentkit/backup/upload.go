@@ -90,7 +90,7 @@ func (u *uploader) lacker(ctx context.Context) error {
 			return nil
 		}
 		batch = append(batch[:0], c)
-		var size int
+		size := len(c.data)
 	fill:
 		for len(batch) < lackBatch && size < 32<<20 {
 			select {
@@ -123,9 +123,6 @@ func (u *uploader) lacker(ctx context.Context) error {
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-		}
-		if !ok {
-			return nil
 		}
 	}
 }

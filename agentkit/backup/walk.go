@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"sort"
@@ -89,7 +90,7 @@ func (w *walker) run() error {
 			}
 			n.Type = tree.TypeDir
 			n.Status, n.Err = tree.StatusUnreadable, err.Error()
-			if err := w.emit(n, nil); err != nil {
+			if err := w.emit(n); err != nil {
 				return err
 			}
 			continue
@@ -105,7 +106,7 @@ func (w *walker) run() error {
 func (w *walker) advance() {
 	n, err := w.prev.Next()
 	if err != nil {
-		if !errors.Is(err, errEOF) {
+		if !errors.Is(err, io.EOF) {
 			w.log.Warn("listing cache unreadable past this point", zap.Error(err))
 		}
 		w.pcur, w.prev = nil, nil
@@ -157,11 +158,10 @@ func (w *walker) send(it *item, read bool) error {
 	return nil
 }
 
-// emit sends a node that needs no reading.
-func (w *walker) emit(n tree.Node, _ *tree.Node) error {
-	prev, err := w.previous(n.Path)
-	_ = prev
-	if err != nil {
+// emit sends a node that needs no reading (after the previous listing's
+// nodes that sort before it).
+func (w *walker) emit(n tree.Node) error {
+	if _, err := w.previous(n.Path); err != nil {
 		return err
 	}
 	return w.send(&item{node: n, done: closedDone}, false)
@@ -179,7 +179,7 @@ func (w *walker) visit(dirfd int, name, abs string, n tree.Node, rootDev uint64,
 	case tree.TypeFile:
 		return w.visitFile(dirfd, name, n)
 	default:
-		return w.emit(n, nil)
+		return w.emit(n)
 	}
 }
 
@@ -227,13 +227,13 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	atomic.AddInt64(&w.stats.Dirs, 1)
 	if n.Dev != rootDev && !w.cfg.CrossMounts {
 		n.MountPoint = true
-		return w.emit(n, nil)
+		return w.emit(n)
 	}
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		atomic.AddInt64(&w.stats.Unreadable, 1)
 		n.Status, n.Err = tree.StatusUnreadable, "open directory: "+err.Error()
-		return w.emit(n, nil)
+		return w.emit(n)
 	}
 	d := os.NewFile(uintptr(fd), abs)
 	defer d.Close()
@@ -241,9 +241,9 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	if err != nil {
 		atomic.AddInt64(&w.stats.Unreadable, 1)
 		n.Status, n.Err = tree.StatusUnreadable, "read directory: "+err.Error()
-		return w.emit(n, nil)
+		return w.emit(n)
 	}
-	if err := w.emit(n, nil); err != nil {
+	if err := w.emit(n); err != nil {
 		return err
 	}
 	sort.Strings(names) // bytewise, as tree order wants
@@ -272,7 +272,7 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 			}
 			atomic.AddInt64(&w.stats.Unreadable, 1)
 			cn = tree.Node{Path: cpath, Type: tree.TypeFile, Status: tree.StatusUnreadable, Err: fmt.Sprint(err)}
-			if err := w.emit(cn, nil); err != nil {
+			if err := w.emit(cn); err != nil {
 				return err
 			}
 			continue

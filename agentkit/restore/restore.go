@@ -317,9 +317,8 @@ func (r *restorer) place(n *tree.Node) error {
 	}
 	switch n.Type {
 	case tree.TypeDir:
-		if n.MountPoint {
-			// recreate the mount point directory; its contents were another filesystem
-		}
+		// A mount point is recreated as a directory; its contents were
+		// another filesystem, not part of the version.
 		if err := meta.Create(parent.fd, string(name), n, r.o.Meta); err != nil {
 			return err
 		}
