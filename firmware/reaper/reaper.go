@@ -104,23 +104,25 @@ func (r *Reaper) reap() {
 	}
 }
 
-// Start starts cmd and returns a channel that receives its exit once.
-// cmd.Stdin, Stdout and Stderr must be nil or *os.File.
-func (r *Reaper) Start(cmd *exec.Cmd) (<-chan Exit, error) {
+// Start starts cmd and returns its pid and a channel that receives its exit
+// once. cmd.Stdin, Stdout and Stderr must be nil or *os.File. The caller
+// must not use cmd.Process afterwards: it is released once the exit is reaped.
+func (r *Reaper) Start(cmd *exec.Cmd) (int, <-chan Exit, error) {
 	for _, f := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
 		switch f.(type) {
 		case nil, *os.File:
 		default:
-			return nil, fmt.Errorf("start %s: standard streams must be files", cmd.Path)
+			return 0, nil, fmt.Errorf("start %s: standard streams must be files", cmd.Path)
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
+		return 0, nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
+	pid := cmd.Process.Pid
 	ch := make(chan Exit, 1)
-	r.waiters[cmd.Process.Pid] = ch
+	r.waiters[pid] = ch
 	// The process handle (a pidfd) is not needed: the exit comes from wait4.
 	proc := cmd.Process
 	out := make(chan Exit, 1)
@@ -129,12 +131,12 @@ func (r *Reaper) Start(cmd *exec.Cmd) (<-chan Exit, error) {
 		_ = proc.Release()
 		out <- e
 	}()
-	return out, nil
+	return pid, out, nil
 }
 
 // Wait starts cmd and waits for it; on ctx done it kills the process.
 func (r *Reaper) Wait(ctx context.Context, cmd *exec.Cmd) error {
-	done, err := r.Start(cmd)
+	pid, done, err := r.Start(cmd)
 	if err != nil {
 		return err
 	}
@@ -142,7 +144,7 @@ func (r *Reaper) Wait(ctx context.Context, cmd *exec.Cmd) error {
 	case e := <-done:
 		return e.Err()
 	case <-ctx.Done():
-		_ = unix.Kill(cmd.Process.Pid, unix.SIGKILL)
+		_ = unix.Kill(pid, unix.SIGKILL)
 		<-done
 		return ctx.Err()
 	}
@@ -155,7 +157,7 @@ func (r *Reaper) Output(ctx context.Context, cmd *exec.Cmd) ([]byte, error) {
 		return nil, fmt.Errorf("make pipe: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = pw, pw
-	done, err := r.Start(cmd)
+	pid, done, err := r.Start(cmd)
 	pw.Close()
 	if err != nil {
 		pr.Close()
@@ -171,7 +173,7 @@ func (r *Reaper) Output(ctx context.Context, cmd *exec.Cmd) ([]byte, error) {
 	select {
 	case e = <-done:
 	case <-ctx.Done():
-		_ = unix.Kill(cmd.Process.Pid, unix.SIGKILL)
+		_ = unix.Kill(pid, unix.SIGKILL)
 		e = <-done
 	}
 	select { // a daemonised grandchild may keep the pipe open

@@ -374,13 +374,12 @@ func (s *Supervisor) runOnce(ctx context.Context, log *zap.Logger, sp Spec) (rea
 	cmd.Dir = sp.Dir
 	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	done, err := s.reaper.Start(cmd)
+	pid, done, err := s.reaper.Start(cmd)
 	pw.Close()
 	if err != nil {
 		pr.Close()
 		return reaper.Exit{}, err
 	}
-	pid := cmd.Process.Pid
 	s.update(sp.Name, func(st *Status) { st.State, st.Pid, st.Healthy = Running, pid, sp.Health == nil })
 	log.Info("service started", zap.Int("pid", pid), zap.String("command", sp.Command), zap.Strings("args", sp.Args))
 
