@@ -86,3 +86,10 @@ func idsOf(refs []tree.ChunkRef) [][32]byte {
 	}
 	return ids
 }
+
+// OpenContent returns a reader of a file node's content as its chunks hold
+// it (the data extents concatenated for a sparse file), every chunk checked.
+func OpenContent(ctx context.Context, src Source, chunkKey [32]byte, n *tree.Node) io.ReadCloser {
+	w := &fileWriter{r: &restorer{ctx: ctx, o: Options{Source: src, ChunkKey: chunkKey}, stats: &Stats{}}}
+	return io.NopCloser(&chunkReader{ctx: ctx, w: w, refs: n.Chunks})
+}
