@@ -165,7 +165,7 @@ func Apply(dirfd int, name string, n *tree.Node, opts Options) error {
 // when their value differs.
 func SetXattrs(dirfd int, name string, want []tree.Xattr) error {
 	p := xattrPath(dirfd, name)
-	have, err := listXattrs(p)
+	have, err := listXattrs(func(b []byte) (int, error) { return unix.Llistxattr(p, b) })
 	if err != nil && !(unsupported(err) && len(want) == 0) {
 		if unsupported(err) {
 			return pathErr("set xattrs on", name, err)
@@ -186,7 +186,7 @@ func SetXattrs(dirfd int, name string, want []tree.Xattr) error {
 		}
 	}
 	for _, x := range want {
-		if cur, err := getXattr(p, x.Name); err == nil && bytes.Equal(cur, x.Value) {
+		if cur, err := getXattr(func(a string, b []byte) (int, error) { return unix.Lgetxattr(p, a, b) }, x.Name); err == nil && bytes.Equal(cur, x.Value) {
 			continue
 		}
 		if err := unix.Lsetxattr(p, x.Name, x.Value, 0); err != nil {

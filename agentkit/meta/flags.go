@@ -90,35 +90,7 @@ func openForFlags(dirfd int, name string) (int, error) {
 	return unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 }
 
-// getFlags reads the inode flags of a regular file or directory already
-// described by stx. A filesystem without flags has none; a file this process
-// may not open gets what statx says (immutable, append-only, nodump).
-func getFlags(dirfd int, name string, stx *unix.Statx_t) (uint32, error) {
-	fd, err := openForFlags(dirfd, name)
-	if err != nil {
-		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
-			return statxFlags(stx), nil
-		}
-		return 0, pathErr("open for flags", name, err)
-	}
-	defer unix.Close(fd)
-	var now unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_INO|unix.STATX_TYPE, &now); err != nil {
-		return 0, pathErr("stat for flags", name, err)
-	}
-	if now.Ino != stx.Ino || now.Mode&unix.S_IFMT != stx.Mode&unix.S_IFMT {
-		return 0, pathErr("read flags of", name, errors.New("replaced while being read"))
-	}
-	f, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
-	if err != nil {
-		if unsupported(err) {
-			return 0, nil
-		}
-		return 0, pathErr("read flags of", name, err)
-	}
-	return f, nil
-}
-
+// statxFlags are the flags statx reports without opening the file.
 func statxFlags(stx *unix.Statx_t) uint32 {
 	var f uint32
 	a := stx.Attributes & stx.Attributes_mask

@@ -38,18 +38,29 @@ func Lstat(dirfd int, name string) (tree.Node, error) {
 		}
 		n.Target = t
 	}
+	if n.Type == tree.TypeFile || n.Type == tree.TypeDir {
+		// One descriptor serves the flags and the xattrs (far cheaper than
+		// resolving /proc/self/fd paths once per attribute).
+		fd, err := openForFlags(dirfd, name)
+		switch {
+		case err == nil:
+			n.Flags, n.Xattrs, err = fromFd(fd, name, &stx)
+			unix.Close(fd)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			return n, errors.Join(errs...)
+		case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
+			n.Flags = statxFlags(&stx) // not ours to open: what statx says
+		default:
+			errs = append(errs, pathErr("open", name, err))
+		}
+	}
 	xs, err := Xattrs(dirfd, name)
 	if err != nil {
 		errs = append(errs, err)
 	}
 	n.Xattrs = xs
-	if n.Type == tree.TypeFile || n.Type == tree.TypeDir {
-		f, err := getFlags(dirfd, name, &stx)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		n.Flags = f
-	}
 	return n, errors.Join(errs...)
 }
 
@@ -127,7 +138,40 @@ func readlink(dirfd int, name string, hint int) ([]byte, error) {
 // xattr support has none.
 func Xattrs(dirfd int, name string) ([]tree.Xattr, error) {
 	p := xattrPath(dirfd, name)
-	names, err := listXattrs(p)
+	return readXattrs(name,
+		func(b []byte) (int, error) { return unix.Llistxattr(p, b) },
+		func(a string, b []byte) (int, error) { return unix.Lgetxattr(p, a, b) })
+}
+
+// fromFd reads the inode flags and xattrs of an open regular file or
+// directory, after checking it is still the object stx describes.
+func fromFd(fd int, name string, stx *unix.Statx_t) (uint32, []tree.Xattr, error) {
+	var now unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_INO|unix.STATX_TYPE, &now); err != nil {
+		return 0, nil, pathErr("stat", name, err)
+	}
+	if now.Ino != stx.Ino || now.Mode&unix.S_IFMT != stx.Mode&unix.S_IFMT {
+		return 0, nil, pathErr("read", name, errors.New("replaced while being read"))
+	}
+	var errs []error
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		flags = 0
+		if !unsupported(err) {
+			errs = append(errs, pathErr("read flags of", name, err))
+		}
+	}
+	xs, err := readXattrs(name,
+		func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
+		func(a string, b []byte) (int, error) { return unix.Fgetxattr(fd, a, b) })
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return flags, xs, errors.Join(errs...)
+}
+
+func readXattrs(name string, list func([]byte) (int, error), get func(string, []byte) (int, error)) ([]tree.Xattr, error) {
+	names, err := listXattrs(list)
 	if err != nil {
 		if unsupported(err) {
 			return nil, nil
@@ -137,7 +181,7 @@ func Xattrs(dirfd int, name string) ([]tree.Xattr, error) {
 	var out []tree.Xattr
 	var errs []error
 	for _, a := range names {
-		v, err := getXattr(p, a)
+		v, err := getXattr(get, a)
 		if err == unix.ENODATA {
 			continue // removed since the listing
 		}
@@ -151,18 +195,16 @@ func Xattrs(dirfd int, name string) ([]tree.Xattr, error) {
 	return out, errors.Join(errs...)
 }
 
-func listXattrs(p string) ([]string, error) {
+// listXattrs tries a page-sized buffer first, so most objects cost one call.
+func listXattrs(list func([]byte) (int, error)) ([]string, error) {
+	buf := make([]byte, 4096)
 	for {
-		sz, err := unix.Llistxattr(p, nil)
-		if err != nil {
-			return nil, err
-		}
-		if sz == 0 {
-			return nil, nil
-		}
-		buf := make([]byte, sz)
-		sz, err = unix.Llistxattr(p, buf)
+		sz, err := list(buf)
 		if err == unix.ERANGE {
+			if sz, err = list(nil); err != nil {
+				return nil, err
+			}
+			buf = make([]byte, sz+256)
 			continue
 		}
 		if err != nil {
@@ -182,24 +224,21 @@ func listXattrs(p string) ([]string, error) {
 	}
 }
 
-func getXattr(p, name string) ([]byte, error) {
+func getXattr(get func(string, []byte) (int, error), name string) ([]byte, error) {
+	buf := make([]byte, 1024)
 	for {
-		sz, err := unix.Lgetxattr(p, name, nil)
-		if err != nil {
-			return nil, err
-		}
-		buf := make([]byte, sz)
-		if sz == 0 {
-			return buf, nil
-		}
-		sz, err = unix.Lgetxattr(p, name, buf)
+		sz, err := get(name, buf)
 		if err == unix.ERANGE {
+			if sz, err = get(name, nil); err != nil {
+				return nil, err
+			}
+			buf = make([]byte, sz+256)
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		return buf[:sz], nil
+		return append([]byte{}, buf[:sz]...), nil
 	}
 }
 

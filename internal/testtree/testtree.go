@@ -508,13 +508,25 @@ func (g *gen) fifo() error {
 	return nil
 }
 
-// socket makes the inode a bound unix socket leaves behind (mknod S_IFSOCK
-// makes the same inode as bind, without sun_path's 108-byte limit).
+// socket binds a unix socket and closes it, leaving its inode behind as a
+// server that stopped does. The address goes through /proc/self/fd so
+// sun_path's 108-byte limit does not depend on where the tree is.
 func (g *gen) socket() error {
-	if err := unix.Mknod(g.path("socket/listener.sock"), unix.S_IFSOCK|0o755, 0); err != nil {
-		return fmt.Errorf("mknod socket: %w", err)
+	dfd, err := unix.Openat(g.fd, "socket", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
 	}
-	return unix.Chmod(g.path("socket/listener.sock"), 0o755)
+	defer unix.Close(dfd)
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	err = unix.Bind(s, &unix.SockaddrUnix{Name: fmt.Sprintf("/proc/self/fd/%d/listener.sock", dfd)})
+	unix.Close(s)
+	if err != nil {
+		return fmt.Errorf("bind socket: %w", err)
+	}
+	return unix.Fchmodat(dfd, "listener.sock", 0o755, 0)
 }
 
 func (g *gen) symlinks() error {
