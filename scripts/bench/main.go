@@ -70,7 +70,8 @@ type phaseResult struct {
 	CPUSeconds         float64  `json:"cpu_seconds"`   // client + server, user + system
 	ClientCPUSeconds   float64  `json:"client_cpu_seconds"`
 	ServerCPUSeconds   float64  `json:"server_cpu_seconds"`
-	PeakRSSBytes       int64    `json:"peak_rss_bytes"` // client + server
+	OtherCPUSeconds    float64  `json:"other_cpu_seconds"` // the rest of the machine during the phase: contention
+	PeakRSSBytes       int64    `json:"peak_rss_bytes"`    // client + server
 	ClientPeakRSSBytes int64    `json:"client_peak_rss_bytes"`
 	ServerPeakRSSBytes int64    `json:"server_peak_rss_bytes"`
 	BytesSent          int64    `json:"bytes_sent"`     // on the wire to the vault; restic: repository growth
@@ -99,6 +100,7 @@ type results struct {
 	Corpus        corpus.Stats          `json:"corpus"`
 	CorpusSeconds float64               `json:"corpus_generate_seconds"`
 	Mutation      corpus.MutationStats  `json:"mutation"`
+	SetupErrors   map[string]string     `json:"setup_errors,omitempty"`
 	Phases        []*phaseResult        `json:"phases"`
 	Restores      map[string]restoreChk `json:"restore_check"`
 	Targets       []target              `json:"targets"`
@@ -146,7 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 	}
 
-	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Host: hostInfo(), Restores: map[string]restoreChk{}}
+	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Host: hostInfo(), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
 	corpusDir := filepath.Join(workDir, "corpus")
 	r := runner{clk: clk}
 	var tools []tool
@@ -205,6 +207,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		logf("%s: setting up", t.Name())
 		if err := t.Setup(ctx); err != nil {
 			broken[t.Name()] = err
+			res.SetupErrors[t.Name()] = err.Error()
 			logf("%s: setup failed: %v", t.Name(), err)
 		}
 	}
@@ -235,8 +238,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			pr := &phaseResult{Tool: t.Name(), Phase: ph}
 			res.Phases = append(res.Phases, pr)
-			if err := broken[t.Name()]; err != nil {
-				pr.Error = "setup failed: " + err.Error()
+			if broken[t.Name()] != nil {
+				pr.Error = "setup failed"
 				continue
 			}
 			if cold {
@@ -277,6 +280,10 @@ func runPhase(ctx context.Context, t tool, ph, restoreDir string, dataBytes int6
 	if err != nil {
 		return "", err
 	}
+	busy0, err := hostBusy()
+	if err != nil {
+		return "", err
+	}
 	var root string
 	if ph == phaseRestore {
 		if err := os.MkdirAll(restoreDir, 0o755); err != nil {
@@ -285,6 +292,10 @@ func runPhase(ctx context.Context, t tool, ph, restoreDir string, dataBytes int6
 		root, err = t.Restore(ctx, restoreDir, pr)
 	} else {
 		err = t.Backup(ctx, pr)
+	}
+	busy1, berr := hostBusy()
+	if berr != nil {
+		return root, errors.Join(err, berr)
 	}
 	store1, serr := diskUsage(t.StoreDir())
 	if serr != nil {
@@ -299,6 +310,7 @@ func runPhase(ctx context.Context, t tool, ph, restoreDir string, dataBytes int6
 		pr.MBPerSecond = float64(dataBytes) / 1e6 / pr.WallSeconds
 	}
 	pr.CPUSeconds = pr.ClientCPUSeconds + pr.ServerCPUSeconds
+	pr.OtherCPUSeconds = max(0, (busy1-busy0).Seconds()-pr.CPUSeconds)
 	pr.PeakRSSBytes = pr.ClientPeakRSSBytes + pr.ServerPeakRSSBytes
 	return root, err
 }
@@ -314,6 +326,9 @@ func checkRestore(want []corpus.Entry, root string) restoreChk {
 
 func hostInfo() map[string]string {
 	h := map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "go": runtime.Version()}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		h["loadavg_at_start"] = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h["kernel"] = strings.TrimSpace(string(b))
 	}

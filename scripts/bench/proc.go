@@ -177,3 +177,30 @@ func dropCaches() error {
 	}
 	return nil
 }
+
+// hostBusy returns the CPU time the whole machine has spent busy (all CPUs,
+// everything but idle and iowait), from /proc/stat.
+func hostBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read host CPU times: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, errors.New("read host CPU times: malformed /proc/stat")
+	}
+	var busy int64
+	// user nice system idle iowait irq softirq steal (guest is in user).
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("read host CPU times: %w", err)
+		}
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTicks, nil
+}

@@ -131,14 +131,14 @@ func printReport(w io.Writer, r *results) {
 	fmt.Fprintf(w, "host: %s\n\n", hostLine(r.Host))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\ttool\twall s\tMB/s\tCPU s\t(agent+vault)\tpeak RSS MB\t(agent+vault)\tsent MB\trecv MB\tstore +MB\t")
+	fmt.Fprintln(tw, "phase\ttool\twall s\tMB/s\tCPU s\t(agent+vault)\tother CPU s\tpeak RSS MB\t(agent+vault)\tsent MB\trecv MB\tstore +MB\t")
 	for _, ph := range phases {
 		for _, p := range r.Phases {
 			if p.Phase != ph {
 				continue
 			}
 			if p.Error != "" {
-				fmt.Fprintf(tw, "%s\t%s\tFAILED\t\t\t\t\t\t\t\t\t\n", p.Phase, p.Tool)
+				fmt.Fprintf(tw, "%s\t%s\tFAILED\t\t\t\t\t\t\t\t\t\t\n", p.Phase, p.Tool)
 				continue
 			}
 			split := func(a, b float64, f string) string {
@@ -147,9 +147,9 @@ func printReport(w io.Writer, r *results) {
 				}
 				return fmt.Sprintf(f+"+"+f, a, b)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\t%.2f\t%s\t%.0f\t%s\t%s\t%s\t%s\t\n",
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\t%.2f\t%s\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t\n",
 				p.Phase, p.Tool, p.WallSeconds, p.MBPerSecond, p.CPUSeconds,
-				split(p.ClientCPUSeconds, p.ServerCPUSeconds, "%.2f"),
+				split(p.ClientCPUSeconds, p.ServerCPUSeconds, "%.2f"), p.OtherCPUSeconds,
 				float64(p.PeakRSSBytes)/1e6,
 				split(float64(p.ClientPeakRSSBytes)/1e6, float64(p.ServerPeakRSSBytes)/1e6, "%.0f"),
 				mbCol(p.BytesSent), recvCol(p), mbCol(p.StoreBytesAdded))
@@ -157,6 +157,7 @@ func printReport(w io.Writer, r *results) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "restic's sent = its repository growth (local repository); vaultnode's = bytes on the wire through a counting proxy")
+	fmt.Fprintln(w, "other CPU s = CPU the rest of the machine used during the phase; when it is large, other work competed and the timings are noisy")
 
 	fmt.Fprintln(w, "\nvaultnode / restic:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -191,8 +192,17 @@ func printReport(w io.Writer, r *results) {
 	}
 
 	errs := false
+	for _, name := range []string{"vaultnode", "restic"} {
+		if e, ok := r.SetupErrors[name]; ok {
+			if !errs {
+				fmt.Fprintln(w, "\nfailures:")
+				errs = true
+			}
+			fmt.Fprintf(w, "  %s setup: %s\n", name, e)
+		}
+	}
 	for _, p := range r.Phases {
-		if p.Error != "" {
+		if p.Error != "" && p.Error != "setup failed" {
 			if !errs {
 				fmt.Fprintln(w, "\nfailures:")
 				errs = true
@@ -231,5 +241,5 @@ func ratio(a, b float64) string {
 }
 
 func hostLine(h map[string]string) string {
-	return fmt.Sprintf("%s CPUs, kernel %s, %s, %s", h["cpus"], h["kernel"], h["go"], h["restic"])
+	return fmt.Sprintf("%s CPUs, load %s at start, kernel %s, %s, %s", h["cpus"], h["loadavg_at_start"], h["kernel"], h["go"], h["restic"])
 }

@@ -36,6 +36,8 @@ type vaultnode struct {
 	proxy     *proxy
 	hwmReset  bool // resetting the vault's peak RSS works
 	hwmWarned bool
+	// setupNotes are reported with the first phase.
+	setupNotes []string
 }
 
 func (t *vaultnode) Name() string            { return "vaultnode" }
@@ -85,15 +87,7 @@ func (t *vaultnode) Setup(ctx context.Context) error {
 	if _, err := t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "company", "create", "bench"}, logTo: t.logFile()}); err != nil {
 		return err
 	}
-	u, err := t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "token", "create", "bench"}, logTo: t.logFile(), stdout: true})
-	if err != nil {
-		return err
-	}
-	token := lastLine(u.stdout)
-	if token == "" {
-		return errors.New("create token: vaultctl printed nothing; see " + t.logFile())
-	}
-	if _, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("enroll", "-vault", t.proxy.addr(), "-token", token), logTo: t.logFile()}); err != nil {
+	if err := t.enroll(ctx); err != nil {
 		return err
 	}
 	if _, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("config", "set", "corpus", "-path", t.corpus), logTo: t.logFile()}); err != nil {
@@ -101,6 +95,30 @@ func (t *vaultnode) Setup(ctx context.Context) error {
 	}
 	t.hwmReset = resetPeakRSS(t.vaultd.Process.Pid) == nil
 	return nil
+}
+
+// enroll creates a token and enrols the agent through the proxy. A token
+// the agent calls malformed is replaced by a fresh one a few times: token
+// parsing once split base64url text on "_", which that alphabet contains.
+func (t *vaultnode) enroll(ctx context.Context) error {
+	var err error
+	for range 8 {
+		var u usage
+		u, err = t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "token", "create", "bench"}, logTo: t.logFile(), stdout: true})
+		if err != nil {
+			return err
+		}
+		token := lastLine(u.stdout)
+		if token == "" {
+			return errors.New("create token: vaultctl printed nothing; see " + t.logFile())
+		}
+		_, err = t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("enroll", "-vault", t.proxy.addr(), "-token", token), logTo: t.logFile()})
+		if err == nil || !strings.Contains(err.Error(), "malformed enrolment token") {
+			return err
+		}
+		t.setupNotes = append(t.setupNotes, "vault-agent enroll called a fresh token malformed; retried with another token")
+	}
+	return err
 }
 
 func lastLine(b []byte) string {
@@ -165,6 +183,8 @@ func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func(
 	default:
 	}
 	pid := t.vaultd.Process.Pid
+	res.Notes = append(res.Notes, t.setupNotes...)
+	t.setupNotes = nil
 	if t.hwmReset {
 		_ = resetPeakRSS(pid)
 	} else if !t.hwmWarned {
