@@ -1,0 +1,363 @@
+// Package setup is the first-boot dialog on the serial console: it asks for
+// the hostname, the network, the admin password, the time zone and NTP
+// server and the data disks, validates every answer and asks again with a
+// clear message until the answer is usable.
+package setup
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+	_ "time/tzdata" // the image has no zoneinfo files
+
+	"vaultnode/firmware/config"
+)
+
+// Disk is a disk offered for data.
+type Disk struct {
+	Name  string // kernel name, e.g. vdb
+	ID    string // stable identifier (virtio serial), saved in the config
+	Size  int64  // bytes
+	Blank bool
+}
+
+// Dialog asks the questions on in/out.
+type Dialog struct {
+	In  *bufio.Reader
+	Out io.Writer
+	// Disks are the candidate data disks.
+	Disks []Disk
+	// Echo, if set, turns terminal echo off while a password is typed.
+	Echo func(on bool)
+}
+
+// ErrAborted means the console closed before setup finished.
+var ErrAborted = errors.New("setup aborted: console closed")
+
+// Run asks every question and returns the configuration; nothing is saved.
+func (d *Dialog) Run(ctx context.Context) (config.Config, error) {
+	fmt.Fprintf(d.Out, "\n=== vaultnode first boot setup ===\nPress Enter to take the [default].\n\n")
+	for {
+		c, err := d.ask(ctx)
+		if err != nil {
+			return config.Config{}, err
+		}
+		fmt.Fprintf(d.Out, "\nSummary:\n%s", Summary(c))
+		ok, err := d.question(ctx, "Apply this configuration and format the data disks? (yes/no)", "yes", ParseYesNo)
+		if err != nil {
+			return config.Config{}, err
+		}
+		if ok.(bool) {
+			return c, nil
+		}
+		fmt.Fprintf(d.Out, "Starting over.\n\n")
+	}
+}
+
+func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
+	var c config.Config
+	v, err := d.question(ctx, "Hostname", "vaultnode", func(s string) (any, error) { return s, ValidHostname(s) })
+	if err != nil {
+		return c, err
+	}
+	c.Hostname = v.(string)
+	v, err = d.question(ctx, "Network: dhcp or static", "dhcp", ParseNetworkMode)
+	if err != nil {
+		return c, err
+	}
+	c.Network.DHCP = v.(bool)
+	if !c.Network.DHCP {
+		v, err = d.question(ctx, "IPv4 address with prefix length (e.g. 192.168.1.10/24)", "", func(s string) (any, error) { return ParseAddress(s) })
+		if err != nil {
+			return c, err
+		}
+		pfx := v.(netip.Prefix)
+		c.Network.Address = pfx.String()
+		v, err = d.question(ctx, "Gateway", "", func(s string) (any, error) { return ParseGateway(s, pfx) })
+		if err != nil {
+			return c, err
+		}
+		c.Network.Gateway = v.(string)
+		v, err = d.question(ctx, "DNS servers (comma separated)", "", func(s string) (any, error) { return ParseDNS(s) })
+		if err != nil {
+			return c, err
+		}
+		c.Network.DNS = v.([]string)
+	}
+	for {
+		if d.Echo != nil {
+			d.Echo(false)
+		}
+		v, err = d.question(ctx, "Admin password (at least 8 characters)", "", func(s string) (any, error) { return s, ValidPassword(s) })
+		if err != nil {
+			return c, err
+		}
+		pw := v.(string)
+		v, err = d.question(ctx, "Admin password again", "", func(s string) (any, error) { return s, nil })
+		if d.Echo != nil {
+			d.Echo(true)
+		}
+		if err != nil {
+			return c, err
+		}
+		if v.(string) != pw {
+			fmt.Fprintf(d.Out, "  ! The passwords differ. Type the same password twice.\n")
+			continue
+		}
+		if c.Password, err = config.HashPassword(pw); err != nil {
+			return c, err
+		}
+		break
+	}
+	v, err = d.question(ctx, "Time zone (e.g. UTC, Europe/Paris)", "UTC", func(s string) (any, error) { return s, ValidTimeZone(s) })
+	if err != nil {
+		return c, err
+	}
+	c.TimeZone = v.(string)
+	v, err = d.question(ctx, "NTP server", "pool.ntp.org", func(s string) (any, error) { return s, ValidServer(s) })
+	if err != nil {
+		return c, err
+	}
+	c.NTP = v.(string)
+
+	fmt.Fprintf(d.Out, "\nDisks:\n")
+	def := ""
+	for _, dk := range d.Disks {
+		state := "blank"
+		if !dk.Blank {
+			state = "IN USE (has data, not offered)"
+		} else if def == "" {
+			def = dk.Name
+		}
+		fmt.Fprintf(d.Out, "  %-6s %-12s %8d MiB  %s\n", dk.Name, dk.ID, dk.Size>>20, state)
+	}
+	v, err = d.question(ctx, "Data disks: one disk, or two for a mirror (e.g. vdb vdc)", def, func(s string) (any, error) { return ParseDisks(s, d.Disks) })
+	if err != nil {
+		return c, err
+	}
+	c.Data = v.(config.Data)
+	return c, nil
+}
+
+// question prompts until parse accepts the answer.
+func (d *Dialog) question(ctx context.Context, prompt, def string, parse func(string) (any, error)) (any, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if def != "" {
+			fmt.Fprintf(d.Out, "%s [%s]: ", prompt, def)
+		} else {
+			fmt.Fprintf(d.Out, "%s: ", prompt)
+		}
+		line, err := d.In.ReadString('\n')
+		if err != nil && line == "" {
+			return nil, ErrAborted
+		}
+		ans := strings.TrimSpace(strings.TrimRight(line, "\r\n"))
+		if ans == "" {
+			ans = def
+		}
+		v, perr := parse(ans)
+		if perr == nil {
+			return v, nil
+		}
+		fmt.Fprintf(d.Out, "  ! %v\n", perr)
+	}
+}
+
+// Summary describes c for the confirmation screen.
+func Summary(c config.Config) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "  hostname   %s\n", c.Hostname)
+	if c.Network.DHCP {
+		fmt.Fprintf(&b, "  network    dhcp\n")
+	} else {
+		fmt.Fprintf(&b, "  network    %s via %s, dns %s\n", c.Network.Address, c.Network.Gateway, strings.Join(c.Network.DNS, ","))
+	}
+	fmt.Fprintf(&b, "  time zone  %s, ntp %s\n", c.TimeZone, c.NTP)
+	fmt.Fprintf(&b, "  data       %s on %s\n", c.Data.Level, strings.Join(c.Data.Disks, " "))
+	return b.String()
+}
+
+// ValidHostname checks an RFC 1123 host name.
+func ValidHostname(s string) error {
+	if s == "" || len(s) > 253 {
+		return errors.New("a hostname is 1 to 253 characters: letters, digits, '-' and '.'")
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("%q: each dot-separated part must be 1 to 63 characters", s)
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("%q: a part cannot start or end with '-'", s)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("%q: only letters, digits, '-' and '.' are allowed", s)
+			}
+		}
+	}
+	return nil
+}
+
+// ParseNetworkMode accepts dhcp or static; it returns true for dhcp.
+func ParseNetworkMode(s string) (any, error) {
+	switch strings.ToLower(s) {
+	case "dhcp":
+		return true, nil
+	case "static":
+		return false, nil
+	}
+	return nil, fmt.Errorf("%q: answer dhcp or static", s)
+}
+
+// ParseAddress accepts a usable IPv4 host address with its prefix length.
+func ParseAddress(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q: write an IPv4 address and prefix length, e.g. 192.168.1.10/24", s)
+	}
+	a := p.Addr()
+	switch {
+	case !a.Is4():
+		return netip.Prefix{}, fmt.Errorf("%q: only IPv4 is supported here", s)
+	case p.Bits() < 8 || p.Bits() > 30:
+		return netip.Prefix{}, fmt.Errorf("%q: the prefix length must be between 8 and 30", s)
+	case a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast():
+		return netip.Prefix{}, fmt.Errorf("%q: not a usable host address", s)
+	case a == p.Masked().Addr():
+		return netip.Prefix{}, fmt.Errorf("%q: that is the network address; pick a host inside it", s)
+	case a == broadcast(p):
+		return netip.Prefix{}, fmt.Errorf("%q: that is the broadcast address; pick a host inside it", s)
+	}
+	return p, nil
+}
+
+func broadcast(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// ParseGateway accepts an address inside the appliance's subnet, other than
+// the appliance's own.
+func ParseGateway(s string, own netip.Prefix) (string, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return "", fmt.Errorf("%q: write the gateway's IPv4 address, e.g. %s", s, firstHost(own))
+	}
+	if !own.Contains(a) {
+		return "", fmt.Errorf("%s is not in %s: the gateway must be on the appliance's subnet", a, own.Masked())
+	}
+	if a == own.Addr() {
+		return "", fmt.Errorf("%s is the appliance's own address", a)
+	}
+	return a.String(), nil
+}
+
+func firstHost(p netip.Prefix) netip.Addr { return p.Masked().Addr().Next() }
+
+// ParseDNS accepts one to three comma or space separated IPv4/IPv6 addresses.
+func ParseDNS(s string) ([]string, error) {
+	fields := strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
+	if len(fields) == 0 || len(fields) > 3 {
+		return nil, errors.New("give one to three DNS server addresses, e.g. 192.168.1.1")
+	}
+	out := make([]string, 0, len(fields))
+	for _, f := range fields {
+		a, err := netip.ParseAddr(f)
+		if err != nil || a.IsUnspecified() {
+			return nil, fmt.Errorf("%q is not an IP address", f)
+		}
+		out = append(out, a.String())
+	}
+	return out, nil
+}
+
+// ValidPassword checks the admin password's strength.
+func ValidPassword(s string) error {
+	if len(s) < 8 {
+		return errors.New("the password is too short: use at least 8 characters")
+	}
+	if strings.TrimSpace(s) != s {
+		return errors.New("the password cannot start or end with a space")
+	}
+	return nil
+}
+
+// ValidTimeZone checks an IANA time zone name.
+func ValidTimeZone(s string) error {
+	if s == "" || strings.HasPrefix(s, "/") || strings.Contains(s, "..") {
+		return fmt.Errorf("%q: write an IANA time zone such as UTC or Europe/Paris", s)
+	}
+	if _, err := time.LoadLocation(s); err != nil {
+		return fmt.Errorf("%q is not a known time zone: write one such as UTC or Europe/Paris", s)
+	}
+	return nil
+}
+
+// ValidServer checks a host name or IP address.
+func ValidServer(s string) error {
+	if net.ParseIP(s) != nil {
+		return nil
+	}
+	if err := ValidHostname(s); err != nil || !strings.Contains(s, ".") {
+		return fmt.Errorf("%q: write a server name such as pool.ntp.org or an IP address", s)
+	}
+	return nil
+}
+
+// ParseYesNo accepts yes/no.
+func ParseYesNo(s string) (any, error) {
+	switch strings.ToLower(s) {
+	case "y", "yes":
+		return true, nil
+	case "n", "no":
+		return false, nil
+	}
+	return nil, fmt.Errorf("%q: answer yes or no", s)
+}
+
+// ParseDisks accepts one blank disk, or two different blank disks for a
+// mirror, named as listed.
+func ParseDisks(s string, disks []Disk) (config.Data, error) {
+	names := strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
+	if len(names) == 0 || len(names) > 2 {
+		return config.Data{}, errors.New("name one disk, or two disks for a mirror, from the list above")
+	}
+	var ids []string
+	seen := map[string]bool{}
+	for _, n := range names {
+		n = strings.TrimPrefix(n, "/dev/")
+		if seen[n] {
+			return config.Data{}, fmt.Errorf("%s is named twice: a mirror needs two different disks", n)
+		}
+		seen[n] = true
+		var found *Disk
+		for i := range disks {
+			if disks[i].Name == n {
+				found = &disks[i]
+			}
+		}
+		switch {
+		case found == nil:
+			return config.Data{}, fmt.Errorf("%s is not a disk of this appliance: pick from the list above", n)
+		case !found.Blank:
+			return config.Data{}, fmt.Errorf("%s holds data and is not offered: pick a blank disk", n)
+		}
+		ids = append(ids, found.ID)
+	}
+	level := "single"
+	if len(ids) == 2 {
+		level = "raid1"
+	}
+	return config.Data{Level: level, Disks: ids}, nil
+}
