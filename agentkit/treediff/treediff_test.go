@@ -75,6 +75,45 @@ func TestRoundTrip(t *testing.T) {
 	checkExplained(t, changes, diffs)
 }
 
+// TestRoundTripUnprivileged runs the round trip as an ordinary user (the
+// cases that need root dropped), as an agent without root would: when run
+// as root it runs itself again as nobody.
+func TestRoundTripUnprivileged(t *testing.T) {
+	if os.Geteuid() == 0 {
+		// t.TempDir's parents are private to root: nobody needs its own.
+		tmp, err := os.MkdirTemp("", "treediff-nobody-")
+		must(t, err)
+		t.Cleanup(func() { os.RemoveAll(tmp) })
+		must(t, os.Chmod(tmp, 0o777))
+		cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+			os.Args[0], "-test.run=^TestRoundTripUnprivileged$", "-test.v")
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !bytes.Contains(out, []byte("--- PASS")) {
+			t.Fatalf("as nobody: %v\n%s", err, out)
+		}
+		return
+	}
+	src, dst, m := newTree(t, testtree.Options{Unprivileged: true, SparseSize: 1 << 30, Wide: 100})
+	if m.Has(testtree.CaseOwners) || !m.Has(testtree.CaseACL) {
+		t.Fatalf("manifest %+v", m)
+	}
+	copyTree(t, src, dst)
+	diffs, err := Compare(src, dst, Options{Atime: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diffs) != 0 {
+		logDiffs(t, diffs)
+		t.Fatalf("%d differences after copy", len(diffs))
+	}
+	changes, err := testtree.MutateReport(dst, 3)
+	must(t, err)
+	diffs, err = Compare(src, dst, Options{})
+	must(t, err)
+	checkExplained(t, changes, diffs)
+}
+
 // checkExplained requires every change to show and every difference to be
 // explained by a change.
 func checkExplained(t *testing.T, changes []testtree.Change, diffs []Difference) {

@@ -43,11 +43,11 @@ const (
 	CaseHardlinks   = "hardlinks"      // link groups within and across directories
 	CaseNames       = "names"          // non-UTF-8, newlines, tabs, 255-byte names
 	CaseDeep        = "deep"           // a path deeper than PATH_MAX
-	CaseModes       = "modes"          // setuid, setgid, sticky, 07777, 0000
+	CaseModes       = "modes"          // setuid, setgid, sticky, 07777
 	CaseOwners      = "owners"         // owners other than root, with and without names (root)
 	CaseTimes       = "times"          // nanoseconds, before 1970, after 2038, year 2100
 	CaseEmptyDirs   = "empty-dirs"     // empty directories, nested
-	CaseRestrictive = "restrictive"    // directories with modes 0000, 0500, 0300 holding files (root)
+	CaseRestrictive = "restrictive"    // files with modes 0000 and 0222, directories with 0000, 0500, 0300 holding files (root)
 	CaseWide        = "wide"           // one directory with Wide entries
 )
 
@@ -406,7 +406,11 @@ func (g *gen) acl() error {
 		[3]uint32{aclUserObj, 7, 0}, [3]uint32{aclUser, 5, 4321},
 		[3]uint32{aclGroupObj, 5, 0}, [3]uint32{aclGroup, 7, 65534},
 		[3]uint32{aclMask, 7, 0}, [3]uint32{aclOther, 1, 0})
-	if err := g.xattr("acl/dir", "system.posix_acl_access", access); err != nil {
+	dirAccess := encodeACL(
+		[3]uint32{aclUserObj, 7, 0}, [3]uint32{aclUser, 5, 65534},
+		[3]uint32{aclGroupObj, 5, 0}, [3]uint32{aclGroup, 1, 1234},
+		[3]uint32{aclMask, 5, 0}, [3]uint32{aclOther, 1, 0})
+	if err := g.xattr("acl/dir", "system.posix_acl_access", dirAccess); err != nil {
 		return err
 	}
 	if err := g.xattr("acl/dir", "system.posix_acl_default", def); err != nil {
@@ -654,8 +658,6 @@ func (g *gen) modes() error {
 		{"modes/setuid", 0o4755, false},
 		{"modes/setgid", 0o2755, false},
 		{"modes/all-bits", 0o7777, false},
-		{"modes/none", 0o000, false},
-		{"modes/write-only", 0o222, false},
 		{"modes/sticky-dir", 0o1777, true},
 		{"modes/setgid-dir", 0o2775, true},
 	} {
@@ -733,6 +735,12 @@ func (g *gen) emptyDirs() error {
 }
 
 func (g *gen) restrictive() error {
+	if err := g.file("restrictive/file-0000", []byte("nobody may read me"), 0o000); err != nil {
+		return err
+	}
+	if err := g.file("restrictive/file-0222", []byte("write only"), 0o222); err != nil {
+		return err
+	}
 	for _, d := range []struct {
 		rel  string
 		mode uint32
