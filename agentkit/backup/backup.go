@@ -112,8 +112,10 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	if o.Interval <= 0 {
 		o.Interval = 200 * time.Millisecond
 	}
-	if o.Config.Kind != "" && o.Config.Kind != wire.KindFiles {
-		return nil, fmt.Errorf("configuration %q is of kind %q; only %q is supported by this agent", o.Config.Name, o.Config.Kind, wire.KindFiles)
+	switch o.Config.Kind {
+	case "", wire.KindFiles, wire.KindDatabase:
+	default:
+		return nil, fmt.Errorf("configuration %q is of kind %q, which this agent does not know: update the agent", o.Config.Name, o.Config.Kind)
 	}
 	gear, err := chunker.NewGear(o.GearKey)
 	if err != nil {
@@ -224,9 +226,15 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		})
 	}
 	pg.Go(func() error {
-		w := &walker{ctx: pctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
-			links: map[[2]uint64][]byte{}, log: o.Log}
-		err := w.run()
+		var err error
+		if o.Config.Kind == wire.KindDatabase {
+			d := &dumper{cfg: o.Config, gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, log: o.Log}
+			err = d.run(pctx, order)
+		} else {
+			w := &walker{ctx: pctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
+				links: map[[2]uint64][]byte{}, log: o.Log}
+			err = w.run()
+		}
 		close(work)
 		close(order)
 		return err

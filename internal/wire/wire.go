@@ -97,8 +97,13 @@ type Config struct {
 	CrossMounts bool `json:"cross_mounts,omitempty"`
 	// NoAutoExclude turns off the automatic exclusions.
 	NoAutoExclude bool `json:"no_auto_exclude,omitempty"`
-	// Command is a database/application configuration's dump command.
+	// Command is a database/application configuration's dump command
+	// (argv); its standard output is the consistent dump.
 	Command []string `json:"command,omitempty"`
+	// Pre and Post run before and after Command (argv), for applications
+	// that need a pause or a freeze; Post runs even when the dump failed.
+	Pre  []string `json:"pre,omitempty"`
+	Post []string `json:"post,omitempty"`
 }
 
 // OpenSession starts a synchronization of one configuration.

@@ -36,6 +36,7 @@ const usage = `Usage: vault-agent [-state DIR] [-v] COMMAND [ARGS]
 Commands:
   enroll -vault HOST:PORT -token TOKEN [-name NAME]   register this computer with a vault
   config set NAME -path DIR [-path DIR...] [-include GLOB...] [-exclude GLOB...] [-cross-mounts] [-no-auto-exclude]
+  config set NAME -command CMD [-pre CMD] [-post CMD]   a database or application: CMD's output is the dump
   config list                                         show this computer's configurations
   config delete NAME                                  remove a configuration (its versions stay)
   backup [-json] [CONFIG...]                          synchronize configurations now (all if none given)
@@ -44,6 +45,8 @@ Commands:
   restore CONFIG@VERSION[:PATH] [-to DIR] [-dry-run] [-existing skip|overwrite|keep-both] [-by-name]
                                                       restore a version, a directory or a file; without -to,
                                                       to the original place
+  dump CONFIG@VERSION:PATH                            write one file of a version to standard output
+                                                      (a database dump: CONFIG@latest:CONFIG.dump)
   diff CONFIG@VERSION DIR                             compare a version with a directory (where the version
                                                       was restored, or the original place)
 
@@ -104,6 +107,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.restore(ctx, rest)
 	case "diff":
 		return a.diff(ctx, rest)
+	case "dump":
+		return a.dump(ctx, rest)
 	case "help":
 		fs.Usage()
 		return nil
@@ -174,6 +179,14 @@ func (a *app) enroll(ctx context.Context, args []string) error {
 	return nil
 }
 
+// shell wraps a command line for /bin/sh; empty stays empty.
+func shell(cmd string) []string {
+	if strings.TrimSpace(cmd) == "" {
+		return nil
+	}
+	return []string{"/bin/sh", "-c", cmd}
+}
+
 type multi []string
 
 func (m *multi) String() string     { return strings.Join(*m, ",") }
@@ -213,12 +226,27 @@ func (a *app) config(ctx context.Context, args []string) error {
 		fs.Var(&exc, "exclude", "skip paths matching `glob` (repeat)")
 		cross := fs.Bool("cross-mounts", false, "descend into other filesystems")
 		noAuto := fs.Bool("no-auto-exclude", false, "turn off the automatic exclusions")
+		command := fs.String("command", "", "database/application configuration: shell `command` whose output is the consistent dump")
+		pre := fs.String("pre", "", "shell `command` run before the dump (pause, freeze)")
+		post := fs.String("post", "", "shell `command` run after the dump, even when it failed")
 		pos, err := parseInterleaved(fs, args[1:])
 		if err != nil {
 			return err
 		}
 		if len(pos) != 1 {
-			return usageError{"config set NAME -path DIR ..."}
+			return usageError{"config set NAME -path DIR ... | config set NAME -command CMD [-pre CMD] [-post CMD]"}
+		}
+		if *command != "" {
+			if len(paths) > 0 {
+				return usageError{"a configuration has either -path (files) or -command (database dump), not both"}
+			}
+			cfg, err := c.PutConfig(ctx, wire.Config{Name: pos[0], Kind: wire.KindDatabase, Command: shell(*command),
+				Pre: shell(*pre), Post: shell(*post)})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "configuration %s saved (revision %d): its versions hold %s\n", cfg.Name, cfg.Revision, backup.DumpName(cfg.Name))
+			return nil
 		}
 		for i, p := range paths {
 			abs, err := filepath.Abs(p)
@@ -575,4 +603,50 @@ func (a *app) diff(ctx context.Context, args []string) error {
 		return err
 	}
 	return runDiff(ctx, a, c, key, m, prefix, args[1])
+}
+
+func (a *app) dump(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return usageError{"dump CONFIG@VERSION:PATH"}
+	}
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	m, p, err := a.resolve(ctx, c, args[0])
+	if err != nil {
+		return err
+	}
+	if len(p) == 0 {
+		return usageError{"dump needs the path of one file: CONFIG@VERSION:PATH (see `vault-agent ls`)"}
+	}
+	key, err := a.keys(ctx, c)
+	if err != nil {
+		return err
+	}
+	rd, stop, err := restore.OpenListing(ctx, c, key, m.Listing)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	for {
+		n, err := rd.Next()
+		if err == io.EOF {
+			return fmt.Errorf("%s is not in %s@%d: see `vault-agent ls`", p, m.Config, m.Seq)
+		}
+		if err != nil {
+			return err
+		}
+		if string(n.Path) != string(p) {
+			continue
+		}
+		if n.Type != tree.TypeFile || n.LinkTo != nil || n.Sparse {
+			return fmt.Errorf("%s is a %s, not a plain file: use restore", p, n.Type)
+		}
+		if n.Status != tree.StatusOK {
+			return fmt.Errorf("%s was not backed up completely: %s", p, n.Err)
+		}
+		_, err = io.Copy(a.stdout, restore.OpenContent(ctx, c, key, n))
+		return err
+	}
 }
