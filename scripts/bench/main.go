@@ -4,7 +4,7 @@
 // targets of issue 2, and writes the figures as JSON.
 //
 //	bench [-scale 1] [-seed 1] [-only vaultnode|restic] [-work DIR] [-keep]
-//	      [-bin ./bin] [-restic restic] [-out out/bench/results.json] [-warm]
+//	      [-bin ./bin] [-restic restic] [-out out/bench/results.json] [-warm] [-runs 1]
 package main
 
 import (
@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -63,23 +64,25 @@ type tool interface {
 
 // phaseResult is one tool's figures for one phase.
 type phaseResult struct {
-	Tool               string   `json:"tool"`
-	Phase              string   `json:"phase"`
-	WallSeconds        float64  `json:"wall_seconds"`
-	MBPerSecond        float64  `json:"mb_per_second"` // corpus data bytes (holes excluded) / wall, 1 MB = 10^6 B
-	CPUSeconds         float64  `json:"cpu_seconds"`   // client + server, user + system
-	ClientCPUSeconds   float64  `json:"client_cpu_seconds"`
-	ServerCPUSeconds   float64  `json:"server_cpu_seconds"`
-	OtherCPUSeconds    float64  `json:"other_cpu_seconds"` // the rest of the machine during the phase: contention
-	PeakRSSBytes       int64    `json:"peak_rss_bytes"`    // client + server
-	ClientPeakRSSBytes int64    `json:"client_peak_rss_bytes"`
-	ServerPeakRSSBytes int64    `json:"server_peak_rss_bytes"`
-	BytesSent          int64    `json:"bytes_sent"`     // on the wire to the vault; restic: repository growth
-	BytesReceived      int64    `json:"bytes_received"` // on the wire from the vault
-	ReportedBytesSent  *int64   `json:"reported_bytes_sent,omitempty"`
-	StoreBytesAdded    int64    `json:"store_bytes_added"`
-	Notes              []string `json:"notes,omitempty"`
-	Error              string   `json:"error,omitempty"`
+	Tool               string    `json:"tool"`
+	Phase              string    `json:"phase"`
+	WallSeconds        float64   `json:"wall_seconds"`
+	MBPerSecond        float64   `json:"mb_per_second"` // corpus data bytes (holes excluded) / wall, 1 MB = 10^6 B
+	CPUSeconds         float64   `json:"cpu_seconds"`   // client + server, user + system
+	ClientCPUSeconds   float64   `json:"client_cpu_seconds"`
+	ServerCPUSeconds   float64   `json:"server_cpu_seconds"`
+	OtherCPUSeconds    float64   `json:"other_cpu_seconds"` // the rest of the machine during the phase: contention
+	PeakRSSBytes       int64     `json:"peak_rss_bytes"`    // client + server
+	ClientPeakRSSBytes int64     `json:"client_peak_rss_bytes"`
+	ServerPeakRSSBytes int64     `json:"server_peak_rss_bytes"`
+	BytesSent          int64     `json:"bytes_sent"`     // on the wire to the vault; restic: repository growth
+	BytesReceived      int64     `json:"bytes_received"` // on the wire from the vault
+	ReportedBytesSent  *int64    `json:"reported_bytes_sent,omitempty"`
+	StoreBytesAdded    int64     `json:"store_bytes_added"`
+	Notes              []string  `json:"notes,omitempty"`
+	Error              string    `json:"error,omitempty"`
+	Runs               int       `json:"runs,omitempty"`             // successful runs the median is taken from
+	AllWallSeconds     []float64 `json:"all_wall_seconds,omitempty"` // their wall times, sorted
 
 	clientWall time.Duration
 }
@@ -101,7 +104,8 @@ type results struct {
 	CorpusSeconds float64               `json:"corpus_generate_seconds"`
 	Mutation      corpus.MutationStats  `json:"mutation"`
 	SetupErrors   map[string]string     `json:"setup_errors,omitempty"`
-	Phases        []*phaseResult        `json:"phases"`
+	Phases        []*phaseResult        `json:"phases"` // the median run of each tool and phase
+	Runs          [][]*phaseResult      `json:"runs"`
 	Restores      map[string]restoreChk `json:"restore_check"`
 	Targets       []target              `json:"targets"`
 }
@@ -126,6 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	resticBin := fs.String("restic", "restic", "restic program")
 	out := fs.String("out", "out/bench/results.json", "where to write the results as JSON")
 	warm := fs.Bool("warm", false, "do not drop page caches between phases")
+	runs := fs.Int("runs", 1, "repeat everything (fresh corpus and stores) this many times and report the median run of each phase")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -134,6 +139,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *only != "" && *only != "vaultnode" && *only != "restic" {
 		return fmt.Errorf("-only %q: use vaultnode or restic", *only)
+	}
+	if *runs < 1 {
+		return fmt.Errorf("-runs %d: give at least 1", *runs)
 	}
 	clk := clock.Real{}
 	workDir, err := filepath.Abs(*work)
@@ -144,87 +152,138 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("resolve bin dir: %w", err)
 	}
-	logf := func(format string, a ...any) {
-		fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
+	b := &bench{
+		clk: clk, r: runner{clk: clk}, work: workDir, bin: binDir, only: *only, scale: *scale, seed: *seed,
+		logf: func(format string, a ...any) {
+			fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
+		},
 	}
-
-	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Host: hostInfo(), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
-	corpusDir := filepath.Join(workDir, "corpus")
-	r := runner{clk: clk}
-	var tools []tool
 	if *only != "restic" {
 		for _, p := range []string{"vaultd", "vaultctl", "vault-agent"} {
 			if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
 				return fmt.Errorf("find %s: %w; run make build first (or -only restic)", p, err)
 			}
 		}
-		tools = append(tools, &vaultnode{bin: binDir, work: filepath.Join(workDir, "vaultnode"), corpus: corpusDir, r: r, clk: clk})
 	}
 	if *only != "vaultnode" {
-		p, err := exec.LookPath(*resticBin)
-		if err != nil {
+		if b.restic, err = exec.LookPath(*resticBin); err != nil {
 			return fmt.Errorf("find restic: %w; install it with apt-get install restic (or -only vaultnode)", err)
 		}
-		tools = append(tools, &restic{bin: p, work: filepath.Join(workDir, "restic"), corpus: corpusDir, r: r})
 	}
 
-	// Fresh subdirectories; anything else in -work is left alone.
-	for _, d := range []string{"corpus", "vaultnode", "restic", "restore-vaultnode", "restore-restic"} {
-		if err := os.RemoveAll(filepath.Join(workDir, d)); err != nil {
-			return fmt.Errorf("clean work dir: %w", err)
-		}
-	}
-	if !*keep {
-		defer func() {
-			for _, d := range []string{"corpus", "vaultnode", "restic", "restore-vaultnode", "restore-restic"} {
-				_ = os.RemoveAll(filepath.Join(workDir, d))
-			}
-		}()
-	}
-
-	logf("generating the corpus (scale %g, seed %d) in %s", *scale, *seed, corpusDir)
-	t0 := clk.Now()
-	if res.Corpus, err = corpus.Generate(corpusDir, corpus.Options{Seed: *seed, Scale: *scale}); err != nil {
-		return err
-	}
-	res.CorpusSeconds = clk.Now().Sub(t0).Seconds()
-	logf("corpus: %d files, %s of data, %s apparent, in %.1f s", res.Corpus.Files, mb(res.Corpus.DataBytes), mb(res.Corpus.Bytes), res.CorpusSeconds)
-
-	cold := !*warm
+	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Host: hostInfo(), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
+	b.cold = !*warm
 	res.Caches = "cold: page caches dropped before every phase"
-	if cold {
+	if b.cold {
 		if err := dropCaches(); err != nil {
-			cold = false
+			b.cold = false
 			res.Caches = fmt.Sprintf("warm: every phase of both tools runs with warm caches (%v)", err)
 		}
 	} else {
 		res.Caches = "warm: -warm given; every phase of both tools runs with warm caches"
 	}
-	logf("caches: %s", res.Caches)
+	b.logf("caches: %s", res.Caches)
+
+	if !*keep {
+		defer b.clean()
+	}
+	for i := range *runs {
+		if *runs > 1 {
+			b.logf("run %d of %d", i+1, *runs)
+		}
+		if err := b.once(ctx, res); err != nil {
+			return err
+		}
+	}
+	res.Phases = medians(res.Runs)
+
+	res.Targets = evaluate(res)
+	printReport(stdout, res)
+	if err := writeJSON(*out, res); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nresults: %s\n", *out)
+	if *keep {
+		fmt.Fprintf(stdout, "work directory kept (last run): %s\n", workDir)
+	}
+	return nil
+}
+
+// bench runs the phases.
+type bench struct {
+	clk       clock.Clock
+	r         runner
+	work, bin string
+	restic    string // restic program, "" when not run
+	only      string
+	scale     float64
+	seed      uint64
+	cold      bool
+	logf      func(format string, a ...any)
+}
+
+var workSubdirs = []string{"corpus", "vaultnode", "restic", "restore-vaultnode", "restore-restic"}
+
+// clean removes the subdirectories of the work directory bench makes;
+// anything else there is left alone.
+func (b *bench) clean() error {
+	for _, d := range workSubdirs {
+		if err := os.RemoveAll(filepath.Join(b.work, d)); err != nil {
+			return fmt.Errorf("clean work dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// once generates a fresh corpus and runs every phase of every tool on it,
+// appending the figures to res.Runs.
+func (b *bench) once(ctx context.Context, res *results) error {
+	if err := b.clean(); err != nil {
+		return err
+	}
+	corpusDir := filepath.Join(b.work, "corpus")
+	var tools []tool
+	if b.only != "restic" {
+		tools = append(tools, &vaultnode{bin: b.bin, work: filepath.Join(b.work, "vaultnode"), corpus: corpusDir, r: b.r, clk: b.clk})
+	}
+	if b.restic != "" {
+		tools = append(tools, &restic{bin: b.restic, work: filepath.Join(b.work, "restic"), corpus: corpusDir, r: b.r})
+	}
+
+	b.logf("generating the corpus (scale %g, seed %d) in %s", b.scale, b.seed, corpusDir)
+	t0 := b.clk.Now()
+	var err error
+	if res.Corpus, err = corpus.Generate(corpusDir, corpus.Options{Seed: b.seed, Scale: b.scale}); err != nil {
+		return err
+	}
+	res.CorpusSeconds = b.clk.Now().Sub(t0).Seconds()
+	b.logf("corpus: %d files, %s of data, %s apparent, in %.1f s", res.Corpus.Files, mb(res.Corpus.DataBytes), mb(res.Corpus.Bytes), res.CorpusSeconds)
 
 	broken := map[string]error{}
 	for _, t := range tools {
-		logf("%s: setting up", t.Name())
+		b.logf("%s: setting up", t.Name())
 		if err := t.Setup(ctx); err != nil {
 			broken[t.Name()] = err
 			res.SetupErrors[t.Name()] = err.Error()
-			logf("%s: setup failed: %v", t.Name(), err)
+			b.logf("%s: setup failed: %v", t.Name(), err)
 		}
 	}
 	defer func() {
 		for _, t := range tools {
 			if err := t.Close(); err != nil {
-				logf("%s: %v", t.Name(), err)
+				b.logf("%s: %v", t.Name(), err)
 			}
 		}
 	}()
 
+	var run []*phaseResult
+	defer func() { res.Runs = append(res.Runs, run) }()
 	var want []corpus.Entry
 	for _, ph := range phases {
 		switch ph {
 		case phaseIncremental:
-			logf("mutating the corpus")
-			if res.Mutation, err = corpus.Mutate(corpusDir, *seed); err != nil {
+			b.logf("mutating the corpus")
+			if res.Mutation, err = corpus.Mutate(corpusDir, b.seed); err != nil {
 				return err
 			}
 		case phaseRestore:
@@ -237,41 +296,66 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				return ctx.Err()
 			}
 			pr := &phaseResult{Tool: t.Name(), Phase: ph}
-			res.Phases = append(res.Phases, pr)
+			run = append(run, pr)
 			if broken[t.Name()] != nil {
 				pr.Error = "setup failed"
 				continue
 			}
-			if cold {
+			if b.cold {
 				if err := dropCaches(); err != nil {
 					return err
 				}
 			}
-			logf("%s: %s", t.Name(), ph)
-			root, err := runPhase(ctx, t, ph, filepath.Join(workDir, "restore-"+t.Name()), res.Corpus.DataBytes, pr)
+			b.logf("%s: %s", t.Name(), ph)
+			root, err := runPhase(ctx, t, ph, filepath.Join(b.work, "restore-"+t.Name()), res.Corpus.DataBytes, pr)
 			if err != nil {
 				pr.Error = err.Error()
-				logf("%s: %s failed: %v", t.Name(), ph, err)
+				b.logf("%s: %s failed: %v", t.Name(), ph, err)
 			} else {
-				logf("%s: %s took %.2f s", t.Name(), ph, pr.WallSeconds)
+				b.logf("%s: %s took %.2f s", t.Name(), ph, pr.WallSeconds)
 			}
 			if ph == phaseRestore && root != "" {
 				syscall.Sync()
-				res.Restores[t.Name()] = checkRestore(want, root)
+				c := checkRestore(want, root)
+				if prev, ok := res.Restores[t.Name()]; ok && !prev.Identical {
+					c = prev // keep the first failure
+				}
+				res.Restores[t.Name()] = c
 			}
 		}
 	}
-
-	res.Targets = evaluate(res)
-	printReport(stdout, res)
-	if err := writeJSON(*out, res); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "\nresults: %s\n", *out)
-	if *keep {
-		fmt.Fprintf(stdout, "work directory kept: %s\n", workDir)
-	}
 	return nil
+}
+
+// medians picks, for each tool and phase, the run with the median wall time
+// among those that succeeded (the first failure when none did).
+func medians(runs [][]*phaseResult) []*phaseResult {
+	var out []*phaseResult
+	if len(runs) == 0 {
+		return out
+	}
+	for i, first := range runs[0] {
+		var ok []*phaseResult
+		for _, run := range runs {
+			if i < len(run) && run[i].Error == "" {
+				ok = append(ok, run[i])
+			}
+		}
+		if len(ok) == 0 {
+			out = append(out, first)
+			continue
+		}
+		sort.Slice(ok, func(a, b int) bool { return ok[a].WallSeconds < ok[b].WallSeconds })
+		m := ok[(len(ok)-1)/2]
+		if len(runs) > 1 {
+			m.Runs = len(ok)
+			for _, p := range ok {
+				m.AllWallSeconds = append(m.AllWallSeconds, p.WallSeconds)
+			}
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // runPhase runs one phase of one tool and fills in the figures.

@@ -156,6 +156,12 @@ func printReport(w io.Writer, r *results) {
 		}
 	}
 	tw.Flush()
+	if n := len(r.Runs); n > 1 {
+		fmt.Fprintf(w, "each row is the median of %d runs by wall time; all wall times:\n", n)
+		for _, p := range r.Phases {
+			fmt.Fprintf(w, "  %-11s %-9s %s\n", p.Phase, p.Tool, strings.Trim(fmt.Sprintf("%.2f", p.AllWallSeconds), "[]"))
+		}
+	}
 	fmt.Fprintln(w, "restic's sent = its repository growth (local repository); vaultnode's = bytes on the wire through a counting proxy")
 	fmt.Fprintln(w, "other CPU s = CPU the rest of the machine used during the phase; when it is large, other work competed and the timings are noisy")
 
