@@ -1,0 +1,155 @@
+// Package metrics serves the firmware's health as JSON (/health) and as
+// Prometheus text exposition (/metrics): services, restarts, disks, md
+// arrays and memory.
+package metrics
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+
+	"vaultnode/firmware/disk"
+	"vaultnode/firmware/service"
+)
+
+// Snapshot is the state the endpoints report.
+type Snapshot struct {
+	Version  string           `json:"version"`
+	Hostname string           `json:"hostname"`
+	Uptime   float64          `json:"uptime_seconds"`
+	Services []service.Status `json:"services"`
+	Disks    []disk.Usage     `json:"filesystems"`
+	Arrays   []Array          `json:"arrays"`
+	Memory   Memory           `json:"memory"`
+	Problems []string         `json:"problems"`
+}
+
+// Array is an md array's state.
+type Array struct {
+	Name     string `json:"name"`
+	Level    string `json:"level"`
+	State    string `json:"state"`
+	Active   int64  `json:"active"`
+	Total    int64  `json:"total"`
+	Failed   int64  `json:"failed"`
+	Degraded bool   `json:"degraded"`
+}
+
+// Memory in bytes.
+type Memory struct {
+	Total     uint64 `json:"total"`
+	Available uint64 `json:"available"`
+}
+
+// Healthy reports whether nothing needs attention.
+func (s Snapshot) Healthy() bool { return len(s.Problems) == 0 }
+
+// Handler serves /health and /metrics from snap.
+func Handler(snap func() Snapshot) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		s := snap()
+		w.Header().Set("Content-Type", "application/json")
+		if !s.Healthy() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		status := "ok"
+		if !s.Healthy() {
+			status = "degraded"
+		}
+		_ = json.NewEncoder(w).Encode(struct {
+			Status string `json:"status"`
+			Snapshot
+		}{status, s})
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		Write(w, snap())
+	})
+	return mux
+}
+
+// Write writes s in the Prometheus text format.
+func Write(w io.Writer, s Snapshot) {
+	m := &writer{w: w}
+	m.gauge("vaultnode_info", "Firmware version and hostname.", 1, "version", s.Version, "hostname", s.Hostname)
+	m.gauge("vaultnode_uptime_seconds", "Seconds since boot.", s.Uptime)
+	m.gauge("vaultnode_healthy", "1 when nothing needs attention.", b2f(s.Healthy()))
+	svcs := append([]service.Status(nil), s.Services...)
+	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Name < svcs[j].Name })
+	m.header("vaultnode_service_up", "gauge", "1 when the service runs (and is healthy if it has a check).")
+	for _, st := range svcs {
+		m.sample("vaultnode_service_up", b2f(st.State == service.Running && st.Healthy), "service", st.Name)
+	}
+	m.header("vaultnode_service_state", "gauge", "The service's state, one series per state.")
+	for _, st := range svcs {
+		m.sample("vaultnode_service_state", 1, "service", st.Name, "state", string(st.State))
+	}
+	m.header("vaultnode_service_restarts_total", "counter", "Restarts after a crash.")
+	for _, st := range svcs {
+		m.sample("vaultnode_service_restarts_total", float64(st.Restarts), "service", st.Name)
+	}
+	m.header("vaultnode_service_crashes_total", "counter", "Unexpected exits.")
+	for _, st := range svcs {
+		m.sample("vaultnode_service_crashes_total", float64(st.Crashes), "service", st.Name)
+	}
+	m.header("vaultnode_service_failed", "gauge", "1 when the service crashed too often and was given up.")
+	for _, st := range svcs {
+		m.sample("vaultnode_service_failed", b2f(st.State == service.Failed), "service", st.Name)
+	}
+	m.header("vaultnode_filesystem_size_bytes", "gauge", "Filesystem size.")
+	for _, d := range s.Disks {
+		m.sample("vaultnode_filesystem_size_bytes", float64(d.Total), "mount", d.Mount)
+	}
+	m.header("vaultnode_filesystem_free_bytes", "gauge", "Filesystem space available.")
+	for _, d := range s.Disks {
+		m.sample("vaultnode_filesystem_free_bytes", float64(d.Free), "mount", d.Mount)
+	}
+	m.header("vaultnode_md_disks_active", "gauge", "Active members of an md array.")
+	for _, a := range s.Arrays {
+		m.sample("vaultnode_md_disks_active", float64(a.Active), "array", a.Name, "level", a.Level)
+	}
+	m.header("vaultnode_md_degraded", "gauge", "1 when an md array misses a member.")
+	for _, a := range s.Arrays {
+		m.sample("vaultnode_md_degraded", b2f(a.Degraded), "array", a.Name)
+	}
+	m.gauge("vaultnode_memory_total_bytes", "Memory size.", float64(s.Memory.Total))
+	m.gauge("vaultnode_memory_available_bytes", "Memory available.", float64(s.Memory.Available))
+}
+
+type writer struct{ w io.Writer }
+
+func (m *writer) header(name, typ, help string) {
+	fmt.Fprintf(m.w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+}
+
+func (m *writer) gauge(name, help string, v float64, labels ...string) {
+	m.header(name, "gauge", help)
+	m.sample(name, v, labels...)
+}
+
+func (m *writer) sample(name string, v float64, labels ...string) {
+	var b strings.Builder
+	b.WriteString(name)
+	if len(labels) > 0 {
+		b.WriteByte('{')
+		for i := 0; i+1 < len(labels); i += 2 {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, "%s=%q", labels[i], labels[i+1])
+		}
+		b.WriteByte('}')
+	}
+	fmt.Fprintf(m.w, "%s %g\n", b.String(), v)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,67 @@
+package metrics
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"vaultnode/firmware/disk"
+	"vaultnode/firmware/service"
+)
+
+func TestEndpoints(t *testing.T) {
+	snap := Snapshot{Version: "v1", Hostname: "vault1",
+		Services: []service.Status{{Name: "vaultd", State: service.Running, Healthy: true, Restarts: 1, Crashes: 1},
+			{Name: "crasher", State: service.Failed, Crashes: 5, Restarts: 4}},
+		Disks:    []disk.Usage{{Mount: "/data", Total: 100, Free: 40}},
+		Arrays:   []Array{{Name: "md0", Level: "raid1", Active: 1, Total: 2, Degraded: true}},
+		Problems: []string{"service crasher failed"}}
+	srv := httptest.NewServer(Handler(func() Snapshot { return snap }))
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body strings.Builder
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		body.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	resp.Body.Close()
+	for _, want := range []string{
+		`vaultnode_service_restarts_total{service="crasher"} 4`,
+		`vaultnode_service_failed{service="crasher"} 1`,
+		`vaultnode_service_up{service="vaultd"} 1`,
+		`vaultnode_filesystem_free_bytes{mount="/data"} 40`,
+		`vaultnode_md_degraded{array="md0"} 1`,
+		`vaultnode_healthy 0`,
+		`# TYPE vaultnode_service_restarts_total counter`,
+	} {
+		if !strings.Contains(body.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body.String())
+		}
+	}
+
+	resp, err = http.Get(srv.URL + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Status   string
+		Services []service.Status
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable || h.Status != "degraded" || len(h.Services) != 2 {
+		t.Fatalf("health %d %+v", resp.StatusCode, h)
+	}
+}
