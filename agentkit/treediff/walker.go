@@ -59,30 +59,9 @@ func newWalker(root string, crossMounts bool) (*walker, error) {
 	return &walker{root: root, crossMounts: crossMounts, rootfd: fd}, nil
 }
 
-// openDir opens a directory without following a symlink and, when allowed,
-// without touching its atime.
-func openDir(dirfd int, name string) (int, error) {
-	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(dirfd, name, flags|unix.O_NOATIME, 0)
-	if errors.Is(err, unix.EPERM) {
-		fd, err = unix.Openat(dirfd, name, flags, 0)
-	}
-	return fd, err
-}
+func openDir(dirfd int, name string) (int, error) { return meta.OpenDir(dirfd, name) }
 
-// openFile opens a regular file for reading without touching its atime when
-// allowed.
-func openFile(dirfd int, name string) (*os.File, error) {
-	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK
-	fd, err := unix.Openat(dirfd, name, flags|unix.O_NOATIME, 0)
-	if errors.Is(err, unix.EPERM) {
-		fd, err = unix.Openat(dirfd, name, flags, 0)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), name), nil
-}
+func openFile(dirfd int, name string) (*os.File, error) { return meta.OpenFile(dirfd, name) }
 
 func (w *walker) close() {
 	for _, f := range w.stack {
