@@ -50,6 +50,10 @@ type Options struct {
 	Workers  int // file readers; default GOMAXPROCS
 	// Retries is how many times a file that changes while read is re-read.
 	Retries int
+	// SourceOf, when set, maps each configured root to the directory to
+	// read instead (a read-only snapshot of it); the version records the
+	// root's paths.
+	SourceOf func(root string) string
 }
 
 // Stats are the counters of a run, updated atomically.
@@ -232,7 +236,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 			err = d.run(pctx, order)
 		} else {
 			w := &walker{ctx: pctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
-				links: map[[2]uint64][]byte{}, log: o.Log}
+				links: map[[2]uint64][]byte{}, log: o.Log, sourceOf: o.SourceOf}
 			err = w.run()
 		}
 		close(work)

@@ -45,6 +45,9 @@ type walker struct {
 	stats *Stats
 	links map[[2]uint64][]byte // (dev, ino) of multi-link files -> first path
 	log   *zap.Logger
+	// sourceOf, when set, maps a configured root to the directory actually
+	// read (a snapshot of it); paths are recorded as the root's.
+	sourceOf func(root string) string
 }
 
 // roots returns the configured paths cleaned, sorted in tree order, with
@@ -82,7 +85,11 @@ func (w *walker) run() error {
 		w.advance()
 	}
 	for _, root := range roots(w.cfg.Paths) {
-		n, err := meta.Lstat(unix.AT_FDCWD, root)
+		src := root
+		if w.sourceOf != nil {
+			src = w.sourceOf(root) // e.g. the same directory in a read-only snapshot
+		}
+		n, err := meta.Lstat(unix.AT_FDCWD, src)
 		n.Path = []byte(rel(root))
 		if err != nil && n.Type == 0 {
 			if errors.Is(err, unix.ENOENT) {
@@ -95,7 +102,7 @@ func (w *walker) run() error {
 			}
 			continue
 		}
-		if err := w.visit(unix.AT_FDCWD, root, root, n, n.Dev, w.sel.IncludesPath(root)); err != nil {
+		if err := w.visit(unix.AT_FDCWD, src, root, n, n.Dev, w.sel.IncludesPath(root)); err != nil {
 			return err
 		}
 	}
