@@ -481,6 +481,19 @@ func TestCompareVersionStatus(t *testing.T) {
 	}
 }
 
+func TestCompareVersionWithoutRoot(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644))
+	v := record(t, dir)
+	v.nodes = v.nodes[1:] // no "." node
+	next, open := v.stream()
+	diffs, err := CompareVersion(next, open, dir, Options{})
+	must(t, err)
+	if len(diffs) != 0 {
+		t.Errorf("diffs %v", diffs)
+	}
+}
+
 func TestLimitAndErrors(t *testing.T) {
 	a, b := t.TempDir(), t.TempDir()
 	for i := 0; i < 10; i++ {
