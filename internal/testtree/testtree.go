@@ -330,7 +330,7 @@ func (g *gen) xattrTrusted() error {
 	if err := g.file("xattr-trusted/file", []byte("trusted\n"), 0o644); err != nil {
 		return err
 	}
-	if err := g.xattr("xattr-trusted/file", "trusted.overlay.opaque", []byte("y")); err != nil {
+	if err := g.xattr("xattr-trusted/file", "trusted.app.marker", []byte("y")); err != nil {
 		return err
 	}
 	if err := g.xattr("xattr-trusted/file", "trusted.bin", []byte{0xff, 0, 0x80}); err != nil {
