@@ -101,7 +101,7 @@ func TestBackupRestoreVersions(t *testing.T) {
 	}
 	got := snapshot(t, filepath.Join(to, e.src))
 	if s, ok := got[gone]; !ok || s.Sum != snaps[1][gone].Sum {
-		t.Errorf("restore home@1:%s did not bring back the file's content (got %v)", gone, keys(got))
+		t.Errorf("restore home@1:%s did not bring back the file's content (got %v)", gone, sortedKeys(got))
 	}
 
 	if r := e.v.ctl("verify"); r.code != 0 {
@@ -124,7 +124,7 @@ func TestBackupRestoreVersions(t *testing.T) {
 	compareTrees(t, "restore of home@2 after a vault restart", snaps[2], snapshot(t, dir))
 }
 
-func keys(m map[string]entryState) []string {
+func sortedKeys(m map[string]entryState) []string {
 	var out []string
 	for k := range m {
 		out = append(out, k)
