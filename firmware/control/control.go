@@ -1,0 +1,87 @@
+// Package control is the firmware's local control socket: a Unix socket on
+// which a client sends one command line and reads the answer until EOF.
+// Commands: status (JSON), logs, poweroff, reboot.
+package control
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// DefaultPath is where PID 1 listens.
+const DefaultPath = "/run/vaultnode/control.sock"
+
+// Handler answers one command; it writes the answer to w.
+type Handler func(ctx context.Context, cmd string, w io.Writer) error
+
+// Serve listens on path until ctx is done.
+func Serve(ctx context.Context, log *zap.Logger, path string, h Handler) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("listen on %s: %w", path, err)
+	}
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", path, err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // owned by Serve: closes the listener when ctx ends
+		defer wg.Done()
+		<-ctx.Done()
+		l.Close()
+	}()
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept on %s: %w", path, err)
+		}
+		wg.Add(1)
+		go func() { // owned by Serve: bounded by the deadline
+			defer wg.Done()
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(time.Minute))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil && line == "" {
+				return
+			}
+			cmd := strings.TrimSpace(line)
+			log.Info("control request", zap.String("command", cmd))
+			if err := h(ctx, cmd, c); err != nil {
+				fmt.Fprintf(c, "error: %v\n", err)
+			}
+		}()
+	}
+}
+
+// Send sends cmd to the socket at path and copies the answer to w.
+func Send(ctx context.Context, path, cmd string, w io.Writer) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return fmt.Errorf("reach the firmware at %s: %w", path, err)
+	}
+	defer c.Close()
+	if _, err := fmt.Fprintf(c, "%s\n", cmd); err != nil {
+		return fmt.Errorf("send %q: %w", cmd, err)
+	}
+	if _, err := io.Copy(w, c); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("read answer to %q: %w", cmd, err)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package firmware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ServiceStopDeadline bounds how long shutdown waits for every service.
+const ServiceStopDeadline = 30 * time.Second
+
+func (m *Machine) shutdownSteps() []step {
+	return []step{
+		{name: "stop services", run: m.stopServices},
+		{name: "stop monitoring and control", run: m.stopBackground},
+		{name: "close log file", run: func(context.Context) error { m.ring.Detach(); return nil }},
+		{name: "sync", run: func(context.Context) error { unix.Sync(); return nil }},
+		{name: "unmount data volume", run: m.unmountData},
+		{name: "unmount system disk", run: func(context.Context) error { return unmount(PersistDir) }},
+		{name: "final sync", run: func(context.Context) error { unix.Sync(); return nil }},
+	}
+}
+
+func (m *Machine) stopServices(context.Context) error {
+	if m.svcStop == nil {
+		return nil
+	}
+	m.svcStop()
+	select {
+	case <-m.svcDone:
+		return nil
+	case <-m.clk.After(ServiceStopDeadline):
+		return fmt.Errorf("services still running after %s; going on", ServiceStopDeadline)
+	}
+}
+
+func (m *Machine) stopBackground(ctx context.Context) error {
+	var err error
+	if m.httpSrv != nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = m.httpSrv.Shutdown(sctx)
+		cancel()
+	}
+	m.bgCancel()
+	done := make(chan struct{})
+	go func() { m.bgWG.Wait(); close(done) }() // ends when the background goroutines end
+	select {
+	case <-done:
+	case <-m.clk.After(10 * time.Second):
+		err = errors.Join(err, errors.New("background tasks still running after 10s"))
+	}
+	return err
+}
+
+func (m *Machine) unmountData(ctx context.Context) error {
+	if m.dataDev == "" {
+		return nil
+	}
+	if err := unmount(DataDir); err != nil {
+		return err
+	}
+	if m.mirror {
+		// The reaper has stopped; run mdadm directly.
+		return stopArray(DataMD)
+	}
+	return nil
+}
+
+func unmount(dir string) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = unix.Unmount(dir, 0); err == nil || errors.Is(err, unix.EINVAL) {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err2 := unix.Unmount(dir, unix.MNT_DETACH); err2 != nil {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	return fmt.Errorf("unmount %s: %w (detached it)", dir, err)
+}
+
+// stopArray stops an md array with the STOP_ARRAY ioctl.
+func stopArray(dev string) error {
+	const stopArrayIoctl = 0x932 // _IO(MD_MAJOR, 0x32)
+	fd, err := unix.Open(dev, unix.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), stopArrayIoctl, 0); errno != 0 {
+		return fmt.Errorf("stop %s: %w", dev, errno)
+	}
+	return nil
+}
