@@ -254,8 +254,20 @@ func validateConfig(cfg *wire.Config) error {
 		if len(cfg.Command) == 0 {
 			return errors.New("a database configuration needs a dump command")
 		}
+		if cfg.Snapshot != wire.SnapshotNone {
+			return errors.New("a database configuration cannot use a filesystem snapshot: its dump command gives the consistent copy")
+		}
+	case wire.KindSystem:
+		if len(cfg.Paths) > 0 || len(cfg.Command) > 0 {
+			return errors.New("a system configuration chooses its own paths: give neither paths nor a command")
+		}
 	default:
-		return fmt.Errorf("unknown configuration kind %q (want %q or %q)", cfg.Kind, wire.KindFiles, wire.KindDatabase)
+		return fmt.Errorf("unknown configuration kind %q (want %q, %q or %q)", cfg.Kind, wire.KindFiles, wire.KindDatabase, wire.KindSystem)
+	}
+	switch cfg.Snapshot {
+	case wire.SnapshotNone, wire.SnapshotBtrfs:
+	default:
+		return fmt.Errorf("unknown snapshot kind %q (want %q or none)", cfg.Snapshot, wire.SnapshotBtrfs)
 	}
 	return nil
 }

@@ -83,6 +83,16 @@ type Computer struct {
 const (
 	KindFiles    = "files"
 	KindDatabase = "database"
+	// KindSystem captures what it takes to rebuild the machine: /etc,
+	// crontabs, the bootloader configuration and generated reports of
+	// packages, disks and filesystems (agentkit/sysstate).
+	KindSystem = "system"
+)
+
+// Snapshot kinds a files or system configuration can ask for.
+const (
+	SnapshotNone  = ""
+	SnapshotBtrfs = "btrfs" // a read-only btrfs snapshot of each root's subvolume (docs/snapshots.md)
 )
 
 // Config is a backup configuration. The vault is its source of truth.
@@ -104,6 +114,11 @@ type Config struct {
 	// that need a pause or a freeze; Post runs even when the dump failed.
 	Pre  []string `json:"pre,omitempty"`
 	Post []string `json:"post,omitempty"`
+	// Snapshot, when set, makes the agent read a files or system
+	// configuration from a read-only filesystem snapshot taken at the
+	// start of each synchronization (SnapshotBtrfs), so open files are
+	// copied as they were at one instant.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // OpenSession starts a synchronization of one configuration.
