@@ -36,6 +36,8 @@ var (
 	bComputers = []byte("computers")
 	bConfigs   = []byte("configs")  // computer id / config name
 	bVersions  = []byte("versions") // computer id / config name / seq
+	bJournal   = []byte("journal")  // computer id / config name / base seq / n
+	bReports   = []byte("reports")  // computer id / config name: last agent report
 )
 
 // Company is a customer of the vault.
@@ -61,6 +63,10 @@ type Computer struct {
 	Fingerprint string     `json:"fingerprint"` // SHA-256 of its certificate, hex
 	Enrolled    time.Time  `json:"enrolled"`
 	Revoked     *time.Time `json:"revoked,omitempty"`
+	// Settings are the computer's bandwidth profile and back-up-now requests.
+	Settings wire.Settings `json:"settings"`
+	// LastSeen is the last time the computer reported to the vault.
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 // Catalog is the catalog database.
@@ -95,7 +101,7 @@ func Open(dir string) (*Catalog, error) {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bCompanies, bTokens, bComputers, bConfigs, bVersions} {
+		for _, b := range [][]byte{bCompanies, bTokens, bComputers, bConfigs, bVersions, bJournal, bReports} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -278,8 +284,24 @@ func (c *Catalog) Revoke(id string, now time.Time) error {
 
 func cfgKey(computer, name string) []byte { return []byte(computer + "/" + name) }
 
+// UpdateComputer changes a computer record in one transaction.
+func (c *Catalog) UpdateComputer(id string, fn func(cp *Computer) error) (Computer, error) {
+	var cp Computer
+	err := c.db.Update(func(tx *bbolt.Tx) error {
+		if err := get(tx.Bucket(bComputers), []byte(id), &cp); err != nil {
+			return fmt.Errorf("computer %q: %w", id, err)
+		}
+		if err := fn(&cp); err != nil {
+			return err
+		}
+		return put(tx.Bucket(bComputers), []byte(id), cp)
+	})
+	return cp, err
+}
+
 // PutConfig creates or replaces a configuration, bumping its revision.
-func (c *Catalog) PutConfig(computer string, cfg wire.Config) (wire.Config, error) {
+// now stamps a new configuration's creation time.
+func (c *Catalog) PutConfig(computer string, cfg wire.Config, now time.Time) (wire.Config, error) {
 	if err := ValidConfigName(cfg.Name); err != nil {
 		return cfg, err
 	}
@@ -287,8 +309,10 @@ func (c *Catalog) PutConfig(computer string, cfg wire.Config) (wire.Config, erro
 		var old wire.Config
 		if err := get(tx.Bucket(bConfigs), cfgKey(computer, cfg.Name), &old); err == nil {
 			cfg.Revision = old.Revision + 1
+			cfg.Created = old.Created
 		} else {
 			cfg.Revision = 1
+			cfg.Created = now
 		}
 		return put(tx.Bucket(bConfigs), cfgKey(computer, cfg.Name), cfg)
 	})
@@ -401,4 +425,91 @@ func (c *Catalog) LastSeq(computer, config string) (uint64, error) {
 		return nil
 	})
 	return seq, err
+}
+
+func journalKey(computer, config string, base, n uint64) []byte {
+	k := binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), base)
+	return binary.BigEndian.AppendUint64(k, n)
+}
+
+// AddJournal records a continuous-mode journal entry; j.N must be the next
+// number after j.Base's last entry (it is set here).
+func (c *Catalog) AddJournal(computer, config string, j wire.Journal) (wire.Journal, error) {
+	err := c.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bJournal)
+		prefix := binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), j.Base)
+		cur := b.Cursor()
+		j.N = 1
+		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			j.N = binary.BigEndian.Uint64(k[len(prefix):]) + 1
+		}
+		return put(b, journalKey(computer, config, j.Base, j.N), j)
+	})
+	return j, err
+}
+
+// Journal lists the journal entries of a configuration recorded on top of
+// version base, in order.
+func (c *Catalog) Journal(computer, config string, base uint64) ([]wire.Journal, error) {
+	var out []wire.Journal
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		prefix := binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), base)
+		cur := tx.Bucket(bJournal).Cursor()
+		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+			var j wire.Journal
+			if err := json.Unmarshal(v, &j); err != nil {
+				return err
+			}
+			out = append(out, j)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// AllJournal calls fn for every journal entry of every configuration.
+func (c *Catalog) AllJournal(fn func(computer, config string, j wire.Journal) error) error {
+	return c.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bJournal).ForEach(func(k, v []byte) error {
+			var j wire.Journal
+			if err := json.Unmarshal(v, &j); err != nil {
+				return err
+			}
+			parts := bytes.SplitN(k[:len(k)-16], []byte("/"), 3)
+			if len(parts) < 2 {
+				return fmt.Errorf("journal key %q malformed", k)
+			}
+			return fn(string(parts[0]), string(parts[1]), j)
+		})
+	})
+}
+
+// PutReport stores an agent's latest report on a configuration and the
+// computer's last contact.
+func (c *Catalog) PutReport(computer string, r wire.Report) error {
+	return c.db.Update(func(tx *bbolt.Tx) error {
+		if r.Config != "" {
+			if err := put(tx.Bucket(bReports), cfgKey(computer, r.Config), r); err != nil {
+				return err
+			}
+		}
+		var cp Computer
+		if err := get(tx.Bucket(bComputers), []byte(computer), &cp); err != nil {
+			return fmt.Errorf("computer %q: %w", computer, err)
+		}
+		if r.Time.After(cp.LastSeen) {
+			cp.LastSeen = r.Time
+		}
+		return put(tx.Bucket(bComputers), []byte(computer), cp)
+	})
+}
+
+// Report returns the latest report on a configuration (zero if none).
+func (c *Catalog) Report(computer, config string) (wire.Report, error) {
+	var r wire.Report
+	err := c.db.View(func(tx *bbolt.Tx) error { return get(tx.Bucket(bReports), cfgKey(computer, config), &r) })
+	if errors.Is(err, ErrNotFound) {
+		err = nil
+	}
+	return r, err
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"vaultnode/agentkit/bwlimit"
 	"vaultnode/appliance/catalog"
 	"vaultnode/internal/wire"
 )
@@ -18,7 +19,22 @@ const (
 	AdminVersions  = "/admin/versions"
 	AdminRevoke    = "/admin/revoke"
 	AdminVerify    = "/admin/verify"
+	AdminStatus    = "/admin/status"
+	AdminRunNow    = "/admin/run-now"
+	AdminSettings  = "/admin/settings"
 )
+
+// RunNowRequest asks a computer to synchronize a configuration once now.
+type RunNowRequest struct {
+	Computer string `json:"computer"`
+	Config   string `json:"config"`
+}
+
+// SettingsRequest sets a computer's bandwidth profile.
+type SettingsRequest struct {
+	Computer  string `json:"computer"`
+	Bandwidth string `json:"bandwidth"`
+}
 
 // TokenRequest asks for an enrolment token.
 type TokenRequest struct {
@@ -136,6 +152,63 @@ func (v *Vault) adminHandler() http.Handler {
 			return err
 		}
 		writeJSON(w, cp)
+		return nil
+	}))
+	mux.HandleFunc("GET "+AdminStatus, h(func(w http.ResponseWriter, r *http.Request) error {
+		st, err := v.Status(r.URL.Query().Get("company"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, st)
+		return nil
+	}))
+	mux.HandleFunc("POST "+AdminRunNow, h(func(w http.ResponseWriter, r *http.Request) error {
+		var req RunNowRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		cp, err := v.Catalog.FindComputer(req.Computer)
+		if err != nil {
+			return catalogErr(err)
+		}
+		if _, err := v.Catalog.Config(cp.ID, req.Config); err != nil {
+			return catalogErr(err)
+		}
+		cp, err = v.Catalog.UpdateComputer(cp.ID, func(c *catalog.Computer) error {
+			if c.Settings.RunNow == nil {
+				c.Settings.RunNow = map[string]int64{}
+			}
+			c.Settings.RunNow[req.Config]++
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		writeJSON(w, cp.Settings)
+		return nil
+	}))
+	mux.HandleFunc("POST "+AdminSettings, h(func(w http.ResponseWriter, r *http.Request) error {
+		var req SettingsRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		if req.Bandwidth != "" {
+			if _, err := bwlimit.ParseProfile(req.Bandwidth); err != nil {
+				return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+			}
+		}
+		cp, err := v.Catalog.FindComputer(req.Computer)
+		if err != nil {
+			return catalogErr(err)
+		}
+		cp, err = v.Catalog.UpdateComputer(cp.ID, func(c *catalog.Computer) error {
+			c.Settings.Bandwidth = req.Bandwidth
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		writeJSON(w, cp.Settings)
 		return nil
 	}))
 	mux.HandleFunc("POST "+AdminVerify, h(func(w http.ResponseWriter, r *http.Request) error {

@@ -10,12 +10,15 @@ import (
 	"io"
 	"net/http"
 
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"vaultnode/agentkit/bwlimit"
+	"vaultnode/agentkit/schedule"
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
@@ -163,7 +166,11 @@ func (v *Vault) agentHandler() http.Handler {
 	mux.HandleFunc("POST "+wire.PathSession+"{id}/chunks", v.authed(v.upload))
 	mux.HandleFunc("POST "+wire.PathSession+"{id}/commit", v.authed(v.commit))
 	mux.HandleFunc("POST "+wire.PathSession+"{id}/abort", v.authed(v.abort))
+	mux.HandleFunc("POST "+wire.PathSession+"{id}/journal", v.authed(v.journal))
 	mux.HandleFunc("GET "+wire.PathVersions+"{config}", v.authed(v.versions))
+	mux.HandleFunc("GET "+wire.PathJournal+"{config}", v.authed(v.listJournal))
+	mux.HandleFunc("POST "+wire.PathStatus, v.authed(v.report))
+	mux.HandleFunc("PUT "+wire.PathSettings, v.authed(v.putSettings))
 	mux.HandleFunc("POST "+wire.PathChunks, v.authed(v.getChunks))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		v.writeErr(w, r, fail(http.StatusNotFound, wire.CodeNotFound, "no such API: %s %s", r.Method, r.URL.Path))
@@ -212,7 +219,7 @@ func (v *Vault) computer(w http.ResponseWriter, r *http.Request, c *caller) erro
 		return err
 	}
 	writeJSON(w, wire.Computer{ID: c.ID, Name: c.Name, Company: c.Company,
-		ChunkKey: c.keys.set.ChunkID[:], GearKey: c.keys.set.Gear[:], Configs: cfgs})
+		ChunkKey: c.keys.set.ChunkID[:], GearKey: c.keys.set.Gear[:], Configs: cfgs, Settings: c.Settings})
 	return nil
 }
 
@@ -225,7 +232,7 @@ func (v *Vault) putConfig(w http.ResponseWriter, r *http.Request, c *caller) err
 	if err := validateConfig(&cfg); err != nil {
 		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
 	}
-	out, err := v.Catalog.PutConfig(c.ID, cfg)
+	out, err := v.Catalog.PutConfig(c.ID, cfg, v.clk.Now())
 	if errors.Is(err, catalog.ErrInvalid) {
 		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
 	}
@@ -268,6 +275,33 @@ func validateConfig(cfg *wire.Config) error {
 	case wire.SnapshotNone, wire.SnapshotBtrfs:
 	default:
 		return fmt.Errorf("unknown snapshot kind %q (want %q or none)", cfg.Snapshot, wire.SnapshotBtrfs)
+	}
+	return validateTiming(cfg)
+}
+
+// validateTiming checks a configuration's mode, schedule and interval.
+func validateTiming(cfg *wire.Config) error {
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = wire.ModeScheduled
+	case wire.ModeScheduled:
+	case wire.ModeContinuous:
+		if cfg.Kind != wire.KindFiles {
+			return errors.New("only files configurations can be continuous")
+		}
+	default:
+		return fmt.Errorf("unknown mode %q (want %q or %q)", cfg.Mode, wire.ModeScheduled, wire.ModeContinuous)
+	}
+	if cfg.Schedule == "" {
+		cfg.Schedule = "24x7"
+	}
+	if _, err := schedule.Parse(cfg.Schedule); err != nil {
+		return err
+	}
+	if cfg.Interval != "" {
+		if d, err := time.ParseDuration(cfg.Interval); err != nil || d < time.Second {
+			return fmt.Errorf("interval %q: want a duration of at least 1s such as 30m or 24h", cfg.Interval)
+		}
 	}
 	return nil
 }
@@ -638,5 +672,93 @@ func (v *Vault) getChunks(w http.ResponseWriter, r *http.Request, c *caller) err
 			return nil // client went away
 		}
 	}
+	return nil
+}
+
+func (v *Vault) putSettings(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var req wire.Settings
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Bandwidth != "" {
+		if _, err := bwlimit.ParseProfile(req.Bandwidth); err != nil {
+			return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+		}
+	}
+	cp, err := v.Catalog.UpdateComputer(c.ID, func(cp *catalog.Computer) error {
+		cp.Settings.Bandwidth = req.Bandwidth
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, cp.Settings)
+	return nil
+}
+
+func (v *Vault) report(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var req wire.Report
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	req.Time = v.clk.Now() // the vault's clock says when it last heard from the agent
+	if err := v.Catalog.PutReport(c.ID, req); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (v *Vault) journal(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := v.session(r, c)
+	if err != nil {
+		return err
+	}
+	var req wire.JournalCommit
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	base, err := v.Catalog.LastSeq(c.ID, s.config)
+	if err != nil {
+		return err
+	}
+	if base == 0 {
+		return fail(http.StatusConflict, wire.CodeBadRequest, "configuration %q has no version yet: commit a full synchronization before journal records", s.config)
+	}
+	totals, err := v.checkListing(r, s.company, c.keys, req.Listing)
+	if err != nil {
+		return err
+	}
+	t := req.Time
+	if t.IsZero() || t.After(v.clk.Now()) {
+		t = v.clk.Now()
+	}
+	j, err := v.Catalog.AddJournal(c.ID, s.config, wire.Journal{Base: base, Time: t.UTC(), Listing: req.Listing, Totals: totals})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, j)
+	return nil
+}
+
+func (v *Vault) listJournal(w http.ResponseWriter, r *http.Request, c *caller) error {
+	config := r.PathValue("config")
+	base, err := v.Catalog.LastSeq(c.ID, config)
+	if err != nil {
+		return err
+	}
+	if b := r.URL.Query().Get("base"); b != "" {
+		if base, err = strconv.ParseUint(b, 10, 64); err != nil {
+			return fail(http.StatusBadRequest, wire.CodeBadRequest, "base %q is not a version number", b)
+		}
+	}
+	js, err := v.Catalog.Journal(c.ID, config, base)
+	if err != nil {
+		return err
+	}
+	if js == nil {
+		js = []wire.Journal{}
+	}
+	writeJSON(w, js)
 	return nil
 }

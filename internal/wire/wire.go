@@ -20,6 +20,8 @@ const (
 	PathVersions = "/v1/versions/"    // GET /v1/versions/CONFIG[/SEQ]
 	PathChunks   = "/v1/chunks/get"   // POST: body of IDs, response frames
 	PathStatus   = "/v1/status"       // POST: agent reports a configuration's state
+	PathSettings = "/v1/settings"     // PUT: the computer's settings
+	PathJournal  = "/v1/journal/"     // GET /v1/journal/CONFIG: records on top of the last version
 	ServerName   = "vaultd.vaultnode" // DNS name in every vault server certificate
 	MediaFrames  = "application/x-vaultnode-frames"
 )
@@ -77,6 +79,7 @@ type Computer struct {
 	ChunkKey []byte   `json:"chunk_key"` // Kid, 32 bytes
 	GearKey  []byte   `json:"gear_key"`  // Kcdc, 32 bytes
 	Configs  []Config `json:"configs"`
+	Settings Settings `json:"settings"`
 }
 
 // Config kinds.
@@ -110,6 +113,18 @@ type Config struct {
 	// Command is a database/application configuration's dump command
 	// (argv); its standard output is the consistent dump.
 	Command []string `json:"command,omitempty"`
+	// Mode is "scheduled" (default: at the scheduled times, synchronize
+	// what changed) or "continuous" (capture changes as they are made).
+	Mode string `json:"mode,omitempty"`
+	// Schedule is when synchronizations may run: "24x7" (default) or
+	// weekly windows, e.g. "tz=Europe/Paris; mon-fri 22:00-06:00 complete".
+	Schedule string `json:"schedule,omitempty"`
+	// Interval is, in scheduled mode, the time between synchronizations
+	// while the schedule is open (Go duration, default "1h"); in continuous
+	// mode, the time between checkpoints (default "5m").
+	Interval string `json:"interval,omitempty"`
+	// Created is when the vault first saw the configuration.
+	Created time.Time `json:"created,omitzero"`
 	// Pre and Post run before and after Command (argv), for applications
 	// that need a pause or a freeze; Post runs even when the dump failed.
 	Pre  []string `json:"pre,omitempty"`
@@ -119,6 +134,56 @@ type Config struct {
 	// start of each synchronization (SnapshotBtrfs), so open files are
 	// copied as they were at one instant.
 	Snapshot string `json:"snapshot,omitempty"`
+}
+
+// Modes of a configuration.
+const (
+	ModeScheduled  = "scheduled"
+	ModeContinuous = "continuous"
+)
+
+// Settings are a computer's own settings, held by the vault.
+type Settings struct {
+	// Bandwidth is the upload limit profile, e.g. "mon-fri 08:00-18:00
+	// 2Mbit/s; otherwise unlimited" (empty: unlimited).
+	Bandwidth string `json:"bandwidth,omitempty"`
+	// RunNow counts "back up now" requests per configuration; the agent
+	// runs a configuration once each time its count grows.
+	RunNow map[string]int64 `json:"run_now,omitempty"`
+}
+
+// Report is what an agent tells the vault about one configuration.
+type Report struct {
+	Config string    `json:"config"`
+	State  string    `json:"state"` // running, idle, waiting, error
+	Reason string    `json:"reason,omitempty"`
+	Time   time.Time `json:"time"`
+	// Backend names the change capture in use (continuous mode) and its limits.
+	Capture string `json:"capture,omitempty"`
+}
+
+// Agent-reported states.
+const (
+	AgentRunning = "running"
+	AgentIdle    = "idle"
+	AgentWaiting = "waiting" // outside its schedule
+	AgentError   = "error"
+)
+
+// Journal is a continuous-mode record: the nodes that changed since the
+// previous record, on top of version Base.
+type Journal struct {
+	Base    uint64          `json:"base"`
+	N       uint64          `json:"n"` // 1, 2, ... after Base
+	Time    time.Time       `json:"time"`
+	Listing []tree.ChunkRef `json:"listing"` // a listing of changed and deleted nodes only
+	Totals  Totals          `json:"totals"`
+}
+
+// JournalCommit records changes in an open session.
+type JournalCommit struct {
+	Listing []tree.ChunkRef `json:"listing"`
+	Time    time.Time       `json:"time"`
 }
 
 // OpenSession starts a synchronization of one configuration.

@@ -57,6 +57,10 @@ Commands:
   computers [COMPANY]            list enrolled computers and their configurations
   versions COMPUTER [CONFIG]     list committed versions
   revoke COMPUTER                refuse a computer from now on
+  status [COMPANY]               the state of every configuration: protected, behind schedule, ...
+  backup-now COMPUTER CONFIG     ask the computer to synchronize CONFIG once now, even outside its schedule
+  limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
+                                 ("" for unlimited)
   verify                         check every stored byte and every version's references
 
 Exit status: 0 success, 1 error, 2 usage, 3 verify found damage.
@@ -150,6 +154,38 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "computer %s revoked\n", a[1])
+	case a[0] == "status" && len(a) <= 2:
+		q := url.Values{}
+		if len(a) == 2 {
+			q.Set("company", a[1])
+		}
+		var sts []vault.ConfigStatus
+		if err := c.do(ctx, "GET", vault.AdminStatus+"?"+q.Encode(), nil, &sts); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "COMPUTER\tCONFIG\tMODE\tSTATE\tCOVERS\tLAST SEEN\tDETAIL")
+		for _, s := range sts {
+			covers, seen := "-", "never"
+			if !s.Covers.IsZero() {
+				covers = s.Covers.Local().Format(time.DateTime)
+			}
+			if !s.LastSeen.IsZero() {
+				seen = s.LastSeen.Local().Format(time.DateTime)
+			}
+			fmt.Fprintf(tw, "%s (%s)\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Computer, s.Config, s.Mode, s.State, covers, seen, s.Detail)
+		}
+		tw.Flush()
+	case a[0] == "backup-now" && len(a) == 3:
+		if err := c.do(ctx, "POST", vault.AdminRunNow, vault.RunNowRequest{Computer: a[1], Config: a[2]}, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s will synchronize %s at its next contact\n", a[1], a[2])
+	case a[0] == "limit" && len(a) == 3:
+		if err := c.do(ctx, "POST", vault.AdminSettings, vault.SettingsRequest{Computer: a[1], Bandwidth: a[2]}, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "upload limit of %s set to %q\n", a[1], a[2])
 	case a[0] == "verify" && len(a) == 1:
 		var rep vault.Report
 		if err := c.do(ctx, "POST", vault.AdminVerify, struct{}{}, &rep); err != nil {

@@ -1,0 +1,161 @@
+package vault
+
+import (
+	"fmt"
+	"time"
+
+	"vaultnode/agentkit/schedule"
+	"vaultnode/appliance/catalog"
+	"vaultnode/internal/wire"
+)
+
+// States of a configuration, as an operator sees them.
+const (
+	StateTesting   = "testing configuration and initial synchronization" // its first 24 hours
+	StateInitial   = "initial synchronization"                           // no complete version yet, after 24 hours
+	StateProtected = "protected"
+	StateBehind    = "behind schedule"
+	StateError     = "error"
+	StateOffline   = "offline"
+)
+
+// Timing of the status rules.
+const (
+	TestingPeriod = 24 * time.Hour
+	OfflineAfter  = 15 * time.Minute
+)
+
+// ConfigStatus is the state of one configuration, derived from the catalog:
+// committed versions and journal records, the configuration, and the
+// agent's last report.
+type ConfigStatus struct {
+	Company  string    `json:"company"`
+	Computer string    `json:"computer"`
+	Name     string    `json:"computer_name"`
+	Config   string    `json:"config"`
+	Mode     string    `json:"mode"`
+	State    string    `json:"state"`
+	Detail   string    `json:"detail,omitempty"`
+	Covers   time.Time `json:"covers,omitzero"` // the moment the newest restorable state covers
+	LastSeen time.Time `json:"last_seen,omitzero"`
+	Versions int       `json:"versions"`
+}
+
+func interval(cfg wire.Config) time.Duration {
+	if d, err := time.ParseDuration(cfg.Interval); err == nil && d > 0 {
+		return d
+	}
+	if cfg.Mode == wire.ModeContinuous {
+		return 5 * time.Minute
+	}
+	return time.Hour
+}
+
+// Status computes the state of every configuration (of one company, or all).
+func (v *Vault) Status(company string) ([]ConfigStatus, error) {
+	cps, err := v.Catalog.Computers(company)
+	if err != nil {
+		return nil, err
+	}
+	now := v.clk.Now()
+	out := []ConfigStatus{}
+	for _, cp := range cps {
+		if cp.Revoked != nil {
+			continue
+		}
+		cfgs, err := v.Catalog.Configs(cp.ID)
+		if err != nil {
+			return nil, err
+		}
+		for _, cfg := range cfgs {
+			st, err := v.configStatus(cp, cfg, now)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time) (ConfigStatus, error) {
+	st := ConfigStatus{Company: cp.Company, Computer: cp.ID, Name: cp.Name, Config: cfg.Name, Mode: cfg.Mode, LastSeen: cp.LastSeen}
+	ms, err := v.Catalog.Versions(cp.ID, cfg.Name)
+	if err != nil {
+		return st, err
+	}
+	st.Versions = len(ms)
+	var last *wire.Manifest // newest complete version
+	for i := len(ms) - 1; i >= 0; i-- {
+		if ms[i].Complete() {
+			last = &ms[i]
+			break
+		}
+	}
+	if last != nil {
+		st.Covers = last.Started
+		if js, err := v.Catalog.Journal(cp.ID, cfg.Name, ms[len(ms)-1].Seq); err == nil && len(js) > 0 && ms[len(ms)-1].Seq == last.Seq {
+			st.Covers = js[len(js)-1].Time
+		}
+	}
+	rep, err := v.Catalog.Report(cp.ID, cfg.Name)
+	if err != nil {
+		return st, err
+	}
+	seen := cp.LastSeen
+	if seen.IsZero() {
+		seen = cp.Enrolled
+	}
+	created := cfg.Created
+	if created.IsZero() {
+		created = cp.Enrolled
+	}
+	switch {
+	case now.Sub(seen) > OfflineAfter:
+		st.State = StateOffline
+		st.Detail = fmt.Sprintf("no contact since %s", seen.UTC().Format(time.RFC3339))
+	case rep.State == wire.AgentError:
+		st.State, st.Detail = StateError, rep.Reason
+	case now.Sub(created) < TestingPeriod:
+		st.State = StateTesting
+		if last != nil {
+			st.Detail = "a complete version exists; the configuration is being tested for its first 24 hours"
+		}
+	case last == nil:
+		st.State = StateInitial
+		if len(ms) > 0 {
+			st.Detail = fmt.Sprintf("%d version(s), none complete: some files could not be read", len(ms))
+		}
+	default:
+		st.State = StateProtected
+		if due, late := overdue(cfg, st.Covers, now); late {
+			st.State = StateBehind
+			st.Detail = fmt.Sprintf("a synchronization was due by %s", due.UTC().Format(time.RFC3339))
+		}
+	}
+	if st.State == StateOffline && last == nil && now.Sub(created) < TestingPeriod {
+		st.Detail += "; the initial synchronization has not completed"
+	}
+	return st, nil
+}
+
+// overdue says whether a configuration whose newest state covers covers
+// should have a newer one by now: the next synchronization is due one
+// interval later, or at the first opening of its schedule after that, plus
+// the same again as grace.
+func overdue(cfg wire.Config, covers, now time.Time) (time.Time, bool) {
+	iv := interval(cfg)
+	s, err := schedule.Parse(cfg.Schedule)
+	if err != nil {
+		s = schedule.Always24x7
+	}
+	due := covers.Add(iv)
+	if start, _ := s.Next(due); !start.IsZero() && start.After(due) {
+		due = start
+	}
+	grace := iv
+	if cfg.Mode == wire.ModeContinuous {
+		grace = 2 * iv
+	}
+	return due.Add(grace), now.After(due.Add(grace))
+}
