@@ -15,6 +15,8 @@ if ! command -v restic >/dev/null 2>&1; then
 fi
 
 mkdir -p out/bench
+# out/ holds generated Go-like sources: a go.mod of its own keeps it out of ./...
+[ -f out/go.mod ] || printf 'module scratch/out\n' > out/go.mod
 go build -o out/bench/bench ./scripts/bench
 # BENCH_FLAGS is split on spaces on purpose.
 # shellcheck disable=SC2086

@@ -11,6 +11,8 @@ STATE=$VAR/agent
 ADDR=${VAULT_ADDR:-127.0.0.1:7443}
 DIR=${1:-}
 mkdir -p "$VAR"
+# var/ may hold copies of Go sources (the sample tree): keep it out of ./...
+[ -f "$VAR/go.mod" ] || printf 'module scratch/var\n' > "$VAR/go.mod"
 
 if [ -z "$DIR" ]; then
   DIR=$VAR/sample
