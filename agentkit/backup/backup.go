@@ -147,7 +147,6 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		}
 	}()
 
-	stats := &Stats{Start: time.Now()}
 	var prev *tree.Reader
 	if path, _ := o.State.LastListing(o.Config.Name); path != "" && useCache {
 		f, err := os.Open(path)
@@ -175,8 +174,51 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		return nil, err
 	}
 
+	stats := &Stats{Start: time.Now()}
+	produce := func(ctx context.Context, up *uploader, order, work chan<- *item) error {
+		if o.Config.Kind == wire.KindDatabase {
+			d := &dumper{cfg: o.Config, gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, log: o.Log}
+			return d.run(ctx, order)
+		}
+		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
+			links: map[[2]uint64][]byte{}, log: o.Log, sourceOf: o.SourceOf}
+		return w.run()
+	}
+	listing, problems, err := pipeline(ctx, o, sess.ID, gear, stats, zw, produce)
+	if err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("write listing cache: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, fmt.Errorf("write listing cache: %w", err)
+	}
+	seq, err := o.Vault.Commit(ctx, sess.ID, wire.Commit{Listing: listing, Started: stats.Start})
+	if err != nil {
+		return nil, fmt.Errorf("commit version: %w", err)
+	}
+	committed = true
+	if err := o.State.CommitListing(o.Config.Name, tmp.Name(), seq); err != nil {
+		o.Log.Warn("could not keep the listing cache; the next synchronization reads every file", zap.Error(err))
+	}
+	stats.Done = true
+	if o.Progress != nil {
+		o.Progress(stats)
+	}
+	return &Result{Seq: seq, Stats: stats.Snapshot(), Problems: problems, Duration: time.Since(stats.Start)}, nil
+}
+
+// producer emits the nodes of a synchronization in tree order into order,
+// and those whose content must be read also into work.
+type producer func(ctx context.Context, up *uploader, order, work chan<- *item) error
+
+// pipeline runs a producer with the file readers, the listing writer (into
+// the vault as listing chunks, and into cache when not nil) and the upload
+// stages, and returns the listing's chunks once every chunk is acknowledged.
+func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear, stats *Stats, cache io.Writer, produce producer) ([]tree.ChunkRef, []string, error) {
 	g, gctx := errgroup.WithContext(ctx)
-	up := newUploader(o.Vault, sess.ID, stats)
+	up := newUploader(o.Vault, session, stats)
 	order := make(chan *item, 4096)
 	work := make(chan *item, 64)
 	var problems []string
@@ -230,15 +272,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		})
 	}
 	pg.Go(func() error {
-		var err error
-		if o.Config.Kind == wire.KindDatabase {
-			d := &dumper{cfg: o.Config, gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, log: o.Log}
-			err = d.run(pctx, order)
-		} else {
-			w := &walker{ctx: pctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
-				links: map[[2]uint64][]byte{}, log: o.Log, sourceOf: o.SourceOf}
-			err = w.run()
-		}
+		err := produce(pctx, up, order, work)
 		close(work)
 		close(order)
 		return err
@@ -265,7 +299,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		}
 	})
 	pg.Go(func() error {
-		tw, err := tree.NewWriter(io.MultiWriter(zw, lw))
+		tw, err := tree.NewWriter(listingOut(cache, lw))
 		if err != nil {
 			lw.CloseWithError(err)
 			return err
@@ -297,25 +331,14 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		return err
 	})
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("write listing cache: %w", err)
+	return listing, problems, nil
+}
+
+func listingOut(cache io.Writer, lw io.Writer) io.Writer {
+	if cache == nil {
+		return lw
 	}
-	if err := tmp.Sync(); err != nil {
-		return nil, fmt.Errorf("write listing cache: %w", err)
-	}
-	seq, err := o.Vault.Commit(ctx, sess.ID, wire.Commit{Listing: listing, Started: stats.Start})
-	if err != nil {
-		return nil, fmt.Errorf("commit version: %w", err)
-	}
-	committed = true
-	if err := o.State.CommitListing(o.Config.Name, tmp.Name(), seq); err != nil {
-		o.Log.Warn("could not keep the listing cache; the next synchronization reads every file", zap.Error(err))
-	}
-	stats.Done = true
-	if o.Progress != nil {
-		o.Progress(stats)
-	}
-	return &Result{Seq: seq, Stats: stats.Snapshot(), Problems: problems, Duration: time.Since(stats.Start)}, nil
+	return io.MultiWriter(cache, lw)
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"vaultnode/internal/wire"
@@ -47,11 +48,16 @@ func newTransport(conf *tls.Config) *http.Transport {
 	return t
 }
 
-// New returns a client authenticated with cert, trusting only ca.
-func New(addr string, cert tls.Certificate, ca *x509.CertPool) *Client {
+// New returns a client authenticated with cert, trusting only ca. wrap,
+// when not nil, decorates the transport (a bandwidth limit, metrics).
+func New(addr string, cert tls.Certificate, ca *x509.CertPool, wrap func(http.RoundTripper) http.RoundTripper) *Client {
 	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: ca,
 		ServerName: wire.ServerName, NextProtos: []string{"h2"}}
-	return &Client{base: "https://" + addr, hc: &http.Client{Transport: newTransport(conf)}}
+	var rt http.RoundTripper = newTransport(conf)
+	if wrap != nil {
+		rt = wrap(rt)
+	}
+	return &Client{base: "https://" + addr, hc: &http.Client{Transport: rt}}
 }
 
 // Enroll registers a computer. The vault is trusted only if its CA matches
@@ -223,4 +229,31 @@ func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.
 		}
 	}
 	return nil
+}
+
+// Journal records changed nodes on top of the configuration's last version.
+func (c *Client) Journal(ctx context.Context, session string, j wire.JournalCommit) (*wire.Journal, error) {
+	var out wire.Journal
+	return &out, c.json(ctx, "POST", wire.PathSession+session+"/journal", j, &out)
+}
+
+// JournalOf lists the journal records on top of version base (0: the last).
+func (c *Client) JournalOf(ctx context.Context, config string, base uint64) ([]wire.Journal, error) {
+	var out []wire.Journal
+	q := ""
+	if base > 0 {
+		q = "?base=" + strconv.FormatUint(base, 10)
+	}
+	return out, c.json(ctx, "GET", wire.PathJournal+url.PathEscape(config)+q, nil, &out)
+}
+
+// Report tells the vault the state of a configuration.
+func (c *Client) Report(ctx context.Context, r wire.Report) error {
+	return c.json(ctx, "POST", wire.PathStatus, r, nil)
+}
+
+// PutSettings sets the computer's settings (its bandwidth profile).
+func (c *Client) PutSettings(ctx context.Context, s wire.Settings) (*wire.Settings, error) {
+	var out wire.Settings
+	return &out, c.json(ctx, "PUT", wire.PathSettings, s, &out)
 }

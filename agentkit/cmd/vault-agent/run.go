@@ -144,7 +144,7 @@ func (a *app) client() (*client.Client, state.Identity, error) {
 	if err != nil {
 		return nil, id, err
 	}
-	return client.New(id.Vault, cert, pool), id, nil
+	return client.New(id.Vault, cert, pool, nil), id, nil
 }
 
 func (a *app) enroll(ctx context.Context, args []string) error {
