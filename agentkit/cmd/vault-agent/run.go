@@ -23,6 +23,7 @@ import (
 	"vaultnode/agentkit/progress"
 	"vaultnode/agentkit/restore"
 	"vaultnode/agentkit/state"
+	"vaultnode/agentkit/sysstate"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
@@ -36,7 +37,10 @@ const usage = `Usage: vault-agent [-state DIR] [-v] COMMAND [ARGS]
 Commands:
   enroll -vault HOST:PORT -token TOKEN [-name NAME]   register this computer with a vault
   config set NAME -path DIR [-path DIR...] [-include GLOB...] [-exclude GLOB...] [-cross-mounts] [-no-auto-exclude]
+  config set NAME ... [-snapshot btrfs]               read the paths from a read-only btrfs snapshot (open files)
   config set NAME -command CMD [-pre CMD] [-post CMD]   a database or application: CMD's output is the dump
+  config set NAME -system                             system state: /etc, crontabs, bootloader, reports of
+                                                      packages and disks (restored under vaultnode-system-report)
   config list                                         show this computer's configurations
   config delete NAME                                  remove a configuration (its versions stay)
   backup [-json] [CONFIG...]                          synchronize configurations now (all if none given)
@@ -209,7 +213,11 @@ func (a *app) config(ctx context.Context, args []string) error {
 		tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tKIND\tREV\tPATHS\tINCLUDE\tEXCLUDE")
 		for _, cfg := range comp.Configs {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", cfg.Name, cfg.Kind, cfg.Revision, strings.Join(cfg.Paths, " "),
+			kind := cfg.Kind
+			if cfg.Snapshot != "" {
+				kind += " (" + cfg.Snapshot + " snapshot)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", cfg.Name, kind, cfg.Revision, strings.Join(cfg.Paths, " "),
 				strings.Join(cfg.Include, " "), strings.Join(cfg.Exclude, " "))
 		}
 		return tw.Flush()
@@ -229,12 +237,25 @@ func (a *app) config(ctx context.Context, args []string) error {
 		command := fs.String("command", "", "database/application configuration: shell `command` whose output is the consistent dump")
 		pre := fs.String("pre", "", "shell `command` run before the dump (pause, freeze)")
 		post := fs.String("post", "", "shell `command` run after the dump, even when it failed")
+		snap := fs.String("snapshot", "", "read the paths from a read-only filesystem snapshot: `kind` btrfs (docs/snapshots.md)")
+		system := fs.Bool("system", false, "system state: /etc, crontabs, bootloader configuration and reports of packages and disks")
 		pos, err := parseInterleaved(fs, args[1:])
 		if err != nil {
 			return err
 		}
 		if len(pos) != 1 {
 			return usageError{"config set NAME -path DIR ... | config set NAME -command CMD [-pre CMD] [-post CMD]"}
+		}
+		if *system {
+			if len(paths) > 0 || *command != "" {
+				return usageError{"a -system configuration chooses its own paths: give neither -path nor -command"}
+			}
+			cfg, err := c.PutConfig(ctx, wire.Config{Name: pos[0], Kind: wire.KindSystem, Include: inc, Exclude: exc, Snapshot: *snap})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "configuration %s saved (revision %d): system state, with the reports under %s\n", cfg.Name, cfg.Revision, sysstate.ReportRoot)
+			return nil
 		}
 		if *command != "" {
 			if len(paths) > 0 {
@@ -256,7 +277,7 @@ func (a *app) config(ctx context.Context, args []string) error {
 			paths[i] = abs
 		}
 		cfg, err := c.PutConfig(ctx, wire.Config{Name: pos[0], Kind: wire.KindFiles, Paths: paths, Include: inc, Exclude: exc,
-			CrossMounts: *cross, NoAutoExclude: *noAuto})
+			CrossMounts: *cross, NoAutoExclude: *noAuto, Snapshot: *snap})
 		if err != nil {
 			return err
 		}
@@ -328,7 +349,12 @@ func (a *app) backup(ctx context.Context, args []string) error {
 				a.prog.Show("backup "+cfg.Name+":", x.Files, x.BytesRead, 0, x.Start)
 			}
 		}
+		release, err := a.prepare(ctx, &o)
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", cfg.Name, err)
+		}
 		res, err := backup.Run(ctx, o)
+		release()
 		a.prog.Done()
 		if err != nil {
 			return fmt.Errorf("backup %s: %w", cfg.Name, err)
