@@ -530,7 +530,9 @@ func (v *Vault) checkListing(r *http.Request, company string, k *companyKeys, li
 	if len(listing) == 0 {
 		return t, fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: empty listing")
 	}
-	rd, err := tree.NewReader(v.listingReader(company, k, listing))
+	lr := v.listingReader(company, k, listing)
+	defer lr.Close() // stops the reader's goroutine when we return early
+	rd, err := tree.NewReader(lr)
 	if err != nil {
 		return t, listingErr(err)
 	}
@@ -600,8 +602,9 @@ func listingErr(err error) error {
 	return fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: bad listing: %v", err)
 }
 
-// listingReader streams the plaintext of a listing's chunks.
-func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef) io.Reader {
+// listingReader streams the plaintext of a listing's chunks. The caller
+// closes it, which also ends its goroutine.
+func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {
 		h := keys.NewHasher(k.set.ChunkID)

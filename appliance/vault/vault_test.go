@@ -2,6 +2,7 @@ package vault
 
 import (
 	"bytes"
+	"context"
 	"net/http/httptest"
 	"runtime"
 	"testing"
@@ -76,5 +77,57 @@ func TestCheckListingStopsReader(t *testing.T) {
 		buf := make([]byte, 3000)
 		buf = buf[:runtime.Stack(buf, true)]
 		t.Fatalf("%d goroutines left behind by 20 refused commits (listingReader blocked writing to its pipe):\n%s", n-before, buf)
+	}
+}
+
+// TestVerifyDuringPuts: verify runs while backups store chunks; what they
+// commit meanwhile is not damage.
+func TestVerifyDuringPuts(t *testing.T) {
+	v := openTestVault(t)
+	k, err := v.companyKeys("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := keys.NewHasher(k.set.ChunkID)
+	put := func(i int) error {
+		p := bytes.Repeat([]byte{byte(i), byte(i >> 8), byte(i >> 16)}, 20000)
+		h := pack.EntryHeader{Kind: pack.KindData, ID: [32]byte(hs.Sum(p)), PlainLen: uint32(len(p))}
+		return v.Store.Put("acme", []store.Entry{{Header: h, Data: pack.AppendEntry(nil, k.aead, &h, p)}})
+	}
+	for i := 0; i < 200; i++ {
+		if err := put(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() { // owner: this test, stopped by close(stop)
+		defer close(errc)
+		for i := 200; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := put(i); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	for i := 0; i < 6; i++ {
+		rep, err := v.Verify(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.OK() {
+			close(stop)
+			<-errc
+			t.Fatalf("verify %d during puts reported %d problems, first: %s", i, len(rep.Problems), rep.Problems[0])
+		}
+	}
+	close(stop)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }

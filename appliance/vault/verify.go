@@ -75,12 +75,14 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	good := map[uint32][]uint32{} // pack -> offsets of good entries, sorted
+	scanned := map[uint32]int64{} // pack -> committed length it was checked up to
 	damaged := map[[32]byte]bool{}
 	for _, p := range packs {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		rep.Packs++
+		scanned[p.Number] = p.Committed
 		k, err := v.companyKeys(p.Company)
 		if err != nil {
 			rep.add(Problem{Pack: p.Path, What: fmt.Sprintf("company %q: %v", p.Company, err)})
@@ -92,8 +94,19 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Entries committed after their pack was scanned (backups run during a
+	// verify) are checked against the packs' committed lengths afterwards.
+	type lateEntry struct {
+		id  [32]byte
+		loc store.Location
+	}
+	var late []lateEntry
 	for _, co := range companies {
 		err := v.Store.ForEachChunk(co.Name, func(id [32]byte, loc store.Location) error {
+			if c, ok := scanned[loc.Pack]; !ok || int64(loc.Offset) >= c {
+				late = append(late, lateEntry{id, loc})
+				return nil
+			}
 			offs := good[loc.Pack]
 			i := sort.Search(len(offs), func(i int) bool { return offs[i] >= loc.Offset })
 			if i == len(offs) || offs[i] != loc.Offset {
@@ -105,6 +118,23 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 		})
 		if err != nil {
 			return nil, err
+		}
+	}
+	if len(late) > 0 {
+		now, err := v.Store.Packs()
+		if err != nil {
+			return nil, err
+		}
+		committed := map[uint32]int64{}
+		for _, p := range now {
+			committed[p.Number] = p.Committed
+		}
+		for _, l := range late {
+			if int64(l.loc.Offset)+pack.EntryHeaderSize+int64(l.loc.BodyLen) > committed[l.loc.Pack] {
+				damaged[l.id] = true
+				rep.add(Problem{Pack: v.Store.PackPath(l.loc.Pack), Offset: int64(l.loc.Offset), Chunk: hex.EncodeToString(l.id[:]),
+					What: "the index points past the committed end of its pack"})
+			}
 		}
 	}
 	err = v.Catalog.AllVersions(func(m wire.Manifest) error {
@@ -175,7 +205,9 @@ func (v *Vault) verifyVersion(m wire.Manifest, rep *Report, damaged map[[32]byte
 		rep.add(Problem{Computer: m.Computer, Version: ver, What: err.Error()})
 		return
 	}
-	rd, err := tree.NewReader(v.listingReader(m.Company, k, m.Listing))
+	lr := v.listingReader(m.Company, k, m.Listing)
+	defer lr.Close() // stops the reader's goroutine when we return early
+	rd, err := tree.NewReader(lr)
 	if err != nil {
 		rep.add(Problem{Computer: m.Computer, Version: ver, What: "listing unreadable: " + err.Error()})
 		return
