@@ -87,7 +87,7 @@ func agentClient(t *testing.T, stateDir string) (*client.Client, *wire.Computer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := client.New(id.Vault, cert, pool)
+	c := client.New(id.Vault, cert, pool, nil)
 	comp, err := c.Computer(context.Background())
 	if err != nil {
 		t.Fatal(err)

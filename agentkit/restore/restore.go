@@ -36,6 +36,8 @@ type Options struct {
 	Source   Source
 	ChunkKey [32]byte
 	Manifest wire.Manifest
+	// Journal are continuous-mode records on top of Manifest to apply.
+	Journal []wire.Journal
 	// Prefix restricts the restore to one path of the version (and what is
 	// below it); empty restores everything.
 	Prefix []byte
@@ -117,7 +119,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
-	rd, stop, err := OpenListing(ctx, o.Source, o.ChunkKey, o.Manifest.Listing)
+	rd, stop, err := OpenVersion(ctx, o.Source, o.ChunkKey, o.Manifest, o.Journal)
 	if err != nil {
 		return nil, fmt.Errorf("read listing of %s@%d: %w", o.Manifest.Config, o.Manifest.Seq, err)
 	}
@@ -191,7 +193,7 @@ func under(p, prefix []byte) bool {
 	return bytes.Equal(p, prefix) || (bytes.HasPrefix(p, prefix) && p[len(prefix)] == '/')
 }
 
-func (r *restorer) walk(rd *tree.Reader) error {
+func (r *restorer) walk(rd Nodes) error {
 	found := false
 	for {
 		if err := r.ctx.Err(); err != nil {

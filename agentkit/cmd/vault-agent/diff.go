@@ -11,14 +11,13 @@ import (
 	"vaultnode/agentkit/restore"
 	"vaultnode/agentkit/treediff"
 	"vaultnode/internal/tree"
-	"vaultnode/internal/wire"
 )
 
 // runDiff compares a version (or the part under prefix) with dir, where it
 // was restored (paths under dir as under "/") or its original place ("/").
 // Each selected root of the version is compared with dir/ROOT.
-func runDiff(ctx context.Context, a *app, c *client.Client, key [32]byte, m wire.Manifest, prefix []byte, dir string) error {
-	rd, stop, err := restore.OpenListing(ctx, c, key, m.Listing)
+func runDiff(ctx context.Context, a *app, c *client.Client, key [32]byte, m point, prefix []byte, dir string) error {
+	rd, stop, err := restore.OpenVersion(ctx, c, key, m.m, m.journal)
 	if err != nil {
 		return err
 	}
@@ -89,8 +88,8 @@ func runDiff(ctx context.Context, a *app, c *client.Client, key [32]byte, m wire
 		}
 	}
 	if total > 0 {
-		return incomplete{fmt.Sprintf("%d difference(s) between %s@%d and %s", total, m.Config, m.Seq, dir)}
+		return incomplete{fmt.Sprintf("%d difference(s) between %s and %s", total, m, dir)}
 	}
-	fmt.Fprintf(a.stdout, "no difference between %s@%d and %s\n", m.Config, m.Seq, dir)
+	fmt.Fprintf(a.stdout, "no difference between %s and %s\n", m, dir)
 	return nil
 }

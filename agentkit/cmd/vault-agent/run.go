@@ -18,7 +18,9 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"vaultnode/agentkit/backup"
+	"vaultnode/agentkit/bwlimit"
 	"vaultnode/agentkit/client"
+	"vaultnode/agentkit/daemon"
 	"vaultnode/agentkit/meta"
 	"vaultnode/agentkit/progress"
 	"vaultnode/agentkit/restore"
@@ -39,13 +41,22 @@ Commands:
   config set NAME -path DIR [-path DIR...] [-include GLOB...] [-exclude GLOB...] [-cross-mounts] [-no-auto-exclude]
   config set NAME ... [-snapshot btrfs]               read the paths from a read-only btrfs snapshot (open files)
   config set NAME -command CMD [-pre CMD] [-post CMD]   a database or application: CMD's output is the dump
+      timing flags of config set: -mode scheduled|continuous  -schedule "24x7" | "tz=Europe/Paris; mon-fri 22:00-06:00 complete"
+                                  -interval 1h (scheduled: time between synchronizations; continuous: between checkpoints)
   config set NAME -system                             system state: /etc, crontabs, bootloader, reports of
                                                       packages and disks (restored under vaultnode-system-report)
   config list                                         show this computer's configurations
   config delete NAME                                  remove a configuration (its versions stay)
-  backup [-json] [CONFIG...]                          synchronize configurations now (all if none given)
+  backup [-json] [CONFIG...]                          synchronize configurations now, in this process (all if none given)
+  run [-poll 30s]                                     the agent daemon: keep every configuration protected by its mode and
+                                                      schedule; follows changes made on the vault; stop with SIGTERM
+  now [CONFIG]                                        ask the running daemon to synchronize now, even outside the schedule
+  limit [PROFILE]                                     show or set this computer's upload limit, e.g.
+                                                      "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited" ("" = unlimited)
   versions [CONFIG]                                   list committed versions
-  ls CONFIG@VERSION [PATH]                            list what a version holds (VERSION: a number or "latest")
+  ls CONFIG@VERSION [PATH]                            list what a version holds; VERSION is a number (that version),
+                                                      latest (with continuous-mode journal records) or a time
+                                                      ("2026-11-24 15:05:00" local, or RFC 3339): the state as of then
   restore CONFIG@VERSION[:PATH] [-to DIR] [-dry-run] [-existing skip|overwrite|keep-both] [-by-name]
                                                       restore a version, a directory or a file; without -to,
                                                       to the original place
@@ -69,6 +80,7 @@ type app struct {
 	st             *state.Dir
 	log            *zap.Logger
 	prog           *progress.Line
+	verbose        bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -94,7 +106,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	enc := zap.NewDevelopmentEncoderConfig()
 	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(stderr), lvl))
-	a := &app{stdout: stdout, stderr: stderr, st: st, log: log, prog: progress.New(stderr)}
+	a := &app{stdout: stdout, stderr: stderr, st: st, log: log, prog: progress.New(stderr), verbose: *verbose}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "enroll":
@@ -113,6 +125,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.diff(ctx, rest)
 	case "dump":
 		return a.dump(ctx, rest)
+	case "run":
+		return a.daemon(ctx, rest)
+	case "now":
+		return a.now(ctx, rest)
+	case "limit":
+		return a.limit(ctx, rest)
 	case "help":
 		fs.Usage()
 		return nil
@@ -234,6 +252,9 @@ func (a *app) config(ctx context.Context, args []string) error {
 		fs.Var(&exc, "exclude", "skip paths matching `glob` (repeat)")
 		cross := fs.Bool("cross-mounts", false, "descend into other filesystems")
 		noAuto := fs.Bool("no-auto-exclude", false, "turn off the automatic exclusions")
+		mode := fs.String("mode", "", "`scheduled` (default) or continuous")
+		sched := fs.String("schedule", "", "when synchronizations may run: `24x7` (default) or weekly windows")
+		interval := fs.String("interval", "", "scheduled: time between synchronizations (default 1h); continuous: between checkpoints (default 5m)")
 		command := fs.String("command", "", "database/application configuration: shell `command` whose output is the consistent dump")
 		pre := fs.String("pre", "", "shell `command` run before the dump (pause, freeze)")
 		post := fs.String("post", "", "shell `command` run after the dump, even when it failed")
@@ -262,7 +283,7 @@ func (a *app) config(ctx context.Context, args []string) error {
 				return usageError{"a configuration has either -path (files) or -command (database dump), not both"}
 			}
 			cfg, err := c.PutConfig(ctx, wire.Config{Name: pos[0], Kind: wire.KindDatabase, Command: shell(*command),
-				Pre: shell(*pre), Post: shell(*post)})
+				Pre: shell(*pre), Post: shell(*post), Mode: *mode, Schedule: *sched, Interval: *interval})
 			if err != nil {
 				return err
 			}
@@ -277,7 +298,7 @@ func (a *app) config(ctx context.Context, args []string) error {
 			paths[i] = abs
 		}
 		cfg, err := c.PutConfig(ctx, wire.Config{Name: pos[0], Kind: wire.KindFiles, Paths: paths, Include: inc, Exclude: exc,
-			CrossMounts: *cross, NoAutoExclude: *noAuto, Snapshot: *snap})
+			CrossMounts: *cross, NoAutoExclude: *noAuto, Snapshot: *snap, Mode: *mode, Schedule: *sched, Interval: *interval})
 		if err != nil {
 			return err
 		}
@@ -413,39 +434,95 @@ func (a *app) versions(ctx context.Context, args []string) error {
 	return tw.Flush()
 }
 
-// resolve parses CONFIG@VERSION[:PATH] and finds the manifest.
-func (a *app) resolve(ctx context.Context, c *client.Client, spec string) (wire.Manifest, []byte, error) {
-	var m wire.Manifest
+// point is what a CONFIG@VERSION argument names: a version and, for a
+// continuous configuration, the journal records on top of it.
+type point struct {
+	m       wire.Manifest
+	journal []wire.Journal
+}
+
+func (p point) String() string {
+	if len(p.journal) > 0 {
+		return fmt.Sprintf("%s@%d+%d", p.m.Config, p.m.Seq, len(p.journal))
+	}
+	return fmt.Sprintf("%s@%d", p.m.Config, p.m.Seq)
+}
+
+// resolve parses CONFIG@VERSION[:PATH]. VERSION is a number (that version
+// exactly), "latest" (the newest version and every journal record on top of
+// it) or a time (RFC 3339, or "2006-01-02 15:04:05" local): the state as of
+// that moment.
+func (a *app) resolve(ctx context.Context, c *client.Client, spec string) (point, []byte, error) {
+	var pt point
 	cfg, rest, ok := strings.Cut(spec, "@")
 	if !ok {
-		return m, nil, usageError{fmt.Sprintf("%q: want CONFIG@VERSION (VERSION a number or latest)", spec)}
+		return pt, nil, usageError{fmt.Sprintf("%q: want CONFIG@VERSION (a number, latest, or a time)", spec)}
 	}
-	ver, p, _ := strings.Cut(rest, ":")
+	ver, p := rest, ""
+	// A time holds ':' itself: the path is what follows ":/" or the last ':'
+	// after a number or latest.
+	if i := strings.Index(rest, ":/"); i >= 0 {
+		ver, p = rest[:i], rest[i+1:]
+	} else if v, pp, ok := strings.Cut(rest, ":"); ok && (v == "latest" || isNumber(v)) {
+		ver, p = v, pp
+	}
 	ms, err := c.Versions(ctx, cfg)
 	if err != nil {
-		return m, nil, err
+		return pt, nil, err
 	}
 	if len(ms) == 0 {
-		return m, nil, fmt.Errorf("configuration %q has no version yet", cfg)
+		return pt, nil, fmt.Errorf("configuration %q has no version yet", cfg)
 	}
-	if ver == "latest" || ver == "" {
-		m = ms[len(ms)-1]
-	} else {
-		n, err := strconv.ParseUint(ver, 10, 64)
-		if err != nil {
-			return m, nil, usageError{fmt.Sprintf("version %q: want a number or latest", ver)}
+	switch {
+	case ver == "latest" || ver == "":
+		pt.m = ms[len(ms)-1]
+		if pt.journal, err = c.JournalOf(ctx, cfg, pt.m.Seq); err != nil {
+			return pt, nil, err
 		}
+	case isNumber(ver):
+		n, _ := strconv.ParseUint(ver, 10, 64)
 		found := false
 		for _, x := range ms {
 			if x.Seq == n {
-				m, found = x, true
+				pt.m, found = x, true
 			}
 		}
 		if !found {
-			return m, nil, fmt.Errorf("%s@%d does not exist: see `vault-agent versions %s`", cfg, n, cfg)
+			return pt, nil, fmt.Errorf("%s@%d does not exist: see `vault-agent versions %s`", cfg, n, cfg)
+		}
+	default:
+		t, err := time.Parse(time.RFC3339, ver)
+		if err != nil {
+			t, err = time.ParseInLocation(time.DateTime, ver, time.Local)
+		}
+		if err != nil {
+			return pt, nil, usageError{fmt.Sprintf("version %q: want a number, latest, or a time like 2026-11-24T14:05:00Z or \"2026-11-24 15:05:00\"", ver)}
+		}
+		found := false
+		for _, x := range ms {
+			if !x.Finished.After(t) {
+				pt.m, found = x, true
+			}
+		}
+		if !found {
+			return pt, nil, fmt.Errorf("%s has no version finished by %s (the first finished %s)", cfg, t.Format(time.RFC3339), ms[0].Finished.Format(time.RFC3339))
+		}
+		js, err := c.JournalOf(ctx, cfg, pt.m.Seq)
+		if err != nil {
+			return pt, nil, err
+		}
+		for _, j := range js {
+			if !j.Time.After(t) {
+				pt.journal = append(pt.journal, j)
+			}
 		}
 	}
-	return m, versionPath(p), nil
+	return pt, versionPath(p), nil
+}
+
+func isNumber(s string) bool {
+	_, err := strconv.ParseUint(s, 10, 64)
+	return err == nil
 }
 
 // versionPath turns a user's path (absolute or relative to the root) into
@@ -485,7 +562,7 @@ func (a *app) ls(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rd, stop, err := restore.OpenListing(ctx, c, key, m.Listing)
+	rd, stop, err := restore.OpenVersion(ctx, c, key, m.m, m.journal)
 	if err != nil {
 		return err
 	}
@@ -506,7 +583,7 @@ func (a *app) ls(ctx context.Context, args []string) error {
 		fmt.Fprintln(a.stdout, formatNode(n))
 	}
 	if !found && len(prefix) > 0 {
-		return fmt.Errorf("%s is not in %s@%d", prefix, m.Config, m.Seq)
+		return fmt.Errorf("%s is not in %s", prefix, m)
 	}
 	return nil
 }
@@ -584,11 +661,11 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	if target == "" {
 		target = "/"
 	}
-	o := restore.Options{Source: c, ChunkKey: key, Manifest: m, Prefix: prefix, Target: target, DryRun: *dry,
+	o := restore.Options{Source: c, ChunkKey: key, Manifest: m.m, Journal: m.journal, Prefix: prefix, Target: target, DryRun: *dry,
 		Existing: restore.Existing(*existing), Meta: meta.Options{ByName: *byName, SkipOwner: os.Geteuid() != 0},
 		Log: a.log, Out: a.stdout}
 	if a.prog.Enabled() {
-		o.Progress = func(s *restore.Stats) { a.prog.Show("restore:", s.Files, s.Bytes, m.Totals.Bytes, s.Start) }
+		o.Progress = func(s *restore.Stats) { a.prog.Show("restore:", s.Files, s.Bytes, m.m.Totals.Bytes, s.Start) }
 	}
 	res, err := restore.Run(ctx, o)
 	a.prog.Done()
@@ -600,8 +677,8 @@ func (a *app) restore(ctx context.Context, args []string) error {
 		if *dry {
 			verb = "would restore"
 		}
-		fmt.Fprintf(a.stdout, "%s %d files (%s) of %s@%d to %s; %d skipped (exist), %d failed\n", verb, res.Stats.Files,
-			progress.Bytes(res.Stats.Bytes), m.Config, m.Seq, target, res.Stats.Skipped, res.Stats.Failed)
+		fmt.Fprintf(a.stdout, "%s %d files (%s) of %s to %s; %d skipped (exist), %d failed\n", verb, res.Stats.Files,
+			progress.Bytes(res.Stats.Bytes), m, target, res.Stats.Skipped, res.Stats.Failed)
 	}
 	if err != nil {
 		return err
@@ -650,7 +727,7 @@ func (a *app) dump(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rd, stop, err := restore.OpenListing(ctx, c, key, m.Listing)
+	rd, stop, err := restore.OpenVersion(ctx, c, key, m.m, m.journal)
 	if err != nil {
 		return err
 	}
@@ -658,7 +735,7 @@ func (a *app) dump(ctx context.Context, args []string) error {
 	for {
 		n, err := rd.Next()
 		if err == io.EOF {
-			return fmt.Errorf("%s is not in %s@%d: see `vault-agent ls`", p, m.Config, m.Seq)
+			return fmt.Errorf("%s is not in %s: see `vault-agent ls`", p, m)
 		}
 		if err != nil {
 			return err
@@ -675,4 +752,78 @@ func (a *app) dump(ctx context.Context, args []string) error {
 		_, err = io.Copy(a.stdout, restore.OpenContent(ctx, c, key, n))
 		return err
 	}
+}
+
+func (a *app) daemon(ctx context.Context, args []string) error {
+	fs := a.flags("run")
+	poll := fs.Duration("poll", 30*time.Second, "how often to ask the vault for configuration changes")
+	quiet := fs.Duration("quiet", 0, "continuous mode: quiet time before changes are sent (default 200ms)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Encoding = "console"
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.OutputPaths = []string{"stderr"}
+	if a.verbose {
+		cfg.Level = zap.NewAtomicLevelAt(zapcore.DebugLevel)
+	}
+	log, err := cfg.Build()
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	o := daemon.Options{State: a.st, Log: log, Poll: *poll}
+	o.Watch.Quiet = *quiet
+	return daemon.Run(ctx, o)
+}
+
+func (a *app) now(ctx context.Context, args []string) error {
+	config := ""
+	if len(args) > 1 {
+		return usageError{"now [CONFIG]"}
+	}
+	if len(args) == 1 {
+		config = args[0]
+	}
+	if err := daemon.RunNow(ctx, a.st, config); err != nil {
+		if errors.Is(err, daemon.ErrNoDaemon) {
+			return fmt.Errorf("%w: start it with `vault-agent run`, or synchronize in this process with `vault-agent backup`", err)
+		}
+		return err
+	}
+	fmt.Fprintln(a.stdout, "the agent daemon synchronizes now")
+	return nil
+}
+
+func (a *app) limit(ctx context.Context, args []string) error {
+	c, _, err := a.client()
+	if err != nil {
+		return err
+	}
+	switch len(args) {
+	case 0:
+		comp, err := c.Computer(ctx)
+		if err != nil {
+			return err
+		}
+		p := comp.Settings.Bandwidth
+		if p == "" {
+			p = "unlimited"
+		}
+		fmt.Fprintln(a.stdout, p)
+		return nil
+	case 1:
+		if args[0] != "" {
+			if _, err := bwlimit.ParseProfile(args[0]); err != nil {
+				return err
+			}
+		}
+		if _, err := c.PutSettings(ctx, wire.Settings{Bandwidth: args[0]}); err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, "upload limit saved on the vault; a running agent applies it at its next poll")
+		return nil
+	}
+	return usageError{"limit [PROFILE]"}
 }

@@ -1,0 +1,374 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"vaultnode/agentkit/backup"
+	"vaultnode/agentkit/schedule"
+	"vaultnode/agentkit/watch"
+	"vaultnode/internal/wire"
+)
+
+// runner keeps one configuration protected.
+type runner struct {
+	d        *daemon
+	cfg      wire.Config
+	chunkKey [32]byte
+	gearKey  [32]byte
+	log      *zap.Logger
+	cancel   context.CancelFunc
+	done     chan struct{}
+	now      chan struct{}
+
+	mu  sync.Mutex
+	rep wire.Report
+}
+
+func (r *runner) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func (r *runner) requestNow() {
+	select {
+	case r.now <- struct{}{}:
+	default:
+	}
+}
+
+func (r *runner) current() wire.Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rep
+}
+
+// report records and sends the configuration's state.
+func (r *runner) report(ctx context.Context, state, reason string) {
+	r.mu.Lock()
+	r.rep.State, r.rep.Reason, r.rep.Time = state, reason, r.d.clk.Now()
+	rep := r.rep
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := r.d.client.Report(ctx, rep); err != nil {
+		r.log.Debug("cannot report state to the vault", zap.Error(err))
+	}
+}
+
+func (r *runner) interval() time.Duration {
+	if d, err := time.ParseDuration(r.cfg.Interval); err == nil && d > 0 {
+		return d
+	}
+	if r.cfg.Mode == wire.ModeContinuous {
+		return 5 * time.Minute
+	}
+	return time.Hour
+}
+
+func (r *runner) options() backup.Options {
+	return backup.Options{Vault: r.d.client, Config: r.cfg, ChunkKey: r.chunkKey, GearKey: r.gearKey,
+		State: r.d.o.State, Log: r.log}
+}
+
+func (r *runner) run(ctx context.Context) {
+	sched, err := schedule.Parse(r.cfg.Schedule)
+	if r.cfg.Schedule == "" {
+		sched, err = schedule.Always24x7, nil
+	}
+	if err != nil {
+		r.report(ctx, wire.AgentError, "bad schedule: "+err.Error())
+		<-ctx.Done()
+		return
+	}
+	gate := schedule.NewGate(sched, r.d.clk)
+	if r.cfg.Mode == wire.ModeContinuous {
+		err := r.continuous(ctx, gate)
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Error("continuous capture unavailable; synchronizing on schedule instead", zap.Error(err))
+		r.mu.Lock()
+		r.rep.Capture = "none: " + err.Error()
+		r.mu.Unlock()
+	}
+	r.scheduled(ctx, gate)
+}
+
+// last returns when the configuration's newest version finished.
+func (r *runner) last(ctx context.Context) time.Time {
+	ms, err := r.d.client.Versions(ctx, r.cfg.Name)
+	if err != nil || len(ms) == 0 {
+		return time.Time{}
+	}
+	return ms[len(ms)-1].Finished
+}
+
+// sleep waits d, or until a back-up-now request (true) or ctx ends.
+func (r *runner) sleep(ctx context.Context, d time.Duration) (now bool, err error) {
+	if d <= 0 {
+		return false, ctx.Err()
+	}
+	t := r.d.clk.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-t.C():
+		return false, nil
+	case <-r.now:
+		return true, nil
+	}
+}
+
+// scheduled synchronizes at the scheduled times: once per interval while
+// the schedule is open, stopping at a window's end unless it runs to
+// completion; a back-up-now request runs once at once.
+func (r *runner) scheduled(ctx context.Context, gate *schedule.Gate) {
+	last := r.last(ctx)
+	retry := r.d.o.Retry
+	for ctx.Err() == nil {
+		due := last.Add(r.interval())
+		if last.IsZero() {
+			due = r.d.clk.Now()
+		}
+		if !gate.Schedule().Open(r.d.clk.Now()) {
+			r.report(ctx, wire.AgentWaiting, "outside the schedule; next window opens "+gate.NextStart().Format(time.RFC3339))
+		}
+		now, err := r.sleep(ctx, due.Sub(r.d.clk.Now()))
+		if err != nil {
+			return
+		}
+		if now {
+			gate.RunNow()
+		}
+		permit, err := r.waitGate(ctx, gate)
+		if err != nil {
+			return
+		}
+		res, stopped, err := r.sync(ctx, permit)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case stopped:
+			r.report(ctx, wire.AgentWaiting, "the window closed during a synchronization; it resumes at the next window without re-sending what was sent")
+		case err != nil:
+			r.log.Error("synchronization failed", zap.Error(err))
+			r.report(ctx, wire.AgentError, err.Error())
+			if _, err := r.sleep(ctx, retry); err != nil {
+				return
+			}
+			retry = min(2*retry, 15*time.Minute)
+			continue
+		default:
+			retry = r.d.o.Retry
+			last = r.d.clk.Now()
+			reason := fmt.Sprintf("version %d: %d files, %d bytes sent", res.Seq, res.Stats.Files, res.Stats.BytesSent)
+			if len(res.Problems) > 0 {
+				reason += fmt.Sprintf("; %d files could not be read", len(res.Problems))
+			}
+			r.report(ctx, wire.AgentIdle, reason)
+		}
+	}
+}
+
+// waitGate waits for the schedule, letting a back-up-now request through.
+func (r *runner) waitGate(ctx context.Context, gate *schedule.Gate) (*schedule.Permit, error) {
+	for {
+		if p, ok := gate.TryStart(); ok {
+			return p, nil
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-r.now:
+				gate.RunNow()
+			case <-wctx.Done():
+			}
+		}()
+		p, err := gate.Wait(wctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+}
+
+// sync runs one full synchronization under a permit; it is cancelled when
+// the window closes and the permit must stop.
+func (r *runner) sync(ctx context.Context, permit *schedule.Permit) (*backup.Result, bool, error) {
+	r.report(ctx, wire.AgentRunning, "")
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-r.d.clk.After(time.Second):
+				if permit.MustStop() {
+					close(stopped)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	res, err := backup.Run(sctx, r.options())
+	select {
+	case <-stopped:
+		return nil, true, nil
+	default:
+	}
+	return res, false, err
+}
+
+// continuous captures changes as they are made and records them as journal
+// entries within seconds, with a checkpoint (a full synchronization, which
+// also catches anything the kernel dropped) every interval and at quiet
+// moments. It returns only when change capture cannot run.
+func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
+	w, err := watch.New(r.cfg.Paths, r.d.o.Watch, r.log.Named("watch"), r.d.clk)
+	if err != nil {
+		return err
+	}
+	lim := w.Limits()
+	capture := lim.Backend
+	if lim.Reason != "" {
+		capture += " (" + lim.Reason + ")"
+	}
+	if lim.Degraded != "" {
+		capture += "; degraded: " + lim.Degraded
+	}
+	r.mu.Lock()
+	r.rep.Capture = capture
+	r.mu.Unlock()
+	r.log.Info("continuous capture", zap.String("backend", lim.Backend), zap.String("reason", lim.Reason))
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	werr := make(chan error, 1)
+	go func() { werr <- w.Run(wctx) }()
+
+	pending := map[string]bool{}
+	rescan := map[string]bool{}
+	full := true // the first checkpoint catches what changed while the agent was down
+	records := 0
+	retry := r.d.o.Retry
+	var retryAt time.Time
+	checkpointAt := r.d.clk.Now()
+	const maxPending = 100000
+	quiet := 30 * time.Second
+
+	flush := func() error {
+		now := r.d.clk.Now()
+		if now.Before(retryAt) || !gate.Schedule().Open(now) {
+			return nil
+		}
+		var err error
+		switch {
+		case full:
+			var permit *schedule.Permit
+			permit, _ = gate.TryStart()
+			if permit == nil {
+				return nil
+			}
+			var res *backup.Result
+			var stopped bool
+			res, stopped, err = r.sync(ctx, permit)
+			if err == nil && !stopped {
+				full, records = false, 0
+				clear(pending)
+				clear(rescan)
+				checkpointAt = r.d.clk.Now()
+				r.report(ctx, wire.AgentIdle, fmt.Sprintf("checkpoint: version %d", res.Seq))
+			}
+		case len(pending) > 0 || len(rescan) > 0:
+			ch := backup.Changes{Paths: keys(pending), Rescan: keys(rescan)}
+			var res *backup.DeltaResult
+			res, err = backup.Delta(ctx, r.options(), r.d.client, ch, now)
+			if err == nil {
+				clear(pending)
+				clear(rescan)
+				if res.Journal != nil {
+					records++
+					r.log.Debug("journal record", zap.Uint64("base", res.Journal.Base), zap.Uint64("n", res.Journal.N),
+						zap.Int("paths", len(ch.Paths)), zap.Int("rescans", len(ch.Rescan)), zap.Duration("took", res.Duration))
+					r.report(ctx, wire.AgentIdle, fmt.Sprintf("journal record %d on version %d", res.Journal.N, res.Journal.Base))
+				}
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			r.log.Error("continuous synchronization failed; retrying", zap.Error(err))
+			r.report(ctx, wire.AgentError, err.Error())
+			retryAt = r.d.clk.Now().Add(retry)
+			retry = min(2*retry, 15*time.Minute)
+			return nil
+		}
+		retry = r.d.o.Retry
+		return ctx.Err()
+	}
+	tick := r.d.clk.NewTimer(time.Second)
+	defer tick.Stop()
+	lastEvent := r.d.clk.Now()
+	for {
+		if err := flush(); err != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-werr:
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err == nil {
+				err = errors.New("change capture stopped")
+			}
+			return err
+		case b, ok := <-w.Batches():
+			if !ok {
+				continue
+			}
+			lastEvent = r.d.clk.Now()
+			if b.Full {
+				full = true
+				continue
+			}
+			for _, p := range b.Paths {
+				pending[p] = true
+			}
+			for _, p := range b.Rescan {
+				rescan[p] = true
+			}
+			if len(pending)+len(rescan) > maxPending {
+				full = true
+			}
+		case <-r.now:
+			full = true
+			gate.RunNow()
+		case <-tick.C():
+			tick.Reset(time.Second)
+			now := r.d.clk.Now()
+			if records > 0 && (now.Sub(checkpointAt) >= r.interval() || now.Sub(lastEvent) >= quiet) {
+				full = true
+			}
+		}
+	}
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
