@@ -1,0 +1,351 @@
+package bwlimit
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"vaultnode/internal/clock"
+)
+
+func mustProfile(t *testing.T, s string) Profile {
+	t.Helper()
+	p, err := ParseProfile(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// counter counts the bytes written to it.
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) Write(p []byte) (int, error) { c.n.Add(int64(len(p))); return len(p), nil }
+
+// hungry starts a stream that writes without pause through l into a
+// counter, until ctx ends.
+func hungry(ctx context.Context, wg *sync.WaitGroup, l *Limiter, chunk int) *counter {
+	c := &counter{}
+	buf := make([]byte, chunk)
+	w := l.Writer(ctx, c)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			w.Write(buf)
+		}
+	}()
+	return c
+}
+
+// settle waits until every one of streams is queued and the head sleeps on
+// a timer in the fake future: everything the clock allows so far has been
+// granted and counted.
+func settle(t *testing.T, l *Limiter, clk *clock.Fake, streams int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		ok := len(l.queue) == streams && l.sleeping && l.wakeAt.After(clk.Now())
+		l.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			l.mu.Lock()
+			t.Fatalf("limiter did not settle at %v: queue %d, sleeping %v until %v, tokens %v, rate %v until %v",
+				clk.Now(), len(l.queue), l.sleeping, l.wakeAt, l.tokens, l.rate, l.until)
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// With a fake clock the granted bytes follow the profile's allowance to
+// within one quantum, at every step, across a change of rate at 18:00.
+func TestAllowanceExactAcrossProfileSwitch(t *testing.T) {
+	p := mustProfile(t, "tz=UTC; mon-fri 08:00-18:00 2Mbit/s; otherwise 8Mbit/s")
+	start := mon(17, 59, 50)
+	clk := clock.NewFake(start)
+	l := New(p, clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	c := hungry(ctx, &wg, l, 1<<20)
+	settle(t, l, clk, 1)
+	qmax := float64(quantum(1000000))
+	for i := 0; i < 2000; i++ { // 20 s in 10 ms steps
+		clk.Advance(10 * time.Millisecond)
+		settle(t, l, clk, 1)
+		want, _ := p.Allowance(start, clk.Now())
+		got := float64(c.n.Load())
+		if got > want+1e-6 || got <= want-qmax {
+			t.Fatalf("at %v: granted %v bytes, allowance %v (quantum %v)", clk.Now().Format("15:04:05.000"), got, want, qmax)
+		}
+	}
+	// Exactly: 10 s at 250000 B/s, 10 s at 1000000 B/s.
+	if want, _ := p.Allowance(start, clk.Now()); want != 12500000 {
+		t.Fatalf("allowance = %v, want 12500000", want)
+	}
+	if s := l.Stats(); s.Rate != 1000000 || s.Sent != c.n.Load() {
+		t.Fatalf("Stats = %+v, counted %d", s, c.n.Load())
+	}
+}
+
+func TestFairShareWithFakeClock(t *testing.T) {
+	const rate = 1000000
+	clk := clock.NewFake(mon(12, 0, 0))
+	l := New(Fixed(rate), clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	a := hungry(ctx, &wg, l, 1<<20)
+	b := hungry(ctx, &wg, l, 37<<10) // different write sizes do not change the share
+	settle(t, l, clk, 2)
+	for i := 0; i < 1000; i++ { // 10 s
+		clk.Advance(10 * time.Millisecond)
+		settle(t, l, clk, 2)
+	}
+	q := float64(quantum(rate))
+	total := float64(a.n.Load() + b.n.Load())
+	if total > 10*rate || total <= 10*rate-q {
+		t.Fatalf("total %v, want 10 s at %d B/s", total, rate)
+	}
+	if d := math.Abs(float64(a.n.Load() - b.n.Load())); d > 2*q {
+		t.Fatalf("unfair: %d vs %d bytes", a.n.Load(), b.n.Load())
+	}
+}
+
+// A stream that sends little leaves its share to the hungry one.
+func TestUnusedShareFlowsToOthers(t *testing.T) {
+	const rate = 1000000
+	clk := clock.NewFake(mon(12, 0, 0))
+	l := New(Fixed(rate), clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	greedy := hungry(ctx, &wg, l, 1<<20)
+	settle(t, l, clk, 1)
+	light := &counter{}
+	lw := l.Writer(ctx, light)
+	for i := 0; i < 1000; i++ { // 10 s; the light stream sends 1000 bytes every 100 ms
+		if i%10 == 0 {
+			done := make(chan struct{})
+			go func() { lw.Write(make([]byte, 1000)); close(done) }()
+			for waiting := true; waiting; {
+				select {
+				case <-done:
+					waiting = false
+				default:
+					clk.Advance(time.Millisecond)
+					time.Sleep(20 * time.Microsecond)
+				}
+			}
+			settle(t, l, clk, 1)
+			continue
+		}
+		clk.Advance(10 * time.Millisecond)
+		settle(t, l, clk, 1)
+	}
+	if light.n.Load() != 100*1000 {
+		t.Fatalf("light stream sent %d bytes, want 100000", light.n.Load())
+	}
+	total := greedy.n.Load() + light.n.Load()
+	elapsed := clk.Now().Sub(mon(12, 0, 0)).Seconds()
+	if want := elapsed * rate; float64(total) > want || float64(total) < want-2*float64(quantum(rate)) {
+		t.Fatalf("total %d over %.3f s, want %v: unused share lost", total, elapsed, want)
+	}
+}
+
+func TestSetProfileWakesWaiters(t *testing.T) {
+	clk := clock.NewFake(mon(12, 0, 0))
+	l := New(Fixed(1000), clk) // 1000 B/s: a 64 KiB write takes a minute of fake time
+	done := make(chan error, 1)
+	go func() { done <- l.Wait(context.Background(), 64<<10) }()
+	settle(t, l, clk, 1)
+	l.SetProfile(Fixed(Unlimited))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("waiter not released by SetProfile(unlimited)")
+	}
+	if got := l.Profile().String(); got != "unlimited" {
+		t.Fatalf("Profile = %q", got)
+	}
+	// Cancelling a waiter releases it and lets the next stream through.
+	l.SetProfile(Fixed(1000))
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { done <- l.Wait(ctx, 64<<10) }()
+	settle(t, l, clk, 1)
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("cancelled Wait = %v", err)
+	}
+	go func() { done <- l.Wait(context.Background(), 100) }()
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		default:
+		}
+		if i > 100000 {
+			t.Fatal("stream after a cancelled one never served")
+		}
+		clk.Advance(10 * time.Millisecond)
+		time.Sleep(10 * time.Microsecond)
+	}
+}
+
+// receive accepts one connection on ln and counts what arrives.
+type receiver struct {
+	ln    net.Listener
+	count atomic.Int64
+	done  chan struct{}
+}
+
+func listen(t *testing.T) *receiver {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{ln: ln, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			r.count.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-r.done })
+	return r
+}
+
+// send dials r and writes through the limiter until ctx ends.
+func send(t *testing.T, ctx context.Context, wg *sync.WaitGroup, l *Limiter, r *receiver) {
+	t.Helper()
+	c, err := net.Dial("tcp", r.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc := l.Conn(c)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 256<<10)
+		for ctx.Err() == nil {
+			if _, err := lc.Write(buf); err != nil {
+				break
+			}
+		}
+		lc.Close()
+	}()
+	go func() { <-ctx.Done(); lc.Close() }()
+}
+
+// measure counts the bytes each receiver gets over about three seconds of
+// wall time, after a warm-up that fills the socket buffers.
+func measure(rs ...*receiver) (got []float64, secs float64) {
+	time.Sleep(500 * time.Millisecond)
+	t0 := time.Now()
+	var c0 []int64
+	for _, r := range rs {
+		c0 = append(c0, r.count.Load())
+	}
+	time.Sleep(3 * time.Second)
+	secs = time.Since(t0).Seconds()
+	for i, r := range rs {
+		got = append(got, float64(r.count.Load()-c0[i])/secs)
+	}
+	return got, secs
+}
+
+// The acceptance test: with a limit of N, the bytes on the wire over
+// a measured interval stay within 10% of N.
+func TestLoopbackRateWithinTenPercent(t *testing.T) {
+	const n = 250000 // 2 Mbit/s
+	l := New(Fixed(n), clock.Real{})
+	r := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	send(t, ctx, &wg, l, r)
+	got, secs := measure(r)
+	cancel()
+	wg.Wait()
+	t.Logf("limit %d B/s: received %.0f B/s over %.2f s (%.2f%% of the limit)", n, got[0], secs, 100*got[0]/n)
+	if math.Abs(got[0]-n) > 0.10*n {
+		t.Fatalf("received %.0f B/s, want within 10%% of %d", got[0], n)
+	}
+}
+
+func TestLoopbackFairShareBetweenTwoStreams(t *testing.T) {
+	const n = 1000000
+	l := New(Fixed(n), clock.Real{})
+	r1, r2 := listen(t), listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	send(t, ctx, &wg, l, r1)
+	send(t, ctx, &wg, l, r2)
+	got, secs := measure(r1, r2)
+	cancel()
+	wg.Wait()
+	t.Logf("limit %d B/s over %.2f s: stream 1 %.0f B/s, stream 2 %.0f B/s, total %.0f B/s", n, secs, got[0], got[1], got[0]+got[1])
+	for i, g := range got {
+		if math.Abs(g-n/2) > 0.15*n/2 {
+			t.Errorf("stream %d: %.0f B/s, want within 15%% of %d", i+1, g, n/2)
+		}
+	}
+	if total := got[0] + got[1]; math.Abs(total-n) > 0.10*n {
+		t.Errorf("total %.0f B/s, want within 10%% of %d", total, n)
+	}
+}
+
+func TestReaderAndRoundTripperKeepData(t *testing.T) {
+	payload := make([]byte, 300<<10)
+	rand.Read(payload)
+	var got []byte
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, _ = io.ReadAll(r.Body)
+	}))
+	defer srv.Close()
+	l := New(Fixed(10<<20), clock.Real{})
+	client := &http.Client{Transport: l.RoundTripper(http.DefaultTransport)}
+	resp, err := client.Post(srv.URL, "application/octet-stream", bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("body changed: got %d bytes, sent %d", len(got), len(payload))
+	}
+	if s := l.Stats(); s.Sent != int64(len(payload)) {
+		t.Fatalf("limiter counted %d bytes, want %d", s.Sent, len(payload))
+	}
+	var out bytes.Buffer
+	if _, err := io.Copy(&out, l.Reader(context.Background(), bytes.NewReader(payload))); err != nil || !bytes.Equal(out.Bytes(), payload) {
+		t.Fatalf("Reader changed data: %v", err)
+	}
+}
