@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// daemonProc is a running `vault-agent run`.
+type daemonProc struct {
+	cmd *exec.Cmd
+	log *bytes.Buffer
+}
+
+func startDaemon(t *testing.T, a *agent) *daemonProc {
+	t.Helper()
+	d := &daemonProc{log: &bytes.Buffer{}}
+	d.cmd = exec.Command(filepath.Join(binDir, "vault-agent"), "-state", a.state, "-v", "run", "-poll", "1s")
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
+		if t.Failed() {
+			t.Logf("agent daemon log:\n%s", d.log.String())
+		}
+	})
+	return d
+}
+
+// eventually waits until latest restores exactly what src holds now, and
+// returns how long that took.
+func (e *env) eventually(config, src string) time.Duration {
+	e.t.Helper()
+	want := snapshot(e.t, src)
+	start := time.Now()
+	var last string
+	for time.Since(start) < 60*time.Second {
+		to := filepath.Join(e.root, fmt.Sprintf("latest-%d", time.Now().UnixNano()))
+		r := e.a.run("restore", config+"@latest", "-to", to)
+		if r.code == 0 {
+			got := snapshot(e.t, filepath.Join(to, src))
+			os.RemoveAll(to)
+			if d := diffStates(want, got); d == "" {
+				return time.Since(start)
+			} else {
+				last = d
+			}
+		} else {
+			last = r.String()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("%s@latest never matched the source within 60 s; last difference: %s", config, last)
+	return 0
+}
+
+func diffStates(want, got map[string]entryState) string {
+	for p, w := range want {
+		g, ok := got[p]
+		if !ok {
+			return p + " missing"
+		}
+		if p == "." {
+			continue // the root directory's mtime changes with every entry
+		}
+		if w.Type == "dir" {
+			w.Mtime, g.Mtime = 0, 0 // directory times settle at the next checkpoint
+		}
+		if w != g {
+			return fmt.Sprintf("%s differs: want %+v, got %+v", p, w, g)
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			return p + " should not exist"
+		}
+	}
+	return ""
+}
+
+// TestContinuous runs the daemon in continuous mode and checks that
+// creates, writes, renames, deletes and changes inside new directories
+// reach the vault within seconds, that nothing is lost across a restart of
+// the agent, and that a burst of events beyond the kernel queue recovers.
+func TestContinuous(t *testing.T) {
+	e := newEnv(t)
+	live := filepath.Join(e.root, "live")
+	os.MkdirAll(filepath.Join(live, "docs"), 0o755)
+	os.WriteFile(filepath.Join(live, "docs", "a.txt"), []byte("first"), 0o644)
+	e.a.must("config", "set", "live", "-path", live, "-mode", "continuous", "-interval", "1m")
+	d := startDaemon(t, e.a)
+	e.eventually("live", live)
+
+	step := func(name string, fn func()) {
+		t.Helper()
+		fn()
+		took := e.eventually("live", live)
+		t.Logf("%-28s restorable after %v", name, took.Round(10*time.Millisecond))
+	}
+	step("create", func() { os.WriteFile(filepath.Join(live, "docs", "b.txt"), []byte("second"), 0o644) })
+	step("write", func() {
+		f, _ := os.OpenFile(filepath.Join(live, "docs", "a.txt"), os.O_APPEND|os.O_WRONLY, 0)
+		f.WriteString(" and more")
+		f.Close()
+	})
+	step("rename", func() { os.Rename(filepath.Join(live, "docs", "b.txt"), filepath.Join(live, "docs", "c.txt")) })
+	step("delete", func() { os.Remove(filepath.Join(live, "docs", "a.txt")) })
+	step("new directory with content", func() {
+		p := filepath.Join(live, "new", "deeper", "deepest")
+		os.MkdirAll(p, 0o755)
+		os.WriteFile(filepath.Join(p, "f.bin"), bytes.Repeat([]byte("x"), 3<<20), 0o644)
+	})
+	step("directory rename", func() { os.Rename(filepath.Join(live, "new"), filepath.Join(live, "moved")) })
+
+	// Restart: changes made while the agent is down are found when it
+	// comes back.
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	d.cmd.Wait()
+	os.WriteFile(filepath.Join(live, "while-down.txt"), []byte("made while the agent was down"), 0o644)
+	os.Remove(filepath.Join(live, "docs", "c.txt"))
+	startDaemon(t, e.a)
+	e.eventually("live", live)
+
+	// A burst of 30,000 files: past the kernel queue or the pending limit
+	// the agent rescans, and the vault still ends up with all of them.
+	step("burst of 30000 files", func() {
+		for i := range 30000 {
+			dir := filepath.Join(live, "burst", fmt.Sprint(i/1000))
+			if i%1000 == 0 {
+				os.MkdirAll(dir, 0o755)
+			}
+			os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), []byte(fmt.Sprint(i)), 0o644)
+		}
+	})
+	// Versions stay few: journal records, not one version per change.
+	out := e.a.must("versions", "live")
+	if n := strings.Count(out, "live@"); n > 6 {
+		t.Fatalf("%d versions for a handful of changes: continuous mode should record journal entries\n%s", n, out)
+	}
+	st := e.v.mustCtl("status")
+	if !strings.Contains(st, "live") || !strings.Contains(st, "continuous") {
+		t.Fatalf("vaultctl status does not show the continuous configuration:\n%s", st)
+	}
+}
+
+// TestBandwidthLimit: with a limit of N, the bytes on the wire over a
+// measured interval stay within 10% of N.
+func TestBandwidthLimit(t *testing.T) {
+	e := newEnv(t)
+	data := make([]byte, 6<<20)
+	rand.Read(data) // incompressible: the bytes on the wire are the file's
+	if err := os.WriteFile(filepath.Join(e.src, "big"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 16e6 // 16 Mbit/s = 2 MB/s
+	e.a.must("limit", "16Mbit/s")
+	s := e.a.must("backup", "-json", "home")
+	var sum struct {
+		Seconds   float64 `json:"seconds"`
+		BytesSent int64   `json:"bytes_sent"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(s)), &sum); err != nil {
+		t.Fatal(err)
+	}
+	rate := float64(sum.BytesSent*8) / sum.Seconds
+	t.Logf("sent %d bytes in %.2f s: %.2f Mbit/s under a 16 Mbit/s limit", sum.BytesSent, sum.Seconds, rate/1e6)
+	if rate > limit*1.10 || rate < limit*0.90 {
+		t.Fatalf("measured %.2f Mbit/s, want within 10%% of 16 Mbit/s", rate/1e6)
+	}
+}
