@@ -26,6 +26,7 @@ import (
 	"vaultnode/agentkit/restore"
 	"vaultnode/agentkit/state"
 	"vaultnode/agentkit/sysstate"
+	"vaultnode/internal/clock"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
@@ -81,6 +82,7 @@ type app struct {
 	log            *zap.Logger
 	prog           *progress.Line
 	verbose        bool
+	lim            *bwlimit.Limiter
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -161,12 +163,28 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// client connects to the vault; everything it sends goes through the
+// computer's bandwidth limit (applyLimit sets it from the vault's settings).
 func (a *app) client() (*client.Client, state.Identity, error) {
 	id, cert, pool, err := a.st.Load()
 	if err != nil {
 		return nil, id, err
 	}
-	return client.New(id.Vault, cert, pool, nil), id, nil
+	a.lim = bwlimit.New(bwlimit.Fixed(bwlimit.Unlimited), clock.Real{})
+	return client.New(id.Vault, cert, pool, a.lim.RoundTripper), id, nil
+}
+
+// applyLimit puts the computer's bandwidth profile in force.
+func (a *app) applyLimit(s wire.Settings) error {
+	if s.Bandwidth == "" {
+		return nil
+	}
+	p, err := bwlimit.ParseProfile(s.Bandwidth)
+	if err != nil {
+		return fmt.Errorf("bandwidth profile from the vault: %w", err)
+	}
+	a.lim.SetProfile(p)
+	return nil
 }
 
 func (a *app) enroll(ctx context.Context, args []string) error {
@@ -340,6 +358,9 @@ func (a *app) backup(ctx context.Context, args []string) error {
 	}
 	comp, err := c.Computer(ctx)
 	if err != nil {
+		return err
+	}
+	if err := a.applyLimit(comp.Settings); err != nil {
 		return err
 	}
 	var todo []wire.Config
