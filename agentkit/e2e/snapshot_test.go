@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // mountBtrfs makes a btrfs filesystem on a sparse file and loop-mounts it
@@ -50,84 +51,84 @@ func mountBtrfs(t *testing.T, dir string) string {
 	return mnt
 }
 
-// The log file the writer keeps appending to: a header block holding the
-// number of records, then records of recSize bytes, each holding its
-// index, the chained hash of all records before it and filler. The writer
-// appends a record, then rewrites the header. At any instant the file is
-// consistent: records == header or header+1, and the chain verifies. A
-// copy read while the writer runs (without a snapshot) sees a header
-// older than the records that follow.
-const recSize = 64 << 10
+// The file the writer keeps rewriting behaves like a crash-safe database:
+// a header block says (generation g, count k), then logN records of recSize
+// bytes. In generation g the writer overwrites record i with record(g, i),
+// syncs it, and only then sets the header to (g, i+1) and syncs; a new
+// generation first sets the header to (g+1, 0). So in every state the file
+// can be in after a crash (and a filesystem snapshot is such a state),
+// records 0..k-1 are record(g, 0..k-1). A plain read that starts before the
+// writer moves on and ends after it does not have this property.
+const (
+	recSize = 64 << 10
+	logN    = 32
+)
 
-func record(i uint64, prev [32]byte) []byte {
+func record(g, i uint64) []byte {
 	b := make([]byte, recSize)
-	binary.LittleEndian.PutUint64(b, i)
-	copy(b[8:], prev[:])
-	for j := 40; j < recSize; j += 8 {
-		binary.LittleEndian.PutUint64(b[j:], i*0x9e3779b97f4a7c15+uint64(j))
+	for j := 0; j < recSize; j += 16 {
+		binary.LittleEndian.PutUint64(b[j:], g)
+		binary.LittleEndian.PutUint64(b[j+8:], i*0x9e3779b97f4a7c15+uint64(j))
 	}
 	return b
 }
 
-// checkLog reports why b is not a consistent state of the log.
-func checkLog(b []byte) (records uint64, err error) {
-	if len(b) < recSize || len(b)%recSize != 0 {
-		return 0, fmt.Errorf("size %d is not a whole number of %d-byte blocks", len(b), recSize)
+// checkLog reports why b is not a state the file can be in after a crash.
+func checkLog(b []byte) (gen uint64, err error) {
+	if len(b) < 16 {
+		return 0, fmt.Errorf("torn: %d bytes, shorter than the header", len(b))
 	}
-	hdr := binary.LittleEndian.Uint64(b)
-	n := uint64(len(b)/recSize) - 1
-	if n != hdr && n != hdr+1 {
-		return n, fmt.Errorf("torn: the header says %d records, the file holds %d", hdr, n)
+	g, k := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])
+	if k > logN {
+		return g, fmt.Errorf("torn: header count %d", k)
 	}
-	var prev [32]byte
-	for i := uint64(0); i < n; i++ {
-		r := b[(i+1)*recSize : (i+2)*recSize]
-		if !bytes.Equal(r, record(i, prev)) {
-			return n, fmt.Errorf("torn: record %d differs from what the writer wrote", i)
+	if len(b) < int(k+1)*recSize {
+		return g, fmt.Errorf("torn: the header says %d records of generation %d, the file has %d bytes", k, g, len(b))
+	}
+	for i := uint64(0); i < k; i++ {
+		if !bytes.Equal(b[(i+1)*recSize:(i+2)*recSize], record(g, i)) {
+			return g, fmt.Errorf("torn: the header says generation %d up to record %d, record %d is not of it", g, k, i)
 		}
-		prev = sha256.Sum256(r)
 	}
-	return n, nil
+	return g, nil
 }
 
-// writeLog appends records to p until ctx ends, counting them in written.
-// Every 64 records it starts a new log beside p and renames it over p, so
-// the file stays a few MiB and every instant is still consistent.
+// writeLog rewrites p generation after generation until ctx ends,
+// counting the records written in written.
 func writeLog(ctx context.Context, p string, written *atomic.Uint64) error {
-	for ctx.Err() == nil {
-		if err := writeLogFile(ctx, p, written); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func writeLogFile(ctx context.Context, p string, written *atomic.Uint64) error {
-	tmp := p + ".new"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	hdr := make([]byte, recSize)
-	if _, err := f.WriteAt(hdr, 0); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return err
-	}
-	var prev [32]byte
-	for i := uint64(0); i < 64 && ctx.Err() == nil; i++ {
-		r := record(i, prev)
-		if _, err := f.WriteAt(r, int64(i+1)*recSize); err != nil {
+	hdr := make([]byte, 16)
+	setHeader := func(g, k uint64) error {
+		binary.LittleEndian.PutUint64(hdr, g)
+		binary.LittleEndian.PutUint64(hdr[8:], k)
+		if _, err := f.WriteAt(hdr, 0); err != nil {
 			return err
 		}
-		prev = sha256.Sum256(r)
-		binary.LittleEndian.PutUint64(hdr, i+1)
-		if _, err := f.WriteAt(hdr[:8], 0); err != nil {
+		return unix.Fdatasync(int(f.Fd()))
+	}
+	if _, err := f.WriteAt(make([]byte, recSize), 0); err != nil {
+		return err
+	}
+	for g := uint64(1); ctx.Err() == nil; g++ {
+		if err := setHeader(g, 0); err != nil {
 			return err
 		}
-		written.Add(1)
+		for i := uint64(0); i < logN && ctx.Err() == nil; i++ {
+			if _, err := f.WriteAt(record(g, i), int64(i+1)*recSize); err != nil {
+				return err
+			}
+			if err := unix.Fdatasync(int(f.Fd())); err != nil {
+				return err
+			}
+			if err := setHeader(g, i+1); err != nil {
+				return err
+			}
+			written.Add(1)
+		}
 	}
 	return nil
 }
@@ -171,7 +172,13 @@ func TestSnapshotOpenFile(t *testing.T) {
 
 	const runs = 3
 	for i := 0; i < runs; i++ {
+		before := written.Load()
 		r := e.a.run("backup", "-json", "live")
+		if during := written.Load() - before; during == 0 {
+			t.Errorf("backup %d: the writer wrote nothing while it ran, so the test proves nothing", i+1)
+		} else {
+			t.Logf("backup %d: the writer wrote %d records while it ran", i+1, during)
+		}
 		if r.code != 0 {
 			t.Fatalf("backup from a snapshot: %s", r)
 		}
@@ -188,16 +195,12 @@ func TestSnapshotOpenFile(t *testing.T) {
 		t.Errorf("the version records the snapshot directory:\n%s", listing)
 	}
 	for v := 1; v <= runs; v++ {
-		spec := fmt.Sprintf("live@%d:%s", v, logPath)
-		r := e.a.run("dump", spec)
-		if r.code != 0 {
-			t.Fatalf("dump %s: %s", spec, r)
-		}
-		n, err := checkLog([]byte(r.stdout))
+		b := e.restoreFile("live", v, logPath)
+		n, err := checkLog(b)
 		if err != nil {
 			t.Errorf("version %d holds an inconsistent copy of the live file: %v", v, err)
 		} else {
-			t.Logf("version %d: a consistent copy with %d records (the writer was at %d)", v, n, written.Load())
+			t.Logf("version %d: a consistent copy at generation %d (the writer has written %d records)", v, n, written.Load())
 		}
 	}
 	// The rest of the tree restores exactly, and no snapshot is left.
@@ -245,7 +248,11 @@ func TestSnapshotNeededAndRefusedElsewhere(t *testing.T) {
 	s := e.a.run("backup", "-json", "home")
 	// exit 3: committed, incomplete; the live file is never a silent torn copy
 	if s.code == 0 {
-		t.Logf("without a snapshot the live file happened to be read consistently: %s", s.stdout)
+		// the agent says the copy is consistent: it must be
+		if _, err := checkLog(e.restoreFile("home", 1, logPath)); err != nil {
+			t.Fatalf("without a snapshot the agent committed a torn copy as consistent: %v", err)
+		}
+		t.Logf("without a snapshot the live file happened to be read while unchanged, and the copy checks: %s", s.stdout)
 		return
 	}
 	if s.code != 3 || !strings.Contains(s.stdout, "live.log") {
@@ -261,4 +268,19 @@ func (e *env) restoreConfig(config string, version int, root string) (string, re
 	to := filepath.Join(e.root, fmt.Sprintf("restore-%s-%d-%d", config, version, time.Now().UnixNano()))
 	r := e.a.run("restore", fmt.Sprintf("%s@%d", config, version), "-to", to)
 	return filepath.Join(to, root), r
+}
+
+// restoreFile restores one file of CONFIG@N to a fresh directory and
+// returns its content.
+func (e *env) restoreFile(config string, version int, path string) []byte {
+	e.t.Helper()
+	to := filepath.Join(e.root, fmt.Sprintf("file-%s-%d-%d", config, version, time.Now().UnixNano()))
+	if r := e.a.run("restore", fmt.Sprintf("%s@%d:%s", config, version, path), "-to", to); r.code != 0 {
+		e.t.Fatalf("restore %s@%d:%s: %s", config, version, path, r)
+	}
+	b, err := os.ReadFile(filepath.Join(to, path))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
 }

@@ -202,7 +202,11 @@ func Subvolume(path string) (string, error) {
 		return "", fmt.Errorf("snapshot %s: %w", path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return "", fmt.Errorf("snapshot %s: only directories can be read from a snapshot", path)
+		// a file root: its directory's subvolume holds it
+		p = filepath.Dir(p)
+		if err := unix.Stat(p, &st); err != nil {
+			return "", fmt.Errorf("snapshot %s: %w", path, err)
+		}
 	}
 	for {
 		if st.Ino == btrfsFirstFreeObjectID {

@@ -81,13 +81,13 @@ func TestTakeMapsRootsAndReleases(t *testing.T) {
 	write(t, filepath.Join(mnt, "home/alice/doc.txt"), "doc v1")
 	write(t, filepath.Join(mnt, "home/bob/notes.txt"), "notes v1")
 
-	roots := []string{filepath.Join(mnt, "etc"), filepath.Join(mnt, "home/alice"), filepath.Join(mnt, "home/bob")}
+	roots := []string{filepath.Join(mnt, "etc"), filepath.Join(mnt, "home/alice"), filepath.Join(mnt, "home/bob"), filepath.Join(mnt, "etc/app.conf")}
 	s, err := Take(wire.SnapshotBtrfs, "cfg1", roots, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := len(s.Paths()); got != 2 {
-		t.Errorf("snapshots of 3 roots in 2 subvolumes: %d (%v)", got, s.Paths())
+		t.Errorf("snapshots of 4 roots in 2 subvolumes: %d (%v)", got, s.Paths())
 	}
 	// The live files change after the snapshot; the snapshot keeps the instant.
 	write(t, filepath.Join(mnt, "etc/app.conf"), "top v2")
@@ -96,6 +96,7 @@ func TestTakeMapsRootsAndReleases(t *testing.T) {
 		{roots[0], "app.conf", "top v1"},
 		{roots[1], "doc.txt", "doc v1"},
 		{roots[2], "notes.txt", "notes v1"},
+		{roots[3], "", "top v1"}, // a file as a root
 	}
 	for _, tc := range tests {
 		src := s.SourceOf(tc.root)

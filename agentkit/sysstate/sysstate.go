@@ -39,6 +39,7 @@ const README = "README-restore.txt"
 // up when they exist.
 var SystemPaths = []string{
 	"/etc",
+	"/usr/lib/os-release",  // the release (/etc/os-release links to it)
 	"/var/spool/cron",      // crontabs (Debian: crontabs/USER; RHEL: USER)
 	"/var/spool/anacron",   // anacron timestamps
 	"/boot/grub/grub.cfg",  // GRUB (Debian)

@@ -16,7 +16,7 @@ import (
 // a fake root.
 func TestCollect(t *testing.T) {
 	root := t.TempDir()
-	for _, p := range []string{"etc/hostname", "etc/default/grub", "var/spool/cron/crontabs/root", "boot/grub/grub.cfg", "boot/efi/EFI/debian/shimx64.efi"} {
+	for _, p := range []string{"usr/lib/os-release", "etc/hostname", "etc/default/grub", "var/spool/cron/crontabs/root", "boot/grub/grub.cfg", "boot/efi/EFI/debian/shimx64.efi"} {
 		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -29,7 +29,7 @@ func TestCollect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantPaths := []string{root + "/etc", root + "/var/spool/cron", root + "/boot/grub/grub.cfg", root + "/etc/default/grub"}
+	wantPaths := []string{root + "/etc", root + "/usr/lib/os-release", root + "/var/spool/cron", root + "/boot/grub/grub.cfg", root + "/etc/default/grub"}
 	if diff := cmp.Diff(wantPaths, c.Paths); diff != "" {
 		t.Errorf("paths (-want +got):\n%s", diff)
 	}
