@@ -433,3 +433,63 @@ func TestNewErrors(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCapture measures how many file changes per second the watcher
+// turns into delivered paths: each iteration creates and writes one file
+// (create, modify, close_write: three kernel events) in one of 100
+// directories, and the clock stops once every path has been delivered.
+func BenchmarkCapture(b *testing.B) {
+	for _, be := range backends {
+		b.Run(be, func(b *testing.B) {
+			root := b.TempDir()
+			for i := 0; i < 100; i++ {
+				os.Mkdir(filepath.Join(root, fmt.Sprintf("d%02d", i)), 0o755)
+			}
+			w, err := New([]string{root}, Options{Backend: be, Quiet: 20 * time.Millisecond, MaxPending: b.N + 1000}, nil, clock.Real{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			seen := map[string]bool{}
+			all := make(chan struct{})
+			go func() {
+				for batch := range w.Batches() {
+					for _, p := range batch.Paths {
+						seen[p] = true
+					}
+					if len(seen) >= b.N {
+						close(all)
+						for range w.Batches() {
+						}
+						return
+					}
+				}
+			}()
+			data := []byte("some content\n")
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if err := os.WriteFile(filepath.Join(root, fmt.Sprintf("d%02d", i%100), fmt.Sprintf("f%d", i)), data, 0o644); err != nil {
+					b.Fatal(err)
+				}
+			}
+			written := time.Since(start)
+			select {
+			case <-all:
+			case <-time.After(60 * time.Second):
+				b.Fatalf("only some of %d paths delivered", b.N)
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			st := w.Stats()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "files/s")
+			b.ReportMetric(float64(st.Events)/elapsed.Seconds(), "events/s")
+			b.ReportMetric(float64(b.N)/written.Seconds(), "writes/s")
+			b.ReportMetric(float64((elapsed-written).Milliseconds()), "ms-lag")
+			cancel()
+			<-done
+		})
+	}
+}
