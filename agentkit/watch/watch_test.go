@@ -487,7 +487,7 @@ func BenchmarkCapture(b *testing.B) {
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "files/s")
 			b.ReportMetric(float64(st.Events)/elapsed.Seconds(), "events/s")
 			b.ReportMetric(float64(b.N)/written.Seconds(), "writes/s")
-			b.ReportMetric(float64((elapsed-written).Milliseconds()), "ms-lag")
+			b.ReportMetric(float64((elapsed - written).Milliseconds()), "ms-lag")
 			cancel()
 			<-done
 		})
