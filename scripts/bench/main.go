@@ -114,6 +114,9 @@ type restoreChk struct {
 	Root        string   `json:"root"`
 	Identical   bool     `json:"identical"`
 	Differences []string `json:"differences,omitempty"`
+	// AllocatedBytes is the disk space the restored tree takes: more than
+	// the corpus's data when holes were written as zeros.
+	AllocatedBytes int64 `json:"allocated_bytes"`
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -405,7 +408,9 @@ func checkRestore(want []corpus.Entry, root string) restoreChk {
 		return restoreChk{Root: root, Differences: []string{err.Error()}}
 	}
 	d := corpus.Diff(want, got, 10)
-	return restoreChk{Root: root, Identical: len(d) == 0, Differences: d}
+	c := restoreChk{Root: root, Identical: len(d) == 0, Differences: d}
+	c.AllocatedBytes, _ = diskUsage(root)
+	return c
 }
 
 func hostInfo() map[string]string {

@@ -190,10 +190,10 @@ func printReport(w io.Writer, r *results) {
 				continue
 			}
 			if c.Identical {
-				fmt.Fprintf(w, "  %s: identical to the corpus\n", name)
+				fmt.Fprintf(w, "  %s: identical to the corpus; the restored tree takes %s on disk\n", name, mb(c.AllocatedBytes))
 				continue
 			}
-			fmt.Fprintf(w, "  %s: DIFFERS (%s):\n    %s\n", name, c.Root, strings.Join(c.Differences, "\n    "))
+			fmt.Fprintf(w, "  %s: DIFFERS (%s, %s on disk):\n    %s\n", name, c.Root, mb(c.AllocatedBytes), strings.Join(c.Differences, "\n    "))
 		}
 	}
 
