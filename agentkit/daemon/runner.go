@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"vaultnode/agentkit/backup"
+	"vaultnode/agentkit/journal"
 	"vaultnode/agentkit/schedule"
 	"vaultnode/agentkit/watch"
 	"vaultnode/internal/wire"
@@ -257,13 +259,35 @@ func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
 	werr := make(chan error, 1)
 	go func() { werr <- w.Run(wctx) }()
 
+	// Pending changes are journaled on disk before they are handled, so a
+	// restart loses none of them (the journal degrades to a rescan marker
+	// when its space cap is reached, never to silent loss).
+	cdir, err := r.d.o.State.ConfigDir(r.cfg.Name)
+	if err != nil {
+		return err
+	}
+	jr, err := journal.Open(filepath.Join(cdir, "pending.journal"), journal.Options{}, r.log.Named("journal"))
+	if err != nil {
+		return err
+	}
+	defer jr.Close()
 	pending := map[string]bool{}
 	rescan := map[string]bool{}
+	for _, e := range jr.Pending() {
+		rescan[e.Path] = true // replayed as rescans: a directory among them is read whole
+	}
+	if rs, ok := jr.PendingRescan(); ok {
+		r.log.Warn("a full rescan is pending from before the restart", zap.String("reason", rs.Reason))
+	}
+	replay := len(rescan) > 0 && !r.last(ctx).IsZero() // a journal record needs a version to stand on
+	if replay {
+		r.log.Info("replaying changes journaled before the restart", zap.Int("paths", len(rescan)))
+	}
 	full := true // the first checkpoint catches what changed while the agent was down
 	records := 0
 	retry := r.d.o.Retry
 	var retryAt time.Time
-	checkpointAt := r.d.clk.Now()
+	var checkpointAt time.Time
 	const maxPending = 100000
 	quiet := 30 * time.Second
 
@@ -273,7 +297,17 @@ func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
 			return nil
 		}
 		var err error
+		upto := jr.LastSeq()
 		switch {
+		case full && replay:
+			// First replay what was journaled before a restart, quickly;
+			// the checkpoint follows at the next turn.
+			ch := backup.Changes{Rescan: keys(rescan)}
+			if _, err = backup.Delta(ctx, r.options(), r.d.client, ch, now); err == nil {
+				clear(rescan)
+				replay = false
+				records++
+			}
 		case full:
 			var permit *schedule.Permit
 			permit, _ = gate.TryStart()
@@ -288,6 +322,7 @@ func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
 				clear(pending)
 				clear(rescan)
 				checkpointAt = r.d.clk.Now()
+				err = jr.Ack(upto)
 				r.report(ctx, wire.AgentIdle, fmt.Sprintf("checkpoint: version %d", res.Seq))
 			}
 		case len(pending) > 0 || len(rescan) > 0:
@@ -297,6 +332,7 @@ func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
 			if err == nil {
 				clear(pending)
 				clear(rescan)
+				err = jr.Ack(upto)
 				if res.Journal != nil {
 					records++
 					r.log.Debug("journal record", zap.Uint64("base", res.Journal.Base), zap.Uint64("n", res.Journal.N),
@@ -340,7 +376,14 @@ func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
 			lastEvent = r.d.clk.Now()
 			if b.Full {
 				full = true
+				if _, err := jr.RequestRescan("kernel queue overflow or periodic rescan"); err != nil {
+					r.log.Error("cannot journal a rescan request", zap.Error(err))
+				}
 				continue
+			}
+			if _, err := jr.Add(append(append([]string{}, b.Paths...), b.Rescan...)); err != nil {
+				r.log.Error("cannot journal pending changes; a full rescan will cover them", zap.Error(err))
+				full = true
 			}
 			for _, p := range b.Paths {
 				pending[p] = true
