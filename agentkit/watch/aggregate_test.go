@@ -9,44 +9,50 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
-func TestAggregatorDebounce(t *testing.T) {
+func TestAggregatorPerPathTiming(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	quiet, maxDelay := 200*time.Millisecond, 2*time.Second
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	quiet, maxDelay, slack := 200*time.Millisecond, 2*time.Second, 50*time.Millisecond
 	a := newAggregator([]string{"/r"}, 100)
 	if ok, wait := a.due(t0, quiet, maxDelay); ok || wait != 0 {
 		t.Fatalf("empty: due %v, wait %v", ok, wait)
 	}
-	if !a.add(event{path: "/r/f"}, t0) {
+	if !a.add(event{path: "/r/hot"}, t0) {
 		t.Fatal("first event did not wake the runner")
 	}
-	if a.add(event{path: "/r/f"}, t0.Add(100*time.Millisecond)) {
+	if a.add(event{path: "/r/once"}, ms(50)) {
 		t.Fatal("second event woke the runner")
 	}
-	if ok, wait := a.due(t0.Add(100*time.Millisecond), quiet, maxDelay); ok || wait != quiet {
-		t.Fatalf("after 2nd event: due %v, wait %v; want wait %v", ok, wait, quiet)
+	// /r/hot is written every 100 ms for 3 s; /r/once only at 50 ms.
+	var batches []Batch
+	for n := 100; n <= 3000; n += 10 {
+		now := ms(n)
+		if n%100 == 0 {
+			a.add(event{path: "/r/hot"}, now)
+		}
+		if ok, _ := a.due(now, quiet, maxDelay); ok {
+			b := a.take(now, quiet, maxDelay, slack)
+			b.Rescan = []string{now.Sub(t0).String()} // when, for the comparison
+			batches = append(batches, b)
+		}
 	}
-	// Events every 100 ms never leave 200 ms of quiet; MaxDelay bounds the wait.
-	for i := 2; i < 20; i++ {
-		a.add(event{path: "/r/f"}, t0.Add(time.Duration(i)*100*time.Millisecond))
+	want := []Batch{
+		{Paths: []string{"/r/once"}, Rescan: []string{"250ms"}}, // quiet since 50 ms
+		{Paths: []string{"/r/hot"}, Rescan: []string{"2s"}},     // max delay since 0
 	}
-	now := t0.Add(1900 * time.Millisecond)
-	if ok, wait := a.due(now, quiet, maxDelay); ok || wait != 100*time.Millisecond {
-		t.Fatalf("near max delay: due %v, wait %v", ok, wait)
+	if diff := cmp.Diff(want, batches); diff != "" {
+		t.Fatalf("batches (-want +got):\n%s", diff)
 	}
-	if ok, _ := a.due(t0.Add(maxDelay), quiet, maxDelay); !ok {
-		t.Fatal("not due at max delay")
+	if ok, wait := a.due(ms(3000), quiet, maxDelay); ok || wait != quiet {
+		t.Fatalf("hot file pending again: due %v, wait %v; want quiet after its last write", ok, wait)
 	}
-	b := a.take()
-	if diff := cmp.Diff(Batch{Paths: []string{"/r/f"}}, b); diff != "" {
-		t.Fatalf("batch (-want +got):\n%s", diff)
-	}
-	if !a.add(event{kind: kindOverflow}, now) {
+	if !a.add(event{kind: kindOverflow}, ms(3000)) {
 		t.Fatal("overflow did not wake")
 	}
-	if ok, _ := a.due(now, quiet, maxDelay); !ok {
+	if ok, _ := a.due(ms(3000), quiet, maxDelay); !ok {
 		t.Fatal("overflow not due at once")
 	}
-	if b := a.take(); !b.Full {
+	if b := a.take(ms(3000), quiet, maxDelay, slack); !b.Full || len(b.Paths) != 0 {
 		t.Fatalf("overflow batch = %+v", b)
 	}
 }
@@ -91,10 +97,11 @@ func TestAggregatorBatches(t *testing.T) {
 					t.Fatalf("%d entries pending, limit %d", n, tt.max)
 				}
 			}
-			if diff := cmp.Diff(tt.want, a.take(), cmpopts.EquateEmpty()); diff != "" {
+			later := now.Add(time.Hour)
+			if diff := cmp.Diff(tt.want, a.take(later, time.Second, time.Second, 0), cmpopts.EquateEmpty()); diff != "" {
 				t.Fatalf("batch (-want +got):\n%s", diff)
 			}
-			if b := a.take(); b.Full || len(b.Paths)+len(b.Rescan) != 0 {
+			if b := a.take(later, time.Second, time.Second, 0); b.Full || len(b.Paths)+len(b.Rescan) != 0 {
 				t.Fatalf("second take not empty: %+v", b)
 			}
 		})
@@ -111,7 +118,7 @@ func TestAggregatorBoundedUnderFlood(t *testing.T) {
 			t.Fatalf("after %d events: %d pending", i, n)
 		}
 	}
-	b := a.take()
+	b := a.take(now.Add(time.Hour), time.Second, time.Second, 0)
 	if len(b.Paths) != 0 || (len(b.Rescan) == 0 && !b.Full) {
 		t.Fatalf("flood batch: %d paths, %d rescans, full %v", len(b.Paths), len(b.Rescan), b.Full)
 	}

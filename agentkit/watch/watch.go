@@ -9,9 +9,10 @@
 // cannot do.
 //
 // Events are aggregated per path: a file written a thousand times in a
-// second is one path in one batch. A batch is delivered once no event has
-// arrived for the quiet period (or the oldest pending event reaches MaxDelay),
-// so a steady stream of writes cannot postpone delivery forever. Memory is
+// second is one path in one batch. Each path is delivered once it has been
+// quiet for the quiet period (or its first event is MaxDelay old, so a file
+// written without pause is still sent), independently of the others: a busy
+// file does not hold back a file written once. Memory is
 // bounded: past MaxPending entries, paths collapse into "rescan this
 // directory" entries and, failing that, into a full rescan. A kernel queue
 // overflow asks for a full rescan at once; a periodic full rescan catches
@@ -47,11 +48,11 @@ type Options struct {
 	// Backend forces "fanotify" or "inotify"; empty picks fanotify when the
 	// kernel and privileges allow it, inotify otherwise.
 	Backend string
-	// Quiet is how long no event must arrive before a batch is delivered
+	// Quiet is how long a path must see no event before it is delivered
 	// (default 200ms).
 	Quiet time.Duration
-	// MaxDelay bounds how long the oldest pending change waits while events
-	// keep arriving (default 2s).
+	// MaxDelay bounds how long a path waits while its events keep arriving
+	// (default 2s).
 	MaxDelay time.Duration
 	// MaxPending bounds the pending paths plus rescan directories held
 	// between batches (default 10000). Past it, paths collapse into rescans
@@ -60,6 +61,10 @@ type Options struct {
 	// FullRescan is the interval of the periodic full-rescan request
 	// (default 6h; negative disables it).
 	FullRescan time.Duration
+	// Exclude lists directories whose changes are ignored (the agent's own
+	// state directory, when it lies under a root, must be here or every
+	// journal write would be reported as a change).
+	Exclude []string
 	// MaxWatches caps the inotify watches this watcher adds (default: the
 	// kernel's max_user_watches). Directories past the cap are reported by
 	// Limits and only caught by full rescans.
@@ -143,6 +148,8 @@ type Watcher struct {
 	out   chan Batch
 	kick  chan struct{}
 
+	exclude []string
+
 	mu        sync.Mutex
 	batches   uint64
 	reason    string
@@ -176,14 +183,23 @@ func New(roots []string, opts Options, log *zap.Logger, clk clock.Clock) (*Watch
 		}
 		clean = append(clean, filepath.Clean(abs))
 	}
+	var exclude []string
+	for _, x := range opts.Exclude {
+		abs, err := filepath.Abs(x)
+		if err != nil {
+			return nil, fmt.Errorf("resolve excluded directory %s: %w", x, err)
+		}
+		exclude = append(exclude, filepath.Clean(abs))
+	}
 	w := &Watcher{
-		roots: clean,
-		opts:  opts,
-		log:   log,
-		clk:   clk,
-		agg:   newAggregator(clean, opts.MaxPending),
-		out:   make(chan Batch),
-		kick:  make(chan struct{}, 1),
+		exclude: exclude,
+		roots:   clean,
+		opts:    opts,
+		log:     log,
+		clk:     clk,
+		agg:     newAggregator(clean, opts.MaxPending),
+		out:     make(chan Batch),
+		kick:    make(chan struct{}, 1),
 	}
 	be, reason, err := newBackend(clean, opts, log)
 	if err != nil {
@@ -235,6 +251,13 @@ func (w *Watcher) Close() error {
 }
 
 func (w *Watcher) emit(ev event) {
+	if ev.kind != kindOverflow {
+		for _, x := range w.exclude {
+			if under(ev.path, x) {
+				return
+			}
+		}
+	}
 	if w.agg.add(ev, w.clk.Now()) {
 		select {
 		case w.kick <- struct{}{}:
@@ -295,7 +318,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 				}
 				break
 			}
-			b := w.agg.take()
+			b := w.agg.take(w.clk.Now(), w.opts.Quiet, w.opts.MaxDelay, w.opts.Quiet/4)
 			if b.Full {
 				w.log.Info("full rescan requested")
 			}

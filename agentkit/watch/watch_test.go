@@ -493,3 +493,25 @@ func BenchmarkCapture(b *testing.B) {
 		})
 	}
 }
+
+func TestExclude(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			root := t.TempDir()
+			state := filepath.Join(root, "state")
+			os.Mkdir(state, 0o755)
+			c := startWatcher(t, be, []string{root}, Options{Quiet: 50 * time.Millisecond, Exclude: []string{state}}, clock.Real{})
+			writeFile(t, filepath.Join(state, "journal"), "x")
+			marker := filepath.Join(root, "marker")
+			writeFile(t, marker, "y")
+			c.waitCovered(t, marker)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			for p := range c.paths {
+				if under(p, state) {
+					t.Errorf("excluded path reported: %s", p)
+				}
+			}
+		})
+	}
+}
