@@ -200,11 +200,9 @@ func (m *Machine) run(ctx context.Context) Action {
 		m.printf("*** VAULTNODE-READY version=%s\n", Version)
 	}
 	m.level.SetLevel(zap.WarnLevel) // the console is for the operator from now on
-	m.bgWG.Add(1)
-	go func() { // owned by bgCancel in shutdown
-		defer m.bgWG.Done()
-		m.console(m.bgCtx, err == nil)
-	}()
+	// The console goroutine blocks in a read of the console (a blocking
+	// file the runtime cannot interrupt); it ends with the machine.
+	go m.console(m.bgCtx, err == nil)
 	action := <-m.shutdown
 	m.level.SetLevel(zap.InfoLevel)
 	m.printf("\n*** shutting down: %s\n", action)

@@ -5,7 +5,7 @@ package modules
 
 // Boot is loaded in this order by PID 1.
 var Boot = []string{
-	"virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", // QEMU and cloud hardware
+	"virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_rng", // QEMU and cloud hardware
 	"sd_mod", "sg", "st", "ch", // SCSI disks, generic, tape, changer
 	"crc32c_generic", "ext4", // filesystems (libcrc32c only softdeps on crc32c)
 	"md_mod", "raid1", // data mirror

@@ -1,0 +1,222 @@
+package hwtest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// appliance is one virtual machine's hardware: disks and forwarded ports,
+// kept across boots.
+type appliance struct {
+	t                      *testing.T
+	dir                    string
+	disks                  []Disk
+	vaultPort, metricsPort int
+}
+
+func newAppliance(t *testing.T) *appliance {
+	dir := t.TempDir()
+	a := &appliance{t: t, dir: dir, disks: []Disk{
+		{Serial: "system", Path: filepath.Join(dir, "system.img"), Size: 64 << 20},
+		{Serial: "data1", Path: filepath.Join(dir, "data1.img"), Size: 256 << 20},
+		{Serial: "data2", Path: filepath.Join(dir, "data2.img"), Size: 256 << 20},
+		{Serial: "data3", Path: filepath.Join(dir, "data3.img"), Size: 256 << 20},
+	}}
+	var err error
+	if a.vaultPort, err = FreePort(); err != nil {
+		t.Fatal(err)
+	}
+	if a.metricsPort, err = FreePort(); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// boot starts the VM; it is killed when the test ends.
+func (a *appliance) boot(ctx context.Context, extraAppend string) *VM {
+	a.t.Helper()
+	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: a.dir, Disks: a.disks,
+		Append: extraAppend, Forward: map[int]int{7443: a.vaultPort, 9100: a.metricsPort},
+		Log: func(l string) { a.t.Log("console: " + l) }})
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	a.t.Cleanup(func() {
+		if !vm.Exited() {
+			vm.Kill()
+		}
+	})
+	return vm
+}
+
+func (a *appliance) get(ctx context.Context, path string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", a.metricsPort, path), nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// waitMetric polls /metrics until it contains want.
+func (a *appliance) waitMetric(ctx context.Context, want string) string {
+	a.t.Helper()
+	var last string
+	for ctx.Err() == nil {
+		if _, body, err := a.get(ctx, "/metrics"); err == nil {
+			last = body
+			if strings.Contains(body, want) {
+				return body
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	a.t.Fatalf("metrics never showed %q; last:\n%s", want, last)
+	return ""
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// firstBootDialog answers the setup dialog, with one refused answer of each
+// kind checked on the console.
+func firstBootDialog(ctx context.Context, t *testing.T, vm *VM) {
+	steps := []struct{ prompt, answer string }{
+		{"Hostname [vaultnode]: ", "bad_host!"},
+		{"only letters, digits", ""}, // refused: the message, then the prompt again
+		{"Hostname [vaultnode]: ", "vault-test"},
+		{"Network: dhcp or static [dhcp]: ", "dhcp"},
+		{"Admin password (at least 8 characters): ", "short"},
+		{"too short", ""},
+		{"Admin password (at least 8 characters): ", "test-password"},
+		{"Admin password again: ", "test-password"},
+		{"Time zone (e.g. UTC, Europe/Paris) [UTC]: ", "Atlantis/Nowhere"},
+		{"not a known time zone", ""},
+		{"Time zone (e.g. UTC, Europe/Paris) [UTC]: ", "Europe/Paris"},
+		{"NTP server [pool.ntp.org]: ", ""},
+		{"Data disks: one disk, or two for a mirror (e.g. vdb vdc) [vdb]: ", "vdb vdx"},
+		{"vdx is not a disk", ""},
+		{"Data disks: one disk, or two for a mirror (e.g. vdb vdc) [vdb]: ", "vdb vdc"},
+		{"(yes/no) [yes]: ", "yes"},
+	}
+	for _, s := range steps {
+		if _, err := vm.Expect(ctx, s.prompt); err != nil {
+			t.Fatalf("setup dialog: %v\nconsole since last match:\n%s", err, vm.Since())
+		}
+		if s.answer != "" || strings.HasSuffix(s.prompt, ": ") {
+			must(t, vm.Send(s.answer))
+		}
+	}
+}
+
+func TestAppliance(t *testing.T) {
+	needQEMU(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	defer cancel()
+	a := newAppliance(t)
+	hasVault := hasFile("bin/vaultd") && hasFile("bin/vaultctl")
+
+	ok := t.Run("first boot: setup dialog, vault healthy, ACPI power off", func(t *testing.T) {
+		vm := a.boot(ctx, "")
+		firstBootDialog(ctx, t, vm)
+		if _, err := vm.Expect(ctx, "Setup complete."); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Since())
+		}
+		if _, err := vm.Expect(ctx, "VAULTNODE-READY"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Since())
+		}
+		if hasVault {
+			if _, err := vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
+				t.Fatalf("%v\n%s", err, vm.Since())
+			}
+			a.waitMetric(ctx, `vaultnode_service_up{service="vaultd"} 1`)
+		}
+		body := a.waitMetric(ctx, `vaultnode_md_disks_active{array="md0",level="raid1"} 2`)
+		if !strings.Contains(body, `vaultnode_filesystem_size_bytes{mount="/data"}`) {
+			t.Errorf("no data filesystem in metrics:\n%s", body)
+		}
+		must(t, vm.PowerButton(ctx))
+		if _, err := vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Since())
+		}
+		if err := vm.Wait(ctx); err != nil {
+			t.Fatalf("qemu exit after power off: %v", err)
+		}
+		if strings.Contains(vm.Console(), "shutdown step failed") {
+			t.Errorf("unclean shutdown:\n%s", vm.Console())
+		}
+	})
+	if !ok {
+		return
+	}
+
+	t.Run("second boot: no dialog, config kept, crashing service contained, console poweroff", func(t *testing.T) {
+		vm := a.boot(ctx, "vaultnode.testcrash=1")
+		if _, err := vm.Expect(ctx, "VAULTNODE-READY"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Console())
+		}
+		if strings.Contains(vm.Console(), "first boot setup") {
+			t.Fatal("the setup dialog ran again on the second boot")
+		}
+		if _, err := vm.Expect(ctx, "*** service testcrash failed"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Since())
+		}
+		body := a.waitMetric(ctx, `vaultnode_service_failed{service="testcrash"} 1`)
+		for _, want := range []string{`vaultnode_service_restarts_total{service="testcrash"} 4`,
+			`vaultnode_info{version="hwtest",hostname="vault-test"} 1`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("metrics lack %q:\n%s", want, body)
+			}
+		}
+		if hasVault && !strings.Contains(body, `vaultnode_service_up{service="vaultd"} 1`) {
+			t.Errorf("vaultd is not up beside the failed service:\n%s", body)
+		}
+		// Log in on the console and look around.
+		must(t, vm.Send(""))
+		if _, err := vm.Expect(ctx, "login: "); err != nil {
+			t.Fatal(err)
+		}
+		must(t, vm.Send("wrong-password"))
+		if _, err := vm.Expect(ctx, "Login incorrect."); err != nil {
+			t.Fatal(err)
+		}
+		must(t, vm.Answer(ctx, "login: ", "test-password"))
+		must(t, vm.Answer(ctx, "# ", "cat /persist/config.json"))
+		out, err := vm.Expect(ctx, "# ")
+		must(t, err)
+		for _, want := range []string{`"hostname": "vault-test"`, `"timezone": "Europe/Paris"`, `"level": "raid1"`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("config lacks %s:\n%s", want, out)
+			}
+		}
+		must(t, vm.Send("status"))
+		out, err = vm.Expect(ctx, "# ")
+		must(t, err)
+		if !strings.Contains(out, "testcrash") || !strings.Contains(out, "failed after 5 crashes") {
+			t.Errorf("status screen does not show the failed service:\n%s", out)
+		}
+		must(t, vm.Send("poweroff"))
+		if _, err := vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Since())
+		}
+		must(t, vm.Wait(ctx))
+	})
+}
