@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -512,6 +513,80 @@ func TestExclude(t *testing.T) {
 					t.Errorf("excluded path reported: %s", p)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkLatency measures capture latency under the steady load:
+// one change every 10 ms (100/s) to files of a pre-made tree, with the
+// default quiet period and max delay. Latency is from a write's close to
+// the delivery of the batch naming the file; run with -benchtime 500x.
+func BenchmarkLatency(b *testing.B) {
+	for _, be := range backends {
+		b.Run(be, func(b *testing.B) {
+			root := b.TempDir()
+			const files = 2000
+			names := make([]string, files)
+			for i := range names {
+				d := filepath.Join(root, fmt.Sprintf("d%02d", i%50))
+				os.MkdirAll(d, 0o755)
+				names[i] = filepath.Join(d, fmt.Sprintf("f%04d", i))
+				os.WriteFile(names[i], []byte("x"), 0o644)
+			}
+			w, err := New([]string{root}, Options{Backend: be}, nil, clock.Real{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			var mu sync.Mutex
+			written := map[string]time.Time{}
+			var lat []time.Duration
+			got := make(chan struct{}, b.N)
+			go func() {
+				for batch := range w.Batches() {
+					now := time.Now()
+					mu.Lock()
+					for _, p := range batch.Paths {
+						if t0, ok := written[p]; ok {
+							lat = append(lat, now.Sub(t0))
+							delete(written, p)
+							got <- struct{}{}
+						}
+					}
+					mu.Unlock()
+				}
+			}()
+			tick := time.NewTicker(10 * time.Millisecond)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				<-tick.C
+				p := names[(i*7919)%files]
+				os.WriteFile(p, []byte(fmt.Sprint(i)), 0o644)
+				mu.Lock()
+				if _, pending := written[p]; !pending {
+					written[p] = time.Now()
+				} else {
+					got <- struct{}{} // coalesced with an earlier write
+				}
+				mu.Unlock()
+			}
+			tick.Stop()
+			for i := 0; i < b.N; i++ {
+				select {
+				case <-got:
+				case <-time.After(30 * time.Second):
+					b.Fatalf("%d of %d changes delivered", i, b.N)
+				}
+			}
+			b.StopTimer()
+			cancel()
+			<-done
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "ms-p50")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "ms-p99")
+			b.ReportMetric(float64(lat[len(lat)-1].Milliseconds()), "ms-max")
 		})
 	}
 }
