@@ -23,11 +23,11 @@ func quantum(r Rate) int {
 	return max(256, min(q, 64<<10))
 }
 
-// bucketSize is the most tokens the bucket holds: 100 ms of traffic (at
-// least two quanta), so a waiter woken late (timer slack on a loaded
-// machine) does not lose what accrued meanwhile, while an idle limiter
-// allows a burst of only 100 ms of traffic.
-func bucketSize(r Rate) int { return max(2*quantum(r), int(r/10)) }
+// bucketSize is the most tokens the bucket holds while no stream waits:
+// 250 ms of traffic (at least two quanta), so a sender descheduled for a
+// moment on a loaded machine does not lose its allowance, while an idle
+// limiter allows a burst of at most a quarter second of traffic.
+func bucketSize(r Rate) int { return max(2*quantum(r), int(r/4)) }
 
 // Limiter is the bandwidth limit of one computer. It is safe for concurrent
 // use; create it with New.
