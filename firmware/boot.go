@@ -120,8 +120,12 @@ func ParseCmdline(s string) map[string]string {
 func (m *Machine) loadModules(context.Context) error {
 	var errs []error
 	for _, name := range modules.Boot {
+		start := m.clk.Now()
 		if err := kmodule.Probe(name, ""); err != nil && !errors.Is(err, unix.EEXIST) {
 			errs = append(errs, fmt.Errorf("load %s: %w", name, err))
+		}
+		if d := m.clk.Now().Sub(start); d > time.Second {
+			m.log.Info("slow module load", zap.String("module", name), zap.Duration("took", d))
 		}
 	}
 	return errors.Join(errs...)
