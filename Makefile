@@ -5,7 +5,7 @@ BIN := $(CURDIR)/bin
 export CGO_ENABLED ?= 0
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
 
-.PHONY: help build run test test-unit bench fmt vet clean
+.PHONY: help build run test test-unit bench fmt vet clean image qemu test-image
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,15 @@ test: build ## run every test (unit, end to end, crash, image in QEMU)
 
 bench: build ## run the benchmark against restic and print ratios
 	@bash scripts/bench.sh
+
+image: ## build the appliance image out/image/{vmlinux,initramfs.cpio} (reproducible)
+	$(GO) run ./images/cmd/mkimage -o out/image
+
+qemu: image ## boot the image interactively (serial console here; 3 data disks in var/qemu; vault on 127.0.0.1:7443)
+	@bash scripts/qemu.sh
+
+test-image: ## boot the image in QEMU and run the appliance tests (hwtest)
+	$(GO) test -count=1 -timeout 20m -v ./hwtest/...
 
 fmt: ## gofmt every file
 	gofmt -w $$(git ls-files '*.go')
