@@ -50,7 +50,8 @@ type Limiter struct {
 	wakeAt   time.Time
 }
 
-// stream is one user of the limiter (a writer, reader or connection).
+// stream is one fair-queuing flow of the limiter (a writer, reader or
+// connection of its own, or every stream of a Flow).
 // Streams are served by start-time fair queuing: a request's tag is where the
 // stream's previous request ended in "bytes served" (or the current virtual
 // time if the stream was idle), and the smallest tag goes next. Busy streams
@@ -157,7 +158,10 @@ func (l *Limiter) Quantum() int {
 // Wait blocks until n bytes may be sent, taking them in quanta and in turn
 // with the other streams. It returns ctx's error if ctx ends first.
 func (l *Limiter) Wait(ctx context.Context, n int) error {
-	s := &stream{}
+	return l.wait(ctx, &stream{}, n)
+}
+
+func (l *Limiter) wait(ctx context.Context, s *stream, n int) error {
 	for n > 0 {
 		q := min(n, l.Quantum())
 		if err := l.take(ctx, s, q); err != nil {
@@ -185,7 +189,10 @@ func (l *Limiter) take(ctx context.Context, s *stream, n int) error {
 		l.mu.Unlock()
 		return nil
 	}
+	// The tag is fixed on arrival and the flow's finish advances at once, so
+	// several requests of one flow in the queue follow each other.
 	w := &waiter{n: n, s: s, tag: math.Max(s.vfinish, l.vtime), turn: make(chan struct{}), granted: make(chan struct{})}
+	s.vfinish = w.tag + float64(n)
 	l.queue = append(l.queue, w)
 	if l.active == nil {
 		l.activateLocked()
@@ -258,7 +265,6 @@ func (l *Limiter) grantLocked(w *waiter) {
 		l.tokens -= float64(w.n) // may go below zero after a rate cut: repaid before the next grant
 	}
 	l.sent += int64(w.n)
-	w.s.vfinish = w.tag + float64(w.n)
 	l.vtime = w.tag
 	l.removeLocked(w)
 	close(w.granted)
@@ -299,6 +305,39 @@ func (l *Limiter) leave(w *waiter, err error) error {
 		l.activateLocked()
 	}
 	return err
+}
+
+// Flow groups streams that share one fair share: a configuration with four
+// concurrent uploads gets as much as a configuration with one when each
+// uses its own Flow. The Limiter's own Writer, Reader, Conn and Wait make a
+// new flow for each stream.
+type Flow struct {
+	l *Limiter
+	s *stream
+}
+
+// Flow returns a new flow of l.
+func (l *Limiter) Flow() *Flow { return &Flow{l: l, s: &stream{}} }
+
+// Wait is Limiter.Wait within the flow.
+func (f *Flow) Wait(ctx context.Context, n int) error { return f.l.wait(ctx, f.s, n) }
+
+// Writer is Limiter.Writer within the flow.
+func (f *Flow) Writer(ctx context.Context, w io.Writer) io.Writer {
+	return &writer{ctx: ctx, l: f.l, w: w, s: f.s}
+}
+
+// Reader is Limiter.Reader within the flow.
+func (f *Flow) Reader(ctx context.Context, r io.Reader) io.Reader {
+	return &reader{ctx: ctx, l: f.l, r: r, s: f.s}
+}
+
+// Conn is Limiter.Conn within the flow.
+func (f *Flow) Conn(c net.Conn) net.Conn { return f.l.conn(c, f.s) }
+
+// RoundTripper is Limiter.RoundTripper within the flow.
+func (f *Flow) RoundTripper(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper{l: f.l, s: f.s, rt: rt}
 }
 
 // Writer returns w limited by l: each Write is sent in quanta as the limit
@@ -359,9 +398,11 @@ func (r *reader) Read(p []byte) (int, error) {
 
 // Conn returns c with its writes limited by l (reads are not). Closing it
 // ends any wait.
-func (l *Limiter) Conn(c net.Conn) net.Conn {
+func (l *Limiter) Conn(c net.Conn) net.Conn { return l.conn(c, &stream{}) }
+
+func (l *Limiter) conn(c net.Conn, s *stream) net.Conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{Conn: c, cancel: cancel, w: &writer{ctx: ctx, l: l, w: c, s: &stream{}}}
+	return &conn{Conn: c, cancel: cancel, w: &writer{ctx: ctx, l: l, w: c, s: s}}
 }
 
 type conn struct {
@@ -378,13 +419,14 @@ func (c *conn) Close() error {
 }
 
 // RoundTripper returns rt with every request body limited by l, under the
-// request's context.
+// request's context; each request body is its own stream.
 func (l *Limiter) RoundTripper(rt http.RoundTripper) http.RoundTripper {
 	return roundTripper{l: l, rt: rt}
 }
 
 type roundTripper struct {
 	l  *Limiter
+	s  *stream // nil: a new stream per request
 	rt http.RoundTripper
 }
 
@@ -393,7 +435,11 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.rt.RoundTrip(req)
 	}
 	r := req.Clone(req.Context())
-	r.Body = readCloser{Reader: t.l.Reader(req.Context(), req.Body), c: req.Body}
+	s := t.s
+	if s == nil {
+		s = &stream{}
+	}
+	r.Body = readCloser{Reader: &reader{ctx: req.Context(), l: t.l, r: req.Body, s: s}, c: req.Body}
 	return t.rt.RoundTrip(r)
 }
 

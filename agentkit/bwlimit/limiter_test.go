@@ -349,3 +349,45 @@ func TestReaderAndRoundTripperKeepData(t *testing.T) {
 		t.Fatalf("Reader changed data: %v", err)
 	}
 }
+
+// A flow of three busy streams gets the same share as a flow of one.
+func TestFlowsSharePerFlow(t *testing.T) {
+	const rate = 1000000
+	clk := clock.NewFake(mon(12, 0, 0))
+	l := New(Fixed(rate), clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	big, small := l.Flow(), l.Flow()
+	start := func(f *Flow) *counter {
+		c := &counter{}
+		w := f.Writer(ctx, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 100<<10)
+			for ctx.Err() == nil {
+				w.Write(buf)
+			}
+		}()
+		return c
+	}
+	a1, a2, a3 := start(big), start(big), start(big)
+	b := start(small)
+	settle(t, l, clk, 4)
+	for i := 0; i < 1000; i++ { // 10 s
+		clk.Advance(10 * time.Millisecond)
+		settle(t, l, clk, 4)
+	}
+	bigTotal := a1.n.Load() + a2.n.Load() + a3.n.Load()
+	q := int64(quantum(rate))
+	if d := bigTotal - b.n.Load(); d > 3*q || d < -3*q {
+		t.Fatalf("flow of three got %d bytes, flow of one %d: not one share each", bigTotal, b.n.Load())
+	}
+	// Within the big flow, its streams share equally too.
+	for _, c := range []*counter{a1, a2, a3} {
+		if d := c.n.Load() - bigTotal/3; d > 2*q || d < -2*q {
+			t.Fatalf("streams of one flow: %d %d %d", a1.n.Load(), a2.n.Load(), a3.n.Load())
+		}
+	}
+}
