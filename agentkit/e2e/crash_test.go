@@ -237,8 +237,8 @@ func TestCrashAgent(t *testing.T) {
 func (c *crashEnv) settle() {
 	packs := filepath.Join(c.v.dir, "packs")
 	last, same := dirSize(c.t, packs), 0
-	for deadline := time.Now().Add(30 * time.Second); same < 3 && time.Now().Before(deadline); {
-		time.Sleep(200 * time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); same < 5 && time.Now().Before(deadline); {
+		time.Sleep(300 * time.Millisecond)
 		n := dirSize(c.t, packs)
 		if n == last {
 			same++

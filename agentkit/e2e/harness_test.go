@@ -114,6 +114,9 @@ func startVault(t testing.TB, dir string) *vaultProc {
 	t.Cleanup(func() {
 		v.kill()
 		logf.Close()
+		if b, _ := os.ReadFile(logf.Name()); bytes.Contains(b, []byte("DATA RACE")) {
+			t.Errorf("vaultd (built with E2E_RACE=1) reported a data race:\n%s", b)
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			if len(b) > 8000 {
