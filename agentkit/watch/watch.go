@@ -148,7 +148,8 @@ type Watcher struct {
 	out   chan Batch
 	kick  chan struct{}
 
-	exclude []string
+	exclude   []string
+	realRoots []string // roots with symbolic links resolved: what the kernel reports
 
 	mu        sync.Mutex
 	batches   uint64
@@ -168,7 +169,7 @@ func New(roots []string, opts Options, log *zap.Logger, clk clock.Clock) (*Watch
 		log = zap.NewNop()
 	}
 	log = log.Named("watch")
-	var clean []string
+	var clean, realRoots []string
 	for _, r := range roots {
 		abs, err := filepath.Abs(r)
 		if err != nil {
@@ -181,7 +182,13 @@ func New(roots []string, opts Options, log *zap.Logger, clk clock.Clock) (*Watch
 		if !fi.IsDir() {
 			return nil, fmt.Errorf("watch root %s: not a directory; watch the directory that holds it", r)
 		}
-		clean = append(clean, filepath.Clean(abs))
+		abs = filepath.Clean(abs)
+		real, err := filepath.EvalSymlinks(abs)
+		if err != nil {
+			return nil, fmt.Errorf("resolve root %s: %w", r, err)
+		}
+		clean = append(clean, abs)
+		realRoots = append(realRoots, real)
 	}
 	var exclude []string
 	for _, x := range opts.Exclude {
@@ -201,7 +208,8 @@ func New(roots []string, opts Options, log *zap.Logger, clk clock.Clock) (*Watch
 		out:     make(chan Batch),
 		kick:    make(chan struct{}, 1),
 	}
-	be, reason, err := newBackend(clean, opts, log)
+	w.realRoots = realRoots
+	be, reason, err := newBackend(realRoots, opts, log)
 	if err != nil {
 		return nil, err
 	}
@@ -252,6 +260,13 @@ func (w *Watcher) Close() error {
 
 func (w *Watcher) emit(ev event) {
 	if ev.kind != kindOverflow {
+		// Report paths under the roots as given, not as resolved.
+		for i, r := range w.realRoots {
+			if r != w.roots[i] && under(ev.path, r) {
+				ev.path = w.roots[i] + ev.path[len(r):]
+				break
+			}
+		}
 		for _, x := range w.exclude {
 			if under(ev.path, x) {
 				return

@@ -590,3 +590,25 @@ func BenchmarkLatency(b *testing.B) {
 		})
 	}
 }
+
+// A root given through a symbolic link is watched at its target and
+// reported under the name given.
+func TestSymlinkedRoot(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			dir := t.TempDir()
+			real := filepath.Join(dir, "real")
+			os.MkdirAll(filepath.Join(real, "sub"), 0o755)
+			link := filepath.Join(dir, "link")
+			if err := os.Symlink(real, link); err != nil {
+				t.Fatal(err)
+			}
+			c := startWatcher(t, be, []string{link}, Options{Quiet: 50 * time.Millisecond}, clock.Real{})
+			writeFile(t, filepath.Join(real, "sub", "f"), "x")
+			c.waitCovered(t, filepath.Join(link, "sub", "f"))
+			if got := c.w.Roots(); len(got) != 1 || got[0] != link {
+				t.Fatalf("Roots = %v", got)
+			}
+		})
+	}
+}
