@@ -14,6 +14,7 @@ import (
 	"vaultnode/agentkit/backup"
 	"vaultnode/agentkit/journal"
 	"vaultnode/agentkit/schedule"
+	"vaultnode/agentkit/source"
 	"vaultnode/agentkit/watch"
 	"vaultnode/internal/wire"
 )
@@ -224,7 +225,13 @@ func (r *runner) sync(ctx context.Context, permit *schedule.Permit) (*backup.Res
 			}
 		}
 	}()
-	res, err := backup.Run(sctx, r.options())
+	o := r.options()
+	release, err := source.Prepare(sctx, &o) // snapshots, system state
+	if err != nil {
+		return nil, false, err
+	}
+	res, err := backup.Run(sctx, o)
+	release()
 	select {
 	case <-stopped:
 		return nil, true, nil

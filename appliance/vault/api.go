@@ -289,6 +289,9 @@ func validateTiming(cfg *wire.Config) error {
 		if cfg.Kind != wire.KindFiles {
 			return errors.New("only files configurations can be continuous")
 		}
+		if cfg.Snapshot != wire.SnapshotNone {
+			return errors.New("a continuous configuration reads changes as they happen; a snapshot applies only to scheduled ones")
+		}
 	default:
 		return fmt.Errorf("unknown mode %q (want %q or %q)", cfg.Mode, wire.ModeScheduled, wire.ModeContinuous)
 	}
