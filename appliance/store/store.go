@@ -108,7 +108,7 @@ type Store struct {
 	nextPack uint32
 
 	rmu     sync.Mutex
-	readers map[uint32]*os.File
+	readers map[uint32]*packFile
 }
 
 type writer struct {
@@ -130,7 +130,7 @@ func Open(dir string, log *zap.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open index %s: %w", filepath.Join(dir, "index.db"), err)
 	}
-	s := &Store{dir: dir, db: db, log: log, free: map[string][]*writer{}, readers: map[uint32]*os.File{}}
+	s := &Store{dir: dir, db: db, log: log, free: map[string][]*writer{}, readers: map[uint32]*packFile{}}
 	if err := s.recover(); err != nil {
 		db.Close()
 		return nil, err
@@ -220,8 +220,11 @@ func (s *Store) Close() error {
 	s.free = nil
 	s.mu.Unlock()
 	s.rmu.Lock()
-	for _, f := range s.readers {
-		f.Close()
+	for _, pf := range s.readers {
+		pf.evicted = true
+		if pf.refs == 0 {
+			pf.Close()
+		}
 	}
 	s.readers = nil
 	s.rmu.Unlock()
@@ -404,11 +407,21 @@ func (s *Store) dropWriter(w *writer) {
 	os.Remove(w.f.Name())
 }
 
-func (s *Store) reader(n uint32) (*os.File, error) {
+// packFile is an open pack shared by concurrent Gets. An evicted one is
+// closed by its last user, never under a reader.
+type packFile struct {
+	*os.File
+	refs    int
+	evicted bool
+}
+
+// reader returns pack n open for reading; release it after use.
+func (s *Store) reader(n uint32) (*packFile, error) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
-	if f := s.readers[n]; f != nil {
-		return f, nil
+	if pf := s.readers[n]; pf != nil {
+		pf.refs++
+		return pf, nil
 	}
 	f, err := os.Open(s.PackPath(n))
 	if err != nil {
@@ -416,13 +429,26 @@ func (s *Store) reader(n uint32) (*os.File, error) {
 	}
 	if len(s.readers) >= 128 {
 		for k, old := range s.readers {
-			old.Close()
 			delete(s.readers, k)
+			old.evicted = true
+			if old.refs == 0 {
+				old.Close()
+			}
 			break
 		}
 	}
-	s.readers[n] = f
-	return f, nil
+	pf := &packFile{File: f, refs: 1}
+	s.readers[n] = pf
+	return pf, nil
+}
+
+func (s *Store) release(pf *packFile) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	pf.refs--
+	if pf.evicted && pf.refs == 0 {
+		pf.Close()
+	}
 }
 
 // Get reads and opens an entry, appending its payload (as stored: maybe
@@ -437,7 +463,9 @@ func (s *Store) Get(company string, aead cipher.AEAD, id [32]byte, dst []byte) (
 		return nil, loc, fmt.Errorf("%w: pack %08x: %w", ErrDamaged, loc.Pack, err)
 	}
 	buf := make([]byte, pack.EntryHeaderSize+int(loc.BodyLen))
-	if _, err := f.ReadAt(buf, int64(loc.Offset)); err != nil {
+	_, err = f.ReadAt(buf, int64(loc.Offset))
+	s.release(f)
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
