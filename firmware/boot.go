@@ -523,7 +523,7 @@ func (m *Machine) announceServices(ctx context.Context, sup *service.Supervisor)
 			case !seen || old.State != st.State:
 				m.printf("*** service %s %s (restarts %d)%s\n", st.Name, st.State, st.Restarts, exitNote(st))
 			}
-			if st.Healthy && (!old.Healthy || !seen) && st.State == service.Running {
+			if st.Checked && st.Healthy && (!old.Healthy || !seen) && st.State == service.Running {
 				m.printf("*** service %s healthy\n", st.Name)
 			}
 			last[st.Name] = st

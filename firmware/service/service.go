@@ -109,6 +109,7 @@ type Status struct {
 	Name     string
 	State    State
 	Pid      int
+	Checked  bool // the service has a health check
 	Healthy  bool
 	Restarts int
 	Crashes  int
@@ -145,7 +146,7 @@ func New(log *zap.Logger, clk clock.Clock, r *reaper.Reaper, p Policy, specs []S
 	s := &Supervisor{log: log, clk: clk, reaper: r, policy: p, specs: ordered,
 		status: map[string]*Status{}, changed: make(chan struct{})}
 	for _, sp := range ordered {
-		s.status[sp.Name] = &Status{Name: sp.Name, State: Waiting, Since: clk.Now()}
+		s.status[sp.Name] = &Status{Name: sp.Name, State: Waiting, Since: clk.Now(), Checked: sp.Health != nil}
 	}
 	return s, nil
 }
