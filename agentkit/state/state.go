@@ -47,6 +47,8 @@ func Open(path string) (*Dir, error) {
 func (d *Dir) file(name string) string { return filepath.Join(d.Path, name) }
 
 // NewKey makes the computer's key and returns a PEM certificate request.
+// The key stays aside (key.pem.new) until SaveIdentity, so a refused
+// enrolment leaves an existing identity working.
 func (d *Dir) NewKey(hostname string) ([]byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -56,7 +58,7 @@ func (d *Dir) NewKey(hostname string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(d.file("key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := writeAtomic(d.file("key.pem.new"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, err
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: hostname}}, key)
@@ -68,6 +70,9 @@ func (d *Dir) NewKey(hostname string) ([]byte, error) {
 
 // SaveIdentity stores the enrolment result.
 func (d *Dir) SaveIdentity(id Identity, certPEM, caPEM []byte) error {
+	if err := os.Rename(d.file("key.pem.new"), d.file("key.pem")); err != nil {
+		return fmt.Errorf("save identity: %w", err)
+	}
 	if err := writeAtomic(d.file("cert.pem"), certPEM, 0o600); err != nil {
 		return err
 	}
