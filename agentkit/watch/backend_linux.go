@@ -1,10 +1,12 @@
 package watch
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -48,4 +50,27 @@ func readProcInt(path string) int {
 	}
 	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return n
+}
+
+// readPause is how long a reader waits after a read that did not fill its
+// buffer, so that events pile up and are read many per system call instead
+// of one per wake-up. It adds at most this much latency and costs nothing
+// in lost events (the kernel queue holds 16384).
+const readPause = 10 * time.Millisecond
+
+// pace waits readPause after a short read; false when ctx ended. It is
+// real time on purpose: it paces system calls, not program logic, and a
+// fake clock must not stall the kernel reader.
+func pace(ctx context.Context, n, size int) bool {
+	if n >= size/2 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(readPause)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -40,6 +41,8 @@ type fanotify struct {
 	// open_by_handle_at.
 	mountFDs map[[8]byte]int
 	lim      Limits
+
+	nseen atomic.Uint64
 
 	cacheMu sync.Mutex
 	cache   map[string]string // fsid+handle -> directory path
@@ -190,6 +193,8 @@ func unescapeMount(s string) string {
 
 func (fa *fanotify) limits() Limits { return fa.lim }
 
+func (fa *fanotify) seen() uint64 { return fa.nseen.Load() }
+
 func (fa *fanotify) close() error {
 	for k, fd := range fa.mountFDs {
 		unix.Close(fd)
@@ -214,6 +219,9 @@ func (fa *fanotify) run(ctx context.Context, emit func(event)) error {
 			return fmt.Errorf("read fanotify: %w", err)
 		}
 		fa.parse(buf[:n], emit)
+		if !pace(ctx, n, len(buf)) {
+			return nil
+		}
 	}
 }
 
@@ -235,6 +243,7 @@ func (fa *fanotify) parse(buf []byte, emit func(event)) {
 		if meta.Fd >= 0 {
 			unix.Close(int(meta.Fd))
 		}
+		fa.nseen.Add(1)
 		mask := meta.Mask
 		rec := buf[off+int(meta.Metadata_len) : off+evLen]
 		off += evLen

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -30,6 +31,7 @@ type inotify struct {
 	maxWatches int
 	exhausted  string // first directory that could not be watched
 	queueLimit int
+	nseen      atomic.Uint64
 }
 
 func newInotify(roots []string, opts Options, log *zap.Logger) (*inotify, error) {
@@ -145,6 +147,8 @@ func (in *inotify) limits() Limits {
 	return l
 }
 
+func (in *inotify) seen() uint64 { return in.nseen.Load() }
+
 func (in *inotify) close() error { return in.f.Close() }
 
 func (in *inotify) run(ctx context.Context, emit func(event)) error {
@@ -163,6 +167,9 @@ func (in *inotify) run(ctx context.Context, emit func(event)) error {
 			return fmt.Errorf("read inotify: %w", err)
 		}
 		in.parse(buf[:n], emit)
+		if !pace(ctx, n, len(buf)) {
+			return nil
+		}
 	}
 }
 
@@ -176,6 +183,7 @@ func (in *inotify) parse(buf []byte, emit func(event)) {
 		if i := indexByte(nameBytes, 0); i >= 0 {
 			nameBytes = nameBytes[:i]
 		}
+		in.nseen.Add(1)
 		mask := ev.Mask
 		if mask&unix.IN_Q_OVERFLOW != 0 {
 			in.log.Warn("inotify queue overflowed; requesting a full rescan")

@@ -121,6 +121,7 @@ type Limits struct {
 
 // Stats counts what the watcher has done.
 type Stats struct {
+	Seen      uint64 // kernel events read (fanotify sees the whole filesystem)
 	Events    uint64 // kernel events accepted under the roots
 	Batches   uint64
 	Collapses uint64 // times pending paths collapsed into directory rescans
@@ -134,6 +135,8 @@ type backend interface {
 	run(ctx context.Context, emit func(event)) error
 	close() error
 	limits() Limits
+	// seen counts kernel events read, including those outside the roots.
+	seen() uint64
 }
 
 // Watcher captures changes under its roots. Create it with New, start it
@@ -236,7 +239,7 @@ func (w *Watcher) Limits() Limits {
 // Stats returns counters.
 func (w *Watcher) Stats() Stats {
 	w.agg.mu.Lock()
-	s := Stats{Events: w.agg.events, Collapses: w.agg.collapses, Overflows: w.agg.overflows}
+	s := Stats{Seen: w.be.seen(), Events: w.agg.events, Collapses: w.agg.collapses, Overflows: w.agg.overflows}
 	w.agg.mu.Unlock()
 	w.mu.Lock()
 	s.Batches = w.batches
