@@ -33,12 +33,9 @@ func pgBin(t *testing.T) string {
 }
 
 func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 func asPostgres(t *testing.T, name string, args ...string) {
@@ -130,14 +127,13 @@ COMMIT;
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	h := newDBVault(t)
-	agent := h.enroll(t, "db-host")
+	e := newEnv(t)
 	dump := fmt.Sprintf("pg_dump -h %s -p %d -U postgres bank", src.sock, src.port)
 	hooks := filepath.Join(t.TempDir(), "hooks")
-	agent.run(t, "config", "set", "bank", "-command", dump, "-pre", "echo pre >> "+hooks, "-post", "echo post >> "+hooks)
-	agent.run(t, "backup", "bank")
+	e.a.must("config", "set", "bank", "-command", dump, "-pre", "echo pre >> "+hooks, "-post", "echo post >> "+hooks)
+	e.a.must("backup", "bank")
 	time.Sleep(300 * time.Millisecond)
-	agent.run(t, "backup", "bank")
+	e.a.must("backup", "bank")
 	before := src.psql(t, "bank", "SELECT count(*) FROM xfer")
 	cancel()
 	writer.Wait()
@@ -147,7 +143,7 @@ COMMIT;
 
 	dst := startPG(t)
 	dst.psql(t, "postgres", "CREATE DATABASE bank")
-	sql := agent.run(t, "dump", "bank@latest:bank.dump")
+	sql := e.a.must("dump", "bank@latest:bank.dump")
 	load := exec.Command("psql", append(dst.args("bank"), "-X", "-q", "-v", "ON_ERROR_STOP=1")...)
 	load.Stdin = strings.NewReader(sql)
 	if out, err := load.CombinedOutput(); err != nil {
