@@ -564,24 +564,43 @@ func (a *app) keys(ctx context.Context, c *client.Client) ([32]byte, error) {
 	return [32]byte(comp.ChunkKey), nil
 }
 
+// pointed is what commands reading a version need: the client, the
+// version (with journal records), the path asked for and the chunk key.
+type pointed struct {
+	c    *client.Client
+	pt   point
+	path []byte
+	key  [32]byte
+}
+
+// open connects and resolves a CONFIG@VERSION[:PATH] argument.
+func (a *app) open(ctx context.Context, spec string) (*pointed, error) {
+	c, _, err := a.client()
+	if err != nil {
+		return nil, err
+	}
+	pt, p, err := a.resolve(ctx, c, spec)
+	if err != nil {
+		return nil, err
+	}
+	key, err := a.keys(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return &pointed{c: c, pt: pt, path: p, key: key}, nil
+}
+
 func (a *app) ls(ctx context.Context, args []string) error {
 	if len(args) < 1 || len(args) > 2 {
 		return usageError{"ls CONFIG@VERSION [PATH]"}
 	}
-	c, _, err := a.client()
+	v, err := a.open(ctx, args[0])
 	if err != nil {
 		return err
 	}
-	m, prefix, err := a.resolve(ctx, c, args[0])
-	if err != nil {
-		return err
-	}
+	c, m, prefix, key := v.c, v.pt, v.path, v.key
 	if len(args) == 2 {
 		prefix = versionPath(args[1])
-	}
-	key, err := a.keys(ctx, c)
-	if err != nil {
-		return err
 	}
 	rd, stop, err := restore.OpenVersion(ctx, c, key, m.m, m.journal)
 	if err != nil {
@@ -666,18 +685,11 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	default:
 		return usageError{fmt.Sprintf("-existing %q: want skip, overwrite or keep-both", *existing)}
 	}
-	c, _, err := a.client()
+	v, err := a.open(ctx, pos[0])
 	if err != nil {
 		return err
 	}
-	m, prefix, err := a.resolve(ctx, c, pos[0])
-	if err != nil {
-		return err
-	}
-	key, err := a.keys(ctx, c)
-	if err != nil {
-		return err
-	}
+	c, m, prefix, key := v.c, v.pt, v.path, v.key
 	target := *to
 	if target == "" {
 		target = "/"
@@ -714,39 +726,24 @@ func (a *app) diff(ctx context.Context, args []string) error {
 	if len(args) != 2 {
 		return usageError{"diff CONFIG@VERSION DIR"}
 	}
-	c, _, err := a.client()
+	v, err := a.open(ctx, args[0])
 	if err != nil {
 		return err
 	}
-	m, prefix, err := a.resolve(ctx, c, args[0])
-	if err != nil {
-		return err
-	}
-	key, err := a.keys(ctx, c)
-	if err != nil {
-		return err
-	}
-	return runDiff(ctx, a, c, key, m, prefix, args[1])
+	return runDiff(ctx, a, v.c, v.key, v.pt, v.path, args[1])
 }
 
 func (a *app) dump(ctx context.Context, args []string) error {
 	if len(args) != 1 {
 		return usageError{"dump CONFIG@VERSION:PATH"}
 	}
-	c, _, err := a.client()
+	v, err := a.open(ctx, args[0])
 	if err != nil {
 		return err
 	}
-	m, p, err := a.resolve(ctx, c, args[0])
-	if err != nil {
-		return err
-	}
+	c, m, p, key := v.c, v.pt, v.path, v.key
 	if len(p) == 0 {
 		return usageError{"dump needs the path of one file: CONFIG@VERSION:PATH (see `vault-agent ls`)"}
-	}
-	key, err := a.keys(ctx, c)
-	if err != nil {
-		return err
 	}
 	rd, stop, err := restore.OpenVersion(ctx, c, key, m.m, m.journal)
 	if err != nil {
