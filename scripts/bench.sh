@@ -18,6 +18,15 @@ mkdir -p out/bench
 # out/ holds generated Go-like sources: a go.mod of its own keeps it out of ./...
 [ -f out/go.mod ] || printf 'module scratch/out\n' > out/go.mod
 go build -o out/bench/bench ./scripts/bench
+go build -o out/bench/fidelity ./scripts/fidelity
+go build -o out/bench/rpo ./scripts/rpo
 # BENCH_FLAGS is split on spaces on purpose.
 # shellcheck disable=SC2086
-exec out/bench/bench -bin bin -out out/bench/results.json ${BENCH_FLAGS:-} "$@"
+out/bench/bench -bin bin -out out/bench/results.json ${BENCH_FLAGS:-} "$@"
+echo
+echo "== metadata fidelity, vaultnode and restic on the same tree"
+out/bench/fidelity -bin bin -out out/bench/fidelity.json
+echo
+echo "== continuous protection (RPO_FLAGS, e.g. -idle-files 100000 for a shorter run)"
+# shellcheck disable=SC2086
+out/bench/rpo -bin bin -work out/rpo -out out/bench/rpo.json ${RPO_FLAGS:-}
