@@ -39,6 +39,7 @@ type ConfigStatus struct {
 	Covers   time.Time `json:"covers,omitzero"` // the moment the newest restorable state covers
 	LastSeen time.Time `json:"last_seen,omitzero"`
 	Versions int       `json:"versions"`
+	Capture  string    `json:"capture,omitempty"` // continuous mode: the change capture in use and its limits
 }
 
 func interval(cfg wire.Config) time.Duration {
@@ -102,6 +103,7 @@ func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time
 	if err != nil {
 		return st, err
 	}
+	st.Capture = rep.Capture
 	seen := cp.LastSeen
 	if seen.IsZero() {
 		seen = cp.Enrolled

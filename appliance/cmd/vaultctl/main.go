@@ -173,7 +173,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if !s.LastSeen.IsZero() {
 				seen = s.LastSeen.Local().Format(time.DateTime)
 			}
-			fmt.Fprintf(tw, "%s (%s)\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Computer, s.Config, s.Mode, s.State, covers, seen, s.Detail)
+			detail := s.Detail
+			if s.Capture != "" {
+				detail = strings.TrimPrefix(detail+"; capture: "+s.Capture, "; ")
+			}
+			fmt.Fprintf(tw, "%s (%s)\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Computer, s.Config, s.Mode, s.State, covers, seen, detail)
 		}
 		tw.Flush()
 	case a[0] == "backup-now" && len(a) == 3:
