@@ -103,12 +103,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return res, err
 }
 
-func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
+// defaults fills the options left zero.
+func (o *Options) defaults(workers int) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
 	if o.Workers <= 0 {
-		o.Workers = runtime.GOMAXPROCS(0)
+		o.Workers = workers
 	}
 	if o.Retries <= 0 {
 		o.Retries = 3
@@ -116,6 +117,10 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	if o.Interval <= 0 {
 		o.Interval = 200 * time.Millisecond
 	}
+}
+
+func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
+	o.defaults(runtime.GOMAXPROCS(0))
 	switch o.Config.Kind {
 	case "", wire.KindFiles, wire.KindDatabase:
 	default:

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"vaultnode/agentkit/meta"
@@ -48,18 +47,7 @@ type DeltaResult struct {
 // that the kernel did not report are found by the next checkpoint (a full
 // synchronization).
 func Delta(ctx context.Context, o Options, jv JournalVault, ch Changes, when time.Time) (*DeltaResult, error) {
-	if o.Log == nil {
-		o.Log = zap.NewNop()
-	}
-	if o.Workers <= 0 {
-		o.Workers = 2
-	}
-	if o.Retries <= 0 {
-		o.Retries = 3
-	}
-	if o.Interval <= 0 {
-		o.Interval = 200 * time.Millisecond
-	}
+	o.defaults(2)
 	gear, err := chunker.NewGear(o.GearKey)
 	if err != nil {
 		return nil, err
