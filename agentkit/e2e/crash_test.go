@@ -114,14 +114,21 @@ func (c *crashEnv) change(round int) {
 // the store must verify.
 func TestCrashVault(t *testing.T) {
 	c := newCrashEnv(t, 4)
-	last := 3 * time.Second // how long a backup took: kills fall inside it
+	prevRaw := int64(0)
 	for round := 0; round < 4; round++ {
 		if round > 0 {
 			c.change(round)
 		}
 		snap := snapshot(t, c.src)
+		fresh := freshBound(round, snap, prevRaw)
+		prevRaw = rawBytes(snap)
+		before := c.storedBytes()
 		cmd, out, done := c.startBackup()
-		d := 20*time.Millisecond + time.Duration(c.rnd.Int64N(int64(last)))
+		span := 1500 * time.Millisecond // kills fall inside a backup
+		if round == 0 {
+			span = 4 * time.Second
+		}
+		d := 20*time.Millisecond + time.Duration(c.rnd.Int64N(int64(span)))
 		select {
 		case <-done:
 			t.Logf("round %d: the backup finished before the kill at %v", round, d)
@@ -134,11 +141,14 @@ func TestCrashVault(t *testing.T) {
 			t.Errorf("round %d: the agent's failure does not say the vault was unreachable: %s", round, out)
 		}
 		c.v.start()
+		acked := c.storedBytes() - before // verifies the store right after the restart
 		c.account(snap)
-		start := time.Now()
 		s := c.a.backup("home")
-		last = max(time.Since(start), 200*time.Millisecond)
-		t.Logf("round %d: next backup committed home@%d, sent %d bytes", round, s.Version, s.BytesSent)
+		t.Logf("round %d: the vault kept %d acknowledged bytes; next backup committed home@%d, sent %d bytes (fresh data at most %d)", round, acked, s.Version, s.BytesSent, fresh)
+		if limit := fresh - acked + 16<<20; s.BytesSent > limit {
+			t.Errorf("round %d: the vault kept %d bytes across its crash, yet the next backup sent %d bytes, more than the %d left of at most %d fresh bytes (+16 MiB)",
+				round, acked, s.BytesSent, fresh-acked, fresh)
+		}
 		c.account(snap)
 	}
 	c.restoreAll()
@@ -184,14 +194,7 @@ func TestCrashAgent(t *testing.T) {
 			c.change(round)
 		}
 		snap := snapshot(t, c.src)
-		// The fresh data of this round is at most what changed; bound it
-		// by the whole tree the first time, by the added files later.
-		fresh := rawBytes(snap)
-		if round > 0 {
-			// The new bulk file and small files grow the tree; edits and
-			// the insertion's neighbourhood are within 8 MiB.
-			fresh = max(rawBytes(snap)-prevRaw, 0) + 8<<20
-		}
+		fresh := freshBound(round, snap, prevRaw)
 		prevRaw = rawBytes(snap)
 		before := c.storedBytes()
 		packs := filepath.Join(c.v.dir, "packs")
@@ -246,6 +249,16 @@ func (c *crashEnv) settle() {
 			last, same = n, 0
 		}
 	}
+}
+
+// freshBound bounds the data a backup of this round sends: the whole tree
+// the first time; later the growth (the new bulk file, new small files)
+// plus 8 MiB for edits and the insertion's neighbourhood.
+func freshBound(round int, snap map[string]entryState, prevRaw int64) int64 {
+	if round == 0 {
+		return rawBytes(snap)
+	}
+	return max(rawBytes(snap)-prevRaw, 0) + 8<<20
 }
 
 func lastLine(s string) string {
