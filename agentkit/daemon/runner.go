@@ -245,7 +245,9 @@ func (r *runner) sync(ctx context.Context, permit *schedule.Permit) (*backup.Res
 // also catches anything the kernel dropped) every interval and at quiet
 // moments. It returns only when change capture cannot run.
 func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
-	w, err := watch.New(r.cfg.Paths, r.d.o.Watch, r.log.Named("watch"), r.d.clk)
+	wo := r.d.o.Watch
+	wo.Exclude = append(append([]string{}, wo.Exclude...), r.d.o.State.Path) // our own journal and caches
+	w, err := watch.New(r.cfg.Paths, wo, r.log, r.d.clk)
 	if err != nil {
 		return err
 	}
