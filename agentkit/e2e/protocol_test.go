@@ -232,3 +232,61 @@ func TestProtocolErrors(t *testing.T) {
 		t.Errorf("verify: %s", r)
 	}
 }
+
+// TestCompanyIsolation: a computer of one company can neither see nor
+// probe another company's chunks, even for the same content.
+func TestCompanyIsolation(t *testing.T) {
+	e := newEnv(t)
+	g := newGen(t, e.src, 6)
+	content := g.text("shared", 5000)
+	g.write("shared.txt", content, 0o644)
+	e.a.backup("home")
+	ctx := context.Background()
+	ca, compA := agentClient(t, e.a.state)
+	idA := [32]byte(keys.NewHasher([32]byte(compA.ChunkKey)).Sum(content))
+
+	e.v.mustCtl("company", "create", "globex")
+	b := &agent{t: t, state: filepath.Join(e.root, "agentB")}
+	b.must("enroll", "-vault", e.v.addr, "-token", e.v.token("globex"), "-name", "pcB")
+	b.must("config", "set", "home", "-path", e.src)
+	cb, compB := agentClient(t, b.state)
+	if bytes.Equal(compA.ChunkKey, compB.ChunkKey) || bytes.Equal(compA.GearKey, compB.GearKey) {
+		t.Fatal("two companies got the same keys")
+	}
+	idB := [32]byte(keys.NewHasher([32]byte(compB.ChunkKey)).Sum(content))
+	if idA == idB {
+		t.Fatal("the same content has the same id in two companies")
+	}
+	s, err := cb.Open(ctx, "home")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lack, err := cb.Lack(ctx, s.ID, [][32]byte{idA, idB})
+	if err != nil || !lack[0] || !lack[1] {
+		t.Errorf("globex asking for acme's chunk: lack = %v (%v), want both lacking", lack, err)
+	}
+	err = cb.GetChunks(ctx, [][32]byte{idA}, func(f *wire.Frame) error {
+		if f.Kind != wire.StatusMissing {
+			t.Errorf("globex downloading acme's chunk got status %d, want missing", f.Kind)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	// acme's own computer reads it.
+	err = ca.GetChunks(ctx, [][32]byte{idA}, func(f *wire.Frame) error {
+		if f.Kind != wire.StatusOK {
+			t.Errorf("acme downloading its own chunk: status %d: %s", f.Kind, f.Payload)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	// Oversize JSON is refused with its code.
+	huge := wire.Config{Name: "huge", Paths: []string{"/" + strings.Repeat("x", wire.MaxJSONBody)}}
+	if _, err := cb.PutConfig(ctx, huge); !client.IsCode(err, wire.CodeTooLarge) {
+		t.Errorf("a configuration over %d bytes: %v, want %s", wire.MaxJSONBody, err, wire.CodeTooLarge)
+	}
+}
