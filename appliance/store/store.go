@@ -373,12 +373,26 @@ func (s *Store) takeWriter(company string) (*writer, error) {
 	if err == nil {
 		_, err = f.Write(hdr)
 	}
+	if err == nil {
+		// The new file's name must be durable before the index names it:
+		// Put's fdatasync covers its data, not its directory entries.
+		err = errors.Join(syncDir(filepath.Dir(p)), syncDir(filepath.Dir(filepath.Dir(p))))
+	}
 	if err != nil {
 		f.Close()
 		os.Remove(p)
 		return nil, classify(fmt.Errorf("write pack header: %w", err))
 	}
 	return &writer{f: f, number: n, company: company, size: pack.FileHeaderSize, fresh: true}, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (s *Store) giveWriter(w *writer) {
