@@ -201,3 +201,55 @@ func TestCorruptEntryHeader(t *testing.T) {
 	delete(got, ".")
 	compareTrees(t, "restore of the intact files", want, got)
 }
+
+// TestCorruptListing damages a version's listing: verify names the
+// version, and restoring it fails loudly instead of restoring a part.
+func TestCorruptListing(t *testing.T) {
+	e := newEnv(t)
+	g := newGen(t, e.src, 8)
+	for i := 0; i < 20; i++ {
+		g.write(fmt.Sprintf("f%02d.txt", i), g.text(fmt.Sprintf("f%02d", i), 2000), 0o644)
+	}
+	e.a.backup("home")
+	var loc *entryLoc
+	filepath.WalkDir(filepath.Join(e.v.dir, "packs"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !strings.HasSuffix(p, ".pack") {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		sc, err := pack.NewScanner(f)
+		if err != nil {
+			return err
+		}
+		for {
+			en, err := sc.Next()
+			if err != nil {
+				return nil
+			}
+			if en.Header.Kind == pack.KindListing {
+				loc = &entryLoc{p, en.Offset, en.Header.BodyLen}
+			}
+		}
+	})
+	if loc == nil {
+		t.Fatal("no listing entry in the packs")
+	}
+	flipByte(t, loc.path, loc.offset+pack.EntryHeaderSize+int64(loc.bodyLen)-5)
+	r := e.v.ctl("verify")
+	if r.code != 3 || !strings.Contains(r.stdout, "home@1") || !strings.Contains(r.stdout, fmt.Sprintf("offset %d", loc.offset)) {
+		t.Errorf("verify of a damaged listing: want exit 3 naming home@1 and offset %d; got %s", loc.offset, r)
+	}
+	dir, rr := e.restore(1)
+	if rr.code == 0 || rr.code == 2 || !strings.Contains(rr.stdout+rr.stderr, "damaged") {
+		t.Errorf("restore of a version whose listing is damaged: want a failure that says so; got %s", rr)
+	}
+	if rr.code == 1 {
+		if _, err := os.Stat(dir); err == nil {
+			t.Logf("note: restore exited 1 but made %s", dir)
+		}
+	}
+}
