@@ -39,6 +39,13 @@ func TestEnrolment(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "token") {
 		t.Errorf("malformed token: %s", r)
 	}
+	// An expired token (1 ms lives shorter than starting the agent).
+	expired := strings.TrimSpace(e.v.mustCtl("token", "create", "acme", "-ttl", "1ms"))
+	time.Sleep(5 * time.Millisecond)
+	r = a3.run("enroll", "-vault", e.v.addr, "-token", expired, "-name", "pc3")
+	if r.code == 0 || !strings.Contains(r.stderr, "expired") {
+		t.Errorf("expired token: want a refusal that mentions expiry; got %s", r)
+	}
 	if r := e.v.ctl("token", "create", "nosuchcompany"); r.code == 0 {
 		t.Errorf("token for an unknown company: %s", r)
 	}
