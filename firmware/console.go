@@ -74,8 +74,8 @@ func (m *Machine) console(ctx context.Context, booted bool) {
 		if !booted {
 			m.printf("Boot failed; the support shell needs a configuration. Press Enter to refresh.\n")
 		}
+		m.setEcho(false) // before the prompt: a fast typist must not be echoed
 		m.printf("\nPress Enter to refresh, or type the admin password for the support shell.\nlogin: ")
-		m.setEcho(false)
 		line, err := in.ReadString('\n')
 		m.setEcho(true)
 		if err != nil && line == "" {

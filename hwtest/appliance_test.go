@@ -283,7 +283,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	src := filepath.Join(t.TempDir(), "protected")
 	writeTree(t, src, 40, 64<<10)
 	big := filepath.Join(t.TempDir(), "big")
-	writeTree(t, big, 24, 1<<20) // 24 MiB: the VM's vault takes far longer than the 2 s before the cut
+	writeTree(t, big, 32, 1<<20) // 32 MiB at 16 Mbit/s: at least 16 s, the power is cut after 6 s
 	ag.bin = buildAgent(t)
 
 	ok := t.Run("agent on the host backs up to the vault in the VM and restores", func(t *testing.T) {
@@ -333,6 +333,11 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 		if _, err := vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
 			t.Fatalf("%v\n%s", err, vm.Console())
 		}
+		// The upload limit makes the backup last long enough whatever the
+		// machine's speed.
+		if _, err := ag.run(ctx, "limit", "16Mbit/s"); err != nil {
+			t.Fatalf("limit: %v", err)
+		}
 		bctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		done := make(chan error, 1)
@@ -340,7 +345,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 		select {
 		case err := <-done:
 			t.Fatalf("the backup ended before the power cut (err %v): make the tree bigger", err)
-		case <-time.After(2 * time.Second):
+		case <-time.After(6 * time.Second):
 		}
 		vm.Kill()
 		t.Log("power cut while the backup ran")
@@ -370,6 +375,9 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 		sh := shell(ctx, t, vm)
 		if out := sh("vaultctl -data /data/vault verify"); !strings.Contains(out, " 0 problems") {
 			t.Errorf("verify after the power cut: %s", out)
+		}
+		if _, err := ag.run(ctx, "limit", ""); err != nil {
+			t.Fatalf("limit: %v", err)
 		}
 		if _, err := ag.run(ctx, "backup", "big"); err != nil {
 			t.Fatalf("backup after the power cut: %v", err)

@@ -93,6 +93,7 @@ func Build(ctx context.Context, o Options) (Result, error) {
 		add(cpio.Directory(d, 0o755))
 	}
 	add(cpio.CharDev("dev/console", 0o600, 5, 1))
+	add(cpio.Symlink("bin/init", "../init")) // "init ctl ..." from the support shell
 	add(cpio.CharDev("dev/null", 0o666, 1, 3))
 	add(cpio.StaticFile("etc/passwd", "root:x:0:0:root:/root:/init\n", 0o644))
 	add(cpio.StaticFile("etc/group", "root:x:0:\n", 0o644))
