@@ -54,6 +54,9 @@ func (a *appliance) boot(ctx context.Context, extraAppend string) *VM {
 		if !vm.Exited() {
 			vm.Kill()
 		}
+		if strings.Contains(vm.Console(), "test-password") {
+			a.t.Error("the admin password was echoed on the console")
+		}
 	})
 	return vm
 }
