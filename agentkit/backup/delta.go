@@ -106,7 +106,7 @@ func deltaTargets(roots []string, sel *selection.Selection, ch Changes) []deltaT
 		p = path.Clean(p)
 		for _, r := range roots {
 			if p == r || strings.HasPrefix(p, r+"/") || r == "/" {
-				if ex, _ := sel.Excluded(p); ex {
+				if ex, _ := sel.ExcludedPath(p); ex {
 					return
 				}
 				ts = append(ts, deltaTarget{abs: p, root: r, rescan: rescan})

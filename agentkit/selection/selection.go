@@ -143,3 +143,17 @@ func PseudoFS(fd int) string {
 	}
 	return pseudoFS[int64(st.Type)]
 }
+
+// ExcludedPath is Excluded for a path reached without walking down to it
+// (a change reported by the kernel): the path or any of its ancestors may
+// be what is excluded.
+func (s *Selection) ExcludedPath(abs string) (bool, string) {
+	for p := abs; ; p = path.Dir(p) {
+		if ex, why := s.Excluded(p); ex {
+			return true, why
+		}
+		if p == "/" || p == "." {
+			return false, ""
+		}
+	}
+}
