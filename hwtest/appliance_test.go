@@ -213,6 +213,12 @@ func TestAppliance(t *testing.T) {
 				t.Errorf("config lacks %s:\n%s", want, out)
 			}
 		}
+		must(t, vm.Send("ls /data/log"))
+		out, err = vm.Expect(ctx, "# ")
+		must(t, err)
+		if !strings.Contains(out, "firmware.log") {
+			t.Errorf("no firmware log on the data volume:\n%s", out)
+		}
 		must(t, vm.Send("status"))
 		out, err = vm.Expect(ctx, "# ")
 		must(t, err)
@@ -399,4 +405,56 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 		}
 		must(t, vm.Wait(ctx))
 	})
+}
+
+// TestStaticNetworkSingleDisk sets the appliance up with a static address
+// and one data disk (ext4 without RAID), then powers it off by ACPI.
+func TestStaticNetworkSingleDisk(t *testing.T) {
+	needQEMU(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a := newAppliance(t)
+	vm := a.boot(ctx, "")
+	for _, s := range []struct{ prompt, answer string }{
+		{"Hostname [vaultnode]: ", "static-vault"},
+		{"Network: dhcp or static [dhcp]: ", "static"},
+		{"(e.g. 192.168.1.10/24): ", "10.0.2.15/24"},
+		{"Gateway: ", "192.168.1.1"},
+		{"the gateway must be on the appliance's subnet", ""},
+		{"Gateway: ", "10.0.2.2"},
+		{"DNS servers (comma separated): ", "10.0.2.3"},
+		{"Admin password (at least 8 characters): ", "test-password"},
+		{"Admin password again: ", "test-password"},
+		{"[UTC]: ", ""},
+		{"[pool.ntp.org]: ", "10.0.2.2"},
+		{"[vdb]: ", "vdd"},
+		{"(yes/no) [yes]: ", "yes"},
+	} {
+		if _, err := vm.Expect(ctx, s.prompt); err != nil {
+			t.Fatalf("setup dialog: %v\n%s", err, vm.Since())
+		}
+		if strings.HasSuffix(s.prompt, ": ") {
+			must(t, vm.Send(s.answer))
+		}
+	}
+	if _, err := vm.Expect(ctx, "VAULTNODE-READY"); err != nil {
+		t.Fatalf("%v\n%s", err, vm.Since())
+	}
+	if _, err := vm.Expect(ctx, "addresses: eth0 10.0.2.15/24"); err != nil {
+		t.Fatalf("%v\n%s", err, vm.Since())
+	}
+	// Reaching the metrics port through the forwarded port proves the
+	// static address and route work.
+	body := a.waitMetric(ctx, `vaultnode_info{version="hwtest",hostname="static-vault"} 1`)
+	if strings.Contains(body, "vaultnode_md_disks_active") && strings.Contains(body, `array="md0"`) {
+		t.Errorf("a single data disk made an md array:\n%s", body)
+	}
+	if !strings.Contains(body, `vaultnode_filesystem_size_bytes{mount="/data"}`) {
+		t.Errorf("no data filesystem:\n%s", body)
+	}
+	must(t, vm.PowerButton(ctx))
+	if _, err := vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
+		t.Fatalf("%v\n%s", err, vm.Since())
+	}
+	must(t, vm.Wait(ctx))
 }
