@@ -29,6 +29,7 @@ import (
 	"vaultnode/firmware/metrics"
 	"vaultnode/firmware/modules"
 	"vaultnode/firmware/network"
+	"vaultnode/firmware/ntp"
 	"vaultnode/firmware/service"
 	"vaultnode/firmware/setup"
 )
@@ -45,6 +46,7 @@ func (m *Machine) bootSteps() []step {
 		{name: "load configuration", run: m.loadConfig, fatal: true},
 		{name: "set identity", run: m.setIdentity},
 		{name: "bring up network", run: m.bringUpNetwork},
+		{name: "start clock sync", run: m.startClockSync},
 		{name: "mount data volume", run: m.mountData, fatal: true},
 		{name: "serve control socket", run: m.serveControl},
 		{name: "serve health and metrics", run: m.serveMetrics},
@@ -350,6 +352,9 @@ func (m *Machine) setIdentity(context.Context) error {
 	}
 	_ = os.WriteFile("/etc/hostname", []byte(cfg.Hostname+"\n"), 0o644)
 	os.Setenv("TZ", cfg.TimeZone)
+	if _, err := os.Stat("/usr/share/zoneinfo.zip"); err == nil {
+		os.Setenv("ZONEINFO", "/usr/share/zoneinfo.zip") // Go services find TZ there
+	}
 	return nil
 }
 
@@ -589,4 +594,49 @@ func (m *Machine) snapshot() metrics.Snapshot {
 		}
 	}
 	return s
+}
+
+// startClockSync sets the clock from the configured NTP server now and
+// every hour; failures are retried with backoff and only logged.
+func (m *Machine) startClockSync(context.Context) error {
+	server := m.config().NTP
+	if server == "" {
+		return nil
+	}
+	log := m.log.Named("ntp").With(zap.String("server", server))
+	m.bgWG.Add(1)
+	go func() { // owned by bgCancel
+		defer m.bgWG.Done()
+		retry := time.Minute
+		for {
+			wait := time.Hour
+			ctx, cancel := context.WithTimeout(m.bgCtx, 10*time.Second)
+			now, offset, err := ntp.Query(ctx, server)
+			cancel()
+			switch {
+			case err != nil:
+				log.Warn("clock not synchronised; will retry", zap.Error(err), zap.Duration("retry", retry))
+				wait, retry = retry, min(2*retry, time.Hour)
+			case offset > 500*time.Millisecond || offset < -500*time.Millisecond:
+				tv := unix.NsecToTimeval(now.UnixNano())
+				if err := unix.Settimeofday(&tv); err != nil {
+					log.Warn("set clock", zap.Error(err))
+				} else {
+					log.Info("clock set from ntp", zap.Duration("offset", offset))
+				}
+				retry = time.Minute
+			default:
+				log.Info("clock in step with ntp", zap.Duration("offset", offset))
+				retry = time.Minute
+			}
+			t := m.clk.NewTimer(wait)
+			select {
+			case <-m.bgCtx.Done():
+				t.Stop()
+				return
+			case <-t.C():
+			}
+		}
+	}()
+	return nil
 }

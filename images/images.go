@@ -115,6 +115,15 @@ func Build(ctx context.Context, o Options) (Result, error) {
 		add(r)
 	}
 
+	// Time zones for the Go services (TZ from the setup dialog, ZONEINFO set by the firmware).
+	if goroot, err := exec.Command(goBinary(), "env", "GOROOT").Output(); err == nil {
+		zi := filepath.Join(strings.TrimSpace(string(goroot)), "lib", "time", "zoneinfo.zip")
+		if r, err := fileRecord(zi, "usr/share/zoneinfo.zip"); err == nil {
+			r.Mode = cpio.S_IFREG | 0o644
+			add(r)
+		}
+	}
+
 	modRecs, err := moduleRecords(kver, modules.Image())
 	if err != nil {
 		return res, err
@@ -213,13 +222,7 @@ func goBuild(ctx context.Context, o Options, pkg, out string) error {
 	if _, err := os.Stat(filepath.Join(o.Root, pkg)); err != nil {
 		return fmt.Errorf("build %s: not there yet", pkg)
 	}
-	gobin := "go"
-	if p, err := exec.LookPath("go"); err == nil {
-		gobin = p
-	} else if _, err := os.Stat("/usr/local/go/bin/go"); err == nil {
-		gobin = "/usr/local/go/bin/go"
-	}
-	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath",
+	cmd := exec.CommandContext(ctx, goBinary(), "build", "-trimpath",
 		"-ldflags", "-s -w -buildid= -X vaultnode/firmware.Version="+o.Version, "-o", out, pkg)
 	cmd.Dir = o.Root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOAMD64=v1")
@@ -227,6 +230,16 @@ func goBuild(ctx context.Context, o Options, pkg, out string) error {
 		return fmt.Errorf("build %s: %w\n%s", pkg, err, b)
 	}
 	return nil
+}
+
+func goBinary() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/local/go/bin/go"); err == nil {
+		return "/usr/local/go/bin/go"
+	}
+	return "go"
 }
 
 func fileRecord(src, dest string) (cpio.Record, error) {
