@@ -455,6 +455,10 @@ func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error 
 		entries = append(entries, store.Entry{Header: eh, Data: data})
 		sent += int64(len(f.Payload))
 	}
+	entries, err = v.dropStored(s.company, entries)
+	if err != nil {
+		return err
+	}
 	if err := v.Store.Put(s.company, entries); err != nil {
 		return err
 	}
@@ -767,4 +771,24 @@ func (v *Vault) listJournal(w http.ResponseWriter, r *http.Request, c *caller) e
 	}
 	writeJSON(w, js)
 	return nil
+}
+
+// dropStored removes entries the store already holds (a retried upload, or
+// two sessions sending the same chunk), so packs do not grow with copies.
+func (v *Vault) dropStored(company string, entries []store.Entry) ([]store.Entry, error) {
+	ids := make([][32]byte, len(entries))
+	for i := range entries {
+		ids[i] = entries[i].Header.ID
+	}
+	has, err := v.Store.Has(company, ids)
+	if err != nil {
+		return nil, err
+	}
+	kept := entries[:0]
+	for i, e := range entries {
+		if !has[i] {
+			kept = append(kept, e)
+		}
+	}
+	return kept, nil
 }

@@ -119,7 +119,10 @@ func loadMasterKey(path string) ([32]byte, error) {
 		if err := syncFile(tmp); err != nil {
 			return k, err
 		}
-		return k, os.Rename(tmp, path)
+		if err := os.Rename(tmp, path); err != nil {
+			return k, fmt.Errorf("write master key: %w", err)
+		}
+		return k, syncFile(filepath.Dir(path)) // the key's name survives a power cut
 	}
 	if err != nil {
 		return k, fmt.Errorf("read master key: %w", err)
