@@ -41,7 +41,6 @@ type Options struct {
 	Stdout            io.Writer    // optional copy of the console
 	Extra             []string     // extra QEMU arguments
 	Env               []string
-	_                 struct{}
 }
 
 // VM is a running QEMU.
