@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -186,7 +187,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 			return d.run(ctx, order)
 		}
 		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
-			links: map[[2]uint64][]byte{}, log: o.Log, sourceOf: o.SourceOf}
+			links: map[[2]uint64][]byte{}, log: o.Log, spill: filepath.Join(o.State.Path, "tmp"), sourceOf: o.SourceOf}
 		return w.run()
 	}
 	listing, problems, err := pipeline(ctx, o, sess.ID, gear, stats, zw, produce)

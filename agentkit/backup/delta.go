@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -73,7 +74,7 @@ func Delta(ctx context.Context, o Options, jv JournalVault, ch Changes, when tim
 	}()
 	produce := func(ctx context.Context, up *uploader, order, work chan<- *item) error {
 		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, order: order, work: work, stats: stats,
-			links: map[[2]uint64][]byte{}, log: o.Log}
+			links: map[[2]uint64][]byte{}, log: o.Log, spill: filepath.Join(o.State.Path, "tmp")}
 		for _, t := range targets {
 			if err := w.deltaTarget(t); err != nil {
 				return err

@@ -45,6 +45,8 @@ type walker struct {
 	stats *Stats
 	links map[[2]uint64][]byte // (dev, ino) of multi-link files -> first path
 	log   *zap.Logger
+	// spill holds the sorted runs of very wide directories.
+	spill string
 	// sourceOf, when set, maps a configured root to the directory actually
 	// read (a snapshot of it); paths are recorded as the root's.
 	sourceOf func(root string) string
@@ -210,6 +212,9 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node) error {
 		n.Chunks, n.Extents, n.Sparse = prev.Chunks, prev.Extents, prev.Sparse
 		return w.send(&item{node: n, done: closedDone}, false)
 	}
+	if n.Size == 0 {
+		return w.send(&item{node: n, done: closedDone}, false) // nothing to read
+	}
 	fd, err := openFile(dirfd, name)
 	if err != nil {
 		atomic.AddInt64(&w.stats.Unreadable, 1)
@@ -244,23 +249,28 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	}
 	d := os.NewFile(uintptr(fd), abs)
 	defer d.Close()
-	names, err := d.Readdirnames(-1)
+	names, err := readNames(d, w.spill) // bytewise order, as tree order wants
 	if err != nil {
 		atomic.AddInt64(&w.stats.Unreadable, 1)
 		n.Status, n.Err = tree.StatusUnreadable, "read directory: "+err.Error()
 		return w.emit(n)
 	}
+	defer names.close()
 	if err := w.emit(n); err != nil {
 		return err
 	}
-	sort.Strings(names) // bytewise, as tree order wants
-	for _, name := range names {
-		if name == VaultMarker {
-			// this directory is a vault's data: only the directory itself is recorded
+	var st unix.Stat_t
+	if unix.Fstatat(fd, VaultMarker, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+		return nil // this directory is a vault's data: only the directory itself is recorded
+	}
+	for {
+		child, ok, err := names.next()
+		if err != nil {
+			return fmt.Errorf("read directory %s: %w", abs, err)
+		}
+		if !ok {
 			return nil
 		}
-	}
-	for _, child := range names {
 		cabs := abs + "/" + child
 		if abs == "/" {
 			cabs = "/" + child
@@ -302,7 +312,6 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 			return err
 		}
 	}
-	return nil
 }
 
 func pseudoOf(dirfd int, name string) string {
