@@ -383,6 +383,20 @@ func (m *Machine) mountData(ctx context.Context) error {
 		}
 		data := m.config().Data
 		devs, err := devsOf(data.Disks, disks)
+		if err != nil && data.Level == "raid1" {
+			// A mirror runs on one disk: start it degraded and say so.
+			var present []string
+			for _, id := range data.Disks {
+				if d, ok := disk.Find(disks, id); ok {
+					present = append(present, d.Dev())
+				} else {
+					m.problem("data disk %s is missing: the mirror runs degraded; reattach or replace it", id)
+				}
+			}
+			if len(present) > 0 {
+				devs, err = present, nil
+			}
+		}
 		if err != nil {
 			return err
 		}

@@ -95,6 +95,40 @@ func (a *appliance) waitMetric(ctx context.Context, want string) string {
 	return ""
 }
 
+// waitHealth polls /health until it answers code with a body containing want.
+func (a *appliance) waitHealth(ctx context.Context, code int, want string) string {
+	a.t.Helper()
+	var last string
+	var lastCode int
+	for ctx.Err() == nil {
+		if c, body, err := a.get(ctx, "/health"); err == nil {
+			last, lastCode = body, c
+			if c == code && strings.Contains(body, want) {
+				return body
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	a.t.Fatalf("/health never answered %d with %q; last %d:\n%s", code, want, lastCode, last)
+	return ""
+}
+
+// waitReady waits for the end of boot and fails at once on a failed boot.
+func waitReady(ctx context.Context, t *testing.T, vm *VM) {
+	t.Helper()
+	i, err := vm.ExpectAny(ctx, "VAULTNODE-READY", "BOOT FAILED")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, vm.Console())
+	}
+	if i == 1 {
+		out, _ := vm.Expect(ctx, "\n")
+		t.Fatalf("boot failed: %s\n%s", out, vm.Console())
+	}
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -146,15 +180,14 @@ func TestAppliance(t *testing.T) {
 		if _, err := vm.Expect(ctx, "Setup complete."); err != nil {
 			t.Fatalf("%v\n%s", err, vm.Since())
 		}
-		if _, err := vm.Expect(ctx, "VAULTNODE-READY"); err != nil {
-			t.Fatalf("%v\n%s", err, vm.Since())
-		}
+		waitReady(ctx, t, vm)
 		if hasVault {
 			if _, err := vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
 				t.Fatalf("%v\n%s", err, vm.Since())
 			}
 			a.waitMetric(ctx, `vaultnode_service_up{service="vaultd"} 1`)
 		}
+		a.waitHealth(ctx, http.StatusOK, `"status":"ok"`)
 		body := a.waitMetric(ctx, `vaultnode_md_disks_active{array="md0",level="raid1"} 2`)
 		if !strings.Contains(body, `vaultnode_filesystem_size_bytes{mount="/data"}`) {
 			t.Errorf("no data filesystem in metrics:\n%s", body)
@@ -176,9 +209,7 @@ func TestAppliance(t *testing.T) {
 
 	t.Run("second boot: no dialog, config kept, crashing service contained, console poweroff", func(t *testing.T) {
 		vm := a.boot(ctx, "vaultnode.testcrash=1")
-		if _, err := vm.Expect(ctx, "VAULTNODE-READY"); err != nil {
-			t.Fatalf("%v\n%s", err, vm.Console())
-		}
+		waitReady(ctx, t, vm)
 		if strings.Contains(vm.Console(), "first boot setup") {
 			t.Fatal("the setup dialog ran again on the second boot")
 		}
@@ -298,6 +329,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	ok := t.Run("agent on the host backs up to the vault in the VM and restores", func(t *testing.T) {
 		ag.t = t
 		vm := a.boot(ctx, "")
+		waitReady(ctx, t, vm)
 		if _, err := vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
 			t.Fatalf("%v\n%s", err, vm.Console())
 		}
@@ -339,6 +371,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	ok = t.Run("power cut in the middle of a backup", func(t *testing.T) {
 		ag.t = t
 		vm := a.boot(ctx, "")
+		waitReady(ctx, t, vm)
 		if _, err := vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
 			t.Fatalf("%v\n%s", err, vm.Console())
 		}
@@ -375,9 +408,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	t.Run("after the power cut: mounts, verifies, next backup completes, data intact", func(t *testing.T) {
 		ag.t = t
 		vm := a.boot(ctx, "")
-		if _, err := vm.Expect(ctx, "VAULTNODE-READY"); err != nil {
-			t.Fatalf("%v\n%s", err, vm.Console())
-		}
+		waitReady(ctx, t, vm)
 		if _, err := vm.Expect(ctx, "*** service vault-verify done"); err != nil {
 			t.Fatalf("the vault did not verify clean at boot: %v\n%s", err, vm.Console())
 		}
@@ -400,6 +431,33 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 		}
 		// Shut down through the control socket, as a service would.
 		must(t, vm.Send("init ctl poweroff"))
+		if _, err := vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Since())
+		}
+		must(t, vm.Wait(ctx))
+	})
+
+	t.Run("a mirror disk is missing: boots degraded, says so, data still served", func(t *testing.T) {
+		ag.t = t
+		full := a.disks
+		defer func() { a.disks = full }()
+		a.disks = []Disk{full[0], full[1], full[3]} // data2 pulled; data3 is now vdc
+		vm := a.boot(ctx, "")
+		waitReady(ctx, t, vm)
+		if _, err := vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Console())
+		}
+		a.waitMetric(ctx, `vaultnode_md_degraded{array="md0"} 1`)
+		body := a.waitHealth(ctx, http.StatusServiceUnavailable, "array md0 is degraded: 1 of 2 disks")
+		if !strings.Contains(body, `"status":"degraded"`) {
+			t.Errorf("health: %s", body)
+		}
+		dst := filepath.Join(t.TempDir(), "restored")
+		if _, err := ag.run(ctx, "restore", "docs@latest", "-to", dst); err != nil {
+			t.Fatalf("restore from a degraded vault: %v", err)
+		}
+		compareTrees(t, src, filepath.Join(dst, src))
+		must(t, vm.PowerButton(ctx))
 		if _, err := vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
 			t.Fatalf("%v\n%s", err, vm.Since())
 		}
@@ -437,9 +495,7 @@ func TestStaticNetworkSingleDisk(t *testing.T) {
 			must(t, vm.Send(s.answer))
 		}
 	}
-	if _, err := vm.Expect(ctx, "VAULTNODE-READY"); err != nil {
-		t.Fatalf("%v\n%s", err, vm.Since())
-	}
+	waitReady(ctx, t, vm)
 	if _, err := vm.Expect(ctx, "addresses: eth0 10.0.2.15/24"); err != nil {
 		t.Fatalf("%v\n%s", err, vm.Since())
 	}

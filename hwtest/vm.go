@@ -191,6 +191,33 @@ func (vm *VM) Expect(ctx context.Context, s string) (string, error) {
 	}
 }
 
+// ExpectAny waits for the first of several strings and returns its index.
+func (vm *VM) ExpectAny(ctx context.Context, ss ...string) (int, error) {
+	for {
+		vm.mu.Lock()
+		best, at := -1, -1
+		for i, s := range ss {
+			if j := bytes.Index(vm.buf[vm.cursor:], []byte(s)); j >= 0 && (at < 0 || j < at) {
+				best, at = i, j
+			}
+		}
+		ch := vm.notify
+		if best >= 0 {
+			vm.cursor += at + len(ss[best])
+			vm.mu.Unlock()
+			return best, nil
+		}
+		vm.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("wait for %q on the console: %w", ss, ctx.Err())
+		case <-vm.exited:
+			return -1, fmt.Errorf("wait for %q on the console: %w", ss, ErrExited)
+		case <-ch:
+		}
+	}
+}
+
 // Since returns the console output after the last match.
 func (vm *VM) Since() string {
 	vm.mu.Lock()
