@@ -279,40 +279,113 @@ func (s *Store) Put(company string, entries []Entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	w, err := s.takeWriter(company)
+	a, err := s.Append(company)
 	if err != nil {
 		return err
 	}
-	locs := make([]Location, len(entries))
-	off := w.size
-	bufs := make([][]byte, len(entries))
-	for i, e := range entries {
-		locs[i] = Location{Pack: w.number, Offset: uint32(off), BodyLen: e.Header.BodyLen,
-			PlainLen: e.Header.PlainLen, Kind: e.Header.Kind, Flags: e.Header.Flags}
-		off += int64(len(e.Data))
-		bufs[i] = e.Data
+	for _, e := range entries {
+		if err := a.Add(e.Header, e.Data); err != nil {
+			a.Abort()
+			return err
+		}
 	}
-	if err := writeAllAt(w.f, bufs, w.size); err != nil {
-		s.dropWriter(w)
-		return classify(fmt.Errorf("append to pack %08x: %w", w.number, err))
+	return a.Commit()
+}
+
+// Appender adds entries of one company to an open pack, one at a time, so
+// a caller streaming an upload holds one entry in memory, not the batch.
+// Nothing it adds is visible or durable until Commit; after Abort (or a
+// crash) the bytes it wrote lie past the pack's committed length and are
+// overwritten or truncated.
+type Appender struct {
+	s       *Store
+	w       *writer
+	company string
+	off     int64
+	ids     [][32]byte
+	locs    []Location
+	done    bool
+	dirty   bool // bytes were written past the committed length
+}
+
+// Append starts adding entries for a company. The pack is taken at the
+// first Add, so an appender that adds nothing leaves no trace.
+func (s *Store) Append(company string) (*Appender, error) {
+	return &Appender{s: s, company: company}, nil
+}
+
+// Add writes one sealed entry (header and body, as pack.AppendEntry makes).
+func (a *Appender) Add(h pack.EntryHeader, data []byte) error {
+	if a.done {
+		return errors.New("appender already finished")
+	}
+	if a.w == nil {
+		w, err := a.s.takeWriter(a.company)
+		if err != nil {
+			return err
+		}
+		a.w, a.off = w, w.size
+	}
+	a.dirty = true
+	if _, err := a.w.f.WriteAt(data, a.off); err != nil {
+		return classify(fmt.Errorf("append to pack %08x: %w", a.w.number, err))
+	}
+	a.ids = append(a.ids, h.ID)
+	a.locs = append(a.locs, Location{Pack: a.w.number, Offset: uint32(a.off), BodyLen: h.BodyLen,
+		PlainLen: h.PlainLen, Kind: h.Kind, Flags: h.Flags})
+	a.off += int64(len(data))
+	return nil
+}
+
+// Len is the number of entries added.
+func (a *Appender) Len() int { return len(a.ids) }
+
+// Abort gives the pack back without committing anything; bytes it wrote
+// are cut off at once (a failed write may have filled the disk).
+func (a *Appender) Abort() {
+	if a.done {
+		return
+	}
+	a.done = true
+	if a.w == nil {
+		return
+	}
+	if a.dirty {
+		a.s.dropWriter(a.w)
+		return
+	}
+	a.s.giveWriter(a.w)
+}
+
+// Commit syncs the pack and records every added entry in the index; it
+// returns after both are durable.
+func (a *Appender) Commit() error {
+	if a.done {
+		return errors.New("appender already finished")
+	}
+	a.done = true
+	s, w := a.s, a.w
+	if w == nil {
+		return nil
 	}
 	if err := syscall.Fdatasync(int(w.f.Fd())); err != nil {
 		s.dropWriter(w)
 		return classify(fmt.Errorf("sync pack %08x: %w", w.number, err))
 	}
+	off := a.off
 	// Batch coalesces the index commits of concurrent uploads into one
 	// transaction (one fsync for many requests); the function is idempotent
 	// as Batch may run it again.
-	err = s.db.Batch(func(tx *bbolt.Tx) error {
-		cb, err := tx.Bucket(bucketChunks).CreateBucketIfNotExists([]byte(company))
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
+		cb, err := tx.Bucket(bucketChunks).CreateBucketIfNotExists([]byte(a.company))
 		if err != nil {
 			return err
 		}
-		for i, e := range entries {
-			if cb.Get(e.Header.ID[:]) != nil {
+		for i, id := range a.ids {
+			if cb.Get(id[:]) != nil {
 				continue // stored meanwhile by another session: keep the first
 			}
-			if err := cb.Put(e.Header.ID[:], locs[i].marshal()); err != nil {
+			if err := cb.Put(id[:], a.locs[i].marshal()); err != nil {
 				return err
 			}
 		}
@@ -321,7 +394,7 @@ func (s *Store) Put(company string, entries []Entry) error {
 				return err
 			}
 		}
-		return tx.Bucket(bucketPacks).Put(packKey(w.number), packRecord{Company: company, Committed: uint64(off)}.marshal())
+		return tx.Bucket(bucketPacks).Put(packKey(w.number), packRecord{Company: a.company, Committed: uint64(off)}.marshal())
 	})
 	if err != nil {
 		s.dropWriter(w)
@@ -330,16 +403,6 @@ func (s *Store) Put(company string, entries []Entry) error {
 	w.size = off
 	w.fresh = false
 	s.giveWriter(w)
-	return nil
-}
-
-func writeAllAt(f *os.File, bufs [][]byte, off int64) error {
-	for _, b := range bufs {
-		if _, err := f.WriteAt(b, off); err != nil {
-			return err
-		}
-		off += int64(len(b))
-	}
 	return nil
 }
 

@@ -423,22 +423,39 @@ func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error 
 	case <-r.Context().Done():
 		return r.Context().Err()
 	}
-	body, err := readBody(r, wire.MaxUploadBody)
+	// The body is processed as it arrives, one chunk at a time: each is
+	// verified, sealed and appended past the pack's committed length, and
+	// the whole request is committed at the end or cut off at the first
+	// bad chunk. A request holds about three chunks of memory, whatever
+	// its size.
+	if r.ContentLength > wire.MaxUploadBody {
+		return fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body of %d bytes is over the %d limit", r.ContentLength, wire.MaxUploadBody)
+	}
+	body := &limitedBody{r: r.Body, left: wire.MaxUploadBody}
+	fr := wire.NewFrameReader(body)
+	h := keys.NewHasher(c.keys.set.ChunkID)
+	app, err := v.Store.Append(s.company)
 	if err != nil {
 		return err
 	}
-	fr := wire.NewFrameReader(bytes.NewReader(body))
-	h := keys.NewHasher(c.keys.set.ChunkID)
-	var entries []store.Entry
-	var scratch []byte
+	committed := false
+	defer func() {
+		if !committed {
+			app.Abort()
+		}
+	}()
+	var scratch, sealed []byte
 	var sent int64
 	for {
 		f, err := fr.Next()
 		if err == io.EOF {
 			break
 		}
+		if body.over {
+			return fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body is over the %d limit", wire.MaxUploadBody)
+		}
 		if err != nil {
-			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: %v", err)
+			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: %v; nothing of this request was stored", err)
 		}
 		if f.Kind != wire.FrameData && f.Kind != wire.FrameListing {
 			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x has unknown kind %d", f.ID[:8], f.Kind)
@@ -450,24 +467,54 @@ func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error 
 		if h.Sum(scratch) != f.ID {
 			return fail(http.StatusUnprocessableEntity, wire.CodeMismatch, "upload: chunk %x: content does not match its id; nothing of this request was stored", f.ID[:8])
 		}
-		eh := pack.EntryHeader{Kind: pack.Kind(f.Kind), Flags: f.Flags, ID: f.ID, PlainLen: f.PlainLen}
-		data := pack.AppendEntry(make([]byte, 0, pack.EntryHeaderSize+pack.Overhead+len(f.Payload)), c.keys.aead, &eh, f.Payload)
-		entries = append(entries, store.Entry{Header: eh, Data: data})
 		sent += int64(len(f.Payload))
+		if has, err := v.Store.Has(s.company, [][32]byte{f.ID}); err != nil {
+			return err
+		} else if has[0] {
+			continue // already stored (a retry, or another session): append nothing
+		}
+		eh := pack.EntryHeader{Kind: pack.Kind(f.Kind), Flags: f.Flags, ID: f.ID, PlainLen: f.PlainLen}
+		sealed = pack.AppendEntry(sealed[:0], c.keys.aead, &eh, f.Payload)
+		if err := app.Add(eh, sealed); err != nil {
+			return err
+		}
 	}
-	entries, err = v.dropStored(s.company, entries)
-	if err != nil {
-		return err
-	}
-	if err := v.Store.Put(s.company, entries); err != nil {
+	n := app.Len()
+	committed = true
+	if err := app.Commit(); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.chunksSent += int64(len(entries))
+	s.chunksSent += int64(n)
 	s.bytesSent += sent
 	s.mu.Unlock()
-	writeJSON(w, map[string]int{"stored": len(entries)})
+	writeJSON(w, map[string]int{"stored": n})
 	return nil
+}
+
+// limitedBody reads at most left bytes and remembers whether the body
+// went over.
+type limitedBody struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		var one [1]byte
+		if n, _ := l.r.Read(one[:]); n > 0 {
+			l.over = true
+			return 0, errors.New("request body over the limit")
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
 }
 
 func (v *Vault) abort(w http.ResponseWriter, r *http.Request, c *caller) error {
@@ -771,24 +818,4 @@ func (v *Vault) listJournal(w http.ResponseWriter, r *http.Request, c *caller) e
 	}
 	writeJSON(w, js)
 	return nil
-}
-
-// dropStored removes entries the store already holds (a retried upload, or
-// two sessions sending the same chunk), so packs do not grow with copies.
-func (v *Vault) dropStored(company string, entries []store.Entry) ([]store.Entry, error) {
-	ids := make([][32]byte, len(entries))
-	for i := range entries {
-		ids[i] = entries[i].Header.ID
-	}
-	has, err := v.Store.Has(company, ids)
-	if err != nil {
-		return nil, err
-	}
-	kept := entries[:0]
-	for i, e := range entries {
-		if !has[i] {
-			kept = append(kept, e)
-		}
-	}
-	return kept, nil
 }
