@@ -104,7 +104,8 @@ const shellHelp = `support shell commands:
   poweroff, reboot   shut down cleanly
   cd DIR, pwd, ls [DIR], cat FILE, env
   exit               back to the login
-anything else runs a program from /bin or /sbin (vaultctl, mdadm, mke2fs, init ctl ...)
+anything else runs a program from /bin or /sbin: vaultctl, init ctl status|logs|poweroff|reboot,
+  mdadm, mke2fs, and u-root's dmesg, ps, ip, df, free, mount, umount
 `
 
 // shell runs the support shell; it returns true once a shutdown was asked.

@@ -244,6 +244,12 @@ func TestAppliance(t *testing.T) {
 				t.Errorf("config lacks %s:\n%s", want, out)
 			}
 		}
+		must(t, vm.Send("ps"))
+		out, err = vm.Expect(ctx, "# ")
+		must(t, err)
+		if hasVault && !strings.Contains(out, "vaultd") {
+			t.Errorf("u-root ps does not show vaultd:\n%s", out)
+		}
 		must(t, vm.Send("ls /data/log"))
 		out, err = vm.Expect(ctx, "# ")
 		must(t, err)

@@ -56,6 +56,15 @@ var Binaries = []struct {
 	{"./firmware/cmd/init", "init", true},
 	{"./appliance/cmd/vaultd", "bin/vaultd", false},
 	{"./appliance/cmd/vaultctl", "bin/vaultctl", false},
+	// u-root core commands for the support shell (each a small static
+	// program built with go build: no busybox build, seconds not tens).
+	{"github.com/u-root/u-root/cmds/core/dmesg", "bin/dmesg", true},
+	{"github.com/u-root/u-root/cmds/core/ps", "bin/ps", true},
+	{"github.com/u-root/u-root/cmds/core/ip", "bin/ip", true},
+	{"github.com/u-root/u-root/cmds/core/df", "bin/df", true},
+	{"github.com/u-root/u-root/cmds/core/free", "bin/free", true},
+	{"github.com/u-root/u-root/cmds/core/mount", "bin/mount", true},
+	{"github.com/u-root/u-root/cmds/core/umount", "bin/umount", true},
 }
 
 // Tools are Debian's dynamic programs copied in with their libraries.
@@ -219,8 +228,10 @@ func extractVmlinux(bz, dst string) error {
 }
 
 func goBuild(ctx context.Context, o Options, pkg, out string) error {
-	if _, err := os.Stat(filepath.Join(o.Root, pkg)); err != nil {
-		return fmt.Errorf("build %s: not there yet", pkg)
+	if strings.HasPrefix(pkg, "./") {
+		if _, err := os.Stat(filepath.Join(o.Root, pkg)); err != nil {
+			return fmt.Errorf("build %s: not there yet", pkg)
+		}
 	}
 	cmd := exec.CommandContext(ctx, goBinary(), "build", "-trimpath",
 		"-ldflags", "-s -w -buildid= -X vaultnode/firmware.Version="+o.Version, "-o", out, pkg)
