@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -87,7 +88,9 @@ func WriteSparse(f *os.File, n *tree.Node, data io.Reader) error {
 			ext = []tree.Extent{{Off: 0, Len: n.Size}}
 		}
 	}
-	buf := make([]byte, 1<<20)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for _, e := range ext {
 		w := io.NewOffsetWriter(f, e.Off)
 		got, err := io.CopyBuffer(w, io.LimitReader(data, e.Len), buf)
@@ -113,3 +116,7 @@ func ExtentReader(f *os.File, extents []tree.Extent) io.Reader {
 	}
 	return io.MultiReader(rs...)
 }
+
+// copyBufs holds WriteSparse's copy buffers: a restore of many small files
+// would otherwise allocate and zero a megabyte per file.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}

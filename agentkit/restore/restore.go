@@ -458,11 +458,43 @@ func truncName(s string) string {
 
 // chunkReader streams a file's chunks, prefetching one batch ahead.
 type chunkReader struct {
-	ctx  context.Context
-	w    *fileWriter
-	refs []tree.ChunkRef
-	cur  []byte
-	next chan batchResult
+	ctx   context.Context
+	w     *fileWriter
+	refs  []tree.ChunkRef
+	cur   [][]byte // checked chunks of the batch being read, what is left of each
+	whole [][]byte // the same chunks whole, to give back to the pool
+	next  chan batchResult
+}
+
+// Chunk buffers are pooled by power-of-two size: a restore would otherwise
+// allocate (and the runtime zero) every byte it writes.
+var bufPools [24]sync.Pool
+
+func poolClass(n int) int {
+	c := 16 // 64 KiB at least
+	for 1<<c < n {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	c := poolClass(n)
+	if c >= len(bufPools) {
+		return make([]byte, 0, n)
+	}
+	if b, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, 1<<c)
+}
+
+func putBuf(b []byte) {
+	c := poolClass(cap(b))
+	if c < len(bufPools) && 1<<c == cap(b) {
+		b = b[:0]
+		bufPools[c].Put(&b)
+	}
 }
 
 type batchResult struct {
@@ -478,7 +510,7 @@ func (c *chunkReader) fetch(refs []tree.ChunkRef) chan batchResult {
 		h := keys.NewHasher(c.w.r.o.ChunkKey)
 		var res batchResult
 		res.err = c.w.r.o.Source.GetChunks(c.ctx, idsOf(refs), func(f *wire.Frame) error {
-			b, err := verify(h, f, nil)
+			b, err := verify(h, f, getBuf(int(f.PlainLen)))
 			if err != nil {
 				return err
 			}
@@ -491,7 +523,12 @@ func (c *chunkReader) fetch(refs []tree.ChunkRef) chan batchResult {
 }
 
 func (c *chunkReader) Read(p []byte) (int, error) {
-	for len(c.cur) == 0 {
+	for len(c.cur) == 0 || len(c.cur[0]) == 0 {
+		if len(c.cur) > 0 {
+			putBuf(c.whole[0])
+			c.cur, c.whole = c.cur[1:], c.whole[1:]
+			continue
+		}
 		if c.next == nil {
 			if len(c.refs) == 0 {
 				return 0, io.EOF
@@ -510,10 +547,11 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 			c.next = c.fetch(c.refs[:k])
 			c.refs = c.refs[k:]
 		}
-		c.cur = bytes.Join(res.data, nil)
+		c.cur = res.data
+		c.whole = append(c.whole[:0], res.data...)
 	}
-	n := copy(p, c.cur)
-	c.cur = c.cur[n:]
+	n := copy(p, c.cur[0])
+	c.cur[0] = c.cur[0][n:]
 	atomic.AddInt64(&c.w.r.stats.Bytes, int64(n))
 	return n, nil
 }

@@ -65,7 +65,7 @@ type FrameReader struct {
 
 // NewFrameReader reads frames from r.
 func NewFrameReader(r io.Reader) *FrameReader {
-	return &FrameReader{r: bufio.NewReaderSize(r, 256<<10)}
+	return &FrameReader{r: bufio.NewReaderSize(r, 32<<10)}
 }
 
 // Next returns the next frame (its payload valid until the next call), or
