@@ -367,11 +367,17 @@ func (m *Machine) config() config.Config {
 func (m *Machine) bringUpNetwork(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	iface, err := network.Configure(ctx, m.log.Named("network"), m.config().Network)
+	log := m.log.Named("network")
+	link, err := network.Configure(ctx, log, m.config().Network)
 	if err != nil {
 		return err
 	}
-	m.log.Info("network up", zap.String("interface", iface), zap.Strings("addresses", network.Addresses()))
+	m.log.Info("network up", zap.String("interface", link.Name), zap.Strings("addresses", network.Addresses()))
+	m.bgWG.Add(1)
+	go func() { // owned by bgCancel
+		defer m.bgWG.Done()
+		link.KeepLease(m.bgCtx, log, m.clk)
+	}()
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"vaultnode/firmware/config"
+	"vaultnode/internal/clock"
 )
 
 // Loopback brings lo up.
@@ -48,48 +49,96 @@ func FirstEthernet() (netlink.Link, error) {
 	return nil, fmt.Errorf("find ethernet: no network interface (is the NIC driver loaded?)")
 }
 
-// Configure brings up the first ethernet interface as n says. It returns
-// the interface name.
-func Configure(ctx context.Context, log *zap.Logger, n config.Network) (string, error) {
-	link, err := FirstEthernet()
-	if err != nil {
-		return "", err
-	}
-	name := link.Attrs().Name
-	if err := netlink.LinkSetUp(link); err != nil {
-		return name, fmt.Errorf("bring %s up: %w", name, err)
-	}
-	if n.DHCP {
-		return name, dhcp(ctx, log, link)
-	}
-	return name, static(link, n)
+// Link is a configured interface.
+type Link struct {
+	Name  string
+	link  netlink.Link
+	lease *nclient4.Lease // nil for a static address
 }
 
-func dhcp(ctx context.Context, log *zap.Logger, link netlink.Link) error {
+// Configure brings up the first ethernet interface as n says.
+func Configure(ctx context.Context, log *zap.Logger, n config.Network) (*Link, error) {
+	link, err := FirstEthernet()
+	if err != nil {
+		return nil, err
+	}
+	l := &Link{Name: link.Attrs().Name, link: link}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return l, fmt.Errorf("bring %s up: %w", l.Name, err)
+	}
+	if n.DHCP {
+		l.lease, err = dhcp(ctx, log, link, nil)
+		return l, err
+	}
+	return l, static(link, n)
+}
+
+// dhcp gets a lease (renewing old if given) and applies it.
+func dhcp(ctx context.Context, log *zap.Logger, link netlink.Link, old *nclient4.Lease) (*nclient4.Lease, error) {
 	name := link.Attrs().Name
 	var lastErr error
 	for attempt := 1; attempt <= 5; attempt++ {
 		c, err := nclient4.New(name, nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(2))
 		if err != nil {
-			return fmt.Errorf("start dhcp on %s: %w", name, err)
+			return nil, fmt.Errorf("start dhcp on %s: %w", name, err)
 		}
-		lease, err := c.Request(ctx)
+		var lease *nclient4.Lease
+		if old != nil {
+			lease, err = c.Renew(ctx, old)
+		} else {
+			lease, err = c.Request(ctx)
+		}
 		c.Close()
 		if err == nil {
 			if err := dhclient.Configure4(link, lease.ACK); err != nil {
-				return fmt.Errorf("apply dhcp lease on %s: %w", name, err)
+				return nil, fmt.Errorf("apply dhcp lease on %s: %w", name, err)
 			}
 			log.Info("dhcp lease", zap.String("interface", name), zap.Stringer("address", lease.ACK.YourIPAddr),
-				zap.Stringer("router", ipList(lease.ACK.Router())), zap.Duration("lease", lease.ACK.IPAddressLeaseTime(0)))
-			return nil
+				zap.Stringer("router", ipList(lease.ACK.Router())), zap.Duration("lease", leaseTime(lease)), zap.Bool("renewal", old != nil))
+			return lease, nil
 		}
 		lastErr = err
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || old != nil {
 			break
 		}
 		log.Warn("dhcp failed, retrying", zap.String("interface", name), zap.Int("attempt", attempt), zap.Error(err))
 	}
-	return fmt.Errorf("get dhcp lease on %s: %w (check the cable and the DHCP server, or set a static address)", name, lastErr)
+	return nil, fmt.Errorf("get dhcp lease on %s: %w (check the cable and the DHCP server, or set a static address)", name, lastErr)
+}
+
+func leaseTime(l *nclient4.Lease) time.Duration { return l.ACK.IPAddressLeaseTime(time.Hour) }
+
+// KeepLease renews a DHCP lease at half its time until ctx ends; when
+// renewal fails it retries every minute and, once the lease has expired,
+// asks for a new one. It returns at once for a static address.
+func (l *Link) KeepLease(ctx context.Context, log *zap.Logger, clk clock.Clock) {
+	if l == nil || l.lease == nil {
+		return
+	}
+	lease := l.lease
+	obtained := clk.Now()
+	wait := max(leaseTime(lease)/2, 30*time.Second)
+	for {
+		t := clk.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		old := lease
+		if clk.Now().Sub(obtained) >= leaseTime(lease) {
+			old = nil // expired: start over
+		}
+		next, err := dhcp(ctx, log, l.link, old)
+		if err != nil {
+			log.Warn("dhcp renewal failed; retrying in a minute", zap.String("interface", l.Name), zap.Error(err))
+			wait = time.Minute
+			continue
+		}
+		lease, obtained = next, clk.Now()
+		wait = max(leaseTime(lease)/2, 30*time.Second)
+	}
 }
 
 type ipList []net.IP
