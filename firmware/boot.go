@@ -274,10 +274,8 @@ func (m *Machine) runSetup(ctx context.Context) (config.Config, error) {
 	}
 	m.level.SetLevel(zap.WarnLevel) // keep the dialog readable
 	defer m.level.SetLevel(zap.InfoLevel)
-	m.outMu.Lock()
-	dlg := &setup.Dialog{In: bufio.NewReader(m.in), Out: m.out, Disks: offer, Echo: m.setEcho}
+	dlg := &setup.Dialog{In: bufio.NewReader(m.in), Out: consoleWriter{m}, Disks: offer, Echo: m.setEcho}
 	cfg, err := dlg.Run(ctx)
-	m.outMu.Unlock()
 	if err != nil {
 		return config.Config{}, err
 	}

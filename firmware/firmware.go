@@ -193,7 +193,19 @@ func (m *Machine) runSteps(ctx context.Context, phase string, steps []step) erro
 func (m *Machine) run(ctx context.Context) Action {
 	m.bgCtx, m.bgCancel = context.WithCancel(ctx)
 	m.printf("\nvaultnode firmware %s starting\n", Version)
-	err := m.runSteps(ctx, "boot", m.bootSteps())
+	booted := make(chan error, 1)
+	go func() { booted <- m.runSteps(ctx, "boot", m.bootSteps()) }() // ends with boot; may block in the setup dialog
+	var err error
+	select {
+	case err = <-booted:
+	case action := <-m.shutdown:
+		// The power button works at the setup dialog too: shut down
+		// whatever has been brought up so far.
+		m.level.SetLevel(zap.InfoLevel)
+		m.printf("\n*** shutting down during boot: %s\n", action)
+		_ = m.runSteps(context.Background(), "shutdown", m.shutdownSteps())
+		return action
+	}
 	if err != nil {
 		m.printf("\n*** BOOT FAILED: %v\n*** The appliance stays up for diagnosis; press the power button to turn it off.\n", err)
 	} else {

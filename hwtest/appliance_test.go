@@ -520,3 +520,24 @@ func TestStaticNetworkSingleDisk(t *testing.T) {
 	}
 	must(t, vm.Wait(ctx))
 }
+
+// TestPowerButtonDuringSetup presses the power button while the first boot
+// dialog waits for an answer: the appliance powers off cleanly.
+func TestPowerButtonDuringSetup(t *testing.T) {
+	needQEMU(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a := newAppliance(t)
+	vm := a.boot(ctx, "")
+	if _, err := vm.Expect(ctx, "Hostname [vaultnode]: "); err != nil {
+		t.Fatalf("%v\n%s", err, vm.Console())
+	}
+	must(t, vm.PowerButton(ctx))
+	if _, err := vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
+		t.Fatalf("%v\n%s", err, vm.Since())
+	}
+	must(t, vm.Wait(ctx))
+	if strings.Contains(vm.Console(), "shutdown step failed") {
+		t.Errorf("unclean shutdown:\n%s", vm.Since())
+	}
+}

@@ -1,6 +1,6 @@
 // Package control is the firmware's local control socket: a Unix socket on
 // which a client sends one command line and reads the answer until EOF.
-// Commands: status (JSON), logs, poweroff, reboot.
+// The firmware answers: status (the status screen), logs, poweroff, reboot.
 package control
 
 import (
