@@ -27,6 +27,8 @@ func Query(ctx context.Context, server string) (time.Time, time.Duration, error)
 		return time.Time{}, 0, fmt.Errorf("reach ntp server %s: %w", server, err)
 	}
 	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // a cancelled ctx interrupts the read
+	defer stop()
 	deadline := time.Now().Add(5 * time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
