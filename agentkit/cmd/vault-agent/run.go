@@ -673,6 +673,7 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	dry := fs.Bool("dry-run", false, "list what would be restored, change nothing")
 	existing := fs.String("existing", "skip", "for files that exist: `skip`, overwrite or keep-both")
 	byName := fs.Bool("by-name", false, "map owners by user and group names instead of numbers")
+	parallel := fs.Int("parallel", 8, "files restored at once")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -696,7 +697,7 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	}
 	o := restore.Options{Source: c, ChunkKey: key, Manifest: m.m, Journal: m.journal, Prefix: prefix, Target: target, DryRun: *dry,
 		Existing: restore.Existing(*existing), Meta: meta.Options{ByName: *byName, SkipOwner: os.Geteuid() != 0},
-		Log: a.log, Out: a.stdout}
+		Log: a.log, Out: a.stdout, Workers: *parallel}
 	if a.prog.Enabled() {
 		o.Progress = func(s *restore.Stats) { a.prog.Show("restore:", s.Files, s.Bytes, m.m.Totals.Bytes, s.Start) }
 	}
