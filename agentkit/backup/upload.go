@@ -47,7 +47,7 @@ const (
 	// senders is the number of uploads in flight: the vault syncs each
 	// before answering, so several in flight keep its disk busy.
 	senders     = 4
-	budgetBytes = 64 << 20
+	budgetBytes = 48 << 20
 	batchBytes  = 8 << 20
 	lackBatch   = 256
 )

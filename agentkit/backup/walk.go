@@ -241,7 +241,13 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 		n.MountPoint = true
 		return w.emit(n)
 	}
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	// O_NOATIME: reading the directory must not change the atime just
+	// recorded, or the next synchronization sees a change that is ours.
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Openat(dirfd, name, dirFlags|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		fd, err = unix.Openat(dirfd, name, dirFlags, 0)
+	}
 	if err != nil {
 		atomic.AddInt64(&w.stats.Unreadable, 1)
 		n.Status, n.Err = tree.StatusUnreadable, "open directory: "+err.Error()
