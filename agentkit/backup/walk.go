@@ -170,10 +170,22 @@ func (w *walker) send(it *item, read bool) error {
 // emit sends a node that needs no reading (after the previous listing's
 // nodes that sort before it).
 func (w *walker) emit(n tree.Node) error {
-	if _, err := w.previous(n.Path); err != nil {
+	prev, err := w.previous(n.Path)
+	if err != nil {
 		return err
 	}
+	keepAtime(&n, prev)
 	return w.send(&item{node: n, done: closedDone}, false)
+}
+
+// keepAtime keeps the previous atime of an object that did not otherwise
+// change: reading a file or listing a directory moves its atime, and
+// recording every read would make each synchronization rewrite the listing.
+// The atime recorded is the one of the object's last change.
+func keepAtime(n, prev *tree.Node) {
+	if prev != nil && prev.Type == n.Type && prev.Mtime == n.Mtime && prev.Ctime == n.Ctime && prev.Ino == n.Ino {
+		n.Atime = prev.Atime
+	}
 }
 
 // visit records the object name (relative to dirfd) and, for a directory,
@@ -210,6 +222,7 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node) error {
 	if prev != nil && prev.Type == tree.TypeFile && prev.Status == tree.StatusOK && prev.LinkTo == nil &&
 		prev.Size == n.Size && prev.Mtime == n.Mtime && prev.Ctime == n.Ctime && prev.Ino == n.Ino {
 		n.Chunks, n.Extents, n.Sparse = prev.Chunks, prev.Extents, prev.Sparse
+		keepAtime(&n, prev)
 		return w.send(&item{node: n, done: closedDone}, false)
 	}
 	if n.Size == 0 {
