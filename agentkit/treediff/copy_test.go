@@ -58,12 +58,12 @@ type copier struct {
 
 func (c *copier) dir(sfd, dfd int, rel string) {
 	t := c.t
-	names, err := readNames(sfd)
+	names, err := tree.ReadNames(sfd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range names {
-		r := string(join([]byte(rel), name))
+		r := string(tree.Join([]byte(rel), name))
 		n, err := meta.Lstat(sfd, name)
 		if err != nil {
 			t.Fatalf("Lstat %q: %v", r, err)

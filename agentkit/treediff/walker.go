@@ -1,11 +1,9 @@
 package treediff
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -120,7 +118,7 @@ func (w *walker) next() (*item, error) {
 				}
 			}
 			if fd >= 0 {
-				names, err := readNames(fd)
+				names, err := tree.ReadNames(fd)
 				if err != nil {
 					unix.Close(fd)
 					w.problems = append(w.problems, problem{e.rel, fmt.Errorf("read directory: %w", err)})
@@ -139,41 +137,11 @@ func (w *walker) next() (*item, error) {
 		}
 		name := f.names[f.i]
 		f.i++
-		it := w.lstat(f.fd, name, join(f.rel, name))
+		it := w.lstat(f.fd, name, tree.Join(f.rel, name))
 		if it.node.Type == tree.TypeDir {
 			w.enter = it
 		}
 		return it, nil
 	}
 	return nil, io.EOF
-}
-
-// readNames lists a directory sorted bytewise, so a depth-first walk is in
-// tree order. The names of one directory are held in memory.
-func readNames(fd int) ([]string, error) {
-	dup, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-	if errors.Is(err, unix.EPERM) {
-		dup, err = unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	}
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(dup), "dir")
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	sort.Strings(names)
-	return names, nil
-}
-
-func join(dir []byte, name string) []byte {
-	if string(dir) == "." {
-		return []byte(name)
-	}
-	p := make([]byte, 0, len(dir)+1+len(name))
-	p = append(p, dir...)
-	p = append(p, '/')
-	return append(p, name...)
 }

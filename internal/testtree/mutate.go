@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"vaultnode/internal/tree"
 )
 
 // Change is one edit Mutate made. Path is relative to the root.
@@ -118,7 +120,7 @@ func MutateReport(root string, seed int64) ([]Change, error) {
 			if err != nil {
 				return err
 			}
-			nrel := join(parent(rel), fmt.Sprintf("added-%d", seed))
+			nrel := tree.Join(parent(rel), fmt.Sprintf("added-%d", seed))
 			if err := os.WriteFile(p(nrel), content(string(nrel), 777), 0o644); err != nil {
 				return err
 			}
@@ -130,10 +132,10 @@ func MutateReport(root string, seed int64) ([]Change, error) {
 			if err := os.Mkdir(p(nrel), 0o755); err != nil {
 				return err
 			}
-			if err := os.WriteFile(p(join(nrel, "file")), []byte("new"), 0o644); err != nil {
+			if err := os.WriteFile(p(tree.Join(nrel, "file")), []byte("new"), 0o644); err != nil {
 				return err
 			}
-			changes = append(changes, Change{"mkdir", nrel}, Change{"add", join(nrel, "file")})
+			changes = append(changes, Change{"mkdir", nrel}, Change{"add", tree.Join(nrel, "file")})
 			return nil
 		},
 		func() error { // delete
@@ -152,7 +154,7 @@ func MutateReport(root string, seed int64) ([]Change, error) {
 			if err != nil {
 				return err
 			}
-			nrel := join(parent(rel), fmt.Sprintf("renamed-%d", seed))
+			nrel := tree.Join(parent(rel), fmt.Sprintf("renamed-%d", seed))
 			if err := os.Rename(p(rel), p(nrel)); err != nil {
 				return err
 			}

@@ -3,10 +3,10 @@ package testtree
 import (
 	"errors"
 	"fmt"
-	"os"
-	"sort"
 
 	"golang.org/x/sys/unix"
+
+	"vaultnode/internal/tree"
 )
 
 // entry is one object met by walk.
@@ -42,12 +42,12 @@ func walkDir(fd int, self *entry, post bool, fn func(e *entry) error) error {
 			return err
 		}
 	}
-	names, err := readNames(fd)
+	names, err := tree.ReadNames(fd)
 	if err != nil {
 		return fmt.Errorf("read dir %q: %w", self.rel, err)
 	}
 	for _, name := range names {
-		e := &entry{dirfd: fd, name: name, rel: join(self.rel, name)}
+		e := &entry{dirfd: fd, name: name, rel: tree.Join(self.rel, name)}
 		if err := unix.Statx(fd, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_ALL, &e.stx); err != nil {
 			return fmt.Errorf("stat %q: %w", e.rel, err)
 		}
@@ -71,32 +71,6 @@ func walkDir(fd int, self *entry, post bool, fn func(e *entry) error) error {
 		return fn(self)
 	}
 	return nil
-}
-
-// readNames lists a directory's names sorted bytewise, without "." and "..".
-func readNames(fd int) ([]string, error) {
-	dup, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(dup), "dir")
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	sort.Strings(names)
-	return names, nil
-}
-
-func join(dir []byte, name string) []byte {
-	if string(dir) == "." {
-		return []byte(name)
-	}
-	p := make([]byte, 0, len(dir)+1+len(name))
-	p = append(p, dir...)
-	p = append(p, '/')
-	return append(p, name...)
 }
 
 const (
