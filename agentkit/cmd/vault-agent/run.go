@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -55,7 +56,7 @@ Commands:
   limit [PROFILE]                                     show or set this computer's upload limit, e.g.
                                                       "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited" ("" = unlimited)
   versions [CONFIG]                                   list committed versions
-  ls CONFIG@VERSION [PATH]                            list what a version holds; VERSION is a number (that version),
+  ls [-json] CONFIG@VERSION [PATH]                     list what a version holds; VERSION is a number (that version),
                                                       latest (with continuous-mode journal records) or a time
                                                       ("2026-11-24 15:05:00" local, or RFC 3339): the state as of then
   restore CONFIG@VERSION[:PATH] [-to DIR] [-dry-run] [-existing skip|overwrite|keep-both] [-by-name]
@@ -591,8 +592,14 @@ func (a *app) open(ctx context.Context, spec string) (*pointed, error) {
 }
 
 func (a *app) ls(ctx context.Context, args []string) error {
+	fs := a.flags("ls")
+	asJSON := fs.Bool("json", false, "print every recorded field of each node as one JSON object per line")
+	args, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
 	if len(args) < 1 || len(args) > 2 {
-		return usageError{"ls CONFIG@VERSION [PATH]"}
+		return usageError{"ls [-json] CONFIG@VERSION [PATH]"}
 	}
 	v, err := a.open(ctx, args[0])
 	if err != nil {
@@ -602,6 +609,7 @@ func (a *app) ls(ctx context.Context, args []string) error {
 	if len(args) == 2 {
 		prefix = versionPath(args[1])
 	}
+	enc := json.NewEncoder(a.stdout)
 	rd, stop, err := restore.OpenVersion(ctx, c, key, m.m, m.journal)
 	if err != nil {
 		return err
@@ -620,12 +628,38 @@ func (a *app) ls(ctx context.Context, args []string) error {
 			continue
 		}
 		found = true
+		if *asJSON {
+			if err := enc.Encode(jsonNode(n)); err != nil {
+				return err
+			}
+			continue
+		}
 		fmt.Fprintln(a.stdout, formatNode(n))
 	}
 	if !found && len(prefix) > 0 {
 		return fmt.Errorf("%s is not in %s", prefix, m)
 	}
 	return nil
+}
+
+// jsonNode is a node for `ls -json`: byte strings that are valid UTF-8
+// print as text, others as base64 (encoding/json's rule for []byte).
+func jsonNode(n *tree.Node) any {
+	type node tree.Node
+	type out struct {
+		Path, Target, LinkTo any `json:",omitempty"`
+		*node
+	}
+	text := func(b []byte) any {
+		if b == nil {
+			return nil
+		}
+		if utf8.Valid(b) {
+			return string(b)
+		}
+		return b
+	}
+	return out{Path: text(n.Path), Target: text(n.Target), LinkTo: text(n.LinkTo), node: (*node)(n)}
 }
 
 func formatNode(n *tree.Node) string {
