@@ -64,6 +64,16 @@ func Create(dirfd int, name string, n *tree.Node, opts Options) error {
 // 0600 until Apply. It never follows a symlink at name; an existing name is
 // an error unless opts.Replace.
 func CreateFile(dirfd int, name string, opts Options) (*os.File, error) {
+	fd, err := CreateFD(dirfd, name, opts)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// CreateFD is CreateFile returning the bare descriptor, for writers that
+// create many files and want no *os.File bookkeeping per file.
+func CreateFD(dirfd int, name string, opts Options) (int, error) {
 	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOCTTY
 	fd, err := unix.Openat(dirfd, name, flags, 0o600)
 	if errors.Is(err, unix.EEXIST) && opts.Replace {
@@ -72,9 +82,9 @@ func CreateFile(dirfd int, name string, opts Options) (*os.File, error) {
 		}
 	}
 	if err != nil {
-		return nil, pathErr("create file", name, err)
+		return -1, pathErr("create file", name, err)
 	}
-	return os.NewFile(uintptr(fd), name), nil
+	return fd, nil
 }
 
 // Link makes name in dirfd a hard link to oldname in olddirfd (restoring a

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 
 	"vaultnode/internal/keys"
 	"vaultnode/internal/tree"
@@ -90,6 +91,105 @@ func idsOf(refs []tree.ChunkRef) [][32]byte {
 // OpenContent returns a reader of a file node's content as its chunks hold
 // it (the data extents concatenated for a sparse file), every chunk checked.
 func OpenContent(ctx context.Context, src Source, chunkKey [32]byte, n *tree.Node) io.ReadCloser {
-	w := &fileWriter{r: &restorer{ctx: ctx, o: Options{Source: src, ChunkKey: chunkKey}, stats: &Stats{}}}
-	return io.NopCloser(&chunkReader{ctx: ctx, w: w, refs: n.Chunks})
+	return io.NopCloser(&chunkReader{ctx: ctx, src: src, key: chunkKey, refs: n.Chunks})
+}
+
+// chunkReader streams a file's chunks, prefetching one batch ahead.
+type chunkReader struct {
+	ctx   context.Context
+	src   Source
+	key   [32]byte
+	refs  []tree.ChunkRef
+	cur   [][]byte // checked chunks of the batch being read, what is left of each
+	whole [][]byte // the same chunks whole, to give back to the pool
+	next  chan batchResult
+}
+
+// Chunk buffers are pooled by power-of-two size: a restore would otherwise
+// allocate (and the runtime zero) every byte it writes.
+var bufPools [24]sync.Pool
+
+func poolClass(n int) int {
+	c := 16 // 64 KiB at least
+	for 1<<c < n {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	c := poolClass(n)
+	if c >= len(bufPools) {
+		return make([]byte, 0, n)
+	}
+	if b, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, 1<<c)
+}
+
+func putBuf(b []byte) {
+	c := poolClass(cap(b))
+	if c < len(bufPools) && 1<<c == cap(b) {
+		b = b[:0]
+		bufPools[c].Put(&b)
+	}
+}
+
+type batchResult struct {
+	data [][]byte
+	err  error
+}
+
+const batchChunks = 8
+
+func (c *chunkReader) fetch(refs []tree.ChunkRef) chan batchResult {
+	ch := make(chan batchResult, 1)
+	go func() {
+		h := keys.NewHasher(c.key)
+		var res batchResult
+		res.err = c.src.GetChunks(c.ctx, idsOf(refs), func(f *wire.Frame) error {
+			b, err := verify(h, f, getBuf(int(f.PlainLen)))
+			if err != nil {
+				return err
+			}
+			res.data = append(res.data, b)
+			return nil
+		})
+		ch <- res
+	}()
+	return ch
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for len(c.cur) == 0 || len(c.cur[0]) == 0 {
+		if len(c.cur) > 0 {
+			putBuf(c.whole[0])
+			c.cur, c.whole = c.cur[1:], c.whole[1:]
+			continue
+		}
+		if c.next == nil {
+			if len(c.refs) == 0 {
+				return 0, io.EOF
+			}
+			k := min(batchChunks, len(c.refs))
+			c.next = c.fetch(c.refs[:k])
+			c.refs = c.refs[k:]
+		}
+		res := <-c.next
+		c.next = nil
+		if res.err != nil {
+			return 0, res.err
+		}
+		if len(c.refs) > 0 { // prefetch the next batch while this one is written
+			k := min(batchChunks, len(c.refs))
+			c.next = c.fetch(c.refs[:k])
+			c.refs = c.refs[k:]
+		}
+		c.cur = res.data
+		c.whole = append(c.whole[:0], res.data...)
+	}
+	n := copy(p, c.cur[0])
+	c.cur[0] = c.cur[0][n:]
+	return n, nil
 }

@@ -73,25 +73,24 @@ type dirEntry struct {
 	path []byte
 	fd   int
 	node *tree.Node // nil for a directory made only to reach a prefix
-	wg   sync.WaitGroup
+	// wg counts the files and subdirectories still being restored in it;
+	// the directory's fd stays open and its metadata waits until they are.
+	wg     sync.WaitGroup
+	parent *dirEntry
 }
 
 type restorer struct {
-	o     Options
-	ctx   context.Context
-	stats *Stats
-	mu    sync.Mutex
-	probs []string
-	stack []*dirEntry
-	jobs  chan *job
-	links []link
-	dirs  map[string]*tree.Node
-}
-
-type job struct {
-	dir  *dirEntry
-	name string
-	node *tree.Node
+	o         Options
+	ctx       context.Context
+	stats     *Stats
+	mu        sync.Mutex
+	probs     []string
+	stack     []*dirEntry
+	jobs      chan *job
+	batch     []fileJob // small files waiting to fill a request
+	batchSize int64
+	links     []link
+	dirs      map[string]*tree.Node
 }
 
 type link struct {
@@ -124,7 +123,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("read listing of %s@%d: %w", o.Manifest.Config, o.Manifest.Seq, err)
 	}
 	defer stop()
-	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, 64), dirs: map[string]*tree.Node{}}
+	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, openJobSlack), dirs: map[string]*tree.Node{}}
 	if !o.DryRun {
 		if err := os.MkdirAll(o.Target, 0o700); err != nil {
 			return nil, fmt.Errorf("create target: %w", err)
@@ -158,18 +157,19 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			defer wg.Done()
 			w := &fileWriter{r: r, h: keys.NewHasher(o.ChunkKey)}
 			for j := range r.jobs {
-				w.restore(j)
-				j.dir.wg.Done()
+				w.run(j)
 			}
 		}()
 	}
 	walkErr := r.walk(rd)
+	r.flushBatch()
 	close(r.jobs)
 	wg.Wait()
 	if !o.DryRun {
 		for len(r.stack) > 1 {
 			r.pop()
 		}
+		r.stack[0].wg.Wait()
 		r.makeLinks()
 		unix.Close(r.stack[0].fd)
 	}
@@ -285,24 +285,29 @@ func (r *restorer) push(parent *dirEntry, name []byte, n *tree.Node) error {
 	if len(parent.path) > 0 {
 		p = append(append(bytes.Clone(parent.path), '/'), name...)
 	}
-	r.stack = append(r.stack, &dirEntry{path: p, fd: fd, node: n})
+	parent.wg.Add(1) // the parent's metadata waits for this directory's
+	r.stack = append(r.stack, &dirEntry{path: p, fd: fd, node: n, parent: parent})
 	return nil
 }
 
-// pop leaves the innermost directory: waits for its files, then applies its
-// metadata (after its contents, so times and read-only modes hold).
+// pop leaves the innermost directory. Its metadata is applied once its
+// files and subdirectories are done (after its contents, so times and
+// read-only modes hold), in the background: the walk goes on queueing the
+// next directories' files meanwhile, so the workers never wait for it.
 func (r *restorer) pop() {
 	d := r.stack[len(r.stack)-1]
 	r.stack = r.stack[:len(r.stack)-1]
-	d.wg.Wait()
-	unix.Close(d.fd)
-	if d.node != nil {
-		parent := r.stack[len(r.stack)-1]
-		_, name := splitPath(d.path)
-		if err := meta.Apply(parent.fd, string(name), d.node, r.o.Meta); err != nil {
-			r.problem("%s: metadata: %v", d.path, err)
+	go func() {
+		d.wg.Wait()
+		if d.node != nil {
+			_, name := splitPath(d.path)
+			if err := meta.Apply(d.parent.fd, string(name), d.node, r.o.Meta); err != nil {
+				r.problem("%s: metadata: %v", d.path, err)
+			}
 		}
-	}
+		unix.Close(d.fd)
+		d.parent.wg.Done()
+	}()
 }
 
 func (r *restorer) place(n *tree.Node) error {
@@ -335,8 +340,7 @@ func (r *restorer) place(n *tree.Node) error {
 		if err != nil || skip {
 			return err
 		}
-		parent.wg.Add(1)
-		r.jobs <- &job{dir: parent, name: final, node: n}
+		r.queueFile(fileJob{dir: parent, name: final, node: n})
 		return nil
 	case tree.TypeSocket:
 		return nil // recorded, not recreated
@@ -408,150 +412,9 @@ func (r *restorer) makeLinks() {
 	}
 }
 
-// fileWriter restores regular files.
-type fileWriter struct {
-	r   *restorer
-	h   *keys.Hasher
-	buf []byte
-}
-
-func (w *fileWriter) restore(j *job) {
-	r := w.r
-	n := j.node
-	tmp := fmt.Sprintf(".%s.vaultnode-%d", truncName(j.name), time.Now().UnixNano())
-	f, err := meta.CreateFile(j.dir.fd, tmp, meta.Options{})
-	if err != nil {
-		r.problem("%s: %v", n.Path, err)
-		return
-	}
-	err = meta.WriteSparse(f, n, &chunkReader{ctx: r.ctx, w: w, refs: n.Chunks})
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && r.o.Existing == Overwrite {
-		_ = meta.Unprotect(j.dir.fd, j.name)
-	}
-	if err == nil {
-		err = unix.Renameat(j.dir.fd, tmp, j.dir.fd, j.name)
-	}
-	if err != nil {
-		unix.Unlinkat(j.dir.fd, tmp, 0)
-		r.problem("%s: NOT RESTORED: %v", n.Path, err)
-		return
-	}
-	opts := r.o.Meta
-	if n.Nlink > 1 {
-		opts.SkipFlags = true // links come later; an immutable file cannot be linked
-	}
-	if err := meta.Apply(j.dir.fd, j.name, n, opts); err != nil {
-		r.problem("%s: metadata: %v", n.Path, err)
-	}
-	atomic.AddInt64(&r.stats.Files, 1)
-}
-
 func truncName(s string) string {
 	if len(s) > 200 {
 		return s[:200]
 	}
 	return s
-}
-
-// chunkReader streams a file's chunks, prefetching one batch ahead.
-type chunkReader struct {
-	ctx   context.Context
-	w     *fileWriter
-	refs  []tree.ChunkRef
-	cur   [][]byte // checked chunks of the batch being read, what is left of each
-	whole [][]byte // the same chunks whole, to give back to the pool
-	next  chan batchResult
-}
-
-// Chunk buffers are pooled by power-of-two size: a restore would otherwise
-// allocate (and the runtime zero) every byte it writes.
-var bufPools [24]sync.Pool
-
-func poolClass(n int) int {
-	c := 16 // 64 KiB at least
-	for 1<<c < n {
-		c++
-	}
-	return c
-}
-
-func getBuf(n int) []byte {
-	c := poolClass(n)
-	if c >= len(bufPools) {
-		return make([]byte, 0, n)
-	}
-	if b, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*b)[:0]
-	}
-	return make([]byte, 0, 1<<c)
-}
-
-func putBuf(b []byte) {
-	c := poolClass(cap(b))
-	if c < len(bufPools) && 1<<c == cap(b) {
-		b = b[:0]
-		bufPools[c].Put(&b)
-	}
-}
-
-type batchResult struct {
-	data [][]byte
-	err  error
-}
-
-const batchChunks = 8
-
-func (c *chunkReader) fetch(refs []tree.ChunkRef) chan batchResult {
-	ch := make(chan batchResult, 1)
-	go func() {
-		h := keys.NewHasher(c.w.r.o.ChunkKey)
-		var res batchResult
-		res.err = c.w.r.o.Source.GetChunks(c.ctx, idsOf(refs), func(f *wire.Frame) error {
-			b, err := verify(h, f, getBuf(int(f.PlainLen)))
-			if err != nil {
-				return err
-			}
-			res.data = append(res.data, b)
-			return nil
-		})
-		ch <- res
-	}()
-	return ch
-}
-
-func (c *chunkReader) Read(p []byte) (int, error) {
-	for len(c.cur) == 0 || len(c.cur[0]) == 0 {
-		if len(c.cur) > 0 {
-			putBuf(c.whole[0])
-			c.cur, c.whole = c.cur[1:], c.whole[1:]
-			continue
-		}
-		if c.next == nil {
-			if len(c.refs) == 0 {
-				return 0, io.EOF
-			}
-			k := min(batchChunks, len(c.refs))
-			c.next = c.fetch(c.refs[:k])
-			c.refs = c.refs[k:]
-		}
-		res := <-c.next
-		c.next = nil
-		if res.err != nil {
-			return 0, res.err
-		}
-		if len(c.refs) > 0 { // prefetch the next batch while this one is written
-			k := min(batchChunks, len(c.refs))
-			c.next = c.fetch(c.refs[:k])
-			c.refs = c.refs[k:]
-		}
-		c.cur = res.data
-		c.whole = append(c.whole[:0], res.data...)
-	}
-	n := copy(p, c.cur[0])
-	c.cur[0] = c.cur[0][n:]
-	atomic.AddInt64(&c.w.r.stats.Bytes, int64(n))
-	return n, nil
 }

@@ -1,0 +1,292 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// Regular files are written straight from the download stream: each chunk
+// is checked and written where it belongs as its frame arrives, so a
+// restore holds no chunk beyond the frame being read, and the HTTP/2
+// stream's window is the read-ahead. Small files are batched: one request
+// fetches the chunks of many files, which costs one round trip instead of
+// one per file.
+const (
+	smallFile    = 1 << 20 // files up to this size share requests
+	batchFiles   = 128     // files per batched request, at most
+	batchBytes   = 8 << 20 // bytes per batched request, about
+	idsPerFetch  = 1024    // chunks per request for one large file
+	openJobSlack = 16      // jobs queued ahead of the workers
+)
+
+// fileJob is one regular file to write.
+type fileJob struct {
+	dir  *dirEntry
+	name string
+	node *tree.Node
+}
+
+// job is what a worker does at once: one large file, or a batch of small
+// ones whose chunks come in one request.
+type job struct {
+	files []fileJob
+}
+
+// queueFile hands a file to the workers, batching small ones.
+func (r *restorer) queueFile(f fileJob) {
+	f.dir.wg.Add(1)
+	if f.node.Size > smallFile {
+		r.jobs <- &job{files: []fileJob{f}}
+		return
+	}
+	r.batch = append(r.batch, f)
+	r.batchSize += f.node.Size
+	if len(r.batch) >= batchFiles || r.batchSize >= batchBytes {
+		r.flushBatch()
+	}
+}
+
+func (r *restorer) flushBatch() {
+	if len(r.batch) == 0 {
+		return
+	}
+	r.jobs <- &job{files: r.batch}
+	r.batch, r.batchSize = nil, 0
+}
+
+// fileWriter is one worker's state.
+type fileWriter struct {
+	r      *restorer
+	h      *keys.Hasher
+	buf    []byte // decompressed chunk
+	jobErr error  // the download of the current job failed
+}
+
+// open is a file being written.
+type openFile struct {
+	fileJob
+	tmp  string
+	fd   int
+	ext  []tree.Extent // where the chunks' bytes go
+	ei   int           // current extent
+	eoff int64         // bytes written into it
+	left int           // chunks still to come
+	err  error         // the first problem; later chunks are skipped
+}
+
+// run writes the files of j.
+func (w *fileWriter) run(j *job) {
+	w.jobErr = nil
+	var ids [][32]byte
+	for _, f := range j.files {
+		for _, c := range f.node.Chunks {
+			ids = append(ids, c.ID)
+		}
+	}
+	next := 0 // files[next] is the next file to open
+	var cur *openFile
+	// advance finishes the current file and opens the next one that has
+	// chunks still to come, finishing empty ones on the way.
+	advance := func() {
+		if cur != nil {
+			w.finish(cur)
+			cur = nil
+		}
+		for next < len(j.files) {
+			f := w.start(j.files[next])
+			next++
+			if f.left > 0 {
+				cur = f
+				return
+			}
+			w.finish(f)
+		}
+	}
+	advance()
+	for i := 0; i < len(ids) && cur != nil; i += idsPerFetch {
+		batch := ids[i:min(i+idsPerFetch, len(ids))]
+		err := w.r.o.Source.GetChunks(w.r.ctx, batch, func(fr *wire.Frame) error {
+			w.chunk(cur, fr)
+			cur.left--
+			if cur.left == 0 {
+				advance()
+			}
+			return nil
+		})
+		if err != nil { // the connection failed: nothing more comes
+			w.jobErr = err
+			for cur != nil {
+				if cur.err == nil {
+					cur.err = err
+				}
+				cur.left = 0
+				advance()
+			}
+		}
+	}
+	for cur != nil || next < len(j.files) {
+		advance()
+	}
+}
+
+// start creates the temporary file that will get f's name once complete.
+func (w *fileWriter) start(f fileJob) *openFile {
+	o := &openFile{fileJob: f, fd: -1, left: len(f.node.Chunks)}
+	o.tmp = fmt.Sprintf(".%s.vaultnode-%d", truncName(f.name), time.Now().UnixNano())
+	o.ext = f.node.Extents
+	if !f.node.Sparse {
+		o.ext = nil
+		if f.node.Size > 0 {
+			o.ext = []tree.Extent{{Off: 0, Len: f.node.Size}}
+		}
+	}
+	if w.jobErr != nil {
+		o.err = w.jobErr
+		return o
+	}
+	o.fd, o.err = meta.CreateFD(f.dir.fd, o.tmp, meta.Options{})
+	return o
+}
+
+// chunk checks one downloaded chunk and writes it into o.
+func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
+	if o.err != nil {
+		return
+	}
+	var err error
+	data := fr.Payload
+	switch {
+	case fr.Kind == wire.StatusMissing:
+		err = &ChunkError{fr.ID, "missing from the vault"}
+	case fr.Kind != wire.StatusOK:
+		err = &ChunkError{fr.ID, "damaged on the vault: " + string(fr.Payload)}
+	case fr.Flags&wire.FlagZstd != 0:
+		w.buf, err = wire.Decompress(w.buf[:0], fr.Flags, fr.Payload, fr.PlainLen)
+		data = w.buf
+	case uint32(len(data)) != fr.PlainLen:
+		err = fmt.Errorf("%w: plain payload of %d bytes, header says %d", wire.ErrFrame, len(data), fr.PlainLen)
+	}
+	if err == nil && w.h.Sum(data) != fr.ID {
+		err = &ChunkError{fr.ID, "content does not match its id (damaged)"}
+	}
+	if err != nil {
+		var ce *ChunkError
+		if !errors.As(err, &ce) {
+			err = &ChunkError{fr.ID, err.Error()}
+		}
+		o.err = err
+		return
+	}
+	o.err = o.write(data)
+	atomic.AddInt64(&w.r.stats.Bytes, int64(len(data)))
+}
+
+// write puts the next bytes of the content where the extents say.
+func (o *openFile) write(p []byte) error {
+	for len(p) > 0 {
+		if o.ei >= len(o.ext) {
+			return fmt.Errorf("the chunks hold more than the file's %d bytes of data", dataLen(o.ext))
+		}
+		e := o.ext[o.ei]
+		n := int(min(int64(len(p)), e.Len-o.eoff))
+		if err := pwriteAll(o.fd, p[:n], e.Off+o.eoff); err != nil {
+			return fmt.Errorf("write at %d: %w", e.Off+o.eoff, err)
+		}
+		p = p[n:]
+		o.eoff += int64(n)
+		if o.eoff == e.Len {
+			o.ei, o.eoff = o.ei+1, 0
+		}
+	}
+	return nil
+}
+
+func pwriteAll(fd int, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pwrite(fd, p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+func dataLen(ext []tree.Extent) int64 {
+	var n int64
+	for _, e := range ext {
+		n += e.Len
+	}
+	return n
+}
+
+// finish completes o: size, close, rename into place, metadata; or removes
+// the temporary file and reports why o could not be restored.
+func (w *fileWriter) finish(o *openFile) {
+	r := w.r
+	n := o.node
+	err := o.err
+	if err == nil && o.left > 0 {
+		err = fmt.Errorf("%d chunks never arrived", o.left)
+	}
+	if err == nil && (o.ei < len(o.ext)) {
+		err = fmt.Errorf("content ends after %d of %d bytes of data: %w", written(o), dataLen(o.ext), io.ErrUnexpectedEOF)
+	}
+	if err == nil {
+		if err = unix.Ftruncate(o.fd, n.Size); err != nil {
+			err = fmt.Errorf("set size %d: %w", n.Size, err)
+		}
+	}
+	if o.fd >= 0 {
+		if cerr := unix.Close(o.fd); err == nil && cerr != nil {
+			err = fmt.Errorf("close: %w", cerr)
+		}
+	}
+	defer o.dir.wg.Done()
+	if err == nil && r.o.Existing == Overwrite {
+		_ = meta.Unprotect(o.dir.fd, o.name)
+	}
+	if err == nil {
+		err = unix.Renameat(o.dir.fd, o.tmp, o.dir.fd, o.name)
+	}
+	if err != nil {
+		if o.fd >= 0 {
+			unix.Unlinkat(o.dir.fd, o.tmp, 0)
+		}
+		r.problem("%s: NOT RESTORED: %s", n.Path, strings.TrimPrefix(err.Error(), "restore: "))
+		return
+	}
+	opts := r.o.Meta
+	if n.Nlink > 1 {
+		opts.SkipFlags = true // links come later; an immutable file cannot be linked
+	}
+	if err := meta.Apply(o.dir.fd, o.name, n, opts); err != nil {
+		r.problem("%s: metadata: %v", n.Path, err)
+	}
+	atomic.AddInt64(&r.stats.Files, 1)
+}
+
+func written(o *openFile) int64 {
+	var n int64
+	for _, e := range o.ext[:o.ei] {
+		n += e.Len
+	}
+	return n + o.eoff
+}

@@ -1,0 +1,220 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// countingSource counts requests and can cut the connection after a number
+// of frames.
+type countingSource struct {
+	memSource
+	requests int
+	frames   int
+	cutAfter int // 0: never
+}
+
+var errCut = errors.New("connection reset by peer")
+
+func (c *countingSource) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	c.requests++
+	return c.memSource.GetChunks(ctx, ids, func(f *wire.Frame) error {
+		c.frames++
+		if c.cutAfter > 0 && c.frames > c.cutAfter {
+			return errCut
+		}
+		return fn(f)
+	})
+}
+
+// put stores data as chunks of at most size bytes, some compressed as the
+// vault would send them, and returns their references.
+func (m memSource) put(data []byte, size int) []tree.ChunkRef {
+	h := keys.NewHasher(testKey)
+	var refs []tree.ChunkRef
+	for len(data) > 0 {
+		n := min(size, len(data))
+		c := data[:n]
+		data = data[n:]
+		id := h.Sum(c)
+		m[id] = bytes.Clone(c)
+		refs = append(refs, tree.ChunkRef{ID: id, Len: uint32(n)})
+	}
+	return refs
+}
+
+type wantFile struct {
+	path string
+	data []byte // the file's content, holes as zeros
+	bad  bool   // must fail
+}
+
+func restoreCorpus(t *testing.T, src *countingSource) (wire.Manifest, []wantFile) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, 2))
+	nodes := []tree.Node{dir("r")}
+	var want []wantFile
+	add := func(p string, data []byte, chunk int) *tree.Node {
+		n := file(p)
+		n.Size = int64(len(data))
+		n.Chunks = src.put(data, chunk)
+		nodes = append(nodes, n)
+		want = append(want, wantFile{path: p, data: data})
+		return &nodes[len(nodes)-1]
+	}
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.IntN(256))
+		}
+		return b
+	}
+	var names []string
+	for i := range 300 {
+		names = append(names, fmt.Sprintf("r/d%d/f%03d", i/40, i))
+	}
+	dirs := map[string]bool{}
+	for i, p := range names {
+		if d := filepath.Dir(p); !dirs[d] {
+			dirs[d] = true
+			nodes = append(nodes, dir(d))
+		}
+		switch {
+		case i%50 == 7:
+			add(p, nil, 1) // empty
+		case i == 123:
+			add(p, random(3000), 1024) // three chunks, the middle one missing
+			delete(src.memSource, nodes[len(nodes)-1].Chunks[1].ID)
+			want[len(want)-1].bad = true
+		case i == 201:
+			n := add(p, random(500), 1024) // damaged on the way
+			src.memSource[n.Chunks[0].ID][10] ^= 1
+			want[len(want)-1].bad = true
+		default:
+			add(p, random(1+rng.IntN(9000)), 4096)
+		}
+	}
+	// A large file (its own request) and a sparse one: 1 MiB of data at
+	// 0, a hole, 100 KiB at 10 MiB, a hole to the end.
+	add("r/e1-large", random(3<<20), 1<<20)
+	data := random(1<<20 + 100<<10)
+	full := make([]byte, 16<<20)
+	copy(full, data[:1<<20])
+	copy(full[10<<20:], data[1<<20:])
+	n := add("r/e2-sparse", data, 256<<10)
+	n.Size, n.Sparse = int64(len(full)), true
+	n.Extents = []tree.Extent{{Off: 0, Len: 1 << 20}, {Off: 10 << 20, Len: 100 << 10}}
+	want[len(want)-1].data = full
+	slices.SortFunc(nodes, func(a, b tree.Node) int { return tree.Compare(a.Path, b.Path) })
+	return wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(t, nodes...)}, want
+}
+
+func TestRunBatchesSmallFilesAndIsolatesDamage(t *testing.T) {
+	src := &countingSource{memSource: memSource{}}
+	m, want := restoreCorpus(t, src)
+	to := t.TempDir()
+	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+		Meta: meta.Options{SkipOwner: true}, Workers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 300 small files in batches of at most 128 files, two large files, the
+	// listing: a handful of requests, not one per file.
+	if src.requests > 8 {
+		t.Errorf("%d requests for %d files: small files are not batched", src.requests, len(want))
+	}
+	var bad []string
+	for _, w := range want {
+		got, err := os.ReadFile(filepath.Join(to, w.path))
+		if w.bad {
+			bad = append(bad, w.path)
+			if !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s: damaged file left in place (%v)", w.path, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", w.path, err)
+			continue
+		}
+		if !bytes.Equal(got, w.data) {
+			t.Errorf("%s: restored %d bytes that differ from the %d backed up", w.path, len(got), len(w.data))
+		}
+	}
+	if len(res.Problems) != len(bad) {
+		t.Errorf("problems %q, want one for each of %q", res.Problems, bad)
+	}
+	for _, b := range bad {
+		if !strings.Contains(strings.Join(res.Problems, "\n"), b+": NOT RESTORED") {
+			t.Errorf("no problem names %s: %q", b, res.Problems)
+		}
+	}
+	if got, want := res.Stats.Files, int64(len(want)-len(bad)); got != want {
+		t.Errorf("stats: %d files restored, want %d", got, want)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(to, "r/e2-sparse"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if alloc := st.Blocks * 512; alloc > 2<<20 {
+		t.Errorf("sparse file takes %d bytes on disk: its holes were written", alloc)
+	}
+	noTemporaries(t, to)
+}
+
+func TestRunConnectionLostMidBatch(t *testing.T) {
+	src := &countingSource{memSource: memSource{}}
+	m, want := restoreCorpus(t, src)
+	src.cutAfter = 1 + 100 // the listing, then 100 chunks
+	to := t.TempDir()
+	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+		Meta: meta.Options{SkipOwner: true}, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := 0
+	for _, w := range want {
+		got, err := os.ReadFile(filepath.Join(to, w.path))
+		if err == nil {
+			restored++
+			if !bytes.Equal(got, w.data) {
+				t.Errorf("%s: restored with wrong content after the connection was lost", w.path)
+			}
+		}
+	}
+	if restored == 0 || restored == len(want) {
+		t.Errorf("%d of %d files restored; want those before the cut only", restored, len(want))
+	}
+	if int(res.Stats.Files) != restored || len(res.Problems) != len(want)-restored {
+		t.Errorf("stats say %d restored and %d problems; %d files are there", res.Stats.Files, len(res.Problems), restored)
+	}
+	if !strings.Contains(strings.Join(res.Problems, "\n"), errCut.Error()) {
+		t.Errorf("problems do not say the connection was lost: %q", res.Problems[:min(3, len(res.Problems))])
+	}
+	noTemporaries(t, to)
+}
+
+func noTemporaries(t *testing.T, root string) {
+	t.Helper()
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.Contains(d.Name(), ".vaultnode-") {
+			t.Errorf("temporary file left: %s", p)
+		}
+		return nil
+	})
+}
