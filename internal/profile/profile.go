@@ -1,25 +1,64 @@
-// Package profile writes a CPU profile when VAULTNODE_CPUPROFILE names a
-// file, for diagnosing the benchmark's figures.
+// Package profile writes profiles for diagnosing the benchmark's figures:
+// a CPU profile when VAULTNODE_CPUPROFILE names a file, and the heap at its
+// largest when VAULTNODE_HEAPPROFILE does (tag appended to either name).
 package profile
 
 import (
 	"os"
+	"runtime"
 	"runtime/pprof"
+	"time"
 )
 
 // Start begins profiling if asked to and returns the function that stops it.
 func Start(tag string) func() {
-	p := os.Getenv("VAULTNODE_CPUPROFILE")
-	if p == "" {
-		return func() {}
+	var stops []func()
+	if p := os.Getenv("VAULTNODE_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p + "." + tag); err == nil {
+			if err := pprof.StartCPUProfile(f); err != nil {
+				f.Close()
+			} else {
+				stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+			}
+		}
 	}
-	f, err := os.Create(p + "." + tag)
-	if err != nil {
-		return func() {}
+	if p := os.Getenv("VAULTNODE_HEAPPROFILE"); p != "" {
+		stops = append(stops, peakHeap(p+"."+tag))
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return func() {}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// peakHeap samples the heap every 100 ms and writes a heap profile each
+// time the heap in use after the last collection is larger than before.
+func peakHeap(path string) func() {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		var peak uint64
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			runtime.ReadMemStats(&ms)
+			if ms.HeapAlloc <= peak+peak/20 {
+				continue
+			}
+			peak = ms.HeapAlloc
+			if f, err := os.Create(path); err == nil {
+				pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
