@@ -32,7 +32,9 @@ import (
 type Vault interface {
 	Open(ctx context.Context, config string) (*wire.Session, error)
 	Lack(ctx context.Context, session string, ids [][32]byte) ([]bool, error)
-	Upload(ctx context.Context, session string, frames []byte) error
+	// Upload sends a request body of frames; the vault has stored them all
+	// when it returns nil.
+	Upload(ctx context.Context, session string, frames io.Reader) error
 	Commit(ctx context.Context, session string, c wire.Commit) (uint64, error)
 	Abort(ctx context.Context, session string) error
 }
@@ -246,7 +248,7 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 		}()
 	}
 
-	// Upload stages: lack queries, compression, upload bodies.
+	// Upload stages: lack queries, compression, streamed upload requests.
 	g.Go(func() error { return up.lacker(gctx) })
 	cg, cctx := errgroup.WithContext(gctx)
 	for range max(1, runtime.GOMAXPROCS(0)) {
@@ -254,9 +256,7 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 	}
 	g.Go(func() error {
 		err := cg.Wait()
-		if ferr := up.flush(gctx); err == nil {
-			err = ferr
-		}
+		close(up.frames)
 		return err
 	})
 	for range senders {

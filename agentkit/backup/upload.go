@@ -1,9 +1,12 @@
 package backup
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 
@@ -14,12 +17,20 @@ import (
 type chunk struct {
 	id   [32]byte
 	kind uint8
-	data []byte
+	data []byte // plain content, a copy
+	// After compression: the frame's payload (data itself when zstd saved
+	// nothing, else a pooled buffer) and its flags.
+	payload []byte
+	flags   uint8
+	plain   uint32 // length of the plain content
+	held    int64  // budget held
 }
 
 // uploader sends each new chunk once: it asks the vault in batches which
-// chunks it lacks, compresses those and uploads them in bodies of about
-// batchBytes. Memory is bounded by budget.
+// chunks it lacks, compresses those and streams them to the vault in
+// upload requests of up to requestBytes. Memory is bounded by budget: every
+// byte of chunk content the uploader holds, from the reader's copy to the
+// moment its frame is on the wire, is in it.
 type uploader struct {
 	vault   Vault
 	session string
@@ -31,31 +42,24 @@ type uploader struct {
 	budget *semaphore.Weighted
 	cand   chan *chunk
 	comp   chan *chunk
-	bodies chan *body
-
-	bmu sync.Mutex
-	cur *body
-}
-
-type body struct {
-	buf   []byte
-	bytes int64 // budget held by the chunks of this body
-	n     int
+	frames chan *chunk
 }
 
 const (
 	// senders is the number of uploads in flight: the vault syncs each
 	// before answering, so several in flight keep its disk busy.
-	senders     = 4
-	budgetBytes = 48 << 20
-	batchBytes  = 8 << 20
-	lackBatch   = 256
+	senders     = 2
+	budgetBytes = 16 << 20
+	// requestBytes ends an upload request: the vault acknowledges (syncs)
+	// what it holds at the end of each.
+	requestBytes = 16 << 20
+	lackBatch    = 256
 )
 
 func newUploader(v Vault, session string, stats *Stats) *uploader {
 	return &uploader{vault: v, session: session, stats: stats, seen: map[[32]byte]struct{}{},
 		budget: semaphore.NewWeighted(budgetBytes), cand: make(chan *chunk, lackBatch),
-		comp: make(chan *chunk, 16), bodies: make(chan *body, 1)}
+		comp: make(chan *chunk, 16), frames: make(chan *chunk, 16)}
 }
 
 // add offers a chunk; data is copied. It blocks while the budget is spent.
@@ -70,13 +74,19 @@ func (u *uploader) add(ctx context.Context, kind uint8, id [32]byte, data []byte
 	if err := u.budget.Acquire(ctx, int64(len(data))); err != nil {
 		return err
 	}
-	c := &chunk{id: id, kind: kind, data: append([]byte(nil), data...)}
+	c := &chunk{id: id, kind: kind, data: bytes.Clone(data), plain: uint32(len(data)), held: int64(len(data))}
 	select {
 	case u.cand <- c:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// done drops c's buffers and gives its budget back.
+func (u *uploader) done(c *chunk) {
+	c.data, c.payload = nil, nil
+	u.budget.Release(c.held)
 }
 
 // lacker batches candidates into lack queries.
@@ -115,7 +125,7 @@ func (u *uploader) lacker(ctx context.Context) error {
 		for i, c := range batch {
 			if !lacks[i] {
 				atomic.AddInt64(&u.stats.ChunksKnown, 1)
-				u.budget.Release(int64(len(c.data)))
+				u.done(c)
 				continue
 			}
 			select {
@@ -127,66 +137,158 @@ func (u *uploader) lacker(ctx context.Context) error {
 	}
 }
 
-// compressor compresses lacking chunks into upload bodies.
+// compressor compresses lacking chunks. The compressed payload is smaller
+// than the plain copy, which is dropped at once: the chunk's budget covers
+// either.
 func (u *uploader) compressor(ctx context.Context) error {
 	var scratch []byte
 	for c := range u.comp {
 		payload, flags := wire.Compress(scratch, c.data)
-		f := wire.Frame{ID: c.id, Kind: c.kind, Flags: flags, PlainLen: uint32(len(c.data)), Payload: payload}
-		u.bmu.Lock()
-		if u.cur == nil {
-			u.cur = &body{buf: make([]byte, 0, batchBytes+batchBytes/4)}
-		}
-		u.cur.buf = wire.AppendFrame(u.cur.buf, &f)
-		u.cur.bytes += int64(len(c.data))
-		u.cur.n++
-		var full *body
-		if len(u.cur.buf) >= batchBytes {
-			full, u.cur = u.cur, nil
-		}
-		u.bmu.Unlock()
 		if flags != 0 {
+			c.payload, c.flags, c.data = bytes.Clone(payload), flags, nil
 			scratch = payload
+		} else {
+			c.payload = c.data
 		}
-		c.data = nil
-		if full != nil {
-			select {
-			case u.bodies <- full:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		select {
+		case u.frames <- c:
+		case <-ctx.Done():
+			u.done(c)
+			return ctx.Err()
 		}
 	}
 	return nil
 }
 
-// flush hands the last partial body over; call after every compressor ended.
-func (u *uploader) flush(ctx context.Context) error {
-	defer close(u.bodies)
-	u.bmu.Lock()
-	last := u.cur
-	u.cur = nil
-	u.bmu.Unlock()
-	if last == nil {
+// sender streams frames to the vault, one upload request after another,
+// until the compressors are done (frames closed).
+func (u *uploader) sender(ctx context.Context) error {
+	for {
+		var first *chunk
+		select {
+		case c, ok := <-u.frames:
+			if !ok {
+				return nil
+			}
+			first = c
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		body := &frameBody{u: u, ctx: ctx, next: first}
+		err := u.vault.Upload(ctx, u.session, body)
+		chunks, bytes := body.Close()
+		if err != nil {
+			return err
+		}
+		atomic.AddInt64(&u.stats.ChunksSent, chunks)
+		atomic.AddInt64(&u.stats.BytesSent, bytes)
+	}
+}
+
+// requestIdle ends an upload request when no frame has come for this long,
+// so that what was sent is acknowledged instead of waiting for more.
+const requestIdle = 250 * time.Millisecond
+
+// frameBody is an upload request's body: frames taken from u.frames as the
+// connection takes bytes, written from their own buffers, until
+// requestBytes, the end of the frames, or requestIdle without one.
+type frameBody struct {
+	u      *uploader
+	ctx    context.Context
+	mu     sync.Mutex // Read against Close after an early answer
+	closed bool
+	next   *chunk // frame to start when cur is written
+	cur    *chunk
+	hdr    [wire.FrameHeaderSize]byte
+	off    int // bytes of cur's header and payload written
+	bytes  int64
+	chunks int64
+	timer  *time.Timer
+}
+
+// take returns the next frame of this request, or nil to end it.
+func (b *frameBody) take(wait bool) *chunk {
+	if b.next != nil {
+		c := b.next
+		b.next = nil
+		return c
+	}
+	if b.bytes >= requestBytes {
 		return nil
 	}
 	select {
-	case u.bodies <- last:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	case c := <-b.u.frames:
+		return c
+	default:
 	}
-}
-
-// sender posts bodies.
-func (u *uploader) sender(ctx context.Context) error {
-	for b := range u.bodies {
-		if err := u.vault.Upload(ctx, u.session, b.buf); err != nil {
-			return err
-		}
-		atomic.AddInt64(&u.stats.ChunksSent, int64(b.n))
-		atomic.AddInt64(&u.stats.BytesSent, int64(len(b.buf)))
-		u.budget.Release(b.bytes)
+	if !wait {
+		return nil
+	}
+	if b.timer == nil {
+		b.timer = time.NewTimer(requestIdle)
+	} else {
+		b.timer.Reset(requestIdle)
+	}
+	select {
+	case c := <-b.u.frames: // nil once closed
+		return c
+	case <-b.timer.C:
+	case <-b.ctx.Done():
 	}
 	return nil
+}
+
+func (b *frameBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) {
+		if b.cur == nil {
+			// Wait for a frame only when nothing is ready to hand over.
+			if b.cur = b.take(n == 0); b.cur == nil {
+				if n > 0 {
+					return n, nil
+				}
+				return 0, io.EOF
+			}
+			b.hdr = wire.FrameHeader(&wire.Frame{ID: b.cur.id, Kind: b.cur.kind, Flags: b.cur.flags, PlainLen: b.cur.plain, Payload: b.cur.payload})
+			b.off = 0
+		}
+		if b.off < len(b.hdr) {
+			k := copy(p[n:], b.hdr[b.off:])
+			n, b.off = n+k, b.off+k
+		}
+		if b.off >= len(b.hdr) {
+			k := copy(p[n:], b.cur.payload[b.off-len(b.hdr):])
+			n, b.off = n+k, b.off+k
+		}
+		if b.off == len(b.hdr)+len(b.cur.payload) {
+			b.bytes += int64(b.off)
+			b.chunks++
+			b.u.done(b.cur)
+			b.cur = nil
+		}
+	}
+	return n, nil
+}
+
+// Close ends the body, gives back what it still held and returns the
+// chunks and bytes it handed over.
+func (b *frameBody) Close() (int64, int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	for _, c := range []*chunk{b.cur, b.next} {
+		if c != nil {
+			b.u.done(c)
+		}
+	}
+	b.cur, b.next = nil, nil
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	return b.chunks, b.bytes
 }

@@ -81,6 +81,11 @@ func (c *Client) do(ctx context.Context, method, path, ctype string, body []byte
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
+	return c.doBody(ctx, method, path, ctype, rd)
+}
+
+// doBody is do with a streamed body (sent as it is read, length unknown).
+func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.Reader) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return nil, err
@@ -173,9 +178,10 @@ func (c *Client) Lack(ctx context.Context, session string, ids [][32]byte) ([]bo
 	return out, nil
 }
 
-// Upload sends a body of frames.
-func (c *Client) Upload(ctx context.Context, session string, frames []byte) error {
-	resp, err := c.do(ctx, "POST", wire.PathSession+session+"/chunks", wire.MediaFrames, frames)
+// Upload streams a body of frames; it returns nil once the vault has
+// stored them all.
+func (c *Client) Upload(ctx context.Context, session string, frames io.Reader) error {
+	resp, err := c.doBody(ctx, "POST", wire.PathSession+session+"/chunks", wire.MediaFrames, frames)
 	if err != nil {
 		return err
 	}

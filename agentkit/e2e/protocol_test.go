@@ -148,7 +148,7 @@ func TestProtocolErrors(t *testing.T) {
 		}
 	}
 
-	expect("upload to an unknown session", c.Upload(ctx, "0123456789abcdef0123456789abcdef", frame(wire.FrameData, goodID, good)), wire.CodeUnknownSession)
+	expect("upload to an unknown session", c.Upload(ctx, "0123456789abcdef0123456789abcdef", bytes.NewReader(frame(wire.FrameData, goodID, good))), wire.CodeUnknownSession)
 	_, err := c.Lack(ctx, "nosuchsession", [][32]byte{goodID})
 	expect("lack on an unknown session", err, wire.CodeUnknownSession)
 	_, err = c.Commit(ctx, "nosuchsession", wire.Commit{Listing: []tree.ChunkRef{{ID: goodID, Len: 1}}})
@@ -164,21 +164,21 @@ func TestProtocolErrors(t *testing.T) {
 	_, err = c.Open(ctx, "nosuchconfig")
 	expect("session for an unknown configuration", err, wire.CodeNotFound)
 
-	expect("garbage upload", c.Upload(ctx, s.ID, []byte("this is not a frame stream")), wire.CodeBadRequest)
+	expect("garbage upload", c.Upload(ctx, s.ID, bytes.NewReader([]byte("this is not a frame stream"))), wire.CodeBadRequest)
 	trunc := frame(wire.FrameData, goodID, good)
-	expect("truncated frame", c.Upload(ctx, s.ID, trunc[:len(trunc)-1]), wire.CodeBadRequest)
-	expect("unknown kind", c.Upload(ctx, s.ID, frame(7, goodID, good)), wire.CodeBadRequest)
+	expect("truncated frame", c.Upload(ctx, s.ID, bytes.NewReader(trunc[:len(trunc)-1])), wire.CodeBadRequest)
+	expect("unknown kind", c.Upload(ctx, s.ID, bytes.NewReader(frame(7, goodID, good))), wire.CodeBadRequest)
 	lie := wire.AppendFrame(nil, &wire.Frame{ID: goodID, Kind: wire.FrameData, PlainLen: uint32(len(good)) + 1, Payload: good})
-	expect("declared length wrong", c.Upload(ctx, s.ID, lie), wire.CodeBadRequest)
+	expect("declared length wrong", c.Upload(ctx, s.ID, bytes.NewReader(lie)), wire.CodeBadRequest)
 	notz := wire.AppendFrame(nil, &wire.Frame{ID: goodID, Kind: wire.FrameData, Flags: wire.FlagZstd, PlainLen: uint32(len(good)), Payload: good})
-	expect("zstd flag on a raw payload", c.Upload(ctx, s.ID, notz), wire.CodeBadRequest)
+	expect("zstd flag on a raw payload", c.Upload(ctx, s.ID, bytes.NewReader(notz)), wire.CodeBadRequest)
 	// A good chunk followed by a mismatched one: nothing of the batch stays.
 	batch := append(frame(wire.FrameData, goodID, good), frame(wire.FrameData, goodID, bad)...)
-	expect("chunk whose content does not match its id", c.Upload(ctx, s.ID, batch), wire.CodeMismatch)
+	expect("chunk whose content does not match its id", c.Upload(ctx, s.ID, bytes.NewReader(batch)), wire.CodeMismatch)
 	otherID := [32]byte(hs.Sum([]byte("yet another")))
-	expect("lone mismatched chunk", c.Upload(ctx, s.ID, frame(wire.FrameData, otherID, bad)), wire.CodeMismatch)
+	expect("lone mismatched chunk", c.Upload(ctx, s.ID, bytes.NewReader(frame(wire.FrameData, otherID, bad))), wire.CodeMismatch)
 	big := make([]byte, wire.MaxUploadBody+1)
-	expect("oversize upload", c.Upload(ctx, s.ID, big), wire.CodeTooLarge)
+	expect("oversize upload", c.Upload(ctx, s.ID, bytes.NewReader(big)), wire.CodeTooLarge)
 	_, err = c.Lack(ctx, s.ID, make([][32]byte, wire.MaxLackIDs+1))
 	expect("oversize lack query", err, wire.CodeTooLarge)
 	// A listing referencing a chunk the vault lacks cannot commit.
@@ -201,7 +201,7 @@ func TestProtocolErrors(t *testing.T) {
 	}
 
 	// The listing uploaded but its file chunk missing: still no version.
-	if err := c.Upload(ctx, s.ID, frame(wire.FrameListing, lid, lb.Bytes())); err != nil {
+	if err := c.Upload(ctx, s.ID, bytes.NewReader(frame(wire.FrameListing, lid, lb.Bytes()))); err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.Commit(ctx, s.ID, wire.Commit{Listing: []tree.ChunkRef{{ID: lid, Len: uint32(lb.Len())}}})
@@ -212,7 +212,7 @@ func TestProtocolErrors(t *testing.T) {
 	if err := c.Abort(ctx, s.ID); err != nil {
 		t.Errorf("abort: %v", err)
 	}
-	expect("upload after abort", c.Upload(ctx, s.ID, frame(wire.FrameData, goodID, good)), wire.CodeUnknownSession)
+	expect("upload after abort", c.Upload(ctx, s.ID, bytes.NewReader(frame(wire.FrameData, goodID, good))), wire.CodeUnknownSession)
 
 	// Without a client certificate only health answers.
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}

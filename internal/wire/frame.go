@@ -48,13 +48,20 @@ type Frame struct {
 
 // AppendFrame encodes f after dst.
 func AppendFrame(dst []byte, f *Frame) []byte {
+	h := FrameHeader(f)
+	return append(append(dst, h[:]...), f.Payload...)
+}
+
+// FrameHeader encodes the header of f, for writers that send the payload
+// from where it lies.
+func FrameHeader(f *Frame) [FrameHeaderSize]byte {
 	var h [FrameHeaderSize]byte
 	copy(h[:32], f.ID[:])
 	h[32] = f.Kind
 	h[33] = f.Flags
 	binary.LittleEndian.PutUint32(h[34:], f.PlainLen)
 	binary.LittleEndian.PutUint32(h[38:], uint32(len(f.Payload)))
-	return append(append(dst, h[:]...), f.Payload...)
+	return h
 }
 
 // FrameReader decodes a stream of frames.
@@ -67,6 +74,18 @@ type FrameReader struct {
 func NewFrameReader(r io.Reader) *FrameReader {
 	return &FrameReader{r: bufio.NewReaderSize(r, 32<<10)}
 }
+
+// NewFrameReaderBuffer reads frames from r into payload buffer buf (grown
+// when a frame needs more), for callers that reuse buffers across streams;
+// Buffer gives it back.
+func NewFrameReaderBuffer(r io.Reader, buf []byte) *FrameReader {
+	fr := NewFrameReader(r)
+	fr.buf = buf
+	return fr
+}
+
+// Buffer returns the payload buffer, for reuse once the reader is done.
+func (fr *FrameReader) Buffer() []byte { return fr.buf[:0] }
 
 // Next returns the next frame (its payload valid until the next call), or
 // io.EOF after the last one.

@@ -20,7 +20,7 @@ func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// The agent runs beside the computer's real work: keep the heap
 		// near what the pipelines hold instead of letting it double.
-		debug.SetMemoryLimit(112 << 20)
+		debug.SetMemoryLimit(80 << 20)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := profile.Start("agent")
