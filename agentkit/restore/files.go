@@ -171,11 +171,9 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 		err = &ChunkError{fr.ID, "missing from the vault"}
 	case fr.Kind != wire.StatusOK:
 		err = &ChunkError{fr.ID, "damaged on the vault: " + string(fr.Payload)}
-	case fr.Flags&wire.FlagZstd != 0:
+	case fr.Flags != 0 || uint32(len(data)) != fr.PlainLen: // else checked and written as is
 		w.buf, err = wire.Decompress(w.buf[:0], fr.Flags, fr.Payload, fr.PlainLen)
 		data = w.buf
-	case uint32(len(data)) != fr.PlainLen:
-		err = fmt.Errorf("%w: plain payload of %d bytes, header says %d", wire.ErrFrame, len(data), fr.PlainLen)
 	}
 	if err == nil && w.h.Sum(data) != fr.ID {
 		err = &ChunkError{fr.ID, "content does not match its id (damaged)"}

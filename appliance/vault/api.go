@@ -412,6 +412,13 @@ func (v *Vault) lack(w http.ResponseWriter, r *http.Request, c *caller) error {
 	return nil
 }
 
+// uploadBuffers are an upload request's working buffers: the frame as
+// read, its plaintext, its sealed entry. Reused, they spare the collector
+// three chunk-sized allocations per chunk.
+type uploadBuffers struct{ frame, plain, sealed []byte }
+
+var uploadBufs = sync.Pool{New: func() any { return new(uploadBuffers) }}
+
 func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error {
 	s, err := v.session(r, c)
 	if err != nil {
@@ -432,7 +439,13 @@ func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error 
 		return fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body of %d bytes is over the %d limit", r.ContentLength, wire.MaxUploadBody)
 	}
 	body := &limitedBody{r: r.Body, left: wire.MaxUploadBody}
-	fr := wire.NewFrameReader(body)
+	bufs := uploadBufs.Get().(*uploadBuffers)
+	fr := wire.NewFrameReaderBuffer(body, bufs.frame)
+	scratch, sealed := bufs.plain, bufs.sealed
+	defer func() {
+		bufs.frame, bufs.plain, bufs.sealed = fr.Buffer(), scratch[:0], sealed[:0]
+		uploadBufs.Put(bufs)
+	}()
 	h := keys.NewHasher(c.keys.set.ChunkID)
 	app, err := v.Store.Append(s.company)
 	if err != nil {
@@ -444,7 +457,6 @@ func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error 
 			app.Abort()
 		}
 	}()
-	var scratch, sealed []byte
 	var sent int64
 	for {
 		f, err := fr.Next()
@@ -460,11 +472,15 @@ func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error 
 		if f.Kind != wire.FrameData && f.Kind != wire.FrameListing {
 			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x has unknown kind %d", f.ID[:8], f.Kind)
 		}
-		scratch, err = wire.Decompress(scratch[:0], f.Flags, f.Payload, f.PlainLen)
-		if err != nil {
-			return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x: %v", f.ID[:8], err)
+		plain := f.Payload // checked as is unless compressed (or lying about its length)
+		if f.Flags != 0 || uint32(len(f.Payload)) != f.PlainLen {
+			scratch, err = wire.Decompress(scratch[:0], f.Flags, f.Payload, f.PlainLen)
+			if err != nil {
+				return fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x: %v", f.ID[:8], err)
+			}
+			plain = scratch
 		}
-		if h.Sum(scratch) != f.ID {
+		if h.Sum(plain) != f.ID {
 			return fail(http.StatusUnprocessableEntity, wire.CodeMismatch, "upload: chunk %x: content does not match its id; nothing of this request was stored", f.ID[:8])
 		}
 		sent += int64(len(f.Payload))
