@@ -22,7 +22,7 @@ vet: ## go vet every package
 
 test: build ## run every test (unit, end to end, crash, image in QEMU)
 	$(GO) vet ./...
-	$(GO) test -timeout 60m ./...
+	$(GO) test -count=1 -timeout 60m ./... # -count=1: end-to-end tests run binaries the test cache cannot see
 
 bench: build ## run the benchmark against restic and print ratios
 	@bash scripts/bench.sh

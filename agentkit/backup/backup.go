@@ -287,7 +287,9 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 	lr, lw := io.Pipe()
 	pg.Go(func() error {
 		h := keys.NewHasher(o.ChunkKey)
-		c := chunker.New(gear, lr, nil)
+		// The listing arrives slowly: a buffer of one maximum chunk and a
+		// little more is enough (the chunker then moves more, of little data).
+		c := chunker.New(gear, lr, make([]byte, chunker.MaxSize+256<<10))
 		for {
 			b, err := c.Next()
 			if err == io.EOF {

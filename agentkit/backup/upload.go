@@ -49,7 +49,7 @@ const (
 	// senders is the number of uploads in flight: the vault syncs each
 	// before answering, so several in flight keep its disk busy.
 	senders     = 2
-	budgetBytes = 16 << 20
+	budgetBytes = 8 << 20
 	// requestBytes ends an upload request: the vault acknowledges (syncs)
 	// what it holds at the end of each.
 	requestBytes = 16 << 20

@@ -93,10 +93,12 @@ type Chunker struct {
 	eof  bool
 }
 
-// New returns a Chunker reading r. buf, if at least 2*MaxSize long, is used
-// as the working buffer so callers can pool it.
+// New returns a Chunker reading r. buf, if longer than MaxSize, is used as
+// the working buffer so callers can pool it; with less than 2*MaxSize the
+// chunker moves more data to refill it (fine for slow, small streams). A
+// nil buf gets 2*MaxSize.
 func New(g *Gear, r io.Reader, buf []byte) *Chunker {
-	if len(buf) < 2*MaxSize {
+	if len(buf) <= MaxSize {
 		buf = make([]byte, 2*MaxSize)
 	}
 	return &Chunker{gear: g, r: r, buf: buf}

@@ -17,10 +17,13 @@ import (
 )
 
 func main() {
-	if os.Getenv("GOMEMLIMIT") == "" {
+	if os.Getenv("GOGC") == "" {
 		// The agent runs beside the computer's real work: keep the heap
-		// near what the pipelines hold instead of letting it double.
-		debug.SetMemoryLimit(80 << 20)
+		// near what a synchronization's pipeline holds (about 50 MiB,
+		// nearly all of it byte buffers the collector need not scan, so
+		// collecting often is cheap) instead of letting it double. `run`
+		// uses a target of its own (see daemonMemory).
+		debug.SetGCPercent(commandGC)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := profile.Start("agent")
@@ -28,6 +31,23 @@ func main() {
 	stopProfile()
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
+}
+
+// commandGC is the collector's target of one-shot commands: collect when
+// the heap is 1.25x what is live. A backup's live heap is about 50 MiB
+// (the readers' buffers, 8 MiB of chunks in flight, the listing, the
+// compressors) plus the chunk ids queued in this run; a target relative to
+// it never makes the collector run without pause, as a fixed limit would
+// once the live heap reached it.
+const commandGC = 25
+
+// daemonMemory sets the collector's target of `run`, whose live heap also
+// holds what it watches and journals (structures with pointers, costlier to
+// scan): collect at 1.5x, unless GOGC says otherwise.
+func daemonMemory() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
 }
 
 // Exit codes, documented in the help text.
