@@ -15,41 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// mountBtrfs makes a btrfs filesystem on a sparse file and loop-mounts it
-// in a temporary directory (root; btrfs-progs, installed by .ci/run).
-func mountBtrfs(t *testing.T, dir string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED LOUDLY: mounting a btrfs loop filesystem needs root (CI runs as root)")
-	}
-	img := filepath.Join(dir, "btrfs.img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(512 << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	if out, err := exec.Command("mkfs.btrfs", "-q", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.btrfs (install btrfs-progs): %v\n%s", err, out)
-	}
-	mnt := filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount -o loop: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v\n%s", mnt, err, out)
-		}
-	})
-	return mnt
-}
+	"vaultnode/internal/loopfs"
+)
 
 // The file the writer keeps rewriting behaves like a crash-safe database:
 // a header block says (generation g, count k), then logN records of recSize
@@ -138,7 +106,7 @@ func writeLog(ctx context.Context, p string, written *atomic.Uint64) error {
 // version to hold a consistent copy of the file, never marked inconsistent.
 func TestSnapshotOpenFile(t *testing.T) {
 	e := newEnv(t)
-	mnt := mountBtrfs(t, e.root)
+	mnt := loopfs.MountBtrfs(t, e.root, 512<<20)
 	sub := filepath.Join(mnt, "data")
 	if out, err := exec.Command("btrfs", "subvolume", "create", sub).CombinedOutput(); err != nil {
 		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
@@ -290,7 +258,7 @@ func (e *env) restoreFile(config string, version int, path string) []byte {
 // and commits a complete version.
 func TestSnapshotAfterCrash(t *testing.T) {
 	e := newEnv(t)
-	mnt := mountBtrfs(t, e.root)
+	mnt := loopfs.MountBtrfs(t, e.root, 512<<20)
 	sub := filepath.Join(mnt, "data")
 	if out, err := exec.Command("btrfs", "subvolume", "create", sub).CombinedOutput(); err != nil {
 		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)

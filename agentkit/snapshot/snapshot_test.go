@@ -8,43 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"vaultnode/internal/loopfs"
 	"vaultnode/internal/wire"
 )
-
-// mountBtrfs makes a btrfs filesystem on a sparse file and loop-mounts it
-// in a temporary directory (root; btrfs-progs).
-func mountBtrfs(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED LOUDLY: mounting a btrfs loop filesystem needs root (CI runs as root)")
-	}
-	dir := t.TempDir()
-	img := filepath.Join(dir, "btrfs.img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(300 << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	if out, err := exec.Command("mkfs.btrfs", "-q", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.btrfs (install btrfs-progs): %v\n%s", err, out)
-	}
-	mnt := filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount -o loop: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v\n%s", mnt, err, out)
-		}
-	})
-	return mnt
-}
 
 func btrfs(t *testing.T, args ...string) string {
 	t.Helper()
@@ -75,7 +41,7 @@ func read(t *testing.T, p string) string {
 }
 
 func TestTakeMapsRootsAndReleases(t *testing.T) {
-	mnt := mountBtrfs(t)
+	mnt := loopfs.MountBtrfs(t, t.TempDir(), 300<<20)
 	btrfs(t, "subvolume", "create", filepath.Join(mnt, "home"))
 	write(t, filepath.Join(mnt, "etc/app.conf"), "top v1")
 	write(t, filepath.Join(mnt, "home/alice/doc.txt"), "doc v1")
@@ -141,7 +107,7 @@ func TestTakeMapsRootsAndReleases(t *testing.T) {
 // A crash leaves a snapshot; the next Take of the same configuration
 // deletes it, and leaves other configurations' snapshots alone.
 func TestStaleSnapshotsCleaned(t *testing.T) {
-	mnt := mountBtrfs(t)
+	mnt := loopfs.MountBtrfs(t, t.TempDir(), 300<<20)
 	write(t, filepath.Join(mnt, "data/f"), "x")
 	// what a killed agent leaves: its own name form, made by btrfs-progs
 	btrfs(t, "subvolume", "snapshot", "-r", mnt, filepath.Join(mnt, Prefix+"cfg1.1700000000000000000"))
