@@ -156,7 +156,8 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	}()
 
 	var prev *tree.Reader
-	if path, _ := o.State.LastListing(o.Config.Name); path != "" && useCache {
+	path, last := o.State.LastListing(o.Config.Name)
+	if path != "" && useCache {
 		f, err := os.Open(path)
 		if err == nil {
 			defer f.Close()
@@ -188,7 +189,8 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 			d := &dumper{cfg: o.Config, gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, log: o.Log}
 			return d.run(ctx, order)
 		}
-		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, prev: prev, order: order, work: work, stats: stats,
+		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, prev: prev, prevStarted: last.Started,
+			order: order, work: work, stats: stats,
 			links: map[[2]uint64][]byte{}, log: o.Log, spill: filepath.Join(o.State.Path, "tmp"), sourceOf: o.SourceOf}
 		return w.run()
 	}
@@ -207,7 +209,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		return nil, fmt.Errorf("commit version: %w", err)
 	}
 	committed = true
-	if err := o.State.CommitListing(o.Config.Name, tmp.Name(), seq); err != nil {
+	if err := o.State.CommitListing(o.Config.Name, tmp.Name(), state.Last{Seq: seq, Started: stats.Start}); err != nil {
 		o.Log.Warn("could not keep the listing cache; the next synchronization reads every file", zap.Error(err))
 	}
 	stats.Done = true

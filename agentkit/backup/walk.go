@@ -10,7 +10,9 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -35,16 +37,19 @@ type item struct {
 var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 type walker struct {
-	ctx   context.Context
-	sel   *selection.Selection
-	cfg   wire.Config
-	prev  *tree.Reader
-	pcur  *tree.Node
-	order chan<- *item
-	work  chan<- *item
-	stats *Stats
-	links map[[2]uint64][]byte // (dev, ino) of multi-link files -> first path
-	log   *zap.Logger
+	ctx  context.Context
+	sel  *selection.Selection
+	cfg  wire.Config
+	prev *tree.Reader
+	// prevStarted is when the synchronization that recorded prev began:
+	// its nodes are reused only when not racy (see trusted).
+	prevStarted time.Time
+	pcur        *tree.Node
+	order       chan<- *item
+	work        chan<- *item
+	stats       *Stats
+	links       map[[2]uint64][]byte // (dev, ino) of multi-link files -> first path
+	log         *zap.Logger
 	// spill holds the sorted runs of very wide directories.
 	spill string
 	// sourceOf, when set, maps a configured root to the directory actually
@@ -86,11 +91,14 @@ func (w *walker) run() error {
 	if w.prev != nil {
 		w.advance()
 	}
-	for _, root := range roots(w.cfg.Paths) {
-		src := root
-		if w.sourceOf != nil {
-			src = w.sourceOf(root) // e.g. the same directory in a read-only snapshot
-		}
+	rs := roots(w.cfg.Paths)
+	ahead := make([]prefetchDir, len(rs))
+	for i, root := range rs {
+		ahead[i] = prefetchDir{src: w.source(root), abs: root}
+	}
+	defer startPrefetch(w.ctx, w.sel, ahead)()
+	for _, root := range rs {
+		src := w.source(root)
 		n, err := meta.Lstat(unix.AT_FDCWD, src)
 		n.Path = []byte(rel(root))
 		if err != nil && n.Type == 0 {
@@ -109,6 +117,49 @@ func (w *walker) run() error {
 		}
 	}
 	return w.catchUp(nil)
+}
+
+// Racy objects. An object changed again in the same timestamp tick in which
+// a synchronization read it keeps the ctime it was read with ("racy" in
+// git's words), so its size, mtime, ctime and inode can match the record
+// while its content or metadata do not. The object was read at or after
+// the synchronization began, so its recorded ctime is then no earlier than
+// that start less one tick; such objects are read again, once. On
+// filesystems with sub-second timestamps a tick is one of the kernel's
+// clock ticks (the resolution of CLOCK_REALTIME_COARSE, 1/HZ: 4 ms on
+// Debian); on those without it is up to 2 s (FAT). The price is small:
+// only objects changed in the moments before a synchronization are read
+// twice.
+var racyFine = sync.OnceValue(func() time.Duration {
+	var res unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_REALTIME_COARSE, &res); err != nil || res.Sec != 0 || res.Nsec <= 0 {
+		return 20 * time.Millisecond
+	}
+	return 2 * time.Duration(res.Nsec) // two ticks, for the coarse clock's own lag
+})
+
+const racyCoarse = 2 * time.Second
+
+// trusted reports whether prev, recorded by the previous synchronization,
+// may stand for an object that still looks the same.
+func (w *walker) trusted(prev *tree.Node) bool {
+	if prev == nil {
+		return false
+	}
+	margin := racyFine()
+	if prev.Ctime.Nsec == 0 {
+		margin = racyCoarse
+	}
+	return time.Unix(prev.Ctime.Sec, prev.Ctime.Nsec).Before(w.prevStarted.Add(-margin))
+}
+
+// source is the directory read for a configured root: the root itself, or
+// the same directory in a read-only snapshot.
+func (w *walker) source(root string) string {
+	if w.sourceOf != nil {
+		return w.sourceOf(root)
+	}
+	return root
 }
 
 // advance moves to the next node of the previous listing.
@@ -139,14 +190,23 @@ func (w *walker) catchUp(p []byte) error {
 	return nil
 }
 
+// previous returns the object recorded at p, if any, and moves past it.
 func (w *walker) previous(p []byte) (*tree.Node, error) {
+	n, err := w.peek(p)
+	if n != nil {
+		w.advance()
+	}
+	return n, err
+}
+
+// peek is previous without moving past p: the object recorded at p, if
+// any, stays the one the next previous(p) returns.
+func (w *walker) peek(p []byte) (*tree.Node, error) {
 	if err := w.catchUp(p); err != nil {
 		return nil, err
 	}
 	if w.pcur != nil && bytes.Equal(w.pcur.Path, p) {
-		n := w.pcur
-		w.advance()
-		return n, nil
+		return w.pcur, nil
 	}
 	return nil, nil
 }
@@ -219,7 +279,7 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node) error {
 		}
 		w.links[key] = n.Path
 	}
-	if prev != nil && prev.Type == tree.TypeFile && prev.Status == tree.StatusOK && prev.LinkTo == nil &&
+	if w.trusted(prev) && prev.Type == tree.TypeFile && prev.Status == tree.StatusOK && prev.LinkTo == nil &&
 		prev.Size == n.Size && prev.Mtime == n.Mtime && prev.Ctime == n.Ctime && prev.Ino == n.Ino {
 		n.Chunks, n.Extents, n.Sparse = prev.Chunks, prev.Extents, prev.Sparse
 		keepAtime(&n, prev)
@@ -248,19 +308,25 @@ func openFile(dirfd int, name string) (int, error) {
 	return fd, nil
 }
 
+// openDir opens a directory for reading its entries. O_NOATIME: reading
+// it must not change the atime just recorded, or the next synchronization
+// sees a change that is ours (only the owner or root may ask for that).
+func openDir(dirfd int, name string) (int, error) {
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Openat(dirfd, name, dirFlags|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		fd, err = unix.Openat(dirfd, name, dirFlags, 0)
+	}
+	return fd, err
+}
+
 func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint64, included bool) error {
 	atomic.AddInt64(&w.stats.Dirs, 1)
 	if n.Dev != rootDev && !w.cfg.CrossMounts {
 		n.MountPoint = true
 		return w.emit(n)
 	}
-	// O_NOATIME: reading the directory must not change the atime just
-	// recorded, or the next synchronization sees a change that is ours.
-	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(dirfd, name, dirFlags|unix.O_NOATIME, 0)
-	if errors.Is(err, unix.EPERM) {
-		fd, err = unix.Openat(dirfd, name, dirFlags, 0)
-	}
+	fd, err := openDir(dirfd, name)
 	if err != nil {
 		atomic.AddInt64(&w.stats.Unreadable, 1)
 		n.Status, n.Err = tree.StatusUnreadable, "open directory: "+err.Error()
@@ -297,11 +363,18 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 		if ex, _ := w.sel.Excluded(cabs); ex {
 			continue
 		}
-		cn, err := meta.Lstat(fd, child)
 		cpath := append(append(bytes.Clone(n.Path), '/'), child...)
 		if string(n.Path) == "." {
 			cpath = []byte(child)
 		}
+		prev, err := w.peek(cpath)
+		if err != nil {
+			return err
+		}
+		if !w.trusted(prev) {
+			prev = nil
+		}
+		cn, err := meta.LstatSince(fd, child, prev)
 		if cn.Type == 0 {
 			if errors.Is(err, unix.ENOENT) {
 				continue // vanished since the directory was read

@@ -31,11 +31,18 @@ func TestSystemState(t *testing.T) {
 	}
 	// Nothing changed: the reports keep their times, so (almost) nothing
 	// is read again. /etc/mtab-like files and mounts made by concurrent
-	// tests may change.
+	// tests may change. The second backup may read again the reports
+	// written in the milliseconds before the first began (racy objects,
+	// agentkit/backup/walk.go); the third reads none of them.
 	s2 := e.a.backup("sys")
 	t.Logf("system state v2: %+v", s2)
-	if s2.FilesRead > 5 {
+	if s2.FilesRead > 20 {
 		t.Errorf("a second system-state backup with nothing changed read %d files", s2.FilesRead)
+	}
+	s3 := e.a.backup("sys")
+	t.Logf("system state v3: %+v", s3)
+	if s3.FilesRead > 5 {
+		t.Errorf("a third system-state backup with nothing changed read %d files", s3.FilesRead)
 	}
 
 	to := filepath.Join(e.root, "rebuilt")

@@ -21,6 +21,18 @@ import (
 // When the object was stat'ed but its target, xattrs or flags could not be
 // read, the node holds what was read and err says what was not.
 func Lstat(dirfd int, name string) (tree.Node, error) {
+	return LstatSince(dirfd, name, nil)
+}
+
+// LstatSince is Lstat for an object that prev described at an earlier
+// synchronization. When the object is still the same inode of the same
+// type, size, mtime and ctime, its symlink target, xattrs and inode flags
+// are prev's and are not read again: changing any of them (setxattr,
+// removexattr, setting ACLs or inode flags) sets the ctime, which user
+// space cannot set back. That saves five system calls per unchanged object
+// (open, stat, ioctl, listxattr, close), most of a synchronization with no
+// change.
+func LstatSince(dirfd int, name string, prev *tree.Node) (tree.Node, error) {
 	var stx unix.Statx_t
 	err := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT,
 		unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
@@ -30,6 +42,11 @@ func Lstat(dirfd int, name string) (tree.Node, error) {
 	n := FromStatx(&stx)
 	n.User = UserName(n.UID)
 	n.Group = GroupName(n.GID)
+	if prev != nil && prev.Type == n.Type && prev.Ino == n.Ino && prev.Ctime == n.Ctime &&
+		prev.Mtime == n.Mtime && prev.Size == n.Size {
+		n.Target, n.Xattrs, n.Flags = prev.Target, prev.Xattrs, prev.Flags
+		return n, nil
+	}
 	var errs []error
 	if n.Type == tree.TypeSymlink {
 		t, err := readlink(dirfd, name, int(stx.Size))

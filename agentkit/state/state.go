@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // ErrNotEnrolled means the state directory holds no identity.
@@ -120,29 +121,40 @@ func (d *Dir) ConfigDir(name string) (string, error) {
 // Last is the record of a configuration's last committed version.
 type Last struct {
 	Seq uint64 `json:"seq"`
+	// Started is when the synchronization that made the listing began to
+	// read the tree. A change made while it ran can leave an object's
+	// ctime as it was read (timestamps are coarse), so objects whose ctime
+	// is not clearly before Started are read again next time. Zero in
+	// caches written before it was recorded: the listing file's mtime, a
+	// later time, is used instead.
+	Started time.Time `json:"started,omitzero"`
 }
 
-// LastListing returns the path of the cached listing and the sequence it
-// belongs to (0 when there is none).
-func (d *Dir) LastListing(config string) (string, uint64) {
+// LastListing returns the path of the cached listing and the record of the
+// version it belongs to (Seq 0 when there is none).
+func (d *Dir) LastListing(config string) (string, Last) {
 	dir := filepath.Join(d.Path, "configs", config)
 	b, err := os.ReadFile(filepath.Join(dir, "last.json"))
 	if err != nil {
-		return "", 0
+		return "", Last{}
 	}
 	var l Last
 	if json.Unmarshal(b, &l) != nil {
-		return "", 0
+		return "", Last{}
 	}
 	p := filepath.Join(dir, "last.listing")
-	if _, err := os.Stat(p); err != nil {
-		return "", 0
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "", Last{}
 	}
-	return p, l.Seq
+	if l.Started.IsZero() {
+		l.Started = fi.ModTime()
+	}
+	return p, l
 }
 
-// CommitListing makes a freshly written listing file the cache for seq.
-func (d *Dir) CommitListing(config, tmp string, seq uint64) error {
+// CommitListing makes a freshly written listing file the cache for last.
+func (d *Dir) CommitListing(config, tmp string, last Last) error {
 	dir, err := d.ConfigDir(config)
 	if err != nil {
 		return err
@@ -150,7 +162,7 @@ func (d *Dir) CommitListing(config, tmp string, seq uint64) error {
 	if err := os.Rename(tmp, filepath.Join(dir, "last.listing")); err != nil {
 		return err
 	}
-	b, _ := json.Marshal(Last{Seq: seq})
+	b, _ := json.Marshal(last)
 	return writeAtomic(filepath.Join(dir, "last.json"), b, 0o600)
 }
 
