@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"os"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -52,12 +53,11 @@ type prefetchDir struct {
 // returns the function that stops the readers and waits for them.
 func startPrefetch(ctx context.Context, sel *selection.Selection, roots []prefetchDir) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	p := &prefetcher{ctx: ctx, sel: sel, pending: roots}
+	// A stack: reversed so that the first root is read first.
+	pending := slices.Clone(roots)
+	slices.Reverse(pending)
+	p := &prefetcher{ctx: ctx, sel: sel, pending: pending}
 	p.cond = sync.NewCond(&p.mu)
-	// Reverse so that the first root is read first.
-	for i, j := 0, len(p.pending)-1; i < j; i, j = i+1, j-1 {
-		p.pending[i], p.pending[j] = p.pending[j], p.pending[i]
-	}
 	var wg sync.WaitGroup
 	for range prefetchReaders {
 		wg.Add(1)
@@ -101,10 +101,11 @@ func (p *prefetcher) reader() {
 
 		p.mu.Lock()
 		p.busy--
-		// Pushed in reverse so the first subdirectory is popped first.
-		for i := len(subs) - 1; i >= 0 && len(p.pending) < prefetchPending; i-- {
-			p.pending = append(p.pending, subs[i])
-		}
+		// The first subdirectories are the ones the walker enters soonest:
+		// they are kept when not all fit, and pushed last to be popped first.
+		subs = subs[:min(len(subs), max(0, prefetchPending-len(p.pending)))]
+		slices.Reverse(subs)
+		p.pending = append(p.pending, subs...)
 		p.cond.Broadcast()
 		p.mu.Unlock()
 	}

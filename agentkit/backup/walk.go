@@ -97,8 +97,8 @@ func (w *walker) run() error {
 		ahead[i] = prefetchDir{src: w.source(root), abs: root}
 	}
 	defer startPrefetch(w.ctx, w.sel, ahead)()
-	for _, root := range rs {
-		src := w.source(root)
+	for i, root := range rs {
+		src := ahead[i].src
 		n, err := meta.Lstat(unix.AT_FDCWD, src)
 		n.Path = []byte(rel(root))
 		if err != nil && n.Type == 0 {
@@ -279,8 +279,7 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node) error {
 		}
 		w.links[key] = n.Path
 	}
-	if w.trusted(prev) && prev.Type == tree.TypeFile && prev.Status == tree.StatusOK && prev.LinkTo == nil &&
-		prev.Size == n.Size && prev.Mtime == n.Mtime && prev.Ctime == n.Ctime && prev.Ino == n.Ino {
+	if w.trusted(prev) && tree.Unchanged(prev, &n) && prev.Status == tree.StatusOK && prev.LinkTo == nil {
 		n.Chunks, n.Extents, n.Sparse = prev.Chunks, prev.Extents, prev.Sparse
 		keepAtime(&n, prev)
 		return w.send(&item{node: n, done: closedDone}, false)

@@ -42,8 +42,7 @@ func LstatSince(dirfd int, name string, prev *tree.Node) (tree.Node, error) {
 	n := FromStatx(&stx)
 	n.User = UserName(n.UID)
 	n.Group = GroupName(n.GID)
-	if prev != nil && prev.Type == n.Type && prev.Ino == n.Ino && prev.Ctime == n.Ctime &&
-		prev.Mtime == n.Mtime && prev.Size == n.Size {
+	if prev != nil && tree.Unchanged(prev, &n) {
 		n.Target, n.Xattrs, n.Flags = prev.Target, prev.Xattrs, prev.Flags
 		return n, nil
 	}

@@ -82,6 +82,18 @@ type Timespec struct {
 	Nsec int64 `cbor:"2,keyasint"`
 }
 
+// Unchanged reports whether n, just read from the filesystem, looks like
+// the object prev recorded: the same inode and type with the same size,
+// mtime and ctime. Writing content sets the mtime and ctime; changing the
+// mode, owner, xattrs, ACLs or inode flags sets the ctime, which user space
+// cannot set back. (A change within the same timestamp tick as the
+// recording is not seen: callers keep prev only when it was recorded
+// clearly after its ctime.)
+func Unchanged(prev, n *Node) bool {
+	return prev.Type == n.Type && prev.Ino == n.Ino && prev.Size == n.Size &&
+		prev.Mtime == n.Mtime && prev.Ctime == n.Ctime
+}
+
 // Node is one object of a version. Path is relative to the configuration's
 // root, '/'-separated, arbitrary bytes except NUL, never starting with '/';
 // the root itself has the path ".". Paths are stored as bytes because Linux
