@@ -22,7 +22,10 @@ vet: ## go vet every package
 
 test: build ## run every test (unit, end to end, crash, image in QEMU)
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 60m ./... # -count=1: end-to-end tests run binaries the test cache cannot see
+	$(GO) build -o $(BIN)/testreport ./scripts/testreport
+	@# -count=1: end-to-end tests run binaries the test cache cannot see. testreport prints failures, every skip
+	@# with its reason and "N passed, N failed, N skipped"; with CI set, a skip not in .ci/allowed-skips fails.
+	set -o pipefail; $(GO) test -count=1 -timeout 60m -json ./... | $(BIN)/testreport -allow .ci/allowed-skips
 
 bench: build ## run the benchmark against restic and print ratios
 	@bash scripts/bench.sh
