@@ -1,3 +1,12 @@
+// Package bwlimit limits the bandwidth the agent sends with, per computer,
+// following a bandwidth.Profile (internal/bandwidth), shared fairly among
+// concurrent streams and adjustable while running.
+//
+// One Limiter serves the whole computer. Every stream (an HTTP request body,
+// a connection) takes bytes from it in small quanta, and waiting streams are
+// served in turn, so each active stream gets an equal share and a stream
+// that sends less leaves its share to the others. The token bucket is driven
+// by a clock.Clock, so tests can check the allowance exactly.
 package bwlimit
 
 import (
@@ -9,14 +18,15 @@ import (
 	"sync"
 	"time"
 
+	"vaultnode/internal/bandwidth"
 	"vaultnode/internal/clock"
 )
 
 // quantum is the most a stream takes at a time at rate r: 20 ms of traffic,
 // between 256 bytes and 64 KiB. Small quanta make the sharing fine-grained;
 // the bucket holds two (see bucketSize).
-func quantum(r Rate) int {
-	if r == Unlimited {
+func quantum(r bandwidth.Rate) int {
+	if r == bandwidth.Unlimited {
 		return 64 << 10
 	}
 	q := int(r / 50)
@@ -27,7 +37,7 @@ func quantum(r Rate) int {
 // 250 ms of traffic (at least two quanta), so a sender descheduled for a
 // moment on a loaded machine does not lose its allowance, while an idle
 // limiter allows a burst of at most a quarter second of traffic.
-func bucketSize(r Rate) int { return max(2*quantum(r), int(r/4)) }
+func bucketSize(r bandwidth.Rate) int { return max(2*quantum(r), int(r/4)) }
 
 // Limiter is the bandwidth limit of one computer. It is safe for concurrent
 // use; create it with New.
@@ -35,9 +45,9 @@ type Limiter struct {
 	clk clock.Clock
 
 	mu      sync.Mutex
-	profile Profile
-	rate    Rate      // rate at last
-	until   time.Time // when rate may change (zero: never)
+	profile bandwidth.Profile
+	rate    bandwidth.Rate // rate at last
+	until   time.Time      // when rate may change (zero: never)
 	tokens  float64
 	last    time.Time
 	queue   []*waiter     // every waiting request, the active one included
@@ -70,21 +80,21 @@ type waiter struct {
 }
 
 // New returns a limiter applying p.
-func New(p Profile, clk clock.Clock) *Limiter {
+func New(p bandwidth.Profile, clk clock.Clock) *Limiter {
 	now := clk.Now()
 	l := &Limiter{clk: clk, profile: p, last: now, changed: make(chan struct{})}
-	l.rate, l.until = p.rateUntil(now)
+	l.rate, l.until = p.RateUntil(now)
 	return l
 }
 
 // SetProfile replaces the profile at once; waiting streams re-evaluate.
-func (l *Limiter) SetProfile(p Profile) {
+func (l *Limiter) SetProfile(p bandwidth.Profile) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.refillLocked(l.clk.Now())
 	l.profile = p
-	l.rate, l.until = p.rateUntil(l.last)
-	if l.rate != Unlimited {
+	l.rate, l.until = p.RateUntil(l.last)
+	if l.rate != bandwidth.Unlimited {
 		l.tokens = min(l.tokens, float64(bucketSize(l.rate)))
 	}
 	close(l.changed)
@@ -92,7 +102,7 @@ func (l *Limiter) SetProfile(p Profile) {
 }
 
 // Profile returns the profile in force.
-func (l *Limiter) Profile() Profile {
+func (l *Limiter) Profile() bandwidth.Profile {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.profile
@@ -100,9 +110,9 @@ func (l *Limiter) Profile() Profile {
 
 // Stats describes the limiter.
 type Stats struct {
-	Rate    Rate  // the rate in force now
-	Sent    int64 // bytes granted so far
-	Waiting int   // streams waiting for their turn
+	Rate    bandwidth.Rate // the rate in force now
+	Sent    int64          // bytes granted so far
+	Waiting int            // streams waiting for their turn
 }
 
 // Stats returns the current figures.
@@ -119,8 +129,8 @@ func (l *Limiter) refillLocked(now time.Time) {
 	for l.last.Before(now) {
 		if !l.until.IsZero() && !l.last.Before(l.until) {
 			was := l.rate
-			l.rate, l.until = l.profile.rateUntil(l.last)
-			if was == Unlimited && l.rate != Unlimited {
+			l.rate, l.until = l.profile.RateUntil(l.last)
+			if was == bandwidth.Unlimited && l.rate != bandwidth.Unlimited {
 				l.tokens = 0
 			}
 		}
@@ -128,7 +138,7 @@ func (l *Limiter) refillLocked(now time.Time) {
 		if !l.until.IsZero() && l.until.Before(end) {
 			end = l.until
 		}
-		if l.rate != Unlimited {
+		if l.rate != bandwidth.Unlimited {
 			l.tokens += float64(l.rate) * end.Sub(l.last).Seconds()
 			c := float64(bucketSize(l.rate))
 			if len(l.queue) > 0 {
@@ -143,7 +153,7 @@ func (l *Limiter) refillLocked(now time.Time) {
 		l.last = end
 	}
 	if !l.until.IsZero() && !l.last.Before(l.until) {
-		l.rate, l.until = l.profile.rateUntil(l.last)
+		l.rate, l.until = l.profile.RateUntil(l.last)
 	}
 }
 
@@ -184,7 +194,7 @@ func (l *Limiter) take(ctx context.Context, s *stream, n int) error {
 	}
 	l.mu.Lock()
 	l.refillLocked(l.clk.Now())
-	if l.rate == Unlimited && len(l.queue) == 0 {
+	if l.rate == bandwidth.Unlimited && len(l.queue) == 0 {
 		l.sent += int64(n)
 		l.mu.Unlock()
 		return nil
@@ -212,7 +222,7 @@ func (l *Limiter) take(ctx context.Context, s *stream, n int) error {
 		l.refillLocked(now)
 		best := l.bestLocked()
 		need := math.Min(float64(best.n), float64(quantum(l.rate)))
-		if l.rate == Unlimited || l.tokens >= need-1e-9 {
+		if l.rate == bandwidth.Unlimited || l.tokens >= need-1e-9 {
 			l.grantLocked(best)
 			if best == w {
 				l.sleeping = false
@@ -261,7 +271,7 @@ func (l *Limiter) bestLocked() *waiter {
 
 // grantLocked gives w its bytes and takes it out of the queue.
 func (l *Limiter) grantLocked(w *waiter) {
-	if l.rate != Unlimited {
+	if l.rate != bandwidth.Unlimited {
 		l.tokens -= float64(w.n) // may go below zero after a rate cut: repaid before the next grant
 	}
 	l.sent += int64(w.n)

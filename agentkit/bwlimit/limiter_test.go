@@ -14,12 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"vaultnode/internal/bandwidth"
 	"vaultnode/internal/clock"
 )
 
-func mustProfile(t *testing.T, s string) Profile {
+// mon is a Monday in January 2026, at h:m:s UTC.
+func mon(h, m, s int) time.Time { return time.Date(2026, 1, 5, h, m, s, 0, time.UTC) }
+
+func mustProfile(t *testing.T, s string) bandwidth.Profile {
 	t.Helper()
-	p, err := ParseProfile(s)
+	p, err := bandwidth.ParseProfile(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +107,7 @@ func TestAllowanceExactAcrossProfileSwitch(t *testing.T) {
 func TestFairShareWithFakeClock(t *testing.T) {
 	const rate = 1000000
 	clk := clock.NewFake(mon(12, 0, 0))
-	l := New(Fixed(rate), clk)
+	l := New(bandwidth.Fixed(rate), clk)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
@@ -128,7 +132,7 @@ func TestFairShareWithFakeClock(t *testing.T) {
 func TestUnusedShareFlowsToOthers(t *testing.T) {
 	const rate = 1000000
 	clk := clock.NewFake(mon(12, 0, 0))
-	l := New(Fixed(rate), clk)
+	l := New(bandwidth.Fixed(rate), clk)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
@@ -167,11 +171,11 @@ func TestUnusedShareFlowsToOthers(t *testing.T) {
 
 func TestSetProfileWakesWaiters(t *testing.T) {
 	clk := clock.NewFake(mon(12, 0, 0))
-	l := New(Fixed(1000), clk) // 1000 B/s: a 64 KiB write takes a minute of fake time
+	l := New(bandwidth.Fixed(1000), clk) // 1000 B/s: a 64 KiB write takes a minute of fake time
 	done := make(chan error, 1)
 	go func() { done <- l.Wait(context.Background(), 64<<10) }()
 	settle(t, l, clk, 1)
-	l.SetProfile(Fixed(Unlimited))
+	l.SetProfile(bandwidth.Fixed(bandwidth.Unlimited))
 	select {
 	case err := <-done:
 		if err != nil {
@@ -181,10 +185,10 @@ func TestSetProfileWakesWaiters(t *testing.T) {
 		t.Fatal("waiter not released by SetProfile(unlimited)")
 	}
 	if got := l.Profile().String(); got != "unlimited" {
-		t.Fatalf("Profile = %q", got)
+		t.Fatalf("bandwidth.Profile = %q", got)
 	}
 	// Cancelling a waiter releases it and lets the next stream through.
-	l.SetProfile(Fixed(1000))
+	l.SetProfile(bandwidth.Fixed(1000))
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { done <- l.Wait(ctx, 64<<10) }()
 	settle(t, l, clk, 1)
@@ -287,7 +291,7 @@ func measure(rs ...*receiver) (got []float64, secs float64) {
 // a measured interval stay within 10% of N.
 func TestLoopbackRateWithinTenPercent(t *testing.T) {
 	const n = 250000 // 2 Mbit/s
-	l := New(Fixed(n), clock.Real{})
+	l := New(bandwidth.Fixed(n), clock.Real{})
 	r := listen(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -303,7 +307,7 @@ func TestLoopbackRateWithinTenPercent(t *testing.T) {
 
 func TestLoopbackFairShareBetweenTwoStreams(t *testing.T) {
 	const n = 1000000
-	l := New(Fixed(n), clock.Real{})
+	l := New(bandwidth.Fixed(n), clock.Real{})
 	r1, r2 := listen(t), listen(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -331,7 +335,7 @@ func TestReaderAndRoundTripperKeepData(t *testing.T) {
 		got, _ = io.ReadAll(r.Body)
 	}))
 	defer srv.Close()
-	l := New(Fixed(10<<20), clock.Real{})
+	l := New(bandwidth.Fixed(10<<20), clock.Real{})
 	client := &http.Client{Transport: l.RoundTripper(http.DefaultTransport)}
 	resp, err := client.Post(srv.URL, "application/octet-stream", bytes.NewReader(payload))
 	if err != nil {
@@ -354,7 +358,7 @@ func TestReaderAndRoundTripperKeepData(t *testing.T) {
 func TestFlowsSharePerFlow(t *testing.T) {
 	const rate = 1000000
 	clk := clock.NewFake(mon(12, 0, 0))
-	l := New(Fixed(rate), clk)
+	l := New(bandwidth.Fixed(rate), clk)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()

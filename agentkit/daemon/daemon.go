@@ -22,6 +22,7 @@ import (
 	"vaultnode/agentkit/client"
 	"vaultnode/agentkit/state"
 	"vaultnode/agentkit/watch"
+	"vaultnode/internal/bandwidth"
 	"vaultnode/internal/clock"
 	"vaultnode/internal/wire"
 )
@@ -77,7 +78,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	d := &daemon{o: o, log: o.Log, clk: o.Clock, runners: map[string]*runner{}}
-	d.lim = bwlimit.New(bwlimit.Fixed(bwlimit.Unlimited), o.Clock)
+	d.lim = bwlimit.New(bandwidth.Fixed(bandwidth.Unlimited), o.Clock)
 	d.client = client.New(id.Vault, cert, pool, d.lim.RoundTripper)
 	ln, err := d.listen()
 	if err != nil {
@@ -148,9 +149,9 @@ func (d *daemon) poll(ctx context.Context) error {
 	}
 	d.comp = comp
 	if comp.Settings.Bandwidth != d.bw {
-		p, err := bwlimit.ParseProfile(comp.Settings.Bandwidth)
+		p, err := bandwidth.ParseProfile(comp.Settings.Bandwidth)
 		if comp.Settings.Bandwidth == "" {
-			p, err = bwlimit.Fixed(bwlimit.Unlimited), nil
+			p, err = bandwidth.Fixed(bandwidth.Unlimited), nil
 		}
 		if err != nil {
 			d.log.Error("ignoring bad bandwidth profile from the vault", zap.String("profile", comp.Settings.Bandwidth), zap.Error(err))

@@ -14,9 +14,10 @@ import (
 
 	"vaultnode/agentkit/backup"
 	"vaultnode/agentkit/journal"
-	"vaultnode/agentkit/schedule"
+	schedgate "vaultnode/agentkit/schedule"
 	"vaultnode/agentkit/source"
 	"vaultnode/agentkit/watch"
+	"vaultnode/internal/schedule"
 	"vaultnode/internal/wire"
 )
 
@@ -66,16 +67,6 @@ func (r *runner) report(ctx context.Context, state, reason string) {
 	}
 }
 
-func (r *runner) interval() time.Duration {
-	if d, err := time.ParseDuration(r.cfg.Interval); err == nil && d > 0 {
-		return d
-	}
-	if r.cfg.Mode == wire.ModeContinuous {
-		return 5 * time.Minute
-	}
-	return time.Hour
-}
-
 func (r *runner) options() backup.Options {
 	return backup.Options{Vault: r.d.client, Config: r.cfg, ChunkKey: r.chunkKey, GearKey: r.gearKey,
 		State: r.d.o.State, Log: r.log}
@@ -91,7 +82,7 @@ func (r *runner) run(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
-	gate := schedule.NewGate(sched, r.d.clk)
+	gate := schedgate.NewGate(sched, r.d.clk)
 	if r.cfg.Mode == wire.ModeContinuous {
 		err := r.continuous(ctx, gate)
 		if ctx.Err() != nil {
@@ -134,11 +125,11 @@ func (r *runner) sleep(ctx context.Context, d time.Duration) (now bool, err erro
 // scheduled synchronizes at the scheduled times: once per interval while
 // the schedule is open, stopping at a window's end unless it runs to
 // completion; a back-up-now request runs once at once.
-func (r *runner) scheduled(ctx context.Context, gate *schedule.Gate) {
+func (r *runner) scheduled(ctx context.Context, gate *schedgate.Gate) {
 	last := r.last(ctx)
 	retry := r.d.o.Retry
 	for ctx.Err() == nil {
-		due := last.Add(r.interval())
+		due := last.Add(r.cfg.SyncInterval())
 		if last.IsZero() {
 			due = r.d.clk.Now()
 		}
@@ -183,7 +174,7 @@ func (r *runner) scheduled(ctx context.Context, gate *schedule.Gate) {
 }
 
 // waitGate waits for the schedule, letting a back-up-now request through.
-func (r *runner) waitGate(ctx context.Context, gate *schedule.Gate) (*schedule.Permit, error) {
+func (r *runner) waitGate(ctx context.Context, gate *schedgate.Gate) (*schedgate.Permit, error) {
 	for {
 		if p, ok := gate.TryStart(); ok {
 			return p, nil
@@ -207,7 +198,7 @@ func (r *runner) waitGate(ctx context.Context, gate *schedule.Gate) (*schedule.P
 
 // sync runs one full synchronization under a permit; it is cancelled when
 // the window closes and the permit must stop.
-func (r *runner) sync(ctx context.Context, permit *schedule.Permit) (*backup.Result, bool, error) {
+func (r *runner) sync(ctx context.Context, permit *schedgate.Permit) (*backup.Result, bool, error) {
 	r.report(ctx, wire.AgentRunning, "")
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -249,7 +240,7 @@ func (r *runner) sync(ctx context.Context, permit *schedule.Permit) (*backup.Res
 // entries within seconds, with a checkpoint (a full synchronization, which
 // also catches anything the kernel dropped) every interval and at quiet
 // moments. It returns only when change capture cannot run.
-func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
+func (r *runner) continuous(ctx context.Context, gate *schedgate.Gate) error {
 	wo := r.d.o.Watch
 	wo.Exclude = append(append([]string{}, wo.Exclude...), r.d.o.State.Path) // our own journal and caches
 	w, err := watch.New(r.cfg.Paths, wo, r.log, r.d.clk)
@@ -323,7 +314,7 @@ func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
 				records++
 			}
 		case full:
-			var permit *schedule.Permit
+			var permit *schedgate.Permit
 			permit, _ = gate.TryStart()
 			if permit == nil {
 				return nil
@@ -414,7 +405,7 @@ func (r *runner) continuous(ctx context.Context, gate *schedule.Gate) error {
 		case <-tick.C():
 			tick.Reset(time.Second)
 			now := r.d.clk.Now()
-			if records > 0 && (now.Sub(checkpointAt) >= r.interval() || now.Sub(lastEvent) >= quiet) {
+			if records > 0 && (now.Sub(checkpointAt) >= r.cfg.SyncInterval() || now.Sub(lastEvent) >= quiet) {
 				full = true
 			}
 		}

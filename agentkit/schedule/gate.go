@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"vaultnode/internal/clock"
+	"vaultnode/internal/schedule"
 )
 
 // Gate is what a runner asks before and during a synchronization: may I start
@@ -15,13 +16,13 @@ type Gate struct {
 	clk clock.Clock
 
 	mu       sync.Mutex
-	sched    Schedule
+	sched    schedule.Schedule
 	override bool
 	changed  chan struct{} // closed and replaced on every change
 }
 
 // NewGate returns a gate over s.
-func NewGate(s Schedule, clk clock.Clock) *Gate {
+func NewGate(s schedule.Schedule, clk clock.Clock) *Gate {
 	return &Gate{clk: clk, sched: s, changed: make(chan struct{})}
 }
 
@@ -59,7 +60,7 @@ func (g *Gate) notifyLocked() {
 }
 
 // SetSchedule replaces the schedule; waiters re-evaluate at once.
-func (g *Gate) SetSchedule(s Schedule) {
+func (g *Gate) SetSchedule(s schedule.Schedule) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.sched = s
@@ -67,7 +68,7 @@ func (g *Gate) SetSchedule(s Schedule) {
 }
 
 // Schedule returns the current schedule.
-func (g *Gate) Schedule() Schedule {
+func (g *Gate) Schedule() schedule.Schedule {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.sched

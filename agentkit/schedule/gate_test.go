@@ -6,9 +6,28 @@ import (
 	"time"
 
 	"vaultnode/internal/clock"
+	"vaultnode/internal/schedule"
 )
 
 // waitPermit runs g.Wait in a goroutine and returns a channel of its result.
+func mustLoc(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatalf("load %s (is tzdata installed?): %v", name, err)
+	}
+	return loc
+}
+
+func mustParse(t *testing.T, text string) schedule.Schedule {
+	t.Helper()
+	s, err := schedule.Parse(text)
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", text, err)
+	}
+	return s
+}
+
 func waitPermit(ctx context.Context, g *Gate) <-chan *Permit {
 	ch := make(chan *Permit, 1)
 	go func() {
@@ -126,14 +145,14 @@ func TestGateOverrideIsOneShot(t *testing.T) {
 
 func TestGateScheduleChangeWakesWaiter(t *testing.T) {
 	clk := clock.NewFake(time.Date(2026, 1, 7, 12, 0, 0, 0, time.UTC))
-	g := NewGate(Schedule{}, clk)
+	g := NewGate(schedule.Schedule{}, clk)
 	if !g.NextStart().IsZero() {
 		t.Fatalf("never schedule: NextStart = %v", g.NextStart())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ch := waitPermit(ctx, g)
-	g.SetSchedule(Always24x7)
+	g.SetSchedule(schedule.Always24x7)
 	select {
 	case p := <-ch:
 		if p == nil || p.Override || !p.End.IsZero() {
@@ -147,7 +166,7 @@ func TestGateScheduleChangeWakesWaiter(t *testing.T) {
 	}
 	// A schedule that closes while a run is active stops it.
 	p, _ := g.TryStart()
-	g.SetSchedule(Schedule{})
+	g.SetSchedule(schedule.Schedule{})
 	if !p.MustStop() {
 		t.Fatal("run not stopped after the schedule closed")
 	}

@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"time"
 
-	"vaultnode/agentkit/bwlimit"
 	"vaultnode/appliance/catalog"
+	"vaultnode/internal/bandwidth"
 	"vaultnode/internal/wire"
 )
 
@@ -193,7 +193,7 @@ func (v *Vault) adminHandler() http.Handler {
 			return err
 		}
 		if req.Bandwidth != "" {
-			if _, err := bwlimit.ParseProfile(req.Bandwidth); err != nil {
+			if _, err := bandwidth.ParseProfile(req.Bandwidth); err != nil {
 				return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
 			}
 		}

@@ -17,13 +17,13 @@ import (
 
 	"go.uber.org/zap"
 
-	"vaultnode/agentkit/bwlimit"
-	"vaultnode/agentkit/schedule"
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
+	"vaultnode/internal/bandwidth"
 	"vaultnode/internal/keys"
 	"vaultnode/internal/pack"
+	"vaultnode/internal/schedule"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
@@ -754,7 +754,7 @@ func (v *Vault) putSettings(w http.ResponseWriter, r *http.Request, c *caller) e
 		return err
 	}
 	if req.Bandwidth != "" {
-		if _, err := bwlimit.ParseProfile(req.Bandwidth); err != nil {
+		if _, err := bandwidth.ParseProfile(req.Bandwidth); err != nil {
 			return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
 		}
 	}

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"time"
 
-	"vaultnode/agentkit/schedule"
 	"vaultnode/appliance/catalog"
+	"vaultnode/internal/schedule"
 	"vaultnode/internal/wire"
 )
 
@@ -40,16 +40,6 @@ type ConfigStatus struct {
 	LastSeen time.Time `json:"last_seen,omitzero"`
 	Versions int       `json:"versions"`
 	Capture  string    `json:"capture,omitempty"` // continuous mode: the change capture in use and its limits
-}
-
-func interval(cfg wire.Config) time.Duration {
-	if d, err := time.ParseDuration(cfg.Interval); err == nil && d > 0 {
-		return d
-	}
-	if cfg.Mode == wire.ModeContinuous {
-		return 5 * time.Minute
-	}
-	return time.Hour
 }
 
 // Status computes the state of every configuration (of one company, or all).
@@ -146,7 +136,7 @@ func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time
 // interval later, or at the first opening of its schedule after that, plus
 // the same again as grace.
 func overdue(cfg wire.Config, covers, now time.Time) (time.Time, bool) {
-	iv := interval(cfg)
+	iv := cfg.SyncInterval()
 	s, err := schedule.Parse(cfg.Schedule)
 	if err != nil {
 		s = schedule.Always24x7

@@ -136,6 +136,26 @@ type Config struct {
 	Snapshot string `json:"snapshot,omitempty"`
 }
 
+// Intervals of a configuration (see Config.Interval).
+const (
+	DefaultInterval           = time.Hour       // scheduled mode
+	DefaultCheckpointInterval = 5 * time.Minute // continuous mode
+	MinInterval               = time.Second     // the shortest the vault accepts
+)
+
+// SyncInterval is the configuration's interval, or its mode's default when
+// Interval is unset or not a positive duration. The agent runs by it and the
+// vault judges "behind schedule" by it.
+func (c Config) SyncInterval() time.Duration {
+	if d, err := time.ParseDuration(c.Interval); err == nil && d > 0 {
+		return d
+	}
+	if c.Mode == ModeContinuous {
+		return DefaultCheckpointInterval
+	}
+	return DefaultInterval
+}
+
 // Modes of a configuration.
 const (
 	ModeScheduled  = "scheduled"

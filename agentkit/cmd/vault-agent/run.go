@@ -27,6 +27,7 @@ import (
 	"vaultnode/agentkit/restore"
 	"vaultnode/agentkit/state"
 	"vaultnode/agentkit/sysstate"
+	"vaultnode/internal/bandwidth"
 	"vaultnode/internal/clock"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
@@ -171,7 +172,7 @@ func (a *app) client() (*client.Client, state.Identity, error) {
 	if err != nil {
 		return nil, id, err
 	}
-	a.lim = bwlimit.New(bwlimit.Fixed(bwlimit.Unlimited), clock.Real{})
+	a.lim = bwlimit.New(bandwidth.Fixed(bandwidth.Unlimited), clock.Real{})
 	return client.New(id.Vault, cert, pool, a.lim.RoundTripper), id, nil
 }
 
@@ -180,7 +181,7 @@ func (a *app) applyLimit(s wire.Settings) error {
 	if s.Bandwidth == "" {
 		return nil
 	}
-	p, err := bwlimit.ParseProfile(s.Bandwidth)
+	p, err := bandwidth.ParseProfile(s.Bandwidth)
 	if err != nil {
 		return fmt.Errorf("bandwidth profile from the vault: %w", err)
 	}
@@ -869,7 +870,7 @@ func (a *app) limit(ctx context.Context, args []string) error {
 		return nil
 	case 1:
 		if args[0] != "" {
-			if _, err := bwlimit.ParseProfile(args[0]); err != nil {
+			if _, err := bandwidth.ParseProfile(args[0]); err != nil {
 				return err
 			}
 		}

@@ -1,14 +1,8 @@
-// Package bwlimit limits the bandwidth the agent sends with, per computer,
-// with time-of-day profiles ("mon-fri 08:00-18:00 2Mbit/s; otherwise
-// unlimited"), shared fairly among concurrent streams and adjustable while
-// running.
-//
-// One Limiter serves the whole computer. Every stream (an HTTP request body,
-// a connection) takes bytes from it in small quanta, and waiting streams are
-// served in turn, so each active stream gets an equal share and a stream
-// that sends less leaves its share to the others. The token bucket is driven
-// by a clock.Clock, so tests can check the allowance exactly.
-package bwlimit
+// Package bandwidth reads and prints bandwidth limits: rates ("2Mbit/s")
+// and weekly profiles ("mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited").
+// The vault validates profiles with it and the agent's limiter
+// (agentkit/bwlimit) enforces them.
+package bandwidth
 
 import (
 	"encoding/json"
@@ -19,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"vaultnode/agentkit/schedule"
+	"vaultnode/internal/schedule"
 )
 
 // ErrSyntax is wrapped by every parse error.
@@ -207,13 +201,13 @@ func (p Profile) ruleSchedule(r Rule) schedule.Schedule {
 
 // RateAt returns the rate in force at t.
 func (p Profile) RateAt(t time.Time) Rate {
-	r, _ := p.rateUntil(t)
+	r, _ := p.RateUntil(t)
 	return r
 }
 
-// rateUntil returns the rate at t and the next instant it may change (zero:
+// RateUntil returns the rate at t and the next instant it may change (zero:
 // never).
-func (p Profile) rateUntil(t time.Time) (Rate, time.Time) {
+func (p Profile) RateUntil(t time.Time) (Rate, time.Time) {
 	rate := p.Otherwise
 	matched := false
 	var next time.Time
@@ -243,7 +237,7 @@ func (p Profile) rateUntil(t time.Time) (Rate, time.Time) {
 // the limited parts).
 func (p Profile) Allowance(from, to time.Time) (bytes float64, unlimited bool) {
 	for t := from; t.Before(to); {
-		r, next := p.rateUntil(t)
+		r, next := p.RateUntil(t)
 		end := to
 		if !next.IsZero() && next.Before(end) {
 			end = next

@@ -1,4 +1,4 @@
-package bwlimit
+package bandwidth
 
 import (
 	"encoding/json"
