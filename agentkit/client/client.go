@@ -21,9 +21,10 @@ import (
 
 // Error is an error answer of the vault.
 type Error struct {
-	Status  int
-	Code    string
-	Message string
+	Status    int
+	Code      string
+	Message   string
+	RequestID string // the vault's id for the request, to find it in the vault's log
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
@@ -105,7 +106,10 @@ func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.R
 		if json.Unmarshal(b, &we) != nil || we.Message == "" {
 			we.Code, we.Message = "http", fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		e.Code, e.Message = we.Code, we.Message
+		e.Code, e.Message, e.RequestID = we.Code, we.Message, we.RequestID
+		if e.RequestID == "" {
+			e.RequestID = resp.Header.Get(wire.HeaderRequestID)
+		}
 		return nil, e
 	}
 	return resp, nil

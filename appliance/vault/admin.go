@@ -58,6 +58,7 @@ func (v *Vault) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	h := func(fn func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
+			info(r).principal = "admin socket"
 			if err := fn(w, r); err != nil {
 				v.writeErr(w, r, err)
 			}
@@ -219,7 +220,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, rep)
 		return nil
 	}))
-	return mux
+	return withRequestID(mux)
 }
 
 func catalogErr(err error) error {

@@ -56,19 +56,28 @@ func fail(status int, code, format string, args ...any) error {
 	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
 }
 
+// writeErr answers a failed request. A refusal (apiError) goes to the
+// client as it is; any other error is the vault's own fault: the client gets
+// a code and the request's id, and the log gets the error with the id, the
+// route and the principal. Internal error text never reaches a client.
 func (v *Vault) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	ri := info(r)
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):
 	case errors.Is(err, store.ErrNoSpace):
+		v.log.Warn("request refused: disk full", zap.String("request_id", ri.id), zap.String("route", route(r)),
+			zap.String("principal", ri.principal), zap.Error(err))
 		ae = &apiError{http.StatusInsufficientStorage, wire.CodeNoSpace, "the vault's data disk is full; tell the vault's administrator"}
 	default:
-		v.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
-		ae = &apiError{http.StatusInternalServerError, wire.CodeInternal, "internal error: " + err.Error()}
+		v.log.Error("request failed", zap.String("request_id", ri.id), zap.String("route", route(r)),
+			zap.String("principal", ri.principal), zap.Error(err))
+		ae = &apiError{http.StatusInternalServerError, wire.CodeInternal,
+			fmt.Sprintf("internal error (request id %s); the vault's log has the details", ri.id)}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(ae.status)
-	json.NewEncoder(w).Encode(wire.Error{Code: ae.code, Message: ae.msg})
+	json.NewEncoder(w).Encode(wire.Error{Code: ae.code, Message: ae.msg, RequestID: ri.id})
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -118,6 +127,7 @@ func (v *Vault) authed(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, err := v.authenticate(r)
 		if err == nil {
+			info(r).principal = "computer " + c.ID + " of " + c.Company
 			err = h(w, r, c)
 		}
 		if err != nil {
@@ -175,7 +185,7 @@ func (v *Vault) agentHandler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		v.writeErr(w, r, fail(http.StatusNotFound, wire.CodeNotFound, "no such API: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return withRequestID(mux)
 }
 
 func (v *Vault) enroll(w http.ResponseWriter, r *http.Request) error {
@@ -666,11 +676,25 @@ func listingErr(err error) error {
 	if errors.As(err, &ae) {
 		return err
 	}
-	if errors.Is(err, store.ErrNotFound) {
-		return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: listing chunk missing: %v", err)
+	var se *storeReadError
+	if errors.As(err, &se) {
+		if errors.Is(err, store.ErrNotFound) {
+			return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: listing chunk %x is missing: upload it first", se.id[:8])
+		}
+		return err // the vault could not read its own store: internal, logged
 	}
 	return fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: bad listing: %v", err)
 }
+
+// storeReadError is the vault failing to read a listing chunk from its
+// store, as opposed to the listing being bad.
+type storeReadError struct {
+	id  [32]byte
+	err error
+}
+
+func (e *storeReadError) Error() string { return fmt.Sprintf("listing chunk %x: %v", e.id[:8], e.err) }
+func (e *storeReadError) Unwrap() error { return e.err }
 
 // listingReader streams the plaintext of a listing's chunks. The caller
 // closes it, which also ends its goroutine.
@@ -690,7 +714,7 @@ func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkR
 				err = fmt.Errorf("%w: listing chunk %x does not hash to its id", store.ErrDamaged, ref.ID[:8])
 			}
 			if err != nil {
-				pw.CloseWithError(fmt.Errorf("listing chunk %x: %w", ref.ID[:8], err))
+				pw.CloseWithError(&storeReadError{id: ref.ID, err: err})
 				return
 			}
 			if _, err := pw.Write(plain); err != nil {
@@ -737,8 +761,11 @@ func (v *Vault) getChunks(w http.ResponseWriter, r *http.Request, c *caller) err
 		case errors.Is(err, store.ErrNotFound):
 			f = wire.Frame{ID: id, Kind: wire.StatusMissing, Payload: []byte("the vault has no such chunk")}
 		case err != nil:
-			v.log.Error("damaged chunk requested", zap.String("company", c.Company), zap.String("id", hex.EncodeToString(id[:])), zap.Error(err))
-			f = wire.Frame{ID: id, Kind: wire.StatusDamaged, Payload: []byte(err.Error())}
+			ri := info(r)
+			v.log.Error("damaged chunk requested", zap.String("request_id", ri.id), zap.String("principal", ri.principal),
+				zap.String("company", c.Company), zap.String("id", hex.EncodeToString(id[:])), zap.Error(err))
+			f = wire.Frame{ID: id, Kind: wire.StatusDamaged,
+				Payload: fmt.Appendf(nil, "the vault cannot read this chunk (request id %s); the vault's log has the details", ri.id)}
 		}
 		out = wire.AppendFrame(out[:0], &f)
 		if _, err := w.Write(out); err != nil {

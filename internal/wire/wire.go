@@ -38,7 +38,13 @@ const (
 type Error struct {
 	Code    string `json:"code"`    // stable machine-readable code, e.g. "unknown_session"
 	Message string `json:"message"` // what went wrong and what to do
+	// RequestID names the request in the vault's log (also in the
+	// X-Request-Id header of every answer).
+	RequestID string `json:"request_id,omitempty"`
 }
+
+// HeaderRequestID carries the id the vault gave a request, on every answer.
+const HeaderRequestID = "X-Request-Id"
 
 // Error codes.
 const (
