@@ -109,13 +109,24 @@ func (c *crashEnv) change(round int) {
 	c.g.write(fmt.Sprintf("bulk/r%d.bin", round), c.g.random(30<<20), 0o644)
 }
 
+// minMidKills is how many rounds of each crash test must kill a process
+// while the backup still ran; a kill after the backup finished proves
+// nothing and is not counted.
+const minMidKills = 4
+
 // TestCrashVault SIGKILLs vaultd at random instants of backups, restarts it
 // and backs up again; every committed version must restore identical and
-// the store must verify.
+// the store must verify. Only kills that land while the backup runs count,
+// and minMidKills of them are required.
 func TestCrashVault(t *testing.T) {
 	c := newCrashEnv(t, 4)
 	prevRaw := int64(0)
-	for round := 0; round < 4; round++ {
+	span := 4 * time.Second // the first backup sends the whole tree
+	mid := 0
+	for round := 0; mid < minMidKills; round++ {
+		if round >= 3*minMidKills {
+			t.Fatalf("only %d of %d rounds killed the vault while the backup ran; %d needed", mid, round, minMidKills)
+		}
 		if round > 0 {
 			c.change(round)
 		}
@@ -124,21 +135,29 @@ func TestCrashVault(t *testing.T) {
 		prevRaw = rawBytes(snap)
 		before := c.storedBytes()
 		cmd, out, done := c.startBackup()
-		span := 1500 * time.Millisecond // kills fall inside a backup
-		if round == 0 {
-			span = 4 * time.Second
-		}
 		d := 20*time.Millisecond + time.Duration(c.rnd.Int64N(int64(span)))
+		finished := false
 		select {
 		case <-done:
-			t.Logf("round %d: the backup finished before the kill at %v", round, d)
+			finished = true
 		case <-time.After(d):
 		}
 		c.v.kill()
 		waitDone(t, "the agent after the vault was killed", done, cmd)
-		t.Logf("round %d: vault killed at %v; agent exit %d: %s", round, d, cmd.ProcessState.ExitCode(), lastLine(out.String()))
-		if code := cmd.ProcessState.ExitCode(); code == 1 && !strings.Contains(out.String(), "vault") {
-			t.Errorf("round %d: the agent's failure does not say the vault was unreachable: %s", round, out)
+		code := cmd.ProcessState.ExitCode()
+		if finished || code == 0 {
+			// The kill came too late: shorter delays from now on.
+			span = max(span/2, 200*time.Millisecond)
+			t.Logf("round %d: the backup finished (exit %d) before the kill at %v: not counted; kills now fall within %v", round, code, d, span)
+		} else {
+			mid++
+			t.Logf("round %d: vault killed mid-backup at %v (%d/%d); agent exit %d: %s", round, d, mid, minMidKills, code, lastLine(out.String()))
+			if code == 1 && !strings.Contains(out.String(), "vault") {
+				t.Errorf("round %d: the agent's failure does not say the vault was unreachable: %s", round, out)
+			}
+			if round > 0 {
+				span = 1500 * time.Millisecond
+			}
 		}
 		c.v.start()
 		acked := c.storedBytes() - before // verifies the store right after the restart
@@ -185,11 +204,18 @@ func rawBytes(snap map[string]entryState) int64 {
 
 // TestCrashAgent SIGKILLs vault-agent at random instants of backups: the
 // next backup completes without re-sending what the vault acknowledged,
-// and every committed version restores identical.
+// and every committed version restores identical. Only kills that end the
+// agent (not an agent that had already exited) count, and minMidKills of
+// them are required.
 func TestCrashAgent(t *testing.T) {
 	c := newCrashEnv(t, 5)
 	prevRaw := int64(0)
-	for round := 0; round < 4; round++ {
+	span := 1200 * time.Millisecond
+	mid := 0
+	for round := 0; mid < minMidKills; round++ {
+		if round >= 3*minMidKills {
+			t.Fatalf("only %d of %d rounds killed the agent mid-backup; %d needed", mid, round, minMidKills)
+		}
 		if round > 0 {
 			c.change(round)
 		}
@@ -215,15 +241,24 @@ func TestCrashAgent(t *testing.T) {
 		} else {
 			select {
 			case <-done:
-			case <-time.After(20*time.Millisecond + time.Duration(c.rnd.Int64N(int64(1200*time.Millisecond)))):
+			case <-time.After(20*time.Millisecond + time.Duration(c.rnd.Int64N(int64(span)))):
 			}
 		}
 		cmd.Process.Signal(syscall.SIGKILL)
 		waitDone(t, "the killed agent", done, cmd)
+		killed := false
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			killed = true
+		}
 		c.settle() // uploads the vault had read in full finish after the kill
 		acked := c.storedBytes() - before
-		t.Logf("round %d: agent killed (%v); the vault had acknowledged %d bytes", round, cmd.ProcessState, acked)
-		_ = out
+		if killed {
+			mid++
+			t.Logf("round %d: agent killed mid-backup (%d/%d); the vault had acknowledged %d bytes", round, mid, minMidKills, acked)
+		} else {
+			span = max(span/2, 100*time.Millisecond)
+			t.Logf("round %d: the agent had exited (%v) before the kill: not counted; kills now fall within %v; output: %s", round, cmd.ProcessState, span, lastLine(out.String()))
+		}
 		c.account(snap)
 		s := c.a.backup("home")
 		t.Logf("round %d: next backup committed home@%d, sent %d bytes (fresh data at most %d)", round, s.Version, s.BytesSent, fresh)
