@@ -812,6 +812,7 @@ func (a *app) daemon(ctx context.Context, args []string) error {
 	fs := a.flags("run")
 	poll := fs.Duration("poll", 30*time.Second, "how often to ask the vault for configuration changes")
 	quiet := fs.Duration("quiet", 0, "continuous mode: quiet time before changes are sent (default 200ms)")
+	retry := fs.Duration("retry", 0, "first delay after a failed synchronization; it doubles up to 15 minutes (default 30s)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -828,7 +829,7 @@ func (a *app) daemon(ctx context.Context, args []string) error {
 		return err
 	}
 	defer log.Sync()
-	o := daemon.Options{State: a.st, Log: log, Poll: *poll}
+	o := daemon.Options{State: a.st, Log: log, Poll: *poll, Retry: *retry}
 	o.Watch.Quiet = *quiet
 	return daemon.Run(ctx, o)
 }
