@@ -5,7 +5,7 @@ BIN := $(CURDIR)/bin
 export CGO_ENABLED ?= 0
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
 
-.PHONY: help build run test test-unit bench fmt vet clean image qemu test-image
+.PHONY: help build run test test-unit soak bench fmt vet clean image qemu test-image
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test: build ## run every test (unit, end to end, crash, image in QEMU)
 	@# -count=1: end-to-end tests run binaries the test cache cannot see. testreport prints failures, every skip
 	@# with its reason and "N passed, N failed, N skipped"; with CI set, a skip not in .ci/allowed-skips fails.
 	set -o pipefail; $(GO) test -count=1 -timeout 60m -json ./... | $(BIN)/testreport -allow .ci/allowed-skips
+
+soak: build ## the long crash runs: 100 SIGKILLs of vaultd and agents (VAULTNODE_KILLS=N to change)
+	VAULTNODE_KILLS=$${VAULTNODE_KILLS:-100} $(GO) test -count=1 -timeout 90m -v -run 'TestRandomKills' ./agentkit/e2e/
 
 bench: build ## run the benchmark against restic and print ratios
 	@bash scripts/bench.sh
