@@ -30,3 +30,6 @@ echo
 echo "== continuous protection (RPO_FLAGS, e.g. -idle-files 100000 for a shorter run)"
 # shellcheck disable=SC2086
 out/bench/rpo -bin bin -work out/rpo -out out/bench/rpo.json ${RPO_FLAGS:-}
+echo
+echo "== bandwidth limiter on the wall clock, loopback (target: within 10 % of the limit; the tests use a fake clock)"
+go test -count=1 -run '^$' -bench Loopback -benchtime 1x ./agentkit/bwlimit

@@ -250,13 +250,17 @@ func (p *countingProxy) steadyRate(skip int64) (float64, time.Duration) {
 	return float64(b.bytes-a.bytes) * 8 / d.Seconds(), d
 }
 
-// TestBandwidthLimit: with a limit of N, the bytes on the wire over a
-// measured interval stay within 10% of N. The bytes are counted by a TCP
-// proxy between the agent and the vault, over the steady part of the
-// transfer (past the first and before the last megabyte).
+// TestBandwidthLimit: the limit set with `vault-agent limit` reaches the
+// agent's uploads. A TCP proxy between the agent and the vault counts the
+// bytes on the wire. The agent runs on the wall clock, so the test asserts
+// only what a busy machine cannot break: the upload took at least as long as
+// the limit allows for those bytes (load only makes it slower). That the
+// limiter keeps to its rate exactly is tested on a fake clock in
+// agentkit/bwlimit; the rate on the wall clock is measured by `make bench`.
 func TestBandwidthLimit(t *testing.T) {
 	e := newEnv(t)
-	data := make([]byte, 12<<20)
+	const size = 12 << 20
+	data := make([]byte, size)
 	rand.Read(data) // incompressible: the bytes on the wire are the file's
 	if err := os.WriteFile(filepath.Join(e.src, "big"), data, 0o644); err != nil {
 		t.Fatal(err)
@@ -268,16 +272,23 @@ func TestBandwidthLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(idPath, bytes.Replace(id, []byte(e.v.addr), []byte(p.addr), 1), 0o600)
-	const limit = 16e6 // 16 Mbit/s = 2 MB/s
+	const limit = 2e6 // 16 Mbit/s in bytes per second
 	e.a.must("limit", "16Mbit/s")
+	start := time.Now()
 	e.a.must("backup", "home")
-	time.Sleep(100 * time.Millisecond)
+	took := time.Since(start)
+	wire := p.sent.Load()
+	time.Sleep(100 * time.Millisecond) // one more sample for the log
 	rate, over := p.steadyRate(1 << 20)
-	t.Logf("%.2f Mbit/s on the wire over %v under a 16 Mbit/s limit", rate/1e6, over.Round(time.Millisecond))
-	if over < 3*time.Second {
-		t.Fatalf("measured over only %v", over)
+	t.Logf("%d bytes on the wire in %v; %.2f Mbit/s over the steady %v (16 Mbit/s limit; not asserted: the wall clock is the machine's load)",
+		wire, took.Round(time.Millisecond), rate/1e6, over.Round(time.Millisecond))
+	if wire < size {
+		t.Fatalf("only %d bytes went through the proxy, the file has %d: the backup did not use it", wire, size)
 	}
-	if rate > limit*1.10 || rate < limit*0.90 {
-		t.Fatalf("measured %.2f Mbit/s on the wire, want within 10%% of 16 Mbit/s", rate/1e6)
+	// The limiter meters request bodies (the file's chunks, at least
+	// size bytes) and may let a second's worth through at once; what is
+	// left must take its time.
+	if min := time.Duration(float64(size-limit) / limit * float64(time.Second)); took < min {
+		t.Fatalf("the backup sent %d bytes in %v; a 16 Mbit/s limit needs at least %v: the limit was not applied", wire, took, min)
 	}
 }
