@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
+	"math"
+	"math/bits"
 	"math/rand/v2"
 	"testing"
 	"testing/iotest"
@@ -61,12 +64,75 @@ func TestChunksReassembleAndRespectBounds(t *testing.T) {
 	if avg < AvgSize/2 || avg > AvgSize*2 {
 		t.Fatalf("average chunk size %d far from %d", avg, AvgSize)
 	}
-	// Reading one byte at a time must give the same boundaries.
-	slow := chunks(t, g, iotest.OneByteReader(bytes.NewReader(data[:9<<20])))
-	fast := chunks(t, g, bytes.NewReader(data[:9<<20]))
-	if len(slow) != len(fast) {
-		t.Fatalf("one-byte reader gave %d chunks, buffered %d", len(slow), len(fast))
+}
+
+// lengths returns the chunk lengths c cuts from r: its boundaries.
+func lengths(t testing.TB, g *Gear, r io.Reader) []int {
+	t.Helper()
+	c := New(g, r, nil)
+	var out []int
+	for {
+		b, err := c.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, len(b))
 	}
+}
+
+// randomReader returns reads of random sizes, from 1 byte to 2*MaxSize.
+type randomReader struct {
+	r   io.Reader
+	rng *rand.Rand
+}
+
+func (r randomReader) Read(p []byte) (int, error) {
+	n := 1 + r.rng.IntN(2*MaxSize)
+	if r.rng.IntN(4) == 0 {
+		n = 1 + r.rng.IntN(64)
+	}
+	return r.r.Read(p[:min(n, len(p))])
+}
+
+// Boundaries depend on the content only: however the reader splits its
+// reads, every chunk starts and ends at the same offsets.
+func TestBoundariesIndependentOfReads(t *testing.T) {
+	g := testGear(t)
+	data := randBytes(1, 9<<20)
+	want := lengths(t, g, bytes.NewReader(data))
+	if len(want) < 5 {
+		t.Fatalf("only %d chunks in %d bytes: the comparison would prove little", len(want), len(data))
+	}
+	for _, tc := range []struct {
+		name string
+		r    io.Reader
+	}{
+		{"one byte", iotest.OneByteReader(bytes.NewReader(data))},
+		{"half", iotest.HalfReader(bytes.NewReader(data))},
+		{"data with EOF", iotest.DataErrReader(bytes.NewReader(data))},
+		{"random sizes", randomReader{bytes.NewReader(data), rand.New(rand.NewPCG(5, 6))}},
+	} {
+		got := lengths(t, g, tc.r)
+		off := 0
+		for i := 0; i < max(len(got), len(want)); i++ {
+			if i >= len(got) || i >= len(want) || got[i] != want[i] {
+				t.Errorf("%s reader: chunk %d at offset %d: %s, buffered reads give %s",
+					tc.name, i, off, lenAt(got, i), lenAt(want, i))
+				break
+			}
+			off += got[i]
+		}
+	}
+}
+
+func lenAt(l []int, i int) string {
+	if i >= len(l) {
+		return "no chunk"
+	}
+	return fmt.Sprintf("%d bytes", l[i])
 }
 
 func TestInsertionChangesOnlyNeighbourhood(t *testing.T) {
@@ -134,9 +200,55 @@ func BenchmarkChunker(b *testing.B) {
 	}
 }
 
+// expectedMean is the mean chunk length of normalized FastCDC for random
+// content, from the format's parameters: past MinSize each byte ends a
+// chunk with probability 2^-bits(mask), with maskS before AvgSize and maskL
+// after it, and a chunk ends at MaxSize at the latest.
+func expectedMean() float64 {
+	ps := 1 / math.Pow(2, float64(bits.OnesCount64(maskS)))
+	pl := 1 / math.Pow(2, float64(bits.OnesCount64(maskL)))
+	// E[L] = MinSize + sum over positions of P(no cut before it).
+	survive := 1.0
+	mean := float64(MinSize)
+	for i := MinSize; i < MaxSize; i++ {
+		mean += survive
+		if i < AvgSize {
+			survive *= 1 - ps
+		} else {
+			survive *= 1 - pl
+		}
+	}
+	return mean
+}
+
+// On random content the mean chunk length matches what the format's masks
+// give (about 1.16 MiB), and chunks ending before the average size are as
+// frequent as the stricter mask makes them: a changed mask, a swapped pair
+// or a broken normalization moves one or the other by far more than the
+// tolerance. About 110 chunks: the tolerances are about three standard
+// deviations (chunk lengths vary by 350 KB), and the content is fixed, so
+// the result is too.
 func TestAverage(t *testing.T) {
 	g := testGear(t)
-	data := randBytes(9, 64<<20)
-	cs := chunks(t, g, bytes.NewReader(data))
-	t.Logf("%d chunks, average %d bytes", len(cs), len(data)/len(cs))
+	data := randBytes(9, 128<<20)
+	ls := lengths(t, g, bytes.NewReader(data))
+	mean := float64(len(data)) / float64(len(ls))
+	want := expectedMean()
+	var early int
+	for _, l := range ls[:len(ls)-1] {
+		if l < AvgSize {
+			early++
+		}
+	}
+	ps := 1 / math.Pow(2, float64(bits.OnesCount64(maskS)))
+	wantEarly := 1 - math.Pow(1-ps, AvgSize-MinSize)
+	gotEarly := float64(early) / float64(len(ls)-1)
+	t.Logf("%d chunks, mean %.0f bytes (expected %.0f), %.1f%% before the average size (expected %.1f%%)",
+		len(ls), mean, want, 100*gotEarly, 100*wantEarly)
+	if math.Abs(mean-want) > 0.10*want {
+		t.Errorf("mean chunk length %.0f, want %.0f ± 10%%", mean, want)
+	}
+	if math.Abs(gotEarly-wantEarly) > 0.10 {
+		t.Errorf("%.1f%% of chunks end before the average size, want %.1f%% ± 10 points", 100*gotEarly, 100*wantEarly)
+	}
 }
