@@ -54,17 +54,18 @@ type ComputerInfo struct {
 	Configs []wire.Config `json:"configs"`
 }
 
-func (v *Vault) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	h := func(fn func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			info(r).principal = "admin socket"
-			if err := fn(w, r); err != nil {
-				v.writeErr(w, r, err)
-			}
-		}
+// authenticateAdmin is the admin socket's authenticator: whoever can open
+// the socket (mode 0600, in the data directory) is the operator.
+func authenticateAdmin(*http.Request) (*Principal, error) { return operator, nil }
+
+func (v *Vault) adminHandler() http.Handler { return v.adminRoutes(authenticateAdmin).handler() }
+
+func (v *Vault) adminRoutes(authn authenticator) *router {
+	rt := v.newRouter(authn)
+	h := func(fn func(w http.ResponseWriter, r *http.Request) error) handlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, _ *Principal) error { return fn(w, r) }
 	}
-	mux.HandleFunc("POST "+AdminCompanies, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("POST "+AdminCompanies, h(func(w http.ResponseWriter, r *http.Request) error {
 		var req struct {
 			Name string `json:"name"`
 		}
@@ -77,7 +78,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, map[string]string{"name": req.Name})
 		return nil
 	}))
-	mux.HandleFunc("GET "+AdminCompanies, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("GET "+AdminCompanies, h(func(w http.ResponseWriter, r *http.Request) error {
 		cs, err := v.Catalog.Companies()
 		if err != nil {
 			return err
@@ -89,7 +90,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, names)
 		return nil
 	}))
-	mux.HandleFunc("POST "+AdminTokens, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("POST "+AdminTokens, h(func(w http.ResponseWriter, r *http.Request) error {
 		var req TokenRequest
 		if err := readJSON(r, &req); err != nil {
 			return err
@@ -107,7 +108,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, TokenResponse{Token: t.String(), Expires: exp})
 		return nil
 	}))
-	mux.HandleFunc("GET "+AdminComputers, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("GET "+AdminComputers, h(func(w http.ResponseWriter, r *http.Request) error {
 		cps, err := v.Catalog.Computers(r.URL.Query().Get("company"))
 		if err != nil {
 			return err
@@ -123,7 +124,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, out)
 		return nil
 	}))
-	mux.HandleFunc("GET "+AdminVersions, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("GET "+AdminVersions, h(func(w http.ResponseWriter, r *http.Request) error {
 		cp, err := v.Catalog.FindComputer(r.URL.Query().Get("computer"))
 		if err != nil {
 			return catalogErr(err)
@@ -138,7 +139,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, ms)
 		return nil
 	}))
-	mux.HandleFunc("POST "+AdminRevoke, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("POST "+AdminRevoke, h(func(w http.ResponseWriter, r *http.Request) error {
 		var req struct {
 			Computer string `json:"computer"`
 		}
@@ -155,7 +156,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, cp)
 		return nil
 	}))
-	mux.HandleFunc("GET "+AdminStatus, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("GET "+AdminStatus, h(func(w http.ResponseWriter, r *http.Request) error {
 		st, err := v.Status(r.URL.Query().Get("company"))
 		if err != nil {
 			return err
@@ -163,7 +164,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, st)
 		return nil
 	}))
-	mux.HandleFunc("POST "+AdminRunNow, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("POST "+AdminRunNow, h(func(w http.ResponseWriter, r *http.Request) error {
 		var req RunNowRequest
 		if err := readJSON(r, &req); err != nil {
 			return err
@@ -188,7 +189,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, cp.Settings)
 		return nil
 	}))
-	mux.HandleFunc("POST "+AdminSettings, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("POST "+AdminSettings, h(func(w http.ResponseWriter, r *http.Request) error {
 		var req SettingsRequest
 		if err := readJSON(r, &req); err != nil {
 			return err
@@ -212,7 +213,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, cp.Settings)
 		return nil
 	}))
-	mux.HandleFunc("POST "+AdminVerify, h(func(w http.ResponseWriter, r *http.Request) error {
+	rt.handle("POST "+AdminVerify, h(func(w http.ResponseWriter, r *http.Request) error {
 		rep, err := v.Verify(r.Context())
 		if err != nil {
 			return err
@@ -220,7 +221,7 @@ func (v *Vault) adminHandler() http.Handler {
 		writeJSON(w, rep)
 		return nil
 	}))
-	return withRequestID(mux)
+	return rt
 }
 
 func catalogErr(err error) error {

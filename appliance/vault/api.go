@@ -121,19 +121,14 @@ type caller struct {
 	keys *companyKeys
 }
 
-type handler func(w http.ResponseWriter, r *http.Request, c *caller) error
-
-func (v *Vault) authed(h handler) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		c, err := v.authenticate(r)
-		if err == nil {
-			info(r).principal = "computer " + c.ID + " of " + c.Company
-			err = h(w, r, c)
-		}
-		if err != nil {
-			v.writeErr(w, r, err)
-		}
+// authenticateAgent is the agent API's authenticator: the principal is the
+// computer of the client certificate.
+func (v *Vault) authenticateAgent(r *http.Request) (*Principal, error) {
+	c, err := v.authenticate(r)
+	if err != nil {
+		return nil, err
 	}
+	return agentPrincipal(c), nil
 }
 
 func (v *Vault) authenticate(r *http.Request) (*caller, error) {
@@ -158,35 +153,36 @@ func (v *Vault) authenticate(r *http.Request) (*caller, error) {
 	return &caller{Computer: cp, keys: k}, nil
 }
 
-func (v *Vault) agentHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+wire.PathHealth, func(w http.ResponseWriter, r *http.Request) {
+func (v *Vault) agentRoutes(authn authenticator) *router {
+	rt := v.newRouter(authn)
+	rt.handle("GET "+wire.PathHealth, func(w http.ResponseWriter, r *http.Request, _ *Principal) error {
 		writeJSON(w, map[string]any{"status": "ok", "time": v.clk.Now().UTC()})
+		return nil
 	})
-	mux.HandleFunc("POST "+wire.PathEnroll, func(w http.ResponseWriter, r *http.Request) {
-		if err := v.enroll(w, r); err != nil {
-			v.writeErr(w, r, err)
-		}
+	rt.handle("POST "+wire.PathEnroll, func(w http.ResponseWriter, r *http.Request, _ *Principal) error {
+		return v.enroll(w, r)
 	})
-	mux.HandleFunc("GET "+wire.PathComputer, v.authed(v.computer))
-	mux.HandleFunc("PUT "+wire.PathConfigs+"{name}", v.authed(v.putConfig))
-	mux.HandleFunc("DELETE "+wire.PathConfigs+"{name}", v.authed(v.deleteConfig))
-	mux.HandleFunc("POST "+wire.PathSessions, v.authed(v.openSession))
-	mux.HandleFunc("POST "+wire.PathSession+"{id}/lack", v.authed(v.lack))
-	mux.HandleFunc("POST "+wire.PathSession+"{id}/chunks", v.authed(v.upload))
-	mux.HandleFunc("POST "+wire.PathSession+"{id}/commit", v.authed(v.commit))
-	mux.HandleFunc("POST "+wire.PathSession+"{id}/abort", v.authed(v.abort))
-	mux.HandleFunc("POST "+wire.PathSession+"{id}/journal", v.authed(v.journal))
-	mux.HandleFunc("GET "+wire.PathVersions+"{config}", v.authed(v.versions))
-	mux.HandleFunc("GET "+wire.PathJournal+"{config}", v.authed(v.listJournal))
-	mux.HandleFunc("POST "+wire.PathStatus, v.authed(v.report))
-	mux.HandleFunc("PUT "+wire.PathSettings, v.authed(v.putSettings))
-	mux.HandleFunc("POST "+wire.PathChunks, v.authed(v.getChunks))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		v.writeErr(w, r, fail(http.StatusNotFound, wire.CodeNotFound, "no such API: %s %s", r.Method, r.URL.Path))
+	rt.handle("GET "+wire.PathComputer, agentOnly(v.computer))
+	rt.handle("PUT "+wire.PathConfigs+"{name}", agentOnly(v.putConfig))
+	rt.handle("DELETE "+wire.PathConfigs+"{name}", agentOnly(v.deleteConfig))
+	rt.handle("POST "+wire.PathSessions, agentOnly(v.openSession))
+	rt.handle("POST "+wire.PathSession+"{id}/lack", agentOnly(v.lack))
+	rt.handle("POST "+wire.PathSession+"{id}/chunks", agentOnly(v.upload))
+	rt.handle("POST "+wire.PathSession+"{id}/commit", agentOnly(v.commit))
+	rt.handle("POST "+wire.PathSession+"{id}/abort", agentOnly(v.abort))
+	rt.handle("POST "+wire.PathSession+"{id}/journal", agentOnly(v.journal))
+	rt.handle("GET "+wire.PathVersions+"{config}", agentOnly(v.versions))
+	rt.handle("GET "+wire.PathJournal+"{config}", agentOnly(v.listJournal))
+	rt.handle("POST "+wire.PathStatus, agentOnly(v.report))
+	rt.handle("PUT "+wire.PathSettings, agentOnly(v.putSettings))
+	rt.handle("POST "+wire.PathChunks, agentOnly(v.getChunks))
+	rt.handle("/", func(w http.ResponseWriter, r *http.Request, _ *Principal) error {
+		return fail(http.StatusNotFound, wire.CodeNotFound, "no such API: %s %s", r.Method, r.URL.Path)
 	})
-	return withRequestID(mux)
+	return rt
 }
+
+func (v *Vault) agentHandler() http.Handler { return v.agentRoutes(v.authenticateAgent).handler() }
 
 func (v *Vault) enroll(w http.ResponseWriter, r *http.Request) error {
 	var req wire.EnrollRequest

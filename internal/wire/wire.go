@@ -10,14 +10,16 @@ import (
 )
 
 // Paths of the agent API. All but Health and Enroll need a client certificate.
+// The vault's routes (appliance/vault, table routeCaps) and docs/protocol.md
+// list the same; a test in appliance/vault holds them together.
 const (
 	PathHealth   = "/v1/health"
 	PathEnroll   = "/v1/enroll"
 	PathComputer = "/v1/computer"     // GET: identity, chunk key, configurations
 	PathConfigs  = "/v1/configs/"     // PUT/DELETE /v1/configs/NAME
 	PathSessions = "/v1/sessions"     // POST: open a session
-	PathSession  = "/v1/sessions/"    // /v1/sessions/ID/{lack,chunks,commit,abort}
-	PathVersions = "/v1/versions/"    // GET /v1/versions/CONFIG[/SEQ]
+	PathSession  = "/v1/sessions/"    // POST /v1/sessions/ID/{lack,chunks,commit,abort,journal}
+	PathVersions = "/v1/versions/"    // GET /v1/versions/CONFIG (or *)
 	PathChunks   = "/v1/chunks/get"   // POST: body of IDs, response frames
 	PathStatus   = "/v1/status"       // POST: agent reports a configuration's state
 	PathSettings = "/v1/settings"     // PUT: the computer's settings
@@ -52,6 +54,7 @@ const (
 	CodeTooLarge       = "too_large"
 	CodeUnauthorized   = "unauthorized"    // no or bad client certificate
 	CodeRevoked        = "revoked"         // the computer was revoked
+	CodeForbidden      = "forbidden"       // the principal lacks the capability the route needs
 	CodeUnknownSession = "unknown_session" // expired, finished or never opened; open a new one
 	CodeBadToken       = "bad_token"       // unknown, used or expired enrolment token
 	CodeMismatch       = "chunk_mismatch"  // a chunk's content does not hash to its ID

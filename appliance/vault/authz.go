@@ -1,0 +1,218 @@
+package vault
+
+import (
+	"net/http"
+	"slices"
+
+	"vaultnode/internal/wire"
+)
+
+// Capability is a right a principal holds and a route needs. The names are
+// stable: the portal stores them with its users (issue 12).
+type Capability string
+
+// Capabilities. A principal holds them over a scope (see Principal).
+const (
+	// CapPublic is needed by no one: the route answers without a principal
+	// (the health check; enrolment, which a token authorizes).
+	CapPublic Capability = ""
+	// CapView: see configurations, versions and status.
+	CapView Capability = "view"
+	// CapConfigure: create and change configurations, schedules and
+	// bandwidth limits; ask for a synchronization now.
+	CapConfigure Capability = "configure_backup"
+	// CapRestore: read versions back (listings and chunks).
+	CapRestore Capability = "restore"
+	// CapManageComputers: enrolment tokens, revocation.
+	CapManageComputers Capability = "manage_computers"
+	// CapManageUsers: portal users and their capabilities.
+	CapManageUsers Capability = "manage_users"
+	// CapBackup: write new versions and journal records and report the
+	// agent's state. Only an agent holds it, for its own computer: no one
+	// else writes a computer's history.
+	CapBackup Capability = "backup"
+	// CapOperate: run the appliance: companies, verify, every company.
+	CapOperate Capability = "operate"
+)
+
+// routeCaps is the authorization table: every route of the agent API and
+// the admin socket, and the capability it needs. The one middleware
+// (authorize) enforces it; a route missing here is refused, and a test walks
+// every registered route against it. docs/protocol.md lists it for agents.
+var routeCaps = map[string]Capability{
+	// Agent API (mutual TLS; the principal is the computer of the client
+	// certificate).
+	"/":                                         CapPublic, // unknown routes: 404
+	"GET " + wire.PathHealth:                    CapPublic,
+	"POST " + wire.PathEnroll:                   CapPublic, // the enrolment token is the authority
+	"GET " + wire.PathComputer:                  CapView,
+	"PUT " + wire.PathConfigs + "{name}":        CapConfigure,
+	"DELETE " + wire.PathConfigs + "{name}":     CapConfigure,
+	"POST " + wire.PathSessions:                 CapBackup,
+	"POST " + wire.PathSession + "{id}/lack":    CapBackup,
+	"POST " + wire.PathSession + "{id}/chunks":  CapBackup,
+	"POST " + wire.PathSession + "{id}/commit":  CapBackup,
+	"POST " + wire.PathSession + "{id}/abort":   CapBackup,
+	"POST " + wire.PathSession + "{id}/journal": CapBackup,
+	"POST " + wire.PathStatus:                   CapBackup,
+	"GET " + wire.PathVersions + "{config}":     CapRestore,
+	"GET " + wire.PathJournal + "{config}":      CapRestore,
+	"POST " + wire.PathChunks:                   CapRestore,
+	"PUT " + wire.PathSettings:                  CapConfigure,
+
+	// Admin socket (DATA/admin.sock, mode 0600: the principal is the
+	// operator).
+	"POST " + AdminCompanies: CapOperate,
+	"GET " + AdminCompanies:  CapOperate,
+	"POST " + AdminTokens:    CapManageComputers,
+	"GET " + AdminComputers:  CapView,
+	"GET " + AdminVersions:   CapView,
+	"POST " + AdminRevoke:    CapManageComputers,
+	"GET " + AdminStatus:     CapView,
+	"POST " + AdminRunNow:    CapConfigure,
+	"POST " + AdminSettings:  CapConfigure,
+	"POST " + AdminVerify:    CapOperate,
+}
+
+// PrincipalKind says who a principal is.
+type PrincipalKind int
+
+// Kinds of principals.
+const (
+	Anonymous PrincipalKind = iota // no credentials (public routes only)
+	Agent                          // a computer, by its client certificate
+	Operator                       // the admin socket
+	User                           // a portal user (issue 12)
+)
+
+func (k PrincipalKind) String() string {
+	switch k {
+	case Agent:
+		return "agent"
+	case Operator:
+		return "operator"
+	case User:
+		return "user"
+	}
+	return "anonymous"
+}
+
+// Principal is who makes a request, with the capabilities it holds and the
+// scope it holds them over.
+type Principal struct {
+	Kind PrincipalKind
+	Name string // for the log and, later, the audit trail
+	// Company is the company the principal belongs to; empty for an
+	// operator, who acts on every company.
+	Company string
+	// Computers limits the principal to these computers of Company; nil
+	// means all of them. An agent's is its own computer.
+	Computers []string
+	Caps      []Capability
+
+	agent *caller // the computer and its keys, for an agent
+}
+
+var (
+	agentCaps    = []Capability{CapView, CapConfigure, CapRestore, CapBackup}
+	operatorCaps = []Capability{CapView, CapConfigure, CapRestore, CapManageComputers, CapManageUsers, CapOperate}
+)
+
+func agentPrincipal(c *caller) *Principal {
+	return &Principal{Kind: Agent, Name: "computer " + c.ID + " of " + c.Company, Company: c.Company,
+		Computers: []string{c.ID}, Caps: agentCaps, agent: c}
+}
+
+// operator is the principal of the admin socket.
+var operator = &Principal{Kind: Operator, Name: "admin socket", Caps: operatorCaps}
+
+var anonymous = &Principal{Kind: Anonymous, Name: "anonymous"}
+
+// Has reports whether p holds capability c (anyone holds CapPublic).
+func (p *Principal) Has(c Capability) bool { return c == CapPublic || slices.Contains(p.Caps, c) }
+
+// Covers reports whether p's scope includes the computer of company
+// (computer "" asks about the whole company).
+func (p *Principal) Covers(company, computer string) bool {
+	switch {
+	case p.Kind == Operator:
+		return true
+	case p.Kind == Anonymous || p.Company != company:
+		return false
+	case p.Computers == nil:
+		return true
+	}
+	return computer != "" && slices.Contains(p.Computers, computer)
+}
+
+func (p *Principal) String() string { return p.Name }
+
+// authenticator finds the principal of a request on one listener.
+type authenticator func(r *http.Request) (*Principal, error)
+
+// handlerFunc is a route's handler: it decodes, calls an operation with
+// the principal, and encodes.
+type handlerFunc func(w http.ResponseWriter, r *http.Request, p *Principal) error
+
+// router registers routes behind the authorization middleware and
+// remembers them, so a test can walk them against the table.
+type router struct {
+	v        *Vault
+	mux      *http.ServeMux
+	authn    authenticator
+	patterns []string
+}
+
+func (v *Vault) newRouter(authn authenticator) *router {
+	return &router{v: v, mux: http.NewServeMux(), authn: authn}
+}
+
+func (rt *router) handle(pattern string, h handlerFunc) {
+	rt.patterns = append(rt.patterns, pattern)
+	rt.mux.Handle(pattern, rt.v.authorize(pattern, rt.authn, h))
+}
+
+// handler returns the routes with request ids.
+func (rt *router) handler() http.Handler { return withRequestID(rt.mux) }
+
+// authorize is the one authorization middleware: it looks the route up in
+// routeCaps, authenticates the request when the route needs a capability,
+// and refuses a principal that does not hold it. Scope (which company,
+// which computer) is the operation's to check, since only it knows the
+// object.
+func (v *Vault) authorize(pattern string, authn authenticator, h handlerFunc) http.Handler {
+	need, listed := routeCaps[pattern]
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := func() error {
+			if !listed {
+				return fail(http.StatusForbidden, wire.CodeForbidden, "route %s is not in the vault's authorization table: refused", pattern)
+			}
+			p := anonymous
+			if need != CapPublic {
+				var err error
+				if p, err = authn(r); err != nil {
+					return err
+				}
+				info(r).principal = p.String()
+				if !p.Has(need) {
+					return fail(http.StatusForbidden, wire.CodeForbidden, "%s lacks the %q capability that %s needs", p, need, pattern)
+				}
+			}
+			return h(w, r, p)
+		}()
+		if err != nil {
+			v.writeErr(w, r, err)
+		}
+	})
+}
+
+// agentOnly adapts a handler of the agent API, which acts for the computer
+// of the request's certificate.
+func agentOnly(h func(w http.ResponseWriter, r *http.Request, c *caller) error) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		if p.agent == nil {
+			return fail(http.StatusForbidden, wire.CodeForbidden, "%s is not a computer: this route is for agents", p)
+		}
+		return h(w, r, p.agent)
+	}
+}
