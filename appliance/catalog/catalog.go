@@ -1,6 +1,11 @@
 // Package catalog holds what a vault knows besides chunks: companies,
 // enrolment tokens, computers, backup configurations and committed versions.
 // It is the source of truth for what is visible (docs/format.md, "Catalog").
+//
+// Every change is a Command applied by Apply in one bbolt transaction; the
+// methods that change the catalog only build commands. A command carries
+// every random id, certificate and time it needs, so applying it is
+// deterministic and a replicated log can carry it unchanged.
 package catalog
 
 import (
@@ -9,7 +14,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -17,7 +21,9 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	"go.uber.org/zap"
 
+	"vaultnode/internal/clock"
 	"vaultnode/internal/wire"
 )
 
@@ -28,6 +34,12 @@ var (
 	ErrToken    = errors.New("enrolment token is unknown, already used or expired")
 	ErrRevoked  = errors.New("computer is revoked")
 	ErrInvalid  = errors.New("invalid")
+	// ErrCorrupt marks a record or command that cannot be decoded; the error
+	// names the bucket and key (or the command) and the broken rule.
+	ErrCorrupt = errors.New("corrupt catalog record")
+	// ErrConflict is returned by a conditional command whose precondition no
+	// longer holds; UpdateComputer retries on it.
+	ErrConflict = errors.New("changed meanwhile")
 )
 
 var (
@@ -65,13 +77,59 @@ type Computer struct {
 	Revoked     *time.Time `json:"revoked,omitempty"`
 	// Settings are the computer's bandwidth profile and back-up-now requests.
 	Settings wire.Settings `json:"settings"`
-	// LastSeen is the last time the computer reported to the vault.
+	// LastSeen is the last authenticated request of the computer (kept in
+	// memory and written in batches: see Seen).
 	LastSeen time.Time `json:"last_seen,omitzero"`
+}
+
+// Version is a committed version as the catalog records it: its manifest
+// and the chunk ID of the manifest entry in the company's packs.
+type Version struct {
+	wire.Manifest
+	// ManifestID is the ID of the manifest's entry in the packs (zero for a
+	// version recorded before IDs were kept).
+	ManifestID ID `json:"manifest_id,omitzero"`
+}
+
+// ID is a chunk ID, hex in JSON.
+type ID [32]byte
+
+// MarshalText encodes the ID in hex.
+func (id ID) MarshalText() ([]byte, error) { return []byte(hex.EncodeToString(id[:])), nil }
+
+// UnmarshalText decodes 64 hex digits.
+func (id *ID) UnmarshalText(b []byte) error {
+	if len(b) != 64 {
+		return fmt.Errorf("chunk id is %d hex digits, want 64", len(b))
+	}
+	_, err := hex.Decode(id[:], b)
+	return err
+}
+
+// IsZero reports whether the ID is unset.
+func (id ID) IsZero() bool { return id == ID{} }
+
+// Options configure a catalog.
+type Options struct {
+	Log   *zap.Logger
+	Clock clock.Clock
+	// ContactFlush is how often last contacts are written (default
+	// DefaultContactFlush).
+	ContactFlush time.Duration
 }
 
 // Catalog is the catalog database.
 type Catalog struct {
-	db *bbolt.DB
+	db   *bbolt.DB
+	dir  string
+	opts Options
+	log  *zap.Logger
+	clk  clock.Clock
+	seen contacts
+
+	stop    chan struct{}
+	done    chan struct{}
+	flushed chan struct{} // tests: told after each periodic flush
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,15}$`)
@@ -94,9 +152,33 @@ func ValidConfigName(name string) error {
 	return nil
 }
 
-// Open opens or creates the catalog in dir.
-func Open(dir string) (*Catalog, error) {
-	db, err := bbolt.Open(filepath.Join(dir, "catalog.db"), 0o600, &bbolt.Options{Timeout: 0})
+var computerRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// ValidComputerID reports whether id can be a computer id (NewComputerID
+// makes "pc-" and 16 hex digits; ids never hold a slash, which keys rely on).
+func ValidComputerID(id string) error {
+	if !computerRE.MatchString(id) {
+		return fmt.Errorf("%w computer id %q", ErrInvalid, id)
+	}
+	return nil
+}
+
+// File is the catalog's file name in the vault's data directory.
+const File = "catalog.db"
+
+// Open opens or creates the catalog in dir and starts writing last contacts
+// every opts.ContactFlush until Close.
+func Open(dir string, opts Options) (*Catalog, error) {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if opts.ContactFlush <= 0 {
+		opts.ContactFlush = DefaultContactFlush
+	}
+	db, err := bbolt.Open(filepath.Join(dir, File), 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
@@ -112,46 +194,199 @@ func Open(dir string) (*Catalog, error) {
 		db.Close()
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
-	return &Catalog{db: db}, nil
-}
-
-// Close closes the database.
-func (c *Catalog) Close() error { return c.db.Close() }
-
-func put(b *bbolt.Bucket, k []byte, v any) error {
-	j, err := json.Marshal(v)
-	if err != nil {
-		return err
+	c := &Catalog{db: db, dir: dir, opts: opts, log: opts.Log, clk: opts.Clock,
+		seen: contacts{pending: map[string]time.Time{}}, stop: make(chan struct{}), done: make(chan struct{})}
+	if err := c.reconcileRevocations(); err != nil {
+		db.Close()
+		return nil, err
 	}
-	return b.Put(k, j)
+	go c.flushLoop(c.clk.NewTimer(opts.ContactFlush), c.stop, c.done)
+	return c, nil
 }
 
-func get(b *bbolt.Bucket, k []byte, v any) error {
-	j := b.Get(k)
-	if j == nil {
-		return ErrNotFound
-	}
-	return json.Unmarshal(j, v)
+// Close writes pending contacts, stops the flusher and closes the database.
+func (c *Catalog) Close() error {
+	close(c.stop)
+	<-c.done
+	err := c.FlushContacts()
+	return errors.Join(err, c.db.Close())
 }
+
+func tokenKey(secret []byte) []byte { h := sha256.Sum256(secret); return h[:] }
+
+// NewComputerID returns a fresh random computer id.
+func NewComputerID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "pc-" + hex.EncodeToString(b[:])
+}
+
+func cfgKey(computer, name string) []byte { return []byte(computer + "/" + name) }
+
+func verKey(computer, config string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), seq)
+}
+
+func journalKey(computer, config string, base, n uint64) []byte {
+	k := binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), base)
+	return binary.BigEndian.AppendUint64(k, n)
+}
+
+// ---- Changes: each builds one command and applies it ----
 
 // CreateCompany adds a company.
 func (c *Catalog) CreateCompany(co Company) error {
-	if err := ValidCompanyName(co.Name); err != nil {
-		return err
-	}
-	return c.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bCompanies)
-		if b.Get([]byte(co.Name)) != nil {
-			return fmt.Errorf("company %q: %w", co.Name, ErrExists)
-		}
-		return put(b, []byte(co.Name), co)
-	})
+	_, err := c.apply(KindCreateCompany, CreateCompanyCmd{Company: co})
+	return err
 }
+
+// AddToken records a token's secret hash for a company.
+func (c *Catalog) AddToken(secret []byte, t Token) error {
+	_, err := c.apply(KindAddToken, AddTokenCmd{Hash: tokenKey(secret), Token: t})
+	return err
+}
+
+// TokenCompany returns the company of a token that is usable at now (not
+// used, not expired), or ErrToken. Enrolment reads it first to make the
+// computer's id and certificate, then applies EnrollComputer.
+func (c *Catalog) TokenCompany(secret []byte, now time.Time) (string, error) {
+	var t Token
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		t, err = getToken(tx, tokenKey(secret))
+		return err
+	})
+	if err != nil || t.Used || now.After(t.Expires) {
+		return "", ErrToken
+	}
+	return t.Company, nil
+}
+
+// EnrollComputer consumes a token and records cp, made beforehand, in one
+// command; it fails with ErrToken if the token was used or expired meanwhile.
+func (c *Catalog) EnrollComputer(secret []byte, now time.Time, cp Computer) error {
+	_, err := c.apply(KindEnroll, EnrollCmd{Hash: tokenKey(secret), Now: now, Computer: cp})
+	return err
+}
+
+// Enroll consumes a token and records the computer that comp makes for the
+// token's company. comp runs before the command (it may sign a
+// certificate); if the token is gone by the time the command applies, the
+// computer is not recorded and Enroll returns ErrToken.
+func (c *Catalog) Enroll(secret []byte, now time.Time, comp func(company string) (Computer, error)) (Computer, error) {
+	company, err := c.TokenCompany(secret, now)
+	if err != nil {
+		return Computer{}, err
+	}
+	cp, err := comp(company)
+	if err != nil {
+		return Computer{}, err
+	}
+	if err := c.EnrollComputer(secret, now, cp); err != nil {
+		return Computer{}, err
+	}
+	return cp, nil
+}
+
+// Revoke marks a computer revoked. The revocation is also appended to
+// DATA/revoked, so a catalog rebuilt from packs never un-revokes it.
+func (c *Catalog) Revoke(id string, now time.Time) error {
+	_, err := c.apply(KindRevoke, RevokeCmd{Computer: id, Time: now})
+	return err
+}
+
+// UpdateComputer changes a computer's settings: fn gets a copy of the
+// record and may change only its Settings. The change is applied as a
+// conditional command (it applies only if the settings are still those fn
+// saw), retried when another change came first.
+func (c *Catalog) UpdateComputer(id string, fn func(cp *Computer) error) (Computer, error) {
+	for attempt := 0; ; attempt++ {
+		cp, err := c.Computer(id)
+		if err != nil {
+			return cp, err
+		}
+		prev := cp.Settings
+		next := cp
+		next.Settings = cloneSettings(prev)
+		if err := fn(&next); err != nil {
+			return cp, err
+		}
+		if next.ID != cp.ID || next.Company != cp.Company || next.Name != cp.Name || next.Fingerprint != cp.Fingerprint ||
+			!next.Enrolled.Equal(cp.Enrolled) || next.Revoked != cp.Revoked {
+			return cp, fmt.Errorf("%w: update computer %q: only its settings can change", ErrInvalid, id)
+		}
+		_, err = c.apply(KindSetSettings, SetSettingsCmd{Computer: id, Prev: prev, Settings: next.Settings})
+		if errors.Is(err, ErrConflict) && attempt < 100 {
+			continue
+		}
+		if err != nil {
+			return cp, err
+		}
+		return c.Computer(id)
+	}
+}
+
+func cloneSettings(s wire.Settings) wire.Settings {
+	out := wire.Settings{Bandwidth: s.Bandwidth}
+	if s.RunNow != nil {
+		out.RunNow = make(map[string]int64, len(s.RunNow))
+		for k, v := range s.RunNow {
+			out.RunNow[k] = v
+		}
+	}
+	return out
+}
+
+// PutConfig creates or replaces a configuration, bumping its revision.
+// now stamps a new configuration's creation time.
+func (c *Catalog) PutConfig(computer string, cfg wire.Config, now time.Time) (wire.Config, error) {
+	res, err := c.apply(KindPutConfig, PutConfigCmd{Computer: computer, Config: cfg, Now: now})
+	if err != nil {
+		return cfg, err
+	}
+	return res.(wire.Config), nil
+}
+
+// DeleteConfig removes a configuration; its versions stay.
+func (c *Catalog) DeleteConfig(computer, name string) error {
+	_, err := c.apply(KindDeleteConfig, DeleteConfigCmd{Computer: computer, Name: name})
+	return err
+}
+
+// AddVersion commits a version whose manifest entry in the packs has ID
+// manifestID; its Seq must be new.
+func (c *Catalog) AddVersion(m wire.Manifest, manifestID [32]byte) error {
+	_, err := c.apply(KindAddVersion, AddVersionCmd{Version: Version{Manifest: m, ManifestID: manifestID}})
+	return err
+}
+
+// AddJournal records a continuous-mode journal entry; j.N is set to the
+// next number after j.Base's last entry.
+func (c *Catalog) AddJournal(computer, config string, j wire.Journal) (wire.Journal, error) {
+	res, err := c.apply(KindAddJournal, AddJournalCmd{Computer: computer, Config: config, Journal: j})
+	if err != nil {
+		return j, err
+	}
+	return res.(wire.Journal), nil
+}
+
+// PutReport stores an agent's latest report on a configuration; its time
+// also counts as the computer's contact.
+func (c *Catalog) PutReport(computer string, r wire.Report) error {
+	_, err := c.apply(KindPutReport, PutReportCmd{Computer: computer, Report: r})
+	return err
+}
+
+// ---- Reads ----
 
 // Company returns a company.
 func (c *Catalog) Company(name string) (Company, error) {
 	var co Company
-	err := c.db.View(func(tx *bbolt.Tx) error { return get(tx.Bucket(bCompanies), []byte(name), &co) })
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		co, err = getCompany(tx, name)
+		return err
+	})
 	if err != nil {
 		return co, fmt.Errorf("company %q: %w", name, err)
 	}
@@ -163,9 +398,9 @@ func (c *Catalog) Companies() ([]Company, error) {
 	var out []Company
 	err := c.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bCompanies).ForEach(func(k, v []byte) error {
-			var co Company
-			if err := json.Unmarshal(v, &co); err != nil {
-				return err
+			co, err := decodeCompany(k, v)
+			if err != nil {
+				return c.skip(err)
 			}
 			out = append(out, co)
 			return nil
@@ -174,57 +409,24 @@ func (c *Catalog) Companies() ([]Company, error) {
 	return out, err
 }
 
-func tokenKey(secret []byte) []byte { h := sha256.Sum256(secret); return h[:] }
-
-// AddToken records a token's secret hash for a company.
-func (c *Catalog) AddToken(secret []byte, t Token) error {
-	return c.db.Update(func(tx *bbolt.Tx) error {
-		if tx.Bucket(bCompanies).Get([]byte(t.Company)) == nil {
-			return fmt.Errorf("company %q: %w", t.Company, ErrNotFound)
-		}
-		return put(tx.Bucket(bTokens), tokenKey(secret), t)
-	})
-}
-
-// Enroll consumes a token and records the computer in one transaction.
-func (c *Catalog) Enroll(secret []byte, now time.Time, comp func(company string) (Computer, error)) (Computer, error) {
-	var out Computer
-	err := c.db.Update(func(tx *bbolt.Tx) error {
-		var t Token
-		if err := get(tx.Bucket(bTokens), tokenKey(secret), &t); err != nil {
-			return ErrToken
-		}
-		if t.Used || now.After(t.Expires) {
-			return ErrToken
-		}
-		cp, err := comp(t.Company)
-		if err != nil {
-			return err
-		}
-		t.Used, t.UsedBy = true, cp.ID
-		if err := put(tx.Bucket(bTokens), tokenKey(secret), t); err != nil {
-			return err
-		}
-		out = cp
-		return put(tx.Bucket(bComputers), []byte(cp.ID), cp)
-	})
-	return out, err
-}
-
-// NewComputerID returns a fresh random computer id.
-func NewComputerID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return "pc-" + hex.EncodeToString(b[:])
+// skip logs a record that cannot be decoded; listings go on without it.
+func (c *Catalog) skip(err error) error {
+	c.log.Error("skip a catalog record", zap.Error(err))
+	return nil
 }
 
 // Computer returns a computer by id.
 func (c *Catalog) Computer(id string) (Computer, error) {
 	var cp Computer
-	err := c.db.View(func(tx *bbolt.Tx) error { return get(tx.Bucket(bComputers), []byte(id), &cp) })
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		cp, err = getComputer(tx, id)
+		return err
+	})
 	if err != nil {
 		return cp, fmt.Errorf("computer %q: %w", id, err)
 	}
+	c.lastSeen(&cp)
 	return cp, nil
 }
 
@@ -233,11 +435,12 @@ func (c *Catalog) Computers(company string) ([]Computer, error) {
 	var out []Computer
 	err := c.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bComputers).ForEach(func(k, v []byte) error {
-			var cp Computer
-			if err := json.Unmarshal(v, &cp); err != nil {
-				return err
+			cp, err := decodeComputer(k, v)
+			if err != nil {
+				return c.skip(err)
 			}
 			if company == "" || cp.Company == company {
+				c.lastSeen(&cp)
 				out = append(out, cp)
 			}
 			return nil
@@ -270,69 +473,14 @@ func (c *Catalog) FindComputer(idOrName string) (Computer, error) {
 	return Computer{}, fmt.Errorf("%w: %d computers are named %q: use the id", ErrInvalid, len(found), idOrName)
 }
 
-// Revoke marks a computer revoked.
-func (c *Catalog) Revoke(id string, now time.Time) error {
-	return c.db.Update(func(tx *bbolt.Tx) error {
-		var cp Computer
-		if err := get(tx.Bucket(bComputers), []byte(id), &cp); err != nil {
-			return fmt.Errorf("computer %q: %w", id, err)
-		}
-		cp.Revoked = &now
-		return put(tx.Bucket(bComputers), []byte(id), cp)
-	})
-}
-
-func cfgKey(computer, name string) []byte { return []byte(computer + "/" + name) }
-
-// UpdateComputer changes a computer record in one transaction.
-func (c *Catalog) UpdateComputer(id string, fn func(cp *Computer) error) (Computer, error) {
-	var cp Computer
-	err := c.db.Update(func(tx *bbolt.Tx) error {
-		if err := get(tx.Bucket(bComputers), []byte(id), &cp); err != nil {
-			return fmt.Errorf("computer %q: %w", id, err)
-		}
-		if err := fn(&cp); err != nil {
-			return err
-		}
-		return put(tx.Bucket(bComputers), []byte(id), cp)
-	})
-	return cp, err
-}
-
-// PutConfig creates or replaces a configuration, bumping its revision.
-// now stamps a new configuration's creation time.
-func (c *Catalog) PutConfig(computer string, cfg wire.Config, now time.Time) (wire.Config, error) {
-	if err := ValidConfigName(cfg.Name); err != nil {
-		return cfg, err
-	}
-	err := c.db.Update(func(tx *bbolt.Tx) error {
-		var old wire.Config
-		if err := get(tx.Bucket(bConfigs), cfgKey(computer, cfg.Name), &old); err == nil {
-			cfg.Revision = old.Revision + 1
-			cfg.Created = old.Created
-		} else {
-			cfg.Revision = 1
-			cfg.Created = now
-		}
-		return put(tx.Bucket(bConfigs), cfgKey(computer, cfg.Name), cfg)
-	})
-	return cfg, err
-}
-
-// DeleteConfig removes a configuration; its versions stay.
-func (c *Catalog) DeleteConfig(computer, name string) error {
-	return c.db.Update(func(tx *bbolt.Tx) error {
-		if tx.Bucket(bConfigs).Get(cfgKey(computer, name)) == nil {
-			return fmt.Errorf("configuration %q: %w", name, ErrNotFound)
-		}
-		return tx.Bucket(bConfigs).Delete(cfgKey(computer, name))
-	})
-}
-
 // Config returns one configuration.
 func (c *Catalog) Config(computer, name string) (wire.Config, error) {
 	var cfg wire.Config
-	err := c.db.View(func(tx *bbolt.Tx) error { return get(tx.Bucket(bConfigs), cfgKey(computer, name), &cfg) })
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		cfg, err = getConfig(tx, computer, name)
+		return err
+	})
 	if err != nil {
 		return cfg, fmt.Errorf("configuration %q: %w", name, err)
 	}
@@ -346,9 +494,10 @@ func (c *Catalog) Configs(computer string) ([]wire.Config, error) {
 		cur := tx.Bucket(bConfigs).Cursor()
 		prefix := []byte(computer + "/")
 		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-			var cfg wire.Config
-			if err := json.Unmarshal(v, &cfg); err != nil {
-				return err
+			cfg, err := decodeConfig(k, v)
+			if err != nil {
+				c.skip(err)
+				continue
 			}
 			out = append(out, cfg)
 		}
@@ -357,25 +506,20 @@ func (c *Catalog) Configs(computer string) ([]wire.Config, error) {
 	return out, err
 }
 
-func verKey(computer, config string, seq uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), seq)
-}
-
-// AddVersion commits a version; its Seq must be the next one.
-func (c *Catalog) AddVersion(m wire.Manifest) error {
-	return c.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bVersions)
-		if b.Get(verKey(m.Computer, m.Config, m.Seq)) != nil {
-			return fmt.Errorf("version %s@%d: %w", m.Config, m.Seq, ErrExists)
-		}
-		return put(b, verKey(m.Computer, m.Config, m.Seq), m)
-	})
-}
-
 // Versions lists the versions of a computer's configuration (all of its
 // configurations when config is empty), oldest first.
 func (c *Catalog) Versions(computer, config string) ([]wire.Manifest, error) {
-	var out []wire.Manifest
+	vs, err := c.VersionRecords(computer, config)
+	out := make([]wire.Manifest, len(vs))
+	for i := range vs {
+		out[i] = vs[i].Manifest
+	}
+	return out, err
+}
+
+// VersionRecords is Versions with each version's manifest ID.
+func (c *Catalog) VersionRecords(computer, config string) ([]Version, error) {
+	var out []Version
 	err := c.db.View(func(tx *bbolt.Tx) error {
 		prefix := []byte(computer + "/")
 		if config != "" {
@@ -383,11 +527,12 @@ func (c *Catalog) Versions(computer, config string) ([]wire.Manifest, error) {
 		}
 		cur := tx.Bucket(bVersions).Cursor()
 		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-			var m wire.Manifest
-			if err := json.Unmarshal(v, &m); err != nil {
-				return err
+			ver, err := decodeVersion(k, v)
+			if err != nil {
+				c.skip(err)
+				continue
 			}
-			out = append(out, m)
+			out = append(out, ver)
 		}
 		return nil
 	})
@@ -396,13 +541,18 @@ func (c *Catalog) Versions(computer, config string) ([]wire.Manifest, error) {
 
 // AllVersions calls fn for every version of every computer.
 func (c *Catalog) AllVersions(fn func(m wire.Manifest) error) error {
+	return c.AllVersionRecords(func(v Version) error { return fn(v.Manifest) })
+}
+
+// AllVersionRecords calls fn for every version record of every computer.
+func (c *Catalog) AllVersionRecords(fn func(v Version) error) error {
 	return c.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bVersions).ForEach(func(k, v []byte) error {
-			var m wire.Manifest
-			if err := json.Unmarshal(v, &m); err != nil {
-				return err
+			ver, err := decodeVersion(k, v)
+			if err != nil {
+				return c.skip(err)
 			}
-			return fn(m)
+			return fn(ver)
 		})
 	})
 }
@@ -411,41 +561,25 @@ func (c *Catalog) AllVersions(fn func(m wire.Manifest) error) error {
 func (c *Catalog) LastSeq(computer, config string) (uint64, error) {
 	var seq uint64
 	err := c.db.View(func(tx *bbolt.Tx) error {
-		prefix := []byte(computer + "/" + config + "/")
-		cur := tx.Bucket(bVersions).Cursor()
-		k, _ := cur.Seek(append(bytes.Clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
-		if k == nil {
-			k, _ = cur.Last()
-		} else {
-			k, _ = cur.Prev()
-		}
-		if k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 {
-			seq = binary.BigEndian.Uint64(k[len(prefix):])
-		}
+		seq = lastSeq(tx, computer, config)
 		return nil
 	})
 	return seq, err
 }
 
-func journalKey(computer, config string, base, n uint64) []byte {
-	k := binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), base)
-	return binary.BigEndian.AppendUint64(k, n)
-}
-
-// AddJournal records a continuous-mode journal entry; j.N must be the next
-// number after j.Base's last entry (it is set here).
-func (c *Catalog) AddJournal(computer, config string, j wire.Journal) (wire.Journal, error) {
-	err := c.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bJournal)
-		prefix := binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), j.Base)
-		cur := b.Cursor()
-		j.N = 1
-		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
-			j.N = binary.BigEndian.Uint64(k[len(prefix):]) + 1
-		}
-		return put(b, journalKey(computer, config, j.Base, j.N), j)
-	})
-	return j, err
+func lastSeq(tx *bbolt.Tx, computer, config string) uint64 {
+	prefix := []byte(computer + "/" + config + "/")
+	cur := tx.Bucket(bVersions).Cursor()
+	k, _ := cur.Seek(append(bytes.Clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+	if k == nil {
+		k, _ = cur.Last()
+	} else {
+		k, _ = cur.Prev()
+	}
+	if k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 {
+		return binary.BigEndian.Uint64(k[len(prefix):])
+	}
+	return 0
 }
 
 // Journal lists the journal entries of a configuration recorded on top of
@@ -456,9 +590,10 @@ func (c *Catalog) Journal(computer, config string, base uint64) ([]wire.Journal,
 		prefix := binary.BigEndian.AppendUint64([]byte(computer+"/"+config+"/"), base)
 		cur := tx.Bucket(bJournal).Cursor()
 		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-			var j wire.Journal
-			if err := json.Unmarshal(v, &j); err != nil {
-				return err
+			_, _, j, err := decodeJournal(k, v)
+			if err != nil {
+				c.skip(err)
+				continue
 			}
 			out = append(out, j)
 		}
@@ -471,45 +606,26 @@ func (c *Catalog) Journal(computer, config string, base uint64) ([]wire.Journal,
 func (c *Catalog) AllJournal(fn func(computer, config string, j wire.Journal) error) error {
 	return c.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bJournal).ForEach(func(k, v []byte) error {
-			var j wire.Journal
-			if err := json.Unmarshal(v, &j); err != nil {
-				return err
+			computer, config, j, err := decodeJournal(k, v)
+			if err != nil {
+				return c.skip(err)
 			}
-			parts := bytes.SplitN(k[:len(k)-16], []byte("/"), 3)
-			if len(parts) < 2 {
-				return fmt.Errorf("journal key %q malformed", k)
-			}
-			return fn(string(parts[0]), string(parts[1]), j)
+			return fn(computer, config, j)
 		})
-	})
-}
-
-// PutReport stores an agent's latest report on a configuration and the
-// computer's last contact.
-func (c *Catalog) PutReport(computer string, r wire.Report) error {
-	return c.db.Update(func(tx *bbolt.Tx) error {
-		if r.Config != "" {
-			if err := put(tx.Bucket(bReports), cfgKey(computer, r.Config), r); err != nil {
-				return err
-			}
-		}
-		var cp Computer
-		if err := get(tx.Bucket(bComputers), []byte(computer), &cp); err != nil {
-			return fmt.Errorf("computer %q: %w", computer, err)
-		}
-		if r.Time.After(cp.LastSeen) {
-			cp.LastSeen = r.Time
-		}
-		return put(tx.Bucket(bComputers), []byte(computer), cp)
 	})
 }
 
 // Report returns the latest report on a configuration (zero if none).
 func (c *Catalog) Report(computer, config string) (wire.Report, error) {
 	var r wire.Report
-	err := c.db.View(func(tx *bbolt.Tx) error { return get(tx.Bucket(bReports), cfgKey(computer, config), &r) })
-	if errors.Is(err, ErrNotFound) {
-		err = nil
-	}
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bReports).Get(cfgKey(computer, config))
+		if v == nil {
+			return nil
+		}
+		var err error
+		r, err = decodeReport(cfgKey(computer, config), v)
+		return err
+	})
 	return r, err
 }

@@ -9,7 +9,7 @@ import (
 )
 
 func TestCatalog(t *testing.T) {
-	c, err := Open(t.TempDir())
+	c, err := Open(t.TempDir(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -18,10 +18,10 @@ func TestCatalog(t *testing.T) {
 	if err := c.CreateCompany(Company{Name: "Bad Name"}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("invalid company name: %v", err)
 	}
-	if err := c.CreateCompany(Company{Name: "acme"}); err != nil {
+	if err := c.CreateCompany(Company{Name: "acme", Sealed: []byte("sealed")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.CreateCompany(Company{Name: "acme"}); !errors.Is(err, ErrExists) {
+	if err := c.CreateCompany(Company{Name: "acme", Sealed: []byte("sealed")}); !errors.Is(err, ErrExists) {
 		t.Fatalf("duplicate company: %v", err)
 	}
 	if err := c.AddToken([]byte("s1"), Token{Company: "nope", Expires: now.Add(time.Hour)}); !errors.Is(err, ErrNotFound) {
@@ -59,12 +59,12 @@ func TestCatalog(t *testing.T) {
 	}
 	c.PutConfig(cp.ID, wire.Config{Name: "homes", Paths: []string{"/x"}}, now) // a prefix of no other name
 	for seq := uint64(1); seq <= 3; seq++ {
-		if err := c.AddVersion(wire.Manifest{Computer: cp.ID, Config: "home", Seq: seq}); err != nil {
+		if err := c.AddVersion(wire.Manifest{Computer: cp.ID, Config: "home", Seq: seq}, [32]byte{1}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c.AddVersion(wire.Manifest{Computer: cp.ID, Config: "homes", Seq: 1})
-	if err := c.AddVersion(wire.Manifest{Computer: cp.ID, Config: "home", Seq: 3}); !errors.Is(err, ErrExists) {
+	c.AddVersion(wire.Manifest{Computer: cp.ID, Config: "homes", Seq: 1}, [32]byte{1})
+	if err := c.AddVersion(wire.Manifest{Computer: cp.ID, Config: "home", Seq: 3}, [32]byte{1}); !errors.Is(err, ErrExists) {
 		t.Fatalf("a version committed twice: %v", err)
 	}
 	if last, _ := c.LastSeq(cp.ID, "home"); last != 3 {

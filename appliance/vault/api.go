@@ -146,6 +146,7 @@ func (v *Vault) authenticate(r *http.Request) (*caller, error) {
 	if cp.Fingerprint != "" && cp.Fingerprint != pki.Fingerprint(cert.Raw) {
 		return nil, fail(http.StatusForbidden, wire.CodeUnauthorized, "certificate of %s is not the one it enrolled with", cp.ID)
 	}
+	v.Catalog.Seen(cp.ID, v.clk.Now()) // every authenticated request is contact (kept in memory, written in batches)
 	k, err := v.companyKeys(cp.Company)
 	if err != nil {
 		return nil, err
@@ -586,7 +587,7 @@ func (v *Vault) commit(w http.ResponseWriter, r *http.Request, c *caller) error 
 	if err := v.Store.Put(s.company, []store.Entry{{Header: eh, Data: data}}); err != nil {
 		return err
 	}
-	if err := v.Catalog.AddVersion(m); err != nil {
+	if err := v.Catalog.AddVersion(m, eh.ID); err != nil {
 		return err
 	}
 	v.smu.Lock()

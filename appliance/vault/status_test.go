@@ -51,7 +51,7 @@ func TestStatusTransitions(t *testing.T) {
 		if !complete {
 			m.Totals.Unreadable = 1
 		}
-		if err := v.Catalog.AddVersion(m); err != nil {
+		if err := v.Catalog.AddVersion(m, [32]byte{1}); err != nil {
 			t.Fatal(err)
 		}
 	}

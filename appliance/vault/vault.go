@@ -90,7 +90,7 @@ func Open(opts Options) (*Vault, error) {
 	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
 		return nil, err
 	}
-	if v.Catalog, err = catalog.Open(opts.Dir); err != nil {
+	if v.Catalog, err = catalog.Open(opts.Dir, catalog.Options{Log: opts.Log.Named("catalog"), Clock: opts.Clock}); err != nil {
 		return nil, err
 	}
 	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store")); err != nil {

@@ -1,0 +1,101 @@
+package catalog
+
+import (
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"vaultnode/internal/clock"
+)
+
+// storedLastSeen reads a computer's last contact as written in the
+// database, bypassing the in-memory table.
+func storedLastSeen(t *testing.T, c *Catalog, id string) time.Time {
+	t.Helper()
+	var cp Computer
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		cp, err = getComputer(tx, id)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp.LastSeen
+}
+
+func enrolled(t testing.TB, c *Catalog, now time.Time, ids ...string) {
+	t.Helper()
+	if err := c.CreateCompany(Company{Name: "acme", Sealed: []byte("sealed")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		secret := []byte("token-" + id)
+		if err := c.AddToken(secret, Token{Company: "acme", Expires: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.EnrollComputer(secret, now, Computer{ID: id, Company: "acme", Name: id, Enrolled: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestContactBatched: contacts are visible at once, reach the database
+// only at the periodic flush (one command for many requests), and Close
+// writes what is pending.
+func TestContactBatched(t *testing.T) {
+	start := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	clk := clock.NewFake(start)
+	dir := t.TempDir()
+	c, err := Open(dir, Options{Clock: clk, ContactFlush: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.flushed = make(chan struct{})
+	enrolled(t, c, start, "pc-1", "pc-2")
+
+	for i := 0; i < 100; i++ {
+		c.Seen("pc-1", start.Add(time.Duration(i)*time.Second))
+	}
+	c.Seen("pc-2", start.Add(5*time.Second))
+	c.Seen("pc-1", start) // an older contact never moves it back
+	if got, _ := c.Computer("pc-1"); !got.LastSeen.Equal(start.Add(99 * time.Second)) {
+		t.Fatalf("pending contact not visible: %v", got.LastSeen)
+	}
+	if cps, _ := c.Computers("acme"); len(cps) != 2 || cps[1].LastSeen.IsZero() {
+		t.Fatalf("Computers misses pending contacts: %+v", cps)
+	}
+	if got := storedLastSeen(t, c, "pc-1"); !got.IsZero() {
+		t.Fatalf("contact written before the flush: %v", got)
+	}
+	clk.Advance(time.Minute)
+	<-c.flushed
+	if got := storedLastSeen(t, c, "pc-1"); !got.Equal(start.Add(99 * time.Second)) {
+		t.Fatalf("after a flush pc-1 stored %v", got)
+	}
+	if got := storedLastSeen(t, c, "pc-2"); !got.Equal(start.Add(5 * time.Second)) {
+		t.Fatalf("after a flush pc-2 stored %v", got)
+	}
+	// The flusher keeps going.
+	c.Seen("pc-2", start.Add(time.Hour))
+	clk.Advance(time.Minute)
+	<-c.flushed
+	if got := storedLastSeen(t, c, "pc-2"); !got.Equal(start.Add(time.Hour)) {
+		t.Fatalf("second flush: pc-2 stored %v", got)
+	}
+	// Close writes what is pending; a contact of an unknown computer is dropped.
+	c.Seen("pc-1", start.Add(2*time.Hour))
+	c.Seen("pc-gone", start)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(dir, Options{Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := storedLastSeen(t, c, "pc-1"); !got.Equal(start.Add(2 * time.Hour)) {
+		t.Fatalf("Close lost a pending contact: %v", got)
+	}
+}
