@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -272,28 +273,46 @@ func TestCompanyIsolation(t *testing.T) {
 	if err != nil || !lack[0] || !lack[1] {
 		t.Errorf("globex asking for acme's chunk: lack = %v (%v), want both lacking", lack, err)
 	}
-	err = cb.GetChunks(ctx, [][32]byte{idA}, func(f *wire.Frame) error {
-		if f.Kind != wire.StatusMissing {
-			t.Errorf("globex downloading acme's chunk got status %d, want missing", f.Kind)
-		}
+	// Each download must answer with exactly one frame per id asked for,
+	// with that id and the expected status: a check inside a callback that
+	// never runs would prove nothing.
+	var frames []wire.Frame
+	collect := func(f *wire.Frame) error {
+		c := *f
+		c.Payload = bytes.Clone(f.Payload)
+		frames = append(frames, c)
 		return nil
-	})
-	if err != nil {
-		t.Error(err)
 	}
-	// acme's own computer reads it.
-	err = ca.GetChunks(ctx, [][32]byte{idA}, func(f *wire.Frame) error {
-		if f.Kind != wire.StatusOK {
-			t.Errorf("acme downloading its own chunk: status %d: %s", f.Kind, f.Payload)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Error(err)
+	if err := cb.GetChunks(ctx, [][32]byte{idA}, collect); err != nil {
+		t.Errorf("globex downloading acme's chunk: %v", err)
+	}
+	if len(frames) != 1 || frames[0].ID != idA || frames[0].Kind != wire.StatusMissing || frames[0].PlainLen != 0 || len(frames[0].Payload) >= len(content)/2 {
+		t.Errorf("globex downloading acme's chunk got %s, want one frame with status missing and at most a message", describeFrames(frames))
+	}
+	// acme's own computer reads it, and it is the content.
+	frames = nil
+	if err := ca.GetChunks(ctx, [][32]byte{idA}, collect); err != nil {
+		t.Errorf("acme downloading its own chunk: %v", err)
+	}
+	if len(frames) != 1 || frames[0].ID != idA || frames[0].Kind != wire.StatusOK {
+		t.Errorf("acme downloading its own chunk got %s, want one frame with status ok", describeFrames(frames))
+	} else if got, err := wire.Decompress(nil, frames[0].Flags, frames[0].Payload, frames[0].PlainLen); err != nil || !bytes.Equal(got, content) {
+		t.Errorf("acme's chunk: %d bytes (%v), want the %d bytes of shared.txt", len(got), err, len(content))
 	}
 	// Oversize JSON is refused with its code.
 	huge := wire.Config{Name: "huge", Paths: []string{"/" + strings.Repeat("x", wire.MaxJSONBody)}}
 	if _, err := cb.PutConfig(ctx, huge); !client.IsCode(err, wire.CodeTooLarge) {
 		t.Errorf("a configuration over %d bytes: %v, want %s", wire.MaxJSONBody, err, wire.CodeTooLarge)
 	}
+}
+
+func describeFrames(fs []wire.Frame) string {
+	if len(fs) == 0 {
+		return "no frame"
+	}
+	var parts []string
+	for _, f := range fs {
+		parts = append(parts, fmt.Sprintf("{id %x status %d, plain length %d, %d payload bytes}", f.ID[:8], f.Kind, f.PlainLen, len(f.Payload)))
+	}
+	return fmt.Sprintf("%d frames: %s", len(fs), strings.Join(parts, " "))
 }
