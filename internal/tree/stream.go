@@ -8,6 +8,8 @@ import (
 	"io"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"vaultnode/internal/limit"
 )
 
 // ListingMagic opens every listing stream.
@@ -27,10 +29,13 @@ func init() {
 	if err != nil {
 		panic(err)
 	}
+	// The same limits as readItem's, for Unmarshal and as a second fence.
 	decMode, err = cbor.DecOptions{
-		MaxArrayElements:  1 << 20,
-		MaxMapPairs:       1 << 10,
-		MaxNestedLevels:   8,
+		MaxArrayElements:  MaxChunks,
+		MaxMapPairs:       MaxNodeFields,
+		MaxNestedLevels:   MaxNodeDepth,
+		IndefLength:       cbor.IndefLengthForbidden,
+		TagsMd:            cbor.TagsForbidden,
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
 	}.DecMode()
@@ -43,33 +48,58 @@ func init() {
 func Marshal(v any) ([]byte, error) { return encMode.Marshal(v) }
 
 // Unmarshal decodes one value strictly (unknown fields are errors, so a
-// newer format is never half-read).
+// newer format is never half-read), within the node limits of nesting, map
+// pairs and array elements. Its allocations are bounded by len(b), which
+// the caller bounds.
 func Unmarshal(b []byte, v any) error { return decMode.Unmarshal(b, v) }
 
 // Writer encodes nodes in tree order.
 type Writer struct {
 	w    io.Writer
-	enc  *cbor.Encoder
+	buf  bytes.Buffer  // one encoded node, checked against MaxNodeBytes
+	enc  *cbor.Encoder // into buf
 	last []byte
 	n    int64
 }
 
 // NewWriter writes the listing magic to w.
 func NewWriter(w io.Writer) (*Writer, error) {
-	enc := encMode.NewEncoder(w)
-	if err := enc.Encode(ListingMagic); err != nil {
+	b, err := encMode.Marshal(ListingMagic)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(b); err != nil {
 		return nil, fmt.Errorf("write listing magic: %w", err)
 	}
-	return &Writer{w: w, enc: enc}, nil
+	lw := &Writer{w: w}
+	lw.enc = encMode.NewEncoder(&lw.buf)
+	return lw, nil
 }
 
-// Write appends a node; nodes must come in strictly increasing tree order.
+// Write appends a node; nodes must come in strictly increasing tree order
+// and within the limits a Reader enforces (an error wrapping
+// limit.ErrExceeded says which; see CheckLimits). A reason longer than
+// MaxErrLen is shortened.
 func (w *Writer) Write(n *Node) error {
 	if w.n > 0 && Compare(w.last, n.Path) >= 0 {
 		return fmt.Errorf("write node %q: out of tree order after %q", n.Path, w.last)
 	}
+	n = shortenErr(n)
+	if err := n.CheckLimits(); err != nil {
+		return fmt.Errorf("write node %.200q: %w", n.Path, err)
+	}
+	w.buf.Reset()
 	if err := w.enc.Encode(n); err != nil {
 		return fmt.Errorf("write node %q: %w", n.Path, err)
+	}
+	if err := limit.Check("tree.MaxNodeBytes", "encoded node bytes", uint64(w.buf.Len()), MaxNodeBytes); err != nil {
+		return fmt.Errorf("write node %.200q: %w", n.Path, err)
+	}
+	if _, err := w.w.Write(w.buf.Bytes()); err != nil {
+		return fmt.Errorf("write node %q: %w", n.Path, err)
+	}
+	if w.buf.Cap() > 1<<20 { // do not keep a big node's buffer
+		w.buf = bytes.Buffer{}
 	}
 	w.last = append(w.last[:0], n.Path...)
 	w.n++
@@ -79,48 +109,108 @@ func (w *Writer) Write(n *Node) error {
 // Count is the number of nodes written.
 func (w *Writer) Count() int64 { return w.n }
 
-// Reader decodes a listing.
+// Reader decodes a listing. Its memory is bounded by the node limits: it
+// holds one encoded node (at most MaxNodeBytes, and only the bytes the node
+// really has: a declared length over a limit is refused before anything is
+// read) and the node decoded from it.
 type Reader struct {
-	dec  *cbor.Decoder
+	br   *bufio.Reader
+	buf  []byte
 	last []byte
 	n    int64
 }
 
 // NewReader checks the magic and returns a Reader.
 func NewReader(r io.Reader) (*Reader, error) {
-	dec := decMode.NewDecoder(bufio.NewReaderSize(r, 64<<10))
+	rd := &Reader{br: bufio.NewReaderSize(r, 64<<10)}
+	b, err := readItem(rd.br, nil, &magicLimits)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read magic: %w", ErrListing, err)
+	}
 	var magic string
-	if err := dec.Decode(&magic); err != nil {
+	if err := decMode.Unmarshal(b, &magic); err != nil {
 		return nil, fmt.Errorf("%w: read magic: %w", ErrListing, err)
 	}
 	if magic != ListingMagic {
 		return nil, fmt.Errorf("%w: magic %q, want %q (written by a newer vaultnode?)", ErrListing, magic, ListingMagic)
 	}
-	return &Reader{dec: dec}, nil
+	return rd, nil
+}
+
+// magicLimits bound the item before the first node: a short text string.
+var magicLimits = itemLimits{item: 64, str: 64, array: 0, pairs: 0, depth: 0}
+
+// NewListingReader reads the listing made of refs, whose plaintext r
+// streams in order: it checks refs against the listing limits first
+// (CheckRefs), and fails when r holds more or fewer bytes than the
+// references declare, so the work of one listing is bounded by
+// MaxListingBytes whatever the references repeat.
+func NewListingReader(r io.Reader, refs []ChunkRef) (*Reader, error) {
+	if err := CheckRefs(refs); err != nil {
+		return nil, err
+	}
+	var total uint64
+	for _, c := range refs {
+		total += uint64(c.Len)
+	}
+	return NewReader(&exactReader{r: r, left: total, total: total})
+}
+
+// exactReader fails when r does not hold exactly total bytes.
+type exactReader struct {
+	r           io.Reader
+	left, total uint64
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if uint64(len(p)) > e.left+1 {
+		p = p[:e.left+1]
+	}
+	n, err := e.r.Read(p)
+	if uint64(n) > e.left {
+		return 0, fmt.Errorf("listing holds more than the %d bytes its chunk references declare", e.total)
+	}
+	e.left -= uint64(n)
+	if err == io.EOF && e.left > 0 {
+		return n, fmt.Errorf("listing ends after %d bytes, its chunk references declare %d: %w", e.total-e.left, e.total, io.ErrUnexpectedEOF)
+	}
+	return n, err
 }
 
 // Next returns the next node or io.EOF.
 func (r *Reader) Next() (*Node, error) {
+	b, err := readItem(r.br, r.buf, &nodeLimits)
+	r.buf = b
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: node %d: %w", ErrListing, r.n, err)
+	}
 	n := new(Node)
-	if err := r.dec.Decode(n); err != nil {
-		if err == io.EOF {
-			return nil, io.EOF
-		}
+	err = decMode.Unmarshal(b, n)
+	if cap(r.buf) > 1<<20 { // do not keep a big node's buffer
+		r.buf = nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%w: node %d: %w", ErrListing, r.n, err)
 	}
 	if err := n.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: node %d: %w", ErrListing, r.n, err)
 	}
 	if r.n > 0 && Compare(r.last, n.Path) >= 0 {
-		return nil, fmt.Errorf("%w: node %q out of tree order after %q", ErrListing, n.Path, r.last)
+		return nil, fmt.Errorf("%w: node %.200q out of tree order after %.200q", ErrListing, n.Path, r.last)
 	}
 	r.last = append(r.last[:0], n.Path...)
 	r.n++
 	return n, nil
 }
 
-// Validate checks a node's invariants.
+// Validate checks a node's invariants and limits.
 func (n *Node) Validate() error {
+	if err := n.CheckLimits(); err != nil {
+		return err
+	}
 	switch {
 	case len(n.Path) == 0:
 		return errors.New("empty path")

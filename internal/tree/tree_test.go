@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"testing"
@@ -362,30 +363,44 @@ func TestReaderErrors(t *testing.T) {
 	}
 }
 
+// fuzzAllocBound is what decoding b may allocate: the stream buffer and
+// some bookkeeping, plus a multiple of the input's length (a one-byte empty
+// map in an array of xattrs or chunks decodes to a struct of 40 bytes;
+// Validate splits a path into its components). It does not depend on any
+// length or count the input declares.
+func fuzzAllocBound(b []byte) uint64 { return 192<<10 + 64*uint64(len(b)) }
+
 func FuzzReader(f *testing.F) {
 	f.Add(encode(f, sampleNodes()))
 	f.Add(encode(f, sampleNodes()[:3]))
 	f.Add(encode(f, nil))
+	// Hostile heads: a 4 GiB path, 2^31 chunks, deep nesting (more in
+	// testdata/fuzz/FuzzReader).
+	magic, _ := tree.Marshal(tree.ListingMagic)
+	f.Add(append(append([]byte{}, magic...), 0xa1, 0x01, 0x5b, 0, 0, 0, 1, 0, 0, 0, 0, 'a'))
+	f.Add(append(append([]byte{}, magic...), 0xa1, 0x17, 0x9b, 0, 0, 0, 0, 0x80, 0, 0, 0, 0xa0))
+	f.Add(append(append([]byte{}, magic...), bytes.Repeat([]byte{0x81}, 64)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		var nodes []*tree.Node
+		var err error
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		rd, err := tree.NewReader(bytes.NewReader(b))
-		if err != nil {
-			if !errors.Is(err, tree.ErrListing) {
-				t.Fatalf("error %v does not wrap ErrListing", err)
+		for err == nil {
+			var n *tree.Node
+			if n, err = rd.Next(); err == nil {
+				nodes = append(nodes, n)
 			}
-			return
+		}
+		runtime.ReadMemStats(&after)
+		if got := after.TotalAlloc - before.TotalAlloc; got > fuzzAllocBound(b) {
+			t.Fatalf("decoding %d bytes allocated %d, over %d", len(b), got, fuzzAllocBound(b))
+		}
+		if err != io.EOF && !errors.Is(err, tree.ErrListing) {
+			t.Fatalf("error %v does not wrap ErrListing", err)
 		}
 		var last []byte
-		for i := 0; ; i++ {
-			n, err := rd.Next()
-			if err == io.EOF {
-				return
-			}
-			if err != nil {
-				if !errors.Is(err, tree.ErrListing) {
-					t.Fatalf("error %v does not wrap ErrListing", err)
-				}
-				return
-			}
+		for i, n := range nodes {
 			if err := n.Validate(); err != nil {
 				t.Fatalf("accepted invalid node: %v", err)
 			}
