@@ -2,9 +2,11 @@
 // entries plus a bbolt index from chunk ID to location (docs/format.md).
 //
 // Durability contract: Put returns only after the entries are synced to their
-// pack and the index transaction recording them has committed. After a crash
-// at any instant, Open truncates packs to their committed length, so every
-// acknowledged entry is readable and nothing unacknowledged is visible.
+// pack and the index transaction recording them has committed. The packs are
+// the truth and the index a cache of them: Open never removes a pack and cuts
+// one only at a torn entry at its tail (one that can never have been
+// acknowledged); complete entries the index does not know, and whole packs it
+// does not know, are scanned and indexed ("Recovery" in docs/format.md).
 package store
 
 import (
@@ -13,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,10 +32,12 @@ import (
 const MaxPackSize = 64 << 20
 
 var (
-	bucketPacks  = []byte("packs")
-	bucketChunks = []byte("chunks")
-	bucketMeta   = []byte("meta")
-	keyNextPack  = []byte("next-pack")
+	bucketPacks      = []byte("packs")
+	bucketChunks     = []byte("chunks")
+	bucketMeta       = []byte("meta")
+	bucketQuarantine = []byte("quarantine") // quarantine/<company>: id -> Quarantine
+	bucketHealed     = []byte("healed")     // healed/<company>: id -> unix seconds, until verify reports it
+	keyNextPack      = []byte("next-pack")
 )
 
 // Errors of the store.
@@ -42,6 +45,11 @@ var (
 	ErrNotFound = errors.New("chunk not found")
 	ErrDamaged  = errors.New("stored chunk is damaged")
 	ErrNoSpace  = errors.New("no space left on the vault's data disk")
+	// ErrQuarantined is a chunk verify found damaged: it reads as damaged
+	// and Has reports it absent until an agent sends it again.
+	ErrQuarantined = fmt.Errorf("%w (quarantined until a backup that has it sends it again)", ErrDamaged)
+	// ErrInUse is an index another process holds open.
+	ErrInUse = errors.New("index is in use by another process")
 )
 
 // Location is where an entry lives.
@@ -54,54 +62,16 @@ type Location struct {
 	Flags    uint8
 }
 
-func (l Location) marshal() []byte {
-	b := make([]byte, 18)
-	binary.LittleEndian.PutUint32(b[0:], l.Pack)
-	binary.LittleEndian.PutUint32(b[4:], l.Offset)
-	binary.LittleEndian.PutUint32(b[8:], l.BodyLen)
-	binary.LittleEndian.PutUint32(b[12:], l.PlainLen)
-	b[16] = byte(l.Kind)
-	b[17] = l.Flags
-	return b
-}
-
-func parseLocation(b []byte) (Location, error) {
-	if len(b) != 18 {
-		return Location{}, fmt.Errorf("index value of %d bytes, want 18", len(b))
-	}
-	return Location{
-		Pack: binary.LittleEndian.Uint32(b[0:]), Offset: binary.LittleEndian.Uint32(b[4:]),
-		BodyLen: binary.LittleEndian.Uint32(b[8:]), PlainLen: binary.LittleEndian.Uint32(b[12:]),
-		Kind: pack.Kind(b[16]), Flags: b[17],
-	}, nil
-}
-
-// packRecord is the index's record of one pack.
-type packRecord struct {
-	Company   string
-	Committed uint64
-}
-
-func (r packRecord) marshal() []byte {
-	b := make([]byte, 8, 8+len(r.Company))
-	binary.LittleEndian.PutUint64(b, r.Committed)
-	return append(b, r.Company...)
-}
-
-func parsePackRecord(b []byte) (packRecord, error) {
-	if len(b) < 9 {
-		return packRecord{}, fmt.Errorf("pack record of %d bytes", len(b))
-	}
-	return packRecord{Committed: binary.LittleEndian.Uint64(b), Company: string(b[8:])}, nil
-}
-
-func packKey(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
-
 // Store is a chunk store in one directory.
 type Store struct {
-	dir string
-	db  *bbolt.DB
-	log *zap.Logger
+	dir  string
+	db   *bbolt.DB
+	log  *zap.Logger
+	opts Options
+
+	// busy is held shared by each Appender from Append to Commit or Abort,
+	// and exclusively by Rebuild.
+	busy sync.RWMutex
 
 	mu       sync.Mutex
 	free     map[string][]*writer // open packs per company not in use
@@ -117,82 +87,6 @@ type writer struct {
 	company string
 	size    int64 // committed size
 	fresh   bool  // no index record yet
-}
-
-// Open opens or creates the store in dir and recovers from any crash.
-func Open(dir string, log *zap.Logger) (*Store, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "packs"), 0o700); err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
-	}
-	db, err := bbolt.Open(filepath.Join(dir, "index.db"), 0o600, &bbolt.Options{
-		Timeout: 0, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open index %s: %w", filepath.Join(dir, "index.db"), err)
-	}
-	s := &Store{dir: dir, db: db, log: log, free: map[string][]*writer{}, readers: map[uint32]*packFile{}}
-	if err := s.recover(); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return s, nil
-}
-
-// recover truncates packs to their committed length and removes pack files
-// that no index record names (written, never acknowledged).
-func (s *Store) recover() error {
-	known := map[uint32]packRecord{}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketPacks, bucketChunks, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		if v := tx.Bucket(bucketMeta).Get(keyNextPack); v != nil {
-			s.nextPack = binary.BigEndian.Uint32(v)
-		}
-		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
-			r, err := parsePackRecord(v)
-			if err != nil {
-				return fmt.Errorf("pack %x: %w", k, err)
-			}
-			known[binary.BigEndian.Uint32(k)] = r
-			return nil
-		})
-	})
-	if err != nil {
-		return fmt.Errorf("read index: %w", err)
-	}
-	root := filepath.Join(s.dir, "packs")
-	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		n, ok := parsePackName(d.Name())
-		if !ok {
-			return nil
-		}
-		if n >= s.nextPack {
-			s.nextPack = n + 1
-		}
-		r, ok := known[n]
-		if !ok {
-			s.log.Warn("removing pack never acknowledged", zap.String("pack", p))
-			return os.Remove(p)
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if uint64(fi.Size()) > r.Committed {
-			s.log.Warn("truncating unacknowledged tail of pack", zap.String("pack", p),
-				zap.Int64("size", fi.Size()), zap.Uint64("committed", r.Committed))
-			if err := os.Truncate(p, int64(r.Committed)); err != nil {
-				return fmt.Errorf("truncate pack %s: %w", p, err)
-			}
-		}
-		return nil
-	})
 }
 
 func parsePackName(name string) (uint32, bool) {
@@ -231,7 +125,9 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-// Has reports for each id whether the company's index holds it.
+// Has reports for each id whether the company's index holds it, good: a
+// quarantined chunk or a malformed record reads as absent, so that an
+// agent sends the chunk again.
 func (s *Store) Has(company string, ids [][32]byte) ([]bool, error) {
 	out := make([]bool, len(ids))
 	err := s.db.View(func(tx *bbolt.Tx) error {
@@ -239,15 +135,25 @@ func (s *Store) Has(company string, ids [][32]byte) ([]bool, error) {
 		if b == nil {
 			return nil
 		}
+		q := tx.Bucket(bucketQuarantine).Bucket([]byte(company))
 		for i := range ids {
-			out[i] = b.Get(ids[i][:]) != nil
+			v := b.Get(ids[i][:])
+			if v == nil {
+				continue
+			}
+			if _, err := parseLocation(v); err != nil {
+				continue
+			}
+			out[i] = q == nil || q.Get(ids[i][:]) == nil
 		}
 		return nil
 	})
 	return out, err
 }
 
-// Lookup returns where an entry is.
+// Lookup returns where an entry is: ErrNotFound when the index has no
+// record of it, ErrQuarantined (an ErrDamaged) when verify found it
+// damaged, ErrDamaged when its record is malformed.
 func (s *Store) Lookup(company string, id [32]byte) (Location, error) {
 	var loc Location
 	err := s.db.View(func(tx *bbolt.Tx) error {
@@ -260,8 +166,16 @@ func (s *Store) Lookup(company string, id [32]byte) (Location, error) {
 			return ErrNotFound
 		}
 		var err error
-		loc, err = parseLocation(v)
-		return err
+		if loc, err = parseLocation(v); err != nil {
+			return fmt.Errorf("%w: index chunks/%s/%x: %w", ErrDamaged, company, id[:8], err)
+		}
+		if q := tx.Bucket(bucketQuarantine).Bucket([]byte(company)); q != nil {
+			if qv := q.Get(id[:]); qv != nil {
+				r, _ := parseQuarantine(qv)
+				return fmt.Errorf("chunk %x: %w: %s", id[:8], ErrQuarantined, r.Reason)
+			}
+		}
+		return nil
 	})
 	return loc, err
 }
@@ -310,7 +224,9 @@ type Appender struct {
 
 // Append starts adding entries for a company. The pack is taken at the
 // first Add, so an appender that adds nothing leaves no trace.
+// Until Commit or Abort the appender holds off Rebuild.
 func (s *Store) Append(company string) (*Appender, error) {
+	s.busy.RLock()
 	return &Appender{s: s, company: company}, nil
 }
 
@@ -347,6 +263,7 @@ func (a *Appender) Abort() {
 		return
 	}
 	a.done = true
+	defer a.s.busy.RUnlock()
 	if a.w == nil {
 		return
 	}
@@ -365,6 +282,7 @@ func (a *Appender) Commit() error {
 	}
 	a.done = true
 	s, w := a.s, a.w
+	defer s.busy.RUnlock()
 	if w == nil {
 		return nil
 	}
@@ -373,6 +291,7 @@ func (a *Appender) Commit() error {
 		return classify(fmt.Errorf("sync pack %08x: %w", w.number, err))
 	}
 	off := a.off
+	now := s.opts.Clock.Now().Unix()
 	// Batch coalesces the index commits of concurrent uploads into one
 	// transaction (one fsync for many requests); the function is idempotent
 	// as Batch may run it again.
@@ -382,10 +301,7 @@ func (a *Appender) Commit() error {
 			return err
 		}
 		for i, id := range a.ids {
-			if cb.Get(id[:]) != nil {
-				continue // stored meanwhile by another session: keep the first
-			}
-			if err := cb.Put(id[:], a.locs[i].marshal()); err != nil {
+			if err := putChunk(tx, cb, a.company, id, a.locs[i], now); err != nil {
 				return err
 			}
 		}
@@ -570,24 +486,30 @@ type PackInfo struct {
 	Path      string
 }
 
-// Packs lists every pack the index knows.
+// Packs lists every pack the index knows; malformed records are logged
+// and left out (CheckIndex reports them).
 func (s *Store) Packs() ([]PackInfo, error) {
 	var out []PackInfo
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
-			r, err := parsePackRecord(v)
-			if err != nil {
-				return err
+			n, err := parsePackKey(k)
+			if err == nil {
+				var r packRecord
+				if r, err = parsePackRecord(v); err == nil {
+					out = append(out, PackInfo{Number: n, Company: r.Company, Committed: int64(r.Committed), Path: s.PackPath(n)})
+					return nil
+				}
 			}
-			n := binary.BigEndian.Uint32(k)
-			out = append(out, PackInfo{Number: n, Company: r.Company, Committed: int64(r.Committed), Path: s.PackPath(n)})
+			s.log.Warn("skipping a malformed index record", zap.String("bucket", "packs"), zap.String("key", hexKey(k)), zap.Error(err))
 			return nil
 		})
 	})
 	return out, err
 }
 
-// ForEachChunk calls fn for every index entry of a company.
+// ForEachChunk calls fn for every index record of a company, quarantined
+// or not; malformed records are logged and skipped (CheckIndex reports
+// them).
 func (s *Store) ForEachChunk(company string, fn func(id [32]byte, loc Location) error) error {
 	return s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketChunks).Bucket([]byte(company))
@@ -595,11 +517,16 @@ func (s *Store) ForEachChunk(company string, fn func(id [32]byte, loc Location) 
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			loc, err := parseLocation(v)
-			if err != nil {
-				return err
+			id, err := parseChunkKey(k)
+			var loc Location
+			if err == nil {
+				loc, err = parseLocation(v)
 			}
-			return fn([32]byte(k), loc)
+			if err != nil {
+				s.log.Warn("skipping a malformed index record", zap.String("bucket", "chunks/"+company), zap.String("key", hexKey(k)), zap.Error(err))
+				return nil
+			}
+			return fn(id, loc)
 		})
 	})
 }

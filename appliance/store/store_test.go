@@ -5,6 +5,7 @@ import (
 	"crypto/cipher"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -46,11 +47,19 @@ func newFixture(t *testing.T, dir string) *fixture {
 
 func (f *fixture) open() {
 	f.t.Helper()
-	s, err := store.Open(f.dir, zaptest.NewLogger(f.t, zaptest.Level(zap.WarnLevel)))
+	s, err := store.Open(f.dir, zaptest.NewLogger(f.t, zaptest.Level(zap.WarnLevel)), store.Options{Keys: f.keys})
 	if err != nil {
 		f.t.Fatalf("open store: %v", err)
 	}
 	f.s = s
+}
+
+// keys gives the fixture's key to every company but "nokey".
+func (f *fixture) keys(company string) (cipher.AEAD, error) {
+	if company == "nokey" {
+		return nil, errors.New("no such company")
+	}
+	return f.aead, nil
 }
 
 func (f *fixture) reopen() {
@@ -162,8 +171,8 @@ func fileSize(t *testing.T, p string) int64 {
 	return fi.Size()
 }
 
-// TestRecovery simulates a crash between writing a pack and committing the
-// index: an unacknowledged tail and a pack file the index never heard of.
+// TestRecovery: after a crash the store indexes what the index lacks and
+// cuts only a torn entry at a pack's tail; it never removes a pack.
 func TestRecovery(t *testing.T) {
 	dir := t.TempDir()
 	f := newFixture(t, dir)
@@ -190,22 +199,26 @@ func TestRecovery(t *testing.T) {
 	}
 	f.s = nil
 
-	// A torn append: a whole entry plus garbage, never acknowledged.
-	_, lost := f.chunk(5000)
-	tail := append(append([]byte(nil), lost.Data...), bytes.Repeat([]byte{0xee}, 777)...)
+	// An append past the committed length: a whole entry (synced but not
+	// yet in the index when the crash came) plus a torn one.
+	lostPlain, lost := f.chunk(5000)
+	_, torn := f.chunk(4000)
+	tail := append(append([]byte(nil), lost.Data...), torn.Data[:777]...)
 	pf, err := os.OpenFile(p.Path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pf.Write(tail)
 	pf.Close()
-	// An orphan pack: created, written, crash before the index knew it.
+	// A pack the index does not know: created, written, crash before the
+	// index knew it.
+	orphanPlain, orphanEntry := f.chunk(6000)
 	orphan := filepath.Join(dir, "packs", "000", "00000007.pack")
 	hdr, _ := pack.FileHeader{Company: "acme", Number: 7}.Marshal()
-	if err := os.WriteFile(orphan, append(hdr, lost.Data...), 0o600); err != nil {
+	if err := os.WriteFile(orphan, append(append(hdr, lost.Data...), orphanEntry.Data...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// An orphan in a directory of its own.
+	// A header-only pack in a directory of its own.
 	orphan2 := filepath.Join(dir, "packs", "001", "00000100.pack")
 	os.MkdirAll(filepath.Dir(orphan2), 0o700)
 	os.WriteFile(orphan2, hdr, 0o600)
@@ -214,25 +227,31 @@ func TestRecovery(t *testing.T) {
 	os.WriteFile(other, []byte("x"), 0o600)
 
 	f.open()
-	if size := fileSize(t, p.Path); size != p.Committed {
-		t.Fatalf("after recovery the pack is %d bytes, want its committed %d", size, p.Committed)
+	want := p.Committed + int64(len(lost.Data))
+	if size := fileSize(t, p.Path); size != want {
+		t.Fatalf("after recovery the pack is %d bytes, want %d (cut exactly at the torn entry)", size, want)
 	}
-	for _, o := range []string{orphan, orphan2} {
-		if _, err := os.Stat(o); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("orphan pack %s survived recovery: %v", o, err)
+	for _, o := range []string{orphan, orphan2, other} {
+		if _, err := os.Stat(o); err != nil {
+			t.Fatalf("recovery removed %s: %v", o, err)
 		}
-	}
-	if _, err := os.Stat(other); err != nil {
-		t.Fatalf("recovery removed a file that is not a pack: %v", err)
 	}
 	for i := range entries {
 		f.mustGet("acme", entries[i], plains[i])
 	}
-	if has, _ := f.s.Has("acme", [][32]byte{lost.Header.ID}); has[0] {
-		t.Fatal("an unacknowledged entry is visible")
+	f.mustGet("acme", lost, lostPlain)
+	f.mustGet("acme", orphanEntry, orphanPlain)
+	if loc, _ := f.s.Lookup("acme", lost.Header.ID); loc.Pack != p.Number {
+		t.Fatalf("an entry in two packs is indexed in pack %d, want the first, %d", loc.Pack, p.Number)
 	}
-	// The store goes on: new puts land after the committed length, and a
-	// new pack never reuses an orphan's number.
+	if has, _ := f.s.Has("acme", [][32]byte{torn.Header.ID}); has[0] {
+		t.Fatal("a torn entry is visible")
+	}
+	packs, _ = f.s.Packs()
+	if len(packs) != 3 || packs[0].Committed != want {
+		t.Fatalf("after recovery the index holds packs %+v", packs)
+	}
+	// The store goes on: a new pack never reuses a number on disk.
 	p2, e2 := f.chunk(3000)
 	if err := f.s.Put("acme", []store.Entry{e2}); err != nil {
 		t.Fatal(err)
@@ -243,7 +262,7 @@ func TestRecovery(t *testing.T) {
 	}
 	loc3, _ := f.s.Lookup("other", e3.Header.ID)
 	if loc3.Pack <= 0x100 {
-		t.Fatalf("new pack %d reuses a number at or below the removed orphan 0x100", loc3.Pack)
+		t.Fatalf("new pack %d reuses a number at or below the orphan 0x100", loc3.Pack)
 	}
 	f.reopen()
 	f.mustGet("acme", e2, p2)
@@ -261,8 +280,11 @@ func TestRecovery(t *testing.T) {
 	n := 0
 	for {
 		e, err := sc.Next()
-		if err != nil {
+		if err == io.EOF {
 			break
+		}
+		if err != nil {
+			t.Fatalf("scan the recovered pack: %v", err)
 		}
 		loc, err := f.s.Lookup("acme", e.Header.ID)
 		if err != nil || int64(loc.Offset) != e.Offset {
@@ -270,8 +292,8 @@ func TestRecovery(t *testing.T) {
 		}
 		n++
 	}
-	if n != len(entries) { // after a restart new puts go to a new pack
-		t.Fatalf("scanned %d entries, want %d", n, len(entries))
+	if n != len(entries)+1 { // after a restart new puts go to a new pack
+		t.Fatalf("scanned %d entries, want %d", n, len(entries)+1)
 	}
 }
 

@@ -93,7 +93,7 @@ func Open(opts Options) (*Vault, error) {
 	if v.Catalog, err = catalog.Open(opts.Dir, catalog.Options{Log: opts.Log.Named("catalog"), Clock: opts.Clock}); err != nil {
 		return nil, err
 	}
-	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store")); err != nil {
+	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store"), v.storeOptions()); err != nil {
 		v.Catalog.Close()
 		return nil, err
 	}
