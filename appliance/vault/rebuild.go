@@ -52,7 +52,7 @@ func RebuildIndex(ctx context.Context, dir string, log *zap.Logger, progress fun
 		}
 		v.master = pack.NewAEAD(mk)
 		if _, err := os.Stat(filepath.Join(dir, "catalog.db")); err == nil {
-			if v.Catalog, err = catalog.Open(dir); err != nil {
+			if v.Catalog, err = catalog.Open(dir, catalog.Options{Log: log.Named("catalog")}); err != nil {
 				return pr, err
 			}
 			defer v.Catalog.Close()
