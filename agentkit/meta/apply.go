@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -103,6 +104,30 @@ func Link(olddirfd int, oldname string, dirfd int, name string, opts Options) er
 	return nil
 }
 
+// LinkFD makes name in dirfd a hard link to the object open as src (any
+// descriptor, O_PATH included): linkat(AT_EMPTY_PATH) where allowed (it
+// needs CAP_DAC_READ_SEARCH), else through /proc/self/fd. The link is to
+// exactly that inode, whatever its old name points to meanwhile.
+func LinkFD(src int, dirfd int, name string, opts Options) error {
+	mk := func() error {
+		err := unix.Linkat(src, "", dirfd, name, unix.AT_EMPTY_PATH)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
+			err = unix.Linkat(unix.AT_FDCWD, fdPath(src), dirfd, name, unix.AT_SYMLINK_FOLLOW)
+		}
+		return err
+	}
+	err := mk()
+	if errors.Is(err, unix.EEXIST) && opts.Replace {
+		if err = remove(dirfd, name); err == nil {
+			err = mk()
+		}
+	}
+	if err != nil {
+		return pathErr("link", name, err)
+	}
+	return nil
+}
+
 // remove deletes a non-directory, clearing immutable and append-only first.
 func remove(dirfd int, name string) error {
 	if err := Unprotect(dirfd, name); err != nil {
@@ -111,17 +136,70 @@ func remove(dirfd int, name string) error {
 	return unix.Unlinkat(dirfd, name, 0)
 }
 
-// Apply sets the metadata of the object name in dirfd from n, in the order
-// that keeps each step from undoing another: owner (changing the owner
-// clears setuid, setgid and file capabilities), mode, xattrs (the whole set:
+// Apply sets the metadata of the object name in dirfd from n (see ApplyFD).
+// The object is opened once, without following a final symlink, and must
+// be of n's type; everything is then set on that descriptor, so swapping
+// the name for a symlink or another object meanwhile changes nothing
+// elsewhere.
+func Apply(dirfd int, name string, n *tree.Node, opts Options) error {
+	fd, err := OpenNode(dirfd, name, n.Type)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return ApplyFD(fd, n, opts)
+}
+
+// OpenNode opens name in dirfd as an O_PATH descriptor without following a
+// final symlink (opening a device or FIFO this way has no side effect) and
+// checks that it is an object of type t.
+func OpenNode(dirfd int, name string, t tree.Type) (int, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, pathErr("open", name, err)
+	}
+	if err := CheckType(fd, t); err != nil {
+		unix.Close(fd)
+		return -1, pathErr("open", name, err)
+	}
+	return fd, nil
+}
+
+// ErrWrongType is returned when an object is not of the type expected: it
+// was replaced by something else since it was created.
+var ErrWrongType = errors.New("not the type expected (replaced meanwhile?)")
+
+// CheckType reports ErrWrongType unless fd is an object of type t.
+func CheckType(fd int, t tree.Type) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat: %w", err)
+	}
+	if want, ok := typeBits[t]; !ok || st.Mode&unix.S_IFMT != want {
+		return fmt.Errorf("want a %s, found mode %#o: %w", t, st.Mode&unix.S_IFMT, ErrWrongType)
+	}
+	return nil
+}
+
+var typeBits = map[tree.Type]uint32{
+	tree.TypeFile: unix.S_IFREG, tree.TypeDir: unix.S_IFDIR, tree.TypeSymlink: unix.S_IFLNK,
+	tree.TypeChar: unix.S_IFCHR, tree.TypeBlock: unix.S_IFBLK, tree.TypeFIFO: unix.S_IFIFO,
+	tree.TypeSocket: unix.S_IFSOCK,
+}
+
+// ApplyFD sets the metadata of the object open as fd (a regular descriptor,
+// or O_PATH for symlinks, devices and FIFOs) from n, in the order that
+// keeps each step from undoing another: owner (changing the owner clears
+// setuid, setgid and file capabilities), mode, xattrs (the whole set:
 // attributes not in n are removed; POSIX ACLs, SELinux labels and file
 // capabilities are xattrs), times (atime and mtime with nanoseconds; ctime
-// and birth time cannot be set), then inode flags (immutable, append-only...)
-// unless opts.SkipFlags. Call it after the content is written and, for a
-// directory, after everything inside it is restored. Symlinks themselves are
-// changed, never their targets. Every step is tried; the error joins the
-// steps that failed.
-func Apply(dirfd int, name string, n *tree.Node, opts Options) error {
+// and birth time cannot be set), then inode flags (immutable,
+// append-only...) unless opts.SkipFlags. Call it after the content is
+// written and, for a directory, after everything inside it is restored.
+// Every step works on the descriptor, never on a name: a symlink is changed
+// itself (it has no mode on Linux), never its target. Every step is tried;
+// the error joins the steps that failed.
+func ApplyFD(fd int, n *tree.Node, opts Options) error {
 	var errs []error
 	if !opts.SkipOwner {
 		uid, gid := n.UID, n.GID
@@ -133,20 +211,20 @@ func Apply(dirfd int, name string, n *tree.Node, opts Options) error {
 				gid = id
 			}
 		}
-		if err := unix.Fchownat(dirfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			errs = append(errs, fmt.Errorf("chown %q to %d:%d: %w", name, uid, gid, err))
+		if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			errs = append(errs, fmt.Errorf("chown to %d:%d: %w", uid, gid, err))
 		}
 	}
 	chmod := func() {
 		if n.Type == tree.TypeSymlink {
 			return // a symlink's mode is always 0777 on Linux
 		}
-		if err := unix.Fchmodat(dirfd, name, n.Mode&0o7777, 0); err != nil {
-			errs = append(errs, fmt.Errorf("chmod %q to %04o: %w", name, n.Mode&0o7777, err))
+		if err := fchmod(fd, n.Mode&0o7777); err != nil {
+			errs = append(errs, fmt.Errorf("chmod to %04o: %w", n.Mode&0o7777, err))
 		}
 	}
 	chmod()
-	if err := SetXattrs(dirfd, name, n.Xattrs); err != nil {
+	if err := SetXattrsFD(fd, n.Xattrs); err != nil {
 		errs = append(errs, err)
 	}
 	for _, x := range n.Xattrs {
@@ -159,28 +237,77 @@ func Apply(dirfd int, name string, n *tree.Node, opts Options) error {
 		{Sec: n.Atime.Sec, Nsec: n.Atime.Nsec},
 		{Sec: n.Mtime.Sec, Nsec: n.Mtime.Nsec},
 	}
-	if err := unix.UtimesNanoAt(dirfd, name, t, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		errs = append(errs, fmt.Errorf("set times of %q: %w", name, err))
+	if err := futimens(fd, t); err != nil {
+		errs = append(errs, fmt.Errorf("set times: %w", err))
 	}
 	if !opts.SkipFlags && (n.Type == tree.TypeFile || n.Type == tree.TypeDir) {
-		if err := SetFlags(dirfd, name, n.Flags); err != nil {
+		if err := SetFlagsFD(fd, n.Flags); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// fdPath names the object open as fd: /proc/self/fd/N is a magic link to
+// that very object (for an O_PATH symlink, to the symlink itself), so the
+// path-based calls that need it reach nothing else.
+func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// isPath reports whether fd was opened with O_PATH.
+func isPath(fd int) bool {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	return err == nil && fl&unix.O_PATH != 0
+}
+
+// fchmod changes the mode of the object open as fd, O_PATH included:
+// fchmod on a regular descriptor, fchmodat2(AT_EMPTY_PATH) on an O_PATH
+// one (Linux 6.6), else chmod through /proc/self/fd.
+func fchmod(fd int, mode uint32) error {
+	if !isPath(fd) {
+		return unix.Fchmod(fd, mode)
+	}
+	err := unix.Fchmodat(fd, "", mode, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+		err = unix.Chmod(fdPath(fd), mode)
+	}
+	return err
+}
+
+// futimens sets atime and mtime of the object open as fd, O_PATH included.
+func futimens(fd int, t []unix.Timespec) error {
+	err := unix.UtimesNanoAt(fd, "", t, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // a kernel without AT_EMPTY_PATH here
+		err = unix.UtimesNanoAt(unix.AT_FDCWD, fdPath(fd), t, 0)
+	}
+	return err
+}
+
 // SetXattrs makes the extended attributes of name (not following a final
-// symlink) exactly want: attributes not in want are removed, the others set
-// when their value differs.
+// symlink) exactly want (see SetXattrsFD).
 func SetXattrs(dirfd int, name string, want []tree.Xattr) error {
-	p := xattrPath(dirfd, name)
-	have, err := listXattrs(func(b []byte) (int, error) { return unix.Llistxattr(p, b) })
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return pathErr("open", name, err)
+	}
+	defer unix.Close(fd)
+	if err := SetXattrsFD(fd, want); err != nil {
+		return pathErr("xattrs of", name, err)
+	}
+	return nil
+}
+
+// SetXattrsFD makes the extended attributes of the object open as fd
+// exactly want: attributes not in want are removed, the others set when
+// their value differs. The calls go through /proc/self/fd/N, which works
+// for O_PATH descriptors and reaches only the object open.
+func SetXattrsFD(fd int, want []tree.Xattr) error {
+	p := fdPath(fd)
+	have, err := listXattrs(func(b []byte) (int, error) { return unix.Listxattr(p, b) })
 	if err != nil && !(unsupported(err) && len(want) == 0) {
 		if unsupported(err) {
-			return pathErr("set xattrs on", name, err)
+			return fmt.Errorf("set xattrs: %w", err)
 		}
-		return pathErr("list xattrs of", name, err)
+		return fmt.Errorf("list xattrs: %w", err)
 	}
 	wanted := make(map[string][]byte, len(want))
 	for _, x := range want {
@@ -191,16 +318,16 @@ func SetXattrs(dirfd int, name string, want []tree.Xattr) error {
 		if _, ok := wanted[a]; ok {
 			continue
 		}
-		if err := unix.Lremovexattr(p, a); err != nil && err != unix.ENODATA {
-			errs = append(errs, pathErr("remove xattr "+a+" from", name, err))
+		if err := unix.Removexattr(p, a); err != nil && err != unix.ENODATA {
+			errs = append(errs, fmt.Errorf("remove xattr %s: %w", a, err))
 		}
 	}
 	for _, x := range want {
-		if cur, err := getXattr(func(a string, b []byte) (int, error) { return unix.Lgetxattr(p, a, b) }, x.Name); err == nil && bytes.Equal(cur, x.Value) {
+		if cur, err := getXattr(func(a string, b []byte) (int, error) { return unix.Getxattr(p, a, b) }, x.Name); err == nil && bytes.Equal(cur, x.Value) {
 			continue
 		}
-		if err := unix.Lsetxattr(p, x.Name, x.Value, 0); err != nil {
-			errs = append(errs, pathErr("set xattr "+x.Name+" on", name, err))
+		if err := unix.Setxattr(p, x.Name, x.Value, 0); err != nil {
+			errs = append(errs, fmt.Errorf("set xattr %s: %w", x.Name, err))
 		}
 	}
 	return errors.Join(errs...)

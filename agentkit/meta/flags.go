@@ -2,6 +2,7 @@ package meta
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -114,6 +115,21 @@ func SetFlags(dirfd int, name string, flags uint32) error {
 	return changeFlags(dirfd, name, SettableFlags, flags&SettableFlags)
 }
 
+// SetFlagsFD is SetFlags for the regular file or directory open as fd (an
+// O_PATH descriptor is reopened through /proc/self/fd, which reaches only
+// that object).
+func SetFlagsFD(fd int, flags uint32) error {
+	if isPath(fd) {
+		rfd, err := unix.Open(fdPath(fd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+		if err != nil {
+			return fmt.Errorf("open for flags: %w", err)
+		}
+		defer unix.Close(rfd)
+		fd = rfd
+	}
+	return changeFlagsFD(fd, "", SettableFlags, flags&SettableFlags)
+}
+
 // Unprotect clears immutable and append-only on an existing regular file or
 // directory so it can be overwritten, removed or changed. Other types and
 // missing names are left alone.
@@ -143,6 +159,10 @@ func changeFlags(dirfd int, name string, mask, want uint32) error {
 		return pathErr("open for flags", name, err)
 	}
 	defer unix.Close(fd)
+	return changeFlagsFD(fd, name, mask, want)
+}
+
+func changeFlagsFD(fd int, name string, mask, want uint32) error {
 	cur, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
 	if err != nil {
 		if unsupported(err) && want == 0 {

@@ -252,11 +252,6 @@ func (w *fileWriter) finish(o *openFile) {
 			err = fmt.Errorf("set size %d: %w", n.Size, err)
 		}
 	}
-	if o.fd >= 0 {
-		if cerr := unix.Close(o.fd); err == nil && cerr != nil {
-			err = fmt.Errorf("close: %w", cerr)
-		}
-	}
 	defer o.dir.wg.Done()
 	if err == nil && r.o.Existing == Overwrite {
 		_ = meta.Unprotect(o.dir.fd, o.name)
@@ -266,17 +261,34 @@ func (w *fileWriter) finish(o *openFile) {
 	}
 	if err != nil {
 		if o.fd >= 0 {
+			unix.Close(o.fd)
 			unix.Unlinkat(o.dir.fd, o.tmp, 0)
 		}
 		r.problem("%s: NOT RESTORED: %s", n.Path, strings.TrimPrefix(err.Error(), "restore: "))
 		return
 	}
+	// Metadata goes on the descriptor written, never through the name,
+	// which someone with access to the target could swap meanwhile.
 	opts := r.o.Meta
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
+		var st unix.Stat_t
+		if err := unix.Fstat(o.fd, &st); err == nil {
+			rel := o.name
+			if len(o.dir.path) > 0 {
+				rel = string(o.dir.path) + "/" + o.name
+			}
+			r.mu.Lock()
+			r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
+			r.mu.Unlock()
+		}
 	}
-	if err := meta.Apply(o.dir.fd, o.name, n, opts); err != nil {
+	if err := meta.ApplyFD(o.fd, n, opts); err != nil {
 		r.problem("%s: metadata: %v", n.Path, err)
+	}
+	if err := unix.Close(o.fd); err != nil {
+		r.problem("%s: close: %v", n.Path, err)
+		return
 	}
 	atomic.AddInt64(&r.stats.Files, 1)
 }

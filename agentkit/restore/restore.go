@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -51,6 +50,13 @@ type Options struct {
 	Out      io.Writer // dry-run listing
 	Progress func(s *Stats)
 	Workers  int
+	// Devices recreates character and block device nodes, and SetID keeps
+	// set-user-ID and set-group-ID bits and file capabilities
+	// (security.capability), when running as root. Otherwise device nodes
+	// are skipped and those bits and capabilities stripped, each with a
+	// note: a listing is not trusted to hand out privileges.
+	Devices bool
+	SetID   bool
 }
 
 // Stats count a restore.
@@ -66,7 +72,8 @@ type Stats struct {
 // Result is what a restore did.
 type Result struct {
 	Stats    Stats
-	Problems []string // every object that could not be restored, and why
+	Problems []string // every object that could not be restored or was refused, and why
+	Notes    []string // what was left out on purpose (device nodes, set-id bits)
 }
 
 type dirEntry struct {
@@ -89,12 +96,40 @@ type restorer struct {
 	jobs      chan *job
 	batch     []fileJob // small files waiting to fill a request
 	batchSize int64
+	notes     []string
 	links     []link
 	dirs      map[string]*tree.Node
+	// placed holds the hard-linked regular files queued so far (by listing
+	// path), restored those written completely: a hard link may point
+	// only at one of them.
+	placed     map[string]struct{}
+	restored   map[string]restoredFile
+	privileged bool // running as root: devices and set-id bits may be asked for
 }
 
 type link struct {
 	node *tree.Node
+}
+
+// restoredFile is a regular file written in this run that hard links may
+// point at: where it is beneath the target and which inode it is.
+type restoredFile struct {
+	rel      string // its name beneath the target (keep-both may rename it)
+	dev, ino uint64
+	node     *tree.Node
+}
+
+// Test hooks: geteuid decides whether the restore runs as root;
+// testHookDir runs after each directory is created and entered.
+var (
+	geteuid     = os.Geteuid
+	testHookDir func(path []byte)
+)
+
+func (r *restorer) note(format string, args ...any) {
+	r.mu.Lock()
+	r.notes = append(r.notes, fmt.Sprintf(format, args...))
+	r.mu.Unlock()
 }
 
 func (r *restorer) problem(format string, args ...any) {
@@ -123,7 +158,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("read listing of %s@%d: %w", o.Manifest.Config, o.Manifest.Seq, err)
 	}
 	defer stop()
-	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, openJobSlack), dirs: map[string]*tree.Node{}}
+	return run(ctx, o, rd)
+}
+
+// run restores the nodes rd yields.
+func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
+	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, openJobSlack),
+		dirs: map[string]*tree.Node{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{},
+		privileged: geteuid() == 0}
 	if !o.DryRun {
 		if err := os.MkdirAll(o.Target, 0o700); err != nil {
 			return nil, fmt.Errorf("create target: %w", err)
@@ -176,7 +218,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Progress != nil {
 		o.Progress(r.stats)
 	}
-	res := &Result{Stats: *r.stats, Problems: r.probs}
+	res := &Result{Stats: *r.stats, Problems: r.probs, Notes: r.notes}
 	if walkErr != nil {
 		return res, walkErr
 	}
@@ -215,6 +257,16 @@ func (r *restorer) walk(rd Nodes) error {
 		found = true
 		if n.Type == tree.TypeDeleted {
 			continue
+		}
+		if err := r.check(n); err != nil {
+			r.problem("%q: NOT RESTORED: %v", n.Path, err)
+			continue
+		}
+		if n = r.policy(n); n == nil {
+			continue
+		}
+		if n.Type == tree.TypeFile && n.LinkTo == nil && n.Nlink > 1 {
+			r.placed[string(n.Path)] = struct{}{}
 		}
 		if n.Status != tree.StatusOK {
 			r.problem("%s: not restored: it was not backed up completely (%s)", n.Path, n.Err)
@@ -300,8 +352,7 @@ func (r *restorer) pop() {
 	go func() {
 		d.wg.Wait()
 		if d.node != nil {
-			_, name := splitPath(d.path)
-			if err := meta.Apply(d.parent.fd, string(name), d.node, r.o.Meta); err != nil {
+			if err := meta.ApplyFD(d.fd, d.node, r.o.Meta); err != nil {
 				r.problem("%s: metadata: %v", d.path, err)
 			}
 		}
@@ -330,7 +381,13 @@ func (r *restorer) place(n *tree.Node) error {
 			return err
 		}
 		r.dirs[string(n.Path)] = n
-		return r.push(parent, name, n)
+		if err := r.push(parent, name, n); err != nil {
+			return err
+		}
+		if testHookDir != nil {
+			testHookDir(n.Path)
+		}
+		return nil
 	case tree.TypeFile:
 		if n.LinkTo != nil {
 			r.links = append(r.links, link{node: n})
@@ -385,31 +442,127 @@ func (r *restorer) targetName(dirfd int, name string) (string, bool, error) {
 	return name, true, nil
 }
 
-// makeLinks creates hard links once every file is written.
-func (r *restorer) makeLinks() {
-	base := r.o.Target
-	touched := map[string]bool{}
-	for _, l := range r.links {
-		old := filepath.Join(base, string(l.node.LinkTo))
-		nw := filepath.Join(base, string(l.node.Path))
-		opts := r.o.Meta
-		opts.Replace = r.o.Existing == Overwrite
-		if err := meta.Link(unix.AT_FDCWD, old, unix.AT_FDCWD, nw, opts); err != nil {
-			r.problem("%s: %v", l.node.Path, err)
+// policy applies what a listing may not decide alone: device nodes are
+// recreated, set-id bits and file capabilities kept, only when running as
+// root and asked to. It returns the node to restore (a stripped copy when
+// needed), or nil to skip it.
+func (r *restorer) policy(n *tree.Node) *tree.Node {
+	switch n.Type {
+	case tree.TypeChar, tree.TypeBlock:
+		if !r.privileged || !r.o.Devices {
+			atomic.AddInt64(&r.stats.Skipped, 1)
+			r.note("%q: %s not recreated (device nodes are restored only as root with -devices)", n.Path, n.Type)
+			return nil
+		}
+	case tree.TypeDir, tree.TypeSymlink, tree.TypeSocket, tree.TypeDeleted:
+		return n
+	}
+	if r.privileged && r.o.SetID {
+		return n
+	}
+	setid := n.Mode&(unix.S_ISUID|unix.S_ISGID) != 0
+	var xs []tree.Xattr
+	for _, x := range n.Xattrs {
+		if x.Name == "security.capability" {
+			setid = true
 			continue
 		}
-		atomic.AddInt64(&r.stats.Files, 1)
+		xs = append(xs, x)
+	}
+	if !setid {
+		return n
+	}
+	c := *n
+	c.Mode &^= unix.S_ISUID | unix.S_ISGID
+	c.Xattrs = xs
+	r.note("%q: set-user-ID, set-group-ID bits and file capabilities stripped (kept only as root with -setid)", n.Path)
+	return &c
+}
+
+// makeLinks creates hard links once every file is written. Both ends are
+// resolved beneath the target without traversing symlinks, and the link
+// is made to the very inode written earlier in this run.
+func (r *restorer) makeLinks() {
+	root := r.stack[0].fd
+	touched := map[string]bool{}
+	opts := r.o.Meta
+	opts.Replace = r.o.Existing == Overwrite
+	for _, l := range r.links {
+		if err := r.makeLink(root, l.node, opts); err != nil {
+			r.problem("%q: NOT RESTORED: %v", l.node.Path, err)
+			continue
+		}
 		dir, _ := splitPath(l.node.Path)
 		touched[string(dir)] = true
 	}
-	// Linking changed the directories' times: set them again.
-	for d := range touched {
-		if n := r.dirs[d]; n != nil {
-			if err := meta.Apply(unix.AT_FDCWD, filepath.Join(base, d), n, r.o.Meta); err != nil {
-				r.problem("%s: metadata: %v", d, err)
-			}
+	// The sources' inode flags wait for their last link (an immutable
+	// file cannot be linked).
+	for _, f := range r.restored {
+		if f.node.Flags&meta.SettableFlags == 0 {
+			continue
+		}
+		if err := r.withRestored(root, f, func(fd int) error { return meta.SetFlagsFD(fd, f.node.Flags) }); err != nil {
+			r.problem("%q: metadata: %v", f.node.Path, err)
 		}
 	}
+	// Linking changed the directories' times: set them again.
+	for d := range touched {
+		n := r.dirs[d]
+		if n == nil {
+			continue
+		}
+		fd, err := openBeneath(root, d, unix.O_RDONLY|unix.O_DIRECTORY)
+		if err == nil {
+			err = meta.ApplyFD(fd, n, r.o.Meta)
+			unix.Close(fd)
+		}
+		if err != nil {
+			r.problem("%s: metadata: %v", d, err)
+		}
+	}
+}
+
+// withRestored runs fn on an O_PATH descriptor of f, checked to be the
+// inode written.
+func (r *restorer) withRestored(root int, f restoredFile, fn func(fd int) error) error {
+	fd, err := openBeneath(root, f.rel, unix.O_PATH)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %q: %w", f.rel, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != f.dev || st.Ino != f.ino {
+		return fmt.Errorf("%w: %q is no longer the file restored there", ErrRefused, f.rel)
+	}
+	return fn(fd)
+}
+
+func (r *restorer) makeLink(root int, n *tree.Node, opts meta.Options) error {
+	r.mu.Lock()
+	src, ok := r.restored[string(n.LinkTo)]
+	r.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: hard link to %q, which was not restored in this run", ErrRefused, n.LinkTo)
+	}
+	dir, name := splitPath(n.Path)
+	dfd, err := openBeneath(root, string(dir), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	final, skip, err := r.targetName(dfd, string(name))
+	if err != nil || skip {
+		return err
+	}
+	err = r.withRestored(root, src, func(fd int) error { return meta.LinkFD(fd, dfd, final, opts) })
+	if err != nil {
+		return err
+	}
+	atomic.AddInt64(&r.stats.Files, 1)
+	return nil
 }
 
 func truncName(s string) string {

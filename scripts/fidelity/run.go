@@ -492,7 +492,7 @@ func runVaultnode(ctx context.Context, bin, wd string, stderr io.Writer) *ToolRu
 	if _, err := agent("backup", "tree"); err != nil {
 		t.BackupError = err.Error() // exit 3: committed with problems; restore anyway
 	}
-	if _, err := agent("restore", "tree@latest", "-to", to); err != nil {
+	if _, err := agent("restore", "tree@latest", "-to", to, "-devices", "-setid"); err != nil {
 		t.RestoreError = err.Error()
 	}
 	if _, err := os.Lstat(filepath.Join(to, src)); err == nil {

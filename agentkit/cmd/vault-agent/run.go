@@ -61,8 +61,9 @@ Commands:
                                                       latest (with continuous-mode journal records) or a time
                                                       ("2026-11-24 15:05:00" local, or RFC 3339): the state as of then
   restore CONFIG@VERSION[:PATH] [-to DIR] [-dry-run] [-existing skip|overwrite|keep-both] [-by-name]
-                                                      restore a version, a directory or a file; without -to,
-                                                      to the original place
+          [-devices] [-setid]                         restore a version, a directory or a file; without -to,
+                                                      to the original place; as root, -devices recreates
+                                                      device nodes and -setid keeps set-id bits
   dump CONFIG@VERSION:PATH                            write one file of a version to standard output
                                                       (a database dump: CONFIG@latest:CONFIG.dump)
   diff CONFIG@VERSION DIR                             compare a version with a directory (where the version
@@ -709,6 +710,8 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	existing := fs.String("existing", "skip", "for files that exist: `skip`, overwrite or keep-both")
 	byName := fs.Bool("by-name", false, "map owners by user and group names instead of numbers")
 	parallel := fs.Int("parallel", 8, "files restored at once")
+	devices := fs.Bool("devices", false, "recreate device nodes (as root only)")
+	setid := fs.Bool("setid", false, "keep set-user-ID and set-group-ID bits and file capabilities (as root only)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -732,7 +735,7 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	}
 	o := restore.Options{Source: c, ChunkKey: key, Manifest: m.m, Journal: m.journal, Prefix: prefix, Target: target, DryRun: *dry,
 		Existing: restore.Existing(*existing), Meta: meta.Options{ByName: *byName, SkipOwner: os.Geteuid() != 0},
-		Log: a.log, Out: a.stdout, Workers: *parallel}
+		Log: a.log, Out: a.stdout, Workers: *parallel, Devices: *devices, SetID: *setid}
 	if a.prog.Enabled() {
 		o.Progress = func(s *restore.Stats) { a.prog.Show("restore:", s.Files, s.Bytes, m.m.Totals.Bytes, s.Start) }
 	}
@@ -741,6 +744,9 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	if res != nil {
 		for _, p := range res.Problems {
 			fmt.Fprintln(a.stdout, "FAILED:", p)
+		}
+		for _, p := range res.Notes {
+			fmt.Fprintln(a.stdout, "NOTE:", p)
 		}
 		verb := "restored"
 		if *dry {
