@@ -83,7 +83,7 @@ func openBeneath(root int, rel string, flags int) (int, error) {
 			}
 			if err != unix.ENOSYS {
 				if err != nil {
-					return -1, fmt.Errorf("open %q beneath the target: %w", rel, err)
+					return -1, beneathErr(rel, err)
 				}
 				return fd, nil
 			}
@@ -103,11 +103,20 @@ func openBeneath(root int, rel string, flags int) (int, error) {
 			unix.Close(cur)
 		}
 		if err != nil {
-			return -1, fmt.Errorf("open %q beneath the target (component by component, no openat2): %w", rel, err)
+			return -1, beneathErr(rel, err)
 		}
 		cur = fd
 	}
 	return cur, nil
+}
+
+// beneathErr says why rel could not be opened beneath the target: a
+// symlink, a non-directory or a way out in its path is a refusal.
+func beneathErr(rel string, err error) error {
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR) {
+		return fmt.Errorf("%w: %q leads through a symlink, a non-directory or out of the target: %w", ErrRefused, rel, err)
+	}
+	return fmt.Errorf("open %q beneath the target: %w", rel, err)
 }
 
 // check refuses a node restore must not recreate, whatever the listing's
