@@ -101,7 +101,7 @@ func TestBackupRestoreVersions(t *testing.T) {
 		t.Fatal("no file deleted between v1 and v4")
 	}
 	to := filepath.Join(e.root, "single")
-	if r := e.a.run("restore", "home@1:"+filepath.Join(e.src, gone), "-to", to); r.code != 0 {
+	if r := e.a.run("restore", "home@1:"+filepath.Join(e.src, gone), "-to", to, "-setid"); r.code != 0 {
 		t.Fatalf("restore of one deleted file: %s", r)
 	}
 	got := snapshot(t, filepath.Join(to, e.src))

@@ -50,7 +50,7 @@ func (e *env) eventually(config, src string) time.Duration {
 	var last string
 	for time.Since(start) < 60*time.Second {
 		to := filepath.Join(e.root, fmt.Sprintf("latest-%d", time.Now().UnixNano()))
-		r := e.a.run("restore", config+"@latest", "-to", to)
+		r := e.a.run("restore", config+"@latest", "-to", to, "-setid")
 		if r.code == 0 {
 			got := snapshot(e.t, filepath.Join(to, src))
 			os.RemoveAll(to)

@@ -117,7 +117,7 @@ func TestCorruptPack(t *testing.T) {
 
 	// The affected file alone.
 	to := filepath.Join(e.root, "one")
-	r = e.a.run("restore", "home@2:"+filepath.Join(e.src, victim), "-to", to)
+	r = e.a.run("restore", "home@2:"+filepath.Join(e.src, victim), "-to", to, "-setid")
 	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, victim) {
 		t.Errorf("restore of the damaged file: want a failure naming it; got %s", r)
 	}
@@ -148,7 +148,7 @@ func TestCorruptPack(t *testing.T) {
 	// An unaffected single file restores with exit 0.
 	other := "docs/d04/f014.txt"
 	to = filepath.Join(e.root, "two")
-	if r := e.a.run("restore", "home@2:"+filepath.Join(e.src, other), "-to", to); r.code != 0 {
+	if r := e.a.run("restore", "home@2:"+filepath.Join(e.src, other), "-to", to, "-setid"); r.code != 0 {
 		t.Errorf("restore of an unaffected file: %s", r)
 	} else if b, _ := os.ReadFile(filepath.Join(to, e.src, other)); snap[other].Size != int64(len(b)) {
 		t.Errorf("unaffected file restored with %d bytes, want %d", len(b), snap[other].Size)

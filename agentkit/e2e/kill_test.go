@@ -274,7 +274,7 @@ func (c *killEnv) killRestore(t *testing.T, round, victim int) bool {
 	d := c.instant(opRestore)
 	to := filepath.Join(c.root, fmt.Sprintf("killed-restore-%d", round))
 	start := time.Now()
-	p := startAgentProc(t, c.a, "restore", fmt.Sprintf("home@%d", seq), "-to", to)
+	p := startAgentProc(t, c.a, "restore", fmt.Sprintf("home@%d", seq), "-to", to, "-setid")
 	time.Sleep(d)
 	landed := c.killVictim(victim, p)
 	if victim == 0 {
@@ -359,7 +359,7 @@ func (c *killEnv) eventually(a *agent, config, src string) time.Duration {
 	var last string
 	for time.Since(start) < 90*time.Second {
 		to := filepath.Join(c.root, fmt.Sprintf("latest-%d", time.Now().UnixNano()))
-		r := a.run("restore", config+"@latest", "-to", to)
+		r := a.run("restore", config+"@latest", "-to", to, "-setid")
 		if r.code == 0 {
 			got := snapshot(c.t, filepath.Join(to, src))
 			os.RemoveAll(to)
@@ -403,7 +403,7 @@ func (c *killEnv) checkVersion(seq uint64) {
 	c.t.Helper()
 	to := filepath.Join(c.root, fmt.Sprintf("check-%d", seq))
 	os.RemoveAll(to)
-	if r := c.a.run("restore", fmt.Sprintf("home@%d", seq), "-to", to); r.code != 0 {
+	if r := c.a.run("restore", fmt.Sprintf("home@%d", seq), "-to", to, "-setid"); r.code != 0 {
 		c.t.Fatalf("restore home@%d: %s", seq, r)
 	}
 	compareTrees(c.t, fmt.Sprintf("restore of home@%d", seq), c.snaps[seq], snapshot(c.t, filepath.Join(to, c.src)))

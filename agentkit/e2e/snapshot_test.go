@@ -244,7 +244,7 @@ func TestSnapshotNeededAndRefusedElsewhere(t *testing.T) {
 func (e *env) restoreConfig(config string, version int, root string) (string, result) {
 	e.t.Helper()
 	to := filepath.Join(e.root, fmt.Sprintf("restore-%s-%d-%d", config, version, time.Now().UnixNano()))
-	r := e.a.run("restore", fmt.Sprintf("%s@%d", config, version), "-to", to)
+	r := e.a.run("restore", fmt.Sprintf("%s@%d", config, version), "-to", to, "-setid")
 	return filepath.Join(to, root), r
 }
 
@@ -253,7 +253,7 @@ func (e *env) restoreConfig(config string, version int, root string) (string, re
 func (e *env) restoreFile(config string, version int, path string) []byte {
 	e.t.Helper()
 	to := filepath.Join(e.root, fmt.Sprintf("file-%s-%d-%d", config, version, time.Now().UnixNano()))
-	if r := e.a.run("restore", fmt.Sprintf("%s@%d:%s", config, version, path), "-to", to); r.code != 0 {
+	if r := e.a.run("restore", fmt.Sprintf("%s@%d:%s", config, version, path), "-to", to, "-setid"); r.code != 0 {
 		e.t.Fatalf("restore %s@%d:%s: %s", config, version, path, r)
 	}
 	b, err := os.ReadFile(filepath.Join(to, path))
