@@ -16,15 +16,17 @@ import (
 	"strconv"
 	"time"
 
+	"vaultnode/internal/clock"
 	"vaultnode/internal/wire"
 )
 
 // Error is an error answer of the vault.
 type Error struct {
-	Status    int
-	Code      string
-	Message   string
-	RequestID string // the vault's id for the request, to find it in the vault's log
+	Status     int
+	Code       string
+	Message    string
+	RequestID  string        // the vault's id for the request, to find it in the vault's log
+	RetryAfter time.Duration // busy answers: when to try again
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
@@ -39,11 +41,13 @@ func IsCode(err error, code string) bool {
 type Client struct {
 	base string
 	hc   *http.Client
+	clk  clock.Clock // waits before retrying a busy answer
 }
 
 func newTransport(conf *tls.Config) *http.Transport {
 	t := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConns: 4,
-		IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 30 * time.Second, ResponseHeaderTimeout: 10 * time.Minute}
+		IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 30 * time.Second, ResponseHeaderTimeout: 10 * time.Minute,
+		ExpectContinueTimeout: time.Minute} // an upload's body waits for the vault's slot (Upload)
 	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second,
 		MaxReceiveBufferPerConnection: 64 << 20, MaxReceiveBufferPerStream: 16 << 20}
 	return t
@@ -58,7 +62,7 @@ func New(addr string, cert tls.Certificate, ca *x509.CertPool, wrap func(http.Ro
 	if wrap != nil {
 		rt = wrap(rt)
 	}
-	return &Client{base: "https://" + addr, hc: &http.Client{Transport: rt}}
+	return &Client{base: "https://" + addr, hc: &http.Client{Transport: rt}, clk: clock.Real{}}
 }
 
 // Enroll registers a computer. The vault is trusted only if its CA matches
@@ -69,7 +73,7 @@ func Enroll(ctx context.Context, addr string, token wire.Token, req wire.EnrollR
 			_, err := wire.VerifyChainPin(raw, token.CAPin)
 			return err
 		}}
-	c := &Client{base: "https://" + addr, hc: &http.Client{Transport: newTransport(conf), Timeout: time.Minute}}
+	c := &Client{base: "https://" + addr, hc: &http.Client{Transport: newTransport(conf), Timeout: time.Minute}, clk: clock.Real{}}
 	var resp wire.EnrollResponse
 	if err := c.json(ctx, "POST", wire.PathEnroll, req, &resp); err != nil {
 		return nil, err
@@ -77,19 +81,37 @@ func Enroll(ctx context.Context, addr string, token wire.Token, req wire.EnrollR
 	return &resp, nil
 }
 
+// do sends a request with a body held in memory, again after each busy
+// answer (busy.go).
 func (c *Client) do(ctx context.Context, method, path, ctype string, body []byte) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
+	for attempt := 1; ; attempt++ {
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		resp, err := c.doBody(ctx, method, path, ctype, rd)
+		wait, again := c.busyWait(err, attempt)
+		if !again {
+			return resp, err
+		}
+		if err := c.sleep(ctx, wait); err != nil {
+			return nil, err
+		}
 	}
-	return c.doBody(ctx, method, path, ctype, rd)
 }
 
 // doBody is do with a streamed body (sent as it is read, length unknown).
-func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.Reader) (*http.Response, error) {
+// header holds extra header names and values, in pairs.
+func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.Reader, header ...string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return nil, err
+	}
+	if ob, ok := rd.(*onceBody); ok && ob.size >= 0 {
+		req.ContentLength = ob.size
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
@@ -106,7 +128,7 @@ func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.R
 		if json.Unmarshal(b, &we) != nil || we.Message == "" {
 			we.Code, we.Message = "http", fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		e.Code, e.Message, e.RequestID = we.Code, we.Message, we.RequestID
+		e.Code, e.Message, e.RequestID, e.RetryAfter = we.Code, we.Message, we.RequestID, retryAfter(resp)
 		if e.RequestID == "" {
 			e.RequestID = resp.Header.Get(wire.HeaderRequestID)
 		}
@@ -184,10 +206,30 @@ func (c *Client) Lack(ctx context.Context, session string, ids [][32]byte) ([]bo
 
 // Upload streams a body of frames; it returns nil once the vault has
 // stored them all.
+//
+// A busy answer that came before the vault read any of the body is waited
+// out and the same body sent again; the request says so with Expect:
+// 100-continue, so that the body stays unread until the vault wants it.
 func (c *Client) Upload(ctx context.Context, session string, frames io.Reader) error {
-	resp, err := c.doBody(ctx, "POST", wire.PathSession+session+"/chunks", wire.MediaFrames, frames)
-	if err != nil {
-		return err
+	var resp *http.Response
+	for attempt := 1; ; attempt++ {
+		body := &onceBody{r: frames, size: -1}
+		if l, ok := frames.(interface{ Len() int }); ok { // a body in memory: say its length
+			body.size = int64(l.Len())
+		}
+		var err error
+		resp, err = c.doBody(ctx, "POST", wire.PathSession+session+"/chunks", wire.MediaFrames, body, "Expect", "100-continue")
+		untouched := body.end()
+		wait, again := c.busyWait(err, attempt)
+		if !again || !untouched {
+			if err != nil {
+				return err
+			}
+			break
+		}
+		if err := c.sleep(ctx, wait); err != nil {
+			return err
+		}
 	}
 	io.Copy(io.Discard, resp.Body)
 	return resp.Body.Close()

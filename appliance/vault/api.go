@@ -45,9 +45,10 @@ type session struct {
 
 // apiError is an error with its HTTP status and wire code.
 type apiError struct {
-	status int
-	code   string
-	msg    string
+	status     int
+	code       string
+	msg        string
+	retryAfter time.Duration // busy answers: when to try again
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -68,13 +69,14 @@ func (v *Vault) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, store.ErrNoSpace):
 		v.log.Warn("request refused: disk full", zap.String("request_id", ri.id), zap.String("route", route(r)),
 			zap.String("principal", ri.principal), zap.Error(err))
-		ae = &apiError{http.StatusInsufficientStorage, wire.CodeNoSpace, "the vault's data disk is full; tell the vault's administrator"}
+		ae = &apiError{status: http.StatusInsufficientStorage, code: wire.CodeNoSpace, msg: "the vault's data disk is full; tell the vault's administrator"}
 	default:
 		v.log.Error("request failed", zap.String("request_id", ri.id), zap.String("route", route(r)),
 			zap.String("principal", ri.principal), zap.Error(err))
-		ae = &apiError{http.StatusInternalServerError, wire.CodeInternal,
-			fmt.Sprintf("internal error (request id %s); the vault's log has the details", ri.id)}
+		ae = &apiError{status: http.StatusInternalServerError, code: wire.CodeInternal,
+			msg: fmt.Sprintf("internal error (request id %s); the vault's log has the details", ri.id)}
 	}
+	setRetryAfter(w, ae.retryAfter)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(ae.status)
 	json.NewEncoder(w).Encode(wire.Error{Code: ae.code, Message: ae.msg, RequestID: ri.id})
@@ -183,7 +185,10 @@ func (v *Vault) agentRoutes(authn authenticator) *router {
 	return rt
 }
 
-func (v *Vault) agentHandler() http.Handler { return v.agentRoutes(v.authenticateAgent).handler() }
+func (v *Vault) agentHandler() http.Handler {
+	rt := v.agentRoutes(v.authenticateAgent)
+	return withRequestID(v.guard(rt.mux)) // guard: deadlines and enrolment rate (deadline.go)
+}
 
 func (v *Vault) enroll(w http.ResponseWriter, r *http.Request) error {
 	var req wire.EnrollRequest
@@ -351,6 +356,7 @@ func (v *Vault) openSession(w http.ResponseWriter, r *http.Request, c *caller) e
 			delete(v.sessions, id) // the agent restarted: the new session replaces the old
 		}
 	}
+	v.capSessionsLocked(c.ID) // limits.go
 	v.sessions[s.id] = s
 	v.smu.Unlock()
 	writeJSON(w, wire.Session{ID: s.id, Previous: prev, Expires: now.Add(v.opts.SessionTTL)})
@@ -431,12 +437,11 @@ func (v *Vault) upload(w http.ResponseWriter, r *http.Request, c *caller) error 
 	if err != nil {
 		return err
 	}
-	select {
-	case v.uploads <- struct{}{}:
-		defer func() { <-v.uploads }()
-	case <-r.Context().Done():
-		return r.Context().Err()
+	release, err := v.uploads.acquire(r.Context(), c.Company, c.ID) // fair slots (limits.go)
+	if err != nil {
+		return err
 	}
+	defer release()
 	// The body is processed as it arrives, one chunk at a time: each is
 	// verified, sealed and appended past the pack's committed length, and
 	// the whole request is committed at the end or cut off at the first
@@ -557,6 +562,11 @@ func (v *Vault) commit(w http.ResponseWriter, r *http.Request, c *caller) error 
 	if err != nil {
 		return err
 	}
+	release, err := v.uploads.acquire(r.Context(), c.Company, c.ID) // fair slots (limits.go)
+	if err != nil {
+		return err
+	}
+	defer release()
 	var req wire.Commit
 	if err := readJSON(r, &req); err != nil {
 		return err
@@ -740,6 +750,11 @@ func (v *Vault) versions(w http.ResponseWriter, r *http.Request, c *caller) erro
 }
 
 func (v *Vault) getChunks(w http.ResponseWriter, r *http.Request, c *caller) error {
+	release, err := v.downloads.acquire(r.Context(), c.Company, c.ID) // fair slots (limits.go)
+	if err != nil {
+		return err
+	}
+	defer release()
 	body, err := readBody(r, wire.MaxGetIDs*32)
 	if err != nil {
 		return err
@@ -749,7 +764,7 @@ func (v *Vault) getChunks(w http.ResponseWriter, r *http.Request, c *caller) err
 		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
 	}
 	w.Header().Set("Content-Type", wire.MediaFrames)
-	var buf, out []byte
+	var buf []byte
 	for _, id := range ids {
 		var loc store.Location
 		buf, loc, err = v.Store.Get(c.Company, c.keys.aead, id, buf[:0])
@@ -764,9 +779,14 @@ func (v *Vault) getChunks(w http.ResponseWriter, r *http.Request, c *caller) err
 			f = wire.Frame{ID: id, Kind: wire.StatusDamaged,
 				Payload: fmt.Appendf(nil, "the vault cannot read this chunk (request id %s); the vault's log has the details", ri.id)}
 		}
-		out = wire.AppendFrame(out[:0], &f)
-		if _, err := w.Write(out); err != nil {
-			return nil // client went away
+		// Header and payload are written from where they are: a download
+		// holds one chunk, not a copy of it as a frame.
+		hdr := wire.FrameHeader(&f)
+		if _, err := w.Write(hdr[:]); err != nil {
+			return nil // client went away (or stopped reading: deadline.go)
+		}
+		if _, err := w.Write(f.Payload); err != nil {
+			return nil
 		}
 	}
 	return nil
@@ -811,6 +831,11 @@ func (v *Vault) journal(w http.ResponseWriter, r *http.Request, c *caller) error
 	if err != nil {
 		return err
 	}
+	release, err := v.uploads.acquire(r.Context(), c.Company, c.ID) // fair slots (limits.go)
+	if err != nil {
+		return err
+	}
+	defer release()
 	var req wire.JournalCommit
 	if err := readJSON(r, &req); err != nil {
 		return err

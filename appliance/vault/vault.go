@@ -38,6 +38,7 @@ type Options struct {
 	Log        *zap.Logger
 	Clock      clock.Clock
 	SessionTTL time.Duration // idle time after which an open session is forgotten
+	Limits     Limits        // fairness and memory limits (limits.go); zero fields take their defaults
 }
 
 // Vault is a running vault.
@@ -56,7 +57,11 @@ type Vault struct {
 	smu      sync.Mutex
 	sessions map[string]*session
 
-	uploads chan struct{} // bounds concurrent upload requests (memory)
+	limits     Limits
+	uploads    *slotPool // upload, commit and journal requests (limits.go)
+	downloads  *slotPool
+	conns      *connCaps
+	enrollRate *enrollLimiter
 }
 
 type companyKeys struct {
@@ -86,7 +91,8 @@ func Open(opts Options) (*Vault, error) {
 		return nil, err
 	}
 	v := &Vault{opts: opts, log: opts.Log, clk: opts.Clock, master: pack.NewAEAD(mk),
-		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, uploads: make(chan struct{}, 4)}
+		keys: map[string]*companyKeys{}, sessions: map[string]*session{}}
+	v.initLimits(opts.Limits)
 	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
 		return nil, err
 	}
@@ -200,9 +206,10 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		NextProtos:   []string{"h2", "http/1.1"},
 	}
+	ln, tlsConf = v.conns.listener(ln), v.conns.tlsConfig(tlsConf) // connection caps (conn.go)
 	errLog, _ := zap.NewStdLogAt(v.log.Named("http"), zap.WarnLevel)
 	agentSrv := &http.Server{Handler: v.agentHandler(), TLSConfig: tlsConf, ErrorLog: errLog,
-		ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute}
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxStreams}}
 	adminSrv := &http.Server{Handler: v.adminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 30 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- agentSrv.ServeTLS(ln, "", "") }()

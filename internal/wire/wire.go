@@ -60,7 +60,7 @@ const (
 	CodeMismatch       = "chunk_mismatch"  // a chunk's content does not hash to its ID
 	CodeMissingChunk   = "missing_chunk"   // a commit references chunks the vault lacks
 	CodeNotFound       = "not_found"
-	CodeBusy           = "busy" // another session for this configuration is open
+	CodeBusy           = "busy" // too many requests of this company or computer in flight: retry after Retry-After
 	CodeInternal       = "internal"
 	CodeNoSpace        = "no_space" // the vault's disk is full
 )
