@@ -486,3 +486,43 @@ func TestHostileAbsurdSizes(t *testing.T) {
 	h.requireOutsideUnchanged()
 	noTemporaries(t, h.target)
 }
+
+// Symlinks to outside planted in the target before the restore, at the
+// names of a directory, a file and a hard link, are never written
+// through, whatever the policy for existing objects.
+func TestHostileExistingSymlinks(t *testing.T) {
+	for _, existing := range []Existing{Skip, Overwrite, KeepBoth} {
+		t.Run(string(existing), func(t *testing.T) {
+			h := newHostile(t)
+			for name, to := range map[string]string{"d": "dir", "f": "secret", "l": "secret", "d2": "dir"} {
+				must(t, os.Symlink(filepath.Join(h.outside, to), filepath.Join(h.target, name)))
+			}
+			d := dir("d")
+			d.Mode = 0o777
+			f := h.content("f", "restored f\n")
+			f.Mode = 0o666
+			g := h.content("g", "restored g\n")
+			g.Nlink = 2
+			l := file("l")
+			l.LinkTo, l.Nlink = []byte("g"), 2
+			o := h.options()
+			o.Existing = existing
+			res, err := h.restore(o, d, h.content("d/x", "restored x\n"), dir("d2"), f, g, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.requireOutsideUnchanged()
+			// A directory never replaces what is there (as before).
+			requireReported(t, "problem", res.Problems, "d", "exists")
+			requireReported(t, "problem", res.Problems, "d/x", "not a directory")
+			if existing == Overwrite {
+				requireContent(t, filepath.Join(h.target, "f"), "restored f\n")
+				requireContent(t, filepath.Join(h.target, "l"), "restored g\n")
+			}
+			if existing == KeepBoth {
+				requireContent(t, filepath.Join(h.target, "f.restored"), "restored f\n")
+				requireContent(t, filepath.Join(h.target, "l.restored"), "restored g\n")
+			}
+		})
+	}
+}
