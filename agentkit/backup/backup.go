@@ -326,7 +326,16 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 			if it.node.Status != tree.StatusOK {
 				problems = append(problems, fmt.Sprintf("%s: %s", it.node.Path, it.node.Err))
 			}
-			if err := tw.Write(&it.node); err != nil {
+			err := tw.Write(&it.node)
+			if tree.IsLimit(err) {
+				skip, problem := fitLimits(&it.node, err)
+				problems = append(problems, problem)
+				o.Log.Warn("node over a listing limit", zap.String("problem", problem))
+				if err = nil; !skip {
+					err = tw.Write(&it.node)
+				}
+			}
+			if err != nil {
 				lw.CloseWithError(err)
 				for range order {
 				}

@@ -71,7 +71,7 @@ func OpenListing(ctx context.Context, src Source, chunkKey [32]byte, refs []tree
 		}
 		pw.Close()
 	}()
-	rd, err := tree.NewReader(pr)
+	rd, err := tree.NewListingReader(pr, refs)
 	stop := func() { cancel(); pr.Close() }
 	if err != nil {
 		stop()

@@ -619,7 +619,7 @@ func (v *Vault) checkListing(r *http.Request, company string, k *companyKeys, li
 	}
 	lr := v.listingReader(company, k, listing)
 	defer lr.Close() // stops the reader's goroutine when we return early
-	rd, err := tree.NewReader(lr)
+	rd, err := tree.NewListingReader(lr, listing)
 	if err != nil {
 		return t, listingErr(err)
 	}

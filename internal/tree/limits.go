@@ -39,8 +39,9 @@ const (
 	// node describes is about 1 TiB at the chunker's average chunk size
 	// (1 MiB), and at least 256 GiB at its minimum size (256 KiB).
 	MaxChunks = 1 << 20
-	// MaxExtents bounds a sparse file's data extents (a file with more
-	// is recorded without holes: see agentkit/backup).
+	// MaxExtents bounds a sparse file's data extents. The agent records a
+	// node over any of these limits as unreadable, with the reason
+	// (agentkit/backup/limits.go), or leaves out a path over MaxPathLen.
 	MaxExtents = 1 << 18
 	// MaxNodeBytes bounds one encoded node: MaxChunks references (42 bytes
 	// each), MaxExtents extents (at most 21 bytes each) and the rest.
