@@ -196,7 +196,11 @@ func Open(dir string, opts Options) (*Catalog, error) {
 	}
 	c := &Catalog{db: db, dir: dir, opts: opts, log: opts.Log, clk: opts.Clock,
 		seen: contacts{pending: map[string]time.Time{}}, stop: make(chan struct{}), done: make(chan struct{})}
-	if err := c.reconcileRevocations(); err != nil {
+	if err := c.ReapplyRevocations(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := c.keepSealed(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -292,6 +296,14 @@ func (c *Catalog) Enroll(secret []byte, now time.Time, comp func(company string)
 // DATA/revoked, so a catalog rebuilt from packs never un-revokes it.
 func (c *Catalog) Revoke(id string, now time.Time) error {
 	_, err := c.apply(KindRevoke, RevokeCmd{Computer: id, Time: now})
+	return err
+}
+
+// RecordComputer records a computer found in the packs (a rebuild of the
+// catalog): no token, and the name, fingerprint and settings are whatever
+// the rebuild knows.
+func (c *Catalog) RecordComputer(cp Computer) error {
+	_, err := c.apply(KindRecordComputer, RecordComputerCmd{Computer: cp})
 	return err
 }
 

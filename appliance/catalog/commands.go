@@ -29,6 +29,9 @@ const (
 	KindAddJournal    Kind = "add_journal"
 	KindPutReport     Kind = "put_report"
 	KindContact       Kind = "contact"
+	// KindRecordComputer records a computer without a token: only a
+	// catalog rebuilt from packs uses it.
+	KindRecordComputer Kind = "record_computer"
 )
 
 // MaxCommand bounds an encoded command.
@@ -86,6 +89,9 @@ type (
 	PutReportCmd struct {
 		Computer string      `json:"computer"`
 		Report   wire.Report `json:"report"`
+	}
+	RecordComputerCmd struct {
+		Computer Computer `json:"computer"`
 	}
 	ContactCmd struct {
 		Seen map[string]time.Time `json:"seen"` // computer id -> last authenticated request
@@ -163,17 +169,18 @@ var appliers map[Kind]applier
 
 func init() {
 	appliers = map[Kind]applier{
-		KindCreateCompany: typed(applyCreateCompany),
-		KindAddToken:      typed(applyAddToken),
-		KindEnroll:        typed(applyEnroll),
-		KindRevoke:        typed(applyRevoke),
-		KindSetSettings:   typed(applySetSettings),
-		KindPutConfig:     typed(applyPutConfig),
-		KindDeleteConfig:  typed(applyDeleteConfig),
-		KindAddVersion:    typed(applyAddVersion),
-		KindAddJournal:    typed(applyAddJournal),
-		KindPutReport:     typed(applyPutReport),
-		KindContact:       typed(applyContact),
+		KindCreateCompany:  typed(applyCreateCompany),
+		KindAddToken:       typed(applyAddToken),
+		KindEnroll:         typed(applyEnroll),
+		KindRevoke:         typed(applyRevoke),
+		KindSetSettings:    typed(applySetSettings),
+		KindPutConfig:      typed(applyPutConfig),
+		KindDeleteConfig:   typed(applyDeleteConfig),
+		KindAddVersion:     typed(applyAddVersion),
+		KindAddJournal:     typed(applyAddJournal),
+		KindPutReport:      typed(applyPutReport),
+		KindContact:        typed(applyContact),
+		KindRecordComputer: typed(applyRecordComputer),
 	}
 }
 
@@ -388,4 +395,18 @@ func applyContact(c *Catalog, tx *bbolt.Tx, p ContactCmd) (any, error) {
 		}
 	}
 	return nil, nil
+}
+
+func applyRecordComputer(c *Catalog, tx *bbolt.Tx, p RecordComputerCmd) (any, error) {
+	cp := p.Computer
+	if err := ValidComputerID(cp.ID); err != nil {
+		return nil, err
+	}
+	if tx.Bucket(bCompanies).Get([]byte(cp.Company)) == nil {
+		return nil, fmt.Errorf("company %q: %w", cp.Company, ErrNotFound)
+	}
+	if tx.Bucket(bComputers).Get([]byte(cp.ID)) != nil {
+		return nil, fmt.Errorf("computer %q: %w", cp.ID, ErrExists)
+	}
+	return nil, put(tx.Bucket(bComputers), bComputers, []byte(cp.ID), cp)
 }

@@ -169,9 +169,10 @@ func ReadRevocations(dir string, bad func(line int, err error)) ([]Revocation, e
 	return out, nil
 }
 
-// reconcileRevocations revokes in the catalog every computer that
+// ReapplyRevocations revokes in the catalog every computer that
 // DATA/revoked revokes (a catalog restored from an old copy or rebuilt).
-func (c *Catalog) reconcileRevocations() error {
+// Open calls it.
+func (c *Catalog) ReapplyRevocations() error {
 	rs, err := ReadRevocations(c.dir, func(line int, err error) { c.log.Warn("skip a revocation line", zap.Error(err)) })
 	if err != nil {
 		return err
@@ -212,4 +213,23 @@ func syncPath(p string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// keepSealed writes DATA/keys/COMPANY.sealed for every company that lacks
+// it (a catalog made before the secrets were kept beside it).
+func (c *Catalog) keepSealed() error {
+	cos, err := c.Companies()
+	if err != nil {
+		return err
+	}
+	for _, co := range cos {
+		if _, err := os.Stat(SealedPath(c.dir, co.Name)); err == nil {
+			continue
+		}
+		if err := c.writeSealed(co.Name, co.Sealed); err != nil {
+			return err
+		}
+		c.log.Info("company secret sealed beside the catalog", zap.String("company", co.Name))
+	}
+	return nil
 }

@@ -96,11 +96,18 @@ func Open(opts Options) (*Vault, error) {
 	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
 		return nil, err
 	}
+	if err := checkCatalogThere(opts.Dir); err != nil {
+		return nil, err
+	}
 	if v.Catalog, err = catalog.Open(opts.Dir, catalog.Options{Log: opts.Log.Named("catalog"), Clock: opts.Clock}); err != nil {
 		return nil, err
 	}
 	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store"), v.storeOptions()); err != nil {
 		v.Catalog.Close()
+		return nil, err
+	}
+	if err := v.checkIndex(nil); err != nil { // the store's index rebuild is wired here once it lands
+		v.Close()
 		return nil, err
 	}
 	return v, nil

@@ -62,6 +62,8 @@ Commands:
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
                                  ("" for unlimited)
   verify                         check every stored byte and every version's references
+  rebuild-catalog [-fresh]       (vault stopped) record every version whose manifest is in the packs;
+                                 -fresh moves catalog.db aside and rebuilds it from the packs alone
 
 Exit status: 0 success, 1 error, 2 usage, 3 verify found damage.
 `
@@ -203,6 +205,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if !rep.OK() {
 			return exitError{exitDamaged}
 		}
+	case a[0] == "rebuild-catalog" && len(a) <= 2 && (len(a) == 1 || a[1] == "-fresh"):
+		res, err := vault.RebuildCatalog(ctx, *data, len(a) == 2, nil)
+		if err != nil {
+			return err
+		}
+		if res.OldCatalog != "" {
+			fmt.Fprintf(stdout, "old catalog kept as %s\n", res.OldCatalog)
+		}
+		for _, p := range res.Problems {
+			fmt.Fprintln(stdout, "PROBLEM", p)
+		}
+		for _, n := range res.NoSpec {
+			fmt.Fprintf(stdout, "NO SPEC %s: its versions restore; run `vault-agent config set` on the computer to back it up again\n", n)
+		}
+		fmt.Fprintf(stdout, "catalog rebuilt from the packs: %d companies, %d computers, %d versions added; %d versions were already there\n",
+			res.Companies, res.Computers, res.Versions, res.Kept)
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", strings.Join(a, " "))
