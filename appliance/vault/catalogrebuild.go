@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -49,9 +48,8 @@ func RebuildCatalog(ctx context.Context, dir string, fresh bool, log *zap.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	if c, err := net.DialTimeout("unix", filepath.Join(dir, "admin.sock"), time.Second); err == nil {
-		c.Close()
-		return res, fmt.Errorf("rebuild catalog: the vault is running on %s (its admin socket answers): stop vaultd first", dir)
+	if err := checkStopped(dir); err != nil {
+		return res, fmt.Errorf("rebuild catalog: %w", err)
 	}
 	mkPath := filepath.Join(dir, "master.key")
 	if _, err := os.Stat(mkPath); err != nil {
@@ -116,7 +114,7 @@ func RebuildCatalog(ctx context.Context, dir string, fresh bool, log *zap.Logger
 		return res, err
 	}
 
-	if v.Store, err = store.Open(dir, log.Named("store")); err != nil {
+	if v.Store, err = store.Open(dir, log.Named("store"), v.storeOptions()); err != nil {
 		return res, err
 	}
 	defer v.Store.Close()

@@ -106,7 +106,7 @@ func Open(opts Options) (*Vault, error) {
 		v.Catalog.Close()
 		return nil, err
 	}
-	if err := v.checkIndex(nil); err != nil { // the store's index rebuild is wired here once it lands
+	if err := v.checkIndex(func() error { _, err := v.Store.Rebuild(context.Background(), nil); return err }); err != nil {
 		v.Close()
 		return nil, err
 	}
