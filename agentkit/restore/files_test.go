@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +25,7 @@ import (
 // of frames.
 type countingSource struct {
 	memSource
+	mu       sync.Mutex // the workers fetch at once
 	requests int
 	frames   int
 	cutAfter int // 0: never
@@ -32,10 +34,15 @@ type countingSource struct {
 var errCut = errors.New("connection reset by peer")
 
 func (c *countingSource) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	c.mu.Lock()
 	c.requests++
+	c.mu.Unlock()
 	return c.memSource.GetChunks(ctx, ids, func(f *wire.Frame) error {
+		c.mu.Lock()
 		c.frames++
-		if c.cutAfter > 0 && c.frames > c.cutAfter {
+		cut := c.cutAfter > 0 && c.frames > c.cutAfter
+		c.mu.Unlock()
+		if cut {
 			return errCut
 		}
 		return fn(f)

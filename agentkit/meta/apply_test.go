@@ -1,0 +1,83 @@
+package meta
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/internal/tree"
+)
+
+// A name swapped for a symlink to elsewhere after it was created: Apply
+// refuses it (wrong type) and changes nothing where the symlink points;
+// ApplyFD on the symlink itself changes the symlink, never its target
+// (issue 10 item 10: chmod used to follow a final symlink).
+func TestApplyNeverFollowsASwappedSymlink(t *testing.T) {
+	d := t.TempDir()
+	victim := filepath.Join(d, "victim")
+	if err := os.WriteFile(victim, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(d, "in"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(d, "in", "f")); err != nil {
+		t.Fatal(err)
+	}
+	dfd := openDir(t, filepath.Join(d, "in"))
+	n := tree.Node{Path: []byte("f"), Type: tree.TypeFile, Mode: 0o4777, Mtime: tree.Timespec{Sec: 5}, Atime: tree.Timespec{Sec: 5},
+		Xattrs: []tree.Xattr{{Name: "user.hostile", Value: []byte("1")}}}
+	var before unix.Stat_t
+	if err := unix.Stat(victim, &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := Apply(dfd, "f", &n, Options{SkipOwner: true}); !errors.Is(err, ErrWrongType) {
+		t.Errorf("Apply on a symlink where a file was made: %v, want ErrWrongType", err)
+	}
+	fd, err := unix.Openat(dfd, "f", unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	sym := tree.Node{Type: tree.TypeSymlink, Mode: 0o777, Mtime: tree.Timespec{Sec: 7}, Atime: tree.Timespec{Sec: 7}}
+	if err := ApplyFD(fd, &sym, Options{SkipOwner: true}); err != nil {
+		t.Errorf("ApplyFD on a symlink: %v", err)
+	}
+	var after, link unix.Stat_t
+	if err := unix.Stat(victim, &after); err != nil {
+		t.Fatal(err)
+	}
+	if after.Mode != before.Mode || after.Mtim != before.Mtim {
+		t.Errorf("the symlink's target changed: mode %o mtime %v, was %o %v", after.Mode, after.Mtim, before.Mode, before.Mtim)
+	}
+	if _, err := unix.Getxattr(victim, "user.hostile", make([]byte, 8)); err == nil {
+		t.Errorf("the symlink's target got the xattr")
+	}
+	if err := unix.Lstat(filepath.Join(d, "in", "f"), &link); err != nil || link.Mtim.Sec != 7 {
+		t.Errorf("the symlink itself did not get its mtime: %v %v", link.Mtim, err)
+	}
+}
+
+// ApplyFD on a FIFO opened O_PATH sets its mode, times and owner without
+// opening it for reading or writing.
+func TestApplyFDOnPathDescriptor(t *testing.T) {
+	d := t.TempDir()
+	if err := unix.Mkfifo(filepath.Join(d, "p"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dfd := openDir(t, d)
+	n := tree.Node{Type: tree.TypeFIFO, Mode: 0o640, Mtime: tree.Timespec{Sec: 9, Nsec: 3}, Atime: tree.Timespec{Sec: 8}}
+	if err := Apply(dfd, "p", &n, Options{SkipOwner: true}); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(d, "p"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o640 || st.Mtim.Sec != 9 || st.Mtim.Nsec != 3 || st.Atim.Sec != 8 {
+		t.Errorf("fifo: mode %o mtime %v atime %v", st.Mode&0o7777, st.Mtim, st.Atim)
+	}
+}
