@@ -55,8 +55,8 @@ var routeCaps = map[string]Capability{
 	"POST " + wire.PathSession + "{id}/abort":   CapBackup,
 	"POST " + wire.PathSession + "{id}/journal": CapBackup,
 	"POST " + wire.PathStatus:                   CapBackup,
-	"GET " + wire.PathVersions + "{config}":     CapRestore,
-	"GET " + wire.PathJournal + "{config}":      CapRestore,
+	"GET " + wire.PathVersions + "{config}":     CapView,
+	"GET " + wire.PathJournal + "{config}":      CapView,
 	"POST " + wire.PathChunks:                   CapRestore,
 	"PUT " + wire.PathSettings:                  CapConfigure,
 
@@ -204,15 +204,4 @@ func (v *Vault) authorize(pattern string, authn authenticator, h handlerFunc) ht
 			v.writeErr(w, r, err)
 		}
 	})
-}
-
-// agentOnly adapts a handler of the agent API, which acts for the computer
-// of the request's certificate.
-func agentOnly(h func(w http.ResponseWriter, r *http.Request, c *caller) error) handlerFunc {
-	return func(w http.ResponseWriter, r *http.Request, p *Principal) error {
-		if p.agent == nil {
-			return fail(http.StatusForbidden, wire.CodeForbidden, "%s is not a computer: this route is for agents", p)
-		}
-		return h(w, r, p.agent)
-	}
 }

@@ -31,10 +31,14 @@ func withRequestID(next http.Handler) http.Handler {
 	})
 }
 
-// info returns the request's info; a request that did not pass through
-// withRequestID (a test calling a handler) gets a fresh id.
-func info(r *http.Request) *requestInfo {
-	if ri, ok := r.Context().Value(requestKey{}).(*requestInfo); ok {
+// info returns the request's info.
+func info(r *http.Request) *requestInfo { return requestOf(r.Context()) }
+
+// requestOf returns the info of the request ctx belongs to, so an
+// operation can name the request in the log; a context that did not come
+// through withRequestID (a test calling an operation) gets a fresh id.
+func requestOf(ctx context.Context) *requestInfo {
+	if ri, ok := ctx.Value(requestKey{}).(*requestInfo); ok {
 		return ri
 	}
 	return &requestInfo{id: newRequestID()}

@@ -1,0 +1,214 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/store"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/pack"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// Commits: a session's version, or a journal record on top of the last
+// version. The catalog transaction is the single commit point; before it,
+// nothing of the session is visible.
+
+// Commit makes a session's listing the configuration's next version: every
+// chunk it references must be stored; the totals are computed from the
+// listing itself; the manifest goes into a pack and then into the catalog.
+func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Commit) (wire.Committed, error) {
+	c, s, err := v.session(p, id)
+	if err != nil {
+		return wire.Committed{}, err
+	}
+	totals, err := v.checkListing(ctx, s.company, c.keys, req.Listing)
+	if err != nil {
+		return wire.Committed{}, err
+	}
+	s.mu.Lock()
+	totals.ChunksSent, totals.BytesSent = s.chunksSent, s.bytesSent
+	s.mu.Unlock()
+	last, err := v.Catalog.LastSeq(c.ID, s.config)
+	if err != nil {
+		return wire.Committed{}, err
+	}
+	started := req.Started
+	if started.IsZero() {
+		started = s.started
+	}
+	m := wire.Manifest{Magic: wire.ManifestMagic, Company: s.company, Computer: c.ID, Config: s.config,
+		Seq: last + 1, Started: started.UTC(), Finished: v.clk.Now().UTC(), Listing: req.Listing, Totals: totals}
+	mb, err := tree.Marshal(&m)
+	if err != nil {
+		return wire.Committed{}, err
+	}
+	eh := pack.EntryHeader{Kind: pack.KindManifest, ID: keys.NewHasher(c.keys.set.ChunkID).Sum(mb), PlainLen: uint32(len(mb))}
+	data := pack.AppendEntry(nil, c.keys.aead, &eh, mb)
+	if err := v.Store.Put(s.company, []store.Entry{{Header: eh, Data: data}}); err != nil {
+		return wire.Committed{}, err
+	}
+	if err := v.Catalog.AddVersion(m, eh.ID); err != nil {
+		return wire.Committed{}, err
+	}
+	v.endSession(s)
+	v.log.Info("version committed", zap.String("computer", c.ID), zap.String("config", s.config), zap.Uint64("seq", m.Seq),
+		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent))
+	return wire.Committed{Seq: m.Seq}, nil
+}
+
+// AddJournal records a continuous-mode journal record on top of the
+// configuration's last version, checked like a commit. A record time in
+// the future (or none) becomes the vault's now.
+func (v *Vault) AddJournal(ctx context.Context, p *Principal, id string, req wire.JournalCommit) (wire.Journal, error) {
+	c, s, err := v.session(p, id)
+	if err != nil {
+		return wire.Journal{}, err
+	}
+	base, err := v.Catalog.LastSeq(c.ID, s.config)
+	if err != nil {
+		return wire.Journal{}, err
+	}
+	if base == 0 {
+		return wire.Journal{}, fail(http.StatusConflict, wire.CodeBadRequest, "configuration %q has no version yet: commit a full synchronization before journal records", s.config)
+	}
+	totals, err := v.checkListing(ctx, s.company, c.keys, req.Listing)
+	if err != nil {
+		return wire.Journal{}, err
+	}
+	t := req.Time
+	if t.IsZero() || t.After(v.clk.Now()) {
+		t = v.clk.Now()
+	}
+	return v.Catalog.AddJournal(c.ID, s.config, wire.Journal{Base: base, Time: t.UTC(), Listing: req.Listing, Totals: totals})
+}
+
+// checkListing reads a version's listing and checks that every chunk it
+// references is in the store; it returns the version's totals, computed
+// from the listing itself.
+func (v *Vault) checkListing(ctx context.Context, company string, k *companyKeys, listing []tree.ChunkRef) (wire.Totals, error) {
+	var t wire.Totals
+	if len(listing) == 0 {
+		return t, fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: empty listing")
+	}
+	lr := v.listingReader(company, k, listing)
+	defer lr.Close() // stops the reader's goroutine when we return early
+	rd, err := tree.NewListingReader(lr, listing)
+	if err != nil {
+		return t, listingErr(err)
+	}
+	var pending [][32]byte
+	check := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		has, err := v.Store.Has(company, pending)
+		if err != nil {
+			return err
+		}
+		for i, h := range has {
+			if !h {
+				return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: the listing references chunk %x that the vault lacks: upload it first", pending[i][:8])
+			}
+		}
+		pending = pending[:0]
+		return nil
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return t, err
+		}
+		n, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return t, listingErr(err)
+		}
+		switch n.Type {
+		case tree.TypeFile:
+			t.Files++
+			t.Bytes += n.Size
+		case tree.TypeDir:
+			t.Dirs++
+		case tree.TypeDeleted:
+			t.Deleted++
+		}
+		switch n.Status {
+		case tree.StatusUnreadable:
+			t.Unreadable++
+		case tree.StatusInconsistent:
+			t.Inconsistent++
+		}
+		for _, c := range n.Chunks {
+			pending = append(pending, c.ID)
+		}
+		if len(pending) >= 4096 {
+			if err := check(); err != nil {
+				return t, err
+			}
+		}
+	}
+	return t, check()
+}
+
+func listingErr(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return err
+	}
+	var se *storeReadError
+	if errors.As(err, &se) {
+		if errors.Is(err, store.ErrNotFound) {
+			return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: listing chunk %x is missing: upload it first", se.id[:8])
+		}
+		return err // the vault could not read its own store: internal, logged
+	}
+	return fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: bad listing: %v", err)
+}
+
+// storeReadError is the vault failing to read a listing chunk from its
+// store, as opposed to the listing being bad.
+type storeReadError struct {
+	id  [32]byte
+	err error
+}
+
+func (e *storeReadError) Error() string { return fmt.Sprintf("listing chunk %x: %v", e.id[:8], e.err) }
+func (e *storeReadError) Unwrap() error { return e.err }
+
+// listingReader streams the plaintext of a listing's chunks. The caller
+// closes it, which also ends its goroutine.
+func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		h := keys.NewHasher(k.set.ChunkID)
+		var buf, plain []byte
+		for _, ref := range refs {
+			var err error
+			var loc store.Location
+			buf, loc, err = v.Store.Get(company, k.aead, ref.ID, buf[:0])
+			if err == nil {
+				plain, err = wire.Decompress(plain[:0], loc.Flags, buf, loc.PlainLen)
+			}
+			if err == nil && h.Sum(plain) != ref.ID {
+				err = fmt.Errorf("%w: listing chunk %x does not hash to its id", store.ErrDamaged, ref.ID[:8])
+			}
+			if err != nil {
+				pw.CloseWithError(&storeReadError{id: ref.ID, err: err})
+				return
+			}
+			if _, err := pw.Write(plain); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	return pr
+}

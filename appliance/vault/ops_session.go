@@ -1,0 +1,284 @@
+package vault
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"vaultnode/internal/keys"
+	"vaultnode/internal/pack"
+	"vaultnode/internal/wire"
+)
+
+// Sessions: an agent opens one per synchronization of a configuration,
+// asks which chunks the vault lacks, uploads them, and commits or aborts
+// (ops_commit.go). Sessions hold no data; they scope uploads and commits,
+// and only their own computer may use them.
+
+// session is an open synchronization of one configuration.
+type session struct {
+	id       string
+	company  string
+	computer string
+	config   string
+	previous uint64
+	started  time.Time
+
+	mu         sync.Mutex
+	lastUsed   time.Time
+	chunksSent int64
+	bytesSent  int64
+}
+
+// OpenSession opens a session for one of the agent's configurations; it
+// replaces any open session of that configuration (the agent restarted).
+func (v *Vault) OpenSession(ctx context.Context, p *Principal, config string) (wire.Session, error) {
+	c, err := self(p, CapBackup)
+	if err != nil {
+		return wire.Session{}, err
+	}
+	if _, err := v.Catalog.Config(c.ID, config); err != nil {
+		return wire.Session{}, fail(http.StatusNotFound, wire.CodeNotFound, "configuration %q does not exist for this computer: create it first", config)
+	}
+	prev, err := v.Catalog.LastSeq(c.ID, config)
+	if err != nil {
+		return wire.Session{}, err
+	}
+	var b [16]byte
+	rand.Read(b[:])
+	now := v.clk.Now()
+	s := &session{id: hex.EncodeToString(b[:]), company: c.Company, computer: c.ID, config: config,
+		previous: prev, started: now, lastUsed: now}
+	v.smu.Lock()
+	for id, old := range v.sessions {
+		if old.computer == c.ID && old.config == config {
+			delete(v.sessions, id) // the agent restarted: the new session replaces the old
+		}
+	}
+	v.capSessionsLocked(c.ID) // limits.go
+	v.sessions[s.id] = s
+	v.smu.Unlock()
+	return wire.Session{ID: s.id, Previous: prev, Expires: now.Add(v.opts.SessionTTL)}, nil
+}
+
+// session finds the agent's open session id. Another computer's session is
+// unknown to it, in its company or not.
+func (v *Vault) session(p *Principal, id string) (*caller, *session, error) {
+	c, err := self(p, CapBackup)
+	if err != nil {
+		return nil, nil, err
+	}
+	v.smu.Lock()
+	s := v.sessions[id]
+	v.smu.Unlock()
+	if s == nil || s.computer != c.ID {
+		return nil, nil, fail(http.StatusNotFound, wire.CodeUnknownSession, "unknown session %q (expired, finished or replaced): open a new session", id)
+	}
+	s.mu.Lock()
+	s.lastUsed = v.clk.Now()
+	s.mu.Unlock()
+	return c, s, nil
+}
+
+// admit takes a slot of pool for the agent's request (fair slots,
+// limits.go) before its body is read: after checking the session id it
+// names, if any, or else that the agent holds need.
+func (v *Vault) admit(ctx context.Context, pool *slotPool, p *Principal, need Capability, id string) (release func(), err error) {
+	var c *caller
+	if id != "" {
+		c, _, err = v.session(p, id)
+	} else {
+		c, err = self(p, need)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return pool.acquire(ctx, c.Company, c.ID)
+}
+
+func (v *Vault) endSession(s *session) {
+	v.smu.Lock()
+	delete(v.sessions, s.id)
+	v.smu.Unlock()
+}
+
+// expireSessions forgets sessions idle longer than SessionTTL, until ctx is
+// done.
+func (v *Vault) expireSessions(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-v.clk.After(time.Minute):
+		}
+		now := v.clk.Now()
+		v.smu.Lock()
+		for id, s := range v.sessions {
+			s.mu.Lock()
+			idle := now.Sub(s.lastUsed)
+			s.mu.Unlock()
+			if idle > v.opts.SessionTTL {
+				delete(v.sessions, id)
+			}
+		}
+		v.smu.Unlock()
+	}
+}
+
+// Abort ends a session without a version.
+func (v *Vault) Abort(ctx context.Context, p *Principal, id string) error {
+	_, s, err := v.session(p, id)
+	if err != nil {
+		return err
+	}
+	v.endSession(s)
+	return nil
+}
+
+// Lack answers which of ids the vault lacks for the agent's company: a
+// bitmap, bit i set when it lacks ids[i].
+func (v *Vault) Lack(ctx context.Context, p *Principal, id string, ids [][32]byte) ([]byte, error) {
+	_, s, err := v.session(p, id)
+	if err != nil {
+		return nil, err
+	}
+	has, err := v.Store.Has(s.company, ids)
+	if err != nil {
+		return nil, err
+	}
+	bitmap := make([]byte, (len(ids)+7)/8)
+	for i, h := range has {
+		if !h {
+			bitmap[i/8] |= 1 << (i % 8)
+		}
+	}
+	return bitmap, nil
+}
+
+// uploadBuffers are an upload request's working buffers: the frame as
+// read, its plaintext, its sealed entry. Reused, they spare the collector
+// three chunk-sized allocations per chunk.
+type uploadBuffers struct{ frame, plain, sealed []byte }
+
+var uploadBufs = sync.Pool{New: func() any { return new(uploadBuffers) }}
+
+// Upload stores the chunks of body, a stream of frames of at most
+// wire.MaxUploadBody bytes (size is its declared length, -1 if unknown),
+// and returns how many it appended. Every chunk is checked against its id;
+// the request is stored whole or not at all.
+func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64, body io.Reader) (int, error) {
+	c, s, err := v.session(p, id)
+	if err != nil {
+		return 0, err
+	}
+	release, err := v.uploads.acquire(ctx, c.Company, c.ID) // fair slots (limits.go)
+	if err != nil {
+		return 0, err
+	}
+	defer release()
+	// The body is processed as it arrives, one chunk at a time: each is
+	// verified, sealed and appended past the pack's committed length, and
+	// the whole request is committed at the end or cut off at the first
+	// bad chunk. A request holds about three chunks of memory, whatever
+	// its size.
+	if size > wire.MaxUploadBody {
+		return 0, fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body of %d bytes is over the %d limit", size, wire.MaxUploadBody)
+	}
+	lb := &limitedBody{r: body, left: wire.MaxUploadBody}
+	bufs := uploadBufs.Get().(*uploadBuffers)
+	fr := wire.NewFrameReaderBuffer(lb, bufs.frame)
+	scratch, sealed := bufs.plain, bufs.sealed
+	defer func() {
+		bufs.frame, bufs.plain, bufs.sealed = fr.Buffer(), scratch[:0], sealed[:0]
+		uploadBufs.Put(bufs)
+	}()
+	h := keys.NewHasher(c.keys.set.ChunkID)
+	app, err := v.Store.Append(s.company)
+	if err != nil {
+		return 0, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			app.Abort()
+		}
+	}()
+	var sent int64
+	for {
+		f, err := fr.Next()
+		if err == io.EOF {
+			break
+		}
+		if lb.over {
+			return 0, fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body is over the %d limit", wire.MaxUploadBody)
+		}
+		if err != nil {
+			return 0, fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: %v; nothing of this request was stored", err)
+		}
+		if f.Kind != wire.FrameData && f.Kind != wire.FrameListing {
+			return 0, fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x has unknown kind %d", f.ID[:8], f.Kind)
+		}
+		plain := f.Payload // checked as is unless compressed (or lying about its length)
+		if f.Flags != 0 || uint32(len(f.Payload)) != f.PlainLen {
+			scratch, err = wire.Decompress(scratch[:0], f.Flags, f.Payload, f.PlainLen)
+			if err != nil {
+				return 0, fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x: %v", f.ID[:8], err)
+			}
+			plain = scratch
+		}
+		if h.Sum(plain) != f.ID {
+			return 0, fail(http.StatusUnprocessableEntity, wire.CodeMismatch, "upload: chunk %x: content does not match its id; nothing of this request was stored", f.ID[:8])
+		}
+		sent += int64(len(f.Payload))
+		if has, err := v.Store.Has(s.company, [][32]byte{f.ID}); err != nil {
+			return 0, err
+		} else if has[0] {
+			continue // already stored (a retry, or another session): append nothing
+		}
+		eh := pack.EntryHeader{Kind: pack.Kind(f.Kind), Flags: f.Flags, ID: f.ID, PlainLen: f.PlainLen}
+		sealed = pack.AppendEntry(sealed[:0], c.keys.aead, &eh, f.Payload)
+		if err := app.Add(eh, sealed); err != nil {
+			return 0, err
+		}
+	}
+	n := app.Len()
+	committed = true
+	if err := app.Commit(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	s.chunksSent += int64(n)
+	s.bytesSent += sent
+	s.mu.Unlock()
+	return n, nil
+}
+
+// limitedBody reads at most left bytes and remembers whether the body
+// went over.
+type limitedBody struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		var one [1]byte
+		if n, _ := l.r.Read(one[:]); n > 0 {
+			l.over = true
+			return 0, errors.New("request body over the limit")
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
