@@ -1,6 +1,8 @@
 // Package vault is the vault service: it ties the chunk store, the catalog
 // and the certificate authority together and serves the agent API over
-// mutual TLS and the administration API on a Unix socket.
+// mutual TLS and the administration API on a Unix socket. Requests pass one
+// authorization table (authz.go) and call operations (ops_*.go) that hold
+// every rule; DESIGN.md says why.
 package vault
 
 import (
