@@ -127,3 +127,30 @@ func eofErr(err error) error {
 	}
 	return err
 }
+
+// ScanPack reads pack p's entries up to its committed length (or its end,
+// when the file is shorter), calling entry with each entry whose header is
+// valid and gap with each stretch of bytes that holds none. It returns the
+// pack's file header and size.
+func (s *Store) ScanPack(ctx context.Context, p PackInfo, entry func(off int64, h *pack.EntryHeader, body []byte) error,
+	gap func(Span) error) (pack.FileHeader, int64, error) {
+	f, err := os.Open(p.Path)
+	if err != nil {
+		return pack.FileHeader{}, 0, fmt.Errorf("open pack: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return pack.FileHeader{}, 0, fmt.Errorf("stat pack: %w", err)
+	}
+	hb := make([]byte, pack.FileHeaderSize)
+	if _, err := f.ReadAt(hb, 0); err != nil {
+		return pack.FileHeader{}, fi.Size(), fmt.Errorf("read pack header: %w", eofErr(err))
+	}
+	h, err := pack.ParseFileHeader(hb)
+	if err != nil {
+		return h, fi.Size(), err
+	}
+	w := &walker{f: f}
+	return h, fi.Size(), w.walk(ctx, pack.FileHeaderSize, min(p.Committed, fi.Size()), true, entry, gap)
+}

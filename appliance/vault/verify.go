@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
+	"time"
 
 	"vaultnode/appliance/store"
 	"vaultnode/internal/keys"
@@ -46,12 +46,39 @@ func (p Problem) String() string {
 
 // Report is the result of Verify.
 type Report struct {
-	Packs    int       `json:"packs"`
-	Entries  int64     `json:"entries"`
-	Bytes    int64     `json:"bytes"`
-	Versions int       `json:"versions"`
-	Files    int64     `json:"files"`
+	Packs    int   `json:"packs"`
+	Entries  int64 `json:"entries"`
+	Bytes    int64 `json:"bytes"`
+	Records  int64 `json:"records"` // index records checked
+	Versions int   `json:"versions"`
+	Journal  int   `json:"journal"` // journal records
+	Files    int64 `json:"files"`
+	// Dead counts damaged entries and stretches no index record points at:
+	// copies a heal superseded, or bytes never acknowledged. Not a
+	// problem; garbage collection reclaims them.
+	Dead     int64     `json:"dead"`
 	Problems []Problem `json:"problems"`
+	// Quarantined lists every chunk in quarantine after this run; New
+	// marks those this run put there.
+	Quarantined []QuarantinedChunk `json:"quarantined"`
+	// Healed lists chunks a backup sent again since the last verify.
+	Healed []HealedChunk `json:"healed"`
+}
+
+// QuarantinedChunk is a chunk found damaged: agents are asked for it again.
+type QuarantinedChunk struct {
+	Company string    `json:"company"`
+	Chunk   string    `json:"chunk"`
+	Since   time.Time `json:"since"`
+	Reason  string    `json:"reason"`
+	New     bool      `json:"new,omitempty"`
+}
+
+// HealedChunk is a quarantined chunk a good copy replaced.
+type HealedChunk struct {
+	Company string    `json:"company"`
+	Chunk   string    `json:"chunk"`
+	At      time.Time `json:"at"`
 }
 
 // OK reports whether nothing is damaged.
@@ -65,62 +92,123 @@ func (r *Report) add(p Problem) {
 	}
 }
 
-// Verify reads every pack entry, checks its seal, compression and chunk ID,
-// checks that the index points only at good entries, and that every
-// version's listing and every chunk it references are present and good.
+// scannedEntry is what verify keeps of one entry: 48 bytes, so a million
+// entries cost about 48 MB for the length of a verify.
+type scannedEntry struct {
+	id       [32]byte
+	off      uint32
+	bodyLen  uint32
+	plainLen uint32
+	kind     pack.Kind
+	flags    uint8
+	bad      bool // seal, compression or id check failed
+	indexed  bool // an index record points at it
+}
+
+type scannedPack struct {
+	company   string
+	committed int64 // checked up to
+	entries   []scannedEntry
+}
+
+// find returns the entry at off, or nil.
+func (p *scannedPack) find(off uint32) *scannedEntry {
+	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].off >= off })
+	if i < len(p.entries) && p.entries[i].off == off {
+		return &p.entries[i]
+	}
+	return nil
+}
+
+// Verify checks everything the vault holds, trusting nothing: it reads
+// every pack entry and checks its seal, compression and that the plaintext
+// hashes to its id with the company's key; it checks every index record
+// against the entry it points at (kind, id, lengths); and it walks every
+// version's and every journal record's listing, checking that each chunk
+// they reference is present and good. Chunks found damaged are quarantined
+// (agents are asked for them again); the report also lists the chunks
+// healed since the last run.
 func (v *Vault) Verify(ctx context.Context) (*Report, error) {
-	rep := &Report{Problems: []Problem{}}
+	rep := &Report{Problems: []Problem{}, Quarantined: []QuarantinedChunk{}, Healed: []HealedChunk{}}
+	healed, err := v.Store.TakeHealed()
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range healed {
+		rep.Healed = append(rep.Healed, HealedChunk{Company: h.Company, Chunk: hex.EncodeToString(h.ID[:]), At: h.At})
+	}
+	bad, err := v.Store.CheckIndex(maxProblems)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range bad {
+		rep.add(Problem{What: "malformed index record: " + b.String()})
+	}
 	packs, err := v.Store.Packs()
 	if err != nil {
 		return nil, err
 	}
-	good := map[uint32][]uint32{} // pack -> offsets of good entries, sorted
-	scanned := map[uint32]int64{} // pack -> committed length it was checked up to
-	stopped := map[uint32]int64{} // pack -> offset of a bad entry that stopped its scan
+	scanned := map[uint32]*scannedPack{}
 	damaged := map[[32]byte]bool{}
 	for _, p := range packs {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		rep.Packs++
-		scanned[p.Number] = p.Committed
 		k, err := v.companyKeys(p.Company)
 		if err != nil {
 			rep.add(Problem{Pack: p.Path, What: fmt.Sprintf("company %q: %v", p.Company, err)})
 			continue
 		}
-		var stop int64
-		good[p.Number], stop = v.verifyPack(p, k, rep, damaged)
-		if stop < p.Committed {
-			stopped[p.Number] = stop
+		if sp := v.verifyPack(ctx, p, k, rep); sp != nil {
+			scanned[p.Number] = sp
 		}
 	}
 	companies, err := v.Catalog.Companies()
 	if err != nil {
 		return nil, err
 	}
-	// Entries committed after their pack was scanned (backups run during a
-	// verify) are checked against the packs' committed lengths afterwards.
-	type lateEntry struct {
-		id  [32]byte
-		loc store.Location
+	type suspect struct {
+		company string
+		id      [32]byte
+		loc     store.Location
+		why     string
 	}
-	var late []lateEntry
+	var late, quarantine []suspect
 	for _, co := range companies {
 		err := v.Store.ForEachChunk(co.Name, func(id [32]byte, loc store.Location) error {
-			if c, ok := scanned[loc.Pack]; !ok || int64(loc.Offset) >= c {
-				late = append(late, lateEntry{id, loc})
+			rep.Records++
+			sp := scanned[loc.Pack]
+			if sp == nil || sp.company != co.Name {
+				if sp != nil {
+					quarantine = append(quarantine, suspect{co.Name, id, loc, fmt.Sprintf("the index points into pack %08x of company %q", loc.Pack, sp.company)})
+					return nil
+				}
+				late = append(late, suspect{co.Name, id, loc, ""})
 				return nil
 			}
-			offs := good[loc.Pack]
-			i := sort.Search(len(offs), func(i int) bool { return offs[i] >= loc.Offset })
-			if i == len(offs) || offs[i] != loc.Offset {
-				if stop, ok := stopped[loc.Pack]; ok && int64(loc.Offset) > stop && v.checkEntry(co.Name, id) == nil {
-					return nil // past a bad header, but good where the index says
-				}
-				damaged[id] = true
-				rep.add(Problem{Pack: v.Store.PackPath(loc.Pack), Offset: int64(loc.Offset), Chunk: hex.EncodeToString(id[:]),
-					What: "the index points at an entry that is missing or damaged"})
+			if int64(loc.Offset) >= sp.committed {
+				late = append(late, suspect{co.Name, id, loc, ""})
+				return nil
+			}
+			e := sp.find(loc.Offset)
+			why := ""
+			switch {
+			case e == nil:
+				why = "the index points at no entry (damaged bytes, or not an entry's start)"
+			case e.id != id:
+				why = fmt.Sprintf("the index points at the entry of another chunk, %x", e.id[:8])
+			case e.kind != loc.Kind || e.bodyLen != loc.BodyLen || e.plainLen != loc.PlainLen || e.flags != loc.Flags:
+				why = fmt.Sprintf("the index record (kind %d, body %d, plain %d, flags %d) disagrees with the entry (kind %d, body %d, plain %d, flags %d)",
+					loc.Kind, loc.BodyLen, loc.PlainLen, loc.Flags, e.kind, e.bodyLen, e.plainLen, e.flags)
+			case e.bad:
+				why = "the entry the index points at is damaged"
+			}
+			if e != nil {
+				e.indexed = true
+			}
+			if why != "" {
+				quarantine = append(quarantine, suspect{co.Name, id, loc, why})
 			}
 			return nil
 		})
@@ -128,6 +216,16 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 			return nil, err
 		}
 	}
+	for _, sp := range scanned {
+		for _, e := range sp.entries {
+			if e.bad && !e.indexed {
+				rep.Dead++
+			}
+		}
+	}
+	scanned = nil // the biggest structure: let it go before the listings
+	// Records committed after their pack was scanned (backups run during a
+	// verify) are read and checked one by one.
 	if len(late) > 0 {
 		now, err := v.Store.Packs()
 		if err != nil {
@@ -139,73 +237,116 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 		}
 		for _, l := range late {
 			if int64(l.loc.Offset)+pack.EntryHeaderSize+int64(l.loc.BodyLen) > committed[l.loc.Pack] {
-				damaged[l.id] = true
-				rep.add(Problem{Pack: v.Store.PackPath(l.loc.Pack), Offset: int64(l.loc.Offset), Chunk: hex.EncodeToString(l.id[:]),
-					What: "the index points past the committed end of its pack"})
+				l.why = "the index points past the committed end of its pack"
+			} else if err := v.checkEntry(l.company, l.id); err != nil && !errors.Is(err, store.ErrQuarantined) {
+				l.why = err.Error()
+			} else if err != nil {
+				l.why = "the entry the index points at is damaged"
+			}
+			if l.why != "" {
+				quarantine = append(quarantine, l)
 			}
 		}
 	}
+	newly := map[string]bool{}
+	for _, q := range quarantine {
+		damaged[q.id] = true
+		rep.add(Problem{Pack: v.Store.PackPath(q.loc.Pack), Offset: int64(q.loc.Offset), Chunk: hex.EncodeToString(q.id[:]),
+			What: q.why + "; quarantined: the next backup that has it sends it again"})
+		added, err := v.Store.Quarantine(q.company, q.id, q.why)
+		if err != nil {
+			return nil, err
+		}
+		if added {
+			newly[q.company+"/"+hex.EncodeToString(q.id[:])] = true
+		}
+	}
+	quarantined := map[string]map[[32]byte]store.Quarantine{}
+	for _, co := range companies {
+		qs, err := v.Store.Quarantined(co.Name)
+		if err != nil {
+			return nil, err
+		}
+		quarantined[co.Name] = qs
+		for id, q := range qs {
+			c := hex.EncodeToString(id[:])
+			rep.Quarantined = append(rep.Quarantined, QuarantinedChunk{Company: co.Name, Chunk: c,
+				Since: time.Unix(q.Since, 0).UTC(), Reason: q.Reason, New: newly[co.Name+"/"+c]})
+		}
+	}
+	sort.Slice(rep.Quarantined, func(i, j int) bool {
+		a, b := rep.Quarantined[i], rep.Quarantined[j]
+		return a.Company < b.Company || a.Company == b.Company && a.Chunk < b.Chunk
+	})
 	err = v.Catalog.AllVersions(func(m wire.Manifest) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		rep.Versions++
-		v.verifyVersion(m, rep, damaged)
+		v.verifyListing(m.Company, m.Computer, fmt.Sprintf("%s@%d", m.Config, m.Seq), m.Listing, rep, damaged, quarantined[m.Company])
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	owner := map[string]string{} // computer -> company
+	err = v.Catalog.AllJournal(func(computer, config string, j wire.Journal) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rep.Journal++
+		ver := fmt.Sprintf("%s@%d+%d", config, j.Base, j.N)
+		co, ok := owner[computer]
+		if !ok {
+			cp, err := v.Catalog.Computer(computer)
+			if err != nil {
+				rep.add(Problem{Computer: computer, Version: ver, What: fmt.Sprintf("journal record of an unknown computer: %v", err)})
+				return nil
+			}
+			co, owner[computer] = cp.Company, cp.Company
+		}
+		v.verifyListing(co, computer, ver, j.Listing, rep, damaged, quarantined[co])
 		return nil
 	})
 	return rep, err
 }
 
-// verifyPack scans a pack and returns the offsets of its good entries and
-// where the scan ended (p.Committed unless a bad entry stopped it).
-func (v *Vault) verifyPack(p store.PackInfo, k *companyKeys, rep *Report, damaged map[[32]byte]bool) ([]uint32, int64) {
-	var offs []uint32
-	f, err := os.Open(p.Path)
-	if err != nil {
-		rep.add(Problem{Pack: p.Path, What: fmt.Sprintf("cannot open pack: %v", err)})
-		return nil, 0
-	}
-	defer f.Close()
-	sc, err := pack.NewScanner(io.LimitReader(f, p.Committed))
-	if err != nil {
-		rep.add(Problem{Pack: p.Path, What: err.Error()})
-		return nil, 0
-	}
-	if sc.Header.Company != p.Company || sc.Header.Number != p.Number {
-		rep.add(Problem{Pack: p.Path, What: fmt.Sprintf("header names company %q pack %d, index says %q pack %d", sc.Header.Company, sc.Header.Number, p.Company, p.Number)})
-	}
+// verifyPack scans a pack up to its committed length and checks every
+// entry: seal, compression, and that the plaintext hashes to its id.
+func (v *Vault) verifyPack(ctx context.Context, p store.PackInfo, k *companyKeys, rep *Report) *scannedPack {
+	sp := &scannedPack{company: p.Company, committed: p.Committed}
 	h := keys.NewHasher(k.set.ChunkID)
 	var payload, plain []byte
-	for {
-		e, err := sc.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			rep.add(Problem{Pack: p.Path, Offset: sc.Offset(), What: fmt.Sprintf("%v; the rest of the pack cannot be scanned", err)})
-			break
-		}
+	fh, size, err := v.Store.ScanPack(ctx, p, func(off int64, eh *pack.EntryHeader, body []byte) error {
 		rep.Entries++
-		rep.Bytes += int64(len(e.Body))
-		id := hex.EncodeToString(e.Header.ID[:])
-		payload, err = pack.OpenBody(payload[:0], k.aead, &e.Header, e.Body)
+		rep.Bytes += int64(len(body))
+		var err error
+		payload, err = pack.OpenBody(payload[:0], k.aead, eh, body)
 		if err == nil {
-			plain, err = wire.Decompress(plain[:0], e.Header.Flags, payload, e.Header.PlainLen)
+			plain, err = wire.Decompress(plain[:0], eh.Flags, payload, eh.PlainLen)
 		}
-		if err == nil && h.Sum(plain) != e.Header.ID {
+		if err == nil && h.Sum(plain) != eh.ID {
 			err = errors.New("content does not hash to its id")
 		}
-		if err != nil {
-			damaged[e.Header.ID] = true
-			rep.add(Problem{Pack: p.Path, Offset: e.Offset, Chunk: id, What: err.Error()})
-			continue
-		}
-		offs = append(offs, uint32(e.Offset))
+		sp.entries = append(sp.entries, scannedEntry{id: eh.ID, off: uint32(off), bodyLen: eh.BodyLen, plainLen: eh.PlainLen,
+			kind: eh.Kind, flags: eh.Flags, bad: err != nil})
+		return nil
+	}, func(s store.Span) error {
+		rep.Dead++ // an index record that points into it is reported below
+		return nil
+	})
+	if err != nil {
+		// Its index records are then read and checked one by one.
+		rep.add(Problem{Pack: p.Path, What: fmt.Sprintf("cannot scan the pack: %v", err)})
+		return nil
 	}
-	if sc.Offset() < p.Committed {
-		rep.add(Problem{Pack: p.Path, Offset: sc.Offset(), What: fmt.Sprintf("pack is shorter than its committed length %d", p.Committed)})
+	if fh.Company != p.Company || fh.Number != p.Number {
+		rep.add(Problem{Pack: p.Path, What: fmt.Sprintf("header names company %q pack %d, index says %q pack %d", fh.Company, fh.Number, p.Company, p.Number)})
 	}
-	return offs, sc.Offset()
+	if size < p.Committed {
+		rep.add(Problem{Pack: p.Path, Offset: size, What: fmt.Sprintf("pack is shorter than its committed length %d", p.Committed)})
+	}
+	return sp
 }
 
 // checkEntry reads one entry where the index says it is, as a restore
@@ -229,18 +370,19 @@ func (v *Vault) checkEntry(company string, id [32]byte) error {
 	return nil
 }
 
-func (v *Vault) verifyVersion(m wire.Manifest, rep *Report, damaged map[[32]byte]bool) {
-	ver := fmt.Sprintf("%s@%d", m.Config, m.Seq)
-	k, err := v.companyKeys(m.Company)
+// verifyListing walks one version's or journal record's listing and
+// checks every chunk it references.
+func (v *Vault) verifyListing(company, computer, ver string, listing []tree.ChunkRef, rep *Report, damaged map[[32]byte]bool, quarantined map[[32]byte]store.Quarantine) {
+	k, err := v.companyKeys(company)
 	if err != nil {
-		rep.add(Problem{Computer: m.Computer, Version: ver, What: err.Error()})
+		rep.add(Problem{Computer: computer, Version: ver, What: err.Error()})
 		return
 	}
-	lr := v.listingReader(m.Company, k, m.Listing)
+	lr := v.listingReader(company, k, listing)
 	defer lr.Close() // stops the reader's goroutine when we return early
 	rd, err := tree.NewReader(lr)
 	if err != nil {
-		rep.add(Problem{Computer: m.Computer, Version: ver, What: "listing unreadable: " + err.Error()})
+		rep.add(Problem{Computer: computer, Version: ver, What: "listing unreadable: " + err.Error()})
 		return
 	}
 	for {
@@ -249,7 +391,7 @@ func (v *Vault) verifyVersion(m wire.Manifest, rep *Report, damaged map[[32]byte
 			return
 		}
 		if err != nil {
-			rep.add(Problem{Computer: m.Computer, Version: ver, What: "listing unreadable past this point: " + err.Error()})
+			rep.add(Problem{Computer: computer, Version: ver, What: "listing unreadable past this point: " + err.Error()})
 			return
 		}
 		if n.Type == tree.TypeFile {
@@ -259,18 +401,22 @@ func (v *Vault) verifyVersion(m wire.Manifest, rep *Report, damaged map[[32]byte
 		for _, c := range n.Chunks {
 			ids = append(ids, c.ID)
 		}
-		has, err := v.Store.Has(m.Company, ids)
+		has, err := v.Store.Has(company, ids)
 		if err != nil {
-			rep.add(Problem{Computer: m.Computer, Version: ver, Path: string(n.Path), What: err.Error()})
+			rep.add(Problem{Computer: computer, Version: ver, Path: string(n.Path), What: err.Error()})
 			continue
 		}
 		for i, c := range n.Chunks {
-			switch {
+			p := Problem{Computer: computer, Version: ver, Path: string(n.Path), Chunk: hex.EncodeToString(c.ID[:])}
+			switch _, q := quarantined[c.ID]; {
+			case damaged[c.ID] || q:
+				p.What = "referenced chunk is damaged (quarantined: the next backup that has it sends it again)"
 			case !has[i]:
-				rep.add(Problem{Computer: m.Computer, Version: ver, Path: string(n.Path), Chunk: hex.EncodeToString(c.ID[:]), What: "referenced chunk is missing"})
-			case damaged[c.ID]:
-				rep.add(Problem{Computer: m.Computer, Version: ver, Path: string(n.Path), Chunk: hex.EncodeToString(c.ID[:]), What: "referenced chunk is damaged"})
+				p.What = "referenced chunk is missing"
+			default:
+				continue
 			}
+			rep.add(p)
 		}
 	}
 }

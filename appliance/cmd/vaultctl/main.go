@@ -18,6 +18,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/store"
 	"vaultnode/appliance/vault"
 	"vaultnode/internal/wire"
 )
@@ -61,7 +64,9 @@ Commands:
   backup-now COMPUTER CONFIG     ask the computer to synchronize CONFIG once now, even outside its schedule
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
                                  ("" for unlimited)
-  verify                         check every stored byte and every version's references
+  verify                         check every stored byte, index record, version and journal record;
+                                 quarantine damaged chunks (the next backup that has them sends them again)
+  rebuild-index                  (vault stopped) rebuild DATA/index.db from the packs alone
   rebuild-catalog [-fresh]       (vault stopped) record every version whose manifest is in the packs;
                                  -fresh moves catalog.db aside and rebuilds it from the packs alone
 
@@ -200,8 +205,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, p := range rep.Problems {
 			fmt.Fprintln(stdout, "DAMAGED", p.String())
 		}
-		fmt.Fprintf(stdout, "verified %d packs, %d entries (%d bytes), %d versions, %d files: %d problems\n",
-			rep.Packs, rep.Entries, rep.Bytes, rep.Versions, rep.Files, len(rep.Problems))
+		for _, q := range rep.Quarantined {
+			state := "still quarantined"
+			if q.New {
+				state = "newly quarantined"
+			}
+			fmt.Fprintf(stdout, "QUARANTINED %s chunk %s (%s since %s): %s\n", q.Company, q.Chunk, state, q.Since.Local().Format(time.DateTime), q.Reason)
+		}
+		for _, h := range rep.Healed {
+			fmt.Fprintf(stdout, "HEALED %s chunk %s at %s\n", h.Company, h.Chunk, h.At.Local().Format(time.DateTime))
+		}
+		fmt.Fprintf(stdout, "verified %d packs, %d entries (%d bytes), %d index records, %d versions, %d journal records, %d files: %d problems, %d quarantined, %d healed since the last verify\n",
+			rep.Packs, rep.Entries, rep.Bytes, rep.Records, rep.Versions, rep.Journal, rep.Files, len(rep.Problems), len(rep.Quarantined), len(rep.Healed))
 		if !rep.OK() {
 			return exitError{exitDamaged}
 		}
@@ -221,6 +236,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "catalog rebuilt from the packs: %d companies, %d computers, %d versions added; %d versions were already there\n",
 			res.Companies, res.Computers, res.Versions, res.Kept)
+	case a[0] == "rebuild-index" && len(a) == 1:
+		pr, err := vault.RebuildIndex(ctx, *data, zap.NewNop(), func(p store.RebuildProgress) {
+			fmt.Fprintf(stderr, "\rindexed %d/%d packs, %d entries", p.Done, p.Packs, p.Entries)
+		})
+		if pr.Packs > 0 {
+			fmt.Fprintln(stderr)
+		}
+		if err != nil {
+			return fmt.Errorf("rebuild index: %w", err)
+		}
+		fmt.Fprintf(stdout, "index rebuilt from %d packs: %d entries, %d left out (damaged or failing authentication), %d bytes of torn tails cut\n",
+			pr.Done, pr.Entries, pr.Skipped, pr.Cut)
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", strings.Join(a, " "))
