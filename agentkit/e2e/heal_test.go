@@ -140,6 +140,12 @@ func TestDamageHeals(t *testing.T) {
 	if r.code != 3 || !strings.Contains(r.stdout, "QUARANTINED acme chunk "+chunk+" (newly quarantined") {
 		t.Fatalf("verify of a flipped byte: want exit 3 and the chunk newly quarantined; got %s", r)
 	}
+	// Until then a restore of the file says what is wrong.
+	to := filepath.Join(e.root, "before-heal")
+	if r := e.a.run("restore", "home@1:"+filepath.Join(e.src, victim), "-to", to); r.code == 0 ||
+		!strings.Contains(r.stdout+r.stderr, "damaged") || !strings.Contains(r.stdout+r.stderr, "quarantined") {
+		t.Fatalf("restore of the quarantined file: want a failure saying it is damaged and quarantined; got %s", r)
+	}
 	// Nothing changed in the source: the agent's cache says every chunk is
 	// stored; the backup must send the damaged one all the same.
 	s := e.a.backup("home")

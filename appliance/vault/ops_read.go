@@ -68,6 +68,9 @@ func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emi
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			f = wire.Frame{ID: id, Kind: wire.StatusMissing, Payload: []byte("the vault has no such chunk")}
+		case errors.Is(err, store.ErrQuarantined):
+			f = wire.Frame{ID: id, Kind: wire.StatusDamaged,
+				Payload: []byte("the vault's copy of this chunk is damaged (quarantined by verify); the next backup of a computer that has it repairs it")}
 		case err != nil:
 			v.log.Error("damaged chunk requested", zap.String("request_id", requestID), zap.String("principal", p.String()),
 				zap.String("company", c.Company), zap.String("id", hex.EncodeToString(id[:])), zap.Error(err))
