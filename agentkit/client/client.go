@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"vaultnode/internal/clock"
@@ -29,7 +30,12 @@ type Error struct {
 	RetryAfter time.Duration // busy answers: when to try again
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
+func (e *Error) Error() string {
+	if e.RequestID != "" && !strings.Contains(e.Message, e.RequestID) {
+		return fmt.Sprintf("vault: %s (%s, request id %s)", e.Message, e.Code, e.RequestID)
+	}
+	return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code)
+}
 
 // IsCode reports whether err is a vault error with the given code.
 func IsCode(err error, code string) bool {
