@@ -116,6 +116,11 @@ type Options struct {
 	// ContactFlush is how often last contacts are written (default
 	// DefaultContactFlush).
 	ContactFlush time.Duration
+	// Submit, if set, receives every command the catalog's methods build
+	// instead of their applying it here: a replicated log hands it to
+	// ApplyResult on every member and returns the result. nil applies at
+	// once.
+	Submit func(cmd Command) (any, error)
 }
 
 // Catalog is the catalog database.

@@ -133,6 +133,9 @@ func (c *Catalog) apply(kind Kind, p any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.opts.Submit != nil {
+		return c.opts.Submit(cmd)
+	}
 	return c.ApplyResult(cmd)
 }
 
