@@ -82,11 +82,27 @@ func TestCatalogAndIndexLoss(t *testing.T) {
 	if s := e.a.backup("home"); s.Version != 1 {
 		t.Fatalf("first backup committed version %d", s.Version)
 	}
+	// A one-shot backup is contact (issue 12: LAST SEEN said "never"), seen
+	// at once and, after a clean stop, kept.
+	lastSeen := func(what string) {
+		t.Helper()
+		out := e.v.mustCtl("status", "acme")
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "home") && strings.Contains(l, "never") {
+				t.Fatalf("%s: a computer that just backed up was never seen:\n%s", what, out)
+			}
+		}
+		if !strings.Contains(out, "home") {
+			t.Fatalf("%s: status lists no configuration:\n%s", what, out)
+		}
+	}
+	lastSeen("after a one-shot backup")
 	e.v.stop()
 	old := t.TempDir()
 	cp(t, filepath.Join(dir, "catalog.db"), filepath.Join(old, "catalog.db"))
 	cp(t, filepath.Join(dir, "index.db"), filepath.Join(old, "index.db"))
 	e.v.start()
+	lastSeen("after a restart")
 	for n := uint64(2); n <= 3; n++ {
 		g.mutate(int(n))
 		snaps[n] = snapshot(t, e.src)
