@@ -30,12 +30,7 @@ type Error struct {
 	RetryAfter time.Duration // busy answers: when to try again
 }
 
-func (e *Error) Error() string {
-	if e.RequestID != "" && !strings.Contains(e.Message, e.RequestID) {
-		return fmt.Sprintf("vault: %s (%s, request id %s)", e.Message, e.Code, e.RequestID)
-	}
-	return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code)
-}
+func (e *Error) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
 
 // IsCode reports whether err is a vault error with the given code.
 func IsCode(err error, code string) bool {
@@ -157,10 +152,15 @@ func (c *Client) json(ctx context.Context, method, path string, in, out any) err
 	}
 	defer resp.Body.Close()
 	if out == nil {
-		io.Copy(io.Discard, resp.Body)
+		io.CopyN(io.Discard, resp.Body, wire.MaxAnswer)
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	// A vault's answer is bounded like any input (docs/protocol.md, "Limits").
+	max, name := int64(wire.MaxAnswer), "wire.MaxAnswer"
+	if strings.HasPrefix(path, wire.PathVersions) || strings.HasPrefix(path, wire.PathJournal) {
+		max, name = wire.MaxListAnswer, "wire.MaxListAnswer"
+	}
+	if err := wire.DecodeJSON(resp.Body, max, name, out, false); err != nil {
 		return fmt.Errorf("read vault answer to %s: %w", path, err)
 	}
 	return nil
@@ -281,6 +281,9 @@ func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.
 		}
 		if f.ID != ids[i] {
 			return fmt.Errorf("download: vault answered chunk %x for %x", f.ID[:8], ids[i][:8])
+		}
+		if f.Kind != wire.StatusOK && len(f.Payload) > wire.MaxReason {
+			f.Payload = f.Payload[:wire.MaxReason] // a reason, shown to the user
 		}
 		if err := fn(f); err != nil {
 			return err

@@ -193,10 +193,10 @@ func (v *Vault) authorize(pattern string, authn authenticator, h handlerFunc) ht
 				if p, err = authn(r); err != nil {
 					return err
 				}
-			}
-			info(r).principal = p.String()
-			if !p.Has(need) {
-				return fail(http.StatusForbidden, wire.CodeForbidden, "%s lacks the %q capability that %s needs", p, need, pattern)
+				info(r).principal = p.String()
+				if !p.Has(need) {
+					return fail(http.StatusForbidden, wire.CodeForbidden, "%s lacks the %q capability that %s needs", p, need, pattern)
+				}
 			}
 			return h(w, r, p)
 		}()

@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"vaultnode/appliance/store"
+	"vaultnode/internal/limit"
 	"vaultnode/internal/wire"
 )
 
@@ -52,17 +52,18 @@ func writeJSON(w http.ResponseWriter, v any) {
 // readJSON decodes a JSON body of at most wire.MaxJSONBody bytes with no
 // unknown fields.
 func readJSON(r *http.Request, v any) error {
-	b, err := io.ReadAll(io.LimitReader(r.Body, wire.MaxJSONBody+1))
+	err := wire.DecodeJSON(r.Body, wire.MaxJSONBody, "wire.MaxJSONBody", v, true)
+	if le, ok := limit.As(err); ok {
+		if le.Limit == "wire.MaxJSONBody" {
+			return fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body over %d bytes", wire.MaxJSONBody)
+		}
+		return fail(http.StatusBadRequest, wire.CodeLimit, "request over a limit: %v", err)
+	}
+	if errors.Is(err, wire.ErrJSON) {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "malformed JSON request: %v", err)
+	}
 	if err != nil {
 		return fail(http.StatusBadRequest, wire.CodeBadRequest, "read request: %v", err)
-	}
-	if len(b) > wire.MaxJSONBody {
-		return fail(http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "request body over %d bytes", wire.MaxJSONBody)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fail(http.StatusBadRequest, wire.CodeBadRequest, "malformed JSON request: %v", err)
 	}
 	return nil
 }

@@ -170,6 +170,9 @@ func listingErr(err error) error {
 		}
 		return err // the vault could not read its own store: internal, logged
 	}
+	if tree.IsLimit(err) {
+		return fail(http.StatusBadRequest, wire.CodeLimit, "commit: listing over a limit (docs/protocol.md, Limits): %v", err)
+	}
 	return fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: bad listing: %v", err)
 }
 

@@ -36,16 +36,20 @@ const (
 	// MaxXattrValueLen is XATTR_SIZE_MAX, the largest value (an ACL too).
 	MaxXattrValueLen = 64 << 10
 	// MaxChunks bounds a file's chunk references: the largest file one
-	// node describes is about 1 TiB at the chunker's average chunk size
-	// (1 MiB), and at least 256 GiB at its minimum size (256 KiB).
-	MaxChunks = 1 << 20
+	// node describes is about 512 GiB at the chunker's average chunk size
+	// (1 MiB), and at least 128 GiB at its minimum size (256 KiB). A
+	// reader holds a whole node, so this bounds the memory of every
+	// listing reader (vault commit, agent restore). Raising it later
+	// keeps old listings readable; lowering it would not.
+	MaxChunks = 1 << 19
 	// MaxExtents bounds a sparse file's data extents. The agent records a
 	// node over any of these limits as unreadable, with the reason
 	// (agentkit/backup/limits.go), or leaves out a path over MaxPathLen.
-	MaxExtents = 1 << 18
+	MaxExtents = 1 << 17
 	// MaxNodeBytes bounds one encoded node: MaxChunks references (42 bytes
-	// each), MaxExtents extents (at most 21 bytes each) and the rest.
-	MaxNodeBytes = 48 << 20
+	// each, 22 MB), MaxExtents extents (at most 21 bytes each, 2.8 MB)
+	// and room for the rest.
+	MaxNodeBytes = 32 << 20
 	// MaxStringLen bounds any one byte or text string in a node: the
 	// largest field, a path or an xattr value.
 	MaxStringLen = 64 << 10
@@ -83,7 +87,8 @@ func CheckRefs(refs []ChunkRef) error {
 		if r.Len == 0 {
 			return fmt.Errorf("%w: listing chunk %d (%x) has length 0", ErrListing, i, r.ID[:8])
 		}
-		if err := limit.Check("tree.MaxListingChunk", fmt.Sprintf("listing chunk %d (%x) length", i, r.ID[:8]), uint64(r.Len), MaxListingChunk); err != nil {
+		if r.Len > MaxListingChunk {
+			err := limit.New("tree.MaxListingChunk", fmt.Sprintf("listing chunk %d (%x) length", i, r.ID[:8]), uint64(r.Len), MaxListingChunk)
 			return fmt.Errorf("%w: %w", ErrListing, err)
 		}
 		sum += uint64(r.Len)

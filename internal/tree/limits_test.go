@@ -268,9 +268,9 @@ func TestHostileHeadsAllocateLittle(t *testing.T) {
 		{"2^40 map pairs", "tree.MaxNodeFields", cborHead(5, 1<<40)},
 		{"2^63 elements", "tree.MaxChunks", append([]byte{0xa1, 0x17}, cborHead(4, 1<<63)...)},
 		{"deep nesting", "tree.MaxNodeDepth", deep},
-		// An array of 2^20 byte strings of 64 KiB - 1: every head is
+		// An array of 2^19 byte strings of 64 KiB - 1: every head is
 		// within the limits, the node is not.
-		{"node never ends", "tree.MaxNodeBytes", []byte{0xa1, 0x17, 0x9a, 0x00, 0x10, 0x00, 0x00}},
+		{"node never ends", "tree.MaxNodeBytes", []byte{0xa1, 0x17, 0x9a, 0x00, 0x08, 0x00, 0x00}},
 	}
 	for _, tt := range tests {
 		mk := func() io.Reader {

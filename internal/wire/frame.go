@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+
+	"vaultnode/internal/limit"
 )
 
 // FrameHeaderSize is the size of a chunk frame's fixed part.
@@ -101,20 +103,33 @@ func (fr *FrameReader) Next() (*Frame, error) {
 	f := &Frame{Kind: h[32], Flags: h[33], PlainLen: binary.LittleEndian.Uint32(h[34:])}
 	copy(f.ID[:], h[:32])
 	size := binary.LittleEndian.Uint32(h[38:])
-	if f.PlainLen > MaxPlain || size > MaxPlain+MaxPlain/64+1024 {
-		return nil, fmt.Errorf("%w: chunk of %d bytes (%d on the wire) is over the %d limit", ErrFrame, f.PlainLen, size, MaxPlain)
+	// Refused from the header, before the payload is read or allocated.
+	if err := limit.Check("wire.MaxPlain", "frame plaintext length", uint64(f.PlainLen), MaxPlain); err != nil {
+		return nil, fmt.Errorf("%w: chunk %x: %w", ErrFrame, f.ID[:8], err)
+	}
+	if err := limit.Check("wire.MaxFramePayload", "frame payload length", uint64(size), MaxFramePayload); err != nil {
+		return nil, fmt.Errorf("%w: chunk %x: %w", ErrFrame, f.ID[:8], err)
 	}
 	if f.Flags&^FlagZstd != 0 {
 		return nil, fmt.Errorf("%w: unknown flags %#x", ErrFrame, f.Flags)
 	}
-	if cap(fr.buf) < int(size) {
-		fr.buf = make([]byte, size)
+	// The buffer grows with the bytes that really arrive, not with the
+	// declared size: a peer that declares big frames and stalls costs
+	// little.
+	have := 0
+	for have < int(size) {
+		if cap(fr.buf) < int(size) && have == cap(fr.buf) {
+			nb := make([]byte, have, min(int(size), max(2*have, 64<<10)))
+			copy(nb, fr.buf[:have])
+			fr.buf = nb
+		}
+		end := min(int(size), cap(fr.buf))
+		if _, err := io.ReadFull(fr.r, fr.buf[have:end]); err != nil {
+			return nil, fmt.Errorf("%w: truncated payload", ErrFrame)
+		}
+		have = end
 	}
-	fr.buf = fr.buf[:size]
-	if _, err := io.ReadFull(fr.r, fr.buf); err != nil {
-		return nil, fmt.Errorf("%w: truncated payload", ErrFrame)
-	}
-	f.Payload = fr.buf
+	f.Payload = fr.buf[:size]
 	return f, nil
 }
 
@@ -133,7 +148,14 @@ func ParseIDs(b []byte, max int) ([][32]byte, error) {
 	}
 	n := len(b) / 32
 	if n > max {
-		return nil, fmt.Errorf("%w: %d ids, at most %d per request", ErrFrame, n, max)
+		name := "ids per request"
+		switch max {
+		case MaxLackIDs:
+			name = "wire.MaxLackIDs"
+		case MaxGetIDs:
+			name = "wire.MaxGetIDs"
+		}
+		return nil, fmt.Errorf("%w: %w", ErrFrame, limit.New(name, "ids", uint64(n), uint64(max)))
 	}
 	ids := make([][32]byte, n)
 	for i := range ids {
@@ -175,7 +197,14 @@ func Compress(dst, plain []byte) ([]byte, uint8) {
 
 // Decompress returns the plaintext of a payload, appended to dst. It fails
 // when the result is not exactly plainLen bytes.
+//
+// Its memory is bounded: plainLen is at most MaxPlain, and the zstd decoder
+// refuses a frame whose window is over MaxPlain or whose output would be
+// over 2 x MaxPlain.
 func Decompress(dst []byte, flags uint8, payload []byte, plainLen uint32) ([]byte, error) {
+	if err := limit.Check("wire.MaxPlain", "chunk plaintext length", uint64(plainLen), MaxPlain); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrFrame, err)
+	}
 	if flags&FlagZstd == 0 {
 		if uint32(len(payload)) != plainLen {
 			return nil, fmt.Errorf("%w: plain payload of %d bytes, header says %d", ErrFrame, len(payload), plainLen)

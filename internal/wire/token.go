@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"vaultnode/internal/limit"
 )
 
 // A token is "vn1_" + base64url(secret, 18 bytes) + "_" + base64url(SHA-256
@@ -34,6 +36,9 @@ func (t Token) String() string {
 // ParseToken decodes a token as printed by `vaultctl token create`.
 func ParseToken(s string) (Token, error) {
 	var t Token
+	if err := limit.Check("wire.MaxTokenLen", "token length", uint64(len(s)), MaxTokenLen); err != nil {
+		return t, fmt.Errorf("%w: %w", ErrToken, err)
+	}
 	s = strings.TrimSpace(s)
 	rest, ok := strings.CutPrefix(s, tokenPrefix)
 	if !ok {

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"vaultnode/internal/limit"
+	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
 
@@ -203,8 +206,24 @@ func FuzzFrameReader(f *testing.F) {
 	f.Add(b)
 	f.Add(b[:50])
 	f.Add([]byte{})
+	f.Add(header(wire.MaxPlain, wire.MaxFramePayload)) // the largest frame, and nothing of it
+	f.Add(header(1<<32-1, 1<<32-1))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The payload buffer grows with the bytes that arrive: what a
+		// stream declares does not count.
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		fr := wire.NewFrameReader(bytes.NewReader(b))
+		for {
+			if _, err := fr.Next(); err != nil {
+				break
+			}
+		}
+		runtime.ReadMemStats(&after)
+		if got, bound := after.TotalAlloc-before.TotalAlloc, 128<<10+3*uint64(len(b)); got > bound {
+			t.Fatalf("reading %d bytes of frames allocated %d, over %d", len(b), got, bound)
+		}
+		fr = wire.NewFrameReader(bytes.NewReader(b))
 		var re []byte
 		for {
 			fm, err := fr.Next()
@@ -271,7 +290,15 @@ func FuzzDecompress(f *testing.F) {
 	f.Add([]byte("raw"), uint8(0), uint32(3))
 	f.Add(z[:10], uint8(wire.FlagZstd), uint32(6000))
 	f.Fuzz(func(t *testing.T, payload []byte, flags uint8, plainLen uint32) {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		out, err := wire.Decompress(nil, flags, payload, plainLen)
+		runtime.ReadMemStats(&after)
+		// The zstd decoder's memory limit (2 x MaxPlain), whatever the
+		// payload declares, plus the decoder's own state.
+		if got, bound := after.TotalAlloc-before.TotalAlloc, uint64(2*wire.MaxPlain+4<<20)+2*uint64(len(payload)); got > bound {
+			t.Fatalf("decompressing %d bytes allocated %d, over %d", len(payload), got, bound)
+		}
 		if err != nil {
 			if !errors.Is(err, wire.ErrFrame) {
 				t.Fatalf("error %v does not wrap ErrFrame", err)
@@ -280,6 +307,53 @@ func FuzzDecompress(f *testing.F) {
 		}
 		if uint32(len(out)) != plainLen {
 			t.Fatalf("%d bytes out, declared %d", len(out), plainLen)
+		}
+	})
+}
+
+func FuzzDecodeJSON(f *testing.F) {
+	f.Add([]byte(`{"versions":[{"company":"acme","seq":1,"listing":[{"ID":[1,2,3],"Len":5}]}]}`))
+	f.Add([]byte(`[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]`))
+	f.Add([]byte(`{"versions":"[[[["}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var v wire.Versions
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		err := wire.DecodeJSON(bytes.NewReader(b), 1<<16, "wire.MaxAnswer", &v, false)
+		runtime.ReadMemStats(&after)
+		// encoding/json holds the input and the values it makes: a
+		// one-byte number in a listing makes a 36-byte reference.
+		if got, bound := after.TotalAlloc-before.TotalAlloc, 64<<10+64*uint64(len(b)); got > bound {
+			t.Fatalf("decoding %d bytes allocated %d, over %d", len(b), got, bound)
+		}
+		if err != nil && !errors.Is(err, wire.ErrJSON) && !errors.Is(err, limit.ErrExceeded) {
+			t.Fatalf("error %v is neither ErrJSON nor a limit", err)
+		}
+	})
+}
+
+func FuzzDecodeManifest(f *testing.F) {
+	m := wire.Manifest{Magic: wire.ManifestMagic, Company: "acme", Computer: "pc-1", Config: "home", Seq: 1,
+		Listing: []tree.ChunkRef{{ID: [32]byte{1}, Len: 100}}}
+	b, _ := tree.Marshal(&m)
+	f.Add(b)
+	f.Add(b[:20])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		m, err := wire.DecodeManifest(b)
+		runtime.ReadMemStats(&after)
+		if got, bound := after.TotalAlloc-before.TotalAlloc, 16<<10+64*uint64(len(b)); got > bound {
+			t.Fatalf("decoding %d bytes allocated %d, over %d", len(b), got, bound)
+		}
+		if err != nil {
+			if !errors.Is(err, wire.ErrManifest) {
+				t.Fatalf("error %v does not wrap ErrManifest", err)
+			}
+			return
+		}
+		if m.Magic != wire.ManifestMagic || len(m.Listing) > tree.MaxListingRefs || len(m.Config) > wire.MaxManifestName {
+			t.Fatalf("accepted %+v", m)
 		}
 	})
 }
