@@ -18,7 +18,6 @@ import (
 	"vaultnode/appliance/store"
 	"vaultnode/internal/keys"
 	"vaultnode/internal/pack"
-	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
 
@@ -232,9 +231,11 @@ func readManifest(s *store.Store, company string, k *companyKeys, id [32]byte) (
 	if keys.NewHasher(k.set.ChunkID).Sum(plain) != id {
 		return m, fmt.Errorf("manifest %x of %s does not hash to its id", id[:8], company)
 	}
-	if err := tree.Unmarshal(plain, &m); err != nil {
+	mp, err := wire.DecodeManifest(plain) // within the manifest limits (docs/protocol.md)
+	if err != nil {
 		return m, fmt.Errorf("decode manifest %x of %s: %w", id[:8], company, err)
 	}
+	m = *mp
 	switch {
 	case m.Magic != wire.ManifestMagic:
 		return m, fmt.Errorf("manifest %x of %s: magic %q, want %q", id[:8], company, m.Magic, wire.ManifestMagic)

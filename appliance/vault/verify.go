@@ -380,7 +380,7 @@ func (v *Vault) verifyListing(company, computer, ver string, listing []tree.Chun
 	}
 	lr := v.listingReader(company, k, listing)
 	defer lr.Close() // stops the reader's goroutine when we return early
-	rd, err := tree.NewReader(lr)
+	rd, err := tree.NewListingReader(lr, listing)
 	if err != nil {
 		rep.add(Problem{Computer: computer, Version: ver, What: "listing unreadable: " + err.Error()})
 		return
