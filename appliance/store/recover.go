@@ -33,6 +33,8 @@ type Options struct {
 	// Progress, if set, is called after each pack Open indexes whole (all
 	// of them when index.db is missing); Open also logs the progress.
 	Progress func(RebuildProgress)
+	// Packs holds the pack files; DiskPacks in DIR/packs if nil.
+	Packs Packs
 }
 
 // Open opens or creates the store in dir and recovers from any crash: it
@@ -46,7 +48,14 @@ func Open(dir string, log *zap.Logger, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = 2 * time.Second
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "packs"), 0o700); err != nil {
+	if opts.Packs == nil {
+		d, err := NewDiskPacks(filepath.Join(dir, "packs"))
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		opts.Packs = d
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	path := filepath.Join(dir, "index.db")
@@ -61,7 +70,7 @@ func Open(dir string, log *zap.Logger, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open index %s: %w: stop the vault and run `vaultctl rebuild-index` to rebuild it from the packs", path, err)
 	}
-	s := &Store{dir: dir, db: db, log: log, opts: opts, free: map[string][]*writer{}, readers: map[uint32]*packFile{}}
+	s := &Store{dir: dir, db: db, log: log, opts: opts, packs: opts.Packs, free: map[string][]*writer{}, readers: map[uint32]*packFile{}}
 	if missing {
 		log.Warn("index.db is missing: rebuilding it from the packs", zap.String("index", path))
 	}
@@ -72,26 +81,14 @@ func Open(dir string, log *zap.Logger, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// packFiles lists the pack files under packs/ by number.
-func (s *Store) packFiles() (map[uint32]string, error) {
-	files := map[uint32]string{}
-	err := filepath.WalkDir(filepath.Join(s.dir, "packs"), func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		if n, ok := parsePackName(d.Name()); ok {
-			if p != s.PackPath(n) {
-				s.log.Warn("pack file in the wrong directory: ignored", zap.String("pack", p), zap.String("want", s.PackPath(n)))
-				return nil
-			}
-			files[n] = p
-		}
+// packFiles lists the packs by number, with their sizes.
+func (s *Store) packFiles(ctx context.Context) (map[uint32]int64, error) {
+	files := map[uint32]int64{}
+	err := s.packs.List(ctx, func(n uint32, size int64) error {
+		files[n] = size
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("list packs: %w", err)
-	}
-	return files, nil
+	return files, err
 }
 
 func createBuckets(tx *bbolt.Tx) error {
@@ -139,7 +136,7 @@ func (s *Store) recover(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read index: %w", err)
 	}
-	files, err := s.packFiles()
+	files, err := s.packFiles(ctx)
 	if err != nil {
 		return err
 	}
@@ -151,7 +148,7 @@ func (s *Store) recover(ctx context.Context) error {
 	}
 	var unknown []uint32
 	for _, n := range slices.Sorted(mapKeys(files)) {
-		p := files[n]
+		p := s.PackPath(n)
 		if n >= s.nextPack {
 			s.nextPack = n + 1
 		}
@@ -160,18 +157,14 @@ func (s *Store) recover(ctx context.Context) error {
 			unknown = append(unknown, n)
 			continue
 		}
-		fi, err := os.Stat(p)
-		if err != nil {
-			return fmt.Errorf("stat pack %s: %w", p, err)
-		}
-		switch size := fi.Size(); {
+		switch size := files[n]; {
 		case size < int64(r.Committed):
 			s.log.Error("pack is shorter than its committed length: left as it is; run `vaultctl verify` to see what is lost",
 				zap.String("pack", p), zap.Int64("size", size), zap.Uint64("committed", r.Committed))
 		case size > int64(r.Committed):
 			s.log.Info("indexing entries past the committed length of a pack", zap.String("pack", p),
 				zap.Int64("size", size), zap.Uint64("committed", r.Committed))
-			if _, err := s.indexPack(ctx, n, p, r.Company, int64(r.Committed)); err != nil {
+			if _, err := s.indexPack(ctx, n, r.Company, int64(r.Committed)); err != nil {
 				return err
 			}
 		}
@@ -180,7 +173,7 @@ func (s *Store) recover(ctx context.Context) error {
 		return nil
 	}
 	s.log.Info("indexing packs the index does not know", zap.Int("packs", len(unknown)))
-	_, err = s.indexPacks(ctx, unknown, files, func(p RebuildProgress) {
+	_, err = s.indexPacks(ctx, unknown, func(p RebuildProgress) {
 		if s.opts.Progress != nil {
 			s.opts.Progress(p)
 		}
@@ -212,10 +205,10 @@ type RebuildProgress struct {
 	Skipped int   // entries left out: bad seal, or damaged bytes
 }
 
-func (s *Store) indexPacks(ctx context.Context, ns []uint32, files map[uint32]string, progress func(RebuildProgress)) (RebuildProgress, error) {
+func (s *Store) indexPacks(ctx context.Context, ns []uint32, progress func(RebuildProgress)) (RebuildProgress, error) {
 	pr := RebuildProgress{Packs: len(ns)}
 	for _, n := range ns {
-		st, err := s.indexPack(ctx, n, files[n], "", pack.FileHeaderSize)
+		st, err := s.indexPack(ctx, n, "", pack.FileHeaderSize)
 		if err != nil {
 			return pr, err
 		}
@@ -258,13 +251,13 @@ func (s *Store) Rebuild(ctx context.Context, progress func(RebuildProgress)) (Re
 	if err != nil {
 		return RebuildProgress{}, fmt.Errorf("rebuild index: %w", err)
 	}
-	files, err := s.packFiles()
+	files, err := s.packFiles(ctx)
 	if err != nil {
 		return RebuildProgress{}, err
 	}
 	ns := slices.Sorted(mapKeys(files))
 	s.log.Info("rebuilding the index from the packs", zap.Int("packs", len(ns)))
-	pr, err := s.indexPacks(ctx, ns, files, progress)
+	pr, err := s.indexPacks(ctx, ns, progress)
 	if err != nil {
 		return pr, fmt.Errorf("rebuild index: %w", err)
 	}
@@ -282,18 +275,18 @@ type packStats struct {
 // torn entry at the tail is cut; damaged bytes followed by good entries
 // are left in place and skipped. company "" means the index has no record
 // of the pack: its header says whose it is.
-func (s *Store) indexPack(ctx context.Context, n uint32, path, company string, from int64) (packStats, error) {
+func (s *Store) indexPack(ctx context.Context, n uint32, company string, from int64) (packStats, error) {
 	var st packStats
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	path := s.PackPath(n)
+	f, err := s.packs.OpenWriter(ctx, n)
 	if err != nil {
-		return st, fmt.Errorf("open pack %s: %w", path, err)
+		return st, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
+	size, err := f.Size()
 	if err != nil {
 		return st, fmt.Errorf("stat pack %s: %w", path, err)
 	}
-	size := fi.Size()
 	if company == "" {
 		hb := make([]byte, pack.FileHeaderSize)
 		_, err := f.ReadAt(hb, 0)
@@ -326,7 +319,7 @@ func (s *Store) indexPack(ctx context.Context, n uint32, path, company string, f
 	var entries []found
 	var scratch []byte
 	end := size
-	w := &walker{f: f}
+	w := &walker{f: f, name: path}
 	err = w.walk(ctx, from, size, aead != nil, func(off int64, h *pack.EntryHeader, body []byte) error {
 		if aead != nil {
 			var err error
@@ -359,14 +352,14 @@ func (s *Store) indexPack(ctx context.Context, n uint32, path, company string, f
 		// hence never acknowledged.
 		s.log.Warn("cutting a torn entry at the tail of a pack", zap.String("pack", path),
 			zap.Int64("offset", end), zap.Int64("size", size))
-		if err := f.Truncate(end); err != nil {
+		if err := f.Truncate(ctx, end); err != nil {
 			return st, fmt.Errorf("cut torn tail of pack %s: %w", path, err)
 		}
 		st.cut = size - end
 	}
 	// What is indexed must be durable first: the entries found may never
 	// have been synced.
-	if err := f.Sync(); err != nil {
+	if err := f.Sync(ctx); err != nil {
 		return st, fmt.Errorf("sync pack %s: %w", path, err)
 	}
 	now := s.opts.Clock.Now().Unix()

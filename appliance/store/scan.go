@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"vaultnode/internal/pack"
 )
@@ -25,7 +24,8 @@ type Span struct {
 // on the next valid entry header after damaged bytes, so that one bad
 // entry never hides the good ones behind it.
 type walker struct {
-	f    *os.File
+	f    io.ReaderAt
+	name string // for messages
 	body []byte
 }
 
@@ -45,7 +45,7 @@ func (w *walker) walk(ctx context.Context, from, end int64, readBody bool,
 			return gap(w.span(off, end, fmt.Errorf("%w: truncated header (%d bytes)", pack.ErrCorrupt, end-off)))
 		}
 		if _, err := w.f.ReadAt(hb[:], off); err != nil {
-			return fmt.Errorf("read pack %s at %d: %w", w.f.Name(), off, eofErr(err))
+			return fmt.Errorf("read pack %s at %d: %w", w.name, off, eofErr(err))
 		}
 		h, err := pack.ParseEntryHeader(hb[:])
 		if err == nil && off+pack.EntryHeaderSize+int64(h.BodyLen) > end {
@@ -66,7 +66,7 @@ func (w *walker) walk(ctx context.Context, from, end int64, readBody bool,
 			}
 			body = w.body[:h.BodyLen]
 			if _, err := w.f.ReadAt(body, off+pack.EntryHeaderSize); err != nil {
-				return fmt.Errorf("read pack %s at %d: %w", w.f.Name(), off, eofErr(err))
+				return fmt.Errorf("read pack %s at %d: %w", w.name, off, eofErr(err))
 			}
 		}
 		if err := entry(off, &h, body); err != nil {
@@ -100,7 +100,7 @@ func (w *walker) findHeader(from, end int64) (int64, error) {
 		n := min(int64(len(buf)), end-pos)
 		b := buf[:n]
 		if _, err := w.f.ReadAt(b, pos); err != nil {
-			return 0, fmt.Errorf("read pack %s at %d: %w", w.f.Name(), pos, eofErr(err))
+			return 0, fmt.Errorf("read pack %s at %d: %w", w.name, pos, eofErr(err))
 		}
 		for i := 0; i < window && i+pack.EntryHeaderSize <= len(b); {
 			j := bytes.Index(b[i:], magic)
@@ -134,23 +134,23 @@ func eofErr(err error) error {
 // pack's file header and size.
 func (s *Store) ScanPack(ctx context.Context, p PackInfo, entry func(off int64, h *pack.EntryHeader, body []byte) error,
 	gap func(Span) error) (pack.FileHeader, int64, error) {
-	f, err := os.Open(p.Path)
+	f, err := s.packs.Open(ctx, p.Number)
 	if err != nil {
-		return pack.FileHeader{}, 0, fmt.Errorf("open pack: %w", err)
+		return pack.FileHeader{}, 0, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
+	size, err := f.Size()
 	if err != nil {
 		return pack.FileHeader{}, 0, fmt.Errorf("stat pack: %w", err)
 	}
 	hb := make([]byte, pack.FileHeaderSize)
 	if _, err := f.ReadAt(hb, 0); err != nil {
-		return pack.FileHeader{}, fi.Size(), fmt.Errorf("read pack header: %w", eofErr(err))
+		return pack.FileHeader{}, size, fmt.Errorf("read pack header: %w", eofErr(err))
 	}
 	h, err := pack.ParseFileHeader(hb)
 	if err != nil {
-		return h, fi.Size(), err
+		return h, size, err
 	}
-	w := &walker{f: f}
-	return h, fi.Size(), w.walk(ctx, pack.FileHeaderSize, min(p.Committed, fi.Size()), true, entry, gap)
+	w := &walker{f: f, name: p.Path}
+	return h, size, w.walk(ctx, pack.FileHeaderSize, min(p.Committed, size), true, entry, gap)
 }

@@ -10,13 +10,13 @@
 package store
 
 import (
+	"context"
 	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,10 +64,11 @@ type Location struct {
 
 // Store is a chunk store in one directory.
 type Store struct {
-	dir  string
-	db   *bbolt.DB
-	log  *zap.Logger
-	opts Options
+	dir   string
+	db    *bbolt.DB
+	packs Packs
+	log   *zap.Logger
+	opts  Options
 
 	// busy is held shared by each Appender from Append to Commit or Abort,
 	// and exclusively by Rebuild.
@@ -82,7 +83,7 @@ type Store struct {
 }
 
 type writer struct {
-	f       *os.File
+	f       PackWriter
 	number  uint32
 	company string
 	size    int64 // committed size
@@ -98,10 +99,8 @@ func parsePackName(name string) (uint32, bool) {
 	return uint32(n), err == nil
 }
 
-// PackPath is the file of pack n.
-func (s *Store) PackPath(n uint32) string {
-	return filepath.Join(s.dir, "packs", fmt.Sprintf("%03x", n>>8), fmt.Sprintf("%08x.pack", n))
-}
+// PackPath says where pack n lives (its file, on disk).
+func (s *Store) PackPath(n uint32) string { return s.packs.Name(n) }
 
 // Close closes the store.
 func (s *Store) Close() error {
@@ -286,7 +285,7 @@ func (a *Appender) Commit() error {
 	if w == nil {
 		return nil
 	}
-	if err := syscall.Fdatasync(int(w.f.Fd())); err != nil {
+	if err := w.f.Sync(context.Background()); err != nil {
 		s.dropWriter(w)
 		return classify(fmt.Errorf("sync pack %08x: %w", w.number, err))
 	}
@@ -340,27 +339,9 @@ func (s *Store) takeWriter(company string) (*writer, error) {
 	n := s.nextPack
 	s.nextPack++
 	s.mu.Unlock()
-	p := s.PackPath(n)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return nil, classify(fmt.Errorf("create pack: %w", err))
-	}
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := s.packs.Create(context.Background(), n, company)
 	if err != nil {
-		return nil, classify(fmt.Errorf("create pack: %w", err))
-	}
-	hdr, err := pack.FileHeader{Company: company, Number: n}.Marshal()
-	if err == nil {
-		_, err = f.Write(hdr)
-	}
-	if err == nil {
-		// The new file's name must be durable before the index names it:
-		// Put's fdatasync covers its data, not its directory entries.
-		err = errors.Join(syncDir(filepath.Dir(p)), syncDir(filepath.Dir(filepath.Dir(p))))
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(p)
-		return nil, classify(fmt.Errorf("write pack header: %w", err))
+		return nil, err
 	}
 	return &writer{f: f, number: n, company: company, size: pack.FileHeaderSize, fresh: true}, nil
 }
@@ -392,18 +373,18 @@ func (s *Store) giveWriter(w *writer) {
 // committed size is cut so a later reader never sees it.
 func (s *Store) dropWriter(w *writer) {
 	if !w.fresh {
-		_ = w.f.Truncate(w.size)
+		_ = w.f.Truncate(context.Background(), w.size)
 		w.f.Close()
 		return
 	}
 	w.f.Close()
-	os.Remove(w.f.Name())
+	_ = s.packs.Remove(context.Background(), w.number)
 }
 
 // packFile is an open pack shared by concurrent Gets. An evicted one is
 // closed by its last user, never under a reader.
 type packFile struct {
-	*os.File
+	PackReader
 	refs    int
 	evicted bool
 }
@@ -416,7 +397,7 @@ func (s *Store) reader(n uint32) (*packFile, error) {
 		pf.refs++
 		return pf, nil
 	}
-	f, err := os.Open(s.PackPath(n))
+	f, err := s.packs.Open(context.Background(), n)
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +411,7 @@ func (s *Store) reader(n uint32) (*packFile, error) {
 			break
 		}
 	}
-	pf := &packFile{File: f, refs: 1}
+	pf := &packFile{PackReader: f, refs: 1}
 	s.readers[n] = pf
 	return pf, nil
 }
