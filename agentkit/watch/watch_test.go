@@ -77,11 +77,12 @@ func runCollector(t *testing.T, w *Watcher) *collector {
 	return c
 }
 
-// covered reports whether p was delivered as a path, inside a rescan, or by
-// a full rescan.
-func (c *collector) covered(p string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// coveredLocked reports whether p was delivered as a path, inside a rescan, or by
+// a full rescan: what a consumer that rescans would see. Only the tests of
+// the rescan paths (collapse, overflow) accept this; every other test
+// requires the precise event (waitPaths, waitRescans).
+// c.mu is held.
+func (c *collector) coveredLocked(p string) bool {
 	if c.paths[p] > 0 || c.full > 0 {
 		return true
 	}
@@ -95,6 +96,57 @@ func (c *collector) covered(p string) bool {
 	}
 }
 
+// waitPaths waits until each of paths has been delivered as a path of its
+// own. A rescan of its directory or a full rescan does not count: it would
+// hide a watcher that lost the event.
+func (c *collector) waitPaths(t *testing.T, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		c.waitFor(t, "the path "+p, func() bool { return c.paths[p] > 0 })
+	}
+	c.noFull(t)
+}
+
+// waitRescans waits until each of dirs has been delivered as a rescan of
+// exactly that directory (not of a parent, not a full rescan).
+func (c *collector) waitRescans(t *testing.T, dirs ...string) {
+	t.Helper()
+	for _, d := range dirs {
+		c.waitFor(t, "a rescan of "+d, func() bool { return c.rescan[d] })
+	}
+	c.noFull(t)
+}
+
+// noFull fails if a full rescan was delivered: on a filesystem of the
+// test's own (isolatedDir) nothing overflows the kernel queue, so a full
+// rescan means the watcher gave up on precise events.
+func (c *collector) noFull(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.full > 0 {
+		t.Fatalf("a full rescan was delivered (stats %+v): batches %+v", c.w.Stats(), c.batches)
+	}
+}
+
+// isolatedDir returns a directory on a tmpfs of the test's own, so that the
+// fanotify filesystem mark sees this test's events only and no other
+// process's activity can overflow the kernel queue and turn precise events
+// into a full rescan.
+func isolatedDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64m,mode=0755"); err != nil {
+		t.Fatalf("mount a tmpfs for the watch test: %v (the watch tests run as root, as fanotify needs)", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
 func (c *collector) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -104,10 +156,17 @@ func (c *collector) reset() {
 	c.full = 0
 }
 
+// waitFor waits until cond, called with c.mu held, holds.
 func (c *collector) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
+	for {
+		c.mu.Lock()
+		ok := cond()
+		c.mu.Unlock()
+		if ok {
+			return
+		}
 		if time.Now().After(deadline) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -117,10 +176,11 @@ func (c *collector) waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitCovered waits until every one of paths is covered (see covered).
 func (c *collector) waitCovered(t *testing.T, paths ...string) {
 	t.Helper()
 	for _, p := range paths {
-		c.waitFor(t, "change of "+p, func() bool { return c.covered(p) })
+		c.waitFor(t, "change of "+p, func() bool { return c.coveredLocked(p) })
 	}
 }
 
@@ -136,13 +196,13 @@ var backends = []string{BackendFanotify, BackendInotify}
 func TestCreateWriteRenameDelete(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
-			root := t.TempDir()
+			root := isolatedDir(t)
 			c := startWatcher(t, be, []string{root}, Options{Quiet: 50 * time.Millisecond}, clock.Real{})
 			a := filepath.Join(root, "a.txt")
 			b := filepath.Join(root, "b.txt")
 
 			writeFile(t, a, "one")
-			c.waitCovered(t, a)
+			c.waitPaths(t, a)
 
 			c.reset()
 			f, err := os.OpenFile(a, os.O_WRONLY|os.O_APPEND, 0)
@@ -151,43 +211,46 @@ func TestCreateWriteRenameDelete(t *testing.T) {
 			}
 			f.WriteString("two")
 			f.Close()
-			c.waitCovered(t, a)
+			c.waitPaths(t, a)
 
 			c.reset()
 			if err := os.Rename(a, b); err != nil {
 				t.Fatal(err)
 			}
-			c.waitCovered(t, a, b)
+			c.waitPaths(t, a, b)
 
 			c.reset()
 			if err := os.Chmod(b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			c.waitCovered(t, b)
+			c.waitPaths(t, b)
 
 			c.reset()
 			if err := os.Remove(b); err != nil {
 				t.Fatal(err)
 			}
-			c.waitCovered(t, b)
+			c.waitPaths(t, b)
 
-			// Renaming a directory reports both names; the new one is rescanned.
+			// A new directory is a rescan of itself, which covers what
+			// was written into it before a watch could exist.
 			c.reset()
 			d1 := filepath.Join(root, "d1")
 			os.Mkdir(d1, 0o755)
 			writeFile(t, filepath.Join(d1, "inner"), "x")
-			c.waitCovered(t, filepath.Join(d1, "inner"))
+			c.waitRescans(t, d1)
+			// Renaming a directory reports the old name as a path and
+			// rescans the new one.
 			c.reset()
 			d2 := filepath.Join(root, "d2")
 			if err := os.Rename(d1, d2); err != nil {
 				t.Fatal(err)
 			}
-			c.waitCovered(t, d1, d2)
-			c.waitFor(t, "rescan of d2", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.rescan[d2] || c.full > 0 })
+			c.waitPaths(t, d1)
+			c.waitRescans(t, d2)
 			// After the rename, changes inside the renamed directory carry the new name.
 			c.reset()
 			writeFile(t, filepath.Join(d2, "inner"), "y")
-			c.waitCovered(t, filepath.Join(d2, "inner"))
+			c.waitPaths(t, filepath.Join(d2, "inner"))
 			c.mu.Lock()
 			for p := range c.paths {
 				if strings.HasPrefix(p, d1+"/") {
@@ -211,20 +274,24 @@ func TestCreateWriteRenameDelete(t *testing.T) {
 func TestNewDirectoriesWithContent(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
-			root := t.TempDir()
-			outside := t.TempDir()
+			fs := isolatedDir(t)
+			root := filepath.Join(fs, "root")
+			outside := filepath.Join(fs, "outside") // same filesystem: trees move in and out by rename
+			os.Mkdir(root, 0o755)
+			os.Mkdir(outside, 0o755)
 			c := startWatcher(t, be, []string{root}, Options{Quiet: 50 * time.Millisecond}, clock.Real{})
 
-			// mkdir -p a/b/c && echo > a/b/c/f, as fast as Go can.
+			// mkdir -p a/b/c && echo > a/b/c/f, as fast as Go can: the
+			// new top directory is rescanned, which covers f.
 			deep := filepath.Join(root, "a", "b", "c")
 			if err := os.MkdirAll(deep, 0o755); err != nil {
 				t.Fatal(err)
 			}
 			f := filepath.Join(deep, "f")
 			writeFile(t, f, "\n")
-			c.waitCovered(t, f)
+			c.waitRescans(t, filepath.Join(root, "a"))
 
-			// A whole tree moved in from outside the root.
+			// A whole tree moved in from outside the root is rescanned.
 			tree := filepath.Join(outside, "tree")
 			os.MkdirAll(filepath.Join(tree, "x", "y"), 0o755)
 			writeFile(t, filepath.Join(tree, "x", "y", "g"), "g")
@@ -233,25 +300,28 @@ func TestNewDirectoriesWithContent(t *testing.T) {
 			if err := os.Rename(tree, moved); err != nil {
 				t.Fatal(err)
 			}
-			c.waitCovered(t, filepath.Join(moved, "x", "y", "g"))
-			c.mu.Lock()
-			if !c.rescan[moved] && c.full == 0 {
-				t.Errorf("moved-in tree not rescanned: %+v", c.batches)
-			}
-			c.mu.Unlock()
+			c.waitRescans(t, moved)
 
-			// And changes inside it afterwards are seen (inotify added watches).
+			// And changes inside it afterwards are precise paths (inotify
+			// added watches).
 			c.reset()
 			h := filepath.Join(moved, "x", "y", "h")
 			writeFile(t, h, "h")
-			c.waitCovered(t, h)
+			c.waitPaths(t, h)
 
 			// A file moved out of the root is reported under its old name.
 			c.reset()
 			if err := os.Rename(h, filepath.Join(outside, "h")); err != nil {
 				t.Fatal(err)
 			}
-			c.waitCovered(t, h)
+			c.waitPaths(t, h)
+			c.mu.Lock()
+			for p := range c.paths {
+				if !under(p, root) {
+					t.Errorf("path outside the root: %s", p)
+				}
+			}
+			c.mu.Unlock()
 		})
 	}
 }
@@ -259,7 +329,7 @@ func TestNewDirectoriesWithContent(t *testing.T) {
 func TestThousandWritesCoalesce(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
-			root := t.TempDir()
+			root := isolatedDir(t)
 			// A quiet period far longer than the loop takes, so a loaded
 			// machine pausing the writer cannot split the burst.
 			c := startWatcher(t, be, []string{root}, Options{Quiet: time.Second, MaxDelay: time.Minute}, clock.Real{})
@@ -278,7 +348,7 @@ func TestThousandWritesCoalesce(t *testing.T) {
 				}
 			}
 			f.Close()
-			c.waitCovered(t, p)
+			c.waitPaths(t, p)
 			time.Sleep(1500 * time.Millisecond) // past the quiet period: nothing more arrives
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -290,12 +360,18 @@ func TestThousandWritesCoalesce(t *testing.T) {
 	}
 }
 
+// The collapse path: past MaxPending entries, paths become rescans of their
+// directories. 60 files in 3 directories with a limit of 8 must come out as
+// rescans of those directories (a full rescan would be the next step, and
+// is not needed for 3 directories), and every file must be covered.
 func TestPendingLimitCollapsesToDirectories(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
-			root := t.TempDir()
+			root := isolatedDir(t)
+			dirs := map[string]bool{}
 			for _, d := range []string{"d1", "d2", "d3"} {
 				os.Mkdir(filepath.Join(root, d), 0o755)
+				dirs[filepath.Join(root, d)] = true
 			}
 			c := startWatcher(t, be, []string{root}, Options{Quiet: 300 * time.Millisecond, MaxDelay: time.Minute, MaxPending: 8}, clock.Real{})
 			var all []string
@@ -306,6 +382,7 @@ func TestPendingLimitCollapsesToDirectories(t *testing.T) {
 			}
 			c.waitCovered(t, all...)
 			time.Sleep(400 * time.Millisecond)
+			c.noFull(t)
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			for _, b := range c.batches {
@@ -313,8 +390,13 @@ func TestPendingLimitCollapsesToDirectories(t *testing.T) {
 					t.Errorf("batch exceeds the pending limit: %d paths, %d rescans", len(b.Paths), len(b.Rescan))
 				}
 			}
-			if len(c.rescan) == 0 && c.full == 0 {
+			if len(c.rescan) == 0 {
 				t.Fatalf("no collapse to directories: %+v", c.batches)
+			}
+			for d := range c.rescan {
+				if !dirs[d] {
+					t.Errorf("rescan of %s, want only the directories written to (d1, d2, d3)", d)
+				}
 			}
 			if st := c.w.Stats(); st.Collapses == 0 {
 				t.Errorf("Stats.Collapses = 0")
@@ -328,7 +410,7 @@ func TestPendingLimitCollapsesToDirectories(t *testing.T) {
 func TestQueueOverflowRequestsFullRescan(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
-			root := t.TempDir()
+			root := isolatedDir(t)
 			w, err := New([]string{root}, Options{Backend: be, Quiet: 50 * time.Millisecond}, zaptest.NewLogger(t), clock.Real{})
 			if err != nil {
 				t.Fatal(err)
@@ -347,7 +429,7 @@ func TestQueueOverflowRequestsFullRescan(t *testing.T) {
 				f.Close()
 			}
 			c := runCollector(t, w)
-			c.waitFor(t, "a full rescan", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.full > 0 })
+			c.waitFor(t, "a full rescan", func() bool { return c.full > 0 })
 			if st := w.Stats(); st.Overflows == 0 {
 				t.Errorf("Stats.Overflows = 0 after a full rescan for overflow")
 			}
@@ -501,14 +583,14 @@ func BenchmarkCapture(b *testing.B) {
 func TestExclude(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
-			root := t.TempDir()
+			root := isolatedDir(t)
 			state := filepath.Join(root, "state")
 			os.Mkdir(state, 0o755)
 			c := startWatcher(t, be, []string{root}, Options{Quiet: 50 * time.Millisecond, Exclude: []string{state}}, clock.Real{})
 			writeFile(t, filepath.Join(state, "journal"), "x")
 			marker := filepath.Join(root, "marker")
 			writeFile(t, marker, "y")
-			c.waitCovered(t, marker)
+			c.waitPaths(t, marker)
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			for p := range c.paths {
@@ -599,7 +681,7 @@ func BenchmarkLatency(b *testing.B) {
 func TestSymlinkedRoot(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := isolatedDir(t)
 			real := filepath.Join(dir, "real")
 			os.MkdirAll(filepath.Join(real, "sub"), 0o755)
 			link := filepath.Join(dir, "link")
@@ -608,7 +690,7 @@ func TestSymlinkedRoot(t *testing.T) {
 			}
 			c := startWatcher(t, be, []string{link}, Options{Quiet: 50 * time.Millisecond}, clock.Real{})
 			writeFile(t, filepath.Join(real, "sub", "f"), "x")
-			c.waitCovered(t, filepath.Join(link, "sub", "f"))
+			c.waitPaths(t, filepath.Join(link, "sub", "f"))
 			if got := c.w.Roots(); len(got) != 1 || got[0] != link {
 				t.Fatalf("Roots = %v", got)
 			}
