@@ -164,6 +164,14 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 	if o.err != nil {
 		return
 	}
+	// The frame must be the chunk asked for at this place, of the length
+	// the listing says: a vault that answers another (valid) chunk would
+	// otherwise put foreign content into the file.
+	want := o.node.Chunks[len(o.node.Chunks)-o.left]
+	if fr.ID != want.ID {
+		o.err = &ChunkError{want.ID, fmt.Sprintf("the vault answered chunk %x in its place", fr.ID[:8])}
+		return
+	}
 	var err error
 	data := fr.Payload
 	switch {
@@ -177,6 +185,9 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 	}
 	if err == nil && w.h.Sum(data) != fr.ID {
 		err = &ChunkError{fr.ID, "content does not match its id (damaged)"}
+	}
+	if err == nil && uint32(len(data)) != want.Len {
+		err = &ChunkError{fr.ID, fmt.Sprintf("holds %d bytes, the listing says %d", len(data), want.Len)}
 	}
 	if err != nil {
 		var ce *ChunkError

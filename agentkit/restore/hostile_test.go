@@ -526,3 +526,44 @@ func TestHostileExistingSymlinks(t *testing.T) {
 		})
 	}
 }
+
+// swapSource answers, for one chunk id, another chunk the vault holds: a
+// valid chunk, at the wrong place.
+type swapSource struct {
+	memSource
+	from, to [32]byte
+}
+
+func (s swapSource) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	asked := make([][32]byte, len(ids))
+	for i, id := range ids {
+		asked[i] = id
+		if id == s.from {
+			asked[i] = s.to
+		}
+	}
+	return s.memSource.GetChunks(ctx, asked, fn)
+}
+
+// A vault answering another valid chunk in place of the one asked for
+// never puts foreign content into a file: the file is refused by name,
+// the others restore, and dump's reader refuses it too.
+func TestHostileChunkSwapped(t *testing.T) {
+	h := newHostile(t)
+	victim := h.content("victim", "the victim's content\n")
+	other := h.content("other", "other file's secret!\n")
+	o := h.options()
+	src := swapSource{memSource: h.src, from: victim.Chunks[0].ID, to: other.Chunks[0].ID}
+	o.Source = src
+	res, err := h.restore(o, other, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireReported(t, "problem", res.Problems, "victim", "in its place")
+	requireAbsent(t, filepath.Join(h.target, "victim"))
+	requireContent(t, filepath.Join(h.target, "other"), "other file's secret!\n")
+	h.requireOutsideUnchanged()
+	if b, err := io.ReadAll(OpenContent(context.Background(), src, testKey, &victim)); err == nil {
+		t.Errorf("OpenContent read %q through a swapped chunk", b)
+	}
+}

@@ -55,7 +55,12 @@ func OpenListing(ctx context.Context, src Source, chunkKey [32]byte, refs []tree
 		var buf []byte
 		for i := 0; i < len(refs); i += 16 {
 			ids := idsOf(refs[i:min(i+16, len(refs))])
+			k := 0
 			err := src.GetChunks(ctx, ids, func(f *wire.Frame) error {
+				if k >= len(ids) || f.ID != ids[k] {
+					return fmt.Errorf("listing: the vault answered chunk %x out of place", f.ID[:8])
+				}
+				k++
 				var err error
 				buf, err = verify(h, f, buf[:0])
 				if err != nil {
@@ -149,6 +154,10 @@ func (c *chunkReader) fetch(refs []tree.ChunkRef) chan batchResult {
 		h := keys.NewHasher(c.key)
 		var res batchResult
 		res.err = c.src.GetChunks(c.ctx, idsOf(refs), func(f *wire.Frame) error {
+			k := len(res.data)
+			if k >= len(refs) || f.ID != refs[k].ID {
+				return &ChunkError{f.ID, "answered by the vault out of place"}
+			}
 			b, err := verify(h, f, getBuf(int(f.PlainLen)))
 			if err != nil {
 				return err
