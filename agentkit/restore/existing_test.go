@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
 	"vaultnode/internal/tree"
 )
 
@@ -67,5 +70,50 @@ func TestExistingPolicies(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Hard links into an immutable directory, and to an immutable file, are
+// made before the flags are set; the flags are all there at the end.
+func TestHardLinksAndImmutable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED LOUDLY: needs root (chattr +i); CI runs as root")
+	}
+	h := newHostile(t)
+	t.Cleanup(func() {
+		for _, p := range []string{"d/a", "d"} {
+			if fd, err := unix.Open(filepath.Join(h.target, p), unix.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
+				unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, 0)
+				unix.Close(fd)
+			}
+		}
+	})
+	d := dir("d")
+	d.Flags = meta.FlagImmutable
+	a := h.content("d/a", "linked\n")
+	a.Nlink, a.Flags = 2, meta.FlagImmutable
+	l := file("d/l")
+	l.LinkTo, l.Nlink = []byte("d/a"), 2
+	res, err := h.restore(h.options(), d, a, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Problems) > 0 {
+		t.Fatalf("problems: %q", res.Problems)
+	}
+	var sa, sl unix.Stat_t
+	must(t, unix.Lstat(filepath.Join(h.target, "d/a"), &sa))
+	must(t, unix.Lstat(filepath.Join(h.target, "d/l"), &sl))
+	if sa.Ino != sl.Ino {
+		t.Errorf("d/l is not a link of d/a")
+	}
+	for _, p := range []string{"d", "d/a"} {
+		fd, err := unix.Open(filepath.Join(h.target, p), unix.O_RDONLY|unix.O_NONBLOCK, 0)
+		must(t, err)
+		f, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+		unix.Close(fd)
+		if err != nil || f&meta.FlagImmutable == 0 {
+			t.Errorf("%s: flags %s, %v; want immutable", p, meta.FlagString(f), err)
+		}
 	}
 }

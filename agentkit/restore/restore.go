@@ -98,6 +98,7 @@ type restorer struct {
 	batchSize int64
 	notes     []string
 	links     []link
+	linkDirs  map[string]bool // directories that get hard links at the end
 	dirs      map[string]*tree.Node
 	// placed holds the hard-linked regular files queued so far (by listing
 	// path), restored those written completely: a hard link may point
@@ -164,7 +165,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 // run restores the nodes rd yields.
 func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, openJobSlack),
-		dirs: map[string]*tree.Node{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{},
+		dirs: map[string]*tree.Node{}, linkDirs: map[string]bool{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{},
 		privileged: geteuid() == 0}
 	if !o.DryRun {
 		if err := os.MkdirAll(o.Target, 0o700); err != nil {
@@ -349,10 +350,14 @@ func (r *restorer) push(parent *dirEntry, name []byte, n *tree.Node) error {
 func (r *restorer) pop() {
 	d := r.stack[len(r.stack)-1]
 	r.stack = r.stack[:len(r.stack)-1]
+	opts := r.o.Meta
+	// Hard links into d are made at the end: an immutable directory gets
+	// its flags after them (makeLinks applies its metadata again).
+	opts.SkipFlags = r.linkDirs[string(d.path)]
 	go func() {
 		d.wg.Wait()
 		if d.node != nil {
-			if err := meta.ApplyFD(d.fd, d.node, r.o.Meta); err != nil {
+			if err := meta.ApplyFD(d.fd, d.node, opts); err != nil {
 				r.problem("%s: metadata: %v", d.path, err)
 			}
 		}
@@ -391,6 +396,7 @@ func (r *restorer) place(n *tree.Node) error {
 	case tree.TypeFile:
 		if n.LinkTo != nil {
 			r.links = append(r.links, link{node: n})
+			r.linkDirs[string(parent.path)] = true
 			return nil
 		}
 		final, skip, err := r.targetName(parent.fd, string(name))
@@ -484,16 +490,12 @@ func (r *restorer) policy(n *tree.Node) *tree.Node {
 // is made to the very inode written earlier in this run.
 func (r *restorer) makeLinks() {
 	root := r.stack[0].fd
-	touched := map[string]bool{}
 	opts := r.o.Meta
 	opts.Replace = r.o.Existing == Overwrite
 	for _, l := range r.links {
 		if err := r.makeLink(root, l.node, opts); err != nil {
 			r.problem("%q: NOT RESTORED: %v", l.node.Path, err)
-			continue
 		}
-		dir, _ := splitPath(l.node.Path)
-		touched[string(dir)] = true
 	}
 	// The sources' inode flags wait for their last link (an immutable
 	// file cannot be linked).
@@ -505,8 +507,9 @@ func (r *restorer) makeLinks() {
 			r.problem("%q: metadata: %v", f.node.Path, err)
 		}
 	}
-	// Linking changed the directories' times: set them again.
-	for d := range touched {
+	// Linking changed the directories' times, and their flags waited for
+	// the links: set their metadata again, links made or not.
+	for d := range r.linkDirs {
 		n := r.dirs[d]
 		if n == nil {
 			continue
