@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/treediff"
 	"vaultnode/internal/keys"
 	"vaultnode/internal/pack"
 )
@@ -85,6 +88,17 @@ func TestCorruptPack(t *testing.T) {
 	e := newEnv(t)
 	g := newGen(t, e.src, 3)
 	g.makeTree(100, 5<<20)
+	// Metadata beyond mode and times on the unaffected files, so that the
+	// comparisons below have an owner and xattrs to check.
+	for i, rel := range []string{"docs/d04/f014.txt", "docs/d05/f015.txt", "private/secret", "sparse/holes.img"} {
+		p := filepath.Join(e.src, rel)
+		if err := unix.Setxattr(p, "user.vaultnode.test", []byte(fmt.Sprintf("value %d", i)), 0); err != nil {
+			t.Fatalf("set an xattr on %s (the e2e tests need user xattrs in TMPDIR): %v", rel, err)
+		}
+		if err := os.Lchown(p, 1000+i, 2000+i); err != nil {
+			t.Fatalf("chown %s (the e2e tests run as root): %v", rel, err)
+		}
+	}
 	snap := snapshot(t, e.src)
 	e.a.backup("home")
 	e.a.backup("home") // a second version referencing the same chunks
@@ -145,13 +159,46 @@ func TestCorruptPack(t *testing.T) {
 	delete(want, filepath.Dir(victim))
 	delete(got, filepath.Dir(victim))
 	compareTrees(t, "restore of the unaffected files", want, got)
-	// An unaffected single file restores with exit 0.
+	// And every byte and every piece of metadata treediff knows (owner,
+	// xattrs, ACLs, flags, holes) of everything but the victim.
+	requireSameExcept(t, "restore of the unaffected files", e.src, dir, func(d treediff.Difference) bool {
+		return string(d.Path) == victim || string(d.Path) == filepath.Dir(victim) && d.Field == "mtime"
+	})
+	// An unaffected single file restores with exit 0, whole: bytes and
+	// metadata.
 	other := "docs/d04/f014.txt"
 	to = filepath.Join(e.root, "two")
 	if r := e.a.run("restore", "home@2:"+filepath.Join(e.src, other), "-to", to, "-setid"); r.code != 0 {
 		t.Errorf("restore of an unaffected file: %s", r)
-	} else if b, _ := os.ReadFile(filepath.Join(to, e.src, other)); snap[other].Size != int64(len(b)) {
-		t.Errorf("unaffected file restored with %d bytes, want %d", len(b), snap[other].Size)
+	} else {
+		restored := filepath.Join(to, e.src)
+		compareTrees(t, "restore of an unaffected file", map[string]entryState{other: snap[other]},
+			map[string]entryState{other: snapshot(t, restored)[other]})
+		requireSameExcept(t, "restore of an unaffected file", filepath.Join(e.src, filepath.Dir(other)), filepath.Join(restored, filepath.Dir(other)),
+			func(d treediff.Difference) bool { return string(d.Path) != filepath.Base(other) })
+	}
+}
+
+// requireSameExcept requires the tree at got to match the one at want in
+// content and metadata (treediff, atime aside), apart from the differences
+// expected says are the test's doing.
+func requireSameExcept(t *testing.T, what, want, got string, expected func(treediff.Difference) bool) {
+	t.Helper()
+	diffs, err := treediff.Compare(want, got, treediff.Options{SkipRoot: true})
+	if err != nil {
+		t.Fatalf("%s: compare: %v", what, err)
+	}
+	var bad []string
+	for _, d := range diffs {
+		if !expected(d) {
+			bad = append(bad, d.String())
+		}
+	}
+	if len(bad) > 0 {
+		if len(bad) > 30 {
+			bad = append(bad[:30], fmt.Sprintf("... and %d more", len(bad)-30))
+		}
+		t.Errorf("%s: %d differences:\n  %s", what, len(bad), strings.Join(bad, "\n  "))
 	}
 }
 
@@ -200,6 +247,9 @@ func TestCorruptEntryHeader(t *testing.T) {
 	delete(got, victim)
 	delete(got, ".")
 	compareTrees(t, "restore of the intact files", want, got)
+	requireSameExcept(t, "restore of the intact files", e.src, dir, func(d treediff.Difference) bool {
+		return string(d.Path) == victim || string(d.Path) == "."
+	})
 }
 
 // TestCorruptListing damages a version's listing: verify names the
