@@ -40,9 +40,9 @@ func powerCuts(t *testing.T) int {
 // the power at random instants while an agent on the host backs up in a
 // loop. At each cut the writes not flushed are lost, all of them or a
 // random subset (a disk reorders its cache). After each cut the appliance
-// boots on what survived: vaultd starts, verify is clean, every version
-// whose backup was acknowledged (exit 0) is listed, and the new ones
-// restore identical; at the end every acknowledged version is restored.
+// boots on what survived: vaultd starts, verify is clean (it checks every
+// version's data), every version whose backup was acknowledged (exit 0)
+// is listed, and the newest of them and a few others restore identical.
 // A missing or misordered fsync in the vault loses an acknowledged
 // version or damages the store here, which cache=unsafe never shows.
 func TestPowerCutVolatileCache(t *testing.T) {
@@ -265,8 +265,10 @@ func TestPowerCutVolatileCache(t *testing.T) {
 				fail(vm, "after power cut %d, data@%d is gone although its backup was acknowledged; the vault lists %v", n, v, listed)
 			}
 		}
-		// Versions acknowledged since the last cut restore identical, and
-		// two older ones again (verify above checked every version's data).
+		// Restores through the emulated vault are slow: the newest
+		// acknowledged version (the one a missing fsync loses first), up
+		// to two more not restored yet and one restored before restore
+		// identical; verify above checked every version's data.
 		var fresh, old []uint64
 		for _, v := range slices.Sorted(maps.Keys(acked)) {
 			if checked[v] {
@@ -275,13 +277,20 @@ func TestPowerCutVolatileCache(t *testing.T) {
 				fresh = append(fresh, v)
 			}
 		}
+		var pick []uint64
+		if len(fresh) > 0 {
+			pick = append(pick, fresh[len(fresh)-1])
+			fresh = fresh[:len(fresh)-1]
+		}
+		rnd.Shuffle(len(fresh), func(i, j int) { fresh[i], fresh[j] = fresh[j], fresh[i] })
 		rnd.Shuffle(len(old), func(i, j int) { old[i], old[j] = old[j], old[i] })
-		for _, v := range append(fresh, old[:min(len(old), 2)]...) {
+		pick = append(append(pick, fresh[:min(len(fresh), 2)]...), old[:min(len(old), 1)]...)
+		for _, v := range pick {
 			ag.restoreCompare(ctx, v, src, acked[v])
 			checked[v] = true
 		}
-		t.Logf("after cut %d: verify clean, all %d acknowledged versions listed, %d restored identical (%v since the start)",
-			n, len(acked), len(fresh)+min(len(old), 2), time.Since(start).Round(time.Second))
+		t.Logf("after cut %d: verify clean, all %d acknowledged versions listed; restored identical: %v (%v since the start)",
+			n, len(acked), pick, time.Since(start).Round(time.Second))
 		if n == cuts {
 			break
 		}
@@ -293,7 +302,7 @@ func TestPowerCutVolatileCache(t *testing.T) {
 	must(t, vm.Wait(ctx))
 	srv.stop()
 	writes, flushes, _ := disk.counters()
-	t.Logf("%d power cuts, %d acknowledged versions all present and identical; the last boot sent %d writes and %d flushes", cuts, len(acked), writes, flushes)
+	t.Logf("%d power cuts, %d acknowledged versions all present and verified; the last boot sent %d writes and %d flushes", cuts, len(acked), writes, flushes)
 }
 
 type cutBackup struct {
