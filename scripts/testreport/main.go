@@ -174,6 +174,12 @@ func (r *report) handle(ev event) {
 		s.allowed = r.allowed[k]
 		r.skips = append(r.skips, s)
 		st.output = nil
+		if r.ci && s.allowed == "" {
+			// Fails the test and its package (printed FAIL, not ok).
+			r.failed++
+			r.pkgFails[ev.Package]++
+			fmt.Fprintf(r.out, "--- FAIL: %s skipped in CI: %s\n", ev.Test, s.reason)
+		}
 	}
 }
 
@@ -208,7 +214,11 @@ func (r *report) handlePackage(ev event) {
 			delete(r.tests, k)
 		}
 	}
-	switch ev.Action {
+	action := ev.Action
+	if action == "pass" && r.pkgFails[ev.Package] > 0 {
+		action = "fail" // a skip CI does not allow
+	}
+	switch action {
 	case "pass":
 		fmt.Fprintf(r.out, "ok  \t%s\t%.3fs\n", ev.Package, ev.Elapsed)
 	case "skip":
@@ -303,10 +313,8 @@ func (r *report) finish() error {
 				verdict = " [NOT ALLOWED IN CI: fix the machine (.ci/run) or add it to the allow-list with a reason]"
 			}
 			fmt.Fprintf(r.out, "  SKIP %s %s: %s%s\n", s.key.pkg, s.key.test, s.reason, verdict)
-			if r.ci && s.allowed == "" {
-				r.failed++
-			} else {
-				skipped++
+			if !r.ci || s.allowed != "" {
+				skipped++ // the others counted as failed when they skipped
 			}
 		}
 	}

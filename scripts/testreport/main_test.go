@@ -36,6 +36,10 @@ func TestPanics(t *testing.T) { panic("kaboom") }
 import "testing"
 func TestBroken(t *testing.T) { undefinedName() }
 `,
+		"e/e_test.go": `package e
+import "testing"
+func TestOnlySkips(t *testing.T) { t.Skip("needs a disk") }
+`,
 		"d/d_test.go": `package d
 import "testing"
 func TestQuiet(t *testing.T) {}
@@ -76,11 +80,14 @@ func TestReport(t *testing.T) {
 		last string
 		want []string
 	}{
-		{ci: "", last: "4 passed, 3 failed, 3 skipped", want: []string{
+		{ci: "", last: "4 passed, 3 failed, 4 skipped", want: []string{
 			"SKIP example/a TestSkipUnlisted: a_test.go:6: SKIPPED LOUDLY: needs root\n",
+			"ok  \texample/e\t",
 		}},
-		{ci: "true", last: "4 passed, 4 failed, 2 skipped", want: []string{
+		{ci: "true", last: "4 passed, 5 failed, 2 skipped", want: []string{
 			"SKIP example/a TestSkipUnlisted: a_test.go:6: SKIPPED LOUDLY: needs root [NOT ALLOWED IN CI",
+			"--- FAIL: TestOnlySkips skipped in CI: e_test.go:3: needs a disk\n",
+			"FAIL\texample/e\t",
 		}},
 	} {
 		t.Run("CI="+tc.ci, func(t *testing.T) {
