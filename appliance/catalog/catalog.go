@@ -388,8 +388,21 @@ func (c *Catalog) AddJournal(computer, config string, j wire.Journal) (wire.Jour
 }
 
 // PutReport stores an agent's latest report on a configuration; its time
-// also counts as the computer's contact.
+// also counts as the computer's contact. A report that says what the
+// stored one says (an agent's heartbeat) is only contact: it is kept in
+// memory with the others (see Seen) and the stored report keeps the time
+// its state began.
 func (c *Catalog) PutReport(computer string, r wire.Report) error {
+	if r.Config != "" {
+		old, err := c.Report(computer, r.Config)
+		if err == nil && old.Config == r.Config && old.State == r.State && old.Reason == r.Reason && old.Capture == r.Capture {
+			if _, err := c.Computer(computer); err != nil {
+				return err
+			}
+			c.Seen(computer, r.Time)
+			return nil
+		}
+	}
 	_, err := c.apply(KindPutReport, PutReportCmd{Computer: computer, Report: r})
 	return err
 }

@@ -1,12 +1,14 @@
 package catalog
 
 import (
+	"errors"
 	"testing"
 	"time"
 
 	"go.etcd.io/bbolt"
 
 	"vaultnode/internal/clock"
+	"vaultnode/internal/wire"
 )
 
 // storedLastSeen reads a computer's last contact as written in the
@@ -97,5 +99,44 @@ func TestContactBatched(t *testing.T) {
 	defer c.Close()
 	if got := storedLastSeen(t, c, "pc-1"); !got.Equal(start.Add(2 * time.Hour)) {
 		t.Fatalf("Close lost a pending contact: %v", got)
+	}
+}
+
+// TestHeartbeatIsContact: a report that repeats the stored one writes
+// nothing; a changed one is a command.
+func TestHeartbeatIsContact(t *testing.T) {
+	start := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	var c *Catalog
+	var n int
+	c, err := Open(t.TempDir(), Options{Submit: func(cmd Command) (any, error) {
+		if cmd.Kind == KindPutReport {
+			n++
+		}
+		return c.ApplyResult(cmd)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	enrolled(t, c, start, "pc-1")
+	for i := 0; i < 10; i++ {
+		if err := c.PutReport("pc-1", wire.Report{Config: "home", State: wire.AgentIdle, Time: start.Add(time.Duration(i) * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.PutReport("pc-1", wire.Report{Config: "home", State: wire.AgentError, Reason: "disk", Time: start.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Fatalf("%d report commands for 10 heartbeats and one change, want 2", n)
+	}
+	if cp, _ := c.Computer("pc-1"); !cp.LastSeen.Equal(start.Add(time.Hour)) {
+		t.Fatalf("last contact %v", cp.LastSeen)
+	}
+	if r, _ := c.Report("pc-1", "home"); r.State != wire.AgentError || !r.Time.Equal(start.Add(time.Hour)) {
+		t.Fatalf("stored report %+v", r)
+	}
+	if err := c.PutReport("pc-gone", wire.Report{Config: "home", Time: start}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("report of an unknown computer: %v", err)
 	}
 }
