@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"time"
@@ -183,4 +184,34 @@ func (s *Store) CheckIndex(max int) ([]BadRecord, error) {
 		return nil
 	})
 	return out, err
+}
+
+// Relocate points a company's chunk at another entry holding it, good
+// (verify found one), if its record still says from: a concurrent heal is
+// never undone. A quarantine record goes (the caller reports the repair).
+// It reports whether the record was changed.
+func (s *Store) Relocate(company string, id [32]byte, from, to Location) (bool, error) {
+	changed := false
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		cb := tx.Bucket(bucketChunks).Bucket([]byte(company))
+		if cb == nil {
+			return nil
+		}
+		v := cb.Get(id[:])
+		if v == nil || !bytes.Equal(v, from.marshal()) {
+			return nil
+		}
+		changed = true
+		if err := cb.Put(id[:], to.marshal()); err != nil {
+			return err
+		}
+		if qb := tx.Bucket(bucketQuarantine).Bucket([]byte(company)); qb != nil {
+			return qb.Delete(id[:])
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("relocate chunk %x: %w", id[:8], err)
+	}
+	return changed, nil
 }

@@ -63,6 +63,10 @@ type Report struct {
 	Quarantined []QuarantinedChunk `json:"quarantined"`
 	// Healed lists chunks a backup sent again since the last verify.
 	Healed []HealedChunk `json:"healed"`
+	// Repaired lists index records this run pointed at a good copy of
+	// their chunk found elsewhere in the company's packs: fixed, so not
+	// problems.
+	Repaired []Problem `json:"repaired"`
 }
 
 // QuarantinedChunk is a chunk found damaged: agents are asked for it again.
@@ -129,7 +133,7 @@ func (p *scannedPack) find(off uint32) *scannedEntry {
 // (agents are asked for them again); the report also lists the chunks
 // healed since the last run.
 func (v *Vault) Verify(ctx context.Context) (*Report, error) {
-	rep := &Report{Problems: []Problem{}, Quarantined: []QuarantinedChunk{}, Healed: []HealedChunk{}}
+	rep := &Report{Problems: []Problem{}, Quarantined: []QuarantinedChunk{}, Healed: []HealedChunk{}, Repaired: []Problem{}}
 	healed, err := v.Store.TakeHealed()
 	if err != nil {
 		return nil, err
@@ -167,12 +171,6 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 	companies, err := v.Catalog.Companies()
 	if err != nil {
 		return nil, err
-	}
-	type suspect struct {
-		company string
-		id      [32]byte
-		loc     store.Location
-		why     string
 	}
 	var late, quarantine []suspect
 	for _, co := range companies {
@@ -222,6 +220,9 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 				rep.Dead++
 			}
 		}
+	}
+	if quarantine, err = v.relocate(scanned, quarantine, rep); err != nil {
+		return nil, err
 	}
 	scanned = nil // the biggest structure: let it go before the listings
 	// Records committed after their pack was scanned (backups run during a
@@ -309,6 +310,58 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 		return nil
 	})
 	return rep, err
+}
+
+// suspect is an index record verify found wrong.
+type suspect struct {
+	company string
+	id      [32]byte
+	loc     store.Location
+	why     string
+}
+
+// relocate points each suspect record whose chunk has a good entry
+// elsewhere in its company's packs (swapped records, a record disagreeing
+// with its entry, a damaged copy beside a good one) at that entry, and
+// returns the suspects left to quarantine.
+func (v *Vault) relocate(scanned map[uint32]*scannedPack, suspects []suspect, rep *Report) ([]suspect, error) {
+	if len(suspects) == 0 {
+		return suspects, nil
+	}
+	type key struct {
+		company string
+		id      [32]byte
+	}
+	good := map[key]store.Location{}
+	for _, s := range suspects {
+		good[key{s.company, s.id}] = store.Location{}
+	}
+	for n, sp := range scanned {
+		for _, e := range sp.entries {
+			k := key{sp.company, e.id}
+			if l, ok := good[k]; ok && !e.bad && l.Offset == 0 {
+				good[k] = store.Location{Pack: n, Offset: e.off, BodyLen: e.bodyLen, PlainLen: e.plainLen, Kind: e.kind, Flags: e.flags}
+			}
+		}
+	}
+	var left []suspect
+	for _, s := range suspects {
+		to := good[key{s.company, s.id}]
+		if to.Offset == 0 { // offsets start past the pack header: none found
+			left = append(left, s)
+			continue
+		}
+		changed, err := v.Store.Relocate(s.company, s.id, s.loc, to)
+		if err != nil {
+			return nil, err
+		}
+		if !changed { // changed meanwhile (a backup healed it): check it next time
+			continue
+		}
+		rep.Repaired = append(rep.Repaired, Problem{Pack: v.Store.PackPath(s.loc.Pack), Offset: int64(s.loc.Offset), Chunk: hex.EncodeToString(s.id[:]),
+			What: fmt.Sprintf("%s; the index now points at its good copy in %s offset %d", s.why, v.Store.PackPath(to.Pack), to.Offset)})
+	}
+	return left, nil
 }
 
 // verifyPack scans a pack up to its committed length and checks every

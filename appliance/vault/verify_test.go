@@ -198,7 +198,8 @@ func TestVerifyHealsFlippedByte(t *testing.T) {
 }
 
 // TestVerifySwappedLocations: two index records swapped both point at
-// good entries, of the other chunk: verify reports both.
+// good entries, of the other chunk: verify reports both and points each at
+// its own entry; then everything reads and verify is clean.
 func TestVerifySwappedLocations(t *testing.T) {
 	f := newVerifyFixture(t)
 	a, c := f.ids["a"], f.ids["c"]
@@ -217,15 +218,64 @@ func TestVerifySwappedLocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.open()
+	if _, _, err := f.v.Store.Get("acme", f.k.aead, a, nil); err == nil {
+		t.Fatal("Get through a swapped record succeeded")
+	}
 	rep := f.verify()
+	if !rep.OK() || len(rep.Quarantined) != 0 {
+		t.Fatalf("verify of swapped records: problems %v, quarantined %v; want both repaired", rep.Problems, rep.Quarantined)
+	}
 	for _, id := range [][32]byte{a, c} {
 		found := false
-		for _, p := range problemsAbout(rep, id) {
-			found = found || strings.Contains(p.What, "another chunk")
+		for _, p := range rep.Repaired {
+			found = found || p.Chunk == hex.EncodeToString(id[:]) && strings.Contains(p.What, "another chunk") && strings.Contains(p.What, "now points at its good copy")
 		}
 		if !found {
-			t.Fatalf("verify does not report chunk %x pointing at another chunk's entry: %v", id[:8], rep.Problems)
+			t.Fatalf("verify does not report chunk %x pointing at another chunk's entry, repaired: %v", id[:8], rep.Repaired)
 		}
+	}
+	for name, id := range map[string][32]byte{"a": a, "c": c} {
+		got, _, err := f.v.Store.Get("acme", f.k.aead, id, nil)
+		if err != nil || !bytes.Equal(got, f.files[name]) {
+			t.Fatalf("Get %s after the repair: %v", name, err)
+		}
+	}
+	rep = f.verify()
+	f.mustClean(rep)
+	if len(rep.Repaired) != 0 {
+		t.Fatalf("repairs reported again: %v", rep.Repaired)
+	}
+}
+
+// TestVerifyPrefersGoodCopy: a damaged entry whose chunk also has a good
+// entry (indexed twice after a recovery, or sent again) is repaired by
+// pointing at the good one, not quarantined.
+func TestVerifyPrefersGoodCopy(t *testing.T) {
+	f := newVerifyFixture(t)
+	id := f.ids["a"]
+	loc, _ := f.v.Store.Lookup("acme", id)
+	// A second copy, in a pack the index does not know: recovery indexes
+	// it, keeping the first record.
+	f.v.Close()
+	hdr, _ := pack.FileHeader{Company: "acme", Number: 500}.Marshal()
+	h := pack.EntryHeader{Kind: pack.KindData, ID: id, PlainLen: uint32(len(f.files["a"]))}
+	p := filepath.Join(f.dir, "packs", "001", "000001f4.pack")
+	os.MkdirAll(filepath.Dir(p), 0o700)
+	if err := os.WriteFile(p, pack.AppendEntry(hdr, f.k.aead, &h, f.files["a"]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.open()
+	if l, _ := f.v.Store.Lookup("acme", id); l != loc {
+		t.Fatalf("recovery moved the record of a chunk it already held: %+v, want %+v", l, loc)
+	}
+	flipByte(t, f.v.Store.PackPath(loc.Pack), int64(loc.Offset)+pack.EntryHeaderSize+10)
+	rep := f.verify()
+	if !rep.OK() || len(rep.Repaired) != 1 || len(rep.Quarantined) != 0 {
+		t.Fatalf("verify: problems %v, repaired %v, quarantined %v; want one repair", rep.Problems, rep.Repaired, rep.Quarantined)
+	}
+	got, _, err := f.v.Store.Get("acme", f.k.aead, id, nil)
+	if err != nil || !bytes.Equal(got, f.files["a"]) {
+		t.Fatalf("Get after the repair: %v", err)
 	}
 }
 

@@ -212,11 +212,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			fmt.Fprintf(stdout, "QUARANTINED %s chunk %s (%s since %s): %s\n", q.Company, q.Chunk, state, q.Since.Local().Format(time.DateTime), q.Reason)
 		}
+		for _, p := range rep.Repaired {
+			fmt.Fprintln(stdout, "REPAIRED", p.String())
+		}
 		for _, h := range rep.Healed {
 			fmt.Fprintf(stdout, "HEALED %s chunk %s at %s\n", h.Company, h.Chunk, h.At.Local().Format(time.DateTime))
 		}
-		fmt.Fprintf(stdout, "verified %d packs, %d entries (%d bytes), %d index records, %d versions, %d journal records, %d files: %d problems, %d quarantined, %d healed since the last verify\n",
-			rep.Packs, rep.Entries, rep.Bytes, rep.Records, rep.Versions, rep.Journal, rep.Files, len(rep.Problems), len(rep.Quarantined), len(rep.Healed))
+		fmt.Fprintf(stdout, "verified %d packs, %d entries (%d bytes), %d index records, %d versions, %d journal records, %d files: %d problems, %d quarantined, %d index records repaired, %d healed since the last verify\n",
+			rep.Packs, rep.Entries, rep.Bytes, rep.Records, rep.Versions, rep.Journal, rep.Files, len(rep.Problems), len(rep.Quarantined), len(rep.Repaired), len(rep.Healed))
 		if !rep.OK() {
 			return exitError{exitDamaged}
 		}
