@@ -58,7 +58,9 @@ func TestAnswerLimits(t *testing.T) {
 	if le, ok := limit.As(err); !ok || le.Limit != "wire.MaxAnswer" {
 		t.Fatalf("endless session answer: %v", err)
 	}
-	if got > 4*wire.MaxAnswer {
+	// io.ReadAll's growing buffer and the transport's (more under -race):
+	// a few times MaxAnswer, never the endless stream.
+	if got > 8*wire.MaxAnswer {
 		t.Fatalf("an endless answer allocated %d bytes, bound %d", got, wire.MaxAnswer)
 	}
 	_, err = c.Versions(context.Background(), "home")
