@@ -16,6 +16,17 @@ import (
 	"vaultnode/internal/wire"
 )
 
+// Progress is told how far a long operation (verify) is.
+type Progress interface {
+	SetTotals(items, bytes int64)
+	Add(items, bytes int64)
+}
+
+type noProgress struct{}
+
+func (noProgress) SetTotals(items, bytes int64) {}
+func (noProgress) Add(items, bytes int64)       {}
+
 // Problem is one damaged thing found by Verify.
 type Problem struct {
 	Pack     string `json:"pack,omitempty"`   // pack file
@@ -132,7 +143,15 @@ func (p *scannedPack) find(off uint32) *scannedEntry {
 // they reference is present and good. Chunks found damaged are quarantined
 // (agents are asked for them again); the report also lists the chunks
 // healed since the last run.
-func (v *Vault) Verify(ctx context.Context) (*Report, error) {
+func (v *Vault) Verify(ctx context.Context) (*Report, error) { return v.VerifyProgress(ctx, nil) }
+
+// VerifyProgress is Verify reporting the packs it scans (items, and bytes
+// up to their committed ends) to prog, when not nil: a verify job's
+// progress (ops_jobs.go).
+func (v *Vault) VerifyProgress(ctx context.Context, prog Progress) (*Report, error) {
+	if prog == nil {
+		prog = noProgress{}
+	}
 	rep := &Report{Problems: []Problem{}, Quarantined: []QuarantinedChunk{}, Healed: []HealedChunk{}, Repaired: []Problem{}}
 	healed, err := v.Store.TakeHealed()
 	if err != nil {
@@ -152,12 +171,18 @@ func (v *Vault) Verify(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	var total int64
+	for _, p := range packs {
+		total += p.Committed
+	}
+	prog.SetTotals(int64(len(packs)), total)
 	scanned := map[uint32]*scannedPack{}
 	damaged := map[[32]byte]bool{}
 	for _, p := range packs {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		prog.Add(1, p.Committed)
 		rep.Packs++
 		k, err := v.companyKeys(p.Company)
 		if err != nil {
