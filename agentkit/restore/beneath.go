@@ -60,6 +60,26 @@ const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESO
 // noOpenat2 is set once openat2 is found missing (Linux before 5.6).
 var noOpenat2 atomic.Bool
 
+// probeOpenat2 reports whether openat2 works here; when it does not
+// (ENOSYS before Linux 5.6, EPERM from a seccomp filter that does not know
+// it), openBeneath walks component by component from then on.
+func probeOpenat2(root int) bool {
+	if noOpenat2.Load() {
+		return false
+	}
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: resolveFlags}
+	fd, err := unix.Openat2(root, ".", &how)
+	if err == nil {
+		unix.Close(fd)
+		return true
+	}
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+		noOpenat2.Store(true)
+		return false
+	}
+	return true // another error: openBeneath reports it where it matters
+}
+
 // openBeneath opens rel, a path checkPath accepted ("" or "." for root
 // itself), beneath the directory root without traversing any symlink; a
 // final symlink is opened itself only with O_PATH. It uses openat2 with

@@ -176,6 +176,9 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 			return nil, fmt.Errorf("open target %s: %w", o.Target, err)
 		}
 		r.stack = []*dirEntry{{path: nil, fd: fd}}
+		if !probeOpenat2(fd) {
+			o.Log.Info("openat2 is not available (Linux before 5.6, or filtered): hard links are resolved component by component with O_NOFOLLOW")
+		}
 	}
 	if o.Progress != nil {
 		done := make(chan struct{})
