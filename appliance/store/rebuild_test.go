@@ -348,3 +348,21 @@ func TestRebuild(t *testing.T) {
 }
 
 var _ = io.EOF
+
+// TestRebuildInterrupted: a rebuild stopped after its first pack (as a
+// crash would stop it) leaves an index the next Open completes.
+func TestRebuildInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	f := newFixture(t, dir)
+	all := f.fill([]string{"acme", "globex"}, 3, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := f.s.Rebuild(ctx, func(p store.RebuildProgress) { cancel() })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Rebuild cancelled after one pack: %v", err)
+	}
+	if has, _ := f.s.Has(all[len(all)-1].company, [][32]byte{all[len(all)-1].e.Header.ID}); has[0] {
+		t.Fatal("the last pack was indexed although the rebuild stopped after the first: the test proves nothing")
+	}
+	f.reopen()
+	f.mustAll(all)
+}
