@@ -215,3 +215,21 @@ func (s *Store) Relocate(company string, id [32]byte, from, to Location) (bool, 
 	}
 	return changed, nil
 }
+
+// Indexed reports for each id whether the index has a record of it at all,
+// quarantined, malformed or good: whether the index is as new as what
+// refers to it, not whether the chunk reads.
+func (s *Store) Indexed(company string, ids [][32]byte) ([]bool, error) {
+	out := make([]bool, len(ids))
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketChunks).Bucket([]byte(company))
+		if b == nil {
+			return nil
+		}
+		for i := range ids {
+			out[i] = b.Get(ids[i][:]) != nil
+		}
+		return nil
+	})
+	return out, err
+}

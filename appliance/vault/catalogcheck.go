@@ -45,9 +45,11 @@ func checkCatalogThere(dir string) error {
 		"to rebuild it from the packs (docs/format.md says what comes back)", ErrCatalogMissing, dir, strings.Join(held, ", "), dir)
 }
 
-// indexHas is what the start-up check needs of the store.
+// indexHas is what the start-up check needs of the store: whether the
+// index has a record at all (a chunk verify quarantined as damaged is
+// known to the index, though Has reports it absent).
 type indexHas interface {
-	Has(company string, ids [][32]byte) ([]bool, error)
+	Indexed(company string, ids [][32]byte) ([]bool, error)
 }
 
 // missingEntry is an entry the catalog references and the index lacks.
@@ -106,7 +108,7 @@ func missingFromIndex(cat *catalog.Catalog, idx indexHas) ([]missingEntry, error
 			if len(ids) == 0 {
 				continue
 			}
-			has, err := idx.Has(cp.Company, ids)
+			has, err := idx.Indexed(cp.Company, ids)
 			if err != nil {
 				return nil, fmt.Errorf("check index for %s: %w", name, err)
 			}

@@ -339,3 +339,32 @@ func flipByte(t *testing.T, path string, off int64) {
 		t.Fatal(err)
 	}
 }
+
+// TestQuarantinedOpens: a version's manifest and listing chunk found
+// damaged are quarantined; the vault still starts (the index knows them:
+// it is not older than the catalog) and verify names the version.
+func TestQuarantinedOpens(t *testing.T) {
+	f := newVerifyFixture(t)
+	vs, err := f.v.Catalog.VersionRecords("pc-1", "home")
+	if err != nil || len(vs) != 1 {
+		t.Fatalf("versions: %v, %v", vs, err)
+	}
+	lid, mid := vs[0].Listing[0].ID, [32]byte(vs[0].ManifestID)
+	for _, id := range [][32]byte{lid, mid} {
+		loc, _ := f.v.Store.Lookup("acme", id)
+		flipByte(t, f.v.Store.PackPath(loc.Pack), int64(loc.Offset)+pack.EntryHeaderSize+20)
+	}
+	rep := f.verify()
+	if len(rep.Quarantined) != 2 {
+		t.Fatalf("quarantined %+v, want the manifest and the listing chunk", rep.Quarantined)
+	}
+	f.reopen()
+	rep = f.verify()
+	named := false
+	for _, p := range rep.Problems {
+		named = named || p.Version == "home@1" && strings.Contains(p.What, "listing unreadable")
+	}
+	if !named {
+		t.Fatalf("verify after a restart does not name home@1's listing: %v", rep.Problems)
+	}
+}
