@@ -30,27 +30,35 @@ var ErrRefused = errors.New("refused")
 // ".." component, or with a component longer than NameMax. The root "."
 // is allowed alone.
 func checkPath(p []byte) error {
+	if why := pathProblem(p); why != "" {
+		return fmt.Errorf("%w: %s", ErrRefused, why)
+	}
+	return nil
+}
+
+// pathProblem says what is wrong with p for checkPath, "" when nothing.
+func pathProblem(p []byte) string {
 	switch {
 	case len(p) == 0:
-		return fmt.Errorf("%w: empty path", ErrRefused)
+		return "empty path"
 	case string(p) == ".":
-		return nil
+		return ""
 	case bytes.IndexByte(p, 0) >= 0:
-		return fmt.Errorf("%w: path contains NUL", ErrRefused)
+		return "path contains NUL"
 	case p[0] == '/':
-		return fmt.Errorf("%w: absolute path", ErrRefused)
+		return "absolute path"
 	}
 	for c := range bytes.SplitSeq(p, []byte{'/'}) {
 		switch {
 		case len(c) == 0:
-			return fmt.Errorf("%w: empty path component", ErrRefused)
+			return "empty path component"
 		case string(c) == "." || string(c) == "..":
-			return fmt.Errorf("%w: %q component", ErrRefused, c)
+			return fmt.Sprintf("%q component", c)
 		case len(c) > NameMax:
-			return fmt.Errorf("%w: a component of %d bytes (limit %d)", ErrRefused, len(c), NameMax)
+			return fmt.Sprintf("a component of %d bytes (limit %d)", len(c), NameMax)
 		}
 	}
-	return nil
+	return ""
 }
 
 // resolveFlags make openat2 stay beneath the target and never traverse a
@@ -159,11 +167,14 @@ func (r *restorer) check(n *tree.Node) error {
 			}
 		}
 		if n.LinkTo != nil {
-			if err := checkPath(n.LinkTo); err != nil || string(n.LinkTo) == "." {
-				return fmt.Errorf("%w: hard link to %q: %v", ErrRefused, n.LinkTo, err)
+			if why := pathProblem(n.LinkTo); why != "" || string(n.LinkTo) == "." {
+				if why == "" {
+					why = "the root"
+				}
+				return fmt.Errorf("%w: hard link to %q: %s", ErrRefused, n.LinkTo, why)
 			}
 			if tree.Compare(n.LinkTo, n.Path) >= 0 {
-				return fmt.Errorf("%w: hard link to %q, which comes later in the listing", ErrRefused, n.LinkTo)
+				return fmt.Errorf("%w: hard link to %q, which does not come before it in the listing", ErrRefused, n.LinkTo)
 			}
 			if _, ok := r.placed[string(n.LinkTo)]; !ok {
 				return fmt.Errorf("%w: hard link to %q, which is not a hard-linked file restored earlier in this run", ErrRefused, n.LinkTo)
