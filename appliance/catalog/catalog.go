@@ -448,6 +448,7 @@ func (c *Catalog) skip(err error) error {
 // Computer returns a computer by id.
 func (c *Catalog) Computer(id string) (Computer, error) {
 	var cp Computer
+	seen := c.pendingContact(id)
 	err := c.db.View(func(tx *bbolt.Tx) error {
 		var err error
 		cp, err = getComputer(tx, id)
@@ -456,13 +457,14 @@ func (c *Catalog) Computer(id string) (Computer, error) {
 	if err != nil {
 		return cp, fmt.Errorf("computer %q: %w", id, err)
 	}
-	c.lastSeen(&cp)
+	mergeSeen(&cp, seen)
 	return cp, nil
 }
 
 // Computers lists computers, of one company or all when company is empty.
 func (c *Catalog) Computers(company string) ([]Computer, error) {
 	var out []Computer
+	seen := c.pendingContacts()
 	err := c.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bComputers).ForEach(func(k, v []byte) error {
 			cp, err := decodeComputer(k, v)
@@ -470,7 +472,7 @@ func (c *Catalog) Computers(company string) ([]Computer, error) {
 				return c.skip(err)
 			}
 			if company == "" || cp.Company == company {
-				c.lastSeen(&cp)
+				mergeSeen(&cp, seen[cp.ID])
 				out = append(out, cp)
 			}
 			return nil

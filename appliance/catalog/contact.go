@@ -32,33 +32,56 @@ func (c *Catalog) Seen(computer string, t time.Time) {
 	c.seen.mu.Unlock()
 }
 
-// lastSeen merges a pending contact into cp.
-func (c *Catalog) lastSeen(cp *Computer) {
+// pendingContacts copies the table. Readers copy it before they read the
+// catalog: an entry leaves the table only after its write committed, so
+// one of the two always holds the newest contact.
+func (c *Catalog) pendingContacts() map[string]time.Time {
 	c.seen.mu.Lock()
-	t, ok := c.seen.pending[cp.ID]
-	c.seen.mu.Unlock()
-	if ok && t.After(cp.LastSeen) {
+	defer c.seen.mu.Unlock()
+	out := make(map[string]time.Time, len(c.seen.pending))
+	for id, t := range c.seen.pending {
+		out[id] = t
+	}
+	return out
+}
+
+// pendingContact is one computer's entry of the table.
+func (c *Catalog) pendingContact(id string) time.Time {
+	c.seen.mu.Lock()
+	defer c.seen.mu.Unlock()
+	return c.seen.pending[id]
+}
+
+func mergeSeen(cp *Computer, t time.Time) {
+	if t.After(cp.LastSeen) {
 		cp.LastSeen = t
 	}
 }
 
-// FlushContacts writes every pending contact in one command.
+// FlushContacts writes every pending contact in one command. The entries
+// stay in memory until the command has applied, so a reader never sees a
+// contact disappear between the table and the catalog.
 func (c *Catalog) FlushContacts() error {
 	c.seen.mu.Lock()
-	batch := c.seen.pending
-	c.seen.pending = map[string]time.Time{}
+	batch := make(map[string]time.Time, len(c.seen.pending))
+	for id, t := range c.seen.pending {
+		batch[id] = t
+	}
 	c.seen.mu.Unlock()
 	if len(batch) == 0 {
 		return nil
 	}
-	_, err := c.apply(KindContact, ContactCmd{Seen: batch})
-	if err != nil {
-		// Put them back (unless newer contacts came meanwhile) for the next flush.
-		for id, t := range batch {
-			c.Seen(id, t)
+	if _, err := c.apply(KindContact, ContactCmd{Seen: batch}); err != nil {
+		return err // kept for the next flush
+	}
+	c.seen.mu.Lock()
+	for id, t := range batch {
+		if c.seen.pending[id].Equal(t) { // not moved on meanwhile
+			delete(c.seen.pending, id)
 		}
 	}
-	return err
+	c.seen.mu.Unlock()
+	return nil
 }
 
 // flushLoop writes pending contacts every opts.ContactFlush until stop

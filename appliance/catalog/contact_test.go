@@ -140,3 +140,46 @@ func TestHeartbeatIsContact(t *testing.T) {
 		t.Fatalf("report of an unknown computer: %v", err)
 	}
 }
+
+// TestContactNeverStale: while flushes run, a reader always sees the
+// newest contact, in the table or in the catalog.
+func TestContactNeverStale(t *testing.T) {
+	start := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	c, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	enrolled(t, c, start, "pc-1")
+	done := make(chan struct{})
+	go func() { // owner: this test, which waits for it
+		defer close(done)
+		for i := 1; i <= 300; i++ {
+			c.Seen("pc-1", start.Add(time.Duration(i)*time.Second))
+			if err := c.FlushContacts(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	var last time.Time
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		cp, err := c.Computer("pc-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cps, _ := c.Computers("")
+		if cp.LastSeen.Before(last) || len(cps) != 1 || cps[0].LastSeen.Before(cp.LastSeen) {
+			t.Fatalf("last contact went back: %v after %v (listed %v)", cp.LastSeen, last, cps)
+		}
+		last = cp.LastSeen
+	}
+	if !last.Equal(start.Add(300 * time.Second)) {
+		t.Fatalf("last contact %v", last)
+	}
+}
