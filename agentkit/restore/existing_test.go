@@ -117,3 +117,33 @@ func TestHardLinksAndImmutable(t *testing.T) {
 		}
 	}
 }
+
+// A file that appears at a name after the policy was checked is left as
+// it is unless the policy is overwrite.
+func TestExistingAppearsMeanwhile(t *testing.T) {
+	for _, existing := range []Existing{Skip, KeepBoth, Overwrite} {
+		t.Run(string(existing), func(t *testing.T) {
+			h := newHostile(t)
+			testHookBeforeRename = func(p []byte) {
+				if string(p) == "f" {
+					must(t, os.WriteFile(filepath.Join(h.target, "f"), []byte("made meanwhile\n"), 0o644))
+				}
+			}
+			defer func() { testHookBeforeRename = nil }()
+			o := h.options()
+			o.Existing = existing
+			res, err := h.restore(o, h.content("f", "restored\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.requireOutsideUnchanged()
+			noTemporaries(t, h.target)
+			if existing == Overwrite {
+				requireContent(t, filepath.Join(h.target, "f"), "restored\n")
+				return
+			}
+			requireContent(t, filepath.Join(h.target, "f"), "made meanwhile\n")
+			requireReported(t, "problem", res.Problems, "f", "appeared meanwhile")
+		})
+	}
+}

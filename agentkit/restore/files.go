@@ -267,8 +267,11 @@ func (w *fileWriter) finish(o *openFile) {
 	if err == nil && r.o.Existing == Overwrite {
 		_ = meta.Unprotect(o.dir.fd, o.name)
 	}
+	if err == nil && testHookBeforeRename != nil {
+		testHookBeforeRename(n.Path)
+	}
 	if err == nil {
-		err = unix.Renameat(o.dir.fd, o.tmp, o.dir.fd, o.name)
+		err = rename(o.dir.fd, o.tmp, o.name, r.o.Existing == Overwrite)
 	}
 	if err != nil {
 		if o.fd >= 0 {
@@ -302,6 +305,22 @@ func (w *fileWriter) finish(o *openFile) {
 		return
 	}
 	atomic.AddInt64(&r.stats.Files, 1)
+}
+
+// rename puts the written file in place. Unless replace, a name that
+// appeared since the policy was checked is not replaced (RENAME_NOREPLACE,
+// where the filesystem supports it).
+func rename(dirfd int, tmp, name string, replace bool) error {
+	if !replace {
+		err := unix.Renameat2(dirfd, tmp, dirfd, name, unix.RENAME_NOREPLACE)
+		if err == nil || (err != unix.EINVAL && err != unix.ENOSYS) {
+			if err == unix.EEXIST {
+				return fmt.Errorf("%q appeared meanwhile; it was left as it is: %w", name, err)
+			}
+			return err
+		}
+	}
+	return unix.Renameat(dirfd, tmp, dirfd, name)
 }
 
 func written(o *openFile) int64 {

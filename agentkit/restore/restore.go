@@ -121,10 +121,12 @@ type restoredFile struct {
 }
 
 // Test hooks: geteuid decides whether the restore runs as root;
-// testHookDir runs after each directory is created and entered.
+// testHookDir runs after each directory is created and entered, and
+// testHookBeforeRename before a written file gets its name.
 var (
-	geteuid     = os.Geteuid
-	testHookDir func(path []byte)
+	geteuid              = os.Geteuid
+	testHookDir          func(path []byte)
+	testHookBeforeRename func(path []byte)
 )
 
 func (r *restorer) note(format string, args ...any) {
