@@ -20,6 +20,7 @@ mkdir -p out/bench
 go build -o out/bench/bench ./scripts/bench
 go build -o out/bench/fidelity ./scripts/fidelity
 go build -o out/bench/rpo ./scripts/rpo
+go build -o out/bench/abuse ./scripts/abuse
 # BENCH_FLAGS is split on spaces on purpose.
 # shellcheck disable=SC2086
 out/bench/bench -bin bin -out out/bench/results.json ${BENCH_FLAGS:-} "$@"
@@ -33,3 +34,7 @@ out/bench/rpo -bin bin -work out/rpo -out out/bench/rpo.json ${RPO_FLAGS:-}
 echo
 echo "== bandwidth limiter on the wall clock, loopback (target: within 10 % of the limit; the tests use a fake clock)"
 go test -count=1 -run '^$' -bench Loopback -benchtime 1x ./agentkit/bwlimit
+echo
+echo "== abuse: one company attacks while another backs up (ABUSE_FLAGS, e.g. -scale 0.1; targets: vaultd under 256 MB, victim within 1.5x)"
+# shellcheck disable=SC2086
+out/bench/abuse -bin bin -out out/bench/abuse.json ${ABUSE_FLAGS:-}

@@ -3,8 +3,10 @@ package vault
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -59,7 +61,7 @@ func (v *Vault) guard(next http.Handler) http.Handler {
 		ctx, cancel := context.WithDeadline(r.Context(), end)
 		defer cancel()
 		rc := http.NewResponseController(w)
-		d := &deadlines{rc: rc, end: end, lim: &l}
+		d := &deadlines{rc: rc, start: now, end: end, lim: &l}
 		// Not every ResponseWriter has deadlines (httptest's does not):
 		// there the context's deadline alone bounds the request.
 		if err := rc.SetReadDeadline(d.at(l.ReadIdle)); err == nil {
@@ -76,10 +78,11 @@ func (v *Vault) guard(next http.Handler) http.Handler {
 // deadlines moves one request's deadlines forward as it makes progress,
 // never past end.
 type deadlines struct {
-	rc  *http.ResponseController
-	end time.Time
-	lim *Limits
-	ok  bool // the connection supports deadlines
+	rc    *http.ResponseController
+	start time.Time
+	end   time.Time
+	lim   *Limits
+	ok    bool // the connection supports deadlines
 
 	mu      sync.Mutex
 	read    int64 // body bytes since the read deadline was last moved
@@ -131,6 +134,10 @@ type deadlineBody struct {
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.d.readProgress(n, errors.Is(err, io.EOF))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("request body too slow: the vault needs %d KiB every %s, and all of it within %s: %w",
+			b.d.lim.ProgressBytes>>10, b.d.lim.ReadIdle, b.d.end.Sub(b.d.start).Round(time.Second), err)
+	}
 	return n, err
 }
 

@@ -177,8 +177,9 @@ func (p *slotPool) acquire(ctx context.Context, company, computer string) (relea
 	select {
 	case <-w.ready:
 		return func() { p.release(company, computer) }, nil
-	case <-ctx.Done():
-		err = ctx.Err()
+	case <-ctx.Done(): // the client left, or the request's deadline passed: not the vault's fault
+		err = &apiError{status: http.StatusServiceUnavailable, code: wire.CodeBusy, retryAfter: p.retryAfter(),
+			msg: fmt.Sprintf("the request ended while waiting for one of the vault's %s slots (%v): retry", p.what, ctx.Err())}
 	case <-t.C():
 		err = errBusy(p.what, p.retryAfter())
 	}

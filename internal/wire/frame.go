@@ -98,7 +98,7 @@ func (fr *FrameReader) Next() (*Frame, error) {
 		return nil, io.EOF
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: truncated frame header (%d bytes)", ErrFrame, n)
+		return nil, fmt.Errorf("%w: truncated frame header (%d bytes): %w", ErrFrame, n, err)
 	}
 	f := &Frame{Kind: h[32], Flags: h[33], PlainLen: binary.LittleEndian.Uint32(h[34:])}
 	copy(f.ID[:], h[:32])
@@ -125,7 +125,7 @@ func (fr *FrameReader) Next() (*Frame, error) {
 		}
 		end := min(int(size), cap(fr.buf))
 		if _, err := io.ReadFull(fr.r, fr.buf[have:end]); err != nil {
-			return nil, fmt.Errorf("%w: truncated payload", ErrFrame)
+			return nil, fmt.Errorf("%w: truncated payload: %w", ErrFrame, err)
 		}
 		have = end
 	}
