@@ -168,23 +168,22 @@ func (c *Catalog) ApplyResult(cmd Command) (any, error) {
 
 type applier func(c *Catalog, tx *bbolt.Tx, payload []byte) (any, error)
 
-var appliers map[Kind]applier
-
-func init() {
-	appliers = map[Kind]applier{
-		KindCreateCompany:  typed(applyCreateCompany),
-		KindAddToken:       typed(applyAddToken),
-		KindEnroll:         typed(applyEnroll),
-		KindRevoke:         typed(applyRevoke),
-		KindSetSettings:    typed(applySetSettings),
-		KindPutConfig:      typed(applyPutConfig),
-		KindDeleteConfig:   typed(applyDeleteConfig),
-		KindAddVersion:     typed(applyAddVersion),
-		KindAddJournal:     typed(applyAddJournal),
-		KindPutReport:      typed(applyPutReport),
-		KindContact:        typed(applyContact),
-		KindRecordComputer: typed(applyRecordComputer),
-	}
+// appliers maps each kind to its applier. Package-level variables are
+// initialized before any init function runs, so other files may add to it
+// from their init.
+var appliers = map[Kind]applier{
+	KindCreateCompany:  typed(applyCreateCompany),
+	KindAddToken:       typed(applyAddToken),
+	KindEnroll:         typed(applyEnroll),
+	KindRevoke:         typed(applyRevoke),
+	KindSetSettings:    typed(applySetSettings),
+	KindPutConfig:      typed(applyPutConfig),
+	KindDeleteConfig:   typed(applyDeleteConfig),
+	KindAddVersion:     typed(applyAddVersion),
+	KindAddJournal:     typed(applyAddJournal),
+	KindPutReport:      typed(applyPutReport),
+	KindContact:        typed(applyContact),
+	KindRecordComputer: typed(applyRecordComputer),
 }
 
 // typed decodes a payload strictly (unknown fields refused) and calls fn.

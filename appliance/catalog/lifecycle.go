@@ -86,8 +86,8 @@ type PruneResult struct {
 	Missing  int `json:"missing"` // named but already gone
 }
 
-// init adds the lifecycle's appliers to the table commands.go makes (Go
-// runs a package's init functions in file-name order: commands.go first).
+// init adds the lifecycle's appliers to the table commands.go makes (a
+// package-level variable, initialized before any init runs).
 func init() {
 	appliers[KindSetRetention] = typed(applySetRetention)
 	appliers[KindPrune] = typed(applyPrune)
