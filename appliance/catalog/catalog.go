@@ -188,7 +188,7 @@ func Open(dir string, opts Options) (*Catalog, error) {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bCompanies, bTokens, bComputers, bConfigs, bVersions, bJournal, bReports, bRetention, bJobs} {
+		for _, b := range [][]byte{bCompanies, bTokens, bComputers, bConfigs, bVersions, bJournal, bReports, bRetention, bJobs, bJobSched} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

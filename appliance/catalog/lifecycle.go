@@ -10,14 +10,16 @@ import (
 
 	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/retention"
+	"vaultnode/internal/schedule"
 )
 
 // The data lifecycle in the catalog: retention policies, pruning, and the
 // history of background jobs (docs/retention.md, docs/jobs.md).
 
 var (
-	bRetention = []byte("retention") // "c/" company or "v/" computer/config: RetentionRecord
-	bJobs      = []byte("jobs")      // started (u64 BE Unix ns) + job id: jobs.Record
+	bRetention = []byte("retention")     // "c/" company or "v/" computer/config: RetentionRecord
+	bJobs      = []byte("jobs")          // started (u64 BE Unix ns) + job id: jobs.Record
+	bJobSched  = []byte("job_schedules") // job kind: JobSchedule
 )
 
 // Commands of the lifecycle.
@@ -25,7 +27,16 @@ const (
 	KindSetRetention Kind = "set_retention"
 	KindPrune        Kind = "prune"
 	KindPutJob       Kind = "put_job"
+	KindSetJobSched  Kind = "set_job_schedule"
 )
+
+// JobSchedule is when the vault starts a kind of job by itself: at the
+// opening of each window of Schedule (internal/schedule syntax).
+type JobSchedule struct {
+	Kind     string    `json:"kind"`
+	Schedule string    `json:"schedule"`
+	Set      time.Time `json:"set"`
+}
 
 // MaxJobs is how many job records the history keeps; put_job drops the
 // oldest finished ones beyond it.
@@ -77,6 +88,11 @@ type (
 	PutJobCmd struct {
 		Job jobs.Record `json:"job"`
 	}
+	// SetJobScheduleCmd sets (an empty Schedule: removes, so the default
+	// applies) when a kind of job runs.
+	SetJobScheduleCmd struct {
+		Schedule JobSchedule `json:"schedule"`
+	}
 )
 
 // PruneResult is what a prune command removed.
@@ -92,6 +108,7 @@ func init() {
 	appliers[KindSetRetention] = typed(applySetRetention)
 	appliers[KindPrune] = typed(applyPrune)
 	appliers[KindPutJob] = typed(applyPutJob)
+	appliers[KindSetJobSched] = typed(applySetJobSchedule)
 }
 
 func retentionKey(r RetentionRecord) ([]byte, error) {
@@ -210,6 +227,47 @@ func applyPutJob(c *Catalog, tx *bbolt.Tx, p PutJobCmd) (any, error) {
 	return nil, nil
 }
 
+// ValidJobSchedule checks a job schedule: windows or "never" (a job
+// starts at each window's opening, so 24x7 has no opening and is refused).
+func ValidJobSchedule(s string) error {
+	sc, err := schedule.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if sc.Always {
+		return fmt.Errorf("%w: job schedule %q: a job starts when a window opens; give windows such as \"daily 01:00-05:00\" or never", ErrInvalid, s)
+	}
+	return nil
+}
+
+func applySetJobSchedule(c *Catalog, tx *bbolt.Tx, p SetJobScheduleCmd) (any, error) {
+	js := p.Schedule
+	if js.Kind == "" || len(js.Kind) > 64 {
+		return nil, fmt.Errorf("%w: job kind %q", ErrInvalid, js.Kind)
+	}
+	if js.Schedule == "" {
+		return nil, tx.Bucket(bJobSched).Delete([]byte(js.Kind))
+	}
+	if err := ValidJobSchedule(js.Schedule); err != nil {
+		return nil, err
+	}
+	return nil, put(tx.Bucket(bJobSched), bJobSched, []byte(js.Kind), js)
+}
+
+func decodeJobSchedule(k, v []byte) (JobSchedule, error) {
+	var js JobSchedule
+	if err := decodeJSON(bJobSched, k, v, &js); err != nil {
+		return js, err
+	}
+	if js.Kind != string(k) {
+		return js, corrupt(bJobSched, k, "record is of job kind %q", js.Kind)
+	}
+	if err := ValidJobSchedule(js.Schedule); err != nil {
+		return js, corrupt(bJobSched, k, "%v", err)
+	}
+	return js, nil
+}
+
 func decodeRetention(k, v []byte) (RetentionRecord, error) {
 	var r RetentionRecord
 	if err := decodeJSON(bRetention, k, v, &r); err != nil {
@@ -262,7 +320,29 @@ func (c *Catalog) PutJob(r jobs.Record) error {
 	return err
 }
 
+// SetJobSchedule sets when a kind of job runs by itself.
+func (c *Catalog) SetJobSchedule(js JobSchedule) error {
+	_, err := c.apply(KindSetJobSched, SetJobScheduleCmd{Schedule: js})
+	return err
+}
+
 // ---- Reads ----
+
+// JobSchedules returns the schedules set, by kind.
+func (c *Catalog) JobSchedules() (map[string]JobSchedule, error) {
+	out := map[string]JobSchedule{}
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bJobSched).ForEach(func(k, v []byte) error {
+			js, err := decodeJobSchedule(k, v)
+			if err != nil {
+				return c.skip(err)
+			}
+			out[js.Kind] = js
+			return nil
+		})
+	})
+	return out, err
+}
 
 // Retentions lists every policy set, companies' first.
 func (c *Catalog) Retentions() ([]RetentionRecord, error) {

@@ -140,3 +140,29 @@ func FuzzLifecycleRecords(f *testing.F) {
 		}
 	})
 }
+
+func TestJobSchedules(t *testing.T) {
+	start := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	c, err := Open(t.TempDir(), Options{Clock: clock.NewFake(start)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SetJobSchedule(JobSchedule{Kind: "verify", Schedule: "sat 02:00-04:00", Set: start}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"24x7", "sometimes", "daily 25:00-26:00"} {
+		if err := c.SetJobSchedule(JobSchedule{Kind: "verify", Schedule: bad}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("schedule %q: %v", bad, err)
+		}
+	}
+	if m, _ := c.JobSchedules(); m["verify"].Schedule != "sat 02:00-04:00" || len(m) != 1 {
+		t.Fatalf("%+v", m)
+	}
+	if err := c.SetJobSchedule(JobSchedule{Kind: "verify"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := c.JobSchedules(); len(m) != 0 {
+		t.Fatalf("an empty schedule did not remove the record: %+v", m)
+	}
+}
