@@ -31,8 +31,13 @@ const (
 	// agent's state. Only an agent holds it, for its own computer: no one
 	// else writes a computer's history.
 	CapBackup Capability = "backup"
-	// CapOperate: run the appliance: companies, verify, every company.
+	// CapOperate: run the appliance: companies, verify and other jobs,
+	// every company.
 	CapOperate Capability = "operate"
+	// CapManageRetention: set retention policies and prune, the only way a
+	// committed version or journal record ever leaves the catalog. No
+	// agent holds it (docs/retention.md).
+	CapManageRetention Capability = "manage_retention"
 )
 
 // routeCaps is the authorization table: every route of the agent API and
@@ -62,16 +67,26 @@ var routeCaps = map[string]Capability{
 
 	// Admin socket (DATA/admin.sock, mode 0600: the principal is the
 	// operator).
-	"POST " + AdminCompanies: CapOperate,
-	"GET " + AdminCompanies:  CapOperate,
-	"POST " + AdminTokens:    CapManageComputers,
-	"GET " + AdminComputers:  CapView,
-	"GET " + AdminVersions:   CapView,
-	"POST " + AdminRevoke:    CapManageComputers,
-	"GET " + AdminStatus:     CapView,
-	"POST " + AdminRunNow:    CapConfigure,
-	"POST " + AdminSettings:  CapConfigure,
-	"POST " + AdminVerify:    CapOperate,
+	"POST " + AdminCompanies:             CapOperate,
+	"GET " + AdminCompanies:              CapOperate,
+	"POST " + AdminTokens:                CapManageComputers,
+	"GET " + AdminComputers:              CapView,
+	"GET " + AdminVersions:               CapView,
+	"POST " + AdminRevoke:                CapManageComputers,
+	"GET " + AdminStatus:                 CapView,
+	"POST " + AdminRunNow:                CapConfigure,
+	"POST " + AdminSettings:              CapConfigure,
+	"POST " + AdminVerify:                CapOperate,
+	"GET " + AdminRetention:              CapManageRetention,
+	"POST " + AdminRetention:             CapManageRetention,
+	"POST " + AdminPrune:                 CapManageRetention,
+	"GET " + AdminJobs:                   CapOperate,
+	"POST " + AdminJobs:                  CapOperate, // and prune's CapManageRetention, checked by the operation
+	"GET " + AdminJobs + "/{id}":         CapOperate,
+	"POST " + AdminJobs + "/{id}/cancel": CapOperate,
+	"GET " + AdminJobSchedules:           CapOperate,
+	"POST " + AdminJobSchedules:          CapOperate,
+	"GET " + AdminMetrics:                CapOperate,
 }
 
 // PrincipalKind says who a principal is.
@@ -115,7 +130,7 @@ type Principal struct {
 
 var (
 	agentCaps    = []Capability{CapView, CapConfigure, CapRestore, CapBackup}
-	operatorCaps = []Capability{CapView, CapConfigure, CapRestore, CapManageComputers, CapManageUsers, CapOperate}
+	operatorCaps = []Capability{CapView, CapConfigure, CapRestore, CapManageComputers, CapManageUsers, CapOperate, CapManageRetention}
 )
 
 func agentPrincipal(c *caller) *Principal {

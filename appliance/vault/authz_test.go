@@ -54,8 +54,16 @@ type servedVault struct {
 
 func serveTestVault(t *testing.T, companies ...string) *servedVault {
 	t.Helper()
+	return serveTestVaultWith(t, Options{}, companies...)
+}
+
+// serveTestVaultWith is serveTestVault with options (Dir and Listen are
+// set here).
+func serveTestVaultWith(t *testing.T, opts Options, companies ...string) *servedVault {
+	t.Helper()
 	dir := t.TempDir()
-	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
+	opts.Dir, opts.Listen = dir, "127.0.0.1:0"
+	v, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,10 @@ package vault
 import (
 	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"vaultnode/appliance/jobs"
 )
 
 // The admin socket (DATA/admin.sock, used by vaultctl): routes and handlers
@@ -19,6 +23,12 @@ const (
 	AdminStatus    = "/admin/status"
 	AdminRunNow    = "/admin/run-now"
 	AdminSettings  = "/admin/settings"
+
+	AdminRetention    = "/admin/retention"
+	AdminPrune        = "/admin/prune" // ?dry-run=1 answers the plan; else starts a prune job
+	AdminJobs         = "/admin/jobs"
+	AdminJobSchedules = "/admin/job-schedules"
+	AdminMetrics      = "/metrics" // Prometheus text format (docs/jobs.md)
 )
 
 // RunNowRequest asks a computer to synchronize a configuration once now.
@@ -145,12 +155,109 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 		writeJSON(w, out)
 		return nil
 	})
+	// verify runs as a job: the answer is the job started (or the verify
+	// already running); vaultctl follows it on AdminJobs/{id}.
 	rt.handle("POST "+AdminVerify, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
-		rep, err := v.VerifyStore(r.Context(), p)
+		out, err := v.StartJob(r.Context(), p, jobs.KindVerify)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, rep)
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("GET "+AdminRetention, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.Retention(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("POST "+AdminRetention, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req RetentionRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		if err := v.SetRetention(r.Context(), p, req); err != nil {
+			return err
+		}
+		writeJSON(w, req)
+		return nil
+	})
+	rt.handle("POST "+AdminPrune, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		if r.URL.Query().Get("dry-run") != "" {
+			plan, err := v.PlanPrune(r.Context(), p)
+			if err != nil {
+				return err
+			}
+			writeJSON(w, plan)
+			return nil
+		}
+		out, err := v.StartJob(r.Context(), p, jobs.KindPrune)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("GET "+AdminJobs, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.ListJobs(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("POST "+AdminJobs, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req StartJobRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		out, err := v.StartJob(r.Context(), p, req.Kind)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("GET "+AdminJobs+"/{id}", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.ShowJob(r.Context(), p, r.PathValue("id"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("POST "+AdminJobs+"/{id}/cancel", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.CancelJob(r.Context(), p, r.PathValue("id"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("GET "+AdminJobSchedules, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.JobSchedules(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("POST "+AdminJobSchedules, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req JobScheduleRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		if err := v.SetJobSchedule(r.Context(), p, req); err != nil {
+			return err
+		}
+		writeJSON(w, req)
+		return nil
+	})
+	metrics := promhttp.HandlerFor(v.Metrics, promhttp.HandlerOpts{})
+	rt.handle("GET "+AdminMetrics, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		metrics.ServeHTTP(w, r)
 		return nil
 	})
 	return rt

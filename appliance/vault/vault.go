@@ -19,9 +19,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
 	"vaultnode/internal/clock"
@@ -41,6 +43,11 @@ type Options struct {
 	Clock      clock.Clock
 	SessionTTL time.Duration // idle time after which an open session is forgotten
 	Limits     Limits        // fairness and memory limits (limits.go); zero fields take their defaults
+	// Zone is the time zone of retention's calendar buckets and of the
+	// job schedules; nil: time.Local (docs/retention.md).
+	Zone *time.Location
+
+	onScheduled func(jobs.Record) // tests: told of each job the schedule starts
 }
 
 // Vault is a running vault.
@@ -64,6 +71,14 @@ type Vault struct {
 	downloads  *slotPool
 	conns      *connCaps
 	enrollRate *enrollLimiter
+
+	// Jobs runs verify, prune and garbage collection in the background
+	// (ops_lifecycle.go, jobsched.go); a kind is registered with one call,
+	// Jobs.Register. Metrics holds their series, served on the admin
+	// socket at /metrics.
+	Jobs      *jobs.Runner
+	Metrics   *prometheus.Registry
+	schedPoke chan struct{}
 }
 
 type companyKeys struct {
@@ -108,15 +123,26 @@ func Open(opts Options) (*Vault, error) {
 		v.Catalog.Close()
 		return nil, err
 	}
+	v.Metrics = prometheus.NewRegistry()
+	v.Jobs = jobs.New(opts.Clock, v.Catalog, opts.Log.Named("jobs"), v.Metrics)
+	v.schedPoke = make(chan struct{}, 1)
 	if err := v.checkIndex(func() error { _, err := v.Store.Rebuild(context.Background(), nil); return err }); err != nil {
+		v.Close()
+		return nil, err
+	}
+	v.Jobs.Register(jobs.KindVerify, v.verifyJob)
+	v.Jobs.Register(jobs.KindPrune, v.pruneJob)
+	if _, err := v.Jobs.Recover(); err != nil {
 		v.Close()
 		return nil, err
 	}
 	return v, nil
 }
 
-// Close closes the store and catalog.
+// Close stops the jobs (a running one is recorded as interrupted), then
+// closes the store and catalog.
 func (v *Vault) Close() error {
+	v.Jobs.Close()
 	return errors.Join(v.Store.Close(), v.Catalog.Close())
 }
 
@@ -224,6 +250,9 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	go func() { errc <- agentSrv.ServeTLS(ln, "", "") }()
 	go func() { errc <- adminSrv.Serve(aln) }()
 	go v.expireSessions(ctx)
+	schedDone := make(chan struct{})
+	go func() { defer close(schedDone); v.runSchedule(ctx) }()
+	defer func() { <-schedDone }()
 	v.log.Info("vault serving", zap.String("agent_api", ln.Addr().String()), zap.String("admin", sock))
 	if ready != nil {
 		ready(ln.Addr().String())

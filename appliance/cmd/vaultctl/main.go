@@ -20,6 +20,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/store"
 	"vaultnode/appliance/vault"
 	"vaultnode/internal/wire"
@@ -65,7 +66,19 @@ Commands:
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
                                  ("" for unlimited)
   verify                         check every stored byte, index record, version and journal record;
-                                 quarantine damaged chunks (the next backup that has them sends them again)
+                                 quarantine damaged chunks (the next backup that has them sends them again);
+                                 runs as a job and follows it (progress on a terminal)
+  retention                      list retention policies (docs/retention.md)
+  retention COMPANY POLICY       set a company's default, e.g. "all 7d, daily 30d, weekly 12w, monthly 12m, yearly 5y"
+  retention COMPUTER CONFIG POLICY
+                                 set one configuration's policy ("default": back to the company's)
+  prune [--dry-run]              remove the versions retention no longer keeps from the catalog (a job);
+                                 --dry-run lists every version, kept (and by which rule) or removed
+  jobs                           list background jobs (verify, prune, collect): running and past
+  job show ID | job cancel ID    one job's progress and result | stop a running job
+  job start KIND                 start a job (verify, prune, ...) without following it
+  job schedule [KIND SCHEDULE]   when each kind runs by itself, e.g. "daily 01:00-05:00", "sun 03:00-09:00",
+                                 never, default (docs/jobs.md)
   rebuild-index                  (vault stopped) rebuild DATA/index.db from the packs alone
   rebuild-catalog [-fresh]       (vault stopped) record every version whose manifest is in the packs;
                                  -fresh moves catalog.db aside and rebuilds it from the packs alone
@@ -198,9 +211,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "upload limit of %s set to %q\n", a[1], a[2])
 	case a[0] == "verify" && len(a) == 1:
-		var rep vault.Report
-		if err := c.do(ctx, "POST", vault.AdminVerify, struct{}{}, &rep); err != nil {
+		var start vault.StartJobResponse
+		if err := c.do(ctx, "POST", vault.AdminVerify, struct{}{}, &start); err != nil {
 			return err
+		}
+		if start.Running {
+			fmt.Fprintf(stderr, "a verify is already running (job %s, started %s): following it\n", start.Job.ID, start.Job.Started.Local().Format(time.DateTime))
+		}
+		view, err := c.follow(ctx, start.Job.ID, stderr)
+		if err != nil {
+			return err
+		}
+		if view.State != jobs.Done {
+			return fmt.Errorf("verify job %s %s: %s", view.ID, view.State, view.Error)
+		}
+		var rep vault.Report
+		if err := json.Unmarshal(view.Result, &rep); err != nil {
+			return fmt.Errorf("read the result of verify job %s: %w", view.ID, err)
 		}
 		for _, p := range rep.Problems {
 			fmt.Fprintln(stdout, "DAMAGED", p.String())
@@ -212,17 +239,154 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			fmt.Fprintf(stdout, "QUARANTINED %s chunk %s (%s since %s): %s\n", q.Company, q.Chunk, state, q.Since.Local().Format(time.DateTime), q.Reason)
 		}
-		for _, p := range rep.Repaired {
-			fmt.Fprintln(stdout, "REPAIRED", p.String())
-		}
 		for _, h := range rep.Healed {
 			fmt.Fprintf(stdout, "HEALED %s chunk %s at %s\n", h.Company, h.Chunk, h.At.Local().Format(time.DateTime))
 		}
-		fmt.Fprintf(stdout, "verified %d packs, %d entries (%d bytes), %d index records, %d versions, %d journal records, %d files: %d problems, %d quarantined, %d index records repaired, %d healed since the last verify\n",
-			rep.Packs, rep.Entries, rep.Bytes, rep.Records, rep.Versions, rep.Journal, rep.Files, len(rep.Problems), len(rep.Quarantined), len(rep.Repaired), len(rep.Healed))
+		fmt.Fprintf(stdout, "verified %d packs, %d entries (%d bytes), %d index records, %d versions, %d journal records, %d files: %d problems, %d quarantined, %d healed since the last verify\n",
+			rep.Packs, rep.Entries, rep.Bytes, rep.Records, rep.Versions, rep.Journal, rep.Files, len(rep.Problems), len(rep.Quarantined), len(rep.Healed))
 		if !rep.OK() {
 			return exitError{exitDamaged}
 		}
+	case a[0] == "retention" && len(a) == 1:
+		var info vault.RetentionInfo
+		if err := c.do(ctx, "GET", vault.AdminRetention, nil, &info); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "vault default: %s (calendar in %s)\n", info.Default, info.Zone)
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "FOR\tPOLICY\tSET")
+		for _, r := range info.Set {
+			who := "company " + r.Company
+			if r.Company == "" {
+				who = r.Computer + " " + r.Config
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", who, r.Policy, r.Set.Local().Format(time.DateTime))
+		}
+		tw.Flush()
+	case a[0] == "retention" && (len(a) == 3 || len(a) == 4):
+		req := vault.RetentionRequest{Company: a[1], Policy: a[2]}
+		if len(a) == 4 {
+			req = vault.RetentionRequest{Computer: a[1], Config: a[2], Policy: a[3]}
+		}
+		if err := c.do(ctx, "POST", vault.AdminRetention, req, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "retention of %s set to %q\n", strings.Join(a[1:len(a)-1], " "), a[len(a)-1])
+	case a[0] == "prune" && len(a) == 2 && (a[1] == "--dry-run" || a[1] == "-dry-run" || a[1] == "-n"):
+		var plan vault.PrunePlan
+		if err := c.do(ctx, "POST", vault.AdminPrune+"?dry-run=1", struct{}{}, &plan); err != nil {
+			return err
+		}
+		for _, pc := range plan.Configs {
+			fmt.Fprintf(stdout, "%s %s (company %s): %s (%s)\n", pc.Computer, pc.Config, pc.Company, pc.Policy, pc.Source)
+			for _, pv := range pc.Versions {
+				state := ""
+				if !pv.Complete {
+					state = " (incomplete)"
+				}
+				if pv.Keep {
+					fmt.Fprintf(stdout, "  keep   %s@%d %s%s: %s\n", pc.Config, pv.Seq, pv.Time.Local().Format(time.DateTime), state, strings.Join(pv.Reasons, ", "))
+				} else {
+					fmt.Fprintf(stdout, "  remove %s@%d %s%s\n", pc.Config, pv.Seq, pv.Time.Local().Format(time.DateTime), state)
+				}
+			}
+			for _, j := range pc.Journal {
+				fmt.Fprintf(stdout, "  remove journal %s@%d+%d %s: %s\n", pc.Config, j.Base, j.N, j.Time.Local().Format(time.DateTime), j.Why)
+			}
+		}
+		fmt.Fprintf(stdout, "would remove %d versions and %d journal records, keep %d versions (calendar in %s)\n", plan.Remove, plan.Journal, plan.Keep, plan.Zone)
+		if plan.Truncated {
+			fmt.Fprintln(stdout, "more than one prune can remove: the next prune removes the rest")
+		}
+	case a[0] == "prune" && len(a) == 1:
+		var start vault.StartJobResponse
+		if err := c.do(ctx, "POST", vault.AdminPrune, struct{}{}, &start); err != nil {
+			return err
+		}
+		view, err := c.follow(ctx, start.Job.ID, stderr)
+		if err != nil {
+			return err
+		}
+		if view.State != jobs.Done {
+			return fmt.Errorf("prune job %s %s: %s", view.ID, view.State, view.Error)
+		}
+		var res vault.PruneResult
+		if err := json.Unmarshal(view.Result, &res); err != nil {
+			return fmt.Errorf("read the result of prune job %s: %w", view.ID, err)
+		}
+		fmt.Fprintf(stdout, "pruned %d versions and %d journal records from the catalog; %d versions kept (garbage collection reclaims their chunks)\n",
+			res.Removed.Versions, res.Removed.Journal, res.Plan.Keep)
+	case a[0] == "jobs" && len(a) == 1:
+		var views []jobs.View
+		if err := c.do(ctx, "GET", vault.AdminJobs, nil, &views); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tKIND\tSTATE\tBY\tSTARTED\tDURATION\tPROGRESS")
+		for _, j := range views {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.Kind, j.State, j.By, j.Started.Local().Format(time.DateTime), duration(j), progressLine(j))
+		}
+		tw.Flush()
+	case a[0] == "job" && len(a) == 3 && a[1] == "show":
+		var j jobs.View
+		if err := c.do(ctx, "GET", vault.AdminJobs+"/"+url.PathEscape(a[2]), nil, &j); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "job %s\nkind: %s\nstate: %s\nstarted by: %s\nstarted: %s\n", j.ID, j.Kind, j.State, j.By, j.Started.Local().Format(time.DateTime))
+		if !j.Ended.IsZero() {
+			fmt.Fprintf(stdout, "ended: %s\n", j.Ended.Local().Format(time.DateTime))
+		}
+		fmt.Fprintf(stdout, "duration: %s\nprogress: %s\n", duration(j), progressLine(j))
+		if j.Error != "" {
+			fmt.Fprintf(stdout, "error: %s\n", j.Error)
+		}
+		if len(j.Result) > 0 {
+			var buf bytes.Buffer
+			json.Indent(&buf, j.Result, "", "  ")
+			fmt.Fprintf(stdout, "result: %s\n", buf.String())
+		}
+	case a[0] == "job" && len(a) == 3 && a[1] == "cancel":
+		var j jobs.View
+		if err := c.do(ctx, "POST", vault.AdminJobs+"/"+url.PathEscape(a[2])+"/cancel", struct{}{}, &j); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "job %s: %s (a running job stops at its next check; `vaultctl job show %s` tells when)\n", j.ID, j.State, j.ID)
+	case a[0] == "job" && len(a) == 3 && a[1] == "start":
+		var start vault.StartJobResponse
+		if err := c.do(ctx, "POST", vault.AdminJobs, vault.StartJobRequest{Kind: jobs.Kind(a[2])}, &start); err != nil {
+			return err
+		}
+		if start.Running {
+			fmt.Fprintf(stdout, "job %s of kind %s is already running\n", start.Job.ID, a[2])
+		} else {
+			fmt.Fprintf(stdout, "job %s started\n", start.Job.ID)
+		}
+	case a[0] == "job" && len(a) == 2 && a[1] == "schedule":
+		var scheds []vault.JobScheduleInfo
+		if err := c.do(ctx, "GET", vault.AdminJobSchedules, nil, &scheds); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "KIND\tSCHEDULE\tNEXT\tLAST")
+		for _, s := range scheds {
+			sched, next, last := s.Schedule, "never", "never"
+			if s.Default {
+				sched += " (default)"
+			}
+			if !s.Next.IsZero() {
+				next = s.Next.Local().Format(time.DateTime)
+			}
+			if s.Last != nil {
+				last = fmt.Sprintf("%s %s (%s)", s.Last.Started.Local().Format(time.DateTime), s.Last.State, s.Last.ID)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Kind, sched, next, last)
+		}
+		tw.Flush()
+	case a[0] == "job" && len(a) == 4 && a[1] == "schedule":
+		if err := c.do(ctx, "POST", vault.AdminJobSchedules, vault.JobScheduleRequest{Kind: jobs.Kind(a[2]), Schedule: a[3]}, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s jobs now start at each opening of %q\n", a[2], a[3])
 	case a[0] == "rebuild-catalog" && len(a) <= 2 && (len(a) == 1 || a[1] == "-fresh"):
 		res, err := vault.RebuildCatalog(ctx, *data, len(a) == 2, nil)
 		if err != nil {
@@ -256,6 +420,84 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("unknown command %q", strings.Join(a, " "))
 	}
 	return nil
+}
+
+// follow polls a job until it ends; on a terminal it draws its progress
+// on w (bytes, items, rate, time left), else it stays quiet.
+func (c *client) follow(ctx context.Context, id string, w io.Writer) (jobs.View, error) {
+	tty := isTerminal(w)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var j jobs.View
+		if err := c.do(ctx, "GET", vault.AdminJobs+"/"+url.PathEscape(id), nil, &j); err != nil {
+			return j, err
+		}
+		if tty {
+			fmt.Fprintf(w, "\r\033[K%s %s: %s", j.Kind, j.ID, progressLine(j))
+		}
+		if j.State != jobs.Running {
+			if tty {
+				fmt.Fprintln(w)
+			}
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return j, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func duration(j jobs.View) string {
+	end := j.Ended
+	if end.IsZero() {
+		end = time.Now()
+	}
+	return end.Sub(j.Started).Round(time.Second).String()
+}
+
+// progressLine says how far a job is: items, bytes, rate, time left.
+func progressLine(j jobs.View) string {
+	p := j.Progress
+	s := fmt.Sprintf("%d", p.Items)
+	if p.TotalItems > 0 {
+		s += fmt.Sprintf("/%d", p.TotalItems)
+	}
+	s += " items, " + bytesString(p.Bytes)
+	if p.TotalBytes > 0 {
+		s += " of " + bytesString(p.TotalBytes)
+	}
+	if j.BytesPerSecond > 0 {
+		s += ", " + bytesString(int64(j.BytesPerSecond)) + "/s"
+	}
+	if j.ETA > 0 {
+		s += ", " + j.ETA.Round(time.Second).String() + " left"
+	}
+	return s
+}
+
+func bytesString(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 type client struct{ sock string }
