@@ -119,7 +119,8 @@ type Options struct {
 	// Submit, if set, receives every command the catalog's methods build
 	// instead of their applying it here: a replicated log hands it to
 	// ApplyResult on every member and returns the result. nil applies at
-	// once.
+	// once. Open already builds commands (revocations to re-apply from
+	// DATA/revoked), so Submit must work before Open returns.
 	Submit func(cmd Command) (any, error)
 }
 

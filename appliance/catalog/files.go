@@ -164,7 +164,8 @@ func ReadRevocations(dir string, bad func(line int, err error)) ([]Revocation, e
 		out = append(out, r)
 	}
 	if err := sc.Err(); err != nil {
-		return out, fmt.Errorf("%w %s: %v (a line over %d bytes)", ErrCorrupt, RevocationFile, err, MaxRevocationLine)
+		return out, fmt.Errorf("%w %s: %v (a line over %d bytes): remove the damaged line, keeping the others", ErrCorrupt,
+			filepath.Join(dir, RevocationFile), err, MaxRevocationLine)
 	}
 	return out, nil
 }
