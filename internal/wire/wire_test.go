@@ -253,7 +253,13 @@ func FuzzParseIDs(f *testing.F) {
 	f.Add(make([]byte, 33), 5)
 	f.Add([]byte{}, 0)
 	f.Fuzz(func(t *testing.T, b []byte, max int) {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		ids, err := wire.ParseIDs(b, max)
+		runtime.ReadMemStats(&after)
+		if got := after.TotalAlloc - before.TotalAlloc; got > 64<<10+uint64(len(b)) { // the ids; slack for the fuzzing engine's own goroutine
+			t.Fatalf("parsing %d bytes allocated %d", len(b), got)
+		}
 		if err != nil {
 			return
 		}
