@@ -590,6 +590,37 @@ func (c *Catalog) AllVersionRecords(fn func(v Version) error) error {
 	})
 }
 
+// NewestVersions returns the newest version of every configuration of
+// every computer (deleted configurations included). It decodes only those
+// records, so it stays cheap with long histories.
+func (c *Catalog) NewestVersions() ([]Version, error) {
+	var out []Version
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		var prevK, prevV []byte
+		emit := func() {
+			if prevK == nil {
+				return
+			}
+			ver, err := decodeVersion(prevK, prevV)
+			if err != nil {
+				c.skip(err)
+				return
+			}
+			out = append(out, ver)
+		}
+		cur := tx.Bucket(bVersions).Cursor()
+		for k, v := cur.First(); k != nil; k, v = cur.Next() {
+			if prevK != nil && (len(k) < 8 || len(prevK) < 8 || !bytes.Equal(k[:len(k)-8], prevK[:len(prevK)-8])) {
+				emit()
+			}
+			prevK, prevV = k, v
+		}
+		emit()
+		return nil
+	})
+	return out, err
+}
+
 // LastSeq returns the newest committed sequence of a configuration, 0 if none.
 func (c *Catalog) LastSeq(computer, config string) (uint64, error) {
 	var seq uint64

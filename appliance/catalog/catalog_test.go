@@ -2,6 +2,8 @@ package catalog
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,5 +92,38 @@ func TestCatalog(t *testing.T) {
 	}
 	if got, _ := c.Computer(cp.ID); got.Revoked == nil {
 		t.Fatal("revocation not recorded")
+	}
+}
+
+func TestNewestVersions(t *testing.T) {
+	now := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	c, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	enrolled(t, c, now, "pc-1", "pc-2")
+	add := func(cp, cfg string, seq uint64) {
+		t.Helper()
+		if err := c.AddVersion(wire.Manifest{Company: "acme", Computer: cp, Config: cfg, Seq: seq}, [32]byte{byte(seq)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for seq := uint64(1); seq <= 300; seq++ {
+		add("pc-1", "home", seq)
+	}
+	add("pc-1", "homes", 1)
+	add("pc-1", "homes", 2)
+	add("pc-2", "etc", 7)
+	vs, err := c.NewestVersions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range vs {
+		got = append(got, fmt.Sprintf("%s/%s@%d", v.Computer, v.Config, v.Seq))
+	}
+	if want := "pc-1/home@300 pc-1/homes@2 pc-2/etc@7"; strings.Join(got, " ") != want {
+		t.Fatalf("newest versions %v, want %s", got, want)
 	}
 }

@@ -68,54 +68,42 @@ func (m missingEntry) String() string {
 // of the newest journal record on top of it. It is cheap: a few lookups per
 // configuration.
 func missingFromIndex(cat *catalog.Catalog, idx indexHas) ([]missingEntry, error) {
-	cps, err := cat.Computers("")
+	newest, err := cat.NewestVersions()
 	if err != nil {
 		return nil, err
 	}
 	var out []missingEntry
-	for _, cp := range cps {
-		vs, err := cat.VersionRecords(cp.ID, "")
+	for _, ver := range newest {
+		name := fmt.Sprintf("%s/%s@%d", ver.Computer, ver.Config, ver.Seq)
+		var ids [][32]byte
+		var what []string
+		if !ver.ManifestID.IsZero() {
+			ids, what = append(ids, ver.ManifestID), append(what, "manifest of version "+name)
+		} else {
+			for i, r := range ver.Listing {
+				ids, what = append(ids, r.ID), append(what, fmt.Sprintf("listing chunk %d of version %s", i, name))
+			}
+		}
+		js, err := cat.Journal(ver.Computer, ver.Config, ver.Seq)
 		if err != nil {
 			return nil, err
 		}
-		newest := map[string]catalog.Version{}
-		for _, ver := range vs {
-			if ver.Seq > newest[ver.Config].Seq {
-				newest[ver.Config] = ver
+		if len(js) > 0 {
+			j := js[len(js)-1]
+			for i, r := range j.Listing {
+				ids, what = append(ids, r.ID), append(what, fmt.Sprintf("listing chunk %d of journal record %s.%d", i, name, j.N))
 			}
 		}
-		for config, ver := range newest {
-			name := fmt.Sprintf("%s/%s@%d", cp.ID, config, ver.Seq)
-			var ids [][32]byte
-			var what []string
-			if !ver.ManifestID.IsZero() {
-				ids, what = append(ids, ver.ManifestID), append(what, "manifest of version "+name)
-			} else {
-				for i, r := range ver.Listing {
-					ids, what = append(ids, r.ID), append(what, fmt.Sprintf("listing chunk %d of version %s", i, name))
-				}
-			}
-			js, err := cat.Journal(cp.ID, config, ver.Seq)
-			if err != nil {
-				return nil, err
-			}
-			if len(js) > 0 {
-				j := js[len(js)-1]
-				for i, r := range j.Listing {
-					ids, what = append(ids, r.ID), append(what, fmt.Sprintf("listing chunk %d of journal record %s.%d", i, name, j.N))
-				}
-			}
-			if len(ids) == 0 {
-				continue
-			}
-			has, err := idx.Indexed(cp.Company, ids)
-			if err != nil {
-				return nil, fmt.Errorf("check index for %s: %w", name, err)
-			}
-			for i, h := range has {
-				if !h {
-					out = append(out, missingEntry{company: cp.Company, what: what[i], id: ids[i]})
-				}
+		if len(ids) == 0 {
+			continue
+		}
+		has, err := idx.Indexed(ver.Company, ids)
+		if err != nil {
+			return nil, fmt.Errorf("check index for %s: %w", name, err)
+		}
+		for i, h := range has {
+			if !h {
+				out = append(out, missingEntry{company: ver.Company, what: what[i], id: ids[i]})
 			}
 		}
 	}
