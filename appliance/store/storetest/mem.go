@@ -89,7 +89,9 @@ func (m *Mem) open(ctx context.Context, n uint32) (*memHandle, error) {
 }
 
 // OpenWriter opens pack n for writing.
-func (m *Mem) OpenWriter(ctx context.Context, n uint32) (store.PackWriter, error) { return m.open(ctx, n) }
+func (m *Mem) OpenWriter(ctx context.Context, n uint32) (store.PackWriter, error) {
+	return m.open(ctx, n)
+}
 
 // Open opens pack n for reading.
 func (m *Mem) Open(ctx context.Context, n uint32) (store.PackReader, error) { return m.open(ctx, n) }
