@@ -182,16 +182,17 @@ func (v *Vault) VerifyProgress(ctx context.Context, prog Progress) (*Report, err
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		prog.Add(1, p.Committed)
 		rep.Packs++
 		k, err := v.companyKeys(p.Company)
 		if err != nil {
 			rep.add(Problem{Pack: p.Path, What: fmt.Sprintf("company %q: %v", p.Company, err)})
+			prog.Add(1, p.Committed)
 			continue
 		}
 		if sp := v.verifyPack(ctx, p, k, rep); sp != nil {
 			scanned[p.Number] = sp
 		}
+		prog.Add(1, p.Committed)
 	}
 	companies, err := v.Catalog.Companies()
 	if err != nil {
