@@ -366,3 +366,27 @@ func TestRebuildInterrupted(t *testing.T) {
 	f.reopen()
 	f.mustAll(all)
 }
+
+// TestHugePackFile: a pack file past the 4 GiB that index offsets can
+// name (sparse: no disk used) is left alone, not indexed with wrapped
+// offsets, and the rest opens.
+func TestHugePackFile(t *testing.T) {
+	dir := t.TempDir()
+	f := newFixture(t, dir)
+	all := f.fill([]string{"acme"}, 1, 2)
+	f.s.Close()
+	f.s = nil
+	p := filepath.Join(dir, "packs", "000", "00000009.pack")
+	hdr, _ := pack.FileHeader{Company: "acme", Number: 9}.Marshal()
+	if err := os.WriteFile(p, hdr, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, 1<<32+100); err != nil {
+		t.Fatal(err)
+	}
+	f.open()
+	f.mustAll(all)
+	if got := fileSize(t, p); got != 1<<32+100 {
+		t.Fatalf("the huge pack was changed to %d bytes", got)
+	}
+}

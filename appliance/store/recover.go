@@ -287,6 +287,12 @@ func (s *Store) indexPack(ctx context.Context, n uint32, company string, from in
 	if err != nil {
 		return st, fmt.Errorf("stat pack %s: %w", path, err)
 	}
+	if size >= maxCommitted {
+		// Index offsets are 32 bits; the vault never writes such a pack.
+		s.log.Error("pack file larger than any pack the vault writes: left alone and not indexed",
+			zap.String("pack", path), zap.Int64("size", size), zap.Int64("limit", maxCommitted-1))
+		return st, nil
+	}
 	if company == "" {
 		hb := make([]byte, pack.FileHeaderSize)
 		_, err := f.ReadAt(hb, 0)
