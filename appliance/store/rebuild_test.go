@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -142,7 +141,7 @@ func TestTornTail(t *testing.T) {
 	f.s.Close()
 	f.s = nil
 
-	badSealPlain, badSeal := f.chunk(3000)
+	_, badSeal := f.chunk(3000)
 	badSeal.Data = bytes.Clone(badSeal.Data)
 	badSeal.Data[pack.EntryHeaderSize+100] ^= 1
 	brokenHeader := bytes.Clone(f.entryOf(2000).Data)
@@ -167,10 +166,8 @@ func TestTornTail(t *testing.T) {
 	if has[0] || has[1] {
 		t.Fatalf("Has(bad seal, torn) = %v: neither may be indexed", has)
 	}
-	_ = badSealPlain
 
 	// A torn header: the same rule.
-	ps, _ = f.s.Packs()
 	f.s.Close()
 	f.s = nil
 	junk := bytes.Clone(f.entryOf(100).Data[:pack.EntryHeaderSize])
@@ -346,8 +343,6 @@ func TestRebuild(t *testing.T) {
 	all = append(all, f.fill([]string{"acme"}, 1, 2)...)
 	f.mustAll(all)
 }
-
-var _ = io.EOF
 
 // TestRebuildInterrupted: a rebuild stopped after its first pack (as a
 // crash would stop it) leaves an index the next Open completes.
