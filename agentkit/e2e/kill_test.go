@@ -64,6 +64,7 @@ type proc struct {
 	cmd  *exec.Cmd
 	out  *syncBuffer
 	done chan struct{}
+	end  time.Time // when it exited; read after done is closed
 }
 
 func startAgentProc(t *testing.T, a *agent, args ...string) *proc {
@@ -74,7 +75,7 @@ func startAgentProc(t *testing.T, a *agent, args ...string) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.cmd.Wait(); close(p.done) }() // owner: the process's life
+	go func() { p.cmd.Wait(); p.end = time.Now(); close(p.done) }() // owner: the process's life
 	t.Cleanup(func() { p.kill() })
 	return p
 }
@@ -123,6 +124,10 @@ type killEnv struct {
 	lg      *gen
 	est     [numOps]time.Duration // how long the operation took when it ran to its end
 	checked map[uint64]bool       // versions restored and compared already
+	// commitKills counts kills that landed while a commit was in flight:
+	// the agent's error names the commit request, or the version was
+	// committed although the backup never heard the answer.
+	commitKills int
 }
 
 // TestRandomKills SIGKILLs, alternately, vaultd and a vault-agent at
@@ -132,7 +137,7 @@ type killEnv struct {
 // identical to the tree they were taken from, the interrupted restore
 // completes on a second try, and the continuous configuration's latest
 // state catches up with its source. A kill counts only if it landed while
-// the operation ran; VAULTNODE_KILLS such kills are required, within twice
+// the operation ran; VAULTNODE_KILLS such kills are required, within three times
 // as many rounds. At the end every committed version is restored again.
 func TestRandomKills(t *testing.T) {
 	want := killRounds(t)
@@ -162,7 +167,7 @@ func TestRandomKills(t *testing.T) {
 	mid := 0
 	round := 0
 	for ; mid < want; round++ {
-		if round >= 2*want {
+		if round >= 3*want {
 			t.Fatalf("only %d of %d kills landed while an operation ran; %d needed (kills by victim and operation %v)", mid, round, want, landed)
 		}
 		victim := round % 2 // 0: vaultd, 1: the agent
@@ -182,7 +187,7 @@ func TestRandomKills(t *testing.T) {
 		}
 		c.check(t, round)
 	}
-	t.Logf("%d of %d kills landed mid-operation: vaultd %v, agents %v (backup, restore, journal record)", mid, round, landed[0], landed[1])
+	t.Logf("%d of %d kills landed mid-operation: vaultd %v, agents %v (backup, restore, journal record); %d while a commit was in flight", mid, round, landed[0], landed[1], c.commitKills)
 	if want >= 2*numOps {
 		for v, name := range []string{"vaultd", "the agent"} {
 			for op := range numOps {
@@ -250,19 +255,37 @@ func (c *killEnv) killBackup(t *testing.T, round, victim int) bool {
 	os.Remove(filepath.Join(c.src, fmt.Sprintf("bulk/r%d.bin", round-6))) // the tree stays near its size
 	snap := snapshot(t, c.src)
 	d := c.instant(opBackup)
+	aim := ""
+	if c.rnd.IntN(2) == 0 { // aim at the end of the backup, where the commit is
+		e := c.est[opBackup]
+		d = e*85/100 + time.Duration(c.rnd.Int64N(int64(e)/4+1))
+		aim = " (aimed at the commit)"
+	}
+	before := len(c.snaps)
 	start := time.Now()
 	p := startAgentProc(t, c.a, "backup", "-json", "home")
 	time.Sleep(d)
 	landed := c.killVictim(victim, p)
+	inCommit := false
 	if victim == 0 {
 		code := p.wait(t, "the backup after the vault was killed")
 		landed = landed && code != 0
+		inCommit = landed && strings.Contains(p.out.String(), "/commit")
 		c.v.start()
 	}
-	took := time.Since(start)
-	c.learn(opBackup, took, !landed)
+	c.learn(opBackup, p.end.Sub(start), !landed)
 	c.account(snap)
-	t.Logf("round %d: %s killed %v into a backup: %s", round, victimName(victim), d, landedWord(landed))
+	if landed && len(c.snaps) > before {
+		inCommit = true // committed, but the agent never heard so
+	}
+	if inCommit {
+		c.commitKills++
+	}
+	what := landedWord(landed)
+	if inCommit {
+		what = "landed while the commit was in flight"
+	}
+	t.Logf("round %d: %s killed %v into a backup%s: %s", round, victimName(victim), d, aim, what)
 	return landed
 }
 
@@ -282,7 +305,7 @@ func (c *killEnv) killRestore(t *testing.T, round, victim int) bool {
 		landed = landed && code != 0
 		c.v.start()
 	}
-	c.learn(opRestore, time.Since(start), !landed)
+	c.learn(opRestore, p.end.Sub(start), !landed)
 	os.RemoveAll(to)
 	t.Logf("round %d: %s killed %v into a restore of home@%d: %s", round, victimName(victim), d, seq, landedWord(landed))
 	c.checked[seq] = false // restore it again now
@@ -297,7 +320,13 @@ func (c *killEnv) killJournal(t *testing.T, round, victim int) bool {
 	c.changeLive(round)
 	d := c.instant(opContinuous)
 	start := time.Now()
-	time.Sleep(d)
+	var recorded time.Duration // when the daemon said it recorded the change
+	for time.Since(start) < d {
+		if recorded == 0 && recordLines(c.daemon.out.String()) != before {
+			recorded = time.Since(start)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	landed := recordLines(c.daemon.out.String()) == before && !c.daemon.exited()
 	if victim == 0 {
 		c.v.kill()
@@ -306,9 +335,8 @@ func (c *killEnv) killJournal(t *testing.T, round, victim int) bool {
 		landed = c.daemon.kill() && landed
 		c.daemon = startAgentProc(t, c.b, "-v", "run", "-poll", "1s", "-retry", "500ms")
 	}
-	if !landed {
-		c.learn(opContinuous, time.Since(start), false) // recorded sooner than d
-		c.est[opContinuous] = max(c.est[opContinuous]*3/4, 20*time.Millisecond)
+	if recorded > 0 {
+		c.learn(opContinuous, recorded, true)
 	} else {
 		c.learn(opContinuous, d, false)
 	}
