@@ -5,7 +5,7 @@ BIN := $(CURDIR)/bin
 export CGO_ENABLED ?= 0
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
 
-.PHONY: help build run test test-unit soak bench fmt vet clean image qemu test-image
+.PHONY: help build run test test-unit soak bench bench-scale fmt vet clean image qemu test-image
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,8 +31,11 @@ soak: build ## the long crash runs: 100 SIGKILLs of vaultd and agents, 30 power 
 	VAULTNODE_KILLS=$${VAULTNODE_KILLS:-100} $(GO) test -count=1 -timeout 90m -v -run 'TestRandomKills' ./agentkit/e2e/
 	VAULTNODE_POWERCUTS=$${VAULTNODE_POWERCUTS:-30} $(GO) test -count=1 -timeout 90m -v -run 'TestPowerCutVolatileCache' ./hwtest/
 
-bench: build ## run the benchmark against restic and print ratios
+bench: build ## run the benchmark against restic 0.18.1 on every shape of data and print ratios (BENCH_FLAGS="-scale 0.01" to try)
 	@bash scripts/bench.sh
+
+bench-scale: build ## back up 10 million small files (SCALE_FILES): peak memory, no-change backup and commit times
+	@bash scripts/bench.sh scale
 
 image: ## build the appliance image out/image/{vmlinux,initramfs.cpio} (reproducible)
 	$(GO) run ./images/cmd/mkimage -o out/image

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Benchmark vaultnode against restic on a generated corpus (issue 2, "Benchmark").
-#   make bench                          # full run, about 1 GiB of data
-#   make bench BENCH_FLAGS="-scale 0.1" # smaller; see: go run ./scripts/bench -help
-# Results: a table on stdout and out/bench/results.json. Needs root for
+#   make bench                          # every shape at full size (hours on a small machine)
+#   make bench BENCH_FLAGS="-scale 0.01" AGENTS_FLAGS="-scale 0.005" RPO_FLAGS="-idle-files 10000" ABUSE_FLAGS="-scale 0.1"
+#                                       # every part at a small scale, to try it quickly
+#   make bench BENCH_SHAPES="small-files" BENCH_FLAGS="-files 100000"
+#   make bench-scale SCALE_FILES=1000000 # the scale run (10 million files by default)
+# Results: tables on stdout and out/bench/results-SHAPE.json. Needs root for
 # dropping page caches (otherwise every phase runs warm, for both tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v restic >/dev/null 2>&1; then
-	echo "bench: restic is missing; installing the Debian package" >&2
-	sudo=""
-	[ "$(id -u)" -eq 0 ] || sudo="sudo"
-	$sudo apt-get install -y restic >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y restic >/dev/null; }
+# The reference is restic 0.18.1 (it restores holes as holes with --sparse),
+# built from source through the Go module proxy into out/bench/bin, never
+# over a restic installed on the system.
+RESTIC_VERSION=0.18.1
+restic="$PWD/out/bench/bin/restic"
+if ! "$restic" version 2>/dev/null | grep -q "restic $RESTIC_VERSION "; then
+	echo "bench: building restic $RESTIC_VERSION into out/bench/bin" >&2
+	GOBIN="$PWD/out/bench/bin" CGO_ENABLED=0 go install "github.com/restic/restic/cmd/restic@v$RESTIC_VERSION"
 fi
 
 mkdir -p out/bench
@@ -21,12 +27,47 @@ go build -o out/bench/bench ./scripts/bench
 go build -o out/bench/fidelity ./scripts/fidelity
 go build -o out/bench/rpo ./scripts/rpo
 go build -o out/bench/abuse ./scripts/abuse
-# BENCH_FLAGS is split on spaces on purpose.
+
+if [ "${1:-}" = "scale" ]; then
+	# make bench-scale: SCALE_FILES small files (10 million by default), the
+	# initial and the no-change backup; peak memory of agent and vault, the
+	# commit's time. SCALE_FLAGS adds bench flags (e.g. -warm).
+	# shellcheck disable=SC2086
+	out/bench/bench -bin bin -only vaultnode -shape small-files -files "${SCALE_FILES:-10000000}" \
+		-phases initial,no-change -work out/bench/scale-work -out out/bench/scale.json ${SCALE_FLAGS:-}
+	exit 0
+fi
+
+# Every shape of data, each also without its sparse files where it has some
+# (BENCH_SHAPES chooses; BENCH_FLAGS is passed to each, e.g. "-scale 0.01"
+# for a quick try; see: out/bench/bench -help).
+shapes=${BENCH_SHAPES:-"current current:no-sparse small-files mixed mixed:no-sparse"}
+results=()
+for s in $shapes; do
+	shape=${s%%:*}
+	extra=()
+	name=$shape
+	if [ "$s" != "$shape" ]; then
+		extra=(-no-sparse)
+		name=$shape-no-sparse
+	fi
+	echo "== shape $name"
+	# BENCH_FLAGS is split on spaces on purpose.
+	# shellcheck disable=SC2086
+	out/bench/bench -bin bin -restic "$restic" -shape "$shape" "${extra[@]}" -out "out/bench/results-$name.json" ${BENCH_FLAGS:-} "$@"
+	results+=("out/bench/results-$name.json")
+	echo
+done
+echo "== vaultnode / restic on every shape"
+out/bench/bench -summarize "${results[@]}"
+
+echo
+echo "== many agents at once: ${BENCH_AGENTS:-20} agents, each its own tree, into one vault (AGENTS_FLAGS, e.g. -scale 0.01)"
 # shellcheck disable=SC2086
-out/bench/bench -bin bin -out out/bench/results.json ${BENCH_FLAGS:-} "$@"
+out/bench/bench -bin bin -agents "${BENCH_AGENTS:-20}" -shape mixed -scale 0.02 -out out/bench/agents.json ${AGENTS_FLAGS:-}
 echo
 echo "== metadata fidelity, vaultnode and restic on the same tree"
-out/bench/fidelity -bin bin -out out/bench/fidelity.json
+out/bench/fidelity -bin bin -restic "$restic" -out out/bench/fidelity.json
 echo
 echo "== continuous protection (RPO_FLAGS, e.g. -idle-files 100000 for a shorter run)"
 # shellcheck disable=SC2086

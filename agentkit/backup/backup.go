@@ -91,6 +91,7 @@ type Result struct {
 	Stats    Stats
 	Problems []string // files not fully protected, with the reason
 	Duration time.Duration
+	Commit   time.Duration // of Duration, the commit request: the vault checking and recording the listing
 }
 
 // Run synchronizes one configuration and commits a version.
@@ -204,7 +205,9 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	if err := tmp.Sync(); err != nil {
 		return nil, fmt.Errorf("write listing cache: %w", err)
 	}
+	commitStart := time.Now()
 	seq, err := o.Vault.Commit(ctx, sess.ID, wire.Commit{Listing: listing, Started: stats.Start})
+	commitTook := time.Since(commitStart)
 	if err != nil {
 		return nil, fmt.Errorf("commit version: %w", err)
 	}
@@ -216,7 +219,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	if o.Progress != nil {
 		o.Progress(stats)
 	}
-	return &Result{Seq: seq, Stats: stats.Snapshot(), Problems: problems, Duration: time.Since(stats.Start)}, nil
+	return &Result{Seq: seq, Stats: stats.Snapshot(), Problems: problems, Duration: time.Since(stats.Start), Commit: commitTook}, nil
 }
 
 // producer emits the nodes of a synchronization in tree order into order,

@@ -33,6 +33,14 @@ type Options struct {
 	// Scale multiplies file counts and sizes; 0 means 1 (about 1 GiB).
 	// Tests use 0.01 or less.
 	Scale float64
+	// Shape chooses the kind of tree (shapes.go); "" is ShapeCurrent.
+	Shape string
+	// Files is the number of files of ShapeSmallFiles; 0 means 500,000
+	// times Scale. Other shapes ignore it.
+	Files int
+	// NoSparse leaves the sparse files out, so holes do not decide a
+	// comparison.
+	NoSparse bool
 }
 
 // Stats describes a generated tree.
@@ -107,6 +115,9 @@ func scaled(n int64, scale float64, minimum int64) int64 {
 // Generate writes the corpus into dir, which must be missing or empty.
 func Generate(dir string, opts Options) (Stats, error) {
 	opts = opts.normalized()
+	if err := checkShape(opts.Shape); err != nil {
+		return Stats{}, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Stats{}, fmt.Errorf("create corpus dir: %w", err)
 	}
@@ -116,6 +127,12 @@ func Generate(dir string, opts Options) (Stats, error) {
 	}
 	if len(ents) > 0 {
 		return Stats{}, fmt.Errorf("generate corpus: %s is not empty; remove it or choose another directory", dir)
+	}
+	switch opts.Shape {
+	case ShapeSmallFiles:
+		return generateSmallFiles(dir, opts)
+	case ShapeMixed:
+		return generateMixed(dir, opts)
 	}
 
 	files, dirs, links := planSmall(opts)
@@ -135,7 +152,10 @@ func Generate(dir string, opts Options) (Stats, error) {
 	g.Go(func() error {
 		return writeLog(filepath.Join(dir, LogFile), opts.Seed, logSize, BaseTime.Add(-time.Hour))
 	})
-	sparse := planSparse(opts)
+	var sparse []sparseFile
+	if !opts.NoSparse {
+		sparse = planSparse(opts)
+	}
 	for _, s := range sparse {
 		g.Go(func() error { return writeSparse(dir, s) })
 	}
@@ -145,22 +165,9 @@ func Generate(dir string, opts Options) (Stats, error) {
 	if err := g.Wait(); err != nil {
 		return Stats{}, err
 	}
-	for _, l := range links {
-		if err := os.Symlink(l[1], filepath.Join(dir, l[0])); err != nil {
-			return Stats{}, fmt.Errorf("create symlink: %w", err)
-		}
-	}
-	seen := map[string]bool{}
-	for _, d := range dirs {
-		for p := d; p != "." && !seen[p]; p = filepath.Dir(p) {
-			seen[p] = true
-		}
-	}
-	// Directory times last: writing into a directory changes its mtime.
-	for d := range seen {
-		if err := os.Chtimes(filepath.Join(dir, d), BaseTime, BaseTime); err != nil {
-			return Stats{}, fmt.Errorf("set dir time: %w", err)
-		}
+	nDirs, err := finishTree(dir, dirs, links)
+	if err != nil {
+		return Stats{}, err
 	}
 
 	st.SmallFiles = len(files)
@@ -168,7 +175,7 @@ func Generate(dir string, opts Options) (Stats, error) {
 	st.SparseFiles = len(sparse)
 	st.Files = len(files) + len(blobs) + len(sparse) + 1
 	st.Symlinks = len(links)
-	st.Dirs = len(seen)
+	st.Dirs = nDirs
 	for _, f := range files {
 		st.Bytes += int64(f.size)
 	}
@@ -182,6 +189,29 @@ func Generate(dir string, opts Options) (Stats, error) {
 		st.DataBytes += int64(len(s.extents)) * s.extent
 	}
 	return st, nil
+}
+
+// finishTree makes the symbolic links and sets the times of dirs and their
+// parents, last, since writing into a directory changes its mtime. It
+// returns the number of directories, the root excluded.
+func finishTree(dir string, dirs []string, links [][2]string) (int, error) {
+	for _, l := range links {
+		if err := os.Symlink(l[1], filepath.Join(dir, l[0])); err != nil {
+			return 0, fmt.Errorf("create symlink: %w", err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, d := range dirs {
+		for p := d; p != "." && !seen[p]; p = filepath.Dir(p) {
+			seen[p] = true
+		}
+	}
+	for d := range seen {
+		if err := os.Chtimes(filepath.Join(dir, d), BaseTime, BaseTime); err != nil {
+			return 0, fmt.Errorf("set dir time: %w", err)
+		}
+	}
+	return len(seen), nil
 }
 
 // planSmall lays out the source tree: its files, directories and symlinks

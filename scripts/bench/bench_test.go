@@ -96,3 +96,15 @@ func TestProxyCounts(t *testing.T) {
 		t.Errorf("proxy counted %d up, %d down; want %d, %d", u, d, up, down)
 	}
 }
+
+func TestSelectPhases(t *testing.T) {
+	got, err := selectPhases("no-change, initial")
+	if err != nil || len(got) != 2 || got[0] != phaseInitial || got[1] != phaseNoChange {
+		t.Errorf("selectPhases = %v, %v; want [initial no-change] in run order", got, err)
+	}
+	for _, bad := range []string{"", "initial,backup"} {
+		if _, err := selectPhases(bad); err == nil {
+			t.Errorf("selectPhases(%q) accepted", bad)
+		}
+	}
+}

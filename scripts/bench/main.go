@@ -71,8 +71,9 @@ type phaseResult struct {
 	CPUSeconds         float64   `json:"cpu_seconds"`   // client + server, user + system
 	ClientCPUSeconds   float64   `json:"client_cpu_seconds"`
 	ServerCPUSeconds   float64   `json:"server_cpu_seconds"`
-	OtherCPUSeconds    float64   `json:"other_cpu_seconds"` // the rest of the machine during the phase: contention
-	PeakRSSBytes       int64     `json:"peak_rss_bytes"`    // client + server
+	OtherCPUSeconds    float64   `json:"other_cpu_seconds"`        // the rest of the machine during the phase: contention
+	CommitSeconds      float64   `json:"commit_seconds,omitempty"` // vaultnode: of the wall time, the commit request
+	PeakRSSBytes       int64     `json:"peak_rss_bytes"`           // client + server
 	ClientPeakRSSBytes int64     `json:"client_peak_rss_bytes"`
 	ServerPeakRSSBytes int64     `json:"server_peak_rss_bytes"`
 	BytesSent          int64     `json:"bytes_sent"`     // on the wire to the vault; restic: repository growth
@@ -98,6 +99,8 @@ type results struct {
 	Started       time.Time             `json:"started"`
 	Host          map[string]string     `json:"host"`
 	Scale         float64               `json:"scale"`
+	Shape         string                `json:"shape"`
+	NoSparse      bool                  `json:"no_sparse,omitempty"`
 	Seed          uint64                `json:"seed"`
 	Caches        string                `json:"caches"`
 	Corpus        corpus.Stats          `json:"corpus"`
@@ -134,14 +137,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "out/bench/results.json", "where to write the results as JSON")
 	warm := fs.Bool("warm", false, "do not drop page caches between phases")
 	runs := fs.Int("runs", 1, "repeat everything (fresh corpus and stores) this many times and report the median run of each phase")
+	shape := fs.String("shape", corpus.ShapeCurrent, fmt.Sprintf("corpus shape, one of %v", corpus.Shapes))
+	files := fs.Int("files", 0, "files of the small-files shape (0: 500,000 times -scale)")
+	noSparse := fs.Bool("no-sparse", false, "leave the sparse files out of the corpus, so holes do not decide the ratios")
+	phaseList := fs.String("phases", strings.Join(phases, ","), "phases to run, in their order (bench-scale: initial,no-change)")
+	summary := fs.Bool("summarize", false, "print the ratios of the results files given as arguments, one line per shape and phase, and exit")
+	agents := fs.Int("agents", 0, "instead of the phases: this many agents back up different trees (each -scale) into one vault at once, against one alone")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *summary {
+		return summarize(stdout, fs.Args())
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; see -help", fs.Args())
 	}
 	if *only != "" && *only != "vaultnode" && *only != "restic" {
 		return fmt.Errorf("-only %q: use vaultnode or restic", *only)
+	}
+	var err error
+	if phases, err = selectPhases(*phaseList); err != nil {
+		return err
 	}
 	if *runs < 1 {
 		return fmt.Errorf("-runs %d: give at least 1", *runs)
@@ -157,6 +173,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	b := &bench{
 		clk: clk, r: runner{clk: clk}, work: workDir, bin: binDir, only: *only, scale: *scale, seed: *seed,
+		shape: *shape, files: *files, noSparse: *noSparse,
 		logf: func(format string, a ...any) {
 			fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 		},
@@ -170,11 +187,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *only != "vaultnode" {
 		if b.restic, err = exec.LookPath(*resticBin); err != nil {
-			return fmt.Errorf("find restic: %w; install it with apt-get install restic (or -only vaultnode)", err)
+			return fmt.Errorf("find restic: %w; scripts/bench.sh installs restic 0.18.1 into out/bench/bin (or -only vaultnode)", err)
 		}
 	}
 
-	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Host: hostInfo(), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
+	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Shape: *shape, NoSparse: *noSparse, Host: hostInfo(b.restic), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
 	b.cold = !*warm
 	res.Caches = "cold: page caches dropped before every phase"
 	if b.cold {
@@ -186,6 +203,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		res.Caches = "warm: -warm given; every phase of both tools runs with warm caches"
 	}
 	b.logf("caches: %s", res.Caches)
+	if *agents > 0 {
+		return b.manyAgents(ctx, *agents, *out, stdout)
+	}
 
 	if !*keep {
 		defer b.clean()
@@ -221,6 +241,9 @@ type bench struct {
 	only      string
 	scale     float64
 	seed      uint64
+	shape     string
+	files     int
+	noSparse  bool
 	cold      bool
 	logf      func(format string, a ...any)
 }
@@ -253,10 +276,10 @@ func (b *bench) once(ctx context.Context, res *results) error {
 		tools = append(tools, &restic{bin: b.restic, work: filepath.Join(b.work, "restic"), corpus: corpusDir, r: b.r})
 	}
 
-	b.logf("generating the corpus (scale %g, seed %d) in %s", b.scale, b.seed, corpusDir)
+	b.logf("generating the corpus (shape %s, scale %g, seed %d, no sparse %v) in %s", b.shape, b.scale, b.seed, b.noSparse, corpusDir)
 	t0 := b.clk.Now()
 	var err error
-	if res.Corpus, err = corpus.Generate(corpusDir, corpus.Options{Seed: b.seed, Scale: b.scale}); err != nil {
+	if res.Corpus, err = corpus.Generate(corpusDir, b.corpusOptions(b.seed)); err != nil {
 		return err
 	}
 	res.CorpusSeconds = b.clk.Now().Sub(t0).Seconds()
@@ -328,6 +351,32 @@ func (b *bench) once(ctx context.Context, res *results) error {
 		}
 	}
 	return nil
+}
+
+func (b *bench) corpusOptions(seed uint64) corpus.Options {
+	return corpus.Options{Seed: seed, Scale: b.scale, Shape: b.shape, Files: b.files, NoSparse: b.noSparse}
+}
+
+// selectPhases keeps the phases named in list (comma-separated), in their
+// order. An incremental phase needs the initial one before it.
+func selectPhases(list string) ([]string, error) {
+	want := map[string]bool{}
+	for _, p := range strings.Split(list, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			want[p] = true
+		}
+	}
+	var out []string
+	for _, p := range phases {
+		if want[p] {
+			out = append(out, p)
+			delete(want, p)
+		}
+	}
+	if len(want) > 0 || len(out) == 0 {
+		return nil, fmt.Errorf("-phases %q: choose among %s", list, strings.Join(phases, ","))
+	}
+	return out, nil
 }
 
 // medians picks, for each tool and phase, the run with the median wall time
@@ -413,7 +462,7 @@ func checkRestore(want []corpus.Entry, root string) restoreChk {
 	return c
 }
 
-func hostInfo() map[string]string {
+func hostInfo(resticProg string) map[string]string {
 	h := map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "go": runtime.Version()}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		h["loadavg_at_start"] = strings.Join(strings.Fields(string(b))[:3], " ")
@@ -421,13 +470,18 @@ func hostInfo() map[string]string {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h["kernel"] = strings.TrimSpace(string(b))
 	}
-	if b, err := exec.Command("restic", "version").Output(); err == nil {
+	if resticProg == "" {
+		resticProg = "restic"
+	}
+	if b, err := exec.Command(resticProg, "version").Output(); err == nil {
 		h["restic"] = strings.TrimSpace(string(b))
 	}
 	return h
 }
 
-func writeJSON(path string, res *results) error {
+func writeJSON(path string, res *results) error { return writeJSONValue(path, res) }
+
+func writeJSONValue(path string, res any) error {
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode results: %w", err)

@@ -70,7 +70,7 @@ func resticDataAdded(out []byte) (int64, bool) {
 
 func (t *restic) Restore(ctx context.Context, dir string, res *phaseResult) (string, error) {
 	u, err := t.r.run(ctx, command{
-		name: t.bin, args: []string{"restore", "latest", "--target", dir},
+		name: t.bin, args: []string{"restore", "--sparse", "latest", "--target", dir},
 		env: t.env(), logTo: t.logFile(),
 	})
 	res.addClient(u)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"vaultnode/internal/clock"
+	"vaultnode/internal/corpus"
 )
 
 // vaultnode drives vaultd, vaultctl and vault-agent as README.md documents
@@ -101,10 +102,16 @@ func (t *vaultnode) Setup(ctx context.Context) error {
 // the agent calls malformed is replaced by a fresh one a few times: token
 // parsing once split base64url text on "_", which that alphabet contains.
 func (t *vaultnode) enroll(ctx context.Context) error {
+	return t.enrollAt(ctx, "bench", t.stateDir(), "")
+}
+
+// enrollAt enrols the agent whose state directory is state into company,
+// under name ("" is the host name).
+func (t *vaultnode) enrollAt(ctx context.Context, company, state, name string) error {
 	var err error
 	for range 8 {
 		var u usage
-		u, err = t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "token", "create", "bench"}, logTo: t.logFile(), stdout: true})
+		u, err = t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "token", "create", company}, logTo: t.logFile(), stdout: true})
 		if err != nil {
 			return err
 		}
@@ -112,7 +119,11 @@ func (t *vaultnode) enroll(ctx context.Context) error {
 		if token == "" {
 			return errors.New("create token: vaultctl printed nothing; see " + t.logFile())
 		}
-		_, err = t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("enroll", "-vault", t.proxy.addr(), "-token", token), logTo: t.logFile()})
+		args := []string{"-state", state, "enroll", "-vault", t.proxy.addr(), "-token", token}
+		if name != "" {
+			args = append(args, "-name", name)
+		}
+		_, err = t.r.run(ctx, command{name: t.prog("vault-agent"), args: args, logTo: t.logFile()})
 		if err == nil || !strings.Contains(err.Error(), "malformed enrolment token") {
 			return err
 		}
@@ -220,6 +231,9 @@ func (t *vaultnode) Backup(ctx context.Context, res *phaseResult) error {
 		if n, ok := findInt(u.stdout, "bytes_sent"); ok {
 			res.ReportedBytesSent = &n
 		}
+		if f, ok := findFloat(u.stdout, "commit_seconds"); ok {
+			res.CommitSeconds = f
+		}
 		return err
 	})
 }
@@ -233,7 +247,7 @@ func (t *vaultnode) Restore(ctx context.Context, dir string, res *phaseResult) (
 	// The contract does not say whether the configured path is recreated
 	// under the target: look for the tree in the likely places.
 	for _, root := range []string{dir, filepath.Join(dir, t.corpus), filepath.Join(dir, filepath.Base(t.corpus))} {
-		if _, serr := os.Lstat(filepath.Join(root, "logs")); serr == nil {
+		if _, serr := os.Lstat(filepath.Join(root, corpus.SourceDir)); serr == nil {
 			return root, err
 		}
 	}
@@ -259,22 +273,46 @@ func (t *vaultnode) Close() error {
 	return errors.Join(errs...)
 }
 
+// findFloat is findInt for a number that may have a fraction.
+func findFloat(out []byte, key string) (float64, bool) {
+	var found float64
+	ok := false
+	walkJSON(out, func(k string, n json.Number) {
+		if k == key {
+			if f, err := n.Float64(); err == nil {
+				found, ok = f, true
+			}
+		}
+	})
+	return found, ok
+}
+
 // findInt looks for a numeric field named key in any JSON object of out
 // (one document, or one per line), at any depth; the last one wins.
 func findInt(out []byte, key string) (int64, bool) {
-	dec := json.NewDecoder(bytes.NewReader(out))
-	dec.UseNumber()
 	var found int64
 	ok := false
+	walkJSON(out, func(k string, n json.Number) {
+		if k == key {
+			if i, err := n.Int64(); err == nil {
+				found, ok = i, true
+			}
+		}
+	})
+	return found, ok
+}
+
+// walkJSON calls fn with every numeric field of every JSON document in out.
+func walkJSON(out []byte, fn func(key string, n json.Number)) {
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.UseNumber()
 	var walk func(v any)
 	walk = func(v any) {
 		switch v := v.(type) {
 		case map[string]any:
 			for k, x := range v {
-				if n, isNum := x.(json.Number); isNum && k == key {
-					if i, err := n.Int64(); err == nil {
-						found, ok = i, true
-					}
+				if n, isNum := x.(json.Number); isNum {
+					fn(k, n)
 				}
 				walk(x)
 			}
@@ -291,5 +329,4 @@ func findInt(out []byte, key string) (int64, bool) {
 		}
 		walk(v)
 	}
-	return found, ok
 }

@@ -347,7 +347,7 @@ func findRestic(ctx context.Context, name string, stderr io.Writer) (string, err
 }
 
 func runRestic(ctx context.Context, prog, wd string, stderr io.Writer) *ToolRun {
-	t := &ToolRun{Name: "restic", Flags: "backup --with-atime; restore"}
+	t := &ToolRun{Name: "restic", Flags: "backup --with-atime; restore --sparse"}
 	if v, err := cmdOut(ctx, nil, prog, "version"); err == nil {
 		f := strings.Fields(string(v))
 		if len(f) > 1 {
@@ -368,7 +368,7 @@ func runRestic(ctx context.Context, prog, wd string, stderr io.Writer) *ToolRun 
 		// made a snapshot
 		t.BackupError = err.Error()
 	}
-	if _, err := cmdOut(ctx, env, prog, "restore", "latest", "--target", to); err != nil {
+	if _, err := cmdOut(ctx, env, prog, "restore", "--sparse", "latest", "--target", to); err != nil {
 		t.RestoreError = err.Error()
 	}
 	if _, err := os.Lstat(filepath.Join(to, src)); err == nil {

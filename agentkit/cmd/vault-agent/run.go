@@ -331,21 +331,22 @@ func (a *app) config(ctx context.Context, args []string) error {
 
 // Summary is what `backup -json` prints per configuration.
 type Summary struct {
-	Config       string   `json:"config"`
-	Version      uint64   `json:"version"`
-	Seconds      float64  `json:"seconds"`
-	Files        int64    `json:"files"`
-	Dirs         int64    `json:"dirs"`
-	Bytes        int64    `json:"bytes"`
-	FilesRead    int64    `json:"files_read"`
-	BytesRead    int64    `json:"bytes_read"`
-	ChunksSent   int64    `json:"chunks_sent"`
-	ChunksKnown  int64    `json:"chunks_known"`
-	BytesSent    int64    `json:"bytes_sent"`
-	Deleted      int64    `json:"deleted"`
-	Unreadable   int64    `json:"unreadable"`
-	Inconsistent int64    `json:"inconsistent"`
-	Problems     []string `json:"problems"`
+	Config        string   `json:"config"`
+	Version       uint64   `json:"version"`
+	Seconds       float64  `json:"seconds"`
+	CommitSeconds float64  `json:"commit_seconds"`
+	Files         int64    `json:"files"`
+	Dirs          int64    `json:"dirs"`
+	Bytes         int64    `json:"bytes"`
+	FilesRead     int64    `json:"files_read"`
+	BytesRead     int64    `json:"bytes_read"`
+	ChunksSent    int64    `json:"chunks_sent"`
+	ChunksKnown   int64    `json:"chunks_known"`
+	BytesSent     int64    `json:"bytes_sent"`
+	Deleted       int64    `json:"deleted"`
+	Unreadable    int64    `json:"unreadable"`
+	Inconsistent  int64    `json:"inconsistent"`
+	Problems      []string `json:"problems"`
 }
 
 func (a *app) backup(ctx context.Context, args []string) error {
@@ -406,7 +407,7 @@ func (a *app) backup(ctx context.Context, args []string) error {
 		}
 		s := res.Stats
 		if *asJSON {
-			sum := Summary{Config: cfg.Name, Version: res.Seq, Seconds: res.Duration.Seconds(), Files: s.Files, Dirs: s.Dirs,
+			sum := Summary{Config: cfg.Name, Version: res.Seq, Seconds: res.Duration.Seconds(), CommitSeconds: res.Commit.Seconds(), Files: s.Files, Dirs: s.Dirs,
 				Bytes: s.Bytes, FilesRead: s.FilesRead, BytesRead: s.BytesRead, ChunksSent: s.ChunksSent, ChunksKnown: s.ChunksKnown,
 				BytesSent: s.BytesSent, Deleted: s.Deleted, Unreadable: s.Unreadable, Inconsistent: s.Inconsistent, Problems: res.Problems}
 			if sum.Problems == nil {
