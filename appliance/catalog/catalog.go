@@ -184,9 +184,14 @@ func Open(dir string, opts Options) (*Catalog, error) {
 	if opts.ContactFlush <= 0 {
 		opts.ContactFlush = DefaultContactFlush
 	}
-	db, err := bbolt.Open(filepath.Join(dir, File), 0o600, &bbolt.Options{Timeout: time.Second})
+	path := filepath.Join(dir, File)
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, fmt.Errorf("open catalog %s: %w (is vaultd running on this directory?)", path, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("open catalog: %w", err)
+		return nil, fmt.Errorf("open catalog %s: %w: restore catalog.db from a backup, or stop the vault and run "+
+			"`vaultctl rebuild-catalog -fresh` (it moves this file aside and rebuilds the catalog from the packs)", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bCompanies, bTokens, bComputers, bConfigs, bVersions, bJournal, bReports, bRetention, bJobs, bJobSched} {

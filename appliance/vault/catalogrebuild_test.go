@@ -174,7 +174,6 @@ func TestCatalogLoss(t *testing.T) {
 	if v, err = Open(Options{Dir: dir, Listen: "127.0.0.1:0", Clock: clk}); err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
 	sameVersions(t, "completed", versionsOf(t, v, "pc-1"), want)
 	if cp, _ := v.Catalog.Computer("pc-1"); cp.Name != "web1" {
 		t.Fatalf("the rolled-back catalog lost the computer's name: %+v", cp)
@@ -185,6 +184,27 @@ func TestCatalogLoss(t *testing.T) {
 	if cp, _ := v.Catalog.Computer("pc-2"); cp.Revoked == nil {
 		t.Fatal("the rolled-back catalog un-revoked pc-2")
 	}
+	v.Close()
+
+	// Damaged: the vault says what to do; -fresh moves the file aside and
+	// rebuilds from the packs alone.
+	if err := os.WriteFile(filepath.Join(dir, catalog.File), []byte(strings.Repeat("not a bbolt file ", 1000)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = Open(Options{Dir: dir, Listen: "127.0.0.1:0", Clock: clk}); err == nil || !strings.Contains(err.Error(), "rebuild-catalog -fresh") {
+		t.Fatalf("open on a damaged catalog: %v", err)
+	}
+	if res, err = RebuildCatalog(context.Background(), dir, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(res.OldCatalog); err != nil || res.Versions != 4 || res.Computers != 2 {
+		t.Fatalf("fresh rebuild: %+v (old catalog: %v)", res, err)
+	}
+	if v, err = Open(Options{Dir: dir, Listen: "127.0.0.1:0", Clock: clk}); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	sameVersions(t, "fresh", versionsOf(t, v, "pc-1"), want)
 }
 
 // TestIndexBehindCatalog: a catalog that records a version whose manifest
