@@ -78,6 +78,10 @@ func Open(dir string, log *zap.Logger, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.recount(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -146,6 +150,10 @@ func (s *Store) recover(ctx context.Context) error {
 				zap.String("pack", s.PackPath(n)))
 		}
 	}
+	doomed, err := s.doomed()
+	if err != nil {
+		return fmt.Errorf("read index: %w", err)
+	}
 	var unknown []uint32
 	for _, n := range slices.Sorted(mapKeys(files)) {
 		p := s.PackPath(n)
@@ -153,6 +161,13 @@ func (s *Store) recover(ctx context.Context) error {
 			s.nextPack = n + 1
 		}
 		r, ok := known[n]
+		if !ok && slices.Contains(doomed, n) {
+			// Garbage collection decided to remove it (nothing in it is
+			// live) and a crash came before the file went: the next
+			// collection finishes the removal.
+			s.log.Info("pack awaiting removal by the next collection", zap.String("pack", p))
+			continue
+		}
 		if !ok {
 			unknown = append(unknown, n)
 			continue
@@ -239,8 +254,13 @@ func (s *Store) Rebuild(ctx context.Context, progress func(RebuildProgress)) (Re
 		}
 	}
 	s.free = map[string][]*writer{}
+	s.writing = map[uint32]bool{}
 	s.mu.Unlock()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	doomed, err := s.doomed()
+	if err != nil {
+		return RebuildProgress{}, fmt.Errorf("rebuild index: %w", err)
+	}
+	err = s.db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketPacks, bucketChunks, bucketQuarantine, bucketHealed} {
 			if err := tx.DeleteBucket(b); err != nil && !errors.Is(err, bbolt.ErrBucketNotFound) {
 				return fmt.Errorf("drop index bucket %s: %w", b, err)
@@ -255,6 +275,9 @@ func (s *Store) Rebuild(ctx context.Context, progress func(RebuildProgress)) (Re
 	if err != nil {
 		return RebuildProgress{}, err
 	}
+	for _, n := range doomed {
+		delete(files, n) // nothing live: the next collection removes it
+	}
 	ns := slices.Sorted(mapKeys(files))
 	s.log.Info("rebuilding the index from the packs", zap.Int("packs", len(ns)))
 	pr, err := s.indexPacks(ctx, ns, progress)
@@ -262,7 +285,7 @@ func (s *Store) Rebuild(ctx context.Context, progress func(RebuildProgress)) (Re
 		return pr, fmt.Errorf("rebuild index: %w", err)
 	}
 	s.log.Info("index rebuilt", zap.Int("packs", pr.Done), zap.Int64("entries", pr.Entries), zap.Int("skipped", pr.Skipped))
-	return pr, nil
+	return pr, s.recount()
 }
 
 type packStats struct {

@@ -10,6 +10,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/cipher"
 	"encoding/binary"
@@ -76,6 +77,8 @@ type Store struct {
 
 	mu       sync.Mutex
 	free     map[string][]*writer // open packs per company not in use
+	writing  map[uint32]bool      // packs with a writer, free or in use
+	usage    map[string]int64     // bytes of each company's packs (gc.go)
 	nextPack uint32
 
 	rmu     sync.Mutex
@@ -219,6 +222,10 @@ type Appender struct {
 	locs    []Location
 	done    bool
 	dirty   bool // bytes were written past the committed length
+	// move: the entries are copies of entries at from (Repack): a record
+	// is pointed at its copy only if it still names the original.
+	move bool
+	from []Location
 }
 
 // Append starts adding entries for a company. The pack is taken at the
@@ -230,7 +237,9 @@ func (s *Store) Append(company string) (*Appender, error) {
 }
 
 // Add writes one sealed entry (header and body, as pack.AppendEntry makes).
-func (a *Appender) Add(h pack.EntryHeader, data []byte) error {
+func (a *Appender) Add(h pack.EntryHeader, data []byte) error { return a.add(h, data) }
+
+func (a *Appender) add(h pack.EntryHeader, data []byte) error {
 	if a.done {
 		return errors.New("appender already finished")
 	}
@@ -261,8 +270,15 @@ func (a *Appender) Abort() {
 	if a.done {
 		return
 	}
-	a.done = true
 	defer a.s.busy.RUnlock()
+	a.abort()
+}
+
+func (a *Appender) abort() {
+	if a.done {
+		return
+	}
+	a.done = true
 	if a.w == nil {
 		return
 	}
@@ -279,9 +295,16 @@ func (a *Appender) Commit() error {
 	if a.done {
 		return errors.New("appender already finished")
 	}
+	defer a.s.busy.RUnlock()
+	return a.commit()
+}
+
+func (a *Appender) commit() error {
+	if a.done {
+		return errors.New("appender already finished")
+	}
 	a.done = true
 	s, w := a.s, a.w
-	defer s.busy.RUnlock()
 	if w == nil {
 		return nil
 	}
@@ -300,6 +323,14 @@ func (a *Appender) Commit() error {
 			return err
 		}
 		for i, id := range a.ids {
+			if a.move {
+				if v := cb.Get(id[:]); v != nil && bytes.Equal(v, a.from[i].marshal()) {
+					if err := cb.Put(id[:], a.locs[i].marshal()); err != nil {
+						return err
+					}
+				}
+				continue
+			}
 			if err := putChunk(tx, cb, a.company, id, a.locs[i], now); err != nil {
 				return err
 			}
@@ -315,6 +346,7 @@ func (a *Appender) Commit() error {
 		s.dropWriter(w)
 		return classify(fmt.Errorf("commit index: %w", err))
 	}
+	s.addUsage(a.company, off-w.size)
 	w.size = off
 	w.fresh = false
 	s.giveWriter(w)
@@ -343,6 +375,12 @@ func (s *Store) takeWriter(company string) (*writer, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	if s.writing == nil {
+		s.writing = map[uint32]bool{}
+	}
+	s.writing[n] = true
+	s.mu.Unlock()
 	return &writer{f: f, number: n, company: company, size: pack.FileHeaderSize, fresh: true}, nil
 }
 
@@ -356,13 +394,10 @@ func syncDir(dir string) error {
 }
 
 func (s *Store) giveWriter(w *writer) {
-	if w.size >= MaxPackSize {
-		w.f.Close()
-		return
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.free == nil {
+	if w.size >= MaxPackSize || s.free == nil {
+		delete(s.writing, w.number)
 		w.f.Close()
 		return
 	}
@@ -372,6 +407,9 @@ func (s *Store) giveWriter(w *writer) {
 // dropWriter abandons a pack after a failed write: its tail past the
 // committed size is cut so a later reader never sees it.
 func (s *Store) dropWriter(w *writer) {
+	s.mu.Lock()
+	delete(s.writing, w.number)
+	s.mu.Unlock()
 	if !w.fresh {
 		_ = w.f.Truncate(context.Background(), w.size)
 		w.f.Close()
@@ -433,6 +471,20 @@ func (s *Store) Get(company string, aead cipher.AEAD, id [32]byte, dst []byte) (
 		return nil, loc, err
 	}
 	f, err := s.reader(loc.Pack)
+	if errors.Is(err, ErrPackNotFound) {
+		// Garbage collection moved the entry and removed its pack between
+		// the lookup and the open: look again.
+		var again Location
+		if again, err = s.Lookup(company, id); err != nil {
+			return nil, again, err
+		}
+		if again != loc {
+			loc = again
+			f, err = s.reader(loc.Pack)
+		} else {
+			err = fmt.Errorf("pack %08x: %w", loc.Pack, ErrPackNotFound)
+		}
+	}
 	if err != nil {
 		return nil, loc, fmt.Errorf("%w: pack %08x: %w", ErrDamaged, loc.Pack, err)
 	}

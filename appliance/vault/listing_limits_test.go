@@ -66,7 +66,7 @@ func TestCommitListingLimits(t *testing.T) {
 		var a, b runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&a)
-		_, err := v.checkListing(context.Background(), "acme", k, tt.refs)
+		_, err := v.checkListing(context.Background(), &session{company: "acme"}, k, tt.refs)
 		runtime.ReadMemStats(&b)
 		var ae *apiError
 		if !errors.As(err, &ae) || ae.code != wire.CodeLimit || !strings.Contains(ae.msg, tt.limit) {

@@ -28,7 +28,7 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	if err != nil {
 		return wire.Committed{}, err
 	}
-	totals, err := v.checkListing(ctx, s.company, c.keys, req.Listing)
+	totals, err := v.checkListing(ctx, s, c.keys, req.Listing)
 	if err != nil {
 		return wire.Committed{}, err
 	}
@@ -51,6 +51,7 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	}
 	eh := pack.EntryHeader{Kind: pack.KindManifest, ID: keys.NewHasher(c.keys.set.ChunkID).Sum(mb), PlainLen: uint32(len(mb))}
 	data := pack.AppendEntry(nil, c.keys.aead, &eh, mb)
+	v.protect(s, [][32]byte{eh.ID})
 	if err := v.Store.Put(s.company, []store.Entry{{Header: eh, Data: data}}); err != nil {
 		return wire.Committed{}, err
 	}
@@ -78,7 +79,7 @@ func (v *Vault) AddJournal(ctx context.Context, p *Principal, id string, req wir
 	if base == 0 {
 		return wire.Journal{}, fail(http.StatusConflict, wire.CodeBadRequest, "configuration %q has no version yet: commit a full synchronization before journal records", s.config)
 	}
-	totals, err := v.checkListing(ctx, s.company, c.keys, req.Listing)
+	totals, err := v.checkListing(ctx, s, c.keys, req.Listing)
 	if err != nil {
 		return wire.Journal{}, err
 	}
@@ -92,12 +93,15 @@ func (v *Vault) AddJournal(ctx context.Context, p *Principal, id string, req wir
 // checkListing reads a version's listing and checks that every chunk it
 // references is in the store; it returns the version's totals, computed
 // from the listing itself.
-func (v *Vault) checkListing(ctx context.Context, company string, k *companyKeys, listing []tree.ChunkRef) (wire.Totals, error) {
+// Every id is protected from garbage collection for the session's life
+// before the store is asked for it (gc.go).
+func (v *Vault) checkListing(ctx context.Context, s *session, k *companyKeys, listing []tree.ChunkRef) (wire.Totals, error) {
 	var t wire.Totals
+	company := s.company
 	if len(listing) == 0 {
 		return t, fail(http.StatusBadRequest, wire.CodeBadRequest, "commit: empty listing")
 	}
-	lr := v.listingReader(company, k, listing)
+	lr := v.listingReader(company, k, listing, s)
 	defer lr.Close() // stops the reader's goroutine when we return early
 	rd, err := tree.NewListingReader(lr, listing)
 	if err != nil {
@@ -108,7 +112,7 @@ func (v *Vault) checkListing(ctx context.Context, company string, k *companyKeys
 		if len(pending) == 0 {
 			return nil
 		}
-		has, err := v.Store.Has(company, pending)
+		has, err := v.hasProtected(s, pending)
 		if err != nil {
 			return err
 		}
@@ -187,8 +191,9 @@ func (e *storeReadError) Error() string { return fmt.Sprintf("listing chunk %x: 
 func (e *storeReadError) Unwrap() error { return e.err }
 
 // listingReader streams the plaintext of a listing's chunks. The caller
-// closes it, which also ends its goroutine.
-func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef) io.ReadCloser {
+// closes it, which also ends its goroutine. With a session, each chunk is
+// protected for the session's life before it is read (gc.go).
+func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef, s *session) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {
 		h := keys.NewHasher(k.set.ChunkID)
@@ -196,6 +201,9 @@ func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkR
 		for _, ref := range refs {
 			var err error
 			var loc store.Location
+			if s != nil {
+				v.protect(s, [][32]byte{ref.ID})
+			}
 			buf, loc, err = v.Store.Get(company, k.aead, ref.ID, buf[:0])
 			if err == nil {
 				plain, err = wire.Decompress(plain[:0], loc.Flags, buf, loc.PlainLen)

@@ -33,6 +33,10 @@ type session struct {
 	lastUsed   time.Time
 	chunksSent int64
 	bytesSent  int64
+	// protect holds every chunk id the session asked about, uploaded or
+	// referenced: live for garbage collection until the session ends
+	// (gc.go). 32 bytes plus map overhead per id.
+	protect map[[32]byte]struct{}
 }
 
 // OpenSession opens a session for one of the agent's configurations; it
@@ -58,6 +62,7 @@ func (v *Vault) OpenSession(ctx context.Context, p *Principal, config string) (w
 	for id, old := range v.sessions {
 		if old.computer == c.ID && old.config == config {
 			delete(v.sessions, id) // the agent restarted: the new session replaces the old
+			v.retireLocked(old)
 		}
 	}
 	v.capSessionsLocked(c.ID) // limits.go
@@ -103,7 +108,10 @@ func (v *Vault) admit(ctx context.Context, pool *slotPool, p *Principal, need Ca
 
 func (v *Vault) endSession(s *session) {
 	v.smu.Lock()
-	delete(v.sessions, s.id)
+	if v.sessions[s.id] == s {
+		delete(v.sessions, s.id)
+		v.retireLocked(s)
+	}
 	v.smu.Unlock()
 }
 
@@ -124,6 +132,7 @@ func (v *Vault) expireSessions(ctx context.Context) {
 			s.mu.Unlock()
 			if idle > v.opts.SessionTTL {
 				delete(v.sessions, id)
+				v.retireLocked(s)
 			}
 		}
 		v.smu.Unlock()
@@ -147,7 +156,7 @@ func (v *Vault) Lack(ctx context.Context, p *Principal, id string, ids [][32]byt
 	if err != nil {
 		return nil, err
 	}
-	has, err := v.Store.Has(s.company, ids)
+	has, err := v.hasProtected(s, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +244,7 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 			return 0, fail(http.StatusUnprocessableEntity, wire.CodeMismatch, "upload: chunk %x: content does not match its id; nothing of this request was stored", f.ID[:8])
 		}
 		sent += int64(len(f.Payload))
-		if has, err := v.Store.Has(s.company, [][32]byte{f.ID}); err != nil {
+		if has, err := v.hasProtected(s, [][32]byte{f.ID}); err != nil {
 			return 0, err
 		} else if has[0] {
 			continue // already stored (a retry, or another session): append nothing

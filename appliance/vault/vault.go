@@ -48,6 +48,9 @@ type Options struct {
 	Zone *time.Location
 
 	onScheduled func(jobs.Record) // tests: told of each job the schedule starts
+	// RepackThreshold is the dead share past which garbage collection
+	// rewrites a pack (default DefaultRepackThreshold).
+	RepackThreshold float64
 }
 
 // Vault is a running vault.
@@ -65,6 +68,10 @@ type Vault struct {
 
 	smu      sync.Mutex
 	sessions map[string]*session
+	retired  map[string]map[[32]byte]struct{} // per company: protect sets of sessions ended during a collection (gc.go)
+
+	gcMu       sync.RWMutex // shared: a session protecting ids and asking Has; exclusive: a sweep batch (gc.go)
+	collecting sync.Mutex   // held by the running collection
 
 	limits     Limits
 	uploads    *slotPool // upload, commit and journal requests (limits.go)
@@ -132,6 +139,7 @@ func Open(opts Options) (*Vault, error) {
 	}
 	v.Jobs.Register(jobs.KindVerify, v.verifyJob)
 	v.Jobs.Register(jobs.KindPrune, v.pruneJob)
+	v.Jobs.Register(jobs.KindCollect, v.CollectJob)
 	if _, err := v.Jobs.Recover(); err != nil {
 		v.Close()
 		return nil, err

@@ -65,7 +65,7 @@ func TestCheckListingStopsReader(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
 		r := httptest.NewRequest("POST", "/v1/sessions/x/commit", nil)
-		if _, err := v.checkListing(r.Context(), "acme", k, refs); err == nil {
+		if _, err := v.checkListing(r.Context(), &session{company: "acme"}, k, refs); err == nil {
 			t.Fatal("a listing out of order was accepted")
 		}
 	}

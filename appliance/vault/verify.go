@@ -457,7 +457,7 @@ func (v *Vault) verifyListing(company, computer, ver string, listing []tree.Chun
 		rep.add(Problem{Computer: computer, Version: ver, What: err.Error()})
 		return
 	}
-	lr := v.listingReader(company, k, listing)
+	lr := v.listingReader(company, k, listing, nil)
 	defer lr.Close() // stops the reader's goroutine when we return early
 	rd, err := tree.NewListingReader(lr, listing)
 	if err != nil {

@@ -65,6 +65,8 @@ Commands:
   backup-now COMPUTER CONFIG     ask the computer to synchronize CONFIG once now, even outside its schedule
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
                                  ("" for unlimited)
+  collect                        garbage collection: remove the chunks no version, journal record or open
+                                 session references, and rewrite packs that are mostly dead
   verify                         check every stored byte, index record, version and journal record;
                                  quarantine damaged chunks (the next backup that has them sends them again);
                                  runs as a job and follows it (progress on a terminal)
@@ -210,6 +212,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "upload limit of %s set to %q\n", a[1], a[2])
+	case a[0] == "collect" && len(a) == 1:
+		var start vault.StartJobResponse
+		if err := c.do(ctx, "POST", vault.AdminJobs, vault.StartJobRequest{Kind: jobs.KindCollect}, &start); err != nil {
+			return err
+		}
+		if start.Running {
+			fmt.Fprintf(stderr, "a collection is already running (job %s, started %s): following it\n", start.Job.ID, start.Job.Started.Local().Format(time.DateTime))
+		}
+		view, err := c.follow(ctx, start.Job.ID, stderr)
+		if err != nil {
+			return err
+		}
+		if view.State != jobs.Done {
+			return fmt.Errorf("collect job %s %s: %s", view.ID, view.State, view.Error)
+		}
+		var res vault.CollectResult
+		if err := json.Unmarshal(view.Result, &res); err != nil {
+			return fmt.Errorf("read the result of collect job %s: %w", view.ID, err)
+		}
+		for _, s := range res.Skipped {
+			fmt.Fprintln(stdout, "SKIPPED", s)
+		}
+		fmt.Fprintf(stdout, "collected in %s: %d of %d chunks swept (%d bytes), %d kept for open sessions; %d packs rewritten, %d removed; %d bytes reclaimed\n",
+			res.Took.Round(time.Millisecond), res.Swept, res.Chunks, res.SweptBytes, res.Protected, res.PacksRewritten, res.PacksRemoved, res.Reclaimed)
 	case a[0] == "verify" && len(a) == 1:
 		var start vault.StartJobResponse
 		if err := c.do(ctx, "POST", vault.AdminVerify, struct{}{}, &start); err != nil {

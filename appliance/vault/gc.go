@@ -1,0 +1,393 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/jobs"
+	"vaultnode/appliance/store"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// Garbage collection: removes the chunks no live version, journal record
+// or open session references, while backups run. The plan and the
+// ordering rules are in docs/format.md ("Deletion ordering"); in short:
+//
+//  1. The collection starts: from now on every session that ends hands its
+//     protect set to the collection (retired), instead of dropping it.
+//  2. Snapshot: the ids of every index record now (S0). Only these may be
+//     swept: a chunk stored after this instant survives.
+//  3. Mark: every chunk reachable from the catalog's versions (manifest,
+//     listing chunks, file chunks) and journal records, in explicit sets.
+//  4. Sweep S0 minus the marks, in batches, each under gcMu held
+//     exclusively, skipping whatever an open or retired session protects.
+//     A session adds ids to its protect set and asks the store whether it
+//     has them under gcMu held shared (hasProtected), so a lack or commit
+//     check either saw the chunk protected by the sweep or saw it gone
+//     (and answered "lacking" or missing_chunk): never "present" for a
+//     chunk that is then swept.
+//  5. Packs whose dead share passes the threshold are rewritten (the copy
+//     synced and indexed before the old pack goes) or removed, through
+//     the store's Packs.
+//
+// A listing that cannot be read (damaged) stops the sweep of its company:
+// what it references is unknown.
+
+// DefaultRepackThreshold is the dead share past which a pack is rewritten.
+const DefaultRepackThreshold = 0.1
+
+// ErrCollecting is a collection started while another runs.
+var ErrCollecting = errors.New("a garbage collection is already running")
+
+// CollectResult is what a collection did.
+type CollectResult struct {
+	Companies      int           `json:"companies"`
+	Chunks         int64         `json:"chunks"`          // index records before
+	Marked         int64         `json:"marked"`          // chunks reachable from the catalog
+	Swept          int64         `json:"swept"`           // records removed
+	SweptBytes     int64         `json:"swept_bytes"`     // their pack bytes
+	Protected      int64         `json:"protected"`       // unmarked, kept for an open session
+	PacksRewritten int           `json:"packs_rewritten"` // packs copied and removed
+	PacksRemoved   int           `json:"packs_removed"`   // packs removed with nothing live
+	MovedBytes     int64         `json:"moved_bytes"`
+	Reclaimed      int64         `json:"reclaimed"` // pack bytes given back
+	Skipped        []string      `json:"skipped,omitempty"`
+	Took           time.Duration `json:"took"`
+}
+
+// CollectJob is garbage collection as a job of appliance/jobs: register it
+// with runner.Register(jobs.KindCollect, v.CollectJob).
+func (v *Vault) CollectJob(ctx context.Context, p *jobs.Progress) (any, error) {
+	return v.Collect(ctx, p)
+}
+
+// hasProtected adds ids to a session's protect set and asks the store
+// whether it holds them, as one step against a sweep batch.
+func (v *Vault) hasProtected(s *session, ids [][32]byte) ([]bool, error) {
+	v.gcMu.RLock()
+	defer v.gcMu.RUnlock()
+	s.protectIDs(ids)
+	return v.Store.Has(s.company, ids)
+}
+
+// protect adds ids to a session's protect set.
+func (v *Vault) protect(s *session, ids [][32]byte) {
+	v.gcMu.RLock()
+	s.protectIDs(ids)
+	v.gcMu.RUnlock()
+}
+
+func (s *session) protectIDs(ids [][32]byte) {
+	s.mu.Lock()
+	if s.protect == nil {
+		s.protect = make(map[[32]byte]struct{}, len(ids))
+	}
+	for _, id := range ids {
+		s.protect[id] = struct{}{}
+	}
+	s.mu.Unlock()
+}
+
+// retireLocked hands an ending session's protect set to a running
+// collection. smu is held.
+func (v *Vault) retireLocked(s *session) {
+	if v.retired == nil {
+		return
+	}
+	s.mu.Lock()
+	set := s.protect
+	s.mu.Unlock()
+	if len(set) == 0 {
+		return
+	}
+	r := v.retired[s.company]
+	if r == nil {
+		r = map[[32]byte]struct{}{}
+		v.retired[s.company] = r
+	}
+	for id := range set {
+		r[id] = struct{}{}
+	}
+}
+
+// Collect runs one garbage collection; p (may be nil) gets progress.
+func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, error) {
+	var res CollectResult
+	if p == nil {
+		p = new(jobs.Progress)
+	}
+	if !v.collecting.TryLock() {
+		return res, ErrCollecting
+	}
+	defer v.collecting.Unlock()
+	start := v.clk.Now()
+	if _, err := v.Store.FinishRemovals(ctx); err != nil {
+		return res, err
+	}
+	v.smu.Lock()
+	v.retired = map[string]map[[32]byte]struct{}{}
+	v.smu.Unlock()
+	defer func() {
+		v.smu.Lock()
+		v.retired = nil
+		v.smu.Unlock()
+	}()
+
+	companies, err := v.Catalog.Companies()
+	if err != nil {
+		return res, err
+	}
+	res.Companies = len(companies)
+	snap := map[string][][32]byte{}
+	for _, co := range companies {
+		ids, err := v.Store.ChunkIDs(ctx, co.Name)
+		if err != nil {
+			return res, err
+		}
+		snap[co.Name] = ids
+		res.Chunks += int64(len(ids))
+	}
+	p.SetTotals(res.Chunks, 0)
+
+	live, bad, err := v.mark(ctx)
+	if err != nil {
+		return res, err
+	}
+	for _, co := range companies {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		if why := bad[co.Name]; why != "" {
+			res.Skipped = append(res.Skipped, co.Name+": "+why)
+			v.log.Warn("garbage collection leaves a company's chunks alone", zap.String("company", co.Name), zap.String("why", why))
+			continue
+		}
+		m := live[co.Name]
+		res.Marked += int64(len(m))
+		cand := minus(snap[co.Name], m)
+		p.Add(int64(len(snap[co.Name])-len(cand)), 0)
+		delete(snap, co.Name)
+		if err := v.sweep(ctx, co.Name, cand, &res, p); err != nil {
+			return res, err
+		}
+	}
+	live = nil
+	if err := v.repack(ctx, &res, p); err != nil {
+		return res, err
+	}
+	res.Took = v.clk.Now().Sub(start)
+	v.log.Info("garbage collection done", zap.Int64("swept", res.Swept), zap.Int64("protected", res.Protected),
+		zap.Int("packs_rewritten", res.PacksRewritten), zap.Int("packs_removed", res.PacksRemoved),
+		zap.Int64("reclaimed", res.Reclaimed), zap.Duration("took", res.Took))
+	return res, nil
+}
+
+// minus returns the ids of sorted a not in sorted b.
+func minus(a, b [][32]byte) [][32]byte {
+	var out [][32]byte
+	j := 0
+	for _, id := range a {
+		for j < len(b) && bytes.Compare(b[j][:], id[:]) < 0 {
+			j++
+		}
+		if j < len(b) && b[j] == id {
+			continue
+		}
+		out = append(out, id)
+	}
+	return out
+}
+
+// sweep removes the records of cand, a batch at a time, sparing what a
+// session protects.
+func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res *CollectResult, p *jobs.Progress) error {
+	const batch = 1024
+	for len(cand) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := cand[:min(batch, len(cand))]
+		cand = cand[len(b):]
+		var del [][32]byte
+		v.gcMu.Lock()
+		v.smu.Lock()
+		for _, id := range b {
+			if v.protectedLocked(company, id) {
+				res.Protected++
+				continue
+			}
+			del = append(del, id)
+		}
+		v.smu.Unlock()
+		n, bytes, err := v.Store.DeleteChunks(company, del)
+		v.gcMu.Unlock()
+		if err != nil {
+			return err
+		}
+		res.Swept += int64(n)
+		res.SweptBytes += bytes
+		p.Add(int64(len(b)), bytes)
+	}
+	return nil
+}
+
+// protectedLocked reports whether an open session of the company, or one
+// that ended during this collection, protects id. smu is held.
+func (v *Vault) protectedLocked(company string, id [32]byte) bool {
+	if _, ok := v.retired[company][id]; ok {
+		return true
+	}
+	for _, s := range v.sessions {
+		if s.company != company {
+			continue
+		}
+		s.mu.Lock()
+		_, ok := s.protect[id]
+		s.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// mark collects, per company, the sorted ids reachable from the catalog;
+// bad names the companies whose references could not all be read.
+func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[string]string, err error) {
+	live, bad = map[string][][32]byte{}, map[string]string{}
+	add := func(company string, ids ...[32]byte) { live[company] = append(live[company], ids...) }
+	walk := func(company, what string, listing []tree.ChunkRef) {
+		if bad[company] != "" {
+			return
+		}
+		if err := v.markListing(ctx, company, listing, func(ids [][32]byte) { add(company, ids...) }); err != nil {
+			bad[company] = fmt.Sprintf("%s: %v", what, err)
+		}
+	}
+	err = v.Catalog.AllVersionRecords(func(ver catalog.Version) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if ver.ManifestID.IsZero() {
+			bad[ver.Company] = fmt.Sprintf("version %s/%s@%d has no manifest id recorded", ver.Computer, ver.Config, ver.Seq)
+			return nil
+		}
+		add(ver.Company, [32]byte(ver.ManifestID))
+		walk(ver.Company, fmt.Sprintf("version %s/%s@%d", ver.Computer, ver.Config, ver.Seq), ver.Listing)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("mark versions: %w", err)
+	}
+	owner := map[string]string{}
+	err = v.Catalog.AllJournal(func(computer, config string, j wire.Journal) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		co, ok := owner[computer]
+		if !ok {
+			cp, err := v.Catalog.Computer(computer)
+			if err != nil {
+				return fmt.Errorf("journal record of %s: %w", computer, err)
+			}
+			co, owner[computer] = cp.Company, cp.Company
+		}
+		walk(co, fmt.Sprintf("journal record %s/%s@%d+%d", computer, config, j.Base, j.N), j.Listing)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("mark journal records: %w", err)
+	}
+	for co, ids := range live {
+		slices.SortFunc(ids, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+		live[co] = slices.Compact(ids)
+	}
+	return live, bad, nil
+}
+
+// markListing reports the listing's chunks and every chunk its nodes
+// reference.
+func (v *Vault) markListing(ctx context.Context, company string, listing []tree.ChunkRef, mark func([][32]byte)) error {
+	k, err := v.companyKeys(company)
+	if err != nil {
+		return err
+	}
+	ids := make([][32]byte, 0, len(listing))
+	for _, r := range listing {
+		ids = append(ids, r.ID)
+	}
+	mark(ids)
+	lr := v.listingReader(company, k, listing, nil)
+	defer lr.Close()
+	rd, err := tree.NewListingReader(lr, listing)
+	if err != nil {
+		return err
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := rd.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ids = ids[:0]
+		for _, c := range n.Chunks {
+			ids = append(ids, c.ID)
+		}
+		mark(ids)
+	}
+}
+
+// repack rewrites or removes the packs whose dead share passes the
+// threshold.
+func (v *Vault) repack(ctx context.Context, res *CollectResult, p *jobs.Progress) error {
+	use, err := v.Store.PackUsage(ctx)
+	if err != nil {
+		return err
+	}
+	threshold := v.opts.RepackThreshold
+	if threshold <= 0 {
+		threshold = DefaultRepackThreshold
+	}
+	for _, u := range use {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if u.Entries > 0 && u.Dead() < threshold {
+			continue
+		}
+		r, err := v.Store.Repack(ctx, u.Number)
+		if errors.Is(err, store.ErrPackBusy) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			v.log.Warn("pack left as it is", zap.Uint32("pack", u.Number), zap.Error(err))
+			continue
+		}
+		if r.Moved == 0 {
+			res.PacksRemoved++
+		} else {
+			res.PacksRewritten++
+		}
+		res.MovedBytes += r.MovedBytes
+		res.Reclaimed += r.Freed - r.MovedBytes
+		p.Add(0, r.Freed)
+	}
+	return nil
+}

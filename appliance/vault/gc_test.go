@@ -1,0 +1,300 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// gcAgent backs up through the operations, as an agent does over HTTP.
+type gcAgent struct {
+	v  *Vault
+	p  *Principal
+	hs *keys.Hasher
+}
+
+func newGCAgent(t *testing.T, v *Vault, company, id string) *gcAgent {
+	t.Helper()
+	enrolDirect(t, v, company, id)
+	k, err := v.companyKeys(company)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := v.Catalog.Computer(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &gcAgent{v: v, p: agentPrincipal(&caller{Computer: cp, keys: k}), hs: keys.NewHasher(k.set.ChunkID)}
+}
+
+// stage opens a session and stores (lack, upload) the files' chunks and
+// the listing; it returns the session and the listing's references.
+func (a *gcAgent) stage(ctx context.Context, files [][]byte) (string, []tree.ChunkRef, error) {
+	s, err := a.v.OpenSession(ctx, a.p, "home")
+	if err != nil {
+		return "", nil, err
+	}
+	var frames []wire.Frame
+	var lst bytes.Buffer
+	w, _ := tree.NewWriter(&lst)
+	for i, f := range files {
+		id := a.hs.Sum(f)
+		frames = append(frames, wire.Frame{ID: id, Kind: wire.FrameData, PlainLen: uint32(len(f)), Payload: f})
+		n := &tree.Node{Path: fmt.Appendf(nil, "f%04d", i), Type: tree.TypeFile, Mode: 0o644, Size: int64(len(f)),
+			Chunks: []tree.ChunkRef{{ID: id, Len: uint32(len(f))}}}
+		if err := w.Write(n); err != nil {
+			return "", nil, err
+		}
+	}
+	lid := a.hs.Sum(lst.Bytes())
+	frames = append(frames, wire.Frame{ID: lid, Kind: wire.FrameListing, PlainLen: uint32(lst.Len()), Payload: lst.Bytes()})
+	ids := make([][32]byte, len(frames))
+	for i := range frames {
+		ids[i] = frames[i].ID
+	}
+	bm, err := a.v.Lack(ctx, a.p, s.ID, ids)
+	if err != nil {
+		return "", nil, err
+	}
+	var body []byte
+	for i := range frames {
+		if bm[i/8]&(1<<(i%8)) != 0 {
+			body = wire.AppendFrame(body, &frames[i])
+		}
+	}
+	if len(body) > 0 {
+		if _, err := a.v.Upload(ctx, a.p, s.ID, int64(len(body)), bytes.NewReader(body)); err != nil {
+			return "", nil, err
+		}
+	}
+	return s.ID, []tree.ChunkRef{{ID: lid, Len: uint32(lst.Len())}}, nil
+}
+
+func (a *gcAgent) backup(ctx context.Context, files [][]byte) (uint64, error) {
+	sid, listing, err := a.stage(ctx, files)
+	if err != nil {
+		return 0, err
+	}
+	c, err := a.v.Commit(ctx, a.p, sid, wire.Commit{Listing: listing})
+	return c.Seq, err
+}
+
+// restoreAll reads every file of every version in the catalog back and
+// compares it with what was backed up.
+func restoreAll(t *testing.T, v *Vault, want map[string][][]byte) int {
+	t.Helper()
+	n := 0
+	err := v.Catalog.AllVersions(func(m wire.Manifest) error {
+		files, ok := want[fmt.Sprintf("%s@%d", m.Computer, m.Seq)]
+		if !ok {
+			return fmt.Errorf("version %s@%d was never committed by the test", m.Computer, m.Seq)
+		}
+		k, err := v.companyKeys(m.Company)
+		if err != nil {
+			return err
+		}
+		lr := v.listingReader(m.Company, k, m.Listing, nil)
+		defer lr.Close()
+		rd, err := tree.NewListingReader(lr, m.Listing)
+		if err != nil {
+			return fmt.Errorf("version %s@%d: listing: %w", m.Computer, m.Seq, err)
+		}
+		for i := 0; ; i++ {
+			node, err := rd.Next()
+			if err != nil {
+				if i != len(files) {
+					return fmt.Errorf("version %s@%d: %d files, want %d (%v)", m.Computer, m.Seq, i, len(files), err)
+				}
+				break
+			}
+			got, loc, err := v.Store.Get(m.Company, k.aead, node.Chunks[0].ID, nil)
+			if err == nil {
+				got, err = wire.Decompress(nil, loc.Flags, got, loc.PlainLen)
+			}
+			if err != nil || !bytes.Equal(got, files[i]) {
+				return fmt.Errorf("version %s@%d: file %s does not restore identical: %v", m.Computer, m.Seq, node.Path, err)
+			}
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestCollectDuringBackups: computers back up (reusing most chunks of
+// their previous version) while versions are pruned and garbage is
+// collected again and again; every version kept restores identical, verify
+// is clean, and two collections with nothing running leave exactly the
+// live chunks.
+func TestCollectDuringBackups(t *testing.T) {
+	v := openTestVault(t)
+	v.opts.RepackThreshold = 0.05
+	ctx := context.Background()
+	var mu sync.Mutex
+	want := map[string][][]byte{}
+	agents := []*gcAgent{newGCAgent(t, v, "acme", "c1"), newGCAgent(t, v, "acme", "c2"), newGCAgent(t, v, "acme", "c3")}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, len(agents))
+	for ai, a := range agents {
+		wg.Add(1)
+		go func() { // owner: this test, stopped by close(stop)
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(ai), 7))
+			files := make([][]byte, 40)
+			for i := range files {
+				files[i] = fmt.Appendf(nil, "%s file %d version 0 %s", a.p.Name, i, bytes.Repeat([]byte{byte(i)}, 3000))
+			}
+			for round := 1; ; round++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// A few files change each round; a changed file may go
+				// back to a content of an older (maybe pruned) version.
+				for j := 0; j < 4; j++ {
+					i := rng.IntN(len(files))
+					files[i] = fmt.Appendf(nil, "%s file %d version %d %s", a.p.Name, i, rng.IntN(round+1), bytes.Repeat([]byte{byte(i)}, 3000))
+				}
+				seq, err := a.backup(ctx, files)
+				if err != nil {
+					errs <- fmt.Errorf("%s round %d: %w", a.p.Name, round, err)
+					return
+				}
+				mu.Lock()
+				want[fmt.Sprintf("%s@%d", a.p.agent.ID, seq)] = slices.Clone(files)
+				mu.Unlock()
+			}
+		}()
+	}
+	prune := func(keep int) {
+		var pc catalog.PruneCmd
+		for _, a := range agents {
+			vs, err := v.Catalog.Versions(a.p.agent.ID, "home")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i+keep < len(vs); i++ {
+				pc.Versions = append(pc.Versions, catalog.VersionKey{Computer: a.p.agent.ID, Config: "home", Seq: vs[i].Seq})
+			}
+		}
+		if _, err := v.Catalog.Prune(pc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var total CollectResult
+	committed := func() int { mu.Lock(); defer mu.Unlock(); return len(want) }
+	for i := 0; i < 25 || committed() < 60 && len(errs) == 0; i++ {
+		prune(3)
+		res, err := v.Collect(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total.Swept += res.Swept
+		total.Protected += res.Protected
+		total.PacksRewritten += res.PacksRewritten
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d versions committed; collections swept %d chunks, kept %d for open sessions, rewrote %d packs",
+		len(want), total.Swept, total.Protected, total.PacksRewritten)
+	if total.Swept == 0 || total.PacksRewritten == 0 {
+		t.Fatalf("the collections swept %d chunks and rewrote %d packs: the test did not exercise them", total.Swept, total.PacksRewritten)
+	}
+	rep, err := v.Verify(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("verify after collections during backups: %d problems, first: %s", len(rep.Problems), rep.Problems[0])
+	}
+	if n := restoreAll(t, v, want); n == 0 {
+		t.Fatal("no version left to restore")
+	}
+
+	// Two whole collections with nothing running: only live chunks stay.
+	for i := 0; i < 2; i++ {
+		if _, err := v.Collect(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live, bad, err := v.mark(ctx)
+	if err != nil || len(bad) > 0 {
+		t.Fatal(err, bad)
+	}
+	ids, err := v.Store.ChunkIDs(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if extra := minus(ids, live["acme"]); len(extra) > 0 {
+		t.Fatalf("%d chunks unreferenced for two whole collections remain, first %x", len(extra), extra[0][:8])
+	}
+	if missing := minus(live["acme"], ids); len(missing) > 0 {
+		t.Fatalf("%d live chunks are gone, first %x", len(missing), missing[0][:8])
+	}
+	restoreAll(t, v, want)
+}
+
+// TestLackThenCollectThenCommit: a session hears from lack that the vault
+// has a chunk no version references any more; a collection runs; the
+// commit that references the chunk succeeds and the chunk is still there.
+func TestLackThenCollectThenCommit(t *testing.T) {
+	v := openTestVault(t)
+	ctx := context.Background()
+	a := newGCAgent(t, v, "acme", "c1")
+	old := [][]byte{[]byte("the old content, pruned away"), []byte("kept")}
+	if _, err := a.backup(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.backup(ctx, [][]byte{[]byte("newer"), []byte("kept")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Catalog.Prune(catalog.PruneCmd{Versions: []catalog.VersionKey{{Computer: "c1", Config: "home", Seq: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The agent goes back to the old content: lack says the vault has it.
+	sid, listing, err := a.stage(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := v.Collect(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Protected == 0 {
+		t.Fatalf("the collection protected nothing for the open session: %+v", res)
+	}
+	if _, err := v.Commit(ctx, a.p, sid, wire.Commit{Listing: listing}); err != nil {
+		t.Fatalf("commit after a collection: %v", err)
+	}
+	// The session ended; a collection now sees the version.
+	if _, err := v.Collect(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	restoreAll(t, v, map[string][][]byte{"c1@2": {[]byte("newer"), []byte("kept")}, "c1@3": old})
+	// Without a session, the pruned version's manifest is gone.
+	res, err = v.Collect(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Swept != 0 {
+		t.Fatalf("a third collection swept %d chunks: the second left garbage", res.Swept)
+	}
+}
