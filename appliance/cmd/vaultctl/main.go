@@ -66,7 +66,7 @@ Commands:
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
                                  ("" for unlimited)
   collect                        garbage collection: remove the chunks no version, journal record or open
-                                 session references, and rewrite packs that are mostly dead
+                                 session references, and rewrite packs that are mostly dead (a job, followed)
   verify                         check every stored byte, index record, version and journal record;
                                  quarantine damaged chunks (the next backup that has them sends them again);
                                  runs as a job and follows it (progress on a terminal)
