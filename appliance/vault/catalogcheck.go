@@ -140,8 +140,14 @@ func (v *Vault) checkIndex(rebuild func() error) error {
 		}
 		names = append(names, m.String())
 	}
+	if rebuild != nil {
+		return fmt.Errorf("%w: rebuilt from the packs, it still lacks %s, so the packs that held them are lost or damaged. "+
+			"The vault does not start rather than show versions it cannot restore: restore DATA/packs from a backup, or run "+
+			"`vaultctl rebuild-catalog -fresh` (the vault stopped) to make the catalog agree with the packs that are left",
+			ErrIndexBehind, strings.Join(names, "; "))
+	}
 	return fmt.Errorf("%w: it lacks %s. The vault does not start rather than show versions it cannot restore: "+
 		"restore DATA/index.db from the same backup as DATA/catalog.db, or run `vaultctl rebuild-index` (the vault "+
-		"stopped) to rebuild it from the packs; if the packs holding them are lost, run `vaultctl rebuild-catalog` "+
+		"stopped) to rebuild it from the packs; if the packs holding them are lost, run `vaultctl rebuild-catalog -fresh` "+
 		"to make the catalog agree with the packs", ErrIndexBehind, strings.Join(names, "; "))
 }

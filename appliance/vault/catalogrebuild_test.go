@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
+
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/store"
 	"vaultnode/internal/clock"
@@ -232,7 +234,57 @@ func TestIndexBehindCatalog(t *testing.T) {
 	v.Close()
 	_, err = Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
 	if !errors.Is(err, ErrIndexBehind) || !strings.Contains(err.Error(), "manifest of version pc-1/home@2") ||
-		!strings.Contains(err.Error(), "rebuild-index") {
+		!strings.Contains(err.Error(), "rebuilt from the packs") || !strings.Contains(err.Error(), "rebuild-catalog -fresh") {
 		t.Fatalf("open on an index older than the catalog: %v", err)
+	}
+}
+
+// TestIndexLacksManifest: an index that knows a pack whole but lost the
+// record of a version's manifest (an index from a damaged disk) makes the
+// vault rebuild the index from the packs at open; the version is then
+// indexed and the vault starts.
+func TestIndexLacksManifest(t *testing.T) {
+	dir := t.TempDir()
+	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("token")
+	v.Catalog.AddToken(secret, catalog.Token{Company: "acme", Expires: time.Now().Add(time.Hour)})
+	if err := v.Catalog.EnrollComputer(secret, time.Now(), catalog.Computer{ID: "pc-1", Company: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	ver := commitVersion(t, v, "pc-1", "home", 1, time.Now())
+	v.Close()
+
+	// docs/format.md, "Index": bucket chunks/<company> (nested), key = chunk id.
+	db, err := bbolt.Open(filepath.Join(dir, "index.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("chunks"))
+		if b != nil {
+			b = b.Bucket([]byte("acme"))
+		}
+		if b == nil || b.Get(ver.ManifestID[:]) == nil {
+			return errors.New("no index record of the manifest to remove")
+		}
+		return b.Delete(ver.ManifestID[:])
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if v, err = Open(Options{Dir: dir, Listen: "127.0.0.1:0"}); err != nil {
+		t.Fatalf("open on an index that lost a manifest: %v", err)
+	}
+	defer v.Close()
+	if has, err := v.Store.Indexed("acme", [][32]byte{ver.ManifestID}); err != nil || !has[0] {
+		t.Fatalf("manifest not indexed after the rebuild: %v %v", has, err)
 	}
 }
