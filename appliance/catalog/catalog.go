@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -136,6 +137,9 @@ type Catalog struct {
 	stop    chan struct{}
 	done    chan struct{}
 	flushed chan struct{} // tests: told after each periodic flush
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,15}$`)
@@ -220,11 +224,14 @@ func Open(dir string, opts Options) (*Catalog, error) {
 }
 
 // Close writes pending contacts, stops the flusher and closes the database.
+// A second Close does nothing.
 func (c *Catalog) Close() error {
-	close(c.stop)
-	<-c.done
-	err := c.FlushContacts()
-	return errors.Join(err, c.db.Close())
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		<-c.done
+		c.closeErr = errors.Join(c.FlushContacts(), c.db.Close())
+	})
+	return c.closeErr
 }
 
 func tokenKey(secret []byte) []byte { h := sha256.Sum256(secret); return h[:] }
