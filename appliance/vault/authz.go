@@ -87,6 +87,33 @@ var routeCaps = map[string]Capability{
 	"GET " + AdminJobSchedules:           CapOperate,
 	"POST " + AdminJobSchedules:          CapOperate,
 	"GET " + AdminMetrics:                CapOperate,
+	// Portal users, on the admin socket (vaultctl user) and the portal
+	// (the operation checks the user's company and kind).
+	"GET " + AdminUsers:                       CapManageUsers,
+	"POST " + AdminUsers:                      CapManageUsers,
+	"POST " + AdminUsers + "/{name}/caps":     CapManageUsers,
+	"POST " + AdminUsers + "/{name}/password": CapManageUsers,
+	"POST " + AdminUsers + "/{name}/totp":     CapManageUsers,
+	"DELETE " + AdminUsers + "/{name}":        CapManageUsers,
+
+	// The portal (HTTPS, a session cookie; every change also carries the
+	// session's CSRF token). docs/api.md lists each route's answers.
+	"GET /{$}":                                    CapPublic, // to /computers
+	"GET /login":                                  CapPublic,
+	"POST /login":                                 CapPublic, // the password is the authority
+	"GET /static/{file}":                          CapPublic,
+	"POST /logout":                                CapView,
+	"GET /computers":                              CapView,
+	"POST " + PortalAPI + "login":                 CapPublic,
+	"POST " + PortalAPI + "logout":                CapView,
+	"GET " + PortalAPI + "me":                     CapView,
+	"GET " + PortalAPI + "status":                 CapView,
+	"GET " + PortalAPI + "users":                  CapManageUsers,
+	"POST " + PortalAPI + "users":                 CapManageUsers,
+	"POST " + PortalAPI + "users/{name}/caps":     CapManageUsers,
+	"POST " + PortalAPI + "users/{name}/password": CapManageUsers,
+	"POST " + PortalAPI + "users/{name}/totp":     CapManageUsers,
+	"DELETE " + PortalAPI + "users/{name}":        CapManageUsers,
 }
 
 // PrincipalKind says who a principal is.
@@ -126,6 +153,7 @@ type Principal struct {
 	Caps      []Capability
 
 	agent *caller // the computer and its keys, for an agent
+	user  string  // the portal user's name, for a signed-in user
 }
 
 var (
@@ -176,6 +204,9 @@ type router struct {
 	mux      *http.ServeMux
 	authn    authenticator
 	patterns []string
+	// onErr answers a refused or failed request; nil: writeErr (JSON).
+	// The portal's pages send a signed-out browser to the sign-in page.
+	onErr func(w http.ResponseWriter, r *http.Request, err error)
 }
 
 func (v *Vault) newRouter(authn authenticator) *router {
@@ -184,7 +215,11 @@ func (v *Vault) newRouter(authn authenticator) *router {
 
 func (rt *router) handle(pattern string, h handlerFunc) {
 	rt.patterns = append(rt.patterns, pattern)
-	rt.mux.Handle(pattern, rt.v.authorize(pattern, rt.authn, h))
+	onErr := rt.onErr
+	if onErr == nil {
+		onErr = rt.v.writeErr
+	}
+	rt.mux.Handle(pattern, rt.v.authorize(pattern, rt.authn, h, onErr))
 }
 
 // handler returns the routes with request ids.
@@ -195,7 +230,7 @@ func (rt *router) handler() http.Handler { return withRequestID(rt.mux) }
 // and refuses a principal that does not hold it. Scope (which company,
 // which computer) is the operation's to check, since only it knows the
 // object.
-func (v *Vault) authorize(pattern string, authn authenticator, h handlerFunc) http.Handler {
+func (v *Vault) authorize(pattern string, authn authenticator, h handlerFunc, onErr func(http.ResponseWriter, *http.Request, error)) http.Handler {
 	need, listed := routeCaps[pattern]
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := func() error {
@@ -216,7 +251,7 @@ func (v *Vault) authorize(pattern string, authn authenticator, h handlerFunc) ht
 			return h(w, r, p)
 		}()
 		if err != nil {
-			v.writeErr(w, r, err)
+			onErr(w, r, err)
 		}
 	})
 }

@@ -31,7 +31,7 @@ import (
 func TestEveryRouteIsInTheAuthorizationTable(t *testing.T) {
 	v := openTestVault(t)
 	registered := map[string]bool{}
-	for _, rt := range []*router{v.agentRoutes(v.authenticateAgent), v.adminRoutes(authenticateAdmin)} {
+	for _, rt := range []*router{v.agentRoutes(v.authenticateAgent), v.adminRoutes(authenticateAdmin), v.portalRoutes(v.authenticatePortal)} {
 		for _, p := range rt.patterns {
 			if _, ok := routeCaps[p]; !ok {
 				t.Errorf("route %q is not in the authorization table (routeCaps)", p)
@@ -278,7 +278,7 @@ func TestMiddlewareRefusesWithoutTheCapability(t *testing.T) {
 	v := openTestVault(t)
 	nobody := &Principal{Kind: User, Name: "user nobody of acme", Company: "acme"}
 	authn := func(*http.Request) (*Principal, error) { return nobody, nil }
-	for _, rt := range []*router{v.agentRoutes(authn), v.adminRoutes(authn)} {
+	for _, rt := range []*router{v.agentRoutes(authn), v.adminRoutes(authn), v.portalRoutes(authn)} {
 		h := rt.handler()
 		for _, p := range rt.patterns {
 			method, path, ok := strings.Cut(p, " ")
@@ -286,14 +286,16 @@ func TestMiddlewareRefusesWithoutTheCapability(t *testing.T) {
 				method, path = "GET", "/v1/no-such-route"
 			}
 			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, httptest.NewRequest(method, strings.NewReplacer("{", "", "}", "").Replace(path), strings.NewReader("{}")))
+			h.ServeHTTP(rec, httptest.NewRequest(method, strings.NewReplacer("{$}", "", "{", "", "}", "").Replace(path), strings.NewReader("{}")))
 			var we wire.Error
 			json.Unmarshal(rec.Body.Bytes(), &we)
 			if need := routeCaps[p]; need == CapPublic {
 				if rec.Code == 403 {
 					t.Errorf("%s is public but refused %s: %s", p, nobody, rec.Body)
 				}
-			} else if rec.Code != 403 || we.Code != wire.CodeForbidden || !strings.Contains(we.Message, string(need)) {
+			} else if html := strings.HasPrefix(rec.Header().Get("Content-Type"), "text/html"); html && (rec.Code != 403 || !strings.Contains(rec.Body.String(), string(need))) {
+				t.Errorf("%s (a portal page), %s: got %d %s; want a 403 page naming %q", p, nobody, rec.Code, rec.Body, need)
+			} else if !html && (rec.Code != 403 || we.Code != wire.CodeForbidden || !strings.Contains(we.Message, string(need))) {
 				t.Errorf("%s, %s: got %d %s; want 403 forbidden naming %q", p, nobody, rec.Code, rec.Body, need)
 			}
 		}
@@ -322,6 +324,22 @@ func TestRoutesAreDocumented(t *testing.T) {
 		_, path, _ := strings.Cut(p, " ")
 		if !strings.Contains(doc, path) {
 			t.Errorf("docs/protocol.md does not name the admin route %q", p)
+		}
+	}
+}
+
+// TestPortalRoutesAreDocumented: docs/api.md names every portal route.
+func TestPortalRoutesAreDocumented(t *testing.T) {
+	b, err := os.ReadFile("../../docs/api.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	v := openTestVault(t)
+	for _, p := range v.portalRoutes(v.authenticatePortal).patterns {
+		want := strings.Replace(p, "{$}", "", 1)
+		if !strings.Contains(doc, want) {
+			t.Errorf("docs/api.md does not name the portal route %q (as %q)", p, want)
 		}
 	}
 }

@@ -28,7 +28,8 @@ const (
 	AdminPrune        = "/admin/prune" // ?dry-run=1 answers the plan; else starts a prune job
 	AdminJobs         = "/admin/jobs"
 	AdminJobSchedules = "/admin/job-schedules"
-	AdminMetrics      = "/metrics" // Prometheus text format (docs/jobs.md)
+	AdminMetrics      = "/metrics"     // Prometheus text format (docs/jobs.md)
+	AdminUsers        = "/admin/users" // portal users (docs/api.md)
 )
 
 // RunNowRequest asks a computer to synchronize a configuration once now.
@@ -255,6 +256,7 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 		writeJSON(w, req)
 		return nil
 	})
+	v.userRoutes(rt, AdminUsers)
 	metrics := promhttp.HandlerFor(v.Metrics, promhttp.HandlerOpts{})
 	rt.handle("GET "+AdminMetrics, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		metrics.ServeHTTP(w, r)

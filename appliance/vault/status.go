@@ -40,6 +40,13 @@ type ConfigStatus struct {
 	LastSeen time.Time `json:"last_seen,omitzero"`
 	Versions int       `json:"versions"`
 	Capture  string    `json:"capture,omitempty"` // continuous mode: the change capture in use and its limits
+	// Protected is the logical size of the newest complete version's files.
+	Protected int64 `json:"protected_bytes"`
+	// NextRun is when the next synchronization is due: one interval after
+	// what the newest state covers, or the next opening of the schedule
+	// after that (now, before any complete version).
+	NextRun   time.Time `json:"next_run,omitzero"`
+	Bandwidth string    `json:"bandwidth,omitempty"` // the computer's upload limit profile; empty: unlimited
 }
 
 // Status computes the state of every configuration (of one company, or all).
@@ -70,7 +77,8 @@ func (v *Vault) Status(company string) ([]ConfigStatus, error) {
 }
 
 func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time) (ConfigStatus, error) {
-	st := ConfigStatus{Company: cp.Company, Computer: cp.ID, Name: cp.Name, Config: cfg.Name, Mode: cfg.Mode, LastSeen: cp.LastSeen}
+	st := ConfigStatus{Company: cp.Company, Computer: cp.ID, Name: cp.Name, Config: cfg.Name, Mode: cfg.Mode, LastSeen: cp.LastSeen,
+		Bandwidth: cp.Settings.Bandwidth}
 	ms, err := v.Catalog.Versions(cp.ID, cfg.Name)
 	if err != nil {
 		return st, err
@@ -84,11 +92,13 @@ func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time
 		}
 	}
 	if last != nil {
+		st.Protected = last.Totals.Bytes
 		st.Covers = last.Started
 		if js, err := v.Catalog.Journal(cp.ID, cfg.Name, ms[len(ms)-1].Seq); err == nil && len(js) > 0 && ms[len(ms)-1].Seq == last.Seq {
 			st.Covers = js[len(js)-1].Time
 		}
 	}
+	st.NextRun = nextRun(cfg, st.Covers, now)
 	rep, err := v.Catalog.Report(cp.ID, cfg.Name)
 	if err != nil {
 		return st, err
@@ -129,6 +139,24 @@ func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time
 		st.Detail += "; the initial synchronization has not completed"
 	}
 	return st, nil
+}
+
+// nextRun is when cfg's next synchronization is due: one interval after
+// covers (now when nothing is covered yet), moved to the next opening of its
+// schedule.
+func nextRun(cfg wire.Config, covers, now time.Time) time.Time {
+	due := now
+	if !covers.IsZero() {
+		due = covers.Add(cfg.SyncInterval())
+	}
+	s, err := schedule.Parse(cfg.Schedule)
+	if err != nil {
+		return due
+	}
+	if start, _ := s.Next(due); !start.IsZero() && start.After(due) {
+		due = start
+	}
+	return due
 }
 
 // overdue says whether a configuration whose newest state covers covers

@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -46,6 +47,14 @@ type Options struct {
 	// Zone is the time zone of retention's calendar buckets and of the
 	// job schedules; nil: time.Local (docs/retention.md).
 	Zone *time.Location
+	// Portal is the portal's HTTPS address (issue 12; docs/api.md); empty:
+	// no portal. PortalOptional serves without the portal, with a warning,
+	// when its address is taken (vaultd's default address).
+	Portal         string
+	PortalOptional bool
+	// PortalCert and PortalKey are PEM files of the portal's certificate
+	// and key; empty: the vault's own server certificate.
+	PortalCert, PortalKey string
 
 	onScheduled func(jobs.Record) // tests: told of each job the schedule starts
 	// RepackThreshold is the dead share past which garbage collection
@@ -78,6 +87,8 @@ type Vault struct {
 	downloads  *slotPool
 	conns      *connCaps
 	enrollRate *enrollLimiter
+	logins     loginLimiter // portal sign-ins per client address (ops_users.go)
+	portalAddr string       // the portal's address once serving
 
 	// Jobs runs verify, prune and garbage collection in the background
 	// (ops_lifecycle.go, jobsched.go); a kind is registered with one call,
@@ -228,6 +239,39 @@ func (v *Vault) companyKeys(name string) (*companyKeys, error) {
 	return k, nil
 }
 
+// listenPortal opens the portal's listener and its server (nil, nil when
+// there is none).
+func (v *Vault) listenPortal(errLog *log.Logger) (*http.Server, net.Listener, error) {
+	if v.opts.Portal == "" {
+		return nil, nil, nil
+	}
+	cert := v.CA.Server
+	if v.opts.PortalCert != "" {
+		c, err := tls.LoadX509KeyPair(v.opts.PortalCert, v.opts.PortalKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load the portal's certificate: %w", err)
+		}
+		cert = c
+	}
+	pln, err := net.Listen("tcp", v.opts.Portal)
+	if err != nil {
+		if v.opts.PortalOptional {
+			v.log.Warn("portal not served: its address is taken; choose another with -portal", zap.String("portal", v.opts.Portal), zap.Error(err))
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("listen on %s (portal): %w", v.opts.Portal, err)
+	}
+	v.portalAddr = pln.Addr().String()
+	srv := &http.Server{Handler: v.portalHandler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: time.Minute, WriteTimeout: time.Minute, IdleTimeout: 5 * time.Minute, MaxHeaderBytes: 64 << 10,
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}}
+	return srv, pln, nil
+}
+
+// PortalAddr is the portal's address once Serve has called ready ("" when
+// it serves none).
+func (v *Vault) PortalAddr() string { return v.portalAddr }
+
 // Serve runs the agent API and the admin socket until ctx is done.
 func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	ln, err := net.Listen("tcp", v.opts.Listen)
@@ -254,9 +298,18 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	agentSrv := &http.Server{Handler: v.agentHandler(), TLSConfig: tlsConf, ErrorLog: errLog,
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxStreams}}
 	adminSrv := &http.Server{Handler: v.adminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 30 * time.Second}
-	errc := make(chan error, 2)
+	portalSrv, pln, err := v.listenPortal(errLog)
+	if err != nil {
+		ln.Close()
+		aln.Close()
+		return err
+	}
+	errc := make(chan error, 3)
 	go func() { errc <- agentSrv.ServeTLS(ln, "", "") }()
 	go func() { errc <- adminSrv.Serve(aln) }()
+	if portalSrv != nil {
+		go func() { errc <- portalSrv.ServeTLS(pln, "", "") }()
+	}
 	go v.expireSessions(ctx)
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); v.runSchedule(ctx) }()
@@ -270,11 +323,17 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	case err := <-errc:
 		agentSrv.Close()
 		adminSrv.Close()
+		if portalSrv != nil {
+			portalSrv.Close()
+		}
 		return err
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = errors.Join(agentSrv.Shutdown(sctx), adminSrv.Shutdown(sctx))
+	if portalSrv != nil {
+		err = errors.Join(err, portalSrv.Shutdown(sctx))
+	}
 	os.Remove(sock)
 	return err
 }

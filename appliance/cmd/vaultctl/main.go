@@ -81,6 +81,17 @@ Commands:
   job start KIND                 start a job (verify, prune, ...) without following it
   job schedule [KIND SCHEDULE]   when each kind runs by itself, e.g. "daily 01:00-05:00", "sun 03:00-09:00",
                                  never, default (docs/jobs.md)
+  user add NAME [-operator | -company C] [-caps view,restore,...] [-computers A,B] [-password-stdin]
+                                 add a portal user (docs/api.md); without -password-stdin the vault makes a
+                                 one-time password and prints it once. -computers limits a company user to them
+  user list                      list portal users, their capabilities, scope, second factor and lockout
+  user passwd NAME [-password-stdin] [-unlock]
+                                 reset a user's password (printed once unless read from stdin) and sign the
+                                 user out everywhere; -unlock clears a lockout
+  user caps NAME CAPS [-computers A,B | -all]
+                                 set a user's capabilities (comma-separated) and assigned computers
+  user totp NAME on|off          enable a second factor (prints its otpauth:// URL once) or remove it
+  user delete NAME               remove a user and end its sessions
   rebuild-index                  (vault stopped) rebuild DATA/index.db from the packs alone
   rebuild-catalog [-fresh]       (vault stopped) record every version whose manifest is in the packs;
                                  -fresh moves catalog.db aside and rebuilds it from the packs alone
@@ -103,6 +114,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	c := &client{sock: filepath.Join(*data, "admin.sock")}
 	switch {
+	case a[0] == "user" && len(a) >= 2:
+		return userCmd(ctx, c, a[1:], stdout, stderr)
 	case len(a) == 3 && a[0] == "company" && a[1] == "create":
 		if err := c.do(ctx, "POST", vault.AdminCompanies, map[string]string{"name": a[2]}, nil); err != nil {
 			return err
@@ -557,6 +570,150 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if out != nil {
 		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// userCmd runs `vaultctl user ...` on the admin socket's user routes.
+func userCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Writer) error {
+	split := func(s string) []string {
+		var out []string
+		for _, f := range strings.Split(s, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				out = append(out, f)
+			}
+		}
+		return out
+	}
+	readPassword := func() (string, error) {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))
+		if err != nil {
+			return "", fmt.Errorf("read the password from stdin: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+	show := func(u vault.UserInfo) {
+		if u.Password != "" {
+			fmt.Fprintf(stdout, "one-time password of %s: %s (shown once; the user should change it)\n", u.Name, u.Password)
+		}
+		if u.TOTPURL != "" {
+			fmt.Fprintf(stdout, "second factor of %s: %s\n", u.Name, u.TOTPURL)
+		}
+	}
+	esc := url.PathEscape
+	switch {
+	case a[0] == "add" && len(a) >= 2:
+		f := flag.NewFlagSet("user add", flag.ContinueOnError)
+		f.SetOutput(stderr)
+		op := f.Bool("operator", false, "an operator of the provider (every company)")
+		company := f.String("company", "", "the company of a company user")
+		caps := f.String("caps", "view", "capabilities, comma-separated: view, configure_backup, restore, manage_computers, manage_users (operators also operate, manage_retention)")
+		computers := f.String("computers", "", "limit a company user to these computers (ids or names, comma-separated)")
+		stdin := f.Bool("password-stdin", false, "read the password from stdin")
+		if err := f.Parse(a[2:]); err != nil {
+			return err
+		}
+		req := vault.UserRequest{Name: a[1], Kind: "user", Company: *company, Caps: split(*caps)}
+		if *op {
+			req.Kind = "operator"
+		}
+		if *computers != "" {
+			req.Limited, req.Computers = true, split(*computers)
+		}
+		if *stdin {
+			pw, err := readPassword()
+			if err != nil {
+				return err
+			}
+			req.Password = pw
+		}
+		var u vault.UserInfo
+		if err := c.do(ctx, "POST", vault.AdminUsers, req, &u); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "user %s added (%s, capabilities %s)\n", u.Name, u.Kind, strings.Join(u.Caps, ","))
+		show(u)
+	case a[0] == "list" && len(a) == 1:
+		var us []vault.UserInfo
+		if err := c.do(ctx, "GET", vault.AdminUsers, nil, &us); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tKIND\tCOMPANY\tCAPABILITIES\tCOMPUTERS\tTOTP\tSTATE")
+		for _, u := range us {
+			scope, state, tf := "all", "active", "no"
+			if u.Kind == "operator" {
+				scope = "every company"
+			} else if u.Limited {
+				scope = strings.Join(u.Computers, ",")
+				if scope == "" {
+					scope = "none"
+				}
+			}
+			if u.TOTP {
+				tf = "yes"
+			}
+			if u.LockedUntil.After(time.Now()) {
+				state = "locked until " + u.LockedUntil.Local().Format(time.DateTime)
+			} else if u.MustChange {
+				state = "one-time password"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, u.Kind, u.Company, strings.Join(u.Caps, ","), scope, tf, state)
+		}
+		tw.Flush()
+	case a[0] == "passwd" && len(a) >= 2:
+		f := flag.NewFlagSet("user passwd", flag.ContinueOnError)
+		f.SetOutput(stderr)
+		stdin := f.Bool("password-stdin", false, "read the new password from stdin")
+		unlock := f.Bool("unlock", false, "clear failed sign-ins and a lockout")
+		if err := f.Parse(a[2:]); err != nil {
+			return err
+		}
+		var req vault.PasswordRequest
+		req.Unlock = *unlock
+		if *stdin {
+			pw, err := readPassword()
+			if err != nil {
+				return err
+			}
+			req.Password = pw
+		}
+		var u vault.UserInfo
+		if err := c.do(ctx, "POST", vault.AdminUsers+"/"+esc(a[1])+"/password", req, &u); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "password of %s reset; its sessions are signed out\n", u.Name)
+		show(u)
+	case a[0] == "caps" && len(a) >= 3:
+		f := flag.NewFlagSet("user caps", flag.ContinueOnError)
+		f.SetOutput(stderr)
+		computers := f.String("computers", "", "limit the user to these computers (comma-separated)")
+		if err := f.Parse(a[3:]); err != nil {
+			return err
+		}
+		req := vault.SetCapsRequest{Caps: split(a[2])}
+		if *computers != "" {
+			req.Limited, req.Computers = true, split(*computers)
+		}
+		var u vault.UserInfo
+		if err := c.do(ctx, "POST", vault.AdminUsers+"/"+esc(a[1])+"/caps", req, &u); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "user %s: capabilities %s\n", u.Name, strings.Join(u.Caps, ","))
+	case a[0] == "totp" && len(a) == 3 && (a[2] == "on" || a[2] == "off"):
+		var u vault.UserInfo
+		if err := c.do(ctx, "POST", vault.AdminUsers+"/"+esc(a[1])+"/totp", map[string]bool{"enable": a[2] == "on"}, &u); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "second factor of %s: %s\n", u.Name, a[2])
+		show(u)
+	case a[0] == "delete" && len(a) == 2:
+		if err := c.do(ctx, "DELETE", vault.AdminUsers+"/"+esc(a[1]), nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "user %s deleted\n", a[1])
+	default:
+		return fmt.Errorf("unknown user command %q: see vaultctl -h", strings.Join(a, " "))
 	}
 	return nil
 }

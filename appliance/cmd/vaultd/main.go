@@ -40,14 +40,26 @@ func main() {
 	}
 }
 
+// defaultPortal is the portal's address unless -portal says otherwise.
+const defaultPortal = "127.0.0.1:8443"
+
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("vaultd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data := fs.String("data", "var/vault", "data `directory` (made on first start)")
 	listen := fs.String("listen", "127.0.0.1:7443", "agent API `address` (mutual TLS)")
+	portal := fs.String("portal", defaultPortal, "the portal's HTTPS `address` (\"off\": none); when left at the default and taken, vaultd serves without it")
+	portalCert := fs.String("portal-cert", "", "PEM `file` of the portal's certificate (with -portal-key); default: the vault's own")
+	portalKey := fs.String("portal-key", "", "PEM `file` of the portal certificate's key")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: vaultd [flags]\n\nRuns the vault: the agent API on -listen and the administration socket DATA/admin.sock.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: vaultd [flags]\n\nRuns the vault: the agent API on -listen, the portal on -portal and the administration socket DATA/admin.sock.\n\nFlags:\n")
 		fs.PrintDefaults()
 		fmt.Fprintf(stderr, "\nExit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on error.\n")
 	}
@@ -72,12 +84,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync()
-	v, err := vault.Open(vault.Options{Dir: *data, Listen: *listen, Log: log})
+	if (*portalCert == "") != (*portalKey == "") {
+		return fmt.Errorf("-portal-cert and -portal-key go together")
+	}
+	opts := vault.Options{Dir: *data, Listen: *listen, Log: log, Portal: *portal, PortalCert: *portalCert, PortalKey: *portalKey}
+	if *portal == "off" {
+		opts.Portal = ""
+	}
+	opts.PortalOptional = !flagSet(fs, "portal")
+	v, err := vault.Open(opts)
 	if err != nil {
 		return err
 	}
 	defer v.Close()
+	// The first operator: made on the first start, its password printed
+	// once here and stored only as a hash.
+	name, pw, err := v.FirstOperator()
+	if err != nil {
+		return err
+	}
 	return v.Serve(ctx, func(addr string) {
+		if pa := v.PortalAddr(); pa != "" {
+			fmt.Fprintf(stdout, "vaultd: portal on https://%s/\n", pa)
+		}
+		if pw != "" {
+			fmt.Fprintf(stdout, "vaultd: first operator %q, one-time password %s (shown once: sign in and change it, or reset it with `vaultctl user passwd %s`)\n", name, pw, name)
+		}
 		fmt.Fprintf(stdout, "vaultd: serving agents on %s, data in %s\n", addr, *data)
 	})
 }
