@@ -183,3 +183,27 @@ func TestContactNeverStale(t *testing.T) {
 		t.Fatalf("last contact %v", last)
 	}
 }
+
+// BenchmarkContact compares what an authenticated request costs as contact
+// (memory) with one command written per request (a bbolt commit).
+func BenchmarkContact(b *testing.B) {
+	start := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	c, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	enrolled(b, c, start, "pc-1")
+	b.Run("seen", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			c.Seen("pc-1", start.Add(time.Duration(i)))
+		}
+	})
+	b.Run("command", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := c.apply(KindContact, ContactCmd{Seen: map[string]time.Time{"pc-1": start.Add(time.Duration(i))}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
