@@ -17,7 +17,8 @@ import (
 // The vault's own schedule: each kind of job starts at the opening of each
 // window of its schedule (internal/schedule), in the vault's time zone. A
 // window the vault was down for is caught up if the vault starts inside
-// it and no job of the kind started since it opened.
+// it and no job of the kind started since it opened, provided the kind ran
+// before: a new vault waits for the next opening.
 
 // DefaultJobSchedules: prune and collection nightly, verify weekly.
 var DefaultJobSchedules = map[jobs.Kind]string{
@@ -140,8 +141,10 @@ func nextStart(s schedule.Schedule, now time.Time) time.Time {
 }
 
 // due reports whether a job of kind should start at now: now is inside a
-// window of s and no job of the kind started since that window opened.
-func (v *Vault) due(kind jobs.Kind, s schedule.Schedule, now time.Time) bool {
+// window of s and no job of the kind started since that window opened;
+// for a kind that never ran, only if the schedule has been watching since
+// before the window opened (since).
+func (v *Vault) due(kind jobs.Kind, s schedule.Schedule, now, since time.Time) bool {
 	iv, ok := s.At(now)
 	if !ok || !iv.Contains(now) || iv.End.IsZero() {
 		return false
@@ -151,12 +154,16 @@ func (v *Vault) due(kind jobs.Kind, s schedule.Schedule, now time.Time) bool {
 		v.log.Error("read job history", zap.Error(err))
 		return false
 	}
-	return !ok || last.Started.Before(iv.Start)
+	if !ok {
+		return !since.After(iv.Start)
+	}
+	return last.Started.Before(iv.Start)
 }
 
 // runSchedule starts scheduled jobs until ctx is done.
 func (v *Vault) runSchedule(ctx context.Context) {
 	log := v.log.Named("schedule")
+	since := v.clk.Now()
 	for {
 		scheds, _, err := v.jobSchedules()
 		if err != nil {
@@ -165,7 +172,7 @@ func (v *Vault) runSchedule(ctx context.Context) {
 		now := v.clk.Now()
 		wake := now.Add(time.Hour) // a bound: schedules in other zones, clock changes
 		for k, s := range scheds {
-			if v.due(k, s, now) {
+			if v.due(k, s, now, since) {
 				if rec, err := v.Jobs.Start(k, "schedule"); err != nil {
 					log.Warn("scheduled job not started", zap.String("kind", string(k)), zap.Error(err))
 				} else {

@@ -23,7 +23,12 @@ import (
 
 func openClockVault(t *testing.T, clk clock.Clock, dir string) *Vault {
 	t.Helper()
-	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Clock: clk, Zone: time.UTC})
+	return openClockVaultWith(t, clk, dir, nil)
+}
+
+func openClockVaultWith(t *testing.T, clk clock.Clock, dir string, onScheduled func(jobs.Record)) *Vault {
+	t.Helper()
+	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Clock: clk, Zone: time.UTC, onScheduled: onScheduled})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,4 +380,43 @@ func TestScheduleStartsJobs(t *testing.T) {
 		t.Fatalf("a job started twice in one window: %+v", r)
 	default:
 	}
+}
+
+// TestScheduleWaitsForAnOpeningOnANewVault: a vault that never ran a kind
+// and starts inside its window does not start it at once; it runs at the
+// next opening. One whose last run is older than the window catches up.
+func TestScheduleWaitsForAnOpeningOnANewVault(t *testing.T) {
+	// Sunday 2026-01-04 04:00 UTC: inside verify's default window.
+	clk := clock.NewFake(time.Date(2026, 1, 4, 4, 0, 0, 0, time.UTC))
+	oldDir := t.TempDir()
+	v, err := Open(Options{Dir: oldDir, Listen: "127.0.0.1:0", Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Catalog.PutJob(jobs.Record{ID: "verify-old", Kind: jobs.KindVerify, State: jobs.Done, Started: clk.Now().AddDate(0, 0, -30)}); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+
+	newStarted, oldStarted := make(chan jobs.Record, 10), make(chan jobs.Record, 10)
+	serveTestVaultWith(t, Options{Clock: clk, Zone: time.UTC, onScheduled: func(r jobs.Record) { newStarted <- r }}, "acme")
+	old := openClockVaultWith(t, clk, oldDir, func(r jobs.Record) { oldStarted <- r })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); old.runSchedule(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// The vault with a verify in its history catches up at once.
+	r := <-oldStarted
+	if r.Kind != jobs.KindVerify {
+		t.Fatalf("catch-up started %+v", r)
+	}
+	waitJob(t, old, r.ID)
+	// The new vault waits: the first job it starts is prune at Monday
+	// 01:00, not verify.
+	clk.Set(time.Date(2026, 1, 5, 1, 0, 0, 0, time.UTC))
+	if r := <-newStarted; r.Kind != jobs.KindPrune {
+		t.Fatalf("the new vault started %+v first; want prune at the next opening", r)
+	}
+	waitJob(t, old, (<-oldStarted).ID) // the old vault's prune too
 }
