@@ -51,7 +51,7 @@ func parseLocation(b []byte) (Location, error) {
 		return l, fmt.Errorf("%w: plain length %d over %d", ErrBadRecord, l.PlainLen, pack.MaxPlain)
 	case l.Kind < pack.KindData || l.Kind > pack.KindManifest:
 		return l, fmt.Errorf("%w: unknown kind %d", ErrBadRecord, l.Kind)
-	case l.Flags&^pack.FlagZstd != 0:
+	case !pack.KnownFlags(l.Flags):
 		return l, fmt.Errorf("%w: unknown flags %#x", ErrBadRecord, l.Flags)
 	}
 	return l, nil

@@ -48,8 +48,17 @@ const (
 	KindManifest Kind = 3
 )
 
-// FlagZstd marks a payload that is one zstd frame.
-const FlagZstd uint8 = 1
+// Payload codecs; at most one is set (docs/format.md, Compression).
+const (
+	// FlagZstd marks a payload that is one zstd frame.
+	FlagZstd uint8 = 1
+	// FlagS2 marks a payload that is one S2 block.
+	FlagS2 uint8 = 2
+)
+
+// KnownFlags reports whether flags names one codec this version reads
+// (or none).
+func KnownFlags(flags uint8) bool { return flags == 0 || flags == FlagZstd || flags == FlagS2 }
 
 // FileHeader starts every pack.
 type FileHeader struct {
@@ -121,7 +130,7 @@ func ParseEntryHeader(b []byte) (EntryHeader, error) {
 	switch {
 	case h.Kind < KindData || h.Kind > KindManifest:
 		return h, fmt.Errorf("entry header: %w: unknown kind %d", ErrCorrupt, h.Kind)
-	case h.Flags&^FlagZstd != 0 || b[6] != 0 || b[7] != 0:
+	case !KnownFlags(h.Flags) || b[6] != 0 || b[7] != 0:
 		return h, fmt.Errorf("entry header: %w: unknown flags %#x", ErrCorrupt, h.Flags)
 	case h.PlainLen > MaxPlain:
 		return h, fmt.Errorf("entry header: %w: plain length %d over %d", ErrCorrupt, h.PlainLen, MaxPlain)

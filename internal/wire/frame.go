@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 
 	"vaultnode/internal/limit"
@@ -32,8 +34,18 @@ const (
 	FrameListing uint8 = 2
 )
 
-// FlagZstd marks a zstd-compressed payload.
-const FlagZstd uint8 = 1
+// Payload codecs: at most one flag is set (docs/format.md, Compression).
+const (
+	// FlagZstd marks a payload that is one zstd frame.
+	FlagZstd uint8 = 1
+	// FlagS2 marks a payload that is one S2 block (klauspost/compress/s2,
+	// the Snappy block format extended): what small chunks use.
+	FlagS2 uint8 = 2
+)
+
+// KnownFlags reports whether flags names one codec this version reads
+// (or none).
+func KnownFlags(flags uint8) bool { return flags == 0 || flags == FlagZstd || flags == FlagS2 }
 
 // ErrFrame is wrapped by every frame decoding error.
 var ErrFrame = errors.New("malformed frame")
@@ -110,7 +122,7 @@ func (fr *FrameReader) Next() (*Frame, error) {
 	if err := limit.Check("wire.MaxFramePayload", "frame payload length", uint64(size), MaxFramePayload); err != nil {
 		return nil, fmt.Errorf("%w: chunk %x: %w", ErrFrame, f.ID[:8], err)
 	}
-	if f.Flags&^FlagZstd != 0 {
+	if !KnownFlags(f.Flags) {
 		return nil, fmt.Errorf("%w: unknown flags %#x", ErrFrame, f.Flags)
 	}
 	// The buffer grows with the bytes that really arrive, not with the
@@ -184,15 +196,59 @@ func codecs() {
 	})
 }
 
-// Compress returns the payload to send for plain: a zstd frame appended to
-// dst and FlagZstd when it saves at least 3 %, else plain itself and 0.
+// Compression policy (docs/format.md, Compression). A chunk whose
+// compressed form does not save minSaving of its plaintext is sent raw.
+const (
+	// smallChunk: below this, S2 (a few microseconds a chunk) instead of
+	// zstd, whose fixed cost per frame (entropy tables) is about 10 µs,
+	// more than the whole rest of a small file's backup.
+	smallChunk = 16 << 10
+	// sampleLen and samples: a larger chunk is first probed with S2 on
+	// this many slices of sampleLen spread over it; when they do not
+	// compress, the chunk is taken as incompressible (photos, video,
+	// archives, encrypted data) and zstd is not tried at all.
+	sampleLen = 4 << 10
+	samples   = 4
+)
+
+// saves reports whether a payload of n bytes is worth sending instead of
+// plain bytes: at least 3 % smaller.
+func saves(n, plain int) bool { return n < plain-plain/33 }
+
+// Compress returns the payload to send for plain, appended to dst[:0], and
+// its flag: an S2 block for a chunk under 16 KiB, else a zstd frame (the
+// fastest level) unless samples of the chunk do not compress; plain itself
+// and 0 when compression does not save at least 3 %.
 func Compress(dst, plain []byte) ([]byte, uint8) {
+	if len(plain) < smallChunk {
+		out := s2.Encode(dst[:cap(dst)], plain)
+		if saves(len(out), len(plain)) {
+			return out, FlagS2
+		}
+		return plain, 0
+	}
+	if !compressible(plain) {
+		return plain, 0
+	}
 	codecs()
 	out := enc.EncodeAll(plain, dst[:0])
-	if len(out) < len(plain)-len(plain)/33 {
+	if saves(len(out), len(plain)) {
 		return out, FlagZstd
 	}
 	return plain, 0
+}
+
+// compressible probes samples of plain (at least smallChunk long) with S2.
+func compressible(plain []byte) bool {
+	buf := make([]byte, s2.MaxEncodedLen(sampleLen))
+	step := (len(plain) - sampleLen) / (samples - 1)
+	in, out := 0, 0
+	for i := range samples {
+		s := plain[i*step : i*step+sampleLen]
+		in += len(s)
+		out += len(s2.Encode(buf, s))
+	}
+	return saves(out, in)
 }
 
 // Decompress returns the plaintext of a payload, appended to dst. It fails
@@ -205,11 +261,34 @@ func Decompress(dst []byte, flags uint8, payload []byte, plainLen uint32) ([]byt
 	if err := limit.Check("wire.MaxPlain", "chunk plaintext length", uint64(plainLen), MaxPlain); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrFrame, err)
 	}
-	if flags&FlagZstd == 0 {
+	switch flags {
+	case 0:
 		if uint32(len(payload)) != plainLen {
 			return nil, fmt.Errorf("%w: plain payload of %d bytes, header says %d", ErrFrame, len(payload), plainLen)
 		}
 		return append(dst, payload...), nil
+	case FlagS2:
+		// The block states its length first: checked before anything
+		// is allocated.
+		n, err := s2.DecodedLen(payload)
+		if err != nil {
+			return nil, fmt.Errorf("%w: s2: %w", ErrFrame, err)
+		}
+		if uint32(n) != plainLen || n < 0 {
+			return nil, fmt.Errorf("%w: s2 block of %d bytes, header says %d", ErrFrame, n, plainLen)
+		}
+		out := slices.Grow(dst, n)[:len(dst)+n]
+		got, err := s2.Decode(out[len(dst):], payload)
+		if err != nil {
+			return nil, fmt.Errorf("%w: s2: %w", ErrFrame, err)
+		}
+		if len(got) != n {
+			return nil, fmt.Errorf("%w: s2 block decoded to %d bytes, header says %d", ErrFrame, len(got), plainLen)
+		}
+		return out, nil
+	case FlagZstd:
+	default:
+		return nil, fmt.Errorf("%w: unknown flags %#x", ErrFrame, flags)
 	}
 	codecs()
 	out, err := dec.DecodeAll(payload, dst)

@@ -108,24 +108,34 @@ func TestCompress(t *testing.T) {
 	for i := range rnd {
 		rnd[i] = byte(r.Uint32())
 	}
+	// Random bytes behind a compressible header, like a JPEG: the samples
+	// say incompressible.
+	photo := append([]byte(strings.Repeat("Exif header ", 100)), rnd...)
+	// Compressible text with one random stretch the samples miss.
+	text := []byte(strings.Repeat("all work and no play makes jack a dull boy\n", 2000))
 	tests := []struct {
-		name     string
-		plain    []byte
-		wantZstd bool
+		name  string
+		plain []byte
+		want  uint8
 	}{
-		{"empty", nil, false},
-		{"tiny", []byte("a"), false},
-		{"random", rnd, false},
-		{"text", []byte(strings.Repeat("all work and no play makes jack a dull boy\n", 2000)), true},
-		{"zeros 4M", make([]byte, 4<<20), true},
+		{"empty", nil, 0},
+		{"tiny", []byte("a"), 0},
+		{"random", rnd, 0},
+		{"photo", photo, 0},
+		{"small random", rnd[:5000], 0},
+		{"small text", text[:5000], wire.FlagS2},
+		{"just under 16 KiB", text[:16<<10-1], wire.FlagS2},
+		{"16 KiB", text[:16<<10], wire.FlagZstd},
+		{"text", text, wire.FlagZstd},
+		{"zeros 4M", make([]byte, 4<<20), wire.FlagZstd},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			payload, fl := wire.Compress(nil, tt.plain)
-			if (fl == wire.FlagZstd) != tt.wantZstd {
-				t.Fatalf("flags %d, want zstd %v", fl, tt.wantZstd)
+			if fl != tt.want {
+				t.Fatalf("flags %d, want %d", fl, tt.want)
 			}
-			if fl == wire.FlagZstd && len(payload) >= len(tt.plain)-len(tt.plain)/33 {
+			if fl != 0 && len(payload) >= len(tt.plain)-len(tt.plain)/33 {
 				t.Fatalf("compressed to %d of %d bytes: must save 3%%", len(payload), len(tt.plain))
 			}
 			out, err := wire.Decompress([]byte("x"), fl, payload, uint32(len(tt.plain)))
@@ -140,9 +150,25 @@ func TestCompress(t *testing.T) {
 			}
 		})
 	}
-	// Garbage flagged as zstd.
+	// Garbage flagged as zstd or S2, an S2 block declaring another
+	// length, codecs this version does not know.
 	if _, err := wire.Decompress(nil, wire.FlagZstd, []byte("not zstd at all"), 15); !errors.Is(err, wire.ErrFrame) {
 		t.Fatalf("garbage zstd: %v, want ErrFrame", err)
+	}
+	if _, err := wire.Decompress(nil, wire.FlagS2, []byte("\x0fnot s2 at all!"), 15); !errors.Is(err, wire.ErrFrame) {
+		t.Fatalf("garbage s2: %v, want ErrFrame", err)
+	}
+	s2p, _ := wire.Compress(nil, text[:5000])
+	if _, err := wire.Decompress(nil, wire.FlagS2, s2p, 4999); !errors.Is(err, wire.ErrFrame) {
+		t.Fatalf("s2 of another length: %v, want ErrFrame", err)
+	}
+	if _, err := wire.Decompress(nil, wire.FlagS2, s2p[:len(s2p)-3], 5000); !errors.Is(err, wire.ErrFrame) {
+		t.Fatalf("truncated s2: %v, want ErrFrame", err)
+	}
+	for _, fl := range []uint8{wire.FlagZstd | wire.FlagS2, 4, 0x80} {
+		if _, err := wire.Decompress(nil, fl, []byte("abc"), 3); !errors.Is(err, wire.ErrFrame) {
+			t.Fatalf("flags %#x: %v, want ErrFrame", fl, err)
+		}
 	}
 }
 
@@ -240,7 +266,7 @@ func FuzzFrameReader(f *testing.F) {
 				}
 				return
 			}
-			if fm.PlainLen > wire.MaxPlain || fm.Flags&^wire.FlagZstd != 0 {
+			if fm.PlainLen > wire.MaxPlain || !wire.KnownFlags(fm.Flags) {
 				t.Fatalf("accepted frame %+v", fm)
 			}
 			re = wire.AppendFrame(re, fm)
@@ -295,6 +321,9 @@ func FuzzDecompress(f *testing.F) {
 	f.Add(z, uint8(wire.FlagZstd), uint32(6000))
 	f.Add([]byte("raw"), uint8(0), uint32(3))
 	f.Add(z[:10], uint8(wire.FlagZstd), uint32(6000))
+	s, _ := wire.Compress(nil, bytes.Repeat([]byte("abcdef"), 100))
+	f.Add(s, uint8(wire.FlagS2), uint32(600))
+	f.Add(s[:10], uint8(wire.FlagS2), uint32(600))
 	f.Fuzz(func(t *testing.T, payload []byte, flags uint8, plainLen uint32) {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
