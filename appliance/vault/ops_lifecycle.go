@@ -77,7 +77,7 @@ func (v *Vault) Retention(ctx context.Context, p *Principal) (RetentionInfo, err
 	if err != nil {
 		return RetentionInfo{}, err
 	}
-	out := RetentionInfo{Default: retention.Default, Zone: v.zone().String(), Set: []catalog.RetentionRecord{}}
+	out := RetentionInfo{Default: retention.Default, Zone: v.zoneName(), Set: []catalog.RetentionRecord{}}
 	for _, r := range recs {
 		if p.Kind == Operator || r.Company == p.Company {
 			out.Set = append(out.Set, r)
@@ -92,6 +92,17 @@ func (v *Vault) zone() *time.Location {
 		return v.opts.Zone
 	}
 	return time.Local
+}
+
+// zoneName names the zone for people: "Europe/Paris", or "local time
+// (CET)" for the vault's own.
+func (v *Vault) zoneName() string {
+	loc := v.zone()
+	if loc == time.Local {
+		abbrev, _ := v.clk.Now().In(loc).Zone()
+		return "local time (" + abbrev + ")"
+	}
+	return loc.String()
 }
 
 // PlanVersion is one version in a prune plan.
@@ -162,7 +173,7 @@ func versionTime(m wire.Manifest) time.Time {
 func (v *Vault) planPrune(ctx context.Context) (*PrunePlan, catalog.PruneCmd, error) {
 	var cmd catalog.PruneCmd
 	now, loc := v.clk.Now(), v.zone()
-	plan := &PrunePlan{Now: now, Zone: loc.String(), Configs: []PlanConfig{}}
+	plan := &PrunePlan{Now: now, Zone: v.zoneName(), Configs: []PlanConfig{}}
 	recs, err := v.Catalog.Retentions()
 	if err != nil {
 		return nil, cmd, err

@@ -389,7 +389,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := c.do(ctx, "POST", vault.AdminJobs+"/"+url.PathEscape(a[2])+"/cancel", struct{}{}, &j); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "job %s: %s (a running job stops at its next check; `vaultctl job show %s` tells when)\n", j.ID, j.State, j.ID)
+		if j.State == jobs.Running {
+			fmt.Fprintf(stdout, "job %s cancelled: it stops at its next check (`vaultctl job show %s` tells when)\n", j.ID, j.ID)
+		} else {
+			fmt.Fprintf(stdout, "job %s had already ended: %s\n", j.ID, j.State)
+		}
 	case a[0] == "job" && len(a) == 3 && a[1] == "start":
 		var start vault.StartJobResponse
 		if err := c.do(ctx, "POST", vault.AdminJobs, vault.StartJobRequest{Kind: jobs.Kind(a[2])}, &start); err != nil {
