@@ -346,7 +346,11 @@ func (a *Appender) commit() error {
 		s.dropWriter(w)
 		return classify(fmt.Errorf("commit index: %w", err))
 	}
-	s.addUsage(a.company, off-w.size)
+	if w.fresh {
+		s.addUsage(a.company, off) // the header too: the pack's record is new
+	} else {
+		s.addUsage(a.company, off-w.size)
+	}
 	w.size = off
 	w.fresh = false
 	s.giveWriter(w)

@@ -76,6 +76,8 @@ var routeCaps = map[string]Capability{
 	"GET " + AdminStatus:                 CapView,
 	"POST " + AdminRunNow:                CapConfigure,
 	"POST " + AdminSettings:              CapConfigure,
+	"GET " + AdminQuota:                  CapView,
+	"POST " + AdminQuota:                 CapOperate,
 	"POST " + AdminVerify:                CapOperate,
 	"GET " + AdminRetention:              CapManageRetention,
 	"POST " + AdminRetention:             CapManageRetention,

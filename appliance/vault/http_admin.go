@@ -15,6 +15,7 @@ import (
 // Admin API paths.
 const (
 	AdminCompanies = "/admin/companies"
+	AdminQuota     = "/admin/quota"
 	AdminTokens    = "/admin/tokens"
 	AdminComputers = "/admin/computers"
 	AdminVersions  = "/admin/versions"
@@ -158,6 +159,25 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 	})
 	// verify runs as a job: the answer is the job started (or the verify
 	// already running); vaultctl follows it on AdminJobs/{id}.
+	rt.handle("GET "+AdminQuota, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.Quotas(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("POST "+AdminQuota, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req QuotaRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		if err := v.SetQuota(r.Context(), p, req); err != nil {
+			return err
+		}
+		writeJSON(w, req)
+		return nil
+	})
 	rt.handle("POST "+AdminVerify, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		out, err := v.StartJob(r.Context(), p, jobs.KindVerify)
 		if err != nil {

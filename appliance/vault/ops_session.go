@@ -190,6 +190,9 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 		return 0, err
 	}
 	defer release()
+	if err := v.checkQuota(s.company); err != nil { // quota.go
+		return 0, err
+	}
 	// The body is processed as it arrives, one chunk at a time: each is
 	// verified, sealed and appended past the pack's committed length, and
 	// the whole request is committed at the end or cut off at the first

@@ -9,11 +9,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -65,6 +67,9 @@ Commands:
   backup-now COMPUTER CONFIG     ask the computer to synchronize CONFIG once now, even outside its schedule
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
                                  ("" for unlimited)
+  quota [COMPANY HARD [WARN]]    list usage and quotas | set a company's quota in bytes (suffixes K, M, G, T:
+                                 powers of 1024; 0 removes it): at HARD its uploads are refused (quota_exceeded),
+                                 past WARN status warns
   collect                        garbage collection: remove the chunks no version, journal record or open
                                  session references, and rewrite packs that are mostly dead (a job, followed)
   verify                         check every stored byte, index record, version and journal record;
@@ -215,6 +220,47 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "%s (%s)\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Computer, s.Config, s.Mode, s.State, covers, seen, detail)
 		}
 		tw.Flush()
+		var qs []vault.QuotaInfo
+		if err := c.do(ctx, "GET", vault.AdminQuota, nil, &qs); err != nil {
+			return err
+		}
+		for _, q := range qs {
+			if q.Hard == 0 && q.Warn == 0 || len(a) == 2 && q.Company != a[1] {
+				continue
+			}
+			switch q.State {
+			case "over":
+				fmt.Fprintf(stdout, "QUOTA EXCEEDED company %s uses %d bytes of its %d-byte quota: its uploads are refused; prune and collect, or raise it (vaultctl quota)\n", q.Company, q.Used, q.Hard)
+			case "warning":
+				fmt.Fprintf(stdout, "QUOTA WARNING company %s uses %d bytes, past its warning threshold of %d (hard limit %d)\n", q.Company, q.Used, q.Warn, q.Hard)
+			}
+		}
+	case a[0] == "quota" && len(a) == 1:
+		var qs []vault.QuotaInfo
+		if err := c.do(ctx, "GET", vault.AdminQuota, nil, &qs); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "COMPANY\tUSED\tWARN\tHARD\tSTATE")
+		for _, q := range qs {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", q.Company, q.Used, q.Warn, q.Hard, q.State)
+		}
+		tw.Flush()
+	case a[0] == "quota" && (len(a) == 3 || len(a) == 4):
+		req := vault.QuotaRequest{Company: a[1]}
+		var err error
+		if req.Hard, err = parseBytes(a[2]); err != nil {
+			return err
+		}
+		if len(a) == 4 {
+			if req.Warn, err = parseBytes(a[3]); err != nil {
+				return err
+			}
+		}
+		if err := c.do(ctx, "POST", vault.AdminQuota, req, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "quota of %s set: hard %d bytes, warning at %d bytes\n", req.Company, req.Hard, req.Warn)
 	case a[0] == "backup-now" && len(a) == 3:
 		if err := c.do(ctx, "POST", vault.AdminRunNow, vault.RunNowRequest{Computer: a[1], Config: a[2]}, nil); err != nil {
 			return err
@@ -720,4 +766,22 @@ func userCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 		return fmt.Errorf("unknown user command %q: see vaultctl -h", strings.Join(a, " "))
 	}
 	return nil
+}
+
+// parseBytes reads a byte count: digits with an optional K, M, G or T
+// (powers of 1024, an optional trailing B or iB).
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
+			mult = int64(1) << (10 * (i + 1))
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a byte count: give e.g. 500G, 2T or 1073741824", s)
+	}
+	return v * mult, nil
 }
