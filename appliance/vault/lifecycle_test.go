@@ -181,6 +181,14 @@ func TestPruneJob(t *testing.T) {
 	if vs, _ := v.Catalog.Versions("pc-1", "home"); len(vs) != 10 {
 		t.Fatalf("a dry run removed versions: %d left", len(vs))
 	}
+	// A portal user with the capability sees its own company's plan only.
+	for company, want := range map[string]int{"globex": 0, "acme": 1} {
+		user := &Principal{Kind: User, Name: "user of " + company, Company: company, Caps: []Capability{CapManageRetention}}
+		up, err := v.PlanPrune(ctx, user)
+		if err != nil || len(up.Configs) != want || (want == 1 && up.Remove != 4) {
+			t.Fatalf("plan for a user of %s: %d configurations, %d to remove, %v", company, len(up.Configs), up.Remove, err)
+		}
+	}
 
 	st, err := v.StartJob(ctx, operator, jobs.KindPrune)
 	if err != nil {

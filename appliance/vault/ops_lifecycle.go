@@ -154,11 +154,33 @@ type PruneResult struct {
 
 // PlanPrune works out what a prune removes now (vaultctl prune --dry-run).
 func (v *Vault) PlanPrune(ctx context.Context, p *Principal) (*PrunePlan, error) {
-	if !p.Has(CapManageRetention) || p.Kind != Operator {
+	if !p.Has(CapManageRetention) {
 		return nil, forbid(p, CapManageRetention)
 	}
 	plan, _, err := v.planPrune(ctx)
-	return plan, err
+	if err != nil || p.Kind == Operator {
+		return plan, err
+	}
+	// Anyone else sees the configurations of their scope only.
+	mine := plan.Configs[:0]
+	for _, pc := range plan.Configs {
+		if p.Covers(pc.Company, pc.Computer) {
+			mine = append(mine, pc)
+		}
+	}
+	plan.Configs = mine
+	plan.Remove, plan.Journal, plan.Keep = 0, 0, 0
+	for _, pc := range mine {
+		plan.Journal += len(pc.Journal)
+		for _, pv := range pc.Versions {
+			if pv.Keep {
+				plan.Keep++
+			} else {
+				plan.Remove++
+			}
+		}
+	}
+	return plan, nil
 }
 
 func versionTime(m wire.Manifest) time.Time {
