@@ -183,7 +183,7 @@ func (w *walker) deltaTarget(t deltaTarget) error {
 			return w.emit(n)
 		}
 		defer unix.Close(dfd)
-		return w.visitFile(dfd, name, n)
+		return w.visitFile(dfd, name, n, nil)
 	default:
 		return w.emit(n)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -29,12 +30,23 @@ type reader struct {
 // inconsistent: never a silently torn copy.
 func (r *reader) read(ctx context.Context, it *item) error {
 	defer close(it.done)
-	defer it.file.Close()
+	defer func() {
+		if it.file != nil {
+			it.file.Close()
+		} else {
+			unix.Close(it.fd)
+		}
+	}()
 	n := &it.node
 	atomic.AddInt64(&r.stats.FilesRead, 1)
 	for attempt := 0; ; attempt++ {
-		before, allocated, err := fstat(int(it.file.Fd()))
-		if err != nil {
+		var before tree.Node
+		var allocated int64
+		var err error
+		if attempt == 0 && it.before != nil {
+			// Taken through fd after it was opened, before any read.
+			before, allocated = meta.FromStatx(it.before), int64(it.before.Blocks)*512
+		} else if before, allocated, err = fstat(it.fd); err != nil {
 			return r.unreadable(n, err)
 		}
 		n.Size, n.Mtime, n.Ctime = before.Size, before.Mtime, before.Ctime
@@ -45,7 +57,7 @@ func (r *reader) read(ctx context.Context, it *item) error {
 		if err != nil {
 			return r.unreadable(n, err)
 		}
-		after, _, err := fstat(int(it.file.Fd()))
+		after, _, err := fstat(it.fd)
 		if err != nil {
 			return r.unreadable(n, err)
 		}
@@ -58,9 +70,30 @@ func (r *reader) read(ctx context.Context, it *item) error {
 			n.Status, n.Err = tree.StatusInconsistent, fmt.Sprintf("kept changing while read (%d attempts); retried next run", attempt+1)
 			return nil
 		}
-		if _, err := it.file.Seek(0, io.SeekStart); err != nil {
+		if _, err := unix.Seek(it.fd, 0, io.SeekStart); err != nil {
 			return r.unreadable(n, err)
 		}
+	}
+}
+
+// fdReader reads a regular file's descriptor directly.
+type fdReader int
+
+func (f fdReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, err := unix.Read(int(f), p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, err
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
 	}
 }
 
@@ -84,9 +117,13 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 	n := &it.node
 	n.Chunks = n.Chunks[:0]
 	n.Extents, n.Sparse = nil, false
-	var src io.Reader = it.file
+	var src io.Reader = fdReader(it.fd)
 	if allocated < n.Size {
-		// Fewer blocks than bytes: look for holes.
+		// Fewer blocks than bytes: look for holes. An *os.File only
+		// here: making one costs two system calls (fcntl, epoll_ctl).
+		if it.file == nil {
+			it.file = os.NewFile(uintptr(it.fd), string(n.Path))
+		}
 		ext, sparse, err := meta.DataExtents(it.file, n.Size)
 		if err != nil {
 			return err

@@ -30,8 +30,13 @@ const VaultMarker = ".vaultnode-vault"
 // item is one node on its way to the listing.
 type item struct {
 	node tree.Node
-	file *os.File      // open for reading when the content must be read
-	done chan struct{} // closed when node is final
+	// fd is open for reading when the content must be read; the reader
+	// closes it (through file when it made one).
+	fd   int
+	file *os.File
+	// before, when set, is the file through fd before anything was read.
+	before *unix.Statx_t
+	done   chan struct{} // closed when node is final
 }
 
 var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -258,13 +263,21 @@ func (w *walker) visit(dirfd int, name, abs string, n tree.Node, rootDev uint64,
 	case tree.TypeDir:
 		return w.visitDir(dirfd, name, abs, n, rootDev, included)
 	case tree.TypeFile:
-		return w.visitFile(dirfd, name, n)
+		return w.visitFile(dirfd, name, n, nil)
 	default:
 		return w.emit(n)
 	}
 }
 
-func (w *walker) visitFile(dirfd int, name string, n tree.Node) error {
+// visitFile records a regular file, reading it when needed through op
+// (left open by LstatOpen; visitFile closes it) or a descriptor of its own.
+func (w *walker) visitFile(dirfd int, name string, n tree.Node, op *meta.Opened) error {
+	keep := false
+	defer func() {
+		if op != nil && !keep {
+			unix.Close(op.FD)
+		}
+	}()
 	atomic.AddInt64(&w.stats.Files, 1)
 	atomic.AddInt64(&w.stats.Bytes, n.Size)
 	prev, err := w.previous(n.Path)
@@ -287,13 +300,17 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node) error {
 	if n.Size == 0 {
 		return w.send(&item{node: n, done: closedDone}, false) // nothing to read
 	}
+	if op != nil {
+		keep = true
+		return w.send(&item{node: n, fd: op.FD, before: &op.Stat, done: make(chan struct{})}, true)
+	}
 	fd, err := openFile(dirfd, name)
 	if err != nil {
 		atomic.AddInt64(&w.stats.Unreadable, 1)
 		n.Status, n.Err = tree.StatusUnreadable, err.Error()
 		return w.send(&item{node: n, done: closedDone}, false)
 	}
-	return w.send(&item{node: n, file: os.NewFile(uintptr(fd), string(n.Path)), done: make(chan struct{})}, true)
+	return w.send(&item{node: n, fd: fd, done: make(chan struct{})}, true)
 }
 
 func openFile(dirfd int, name string) (int, error) {
@@ -373,7 +390,7 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 		if !w.trusted(prev) {
 			prev = nil
 		}
-		cn, err := meta.LstatSince(fd, child, prev)
+		cn, op, err := meta.LstatOpen(fd, child, prev)
 		if cn.Type == 0 {
 			if errors.Is(err, unix.ENOENT) {
 				continue // vanished since the directory was read
@@ -397,9 +414,23 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 				}
 			}
 		} else if !w.sel.Included(cabs, cinc) {
+			if op != nil {
+				unix.Close(op.FD)
+			}
 			continue
 		}
-		if err := w.visit(fd, child, cabs, cn, rootDev, cinc); err != nil {
+		if cn.Type == tree.TypeFile {
+			if err := w.ctx.Err(); err != nil {
+				if op != nil {
+					unix.Close(op.FD)
+				}
+				return err
+			}
+			err = w.visitFile(fd, child, cn, op)
+		} else {
+			err = w.visit(fd, child, cabs, cn, rootDev, cinc)
+		}
+		if err != nil {
 			return err
 		}
 	}

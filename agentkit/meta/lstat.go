@@ -33,18 +33,40 @@ func Lstat(dirfd int, name string) (tree.Node, error) {
 // (open, stat, ioctl, listxattr, close), most of a synchronization with no
 // change.
 func LstatSince(dirfd int, name string, prev *tree.Node) (tree.Node, error) {
+	n, _, err := lstat(dirfd, name, prev, false)
+	return n, err
+}
+
+// Opened is a regular file LstatOpen left open for reading.
+type Opened struct {
+	FD int // the caller closes it
+	// Stat is the file through the descriptor once its flags and xattrs
+	// were read: what it was before any of its content was.
+	Stat unix.Statx_t
+}
+
+// LstatOpen is LstatSince that keeps open, for reading, a regular file it
+// has to open for its flags and xattrs (a new or changed file): one open
+// serves the metadata and the content, and the stat through the descriptor
+// serves as the "before" of the read. The file is opened with O_NOATIME
+// when allowed. op is nil when nothing was left open.
+func LstatOpen(dirfd int, name string, prev *tree.Node) (n tree.Node, op *Opened, err error) {
+	return lstat(dirfd, name, prev, true)
+}
+
+func lstat(dirfd int, name string, prev *tree.Node, keep bool) (tree.Node, *Opened, error) {
 	var stx unix.Statx_t
 	err := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT,
 		unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
 	if err != nil {
-		return tree.Node{}, pathErr("stat", name, err)
+		return tree.Node{}, nil, pathErr("stat", name, err)
 	}
 	n := FromStatx(&stx)
 	n.User = UserName(n.UID)
 	n.Group = GroupName(n.GID)
 	if prev != nil && tree.Unchanged(prev, &n) {
 		n.Target, n.Xattrs, n.Flags = prev.Target, prev.Xattrs, prev.Flags
-		return n, nil
+		return n, nil, nil
 	}
 	var errs []error
 	if n.Type == tree.TypeSymlink {
@@ -56,16 +78,26 @@ func LstatSince(dirfd int, name string, prev *tree.Node) (tree.Node, error) {
 	}
 	if n.Type == tree.TypeFile || n.Type == tree.TypeDir {
 		// One descriptor serves the flags and the xattrs (far cheaper than
-		// resolving /proc/self/fd paths once per attribute).
-		fd, err := openForFlags(dirfd, name)
+		// resolving /proc/self/fd paths once per attribute), and with
+		// keep the content of a regular file.
+		keep = keep && n.Type == tree.TypeFile
+		open := openForFlags
+		if keep {
+			open = OpenForRead
+		}
+		fd, err := open(dirfd, name)
 		switch {
 		case err == nil:
-			n.Flags, n.Xattrs, err = fromFd(fd, name, &stx)
-			unix.Close(fd)
+			op := &Opened{FD: fd}
+			n.Flags, n.Xattrs, err = fromFd(fd, name, &stx, &op.Stat)
 			if err != nil {
 				errs = append(errs, err)
 			}
-			return n, errors.Join(errs...)
+			if !keep || err != nil {
+				unix.Close(fd)
+				op = nil
+			}
+			return n, op, errors.Join(errs...)
 		case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
 			n.Flags = statxFlags(&stx) // not ours to open: what statx says
 		default:
@@ -77,7 +109,21 @@ func LstatSince(dirfd int, name string, prev *tree.Node) (tree.Node, error) {
 		errs = append(errs, err)
 	}
 	n.Xattrs = xs
-	return n, errors.Join(errs...)
+	return n, nil, errors.Join(errs...)
+}
+
+// OpenForRead opens a regular file for reading its content: not following
+// a final symlink, not blocking on a FIFO put in its place, without
+// becoming a terminal's controlling process, with O_NOATIME when this
+// process may ask for it (the owner or root), so reading does not change
+// the atime just recorded.
+func OpenForRead(dirfd int, name string) (int, error) {
+	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY
+	fd, err := unix.Openat(dirfd, name, flags|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		fd, err = unix.Openat(dirfd, name, flags, 0)
+	}
+	return fd, err
 }
 
 // FromStatx fills the fields of a node that come from statx alone.
@@ -160,10 +206,10 @@ func Xattrs(dirfd int, name string) ([]tree.Xattr, error) {
 }
 
 // fromFd reads the inode flags and xattrs of an open regular file or
-// directory, after checking it is still the object stx describes.
-func fromFd(fd int, name string, stx *unix.Statx_t) (uint32, []tree.Xattr, error) {
-	var now unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_INO|unix.STATX_TYPE, &now); err != nil {
+// directory, after checking it is still the object stx describes; now
+// receives the object's stat through the descriptor.
+func fromFd(fd int, name string, stx, now *unix.Statx_t) (uint32, []tree.Xattr, error) {
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BASIC_STATS, now); err != nil {
 		return 0, nil, pathErr("stat", name, err)
 	}
 	if now.Ino != stx.Ino || now.Mode&unix.S_IFMT != stx.Mode&unix.S_IFMT {
