@@ -372,7 +372,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				if pv.Keep {
 					fmt.Fprintf(stdout, "  keep   %s@%d %s%s: %s\n", pc.Config, pv.Seq, pv.Time.Local().Format(time.DateTime), state, strings.Join(pv.Reasons, ", "))
 				} else {
-					fmt.Fprintf(stdout, "  remove %s@%d %s%s\n", pc.Config, pv.Seq, pv.Time.Local().Format(time.DateTime), state)
+					fmt.Fprintf(stdout, "  remove %s@%d %s%s: no rule keeps it\n", pc.Config, pv.Seq, pv.Time.Local().Format(time.DateTime), state)
 				}
 			}
 			for _, j := range pc.Journal {
