@@ -80,6 +80,10 @@ type Record struct {
 	Error    string          `json:"error,omitempty"`
 }
 
+// maxKept bounds the finished jobs a runner keeps in memory (Done, Get
+// without reading the history); older ones are read from the history.
+const maxKept = 256
+
 // Limits of a record, so the history stays small.
 const (
 	MaxResult = 1 << 20
@@ -297,6 +301,13 @@ func (r *Runner) run(ctx context.Context, j *job, fn Func) {
 	r.mu.Lock()
 	j.rec = rec
 	delete(r.running, rec.Kind)
+	if len(r.byID) > maxKept { // finished jobs are in the history too
+		for id, o := range r.byID {
+			if o != j && o.rec.State != Running {
+				delete(r.byID, id)
+			}
+		}
+	}
 	r.mu.Unlock()
 	j.cancel()
 	r.m.finished(rec)
@@ -317,15 +328,17 @@ func (r *Runner) Cancel(id string) (Record, error) {
 	return r.snapshot(j).Record, nil
 }
 
-// Done returns a channel closed when the job ends (nil for a job not run
-// by this runner).
+// Done returns a channel closed when the job ends; for a job this runner
+// is not running (ended long ago, or unknown), one already closed.
 func (r *Runner) Done(id string) <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if j := r.byID[id]; j != nil {
 		return j.done
 	}
-	return nil
+	c := make(chan struct{})
+	close(c)
+	return c
 }
 
 func (r *Runner) snapshot(j *job) View {

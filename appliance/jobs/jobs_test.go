@@ -186,3 +186,36 @@ func TestPanickingJobFails(t *testing.T) {
 		t.Fatalf("%+v", v)
 	}
 }
+
+// TestFinishedJobsLeaveMemory: a runner keeps a bounded number of finished
+// jobs in memory; older ones are still found in the history, and Done on
+// them does not block.
+func TestFinishedJobsLeaveMemory(t *testing.T) {
+	h := &memHistory{}
+	clk := clock.NewFake(t0)
+	r := New(clk, h, nil, nil)
+	defer r.Close()
+	r.Register(KindPrune, func(context.Context, *Progress) (any, error) { return nil, nil })
+	var first string
+	for i := 0; i < maxKept+10; i++ {
+		rec, err := r.Start(KindPrune, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = rec.ID
+		}
+		<-r.Done(rec.ID)
+		clk.Advance(time.Second)
+	}
+	r.mu.Lock()
+	n := len(r.byID)
+	r.mu.Unlock()
+	if n > maxKept+1 {
+		t.Fatalf("%d jobs in memory, want at most %d", n, maxKept+1)
+	}
+	<-r.Done(first) // must not block
+	if v, err := r.Get(first); err != nil || v.State != Done {
+		t.Fatalf("the first job from the history: %+v, %v", v, err)
+	}
+}
