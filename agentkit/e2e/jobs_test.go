@@ -39,7 +39,10 @@ func TestVerifyJobSurvivesSIGKILL(t *testing.T) {
 	id := f[1]
 	// Wait until it is past its first pack and not done, then kill.
 	var items string
-	for {
+	for polls := 0; ; polls++ {
+		if polls == 100000 {
+			t.Fatalf("verify job %s never got past its first pack", id)
+		}
 		show := e.v.mustCtl("job", "show", id)
 		state, progress := jobField(t, show, "state"), jobField(t, show, "progress")
 		if state != "running" {
