@@ -30,7 +30,7 @@ func acquireAsync(p *slotPool, company, computer string) chan error {
 
 func waitQueued(t *testing.T, p *slotPool, n int) {
 	t.Helper()
-	for i := 0; i < 1000; i++ {
+	for i := 0; i < 30000; i++ { // 30 s: a bound on a hang, not a speed
 		p.mu.Lock()
 		q := len(p.queue)
 		p.mu.Unlock()
@@ -157,7 +157,7 @@ func guardServer(t *testing.T, lim Limits, h http.Handler) *httptest.Server {
 // ReadIdle, over HTTP/2, without hurting another request on the same
 // connection; a body that keeps bringing ProgressBytes is not.
 func TestReadDeadlineHTTP2(t *testing.T) {
-	lim := Limits{ReadIdle: 300 * time.Millisecond, ProgressBytes: 1024}
+	lim := Limits{ReadIdle: time.Second, ProgressBytes: 1024}
 	srv := guardServer(t, lim, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, err := io.Copy(io.Discard, r.Body)
 		if err != nil {
@@ -192,11 +192,11 @@ func TestReadDeadlineHTTP2(t *testing.T) {
 		t.Fatalf("stalled body: %d %q, want it cut off by its read deadline", resp.StatusCode, b)
 	}
 
-	// A body that trickles 1 KiB at a time, faster than ReadIdle, for
-	// longer than ReadIdle in all, is read whole.
+	// A body that trickles 1 KiB at a time, ten times as often as
+	// ReadIdle, for three times ReadIdle in all, is read whole.
 	pr2, pw2 := io.Pipe()
 	go func() { // owner: ends after its last write
-		for i := 0; i < 8; i++ {
+		for i := 0; i < 30; i++ {
 			pw2.Write(make([]byte, 1024))
 			time.Sleep(100 * time.Millisecond)
 		}
