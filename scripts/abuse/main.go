@@ -135,7 +135,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return "MISSED"
 	}
-	fmt.Fprintf(stdout, "%-34s %10s\n", "", "")
 	fmt.Fprintf(stdout, "%-34s %9.1fs  (vaultd peak RSS %.0f MB)\n", "victim's backup alone", res.AloneSeconds, float64(res.AlonePeakRSS)/1e6)
 	fmt.Fprintf(stdout, "%-34s %9.1fs  (vaultd peak RSS %.0f MB)\n", "victim's backup under attack", res.AttackedSeconds, float64(res.AttackedPeakRSS)/1e6)
 	fmt.Fprintf(stdout, "target: victim within %.1fx of alone: %.2fx  %s\n", ratioTarget, res.Ratio, status(res.RatioOK))
