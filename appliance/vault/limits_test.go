@@ -2,6 +2,13 @@ package vault
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -321,4 +328,75 @@ func TestUnauthConnCap(t *testing.T) {
 	}
 	defer c.Close()
 	(<-accepted).Close()
+}
+
+// TestConnsPerCertificate: through the real listener and TLS setup of
+// Serve, a computer's connections beyond ConnsPerComputer fail their
+// handshake, while another computer still connects.
+func TestConnsPerCertificate(t *testing.T) {
+	v, err := Open(Options{Dir: t.TempDir(), Listen: "127.0.0.1:0", Limits: Limits{ConnsPerComputer: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- v.Serve(ctx, func(a string) { addrc <- a }) }() // owner: this test (cancel, then <-done)
+	defer func() { cancel(); <-done }()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	certFor := func(id string) tls.Certificate {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id}}, key)
+		certPEM, _, err := v.CA.SignComputer(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), id, "acme", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, _ := x509.MarshalPKCS8PrivateKey(key)
+		c, err := tls.X509KeyPair(certPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// dial connects with cert and reports whether the vault kept the
+	// connection: over HTTP/2 it sends its SETTINGS at once; a refused
+	// certificate gets an alert instead.
+	dial := func(cert tls.Certificate) (*tls.Conn, error) {
+		c, err := tls.Dial("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: v.CA.Pool(),
+			ServerName: wire.ServerName, NextProtos: []string{"h2"}})
+		if err != nil {
+			return nil, err
+		}
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	pc1, pc2 := certFor("pc-1"), certFor("pc-2")
+	for i := 0; i < 2; i++ {
+		c, err := dial(pc1)
+		if err != nil {
+			t.Fatalf("connection %d of pc-1: %v", i+1, err)
+		}
+		defer c.Close()
+	}
+	if c, err := dial(pc1); err == nil {
+		c.Close()
+		t.Fatal("a third connection with pc-1's certificate was accepted (cap 2)")
+	} else if os.IsTimeout(err) {
+		t.Fatalf("third connection: %v, want refused", err)
+	}
+	c, err := dial(pc2)
+	if err != nil {
+		t.Fatalf("another computer: %v", err)
+	}
+	c.Close()
 }
