@@ -9,6 +9,7 @@ VAR=$PWD/var
 DATA=$VAR/vault
 STATE=$VAR/agent
 ADDR=${VAULT_ADDR:-127.0.0.1:7443}
+PORTAL=${VAULT_PORTAL:-127.0.0.1:8443}
 DIR=${1:-}
 mkdir -p "$VAR"
 # var/ may hold copies of Go sources (the sample tree): keep it out of ./...
@@ -28,13 +29,20 @@ if [ -z "$DIR" ]; then
 fi
 DIR=$(cd "$DIR" && pwd)
 
-"$BIN/vaultd" -data "$DATA" -listen "$ADDR" >"$VAR/vaultd.log" 2>&1 &
+# vaultd's stdout (the portal's address and, on the first start, the first
+# operator's one-time password) goes to a private file that is emptied once
+# read: the password is shown here once and kept nowhere but as a hash.
+OUT=$VAR/vaultd.out
+(umask 077; : >"$OUT")
+"$BIN/vaultd" -data "$DATA" -listen "$ADDR" -portal "$PORTAL" >>"$OUT" 2>"$VAR/vaultd.log" &
 VPID=$!
-stop() { kill "$VPID" 2>/dev/null; wait "$VPID" 2>/dev/null || true; }
+stop() { kill "$VPID" 2>/dev/null; wait "$VPID" 2>/dev/null || true; : >"$OUT"; }
 trap stop EXIT
-for _ in $(seq 1 100); do [ -S "$DATA/admin.sock" ] && break; sleep 0.1; done
-[ -S "$DATA/admin.sock" ] || { echo "vaultd did not start; see $VAR/vaultd.log"; cat "$VAR/vaultd.log"; exit 1; }
+for _ in $(seq 1 100); do grep -q "serving agents on" "$OUT" && break; sleep 0.1; done
+grep -q "serving agents on" "$OUT" || { echo "vaultd did not start; see $VAR/vaultd.log"; cat "$VAR/vaultd.log"; exit 1; }
 echo "vault running on $ADDR (data in $DATA, log in $VAR/vaultd.log)"
+grep -E "portal on|one-time password" "$OUT" | sed 's/^vaultd: /  /' || true
+: >"$OUT"
 
 if [ ! -f "$STATE/identity.json" ]; then
   "$BIN/vaultctl" -data "$DATA" company list | grep -qx demo || "$BIN/vaultctl" -data "$DATA" company create demo
@@ -56,6 +64,10 @@ Stored. To look and restore while the vault runs:
   bin/vault-agent -state $STATE restore sample@latest -to /tmp/restored
   bin/vault-agent -state $STATE restore sample@latest:$DIR/docs -to /tmp/restored --dry-run
   bin/vault-agent -state $STATE backup sample        # again: only changes are sent
+
+The portal: https://$PORTAL/ (the vault's own certificate: your browser asks you to accept it).
+Sign in as admin with the one-time password above (shown on the first start only; reset it with
+  bin/vaultctl -data $DATA user passwd admin).
 EOT
 if [ -t 0 ]; then
   echo

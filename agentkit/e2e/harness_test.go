@@ -101,15 +101,25 @@ type vaultProc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  *os.File
+	// portal is vaultd's -portal; banner is what vaultd printed up to serving (the portal's
+	// address, a first operator's one-time password).
+	portal string
+	banner []string
 }
 
 func startVault(t testing.TB, dir string) *vaultProc {
+	t.Helper()
+	return startVaultPortal(t, dir, "off")
+}
+
+// startVaultPortal starts a vault serving the portal on portal ("off": none).
+func startVaultPortal(t testing.TB, dir, portal string) *vaultProc {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(filepath.Dir(dir), filepath.Base(dir)+"-vaultd.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := &vaultProc{t: t, dir: dir, addr: freeAddr(t), log: logf}
+	v := &vaultProc{t: t, dir: dir, addr: freeAddr(t), log: logf, portal: portal}
 	v.start()
 	t.Cleanup(func() {
 		v.kill()
@@ -131,7 +141,7 @@ func startVault(t testing.TB, dir string) *vaultProc {
 // start runs vaultd and waits until it serves.
 func (v *vaultProc) start() {
 	v.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "vaultd"), "-data", v.dir, "-listen", v.addr)
+	cmd := exec.Command(filepath.Join(binDir, "vaultd"), "-data", v.dir, "-listen", v.addr, "-portal", v.portal)
 	cmd.Stderr = v.log
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -140,13 +150,15 @@ func (v *vaultProc) start() {
 	if err := cmd.Start(); err != nil {
 		v.t.Fatal(err)
 	}
-	ready := make(chan string, 1)
+	ready := make(chan []string, 1)
 	go func() { // ends when vaultd closes stdout (exits)
 		sc := bufio.NewScanner(out)
+		var banner []string
 		for sc.Scan() {
+			banner = append(banner, sc.Text())
 			if strings.Contains(sc.Text(), "serving agents on") {
 				select {
-				case ready <- sc.Text():
+				case ready <- banner:
 				default:
 				}
 			}
@@ -156,7 +168,7 @@ func (v *vaultProc) start() {
 	go func() { cmd.Wait(); close(done) }() // owner: the process's life
 	v.cmd, v.done = cmd, done
 	select {
-	case <-ready:
+	case v.banner = <-ready:
 	case <-done:
 		b, _ := os.ReadFile(v.log.Name())
 		v.t.Fatalf("vaultd exited before serving:\n%s", b)

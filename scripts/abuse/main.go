@@ -236,7 +236,7 @@ func startVault(ctx context.Context, bin, dir string) (*vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(filepath.Join(bin, "vaultd"), "-data", dir, "-listen", addr)
+	cmd := exec.Command(filepath.Join(bin, "vaultd"), "-data", dir, "-listen", addr, "-portal", "off")
 	cmd.Stderr = logf
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -67,7 +67,7 @@ func (t *vaultnode) Setup(ctx context.Context) error {
 		return fmt.Errorf("set up vaultnode: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(t.prog("vaultd"), "-data", t.StoreDir(), "-listen", listen)
+	cmd := exec.Command(t.prog("vaultd"), "-data", t.StoreDir(), "-listen", listen, "-portal", "off")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

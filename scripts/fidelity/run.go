@@ -395,7 +395,7 @@ func startVaultd(ctx context.Context, bin, dir string) (*vaultd, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(filepath.Join(bin, "vaultd"), "-data", dir, "-listen", addr)
+	cmd := exec.Command(filepath.Join(bin, "vaultd"), "-data", dir, "-listen", addr, "-portal", "off")
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	outp, err := cmd.StdoutPipe()

@@ -148,7 +148,7 @@ func start(ctx context.Context, bin, dir string, n int, stderr io.Writer) (*setu
 	}
 	data := filepath.Join(dir, "vault")
 	addr := "127.0.0.1:17991"
-	s.vault = exec.Command(filepath.Join(bin, "vaultd"), "-data", data, "-listen", addr, "-log-level", "warn")
+	s.vault = exec.Command(filepath.Join(bin, "vaultd"), "-data", data, "-listen", addr, "-portal", "off", "-log-level", "warn")
 	s.vault.Stderr = stderr
 	if err := s.vault.Start(); err != nil {
 		return nil, err

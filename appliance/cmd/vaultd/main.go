@@ -97,18 +97,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer v.Close()
-	// The first operator: made on the first start, its password printed
-	// once here and stored only as a hash.
-	name, pw, err := v.FirstOperator()
-	if err != nil {
-		return err
-	}
 	return v.Serve(ctx, func(addr string) {
 		if pa := v.PortalAddr(); pa != "" {
 			fmt.Fprintf(stdout, "vaultd: portal on https://%s/\n", pa)
 		}
+		// The first operator: made once every listener is open (so its
+		// password is never lost to a failed start), printed once here and
+		// stored only as a hash.
+		name, pw, err := v.FirstOperator()
+		if err != nil {
+			fmt.Fprintf(stderr, "vaultd: %v; add an operator with `vaultctl user add NAME -operator`\n", err)
+		}
 		if pw != "" {
-			fmt.Fprintf(stdout, "vaultd: first operator %q, one-time password %s (shown once: sign in and change it, or reset it with `vaultctl user passwd %s`)\n", name, pw, name)
+			fmt.Fprintf(stdout, "vaultd: first operator %q, one-time password %s (shown once; choose your own with `vaultctl user passwd %s -password-stdin`)\n", name, pw, name)
 		}
 		fmt.Fprintf(stdout, "vaultd: serving agents on %s, data in %s\n", addr, *data)
 	})

@@ -9,7 +9,7 @@
   const heads = Array.from(table.tHead.rows[0].cells);
   const operator = heads.length > 0 && heads[0].dataset.key === "company";
   let rows = null; // the last /api/v1/status answer; null: the server's rendering
-  let sortKey = "computer_name", sortDir = 1;
+  let sortKey = null, sortDir = 1; // null: the server's order until a column is chosen
 
   function fmtTime(s) {
     if (!s) return null;
@@ -36,7 +36,8 @@
   function render() {
     const body = table.tBodies[0];
     if (rows) {
-      const sorted = rows.slice().sort(function (a, b) {
+      const sorted = rows.slice();
+      if (sortKey) sorted.sort(function (a, b) {
         const x = a[sortKey] ?? "", y = b[sortKey] ?? "";
         return (x < y ? -1 : x > y ? 1 : 0) * sortDir;
       });
