@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -314,6 +315,18 @@ func (a *Appender) commit() error {
 	}
 	off := a.off
 	now := s.opts.Clock.Now().Unix()
+	// The entries go into the index in key order. bbolt splits a leaf only
+	// when the transaction commits: random keys inserted into a leaf that
+	// grows within the transaction shift its whole tail each time, which
+	// was 57 % of the vault's CPU on an initial backup of 50,000 small
+	// files (memmove in bbolt's node.put). In order, each insert shifts
+	// only the keys the leaf held before. Stable: of two entries for one
+	// chunk the first still wins (putChunk keeps the first).
+	order := make([]int, len(a.ids))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(x, y int) bool { return bytes.Compare(a.ids[order[x]][:], a.ids[order[y]][:]) < 0 })
 	// Batch coalesces the index commits of concurrent uploads into one
 	// transaction (one fsync for many requests); the function is idempotent
 	// as Batch may run it again.
@@ -322,7 +335,8 @@ func (a *Appender) commit() error {
 		if err != nil {
 			return err
 		}
-		for i, id := range a.ids {
+		for _, i := range order {
+			id := a.ids[i]
 			if a.move {
 				if v := cb.Get(id[:]); v != nil && bytes.Equal(v, a.from[i].marshal()) {
 					if err := cb.Put(id[:], a.locs[i].marshal()); err != nil {
