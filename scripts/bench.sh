@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark vaultnode against restic on a generated corpus (issue 2, "Benchmark").
 #   make bench                          # every shape at full size (hours on a small machine)
-#   make bench BENCH_FLAGS="-scale 0.01" AGENTS_FLAGS="-scale 0.005" RPO_FLAGS="-idle-files 10000" ABUSE_FLAGS="-scale 0.1"
+#   make bench BENCH_FLAGS="-scale 0.01" AGENTS_FLAGS="-scale 0.005" RPO_FLAGS="-idle-files 10000" ABUSE_FLAGS="-scale 0.1" GC_FLAGS="-scale 0.01"
 #                                       # every part at a small scale, to try it quickly
 #   make bench BENCH_SHAPES="small-files" BENCH_FLAGS="-files 100000"
 #   make bench-scale SCALE_FILES=1000000 # the scale run (10 million files by default)
@@ -27,6 +27,7 @@ go build -o out/bench/bench ./scripts/bench
 go build -o out/bench/fidelity ./scripts/fidelity
 go build -o out/bench/rpo ./scripts/rpo
 go build -o out/bench/abuse ./scripts/abuse
+go build -o out/bench/gcbench ./scripts/gcbench
 
 if [ "${1:-}" = "scale" ]; then
 	# make bench-scale: SCALE_FILES small files (10 million by default), the
@@ -79,3 +80,7 @@ echo
 echo "== abuse: one company attacks while another backs up (ABUSE_FLAGS, e.g. -scale 0.1; targets: vaultd under 256 MB, victim within 1.5x)"
 # shellcheck disable=SC2086
 out/bench/abuse -bin bin -out out/bench/abuse.json ${ABUSE_FLAGS:-}
+echo
+echo "== garbage collection (GC_FLAGS, e.g. -scale 0.01): 30 mutated versions pruned to 5 and collected; targets: store/live <= 1.1, a backup during a collection within 1.3x"
+# shellcheck disable=SC2086
+out/bench/gcbench -bin bin -work out/gcbench -out out/bench/gc.json ${GC_FLAGS:-}

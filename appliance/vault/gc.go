@@ -59,7 +59,9 @@ type CollectResult struct {
 	PacksRewritten int           `json:"packs_rewritten"` // packs copied and removed
 	PacksRemoved   int           `json:"packs_removed"`   // packs removed with nothing live
 	MovedBytes     int64         `json:"moved_bytes"`
-	Reclaimed      int64         `json:"reclaimed"` // pack bytes given back
+	Reclaimed      int64         `json:"reclaimed"`   // pack bytes given back
+	StoreBytes     int64         `json:"store_bytes"` // committed bytes of every pack, after
+	LiveBytes      int64         `json:"live_bytes"`  // bytes of entries the index names, after
 	Skipped        []string      `json:"skipped,omitempty"`
 	Took           time.Duration `json:"took"`
 }
@@ -183,6 +185,14 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 	live = nil
 	if err := v.repack(ctx, &res, p); err != nil {
 		return res, err
+	}
+	use, err := v.Store.PackUsage(ctx)
+	if err != nil {
+		return res, err
+	}
+	for _, u := range use {
+		res.StoreBytes += u.Committed
+		res.LiveBytes += u.Live
 	}
 	res.Took = v.clk.Now().Sub(start)
 	v.log.Info("garbage collection done", zap.Int64("swept", res.Swept), zap.Int64("protected", res.Protected),

@@ -293,8 +293,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, s := range res.Skipped {
 			fmt.Fprintln(stdout, "SKIPPED", s)
 		}
-		fmt.Fprintf(stdout, "collected in %s: %d of %d chunks swept (%d bytes), %d kept for open sessions; %d packs rewritten, %d removed; %d bytes reclaimed\n",
-			res.Took.Round(time.Millisecond), res.Swept, res.Chunks, res.SweptBytes, res.Protected, res.PacksRewritten, res.PacksRemoved, res.Reclaimed)
+		fmt.Fprintf(stdout, "collected in %s: %d of %d chunks swept (%d bytes), %d kept for open sessions; %d packs rewritten, %d removed; %d bytes reclaimed; packs now hold %d bytes, %d of them live\n",
+			res.Took.Round(time.Millisecond), res.Swept, res.Chunks, res.SweptBytes, res.Protected, res.PacksRewritten, res.PacksRemoved, res.Reclaimed, res.StoreBytes, res.LiveBytes)
 	case a[0] == "verify" && len(a) == 1:
 		var start vault.StartJobResponse
 		if err := c.do(ctx, "POST", vault.AdminVerify, struct{}{}, &start); err != nil {
