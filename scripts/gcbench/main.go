@@ -73,6 +73,14 @@ func run() error {
 	}
 	*bin = abs
 	os.RemoveAll(*work)
+	// The corpus holds Go-like sources: a go.mod of its own keeps them out
+	// of the repository's ./... .
+	if err := os.MkdirAll(*work, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(*work, "go.mod"), []byte("module scratch/gcbench\n"), 0o644); err != nil {
+		return err
+	}
 	src, data, state := filepath.Join(*work, "src"), filepath.Join(*work, "vault"), filepath.Join(*work, "agent")
 	res := results{Scale: *scale, Shape: *shape, Versions: *versions, Kept: *keep}
 	fmt.Printf("generating the corpus (shape %s, scale %g)\n", *shape, *scale)
