@@ -28,6 +28,10 @@ import (
 
 var bucketDoomed = []byte("doomed") // pack number -> empty: removal decided, file maybe still there
 
+// testHookDoomed, set by tests, runs between a pack's doomed record and
+// its file's removal; an error stops there, as a crash would.
+var testHookDoomed func(n uint32) error
+
 // ErrPackBusy is a pack open for appending: it is left for a later
 // collection.
 var ErrPackBusy = errors.New("pack is open for appending")
@@ -331,6 +335,11 @@ func (s *Store) removePack(ctx context.Context, n uint32, company string, ids []
 	}
 	s.addUsage(company, -committed)
 	s.evict(n)
+	if testHookDoomed != nil {
+		if err := testHookDoomed(n); err != nil {
+			return 0, err
+		}
+	}
 	if err := s.finishRemoval(ctx, n); err != nil {
 		return 0, err
 	}
