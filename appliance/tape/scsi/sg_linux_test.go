@@ -1,0 +1,74 @@
+//go:build linux
+
+package scsi
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestSgIoHdrLayout(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("layout checked for 64-bit only")
+	}
+	var h sgIoHdr
+	// Offsets from include/scsi/sg.h on x86_64/arm64.
+	for name, got := range map[string]uintptr{
+		"size": unsafe.Sizeof(h), "dxfer_len": unsafe.Offsetof(h.DxferLen), "dxferp": unsafe.Offsetof(h.Dxferp),
+		"cmdp": unsafe.Offsetof(h.Cmdp), "sbp": unsafe.Offsetof(h.Sbp), "timeout": unsafe.Offsetof(h.Timeout),
+		"usr_ptr": unsafe.Offsetof(h.UsrPtr), "status": unsafe.Offsetof(h.Status), "resid": unsafe.Offsetof(h.Resid),
+		"info": unsafe.Offsetof(h.Info),
+	} {
+		want := map[string]uintptr{"size": 88, "dxfer_len": 12, "dxferp": 16, "cmdp": 24, "sbp": 32, "timeout": 40,
+			"usr_ptr": 56, "status": 64, "resid": 72, "info": 80}[name]
+		if got != want {
+			t.Errorf("%s at %d, want %d", name, got, want)
+		}
+	}
+}
+
+func TestBuildHdr(t *testing.T) {
+	c, _ := Read6(make([]byte, 4096), true)
+	h, sense, err := buildHdr(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.InterfaceID != 'S' || h.DxferDirection != sgDxferFromDev || h.DxferLen != 4096 || h.CmdLen != 6 ||
+		h.MxSbLen != MaxSense || len(sense) != MaxSense || h.Timeout != uint32(TimeoutIO.Milliseconds()) {
+		t.Errorf("header %+v", h)
+	}
+	h.Status, h.SbLenWr, h.Resid = StatusCheckCondition, 18, 3096
+	r, err := hdrResponse(c, h, sense, "x")
+	if err != nil || r.Transferred != 1000 || len(r.Sense) != 18 {
+		t.Errorf("response %+v, %v", r, err)
+	}
+	h.Resid = -5 // a hostile driver value stays inside the buffer
+	if r, _ := hdrResponse(c, h, sense, "x"); r.Transferred != 4096 {
+		t.Errorf("negative resid gave %d", r.Transferred)
+	}
+	h.HostStatus = 0x07
+	if _, err := hdrResponse(c, h, sense, "x"); !errors.Is(err, ErrTransport) {
+		t.Errorf("host status: %v", err)
+	}
+	if _, _, err := buildHdr(Command{}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("empty CDB: %v", err)
+	}
+}
+
+// The real ioctl on a node that is not SCSI generic fails with ENOTTY:
+// the error names the command and the device and wraps ErrTransport.
+func TestExecNotSG(t *testing.T) {
+	d, err := Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	_, err = d.Exec(context.Background(), Inquiry(96))
+	if !errors.Is(err, ErrTransport) || !errors.Is(err, unix.ENOTTY) {
+		t.Fatalf("err = %v", err)
+	}
+}
