@@ -106,6 +106,9 @@ var routeCaps = map[string]Capability{
 	"GET /static/{file}":                          CapPublic,
 	"POST /logout":                                CapView,
 	"GET /computers":                              CapView,
+	"GET /account":                                CapView,
+	"POST /account":                               CapView, // and the current password
+	"POST " + PortalAPI + "password":              CapView, // and the current password
 	"POST " + PortalAPI + "login":                 CapPublic,
 	"POST " + PortalAPI + "logout":                CapView,
 	"GET " + PortalAPI + "me":                     CapView,

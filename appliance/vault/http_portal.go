@@ -209,9 +209,34 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 		if err != nil {
 			return err
 		}
-		return render(w, "computers.html", map[string]any{"Title": "All Computers", "P": p, "Rows": rows,
+		u, err := v.Catalog.User(p.user)
+		if err != nil {
+			return catalogErr(err)
+		}
+		return render(w, "computers.html", map[string]any{"Title": "All Computers", "P": p, "Rows": rows, "MustChange": u.MustChange,
 			"CSRF": csrfToken(sessionOf(r).id), "States": []string{StateTesting, StateInitial, StateProtected, StateBehind, StateError, StateOffline},
 			"Operator": p.Kind == Operator})
+	})
+
+	account := func(w http.ResponseWriter, r *http.Request, p *Principal, status int, msg, done string) error {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(status)
+		return portalTemplates.ExecuteTemplate(w, "account.html", map[string]any{"Title": "Your account", "P": p,
+			"CSRF": csrfToken(sessionOf(r).id), "Error": msg, "Done": done})
+	}
+	rt.handle("GET /account", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		return account(w, r, p, http.StatusOK, "", "")
+	})
+	rt.handle("POST /account", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		err := v.ChangeOwnPassword(r.Context(), p, sessionOf(r).id, r.PostFormValue("current"), r.PostFormValue("new"))
+		var ae *apiError
+		if errors.As(err, &ae) {
+			return account(w, r, p, ae.status, ae.msg, "")
+		}
+		if err != nil {
+			return err
+		}
+		return account(w, r, p, http.StatusOK, "", "Password changed; your other sessions are signed out.")
 	})
 
 	// The JSON API.
@@ -257,6 +282,20 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 			return err
 		}
 		writeJSON(w, st)
+		return nil
+	})
+	rt.handle("POST "+PortalAPI+"password", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req struct {
+			Current string `json:"current"`
+			New     string `json:"new"`
+		}
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		if err := v.ChangeOwnPassword(r.Context(), p, sessionOf(r).id, req.Current, req.New); err != nil {
+			return err
+		}
+		writeJSON(w, map[string]bool{"changed": true})
 		return nil
 	})
 	v.userRoutes(rt, PortalAPI+"users")

@@ -592,3 +592,53 @@ func (v *Vault) Logout(ctx context.Context, p *Principal, id string, everywhere 
 	}
 	return v.Catalog.DeleteSession(sessionHash(id))
 }
+
+// ChangeOwnPassword sets the signed-in user's password after checking the
+// current one, and ends the user's other sessions (keep is the session that
+// asked; "" ends every one).
+func (v *Vault) ChangeOwnPassword(ctx context.Context, p *Principal, keep, current, next string) error {
+	if p.user == "" {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%s is not a portal user: use vaultctl user passwd", p)
+	}
+	u, err := v.Catalog.User(p.user)
+	if err != nil {
+		return catalogErr(err)
+	}
+	ok, err := checkPassword(u.Password, current)
+	if err != nil {
+		return fmt.Errorf("check password of %s: %w", u.Name, err)
+	}
+	if !ok {
+		if err := v.Catalog.LoginFailed(u.Name, v.clk.Now(), MaxLoginFailures, Lockout); err != nil {
+			return err
+		}
+		return fail(http.StatusUnauthorized, CodeBadCredentials, "the current password is wrong")
+	}
+	if err := validPassword(next); err != nil {
+		return err
+	}
+	if next == current {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "the new password is the current one: choose another")
+	}
+	if u.Password, err = HashPassword(next); err != nil {
+		return err
+	}
+	u.MustChange = false
+	if err := v.Catalog.PutUser(u, false, false); err != nil {
+		return catalogErr(err)
+	}
+	// Sign out everywhere, then put back the session that asked.
+	var s catalog.Session
+	if keep != "" {
+		if s, err = v.Catalog.Session(sessionHash(keep)); err != nil {
+			return err
+		}
+	}
+	if err := v.Catalog.DeleteSessionsOf(u.Name); err != nil {
+		return err
+	}
+	if keep != "" {
+		return v.Catalog.PutSession(sessionHash(keep), s)
+	}
+	return nil
+}

@@ -335,7 +335,8 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 	}
 	// Every portal route that needs a capability is in this test or in
 	// the session tests below.
-	inSessionTests := []string{"POST /logout", "POST /api/v1/logout", "POST /api/v1/login", "DELETE /api/v1/users/{name}"}
+	inSessionTests := []string{"POST /logout", "POST /api/v1/logout", "POST /api/v1/login", "DELETE /api/v1/users/{name}",
+		"GET /account", "POST /account", "POST /api/v1/password"}
 	for _, p := range pv.portalRoutes(pv.authenticatePortal).patterns {
 		if routeCaps[p] == CapPublic || covered[p] || slices.Contains(inSessionTests, p) {
 			continue
@@ -528,6 +529,61 @@ func TestPortalSessions(t *testing.T) {
 		}
 		if st, code, _ := b.do("POST", PortalAPI+"login", LoginRequest{User: "tom", Password: "password-of-tom", TOTP: good}); st != 200 {
 			t.Fatalf("right code: %d %s", st, code)
+		}
+	})
+
+	t.Run("own password", func(t *testing.T) {
+		pv.clk.Advance(LoginWindow)
+		if _, err := pv.AddUser(t.Context(), operator, UserRequest{Name: "pat", Company: "acme"}); err != nil {
+			t.Fatal(err)
+		}
+		pv.SetUserPassword(t.Context(), operator, "pat", PasswordRequest{Password: "first password"})
+		u, _ := pv.Catalog.User("pat")
+		u.MustChange = true
+		pv.Catalog.PutUser(u, false, false)
+		b, other := pv.browser(t), pv.browser(t)
+		b.login("pat", "first password")
+		other.login("pat", "first password")
+		_, _, page := b.do("GET", "/computers", nil)
+		if !bytes.Contains(page, []byte(`id="must-change"`)) {
+			t.Error("All Computers does not ask a one-time password's user to choose their own")
+		}
+		if st, code, _ := b.do("POST", PortalAPI+"password", map[string]string{"current": "wrong", "new": "second password"}); st != 401 || code != CodeBadCredentials {
+			t.Errorf("wrong current password: %d %s", st, code)
+		}
+		if st, _, _ := b.do("POST", PortalAPI+"password", map[string]string{"current": "first password", "new": "short"}); st != 400 {
+			t.Errorf("a short new password: %d, want 400", st)
+		}
+		csrf := b.csrf
+		b.csrf = ""
+		if st, code, _ := b.do("POST", PortalAPI+"password", map[string]string{"current": "first password", "new": "second password"}); st != 403 || code != CodeCSRF {
+			t.Errorf("password change without the CSRF token: %d %s", st, code)
+		}
+		b.csrf = csrf
+		if st, code, body := b.do("POST", PortalAPI+"password", map[string]string{"current": "first password", "new": "second password"}); st != 200 {
+			t.Fatalf("change: %d %s %s", st, code, body)
+		}
+		if st, _, _ := b.do("GET", PortalAPI+"me", nil); st != 200 {
+			t.Error("the session that changed the password was signed out")
+		}
+		if st, _, _ := other.do("GET", PortalAPI+"me", nil); st != 401 {
+			t.Error("another session survived the password change")
+		}
+		if u, _ := pv.Catalog.User("pat"); u.MustChange {
+			t.Error("still marked one-time after the change")
+		}
+		if st, _ := pv.browser(t).login("pat", "second password"); st != 200 {
+			t.Error("cannot sign in with the new password")
+		}
+		// The form.
+		res, err := b.c.PostForm(pv.base+"/account", url.Values{"csrf_token": {b.csrf}, "current": {"second password"}, "new": {"third password"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ = io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || !bytes.Contains(page, []byte(`id="account-done"`)) {
+			t.Errorf("account form: %d %s", res.StatusCode, page)
 		}
 	})
 
