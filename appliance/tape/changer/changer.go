@@ -62,9 +62,9 @@ type Element struct {
 	Source      uint16
 	// Serial is a drive's serial number (DVCID), matched to the /dev/sg*
 	// whose INQUIRY VPD 80h says the same, never by device order.
-	Serial    string
-	Exception bool
-	ASC, ASCQ byte
+	Serial     string
+	Exception  bool
+	ASC, ASCQ  byte
 	Accessible bool
 	// Inserted: an import/export element holding a cartridge an operator
 	// put in.

@@ -144,7 +144,7 @@ func TestMoveRefusedBeforeTheMechanics(t *testing.T) {
 func TestEmulatorRefusals(t *testing.T) {
 	e, _ := library(t)
 	for name, tc := range map[string]struct {
-		src, dst        uint16
+		src, dst       uint16
 		key, asc, ascq byte
 	}{
 		"source empty":     {1027, 1, scsi.KeyIllegalRequest, 0x3B, 0x0E},
