@@ -190,6 +190,26 @@ func TestPortalBrowser(t *testing.T) {
 	if strings.Contains(table, "globex") {
 		t.Errorf("carol of acme sees globex:\n%s", table)
 	}
+
+	// vaultctl on the admin socket: list, capabilities, and a reset that
+	// signs carol out of the browser.
+	v.mustCtl("user", "caps", "carol", "view,restore", "-computers", "pc-acme-1")
+	list := v.mustCtl("user", "list")
+	if !strings.Contains(list, "carol") || !strings.Contains(list, "view,restore") || !strings.Contains(list, "admin") {
+		t.Errorf("vaultctl user list:\n%s", list)
+	}
+	out := v.mustCtl("user", "passwd", "carol")
+	if !strings.Contains(out, "one-time password of carol: ") {
+		t.Errorf("vaultctl user passwd printed %q", out)
+	}
+	err = chromedp.Do(ctx, chromedp.Navigate(base+"/computers"), chromedp.WaitVisible(chromedp.ID("user")))
+	url, _ = chromedp.Run(ctx, chromedp.Location())
+	if err != nil || !strings.HasSuffix(url, "/login") {
+		t.Errorf("after vaultctl user passwd, carol's browser is on %s (%v), want the sign-in page", url, err)
+	}
+	if r := v.ctl("user", "caps", "carol", "operate"); r.code == 0 || !strings.Contains(r.stderr, "cannot be given") {
+		t.Errorf("vaultctl user caps carol operate: %s", r)
+	}
 }
 
 // selectState picks a state in the filter and tells the page, as a person's
