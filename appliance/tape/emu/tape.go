@@ -1,0 +1,289 @@
+package emu
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+
+	"vaultnode/appliance/tape/scsi"
+)
+
+// Tape is an in-memory sequential-access drive (SSC) with one cartridge:
+// variable-length blocks and filemarks, where the logical object number of
+// a block or filemark is its index. With TgtQuirks it answers as tgt
+// 1.0.85 behind QEMU does (docs/tape.md, LAB.md): a short READ is CHECK
+// CONDITION with ILI and the residue in INFORMATION even with SILI=1, the
+// transfer residue is always reported as 0, and READ POSITION is a stub.
+type Tape struct {
+	mu      sync.Mutex
+	recs    []record
+	pos     int
+	used    int
+	loaded  bool
+	block   uint32
+	warming int
+	alerts  map[int]bool
+	serial  string
+	// Capacity and EarlyWarning (bytes): a write past EarlyWarning
+	// succeeds with EOM set; one past Capacity fails with VOLUME OVERFLOW.
+	Capacity, EarlyWarning int
+	TgtQuirks              bool
+	// ZeroResid reports every transfer as complete, as QEMU's iscsi
+	// scsi-generic path does (TgtQuirks implies it).
+	ZeroResid bool
+}
+
+type record struct {
+	data []byte
+	mark bool
+}
+
+// NewTape returns a drive with serial number serial and a loaded, blank
+// cartridge whose first becomingReady TEST UNIT READYs report 2/04/01.
+func NewTape(serial string, becomingReady int) *Tape {
+	return &Tape{serial: serial, loaded: true, warming: becomingReady, alerts: map[int]bool{}, Capacity: 1 << 30, EarlyWarning: 1<<30 - 1<<20}
+}
+
+// SetAlert raises TapeAlert flag n.
+func (t *Tape) SetAlert(n int) { t.mu.Lock(); t.alerts[n] = true; t.mu.Unlock() }
+
+func good(n int) scsi.Response { return scsi.Response{Status: scsi.StatusGood, Transferred: n} }
+
+// streamSense builds fixed sense with the stream bits and INFORMATION.
+func streamSense(key, asc, ascq byte, fm, eom, ili bool, info int32) scsi.Response {
+	r := sense(key, asc, ascq)
+	if fm {
+		r.Sense[2] |= 0x80
+	}
+	if eom {
+		r.Sense[2] |= 0x40
+	}
+	if ili {
+		r.Sense[2] |= 0x20
+	}
+	r.Sense[0] |= 0x80
+	binary.BigEndian.PutUint32(r.Sense[3:7], uint32(info))
+	return r
+}
+
+// Exec answers one command.
+func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) {
+	if err := ctx.Err(); err != nil {
+		return scsi.Response{}, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(c.CDB) < 6 {
+		return sense(scsi.KeyIllegalRequest, 0x20, 0), nil
+	}
+	op := c.CDB[0]
+	switch op {
+	case 0x12: // INQUIRY
+		d := make([]byte, 36)
+		if c.CDB[1]&1 != 0 {
+			d = append([]byte{scsi.TypeSequential, scsi.VPDSerial, 0, byte(len(t.serial))}, t.serial...)
+		} else {
+			d[0], d[1], d[4] = scsi.TypeSequential, 0x80, 31
+			copy(d[8:], "VAULTEMU")
+			copy(d[16:], "EMULATED-TAPE   0001")
+		}
+		return good(copy(c.Data, d)), nil
+	case 0x1B: // LOAD UNLOAD
+		t.loaded = c.CDB[4]&1 != 0
+		t.pos = 0
+		return good(0), nil
+	case 0x4D: // LOG SENSE
+		if c.CDB[2]&0x3F != scsi.PageTapeAlert {
+			return sense(scsi.KeyIllegalRequest, 0x24, 0), nil
+		}
+		d := []byte{scsi.PageTapeAlert, 0, 0, 0}
+		for i := 1; i <= 64; i++ {
+			v := byte(0)
+			if t.alerts[i] {
+				v = 1
+			}
+			d = append(d, 0, byte(i), 0x03, 1, v)
+		}
+		binary.BigEndian.PutUint16(d[2:4], uint16(len(d)-4))
+		return good(copy(c.Data, d)), nil
+	case 0x5A: // MODE SENSE(10)
+		d := make([]byte, 16)
+		d[1], d[3], d[7] = 14, 0x10, 8
+		d[8+5], d[8+6], d[8+7] = byte(t.block>>16), byte(t.block>>8), byte(t.block)
+		return good(copy(c.Data, d)), nil
+	case 0x55: // MODE SELECT(10)
+		if len(c.Data) < 16 || binary.BigEndian.Uint16(c.Data[6:8]) != 8 {
+			return sense(scsi.KeyIllegalRequest, 0x26, 0), nil
+		}
+		t.block = uint32(c.Data[13])<<16 | uint32(c.Data[14])<<8 | uint32(c.Data[15])
+		return good(0), nil
+	}
+	if !t.loaded {
+		return sense(scsi.KeyNotReady, 0x3A, 0), nil
+	}
+	if t.warming > 0 {
+		t.warming--
+		return sense(scsi.KeyNotReady, 0x04, 0x01), nil
+	}
+	switch op {
+	case 0x00:
+		return good(0), nil
+	case 0x01: // REWIND
+		t.pos = 0
+		return good(0), nil
+	case 0x0A: // WRITE(6), variable
+		n := int(c.CDB[2])<<16 | int(c.CDB[3])<<8 | int(c.CDB[4])
+		if c.CDB[1]&1 != 0 || n != len(c.Data) {
+			return sense(scsi.KeyIllegalRequest, 0x24, 0), nil
+		}
+		if t.used+n > t.Capacity {
+			return streamSense(scsi.KeyVolumeOverflow, 0, 0x02, false, true, false, int32(n)), nil
+		}
+		t.truncate()
+		t.recs = append(t.recs, record{data: append([]byte(nil), c.Data...)})
+		t.pos++
+		t.used += n
+		if t.used > t.EarlyWarning {
+			return streamSense(scsi.KeyNoSense, 0, 0x02, false, true, false, 0), nil
+		}
+		return good(n), nil
+	case 0x10: // WRITE FILEMARKS
+		n := int(c.CDB[2])<<16 | int(c.CDB[3])<<8 | int(c.CDB[4])
+		t.truncate()
+		for range n {
+			t.recs = append(t.recs, record{mark: true})
+			t.pos++
+		}
+		return good(0), nil
+	case 0x08: // READ(6), variable
+		return t.read(c), nil
+	case 0x11: // SPACE(6)
+		count := int32(uint32(c.CDB[2])<<16|uint32(c.CDB[3])<<8|uint32(c.CDB[4])) << 8 >> 8
+		return t.space(c.CDB[1]&0x0F, int(count)), nil
+	case 0x2B, 0x92: // LOCATE
+		obj := uint64(binary.BigEndian.Uint32(c.CDB[3:7]))
+		if op == 0x92 {
+			obj = binary.BigEndian.Uint64(c.CDB[4:12])
+		}
+		if obj > uint64(len(t.recs)) {
+			t.pos = len(t.recs)
+			return sense(scsi.KeyBlankCheck, 0x00, 0x05), nil
+		}
+		t.pos = int(obj)
+		return good(0), nil
+	case 0x34: // READ POSITION
+		d := make([]byte, 32)
+		if t.TgtQuirks {
+			d[0] = 20
+			return good(copy(c.Data, d)), nil
+		}
+		if c.CDB[1]&0x1F != 0x06 {
+			return sense(scsi.KeyIllegalRequest, 0x24, 0), nil
+		}
+		if t.pos == 0 {
+			d[0] = 0x80
+		}
+		marks := 0
+		for _, r := range t.recs[:t.pos] {
+			if r.mark {
+				marks++
+			}
+		}
+		binary.BigEndian.PutUint64(d[8:16], uint64(t.pos))
+		binary.BigEndian.PutUint64(d[16:24], uint64(marks))
+		return good(copy(c.Data, d)), nil
+	}
+	return sense(scsi.KeyIllegalRequest, 0x20, 0), nil
+}
+
+// truncate drops everything after the position: writing makes the rest
+// of the tape unreadable (a new end of data).
+func (t *Tape) truncate() {
+	for _, r := range t.recs[t.pos:] {
+		t.used -= len(r.data)
+	}
+	t.recs = t.recs[:t.pos]
+}
+
+func (t *Tape) read(c scsi.Command) scsi.Response {
+	want := int(c.CDB[2])<<16 | int(c.CDB[3])<<8 | int(c.CDB[4])
+	sili := c.CDB[1]&0x02 != 0
+	if c.CDB[1]&1 != 0 || want > len(c.Data) {
+		return sense(scsi.KeyIllegalRequest, 0x24, 0)
+	}
+	if t.pos >= len(t.recs) {
+		return sense(scsi.KeyBlankCheck, 0x00, 0x05)
+	}
+	r := t.recs[t.pos]
+	t.pos++
+	if r.mark {
+		return streamSense(scsi.KeyNoSense, 0, 0x01, true, false, false, int32(want))
+	}
+	n := copy(c.Data[:want], r.data)
+	reported := n
+	if t.TgtQuirks || t.ZeroResid {
+		reported = want // resid always 0 through QEMU's scsi-generic
+	}
+	switch {
+	case len(r.data) > want:
+		resp := streamSense(scsi.KeyNoSense, 0, 0, false, false, true, int32(want-len(r.data)))
+		resp.Transferred = reported
+		return resp
+	case len(r.data) < want && (!sili || t.TgtQuirks):
+		resp := streamSense(scsi.KeyNoSense, 0, 0, false, false, true, int32(want-n))
+		resp.Transferred = reported
+		return resp
+	}
+	return good(reported)
+}
+
+func (t *Tape) space(code byte, count int) scsi.Response {
+	switch scsi.SpaceCode(code) {
+	case scsi.SpaceEOD:
+		t.pos = len(t.recs)
+		return good(0)
+	case scsi.SpaceBlocks:
+		for ; count > 0; count-- {
+			if t.pos >= len(t.recs) {
+				return sense(scsi.KeyBlankCheck, 0x00, 0x05)
+			}
+			if t.recs[t.pos].mark {
+				t.pos++
+				return streamSense(scsi.KeyNoSense, 0, 0x01, true, false, false, int32(count))
+			}
+			t.pos++
+		}
+		for ; count < 0; count++ {
+			if t.pos == 0 {
+				return streamSense(scsi.KeyNoSense, 0, 0x04, false, true, false, int32(-count))
+			}
+			t.pos--
+		}
+		return good(0)
+	case scsi.SpaceFilemarks:
+		for ; count > 0; count-- {
+			for {
+				if t.pos >= len(t.recs) {
+					return sense(scsi.KeyBlankCheck, 0x00, 0x05)
+				}
+				t.pos++
+				if t.recs[t.pos-1].mark {
+					break
+				}
+			}
+		}
+		for ; count < 0; count++ {
+			for {
+				if t.pos == 0 {
+					return streamSense(scsi.KeyNoSense, 0, 0x04, false, true, false, int32(-count))
+				}
+				t.pos--
+				if t.recs[t.pos].mark {
+					break
+				}
+			}
+		}
+		return good(0)
+	}
+	return sense(scsi.KeyIllegalRequest, 0x24, 0)
+}
