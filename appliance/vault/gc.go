@@ -45,6 +45,37 @@ import (
 // DefaultRepackThreshold is the dead share past which a pack is rewritten.
 const DefaultRepackThreshold = 0.1
 
+// DefaultCollectDuty is the share of the time a collection works while a
+// backup session is open: after each unit of work (a version marked, a
+// sweep batch, a pack rewritten) it pauses so that backups keep most of
+// the disk and the processors. With no session open it works flat out.
+const DefaultCollectDuty = 0.25
+
+// pace pauses after a unit of work that began at start, while a backup
+// session is open (DefaultCollectDuty).
+func (v *Vault) pace(ctx context.Context, start time.Time) error {
+	v.smu.Lock()
+	busy := len(v.sessions) > 0
+	v.smu.Unlock()
+	if !busy {
+		return ctx.Err()
+	}
+	duty := v.opts.CollectDuty
+	if duty <= 0 || duty > 1 {
+		duty = DefaultCollectDuty
+	}
+	d := time.Duration(float64(v.clk.Now().Sub(start)) * (1 - duty) / duty)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-v.clk.After(min(d, 2*time.Second)):
+		return nil
+	}
+}
+
 // ErrCollecting is a collection started while another runs.
 var ErrCollecting = errors.New("a garbage collection is already running")
 
@@ -225,6 +256,7 @@ func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		start := v.clk.Now()
 		b := cand[:min(batch, len(cand))]
 		cand = cand[len(b):]
 		var del [][32]byte
@@ -246,6 +278,9 @@ func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res 
 		res.Swept += int64(n)
 		res.SweptBytes += bytes
 		p.Add(int64(len(b)), bytes)
+		if err := v.pace(ctx, start); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -283,18 +318,29 @@ func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[s
 			bad[company] = fmt.Sprintf("%s: %v", what, err)
 		}
 	}
+	// The versions are read in one catalog transaction first, then
+	// walked: a long walk does not hold the catalog open.
+	var vers []catalog.Version
 	err = v.Catalog.AllVersionRecords(func(ver catalog.Version) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+		vers = append(vers, ver)
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("mark versions: %w", err)
+	}
+	for _, ver := range vers {
+		start := v.clk.Now()
 		if ver.ManifestID.IsZero() {
 			bad[ver.Company] = fmt.Sprintf("version %s/%s@%d has no manifest id recorded", ver.Computer, ver.Config, ver.Seq)
-			return nil
+			continue
 		}
 		add(ver.Company, [32]byte(ver.ManifestID))
 		walk(ver.Company, fmt.Sprintf("version %s/%s@%d", ver.Computer, ver.Config, ver.Seq), ver.Listing)
-		return nil
-	})
+		if err = v.pace(ctx, start); err != nil {
+			break
+		}
+	}
+	vers = nil
 	if err != nil {
 		return nil, nil, fmt.Errorf("mark versions: %w", err)
 	}
@@ -379,6 +425,7 @@ func (v *Vault) repack(ctx context.Context, res *CollectResult, p *jobs.Progress
 		if u.Entries > 0 && u.Dead() < threshold {
 			continue
 		}
+		start := v.clk.Now()
 		r, err := v.Store.Repack(ctx, u.Number)
 		if errors.Is(err, store.ErrPackBusy) {
 			continue
@@ -398,6 +445,9 @@ func (v *Vault) repack(ctx context.Context, res *CollectResult, p *jobs.Progress
 		res.MovedBytes += r.MovedBytes
 		res.Reclaimed += r.Freed - r.MovedBytes
 		p.Add(0, r.Freed)
+		if err := v.pace(ctx, start); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -60,6 +60,9 @@ type Options struct {
 	// RepackThreshold is the dead share past which garbage collection
 	// rewrites a pack (default DefaultRepackThreshold).
 	RepackThreshold float64
+	// CollectDuty is the share of the time garbage collection works while
+	// a backup session is open (default DefaultCollectDuty).
+	CollectDuty float64
 }
 
 // Vault is a running vault.
