@@ -46,6 +46,7 @@ func (m *Machine) bootSteps() []step {
 		{name: "load configuration", run: m.loadConfig, fatal: true},
 		{name: "set identity", run: m.setIdentity},
 		{name: "bring up network", run: m.bringUpNetwork},
+		{name: "shape uplink", run: m.shapeUplink},
 		{name: "start clock sync", run: m.startClockSync},
 		{name: "mount data volume", run: m.mountData, fatal: true},
 		{name: "serve control socket", run: m.serveControl},
@@ -371,6 +372,9 @@ func (m *Machine) bringUpNetwork(ctx context.Context) error {
 		return err
 	}
 	m.log.Info("network up", zap.String("interface", link.Name), zap.Strings("addresses", network.Addresses()))
+	m.mu.Lock()
+	m.uplink = link.Name
+	m.mu.Unlock()
 	m.bgWG.Add(1)
 	go func() { // owned by bgCancel
 		defer m.bgWG.Done()
@@ -447,8 +451,13 @@ func (m *Machine) handleControl(_ context.Context, cmd string, w io.Writer) erro
 	case "reboot":
 		fmt.Fprintln(w, "rebooting")
 		m.Shutdown(Reboot, "control socket")
+	case "qos", "qos config":
+		return m.qosControl(cmd, ConfigPath, w)
 	default:
-		return fmt.Errorf("unknown command %q: use status, logs, poweroff or reboot", cmd)
+		if strings.HasPrefix(cmd, "qos set ") {
+			return m.qosControl(cmd, ConfigPath, w)
+		}
+		return fmt.Errorf("unknown command %q: use status, logs, qos, poweroff or reboot", cmd)
 	}
 	return nil
 }
@@ -573,6 +582,7 @@ func (m *Machine) snapshot() metrics.Snapshot {
 	sup := m.sup
 	m.mu.Unlock()
 	s.Uptime = m.clk.Now().Sub(m.boot).Seconds()
+	s.QoS = m.qosStatus()
 	if b, err := os.ReadFile("/proc/uptime"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 0 {
 			s.Uptime, _ = strconv.ParseFloat(f[0], 64)

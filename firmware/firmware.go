@@ -25,6 +25,7 @@ import (
 	"vaultnode/firmware/config"
 	"vaultnode/firmware/control"
 	"vaultnode/firmware/logring"
+	"vaultnode/firmware/qos"
 	"vaultnode/firmware/reaper"
 	"vaultnode/firmware/service"
 	"vaultnode/internal/clock"
@@ -59,7 +60,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return errors.New("testcrash: crashed on purpose")
 		case "ctl":
 			if len(args) < 3 {
-				return errors.New("usage: init ctl status|poweroff|reboot|logs")
+				return errors.New("usage: init ctl status|logs|qos|qos config|qos set JSON|poweroff|reboot")
 			}
 			return control.Send(ctx, ControlSocket, strings.Join(args[2:], " "), stdout)
 		}
@@ -111,6 +112,9 @@ type Machine struct {
 	firstBoot bool
 	dataDev   string // mounted data device
 	mirror    bool
+	uplink    string          // the interface the network came up on
+	qos       *qos.Controller // nil until the uplink is up
+	qosErr    error           // why the uplink is not shaped
 
 	shutdown chan Action
 	bgCtx    context.Context

@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"vaultnode/firmware/qos"
 )
 
 // Version of the file format.
@@ -34,6 +36,9 @@ type Config struct {
 	TimeZone string `json:"timezone"`
 	NTP      string `json:"ntp"`
 	Data     Data   `json:"data"`
+	// QoS is the uplink's shaping set at run time; nil: defaults from the
+	// link speed at every boot.
+	QoS *qos.Config `json:"qos,omitempty"`
 }
 
 // Network is DHCP or a static address.

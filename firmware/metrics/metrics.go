@@ -12,19 +12,21 @@ import (
 	"strings"
 
 	"vaultnode/firmware/disk"
+	"vaultnode/firmware/qos"
 	"vaultnode/firmware/service"
 )
 
 // Snapshot is the state the endpoints report.
 type Snapshot struct {
-	Version  string           `json:"version"`
-	Hostname string           `json:"hostname"`
-	Uptime   float64          `json:"uptime_seconds"`
-	Services []service.Status `json:"services"`
-	Disks    []disk.Usage     `json:"filesystems"`
-	Arrays   []Array          `json:"arrays"`
-	Memory   Memory           `json:"memory"`
-	Problems []string         `json:"problems"`
+	Version  string            `json:"version"`
+	Hostname string            `json:"hostname"`
+	Uptime   float64           `json:"uptime_seconds"`
+	Services []service.Status  `json:"services"`
+	Disks    []disk.Usage      `json:"filesystems"`
+	Arrays   []Array           `json:"arrays"`
+	Memory   Memory            `json:"memory"`
+	Problems []string          `json:"problems"`
+	QoS      []qos.ClassStatus `json:"qos,omitempty"`
 }
 
 // Array is an md array's state.
@@ -115,6 +117,24 @@ func Write(w io.Writer, s Snapshot) {
 	m.header("vaultnode_md_degraded", "gauge", "1 when an md array misses a member.")
 	for _, a := range s.Arrays {
 		m.sample("vaultnode_md_degraded", b2f(a.Degraded), "array", a.Name)
+	}
+	for _, q := range []struct {
+		name, typ, help string
+		v               func(qos.ClassStatus) uint64
+	}{
+		{"vaultnode_qos_rate_bits", "gauge", "A traffic class's guaranteed rate, bits/s.", func(c qos.ClassStatus) uint64 { return c.Rate }},
+		{"vaultnode_qos_ceil_bits", "gauge", "A traffic class's ceiling, bits/s.", func(c qos.ClassStatus) uint64 { return c.Ceil }},
+		{"vaultnode_qos_bytes_total", "counter", "Bytes a traffic class sent, headers included.", func(c qos.ClassStatus) uint64 { return c.Bytes }},
+		{"vaultnode_qos_packets_total", "counter", "Packets a traffic class sent.", func(c qos.ClassStatus) uint64 { return c.Packets }},
+		{"vaultnode_qos_drops_total", "counter", "Packets a traffic class dropped.", func(c qos.ClassStatus) uint64 { return c.Drops }},
+	} {
+		if len(s.QoS) == 0 {
+			break
+		}
+		m.header(q.name, q.typ, q.help)
+		for _, c := range s.QoS {
+			m.sample(q.name, float64(q.v(c)), "direction", c.Direction, "class", c.Handle, "name", c.Name)
+		}
 	}
 	m.gauge("vaultnode_memory_total_bytes", "Memory size.", float64(s.Memory.Total))
 	m.gauge("vaultnode_memory_available_bytes", "Memory available.", float64(s.Memory.Available))

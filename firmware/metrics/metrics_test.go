@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"vaultnode/firmware/disk"
+	"vaultnode/firmware/qos"
 	"vaultnode/firmware/service"
 )
 
@@ -63,5 +64,25 @@ func TestEndpoints(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusServiceUnavailable || h.Status != "degraded" || len(h.Services) != 2 {
 		t.Fatalf("health %d %+v", resp.StatusCode, h)
+	}
+}
+
+func TestQoSClasses(t *testing.T) {
+	var b strings.Builder
+	Write(&b, Snapshot{QoS: []qos.ClassStatus{{Direction: "ingress", Handle: "1:100", Name: "uploads/cap/acme",
+		Rate: 3_000_000, Ceil: 30_000_000, Bytes: 12345, Packets: 9, Drops: 2}}})
+	for _, want := range []string{
+		`vaultnode_qos_ceil_bits{direction="ingress",class="1:100",name="uploads/cap/acme"} 3e+07`,
+		`vaultnode_qos_bytes_total{direction="ingress",class="1:100",name="uploads/cap/acme"} 12345`,
+		`vaultnode_qos_drops_total{direction="ingress",class="1:100",name="uploads/cap/acme"} 2`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	Write(&b, Snapshot{})
+	if strings.Contains(b.String(), "vaultnode_qos") {
+		t.Errorf("qos series without classes:\n%s", b.String())
 	}
 }

@@ -11,6 +11,7 @@ var Boot = []string{
 	"md_mod", "raid1", // data mirror
 	"button", "evdev", // ACPI power button as an input device
 	"sch_htb", "sch_tbf", // traffic shaping
+	"sch_ingress", "ifb", "cls_u32", "act_mirred", // uplink QoS: ingress redirected to an IFB device, u32 classes
 }
 
 // OnDemand is in the image but loaded only when needed: raid456 benchmarks
