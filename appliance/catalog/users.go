@@ -30,6 +30,7 @@ const (
 	KindPutSession       Kind = "put_session"
 	KindDeleteSession    Kind = "delete_session"
 	KindDeleteSessionsOf Kind = "delete_sessions_of"
+	KindExpireSessions   Kind = "expire_sessions"
 )
 
 // Kinds of users.
@@ -113,6 +114,10 @@ type (
 	DeleteSessionsOfCmd struct {
 		User string `json:"user"`
 	}
+	// ExpireSessionsCmd removes every session expired at Now.
+	ExpireSessionsCmd struct {
+		Now time.Time `json:"now"`
+	}
 )
 
 func init() {
@@ -122,6 +127,7 @@ func init() {
 	appliers[KindPutSession] = typed(applyPutSession)
 	appliers[KindDeleteSession] = typed(applyDeleteSession)
 	appliers[KindDeleteSessionsOf] = typed(applyDeleteSessionsOf)
+	appliers[KindExpireSessions] = typed(applyExpireSessions)
 }
 
 var userRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._@-]{0,63}$`)
@@ -327,6 +333,16 @@ func applyDeleteSession(c *Catalog, tx *bbolt.Tx, p DeleteSessionCmd) (any, erro
 }
 
 func applyDeleteSessionsOf(c *Catalog, tx *bbolt.Tx, p DeleteSessionsOfCmd) (any, error) {
+	return deleteSessions(tx, func(s Session) bool { return s.User == p.User })
+}
+
+func applyExpireSessions(c *Catalog, tx *bbolt.Tx, p ExpireSessionsCmd) (any, error) {
+	return deleteSessions(tx, func(s Session) bool { return !s.Expires.After(p.Now) })
+}
+
+// deleteSessions removes the sessions del chooses and answers how many. A
+// record that cannot be decoded goes too: no one can sign in with it.
+func deleteSessions(tx *bbolt.Tx, match func(Session) bool) (any, error) {
 	b, err := bucket(tx, bSessions)
 	if err != nil {
 		return nil, err
@@ -334,10 +350,7 @@ func applyDeleteSessionsOf(c *Catalog, tx *bbolt.Tx, p DeleteSessionsOfCmd) (any
 	var del [][]byte
 	err = b.ForEach(func(k, v []byte) error {
 		var s Session
-		if err := decodeJSON(bSessions, k, v, &s); err != nil {
-			return err
-		}
-		if s.User == p.User {
+		if err := decodeJSON(bSessions, k, v, &s); err != nil || match(s) {
 			del = append(del, bytes.Clone(k))
 		}
 		return nil
@@ -388,6 +401,16 @@ func (c *Catalog) DeleteSession(hash [32]byte) error {
 func (c *Catalog) DeleteSessionsOf(user string) error {
 	_, err := c.apply(KindDeleteSessionsOf, DeleteSessionsOfCmd{User: user})
 	return err
+}
+
+// ExpireSessions removes the sessions expired at now and answers how many.
+func (c *Catalog) ExpireSessions(now time.Time) (int, error) {
+	n, err := c.apply(KindExpireSessions, ExpireSessionsCmd{Now: now})
+	if err != nil {
+		return 0, err
+	}
+	k, _ := n.(int)
+	return k, nil
 }
 
 // User reads one user.

@@ -95,6 +95,17 @@ func TestUsers(t *testing.T) {
 		t.Error("a session survived sign-out everywhere")
 	}
 	a.PutSession(sess(3000), Session{User: "ann", Created: late, Expires: late.Add(time.Hour)})
+	a.PutSession(sess(3001), Session{User: "ann", Created: late, Expires: late.Add(2 * time.Hour)})
+	if n, err := a.ExpireSessions(late.Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("expire at the first's expiry: %d %v, want 1", n, err)
+	}
+	if _, err := a.Session(sess(3001)); err != nil {
+		t.Fatalf("an unexpired session went: %v", err)
+	}
+	if _, err := a.Session(sess(3000)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an expired session stayed: %v", err)
+	}
+	a.PutSession(sess(3000), Session{User: "ann", Created: late, Expires: late.Add(time.Hour)})
 	if err := a.DeleteUser("ann"); err != nil {
 		t.Fatal(err)
 	}

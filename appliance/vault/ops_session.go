@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+
 	"vaultnode/internal/keys"
 	"vaultnode/internal/pack"
 	"vaultnode/internal/wire"
@@ -118,6 +120,7 @@ func (v *Vault) endSession(s *session) {
 // expireSessions forgets sessions idle longer than SessionTTL, until ctx is
 // done.
 func (v *Vault) expireSessions(ctx context.Context) {
+	var portalSweep time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -125,6 +128,14 @@ func (v *Vault) expireSessions(ctx context.Context) {
 		case <-v.clk.After(time.Minute):
 		}
 		now := v.clk.Now()
+		if now.Sub(portalSweep) >= time.Hour { // portal sessions, hourly (ops_users.go)
+			portalSweep = now
+			if n, err := v.Catalog.ExpireSessions(now); err != nil {
+				v.log.Warn("remove expired portal sessions", zap.Error(err))
+			} else if n > 0 {
+				v.log.Info("expired portal sessions removed", zap.Int("sessions", n))
+			}
+		}
 		v.smu.Lock()
 		for id, s := range v.sessions {
 			s.mu.Lock()

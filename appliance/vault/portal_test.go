@@ -604,3 +604,29 @@ func TestPortalSessions(t *testing.T) {
 		}
 	})
 }
+
+// TestPortalSessionsSwept: vaultd removes expired portal sessions from the
+// catalog by itself, not only at the user's next sign-in.
+func TestPortalSessionsSwept(t *testing.T) {
+	pv := servePortal(t)
+	pv.addUser(t, UserRequest{Name: "sam", Company: "acme"})
+	b := pv.browser(t)
+	if st, code := b.login("sam", "password-of-sam"); st != 200 {
+		t.Fatalf("sign in: %d %s", st, code)
+	}
+	h := sessionHash(b.session())
+	if _, err := pv.Catalog.Session(h); err != nil {
+		t.Fatal(err)
+	}
+	pv.clk.Advance(SessionLifetime + time.Minute) // fires the sweeper's timer
+	deadline := time.Now().Add(30 * time.Second)  // waits for the sweeper goroutine; not a speed check
+	for {
+		if _, err := pv.Catalog.Session(h); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the expired session is still in the catalog")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
