@@ -154,7 +154,8 @@ type Library struct {
 	h      Handle
 	log    *zap.Logger
 	noDVCD bool
-	// Alloc is the allocation length of READ ELEMENT STATUS (default 64 KiB).
+	// Alloc is the allocation length of READ ELEMENT STATUS (default
+	// 0xFFFF: some changers read only the low two bytes of it).
 	Alloc int
 }
 
@@ -163,21 +164,29 @@ func New(h Handle, log *zap.Logger) *Library {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Library{h: h, log: log, Alloc: 65536}
+	return &Library{h: h, log: log, Alloc: 0xFFFF}
 }
 
-const maxPages = 4096
+const (
+	maxPages = 4096
+	// pageCount is the "number of elements" asked per request; some
+	// changers limit it. Paging does not depend on it being honoured.
+	pageCount = 1000
+)
 
 // Inventory reads the state of every element, one element type per READ
 // ELEMENT STATUS (tgt corrupts type 0, real libraries accept per-type
 // requests), paging by starting address until the library has no more.
+// Drive serial numbers (DVCID) are asked in a request of their own, since
+// some changers refuse VOLTAG and DVCID together; a library that refuses
+// DVCID altogether is remembered and asked no more.
 func (l *Library) Inventory(ctx context.Context) (Inventory, error) {
 	var inv Inventory
 	for _, t := range []struct {
 		typ byte
 		dst *[]Element
 	}{{scsi.ElementTransport, &inv.Transports}, {scsi.ElementStorage, &inv.Slots}, {scsi.ElementIE, &inv.IE}, {scsi.ElementDrive, &inv.Drives}} {
-		els, err := l.readType(ctx, t.typ)
+		els, err := l.readType(ctx, t.typ, true, false)
 		if err != nil {
 			return Inventory{}, err
 		}
@@ -186,15 +195,30 @@ func (l *Library) Inventory(ctx context.Context) (Inventory, error) {
 	if len(inv.Transports) == 0 {
 		return Inventory{}, fmt.Errorf("read inventory: no medium transport element: %w", ErrInventory)
 	}
+	if len(inv.Drives) > 0 && !l.noDVCD {
+		ids, err := l.readType(ctx, scsi.ElementDrive, false, true)
+		if s, _ := scsi.AsSense(err); s.Key == scsi.KeyIllegalRequest {
+			l.log.Info("library refuses DVCID; drives are matched without serial numbers", zap.Error(err))
+			l.noDVCD = true
+		} else if err != nil {
+			return Inventory{}, err
+		}
+		for i := range inv.Drives {
+			for _, d := range ids {
+				if d.Address == inv.Drives[i].Address {
+					inv.Drives[i].Serial = d.Serial
+				}
+			}
+		}
+	}
 	return inv, nil
 }
 
-func (l *Library) readType(ctx context.Context, typ byte) ([]Element, error) {
+func (l *Library) readType(ctx context.Context, typ byte, voltag, dvcid bool) ([]Element, error) {
 	var out []Element
 	start := uint16(0)
 	for range maxPages {
-		dvcid := typ == scsi.ElementDrive && !l.noDVCD
-		c := scsi.ReadElementStatus(typ, start, 0xFFFF, l.Alloc, dvcid)
+		c := scsi.ReadElementStatus(typ, start, pageCount, l.Alloc, voltag, dvcid)
 		resp, err := l.h.Exec(ctx, c)
 		if err != nil {
 			return nil, fmt.Errorf("read element status type %d from %d: %w", typ, start, err)
@@ -202,10 +226,6 @@ func (l *Library) readType(ctx context.Context, typ byte) ([]Element, error) {
 		if err := resp.Err(c); err != nil {
 			s, _ := scsi.AsSense(err)
 			switch {
-			case dvcid && s.Is(scsi.KeyIllegalRequest, 0x24, 0):
-				l.log.Info("library refuses DVCID; drives will be matched without serial numbers")
-				l.noDVCD = true
-				continue
 			case s.Is(scsi.KeyIllegalRequest, 0x21, 0x01):
 				// No element of this type at or past start: the end.
 				return out, nil
@@ -239,7 +259,7 @@ func (l *Library) readType(ctx context.Context, typ byte) ([]Element, error) {
 func fromStatus(es scsi.ElementStatus) Element {
 	e := Element{
 		Type: es.Type, Address: es.Address, Full: es.Full, SourceValid: es.SourceValid, Source: es.Source,
-		Serial: es.DeviceID, Exception: es.Except, ASC: es.ASC, ASCQ: es.ASCQ, Accessible: es.Access, Inserted: es.ImpExp,
+		Serial: es.DeviceSerial, Exception: es.Except, ASC: es.ASC, ASCQ: es.ASCQ, Accessible: es.Access, Inserted: es.ImpExp,
 	}
 	if es.Full {
 		e.Barcode = es.VolumeTag

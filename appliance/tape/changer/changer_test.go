@@ -49,8 +49,9 @@ func library(t *testing.T) (*emu.Library, *Library) {
 	e.AddIE(32)
 	e.AddDrive(1, "SN-DRIVE-A")
 	e.AddDrive(2, "SN-DRIVE-B")
-	e.RejectType0 = true // the changer must ask one type per request
-	e.PageLimit = 3      // and page by starting address
+	e.RejectType0 = true       // the changer must ask one type per request,
+	e.PageLimit = 3            // page by starting address,
+	e.RejectVoltagDVCID = true // and ask drive serials on their own
 	h := &scsi.Retry{Next: e, Clock: instant{clock.NewFake(time.Unix(0, 0))}}
 	return e, New(h, nil)
 }

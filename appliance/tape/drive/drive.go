@@ -144,7 +144,9 @@ func (d *Drive) WriteBlock(ctx context.Context, p []byte) error {
 		return err
 	}
 	_, err = d.run(ctx, c)
-	if s, ok := scsi.AsSense(err); ok && s.EOM {
+	// Early warning is EOM with NO SENSE (00/02); some drives send the
+	// ASCQ without the EOM bit.
+	if s, ok := scsi.AsSense(err); ok && (s.EOM || s.Is(scsi.KeyNoSense, 0, 0x02)) {
 		if s.Key == scsi.KeyNoSense || s.Key == scsi.KeyRecoveredError {
 			return fmt.Errorf("write block: %w", ErrEarlyWarning)
 		}
@@ -201,7 +203,7 @@ func (d *Drive) WriteFilemarks(ctx context.Context, n uint32) error {
 		return err
 	}
 	if _, err := d.run(ctx, c); err != nil {
-		if s, ok := scsi.AsSense(err); ok && s.EOM && s.Key == scsi.KeyNoSense {
+		if s, ok := scsi.AsSense(err); ok && s.Key == scsi.KeyNoSense && (s.EOM || s.ASCQ == 0x02) {
 			return fmt.Errorf("write filemark: %w", ErrEarlyWarning)
 		}
 		return fmt.Errorf("write filemark: %w", err)

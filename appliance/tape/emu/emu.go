@@ -56,10 +56,13 @@ type Library struct {
 	// RejectDVCID answers DVCID=1 with ILLEGAL REQUEST, invalid field in
 	// CDB, as older libraries do.
 	RejectDVCID bool
-	next        MoveFailure
-	failReads   int
-	attention   bool
-	moves       int
+	// RejectVoltagDVCID refuses VOLTAG and DVCID in one request, as some
+	// changers do (PBS asks them separately for that reason).
+	RejectVoltagDVCID bool
+	next              MoveFailure
+	failReads         int
+	attention         bool
+	moves             int
 }
 
 // New returns an empty library whose picker sits at transport.
@@ -204,7 +207,7 @@ func (l *Library) readElementStatus(c scsi.Command) scsi.Response {
 	start := binary.BigEndian.Uint16(c.CDB[2:4])
 	count := int(binary.BigEndian.Uint16(c.CDB[4:6]))
 	alloc := int(c.CDB[7])<<16 | int(c.CDB[8])<<8 | int(c.CDB[9])
-	if typ > scsi.ElementDrive || (typ == 0 && l.RejectType0) || (dvcid && l.RejectDVCID) {
+	if typ > scsi.ElementDrive || (typ == 0 && l.RejectType0) || (dvcid && l.RejectDVCID) || (dvcid && voltag && l.RejectVoltagDVCID) {
 		return sense(scsi.KeyIllegalRequest, 0x24, 0)
 	}
 	els := l.sorted(typ, start)
@@ -277,7 +280,7 @@ func page(els []*element, voltag, dvcid bool) []byte {
 			off += 36
 		}
 		if dvcid && e.typ == scsi.ElementDrive {
-			d[off], d[off+1], d[off+3] = 2, 1, byte(len(e.id))
+			d[off], d[off+1], d[off+3] = 2, 0, byte(len(e.id)) // ASCII, serial only
 			copy(d[off+4:], e.id)
 		}
 		h = append(h, d...)

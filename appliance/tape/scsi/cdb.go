@@ -110,13 +110,18 @@ const (
 )
 
 // ReadElementStatus asks for the status of elements of one type from
-// address start on, with volume tags (barcodes) and, if dvcid, the drives'
-// device identifiers. vaultnode asks one type per request (see docs/tape.md:
-// real libraries accept it and tgt corrupts type 0).
-func ReadElementStatus(typ byte, start, count uint16, alloc int, dvcid bool) Command {
+// address start on, with volume tags (barcodes) if voltag and the drives'
+// device identifiers if dvcid (some changers refuse both in one request:
+// ask twice). vaultnode asks one type per request (see docs/tape.md: real
+// libraries accept it and tgt corrupts type 0). Keep alloc at most 0xFFFF:
+// some changers read only the low two bytes of the allocation length.
+func ReadElementStatus(typ byte, start, count uint16, alloc int, voltag, dvcid bool) Command {
 	cdb := make([]byte, 12)
 	cdb[0] = opReadElementStatus
-	cdb[1] = 0x10 | typ&0x0F // VOLTAG
+	cdb[1] = typ & 0x0F
+	if voltag {
+		cdb[1] |= 0x10
+	}
 	binary.BigEndian.PutUint16(cdb[2:4], start)
 	binary.BigEndian.PutUint16(cdb[4:6], count)
 	if dvcid {

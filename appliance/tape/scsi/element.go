@@ -21,9 +21,13 @@ type ElementStatus struct {
 	Source      uint16
 	// VolumeTag is the primary volume tag (the barcode), "" if none.
 	VolumeTag string
-	// DeviceID is the DTE's device identifier (DVCID), e.g. the drive's
-	// serial number; it is how drives are matched to /dev/sg* devices.
-	DeviceID string
+	// DeviceID is the DTE's device identifier (DVCID) as the library sent
+	// it; DeviceSerial the drive's serial number taken from it (the whole
+	// identifier for type 0, the last 10 bytes of a 34-byte T10 vendor
+	// identification: vendor 8, product 16, serial 10). The serial is how
+	// drives are matched to /dev/sg* devices (VPD 80h).
+	DeviceID     string
+	DeviceSerial string
 }
 
 // ElementPage is one decoded READ ELEMENT STATUS answer.
@@ -128,10 +132,15 @@ func parseDescriptor(typ byte, d []byte, pvol, avol bool) ElementStatus {
 		n := int(d[off+3])
 		if id := d[off+4:]; n > 0 {
 			id = id[:min(n, len(id))]
-			if d[off]&0x0F == 1 { // binary code set
+			switch {
+			case d[off]&0x0F == 1: // binary code set
 				e.DeviceID = hex.EncodeToString(id)
-			} else {
+			case d[off+1]&0x0F == 1 && len(id) >= 34: // T10 vendor identification
 				e.DeviceID = asciiField(id)
+				e.DeviceSerial = asciiField(id[24:34])
+			default:
+				e.DeviceID = asciiField(id)
+				e.DeviceSerial = e.DeviceID
 			}
 		}
 	}

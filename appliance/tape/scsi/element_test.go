@@ -43,19 +43,37 @@ func TestParseElementStatusSlots(t *testing.T) {
 func TestParseElementStatusDrive(t *testing.T) {
 	// A drive holding TAPE01L5 moved from slot 1024 (LAB.md: "DTE@1
 	// [TAPE01L5 from 1024]"), with a DVCID serial: code set 2 (ASCII),
-	// type 1, length 10, padded to a 64-byte descriptor.
+	// type 0 (serial only, as the Quantum Superloader 3 sends it per PBS),
+	// length 10, padded to a 64-byte descriptor.
 	in := "0001 0001 00 000048" +
 		"04 80 0040 00 000040" +
 		"0001 09 00 0000 000000 80 0400" + tag("TAPE01L5") +
-		"02 01 00 0a" + hex.EncodeToString([]byte("SN00000001")) + "0000"
+		"02 00 00 0a" + hex.EncodeToString([]byte("SN00000001")) + "0000"
 	got, err := ParseElementStatus(unhex(t, in))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []ElementStatus{{Type: ElementDrive, Address: 1, Full: true, Access: true, SourceValid: true, Source: 1024,
-		VolumeTag: "TAPE01L5", DeviceID: "SN00000001"}}
+		VolumeTag: "TAPE01L5", DeviceID: "SN00000001", DeviceSerial: "SN00000001"}}
 	if diff := cmp.Diff(want, got.Elements); diff != "" {
 		t.Error(diff)
+	}
+}
+
+// A DVCID-only request (no VOLTAG) answered with a T10 vendor
+// identification (code set 2, type 1, 34 bytes: vendor, product, serial).
+func TestParseElementStatusT10DeviceID(t *testing.T) {
+	id := "IBM     ULT3580-TD5     1013000655"
+	in := "0001 0001 00 00003a" +
+		"04 00 0032 00 000032" +
+		"0001 08 00 0000 000000 00 0000" +
+		"02 01 00 22" + hex.EncodeToString([]byte(id))
+	got, err := ParseElementStatus(unhex(t, in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Elements) != 1 || got.Elements[0].DeviceSerial != "1013000655" || got.Elements[0].DeviceID != id {
+		t.Fatalf("got %+v", got.Elements)
 	}
 }
 
