@@ -47,6 +47,7 @@ const (
 	sgDxferFromDev  = -3
 	sgInfoOkMask    = 0x1
 	driverSenseMask = 0x08 // DRIVER_SENSE: sense buffer valid
+	didTimeOut      = 0x03 // host status DID_TIME_OUT
 )
 
 // Device is an open /dev/sg* node. Exec is safe for one goroutine at a
@@ -134,6 +135,9 @@ func buildHdr(c Command) (*sgIoHdr, []byte, error) {
 }
 
 func hdrResponse(c Command, h *sgIoHdr, sense []byte, path string) (Response, error) {
+	if h.HostStatus == didTimeOut {
+		return Response{}, fmt.Errorf("issue %s on %s: timed out after %d ms; check the device and its cabling: %w", c.Name(), path, h.Timeout, ErrTransport)
+	}
 	if h.HostStatus != 0 || (h.DriverStatus&^driverSenseMask) != 0 && h.Status == 0 {
 		return Response{}, fmt.Errorf("issue %s on %s: host status 0x%x driver status 0x%x: %w", c.Name(), path, h.HostStatus, h.DriverStatus, ErrTransport)
 	}

@@ -5,6 +5,7 @@ package scsi
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -49,6 +50,10 @@ func TestBuildHdr(t *testing.T) {
 	h.Resid = -5 // a hostile driver value stays inside the buffer
 	if r, _ := hdrResponse(c, h, sense, "x"); r.Transferred != 4096 {
 		t.Errorf("negative resid gave %d", r.Transferred)
+	}
+	h.HostStatus = didTimeOut
+	if _, err := hdrResponse(c, h, sense, "x"); !errors.Is(err, ErrTransport) || !strings.Contains(err.Error(), "timed out after 1200000 ms") {
+		t.Errorf("timeout: %v", err)
 	}
 	h.HostStatus = 0x07
 	if _, err := hdrResponse(c, h, sense, "x"); !errors.Is(err, ErrTransport) {
