@@ -514,6 +514,14 @@ func TestStaticNetworkSingleDisk(t *testing.T) {
 	if !strings.Contains(body, `vaultnode_filesystem_size_bytes{mount="/data"}`) {
 		t.Errorf("no data filesystem:\n%s", body)
 	}
+	// The uplink is shaped with the guest kernel's modules: virtio-net
+	// reports no speed, so management is guaranteed 5 % of 1 Gbit/s.
+	for _, want := range []string{`vaultnode_qos_rate_bits{direction="egress",class="1:10",name="management"} 5e+07`,
+		`vaultnode_qos_ceil_bits{direction="ingress",class="1:41",name="uploads/other"} 1e+09`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("uplink not shaped: no %s:\n%s", want, body)
+		}
+	}
 	must(t, vm.PowerButton(ctx))
 	if _, err := vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
 		t.Fatalf("%v\n%s", err, vm.Since())

@@ -215,6 +215,21 @@ func TestRatesReadBackInKernelUnits(t *testing.T) {
 	if len(st) != 2*6 {
 		t.Errorf("%d classes after removing the cap, want 12: %+v", len(st), st)
 	}
+	// Above 34 Gbit/s the bytes/s no longer fit 32 bits: TCA_HTB_RATE64.
+	big := Defaults("up0", 40_000*Mbit)
+	big.IFB = "ifbq0"
+	if err := c.Apply(big); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = c.Status()
+	for _, s := range st {
+		if s.Handle == "1:1" && (s.Rate != 40_000*Mbit || s.Ceil != 40_000*Mbit) {
+			t.Errorf("40 Gbit/s link read back as rate %d ceil %d bits/s", s.Rate, s.Ceil)
+		}
+		if s.Handle == "1:40" && s.Rate != big.Uploads.Rate {
+			t.Errorf("uploads on a 40 Gbit/s link read back as %d bits/s, want %d", s.Rate, big.Uploads.Rate)
+		}
+	}
 }
 
 // flow is one TCP stream; rx counts the bytes its receiver read.
