@@ -118,6 +118,22 @@ func (m *Machine) qosControl(cmd, configPath string, w io.Writer) error {
 	return nil
 }
 
+// qosLine is the status screen's line about shaping.
+func (m *Machine) qosLine(st []qos.ClassStatus) string {
+	m.mu.Lock()
+	err := m.qosErr
+	m.mu.Unlock()
+	if err != nil {
+		return fmt.Sprintf("qos: uplink not shaped: %v", err)
+	}
+	for _, s := range st {
+		if s.Direction == "egress" && s.Handle == "1:1" {
+			return fmt.Sprintf("qos: %s shaped at %.0f Mbit/s, %d classes (init ctl qos)", s.Device, float64(s.Rate)/qos.Mbit, len(st))
+		}
+	}
+	return "qos: uplink not shaped"
+}
+
 // qosStatus is the classes for the metrics, nil when unshaped.
 func (m *Machine) qosStatus() []qos.ClassStatus {
 	m.mu.Lock()

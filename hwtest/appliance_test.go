@@ -505,6 +505,9 @@ func TestStaticNetworkSingleDisk(t *testing.T) {
 	if _, err := vm.Expect(ctx, "addresses: eth0 10.0.2.15/24"); err != nil {
 		t.Fatalf("%v\n%s", err, vm.Since())
 	}
+	if _, err := vm.Expect(ctx, "qos: eth0 shaped at 1000 Mbit/s"); err != nil {
+		t.Fatalf("%v\n%s", err, vm.Since())
+	}
 	// Reaching the metrics port through the forwarded port proves the
 	// static address and route work.
 	body := a.waitMetric(ctx, `vaultnode_info{version="hwtest",hostname="static-vault"} 1`)
