@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"vaultnode/internal/hostile"
+	"vaultnode/internal/wire"
 )
 
 // vaultRSSBound is the peak resident set docs/protocol.md ("Memory
@@ -138,8 +139,8 @@ func TestHostileAgents(t *testing.T) {
 	}
 	for _, name := range []string{"memory-exhaustion commit", "malformed listings"} {
 		at := find(name)
-		if at.tally.Get("bad_request")+at.tally.Get("too_large") == 0 {
-			t.Errorf("%s: never refused as a bad or too large request (%s)", name, at.tally.String())
+		if at.tally.Get(wire.CodeBadRequest)+at.tally.Get(wire.CodeTooLarge)+at.tally.Get(wire.CodeLimit) == 0 {
+			t.Errorf("%s: never refused as a bad, too large or over-limit request (%s)", name, at.tally.String())
 		}
 	}
 	if find("session flood").tally.Get("ok") == 0 {

@@ -141,8 +141,13 @@ func (a *Agent) client(i int) *http.Client {
 	return &http.Client{Transport: a.conns[i]}
 }
 
-// ID is the chunk id of plain for this agent's company.
-func (a *Agent) ID(plain []byte) [32]byte { return a.hasher.Sum(plain) }
+// ID is the chunk id of plain for this agent's company. Attacks run at
+// once: the hasher is not safe for concurrent use.
+func (a *Agent) ID(plain []byte) [32]byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.hasher.Sum(plain)
+}
 
 func answer(resp *http.Response) error {
 	if resp.StatusCode < 300 {
