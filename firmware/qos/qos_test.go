@@ -469,3 +469,55 @@ func mbit(m map[string]float64) map[string]string {
 	}
 	return out
 }
+
+// TestRunRestoresShaping removes the root and ingress qdiscs behind the
+// controller's back (a link reset does the same); Run's next pass puts the
+// classes, the filters and the redirect back.
+func TestRunRestoresShaping(t *testing.T) {
+	l := newLab(t)
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := New(zaptest.NewLogger(t), l.ha, clk)
+	cfg := Defaults("up0", 100*Mbit)
+	cfg.IFB = "ifbq0"
+	if err := c.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, time.Minute) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	up0, err := l.ha.LinkByName("up0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := l.ha.QdiscList(up0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if q.Attrs().Parent == netlink.HANDLE_ROOT || q.Attrs().Parent == netlink.HANDLE_INGRESS {
+			if err := l.ha.QdiscDel(q); err != nil {
+				t.Fatalf("delete %s: %v", q.Type(), err)
+			}
+		}
+	}
+	shaped := func() bool {
+		cls, _ := l.ha.ClassList(up0, 0)
+		fs, _ := l.ha.FilterList(up0, netlink.MakeHandle(1, 0))
+		in, _ := l.ha.FilterList(up0, netlink.MakeHandle(0xffff, 0))
+		return len(cls) == 6 && len(fs) > 0 && len(in) > 0
+	}
+	if shaped() {
+		t.Fatal("the qdiscs were not deleted")
+	}
+	// Each pass of this loop is one tick of Run's clock; the bound is only
+	// against a hang.
+	for i := 0; !shaped(); i++ {
+		if i == 1000 {
+			t.Fatal("Run did not restore the shaping after 1000 ticks")
+		}
+		clk.Advance(time.Minute)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
