@@ -187,6 +187,13 @@ func (v *Vault) runSchedule(ctx context.Context) {
 			}
 		}
 		t := v.clk.NewTimer(wake.Sub(now))
+		if !v.clk.Now().Before(wake) {
+			// The clock passed wake while the timer was being armed (a
+			// jump, or a fake clock set meanwhile): the timer counts from
+			// the later time, so look again now instead of waiting on it.
+			t.Stop()
+			continue
+		}
 		select {
 		case <-ctx.Done():
 			t.Stop()
