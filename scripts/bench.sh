@@ -84,3 +84,6 @@ echo
 echo "== garbage collection (GC_FLAGS, e.g. -scale 0.01): 30 mutated versions pruned to 5 and collected; targets: store/live <= 1.1, a backup during a collection within 1.3x"
 # shellcheck disable=SC2086
 out/bench/gcbench -bin bin -work out/gcbench -out out/bench/gc.json ${GC_FLAGS:-}
+echo
+echo "== uplink QoS in network namespaces (needs root): each class's rate from the kernel's counters over 2.5 s, target within 5 %"
+go test -count=1 -v -run TestShapingUnderSaturation ./firmware/qos | grep -E 'qos: |^(--- |ok|FAIL)'

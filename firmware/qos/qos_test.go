@@ -411,6 +411,8 @@ func TestShapingUnderSaturation(t *testing.T) {
 	}
 	within := func(what string, got float64, want uint64) {
 		t.Helper()
+		// make bench prints these lines: configured against measured.
+		t.Logf("qos: %-42s configured %7.2f  measured %7.2f Mbit/s  %+5.1f %%", what, float64(want)/Mbit, got/Mbit, (got/float64(want)-1)*100)
 		if d := got/float64(want) - 1; d < -0.05 || d > 0.05 {
 			t.Errorf("%s: %.2f Mbit/s, configured %.2f (%+.1f %%, limit 5 %%)", what, got/Mbit, float64(want)/Mbit, d*100)
 		}
@@ -444,6 +446,7 @@ func TestShapingUnderSaturation(t *testing.T) {
 		t.Fatalf("apply the change: %v", err)
 	}
 	rates, good = measure()
+	t.Logf("qos: %-42s guaranteed %7.2f  measured %7.2f Mbit/s (may borrow more)", "egress management, bulk saturating the link", float64(cfg.Management.Rate)/Mbit, rates["egress management"]/Mbit)
 	if m := rates["egress management"]; m < 0.95*float64(cfg.Management.Rate) {
 		t.Errorf("management %.2f Mbit/s under saturation, guaranteed %d", m/Mbit, cfg.Management.Rate/Mbit)
 	}
