@@ -19,6 +19,9 @@ import (
 // qosEvery is how often the uplink's shaping is re-applied.
 const qosEvery = time.Minute
 
+// maxQoSJSON bounds "qos set": 256 caps of 64 prefixes fit well within it.
+const maxQoSJSON = 1 << 20
+
 // shapeUplink applies the saved QoS configuration, or first-boot defaults
 // from the link speed, to the uplink. A kernel without the shaping modules
 // leaves the appliance unshaped: that is logged and shown by "qos", never a
@@ -75,6 +78,9 @@ func (m *Machine) qosControl(cmd, configPath string, w io.Writer) error {
 		return fmt.Errorf("qos: the uplink is not up yet")
 	}
 	if arg, ok := strings.CutPrefix(cmd, "qos set "); ok {
+		if len(arg) > maxQoSJSON {
+			return fmt.Errorf("qos set: %d bytes of JSON, at most %d", len(arg), maxQoSJSON)
+		}
 		var cfg qos.Config
 		if err := json.Unmarshal([]byte(arg), &cfg); err != nil {
 			return fmt.Errorf("qos set: %w (send the JSON printed by 'qos config', edited)", err)

@@ -80,6 +80,9 @@ func TestQoSControl(t *testing.T) {
 	if err := json.Unmarshal([]byte(out.String()), &back); err != nil || back.Management != cfg.Management {
 		t.Errorf("qos config printed %q (%v)", out.String(), err)
 	}
+	if err := m.qosControl("qos set "+strings.Repeat(" ", 1<<20+1), path, &out); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("an oversized qos set: %v", err)
+	}
 	bad := cfg
 	bad.Uploads.Rate = 99 * qos.Mbit
 	js, _ = json.Marshal(bad)
