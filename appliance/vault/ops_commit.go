@@ -195,7 +195,9 @@ func (e *storeReadError) Unwrap() error { return e.err }
 // protected for the session's life before it is read (gc.go).
 func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef, s *session) io.ReadCloser {
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		h := keys.NewHasher(k.set.ChunkID)
 		var buf, plain []byte
 		for _, ref := range refs {
@@ -221,5 +223,19 @@ func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkR
 		}
 		pw.Close()
 	}()
-	return pr
+	return &listingPipe{PipeReader: pr, done: done}
+}
+
+// listingPipe is the reading end of listingReader; Close also waits for
+// the goroutine that feeds it, so no chunk is still being read (and no
+// memory still being taken) once a refused commit has returned.
+type listingPipe struct {
+	*io.PipeReader
+	done chan struct{}
+}
+
+func (p *listingPipe) Close() error {
+	err := p.PipeReader.Close()
+	<-p.done
+	return err
 }
