@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+	"vaultnode/internal/atomicfile"
 
 	"go.uber.org/zap"
 )
@@ -49,18 +50,10 @@ func (c *Catalog) writeSealed(company string, sealed []byte) error {
 	if err := os.MkdirAll(kd, 0o700); err != nil {
 		return fmt.Errorf("write sealed secret of %q: %w", company, err)
 	}
-	path := SealedPath(c.dir, company)
-	tmp := path + ".tmp"
-	if err := writeSynced(tmp, sealed); err != nil {
+	if err := atomicfile.WriteFile(SealedPath(c.dir, company), sealed, 0o600); err != nil {
 		return fmt.Errorf("write sealed secret of %q: %w", company, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write sealed secret of %q: %w", company, err)
-	}
-	if err := syncPath(kd); err != nil {
-		return fmt.Errorf("write sealed secret of %q: %w", company, err)
-	}
-	return syncPath(c.dir)
+	return atomicfile.SyncDir(c.dir)
 }
 
 // ReadSealed reads a company's sealed secret from DATA/keys.
@@ -131,7 +124,7 @@ func (c *Catalog) appendRevocation(cp Computer, t time.Time) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("record revocation of %s: %w", cp.ID, err)
 	}
-	return syncPath(c.dir)
+	return atomicfile.SyncDir(c.dir)
 }
 
 // ReadRevocations reads DATA/revoked. A line that does not decode (torn by a
@@ -189,31 +182,6 @@ func (c *Catalog) ReapplyRevocations() error {
 		c.log.Warn("computer revoked again from DATA/revoked (the catalog had forgotten it)", zap.String("computer", r.Computer))
 	}
 	return nil
-}
-
-func writeSynced(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncPath(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // keepSealed writes DATA/keys/COMPANY.sealed for every company that lacks

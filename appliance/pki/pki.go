@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"vaultnode/internal/atomicfile"
 	"vaultnode/internal/wire"
 )
 
@@ -84,40 +85,9 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 	if err != nil {
 		return err
 	}
-	return writeDurable(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
-}
-
-// writeDurable writes path through a synced temporary file and a rename,
-// then syncs the directory: after a power cut the file is either absent or
-// whole. Without it ext4 can keep the name and lose the content, and the
-// vault then refuses to start ("failed to find any PEM data") while every
-// enrolled agent pins the lost CA.
-func writeDurable(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	// Durable: a key lost to a power cut makes the vault refuse to start
+	// ("failed to find any PEM data") while every enrolled agent pins the lost CA.
+	return atomicfile.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
 
 func makeCA(certPath, keyPath string, now time.Time) error {
@@ -138,7 +108,7 @@ func makeCA(certPath, keyPath string, now time.Time) error {
 	if err := writeKey(keyPath, key); err != nil {
 		return fmt.Errorf("write CA key: %w", err)
 	}
-	return writeDurable(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return atomicfile.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
 
 func (a *Authority) makeServer(certPath, keyPath string, now time.Time) error {
@@ -159,7 +129,7 @@ func (a *Authority) makeServer(certPath, keyPath string, now time.Time) error {
 	if err := writeKey(keyPath, key); err != nil {
 		return fmt.Errorf("write server key: %w", err)
 	}
-	return writeDurable(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return atomicfile.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
 
 // SignComputer signs a computer's certificate request. The certificate's

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"vaultnode/internal/atomicfile"
 	"vaultnode/internal/pack"
 )
 
@@ -120,7 +121,7 @@ func (d *DiskPacks) Create(ctx context.Context, n uint32, company string) (PackW
 	if err == nil {
 		// The new file's name must be durable before the index names it:
 		// fdatasync covers its data, not its directory entries.
-		err = errors.Join(syncDir(filepath.Dir(p)), syncDir(d.dir))
+		err = errors.Join(atomicfile.SyncDir(filepath.Dir(p)), atomicfile.SyncDir(d.dir))
 	}
 	if err != nil {
 		f.Close()
@@ -192,7 +193,7 @@ func (d *DiskPacks) Remove(ctx context.Context, n uint32) error {
 	if err := os.Remove(p); err != nil {
 		return packErr("remove", n, err)
 	}
-	if err := syncDir(filepath.Dir(p)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(p)); err != nil {
 		return packErr("remove", n, err)
 	}
 	return nil

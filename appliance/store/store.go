@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -400,15 +399,6 @@ func (s *Store) takeWriter(company string) (*writer, error) {
 	s.writing[n] = true
 	s.mu.Unlock()
 	return &writer{f: f, number: n, company: company, size: pack.FileHeaderSize, fresh: true}, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func (s *Store) giveWriter(w *writer) {

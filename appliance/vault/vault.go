@@ -27,6 +27,7 @@ import (
 	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
+	"vaultnode/internal/atomicfile"
 	"vaultnode/internal/clock"
 	"vaultnode/internal/keys"
 	"vaultnode/internal/pack"
@@ -175,17 +176,11 @@ func loadMasterKey(path string) ([32]byte, error) {
 		if _, err := rand.Read(k[:]); err != nil {
 			return k, err
 		}
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, k[:], 0o600); err != nil {
+		// Synced file and directory: the key's name and content survive a power cut.
+		if err := atomicfile.WriteFile(path, k[:], 0o600); err != nil {
 			return k, fmt.Errorf("write master key: %w", err)
 		}
-		if err := syncFile(tmp); err != nil {
-			return k, err
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return k, fmt.Errorf("write master key: %w", err)
-		}
-		return k, syncFile(filepath.Dir(path)) // the key's name survives a power cut
+		return k, nil
 	}
 	if err != nil {
 		return k, fmt.Errorf("read master key: %w", err)
@@ -195,15 +190,6 @@ func loadMasterKey(path string) ([32]byte, error) {
 	}
 	copy(k[:], b)
 	return k, nil
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // NewCompany creates a company with a fresh secret.
