@@ -272,23 +272,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "upload limit of %s set to %q\n", a[1], a[2])
 	case a[0] == "collect" && len(a) == 1:
-		var start vault.StartJobResponse
-		if err := c.do(ctx, "POST", vault.AdminJobs, vault.StartJobRequest{Kind: jobs.KindCollect}, &start); err != nil {
-			return err
-		}
-		if start.Running {
-			fmt.Fprintf(stderr, "a collection is already running (job %s, started %s): following it\n", start.Job.ID, start.Job.Started.Local().Format(time.DateTime))
-		}
-		view, err := c.follow(ctx, start.Job.ID, stderr)
-		if err != nil {
-			return err
-		}
-		if view.State != jobs.Done {
-			return fmt.Errorf("collect job %s %s: %s", view.ID, view.State, view.Error)
-		}
 		var res vault.CollectResult
-		if err := json.Unmarshal(view.Result, &res); err != nil {
-			return fmt.Errorf("read the result of collect job %s: %w", view.ID, err)
+		if err := c.runJob(ctx, vault.AdminJobs, vault.StartJobRequest{Kind: jobs.KindCollect}, "collect", "a collection", stderr, &res); err != nil {
+			return err
 		}
 		for _, s := range res.Skipped {
 			fmt.Fprintln(stdout, "SKIPPED", s)
@@ -296,23 +282,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "collected in %s: %d of %d chunks swept (%d bytes), %d kept for open sessions; %d packs rewritten, %d removed; %d bytes reclaimed; packs now hold %d bytes, %d of them live\n",
 			res.Took.Round(time.Millisecond), res.Swept, res.Chunks, res.SweptBytes, res.Protected, res.PacksRewritten, res.PacksRemoved, res.Reclaimed, res.StoreBytes, res.LiveBytes)
 	case a[0] == "verify" && len(a) == 1:
-		var start vault.StartJobResponse
-		if err := c.do(ctx, "POST", vault.AdminVerify, struct{}{}, &start); err != nil {
-			return err
-		}
-		if start.Running {
-			fmt.Fprintf(stderr, "a verify is already running (job %s, started %s): following it\n", start.Job.ID, start.Job.Started.Local().Format(time.DateTime))
-		}
-		view, err := c.follow(ctx, start.Job.ID, stderr)
-		if err != nil {
-			return err
-		}
-		if view.State != jobs.Done {
-			return fmt.Errorf("verify job %s %s: %s", view.ID, view.State, view.Error)
-		}
 		var rep vault.Report
-		if err := json.Unmarshal(view.Result, &rep); err != nil {
-			return fmt.Errorf("read the result of verify job %s: %w", view.ID, err)
+		if err := c.runJob(ctx, vault.AdminVerify, struct{}{}, "verify", "a verify", stderr, &rep); err != nil {
+			return err
 		}
 		for _, p := range rep.Problems {
 			fmt.Fprintln(stdout, "DAMAGED", p.String())
@@ -384,20 +356,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stdout, "more than one prune can remove: the next prune removes the rest")
 		}
 	case a[0] == "prune" && len(a) == 1:
-		var start vault.StartJobResponse
-		if err := c.do(ctx, "POST", vault.AdminPrune, struct{}{}, &start); err != nil {
-			return err
-		}
-		view, err := c.follow(ctx, start.Job.ID, stderr)
-		if err != nil {
-			return err
-		}
-		if view.State != jobs.Done {
-			return fmt.Errorf("prune job %s %s: %s", view.ID, view.State, view.Error)
-		}
 		var res vault.PruneResult
-		if err := json.Unmarshal(view.Result, &res); err != nil {
-			return fmt.Errorf("read the result of prune job %s: %w", view.ID, err)
+		if err := c.runJob(ctx, vault.AdminPrune, struct{}{}, "prune", "", stderr, &res); err != nil {
+			return err
 		}
 		fmt.Fprintf(stdout, "pruned %d versions and %d journal records from the catalog; %d versions kept (garbage collection reclaims their chunks)\n",
 			res.Removed.Versions, res.Removed.Journal, res.Plan.Keep)
@@ -507,6 +468,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", strings.Join(a, " "))
+	}
+	return nil
+}
+
+// runJob starts a job (POST path with req), follows it to its end and
+// decodes its result into res; kind names the job in errors. When a job of
+// that kind was already running the vault returns it instead, and runJob
+// follows that one: if running is not empty ("a verify") it says so on
+// stderr first.
+func (c *client) runJob(ctx context.Context, path string, req any, kind, running string, stderr io.Writer, res any) error {
+	var start vault.StartJobResponse
+	if err := c.do(ctx, "POST", path, req, &start); err != nil {
+		return err
+	}
+	if start.Running && running != "" {
+		fmt.Fprintf(stderr, "%s is already running (job %s, started %s): following it\n", running, start.Job.ID, start.Job.Started.Local().Format(time.DateTime))
+	}
+	view, err := c.follow(ctx, start.Job.ID, stderr)
+	if err != nil {
+		return err
+	}
+	if view.State != jobs.Done {
+		return fmt.Errorf("%s job %s %s: %s", kind, view.ID, view.State, view.Error)
+	}
+	if err := json.Unmarshal(view.Result, res); err != nil {
+		return fmt.Errorf("read the result of %s job %s: %w", kind, view.ID, err)
 	}
 	return nil
 }
