@@ -169,6 +169,11 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 	v.smu.Lock()
 	v.retired = map[string]map[[32]byte]struct{}{}
 	v.smu.Unlock()
+	// Barrier: a commit that found its session open (holdOpen) before
+	// retired was set writes its catalog record before the mark below
+	// reads the catalog, since its protect set may have been dropped.
+	v.recordMu.Lock()
+	v.recordMu.Unlock()
 	defer func() {
 		v.smu.Lock()
 		v.retired = nil

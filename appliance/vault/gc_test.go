@@ -298,3 +298,50 @@ func TestLackThenCollectThenCommit(t *testing.T) {
 		t.Fatalf("a third collection swept %d chunks: the second left garbage", res.Swept)
 	}
 }
+
+// TestCommitOfReplacedSession: an agent restarts while its commit is being
+// checked (its new session replaces the old one, no collection running),
+// and a collection runs before the old commit writes its version. The
+// replaced session's protect set was dropped and the collection's mark did
+// not see the version, so its chunks were swept: the commit must be
+// refused rather than record a version whose chunks are gone.
+func TestCommitOfReplacedSession(t *testing.T) {
+	v := openTestVault(t)
+	ctx := context.Background()
+	a := newGCAgent(t, v, "acme", "c1")
+	files := [][]byte{[]byte("uploaded by the session that gets replaced"), []byte("and a second file")}
+	sid, listing, err := a.stage(ctx, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	swept := int64(0)
+	testHookBeforeRecord = func() {
+		testHookBeforeRecord = nil
+		if _, err := v.OpenSession(ctx, a.p, "home"); err != nil { // the agent restarted
+			t.Error(err)
+		}
+		res, err := v.Collect(ctx, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		swept = res.Swept
+	}
+	t.Cleanup(func() { testHookBeforeRecord = nil })
+	_, err = v.Commit(ctx, a.p, sid, wire.Commit{Listing: listing})
+	if swept == 0 {
+		t.Fatalf("the collection swept nothing: the test no longer reaches the race")
+	}
+	if err == nil {
+		restoreAll(t, v, map[string][][]byte{"c1@1": files})
+		t.Fatalf("a commit whose session was replaced and whose chunks were swept (%d) was accepted", swept)
+	}
+	if ae, ok := err.(*apiError); !ok || ae.code != wire.CodeUnknownSession {
+		t.Fatalf("commit of a replaced session: %v, want %s", err, wire.CodeUnknownSession)
+	}
+	// The agent commits again through a new session: everything is
+	// uploaded again and the version restores.
+	if _, err := a.backup(ctx, files); err != nil {
+		t.Fatal(err)
+	}
+	restoreAll(t, v, map[string][][]byte{"c1@1": files})
+}

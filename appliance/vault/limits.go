@@ -277,6 +277,7 @@ func (v *Vault) capSessionsLocked(computer string) {
 	}
 	if n >= maxSessionsPerComputer && oldest != nil {
 		delete(v.sessions, oldest.id)
+		v.retireLocked(oldest) // a running collection keeps sparing what it protects
 	}
 }
 

@@ -55,7 +55,13 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	if err := v.Store.Put(s.company, []store.Entry{{Header: eh, Data: data}}); err != nil {
 		return wire.Committed{}, err
 	}
-	if err := v.Catalog.AddVersion(m, eh.ID); err != nil {
+	release, err := v.holdOpen(s)
+	if err != nil {
+		return wire.Committed{}, err
+	}
+	err = v.Catalog.AddVersion(m, eh.ID)
+	release()
+	if err != nil {
 		return wire.Committed{}, err
 	}
 	v.endSession(s)
@@ -87,7 +93,42 @@ func (v *Vault) AddJournal(ctx context.Context, p *Principal, id string, req wir
 	if t.IsZero() || t.After(v.clk.Now()) {
 		t = v.clk.Now()
 	}
+	release, err := v.holdOpen(s)
+	if err != nil {
+		return wire.Journal{}, err
+	}
+	defer release()
 	return v.Catalog.AddJournal(c.ID, s.config, wire.Journal{Base: base, Time: t.UTC(), Listing: req.Listing, Totals: totals})
+}
+
+// testHookBeforeRecord, set by tests, runs in a commit or journal record
+// after its checks and before holdOpen.
+var testHookBeforeRecord func()
+
+// holdOpen is taken by a commit or journal record before it writes its
+// catalog record: it checks that the session is still open and holds the
+// record barrier shared until release. A session that ended while its
+// commit was being checked (expired, or replaced when its agent restarted)
+// may have lost its protect set outside any collection, and a collection
+// that started since may not have seen this version: its chunks may be
+// gone, so the commit is refused. A session still open here stays
+// protected: if it ends during a collection, its protect set is retired;
+// a collection that starts later waits at the barrier (Collect) until the
+// record is written, so its mark sees it.
+func (v *Vault) holdOpen(s *session) (release func(), err error) {
+	if testHookBeforeRecord != nil {
+		testHookBeforeRecord()
+	}
+	v.recordMu.RLock()
+	v.smu.Lock()
+	open := v.sessions[s.id] == s
+	v.smu.Unlock()
+	if !open {
+		v.recordMu.RUnlock()
+		return nil, fail(http.StatusNotFound, wire.CodeUnknownSession,
+			"session %q ended while its commit was checked (expired, or replaced by a new session): open a new session and commit again", s.id)
+	}
+	return v.recordMu.RUnlock, nil
 }
 
 // checkListing reads a version's listing and checks that every chunk it

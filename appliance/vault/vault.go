@@ -85,6 +85,7 @@ type Vault struct {
 
 	gcMu       sync.RWMutex // shared: a session protecting ids and asking Has; exclusive: a sweep batch (gc.go)
 	collecting sync.Mutex   // held by the running collection
+	recordMu   sync.RWMutex // shared: a commit writing its catalog record (holdOpen); exclusive: a collection's start (gc.go)
 
 	limits     Limits
 	uploads    *slotPool // upload, commit and journal requests (limits.go)
