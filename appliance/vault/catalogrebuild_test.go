@@ -65,6 +65,25 @@ func copyFile(t *testing.T, from, to string) {
 	}
 }
 
+// openWithComputer opens a vault in dir (real clock) with company acme and
+// computer pc-1 enrolled in it.
+func openWithComputer(t *testing.T, dir string) *Vault {
+	t.Helper()
+	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("token")
+	v.Catalog.AddToken(secret, catalog.Token{Company: "acme", Expires: time.Now().Add(time.Hour)})
+	if err := v.Catalog.EnrollComputer(secret, time.Now(), catalog.Computer{ID: "pc-1", Company: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 // versionsOf lists the version records of a computer, in order.
 func versionsOf(t *testing.T, v *Vault, computer string) []catalog.Version {
 	t.Helper()
@@ -213,18 +232,7 @@ func TestCatalogLoss(t *testing.T) {
 // the store does not hold stops the vault with a message naming it.
 func TestIndexBehindCatalog(t *testing.T) {
 	dir := t.TempDir()
-	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.NewCompany("acme"); err != nil {
-		t.Fatal(err)
-	}
-	secret := []byte("token")
-	v.Catalog.AddToken(secret, catalog.Token{Company: "acme", Expires: time.Now().Add(time.Hour)})
-	if err := v.Catalog.EnrollComputer(secret, time.Now(), catalog.Computer{ID: "pc-1", Company: "acme"}); err != nil {
-		t.Fatal(err)
-	}
+	v := openWithComputer(t, dir)
 	commitVersion(t, v, "pc-1", "home", 1, time.Now())
 	// Version 2 is in the catalog only, as after restoring a catalog.db
 	// newer than index.db and the packs.
@@ -232,7 +240,7 @@ func TestIndexBehindCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.Close()
-	_, err = Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
+	_, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
 	if !errors.Is(err, ErrIndexBehind) || !strings.Contains(err.Error(), "manifest of version pc-1/home@2") ||
 		!strings.Contains(err.Error(), "rebuilt from the packs") || !strings.Contains(err.Error(), "rebuild-catalog -fresh") {
 		t.Fatalf("open on an index older than the catalog: %v", err)
@@ -245,18 +253,7 @@ func TestIndexBehindCatalog(t *testing.T) {
 // indexed and the vault starts.
 func TestIndexLacksManifest(t *testing.T) {
 	dir := t.TempDir()
-	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.NewCompany("acme"); err != nil {
-		t.Fatal(err)
-	}
-	secret := []byte("token")
-	v.Catalog.AddToken(secret, catalog.Token{Company: "acme", Expires: time.Now().Add(time.Hour)})
-	if err := v.Catalog.EnrollComputer(secret, time.Now(), catalog.Computer{ID: "pc-1", Company: "acme"}); err != nil {
-		t.Fatal(err)
-	}
+	v := openWithComputer(t, dir)
 	ver := commitVersion(t, v, "pc-1", "home", 1, time.Now())
 	v.Close()
 
