@@ -45,17 +45,28 @@ func startDaemon(t *testing.T, a *agent) *daemonProc {
 // returns how long that took.
 func (e *env) eventually(config, src string) time.Duration {
 	e.t.Helper()
+	took, last, ok := e.latestMatches(e.a, config, src, 60*time.Second)
+	if !ok {
+		e.t.Fatalf("%s@latest never matched the source within 60 s; last difference: %s", config, last)
+	}
+	return took
+}
+
+// latestMatches restores CONFIG@latest with agent a, again and again for at
+// most within, until it equals what src holds now. It returns how long
+// that took, or ok false and the last difference (or failed restore).
+func (e *env) latestMatches(a *agent, config, src string, within time.Duration) (took time.Duration, last string, ok bool) {
+	e.t.Helper()
 	want := snapshot(e.t, src)
 	start := time.Now()
-	var last string
-	for time.Since(start) < 60*time.Second {
+	for time.Since(start) < within {
 		to := filepath.Join(e.root, fmt.Sprintf("latest-%d", time.Now().UnixNano()))
-		r := e.a.run("restore", config+"@latest", "-to", to, "-setid")
+		r := a.run("restore", config+"@latest", "-to", to, "-setid")
 		if r.code == 0 {
 			got := snapshot(e.t, filepath.Join(to, src))
 			os.RemoveAll(to)
 			if d := diffStates(want, got); d == "" {
-				return time.Since(start)
+				return time.Since(start), "", true
 			} else {
 				last = d
 			}
@@ -64,8 +75,7 @@ func (e *env) eventually(config, src string) time.Duration {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	e.t.Fatalf("%s@latest never matched the source within 60 s; last difference: %s", config, last)
-	return 0
+	return 0, last, false
 }
 
 func diffStates(want, got map[string]entryState) string {

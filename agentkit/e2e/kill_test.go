@@ -382,27 +382,11 @@ func (c *killEnv) changeLive(round int) {
 // eventually waits until CONFIG@latest, restored by agent a, equals src.
 func (c *killEnv) eventually(a *agent, config, src string) time.Duration {
 	c.t.Helper()
-	want := snapshot(c.t, src)
-	start := time.Now()
-	var last string
-	for time.Since(start) < 90*time.Second {
-		to := filepath.Join(c.root, fmt.Sprintf("latest-%d", time.Now().UnixNano()))
-		r := a.run("restore", config+"@latest", "-to", to, "-setid")
-		if r.code == 0 {
-			got := snapshot(c.t, filepath.Join(to, src))
-			os.RemoveAll(to)
-			if d := diffStates(want, got); d == "" {
-				return time.Since(start)
-			} else {
-				last = d
-			}
-		} else {
-			last = r.String()
-		}
-		time.Sleep(100 * time.Millisecond)
+	took, last, ok := c.latestMatches(a, config, src, 90*time.Second)
+	if !ok {
+		c.t.Fatalf("%s@latest never matched its source within 90 s; last difference: %s\ndaemon log:\n%s", config, last, c.daemon.out)
 	}
-	c.t.Fatalf("%s@latest never matched its source within 90 s; last difference: %s\ndaemon log:\n%s", config, last, c.daemon.out)
-	return 0
+	return took
 }
 
 // check runs after every kill: verify is clean and the versions not yet
