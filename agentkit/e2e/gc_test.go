@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -17,17 +16,7 @@ import (
 // gcKills is how many SIGKILLs of vaultd TestCollectKills must land while
 // a garbage collection runs: VAULTNODE_GC_KILLS, 5 by default (`make
 // test`); `make soak` asks for 60.
-func gcKills(t *testing.T) int {
-	s := os.Getenv("VAULTNODE_GC_KILLS")
-	if s == "" {
-		return 5
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		t.Fatalf("VAULTNODE_GC_KILLS=%q: want a positive number of kills", s)
-	}
-	return n
-}
+func gcKills(t *testing.T) int { return envKills(t, "VAULTNODE_GC_KILLS", 5) }
 
 // gcComputer is one enrolled agent protecting its own tree.
 type gcComputer struct {

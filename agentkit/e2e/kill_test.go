@@ -19,14 +19,18 @@ import (
 // killRounds is how many SIGKILLs TestRandomKills must land while an
 // operation runs: VAULTNODE_KILLS, 12 by default (`make test`); `make soak`
 // asks for 100.
-func killRounds(t *testing.T) int {
-	s := os.Getenv("VAULTNODE_KILLS")
+func killRounds(t *testing.T) int { return envKills(t, "VAULTNODE_KILLS", 12) }
+
+// envKills reads a number of kills from the environment variable name:
+// def when it is unset, a test failure when it is not a positive number.
+func envKills(t *testing.T, name string, def int) int {
+	s := os.Getenv(name)
 	if s == "" {
-		return 12
+		return def
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 {
-		t.Fatalf("VAULTNODE_KILLS=%q: want a positive number of kills", s)
+		t.Fatalf("%s=%q: want a positive number of kills", name, s)
 	}
 	return n
 }
