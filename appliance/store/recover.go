@@ -72,7 +72,10 @@ func Open(dir string, log *zap.Logger, opts Options) (*Store, error) {
 	}
 	s := &Store{dir: dir, db: db, log: log, opts: opts, packs: opts.Packs, free: map[string][]*writer{}, readers: map[uint32]*packFile{}}
 	if missing {
-		log.Warn("index.db is missing: rebuilding it from the packs", zap.String("index", path))
+		// A new store has no packs either: only a lost index is news.
+		if files, err := s.packFiles(context.Background()); err != nil || len(files) > 0 {
+			log.Warn("index.db is missing: rebuilding it from the packs", zap.String("index", path), zap.Int("packs", len(files)))
+		}
 	}
 	if err := s.recover(context.Background()); err != nil {
 		db.Close()

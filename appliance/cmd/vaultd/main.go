@@ -103,13 +103,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		// The first operator: made once every listener is open (so its
 		// password is never lost to a failed start), printed once here and
-		// stored only as a hash.
-		name, pw, err := v.FirstOperator()
-		if err != nil {
-			fmt.Fprintf(stderr, "vaultd: %v; add an operator with `vaultctl user add NAME -operator`\n", err)
-		}
-		if pw != "" {
-			fmt.Fprintf(stdout, "vaultd: first operator %q, one-time password %s (shown once; choose your own with `vaultctl user passwd %s -password-stdin`)\n", name, pw, name)
+		// stored only as a hash. Only with the portal on: the password is
+		// for signing in there, and its argon2id hash takes 46 MiB, which
+		// a vault without a portal need not spend.
+		if v.PortalAddr() != "" {
+			name, pw, err := v.FirstOperator()
+			if err != nil {
+				fmt.Fprintf(stderr, "vaultd: %v; add an operator with `vaultctl user add NAME -operator`\n", err)
+			}
+			if pw != "" {
+				fmt.Fprintf(stdout, "vaultd: first operator %q, one-time password %s (shown once; choose your own with `vaultctl user passwd %s -password-stdin`)\n", name, pw, name)
+			}
 		}
 		fmt.Fprintf(stdout, "vaultd: serving agents on %s, data in %s\n", addr, *data)
 	})
