@@ -349,30 +349,61 @@ func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[s
 	if err != nil {
 		return nil, nil, fmt.Errorf("mark versions: %w", err)
 	}
-	owner := map[string]string{}
-	err = v.Catalog.AllJournal(func(computer, config string, j wire.Journal) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		co, ok := owner[computer]
-		if !ok {
-			cp, err := v.Catalog.Computer(computer)
-			if err != nil {
-				return fmt.Errorf("journal record of %s: %w", computer, err)
-			}
-			co, owner[computer] = cp.Company, cp.Company
-		}
-		walk(co, fmt.Sprintf("journal record %s/%s@%d+%d", computer, config, j.Base, j.N), j.Listing)
-		return nil
-	})
+	// Journal records too are read first and walked outside the
+	// catalog's read transaction (see journalRecords).
+	recs, err := v.journalRecords(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mark journal records: %w", err)
 	}
+	owner := map[string]string{}
+	for _, r := range recs {
+		co, ok := owner[r.computer]
+		if !ok {
+			cp, err := v.Catalog.Computer(r.computer)
+			if err != nil {
+				return nil, nil, fmt.Errorf("mark journal records: journal record of %s: %w", r.computer, err)
+			}
+			co, owner[r.computer] = cp.Company, cp.Company
+		}
+		if testHookWalk != nil {
+			testHookWalk()
+		}
+		walk(co, fmt.Sprintf("journal record %s/%s@%d+%d", r.computer, r.config, r.j.Base, r.j.N), r.j.Listing)
+		if err := ctx.Err(); err != nil {
+			return nil, nil, fmt.Errorf("mark journal records: %w", err)
+		}
+	}
+	recs = nil
 	for co, ids := range live {
 		slices.SortFunc(ids, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
 		live[co] = slices.Compact(ids)
 	}
 	return live, bad, nil
+}
+
+// journalRecord is a journal record with its computer and configuration.
+type journalRecord struct {
+	computer, config string
+	j                wire.Journal
+}
+
+// testHookWalk, set by tests, runs before a collection or a verify walks a
+// journal record's listing.
+var testHookWalk func()
+
+// journalRecords reads every journal record in one catalog transaction.
+// Walking a listing inside that transaction would hold it for the whole
+// walk: a catalog write that must grow the file (bbolt remaps it) would
+// wait for the walk, holding every other write behind it, and a read
+// opened meanwhile by the walk (the record's computer) would deadlock
+// behind that write.
+func (v *Vault) journalRecords(ctx context.Context) ([]journalRecord, error) {
+	var recs []journalRecord
+	err := v.Catalog.AllJournal(func(computer, config string, j wire.Journal) error {
+		recs = append(recs, journalRecord{computer, config, j})
+		return ctx.Err()
+	})
+	return recs, err
 }
 
 // markListing reports the listing's chunks and every chunk its nodes

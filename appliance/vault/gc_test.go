@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"vaultnode/appliance/catalog"
 	"vaultnode/internal/keys"
@@ -344,4 +345,64 @@ func TestCommitOfReplacedSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	restoreAll(t, v, map[string][][]byte{"c1@1": files})
+}
+
+// TestWalksLeaveTheCatalogWritable: a collection and a verify walk the
+// listings of versions and journal records outside any catalog read
+// transaction, so a catalog write that grows the file (bbolt remaps it) is
+// not held up by the walk. Inside the transaction, the write made by the
+// hook below, on the walking goroutine, deadlocks on the remap: the shape of
+// a commit stalled behind a long walk, and of the walk's own read of the
+// record's computer stuck behind that commit.
+func TestWalksLeaveTheCatalogWritable(t *testing.T) {
+	v := openTestVault(t)
+	ctx := context.Background()
+	a := newGCAgent(t, v, "acme", "c1")
+	sid, listing, err := a.stage(ctx, [][]byte{[]byte("journalled file")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Commit(ctx, a.p, sid, wire.Commit{Listing: listing}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Catalog.AddJournal("c1", "home", wire.Journal{Base: 1, Time: time.Now(), Listing: listing}); err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(100)
+	testHookWalk = func() {
+		// About 2 MB in one record: more than the catalog's mapping.
+		big := make([]tree.ChunkRef, 20000)
+		for i := range big {
+			big[i] = tree.ChunkRef{ID: [32]byte{byte(i), byte(i >> 8), 1}, Len: 1}
+		}
+		seq++
+		m := wire.Manifest{Magic: wire.ManifestMagic, Company: "acme", Computer: "c1", Config: "other", Seq: seq,
+			Started: time.Now().UTC(), Finished: time.Now().UTC(), Listing: big}
+		if err := v.Catalog.AddVersion(m, [32]byte{byte(seq)}); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(func() { testHookWalk = nil })
+	for _, run := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"collect", func() error { _, err := v.Collect(ctx, nil); return err }},
+		{"verify", func() error { _, err := v.Verify(ctx); return err }},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- run.fn() }() // owner: this test; a hang is the failure
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", run.name, err)
+			}
+		case <-time.After(2 * time.Minute): // a bound on a hang, not a timing check
+			// panic, not Fatal: closing the vault would hang too.
+			panic(run.name + " hung: a catalog write during its walk waited for the walk's read transaction")
+		}
+	}
+	if seq < 103 {
+		t.Fatalf("the hook ran %d times: the walks no longer reach it", seq-100)
+	}
 }

@@ -305,37 +305,53 @@ func (v *Vault) VerifyProgress(ctx context.Context, prog Progress) (*Report, err
 		a, b := rep.Quarantined[i], rep.Quarantined[j]
 		return a.Company < b.Company || a.Company == b.Company && a.Chunk < b.Chunk
 	})
+	// The versions are read in one catalog transaction, then walked
+	// outside it (journalRecords, gc.go, says why).
+	var ms []wire.Manifest
 	err = v.Catalog.AllVersions(func(m wire.Manifest) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rep.Versions++
-		v.verifyListing(m.Company, m.Computer, fmt.Sprintf("%s@%d", m.Config, m.Seq), m.Listing, rep, damaged, quarantined[m.Company])
-		return nil
+		ms = append(ms, m)
+		return ctx.Err()
 	})
 	if err != nil {
 		return nil, err
 	}
-	owner := map[string]string{} // computer -> company
-	err = v.Catalog.AllJournal(func(computer, config string, j wire.Journal) error {
+	for _, m := range ms {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
+		}
+		rep.Versions++
+		if testHookWalk != nil {
+			testHookWalk()
+		}
+		v.verifyListing(m.Company, m.Computer, fmt.Sprintf("%s@%d", m.Config, m.Seq), m.Listing, rep, damaged, quarantined[m.Company])
+	}
+	ms = nil
+	recs, err := v.journalRecords(ctx) // walked outside the catalog's transaction (gc.go)
+	if err != nil {
+		return nil, err
+	}
+	owner := map[string]string{} // computer -> company
+	for _, r := range recs {
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
 		rep.Journal++
-		ver := fmt.Sprintf("%s@%d+%d", config, j.Base, j.N)
-		co, ok := owner[computer]
+		ver := fmt.Sprintf("%s@%d+%d", r.config, r.j.Base, r.j.N)
+		co, ok := owner[r.computer]
 		if !ok {
-			cp, err := v.Catalog.Computer(computer)
+			cp, err := v.Catalog.Computer(r.computer)
 			if err != nil {
-				rep.add(Problem{Computer: computer, Version: ver, What: fmt.Sprintf("journal record of an unknown computer: %v", err)})
-				return nil
+				rep.add(Problem{Computer: r.computer, Version: ver, What: fmt.Sprintf("journal record of an unknown computer: %v", err)})
+				continue
 			}
-			co, owner[computer] = cp.Company, cp.Company
+			co, owner[r.computer] = cp.Company, cp.Company
 		}
-		v.verifyListing(co, computer, ver, j.Listing, rep, damaged, quarantined[co])
-		return nil
-	})
-	return rep, err
+		if testHookWalk != nil {
+			testHookWalk()
+		}
+		v.verifyListing(co, r.computer, ver, r.j.Listing, rep, damaged, quarantined[co])
+	}
+	return rep, nil
 }
 
 // suspect is an index record verify found wrong.
