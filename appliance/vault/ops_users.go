@@ -244,7 +244,25 @@ func (v *Vault) userFor(p *Principal, name string) (catalog.User, error) {
 		}
 		return u, err
 	}
+	// A manager acts only on users who hold nothing it does not: else
+	// resetting a stronger user's password would be a way to its rights.
+	for _, c := range u.Caps {
+		if !p.Has(Capability(c)) {
+			return u, fail(http.StatusForbidden, wire.CodeForbidden, "user %q holds %q, which %s does not: only someone who holds every capability of a user may manage it", name, c, p)
+		}
+	}
 	return u, nil
+}
+
+// grantable checks that p holds every capability it gives: managing users
+// never raises anyone, the manager included, above the manager's rights.
+func grantable(p *Principal, caps []string) error {
+	for _, c := range caps {
+		if !p.Has(Capability(c)) {
+			return fail(http.StatusForbidden, wire.CodeForbidden, "%s cannot give %q: it does not hold it", p, c)
+		}
+	}
+	return nil
 }
 
 // resolveComputers turns computer refs into ids of company.
@@ -277,6 +295,9 @@ func (v *Vault) AddUser(ctx context.Context, p *Principal, req UserRequest) (Use
 	u := catalog.User{Name: req.Name, Kind: req.Kind, Company: req.Company, Limited: req.Limited, Created: v.clk.Now()}
 	var err error
 	if u.Caps, err = validCaps(req.Kind, req.Caps); err != nil {
+		return UserInfo{}, err
+	}
+	if err := grantable(p, u.Caps); err != nil {
 		return UserInfo{}, err
 	}
 	if req.Limited {
@@ -338,6 +359,9 @@ func (v *Vault) SetUserCaps(ctx context.Context, p *Principal, name string, req 
 		return UserInfo{}, err
 	}
 	if u.Caps, err = validCaps(u.Kind, req.Caps); err != nil {
+		return UserInfo{}, err
+	}
+	if err := grantable(p, u.Caps); err != nil {
 		return UserInfo{}, err
 	}
 	u.Limited, u.Computers = req.Limited, nil

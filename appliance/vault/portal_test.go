@@ -220,6 +220,8 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 			return want{200, ""}
 		case company != "acme":
 			return want{404, wire.CodeNotFound}
+		case route == "POST /api/v1/users/{name}/caps" && !has(CapRestore):
+			return want{403, wire.CodeForbidden} // the call gives restore: only one who holds it may
 		}
 		return want{200, ""}
 	}
@@ -326,7 +328,9 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		user, target string
 		status       int
 	}{{"all-view", "target-acme", 403}, {"all-manage-users", "target-globex", 404}, {"one-manage-users", "target-acme", 403},
-		{"all-manage-users", "target-op", 404}, {"all-manage-users", "target-acme", 200}, {"op-all", "target-globex", 200}} {
+		// target-acme holds restore by now (op-all gave it above), which
+		// all-manage-users does not: it may not manage a stronger user.
+		{"all-manage-users", "target-op", 404}, {"all-manage-users", "target-acme", 403}, {"op-all", "target-globex", 200}} {
 		b := pv.browser(t)
 		b.login(tc.user, "password-of-"+tc.user)
 		if st, code, _ := b.do("DELETE", PortalAPI+"users/"+tc.target, nil); st != tc.status {
@@ -628,5 +632,35 @@ func TestPortalSessionsSwept(t *testing.T) {
 			t.Fatal("the expired session is still in the catalog")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestManageUsersCannotRaise: a user manager gives only capabilities it
+// holds, to itself or anyone, and cannot manage (reset the password of, so
+// sign in as) a user holding more than it does.
+func TestManageUsersCannotRaise(t *testing.T) {
+	pv := servePortal(t)
+	pv.addUser(t, UserRequest{Name: "mgr", Kind: catalog.UserCompany, Company: "acme", Caps: []string{"manage_users"}})
+	pv.addUser(t, UserRequest{Name: "strong", Kind: catalog.UserCompany, Company: "acme", Caps: []string{"restore", "manage_users"}})
+	pv.addUser(t, UserRequest{Name: "weak", Kind: catalog.UserCompany, Company: "acme"})
+	b := pv.browser(t)
+	if st, code := b.login("mgr", "password-of-mgr"); st != 200 {
+		t.Fatalf("sign in: %d %s", st, code)
+	}
+	for _, tc := range []struct {
+		method, path string
+		body         any
+		status       int
+	}{
+		{"POST", PortalAPI + "users/mgr/caps", SetCapsRequest{Caps: []string{"manage_users", "restore"}}, 403},
+		{"POST", PortalAPI + "users", UserRequest{Name: "crony", Kind: catalog.UserCompany, Company: "acme", Caps: []string{"configure_backup"}}, 403},
+		{"POST", PortalAPI + "users/strong/password", PasswordRequest{}, 403},
+		{"POST", PortalAPI + "users/strong/caps", SetCapsRequest{Caps: []string{"view"}}, 403},
+		{"POST", PortalAPI + "users/weak/caps", SetCapsRequest{Caps: []string{"manage_users"}}, 200},
+		{"POST", PortalAPI + "users/weak/password", PasswordRequest{}, 200},
+	} {
+		if st, code, out := b.do(tc.method, tc.path, tc.body); st != tc.status {
+			t.Errorf("%s %s: got %d %q %.200s, want %d", tc.method, tc.path, st, code, out, tc.status)
+		}
 	}
 }
