@@ -83,7 +83,7 @@ var ErrCollecting = errors.New("a garbage collection is already running")
 type CollectResult struct {
 	Companies      int           `json:"companies"`
 	Chunks         int64         `json:"chunks"`          // index records before
-	Marked         int64         `json:"marked"`          // chunks reachable from the catalog
+	Marked         int64         `json:"marked"`          // chunks of the snapshot reachable from the catalog
 	Swept          int64         `json:"swept"`           // records removed
 	SweptBytes     int64         `json:"swept_bytes"`     // their pack bytes
 	Protected      int64         `json:"protected"`       // unmarked, kept for an open session
@@ -196,7 +196,16 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 	}
 	p.SetTotals(res.Chunks, 0)
 
-	live, bad, err := v.mark(ctx)
+	live := map[string]*marks{}
+	for co, ids := range snap {
+		live[co] = newMarks(ids)
+	}
+	snap = nil
+	bad, err := v.mark(ctx, func(company string, ids ...[32]byte) {
+		if m := live[company]; m != nil {
+			m.add(ids...)
+		}
+	})
 	if err != nil {
 		return res, err
 	}
@@ -210,10 +219,10 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 			continue
 		}
 		m := live[co.Name]
-		res.Marked += int64(len(m))
-		cand := minus(snap[co.Name], m)
-		p.Add(int64(len(snap[co.Name])-len(cand)), 0)
-		delete(snap, co.Name)
+		res.Marked += m.n
+		cand := m.unmarked()
+		p.Add(int64(len(m.snap)-len(cand)), 0)
+		delete(live, co.Name)
 		if err := v.sweep(ctx, co.Name, cand, &res, p); err != nil {
 			return res, err
 		}
@@ -235,22 +244,6 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 		zap.Int("packs_rewritten", res.PacksRewritten), zap.Int("packs_removed", res.PacksRemoved),
 		zap.Int64("reclaimed", res.Reclaimed), zap.Duration("took", res.Took))
 	return res, nil
-}
-
-// minus returns the ids of sorted a not in sorted b.
-func minus(a, b [][32]byte) [][32]byte {
-	var out [][32]byte
-	j := 0
-	for _, id := range a {
-		for j < len(b) && bytes.Compare(b[j][:], id[:]) < 0 {
-			j++
-		}
-		if j < len(b) && b[j] == id {
-			continue
-		}
-		out = append(out, id)
-	}
-	return out
 }
 
 // sweep removes the records of cand, a batch at a time, sparing what a
@@ -310,11 +303,11 @@ func (v *Vault) protectedLocked(company string, id [32]byte) bool {
 	return false
 }
 
-// mark collects, per company, the sorted ids reachable from the catalog;
-// bad names the companies whose references could not all be read.
-func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[string]string, err error) {
-	live, bad = map[string][][32]byte{}, map[string]string{}
-	add := func(company string, ids ...[32]byte) { live[company] = append(live[company], ids...) }
+// mark reports, per company, every id reachable from the catalog to add
+// (in batches, with repeats); bad names the companies whose references
+// could not all be read.
+func (v *Vault) mark(ctx context.Context, add func(company string, ids ...[32]byte)) (bad map[string]string, err error) {
+	bad = map[string]string{}
 	walk := func(company, what string, listing []tree.ChunkRef) {
 		if bad[company] != "" {
 			return
@@ -331,7 +324,7 @@ func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[s
 		return ctx.Err()
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("mark versions: %w", err)
+		return nil, fmt.Errorf("mark versions: %w", err)
 	}
 	for _, ver := range vers {
 		start := v.clk.Now()
@@ -347,13 +340,13 @@ func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[s
 	}
 	vers = nil
 	if err != nil {
-		return nil, nil, fmt.Errorf("mark versions: %w", err)
+		return nil, fmt.Errorf("mark versions: %w", err)
 	}
 	// Journal records too are read first and walked outside the
 	// catalog's read transaction (see journalRecords).
 	recs, err := v.journalRecords(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("mark journal records: %w", err)
+		return nil, fmt.Errorf("mark journal records: %w", err)
 	}
 	owner := map[string]string{}
 	for _, r := range recs {
@@ -361,7 +354,7 @@ func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[s
 		if !ok {
 			cp, err := v.Catalog.Computer(r.computer)
 			if err != nil {
-				return nil, nil, fmt.Errorf("mark journal records: journal record of %s: %w", r.computer, err)
+				return nil, fmt.Errorf("mark journal records: journal record of %s: %w", r.computer, err)
 			}
 			co, owner[r.computer] = cp.Company, cp.Company
 		}
@@ -370,15 +363,45 @@ func (v *Vault) mark(ctx context.Context) (live map[string][][32]byte, bad map[s
 		}
 		walk(co, fmt.Sprintf("journal record %s/%s@%d+%d", r.computer, r.config, r.j.Base, r.j.N), r.j.Listing)
 		if err := ctx.Err(); err != nil {
-			return nil, nil, fmt.Errorf("mark journal records: %w", err)
+			return nil, fmt.Errorf("mark journal records: %w", err)
 		}
 	}
-	recs = nil
-	for co, ids := range live {
-		slices.SortFunc(ids, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
-		live[co] = slices.Compact(ids)
+	return bad, nil
+}
+
+// marks is one company's mark set: a bit per id of the collection's sorted
+// snapshot. Memory is the snapshot's 32 bytes per chunk plus one bit,
+// whatever the number of versions referencing each chunk; an id outside
+// the snapshot (stored since it was taken) is no candidate, so needs no bit.
+type marks struct {
+	snap [][32]byte
+	bits []uint64
+	n    int64 // distinct snapshot ids marked
+}
+
+func newMarks(snap [][32]byte) *marks {
+	return &marks{snap: snap, bits: make([]uint64, (len(snap)+63)/64)}
+}
+
+func (m *marks) add(ids ...[32]byte) {
+	for _, id := range ids {
+		i, ok := slices.BinarySearchFunc(m.snap, id, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+		if ok && m.bits[i/64]&(1<<(i%64)) == 0 {
+			m.bits[i/64] |= 1 << (i % 64)
+			m.n++
+		}
 	}
-	return live, bad, nil
+}
+
+// unmarked returns the snapshot's ids that were not marked, in order.
+func (m *marks) unmarked() [][32]byte {
+	var out [][32]byte
+	for i, id := range m.snap {
+		if m.bits[i/64]&(1<<(i%64)) == 0 {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // journalRecord is a journal record with its computer and configuration.
