@@ -122,9 +122,13 @@ func TestCrashVault(t *testing.T) {
 	c := newCrashEnv(t, 4)
 	prevRaw := int64(0)
 	span := 4 * time.Second // the first backup sends the whole tree
+	// fastest is the shortest a later round's backup was seen to take:
+	// kills aim inside it, so they land while the backup runs however fast
+	// this machine is.
+	fastest := time.Duration(0)
 	mid := 0
 	for round := 0; mid < minMidKills; round++ {
-		if round >= 3*minMidKills {
+		if round >= 4*minMidKills {
 			t.Fatalf("only %d of %d rounds killed the vault while the backup ran; %d needed", mid, round, minMidKills)
 		}
 		if round > 0 {
@@ -134,28 +138,36 @@ func TestCrashVault(t *testing.T) {
 		fresh := freshBound(round, snap, prevRaw)
 		prevRaw = rawBytes(snap)
 		before := c.storedBytes()
+		began := time.Now()
 		cmd, out, done := c.startBackup()
 		d := 20*time.Millisecond + time.Duration(c.rnd.Int64N(int64(span)))
+		took := d // at most, when the backup ended between the timer and the kill
 		finished := false
 		select {
 		case <-done:
-			finished = true
+			finished, took = true, time.Since(began)
 		case <-time.After(d):
 		}
 		c.v.kill()
 		waitDone(t, "the agent after the vault was killed", done, cmd)
 		code := cmd.ProcessState.ExitCode()
 		if finished || code == 0 {
-			// The kill came too late: shorter delays from now on.
-			span = max(span/2, 200*time.Millisecond)
-			t.Logf("round %d: the backup finished (exit %d) before the kill at %v: not counted; kills now fall within %v", round, code, d, span)
+			// The kill came too late: aim within the fastest backup seen.
+			if round > 0 && (fastest == 0 || took < fastest) {
+				fastest = took
+			}
+			span = max(span/2, 100*time.Millisecond)
+			if fastest > 0 {
+				span = max(fastest*3/4, 50*time.Millisecond)
+			}
+			t.Logf("round %d: the backup finished (exit %d, within %v) before the kill at %v: not counted; kills now fall within %v", round, code, took, d, span)
 		} else {
 			mid++
 			t.Logf("round %d: vault killed mid-backup at %v (%d/%d); agent exit %d: %s", round, d, mid, minMidKills, code, lastLine(out.String()))
 			if code == 1 && !strings.Contains(out.String(), "vault") {
 				t.Errorf("round %d: the agent's failure does not say the vault was unreachable: %s", round, out)
 			}
-			if round > 0 {
+			if round > 0 && fastest == 0 {
 				span = 1500 * time.Millisecond
 			}
 		}
