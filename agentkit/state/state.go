@@ -17,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"vaultnode/internal/atomicfile"
 )
 
 // ErrNotEnrolled means the state directory holds no identity.
@@ -59,7 +61,7 @@ func (d *Dir) NewKey(hostname string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(d.file("key.pem.new"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := atomicfile.WriteFile(d.file("key.pem.new"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, err
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: hostname}}, key)
@@ -74,14 +76,14 @@ func (d *Dir) SaveIdentity(id Identity, certPEM, caPEM []byte) error {
 	if err := os.Rename(d.file("key.pem.new"), d.file("key.pem")); err != nil {
 		return fmt.Errorf("save identity: %w", err)
 	}
-	if err := writeAtomic(d.file("cert.pem"), certPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(d.file("cert.pem"), certPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeAtomic(d.file("ca.pem"), caPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(d.file("ca.pem"), caPEM, 0o600); err != nil {
 		return err
 	}
 	b, _ := json.MarshalIndent(id, "", "  ")
-	return writeAtomic(d.file("identity.json"), b, 0o600)
+	return atomicfile.WriteFile(d.file("identity.json"), b, 0o600)
 }
 
 // Load returns the identity, the client certificate and the pinned CA pool.
@@ -163,25 +165,5 @@ func (d *Dir) CommitListing(config, tmp string, last Last) error {
 		return err
 	}
 	b, _ := json.Marshal(last)
-	return writeAtomic(filepath.Join(dir, "last.json"), b, 0o600)
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(filepath.Join(dir, "last.json"), b, 0o600)
 }
