@@ -90,10 +90,25 @@ func TestPortalBrowser(t *testing.T) {
 			chromedp.SendKeys(chromedp.ID("user"), user),
 			chromedp.SendKeys(chromedp.ID("password"), pw),
 			chromedp.Click(chromedp.ID("signin")),
-			chromedp.WaitVisible(chromedp.ID("computers")),
+			chromedp.WaitVisible(chromedp.CSS(`#computers, #must-change`)),
 		)
 		if err != nil {
 			t.Fatalf("sign in as %s: %v", user, err)
+		}
+		// A one-time password goes to the account page, and can only be
+		// changed there.
+		if at, _ := chromedp.Run(ctx, chromedp.Location()); strings.HasSuffix(at, "/account") {
+			err = chromedp.Do(ctx,
+				chromedp.Navigate(base+"/computers"), chromedp.WaitVisible(chromedp.ID("must-change")),
+				chromedp.SendKeys(chromedp.ID("current"), pw),
+				chromedp.SendKeys(chromedp.ID("new"), pw+" of my own"),
+				chromedp.Click(chromedp.ID("change")),
+				chromedp.WaitVisible(chromedp.ID("account-done")),
+				chromedp.Click(chromedp.ID("to-computers")),
+				chromedp.WaitVisible(chromedp.ID("computers")))
+			if err != nil {
+				t.Fatalf("%s changes the one-time password: %v", user, err)
+			}
 		}
 		if !strings.HasSuffix(url, "/login") {
 			t.Fatalf("signed out, /computers went to %s, want /login", url)

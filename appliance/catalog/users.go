@@ -62,10 +62,14 @@ type User struct {
 	MustChange bool `json:"must_change,omitempty"`
 	// TOTP is the base32 secret of the second factor (RFC 6238); empty:
 	// none.
-	TOTP    string    `json:"totp,omitempty"`
-	Created time.Time `json:"created"`
-	// Failures counts failed sign-ins since the last success or lockout;
-	// LockedUntil refuses sign-in until then.
+	TOTP string `json:"totp,omitempty"`
+	// TOTPStep is the last 30-second step whose code signed the user in:
+	// a code of that step or an older one is refused (no reuse).
+	TOTPStep int64     `json:"totp_step,omitempty"`
+	Created  time.Time `json:"created"`
+	// Failures and LockedUntil are what login_failed recorded; the vault
+	// now counts failures per (user, address) in memory and issues no
+	// login_failed (older logs still apply).
 	Failures    int       `json:"failures,omitempty"`
 	LockedUntil time.Time `json:"locked_until,omitzero"`
 }
@@ -102,10 +106,13 @@ type (
 	}
 	// PutSessionCmd records a session and clears the user's failures;
 	// the user's expired sessions (at Session.Created) and those beyond
-	// MaxSessionsPerUser go.
+	// MaxSessionsPerUser go. A non-zero TOTPStep is the second-factor
+	// step that signed in: refused (ErrConflict) unless newer than the
+	// user's TOTPStep, which it becomes.
 	PutSessionCmd struct {
-		Hash    []byte  `json:"hash"`
-		Session Session `json:"session"`
+		Hash     []byte  `json:"hash"`
+		Session  Session `json:"session"`
+		TOTPStep int64   `json:"totp_step,omitempty"`
 	}
 	DeleteSessionCmd struct {
 		Hash []byte `json:"hash"`
@@ -214,6 +221,7 @@ func applyPutUser(c *Catalog, tx *bbolt.Tx, p PutUserCmd) (any, error) {
 		return nil, fmt.Errorf("user %q: %w", u.Name, ErrExists)
 	case err == nil:
 		u.Created = old.Created
+		u.TOTPStep = max(u.TOTPStep, old.TOTPStep) // a stale copy never lets a used code back in
 		if !p.Unlock {
 			u.Failures, u.LockedUntil = old.Failures, old.LockedUntil
 		} else {
@@ -281,6 +289,12 @@ func applyPutSession(c *Catalog, tx *bbolt.Tx, p PutSessionCmd) (any, error) {
 	}
 	if b.Get(k) != nil {
 		return nil, fmt.Errorf("session: %w", ErrExists)
+	}
+	if p.TOTPStep != 0 {
+		if p.TOTPStep <= u.TOTPStep {
+			return nil, fmt.Errorf("second-factor step %d of user %q was used already: %w", p.TOTPStep, u.Name, ErrConflict)
+		}
+		u.TOTPStep = p.TOTPStep
 	}
 	// The user's sessions: expired ones go, and the oldest beyond the cap.
 	type old struct {
@@ -387,7 +401,13 @@ func (c *Catalog) LoginFailed(name string, now time.Time, maxFailures int, locko
 
 // PutSession records a session under the SHA-256 hash of its id.
 func (c *Catalog) PutSession(hash [32]byte, s Session) error {
-	_, err := c.apply(KindPutSession, PutSessionCmd{Hash: hash[:], Session: s})
+	return c.PutSessionTOTP(hash, s, 0)
+}
+
+// PutSessionTOTP records a session opened with the second-factor step
+// step (0: none); a step not newer than the user's last is ErrConflict.
+func (c *Catalog) PutSessionTOTP(hash [32]byte, s Session, step int64) error {
+	_, err := c.apply(KindPutSession, PutSessionCmd{Hash: hash[:], Session: s, TOTPStep: step})
 	return err
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"html/template"
 	"io/fs"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -60,19 +61,50 @@ func (v *Vault) authenticatePortal(r *http.Request) (*Principal, error) {
 		return nil, err
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// The token before any body is read: a form is parsed only when
+		// it is URL-encoded and at most maxFormBody (multipart never:
+		// the pages send none), so a post without the token costs the
+		// vault no more than that.
 		tok := r.Header.Get("X-CSRF-Token")
 		if tok == "" {
-			tok = r.PostFormValue("csrf_token")
+			tok = formToken(r)
 		}
 		if subtle.ConstantTimeCompare([]byte(tok), []byte(csrfToken(id))) != 1 {
 			return nil, fail(http.StatusForbidden, CodeCSRF, "the request lacks this session's CSRF token: reload the page and try again")
 		}
+	}
+	if u.MustChange && !mustChangeRoutes[r.Pattern] {
+		return nil, fail(http.StatusForbidden, CodeMustChange, "user %s signed in with a one-time password: choose your own first (the Account page, or POST %spassword)", u.Name, PortalAPI)
 	}
 	p := principalOf(u)
 	if ps, ok := r.Context().Value(portalKey{}).(*portalSession); ok {
 		ps.id, ps.p = id, p
 	}
 	return p, nil
+}
+
+// maxFormBody bounds a page's form post.
+const maxFormBody = 64 << 10
+
+// formToken reads the csrf_token field of a URL-encoded form post of at
+// most maxFormBody bytes; anything else has none.
+func formToken(r *http.Request) string {
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct != "application/x-www-form-urlencoded" {
+		return ""
+	}
+	r.Body = http.MaxBytesReader(nil, r.Body, maxFormBody)
+	if err := r.ParseForm(); err != nil {
+		return ""
+	}
+	return r.PostForm.Get("csrf_token")
+}
+
+// mustChangeRoutes are what a user signed in with a one-time password may
+// do: change it, read who they are, sign out.
+var mustChangeRoutes = map[string]bool{
+	"GET /account": true, "POST /account": true, "POST /logout": true,
+	"POST " + PortalAPI + "password": true, "GET " + PortalAPI + "me": true, "POST " + PortalAPI + "logout": true,
 }
 
 func sessionOf(r *http.Request) *portalSession {
@@ -129,6 +161,10 @@ func (v *Vault) portalErr(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) && ae.code == CodeSignedOut && r.Method == http.MethodGet {
 		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return
+	}
+	if ae != nil && ae.code == CodeMustChange && r.Method == http.MethodGet {
+		http.Redirect(w, r, "/account", http.StatusSeeOther)
 		return
 	}
 	status, msg := http.StatusInternalServerError, "internal error (request id "+info(r).id+"); the vault's log has the details"
@@ -193,7 +229,11 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 			return err
 		}
 		setSessionCookie(w, id, out.Expires)
-		http.Redirect(w, r, "/computers", http.StatusSeeOther)
+		next := "/computers"
+		if out.User.MustChange {
+			next = "/account" // a one-time password can only be changed
+		}
+		http.Redirect(w, r, next, http.StatusSeeOther)
 		return nil
 	})
 	rt.handle("POST /logout", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
@@ -219,16 +259,20 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 	})
 
 	account := func(w http.ResponseWriter, r *http.Request, p *Principal, status int, msg, done string) error {
+		u, err := v.Catalog.User(p.user)
+		if err != nil {
+			return catalogErr(err)
+		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(status)
 		return portalTemplates.ExecuteTemplate(w, "account.html", map[string]any{"Title": "Your account", "P": p,
-			"CSRF": csrfToken(sessionOf(r).id), "Error": msg, "Done": done})
+			"CSRF": csrfToken(sessionOf(r).id), "Error": msg, "Done": done, "MustChange": u.MustChange})
 	}
 	rt.handle("GET /account", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		return account(w, r, p, http.StatusOK, "", "")
 	})
 	rt.handle("POST /account", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
-		err := v.ChangeOwnPassword(r.Context(), p, sessionOf(r).id, r.PostFormValue("current"), r.PostFormValue("new"))
+		err := v.ChangeOwnPassword(r.Context(), p, sessionOf(r).id, clientAddr(r), r.PostFormValue("current"), r.PostFormValue("new"))
 		var ae *apiError
 		if errors.As(err, &ae) {
 			return account(w, r, p, ae.status, ae.msg, "")
@@ -292,7 +336,7 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 		if err := readJSON(r, &req); err != nil {
 			return err
 		}
-		if err := v.ChangeOwnPassword(r.Context(), p, sessionOf(r).id, req.Current, req.New); err != nil {
+		if err := v.ChangeOwnPassword(r.Context(), p, sessionOf(r).id, clientAddr(r), req.Current, req.New); err != nil {
 			return err
 		}
 		writeJSON(w, map[string]bool{"changed": true})

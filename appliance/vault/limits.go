@@ -44,6 +44,11 @@ type Limits struct {
 	ConnsPerComputer int // 8
 	UnauthPerAddr    int // 16
 	UnauthTotal      int // 256
+	// The portal's listener: at most PortalPerAddr connections from one
+	// address and PortalTotal in all (a browser keeps a few; many people
+	// behind one company's NAT share an address).
+	PortalPerAddr int // 64
+	PortalTotal   int // 1024
 
 	// Enrolment attempts: EnrollPerAddr per minute from one address (a
 	// burst of as many), EnrollTotal per minute in all.
@@ -59,7 +64,7 @@ func DefaultLimits() Limits {
 	return Limits{ReadIdle: 30 * time.Second, WriteIdle: 30 * time.Second, ProgressBytes: 16 << 10,
 		RequestMax: time.Minute, StreamMax: 15 * time.Minute,
 		Uploads: SlotLimits{4, 2, 2}, Downloads: SlotLimits{8, 4, 4}, SlotWait: 30 * time.Second,
-		ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256,
+		ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256, PortalPerAddr: 64, PortalTotal: 1024,
 		EnrollPerAddr: 10, EnrollTotal: 120}
 }
 
@@ -92,6 +97,8 @@ func (l Limits) withDefaults() Limits {
 	num(&l.ConnsPerComputer, d.ConnsPerComputer)
 	num(&l.UnauthPerAddr, d.UnauthPerAddr)
 	num(&l.UnauthTotal, d.UnauthTotal)
+	num(&l.PortalPerAddr, d.PortalPerAddr)
+	num(&l.PortalTotal, d.PortalTotal)
 	num(&l.EnrollPerAddr, d.EnrollPerAddr)
 	num(&l.EnrollTotal, d.EnrollTotal)
 	return l

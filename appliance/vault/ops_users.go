@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/hotp"
 	"github.com/pquerna/otp/totp"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/argon2"
@@ -31,19 +32,21 @@ import (
 
 // Error codes of the portal's answers (besides internal/wire's).
 const (
-	CodeBadCredentials = "bad_credentials" // wrong user name, password or second-factor code
-	CodeTOTPRequired   = "totp_required"   // the user has a second factor: send its code
-	CodeLocked         = "locked"          // too many failed sign-ins: wait, or an operator unlocks
-	CodeRateLimited    = "rate_limited"    // too many sign-ins from this address: retry after Retry-After
-	CodeCSRF           = "csrf"            // a change without the session's CSRF token, or from another origin
-	CodeSignedOut      = "signed_out"      // no session, or it expired or was signed out
+	CodeBadCredentials = "bad_credentials"      // wrong user name, password or second-factor code
+	CodeTOTPRequired   = "totp_required"        // the user has a second factor: send its code
+	CodeLocked         = "locked"               // too many failed sign-ins: wait, or an operator unlocks
+	CodeRateLimited    = "rate_limited"         // too many sign-ins from this address: retry after Retry-After
+	CodeCSRF           = "csrf"                 // a change without the session's CSRF token, or from another origin
+	CodeSignedOut      = "signed_out"           // no session, or it expired or was signed out
+	CodeMustChange     = "must_change_password" // a one-time password: change it before anything else
 )
 
 // Sign-in rules.
 const (
 	// SessionLifetime is how long a session lasts from sign-in.
 	SessionLifetime = 12 * time.Hour
-	// MaxLoginFailures failed sign-ins in a row lock a user for Lockout.
+	// MaxLoginFailures failed sign-ins in a row of one user name from one
+	// client address lock that pair (not the user) for Lockout.
 	MaxLoginFailures = 5
 	Lockout          = 15 * time.Minute
 	// LoginRate is how many sign-in attempts one client address may make
@@ -407,6 +410,9 @@ func (v *Vault) SetUserPassword(ctx context.Context, p *Principal, name string, 
 	if err := v.Catalog.PutUser(u, false, req.Unlock); err != nil {
 		return UserInfo{}, catalogErr(err)
 	}
+	if req.Unlock {
+		v.signins.unlock(u.Name)
+	}
 	if err := v.Catalog.DeleteSessionsOf(u.Name); err != nil {
 		return UserInfo{}, err
 	}
@@ -526,6 +532,95 @@ func (l *loginLimiter) allow(addr string, now time.Time) (bool, time.Duration) {
 	return true, 0
 }
 
+// loginGuard counts failed sign-ins per (user name, client address): the
+// MaxLoginFailures-th in a row locks that pair for Lockout. A pair, not the
+// user: someone guessing from one address cannot lock the user out of
+// every other address. Names that exist and names that do not are counted
+// and answered alike, so "locked" tells nothing about a name. Failures
+// older than Lockout are forgotten. It holds at most maxTracked pairs;
+// beyond that (after dropping spent ones) new pairs of a name share one
+// count per name, so a flood of addresses slows that name rather than
+// growing memory.
+type loginGuard struct {
+	mu    sync.Mutex
+	pairs map[guardKey]*guardEntry
+}
+
+type guardKey struct{ user, addr string }
+
+type guardEntry struct {
+	failures int
+	last     time.Time // the last failure
+	locked   time.Time // refused until then
+}
+
+func (g *loginGuard) key(user, addr string, now time.Time) guardKey {
+	if len(user) > 128 {
+		user = user[:128]
+	}
+	k := guardKey{user, addr}
+	if g.pairs == nil {
+		g.pairs = map[guardKey]*guardEntry{}
+	}
+	if _, ok := g.pairs[k]; ok || len(g.pairs) < maxTracked {
+		return k
+	}
+	for k2, e := range g.pairs {
+		if now.Sub(e.last) >= Lockout && !now.Before(e.locked) {
+			delete(g.pairs, k2)
+		}
+	}
+	if len(g.pairs) < maxTracked {
+		return k
+	}
+	return guardKey{user, "*"}
+}
+
+// lockedUntil answers until when the pair is locked (zero: it is not).
+func (g *loginGuard) lockedUntil(user, addr string, now time.Time) time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if e := g.pairs[g.key(user, addr, now)]; e != nil && now.Before(e.locked) {
+		return e.locked
+	}
+	return time.Time{}
+}
+
+// failed counts a failure of the pair at now.
+func (g *loginGuard) failed(user, addr string, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := g.key(user, addr, now)
+	e := g.pairs[k]
+	if e == nil || now.Sub(e.last) >= Lockout {
+		e = &guardEntry{}
+		g.pairs[k] = e
+	}
+	e.failures++
+	e.last = now
+	if e.failures >= MaxLoginFailures {
+		e.failures, e.locked = 0, now.Add(Lockout)
+	}
+}
+
+// succeeded forgets the pair's failures.
+func (g *loginGuard) succeeded(user, addr string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.pairs, guardKey{user, addr})
+}
+
+// unlock forgets every failure and lock of user (an operator's -unlock).
+func (g *loginGuard) unlock(user string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k := range g.pairs {
+		if k.user == user {
+			delete(g.pairs, k)
+		}
+	}
+}
+
 func sessionHash(id string) [32]byte { return sha256.Sum256([]byte("vaultnode session\x00" + id)) }
 
 // csrfToken is a session's CSRF token: derived from its id by a one-way
@@ -546,43 +641,65 @@ func (v *Vault) Login(ctx context.Context, from string, req LoginRequest) (id st
 		e.(*apiError).retryAfter = wait
 		return "", out, e
 	}
+	if until := v.signins.lockedUntil(req.User, from, now); !until.IsZero() {
+		return "", out, fail(http.StatusForbidden, CodeLocked, "too many failed sign-ins with this user name from %s: try again after %s, or ask an operator to unlock it (vaultctl user passwd NAME -unlock)",
+			from, until.UTC().Format(time.RFC3339))
+	}
 	bad := fail(http.StatusUnauthorized, CodeBadCredentials, "wrong user name or password")
 	u, err := v.Catalog.User(req.User)
 	if errors.Is(err, catalog.ErrNotFound) {
 		checkPassword(dummyHash(), req.Password)
+		v.signins.failed(req.User, from, now)
 		return "", out, bad
 	}
 	if err != nil {
 		return "", out, err
-	}
-	if now.Before(u.LockedUntil) {
-		return "", out, fail(http.StatusForbidden, CodeLocked, "user %s is locked after %d failed sign-ins until %s: wait, or ask an operator to unlock it (vaultctl user passwd %s -unlock)",
-			u.Name, MaxLoginFailures, u.LockedUntil.UTC().Format(time.RFC3339), u.Name)
 	}
 	ok, err := checkPassword(u.Password, req.Password)
 	if err != nil {
 		return "", out, fmt.Errorf("check password of %s: %w", u.Name, err)
 	}
+	var step int64
 	if ok && u.TOTP != "" {
 		if req.TOTP == "" {
 			return "", out, fail(http.StatusUnauthorized, CodeTOTPRequired, "user %s has a second factor: enter the 6-digit code of the authenticator app", u.Name)
 		}
-		ok, _ = totp.ValidateCustom(req.TOTP, u.TOTP, now, totp.ValidateOpts{Period: 30, Skew: 1, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
+		step, ok = totpStep(u.TOTP, req.TOTP, now)
 		bad = fail(http.StatusUnauthorized, CodeBadCredentials, "wrong second-factor code")
+		if ok && step <= u.TOTPStep {
+			ok, bad = false, fail(http.StatusUnauthorized, CodeBadCredentials, "this second-factor code was used already: wait for the next one")
+		}
 	}
 	if !ok {
-		if err := v.Catalog.LoginFailed(u.Name, now, MaxLoginFailures, Lockout); err != nil {
-			return "", out, err
-		}
+		v.signins.failed(u.Name, from, now)
 		return "", out, bad
 	}
 	id = base64.RawURLEncoding.EncodeToString(randomBytes(32))
 	s := catalog.Session{User: u.Name, Created: now, Expires: now.Add(SessionLifetime), From: from}
-	if err := v.Catalog.PutSession(sessionHash(id), s); err != nil {
+	if err := v.Catalog.PutSessionTOTP(sessionHash(id), s, step); err != nil {
+		if errors.Is(err, catalog.ErrConflict) { // another sign-in used the code meanwhile
+			v.signins.failed(u.Name, from, now)
+			return "", out, fail(http.StatusUnauthorized, CodeBadCredentials, "this second-factor code was used already: wait for the next one")
+		}
 		return "", out, err
 	}
+	v.signins.succeeded(u.Name, from)
 	v.log.Info("portal sign-in", zap.String("user", u.Name), zap.String("from", from))
 	return id, LoginResponse{User: userInfo(u), CSRF: csrfToken(id), Expires: s.Expires}, nil
+}
+
+// totpStep checks a second-factor code against the steps of now (one step
+// of skew each way) and answers the step it matched: a step is used once.
+func totpStep(secret, code string, now time.Time) (int64, bool) {
+	opts := hotp.ValidateOpts{Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1}
+	cur := now.Unix() / 30
+	for _, step := range []int64{cur - 1, cur, cur + 1} {
+		want, err := hotp.GenerateCodeCustom(secret, uint64(step), opts)
+		if err == nil && subtle.ConstantTimeCompare([]byte(want), []byte(code)) == 1 {
+			return step, true
+		}
+	}
+	return 0, false
 }
 
 // sessionUser finds the user of a session id, refusing an expired one.
@@ -620,7 +737,7 @@ func (v *Vault) Logout(ctx context.Context, p *Principal, id string, everywhere 
 // ChangeOwnPassword sets the signed-in user's password after checking the
 // current one, and ends the user's other sessions (keep is the session that
 // asked; "" ends every one).
-func (v *Vault) ChangeOwnPassword(ctx context.Context, p *Principal, keep, current, next string) error {
+func (v *Vault) ChangeOwnPassword(ctx context.Context, p *Principal, keep, from, current, next string) error {
 	if p.user == "" {
 		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%s is not a portal user: use vaultctl user passwd", p)
 	}
@@ -633,9 +750,7 @@ func (v *Vault) ChangeOwnPassword(ctx context.Context, p *Principal, keep, curre
 		return fmt.Errorf("check password of %s: %w", u.Name, err)
 	}
 	if !ok {
-		if err := v.Catalog.LoginFailed(u.Name, v.clk.Now(), MaxLoginFailures, Lockout); err != nil {
-			return err
-		}
+		v.signins.failed(u.Name, from, v.clk.Now())
 		return fail(http.StatusUnauthorized, CodeBadCredentials, "the current password is wrong")
 	}
 	if err := validPassword(next); err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -59,6 +60,15 @@ func (pv *portalVault) browser(t *testing.T) *browser {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	t.Cleanup(c.CloseIdleConnections)
 	return &browser{t: t, c: c, base: pv.base}
+}
+
+// browserFrom is a browser whose connections come from the loopback
+// address from (any of 127.0.0.0/8).
+func (pv *portalVault) browserFrom(t *testing.T, from string) *browser {
+	b := pv.browser(t)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	b.c.Transport.(*http.Transport).DialContext = d.DialContext
+	return b
 }
 
 // do sends a request with the browser's CSRF token (unless it is "") and
@@ -444,13 +454,30 @@ func TestPortalSessions(t *testing.T) {
 	t.Run("lockout", func(t *testing.T) {
 		pv.addUser(t, UserRequest{Name: "lou", Company: "acme"})
 		b := pv.browser(t)
-		for i := 0; i < MaxLoginFailures; i++ {
-			if st, code := b.login("lou", "wrong password"); st != 401 || code != CodeBadCredentials {
-				t.Fatalf("failure %d: %d %s, want 401 bad_credentials", i+1, st, code)
+		var lockedMsg string
+		for _, name := range []string{"lou", "no-such-user"} {
+			for i := 0; i < MaxLoginFailures; i++ {
+				if st, code := b.login(name, "wrong password"); st != 401 || code != CodeBadCredentials {
+					t.Fatalf("%s failure %d: %d %s, want 401 bad_credentials", name, i+1, st, code)
+				}
 			}
+			// A name that exists and one that does not are locked and
+			// answered alike: "locked" tells nothing about the name.
+			st, code, body := b.do("POST", PortalAPI+"login", LoginRequest{User: name, Password: "password-of-lou"})
+			if st != 403 || code != CodeLocked {
+				t.Fatalf("%s after %d failures: %d %s, want 403 locked", name, MaxLoginFailures, st, code)
+			}
+			var we wire.Error
+			json.Unmarshal(body, &we)
+			if lockedMsg != "" && we.Message != lockedMsg {
+				t.Errorf("locked answers differ for a real and an unknown name:\n%s\n%s", lockedMsg, we.Message)
+			}
+			lockedMsg = we.Message
 		}
-		if st, code := b.login("lou", "password-of-lou"); st != 403 || code != CodeLocked {
-			t.Fatalf("right password after %d failures: %d %s, want 403 locked", MaxLoginFailures, st, code)
+		// The lock is of (name, address): lou signs in from another
+		// address at once.
+		if st, code := pv.browserFrom(t, "127.0.0.2").login("lou", "password-of-lou"); st != 200 {
+			t.Fatalf("lou from another address while locked at 127.0.0.1: %d %s, want 200", st, code)
 		}
 		pv.clk.Advance(Lockout - time.Second)
 		if st, code := b.login("lou", "password-of-lou"); st != 403 || code != CodeLocked {
@@ -534,6 +561,16 @@ func TestPortalSessions(t *testing.T) {
 		if st, code, _ := b.do("POST", PortalAPI+"login", LoginRequest{User: "tom", Password: "password-of-tom", TOTP: good}); st != 200 {
 			t.Fatalf("right code: %d %s", st, code)
 		}
+		// A code signs in once: the same code again within its window
+		// is refused, from any address; the next step's code works.
+		if st, code, body := pv.browserFrom(t, "127.0.0.3").do("POST", PortalAPI+"login", LoginRequest{User: "tom", Password: "password-of-tom", TOTP: good}); st != 401 || code != CodeBadCredentials || !bytes.Contains(body, []byte("used already")) {
+			t.Fatalf("the same code again: %d %s %s, want 401 bad_credentials (used already)", st, code, body)
+		}
+		pv.clk.Advance(30 * time.Second)
+		next, _ := totp.GenerateCode(secret, pv.clk.Now())
+		if st, code, _ := b.do("POST", PortalAPI+"login", LoginRequest{User: "tom", Password: "password-of-tom", TOTP: next}); st != 200 {
+			t.Fatalf("the next step's code: %d %s", st, code)
+		}
 	})
 
 	t.Run("own password", func(t *testing.T) {
@@ -548,9 +585,21 @@ func TestPortalSessions(t *testing.T) {
 		b, other := pv.browser(t), pv.browser(t)
 		b.login("pat", "first password")
 		other.login("pat", "first password")
-		_, _, page := b.do("GET", "/computers", nil)
-		if !bytes.Contains(page, []byte(`id="must-change"`)) {
-			t.Error("All Computers does not ask a one-time password's user to choose their own")
+		// A one-time password's user can only change it: pages go to the
+		// account page, the API answers must_change_password.
+		res, err := b.c.Get(pv.base + "/computers")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 303 || res.Header.Get("Location") != "/account" {
+			t.Errorf("All Computers with a one-time password: %d to %q, want 303 to /account", res.StatusCode, res.Header.Get("Location"))
+		}
+		if st, code, _ := b.do("GET", PortalAPI+"status", nil); st != 403 || code != CodeMustChange {
+			t.Errorf("status with a one-time password: %d %s, want 403 %s", st, code, CodeMustChange)
+		}
+		if st, _, _ := b.do("GET", PortalAPI+"me", nil); st != 200 {
+			t.Errorf("me with a one-time password: %d, want 200", st)
 		}
 		if st, code, _ := b.do("POST", PortalAPI+"password", map[string]string{"current": "wrong", "new": "second password"}); st != 401 || code != CodeBadCredentials {
 			t.Errorf("wrong current password: %d %s", st, code)
@@ -579,12 +628,15 @@ func TestPortalSessions(t *testing.T) {
 		if st, _ := pv.browser(t).login("pat", "second password"); st != 200 {
 			t.Error("cannot sign in with the new password")
 		}
+		if st, _, _ := b.do("GET", PortalAPI+"status", nil); st != 200 {
+			t.Errorf("status after choosing a password: %d, want 200", st)
+		}
 		// The form.
-		res, err := b.c.PostForm(pv.base+"/account", url.Values{"csrf_token": {b.csrf}, "current": {"second password"}, "new": {"third password"}})
+		res, err = b.c.PostForm(pv.base+"/account", url.Values{"csrf_token": {b.csrf}, "current": {"second password"}, "new": {"third password"}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		page, _ = io.ReadAll(res.Body)
+		page, _ := io.ReadAll(res.Body)
 		res.Body.Close()
 		if res.StatusCode != 200 || !bytes.Contains(page, []byte(`id="account-done"`)) {
 			t.Errorf("account form: %d %s", res.StatusCode, page)

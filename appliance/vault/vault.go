@@ -93,6 +93,7 @@ type Vault struct {
 	conns      *connCaps
 	enrollRate *enrollLimiter
 	logins     loginLimiter // portal sign-ins per client address (ops_users.go)
+	signins    loginGuard   // failed sign-ins and locks per (user name, address)
 	portalAddr string       // the portal's address once serving
 
 	// Jobs runs verify, prune and garbage collection in the background
@@ -252,6 +253,9 @@ func (v *Vault) listenPortal(errLog *log.Logger) (*http.Server, net.Listener, er
 		return nil, nil, fmt.Errorf("listen on %s (portal): %w", v.opts.Portal, err)
 	}
 	v.portalAddr = pln.Addr().String()
+	// Per-address and total connection caps: portal connections never
+	// carry a client certificate, so they all count as unauthenticated.
+	pln = newConnCaps(&Limits{UnauthPerAddr: v.limits.PortalPerAddr, UnauthTotal: v.limits.PortalTotal}, v.log.Named("portal")).listener(pln)
 	srv := &http.Server{Handler: v.portalHandler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: time.Minute, WriteTimeout: time.Minute, IdleTimeout: 5 * time.Minute, MaxHeaderBytes: 64 << 10,
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}}
