@@ -39,7 +39,20 @@ var (
 	ErrBlockTooLarge = errors.New("block larger than buffer")
 	// ErrNotTape: the device is not a sequential-access device.
 	ErrNotTape = errors.New("not a tape drive")
+	// ErrUnsupported: the drive does not implement the command (ILLEGAL
+	// REQUEST, invalid command operation code or an unsupported page).
+	// LOCATE and TapeAlert are optional in practice: tgt's virtual drive
+	// lacks both, and so do some older drives.
+	ErrUnsupported = errors.New("not supported by this drive")
 )
+
+// unsupported says whether err is the drive refusing a command it does not
+// implement: invalid command operation code (5/20/00), or for a page-based
+// command an invalid field in the CDB (5/24/00).
+func unsupported(err error, pageBased bool) bool {
+	s, ok := scsi.AsSense(err)
+	return ok && (s.Is(scsi.KeyIllegalRequest, 0x20, 0x00) || pageBased && s.Is(scsi.KeyIllegalRequest, 0x24, 0x00))
+}
 
 // Drive is one tape drive. Its methods must not run concurrently.
 type Drive struct {
@@ -117,13 +130,25 @@ func (d *Drive) Mode(ctx context.Context) (scsi.BlockDescriptor, error) {
 	return bd, nil
 }
 
-// SetVariable puts the drive in variable-block mode and checks it took.
+// SetVariable puts the drive in variable-block mode and checks it took. A
+// drive already in variable mode is left alone; one that lacks MODE
+// SELECT(10) is asked with MODE SELECT(6).
 func (d *Drive) SetVariable(ctx context.Context) error {
+	if bd, err := d.Mode(ctx); err == nil && bd.BlockLength == 0 {
+		return nil
+	}
 	c, err := scsi.ModeSelectBlockSize(0)
 	if err != nil {
 		return err
 	}
-	if _, err := d.run(ctx, c); err != nil {
+	if _, err := d.run(ctx, c); unsupported(err, false) {
+		d.log.Info("drive lacks MODE SELECT(10), using MODE SELECT(6)")
+		c, _ = scsi.ModeSelect6BlockSize(0)
+		_, err = d.run(ctx, c)
+		if err != nil {
+			return fmt.Errorf("set variable-block mode: %w", err)
+		}
+	} else if err != nil {
 		return fmt.Errorf("set variable-block mode: %w", err)
 	}
 	bd, err := d.Mode(ctx)
@@ -263,9 +288,66 @@ func (d *Drive) Locate(ctx context.Context, obj uint64) error {
 		if s, ok := scsi.AsSense(err); ok && s.Key == scsi.KeyBlankCheck {
 			return fmt.Errorf("locate %d: %w", obj, ErrEndOfData)
 		}
+		if unsupported(err, false) {
+			return fmt.Errorf("locate %d: %w: %w", obj, ErrUnsupported, err)
+		}
 		return fmt.Errorf("locate %d: %w", obj, err)
 	}
 	return nil
+}
+
+// Mark is where a tape file starts: its file number (filemarks before it,
+// always known to the writer) and, when the drive reported it with READ
+// POSITION, its logical object number.
+type Mark struct {
+	File       uint64
+	Block      uint64
+	BlockKnown bool
+}
+
+// SeekFile positions the tape at the start of tape file m: LOCATE to its
+// logical object number when known (a direct seek), else REWIND and SPACE
+// over m.File filemarks, which every drive implements (tgt, and drives
+// whose READ POSITION is unknown or that lack LOCATE).
+func (d *Drive) SeekFile(ctx context.Context, m Mark) error {
+	if m.BlockKnown {
+		err := d.Locate(ctx, m.Block)
+		if err == nil || !errors.Is(err, ErrUnsupported) {
+			return err
+		}
+		d.log.Info("drive lacks LOCATE, spacing over filemarks", zap.Uint64("file", m.File))
+	}
+	if err := d.Rewind(ctx); err != nil {
+		return fmt.Errorf("seek tape file %d: %w", m.File, err)
+	}
+	if m.File == 0 {
+		return nil
+	}
+	if m.File > 1<<23-1 {
+		return fmt.Errorf("seek tape file %d: beyond SPACE's 24-bit count", m.File)
+	}
+	if err := d.SpaceFiles(ctx, int32(m.File)); err != nil {
+		return fmt.Errorf("seek tape file %d: %w", m.File, err)
+	}
+	return nil
+}
+
+// MarkHere returns the Mark of the tape file that starts at the current
+// position, the file number given by the caller (who counts the filemarks
+// it wrote or spaced over). The logical object number is taken from READ
+// POSITION when the drive knows it.
+func (d *Drive) MarkHere(ctx context.Context, file uint64) (Mark, error) {
+	m := Mark{File: file}
+	p, err := d.Position(ctx)
+	switch {
+	case err == nil:
+		m.Block, m.BlockKnown = p.Block, true
+	case errors.Is(err, scsi.ErrPositionUnknown) || unsupported(err, false):
+		// Reached by spacing over filemarks instead.
+	default:
+		return Mark{}, err
+	}
+	return m, nil
 }
 
 // Position reads the logical position (long form). A drive that does not
@@ -301,10 +383,14 @@ func (d *Drive) Unload(ctx context.Context) error {
 }
 
 // TapeAlerts reads the TapeAlert flags that are set (read after each job
-// and reported to the operator).
+// and reported to the operator). A drive without the TapeAlert log page
+// gives ErrUnsupported: report "no TapeAlert" rather than fail the job.
 func (d *Drive) TapeAlerts(ctx context.Context) ([]scsi.TapeAlert, error) {
 	c := scsi.LogSense(scsi.PageTapeAlert, 4+64*5)
 	r, err := d.run(ctx, c)
+	if unsupported(err, true) {
+		return nil, fmt.Errorf("read TapeAlert flags: %w: %w", ErrUnsupported, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read TapeAlert flags: %w", err)
 	}

@@ -110,9 +110,38 @@ func TestWriteReadBack(t *testing.T) {
 				t.Fatal(err)
 			}
 			pos, err := d.Position(ctx)
+			// Reaching file 1 from anywhere: with LOCATE where the block
+			// is known, by REWIND + SPACE where it is not (tgt).
+			m, merr := d.MarkHere(ctx, 1)
+			if merr != nil || m.BlockKnown == quirks || m.File != 1 {
+				t.Fatalf("mark of file 1: %+v, %v", m, merr)
+			}
+			if err := d.SpaceEOD(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.SeekFile(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := d.ReadBlock(ctx, buf); err != nil || !bytes.Equal(buf[:n], file2[0]) {
+				t.Fatalf("after seek to file 1: %d, %v", n, err)
+			}
 			if quirks {
 				if !errors.Is(err, scsi.ErrPositionUnknown) {
 					t.Fatalf("tgt READ POSITION stub taken as %+v, %v", pos, err)
+				}
+				// A caller that has a block number from elsewhere still
+				// gets there: LOCATE refused, SPACE used.
+				if err := d.SeekFile(ctx, Mark{File: 1, Block: 4, BlockKnown: true}); err != nil {
+					t.Fatal(err)
+				}
+				if n, err := d.ReadBlock(ctx, buf); err != nil || !bytes.Equal(buf[:n], file2[0]) {
+					t.Fatalf("after seek to file 1 without LOCATE: %d, %v", n, err)
+				}
+				if err := d.Locate(ctx, 1); !errors.Is(err, ErrUnsupported) {
+					t.Errorf("LOCATE on tgt: %v, want ErrUnsupported", err)
+				}
+				if _, err := d.TapeAlerts(ctx); !errors.Is(err, ErrUnsupported) {
+					t.Errorf("TapeAlert on tgt: %v, want ErrUnsupported", err)
 				}
 				return
 			}
@@ -184,5 +213,25 @@ func TestNotReadyAndAlerts(t *testing.T) {
 	}
 	if diff := cmp.Diff([]int{4, 20}, []int{got[0].Flag, got[1].Flag}); diff != "" || len(got) != 2 {
 		t.Errorf("alerts %v", got)
+	}
+}
+
+// A drive without MODE SELECT(10) (tgt) in fixed-block mode is put in
+// variable mode with MODE SELECT(6).
+func TestSetVariableModeSelect6(t *testing.T) {
+	ctx := context.Background()
+	tape, d := newDrive(t, true)
+	c, _ := scsi.ModeSelect6BlockSize(512)
+	if r, err := tape.Exec(ctx, c); err != nil || r.Status != scsi.StatusGood {
+		t.Fatalf("set fixed mode: %+v, %v", r, err)
+	}
+	if bd, err := d.Mode(ctx); err != nil || bd.BlockLength != 512 {
+		t.Fatalf("mode %+v, %v", bd, err)
+	}
+	if err := d.SetVariable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if bd, err := d.Mode(ctx); err != nil || bd.BlockLength != 0 {
+		t.Fatalf("mode after SetVariable %+v, %v", bd, err)
 	}
 }

@@ -13,7 +13,8 @@ import (
 // a block or filemark is its index. With TgtQuirks it answers as tgt
 // 1.0.85 behind QEMU does (docs/tape.md, LAB.md): a short READ is CHECK
 // CONDITION with ILI and the residue in INFORMATION even with SILI=1, the
-// transfer residue is always reported as 0, and READ POSITION is a stub.
+// transfer residue is always reported as 0, READ POSITION is a stub, and
+// MODE SELECT(10), LOG SENSE and LOCATE are invalid operation codes.
 type Tape struct {
 	mu      sync.Mutex
 	recs    []record
@@ -77,6 +78,12 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		return sense(scsi.KeyIllegalRequest, 0x20, 0), nil
 	}
 	op := c.CDB[0]
+	if t.TgtQuirks {
+		switch op {
+		case 0x55, 0x4D, 0x2B, 0x92: // tgt 1.0.85's SSC: no MODE SELECT(10), LOG SENSE or LOCATE
+			return sense(scsi.KeyIllegalRequest, 0x20, 0), nil
+		}
+	}
 	switch op {
 	case 0x12: // INQUIRY
 		d := make([]byte, 36)
@@ -111,6 +118,12 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		d[1], d[3], d[7] = 14, 0x10, 8
 		d[8+5], d[8+6], d[8+7] = byte(t.block>>16), byte(t.block>>8), byte(t.block)
 		return good(copy(c.Data, d)), nil
+	case 0x15: // MODE SELECT(6)
+		if len(c.Data) < 12 || c.Data[3] != 8 {
+			return sense(scsi.KeyIllegalRequest, 0x26, 0), nil
+		}
+		t.block = uint32(c.Data[9])<<16 | uint32(c.Data[10])<<8 | uint32(c.Data[11])
+		return good(0), nil
 	case 0x55: // MODE SELECT(10)
 		if len(c.Data) < 16 || binary.BigEndian.Uint16(c.Data[6:8]) != 8 {
 			return sense(scsi.KeyIllegalRequest, 0x26, 0), nil
@@ -173,8 +186,11 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		return good(0), nil
 	case 0x34: // READ POSITION
 		d := make([]byte, 32)
-		if t.TgtQuirks {
+		if t.TgtQuirks { // bs_ssc.c: byte 0 = the form's length, all else zero
 			d[0] = 20
+			if c.CDB[1]&0x1F == 0x06 {
+				d[0] = 32
+			}
 			return good(copy(c.Data, d)), nil
 		}
 		if c.CDB[1]&0x1F != 0x06 {

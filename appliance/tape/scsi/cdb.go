@@ -16,6 +16,7 @@ const (
 	opWriteFilemarks    = 0x10
 	opSpace6            = 0x11
 	opInquiry           = 0x12
+	opModeSelect6       = 0x15
 	opLoadUnload        = 0x1B
 	opLocate10          = 0x2B
 	opReadPosition      = 0x34
@@ -98,6 +99,20 @@ func ModeSelectBlockSize(blockSize uint32) (Command, error) {
 	cdb[1] = 0x10 // PF
 	binary.BigEndian.PutUint16(cdb[7:9], uint16(len(data)))
 	return Command{CDB: cdb, Dir: DirToDevice, Data: data, Timeout: TimeoutShort}, nil
+}
+
+// ModeSelect6BlockSize is ModeSelectBlockSize as MODE SELECT(6), for
+// drives that implement only the 6-byte form (tgt, older drives): a 4-byte
+// header plus one block descriptor, PF=1.
+func ModeSelect6BlockSize(blockSize uint32) (Command, error) {
+	if blockSize > 0xFFFFFF {
+		return Command{}, fmt.Errorf("encode MODE SELECT(6): block size %d exceeds 24 bits", blockSize)
+	}
+	data := make([]byte, 4+8)
+	data[2] = 0x10 // buffered mode 1
+	data[3] = 8    // block descriptor length
+	data[4+5], data[4+6], data[4+7] = byte(blockSize>>16), byte(blockSize>>8), byte(blockSize)
+	return Command{CDB: []byte{opModeSelect6, 0x10, 0, 0, byte(len(data)), 0}, Dir: DirToDevice, Data: data, Timeout: TimeoutShort}, nil
 }
 
 // Element type codes (SMC-3).

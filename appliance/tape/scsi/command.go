@@ -150,7 +150,7 @@ var opNames = map[byte]string{
 	opTestUnitReady: "TEST UNIT READY", opRewind: "REWIND", opRequestSense: "REQUEST SENSE",
 	opInitElementStatus: "INITIALIZE ELEMENT STATUS", opRead6: "READ(6)", opWrite6: "WRITE(6)",
 	opWriteFilemarks: "WRITE FILEMARKS", opSpace6: "SPACE(6)", opInquiry: "INQUIRY",
-	opModeSelect10: "MODE SELECT(10)", opModeSense10: "MODE SENSE(10)", opLoadUnload: "LOAD UNLOAD",
+	opModeSelect10: "MODE SELECT(10)", opModeSelect6: "MODE SELECT(6)", opModeSense10: "MODE SENSE(10)", opLoadUnload: "LOAD UNLOAD",
 	opLocate10: "LOCATE(10)", opReadPosition: "READ POSITION", opLogSense: "LOG SENSE",
 	opLocate16: "LOCATE(16)", opMoveMedium: "MOVE MEDIUM", opReadElementStatus: "READ ELEMENT STATUS",
 }

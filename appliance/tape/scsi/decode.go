@@ -110,8 +110,9 @@ type Position struct {
 
 // ParsePosition decodes the long form (32 bytes). A drive that sets LONU
 // (logical object number unknown) or MPU (mark position unknown) gives
-// ErrPositionUnknown; tgt's stub answer (byte 0 = 0x14, the rest zero)
-// lands there instead of being taken for block 0.
+// ErrPositionUnknown, and so does an answer of logical object 0 without
+// BOP: tgt's stubs (short form byte 0 = 20, long form byte 0 = 32, the rest
+// zero) land there instead of being taken for block 0.
 func ParsePosition(b []byte) (Position, error) {
 	if len(b) < ReadPositionLongLen {
 		return Position{}, fmt.Errorf("parse READ POSITION: %d bytes, need %d: %w", len(b), ReadPositionLongLen, ErrMalformed)
@@ -119,13 +120,21 @@ func ParsePosition(b []byte) (Position, error) {
 	if b[0]&0x04 != 0 || b[0]&0x08 != 0 {
 		return Position{}, fmt.Errorf("parse READ POSITION: flags 0x%02x: %w", b[0], ErrPositionUnknown)
 	}
-	return Position{
+	p := Position{
 		BOP:       b[0]&0x80 != 0,
 		EOP:       b[0]&0x40 != 0,
 		Partition: binary.BigEndian.Uint32(b[4:8]),
 		Block:     binary.BigEndian.Uint64(b[8:16]),
 		File:      binary.BigEndian.Uint64(b[16:24]),
-	}, nil
+	}
+	// Logical object 0 is the beginning of the partition, where SSC
+	// requires BOP: "block 0 without BOP" contradicts itself. tgt's long
+	// form stub says exactly that (byte 0 = 32, all else zero) wherever
+	// the tape is.
+	if p.Block == 0 && !p.BOP {
+		return Position{}, fmt.Errorf("parse READ POSITION: logical object 0 without beginning of partition: %w", ErrPositionUnknown)
+	}
+	return p, nil
 }
 
 // Severity of a TapeAlert flag (TapeAlert specification).

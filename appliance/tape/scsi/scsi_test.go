@@ -261,6 +261,14 @@ func TestParsePosition(t *testing.T) {
 	if _, err := ParsePosition(stub); !errors.Is(err, ErrPositionUnknown) {
 		t.Errorf("tgt stub: %v, want ErrPositionUnknown", err)
 	}
+	// The long form's stub as tgt 1.0.85 sends it (bs_ssc.c: data[0] = 32
+	// for service action 06h), captured through QEMU: "block 0" without
+	// BOP, wherever the tape is.
+	long := make([]byte, 32)
+	long[0] = 32
+	if _, err := ParsePosition(long); !errors.Is(err, ErrPositionUnknown) {
+		t.Errorf("tgt long-form stub: %v, want ErrPositionUnknown", err)
+	}
 	if _, err := ParsePosition(stub[:20]); !errors.Is(err, ErrMalformed) {
 		t.Errorf("short: %v", err)
 	}
