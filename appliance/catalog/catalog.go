@@ -81,6 +81,9 @@ type Computer struct {
 	// LastSeen is the last authenticated request of the computer (kept in
 	// memory and written in batches: see Seen).
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Contact is the primary technical contact's e-mail address: the
+	// vault's e-mail about this computer goes there (set_contact).
+	Contact string `json:"contact,omitempty"`
 }
 
 // Version is a committed version as the catalog records it: its manifest

@@ -97,6 +97,8 @@ var routeCaps = map[string]Capability{
 	"POST " + AdminUsers + "/{name}/password": CapManageUsers,
 	"POST " + AdminUsers + "/{name}/totp":     CapManageUsers,
 	"DELETE " + AdminUsers + "/{name}":        CapManageUsers,
+	"POST " + AdminContact:                    CapManageComputers,
+	"GET " + AdminAudit:                       CapView, // operators see all; the operation checks
 
 	// The portal (HTTPS, a session cookie; every change also carries the
 	// session's CSRF token). docs/api.md lists each route's answers.
@@ -119,6 +121,10 @@ var routeCaps = map[string]Capability{
 	"POST " + PortalAPI + "users/{name}/password": CapManageUsers,
 	"POST " + PortalAPI + "users/{name}/totp":     CapManageUsers,
 	"DELETE " + PortalAPI + "users/{name}":        CapManageUsers,
+	// Drill-down, browse, restore, audit, tokens, contacts (http_pages.go).
+	"GET /audit":                 CapView, // operators, and user managers for their company
+	"GET " + PortalAPI + "audit": CapView,
+	"POST " + PortalAPI + "computers/{computer}/contact": CapManageComputers,
 }
 
 // PrincipalKind says who a principal is.
@@ -253,7 +259,17 @@ func (v *Vault) authorize(pattern string, authn authenticator, h handlerFunc, on
 					return fail(http.StatusForbidden, wire.CodeForbidden, "%s lacks the %q capability that %s needs", p, need, pattern)
 				}
 			}
-			return h(w, r, p)
+			if !audited(r.Method, need, p) {
+				return h(w, r, p)
+			}
+			sw := &statusWriter{ResponseWriter: w}
+			if err := h(sw, r, p); err != nil {
+				return err
+			}
+			if sw.status < 400 { // a page may answer a refusal itself
+				v.auditRequest(r, p)
+			}
+			return nil
 		}()
 		if err != nil {
 			onErr(w, r, err)

@@ -31,6 +31,8 @@ const (
 	AdminJobSchedules = "/admin/job-schedules"
 	AdminMetrics      = "/metrics"     // Prometheus text format (docs/jobs.md)
 	AdminUsers        = "/admin/users" // portal users (docs/api.md)
+	AdminContact      = "/admin/contact"
+	AdminAudit        = "/admin/audit" // ?company=C&before=SEQ&limit=N&q=TEXT
 )
 
 // RunNowRequest asks a computer to synchronize a configuration once now.
@@ -277,6 +279,7 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 		return nil
 	})
 	v.userRoutes(rt, AdminUsers)
+	v.manageRoutes(rt)
 	metrics := promhttp.HandlerFor(v.Metrics, promhttp.HandlerOpts{})
 	rt.handle("GET "+AdminMetrics, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		metrics.ServeHTTP(w, r)

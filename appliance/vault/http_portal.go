@@ -343,6 +343,7 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 		return nil
 	})
 	v.userRoutes(rt, PortalAPI+"users")
+	v.portalPages(rt)
 	return rt
 }
 

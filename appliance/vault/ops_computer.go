@@ -43,6 +43,9 @@ func (v *Vault) Enroll(ctx context.Context, req wire.EnrollRequest) (wire.Enroll
 	if err != nil {
 		return wire.EnrollResponse{}, err
 	}
+	noteActor(ctx, "enrolment token of "+cp.Company, Anonymous.String())
+	noteTarget(ctx, cp.Company, cp.ID)
+	noteDetail(ctx, "enrolled "+cp.Name)
 	v.log.Info("computer enrolled", zap.String("id", cp.ID), zap.String("name", cp.Name), zap.String("company", cp.Company))
 	return wire.EnrollResponse{ComputerID: cp.ID, Company: cp.Company, Certificate: certPEM, CA: v.CA.CAPEM}, nil
 }
@@ -103,6 +106,7 @@ func (v *Vault) Revoke(ctx context.Context, p *Principal, ref string) (catalog.C
 	if err != nil {
 		return cp, err
 	}
+	noteTarget(ctx, cp.Company, cp.ID)
 	return cp, v.Catalog.Revoke(cp.ID, v.clk.Now())
 }
 

@@ -21,6 +21,7 @@ import (
 // checking it (validateConfig); the vault bumps its revision.
 func (v *Vault) PutConfig(ctx context.Context, p *Principal, ref string, cfg wire.Config) (wire.Config, error) {
 	cp, err := v.computerFor(p, CapConfigure, ref)
+	noteTarget(ctx, cp.Company, cp.ID)
 	if err != nil {
 		return cfg, err
 	}
@@ -38,6 +39,7 @@ func (v *Vault) PutConfig(ctx context.Context, p *Principal, ref string, cfg wir
 // stay.
 func (v *Vault) DeleteConfig(ctx context.Context, p *Principal, ref, name string) error {
 	cp, err := v.computerFor(p, CapConfigure, ref)
+	noteTarget(ctx, cp.Company, cp.ID)
 	if err != nil {
 		return err
 	}
@@ -121,6 +123,7 @@ func validateTiming(cfg *wire.Config) error {
 // unlimited) and returns its settings.
 func (v *Vault) SetBandwidth(ctx context.Context, p *Principal, ref, profile string) (wire.Settings, error) {
 	cp, err := v.computerFor(p, CapConfigure, ref)
+	noteTarget(ctx, cp.Company, cp.ID)
 	if err != nil {
 		return wire.Settings{}, err
 	}
@@ -140,6 +143,7 @@ func (v *Vault) SetBandwidth(ctx context.Context, p *Principal, ref, profile str
 // agent sees the request in its settings.
 func (v *Vault) RunNow(ctx context.Context, p *Principal, ref, config string) (wire.Settings, error) {
 	cp, err := v.computerFor(p, CapConfigure, ref)
+	noteTarget(ctx, cp.Company, cp.ID)
 	if err != nil {
 		return wire.Settings{}, err
 	}

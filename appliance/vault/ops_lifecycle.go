@@ -49,6 +49,7 @@ func (v *Vault) SetRetention(ctx context.Context, p *Principal, req RetentionReq
 	switch {
 	case req.Computer != "" && req.Config != "" && req.Company == "":
 		cp, err := v.computerFor(p, CapManageRetention, req.Computer)
+		noteTarget(ctx, cp.Company, cp.ID)
 		if err != nil {
 			return err
 		}
@@ -58,6 +59,7 @@ func (v *Vault) SetRetention(ctx context.Context, p *Principal, req RetentionReq
 		rec.Computer, rec.Config = cp.ID, req.Config
 	case req.Company != "" && req.Computer == "" && req.Config == "":
 		co, err := companyFor(p, CapManageRetention, req.Company, true)
+		noteTarget(ctx, co, "")
 		if err != nil {
 			return err
 		}

@@ -16,6 +16,7 @@ func (v *Vault) CreateCompany(ctx context.Context, p *Principal, name string) er
 	if !p.Has(CapOperate) {
 		return forbid(p, CapOperate)
 	}
+	noteTarget(ctx, name, "")
 	return catalogErr(v.NewCompany(name))
 }
 
@@ -51,6 +52,7 @@ func (v *Vault) CreateToken(ctx context.Context, p *Principal, company string, t
 	if err != nil {
 		return TokenResponse{}, err
 	}
+	noteTarget(ctx, company, "")
 	if ttl <= 0 {
 		ttl = DefaultTokenTTL
 	}

@@ -295,6 +295,8 @@ func (v *Vault) AddUser(ctx context.Context, p *Principal, req UserRequest) (Use
 	if err := manageUser(p, req.Kind, req.Company); err != nil {
 		return UserInfo{}, err
 	}
+	noteTarget(ctx, req.Company, "")
+	noteDetail(ctx, "user "+req.Name+" with "+strings.Join(req.Caps, ","))
 	u := catalog.User{Name: req.Name, Kind: req.Kind, Company: req.Company, Limited: req.Limited, Created: v.clk.Now()}
 	var err error
 	if u.Caps, err = validCaps(req.Kind, req.Caps); err != nil {
@@ -361,6 +363,7 @@ func (v *Vault) SetUserCaps(ctx context.Context, p *Principal, name string, req 
 	if err != nil {
 		return UserInfo{}, err
 	}
+	noteTarget(ctx, u.Company, "")
 	if u.Caps, err = validCaps(u.Kind, req.Caps); err != nil {
 		return UserInfo{}, err
 	}
@@ -396,6 +399,7 @@ func (v *Vault) SetUserPassword(ctx context.Context, p *Principal, name string, 
 	if err != nil {
 		return UserInfo{}, err
 	}
+	noteTarget(ctx, u.Company, "")
 	pw := req.Password
 	if pw == "" {
 		pw, u.MustChange = newPassword(), true
@@ -430,6 +434,7 @@ func (v *Vault) SetUserTOTP(ctx context.Context, p *Principal, name string, enab
 	if err != nil {
 		return UserInfo{}, err
 	}
+	noteTarget(ctx, u.Company, "")
 	var url string
 	u.TOTP = ""
 	if enable {
@@ -449,9 +454,11 @@ func (v *Vault) SetUserTOTP(ctx context.Context, p *Principal, name string, enab
 
 // DeleteUser removes a user and signs it out.
 func (v *Vault) DeleteUser(ctx context.Context, p *Principal, name string) error {
-	if _, err := v.userFor(p, name); err != nil {
+	u, err := v.userFor(p, name)
+	if err != nil {
 		return err
 	}
+	noteTarget(ctx, u.Company, "")
 	return catalogErr(v.Catalog.DeleteUser(name))
 }
 
@@ -684,6 +691,8 @@ func (v *Vault) Login(ctx context.Context, from string, req LoginRequest) (id st
 		return "", out, err
 	}
 	v.signins.succeeded(u.Name, from)
+	noteActor(ctx, principalOf(u).Name, principalOf(u).Kind.String())
+	noteTarget(ctx, u.Company, "")
 	v.log.Info("portal sign-in", zap.String("user", u.Name), zap.String("from", from))
 	return id, LoginResponse{User: userInfo(u), CSRF: csrfToken(id), Expires: s.Expires}, nil
 }

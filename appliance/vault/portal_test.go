@@ -201,8 +201,15 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 	}
 	// expect is the documented answer of route for w, on company's objects.
 	expect := func(route string, w *who, company string) want {
+		page := strings.HasPrefix(route, "GET /computers") || strings.HasPrefix(route, "GET /audit")
+		code := func(c string) string { // a page answers HTML, no code
+			if page {
+				return ""
+			}
+			return c
+		}
 		if w == nil {
-			if strings.HasPrefix(route, "GET /computers") {
+			if page {
 				return want{303, ""}
 			}
 			return want{401, CodeSignedOut}
@@ -217,6 +224,24 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 				return want{404, wire.CodeNotFound}
 			}
 			return want{200, ""}
+		case route == "GET /audit?company=" || route == "GET /api/v1/audit?company=":
+			switch {
+			case op:
+				return want{200, ""}
+			case !has(CapManageUsers), w.limited:
+				return want{403, code(wire.CodeForbidden)}
+			case company != "acme":
+				return want{404, code(wire.CodeNotFound)}
+			}
+			return want{200, ""}
+		case route == "POST /api/v1/computers/{computer}/contact":
+			switch {
+			case !has(CapManageComputers):
+				return want{403, wire.CodeForbidden}
+			case !op && company != "acme":
+				return want{404, wire.CodeNotFound}
+			}
+			return want{200, ""} // a limited user's is pc-a1, the computer named
 		}
 		// the user routes
 		switch {
@@ -255,6 +280,9 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		{"GET /api/v1/me", "GET", PortalAPI + "me", nil},
 		{"GET /api/v1/status?company=", "GET", PortalAPI + "status?company=%s", nil},
 		{"GET /api/v1/users", "GET", PortalAPI + "users", nil},
+		{"GET /audit?company=", "GET", "/audit?company=%s", nil},
+		{"GET /api/v1/audit?company=", "GET", PortalAPI + "audit?company=%s", nil},
+		{"POST /api/v1/computers/{computer}/contact", "POST", PortalAPI + "computers/%s/contact", func(co string) any { return ContactRequest{Contact: "it@" + co + ".example"} }},
 		{"POST /api/v1/users", "POST", PortalAPI + "users", func(co string) any {
 			n++
 			return UserRequest{Name: fmt.Sprintf("new-%d", n), Kind: catalog.UserCompany, Company: co, Caps: []string{"view"}}
@@ -279,7 +307,9 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 			covered[strings.Split(strings.Split(c.route, "?")[0], " ")[0]+" "+routePath(c.route)] = true
 			for _, co := range []string{"acme", "globex"} {
 				path := c.path
-				if strings.Contains(path, "%s") {
+				if strings.Contains(c.route, "{computer}") {
+					path = fmt.Sprintf(path, map[string]string{"acme": "pc-a1", "globex": "pc-g1"}[co])
+				} else if strings.Contains(path, "%s") {
 					path = fmt.Sprintf(path, co)
 				}
 				var body any

@@ -15,6 +15,9 @@ import (
 type requestInfo struct {
 	id        string
 	principal string // empty until authenticated
+	// note is what the operation tells the audit log about a change
+	// (ops_audit.go).
+	note auditNote
 }
 
 type requestKey struct{}

@@ -63,6 +63,10 @@ Commands:
   computers [COMPANY]            list enrolled computers and their configurations
   versions COMPUTER [CONFIG]     list committed versions
   revoke COMPUTER                refuse a computer from now on
+  contact COMPUTER [ADDRESS]     set the computer's primary technical contact (the vault's e-mail goes there);
+                                 without ADDRESS, clear it
+  audit [-n N] [-company C] [TEXT]
+                                 the audit log, newest first: every change and restore, who, from where, when
   status [COMPANY]               the state of every configuration: protected, behind schedule, ...
   backup-now COMPUTER CONFIG     ask the computer to synchronize CONFIG once now, even outside its schedule
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
@@ -189,6 +193,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "%s@%d\t%s\t%d\t%d\t%d\t%s\n", m.Config, m.Seq, m.Finished.Local().Format(time.DateTime), m.Totals.Files, m.Totals.Bytes, m.Totals.BytesSent, state)
 		}
 		tw.Flush()
+	case a[0] == "contact" && (len(a) == 2 || len(a) == 3):
+		addr := ""
+		if len(a) == 3 {
+			addr = a[2]
+		}
+		var cp struct {
+			ID      string `json:"id"`
+			Contact string `json:"contact"`
+		}
+		if err := c.do(ctx, "POST", vault.AdminContact, vault.ContactRequest{Computer: a[1], Contact: addr}, &cp); err != nil {
+			return err
+		}
+		if cp.Contact == "" {
+			fmt.Fprintf(stdout, "technical contact of %s cleared\n", a[1])
+		} else {
+			fmt.Fprintf(stdout, "technical contact of %s: %s\n", a[1], cp.Contact)
+		}
+	case a[0] == "audit":
+		return auditCmd(ctx, c, a[1:], stdout, stderr)
 	case a[0] == "revoke" && len(a) == 2:
 		if err := c.do(ctx, "POST", vault.AdminRevoke, map[string]string{"computer": a[1]}, nil); err != nil {
 			return err
