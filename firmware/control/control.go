@@ -25,6 +25,21 @@ const DefaultPath = "/run/vaultnode/control.sock"
 // Handler answers one command; it writes the answer to w.
 type Handler func(ctx context.Context, cmd string, w io.Writer) error
 
+// Stream is what a Handler's writer also is: the whole connection, for a
+// command that holds a conversation (the front panel's setup session). The
+// connection's deadline is a minute unless the handler moves it.
+type Stream interface {
+	io.ReadWriter
+	SetDeadline(t time.Time) error
+}
+
+type stream struct {
+	r *bufio.Reader
+	net.Conn
+}
+
+func (s stream) Read(p []byte) (int, error) { return s.r.Read(p) }
+
 // Serve listens on path until ctx is done.
 func Serve(ctx context.Context, log *zap.Logger, path string, h Handler) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -56,13 +71,14 @@ func Serve(ctx context.Context, log *zap.Logger, path string, h Handler) error {
 			defer wg.Done()
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(time.Minute))
-			line, err := bufio.NewReader(c).ReadString('\n')
+			br := bufio.NewReader(c)
+			line, err := br.ReadString('\n')
 			if err != nil && line == "" {
 				return
 			}
 			cmd := strings.TrimSpace(line)
 			log.Info("control request", zap.String("command", cmd))
-			if err := h(ctx, cmd, c); err != nil {
+			if err := h(ctx, cmd, stream{br, c}); err != nil {
 				fmt.Fprintf(c, "error: %v\n", err)
 			}
 		}()

@@ -27,10 +27,32 @@ type Disk struct {
 	Blank bool
 }
 
-// Dialog asks the questions on in/out.
+// Question is one question of the dialog, as a UI shows it.
+type Question struct {
+	Key     string   `json:"key,omitempty"`     // stable name: hostname, network, password, disks, apply, ...
+	Prompt  string   `json:"prompt"`            // the console's wording
+	Short   string   `json:"short,omitempty"`   // at most 20 characters, for the front panel
+	Default string   `json:"default,omitempty"` // taken for an empty answer
+	Choices []string `json:"choices,omitempty"` // every valid answer, when the set is small and fixed
+	Secret  bool     `json:"secret,omitempty"`  // do not show what is typed
+}
+
+// UI asks questions and shows messages for a Dialog: the serial console
+// (In/Out) when UI is nil, or the front panel (a WireUI over the control
+// socket).
+type UI interface {
+	// Ask returns the raw answer; "" takes the default.
+	Ask(ctx context.Context, q Question) (string, error)
+	// Say shows a message: a refused answer, the summary, progress.
+	Say(msg string)
+}
+
+// Dialog asks the questions on in/out, or on UI when set (then Out, if
+// nil, becomes UI's messages).
 type Dialog struct {
 	In  *bufio.Reader
 	Out io.Writer
+	UI  UI
 	// Disks are the candidate data disks.
 	Disks []Disk
 	// Echo, if set, turns terminal echo off while a password is typed.
@@ -42,6 +64,11 @@ var ErrAborted = errors.New("setup aborted: console closed")
 
 // Run asks every question and returns the configuration; nothing is saved.
 func (d *Dialog) Run(ctx context.Context) (config.Config, error) {
+	if d.UI == nil {
+		d.UI = consoleUI{in: d.In, out: d.Out}
+	} else if d.Out == nil {
+		d.Out = sayWriter{d.UI}
+	}
 	fmt.Fprintf(d.Out, "\n=== vaultnode first boot setup ===\nPress Enter to take the [default].\n\n")
 	for {
 		c, err := d.ask(ctx)
@@ -49,7 +76,8 @@ func (d *Dialog) Run(ctx context.Context) (config.Config, error) {
 			return config.Config{}, err
 		}
 		fmt.Fprintf(d.Out, "\nSummary:\n%s", Summary(c))
-		ok, err := d.question(ctx, "Apply this configuration and format the data disks? (yes/no)", "yes", ParseYesNo)
+		ok, err := d.question(ctx, "Apply this configuration and format the data disks? (yes/no)", "yes", ParseYesNo,
+			Question{Key: "apply", Short: "Apply and format?", Choices: []string{"yes", "no"}})
 		if err != nil {
 			return config.Config{}, err
 		}
@@ -62,29 +90,29 @@ func (d *Dialog) Run(ctx context.Context) (config.Config, error) {
 
 func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 	var c config.Config
-	v, err := d.question(ctx, "Hostname", "vaultnode", func(s string) (any, error) { return s, ValidHostname(s) })
+	v, err := d.question(ctx, "Hostname", "vaultnode", func(s string) (any, error) { return s, ValidHostname(s) }, Question{Key: "hostname"})
 	if err != nil {
 		return c, err
 	}
 	c.Hostname = v.(string)
-	v, err = d.question(ctx, "Network: dhcp or static", "dhcp", ParseNetworkMode)
+	v, err = d.question(ctx, "Network: dhcp or static", "dhcp", ParseNetworkMode, Question{Key: "network", Short: "Network", Choices: []string{"dhcp", "static"}})
 	if err != nil {
 		return c, err
 	}
 	c.Network.DHCP = v.(bool)
 	if !c.Network.DHCP {
-		v, err = d.question(ctx, "IPv4 address with prefix length (e.g. 192.168.1.10/24)", "", func(s string) (any, error) { return ParseAddress(s) })
+		v, err = d.question(ctx, "IPv4 address with prefix length (e.g. 192.168.1.10/24)", "", func(s string) (any, error) { return ParseAddress(s) }, Question{Key: "address", Short: "IPv4 address/prefix"})
 		if err != nil {
 			return c, err
 		}
 		pfx := v.(netip.Prefix)
 		c.Network.Address = pfx.String()
-		v, err = d.question(ctx, "Gateway", "", func(s string) (any, error) { return ParseGateway(s, pfx) })
+		v, err = d.question(ctx, "Gateway", "", func(s string) (any, error) { return ParseGateway(s, pfx) }, Question{Key: "gateway"})
 		if err != nil {
 			return c, err
 		}
 		c.Network.Gateway = v.(string)
-		v, err = d.question(ctx, "DNS servers (comma separated)", "", func(s string) (any, error) { return ParseDNS(s) })
+		v, err = d.question(ctx, "DNS servers (comma separated)", "", func(s string) (any, error) { return ParseDNS(s) }, Question{Key: "dns", Short: "DNS servers"})
 		if err != nil {
 			return c, err
 		}
@@ -94,12 +122,12 @@ func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 		if d.Echo != nil {
 			d.Echo(false)
 		}
-		v, err = d.question(ctx, "Admin password (at least 8 characters)", "", func(s string) (any, error) { return s, ValidPassword(s) })
+		v, err = d.question(ctx, "Admin password (at least 8 characters)", "", func(s string) (any, error) { return s, ValidPassword(s) }, Question{Key: "password", Short: "Admin password", Secret: true})
 		if err != nil {
 			return c, err
 		}
 		pw := v.(string)
-		v, err = d.question(ctx, "Admin password again", "", func(s string) (any, error) { return s, nil })
+		v, err = d.question(ctx, "Admin password again", "", func(s string) (any, error) { return s, nil }, Question{Key: "password2", Short: "Password again", Secret: true})
 		if d.Echo != nil {
 			d.Echo(true)
 		}
@@ -115,12 +143,12 @@ func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 		}
 		break
 	}
-	v, err = d.question(ctx, "Time zone (e.g. UTC, Europe/Paris)", "UTC", func(s string) (any, error) { return s, ValidTimeZone(s) })
+	v, err = d.question(ctx, "Time zone (e.g. UTC, Europe/Paris)", "UTC", func(s string) (any, error) { return s, ValidTimeZone(s) }, Question{Key: "timezone", Short: "Time zone"})
 	if err != nil {
 		return c, err
 	}
 	c.TimeZone = v.(string)
-	v, err = d.question(ctx, "NTP server", "pool.ntp.org", func(s string) (any, error) { return s, ValidServer(s) })
+	v, err = d.question(ctx, "NTP server", "pool.ntp.org", func(s string) (any, error) { return s, ValidServer(s) }, Question{Key: "ntp", Short: "NTP server"})
 	if err != nil {
 		return c, err
 	}
@@ -137,7 +165,7 @@ func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 		}
 		fmt.Fprintf(d.Out, "  %-6s %-12s %8d MiB  %s\n", dk.Name, dk.ID, dk.Size>>20, state)
 	}
-	v, err = d.question(ctx, "Data disks: one disk, or two for a mirror (e.g. vdb vdc)", def, func(s string) (any, error) { return ParseDisks(s, d.Disks) })
+	v, err = d.question(ctx, "Data disks: one disk, or two for a mirror (e.g. vdb vdc)", def, func(s string) (any, error) { return ParseDisks(s, d.Disks) }, Question{Key: "disks", Short: "Data disks", Choices: DiskChoices(d.Disks)})
 	if err != nil {
 		return c, err
 	}
@@ -145,22 +173,29 @@ func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 	return c, nil
 }
 
-// question prompts until parse accepts the answer.
-func (d *Dialog) question(ctx context.Context, prompt, def string, parse func(string) (any, error)) (any, error) {
+// question asks until parse accepts the answer; meta, if given, adds what
+// a UI other than the console needs (key, short prompt, choices, secret).
+func (d *Dialog) question(ctx context.Context, prompt, def string, parse func(string) (any, error), meta ...Question) (any, error) {
+	var q Question
+	if len(meta) > 0 {
+		q = meta[0]
+	}
+	q.Prompt, q.Default = prompt, def
+	if q.Short == "" {
+		q.Short = prompt
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if def != "" {
-			fmt.Fprintf(d.Out, "%s [%s]: ", prompt, def)
-		} else {
-			fmt.Fprintf(d.Out, "%s: ", prompt)
+		line, err := d.UI.Ask(ctx, q)
+		if err != nil {
+			return nil, err
 		}
-		line, err := d.In.ReadString('\n')
-		if err != nil && line == "" {
-			return nil, ErrAborted
+		if err := ctx.Err(); err != nil { // setup was finished elsewhere meanwhile
+			return nil, err
 		}
-		ans := strings.TrimSpace(strings.TrimRight(line, "\r\n"))
+		ans := strings.TrimSpace(line)
 		if ans == "" {
 			ans = def
 		}
@@ -171,6 +206,53 @@ func (d *Dialog) question(ctx context.Context, prompt, def string, parse func(st
 		fmt.Fprintf(d.Out, "  ! %v\n", perr)
 	}
 }
+
+// DiskChoices lists answers the disk question accepts, for a UI that picks
+// rather than types: each blank disk alone, then the first two, three, ...
+// blank disks together, as far as ParseDisks accepts them.
+func DiskChoices(disks []Disk) []string {
+	var blank, out []string
+	for _, dk := range disks {
+		if dk.Blank {
+			blank = append(blank, dk.Name)
+		}
+	}
+	out = append(out, blank...)
+	for k := 2; k <= len(blank); k++ {
+		s := strings.Join(blank[:k], " ")
+		if _, err := ParseDisks(s, disks); err == nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// consoleUI is the serial console: the prompt with the default in
+// brackets, one line per answer.
+type consoleUI struct {
+	in  *bufio.Reader
+	out io.Writer
+}
+
+func (u consoleUI) Say(msg string) { io.WriteString(u.out, msg) }
+
+func (u consoleUI) Ask(_ context.Context, q Question) (string, error) {
+	if q.Default != "" {
+		fmt.Fprintf(u.out, "%s [%s]: ", q.Prompt, q.Default)
+	} else {
+		fmt.Fprintf(u.out, "%s: ", q.Prompt)
+	}
+	line, err := u.in.ReadString('\n')
+	if err != nil && line == "" {
+		return "", ErrAborted
+	}
+	return strings.TrimRight(line, "\r\n"), nil
+}
+
+// sayWriter turns the dialog's console text into UI messages.
+type sayWriter struct{ ui UI }
+
+func (w sayWriter) Write(p []byte) (int, error) { w.ui.Say(string(p)); return len(p), nil }
 
 // Summary describes c for the confirmation screen.
 func Summary(c config.Config) string {
