@@ -125,7 +125,9 @@ func Open(dir string, clk clock.Clock, log *zap.Logger) (*Queue, error) {
 // Dir is the queue's directory.
 func (q *Queue) Dir() string { return q.dir }
 
-func (q *Queue) sub(parts ...string) string { return filepath.Join(append([]string{q.dir}, parts...)...) }
+func (q *Queue) sub(parts ...string) string {
+	return filepath.Join(append([]string{q.dir}, parts...)...)
+}
 
 func (q *Queue) write(where string, m Message) error {
 	b, err := json.Marshal(m)
