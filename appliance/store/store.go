@@ -10,14 +10,11 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"crypto/cipher"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,6 +80,12 @@ type Store struct {
 
 	rmu     sync.Mutex
 	readers map[uint32]*packFile
+
+	// Index group commit (index.go): appenders waiting for the index and
+	// whether one of them is committing.
+	imu      sync.Mutex
+	iqueue   []*indexCommit
+	irunning bool
 }
 
 type writer struct {
@@ -313,48 +316,7 @@ func (a *Appender) commit() error {
 		return classify(fmt.Errorf("sync pack %08x: %w", w.number, err))
 	}
 	off := a.off
-	now := s.opts.Clock.Now().Unix()
-	// The entries go into the index in key order. bbolt splits a leaf only
-	// when the transaction commits: random keys inserted into a leaf that
-	// grows within the transaction shift its whole tail each time, which
-	// was 57 % of the vault's CPU on an initial backup of 50,000 small
-	// files (memmove in bbolt's node.put). In order, each insert shifts
-	// only the keys the leaf held before. Stable: of two entries for one
-	// chunk the first still wins (putChunk keeps the first).
-	order := make([]int, len(a.ids))
-	for i := range order {
-		order[i] = i
-	}
-	sort.SliceStable(order, func(x, y int) bool { return bytes.Compare(a.ids[order[x]][:], a.ids[order[y]][:]) < 0 })
-	// Batch coalesces the index commits of concurrent uploads into one
-	// transaction (one fsync for many requests); the function is idempotent
-	// as Batch may run it again.
-	err := s.db.Batch(func(tx *bbolt.Tx) error {
-		cb, err := tx.Bucket(bucketChunks).CreateBucketIfNotExists([]byte(a.company))
-		if err != nil {
-			return err
-		}
-		for _, i := range order {
-			id := a.ids[i]
-			if a.move {
-				if v := cb.Get(id[:]); v != nil && bytes.Equal(v, a.from[i].marshal()) {
-					if err := cb.Put(id[:], a.locs[i].marshal()); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			if err := putChunk(tx, cb, a.company, id, a.locs[i], now); err != nil {
-				return err
-			}
-		}
-		if w.fresh {
-			if err := tx.Bucket(bucketMeta).Put(keyNextPack, binary.BigEndian.AppendUint32(nil, w.number+1)); err != nil {
-				return err
-			}
-		}
-		return tx.Bucket(bucketPacks).Put(packKey(w.number), packRecord{Company: a.company, Committed: uint64(off)}.marshal())
-	})
+	err := s.commitIndex(a)
 	if err != nil {
 		s.dropWriter(w)
 		return classify(fmt.Errorf("commit index: %w", err))

@@ -473,3 +473,77 @@ func TestNoSpace(t *testing.T) {
 		f.mustGet("acme", entries[i], plains[i])
 	}
 }
+
+// TestGroupCommit: many appenders of two companies commit at once, with
+// chunks shared between them; the index takes them in shared transactions
+// (index.go). Every chunk reads back, before and after a reopen, and the
+// packs made afterwards do not reuse a committed pack's number.
+func TestGroupCommit(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	type item struct {
+		plain []byte
+		e     store.Entry
+	}
+	shared := make([]item, 64)
+	for i := range shared {
+		p, e := f.chunk(300 + i)
+		shared[i] = item{p, e}
+	}
+	const workers = 8
+	own := make([][]item, workers)
+	for w := range own {
+		for i := 0; i < 400; i++ {
+			p, e := f.chunk(100 + i%700)
+			own[w] = append(own[w], item{p, e})
+		}
+	}
+	company := func(w int) string { return fmt.Sprintf("co%d", w%2) }
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			items := append(append([]item(nil), own[w]...), shared...)
+			for len(items) > 0 {
+				n := min(50, len(items))
+				var es []store.Entry
+				for _, it := range items[:n] {
+					es = append(es, it.e)
+				}
+				if err := f.s.Put(company(w), es); err != nil {
+					errc <- err
+					return
+				}
+				items = items[n:]
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	check := func() {
+		for w := 0; w < workers; w++ {
+			for _, it := range own[w] {
+				f.mustGet(company(w), it.e, it.plain)
+			}
+			for _, it := range shared {
+				f.mustGet(company(w), it.e, it.plain)
+			}
+		}
+	}
+	check()
+	f.reopen()
+	check()
+	p, e := f.chunk(5000)
+	if err := f.s.Put("co0", []store.Entry{e}); err != nil {
+		t.Fatal(err)
+	}
+	f.mustGet("co0", e, p)
+	check()
+	f.reopen()
+	f.mustGet("co0", e, p)
+	check()
+}
