@@ -222,6 +222,9 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	return &Result{Seq: seq, Stats: stats.Snapshot(), Problems: problems, Duration: time.Since(stats.Start), Commit: commitTook}, nil
 }
 
+// smallReaders is the least number of readers of small files.
+const smallReaders = 8
+
 // producer emits the nodes of a synchronization in tree order into order,
 // and those whose content must be read also into work.
 type producer func(ctx context.Context, up *uploader, order, work chan<- *item) error
@@ -269,19 +272,47 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 	}
 
 	// Producers of chunks: the walker, the file readers and the listing.
+	// Files of at most one minimum chunk go to their own readers with small
+	// buffers: on a cold cache each waits mostly for its disk reads, so
+	// more of them at once keep the disk busy (a tree of 50,000 small
+	// files: see docs/performance.md), for 256 KiB of buffer each instead
+	// of the 8 MiB of a reader that chunks.
 	pg, pctx := errgroup.WithContext(gctx)
-	for range o.Workers {
-		pg.Go(func() error {
-			r := &reader{gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, retries: o.Retries,
-				buf: make([]byte, 2*chunker.MaxSize)}
-			for it := range work {
-				if err := r.read(pctx, it); err != nil {
-					return err
-				}
+	bigWork, smallWork := make(chan *item, 64), make(chan *item, 64)
+	pg.Go(func() error {
+		defer close(bigWork)
+		defer close(smallWork)
+		for it := range work {
+			to := bigWork
+			if it.node.Size <= chunker.MinSize {
+				to = smallWork
 			}
-			return nil
-		})
+			select {
+			case to <- it:
+			case <-pctx.Done():
+				for range work {
+				}
+				return pctx.Err()
+			}
+		}
+		return nil
+	})
+	readers := func(n, bufSize int, from <-chan *item) {
+		for range n {
+			pg.Go(func() error {
+				r := &reader{gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, retries: o.Retries,
+					buf: make([]byte, bufSize)}
+				for it := range from {
+					if err := r.read(pctx, it); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
 	}
+	readers(o.Workers, 2*chunker.MaxSize, bigWork)
+	readers(max(o.Workers, smallReaders), chunker.MinSize+1, smallWork)
 	pg.Go(func() error {
 		err := produce(pctx, up, order, work)
 		close(work)

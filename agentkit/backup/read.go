@@ -142,10 +142,36 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 	}
 	// Read no more than the size stat reported, so a growing file is seen
 	// as changed by the second stat rather than read past its size.
-	c := chunker.New(r.gear, io.LimitReader(src, limit), r.buf)
+	lr := io.LimitReader(src, limit)
+	var next func() ([]byte, error)
+	if limit <= chunker.MinSize && int64(len(r.buf)) > limit {
+		// A small file is one chunk (the chunker never cuts below
+		// MinSize): read it straight into the buffer. The small-file
+		// readers have buffers of this size only.
+		done := false
+		next = func() ([]byte, error) {
+			if done {
+				return nil, io.EOF
+			}
+			done = true
+			m, err := io.ReadFull(lr, r.buf[:limit])
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				err = nil // it shrank: see total below
+			}
+			if err != nil {
+				return nil, err
+			}
+			if m == 0 {
+				return nil, io.EOF
+			}
+			return r.buf[:m], nil
+		}
+	} else {
+		next = chunker.New(r.gear, lr, r.buf).Next
+	}
 	var total int64
 	for {
-		b, err := c.Next()
+		b, err := next()
 		if err == io.EOF {
 			break
 		}
