@@ -318,3 +318,20 @@ func (c *Client) PutSettings(ctx context.Context, s wire.Settings) (*wire.Settin
 	var out wire.Settings
 	return &out, c.json(ctx, "PUT", wire.PathSettings, s, &out)
 }
+
+// PollCommands waits (up to poll.WaitMS) for commands from the vault
+// (docs/protocol.md, "Commands").
+func (c *Client) PollCommands(ctx context.Context, poll wire.CommandPoll) (*wire.CommandBatch, error) {
+	var out wire.CommandBatch
+	return &out, c.json(ctx, "POST", wire.PathCommandPoll, poll, &out)
+}
+
+// CommandProgress reports a running command's progress.
+func (c *Client) CommandProgress(ctx context.Context, id string, p wire.CommandProgress) error {
+	return c.json(ctx, "POST", wire.PathCommand+url.PathEscape(id)+"/progress", p, nil)
+}
+
+// CommandResult reports how a command ended.
+func (c *Client) CommandResult(ctx context.Context, id string, r wire.CommandResult) error {
+	return c.json(ctx, "POST", wire.PathCommand+url.PathEscape(id)+"/result", r, nil)
+}

@@ -40,6 +40,12 @@ type Options struct {
 	// Retry is the first delay after a failed synchronization; it doubles
 	// up to 15 minutes (default 30s).
 	Retry time.Duration
+	// Browse lists the directories the vault may browse through the
+	// command channel (default "/"); NoBrowse refuses every browse, and
+	// NoCommands turns the channel off.
+	Browse     []string
+	NoBrowse   bool
+	NoCommands bool
 }
 
 // SocketName is the control socket in the state directory.
@@ -88,6 +94,15 @@ func Run(ctx context.Context, o Options) error {
 	go srv.Serve(ln)
 	defer srv.Close()
 	d.log.Info("agent running", zap.String("vault", id.Vault), zap.String("computer", id.Computer))
+	cmdDone := make(chan struct{})
+	cctx, stopCommands := context.WithCancel(ctx)
+	go func() {
+		defer close(cmdDone)
+		if !o.NoCommands {
+			d.commands(cctx)
+		}
+	}()
+	defer func() { stopCommands(); <-cmdDone }()
 
 	backoff := time.Second
 	for {

@@ -32,13 +32,43 @@ type runner struct {
 	done     chan struct{}
 	now      chan struct{}
 
-	mu  sync.Mutex
-	rep wire.Report
+	mu      sync.Mutex
+	rep     wire.Report
+	waiters []*syncWaiter // told of the next synchronization that starts (nextSync)
+}
+
+// syncOutcome is how a synchronization ended.
+type syncOutcome struct {
+	res *backup.Result
+	err error
+}
+
+type syncWaiter struct {
+	done     chan syncOutcome
+	progress func(backup.Stats)
+}
+
+// nextSync returns a channel that receives the outcome of the next
+// synchronization to start (not one already running), and has progress
+// called with its counters meanwhile.
+func (r *runner) nextSync(progress func(backup.Stats)) <-chan syncOutcome {
+	w := &syncWaiter{done: make(chan syncOutcome, 1), progress: progress}
+	r.mu.Lock()
+	r.waiters = append(r.waiters, w)
+	r.mu.Unlock()
+	return w.done
 }
 
 func (r *runner) stop() {
 	r.cancel()
 	<-r.done
+	r.mu.Lock()
+	ws := r.waiters
+	r.waiters = nil
+	r.mu.Unlock()
+	for _, w := range ws {
+		w.done <- syncOutcome{err: errors.New("the configuration changed or was removed before its synchronization started: ask again")}
+	}
 }
 
 func (r *runner) requestNow() {
@@ -198,11 +228,27 @@ func (r *runner) waitGate(ctx context.Context, gate *schedgate.Gate) (*schedgate
 
 // sync runs one full synchronization under a permit; it is cancelled when
 // the window closes and the permit must stop.
-func (r *runner) sync(ctx context.Context, permit *schedgate.Permit) (*backup.Result, bool, error) {
+func (r *runner) sync(ctx context.Context, permit *schedgate.Permit) (res *backup.Result, stopped bool, err error) {
+	r.mu.Lock()
+	ws := r.waiters
+	r.waiters = nil
+	r.mu.Unlock()
+	defer func() {
+		out := syncOutcome{res: res, err: err}
+		switch {
+		case stopped:
+			out.err = errors.New("the schedule's window closed during the synchronization; it resumes at the next window")
+		case err == nil && res == nil:
+			out.err = errors.New("the synchronization did not finish")
+		}
+		for _, w := range ws {
+			w.done <- out
+		}
+	}()
 	r.report(ctx, wire.AgentRunning, "")
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stopped := make(chan struct{})
+	stopCh := make(chan struct{})
 	go func() {
 		for {
 			select {
@@ -210,7 +256,7 @@ func (r *runner) sync(ctx context.Context, permit *schedgate.Permit) (*backup.Re
 				return
 			case <-r.d.clk.After(time.Second):
 				if permit.MustStop() {
-					close(stopped)
+					close(stopCh)
 					cancel()
 					return
 				}
@@ -218,18 +264,29 @@ func (r *runner) sync(ctx context.Context, permit *schedgate.Permit) (*backup.Re
 		}
 	}()
 	o := r.options()
+	if len(ws) > 0 {
+		o.Interval = ProgressEvery
+		o.Progress = func(s *backup.Stats) {
+			snap := s.Snapshot()
+			for _, w := range ws {
+				if w.progress != nil {
+					w.progress(snap)
+				}
+			}
+		}
+	}
 	release, err := source.Prepare(sctx, &o) // snapshots, system state
 	if err != nil {
 		return nil, false, err
 	}
-	res, err := backup.Run(sctx, o)
+	res, err = backup.Run(sctx, o)
 	release()
 	// The daemon idles for hours between synchronizations: give the memory
 	// of this one's pipeline (and of its set of queued chunk ids, 50 MB per
 	// million new chunks) back to the system now rather than holding it.
 	debug.FreeOSMemory()
 	select {
-	case <-stopped:
+	case <-stopCh:
 		return nil, true, nil
 	default:
 	}

@@ -64,6 +64,11 @@ var routeCaps = map[string]Capability{
 	"GET " + wire.PathJournal + "{config}":      CapView,
 	"POST " + wire.PathChunks:                   CapRestore,
 	"PUT " + wire.PathSettings:                  CapConfigure,
+	// The command channel (ops_commands.go): only an agent polls and
+	// answers, for its own computer.
+	"POST " + wire.PathCommandPoll:               CapBackup,
+	"POST " + wire.PathCommand + "{id}/progress": CapBackup,
+	"POST " + wire.PathCommand + "{id}/result":   CapBackup,
 
 	// Admin socket (DATA/admin.sock, mode 0600: the principal is the
 	// operator).
@@ -125,6 +130,18 @@ var routeCaps = map[string]Capability{
 	"GET /audit":                 CapView, // operators, and user managers for their company
 	"GET " + PortalAPI + "audit": CapView,
 	"POST " + PortalAPI + "computers/{computer}/contact": CapManageComputers,
+	// The command channel and configurations (http_commands.go): the
+	// operation checks the computer's scope and, for commands, the kind's
+	// capability (browse: configure_backup or restore, never plain view).
+	"POST " + PortalAPI + "computers/{computer}/browse":           CapConfigure,
+	"POST " + PortalAPI + "computers/{computer}/backup-now":       CapConfigure,
+	"POST " + PortalAPI + "computers/{computer}/compare":          CapRestore,
+	"GET " + PortalAPI + "computers/{computer}/commands":          CapView, // lists only the kinds the principal may send
+	"GET " + PortalAPI + "computers/{computer}/commands/{id}":     CapView, // and the kind's capability
+	"GET " + PortalAPI + "computers/{computer}/configs":           CapView,
+	"PUT " + PortalAPI + "computers/{computer}/configs/{name}":    CapConfigure,
+	"DELETE " + PortalAPI + "computers/{computer}/configs/{name}": CapConfigure,
+	"PUT " + PortalAPI + "computers/{computer}/bandwidth":         CapConfigure,
 }
 
 // PrincipalKind says who a principal is.

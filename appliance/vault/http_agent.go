@@ -262,6 +262,7 @@ func (v *Vault) agentRoutes(authn authenticator) *router {
 		}
 		return err
 	})
+	v.commandRoutes(rt)
 	rt.handle("/", func(w http.ResponseWriter, r *http.Request, _ *Principal) error {
 		return fail(http.StatusNotFound, wire.CodeNotFound, "no such API: %s %s", r.Method, r.URL.Path)
 	})

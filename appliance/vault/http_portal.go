@@ -344,6 +344,7 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 	})
 	v.userRoutes(rt, PortalAPI+"users")
 	v.portalPages(rt)
+	v.portalCommandRoutes(rt)
 	return rt
 }
 

@@ -103,6 +103,8 @@ type Vault struct {
 	Jobs      *jobs.Runner
 	Metrics   *prometheus.Registry
 	schedPoke chan struct{}
+
+	cmds *cmdQueue // the agents' command channel (ops_commands.go)
 }
 
 type companyKeys struct {
@@ -132,7 +134,7 @@ func Open(opts Options) (*Vault, error) {
 		return nil, err
 	}
 	v := &Vault{opts: opts, log: opts.Log, clk: opts.Clock, master: pack.NewAEAD(mk),
-		keys: map[string]*companyKeys{}, sessions: map[string]*session{}}
+		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, cmds: newCmdQueue()}
 	v.initLimits(opts.Limits)
 	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
 		return nil, err

@@ -51,7 +51,7 @@ Commands:
   config list                                         show this computer's configurations
   config delete NAME                                  remove a configuration (its versions stay)
   backup [-json] [CONFIG...]                          synchronize configurations now, in this process (all if none given)
-  run [-poll 30s]                                     the agent daemon: keep every configuration protected by its mode and
+  run [-poll 30s] [-browse DIRS] [-no-commands]       the agent daemon: keep every configuration protected by its mode and
                                                       schedule; follows changes made on the vault; stop with SIGTERM
   now [CONFIG]                                        ask the running daemon to synchronize now, even outside the schedule
   limit [PROFILE]                                     show or set this computer's upload limit, e.g.
@@ -820,6 +820,8 @@ func (a *app) daemon(ctx context.Context, args []string) error {
 	poll := fs.Duration("poll", 30*time.Second, "how often to ask the vault for configuration changes")
 	quiet := fs.Duration("quiet", 0, "continuous mode: quiet time before changes are sent (default 200ms)")
 	retry := fs.Duration("retry", 0, "first delay after a failed synchronization; it doubles up to 15 minutes (default 30s)")
+	browse := fs.String("browse", "/", "comma-separated `directories` the vault may browse (the portal's wizard); none: no browsing")
+	noCommands := fs.Bool("no-commands", false, "take no commands from the vault (browse, back up now, restore, compare)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -836,7 +838,17 @@ func (a *app) daemon(ctx context.Context, args []string) error {
 		return err
 	}
 	defer log.Sync()
-	o := daemon.Options{State: a.st, Log: log, Poll: *poll, Retry: *retry}
+	o := daemon.Options{State: a.st, Log: log, Poll: *poll, Retry: *retry, NoCommands: *noCommands}
+	for _, d := range strings.Split(*browse, ",") {
+		switch d = strings.TrimSpace(d); {
+		case d == "none":
+			o.NoBrowse = true
+		case d != "" && filepath.IsAbs(d):
+			o.Browse = append(o.Browse, filepath.Clean(d))
+		case d != "":
+			return usageError{fmt.Sprintf("-browse %q: want absolute directories, comma-separated, or none", d)}
+		}
+	}
 	o.Watch.Quiet = *quiet
 	return daemon.Run(ctx, o)
 }
