@@ -41,7 +41,8 @@ func testMain(m *testing.M) int {
 	defer cancel()
 	start := time.Now()
 	var err error
-	image, err = images.Build(ctx, images.Options{Root: root, Out: filepath.Join(root, "out", "image"), Version: "hwtest", Log: os.Stderr})
+	image, err = images.Build(ctx, images.Options{Root: root, Out: filepath.Join(root, "out", "image"), Version: "hwtest", Log: os.Stderr,
+		ExtraBinaries: testBinaries, ExtraTools: testTools()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hwtest: build the image:", err)
 		return 1
@@ -66,4 +67,19 @@ func hasFile(name string) bool {
 		}
 	}
 	return false
+}
+
+// testBinaries are guest programs the tests run in the image.
+var testBinaries = []images.Binary{{Pkg: "./hwtest/guest/tapeprobe", Dest: "bin/tapeprobe", Required: true}}
+
+// testTools are Debian programs the tests run in the image: Debian's mt
+// (mt-st) and GNU tar read a cartridge by hand, as a person would.
+func testTools() map[string]string {
+	m := map[string]string{}
+	for src, dst := range map[string]string{"/bin/mt-st": "bin/mt", "/bin/tar": "bin/tar"} {
+		if _, err := os.Stat(src); err == nil {
+			m[src] = dst
+		}
+	}
+	return m
 }

@@ -34,6 +34,16 @@ type Options struct {
 	Out     string // output directory
 	Version string // firmware version string
 	Log     io.Writer
+	// ExtraBinaries and ExtraTools are added to the image (tests: guest
+	// probes, and tools like mt and tar to read a cartridge by hand).
+	ExtraBinaries []Binary
+	ExtraTools    map[string]string
+}
+
+// Binary is a Go package built into the image at Dest.
+type Binary struct {
+	Pkg, Dest string
+	Required  bool
 }
 
 // Result describes a built image.
@@ -49,10 +59,7 @@ type Result struct {
 
 // Binaries built into the image: package → path in the image. The vault
 // binaries are optional: while they do not build, the image has none.
-var Binaries = []struct {
-	Pkg, Dest string
-	Required  bool
-}{
+var Binaries = []Binary{
 	{"./firmware/cmd/init", "init", true},
 	{"./appliance/cmd/vaultd", "bin/vaultd", false},
 	{"./appliance/cmd/vaultctl", "bin/vaultctl", false},
@@ -107,7 +114,7 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	add(cpio.StaticFile("etc/passwd", "root:x:0:0:root:/root:/init\n", 0o644))
 	add(cpio.StaticFile("etc/group", "root:x:0:\n", 0o644))
 
-	for _, b := range Binaries {
+	for _, b := range append(append([]Binary{}, Binaries...), o.ExtraBinaries...) {
 		out := filepath.Join(tmp, filepath.Base(b.Dest))
 		if err := goBuild(ctx, o, b.Pkg, out); err != nil {
 			if b.Required {
@@ -139,7 +146,14 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	}
 	recs = append(recs, modRecs...)
 
-	toolRecs, err := toolRecords(Tools)
+	tools := map[string]string{}
+	for k, v := range Tools {
+		tools[k] = v
+	}
+	for k, v := range o.ExtraTools {
+		tools[k] = v
+	}
+	toolRecs, err := toolRecords(tools)
 	if err != nil {
 		return res, err
 	}

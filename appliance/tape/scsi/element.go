@@ -56,6 +56,13 @@ func ParseElementStatus(b []byte) (ElementPage, error) {
 	}
 	avail := int(b[5])<<16 | int(b[6])<<8 | int(b[7])
 	p := ElementPage{Available: avail}
+	// No element meets the request (paging went past the last one): the
+	// pages that may follow carry nothing. tgt 1.0.85 then claims 8 bytes
+	// of page header that it never sends (its copy is 8 bytes short), so
+	// they must not be read.
+	if binary.BigEndian.Uint16(b[2:4]) == 0 {
+		return p, nil
+	}
 	end := elemHeaderLen + avail
 	if end > len(b) {
 		p.Truncated = true

@@ -125,3 +125,15 @@ func TestParseElementStatusHostile(t *testing.T) {
 		})
 	}
 }
+
+// tgt 1.0.85's answer when no element is at or past the starting address,
+// as captured through QEMU's scsi-generic path (resid 0, so the buffer's
+// zeros follow): "0 elements, 8 bytes of report" and no page header.
+func TestParseElementStatusTgtNoElements(t *testing.T) {
+	b := make([]byte, 64)
+	copy(b, []byte{0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08})
+	p, err := ParseElementStatus(b)
+	if err != nil || len(p.Elements) != 0 {
+		t.Fatalf("got %+v, %v", p, err)
+	}
+}

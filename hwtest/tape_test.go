@@ -1,0 +1,188 @@
+package hwtest
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// tapeLab is a booted appliance with tgt's virtual library attached.
+type tapeLab struct {
+	t   *testing.T
+	ctx context.Context
+	lib *Library
+	vm  *VM
+	sh  func(string) string
+}
+
+// probe runs tapeprobe in the guest and returns its output; failed checks
+// fail the test unless allowFail.
+func (l *tapeLab) probe(allowFail bool, args ...string) string {
+	l.t.Helper()
+	out := l.sh("tapeprobe " + strings.Join(args, " "))
+	if !strings.Contains(out, "TAPEPROBE-DONE") {
+		l.t.Fatalf("tapeprobe %s did not finish:\n%s", strings.Join(args, " "), out)
+	}
+	if !allowFail && (strings.Contains(out, "TAPEPROBE FAIL") || !strings.Contains(out, " fail=0")) {
+		l.t.Fatalf("tapeprobe %s:\n%s", strings.Join(args, " "), out)
+	}
+	return out
+}
+
+var driveLineRE = regexp.MustCompile(`drive element (\d+) = (/dev/sg\d+) \(\S+ \S+ serial (\S+)\) tape (/dev/nst\d+)`)
+
+type guestDrive struct{ sg, serial, nst string }
+
+func drivesOf(out string) map[string]guestDrive {
+	m := map[string]guestDrive{}
+	for _, sm := range driveLineRE.FindAllStringSubmatch(out, -1) {
+		m[sm[1]] = guestDrive{sg: sm[2], serial: sm[3], nst: sm[4]}
+	}
+	return m
+}
+
+func startTapeLab(ctx context.Context, t *testing.T, cfg LibraryConfig) *tapeLab {
+	t.Helper()
+	lib, err := StartLibrary(ctx, cfg, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lib.Stop(context.Background()); err != nil {
+			t.Errorf("tape library: %v", err)
+		}
+		lib.Close()
+	})
+	dir := t.TempDir()
+	disks := []Disk{{Serial: "system", Path: filepath.Join(dir, "system.img"), Size: 64 << 20},
+		{Serial: "data1", Path: filepath.Join(dir, "data1.img"), Size: 512 << 20}}
+	vaultPort, err := FreePort()
+	must(t, err)
+	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: disks,
+		Forward: map[int]int{7443: vaultPort}, Extra: lib.QEMUArgs(), Log: func(s string) { t.Log("console: " + s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !vm.Exited() {
+			vm.Kill()
+		}
+	})
+	for _, s := range []struct{ prompt, answer string }{
+		{"Hostname [vaultnode]: ", "tape-vault"},
+		{"Network: dhcp or static [dhcp]: ", "dhcp"},
+		{"Admin password (at least 8 characters): ", "test-password"},
+		{"Admin password again: ", "test-password"},
+		{"[UTC]: ", ""},
+		{"[pool.ntp.org]: ", ""},
+		{"[vdb]: ", "vdb"},
+		{"(yes/no) [yes]: ", "yes"},
+	} {
+		if _, err := vm.Expect(ctx, s.prompt); err != nil {
+			t.Fatalf("setup dialog: %v\n%s", err, vm.Console())
+		}
+		must(t, vm.Send(s.answer))
+	}
+	waitReady(ctx, t, vm)
+	return &tapeLab{t: t, ctx: ctx, lib: lib, vm: vm, sh: shell(ctx, t, vm)}
+}
+
+// TestTapeLibrary boots the appliance once with tgt's virtual library (2
+// drives, 8 slots, an import/export slot) and drives it over real SG_IO:
+// discovery by serial number, the drive's commands, a cartridge read back
+// by hand with mt and tar, the import/export slot, and tgtd killed in the
+// middle of a write.
+func TestTapeLibrary(t *testing.T) {
+	needQEMU(t)
+	if !hasFile("bin/mt") || !hasFile("bin/tar") {
+		t.Fatal("the test image has no mt or tar: apt-get install mt-st tar (.ci/run installs them)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	cfg := LibraryConfig{
+		Drives: []string{"VNDRV0A", "VNDRV0B"},
+		Slots:  8,
+		IE:     1,
+	}
+	for i := 1; i <= 6; i++ {
+		cfg.Cartridges = append(cfg.Cartridges, Cartridge{Barcode: fmt.Sprintf("TAPE%02dL5", i), SizeMB: 64})
+	}
+	l := startTapeLab(ctx, t, cfg)
+
+	var drives map[string]guestDrive
+	t.Run("discovery pairs drives by serial number, not device order", func(t *testing.T) {
+		l.t = t
+		out := l.probe(false, "scan")
+		drives = drivesOf(out)
+		if drives["1"].serial != "VNDRV0A" || drives["2"].serial != "VNDRV0B" {
+			t.Fatalf("drive elements paired wrongly: %+v\n%s", drives, out)
+		}
+		// The drives sit at LUNs in the opposite order of their bays:
+		// pairing by device order would have swapped them.
+		if drives["1"].sg <= drives["2"].sg {
+			t.Errorf("the lab did not reverse the device order: %+v", drives)
+		}
+		if !strings.Contains(out, "drive element 3 unmatched") {
+			t.Errorf("the empty drive bay is not reported unmatched:\n%s", out)
+		}
+		for i := 1; i <= 6; i++ {
+			if !strings.Contains(out, fmt.Sprintf("slot %d [TAPE%02dL5]", 1023+i, i)) {
+				t.Errorf("slot %d lacks TAPE%02dL5:\n%s", 1023+i, i, out)
+			}
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("drive over SG_IO: variable blocks, filemarks, space, sense, both drives", func(t *testing.T) {
+		l.t = t
+		out := l.probe(false, "selftest", "TAPE01L5")
+		for _, want := range []string{"medium not present", "READ POSITION", "LOCATE: "} {
+			if !strings.Contains(out, want) {
+				t.Errorf("selftest output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("a cartridge read back by hand with mt and tar", func(t *testing.T) {
+		l.t = t
+		l.probe(false, "write", "TAPE02L5", "/bin")
+		l.probe(false, "load", "TAPE02L5", "1")
+		nst := drives["1"].nst
+		for _, c := range []string{"mt -f " + nst + " rewind", "mt -f " + nst + " setblk 0", "mt -f " + nst + " fsf 1"} {
+			if out := l.sh(c); strings.Contains(out, "mt:") || strings.Contains(out, "exit status") {
+				t.Fatalf("%s: %s", c, out)
+			}
+		}
+		l.sh("cd /tmp")
+		if out := l.sh("tar -x -b 512 -f " + nst + " -C /tmp --one-top-level=byhand"); strings.Contains(out, "exit status") {
+			t.Fatalf("tar: %s", out)
+		}
+		l.probe(false, "compare", "/bin", "/tmp/byhand")
+		l.probe(false, "unload", "1")
+	})
+
+	t.Run("a cartridge out through the import/export slot and back", func(t *testing.T) {
+		l.t = t
+		out := l.probe(false, "export", "TAPE03L5")
+		if !strings.Contains(out, "import/export 32 [TAPE03L5]") {
+			t.Fatalf("not in the import/export slot:\n%s", out)
+		}
+		must(t, l.lib.TakeOut(ctx, VTLIEBase))
+		out = l.probe(false, "scan")
+		if strings.Contains(out, "TAPE03L5") {
+			t.Fatalf("the cartridge taken out is still in the inventory:\n%s", out)
+		}
+		must(t, l.lib.PutIn(ctx, VTLIEBase, "TAPE03L5"))
+		l.probe(false, "import", fmt.Sprint(VTLIEBase))
+		out = l.probe(false, "scan")
+		if !strings.Contains(out, "slot 1026 [TAPE03L5]") || strings.Contains(out, "import/export 32 [") {
+			t.Fatalf("after the import TAPE03L5 is not in the first empty slot:\n%s", out)
+		}
+	})
+}
