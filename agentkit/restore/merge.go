@@ -1,25 +1,20 @@
 package restore
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"sort"
 
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
 
 // Nodes yields a version's nodes in tree order, then io.EOF.
-type Nodes interface {
-	Next() (*tree.Node, error)
-}
+type Nodes = tree.Nodes
 
 // OpenVersion streams the state of a configuration made of version m and
-// the continuous-mode journal records on top of it (in order): a journal
-// node replaces the version's node at its path, and a deleted directory
-// hides everything below it that is older than the deletion.
+// the continuous-mode journal records on top of it (in order), merged by
+// tree.Merge.
 func OpenVersion(ctx context.Context, src Source, chunkKey [32]byte, m wire.Manifest, journal []wire.Journal) (Nodes, func(), error) {
 	base, stop, err := OpenListing(ctx, src, chunkKey, m.Listing)
 	if err != nil {
@@ -28,106 +23,50 @@ func OpenVersion(ctx context.Context, src Source, chunkKey [32]byte, m wire.Mani
 	if len(journal) == 0 {
 		return base, stop, nil
 	}
-	mg := &merged{base: base, deleted: map[string]int{}}
-	latest := map[string]int{} // path -> index in mg.delta
+	rds := make([]tree.Nodes, len(journal))
 	for k, j := range journal {
-		rd, jstop, err := OpenListing(ctx, src, chunkKey, j.Listing)
-		if err != nil {
-			stop()
-			return nil, nil, fmt.Errorf("read journal record %d: %w", j.N, err)
-		}
-		for {
-			n, err := rd.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				jstop()
-				stop()
-				return nil, nil, fmt.Errorf("read journal record %d: %w", j.N, err)
-			}
-			if i, ok := latest[string(n.Path)]; ok {
-				mg.delta[i] = deltaNode{n: n, k: k}
-			} else {
-				latest[string(n.Path)] = len(mg.delta)
-				mg.delta = append(mg.delta, deltaNode{n: n, k: k})
-			}
-			if n.Type == tree.TypeDeleted {
-				mg.deleted[string(n.Path)] = k
-			}
-		}
-		jstop()
+		rds[k] = &lazyListing{ctx: ctx, src: src, key: chunkKey, j: j}
 	}
-	sort.Slice(mg.delta, func(i, j int) bool { return tree.Compare(mg.delta[i].n.Path, mg.delta[j].n.Path) < 0 })
+	mg, err := tree.Merge(base, rds) // reads the records one after the other
+	for _, rd := range rds {
+		rd.(*lazyListing).close()
+	}
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
 	return mg, stop, nil
 }
 
-type deltaNode struct {
-	n *tree.Node
-	k int // journal record index; the version itself is -1
+// lazyListing opens a journal record's listing at its first read and
+// closes it at its end, so only one record is read at a time.
+type lazyListing struct {
+	ctx  context.Context
+	src  Source
+	key  [32]byte
+	j    wire.Journal
+	rd   *tree.Reader
+	stop func()
 }
 
-type merged struct {
-	base    *tree.Reader
-	bcur    *tree.Node
-	bdone   bool
-	delta   []deltaNode
-	deleted map[string]int // path of a deleted object -> record index
-}
-
-// hidden reports whether a node recorded at index k lies under (or is) a
-// path deleted by a later record.
-func (m *merged) hidden(p []byte, k int, self bool) bool {
-	for i := len(p); i > 0; i = bytes.LastIndexByte(p[:i], '/') {
-		if d, ok := m.deleted[string(p[:i])]; ok && d > k && (self || i < len(p)) {
-			return true
+func (l *lazyListing) Next() (*tree.Node, error) {
+	if l.rd == nil {
+		rd, stop, err := OpenListing(l.ctx, l.src, l.key, l.j.Listing)
+		if err != nil {
+			return nil, fmt.Errorf("read journal record %d: %w", l.j.N, err)
 		}
-		if bytes.LastIndexByte(p[:i], '/') < 0 {
-			break
-		}
+		l.rd, l.stop = rd, stop
 	}
-	return false
+	n, err := l.rd.Next()
+	if err == io.EOF {
+		l.close()
+	}
+	return n, err
 }
 
-func (m *merged) Next() (*tree.Node, error) {
-	for {
-		if m.bcur == nil && !m.bdone {
-			n, err := m.base.Next()
-			if err == io.EOF {
-				m.bdone = true
-			} else if err != nil {
-				return nil, err
-			} else {
-				m.bcur = n
-			}
-		}
-		var next *tree.Node
-		k := -1
-		switch {
-		case m.bcur == nil && len(m.delta) == 0:
-			return nil, io.EOF
-		case m.bcur == nil:
-			next, k = m.delta[0].n, m.delta[0].k
-			m.delta = m.delta[1:]
-		case len(m.delta) == 0:
-			next, m.bcur = m.bcur, nil
-		default:
-			c := tree.Compare(m.delta[0].n.Path, m.bcur.Path)
-			if c <= 0 {
-				next, k = m.delta[0].n, m.delta[0].k
-				m.delta = m.delta[1:]
-				if c == 0 {
-					m.bcur = nil // the journal's state replaces the version's
-				}
-			} else {
-				next, m.bcur = m.bcur, nil
-			}
-		}
-		// A node is hidden by a later deletion of an ancestor, or of
-		// itself when it comes from the version.
-		if m.hidden(next.Path, k, k < 0) {
-			continue
-		}
-		return next, nil
+func (l *lazyListing) close() {
+	if l.stop != nil {
+		l.stop()
+		l.stop = nil
 	}
 }

@@ -127,6 +127,10 @@ var routeCaps = map[string]Capability{
 	"POST " + PortalAPI + "users/{name}/totp":     CapManageUsers,
 	"DELETE " + PortalAPI + "users/{name}":        CapManageUsers,
 	// Drill-down, browse, restore, audit, tokens, contacts (http_pages.go).
+	"GET /computers/{computer}":                                        CapView,
+	"GET " + PortalAPI + "computers/{computer}":                        CapView,
+	"GET /computers/{computer}/restore":                                CapRestore,
+	"GET " + PortalAPI + "computers/{computer}/configs/{config}/files": CapRestore,
 	"GET /audit":                 CapView, // operators, and user managers for their company
 	"GET " + PortalAPI + "audit": CapView,
 	"POST " + PortalAPI + "computers/{computer}/contact": CapManageComputers,

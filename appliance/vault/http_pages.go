@@ -2,6 +2,10 @@ package vault
 
 import (
 	"net/http"
+	"strconv"
+	"time"
+
+	"vaultnode/internal/wire"
 )
 
 // portalPages registers the portal's pages and JSON routes beyond sign-in
@@ -17,6 +21,52 @@ func (v *Vault) portalPages(rt *router) {
 		q := r.URL.Query()
 		return render(w, "audit.html", v.pageData(r, p, "Audit log", map[string]any{"Page": page,
 			"Company": q.Get("company"), "Q": q.Get("q")}))
+	})
+	rt.handle("GET /computers/{computer}", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		d, err := v.ComputerDetail(r.Context(), p, r.PathValue("computer"))
+		if err != nil {
+			return err
+		}
+		return render(w, "computer.html", v.pageData(r, p, d.Name, map[string]any{"C": d}))
+	})
+	rt.handle("GET "+PortalAPI+"computers/{computer}", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		d, err := v.ComputerDetail(r.Context(), p, r.PathValue("computer"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, d)
+		return nil
+	})
+	rt.handle("GET /computers/{computer}/restore", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		d, err := v.ComputerDetail(r.Context(), p, r.PathValue("computer"))
+		if err != nil {
+			return err
+		}
+		if _, err := v.computerFor(p, CapRestore, d.ID); err != nil {
+			return err
+		}
+		targets, err := v.restoreTargets(r.Context(), p, d.Company)
+		if err != nil {
+			return err
+		}
+		return render(w, "restore.html", v.pageData(r, p, "Restore from "+d.Name, map[string]any{"C": d,
+			"Config": r.URL.Query().Get("config"), "Targets": targets}))
+	})
+	rt.handle("GET "+PortalAPI+"computers/{computer}/configs/{config}/files", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		q := r.URL.Query()
+		req := BrowseRequest{Computer: r.PathValue("computer"), Config: r.PathValue("config"), Dir: q.Get("dir"), Search: q.Get("q")}
+		var err error
+		if req.Point, err = pointOf(q.Get("version"), q.Get("at")); err != nil {
+			return err
+		}
+		req.Offset, _ = strconv.Atoi(q.Get("offset"))
+		req.Limit, _ = strconv.Atoi(q.Get("limit"))
+		out, err := v.Browse(r.Context(), p, req)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
 	})
 	rt.handle("GET "+PortalAPI+"audit", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		return v.serveAudit(w, r, p)
@@ -44,4 +94,17 @@ func (v *Vault) pageData(r *http.Request, p *Principal, title string, m map[stri
 	m["Title"], m["P"], m["CSRF"] = title, p, csrfToken(sessionOf(r).id)
 	m["Operator"] = p.Kind == Operator
 	return m
+}
+
+// pointOf reads a version ("", latest, a number) or a moment (RFC 3339).
+func pointOf(version, at string) (Point, error) {
+	pt := Point{Version: version}
+	if at != "" {
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return pt, fail(http.StatusBadRequest, wire.CodeBadRequest, "moment %q: give it as RFC 3339, like 2026-12-01T14:05:00Z", at)
+		}
+		pt.At = t
+	}
+	return pt, nil
 }

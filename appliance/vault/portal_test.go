@@ -190,6 +190,13 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		}
 		pv.addUser(t, req)
 	}
+	// A version of pc-a1 to browse.
+	a1, _ := pv.Catalog.FindComputer("pc-a1")
+	now := pv.clk.Now()
+	if err := pv.Catalog.AddVersion(wire.Manifest{Magic: wire.ManifestMagic, Company: "acme", Computer: a1.ID, Config: "home", Seq: 1, Started: now,
+		Finished: now, Listing: listingOf(t, pv.Vault, 10, dir("home"), file("home/x", 1))}, [32]byte{1}); err != nil {
+		t.Fatal(err)
+	}
 	// Targets of the user routes: one per company and an operator.
 	pv.addUser(t, UserRequest{Name: "target-acme", Kind: catalog.UserCompany, Company: "acme"})
 	pv.addUser(t, UserRequest{Name: "target-globex", Kind: catalog.UserCompany, Company: "globex"})
@@ -217,6 +224,21 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		op := w.kind == catalog.UserOperator
 		has := func(c Capability) bool { return c == CapView || slices.Contains(w.caps, string(c)) }
 		switch {
+		case strings.Contains(route, "{computer}") && strings.HasPrefix(route, "GET "):
+			// pc-a1 of acme (a limited user's) or pc-g1 of globex.
+			switch {
+			case strings.Contains(route, "restore") || strings.Contains(route, "/files"):
+				if !has(CapRestore) {
+					return want{403, code(wire.CodeForbidden)}
+				}
+			}
+			if !op && company != "acme" {
+				return want{404, code(wire.CodeNotFound)}
+			}
+			if strings.Contains(route, "/files") && company != "acme" {
+				return want{404, code(wire.CodeNotFound)} // pc-g1 has no version
+			}
+			return want{200, ""}
 		case strings.HasPrefix(route, "GET /computers"), route == "GET /api/v1/me":
 			return want{200, ""}
 		case route == "GET /api/v1/status?company=":
@@ -281,6 +303,10 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		{"GET /api/v1/status?company=", "GET", PortalAPI + "status?company=%s", nil},
 		{"GET /api/v1/users", "GET", PortalAPI + "users", nil},
 		{"GET /audit?company=", "GET", "/audit?company=%s", nil},
+		{"GET /computers/{computer}", "GET", "/computers/%s", nil},
+		{"GET /api/v1/computers/{computer}", "GET", PortalAPI + "computers/%s", nil},
+		{"GET /computers/{computer}/restore", "GET", "/computers/%s/restore", nil},
+		{"GET /api/v1/computers/{computer}/configs/{config}/files", "GET", PortalAPI + "computers/%s/configs/home/files?dir=/home", nil},
 		{"GET /api/v1/audit?company=", "GET", PortalAPI + "audit?company=%s", nil},
 		{"POST /api/v1/computers/{computer}/contact", "POST", PortalAPI + "computers/%s/contact", func(co string) any { return ContactRequest{Contact: "it@" + co + ".example"} }},
 		{"POST /api/v1/users", "POST", PortalAPI + "users", func(co string) any {

@@ -46,7 +46,9 @@
         const tr = body.insertRow();
         tr.dataset.state = r.state;
         if (operator) cell(tr, r.company);
-        cell(tr, r.computer_name).title = r.computer;
+        const link = document.createElement("a");
+        link.href = "/computers/" + encodeURIComponent(r.computer); link.textContent = r.computer_name;
+        cell(tr, link).title = r.computer;
         cell(tr, r.config + (r.mode === "continuous" ? " (continuous)" : ""));
         const st = document.createElement("span");
         st.className = "state"; st.dataset.state = r.state; st.textContent = r.state;
