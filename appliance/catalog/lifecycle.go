@@ -100,6 +100,9 @@ type PruneResult struct {
 	Versions int `json:"versions"`
 	Journal  int `json:"journal"`
 	Missing  int `json:"missing"` // named but already gone
+	// HeldForTape: named, but its configuration is written to tape and
+	// the version is not on tape yet, so it stays (docs/format.md).
+	HeldForTape int `json:"held_for_tape,omitempty"`
 }
 
 // init adds the lifecycle's appliers to the table commands.go makes (a
@@ -169,6 +172,10 @@ func applyPrune(c *Catalog, tx *bbolt.Tx, p PruneCmd) (any, error) {
 		k := verKey(v.Computer, v.Config, v.Seq)
 		if vb.Get(k) == nil {
 			res.Missing++
+			continue
+		}
+		if heldForTape(tx, v.Computer, v.Config, v.Seq) {
+			res.HeldForTape++
 			continue
 		}
 		if err := vb.Delete(k); err != nil {

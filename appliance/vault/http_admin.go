@@ -33,6 +33,7 @@ const (
 	AdminUsers        = "/admin/users" // portal users (docs/api.md)
 	AdminContact      = "/admin/contact"
 	AdminAudit        = "/admin/audit" // ?company=C&before=SEQ&limit=N&q=TEXT
+	AdminTape         = "/admin/tape"  // GET: status; POST: a TapeRequest (docs/tape.md)
 )
 
 // RunNowRequest asks a computer to synchronize a configuration once now.
@@ -285,5 +286,6 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 		metrics.ServeHTTP(w, r)
 		return nil
 	})
+	v.tapeRoutes(rt)
 	return rt
 }

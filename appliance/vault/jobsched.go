@@ -10,6 +10,7 @@ import (
 
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/jobs"
+	"vaultnode/appliance/tape"
 	"vaultnode/internal/schedule"
 	"vaultnode/internal/wire"
 )
@@ -25,6 +26,7 @@ var DefaultJobSchedules = map[jobs.Kind]string{
 	jobs.KindPrune:   "daily 01:00-05:00",
 	jobs.KindCollect: "daily 02:00-06:00",
 	jobs.KindVerify:  "sun 03:00-09:00",
+	tape.KindTape:    DefaultTapeSchedule, // registered only with a library
 }
 
 // JobScheduleRequest sets when a kind of job runs ("default" or "" goes

@@ -107,6 +107,10 @@ func (v *Vault) zoneName() string {
 	return loc.String()
 }
 
+// NotYetOnTape is why a version retention would remove stays: its
+// configuration is written to tape and it is not on tape yet.
+const NotYetOnTape = "not yet on tape"
+
 // PlanVersion is one version in a prune plan.
 type PlanVersion struct {
 	Seq      uint64    `json:"seq"`
@@ -284,6 +288,23 @@ func (v *Vault) planPrune(ctx context.Context) (*PrunePlan, catalog.PruneCmd, er
 			items[i] = retention.Item{Time: versionTime(m), Complete: m.Complete()}
 		}
 		decided := retention.Select(pol, items, now, loc)
+		if pool, err := v.Catalog.TapePoolOf(g.company, g.computer, g.config); err != nil {
+			return nil, cmd, err
+		} else if pool != "" {
+			for i, m := range g.versions {
+				if decided[i].Keep {
+					continue
+				}
+				on, err := v.Catalog.OnTape(g.computer, g.config, m.Seq)
+				if err != nil {
+					return nil, cmd, err
+				}
+				if !on {
+					decided[i].Keep = true
+					decided[i].Reasons = append(decided[i].Reasons, NotYetOnTape)
+				}
+			}
+		}
 		kept := map[uint64]bool{}
 		next := map[uint64]time.Time{} // seq -> time of the version after it
 		for i, m := range g.versions {

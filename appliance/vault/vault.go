@@ -27,6 +27,7 @@ import (
 	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
+	"vaultnode/appliance/tape"
 	"vaultnode/internal/atomicfile"
 	"vaultnode/internal/clock"
 	"vaultnode/internal/keys"
@@ -56,6 +57,13 @@ type Options struct {
 	// PortalCert and PortalKey are PEM files of the portal's certificate
 	// and key; empty: the vault's own server certificate.
 	PortalCert, PortalKey string
+
+	// Tape is the tape library found at start (nil: none; docs/tape.md);
+	// TapeRecovery the static recovery program written in every label
+	// file; TapeFileLimit the size of a tape data file (default 4 GiB).
+	Tape          *tape.Library
+	TapeRecovery  []byte
+	TapeFileLimit int64
 
 	onScheduled func(jobs.Record) // tests: told of each job the schedule starts
 	// RepackThreshold is the dead share past which garbage collection
@@ -105,6 +113,10 @@ type Vault struct {
 	schedPoke chan struct{}
 
 	cmds *cmdQueue // the agents' command channel (ops_commands.go)
+	// Tape is the tape subsystem (tape.go); without a library its
+	// operations answer that there is none.
+	Tape    *tape.Service
+	tapeReq tapeRestores
 }
 
 type companyKeys struct {
@@ -159,6 +171,7 @@ func Open(opts Options) (*Vault, error) {
 	v.Jobs.Register(jobs.KindVerify, v.verifyJob)
 	v.Jobs.Register(jobs.KindPrune, v.pruneJob)
 	v.Jobs.Register(jobs.KindCollect, v.CollectJob)
+	v.openTape()
 	if _, err := v.Jobs.Recover(); err != nil {
 		v.Close()
 		return nil, err
@@ -218,18 +231,36 @@ func (v *Vault) companyKeys(name string) (*companyKeys, error) {
 	if err != nil {
 		return nil, err
 	}
-	ns := v.master.NonceSize()
-	if len(co.Sealed) < ns {
-		return nil, fmt.Errorf("company %q: sealed secret is truncated", name)
+	secret, err := v.unseal(co)
+	if err != nil {
+		return nil, err
 	}
-	secret, err := v.master.Open(nil, co.Sealed[:ns], co.Sealed[ns:], []byte("company "+name))
-	if err != nil || len(secret) != 32 {
-		return nil, fmt.Errorf("company %q: cannot unseal its secret with this vault's master key (wrong master.key?)", name)
-	}
-	k := &companyKeys{set: keys.Derive([32]byte(secret))}
+	k := &companyKeys{set: keys.Derive(secret)}
 	k.aead = pack.NewAEAD(k.set.Pack)
 	v.keys[name] = k
 	return k, nil
+}
+
+// unseal opens a company's secret with the master key.
+func (v *Vault) unseal(co catalog.Company) ([32]byte, error) {
+	ns := v.master.NonceSize()
+	if len(co.Sealed) < ns {
+		return [32]byte{}, fmt.Errorf("company %q: sealed secret is truncated", co.Name)
+	}
+	secret, err := v.master.Open(nil, co.Sealed[:ns], co.Sealed[ns:], []byte("company "+co.Name))
+	if err != nil || len(secret) != 32 {
+		return [32]byte{}, fmt.Errorf("company %q: cannot unseal its secret with this vault's master key (wrong master.key?)", co.Name)
+	}
+	return [32]byte(secret), nil
+}
+
+// companySecret returns a company's secret (vaultctl company export-key).
+func (v *Vault) companySecret(name string) ([32]byte, error) {
+	co, err := v.Catalog.Company(name)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return v.unseal(co)
 }
 
 // listenPortal opens the portal's listener and its server (nil, nil when

@@ -61,6 +61,9 @@ type Library struct {
 	RejectVoltagDVCID bool
 	next              MoveFailure
 	failReads         int
+	tapes             map[uint16]*Tape  // drives attached by address
+	media             map[string]*Media // cartridges' contents by barcode
+	mediaDir          string
 	attention         bool
 	moves             int
 }
@@ -99,6 +102,52 @@ func (l *Library) AddSlots(start uint16, barcodes ...string) {
 // AddDrive adds an empty data transfer element whose DVCID is serial.
 func (l *Library) AddDrive(addr uint16, serial string) {
 	l.add(&element{typ: scsi.ElementDrive, addr: addr, id: serial})
+}
+
+// AttachDrive couples the drive element at addr with an emulated drive:
+// a cartridge moved into the element is loaded into t, and a cartridge is
+// taken out only after t unloaded it (else 2/53/02, medium removal
+// prevented, as a library whose drive still holds the tape answers).
+func (l *Library) AttachDrive(addr uint16, t *Tape) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tapes == nil {
+		l.tapes = map[uint16]*Tape{}
+	}
+	l.tapes[addr] = t
+	if l.media == nil {
+		l.media = map[string]*Media{}
+	}
+}
+
+// KeepMedia keeps every cartridge's content in an image file
+// dir/BARCODE.img (Media's format), made when a cartridge is first loaded.
+func (l *Library) KeepMedia(dir string) { l.mu.Lock(); l.mediaDir = dir; l.mu.Unlock() }
+
+// Media returns the content of the cartridge with barcode, making it
+// (blank, or read from its image) if it has none yet.
+func (l *Library) Media(barcode string) (*Media, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mediaOf(barcode)
+}
+
+func (l *Library) mediaOf(barcode string) (*Media, error) {
+	if m := l.media[barcode]; m != nil {
+		return m, nil
+	}
+	m := NewMedia()
+	if l.mediaDir != "" && barcode != "" {
+		var err error
+		if m, err = OpenMedia(l.mediaDir + "/" + barcode + ".img"); err != nil {
+			return nil, err
+		}
+	}
+	if l.media == nil {
+		l.media = map[string]*Media{}
+	}
+	l.media[barcode] = m
+	return m, nil
 }
 
 // AddIE adds an empty import/export element.
@@ -303,9 +352,25 @@ func (l *Library) moveMedium(c scsi.Command) scsi.Response {
 	if dst.full && dst != src {
 		return sense(scsi.KeyIllegalRequest, 0x3B, 0x0D)
 	}
+	if t := l.tapes[src.addr]; t != nil && src.typ == scsi.ElementDrive {
+		m, ok := t.remove()
+		if !ok {
+			return sense(scsi.KeyNotReady, 0x53, 0x02)
+		}
+		if m != nil {
+			l.media[src.barcode] = m
+		}
+	}
 	f := l.next
 	l.next = MoveOK
 	l.moves++
+	if t := l.tapes[dst.addr]; t != nil && dst.typ == scsi.ElementDrive && f != MoveStuckInPicker && f != MoveNotStarted {
+		m, err := l.mediaOf(src.barcode)
+		if err != nil {
+			return sense(scsi.KeyHardwareError, 0x44, 0)
+		}
+		t.insert(m)
+	}
 	switch f {
 	case MoveNotStarted:
 		return sense(scsi.KeyHardwareError, 0x15, 0x01)

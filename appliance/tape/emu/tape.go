@@ -8,25 +8,31 @@ import (
 	"vaultnode/appliance/tape/scsi"
 )
 
-// Tape is an in-memory sequential-access drive (SSC) with one cartridge:
-// variable-length blocks and filemarks, where the logical object number of
-// a block or filemark is its index. With TgtQuirks it answers as tgt
-// 1.0.85 behind QEMU does (docs/tape.md, LAB.md): a short READ is CHECK
-// CONDITION with ILI and the residue in INFORMATION even with SILI=1, the
-// transfer residue is always reported as 0, READ POSITION is a stub, and
-// MODE SELECT(10), LOG SENSE and LOCATE are invalid operation codes.
+// Tape is an emulated sequential-access drive (SSC): variable-length
+// blocks and filemarks on a Media, where the logical object number of a
+// block or filemark is its index. With TgtQuirks it answers as tgt 1.0.85
+// behind QEMU does (docs/tape.md, LAB.md): a short READ is CHECK CONDITION
+// with ILI and the residue in INFORMATION even with SILI=1, the transfer
+// residue is always reported as 0, READ POSITION is a stub, and MODE
+// SELECT(10), LOG SENSE and LOCATE are invalid operation codes.
+//
+// A drive attached to a Library (AttachDrive) holds the cartridge the
+// library moved into it; NewTape's drive holds a blank in-memory one.
 type Tape struct {
 	mu      sync.Mutex
-	recs    []record
+	m       *Media
 	pos     int
-	used    int
 	loaded  bool
 	block   uint32
 	warming int
 	alerts  map[int]bool
 	serial  string
-	// Capacity and EarlyWarning (bytes): a write past EarlyWarning
-	// succeeds with EOM set; one past Capacity fails with VOLUME OVERFLOW.
+	// failAfter > 0: that many more WRITEs succeed, then the drive fails
+	// (failWrites).
+	failAfter int
+	// Capacity and EarlyWarning (bytes) apply to a cartridge that sets
+	// none: a write past EarlyWarning succeeds with EOM set; one past
+	// Capacity fails with VOLUME OVERFLOW.
 	Capacity, EarlyWarning int
 	TgtQuirks              bool
 	// ZeroResid reports every transfer as complete, as QEMU's iscsi
@@ -42,7 +48,51 @@ type record struct {
 // NewTape returns a drive with serial number serial and a loaded, blank
 // cartridge whose first becomingReady TEST UNIT READYs report 2/04/01.
 func NewTape(serial string, becomingReady int) *Tape {
-	return &Tape{serial: serial, loaded: true, warming: becomingReady, alerts: map[int]bool{}, Capacity: 1 << 30, EarlyWarning: 1<<30 - 1<<20}
+	return &Tape{serial: serial, m: &Media{}, loaded: true, warming: becomingReady, alerts: map[int]bool{}, Capacity: 1 << 30, EarlyWarning: 1<<30 - 1<<20}
+}
+
+// NewEmptyTape returns a drive with serial number serial and no
+// cartridge, for a Library to load.
+func NewEmptyTape(serial string) *Tape {
+	return &Tape{serial: serial, alerts: map[int]bool{}, Capacity: 1 << 30, EarlyWarning: 1<<30 - 1<<20}
+}
+
+// FailWritesAfter makes the drive fail as a drive whose connection or
+// power went: after n more WRITEs succeed, the next WRITE answers HARDWARE
+// ERROR (4/44/00) and the blocks written since the last filemark, still in
+// the drive's buffer, are lost. Later commands work again (the next job
+// resumes).
+func (t *Tape) FailWritesAfter(n int) { t.mu.Lock(); t.failAfter = n + 1; t.mu.Unlock() }
+
+// insert threads a cartridge the library put in.
+func (t *Tape) insert(m *Media) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m, t.loaded, t.pos = m, true, 0
+}
+
+// remove gives the cartridge to the library; false while it is still
+// threaded (not unloaded).
+func (t *Tape) remove() (*Media, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		return nil, true // nothing threaded (a move that never started)
+	}
+	if t.loaded {
+		return nil, false
+	}
+	m := t.m
+	t.m = nil
+	m.save()
+	return m, true
+}
+
+func (t *Tape) capacity() (int, int) {
+	if t.m.Capacity > 0 {
+		return t.m.Capacity, t.m.EarlyWarning
+	}
+	return t.Capacity, t.EarlyWarning
 }
 
 // SetAlert raises TapeAlert flag n.
@@ -96,8 +146,12 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		}
 		return good(copy(c.Data, d)), nil
 	case 0x1B: // LOAD UNLOAD
+		if t.m == nil {
+			return sense(scsi.KeyNotReady, 0x3A, 0), nil
+		}
 		t.loaded = c.CDB[4]&1 != 0
 		t.pos = 0
+		t.m.save()
 		return good(0), nil
 	case 0x4D: // LOG SENSE
 		if c.CDB[2]&0x3F != scsi.PageTapeAlert {
@@ -131,7 +185,7 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		t.block = uint32(c.Data[13])<<16 | uint32(c.Data[14])<<8 | uint32(c.Data[15])
 		return good(0), nil
 	}
-	if !t.loaded {
+	if !t.loaded || t.m == nil {
 		return sense(scsi.KeyNotReady, 0x3A, 0), nil
 	}
 	if t.warming > 0 {
@@ -149,14 +203,22 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		if c.CDB[1]&1 != 0 || n != len(c.Data) {
 			return sense(scsi.KeyIllegalRequest, 0x24, 0), nil
 		}
-		if t.used+n > t.Capacity {
+		if t.failAfter > 0 {
+			if t.failAfter--; t.failAfter == 0 {
+				t.m.lose()
+				t.pos = min(t.pos, len(t.m.recs))
+				return sense(scsi.KeyHardwareError, 0x44, 0x00), nil
+			}
+		}
+		capacity, warning := t.capacity()
+		t.truncate()
+		if t.m.used+n > capacity {
 			return streamSense(scsi.KeyVolumeOverflow, 0, 0x02, false, true, false, int32(n)), nil
 		}
-		t.truncate()
-		t.recs = append(t.recs, record{data: append([]byte(nil), c.Data...)})
+		t.m.recs = append(t.m.recs, record{data: append([]byte(nil), c.Data...)})
 		t.pos++
-		t.used += n
-		if t.used > t.EarlyWarning {
+		t.m.used += n
+		if t.m.used > warning {
 			return streamSense(scsi.KeyNoSense, 0, 0x02, false, true, false, 0), nil
 		}
 		return good(n), nil
@@ -164,8 +226,11 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		n := int(c.CDB[2])<<16 | int(c.CDB[3])<<8 | int(c.CDB[4])
 		t.truncate()
 		for range n {
-			t.recs = append(t.recs, record{mark: true})
+			t.m.recs = append(t.m.recs, record{mark: true})
 			t.pos++
+		}
+		if err := t.m.flush(); err != nil {
+			return sense(scsi.KeyMediumError, 0x0C, 0x00), nil
 		}
 		return good(0), nil
 	case 0x08: // READ(6), variable
@@ -178,8 +243,8 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		if op == 0x92 {
 			obj = binary.BigEndian.Uint64(c.CDB[4:12])
 		}
-		if obj > uint64(len(t.recs)) {
-			t.pos = len(t.recs)
+		if obj > uint64(len(t.m.recs)) {
+			t.pos = len(t.m.recs)
 			return sense(scsi.KeyBlankCheck, 0x00, 0x05), nil
 		}
 		t.pos = int(obj)
@@ -200,7 +265,7 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 			d[0] = 0x80
 		}
 		marks := 0
-		for _, r := range t.recs[:t.pos] {
+		for _, r := range t.m.recs[:t.pos] {
 			if r.mark {
 				marks++
 			}
@@ -215,10 +280,12 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 // truncate drops everything after the position: writing makes the rest
 // of the tape unreadable (a new end of data).
 func (t *Tape) truncate() {
-	for _, r := range t.recs[t.pos:] {
-		t.used -= len(r.data)
+	m := t.m
+	for _, r := range m.recs[t.pos:] {
+		m.used -= len(r.data)
 	}
-	t.recs = t.recs[:t.pos]
+	m.recs = m.recs[:t.pos]
+	m.flushed = min(m.flushed, t.pos)
 }
 
 func (t *Tape) read(c scsi.Command) scsi.Response {
@@ -227,10 +294,10 @@ func (t *Tape) read(c scsi.Command) scsi.Response {
 	if c.CDB[1]&1 != 0 || want > len(c.Data) {
 		return sense(scsi.KeyIllegalRequest, 0x24, 0)
 	}
-	if t.pos >= len(t.recs) {
+	if t.pos >= len(t.m.recs) {
 		return sense(scsi.KeyBlankCheck, 0x00, 0x05)
 	}
-	r := t.recs[t.pos]
+	r := t.m.recs[t.pos]
 	t.pos++
 	if r.mark {
 		return streamSense(scsi.KeyNoSense, 0, 0x01, true, false, false, int32(want))
@@ -256,14 +323,14 @@ func (t *Tape) read(c scsi.Command) scsi.Response {
 func (t *Tape) space(code byte, count int) scsi.Response {
 	switch scsi.SpaceCode(code) {
 	case scsi.SpaceEOD:
-		t.pos = len(t.recs)
+		t.pos = len(t.m.recs)
 		return good(0)
 	case scsi.SpaceBlocks:
 		for ; count > 0; count-- {
-			if t.pos >= len(t.recs) {
+			if t.pos >= len(t.m.recs) {
 				return sense(scsi.KeyBlankCheck, 0x00, 0x05)
 			}
-			if t.recs[t.pos].mark {
+			if t.m.recs[t.pos].mark {
 				t.pos++
 				return streamSense(scsi.KeyNoSense, 0, 0x01, true, false, false, int32(count))
 			}
@@ -279,11 +346,11 @@ func (t *Tape) space(code byte, count int) scsi.Response {
 	case scsi.SpaceFilemarks:
 		for ; count > 0; count-- {
 			for {
-				if t.pos >= len(t.recs) {
+				if t.pos >= len(t.m.recs) {
 					return sense(scsi.KeyBlankCheck, 0x00, 0x05)
 				}
 				t.pos++
-				if t.recs[t.pos-1].mark {
+				if t.m.recs[t.pos-1].mark {
 					break
 				}
 			}
@@ -294,7 +361,7 @@ func (t *Tape) space(code byte, count int) scsi.Response {
 					return streamSense(scsi.KeyNoSense, 0, 0x04, false, true, false, int32(-count))
 				}
 				t.pos--
-				if t.recs[t.pos].mark {
+				if t.m.recs[t.pos].mark {
 					break
 				}
 			}

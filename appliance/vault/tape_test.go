@@ -1,0 +1,341 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/jobs"
+	"vaultnode/appliance/tape"
+	"vaultnode/appliance/tape/changer"
+	"vaultnode/appliance/tape/drive"
+	"vaultnode/appliance/tape/emu"
+	"vaultnode/appliance/tape/format"
+)
+
+// tapeLab is an emulated library: a changer with 2 drives, slots from 1024
+// and an import/export slot at 32, whose cartridges are image files.
+type tapeLab struct {
+	emu   *emu.Library
+	tapes map[uint16]*emu.Tape
+	lib   *tape.Library
+}
+
+func newTapeLab(t *testing.T, capacity, warning int, barcodes ...string) *tapeLab {
+	t.Helper()
+	e := emu.New(16)
+	e.AddSlots(1024, barcodes...)
+	e.AddIE(32)
+	e.KeepMedia(t.TempDir())
+	lab := &tapeLab{emu: e, tapes: map[uint16]*emu.Tape{}, lib: &tape.Library{Changer: changer.New(e, nil), Drives: map[uint16]tape.Drive{}}}
+	for _, a := range []uint16{1, 2} {
+		serial := fmt.Sprintf("SN-DRIVE-%d", a)
+		e.AddDrive(a, serial)
+		tp := emu.NewEmptyTape(serial)
+		tp.Capacity, tp.EarlyWarning = capacity, warning
+		e.AttachDrive(a, tp)
+		lab.tapes[a], lab.lib.Drives[a] = tp, drive.New(tp, nil)
+	}
+	return lab
+}
+
+func openTapeVault(t *testing.T, dir string, lab *tapeLab, recovery []byte) *Vault {
+	t.Helper()
+	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Zone: time.UTC, Tape: lab.lib, TapeRecovery: recovery, TapeFileLimit: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	return v
+}
+
+func tapeOp(t *testing.T, v *Vault, req TapeRequest) any {
+	t.Helper()
+	out, err := v.TapeOp(context.Background(), operator, req)
+	if err != nil {
+		t.Fatalf("tape %s: %v", req.Op, err)
+	}
+	return out
+}
+
+func runJob(t *testing.T, v *Vault, kind jobs.Kind) jobs.View {
+	t.Helper()
+	rec, err := v.Jobs.Start(kind, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return waitJob(t, v, rec.ID)
+}
+
+// checkPhysical: every tape file the catalog records is on its cartridge
+// with its closing filemark, and nothing recorded is missing.
+func checkPhysical(t *testing.T, v *Vault, lab *tapeLab) (used int) {
+	t.Helper()
+	carts, err := v.Catalog.Cartridges()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range carts {
+		if c.UUID == "" {
+			continue
+		}
+		m, err := lab.emu.Media(c.Barcode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Files() < c.Files {
+			t.Fatalf("catalog says %s holds %d complete files, the tape has %d filemarks", c.Barcode, c.Files, m.Files())
+		}
+		files, _ := v.Catalog.TapeFiles(c.Barcode)
+		if len(files) != c.Files-1 {
+			t.Fatalf("%s: %d file records for %d files", c.Barcode, len(files), c.Files)
+		}
+		for _, f := range files {
+			b, err := m.ReadFile(f.File)
+			if err != nil || int64(len(b)) != f.Bytes {
+				t.Fatalf("%s file %d: %d bytes on tape, %d recorded (%v)", c.Barcode, f.File, len(b), f.Bytes, err)
+			}
+		}
+		if c.Files > 1 {
+			used++
+		}
+	}
+	return used
+}
+
+// TestTapeJobSpansResumesRestores: versions of a configuration on tape
+// are held from pruning until a tape job wrote them; a drive failing in
+// the middle of a job leaves the catalog with only what is on tape and the
+// next job completes, spanning two cartridges; a version pruned and
+// collected from the disk is restored from tape byte for byte; and a scan
+// of the cartridges rebuilds the same tape catalog in another vault.
+func TestTapeJobSpansResumesRestores(t *testing.T) {
+	ctx := context.Background()
+	lab := newTapeLab(t, 3<<20, 2<<20, "TAPE01L5", "TAPE02L5", "TAPE03L5", "", "CLN001L1")
+	v := openTapeVault(t, t.TempDir(), lab, nil)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	want := map[string][][]byte{}
+	for i := 0; i < 3; i++ {
+		files := randomFiles(10, 100<<10)
+		seq, err := a.backup(ctx, files)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[fmt.Sprintf("pc-1@%d", seq)] = files
+	}
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily", Allocation: catalog.AllocContinue}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
+	if err := v.SetRetention(ctx, operator, RetentionRequest{Company: "acme", Policy: "last 1"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Retention respects tape: nothing is on tape, so nothing goes.
+	plan, err := v.PlanPrune(ctx, operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Remove != 0 || !strings.Contains(fmt.Sprint(plan.Configs[0].Versions[1].Reasons), NotYetOnTape) {
+		t.Fatalf("prune plan before tape: remove %d, reasons %v", plan.Remove, plan.Configs[0].Versions[1].Reasons)
+	}
+	// Even a prune command naming them (a replica's, an old plan) keeps them.
+	res, err := v.Catalog.Prune(catalog.PruneCmd{Versions: []catalog.VersionKey{{Computer: "pc-1", Config: "home", Seq: 2}}})
+	if err != nil || res.Versions != 0 || res.HeldForTape != 1 {
+		t.Fatalf("prune of a version not on tape: %+v, %v", res, err)
+	}
+
+	// The drive fails after 6 blocks (1.5 MiB) of the first job.
+	lab.tapes[1].FailWritesAfter(6)
+	view := runJob(t, v, tape.KindTape)
+	if view.State != jobs.Failed || !strings.Contains(view.Error, "hardware error") {
+		t.Fatalf("job with a failing drive: %s %q", view.State, view.Error)
+	}
+	checkPhysical(t, v, lab)
+	onTape := 0
+	for seq := uint64(1); seq <= 3; seq++ {
+		if ok, _ := v.Catalog.OnTape("pc-1", "home", seq); ok {
+			onTape++
+		}
+	}
+	if onTape == 3 {
+		t.Fatal("every version recorded on tape although the drive failed in the middle")
+	}
+	if where, _ := lab.emu.Where("TAPE01L5"); where != 1024 {
+		t.Fatalf("after the failed job TAPE01L5 is at %d, want back in its slot", where)
+	}
+
+	view = runJob(t, v, tape.KindTape)
+	if view.State != jobs.Done {
+		t.Fatalf("second tape job: %s %q", view.State, view.Error)
+	}
+	var jr tape.JobResult
+	json.Unmarshal(view.Result, &jr)
+	if jr.Versions != 3-onTape || jr.Left != 0 {
+		t.Fatalf("second job wrote %d versions (%d left), want %d", jr.Versions, jr.Left, 3-onTape)
+	}
+	if used := checkPhysical(t, v, lab); used < 2 {
+		t.Fatalf("the versions fit one cartridge (%d used): the test does not span", used)
+	}
+	for seq := uint64(1); seq <= 3; seq++ {
+		if ok, _ := v.Catalog.OnTape("pc-1", "home", seq); !ok {
+			t.Fatalf("version %d not on tape after the second job", seq)
+		}
+	}
+	if st := v.Tape.Status(); st.Busy || st.Bytes == 0 {
+		t.Fatalf("status after the job: %+v", st)
+	}
+
+	// Now prune removes what retention does not keep; collect removes its chunks.
+	if view := runJob(t, v, jobs.KindPrune); view.State != jobs.Done {
+		t.Fatalf("prune: %s %s", view.State, view.Error)
+	}
+	if vs, _ := v.Catalog.VersionRecords("pc-1", "home"); len(vs) != 2 { // the first and the last
+		t.Fatalf("%d versions on disk after prune, want 2", len(vs))
+	}
+	if view := runJob(t, v, jobs.KindCollect); view.State != jobs.Done {
+		t.Fatalf("collect: %s %s", view.State, view.Error)
+	}
+	if have, _ := v.Store.Has("acme", [][32]byte{a.hs.Sum(want["pc-1@2"][0])}); have[0] {
+		t.Fatal("a chunk of the pruned version is still on disk after collection")
+	}
+
+	// Restore version 2 from tape.
+	needs := tapeOp(t, v, TapeRequest{Op: "needs", Restore: &tape.RestoreRequest{Computer: "pc-1", Config: "home", Seq: 2}}).(catalog.TapeCopy)
+	if len(needs.Cartridges()) == 0 {
+		t.Fatal("restore needs no cartridge")
+	}
+	started := tapeOp(t, v, TapeRequest{Op: "restore", Restore: &tape.RestoreRequest{Computer: "pc-1", Config: "home", Seq: 2}}).(StartJobResponse)
+	if view := waitJob(t, v, started.Job.ID); view.State != jobs.Done {
+		t.Fatalf("restore from tape: %s %s", view.State, view.Error)
+	}
+	if n := restoreAll(t, v, want); n != 3 {
+		t.Fatalf("%d versions restore, want 3", n)
+	}
+
+	// A second vault reads the cartridges back into its catalog.
+	v2 := openTapeVault(t, t.TempDir(), lab, nil)
+	inv := tapeOp(t, v2, TapeRequest{Op: "inventory"}).(tape.InventoryView)
+	scanned := 0
+	for _, c := range inv.Cartridges {
+		if c.State == catalog.CartCleaning {
+			continue
+		}
+		if orig, _ := v.Catalog.Cartridge(c.Barcode); orig.UUID == "" {
+			continue
+		}
+		sr := tapeOp(t, v2, TapeRequest{Op: "scan", Barcode: c.Barcode}).(*tape.ScanResult)
+		scanned += sr.Versions
+	}
+	if scanned != 3 {
+		t.Fatalf("scans found %d versions, want 3", scanned)
+	}
+	for seq := uint64(1); seq <= 3; seq++ {
+		c1, _ := v.Catalog.TapeCopies("pc-1", "home", seq)
+		c2, _ := v2.Catalog.TapeCopies("pc-1", "home", seq)
+		if len(c1) != 1 || len(c2) != 1 || fmt.Sprint(c1[0].Files) != fmt.Sprint(c2[0].Files) || c1[0].ManifestID != c2[0].ManifestID {
+			t.Fatalf("version %d: scanned copy %+v, written %+v", seq, c2, c1)
+		}
+	}
+}
+
+// TestTapeRecoverWithTarOnly: a cartridge read with tar alone: file 0
+// holds the README and the static recovery program, which with the
+// company's exported key rebuilds a version's files from the data files
+// tar extracted.
+func TestTapeRecoverWithTarOnly(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Fatal("tar is needed: apt-get install tar")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "vault-tape-recover")
+	build := exec.Command("go", "build", "-o", bin, "vaultnode/appliance/cmd/vault-tape-recover")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the recovery program: %v\n%s", err, out)
+	}
+	prog, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
+	v := openTapeVault(t, t.TempDir(), lab, prog)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	files := randomFiles(5, 300<<10)
+	seq, err := a.backup(ctx, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "vault", Allocation: catalog.AllocAlwaysNew}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Computer: "pc-1", Config: "home", Pool: "vault"}})
+	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
+		t.Fatalf("tape job: %s %s", view.State, view.Error)
+	}
+	key, err := v.ExportKey(ctx, operator, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// By hand: only tar, the images' tape files and the key.
+	m, err := lab.emu.Media("TAPE01L5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work, data := filepath.Join(dir, "file0"), filepath.Join(dir, "data")
+	os.MkdirAll(work, 0o755)
+	os.MkdirAll(data, 0o755)
+	tarx := func(n int, into string) {
+		b, err := m.ReadFile(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b)%format.RecordSize != 0 {
+			t.Fatalf("tape file %d is %d bytes: not whole %d-byte blocks", n, len(b), format.RecordSize)
+		}
+		f := filepath.Join(dir, fmt.Sprintf("tape-file-%d", n))
+		os.WriteFile(f, b, 0o600)
+		if out, err := exec.Command("tar", "-x", "-b", "512", "-f", f, "-C", into).CombinedOutput(); err != nil {
+			t.Fatalf("tar -x tape file %d: %v\n%s", n, err, out)
+		}
+	}
+	tarx(0, work)
+	if b, err := os.ReadFile(filepath.Join(work, "README")); err != nil || !bytes.Contains(b, []byte("TAPE01L5")) {
+		t.Fatalf("README: %v", err)
+	}
+	for n := 1; n < m.Files(); n++ {
+		tarx(n, data)
+	}
+	keyFile := filepath.Join(dir, "acme.key")
+	os.WriteFile(keyFile, []byte(key.Key+"\n"), 0o600)
+	out := filepath.Join(dir, "restored")
+	ver := fmt.Sprintf("acme/pc-1/home/%d", seq)
+	if b, err := exec.Command(filepath.Join(work, "vault-tape-recover"), "list", "-from", data).CombinedOutput(); err != nil || !bytes.Contains(b, []byte(ver)) {
+		t.Fatalf("list: %v\n%s", err, b)
+	}
+	if b, err := exec.Command(filepath.Join(work, "vault-tape-recover"), "restore", "-key", keyFile, "-from", data, "-version", ver, "-to", out).CombinedOutput(); err != nil {
+		t.Fatalf("restore: %v\n%s", err, b)
+	}
+	for i, f := range files {
+		got, err := os.ReadFile(filepath.Join(out, fmt.Sprintf("f%04d", i)))
+		if err != nil || !bytes.Equal(got, f) {
+			t.Fatalf("file %d restored from tape differs (%v)", i, err)
+		}
+	}
+	// Without the key nothing is readable.
+	if b, err := exec.Command(filepath.Join(work, "vault-tape-recover"), "restore", "-from", data, "-version", ver, "-to", out+"2").CombinedOutput(); err == nil {
+		t.Fatalf("restore without the key succeeded:\n%s", b)
+	}
+}
