@@ -134,8 +134,11 @@ var routeCaps = map[string]Capability{
 	"GET " + PortalAPI + "computers/{computer}":                        CapView,
 	"GET /computers/{computer}/restore":                                CapRestore,
 	"GET " + PortalAPI + "computers/{computer}/configs/{config}/files": CapRestore,
-	"GET /audit":                 CapView, // operators, and user managers for their company
-	"GET " + PortalAPI + "audit": CapView,
+	"GET /tokens":                  CapManageComputers,
+	"POST " + PortalAPI + "tokens": CapManageComputers,
+	"GET /users":                   CapManageUsers,
+	"GET /audit":                   CapView, // operators, and user managers for their company
+	"GET " + PortalAPI + "audit":   CapView,
 	"POST " + PortalAPI + "computers/{computer}/contact": CapManageComputers,
 	// The command channel and configurations (http_commands.go): the
 	// operation checks the computer's scope and, for commands, the kind's

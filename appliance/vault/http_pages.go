@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -68,6 +69,65 @@ func (v *Vault) portalPages(rt *router) {
 		writeJSON(w, out)
 		return nil
 	})
+	rt.handle("GET /tokens", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		if _, err := companyFor(p, CapManageComputers, "", true); err != nil {
+			return err
+		}
+		var companies []string
+		if p.Kind == Operator { // every company is an operator's
+			cs, err := v.Catalog.Companies()
+			if err != nil {
+				return err
+			}
+			for _, c := range cs {
+				companies = append(companies, c.Name)
+			}
+		}
+		return render(w, "tokens.html", v.pageData(r, p, "Enrol a computer", map[string]any{"Companies": companies}))
+	})
+	rt.handle("POST "+PortalAPI+"tokens", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req struct {
+			Company string `json:"company"`
+			TTL     string `json:"ttl"` // a Go duration; empty: DefaultTokenTTL
+		}
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		var ttl time.Duration
+		if req.TTL != "" {
+			var err error
+			if ttl, err = time.ParseDuration(req.TTL); err != nil || ttl <= 0 || ttl > MaxTokenTTL {
+				return fail(http.StatusBadRequest, wire.CodeBadRequest, "ttl %q: give a duration up to %s, like 24h", req.TTL, MaxTokenTTL)
+			}
+		}
+		out, err := v.CreateToken(r.Context(), p, req.Company, ttl)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, map[string]any{"token": out.Token, "expires": out.Expires, "install": v.installCommand(r, out.Token)})
+		return nil
+	})
+	rt.handle("GET /users", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		users, err := v.Users(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		cps, err := v.Computers(r.Context(), p, "")
+		if err != nil {
+			return err
+		}
+		caps := userCaps
+		if p.Kind == Operator {
+			caps = operatorCaps
+		}
+		var grantable []Capability
+		for _, c := range caps {
+			if p.Has(c) {
+				grantable = append(grantable, c)
+			}
+		}
+		return render(w, "users.html", v.pageData(r, p, "Users", map[string]any{"Users": users, "Computers": cps, "Caps": grantable}))
+	})
 	rt.handle("GET "+PortalAPI+"audit", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		return v.serveAudit(w, r, p)
 	})
@@ -84,6 +144,9 @@ func (v *Vault) portalPages(rt *router) {
 		return nil
 	})
 }
+
+// MaxTokenTTL bounds the life of a token made on the enrolment page.
+const MaxTokenTTL = 30 * 24 * time.Hour
 
 // pageData is what every signed-in page gets: its title, the principal
 // (for the navigation), the session's CSRF token, and the page's own.
@@ -107,4 +170,21 @@ func pointOf(version, at string) (Point, error) {
 		pt.At = t
 	}
 	return pt, nil
+}
+
+// installCommand is what to paste on a new computer to enrol it with
+// token: the agent API at the host the browser reached the portal by, on
+// the agent API's port.
+func (v *Vault) installCommand(r *http.Request, token string) string {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(r.Host); err == nil {
+		host = h
+	}
+	port := "7443"
+	if _, p, err := net.SplitHostPort(v.agentAddr); err == nil {
+		port = p
+	}
+	return "install -m 0755 vault-agent /usr/local/bin/vault-agent\n" +
+		"vault-agent -state /var/lib/vault-agent enroll -vault " + net.JoinHostPort(host, port) + " -token " + token + " -name \"$(hostname)\"\n" +
+		"install -m 0644 vault-agent.service /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now vault-agent"
 }

@@ -208,7 +208,7 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 	}
 	// expect is the documented answer of route for w, on company's objects.
 	expect := func(route string, w *who, company string) want {
-		page := strings.HasPrefix(route, "GET /computers") || strings.HasPrefix(route, "GET /audit")
+		page := strings.HasPrefix(route, "GET /computers") || strings.HasPrefix(route, "GET /audit") || route == "GET /tokens" || route == "GET /users"
 		code := func(c string) string { // a page answers HTML, no code
 			if page {
 				return ""
@@ -254,6 +254,22 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 				return want{403, code(wire.CodeForbidden)}
 			case company != "acme":
 				return want{404, code(wire.CodeNotFound)}
+			}
+			return want{200, ""}
+		case route == "GET /tokens" || route == "POST /api/v1/tokens":
+			switch {
+			case !has(CapManageComputers):
+				return want{403, code(wire.CodeForbidden)}
+			case op:
+				return want{200, ""}
+			case w.limited || company != "acme": // a token is for the whole company
+				return want{404, code(wire.CodeNotFound)}
+			}
+			return want{200, ""}
+		case route == "GET /users":
+			switch {
+			case !has(CapManageUsers), !op && w.limited:
+				return want{403, ""}
 			}
 			return want{200, ""}
 		case route == "POST /api/v1/computers/{computer}/contact":
@@ -304,6 +320,9 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		{"GET /api/v1/users", "GET", PortalAPI + "users", nil},
 		{"GET /audit?company=", "GET", "/audit?company=%s", nil},
 		{"GET /computers/{computer}", "GET", "/computers/%s", nil},
+		{"GET /tokens", "GET", "/tokens", nil},
+		{"POST /api/v1/tokens", "POST", PortalAPI + "tokens", func(co string) any { return map[string]string{"company": co, "ttl": "1h"} }},
+		{"GET /users", "GET", "/users", nil},
 		{"GET /api/v1/computers/{computer}", "GET", PortalAPI + "computers/%s", nil},
 		{"GET /computers/{computer}/restore", "GET", "/computers/%s/restore", nil},
 		{"GET /api/v1/computers/{computer}/configs/{config}/files", "GET", PortalAPI + "computers/%s/configs/home/files?dir=/home", nil},
@@ -366,7 +385,7 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 						t.Errorf("%s: GET /api/v1/users lists another company's user: %v", label, sees)
 					}
 				}
-				if c.route == "GET /computers" || c.route == "GET /api/v1/me" || c.route == "GET /api/v1/users" {
+				if c.route == "GET /computers" || c.route == "GET /api/v1/me" || c.route == "GET /api/v1/users" || c.route == "GET /tokens" || c.route == "GET /users" {
 					break // no company in the request
 				}
 			}

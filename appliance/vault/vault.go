@@ -103,6 +103,7 @@ type Vault struct {
 	logins     loginLimiter // portal sign-ins per client address (ops_users.go)
 	signins    loginGuard   // failed sign-ins and locks per (user name, address)
 	portalAddr string       // the portal's address once serving
+	agentAddr  string       // the agent API's address once serving (the install command names its port)
 
 	// Jobs runs verify, prune and garbage collection in the background
 	// (ops_lifecycle.go, jobsched.go); a kind is registered with one call,
@@ -341,6 +342,7 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); v.runSchedule(ctx) }()
 	defer func() { <-schedDone }()
+	v.agentAddr = ln.Addr().String()
 	v.log.Info("vault serving", zap.String("agent_api", ln.Addr().String()), zap.String("admin", sock))
 	if ready != nil {
 		ready(ln.Addr().String())

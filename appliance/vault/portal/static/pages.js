@@ -173,3 +173,88 @@
     load();
   }
 })();
+
+// The enrolment page: a token and the command to paste.
+(function () {
+  const f = document.getElementById("token-form");
+  if (!f) return;
+  const csrf = document.getElementById("tokens").dataset.csrf;
+  f.addEventListener("submit", async function (ev) {
+    ev.preventDefault();
+    const co = document.getElementById("token-company");
+    const err = document.getElementById("token-error");
+    err.hidden = true;
+    try {
+      const res = await fetch("/api/v1/tokens", { method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify({ company: co ? co.value : "", ttl: document.getElementById("token-ttl").value }) });
+      const out = await res.json();
+      if (!res.ok) throw new Error(out.message || ("HTTP " + res.status));
+      document.getElementById("token").textContent = out.token;
+      document.getElementById("install").textContent = out.install;
+      document.getElementById("token-expires").textContent = out.expires.replace("T", " ").replace(/(\.\d+)?Z$/, " UTC");
+      document.getElementById("token-out").hidden = false;
+    } catch (e) { err.textContent = e.message; err.hidden = false; }
+  });
+})();
+
+// The users page: invite, change capabilities and assignments, reset, delete.
+(function () {
+  const f = document.getElementById("user-form");
+  if (!f) return;
+  const csrf = document.getElementById("users").dataset.csrf;
+  const out = document.getElementById("user-out");
+  function $(id) { return document.getElementById(id); }
+  async function call(method, path, body) {
+    const res = await fetch(path, { method: method, credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const o = await res.json().catch(function () { return {}; });
+    if (!res.ok) throw new Error(o.message || ("HTTP " + res.status));
+    return o;
+  }
+  function form() {
+    const caps = Array.from(f.querySelectorAll("input[name=cap]:checked")).map(function (c) { return c.value; });
+    const computers = Array.from($("user-computers").selectedOptions).map(function (o) { return o.value; });
+    return { caps: caps, limited: $("user-limited").checked, computers: computers };
+  }
+  function said(text) { out.textContent = text; }
+  f.addEventListener("submit", async function (ev) {
+    ev.preventDefault();
+    const req = Object.assign({ name: $("user-name").value.trim() }, form());
+    if ($("user-kind")) { req.kind = $("user-kind").value; req.company = $("user-company").value.trim(); }
+    try {
+      const u = await call("POST", "/api/v1/users", req);
+      said("User " + u.name + " invited. One-time password (shown once): " + u.password);
+    } catch (e) { said(e.message); }
+  });
+  $("user-caps").addEventListener("click", async function () {
+    const name = $("user-name").value.trim();
+    try {
+      const u = await call("POST", "/api/v1/users/" + encodeURIComponent(name) + "/caps", form());
+      said("User " + u.name + " now holds " + u.caps.join(", ") + (u.limited ? " over " + (u.computers || []).join(", ") : " over every computer") + ".");
+    } catch (e) { said(e.message); }
+  });
+  for (const tr of document.querySelectorAll("#user-list tbody tr")) {
+    const name = tr.dataset.user;
+    tr.querySelector(".edit-user").addEventListener("click", function (ev) {
+      ev.preventDefault();
+      $("user-name").value = name;
+      const caps = tr.dataset.caps.split(",");
+      for (const c of f.querySelectorAll("input[name=cap]")) c.checked = caps.includes(c.value);
+      $("user-limited").checked = tr.dataset.limited === "true";
+      const cs = tr.dataset.computers.split(",");
+      for (const o of $("user-computers").options) o.selected = cs.includes(o.value);
+    });
+    tr.querySelector(".reset-user").addEventListener("click", async function () {
+      if (!confirm("Reset the password of " + name + " and sign it out everywhere?")) return;
+      try {
+        const u = await call("POST", "/api/v1/users/" + encodeURIComponent(name) + "/password", {});
+        said("New one-time password of " + name + " (shown once): " + u.password);
+      } catch (e) { said(e.message); }
+    });
+    tr.querySelector(".delete-user").addEventListener("click", async function () {
+      if (!confirm("Delete user " + name + "?")) return;
+      try { await call("DELETE", "/api/v1/users/" + encodeURIComponent(name)); tr.remove(); said("User " + name + " deleted."); } catch (e) { said(e.message); }
+    });
+  }
+})();
