@@ -59,6 +59,11 @@ const usage = `Usage: vaultctl [-data DIR] COMMAND [ARGS]
 Commands:
   company create NAME            add a company (1-16 of a-z 0-9 . _ -)
   company list                   list companies
+  company export-key COMPANY [-no-qr]
+                                 print the company's key (text and QR code): with it and vault-tape-recover
+                                 its tapes are read without the vault (docs/tape.md). Keep it offline
+  tape COMMAND                   the tape library, pools, the daily tape job, restore from tape
+                                 (vaultctl tape help; docs/tape.md)
   token create COMPANY [-ttl D]  print a one-time enrolment token (default ttl 24h)
   computers [COMPANY]            list enrolled computers and their configurations
   versions COMPUTER [CONFIG]     list committed versions
@@ -125,6 +130,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch {
 	case a[0] == "user" && len(a) >= 2:
 		return userCmd(ctx, c, a[1:], stdout, stderr)
+	case a[0] == "tape":
+		return tapeCmd(ctx, c, a[1:], stdout, stderr)
+	case len(a) >= 2 && a[0] == "company" && a[1] == "export-key":
+		return exportKey(ctx, c, a[2:], stdout, stderr)
 	case len(a) == 3 && a[0] == "company" && a[1] == "create":
 		if err := c.do(ctx, "POST", vault.AdminCompanies, map[string]string{"name": a[2]}, nil); err != nil {
 			return err
