@@ -176,7 +176,12 @@ func (c *Catalog) ReapplyRevocations() error {
 		if err != nil || cp.Revoked != nil {
 			continue
 		}
-		if err := c.Revoke(r.Computer, r.Time); err != nil {
+		if err := c.Revoke(r.Computer, r.Time); errors.Is(err, ErrNotLeader) {
+			// A pair member that does not lead: the leader's catalog
+			// carries the revocation, and this one gets it from the log.
+			c.log.Warn("revocation in DATA/revoked left to the pair's leader", zap.String("computer", r.Computer))
+			continue
+		} else if err != nil {
 			return fmt.Errorf("reapply revocation of %s: %w", r.Computer, err)
 		}
 		c.log.Warn("computer revoked again from DATA/revoked (the catalog had forgotten it)", zap.String("computer", r.Computer))

@@ -167,3 +167,80 @@ func (a *Authority) Pool() *x509.CertPool {
 	p.AddCert(a.CA)
 	return p
 }
+
+// MemberOrg is the organization of a pair member's certificate (an agent's
+// names its company, which never holds a space).
+const MemberOrg = "vaultnode pair"
+
+// MemberName is the DNS name in every member certificate.
+const MemberName = "member.vaultnode"
+
+// SignMember signs the certificate of pair member id for pub: both server
+// and client of the pair's mutual TLS.
+func (a *Authority) SignMember(pub crypto.PublicKey, id string, now time.Time) ([]byte, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "member " + id, Organization: []string{MemberOrg}},
+		DNSNames: []string{MemberName}, NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.CA, pub, a.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign member certificate: %w", err)
+	}
+	return der, nil
+}
+
+// NewMemberKey makes a member's private key and its PEM encoding.
+func NewMemberKey() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate member key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// MemberFiles are where a member keeps its certificate and key.
+func MemberFiles(dir string) (cert, key string) {
+	return filepath.Join(dir, "member.pem"), filepath.Join(dir, "member.key")
+}
+
+// LoadOrCreateMember loads DIR/member.pem and member.key, signing a new
+// certificate for member id when there is none (a member holding the CA).
+func (a *Authority) LoadOrCreateMember(dir, id string, now time.Time) (tls.Certificate, error) {
+	certPath, keyPath := MemberFiles(dir)
+	if _, err := os.Stat(certPath); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return tls.Certificate{}, fmt.Errorf("write member key: %w", err)
+		}
+		key, keyPEM, err := NewMemberKey()
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		der, err := a.SignMember(&key.PublicKey, id, now)
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
+			return tls.Certificate{}, fmt.Errorf("write member key: %w", err)
+		}
+		if err := atomicfile.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+			return tls.Certificate{}, fmt.Errorf("write member certificate: %w", err)
+		}
+	}
+	return LoadMember(dir)
+}
+
+// LoadMember loads DIR/member.pem and member.key.
+func LoadMember(dir string) (tls.Certificate, error) {
+	certPath, keyPath := MemberFiles(dir)
+	c, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		return c, fmt.Errorf("load member certificate: %w", err)
+	}
+	return c, nil
+}

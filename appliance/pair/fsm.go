@@ -1,0 +1,211 @@
+package pair
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.etcd.io/bbolt"
+
+	"vaultnode/appliance/catalog"
+)
+
+// The pair's own records live in the catalog, applied through the same log
+// as every catalog command, so a snapshot of the catalog holds them too.
+const (
+	// KindMember records a member's addresses (or removes it).
+	KindMember catalog.Kind = "pair_member"
+	// KindBehind records that a data member lacks chunks the other has
+	// (the leader stored uploads without it), or that it caught up.
+	KindBehind catalog.Kind = "pair_behind"
+)
+
+var (
+	bucketMembers = []byte("pair_members") // member id -> Member
+	bucketBehind  = []byte("pair_behind")  // member id -> Behind
+)
+
+// Member is one member of the pair as the catalog records it.
+type Member struct {
+	ID      string `json:"id"`
+	Raft    string `json:"raft"`            // pair address: raft and replication
+	Agent   string `json:"agent,omitempty"` // agent API address (none on a witness)
+	Witness bool   `json:"witness,omitempty"`
+	Remove  bool   `json:"remove,omitempty"` // the command removes the record
+}
+
+// Behind says a data member lacks chunks stored since Since.
+type Behind struct {
+	Member string    `json:"member"`
+	Since  time.Time `json:"since"`
+	Reason string    `json:"reason,omitempty"`
+	Caught bool      `json:"caught,omitempty"` // the command clears the record: the member caught up
+}
+
+func init() {
+	catalog.RegisterKind(KindMember, func(tx *bbolt.Tx, payload []byte) (any, error) {
+		var m Member
+		if err := strictJSON(payload, &m); err != nil {
+			return nil, err
+		}
+		if err := validMemberID(m.ID); err != nil {
+			return nil, err
+		}
+		b, err := tx.CreateBucketIfNotExists(bucketMembers)
+		if err != nil {
+			return nil, err
+		}
+		if m.Remove {
+			return nil, b.Delete([]byte(m.ID))
+		}
+		v, _ := json.Marshal(m)
+		return nil, b.Put([]byte(m.ID), v)
+	})
+	catalog.RegisterKind(KindBehind, func(tx *bbolt.Tx, payload []byte) (any, error) {
+		var r Behind
+		if err := strictJSON(payload, &r); err != nil {
+			return nil, err
+		}
+		if err := validMemberID(r.Member); err != nil {
+			return nil, err
+		}
+		b, err := tx.CreateBucketIfNotExists(bucketBehind)
+		if err != nil {
+			return nil, err
+		}
+		if r.Caught {
+			return nil, b.Delete([]byte(r.Member))
+		}
+		if b.Get([]byte(r.Member)) != nil {
+			return nil, nil // behind since an earlier time: keep it
+		}
+		v, _ := json.Marshal(r)
+		return nil, b.Put([]byte(r.Member), v)
+	})
+}
+
+func strictJSON(b []byte, v any) error {
+	if len(b) > 64<<10 {
+		return fmt.Errorf("%w: pair record of %d bytes", catalog.ErrInvalid, len(b))
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: pair record: %v", catalog.ErrInvalid, err)
+	}
+	return nil
+}
+
+// fsm applies the log to the catalog. A witness has no catalog: it keeps
+// the log (it votes) and applies nothing.
+type fsm struct {
+	cat *catalog.Catalog
+	// applied, when set, is told each applied index (Node's status and
+	// waiters).
+	applied func(index uint64)
+}
+
+var testLogApply func(index uint64, cmd catalog.Command, skipped bool, err error)
+
+type applyResult struct {
+	res any
+	err error
+}
+
+func (f *fsm) Apply(l *raft.Log) any {
+	if f.applied != nil {
+		defer f.applied(l.Index)
+	}
+	if f.cat == nil || l.Type != raft.LogCommand {
+		return applyResult{}
+	}
+	cmd, err := catalog.DecodeCommand(l.Data)
+	if err != nil {
+		return applyResult{err: err}
+	}
+	res, skipped, err := f.cat.ApplyLog(l.Index, cmd)
+	if testLogApply != nil {
+		testLogApply(l.Index, cmd, skipped, err)
+	}
+	return applyResult{res: res, err: err}
+}
+
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if f.cat == nil {
+		return emptySnapshot{}, nil
+	}
+	s, err := f.cat.BeginSnapshot()
+	if err != nil {
+		return nil, err
+	}
+	return catalogSnapshot{s}, nil
+}
+
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	if f.cat == nil {
+		_, err := io.Copy(io.Discard, rc)
+		return err
+	}
+	if testRestored != nil {
+		testRestored()
+	}
+	return f.cat.Restore(rc)
+}
+
+var testRestored func() // tests: told of each snapshot restored
+
+type catalogSnapshot struct{ s *catalog.Snapshot }
+
+func (c catalogSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := c.s.WriteTo(sink); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("write catalog snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (c catalogSnapshot) Release() { c.s.Release() }
+
+type emptySnapshot struct{}
+
+func (emptySnapshot) Persist(sink raft.SnapshotSink) error { return sink.Close() }
+func (emptySnapshot) Release()                             {}
+
+// Members lists the members the catalog records.
+func Members(cat *catalog.Catalog) ([]Member, error) {
+	var out []Member
+	err := cat.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketMembers)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var m Member
+			if json.Unmarshal(v, &m) == nil {
+				out = append(out, m)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// BehindMembers lists the data members recorded as lacking chunks.
+func BehindMembers(cat *catalog.Catalog) ([]Behind, error) {
+	var out []Behind
+	err := cat.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketBehind)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var r Behind
+			if json.Unmarshal(v, &r) == nil {
+				out = append(out, r)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
