@@ -237,7 +237,7 @@ func (d *daemon) execute(ctx context.Context, cmd wire.AgentCommand, pr *progres
 		}
 		return wire.CommandResult{State: wire.CmdDone, Files: int64(len(res.Entries)), Browse: res}
 	case wire.CmdConfigChanged:
-		if err := d.poll(ctx); err != nil {
+		if err := d.pollNow(ctx); err != nil {
 			return failed(err)
 		}
 		return wire.CommandResult{State: wire.CmdDone}
@@ -264,7 +264,7 @@ func failed(err error) wire.CommandResult {
 func (d *daemon) backupNow(ctx context.Context, config string, pr *progress) wire.CommandResult {
 	r := d.runner(config)
 	if r == nil {
-		if err := d.poll(ctx); err != nil { // a configuration made a moment ago
+		if err := d.pollNow(ctx); err != nil { // a configuration made a moment ago
 			return failed(fmt.Errorf("fetch configurations: %w", err))
 		}
 		if r = d.runner(config); r == nil {
@@ -288,6 +288,19 @@ func (d *daemon) backupNow(ctx context.Context, config string, pr *progress) wir
 			addFailure(&res, p)
 		}
 		return res
+	}
+}
+
+// pollNow fetches the configurations now; the runners it starts belong to
+// the daemon, not to the command that asked (ctx only bounds the wait).
+func (d *daemon) pollNow(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- d.poll(d.runCtx) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -63,6 +63,7 @@ type daemon struct {
 	runNow  map[string]int64
 	bw      string
 	comp    *wire.Computer
+	runCtx  context.Context // Run's: the runners' parent, also when a command starts them
 }
 
 // Run serves until ctx is done.
@@ -83,7 +84,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	d := &daemon{o: o, log: o.Log, clk: o.Clock, runners: map[string]*runner{}}
+	d := &daemon{o: o, log: o.Log, clk: o.Clock, runners: map[string]*runner{}, runCtx: ctx}
 	d.lim = bwlimit.New(bandwidth.Fixed(bandwidth.Unlimited), o.Clock)
 	d.client = client.New(id.Vault, cert, pool, d.lim.RoundTripper)
 	ln, err := d.listen()
