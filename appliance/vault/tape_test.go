@@ -19,6 +19,8 @@ import (
 	"vaultnode/appliance/tape/drive"
 	"vaultnode/appliance/tape/emu"
 	"vaultnode/appliance/tape/format"
+	"vaultnode/appliance/tape/scsi"
+	"vaultnode/internal/clock"
 )
 
 // tapeLab is an emulated library: a changer with 2 drives, slots from 1024
@@ -35,7 +37,10 @@ func newTapeLab(t *testing.T, capacity, warning int, barcodes ...string) *tapeLa
 	e.AddSlots(1024, barcodes...)
 	e.AddIE(32)
 	e.KeepMedia(t.TempDir())
-	lab := &tapeLab{emu: e, tapes: map[uint16]*emu.Tape{}, lib: &tape.Library{Changer: changer.New(e, nil), Drives: map[uint16]tape.Drive{}}}
+	// The changer's handle retries unit attentions (an operator at the
+	// import/export slot), as the product's scsi.Retry does.
+	h := &scsi.Retry{Next: e, Clock: clock.Real{}}
+	lab := &tapeLab{emu: e, tapes: map[uint16]*emu.Tape{}, lib: &tape.Library{Changer: changer.New(h, nil), Drives: map[uint16]tape.Drive{}}}
 	for _, a := range []uint16{1, 2} {
 		serial := fmt.Sprintf("SN-DRIVE-%d", a)
 		e.AddDrive(a, serial)
@@ -49,7 +54,12 @@ func newTapeLab(t *testing.T, capacity, warning int, barcodes ...string) *tapeLa
 
 func openTapeVault(t *testing.T, dir string, lab *tapeLab, recovery []byte) *Vault {
 	t.Helper()
-	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Zone: time.UTC, Tape: lab.lib, TapeRecovery: recovery, TapeFileLimit: 1 << 20})
+	return openTapeVaultClock(t, dir, lab, recovery, clock.Real{})
+}
+
+func openTapeVaultClock(t *testing.T, dir string, lab *tapeLab, recovery []byte, clk clock.Clock) *Vault {
+	t.Helper()
+	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Zone: time.UTC, Clock: clk, Tape: lab.lib, TapeRecovery: recovery, TapeFileLimit: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,5 +347,116 @@ func TestTapeRecoverWithTarOnly(t *testing.T) {
 	// Without the key nothing is readable.
 	if b, err := exec.Command(filepath.Join(work, "vault-tape-recover"), "restore", "-from", data, "-version", ver, "-to", out+"2").CombinedOutput(); err == nil {
 		t.Fatalf("restore without the key succeeded:\n%s", b)
+	}
+}
+
+// TestTapePoolsExportAndReuse: an always-new pool with off-site export
+// writes each job to a new media set and moves its cartridge to the
+// import/export slot; an operator takes it away (the catalog learns it is
+// off site from the library, not from the move) and later brings one back;
+// once its retention passed it is relabelled and overwritten, and the
+// tape copies it held are forgotten.
+func TestTapePoolsExportAndReuse(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewFake(time.Date(2026, 3, 2, 7, 0, 0, 0, time.UTC))
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5", "TAPE02L5", "TAPE03L5")
+	v := openTapeVaultClock(t, t.TempDir(), lab, nil, clk)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "offsite", Allocation: catalog.AllocAlwaysNew, Retention: "1d", Export: true}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "offsite"}})
+	job := func(want string) tape.JobResult {
+		t.Helper()
+		if _, err := a.backup(ctx, randomFiles(2, 10<<10)); err != nil {
+			t.Fatal(err)
+		}
+		view := runJob(t, v, tape.KindTape)
+		var jr tape.JobResult
+		json.Unmarshal(view.Result, &jr)
+		if view.State != jobs.Done || fmt.Sprint(jr.Cartridges) != "["+want+"]" || fmt.Sprint(jr.Exported) != "["+want+"]" {
+			t.Fatalf("job: %s %s, result %+v, want %s written and exported", view.State, view.Error, jr, want)
+		}
+		if where, _ := lab.emu.Where(want); where != 32 {
+			t.Fatalf("%s is at %d after the job, want the import/export slot", want, where)
+		}
+		if bc, err := lab.emu.Take(32); err != nil || bc != want {
+			t.Fatalf("take out %q: %v", bc, err)
+		}
+		tapeOp(t, v, TapeRequest{Op: "inventory"})
+		if cr, _ := v.Catalog.Cartridge(want); cr.Where != catalog.WhereOffsite {
+			t.Fatalf("%s taken out, the catalog has it in %s", want, cr.Where)
+		}
+		clk.Advance(24 * time.Hour)
+		return jr
+	}
+	j1 := job("TAPE01L5")
+	j2 := job("TAPE02L5")
+	if j1.MediaSets[0] == j2.MediaSets[0] {
+		t.Fatal("always-new pool wrote two jobs to one media set")
+	}
+	if c, _ := v.Catalog.TapeCopies("pc-1", "home", 1); len(c) != 1 || c[0].Files[0].Barcode != "TAPE01L5" {
+		t.Fatalf("copies of version 1: %+v", c)
+	}
+	// TAPE01 comes back; its retention (1 day) has passed: it is reused
+	// before the blank TAPE03, and version 1's copy on it is forgotten.
+	if err := lab.emu.Insert(32, "TAPE01L5"); err != nil {
+		t.Fatal(err)
+	}
+	tapeOp(t, v, TapeRequest{Op: "import"})
+	clk.Advance(24 * time.Hour)
+	job("TAPE01L5")
+	if c, _ := v.Catalog.TapeCopies("pc-1", "home", 1); len(c) != 0 {
+		t.Fatalf("version 1 still recorded on the overwritten cartridge: %+v", c)
+	}
+	for seq := uint64(2); seq <= 3; seq++ {
+		if ok, _ := v.Catalog.OnTape("pc-1", "home", seq); !ok {
+			t.Fatalf("version %d not on tape", seq)
+		}
+	}
+	if cr, _ := v.Catalog.Cartridge("TAPE03L5"); cr.State != catalog.CartBlank {
+		t.Fatalf("TAPE03L5 is %s: a blank cartridge was used while an expired one was there", cr.State)
+	}
+}
+
+// TestTapeEndOfMediumWithoutWarning: a drive that never reports the early
+// warning and refuses a block at the end of the medium loses the open
+// file; the job writes it again on the next cartridge, and reading the
+// cartridges back (scan) finds every version.
+func TestTapeEndOfMediumWithoutWarning(t *testing.T) {
+	ctx := context.Background()
+	lab := newTapeLab(t, 5<<19, 100<<20, "TAPE01L5", "TAPE02L5", "TAPE03L5")
+	v := openTapeVault(t, t.TempDir(), lab, nil)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	for i := 0; i < 3; i++ {
+		if _, err := a.backup(ctx, randomFiles(4, 200<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily"}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
+	view := runJob(t, v, tape.KindTape)
+	if view.State != jobs.Done {
+		t.Fatalf("job: %s %s", view.State, view.Error)
+	}
+	checkPhysical(t, v, lab)
+	if cr, _ := v.Catalog.Cartridge("TAPE01L5"); cr.State != catalog.CartFull {
+		t.Fatalf("TAPE01L5 is %s after the end of medium", cr.State)
+	}
+	v2 := openTapeVault(t, t.TempDir(), lab, nil)
+	tapeOp(t, v2, TapeRequest{Op: "inventory"})
+	found := 0
+	for _, bc := range []string{"TAPE01L5", "TAPE02L5", "TAPE03L5"} {
+		if cr, _ := v.Catalog.Cartridge(bc); cr.UUID == "" {
+			continue
+		}
+		found += tapeOp(t, v2, TapeRequest{Op: "scan", Barcode: bc}).(*tape.ScanResult).Versions
+	}
+	if found != 3 {
+		t.Fatalf("scans found %d versions, want 3", found)
 	}
 }

@@ -167,6 +167,21 @@ func (l *Library) Insert(addr uint16, barcode string) error {
 	return nil
 }
 
+// Take removes the cartridge from an import/export element as an
+// operator does (it goes off site), and raises a unit attention.
+func (l *Library) Take(addr uint16) (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.elems[addr]
+	if !ok || e.typ != scsi.ElementIE || !e.full {
+		return "", fmt.Errorf("emu: take from %d: not a full import/export element", addr)
+	}
+	bc := e.barcode
+	e.full, e.barcode, e.impexp, e.srcValid = false, "", false, false
+	l.attention = true
+	return bc, nil
+}
+
 // FailNextMove makes the next MOVE MEDIUM fail as f says.
 func (l *Library) FailNextMove(f MoveFailure) { l.mu.Lock(); l.next = f; l.mu.Unlock() }
 
