@@ -9,9 +9,11 @@
 // Changer (a *changer.Library satisfies it) and Drive (a *drive.Drive
 // satisfies it), gathered in a Library whose Drives are keyed by the data
 // transfer element address the changer reports for them. Device discovery
-// (scanning /dev/sg*, matching a drive's VPD 80h serial to the changer's
-// DVCID) builds a Library from *scsi.Device handles wrapped in scsi.Retry;
-// the tests build one from package emu. Nothing here knows about SG_IO.
+// (package discover: scanning /dev/sg*, matching a drive's VPD 80h serial
+// to the changer's DVCID) finds them, and OpenLibrary (open.go) builds the
+// Library from what it found with *scsi.Device handles wrapped in
+// scsi.Retry; vaultd hands it to the vault as vault.Options.Tape. The
+// tests build one from package emu. Nothing here knows about SG_IO.
 //
 // The vault's side is the Source (versions to write, their chunks' pack
 // entries) and the Sink (restore: store entries, record a version), which
