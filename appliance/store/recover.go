@@ -5,6 +5,7 @@ import (
 	"crypto/cipher"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -35,6 +36,13 @@ type Options struct {
 	Progress func(RebuildProgress)
 	// Packs holds the pack files; DiskPacks in DIR/packs if nil.
 	Packs Packs
+	// Replicate, if set, is given the entries of every commit of new
+	// entries (not garbage collection's copies) after they are durable
+	// here and before Put or Commit returns: whole sealed entries, as
+	// they lie in the pack (appliance/pair copies them to the other data
+	// member). Its error is the commit's: the entries stay stored here
+	// and a later copy (catch-up) brings them over.
+	Replicate func(company string, entries *io.SectionReader) error
 }
 
 // Open opens or creates the store in dir and recovers from any crash: it

@@ -229,7 +229,14 @@ type Appender struct {
 	// is pointed at its copy only if it still names the original.
 	move bool
 	from []Location
+	// copied: the entries are a replica's copy (Options.Replicate is not
+	// told of them).
+	copied bool
 }
+
+// Copied marks the appender's entries as copies another member made:
+// Options.Replicate is not told of their commit.
+func (a *Appender) Copied() { a.copied = true }
 
 // Append starts adding entries for a company. The pack is taken at the
 // first Add, so an appender that adds nothing leaves no trace.
@@ -326,10 +333,41 @@ func (a *Appender) commit() error {
 	} else {
 		s.addUsage(a.company, off-w.size)
 	}
+	from := w.size
 	w.size = off
 	w.fresh = false
+	var rerr error
+	if s.opts.Replicate != nil && !a.move && !a.copied && off > from {
+		// The writer is still held: nothing else appends to this pack
+		// or rewrites it while the copy reads it.
+		rerr = s.opts.Replicate(a.company, io.NewSectionReader(w.f, from, off-from))
+	}
 	s.giveWriter(w)
-	return nil
+	return rerr
+}
+
+// ReadEntry reads a chunk's whole sealed entry (header and body) as it
+// lies in its pack, checking only its header: what a replica copies.
+func (s *Store) ReadEntry(company string, id [32]byte, dst []byte) ([]byte, error) {
+	loc, err := s.Lookup(company, id)
+	if err != nil {
+		return nil, err
+	}
+	f, err := s.reader(loc.Pack)
+	if err != nil {
+		return nil, fmt.Errorf("%w: pack %08x: %w", ErrDamaged, loc.Pack, err)
+	}
+	defer s.release(f)
+	n := pack.EntryHeaderSize + int(loc.BodyLen)
+	dst = append(dst[:0], make([]byte, n)...)
+	if _, err := f.ReadAt(dst, int64(loc.Offset)); err != nil {
+		return nil, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+	}
+	h, err := pack.ParseEntryHeader(dst)
+	if err != nil || h.ID != id {
+		return nil, fmt.Errorf("%w: pack %08x offset %d holds another entry", ErrDamaged, loc.Pack, loc.Offset)
+	}
+	return dst, nil
 }
 
 func classify(err error) error {

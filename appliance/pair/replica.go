@@ -1,0 +1,449 @@
+package pair
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/store"
+	"vaultnode/internal/clock"
+	"vaultnode/internal/pack"
+)
+
+// Chunks never go through raft: the leader copies each commit of new pack
+// entries to the other data member before the upload is acknowledged
+// (store.Options.Replicate). When the copy fails for DegradeAfter, the
+// leader records the member behind (a raft command, so only with a
+// majority: leader and witness), and acknowledges on its own data from
+// then on; a catch-up copies what the member lacks and clears the record.
+// When neither the copy nor the record succeeds, uploads and commits are
+// refused (Gate): nothing is acknowledged that only one member holds
+// unless the pair knows it.
+
+// Paths on the HTTP side of the pair address.
+const (
+	PathEntries = "/pair/entries" // POST ?company=C: whole sealed entries to store
+	PathLack    = "/pair/lack"    // POST ?company=C: ids (32 bytes each) -> bitmap of those lacking
+	PathStatus  = "/pair/status"  // GET: the member's Status
+)
+
+// MaxLackIDs bounds one lack request.
+const MaxLackIDs = 1 << 16
+
+// MaxEntriesBody bounds one entries request (a commit copies at most a
+// pack's worth).
+const MaxEntriesBody = store.MaxPackSize + 16<<20
+
+// ErrNotCopied: new chunks could not be copied to the other data member
+// and the pair could not record it behind.
+var ErrNotCopied = errors.New("chunks not copied to the other member of the pair")
+
+// Replicator copies new entries from the leader to the other data members.
+type Replicator struct {
+	node  *Node
+	st    *store.Store
+	log   *zap.Logger
+	clk   clock.Clock
+	after time.Duration
+
+	mu    sync.Mutex
+	dirty map[string]error // member -> copy failed and not yet recorded behind
+	live  map[string]bool  // members catching up: copy new entries too
+	lag   map[string]int64 // member -> bytes a running catch-up has still to check
+}
+
+// NewReplicator makes the replicator of a data member; degradeAfter is how
+// long a copy may fail before the member is recorded behind (default 10 s).
+func NewReplicator(n *Node, st *store.Store, clk clock.Clock, log *zap.Logger, degradeAfter time.Duration) *Replicator {
+	if degradeAfter <= 0 {
+		degradeAfter = 10 * time.Second
+	}
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	return &Replicator{node: n, st: st, log: log, clk: clk, after: degradeAfter,
+		dirty: map[string]error{}, live: map[string]bool{}, lag: map[string]int64{}}
+}
+
+// SetStore gives the replicator its store (the store is opened with the
+// replicator's Replicate as its hook, so it comes second).
+func (r *Replicator) SetStore(st *store.Store) { r.st = st }
+
+// peers are the other data members and which of them are behind.
+func (r *Replicator) peers() ([]Member, map[string]bool, error) {
+	ms, err := Members(r.node.cfg.Catalog)
+	if err != nil {
+		return nil, nil, err
+	}
+	bs, err := BehindMembers(r.node.cfg.Catalog)
+	if err != nil {
+		return nil, nil, err
+	}
+	behind := map[string]bool{}
+	for _, b := range bs {
+		behind[b.Member] = true
+	}
+	var out []Member
+	for _, m := range ms {
+		if m.ID != r.node.cfg.ID && !m.Witness {
+			out = append(out, m)
+		}
+	}
+	return out, behind, nil
+}
+
+// Replicate is the store's hook: it copies one commit's entries to every
+// other data member that is not behind, or records it behind.
+func (r *Replicator) Replicate(company string, entries *io.SectionReader) error {
+	if !r.node.IsLeader() {
+		// Leadership lost during the upload: the new leader's member
+		// may not have these entries, so this is no acknowledgement.
+		return r.node.notLeader()
+	}
+	peers, behind, err := r.peers()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range peers {
+		r.mu.Lock()
+		live, dirty := r.live[m.ID], r.dirty[m.ID] != nil
+		r.mu.Unlock()
+		if behind[m.ID] && !live {
+			continue // degraded: the catch-up brings it over
+		}
+		if dirty {
+			errs = append(errs, r.recordBehind(m.ID, "an earlier copy failed"))
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.after)
+		err := r.send(ctx, m, company, io.NewSectionReader(entries, 0, entries.Size()), entries.Size())
+		cancel()
+		if err == nil {
+			continue
+		}
+		if behind[m.ID] {
+			r.mu.Lock()
+			r.live[m.ID] = false // the catch-up fails and tries again
+			r.mu.Unlock()
+			continue
+		}
+		r.log.Warn("copy to the other member failed: recording it behind", zap.String("member", m.ID), zap.Error(err))
+		errs = append(errs, r.recordBehind(m.ID, err.Error()))
+	}
+	return errors.Join(errs...)
+}
+
+// recordBehind records member behind through the log; when that fails the
+// member stays dirty and Gate refuses until it succeeds.
+func (r *Replicator) recordBehind(member, reason string) error {
+	if len(reason) > 512 {
+		reason = reason[:512]
+	}
+	cmd, err := catalog.NewCommand(KindBehind, Behind{Member: member, Since: r.clk.Now().UTC(), Reason: reason})
+	if err == nil {
+		_, err = r.node.Submit(cmd)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %s: %v; the pair cannot record it behind either (%w): bring the other member or the witness back",
+			ErrNotCopied, member, reason, err)
+		r.dirty[member] = err
+		return err
+	}
+	delete(r.dirty, member)
+	r.log.Warn("member recorded behind: uploads are acknowledged on this member alone until it catches up",
+		zap.String("member", member), zap.String("reason", reason))
+	return nil
+}
+
+// Gate fails while some copy failed and the member could not yet be
+// recorded behind: an upload or commit must not be acknowledged then
+// (its chunks may be here alone, unknown to the pair).
+func (r *Replicator) Gate() error {
+	r.mu.Lock()
+	var members []string
+	for m := range r.dirty {
+		members = append(members, m)
+	}
+	r.mu.Unlock()
+	var errs []error
+	for _, m := range members {
+		errs = append(errs, r.recordBehind(m, "an earlier copy failed"))
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Replicator) send(ctx context.Context, m Member, company string, body io.Reader, size int64) error {
+	u := "https://" + m.Raft + PathEntries + "?company=" + url.QueryEscape(company)
+	req, err := http.NewRequestWithContext(ctx, "POST", u, body)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = size
+	resp, err := r.node.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("copy entries to %s: %w", m.ID, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("copy entries to %s: %s: %s", m.ID, resp.Status, bytes.TrimSpace(b))
+	}
+	return nil
+}
+
+// Handler serves the replication side of the pair address on a data
+// member: storing entries the leader copies, answering which it lacks,
+// and this member's status.
+func (r *Replicator) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathEntries, r.serveEntries)
+	mux.HandleFunc("POST "+PathLack, r.serveLack)
+	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(r.node.Status())
+	})
+	return mux
+}
+
+func (r *Replicator) serveEntries(w http.ResponseWriter, req *http.Request) {
+	company := req.URL.Query().Get("company")
+	if err := catalog.ValidCompanyName(company); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if r.node.IsLeader() {
+		http.Error(w, "this member leads: it takes no copies", http.StatusConflict)
+		return
+	}
+	n, err := r.storeEntries(company, http.MaxBytesReader(w, req.Body, MaxEntriesBody))
+	if err != nil {
+		r.log.Warn("store copied entries", zap.String("company", company), zap.Error(err))
+		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+		return
+	}
+	r.log.Debug("stored copied entries", zap.String("company", company), zap.Int("entries", n))
+}
+
+// storeEntries reads whole sealed entries and stores those this member
+// lacks, all or none, durably before it returns.
+func (r *Replicator) storeEntries(company string, body io.Reader) (int, error) {
+	app, err := r.st.Append(company)
+	if err != nil {
+		return 0, err
+	}
+	app.Copied()
+	done := false
+	defer func() {
+		if !done {
+			app.Abort()
+		}
+	}()
+	hdr := make([]byte, pack.EntryHeaderSize)
+	var buf []byte
+	for {
+		if _, err := io.ReadFull(body, hdr); err == io.EOF {
+			break
+		} else if err != nil {
+			return 0, fmt.Errorf("read copied entry header: %w", err)
+		}
+		h, err := pack.ParseEntryHeader(hdr)
+		if err != nil {
+			return 0, fmt.Errorf("copied entry: %w", err)
+		}
+		buf = append(append(buf[:0], hdr...), make([]byte, h.BodyLen)...)
+		if _, err := io.ReadFull(body, buf[pack.EntryHeaderSize:]); err != nil {
+			return 0, fmt.Errorf("read copied entry %x: %w", h.ID[:8], err)
+		}
+		if has, err := r.st.Has(company, [][32]byte{h.ID}); err != nil {
+			return 0, err
+		} else if has[0] {
+			continue
+		}
+		if err := app.Add(h, buf); err != nil {
+			return 0, err
+		}
+	}
+	n := app.Len()
+	done = true
+	return n, app.Commit()
+}
+
+func (r *Replicator) serveLack(w http.ResponseWriter, req *http.Request) {
+	company := req.URL.Query().Get("company")
+	if err := catalog.ValidCompanyName(company); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, req.Body, MaxLackIDs*32))
+	if err != nil || len(b)%32 != 0 {
+		http.Error(w, fmt.Sprintf("lack: a body of whole 32-byte ids, at most %d", MaxLackIDs), http.StatusBadRequest)
+		return
+	}
+	ids := make([][32]byte, len(b)/32)
+	for i := range ids {
+		copy(ids[i][:], b[i*32:])
+	}
+	has, err := r.st.Has(company, ids)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	bm := make([]byte, (len(ids)+7)/8)
+	for i, h := range has {
+		if !h {
+			bm[i/8] |= 1 << (i % 8)
+		}
+	}
+	w.Write(bm)
+}
+
+// CatchUpProgress is what a running catch-up reports.
+type CatchUpProgress struct {
+	Member  string
+	Checked int64 // chunks compared
+	Copied  int64 // chunks copied
+	Bytes   int64 // bytes copied
+}
+
+// CatchUp copies to member every chunk of every company it lacks, then
+// clears its behind record. New entries are copied to it live from the
+// start, so nothing stored meanwhile is missed. progress, if set, is told
+// after each batch.
+func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(CatchUpProgress)) error {
+	peers, _, err := r.peers()
+	if err != nil {
+		return err
+	}
+	var m Member
+	for _, p := range peers {
+		if p.ID == member {
+			m = p
+		}
+	}
+	if m.ID == "" {
+		return fmt.Errorf("catch up %s: %w: not a data member of this pair", member, ErrInvalid)
+	}
+	r.mu.Lock()
+	r.live[member] = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.live, member)
+		r.mu.Unlock()
+	}()
+	cos, err := r.node.cfg.Catalog.Companies()
+	if err != nil {
+		return err
+	}
+	p := CatchUpProgress{Member: member}
+	for _, co := range cos {
+		var batch [][32]byte
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			err := r.copyLacking(ctx, m, co.Name, batch, &p)
+			batch = batch[:0]
+			if progress != nil {
+				progress(p)
+			}
+			return err
+		}
+		err := r.st.ForEachChunk(co.Name, func(id [32]byte, _ store.Location) error {
+			batch = append(batch, id)
+			if len(batch) == 4096 {
+				return flush()
+			}
+			return ctx.Err()
+		})
+		if err == nil {
+			err = flush()
+		}
+		if err != nil {
+			return fmt.Errorf("catch up %s: %w", member, err)
+		}
+	}
+	r.mu.Lock()
+	live := r.live[member]
+	r.mu.Unlock()
+	if !live {
+		return fmt.Errorf("catch up %s: a live copy failed meanwhile; trying again", member)
+	}
+	cmd, err := catalog.NewCommand(KindBehind, Behind{Member: member, Caught: true})
+	if err != nil {
+		return err
+	}
+	if _, err := r.node.Submit(cmd); err != nil {
+		return fmt.Errorf("catch up %s: record it caught up: %w", member, err)
+	}
+	r.log.Info("member caught up", zap.String("member", member), zap.Int64("chunks_copied", p.Copied), zap.Int64("bytes", p.Bytes))
+	return nil
+}
+
+func (r *Replicator) copyLacking(ctx context.Context, m Member, company string, ids [][32]byte, p *CatchUpProgress) error {
+	body := make([]byte, 0, len(ids)*32)
+	for _, id := range ids {
+		body = append(body, id[:]...)
+	}
+	u := "https://" + m.Raft + PathLack + "?company=" + url.QueryEscape(company)
+	req, err := http.NewRequestWithContext(ctx, "POST", u, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := r.node.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask %s what it lacks: %w", m.ID, err)
+	}
+	bm, err := io.ReadAll(io.LimitReader(resp.Body, int64(len(ids)/8+2)))
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || len(bm) != (len(ids)+7)/8 {
+		return fmt.Errorf("ask %s what it lacks: %s (%d bytes, %v)", m.ID, resp.Status, len(bm), err)
+	}
+	p.Checked += int64(len(ids))
+	var out []byte
+	var entry []byte
+	sendOut := func() error {
+		if len(out) == 0 {
+			return nil
+		}
+		err := r.send(ctx, m, company, bytes.NewReader(out), int64(len(out)))
+		out = out[:0]
+		return err
+	}
+	for i, id := range ids {
+		if bm[i/8]&(1<<(i%8)) == 0 {
+			continue
+		}
+		entry, err = r.st.ReadEntry(company, id, entry)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrDamaged) {
+			// Collected meanwhile, or damaged here (verify reports it,
+			// and the next backup that has it heals it on both).
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read chunk %x to copy: %w", id[:8], err)
+		}
+		out = append(out, entry...)
+		p.Copied++
+		p.Bytes += int64(len(entry))
+		if len(out) >= 16<<20 {
+			if err := sendOut(); err != nil {
+				return err
+			}
+		}
+	}
+	return sendOut()
+}

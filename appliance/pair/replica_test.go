@@ -1,0 +1,161 @@
+package pair
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/pki"
+	"vaultnode/appliance/store"
+	"vaultnode/internal/pack"
+)
+
+type dataMember struct {
+	*testMember
+	st  *store.Store
+	rep *Replicator
+}
+
+func startData(t *testing.T, ca *pki.Authority, id, dir, addr string) *dataMember {
+	t.Helper()
+	m := &dataMember{testMember: startMember(t, ca, id, dir, addr, false, 0)}
+	m.rep = NewReplicator(m.node, nil, nil, zaptest.NewLogger(t).Named(id), 300*time.Millisecond)
+	st, err := store.Open(filepath.Join(dir, "store"), zaptest.NewLogger(t), store.Options{Replicate: m.rep.Replicate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.st = st
+	m.rep.SetStore(st)
+	m.node.SetHandler(m.rep.Handler())
+	return m
+}
+
+func (m *dataMember) stop(t *testing.T) {
+	m.testMember.stop(t)
+	m.st.Close()
+}
+
+func entries(t *testing.T, n int) ([]store.Entry, [][32]byte) {
+	aead := pack.NewAEAD([32]byte{7})
+	var out []store.Entry
+	var ids [][32]byte
+	for i := 0; i < n; i++ {
+		payload := make([]byte, 1000+i)
+		rand.Read(payload)
+		h := pack.EntryHeader{Kind: pack.KindData, PlainLen: uint32(len(payload))}
+		rand.Read(h.ID[:])
+		data := pack.AppendEntry(nil, aead, &h, payload)
+		out = append(out, store.Entry{Header: h, Data: data})
+		ids = append(ids, h.ID)
+	}
+	return out, ids
+}
+
+func hasAll(t *testing.T, st *store.Store, ids [][32]byte) bool {
+	t.Helper()
+	has, err := st.Has("acme", ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range has {
+		if !h {
+			return false
+		}
+	}
+	return true
+}
+
+// TestReplication: a commit on the leader is on the other data member
+// when Put returns; with the other member down, Put waits DegradeAfter,
+// records it behind (leader and witness are a majority) and acknowledges;
+// restarted, the member catches up and the record goes.
+func TestReplication(t *testing.T) {
+	ca, err := pki.LoadOrCreate(t.TempDir(), testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := startData(t, ca, "a", t.TempDir(), "")
+	if err := a.node.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
+		t.Fatal(err)
+	}
+	b := startData(t, ca, "b", t.TempDir(), "")
+	w := startMember(t, ca, "w", t.TempDir(), "", true, 0)
+	for _, m := range []Member{{ID: "b", Raft: b.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {
+		if err := a.node.AddMember(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "b to learn the members", func() bool { ms, _ := Members(b.cat); return len(ms) == 3 })
+	waitFor(t, "a to know b as a member", func() bool { ms, _ := Members(a.cat); return len(ms) == 3 })
+
+	es, ids := entries(t, 20)
+	if err := a.st.Put("acme", es); err != nil {
+		t.Fatal(err)
+	}
+	if !hasAll(t, b.st, ids) {
+		t.Fatal("acknowledged chunks are not on the other data member")
+	}
+
+	bDir, bAddr := b.dir, b.addr
+	b.stop(t)
+	es2, ids2 := entries(t, 5)
+	if err := a.st.Put("acme", es2); err != nil {
+		t.Fatalf("put with the other member down, the witness up: %v", err)
+	}
+	bs, _ := BehindMembers(a.cat)
+	if len(bs) != 1 || bs[0].Member != "b" {
+		t.Fatalf("behind records: %+v", bs)
+	}
+	es3, ids3 := entries(t, 5)
+	if err := a.st.Put("acme", es3); err != nil { // degraded: no wait now
+		t.Fatal(err)
+	}
+
+	b = startData(t, ca, "b", bDir, bAddr)
+	if hasAll(t, b.st, ids2) {
+		t.Fatal("b has chunks stored while it was down")
+	}
+	var last CatchUpProgress
+	if err := a.rep.CatchUp(ctx, "b", func(p CatchUpProgress) { last = p }); err != nil {
+		t.Fatal(err)
+	}
+	if !hasAll(t, b.st, append(append(ids, ids2...), ids3...)) {
+		t.Fatal("b lacks chunks after catching up")
+	}
+	if last.Copied != 10 || last.Checked != 30 {
+		t.Fatalf("catch-up progress %+v, want 10 copied of 30 checked", last)
+	}
+	if bs, _ := BehindMembers(a.cat); len(bs) != 0 {
+		t.Fatalf("still behind after catching up: %+v", bs)
+	}
+	es4, ids4 := entries(t, 3)
+	if err := a.st.Put("acme", es4); err != nil {
+		t.Fatal(err)
+	}
+	if !hasAll(t, b.st, ids4) {
+		t.Fatal("after the catch-up, new chunks are not copied at once")
+	}
+
+	// Without the witness and the other member, nothing can be recorded:
+	// the put fails and the gate stays shut.
+	w.stop(t)
+	b.stop(t)
+	es5, _ := entries(t, 2)
+	if err := a.st.Put("acme", es5); !errors.Is(err, ErrNotCopied) {
+		t.Fatalf("put with no majority: %v", err)
+	}
+	if err := a.rep.Gate(); !errors.Is(err, ErrNotCopied) {
+		t.Fatalf("gate with no majority: %v", err)
+	}
+	a.stop(t)
+}
