@@ -10,9 +10,9 @@ GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build vaultd, vaultctl and vault-agent into ./bin (static)
+build: ## build vaultd, vaultctl, vault-tape-recover and vault-agent into ./bin (static)
 	@mkdir -p $(BIN)
-	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./appliance/cmd/vaultd ./appliance/cmd/vaultctl ./agentkit/cmd/vault-agent
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./appliance/cmd/vaultd ./appliance/cmd/vaultctl ./appliance/cmd/vault-tape-recover ./agentkit/cmd/vault-agent
 
 run: build ## start a vault and an agent here and protect a sample tree (or DIR=...)
 	@bash scripts/run.sh $(DIR)

@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	portalCert := fs.String("portal-cert", "", "PEM `file` of the portal's certificate (with -portal-key); default: the vault's own")
 	portalKey := fs.String("portal-key", "", "PEM `file` of the portal certificate's key")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
+	tapeDev := fs.String("tape", "auto", "tape library: \"auto\" scans /dev/sg* for a changer and its drives (matched by serial number), \"off\" none, or a `directory` to scan instead of /dev")
+	tapeRecover := fs.String("tape-recover", "", "the static vault-tape-recover `file` written on every cartridge (default: next to vaultd)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: vaultd [flags]\n\nRuns the vault: the agent API on -listen, the portal on -portal and the administration socket DATA/admin.sock.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -92,6 +94,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		opts.Portal = ""
 	}
 	opts.PortalOptional = !flagSet(fs, "portal")
+	if *tapeDev != "off" {
+		closeTape, err := openTape(ctx, log.Named("tape"), &opts, *tapeDev, *tapeRecover)
+		if err != nil {
+			return err
+		}
+		defer closeTape()
+	}
 	v, err := vault.Open(opts)
 	if err != nil {
 		return err
