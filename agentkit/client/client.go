@@ -331,6 +331,13 @@ func (c *Client) CommandProgress(ctx context.Context, id string, p wire.CommandP
 	return c.json(ctx, "POST", wire.PathCommand+url.PathEscape(id)+"/progress", p, nil)
 }
 
+// RestorePoint reads the version and journal records of restore command
+// id (one naming another computer of the company, or a moment).
+func (c *Client) RestorePoint(ctx context.Context, id string) (*wire.RestorePoint, error) {
+	var out wire.RestorePoint
+	return &out, c.json(ctx, "GET", wire.PathRestorePoint(url.PathEscape(id)), nil, &out)
+}
+
 // CommandResult reports how a command ended.
 func (c *Client) CommandResult(ctx context.Context, id string, r wire.CommandResult) error {
 	return c.json(ctx, "POST", wire.PathCommand+url.PathEscape(id)+"/result", r, nil)

@@ -244,7 +244,7 @@ func (d *daemon) execute(ctx context.Context, cmd wire.AgentCommand, pr *progres
 	case wire.CmdBackup:
 		return d.backupNow(ctx, cmd.Backup.Config, pr)
 	case wire.CmdRestore:
-		return d.restore(ctx, cmd.Restore, pr, log)
+		return d.restore(ctx, cmd.ID, cmd.Restore, pr, log)
 	case wire.CmdCompare:
 		return d.compare(ctx, cmd.Compare)
 	}
@@ -342,13 +342,23 @@ func (d *daemon) chunkKey() ([32]byte, error) {
 
 // restore restores a version, path by path, to its original place or
 // under another directory.
-func (d *daemon) restore(ctx context.Context, a *wire.RestoreArgs, pr *progress, log *zap.Logger) wire.CommandResult {
+func (d *daemon) restore(ctx context.Context, id string, a *wire.RestoreArgs, pr *progress, log *zap.Logger) wire.CommandResult {
 	key, err := d.chunkKey()
 	if err != nil {
 		return failed(err)
 	}
-	m, js, err := compare.Resolve(ctx, d.client, a.Config, a.Version)
-	if err != nil {
+	var m wire.Manifest
+	var js []wire.Journal
+	if a.Computer != "" || !a.At.IsZero() {
+		// Another computer's version (of this company: its chunks are
+		// read with this computer's keys), or a moment: the vault
+		// resolves it for this command.
+		var pt *wire.RestorePoint
+		if pt, err = d.client.RestorePoint(ctx, id); err != nil {
+			return failed(fmt.Errorf("read the version to restore: %w", err))
+		}
+		m, js = pt.Manifest, pt.Journal
+	} else if m, js, err = compare.Resolve(ctx, d.client, a.Config, a.Version); err != nil {
 		return failed(err)
 	}
 	target := a.To

@@ -69,6 +69,7 @@ var routeCaps = map[string]Capability{
 	"POST " + wire.PathCommandPoll:               CapBackup,
 	"POST " + wire.PathCommand + "{id}/progress": CapBackup,
 	"POST " + wire.PathCommand + "{id}/result":   CapBackup,
+	"GET " + wire.PathRestorePoint("{id}"):       CapRestore, // the agent's own restore command only
 
 	// Admin socket (DATA/admin.sock, mode 0600: the principal is the
 	// operator).
@@ -134,12 +135,13 @@ var routeCaps = map[string]Capability{
 	"GET " + PortalAPI + "computers/{computer}":                        CapView,
 	"GET /computers/{computer}/restore":                                CapRestore,
 	"GET " + PortalAPI + "computers/{computer}/configs/{config}/files": CapRestore,
-	"GET /tokens":                  CapManageComputers,
-	"POST " + PortalAPI + "tokens": CapManageComputers,
-	"GET /users":                   CapManageUsers,
-	"GET /audit":                   CapView, // operators, and user managers for their company
-	"GET " + PortalAPI + "audit":   CapView,
-	"POST " + PortalAPI + "computers/{computer}/contact": CapManageComputers,
+	"POST " + PortalAPI + "restores":                                   CapRestore, // over the source and the target
+	"GET /tokens":                                                      CapManageComputers,
+	"POST " + PortalAPI + "tokens":                                     CapManageComputers,
+	"GET /users":                                                       CapManageUsers,
+	"GET /audit":                                                       CapView, // operators, and user managers for their company
+	"GET " + PortalAPI + "audit":                                       CapView,
+	"POST " + PortalAPI + "computers/{computer}/contact":               CapManageComputers,
 	// The command channel and configurations (http_commands.go): the
 	// operation checks the computer's scope and, for commands, the kind's
 	// capability (browse: configure_backup or restore, never plain view).

@@ -34,6 +34,14 @@ func (v *Vault) commandRoutes(rt *router) {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	})
+	rt.handle("GET "+wire.PathRestorePoint("{id}"), func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.RestorePoint(r.Context(), p, r.PathValue("id"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
 	rt.handle("POST "+wire.PathCommand+"{id}/result", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		var req wire.CommandResult
 		if err := readJSON(r, &req); err != nil { // wire.MaxJSONBody bounds it; MaxCommandResult is the agent's own bound, below it

@@ -128,6 +128,18 @@ func (v *Vault) portalPages(rt *router) {
 		}
 		return render(w, "users.html", v.pageData(r, p, "Users", map[string]any{"Users": users, "Computers": cps, "Caps": grantable}))
 	})
+	rt.handle("POST "+PortalAPI+"restores", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req RestoreRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		out, err := v.Restore(r.Context(), p, req)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
 	rt.handle("GET "+PortalAPI+"audit", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		return v.serveAudit(w, r, p)
 	})

@@ -266,6 +266,14 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 				return want{404, code(wire.CodeNotFound)}
 			}
 			return want{200, ""}
+		case route == "POST /api/v1/restores":
+			switch {
+			case !has(CapRestore):
+				return want{403, wire.CodeForbidden}
+			case company != "acme": // pc-g1: another company's, or no version
+				return want{404, wire.CodeNotFound}
+			}
+			return want{200, ""}
 		case route == "GET /users":
 			switch {
 			case !has(CapManageUsers), !op && w.limited:
@@ -323,6 +331,9 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		{"GET /tokens", "GET", "/tokens", nil},
 		{"POST /api/v1/tokens", "POST", PortalAPI + "tokens", func(co string) any { return map[string]string{"company": co, "ttl": "1h"} }},
 		{"GET /users", "GET", "/users", nil},
+		{"POST /api/v1/restores", "POST", PortalAPI + "restores", func(co string) any {
+			return RestoreRequest{Computer: map[string]string{"acme": "pc-a1", "globex": "pc-g1"}[co], Config: "home", To: "/tmp/r"}
+		}},
 		{"GET /api/v1/computers/{computer}", "GET", PortalAPI + "computers/%s", nil},
 		{"GET /computers/{computer}/restore", "GET", "/computers/%s/restore", nil},
 		{"GET /api/v1/computers/{computer}/configs/{config}/files", "GET", PortalAPI + "computers/%s/configs/home/files?dir=/home", nil},

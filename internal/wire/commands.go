@@ -108,6 +108,25 @@ type RestoreArgs struct {
 	// Existing is the policy for files already there: "skip" (default),
 	// "overwrite" or "keep-both".
 	Existing string `json:"existing,omitempty"`
+	// Computer, when set, is the computer (of the same company) whose
+	// version is restored onto this one; empty: this computer's own.
+	Computer string `json:"computer,omitempty"`
+	// At, when set, adds the journal records on top of Version made by
+	// then (a continuous configuration's moment).
+	At time.Time `json:"at,omitzero"`
+}
+
+// PathRestorePoint answers, for a restore command naming Computer or At,
+// the version and journal records to restore (GET, RestorePoint): the
+// vault resolves them, since an agent reads only its own computer's
+// versions otherwise.
+func PathRestorePoint(id string) string { return PathCommand + id + "/point" }
+
+// RestorePoint is the version and journal records a restore command
+// restores.
+type RestorePoint struct {
+	Manifest Manifest  `json:"manifest"`
+	Journal  []Journal `json:"journal"`
 }
 
 // CompareArgs compares a version (0: the newest) with the live files, or
@@ -249,6 +268,12 @@ func CheckCommand(c *AgentCommand) error {
 			if err := CheckLivePath(r.To); err != nil {
 				return err
 			}
+		}
+		if r.Computer != "" && (len(r.Computer) > 64 || strings.ContainsAny(r.Computer, "/ \x00")) {
+			return fmt.Errorf("a restore command names computer %q, not a computer id", r.Computer)
+		}
+		if (r.Computer != "" || !r.At.IsZero()) && r.Version == 0 {
+			return fmt.Errorf("a restore command from another computer or at a moment names its version")
 		}
 		switch r.Existing {
 		case "", "skip", "overwrite", "keep-both":

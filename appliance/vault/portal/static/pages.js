@@ -127,7 +127,7 @@
     $("next").addEventListener("click", function () { offset += limit; load(); });
 
     async function follow(target, id) {
-      const path = "/api/v1/computers/" + encodeURIComponent(target) + "/restores/" + encodeURIComponent(id);
+      const path = "/api/v1/computers/" + encodeURIComponent(target) + "/commands/" + encodeURIComponent(id);
       for (;;) {
         let c;
         try { c = await api("GET", path + "?wait=20"); } catch (e) { $("restore-detail").textContent = e.message; return; }
