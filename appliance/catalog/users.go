@@ -67,6 +67,13 @@ type User struct {
 	// a code of that step or an older one is refused (no reuse).
 	TOTPStep int64     `json:"totp_step,omitempty"`
 	Created  time.Time `json:"created"`
+	// Email is where the vault's e-mail to the user goes (empty: none).
+	// MailEvents are the kinds of events the user receives (nil: the
+	// defaults of the user's kind; empty: none); MailDigest gathers them
+	// into one message a day instead of one per event.
+	Email      string   `json:"email,omitempty"`
+	MailEvents []string `json:"mail_events"`
+	MailDigest bool     `json:"mail_digest,omitempty"`
 	// Failures and LockedUntil are what login_failed recorded; the vault
 	// now counts failures per (user, address) in memory and issues no
 	// login_failed (older logs still apply).
@@ -177,6 +184,17 @@ func validUser(tx *bbolt.Tx, u User) error {
 	}
 	if u.Password == "" {
 		return fmt.Errorf("%w: user %q has no password hash", ErrInvalid, u.Name)
+	}
+	if err := ValidContact(u.Email); err != nil {
+		return fmt.Errorf("user %q: %w", u.Name, err)
+	}
+	if len(u.MailEvents) > 16 {
+		return fmt.Errorf("%w: user %q chose %d kinds of mail (at most 16)", ErrInvalid, u.Name, len(u.MailEvents))
+	}
+	for _, e := range u.MailEvents {
+		if len(e) == 0 || len(e) > 32 {
+			return fmt.Errorf("%w: user %q: mail event kind %q", ErrInvalid, u.Name, e)
+		}
 	}
 	if len(u.Caps) > 16 || len(u.Computers) > 10000 {
 		return fmt.Errorf("%w: user %q has %d capabilities and %d computers (limits 16 and 10000)", ErrInvalid, u.Name, len(u.Caps), len(u.Computers))

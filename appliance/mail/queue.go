@@ -75,6 +75,10 @@ type Queue struct {
 
 	mu   sync.Mutex // file changes, and one sending pass at a time
 	poke chan struct{}
+	// cmu guards changed, closed (and replaced) at every attempt's
+	// outcome: Wait's wake-up.
+	cmu     sync.Mutex
+	changed chan struct{}
 	// sent is told the id of each message the server accepted (tests).
 	sent func(id string)
 	// marked, if set, runs after a message is marked sending and before
@@ -90,7 +94,7 @@ func Open(dir string, clk clock.Clock, log *zap.Logger) (*Queue, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	q := &Queue{dir: dir, clk: clk, log: log, poke: make(chan struct{}, 1)}
+	q := &Queue{dir: dir, clk: clk, log: log, poke: make(chan struct{}, 1), changed: make(chan struct{})}
 	for _, d := range []string{q.sub("queue"), q.sub("done")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create mail queue: %w", err)
@@ -260,6 +264,36 @@ func (q *Queue) List() ([]Message, error) {
 	return append(a, b...), err
 }
 
+func (q *Queue) changedCh() <-chan struct{} {
+	q.cmu.Lock()
+	defer q.cmu.Unlock()
+	return q.changed
+}
+
+func (q *Queue) broadcast() {
+	q.cmu.Lock()
+	close(q.changed)
+	q.changed = make(chan struct{})
+	q.cmu.Unlock()
+}
+
+// Wait waits until message id has had an attempt (sent, failed,
+// uncertain, or queued again with an error) or ctx ends, and answers it.
+func (q *Queue) Wait(ctx context.Context, id string) (Message, error) {
+	for {
+		ch := q.changedCh()
+		m, err := q.Get(id)
+		if err != nil || m.State != StateQueued || m.Attempts > 0 {
+			return m, err
+		}
+		select {
+		case <-ctx.Done():
+			return m, nil
+		case <-ch:
+		}
+	}
+}
+
 // Run sends due messages until ctx is done, waking at the next due time
 // or when Add pokes it; it also forgets done messages older than KeepDone.
 func (q *Queue) Run(ctx context.Context) {
@@ -301,6 +335,7 @@ func (q *Queue) SendDue(ctx context.Context) time.Time {
 	q.pruneDone(now)
 	if len(due) > 0 {
 		q.deliver(ctx, due)
+		q.broadcast()
 	}
 	var next time.Time
 	if ms, err = q.read("queue"); err == nil {

@@ -105,9 +105,14 @@ var routeCaps = map[string]Capability{
 	"POST " + AdminUsers + "/{name}/caps":     CapManageUsers,
 	"POST " + AdminUsers + "/{name}/password": CapManageUsers,
 	"POST " + AdminUsers + "/{name}/totp":     CapManageUsers,
+	"POST " + AdminUsers + "/{name}/mail":     CapManageUsers,
 	"DELETE " + AdminUsers + "/{name}":        CapManageUsers,
-	"POST " + AdminContact:                    CapManageComputers,
-	"GET " + AdminAudit:                       CapView, // operators see all; the operation checks
+	// Outbound mail (vaultctl mail).
+	"GET " + AdminMail:      CapOperate,
+	"POST " + AdminMail:     CapOperate,
+	"POST " + AdminMailTest: CapOperate,
+	"POST " + AdminContact:  CapManageComputers,
+	"GET " + AdminAudit:     CapView, // operators see all; the operation checks
 
 	// The portal (HTTPS, a session cookie; every change also carries the
 	// session's CSRF token). docs/api.md lists each route's answers.
@@ -129,7 +134,9 @@ var routeCaps = map[string]Capability{
 	"POST " + PortalAPI + "users/{name}/caps":     CapManageUsers,
 	"POST " + PortalAPI + "users/{name}/password": CapManageUsers,
 	"POST " + PortalAPI + "users/{name}/totp":     CapManageUsers,
+	"POST " + PortalAPI + "users/{name}/mail":     CapManageUsers,
 	"DELETE " + PortalAPI + "users/{name}":        CapManageUsers,
+	"POST " + PortalAPI + "mail":                  CapView, // the user's own address and choice
 	// Drill-down, browse, restore, audit, tokens, contacts (http_pages.go).
 	"GET /computers/{computer}":                                        CapView,
 	"GET " + PortalAPI + "computers/{computer}":                        CapView,

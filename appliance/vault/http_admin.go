@@ -281,6 +281,7 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 	})
 	v.userRoutes(rt, AdminUsers)
 	v.manageRoutes(rt)
+	v.mailRoutes(rt)
 	metrics := promhttp.HandlerFor(v.Metrics, promhttp.HandlerOpts{})
 	rt.handle("GET "+AdminMetrics, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		metrics.ServeHTTP(w, r)

@@ -345,6 +345,7 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 	v.userRoutes(rt, PortalAPI+"users")
 	v.portalPages(rt)
 	v.portalCommandRoutes(rt)
+	v.ownMailRoute(rt)
 	return rt
 }
 
@@ -411,6 +412,18 @@ func (v *Vault) userRoutes(rt *router, base string) {
 			return err
 		}
 		out, err := v.SetUserTOTP(r.Context(), p, r.PathValue("name"), req.Enable)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("POST "+base+"/{name}/mail", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req MailPrefs
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		out, err := v.SetUserMail(r.Context(), p, r.PathValue("name"), req)
 		if err != nil {
 			return err
 		}

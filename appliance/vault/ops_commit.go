@@ -67,6 +67,7 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	v.endSession(s)
 	v.log.Info("version committed", zap.String("computer", c.ID), zap.String("config", s.config), zap.Uint64("seq", m.Seq),
 		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent))
+	v.pokeNotify() // a new version may make the computer protected, or bring warnings (notify.go)
 	return wire.Committed{Seq: m.Seq}, nil
 }
 

@@ -185,6 +185,11 @@ type UserInfo struct {
 	MustChange  bool      `json:"must_change,omitempty"`
 	LockedUntil time.Time `json:"locked_until,omitzero"`
 	Created     time.Time `json:"created"`
+	// Email, MailEvents and MailDigest are what mail the user receives
+	// (MailEvents nil: the defaults of the kind).
+	Email      string   `json:"email,omitempty"`
+	MailEvents []string `json:"mail_events"`
+	MailDigest bool     `json:"mail_digest,omitempty"`
 	// Password is a password the vault made: shown once, in the answer
 	// that made it.
 	Password string `json:"password,omitempty"`
@@ -194,7 +199,8 @@ type UserInfo struct {
 
 func userInfo(u catalog.User) UserInfo {
 	return UserInfo{Name: u.Name, Kind: u.Kind, Company: u.Company, Caps: u.Caps, Limited: u.Limited, Computers: u.Computers,
-		TOTP: u.TOTP != "", MustChange: u.MustChange, LockedUntil: u.LockedUntil, Created: u.Created}
+		TOTP: u.TOTP != "", MustChange: u.MustChange, LockedUntil: u.LockedUntil, Created: u.Created,
+		Email: u.Email, MailEvents: u.MailEvents, MailDigest: u.MailDigest}
 }
 
 // newPassword makes a random password of 20 base32 letters (100 bits).

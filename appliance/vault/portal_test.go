@@ -239,7 +239,7 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 				return want{404, code(wire.CodeNotFound)} // pc-g1 has no version
 			}
 			return want{200, ""}
-		case strings.HasPrefix(route, "GET /computers"), route == "GET /api/v1/me":
+		case strings.HasPrefix(route, "GET /computers"), route == "GET /api/v1/me", route == "POST /api/v1/mail":
 			return want{200, ""}
 		case route == "GET /api/v1/status?company=":
 			if !op && company != "acme" {
@@ -346,6 +346,8 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		{"POST /api/v1/users/{name}/caps", "POST", PortalAPI + "users/target-%s/caps", func(string) any { return SetCapsRequest{Caps: []string{"view", "restore"}} }},
 		{"POST /api/v1/users/{name}/password", "POST", PortalAPI + "users/target-%s/password", func(string) any { return PasswordRequest{} }},
 		{"POST /api/v1/users/{name}/totp", "POST", PortalAPI + "users/target-%s/totp", func(string) any { return map[string]bool{"enable": false} }},
+		{"POST /api/v1/users/{name}/mail", "POST", PortalAPI + "users/target-%s/mail", func(string) any { return MailPrefs{Email: "target@example.com"} }},
+		{"POST /api/v1/mail", "POST", PortalAPI + "mail", func(string) any { return MailPrefs{Email: "me@example.com", Digest: true} }},
 	}
 	covered := map[string]bool{}
 	for i := range append(whos, who{}) {

@@ -47,6 +47,9 @@ type ConfigStatus struct {
 	// after that (now, before any complete version).
 	NextRun   time.Time `json:"next_run,omitzero"`
 	Bandwidth string    `json:"bandwidth,omitempty"` // the computer's upload limit profile; empty: unlimited
+	// Warnings are what the testing period's examination found for a
+	// person to look at (testing.go): kept after the period too.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Status computes the state of every configuration (of one company, or all).
@@ -104,6 +107,9 @@ func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time
 		return st, err
 	}
 	st.Capture = rep.Capture
+	if v.notes != nil {
+		st.Warnings = v.notes.warningsOf(cp.ID, cfg.Name)
+	}
 	seen := cp.LastSeen
 	if seen.IsZero() {
 		seen = cp.Enrolled

@@ -25,6 +25,7 @@ import (
 
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/jobs"
+	"vaultnode/appliance/mail"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
 	"vaultnode/appliance/tape"
@@ -66,6 +67,9 @@ type Options struct {
 	TapeFileLimit int64
 
 	onScheduled func(jobs.Record) // tests: told of each job the schedule starts
+	// OfflineMail is how long a computer is out of contact before its
+	// offline mail goes (default DefaultOfflineMail).
+	OfflineMail time.Duration
 	// RepackThreshold is the dead share past which garbage collection
 	// rewrites a pack (default DefaultRepackThreshold).
 	RepackThreshold float64
@@ -118,6 +122,10 @@ type Vault struct {
 	// operations answer that there is none.
 	Tape    *tape.Service
 	tapeReq tapeRestores
+	// Mail is the outbound mail queue (DATA/mail); notes decides what it
+	// carries (notify.go).
+	Mail  *mail.Queue
+	notes *notifier
 }
 
 type companyKeys struct {
@@ -162,6 +170,12 @@ func Open(opts Options) (*Vault, error) {
 		v.Catalog.Close()
 		return nil, err
 	}
+	if v.Mail, err = mail.Open(filepath.Join(opts.Dir, "mail"), opts.Clock, opts.Log.Named("mail")); err != nil {
+		v.Store.Close()
+		v.Catalog.Close()
+		return nil, err
+	}
+	v.notes = newNotifier(filepath.Join(opts.Dir, "mail"))
 	v.Metrics = prometheus.NewRegistry()
 	v.Jobs = jobs.New(opts.Clock, v.Catalog, opts.Log.Named("jobs"), v.Metrics)
 	v.schedPoke = make(chan struct{}, 1)
@@ -343,6 +357,10 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	go func() { defer close(schedDone); v.runSchedule(ctx) }()
 	defer func() { <-schedDone }()
 	v.agentAddr = ln.Addr().String()
+	mailDone := make(chan struct{}, 2)
+	go func() { defer func() { mailDone <- struct{}{} }(); v.Mail.Run(ctx) }()
+	go func() { defer func() { mailDone <- struct{}{} }(); v.runNotify(ctx) }()
+	defer func() { <-mailDone; <-mailDone }()
 	v.log.Info("vault serving", zap.String("agent_api", ln.Addr().String()), zap.String("admin", sock))
 	if ready != nil {
 		ready(ln.Addr().String())

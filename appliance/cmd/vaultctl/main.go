@@ -106,6 +106,12 @@ Commands:
                                  set a user's capabilities (comma-separated) and assigned computers
   user totp NAME on|off          enable a second factor (prints its otpauth:// URL once) or remove it
   user delete NAME               remove a user and end its sessions
+  user mail NAME [-email ADDRESS] [-events K,K|none|default] [-digest]
+                                 what e-mail the user receives (docs/api.md, "E-mail")
+  mail set -host H -from ADDRESS [-port N] [-security starttls|tls|none] [-user U -password-stdin] [-ca FILE]
+                                 the SMTP server the vault's e-mail goes through
+  mail test ADDRESS              send a test message and say whether the server took it
+  mail [show]                    the SMTP server and the queue: queued, sent, failed, uncertain
   rebuild-index                  (vault stopped) rebuild DATA/index.db from the packs alone
   rebuild-catalog [-fresh]       (vault stopped) record every version whose manifest is in the packs;
                                  -fresh moves catalog.db aside and rebuilds it from the packs alone
@@ -128,12 +134,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	c := &client{sock: filepath.Join(*data, "admin.sock")}
 	switch {
+	case a[0] == "user" && len(a) >= 3 && a[1] == "mail":
+		return userMailCmd(ctx, c, a[2], a[3:], stdout, stderr)
 	case a[0] == "user" && len(a) >= 2:
 		return userCmd(ctx, c, a[1:], stdout, stderr)
 	case a[0] == "tape":
 		return tapeCmd(ctx, c, a[1:], stdout, stderr)
 	case len(a) >= 2 && a[0] == "company" && a[1] == "export-key":
 		return exportKey(ctx, c, a[2:], stdout, stderr)
+	case a[0] == "mail" && len(a) >= 1:
+		if len(a) == 1 {
+			a = append(a, "show")
+		}
+		return mailCmd(ctx, c, a[1:], stdout, stderr)
 	case len(a) == 3 && a[0] == "company" && a[1] == "create":
 		if err := c.do(ctx, "POST", vault.AdminCompanies, map[string]string{"name": a[2]}, nil); err != nil {
 			return err

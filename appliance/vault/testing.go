@@ -1,0 +1,235 @@
+package vault
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// The testing period (issue 12): during a configuration's first 24 hours
+// the vault examines each new version of it and reports what a person
+// should look at. The notifier (notify.go) runs the examination, keeps its
+// warnings (All Computers shows them) and mails new ones to the computer's
+// technical contact.
+
+// Thresholds of the examination.
+const (
+	// imageMin is the size from which a swap file or VM image is worth a
+	// warning.
+	imageMin = 16 << 20
+	// churnShare is the share of the protected data sent again per day
+	// past which the change rate is "unexpectedly high"; churnMin the
+	// bytes a day under which it never is.
+	churnShare = 0.5
+	churnMin   = 64 << 20
+	// maxWarned bounds the paths one warning names.
+	maxWarned = 5
+)
+
+// tempNames are directory names whose contents are temporary or caches.
+var tempNames = map[string]bool{"tmp": true, "temp": true, "Temp": true, "TMP": true, ".cache": true, "cache": true, "Cache": true,
+	"caches": true, "Caches": true, ".Trash": true, "Trash": true, ".thumbnails": true, "Temporary Internet Files": true}
+
+// imageExts are the extensions of VM disk images; swapNames are swap and
+// hibernation files.
+var (
+	imageExts = map[string]bool{".qcow2": true, ".qcow": true, ".vmdk": true, ".vdi": true, ".vhd": true, ".vhdx": true, ".img": true, ".raw": true}
+	swapNames = map[string]bool{"swapfile": true, "swap.img": true, "pagefile.sys": true, "hiberfil.sys": true, "swapfile.sys": true}
+)
+
+// examineConfig looks at the versions of one configuration and answers its
+// warnings, most important first. ms are its versions, oldest first.
+func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire.Config, ms []wire.Manifest) ([]string, error) {
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	newest := ms[len(ms)-1]
+	var warns []string
+	if t := newest.Totals; t.Unreadable+t.Inconsistent > 0 {
+		bad, err := v.walkListing(ctx, cp.Company, newest.Listing, func(n *tree.Node) bool {
+			return n.Status == tree.StatusUnreadable || n.Status == tree.StatusInconsistent
+		})
+		if err != nil {
+			return nil, err
+		}
+		names := make([]string, 0, len(bad))
+		for _, n := range bad {
+			names = append(names, string(n.Path))
+		}
+		warns = append(warns, fmt.Sprintf("%d file(s) could not be read or kept changing while read, so the newest version is not complete: %s",
+			t.Unreadable+t.Inconsistent, listNames(names, int(t.Unreadable+t.Inconsistent))))
+	}
+
+	// Temporary and cache directories, swap files and VM images.
+	tempBytes := map[string]int64{}
+	var tempOrder []string
+	var images []*tree.Node
+	_, err := v.walkListing(ctx, cp.Company, newest.Listing, func(n *tree.Node) bool {
+		if n.Type != tree.TypeFile {
+			return false
+		}
+		p := string(n.Path)
+		if dir := tempDir(p); dir != "" {
+			if _, ok := tempBytes[dir]; !ok {
+				tempOrder = append(tempOrder, dir)
+			}
+			tempBytes[dir] += n.Size
+		}
+		base := path.Base(p)
+		if n.Size >= imageMin && (swapNames[strings.ToLower(base)] || imageExts[strings.ToLower(path.Ext(base))]) && len(images) < maxWarned {
+			images = append(images, n)
+		}
+		return false
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(tempOrder) > 0 {
+		slices.SortStableFunc(tempOrder, func(a, b string) int { return int(min(max(tempBytes[b]-tempBytes[a], -1), 1)) })
+		var names []string
+		for _, d := range tempOrder {
+			names = append(names, fmt.Sprintf("%s (%s)", d, humanBytes(tempBytes[d])))
+		}
+		warns = append(warns, fmt.Sprintf("temporary or cache directories are backed up; their contents are thrown away and remade, so they only cost space and time: %s. Exclude them (-exclude)",
+			listNames(names, len(names))))
+	}
+	if len(images) > 0 {
+		changed := map[string]bool{}
+		if len(ms) > 1 {
+			prints := map[string][32]byte{}
+			for _, n := range images {
+				prints[string(n.Path)] = contentPrint(n)
+			}
+			_, err := v.walkListing(ctx, cp.Company, ms[len(ms)-2].Listing, func(n *tree.Node) bool {
+				if p, ok := prints[string(n.Path)]; ok && p != contentPrint(n) {
+					changed[string(n.Path)] = true
+				}
+				return false
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
+		var names []string
+		for _, n := range images {
+			s := fmt.Sprintf("%s (%s", n.Path, humanBytes(n.Size))
+			if changed[string(n.Path)] {
+				s += ", changed since the previous version"
+			}
+			names = append(names, s+")")
+		}
+		warns = append(warns, fmt.Sprintf("swap files or virtual machine images are backed up; they change constantly, so every synchronization sends them again: %s. Exclude them, or back up the machines inside",
+			listNames(names, len(names))))
+	}
+
+	// The change rate after the first complete version.
+	first := -1
+	for i, m := range ms {
+		if m.Complete() {
+			first = i
+			break
+		}
+	}
+	if first >= 0 && first < len(ms)-1 {
+		var sent int64
+		for _, m := range ms[first+1:] {
+			sent += m.Totals.BytesSent
+		}
+		span := newest.Finished.Sub(ms[first].Finished)
+		protected := newest.Totals.Bytes
+		if span >= time.Hour && protected > 0 {
+			perDay := int64(float64(sent) / span.Hours() * 24)
+			if perDay >= churnMin && float64(perDay) > churnShare*float64(protected) {
+				warns = append(warns, fmt.Sprintf("an unexpectedly high change rate: about %s a day is sent again (%.0f%% of the %s protected); look for logs, databases or images that are rewritten whole",
+					humanBytes(perDay), 100*float64(perDay)/float64(protected), humanBytes(protected)))
+			}
+		}
+	}
+	return warns, nil
+}
+
+// tempDir answers the path of the outermost temporary or cache directory
+// holding p ("" when none).
+func tempDir(p string) string {
+	parts := strings.Split(p, "/")
+	for i, name := range parts[:len(parts)-1] {
+		if tempNames[name] {
+			return strings.Join(parts[:i+1], "/")
+		}
+	}
+	return ""
+}
+
+// contentPrint identifies a file's content: its size, time and chunks.
+func contentPrint(n *tree.Node) [32]byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d %d.%d", n.Size, n.Mtime.Sec, n.Mtime.Nsec)
+	for _, c := range n.Chunks {
+		h.Write(c.ID[:])
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+func listNames(names []string, total int) string {
+	if len(names) > maxWarned {
+		names = names[:maxWarned]
+	}
+	s := strings.Join(names, ", ")
+	if total > len(names) {
+		s += fmt.Sprintf(" and %d more", total-len(names))
+	}
+	return s
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// walkListing reads a version's listing and answers the nodes keep chose
+// (at most maxWarned kept).
+func (v *Vault) walkListing(ctx context.Context, company string, listing []tree.ChunkRef, keep func(*tree.Node) bool) ([]*tree.Node, error) {
+	k, err := v.companyKeys(company)
+	if err != nil {
+		return nil, err
+	}
+	lr := v.listingReader(company, k, listing, nil)
+	defer lr.Close()
+	rd, err := tree.NewListingReader(lr, listing)
+	if err != nil {
+		return nil, fmt.Errorf("read listing: %w", err)
+	}
+	var out []*tree.Node
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		n, err := rd.Next()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read listing: %w", err)
+		}
+		if keep(n) && len(out) < maxWarned {
+			out = append(out, n)
+		}
+	}
+}
