@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/jobs"
@@ -207,6 +208,17 @@ func (v *Vault) openTape() {
 		if req == nil {
 			return nil, fmt.Errorf("no version to restore: start it with `vaultctl tape restore COMPUTER CONFIG SEQ`")
 		}
+		// The chunks a restore stores are referenced by nothing until the
+		// version is recorded at its end: no collection may run meanwhile
+		// (one running now is waited for; one starting later is refused).
+		for !v.collecting.TryLock() {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-v.clk.After(time.Second):
+			}
+		}
+		defer v.collecting.Unlock()
 		return v.Tape.Restore(ctx, p, *req)
 	})
 }

@@ -460,3 +460,47 @@ func TestTapeEndOfMediumWithoutWarning(t *testing.T) {
 		t.Fatalf("scans found %d versions, want 3", found)
 	}
 }
+
+// TestTapeWrongCartridgeStopsTheJob: a cartridge whose label is not the
+// one the catalog recorded under its barcode (a swapped barcode label, a
+// cartridge written elsewhere) is never appended to.
+func TestTapeWrongCartridgeStopsTheJob(t *testing.T) {
+	ctx := context.Background()
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
+	v := openTapeVault(t, t.TempDir(), lab, nil)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily"}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
+	if _, err := a.backup(ctx, randomFiles(2, 10<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
+		t.Fatalf("job: %s %s", view.State, view.Error)
+	}
+	m, _ := lab.emu.Media("TAPE01L5")
+	before := m.Used()
+	// The catalog believes another cartridge carries this barcode.
+	cr, _ := v.Catalog.Cartridge("TAPE01L5")
+	tapeOp(t, v, TapeRequest{Op: "label", Barcode: "TAPE01L5", Pool: "daily", Force: true})
+	if now, _ := v.Catalog.Cartridge("TAPE01L5"); now.UUID == cr.UUID {
+		t.Fatal("relabel kept the uuid")
+	}
+	m, _ = lab.emu.Media("TAPE01L5")
+	before = m.Used()
+	if err := v.Catalog.Tape(catalog.KindTapeLabel, catalog.TapeLabelCmd{Barcode: "TAPE01L5", UUID: "not-the-one-on-tape", Pool: "daily", Labelled: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.backup(ctx, randomFiles(2, 10<<10)); err != nil {
+		t.Fatal(err)
+	}
+	view := runJob(t, v, tape.KindTape)
+	if view.State != jobs.Failed || !strings.Contains(view.Error, tape.ErrWrongCartridge.Error()) || !strings.Contains(view.Error, "vaultctl tape scan") {
+		t.Fatalf("job on a swapped cartridge: %s %q", view.State, view.Error)
+	}
+	if m.Used() != before {
+		t.Fatal("the job wrote on a cartridge whose label does not match")
+	}
+}
