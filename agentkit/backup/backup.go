@@ -323,9 +323,9 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 	lr, lw := io.Pipe()
 	pg.Go(func() error {
 		h := keys.NewHasher(o.ChunkKey)
-		// The listing arrives slowly: a buffer of one maximum chunk and a
-		// little more is enough (the chunker then moves more, of little data).
-		c := chunker.New(gear, lr, make([]byte, chunker.MaxSize+256<<10))
+		// Small listing chunks (chunker.NewListing): a backup after scattered
+		// changes sends a few of them rather than the whole listing again.
+		c := chunker.NewListing(gear, lr, nil)
 		for {
 			b, err := c.Next()
 			if err == io.EOF {

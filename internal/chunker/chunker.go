@@ -25,6 +25,38 @@ const (
 	maskL = uint64(0x94a5294a52a00000) // 18 bits set
 )
 
+// Listing chunks are cut with the same rolling hash at a sixteenth of the
+// sizes, so that scattered changes to a tree (edits, additions, deletions
+// spread over many directories) rewrite a few small pieces of its listing
+// rather than every 1 MiB piece of it. After ListingSmallChunks of them
+// (about 150 MB of listing, a million or so files) the rest of the listing
+// is cut like content, so that a listing of tens of millions of files still
+// fits the protocol's 8,192 references (tree.MaxListingRefs). The reader of a
+// listing only concatenates its chunks: these parameters affect
+// deduplication, never readability.
+const (
+	ListingSmallChunks = 2048
+
+	ListingMinSize = MinSize / 16
+	ListingAvgSize = AvgSize / 16
+	ListingMaxSize = MaxSize / 16
+
+	// The content masks without their four lowest one-bits: 18 and 14.
+	listingMaskS = uint64(0x94b5294a53000000)
+	listingMaskL = uint64(0x94a5294a40000000)
+)
+
+// params are the sizes and masks of one kind of chunk.
+type params struct {
+	min, avg, max int
+	maskS, maskL  uint64
+}
+
+var (
+	contentParams = params{MinSize, AvgSize, MaxSize, maskS, maskL}
+	listingParams = params{ListingMinSize, ListingAvgSize, ListingMaxSize, listingMaskS, listingMaskL}
+)
+
 // Gear is the table of 256 pseudo-random values the rolling hash uses.
 type Gear [256]uint64
 
@@ -48,36 +80,38 @@ func NewGear(key [32]byte) (*Gear, error) {
 // Cut returns the length of the first chunk of data. When atEOF is false and
 // no boundary is found before MaxSize, the caller must supply more data
 // (Cut returns 0) unless len(data) >= MaxSize.
-func (g *Gear) Cut(data []byte, atEOF bool) int {
+func (g *Gear) Cut(data []byte, atEOF bool) int { return g.cut(&contentParams, data, atEOF) }
+
+func (g *Gear) cut(p *params, data []byte, atEOF bool) int {
 	n := len(data)
-	if n <= MinSize {
+	if n <= p.min {
 		if atEOF {
 			return n
 		}
 		return 0
 	}
-	if n > MaxSize {
-		n = MaxSize
+	if n > p.max {
+		n = p.max
 	}
-	normal := AvgSize
+	normal := p.avg
 	if n < normal {
 		normal = n
 	}
 	var fp uint64
-	i := MinSize
+	i := p.min
 	for ; i < normal; i++ {
 		fp = (fp << 1) + g[data[i]]
-		if fp&maskS == 0 {
+		if fp&p.maskS == 0 {
 			return i + 1
 		}
 	}
 	for ; i < n; i++ {
 		fp = (fp << 1) + g[data[i]]
-		if fp&maskL == 0 {
+		if fp&p.maskL == 0 {
 			return i + 1
 		}
 	}
-	if n == MaxSize || atEOF {
+	if n == p.max || atEOF {
 		return n
 	}
 	return 0
@@ -86,11 +120,14 @@ func (g *Gear) Cut(data []byte, atEOF bool) int {
 // Chunker reads a stream and returns its chunks one at a time.
 type Chunker struct {
 	gear *Gear
-	r    io.Reader
-	buf  []byte
-	beg  int // start of unconsumed data
-	end  int // end of valid data
-	eof  bool
+	p    *params
+	// small counts down the listing chunks still cut small (NewListing).
+	small int
+	r     io.Reader
+	buf   []byte
+	beg   int // start of unconsumed data
+	end   int // end of valid data
+	eof   bool
 }
 
 // New returns a Chunker reading r. buf, if longer than MaxSize, is used as
@@ -101,20 +138,47 @@ func New(g *Gear, r io.Reader, buf []byte) *Chunker {
 	if len(buf) <= MaxSize {
 		buf = make([]byte, 2*MaxSize)
 	}
-	return &Chunker{gear: g, r: r, buf: buf}
+	return &Chunker{gear: g, p: &contentParams, r: r, buf: buf}
+}
+
+// NewListing returns a Chunker for a listing stream (ListingMinSize..
+// ListingMaxSize); buf as for New, against ListingMaxSize.
+func NewListing(g *Gear, r io.Reader, buf []byte) *Chunker {
+	if len(buf) <= ListingMaxSize {
+		buf = make([]byte, 2*ListingMaxSize)
+	}
+	return &Chunker{gear: g, p: &listingParams, small: ListingSmallChunks, r: r, buf: buf}
+}
+
+// toContent switches a listing chunker to the content sizes, with a buffer
+// large enough for them. The chunk just returned stays valid: the old
+// buffer is not reused.
+func (c *Chunker) toContent() {
+	c.p = &contentParams
+	if len(c.buf) <= MaxSize {
+		nb := make([]byte, 2*MaxSize)
+		c.end = copy(nb, c.buf[c.beg:c.end])
+		c.beg = 0
+		c.buf = nb
+	}
 }
 
 // Next returns the next chunk. The slice is valid until the next call. At
 // the end of the stream it returns io.EOF.
 func (c *Chunker) Next() ([]byte, error) {
 	for {
-		if c.end-c.beg >= MaxSize || c.eof {
+		if c.end-c.beg >= c.p.max || c.eof {
 			if c.end == c.beg {
 				return nil, io.EOF
 			}
-			n := c.gear.Cut(c.buf[c.beg:c.end], c.eof)
+			n := c.gear.cut(c.p, c.buf[c.beg:c.end], c.eof)
 			chunk := c.buf[c.beg : c.beg+n]
 			c.beg += n
+			if c.p == &listingParams {
+				if c.small--; c.small <= 0 {
+					c.toContent()
+				}
+			}
 			return chunk, nil
 		}
 		// Refill: move what is left to the front, then read.
@@ -132,7 +196,7 @@ func (c *Chunker) Next() ([]byte, error) {
 			} else if m == 0 {
 				continue
 			}
-			if c.end-c.beg >= MaxSize {
+			if c.end-c.beg >= c.p.max {
 				break
 			}
 		}

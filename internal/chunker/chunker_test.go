@@ -250,3 +250,122 @@ func TestAverage(t *testing.T) {
 		t.Errorf("%.1f%% of chunks end before the average size, want %.1f%% ± 10 points", 100*gotEarly, 100*wantEarly)
 	}
 }
+
+// TestListingChunks: the listing chunker reassembles its input, keeps its
+// bounds, averages what its masks give (about 74 KB on random content, a
+// sixteenth of the content chunker's), and an insertion changes only the
+// chunks around it.
+func TestListingChunks(t *testing.T) {
+	g := testGear(t)
+	data := randBytes(11, 16<<20)
+	cut := func(data []byte) [][]byte {
+		c := NewListing(g, iotest.HalfReader(bytes.NewReader(data)), nil)
+		c.small = 1 << 30 // the switch to content sizes: TestListingSwitch
+		var out [][]byte
+		for {
+			b, err := c.Next()
+			if err == io.EOF {
+				return out
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, bytes.Clone(b))
+		}
+	}
+	cs := cut(data)
+	if !bytes.Equal(bytes.Join(cs, nil), data) {
+		t.Fatal("listing chunks do not reassemble the input")
+	}
+	for i, c := range cs {
+		if len(c) > ListingMaxSize || (len(c) < ListingMinSize && i != len(cs)-1) {
+			t.Fatalf("listing chunk %d has size %d outside [%d,%d]", i, len(c), ListingMinSize, ListingMaxSize)
+		}
+	}
+	ps := 1 / math.Pow(2, float64(bits.OnesCount64(listingMaskS)))
+	pl := 1 / math.Pow(2, float64(bits.OnesCount64(listingMaskL)))
+	survive, want := 1.0, float64(ListingMinSize)
+	for i := ListingMinSize; i < ListingMaxSize; i++ {
+		want += survive
+		if i < ListingAvgSize {
+			survive *= 1 - ps
+		} else {
+			survive *= 1 - pl
+		}
+	}
+	mean := float64(len(data)) / float64(len(cs))
+	t.Logf("%d listing chunks, mean %.0f bytes (expected %.0f)", len(cs), mean, want)
+	if math.Abs(mean-want) > 0.06*want {
+		t.Errorf("mean listing chunk %.0f, want %.0f ± 6%%", mean, want)
+	}
+	// Insert 100 bytes in the middle: all but a few chunks stay.
+	mid := len(data) / 2
+	edited := append(append(append([]byte(nil), data[:mid]...), randBytes(12, 100)...), data[mid:]...)
+	old := map[string]bool{}
+	for _, c := range cs {
+		old[string(c)] = true
+	}
+	changed := 0
+	for _, c := range cut(edited) {
+		if !old[string(c)] {
+			changed++
+		}
+	}
+	if changed > 3 {
+		t.Errorf("an insertion changed %d listing chunks, want at most 3", changed)
+	}
+}
+
+// TestListingSwitch: after its small chunks, a listing chunker cuts like the
+// content chunker (boundaries realign with it within a few chunks), and the
+// chunk returned at the switch stays intact.
+func TestListingSwitch(t *testing.T) {
+	g := testGear(t)
+	data := randBytes(13, 24<<20)
+	c := NewListing(g, bytes.NewReader(data), nil)
+	c.small = 20
+	var got [][]byte
+	var atSwitch []byte // the chunk returned at the switch, not copied
+	for {
+		b, err := c.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 20 && !bytes.Equal(atSwitch, got[19]) {
+			t.Fatal("the chunk returned at the switch changed under the next call")
+		}
+		if len(got) == 19 {
+			atSwitch = b
+		}
+		got = append(got, bytes.Clone(b))
+	}
+	if !bytes.Equal(bytes.Join(got, nil), data) {
+		t.Fatal("chunks around the switch do not reassemble the input")
+	}
+	var off int
+	for i, b := range got {
+		if i < 20 && len(b) > ListingMaxSize {
+			t.Fatalf("chunk %d of %d bytes before the switch", i, len(b))
+		}
+		off += len(b)
+	}
+	content := map[int]bool{}
+	off = 0
+	for _, l := range lengths(t, g, bytes.NewReader(data)) {
+		off += l
+		content[off] = true
+	}
+	off, shared := 0, 0
+	for i, b := range got {
+		off += len(b)
+		if i >= 20 && content[off] {
+			shared++
+		}
+	}
+	if after := len(got) - 20; shared < after-3 {
+		t.Errorf("after the switch %d of %d boundaries are the content chunker's, want all but 3", shared, after)
+	}
+}
