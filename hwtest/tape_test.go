@@ -3,6 +3,7 @@ package hwtest
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -161,7 +162,8 @@ func TestTapeLibrary(t *testing.T) {
 		}
 		l.sh("cd /tmp")
 		if out := l.sh("tar -x -b 512 -f " + nst + " -C /tmp --one-top-level=byhand"); strings.Contains(out, "exit status") {
-			t.Fatalf("tar: %s", out)
+			// Say which files came back damaged before failing.
+			t.Fatalf("tar: %s\n%s", out, l.probe(true, "compare", "/bin", "/tmp/byhand"))
 		}
 		l.probe(false, "compare", "/bin", "/tmp/byhand")
 		l.probe(false, "unload", "1")
@@ -184,5 +186,46 @@ func TestTapeLibrary(t *testing.T) {
 		if !strings.Contains(out, "slot 1026 [TAPE03L5]") || strings.Contains(out, "import/export 32 [") {
 			t.Fatalf("after the import TAPE03L5 is not in the first empty slot:\n%s", out)
 		}
+	})
+
+	t.Run("tgtd killed in the middle of a write: the write fails cleanly, closed files intact, the next write resumes", func(t *testing.T) {
+		l.t = t
+		must(t, l.vm.Send("tapeprobe stream TAPE04L5 1 56"))
+		if _, err := l.vm.Expect(ctx, "TAPEPROBE STREAMING"); err != nil {
+			t.Fatalf("%v\n%s", err, l.vm.Since())
+		}
+		// Kill once the cartridge's media file shows the second tape file
+		// well under way (8 of its 56 MiB).
+		media := filepath.Join(l.lib.Dir, "TAPE04L5")
+		for {
+			if st, err := os.Stat(media); err == nil && st.Size() > 8<<20 {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the stream never reached 8 MiB")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		l.lib.Kill()
+		t.Log("tgtd killed while the drive was writing")
+		time.Sleep(2 * time.Second)
+		must(t, l.lib.Start(ctx))
+		out, err := l.vm.Expect(ctx, "TAPEPROBE-DONE")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, l.vm.Since())
+		}
+		if !strings.Contains(out, "TAPEPROBE FAIL tape file 1 (expected to fail)") {
+			t.Fatalf("the write did not fail after tgtd was killed:\n%s", out)
+		}
+		if _, err := l.vm.Expect(ctx, "# "); err != nil {
+			t.Fatal(err)
+		}
+		// The library came back with every cartridge in its home slot: the
+		// inventory says so, and what was closed before the kill is there.
+		out = l.probe(false, "scan")
+		if !strings.Contains(out, "slot 1027 [TAPE04L5]") {
+			t.Errorf("after the restart TAPE04L5 is not home:\n%s", out)
+		}
+		l.probe(false, "resume", "TAPE04L5", "2")
 	})
 }

@@ -63,6 +63,8 @@ var Binaries = []Binary{
 	{"./firmware/cmd/init", "init", true},
 	{"./appliance/cmd/vaultd", "bin/vaultd", false},
 	{"./appliance/cmd/vaultctl", "bin/vaultctl", false},
+	// The static recovery program vaultd writes on every cartridge.
+	{"./appliance/cmd/vault-tape-recover", "bin/vault-tape-recover", false},
 	// u-root core commands for the support shell (each a small static
 	// program built with go build: no busybox build, seconds not tens).
 	{"github.com/u-root/u-root/cmds/core/dmesg", "bin/dmesg", true},

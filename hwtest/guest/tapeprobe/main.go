@@ -198,6 +198,19 @@ func (p *probe) run(ctx context.Context, args []string) error {
 		}
 	case "compare":
 		p.check(fmt.Sprintf("%s and %s identical", args[1], args[2]), compareDirs(args[1], args[2]))
+	case "stream":
+		if len(args) != 4 {
+			return errors.New("usage: tapeprobe stream BARCODE DRIVE MIB")
+		}
+		addr, _ := strconv.Atoi(args[2])
+		mib, _ := strconv.Atoi(args[3])
+		p.stream(ctx, l, args[1], uint16(addr), mib)
+	case "resume":
+		if len(args) != 3 {
+			return errors.New("usage: tapeprobe resume BARCODE DRIVE")
+		}
+		addr, _ := strconv.Atoi(args[2])
+		p.resumeStream(ctx, l, args[1], uint16(addr))
 	case "rate":
 		mib, _ := strconv.Atoi(args[2])
 		p.rate(ctx, l, args[1], mib)
@@ -604,4 +617,113 @@ func compareDirs(a, b string) error {
 		return fmt.Errorf("no files in %s", a)
 	}
 	return nil
+}
+
+// stream writes a small first tape file (closed by its filemark), then
+// mib MiB of 256 KiB blocks as a second one, telling the console when the
+// second file is under way (the host kills the library then).
+func (p *probe) stream(ctx context.Context, l *lab, barcode string, addr uint16, mib int) {
+	d, ok := p.load(ctx, l, barcode, addr)
+	if !ok {
+		return
+	}
+	err := d.Rewind(ctx)
+	if err == nil {
+		err = d.WriteBlock(ctx, pattern(256<<10, 20))
+	}
+	if err == nil {
+		err = d.WriteFilemarks(ctx, 1)
+	}
+	if !p.check("tape file 0 written and closed by its filemark", err) {
+		return
+	}
+	fmt.Fprintln(p.out, "TAPEPROBE STREAMING")
+	blk := pattern(256<<10, 21)
+	for i := 0; i < mib*4 && err == nil; i++ {
+		if err = d.WriteBlock(ctx, blk); errors.Is(err, drive.ErrEarlyWarning) {
+			err = nil
+		}
+	}
+	if err == nil {
+		err = d.WriteFilemarks(ctx, 1)
+	}
+	if err != nil {
+		p.note("the write failed: %v", err)
+		p.check("tape file 1 (expected to fail)", err)
+		return
+	}
+	p.check("tape file 1 written", err)
+	p.unload(ctx, l, d, addr)
+}
+
+// resumeStream checks that the tape file closed before the failure reads
+// back whole, reports what is left of the interrupted one (its tail may be
+// torn: it never got its filemark, so nothing may trust it), then resumes
+// as the next job does: it writes a new file over the interrupted one,
+// starting right after the last closed file, and reads everything back.
+func (p *probe) resumeStream(ctx context.Context, l *lab, barcode string, addr uint16) {
+	d, ok := p.load(ctx, l, barcode, addr)
+	if !ok {
+		return
+	}
+	buf := make([]byte, 256<<10)
+	readFile := func(f [][]byte) error {
+		for i, want := range f {
+			n, err := d.ReadBlock(ctx, buf)
+			if err != nil {
+				return fmt.Errorf("block %d: %w", i, err)
+			}
+			if !bytes.Equal(buf[:n], want) {
+				return fmt.Errorf("block %d: %d bytes, not what was written", i, n)
+			}
+		}
+		if _, err := d.ReadBlock(ctx, buf); !errors.Is(err, drive.ErrFilemark) {
+			return fmt.Errorf("at the end of the file: %v, want a filemark", err)
+		}
+		return nil
+	}
+	file0 := [][]byte{pattern(256<<10, 20)}
+	err := d.Rewind(ctx)
+	if err == nil {
+		err = readFile(file0)
+	}
+	p.check("the tape file closed before the failure reads back whole", err)
+	blocks := 0
+	for err == nil {
+		var n int
+		if n, err = d.ReadBlock(ctx, buf); err == nil {
+			if !bytes.Equal(buf[:n], pattern(256<<10, 21)) {
+				err = fmt.Errorf("block %d is torn", blocks)
+			}
+			blocks++
+		}
+	}
+	p.note("the interrupted tape file holds %d blocks, then: %v", blocks, err)
+	file1 := [][]byte{pattern(256<<10, 22), pattern(256<<10, 23), pattern(4096, 24)}
+	err = d.SeekFile(ctx, drive.Mark{File: 1})
+	for _, b := range file1 {
+		if err == nil {
+			err = d.WriteBlock(ctx, b)
+		}
+	}
+	if err == nil {
+		err = d.WriteFilemarks(ctx, 1)
+	}
+	p.check("resume: a new tape file written after the last closed one", err)
+	err = d.Rewind(ctx)
+	if err == nil {
+		err = readFile(file0)
+	}
+	if err == nil {
+		err = readFile(file1)
+	}
+	if err == nil {
+		if _, err = d.ReadBlock(ctx, buf); errors.Is(err, drive.ErrEndOfData) {
+			err = nil
+		} else {
+			err = fmt.Errorf("after the new file: %v, want end of data", err)
+		}
+	}
+	p.check("both files read back, then end of data (the torn file is gone)", err)
+	p.unload(ctx, l, d, addr)
 }
