@@ -37,7 +37,8 @@ func TestMain(m *testing.M) {
 	} else {
 		env = append(env, "CGO_ENABLED=0")
 	}
-	args = append(args, "vaultnode/appliance/cmd/vaultd", "vaultnode/appliance/cmd/vaultctl", "vaultnode/agentkit/cmd/vault-agent")
+	args = append(args, "vaultnode/appliance/cmd/vaultd", "vaultnode/appliance/cmd/vaultctl", "vaultnode/agentkit/cmd/vault-agent",
+		"vaultnode/scripts/smtpsink") // the SMTP server of the mail tests
 	cmd := exec.Command("go", args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
