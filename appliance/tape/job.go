@@ -294,6 +294,20 @@ func (w *writer) version(ctx context.Context, v Version) error {
 	return w.maybeRotate(ctx, files)
 }
 
+// maxFileCmd bounds the estimated size of a file's tape_file command,
+// well under catalog.MaxCommand: a file ends before its record would not
+// fit one command.
+const maxFileCmd = 3 << 20
+
+// cmdSize estimates the JSON size of the open file's tape_file command.
+func (w *writer) cmdSize() int {
+	n := 120 * len(w.fileChunks)
+	for _, c := range w.fileCopies {
+		n += 400 + 60*len(c.Files)
+	}
+	return n
+}
+
 // member runs one tar write, mapping the drive's end of medium to
 // errLostFile.
 func (w *writer) member(fn func() error) error {
@@ -338,7 +352,8 @@ func (w *writer) chunk(ctx context.Context, k chunkKey) error {
 // gets the ref of a file closed under a version being written.
 func (w *writer) maybeRotate(ctx context.Context, files map[catalog.TapeFileRef]bool) error {
 	warn := w.bw.EarlyWarning()
-	if !warn && w.bw.Written()+int64(w.bw.Pending()) < w.s.opt.FileLimit && len(w.fileChunks) < catalog.MaxFileChunks-1 {
+	if !warn && w.bw.Written()+int64(w.bw.Pending()) < w.s.opt.FileLimit && len(w.fileChunks) < catalog.MaxFileChunks-1 &&
+		w.cmdSize() < maxFileCmd {
 		return nil
 	}
 	files[w.ref()] = true

@@ -439,6 +439,10 @@ func (s *Service) label(ctx context.Context, barcode, pool string, force bool) e
 
 func (s *Service) alerts(ctx context.Context, d Drive) []string {
 	a, err := d.TapeAlerts(ctx)
+	if errors.Is(err, drive.ErrUnsupported) {
+		s.log.Info("the drive has no TapeAlert log page: no flags to report")
+		return nil
+	}
 	if err != nil {
 		s.log.Warn("read TapeAlert flags", zap.Error(err))
 		return nil
