@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -37,17 +38,27 @@ func TestPortalBrowser(t *testing.T) {
 	if password == "" || !strings.Contains(strings.Join(v.banner, "\n"), "portal on https://"+portal) {
 		t.Fatalf("vaultd's first start did not print the portal and a one-time password:\n%s", strings.Join(v.banner, "\n"))
 	}
-	// Two companies, a computer each, backed up once.
+	// Two companies, a computer each, backed up once; a second computer of
+	// acme, with no configuration, to restore onto.
+	agents := map[string]*agent{}
 	for _, c := range []struct{ company, name string }{{"acme", "pc-acme-1"}, {"globex", "pc-globex-1"}} {
 		v.mustCtl("company", "create", c.company)
 		src := filepath.Join(root, c.name)
 		g := newGen(t, src, 7)
 		g.makeTree(30, 1)
+		if err := os.WriteFile(filepath.Join(src, "report-2026.txt"), bytes.Repeat([]byte("the quarterly figures\n"), 5000), 0o640); err != nil {
+			t.Fatal(err)
+		}
 		a := &agent{t: t, state: filepath.Join(root, c.name+"-agent")}
 		a.must("enroll", "-vault", v.addr, "-token", v.token(c.company), "-name", c.name)
 		a.must("config", "set", "home", "-path", src)
 		a.backup("home")
+		agents[c.name] = a
 	}
+	acme2 := &agent{t: t, state: filepath.Join(root, "pc-acme-2-agent")}
+	acme2.must("enroll", "-vault", v.addr, "-token", v.token("acme"), "-name", "pc-acme-2")
+	startDaemonArgs(t, agents["pc-acme-1"])
+	startDaemonArgs(t, acme2)
 	cmd := exec.Command(filepath.Join(binDir, "vaultctl"), "-data", v.dir, "user", "add", "carol", "-company", "acme", "-caps", "view", "-password-stdin")
 	cmd.Stdin = strings.NewReader("carol's long password\n")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -60,7 +71,7 @@ func TestPortalBrowser(t *testing.T) {
 	defer cancelAlloc()
 	ctx, cancel := chromedp.NewContext(actx)
 	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, 40*time.Second)
+	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancelT()
 	base := "https://" + portal
 	const testing = "testing configuration and initial synchronization"
@@ -186,6 +197,8 @@ func TestPortalBrowser(t *testing.T) {
 	}
 	saveScreenshot(t, "portal-all-computers.png", png)
 
+	browserRestore(t, ctx, v, root)
+
 	// Sign out: the session is gone, /computers goes to the sign-in page.
 	err = chromedp.Do(ctx, chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("user")),
 		chromedp.Navigate(base+"/computers"), chromedp.WaitVisible(chromedp.ID("user")))
@@ -256,5 +269,137 @@ func saveScreenshot(t *testing.T, name string, png []byte) {
 		if err := os.WriteFile(filepath.Join("..", "..", "docs", name), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// browserRestore drills into pc-acme-1, sets its technical contact,
+// browses its version, searches a file, restores it into another directory
+// of pc-acme-1 and onto pc-acme-2 (their daemons run the restores through
+// the command channel), compares the bytes, and looks at the audit log,
+// the enrolment and the users pages; each page is a screenshot.
+func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string) {
+	t.Helper()
+	src := filepath.Join(root, "pc-acme-1", "report-2026.txt")
+	want, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shot := func(name string) {
+		t.Helper()
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		saveScreenshot(t, name, png)
+	}
+	poll := func(what, js string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](js, chromedp.WithPollingTimeout(90*time.Second))); err != nil {
+			page, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("main")))
+			t.Fatalf("%s: %v\npage:\n%s", what, err, page)
+		}
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Evaluate[chromedp.Void](`Array.from(document.querySelectorAll("#computers a")).find(a => a.textContent == "pc-acme-1").click()`),
+		chromedp.WaitVisible(chromedp.ID("restore-link")))
+	if err != nil {
+		t.Fatalf("open pc-acme-1's page: %v", err)
+	}
+	page, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("computer")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"pc-acme-1", "home", "testing configuration and initial synchronization", "Version", "Last contact"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("pc-acme-1's page lacks %q:\n%s", want, page)
+		}
+	}
+	err = chromedp.Do(ctx, chromedp.SendKeys(chromedp.ID("contact"), "it@acme.example"), chromedp.Click(chromedp.ID("contact-save")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll("the contact is saved", `document.getElementById("contact-status").textContent == "saved"`)
+	shot("portal-computer.png")
+
+	// Browse: the version's root, then a search for the file.
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("restore-link")), chromedp.WaitVisible(chromedp.ID("files"))); err != nil {
+		t.Fatal(err)
+	}
+	poll("the version's root is listed", `document.querySelectorAll("#files tbody tr[data-path]").length > 0`)
+	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.ID("search"), "REPORT-2026")); err != nil {
+		t.Fatal(err)
+	}
+	row := fmt.Sprintf(`#files tbody tr[data-path=%q] input`, src)
+	poll("the search finds the file", fmt.Sprintf(`document.querySelectorAll("#files tbody tr[data-path]").length == 1 && document.querySelector(%q) != null`, row))
+	restoreInto := func(target, dir, policy string) {
+		t.Helper()
+		err := chromedp.Do(ctx,
+			chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const s = document.getElementById("target"); s.value = Array.from(s.options).find(o => o.text.startsWith(%q)).value; })()`, target)),
+			setField("to", dir, "input"), setField("existing", policy, "change"),
+			chromedp.Evaluate[chromedp.Void](`document.getElementById("restore-state").textContent = ""`), // not the last restore's
+			chromedp.Click(chromedp.ID("restore-start")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		poll("the restore onto "+target+" ends", `["done", "failed", "interrupted", "refused"].includes(document.getElementById("restore-state").textContent)`)
+		state, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("restore-progress")))
+		if !strings.Contains(state, "done") || !strings.Contains(state, "1 files") {
+			t.Fatalf("restore onto %s into %s: %s", target, dir, state)
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row))); err != nil {
+		t.Fatal(err)
+	}
+	into := filepath.Join(root, "restored")
+	restoreInto("pc-acme-1", into, "skip")
+	got, err := os.ReadFile(filepath.Join(into, src))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the file restored from the browser into %s: %d bytes (%v), want the %d bytes backed up", into, len(got), err, len(want))
+	}
+	shot("portal-restore.png")
+	// Again, keeping both: the restored copy is named .restored.
+	restoreInto("pc-acme-1", into, "keep-both")
+	if got, err := os.ReadFile(filepath.Join(into, src+".restored")); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("keep-both: %d bytes (%v)", len(got), err)
+	}
+	// Onto pc-acme-2, whose agent reads pc-acme-1's version.
+	onto := filepath.Join(root, "onto-acme-2")
+	restoreInto("pc-acme-2", onto, "skip")
+	if got, err := os.ReadFile(filepath.Join(onto, src)); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the file restored onto pc-acme-2 into %s: %d bytes (%v)", onto, len(got), err)
+	}
+
+	// The audit log has the restores, the enrolment page a token to paste,
+	// the users page its users.
+	base := "https://" + v.portal
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/audit"), chromedp.WaitVisible(chromedp.ID("audit"))); err != nil {
+		t.Fatal(err)
+	}
+	audit, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("audit")))
+	for _, want := range []string{"POST /api/v1/restores", "onto pc-acme-2", "keep-both", "operator admin", "it@acme.example", "POST /login"} {
+		if !strings.Contains(audit, want) {
+			t.Errorf("the audit page lacks %q:\n%s", want, audit)
+		}
+	}
+	shot("portal-audit.png")
+	if out := v.mustCtl("audit", "-n", "5", "restores"); !strings.Contains(out, "onto pc-acme-2") || !strings.Contains(out, "operator admin") {
+		t.Errorf("vaultctl audit restores:\n%s", out)
+	}
+	err = chromedp.Do(ctx, chromedp.Navigate(base+"/tokens"), chromedp.WaitVisible(chromedp.ID("token-create")),
+		setField("token-company", "acme", "change"), chromedp.Click(chromedp.ID("token-create")), chromedp.WaitVisible(chromedp.ID("install")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	install, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("install")))
+	if !strings.Contains(install, "vault-agent -state /var/lib/vault-agent enroll -vault 127.0.0.1:") || !strings.Contains(install, " -token ") {
+		t.Errorf("the install command: %q", install)
+	}
+	shot("portal-enrol.png")
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/users"), chromedp.WaitVisible(chromedp.ID("user-list"))); err != nil {
+		t.Fatal(err)
+	}
+	shot("portal-users.png")
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/computers"), chromedp.WaitVisible(chromedp.ID("computers"))); err != nil {
+		t.Fatal(err)
 	}
 }

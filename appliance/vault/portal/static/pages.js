@@ -158,6 +158,7 @@
       const req = Object.assign({ computer: computer, config: $("config").value, paths: Array.from(selected),
         target: $("target").value, to: $("to").value.trim(), existing: $("existing").value }, point());
       $("restore-progress").hidden = false;
+      $("restore-state").textContent = "sending"; $("restore-detail").textContent = "";
       $("restore-failures").hidden = true;
       $("restore-bar").value = 0;
       try {
