@@ -80,6 +80,7 @@ var routeCaps = map[string]Capability{
 	"GET " + AdminVersions:                  CapView,
 	"POST " + AdminRevoke:                   CapManageComputers,
 	"GET " + AdminStatus:                    CapView,
+	"GET " + AdminStorage:                   CapView,
 	"POST " + AdminRunNow:                   CapConfigure,
 	"POST " + AdminSettings:                 CapConfigure,
 	"GET " + AdminQuota:                     CapView,

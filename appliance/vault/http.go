@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"syscall"
 
 	"go.uber.org/zap"
 
@@ -28,6 +29,10 @@ func (v *Vault) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):
+	case errors.Is(err, syscall.EIO):
+		v.log.Error("request failed: storage I/O error", zap.String("request_id", ri.id), zap.String("route", route(r)),
+			zap.String("principal", ri.principal), zap.Error(err))
+		ae = errStorageIO
 	case errors.Is(err, store.ErrNoSpace):
 		v.log.Warn("request refused: disk full", zap.String("request_id", ri.id), zap.String("route", route(r)),
 			zap.String("principal", ri.principal), zap.Error(err))

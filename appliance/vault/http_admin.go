@@ -22,6 +22,7 @@ const (
 	AdminRevoke    = "/admin/revoke"
 	AdminVerify    = "/admin/verify"
 	AdminStatus    = "/admin/status"
+	AdminStorage   = "/admin/storage"
 	AdminRunNow    = "/admin/run-now"
 	AdminSettings  = "/admin/settings"
 
@@ -134,6 +135,10 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 			return err
 		}
 		writeJSON(w, st)
+		return nil
+	})
+	rt.handle("GET "+AdminStorage, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		writeJSON(w, v.Storage())
 		return nil
 	})
 	rt.handle("POST "+AdminRunNow, func(w http.ResponseWriter, r *http.Request, p *Principal) error {

@@ -55,7 +55,9 @@ func (v *Vault) authenticate(r *http.Request) (*caller, error) {
 
 func (v *Vault) agentHandler() http.Handler {
 	rt := v.agentRoutes(v.authenticateAgent)
-	return withRequestID(v.guard(rt.mux)) // guard: deadlines and enrolment rate (deadline.go)
+	// guard: deadlines and enrolment rate (deadline.go); storageGuard: a
+	// failed array refuses everything but health (storage.go).
+	return withRequestID(v.guard(v.storageGuard(rt.mux)))
 }
 
 // agentRoutes registers the agent API; each route's capability is in
@@ -64,7 +66,11 @@ func (v *Vault) agentHandler() http.Handler {
 func (v *Vault) agentRoutes(authn authenticator) *router {
 	rt := v.newRouter(authn)
 	rt.handle("GET "+wire.PathHealth, func(w http.ResponseWriter, r *http.Request, _ *Principal) error {
-		writeJSON(w, map[string]any{"status": "ok", "time": v.clk.Now().UTC()})
+		out := map[string]any{"status": "ok", "time": v.clk.Now().UTC()}
+		if st := v.Storage(); st.Known {
+			out["storage"] = st.Report.State
+		}
+		writeJSON(w, out)
 		return nil
 	})
 	rt.handle("POST "+wire.PathEnroll, func(w http.ResponseWriter, r *http.Request, _ *Principal) error {

@@ -76,6 +76,9 @@ type Options struct {
 	// CollectDuty is the share of the time garbage collection works while
 	// a backup session is open (default DefaultCollectDuty).
 	CollectDuty float64
+	// StorageState is the firmware's storage report file
+	// (internal/storagehealth); empty: not on an appliance, no report.
+	StorageState string
 }
 
 // Vault is a running vault.
@@ -108,6 +111,9 @@ type Vault struct {
 	signins    loginGuard   // failed sign-ins and locks per (user name, address)
 	portalAddr string       // the portal's address once serving
 	agentAddr  string       // the agent API's address once serving (the install command names its port)
+
+	// storage is the firmware's storage report (storage.go).
+	storage *storageWatch
 
 	// Jobs runs verify, prune and garbage collection in the background
 	// (ops_lifecycle.go, jobsched.go); a kind is registered with one call,
@@ -155,7 +161,8 @@ func Open(opts Options) (*Vault, error) {
 		return nil, err
 	}
 	v := &Vault{opts: opts, log: opts.Log, clk: opts.Clock, master: pack.NewAEAD(mk),
-		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, cmds: newCmdQueue()}
+		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, cmds: newCmdQueue(),
+		storage: &storageWatch{path: opts.StorageState}}
 	v.initLimits(opts.Limits)
 	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
 		return nil, err

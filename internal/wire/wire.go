@@ -63,6 +63,9 @@ const (
 	CodeBusy           = "busy" // too many requests of this company or computer in flight: retry after Retry-After
 	CodeInternal       = "internal"
 	CodeNoSpace        = "no_space" // the vault's disk is full
+	// CodeStorageFailed (503): the vault's disk array failed; nothing is
+	// written or served until it is repaired. Not worth retrying soon.
+	CodeStorageFailed = "storage_failed"
 	// CodeQuotaExceeded: the company is at its quota; prune and collect,
 	// or raise the quota. Restores go on.
 	CodeQuotaExceeded = "quota_exceeded"

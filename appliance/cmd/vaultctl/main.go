@@ -112,6 +112,10 @@ Commands:
                                  the SMTP server the vault's e-mail goes through
   mail test ADDRESS              send a test message and say whether the server took it
   mail [show]                    the SMTP server and the queue: queued, sent, failed, uncertain
+  disk [status]                  (appliance) the data disks and the array: clean, degraded, rebuilding, failed
+  disk replace DISK [-erase]     (appliance) rebuild onto DISK in a missing member's place, or add it as a hot
+                                 spare; -erase confirms wiping a disk that is not blank
+  disk scrub                     (appliance) start the array's check now
   rebuild-index                  (vault stopped) rebuild DATA/index.db from the packs alone
   rebuild-catalog [-fresh]       (vault stopped) record every version whose manifest is in the packs;
                                  -fresh moves catalog.db aside and rebuilds it from the packs alone
@@ -122,7 +126,11 @@ Exit status: 0 success, 1 error, 2 usage, 3 verify found damage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("vaultctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	data := fs.String("data", "var/vault", "the vault's data `directory` (its admin.sock is used)")
+	def := "var/vault"
+	if d := os.Getenv(DataEnv); d != "" {
+		def = d // on the appliance the firmware sets it: vaultctl needs no flag there
+	}
+	data := fs.String("data", def, "the vault's data `directory` (its admin.sock is used); default $"+DataEnv+" if set, else var/vault")
 	fs.Usage = func() { fmt.Fprint(stderr, usage, "\nFlags:\n"); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -136,6 +144,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch {
 	case a[0] == "user" && len(a) >= 3 && a[1] == "mail":
 		return userMailCmd(ctx, c, a[2], a[3:], stdout, stderr)
+	case a[0] == "disk":
+		return diskCmd(ctx, a[1:], stdout)
 	case a[0] == "user" && len(a) >= 2:
 		return userCmd(ctx, c, a[1:], stdout, stderr)
 	case a[0] == "tape":
@@ -247,6 +257,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		var sts []vault.ConfigStatus
 		if err := c.do(ctx, "GET", vault.AdminStatus+"?"+q.Encode(), nil, &sts); err != nil {
 			return err
+		}
+		var si vault.StorageInfo
+		if err := c.do(ctx, "GET", vault.AdminStorage, nil, &si); err == nil {
+			printStorage(stdout, si)
 		}
 		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "COMPUTER\tCONFIG\tMODE\tSTATE\tCOVERS\tLAST SEEN\tDETAIL")

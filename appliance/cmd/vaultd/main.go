@@ -57,6 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	portal := fs.String("portal", defaultPortal, "the portal's HTTPS `address` (\"off\": none); when left at the default and taken, vaultd serves without it")
 	portalCert := fs.String("portal-cert", "", "PEM `file` of the portal's certificate (with -portal-key); default: the vault's own")
 	portalKey := fs.String("portal-key", "", "PEM `file` of the portal certificate's key")
+	storageState := fs.String("storage-state", "", "the appliance firmware's storage report `file` (it sets this); with a failed disk array the agent API refuses writes and reads")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	tapeDev := fs.String("tape", "auto", "tape library: \"auto\" scans /dev/sg* for a changer and its drives (matched by serial number), \"off\" none, or a `directory` to scan instead of /dev")
 	tapeRecover := fs.String("tape-recover", "", "the static vault-tape-recover `file` written on every cartridge (default: next to vaultd)")
@@ -89,7 +90,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if (*portalCert == "") != (*portalKey == "") {
 		return fmt.Errorf("-portal-cert and -portal-key go together")
 	}
-	opts := vault.Options{Dir: *data, Listen: *listen, Log: log, Portal: *portal, PortalCert: *portalCert, PortalKey: *portalKey}
+	opts := vault.Options{Dir: *data, Listen: *listen, Log: log, Portal: *portal, PortalCert: *portalCert, PortalKey: *portalKey,
+		StorageState: *storageState}
 	if *portal == "off" {
 		opts.Portal = ""
 	}
