@@ -30,8 +30,10 @@ import (
 	"vaultnode/firmware/modules"
 	"vaultnode/firmware/network"
 	"vaultnode/firmware/ntp"
+	"vaultnode/firmware/raid"
 	"vaultnode/firmware/service"
 	"vaultnode/firmware/setup"
+	"vaultnode/internal/storagehealth"
 )
 
 func (m *Machine) bootSteps() []step {
@@ -49,6 +51,7 @@ func (m *Machine) bootSteps() []step {
 		{name: "shape uplink", run: m.shapeUplink},
 		{name: "start clock sync", run: m.startClockSync},
 		{name: "mount data volume", run: m.mountData, fatal: true},
+		{name: "watch storage", run: m.watchStorage},
 		{name: "serve control socket", run: m.serveControl},
 		{name: "serve health and metrics", run: m.serveMetrics},
 		{name: "start services", run: m.startServices},
@@ -83,6 +86,8 @@ func (m *Machine) mountKernelFS(context.Context) error {
 	_ = os.Symlink("/proc/mounts", "/etc/mtab")
 	os.Setenv("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
 	os.Setenv("HOME", "/root")
+	// vaultctl in the support shell reaches the running vault without flags.
+	os.Setenv("VAULTCTL_DATA", VaultDataDir)
 	return nil
 }
 
@@ -209,7 +214,7 @@ func waitPowerKey(r io.Reader) error {
 }
 
 func (m *Machine) tools() disk.Tools {
-	return disk.Tools{Reaper: m.reaper, Mke2fs: "/sbin/mke2fs", Mdadm: "/sbin/mdadm"}
+	return disk.Tools{Reaper: m.reaper, Mke2fs: "/sbin/mke2fs"}
 }
 
 // systemDisk is the disk with serial "system", else the first disk.
@@ -281,7 +286,7 @@ func (m *Machine) runSetup(ctx context.Context) (config.Config, error) {
 		return config.Config{}, err
 	}
 	m.printf("Preparing the data disks...\n")
-	if err := m.prepareData(ctx, cfg.Data, disks); err != nil {
+	if cfg.Data, err = m.prepareData(ctx, cfg.Data, disks); err != nil {
 		return config.Config{}, err
 	}
 	if err := config.Save(ConfigPath, cfg); err != nil {
@@ -309,39 +314,65 @@ func (m *Machine) setEcho(on bool) {
 	}
 }
 
-func devsOf(ids []string, disks []disk.Disk) ([]string, error) {
-	var devs []string
-	for _, id := range ids {
-		d, ok := disk.Find(disks, id)
-		if !ok {
-			return nil, fmt.Errorf("data disk %s is missing: reattach it or run setup again", id)
-		}
-		devs = append(devs, d.Dev())
+// newRaid makes the array controller for the configured data section.
+func (m *Machine) newRaid(data config.Data, disks []disk.Disk) (*raid.Controller, error) {
+	sys, _ := systemDisk(disks)
+	o := raid.Options{Log: m.log.Named("raid"), Clock: m.clk, Run: m.reaper, Mdadm: "/sbin/mdadm", Mke2fs: "/sbin/mke2fs",
+		MD: DataMD, StatePath: storagehealth.DefaultPath, BookPath: RaidBookPath, SystemDisk: sys.Name,
+		LoadModule: func(name string) error {
+			if err := kmodule.Probe(name, ""); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("load %s: %w", name, err)
+			}
+			return nil
+		},
+		Announce: func(s string) { m.printf("%s\n", s) },
+		Save:     m.saveData,
 	}
-	return devs, nil
+	if _, err := os.Stat("/sbin/smartctl"); err == nil {
+		o.Smartctl = "/sbin/smartctl"
+	}
+	if v := m.cmdline["vaultnode.mdspeed"]; v != "" {
+		lo, hi, _ := strings.Cut(v, ",")
+		o.SpeedMin, _ = strconv.Atoi(lo)
+		o.SpeedMax, _ = strconv.Atoi(hi)
+	}
+	c, err := raid.New(o, data)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.raid = c
+	m.mu.Unlock()
+	return c, nil
 }
 
-func (m *Machine) prepareData(ctx context.Context, data config.Data, disks []disk.Disk) error {
-	devs, err := devsOf(data.Disks, disks)
+// saveData saves a changed data section (a replaced disk) in config.json.
+func (m *Machine) saveData(d config.Data) error {
+	m.mu.Lock()
+	m.cfg.Data = d
+	cfg := m.cfg
+	m.mu.Unlock()
+	return config.Save(ConfigPath, cfg)
+}
+
+func (m *Machine) prepareData(ctx context.Context, data config.Data, disks []disk.Disk) (config.Data, error) {
+	l, err := raid.Plan(data.Level, append(append([]string(nil), data.Disks...), data.Spares...), len(data.Spares))
 	if err != nil {
-		return err
+		return data, err
 	}
-	dev := devs[0]
-	if data.Level == "raid1" {
-		if err := m.tools().CreateMirror(ctx, DataMD, devs); err != nil {
-			return err
-		}
-		dev = DataMD
-		m.mirror = true
+	c, err := m.newRaid(data, disks)
+	if err != nil {
+		return data, err
 	}
-	if err := m.tools().Mkfs(ctx, dev, "vndata"); err != nil {
-		return err
+	data, err = c.Create(ctx, l, disks)
+	if err != nil {
+		return data, err
 	}
-	if err := disk.Mount(dev, DataDir); err != nil {
-		return err
+	if err := disk.Mount(c.Device(), DataDir); err != nil {
+		return data, err
 	}
-	m.dataDev = dev
-	return nil
+	m.dataDev = c.Device()
+	return data, nil
 }
 
 func (m *Machine) setIdentity(context.Context) error {
@@ -389,41 +420,48 @@ func (m *Machine) mountData(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		data := m.config().Data
-		devs, err := devsOf(data.Disks, disks)
-		if err != nil && data.Level == "raid1" {
-			// A mirror runs on one disk: start it degraded and say so.
-			var present []string
-			for _, id := range data.Disks {
-				if d, ok := disk.Find(disks, id); ok {
-					present = append(present, d.Dev())
-				} else {
-					m.problem("data disk %s is missing: the mirror runs degraded; reattach or replace it", id)
-				}
-			}
-			if len(present) > 0 {
-				devs, err = present, nil
-			}
+		c, err := m.newRaid(m.config().Data, disks)
+		if err != nil {
+			return err
+		}
+		problems, err := c.Start(ctx, disks)
+		for _, p := range problems {
+			m.problem("%s", p)
 		}
 		if err != nil {
 			return err
 		}
-		dev := devs[0]
-		if data.Level == "raid1" {
-			if err := m.tools().Assemble(ctx, DataMD, devs); err != nil {
-				return err
-			}
-			dev, m.mirror = DataMD, true
-		}
-		if err := disk.Mount(dev, DataDir); err != nil {
+		if err := disk.Mount(c.Device(), DataDir); err != nil {
 			return err
 		}
-		m.dataDev = dev
+		m.dataDev = c.Device()
 	}
 	if err := os.MkdirAll(VaultDataDir, 0o700); err != nil {
 		return fmt.Errorf("make %s: %w", VaultDataDir, err)
 	}
 	return m.ring.Attach(LogPath)
+}
+
+// watchStorage polls the data volume's state every few seconds: the
+// console, /health, /metrics and the vault (storagehealth file) follow it.
+func (m *Machine) watchStorage(ctx context.Context) error {
+	c := m.raidController()
+	if c == nil {
+		return errors.New("no array controller: the data volume was not started")
+	}
+	c.Poll(ctx) // the vault finds the report when it starts
+	m.bgWG.Add(1)
+	go func() { // owned by bgCancel
+		defer m.bgWG.Done()
+		c.Run(m.bgCtx)
+	}()
+	return nil
+}
+
+func (m *Machine) raidController() *raid.Controller {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.raid
 }
 
 func (m *Machine) serveControl(context.Context) error {
@@ -437,7 +475,7 @@ func (m *Machine) serveControl(context.Context) error {
 	return nil
 }
 
-func (m *Machine) handleControl(_ context.Context, cmd string, w io.Writer) error {
+func (m *Machine) handleControl(ctx context.Context, cmd string, w io.Writer) error {
 	switch cmd {
 	case "status":
 		fmt.Fprint(w, m.statusText())
@@ -457,7 +495,10 @@ func (m *Machine) handleControl(_ context.Context, cmd string, w io.Writer) erro
 		if strings.HasPrefix(cmd, "qos set ") {
 			return m.qosControl(cmd, ConfigPath, w)
 		}
-		return fmt.Errorf("unknown command %q: use status, logs, qos, poweroff or reboot", cmd)
+		if cmd == "raid" || strings.HasPrefix(cmd, "raid ") {
+			return m.raidControl(ctx, strings.Fields(cmd)[1:], w)
+		}
+		return fmt.Errorf("unknown command %q: use status, logs, qos, raid, poweroff or reboot", cmd)
 	}
 	return nil
 }
@@ -484,7 +525,8 @@ func (m *Machine) Services() []service.Spec {
 	if _, err := os.Stat("/bin/vaultd"); err == nil {
 		specs = append(specs, service.Spec{
 			Name: "vaultd", Command: "/bin/vaultd", Restart: service.Forever,
-			Args:   []string{"-data", VaultDataDir, "-listen", fmt.Sprintf("0.0.0.0:%d", VaultPort)},
+			Args: []string{"-data", VaultDataDir, "-listen", fmt.Sprintf("0.0.0.0:%d", VaultPort),
+				"-storage-state", storagehealth.DefaultPath},
 			Health: vaultHealth,
 		})
 		if _, err := os.Stat("/bin/vaultctl"); err == nil {
@@ -606,17 +648,25 @@ func (m *Machine) snapshot() metrics.Snapshot {
 			s.Disks = append(s.Disks, u)
 		}
 	}
-	if fs, err := procfs.NewFS("/proc"); err == nil {
-		if mds, err := fs.MDStat(); err == nil {
-			for _, md := range mds {
-				a := metrics.Array{Name: md.Name, Level: md.Type, State: md.ActivityState, Active: md.DisksActive,
-					Total: md.DisksTotal, Failed: md.DisksFailed, Degraded: md.DisksActive < md.DisksTotal}
-				s.Arrays = append(s.Arrays, a)
-				if a.Degraded {
-					s.Problems = append(s.Problems, fmt.Sprintf("array %s is degraded: %d of %d disks", a.Name, a.Active, a.Total))
-				}
+	if c := m.raidController(); c != nil {
+		r := c.Report()
+		s.Storage = &r
+		for _, a := range r.Arrays {
+			s.Arrays = append(s.Arrays, metrics.Array{Name: a.Name, Level: a.Level, State: a.State, Active: int64(a.Active),
+				Total: int64(a.Disks), Failed: int64(a.Failed), Degraded: a.Active < a.Disks, Spares: int64(a.Spares),
+				Action: a.Action, Progress: a.Progress, ETA: a.ETA, Mismatches: a.Mismatches})
+		}
+		switch r.State {
+		case storagehealth.Degraded, storagehealth.Failed:
+			s.Problems = append(s.Problems, r.Detail)
+		}
+		for _, d := range r.Disks {
+			if strings.HasPrefix(d.SMART, "FAILING") {
+				s.Problems = append(s.Problems, fmt.Sprintf("disk %s (%s): SMART %s", d.Device, d.ID, d.SMART))
 			}
 		}
+	}
+	if fs, err := procfs.NewFS("/proc"); err == nil {
 		if mi, err := fs.Meminfo(); err == nil && mi.MemTotal != nil && mi.MemAvailable != nil {
 			s.Memory = metrics.Memory{Total: *mi.MemTotal * 1024, Available: *mi.MemAvailable * 1024}
 		}

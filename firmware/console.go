@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"vaultnode/firmware/config"
+	"vaultnode/firmware/disk"
 	"vaultnode/firmware/network"
 	"vaultnode/firmware/service"
 )
@@ -50,8 +51,8 @@ func (m *Machine) statusText() string {
 	for _, d := range s.Disks {
 		fmt.Fprintf(&b, "  %-9s %6d MiB free of %6d MiB\n", d.Mount, d.Free>>20, d.Total>>20)
 	}
-	for _, a := range s.Arrays {
-		fmt.Fprintf(&b, "  %-9s %s %s, %d/%d disks\n", a.Name, a.Level, a.State, a.Active, a.Total)
+	if s.Storage != nil {
+		b.WriteString(storageText(*s.Storage))
 	}
 	fmt.Fprintf(&b, "memory: %d MiB available of %d MiB\n", s.Memory.Available>>20, s.Memory.Total>>20)
 	fmt.Fprintf(&b, "vault: %s\n", vault)
@@ -102,6 +103,9 @@ const shellHelp = `support shell commands:
   status             the status screen
   logs [N]           the last N firmware log lines (default 40)
   services           service table
+  disk               the data disks and the array: state, rebuild progress, candidates
+  disk replace DISK  rebuild onto DISK in place of a missing member (or add it as a hot spare)
+  disk scrub         start the array's check now
   poweroff, reboot   shut down cleanly
   cd DIR, pwd, ls [DIR], cat FILE, env
   exit               back to the login
@@ -146,6 +150,8 @@ func (m *Machine) shell(ctx context.Context, in *bufio.Reader) bool {
 				lines = lines[len(lines)-n:]
 			}
 			m.printf("%s", strings.Join(lines, ""))
+		case "disk":
+			m.diskCommand(ctx, in, args[1:])
 		case "poweroff":
 			m.Shutdown(PowerOff, "console")
 			return true
@@ -184,6 +190,58 @@ func (m *Machine) shell(ctx context.Context, in *bufio.Reader) bool {
 		}
 	}
 	return false
+}
+
+// diskCommand is the support shell's disk command; replacing asks the
+// operator to confirm on the console.
+func (m *Machine) diskCommand(ctx context.Context, in *bufio.Reader, args []string) {
+	c := m.raidController()
+	if c == nil {
+		m.printf("disk: the data volume is not up\n")
+		return
+	}
+	switch {
+	case len(args) == 0 || args[0] == "status":
+		m.printf("%s", storageText(c.Report()))
+	case args[0] == "scrub" && len(args) == 1:
+		if err := c.Scrub(); err != nil {
+			m.printf("disk scrub: %v\n", err)
+			return
+		}
+		m.printf("scrub started; 'disk' shows its progress\n")
+	case args[0] == "replace" && len(args) == 2:
+		name := strings.TrimPrefix(args[1], "/dev/")
+		erase := false
+		disks, _ := disk.List()
+		d, found := disk.Find(disks, name)
+		blank := found && d.Blank
+		if blank {
+			m.printf("Add %s to the array (rebuilding onto it now if a member is missing)? (yes/no): ", name)
+		} else {
+			m.printf("%s is not a blank disk: adding it ERASES what it holds. Type ERASE to go on: ", name)
+		}
+		line, err := in.ReadString('\n')
+		ans := strings.TrimSpace(line)
+		if err != nil && line == "" {
+			return
+		}
+		switch {
+		case blank && (ans == "yes" || ans == "y"):
+		case !blank && ans == "ERASE":
+			erase = true
+		default:
+			m.printf("nothing done\n")
+			return
+		}
+		msg, err := c.Replace(ctx, name, erase)
+		if err != nil {
+			m.printf("disk replace: %v\n", err)
+			return
+		}
+		m.printf("%s\n", msg)
+	default:
+		m.printf("usage: disk [status] | disk replace DISK | disk scrub\n")
+	}
 }
 
 func (m *Machine) supervisor() *service.Supervisor {

@@ -26,6 +26,7 @@ import (
 	"vaultnode/firmware/control"
 	"vaultnode/firmware/logring"
 	"vaultnode/firmware/qos"
+	"vaultnode/firmware/raid"
 	"vaultnode/firmware/reaper"
 	"vaultnode/firmware/service"
 	"vaultnode/internal/clock"
@@ -45,6 +46,7 @@ const (
 	MetricsAddr   = ":9100"
 	SystemDiskID  = "system" // virtio serial of the system disk
 	DataMD        = "/dev/md0"
+	RaidBookPath  = PersistDir + "/raid.json" // scrub results kept across boots
 	ControlSocket = control.DefaultPath
 )
 
@@ -60,7 +62,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return errors.New("testcrash: crashed on purpose")
 		case "ctl":
 			if len(args) < 3 {
-				return errors.New("usage: init ctl status|logs|qos|qos config|qos set JSON|poweroff|reboot")
+				return errors.New("usage: init ctl status|logs|qos|qos config|qos set JSON|raid [status|json|replace DISK [erase]|scrub|speed MIN MAX]|poweroff|reboot")
 			}
 			return control.Send(ctx, ControlSocket, strings.Join(args[2:], " "), stdout)
 		}
@@ -111,7 +113,7 @@ type Machine struct {
 	sup       *service.Supervisor
 	firstBoot bool
 	dataDev   string // mounted data device
-	mirror    bool
+	raid      *raid.Controller
 	uplink    string          // the interface the network came up on
 	qos       *qos.Controller // nil until the uplink is up
 	qosErr    error           // why the uplink is not shaped

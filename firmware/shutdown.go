@@ -62,9 +62,9 @@ func (m *Machine) unmountData(ctx context.Context) error {
 	if err := unmount(DataDir); err != nil {
 		return err
 	}
-	if m.mirror {
-		// The reaper has stopped; run mdadm directly.
-		return stopArray(DataMD)
+	if c := m.raidController(); c != nil {
+		// The reaper has stopped: the controller stops the array by ioctl.
+		return c.Stop()
 	}
 	return nil
 }
@@ -81,18 +81,4 @@ func unmount(dir string) error {
 		return fmt.Errorf("unmount %s: %w", dir, err)
 	}
 	return fmt.Errorf("unmount %s: %w (detached it)", dir, err)
-}
-
-// stopArray stops an md array with the STOP_ARRAY ioctl.
-func stopArray(dev string) error {
-	const stopArrayIoctl = 0x932 // _IO(MD_MAJOR, 0x32)
-	fd, err := unix.Open(dev, unix.O_RDONLY, 0)
-	if err != nil {
-		return fmt.Errorf("stop %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), stopArrayIoctl, 0); errno != 0 {
-		return fmt.Errorf("stop %s: %w", dev, errno)
-	}
-	return nil
 }

@@ -51,12 +51,27 @@ type Network struct {
 
 // Data says how the data volume is built.
 type Data struct {
-	// Level is "single" (ext4 on one disk) or "raid1" (md mirror of two).
+	// Level is "single" (ext4 on one disk) or an md level: "raid1",
+	// "raid5", "raid6", "raid10" (firmware/raid chooses it by disk count).
 	Level string `json:"level"`
-	// Disks are stable disk identifiers (virtio serial or kernel name).
+	// Disks are the active members' stable identifiers (virtio serial or
+	// kernel name); a replacement takes the missing member's place here.
 	Disks []string `json:"disks"`
+	// Spares are hot spares: md rebuilds onto one by itself.
+	Spares []string `json:"spares,omitempty"`
 	// UUID of the ext4 filesystem, to find it again.
 	UUID string `json:"uuid,omitempty"`
+	// ArrayUUID is the md array's UUID: the array is assembled by it at
+	// every boot, whatever the kernel's device order.
+	ArrayUUID string `json:"array_uuid,omitempty"`
+	// Scrub is when md checks the whole array: "monthly DAY HH:MM",
+	// "weekly DAY HH:MM" or "never"; empty: "monthly 1 03:00".
+	Scrub string `json:"scrub,omitempty"`
+	// SyncSpeedMin and SyncSpeedMax are md's resync, rebuild and check
+	// speed limits in KiB/s per disk (md slows to the minimum while
+	// backups write); zero: the firmware's defaults.
+	SyncSpeedMin int `json:"sync_speed_min_kib,omitempty"`
+	SyncSpeedMax int `json:"sync_speed_max_kib,omitempty"`
 }
 
 // Load reads the configuration at path.

@@ -6,7 +6,6 @@ package control
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,10 +16,12 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"vaultnode/internal/fwctl"
 )
 
 // DefaultPath is where PID 1 listens.
-const DefaultPath = "/run/vaultnode/control.sock"
+const DefaultPath = fwctl.Path
 
 // Handler answers one command; it writes the answer to w.
 type Handler func(ctx context.Context, cmd string, w io.Writer) error
@@ -87,17 +88,5 @@ func Serve(ctx context.Context, log *zap.Logger, path string, h Handler) error {
 
 // Send sends cmd to the socket at path and copies the answer to w.
 func Send(ctx context.Context, path, cmd string, w io.Writer) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return fmt.Errorf("reach the firmware at %s: %w", path, err)
-	}
-	defer c.Close()
-	if _, err := fmt.Fprintf(c, "%s\n", cmd); err != nil {
-		return fmt.Errorf("send %q: %w", cmd, err)
-	}
-	if _, err := io.Copy(w, c); err != nil && !errors.Is(err, net.ErrClosed) {
-		return fmt.Errorf("read answer to %q: %w", cmd, err)
-	}
-	return nil
+	return fwctl.Send(ctx, path, cmd, w)
 }

@@ -1,6 +1,6 @@
-// Package disk finds the appliance's disks and prepares them: the system
-// disk holding the saved configuration, and the data volume (ext4 on one
-// disk or on an md RAID1 mirror of two), with Debian's mke2fs and mdadm.
+// Package disk finds the appliance's disks, formats and mounts them (the
+// system disk holding the saved configuration, the data volume's ext4).
+// The md arrays are firmware/raid's.
 package disk
 
 import (
@@ -92,7 +92,6 @@ func Find(disks []Disk, id string) (Disk, bool) {
 type Tools struct {
 	Reaper *reaper.Reaper
 	Mke2fs string // path of mke2fs
-	Mdadm  string // path of mdadm
 }
 
 func (t Tools) run(ctx context.Context, name string, args ...string) error {
@@ -108,33 +107,6 @@ func (t Tools) Mkfs(ctx context.Context, dev, label string) error {
 	if err := t.run(ctx, t.Mke2fs, "-q", "-F", "-t", "ext4", "-L", label,
 		"-E", "lazy_itable_init=1,lazy_journal_init=1", dev); err != nil {
 		return fmt.Errorf("format %s: %w", dev, err)
-	}
-	return nil
-}
-
-// CreateMirror builds an md RAID1 array md (e.g. /dev/md0) from two disks.
-func (t Tools) CreateMirror(ctx context.Context, md string, devs []string) error {
-	args := append([]string{"--create", md, "--run", "--level=1", "--raid-devices=2", "--metadata=1.2",
-		"--assume-clean"}, devs...)
-	if err := t.run(ctx, t.Mdadm, args...); err != nil {
-		return fmt.Errorf("create mirror %s: %w", md, err)
-	}
-	return nil
-}
-
-// Assemble starts an existing array from its members, degraded if needed.
-func (t Tools) Assemble(ctx context.Context, md string, devs []string) error {
-	args := append([]string{"--assemble", md, "--run"}, devs...)
-	if err := t.run(ctx, t.Mdadm, args...); err != nil {
-		return fmt.Errorf("assemble %s: %w", md, err)
-	}
-	return nil
-}
-
-// Stop stops an array.
-func (t Tools) Stop(ctx context.Context, md string) error {
-	if err := t.run(ctx, t.Mdadm, "--stop", md); err != nil {
-		return fmt.Errorf("stop %s: %w", md, err)
 	}
 	return nil
 }

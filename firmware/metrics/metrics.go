@@ -14,6 +14,7 @@ import (
 	"vaultnode/firmware/disk"
 	"vaultnode/firmware/qos"
 	"vaultnode/firmware/service"
+	"vaultnode/internal/storagehealth"
 )
 
 // Snapshot is the state the endpoints report.
@@ -27,6 +28,9 @@ type Snapshot struct {
 	Memory   Memory            `json:"memory"`
 	Problems []string          `json:"problems"`
 	QoS      []qos.ClassStatus `json:"qos,omitempty"`
+	// Storage is the array controller's report (nil before the data
+	// volume is up).
+	Storage *storagehealth.Report `json:"storage,omitempty"`
 }
 
 // Array is an md array's state.
@@ -38,6 +42,13 @@ type Array struct {
 	Total    int64  `json:"total"`
 	Failed   int64  `json:"failed"`
 	Degraded bool   `json:"degraded"`
+	Spares   int64  `json:"spares"`
+	// Action is md's sync_action (idle, resync, recover, check, repair),
+	// Progress 0-1 and ETA in seconds of the running one.
+	Action     string  `json:"action"`
+	Progress   float64 `json:"progress"`
+	ETA        float64 `json:"eta_seconds"`
+	Mismatches int64   `json:"mismatches"`
 }
 
 // Memory in bytes.
@@ -117,6 +128,43 @@ func Write(w io.Writer, s Snapshot) {
 	m.header("vaultnode_md_degraded", "gauge", "1 when an md array misses a member.")
 	for _, a := range s.Arrays {
 		m.sample("vaultnode_md_degraded", b2f(a.Degraded), "array", a.Name)
+	}
+	m.header("vaultnode_md_spares", "gauge", "Hot spares of an md array.")
+	for _, a := range s.Arrays {
+		m.sample("vaultnode_md_spares", float64(a.Spares), "array", a.Name)
+	}
+	m.header("vaultnode_md_state", "gauge", "An md array's state (clean, resyncing, degraded, failed), one series per state.")
+	for _, a := range s.Arrays {
+		for _, st := range []string{storagehealth.Clean, storagehealth.Resyncing, storagehealth.Degraded, storagehealth.Failed} {
+			m.sample("vaultnode_md_state", b2f(a.State == st), "array", a.Name, "state", st)
+		}
+	}
+	m.header("vaultnode_md_sync_progress", "gauge", "Progress 0-1 of the running resync, rebuild or check (action label).")
+	for _, a := range s.Arrays {
+		m.sample("vaultnode_md_sync_progress", a.Progress, "array", a.Name, "action", a.Action)
+	}
+	m.header("vaultnode_md_sync_eta_seconds", "gauge", "md's estimate of the time left to the running action.")
+	for _, a := range s.Arrays {
+		m.sample("vaultnode_md_sync_eta_seconds", a.ETA, "array", a.Name)
+	}
+	m.header("vaultnode_md_mismatch_sectors", "gauge", "Sectors the last check (scrub) found mismatched.")
+	for _, a := range s.Arrays {
+		m.sample("vaultnode_md_mismatch_sectors", float64(a.Mismatches), "array", a.Name)
+	}
+	if s.Storage != nil {
+		m.header("vaultnode_storage_state", "gauge", "The data volume's state, one series per state.")
+		for _, st := range []string{storagehealth.Clean, storagehealth.Resyncing, storagehealth.Degraded, storagehealth.Failed} {
+			m.sample("vaultnode_storage_state", b2f(s.Storage.State == st), "state", st)
+		}
+		m.header("vaultnode_disk_smart_ok", "gauge", "1 when SMART passed, 0 when failing, absent when the disk does not answer.")
+		for _, d := range s.Storage.Disks {
+			switch {
+			case d.SMART == "passed":
+				m.sample("vaultnode_disk_smart_ok", 1, "disk", d.Device, "id", d.ID)
+			case strings.HasPrefix(d.SMART, "FAILING"):
+				m.sample("vaultnode_disk_smart_ok", 0, "disk", d.Device, "id", d.ID)
+			}
+		}
 	}
 	for _, q := range []struct {
 		name, typ, help string

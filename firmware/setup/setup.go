@@ -12,11 +12,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 	_ "time/tzdata" // the image has no zoneinfo files
 
 	"vaultnode/firmware/config"
+	"vaultnode/firmware/raid"
 )
 
 // Disk is a disk offered for data.
@@ -155,21 +158,74 @@ func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 	c.NTP = v.(string)
 
 	fmt.Fprintf(d.Out, "\nDisks:\n")
-	def := ""
+	var blank []string
 	for _, dk := range d.Disks {
 		state := "blank"
 		if !dk.Blank {
 			state = "IN USE (has data, not offered)"
-		} else if def == "" {
-			def = dk.Name
+		} else {
+			blank = append(blank, dk.Name)
 		}
 		fmt.Fprintf(d.Out, "  %-6s %-12s %8d MiB  %s\n", dk.Name, dk.ID, dk.Size>>20, state)
 	}
-	v, err = d.question(ctx, "Data disks: one disk, or two for a mirror (e.g. vdb vdc)", def, func(s string) (any, error) { return ParseDisks(s, d.Disks) }, Question{Key: "disks", Short: "Data disks", Choices: DiskChoices(d.Disks)})
+	v, err = d.question(ctx, "Data disks: 1 disk ext4, 2 RAID1, 3 RAID5, 4 or more RAID6", strings.Join(blank, " "),
+		func(s string) (any, error) { return ParseDisks(s, d.Disks) }, Question{Key: "disks", Short: "Data disks", Choices: DiskChoices(d.Disks)})
 	if err != nil {
 		return c, err
 	}
-	c.Data = v.(config.Data)
+	data := v.(config.Data)
+	spares := 0
+	if len(data.Disks) >= 3 {
+		var choices []string
+		for n := 0; n < len(data.Disks); n++ {
+			if _, err := raid.Plan("", data.Disks, n); err == nil {
+				choices = append(choices, strconv.Itoa(n))
+			}
+		}
+		v, err = d.question(ctx, "Hot spares: how many of them wait unused and rebuild by themselves", "0", func(s string) (any, error) {
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				return nil, fmt.Errorf("%q: answer a number, 0 for none", s)
+			}
+			_, err = raid.Plan("", data.Disks, n)
+			return n, err
+		}, Question{Key: "spares", Short: "Hot spares", Choices: choices})
+		if err != nil {
+			return c, err
+		}
+		spares = v.(int)
+	}
+	level := ""
+	if levels := raid.Levels(len(data.Disks) - spares); len(levels) > 1 {
+		v, err = d.question(ctx, "Layout: "+strings.Join(levels, " or "), levels[0], func(s string) (any, error) {
+			s = strings.ToLower(s)
+			if !slices.Contains(levels, s) {
+				return nil, fmt.Errorf("%q: answer %s", s, strings.Join(levels, " or "))
+			}
+			return s, nil
+		}, Question{Key: "layout", Short: "Layout", Choices: levels})
+		if err != nil {
+			return c, err
+		}
+		level = v.(string)
+	}
+	l, err := raid.Plan(level, data.Disks, spares)
+	if err != nil {
+		return c, err
+	}
+	smallest := int64(0)
+	for _, id := range append(append([]string(nil), l.Disks...), l.Spares...) {
+		for _, dk := range d.Disks {
+			if dk.ID == id && (smallest == 0 || dk.Size < smallest) {
+				smallest = dk.Size
+			}
+		}
+	}
+	fmt.Fprintf(d.Out, "Layout: %s\n", l.Describe(smallest))
+	if w := l.Warning(); w != "" {
+		fmt.Fprintf(d.Out, "  ! %s\n", w)
+	}
+	c.Data = config.Data{Level: l.Level, Disks: l.Disks, Spares: l.Spares}
 	return c, nil
 }
 
@@ -264,7 +320,11 @@ func Summary(c config.Config) string {
 		fmt.Fprintf(&b, "  network    %s via %s, dns %s\n", c.Network.Address, c.Network.Gateway, strings.Join(c.Network.DNS, ","))
 	}
 	fmt.Fprintf(&b, "  time zone  %s, ntp %s\n", c.TimeZone, c.NTP)
-	fmt.Fprintf(&b, "  data       %s on %s\n", c.Data.Level, strings.Join(c.Data.Disks, " "))
+	fmt.Fprintf(&b, "  data       %s on %s", c.Data.Level, strings.Join(c.Data.Disks, " "))
+	if len(c.Data.Spares) > 0 {
+		fmt.Fprintf(&b, ", hot spares %s", strings.Join(c.Data.Spares, " "))
+	}
+	b.WriteString("\n")
 	return b.String()
 }
 
@@ -408,19 +468,19 @@ func ParseYesNo(s string) (any, error) {
 	return nil, fmt.Errorf("%q: answer yes or no", s)
 }
 
-// ParseDisks accepts one blank disk, or two different blank disks for a
-// mirror, named as listed.
+// ParseDisks accepts one or more different blank disks named as listed,
+// and returns them with the default layout for their count (no spares).
 func ParseDisks(s string, disks []Disk) (config.Data, error) {
 	names := strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
-	if len(names) == 0 || len(names) > 2 {
-		return config.Data{}, errors.New("name one disk, or two disks for a mirror, from the list above")
+	if len(names) == 0 {
+		return config.Data{}, errors.New("name one disk or more from the list above")
 	}
 	var ids []string
 	seen := map[string]bool{}
 	for _, n := range names {
 		n = strings.TrimPrefix(n, "/dev/")
 		if seen[n] {
-			return config.Data{}, fmt.Errorf("%s is named twice: a mirror needs two different disks", n)
+			return config.Data{}, fmt.Errorf("%s is named twice: name each disk once", n)
 		}
 		seen[n] = true
 		var found *Disk
@@ -437,9 +497,5 @@ func ParseDisks(s string, disks []Disk) (config.Data, error) {
 		}
 		ids = append(ids, found.ID)
 	}
-	level := "single"
-	if len(ids) == 2 {
-		level = "raid1"
-	}
-	return config.Data{Level: level, Disks: ids}, nil
+	return config.Data{Level: raid.DefaultLevel(len(ids)), Disks: ids}, nil
 }

@@ -63,7 +63,7 @@ func TestValidation(t *testing.T) {
 		{"disks in use", second(ParseDisks("vdd", disks)), false},
 		{"disks unknown", second(ParseDisks("sda", disks)), false},
 		{"disks twice", second(ParseDisks("vdb vdb", disks)), false},
-		{"disks three", second(ParseDisks("vdb vdc vdd", disks)), false},
+		{"disks three with one in use", second(ParseDisks("vdb vdc vdd", disks)), false},
 		{"disks none", second(ParseDisks("", disks)), false},
 	}
 	for _, tt := range tests {
@@ -91,7 +91,7 @@ func TestDialogRefusesNonsenseAndStartsOver(t *testing.T) {
 		"", // default pool.ntp.org
 		"vdd", "vdb vdc",
 		"maybe", "no", // start over
-		"vault2", "", "secret-pass", "secret-pass", "Europe/Paris", "10.0.2.2", "", "yes",
+		"vault2", "", "secret-pass", "secret-pass", "Europe/Paris", "10.0.2.2", "vdb", "yes",
 	}
 	var out strings.Builder
 	var echo []bool
@@ -125,5 +125,57 @@ func TestDialogAbortsOnEOF(t *testing.T) {
 	d := &Dialog{In: bufio.NewReader(strings.NewReader("vault1\n")), Out: &strings.Builder{}, Disks: disks}
 	if _, err := d.Run(context.Background()); !errors.Is(err, ErrAborted) {
 		t.Fatalf("Run at EOF: %v", err)
+	}
+}
+
+// TestDialogLayouts: the layout follows the disk count, spares come off
+// the end, RAID10 is offered for an even count of four or more, and one
+// disk gets its warning.
+func TestDialogLayouts(t *testing.T) {
+	five := []Disk{
+		{Name: "vdb", ID: "d1", Size: 100 << 20, Blank: true},
+		{Name: "vdc", ID: "d2", Size: 100 << 20, Blank: true},
+		{Name: "vdd", ID: "d3", Size: 100 << 20, Blank: true},
+		{Name: "vde", ID: "d4", Size: 100 << 20, Blank: true},
+		{Name: "vdf", ID: "d5", Size: 200 << 20, Blank: true},
+	}
+	head := []string{"vault1", "", "secret-pass", "secret-pass", "", ""}
+	for _, tt := range []struct {
+		name    string
+		answers []string
+		want    config.Data
+		says    []string
+	}{
+		{"five disks by default: raid6", []string{"", "", "", "yes"},
+			config.Data{Level: "raid6", Disks: []string{"d1", "d2", "d3", "d4", "d5"}},
+			[]string{"[vdb vdc vdd vde vdf]: ", "RAID6 over 5 disks: 300 MiB usable, survives the loss of 2 disks"}},
+		{"one spare, raid10 asked", []string{"", "5", "1", "raid5", "RAID10", "yes"},
+			config.Data{Level: "raid10", Disks: []string{"d1", "d2", "d3", "d4"}, Spares: []string{"d5"}},
+			[]string{"keep at least one active disk", "Layout: raid6 or raid10 [raid6]: ", "RAID10 over 4 disks: 200 MiB usable",
+				"1 hot spare (d5)", "hot spares d5"}},
+		{"three disks: raid5", []string{"vdb vdc vdd", "", "yes"},
+			config.Data{Level: "raid5", Disks: []string{"d1", "d2", "d3"}},
+			[]string{"RAID5 over 3 disks: 200 MiB usable, survives the loss of 1 disk"}},
+		{"one disk warns", []string{"vdc", "yes"},
+			config.Data{Level: "single", Disks: []string{"d2"}},
+			[]string{"ext4 on one disk, no RAID", "One disk has no redundancy"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			in := strings.Join(append(append([]string(nil), head...), tt.answers...), "\n") + "\n"
+			d := &Dialog{In: bufio.NewReader(strings.NewReader(in)), Out: &out, Disks: five}
+			c, err := d.Run(context.Background())
+			if err != nil {
+				t.Fatalf("Run: %v\n%s", err, out.String())
+			}
+			if diff := cmp.Diff(tt.want, c.Data); diff != "" {
+				t.Errorf("data (-want +got):\n%s\n%s", diff, out.String())
+			}
+			for _, s := range tt.says {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("output lacks %q:\n%s", s, out.String())
+				}
+			}
+		})
 	}
 }
