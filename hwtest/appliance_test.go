@@ -17,7 +17,7 @@ import (
 // appliance is one virtual machine's hardware: disks and forwarded ports,
 // kept across boots.
 type appliance struct {
-	t                      *testing.T
+	t                      testing.TB
 	dir                    string
 	disks                  []Disk
 	vaultPort, metricsPort int
@@ -117,7 +117,7 @@ func (a *appliance) waitHealth(ctx context.Context, code int, want string) strin
 }
 
 // waitReady waits for the end of boot and fails at once on a failed boot.
-func waitReady(ctx context.Context, t *testing.T, vm *VM) {
+func waitReady(ctx context.Context, t testing.TB, vm *VM) {
 	t.Helper()
 	i, err := vm.ExpectAny(ctx, "VAULTNODE-READY", "BOOT FAILED")
 	if err != nil {
@@ -129,7 +129,7 @@ func waitReady(ctx context.Context, t *testing.T, vm *VM) {
 	}
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -152,9 +152,10 @@ func firstBootDialog(ctx context.Context, t *testing.T, vm *VM) {
 		{"not a known time zone", ""},
 		{"Time zone (e.g. UTC, Europe/Paris) [UTC]: ", "Europe/Paris"},
 		{"NTP server [pool.ntp.org]: ", ""},
-		{"Data disks: one disk, or two for a mirror (e.g. vdb vdc) [vdb]: ", "vdb vdx"},
+		{"Data disks: 1 disk ext4, 2 RAID1, 3 RAID5, 4 or more RAID6 [vdb vdc vdd]: ", "vdb vdx"},
 		{"vdx is not a disk", ""},
-		{"Data disks: one disk, or two for a mirror (e.g. vdb vdc) [vdb]: ", "vdb vdc"},
+		{"Data disks: 1 disk ext4, 2 RAID1, 3 RAID5, 4 or more RAID6 [vdb vdc vdd]: ", "vdb vdc"},
+		{"Layout: RAID1 over 2 disks", ""},
 		{"(yes/no) [yes]: ", "yes"},
 	}
 	for _, s := range steps {
@@ -278,7 +279,7 @@ func TestAppliance(t *testing.T) {
 
 // shell logs in on the console and returns a function that runs one shell
 // command and returns its output.
-func shell(ctx context.Context, t *testing.T, vm *VM) func(cmd string) string {
+func shell(ctx context.Context, t testing.TB, vm *VM) func(cmd string) string {
 	t.Helper()
 	must(t, vm.Send(""))
 	must(t, vm.Answer(ctx, "login: ", "test-password"))
@@ -300,7 +301,7 @@ var tokenRE = regexp.MustCompile(`vn1_[A-Za-z0-9_-]{20,}`)
 
 // agent runs vault-agent on this machine.
 type agent struct {
-	t     *testing.T
+	t     testing.TB
 	bin   string
 	state string
 }
@@ -313,7 +314,7 @@ func (ag agent) run(ctx context.Context, args ...string) (string, error) {
 	return string(out), err
 }
 
-func buildAgent(t *testing.T) string {
+func buildAgent(t testing.TB) string {
 	bin := filepath.Join(t.TempDir(), "vault-agent")
 	cmd := exec.Command("go", "build", "-o", bin, "./agentkit/cmd/vault-agent")
 	cmd.Dir = root
@@ -454,7 +455,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 			t.Fatalf("%v\n%s", err, vm.Console())
 		}
 		a.waitMetric(ctx, `vaultnode_md_degraded{array="md0"} 1`)
-		body := a.waitHealth(ctx, http.StatusServiceUnavailable, "array md0 is degraded: 1 of 2 disks")
+		body := a.waitHealth(ctx, http.StatusServiceUnavailable, "array md0 (raid1) is degraded: 1 of 2 disks")
 		if !strings.Contains(body, `"status":"degraded"`) {
 			t.Errorf("health: %s", body)
 		}
@@ -491,7 +492,8 @@ func TestStaticNetworkSingleDisk(t *testing.T) {
 		{"Admin password again: ", "test-password"},
 		{"[UTC]: ", ""},
 		{"[pool.ntp.org]: ", "10.0.2.2"},
-		{"[vdb]: ", "vdd"},
+		{"4 or more RAID6 [vdb vdc vdd]: ", "vdd"},
+		{"One disk has no redundancy", ""},
 		{"(yes/no) [yes]: ", "yes"},
 	} {
 		if _, err := vm.Expect(ctx, s.prompt); err != nil {

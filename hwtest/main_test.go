@@ -53,7 +53,7 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-func needQEMU(t *testing.T) {
+func needQEMU(t testing.TB) {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)

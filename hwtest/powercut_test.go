@@ -427,7 +427,7 @@ func (g *cutTree) state() map[string]string {
 	return treeState(g.t, g.root)
 }
 
-func treeState(t *testing.T, root string) map[string]string {
+func treeState(t testing.TB, root string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {

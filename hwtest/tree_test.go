@@ -11,7 +11,7 @@ import (
 
 // writeTree writes n files of size bytes (random, so they do not
 // deduplicate) in nested directories, plus a text file and a symlink.
-func writeTree(t *testing.T, dir string, n, size int) {
+func writeTree(t testing.TB, dir string, n, size int) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(uint64(n), uint64(size)))
 	for i := 0; i < n; i++ {
@@ -28,7 +28,7 @@ func writeTree(t *testing.T, dir string, n, size int) {
 }
 
 // compareTrees checks that got holds the same files, links and modes as want.
-func compareTrees(t *testing.T, want, got string) {
+func compareTrees(t testing.TB, want, got string) {
 	t.Helper()
 	n := 0
 	err := filepath.WalkDir(want, func(p string, d fs.DirEntry, err error) error {

@@ -248,6 +248,12 @@ func (vm *VM) Answer(ctx context.Context, prompt, answer string) error {
 
 // QMP sends one command to QEMU's monitor and returns its answer.
 func (vm *VM) QMP(ctx context.Context, command string) (json.RawMessage, error) {
+	return vm.QMPArgs(ctx, command, nil)
+}
+
+// QMPArgs sends one command with arguments (nil: none), e.g. device_del
+// {"id": "disk3"}.
+func (vm *VM) QMPArgs(ctx context.Context, command string, args any) (json.RawMessage, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", vm.qmpPath)
 	if err != nil {
@@ -263,7 +269,15 @@ func (vm *VM) QMP(ctx context.Context, command string) (json.RawMessage, error) 
 	}
 	var resp json.RawMessage
 	for _, cmd := range []string{"qmp_capabilities", command} {
-		if _, err := fmt.Fprintf(c, `{"execute":%q}`+"\n", cmd); err != nil {
+		req := map[string]any{"execute": cmd}
+		if cmd == command && args != nil {
+			req["arguments"] = args
+		}
+		b, err := json.Marshal(req)
+		if err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+		if _, err := fmt.Fprintf(c, "%s\n", b); err != nil {
 			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 		}
 		for {

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -78,6 +79,11 @@ var Binaries = []Binary{
 
 // Tools are Debian's dynamic programs copied in with their libraries.
 var Tools = map[string]string{"/sbin/mdadm": "sbin/mdadm", "/sbin/mke2fs": "sbin/mke2fs"}
+
+// OptionalTools are copied in when the build machine has them (apt-get
+// install smartmontools): without smartctl the firmware reports SMART as
+// unknown.
+var OptionalTools = map[string]string{"/usr/sbin/smartctl": "sbin/smartctl"}
 
 // Build builds the image.
 func Build(ctx context.Context, o Options) (Result, error) {
@@ -148,12 +154,17 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	}
 	recs = append(recs, modRecs...)
 
-	tools := map[string]string{}
-	for k, v := range Tools {
-		tools[k] = v
-	}
+	tools := maps.Clone(Tools)
 	for k, v := range o.ExtraTools {
 		tools[k] = v
+	}
+	for src, dst := range OptionalTools {
+		if _, err := os.Stat(src); err != nil {
+			fmt.Fprintf(o.Log, "mkimage: WARNING: %s left out of the image: %v\n", src, err)
+			res.Skipped = append(res.Skipped, src)
+			continue
+		}
+		tools[src] = dst
 	}
 	toolRecs, err := toolRecords(tools)
 	if err != nil {

@@ -5,6 +5,7 @@
 #                                       # every part at a small scale, to try it quickly
 #   make bench BENCH_SHAPES="small-files" BENCH_FLAGS="-files 100000"
 #   make bench-scale SCALE_FILES=1000000 # the scale run (10 million files by default)
+#   make bench BENCH_RAID=1             # also: backup throughput into a healthy, degraded and rebuilding RAID6 in QEMU
 # Results: tables on stdout and out/bench/results-SHAPE.json. Needs root for
 # dropping page caches (otherwise every phase runs warm, for both tools).
 set -euo pipefail
@@ -87,3 +88,8 @@ out/bench/gcbench -bin bin -work out/gcbench -out out/bench/gc.json ${GC_FLAGS:-
 echo
 echo "== uplink QoS in network namespaces (needs root): each class's rate from the kernel's counters over 2.5 s, target within 5 %"
 go test -count=1 -v -run TestShapingUnderSaturation ./firmware/qos | grep -E 'qos: |^(--- |ok|FAIL)'
+if [ -n "${BENCH_RAID:-}" ]; then
+	echo
+	echo "== backup throughput into the appliance in QEMU: healthy RAID6, degraded, rebuilding (BENCH_RAID=1; RAID_BENCH_MIB per backup, default 48)"
+	go test -count=1 -run '^$' -bench BenchmarkRaidBackup -benchtime 1x -timeout 30m ./hwtest | grep -E 'raid: |^(Benchmark|ok|FAIL|---)'
+fi
