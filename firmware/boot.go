@@ -498,6 +498,9 @@ func (m *Machine) handleControl(ctx context.Context, cmd string, w io.Writer) er
 		if cmd == "raid" || strings.HasPrefix(cmd, "raid ") {
 			return m.raidControl(ctx, strings.Fields(cmd)[1:], w)
 		}
+		if strings.HasPrefix(cmd, "disk ") { // the front panel's words for the same
+			return m.raidControl(ctx, strings.Fields(cmd)[1:], w)
+		}
 		return fmt.Errorf("unknown command %q: use status, logs, qos, raid, poweroff or reboot", cmd)
 	}
 	return nil

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"vaultnode/firmware/disk"
 	"vaultnode/internal/storagehealth"
 )
 
@@ -22,6 +24,9 @@ import (
 //	                          "erase" confirms wiping a disk that is not blank
 //	raid scrub                start md's check now
 //	raid speed MIN MAX        md sync speed limits, KiB/s per disk, until the next boot
+//	raid candidates           JSON [{array, disk, size}]: disks raid replace accepts
+//
+// "disk candidates" and "disk replace DISK" are the same (the front panel).
 func (m *Machine) raidControl(ctx context.Context, args []string, w io.Writer) error {
 	c := m.raidController()
 	if c == nil {
@@ -35,6 +40,20 @@ func (m *Machine) raidControl(ctx context.Context, args []string, w io.Writer) e
 		io.WriteString(w, storageText(c.Report()))
 	case args[0] == "json" && len(args) == 1:
 		return json.NewEncoder(w).Encode(c.Report())
+	case args[0] == "candidates" && len(args) == 1:
+		type candidate struct {
+			Array string `json:"array"`
+			Disk  string `json:"disk"`
+			Size  int64  `json:"size"`
+		}
+		out := []candidate{}
+		disks, _ := disk.List()
+		for _, n := range c.Candidates() {
+			if d, ok := disk.Find(disks, n); ok && c.IsArray() {
+				out = append(out, candidate{Array: filepath.Base(DataMD), Disk: d.Name, Size: d.Size})
+			}
+		}
+		return json.NewEncoder(w).Encode(out)
 	case args[0] == "replace" && (len(args) == 2 || len(args) == 3 && args[2] == "erase"):
 		msg, err := c.Replace(ctx, args[1], len(args) == 3)
 		if err != nil {
@@ -57,7 +76,7 @@ func (m *Machine) raidControl(ctx context.Context, args []string, w io.Writer) e
 		}
 		fmt.Fprintf(w, "md sync speed %d-%d KiB/s\n", lo, hi)
 	default:
-		return fmt.Errorf("raid %s: use raid status, raid json, raid replace DISK [erase], raid scrub or raid speed MIN MAX", strings.Join(args, " "))
+		return fmt.Errorf("raid %s: use raid status, raid json, raid candidates, raid replace DISK [erase], raid scrub or raid speed MIN MAX", strings.Join(args, " "))
 	}
 	return nil
 }
