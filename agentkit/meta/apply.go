@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -298,39 +299,68 @@ func SetXattrs(dirfd int, name string, want []tree.Xattr) error {
 
 // SetXattrsFD makes the extended attributes of the object open as fd
 // exactly want: attributes not in want are removed, the others set when
-// their value differs. The calls go through /proc/self/fd/N, which works
-// for O_PATH descriptors and reaches only the object open.
+// their value differs. A regular descriptor is used directly (f*xattr); an
+// O_PATH one, which those refuse with EBADF, through /proc/self/fd/N, which
+// reaches only the object open.
 func SetXattrsFD(fd int, want []tree.Xattr) error {
-	p := fdPath(fd)
-	have, err := listXattrs(func(b []byte) (int, error) { return unix.Listxattr(p, b) })
+	x := fdXattrs(fd)
+	have, err := listXattrs(x.list)
+	if err == unix.EBADF {
+		x = pathXattrs(fdPath(fd))
+		have, err = listXattrs(x.list)
+	}
 	if err != nil && !(unsupported(err) && len(want) == 0) {
 		if unsupported(err) {
 			return fmt.Errorf("set xattrs: %w", err)
 		}
 		return fmt.Errorf("list xattrs: %w", err)
 	}
-	wanted := make(map[string][]byte, len(want))
-	for _, x := range want {
-		wanted[x.Name] = x.Value
-	}
 	var errs []error
 	for _, a := range have {
-		if _, ok := wanted[a]; ok {
+		if slices.ContainsFunc(want, func(x tree.Xattr) bool { return x.Name == a }) {
 			continue
 		}
-		if err := unix.Removexattr(p, a); err != nil && err != unix.ENODATA {
+		if err := x.remove(a); err != nil && err != unix.ENODATA {
 			errs = append(errs, fmt.Errorf("remove xattr %s: %w", a, err))
 		}
 	}
-	for _, x := range want {
-		if cur, err := getXattr(func(a string, b []byte) (int, error) { return unix.Getxattr(p, a, b) }, x.Name); err == nil && bytes.Equal(cur, x.Value) {
-			continue
+	for _, w := range want {
+		if slices.Contains(have, w.Name) {
+			if cur, err := getXattr(x.get, w.Name); err == nil && bytes.Equal(cur, w.Value) {
+				continue
+			}
 		}
-		if err := unix.Setxattr(p, x.Name, x.Value, 0); err != nil {
-			errs = append(errs, fmt.Errorf("set xattr %s: %w", x.Name, err))
+		if err := x.set(w.Name, w.Value); err != nil {
+			errs = append(errs, fmt.Errorf("set xattr %s: %w", w.Name, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// xattrFns are the extended-attribute calls on one object.
+type xattrFns struct {
+	list   func([]byte) (int, error)
+	get    func(string, []byte) (int, error)
+	set    func(string, []byte) error
+	remove func(string) error
+}
+
+func fdXattrs(fd int) xattrFns {
+	return xattrFns{
+		list:   func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
+		get:    func(a string, b []byte) (int, error) { return unix.Fgetxattr(fd, a, b) },
+		set:    func(a string, v []byte) error { return unix.Fsetxattr(fd, a, v, 0) },
+		remove: func(a string) error { return unix.Fremovexattr(fd, a) },
+	}
+}
+
+func pathXattrs(p string) xattrFns {
+	return xattrFns{
+		list:   func(b []byte) (int, error) { return unix.Listxattr(p, b) },
+		get:    func(a string, b []byte) (int, error) { return unix.Getxattr(p, a, b) },
+		set:    func(a string, v []byte) error { return unix.Setxattr(p, a, v, 0) },
+		remove: func(a string) error { return unix.Removexattr(p, a) },
+	}
 }
 
 // OpenFile opens a regular file for reading as a backup should: never

@@ -81,3 +81,44 @@ func TestApplyFDOnPathDescriptor(t *testing.T) {
 		t.Errorf("fifo: mode %o mtime %v atime %v", st.Mode&0o7777, st.Mtim, st.Atim)
 	}
 }
+
+// TestSetXattrsFD: through a regular descriptor and through an O_PATH one
+// (f*xattr refuse it: the /proc/self/fd path is used), the attributes
+// become exactly the wanted ones: extra removed, changed set, equal kept.
+func TestSetXattrsFD(t *testing.T) {
+	for _, flags := range []int{unix.O_RDONLY, unix.O_PATH} {
+		p := filepath.Join(t.TempDir(), "f")
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range [][2]string{{"user.extra", "1"}, {"user.changed", "old"}, {"user.same", "s"}} {
+			if err := unix.Setxattr(p, a[0], []byte(a[1]), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fd, err := unix.Open(p, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []tree.Xattr{{Name: "user.changed", Value: []byte("new")}, {Name: "user.same", Value: []byte("s")}, {Name: "user.added", Value: []byte("a")}}
+		if err := SetXattrsFD(fd, want); err != nil {
+			t.Fatalf("flags %#x: %v", flags, err)
+		}
+		unix.Close(fd)
+		got := map[string]string{}
+		names, err := listXattrs(func(b []byte) (int, error) { return unix.Listxattr(p, b) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			v, err := getXattr(func(a string, b []byte) (int, error) { return unix.Getxattr(p, a, b) }, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[n] = string(v)
+		}
+		if len(got) != 3 || got["user.changed"] != "new" || got["user.same"] != "s" || got["user.added"] != "a" {
+			t.Errorf("flags %#x: xattrs %v", flags, got)
+		}
+	}
+}
