@@ -178,6 +178,14 @@ func TestNotify(t *testing.T) {
 			t.Errorf("status of pc-a1 shows warnings %q, want 2", row.Warnings)
 		}
 	}
+	// All Computers shows them.
+	var page bytes.Buffer
+	if err := portalTemplates.ExecuteTemplate(&page, "computers.html", map[string]any{"Title": "All Computers", "P": operator, "Rows": st}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page.String(), `class="warning">⚠ temporary or cache directories`) {
+		t.Error("All Computers does not show the testing period's warnings")
+	}
 
 	// Nothing changed: nothing more.
 	before := len(mustList(t, v))

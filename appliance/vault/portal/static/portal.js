@@ -54,6 +54,7 @@
         st.className = "state"; st.dataset.state = r.state; st.textContent = r.state;
         const td = cell(tr, st);
         if (r.detail) { td.appendChild(document.createElement("br")); const s = document.createElement("small"); s.textContent = r.detail; td.appendChild(s); }
+        for (const w of r.warnings || []) { td.appendChild(document.createElement("br")); const s = document.createElement("small"); s.className = "warning"; s.textContent = "⚠ " + w; td.appendChild(s); }
         cell(tr, timeEl(r.covers));
         cell(tr, fmtBytes(r.protected_bytes || 0));
         cell(tr, r.next_run ? timeEl(r.next_run) : "—");
