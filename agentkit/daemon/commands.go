@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -319,6 +320,14 @@ func addFailure(res *wire.CommandResult, problem string) {
 	path, why, ok := strings.Cut(problem, ": ")
 	if !ok {
 		path, why = "", problem
+	}
+	// The version's path (quoted when restore quoted it), as the computer
+	// names it.
+	if uq, err := strconv.Unquote(path); err == nil {
+		path = uq
+	}
+	if path != "" && !strings.HasPrefix(path, "/") {
+		path = "/" + path
 	}
 	res.Failures = append(res.Failures, wire.FileFailure{Path: trim(path), Error: trim(why)})
 }

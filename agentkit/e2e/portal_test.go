@@ -331,7 +331,7 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 	}
 	row := fmt.Sprintf(`#files tbody tr[data-path=%q] input`, src)
 	poll("the search finds the file", fmt.Sprintf(`document.querySelectorAll("#files tbody tr[data-path]").length == 1 && document.querySelector(%q) != null`, row))
-	restoreInto := func(target, dir, policy string) {
+	restoreInto := func(target, dir, policy string) string {
 		t.Helper()
 		err := chromedp.Do(ctx,
 			chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const s = document.getElementById("target"); s.value = Array.from(s.options).find(o => o.text.startsWith(%q)).value; })()`, target)),
@@ -343,9 +343,10 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 		}
 		poll("the restore onto "+target+" ends", `["done", "failed", "interrupted", "refused"].includes(document.getElementById("restore-state").textContent)`)
 		state, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("restore-progress")))
-		if !strings.Contains(state, "done") || !strings.Contains(state, "1 files") {
+		if !strings.Contains(state, "done") || (policy != "overwrite" && !strings.Contains(state, "1 files")) {
 			t.Fatalf("restore onto %s into %s: %s", target, dir, state)
 		}
+		return state
 	}
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row))); err != nil {
 		t.Fatal(err)
@@ -368,6 +369,21 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 	if got, err := os.ReadFile(filepath.Join(onto, src)); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("the file restored onto pc-acme-2 into %s: %d bytes (%v)", onto, len(got), err)
 	}
+
+	// A file that cannot be written (a directory holds its name) is listed
+	// with the reason, and the rest of the restore is done.
+	blocked := filepath.Join(root, "blocked")
+	if err := os.MkdirAll(filepath.Join(blocked, src, "in-the-way"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	state := restoreInto("pc-acme-1", blocked, "overwrite")
+	if !strings.Contains(state, "1 failed") || !strings.Contains(state, src) {
+		t.Errorf("a restore whose file cannot be written shows:\n%s\nwant it done with the file listed as failed, and why", state)
+	}
+	if hidden, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById("restore-failures").hidden`)); hidden {
+		t.Error("the failures table is hidden")
+	}
+	shot("portal-restore-failed.png")
 
 	// The audit log has the restores, the enrolment page a token to paste,
 	// the users page its users.
