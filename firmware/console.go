@@ -123,7 +123,7 @@ func (m *Machine) shell(ctx context.Context, in *bufio.Reader) bool {
 		if err != nil && line == "" {
 			return false
 		}
-		args := strings.Fields(line)
+		args := shellFields(line)
 		if len(args) == 0 {
 			continue
 		}
@@ -280,3 +280,31 @@ func (m *Machine) exec(ctx context.Context, args []string) {
 }
 
 var _ io.Writer = consoleWriter{}
+
+// shellFields splits a support shell line into words at blanks; double
+// quotes keep blanks inside a word, as in
+// vaultctl retention acme "last 1" (no other shell syntax).
+func shellFields(line string) []string {
+	var out []string
+	var w strings.Builder
+	in, quoted := false, false
+	for _, r := range line {
+		switch {
+		case r == '"':
+			quoted, in = !quoted, true
+		case !quoted && (r == ' ' || r == '\t' || r == '\n' || r == '\r'):
+			if in {
+				out = append(out, w.String())
+				w.Reset()
+				in = false
+			}
+		default:
+			w.WriteRune(r)
+			in = true
+		}
+	}
+	if in {
+		out = append(out, w.String())
+	}
+	return out
+}

@@ -3,6 +3,7 @@ package firmware
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"testing"
 
@@ -38,6 +39,19 @@ func TestWaitPowerKey(t *testing.T) {
 	for _, tt := range tests {
 		if got := waitPowerKey(bytes.NewReader(bytes.Join(tt.events, nil))); got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestShellFields(t *testing.T) {
+	for line, want := range map[string][]string{
+		"vaultctl retention acme \"last 1\"\n": {"vaultctl", "retention", "acme", "last 1"},
+		"  ls   /data ":                        {"ls", "/data"},
+		`echo "" x`:                            {"echo", "", "x"},
+		"":                                     nil,
+	} {
+		if got := shellFields(line); fmt.Sprint(got) != fmt.Sprint(want) || len(got) != len(want) {
+			t.Errorf("shellFields(%q) = %q, want %q", line, got, want)
 		}
 	}
 }

@@ -13,11 +13,12 @@ import (
 
 // tapeLab is a booted appliance with tgt's virtual library attached.
 type tapeLab struct {
-	t   *testing.T
-	ctx context.Context
-	lib *Library
-	vm  *VM
-	sh  func(string) string
+	t         *testing.T
+	ctx       context.Context
+	lib       *Library
+	vm        *VM
+	sh        func(string) string
+	vaultPort int
 }
 
 // probe runs tapeprobe in the guest and returns its output; failed checks
@@ -89,7 +90,7 @@ func startTapeLab(ctx context.Context, t *testing.T, cfg LibraryConfig) *tapeLab
 		must(t, vm.Send(s.answer))
 	}
 	waitReady(ctx, t, vm)
-	return &tapeLab{t: t, ctx: ctx, lib: lib, vm: vm, sh: shell(ctx, t, vm)}
+	return &tapeLab{t: t, ctx: ctx, lib: lib, vm: vm, sh: shell(ctx, t, vm), vaultPort: vaultPort}
 }
 
 // TestTapeLibrary boots the appliance once with tgt's virtual library (2

@@ -15,11 +15,13 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -138,6 +140,36 @@ func (p *probe) open(ctx context.Context) (*lab, error) {
 func (p *probe) run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return errors.New("usage: tapeprobe scan|selftest|write|export|import|rate ...")
+	}
+	// Helpers for the support shell, which has no redirection or hashing.
+	switch args[0] {
+	case "capture": // capture FILE CMD ARGS...: CMD's standard output into FILE
+		if len(args) < 3 {
+			return errors.New("usage: tapeprobe capture FILE CMD ARGS...")
+		}
+		cmd := exec.CommandContext(ctx, args[2], args[3:]...)
+		cmd.Stderr = p.out
+		out, err := cmd.Output()
+		if err == nil {
+			err = os.WriteFile(args[1], out, 0o600)
+		}
+		p.check("capture "+args[2], err)
+		return nil
+	case "sums": // sums DIR: the SHA-256 of every regular file under DIR
+		err := filepath.WalkDir(args[1], func(path string, de fs.DirEntry, err error) error {
+			if err != nil || !de.Type().IsRegular() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(args[1], path)
+			fmt.Fprintf(p.out, "TAPEPROBE SUM %x %s\n", sha256.Sum256(b), rel)
+			return nil
+		})
+		p.check("sums of "+args[1], err)
+		return nil
 	}
 	l, err := p.open(ctx)
 	if !p.check("discover", err) {
