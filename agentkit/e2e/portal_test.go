@@ -370,6 +370,21 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 		t.Fatalf("the file restored onto pc-acme-2 into %s: %d bytes (%v)", onto, len(got), err)
 	}
 
+	// A moment: now is after the version; an hour ago, before any.
+	err = chromedp.Do(ctx, setField("version", "at", "change"), setField("search", "", "input"),
+		setField("at", time.Now().Format("2006-01-02T15:04:05"), "change"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll("the version in force now", `document.getElementById("point").textContent.startsWith("Version 1,") && document.querySelectorAll("#files tbody tr[data-path]").length > 0`)
+	if err := chromedp.Do(ctx, setField("at", time.Now().Add(-time.Hour).Format("2006-01-02T15:04:05"), "change")); err != nil {
+		t.Fatal(err)
+	}
+	poll("no version an hour ago", `document.querySelector("#files tbody td.error") != null && document.querySelector("#files tbody td.error").textContent.includes("has no version finished by")`)
+	if err := chromedp.Do(ctx, setField("version", "latest", "change")); err != nil {
+		t.Fatal(err)
+	}
+
 	// A file that cannot be written (a directory holds its name) is listed
 	// with the reason, and the rest of the restore is done.
 	blocked := filepath.Join(root, "blocked")
@@ -398,6 +413,9 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 		}
 	}
 	shot("portal-audit.png")
+	if out := v.mustCtl("contact", "pc-acme-2", "ops@acme.example"); !strings.Contains(out, "ops@acme.example") {
+		t.Errorf("vaultctl contact: %s", out)
+	}
 	if out := v.mustCtl("audit", "-n", "5", "restores"); !strings.Contains(out, "onto pc-acme-2") || !strings.Contains(out, "operator admin") {
 		t.Errorf("vaultctl audit restores:\n%s", out)
 	}
