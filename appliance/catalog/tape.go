@@ -153,6 +153,10 @@ type TapeFile struct {
 	Bytes    int64        `json:"bytes"`
 	Chunks   int          `json:"chunks"`
 	Versions []VersionKey `json:"versions,omitempty"` // the versions that end in it
+	// Block is the logical object number where the file starts, when the
+	// drive reported it (BlockKnown): a restore LOCATEs there directly.
+	Block      uint64 `json:"block,omitempty"`
+	BlockKnown bool   `json:"block_known,omitempty"`
 }
 
 // TapeCopy is a version on tape: every tape file holding its manifest,

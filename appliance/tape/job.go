@@ -156,8 +156,9 @@ type writer struct {
 	fileChunks []catalog.TapeChunk
 	fileCopies []catalog.TapeCopy
 	inFile     map[chunkKey]bool
-	cur        int // the version being written
-	firstVer   int // the first version with a member in the open file
+	mark       drive.Mark // where the open file starts
+	cur        int        // the version being written
+	firstVer   int        // the first version with a member in the open file
 
 	committed map[chunkKey]catalog.TapeFileRef
 }
@@ -369,6 +370,11 @@ func (w *writer) maybeRotate(ctx context.Context, files map[catalog.TapeFileRef]
 }
 
 func (w *writer) openFile(ctx context.Context) error {
+	m, err := w.d.MarkHere(ctx, uint64(w.cart.Files))
+	if err != nil {
+		return fmt.Errorf("read the position of tape file %d of %s: %w", w.cart.Files, w.cart.Barcode, err)
+	}
+	w.mark = m
 	w.bw = format.NewBlockWriter(ctx, w.d, sentinels)
 	w.tw = tar.NewWriter(w.bw)
 	w.open = true
@@ -405,7 +411,8 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 	full = full || w.bw.EarlyWarning()
 	ref := w.ref()
 	cmd := catalog.TapeFileCmd{
-		File: catalog.TapeFile{Barcode: w.cart.Barcode, File: w.cart.Files, MediaSet: w.set.ID, Written: w.s.clk.Now().UTC(), Bytes: w.bw.Written()},
+		File: catalog.TapeFile{Barcode: w.cart.Barcode, File: w.cart.Files, MediaSet: w.set.ID, Written: w.s.clk.Now().UTC(), Bytes: w.bw.Written(),
+			Block: w.mark.Block, BlockKnown: w.mark.BlockKnown},
 		Pool: w.pool.Name, SetCreated: w.set.Created, Chunks: w.fileChunks, Copies: w.fileCopies, Full: full,
 	}
 	if err := w.s.cat.Tape(catalog.KindTapeFile, cmd); err != nil {

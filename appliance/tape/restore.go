@@ -14,6 +14,7 @@ import (
 
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/jobs"
+	"vaultnode/appliance/tape/drive"
 	"vaultnode/appliance/tape/format"
 	"vaultnode/internal/pack"
 )
@@ -113,10 +114,25 @@ func (s *Service) restore(ctx context.Context, prog *jobs.Progress, req RestoreR
 		}
 		files := byCart[bc]
 		slices.Sort(files)
+		recs, err := s.cat.TapeFiles(bc)
+		if err != nil {
+			return res, err
+		}
+		marks := map[int]drive.Mark{}
+		for _, r := range recs {
+			marks[r.File] = drive.Mark{File: uint64(r.File), Block: r.Block, BlockKnown: r.BlockKnown}
+		}
 		pos := 1
 		for _, f := range files {
+			// A file further on is reached by LOCATE to where it started
+			// (or REWIND and SPACE on a drive that cannot), never by
+			// reading the files before it.
 			if f > pos {
-				if err := d.SpaceFiles(ctx, int32(f-pos)); err != nil {
+				m, ok := marks[f]
+				if !ok {
+					m = drive.Mark{File: uint64(f)}
+				}
+				if err := d.SeekFile(ctx, m); err != nil {
 					return res, fmt.Errorf("reach tape file %d of %s: %w", f, bc, err)
 				}
 			}
@@ -251,6 +267,10 @@ func (s *Service) scan(ctx context.Context, barcode string) (*ScanResult, error)
 		return res, err
 	}
 	for file := 1; ; file++ {
+		mark, err := d.MarkHere(ctx, uint64(file))
+		if err != nil {
+			return res, fmt.Errorf("scan %s file %d: %w", barcode, file, err)
+		}
 		cmd, err := scanFile(ctx, d)
 		if errors.Is(err, format.ErrEndOfData) {
 			if cmd != nil {
@@ -264,6 +284,7 @@ func (s *Service) scan(ctx context.Context, barcode string) (*ScanResult, error)
 		if cmd.File.File != file || cmd.File.Barcode != barcode {
 			return res, fmt.Errorf("scan %s file %d: %w: its header says %s file %d", barcode, file, format.ErrMalformed, cmd.File.Barcode, cmd.File.File)
 		}
+		cmd.File.Block, cmd.File.BlockKnown = mark.Block, mark.BlockKnown
 		if err := s.cat.Tape(catalog.KindTapeFile, *cmd); err != nil {
 			return res, fmt.Errorf("scan %s file %d: %w", barcode, file, err)
 		}

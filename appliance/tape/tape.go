@@ -56,6 +56,11 @@ type Drive interface {
 	WriteFilemarks(ctx context.Context, n uint32) error
 	Rewind(ctx context.Context) error
 	SpaceFiles(ctx context.Context, n int32) error
+	// MarkHere says where the tape file starting here is (its number, and
+	// its logical object number when READ POSITION knows it); SeekFile goes
+	// there (LOCATE when known, else REWIND and SPACE filemarks).
+	MarkHere(ctx context.Context, file uint64) (drive.Mark, error)
+	SeekFile(ctx context.Context, m drive.Mark) error
 	Unload(ctx context.Context) error
 	TapeAlerts(ctx context.Context) ([]scsi.TapeAlert, error)
 }

@@ -204,6 +204,19 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 	if st := v.Tape.Status(); st.Busy || st.Bytes == 0 {
 		t.Fatalf("status after the job: %+v", st)
 	}
+	mfs, err := v.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "vaultnode_tape_written_bytes_total" {
+			written = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if written < 3*10*100<<10 {
+		t.Fatalf("vaultnode_tape_written_bytes_total %v after writing three versions of 1 MB", written)
+	}
 
 	// Now prune removes what retention does not keep; collect removes its chunks.
 	if view := runJob(t, v, jobs.KindPrune); view.State != jobs.Done {
@@ -254,6 +267,15 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 		c2, _ := v2.Catalog.TapeCopies("pc-1", "home", seq)
 		if len(c1) != 1 || len(c2) != 1 || fmt.Sprint(c1[0].Files) != fmt.Sprint(c2[0].Files) || c1[0].ManifestID != c2[0].ManifestID {
 			t.Fatalf("version %d: scanned copy %+v, written %+v", seq, c2, c1)
+		}
+	}
+	for _, bc := range []string{"TAPE01L5", "TAPE02L5"} {
+		f1, _ := v.Catalog.TapeFiles(bc)
+		f2, _ := v2.Catalog.TapeFiles(bc)
+		for i := range f1 {
+			if i >= len(f2) || f1[i].Block != f2[i].Block || f1[i].Chunks != f2[i].Chunks || f1[i].Bytes != f2[i].Bytes && f2[i].Bytes != 0 {
+				t.Fatalf("%s file %d: scanned %+v, written %+v", bc, f1[i].File, f2, f1)
+			}
 		}
 	}
 }
@@ -447,6 +469,37 @@ func TestTapeEndOfMediumWithoutWarning(t *testing.T) {
 	if cr, _ := v.Catalog.Cartridge("TAPE01L5"); cr.State != catalog.CartFull {
 		t.Fatalf("TAPE01L5 is %s after the end of medium", cr.State)
 	}
+	// Each file's recorded start is where LOCATE finds its first block.
+	var bc string
+	var files []catalog.TapeFile
+	for _, b := range []string{"TAPE01L5", "TAPE02L5", "TAPE03L5"} {
+		if files, _ = v.Catalog.TapeFiles(b); len(files) >= 2 {
+			bc = b
+			break
+		}
+	}
+	if bc == "" {
+		t.Fatal("no cartridge holds two files: the test needs one")
+	}
+	tapeOp(t, v, TapeRequest{Op: "load", Barcode: bc, Drive: 2})
+	m, _ := lab.emu.Media(bc)
+	for i := len(files) - 1; i >= 0; i-- {
+		f := files[i]
+		if !f.BlockKnown {
+			t.Fatalf("%s file %d: start not recorded although the drive reports positions: %+v", bc, f.File, files)
+		}
+		d := lab.lib.Drives[2]
+		if err := d.SeekFile(ctx, drive.Mark{File: uint64(f.File), Block: f.Block, BlockKnown: true}); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, format.RecordSize)
+		n, err := d.ReadBlock(ctx, buf)
+		want, _ := m.ReadFile(f.File)
+		if err != nil || !bytes.Equal(buf[:n], want[:format.RecordSize]) {
+			t.Fatalf("file %d: the block at its recorded start (%d) is not its first (%v)", f.File, f.Block, err)
+		}
+	}
+	tapeOp(t, v, TapeRequest{Op: "unload", Drive: 2})
 	v2 := openTapeVault(t, t.TempDir(), lab, nil)
 	tapeOp(t, v2, TapeRequest{Op: "inventory"})
 	found := 0
