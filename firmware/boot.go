@@ -1,7 +1,6 @@
 package firmware
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -44,6 +43,8 @@ func (m *Machine) bootSteps() []step {
 		{name: "load kernel modules", run: m.loadModules},
 		{name: "watch power button and signals", run: m.watchPower},
 		{name: "bring up loopback", run: func(context.Context) error { return network.Loopback() }},
+		{name: "serve control socket", run: m.serveControl}, // before setup: the front panel offers it too
+		{name: "start front panel", run: m.startPanel},
 		{name: "mount system disk", run: m.mountSystem, fatal: true},
 		{name: "load configuration", run: m.loadConfig, fatal: true},
 		{name: "set identity", run: m.setIdentity},
@@ -52,7 +53,6 @@ func (m *Machine) bootSteps() []step {
 		{name: "start clock sync", run: m.startClockSync},
 		{name: "mount data volume", run: m.mountData, fatal: true},
 		{name: "watch storage", run: m.watchStorage},
-		{name: "serve control socket", run: m.serveControl},
 		{name: "serve health and metrics", run: m.serveMetrics},
 		{name: "start services", run: m.startServices},
 	}
@@ -280,19 +280,21 @@ func (m *Machine) runSetup(ctx context.Context) (config.Config, error) {
 	}
 	m.level.SetLevel(zap.WarnLevel) // keep the dialog readable
 	defer m.level.SetLevel(zap.InfoLevel)
-	dlg := &setup.Dialog{In: bufio.NewReader(m.in), Out: consoleWriter{m}, Disks: offer, Echo: m.setEcho}
-	cfg, err := dlg.Run(ctx)
+	cfg, say, finish, err := m.askSetup(ctx, offer) // on the console and the front panel
 	if err != nil {
 		return config.Config{}, err
 	}
-	m.printf("Preparing the data disks...\n")
+	say("Preparing the data disks...\n")
 	if cfg.Data, err = m.prepareData(ctx, cfg.Data, disks); err != nil {
+		finish(err)
 		return config.Config{}, err
 	}
 	if err := config.Save(ConfigPath, cfg); err != nil {
+		finish(err)
 		return config.Config{}, err
 	}
-	m.printf("Configuration saved. Setup complete.\n")
+	say("Configuration saved. Setup complete.\n")
+	finish(nil)
 	return cfg, nil
 }
 
@@ -476,6 +478,9 @@ func (m *Machine) serveControl(context.Context) error {
 }
 
 func (m *Machine) handleControl(ctx context.Context, cmd string, w io.Writer) error {
+	if ok, err := m.panelControl(cmd, w); ok {
+		return err
+	}
 	switch cmd {
 	case "status":
 		fmt.Fprint(w, m.statusText())
@@ -644,6 +649,12 @@ func (m *Machine) snapshot() metrics.Snapshot {
 			case st.State == service.Exited:
 				s.Problems = append(s.Problems, fmt.Sprintf("service %s failed: %s", st.Name, st.LastExit))
 			}
+		}
+	}
+	for _, st := range m.panelStatus() { // the front panel's own supervisor
+		s.Services = append(s.Services, st)
+		if st.State == service.Failed {
+			s.Problems = append(s.Problems, fmt.Sprintf("service %s failed after %d crashes: %s", st.Name, st.Crashes, st.LastExit))
 		}
 	}
 	for _, dir := range []string{PersistDir, DataDir} {

@@ -117,6 +117,7 @@ type Machine struct {
 	uplink    string          // the interface the network came up on
 	qos       *qos.Controller // nil until the uplink is up
 	qosErr    error           // why the uplink is not shaped
+	fp        frontPanel
 
 	shutdown chan Action
 	bgCtx    context.Context

@@ -15,6 +15,7 @@ const ServiceStopDeadline = 30 * time.Second
 func (m *Machine) shutdownSteps() []step {
 	return []step{
 		{name: "stop services", run: m.stopServices},
+		{name: "stop front panel", run: m.stopPanel},
 		{name: "stop monitoring and control", run: m.stopBackground},
 		{name: "close log file", run: func(context.Context) error { m.ring.Detach(); return nil }},
 		{name: "sync", run: func(context.Context) error { unix.Sync(); return nil }},

@@ -70,7 +70,8 @@ func hasFile(name string) bool {
 }
 
 // testBinaries are guest programs the tests run in the image.
-var testBinaries = []images.Binary{{Pkg: "./hwtest/guest/tapeprobe", Dest: "bin/tapeprobe", Required: true}}
+var testBinaries = []images.Binary{{Pkg: "./hwtest/guest/tapeprobe", Dest: "bin/tapeprobe", Required: true},
+	{Pkg: "./hwtest/cmd/panelemu", Dest: "bin/panelemu", Required: true}} // the front panel emulated through FunctionFS
 
 // testTools are Debian programs the tests run in the image: Debian's mt
 // (mt-st) and GNU tar read a cartridge by hand, as a person would.

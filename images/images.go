@@ -77,6 +77,13 @@ var Binaries = []Binary{
 	{"github.com/u-root/u-root/cmds/core/umount", "bin/umount", true},
 }
 
+// CgoBinaries are the image's only dynamic Go programs, built with cgo
+// and copied in with their library closure like Tools: the front panel
+// driver needs libusb-1.0 (apt-get install libusb-1.0-0-dev gcc).
+var CgoBinaries = []struct{ Pkg, Dest string }{
+	{"./firmware/cmd/panel", "bin/panel"},
+}
+
 // Tools are Debian's dynamic programs copied in with their libraries.
 var Tools = map[string]string{"/sbin/mdadm": "sbin/mdadm", "/sbin/mke2fs": "sbin/mke2fs"}
 
@@ -124,7 +131,7 @@ func Build(ctx context.Context, o Options) (Result, error) {
 
 	for _, b := range append(append([]Binary{}, Binaries...), o.ExtraBinaries...) {
 		out := filepath.Join(tmp, filepath.Base(b.Dest))
-		if err := goBuild(ctx, o, b.Pkg, out); err != nil {
+		if err := goBuild(ctx, o, b.Pkg, out, false); err != nil {
 			if b.Required {
 				return res, err
 			}
@@ -165,6 +172,13 @@ func Build(ctx context.Context, o Options) (Result, error) {
 			continue
 		}
 		tools[src] = dst
+	}
+	for _, b := range CgoBinaries {
+		out := filepath.Join(tmp, "cgo-"+filepath.Base(b.Dest))
+		if err := goBuild(ctx, o, b.Pkg, out, true); err != nil {
+			return res, err
+		}
+		tools[out] = b.Dest
 	}
 	toolRecs, err := toolRecords(tools)
 	if err != nil {
@@ -254,7 +268,7 @@ func extractVmlinux(bz, dst string) error {
 	return os.WriteFile(dst+".src", []byte(stamp), 0o644)
 }
 
-func goBuild(ctx context.Context, o Options, pkg, out string) error {
+func goBuild(ctx context.Context, o Options, pkg, out string, cgo bool) error {
 	if strings.HasPrefix(pkg, "./") {
 		if _, err := os.Stat(filepath.Join(o.Root, pkg)); err != nil {
 			return fmt.Errorf("build %s: not there yet", pkg)
@@ -264,7 +278,13 @@ func goBuild(ctx context.Context, o Options, pkg, out string) error {
 		"-ldflags", "-s -w -buildid= -X vaultnode/firmware.Version="+o.Version, "-o", out, pkg)
 	cmd.Dir = o.Root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOAMD64=v1")
+	if cgo {
+		cmd.Env = append(cmd.Env, "CGO_ENABLED=1")
+	}
 	if b, err := cmd.CombinedOutput(); err != nil {
+		if cgo {
+			return fmt.Errorf("build %s with cgo (apt-get install gcc libusb-1.0-0-dev): %w\n%s", pkg, err, b)
+		}
 		return fmt.Errorf("build %s: %w\n%s", pkg, err, b)
 	}
 	return nil

@@ -65,7 +65,7 @@ func TestReproducible(t *testing.T) {
 		}
 	}
 	kdir := "lib/modules/" + last.KernelVersion
-	for _, want := range []string{"init", "dev/console", "sbin/mdadm", "sbin/mke2fs", "bin/ps", "bin/dmesg", "bin/ip", "lib64/ld-linux-x86-64.so.2",
+	for _, want := range []string{"init", "dev/console", "sbin/mdadm", "sbin/mke2fs", "bin/panel", "bin/ps", "bin/dmesg", "bin/ip", "lib64/ld-linux-x86-64.so.2",
 		kdir + "/modules.dep", kdir + "/kernel/drivers/md/raid1.ko", kdir + "/kernel/drivers/md/raid456.ko",
 		kdir + "/kernel/drivers/scsi/st.ko", kdir + "/kernel/drivers/scsi/ch.ko", kdir + "/kernel/net/sched/sch_htb.ko",
 		kdir + "/kernel/fs/ext4/ext4.ko", kdir + "/kernel/drivers/virtio/virtio_pci.ko"} {
