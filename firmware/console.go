@@ -56,6 +56,9 @@ func (m *Machine) statusText() string {
 	}
 	fmt.Fprintf(&b, "memory: %d MiB available of %d MiB\n", s.Memory.Available>>20, s.Memory.Total>>20)
 	fmt.Fprintf(&b, "vault: %s\n", vault)
+	if vault == "healthy" {
+		b.WriteString(tapeLine(VaultDataDir))
+	}
 	fmt.Fprintf(&b, "%s\n", m.qosLine(s.QoS))
 	if len(s.Problems) == 0 {
 		fmt.Fprintf(&b, "status: OK\n")

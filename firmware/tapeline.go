@@ -1,0 +1,57 @@
+package firmware
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// tapeLine is the status screen's tape line, read from vaultd's admin
+// socket (GET /admin/tape, docs/tape.md); "" when vaultd does not answer
+// or found no tape library.
+func tapeLine(dataDir string) string {
+	sock := filepath.Join(dataDir, "admin.sock")
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://vault/admin/tape")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var o struct {
+		Library bool `json:"library"`
+		Status  struct {
+			Busy       bool     `json:"busy"`
+			Operation  string   `json:"operation"`
+			Barcode    string   `json:"barcode"`
+			Bytes      int64    `json:"bytes"`
+			Rate       float64  `json:"bytes_per_second"`
+			Cartridges []string `json:"cartridges"`
+			Alerts     []string `json:"alerts"`
+			Last       string   `json:"last"`
+		} `json:"status"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&o) != nil || !o.Library {
+		return ""
+	}
+	st := o.Status
+	line := "tape: idle"
+	if st.Busy {
+		line = fmt.Sprintf("tape: %s on %s, %d MiB at %.1f MiB/s", st.Operation, st.Barcode, st.Bytes>>20, st.Rate/(1<<20))
+	} else if st.Last != "" {
+		line += " (last: " + st.Last + ")"
+	}
+	if len(st.Cartridges) > 0 {
+		line += ", cartridges " + strings.Join(st.Cartridges, " ")
+	}
+	if len(st.Alerts) > 0 {
+		line += fmt.Sprintf("; %d TapeAlert flags: %s", len(st.Alerts), strings.Join(st.Alerts, "; "))
+	}
+	return line + "\n"
+}
