@@ -16,7 +16,10 @@ import (
 // small test disks take seconds.
 const raidFast = "vaultnode.mdspeed=200000,1000000"
 
-var replaceRE = regexp.MustCompile(`disk (vd[a-z]+) can become the missing disk's replacement`)
+var (
+	replaceRE = regexp.MustCompile(`disk (vd[a-z]+) can become the missing disk's replacement`)
+	spareRE   = regexp.MustCompile(`disk (vd[a-z]+) can become a hot spare`)
+)
 
 // raidRig is an appliance set up with four data disks of size bytes
 // (RAID6, the dialog answered and checked), a company and an enrolled
@@ -235,8 +238,40 @@ func TestRaidLifecycle(t *testing.T) {
 		compareTrees(t, v.path, filepath.Join(dst, v.path))
 	}
 
+	// A hot spare: added with vaultctl, then a member is pulled and md
+	// rebuilds onto the spare by itself; the configuration follows.
+	spare := filepath.Join(dir, "data6.img")
+	f, err = os.Create(spare)
+	must(t, err)
+	must(t, f.Truncate(96<<20))
+	f.Close()
+	if _, err := vm.QMPArgs(ctx, "blockdev-add", map[string]any{"driver": "file", "filename": spare, "node-name": "new6"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.QMPArgs(ctx, "device_add", map[string]any{"driver": "virtio-blk-pci", "drive": "new6", "id": "disk6", "serial": "data6"}); err != nil {
+		t.Fatal(err)
+	}
+	expect(vm, "can become a hot spare")
+	m = spareRE.FindStringSubmatch(vm.Console())
+	if out := sh("vaultctl disk replace " + m[1]); !strings.Contains(out, "(data6) added to /dev/md0 as a hot spare") {
+		fail(vm, "vaultctl disk replace (spare): %s", out)
+	}
+	a.waitMetric(ctx, `vaultnode_md_spares{array="md0"} 1`)
+	if out := sh("init ctl raid speed 1000 20000"); !strings.Contains(out, "md sync speed") { // a rebuild of seconds, seen by the poll
+		fail(vm, "raid speed: %s", out)
+	}
+	if _, err := vm.QMPArgs(ctx, "device_del", map[string]any{"id": "disk1"}); err != nil {
+		t.Fatal(err)
+	}
+	expect(vm, "*** storage resyncing")
+	expect(vm, "*** storage clean")
+	a.waitMetric(ctx, `vaultnode_md_spares{array="md0"} 0`)
+	if out := sh("cat /persist/config.json"); !strings.Contains(out, `"data6"`) || strings.Contains(out, `"data1"`) || strings.Contains(out, `"spares"`) {
+		fail(vm, "the configuration does not follow the spare's rebuild:\n%s", out)
+	}
+
 	// Three disks lost: the array fails, the vault refuses writes cleanly.
-	for _, id := range []string{"disk1", "disk2", "disk3"} {
+	for _, id := range []string{"disk2", "disk3", "disk4"} {
 		if _, err := vm.QMPArgs(ctx, "device_del", map[string]any{"id": id}); err != nil {
 			t.Fatal(err)
 		}

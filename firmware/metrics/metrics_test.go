@@ -10,14 +10,18 @@ import (
 	"vaultnode/firmware/disk"
 	"vaultnode/firmware/qos"
 	"vaultnode/firmware/service"
+	"vaultnode/internal/storagehealth"
 )
 
 func TestEndpoints(t *testing.T) {
 	snap := Snapshot{Version: "v1", Hostname: "vault1",
 		Services: []service.Status{{Name: "vaultd", State: service.Running, Healthy: true, Restarts: 1, Crashes: 1},
 			{Name: "crasher", State: service.Failed, Crashes: 5, Restarts: 4}},
-		Disks:    []disk.Usage{{Mount: "/data", Total: 100, Free: 40}},
-		Arrays:   []Array{{Name: "md0", Level: "raid1", Active: 1, Total: 2, Degraded: true}},
+		Disks: []disk.Usage{{Mount: "/data", Total: 100, Free: 40}},
+		Arrays: []Array{{Name: "md0", Level: "raid6", State: "resyncing", Active: 3, Total: 4, Degraded: true,
+			Action: "recover", Progress: 0.25, ETA: 90, Spares: 1}},
+		Storage: &storagehealth.Report{State: "resyncing", Disks: []storagehealth.Disk{{Device: "vdb", ID: "data1", SMART: "passed"},
+			{Device: "vdc", ID: "data2", SMART: "FAILING: health self-assessment failed"}, {Device: "vdd", SMART: "unknown: no answer"}}},
 		Problems: []string{"service crasher failed"}}
 	srv := httptest.NewServer(Handler(func() Snapshot { return snap }))
 	defer srv.Close()
@@ -42,6 +46,14 @@ func TestEndpoints(t *testing.T) {
 		`vaultnode_service_up{service="vaultd"} 1`,
 		`vaultnode_filesystem_free_bytes{mount="/data"} 40`,
 		`vaultnode_md_degraded{array="md0"} 1`,
+		`vaultnode_md_state{array="md0",state="resyncing"} 1`,
+		`vaultnode_md_state{array="md0",state="clean"} 0`,
+		`vaultnode_md_sync_progress{array="md0",action="recover"} 0.25`,
+		`vaultnode_md_sync_eta_seconds{array="md0"} 90`,
+		`vaultnode_md_spares{array="md0"} 1`,
+		`vaultnode_storage_state{state="resyncing"} 1`,
+		`vaultnode_disk_smart_ok{disk="vdb",id="data1"} 1`,
+		`vaultnode_disk_smart_ok{disk="vdc",id="data2"} 0`,
 		`vaultnode_healthy 0`,
 		`# TYPE vaultnode_service_restarts_total counter`,
 	} {

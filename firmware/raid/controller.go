@@ -439,6 +439,7 @@ func (c *Controller) Poll(ctx context.Context) sh.Report {
 					mine.Members[i].ID = d.ID
 				}
 			}
+			c.reconcile(*mine)
 			c.scrubbing(ctx, mine)
 			c.mu.Lock()
 			bk := c.book
@@ -462,6 +463,52 @@ func (c *Controller) Poll(ctx context.Context) sh.Report {
 	r.Disks = c.smartOf(ctx, disks, members)
 	c.publish(r)
 	return r
+}
+
+// reconcile keeps the configuration's members in step with md: a hot
+// spare md rebuilt onto takes the place of the configured member md no
+// longer holds.
+func (c *Controller) reconcile(a sh.Array) {
+	if a.Action == "recover" {
+		return // the spare is not in sync yet
+	}
+	member, inSync := map[string]bool{}, map[string]bool{}
+	for _, m := range a.Members {
+		if m.ID == "" {
+			continue
+		}
+		member[m.ID] = true
+		if slices.Contains(strings.Split(m.State, ","), "in_sync") {
+			inSync[m.ID] = true
+		}
+	}
+	data := c.Data()
+	disks := slices.Clone(data.Disks)
+	var spares []string
+	changed := false
+	for _, sp := range data.Spares {
+		i := slices.IndexFunc(disks, func(id string) bool { return !member[id] })
+		if !inSync[sp] || i < 0 {
+			spares = append(spares, sp)
+			continue
+		}
+		c.o.Log.Warn("a hot spare replaced a member", zap.String("spare", sp), zap.String("member", disks[i]))
+		c.o.Announce(fmt.Sprintf("*** raid: hot spare %s took the place of %s in %s", sp, disks[i], a.Name))
+		disks[i] = sp
+		changed = true
+	}
+	if !changed {
+		return
+	}
+	data.Disks, data.Spares = disks, spares
+	c.mu.Lock()
+	c.data = data
+	c.mu.Unlock()
+	if c.o.Save != nil {
+		if err := c.o.Save(data); err != nil {
+			c.o.Log.Warn("save the configuration after a spare's rebuild", zap.Error(err))
+		}
+	}
 }
 
 // react marks members whose disk vanished as faulty and removes faulty

@@ -4,10 +4,15 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
+	"vaultnode/firmware/config"
+	"vaultnode/internal/clock"
 	sh "vaultnode/internal/storagehealth"
 )
 
@@ -256,5 +261,33 @@ unused devices: <none>
 				t.Errorf("describe = %q, want it to contain %q", d, tt.detail)
 			}
 		})
+	}
+}
+
+// TestReconcileSpareTakesOver: once md rebuilt onto a hot spare, the
+// configuration names the spare in the lost member's place; not before.
+func TestReconcileSpareTakesOver(t *testing.T) {
+	var saved []config.Data
+	c, err := New(Options{Log: zap.NewNop(), Clock: clock.NewFake(time.Unix(0, 0)), Save: func(d config.Data) error { saved = append(saved, d); return nil }},
+		config.Data{Level: RAID6, Disks: []string{"d1", "d2", "d3", "d4"}, Spares: []string{"d5"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := sh.Array{Name: "md0", Action: "recover", Members: []sh.Member{
+		{Device: "vdc", ID: "d2", State: "in_sync"}, {Device: "vdd", ID: "d3", State: "in_sync"},
+		{Device: "vde", ID: "d4", State: "in_sync"}, {Device: "vdf", ID: "d5", State: "spare"}}}
+	c.reconcile(a)
+	if len(saved) != 0 {
+		t.Fatalf("saved during the rebuild: %+v", saved)
+	}
+	a.Action, a.Members[3].State = "idle", "in_sync"
+	c.reconcile(a)
+	want := config.Data{Level: RAID6, Disks: []string{"d5", "d2", "d3", "d4"}}
+	if len(saved) != 1 || !reflect.DeepEqual(saved[0], want) || !reflect.DeepEqual(c.Data(), want) {
+		t.Fatalf("saved %+v, data %+v; want %+v", saved, c.Data(), want)
+	}
+	c.reconcile(a)
+	if len(saved) != 1 {
+		t.Errorf("saved again with nothing changed: %+v", saved)
 	}
 }
