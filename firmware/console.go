@@ -8,12 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"vaultnode/firmware/config"
-	"vaultnode/firmware/disk"
 	"vaultnode/firmware/network"
 	"vaultnode/firmware/service"
 )
@@ -215,9 +215,9 @@ func (m *Machine) diskCommand(ctx context.Context, in *bufio.Reader, args []stri
 	case args[0] == "replace" && len(args) == 2:
 		name := strings.TrimPrefix(args[1], "/dev/")
 		erase := false
-		disks, _ := disk.List()
-		d, found := disk.Find(disks, name)
-		blank := found && d.Blank
+		// A blank disk or a former member of the array: yes/no; any
+		// other disk holds data and needs ERASE typed.
+		blank := slices.Contains(c.Candidates(), name)
 		if blank {
 			m.printf("Add %s to the array (rebuilding onto it now if a member is missing)? (yes/no): ", name)
 		} else {

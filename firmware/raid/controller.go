@@ -87,6 +87,7 @@ type Controller struct {
 	dev       string // device of the data filesystem
 	report    sh.Report
 	announced map[string]bool
+	examined  map[string]bool // name/serial of a non-blank disk: carries this array's superblock
 	lastState string
 	lastAct   string
 	book      book
@@ -120,7 +121,7 @@ func New(o Options, data config.Data) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Controller{o: o, data: data, announced: map[string]bool{}, smart: map[string]Smart{}, sched: sc}
+	c := &Controller{o: o, data: data, announced: map[string]bool{}, examined: map[string]bool{}, smart: map[string]Smart{}, sched: sc}
 	c.loadBook()
 	return c, nil
 }
@@ -547,8 +548,19 @@ func (c *Controller) formerMember(ctx context.Context, d disk.Disk) bool {
 	if uuid == "" {
 		return false
 	}
+	key := d.Name + "/" + d.ID
+	c.mu.Lock()
+	v, ok := c.examined[key]
+	c.mu.Unlock()
+	if ok {
+		return v
+	}
 	out, err := c.mdadm(ctx, "--examine", "--export", d.Dev())
-	return err == nil && strings.Contains(out, "MD_UUID="+uuid)
+	v = err == nil && strings.Contains(out, "MD_UUID="+uuid)
+	c.mu.Lock()
+	c.examined[key] = v
+	c.mu.Unlock()
+	return v
 }
 
 // publish keeps the report, writes it for the vault and tells the console
@@ -626,7 +638,7 @@ func (c *Controller) Replace(ctx context.Context, name string, erase bool) (stri
 			}
 		}
 	}
-	if !d.Blank {
+	if !d.Blank && !slices.Contains(r.Candidates, d.Name) { // a former member of this array needs no erasing
 		if !erase {
 			return "", fmt.Errorf("replace %s: %w: it holds data; confirm erasing it (vaultctl disk replace %s -erase, or answer ERASE on the console)", name, ErrNotCandidate, name)
 		}
@@ -636,6 +648,9 @@ func (c *Controller) Replace(ctx context.Context, name string, erase bool) (stri
 			return "", fmt.Errorf("replace %s: %w", name, err)
 		}
 	}
+	c.mu.Lock()
+	delete(c.examined, d.Name+"/"+d.ID)
+	c.mu.Unlock()
 	if _, err := c.mdadm(ctx, c.o.MD, "--add", d.Dev()); err != nil {
 		return "", fmt.Errorf("add %s to %s: %w", d.Name, c.o.MD, err)
 	}
