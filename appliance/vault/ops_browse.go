@@ -36,8 +36,6 @@ const (
 	maxBrowsing = 2
 )
 
-var browsing = make(chan struct{}, maxBrowsing)
-
 // Point names a state of a configuration: Version "" or "latest" (the
 // newest version with every journal record on top of it), a number (that
 // version exactly), or a moment At (the version finished by then with the
@@ -196,8 +194,8 @@ func (v *Vault) Browse(ctx context.Context, p *Principal, req BrowseRequest) (Br
 		limit = min(limit, MaxBrowsePage)
 	}
 	select {
-	case browsing <- struct{}{}:
-		defer func() { <-browsing }()
+	case v.browsing <- struct{}{}:
+		defer func() { <-v.browsing }()
 	case <-ctx.Done():
 		return out, ctx.Err()
 	}

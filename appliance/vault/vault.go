@@ -107,10 +107,11 @@ type Vault struct {
 	downloads  *slotPool
 	conns      *connCaps
 	enrollRate *enrollLimiter
-	logins     loginLimiter // portal sign-ins per client address (ops_users.go)
-	signins    loginGuard   // failed sign-ins and locks per (user name, address)
-	portalAddr string       // the portal's address once serving
-	agentAddr  string       // the agent API's address once serving (the install command names its port)
+	logins     loginLimiter  // portal sign-ins per client address (ops_users.go)
+	browsing   chan struct{} // listings the portal reads at once (ops_browse.go)
+	signins    loginGuard    // failed sign-ins and locks per (user name, address)
+	portalAddr string        // the portal's address once serving
+	agentAddr  string        // the agent API's address once serving (the install command names its port)
 
 	// storage is the firmware's storage report (storage.go).
 	storage *storageWatch
@@ -161,7 +162,7 @@ func Open(opts Options) (*Vault, error) {
 		return nil, err
 	}
 	v := &Vault{opts: opts, log: opts.Log, clk: opts.Clock, master: pack.NewAEAD(mk),
-		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, cmds: newCmdQueue(),
+		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, cmds: newCmdQueue(), browsing: make(chan struct{}, maxBrowsing),
 		storage: &storageWatch{path: opts.StorageState}}
 	v.initLimits(opts.Limits)
 	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
