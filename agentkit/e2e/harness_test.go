@@ -106,6 +106,7 @@ type vaultProc struct {
 	// address, a first operator's one-time password).
 	portal string
 	banner []string
+	env    []string // extra environment of the next start (VAULTNODE_CLOCK_SKEW=25h, say)
 }
 
 func startVault(t testing.TB, dir string) *vaultProc {
@@ -143,6 +144,7 @@ func startVaultPortal(t testing.TB, dir, portal string) *vaultProc {
 func (v *vaultProc) start() {
 	v.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "vaultd"), "-data", v.dir, "-listen", v.addr, "-portal", v.portal)
+	cmd.Env = append(os.Environ(), v.env...)
 	cmd.Stderr = v.log
 	out, err := cmd.StdoutPipe()
 	if err != nil {

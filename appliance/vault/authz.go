@@ -162,6 +162,7 @@ var routeCaps = map[string]Capability{
 	"PUT " + PortalAPI + "computers/{computer}/configs/{name}":    CapConfigure,
 	"DELETE " + PortalAPI + "computers/{computer}/configs/{name}": CapConfigure,
 	"PUT " + PortalAPI + "computers/{computer}/bandwidth":         CapConfigure,
+	"GET /computers/{computer}/configure":                         CapConfigure, // the configuration wizard
 }
 
 // PrincipalKind says who a principal is.

@@ -77,6 +77,17 @@ func (v *Vault) portalCommandRoutes(rt *router) {
 		writeJSON(w, cv)
 		return nil
 	}
+	rt.handle("GET /computers/{computer}/configure", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		cp, err := v.computerFor(p, CapConfigure, r.PathValue("computer"))
+		if err != nil {
+			return err
+		}
+		c, err := v.Computer(r.Context(), p, cp.ID)
+		if err != nil {
+			return err
+		}
+		return render(w, "configure.html", v.pageData(r, p, "Back up "+c.Name, map[string]any{"C": c}))
+	})
 	rt.handle("POST "+base+"browse", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		var req wire.BrowseArgs
 		if err := readJSON(r, &req); err != nil {

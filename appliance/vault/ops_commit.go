@@ -1,6 +1,8 @@
 package vault
 
 import (
+	"time"
+
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +17,11 @@ import (
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
+
+// MaxClockSkew is how far an agent's start of a synchronization may be
+// from the opening of its session before the vault records the opening
+// instead (docs/protocol.md).
+const MaxClockSkew = time.Hour
 
 // Commits: a session's version, or a journal record on top of the last
 // version. The catalog transaction is the single commit point; before it,
@@ -40,7 +47,10 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 		return wire.Committed{}, err
 	}
 	started := req.Started
-	if started.IsZero() {
+	if started.IsZero() || started.Sub(s.started).Abs() > MaxClockSkew {
+		// No start, or an agent whose clock is far off the vault's: the
+		// vault's own time of the session's opening, so a fresh version
+		// never looks stale (or from the future) on the vault.
 		started = s.started
 	}
 	m := wire.Manifest{Magic: wire.ManifestMagic, Company: s.company, Computer: c.ID, Config: s.config,

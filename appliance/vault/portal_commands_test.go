@@ -22,6 +22,7 @@ var commandRoutesTested = []string{
 	"PUT " + PortalAPI + "computers/{computer}/configs/{name}",
 	"DELETE " + PortalAPI + "computers/{computer}/configs/{name}",
 	"PUT " + PortalAPI + "computers/{computer}/bandwidth",
+	"GET /computers/{computer}/configure",
 }
 
 // TestPortalCommandMatrix sends every route of the command channel and of
@@ -82,6 +83,7 @@ func TestPortalCommandMatrix(t *testing.T) {
 			{"PUT " + PortalAPI + "computers/{computer}/configs/{name}", "PUT", b + "configs/wizard", wire.Config{Kind: wire.KindFiles, Paths: []string{"/srv"}}},
 			{"DELETE " + PortalAPI + "computers/{computer}/configs/{name}", "DELETE", b + "configs/wizard", nil},
 			{"PUT " + PortalAPI + "computers/{computer}/bandwidth", "PUT", b + "bandwidth", wire.Settings{Bandwidth: "10Mbit/s"}},
+			{"GET /computers/{computer}/configure", "GET", "/computers/" + c + "/configure", nil},
 		}
 	}
 	covered := map[string]bool{}

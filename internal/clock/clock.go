@@ -130,3 +130,13 @@ func (t *fakeTimer) Reset(d time.Duration) bool {
 	t.f.fireLocked()
 	return was
 }
+
+// Skewed is the wall clock moved by a fixed offset: end-to-end tests run a
+// real process as if it were later (vaultd's VAULTNODE_CLOCK_SKEW).
+// Timers wait real durations.
+type Skewed struct {
+	Real
+	Offset time.Duration
+}
+
+func (s Skewed) Now() time.Time { return time.Now().Add(s.Offset) }

@@ -12,11 +12,13 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"vaultnode/appliance/vault"
+	"vaultnode/internal/clock"
 	"vaultnode/internal/profile"
 )
 
@@ -96,6 +98,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		opts.Portal = ""
 	}
 	opts.PortalOptional = !flagSet(fs, "portal")
+	if sk := os.Getenv("VAULTNODE_CLOCK_SKEW"); sk != "" {
+		// Tests only: run as if this much later (the testing period of a
+		// new configuration passed, say).
+		d, err := time.ParseDuration(sk)
+		if err != nil {
+			return fmt.Errorf("VAULTNODE_CLOCK_SKEW=%q: %w", sk, err)
+		}
+		opts.Clock = clock.Skewed{Offset: d}
+		log.Warn("the vault's clock is skewed (VAULTNODE_CLOCK_SKEW): for tests only", zap.Duration("skew", d))
+	}
 	if *tapeDev != "off" {
 		closeTape, err := openTape(ctx, log.Named("tape"), &opts, *tapeDev, *tapeRecover)
 		if err != nil {
