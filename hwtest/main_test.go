@@ -74,10 +74,11 @@ var testBinaries = []images.Binary{{Pkg: "./hwtest/guest/tapeprobe", Dest: "bin/
 	{Pkg: "./hwtest/cmd/panelemu", Dest: "bin/panelemu", Required: true}} // the front panel emulated through FunctionFS
 
 // testTools are Debian programs the tests run in the image: Debian's mt
-// (mt-st) and GNU tar read a cartridge by hand, as a person would.
+// (mt-st) and GNU tar read a cartridge by hand, as a person would; GNU dd
+// is the tape benchmark's reference.
 func testTools() map[string]string {
 	m := map[string]string{}
-	for src, dst := range map[string]string{"/bin/mt-st": "bin/mt", "/bin/tar": "bin/tar"} {
+	for src, dst := range map[string]string{"/bin/mt-st": "bin/mt", "/bin/tar": "bin/tar", "/bin/dd": "bin/dd"} {
 		if _, err := os.Stat(src); err == nil {
 			m[src] = dst
 		}

@@ -13,7 +13,7 @@ import (
 
 // tapeLab is a booted appliance with tgt's virtual library attached.
 type tapeLab struct {
-	t         *testing.T
+	t         testing.TB
 	ctx       context.Context
 	lib       *Library
 	vm        *VM
@@ -47,7 +47,7 @@ func drivesOf(out string) map[string]guestDrive {
 	return m
 }
 
-func startTapeLab(ctx context.Context, t *testing.T, cfg LibraryConfig) *tapeLab {
+func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig) *tapeLab {
 	t.Helper()
 	lib, err := StartLibrary(ctx, cfg, t.Logf)
 	if err != nil {

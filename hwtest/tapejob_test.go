@@ -30,7 +30,7 @@ func (l *tapeLab) mediaBytes() int64 {
 }
 
 // writeRandom writes n files of size bytes of random data under dir/sub.
-func writeRandom(t *testing.T, r *rand.Rand, dir, sub string, n, size int) {
+func writeRandom(t testing.TB, r *rand.Rand, dir, sub string, n, size int) {
 	t.Helper()
 	must(t, os.MkdirAll(filepath.Join(dir, sub), 0o755))
 	for i := 0; i < n; i++ {
@@ -80,18 +80,7 @@ func TestTapeJob(t *testing.T) {
 		}
 		t.Fatalf(format+"\nconsole (tail):\n%s", append(args, c)...)
 	}
-	if out := l.vaultctl("company create acme"); !strings.Contains(out, "acme") {
-		fail("company create: %s", out)
-	}
-	token := tokenRE.FindString(l.vaultctl("token create acme"))
-	ag := agent{t: t, state: filepath.Join(t.TempDir(), "agent"), bin: buildAgent(t)}
-	if _, err := ag.run(ctx, "enroll", "-vault", fmt.Sprintf("127.0.0.1:%d", l.vaultPort), "-token", token, "-name", "pc1"); err != nil {
-		t.Fatalf("enroll: %v", err)
-	}
-	src := filepath.Join(t.TempDir(), "data")
-	if _, err := ag.run(ctx, "config", "set", "data", "-path", src); err != nil {
-		t.Fatalf("config set: %v", err)
-	}
+	ag, pc, src := l.enroll(ctx, fail)
 	r := rand.New(rand.NewPCG(1, 2))
 	trees := map[string]map[string]string{} // version -> tree
 	var seqs []string
@@ -103,23 +92,9 @@ func TestTapeJob(t *testing.T) {
 			must(t, os.RemoveAll(filepath.Join(src, "v2")))
 		}
 		writeRandom(t, r, src, fmt.Sprintf("v%d", i), 6, 512<<10) // 3 MiB of new data a version
-		out, err := ag.run(ctx, "backup", "data")
-		if err != nil {
-			t.Fatalf("backup %d: %v", i, err)
-		}
-		out, _ = ag.run(ctx, "versions", "data")
-		all := dataVersionRE.FindAllStringSubmatch(out, -1)
-		seq := all[len(all)-1][1]
-		seqs = append(seqs, seq)
-		trees[seq] = treeState(t, src)
+		seqs = append(seqs, l.backup(ctx, ag))
+		trees[seqs[len(seqs)-1]] = treeState(t, src)
 	}
-	// The vault names the computer by its id (first column of `computers`).
-	idRE := regexp.MustCompile(`(?m)^(\S+)\s+pc1\s+acme\s`)
-	sm := idRE.FindStringSubmatch(l.vaultctl("computers acme"))
-	if sm == nil {
-		fail("no computer pc1 in vaultctl computers")
-	}
-	pc := sm[1]
 	for _, c := range []string{"tape pool daily", "tape enable acme daily", `retention acme "last 1"`} {
 		if out := l.vaultctl(c); strings.Contains(out, "rror") || strings.Contains(out, "exit status") {
 			fail("vaultctl %s: %s", c, out)
@@ -189,6 +164,7 @@ func TestTapeJob(t *testing.T) {
 
 	t.Run("a version pruned from disk comes back from tape identical", func(t *testing.T) {
 		l.t = t
+		ag.t = t
 		mid := seqs[1]
 		t.Log(l.vaultctl("prune"))
 		out := l.vaultctl("collect")
@@ -264,7 +240,48 @@ func TestTapeJob(t *testing.T) {
 	})
 }
 
-func mustUint(t *testing.T, s string) uint64 {
+// enroll makes company acme in the vault, enrolls an agent on the host as
+// pc1 with configuration "data" and returns it, the computer's id and the
+// protected directory.
+func (l *tapeLab) enroll(ctx context.Context, fail func(string, ...any)) (agent, string, string) {
+	t := l.t
+	if out := l.vaultctl("company create acme"); !strings.Contains(out, "acme") {
+		fail("company create: %s", out)
+	}
+	token := tokenRE.FindString(l.vaultctl("token create acme"))
+	ag := agent{t: t, state: filepath.Join(t.TempDir(), "agent"), bin: buildAgent(t)}
+	if _, err := ag.run(ctx, "enroll", "-vault", fmt.Sprintf("127.0.0.1:%d", l.vaultPort), "-token", token, "-name", "pc1"); err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	src := filepath.Join(t.TempDir(), "data")
+	if _, err := ag.run(ctx, "config", "set", "data", "-path", src); err != nil {
+		t.Fatalf("config set: %v", err)
+	}
+	// The vault names the computer by its id (first column of `computers`).
+	idRE := regexp.MustCompile(`(?m)^(\S+)\s+pc1\s+acme\s`)
+	sm := idRE.FindStringSubmatch(l.vaultctl("computers acme"))
+	if sm == nil {
+		fail("no computer pc1 in vaultctl computers")
+	}
+	pc := sm[1]
+	return ag, pc, src
+}
+
+// backup backs up "data" and returns the version's number.
+func (l *tapeLab) backup(ctx context.Context, ag agent) string {
+	l.t.Helper()
+	if _, err := ag.run(ctx, "backup", "data"); err != nil {
+		l.t.Fatalf("backup: %v", err)
+	}
+	out, _ := ag.run(ctx, "versions", "data")
+	all := dataVersionRE.FindAllStringSubmatch(out, -1)
+	if len(all) == 0 {
+		l.t.Fatalf("no version listed: %s", out)
+	}
+	return all[len(all)-1][1]
+}
+
+func mustUint(t testing.TB, s string) uint64 {
 	t.Helper()
 	var v uint64
 	if _, err := fmt.Sscan(s, &v); err != nil {

@@ -6,6 +6,7 @@
 #   make bench BENCH_SHAPES="small-files" BENCH_FLAGS="-files 100000"
 #   make bench-scale SCALE_FILES=1000000 # the scale run (10 million files by default)
 #   make bench BENCH_RAID=1             # also: backup throughput into a healthy, degraded and rebuilding RAID6 in QEMU
+#   make bench BENCH_NO_TAPE=1          # without the tape benchmark (tape job against dd, locate, in QEMU with tgt)
 # Results: tables on stdout and out/bench/results-SHAPE.json. Needs root for
 # dropping page caches (otherwise every phase runs warm, for both tools).
 set -euo pipefail
@@ -88,6 +89,11 @@ out/bench/gcbench -bin bin -work out/gcbench -out out/bench/gc.json ${GC_FLAGS:-
 echo
 echo "== uplink QoS in network namespaces (needs root): each class's rate from the kernel's counters over 2.5 s, target within 5 %"
 go test -count=1 -v -run TestShapingUnderSaturation ./firmware/qos | grep -E 'qos: |^(--- |ok|FAIL)'
+if [ -z "${BENCH_NO_TAPE:-}" ]; then
+	echo
+	echo "== tape in QEMU with tgt's virtual library (BENCH_NO_TAPE=1 skips; TAPE_BENCH_MIB, default 64): the tape job's streaming rate against dd of the same bytes to the same drive (target >= 90 %), and one file from the middle of a full cartridge: seek (REWIND + SPACE) against reading from the start"
+	go test -count=1 -run '^$' -bench BenchmarkTapeStream -benchtime 1x -timeout 30m ./hwtest | grep -E 'tape: |^(Benchmark|ok|FAIL|---)'
+fi
 if [ -n "${BENCH_RAID:-}" ]; then
 	echo
 	echo "== backup throughput into the appliance in QEMU: healthy RAID6, degraded, rebuilding (BENCH_RAID=1; RAID_BENCH_MIB per backup, default 48)"

@@ -243,6 +243,14 @@ func (p *probe) run(ctx context.Context, args []string) error {
 		}
 		addr, _ := strconv.Atoi(args[2])
 		p.resumeStream(ctx, l, args[1], uint16(addr))
+	case "locatebench":
+		if len(args) != 5 {
+			return errors.New("usage: tapeprobe locatebench BARCODE DRIVE FILES MIB")
+		}
+		addr, _ := strconv.Atoi(args[2])
+		files, _ := strconv.Atoi(args[3])
+		mib, _ := strconv.Atoi(args[4])
+		p.locateBench(ctx, l, args[1], uint16(addr), files, mib)
 	case "rate":
 		mib, _ := strconv.Atoi(args[2])
 		p.rate(ctx, l, args[1], mib)
@@ -757,5 +765,85 @@ func (p *probe) resumeStream(ctx context.Context, l *lab, barcode string, addr u
 		}
 	}
 	p.check("both files read back, then end of data (the torn file is gone)", err)
+	p.unload(ctx, l, d, addr)
+}
+
+// locateBench fills a cartridge with files tape files of mib MiB each,
+// then times reaching and reading the middle one two ways: SeekFile (LOCATE
+// where the drive has it; REWIND + SPACE over filemarks on tgt) and
+// reading every block from the start of the tape.
+func (p *probe) locateBench(ctx context.Context, l *lab, barcode string, addr uint16, files, mib int) {
+	d, ok := p.load(ctx, l, barcode, addr)
+	if !ok {
+		return
+	}
+	err := d.Rewind(ctx)
+	for f := 0; f < files && err == nil; f++ {
+		blk := pattern(256<<10, byte(30+f))
+		for i := 0; i < mib*4 && err == nil; i++ {
+			if err = d.WriteBlock(ctx, blk); errors.Is(err, drive.ErrEarlyWarning) {
+				err = nil
+			}
+		}
+		if err == nil {
+			err = d.WriteFilemarks(ctx, 1)
+		}
+	}
+	if !p.check(fmt.Sprintf("fill the cartridge: %d files of %d MiB", files, mib), err) {
+		return
+	}
+	mid := files / 2
+	want := pattern(256<<10, byte(30+mid))
+	buf := make([]byte, 256<<10)
+	readMid := func() error {
+		for i := 0; i < mib*4; i++ {
+			n, err := d.ReadBlock(ctx, buf)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(buf[:n], want) {
+				return fmt.Errorf("block %d of file %d differs", i, mid)
+			}
+		}
+		if _, err := d.ReadBlock(ctx, buf); !errors.Is(err, drive.ErrFilemark) {
+			return fmt.Errorf("end of file %d: %v", mid, err)
+		}
+		return nil
+	}
+	if err := d.SpaceEOD(ctx); err != nil { // start from the far end, as after a write
+		p.check("space to end of data", err)
+		return
+	}
+	start := time.Now()
+	err = d.SeekFile(ctx, drive.Mark{File: uint64(mid)})
+	if err == nil {
+		err = readMid()
+	}
+	seek := time.Since(start)
+	if !p.check("seek to the middle file and read it", err) {
+		return
+	}
+	if err := d.SpaceEOD(ctx); err != nil {
+		p.check("space to end of data", err)
+		return
+	}
+	start = time.Now()
+	err = d.Rewind(ctx)
+	for f := 0; f < mid && err == nil; f++ {
+		for err == nil {
+			if _, err = d.ReadBlock(ctx, buf); errors.Is(err, drive.ErrFilemark) {
+				err = nil
+				break
+			}
+		}
+	}
+	if err == nil {
+		err = readMid()
+	}
+	scan := time.Since(start)
+	if p.check("read from the start up to the middle file", err) {
+		fmt.Fprintf(p.out, "TAPEPROBE LOCATE file %d of %d (%d MiB each): seek and read %.3f s, read from the start %.3f s\n",
+			mid, files, mib, seek.Seconds(), scan.Seconds())
+	}
 	p.unload(ctx, l, d, addr)
 }

@@ -1,0 +1,119 @@
+package hwtest
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// tapeBenchMiB is the size of the backup the tape job streams:
+// TAPE_BENCH_MIB, 64 by default.
+func tapeBenchMiB(b *testing.B) int {
+	if s := os.Getenv("TAPE_BENCH_MIB"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("TAPE_BENCH_MIB=%q: want a positive number", s)
+		}
+		return n
+	}
+	return 64
+}
+
+var (
+	jobRateRE = regexp.MustCompile(`\(([0-9.]+) (MiB|KiB) at ([0-9.]+) (MiB|KiB)/s\)`)
+	ddRE      = regexp.MustCompile(`(\d+) bytes .* copied, ([0-9.]+) s`)
+	locateRE  = regexp.MustCompile(`TAPEPROBE LOCATE .*`)
+)
+
+func toMiB(v, unit string) float64 {
+	f, _ := strconv.ParseFloat(v, 64)
+	if unit == "KiB" {
+		f /= 1024
+	}
+	return f
+}
+
+// BenchmarkTapeStream (make bench; BENCH_NO_TAPE=1 skips it) boots the
+// appliance with tgt's library once and measures, in the same run and on
+// the same virtual drive:
+//   - the daily tape job's streaming rate for TAPE_BENCH_MIB MiB of backup
+//     against GNU dd writing the same bytes (the job's data file read back
+//     from its cartridge) to a blank cartridge in that drive; target: the
+//     job at least 90 % of dd's rate;
+//   - reaching and reading one tape file in the middle of a full cartridge
+//     (REWIND + SPACE over filemarks: tgt has no LOCATE) against reading
+//     the cartridge from its start up to that file.
+func BenchmarkTapeStream(b *testing.B) {
+	needQEMU(b)
+	mib := tapeBenchMiB(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	size := mib*2 + 64
+	cfg := LibraryConfig{Drives: []string{"VNDRV0A", "VNDRV0B"}, Slots: 8, IE: 1, Cartridges: []Cartridge{
+		{Barcode: "TAPE01L5", SizeMB: size}, {Barcode: "TAPE02L5", SizeMB: size},
+		{Barcode: "DDREF1L5", SizeMB: size}, {Barcode: "FULL01L5", SizeMB: 96}}}
+	l := startTapeLab(ctx, b, cfg)
+	if _, err := l.vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
+		b.Fatalf("%v\n%s", err, l.vm.Console())
+	}
+	fail := func(format string, args ...any) { b.Helper(); b.Fatalf(format, args...) }
+	ag, _, src := l.enroll(ctx, fail)
+	writeRandom(b, rand.New(rand.NewPCG(3, 4)), src, "bench", mib, 1<<20)
+	l.backup(ctx, ag)
+	for _, c := range []string{"tape pool bench", "tape enable acme bench"} {
+		l.vaultctl(c)
+	}
+	out := l.vaultctl("tape run")
+	sm := tapeRunRE.FindStringSubmatch(out)
+	if sm == nil {
+		b.Fatalf("tape run: %s", out)
+	}
+	status := l.vaultctl("tape status")
+	rm := jobRateRE.FindStringSubmatch(status)
+	if rm == nil {
+		b.Fatalf("no rate in tape status:\n%s", status)
+	}
+	jobMiB, jobRate := toMiB(rm[1], rm[2]), toMiB(rm[3], rm[4])
+	written := strings.Split(strings.TrimSpace(sm[3]), ", ")
+
+	// The same bytes with dd: the job's data file, read back from its
+	// cartridge into the guest's memory, then written to a blank cartridge
+	// in the same drive (element 1, the first free one the job took).
+	drives := drivesOf(l.probe(false, "scan"))
+	nst := drives["1"].nst
+	l.vaultctl("tape load " + written[0] + " 1")
+	l.sh("mt -f " + nst + " setblk 0")
+	l.sh("mt -f " + nst + " asf 1")
+	l.sh("dd if=" + nst + " of=/tmp/jobfile bs=256k")
+	l.vaultctl("tape unload 1")
+	l.vaultctl("tape load DDREF1L5 1")
+	l.sh("mt -f " + nst + " setblk 0")
+	l.sh("mt -f " + nst + " rewind")
+	ddOut := l.sh("dd if=/tmp/jobfile of=" + nst + " bs=256k")
+	l.vaultctl("tape unload 1")
+	dm := ddRE.FindStringSubmatch(ddOut)
+	if dm == nil {
+		b.Fatalf("dd: %s", ddOut)
+	}
+	ddBytes, _ := strconv.ParseFloat(dm[1], 64)
+	ddSecs, _ := strconv.ParseFloat(dm[2], 64)
+	ddRate := ddBytes / (1 << 20) / ddSecs
+	verdict := "meets"
+	if jobRate < 0.9*ddRate {
+		verdict = "MISSES"
+	}
+	b.Logf("tape: job %.1f MiB at %.2f MiB/s; dd of the job's data file (%.1f MiB) to the same drive %.2f MiB/s; job/dd = %.0f %% (%s the 90 %% target)",
+		jobMiB, jobRate, ddBytes/(1<<20), ddRate, 100*jobRate/ddRate, verdict)
+	b.ReportMetric(jobRate, "job-MiB/s")
+	b.ReportMetric(ddRate, "dd-MiB/s")
+
+	lo := l.probe(false, "locatebench", "FULL01L5", "2", "21", "4")
+	b.Logf("tape: %s", locateRE.FindString(lo))
+	fmt.Fprintln(os.Stderr, "tape:", locateRE.FindString(lo))
+}
