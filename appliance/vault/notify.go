@@ -20,6 +20,7 @@ import (
 	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/mail"
 	"vaultnode/internal/atomicfile"
+	"vaultnode/internal/storagehealth"
 	"vaultnode/internal/wire"
 )
 
@@ -42,10 +43,11 @@ const (
 	EventRecovered = "recovered" // back to normal after behind, error or offline
 	EventQuota     = "quota"     // a company passed its quota's warning level
 	EventJobFailed = "job_failed"
+	EventStorage   = "storage" // the appliance's disk array became degraded or failed, or clean again
 )
 
 // EventKinds lists every kind.
-var EventKinds = []string{EventProtected, EventWarnings, EventBehind, EventError, EventOffline, EventRecovered, EventQuota, EventJobFailed}
+var EventKinds = []string{EventProtected, EventWarnings, EventBehind, EventError, EventOffline, EventRecovered, EventQuota, EventJobFailed, EventStorage}
 
 // Kinds a user receives until they choose: a company user their
 // computers' events and their company's quota; an operator quota and
@@ -53,7 +55,7 @@ var EventKinds = []string{EventProtected, EventWarnings, EventBehind, EventError
 // the computer, at once.
 var (
 	defaultUserEvents     = []string{EventProtected, EventWarnings, EventBehind, EventError, EventOffline, EventRecovered, EventQuota}
-	defaultOperatorEvents = []string{EventQuota, EventJobFailed}
+	defaultOperatorEvents = []string{EventQuota, EventJobFailed, EventStorage}
 )
 
 // Timing of the notifier.
@@ -93,6 +95,7 @@ type notifyState struct {
 	Configs    map[string]*configFacts `json:"configs"`
 	Quota      map[string]string       `json:"quota"` // company -> quota state told
 	JobsSeen   time.Time               `json:"jobs_seen"`
+	Storage    string                  `json:"storage,omitempty"` // the storage state told last (storage.go)
 	Digests    map[string][]digestItem `json:"digests,omitempty"` // user -> events since the last digest
 	LastDigest time.Time               `json:"last_digest"`
 	// Pending is the outbox: messages decided, with their ids, not yet
@@ -296,6 +299,7 @@ func (v *Vault) NotifyOnce(ctx context.Context) error {
 				j.Kind, j.ID, j.By, j.Started.UTC().Format(time.RFC3339), j.Ended.UTC().Format(time.RFC3339), j.Error, j.ID)})
 	}
 	st.JobsSeen = newest
+	evs = append(evs, v.storageEvents(st, first)...)
 
 	if err := v.route(evs, now); err != nil {
 		return err
@@ -308,6 +312,41 @@ func (v *Vault) NotifyOnce(ctx context.Context) error {
 		return err
 	}
 	return v.flushOutbox()
+}
+
+// storageEvents tells operators when the disk array becomes degraded or
+// failed, and when it is clean again after that; a resync alone is no news.
+// With a failed array the mail cannot be queued on the vault's own disk:
+// the console, /health and the metrics say it.
+func (v *Vault) storageEvents(st *notifyState, first bool) []event {
+	si := v.Storage()
+	if !si.Known || si.Stale {
+		return nil
+	}
+	r := si.Report
+	was := st.Storage
+	switch {
+	case first:
+		st.Storage = r.State
+		return nil
+	case r.State == was || r.State == storagehealth.Resyncing:
+		return nil
+	case r.State == storagehealth.Clean && was != storagehealth.Degraded && was != storagehealth.Failed:
+		st.Storage = r.State
+		return nil
+	}
+	st.Storage = r.State
+	e := event{kind: EventStorage, subject: "Vault storage " + r.State, body: r.Detail + "\n"}
+	switch r.State {
+	case storagehealth.Clean:
+		e.subject = "Vault storage clean again"
+		e.body += "Every disk of the array is in sync again.\n"
+	case storagehealth.Degraded:
+		e.body += "Backups and restores go on. Replace the missing disk: plug a blank one in, then `vaultctl disk replace DISK` on the appliance's console (or its front panel).\n"
+	case storagehealth.Failed:
+		e.body += "The vault accepts no backup and serves no data until the array is repaired.\n"
+	}
+	return []event{e}
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -456,7 +495,7 @@ func (v *Vault) route(evs []event, now time.Time) error {
 			}
 			p := principalOf(u)
 			switch {
-			case e.kind == EventJobFailed && u.Kind != catalog.UserOperator:
+			case (e.kind == EventJobFailed || e.kind == EventStorage) && u.Kind != catalog.UserOperator:
 				continue
 			case e.company != "" && !p.Covers(e.company, e.computer):
 				continue

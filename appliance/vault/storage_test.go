@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"vaultnode/appliance/catalog"
 	"vaultnode/internal/clock"
 	"vaultnode/internal/storagehealth"
 	"vaultnode/internal/wire"
@@ -84,5 +85,60 @@ func TestStorageFailedRefusesAgents(t *testing.T) {
 	report(storagehealth.Failed, 5*time.Minute)
 	if code, _ := call("GET", wire.PathComputer); code != http.StatusUnauthorized {
 		t.Errorf("stale failed report: computer answered %d, want 401", code)
+	}
+}
+
+// TestNotifyStorage: operators hear once when the array becomes degraded
+// and once when it is clean again; a resync alone and company users do not.
+func TestNotifyStorage(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	state := filepath.Join(t.TempDir(), "storage.json")
+	v, err := Open(Options{Dir: t.TempDir(), Listen: "127.0.0.1:0", Clock: clk, StorageState: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for _, u := range []struct {
+		req  UserRequest
+		mail string
+	}{{UserRequest{Name: "op", Kind: catalog.UserOperator, Caps: []string{"operate"}}, "op@provider.example"},
+		{UserRequest{Name: "ann", Company: "acme"}, "ann@acme.example"}} {
+		u.req.Password = "password-of-" + u.req.Name
+		if _, err := v.AddUser(ctx, operator, u.req); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.SetUserMail(ctx, operator, u.req.Name, MailPrefs{Email: u.mail}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.SetUserMail(ctx, operator, "ann", MailPrefs{Email: "ann@acme.example", Events: []string{EventStorage}}); err == nil {
+		t.Error("a company user chose the storage event")
+	}
+	report := func(st, detail string) {
+		t.Helper()
+		clk.Advance(time.Minute)
+		if err := storagehealth.Save(state, storagehealth.Report{State: st, Detail: detail, Updated: clk.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		notify(t, v)
+	}
+	report(storagehealth.Clean, "array md0 (raid6) clean: 4 of 4 disks")
+	report(storagehealth.Degraded, "array md0 (raid6) is degraded: 3 of 4 disks in sync")
+	report(storagehealth.Degraded, "array md0 (raid6) is degraded: 3 of 4 disks in sync, still")
+	report(storagehealth.Resyncing, "array md0 (raid6) rebuilding: 10.0 %")
+	report(storagehealth.Clean, "array md0 (raid6) clean: 4 of 4 disks")
+	report(storagehealth.Resyncing, "array md0 (raid6) resyncing: 50.0 %")
+	report(storagehealth.Clean, "array md0 (raid6) clean: 4 of 4 disks again")
+	got := outbox(t, v)
+	want := []string{"storage: Vault storage degraded", "storage: Vault storage clean again"}
+	if strings.Join(got["op@provider.example"], "|") != strings.Join(want, "|") || len(got["ann@acme.example"]) != 0 {
+		t.Errorf("mail queued %v, want %v to the operator only", got, want)
+	}
+	if body := mailTo(t, v, "op@provider.example", EventStorage); !strings.Contains(body, "3 of 4 disks in sync") || !strings.Contains(body, "vaultctl disk replace") {
+		t.Errorf("the degraded mail says:\n%s", body)
 	}
 }
