@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/store"
@@ -198,6 +200,14 @@ func (v *Vault) openTape() {
 		Recovery: v.opts.TapeRecovery, FileLimit: v.opts.TapeFileLimit, Metrics: v.Metrics})
 	if v.opts.Tape == nil {
 		return
+	}
+	// Physical truth on start: the catalog learns where every cartridge is
+	// before anything uses the library (a job interrupted by a stop may
+	// have left one in a drive).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := v.Tape.Sync(ctx); err != nil {
+		v.log.Warn("read the tape library at start: the next tape operation reads it again", zap.Error(err))
 	}
 	v.Jobs.Register(tape.KindTape, v.Tape.Run)
 	v.Jobs.Register(tape.KindTapeRestore, func(ctx context.Context, p *jobs.Progress) (any, error) {
