@@ -252,7 +252,8 @@ func setField(id, value, event string) chromedp.Action[chromedp.Void] {
 }
 
 // saveScreenshot writes a test artifact to out/portal/ at the module root,
-// and to docs/ when VAULTNODE_SCREENSHOTS=docs (the README's picture).
+// and All Computers to docs/ when VAULTNODE_SCREENSHOTS=docs (the README's
+// picture).
 func saveScreenshot(t *testing.T, name string, png []byte) {
 	if len(png) < 8 || string(png[1:4]) != "PNG" {
 		t.Fatalf("screenshot %s is not a PNG (%d bytes)", name, len(png))
@@ -265,7 +266,7 @@ func saveScreenshot(t *testing.T, name string, png []byte) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: out/portal/%s (%d bytes)", name, len(png))
-	if os.Getenv("VAULTNODE_SCREENSHOTS") == "docs" {
+	if os.Getenv("VAULTNODE_SCREENSHOTS") == "docs" && name == "portal-all-computers.png" { // the README's; the others stay artifacts
 		if err := os.WriteFile(filepath.Join("..", "..", "docs", name), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -309,7 +310,7 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"pc-acme-1", "home", "testing configuration and initial synchronization", "Version", "Last contact"} {
+	for _, want := range []string{"pc-acme-1", "home", "testing configuration and initial synchronization", "Version", "Last contact", "⚠ swap files"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("pc-acme-1's page lacks %q:\n%s", want, page)
 		}
