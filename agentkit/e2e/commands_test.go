@@ -229,6 +229,16 @@ func TestCommandChannel(t *testing.T) {
 	if st := pc.call("PUT", api+"configs/home", wire.Config{Kind: wire.KindFiles, Paths: []string{pe.src}, Schedule: "mon 00:00-00:01"}, &cfg); st != 200 {
 		t.Fatalf("save a configuration: %d", st)
 	}
+	// A 24x7 configuration runs by itself once the agent has it: within
+	// the test only through the nudge (its own poll is an hour).
+	if st := pc.call("PUT", api+"configs/auto", wire.Config{Kind: wire.KindFiles, Paths: []string{filepath.Join(pe.src, "docs")}}, &cfg); st != 200 {
+		t.Fatalf("save a configuration: %d", st)
+	}
+	for start := time.Now(); !strings.Contains(pe.a.run("versions", "auto").stdout, "auto@1"); time.Sleep(200 * time.Millisecond) {
+		if time.Since(start) > 60*time.Second {
+			t.Fatal("the agent did not take a configuration saved on the portal within 60 s (its own poll is 1h)")
+		}
+	}
 	bk := pc.must("POST", api+"backup-now", wire.BackupArgs{Config: "home"})
 	bk = pc.finished(comp, bk.ID)
 	if bk.State != wire.CmdDone || bk.Result.Backup == nil || bk.Result.Backup.Seq != 1 || bk.Result.Files == 0 {

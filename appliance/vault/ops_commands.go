@@ -438,3 +438,25 @@ func (v *Vault) nudge(ctx context.Context, p *Principal, ref string) {
 		v.log.Info("configuration saved; the agent is not nudged and takes it at its next poll", zap.String("computer", ref), zap.Error(err))
 	}
 }
+
+// interruptCommands ends the unfinished commands of a computer that will
+// never poll again (revoked), so they leave its company's count.
+func (v *Vault) interruptCommands(computer, why string) error {
+	recs, err := v.Catalog.AgentCommands(computer)
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		if rec.Finished() {
+			continue
+		}
+		_, err := v.Catalog.UpdateAgentCommand(catalog.UpdateAgentCmd{Computer: computer, ID: rec.ID, From: []string{wire.CmdQueued, wire.CmdRunning},
+			State: wire.CmdInterrupted, Attempt: rec.Attempt, Time: v.clk.Now(), Result: &wire.CommandResult{State: wire.CmdInterrupted, Error: why}})
+		if err != nil && !errors.Is(err, catalog.ErrConflict) {
+			return err
+		}
+		v.dropProgress(computer, rec.ID)
+	}
+	v.cmds.ring(computer)
+	return nil
+}

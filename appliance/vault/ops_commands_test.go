@@ -236,9 +236,14 @@ func TestCommandScope(t *testing.T) {
 	_, err = v.FinishCommand(ctx, b, got[0].ID, wire.CommandResult{State: wire.CmdDone})
 	wantCmdCode(t, "another company's agent finishes pc-a's command", err, wire.CodeNotFound)
 	wantCmdCode(t, "another agent reports progress", v.CommandProgress(ctx, b, got[0].ID, wire.CommandProgress{}), wire.CodeNotFound)
-	// A revoked computer takes no commands.
-	if err := v.Catalog.Revoke("pc-a2", time.Now()); err != nil {
+	// A revoked computer takes no commands, and its unfinished ones end.
+	if _, err := v.Revoke(ctx, operator, "pc-a2"); err != nil {
 		t.Fatal(err)
+	}
+	for _, cv := range mustCommands(t, v, "pc-a2") {
+		if cv.State != wire.CmdInterrupted {
+			t.Errorf("a revoked computer's command is %s", cv.State)
+		}
 	}
 	_, err = v.Enqueue(ctx, operator, "pc-a2", browseCmd("/"))
 	wantCmdCode(t, "a revoked computer", err, wire.CodeRevoked)
@@ -315,4 +320,16 @@ func TestCommandsSurviveRestart(t *testing.T) {
 	if len(got) != 2 || got[0].ID != first.ID || got[0].Attempt != 2 || got[1].ID != second.ID || got[1].Attempt != 1 {
 		t.Fatalf("after the restart the agent got %+v", got)
 	}
+}
+
+func mustCommands(t *testing.T, v *Vault, computer string) []CommandView {
+	t.Helper()
+	list, err := v.Commands(context.Background(), operator, computer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) == 0 {
+		t.Fatalf("%s has no commands", computer)
+	}
+	return list
 }

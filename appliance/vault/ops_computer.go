@@ -107,7 +107,10 @@ func (v *Vault) Revoke(ctx context.Context, p *Principal, ref string) (catalog.C
 		return cp, err
 	}
 	noteTarget(ctx, cp.Company, cp.ID)
-	return cp, v.Catalog.Revoke(cp.ID, v.clk.Now())
+	if err := v.Catalog.Revoke(cp.ID, v.clk.Now()); err != nil {
+		return cp, err
+	}
+	return cp, v.interruptCommands(cp.ID, "the computer was revoked")
 }
 
 // ReportState records an agent's report on one of its configurations, stamped

@@ -66,8 +66,9 @@ Commands:
                                                       device nodes and -setid keeps set-id bits
   dump CONFIG@VERSION:PATH                            write one file of a version to standard output
                                                       (a database dump: CONFIG@latest:CONFIG.dump)
-  diff CONFIG@VERSION DIR                             compare a version with a directory (where the version
-                                                      was restored, or the original place)
+  diff CONFIG@VERSION DIR                             compare a version with a directory: where the version
+                                                      was restored, / (the original places), or a root's
+                                                      own original directory (diff docs@1 /usr/share/doc)
 
 Patterns (-include, -exclude) are globs: a pattern without '/' matches a name at
 any depth ("*.tmp"), one with '/' an absolute path ("/home/*/.cache", "/var/**/*.log").
