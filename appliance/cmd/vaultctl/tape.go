@@ -323,14 +323,23 @@ func exportKey(ctx context.Context, c *client, a []string, stdout, stderr io.Wri
 	fs := flag.NewFlagSet("vaultctl company export-key", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	noQR := fs.Bool("no-qr", false, "print the text line only")
-	if err := fs.Parse(a); err != nil {
+	// The company's name may come before or after the flag.
+	var flags, names []string
+	for _, x := range a {
+		if strings.HasPrefix(x, "-") {
+			flags = append(flags, x)
+		} else {
+			names = append(names, x)
+		}
+	}
+	if err := fs.Parse(flags); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("company export-key COMPANY")
+	if len(names) != 1 {
+		return fmt.Errorf("company export-key COMPANY [-no-qr]")
 	}
 	var k vault.CompanyKey
-	if err := c.do(ctx, "GET", vault.AdminCompanies+"/"+url.PathEscape(fs.Arg(0))+"/key", nil, &k); err != nil {
+	if err := c.do(ctx, "GET", vault.AdminCompanies+"/"+url.PathEscape(names[0])+"/key", nil, &k); err != nil {
 		return err
 	}
 	if *noQR {
