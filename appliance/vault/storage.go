@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -39,8 +40,9 @@ type StorageInfo struct {
 type storageWatch struct {
 	path string
 	mu   sync.Mutex
-	mod  time.Time // the file's modification time and size when read
-	size int64
+	mod  time.Time // the file's modification time, size and inode when read
+	size int64     // (the firmware renames a new file in: a new inode)
+	ino  uint64
 	info StorageInfo
 	last string // state logged last
 }
@@ -56,12 +58,16 @@ func (v *Vault) Storage() StorageInfo {
 	defer s.mu.Unlock()
 	fi, err := os.Stat(s.path)
 	if err != nil {
-		s.mod, s.size = time.Time{}, 0
+		s.mod, s.size, s.ino = time.Time{}, 0, 0
 		s.info = StorageInfo{Error: fmt.Sprintf("read storage report: %v", err)}
 		return s.info
 	}
-	if !fi.ModTime().Equal(s.mod) || fi.Size() != s.size || !s.info.Known {
-		s.mod, s.size = fi.ModTime(), fi.Size()
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	if !fi.ModTime().Equal(s.mod) || fi.Size() != s.size || ino != s.ino || !s.info.Known {
+		s.mod, s.size, s.ino = fi.ModTime(), fi.Size(), ino
 		r, err := storagehealth.Load(s.path)
 		if err != nil {
 			s.info = StorageInfo{Error: err.Error()}
