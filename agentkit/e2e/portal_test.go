@@ -321,6 +321,10 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 	}
 	poll("the contact is saved", `document.getElementById("contact-status").textContent == "saved"`)
 	shot("portal-computer.png")
+	acme1, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("computer").dataset.computer`))
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// Browse: the version's root, then a search for the file.
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("restore-link")), chromedp.WaitVisible(chromedp.ID("files"))); err != nil {
@@ -413,6 +417,9 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 			t.Errorf("the audit page lacks %q:\n%s", want, audit)
 		}
 	}
+	if strings.Contains(audit, "/v1/sessions") || strings.Contains(audit, "/v1/chunks") {
+		t.Errorf("the audit page records an agent's backups or chunk reads:\n%s", audit)
+	}
 	shot("portal-audit.png")
 	if out := v.mustCtl("contact", "pc-acme-2", "ops@acme.example"); !strings.Contains(out, "ops@acme.example") {
 		t.Errorf("vaultctl contact: %s", out)
@@ -430,8 +437,24 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 		t.Errorf("the install command: %q", install)
 	}
 	shot("portal-enrol.png")
-	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/users"), chromedp.WaitVisible(chromedp.ID("user-list"))); err != nil {
+	// Invite a user of acme who may restore pc-acme-1 only.
+	err = chromedp.Do(ctx, chromedp.Navigate(base+"/users"), chromedp.WaitVisible(chromedp.ID("user-list")),
+		chromedp.SendKeys(chromedp.ID("user-name"), "dave"), chromedp.SendKeys(chromedp.ID("user-company"), "acme"),
+		chromedp.Click(chromedp.CSS(`input[name=cap][value=restore]`)), chromedp.Click(chromedp.ID("user-limited")),
+		chromedp.Evaluate[chromedp.Void](`Array.from(document.getElementById("user-computers").options).forEach(o => o.selected = o.text.startsWith("pc-acme-1"))`),
+		chromedp.Click(chromedp.ID("user-invite")))
+	if err != nil {
 		t.Fatal(err)
+	}
+	poll("dave is invited", `document.getElementById("user-out").textContent.includes("One-time password")`)
+	dave := ""
+	for _, l := range strings.Split(v.mustCtl("user", "list"), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[0] == "dave" {
+			dave = strings.Join(f[:5], " ")
+		}
+	}
+	if want := "dave user acme view,restore " + acme1; dave != want {
+		t.Errorf("after inviting dave from the page, vaultctl user list has %q, want %q", dave, want)
 	}
 	shot("portal-users.png")
 	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/computers"), chromedp.WaitVisible(chromedp.ID("computers"))); err != nil {
