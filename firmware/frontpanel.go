@@ -172,7 +172,7 @@ func (m *Machine) askSetup(ctx context.Context, disks []setup.Disk) (config.Conf
 				return r.cfg, func(s string) { m.printf("%s", s) }, func(error) {}, nil
 			case r.err == nil:
 				r.taken <- true
-				m.printf("\n*** Setup was done on the front panel.\n")
+				m.printf("\n*** Setup was done on the front panel. (The console takes input again after one Enter.)\n")
 				say := func(s string) { m.printf("%s", s); r.ui.Say(s) }
 				return r.cfg, say, func(err error) { r.end <- err }, nil
 			case r.ui == nil && errors.Is(r.err, setup.ErrAborted) && panelErr == nil:
@@ -264,8 +264,19 @@ func (m *Machine) statusJSON(w io.Writer) error {
 			}
 		}
 	}
-	for _, a := range s.Arrays {
-		st.Arrays = append(st.Arrays, panel.Array{Name: a.Name, Level: a.Level, State: a.State, Active: a.Active, Total: a.Total})
+	if c := m.raidController(); c != nil && len(c.Report().Arrays) > 0 {
+		// The RAID monitor's view: its state words and a rebuild's progress.
+		for _, a := range c.Report().Arrays {
+			pa := panel.Array{Name: a.Name, Level: a.Level, State: a.State, Active: int64(a.Active), Total: int64(a.Disks)}
+			if a.Action != "" && a.Action != "idle" {
+				pa.Progress = fmt.Sprintf("%s %.0f%%", a.Action, 100*a.Progress)
+			}
+			st.Arrays = append(st.Arrays, pa)
+		}
+	} else {
+		for _, a := range s.Arrays {
+			st.Arrays = append(st.Arrays, panel.Array{Name: a.Name, Level: a.Level, State: a.State, Active: a.Active, Total: a.Total})
+		}
 	}
 	m.fp.mu.Lock()
 	st.Setup = m.fp.offer != nil

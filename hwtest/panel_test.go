@@ -120,6 +120,7 @@ func TestPanel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	a := newAppliance(t)
+	a.disks[3].Size = a.disks[1].Size // the spare must be as large as the mirror's members
 	sock := filepath.Join(a.dir, "panel.sock")
 	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: a.dir, Disks: a.disks,
 		Append: "vaultnode.testpanel=1", CPUs: 1, Log: func(l string) { t.Log("console: " + l) },
@@ -130,6 +131,16 @@ func TestPanel(t *testing.T) {
 	}
 	const password = "abcdefgh"
 	defer func() {
+		if t.Failed() && !vm.Exited() { // the firmware's log (the panel driver's lines are there)
+			dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_ = vm.Send("") // the first line may go to the console's setup dialog, ended by the panel's
+			_ = vm.Send("")
+			if vm.Answer(dctx, "login: ", password) == nil && vm.Answer(dctx, "# ", "logs 400") == nil {
+				out, _ := vm.Expect(dctx, "# ")
+				t.Logf("firmware log:\n%s", out)
+			}
+			dcancel()
+		}
 		if !vm.Exited() {
 			vm.Kill()
 		}
@@ -196,6 +207,37 @@ func TestPanel(t *testing.T) {
 		return s.Hellos > hellos && strings.TrimSpace(s.Lines[0]) != "" && s.LED != "off"
 	})
 	t.Logf("after replug: %q, LED %s, greeted %d times", s.text(), s.LED, s.Hellos)
+
+	// A mirror member is pulled out: the LED says so, and the disk is
+	// replaced from the panel's menu, with its confirmation.
+	if _, err := vm.QMPArgs(ctx, "device_del", map[string]any{"id": "disk1"}); err != nil {
+		t.Fatalf("pull data1: %v", err)
+	}
+	p.waitLCD(ctx, "the LED blinking amber for the degraded mirror", func(s panelState) bool { return s.LED == "amber blinking" })
+	p.press(ctx, panel.KeyEnter)
+	p.waitText(ctx, ">Replace disk")
+	p.press(ctx, panel.KeyEnter)
+	p.waitText(ctx, ">vdd > md0")
+	p.press(ctx, panel.KeyEnter)
+	p.waitText(ctx, "onto vdd?")
+	p.press(ctx, panel.KeyBack)
+	p.waitText(ctx, ">vdd > md0") // back: nothing touched
+	p.press(ctx, panel.KeyEnter)
+	p.waitText(ctx, "onto vdd?")
+	p.press(ctx, panel.KeyEnter)
+	s = p.waitLCD(ctx, "raid's answer to the replacement", func(s panelState) bool {
+		return strings.TrimSpace(s.Lines[0]) != "" && !strings.Contains(s.text(), "onto vdd?") && !strings.Contains(s.text(), "Starting the")
+	})
+	t.Logf("replacement answered: %q", s.text())
+	p.press(ctx, panel.KeyBack) // the message goes; the status pages come back
+	s = p.waitLCD(ctx, "the mirror rebuilding onto vdd or rebuilt", func(s panelState) bool {
+		if strings.TrimSpace(s.Lines[0]) != "RAID" {
+			p.press(ctx, panel.KeyDown)
+			return false
+		}
+		return strings.Contains(s.text(), "md0 raid1 2/2") || strings.Contains(s.text(), "%")
+	})
+	t.Logf("RAID page after the replacement: %q, LED %s", s.text(), s.LED)
 
 	// Power off from the menu, with its confirmation.
 	p.press(ctx, panel.KeyEnter)

@@ -434,10 +434,13 @@ func (m *Menu) pages() [][Rows]string {
 	ps = append(ps, a)
 	ps = append(ps, [Rows]string{"Vault", s.Vault})
 	r := [Rows]string{"RAID"}
-	for i, ar := range s.Arrays {
-		if i < Rows-1 {
-			r[i+1] = fmt.Sprintf("%s %s %s %d/%d %s", ar.Name, ar.Level, ar.State, ar.Active, ar.Total, ar.Progress)
-		}
+	var rl []string
+	for _, ar := range s.Arrays {
+		rl = append(rl, fmt.Sprintf("%s %s %d/%d", ar.Name, ar.Level, ar.Active, ar.Total),
+			strings.TrimSpace(" "+ar.State+" "+ar.Progress))
+	}
+	for i := 0; i < len(rl) && i < Rows-1; i++ {
+		r[i+1] = rl[i]
 	}
 	if len(s.Arrays) == 0 {
 		r[1] = "no arrays"

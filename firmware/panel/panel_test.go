@@ -224,7 +224,7 @@ func TestMenuPowerOffNeedsConfirmation(t *testing.T) {
 		seen = append(seen, lcd(m.Screen()))
 	}
 	all := strings.Join(seen, "\n")
-	for _, want := range []string{"eth0 10.0.2.15/24", "healthy", "md0 raid1 clean 2/2", "no alerts", "vault-a"} {
+	for _, want := range []string{"eth0 10.0.2.15/24", "healthy", "md0 raid1 2/2       |clean", "no alerts", "vault-a"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("the cycle never showed %q:\n%s", want, all)
 		}
