@@ -6,6 +6,7 @@ package pair
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -185,7 +186,7 @@ func Start(cfg Config) (*Node, error) {
 		rc.HeartbeatTimeout *= 3
 		rc.ElectionTimeout *= 3
 	}
-	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.SnapshotThreshold
@@ -203,6 +204,9 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		n.closeTransport()
 		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	if n.h == nil {
+		n.h = n.StatusHandler()
 	}
 	n.http = &http.Server{Handler: http.HandlerFunc(n.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
 	go n.http.Serve(chanListener{m: n.mux, ch: n.mux.http})
@@ -389,8 +393,10 @@ func (n *Node) Applied() uint64 {
 	return n.applied
 }
 
-// AddMember adds a member as a voter and records its addresses; on the
-// leader only.
+// AddMember adds a member as a non-voter and records its addresses; on
+// the leader only. A non-voter counts for no majority, so the pair goes on
+// committing while the new member starts; PromoteReady makes it a voter
+// once it has caught up with the log.
 func (n *Node) AddMember(ctx context.Context, m Member) error {
 	if err := validMemberID(m.ID); err != nil {
 		return err
@@ -398,10 +404,61 @@ func (n *Node) AddMember(ctx context.Context, m Member) error {
 	if !n.IsLeader() {
 		return n.notLeader()
 	}
-	if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, n.cfg.ApplyTimeout).Error(); err != nil {
+	if err := n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Raft), 0, n.cfg.ApplyTimeout).Error(); err != nil {
 		return fmt.Errorf("add member %s: %w", m.ID, err)
 	}
 	return n.record(m)
+}
+
+// PromoteReady makes voters of the non-voters whose status (asked over the
+// pair address) shows they applied the log up to the leader's commit
+// index when asked; on the leader only. It returns the members promoted.
+func (n *Node) PromoteReady(ctx context.Context) ([]string, error) {
+	if !n.IsLeader() {
+		return nil, nil
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, srv := range cf.Configuration().Servers {
+		if srv.Suffrage != raft.Nonvoter {
+			continue
+		}
+		commit := n.raft.CommitIndex()
+		st, err := n.PeerStatus(ctx, string(srv.Address))
+		if err != nil || st.ID != string(srv.ID) || st.LastIndex+1 < commit {
+			continue
+		}
+		if err := n.raft.AddVoter(srv.ID, srv.Address, 0, n.cfg.ApplyTimeout).Error(); err != nil {
+			return out, fmt.Errorf("make %s a voter: %w", srv.ID, err)
+		}
+		n.log.Info("member caught up with the log: now a voter", zap.String("member", string(srv.ID)))
+		out = append(out, string(srv.ID))
+	}
+	return out, nil
+}
+
+// PeerStatus asks a member at its pair address for its Status.
+func (n *Node) PeerStatus(ctx context.Context, addr string) (Status, error) {
+	var st Status
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", "https://"+addr+PathStatus, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("status of %s: %s", addr, resp.Status)
+	}
+	err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+	return st, err
 }
 
 // RemoveMember removes a member (a dead appliance being replaced).
@@ -496,6 +553,15 @@ func (n *Node) Status() Status {
 		s.Members = append(s.Members, ms)
 	}
 	return s
+}
+
+// StatusHandler serves this member's Status (every member, the witness
+// too, serves it on its pair address).
+func (n *Node) StatusHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(n.Status())
+	})
 }
 
 // zapWriter turns hclog's lines into zap entries.

@@ -75,6 +75,20 @@ func (m *testMember) stop(t *testing.T) {
 	}
 }
 
+// promote waits until the leader made every non-voter a voter.
+func promote(t *testing.T, n *Node, want int) {
+	t.Helper()
+	got := 0
+	waitFor(t, "members to become voters", func() bool {
+		ids, err := n.PromoteReady(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += len(ids)
+		return got >= want
+	})
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -145,6 +159,7 @@ func TestPairCatalog(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	promote(t, a.node, 2)
 	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("sealed"), Created: testStart}); err != nil {
 		t.Fatal(err)
 	}
@@ -202,6 +217,7 @@ func TestPairCatalog(t *testing.T) {
 	if err := b.node.AddMember(ctx, Member{ID: "c", Raft: c.addr, Agent: "agent-c"}); err != nil {
 		t.Fatal(err)
 	}
+	promote(t, b.node, 1)
 	waitFor(t, "c to catch up", func() bool { return c.node.Applied() >= b.node.Applied() })
 	if diff := cmp.Diff(state(t, b.cat), state(t, c.cat)); diff != "" {
 		t.Fatalf("member made from a snapshot differs (-leader +c):\n%s", diff)

@@ -3,7 +3,6 @@ package pair
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -126,9 +125,7 @@ func (r *Replicator) Replicate(company string, entries *io.SectionReader) error 
 			errs = append(errs, r.recordBehind(m.ID, "an earlier copy failed"))
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), r.after)
-		err := r.send(ctx, m, company, io.NewSectionReader(entries, 0, entries.Size()), entries.Size())
-		cancel()
+		err := r.sendRetry(m, company, entries)
 		if err == nil {
 			continue
 		}
@@ -142,6 +139,24 @@ func (r *Replicator) Replicate(company string, entries *io.SectionReader) error 
 		errs = append(errs, r.recordBehind(m.ID, err.Error()))
 	}
 	return errors.Join(errs...)
+}
+
+// sendRetry copies entries to m, again every 100 ms until DegradeAfter
+// has passed (a member restarting comes back within it).
+func (r *Replicator) sendRetry(m Member, company string, entries *io.SectionReader) error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.after)
+	defer cancel()
+	for {
+		err := r.send(ctx, m, company, io.NewSectionReader(entries, 0, entries.Size()), entries.Size())
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // recordBehind records member behind through the log; when that fails the
@@ -211,10 +226,7 @@ func (r *Replicator) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+PathEntries, r.serveEntries)
 	mux.HandleFunc("POST "+PathLack, r.serveLack)
-	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(r.node.Status())
-	})
+	mux.Handle("GET "+PathStatus, r.node.StatusHandler())
 	return mux
 }
 

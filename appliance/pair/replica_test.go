@@ -95,6 +95,7 @@ func TestReplication(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	promote(t, a.node, 2)
 	waitFor(t, "b to learn the members", func() bool { ms, _ := Members(b.cat); return len(ms) == 3 })
 	waitFor(t, "a to know b as a member", func() bool { ms, _ := Members(a.cat); return len(ms) == 3 })
 
@@ -125,6 +126,7 @@ func TestReplication(t *testing.T) {
 	if hasAll(t, b.st, ids2) {
 		t.Fatal("b has chunks stored while it was down")
 	}
+	waitFor(t, "a to lead", func() bool { return a.node.IsLeader() })
 	var last CatchUpProgress
 	if err := a.rep.CatchUp(ctx, "b", func(p CatchUpProgress) { last = p }); err != nil {
 		t.Fatal(err)
