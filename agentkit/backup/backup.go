@@ -96,15 +96,39 @@ type Result struct {
 
 // Run synchronizes one configuration and commits a version.
 func Run(ctx context.Context, o Options) (*Result, error) {
-	res, err := run(ctx, o, true)
+	res, err := runFollowing(ctx, o, true)
 	if client.IsCode(err, wire.CodeMissingChunk) {
 		// The vault lacks chunks our cache says it has (it was restored
 		// from an older state, or the cache is from another vault): read
 		// everything again.
 		o.Log.Warn("vault lacks chunks of the cached version; synchronizing without the cache", zap.Error(err))
-		return run(ctx, o, false)
+		return runFollowing(ctx, o, false)
 	}
 	return res, err
+}
+
+// failoverer is a vault client that follows a pair's leader.
+type failoverer interface{ Failovers() int64 }
+
+// runFollowing is run, started again in a new session when it failed after
+// the client moved to another member of a pair (the session lived on the
+// old leader). Chunks the pair acknowledged are on the new leader, so lack
+// says so and they are not sent again.
+func runFollowing(ctx context.Context, o Options, useCache bool) (*Result, error) {
+	f, ok := o.Vault.(failoverer)
+	for attempt := 1; ; attempt++ {
+		var before int64
+		if ok {
+			before = f.Failovers()
+		}
+		res, err := run(ctx, o, useCache)
+		if err == nil || !ok || f.Failovers() == before || attempt >= 3 || ctx.Err() != nil {
+			return res, err
+		}
+		if o.Log != nil {
+			o.Log.Warn("the vault's pair changed leader during the synchronization: again in a new session", zap.Error(err))
+		}
+	}
 }
 
 // defaults fills the options left zero.

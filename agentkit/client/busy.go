@@ -24,6 +24,9 @@ const (
 // busyWait is how long to wait before sending a request again after err,
 // and whether it may be sent again at all.
 func (c *Client) busyWait(err error, attempt int) (time.Duration, bool) {
+	if d, ok := c.failoverWait(err, attempt); ok { // failover.go
+		return d, true
+	}
 	e, ok := err.(*Error)
 	if !ok || e.Code != wire.CodeBusy || attempt >= busyAttempts {
 		return 0, false

@@ -60,7 +60,7 @@ func testClient(t *testing.T, h http.Handler) (*Client, *clock.Fake, func()) {
 	conf := srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
 	conf.NextProtos = []string{"h2"}
 	clk := clock.NewFake(time.Unix(1e9, 0))
-	c := &Client{base: srv.URL, hc: &http.Client{Transport: newTransport(conf)}, clk: clk}
+	c := &Client{pair: newPair(strings.TrimPrefix(srv.URL, "https://")), hc: &http.Client{Transport: newTransport(conf)}, clk: clk}
 	// Advance the fake clock while the test runs, so that busy waits end.
 	stop := make(chan struct{})
 	done := make(chan struct{})

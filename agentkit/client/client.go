@@ -28,6 +28,7 @@ type Error struct {
 	Message    string
 	RequestID  string        // the vault's id for the request, to find it in the vault's log
 	RetryAfter time.Duration // busy answers: when to try again
+	Leader     string        // not_leader answers: the pair's leader, when known
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("vault: %s (%s)", e.Message, e.Code) }
@@ -38,11 +39,12 @@ func IsCode(err error, code string) bool {
 	return errors.As(err, &e) && e.Code == code
 }
 
-// Client talks to one vault.
+// Client talks to one vault, or to the leader of a pair among its
+// addresses (failover.go).
 type Client struct {
-	base string
-	hc   *http.Client
-	clk  clock.Clock // waits before retrying a busy answer
+	pair
+	hc  *http.Client
+	clk clock.Clock // waits before retrying a busy answer
 }
 
 func newTransport(conf *tls.Config) *http.Transport {
@@ -63,7 +65,7 @@ func New(addr string, cert tls.Certificate, ca *x509.CertPool, wrap func(http.Ro
 	if wrap != nil {
 		rt = wrap(rt)
 	}
-	return &Client{base: "https://" + addr, hc: &http.Client{Transport: rt}, clk: clock.Real{}}
+	return &Client{pair: newPair(addr), hc: &http.Client{Transport: rt}, clk: clock.Real{}}
 }
 
 // Enroll registers a computer. The vault is trusted only if its CA matches
@@ -74,7 +76,7 @@ func Enroll(ctx context.Context, addr string, token wire.Token, req wire.EnrollR
 			_, err := wire.VerifyChainPin(raw, token.CAPin)
 			return err
 		}}
-	c := &Client{base: "https://" + addr, hc: &http.Client{Transport: newTransport(conf), Timeout: time.Minute}, clk: clock.Real{}}
+	c := &Client{pair: newPair(addr), hc: &http.Client{Transport: newTransport(conf), Timeout: time.Minute}, clk: clock.Real{}}
 	var resp wire.EnrollResponse
 	if err := c.json(ctx, "POST", wire.PathEnroll, req, &resp); err != nil {
 		return nil, err
@@ -104,7 +106,8 @@ func (c *Client) do(ctx context.Context, method, path, ctype string, body []byte
 // doBody is do with a streamed body (sent as it is read, length unknown).
 // header holds extra header names and values, in pairs.
 func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.Reader, header ...string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	base := c.base()
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +122,8 @@ func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.R
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("reach the vault: %w", err)
+		c.unreachable(base)
+		return nil, &reachError{err: err, addr: base}
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
@@ -132,6 +136,10 @@ func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.R
 		e.Code, e.Message, e.RequestID, e.RetryAfter = we.Code, we.Message, we.RequestID, retryAfter(resp)
 		if e.RequestID == "" {
 			e.RequestID = resp.Header.Get(wire.HeaderRequestID)
+		}
+		if e.Code == wire.CodeNotLeader {
+			e.Leader = resp.Header.Get(wire.HeaderLeader)
+			c.notLeader(base, e.Leader)
 		}
 		return nil, e
 	}

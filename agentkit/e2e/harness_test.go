@@ -107,6 +107,10 @@ type vaultProc struct {
 	portal string
 	banner []string
 	env    []string // extra environment of the next start (VAULTNODE_CLOCK_SKEW=25h, say)
+	// args replace the default arguments (pair members, witnesses:
+	// pair_test.go); ready is the banner line that says it serves.
+	args  []string
+	ready string
 }
 
 func startVault(t testing.TB, dir string) *vaultProc {
@@ -117,11 +121,21 @@ func startVault(t testing.TB, dir string) *vaultProc {
 // startVaultPortal starts a vault serving the portal on portal ("off": none).
 func startVaultPortal(t testing.TB, dir, portal string) *vaultProc {
 	t.Helper()
+	return startVaultWith(t, dir, portal, nil, "")
+}
+
+// startVaultWith starts vaultd with args (nil: a single vault serving the
+// portal on portal), ready when it prints the line ready.
+func startVaultWith(t testing.TB, dir, portal string, args func(addr string) []string, ready string) *vaultProc {
+	t.Helper()
 	logf, err := os.Create(filepath.Join(filepath.Dir(dir), filepath.Base(dir)+"-vaultd.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := &vaultProc{t: t, dir: dir, addr: freeAddr(t), log: logf, portal: portal}
+	if args != nil {
+		v.args, v.ready = args(v.addr), ready
+	}
 	v.start()
 	t.Cleanup(func() {
 		v.kill()
@@ -143,7 +157,11 @@ func startVaultPortal(t testing.TB, dir, portal string) *vaultProc {
 // start runs vaultd and waits until it serves.
 func (v *vaultProc) start() {
 	v.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "vaultd"), "-data", v.dir, "-listen", v.addr, "-portal", v.portal)
+	args, readyLine := []string{"-data", v.dir, "-listen", v.addr, "-portal", v.portal}, "serving agents on"
+	if v.args != nil {
+		args, readyLine = v.args, v.ready
+	}
+	cmd := exec.Command(filepath.Join(binDir, "vaultd"), args...)
 	cmd.Env = append(os.Environ(), v.env...)
 	cmd.Stderr = v.log
 	out, err := cmd.StdoutPipe()
@@ -159,7 +177,7 @@ func (v *vaultProc) start() {
 		var banner []string
 		for sc.Scan() {
 			banner = append(banner, sc.Text())
-			if strings.Contains(sc.Text(), "serving agents on") {
+			if strings.Contains(sc.Text(), readyLine) {
 				select {
 				case ready <- banner:
 				default:

@@ -39,7 +39,7 @@ const PathJoin = "/v1/pair/join"
 const (
 	MaxTokenLife   = 24 * time.Hour
 	MaxJoinTokenLn = 512
-	tokenPrefix    = "vnpair1_"
+	tokenPrefix    = "vnpair1."
 )
 
 // Errors of joining.
@@ -58,7 +58,7 @@ type JoinToken struct {
 
 // String encodes the token.
 func (t JoinToken) String() string {
-	return tokenPrefix + b64.EncodeToString(t.Secret[:]) + "_" + b64.EncodeToString(t.CAPin[:]) + "_" + t.Leader
+	return tokenPrefix + b64.EncodeToString(t.Secret[:]) + "." + b64.EncodeToString(t.CAPin[:]) + "." + t.Leader
 }
 
 // ParseJoinToken decodes a token, bounded.
@@ -69,9 +69,9 @@ func ParseJoinToken(s string) (JoinToken, error) {
 		return t, fmt.Errorf("%w: token of %d bytes is over the %d-byte limit", ErrInvalid, len(s), MaxJoinTokenLn)
 	}
 	rest, ok := strings.CutPrefix(s, tokenPrefix)
-	parts := strings.SplitN(rest, "_", 3)
+	parts := strings.SplitN(rest, ".", 3) // base64url has no dot; the address may
 	if !ok || len(parts) != 3 || parts[2] == "" {
-		return t, fmt.Errorf("%w: not a pair join token (vnpair1_SECRET_PIN_ADDRESS)", ErrInvalid)
+		return t, fmt.Errorf("%w: not a pair join token (vnpair1.SECRET.PIN.ADDRESS)", ErrInvalid)
 	}
 	a, err1 := b64.DecodeString(parts[0])
 	b, err2 := b64.DecodeString(parts[1])

@@ -6,8 +6,8 @@ package pair
 
 import (
 	"context"
-	"encoding/json"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -87,6 +88,8 @@ type Node struct {
 	client *http.Client
 
 	stop, stopped chan struct{} // the witness's handOver loop
+
+	storeBytes atomic.Pointer[func() int64]
 }
 
 // handOver runs on a witness: whenever it leads, it hands leadership to a
@@ -113,7 +116,15 @@ func (n *Node) handOver() {
 			if srv.ID == raft.ServerID(n.cfg.ID) || srv.Suffrage != raft.Voter {
 				continue
 			}
-			err := n.raft.LeadershipTransferToServer(srv.ID, srv.Address).Error()
+			// Only to a member that answers: a transfer to a dead one
+			// holds the log still until it times out.
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.HeartbeatTimeout)
+			_, err := n.PeerStatus(ctx, string(srv.Address))
+			cancel()
+			if err != nil {
+				continue
+			}
+			err = n.raft.LeadershipTransferToServer(srv.ID, srv.Address).Error()
 			if err == nil {
 				n.log.Info("witness handed leadership to a data member", zap.String("member", string(srv.ID)))
 				break
@@ -507,6 +518,8 @@ type Status struct {
 	Applied   uint64         `json:"applied_index"`
 	Members   []MemberStatus `json:"members"`
 	Behind    []Behind       `json:"behind,omitempty"`
+	// StoreBytes is the bytes of this member's packs (a data member).
+	StoreBytes int64 `json:"store_bytes"`
 }
 
 // MemberStatus is one member in a Status.
@@ -525,6 +538,9 @@ type MemberStatus struct {
 func (n *Node) Status() Status {
 	st := n.raft.Stats()
 	s := Status{ID: n.cfg.ID, State: n.raft.State().String(), Applied: n.Applied()}
+	if f := n.storeBytes.Load(); f != nil {
+		s.StoreBytes = (*f)()
+	}
 	if m, ok := n.Leader(); ok {
 		s.Leader = m.ID
 	}
@@ -571,7 +587,9 @@ func (w zapWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	switch {
 	case strings.Contains(line, "[ERROR]"):
-		w.l.Error(line)
+		// raft's errors are mostly an unreachable member, logged at
+		// each retry: a warning, without zap's stack trace.
+		w.l.Warn(line, zap.String("raft_level", "error"))
 	case strings.Contains(line, "[WARN]"):
 		w.l.Warn(line)
 	default:

@@ -54,7 +54,7 @@ func startMember(t *testing.T, ca *pki.Authority, id, dir, addr string, witness 
 	}
 	m.node, err = Start(Config{ID: id, Dir: filepath.Join(dir, "pair"), Bind: addr, Agent: "agent-" + id,
 		TLS: MemberTLS(cert, ca.Pool()), Catalog: m.cat, Log: zaptest.NewLogger(t).Named(id),
-		HeartbeatTimeout: 300 * time.Millisecond, SnapshotThreshold: threshold})
+		HeartbeatTimeout: time.Second, SnapshotThreshold: threshold})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,7 +58,6 @@ type Replicator struct {
 	mu    sync.Mutex
 	dirty map[string]error // member -> copy failed and not yet recorded behind
 	live  map[string]bool  // members catching up: copy new entries too
-	lag   map[string]int64 // member -> bytes a running catch-up has still to check
 }
 
 // NewReplicator makes the replicator of a data member; degradeAfter is how
@@ -71,12 +70,26 @@ func NewReplicator(n *Node, st *store.Store, clk clock.Clock, log *zap.Logger, d
 		clk = clock.Real{}
 	}
 	return &Replicator{node: n, st: st, log: log, clk: clk, after: degradeAfter,
-		dirty: map[string]error{}, live: map[string]bool{}, lag: map[string]int64{}}
+		dirty: map[string]error{}, live: map[string]bool{}}
 }
 
 // SetStore gives the replicator its store (the store is opened with the
 // replicator's Replicate as its hook, so it comes second).
-func (r *Replicator) SetStore(st *store.Store) { r.st = st }
+func (r *Replicator) SetStore(st *store.Store) {
+	r.st = st
+	f := func() int64 {
+		use, err := st.CountUsage()
+		if err != nil {
+			return -1
+		}
+		var n int64
+		for _, b := range use {
+			n += b
+		}
+		return n
+	}
+	r.node.storeBytes.Store(&f)
+}
 
 // peers are the other data members and which of them are behind.
 func (r *Replicator) peers() ([]Member, map[string]bool, error) {

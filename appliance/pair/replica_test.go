@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ type dataMember struct {
 func startData(t *testing.T, ca *pki.Authority, id, dir, addr string) *dataMember {
 	t.Helper()
 	m := &dataMember{testMember: startMember(t, ca, id, dir, addr, false, 0)}
-	m.rep = NewReplicator(m.node, nil, nil, zaptest.NewLogger(t).Named(id), 300*time.Millisecond)
+	m.rep = NewReplicator(m.node, nil, nil, zaptest.NewLogger(t).Named(id), 2*time.Second)
 	st, err := store.Open(filepath.Join(dir, "store"), zaptest.NewLogger(t), store.Options{Replicate: m.rep.Replicate})
 	if err != nil {
 		t.Fatal(err)
@@ -160,4 +161,32 @@ func TestReplication(t *testing.T) {
 		t.Fatalf("gate with no majority: %v", err)
 	}
 	a.stop(t)
+}
+
+func TestJoinToken(t *testing.T) {
+	for i := 0; i < 50; i++ {
+		var tok JoinToken
+		rand.Read(tok.Secret[:])
+		rand.Read(tok.CAPin[:])
+		tok.Leader = "192.168.1.10:7443"
+		got, err := ParseJoinToken(" " + tok.String() + "\n")
+		if err != nil || got != tok {
+			t.Fatalf("token %q: %v %+v", tok.String(), err, got)
+		}
+	}
+	for _, bad := range []string{"", "vnpair1.", "vnpair1.a.b.c", "x" + strings.Repeat("a", 600)} {
+		if _, err := ParseJoinToken(bad); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("token %q: %v", bad, err)
+		}
+	}
+	sealed, err := SealSecrets([]byte("secret"), Secrets{CAKey: []byte("k"), MasterKey: make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenSecrets([]byte("other"), sealed); err == nil {
+		t.Fatal("secrets opened with another token's secret")
+	}
+	if s, err := OpenSecrets([]byte("secret"), sealed); err != nil || string(s.CAKey) != "k" {
+		t.Fatalf("open secrets: %v", err)
+	}
 }

@@ -244,3 +244,12 @@ func LoadMember(dir string) (tls.Certificate, error) {
 	}
 	return c, nil
 }
+
+// PoolFromPEM is a pool of the CA certificates in pemCerts.
+func PoolFromPEM(pemCerts []byte) (*x509.CertPool, error) {
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(pemCerts) {
+		return nil, errors.New("no CA certificate in the PEM")
+	}
+	return p, nil
+}

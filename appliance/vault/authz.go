@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 
+	"vaultnode/appliance/pair"
 	"vaultnode/internal/wire"
 )
 
@@ -50,6 +51,7 @@ var routeCaps = map[string]Capability{
 	"/":                                         CapPublic, // unknown routes: 404
 	"GET " + wire.PathHealth:                    CapPublic,
 	"POST " + wire.PathEnroll:                   CapPublic, // the enrolment token is the authority
+	"POST " + pair.PathJoin:                     CapPublic, // the pair's join token is the authority
 	"GET " + wire.PathComputer:                  CapView,
 	"PUT " + wire.PathConfigs + "{name}":        CapConfigure,
 	"DELETE " + wire.PathConfigs + "{name}":     CapConfigure,
@@ -99,6 +101,8 @@ var routeCaps = map[string]Capability{
 	"GET " + AdminTape:                      CapOperate,
 	"POST " + AdminTape:                     CapOperate,
 	"GET " + AdminCompanies + "/{name}/key": CapOperate,
+	"GET " + AdminPair:                      CapOperate,
+	"POST " + AdminPair + "/token":          CapOperate,
 	// Portal users, on the admin socket (vaultctl user) and the portal
 	// (the operation checks the user's company and kind).
 	"GET " + AdminUsers:                       CapManageUsers,

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/store"
 	"vaultnode/internal/limit"
 	"vaultnode/internal/wire"
@@ -29,6 +30,9 @@ func (v *Vault) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):
+	case errors.Is(err, catalog.ErrNotLeader) && v.pair != nil:
+		// Leadership moved during the request: the change was not made.
+		errors.As(v.notLeader(), &ae)
 	case errors.Is(err, syscall.EIO):
 		v.log.Error("request failed: storage I/O error", zap.String("request_id", ri.id), zap.String("route", route(r)),
 			zap.String("principal", ri.principal), zap.Error(err))

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"vaultnode/appliance/jobs"
+	"vaultnode/internal/wire"
 )
 
 // The admin socket (DATA/admin.sock, used by vaultctl): routes and handlers
@@ -35,6 +36,7 @@ const (
 	AdminContact      = "/admin/contact"
 	AdminAudit        = "/admin/audit" // ?company=C&before=SEQ&limit=N&q=TEXT
 	AdminTape         = "/admin/tape"  // GET: status; POST: a TapeRequest (docs/tape.md)
+	AdminPair         = "/admin/pair"  // GET: pair status; POST /admin/pair/token: a join token (docs/pair.md)
 )
 
 // RunNowRequest asks a computer to synchronize a configuration once now.
@@ -84,6 +86,36 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 			return err
 		}
 		writeJSON(w, names)
+		return nil
+	})
+	rt.handle("GET "+AdminPair, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		st, err := v.PairStatus(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, st)
+		return nil
+	})
+	rt.handle("POST "+AdminPair+"/token", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req struct {
+			TTL string `json:"ttl"`
+		}
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		ttl := time.Hour
+		if req.TTL != "" {
+			d, err := time.ParseDuration(req.TTL)
+			if err != nil {
+				return fail(http.StatusBadRequest, wire.CodeBadRequest, "ttl: %v", err)
+			}
+			ttl = d
+		}
+		tok, err := v.PairToken(r.Context(), p, ttl)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, map[string]string{"token": tok, "expires": v.clk.Now().Add(ttl).UTC().Format(time.RFC3339)})
 		return nil
 	})
 	rt.handle("POST "+AdminTokens, func(w http.ResponseWriter, r *http.Request, p *Principal) error {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/pair"
 	"vaultnode/appliance/pki"
 	"vaultnode/internal/wire"
 )
@@ -56,8 +57,9 @@ func (v *Vault) authenticate(r *http.Request) (*caller, error) {
 func (v *Vault) agentHandler() http.Handler {
 	rt := v.agentRoutes(v.authenticateAgent)
 	// guard: deadlines and enrolment rate (deadline.go); storageGuard: a
-	// failed array refuses everything but health (storage.go).
-	return withRequestID(v.guard(v.storageGuard(rt.mux)))
+	// failed array refuses everything but health (storage.go); followLeader:
+	// a pair member that does not lead sends agents to the leader (pair.go).
+	return withRequestID(v.guard(v.storageGuard(v.followLeader(rt.mux))))
 }
 
 // agentRoutes registers the agent API; each route's capability is in
@@ -69,6 +71,21 @@ func (v *Vault) agentRoutes(authn authenticator) *router {
 		out := map[string]any{"status": "ok", "time": v.clk.Now().UTC()}
 		if st := v.Storage(); st.Known {
 			out["storage"] = st.Report.State
+		}
+		if ph := v.pairHealth(); ph != nil {
+			out["pair"] = ph
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("POST "+pair.PathJoin, func(w http.ResponseWriter, r *http.Request, _ *Principal) error {
+		var req pair.JoinRequest
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		out, err := v.pairJoin(r.Context(), req)
+		if err != nil {
+			return err
 		}
 		writeJSON(w, out)
 		return nil

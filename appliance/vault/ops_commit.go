@@ -65,6 +65,9 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	if err := v.Store.Put(s.company, []store.Entry{{Header: eh, Data: data}}); err != nil {
 		return wire.Committed{}, err
 	}
+	if err := v.pairGate(); err != nil { // pair.go
+		return wire.Committed{}, err
+	}
 	release, err := v.holdOpen(s)
 	if err != nil {
 		return wire.Committed{}, err
@@ -103,6 +106,9 @@ func (v *Vault) AddJournal(ctx context.Context, p *Principal, id string, req wir
 	t := req.Time
 	if t.IsZero() || t.After(v.clk.Now()) {
 		t = v.clk.Now()
+	}
+	if err := v.pairGate(); err != nil { // pair.go
+		return wire.Journal{}, err
 	}
 	release, err := v.holdOpen(s)
 	if err != nil {

@@ -47,7 +47,7 @@ func (v *Vault) Enroll(ctx context.Context, req wire.EnrollRequest) (wire.Enroll
 	noteTarget(ctx, cp.Company, cp.ID)
 	noteDetail(ctx, "enrolled "+cp.Name)
 	v.log.Info("computer enrolled", zap.String("id", cp.ID), zap.String("name", cp.Name), zap.String("company", cp.Company))
-	return wire.EnrollResponse{ComputerID: cp.ID, Company: cp.Company, Certificate: certPEM, CA: v.CA.CAPEM}, nil
+	return wire.EnrollResponse{ComputerID: cp.ID, Company: cp.Company, Certificate: certPEM, CA: v.CA.CAPEM, Vaults: v.pairVaults()}, nil
 }
 
 // Computer is what the computer ref is told about itself: its identity,

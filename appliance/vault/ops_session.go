@@ -274,6 +274,9 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 	if err := app.Commit(); err != nil {
 		return 0, err
 	}
+	if err := v.pairGate(); err != nil { // pair.go: chunks skipped as stored may be on this member alone
+		return 0, err
+	}
 	s.mu.Lock()
 	s.chunksSent += int64(n)
 	s.bytesSent += sent

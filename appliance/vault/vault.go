@@ -79,6 +79,9 @@ type Options struct {
 	// StorageState is the firmware's storage report file
 	// (internal/storagehealth); empty: not on an appliance, no report.
 	StorageState string
+	// Pair makes the vault a member of a pair (pair.go); nil: a single
+	// vault, as before (no raft: the catalog applies at once).
+	Pair *PairOptions
 }
 
 // Vault is a running vault.
@@ -120,6 +123,8 @@ type Vault struct {
 	// (ops_lifecycle.go, jobsched.go); a kind is registered with one call,
 	// Jobs.Register. Metrics holds their series, served on the admin
 	// socket at /metrics.
+	pair *pairMember // nil: a single vault (pair.go)
+
 	Jobs      *jobs.Runner
 	Metrics   *prometheus.Registry
 	schedPoke chan struct{}
@@ -171,19 +176,46 @@ func Open(opts Options) (*Vault, error) {
 	if err := checkCatalogThere(opts.Dir); err != nil {
 		return nil, err
 	}
-	if v.Catalog, err = catalog.Open(opts.Dir, catalog.Options{Log: opts.Log.Named("catalog"), Clock: opts.Clock}); err != nil {
+	copts := catalog.Options{Log: opts.Log.Named("catalog"), Clock: opts.Clock}
+	if opts.Pair != nil {
+		v.pair = &pairMember{}
+		copts.Submit = v.pair.submit
+	}
+	if v.Catalog, err = catalog.Open(opts.Dir, copts); err != nil {
 		return nil, err
 	}
-	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store"), v.storeOptions()); err != nil {
+	if opts.Pair != nil {
+		if err := v.startPair(); err != nil {
+			if v.pair.node != nil {
+				v.pair.node.Close()
+			}
+			v.Catalog.Close()
+			return nil, err
+		}
+	}
+	sopts := v.storeOptions()
+	if v.pair != nil {
+		sopts.Replicate = v.pair.rep.Replicate
+	}
+	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store"), sopts); err != nil {
+		if v.pair != nil {
+			v.pair.node.Close()
+		}
 		v.Catalog.Close()
 		return nil, err
 	}
 	if v.Mail, err = mail.Open(filepath.Join(opts.Dir, "mail"), opts.Clock, opts.Log.Named("mail")); err != nil {
 		v.Store.Close()
+		if v.pair != nil {
+			v.pair.node.Close()
+		}
 		v.Catalog.Close()
 		return nil, err
 	}
 	v.notes = newNotifier(filepath.Join(opts.Dir, "mail"))
+	if v.pair != nil {
+		v.pair.rep.SetStore(v.Store)
+	}
 	v.Metrics = prometheus.NewRegistry()
 	v.Jobs = jobs.New(opts.Clock, v.Catalog, opts.Log.Named("jobs"), v.Metrics)
 	v.schedPoke = make(chan struct{}, 1)
@@ -195,7 +227,11 @@ func Open(opts Options) (*Vault, error) {
 	v.Jobs.Register(jobs.KindPrune, v.pruneJob)
 	v.Jobs.Register(jobs.KindCollect, v.CollectJob)
 	v.openTape()
-	if _, err := v.Jobs.Recover(); err != nil {
+	if v.pair != nil {
+		// Job records change through the log: the leader recovers them
+		// when it takes over (runPair).
+		v.Jobs.Register(KindCatchUp, v.catchUpJob)
+	} else if _, err := v.Jobs.Recover(); err != nil {
 		v.Close()
 		return nil, err
 	}
@@ -206,7 +242,11 @@ func Open(opts Options) (*Vault, error) {
 // closes the store and catalog.
 func (v *Vault) Close() error {
 	v.Jobs.Close()
-	return errors.Join(v.Store.Close(), v.Catalog.Close())
+	var perr error
+	if v.pair != nil {
+		perr = v.pair.node.Close()
+	}
+	return errors.Join(perr, v.Store.Close(), v.Catalog.Close())
 }
 
 func loadMasterKey(path string) ([32]byte, error) {
@@ -361,6 +401,11 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 		go func() { errc <- portalSrv.ServeTLS(pln, "", "") }()
 	}
 	go v.expireSessions(ctx)
+	if v.pair != nil {
+		pairDone := make(chan struct{})
+		go func() { defer close(pairDone); v.runPair(ctx) }()
+		defer func() { <-pairDone }()
+	}
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); v.runSchedule(ctx) }()
 	defer func() { <-schedDone }()

@@ -48,6 +48,10 @@ type Error struct {
 // HeaderRequestID carries the id the vault gave a request, on every answer.
 const HeaderRequestID = "X-Request-Id"
 
+// HeaderLeader names, on a not_leader answer, the agent API address of the
+// pair's leader (docs/protocol.md, "Pairs").
+const HeaderLeader = "X-Vault-Leader"
+
 // Error codes.
 const (
 	CodeBadRequest     = "bad_request"
@@ -66,6 +70,7 @@ const (
 	// CodeStorageFailed (503): the vault's disk array failed; nothing is
 	// written or served until it is repaired. Not worth retrying soon.
 	CodeStorageFailed = "storage_failed"
+	CodeNotLeader     = "not_leader" // a pair member that does not lead: ask the leader (HeaderLeader), or another address
 	// CodeQuotaExceeded: the company is at its quota; prune and collect,
 	// or raise the quota. Restores go on.
 	CodeQuotaExceeded = "quota_exceeded"
@@ -84,6 +89,9 @@ type EnrollResponse struct {
 	Company     string `json:"company"`
 	Certificate []byte `json:"certificate"` // PEM, signed by the vault CA
 	CA          []byte `json:"ca"`          // PEM of the vault CA
+	// Vaults are the agent API addresses of every data member of a pair
+	// (docs/protocol.md, "Pairs"); empty for a single vault.
+	Vaults []string `json:"vaults,omitempty"`
 }
 
 // Computer is what GET /v1/computer answers.

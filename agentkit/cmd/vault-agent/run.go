@@ -215,7 +215,13 @@ func (a *app) enroll(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
-	id := state.Identity{Vault: *addr, Computer: resp.ComputerID, Company: resp.Company, Hostname: *name}
+	vaultAddr := *addr
+	if len(resp.Vaults) > 0 {
+		// A pair: every data member's address, the leader's first; the
+		// client follows the leader among them (agentkit/client).
+		vaultAddr = strings.Join(resp.Vaults, ",")
+	}
+	id := state.Identity{Vault: vaultAddr, Computer: resp.ComputerID, Company: resp.Company, Hostname: *name}
 	if err := a.st.SaveIdentity(id, resp.Certificate, resp.CA); err != nil {
 		return err
 	}

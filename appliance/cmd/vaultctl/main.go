@@ -116,6 +116,10 @@ Commands:
   disk replace DISK [-erase]     (appliance) rebuild onto DISK in a missing member's place, or add it as a hot
                                  spare; -erase confirms wiping a disk that is not blank
   disk scrub                     (appliance) start the array's check now
+  pair create [-ttl 1h]          (the pair's leader) print a one-time token another appliance or a witness joins with
+  pair status [-json]            members, leader, term, log index, lag in commands and bytes, members behind
+  pair promote                   (vault stopped) make this member the pair's only voter, when the other is gone
+                                 for good and no witness is there: see docs/pair.md for the risk
   rebuild-index                  (vault stopped) rebuild DATA/index.db from the packs alone
   rebuild-catalog [-fresh]       (vault stopped) record every version whose manifest is in the packs;
                                  -fresh moves catalog.db aside and rebuilds it from the packs alone
@@ -148,6 +152,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return diskCmd(ctx, a[1:], stdout)
 	case a[0] == "user" && len(a) >= 2:
 		return userCmd(ctx, c, a[1:], stdout, stderr)
+	case a[0] == "pair":
+		return pairCmd(ctx, c, *data, a[1:], stdout, stderr)
 	case a[0] == "tape":
 		return tapeCmd(ctx, c, a[1:], stdout, stderr)
 	case len(a) >= 2 && a[0] == "company" && a[1] == "export-key":

@@ -42,6 +42,19 @@ func main() {
 	}
 }
 
+func newLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Encoding = "console"
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.OutputPaths = []string{"stderr"}
+	return cfg.Build()
+}
+
 // defaultPortal is the portal's address unless -portal says otherwise.
 const defaultPortal = "127.0.0.1:8443"
 
@@ -52,6 +65,9 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "witness" {
+		return runWitness(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("vaultd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data := fs.String("data", "var/vault", "data `directory` (made on first start)")
@@ -63,6 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	tapeDev := fs.String("tape", "auto", "tape library: \"auto\" scans /dev/sg* for a changer and its drives (matched by serial number), \"off\" none, or a `directory` to scan instead of /dev")
 	tapeRecover := fs.String("tape-recover", "", "the static vault-tape-recover `file` written on every cartridge (default: next to vaultd)")
+	pf := pairFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: vaultd [flags]\n\nRuns the vault: the agent API on -listen, the portal on -portal and the administration socket DATA/admin.sock.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -75,16 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	lvl, err := zapcore.ParseLevel(*level)
-	if err != nil {
-		return err
-	}
-	cfg := zap.NewProductionConfig()
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.Encoding = "console"
-	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	cfg.OutputPaths = []string{"stderr"}
-	log, err := cfg.Build()
+	log, err := newLogger(*level)
 	if err != nil {
 		return err
 	}
@@ -114,6 +122,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer closeTape()
+	}
+	if opts.Pair, err = pf.options(ctx, *data, *listen, false); err != nil {
+		return err
 	}
 	v, err := vault.Open(opts)
 	if err != nil {
