@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"vaultnode/internal/wire"
 )
@@ -37,8 +38,9 @@ func allowedPath(p string, allowed []string) bool {
 // Browse lists one directory level of the live file tree (at most
 // wire.MaxBrowseEntries, sorted by name), or, for an empty path, the
 // roots: the allowed directories and the mount points of real filesystems
-// within them. Only paths within allowed (default "/") are shown; symlinks
-// are listed, never followed.
+// within them. Only paths within allowed (default "/") are shown, also
+// after resolving symlinks on the way; symlinks in a level are listed, not
+// followed.
 func Browse(path string, allowed []string) (*wire.BrowseResult, error) {
 	if len(allowed) == 0 {
 		allowed = []string{"/"}
@@ -79,7 +81,16 @@ func Browse(path string, allowed []string) (*wire.BrowseResult, error) {
 	if !allowedPath(path, allowed) {
 		return nil, fmt.Errorf("browse %s: %w", path, ErrNotAllowed)
 	}
-	f, err := os.Open(path)
+	// A symlink on the way may lead outside the allowed directories:
+	// resolve it, check again, and open the result without following one.
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil, fmt.Errorf("browse %s: %w", path, err)
+	}
+	if !allowedPath(real, allowed) {
+		return nil, fmt.Errorf("browse %s (%s): %w", path, real, ErrNotAllowed)
+	}
+	f, err := os.OpenFile(real, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("browse %s: %w", path, err)
 	}
@@ -108,7 +119,7 @@ func Browse(path string, allowed []string) (*wire.BrowseResult, error) {
 		default:
 			e.Type = "other"
 		}
-		e.Mount = mounts[filepath.Join(path, de.Name())]
+		e.Mount = mounts[filepath.Join(real, de.Name())]
 		res.Entries = append(res.Entries, e)
 	}
 	slices.SortFunc(res.Entries, func(a, b wire.BrowseEntry) int { return strings.Compare(a.Name, b.Name) })

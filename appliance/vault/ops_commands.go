@@ -434,6 +434,15 @@ func (v *Vault) PutConfigNudge(ctx context.Context, p *Principal, ref string, cf
 // picks the change up at its next poll anyway, so a full queue is only
 // logged.
 func (v *Vault) nudge(ctx context.Context, p *Principal, ref string) {
+	// One queued nudge is enough: saves made while the agent is away do
+	// not fill its queue.
+	if cp, err := v.computerFor(p, CapConfigure, ref); err == nil {
+		if recs, err := v.Catalog.AgentCommands(cp.ID); err == nil && slices.ContainsFunc(recs, func(c catalog.AgentCommand) bool {
+			return c.Kind == wire.CmdConfigChanged && c.State == wire.CmdQueued
+		}) {
+			return
+		}
+	}
 	if _, err := v.Enqueue(ctx, p, ref, wire.AgentCommand{Kind: wire.CmdConfigChanged}); err != nil {
 		v.log.Info("configuration saved; the agent is not nudged and takes it at its next poll", zap.String("computer", ref), zap.Error(err))
 	}

@@ -333,3 +333,22 @@ func mustCommands(t *testing.T, v *Vault, computer string) []CommandView {
 	}
 	return list
 }
+
+// TestNudgeOnce: configurations saved while the agent is away queue one
+// config_changed command, not one per save.
+func TestNudgeOnce(t *testing.T) {
+	v := openTestVault(t)
+	ctx := context.Background()
+	a := recordComputer(t, v, "pc-a", "acme")
+	for i := 0; i < 2*MaxCommandsPerComputer; i++ {
+		if _, err := v.PutConfigNudge(ctx, operator, "pc-a", wire.Config{Name: "home", Paths: []string{"/home"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := poll(t, v, a); len(got) != 1 || got[0].Kind != wire.CmdConfigChanged {
+		t.Fatalf("after many saves the agent got %+v, want one config_changed", got)
+	}
+	if _, err := v.Enqueue(ctx, operator, "pc-a", browseCmd("/")); err != nil {
+		t.Fatalf("a browse after many saves: %v", err)
+	}
+}
