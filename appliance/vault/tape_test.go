@@ -280,16 +280,8 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 	}
 }
 
-// TestTapeRecoverWithTarOnly: a cartridge read with tar alone: file 0
-// holds the README and the static recovery program, which with the
-// company's exported key rebuilds a version's files from the data files
-// tar extracted.
-func TestTapeRecoverWithTarOnly(t *testing.T) {
-	if _, err := exec.LookPath("tar"); err != nil {
-		t.Fatal("tar is needed: apt-get install tar")
-	}
-	ctx := context.Background()
-	dir := t.TempDir()
+func buildRecover(t *testing.T, dir string) []byte {
+	t.Helper()
 	bin := filepath.Join(dir, "vault-tape-recover")
 	build := exec.Command("go", "build", "-o", bin, "vaultnode/appliance/cmd/vault-tape-recover")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -300,6 +292,20 @@ func TestTapeRecoverWithTarOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return prog
+}
+
+// TestTapeRecoverWithTarOnly: a cartridge read with tar alone: file 0
+// holds the README and the static recovery program, which with the
+// company's exported key rebuilds a version's files from the data files
+// tar extracted.
+func TestTapeRecoverWithTarOnly(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Fatal("tar is needed: apt-get install tar")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	prog := buildRecover(t, dir)
 	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
 	v := openTapeVault(t, t.TempDir(), lab, prog)
 	if err := v.NewCompany("acme"); err != nil {
@@ -555,5 +561,73 @@ func TestTapeWrongCartridgeStopsTheJob(t *testing.T) {
 	}
 	if m.Used() != before {
 		t.Fatal("the job wrote on a cartridge whose label does not match")
+	}
+}
+
+// TestTapePlainPool: a plain pool writes chunks decrypted (still checked
+// against their ids); a pruned and collected version comes back from it
+// into the vault identical, and the recovery program reads it without a
+// key.
+func TestTapePlainPool(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	prog := buildRecover(t, dir)
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
+	v := openTapeVault(t, t.TempDir(), lab, prog)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	want := map[string][][]byte{}
+	for i := 0; i < 3; i++ {
+		files := randomFiles(3, 50<<10)
+		seq, err := a.backup(ctx, files)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[fmt.Sprintf("pc-1@%d", seq)] = files
+	}
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "open", Plain: true}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "open"}})
+	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
+		t.Fatalf("tape job: %s %s", view.State, view.Error)
+	}
+	m, _ := lab.emu.Media("TAPE01L5")
+	data := filepath.Join(dir, "data")
+	os.MkdirAll(data, 0o755)
+	for n := 1; n < m.Files(); n++ {
+		b, _ := m.ReadFile(n)
+		f := filepath.Join(dir, fmt.Sprintf("tape-file-%d", n))
+		os.WriteFile(f, b, 0o600)
+		if out, err := exec.Command("tar", "-x", "-b", "512", "-f", f, "-C", data).CombinedOutput(); err != nil {
+			t.Fatalf("tar -x: %v\n%s", err, out)
+		}
+	}
+	plain, _ := filepath.Glob(filepath.Join(data, "vaultnode", "acme", "chunks", "*", "*.plain"))
+	if len(plain) < 9 {
+		t.Fatalf("%d plain chunk members, want every chunk", len(plain))
+	}
+	out := filepath.Join(dir, "restored")
+	if b, err := exec.Command(filepath.Join(dir, "vault-tape-recover"), "restore", "-from", data, "-version", "acme/pc-1/home/3", "-to", out).CombinedOutput(); err != nil {
+		t.Fatalf("restore without a key from a plain pool: %v\n%s", err, b)
+	}
+	if got, _ := os.ReadFile(filepath.Join(out, "f0001")); !bytes.Equal(got, want["pc-1@3"][1]) {
+		t.Fatal("file restored from a plain pool differs")
+	}
+
+	if err := v.SetRetention(ctx, operator, RetentionRequest{Company: "acme", Policy: "last 1"}); err != nil {
+		t.Fatal(err)
+	}
+	runJob(t, v, jobs.KindPrune)
+	runJob(t, v, jobs.KindCollect)
+	if have, _ := v.Store.Has("acme", [][32]byte{a.hs.Sum(want["pc-1@2"][0])}); have[0] {
+		t.Fatal("version 2's chunk still on disk")
+	}
+	started := tapeOp(t, v, TapeRequest{Op: "restore", Restore: &tape.RestoreRequest{Computer: "pc-1", Config: "home", Seq: 2}}).(StartJobResponse)
+	if view := waitJob(t, v, started.Job.ID); view.State != jobs.Done {
+		t.Fatalf("restore from a plain pool: %s %s", view.State, view.Error)
+	}
+	if n := restoreAll(t, v, want); n != 3 {
+		t.Fatalf("%d versions restore, want 3", n)
 	}
 }

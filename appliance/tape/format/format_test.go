@@ -111,3 +111,19 @@ func TestHostileMembers(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadLabelFile: whatever a cartridge's first file holds, reading its
+// label answers an error or a label, never a panic, within the limits.
+func FuzzReadLabelFile(f *testing.F) {
+	var buf bytes.Buffer
+	format.WriteLabelFile(&buf, format.Label{Format: format.Version, Barcode: "TAPE01L5", UUID: "u", Pool: "p", Labelled: time.Unix(1e9, 0)}, []byte("prog"))
+	f.Add(buf.Bytes())
+	f.Add(buf.Bytes()[:700])
+	f.Add(make([]byte, 1024))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		l, err := format.ReadLabelFile(bytes.NewReader(b))
+		if err == nil && (l.Barcode == "" || l.UUID == "") {
+			t.Fatalf("label without barcode or uuid accepted: %+v", l)
+		}
+	})
+}
