@@ -97,6 +97,8 @@ func FuzzCommand(f *testing.F) {
 	seed(KindAddJournal, AddJournalCmd{Computer: "pc-1", Config: "home", Journal: wire.Journal{Base: 1}})
 	seed(KindPutReport, PutReportCmd{Computer: "pc-1", Report: wire.Report{Config: "home", Time: now}})
 	seed(KindContact, ContactCmd{Seen: map[string]time.Time{"pc-1": now}})
+	seed(KindSetContact, SetContactCmd{Computer: "pc-1", Contact: "it@example.com"})
+	seed(KindAudit, AuditCmd{Entry: AuditEntry{Time: now, Principal: "operator admin", Kind: "operator", Action: "POST /x", Detail: "d"}})
 	f.Add([]byte(`{"kind":"add_version","payload":{"version":{"computer":"pc-1/x","config":"home","seq":2}}}`))
 	f.Add([]byte(`{"kind":"put_config","payload":{"computer":"","config":{"name":"a/b"}}}`))
 	f.Add([]byte(`{"kind":"nope","payload":{}}`))
@@ -118,6 +120,9 @@ func FuzzCommand(f *testing.F) {
 		c.Apply(cmd)
 		if err := c.AllVersionRecords(func(Version) error { return nil }); err != nil {
 			t.Fatal(err)
+		}
+		if err := c.AuditLog(0, func(AuditEntry) bool { return true }); err != nil {
+			t.Fatalf("audit log after %s: %v", cmd.Kind, err)
 		}
 		vs, _ := c.VersionRecords("pc-1", "")
 		for _, v := range vs {
