@@ -436,3 +436,35 @@ func TestDriverFindsPanelAgain(t *testing.T) {
 	p2.press(KeyEnter)
 	waitFor(p2, func() bool { be.mu.Lock(); defer be.mu.Unlock(); return be.poweroff == 1 }, "asked PID 1 to power off")
 }
+
+// FuzzDecoder: any bytes give frames within the limits or an error, never
+// a panic or an oversized frame.
+func FuzzDecoder(f *testing.F) {
+	b, _ := Text(1, 0, 0, "hello").Encode()
+	f.Add(b)
+	f.Add([]byte("VP\x01\x02\xff\xff"))
+	f.Add([]byte("VP\x01\x81\x04\x00\x01\x14\x04\x20"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var d Decoder
+		d.Feed(in)
+		for {
+			fr, ok, err := d.Next()
+			if err != nil || !ok {
+				return
+			}
+			if len(fr.Payload) > MaxPayload {
+				t.Fatalf("payload of %d bytes", len(fr.Payload))
+			}
+			switch fr.Type {
+			case TText:
+				_, _, _, _ = ParseText(fr.Payload)
+			case THelloReply:
+				_, _ = ParseHelloReply(fr.Payload)
+			case TLED:
+				_, _ = ParseLED(fr.Payload)
+			case TKey:
+				_, _ = ParseKeyFrame(fr.Payload)
+			}
+		}
+	})
+}

@@ -179,3 +179,25 @@ func TestDialogLayouts(t *testing.T) {
 		})
 	}
 }
+
+func TestWireLineBounded(t *testing.T) {
+	long := `{"answer":"` + strings.Repeat("a", MaxWireLine) + `"}` + "\n"
+	if _, err := NewWireReader(strings.NewReader(long)).Read(); !errors.Is(err, ErrWireLine) {
+		t.Errorf("a %d-byte line: %v, want ErrWireLine", len(long), err)
+	}
+	if _, err := NewWireReader(strings.NewReader("not json\n")).Read(); !errors.Is(err, ErrWireLine) {
+		t.Errorf("a line that is not JSON: %v", err)
+	}
+	var b strings.Builder
+	if err := WriteWire(&b, WireMsg{Say: strings.Repeat("x", MaxWireLine)}); !errors.Is(err, ErrWireLine) {
+		t.Errorf("writing an oversized message: %v", err)
+	}
+	a := "vault-1"
+	b.Reset()
+	if err := WriteWire(&b, WireMsg{Answer: &a}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := NewWireReader(strings.NewReader(b.String())).Read(); err != nil || m.Answer == nil || *m.Answer != a {
+		t.Errorf("round trip: %+v %v", m, err)
+	}
+}
