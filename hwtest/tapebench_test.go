@@ -29,6 +29,7 @@ var (
 	jobRateRE = regexp.MustCompile(`\(([0-9.]+) (MiB|KiB) at ([0-9.]+) (MiB|KiB)/s\)`)
 	ddRE      = regexp.MustCompile(`(\d+) bytes .* copied, ([0-9.]+) s`)
 	locateRE  = regexp.MustCompile(`TAPEPROBE LOCATE .*`)
+	rateRE    = regexp.MustCompile(`TAPEPROBE RATE \d+ MiB in [0-9.]+ s = ([0-9.]+) MiB/s`)
 )
 
 func toMiB(v, unit string) float64 {
@@ -57,7 +58,7 @@ func BenchmarkTapeStream(b *testing.B) {
 	size := mib*2 + 64
 	cfg := LibraryConfig{Drives: []string{"VNDRV0A", "VNDRV0B"}, Slots: 8, IE: 1, Cartridges: []Cartridge{
 		{Barcode: "TAPE01L5", SizeMB: size}, {Barcode: "TAPE02L5", SizeMB: size},
-		{Barcode: "DDREF1L5", SizeMB: size}, {Barcode: "FULL01L5", SizeMB: 96}}}
+		{Barcode: "DDREF1L5", SizeMB: size}, {Barcode: "PROBE1L5", SizeMB: size}, {Barcode: "FULL01L5", SizeMB: 96}}}
 	l := startTapeLab(ctx, b, cfg)
 	if _, err := l.vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
 		b.Fatalf("%v\n%s", err, l.vm.Console())
@@ -112,6 +113,15 @@ func BenchmarkTapeStream(b *testing.B) {
 		jobMiB, jobRate, ddBytes/(1<<20), ddRate, 100*jobRate/ddRate, verdict)
 	b.ReportMetric(jobRate, "job-MiB/s")
 	b.ReportMetric(ddRate, "dd-MiB/s")
+
+	// The drive package alone over SG_IO, same drive, same block size: what
+	// the job could reach if preparing its blocks cost nothing.
+	pr := l.probe(false, "rate", "PROBE1L5", "1", strconv.Itoa(int(ddBytes)>>20))
+	if m := rateRE.FindStringSubmatch(pr); m != nil {
+		sg, _ := strconv.ParseFloat(m[1], 64)
+		b.Logf("tape: the drive package alone (WRITE(6) of 256 KiB blocks over SG_IO, same drive) %.2f MiB/s = %.0f %% of dd", sg, 100*sg/ddRate)
+		b.ReportMetric(sg, "sgio-MiB/s")
+	}
 
 	lo := l.probe(false, "locatebench", "FULL01L5", "2", "21", "4")
 	b.Logf("tape: %s", locateRE.FindString(lo))

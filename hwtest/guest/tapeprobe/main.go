@@ -8,7 +8,7 @@
 //	tapeprobe selftest BARCODE           the drive and changer over SG_IO
 //	tapeprobe write BARCODE DIR          DIR as a tar archive in tape file 1 (file 0: a label archive)
 //	tapeprobe export BARCODE | import IE move through the import/export slot
-//	tapeprobe rate BARCODE MIB           stream MIB MiB of 256 KiB blocks, print the rate
+//	tapeprobe rate BARCODE DRIVE MIB     stream MIB MiB of 256 KiB blocks, print the rate
 package main
 
 import (
@@ -252,8 +252,12 @@ func (p *probe) run(ctx context.Context, args []string) error {
 		mib, _ := strconv.Atoi(args[4])
 		p.locateBench(ctx, l, args[1], uint16(addr), files, mib)
 	case "rate":
-		mib, _ := strconv.Atoi(args[2])
-		p.rate(ctx, l, args[1], mib)
+		if len(args) != 4 {
+			return errors.New("usage: tapeprobe rate BARCODE DRIVE MIB")
+		}
+		addr, _ := strconv.Atoi(args[2])
+		mib, _ := strconv.Atoi(args[3])
+		p.rate(ctx, l, args[1], uint16(addr), mib)
 	default:
 		return fmt.Errorf("unknown command %q", args[0])
 	}
@@ -564,8 +568,7 @@ func (w *blockWriter) end() error {
 
 // rate streams mib MiB in 256 KiB blocks to the cartridge and prints the
 // rate, for the benchmark's comparison against dd.
-func (p *probe) rate(ctx context.Context, l *lab, barcode string, mib int) {
-	const addr = 2
+func (p *probe) rate(ctx context.Context, l *lab, barcode string, addr uint16, mib int) {
 	d, ok := p.load(ctx, l, barcode, addr)
 	if !ok {
 		return
