@@ -17,6 +17,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -133,6 +134,7 @@ type recoverer struct {
 	company string
 	set     *keys.Set
 	hasher  *keys.Hasher
+	warned  bool
 }
 
 func newRecoverer(dir, keyFile string) (*recoverer, error) {
@@ -189,6 +191,10 @@ func (r *recoverer) chunk(company string, id [32]byte) ([]byte, error) {
 	p, err := wire.Decompress(nil, h.Flags, payload, h.PlainLen)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %x: %w", id[:8], err)
+	}
+	if r.hasher == nil && !r.warned {
+		r.warned = true
+		fmt.Fprintln(os.Stderr, "vault-tape-recover: no key given: chunks are not checked against their ids (give -key to check them)")
 	}
 	if r.hasher != nil && r.hasher.Sum(p) != id {
 		return nil, fmt.Errorf("chunk %x: content does not match its id (damaged)", id[:8])
@@ -253,6 +259,7 @@ func (r *recoverer) restore(version, to string) (int, error) {
 		mode os.FileMode
 	}
 	var dirs []dirTime
+	links := map[string]bool{}
 	n := 0
 	for {
 		node, err := rd.Next()
@@ -269,6 +276,13 @@ func (r *recoverer) restore(version, to string) (int, error) {
 		if strings.HasPrefix(rel, "/") || slicesContains(strings.Split(rel, "/"), "..") {
 			return n, fmt.Errorf("listing names an unsafe path %q", rel)
 		}
+		// Never write through a symbolic link this restore made (a
+		// listing naming "a" a link and then "a/x").
+		for dir := path.Dir(rel); dir != "." && dir != "/" && dir != ""; dir = path.Dir(dir) {
+			if links[dir] {
+				return n, fmt.Errorf("listing names %q below the symbolic link %q: refused", rel, dir)
+			}
+		}
 		dst := filepath.Join(to, filepath.FromSlash(rel))
 		mtime := time.Unix(node.Mtime.Sec, node.Mtime.Nsec)
 		switch node.Type {
@@ -280,6 +294,9 @@ func (r *recoverer) restore(version, to string) (int, error) {
 		case tree.TypeFile:
 			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 				return n, err
+			}
+			if lt := string(node.LinkTo); len(lt) > 0 && (strings.HasPrefix(lt, "/") || slicesContains(strings.Split(lt, "/"), "..")) {
+				return n, fmt.Errorf("listing links %q to an unsafe path %q", rel, lt)
 			}
 			if len(node.LinkTo) > 0 {
 				if err := os.Link(filepath.Join(to, filepath.FromSlash(string(node.LinkTo))), dst); err != nil {
@@ -298,6 +315,7 @@ func (r *recoverer) restore(version, to string) (int, error) {
 			if err := os.Symlink(string(node.Target), dst); err != nil {
 				return n, err
 			}
+			links[rel] = true
 		default:
 			fmt.Fprintf(os.Stderr, "skipping %s (%s)\n", rel, node.Type)
 			continue
