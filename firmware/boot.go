@@ -285,6 +285,9 @@ func (m *Machine) runSetup(ctx context.Context) (config.Config, error) {
 		return config.Config{}, err
 	}
 	say("Preparing the data disks...\n")
+	m.mu.Lock()
+	m.cfg = cfg // the array controller reads the time zone
+	m.mu.Unlock()
 	if cfg.Data, err = m.prepareData(ctx, cfg.Data, disks); err != nil {
 		finish(err)
 		return config.Config{}, err
@@ -332,6 +335,9 @@ func (m *Machine) newRaid(data config.Data, disks []disk.Disk) (*raid.Controller
 	}
 	if _, err := os.Stat("/sbin/smartctl"); err == nil {
 		o.Smartctl = "/sbin/smartctl"
+	}
+	if z, err := time.LoadLocation(m.config().TimeZone); err == nil && m.config().TimeZone != "" {
+		o.Zone = z // the scrub schedule is in the appliance's time zone
 	}
 	if v := m.cmdline["vaultnode.mdspeed"]; v != "" {
 		lo, hi, _ := strings.Cut(v, ",")

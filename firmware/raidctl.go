@@ -25,6 +25,7 @@ import (
 //	raid scrub                start md's check now
 //	raid speed MIN MAX        md sync speed limits, KiB/s per disk, until the next boot
 //	raid candidates           JSON [{array, disk, size}]: disks raid replace accepts
+//	raid schedule [SCHEDULE]  the scrub schedule (monthly DAY HH:MM, weekly DAY HH:MM, never), saved
 //
 // "disk candidates" and "disk replace DISK" are the same (the front panel).
 func (m *Machine) raidControl(ctx context.Context, args []string, w io.Writer) error {
@@ -65,6 +66,18 @@ func (m *Machine) raidControl(ctx context.Context, args []string, w io.Writer) e
 			return err
 		}
 		fmt.Fprintln(w, "scrub started")
+	case args[0] == "schedule":
+		if len(args) > 1 {
+			if err := c.SetSchedule(strings.Join(args[1:], " ")); err != nil {
+				return err
+			}
+		}
+		sched, next := c.Schedule()
+		if next.IsZero() {
+			fmt.Fprintf(w, "scrub schedule: %s\n", sched)
+		} else {
+			fmt.Fprintf(w, "scrub schedule: %s; next %s\n", sched, next.Format("2006-01-02 15:04 MST"))
+		}
 	case args[0] == "speed" && len(args) == 3:
 		lo, err1 := strconv.Atoi(args[1])
 		hi, err2 := strconv.Atoi(args[2])
@@ -76,7 +89,7 @@ func (m *Machine) raidControl(ctx context.Context, args []string, w io.Writer) e
 		}
 		fmt.Fprintf(w, "md sync speed %d-%d KiB/s\n", lo, hi)
 	default:
-		return fmt.Errorf("raid %s: use raid status, raid json, raid candidates, raid replace DISK [erase], raid scrub or raid speed MIN MAX", strings.Join(args, " "))
+		return fmt.Errorf("raid %s: use raid status, raid json, raid candidates, raid replace DISK [erase], raid scrub, raid schedule [SCHEDULE] or raid speed MIN MAX", strings.Join(args, " "))
 	}
 	return nil
 }

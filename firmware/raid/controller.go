@@ -72,6 +72,9 @@ type Options struct {
 	Save func(config.Data) error
 	// Interval between polls; default 2 s.
 	Interval time.Duration
+	// Zone is the appliance's time zone, in which the scrub schedule is
+	// read; nil: UTC.
+	Zone *time.Location
 	// SpeedMin, SpeedMax override the configuration's limits (kernel
 	// command line vaultnode.mdspeed=MIN,MAX); zero: the configuration's.
 	SpeedMin, SpeedMax int
@@ -116,6 +119,9 @@ func New(o Options, data config.Data) (*Controller, error) {
 	}
 	if o.Announce == nil {
 		o.Announce = func(string) {}
+	}
+	if o.Zone == nil {
+		o.Zone = time.UTC
 	}
 	sc, err := ParseSchedule(data.Scrub)
 	if err != nil {
@@ -718,6 +724,36 @@ func wipeStart(dev string) error {
 	return nil
 }
 
+// Schedule is the scrub schedule in force and when it next starts.
+func (c *Controller) Schedule() (string, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.data.Scrub
+	if s == "" {
+		s = DefaultScrub
+	}
+	return s, c.sched.Next(laterOf(c.book.LastCheck, c.book.Created).In(c.o.Zone))
+}
+
+// SetSchedule changes the scrub schedule and saves it in the configuration.
+func (c *Controller) SetSchedule(s string) error {
+	sc, err := ParseSchedule(s)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.sched = sc
+	c.data.Scrub = strings.Join(strings.Fields(strings.ToLower(s)), " ")
+	data := c.data
+	c.mu.Unlock()
+	if c.o.Save != nil {
+		if err := c.o.Save(data); err != nil {
+			return fmt.Errorf("save the scrub schedule: %w", err)
+		}
+	}
+	return nil
+}
+
 // Scrub starts md's check of the whole array now.
 func (c *Controller) Scrub() error {
 	if !c.IsArray() {
@@ -746,7 +782,7 @@ func (c *Controller) scrubbing(ctx context.Context, a *sh.Array) {
 	c.mu.Lock()
 	prev := c.lastAct
 	c.lastAct = a.Action
-	due := !c.sched.Never && !c.o.Clock.Now().Before(c.sched.Next(laterOf(c.book.LastCheck, c.book.Created)))
+	due := !c.sched.Never && !c.o.Clock.Now().Before(c.sched.Next(laterOf(c.book.LastCheck, c.book.Created).In(c.o.Zone)))
 	c.mu.Unlock()
 	if (prev == "check" || prev == "repair") && a.Action == "idle" {
 		c.mu.Lock()
@@ -772,14 +808,13 @@ func laterOf(a, b time.Time) time.Time {
 }
 
 func (c *Controller) loadBook() {
-	if c.o.BookPath == "" {
-		return
+	if c.o.BookPath != "" {
+		b, err := os.ReadFile(c.o.BookPath)
+		if err == nil && len(b) < 1<<16 {
+			_ = json.Unmarshal(b, &c.book)
+		}
 	}
-	b, err := os.ReadFile(c.o.BookPath)
-	if err == nil && len(b) < 1<<16 {
-		_ = json.Unmarshal(b, &c.book)
-	}
-	if c.book.Created.IsZero() {
+	if c.book.Created.IsZero() { // the schedule counts from now, not from year 1
 		c.book.Created = c.o.Clock.Now()
 		c.saveBook()
 	}

@@ -291,3 +291,30 @@ func TestReconcileSpareTakesOver(t *testing.T) {
 		t.Errorf("saved again with nothing changed: %+v", saved)
 	}
 }
+
+// TestSetSchedule: a valid schedule is saved in the configuration and
+// takes effect; a bad one changes nothing.
+func TestSetSchedule(t *testing.T) {
+	var saved []config.Data
+	start := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC) // a Tuesday
+	c, err := New(Options{Log: zap.NewNop(), Clock: clock.NewFake(start), Save: func(d config.Data) error { saved = append(saved, d); return nil }},
+		config.Data{Level: RAID5, Disks: []string{"d1", "d2", "d3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, next := c.Schedule(); s != DefaultScrub || !next.Equal(time.Date(2027, 1, 1, 3, 0, 0, 0, time.UTC)) {
+		t.Errorf("default schedule %q next %s", s, next)
+	}
+	if err := c.SetSchedule("weekly  SUN 02:00"); err != nil {
+		t.Fatal(err)
+	}
+	if s, next := c.Schedule(); s != "weekly sun 02:00" || !next.Equal(time.Date(2026, 12, 6, 2, 0, 0, 0, time.UTC)) {
+		t.Errorf("schedule %q next %s", s, next)
+	}
+	if err := c.SetSchedule("hourly"); !errors.Is(err, ErrSchedule) {
+		t.Errorf("hourly: %v", err)
+	}
+	if len(saved) != 1 || saved[0].Scrub != "weekly sun 02:00" {
+		t.Errorf("saved %+v", saved)
+	}
+}

@@ -27,12 +27,14 @@ func diskCmd(ctx context.Context, a []string, stdout io.Writer) error {
 		cmd = "raid status"
 	case len(a) == 1 && a[0] == "scrub":
 		cmd = "raid scrub"
+	case len(a) >= 1 && a[0] == "schedule":
+		cmd = strings.Join(append([]string{"raid"}, a...), " ")
 	case len(a) == 2 && a[0] == "replace":
 		cmd = "raid replace " + a[1]
 	case len(a) == 3 && a[0] == "replace" && a[2] == "-erase":
 		cmd = "raid replace " + a[1] + " erase"
 	default:
-		return errors.New("usage: vaultctl disk [status] | disk replace DISK [-erase] | disk scrub")
+		return errors.New("usage: vaultctl disk [status] | disk replace DISK [-erase] | disk scrub | disk schedule [SCHEDULE]")
 	}
 	var b strings.Builder
 	if err := fwctl.Send(ctx, fwSocket, cmd, &b); err != nil {

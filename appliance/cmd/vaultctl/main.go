@@ -116,6 +116,8 @@ Commands:
   disk replace DISK [-erase]     (appliance) rebuild onto DISK in a missing member's place, or add it as a hot
                                  spare; -erase confirms wiping a disk that is not blank
   disk scrub                     (appliance) start the array's check now
+  disk schedule [SCHEDULE]       (appliance) when the array's check runs: "monthly DAY HH:MM", "weekly DAY HH:MM"
+                                 or "never" (default "monthly 1 03:00", the appliance's time zone)
   pair create [-ttl 1h]          (the pair's leader) print a one-time token another appliance or a witness joins with
   pair status [-json]            members, leader, term, log index, lag in commands and bytes, members behind
   pair promote                   (vault stopped) make this member the pair's only voter, when the other is gone
