@@ -8,13 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"vaultnode/appliance/catalog"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
 
 // listingOf stores nodes (sorted into tree order here) as a listing of
 // acme, in chunks of at most every nodes, so a reader crosses chunks.
-func listingOf(t *testing.T, v *Vault, every int, nodes ...*tree.Node) []tree.ChunkRef {
+func listingOf(t testing.TB, v *Vault, every int, nodes ...*tree.Node) []tree.ChunkRef {
 	t.Helper()
 	k, err := v.companyKeys("acme")
 	if err != nil {
@@ -164,5 +165,40 @@ func TestBrowseVersion(t *testing.T) {
 	}
 	if len(d.Configs) != 1 || len(d.Configs[0].Versions) != 1 || d.Configs[0].Versions[0].Seq != 1 {
 		t.Fatalf("detail: %+v", d)
+	}
+}
+
+// BenchmarkBrowse reads a directory page and a search of a version of
+// 100,000 files in 1,000 directories.
+func BenchmarkBrowse(b *testing.B) {
+	v := openTestVault(b)
+	cp := catalog.Computer{ID: "pc-1", Company: "acme", Name: "pc-1"}
+	if err := v.Catalog.RecordComputer(cp); err != nil {
+		b.Fatal(err)
+	}
+	nodes := []*tree.Node{dir(".")}
+	for d := range 1000 {
+		nodes = append(nodes, dir(fmt.Sprintf("d%04d", d)))
+		for f := range 100 {
+			nodes = append(nodes, file(fmt.Sprintf("d%04d/f%03d.dat", d, f), 10))
+		}
+	}
+	start := time.Now()
+	if err := v.Catalog.AddVersion(wire.Manifest{Magic: wire.ManifestMagic, Company: "acme", Computer: cp.ID, Config: "home", Seq: 1,
+		Started: start, Finished: start, Listing: listingOf(b, v, 5000, nodes...)}, [32]byte{1}); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		req  BrowseRequest
+	}{{"root", BrowseRequest{}}, {"last-dir", BrowseRequest{Dir: "/d0999"}}, {"search", BrowseRequest{Search: "f05?.dat", Limit: 1000}}} {
+		b.Run(c.name, func(b *testing.B) {
+			c.req.Computer, c.req.Config = cp.ID, "home"
+			for b.Loop() {
+				if _, err := v.Browse(b.Context(), operator, c.req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

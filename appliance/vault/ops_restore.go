@@ -82,11 +82,11 @@ func (v *Vault) Restore(ctx context.Context, p *Principal, req RestoreRequest) (
 		return CommandView{}, err
 	}
 	args := wire.RestoreArgs{Config: req.Config, Version: pt.m.Seq, To: req.To, Existing: req.Existing}
-	for _, p := range req.Paths {
-		if !strings.HasPrefix(p, "/") {
-			return CommandView{}, fail(http.StatusBadRequest, wire.CodeBadRequest, "path %q: give the version's paths absolute, as the computer had them", p)
+	for _, path := range req.Paths {
+		if !strings.HasPrefix(path, "/") {
+			return CommandView{}, fail(http.StatusBadRequest, wire.CodeBadRequest, "path %q: give the version's paths absolute, as the computer had them", path)
 		}
-		lp := listingPath(p)
+		lp := listingPath(path)
 		if lp == "" { // the root: all of it
 			args.Paths = nil
 			break

@@ -14,7 +14,7 @@ import (
 	"vaultnode/internal/tree"
 )
 
-func openTestVault(t *testing.T) *Vault {
+func openTestVault(t testing.TB) *Vault {
 	t.Helper()
 	v, err := Open(Options{Dir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -28,7 +28,7 @@ func openTestVault(t *testing.T) *Vault {
 }
 
 // putListing stores plain as one listing chunk and returns its reference.
-func putListing(t *testing.T, v *Vault, k *companyKeys, plain []byte) tree.ChunkRef {
+func putListing(t testing.TB, v *Vault, k *companyKeys, plain []byte) tree.ChunkRef {
 	t.Helper()
 	h := pack.EntryHeader{Kind: pack.KindListing, PlainLen: uint32(len(plain))}
 	h.ID = [32]byte(keys.NewHasher(k.set.ChunkID).Sum(plain))
