@@ -17,7 +17,7 @@ import (
 // (its own poll an hour: what it does comes through the command channel):
 // a configure_backup user browses the computer's live tree down to a
 // directory, ticks it, saves the configuration, backs up now and sees the
-// version; 25 hours later (vaultd restarted with its clock skewed: the
+// version, and compares it with the live files; 25 hours later (vaultd restarted with its clock skewed: the
 // agent's own clock is then 25 hours behind, which the vault corrects) a
 // second back up now, and All Computers shows the configuration protected.
 func TestPortalWizard(t *testing.T) {
@@ -120,6 +120,17 @@ func TestPortalWizard(t *testing.T) {
 	backupNow() // the agent may have made version 1 itself already: the schedule is 24x7
 	if st := stateOf("wizard"); st != "testing configuration and initial synchronization" {
 		t.Errorf("after the first version, wizard is %q", st)
+	}
+	// What changed since: a file added on the computer shows as added.
+	newGen(t, pe.src, 12).write("since.txt", []byte("new"), 0o644)
+	err = chromedp.Do(ctx, chromedp.Navigate(configure), chromedp.WaitVisible(chromedp.ID("compare-wizard")),
+		chromedp.Click(chromedp.ID("compare-wizard")), chromedp.WaitVisible(chromedp.ID("compare-result")))
+	if err != nil {
+		st, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("cmd-status")))
+		t.Fatalf("compare: %v (status %q)", err, st)
+	}
+	if added, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("added"))); !strings.Contains(added, filepath.Join(pe.src, "since.txt")) {
+		t.Errorf("compare shows added %q, want since.txt", added)
 	}
 
 	// A day and more later: out of the testing period, a new version, protected.

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"net/http"
 	"slices"
 	"strconv"
@@ -59,7 +60,7 @@ type cmdQueue struct {
 	waiting  int                             // polls waiting now
 	gen      uint64                          // last poll generation handed out
 	progress map[string]wire.CommandProgress // computer/id -> latest progress of a running command
-	deliver  sync.Mutex                      // one delivery at a time: a poll's reads and updates are not interleaved with another's
+	deliver  [64]sync.Mutex                  // by computer: one delivery at a time per computer, so an older and a newer poll never hand out the same command
 
 	maxPolls, maxComputer, maxCompany int // MaxPolls, MaxCommandsPerComputer, MaxCommandsPerCompany
 }
@@ -300,8 +301,11 @@ func (v *Vault) PollCommands(ctx context.Context, p *Principal, poll wire.Comman
 // longer runs, to running (or interrupted) and returns those to run.
 func (v *Vault) deliver(c *caller, running []string) ([]wire.AgentCommand, error) {
 	q := v.cmds
-	q.deliver.Lock()
-	defer q.deliver.Unlock()
+	h := fnv.New32a()
+	h.Write([]byte(c.ID))
+	mu := &q.deliver[h.Sum32()%uint32(len(q.deliver))]
+	mu.Lock()
+	defer mu.Unlock()
 	recs, err := v.Catalog.AgentCommands(c.ID)
 	if err != nil {
 		return nil, err
