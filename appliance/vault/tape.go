@@ -363,9 +363,17 @@ func (v *Vault) TapeOp(ctx context.Context, p *Principal, req TapeRequest) (any,
 			return nil, tapeErr(err)
 		}
 		v.tapeReq.mu.Lock()
+		defer v.tapeReq.mu.Unlock()
 		v.tapeReq.req = req.Restore
-		v.tapeReq.mu.Unlock()
-		return v.StartJob(ctx, p, tape.KindTapeRestore)
+		out, err := v.StartJob(ctx, p, tape.KindTapeRestore)
+		if err != nil || out.Running {
+			// Not started: the request must not wait for a later job.
+			v.tapeReq.req = nil
+		}
+		if err == nil && out.Running {
+			return nil, fail(http.StatusConflict, wire.CodeBusy, "a restore from tape is running (job %s): wait for it (vaultctl job show %s)", out.Job.ID, out.Job.ID)
+		}
+		return out, err
 	}
 	return nil, fail(http.StatusBadRequest, wire.CodeBadRequest, "unknown tape operation %q", req.Op)
 }
