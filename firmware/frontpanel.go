@@ -247,8 +247,11 @@ func (m *Machine) setupSession(w io.Writer) error {
 // statusJSON is "status json": what the front panel shows.
 func (m *Machine) statusJSON(w io.Writer) error {
 	s := m.snapshot()
-	st := panel.Status{Hostname: s.Hostname, Version: s.Version, Addresses: network.Addresses(), Vault: "not installed",
+	st := panel.Status{Hostname: s.Hostname, Version: s.Version, Addresses: network.Addresses(), Vault: "not started yet",
 		Alerts: s.Problems}
+	if m.supervisor() != nil {
+		st.Vault = "not installed"
+	}
 	if st.Hostname == "" {
 		st.Hostname, _ = os.Hostname()
 	}

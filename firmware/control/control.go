@@ -78,7 +78,11 @@ func Serve(ctx context.Context, log *zap.Logger, path string, h Handler) error {
 				return
 			}
 			cmd := strings.TrimSpace(line)
-			log.Info("control request", zap.String("command", cmd))
+			if strings.HasPrefix(cmd, "status") { // polled every second by the front panel: keep the log for events
+				log.Debug("control request", zap.String("command", cmd))
+			} else {
+				log.Info("control request", zap.String("command", cmd))
+			}
 			if err := h(ctx, cmd, stream{br, c}); err != nil {
 				fmt.Fprintf(c, "error: %v\n", err)
 			}
