@@ -125,6 +125,9 @@ func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.R
 		c.unreachable(base)
 		return nil, &reachError{err: err, addr: base}
 	}
+	if h := resp.Header.Get(wire.HeaderVaults); h != "" {
+		c.learn(h)
+	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		e := &Error{Status: resp.StatusCode}

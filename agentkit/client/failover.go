@@ -28,6 +28,54 @@ type pair struct {
 	addrs     []string
 	cur       int
 	failovers atomic.Int64
+	onVaults  func(addrs []string) // told when the list changes (SetOnVaults)
+}
+
+// SetOnVaults sets fn, told the vault's addresses whenever a pair's leader
+// names a different set (a member joined or left): the agent keeps them.
+func (p *pair) SetOnVaults(fn func(addrs []string)) {
+	p.mu.Lock()
+	p.onVaults = fn
+	p.mu.Unlock()
+}
+
+// learn takes the addresses a leader listed (wire.HeaderVaults), bounded.
+func (p *pair) learn(h string) {
+	if len(h) > 2048 {
+		return
+	}
+	var next []string
+	for _, a := range strings.Split(h, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" || len(a) > 255 || strings.ContainsAny(a, "/@?# ") {
+			return
+		}
+		next = append(next, a)
+	}
+	if len(next) == 0 || len(next) > 16 {
+		return
+	}
+	p.mu.Lock()
+	cur := p.addrs[p.cur]
+	same := len(next) == len(p.addrs)
+	for i := 0; same && i < len(next); i++ {
+		same = next[i] == p.addrs[i]
+	}
+	if same {
+		p.mu.Unlock()
+		return
+	}
+	p.addrs, p.cur = next, 0
+	for i, a := range next {
+		if a == cur {
+			p.cur = i
+		}
+	}
+	fn := p.onVaults
+	p.mu.Unlock()
+	if fn != nil {
+		fn(append([]string(nil), next...))
+	}
 }
 
 func newPair(addr string) pair {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,6 +88,11 @@ func Run(ctx context.Context, o Options) error {
 	d := &daemon{o: o, log: o.Log, clk: o.Clock, runners: map[string]*runner{}, runCtx: ctx}
 	d.lim = bwlimit.New(bandwidth.Fixed(bandwidth.Unlimited), o.Clock)
 	d.client = client.New(id.Vault, cert, pool, d.lim.RoundTripper)
+	d.client.SetOnVaults(func(addrs []string) { // a pair's members changed
+		if err := o.State.SetVault(strings.Join(addrs, ",")); err != nil {
+			d.log.Warn("keep the vault's addresses", zap.Error(err))
+		}
+	})
 	ln, err := d.listen()
 	if err != nil {
 		return err

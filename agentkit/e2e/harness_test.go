@@ -111,6 +111,8 @@ type vaultProc struct {
 	// pair_test.go); ready is the banner line that says it serves.
 	args  []string
 	ready string
+	// prefix runs vaultd through another command (ip netns exec NS).
+	prefix []string
 }
 
 func startVault(t testing.TB, dir string) *vaultProc {
@@ -162,6 +164,9 @@ func (v *vaultProc) start() {
 		args, readyLine = v.args, v.ready
 	}
 	cmd := exec.Command(filepath.Join(binDir, "vaultd"), args...)
+	if len(v.prefix) > 0 {
+		cmd = exec.Command(v.prefix[0], append(append(v.prefix[1:], filepath.Join(binDir, "vaultd")), args...)...)
+	}
 	cmd.Env = append(os.Environ(), v.env...)
 	cmd.Stderr = v.log
 	out, err := cmd.StdoutPipe()

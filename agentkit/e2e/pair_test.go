@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -70,33 +73,130 @@ type pairEnv struct {
 	w    *vaultProc
 }
 
+// member starts pair member id (a witness when id is "w") with its data in
+// root/dir; with ns, a lives inside the namespace and the others listen
+// on the namespace's root end.
+func (p *pairEnv) member(ns *netns, id, dir string, extra ...string) *vaultProc {
+	t := p.t
+	t.Helper()
+	ip, inside := "127.0.0.1", false
+	if ns != nil {
+		ip, inside = ns.rootIP, id == "a"
+		if inside {
+			ip = ns.insideIP
+		}
+	}
+	data := filepath.Join(p.root, dir)
+	logf, err := os.Create(data + "-vaultd.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &vaultProc{t: t, dir: data, addr: addrOn(t, ip, inside), log: logf, portal: "off", ready: "serving agents on"}
+	timing := []string{"-pair-heartbeat", "500ms", "-pair-degrade-after", "2s"}
+	pa := addrOn(t, ip, inside)
+	if id == "w" {
+		v.args, v.ready = append([]string{"witness", "-data", data, "-pair-id", id, "-pair-listen", pa}, timing...), "vaultd: witness"
+	} else {
+		v.args = append([]string{"-data", data, "-listen", v.addr, "-portal", "off", "-pair-id", id, "-pair-listen", pa}, timing...)
+	}
+	v.args = append(v.args, extra...)
+	if inside {
+		v.prefix = []string{"ip", "netns", "exec", ns.name}
+	}
+	v.start()
+	t.Cleanup(func() {
+		v.kill()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			if len(b) > 6000 {
+				b = b[len(b)-6000:]
+			}
+			t.Logf("%s log (tail):\n%s", dir, b)
+		}
+	})
+	return v
+}
+
+// netns puts member a in a network namespace of its own, joined to the
+// test's by one veth pair: cutting the pair's root end partitions a from
+// b, the witness and the agent.
+type netns struct {
+	name     string
+	rootEnd  string // veth in the test's namespace
+	rootIP   string // its address: b and the witness listen there
+	insideIP string // a's address
+}
+
+func newNetns(t *testing.T) *netns {
+	t.Helper()
+	var b [2]byte
+	rand.Read(b[:])
+	n := &netns{name: fmt.Sprintf("vnpair%x", b), rootEnd: fmt.Sprintf("vnp%xr", b),
+		rootIP: fmt.Sprintf("10.213.%d.1", b[0]), insideIP: fmt.Sprintf("10.213.%d.2", b[0])}
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	ip("netns", "add", n.name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.name).Run() })
+	inside := fmt.Sprintf("vnp%xi", b)
+	ip("link", "add", n.rootEnd, "type", "veth", "peer", "name", inside)
+	ip("link", "set", inside, "netns", n.name)
+	ip("addr", "add", n.rootIP+"/30", "dev", n.rootEnd)
+	ip("link", "set", n.rootEnd, "up")
+	ip("netns", "exec", n.name, "ip", "addr", "add", n.insideIP+"/30", "dev", inside)
+	ip("netns", "exec", n.name, "ip", "link", "set", inside, "up")
+	ip("netns", "exec", n.name, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+// cut and heal partition a and end it.
+func (n *netns) cut(t *testing.T) {
+	if out, err := exec.Command("ip", "link", "set", n.rootEnd, "down").CombinedOutput(); err != nil {
+		t.Fatalf("cut: %v: %s", err, out)
+	}
+}
+
+func (n *netns) heal(t *testing.T) {
+	if out, err := exec.Command("ip", "link", "set", n.rootEnd, "up").CombinedOutput(); err != nil {
+		t.Fatalf("heal: %v: %s", err, out)
+	}
+}
+
+// addrOn picks a port nobody listens on at ip in the test's namespace, or
+// a random high port inside the namespace (nothing else listens there).
+func addrOn(t *testing.T, ip string, inside bool) string {
+	if inside {
+		var b [2]byte
+		rand.Read(b[:])
+		return fmt.Sprintf("%s:%d", ip, 20000+int(b[0])<<8|int(b[1])%20000)
+	}
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
 // newPair forms a pair a+b with a witness w, all real processes on
-// loopback, and enrols an agent through the leader.
-func newPair(t *testing.T) *pairEnv {
+// loopback (or a in a namespace of its own, ns), and enrols an agent
+// through the leader.
+func newPair(t *testing.T, ns *netns) *pairEnv {
 	t.Helper()
 	root := t.TempDir()
 	p := &pairEnv{env: &env{t: t, root: root, src: filepath.Join(root, "src")}}
 	if err := os.MkdirAll(p.src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	timing := []string{"-pair-heartbeat", "500ms", "-pair-degrade-after", "2s"}
-	member := func(id, dir string, extra ...string) *vaultProc {
-		pa := freeAddr(t)
-		return startVaultWith(t, filepath.Join(root, dir), "off", func(addr string) []string {
-			return append(append([]string{"-data", filepath.Join(root, dir), "-listen", addr, "-portal", "off",
-				"-pair-id", id, "-pair-listen", pa}, timing...), extra...)
-		}, "serving agents on")
-	}
-	p.a = member("a", "vault-a", "-pair-form")
+	p.a = p.member(ns, "a", "vault-a", "-pair-form")
 	until(t, "a to lead its pair of one", func() bool { return p.a.whole(1) })
 	tok := strings.TrimSpace(p.a.mustCtl("pair", "create", "-ttl", "10m"))
-	p.b = member("b", "vault-b", "-pair-join", tok)
-	wtok := strings.TrimSpace(p.a.mustCtl("pair", "create"))
-	wa := freeAddr(t)
-	p.w = startVaultWith(t, filepath.Join(root, "witness"), "off", func(string) []string {
-		return append([]string{"witness", "-data", filepath.Join(root, "witness"), "-pair-id", "w", "-pair-listen", wa,
-			"-pair-join", wtok}, timing...)
-	}, "vaultd: witness")
+	p.b = p.member(ns, "b", "vault-b", "-pair-join", tok)
+	p.w = p.member(ns, "w", "witness", "-pair-join", strings.TrimSpace(p.a.mustCtl("pair", "create")))
 	until(t, "a pair of three voters, nobody behind", func() bool { return p.a.whole(3) })
 	if r := p.a.ctl("pair", "create"); r.code != 0 {
 		t.Fatalf("pair create on the leader: %s", r)
@@ -128,7 +228,7 @@ func newPair(t *testing.T) *pairEnv {
 // log and the packs; every committed version restores identical from
 // both members and verify is clean on both.
 func TestPairFailover(t *testing.T) {
-	p := newPair(t)
+	p := newPair(t, nil)
 	g := newGen(t, p.src, 14)
 	g.makeTree(300, 8<<20)
 	s1 := p.env.a.backup("home")
@@ -192,4 +292,109 @@ func TestPairFailover(t *testing.T) {
 		other.start()
 		until(t, "the pair whole again", func() bool { return m.whole(3) })
 	}
+}
+
+// restoreAll restores every version in want through the agent (from the
+// pair's leader) and compares it.
+func (p *pairEnv) restoreAll(from string, want map[uint64]map[string]entryState) {
+	p.t.Helper()
+	for v, tree := range want {
+		got, r := p.restore(v)
+		if r.code != 0 {
+			p.t.Fatalf("restore home@%d from %s: %s", v, from, r)
+		}
+		compareTrees(p.t, fmt.Sprintf("home@%d restored from %s", v, from), tree, snapshot(p.t, got))
+	}
+}
+
+func (v *vaultProc) companies() string {
+	r := v.ctl("company", "list")
+	return r.stdout
+}
+
+// TestPairPartition: the leader a, alone in a network namespace, is cut
+// from b, the witness and the agent. A change asked of a cannot commit;
+// b leads with the witness and takes the agent's next backup. After the
+// link is back a follows b, the refused change exists nowhere, and both
+// versions restore from a alone and verify clean there.
+func TestPairPartition(t *testing.T) {
+	ns := newNetns(t)
+	p := newPair(t, ns)
+	g := newGen(t, p.src, 15)
+	g.makeTree(200, 4<<20)
+	want := map[uint64]map[string]entryState{}
+	s1 := p.env.a.backup("home")
+	want[s1.Version] = snapshot(t, p.src)
+
+	ns.cut(t)
+	// a may still believe it leads for a moment: whatever it accepts now
+	// cannot commit without a majority.
+	if r := p.a.ctl("company", "create", "split"); r.code == 0 {
+		t.Fatalf("the cut-off leader committed a change: %s", r)
+	}
+	until(t, "b to lead", func() bool { st, ok := p.b.pairStatus(); return ok && st.State == "Leader" })
+	if st, ok := p.a.pairStatus(); ok && st.State == "Leader" {
+		t.Fatalf("two leaders: a still leads while b does: %+v", st)
+	}
+	g.mutate(1)
+	g.setTimes()
+	s2 := p.env.a.backup("home")
+	want[s2.Version] = snapshot(t, p.src)
+
+	ns.heal(t)
+	until(t, "the pair whole under b", func() bool { return p.b.whole(3) })
+	until(t, "a to apply b's log", func() bool { return strings.Contains(p.a.companies(), "acme") && p.a.versions() >= 2 })
+	for _, m := range []*vaultProc{p.a, p.b} {
+		if strings.Contains(m.companies(), "split") {
+			t.Fatalf("%s holds the change the cut-off leader was asked for", m.dir)
+		}
+	}
+	p.b.kill()
+	until(t, "a to lead", func() bool { st, ok := p.a.pairStatus(); return ok && st.State == "Leader" })
+	if r := p.a.ctl("verify"); r.code != 0 {
+		t.Fatalf("verify on a: %s", r)
+	}
+	p.restoreAll("a", want)
+}
+
+func (v *vaultProc) versions() int {
+	r := v.ctl("versions", "pc1", "home")
+	return strings.Count(r.stdout, "complete")
+}
+
+// TestPairReplace: b dies for good; a goes on alone (with the witness),
+// b is removed and an empty appliance c joins in its place, catches up
+// with every chunk while a serves, and holds the whole vault: a's death
+// leaves c leading, verify clean and every version restoring.
+func TestPairReplace(t *testing.T) {
+	p := newPair(t, nil)
+	g := newGen(t, p.src, 16)
+	g.makeTree(200, 4<<20)
+	want := map[uint64]map[string]entryState{}
+	s1 := p.env.a.backup("home")
+	want[s1.Version] = snapshot(t, p.src)
+
+	p.b.kill()
+	g.mutate(1)
+	g.setTimes()
+	s2 := p.env.a.backup("home") // degraded: b is recorded behind
+	want[s2.Version] = snapshot(t, p.src)
+	if st, _ := p.a.pairStatus(); len(st.Behind) != 1 || st.Behind[0].Member != "b" {
+		t.Fatalf("b is not recorded behind: %+v", st)
+	}
+	p.a.mustCtl("pair", "remove", "b")
+	c := p.member(nil, "c", "vault-c", "-pair-join", strings.TrimSpace(p.a.mustCtl("pair", "create")))
+	until(t, "the pair whole with c", func() bool { return p.a.whole(3) })
+	// The agent learns the new member from the leader's answers and keeps
+	// it, so it finds c once a is gone.
+	p.env.a.must("versions", "home")
+	if id, _ := os.ReadFile(filepath.Join(p.root, "agent", "identity.json")); !strings.Contains(string(id), c.addr) {
+		t.Fatalf("the agent did not keep the new member's address: %s", id)
+	}
+	p.a.kill()
+	until(t, "c to lead", func() bool { st, ok := c.pairStatus(); return ok && st.State == "Leader" })
+	if r := c.ctl("verify"); r.code != 0 {
+		t.Fatalf("verify on c: %s", r)
+	}
+	p.restoreAll("c", want)
 }

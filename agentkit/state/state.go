@@ -86,6 +86,22 @@ func (d *Dir) SaveIdentity(id Identity, certPEM, caPEM []byte) error {
 	return atomicfile.WriteFile(d.file("identity.json"), b, 0o600)
 }
 
+// SetVault replaces the vault's addresses in the identity (a pair's leader
+// listed a different set of members).
+func (d *Dir) SetVault(addrs string) error {
+	var id Identity
+	b, err := os.ReadFile(d.file("identity.json"))
+	if err != nil {
+		return fmt.Errorf("update vault addresses: %w", err)
+	}
+	if err := json.Unmarshal(b, &id); err != nil {
+		return fmt.Errorf("update vault addresses: read %s: %w", d.file("identity.json"), err)
+	}
+	id.Vault = addrs
+	b, _ = json.MarshalIndent(id, "", "  ")
+	return atomicfile.WriteFile(d.file("identity.json"), b, 0o600)
+}
+
 // Load returns the identity, the client certificate and the pinned CA pool.
 func (d *Dir) Load() (Identity, tls.Certificate, *x509.CertPool, error) {
 	var id Identity

@@ -103,6 +103,7 @@ var routeCaps = map[string]Capability{
 	"GET " + AdminCompanies + "/{name}/key": CapOperate,
 	"GET " + AdminPair:                      CapOperate,
 	"POST " + AdminPair + "/token":          CapOperate,
+	"POST " + AdminPair + "/remove":         CapOperate,
 	// Portal users, on the admin socket (vaultctl user) and the portal
 	// (the operation checks the user's company and kind).
 	"GET " + AdminUsers:                       CapManageUsers,

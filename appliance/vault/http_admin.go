@@ -96,6 +96,19 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 		writeJSON(w, st)
 		return nil
 	})
+	rt.handle("POST "+AdminPair+"/remove", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req struct {
+			ID string `json:"id"`
+		}
+		if err := readJSON(r, &req); err != nil {
+			return err
+		}
+		if err := v.PairRemove(r.Context(), p, req.ID); err != nil {
+			return err
+		}
+		writeJSON(w, map[string]string{"removed": req.ID})
+		return nil
+	})
 	rt.handle("POST "+AdminPair+"/token", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		var req struct {
 			TTL string `json:"ttl"`

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -253,6 +254,33 @@ func (v *Vault) PairToken(ctx context.Context, p *Principal, life time.Duration)
 	return pair.JoinToken{Secret: secret, CAPin: wire.Pin(v.CA.CA), Leader: m.Agent}.String(), nil
 }
 
+// PairRemove removes a member from the pair for good (a dead appliance
+// being replaced, a witness moved): `vaultctl pair remove ID`, on the
+// leader. Its behind record goes with it.
+func (v *Vault) PairRemove(ctx context.Context, p *Principal, id string) error {
+	if !p.Has(CapOperate) || p.Kind == Agent {
+		return forbid(p, CapOperate)
+	}
+	if v.pair == nil {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "this vault is not a member of a pair")
+	}
+	if !v.pair.node.IsLeader() {
+		return v.notLeader()
+	}
+	if id == v.pair.node.ID() {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "the leader does not remove itself: remove another member, or stop this one and remove it from the new leader")
+	}
+	if err := v.pair.node.RemoveMember(ctx, id); err != nil {
+		return fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+	}
+	cmd, err := catalog.NewCommand(pair.KindBehind, pair.Behind{Member: id, Caught: true})
+	if err != nil {
+		return err
+	}
+	_, err = v.pair.node.Submit(cmd)
+	return err
+}
+
 // PairStatus is `vaultctl pair status`: this member's view, each other
 // member's applied index asked over the pair address, and the bytes a
 // member recorded behind lacks.
@@ -299,7 +327,12 @@ func (v *Vault) followLeader(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == wire.PathHealth || v.pair.node.IsLeader() {
+		if v.pair.node.IsLeader() {
+			w.Header().Set(wire.HeaderVaults, strings.Join(v.pairVaults(), ","))
+			next.ServeHTTP(w, r)
+			return
+		}
+		if r.URL.Path == wire.PathHealth {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -52,6 +52,11 @@ const HeaderRequestID = "X-Request-Id"
 // pair's leader (docs/protocol.md, "Pairs").
 const HeaderLeader = "X-Vault-Leader"
 
+// HeaderVaults lists, on every answer of a pair's leader, the agent API
+// addresses of the pair's data members, comma-separated: an agent keeps
+// them, so it finds a member that joined after its enrolment.
+const HeaderVaults = "X-Vault-Members"
+
 // Error codes.
 const (
 	CodeBadRequest     = "bad_request"

@@ -175,7 +175,13 @@ func (a *app) client() (*client.Client, state.Identity, error) {
 		return nil, id, err
 	}
 	a.lim = bwlimit.New(bandwidth.Fixed(bandwidth.Unlimited), clock.Real{})
-	return client.New(id.Vault, cert, pool, a.lim.RoundTripper), id, nil
+	c := client.New(id.Vault, cert, pool, a.lim.RoundTripper)
+	c.SetOnVaults(func(addrs []string) { // a pair's members changed
+		if err := a.st.SetVault(strings.Join(addrs, ",")); err != nil {
+			a.log.Warn("keep the vault's addresses", zap.Error(err))
+		}
+	})
+	return c, id, nil
 }
 
 // applyLimit puts the computer's bandwidth profile in force.

@@ -120,6 +120,7 @@ Commands:
                                  or "never" (default "monthly 1 03:00", the appliance's time zone)
   pair create [-ttl 1h]          (the pair's leader) print a one-time token another appliance or a witness joins with
   pair status [-json]            members, leader, term, log index, lag in commands and bytes, members behind
+  pair remove ID                 (the leader) remove a dead member for good, before joining its replacement
   pair promote                   (vault stopped) make this member the pair's only voter, when the other is gone
                                  for good and no witness is there: see docs/pair.md for the risk
   rebuild-index                  (vault stopped) rebuild DATA/index.db from the packs alone

@@ -16,7 +16,7 @@ import (
 	"vaultnode/appliance/vault"
 )
 
-// pairCmd: vaultctl pair create [-ttl D] | status [-json] | promote.
+// pairCmd: vaultctl pair create [-ttl D] | status [-json] | remove ID | promote.
 func pairCmd(ctx context.Context, c *client, data string, a []string, stdout, stderr io.Writer) error {
 	if len(a) == 0 {
 		return fmt.Errorf("pair: give create, status or promote")
@@ -70,8 +70,17 @@ func pairCmd(ctx context.Context, c *client, data string, a []string, stdout, st
 		return nil
 	case "promote":
 		return pairPromote(data, stdout)
+	case "remove":
+		if len(a) != 2 {
+			return fmt.Errorf("pair remove: give the member's id")
+		}
+		if err := c.do(ctx, "POST", vault.AdminPair+"/remove", map[string]string{"id": a[1]}, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "member %s removed from the pair\n", a[1])
+		return nil
 	}
-	return fmt.Errorf("pair: unknown command %q: give create, status or promote", a[0])
+	return fmt.Errorf("pair: unknown command %q: give create, status, remove or promote", a[0])
 }
 
 // pairPromote makes this member (vault stopped) the only voter of its pair.
