@@ -187,8 +187,16 @@ func (s tapeSink) AddVersion(ctx context.Context, company string, manifestID [32
 
 // tapeRestores hands restore requests to the tape-restore job.
 type tapeRestores struct {
-	mu  sync.Mutex
-	req *tape.RestoreRequest
+	mu    sync.Mutex
+	req   *tape.RestoreRequest
+	agent *wire.RestoreArgs // then restore it onto its computer
+}
+
+// TapeRestoreResult is a tape-restore job's result: what came back from
+// tape, and the restore command sent to the computer when asked.
+type TapeRestoreResult struct {
+	tape.RestoreResult
+	AgentCommand string `json:"agent_command,omitempty"`
 }
 
 func (v *Vault) openTape() {
@@ -212,8 +220,8 @@ func (v *Vault) openTape() {
 	v.Jobs.Register(tape.KindTape, v.Tape.Run)
 	v.Jobs.Register(tape.KindTapeRestore, func(ctx context.Context, p *jobs.Progress) (any, error) {
 		v.tapeReq.mu.Lock()
-		req := v.tapeReq.req
-		v.tapeReq.req = nil
+		req, agent := v.tapeReq.req, v.tapeReq.agent
+		v.tapeReq.req, v.tapeReq.agent = nil, nil
 		v.tapeReq.mu.Unlock()
 		if req == nil {
 			return nil, fmt.Errorf("no version to restore: start it with `vaultctl tape restore COMPUTER CONFIG SEQ`")
@@ -228,8 +236,20 @@ func (v *Vault) openTape() {
 			case <-v.clk.After(time.Second):
 			}
 		}
-		defer v.collecting.Unlock()
-		return v.Tape.Restore(ctx, p, *req)
+		res, err := v.Tape.Restore(ctx, p, *req)
+		v.collecting.Unlock()
+		if err != nil || agent == nil {
+			return res, err
+		}
+		// Straight to the agent: the version is in the vault again; its
+		// computer restores it through its command channel.
+		out := &TapeRestoreResult{RestoreResult: *res}
+		cmd, err := v.Enqueue(ctx, operator, req.Computer, wire.AgentCommand{Kind: wire.CmdRestore, Restore: agent})
+		if err != nil {
+			return out, fmt.Errorf("the version is back in the vault, but its restore could not be sent to %s: %w", req.Computer, err)
+		}
+		out.AgentCommand = cmd.ID
+		return out, nil
 	})
 }
 
@@ -301,6 +321,12 @@ type TapeRequest struct {
 	Cover    *catalog.TapeCover   `json:"cover,omitempty"`
 	Remove   bool                 `json:"remove,omitempty"`
 	Restore  *tape.RestoreRequest `json:"restore,omitempty"`
+	// ToAgent: after a restore from tape, send the computer a restore
+	// command of the version (into Into, "" its original place; Existing:
+	// skip, overwrite or keep-both).
+	ToAgent  bool   `json:"to_agent,omitempty"`
+	Into     string `json:"into,omitempty"`
+	Existing string `json:"existing,omitempty"`
 }
 
 // TapeOp runs one operator tape operation and returns its answer.
@@ -364,11 +390,14 @@ func (v *Vault) TapeOp(ctx context.Context, p *Principal, req TapeRequest) (any,
 		}
 		v.tapeReq.mu.Lock()
 		defer v.tapeReq.mu.Unlock()
-		v.tapeReq.req = req.Restore
+		v.tapeReq.req, v.tapeReq.agent = req.Restore, nil
+		if req.ToAgent {
+			v.tapeReq.agent = &wire.RestoreArgs{Config: req.Restore.Config, Version: req.Restore.Seq, To: req.Into, Existing: req.Existing}
+		}
 		out, err := v.StartJob(ctx, p, tape.KindTapeRestore)
 		if err != nil || out.Running {
 			// Not started: the request must not wait for a later job.
-			v.tapeReq.req = nil
+			v.tapeReq.req, v.tapeReq.agent = nil, nil
 		}
 		if err == nil && out.Running {
 			return nil, fail(http.StatusConflict, wire.CodeBusy, "a restore from tape is running (job %s): wait for it (vaultctl job show %s)", out.Job.ID, out.Job.ID)

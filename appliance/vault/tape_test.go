@@ -623,9 +623,20 @@ func TestTapePlainPool(t *testing.T) {
 	if have, _ := v.Store.Has("acme", [][32]byte{a.hs.Sum(want["pc-1@2"][0])}); have[0] {
 		t.Fatal("version 2's chunk still on disk")
 	}
-	started := tapeOp(t, v, TapeRequest{Op: "restore", Restore: &tape.RestoreRequest{Computer: "pc-1", Config: "home", Seq: 2}}).(StartJobResponse)
-	if view := waitJob(t, v, started.Job.ID); view.State != jobs.Done {
+	// Straight to the agent: back into the vault, then a restore command
+	// to its computer.
+	started := tapeOp(t, v, TapeRequest{Op: "restore", Restore: &tape.RestoreRequest{Computer: "pc-1", Config: "home", Seq: 2},
+		ToAgent: true, Into: "/srv/from-tape", Existing: "keep-both"}).(StartJobResponse)
+	view := waitJob(t, v, started.Job.ID)
+	if view.State != jobs.Done {
 		t.Fatalf("restore from a plain pool: %s %s", view.State, view.Error)
+	}
+	var rr TapeRestoreResult
+	json.Unmarshal(view.Result, &rr)
+	cmds, err := v.Catalog.AgentCommands("pc-1")
+	if err != nil || rr.AgentCommand == "" || len(cmds) != 1 || cmds[0].ID != rr.AgentCommand || cmds[0].Restore == nil ||
+		cmds[0].Restore.Version != 2 || cmds[0].Restore.To != "/srv/from-tape" || cmds[0].Restore.Existing != "keep-both" {
+		t.Fatalf("restore command to the agent: result %+v, queue %+v, %v", rr, cmds, err)
 	}
 	if n := restoreAll(t, v, want); n != 3 {
 		t.Fatalf("%d versions restore, want 3", n)

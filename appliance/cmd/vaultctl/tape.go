@@ -43,7 +43,9 @@ const tapeUsage = `Usage: vaultctl tape COMMAND (docs/tape.md)
   disable COMPANY | disable COMPUTER CONFIG
   run                            start the tape job now and follow it
   needs COMPUTER CONFIG SEQ      the cartridges a restore of that version reads
-  restore COMPUTER CONFIG SEQ    bring a version back from tape into the vault (a job), then restore as usual
+  restore COMPUTER CONFIG SEQ [-to-agent [-into DIR] [-existing skip|overwrite|keep-both]]
+                                 bring a version back from tape into the vault (a job), then restore as usual,
+                                 or with -to-agent send its computer the restore command
 `
 
 func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Writer) error {
@@ -227,7 +229,15 @@ func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 		for _, al := range res.Alerts {
 			fmt.Fprintln(stdout, al)
 		}
-	case (a[0] == "needs" || a[0] == "restore") && len(a) == 4:
+	case (a[0] == "needs" || a[0] == "restore") && len(a) >= 4:
+		fs := flag.NewFlagSet("vaultctl tape restore", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		toAgent := fs.Bool("to-agent", false, "then send the computer a restore command of the version")
+		into := fs.String("into", "", "with -to-agent: the `directory` on the computer to restore into (default: the original place)")
+		existing := fs.String("existing", "", "with -to-agent: files already there: skip (default), overwrite or keep-both")
+		if err := fs.Parse(a[4:]); err != nil {
+			return err
+		}
 		seq, err := strconv.ParseUint(a[3], 10, 64)
 		if err != nil {
 			return fmt.Errorf("sequence %q: give the version's number (vaultctl versions %s)", a[3], a[1])
@@ -241,11 +251,17 @@ func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 			fmt.Fprintf(stdout, "%s@%d of %s is in media set %s on %s\n", a[2], seq, a[1], tc.MediaSet, strings.Join(tc.Cartridges(), ", "))
 			return nil
 		}
-		var res tape.RestoreResult
-		if err := c.runJob(ctx, vault.AdminTape, vault.TapeRequest{Op: "restore", Restore: rr}, "tape-restore", "a restore from tape", stderr, &res); err != nil {
+		var res vault.TapeRestoreResult
+		req := vault.TapeRequest{Op: "restore", Restore: rr, ToAgent: *toAgent, Into: *into, Existing: *existing}
+		if err := c.runJob(ctx, vault.AdminTape, req, "tape-restore", "a restore from tape", stderr, &res); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s restored from %s (%d tape files, %d chunks stored): restore it as usual\n", res.Version, strings.Join(res.Cartridges, ", "), res.Files, res.Chunks)
+		fmt.Fprintf(stdout, "%s restored from %s into the vault (%d tape files, %d chunks stored)\n", res.Version, strings.Join(res.Cartridges, ", "), res.Files, res.Chunks)
+		if res.AgentCommand != "" {
+			fmt.Fprintf(stdout, "restore command %s sent to %s\n", res.AgentCommand, a[1])
+		} else {
+			fmt.Fprintln(stdout, "restore it as usual (vault-agent restore, the portal), or run again with -to-agent")
+		}
 	default:
 		fmt.Fprint(stderr, tapeUsage)
 		return flag.ErrHelp
