@@ -63,12 +63,18 @@ type cmdQueue struct {
 	deliver  [64]sync.Mutex                  // by computer: one delivery at a time per computer, so an older and a newer poll never hand out the same command
 
 	maxPolls, maxComputer, maxCompany int // MaxPolls, MaxCommandsPerComputer, MaxCommandsPerCompany
+
+	stopping chan struct{} // closed when the vault shuts down: waits end at once
+	stopOnce sync.Once
 }
+
+// shutdown ends every waiting poll and WaitCommand (answered as they are).
+func (q *cmdQueue) shutdown() { q.stopOnce.Do(func() { close(q.stopping) }) }
 
 func newCmdQueue() *cmdQueue {
 	return &cmdQueue{bells: map[string]chan struct{}{}, polls: map[string]uint64{},
 		progress: map[string]wire.CommandProgress{},
-		maxPolls: MaxPolls, maxComputer: MaxCommandsPerComputer, maxCompany: MaxCommandsPerCompany}
+		maxPolls: MaxPolls, maxComputer: MaxCommandsPerComputer, maxCompany: MaxCommandsPerCompany, stopping: make(chan struct{})}
 }
 
 // bell returns the channel closed at the next change of computer's
@@ -215,6 +221,8 @@ func (v *Vault) WaitCommand(ctx context.Context, p *Principal, ref, id string, w
 			return cv, nil
 		case <-ctx.Done():
 			return cv, nil
+		case <-v.cmds.stopping:
+			return cv, nil
 		}
 	}
 }
@@ -292,6 +300,8 @@ func (v *Vault) PollCommands(ctx context.Context, p *Principal, poll wire.Comman
 		case <-t.C():
 			return wire.CommandBatch{Commands: []wire.AgentCommand{}}, nil
 		case <-ctx.Done():
+			return wire.CommandBatch{Commands: []wire.AgentCommand{}}, nil
+		case <-q.stopping:
 			return wire.CommandBatch{Commands: []wire.AgentCommand{}}, nil
 		}
 	}

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -350,5 +351,43 @@ func TestNudgeOnce(t *testing.T) {
 	}
 	if _, err := v.Enqueue(ctx, operator, "pc-a", browseCmd("/")); err != nil {
 		t.Fatalf("a browse after many saves: %v", err)
+	}
+}
+
+// TestShutdownEndsPolls: an agent's poll waiting when the vault shuts down
+// is answered at once, so Serve returns cleanly instead of waiting out its
+// shutdown deadline.
+func TestShutdownEndsPolls(t *testing.T) {
+	dir := t.TempDir()
+	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	v.NewCompany("acme")
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- v.Serve(ctx, func(a string) { ready <- a }) }()
+	addr := <-ready
+	sv := &servedVault{Vault: v, dir: dir, addr: addr}
+	c, _ := sv.agentClient(t, "acme", "a")
+	polled := make(chan int, 1)
+	go func() {
+		resp, err := c.Post("https://"+addr+wire.PathCommandPoll, "application/json", strings.NewReader(`{"wait_ms":25000}`))
+		if err != nil {
+			polled <- 0
+			return
+		}
+		resp.Body.Close()
+		polled <- resp.StatusCode
+	}()
+	waitPolls(t, v, 1)
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve with a poll waiting: %v", err)
+	}
+	if st := <-polled; st != 200 {
+		t.Errorf("the waiting poll got %d, want 200 (an empty batch)", st)
 	}
 }

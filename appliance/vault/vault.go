@@ -428,6 +428,7 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 		}
 		return err
 	}
+	v.cmds.shutdown() // waiting polls answer now, so Shutdown need not wait them out
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = errors.Join(agentSrv.Shutdown(sctx), adminSrv.Shutdown(sctx))
