@@ -5,6 +5,7 @@
 #                                       # every part at a small scale, to try it quickly
 #   make bench BENCH_SHAPES="small-files" BENCH_FLAGS="-files 100000"
 #   make bench-scale SCALE_FILES=1000000 # the scale run (10 million files by default)
+#   make bench-portal PORTAL_COMPUTERS=1000 # the portal part alone (10,000 computers by default)
 #   make bench BENCH_RAID=1             # also: backup throughput into a healthy, degraded and rebuilding RAID6 in QEMU
 #   make bench BENCH_NO_TAPE=1          # without the tape benchmark (tape job against dd, locate, in QEMU with tgt)
 # Results: tables on stdout and out/bench/results-SHAPE.json. Needs root for
@@ -30,6 +31,20 @@ go build -o out/bench/fidelity ./scripts/fidelity
 go build -o out/bench/rpo ./scripts/rpo
 go build -o out/bench/abuse ./scripts/abuse
 go build -o out/bench/gcbench ./scripts/gcbench
+go build -o out/bench/portalbench ./scripts/portalbench
+
+portal() {
+	# The portal's All Computers page and JSON for PORTAL_COMPUTERS computers
+	# (10,000 by default) with 3 configurations each, written as catalog
+	# commands; PORTAL_FLAGS adds flags (e.g. -chromium "" to skip the browser).
+	echo "== portal: All Computers for ${PORTAL_COMPUTERS:-10000} computers x 3 configurations (targets: first byte < 1 s, rendered < 2 s)"
+	# shellcheck disable=SC2086
+	out/bench/portalbench -bin bin -computers "${PORTAL_COMPUTERS:-10000}" -out out/bench/portal.json ${PORTAL_FLAGS:-}
+}
+if [ "${1:-}" = "portal" ]; then
+	portal
+	exit 0
+fi
 
 if [ "${1:-}" = "scale" ]; then
 	# make bench-scale: SCALE_FILES small files (10 million by default), the
@@ -94,6 +109,8 @@ if [ -z "${BENCH_NO_TAPE:-}" ]; then
 	echo "== tape in QEMU with tgt's virtual library (BENCH_NO_TAPE=1 skips; TAPE_BENCH_MIB, default 64): the tape job's streaming rate against dd of the same bytes to the same drive (target >= 90 %), and one file from the middle of a full cartridge: seek (REWIND + SPACE) against reading from the start"
 	go test -count=1 -run '^$' -bench BenchmarkTapeStream -benchtime 1x -timeout 30m ./hwtest | grep -E 'tape: |^(Benchmark|ok|FAIL|---)'
 fi
+echo
+portal
 if [ -n "${BENCH_RAID:-}" ]; then
 	echo
 	echo "== backup throughput into the appliance in QEMU: healthy RAID6, degraded, rebuilding (BENCH_RAID=1; RAID_BENCH_MIB per backup, default 48)"

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -25,6 +26,14 @@ import (
 // Host), and every non-GET request of a signed-in session must also carry
 // the session's token (X-CSRF-Token header or csrf_token form field), which
 // a page of another origin cannot read. The cookie is SameSite=Strict too.
+
+// MaxPageRows bounds the rows All Computers shows at once (the page as
+// served, and after each filter or sort in the browser): a browser lays out
+// 500 rows quickly, not 30,000.
+const MaxPageRows = 500
+
+// stateRank orders All Computers' rows: those needing attention first.
+var stateRank = map[string]int{StateError: 0, StateOffline: 1, StateBehind: 2, StateInitial: 3, StateTesting: 4, StateProtected: 5}
 
 // PortalAPI prefixes the portal's JSON API (docs/api.md).
 const PortalAPI = "/api/v1/"
@@ -253,9 +262,14 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 		if err != nil {
 			return catalogErr(err)
 		}
+		// Those needing attention first; the page carries at most
+		// MaxPageRows, the script the rest from the JSON.
+		total := len(rows)
+		slices.SortStableFunc(rows, func(a, b ConfigStatus) int { return stateRank[a.State] - stateRank[b.State] })
+		rows = rows[:min(total, MaxPageRows)]
 		return render(w, "computers.html", map[string]any{"Title": "All Computers", "P": p, "Rows": rows, "MustChange": u.MustChange,
 			"CSRF": csrfToken(sessionOf(r).id), "States": []string{StateTesting, StateInitial, StateProtected, StateBehind, StateError, StateOffline},
-			"Operator": p.Kind == Operator})
+			"Operator": p.Kind == Operator, "Total": total, "Limit": MaxPageRows})
 	})
 
 	account := func(w http.ResponseWriter, r *http.Request, p *Principal, status int, msg, done string) error {

@@ -180,7 +180,7 @@ func TestNotify(t *testing.T) {
 	}
 	// All Computers shows them.
 	var page bytes.Buffer
-	if err := portalTemplates.ExecuteTemplate(&page, "computers.html", map[string]any{"Title": "All Computers", "P": operator, "Rows": st}); err != nil {
+	if err := portalTemplates.ExecuteTemplate(&page, "computers.html", map[string]any{"Title": "All Computers", "P": operator, "Rows": st, "Total": len(st), "Limit": MaxPageRows}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(page.String(), `class="warning">⚠ temporary or cache directories`) {

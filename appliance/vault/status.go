@@ -82,23 +82,18 @@ func (v *Vault) Status(company string) ([]ConfigStatus, error) {
 func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time) (ConfigStatus, error) {
 	st := ConfigStatus{Company: cp.Company, Computer: cp.ID, Name: cp.Name, Config: cfg.Name, Mode: cfg.Mode, LastSeen: cp.LastSeen,
 		Bandwidth: cp.Settings.Bandwidth}
-	ms, err := v.Catalog.Versions(cp.ID, cfg.Name)
+	count, newest, last, err := v.Catalog.VersionSummary(cp.ID, cfg.Name) // last: the newest complete version
 	if err != nil {
 		return st, err
 	}
-	st.Versions = len(ms)
-	var last *wire.Manifest // newest complete version
-	for i := len(ms) - 1; i >= 0; i-- {
-		if ms[i].Complete() {
-			last = &ms[i]
-			break
-		}
-	}
+	st.Versions = count
 	if last != nil {
 		st.Protected = last.Totals.Bytes
 		st.Covers = last.Started
-		if js, err := v.Catalog.Journal(cp.ID, cfg.Name, ms[len(ms)-1].Seq); err == nil && len(js) > 0 && ms[len(ms)-1].Seq == last.Seq {
-			st.Covers = js[len(js)-1].Time
+		if newest.Seq == last.Seq {
+			if js, err := v.Catalog.Journal(cp.ID, cfg.Name, last.Seq); err == nil && len(js) > 0 {
+				st.Covers = js[len(js)-1].Time
+			}
 		}
 	}
 	st.NextRun = nextRun(cfg, st.Covers, now)
@@ -131,8 +126,8 @@ func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time
 		}
 	case last == nil:
 		st.State = StateInitial
-		if len(ms) > 0 {
-			st.Detail = fmt.Sprintf("%d version(s), none complete: some files could not be read", len(ms))
+		if count > 0 {
+			st.Detail = fmt.Sprintf("%d version(s), none complete: some files could not be read", count)
 		}
 	default:
 		st.State = StateProtected

@@ -9,7 +9,11 @@
   const heads = Array.from(table.tHead.rows[0].cells);
   const operator = heads.length > 0 && heads[0].dataset.key === "company";
   let rows = null; // the last /api/v1/status answer; null: the server's rendering
-  let sortKey = null, sortDir = 1; // null: the server's order until a column is chosen
+  let sortKey = null, sortDir = 1; // null: the server's order (those needing attention first) until a column is chosen
+  const limit = Number(table.dataset.limit) || 500; // rows laid out at once
+  let matched = 0;
+  const rank = { "error": 0, "offline": 1, "behind schedule": 2, "initial synchronization": 3,
+    "testing configuration and initial synchronization": 4, "protected": 5 };
 
   function fmtTime(s) {
     if (!s) return null;
@@ -36,13 +40,20 @@
   function render() {
     const body = table.tBodies[0];
     if (rows) {
-      const sorted = rows.slice();
+      // Filter and sort the data, then lay out at most `limit` rows.
+      const q = filter.value.trim().toLowerCase(), s = stateSel.value;
+      const sorted = rows.filter(function (r) {
+        if (s && r.state !== s) return false;
+        return !q || [r.company, r.computer_name, r.computer, r.config, r.mode, r.state, r.detail, r.bandwidth].join(" ").toLowerCase().includes(q);
+      });
       if (sortKey) sorted.sort(function (a, b) {
         const x = a[sortKey] ?? "", y = b[sortKey] ?? "";
         return (x < y ? -1 : x > y ? 1 : 0) * sortDir;
       });
+      else sorted.sort(function (a, b) { return (rank[a.state] ?? 9) - (rank[b.state] ?? 9); });
+      matched = sorted.length;
       body.replaceChildren();
-      for (const r of sorted) {
+      for (const r of sorted.slice(0, limit)) {
         const tr = body.insertRow();
         tr.dataset.state = r.state;
         if (operator) cell(tr, r.company);
@@ -66,6 +77,11 @@
     applyFilter();
   }
   function applyFilter() {
+    if (rows) { // the data is here: filter it, not the rows laid out
+      const shown = table.tBodies[0].rows.length;
+      document.getElementById("count").textContent = shown + " of " + matched + " shown" + (matched < rows.length ? " (" + rows.length + " in all)" : "");
+      return;
+    }
     const q = filter.value.trim().toLowerCase(), s = stateSel.value;
     let shown = 0, all = 0;
     for (const tr of table.tBodies[0].rows) {
@@ -98,8 +114,8 @@
       render();
     });
   });
-  filter.addEventListener("input", applyFilter);
-  stateSel.addEventListener("change", applyFilter);
+  filter.addEventListener("input", function () { if (rows) render(); else applyFilter(); });
+  stateSel.addEventListener("change", function () { if (rows) render(); else applyFilter(); });
   render();
   refresh();
   setInterval(refresh, 15000);

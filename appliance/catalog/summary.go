@@ -1,0 +1,46 @@
+package catalog
+
+import (
+	"bytes"
+
+	"go.etcd.io/bbolt"
+
+	"vaultnode/internal/wire"
+)
+
+// VersionSummary answers what a configuration's status needs of its
+// versions without decoding them all: how many there are, the newest, and
+// the newest complete one (nil when none). It counts keys and decodes
+// only from the newest back to the first complete one, so a configuration
+// with months of versions costs about as little as one with a few.
+func (c *Catalog) VersionSummary(computer, config string) (n int, newest, complete *wire.Manifest, err error) {
+	err = c.db.View(func(tx *bbolt.Tx) error {
+		prefix := []byte(computer + "/" + config + "/")
+		cur := tx.Bucket(bVersions).Cursor()
+		var last []byte
+		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			n++
+			last = k
+		}
+		if last == nil {
+			return nil
+		}
+		for k, v := cur.Seek(last); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Prev() {
+			ver, err := decodeVersion(k, v)
+			if err != nil {
+				c.skip(err)
+				continue
+			}
+			m := ver.Manifest
+			if newest == nil {
+				newest = &m
+			}
+			if m.Complete() {
+				complete = &m
+				return nil
+			}
+		}
+		return nil
+	})
+	return n, newest, complete, err
+}
