@@ -9,6 +9,7 @@
 //	tapeprobe write BARCODE DIR          DIR as a tar archive in tape file 1 (file 0: a label archive)
 //	tapeprobe export BARCODE | import IE move through the import/export slot
 //	tapeprobe rate BARCODE DRIVE MIB     stream MIB MiB of 256 KiB blocks, print the rate
+//	tapeprobe soak BARCODE DRIVE MIB N   write numbered blocks, read them back N times, report any that differ
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -251,6 +253,14 @@ func (p *probe) run(ctx context.Context, args []string) error {
 		files, _ := strconv.Atoi(args[3])
 		mib, _ := strconv.Atoi(args[4])
 		p.locateBench(ctx, l, args[1], uint16(addr), files, mib)
+	case "soak":
+		if len(args) != 5 {
+			return errors.New("usage: tapeprobe soak BARCODE DRIVE MIB PASSES")
+		}
+		addr, _ := strconv.Atoi(args[2])
+		mib, _ := strconv.Atoi(args[3])
+		passes, _ := strconv.Atoi(args[4])
+		p.soak(ctx, l, args[1], uint16(addr), mib, passes)
 	case "rate":
 		if len(args) != 4 {
 			return errors.New("usage: tapeprobe rate BARCODE DRIVE MIB")
@@ -848,5 +858,64 @@ func (p *probe) locateBench(ctx context.Context, l *lab, barcode string, addr ui
 		fmt.Fprintf(p.out, "TAPEPROBE LOCATE file %d of %d (%d MiB each): seek and read %.3f s, read from the start %.3f s\n",
 			mid, files, mib, seek.Seconds(), scan.Seconds())
 	}
+	p.unload(ctx, l, d, addr)
+}
+
+// soak writes mib MiB of 256 KiB blocks, each carrying its index in its
+// first 8 bytes, and reads them back passes times, reporting every block
+// that does not come back as written and whose data it holds instead.
+func (p *probe) soak(ctx context.Context, l *lab, barcode string, addr uint16, mib, passes int) {
+	d, ok := p.load(ctx, l, barcode, addr)
+	if !ok {
+		return
+	}
+	n := mib * 4
+	block := func(i int) []byte {
+		b := pattern(256<<10, byte(i))
+		binary.BigEndian.PutUint64(b, uint64(i))
+		return b
+	}
+	err := d.Rewind(ctx)
+	for i := 0; i < n && err == nil; i++ {
+		if err = d.WriteBlock(ctx, block(i)); errors.Is(err, drive.ErrEarlyWarning) {
+			err = nil
+		}
+	}
+	if err == nil {
+		err = d.WriteFilemarks(ctx, 1)
+	}
+	if !p.check("soak: write", err) {
+		return
+	}
+	buf := make([]byte, 256<<10)
+	bad := 0
+	for pass := 0; pass < passes; pass++ {
+		if err := d.Rewind(ctx); err != nil {
+			p.check("soak: rewind", err)
+			return
+		}
+		for i := 0; i < n; i++ {
+			m, err := d.ReadBlock(ctx, buf)
+			if err != nil {
+				p.check(fmt.Sprintf("soak: pass %d block %d", pass, i), err)
+				return
+			}
+			if want := block(i); m != len(want) || !bytes.Equal(buf[:m], want) {
+				bad++
+				first := 0
+				for first < m && first < len(want) && buf[first] == want[first] {
+					first++
+				}
+				fmt.Fprintf(p.out, "TAPEPROBE SOAKBAD pass %d block %d: %d bytes, first difference at %d, holds index %d\n",
+					pass, i, m, first, binary.BigEndian.Uint64(buf[:8]))
+			}
+		}
+	}
+	p.check(fmt.Sprintf("soak: %d passes over %d blocks, %d came back different", passes, n, bad), func() error {
+		if bad > 0 {
+			return fmt.Errorf("%d blocks differ", bad)
+		}
+		return nil
+	}())
 	p.unload(ctx, l, d, addr)
 }
