@@ -148,6 +148,12 @@ func TestSendThroughSink(t *testing.T) {
 	if n := len(s.inbox(t)); n != 3 {
 		t.Fatalf("%d messages after queuing a sent id again, want 3", n)
 	}
+	// Done messages are kept KeepDone, then forgotten.
+	clk.Advance(KeepDone + 2*time.Hour)
+	q.SendDue(t.Context())
+	if ms, _ := q.List(); len(ms) != 0 {
+		t.Fatalf("%d messages listed %s after they were sent, want none", len(ms), KeepDone+2*time.Hour)
+	}
 }
 
 // TestRetryBackoff: a temporary refusal (451) keeps the message queued with

@@ -75,6 +75,7 @@ type Queue struct {
 
 	mu   sync.Mutex // file changes, and one sending pass at a time
 	poke chan struct{}
+	lastPrune time.Time // done/ is pruned at most hourly
 	// cmu guards changed, closed (and replaced) at every attempt's
 	// outcome: Wait's wake-up.
 	cmu     sync.Mutex
@@ -332,7 +333,10 @@ func (q *Queue) SendDue(ctx context.Context) time.Time {
 			due = append(due, m)
 		}
 	}
-	q.pruneDone(now)
+	if now.Sub(q.lastPrune) >= time.Hour {
+		q.pruneDone(now)
+		q.lastPrune = now
+	}
 	if len(due) > 0 {
 		q.deliver(ctx, due)
 		q.broadcast()
