@@ -10,6 +10,7 @@
 //	tapeprobe export BARCODE | import IE move through the import/export slot
 //	tapeprobe rate BARCODE DRIVE MIB     stream MIB MiB of 256 KiB blocks, print the rate
 //	tapeprobe soak BARCODE DRIVE MIB N   write numbered blocks, read them back N times, report any that differ
+//	                                     (N < 0: -N times, unloading and loading the cartridge before each)
 package main
 
 import (
@@ -889,7 +890,17 @@ func (p *probe) soak(ctx context.Context, l *lab, barcode string, addr uint16, m
 	}
 	buf := make([]byte, 256<<10)
 	bad := 0
+	reload := passes < 0 // unload and load the cartridge again before each pass
+	if reload {
+		passes = -passes
+	}
 	for pass := 0; pass < passes; pass++ {
+		if reload {
+			p.unload(ctx, l, d, addr)
+			if d, ok = p.load(ctx, l, barcode, addr); !ok {
+				return
+			}
+		}
 		if err := d.Rewind(ctx); err != nil {
 			p.check("soak: rewind", err)
 			return
