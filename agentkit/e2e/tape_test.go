@@ -46,6 +46,9 @@ func TestTapeCommands(t *testing.T) {
 	if r := v.ctl("tape", "inventory"); r.code == 0 || !strings.Contains(r.stderr, "no tape library") {
 		t.Fatalf("inventory without a library: %s", r)
 	}
+	if r := v.ctl("tape", "run"); r.code == 0 || !strings.Contains(r.stderr, "no tape library") {
+		t.Fatalf("tape run without a library: %s", r)
+	}
 
 	// Three versions, a policy that keeps only the first and the last:
 	// the middle one stays because it is not on tape.

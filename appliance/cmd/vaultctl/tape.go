@@ -218,6 +218,13 @@ func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 		}
 		fmt.Fprintf(stdout, "%s no longer written to tape\n", strings.Join(a[1:], " "))
 	case a[0] == "run" && len(a) == 1:
+		var o vault.TapeOverview
+		if err := c.do(ctx, "GET", vault.AdminTape, nil, &o); err != nil {
+			return err
+		}
+		if !o.Library {
+			return fmt.Errorf("tape run: no tape library: the vault found no tape changer and drive at its start (see its log)")
+		}
 		var res tape.JobResult
 		if err := c.runJob(ctx, vault.AdminJobs, vault.StartJobRequest{Kind: tape.KindTape}, "tape", "a tape job", stderr, &res); err != nil {
 			return err
