@@ -157,7 +157,8 @@ var routeCaps = map[string]Capability{
 	"POST " + PortalAPI + "computers/{computer}/contact":               CapManageComputers,
 	// The command channel and configurations (http_commands.go): the
 	// operation checks the computer's scope and, for commands, the kind's
-	// capability (browse: configure_backup or restore, never plain view).
+	// capability (browse: configure_backup only; a restore browses the
+	// version on the vault, never the live files).
 	"POST " + PortalAPI + "computers/{computer}/browse":           CapConfigure,
 	"POST " + PortalAPI + "computers/{computer}/backup-now":       CapConfigure,
 	"POST " + PortalAPI + "computers/{computer}/compare":          CapRestore,

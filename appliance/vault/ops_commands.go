@@ -101,8 +101,9 @@ func (q *cmdQueue) ring(computer string) {
 }
 
 // commandCap is the capability a kind of command needs. Browsing live
-// files needs configure_backup or restore (checked in Enqueue), never
-// plain view.
+// files is for configuring (choosing what to back up): configure_backup,
+// never restore or plain view; a restore browses the version on the vault
+// (ops_browse.go), not the computer's live files.
 func commandCap(kind string) Capability {
 	switch kind {
 	case wire.CmdRestore, wire.CmdCompare:
@@ -111,20 +112,12 @@ func commandCap(kind string) Capability {
 	return CapConfigure
 }
 
-func mayCommand(p *Principal, kind string) bool {
-	if kind == wire.CmdBrowse {
-		return p.Has(CapConfigure) || p.Has(CapRestore)
-	}
-	return p.Has(commandCap(kind))
-}
+func mayCommand(p *Principal, kind string) bool { return p.Has(commandCap(kind)) }
 
 // commandComputer finds the computer ref that p may send a command of
 // kind to (or read such a command of).
 func (v *Vault) commandComputer(p *Principal, kind, ref string) (catalog.Computer, error) {
 	need := commandCap(kind)
-	if kind == wire.CmdBrowse && !p.Has(CapConfigure) {
-		need = CapRestore
-	}
 	if p.Kind == Agent {
 		return catalog.Computer{}, fail(http.StatusForbidden, wire.CodeForbidden, "%s is a computer: commands are sent to agents, not by them", p)
 	}
@@ -135,8 +128,7 @@ func (v *Vault) commandComputer(p *Principal, kind, ref string) (catalog.Compute
 }
 
 // Enqueue adds a command for the computer ref and wakes its agent's poll.
-// The kind decides the capability: browse needs configure_backup or
-// restore; backup and config_changed configure_backup; restore and compare
+// The kind decides the capability: browse, backup and config_changed configure_backup; restore and compare
 // restore. A queue at its bound answers busy.
 func (v *Vault) Enqueue(ctx context.Context, p *Principal, ref string, cmd wire.AgentCommand) (CommandView, error) {
 	cp, err := v.commandComputer(p, cmd.Kind, ref)

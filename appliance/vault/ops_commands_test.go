@@ -201,7 +201,7 @@ func TestCommandScope(t *testing.T) {
 	}{
 		{"view only, browse", user(nil), "pc-a", browseCmd("/"), wire.CodeForbidden},
 		{"configure, browse", user([]Capability{CapConfigure}), "pc-a", browseCmd("/"), ""},
-		{"restore, browse", user([]Capability{CapRestore}), "pc-a", browseCmd("/"), ""},
+		{"restore, browse", user([]Capability{CapRestore}), "pc-a", browseCmd("/"), wire.CodeForbidden}, // live files are for configuring
 		{"restore, back up now", user([]Capability{CapRestore}), "pc-a", backup, wire.CodeForbidden},
 		{"configure, restore", user([]Capability{CapConfigure}), "pc-a", restore, wire.CodeForbidden},
 		{"restore, restore", user([]Capability{CapRestore}), "pc-a", restore, ""},

@@ -39,3 +39,33 @@ func TestPortalPagesRender(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreOnlyUserNeverBrowsesLiveFiles: browsing a computer's live
+// files is for configuring; a user holding restore without
+// configure_backup is refused it (here and in Enqueue), and the pages it
+// sees offer no button that would call it: the restore page browses the
+// version on the vault.
+func TestRestoreOnlyUserNeverBrowsesLiveFiles(t *testing.T) {
+	pv := servePortal(t)
+	pv.addUser(t, UserRequest{Name: "rita", Kind: catalog.UserCompany, Company: "acme", Caps: []string{string(CapRestore)}})
+	b := pv.browser(t)
+	if st, code := b.login("rita", "password-of-rita"); st != 200 {
+		t.Fatalf("sign in: %d %s", st, code)
+	}
+	if st, code, _ := b.do("POST", PortalAPI+"computers/pc-a1/browse?wait=0", wire.BrowseArgs{Path: "/"}); st != 403 || code != wire.CodeForbidden {
+		t.Errorf("a restore-only user browses live files: %d %q", st, code)
+	}
+	_, _, page := b.do("GET", "/computers/pc-a1", nil)
+	if !strings.Contains(string(page), `id="restore-link"`) || strings.Contains(string(page), `id="configure-link"`) {
+		t.Errorf("the computer page of a restore-only user: want the restore link and no configure link")
+	}
+	for _, path := range []string{"/computers/pc-a1/restore?config=home", "/static/pages.js", "/static/portal.js"} {
+		st, _, body := b.do("GET", path, nil)
+		if st != 200 {
+			t.Fatalf("%s: %d", path, st)
+		}
+		if strings.Contains(string(body), "/browse") || strings.Contains(string(body), "configure.js") {
+			t.Errorf("%s reaches the live-tree browse route, which a restore-only user may not call", path)
+		}
+	}
+}
