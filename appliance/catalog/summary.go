@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"bytes"
+	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -9,7 +10,7 @@ import (
 )
 
 // VersionSummary answers what a configuration's status needs of its
-// versions without decoding them all: how many there are, the newest, and
+// versions (their manifests without listings) without decoding them all: how many there are, the newest, and
 // the newest complete one (nil when none). It counts keys and decodes
 // only from the newest back to the first complete one, so a configuration
 // with months of versions costs about as little as one with a few.
@@ -26,12 +27,23 @@ func (c *Catalog) VersionSummary(computer, config string) (n int, newest, comple
 			return nil
 		}
 		for k, v := cur.Seek(last); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Prev() {
-			ver, err := decodeVersion(k, v)
-			if err != nil {
+			// Only what status reads: no listing, no manifest id.
+			var slim struct {
+				Company, Computer, Config string
+				Seq                       uint64
+				Started, Finished         time.Time
+				Totals                    wire.Totals
+			}
+			if err := decodeJSON(bVersions, k, v, &slim); err != nil {
 				c.skip(err)
 				continue
 			}
-			m := ver.Manifest
+			if !bytes.Equal(k, verKey(slim.Computer, slim.Config, slim.Seq)) {
+				c.skip(corrupt(bVersions, k, "record is version %s/%s@%d", slim.Computer, slim.Config, slim.Seq))
+				continue
+			}
+			m := wire.Manifest{Magic: wire.ManifestMagic, Company: slim.Company, Computer: slim.Computer, Config: slim.Config,
+				Seq: slim.Seq, Started: slim.Started, Finished: slim.Finished, Totals: slim.Totals}
 			if newest == nil {
 				newest = &m
 			}

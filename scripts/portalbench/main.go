@@ -286,8 +286,22 @@ func browse(chromium, base, pw string, rows int, res *result) error {
 	defer cancel()
 	ctx, cancelT := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancelT()
-	err := chromedp.Do(ctx,
-		chromedp.Navigate(base+"/login"), chromedp.WaitVisible(chromedp.ID("user")),
+	// A navigation can fail on ERR_NETWORK_CHANGED when other work on the
+	// machine makes network namespaces: try a few times.
+	nav := func(url string, then ...chromedp.Action[chromedp.Void]) error {
+		var err error
+		for i := 0; i < 5; i++ {
+			if err = chromedp.Do(ctx, append([]chromedp.Action[chromedp.Void]{chromedp.Navigate(url)}, then...)...); err == nil || !strings.Contains(err.Error(), "ERR_NETWORK_CHANGED") {
+				return err
+			}
+		}
+		return err
+	}
+	err := nav(base+"/login", chromedp.WaitVisible(chromedp.ID("user")))
+	if err != nil {
+		return fmt.Errorf("open the sign-in page: %w", err)
+	}
+	err = chromedp.Do(ctx,
 		chromedp.SendKeys(chromedp.ID("user"), "bench"), chromedp.SendKeys(chromedp.ID("password"), pw),
 		chromedp.Click(chromedp.ID("signin")), chromedp.WaitVisible(chromedp.ID("computers")))
 	if err != nil {
@@ -296,7 +310,7 @@ func browse(chromium, base, pw string, rows int, res *result) error {
 	best := -1.0
 	var refreshed float64
 	for i := 0; i < 3; i++ {
-		if err := chromedp.Do(ctx, chromedp.Navigate(base+"/computers"), chromedp.WaitReady(chromedp.CSS("body"))); err != nil {
+		if err := nav(base+"/computers", chromedp.WaitReady(chromedp.CSS("body"))); err != nil {
 			return err
 		}
 		// The navigation's own timing, read in the page: start to the load
