@@ -15,6 +15,7 @@ import (
 
 	"vaultnode/firmware/config"
 	"vaultnode/firmware/network"
+	"vaultnode/firmware/raid"
 	"vaultnode/firmware/service"
 )
 
@@ -215,9 +216,9 @@ func (m *Machine) diskCommand(ctx context.Context, in *bufio.Reader, args []stri
 	case args[0] == "replace" && len(args) == 2:
 		name := strings.TrimPrefix(args[1], "/dev/")
 		erase := false
-		// A blank disk or a former member of the array: yes/no; any
-		// other disk holds data and needs ERASE typed.
-		blank := slices.Contains(c.Candidates(), name)
+		// A blank candidate: yes/no; any other disk (a former member of
+		// the array too) holds data and needs ERASE typed.
+		blank := slices.ContainsFunc(c.CandidateDisks(), func(d raid.Candidate) bool { return d.Name == name && !d.HoldsData })
 		if blank {
 			m.printf("Add %s to the array (rebuilding onto it now if a member is missing)? (yes/no): ", name)
 		} else {

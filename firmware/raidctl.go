@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"vaultnode/firmware/disk"
 	"vaultnode/internal/storagehealth"
 )
 
@@ -21,10 +20,11 @@ import (
 //	raid | raid status        the storage state in words
 //	raid json                 the storagehealth report as JSON
 //	raid replace DISK [erase] add DISK in a missing member's place (or as a spare);
-//	                          "erase" confirms wiping a disk that is not blank
+//	                          "erase" confirms wiping a disk that is not blank (a former member too)
 //	raid scrub                start md's check now
 //	raid speed MIN MAX        md sync speed limits, KiB/s per disk, until the next boot
-//	raid candidates           JSON [{array, disk, size}]: disks raid replace accepts
+//	raid candidates           JSON [{array, disk, size, holds_data}]: disks raid replace accepts
+//	                          (holds_data: it needs "erase")
 //	raid schedule [SCHEDULE]  the scrub schedule (monthly DAY HH:MM, weekly DAY HH:MM, never), saved
 //
 // "disk candidates" and "disk replace DISK" are the same (the front panel).
@@ -43,15 +43,15 @@ func (m *Machine) raidControl(ctx context.Context, args []string, w io.Writer) e
 		return json.NewEncoder(w).Encode(c.Report())
 	case args[0] == "candidates" && len(args) == 1:
 		type candidate struct {
-			Array string `json:"array"`
-			Disk  string `json:"disk"`
-			Size  int64  `json:"size"`
+			Array     string `json:"array"`
+			Disk      string `json:"disk"`
+			Size      int64  `json:"size"`
+			HoldsData bool   `json:"holds_data,omitempty"` // raid replace needs "erase"
 		}
 		out := []candidate{}
-		disks, _ := disk.List()
-		for _, n := range c.Candidates() {
-			if d, ok := disk.Find(disks, n); ok && c.IsArray() {
-				out = append(out, candidate{Array: filepath.Base(DataMD), Disk: d.Name, Size: d.Size})
+		for _, d := range c.CandidateDisks() {
+			if c.IsArray() {
+				out = append(out, candidate{Array: filepath.Base(DataMD), Disk: d.Name, Size: d.Size, HoldsData: d.HoldsData})
 			}
 		}
 		return json.NewEncoder(w).Encode(out)

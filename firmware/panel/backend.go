@@ -91,9 +91,14 @@ func (c Control) Candidates(ctx context.Context) ([]Candidate, error) {
 	return out, nil
 }
 
-// Replace starts the rebuild onto disk; it returns PID 1's answer.
-func (c Control) Replace(ctx context.Context, disk string) (string, error) {
-	b, err := c.call(ctx, "disk replace "+disk)
+// Replace starts the rebuild onto disk; erase confirms wiping a disk that
+// holds data. It returns PID 1's answer.
+func (c Control) Replace(ctx context.Context, disk string, erase bool) (string, error) {
+	cmd := "disk replace " + disk
+	if erase {
+		cmd += " erase"
+	}
+	b, err := c.call(ctx, cmd)
 	return strings.TrimSpace(string(b)), err
 }
 

@@ -37,7 +37,7 @@ type Backend interface {
 	Status(ctx context.Context) (Status, error)
 	PowerOff(ctx context.Context) error
 	Candidates(ctx context.Context) ([]Candidate, error)
-	Replace(ctx context.Context, disk string) (string, error)
+	Replace(ctx context.Context, disk string, erase bool) (string, error)
 	// Setup opens a first-boot setup session (setup.WireMsg lines).
 	Setup(ctx context.Context) (io.ReadWriteCloser, error)
 }
@@ -295,7 +295,7 @@ func (d *Driver) do(ctx context.Context, r Request) {
 		})
 	case ReqReplace:
 		d.async(ctx, func() event {
-			t, err := d.Backend.Replace(ctx, r.Arg)
+			t, err := d.Backend.Replace(ctx, r.Arg, r.Erase)
 			return event{kind: "result", text: t, err: err}
 		})
 	}

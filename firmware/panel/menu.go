@@ -29,17 +29,22 @@ type Array struct {
 	Progress string `json:"progress,omitempty"` // "42%" while rebuilding
 }
 
-// Candidate is a blank disk that can replace a missing array member.
+// Candidate is a disk that can replace a missing array member. One that
+// holds data (a former member) is replaced only after a second, erase
+// confirmation.
 type Candidate struct {
 	Array string `json:"array"`
 	Disk  string `json:"disk"` // kernel name, e.g. vde
 	Size  int64  `json:"size"`
+	// HoldsData: PID 1 erases it only when the replace says "erase".
+	HoldsData bool `json:"holds_data,omitempty"`
 }
 
 // Request is what the menu asks its runner to do after a key.
 type Request struct {
-	Kind ReqKind
-	Arg  string
+	Kind  ReqKind
+	Arg   string
+	Erase bool // ReqReplace: the operator confirmed erasing what the disk holds
 }
 
 // ReqKind names a request.
@@ -71,6 +76,7 @@ const (
 	mPoweringOff
 	mReplaceList
 	mConfirmReplace
+	mConfirmErase // the candidate holds data: a second confirmation
 	mMessage
 )
 
@@ -220,9 +226,22 @@ func (m *Menu) Key(k Key, now time.Time) Request {
 	case mConfirmReplace:
 		switch k {
 		case KeyEnter:
+			if m.cands[m.cursor].HoldsData {
+				m.mode = mConfirmErase
+				break
+			}
 			m.mode = mMessage
 			m.msg = "Starting the rebuild on " + m.cands[m.cursor].Disk
 			return Request{Kind: ReqReplace, Arg: m.cands[m.cursor].Disk}
+		case KeyBack:
+			m.mode = mReplaceList
+		}
+	case mConfirmErase:
+		switch k {
+		case KeyEnter:
+			m.mode = mMessage
+			m.msg = "Erasing " + m.cands[m.cursor].Disk + ", starting the rebuild"
+			return Request{Kind: ReqReplace, Arg: m.cands[m.cursor].Disk, Erase: true}
 		case KeyBack:
 			m.mode = mReplaceList
 		}
@@ -363,9 +382,15 @@ func (m *Menu) Screen() [Rows]string {
 				l[i+1] = fmt.Sprintf("%s%s > %s %dG", mark(top+i == m.cursor), c.Disk, c.Array, c.Size>>30)
 			}
 		}
+	case m.mode == mConfirmReplace && m.cands[m.cursor].HoldsData:
+		c := m.cands[m.cursor]
+		l = [Rows]string{"Rebuild " + c.Array, "onto " + c.Disk + "?", c.Disk + " HOLDS DATA", "enter: yes  back: no"}
 	case m.mode == mConfirmReplace:
 		c := m.cands[m.cursor]
 		l = [Rows]string{"Rebuild " + c.Array, "onto " + c.Disk + "?", "enter: yes", "back: no"}
+	case m.mode == mConfirmErase:
+		c := m.cands[m.cursor]
+		l = [Rows]string{"ERASE all data", "on " + c.Disk + "?", "enter: erase", "back: no"}
 	case m.mode == mMessage:
 		l = wrap("", m.msg)
 	}

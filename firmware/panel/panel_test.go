@@ -385,8 +385,8 @@ func (b *fakeBackend) PowerOff(context.Context) error {
 	b.mu.Unlock()
 	return nil
 }
-func (b *fakeBackend) Candidates(context.Context) ([]Candidate, error) { return nil, nil }
-func (b *fakeBackend) Replace(context.Context, string) (string, error) { return "", nil }
+func (b *fakeBackend) Candidates(context.Context) ([]Candidate, error)       { return nil, nil }
+func (b *fakeBackend) Replace(context.Context, string, bool) (string, error) { return "", nil }
 func (b *fakeBackend) Setup(context.Context) (io.ReadWriteCloser, error) {
 	return nil, errors.New("no setup")
 }
@@ -467,4 +467,33 @@ func FuzzDecoder(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMenuReplaceErase: a candidate holding data (a former member) needs a
+// second confirmation, and only then is the replace sent with erase.
+func TestMenuReplaceErase(t *testing.T) {
+	now := time.Unix(0, 0)
+	m := NewMenu(now)
+	m.SetStatus(Status{Hostname: "h", Arrays: []Array{{Name: "md0", Level: "raid1", State: "degraded", Active: 1, Total: 2}}})
+	m.Key(KeyEnter, now)
+	m.Key(KeyEnter, now)
+	m.SetCandidates([]Candidate{{Array: "md0", Disk: "vde", Size: 1 << 30, HoldsData: true}}, nil)
+	m.Key(KeyEnter, now)
+	if s := lcd(m.Screen()); !strings.Contains(s, "HOLDS DATA") {
+		t.Fatalf("confirmation %q", s)
+	}
+	if r := m.Key(KeyEnter, now); r.Kind != ReqNone {
+		t.Fatalf("one confirmation sent %+v", r)
+	}
+	if s := lcd(m.Screen()); !strings.Contains(s, "ERASE all data") {
+		t.Fatalf("erase confirmation %q", s)
+	}
+	if r := m.Key(KeyBack, now); r.Kind != ReqNone {
+		t.Fatalf("back sent %+v", r)
+	}
+	m.Key(KeyEnter, now)
+	m.Key(KeyEnter, now)
+	if r := m.Key(KeyEnter, now); r.Kind != ReqReplace || r.Arg != "vde" || !r.Erase {
+		t.Fatalf("confirmed erase: %+v", r)
+	}
 }

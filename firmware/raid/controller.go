@@ -39,6 +39,11 @@ var (
 	ErrNotCandidate = errors.New("disk cannot be used")
 	ErrNoArray      = errors.New("the data volume is not an md array")
 	ErrBusy         = errors.New("the array is busy")
+	// ErrNeedsErase: the disk holds data (md metadata, a filesystem, a
+	// partition table) and the operator did not confirm erasing it.
+	ErrNeedsErase = errors.New("disk holds data")
+	// ErrTooSmall: the disk is smaller than what a member of the array uses.
+	ErrTooSmall = errors.New("disk too small for the array")
 )
 
 // Runner runs a program and returns its combined output (the firmware's
@@ -78,6 +83,18 @@ type Options struct {
 	// SpeedMin, SpeedMax override the configuration's limits (kernel
 	// command line vaultnode.mdspeed=MIN,MAX); zero: the configuration's.
 	SpeedMin, SpeedMax int
+	// List lists the disks; nil: disk.List (tests: a fixed list).
+	List func() ([]disk.Disk, error)
+}
+
+// Candidate is a disk Replace accepts.
+type Candidate struct {
+	Name string
+	ID   string
+	Size int64
+	// HoldsData: not blank (a former member of this array): Replace
+	// needs the erase confirmation.
+	HoldsData bool
 }
 
 // Controller is the array controller of the data volume.
@@ -91,6 +108,8 @@ type Controller struct {
 	report    sh.Report
 	announced map[string]bool
 	examined  map[string]bool // name/serial of a non-blank disk: carries this array's superblock
+	cands     []Candidate     // at the last poll
+	minSize   int64           // bytes a new member needs, at the last poll (0: unknown)
 	lastState string
 	lastAct   string
 	book      book
@@ -122,6 +141,9 @@ func New(o Options, data config.Data) (*Controller, error) {
 	}
 	if o.Zone == nil {
 		o.Zone = time.UTC
+	}
+	if o.List == nil {
+		o.List = disk.List
 	}
 	sc, err := ParseSchedule(data.Scrub)
 	if err != nil {
@@ -383,8 +405,9 @@ func (c *Controller) Report() sh.Report {
 func (c *Controller) Poll(ctx context.Context) sh.Report {
 	c.pollMu.Lock()
 	defer c.pollMu.Unlock()
-	disks, _ := disk.List()
+	disks, _ := c.o.List()
 	data := c.Data()
+	var minSize int64
 	r := sh.Report{State: sh.Clean, Updated: c.o.Clock.Now()}
 	members := map[string]bool{}
 	if !c.IsArray() {
@@ -446,6 +469,7 @@ func (c *Controller) Poll(ctx context.Context) sh.Report {
 					mine.Members[i].ID = d.ID
 				}
 			}
+			minSize = c.memberSize(*mine)
 			c.reconcile(*mine)
 			c.scrubbing(ctx, mine)
 			c.mu.Lock()
@@ -459,17 +483,46 @@ func (c *Controller) Poll(ctx context.Context) sh.Report {
 			r.Arrays = []sh.Array{*mine}
 		}
 	}
+	var cands []Candidate
 	for _, d := range disks {
-		if d.Name == c.o.SystemDisk || members[d.Name] {
-			continue
+		if d.Name == c.o.SystemDisk || members[d.Name] || d.Size < minSize {
+			continue // a disk smaller than a member's used size cannot rebuild it
 		}
 		if d.Blank || c.formerMember(ctx, d) {
 			r.Candidates = append(r.Candidates, d.Name)
+			cands = append(cands, Candidate{Name: d.Name, ID: d.ID, Size: d.Size, HoldsData: !d.Blank})
 		}
 	}
+	c.mu.Lock()
+	c.cands, c.minSize = cands, minSize
+	c.mu.Unlock()
 	r.Disks = c.smartOf(ctx, disks, members)
 	c.publish(r)
 	return r
+}
+
+// memberSize is the number of bytes a disk needs to become a member of a:
+// what a member uses, md's component_size (KiB per member), after the
+// largest data offset of the members (dev-X/offset, sectors). dev-X/size
+// is not it: it counts all the room on a larger member's disk.
+func (c *Controller) memberSize(a sh.Array) int64 {
+	num := func(p string) int64 {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return 0
+		}
+		v, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		return v
+	}
+	used := num(filepath.Join(c.mdDir(), "component_size")) * 1024
+	if used == 0 {
+		return 0 // unknown: mdadm decides
+	}
+	var off int64
+	for _, m := range a.Members {
+		off = max(off, num(filepath.Join(c.mdDir(), "dev-"+m.Device, "offset"))*512)
+	}
+	return off + used
 }
 
 // reconcile keeps the configuration's members in step with md: a hot
@@ -616,16 +669,26 @@ func (c *Controller) publish(r sh.Report) {
 // Candidates are the disks Replace accepts.
 func (c *Controller) Candidates() []string { return c.Report().Candidates }
 
+// CandidateDisks are the disks Replace accepts, with their size and
+// whether they hold data (then Replace needs the erase confirmation).
+func (c *Controller) CandidateDisks() []Candidate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.cands)
+}
+
 // Replace adds disk name to the array: it rebuilds at once in a missing
 // member's place, or becomes a hot spare. A disk that is not blank is
 // refused unless erase is true (the operator confirmed losing what it
-// holds).
+// holds), a former member of this array too: its metadata is data md
+// would otherwise take back. A disk smaller than a member's used size is
+// refused before mdadm runs.
 func (c *Controller) Replace(ctx context.Context, name string, erase bool) (string, error) {
 	if !c.IsArray() {
 		return "", fmt.Errorf("replace %s: %w: a single-disk volume has no array to rebuild", name, ErrNoArray)
 	}
 	name = strings.TrimPrefix(name, "/dev/")
-	disks, err := disk.List()
+	disks, err := c.o.List()
 	if err != nil {
 		return "", err
 	}
@@ -644,9 +707,20 @@ func (c *Controller) Replace(ctx context.Context, name string, erase bool) (stri
 			}
 		}
 	}
-	if !d.Blank && !slices.Contains(r.Candidates, d.Name) { // a former member of this array needs no erasing
+	c.mu.Lock()
+	need := c.minSize
+	c.mu.Unlock()
+	if d.Size < need {
+		return "", fmt.Errorf("replace %s: %w: it has %d MiB, a member of %s uses %d MiB; use a disk at least that large",
+			name, ErrTooSmall, d.Size>>20, c.o.MD, (need+(1<<20)-1)>>20)
+	}
+	if !d.Blank {
 		if !erase {
-			return "", fmt.Errorf("replace %s: %w: it holds data; confirm erasing it (vaultctl disk replace %s -erase, or answer ERASE on the console)", name, ErrNotCandidate, name)
+			what := "it holds data (a filesystem, a partition table or md metadata)"
+			if slices.Contains(r.Candidates, d.Name) {
+				what = "it holds data (it was a member of this array)"
+			}
+			return "", fmt.Errorf("replace %s: %w: %s; confirm erasing it (vaultctl disk replace %s -erase, or answer ERASE on the console)", name, ErrNeedsErase, what, name)
 		}
 		c.o.Log.Warn("erasing a disk the operator confirmed", zap.String("disk", d.Name), zap.String("id", d.ID))
 		_, _ = c.mdadm(ctx, "--zero-superblock", "--force", d.Dev())

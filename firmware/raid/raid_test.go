@@ -1,8 +1,10 @@
 package raid
 
 import (
+	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"vaultnode/firmware/config"
+	"vaultnode/firmware/disk"
 	"vaultnode/internal/clock"
 	sh "vaultnode/internal/storagehealth"
 )
@@ -315,6 +318,102 @@ func TestSetSchedule(t *testing.T) {
 		t.Errorf("hourly: %v", err)
 	}
 	if len(saved) != 1 || saved[0].Scrub != "weekly sun 02:00" {
+		t.Errorf("saved %+v", saved)
+	}
+}
+
+// recRunner records the commands it is asked to run; mdadm --examine of a
+// disk named in former answers with this array's UUID.
+type recRunner struct {
+	calls  []string
+	former map[string]bool
+	uuid   string
+}
+
+func (r *recRunner) Output(_ context.Context, cmd *exec.Cmd) ([]byte, error) {
+	line := strings.Join(cmd.Args, " ")
+	r.calls = append(r.calls, line)
+	if len(cmd.Args) == 4 && cmd.Args[1] == "--examine" && r.former[filepath.Base(cmd.Args[3])] {
+		return []byte("MD_LEVEL=raid1\nMD_UUID=" + r.uuid + "\n"), nil
+	}
+	if len(cmd.Args) > 1 && cmd.Args[1] == "--examine" {
+		return []byte("mdadm: No md superblock detected\n"), errors.New("exit status 1")
+	}
+	return nil, nil
+}
+
+// TestReplaceCandidates: a degraded mirror of 512 MiB members offers a
+// blank disk at least as large and a former member (holding data), never
+// a 256 MiB disk; replacing onto the small disk is refused before mdadm
+// runs, onto the former member only with the erase confirmation.
+func TestReplaceCandidates(t *testing.T) {
+	const uuid = "0a1b2c3d:00000000:00000000:00000000"
+	mdstat := `Personalities : [raid1]
+md0 : active raid1 vdb[0]
+      522240 blocks super 1.2 [2/1] [U_]
+
+unused devices: <none>
+`
+	f := newMDFixture(t, "raid1", "clean", "idle", "none", "2", map[string]string{"vdb": "in_sync"}, mdstat)
+	write(t, filepath.Join(f.sys, "block", "md0", "md", "component_size"), "522240") // KiB per member: 510 MiB
+	write(t, filepath.Join(f.sys, "block", "md0", "md", "dev-vdb", "size"), "522240")
+	write(t, filepath.Join(f.sys, "block", "md0", "md", "dev-vdb", "offset"), "4096") // sectors
+	disks := []disk.Disk{
+		{Name: "vda", ID: "system", Size: 1 << 30},
+		{Name: "vdb", ID: "d1", Size: 512 << 20},
+		{Name: "vdc", ID: "small", Size: 256 << 20, Blank: true},
+		{Name: "vdd", ID: "big", Size: 1 << 30, Blank: true},
+		{Name: "vde", ID: "d2", Size: 512 << 20},  // the mirror's other half, dropped out
+		{Name: "vdf", ID: "other", Size: 1 << 30}, // holds a filesystem
+	}
+	run := &recRunner{former: map[string]bool{"vde": true}, uuid: uuid}
+	var saved []config.Data
+	c, err := New(Options{Log: zap.NewNop(), Clock: clock.NewFake(time.Unix(0, 0)), Run: run, Mdadm: "mdadm", MD: "/dev/md0",
+		Proc: f.proc, Sys: f.sys, SystemDisk: "vda", List: func() ([]disk.Disk, error) { return disks, nil },
+		Save: func(d config.Data) error { saved = append(saved, d); return nil }},
+		config.Data{Level: RAID1, Disks: []string{"d1", "d2"}, ArrayUUID: uuid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Poll(context.Background()); r.State != sh.Degraded {
+		t.Fatalf("state %s: %s", r.State, r.Detail)
+	}
+	want := []Candidate{{Name: "vdd", ID: "big", Size: 1 << 30}, {Name: "vde", ID: "d2", Size: 512 << 20, HoldsData: true}}
+	if got := c.CandidateDisks(); !reflect.DeepEqual(got, want) {
+		t.Errorf("candidates %+v, want %+v", got, want)
+	}
+	mdadmAdds := func() int {
+		n := 0
+		for _, l := range run.calls {
+			if strings.Contains(l, "--add") {
+				n++
+			}
+		}
+		return n
+	}
+	for _, tt := range []struct {
+		disk string
+		want error
+	}{
+		{"vdc", ErrTooSmall},
+		{"vde", ErrNeedsErase},
+		{"vdf", ErrNeedsErase},
+	} {
+		if _, err := c.Replace(context.Background(), tt.disk, false); !errors.Is(err, tt.want) {
+			t.Errorf("replace %s: %v, want %v", tt.disk, err, tt.want)
+		}
+	}
+	if _, err := c.Replace(context.Background(), "vdc", true); !errors.Is(err, ErrTooSmall) || !strings.Contains(err.Error(), "at least") {
+		t.Errorf("replace the small disk with erase: %v", err)
+	}
+	if n := mdadmAdds(); n != 0 || len(saved) != 0 {
+		t.Fatalf("mdadm --add ran %d times, config saved %+v, for refused disks: %q", n, saved, run.calls)
+	}
+	msg, err := c.Replace(context.Background(), "vdd", false)
+	if err != nil || mdadmAdds() != 1 || !strings.Contains(msg, "replaces d2") {
+		t.Fatalf("replace the blank disk: %q, %v; calls %q", msg, err, run.calls)
+	}
+	if len(saved) != 1 || !reflect.DeepEqual(saved[0].Disks, []string{"d1", "big"}) {
 		t.Errorf("saved %+v", saved)
 	}
 }
