@@ -174,7 +174,7 @@ func addrOn(t *testing.T, ip string, inside bool) string {
 	if inside {
 		var b [2]byte
 		rand.Read(b[:])
-		return fmt.Sprintf("%s:%d", ip, 20000+int(b[0])<<8|int(b[1])%20000)
+		return fmt.Sprintf("%s:%d", ip, 20000+(int(b[0])<<8|int(b[1]))%40000)
 	}
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"vaultnode/appliance/catalog"
@@ -434,6 +435,28 @@ func (v *Vault) catchUpJob(ctx context.Context, p *jobs.Progress) (any, error) {
 		done = append(done, b.Member)
 	}
 	return map[string]any{"caught_up": done}, errors.Join(errs...)
+}
+
+// registerPairMetrics adds the pair's series to the admin socket's
+// /metrics: whether this member leads, the term, the applied log index,
+// the members recorded behind.
+func (v *Vault) registerPairMetrics() {
+	n := v.pair.node
+	v.Metrics.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vaultnode_pair_leader", Help: "1 while this member leads the pair"},
+			func() float64 {
+				if n.IsLeader() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vaultnode_pair_term", Help: "the pair's raft term as this member knows it"},
+			func() float64 { return float64(n.Status().Term) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vaultnode_pair_applied_index", Help: "the last log index applied to this member's catalog"},
+			func() float64 { return float64(n.Applied()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vaultnode_pair_members_behind", Help: "data members recorded as lacking chunks"},
+			func() float64 { bs, _ := pair.BehindMembers(v.Catalog); return float64(len(bs)) }),
+	)
 }
 
 func (v *Vault) pairHealth() map[string]any {

@@ -231,6 +231,7 @@ func Open(opts Options) (*Vault, error) {
 		// Job records change through the log: the leader recovers them
 		// when it takes over (runPair).
 		v.Jobs.Register(KindCatchUp, v.catchUpJob)
+		v.registerPairMetrics()
 	} else if _, err := v.Jobs.Recover(); err != nil {
 		v.Close()
 		return nil, err
