@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -212,7 +213,9 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 				gid = id
 			}
 		}
-		if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if euid, egid := effectiveIDs(); opts.New && int(uid) == euid && int(gid) == egid {
+			// created so: nothing to change
+		} else if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			errs = append(errs, fmt.Errorf("chown to %d:%d: %w", uid, gid, err))
 		}
 	}
@@ -220,12 +223,22 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 		if n.Type == tree.TypeSymlink {
 			return // a symlink's mode is always 0777 on Linux
 		}
-		if err := fchmod(fd, n.Mode&0o7777); err != nil {
+		chmodFD := fchmod
+		if opts.New {
+			chmodFD = unix.Fchmod // a regular descriptor: no need to ask
+		}
+		if err := chmodFD(fd, n.Mode&0o7777); err != nil {
 			errs = append(errs, fmt.Errorf("chmod to %04o: %w", n.Mode&0o7777, err))
 		}
 	}
 	chmod()
-	if err := SetXattrsFD(fd, n.Xattrs); err != nil {
+	if opts.New {
+		for _, x := range n.Xattrs {
+			if err := unix.Fsetxattr(fd, x.Name, x.Value, 0); err != nil {
+				errs = append(errs, fmt.Errorf("set xattr %s: %w", x.Name, err))
+			}
+		}
+	} else if err := SetXattrsFD(fd, n.Xattrs); err != nil {
 		errs = append(errs, err)
 	}
 	for _, x := range n.Xattrs {
@@ -241,12 +254,43 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 	if err := futimens(fd, t); err != nil {
 		errs = append(errs, fmt.Errorf("set times: %w", err))
 	}
-	if !opts.SkipFlags && (n.Type == tree.TypeFile || n.Type == tree.TypeDir) {
+	if !opts.SkipFlags && (n.Type == tree.TypeFile || n.Type == tree.TypeDir) && !(opts.New && n.Flags&SettableFlags == 0) {
 		if err := SetFlagsFD(fd, n.Flags); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// effectiveIDs are the process's effective user and group IDs, which the
+// agent never changes: asked once.
+var effectiveIDs = sync.OnceValues(func() (int, int) { return unix.Geteuid(), unix.Getegid() })
+
+// BareEntries reports whether a regular file created in the directory open
+// as dirfd starts with no extended attributes, no settable inode flags and
+// the caller's effective user and group, so that ApplyFD may skip reading
+// or setting them (Options.New): the directory is not set-group-ID (whose
+// group new entries take), and has no
+// extended attributes (no default POSIX ACL, which a new file inherits, and
+// no security label, without which no LSM labels new files either) and no
+// settable flags (ext4 and others pass some on to new entries). It is worth
+// asking once per directory, and only of a directory nobody else may change
+// meanwhile (one the caller created, mode 0700): its owner could add a
+// default ACL after the answer.
+func BareEntries(dirfd int) bool {
+	var st unix.Stat_t
+	if err := unix.Fstat(dirfd, &st); err != nil || st.Mode&unix.S_ISGID != 0 {
+		return false
+	}
+	sz, err := unix.Flistxattr(dirfd, nil)
+	if err != nil && !unsupported(err) || err == nil && sz > 0 {
+		return false
+	}
+	f, err := unix.IoctlGetUint32(dirfd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		return unsupported(err)
+	}
+	return f&SettableFlags == 0
 }
 
 // fdPath names the object open as fd: /proc/self/fd/N is a magic link to

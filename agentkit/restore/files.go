@@ -35,6 +35,10 @@ type fileJob struct {
 	dir  *dirEntry
 	name string
 	node *tree.Node
+	// fresh: nothing had the name when the policy was applied. The file is
+	// then created under its name at once (O_EXCL); otherwise (overwrite)
+	// under a temporary name, renamed onto the old file once written.
+	fresh bool
 }
 
 // job is what a worker does at once: one large file, or a batch of small
@@ -76,7 +80,7 @@ type fileWriter struct {
 // open is a file being written.
 type openFile struct {
 	fileJob
-	tmp  string
+	tmp  string // the temporary name; "" when written under its name
 	fd   int
 	ext  []tree.Extent // where the chunks' bytes go
 	ei   int           // current extent
@@ -140,10 +144,13 @@ func (w *fileWriter) run(j *job) {
 	}
 }
 
-// start creates the temporary file that will get f's name once complete.
+// start creates the file f: under its name when nothing had it (f.fresh),
+// with O_CREAT|O_EXCL|O_NOFOLLOW, which neither follows nor replaces
+// anything that appeared there meanwhile, as RENAME_NOREPLACE would not;
+// else under a temporary name that finish renames onto the existing file
+// once written, so a replaced file is never seen half-written.
 func (w *fileWriter) start(f fileJob) *openFile {
 	o := &openFile{fileJob: f, fd: -1, left: len(f.node.Chunks)}
-	o.tmp = fmt.Sprintf(".%s.vaultnode-%d", truncName(f.name), time.Now().UnixNano())
 	o.ext = f.node.Extents
 	if !f.node.Sparse {
 		o.ext = nil
@@ -155,6 +162,25 @@ func (w *fileWriter) start(f fileJob) *openFile {
 		o.err = w.jobErr
 		return o
 	}
+	if f.fresh {
+		if testHookBeforeRename != nil {
+			testHookBeforeRename(f.node.Path)
+		}
+		fd, err := meta.CreateFD(f.dir.fd, f.name, meta.Options{})
+		switch {
+		case err == nil:
+			o.fd = fd
+			return o
+		case !errors.Is(err, unix.EEXIST):
+			o.err = err
+			return o
+		case w.r.o.Existing != Overwrite:
+			o.err = fmt.Errorf("%q appeared meanwhile; it was left as it is: %w", f.name, unix.EEXIST)
+			return o
+		}
+		// overwrite: replace what appeared, through a temporary name
+	}
+	o.tmp = fmt.Sprintf(".%s.vaultnode-%d", truncName(f.name), time.Now().UnixNano())
 	o.fd, o.err = meta.CreateFD(f.dir.fd, o.tmp, meta.Options{})
 	return o
 }
@@ -238,6 +264,16 @@ func pwriteAll(fd int, p []byte, off int64) error {
 	return nil
 }
 
+// dataEnd is where the last extent ends: the size a new file has once
+// they are written.
+func dataEnd(ext []tree.Extent) int64 {
+	var end int64
+	for _, e := range ext {
+		end = max(end, e.Off+e.Len)
+	}
+	return end
+}
+
 func dataLen(ext []tree.Extent) int64 {
 	var n int64
 	for _, e := range ext {
@@ -246,8 +282,9 @@ func dataLen(ext []tree.Extent) int64 {
 	return n
 }
 
-// finish completes o: size, close, rename into place, metadata; or removes
-// the temporary file and reports why o could not be restored.
+// finish completes o: size, rename into place (a temporary file),
+// metadata, close; or removes the file written and reports why o could not
+// be restored.
 func (w *fileWriter) finish(o *openFile) {
 	r := w.r
 	n := o.node
@@ -258,25 +295,26 @@ func (w *fileWriter) finish(o *openFile) {
 	if err == nil && (o.ei < len(o.ext)) {
 		err = fmt.Errorf("content ends after %d of %d bytes of data: %w", written(o), dataLen(o.ext), io.ErrUnexpectedEOF)
 	}
-	if err == nil {
+	// The file was created empty: its size needs setting only when it
+	// ends in a hole.
+	if err == nil && dataEnd(o.ext) < n.Size {
 		if err = unix.Ftruncate(o.fd, n.Size); err != nil {
 			err = fmt.Errorf("set size %d: %w", n.Size, err)
 		}
 	}
 	defer o.dir.wg.Done()
-	if err == nil && r.o.Existing == Overwrite {
-		_ = meta.Unprotect(o.dir.fd, o.name)
-	}
-	if err == nil && testHookBeforeRename != nil {
-		testHookBeforeRename(n.Path)
-	}
-	if err == nil {
+	if err == nil && o.tmp != "" {
+		if r.o.Existing == Overwrite {
+			_ = meta.Unprotect(o.dir.fd, o.name)
+		}
+		if testHookBeforeRename != nil {
+			testHookBeforeRename(n.Path)
+		}
 		err = rename(o.dir.fd, o.tmp, o.name, r.o.Existing == Overwrite)
 	}
 	if err != nil {
 		if o.fd >= 0 {
-			unix.Close(o.fd)
-			unix.Unlinkat(o.dir.fd, o.tmp, 0)
+			o.remove()
 		}
 		r.problem("%s: NOT RESTORED: %s", n.Path, strings.TrimPrefix(err.Error(), "restore: "))
 		return
@@ -284,6 +322,7 @@ func (w *fileWriter) finish(o *openFile) {
 	// Metadata goes on the descriptor written, never through the name,
 	// which someone with access to the target could swap meanwhile.
 	opts := r.o.Meta
+	opts.New = o.tmp == "" && o.dir.bare
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
 		var st unix.Stat_t
@@ -321,6 +360,22 @@ func rename(dirfd int, tmp, name string, replace bool) error {
 		}
 	}
 	return unix.Renameat(dirfd, tmp, dirfd, name)
+}
+
+// remove closes and deletes the file o could not complete: its temporary
+// name, or its own name while that is still the file written (it is never
+// another object put there meanwhile).
+func (o *openFile) remove() {
+	defer unix.Close(o.fd)
+	if o.tmp != "" {
+		unix.Unlinkat(o.dir.fd, o.tmp, 0)
+		return
+	}
+	var mine, there unix.Stat_t
+	if unix.Fstat(o.fd, &mine) == nil && unix.Fstatat(o.dir.fd, o.name, &there, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+		mine.Dev == there.Dev && mine.Ino == there.Ino {
+		unix.Unlinkat(o.dir.fd, o.name, 0)
+	}
 }
 
 func written(o *openFile) int64 {

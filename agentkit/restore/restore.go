@@ -84,6 +84,13 @@ type dirEntry struct {
 	// the directory's fd stays open and its metadata waits until they are.
 	wg     sync.WaitGroup
 	parent *dirEntry
+	// created: this restore made the directory (mode 0700: nobody else may
+	// add names to it or change it until its metadata is applied), so a
+	// name not yet restored in it does not exist. bare: besides, a file
+	// created in it starts with no xattrs, no settable flags and the
+	// restore's own owner and group (meta.BareEntries), so its metadata is
+	// set without reading those first.
+	created, bare bool
 }
 
 type restorer struct {
@@ -122,7 +129,8 @@ type restoredFile struct {
 
 // Test hooks: geteuid decides whether the restore runs as root;
 // testHookDir runs after each directory is created and entered, and
-// testHookBeforeRename before a written file gets its name.
+// testHookBeforeRename before a file takes its name: before it is created
+// under that name, or renamed onto it once written.
 var (
 	geteuid              = os.Geteuid
 	testHookDir          func(path []byte)
@@ -324,27 +332,31 @@ func (r *restorer) enter(dir []byte) error {
 	}
 	for _, c := range bytes.Split(rest, []byte{'/'}) {
 		top = r.stack[len(r.stack)-1]
-		if err := unix.Mkdirat(top.fd, string(c), 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		err := unix.Mkdirat(top.fd, string(c), 0o700)
+		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create directory %s: %w", c, err)
 		}
-		if err := r.push(top, c, nil); err != nil {
+		if err := r.push(top, c, nil, err == nil); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (r *restorer) push(parent *dirEntry, name []byte, n *tree.Node) error {
+// push enters the directory name of parent; created says this restore has
+// just made it.
+func (r *restorer) push(parent *dirEntry, name []byte, n *tree.Node, created bool) error {
 	fd, err := unix.Openat(parent.fd, string(name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open directory %s: %w", name, err)
 	}
+	bare := created && meta.BareEntries(fd)
 	p := bytes.Clone(name)
 	if len(parent.path) > 0 {
 		p = append(append(bytes.Clone(parent.path), '/'), name...)
 	}
 	parent.wg.Add(1) // the parent's metadata waits for this directory's
-	r.stack = append(r.stack, &dirEntry{path: p, fd: fd, node: n, parent: parent})
+	r.stack = append(r.stack, &dirEntry{path: p, fd: fd, node: n, parent: parent, created: created, bare: bare})
 	return nil
 }
 
@@ -387,11 +399,14 @@ func (r *restorer) place(n *tree.Node) error {
 	case tree.TypeDir:
 		// A mount point is recreated as a directory; its contents were
 		// another filesystem, not part of the version.
-		if err := meta.Create(parent.fd, string(name), n, r.o.Meta); err != nil {
-			return err
+		created := unix.Mkdirat(parent.fd, string(name), 0o700) == nil
+		if !created {
+			if err := meta.Create(parent.fd, string(name), n, r.o.Meta); err != nil {
+				return err
+			}
 		}
 		r.dirs[string(n.Path)] = n
-		if err := r.push(parent, name, n); err != nil {
+		if err := r.push(parent, name, n, created); err != nil {
 			return err
 		}
 		if testHookDir != nil {
@@ -404,16 +419,20 @@ func (r *restorer) place(n *tree.Node) error {
 			r.linkDirs[string(parent.path)] = true
 			return nil
 		}
-		final, skip, err := r.targetName(parent.fd, string(name))
+		if parent.created { // nothing to look up: the file is created with O_EXCL
+			r.queueFile(fileJob{dir: parent, name: string(name), node: n, fresh: true})
+			return nil
+		}
+		final, fresh, skip, err := r.targetName(parent.fd, string(name))
 		if err != nil || skip {
 			return err
 		}
-		r.queueFile(fileJob{dir: parent, name: final, node: n})
+		r.queueFile(fileJob{dir: parent, name: final, node: n, fresh: fresh})
 		return nil
 	case tree.TypeSocket:
 		return nil // recorded, not recreated
 	default:
-		final, skip, err := r.targetName(parent.fd, string(name))
+		final, _, skip, err := r.targetName(parent.fd, string(name))
 		if err != nil || skip {
 			return err
 		}
@@ -429,15 +448,17 @@ func (r *restorer) place(n *tree.Node) error {
 	}
 }
 
-// targetName applies the policy for an existing object.
-func (r *restorer) targetName(dirfd int, name string) (string, bool, error) {
+// targetName applies the policy for an existing object: it returns the
+// name to restore to, whether nothing had that name (fresh), and whether
+// to skip the object.
+func (r *restorer) targetName(dirfd int, name string) (final string, fresh, skip bool, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
-		return name, false, nil
+		return name, true, false, nil
 	}
 	switch r.o.Existing {
 	case Overwrite:
-		return name, false, nil
+		return name, false, false, nil
 	case KeepBoth:
 		for i := 1; ; i++ {
 			alt := name + ".restored"
@@ -445,12 +466,12 @@ func (r *restorer) targetName(dirfd int, name string) (string, bool, error) {
 				alt += "-" + strconv.Itoa(i)
 			}
 			if err := unix.Fstatat(dirfd, alt, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
-				return alt, false, nil
+				return alt, true, false, nil
 			}
 		}
 	}
 	atomic.AddInt64(&r.stats.Skipped, 1)
-	return name, true, nil
+	return name, false, true, nil
 }
 
 // policy applies what a listing may not decide alone: device nodes are
@@ -561,7 +582,7 @@ func (r *restorer) makeLink(root int, n *tree.Node, opts meta.Options) error {
 		return err
 	}
 	defer unix.Close(dfd)
-	final, skip, err := r.targetName(dfd, string(name))
+	final, _, skip, err := r.targetName(dfd, string(name))
 	if err != nil || skip {
 		return err
 	}

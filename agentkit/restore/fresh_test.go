@@ -1,0 +1,90 @@
+package restore
+
+import (
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/tree"
+)
+
+// A file created under its own name in a directory the restore made does
+// not keep what that directory passed on to it: a default POSIX ACL of the
+// target inherited through the new directory, or the target's nodump flag.
+// The restore skips reading a new file's xattrs and flags only where the
+// directory passes nothing on.
+func TestNewFilesKeepNothingInherited(t *testing.T) {
+	h := newHostile(t)
+	acl := meta.EncodeACL([]meta.ACLEntry{{Tag: meta.ACLUserObj, Perm: 7}, {Tag: meta.ACLUser, Perm: 7, ID: 65534},
+		{Tag: meta.ACLGroupObj, Perm: 5}, {Tag: meta.ACLMask, Perm: 7}, {Tag: meta.ACLOther, Perm: 5}})
+	if err := unix.Setxattr(h.target, meta.XattrACLDefault, acl, 0); err != nil {
+		t.Skipf("no POSIX ACLs on %s: %v", h.target, err)
+	}
+	flags := setFlag(t, h.target, meta.FlagNoDump)
+
+	f := h.content("d/f", "no xattrs\n")
+	g := h.content("d/g", "one xattr\n")
+	g.Xattrs = []tree.Xattr{{Name: "user.restored", Value: []byte("yes")}}
+	plain := h.content("plain", "in the target itself\n")
+	res, err := h.restore(h.options(), dir("d"), f, g, plain)
+	if err != nil || len(res.Problems) > 0 {
+		t.Fatalf("restore: %v, problems %q", err, res.Problems)
+	}
+	for p, want := range map[string][]string{"d/f": nil, "d/g": {"user.restored"}, "plain": nil} {
+		got := xattrNames(t, filepath.Join(h.target, p))
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: xattrs %q, want %q (inherited from the target's default ACL)", p, got, want)
+		}
+		if flags {
+			fd, err := unix.Open(filepath.Join(h.target, p), unix.O_RDONLY|unix.O_NONBLOCK, 0)
+			must(t, err)
+			got, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+			unix.Close(fd)
+			if err != nil || got&meta.FlagNoDump != 0 {
+				t.Errorf("%s: flags %s, %v; want no nodump (inherited from the target)", p, meta.FlagString(got), err)
+			}
+		}
+	}
+	noTemporaries(t, h.target)
+}
+
+// setFlag sets flag on the directory p, reporting whether the filesystem
+// took it.
+func setFlag(t *testing.T, p string, flag uint32) bool {
+	t.Helper()
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	must(t, err)
+	defer unix.Close(fd)
+	cur, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		return false
+	}
+	return unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(cur|flag)) == nil
+}
+
+func xattrNames(t *testing.T, p string) []string {
+	t.Helper()
+	buf := make([]byte, 4096)
+	n, err := unix.Llistxattr(p, buf)
+	must(t, err)
+	out := splitNUL(buf[:n])
+	slices.Sort(out)
+	return out
+}
+
+func splitNUL(b []byte) []string {
+	var out []string
+	start := 0
+	for i, c := range b {
+		if c == 0 {
+			if i > start {
+				out = append(out, string(b[start:i]))
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
