@@ -83,7 +83,8 @@ var routeCaps = map[string]Capability{
 	"POST " + AdminRevoke:                   CapManageComputers,
 	"GET " + AdminStatus:                    CapView,
 	"GET " + AdminStorage:                   CapView,
-	"POST " + AdminRunNow:                   CapConfigure,
+	"POST " + AdminRunNow:                   CapConfigure, // a backup command, as the portal's back up now
+	"GET " + AdminCommands:                  CapView,      // and the kind's capability
 	"POST " + AdminSettings:                 CapConfigure,
 	"GET " + AdminQuota:                     CapView,
 	"POST " + AdminQuota:                    CapOperate,

@@ -24,7 +24,8 @@ const (
 	AdminVerify    = "/admin/verify"
 	AdminStatus    = "/admin/status"
 	AdminStorage   = "/admin/storage"
-	AdminRunNow    = "/admin/run-now"
+	AdminRunNow    = "/admin/run-now"  // queues a backup command (ops_commands.go)
+	AdminCommands  = "/admin/commands" // ?computer=C&id=ID&wait=S: one command, as the portal's route
 	AdminSettings  = "/admin/settings"
 
 	AdminRetention    = "/admin/retention"
@@ -191,7 +192,22 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 		if err := readJSON(r, &req); err != nil {
 			return err
 		}
-		out, err := v.RunNow(r.Context(), p, req.Computer, req.Config)
+		out, err := v.Enqueue(r.Context(), p, req.Computer, wire.AgentCommand{Kind: wire.CmdBackup, Backup: &wire.BackupArgs{Config: req.Config}})
+		if err != nil {
+			return err
+		}
+		noteTarget(r.Context(), out.Company, out.Computer)
+		noteDetail(r.Context(), "back up now "+req.Config+": command "+out.ID)
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("GET "+AdminCommands, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		wait, err := waitParam(r, 0)
+		if err != nil {
+			return err
+		}
+		q := r.URL.Query()
+		out, err := v.WaitCommand(r.Context(), p, q.Get("computer"), q.Get("id"), wait)
 		if err != nil {
 			return err
 		}

@@ -138,24 +138,3 @@ func (v *Vault) SetBandwidth(ctx context.Context, p *Principal, ref, profile str
 	})
 	return cp.Settings, err
 }
-
-// RunNow asks the computer ref to synchronize a configuration once now; the
-// agent sees the request in its settings.
-func (v *Vault) RunNow(ctx context.Context, p *Principal, ref, config string) (wire.Settings, error) {
-	cp, err := v.computerFor(p, CapConfigure, ref)
-	noteTarget(ctx, cp.Company, cp.ID)
-	if err != nil {
-		return wire.Settings{}, err
-	}
-	if _, err := v.Catalog.Config(cp.ID, config); err != nil {
-		return wire.Settings{}, catalogErr(err)
-	}
-	cp, err = v.Catalog.UpdateComputer(cp.ID, func(c *catalog.Computer) error {
-		if c.Settings.RunNow == nil {
-			c.Settings.RunNow = map[string]int64{}
-		}
-		c.Settings.RunNow[config]++
-		return nil
-	})
-	return cp.Settings, err
-}

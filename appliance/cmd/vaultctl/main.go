@@ -73,7 +73,11 @@ Commands:
   audit [-n N] [-company C] [TEXT]
                                  the audit log, newest first: every change and restore, who, from where, when
   status [COMPANY]               the state of every configuration: protected, behind schedule, ...
-  backup-now COMPUTER CONFIG     ask the computer to synchronize CONFIG once now, even outside its schedule
+  backup-now COMPUTER CONFIG     queue a back-up-now command for the computer's agent (CONFIG once now, even
+                                 outside its schedule); on a terminal, follow it with its progress, else print
+                                 its id and how to follow it
+  command COMPUTER ID [-wait S]  a command of the computer's agent: its state, progress and result; with -wait,
+                                 once it finished or after S seconds (at most 25)
   limit COMPUTER PROFILE         set the computer's upload limit, e.g. "mon-fri 08:00-18:00 2Mbit/s; otherwise unlimited"
                                  ("" for unlimited)
   quota [COMPANY HARD [WARN]]    list usage and quotas | set a company's quota in bytes (suffixes K, M, G, T:
@@ -330,10 +334,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "quota of %s set: hard %d bytes, warning at %d bytes\n", req.Company, req.Hard, req.Warn)
 	case a[0] == "backup-now" && len(a) == 3:
-		if err := c.do(ctx, "POST", vault.AdminRunNow, vault.RunNowRequest{Computer: a[1], Config: a[2]}, nil); err != nil {
+		var cv vault.CommandView
+		if err := c.do(ctx, "POST", vault.AdminRunNow, vault.RunNowRequest{Computer: a[1], Config: a[2]}, &cv); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s will synchronize %s at its next contact\n", a[1], a[2])
+		fmt.Fprintf(stdout, "back up now of %s queued on %s: command %s\n", a[2], a[1], cv.ID)
+		if !isTerminal(stderr) {
+			fmt.Fprintf(stdout, "follow it: vaultctl command %s %s -wait 25 (the agent must be running: until it polls, the command waits queued)\n", a[1], cv.ID)
+			return nil
+		}
+		end, err := c.followCommand(ctx, a[1], cv.ID, stderr)
+		if err != nil {
+			return err
+		}
+		return commandEnded(end, stdout)
+	case a[0] == "command" && (len(a) == 3 || len(a) == 5 && a[3] == "-wait"):
+		path := vault.AdminCommands + "?computer=" + url.QueryEscape(a[1]) + "&id=" + url.QueryEscape(a[2])
+		if len(a) == 5 {
+			path += "&wait=" + url.QueryEscape(a[4])
+		}
+		var cv vault.CommandView
+		if err := c.do(ctx, "GET", path, nil, &cv); err != nil {
+			return err
+		}
+		if !cv.Finished() {
+			fmt.Fprintf(stdout, "command %s (%s) on %s: %s, %s\n", cv.ID, cv.Kind, a[1], cv.State, commandProgress(cv))
+			return nil
+		}
+		return commandEnded(cv, stdout)
 	case a[0] == "limit" && len(a) == 3:
 		if err := c.do(ctx, "POST", vault.AdminSettings, vault.SettingsRequest{Computer: a[1], Bandwidth: a[2]}, nil); err != nil {
 			return err
@@ -592,6 +620,68 @@ func (c *client) follow(ctx context.Context, id string, w io.Writer) (jobs.View,
 		case <-tick.C:
 		}
 	}
+}
+
+// followCommand waits for a command of computer to finish, drawing its
+// progress on w (a terminal).
+func (c *client) followCommand(ctx context.Context, computer, id string, w io.Writer) (vault.CommandView, error) {
+	path := vault.AdminCommands + "?computer=" + url.QueryEscape(computer) + "&id=" + url.QueryEscape(id) + "&wait=2"
+	for {
+		var cv vault.CommandView
+		if err := c.do(ctx, "GET", path, nil, &cv); err != nil {
+			return cv, err
+		}
+		fmt.Fprintf(w, "\r\033[K%s %s: %s, %s", cv.Kind, cv.ID, cv.State, commandProgress(cv))
+		if cv.Finished() {
+			fmt.Fprintln(w)
+			return cv, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return cv, err
+		}
+	}
+}
+
+// commandProgress says how far a running command is.
+func commandProgress(cv vault.CommandView) string {
+	p := cv.Progress
+	if p == nil {
+		if cv.State == wire.CmdQueued {
+			return "waiting for the agent to poll (is vault-agent run going?)"
+		}
+		return "no progress reported yet"
+	}
+	s := fmt.Sprintf("%d files, %s", p.Files, bytesString(p.Bytes))
+	if p.TotalBytes > 0 {
+		s += " of " + bytesString(p.TotalBytes)
+	}
+	if p.Rate > 0 {
+		s += ", " + bytesString(p.Rate) + "/s"
+	}
+	if p.ETASeconds > 0 {
+		s += ", " + (time.Duration(p.ETASeconds) * time.Second).String() + " left"
+	}
+	return s
+}
+
+// commandEnded prints how a command ended, and fails unless it is done.
+func commandEnded(cv vault.CommandView, w io.Writer) error {
+	r := cv.Result
+	if r == nil {
+		r = &wire.CommandResult{State: cv.State}
+	}
+	if cv.State != wire.CmdDone {
+		return fmt.Errorf("command %s (%s) %s: %s", cv.ID, cv.Kind, cv.State, r.Error)
+	}
+	fmt.Fprintf(w, "command %s (%s) done: %d files, %s", cv.ID, cv.Kind, r.Files, bytesString(r.Bytes))
+	if r.Backup != nil {
+		fmt.Fprintf(w, ", version %d of %s (%s sent)", r.Backup.Seq, r.Backup.Config, bytesString(r.Backup.BytesSent))
+	}
+	if r.FailedCount > 0 {
+		fmt.Fprintf(w, ", %d failed", r.FailedCount)
+	}
+	fmt.Fprintln(w)
+	return nil
 }
 
 func isTerminal(w io.Writer) bool {
