@@ -44,9 +44,10 @@ type Backend interface {
 
 // Timing of the driver.
 const (
-	ScanPeriod   = time.Second     // look for an absent panel
-	StatusPeriod = time.Second     // ask PID 1 for its status
-	PingPeriod   = 2 * time.Second // liveness of an open panel
+	ScanPeriod   = time.Second      // look for an absent panel: first after a loss or a hot-plug hint,
+	ScanMax      = 30 * time.Second // doubling up to this while none is found
+	StatusPeriod = time.Second      // ask PID 1 for its status
+	PingPeriod   = 2 * time.Second  // liveness of an open panel
 	MaxPingsLost = 3
 	HelloTimeout = 3 * time.Second
 )
@@ -58,6 +59,9 @@ type Driver struct {
 	Clock   clock.Clock
 	Open    Opener
 	Backend Backend
+	// Hints, when set, says a USB device may have been plugged in (the
+	// kernel's uevents, HotplugHints): the next scan comes at once.
+	Hints <-chan struct{}
 
 	menu *Menu
 	wg   sync.WaitGroup
@@ -74,6 +78,7 @@ type Driver struct {
 	ledSent   bool
 	pingsLost int
 	pingSeq   uint32
+	scan      Backoff
 
 	session io.ReadWriteCloser
 }
@@ -116,7 +121,8 @@ func (d *Driver) Run(ctx context.Context) error {
 
 	tick := d.Clock.NewTimer(0)
 	defer tick.Stop()
-	lastScan, lastPing := time.Time{}, d.Clock.Now()
+	d.scan = Backoff{Min: ScanPeriod, Max: ScanMax}
+	lastPing, hints := d.Clock.Now(), d.Hints
 	for {
 		select {
 		case <-ctx.Done():
@@ -129,9 +135,10 @@ func (d *Driver) Run(ctx context.Context) error {
 			now := d.Clock.Now()
 			tick.Reset(250 * time.Millisecond)
 			d.menu.Tick(now)
-			if d.conn == nil && now.Sub(lastScan) >= ScanPeriod {
-				lastScan = now
-				d.connect(ctx)
+			if d.conn == nil && d.scan.Due(now) {
+				if d.connect(ctx); d.conn == nil {
+					d.scan.Failed(now)
+				}
 			}
 			if d.conn != nil && d.ver == 0 && now.Sub(d.helloAt) > HelloTimeout {
 				d.drop(errors.New("no HELLO-REPLY within " + HelloTimeout.String()))
@@ -145,6 +152,12 @@ func (d *Driver) Run(ctx context.Context) error {
 					d.pingSeq++
 					d.write(Ping(d.ver, d.pingSeq))
 				}
+			}
+		case _, ok := <-hints: // nil when unset: never ready
+			if !ok {
+				hints = nil // the listener stopped: the backed-off pace only
+			} else if d.conn == nil {
+				d.scan.Reset()
 			}
 		case e := <-d.ev:
 			d.handle(ctx, e)
@@ -365,6 +378,7 @@ func (d *Driver) drop(err error) {
 	d.conn.Close()
 	d.conn, d.ver = nil, 0
 	d.gen++
+	d.scan.Reset()
 }
 
 func (d *Driver) write(f Frame) {

@@ -497,3 +497,94 @@ func TestMenuReplaceErase(t *testing.T) {
 		t.Fatalf("confirmed erase: %+v", r)
 	}
 }
+
+func TestBackoff(t *testing.T) {
+	b := Backoff{Min: ScanPeriod, Max: ScanMax}
+	now := time.Unix(0, 0)
+	if !b.Due(now) {
+		t.Fatal("first scan not due at once")
+	}
+	var got []time.Duration
+	for range 8 {
+		got = append(got, b.Failed(now))
+	}
+	want := []time.Duration{1, 2, 4, 8, 16, 30, 30, 30}
+	for i := range want {
+		if got[i] != want[i]*time.Second {
+			t.Fatalf("waits %v, want %v s", got, want)
+		}
+	}
+	if b.Due(now.Add(29*time.Second)) || !b.Due(now.Add(30*time.Second)) {
+		t.Error("due before its wait, or not after it")
+	}
+	b.Reset()
+	if !b.Due(now) || b.Failed(now) != ScanPeriod {
+		t.Error("reset: not due at once, or the next wait is not the minimum")
+	}
+}
+
+func TestIsUSBAdd(t *testing.T) {
+	for _, tt := range []struct {
+		msg  string
+		want bool
+	}{
+		{"add@/devices/platform/dummy_hcd.0/usb1/1-1\x00ACTION=add\x00DEVPATH=/devices/platform/dummy_hcd.0/usb1/1-1\x00SUBSYSTEM=usb\x00DEVTYPE=usb_device\x00SEQNUM=1234", true},
+		{"remove@/devices/platform/dummy_hcd.0/usb1/1-1\x00ACTION=remove\x00SUBSYSTEM=usb", false},
+		{"add@/devices/virtual/block/loop0\x00ACTION=add\x00SUBSYSTEM=block", false},
+		{"libudev\x00\xfe\xed\xca\xfe", false},
+		{"", false},
+		{"add@/x\x00SUBSYSTEM=usb" + strings.Repeat("x", maxUevent), false},
+	} {
+		if got := isUSBAdd([]byte(tt.msg)); got != tt.want {
+			t.Errorf("isUSBAdd(%.40q) = %v", tt.msg, got)
+		}
+	}
+}
+
+// countingOpener finds no panel and counts how often it was asked.
+type countingOpener struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (o *countingOpener) Open(context.Context) (Conn, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n++
+	return nil, ErrNoPanel
+}
+
+func (o *countingOpener) count() int { o.mu.Lock(); defer o.mu.Unlock(); return o.n }
+
+// TestDriverBacksOffScans: with no panel plugged in the driver does not
+// open a libusb context every second: in 100 s it scans at 0, 1, 3, 7, 15,
+// 31, 61 and 91 s (8 times, not 100), the next at 121 s; a hot-plug hint
+// at 100 s brings a scan long before that.
+func TestDriverBacksOffScans(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	clk := clock.NewFake(time.Unix(1000, 0))
+	op := &countingOpener{}
+	hints := make(chan struct{})
+	d := &Driver{Log: zap.NewNop(), Clock: clk, Open: op, Backend: &fakeBackend{}, Hints: hints}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	step := func() {
+		clk.Advance(250 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // let the driver take the tick; the fake clock decides time
+	}
+	for range 4 * 100 {
+		step()
+	}
+	n := op.count()
+	if n < 1 || n > 8 {
+		t.Fatalf("%d scans in 100 s without a panel; want at most 8 (1 s doubling to 30 s)", n)
+	}
+	hints <- struct{}{} // unbuffered: the driver took it
+	for i := 0; op.count() == n; i++ {
+		if i == 4*15 {
+			t.Fatalf("no scan within 15 s of a hot-plug hint (scans %d)", op.count())
+		}
+		step()
+	}
+}

@@ -37,6 +37,11 @@ func main() {
 	defer stop()
 	d := &panel.Driver{Log: log.Named("panel"), Clock: clock.Real{}, Open: &usbOpener{log: log, debug: *debug},
 		Backend: panel.Control{Path: *sock}}
+	if hints, err := panel.HotplugHints(ctx, log); err != nil {
+		log.Warn("no hot-plug hints: a panel plugged in is found at the backed-off scan pace (at most 30 s)", zap.Error(err))
+	} else {
+		d.Hints = hints
+	}
 	log.Info("front panel driver started", zap.String("control", *sock),
 		zap.String("usb_id", fmt.Sprintf("%04x:%04x", panel.VendorID, panel.ProductID)))
 	if err := d.Run(ctx); err != nil {
@@ -47,7 +52,9 @@ func main() {
 
 // usbOpener finds the panel with a fresh libusb context on each scan:
 // without udevd, libusb's device list is never told of a device plugged in
-// after the context was made.
+// after the context was made. The driver backs its scans off while no
+// panel is there (1 s doubling to 30 s) and scans at once on a kernel
+// uevent announcing a USB device.
 type usbOpener struct {
 	log   *zap.Logger
 	debug int
