@@ -5,7 +5,7 @@ BIN := $(CURDIR)/bin
 export CGO_ENABLED ?= 0
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
 
-.PHONY: help build run test test-unit soak bench bench-portal bench-scale fmt vet clean image qemu test-image
+.PHONY: help build run test test-unit soak bench bench-portal bench-pair bench-scale fmt vet clean image qemu test-image
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench: build ## run the benchmark against restic 0.18.1 on every shape of data a
 
 bench-portal: build ## the portal alone: All Computers and its JSON for 10,000 computers x 3 configurations (PORTAL_COMPUTERS=1000 to try)
 	@bash scripts/bench.sh portal
+
+bench-pair: build ## a pair of vaults and a witness against a single vault: backup throughput, failover time, catch-up rate (PAIR_MIB=64 to try)
+	$(GO) run ./scripts/pairbench -bin $(BIN) -mib $${PAIR_MIB:-512}
 
 bench-scale: build ## back up 10 million small files (SCALE_FILES): peak memory, no-change backup and commit times
 	@bash scripts/bench.sh scale

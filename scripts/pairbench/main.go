@@ -1,0 +1,355 @@
+// Command pairbench measures a pair of vaults against a single vault with
+// the real binaries of ./bin (make bench-pair): initial and incremental
+// backup throughput, failover time (the leader's SIGKILL to the agent's
+// next acknowledged backup) and a member's catch-up rate. docs/pair.md
+// states the targets: pair at least 0.75x the single vault, failover
+// median under 5 s, catch-up at least half the disk's write rate.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "pairbench:", err)
+		os.Exit(1)
+	}
+}
+
+type proc struct {
+	dir, addr string
+	args      []string
+	ready     string
+	cmd       *exec.Cmd
+	done      chan struct{}
+}
+
+var bin string
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (p *proc) start() error {
+	cmd := exec.Command(filepath.Join(bin, "vaultd"), p.args...)
+	logf, err := os.OpenFile(p.dir+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = logf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	ready := make(chan struct{}, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), p.ready) {
+				select {
+				case ready <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	p.cmd, p.done = cmd, make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
+	select {
+	case <-ready:
+		return nil
+	case <-p.done:
+		b, _ := os.ReadFile(p.dir + ".log")
+		if len(b) > 2000 {
+			b = b[len(b)-2000:]
+		}
+		return fmt.Errorf("vaultd in %s exited:\n%s", p.dir, b)
+	case <-time.After(time.Minute):
+		return errors.New("vaultd did not serve within a minute")
+	}
+}
+
+func (p *proc) kill() {
+	if p.cmd != nil {
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+		p.cmd = nil
+	}
+}
+
+func ctl(dir string, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(bin, "vaultctl"), append([]string{"-data", dir}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("vaultctl %v: %v: %s", args, err, stderr.String())
+	}
+	return string(out), nil
+}
+
+func agent(state string, args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(bin, "vault-agent"), append([]string{"-state", state}, args...)...).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), fmt.Errorf("vault-agent %v: %v: %s", args, err, ee.Stderr)
+		}
+		return string(out), err
+	}
+	return string(out), nil
+}
+
+type pairSt struct {
+	State  string `json:"state"`
+	Behind []any  `json:"behind"`
+	Mem    []struct {
+		Voter bool `json:"voter"`
+	} `json:"members"`
+}
+
+func status(dir string) (pairSt, bool) {
+	var st pairSt
+	out, err := ctl(dir, "pair", "status", "-json")
+	return st, err == nil && json.Unmarshal([]byte(out), &st) == nil
+}
+
+func waitFor(what string, cond func() bool) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waited 5 minutes for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+func whole(dir string) bool {
+	st, ok := status(dir)
+	n := 0
+	for _, m := range st.Mem {
+		if m.Voter {
+			n++
+		}
+	}
+	return ok && st.State == "Leader" && len(st.Behind) == 0 && n == 3
+}
+
+// corpus writes n MiB of random files (1 MiB each) under dir.
+func corpus(dir string, mib int, seed uint64) error {
+	r := rand.New(rand.NewPCG(seed, 7))
+	buf := make([]byte, 1<<20)
+	for i := 0; i < mib; i++ {
+		for j := range buf {
+			buf[j] = byte(r.Uint32())
+		}
+		p := filepath.Join(dir, fmt.Sprintf("d%02d", i%16), fmt.Sprintf("f%05d-%d", i, seed))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, buf, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func backup(state string) (time.Duration, error) {
+	t := time.Now()
+	_, err := agent(state, "backup", "home")
+	return time.Since(t), err
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("pairbench", flag.ContinueOnError)
+	binDir := fs.String("bin", "bin", "directory of vaultd, vaultctl and vault-agent")
+	mib := fs.Int("mib", 512, "MiB of the initial corpus")
+	failovers := fs.Int("failovers", 5, "leader kills to time")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var err error
+	if bin, err = filepath.Abs(*binDir); err != nil {
+		return err
+	}
+	root, err := os.MkdirTemp("", "pairbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	src := filepath.Join(root, "src")
+	if err := corpus(src, *mib, 1); err != nil {
+		return err
+	}
+	var procs []*proc
+	defer func() {
+		for _, p := range procs {
+			p.kill()
+		}
+	}()
+	vault := func(name string, extra ...string) (*proc, error) {
+		p := &proc{dir: filepath.Join(root, name), addr: freeAddr(), ready: "serving agents on"}
+		p.args = append([]string{"-data", p.dir, "-listen", p.addr, "-portal", "off"}, extra...)
+		procs = append(procs, p)
+		return p, p.start()
+	}
+	enrol := func(v *proc, state string) error {
+		if _, err := ctl(v.dir, "company", "create", "acme"); err != nil {
+			return err
+		}
+		tok, err := ctl(v.dir, "token", "create", "acme")
+		if err != nil {
+			return err
+		}
+		if _, err := agent(state, "enroll", "-vault", v.addr, "-token", strings.TrimSpace(tok), "-name", "bench"); err != nil {
+			return err
+		}
+		_, err = agent(state, "config", "set", "home", "-path", src)
+		return err
+	}
+
+	// Single vault.
+	single, err := vault("single")
+	if err != nil {
+		return err
+	}
+	if err := enrol(single, filepath.Join(root, "agent-single")); err != nil {
+		return err
+	}
+	sInit, err := backup(filepath.Join(root, "agent-single"))
+	if err != nil {
+		return err
+	}
+	if err := corpus(src, max(*mib/16, 1), 2); err != nil {
+		return err
+	}
+	sIncr, err := backup(filepath.Join(root, "agent-single"))
+	if err != nil {
+		return err
+	}
+	single.kill()
+
+	// The pair: a, b and a witness. The source goes back to the first corpus.
+	os.RemoveAll(src)
+	if err := corpus(src, *mib, 1); err != nil {
+		return err
+	}
+	pairArgs := func(id string) []string {
+		return []string{"-pair-id", id, "-pair-listen", freeAddr(), "-pair-heartbeat", "500ms", "-pair-degrade-after", "2s"}
+	}
+	a, err := vault("a", append(pairArgs("a"), "-pair-form")...)
+	if err != nil {
+		return err
+	}
+	if err := waitFor("a to lead", func() bool { st, ok := status(a.dir); return ok && st.State == "Leader" }); err != nil {
+		return err
+	}
+	tok, _ := ctl(a.dir, "pair", "create")
+	b, err := vault("b", append(pairArgs("b"), "-pair-join", strings.TrimSpace(tok))...)
+	if err != nil {
+		return err
+	}
+	wtok, _ := ctl(a.dir, "pair", "create")
+	w := &proc{dir: filepath.Join(root, "w"), ready: "vaultd: witness"}
+	w.args = append([]string{"witness", "-data", w.dir}, append(pairArgs("w"), "-pair-join", strings.TrimSpace(wtok))...)
+	procs = append(procs, w)
+	if err := w.start(); err != nil {
+		return err
+	}
+	if err := waitFor("the pair whole", func() bool { return whole(a.dir) }); err != nil {
+		return err
+	}
+	st := filepath.Join(root, "agent-pair")
+	if err := enrol(a, st); err != nil {
+		return err
+	}
+	pInit, err := backup(st)
+	if err != nil {
+		return err
+	}
+	if err := corpus(src, max(*mib/16, 1), 2); err != nil {
+		return err
+	}
+	pIncr, err := backup(st)
+	if err != nil {
+		return err
+	}
+
+	// Failover: kill the leader, time until a small backup is acknowledged
+	// by the new one; restart the dead member and wait for the pair whole.
+	var times []time.Duration
+	for i := 0; i < *failovers; i++ {
+		lead, other := a, b
+		if s, _ := status(b.dir); s.State == "Leader" {
+			lead, other = b, a
+		}
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("failover-%d", i)), []byte(time.Now().String()), 0o644)
+		t0 := time.Now()
+		lead.kill()
+		if _, err := backup(st); err != nil {
+			return fmt.Errorf("backup after failover %d: %w", i, err)
+		}
+		times = append(times, time.Since(t0))
+		if err := lead.start(); err != nil {
+			return err
+		}
+		if err := waitFor("the pair whole", func() bool { return whole(other.dir) }); err != nil {
+			return err
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+
+	// Catch-up: the follower misses a corpus, then comes back.
+	lead, follower := a, b
+	if s, _ := status(b.dir); s.State == "Leader" {
+		lead, follower = b, a
+	}
+	follower.kill()
+	if err := corpus(src, *mib/2, 3); err != nil {
+		return err
+	}
+	if _, err := backup(st); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if err := follower.start(); err != nil {
+		return err
+	}
+	if err := waitFor("the follower to catch up", func() bool { return whole(lead.dir) }); err != nil {
+		return err
+	}
+	catch := time.Since(t0)
+
+	rate := func(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
+	fmt.Fprintf(out, "pair vs single vault, %d MiB corpus (random data), loopback\n", *mib)
+	fmt.Fprintf(out, "%-28s %10s %10s %8s\n", "", "single", "pair", "ratio")
+	fmt.Fprintf(out, "%-28s %7.1f MiB/s %7.1f MiB/s %7.2fx\n", "initial backup", rate(*mib, sInit), rate(*mib, pInit), sInit.Seconds()/pInit.Seconds())
+	fmt.Fprintf(out, "%-28s %9.2f s %9.2f s %7.2fx\n", "incremental backup", sIncr.Seconds(), pIncr.Seconds(), sIncr.Seconds()/pIncr.Seconds())
+	fmt.Fprintf(out, "failover (kill -9 to the next acknowledged backup), %d runs: median %.2f s, max %.2f s\n",
+		len(times), times[len(times)/2].Seconds(), times[len(times)-1].Seconds())
+	fmt.Fprintf(out, "catch-up of %d MiB missed by the follower (restart to whole): %.1f s, %.1f MiB/s\n", *mib/2, catch.Seconds(), rate(*mib/2, catch))
+	return nil
+}
