@@ -73,8 +73,8 @@ type Queue struct {
 	clk clock.Clock
 	log *zap.Logger
 
-	mu   sync.Mutex // file changes, and one sending pass at a time
-	poke chan struct{}
+	mu        sync.Mutex // file changes, and one sending pass at a time
+	poke      chan struct{}
 	lastPrune time.Time // done/ is pruned at most hourly
 	// cmu guards changed, closed (and replaced) at every attempt's
 	// outcome: Wait's wake-up.
