@@ -500,7 +500,7 @@ func (m *Machine) handleControl(ctx context.Context, cmd string, w io.Writer) er
 	case "reboot":
 		fmt.Fprintln(w, "rebooting")
 		m.Shutdown(Reboot, "control socket")
-	case "qos", "qos config":
+	case "qos", "qos json", "qos config":
 		return m.qosControl(cmd, ConfigPath, w)
 	default:
 		if strings.HasPrefix(cmd, "qos set ") {

@@ -14,6 +14,7 @@ import (
 
 	"vaultnode/firmware/config"
 	"vaultnode/firmware/qos"
+	"vaultnode/internal/fwctl"
 )
 
 // qosEvery is how often the uplink's shaping is re-applied.
@@ -68,8 +69,9 @@ func (m *Machine) shapeUplink(context.Context) error {
 	return nil
 }
 
-// qosControl answers "qos" (classes and counters) and "qos set JSON" (apply
-// a new configuration at run time and save it at configPath).
+// qosControl answers "qos" (classes and counters), "qos json" (the same
+// as fwctl.QoSStatus, for vaultctl qos), "qos config" and "qos set JSON"
+// (apply a new configuration at run time and save it at configPath).
 func (m *Machine) qosControl(cmd, configPath string, w io.Writer) error {
 	m.mu.Lock()
 	ctl, applyErr := m.qos, m.qosErr
@@ -106,8 +108,22 @@ func (m *Machine) qosControl(cmd, configPath string, w io.Writer) error {
 		}
 		return json.NewEncoder(w).Encode(cfg)
 	}
+	if cmd == "qos json" {
+		out := fwctl.QoSStatus{Classes: []fwctl.QoSClass{}}
+		if applyErr != nil {
+			out.Error = "uplink not shaped: " + applyErr.Error()
+		}
+		st, err := ctl.Status()
+		if err != nil {
+			return err
+		}
+		for _, s := range st {
+			out.Classes = append(out.Classes, fwctl.QoSClass(s))
+		}
+		return json.NewEncoder(w).Encode(out)
+	}
 	if cmd != "qos" {
-		return fmt.Errorf("unknown command %q: use qos, qos config or qos set JSON", cmd)
+		return fmt.Errorf("unknown command %q: use qos, qos json, qos config or qos set JSON", cmd)
 	}
 	if applyErr != nil {
 		fmt.Fprintf(w, "uplink not shaped: %v\n", applyErr)

@@ -16,6 +16,7 @@ import (
 	"vaultnode/firmware/config"
 	"vaultnode/firmware/qos"
 	"vaultnode/internal/clock"
+	"vaultnode/internal/fwctl"
 )
 
 // TestQoSControl drives the control socket's qos commands against a veth in
@@ -71,6 +72,21 @@ func TestQoSControl(t *testing.T) {
 	}
 	if !regexpLine(out.String(), "egress", "1:10", "management", "7.00", "100.00") || !regexpLine(out.String(), "ingress", "ifbfw0", "1:41") {
 		t.Errorf("qos output lacks the classes:\n%s", out.String())
+	}
+	out.Reset()
+	if err := m.qosControl("qos json", path, &out); err != nil {
+		t.Fatal(err)
+	}
+	var st fwctl.QoSStatus
+	if err := json.Unmarshal([]byte(out.String()), &st); err != nil || st.Error != "" || len(st.Classes) == 0 {
+		t.Fatalf("qos json printed %q (%v)", out.String(), err)
+	}
+	found := false
+	for _, c := range st.Classes {
+		found = found || c.Direction == "egress" && c.Handle == "1:10" && c.Name == "management" && c.Rate == 7*qos.Mbit
+	}
+	if !found {
+		t.Errorf("qos json lacks the management class at 7 Mbit/s: %+v", st.Classes)
 	}
 	out.Reset()
 	if err := m.qosControl("qos config", path, &out); err != nil {

@@ -122,6 +122,8 @@ Commands:
   disk scrub                     (appliance) start the array's check now
   disk schedule [SCHEDULE]       (appliance) when the array's check runs: "monthly DAY HH:MM", "weekly DAY HH:MM"
                                  or "never" (default "monthly 1 03:00", the appliance's time zone)
+  qos [-json]                    (appliance) the uplink's traffic classes: rates, ceilings (Mbit/s), bytes, packets,
+                                 drops (the firmware's shaping; change it with init ctl qos set in the support shell)
   pair create [-ttl 1h]          (the pair's leader) print a one-time token another appliance or a witness joins with
   pair status [-json]            members, leader, term, log index, lag in commands and bytes, members behind
   pair remove ID                 (the leader) remove a dead member for good, before joining its replacement
@@ -157,6 +159,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return userMailCmd(ctx, c, a[2], a[3:], stdout, stderr)
 	case a[0] == "disk":
 		return diskCmd(ctx, a[1:], stdout)
+	case a[0] == "qos":
+		return qosCmd(ctx, a[1:], stdout)
 	case a[0] == "user" && len(a) >= 2:
 		return userCmd(ctx, c, a[1:], stdout, stderr)
 	case a[0] == "pair":
