@@ -193,3 +193,39 @@ func TestBadRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestApplyLogOnce: a log entry applies once (a replay after a restart
+// is skipped, so a journal record is not numbered twice), and a refused
+// command is rolled back whole while its index is recorded.
+func TestApplyLogOnce(t *testing.T) {
+	now := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	c, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	enrolled(t, c, now, "pc-1")
+	cmd, err := NewCommand(KindAddJournal, AddJournalCmd{Computer: "pc-1", Config: "home", Journal: wire.Journal{Base: 1, Time: now}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		_, skipped, err := c.ApplyLog(100, cmd)
+		if err != nil || skipped != (i == 1) {
+			t.Fatalf("apply %d: skipped %v, %v", i, skipped, err)
+		}
+	}
+	if js, _ := c.Journal("pc-1", "home", 1); len(js) != 1 {
+		t.Fatalf("a replayed entry applied twice: %d journal records", len(js))
+	}
+	bad, _ := NewCommand(KindAddVersion, AddVersionCmd{Version: Version{Manifest: wire.Manifest{Computer: "pc-1", Config: "home"}}})
+	if _, _, err := c.ApplyLog(101, bad); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a refused command: %v", err)
+	}
+	if n, _ := c.AppliedIndex(); n != 101 {
+		t.Fatalf("applied index %d after a refused command, want 101", n)
+	}
+	if _, skipped, _ := c.ApplyLog(99, cmd); !skipped {
+		t.Fatal("an older entry applied")
+	}
+}
