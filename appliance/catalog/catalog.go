@@ -66,6 +66,8 @@ type Token struct {
 	Expires time.Time `json:"expires"`
 	Used    bool      `json:"used"`
 	UsedBy  string    `json:"used_by,omitempty"`
+	Created time.Time `json:"created,omitzero"` // when it was made (tokens made before this field: zero)
+	By      string    `json:"by,omitempty"`     // who made it (a principal's name)
 }
 
 // Computer is an enrolled protected computer.

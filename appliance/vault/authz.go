@@ -152,6 +152,8 @@ var routeCaps = map[string]Capability{
 	"POST " + PortalAPI + "restores":                                   CapRestore, // over the source and the target
 	"GET /tokens":                                                      CapManageComputers,
 	"POST " + PortalAPI + "tokens":                                     CapManageComputers,
+	"GET " + PortalAPI + "tokens":                                      CapManageComputers, // unused, unexpired; never the token
+	"DELETE " + PortalAPI + "tokens/{id}":                              CapManageComputers,
 	"GET /users":                                                       CapManageUsers,
 	"GET /audit":                                                       CapView, // operators, and user managers for their company
 	"GET " + PortalAPI + "audit":                                       CapView,

@@ -83,7 +83,26 @@ func (v *Vault) portalPages(rt *router) {
 				companies = append(companies, c.Name)
 			}
 		}
-		return render(w, "tokens.html", v.pageData(r, p, "Enrol a computer", map[string]any{"Companies": companies}))
+		tokens, err := v.Tokens(r.Context(), p, "")
+		if err != nil {
+			return err
+		}
+		return render(w, "tokens.html", v.pageData(r, p, "Enrol a computer", map[string]any{"Companies": companies, "Tokens": tokens}))
+	})
+	rt.handle("GET "+PortalAPI+"tokens", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		out, err := v.Tokens(r.Context(), p, r.URL.Query().Get("company"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, out)
+		return nil
+	})
+	rt.handle("DELETE "+PortalAPI+"tokens/{id}", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		if err := v.RevokeToken(r.Context(), p, r.PathValue("id")); err != nil {
+			return err
+		}
+		writeJSON(w, map[string]string{"revoked": r.PathValue("id")})
+		return nil
 	})
 	rt.handle("POST "+PortalAPI+"tokens", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		var req struct {

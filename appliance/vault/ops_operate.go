@@ -60,7 +60,7 @@ func (v *Vault) CreateToken(ctx context.Context, p *Principal, company string, t
 	rand.Read(t.Secret[:])
 	t.CAPin = wire.Pin(v.CA.CA)
 	exp := v.clk.Now().Add(ttl)
-	if err := v.Catalog.AddToken(t.Secret[:], catalog.Token{Company: company, Expires: exp}); err != nil {
+	if err := v.Catalog.AddToken(t.Secret[:], catalog.Token{Company: company, Expires: exp, Created: v.clk.Now(), By: p.String()}); err != nil {
 		return TokenResponse{}, catalogErr(err)
 	}
 	return TokenResponse{Token: t.String(), Expires: exp}, nil

@@ -256,7 +256,7 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 				return want{404, code(wire.CodeNotFound)}
 			}
 			return want{200, ""}
-		case route == "GET /tokens" || route == "POST /api/v1/tokens":
+		case route == "GET /tokens" || route == "POST /api/v1/tokens" || route == "GET /api/v1/tokens?company=":
 			switch {
 			case !has(CapManageComputers):
 				return want{403, code(wire.CodeForbidden)}
@@ -330,6 +330,7 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		{"GET /computers/{computer}", "GET", "/computers/%s", nil},
 		{"GET /tokens", "GET", "/tokens", nil},
 		{"POST /api/v1/tokens", "POST", PortalAPI + "tokens", func(co string) any { return map[string]string{"company": co, "ttl": "1h"} }},
+		{"GET /api/v1/tokens?company=", "GET", PortalAPI + "tokens?company=%s", nil},
 		{"GET /users", "GET", "/users", nil},
 		{"POST /api/v1/restores", "POST", PortalAPI + "restores", func(co string) any {
 			return RestoreRequest{Computer: map[string]string{"acme": "pc-a1", "globex": "pc-g1"}[co], Config: "home", To: "/tmp/r"}
@@ -438,7 +439,8 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 	// Every portal route that needs a capability is in this test or in
 	// the session tests below.
 	inSessionTests := []string{"POST /logout", "POST /api/v1/logout", "POST /api/v1/login", "DELETE /api/v1/users/{name}",
-		"GET /account", "POST /account", "POST /api/v1/password"}
+		"GET /account", "POST /account", "POST /api/v1/password",
+		"DELETE /api/v1/tokens/{id}"} // TestEnrolmentTokensListAndRevoke
 	for _, p := range pv.portalRoutes(pv.authenticatePortal).patterns {
 		if routeCaps[p] == CapPublic || covered[p] || slices.Contains(inSessionTests, p) || slices.Contains(commandRoutesTested, p) {
 			continue

@@ -197,6 +197,20 @@
       document.getElementById("token-out").hidden = false;
     } catch (e) { err.textContent = e.message; err.hidden = false; }
   });
+  document.querySelectorAll("button.token-revoke").forEach(function (b) {
+    b.addEventListener("click", async function () {
+      const row = b.closest("tr");
+      const err = document.getElementById("token-error");
+      err.hidden = true;
+      try {
+        const res = await fetch("/api/v1/tokens/" + encodeURIComponent(row.dataset.token), { method: "DELETE", credentials: "same-origin",
+          headers: { "X-CSRF-Token": csrf } });
+        const out = await res.json().catch(function () { return {}; });
+        if (!res.ok) throw new Error(out.message || ("HTTP " + res.status));
+        row.remove();
+      } catch (e) { err.textContent = e.message; err.hidden = false; }
+    });
+  });
 })();
 
 // The users page: invite, change capabilities and assignments, reset, delete.
