@@ -324,6 +324,12 @@ func (c *Client) Report(ctx context.Context, r wire.Report) error {
 	return c.json(ctx, "POST", wire.PathStatus, r, nil)
 }
 
+// ReportRestore tells the vault of a restore the agent runs on its own, as
+// it starts and as it ends (its audit log shows every restore).
+func (c *Client) ReportRestore(ctx context.Context, r wire.RestoreReport) error {
+	return c.json(ctx, "POST", wire.PathRestoreReport, r, nil)
+}
+
 // PutSettings sets the computer's settings (its bandwidth profile).
 func (c *Client) PutSettings(ctx context.Context, s wire.Settings) (*wire.Settings, error) {
 	var out wire.Settings

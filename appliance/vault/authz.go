@@ -72,6 +72,7 @@ var routeCaps = map[string]Capability{
 	"POST " + wire.PathCommand + "{id}/progress": CapBackup,
 	"POST " + wire.PathCommand + "{id}/result":   CapBackup,
 	"GET " + wire.PathRestorePoint("{id}"):       CapRestore, // the agent's own restore command only
+	"POST " + wire.PathRestoreReport:             CapRestore, // a restore the agent runs on its own, for the audit log
 
 	// Admin socket (DATA/admin.sock, mode 0600: the principal is the
 	// operator).

@@ -245,6 +245,18 @@ func (v *Vault) agentRoutes(authn authenticator) *router {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	})
+	rt.handle("POST "+wire.PathRestoreReport, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
+		var req wire.RestoreReport
+		if err := wire.DecodeJSON(r.Body, wire.MaxRestoreReport, "wire.MaxRestoreReport", &req, true); err != nil {
+			return fail(http.StatusBadRequest, wire.CodeLimit, "restore report: %v", err)
+		}
+		if err := v.ReportRestore(r.Context(), p, req); err != nil {
+			return err
+		}
+		v.auditRequest(r, p) // an agent's reports are not audited by the middleware; this one is the point
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
 	rt.handle("PUT "+wire.PathSettings, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		var req wire.Settings
 		if err := readJSON(r, &req); err != nil {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -753,8 +755,29 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	if a.prog.Enabled() {
 		o.Progress = func(s *restore.Stats) { a.prog.Show("restore:", s.Files, s.Bytes, m.m.Totals.Bytes, s.Start) }
 	}
+	// The vault sees only chunk reads: tell it of the restore, so its
+	// audit log shows it (a dry run changes nothing and is not told).
+	rep := wire.RestoreReport{ID: restoreID(), Phase: wire.RestoreStarted, Config: m.m.Config, Version: m.m.Seq, Journal: len(m.journal),
+		Path: "/" + strings.TrimPrefix(string(prefix), "/"), Target: target, Existing: *existing}
+	tell := func() {
+		if *dry {
+			return
+		}
+		if err := c.ReportRestore(ctx, rep); err != nil {
+			a.log.Warn("the vault was not told of this restore (its audit log will lack it)", zap.String("phase", rep.Phase), zap.Error(err))
+		}
+	}
+	tell()
 	res, err := restore.Run(ctx, o)
 	a.prog.Done()
+	rep.Phase = wire.RestoreFinished
+	if res != nil {
+		rep.Files, rep.Bytes, rep.Skipped, rep.Failed = res.Stats.Files, res.Stats.Bytes, res.Stats.Skipped, res.Stats.Failed
+	}
+	if err != nil {
+		rep.Error = truncateText(err.Error(), wire.MaxCommandText)
+	}
+	tell()
 	if res != nil {
 		for _, p := range res.Problems {
 			fmt.Fprintln(a.stdout, "FAILED:", p)
@@ -776,6 +799,25 @@ func (a *app) restore(ctx context.Context, args []string) error {
 		return incomplete{fmt.Sprintf("%d object(s) could not be restored: listed above", len(res.Problems))}
 	}
 	return nil
+}
+
+// restoreID is a random id joining a restore's two reports to the vault.
+func restoreID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "r-" + hex.EncodeToString(b[:])
+}
+
+// truncateText shortens s to at most n bytes on a rune boundary.
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
 }
 
 func (a *app) diff(ctx context.Context, args []string) error {
