@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +57,49 @@ func (v *Vault) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(v)
+}
+
+// writeStatusJSON answers the status rows p may see of company as a JSON
+// array, streamed: the head and each batch of rows go out as they are
+// computed, so the first byte does not wait for the last row. An error
+// before the head is an ordinary error answer; one after it cuts the
+// connection, so a client never takes a partial array for the whole.
+func (v *Vault) writeStatusJSON(w http.ResponseWriter, r *http.Request, p *Principal, company string) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	rc := http.NewResponseController(w)
+	head, n := false, 0
+	err := v.StatusEachOf(r.Context(), p, company, func(rows []ConfigStatus) error {
+		if !head {
+			head = true
+			w.Header().Set("Content-Type", "application/json")
+			bw.WriteByte('[')
+		}
+		for i := range rows {
+			b, err := json.Marshal(&rows[i])
+			if err != nil {
+				return fmt.Errorf("encode status row: %w", err)
+			}
+			if n > 0 {
+				bw.WriteByte(',')
+			}
+			n++
+			bw.Write(b)
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		rc.Flush()
+		return nil
+	})
+	if err != nil {
+		if !head {
+			return err
+		}
+		v.log.Warn("status answer cut short", zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
+	bw.WriteString("]\n")
+	return bw.Flush()
 }
 
 // readJSON decodes a JSON body of at most wire.MaxJSONBody bytes with no

@@ -176,12 +176,7 @@ func (v *Vault) adminRoutes(authn authenticator) *router {
 		return nil
 	})
 	rt.handle("GET "+AdminStatus, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
-		st, err := v.StatusOf(r.Context(), p, r.URL.Query().Get("company"))
-		if err != nil {
-			return err
-		}
-		writeJSON(w, st)
-		return nil
+		return v.writeStatusJSON(w, r, p, r.URL.Query().Get("company"))
 	})
 	rt.handle("GET "+AdminStorage, func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		writeJSON(w, v.Storage())

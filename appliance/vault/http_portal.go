@@ -335,12 +335,7 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 		return nil
 	})
 	rt.handle("GET "+PortalAPI+"status", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
-		st, err := v.StatusOf(r.Context(), p, r.URL.Query().Get("company"))
-		if err != nil {
-			return err
-		}
-		writeJSON(w, st)
-		return nil
+		return v.writeStatusJSON(w, r, p, r.URL.Query().Get("company"))
 	})
 	rt.handle("POST "+PortalAPI+"password", func(w http.ResponseWriter, r *http.Request, p *Principal) error {
 		var req struct {

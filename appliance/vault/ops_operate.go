@@ -69,21 +69,43 @@ func (v *Vault) CreateToken(ctx context.Context, p *Principal, company string, t
 // StatusOf computes the state of every configuration p may see, of company
 // (every company: "").
 func (v *Vault) StatusOf(ctx context.Context, p *Principal, company string) ([]ConfigStatus, error) {
-	company, err := companyFor(p, CapView, company, false)
+	out := []ConfigStatus{}
+	err := v.StatusEachOf(ctx, p, company, func(rows []ConfigStatus) error {
+		out = append(out, rows...)
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	all, err := v.Status(company)
-	if err != nil {
-		return nil, err
-	}
-	out := all[:0]
-	for _, st := range all {
-		if p.Covers(st.Company, st.Computer) {
-			out = append(out, st)
-		}
 	}
 	return out, nil
+}
+
+// StatusEachOf is StatusOf handing the rows to fn a batch at a time, as
+// they are computed (fn must not keep the slice). fn is called at least
+// once when p may see company.
+func (v *Vault) StatusEachOf(ctx context.Context, p *Principal, company string, fn func(rows []ConfigStatus) error) error {
+	company, err := companyFor(p, CapView, company, false)
+	if err != nil {
+		return err
+	}
+	called := false
+	err = v.statusEach(company, func(rows []ConfigStatus) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		out := rows[:0]
+		for _, st := range rows {
+			if p.Covers(st.Company, st.Computer) {
+				out = append(out, st)
+			}
+		}
+		called = true
+		return fn(out)
+	})
+	if err == nil && !called {
+		err = fn(nil)
+	}
+	return err
 }
 
 // VerifyStore checks every pack entry and every version (verify.go).

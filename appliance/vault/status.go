@@ -52,52 +52,83 @@ type ConfigStatus struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
+// statusBatch is how many computers one read transaction of a status
+// covers: few transactions, yet none held long while rows are written out.
+const statusBatch = 500
+
 // Status computes the state of every configuration (of one company, or all).
 func (v *Vault) Status(company string) ([]ConfigStatus, error) {
-	cps, err := v.Catalog.Computers(company)
-	if err != nil {
-		return nil, err
-	}
-	now := v.clk.Now()
 	out := []ConfigStatus{}
-	for _, cp := range cps {
-		if cp.Revoked != nil {
-			continue
-		}
-		cfgs, err := v.Catalog.Configs(cp.ID)
-		if err != nil {
-			return nil, err
-		}
-		for _, cfg := range cfgs {
-			st, err := v.configStatus(cp, cfg, now)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, st)
-		}
-	}
-	return out, nil
+	err := v.statusEach(company, func(rows []ConfigStatus) error {
+		out = append(out, rows...)
+		return nil
+	})
+	return out, err
 }
 
-func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time) (ConfigStatus, error) {
+// statusEach computes the state of every configuration (of one company, or
+// all) and hands the rows to fn a batch of computers at a time, each batch
+// read in one transaction, so an answer can start before the last row.
+func (v *Vault) statusEach(company string, fn func(rows []ConfigStatus) error) error {
+	cps, err := v.Catalog.Computers(company)
+	if err != nil {
+		return err
+	}
+	now := v.clk.Now()
+	var rows []ConfigStatus
+	for len(cps) > 0 {
+		batch := cps[:min(len(cps), statusBatch)]
+		cps = cps[len(batch):]
+		rows = rows[:0]
+		err := v.Catalog.Read(func(r *catalog.Reader) error {
+			for _, cp := range batch {
+				if cp.Revoked != nil {
+					continue
+				}
+				for _, cfg := range r.Configs(cp.ID) {
+					st, err := v.configStatusIn(r, cp, cfg, now)
+					if err != nil {
+						return err
+					}
+					rows = append(rows, st)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v *Vault) configStatus(cp catalog.Computer, cfg wire.Config, now time.Time) (st ConfigStatus, err error) {
+	err = v.Catalog.Read(func(r *catalog.Reader) error {
+		st, err = v.configStatusIn(r, cp, cfg, now)
+		return err
+	})
+	return st, err
+}
+
+func (v *Vault) configStatusIn(r *catalog.Reader, cp catalog.Computer, cfg wire.Config, now time.Time) (ConfigStatus, error) {
 	st := ConfigStatus{Company: cp.Company, Computer: cp.ID, Name: cp.Name, Config: cfg.Name, Mode: cfg.Mode, LastSeen: cp.LastSeen,
 		Bandwidth: cp.Settings.Bandwidth}
-	count, newest, last, err := v.Catalog.VersionSummary(cp.ID, cfg.Name) // last: the newest complete version
-	if err != nil {
-		return st, err
-	}
+	count, newest, last := r.VersionSummary(cp.ID, cfg.Name) // last: the newest complete version
 	st.Versions = count
 	if last != nil {
 		st.Protected = last.Totals.Bytes
 		st.Covers = last.Started
 		if newest.Seq == last.Seq {
-			if js, err := v.Catalog.Journal(cp.ID, cfg.Name, last.Seq); err == nil && len(js) > 0 {
-				st.Covers = js[len(js)-1].Time
+			if j, ok := r.LastJournal(cp.ID, cfg.Name, last.Seq); ok {
+				st.Covers = j.Time
 			}
 		}
 	}
 	st.NextRun = nextRun(cfg, st.Covers, now)
-	rep, err := v.Catalog.Report(cp.ID, cfg.Name)
+	rep, err := r.Report(cp.ID, cfg.Name)
 	if err != nil {
 		return st, err
 	}

@@ -1,6 +1,9 @@
 package vault
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -121,5 +124,48 @@ func TestStatusTransitions(t *testing.T) {
 	sts, _ := v.Status("acme")
 	if !sts[0].Covers.Equal(clk.Now()) {
 		t.Fatalf("continuous protection covers %s, want the journal record's time %s", sts[0].Covers, clk.Now())
+	}
+}
+
+// TestStatusJSONStreamed answers a status of more computers than one batch
+// (statusBatch) as one valid JSON array with every row in order of the
+// computers, and another company as an ordinary error before any byte.
+func TestStatusJSONStreamed(t *testing.T) {
+	v := openTestVault(t)
+	n := 2*statusBatch + 3
+	for i := range n {
+		id := fmt.Sprintf("pc-%06d", i)
+		if err := v.Catalog.RecordComputer(catalog.Computer{ID: id, Company: "acme", Name: id}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.Catalog.PutConfig(id, wire.Config{Name: "home", Kind: wire.KindFiles, Paths: []string{"/home"}}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batches := 0
+	if err := v.StatusEachOf(t.Context(), operator, "", func([]ConfigStatus) error { batches++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if batches != 3 {
+		t.Errorf("%d batches, want 3", batches)
+	}
+	rec := httptest.NewRecorder()
+	if err := v.writeStatusJSON(rec, httptest.NewRequest("GET", PortalAPI+"status", nil), operator, ""); err != nil {
+		t.Fatal(err)
+	}
+	var rows []ConfigStatus
+	if err := json.Unmarshal(rec.Body.Bytes(), &rows); err != nil {
+		t.Fatalf("the answer is not one JSON array: %v", err)
+	}
+	if len(rows) != n || rows[0].Computer != "pc-000000" || rows[n-1].Computer != fmt.Sprintf("pc-%06d", n-1) {
+		t.Fatalf("%d rows (want %d), first %q, last %q", len(rows), n, rows[0].Computer, rows[len(rows)-1].Computer)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	rec = httptest.NewRecorder()
+	user := &Principal{Kind: User, Name: "u", Company: "acme", Caps: []Capability{CapView}}
+	if err := v.writeStatusJSON(rec, httptest.NewRequest("GET", PortalAPI+"status?company=other", nil), user, "other"); err == nil || rec.Body.Len() != 0 {
+		t.Fatalf("another company: err %v, %d bytes written", err, rec.Body.Len())
 	}
 }
