@@ -27,6 +27,7 @@ func tapeBenchMiB(b *testing.B) int {
 
 var (
 	jobRateRE = regexp.MustCompile(`\(([0-9.]+) (MiB|KiB) at ([0-9.]+) (MiB|KiB)/s\)`)
+	streamRE  = regexp.MustCompile(`data files: ([0-9.]+) (MiB|KiB) streamed at ([0-9.]+) (MiB|KiB)/s`)
 	ddRE      = regexp.MustCompile(`(\d+) bytes .* copied, ([0-9.]+) s`)
 	locateRE  = regexp.MustCompile(`TAPEPROBE LOCATE .*`)
 	rateRE    = regexp.MustCompile(`TAPEPROBE RATE \d+ MiB in [0-9.]+ s = ([0-9.]+) MiB/s`)
@@ -81,6 +82,11 @@ func BenchmarkTapeStream(b *testing.B) {
 		b.Fatalf("no rate in tape status:\n%s", status)
 	}
 	jobMiB, jobRate := toMiB(rm[1], rm[2]), toMiB(rm[3], rm[4])
+	sr := streamRE.FindStringSubmatch(status)
+	if sr == nil {
+		b.Fatalf("no streaming rate in tape status:\n%s", status)
+	}
+	streamMiB, streamRate := toMiB(sr[1], sr[2]), toMiB(sr[3], sr[4])
 	written := strings.Split(strings.TrimSpace(sm[3]), ", ")
 
 	// The same bytes with dd: the job's data file, read back from its
@@ -106,11 +112,17 @@ func BenchmarkTapeStream(b *testing.B) {
 	ddSecs, _ := strconv.ParseFloat(dm[2], 64)
 	ddRate := ddBytes / (1 << 20) / ddSecs
 	verdict := "meets"
-	if jobRate < 0.9*ddRate {
+	if streamRate < 0.9*ddRate {
 		verdict = "MISSES"
 	}
-	b.Logf("tape: job %.1f MiB at %.2f MiB/s; dd of the job's data file (%.1f MiB) to the same drive %.2f MiB/s; job/dd = %.0f %% (%s the 90 %% target)",
-		jobMiB, jobRate, ddBytes/(1<<20), ddRate, 100*jobRate/ddRate, verdict)
+	// The job's streaming rate (its data files, from each one's first
+	// block to its filemark) is what compares with dd; the whole job's rate
+	// also counts the library sync, load, label file and unload.
+	msg := fmt.Sprintf("job streamed %.1f MiB of data files at %.2f MiB/s (whole job %.1f MiB at %.2f MiB/s); dd of the job's data file (%.1f MiB) to the same drive %.2f MiB/s; streaming/dd = %.0f %% (%s the 90 %% target)",
+		streamMiB, streamRate, jobMiB, jobRate, ddBytes/(1<<20), ddRate, 100*streamRate/ddRate, verdict)
+	b.Logf("tape: %s", msg)
+	fmt.Fprintln(os.Stderr, "tape:", msg)
+	b.ReportMetric(streamRate, "stream-MiB/s")
 	b.ReportMetric(jobRate, "job-MiB/s")
 	b.ReportMetric(ddRate, "dd-MiB/s")
 
@@ -119,7 +131,9 @@ func BenchmarkTapeStream(b *testing.B) {
 	pr := l.probe(false, "rate", "PROBE1L5", "1", strconv.Itoa(int(ddBytes)>>20))
 	if m := rateRE.FindStringSubmatch(pr); m != nil {
 		sg, _ := strconv.ParseFloat(m[1], 64)
-		b.Logf("tape: the drive package alone (WRITE(6) of 256 KiB blocks over SG_IO, same drive) %.2f MiB/s = %.0f %% of dd", sg, 100*sg/ddRate)
+		msg := fmt.Sprintf("the drive package alone (WRITE(6) of 256 KiB blocks over SG_IO, same drive) %.2f MiB/s = %.0f %% of dd", sg, 100*sg/ddRate)
+		b.Logf("tape: %s", msg)
+		fmt.Fprintln(os.Stderr, "tape:", msg)
 		b.ReportMetric(sg, "sgio-MiB/s")
 	}
 

@@ -150,13 +150,15 @@ type writer struct {
 	used []string
 
 	// The open data file.
-	bw         *format.BlockWriter
+	bw         *blockStream // nil when no file is open
+	spare      [][]byte     // block buffers between files
 	tw         *tar.Writer
 	open       bool
 	fileChunks []catalog.TapeChunk
 	fileCopies []catalog.TapeCopy
 	inFile     map[chunkKey]bool
 	mark       drive.Mark // where the open file starts
+	opened     time.Time  // when the open file's first block was queued
 	cur        int        // the version being written
 	firstVer   int        // the first version with a member in the open file
 
@@ -167,7 +169,17 @@ func (w *writer) ref() catalog.TapeFileRef {
 	return catalog.TapeFileRef{Barcode: w.cart.Barcode, File: w.cart.Files}
 }
 
+// endStream stops the open file's block stream, if any: nothing writes to
+// the drive after it returns.
+func (w *writer) endStream() {
+	if w.bw != nil {
+		w.spare = w.bw.abort()
+		w.bw = nil
+	}
+}
+
 func (w *writer) writeAll(ctx context.Context, vers []Version) error {
+	defer w.endStream()
 	if err := w.chooseSet(ctx); err != nil {
 		return err
 	}
@@ -196,6 +208,7 @@ func (w *writer) writeAll(ctx context.Context, vers []Version) error {
 			// the next cartridge.
 			w.s.log.Warn("end of medium inside a tape file: continuing on the next cartridge", zap.String("barcode", w.cart.Barcode))
 			w.open = false
+			w.endStream()
 			if err := w.s.cat.Tape(catalog.KindTapeState, catalog.TapeStateCmd{Barcode: w.cart.Barcode, State: catalog.CartFull}); err != nil {
 				return err
 			}
@@ -375,7 +388,9 @@ func (w *writer) openFile(ctx context.Context) error {
 		return fmt.Errorf("read the position of tape file %d of %s: %w", w.cart.Files, w.cart.Barcode, err)
 	}
 	w.mark = m
-	w.bw = format.NewBlockWriter(ctx, w.d, sentinels)
+	w.opened = w.s.clk.Now()
+	w.endStream()
+	w.bw = newStream(ctx, w.d, w.spare)
 	w.tw = tar.NewWriter(w.bw)
 	w.open = true
 	w.firstVer = w.cur
@@ -409,6 +424,14 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 		return fmt.Errorf("write the filemark of tape file %d of %s: %w", w.cart.Files, w.cart.Barcode, err)
 	}
 	full = full || w.bw.EarlyWarning()
+	secs := w.s.clk.Now().Sub(w.opened).Seconds()
+	w.s.setStatus(func(st *Status) {
+		st.StreamBytes += w.bw.Written()
+		st.StreamSeconds += secs
+		if st.StreamSeconds > 0 {
+			st.StreamRate = float64(st.StreamBytes) / st.StreamSeconds
+		}
+	})
 	ref := w.ref()
 	cmd := catalog.TapeFileCmd{
 		File: catalog.TapeFile{Barcode: w.cart.Barcode, File: w.cart.Files, MediaSet: w.set.ID, Written: w.s.clk.Now().UTC(), Bytes: w.bw.Written(),

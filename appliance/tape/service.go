@@ -56,16 +56,22 @@ type Service struct {
 
 // Status is what the library is doing (vaultctl tape status, metrics).
 type Status struct {
-	Busy       bool      `json:"busy"`
-	Operation  string    `json:"operation,omitempty"`
-	Drive      uint16    `json:"drive,omitempty"`
-	Barcode    string    `json:"barcode,omitempty"`
-	Started    time.Time `json:"started,omitzero"`
-	Bytes      int64     `json:"bytes"`
-	Rate       float64   `json:"bytes_per_second"`
-	Cartridges []string  `json:"cartridges,omitempty"` // used by the running or last job
-	Alerts     []string  `json:"alerts,omitempty"`     // TapeAlert flags read after the last job
-	Last       string    `json:"last,omitempty"`       // the last operation's outcome
+	Busy      bool      `json:"busy"`
+	Operation string    `json:"operation,omitempty"`
+	Drive     uint16    `json:"drive,omitempty"`
+	Barcode   string    `json:"barcode,omitempty"`
+	Started   time.Time `json:"started,omitzero"`
+	Bytes     int64     `json:"bytes"`
+	Rate      float64   `json:"bytes_per_second"`
+	// The data files a job wrote and the time spent writing them, from
+	// each file's first block to its closing filemark: the streaming rate
+	// (Rate also counts loading, labelling and unloading).
+	StreamBytes   int64    `json:"stream_bytes,omitempty"`
+	StreamSeconds float64  `json:"stream_seconds,omitempty"`
+	StreamRate    float64  `json:"stream_bytes_per_second,omitempty"`
+	Cartridges    []string `json:"cartridges,omitempty"` // used by the running or last job
+	Alerts        []string `json:"alerts,omitempty"`     // TapeAlert flags read after the last job
+	Last          string   `json:"last,omitempty"`       // the last operation's outcome
 }
 
 // New returns a Service over lib (no drives or changer: every operation

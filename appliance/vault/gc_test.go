@@ -23,7 +23,7 @@ type gcAgent struct {
 	hs *keys.Hasher
 }
 
-func newGCAgent(t *testing.T, v *Vault, company, id string) *gcAgent {
+func newGCAgent(t testing.TB, v *Vault, company, id string) *gcAgent {
 	t.Helper()
 	enrolDirect(t, v, company, id)
 	k, err := v.companyKeys(company)

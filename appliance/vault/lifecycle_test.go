@@ -85,7 +85,7 @@ func realListing(t *testing.T, v *Vault, k *companyKeys, content string) []tree.
 	return []tree.ChunkRef{{ID: putChunk(t, v, k, pack.KindListing, buf.Bytes()), Len: uint32(buf.Len())}}
 }
 
-func waitJob(t *testing.T, v *Vault, id string) jobs.View {
+func waitJob(t testing.TB, v *Vault, id string) jobs.View {
 	t.Helper()
 	<-v.Jobs.Done(id)
 	view, err := v.Jobs.Get(id)

@@ -12,7 +12,7 @@ import (
 
 // enrolDirect records a computer of company in the catalog, as enrolment
 // does, and returns it.
-func enrolDirect(t *testing.T, v *Vault, company, id string) catalog.Computer {
+func enrolDirect(t testing.TB, v *Vault, company, id string) catalog.Computer {
 	t.Helper()
 	secret := []byte("token-for-" + id)
 	if err := v.Catalog.AddToken(secret, catalog.Token{Company: company, Expires: time.Now().Add(time.Hour)}); err != nil {

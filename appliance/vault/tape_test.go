@@ -31,7 +31,7 @@ type tapeLab struct {
 	lib   *tape.Library
 }
 
-func newTapeLab(t *testing.T, capacity, warning int, barcodes ...string) *tapeLab {
+func newTapeLab(t testing.TB, capacity, warning int, barcodes ...string) *tapeLab {
 	t.Helper()
 	e := emu.New(16)
 	e.AddSlots(1024, barcodes...)
@@ -52,12 +52,12 @@ func newTapeLab(t *testing.T, capacity, warning int, barcodes ...string) *tapeLa
 	return lab
 }
 
-func openTapeVault(t *testing.T, dir string, lab *tapeLab, recovery []byte) *Vault {
+func openTapeVault(t testing.TB, dir string, lab *tapeLab, recovery []byte) *Vault {
 	t.Helper()
 	return openTapeVaultClock(t, dir, lab, recovery, clock.Real{})
 }
 
-func openTapeVaultClock(t *testing.T, dir string, lab *tapeLab, recovery []byte, clk clock.Clock) *Vault {
+func openTapeVaultClock(t testing.TB, dir string, lab *tapeLab, recovery []byte, clk clock.Clock) *Vault {
 	t.Helper()
 	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Zone: time.UTC, Clock: clk, Tape: lab.lib, TapeRecovery: recovery, TapeFileLimit: 1 << 20})
 	if err != nil {
@@ -67,7 +67,7 @@ func openTapeVaultClock(t *testing.T, dir string, lab *tapeLab, recovery []byte,
 	return v
 }
 
-func tapeOp(t *testing.T, v *Vault, req TapeRequest) any {
+func tapeOp(t testing.TB, v *Vault, req TapeRequest) any {
 	t.Helper()
 	out, err := v.TapeOp(context.Background(), operator, req)
 	if err != nil {
@@ -76,7 +76,7 @@ func tapeOp(t *testing.T, v *Vault, req TapeRequest) any {
 	return out
 }
 
-func runJob(t *testing.T, v *Vault, kind jobs.Kind) jobs.View {
+func runJob(t testing.TB, v *Vault, kind jobs.Kind) jobs.View {
 	t.Helper()
 	rec, err := v.Jobs.Start(kind, "test")
 	if err != nil {

@@ -308,6 +308,10 @@ func printTapeStatus(w io.Writer, o vault.TapeOverview) {
 	if st.Last != "" {
 		fmt.Fprintf(w, "last operation: %s (%s at %s/s)\n", st.Last, bytesString(st.Bytes), bytesString(int64(st.Rate)))
 	}
+	if st.StreamBytes > 0 {
+		fmt.Fprintf(w, "data files: %s streamed at %s/s (from each file's first block to its filemark)\n",
+			bytesString(st.StreamBytes), bytesString(int64(st.StreamRate)))
+	}
 	if len(st.Cartridges) > 0 {
 		fmt.Fprintf(w, "cartridges used: %s\n", strings.Join(st.Cartridges, ", "))
 	}
