@@ -145,6 +145,14 @@ var routeCaps = map[string]Capability{
 	"POST " + PortalAPI + "users/{name}/mail":     CapManageUsers,
 	"DELETE " + PortalAPI + "users/{name}":        CapManageUsers,
 	"POST " + PortalAPI + "mail":                  CapView, // the user's own address and choice
+	// Password reset by e-mail link (ops_reset.go): anonymous; the posts
+	// pass CrossOriginProtection, the link's token is the authority.
+	"GET /forgot":                          CapPublic,
+	"POST /forgot":                         CapPublic,
+	"GET /reset":                           CapPublic,
+	"POST /reset":                          CapPublic,
+	"POST " + PortalAPI + "password-reset": CapPublic,
+	"POST " + PortalAPI + "password-reset/confirm": CapPublic,
 	// Drill-down, browse, restore, audit, tokens, contacts (http_pages.go).
 	"GET /computers/{computer}":                                        CapView,
 	"GET " + PortalAPI + "computers/{computer}":                        CapView,

@@ -351,6 +351,7 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 		writeJSON(w, map[string]bool{"changed": true})
 		return nil
 	})
+	v.resetRoutes(rt)
 	v.userRoutes(rt, PortalAPI+"users")
 	v.portalPages(rt)
 	v.portalCommandRoutes(rt)

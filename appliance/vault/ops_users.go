@@ -523,24 +523,32 @@ type loginLimiter struct {
 	mu     sync.Mutex
 	window time.Time
 	counts map[string]int
+	// rate per period: zero takes LoginRate per LoginWindow (the reset
+	// mails per user use another).
+	rate   int
+	period time.Duration
 }
 
 const maxTracked = 10000
 
-// allow counts an attempt from addr at now, and refuses the LoginRate+1-th
-// of a window with the time until the next.
+// allow counts an attempt from addr at now, and refuses the rate+1-th of
+// a window with the time until the next.
 func (l *loginLimiter) allow(addr string, now time.Time) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if w := now.Truncate(LoginWindow); !w.Equal(l.window) || l.counts == nil {
+	rate, period := l.rate, l.period
+	if rate == 0 {
+		rate, period = LoginRate, LoginWindow
+	}
+	if w := now.Truncate(period); !w.Equal(l.window) || l.counts == nil {
 		l.window, l.counts = w, map[string]int{}
 	}
 	if _, ok := l.counts[addr]; !ok && len(l.counts) >= maxTracked {
 		addr = "*"
 	}
 	l.counts[addr]++
-	if l.counts[addr] > LoginRate {
-		return false, l.window.Add(LoginWindow).Sub(now)
+	if l.counts[addr] > rate {
+		return false, l.window.Add(period).Sub(now)
 	}
 	return true, 0
 }

@@ -58,6 +58,10 @@ type Options struct {
 	// PortalCert and PortalKey are PEM files of the portal's certificate
 	// and key; empty: the vault's own server certificate.
 	PortalCert, PortalKey string
+	// PortalURL is the portal's address as people reach it
+	// ("https://backup.example.com"), the base of the links the vault
+	// mails; empty: https:// and the portal listener's address.
+	PortalURL string
 
 	// Tape is the tape library found at start (nil: none; docs/tape.md);
 	// TapeRecovery the static recovery program written in every label
@@ -113,6 +117,7 @@ type Vault struct {
 	logins     loginLimiter  // portal sign-ins per client address (ops_users.go)
 	browsing   chan struct{} // listings the portal reads at once (ops_browse.go)
 	signins    loginGuard    // failed sign-ins and locks per (user name, address)
+	resetMails loginLimiter  // reset links mailed per user (ops_reset.go)
 	portalAddr string        // the portal's address once serving
 	agentAddr  string        // the agent API's address once serving (the install command names its port)
 
@@ -170,6 +175,7 @@ func Open(opts Options) (*Vault, error) {
 		keys: map[string]*companyKeys{}, sessions: map[string]*session{}, cmds: newCmdQueue(), browsing: make(chan struct{}, maxBrowsing),
 		storage: &storageWatch{path: opts.StorageState}}
 	v.initLimits(opts.Limits)
+	v.resetMails.rate, v.resetMails.period = ResetMailsPerUser, ResetMailWindow
 	if v.CA, err = pki.LoadOrCreate(filepath.Join(opts.Dir, "tls"), opts.Clock.Now()); err != nil {
 		return nil, err
 	}

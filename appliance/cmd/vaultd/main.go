@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -75,6 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	portal := fs.String("portal", defaultPortal, "the portal's HTTPS `address` (\"off\": none); when left at the default and taken, vaultd serves without it")
 	portalCert := fs.String("portal-cert", "", "PEM `file` of the portal's certificate (with -portal-key); default: the vault's own")
 	portalKey := fs.String("portal-key", "", "PEM `file` of the portal certificate's key")
+	portalURL := fs.String("portal-url", "", "the portal's `URL` as people reach it (https://backup.example.com), the base of mailed links; default: https:// and the -portal address")
 	storageState := fs.String("storage-state", "", "the appliance firmware's storage report `file` (it sets this); with a failed disk array the agent API refuses writes and reads")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	tapeDev := fs.String("tape", "auto", "tape library: \"auto\" scans /dev/sg* for a changer and its drives (matched by serial number), \"off\" none, or a `directory` to scan instead of /dev")
@@ -97,10 +99,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer log.Sync()
+	if u, err := url.Parse(*portalURL); *portalURL != "" && (err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "") {
+		return fmt.Errorf("-portal-url %q: give https://HOST[:PORT][/PATH], the address people open the portal at", *portalURL)
+	}
 	if (*portalCert == "") != (*portalKey == "") {
 		return fmt.Errorf("-portal-cert and -portal-key go together")
 	}
-	opts := vault.Options{Dir: *data, Listen: *listen, Log: log, Portal: *portal, PortalCert: *portalCert, PortalKey: *portalKey,
+	opts := vault.Options{Dir: *data, Listen: *listen, Log: log, Portal: *portal, PortalCert: *portalCert, PortalKey: *portalKey, PortalURL: *portalURL,
 		StorageState: *storageState}
 	if *portal == "off" {
 		opts.Portal = ""
