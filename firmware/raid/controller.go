@@ -304,11 +304,36 @@ func (c *Controller) Start(ctx context.Context, disks []disk.Disk) ([]string, er
 	if len(devs) == 0 {
 		return problems, fmt.Errorf("assemble %s: no disk of the array is present", c.o.MD)
 	}
-	if out, err := c.mdadm(ctx, append(args, devs...)...); err != nil {
-		return problems, fmt.Errorf("assemble %s from %s: %w", c.o.MD, strings.Join(devs, " "), err)
-	} else {
-		c.o.Log.Info("array assembled", zap.String("array", c.o.MD), zap.String("mdadm", strings.TrimSpace(out)))
+	out, err := c.mdadm(ctx, append(args, devs...)...)
+	if err != nil && strings.Contains(out, "not clean") {
+		// A power cut while the array was degraded (during a rebuild, or
+		// with a disk missing) leaves it dirty and degraded, and md refuses
+		// to start it ("cannot start dirty degraded array"): the stripes
+		// being written at the cut may have parity that no longer matches,
+		// and the missing member's blocks of those stripes cannot be told
+		// from the rest. Refusing leaves the vault down until someone types
+		// mdadm --force on a console; the vault's own checks (every entry is
+		// sealed: a wrong block reads as damaged, never as data) make
+		// starting it the better choice, with a verify to find what the cut
+		// damaged. So: start it once with md's start_dirty_degraded, then
+		// put the parameter back, and say so.
+		param := filepath.Join(c.o.Sys, "module", "md_mod", "parameters", "start_dirty_degraded")
+		if werr := os.WriteFile(param, []byte("1"), 0o644); werr == nil {
+			_, _ = c.mdadm(ctx, "--stop", c.o.MD) // the refused assembly leaves it inactive
+			out, err = c.mdadm(ctx, append(args, devs...)...)
+			_ = os.WriteFile(param, []byte("0"), 0o644)
+			if err == nil {
+				problems = append(problems, fmt.Sprintf("%s was not clean when it lost a member (a power cut during a rebuild or while degraded): "+
+					"started anyway; stripes written at the cut may be damaged: run `vaultctl verify`, which quarantines what it finds for the next backup to heal", c.o.MD))
+			}
+		} else {
+			c.o.Log.Warn("cannot allow a dirty degraded start", zap.Error(werr))
+		}
 	}
+	if err != nil {
+		return problems, fmt.Errorf("assemble %s from %s: %w (%s)", c.o.MD, strings.Join(devs, " "), err, strings.TrimSpace(out))
+	}
+	c.o.Log.Info("array assembled", zap.String("array", c.o.MD), zap.String("mdadm", strings.TrimSpace(out)))
 	c.setSpeed(data)
 	c.mu.Lock()
 	c.dev = c.o.MD

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -415,5 +416,62 @@ unused devices: <none>
 	}
 	if len(saved) != 1 || !reflect.DeepEqual(saved[0].Disks, []string{"d1", "big"}) {
 		t.Errorf("saved %+v", saved)
+	}
+}
+
+// dirtyRunner refuses the first assembly as mdadm does a dirty degraded
+// array, and checks that the second runs with start_dirty_degraded set.
+type dirtyRunner struct {
+	param string
+	calls []string
+	set   []string // the parameter's value at each assembly
+}
+
+func (r *dirtyRunner) Output(_ context.Context, cmd *exec.Cmd) ([]byte, error) {
+	r.calls = append(r.calls, strings.Join(cmd.Args[1:], " "))
+	if cmd.Args[1] == "--assemble" {
+		v, _ := os.ReadFile(r.param)
+		r.set = append(r.set, strings.TrimSpace(string(v)))
+		if strings.TrimSpace(string(v)) != "1" {
+			return []byte("mdadm: /dev/md0 assembled from 3 drives - not enough to start the array while not clean - consider --force.\n"), errors.New("exit status 1")
+		}
+	}
+	return nil, nil
+}
+
+// TestStartDirtyDegraded: an array left dirty and degraded by a power cut
+// during a rebuild starts (md's start_dirty_degraded for that one start,
+// then back to 0), and the operator is told to verify.
+func TestStartDirtyDegraded(t *testing.T) {
+	const uuid = "0a1b2c3d:00000000:00000000:00000000"
+	sys := t.TempDir()
+	param := filepath.Join(sys, "module", "md_mod", "parameters", "start_dirty_degraded")
+	write(t, param, "0")
+	run := &dirtyRunner{param: param}
+	c, err := New(Options{Log: zap.NewNop(), Clock: clock.NewFake(time.Unix(0, 0)), Run: run, Mdadm: "mdadm", MD: "/dev/md0",
+		Proc: t.TempDir(), Sys: sys, SystemDisk: "vda"},
+		config.Data{Level: RAID6, Disks: []string{"d1", "d2", "d3", "d4"}, ArrayUUID: uuid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks := []disk.Disk{{Name: "vda", ID: "system"}, {Name: "vdb", ID: "d1"}, {Name: "vdc", ID: "d2"}, {Name: "vdd", ID: "d3"}, {Name: "vde", ID: "d5"}}
+	problems, err := c.Start(context.Background(), disks)
+	if err != nil {
+		t.Fatalf("start: %v (calls %q)", err, run.calls)
+	}
+	if len(run.set) != 2 || run.set[0] != "0" || run.set[1] != "1" {
+		t.Errorf("start_dirty_degraded at the assemblies: %q, want 0 then 1", run.set)
+	}
+	if v, _ := os.ReadFile(param); strings.TrimSpace(string(v)) != "0" {
+		t.Errorf("start_dirty_degraded left at %q", v)
+	}
+	if !slices.Contains(run.calls, "--stop /dev/md0") {
+		t.Errorf("the refused assembly was not stopped first: %q", run.calls)
+	}
+	if !strings.Contains(strings.Join(problems, "\n"), "vaultctl verify") {
+		t.Errorf("problems %q do not ask for a verify", problems)
+	}
+	if c.Device() != "/dev/md0" {
+		t.Errorf("device %q", c.Device())
 	}
 }
