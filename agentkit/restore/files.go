@@ -35,9 +35,7 @@ type fileJob struct {
 	dir  *dirEntry
 	name string
 	node *tree.Node
-	// fresh: nothing had the name when the policy was applied. The file is
-	// then created under its name at once (O_EXCL); otherwise (overwrite)
-	// under a temporary name, renamed onto the old file once written.
+	// fresh: nothing had the name when the policy was applied.
 	fresh bool
 }
 
@@ -144,11 +142,13 @@ func (w *fileWriter) run(j *job) {
 	}
 }
 
-// start creates the file f: under its name when nothing had it (f.fresh),
-// with O_CREAT|O_EXCL|O_NOFOLLOW, which neither follows nor replaces
-// anything that appeared there meanwhile, as RENAME_NOREPLACE would not;
-// else under a temporary name that finish renames onto the existing file
-// once written, so a replaced file is never seen half-written.
+// start creates the file f under a temporary name beside its own; finish
+// renames it onto the name once written (RENAME_NOREPLACE unless
+// -existing overwrite replaces what is there), so no file is ever seen
+// half-written under its name: a restore run again after a crash, with the
+// default -existing skip, never keeps a partial file as if restored. (Files
+// created under their own name with O_EXCL, one system call less, left
+// exactly that after a crash.)
 func (w *fileWriter) start(f fileJob) *openFile {
 	o := &openFile{fileJob: f, fd: -1, left: len(f.node.Chunks)}
 	o.ext = f.node.Extents
@@ -161,24 +161,6 @@ func (w *fileWriter) start(f fileJob) *openFile {
 	if w.jobErr != nil {
 		o.err = w.jobErr
 		return o
-	}
-	if f.fresh {
-		if testHookBeforeRename != nil {
-			testHookBeforeRename(f.node.Path)
-		}
-		fd, err := meta.CreateFD(f.dir.fd, f.name, meta.Options{})
-		switch {
-		case err == nil:
-			o.fd = fd
-			return o
-		case !errors.Is(err, unix.EEXIST):
-			o.err = err
-			return o
-		case w.r.o.Existing != Overwrite:
-			o.err = fmt.Errorf("%q appeared meanwhile; it was left as it is: %w", f.name, unix.EEXIST)
-			return o
-		}
-		// overwrite: replace what appeared, through a temporary name
 	}
 	o.tmp = fmt.Sprintf(".%s.vaultnode-%d", truncName(f.name), time.Now().UnixNano())
 	o.fd, o.err = meta.CreateFD(f.dir.fd, o.tmp, meta.Options{})
@@ -322,7 +304,7 @@ func (w *fileWriter) finish(o *openFile) {
 	// Metadata goes on the descriptor written, never through the name,
 	// which someone with access to the target could swap meanwhile.
 	opts := r.o.Meta
-	opts.New = o.tmp == "" && o.dir.bare
+	opts.New = o.dir.bare // a file this restore created, in a directory it made
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
 		var st unix.Stat_t
