@@ -117,6 +117,10 @@
   filter.addEventListener("input", function () { if (rows) render(); else applyFilter(); });
   stateSel.addEventListener("change", function () { if (rows) render(); else applyFilter(); });
   render();
-  refresh();
+  // The server rendered the rows needing attention first: the whole data
+  // (for filtering and sorting every row) is fetched once the page has
+  // loaded, so building it does not compete with the first paint.
+  if (document.readyState === "complete") setTimeout(refresh, 0);
+  else window.addEventListener("load", function () { setTimeout(refresh, 0); });
   setInterval(refresh, 15000);
 })();
