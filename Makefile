@@ -5,7 +5,7 @@ BIN := $(CURDIR)/bin
 export CGO_ENABLED ?= 0
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
 
-.PHONY: help build run test test-unit soak bench bench-portal bench-pair bench-scale fmt vet clean image qemu test-image
+.PHONY: help build run test test-tape test-unit soak bench bench-portal bench-pair bench-scale fmt vet clean image qemu test-image
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ image: ## build the appliance image out/image/{vmlinux,initramfs.cpio} (reproduc
 
 qemu: image ## boot the image interactively (serial console here; 3 data disks in var/qemu; vault on 127.0.0.1:7443)
 	@bash scripts/qemu.sh
+
+test-tape: build ## the tape library tests in QEMU with tgt's virtual library (left out of make test while the lab's misread is open: docs/tape.md)
+	VAULTNODE_TAPE_LAB=1 $(GO) test -count=1 -timeout 30m -v -run 'TestTapeJob|TestTapeLibrary' ./hwtest/
 
 test-image: ## boot the image in QEMU and run the appliance tests (hwtest)
 	$(GO) test -count=1 -timeout 20m -v ./hwtest/...

@@ -99,6 +99,7 @@ func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig) *tapeLab
 // by hand with mt and tar, the import/export slot, and tgtd killed in the
 // middle of a write.
 func TestTapeLibrary(t *testing.T) {
+	needTapeLab(t)
 	needQEMU(t)
 	if !hasFile("bin/mt") || !hasFile("bin/tar") {
 		t.Fatal("the test image has no mt or tar: apt-get install mt-st tar (.ci/run installs them)")
