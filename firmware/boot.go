@@ -539,8 +539,8 @@ func (m *Machine) Services() []service.Spec {
 	if _, err := os.Stat("/bin/vaultd"); err == nil {
 		specs = append(specs, service.Spec{
 			Name: "vaultd", Command: "/bin/vaultd", Restart: service.Forever,
-			Args: []string{"-data", VaultDataDir, "-listen", fmt.Sprintf("0.0.0.0:%d", VaultPort),
-				"-storage-state", storagehealth.DefaultPath},
+			Args: append([]string{"-data", VaultDataDir, "-listen", fmt.Sprintf("0.0.0.0:%d", VaultPort),
+				"-storage-state", storagehealth.DefaultPath}, m.pairArgs()...),
 			Health: vaultHealth,
 		})
 		if _, err := os.Stat("/bin/vaultctl"); err == nil {
@@ -596,6 +596,13 @@ func (m *Machine) startServices(context.Context) error {
 		defer m.bgWG.Done()
 		m.announceServices(m.bgCtx, sup)
 	}()
+	if p := m.config().Pair; m.firstBoot && p != nil && p.Role == config.PairFirst {
+		m.bgWG.Add(1)
+		go func() { // owned by bgCancel
+			defer m.bgWG.Done()
+			m.announcePairToken(m.bgCtx, sup)
+		}()
+	}
 	return nil
 }
 

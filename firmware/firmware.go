@@ -43,6 +43,7 @@ const (
 	LogPath       = DataDir + "/log/firmware.log"
 	VaultDataDir  = DataDir + "/vault"
 	VaultPort     = 7443
+	PairPort      = 7444 // raft and chunk copies between the members of a pair
 	MetricsAddr   = ":9100"
 	SystemDiskID  = "system" // virtio serial of the system disk
 	DataMD        = "/dev/md0"

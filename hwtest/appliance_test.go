@@ -144,6 +144,7 @@ func firstBootDialog(ctx context.Context, t *testing.T, vm *VM) {
 		{"only letters, digits", ""}, // refused: the message, then the prompt again
 		{"Hostname [vaultnode]: ", "vault-test"},
 		{"Network: dhcp or static [dhcp]: ", "dhcp"},
+		{"or join (a pair) [standalone]: ", ""},
 		{"Admin password (at least 8 characters): ", "short"},
 		{"too short", ""},
 		{"Admin password (at least 8 characters): ", "test-password"},
@@ -488,6 +489,7 @@ func TestStaticNetworkSingleDisk(t *testing.T) {
 		{"the gateway must be on the appliance's subnet", ""},
 		{"Gateway: ", "10.0.2.2"},
 		{"DNS servers (comma separated): ", "10.0.2.3"},
+		{"or join (a pair) [standalone]: ", ""},
 		{"Admin password (at least 8 characters): ", "test-password"},
 		{"Admin password again: ", "test-password"},
 		{"[UTC]: ", ""},

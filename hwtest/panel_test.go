@@ -158,6 +158,8 @@ func TestPanel(t *testing.T) {
 	p.typ(ctx, "panel-test")
 	p.waitText(ctx, "< dhcp >")
 	p.press(ctx, panel.KeyEnter)
+	p.waitText(ctx, "< standalone >")
+	p.press(ctx, panel.KeyEnter)
 	p.waitText(ctx, "Admin password")
 	p.typ(ctx, password)
 	s := p.waitText(ctx, "Password again")

@@ -136,6 +136,7 @@ func TestPowerCutVolatileCache(t *testing.T) {
 	for _, s := range []struct{ prompt, answer string }{
 		{"Hostname [vaultnode]: ", "cut-vault"},
 		{"Network: dhcp or static [dhcp]: ", "dhcp"},
+		{"or join (a pair) [standalone]: ", ""},
 		{"Admin password (at least 8 characters): ", "test-password"},
 		{"Admin password again: ", "test-password"},
 		{"[UTC]: ", ""},

@@ -73,6 +73,7 @@ func newRaidRig(ctx context.Context, t testing.TB, size int64, append_ string) *
 	for _, s := range []struct{ prompt, answer string }{
 		{"Hostname [vaultnode]: ", "raid-vault"},
 		{"Network: dhcp or static [dhcp]: ", ""},
+		{"or join (a pair) [standalone]: ", ""},
 		{"Admin password (at least 8 characters): ", "test-password"},
 		{"Admin password again: ", "test-password"},
 		{"[UTC]: ", ""},

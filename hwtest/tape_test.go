@@ -77,6 +77,7 @@ func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig) *tapeLab
 	for _, s := range []struct{ prompt, answer string }{
 		{"Hostname [vaultnode]: ", "tape-vault"},
 		{"Network: dhcp or static [dhcp]: ", "dhcp"},
+		{"or join (a pair) [standalone]: ", ""},
 		{"Admin password (at least 8 characters): ", "test-password"},
 		{"Admin password again: ", "test-password"},
 		{"[UTC]: ", ""},

@@ -39,6 +39,30 @@ type Config struct {
 	// QoS is the uplink's shaping set at run time; nil: defaults from the
 	// link speed at every boot.
 	QoS *qos.Config `json:"qos,omitempty"`
+	// Pair makes this appliance a data member of a pair (docs/pair.md);
+	// nil: a standalone vault.
+	Pair *Pair `json:"pair,omitempty"`
+}
+
+// Pair roles.
+const (
+	PairFirst = "first" // forms the pair; prints join tokens
+	PairJoin  = "join"  // joins the pair whose token it was given
+)
+
+// Pair is this appliance's part in a pair of appliances: vaultd starts with
+// the matching -pair flags at every boot.
+type Pair struct {
+	Role string `json:"role"` // PairFirst or PairJoin
+	// ID is this member's name in the pair, unique there.
+	ID string `json:"id"`
+	// Address is where the other members and the agents reach this
+	// appliance (an IP address or a name, no port): the pair port and the
+	// agent port are the firmware's.
+	Address string `json:"address"`
+	// Token is the join token (role join) until vaultd has joined with
+	// it; the firmware drops it then.
+	Token string `json:"token,omitempty"`
 }
 
 // Network is DHCP or a static address.

@@ -173,6 +173,8 @@ func TestSetupFromKeys(t *testing.T) {
 	expect("Network [dhcp]")
 	expect("< dhcp >")
 	press(KeyEnter)
+	expect("< standalone >")
+	press(KeyEnter)
 	expect("Admin password")
 	typ("short")
 	expect("password is too")

@@ -7,6 +7,7 @@ package setup
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -121,6 +122,9 @@ func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 		}
 		c.Network.DNS = v.([]string)
 	}
+	if err := d.askPair(ctx, &c); err != nil {
+		return c, err
+	}
 	for {
 		if d.Echo != nil {
 			d.Echo(false)
@@ -229,6 +233,44 @@ func (d *Dialog) ask(ctx context.Context) (config.Config, error) {
 	return c, nil
 }
 
+// askPair asks whether the appliance stands alone, forms a pair or joins
+// one, and what a member needs: its address and name, and the join token.
+func (d *Dialog) askPair(ctx context.Context, c *config.Config) error {
+	v, err := d.question(ctx, "Pair: standalone, first (of a new pair) or join (a pair)", "standalone", ParsePairRole,
+		Question{Key: "pair", Short: "Pair", Choices: []string{"standalone", config.PairFirst, config.PairJoin}})
+	if err != nil || v.(string) == "" {
+		return err
+	}
+	p := &config.Pair{Role: v.(string)}
+	prompt, def := "Address the other members and the agents reach this appliance at", ""
+	if c.Network.DHCP {
+		prompt += " (DHCP must always give it this address)"
+	} else if pfx, err := netip.ParsePrefix(c.Network.Address); err == nil {
+		def = pfx.Addr().String()
+	}
+	if v, err = d.question(ctx, prompt, def, func(s string) (any, error) { return s, ValidPairAddress(s) },
+		Question{Key: "pair_address", Short: "Pair address"}); err != nil {
+		return err
+	}
+	p.Address = v.(string)
+	if v, err = d.question(ctx, "Member name in the pair (unique in it)", strings.SplitN(c.Hostname, ".", 2)[0],
+		func(s string) (any, error) { return s, ValidMemberID(s) }, Question{Key: "pair_id", Short: "Member name"}); err != nil {
+		return err
+	}
+	p.ID = v.(string)
+	if p.Role == config.PairJoin {
+		if v, err = d.question(ctx, "Join token (`vaultctl pair create` on the first appliance prints it)", "",
+			func(s string) (any, error) { _, err := ParseJoinToken(s); return s, err }, Question{Key: "pair_token", Short: "Join token"}); err != nil {
+			return err
+		}
+		p.Token = strings.TrimSpace(v.(string))
+		leader, _ := ParseJoinToken(p.Token)
+		fmt.Fprintf(d.Out, "  The token names the pair's leader at %s: it must be up and reachable when setup ends.\n", leader)
+	}
+	c.Pair = p
+	return nil
+}
+
 // question asks until parse accepts the answer; meta, if given, adds what
 // a UI other than the console needs (key, short prompt, choices, secret).
 func (d *Dialog) question(ctx context.Context, prompt, def string, parse func(string) (any, error), meta ...Question) (any, error) {
@@ -318,6 +360,14 @@ func Summary(c config.Config) string {
 		fmt.Fprintf(&b, "  network    dhcp\n")
 	} else {
 		fmt.Fprintf(&b, "  network    %s via %s, dns %s\n", c.Network.Address, c.Network.Gateway, strings.Join(c.Network.DNS, ","))
+	}
+	switch {
+	case c.Pair == nil:
+	case c.Pair.Role == config.PairFirst:
+		fmt.Fprintf(&b, "  pair       forms a new pair as member %s at %s\n", c.Pair.ID, c.Pair.Address)
+	default:
+		leader, _ := ParseJoinToken(c.Pair.Token)
+		fmt.Fprintf(&b, "  pair       joins the pair led by %s as member %s at %s\n", leader, c.Pair.ID, c.Pair.Address)
 	}
 	fmt.Fprintf(&b, "  time zone  %s, ntp %s\n", c.TimeZone, c.NTP)
 	fmt.Fprintf(&b, "  data       %s on %s", c.Data.Level, strings.Join(c.Data.Disks, " "))
@@ -422,6 +472,86 @@ func ParseDNS(s string) ([]string, error) {
 		out = append(out, a.String())
 	}
 	return out, nil
+}
+
+// ParsePairRole accepts standalone, first or join; it returns "" for
+// standalone.
+func ParsePairRole(s string) (any, error) {
+	switch strings.ToLower(s) {
+	case "standalone", "single", "no":
+		return "", nil
+	case config.PairFirst:
+		return config.PairFirst, nil
+	case config.PairJoin:
+		return config.PairJoin, nil
+	}
+	return nil, fmt.Errorf("%q: answer standalone, first (this appliance forms a new pair) or join (it joins a pair with a token)", s)
+}
+
+// ValidPairAddress checks the address a pair member is reached at: an IP
+// address or a host name, without a port.
+func ValidPairAddress(s string) error {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() {
+			return fmt.Errorf("%q: give an address the other appliance can reach, not a wildcard, loopback or multicast one", s)
+		}
+		return nil
+	}
+	if strings.Contains(s, ":") {
+		return fmt.Errorf("%q: give the address without a port (the pair uses ports 7443 and 7444)", s)
+	}
+	if err := ValidHostname(s); err != nil {
+		return fmt.Errorf("%q: give this appliance's IP address or host name, e.g. 192.168.1.10", s)
+	}
+	return nil
+}
+
+// MaxMemberID bounds a pair member's name.
+const MaxMemberID = 32
+
+// ValidMemberID checks a pair member's name: 1 to 32 letters, digits and
+// '-'.
+func ValidMemberID(s string) error {
+	if s == "" || len(s) > MaxMemberID {
+		return fmt.Errorf("%q: a member name is 1 to %d letters, digits or '-'", s, MaxMemberID)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			return fmt.Errorf("%q: a member name is letters, digits or '-' only", s)
+		}
+	}
+	return nil
+}
+
+// Join tokens: "vnpair1." SECRET "." PIN "." LEADER (appliance/pair's
+// JoinToken; vaultd checks it whole, the dialog only its shape, so that
+// the firmware does not link the raft code).
+const (
+	joinTokenPrefix = "vnpair1."
+	maxJoinToken    = 512
+)
+
+// ParseJoinToken checks a join token's shape and returns the leader's
+// agent address it names.
+func ParseJoinToken(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if len(s) > maxJoinToken {
+		return "", fmt.Errorf("a join token of %d characters is over the %d-character limit: paste the one line `vaultctl pair create` printed", len(s), maxJoinToken)
+	}
+	rest, ok := strings.CutPrefix(s, joinTokenPrefix)
+	parts := strings.SplitN(rest, ".", 3)
+	if !ok || len(parts) != 3 || parts[2] == "" {
+		return "", errors.New("not a join token (vnpair1.SECRET.PIN.ADDRESS): paste the line `vaultctl pair create` printed on the first appliance")
+	}
+	for _, p := range parts[:2] {
+		if b, err := base64.RawURLEncoding.DecodeString(p); err != nil || len(b) != 32 {
+			return "", errors.New("the join token is damaged (bad secret or pin): paste it again, whole")
+		}
+	}
+	if strings.ContainsAny(parts[2], " \t") {
+		return "", errors.New("the join token is damaged (bad leader address): paste it again, whole")
+	}
+	return parts[2], nil
 }
 
 // ValidPassword checks the admin password's strength.

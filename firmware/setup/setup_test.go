@@ -85,13 +85,14 @@ func TestDialogRefusesNonsenseAndStartsOver(t *testing.T) {
 	answers := []string{
 		"bad_host!", "vault1", // refused, then accepted
 		"static", "10.0.2.15", "10.0.2.15/24", "10.9.9.9", "10.0.2.2", "10.0.2.3",
+		"",                          // standalone
 		"secret-pass", "other-pass", // mismatch
 		"secret-pass", "secret-pass",
 		"Nowhere/City", "", // default UTC
 		"", // default pool.ntp.org
 		"vdd", "vdb vdc",
 		"maybe", "no", // start over
-		"vault2", "", "secret-pass", "secret-pass", "Europe/Paris", "10.0.2.2", "vdb", "yes",
+		"vault2", "", "", "secret-pass", "secret-pass", "Europe/Paris", "10.0.2.2", "vdb", "yes",
 	}
 	var out strings.Builder
 	var echo []bool
@@ -139,7 +140,7 @@ func TestDialogLayouts(t *testing.T) {
 		{Name: "vde", ID: "d4", Size: 100 << 20, Blank: true},
 		{Name: "vdf", ID: "d5", Size: 200 << 20, Blank: true},
 	}
-	head := []string{"vault1", "", "secret-pass", "secret-pass", "", ""}
+	head := []string{"vault1", "", "", "secret-pass", "secret-pass", "", ""}
 	for _, tt := range []struct {
 		name    string
 		answers []string
@@ -199,5 +200,49 @@ func TestWireLineBounded(t *testing.T) {
 	}
 	if m, err := NewWireReader(strings.NewReader(b.String())).Read(); err != nil || m.Answer == nil || *m.Answer != a {
 		t.Errorf("round trip: %+v %v", m, err)
+	}
+}
+
+// TestDialogPair: the pair step refuses a bad role, address, name and
+// token, offers the static address and the hostname as defaults, and says
+// which leader a token names.
+func TestDialogPair(t *testing.T) {
+	tok := "vnpair1." + strings.Repeat("A", 43) + "." + strings.Repeat("B", 43) + ".10.0.2.20:7443"
+	for _, tt := range []struct {
+		name    string
+		answers []string
+		want    *config.Pair
+		says    []string
+	}{
+		{"first, static address as default", []string{"vault-a.example.com", "static", "10.0.2.15/24", "10.0.2.2", "10.0.2.3",
+			"twin", "FIRST", "127.0.0.1", "10.0.2.15:7444", "", "bad_name", ""},
+			&config.Pair{Role: config.PairFirst, ID: "vault-a", Address: "10.0.2.15"},
+			[]string{"answer standalone, first", "not a wildcard, loopback", "without a port", "[10.0.2.15]: ", "[vault-a]: ",
+				"letters, digits or '-' only", "pair       forms a new pair as member vault-a at 10.0.2.15"}},
+		{"join over dhcp", []string{"vault-b", "dhcp", "join", "", "vault-b.lan", "b", "vnpair1.abc", tok[:len(tok)-20] + "x.y", tok},
+			&config.Pair{Role: config.PairJoin, ID: "b", Address: "vault-b.lan", Token: tok},
+			[]string{"DHCP must always give it this address", "not a join token", "the join token is damaged",
+				"names the pair's leader at 10.0.2.20:7443", "joins the pair led by 10.0.2.20:7443 as member b at vault-b.lan"}},
+		{"standalone", []string{"vault-c", "dhcp", ""}, nil, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			in := strings.Join(append(tt.answers, "secret-pass", "secret-pass", "", "", "vdb", "yes"), "\n") + "\n"
+			c, err := (&Dialog{In: bufio.NewReader(strings.NewReader(in)), Out: &out, Disks: disks}).Run(context.Background())
+			if err != nil {
+				t.Fatalf("Run: %v\n%s", err, out.String())
+			}
+			if diff := cmp.Diff(tt.want, c.Pair); diff != "" {
+				t.Errorf("pair (-want +got):\n%s\n%s", diff, out.String())
+			}
+			for _, s := range tt.says {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("output lacks %q:\n%s", s, out.String())
+				}
+			}
+		})
+	}
+	if _, err := ParseJoinToken(strings.Repeat("x", 600)); err == nil || !strings.Contains(err.Error(), "over the 512-character limit") {
+		t.Errorf("an oversized token: %v", err)
 	}
 }
