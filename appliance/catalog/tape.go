@@ -843,3 +843,78 @@ func (c *Catalog) TapeChunks(set, company string, ids []ID, fn func(i int, ref T
 		return nil
 	})
 }
+
+// CartridgeContents is everything the catalog records of one cartridge's
+// data files: what its catalog file on tape holds (docs/tape.md).
+type CartridgeContents struct {
+	Cartridge Cartridge
+	MediaSet  MediaSet // zero when it holds no data file
+	Files     []TapeFile
+	Chunks    map[int][]TapeChunk // by file number, by company then id
+	Copies    map[int][]TapeCopy  // the tape copies of the versions ending in each file
+}
+
+// CartridgeContents reads a cartridge's records in one transaction.
+func (c *Catalog) CartridgeContents(barcode string) (CartridgeContents, error) {
+	out := CartridgeContents{Chunks: map[int][]TapeChunk{}, Copies: map[int][]TapeCopy{}}
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		cr, err := getCart(tx, barcode)
+		if err != nil {
+			return err
+		}
+		out.Cartridge = cr
+		if fb := tx.Bucket(bTapeFiles); fb != nil {
+			p := []byte(barcode + "/")
+			cur := fb.Cursor()
+			for k, v := cur.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = cur.Next() {
+				var f TapeFile
+				if err := decodeJSON(bTapeFiles, k, v, &f); err != nil {
+					return err
+				}
+				out.Files = append(out.Files, f)
+			}
+		}
+		if cr.MediaSet == "" {
+			return nil
+		}
+		ms, _, err := getJSON[MediaSet](tx, bTapeSets, []byte(cr.MediaSet))
+		if err != nil {
+			return err
+		}
+		out.MediaSet = ms
+		if cb := tx.Bucket(bTapeChunks); cb != nil {
+			p := []byte(cr.MediaSet + "/")
+			cur := cb.Cursor()
+			for k, v := cur.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = cur.Next() {
+				var ref TapeFileRef
+				if err := decodeJSON(bTapeChunks, k, v, &ref); err != nil {
+					return err
+				}
+				if ref.Barcode != barcode {
+					continue
+				}
+				rest := k[len(p):]
+				i := bytes.IndexByte(rest, '/')
+				if i < 0 || len(rest) != i+1+32 {
+					return fmt.Errorf("%w: tape chunk key %q", ErrInvalid, k)
+				}
+				var id ID
+				copy(id[:], rest[i+1:])
+				out.Chunks[ref.File] = append(out.Chunks[ref.File], TapeChunk{Company: string(rest[:i]), ID: id})
+			}
+		}
+		for _, f := range out.Files {
+			for _, vk := range f.Versions {
+				tc, ok, err := getJSON[TapeCopy](tx, bTapeCopies, append(copyPrefix(vk.Computer, vk.Config, vk.Seq), f.MediaSet...))
+				if err != nil {
+					return err
+				}
+				if ok {
+					out.Copies[f.File] = append(out.Copies[f.File], tc)
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}

@@ -38,6 +38,11 @@ type JobResult struct {
 	Left       int      `json:"left"`       // versions not written (an error stopped the job)
 	MediaSets  []string `json:"media_sets"` // media sets written to
 	Pools      []string `json:"pools"`      // pools written to
+	// CatalogFiles are the cartridges that got their catalog file at the
+	// end of the job's writing on them; CatalogMissing those that did not
+	// (and why): a scan of those reads every file.
+	CatalogFiles   []string `json:"catalog_files"`
+	CatalogMissing []string `json:"catalog_missing,omitempty"`
 }
 
 // errLostFile: the drive hit the end of medium before the file's end; the
@@ -70,7 +75,7 @@ func (s *Service) Run(ctx context.Context, prog *jobs.Progress) (any, error) {
 }
 
 func (s *Service) run(ctx context.Context, prog *jobs.Progress) (*JobResult, error) {
-	res := &JobResult{Cartridges: []string{}, Exported: []string{}, MediaSets: []string{}, Pools: []string{}}
+	res := &JobResult{Cartridges: []string{}, Exported: []string{}, MediaSets: []string{}, Pools: []string{}, CatalogFiles: []string{}}
 	if _, err := s.lib.Changer.Sync(ctx, s.rec()); err != nil {
 		return res, fmt.Errorf("read the library: %w", err)
 	}
@@ -200,6 +205,7 @@ func (w *writer) writeAll(ctx context.Context, vers []Version) error {
 		case w.open:
 			err = w.closeFile(ctx, false)
 		default:
+			w.catalogFile(ctx)
 			return nil
 		}
 		if errors.Is(err, errLostFile) {
@@ -375,6 +381,7 @@ func (w *writer) maybeRotate(ctx context.Context, files map[catalog.TapeFileRef]
 		return err
 	}
 	if warn {
+		w.catalogFile(ctx)
 		if err := w.nextCartridge(ctx); err != nil {
 			return err
 		}
@@ -458,6 +465,23 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 		zap.Int("chunks", len(w.fileChunks)), zap.Int("versions", len(w.fileCopies)), zap.Bool("full", full))
 	w.fileChunks, w.fileCopies = nil, nil
 	return nil
+}
+
+// catalogFile writes the cartridge's catalog file after its last data
+// file, before the job leaves it. A failure costs only speed (a scan then
+// reads every file): it is reported in the result and the log, and the
+// job goes on; a drive error shows again at the next write.
+func (w *writer) catalogFile(ctx context.Context) {
+	if w.d == nil || w.cart.Files < 2 {
+		return
+	}
+	w.endStream()
+	if err := w.s.writeCatalogFile(ctx, w.d, w.cart.Barcode); err != nil {
+		w.s.log.Warn("no catalog file at the end of the cartridge: a scan of it reads every file", zap.String("barcode", w.cart.Barcode), zap.Error(err))
+		w.res.CatalogMissing = append(w.res.CatalogMissing, w.cart.Barcode+": "+err.Error())
+		return
+	}
+	w.res.CatalogFiles = append(w.res.CatalogFiles, w.cart.Barcode)
 }
 
 // chooseSet picks the media set the pool's job writes to, by its

@@ -3,7 +3,6 @@ package tape
 import (
 	"archive/tar"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -219,6 +218,9 @@ func (s *Service) restoreFile(ctx context.Context, d Drive, company string, res 
 	return br.Drain()
 }
 
+// errCatalogFile: the tape file read is a catalog file, not a data file.
+var errCatalogFile = errors.New("a catalog file")
+
 // ScanResult is what a scan found on a cartridge.
 type ScanResult struct {
 	Label    format.Label `json:"label"`
@@ -226,11 +228,18 @@ type ScanResult struct {
 	Versions int          `json:"versions"` // tape copies recorded
 	Chunks   int          `json:"chunks"`
 	Partial  string       `json:"partial,omitempty"` // a last file not complete on tape, left out
+	// Catalog says whether the records came from the cartridge's catalog
+	// file (one file read) or, when it has none or it is damaged, why
+	// every file was read.
+	Catalog      string `json:"catalog"`
+	FromCatalog  bool   `json:"from_catalog"`
+	CatalogFiles int    `json:"catalog_files,omitempty"` // catalog files met while reading every file
 }
 
-// Scan reads a cartridge from its start and rebuilds its records in the
-// catalog: its label, every complete data file, the chunks in them and the
-// tape copies of the versions that end in them.
+// Scan rebuilds a cartridge's records in the catalog: its label, every
+// complete data file, the chunks in them and the tape copies of the
+// versions that end in them. It reads them from the cartridge's catalog
+// file when its last file is one, else it reads every file from the start.
 func (s *Service) Scan(ctx context.Context, barcode string) (*ScanResult, error) {
 	unlock, err := s.lock(ctx)
 	if err != nil {
@@ -266,12 +275,32 @@ func (s *Service) scan(ctx context.Context, barcode string) (*ScanResult, error)
 	if err := s.cat.Tape(catalog.KindTapeLabel, catalog.TapeLabelCmd{Barcode: barcode, UUID: l.UUID, Pool: l.Pool, Labelled: l.Labelled}); err != nil {
 		return res, err
 	}
+	// The fast way: the catalog file at the end of the cartridge.
+	err = s.scanCatalog(ctx, d, l, res)
+	if err == nil {
+		res.FromCatalog = true
+		return res, nil
+	}
+	if !errors.Is(err, errNoCatalog) {
+		return res, fmt.Errorf("scan %s: %w", barcode, err)
+	}
+	s.log.Info("scan reads every file", zap.String("barcode", barcode), zap.Error(err))
+	res.Catalog = err.Error() + ": every file read"
+	if _, err := readLabel(ctx, d); err != nil {
+		return res, fmt.Errorf("scan %s: %w", barcode, err)
+	}
 	for file := 1; ; file++ {
 		mark, err := d.MarkHere(ctx, uint64(file))
 		if err != nil {
 			return res, fmt.Errorf("scan %s file %d: %w", barcode, file, err)
 		}
 		cmd, err := scanFile(ctx, d)
+		if errors.Is(err, errCatalogFile) {
+			// An earlier job's catalog file: what follows it (if
+			// anything) was written after it.
+			res.CatalogFiles++
+			continue
+		}
 		if errors.Is(err, format.ErrEndOfData) {
 			if cmd != nil {
 				res.Partial = fmt.Sprintf("file %d ends without its filemark (a job stopped while writing it)", file)
@@ -298,7 +327,8 @@ func (s *Service) scan(ctx context.Context, barcode string) (*ScanResult, error)
 // cut short by the end of data returns a non-nil command and an error
 // wrapping format.ErrEndOfData; no file at all, a nil one.
 func scanFile(ctx context.Context, d Drive) (*catalog.TapeFileCmd, error) {
-	br := format.NewBlockReader(ctx, d, sentinels)
+	cd := &countingReader{Drive: d}
+	br := format.NewBlockReader(ctx, cd, sentinels)
 	tr := tar.NewReader(br)
 	h, err := tr.Next()
 	if err != nil {
@@ -306,6 +336,9 @@ func scanFile(ctx context.Context, d Drive) (*catalog.TapeFileCmd, error) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: no file header: %v", format.ErrMalformed, err)
+	}
+	if h.Name == format.CatalogName {
+		return nil, errors.Join(errCatalogFile, br.Drain())
 	}
 	if h.Name != format.FileHeadName {
 		return nil, fmt.Errorf("%w: first member %q", format.ErrMalformed, h.Name)
@@ -346,21 +379,29 @@ func scanFile(ctx context.Context, d Drive) (*catalog.TapeFileCmd, error) {
 		if err := format.DecodeJSON(b, &vi); err != nil {
 			return cmd, err
 		}
-		tc := catalog.TapeCopy{Company: vi.Company, Computer: vi.Computer, Config: vi.Config, Seq: vi.Seq, MediaSet: vi.MediaSet,
-			Started: vi.Started, Finished: vi.Finished, Written: h.ModTime.UTC()}
-		if _, err := hex.Decode(tc.ManifestID[:], []byte(vi.ManifestID)); err != nil || len(vi.ManifestID) != 64 {
-			return cmd, fmt.Errorf("%w: %s: manifest id %q", format.ErrMalformed, h.Name, vi.ManifestID)
-		}
-		if len(vi.Files) > format.MaxFiles {
-			return cmd, fmt.Errorf("%w: %s names %d files", format.ErrMalformed, h.Name, len(vi.Files))
-		}
-		for _, f := range vi.Files {
-			tc.Files = append(tc.Files, catalog.TapeFileRef{Barcode: f.Barcode, File: f.File})
+		tc, err := tapeCopyOf(vi, h.ModTime)
+		if err != nil {
+			return cmd, fmt.Errorf("%s: %w", h.Name, err)
 		}
 		cmd.Copies = append(cmd.Copies, tc)
 	}
 	if err := br.Drain(); err != nil {
 		return cmd, err
 	}
+	cmd.File.Bytes = cd.n
 	return cmd, nil
+}
+
+// countingReader counts the bytes of the blocks read.
+type countingReader struct {
+	Drive
+	n int64
+}
+
+func (c *countingReader) ReadBlock(ctx context.Context, buf []byte) (int, error) {
+	n, err := c.Drive.ReadBlock(ctx, buf)
+	if err == nil {
+		c.n += int64(n)
+	}
+	return n, err
 }

@@ -55,7 +55,8 @@ type Drive interface {
 	ReadBlock(ctx context.Context, buf []byte) (int, error)
 	WriteFilemarks(ctx context.Context, n uint32) error
 	Rewind(ctx context.Context) error
-	SpaceFiles(ctx context.Context, n int32) error
+	SpaceFiles(ctx context.Context, n int32) error // n < 0: backwards
+	SpaceEOD(ctx context.Context) error
 	// MarkHere says where the tape file starting here is (its number, and
 	// its logical object number when READ POSITION knows it); SeekFile goes
 	// there (LOCATE when known, else REWIND and SPACE filemarks).
@@ -123,6 +124,7 @@ type Catalog interface {
 	TapeFiles(barcode string) ([]catalog.TapeFile, error)
 	TapeCopies(computer, config string, seq uint64) ([]catalog.TapeCopy, error)
 	TapeChunks(set, company string, ids []catalog.ID, fn func(i int, ref catalog.TapeFileRef)) error
+	CartridgeContents(barcode string) (catalog.CartridgeContents, error)
 }
 
 // Sentinel errors.

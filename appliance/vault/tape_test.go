@@ -363,6 +363,12 @@ func TestTapeRecoverWithTarOnly(t *testing.T) {
 	if b, err := exec.Command(filepath.Join(work, "vault-tape-recover"), "list", "-from", data).CombinedOutput(); err != nil || !bytes.Contains(b, []byte(ver)) {
 		t.Fatalf("list: %v\n%s", err, b)
 	}
+	// The last tape file is the cartridge's catalog: it names the files
+	// each version needs without reading them.
+	if b, err := exec.Command(filepath.Join(work, "vault-tape-recover"), "catalog", "-from", data).CombinedOutput(); err != nil ||
+		!bytes.Contains(b, []byte(ver+"\tstarted")) || !bytes.Contains(b, []byte("needs TAPE01L5:1")) {
+		t.Fatalf("catalog: %v\n%s", err, b)
+	}
 	if b, err := exec.Command(filepath.Join(work, "vault-tape-recover"), "restore", "-key", keyFile, "-from", data, "-version", ver, "-to", out).CombinedOutput(); err != nil {
 		t.Fatalf("restore: %v\n%s", err, b)
 	}
@@ -641,4 +647,136 @@ func TestTapePlainPool(t *testing.T) {
 	if n := restoreAll(t, v, want); n != 3 {
 		t.Fatalf("%d versions restore, want 3", n)
 	}
+}
+
+// tapeRecords is what a vault's catalog records of a cartridge, for
+// comparing a scan with the job that wrote it.
+func tapeRecords(t *testing.T, v *Vault, barcode string) string {
+	t.Helper()
+	cc, err := v.Catalog.CartridgeContents(barcode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s uuid %s pool %s state %s set %s seq %d files %d bytes %d\n", barcode, cc.Cartridge.UUID, cc.Cartridge.Pool,
+		cc.Cartridge.State, cc.Cartridge.MediaSet, cc.Cartridge.SetSeq, cc.Cartridge.Files, cc.Cartridge.Bytes)
+	for _, f := range cc.Files {
+		fmt.Fprintf(&b, "file %d set %s bytes %d chunks %d block %d/%v versions %v\n", f.File, f.MediaSet, f.Bytes, f.Chunks,
+			f.Block, f.BlockKnown, f.Versions)
+		fmt.Fprintf(&b, "  chunks %x\n", cc.Chunks[f.File])
+		for _, c := range cc.Copies[f.File] {
+			fmt.Fprintf(&b, "  copy %s/%s@%d %x files %v started %s\n", c.Computer, c.Config, c.Seq, c.ManifestID, c.Files, c.Started.UTC().Format(time.RFC3339))
+		}
+	}
+	return b.String()
+}
+
+// TestTapeScanFromCatalogFile: every job ends its writing on a cartridge
+// with a catalog file; a scan rebuilds the cartridge's records from it
+// alone (a few blocks read instead of every data file), identical to what
+// the writing vault recorded; a job appending to the cartridge replaces
+// it; a damaged catalog file, or none, makes the scan read every file and
+// still rebuild the same records.
+func TestTapeScanFromCatalogFile(t *testing.T) {
+	ctx := context.Background()
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5", "TAPE02L5")
+	v := openTapeVault(t, t.TempDir(), lab, nil)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.NewCompany("bolt"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	b := newGCAgent(t, v, "bolt", "pc-2")
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily", Allocation: catalog.AllocContinue}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "bolt", Pool: "daily"}})
+	job := func() tape.JobResult {
+		t.Helper()
+		for _, ag := range []*gcAgent{a, b} {
+			if _, err := ag.backup(ctx, randomFiles(6, 200<<10)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		view := runJob(t, v, tape.KindTape)
+		if view.State != jobs.Done {
+			t.Fatalf("tape job: %s %s", view.State, view.Error)
+		}
+		var jr tape.JobResult
+		json.Unmarshal(view.Result, &jr)
+		return jr
+	}
+	jr := job()
+	if fmt.Sprint(jr.CatalogFiles) != "[TAPE01L5]" || len(jr.CatalogMissing) != 0 {
+		t.Fatalf("catalog files after the first job: %v, missing %v", jr.CatalogFiles, jr.CatalogMissing)
+	}
+	m, _ := lab.emu.Media("TAPE01L5")
+	cr, _ := v.Catalog.Cartridge("TAPE01L5")
+	if cr.Files < 4 || m.Files() != cr.Files+1 {
+		t.Fatalf("TAPE01L5: %d files recorded, %d filemarks on tape: want data files and one catalog file after them", cr.Files, m.Files())
+	}
+	// A second job appends: it writes over the catalog file and ends with a new one.
+	jr = job()
+	cr2, _ := v.Catalog.Cartridge("TAPE01L5")
+	if fmt.Sprint(jr.CatalogFiles) != "[TAPE01L5]" || cr2.Files <= cr.Files || m.Files() != cr2.Files+1 {
+		t.Fatalf("after the second job: catalog files %v, %d files recorded (%d before), %d filemarks", jr.CatalogFiles, cr2.Files, cr.Files, m.Files())
+	}
+	last, err := m.ReadFile(cr2.Files)
+	if err != nil || !bytes.Contains(last[:512], []byte(format.CatalogName)) {
+		t.Fatalf("the last tape file is not the catalog file (%v)", err)
+	}
+	for n := 1; n < cr2.Files; n++ {
+		f, _ := m.ReadFile(n)
+		if bytes.Contains(f[:512], []byte(format.CatalogName)) {
+			t.Fatalf("tape file %d is an old catalog file: the appending job should have written over it", n)
+		}
+	}
+	want := tapeRecords(t, v, "TAPE01L5")
+
+	scan := func(name string) (*tape.ScanResult, int) {
+		t.Helper()
+		v2 := openTapeVault(t, t.TempDir(), lab, nil)
+		tapeOp(t, v2, TapeRequest{Op: "inventory"})
+		before := lab.tapes[1].Reads() + lab.tapes[2].Reads()
+		sr := tapeOp(t, v2, TapeRequest{Op: "scan", Barcode: "TAPE01L5"}).(*tape.ScanResult)
+		reads := lab.tapes[1].Reads() + lab.tapes[2].Reads() - before
+		if got := tapeRecords(t, v2, "TAPE01L5"); got != want {
+			t.Fatalf("%s: scanned records differ from the written ones:\nscanned:\n%s\nwritten:\n%s", name, got, want)
+		}
+		if sr.Versions != 4 {
+			t.Fatalf("%s: scan found %d versions, want 4", name, sr.Versions)
+		}
+		return sr, reads
+	}
+	sr, fast := scan("from the catalog file")
+	if !sr.FromCatalog {
+		t.Fatalf("scan did not use the catalog file: %s", sr.Catalog)
+	}
+	dataBlocks := 0
+	for n := 1; n < cr2.Files; n++ {
+		f, _ := m.ReadFile(n)
+		dataBlocks += len(f) / format.RecordSize
+	}
+	if fast >= dataBlocks {
+		t.Fatalf("the scan from the catalog file read %d blocks, the data files hold %d", fast, dataBlocks)
+	}
+
+	// Damaged: the third data file's description in it does not decode;
+	// the scan undoes the two it recorded and reads every file instead.
+	at := bytes.Index(last, []byte(format.CatalogRoot+"/TAPE01L5/3/file.json"))
+	if at < 0 {
+		t.Fatal("no description of data file 3 in the catalog file")
+	}
+	if err := m.Damage(cr2.Files, at+512, 16); err != nil {
+		t.Fatal(err)
+	}
+	sr, slow := scan("damaged catalog file")
+	if sr.FromCatalog || !strings.Contains(sr.Catalog, "every file read") || sr.CatalogFiles != 1 {
+		t.Fatalf("scan of a damaged catalog file: from catalog %v, %q, %d catalog files met", sr.FromCatalog, sr.Catalog, sr.CatalogFiles)
+	}
+	if slow <= dataBlocks {
+		t.Fatalf("the full scan read %d blocks, the data files hold %d", slow, dataBlocks)
+	}
+	t.Logf("scan: %d blocks read from the catalog file, %d reading every file", fast, slow)
 }

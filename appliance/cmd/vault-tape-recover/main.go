@@ -5,12 +5,14 @@
 //
 //	mt -f /dev/nst0 asf N && tar -x -b 512 -f /dev/nst0 -C data   # each file version.json names
 //	vault-tape-recover list -from data
+//	vault-tape-recover catalog -from cat   # the cartridge's last file, extracted: what each data file holds
 //	vault-tape-recover restore -key company.key -from data -version COMPANY/COMPUTER/CONFIG/SEQ -to /restore
 package main
 
 import (
 	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,9 +37,13 @@ const keyPrefix = "vaultnode-company-key-v1"
 func usage() {
 	fmt.Fprintf(os.Stderr, `usage:
   vault-tape-recover list -from DIR
+  vault-tape-recover catalog -from DIR
   vault-tape-recover restore [-key FILE] -from DIR -version COMPANY/COMPUTER/CONFIG/SEQ -to OUT
 
 DIR holds the tape files extracted with tar (mt asf N; tar -x -b 512 -f /dev/nst0 -C DIR).
+"catalog" reads a cartridge's catalog file, its last tape file (mt eod; mt bsf 2; mt fsf 1;
+tar -x -b 512 -f /dev/nst0 -C DIR), and prints every version on the cartridge with the
+tape files to extract for it.
 FILE is the company's key from "vaultctl company export-key" (not needed for a plain pool).
 `)
 	os.Exit(2)
@@ -57,6 +63,8 @@ func main() {
 	switch os.Args[1] {
 	case "list":
 		err = list(*from, os.Stdout)
+	case "catalog":
+		err = listCatalog(*from, os.Stdout)
 	case "restore":
 		if *version == "" || *to == "" {
 			usage()
@@ -99,6 +107,50 @@ func list(dir string, w io.Writer) error {
 			vi.Started.Format(time.RFC3339), strings.Join(files, " "))
 		return nil
 	})
+}
+
+// listCatalog prints what the catalog files extracted into dir say: each
+// data file's chunks, and every version ending in it with the tape files
+// it needs.
+func listCatalog(dir string, w io.Writer) error {
+	root := filepath.Join(dir, format.CatalogRoot)
+	found := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Name() != "file.json" {
+			return nil
+		}
+		b, err := readBounded(p, format.MaxCatalogJSON)
+		if err != nil {
+			return err
+		}
+		var f format.CatalogFile
+		if err := json.Unmarshal(b, &f); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		found++
+		barcode := filepath.Base(filepath.Dir(filepath.Dir(p)))
+		chunks := 0
+		for _, c := range f.Chunks {
+			chunks += c.Count
+		}
+		fmt.Fprintf(w, "%s:%d\tmedia set %s\t%d bytes\t%d chunks\n", barcode, f.File, f.MediaSet, f.Bytes, chunks)
+		for _, v := range f.Versions {
+			var files []string
+			for _, r := range v.Files {
+				files = append(files, r.String())
+			}
+			fmt.Fprintf(w, "  %s/%s/%s/%d\tstarted %s\tneeds %s\n", v.Company, v.Computer, v.Config, v.Seq,
+				v.Started.Format(time.RFC3339), strings.Join(files, " "))
+		}
+		return nil
+	})
+	if err == nil && found == 0 {
+		err = fmt.Errorf("no catalog file in %s: extract the cartridge's last tape file there", dir)
+	}
+	return err
 }
 
 func readInfo(p string) (format.VersionInfo, error) {

@@ -32,7 +32,8 @@ const tapeUsage = `Usage: vaultctl tape COMMAND (docs/tape.md)
                                  -force relabels a written one (everything on it is forgotten)
   retire BARCODE | damaged BARCODE | writable BARCODE
                                  mark a cartridge never to be written again | not to be used | usable again
-  scan BARCODE                   read a cartridge from its start and rebuild its records in the catalog
+  scan BARCODE                   rebuild a cartridge's records in the catalog from its catalog file (its last
+                                 tape file), or by reading every file when it has none or it is damaged
   pool                           list the media pools
   pool NAME [-allocation continue|always-new|by-day] [-retention 30d|forever] [-plain] [-export]
                                  create or change a pool: which media set a job writes, how long a written
@@ -163,6 +164,9 @@ func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 		}
 		fmt.Fprintf(stdout, "%s: pool %s, labelled %s: %d files, %d versions, %d chunks recorded\n", a[1], sr.Label.Pool,
 			sr.Label.Labelled.Local().Format(time.DateTime), sr.Files, sr.Versions, sr.Chunks)
+		if sr.Catalog != "" {
+			fmt.Fprintln(stdout, "records:", sr.Catalog)
+		}
 		if sr.Partial != "" {
 			fmt.Fprintln(stdout, "left out:", sr.Partial)
 		}

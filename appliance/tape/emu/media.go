@@ -156,3 +156,30 @@ func (m *Media) ReadFile(n int) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("tape file %d: end of data after %d files", n, file)
 }
+
+// Damage flips length bytes at offset off of tape file n (from 0), as a
+// bad spot read back wrong: for tests of the readers' checks and
+// fallbacks.
+func (m *Media) Damage(n, off, length int) error {
+	file := 0
+	for i, r := range m.recs {
+		if r.mark {
+			file++
+			continue
+		}
+		if file != n {
+			continue
+		}
+		if off >= len(r.data) {
+			off -= len(r.data)
+			continue
+		}
+		b := append([]byte(nil), r.data...)
+		for j := off; j < off+length && j < len(b); j++ {
+			b[j] ^= 0x5A
+		}
+		m.recs[i].data = b
+		return m.save()
+	}
+	return fmt.Errorf("tape file %d: no byte %d", n, off)
+}

@@ -30,6 +30,7 @@ type Tape struct {
 	// failAfter > 0: that many more WRITEs succeed, then the drive fails
 	// (failWrites).
 	failAfter int
+	reads     int // READ commands answered
 	// Capacity and EarlyWarning (bytes) apply to a cartridge that sets
 	// none: a write past EarlyWarning succeeds with EOM set; one past
 	// Capacity fails with VOLUME OVERFLOW.
@@ -94,6 +95,9 @@ func (t *Tape) capacity() (int, int) {
 	}
 	return t.Capacity, t.EarlyWarning
 }
+
+// Reads counts the READ commands the drive answered.
+func (t *Tape) Reads() int { t.mu.Lock(); defer t.mu.Unlock(); return t.reads }
 
 // SetAlert raises TapeAlert flag n.
 func (t *Tape) SetAlert(n int) { t.mu.Lock(); t.alerts[n] = true; t.mu.Unlock() }
@@ -234,6 +238,7 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		}
 		return good(0), nil
 	case 0x08: // READ(6), variable
+		t.reads++
 		return t.read(c), nil
 	case 0x11: // SPACE(6)
 		count := int32(uint32(c.CDB[2])<<16|uint32(c.CDB[3])<<8|uint32(c.CDB[4])) << 8 >> 8

@@ -59,6 +59,8 @@ const (
 var (
 	ErrNotLabel  = errors.New("not a vaultnode label file")
 	ErrMalformed = errors.New("malformed tape file")
+	// ErrNotCatalog: the tape file is not a catalog file.
+	ErrNotCatalog = errors.New("not a vaultnode catalog file")
 )
 
 // Label is what file 0 says the cartridge is.
@@ -408,5 +410,13 @@ files into one directory, then:
 
 The program checks every chunk against its id and writes the version's
 files, directories and symbolic links with their modes and times.
-`, l.Barcode, l.Pool, l.Labelled.UTC().Format(time.RFC3339), l.Format, RecordSize, RecoverName, RecoverName, RecoverName)
+
+The last tape file is usually the cartridge's catalog (%s, not
+encrypted: names, times and chunk ids only): which versions end in which
+data file and which files each needs, so you extract only those:
+
+  mt -f /dev/nst0 eod; mt -f /dev/nst0 bsf 2; mt -f /dev/nst0 fsf 1
+  mkdir cat; tar -x -b 512 -f /dev/nst0 -C cat
+  ./%s catalog -from cat
+`, l.Barcode, l.Pool, l.Labelled.UTC().Format(time.RFC3339), l.Format, RecordSize, RecoverName, RecoverName, RecoverName, CatalogName, RecoverName)
 }
