@@ -40,6 +40,12 @@ type Options struct {
 	Log               func(string) // each console line
 	Stdout            io.Writer    // optional copy of the console
 	Extra             []string     // extra QEMU arguments
+	// Netdev replaces the user-mode network (and Forward) with another
+	// -netdev, e.g. "tap,id=n0,ifname=tapA,script=no,downscript=no"; its
+	// id must be n0.
+	Netdev string
+	MAC    string   // the NIC's MAC address; QEMU's default when empty
+	Wrap   []string // run QEMU under this command, e.g. ip netns exec NS
 	Env               []string
 }
 
@@ -91,10 +97,18 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	for g, h := range o.Forward {
 		nic += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", h, g)
 	}
-	args = append(args, "-netdev", nic, "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci")
+	if o.Netdev != "" {
+		nic = o.Netdev
+	}
+	dev := "virtio-net-pci,netdev=n0"
+	if o.MAC != "" {
+		dev += ",mac=" + o.MAC
+	}
+	args = append(args, "-netdev", nic, "-device", dev, "-device", "virtio-rng-pci")
 	args = append(args, o.Extra...)
 
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	argv := append(append([]string(nil), o.Wrap...), "qemu-system-x86_64")
+	cmd := exec.CommandContext(ctx, argv[0], append(argv[1:], args...)...)
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 5 * time.Second
