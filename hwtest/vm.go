@@ -46,7 +46,7 @@ type Options struct {
 	Netdev string
 	MAC    string   // the NIC's MAC address; QEMU's default when empty
 	Wrap   []string // run QEMU under this command, e.g. ip netns exec NS
-	Env               []string
+	Env    []string
 }
 
 // VM is a running QEMU.
