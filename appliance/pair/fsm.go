@@ -103,6 +103,9 @@ type fsm struct {
 	// applied, when set, is told each applied index (Node's status and
 	// waiters).
 	applied func(index uint64)
+	// before, when set, sees each command before the catalog applies it
+	// (Config.BeforeApply).
+	before func(index uint64, cmd catalog.Command)
 }
 
 var testLogApply func(index uint64, cmd catalog.Command, skipped bool, err error)
@@ -122,6 +125,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 	cmd, err := catalog.DecodeCommand(l.Data)
 	if err != nil {
 		return applyResult{err: err}
+	}
+	if f.before != nil {
+		f.before(l.Index, cmd)
 	}
 	res, skipped, err := f.cat.ApplyLog(l.Index, cmd)
 	if testLogApply != nil {

@@ -67,6 +67,13 @@ type Config struct {
 	// SnapshotThreshold is the number of log entries after which a
 	// snapshot is taken and the log compacted (default 8192).
 	SnapshotThreshold uint64
+	// BeforeApply, when set, sees each command of the log before the
+	// catalog applies it, on the FSM's goroutine (a replayed entry the
+	// catalog already applied too: check Catalog.AppliedIndex). The
+	// vault deletes a garbage collection's sweep from its store there, so
+	// that a crash before the catalog records the entry replays the
+	// deletion rather than forgetting it.
+	BeforeApply func(index uint64, cmd catalog.Command)
 }
 
 // Node is a running member.
@@ -205,7 +212,7 @@ func Start(cfg Config) (*Node, error) {
 	// (catalog.ApplyLog): a restart replays only what it lacks, without
 	// first rolling the catalog back to the last snapshot.
 	rc.NoSnapshotRestoreOnStart = true
-	f := &fsm{cat: cfg.Catalog, applied: n.setApplied}
+	f := &fsm{cat: cfg.Catalog, applied: n.setApplied, before: cfg.BeforeApply}
 	if cfg.Catalog != nil {
 		if idx, err := cfg.Catalog.AppliedIndex(); err == nil {
 			n.applied = idx
@@ -394,6 +401,24 @@ func (n *Node) setApplied(i uint64) {
 	close(n.appliedC)
 	n.appliedC = make(chan struct{})
 	n.appliedMu.Unlock()
+}
+
+// WaitApplied waits until this member applied the log up to index, or ctx
+// ends.
+func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		n.appliedMu.Lock()
+		ok, ch := n.applied >= index, n.appliedC
+		n.appliedMu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait to apply the log up to %d: %w", index, ctx.Err())
+		case <-ch:
+		}
+	}
 }
 
 // Applied is the index of the last command applied here (raft's own

@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -36,6 +38,13 @@ const (
 	PathStatus  = "/pair/status"  // GET: the member's Status
 )
 
+// HeaderSweep, on an entries or lack request, is the log index of the
+// last garbage collection sweep the leader applied: the member applies
+// its log up to there before it answers, so a sweep it has not applied yet
+// never deletes a chunk the leader stored again after its own sweep, nor
+// does a lack answer count a chunk that sweep is about to delete.
+const HeaderSweep = "X-Vaultnode-Sweep"
+
 // MaxLackIDs bounds one lack request.
 const MaxLackIDs = 1 << 16
 
@@ -54,6 +63,10 @@ type Replicator struct {
 	log   *zap.Logger
 	clk   clock.Clock
 	after time.Duration
+
+	// sweep is the log index of the last garbage collection sweep
+	// applied here (SetSweepIndex).
+	sweep atomic.Pointer[func() uint64]
 
 	mu    sync.Mutex
 	dirty map[string]error // member -> copy failed and not yet recorded behind
@@ -89,6 +102,39 @@ func (r *Replicator) SetStore(st *store.Store) {
 		return n
 	}
 	r.node.storeBytes.Store(&f)
+}
+
+// SetSweepIndex tells the replicator where to read the log index of the
+// last sweep applied here (HeaderSweep).
+func (r *Replicator) SetSweepIndex(f func() uint64) { r.sweep.Store(&f) }
+
+func (r *Replicator) setSweepHeader(req *http.Request) {
+	if f := r.sweep.Load(); f != nil {
+		if i := (*f)(); i > 0 {
+			req.Header.Set(HeaderSweep, strconv.FormatUint(i, 10))
+		}
+	}
+}
+
+// awaitSweep applies the log up to the leader's last sweep (HeaderSweep)
+// before a copy or a lack answer; false when it could not (answered).
+func (r *Replicator) awaitSweep(w http.ResponseWriter, req *http.Request) bool {
+	h := req.Header.Get(HeaderSweep)
+	if h == "" {
+		return true
+	}
+	i, err := strconv.ParseUint(h, 10, 64)
+	if err != nil {
+		http.Error(w, "bad "+HeaderSweep, http.StatusBadRequest)
+		return false
+	}
+	ctx, cancel := context.WithTimeout(req.Context(), 5*time.Second)
+	defer cancel()
+	if err := r.node.WaitApplied(ctx, i); err != nil {
+		http.Error(w, "this member has not yet applied the leader's last sweep: "+err.Error(), http.StatusServiceUnavailable)
+		return false
+	}
+	return true
 }
 
 // peers are the other data members and which of them are behind.
@@ -220,6 +266,7 @@ func (r *Replicator) send(ctx context.Context, m Member, company string, body io
 		return err
 	}
 	req.ContentLength = size
+	r.setSweepHeader(req)
 	resp, err := r.node.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("copy entries to %s: %w", m.ID, err)
@@ -251,6 +298,9 @@ func (r *Replicator) serveEntries(w http.ResponseWriter, req *http.Request) {
 	}
 	if r.node.IsLeader() {
 		http.Error(w, "this member leads: it takes no copies", http.StatusConflict)
+		return
+	}
+	if !r.awaitSweep(w, req) {
 		return
 	}
 	n, err := r.storeEntries(company, http.MaxBytesReader(w, req.Body, MaxEntriesBody))
@@ -310,6 +360,9 @@ func (r *Replicator) serveLack(w http.ResponseWriter, req *http.Request) {
 	company := req.URL.Query().Get("company")
 	if err := catalog.ValidCompanyName(company); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !r.awaitSweep(w, req) {
 		return
 	}
 	b, err := io.ReadAll(http.MaxBytesReader(w, req.Body, MaxLackIDs*32))
@@ -428,6 +481,7 @@ func (r *Replicator) copyLacking(ctx context.Context, m Member, company string, 
 	if err != nil {
 		return err
 	}
+	r.setSweepHeader(req)
 	resp, err := r.node.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("ask %s what it lacks: %w", m.ID, err)

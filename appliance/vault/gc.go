@@ -163,6 +163,13 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 	}
 	defer v.collecting.Unlock()
 	start := v.clk.Now()
+	if v.pair != nil {
+		stop, err := v.pairCollecting()
+		if err != nil {
+			return res, err
+		}
+		defer stop()
+	}
 	if _, err := v.Store.FinishRemovals(ctx); err != nil {
 		return res, err
 	}
@@ -201,7 +208,7 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 		live[co] = newMarks(ids)
 	}
 	snap = nil
-	bad, err := v.mark(ctx, func(company string, ids ...[32]byte) {
+	bad, err := v.mark(ctx, "", func(company string, ids ...[32]byte) {
 		if m := live[company]; m != nil {
 			m.add(ids...)
 		}
@@ -249,7 +256,12 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 // sweep removes the records of cand, a batch at a time, sparing what a
 // session protects.
 func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res *CollectResult, p *jobs.Progress) error {
-	const batch = 1024
+	batch := 1024
+	if v.pair != nil {
+		// Each batch is a command of the pair's log that every member
+		// applies (pairgc.go): fewer, larger ones.
+		batch = MaxSweepIDs
+	}
 	for len(cand) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -268,7 +280,14 @@ func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res 
 			del = append(del, id)
 		}
 		v.smu.Unlock()
-		n, bytes, err := v.Store.DeleteChunks(company, del)
+		var n int
+		var bytes int64
+		var err error
+		if v.pair != nil {
+			n, bytes, err = v.submitSweep(company, del)
+		} else {
+			n, bytes, err = v.Store.DeleteChunks(company, del)
+		}
 		v.gcMu.Unlock()
 		if err != nil {
 			return err
@@ -303,10 +322,10 @@ func (v *Vault) protectedLocked(company string, id [32]byte) bool {
 	return false
 }
 
-// mark reports, per company, every id reachable from the catalog to add
-// (in batches, with repeats); bad names the companies whose references
-// could not all be read.
-func (v *Vault) mark(ctx context.Context, add func(company string, ids ...[32]byte)) (bad map[string]string, err error) {
+// mark reports, per company (only the company only, when given), every id
+// reachable from the catalog to add (in batches, with repeats); bad names
+// the companies whose references could not all be read.
+func (v *Vault) mark(ctx context.Context, only string, add func(company string, ids ...[32]byte)) (bad map[string]string, err error) {
 	bad = map[string]string{}
 	walk := func(company, what string, listing []tree.ChunkRef) {
 		if bad[company] != "" {
@@ -327,6 +346,9 @@ func (v *Vault) mark(ctx context.Context, add func(company string, ids ...[32]by
 		return nil, fmt.Errorf("mark versions: %w", err)
 	}
 	for _, ver := range vers {
+		if only != "" && ver.Company != only {
+			continue
+		}
 		start := v.clk.Now()
 		if ver.ManifestID.IsZero() {
 			bad[ver.Company] = fmt.Sprintf("version %s/%s@%d has no manifest id recorded", ver.Computer, ver.Config, ver.Seq)
@@ -357,6 +379,9 @@ func (v *Vault) mark(ctx context.Context, add func(company string, ids ...[32]by
 				return nil, fmt.Errorf("mark journal records: journal record of %s: %w", r.computer, err)
 			}
 			co, owner[r.computer] = cp.Company, cp.Company
+		}
+		if only != "" && co != only {
+			continue
 		}
 		if testHookWalk != nil {
 			testHookWalk()

@@ -45,6 +45,9 @@ type PairOptions struct {
 	DegradeAfter time.Duration
 	// HeartbeatTimeout: raft's; the default (1 s) suits a LAN.
 	HeartbeatTimeout time.Duration
+	// TestCrashSweep, tests only: kill this process (SIGKILL) after that
+	// many deletion batches of a sweep it applies for another member.
+	TestCrashSweep int
 }
 
 // KindCatchUp is the job that copies to a member recorded behind the
@@ -57,6 +60,16 @@ type pairMember struct {
 	tokens pair.Tokens
 	cur    atomic.Pointer[pair.Node] // set once started: the catalog's Submit
 	led    atomic.Bool               // jobs recovered for this leadership
+	gc     pairGC                    // garbage collection through the log (pairgc.go)
+}
+
+// close stops the member: a sweep waiting for the store gives up.
+func (pm *pairMember) close() error {
+	pm.gc.quitOnce.Do(func() { close(pm.gc.quit) })
+	if pm.node == nil {
+		return nil
+	}
+	return pm.node.Close()
 }
 
 // submit is the catalog's Submit on a member.
@@ -82,7 +95,7 @@ func (v *Vault) startPair() error {
 	}
 	n, err := pair.Start(pair.Config{ID: po.ID, Dir: filepath.Join(v.opts.Dir, "pair"), Bind: po.Listen, Advertise: po.Advertise,
 		Agent: agent, TLS: pair.MemberTLS(cert, v.CA.Pool()), Catalog: v.Catalog, Log: v.log.Named("pair"),
-		HeartbeatTimeout: po.HeartbeatTimeout})
+		HeartbeatTimeout: po.HeartbeatTimeout, BeforeApply: v.beforeApply})
 	if err != nil {
 		return err
 	}
@@ -93,6 +106,7 @@ func (v *Vault) startPair() error {
 		return fmt.Errorf("write pair/member.json: %w", err)
 	}
 	v.pair.rep = pair.NewReplicator(n, nil, v.clk, v.log.Named("replica"), po.DegradeAfter)
+	v.pair.rep.SetSweepIndex(v.pair.gc.sweepIndex.Load)
 	n.SetHandler(v.pair.rep.Handler())
 	if po.Form {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -392,6 +406,7 @@ func (v *Vault) runPair(ctx context.Context) {
 		n := v.pair.node
 		if !n.IsLeader() {
 			v.pair.led.Store(false)
+			v.followerRepack(ctx)
 			continue
 		}
 		if !v.pair.led.Load() {

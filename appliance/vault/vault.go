@@ -185,16 +185,21 @@ func Open(opts Options) (*Vault, error) {
 	copts := catalog.Options{Log: opts.Log.Named("catalog"), Clock: opts.Clock}
 	if opts.Pair != nil {
 		v.pair = &pairMember{}
+		v.pair.gc.storeReady, v.pair.gc.quit = make(chan struct{}), make(chan struct{})
+		v.pair.gc.crashAfter = opts.Pair.TestCrashSweep
 		copts.Submit = v.pair.submit
 	}
 	if v.Catalog, err = catalog.Open(opts.Dir, copts); err != nil {
 		return nil, err
 	}
 	if opts.Pair != nil {
+		// A copy to another member waits for it to apply every sweep
+		// this member may have applied before it started (pairgc.go).
+		if idx, err := v.Catalog.AppliedIndex(); err == nil {
+			v.pair.gc.sweepIndex.Store(idx)
+		}
 		if err := v.startPair(); err != nil {
-			if v.pair.node != nil {
-				v.pair.node.Close()
-			}
+			v.pair.close()
 			v.Catalog.Close()
 			return nil, err
 		}
@@ -205,7 +210,7 @@ func Open(opts Options) (*Vault, error) {
 	}
 	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store"), sopts); err != nil {
 		if v.pair != nil {
-			v.pair.node.Close()
+			v.pair.close()
 		}
 		v.Catalog.Close()
 		return nil, err
@@ -213,7 +218,7 @@ func Open(opts Options) (*Vault, error) {
 	if v.Mail, err = mail.Open(filepath.Join(opts.Dir, "mail"), opts.Clock, opts.Log.Named("mail")); err != nil {
 		v.Store.Close()
 		if v.pair != nil {
-			v.pair.node.Close()
+			v.pair.close()
 		}
 		v.Catalog.Close()
 		return nil, err
@@ -221,6 +226,7 @@ func Open(opts Options) (*Vault, error) {
 	v.notes = newNotifier(filepath.Join(opts.Dir, "mail"))
 	if v.pair != nil {
 		v.pair.rep.SetStore(v.Store)
+		close(v.pair.gc.storeReady)
 	}
 	v.Metrics = prometheus.NewRegistry()
 	v.Jobs = jobs.New(opts.Clock, v.Catalog, opts.Log.Named("jobs"), v.Metrics)
@@ -251,7 +257,7 @@ func (v *Vault) Close() error {
 	v.Jobs.Close()
 	var perr error
 	if v.pair != nil {
-		perr = v.pair.node.Close()
+		perr = v.pair.close()
 	}
 	return errors.Join(perr, v.Store.Close(), v.Catalog.Close())
 }

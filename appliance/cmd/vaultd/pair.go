@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"vaultnode/appliance/pair"
@@ -51,6 +52,14 @@ func (p *pairFlagSet) options(ctx context.Context, data, listen string, witness 
 		DegradeAfter: *p.degrade, HeartbeatTimeout: *p.heartbeat}
 	if po.Agent == "" {
 		po.Agent = listen
+	}
+	if c := os.Getenv("VAULTNODE_TEST_CRASH_SWEEP"); c != "" {
+		// Tests only: die in the middle of applying a sweep.
+		n, err := strconv.Atoi(c)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("VAULTNODE_TEST_CRASH_SWEEP=%q: give a number of batches, 1 or more", c)
+		}
+		po.TestCrashSweep = n
 	}
 	if _, err := os.Stat(filepath.Join(data, "pair", "raft.db")); *p.join != "" && err != nil {
 		jctx, cancel := context.WithTimeout(ctx, time.Minute)

@@ -1,0 +1,277 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"go.etcd.io/bbolt"
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/jobs"
+)
+
+// Garbage collection in a pair (docs/pair.md, "Garbage collection"). The
+// leader collects as a single vault does (gc.go) but sweeps through the
+// log: each batch of unreferenced, unprotected ids is a KindSweep command,
+// and every member deletes those ids from its own store when it applies
+// the command, before the catalog records the entry (pair.Config.
+// BeforeApply), so a crash in the middle replays the deletion instead of
+// forgetting it. Never delete data because an index forgot it: a member
+// other than the collecting leader (the follower, or the leader itself
+// replaying after a restart) deletes only the ids that its own catalog,
+// at that log index, does not reference: it marks the company again
+// (same catalog, so the same marks, plus whatever was committed since the
+// leader's mark, which it protected anyway). The leader's own run relies
+// on its mark and its sessions' protect sets, under gcMu, as alone.
+//
+// A chunk the leader swept may be uploaded again at once; its copy must
+// not reach a member that has not applied the sweep yet (the member would
+// keep its old copy, then delete it). So copies and lack questions carry
+// the index of the last sweep the leader applied (pair.HeaderSweep) and
+// the member applies its log up to there first. Packs are each member's
+// own: a member rewrites its packs after it applied sweeps
+// (followerRepack), as the leader does at the end of its collection.
+
+// KindSweep is a garbage collection's sweep of one company's ids.
+const KindSweep catalog.Kind = "gc_sweep"
+
+// MaxSweepIDs bounds the ids of one sweep command (2 MiB of ids, under
+// catalog.MaxCommand once encoded).
+const MaxSweepIDs = 1 << 16
+
+// sweepPlan is a KindSweep command's payload.
+type sweepPlan struct {
+	Collection string `json:"collection"` // the collection's run (random)
+	Origin     string `json:"origin"`     // the member that collected
+	Company    string `json:"company"`
+	IDs        []byte `json:"ids"` // 32 bytes each, sorted
+}
+
+func init() {
+	catalog.RegisterKind(KindSweep, func(_ *bbolt.Tx, payload []byte) (any, error) {
+		// The catalog keeps nothing of a sweep: the stores apply it.
+		_, err := decodeSweep(payload)
+		return nil, err
+	})
+}
+
+func decodeSweep(b []byte) (sweepPlan, error) {
+	var p sweepPlan
+	if len(b) > catalog.MaxCommand {
+		return p, fmt.Errorf("%w: sweep of %d bytes", catalog.ErrInvalid, len(b))
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return p, fmt.Errorf("%w: sweep: %v", catalog.ErrInvalid, err)
+	}
+	if err := catalog.ValidCompanyName(p.Company); err != nil {
+		return p, fmt.Errorf("%w: sweep: %v", catalog.ErrInvalid, err)
+	}
+	if len(p.IDs)%32 != 0 || len(p.IDs)/32 > MaxSweepIDs {
+		return p, fmt.Errorf("%w: sweep of %d id bytes: whole 32-byte ids, at most %d", catalog.ErrInvalid, len(p.IDs), MaxSweepIDs)
+	}
+	if p.Collection == "" || len(p.Collection) > 64 || len(p.Origin) > 64 {
+		return p, fmt.Errorf("%w: sweep: collection and origin of 1 to 64 bytes", catalog.ErrInvalid)
+	}
+	return p, nil
+}
+
+func (p sweepPlan) ids() [][32]byte {
+	out := make([][32]byte, len(p.IDs)/32)
+	for i := range out {
+		copy(out[i][:], p.IDs[i*32:])
+	}
+	slices.SortFunc(out, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+	return out
+}
+
+// pairGC is a member's share of the pair's garbage collection.
+type pairGC struct {
+	storeReady chan struct{} // closed once the store is open
+	quit       chan struct{} // closed when the vault closes
+	quitOnce   sync.Once
+	sweepIndex atomic.Uint64          // the last sweep applied here
+	run        atomic.Pointer[string] // this process's running collection
+	swept      atomic.Int64           // records its own sweeps removed here
+	sweptBytes atomic.Int64
+	repackDue  atomic.Bool // sweeps applied since the packs were last rewritten
+	// crashAfter, when > 0, kills the process (SIGKILL) after that many
+	// deletion batches of a sweep applied for another member: the e2e
+	// test's crash in the middle of a sweep (VAULTNODE_TEST_CRASH_SWEEP).
+	crashAfter int
+}
+
+// pairCollecting starts a collection on the leader: its run id lets this
+// member's apply of its own sweeps trust the mark just made.
+func (v *Vault) pairCollecting() (stop func(), err error) {
+	if !v.pair.node.IsLeader() {
+		return nil, v.notLeader()
+	}
+	var b [12]byte
+	rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	v.pair.gc.run.Store(&id)
+	return func() { v.pair.gc.run.Store(nil) }, nil
+}
+
+// submitSweep sends one batch of the leader's sweep through the log; gcMu
+// is held, so no session sees these chunks before every member that
+// applies the sweep deletes them. It answers what the apply removed here.
+func (v *Vault) submitSweep(company string, ids [][32]byte) (int, int64, error) {
+	if len(ids) == 0 {
+		return 0, 0, nil
+	}
+	run := v.pair.gc.run.Load()
+	if run == nil {
+		return 0, 0, fmt.Errorf("sweep %s: no collection runs", company)
+	}
+	plan := sweepPlan{Collection: *run, Origin: v.pair.node.ID(), Company: company, IDs: make([]byte, 0, 32*len(ids))}
+	for _, id := range ids {
+		plan.IDs = append(plan.IDs, id[:]...)
+	}
+	cmd, err := catalog.NewCommand(KindSweep, plan)
+	if err != nil {
+		return 0, 0, err
+	}
+	n0, b0 := v.pair.gc.swept.Load(), v.pair.gc.sweptBytes.Load()
+	if _, err := v.pair.node.Submit(cmd); err != nil {
+		return 0, 0, fmt.Errorf("sweep %s through the pair's log: %w", company, err)
+	}
+	return int(v.pair.gc.swept.Load() - n0), v.pair.gc.sweptBytes.Load() - b0, nil
+}
+
+// beforeApply is pair.Config.BeforeApply: a sweep not yet applied here is
+// applied to the store before the catalog records its entry.
+func (v *Vault) beforeApply(index uint64, cmd catalog.Command) {
+	if cmd.Kind != KindSweep {
+		return
+	}
+	plan, err := decodeSweep(cmd.Payload)
+	if err != nil {
+		return // the catalog refuses it alike
+	}
+	if done, err := v.Catalog.AppliedIndex(); err != nil || done >= index {
+		return
+	}
+	gc := &v.pair.gc
+	select {
+	case <-gc.storeReady:
+	case <-gc.quit:
+		return
+	}
+	n, b, err := v.applySweep(plan)
+	if err != nil {
+		// Nothing deleted that is not sure garbage; what is left stays
+		// until this member collects as leader.
+		v.log.Warn("garbage collection sweep not applied here", zap.Uint64("index", index), zap.String("company", plan.Company), zap.Error(err))
+	}
+	if index > gc.sweepIndex.Load() {
+		gc.sweepIndex.Store(index)
+	}
+	gc.repackDue.Store(true)
+	v.log.Info("garbage collection sweep applied", zap.Uint64("index", index), zap.String("company", plan.Company),
+		zap.Int("planned", len(plan.IDs)/32), zap.Int("removed", n), zap.Int64("bytes", b))
+}
+
+// applySweep deletes the plan's ids from this member's store: directly
+// when this process's running collection made the plan, else only those
+// its own catalog does not reference now.
+func (v *Vault) applySweep(plan sweepPlan) (int, int64, error) {
+	gc := &v.pair.gc
+	ids := plan.ids()
+	own := false
+	if r := gc.run.Load(); r != nil && *r == plan.Collection && plan.Origin == v.pair.node.ID() {
+		own = true
+	}
+	if !own {
+		var err error
+		if ids, err = v.unreferenced(plan.Company, ids); err != nil {
+			return 0, 0, err
+		}
+	}
+	var n int
+	var nb int64
+	for batch := 0; len(ids) > 0; batch++ {
+		if !own && gc.crashAfter > 0 && batch == gc.crashAfter {
+			v.log.Warn("crashing in the middle of a sweep (VAULTNODE_TEST_CRASH_SWEEP)", zap.Int("batches", batch))
+			syscall.Kill(syscall.Getpid(), syscall.SIGKILL)
+		}
+		b := ids[:min(1024, len(ids))]
+		ids = ids[len(b):]
+		k, kb, err := v.Store.DeleteChunks(plan.Company, b)
+		n += k
+		nb += kb
+		if err != nil {
+			return n, nb, err
+		}
+	}
+	if own {
+		gc.swept.Add(int64(n))
+		gc.sweptBytes.Add(nb)
+	}
+	return n, nb, nil
+}
+
+// unreferenced returns the ids (sorted) that no version or journal record
+// of company references in this member's catalog now.
+func (v *Vault) unreferenced(company string, ids [][32]byte) ([][32]byte, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-v.pair.gc.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m := newMarks(ids)
+	bad, err := v.mark(ctx, company, func(co string, refs ...[32]byte) {
+		if co == company {
+			m.add(refs...)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mark %s to check a sweep: %w", company, err)
+	}
+	if why := bad[company]; why != "" {
+		return nil, fmt.Errorf("mark %s to check a sweep: %s", company, why)
+	}
+	if m.n > 0 {
+		v.log.Warn("a sweep names chunks this member's catalog references: kept", zap.String("company", company), zap.Int64("kept", m.n))
+	}
+	return m.unmarked(), nil
+}
+
+// followerRepack rewrites or removes this member's packs whose dead share
+// passed the threshold after sweeps it applied (a member not leading:
+// the leader does it in its collection).
+func (v *Vault) followerRepack(ctx context.Context) {
+	if !v.pair.gc.repackDue.Swap(false) {
+		return
+	}
+	if !v.collecting.TryLock() {
+		v.pair.gc.repackDue.Store(true)
+		return
+	}
+	defer v.collecting.Unlock()
+	if _, err := v.Store.FinishRemovals(ctx); err != nil {
+		v.log.Warn("finish pack removals", zap.Error(err))
+		return
+	}
+	var res CollectResult
+	if err := v.repack(ctx, &res, new(jobs.Progress)); err != nil {
+		v.log.Warn("rewrite packs after a sweep", zap.Error(err))
+		v.pair.gc.repackDue.Store(true)
+		return
+	}
+	v.log.Info("packs rewritten after sweeps", zap.Int("packs_rewritten", res.PacksRewritten),
+		zap.Int("packs_removed", res.PacksRemoved), zap.Int64("reclaimed", res.Reclaimed))
+}
