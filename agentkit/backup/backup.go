@@ -71,6 +71,7 @@ type Stats struct {
 	Inconsistent int64
 	Deleted      int64
 	ChunksKnown  int64 // chunks the vault already had
+	ChunksReused int64 // chunks of a file read again that its previous version had: not offered
 	ChunksSent   int64
 	BytesSent    int64 // bytes of upload bodies
 	Done         bool
@@ -82,7 +83,8 @@ func (s *Stats) Snapshot() Stats {
 		Bytes: atomic.LoadInt64(&s.Bytes), FilesRead: atomic.LoadInt64(&s.FilesRead), BytesRead: atomic.LoadInt64(&s.BytesRead),
 		Unreadable: atomic.LoadInt64(&s.Unreadable), Inconsistent: atomic.LoadInt64(&s.Inconsistent),
 		Deleted: atomic.LoadInt64(&s.Deleted), ChunksKnown: atomic.LoadInt64(&s.ChunksKnown),
-		ChunksSent: atomic.LoadInt64(&s.ChunksSent), BytesSent: atomic.LoadInt64(&s.BytesSent), Done: s.Done}
+		ChunksReused: atomic.LoadInt64(&s.ChunksReused),
+		ChunksSent:   atomic.LoadInt64(&s.ChunksSent), BytesSent: atomic.LoadInt64(&s.BytesSent), Done: s.Done}
 }
 
 // Result is a committed synchronization.

@@ -182,6 +182,10 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 		n.Chunks = append(n.Chunks, tree.ChunkRef{ID: id, Len: uint32(len(b))})
 		total += int64(len(b))
 		atomic.AddInt64(&r.stats.BytesRead, int64(len(b)))
+		if _, ok := it.known[id]; ok {
+			atomic.AddInt64(&r.stats.ChunksReused, 1)
+			continue
+		}
 		if err := r.up.add(ctx, wire.FrameData, id, b); err != nil {
 			return err
 		}

@@ -36,7 +36,13 @@ type item struct {
 	file *os.File
 	// before, when set, is the file through fd before anything was read.
 	before *unix.Statx_t
-	done   chan struct{} // closed when node is final
+	// known holds the chunks of the file's previous version (a committed
+	// version's, so the vault has them): a chunk read again that is among
+	// them is neither copied nor offered to the vault. An edit in a large
+	// file then costs the reading and hashing, not a lack query and a copy
+	// of every chunk.
+	known map[[32]byte]struct{}
+	done  chan struct{} // closed when node is final
 }
 
 var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -300,9 +306,10 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node, op *meta.Opened)
 	if n.Size == 0 {
 		return w.send(&item{node: n, done: closedDone}, false) // nothing to read
 	}
+	known := knownChunks(prev)
 	if op != nil {
 		keep = true
-		return w.send(&item{node: n, fd: op.FD, before: &op.Stat, done: make(chan struct{})}, true)
+		return w.send(&item{node: n, fd: op.FD, before: &op.Stat, known: known, done: make(chan struct{})}, true)
 	}
 	fd, err := openFile(dirfd, name)
 	if err != nil {
@@ -310,7 +317,20 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node, op *meta.Opened)
 		n.Status, n.Err = tree.StatusUnreadable, err.Error()
 		return w.send(&item{node: n, done: closedDone}, false)
 	}
-	return w.send(&item{node: n, fd: fd, done: make(chan struct{})}, true)
+	return w.send(&item{node: n, fd: fd, known: known, done: make(chan struct{})}, true)
+}
+
+// knownChunks is the set of chunks of a file's previous version, when it
+// had more than one (a file of one chunk that changed has a new one).
+func knownChunks(prev *tree.Node) map[[32]byte]struct{} {
+	if prev == nil || prev.Type != tree.TypeFile || prev.Status != tree.StatusOK || prev.LinkTo != nil || len(prev.Chunks) < 2 {
+		return nil
+	}
+	known := make(map[[32]byte]struct{}, len(prev.Chunks))
+	for _, c := range prev.Chunks {
+		known[c.ID] = struct{}{}
+	}
+	return known
 }
 
 func openFile(dirfd int, name string) (int, error) {

@@ -41,6 +41,13 @@ func TestBackupRestoreVersions(t *testing.T) {
 	if s2.BytesSent > 10<<20 {
 		t.Errorf("after an insertion of 100 KiB into a 20 MiB file and a few small edits, the backup sent %d bytes", s2.BytesSent)
 	}
+	// The chunks of the large file that the insertion left as they were
+	// are its previous version's: neither copied nor offered to the vault
+	// (20 MiB is at least 5 chunks of at most 4 MiB; an insertion rewrites
+	// at most the two around it).
+	if s2.ChunksReused < 3 {
+		t.Errorf("the unchanged chunks of the large file were offered to the vault again (%d reused, %d known)", s2.ChunksReused, s2.ChunksKnown)
+	}
 	// Only the changed files are read: 5 edits, the large file, 10 new,
 	// and the 30 files of the renamed directory (new paths).
 	if s2.FilesRead > 16+30 {

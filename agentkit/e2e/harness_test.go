@@ -288,16 +288,18 @@ func (a *agent) must(args ...string) string {
 
 // summary is one line of `vault-agent backup -json`.
 type summary struct {
-	Config     string   `json:"config"`
-	Version    uint64   `json:"version"`
-	Files      int64    `json:"files"`
-	Bytes      int64    `json:"bytes"`
-	FilesRead  int64    `json:"files_read"`
-	BytesRead  int64    `json:"bytes_read"`
-	ChunksSent int64    `json:"chunks_sent"`
-	BytesSent  int64    `json:"bytes_sent"`
-	Deleted    int64    `json:"deleted"`
-	Problems   []string `json:"problems"`
+	Config       string   `json:"config"`
+	Version      uint64   `json:"version"`
+	Files        int64    `json:"files"`
+	Bytes        int64    `json:"bytes"`
+	FilesRead    int64    `json:"files_read"`
+	BytesRead    int64    `json:"bytes_read"`
+	ChunksSent   int64    `json:"chunks_sent"`
+	ChunksKnown  int64    `json:"chunks_known"`
+	ChunksReused int64    `json:"chunks_reused"`
+	BytesSent    int64    `json:"bytes_sent"`
+	Deleted      int64    `json:"deleted"`
+	Problems     []string `json:"problems"`
 }
 
 func (a *agent) backup(config string) summary {

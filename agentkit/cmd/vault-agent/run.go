@@ -357,6 +357,7 @@ type Summary struct {
 	BytesRead     int64    `json:"bytes_read"`
 	ChunksSent    int64    `json:"chunks_sent"`
 	ChunksKnown   int64    `json:"chunks_known"`
+	ChunksReused  int64    `json:"chunks_reused"`
 	BytesSent     int64    `json:"bytes_sent"`
 	Deleted       int64    `json:"deleted"`
 	Unreadable    int64    `json:"unreadable"`
@@ -423,7 +424,7 @@ func (a *app) backup(ctx context.Context, args []string) error {
 		s := res.Stats
 		if *asJSON {
 			sum := Summary{Config: cfg.Name, Version: res.Seq, Seconds: res.Duration.Seconds(), CommitSeconds: res.Commit.Seconds(), Files: s.Files, Dirs: s.Dirs,
-				Bytes: s.Bytes, FilesRead: s.FilesRead, BytesRead: s.BytesRead, ChunksSent: s.ChunksSent, ChunksKnown: s.ChunksKnown,
+				Bytes: s.Bytes, FilesRead: s.FilesRead, BytesRead: s.BytesRead, ChunksSent: s.ChunksSent, ChunksKnown: s.ChunksKnown, ChunksReused: s.ChunksReused,
 				BytesSent: s.BytesSent, Deleted: s.Deleted, Unreadable: s.Unreadable, Inconsistent: s.Inconsistent, Problems: res.Problems}
 			if sum.Problems == nil {
 				sum.Problems = []string{}
