@@ -118,6 +118,7 @@ type Reader struct {
 	buf  []byte
 	last []byte
 	n    int64
+	fast fastDec
 }
 
 // NewReader checks the magic and returns a Reader.
@@ -179,18 +180,9 @@ func (e *exactReader) Read(p []byte) (int, error) {
 
 // Next returns the next node or io.EOF.
 func (r *Reader) Next() (*Node, error) {
-	b, err := readItem(r.br, r.buf, &nodeLimits)
-	r.buf = b
+	n, err := r.decode()
 	if err == io.EOF {
 		return nil, io.EOF
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: node %d: %w", ErrListing, r.n, err)
-	}
-	n := new(Node)
-	err = decMode.Unmarshal(b, n)
-	if cap(r.buf) > 1<<20 { // do not keep a big node's buffer
-		r.buf = nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: node %d: %w", ErrListing, r.n, err)
@@ -203,6 +195,45 @@ func (r *Reader) Next() (*Node, error) {
 	}
 	r.last = append(r.last[:0], n.Path...)
 	r.n++
+	return n, nil
+}
+
+// decode reads the next node: straight from the read buffer when it holds
+// the whole node in the fast decoder's form (decode.go), else framed by
+// readItem within the node limits and decoded from that copy, by the fast
+// decoder or, for any other form, by the CBOR library.
+func (r *Reader) decode() (*Node, error) {
+	n := new(Node)
+	if r.br.Buffered() == 0 { // fill the buffer
+		if _, err := r.br.Peek(1); err != nil {
+			// As readItem: io.EOF before a node's first byte ends the
+			// listing. The error is returned here, not read again:
+			// bufio hands it out once.
+			return nil, err
+		}
+	}
+	if b, _ := r.br.Peek(r.br.Buffered()); len(b) > 0 {
+		if used, ok := r.fast.decodeNode(b, n); ok {
+			r.br.Discard(used)
+			return n, nil
+		}
+		*n = Node{}
+	}
+	b, err := readItem(r.br, r.buf, &nodeLimits)
+	r.buf = b
+	if err != nil {
+		return nil, err
+	}
+	if cap(r.buf) > 1<<20 { // do not keep a big node's buffer
+		r.buf = nil
+	}
+	if used, ok := r.fast.decodeNode(b, n); ok && used == len(b) {
+		return n, nil
+	}
+	*n = Node{}
+	if err := decMode.Unmarshal(b, n); err != nil {
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -221,10 +252,15 @@ func (n *Node) Validate() error {
 	case n.Type < TypeFile || n.Type > TypeDeleted:
 		return fmt.Errorf("path %q: unknown type %d", n.Path, n.Type)
 	}
-	for _, c := range bytes.Split(n.Path, []byte{'/'}) {
+	for p := n.Path; ; {
+		c, rest, more := bytes.Cut(p, []byte{'/'})
 		if len(c) == 0 || (string(c) == "..") || (string(c) == "." && len(n.Path) > 1) {
 			return fmt.Errorf("path %q has an empty, '.' or '..' component", n.Path)
 		}
+		if !more {
+			break
+		}
+		p = rest
 	}
 	var sum int64
 	for _, c := range n.Chunks {
