@@ -56,8 +56,7 @@ func Unmarshal(b []byte, v any) error { return decMode.Unmarshal(b, v) }
 // Writer encodes nodes in tree order.
 type Writer struct {
 	w    io.Writer
-	buf  bytes.Buffer  // one encoded node, checked against MaxNodeBytes
-	enc  *cbor.Encoder // into buf
+	buf  []byte // one encoded node, checked against MaxNodeBytes
 	last []byte
 	n    int64
 }
@@ -71,9 +70,7 @@ func NewWriter(w io.Writer) (*Writer, error) {
 	if _, err := w.Write(b); err != nil {
 		return nil, fmt.Errorf("write listing magic: %w", err)
 	}
-	lw := &Writer{w: w}
-	lw.enc = encMode.NewEncoder(&lw.buf)
-	return lw, nil
+	return &Writer{w: w}, nil
 }
 
 // Write appends a node; nodes must come in strictly increasing tree order
@@ -88,18 +85,15 @@ func (w *Writer) Write(n *Node) error {
 	if err := n.CheckLimits(); err != nil {
 		return fmt.Errorf("write node %.200q: %w", n.Path, err)
 	}
-	w.buf.Reset()
-	if err := w.enc.Encode(n); err != nil {
-		return fmt.Errorf("write node %q: %w", n.Path, err)
-	}
-	if err := limit.Check("tree.MaxNodeBytes", "encoded node bytes", uint64(w.buf.Len()), MaxNodeBytes); err != nil {
+	w.buf = appendNode(w.buf[:0], n)
+	if err := limit.Check("tree.MaxNodeBytes", "encoded node bytes", uint64(len(w.buf)), MaxNodeBytes); err != nil {
 		return fmt.Errorf("write node %.200q: %w", n.Path, err)
 	}
-	if _, err := w.w.Write(w.buf.Bytes()); err != nil {
+	if _, err := w.w.Write(w.buf); err != nil {
 		return fmt.Errorf("write node %q: %w", n.Path, err)
 	}
-	if w.buf.Cap() > 1<<20 { // do not keep a big node's buffer
-		w.buf = bytes.Buffer{}
+	if cap(w.buf) > 1<<20 { // do not keep a big node's buffer
+		w.buf = nil
 	}
 	w.last = append(w.last[:0], n.Path...)
 	w.n++
