@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -43,6 +44,9 @@ type JobResult struct {
 	// (and why): a scan of those reads every file.
 	CatalogFiles   []string `json:"catalog_files"`
 	CatalogMissing []string `json:"catalog_missing,omitempty"`
+	// Cleaning says what the job did about TapeAlert flags asking for a
+	// cleaning (cleaned, no cleaning cartridge, expired one).
+	Cleaning []string `json:"cleaning,omitempty"`
 }
 
 // errLostFile: the drive hit the end of medium before the file's end; the
@@ -74,8 +78,32 @@ func (s *Service) Run(ctx context.Context, prog *jobs.Progress) (any, error) {
 	return res, nil
 }
 
+func newResult() *JobResult {
+	return &JobResult{Cartridges: []string{}, Exported: []string{}, MediaSets: []string{}, Pools: []string{}, CatalogFiles: []string{}}
+}
+
+// merge adds a writer's result.
+func (r *JobResult) merge(o *JobResult) {
+	r.Versions += o.Versions
+	r.Files += o.Files
+	r.Bytes += o.Bytes
+	r.Cartridges = append(r.Cartridges, o.Cartridges...)
+	r.Exported = append(r.Exported, o.Exported...)
+	r.Alerts = append(r.Alerts, o.Alerts...)
+	r.MediaSets = append(r.MediaSets, o.MediaSets...)
+	r.Pools = append(r.Pools, o.Pools...)
+	r.CatalogFiles = append(r.CatalogFiles, o.CatalogFiles...)
+	r.CatalogMissing = append(r.CatalogMissing, o.CatalogMissing...)
+	r.Cleaning = append(r.Cleaning, o.Cleaning...)
+}
+
+// run writes the pools' versions with every drive at once: one writer per
+// drive, each taking whole pools (a media set is written in order by one
+// drive), the first ones in pool order to the drives in address order,
+// the rest to whichever drive is free first. A writer whose drive fails
+// stops; the others go on and take the pools it did not start.
 func (s *Service) run(ctx context.Context, prog *jobs.Progress) (*JobResult, error) {
-	res := &JobResult{Cartridges: []string{}, Exported: []string{}, MediaSets: []string{}, Pools: []string{}, CatalogFiles: []string{}}
+	res := newResult()
 	if _, err := s.lib.Changer.Sync(ctx, s.rec()); err != nil {
 		return res, fmt.Errorf("read the library: %w", err)
 	}
@@ -94,28 +122,70 @@ func (s *Service) run(ctx context.Context, prog *jobs.Progress) (*JobResult, err
 	}
 	sort.Strings(pools)
 	res.Left = len(vers)
-	for _, name := range pools {
-		pool, err := s.cat.TapePool(name)
-		if err != nil {
-			return res, fmt.Errorf("pool %q: %w", name, err)
-		}
-		w := &writer{s: s, pool: pool, res: res, prog: prog, committed: map[chunkKey]catalog.TapeFileRef{}}
-		err = w.writeAll(ctx, byPool[name])
-		if w.d != nil {
-			res.Alerts = append(res.Alerts, s.alerts(ctx, w.d)...)
-			if _, uerr := s.unload(context.WithoutCancel(ctx), w.addr); uerr != nil {
-				s.log.Warn("unload after the tape job", zap.Error(uerr))
-				err = errors.Join(err, uerr)
+	drives := s.sortedDrives()
+	n := min(len(drives), len(pools))
+	rest := make(chan string, len(pools))
+	for _, p := range pools[n:] {
+		rest <- p
+	}
+	close(rest)
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func(addr uint16, first string) {
+			defer wg.Done()
+			defer s.release(addr)
+			for name := first; name != ""; {
+				r, err := s.writePool(ctx, prog, name, addr, byPool[name])
+				mu.Lock()
+				res.merge(r)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("pool %s (drive %d): %w", name, addr, err))
+				}
+				mu.Unlock()
+				if err != nil {
+					s.driveStatus(addr, func(ds *DriveStatus) { ds.Error = err.Error() })
+					if !errors.Is(err, ErrNoCartridge) && !errors.Is(err, ErrWrongCartridge) {
+						return // the drive may be at fault: the others take the rest
+					}
+				}
+				name = <-rest
 			}
+		}(drives[i], pools[i])
+	}
+	wg.Wait()
+	res.Left = len(vers) - res.Versions
+	return res, errors.Join(errs...)
+}
+
+// writePool writes one pool's versions with drive addr.
+func (s *Service) writePool(ctx context.Context, prog *jobs.Progress, name string, addr uint16, vers []Version) (*JobResult, error) {
+	res := newResult()
+	pool, err := s.cat.TapePool(name)
+	if err != nil {
+		return res, fmt.Errorf("pool %q: %w", name, err)
+	}
+	s.driveStatus(addr, func(ds *DriveStatus) { ds.Pool = name })
+	w := &writer{s: s, pool: pool, res: res, prog: prog, drive: addr, committed: map[chunkKey]catalog.TapeFileRef{}}
+	err = w.writeAll(ctx, vers)
+	if w.d != nil {
+		flags, out := s.alerts(ctx, addr, w.d)
+		res.Alerts = append(res.Alerts, out...)
+		if _, uerr := s.unload(context.WithoutCancel(ctx), w.addr); uerr != nil {
+			s.log.Warn("unload after the tape job", zap.Error(uerr))
+			err = errors.Join(err, uerr)
 		}
-		if err != nil {
+		_ = flags
+	}
+	if err != nil {
+		return res, err
+	}
+	res.Pools = append(res.Pools, name)
+	if pool.Export && len(w.used) > 0 {
+		if err := s.export(ctx, w, res); err != nil {
 			return res, err
-		}
-		res.Pools = append(res.Pools, name)
-		if pool.Export && len(w.used) > 0 {
-			if err := s.export(ctx, w, res); err != nil {
-				return res, err
-			}
 		}
 	}
 	return res, nil
@@ -143,10 +213,11 @@ type chunkKey struct {
 
 // writer writes one pool's versions.
 type writer struct {
-	s    *Service
-	pool catalog.TapePool
-	res  *JobResult
-	prog *jobs.Progress
+	s     *Service
+	pool  catalog.TapePool
+	res   *JobResult
+	prog  *jobs.Progress
+	drive uint16 // the drive this writer uses
 
 	set  catalog.MediaSet
 	cart catalog.Cartridge
@@ -337,6 +408,7 @@ func (w *writer) member(fn func() error) error {
 	w.res.Bytes += n
 	w.s.m.bytes.Add(float64(n))
 	w.s.setStatus(func(st *Status) { st.Bytes += n })
+	w.s.driveStatus(w.drive, func(ds *DriveStatus) { ds.Bytes += n })
 	w.prog.Add(0, n)
 	if errors.Is(err, drive.ErrEndOfMedium) {
 		return fmt.Errorf("%w: %w", errLostFile, err)
@@ -453,7 +525,6 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 	}
 	w.res.Files++
 	w.res.Versions += len(w.fileCopies)
-	w.res.Left -= len(w.fileCopies)
 	w.cart.Files++
 	if !slices.Contains(w.set.Cartridges, w.cart.Barcode) {
 		w.set.Cartridges = append(w.set.Cartridges, w.cart.Barcode)
@@ -518,7 +589,7 @@ func (w *writer) chooseSet(ctx context.Context) error {
 	// Continue on the set's last cartridge if it has room and is here.
 	if n := len(w.set.Cartridges); n > 0 {
 		cr, err := w.s.cat.Cartridge(w.set.Cartridges[n-1])
-		if err == nil && cr.State == catalog.CartWritable && cr.Where != catalog.WhereOffsite {
+		if err == nil && cr.State == catalog.CartWritable && cr.Where != catalog.WhereOffsite && w.s.reserve(cr.Barcode, w.drive) {
 			return w.use(ctx, cr)
 		}
 	}
@@ -556,9 +627,11 @@ func (w *writer) nextCartridge(ctx context.Context) error {
 	here := func(c catalog.Cartridge) bool {
 		return c.Where != catalog.WhereOffsite && !slices.Contains(w.used, c.Barcode)
 	}
+	// The first that fits and no other drive's writer holds, now held by
+	// this one.
 	pick := func(ok func(c catalog.Cartridge) bool) *catalog.Cartridge {
 		for i := range carts {
-			if here(carts[i]) && ok(carts[i]) {
+			if here(carts[i]) && ok(carts[i]) && w.s.reserve(carts[i].Barcode, w.drive) {
 				return &carts[i]
 			}
 		}
@@ -604,7 +677,7 @@ func (w *writer) relabel(ctx context.Context, c catalog.Cartridge) error {
 }
 
 func (w *writer) loadCart(ctx context.Context, barcode string) (Drive, error) {
-	d, inv, err := w.s.load(ctx, barcode, 0)
+	d, inv, err := w.s.load(ctx, barcode, w.drive)
 	if err != nil {
 		return nil, err
 	}

@@ -49,9 +49,79 @@ type Service struct {
 
 	mu sync.Mutex // held by the operation using the library
 
+	// A job may write with several drives at once, one writer per drive
+	// (job.go). The changer is shared: lockedChanger serializes every call
+	// to it (each move with its READ ELEMENT STATUS before and after and
+	// the catalog's reconcile, so reconciles reach the catalog in the
+	// library's order), and seq makes a writer's compound sequence —
+	// find the cartridge, empty its drive, load — atomic against the
+	// others'. reserved holds the cartridges a writer (or a cleaning)
+	// uses, by drive, so no two pick the same one.
+	seq      sync.Mutex
+	rmu      sync.Mutex
+	reserved map[string]uint16
+
 	smu    sync.Mutex
 	status Status
 	m      *metrics
+}
+
+// lockedChanger serializes the calls to the changer.
+type lockedChanger struct {
+	mu sync.Mutex
+	c  Changer
+}
+
+func (l *lockedChanger) Inventory(ctx context.Context) (changer.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Inventory(ctx)
+}
+
+func (l *lockedChanger) Sync(ctx context.Context, cat changer.Catalog) (changer.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Sync(ctx, cat)
+}
+
+func (l *lockedChanger) Move(ctx context.Context, src, dst uint16, cat changer.Catalog) (changer.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Move(ctx, src, dst, cat)
+}
+
+func (l *lockedChanger) Load(ctx context.Context, barcode string, drive uint16, cat changer.Catalog) (changer.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Load(ctx, barcode, drive, cat)
+}
+
+func (l *lockedChanger) Unload(ctx context.Context, drive uint16, cat changer.Catalog) (changer.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Unload(ctx, drive, cat)
+}
+
+func (l *lockedChanger) Export(ctx context.Context, barcode string, cat changer.Catalog) (changer.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Export(ctx, barcode, cat)
+}
+
+func (l *lockedChanger) Import(ctx context.Context, ie uint16, cat changer.Catalog) (changer.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Import(ctx, ie, cat)
+}
+
+// DriveStatus is what one drive is doing.
+type DriveStatus struct {
+	Drive   uint16   `json:"drive"`
+	Barcode string   `json:"barcode,omitempty"` // the cartridge loaded by the vault
+	Pool    string   `json:"pool,omitempty"`    // the pool a job writes with it
+	Bytes   int64    `json:"bytes"`             // written by the running or last job
+	Alerts  []string `json:"alerts,omitempty"`  // TapeAlert flags read last
+	Error   string   `json:"error,omitempty"`   // the last job's error on this drive
 }
 
 // Status is what the library is doing (vaultctl tape status, metrics).
@@ -70,8 +140,10 @@ type Status struct {
 	StreamSeconds float64  `json:"stream_seconds,omitempty"`
 	StreamRate    float64  `json:"stream_bytes_per_second,omitempty"`
 	Cartridges    []string `json:"cartridges,omitempty"` // used by the running or last job
-	Alerts        []string `json:"alerts,omitempty"`     // TapeAlert flags read after the last job
+	Alerts        []string `json:"alerts,omitempty"`     // TapeAlert flags read after the last job ("drive N: …")
 	Last          string   `json:"last,omitempty"`       // the last operation's outcome
+	// Drives is each drive's part, by address.
+	Drives []DriveStatus `json:"drives,omitempty"`
 }
 
 // New returns a Service over lib (no drives or changer: every operation
@@ -89,7 +161,54 @@ func New(lib Library, cat Catalog, src Source, sink Sink, opt Options) *Service 
 	if opt.FileLimit <= 0 {
 		opt.FileLimit = 4 << 30
 	}
-	return &Service{lib: lib, cat: cat, src: src, sink: sink, opt: opt, log: opt.Log, clk: opt.Clock, m: newMetrics(opt.Metrics)}
+	if lib.Changer != nil {
+		lib.Changer = &lockedChanger{c: lib.Changer}
+	}
+	s := &Service{lib: lib, cat: cat, src: src, sink: sink, opt: opt, log: opt.Log, clk: opt.Clock, m: newMetrics(opt.Metrics), reserved: map[string]uint16{}}
+	for _, a := range s.sortedDrives() {
+		s.status.Drives = append(s.status.Drives, DriveStatus{Drive: a})
+	}
+	return s
+}
+
+// driveStatus changes drive addr's status.
+func (s *Service) driveStatus(addr uint16, fn func(ds *DriveStatus)) {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	for i := range s.status.Drives {
+		if s.status.Drives[i].Drive == addr {
+			fn(&s.status.Drives[i])
+		}
+	}
+}
+
+// reserve gives barcode to the writer of drive addr unless another drive
+// holds it; release gives back every cartridge of drive addr.
+func (s *Service) reserve(barcode string, addr uint16) bool {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if a, ok := s.reserved[barcode]; ok && a != addr {
+		return false
+	}
+	s.reserved[barcode] = addr
+	return true
+}
+
+func (s *Service) reservedByOther(barcode string, addr uint16) bool {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	a, ok := s.reserved[barcode]
+	return ok && a != addr
+}
+
+func (s *Service) release(addr uint16) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	for bc, a := range s.reserved {
+		if a == addr {
+			delete(s.reserved, bc)
+		}
+	}
 }
 
 // Status returns what the library is doing.
@@ -99,6 +218,10 @@ func (s *Service) Status() Status {
 	st := s.status
 	st.Cartridges = slices.Clone(st.Cartridges)
 	st.Alerts = slices.Clone(st.Alerts)
+	st.Drives = slices.Clone(st.Drives)
+	for i := range st.Drives {
+		st.Drives[i].Alerts = slices.Clone(st.Drives[i].Alerts)
+	}
 	if st.Busy {
 		if secs := s.clk.Now().Sub(st.Started).Seconds(); secs > 0 {
 			st.Rate = float64(st.Bytes) / secs
@@ -109,7 +232,11 @@ func (s *Service) Status() Status {
 
 func (s *Service) begin(op string) func(err error) {
 	s.smu.Lock()
-	s.status = Status{Busy: true, Operation: op, Started: s.clk.Now(), Alerts: s.status.Alerts}
+	drives := s.status.Drives
+	for i := range drives {
+		drives[i].Pool, drives[i].Bytes, drives[i].Error = "", 0, ""
+	}
+	s.status = Status{Busy: true, Operation: op, Started: s.clk.Now(), Alerts: s.status.Alerts, Drives: drives}
 	s.smu.Unlock()
 	return func(err error) {
 		s.smu.Lock()
@@ -283,8 +410,12 @@ func notReady(err error) bool {
 }
 
 // load puts barcode into a drive (addr, or the first drive free or holding
-// it), threads it and sets variable-block mode.
+// it), threads it and sets variable-block mode. A writer of a job passes
+// its own drive: the first free one, or one emptied, is for operations
+// that have the library to themselves.
 func (s *Service) load(ctx context.Context, barcode string, addr uint16) (Drive, changer.Inventory, error) {
+	s.seq.Lock()
+	defer s.seq.Unlock()
 	inv, err := s.lib.Changer.Sync(ctx, s.rec())
 	if err != nil {
 		return nil, inv, fmt.Errorf("read the library: %w", err)
@@ -308,7 +439,7 @@ func (s *Service) load(ctx context.Context, barcode string, addr uint16) (Drive,
 			// Every drive holds a cartridge: free the first one.
 			for _, d := range inv.Drives {
 				if s.lib.Drives[d.Address] != nil {
-					if inv, err = s.unload(ctx, d.Address); err != nil {
+					if inv, err = s.unloadLocked(ctx, d.Address); err != nil {
 						return nil, inv, err
 					}
 					addr = d.Address
@@ -320,12 +451,12 @@ func (s *Service) load(ctx context.Context, barcode string, addr uint16) (Drive,
 			return nil, inv, fmt.Errorf("load %s: %w", barcode, ErrNoDrive)
 		}
 		if de, _ := inv.At(addr); de.Full {
-			if inv, err = s.unload(ctx, addr); err != nil {
+			if inv, err = s.unloadLocked(ctx, addr); err != nil {
 				return nil, inv, err
 			}
 		}
 		if e.Type == scsi.ElementDrive {
-			if inv, err = s.unload(ctx, e.Address); err != nil {
+			if inv, err = s.unloadLocked(ctx, e.Address); err != nil {
 				return nil, inv, err
 			}
 		}
@@ -341,11 +472,20 @@ func (s *Service) load(ctx context.Context, barcode string, addr uint16) (Drive,
 		return nil, inv, fmt.Errorf("load %s: %w", barcode, err)
 	}
 	s.setStatus(func(st *Status) { st.Drive, st.Barcode = addr, barcode })
+	s.driveStatus(addr, func(ds *DriveStatus) { ds.Barcode = barcode })
 	s.m.busy.Set(1)
 	return d, inv, nil
 }
 
+// unload returns drive addr's cartridge to a slot.
 func (s *Service) unload(ctx context.Context, addr uint16) (changer.Inventory, error) {
+	s.seq.Lock()
+	defer s.seq.Unlock()
+	return s.unloadLocked(ctx, addr)
+}
+
+func (s *Service) unloadLocked(ctx context.Context, addr uint16) (changer.Inventory, error) {
+	defer s.driveStatus(addr, func(ds *DriveStatus) { ds.Barcode = "" })
 	d := s.lib.Drives[addr]
 	if d == nil {
 		return changer.Inventory{}, fmt.Errorf("unload drive %d: %w", addr, changer.ErrNoSuchElement)
@@ -443,23 +583,35 @@ func (s *Service) label(ctx context.Context, barcode, pool string, force bool) e
 	return s.writeLabel(ctx, d, barcode, pool)
 }
 
-func (s *Service) alerts(ctx context.Context, d Drive) []string {
+// alerts reads drive addr's TapeAlert flags, sets them in its status and
+// returns them, each prefixed "drive N: " for the job's result.
+func (s *Service) alerts(ctx context.Context, addr uint16, d Drive) ([]scsi.TapeAlert, []string) {
 	a, err := d.TapeAlerts(ctx)
 	if errors.Is(err, drive.ErrUnsupported) {
-		s.log.Info("the drive has no TapeAlert log page: no flags to report")
-		return nil
+		s.log.Info("the drive has no TapeAlert log page: no flags to report", zap.Uint16("drive", addr))
+		return nil, nil
 	}
 	if err != nil {
-		s.log.Warn("read TapeAlert flags", zap.Error(err))
-		return nil
+		s.log.Warn("read TapeAlert flags", zap.Uint16("drive", addr), zap.Error(err))
+		return nil, nil
 	}
-	var out []string
+	var mine, out []string
 	for _, f := range a {
-		out = append(out, f.String())
+		mine = append(mine, f.String())
+		out = append(out, fmt.Sprintf("drive %d: %s", addr, f))
 	}
-	s.m.alerts.Set(float64(len(out)))
-	s.setStatus(func(st *Status) { st.Alerts = out })
-	return out
+	s.driveStatus(addr, func(ds *DriveStatus) { ds.Alerts = mine })
+	s.smu.Lock()
+	var all []string
+	for _, ds := range s.status.Drives {
+		for _, f := range ds.Alerts {
+			all = append(all, fmt.Sprintf("drive %d: %s", ds.Drive, f))
+		}
+	}
+	s.status.Alerts = all
+	s.smu.Unlock()
+	s.m.alerts.Set(float64(len(all)))
+	return a, out
 }
 
 // sortedDrives lists the drive addresses in order.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -779,4 +780,138 @@ func TestTapeScanFromCatalogFile(t *testing.T) {
 		t.Fatalf("the full scan read %d blocks, the data files hold %d", slow, dataBlocks)
 	}
 	t.Logf("scan: %d blocks read from the catalog file, %d reading every file", fast, slow)
+}
+
+// rendezvous holds each drive at its first WRITE until every other drive
+// wrote too: a job writing with one drive after the other never gets past
+// it (the test then fails after a minute, instead of hanging).
+func rendezvous(t *testing.T, lab *tapeLab, addrs ...uint16) {
+	started := map[uint16]chan struct{}{}
+	for _, a := range addrs {
+		started[a] = make(chan struct{})
+	}
+	for _, a := range addrs {
+		var once sync.Once
+		lab.tapes[a].OnWrite = func() {
+			once.Do(func() {
+				close(started[a])
+				for _, b := range addrs {
+					select {
+					case <-started[b]:
+					case <-time.After(time.Minute):
+						t.Errorf("drive %d waited a minute for drive %d to write: the drives do not write at once", a, b)
+						return
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestTapeTwoDrivesAtOnce: two pools' versions are written by both drives
+// at the same time, each drive its own pool's media set, with every
+// changer move serialized and the catalog consistent with the tapes; when
+// one drive fails in the middle, the other finishes its pool, the job
+// fails naming the drive, only what is on tape is recorded, and the next
+// job completes the other pool.
+func TestTapeTwoDrivesAtOnce(t *testing.T) {
+	ctx := context.Background()
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5", "TAPE02L5", "TAPE03L5", "TAPE04L5")
+	v := openTapeVault(t, t.TempDir(), lab, nil)
+	agents := map[string]*gcAgent{}
+	for _, c := range []struct{ company, pc, pool string }{{"acme", "pc-1", "alpha"}, {"bolt", "pc-2", "beta"}} {
+		if err := v.NewCompany(c.company); err != nil {
+			t.Fatal(err)
+		}
+		agents[c.pc] = newGCAgent(t, v, c.company, c.pc)
+		tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: c.pool, Allocation: catalog.AllocContinue}})
+		tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: c.company, Pool: c.pool}})
+	}
+	backup := func(pcs ...string) map[string]uint64 {
+		t.Helper()
+		seqs := map[string]uint64{}
+		for _, pc := range pcs {
+			seq, err := agents[pc].backup(ctx, randomFiles(8, 300<<10))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seqs[pc] = seq
+		}
+		return seqs
+	}
+	onTape := func(pc string, seq uint64) bool {
+		ok, _ := v.Catalog.OnTape(pc, "home", seq)
+		return ok
+	}
+	poolCarts := func(pool string) []string {
+		carts, _ := v.Catalog.Cartridges()
+		var out []string
+		for _, c := range carts {
+			if c.Pool == pool && c.Files > 1 {
+				out = append(out, c.Barcode)
+			}
+		}
+		return out
+	}
+
+	seqs := backup("pc-1", "pc-2")
+	rendezvous(t, lab, 1, 2)
+	view := runJob(t, v, tape.KindTape)
+	if view.State != jobs.Done {
+		t.Fatalf("tape job with two pools: %s %s", view.State, view.Error)
+	}
+	var jr tape.JobResult
+	json.Unmarshal(view.Result, &jr)
+	if jr.Versions != 2 || jr.Left != 0 || len(jr.Pools) != 2 || len(jr.CatalogFiles) != 2 {
+		t.Fatalf("job result: %+v", jr)
+	}
+	for pc, seq := range seqs {
+		if !onTape(pc, seq) {
+			t.Fatalf("%s@%d not on tape", pc, seq)
+		}
+	}
+	st := v.Tape.Status()
+	if len(st.Drives) != 2 || st.Drives[0].Pool != "alpha" || st.Drives[1].Pool != "beta" || st.Drives[0].Bytes == 0 || st.Drives[1].Bytes == 0 {
+		t.Fatalf("drives' status after the job: %+v", st.Drives)
+	}
+	a, b := poolCarts("alpha"), poolCarts("beta")
+	if len(a) != 1 || len(b) != 1 || a[0] == b[0] {
+		t.Fatalf("cartridges written: alpha %v, beta %v", a, b)
+	}
+	checkPhysical(t, v, lab)
+
+	// Drive 1 fails after a few blocks while drive 2 writes.
+	seqs = backup("pc-1", "pc-2")
+	rendezvous(t, lab, 1, 2)
+	lab.tapes[1].FailWritesAfter(3)
+	view = runJob(t, v, tape.KindTape)
+	if view.State != jobs.Failed || !strings.Contains(view.Error, "pool alpha (drive 1)") || strings.Contains(view.Error, "beta") {
+		t.Fatalf("job with drive 1 failing: %s %q", view.State, view.Error)
+	}
+	json.Unmarshal(view.Result, &jr)
+	if onTape("pc-1", seqs["pc-1"]) || !onTape("pc-2", seqs["pc-2"]) || jr.Left != 1 {
+		t.Fatalf("after drive 1 failed: pc-1 on tape %v (want false), pc-2 on tape %v (want true), %d left",
+			onTape("pc-1", seqs["pc-1"]), onTape("pc-2", seqs["pc-2"]), jr.Left)
+	}
+	if st := v.Tape.Status(); !strings.Contains(st.Drives[0].Error, "hardware error") || st.Drives[1].Error != "" {
+		t.Fatalf("drives' status after drive 1 failed: %+v", st.Drives)
+	}
+	for _, bc := range append(a, b...) {
+		if where, _ := lab.emu.Where(bc); where < 1024 {
+			t.Fatalf("%s is at element %d after the job, want back in a slot", bc, where)
+		}
+		cr, _ := v.Catalog.Cartridge(bc)
+		if where, _ := lab.emu.Where(bc); cr.Where != catalog.WhereSlot || cr.Addr != where {
+			t.Fatalf("the catalog has %s in %s %d, the library at %d", bc, cr.Where, cr.Addr, where)
+		}
+	}
+	checkPhysical(t, v, lab)
+
+	// The next job completes pool alpha.
+	lab.tapes[1].OnWrite, lab.tapes[2].OnWrite = nil, nil
+	view = runJob(t, v, tape.KindTape)
+	if view.State != jobs.Done || !onTape("pc-1", seqs["pc-1"]) {
+		t.Fatalf("job after the failure: %s %q", view.State, view.Error)
+	}
+	checkPhysical(t, v, lab)
 }

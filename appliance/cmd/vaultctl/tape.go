@@ -319,6 +319,13 @@ func printTapeStatus(w io.Writer, o vault.TapeOverview) {
 	if len(st.Cartridges) > 0 {
 		fmt.Fprintf(w, "cartridges used: %s\n", strings.Join(st.Cartridges, ", "))
 	}
+	for _, d := range st.Drives {
+		fmt.Fprintf(w, "drive %d: cartridge %s, pool %s, %s written", d.Drive, dash(d.Barcode), dash(d.Pool), bytesString(d.Bytes))
+		if d.Error != "" {
+			fmt.Fprintf(w, ", failed: %s", d.Error)
+		}
+		fmt.Fprintln(w)
+	}
 	for _, a := range st.Alerts {
 		fmt.Fprintln(w, a)
 	}

@@ -39,6 +39,10 @@ type Tape struct {
 	// ZeroResid reports every transfer as complete, as QEMU's iscsi
 	// scsi-generic path does (TgtQuirks implies it).
 	ZeroResid bool
+	// OnWrite, when set, is called before each WRITE is executed, outside
+	// the drive's lock: tests hold a drive there to see what the others
+	// do meanwhile.
+	OnWrite func()
 }
 
 type record struct {
@@ -125,6 +129,9 @@ func streamSense(key, asc, ascq byte, fm, eom, ili bool, info int32) scsi.Respon
 func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) {
 	if err := ctx.Err(); err != nil {
 		return scsi.Response{}, err
+	}
+	if len(c.CDB) > 0 && c.CDB[0] == 0x0A && t.OnWrite != nil {
+		t.OnWrite()
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
