@@ -2,6 +2,7 @@ package hwtest
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -153,6 +154,38 @@ func TestTapeLibrary(t *testing.T) {
 		}
 	})
 
+	t.Run("a command interrupted by signals runs once: no block written twice or skipped", func(t *testing.T) {
+		l.t = t
+		const n = 48
+		out := l.probe(true, "sigstorm", "TAPE05L5", "1", fmt.Sprint(n))
+		// What tgt put on the media file, read on the host: every block
+		// once, in order, then the filemark.
+		blocks, err := ReadMedia(filepath.Join(l.lib.Dir, "TAPE05L5"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, b := range blocks {
+			switch b.Type {
+			case mediaData:
+				got = append(got, fmt.Sprint(mediaBlockIndex(t, l.lib.Dir, "TAPE05L5", b)))
+			case mediaFilemark:
+				got = append(got, "filemark")
+			}
+		}
+		var want []string
+		for i := 0; i < n; i++ {
+			want = append(want, fmt.Sprint(i))
+		}
+		want = append(want, "filemark")
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("on the media file: blocks %s\nwant %s", strings.Join(got, " "), strings.Join(want, " "))
+		}
+		if strings.Contains(out, "TAPEPROBE FAIL") {
+			t.Errorf("in the guest:\n%s", out)
+		}
+	})
+
 	t.Run("a cartridge read back by hand with mt and tar", func(t *testing.T) {
 		l.t = t
 		l.probe(false, "write", "TAPE02L5", "/bin")
@@ -231,4 +264,20 @@ func TestTapeLibrary(t *testing.T) {
 		}
 		l.probe(false, "resume", "TAPE04L5", "2")
 	})
+}
+
+// mediaBlockIndex returns the number a numbered block (tapeprobe's soak
+// and sigstorm) carries in its first 8 bytes, read from the media file.
+func mediaBlockIndex(t testing.TB, dir, barcode string, b MediaBlock) uint64 {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, barcode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var h [8]byte
+	if _, err := f.ReadAt(h[:], b.Offset); err != nil {
+		t.Fatal(err)
+	}
+	return binary.BigEndian.Uint64(h[:])
 }

@@ -2,6 +2,7 @@ package hwtest
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -346,4 +347,62 @@ func (l *Library) tail() string {
 		b = b[len(b)-2000:]
 	}
 	return string(b)
+}
+
+// MediaBlock is one block of a tgt media file as it lies on the host's
+// disk: what the drive wrote, independent of any read through QEMU.
+type MediaBlock struct {
+	Type   uint32 // tgt's block type: mediaData, mediaFilemark, mediaEOD, ...
+	Num    uint64 // tgt's block number
+	Size   uint32 // the block's length
+	Offset int64  // where its data starts in the media file
+}
+
+// tgt's block types (usr/bs_ssc.h).
+const (
+	mediaData     = 0x02
+	mediaBOT      = 0x10
+	mediaEOD      = 0x20
+	mediaFilemark = 0x40
+)
+
+// mediaHeader is the size of tgt's on-disk block header (struct
+// blk_header: checksum, sizes, type, number, prev/curr/next, big-endian).
+const mediaHeader = 48
+
+// ReadMedia lists the blocks of a tgt media file, from the beginning of
+// tape to the end of data, following each header's next pointer.
+func ReadMedia(path string) ([]MediaBlock, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read media %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read media %s: %w", path, err)
+	}
+	var blocks []MediaBlock
+	h := make([]byte, mediaHeader)
+	for off := int64(0); ; {
+		if _, err := f.ReadAt(h, off); err != nil {
+			return blocks, fmt.Errorf("read media %s: header at %d: %w", path, off, err)
+		}
+		b := MediaBlock{Size: binary.BigEndian.Uint32(h[8:]), Type: binary.BigEndian.Uint32(h[12:]),
+			Num: binary.BigEndian.Uint64(h[16:]), Offset: off + mediaHeader}
+		curr, next := int64(binary.BigEndian.Uint64(h[32:])), int64(binary.BigEndian.Uint64(h[40:]))
+		if curr != off {
+			return blocks, fmt.Errorf("read media %s: header at %d says it is at %d", path, off, curr)
+		}
+		if b.Type == mediaEOD {
+			return blocks, nil
+		}
+		if b.Type != mediaBOT {
+			blocks = append(blocks, b)
+		}
+		if next <= off || next > st.Size() || len(blocks) > 1<<22 {
+			return blocks, fmt.Errorf("read media %s: header at %d points to %d (file of %d bytes)", path, off, next, st.Size())
+		}
+		off = next
+	}
 }

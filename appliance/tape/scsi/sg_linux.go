@@ -4,6 +4,7 @@ package scsi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
@@ -12,8 +13,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sgIO is the SG_IO ioctl request number (include/scsi/sg.h).
-const sgIO = 0x2285
+// ioctl request numbers of the sg driver (include/scsi/sg.h).
+const (
+	sgGetVersionNum  = 0x2282 // SG_GET_VERSION_NUM: answered only by an sg node
+	sgSetForcePackID = 0x227b // SG_SET_FORCE_PACK_ID: read() returns the request named by pack_id
+)
 
 // sgIoHdr is struct sg_io_hdr from include/scsi/sg.h (88 bytes on 64-bit).
 type sgIoHdr struct {
@@ -53,15 +57,27 @@ const (
 // Device is an open /dev/sg* node. Exec is safe for one goroutine at a
 // time; the owner serializes commands (a tape drive runs one at a time).
 type Device struct {
-	fd   int
-	path string
+	fd     int
+	path   string
+	packID int32 // of the last command submitted
 }
 
-// Open opens a SCSI generic device node read-write.
+// Open opens a SCSI generic device node read-write. A node that is not
+// SCSI generic is refused before anything is written to it (Exec submits
+// commands with write(2), which on another node would write the header as
+// data).
 func Open(path string) (*Device, error) {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open SCSI device %s: %w", path, err)
+	}
+	if _, err := unix.IoctlGetInt(fd, sgGetVersionNum); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open SCSI device %s: not a SCSI generic (sg) node: %w: %w", path, ErrTransport, err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, sgSetForcePackID, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open SCSI device %s: SG_SET_FORCE_PACK_ID: %w: %w", path, ErrTransport, err)
 	}
 	return &Device{fd: fd, path: path}, nil
 }
@@ -74,9 +90,23 @@ func (d *Device) Close() error {
 	return nil
 }
 
-// Exec issues c with SG_IO and waits for it. The ioctl cannot be
-// interrupted; ctx is checked before the command starts, and c.Timeout is
-// enforced by the kernel.
+// Exec issues c and waits for it. The wait cannot be cancelled; ctx is
+// checked before the command starts, and c.Timeout is enforced by the
+// kernel.
+//
+// A command runs exactly once, whatever signals arrive while it is in
+// flight. That is why Exec does not use the SG_IO ioctl: when a signal
+// interrupts SG_IO's wait, the sg driver leaves the command running
+// (orphaned) and returns ERESTARTSYS, and since Go installs its signal
+// handlers with SA_RESTART the kernel then issues the whole ioctl again —
+// the same command a second time. Go's runtime sends such signals on its
+// own (SIGURG for preemption, at every garbage collection), so a WRITE
+// reached the tape twice (a block written twice) and a READ or SPACE moved
+// twice (a block skipped), now and then, in the tape lab (docs/tape.md).
+// Here the command is submitted with write(2), which returns once it is
+// queued, and collected with read(2) by its pack id (SG_SET_FORCE_PACK_ID);
+// a read interrupted by a signal is restarted and waits for the same
+// command again, never submitting anything.
 func (d *Device) Exec(ctx context.Context, c Command) (Response, error) {
 	if err := ctx.Err(); err != nil {
 		return Response{}, fmt.Errorf("issue %s on %s: %w", c.Name(), d.path, err)
@@ -85,15 +115,47 @@ func (d *Device) Exec(ctx context.Context, c Command) (Response, error) {
 	if err != nil {
 		return Response{}, fmt.Errorf("issue %s on %s: %w", c.Name(), d.path, err)
 	}
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(d.fd), sgIO, uintptr(unsafe.Pointer(hdr)))
+	d.packID++
+	if d.packID <= 0 {
+		d.packID = 1
+	}
+	hdr.PackID = d.packID
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(hdr)), unsafe.Sizeof(*hdr))
+	err = retryEINTR(func() (int, error) { return unix.Write(d.fd, raw) })
+	if err == nil {
+		// Collect it: read(2) takes the pack id from the header and fills
+		// the header in with the outcome.
+		err = retryEINTR(func() (int, error) { return unix.Read(d.fd, raw) })
+	}
 	runtime.KeepAlive(c.CDB)
 	runtime.KeepAlive(c.Data)
 	runtime.KeepAlive(sense)
 	runtime.KeepAlive(hdr)
-	if errno != 0 {
-		return Response{}, fmt.Errorf("issue %s on %s: %w: %w", c.Name(), d.path, ErrTransport, errno)
+	if err != nil {
+		return Response{}, fmt.Errorf("issue %s on %s: %w: %w", c.Name(), d.path, ErrTransport, err)
+	}
+	if hdr.PackID != d.packID {
+		return Response{}, fmt.Errorf("issue %s on %s: the driver returned command %d, not %d: %w", c.Name(), d.path, hdr.PackID, d.packID, ErrTransport)
 	}
 	return hdrResponse(c, hdr, sense, d.path)
+}
+
+// retryEINTR runs a read or write of a whole sg header until it is not
+// interrupted; a short transfer is an error.
+func retryEINTR(f func() (int, error)) error {
+	for {
+		n, err := f()
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n != int(unsafe.Sizeof(sgIoHdr{})) {
+			return fmt.Errorf("transferred %d bytes of the %d-byte sg header", n, unsafe.Sizeof(sgIoHdr{}))
+		}
+		return nil
+	}
 }
 
 func buildHdr(c Command) (*sgIoHdr, []byte, error) {

@@ -3,8 +3,9 @@
 package scsi
 
 import (
-	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"unsafe"
@@ -64,16 +65,25 @@ func TestBuildHdr(t *testing.T) {
 	}
 }
 
-// The real ioctl on a node that is not SCSI generic fails with ENOTTY:
-// the error names the command and the device and wraps ErrTransport.
-func TestExecNotSG(t *testing.T) {
-	d, err := Open("/dev/null")
-	if err != nil {
+// A node that is not SCSI generic is refused at Open (SG_GET_VERSION_NUM
+// fails with ENOTTY) and nothing is written to it: Exec submits commands
+// with write(2), which on a disk or a file would write the header as data.
+func TestOpenNotSG(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "not-sg")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	_, err = d.Exec(context.Background(), Inquiry(96))
-	if !errors.Is(err, ErrTransport) || !errors.Is(err, unix.ENOTTY) {
-		t.Fatalf("err = %v", err)
+	for _, path := range []string{"/dev/null", file} {
+		d, err := Open(path)
+		if err == nil {
+			d.Close()
+			t.Fatalf("%s opened as a SCSI generic node", path)
+		}
+		if !errors.Is(err, ErrTransport) || !errors.Is(err, unix.ENOTTY) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: err = %v", path, err)
+		}
+	}
+	if st, err := os.Stat(file); err != nil || st.Size() != 0 {
+		t.Errorf("the file was written to: %v, %v", st, err)
 	}
 }

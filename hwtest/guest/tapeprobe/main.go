@@ -11,6 +11,8 @@
 //	tapeprobe rate BARCODE DRIVE MIB     stream MIB MiB of 256 KiB blocks, print the rate
 //	tapeprobe soak BARCODE DRIVE MIB N   write numbered blocks, read them back N times, report any that differ
 //	                                     (N < 0: -N times, unloading and loading the cartridge before each)
+//	tapeprobe sigstorm BARCODE DRIVE N   write N numbered blocks and read them back while signals hit the
+//	                                     thread waiting in each command (a command must run once, not again)
 package main
 
 import (
@@ -26,11 +28,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"vaultnode/appliance/tape/changer"
 	"vaultnode/appliance/tape/discover"
@@ -262,6 +266,13 @@ func (p *probe) run(ctx context.Context, args []string) error {
 		mib, _ := strconv.Atoi(args[3])
 		passes, _ := strconv.Atoi(args[4])
 		p.soak(ctx, l, args[1], uint16(addr), mib, passes)
+	case "sigstorm":
+		if len(args) != 4 {
+			return errors.New("usage: tapeprobe sigstorm BARCODE DRIVE BLOCKS")
+		}
+		addr, _ := strconv.Atoi(args[2])
+		n, _ := strconv.Atoi(args[3])
+		p.sigstorm(ctx, l, args[1], uint16(addr), n)
 	case "rate":
 		if len(args) != 4 {
 			return errors.New("usage: tapeprobe rate BARCODE DRIVE MIB")
@@ -928,5 +939,89 @@ func (p *probe) soak(ctx context.Context, l *lab, barcode string, addr uint16, m
 		}
 		return nil
 	}())
+	p.unload(ctx, l, d, addr)
+}
+
+// sigstorm writes n numbered 256 KiB blocks as one tape file and reads them
+// back while another goroutine sends SIGURG (what Go's runtime sends for
+// preemption) to the thread waiting in each SCSI command, as fast as it
+// can. A command interrupted by a signal must still run exactly once: a
+// WRITE run twice puts a block on tape twice, a READ run twice skips one.
+func (p *probe) sigstorm(ctx context.Context, l *lab, barcode string, addr uint16, n int) {
+	d, ok := p.load(ctx, l, barcode, addr)
+	if !ok {
+		return
+	}
+	block := func(i int) []byte {
+		b := pattern(256<<10, byte(i))
+		binary.BigEndian.PutUint64(b, uint64(i))
+		return b
+	}
+	type result struct {
+		err     error
+		bad     []string
+		signals int
+	}
+	done := make(chan result)
+	tid := make(chan int, 1)
+	stop := make(chan struct{})
+	go func() { // the drive's goroutine, on a thread of its own for the storm to aim at
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		var r result
+		defer func() { close(stop); done <- r }()
+		err := d.Rewind(ctx)
+		for i := 0; i < n && err == nil; i++ {
+			err = d.WriteBlock(ctx, block(i))
+		}
+		if err == nil {
+			err = d.WriteFilemarks(ctx, 1)
+		}
+		if err == nil {
+			err = d.Rewind(ctx)
+		}
+		buf := make([]byte, 256<<10)
+		for i := 0; i < n && err == nil; i++ {
+			var m int
+			if m, err = d.ReadBlock(ctx, buf); err != nil {
+				err = fmt.Errorf("block %d: %w", i, err)
+			} else if want := block(i); m != len(want) || !bytes.Equal(buf[:m], want) {
+				r.bad = append(r.bad, fmt.Sprintf("block %d came back as block %d (%d bytes)", i, binary.BigEndian.Uint64(buf[:8]), m))
+			}
+		}
+		if err == nil {
+			if _, err = d.ReadBlock(ctx, buf); errors.Is(err, drive.ErrFilemark) {
+				err = nil
+			} else {
+				err = fmt.Errorf("after %d blocks: %v, want the filemark", n, err)
+			}
+		}
+		r.err = err
+	}()
+	target := <-tid
+	signals := 0
+	var r result
+storm:
+	for {
+		select {
+		case <-stop:
+			r = <-done
+			break storm
+		default:
+		}
+		if unix.Tgkill(os.Getpid(), target, unix.SIGURG) == nil {
+			signals++
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+	p.note("sigstorm: %d signals sent to the drive's thread", signals)
+	for _, b := range r.bad {
+		fmt.Fprintf(p.out, "TAPEPROBE STORMBAD %s\n", b)
+	}
+	if r.err == nil && len(r.bad) > 0 {
+		r.err = fmt.Errorf("%d of %d blocks came back different", len(r.bad), n)
+	}
+	p.check(fmt.Sprintf("%d blocks written and read back once each under a signal storm", n), r.err)
 	p.unload(ctx, l, d, addr)
 }
