@@ -58,6 +58,7 @@ func (m *Machine) statusText() string {
 	fmt.Fprintf(&b, "memory: %d MiB available of %d MiB\n", s.Memory.Available>>20, s.Memory.Total>>20)
 	fmt.Fprintf(&b, "vault: %s\n", vault)
 	if vault == "healthy" {
+		b.WriteString(pairText(VaultDataDir))
 		b.WriteString(tapeLine(VaultDataDir))
 	}
 	fmt.Fprintf(&b, "%s\n", m.qosLine(s.QoS))

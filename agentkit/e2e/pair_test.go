@@ -414,39 +414,70 @@ func (p *pairEnv) leader() *vaultProc {
 	return nil
 }
 
-// TestPairRandomFaults is a Jepsen-style run: while the agent backs up,
-// one random fault at a time hits the pair (kill -9 of the leader, of the
-// follower or of the witness, or a partition of member a), then heals.
-// The history of what the agent saw acknowledged is checked at the end:
-// every acknowledged version is listed by the leader, sequences never go
-// back or repeat (one history: no split brain), each restores identical
-// and verify is clean. VAULTNODE_PAIR_FAULTS sets the number of faults
-// (make test: 10; make soak: 300).
+// faultAgent is one computer of TestPairRandomFaults: its agent, its tree
+// and the history of what it saw acknowledged.
+type faultAgent struct {
+	name string
+	a    *agent
+	src  string
+	g    *gen
+	acks []faultAck
+}
+
+type faultAck struct {
+	seq  uint64
+	tree map[string]entryState
+}
+
+// TestPairRandomFaults is a Jepsen-style run: while three agents back up
+// at once, one random fault at a time hits the pair (kill -9 of the
+// leader, of the follower or of the witness, or a partition of member a),
+// then heals. The history of what each agent saw acknowledged is checked
+// at the end: every acknowledged version is listed by the leader,
+// each computer's sequences never go back or repeat (one history: no
+// split brain), each restores identical and verify is clean.
+// VAULTNODE_PAIR_FAULTS sets the number of faults (make test: 10; make
+// soak: 300).
 func TestPairRandomFaults(t *testing.T) {
 	faults := envKills(t, "VAULTNODE_PAIR_FAULTS", 10)
 	ns := newNetns(t)
 	p := newPair(t, ns)
-	g := newGen(t, p.src, 17)
-	g.makeTree(60, 1<<20)
 	var seed [8]byte
 	rand.Read(seed[:])
 	r := mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:]), 1))
 	t.Logf("seed %x", seed)
-	type ack struct {
-		seq  uint64
-		tree map[string]entryState
+	fas := []*faultAgent{{name: "pc1", a: p.env.a, src: p.src, g: newGen(t, p.src, 17)}}
+	for i := 2; i <= 3; i++ {
+		fa := &faultAgent{name: fmt.Sprintf("pc%d", i), a: &agent{t: t, state: filepath.Join(p.root, fmt.Sprintf("agent%d", i))},
+			src: filepath.Join(p.root, fmt.Sprintf("src%d", i))}
+		if err := os.MkdirAll(fa.src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fa.g = newGen(t, fa.src, uint64(17+i))
+		fa.a.must("enroll", "-vault", p.a.addr, "-token", p.a.token("acme"), "-name", fa.name)
+		fa.a.must("config", "set", "home", "-path", fa.src)
+		fas = append(fas, fa)
 	}
-	var history []ack
+	for _, fa := range fas {
+		fa.g.makeTree(60, 1<<20)
+	}
 	names := []string{"kill the leader", "kill the follower", "kill the witness", "partition a"}
 	counts := make([]int, len(names))
+	acked := 0
 	for i := 0; i < faults; i++ {
-		g.mutate(i + 2)
-		g.write(fmt.Sprintf("round/%03d.bin", i), g.random(256<<10+r.IntN(2<<20)), 0o644)
-		g.setTimes()
-		tree := snapshot(t, p.src)
-		done := make(chan result, 1)
-		go func() { done <- p.env.a.run("backup", "-json", "home") }()
-		time.Sleep(time.Duration(r.IntN(800)) * time.Millisecond) // aim the fault within the backup
+		type run struct {
+			tree map[string]entryState
+			done chan result
+		}
+		runs := make([]run, len(fas))
+		for j, fa := range fas {
+			fa.g.mutate(i + 2)
+			fa.g.write(fmt.Sprintf("round/%03d.bin", i), fa.g.random(256<<10+r.IntN(2<<20)), 0o644)
+			fa.g.setTimes()
+			runs[j] = run{tree: snapshot(t, fa.src), done: make(chan result, 1)}
+			go func(a *agent, done chan result) { done <- a.run("backup", "-json", "home") }(fa.a, runs[j].done)
+		}
+		time.Sleep(time.Duration(r.IntN(800)) * time.Millisecond) // aim the fault within the backups
 		f := r.IntN(len(names))
 		counts[f]++
 		var killed *vaultProc
@@ -471,15 +502,18 @@ func TestPairRandomFaults(t *testing.T) {
 		case 3:
 			ns.cut(t)
 		}
-		res := <-done
-		if res.code == 0 {
+		for j, fa := range fas {
+			res := <-runs[j].done
+			if res.code != 0 {
+				t.Logf("round %d (%s): %s's backup not acknowledged: %s", i, names[f], fa.name, strings.TrimSpace(res.stderr))
+				continue
+			}
 			var s summary
 			if err := json.Unmarshal([]byte(strings.TrimSpace(res.stdout)), &s); err != nil {
-				t.Fatalf("round %d: backup printed %q: %v", i, res.stdout, err)
+				t.Fatalf("round %d: %s's backup printed %q: %v", i, fa.name, res.stdout, err)
 			}
-			history = append(history, ack{seq: s.Version, tree: tree})
-		} else {
-			t.Logf("round %d (%s): backup not acknowledged: %s", i, names[f], strings.TrimSpace(res.stderr))
+			fa.acks = append(fa.acks, faultAck{seq: s.Version, tree: runs[j].tree})
+			acked++
 		}
 		if killed != nil {
 			killed.start()
@@ -488,38 +522,44 @@ func TestPairRandomFaults(t *testing.T) {
 		}
 		until(t, "the pair whole again", func() bool { l := p.leader(); return l != nil && l.whole(3) })
 	}
-	t.Logf("faults: %v %v; %d of %d backups acknowledged", names, counts, len(history), faults)
-	if len(history) < faults/2 {
-		t.Fatalf("only %d of %d backups were acknowledged with one fault at a time", len(history), faults)
+	t.Logf("faults: %v %v; %d of %d backups acknowledged", names, counts, acked, faults*len(fas))
+	if acked < faults*len(fas)/2 {
+		t.Fatalf("only %d of %d backups were acknowledged with one fault at a time", acked, faults*len(fas))
 	}
 
-	// The checker: one history, every acknowledged version present and
-	// intact.
+	// The checker: one history per computer, every acknowledged version
+	// present and intact.
 	lead := p.leader()
-	listed := map[uint64]bool{}
-	for _, line := range strings.Split(lead.mustCtl("versions", "pc1", "home"), "\n")[1:] {
-		if f := strings.Fields(line); len(f) > 0 { // home@SEQ ...
-			var n uint64
-			if _, seq, ok := strings.Cut(f[0], "@"); ok {
-				fmt.Sscan(seq, &n)
+	for _, fa := range fas {
+		listed := map[uint64]bool{}
+		for _, line := range strings.Split(lead.mustCtl("versions", fa.name, "home"), "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 0 { // home@SEQ ...
+				var n uint64
+				if _, seq, ok := strings.Cut(f[0], "@"); ok {
+					fmt.Sscan(seq, &n)
+				}
+				listed[n] = true
 			}
-			listed[n] = true
 		}
-	}
-	for i, a := range history {
-		if i > 0 && a.seq <= history[i-1].seq {
-			t.Fatalf("acknowledged version %d after %d: two histories", a.seq, history[i-1].seq)
-		}
-		if !listed[a.seq] {
-			t.Fatalf("acknowledged version %d is not in the pair's catalog", a.seq)
+		for i, a := range fa.acks {
+			if i > 0 && a.seq <= fa.acks[i-1].seq {
+				t.Fatalf("%s: acknowledged version %d after %d: two histories", fa.name, a.seq, fa.acks[i-1].seq)
+			}
+			if !listed[a.seq] {
+				t.Fatalf("%s: acknowledged version %d is not in the pair's catalog", fa.name, a.seq)
+			}
 		}
 	}
 	if r := lead.ctl("verify"); r.code != 0 {
 		t.Fatalf("verify on the leader: %s", r)
 	}
-	want := map[uint64]map[string]entryState{}
-	for _, a := range history {
-		want[a.seq] = a.tree
+	for _, fa := range fas {
+		for _, a := range fa.acks {
+			to := filepath.Join(p.root, fmt.Sprintf("restore-%s-%d", fa.name, a.seq))
+			if r := fa.a.run("restore", fmt.Sprintf("home@%d", a.seq), "-to", to, "-setid"); r.code != 0 {
+				t.Fatalf("restore %s home@%d: %s", fa.name, a.seq, r)
+			}
+			compareTrees(t, fmt.Sprintf("%s home@%d restored from the leader", fa.name, a.seq), a.tree, snapshot(t, filepath.Join(to, fa.src)))
+		}
 	}
-	p.restoreAll("the leader", want)
 }

@@ -167,6 +167,9 @@ var routeCaps = map[string]Capability{
 	"GET /audit":                                                       CapView, // operators, and user managers for their company
 	"GET " + PortalAPI + "audit":                                       CapView,
 	"POST " + PortalAPI + "computers/{computer}/contact":               CapManageComputers,
+	// The operator's view of the appliance (http_appliance.go).
+	"GET /appliance":            CapOperate,
+	"GET " + PortalAPI + "pair": CapOperate,
 	// The command channel and configurations (http_commands.go): the
 	// operation checks the computer's scope and, for commands, the kind's
 	// capability (browse: configure_backup only; a restore browses the

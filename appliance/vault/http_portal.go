@@ -45,7 +45,8 @@ const SessionCookie = "vaultnode_session"
 var portalFS embed.FS
 
 var portalTemplates = template.Must(template.New("").Funcs(template.FuncMap{
-	"has": func(p *Principal, c string) bool { return p.Has(Capability(c)) },
+	"has":    func(p *Principal, c string) bool { return p.Has(Capability(c)) },
+	"lagMiB": lagMiB,
 }).ParseFS(portalFS, "portal/templates/*.html"))
 
 // portalContext is what the authenticator found: the session id and its
@@ -354,6 +355,7 @@ func (v *Vault) portalRoutes(authn authenticator) *router {
 	v.resetRoutes(rt)
 	v.userRoutes(rt, PortalAPI+"users")
 	v.portalPages(rt)
+	v.portalAppliance(rt)
 	v.portalCommandRoutes(rt)
 	v.ownMailRoute(rt)
 	return rt

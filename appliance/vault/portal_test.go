@@ -208,7 +208,7 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 	}
 	// expect is the documented answer of route for w, on company's objects.
 	expect := func(route string, w *who, company string) want {
-		page := strings.HasPrefix(route, "GET /computers") || strings.HasPrefix(route, "GET /audit") || route == "GET /tokens" || route == "GET /users"
+		page := strings.HasPrefix(route, "GET /computers") || strings.HasPrefix(route, "GET /audit") || route == "GET /tokens" || route == "GET /users" || route == "GET /appliance"
 		code := func(c string) string { // a page answers HTML, no code
 			if page {
 				return ""
@@ -274,6 +274,14 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 				return want{404, wire.CodeNotFound}
 			}
 			return want{200, ""}
+		case route == "GET /appliance", route == "GET /api/v1/pair":
+			switch {
+			case !has(CapOperate) || !op:
+				return want{403, code(wire.CodeForbidden)}
+			case route == "GET /api/v1/pair": // a single vault: no pair
+				return want{404, wire.CodeNotFound}
+			}
+			return want{200, ""}
 		case route == "GET /users":
 			switch {
 			case !has(CapManageUsers), !op && w.limited:
@@ -332,6 +340,8 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 		{"POST /api/v1/tokens", "POST", PortalAPI + "tokens", func(co string) any { return map[string]string{"company": co, "ttl": "1h"} }},
 		{"GET /api/v1/tokens?company=", "GET", PortalAPI + "tokens?company=%s", nil},
 		{"GET /users", "GET", "/users", nil},
+		{"GET /appliance", "GET", "/appliance", nil},
+		{"GET /api/v1/pair", "GET", PortalAPI + "pair", nil},
 		{"POST /api/v1/restores", "POST", PortalAPI + "restores", func(co string) any {
 			return RestoreRequest{Computer: map[string]string{"acme": "pc-a1", "globex": "pc-g1"}[co], Config: "home", To: "/tmp/r"}
 		}},
@@ -399,7 +409,8 @@ func TestPortalAuthorizationMatrix(t *testing.T) {
 						t.Errorf("%s: GET /api/v1/users lists another company's user: %v", label, sees)
 					}
 				}
-				if c.route == "GET /computers" || c.route == "GET /api/v1/me" || c.route == "GET /api/v1/users" || c.route == "GET /tokens" || c.route == "GET /users" {
+				if c.route == "GET /computers" || c.route == "GET /api/v1/me" || c.route == "GET /api/v1/users" || c.route == "GET /tokens" || c.route == "GET /users" ||
+					c.route == "GET /appliance" || c.route == "GET /api/v1/pair" {
 					break // no company in the request
 				}
 			}
