@@ -546,7 +546,7 @@ func (m *Machine) Services() []service.Spec {
 		if _, err := os.Stat("/bin/vaultctl"); err == nil {
 			specs = append(specs, service.Spec{
 				Name: "vault-verify", Command: "/bin/vaultctl", Restart: service.Once,
-				Args: []string{"-data", VaultDataDir, "verify"}, Needs: []string{"vaultd"},
+				Args: []string{"-data", VaultDataDir, "verify", "-if-leader"}, Needs: []string{"vaultd"},
 			})
 		}
 	} else {

@@ -239,6 +239,10 @@ func TestPairAppliances(t *testing.T) {
 	}
 	b.dialogRest(ctx, t)
 	b.waitVault(ctx, t)
+	// The boot's verify passes on the member that does not lead.
+	if i, err := b.vm.ExpectAny(ctx, "*** service vault-verify done", "*** service vault-verify exited"); err != nil || i != 0 {
+		t.Fatalf("b's boot verify did not pass (%v):\n%s", err, b.vm.Console())
+	}
 	t.Logf("pair formed through the setup dialogs %.0fs after the boots began", time.Since(start).Seconds())
 
 	// The witness: vaultd on this machine, joined with a token made on A.

@@ -87,7 +87,8 @@ Commands:
                                  session references, and rewrite packs that are mostly dead (a job, followed)
   verify                         check every stored byte, index record, version and journal record;
                                  quarantine damaged chunks (the next backup that has them sends them again);
-                                 runs as a job and follows it (progress on a terminal)
+                                 runs as a job and follows it (progress on a terminal); -if-leader: on a
+                                 pair member that does not lead, say so and succeed (the appliance's boot check)
   retention                      list retention policies (docs/retention.md)
   retention COMPANY POLICY       set a company's default, e.g. "all 7d, daily 30d, weekly 12w, monthly 12m, yearly 5y"
   retention COMPUTER CONFIG POLICY
@@ -381,9 +382,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "collected in %s: %d of %d chunks swept (%d bytes), %d kept for open sessions; %d packs rewritten, %d removed; %d bytes reclaimed; packs now hold %d bytes, %d of them live\n",
 			res.Took.Round(time.Millisecond), res.Swept, res.Chunks, res.SweptBytes, res.Protected, res.PacksRewritten, res.PacksRemoved, res.Reclaimed, res.StoreBytes, res.LiveBytes)
-	case a[0] == "verify" && len(a) == 1:
+	case a[0] == "verify" && (len(a) == 1 || len(a) == 2 && a[1] == "-if-leader"):
 		var rep vault.Report
 		if err := c.runJob(ctx, vault.AdminVerify, struct{}{}, "verify", "a verify", stderr, &rep); err != nil {
+			var ve *vaultError
+			if len(a) == 2 && errors.As(err, &ve) && ve.code == wire.CodeNotLeader {
+				// The appliance's boot check on a pair member that does not
+				// lead: the catalog is the leader's to verify.
+				fmt.Fprintf(stdout, "not verified here: %s; the leader verifies the pair's vault\n", ve.msg)
+				return nil
+			}
 			return err
 		}
 		for _, p := range rep.Problems {
@@ -740,6 +748,12 @@ func bytesString(n int64) string {
 
 type client struct{ sock string }
 
+// vaultError is the vault's refusal: its message, and its code for the
+// callers that act on it.
+type vaultError struct{ code, msg string }
+
+func (e *vaultError) Error() string { return e.msg }
+
 func (c *client) do(ctx context.Context, method, path string, in, out any) error {
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -765,7 +779,7 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) error
 		if e.Message == "" {
 			e.Message = resp.Status
 		}
-		return errors.New(e.Message)
+		return &vaultError{code: e.Code, msg: e.Message}
 	}
 	if out != nil {
 		return json.NewDecoder(resp.Body).Decode(out)
