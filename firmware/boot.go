@@ -506,13 +506,16 @@ func (m *Machine) handleControl(ctx context.Context, cmd string, w io.Writer) er
 		if strings.HasPrefix(cmd, "qos set ") {
 			return m.qosControl(cmd, ConfigPath, w)
 		}
+		if strings.HasPrefix(cmd, "pair ") {
+			return m.pairControl(ctx, strings.Fields(cmd)[1:], w)
+		}
 		if cmd == "raid" || strings.HasPrefix(cmd, "raid ") {
 			return m.raidControl(ctx, strings.Fields(cmd)[1:], w)
 		}
 		if strings.HasPrefix(cmd, "disk ") { // the front panel's words for the same
 			return m.raidControl(ctx, strings.Fields(cmd)[1:], w)
 		}
-		return fmt.Errorf("unknown command %q: use status, logs, qos, raid, poweroff or reboot", cmd)
+		return fmt.Errorf("unknown command %q: use status, logs, qos, raid, pair, poweroff or reboot", cmd)
 	}
 	return nil
 }
@@ -578,6 +581,12 @@ func vaultHealth(ctx context.Context) error {
 }
 
 func (m *Machine) startServices(context.Context) error {
+	m.svcMu.Lock()
+	defer m.svcMu.Unlock()
+	return m.startServicesLocked()
+}
+
+func (m *Machine) startServicesLocked() error {
 	sup, err := service.New(m.log.Named("service"), m.clk, m.reaper, service.DefaultPolicy(), m.Services())
 	if err != nil {
 		return err

@@ -125,6 +125,7 @@ type Machine struct {
 	bgCancel context.CancelFunc
 	bgWG     sync.WaitGroup
 	httpSrv  *http.Server
+	svcMu    sync.Mutex // a restart of the services (pair join) against shutdown
 	svcStop  context.CancelFunc
 	svcDone  chan struct{}
 }

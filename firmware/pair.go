@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 
 	"vaultnode/firmware/config"
 	"vaultnode/firmware/service"
+	"vaultnode/firmware/setup"
 )
 
 // pairArgs are vaultd's -pair flags for the configured pair (none for a
@@ -101,4 +104,85 @@ func (m *Machine) announcePairToken(ctx context.Context, sup *service.Supervisor
 	}
 	m.printf("\n*** Pair formed. Join token for the second appliance (valid 24 h, once; paste it in its setup):\n%s\n"+
 		"*** A witness on a third machine: run `vaultctl pair create` here for its own token (docs/pair.md).\n\n", tok)
+}
+
+// pairControl is the control socket's "pair join TOKEN [id=ID]
+// [address=ADDR]" (what `vaultctl pair join` sends): an appliance set up
+// standalone, whose vault holds nothing yet, joins a pair. The services
+// stop, the standalone vault's directory is kept aside, the pair goes
+// into the configuration, and vaultd starts again with -pair-join.
+func (m *Machine) pairControl(ctx context.Context, args []string, w io.Writer) error {
+	if len(args) < 2 || args[0] != "join" {
+		return errors.New("usage: pair join TOKEN [id=ID] [address=ADDRESS]")
+	}
+	cfg := m.config()
+	if cfg.Pair != nil {
+		return fmt.Errorf("this appliance is already member %s of a pair (%s): nothing to join", cfg.Pair.ID, cfg.Pair.Role)
+	}
+	p := &config.Pair{Role: config.PairJoin, Token: args[1], ID: strings.SplitN(cfg.Hostname, ".", 2)[0]}
+	if pfx, err := netip.ParsePrefix(cfg.Network.Address); err == nil && !cfg.Network.DHCP {
+		p.Address = pfx.Addr().String()
+	}
+	for _, kv := range args[2:] {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "id":
+			p.ID = v
+		case "address":
+			p.Address = v
+		default:
+			return fmt.Errorf("pair join: unknown %q: give id=ID or address=ADDRESS", kv)
+		}
+	}
+	leader, err := setup.ParseJoinToken(p.Token)
+	if err != nil {
+		return err
+	}
+	if err := setup.ValidMemberID(p.ID); err != nil {
+		return err
+	}
+	if p.Address == "" {
+		return errors.New("the network is DHCP: give the address the other members and the agents reach this appliance at (vaultctl pair join -address ADDR TOKEN)")
+	}
+	if err := setup.ValidPairAddress(p.Address); err != nil {
+		return err
+	}
+	m.svcMu.Lock()
+	defer m.svcMu.Unlock()
+	if m.svcStop == nil {
+		return errors.New("the appliance is still starting: try again once the vault runs")
+	}
+	fmt.Fprintf(w, "stopping the services\n")
+	if err := m.stopServicesLocked(); err != nil {
+		return err
+	}
+	aside := fmt.Sprintf("%s.standalone-%s", VaultDataDir, m.clk.Now().UTC().Format("20060102-150405"))
+	err = os.Rename(VaultDataDir, aside)
+	if err == nil {
+		err = os.MkdirAll(VaultDataDir, 0o700)
+	}
+	if err == nil {
+		cfg.Pair = p
+		err = config.Save(ConfigPath, cfg)
+	}
+	if err != nil {
+		err = fmt.Errorf("pair join: %w", err)
+		if _, serr := os.Stat(aside); serr == nil {
+			os.Remove(VaultDataDir)
+			if rerr := os.Rename(aside, VaultDataDir); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("put the vault back from %s: %w", aside, rerr))
+			}
+		}
+		return errors.Join(err, m.startServicesLocked())
+	}
+	m.mu.Lock()
+	m.cfg.Pair = p
+	m.mu.Unlock()
+	m.printf("*** joining the pair led by %s as member %s at %s; the standalone vault is kept in %s\n", leader, p.ID, p.Address, aside)
+	fmt.Fprintf(w, "the standalone vault is kept in %s (remove it once the pair serves)\n", aside)
+	if err := m.startServicesLocked(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "vaultd joins the pair led by %s as member %s at %s: follow with `vaultctl pair status`\n", leader, p.ID, p.Address)
+	return nil
 }

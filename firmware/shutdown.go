@@ -26,6 +26,12 @@ func (m *Machine) shutdownSteps() []step {
 }
 
 func (m *Machine) stopServices(context.Context) error {
+	m.svcMu.Lock()
+	defer m.svcMu.Unlock()
+	return m.stopServicesLocked()
+}
+
+func (m *Machine) stopServicesLocked() error {
 	if m.svcStop == nil {
 		return nil
 	}

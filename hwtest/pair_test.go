@@ -222,6 +222,7 @@ func TestPairAppliances(t *testing.T) {
 		t.Fatalf("%v\n%s", err, b.vm.Since())
 	}
 	a.waitVault(ctx, t)
+	t.Logf("a serves %.0fs after the boots began", time.Since(start).Seconds())
 	if _, err := a.vm.Expect(ctx, "Join token for the second appliance"); err != nil {
 		t.Fatalf("a printed no join token: %v\n%s", err, a.vm.Since())
 	}
@@ -331,6 +332,7 @@ func TestPairAppliances(t *testing.T) {
 	if err := agent("backup", "docs"); err != nil {
 		t.Fatalf("backup after the leader's power cut: %v", err)
 	}
+	t.Logf("backup acknowledged after the power cut %.0fs after the boots began", time.Since(start).Seconds())
 	shB := shell(ctx, t, b.vm)
 	st, raw := pairStatusOf(shB)
 	if st.State != "Leader" || st.Leader != "b" {

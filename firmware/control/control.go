@@ -80,6 +80,8 @@ func Serve(ctx context.Context, log *zap.Logger, path string, h Handler) error {
 			cmd := strings.TrimSpace(line)
 			if strings.HasPrefix(cmd, "status") { // polled every second by the front panel: keep the log for events
 				log.Debug("control request", zap.String("command", cmd))
+			} else if strings.HasPrefix(cmd, "pair join ") { // the join token is a secret
+				log.Info("control request", zap.String("command", "pair join (token not logged)"))
 			} else {
 				log.Info("control request", zap.String("command", cmd))
 			}

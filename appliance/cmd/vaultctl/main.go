@@ -127,6 +127,9 @@ Commands:
                                  drops (the firmware's shaping; change it with init ctl qos set in the support shell)
   pair create [-ttl 1h]          (the pair's leader) print a one-time token another appliance or a witness joins with
   pair status [-json]            members, leader, term, log index, lag in commands and bytes, members behind
+  pair join [-id ID] [-address ADDR] TOKEN
+                                 (an appliance set up standalone, its vault still empty) join the pair
+                                 whose leader printed TOKEN: the firmware restarts vaultd as a member
   pair remove ID                 (the leader) remove a dead member for good, before joining its replacement
   pair promote                   (vault stopped) make this member the pair's only voter, when the other is gone
                                  for good and no witness is there: see docs/pair.md for the risk

@@ -3,23 +3,27 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/pair"
 	"vaultnode/appliance/vault"
+	"vaultnode/internal/fwctl"
 )
 
-// pairCmd: vaultctl pair create [-ttl D] | status [-json] | remove ID | promote.
+// pairCmd: vaultctl pair create [-ttl D] | status [-json] | join [-id ID]
+// [-address ADDR] TOKEN | remove ID | promote.
 func pairCmd(ctx context.Context, c *client, data string, a []string, stdout, stderr io.Writer) error {
 	if len(a) == 0 {
-		return fmt.Errorf("pair: give create, status or promote")
+		return fmt.Errorf("pair: give create, status, join, remove or promote")
 	}
 	switch a[0] {
 	case "create":
@@ -70,6 +74,8 @@ func pairCmd(ctx context.Context, c *client, data string, a []string, stdout, st
 		return nil
 	case "promote":
 		return pairPromote(data, stdout)
+	case "join":
+		return pairJoin(ctx, c, a[1:], stdout, stderr)
 	case "remove":
 		if len(a) != 2 {
 			return fmt.Errorf("pair remove: give the member's id")
@@ -80,7 +86,7 @@ func pairCmd(ctx context.Context, c *client, data string, a []string, stdout, st
 		fmt.Fprintf(stdout, "member %s removed from the pair\n", a[1])
 		return nil
 	}
-	return fmt.Errorf("pair: unknown command %q: give create, status, remove or promote", a[0])
+	return fmt.Errorf("pair: unknown command %q: give create, status, join, remove or promote", a[0])
 }
 
 // pairPromote makes this member (vault stopped) the only voter of its pair.
@@ -102,5 +108,64 @@ func pairPromote(data string, stdout io.Writer) error {
 		return fmt.Errorf("pair promote: %w", err)
 	}
 	fmt.Fprintf(stdout, "member %s is now the pair's only voter: start vaultd; remove the other member's data before it ever starts again, then join it anew (docs/pair.md)\n", mf.ID)
+	return nil
+}
+
+// pairJoin makes a standalone appliance whose vault holds nothing yet join
+// a pair: the firmware keeps the vault's directory aside, saves the pair in
+// its configuration and restarts vaultd with -pair-join (a vault outside
+// an appliance joins by starting vaultd with -pair-join, docs/pair.md).
+func pairJoin(ctx context.Context, c *client, a []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pair join", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	id := fs.String("id", "", "this member's name in the pair (default: the host name)")
+	addr := fs.String("address", "", "the address the other members and the agents reach this appliance at (default: its static address)")
+	if err := fs.Parse(a); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("pair join: give the join token that `vaultctl pair create` printed on the pair's leader")
+	}
+	token := fs.Arg(0)
+	if _, err := pair.ParseJoinToken(token); err != nil {
+		return err
+	}
+	var st pair.Status
+	if err := c.do(ctx, "GET", vault.AdminPair, nil, &st); err == nil {
+		return fmt.Errorf("pair join: this vault is already member %s of a pair", st.ID)
+	}
+	var companies []string
+	if err := c.do(ctx, "GET", vault.AdminCompanies, nil, &companies); err != nil {
+		return fmt.Errorf("pair join: %w", err)
+	}
+	if len(companies) > 0 {
+		return fmt.Errorf("pair join: this vault holds %d companies (%s): a member joins empty; "+
+			"make this appliance the pair's first instead, or set it up anew", len(companies), strings.Join(companies, ", "))
+	}
+	cmd := "pair join " + token
+	if *id != "" {
+		cmd += " id=" + *id
+	}
+	if *addr != "" {
+		cmd += " address=" + *addr
+	}
+	for _, f := range []string{*id, *addr} {
+		if strings.ContainsAny(f, " \t\n=") {
+			return fmt.Errorf("pair join: %q: no spaces or '=' in an id or address", f)
+		}
+	}
+	var b strings.Builder
+	err := fwctl.Send(ctx, fwSocket, cmd, &b)
+	switch {
+	case errors.Is(err, fwctl.ErrNoFirmware):
+		return fmt.Errorf("pair join: %w\n  outside an appliance, stop vaultd and start it on a new data directory with -pair-id ID -pair-listen ADDR -pair-join TOKEN (docs/pair.md)", err)
+	case err != nil:
+		return fmt.Errorf("pair join: %w", err)
+	}
+	out, msg, failed := strings.Cut(b.String(), "error: ") // the firmware's refusal ends its answer
+	fmt.Fprint(stdout, out)
+	if failed {
+		return fmt.Errorf("pair join: %w: %s", fwctl.ErrFirmware, strings.TrimSpace(msg))
+	}
 	return nil
 }
