@@ -30,7 +30,7 @@ func (m *Machine) pairArgs() []string {
 	if p == nil {
 		return nil
 	}
-	args := []string{"-pair-id", p.ID, "-pair-listen", fmt.Sprintf("0.0.0.0:%d", PairPort),
+	args := []string{"-pair-id", p.ID, "-pair-listen", fmt.Sprintf(":%d", PairPort),
 		"-pair-advertise", net.JoinHostPort(p.Address, strconv.Itoa(PairPort)),
 		"-pair-agent", net.JoinHostPort(p.Address, strconv.Itoa(VaultPort))}
 	if v := m.cmdline["vaultnode.pairheartbeat"]; v != "" { // tests under TCG: a slow guest must not lose its leadership
