@@ -64,26 +64,30 @@ type tool interface {
 
 // phaseResult is one tool's figures for one phase.
 type phaseResult struct {
-	Tool               string    `json:"tool"`
-	Phase              string    `json:"phase"`
-	WallSeconds        float64   `json:"wall_seconds"`
-	MBPerSecond        float64   `json:"mb_per_second"` // corpus data bytes (holes excluded) / wall, 1 MB = 10^6 B
-	CPUSeconds         float64   `json:"cpu_seconds"`   // client + server, user + system
-	ClientCPUSeconds   float64   `json:"client_cpu_seconds"`
-	ServerCPUSeconds   float64   `json:"server_cpu_seconds"`
-	OtherCPUSeconds    float64   `json:"other_cpu_seconds"`        // the rest of the machine during the phase: contention
-	CommitSeconds      float64   `json:"commit_seconds,omitempty"` // vaultnode: of the wall time, the commit request
-	PeakRSSBytes       int64     `json:"peak_rss_bytes"`           // client + server
-	ClientPeakRSSBytes int64     `json:"client_peak_rss_bytes"`
-	ServerPeakRSSBytes int64     `json:"server_peak_rss_bytes"`
-	BytesSent          int64     `json:"bytes_sent"`     // on the wire to the vault; restic: repository growth
-	BytesReceived      int64     `json:"bytes_received"` // on the wire from the vault
-	ReportedBytesSent  *int64    `json:"reported_bytes_sent,omitempty"`
-	StoreBytesAdded    int64     `json:"store_bytes_added"`
-	Notes              []string  `json:"notes,omitempty"`
-	Error              string    `json:"error,omitempty"`
-	Runs               int       `json:"runs,omitempty"`             // successful runs the median is taken from
-	AllWallSeconds     []float64 `json:"all_wall_seconds,omitempty"` // their wall times, sorted
+	Tool               string  `json:"tool"`
+	Phase              string  `json:"phase"`
+	WallSeconds        float64 `json:"wall_seconds"`
+	MBPerSecond        float64 `json:"mb_per_second"` // corpus data bytes (holes excluded) / wall, 1 MB = 10^6 B
+	CPUSeconds         float64 `json:"cpu_seconds"`   // client + server, user + system
+	ClientCPUSeconds   float64 `json:"client_cpu_seconds"`
+	ServerCPUSeconds   float64 `json:"server_cpu_seconds"`
+	OtherCPUSeconds    float64 `json:"other_cpu_seconds"`        // the rest of the machine during the phase: contention
+	CommitSeconds      float64 `json:"commit_seconds,omitempty"` // vaultnode: of the wall time, the commit request
+	PeakRSSBytes       int64   `json:"peak_rss_bytes"`           // client + server
+	ClientPeakRSSBytes int64   `json:"client_peak_rss_bytes"`
+	ServerPeakRSSBytes int64   `json:"server_peak_rss_bytes"`
+	// ServerPeakAnonBytes: of the vault's resident memory, the largest part
+	// no file backs (polled; the rest of its peak is mapped files: its program,
+	// the index).
+	ServerPeakAnonBytes int64     `json:"server_peak_anon_bytes,omitempty"`
+	BytesSent           int64     `json:"bytes_sent"`     // on the wire to the vault; restic: repository growth
+	BytesReceived       int64     `json:"bytes_received"` // on the wire from the vault
+	ReportedBytesSent   *int64    `json:"reported_bytes_sent,omitempty"`
+	StoreBytesAdded     int64     `json:"store_bytes_added"`
+	Notes               []string  `json:"notes,omitempty"`
+	Error               string    `json:"error,omitempty"`
+	Runs                int       `json:"runs,omitempty"`             // successful runs the median is taken from
+	AllWallSeconds      []float64 `json:"all_wall_seconds,omitempty"` // their wall times, sorted
 
 	clientWall time.Duration
 }

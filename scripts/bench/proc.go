@@ -156,6 +156,44 @@ func procPeakRSS(pid int) (int64, error) {
 	return 0, errors.New("read process status: no VmHWM")
 }
 
+// procAnonRSS reads the resident memory of process pid that no file backs
+// (RssAnon: heap, stacks); VmHWM also counts the pages of files it maps,
+// such as the vault's index, which the kernel can drop at any time.
+func procAnonRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read process status: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read process status: %w", err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, errors.New("read process status: no RssAnon")
+}
+
+// pollAnon polls procAnonRSS every 50 ms until stop is closed and returns
+// the largest seen.
+func pollAnon(pid int, stop <-chan struct{}) int64 {
+	var best int64
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if v, err := procAnonRSS(pid); err == nil {
+			best = max(best, v)
+		}
+		select {
+		case <-stop:
+			return best
+		case <-t.C:
+		}
+	}
+}
+
 // resetPeakRSS sets VmHWM back to the current RSS (Linux >= 4.0).
 func resetPeakRSS(pid int) error {
 	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {

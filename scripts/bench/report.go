@@ -183,6 +183,10 @@ func printReport(w io.Writer, r *results) {
 		if p.CommitSeconds > 0 {
 			fmt.Fprintf(w, "%s %s: the commit took %.3f s of the wall time\n", p.Tool, p.Phase, p.CommitSeconds)
 		}
+		if p.ServerPeakAnonBytes > 0 {
+			fmt.Fprintf(w, "%s %s: the vault's peak RSS %s, of it anonymous (heap, stacks; the rest: mapped files, its program and the index) %s\n",
+				p.Tool, p.Phase, mb(p.ServerPeakRSSBytes), mb(p.ServerPeakAnonBytes))
+		}
 	}
 	fmt.Fprintln(w, "restic's sent = its repository growth (local repository); vaultnode's = bytes on the wire through a counting proxy")
 	fmt.Fprintln(w, "other CPU s = CPU the rest of the machine used during the phase; when it is large, other work competed and the timings are noisy")

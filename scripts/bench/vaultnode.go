@@ -207,7 +207,12 @@ func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func(
 		return err
 	}
 	up0, down0 := t.proxy.counts()
+	stopAnon := make(chan struct{})
+	anon := make(chan int64, 1)
+	go func() { anon <- pollAnon(pid, stopAnon) }()
 	runErr := fn()
+	close(stopAnon)
+	res.ServerPeakAnonBytes = <-anon
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	idleErr := t.proxy.idle(wctx, t.clk)
 	cancel()
