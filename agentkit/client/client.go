@@ -125,6 +125,7 @@ func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.R
 		c.unreachable(base)
 		return nil, &reachError{err: err, addr: base}
 	}
+	c.reached(resp.StatusCode < 300)
 	if h := resp.Header.Get(wire.HeaderVaults); h != "" {
 		c.learn(h)
 	}

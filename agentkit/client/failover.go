@@ -14,13 +14,22 @@ import (
 // Vaults, kept comma-separated in the agent's identity). Requests go to
 // the current one; a member that does not lead answers not_leader naming
 // the leader, and the client moves there; a member that cannot be reached
-// makes the client try the next address. A request whose body the vault
-// has not read is sent again after either (failoverWait), for up to
-// failoverAttempts tries, so an election of a few seconds is waited out.
+// makes the client try the next address at once (waiting only once every
+// address failed in a row). A member that answers not_leader naming no
+// leader (an election is running) is alive: the client asks it again
+// (it learns the leader, or becomes it) and moves on only after
+// staleAnswers such answers in a row, in case it is cut off from the
+// others. A request whose body the vault has not read is sent again after
+// either (failoverWait), for up to failoverAttempts tries, so an election
+// of a few seconds is waited out; the wait grows by failoverStep a try up
+// to failoverMaxWait, so that a new leader is found within about a
+// failoverStep or two of its election.
 
 const (
-	failoverAttempts = 40
-	failoverMaxWait  = 2 * time.Second
+	failoverAttempts = 80
+	failoverStep     = 100 * time.Millisecond
+	failoverMaxWait  = time.Second
+	staleAnswers     = 4
 )
 
 type pair struct {
@@ -29,6 +38,8 @@ type pair struct {
 	cur       int
 	failovers atomic.Int64
 	onVaults  func(addrs []string) // told when the list changes (SetOnVaults)
+	missed    int                  // addresses unreachable in a row
+	stale     int                  // not_leader answers naming no leader in a row
 }
 
 // SetOnVaults sets fn, told the vault's addresses whenever a pair's leader
@@ -112,13 +123,26 @@ func (p *pair) Failovers() int64 { return p.failovers.Load() }
 func (p *pair) unreachable(base string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.missed++
 	if len(p.addrs) > 1 && "https://"+p.addrs[p.cur] == base {
 		p.cur = (p.cur + 1) % len(p.addrs)
 		p.failovers.Add(1)
 	}
 }
 
-// notLeader moves to the leader a member named (any address when none).
+// reached notes that a vault answered, and whether it served.
+func (p *pair) reached(served bool) {
+	p.mu.Lock()
+	p.missed = 0
+	if served {
+		p.stale = 0
+	}
+	p.mu.Unlock()
+}
+
+// notLeader moves to the leader a member named; a member that names none
+// is asked again, up to staleAnswers times in a row, before the next
+// address.
 func (p *pair) notLeader(base, leader string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -126,12 +150,15 @@ func (p *pair) notLeader(base, leader string) {
 		return // moved meanwhile
 	}
 	if leader == "" || strings.ContainsAny(leader, "/@?#") || len(leader) > 255 {
-		if len(p.addrs) > 1 {
+		p.stale++
+		if len(p.addrs) > 1 && p.stale >= staleAnswers {
+			p.stale = 0
 			p.cur = (p.cur + 1) % len(p.addrs)
 			p.failovers.Add(1)
 		}
 		return
 	}
+	p.stale = 0
 	for i, a := range p.addrs {
 		if a == leader {
 			p.cur = i
@@ -169,13 +196,16 @@ func (c *Client) failoverWait(err error, attempt int) (time.Duration, bool) {
 		}
 	case *reachError:
 		c.mu.Lock()
-		n := len(c.addrs)
+		n, missed := len(c.addrs), c.missed
 		c.mu.Unlock()
 		if n < 2 {
 			return 0, false // a single vault: the caller's own retries decide
 		}
+		if missed < n {
+			return 0, true // the next address has not failed yet
+		}
 	default:
 		return 0, false
 	}
-	return min(time.Duration(attempt)*200*time.Millisecond, failoverMaxWait), true
+	return min(time.Duration(attempt)*failoverStep, failoverMaxWait), true
 }
