@@ -56,6 +56,9 @@ const MaxEntriesBody = store.MaxPackSize + 16<<20
 // and the pair could not record it behind.
 var ErrNotCopied = errors.New("chunks not copied to the other member of the pair")
 
+// errUnreachable: a copy got no answer from the member at all.
+var errUnreachable = errors.New("member unreachable")
+
 // Replicator copies new entries from the leader to the other data members.
 type Replicator struct {
 	node  *Node
@@ -67,6 +70,9 @@ type Replicator struct {
 	// sweep is the log index of the last garbage collection sweep
 	// applied here (SetSweepIndex).
 	sweep atomic.Pointer[func() uint64]
+	// streamed and recopied count copies to a member made while the
+	// entries were written, and those made again after the stream failed.
+	streamed, recopied atomic.Int64
 
 	mu    sync.Mutex
 	dirty map[string]error // member -> copy failed and not yet recorded behind
@@ -109,11 +115,16 @@ func (r *Replicator) SetStore(st *store.Store) {
 func (r *Replicator) SetSweepIndex(f func() uint64) { r.sweep.Store(&f) }
 
 func (r *Replicator) setSweepHeader(req *http.Request) {
-	if f := r.sweep.Load(); f != nil {
-		if i := (*f)(); i > 0 {
-			req.Header.Set(HeaderSweep, strconv.FormatUint(i, 10))
-		}
+	if i := r.sweepIndex(); i > 0 {
+		req.Header.Set(HeaderSweep, strconv.FormatUint(i, 10))
 	}
+}
+
+func (r *Replicator) sweepIndex() uint64 {
+	if f := r.sweep.Load(); f != nil {
+		return (*f)()
+	}
+	return 0
 }
 
 // awaitSweep applies the log up to the leader's last sweep (HeaderSweep)
@@ -163,6 +174,12 @@ func (r *Replicator) peers() ([]Member, map[string]bool, error) {
 // Replicate is the store's hook: it copies one commit's entries to every
 // other data member that is not behind, or records it behind.
 func (r *Replicator) Replicate(company string, entries *io.SectionReader) error {
+	return r.replicate(company, entries, nil)
+}
+
+// replicate is Replicate for the members the entries were not streamed
+// to whole (copied: the members that answered a stream).
+func (r *Replicator) replicate(company string, entries *io.SectionReader, copied map[string]bool) error {
 	if !r.node.IsLeader() {
 		// Leadership lost during the upload: the new leader's member
 		// may not have these entries, so this is no acknowledgement.
@@ -184,6 +201,9 @@ func (r *Replicator) Replicate(company string, entries *io.SectionReader) error 
 			errs = append(errs, r.recordBehind(m.ID, "an earlier copy failed"))
 			continue
 		}
+		if copied[m.ID] {
+			continue
+		}
 		err := r.sendRetry(m, company, entries)
 		if err == nil {
 			continue
@@ -200,14 +220,141 @@ func (r *Replicator) Replicate(company string, entries *io.SectionReader) error 
 	return errors.Join(errs...)
 }
 
+// Replica is the store's Options.Replica: a copy of one appender's
+// entries streamed to every other data member that takes copies now, in
+// one request each, as they are written. The member writes them as they
+// come and syncs them while the leader syncs its own, so a copy costs
+// about nothing but the bandwidth. Where a stream fails, Commit copies
+// the entries again as Replicate does (and records the member behind if
+// that fails too).
+func (r *Replicator) Replica(company string) store.Replica {
+	s := &stream{r: r, company: company, sweep: r.sweepIndex()}
+	if !r.node.IsLeader() {
+		return s // Commit answers not leader
+	}
+	peers, behind, err := r.peers()
+	if err != nil {
+		return s // Commit meets the error again
+	}
+	for _, m := range peers {
+		r.mu.Lock()
+		live, dirty := r.live[m.ID], r.dirty[m.ID] != nil
+		r.mu.Unlock()
+		if dirty || (behind[m.ID] && !live) {
+			continue
+		}
+		pr, pw := io.Pipe()
+		ctx, cancel := context.WithCancel(context.Background())
+		c := &peerCopy{m: m, pw: pw, cancel: cancel, done: make(chan error, 1)}
+		go func() { // owner: the stream (Commit or Abort waits for it)
+			err := r.send(ctx, m, company, pr, -1)
+			if err == nil {
+				err = io.ErrClosedPipe // the member answered: nothing more is read
+			}
+			pr.CloseWithError(err)
+			c.done <- err
+		}()
+		s.copies = append(s.copies, c)
+	}
+	return s
+}
+
+// stream is one appender's copy in progress (Replicator.Replica).
+type stream struct {
+	r       *Replicator
+	company string
+	copies  []*peerCopy
+	ended   bool
+	// sweep is the last sweep applied here when the stream started (its
+	// requests carry it, or a later one): one applied since may delete on
+	// the member a chunk streamed before the member applied it.
+	sweep uint64
+}
+
+type peerCopy struct {
+	m      Member
+	pw     *io.PipeWriter
+	cancel context.CancelFunc
+	done   chan error
+	failed bool // a write failed: the copy is made again at Commit
+}
+
+// Add writes the entry to each member's request. The pipe hands it over
+// whole before it returns, so data is the caller's again.
+func (s *stream) Add(data []byte) {
+	for _, c := range s.copies {
+		if c.failed {
+			continue
+		}
+		if _, err := c.pw.Write(data); err != nil {
+			c.failed = true
+		}
+	}
+}
+
+// End closes each request's body: the member commits what it got.
+func (s *stream) End() {
+	if s.ended {
+		return
+	}
+	s.ended = true
+	for _, c := range s.copies {
+		c.pw.Close()
+	}
+}
+
+// Commit waits for each member's answer, then copies again to the
+// members a stream failed for, or records them behind (replicate).
+func (s *stream) Commit(entries *io.SectionReader) error {
+	s.End()
+	copied := map[string]bool{}
+	swept := s.r.sweepIndex() != s.sweep
+	for _, c := range s.copies {
+		err := <-c.done
+		c.cancel()
+		if swept {
+			err = errors.New("a garbage collection sweep was applied meanwhile")
+		}
+		if err == io.ErrClosedPipe && !c.failed {
+			copied[c.m.ID] = true
+			s.r.streamed.Add(1)
+		} else {
+			s.r.recopied.Add(1)
+			s.r.log.Debug("streamed copy failed: copying again", zap.String("member", c.m.ID), zap.Error(err))
+		}
+	}
+	s.copies = nil
+	return s.r.replicate(s.company, entries, copied)
+}
+
+// Abort cuts every request short: the members store none of it.
+func (s *stream) Abort() {
+	for _, c := range s.copies {
+		c.cancel()
+		c.pw.CloseWithError(errAborted)
+		<-c.done
+	}
+	s.copies = nil
+}
+
+// errAborted ends the body of a copy whose upload was not committed.
+var errAborted = errors.New("upload aborted on the leader")
+
 // sendRetry copies entries to m, again every 100 ms until DegradeAfter
-// has passed (a member restarting comes back within it).
+// has passed (a member restarting comes back within it). The member that
+// led before this one is not waited for when it cannot be reached: the
+// pair elected this one because it stopped answering, so it is down or
+// cut off already, and every upload of the failover would wait
+// DegradeAfter for nothing.
 func (r *Replicator) sendRetry(m Member, company string, entries *io.SectionReader) error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.after)
 	defer cancel()
 	for {
 		err := r.send(ctx, m, company, io.NewSectionReader(entries, 0, entries.Size()), entries.Size())
 		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if errors.Is(err, errUnreachable) && r.node.Deposed() == m.ID {
 			return err
 		}
 		select {
@@ -265,11 +412,11 @@ func (r *Replicator) send(ctx context.Context, m Member, company string, body io
 	if err != nil {
 		return err
 	}
-	req.ContentLength = size
+	req.ContentLength = size // -1: a stream
 	r.setSweepHeader(req)
 	resp, err := r.node.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("copy entries to %s: %w", m.ID, err)
+		return fmt.Errorf("copy entries to %s: %w: %w", m.ID, errUnreachable, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -27,7 +27,7 @@ func startData(t *testing.T, ca *pki.Authority, id, dir, addr string) *dataMembe
 	t.Helper()
 	m := &dataMember{testMember: startMember(t, ca, id, dir, addr, false, 0)}
 	m.rep = NewReplicator(m.node, nil, nil, zaptest.NewLogger(t).Named(id), 2*time.Second)
-	st, err := store.Open(filepath.Join(dir, "store"), zaptest.NewLogger(t), store.Options{Replicate: m.rep.Replicate})
+	st, err := store.Open(filepath.Join(dir, "store"), zaptest.NewLogger(t), store.Options{Replicate: m.rep.Replicate, Replica: m.rep.Replica})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +160,109 @@ func TestReplication(t *testing.T) {
 	if err := a.rep.Gate(); !errors.Is(err, ErrNotCopied) {
 		t.Fatalf("gate with no majority: %v", err)
 	}
+	a.stop(t)
+}
+
+// TestStreamedCopy: entries are copied while they are written, in one
+// request per appender: acknowledged, they are on the other member
+// without a second copy; an aborted appender leaves nothing there; a
+// stream cut by the member's death is made again or the member recorded
+// behind.
+func TestStreamedCopy(t *testing.T) {
+	ca, err := pki.LoadOrCreate(t.TempDir(), testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := startData(t, ca, "a", t.TempDir(), "")
+	if err := a.node.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
+		t.Fatal(err)
+	}
+	b := startData(t, ca, "b", t.TempDir(), "")
+	w := startMember(t, ca, "w", t.TempDir(), "", true, 0)
+	for _, m := range []Member{{ID: "b", Raft: b.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {
+		if err := a.node.AddMember(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	promote(t, a.node, 2)
+	waitFor(t, "a to know b as a member", func() bool { ms, _ := Members(a.cat); return len(ms) == 3 })
+
+	for i := 0; i < 3; i++ {
+		es, ids := entries(t, 50)
+		if err := a.st.Put("acme", es); err != nil {
+			t.Fatal(err)
+		}
+		if !hasAll(t, b.st, ids) {
+			t.Fatal("acknowledged chunks are not on the other data member")
+		}
+	}
+	if s, r := a.rep.streamed.Load(), a.rep.recopied.Load(); s != 3 || r != 0 {
+		t.Fatalf("%d copies streamed, %d made again; want 3 and 0", s, r)
+	}
+
+	// An aborted appender: the member commits none of what it was sent.
+	es, ids := entries(t, 10)
+	app, err := a.st.Append("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if err := app.Add(e.Header, e.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	app.Abort()
+	es2, ids2 := entries(t, 5)
+	if err := a.st.Put("acme", es2); err != nil {
+		t.Fatal(err)
+	}
+	if !hasAll(t, b.st, ids2) {
+		t.Fatal("acknowledged chunks are not on the other data member")
+	}
+	has, err := b.st.Has("acme", ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range has {
+		if h {
+			t.Fatal("the other member stored entries of an aborted upload")
+		}
+	}
+
+	// The member dies in the middle of a stream: the commit meets the
+	// failed stream, copies again for DegradeAfter, then records it
+	// behind (with the witness) and acknowledges.
+	es3, ids3 := entries(t, 10)
+	app, err = a.st.Append("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range es3 {
+		if i == 5 {
+			b.stop(t)
+		}
+		if err := app.Add(e.Header, e.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := app.Commit(); err != nil {
+		t.Fatalf("commit with the other member gone mid-stream: %v", err)
+	}
+	if a.rep.recopied.Load() != 1 {
+		t.Fatalf("%d copies made again, want 1", a.rep.recopied.Load())
+	}
+	bs, _ := BehindMembers(a.cat)
+	if len(bs) != 1 || bs[0].Member != "b" {
+		t.Fatalf("behind records: %+v", bs)
+	}
+	if !hasAll(t, a.st, ids3) {
+		t.Fatal("the leader lacks what it acknowledged")
+	}
+	w.stop(t)
 	a.stop(t)
 }
 

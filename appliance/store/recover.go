@@ -43,6 +43,29 @@ type Options struct {
 	// member). Its error is the commit's: the entries stay stored here
 	// and a later copy (catch-up) brings them over.
 	Replicate func(company string, entries *io.SectionReader) error
+	// Replica, if set, replaces Replicate with a copy made while the
+	// entries are written: it is called at an appender's first Add (not
+	// for garbage collection's copies nor a replica's own) and told every
+	// entry, so the other member writes them meanwhile and syncs them
+	// while this one does (appliance/pair).
+	Replica func(company string) Replica
+}
+
+// Replica is the copy of one appender's new entries to another member,
+// made as they are written. Its error at Commit is the commit's, as
+// Replicate's is.
+type Replica interface {
+	// Add copies one whole sealed entry; data is the caller's again when
+	// Add returns.
+	Add(data []byte)
+	// End says no more entries come, before this member syncs them.
+	End()
+	// Commit returns once the entries, all of which lie in entries here
+	// (durable now), are durable on the other member too, or the copy
+	// failed for good.
+	Commit(entries *io.SectionReader) error
+	// Abort drops the copy: nothing here is committed.
+	Abort()
 }
 
 // Open opens or creates the store in dir and recovers from any crash: it

@@ -232,6 +232,7 @@ type Appender struct {
 	// copied: the entries are a replica's copy (Options.Replicate is not
 	// told of them).
 	copied bool
+	rep    Replica // Options.Replica's copy, from the first Add
 }
 
 // Copied marks the appender's entries as copies another member made:
@@ -264,6 +265,12 @@ func (a *Appender) add(h pack.EntryHeader, data []byte) error {
 	if _, err := a.w.f.WriteAt(data, a.off); err != nil {
 		return classify(fmt.Errorf("append to pack %08x: %w", a.w.number, err))
 	}
+	if a.rep == nil && a.s.opts.Replica != nil && !a.move && !a.copied {
+		a.rep = a.s.opts.Replica(a.company)
+	}
+	if a.rep != nil {
+		a.rep.Add(data)
+	}
 	a.ids = append(a.ids, h.ID)
 	a.locs = append(a.locs, Location{Pack: a.w.number, Offset: uint32(a.off), BodyLen: h.BodyLen,
 		PlainLen: h.PlainLen, Kind: h.Kind, Flags: h.Flags})
@@ -289,6 +296,9 @@ func (a *Appender) abort() {
 		return
 	}
 	a.done = true
+	if a.rep != nil {
+		a.rep.Abort()
+	}
 	if a.w == nil {
 		return
 	}
@@ -318,13 +328,19 @@ func (a *Appender) commit() error {
 	if w == nil {
 		return nil
 	}
+	if a.rep != nil {
+		// The other member syncs its copy while this one syncs.
+		a.rep.End()
+	}
 	if err := w.f.Sync(context.Background()); err != nil {
+		a.abortReplica()
 		s.dropWriter(w)
 		return classify(fmt.Errorf("sync pack %08x: %w", w.number, err))
 	}
 	off := a.off
 	err := s.commitIndex(a)
 	if err != nil {
+		a.abortReplica()
 		s.dropWriter(w)
 		return classify(fmt.Errorf("commit index: %w", err))
 	}
@@ -337,13 +353,23 @@ func (a *Appender) commit() error {
 	w.size = off
 	w.fresh = false
 	var rerr error
-	if s.opts.Replicate != nil && !a.move && !a.copied && off > from {
+	switch {
+	case a.rep != nil:
 		// The writer is still held: nothing else appends to this pack
-		// or rewrites it while the copy reads it.
+		// or rewrites it while a copy made again reads it.
+		rerr = a.rep.Commit(io.NewSectionReader(w.f, from, off-from))
+	case s.opts.Replica == nil && s.opts.Replicate != nil && !a.move && !a.copied && off > from:
 		rerr = s.opts.Replicate(a.company, io.NewSectionReader(w.f, from, off-from))
 	}
 	s.giveWriter(w)
 	return rerr
+}
+
+// abortReplica drops the copy of a commit that failed here.
+func (a *Appender) abortReplica() {
+	if a.rep != nil {
+		a.rep.Abort()
+	}
 }
 
 // ReadEntry reads a chunk's whole sealed entry (header and body) as it

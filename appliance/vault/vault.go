@@ -207,6 +207,7 @@ func Open(opts Options) (*Vault, error) {
 	sopts := v.storeOptions()
 	if v.pair != nil {
 		sopts.Replicate = v.pair.rep.Replicate
+		sopts.Replica = v.pair.rep.Replica
 	}
 	if v.Store, err = store.Open(opts.Dir, opts.Log.Named("store"), sopts); err != nil {
 		if v.pair != nil {
