@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,9 +205,36 @@ func TestStreamedCopy(t *testing.T) {
 		t.Fatalf("%d copies streamed, %d made again; want 3 and 0", s, r)
 	}
 
+	// A garbage collection sweep applied here while entries streamed:
+	// the member may have stored some before it applied the sweep, which
+	// may delete them there, so the copy is made again.
+	var sweepIdx atomic.Uint64
+	sweepIdx.Store(1)
+	a.rep.SetSweepIndex(sweepIdx.Load)
+	es0, ids0 := entries(t, 4)
+	app, err := a.st.Append("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range es0 {
+		if i == 2 {
+			sweepIdx.Store(2)
+		}
+		if err := app.Add(e.Header, e.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := app.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if s, r := a.rep.streamed.Load(), a.rep.recopied.Load(); s != 3 || r != 1 || !hasAll(t, b.st, ids0) {
+		t.Fatalf("after a sweep: %d copies streamed, %d made again; want 3 and 1, and the chunks on the member", s, r)
+	}
+	a.rep.recopied.Store(0)
+
 	// An aborted appender: the member commits none of what it was sent.
 	es, ids := entries(t, 10)
-	app, err := a.st.Append("acme")
+	app, err = a.st.Append("acme")
 	if err != nil {
 		t.Fatal(err)
 	}
