@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -126,12 +127,13 @@ func BenchmarkTapeStream(b *testing.B) {
 	b.ReportMetric(jobRate, "job-MiB/s")
 	b.ReportMetric(ddRate, "dd-MiB/s")
 
-	// The drive package alone over SG_IO, same drive, same block size: what
-	// the job could reach if preparing its blocks cost nothing.
+	// The drive package alone, same drive, same block size, through the
+	// BlockQueue the job uses: what the job could reach if preparing its
+	// blocks cost nothing.
 	pr := l.probe(false, "rate", "PROBE1L5", "1", strconv.Itoa(int(ddBytes)>>20))
 	if m := rateRE.FindStringSubmatch(pr); m != nil {
 		sg, _ := strconv.ParseFloat(m[1], 64)
-		msg := fmt.Sprintf("the drive package alone (WRITE(6) of 256 KiB blocks over SG_IO, same drive) %.2f MiB/s = %.0f %% of dd", sg, 100*sg/ddRate)
+		msg := fmt.Sprintf("the drive package alone (8 queued WRITE(6)s of 256 KiB, direct I/O, same drive) %.2f MiB/s = %.0f %% of dd", sg, 100*sg/ddRate)
 		b.Logf("tape: %s", msg)
 		fmt.Fprintln(os.Stderr, "tape:", msg)
 		b.ReportMetric(sg, "sgio-MiB/s")
@@ -140,4 +142,57 @@ func BenchmarkTapeStream(b *testing.B) {
 	lo := l.probe(false, "locatebench", "FULL01L5", "2", "21", "4")
 	b.Logf("tape: %s", locateRE.FindString(lo))
 	fmt.Fprintln(os.Stderr, "tape:", locateRE.FindString(lo))
+}
+
+// BenchmarkTapeWritePaths (TAPE_BENCH_MIB, TAPE_BENCH_ROUNDS, default 3)
+// boots the appliance with tgt's library and writes the same blocks to one
+// cartridge through every write path of the drive package (one synchronous
+// SG_IO WRITE at a time, with and without sg direct I/O, 2 to 8 WRITEs
+// queued through the sg driver's write(2)/read(2) interface), through the
+// st driver from Go, and with dd, in rounds, so that a path is chosen by
+// measurement in one run.
+func BenchmarkTapeWritePaths(b *testing.B) {
+	needQEMU(b)
+	mib := tapeBenchMiB(b)
+	rounds := 3
+	if s := os.Getenv("TAPE_BENCH_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	cfg := LibraryConfig{Drives: []string{"VNDRV0A", "VNDRV0B"}, Slots: 8, IE: 1, Cartridges: []Cartridge{
+		{Barcode: "PROBE1L5", SizeMB: mib*2 + 64}}}
+	l := startTapeLab(ctx, b, cfg)
+	out := l.probe(false, "modes", "PROBE1L5", "1", strconv.Itoa(mib), strconv.Itoa(rounds))
+	rates := map[string][]float64{}
+	var order []string
+	for _, m := range regexp.MustCompile(`TAPEPROBE MODE (\S+) ([0-9.]+) MiB/s`).FindAllStringSubmatch(out, -1) {
+		f, _ := strconv.ParseFloat(m[2], 64)
+		if rates[m[1]] == nil {
+			order = append(order, m[1])
+		}
+		rates[m[1]] = append(rates[m[1]], f)
+	}
+	for _, n := range order {
+		msg := fmt.Sprintf("write path %-10s median %6.1f MiB/s of %v", n, median(rates[n]), rates[n])
+		b.Log("tape: " + msg)
+		fmt.Fprintln(os.Stderr, "tape:", msg)
+	}
+	for _, ln := range strings.Split(out, "\n") {
+		if strings.Contains(ln, "NOTE") {
+			fmt.Fprintln(os.Stderr, "tape:", ln)
+		}
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

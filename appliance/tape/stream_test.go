@@ -12,6 +12,7 @@ import (
 	"vaultnode/appliance/tape/drive"
 	"vaultnode/appliance/tape/emu"
 	"vaultnode/appliance/tape/format"
+	"vaultnode/appliance/tape/scsi"
 )
 
 // TestStreamBlocks: what goes through the pipeline reaches the drive in
@@ -149,5 +150,170 @@ func TestStreamAbort(t *testing.T) {
 	}
 	if _, err := s.Write(blk); err == nil {
 		t.Fatal("write after abort succeeded")
+	}
+}
+
+// TestStreamQueued: through a drive that keeps several WRITEs outstanding,
+// the blocks reach the tape in order and whole, up to streamInFlight are
+// outstanding at once, and no buffer is refilled before the drive finished
+// its WRITE (the emulated queue compares each block at its start and its
+// end).
+func TestStreamQueued(t *testing.T) {
+	ctx := context.Background()
+	q := &emu.Queue{Tape: emu.NewTape("SN-QUEUE", 0)}
+	d := drive.New(q, nil)
+	data := make([]byte, 40*format.RecordSize+777)
+	r := rand.New(rand.NewPCG(5, 6))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	s := newStream(ctx, d, nil)
+	for p := data; len(p) > 0; {
+		n := min(len(p), 1+r.IntN(600<<10))
+		if _, err := s.Write(p[:n]); err != nil {
+			t.Fatal(err)
+		}
+		p = p[n:]
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteFilemarks(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if back := s.abort(); len(back) != streamBuffers {
+		t.Fatalf("%d buffers back, want %d", len(back), streamBuffers)
+	}
+	if q.Reused != 0 || q.ExecQueued != 0 {
+		t.Fatalf("%d buffers changed while their WRITE was queued; %d commands ran while WRITEs were queued", q.Reused, q.ExecQueued)
+	}
+	if q.MaxQueued < 2 || q.MaxQueued > streamInFlight {
+		t.Fatalf("at most %d WRITEs outstanding, want 2 to %d", q.MaxQueued, streamInFlight)
+	}
+	if err := d.Rewind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := append(bytes.Clone(data), make([]byte, 41*format.RecordSize-len(data))...)
+	var got []byte
+	buf := make([]byte, 2*format.RecordSize)
+	for {
+		n, err := d.ReadBlock(ctx, buf)
+		if errors.Is(err, drive.ErrFilemark) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%d bytes read back differ from the %d written", len(got), len(want))
+	}
+}
+
+// TestStreamQueuedErrorInFlight: four WRITEs outstanding and the second
+// fails. The stream stops with that block's error, says how many blocks
+// the drive had behind it and wrote anyway, gets every buffer back only
+// after all four WRITEs finished, and the tape holds no filemark: the torn
+// file is never closed, so nothing of it is recorded.
+func TestStreamQueuedErrorInFlight(t *testing.T) {
+	ctx := context.Background()
+	release := make(chan struct{})
+	var once bool
+	q := &emu.Queue{Tape: emu.NewTape("SN-QUEUE", 0), Fail: map[int]bool{2: true}}
+	q.Started = func(int) {
+		if !once { // hold the first WRITE until all four blocks are queued
+			once = true
+			<-release
+		}
+	}
+	d := drive.New(q, nil)
+	s := newStream(ctx, d, nil)
+	blk := make([]byte, format.RecordSize)
+	for i := range 4 {
+		blk[0] = byte(i + 1)
+		if _, err := s.Write(blk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(release)
+	err := s.Close()
+	if err == nil || !strings.Contains(err.Error(), "block 2 of the file") || !strings.Contains(err.Error(), "2 more blocks queued behind it and wrote 2 of them") {
+		t.Fatalf("close after the 2nd of 4 WRITEs failed: %v", err)
+	}
+	if sn, ok := scsi.AsSense(err); !ok || sn.Key != scsi.KeyMediumError {
+		t.Fatalf("the drive's sense is lost from %v", err)
+	}
+	if q.MaxQueued != 4 {
+		t.Fatalf("%d WRITEs were outstanding, want 4", q.MaxQueued)
+	}
+	if _, err := s.Write(blk); err == nil {
+		t.Fatal("write after the failure succeeded")
+	}
+	if back := s.abort(); len(back) != streamBuffers {
+		t.Fatalf("%d buffers back, want %d", len(back), streamBuffers)
+	}
+	if q.Reused != 0 {
+		t.Fatalf("%d buffers changed while their WRITE was queued", q.Reused)
+	}
+	// On tape: block 1, then 3 and 4 (run by the drive after 2 failed), and
+	// no filemark.
+	if err := d.Rewind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2*format.RecordSize)
+	var firsts []byte
+	for {
+		n, err := d.ReadBlock(ctx, buf)
+		if err != nil {
+			if !errors.Is(err, drive.ErrEndOfData) {
+				t.Fatalf("after %v: %v, want the end of data", firsts, err)
+			}
+			break
+		}
+		if n != format.RecordSize {
+			t.Fatalf("a block of %d bytes", n)
+		}
+		firsts = append(firsts, buf[0])
+	}
+	if !bytes.Equal(firsts, []byte{1, 3, 4}) {
+		t.Fatalf("blocks %v on tape, want [1 3 4]", firsts)
+	}
+}
+
+// TestStreamQueuedAbort: abort with WRITEs outstanding issues no more and
+// returns the buffers only once those finished.
+func TestStreamQueuedAbort(t *testing.T) {
+	ctx := context.Background()
+	release := make(chan struct{})
+	var once bool
+	q := &emu.Queue{Tape: emu.NewTape("SN-QUEUE", 0)}
+	q.Started = func(int) {
+		if !once {
+			once = true
+			<-release
+		}
+	}
+	d := drive.New(q, nil)
+	s := newStream(ctx, d, nil)
+	blk := make([]byte, format.RecordSize)
+	for range 3 {
+		if _, err := s.Write(blk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spare := make(chan [][]byte)
+	go func() { spare <- s.abort() }()
+	<-s.stop
+	close(release)
+	back := <-spare
+	if len(back) != streamBuffers {
+		t.Fatalf("%d buffers back after abort, want %d", len(back), streamBuffers)
+	}
+	if q.Reused != 0 {
+		t.Fatalf("%d buffers changed while their WRITE was queued", q.Reused)
+	}
+	if got, err := d.Position(ctx); err != nil || got.Block > 1 {
+		t.Fatalf("%d blocks written after abort (%v), want at most the one issued", got.Block, err)
 	}
 }

@@ -169,6 +169,11 @@ func (d *Drive) WriteBlock(ctx context.Context, p []byte) error {
 		return err
 	}
 	_, err = d.run(ctx, c)
+	return writeResult(err)
+}
+
+// writeResult classifies a WRITE's outcome.
+func writeResult(err error) error {
 	// Early warning is EOM with NO SENSE (00/02); some drives send the
 	// ASCQ without the EOM bit.
 	if s, ok := scsi.AsSense(err); ok && (s.EOM || s.Is(scsi.KeyNoSense, 0, 0x02)) {

@@ -94,6 +94,9 @@ type Response struct {
 	Status      byte
 	Sense       []byte
 	Transferred int
+	// Direct: the data went straight between the caller's buffer and the
+	// device (sg direct I/O), not through a kernel copy.
+	Direct bool
 }
 
 // Err turns a non-GOOD status into an error: a *SenseError for CHECK

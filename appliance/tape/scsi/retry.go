@@ -93,3 +93,8 @@ func (r *Retry) Exec(ctx context.Context, c Command) (Response, error) {
 		waited += interval
 	}
 }
+
+// Unwrap returns the decorated executor (the drive reaches the sg
+// driver's asynchronous interface through it: queued WRITEs are not
+// retried, see drive.BlockQueue).
+func (r *Retry) Unwrap() Executor { return r.Next }

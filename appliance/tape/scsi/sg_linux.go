@@ -60,6 +60,9 @@ type Device struct {
 	fd     int
 	path   string
 	packID int32 // of the last command submitted
+
+	direct bool      // Exec asks for direct I/O (SetDirectIO)
+	queue  []*queued // started with Start, not yet collected, oldest first
 }
 
 // Open opens a SCSI generic device node read-write. A node that is not
@@ -115,11 +118,13 @@ func (d *Device) Exec(ctx context.Context, c Command) (Response, error) {
 	if err != nil {
 		return Response{}, fmt.Errorf("issue %s on %s: %w", c.Name(), d.path, err)
 	}
-	d.packID++
-	if d.packID <= 0 {
-		d.packID = 1
+	if len(d.queue) > 0 {
+		return Response{}, fmt.Errorf("issue %s on %s: %d queued commands not collected: %w", c.Name(), d.path, len(d.queue), ErrTransport)
 	}
-	hdr.PackID = d.packID
+	if d.direct {
+		hdr.Flags |= sgFlagDirectIO
+	}
+	hdr.PackID = d.nextPackID()
 	raw := unsafe.Slice((*byte)(unsafe.Pointer(hdr)), unsafe.Sizeof(*hdr))
 	err = retryEINTR(func() (int, error) { return unix.Write(d.fd, raw) })
 	if err == nil {
@@ -137,7 +142,18 @@ func (d *Device) Exec(ctx context.Context, c Command) (Response, error) {
 	if hdr.PackID != d.packID {
 		return Response{}, fmt.Errorf("issue %s on %s: the driver returned command %d, not %d: %w", c.Name(), d.path, hdr.PackID, d.packID, ErrTransport)
 	}
-	return hdrResponse(c, hdr, sense, d.path)
+	r, err := hdrResponse(c, hdr, sense, d.path)
+	r.Direct = hdr.Info&sgInfoIOMask == sgInfoDirectIO
+	return r, err
+}
+
+// nextPackID numbers the next command.
+func (d *Device) nextPackID() int32 {
+	d.packID++
+	if d.packID <= 0 {
+		d.packID = 1
+	}
+	return d.packID
 }
 
 // retryEINTR runs a read or write of a whole sg header until it is not

@@ -9,6 +9,8 @@
 //	tapeprobe write BARCODE DIR          DIR as a tar archive in tape file 1 (file 0: a label archive)
 //	tapeprobe export BARCODE | import IE move through the import/export slot
 //	tapeprobe rate BARCODE DRIVE MIB     stream MIB MiB of 256 KiB blocks, print the rate
+//	tapeprobe modes BARCODE DRIVE MIB N  the same through every write path (synchronous SG_IO, direct I/O,
+//	                                     queued WRITEs, the st driver, dd), N rounds, one rate line each
 //	tapeprobe soak BARCODE DRIVE MIB N   write numbered blocks, read them back N times, report any that differ
 //	                                     (N < 0: -N times, unloading and loading the cartridge before each)
 //	tapeprobe sigstorm BARCODE DRIVE N   write N numbered blocks and read them back while signals hit the
@@ -273,6 +275,14 @@ func (p *probe) run(ctx context.Context, args []string) error {
 		addr, _ := strconv.Atoi(args[2])
 		n, _ := strconv.Atoi(args[3])
 		p.sigstorm(ctx, l, args[1], uint16(addr), n)
+	case "modes":
+		if len(args) != 5 {
+			return errors.New("usage: tapeprobe modes BARCODE DRIVE MIB ROUNDS")
+		}
+		addr, _ := strconv.Atoi(args[2])
+		mib, _ := strconv.Atoi(args[3])
+		rounds, _ := strconv.Atoi(args[4])
+		p.modes(ctx, l, args[1], uint16(addr), mib, rounds)
 	case "rate":
 		if len(args) != 4 {
 			return errors.New("usage: tapeprobe rate BARCODE DRIVE MIB")
@@ -588,21 +598,21 @@ func (w *blockWriter) end() error {
 	return w.d.WriteFilemarks(w.ctx, 1)
 }
 
-// rate streams mib MiB in 256 KiB blocks to the cartridge and prints the
-// rate, for the benchmark's comparison against dd.
+// rate streams mib MiB in 256 KiB blocks to the cartridge through the
+// drive package's BlockQueue as the tape job does (up to 8 WRITEs
+// outstanding, direct I/O), and prints the rate, for the benchmark's
+// comparison against dd.
 func (p *probe) rate(ctx context.Context, l *lab, barcode string, addr uint16, mib int) {
 	d, ok := p.load(ctx, l, barcode, addr)
 	if !ok {
 		return
 	}
-	blk := pattern(256<<10, 9)
-	start := time.Now()
-	var err error
-	for i := 0; i < mib*4 && err == nil; i++ {
-		if err = d.WriteBlock(ctx, blk); errors.Is(err, drive.ErrEarlyWarning) {
-			err = nil
-		}
+	blocks := make([][]byte, 8)
+	for i := range blocks {
+		blocks[i] = pattern(256<<10, byte(9+i))
 	}
+	start := time.Now()
+	err := writeQueued(ctx, d, blocks, mib*4)
 	if err == nil {
 		err = d.WriteFilemarks(ctx, 1)
 	}
@@ -611,6 +621,37 @@ func (p *probe) rate(ctx context.Context, l *lab, barcode string, addr uint16, m
 		fmt.Fprintf(p.out, "TAPEPROBE RATE %d MiB in %.3f s = %.1f MiB/s\n", mib, el.Seconds(), float64(mib)/el.Seconds())
 	}
 	p.unload(ctx, l, d, addr)
+}
+
+// writeQueued writes n blocks taken in turn from blocks through a
+// BlockQueue as deep as there are buffers, reusing a buffer only once its
+// WRITE is reaped.
+func writeQueued(ctx context.Context, d *drive.Drive, blocks [][]byte, n int) error {
+	q := d.Queue(len(blocks))
+	if len(blocks) > 1 && !q.Queued() {
+		return errors.New("the handle cannot queue")
+	}
+	free := append([][]byte(nil), blocks...)
+	for i := 0; i < n; i++ {
+		if len(free) == 0 {
+			b, _, err := q.Reap(ctx)
+			if err != nil && !errors.Is(err, drive.ErrEarlyWarning) {
+				return err
+			}
+			free = append(free, b)
+		}
+		b := free[len(free)-1]
+		free = free[:len(free)-1]
+		if err := q.Submit(ctx, b); err != nil {
+			return err
+		}
+	}
+	for q.Outstanding() > 0 {
+		if _, _, err := q.Reap(ctx); err != nil && !errors.Is(err, drive.ErrEarlyWarning) {
+			return err
+		}
+	}
+	return nil
 }
 
 // stNode returns the st driver's no-rewind node of the drive behind a
@@ -1023,5 +1064,102 @@ storm:
 		r.err = fmt.Errorf("%d of %d blocks came back different", len(r.bad), n)
 	}
 	p.check(fmt.Sprintf("%d blocks written and read back once each under a signal storm", n), r.err)
+	p.unload(ctx, l, d, addr)
+}
+
+// modes writes mib MiB of 256 KiB blocks from the start of the cartridge
+// through each write path in turn, rounds times, and prints one rate per
+// path and round: "TAPEPROBE MODE name MiB/s".
+func (p *probe) modes(ctx context.Context, l *lab, barcode string, addr uint16, mib, rounds int) {
+	d, ok := p.load(ctx, l, barcode, addr)
+	if !ok {
+		return
+	}
+	h := l.drives[addr]
+	dev, _ := l.lib.DriveAt(addr)
+	nst := stNode(dev.Device.Path)
+	if out, err := exec.Command("mt", "-f", nst, "setblk", "0").CombinedOutput(); err != nil {
+		p.note("mt setblk 0: %v: %s", err, out)
+	}
+	const dio = "/sys/module/sg/parameters/allow_dio"
+	orig, _ := os.ReadFile(dio)
+	defer os.WriteFile(dio, orig, 0o644)
+	blocks := make([][]byte, 16)
+	for i := range blocks {
+		blocks[i] = pattern(256<<10, byte(30+i))
+	}
+	queued := func(depth int) func() error {
+		return func() error { return writeQueued(ctx, d, blocks[:depth], mib*4) }
+	}
+	type mode struct {
+		name   string
+		direct bool
+		run    func() error
+	}
+	ms := []mode{
+		{"sync", false, queued(1)},
+		{"sync-dio", true, queued(1)},
+		{"queue2", false, queued(2)},
+		{"queue4", false, queued(4)},
+		{"queue8", false, queued(8)},
+		{"queue4-dio", true, queued(4)},
+		{"queue8-dio", true, queued(8)},
+	}
+	if !strings.HasPrefix(nst, "(") {
+		ms = append(ms, mode{"st-write", false, func() error {
+			f, err := os.OpenFile(nst, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			for i := 0; i < mib*4; i++ {
+				if _, err := f.Write(blocks[i%len(blocks)]); err != nil {
+					f.Close()
+					return err
+				}
+			}
+			return f.Close() // st writes the filemark
+		}}, mode{"dd", false, func() error {
+			out, err := exec.Command("dd", "if=/dev/zero", "of="+nst, "bs=256k", fmt.Sprintf("count=%d", mib*4)).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return nil
+		}})
+	}
+	for r := 0; r < rounds; r++ {
+		for _, m := range ms {
+			v := []byte("0")
+			if m.direct {
+				v = []byte("1")
+			}
+			if err := os.WriteFile(dio, v, 0o644); err != nil {
+				p.note("set %s: %v", dio, err)
+			}
+			h.SetDirectIO(m.direct)
+			err := d.Rewind(ctx)
+			start := time.Now()
+			if err == nil {
+				err = m.run()
+			}
+			if err == nil && !strings.HasPrefix(m.name, "st") && m.name != "dd" {
+				err = d.WriteFilemarks(ctx, 1)
+			}
+			el := time.Since(start)
+			h.SetDirectIO(false)
+			if !p.check(fmt.Sprintf("round %d: %s", r+1, m.name), err) {
+				continue
+			}
+			fmt.Fprintf(p.out, "TAPEPROBE MODE %s %.1f MiB/s\n", m.name, float64(mib)/el.Seconds())
+		}
+	}
+	// Direct I/O really happened? One WRITE through SG_IO tells.
+	os.WriteFile(dio, []byte("1"), 0o644)
+	h.SetDirectIO(true)
+	c, _ := scsi.Write6(blocks[0])
+	if err := d.Rewind(ctx); err == nil {
+		r, err := h.Exec(ctx, c)
+		p.note("direct I/O with allow_dio=1: %v (%v)", r.Direct, err)
+	}
+	h.SetDirectIO(false)
 	p.unload(ctx, l, d, addr)
 }
