@@ -146,7 +146,7 @@ func newStream(ctx context.Context, dev format.BlockDevice, spare [][]byte) *blo
 func (s *blockStream) write(ctx context.Context, q blockQueue) {
 	defer close(s.done)
 	var (
-		failed         error // the first block that failed, or the stop
+		failed         error // the first block that failed
 		behind, wrote  int   // blocks reaped after it, and of those written
 		stopped, drain bool
 	)
@@ -155,18 +155,17 @@ func (s *blockStream) write(ctx context.Context, q blockQueue) {
 		if p != nil {
 			s.free <- p[:0] // never blocks: free holds every buffer
 		}
-		if failed != nil {
-			behind++
-			if err == nil || errors.Is(err, drive.ErrEarlyWarning) {
-				wrote++
-			}
-			return
+		ok := err == nil || errors.Is(err, drive.ErrEarlyWarning)
+		if errors.Is(err, drive.ErrEarlyWarning) {
+			s.warn.Store(true)
 		}
 		switch {
-		case err == nil:
-		case errors.Is(err, drive.ErrEarlyWarning):
-			s.warn.Store(true)
-		default:
+		case failed != nil:
+			behind++
+			if ok {
+				wrote++
+			}
+		case !ok:
 			failed = fmt.Errorf("block %d of the file: %w", seq, err)
 		}
 	}
@@ -222,7 +221,14 @@ func (s *blockStream) write(ctx context.Context, q blockQueue) {
 		}
 		if err := q.Submit(ctx, b); err != nil {
 			s.free <- b[:0]
-			failed = fmt.Errorf("issue a block of the file: %w", err)
+			// The blocks before it come first: a failure among them is
+			// the one to report (the queue refuses blocks after it).
+			for failed == nil && q.Outstanding() > 0 {
+				reap()
+			}
+			if failed == nil {
+				failed = fmt.Errorf("issue a block of the file: %w", err)
+			}
 		}
 	}
 }
