@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -165,33 +166,70 @@ func (v *Vault) checkListing(ctx context.Context, s *session, k *companyKeys, li
 	if err != nil {
 		return t, listingErr(err)
 	}
-	var pending [][32]byte
-	check := func() error {
-		if len(pending) == 0 {
-			return nil
-		}
-		has, err := v.hasProtected(s, pending)
+	// The store lookups of one batch of ids run on another core while the
+	// next batch is decoded (docs/performance.md, item 9). The checker
+	// holds one batch, the decoder fills the other.
+	check := func(ids [][32]byte) error {
+		has, err := v.hasProtected(s, ids)
 		if err != nil {
 			return err
 		}
 		for i, h := range has {
 			if !h {
-				return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: the listing references chunk %x that the vault lacks: upload it first", pending[i][:8])
+				return fail(http.StatusConflict, wire.CodeMissingChunk, "commit: the listing references chunk %x that the vault lacks: upload it first", ids[i][:8])
 			}
 		}
-		pending = pending[:0]
 		return nil
+	}
+	batches := make(chan [][32]byte)
+	checked := make(chan error, 1)
+	var failed atomic.Bool
+	go func() {
+		var err error
+		for ids := range batches {
+			if err == nil {
+				if err = check(ids); err != nil {
+					failed.Store(true)
+				}
+			}
+		}
+		checked <- err
+	}()
+	// finish waits for the checker; its error concerns an earlier part of
+	// the listing than one the decoder meets, so it comes first.
+	finished := false
+	finish := func(err error) error {
+		if !finished {
+			finished = true
+			close(batches)
+			if cerr := <-checked; cerr != nil {
+				return cerr
+			}
+		}
+		return err
+	}
+	defer finish(nil)
+	const batch = 4096
+	bufs := [2][][32]byte{make([][32]byte, 0, batch), make([][32]byte, 0, batch)}
+	cur := 0
+	pending := bufs[cur]
+	flush := func() {
+		// The checker took the other buffer only after it was done with
+		// the one it held before: the decoder may fill that again.
+		batches <- pending
+		cur = 1 - cur
+		pending = bufs[cur][:0]
 	}
 	for {
 		if err := ctx.Err(); err != nil {
-			return t, err
+			return t, finish(err)
 		}
 		n, err := rd.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return t, listingErr(err)
+			return t, finish(listingErr(err))
 		}
 		switch n.Type {
 		case tree.TypeFile:
@@ -210,14 +248,18 @@ func (v *Vault) checkListing(ctx context.Context, s *session, k *companyKeys, li
 		}
 		for _, c := range n.Chunks {
 			pending = append(pending, c.ID)
-		}
-		if len(pending) >= 4096 {
-			if err := check(); err != nil {
-				return t, err
+			if len(pending) == batch {
+				flush()
+				if failed.Load() {
+					return t, finish(nil)
+				}
 			}
 		}
 	}
-	return t, check()
+	if len(pending) > 0 {
+		flush()
+	}
+	return t, finish(nil)
 }
 
 func listingErr(err error) error {
