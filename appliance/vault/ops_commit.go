@@ -167,8 +167,9 @@ func (v *Vault) checkListing(ctx context.Context, s *session, k *companyKeys, li
 		return t, listingErr(err)
 	}
 	// The store lookups of one batch of ids run on another core while the
-	// next batch is decoded (docs/performance.md, item 9). The checker
-	// holds one batch, the decoder fills the other.
+	// next batch is decoded (docs/performance.md, "Listing nodes through
+	// reflection"). The checker holds one batch, the decoder fills the
+	// other.
 	check := func(ids [][32]byte) error {
 		has, err := v.hasProtected(s, ids)
 		if err != nil {
