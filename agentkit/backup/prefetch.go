@@ -2,13 +2,17 @@ package backup
 
 import (
 	"context"
+	"errors"
+	"io"
 	"os"
 	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"vaultnode/agentkit/meta"
 	"vaultnode/agentkit/selection"
+	"vaultnode/internal/tree"
 )
 
 // Prefetch tuning. The walker reads a tree one directory at a time, in
@@ -24,7 +28,19 @@ const (
 	// prefetchPending bounds the directories waiting to be read ahead; a
 	// subtree found when the queue is full is simply read cold.
 	prefetchPending = 16384
+	// prefetchKept bounds the stats kept for the walker (256 bytes each):
+	// beyond it, directories read ahead are stat'ed again by the walker.
+	prefetchKept = 16384
 )
+
+// readAhead is what the prefetcher learnt of one directory: the statx of
+// each entry (asked for meta.StatxMask), which the walker uses instead of
+// calling statx again (docs/performance.md, "The walker's second statx").
+// The walker takes it only for the same directory inode.
+type readAhead struct {
+	dev, ino uint64
+	ents     map[string]unix.Statx_t
+}
 
 // prefetcher reads directories and stats their entries, discarding what it
 // learns: its only effect is that the kernel has the metadata cached when
@@ -41,6 +57,58 @@ type prefetcher struct {
 	pending []prefetchDir // a stack: depth first, close to the walker's order
 	busy    int
 	done    bool
+
+	// known holds the stats of directories read ahead, by path (as
+	// recorded: relative to the root set), until the walker takes them;
+	// kept counts their entries. walkerAt is the directory the walker
+	// entered last: it walks in tree order, so a directory at or before
+	// it will not be asked for.
+	known    map[string]*readAhead
+	kept     int
+	walkerAt []byte
+}
+
+// take hands the walker, as it enters the directory at path (dev, ino),
+// the stats read ahead in it, or nil.
+func (p *prefetcher) take(path []byte, dev, ino uint64) map[string]unix.Statx_t {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.walkerAt = append(p.walkerAt[:0], path...)
+	ra := p.known[string(path)]
+	if ra == nil {
+		return nil
+	}
+	delete(p.known, string(path))
+	p.kept -= len(ra.ents)
+	if ra.dev != dev || ra.ino != ino {
+		return nil // another directory now has that name
+	}
+	return ra.ents
+}
+
+// keep stores a directory's stats for the walker unless the walker has
+// entered it already or they do not fit. p.mu is held.
+func (p *prefetcher) keep(path string, ra *readAhead) {
+	if p.walkerAt != nil && tree.Compare([]byte(path), p.walkerAt) <= 0 {
+		return
+	}
+	if p.kept+len(ra.ents) > prefetchKept {
+		// Forget what the walker has gone past (a directory it skipped).
+		for k, old := range p.known {
+			if tree.Compare([]byte(k), p.walkerAt) <= 0 {
+				delete(p.known, k)
+				p.kept -= len(old.ents)
+			}
+		}
+		if p.kept+len(ra.ents) > prefetchKept {
+			return
+		}
+	}
+	if p.known == nil {
+		p.known = map[string]*readAhead{}
+	}
+	p.known[path] = ra
+	p.kept += len(ra.ents)
 }
 
 type prefetchDir struct {
@@ -51,12 +119,12 @@ type prefetchDir struct {
 
 // startPrefetch reads ahead under each root (src is read, abs selects) and
 // returns the function that stops the readers and waits for them.
-func startPrefetch(ctx context.Context, sel *selection.Selection, roots []prefetchDir) (stop func()) {
+func startPrefetch(ctx context.Context, sel *selection.Selection, roots []prefetchDir) (p *prefetcher, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	// A stack: reversed so that the first root is read first.
 	pending := slices.Clone(roots)
 	slices.Reverse(pending)
-	p := &prefetcher{ctx: ctx, sel: sel, pending: pending}
+	p = &prefetcher{ctx: ctx, sel: sel, pending: pending}
 	p.cond = sync.NewCond(&p.mu)
 	var wg sync.WaitGroup
 	for range prefetchReaders {
@@ -73,7 +141,7 @@ func startPrefetch(ctx context.Context, sel *selection.Selection, roots []prefet
 		p.cond.Broadcast()
 		p.mu.Unlock()
 	}()
-	return func() {
+	return p, func() {
 		cancel()
 		wg.Wait()
 	}
@@ -120,13 +188,14 @@ func (p *prefetcher) read(d prefetchDir) []prefetchDir {
 	}
 	f := os.NewFile(uintptr(fd), d.src)
 	defer f.Close()
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return nil
+	}
 	if d.dev == 0 {
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) != nil {
-			return nil
-		}
 		d.dev = st.Dev
 	}
+	ra := &readAhead{dev: st.Dev, ino: st.Ino, ents: map[string]unix.Statx_t{}}
 	var subs []prefetchDir
 	for {
 		ents, err := f.ReadDir(256)
@@ -135,8 +204,13 @@ func (p *prefetcher) read(d prefetchDir) []prefetchDir {
 				return nil
 			}
 			var stx unix.Statx_t
-			if unix.Statx(fd, e.Name(), unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT,
-				unix.STATX_BASIC_STATS, &stx) != nil || !e.IsDir() {
+			if meta.Statx(fd, e.Name(), &stx) != nil {
+				continue
+			}
+			if len(ra.ents) < prefetchKept {
+				ra.ents[e.Name()] = stx
+			}
+			if !e.IsDir() {
 				continue
 			}
 			abs := d.abs + "/" + e.Name()
@@ -152,6 +226,11 @@ func (p *prefetcher) read(d prefetchDir) []prefetchDir {
 			subs = append(subs, prefetchDir{src: d.src + "/" + e.Name(), abs: abs, dev: d.dev})
 		}
 		if err != nil || len(ents) == 0 {
+			if errors.Is(err, io.EOF) || (err == nil && len(ents) == 0) {
+				p.mu.Lock()
+				p.keep(rel(d.abs), ra)
+				p.mu.Unlock()
+			}
 			return subs // io.EOF, or unreadable: the walker reports it
 		}
 	}

@@ -71,7 +71,7 @@ func TestPrefetchEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := runtime.NumGoroutine()
-	stop := startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}})
+	_, stop := startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}})
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > before+1 && time.Now().Before(deadline) { // +1: the goroutine waiting for stop
 		time.Sleep(time.Millisecond)
@@ -81,7 +81,7 @@ func TestPrefetchEnds(t *testing.T) {
 	}
 	stop()
 
-	stop = startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}})
+	_, stop = startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}})
 	stop()
 	if n := runtime.NumGoroutine(); n > before+1 {
 		t.Errorf("%d goroutines still running after stop, want at most %d", n, before+1)

@@ -66,6 +66,8 @@ type walker struct {
 	// sourceOf, when set, maps a configured root to the directory actually
 	// read (a snapshot of it); paths are recorded as the root's.
 	sourceOf func(root string) string
+	// pf reads ahead of the walk and hands over the stats it took.
+	pf *prefetcher
 }
 
 // roots returns the configured paths cleaned, sorted in tree order, with
@@ -107,7 +109,11 @@ func (w *walker) run() error {
 	for i, root := range rs {
 		ahead[i] = prefetchDir{src: w.source(root), abs: root}
 	}
-	defer startPrefetch(w.ctx, w.sel, ahead)()
+	if w.pf == nil { // tests hand one over
+		pf, stop := startPrefetch(w.ctx, w.sel, ahead)
+		defer stop()
+		w.pf = pf
+	}
 	for i, root := range rs {
 		src := ahead[i].src
 		n, err := meta.Lstat(unix.AT_FDCWD, src)
@@ -384,6 +390,10 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	if unix.Fstatat(fd, VaultMarker, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 		return nil // this directory is a vault's data: only the directory itself is recorded
 	}
+	var known map[string]unix.Statx_t
+	if w.pf != nil {
+		known = w.pf.take(n.Path, n.Dev, n.Ino)
+	}
 	for {
 		child, ok, err := names.next()
 		if err != nil {
@@ -410,7 +420,20 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 		if !w.trusted(prev) {
 			prev = nil
 		}
-		cn, op, err := meta.LstatOpen(fd, child, prev)
+		var cn tree.Node
+		var op *meta.Opened
+		if stx, ok := known[child]; ok {
+			cn, op, err = meta.LstatOpenFrom(fd, child, prev, &stx)
+			if err != nil {
+				// Changed or replaced since it was read ahead: stat it now.
+				if op != nil {
+					unix.Close(op.FD)
+				}
+				cn, op, err = meta.LstatOpen(fd, child, prev)
+			}
+		} else {
+			cn, op, err = meta.LstatOpen(fd, child, prev)
+		}
 		if cn.Type == 0 {
 			if errors.Is(err, unix.ENOENT) {
 				continue // vanished since the directory was read

@@ -107,3 +107,106 @@ func TestWalkReusesOnlyObjectsNotRacy(t *testing.T) {
 		t.Errorf("changed in the tick the last synchronization began: xattrs %v, want the file's own", got.Xattrs)
 	}
 }
+
+// The walker uses the stats the read-ahead took instead of calling statx
+// again, only for the directory inode they were taken in, and stats again
+// an entry replaced since.
+func TestWalkUsesReadAheadStats(t *testing.T) {
+	root := t.TempDir()
+	d := filepath.Join(root, "d")
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stat := func(name string) unix.Statx_t {
+		var stx unix.Statx_t
+		if err := meta.Statx(unix.AT_FDCWD, filepath.Join(d, name), &stx); err != nil {
+			t.Fatal(err)
+		}
+		return stx
+	}
+	for _, name := range []string{"a", "b", "old-b"} {
+		if err := os.WriteFile(filepath.Join(d, name), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := stat("a")
+	a.Mode = unix.S_IFREG | 0o600 // what only the read-ahead's stat says
+	ents := map[string]unix.Statx_t{"a": a, "b": stat("old-b")}
+	if err := os.Remove(filepath.Join(d, "old-b")); err != nil {
+		t.Fatal(err)
+	}
+	dst := stat(".")
+	dirPath := root[1:] + "/d"
+	walk := func(ino uint64) map[string]tree.Node {
+		sel, err := selection.New(selection.Options{StatePath: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &prefetcher{}
+		p.keep(dirPath, &readAhead{dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, ents: ents})
+		order, work := make(chan *item, 100), make(chan *item, 100)
+		w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}},
+			order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir(), pf: p}
+		if err := w.run(); err != nil {
+			t.Fatal(err)
+		}
+		close(order)
+		close(work)
+		for it := range work {
+			unix.Close(it.fd)
+		}
+		nodes := map[string]tree.Node{}
+		for it := range order {
+			nodes[string(it.node.Path)] = it.node
+		}
+		if p.kept != 0 || len(p.known) != 0 {
+			t.Errorf("the walker left %d stats of %d directories behind", p.kept, len(p.known))
+		}
+		return nodes
+	}
+	nodes := walk(dst.Ino)
+	if got := nodes[dirPath+"/a"]; got.Mode != 0o600 {
+		t.Errorf("a: mode %o, want the read-ahead's 600 (statx called again)", got.Mode)
+	}
+	if got, want := nodes[dirPath+"/b"], stat("b"); got.Ino != want.Ino || got.Status != tree.StatusOK || got.Err != "" {
+		t.Errorf("b, replaced since the read-ahead: inode %d status %d %q; want inode %d, read cleanly", got.Ino, got.Status, got.Err, want.Ino)
+	}
+	// Stats taken in another directory inode of that name are not used.
+	nodes = walk(dst.Ino + 1)
+	if got := nodes[dirPath+"/a"]; got.Mode != 0o644 {
+		t.Errorf("a, read ahead in another directory: mode %o, want its own 644", got.Mode)
+	}
+}
+
+// Stats of a directory the walker has entered already are not kept; when
+// they do not fit, those of directories it went past are dropped first.
+func TestReadAheadKeep(t *testing.T) {
+	p := &prefetcher{}
+	ents := func(n int) *readAhead {
+		ra := &readAhead{ents: map[string]unix.Statx_t{}}
+		for i := range n {
+			ra.ents[string(rune('a'+i))] = unix.Statx_t{}
+		}
+		return ra
+	}
+	p.keep("r/b", ents(1))
+	p.take([]byte("r/c"), 0, 0)
+	p.keep("r/a", ents(1)) // behind the walker
+	p.keep("r/c", ents(1)) // entered
+	if _, ok := p.known["r/a"]; ok || len(p.known) != 1 {
+		t.Fatalf("kept %v, want only r/b", p.known)
+	}
+	p.keep("r/d", &readAhead{ents: make(map[string]unix.Statx_t, 0)})
+	big := ents(1)
+	for i := range prefetchKept - 1 {
+		big.ents[string(rune(0x100+i))] = unix.Statx_t{}
+	}
+	p.keep("r/e", big) // fits once r/b, which the walker went past, is dropped
+	if _, ok := p.known["r/e"]; !ok || p.kept != prefetchKept {
+		t.Fatalf("kept %d stats in %d directories, want r/e's %d", p.kept, len(p.known), prefetchKept)
+	}
+	p.keep("r/f", ents(1))
+	if _, ok := p.known["r/f"]; ok || p.kept > prefetchKept {
+		t.Fatalf("kept %d stats, over %d", p.kept, prefetchKept)
+	}
+}

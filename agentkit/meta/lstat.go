@@ -33,7 +33,7 @@ func Lstat(dirfd int, name string) (tree.Node, error) {
 // (open, stat, ioctl, listxattr, close), most of a synchronization with no
 // change.
 func LstatSince(dirfd int, name string, prev *tree.Node) (tree.Node, error) {
-	n, _, err := lstat(dirfd, name, prev, false)
+	n, _, err := lstat(dirfd, name, prev, false, nil)
 	return n, err
 }
 
@@ -51,14 +51,30 @@ type Opened struct {
 // serves as the "before" of the read. The file is opened with O_NOATIME
 // when allowed. op is nil when nothing was left open.
 func LstatOpen(dirfd int, name string, prev *tree.Node) (n tree.Node, op *Opened, err error) {
-	return lstat(dirfd, name, prev, true)
+	return lstat(dirfd, name, prev, true, nil)
 }
 
-func lstat(dirfd int, name string, prev *tree.Node, keep bool) (tree.Node, *Opened, error) {
+// StatxMask is what Lstat asks statx for; a stat handed to LstatOpenFrom
+// must have been asked for the same.
+const StatxMask = unix.STATX_BASIC_STATS | unix.STATX_BTIME
+
+// Statx is the statx call of Lstat.
+func Statx(dirfd int, name string, stx *unix.Statx_t) error {
+	return unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, StatxMask, stx)
+}
+
+// LstatOpenFrom is LstatOpen for an object already stat'ed by Statx
+// (another goroutine's read-ahead): it starts from stx instead of calling
+// statx again.
+func LstatOpenFrom(dirfd int, name string, prev *tree.Node, stx *unix.Statx_t) (n tree.Node, op *Opened, err error) {
+	return lstat(dirfd, name, prev, true, stx)
+}
+
+func lstat(dirfd int, name string, prev *tree.Node, keep bool, known *unix.Statx_t) (tree.Node, *Opened, error) {
 	var stx unix.Statx_t
-	err := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT,
-		unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
-	if err != nil {
+	if known != nil {
+		stx = *known
+	} else if err := Statx(dirfd, name, &stx); err != nil {
 		return tree.Node{}, nil, pathErr("stat", name, err)
 	}
 	n := FromStatx(&stx)
