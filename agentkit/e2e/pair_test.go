@@ -189,12 +189,18 @@ func addrOn(t *testing.T, ip string, inside bool) string {
 // through the leader.
 func newPair(t *testing.T, ns *netns) *pairEnv {
 	t.Helper()
+	return newPairWith(t, ns)
+}
+
+// newPairWith is newPair with more arguments for a's vaultd (its portal).
+func newPairWith(t *testing.T, ns *netns, aExtra ...string) *pairEnv {
+	t.Helper()
 	root := t.TempDir()
 	p := &pairEnv{env: &env{t: t, root: root, src: filepath.Join(root, "src")}}
 	if err := os.MkdirAll(p.src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p.a = p.member(ns, "a", "vault-a", "-pair-form")
+	p.a = p.member(ns, "a", "vault-a", append([]string{"-pair-form"}, aExtra...)...)
 	until(t, "a to lead its pair of one", func() bool { return p.a.whole(1) })
 	tok := strings.TrimSpace(p.a.mustCtl("pair", "create", "-ttl", "10m"))
 	p.b = p.member(ns, "b", "vault-b", "-pair-join", tok)

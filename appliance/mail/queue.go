@@ -85,6 +85,43 @@ type Queue struct {
 	// marked, if set, runs after a message is marked sending and before
 	// the end of its data goes out (tests hold the window open).
 	marked func(Message)
+	// through, when set, carries every change of the files (SetThrough).
+	through func(Op) error
+}
+
+// Op is one change of the queue's files: m written to queue/ or, for
+// done/, m's final state (and queue/ID.json removed).
+type Op struct {
+	Where string  `json:"where"` // "queue" or "done"
+	Msg   Message `json:"msg"`
+}
+
+// SetThrough makes every later change of the queue's files go through fn
+// (a pair's replicated log, docs/pair.md "Mail"), which must apply it on
+// this member too (Apply) before it returns; an error from fn is the
+// change's error: a message is never marked sending, so never sent,
+// unless fn carried that mark. Call it before Run.
+func (q *Queue) SetThrough(fn func(Op) error) { q.through = fn }
+
+// Apply makes one change of the files, as the log carries it to every
+// member. A message already done stays done: a queue/ write for it is
+// ignored.
+func (q *Queue) Apply(op Op) error {
+	if !idRE.MatchString(op.Msg.ID) {
+		return fmt.Errorf("%w message id %q", ErrInvalid, op.Msg.ID)
+	}
+	switch op.Where {
+	case "queue":
+		if _, err := os.Stat(q.sub("done", op.Msg.ID+".json")); err == nil {
+			return nil
+		}
+		return q.writeHere("queue", op.Msg)
+	case "done":
+		err := q.finishHere(op.Msg)
+		q.broadcast()
+		return err
+	}
+	return fmt.Errorf("%w mail change %q", ErrInvalid, op.Where)
 }
 
 // Open opens (or makes) the queue in dir. A message found "sending" is
@@ -101,9 +138,27 @@ func Open(dir string, clk clock.Clock, log *zap.Logger) (*Queue, error) {
 			return nil, fmt.Errorf("create mail queue: %w", err)
 		}
 	}
+	if err := q.recoverLocked(); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// Recover does what Open does to messages a sender left: "sending" ones
+// become "uncertain" (never sent again), queued ones are due at once. A
+// member of a pair calls it, through the log, when it starts to lead: the
+// old leader's interrupted message is never sent twice.
+func (q *Queue) Recover() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.recoverLocked()
+}
+
+func (q *Queue) recoverLocked() error {
+	log, clk := q.log, q.clk
 	ms, err := q.read("queue")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	now := clk.Now()
 	for _, m := range ms {
@@ -113,18 +168,18 @@ func Open(dir string, clk clock.Clock, log *zap.Logger) (*Queue, error) {
 			m.LastError = "vaultd stopped after the message's data went out and before the server's answer: it may or may not have arrived, and is not sent again"
 			log.Warn("mail of uncertain delivery: not sent again", zap.String("id", m.ID), zap.String("to", m.To))
 			if err := q.finish(m); err != nil {
-				return nil, err
+				return err
 			}
 		case StateQueued:
 			if m.NextTry.After(now) {
 				m.NextTry = now
 				if err := q.write("queue", m); err != nil {
-					return nil, err
+					return err
 				}
 			}
 		}
 	}
-	return q, nil
+	return nil
 }
 
 // Dir is the queue's directory.
@@ -135,6 +190,13 @@ func (q *Queue) sub(parts ...string) string {
 }
 
 func (q *Queue) write(where string, m Message) error {
+	if q.through != nil {
+		return q.through(Op{Where: where, Msg: m})
+	}
+	return q.writeHere(where, m)
+}
+
+func (q *Queue) writeHere(where string, m Message) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -148,7 +210,14 @@ func (q *Queue) write(where string, m Message) error {
 // finish moves m to done/ in its final state: written there first, then
 // removed from queue/, so a crash between leaves both, and done/ wins.
 func (q *Queue) finish(m Message) error {
-	if err := q.write("done", m); err != nil {
+	if q.through != nil {
+		return q.through(Op{Where: "done", Msg: m})
+	}
+	return q.finishHere(m)
+}
+
+func (q *Queue) finishHere(m Message) error {
+	if err := q.writeHere("done", m); err != nil {
 		return err
 	}
 	if err := os.Remove(q.sub("queue", m.ID+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {

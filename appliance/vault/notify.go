@@ -112,6 +112,11 @@ type notifier struct {
 	// for status (its own lock: status reads it while a pass runs).
 	wmu      sync.Mutex
 	warnings map[string][]string
+	// In a pair the state lives in the catalog (pairmail.go): read at
+	// each pass, saved through the log.
+	loadFn func() (*notifyState, error)
+	saveFn func(*notifyState) error
+	saved  []byte // the state as last read or saved (pair): an unchanged one is not saved again
 }
 
 func newNotifier(dir string) *notifier {
@@ -134,12 +139,22 @@ func (n *notifier) warningsOf(computer, config string) []string {
 }
 
 func (n *notifier) load() error {
-	if n.st != nil {
+	if n.st != nil && n.loadFn == nil {
 		return nil
 	}
 	st := &notifyState{}
-	b, err := os.ReadFile(n.path)
+	var b []byte
+	var err error
+	if n.loadFn != nil {
+		st, err = n.loadFn()
+	} else {
+		b, err = os.ReadFile(n.path)
+	}
 	switch {
+	case n.loadFn != nil:
+		if err != nil {
+			return err
+		}
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
 		return fmt.Errorf("read %s: %w", notifyFile, err)
@@ -166,6 +181,9 @@ func (n *notifier) load() error {
 }
 
 func (n *notifier) save() error {
+	if n.saveFn != nil {
+		return n.saveFn(n.st)
+	}
 	b, err := json.Marshal(n.st)
 	if err != nil {
 		return err
@@ -179,7 +197,9 @@ func (n *notifier) save() error {
 // runNotify looks every NotifyEvery, or when poked, until ctx is done.
 func (v *Vault) runNotify(ctx context.Context) {
 	for {
-		if err := v.NotifyOnce(ctx); err != nil && ctx.Err() == nil {
+		if v.pair != nil && !v.pair.node.IsLeader() {
+			// Only the pair's leader tells (pairmail.go).
+		} else if err := v.NotifyOnce(ctx); err != nil && ctx.Err() == nil {
 			v.log.Warn("mail notifier", zap.Error(err))
 		}
 		t := v.clk.NewTimer(NotifyEvery)

@@ -60,7 +60,7 @@ func (v *Vault) SetMail(ctx context.Context, p *Principal, s mail.Settings) (Mai
 	if !p.Has(CapOperate) {
 		return MailInfo{}, forbid(p, CapOperate)
 	}
-	if _, err := mail.SaveSettings(v.Mail.Dir(), s); err != nil {
+	if err := v.saveMailSettings(s); err != nil {
 		return MailInfo{}, mailErr(err)
 	}
 	v.Mail.Poke()

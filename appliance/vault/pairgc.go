@@ -151,6 +151,7 @@ func (v *Vault) submitSweep(company string, ids [][32]byte) (int, int64, error) 
 // beforeApply is pair.Config.BeforeApply: a sweep not yet applied here is
 // applied to the store before the catalog records its entry.
 func (v *Vault) beforeApply(index uint64, cmd catalog.Command) {
+	v.beforeApplyMail(index, cmd)
 	if cmd.Kind != KindSweep {
 		return
 	}

@@ -226,6 +226,12 @@ func Open(opts Options) (*Vault, error) {
 	}
 	v.notes = newNotifier(filepath.Join(opts.Dir, "mail"))
 	if v.pair != nil {
+		// Only the leader tells and sends; what it did goes through the
+		// log (pairmail.go).
+		v.Mail.SetThrough(v.mailThrough)
+		v.notes.loadFn, v.notes.saveFn = v.loadNotifyState, v.saveNotifyState
+	}
+	if v.pair != nil {
 		v.pair.rep.SetStore(v.Store)
 		close(v.pair.gc.storeReady)
 	}
@@ -425,7 +431,7 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	defer func() { <-schedDone }()
 	v.agentAddr = ln.Addr().String()
 	mailDone := make(chan struct{}, 2)
-	go func() { defer func() { mailDone <- struct{}{} }(); v.Mail.Run(ctx) }()
+	go func() { defer func() { mailDone <- struct{}{} }(); v.runMail(ctx) }()
 	go func() { defer func() { mailDone <- struct{}{} }(); v.runNotify(ctx) }()
 	defer func() { <-mailDone; <-mailDone }()
 	v.log.Info("vault serving", zap.String("agent_api", ln.Addr().String()), zap.String("admin", sock))

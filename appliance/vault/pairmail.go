@@ -1,0 +1,237 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/mail"
+)
+
+// Mail in a pair (docs/pair.md, "Mail"). Only the leader looks for events
+// and sends; what it decides and what it did goes through the raft log, so
+// a new leader carries on where the old one stopped:
+//
+//   - the notifier's state (what it told, its outbox, the digests) is a
+//     KindNotifyState command, kept in the catalog (so in its snapshots);
+//     the notifier runs on the leader alone and reads it from there;
+//   - every change of the mail queue's files (a message queued, marked
+//     sending, sent, failed, queued again) is a KindMailOp command that
+//     each member applies to its own DATA/mail before the catalog records
+//     the entry; the SMTP settings likewise (KindMailSettings);
+//   - the sender runs on the leader alone; when a member starts to lead it
+//     first turns the messages the old leader left "sending" into
+//     "uncertain" (through the log), as a restart does.
+//
+// A message's data ends only once its "sending" mark is committed, so a
+// message is sent at most once whatever fails; one the old leader had
+// queued and not yet tried is sent by the new one; only a message whose
+// end went out while the leader died is "uncertain" (maybe arrived, never
+// sent again).
+
+// Command kinds of mail in a pair.
+const (
+	KindNotifyState  catalog.Kind = "notify_state"
+	KindMailOp       catalog.Kind = "mail_op"
+	KindMailSettings catalog.Kind = "mail_settings"
+)
+
+var (
+	bucketNotify = []byte("notify") // "state": the notifier's notifyState
+	keyNotify    = []byte("state")
+)
+
+func init() {
+	catalog.RegisterKind(KindNotifyState, func(tx *bbolt.Tx, payload []byte) (any, error) {
+		var st notifyState
+		if err := json.Unmarshal(payload, &st); err != nil {
+			return nil, fmt.Errorf("%w: notifier state: %v", catalog.ErrInvalid, err)
+		}
+		b, err := tx.CreateBucketIfNotExists(bucketNotify)
+		if err != nil {
+			return nil, err
+		}
+		return nil, b.Put(keyNotify, payload)
+	})
+	catalog.RegisterKind(KindMailOp, func(_ *bbolt.Tx, payload []byte) (any, error) {
+		_, err := decodeMailOp(payload)
+		return nil, err
+	})
+	catalog.RegisterKind(KindMailSettings, func(_ *bbolt.Tx, payload []byte) (any, error) {
+		var s mail.Settings
+		if err := json.Unmarshal(payload, &s); err != nil {
+			return nil, fmt.Errorf("%w: mail settings: %v", catalog.ErrInvalid, err)
+		}
+		_, err := s.Normalize()
+		return nil, err
+	})
+}
+
+func decodeMailOp(b []byte) (mail.Op, error) {
+	var op mail.Op
+	if err := json.Unmarshal(b, &op); err != nil {
+		return op, fmt.Errorf("%w: mail change: %v", catalog.ErrInvalid, err)
+	}
+	if op.Where != "queue" && op.Where != "done" {
+		return op, fmt.Errorf("%w: mail change to %q", catalog.ErrInvalid, op.Where)
+	}
+	if len(op.Msg.Body) > mail.MaxBody {
+		return op, fmt.Errorf("%w: mail body of %d bytes", catalog.ErrInvalid, len(op.Msg.Body))
+	}
+	return op, nil
+}
+
+// mailThrough is the queue's SetThrough in a pair: the change goes through
+// the log (on the leader only) and is applied by beforeApplyMail.
+func (v *Vault) mailThrough(op mail.Op) error {
+	cmd, err := catalog.NewCommand(KindMailOp, op)
+	if err != nil {
+		return err
+	}
+	_, err = v.pair.node.Submit(cmd)
+	return err
+}
+
+// beforeApplyMail applies a mail command of the log to this member's
+// DATA/mail, once (an entry the catalog applied before is skipped: an old
+// "queued" must not come back after "sent").
+func (v *Vault) beforeApplyMail(index uint64, cmd catalog.Command) {
+	if cmd.Kind != KindMailOp && cmd.Kind != KindMailSettings {
+		return
+	}
+	if done, err := v.Catalog.AppliedIndex(); err != nil || done >= index {
+		return
+	}
+	select {
+	case <-v.pair.gc.storeReady: // the mail queue opens before it
+	case <-v.pair.gc.quit:
+		return
+	}
+	var err error
+	switch cmd.Kind {
+	case KindMailOp:
+		var op mail.Op
+		if op, err = decodeMailOp(cmd.Payload); err == nil {
+			err = v.Mail.Apply(op)
+		}
+	case KindMailSettings:
+		var s mail.Settings
+		if err = json.Unmarshal(cmd.Payload, &s); err == nil {
+			_, err = mail.SaveSettings(v.Mail.Dir(), s)
+		}
+	}
+	if err != nil {
+		v.log.Warn("apply a mail change of the log", zap.Uint64("index", index), zap.String("kind", string(cmd.Kind)), zap.Error(err))
+	}
+}
+
+// saveMailSettings saves the SMTP settings: through the log in a pair.
+func (v *Vault) saveMailSettings(s mail.Settings) error {
+	if v.pair == nil {
+		_, err := mail.SaveSettings(v.Mail.Dir(), s)
+		return err
+	}
+	s, err := s.Normalize()
+	if err != nil {
+		return err
+	}
+	cmd, err := catalog.NewCommand(KindMailSettings, s)
+	if err != nil {
+		return err
+	}
+	_, err = v.pair.node.Submit(cmd)
+	return err
+}
+
+// loadNotifyState reads the notifier's state from the catalog (a pair);
+// a zero state when none was saved yet.
+func (v *Vault) loadNotifyState() (*notifyState, error) {
+	st := &notifyState{}
+	err := v.Catalog.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketNotify)
+		if b == nil {
+			return nil
+		}
+		if raw := b.Get(keyNotify); raw != nil {
+			v.notes.saved = append(v.notes.saved[:0], raw...)
+			return json.Unmarshal(raw, st)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the notifier's state: %w", err)
+	}
+	return st, nil
+}
+
+// saveNotifyState commits the notifier's state through the log.
+func (v *Vault) saveNotifyState(st *notifyState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(b, v.notes.saved) {
+		return nil // a pass that changed nothing adds nothing to the log
+	}
+	cmd, err := catalog.NewCommand(KindNotifyState, json.RawMessage(b))
+	if err != nil {
+		return fmt.Errorf("save the notifier's state: %w", err)
+	}
+	if _, err := v.pair.node.Submit(cmd); err != nil {
+		return fmt.Errorf("save the notifier's state: %w", err)
+	}
+	v.notes.saved = b
+	return nil
+}
+
+// runMail runs the mail queue's sender: always on a single vault; in a
+// pair, only while this member leads, after recovering what the previous
+// leader left.
+func (v *Vault) runMail(ctx context.Context) {
+	if v.pair == nil {
+		v.Mail.Run(ctx)
+		return
+	}
+	var stop context.CancelFunc
+	done := make(chan struct{})
+	close(done)
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+		<-done
+	}()
+	for {
+		leads := v.pair.node.IsLeader()
+		switch {
+		case leads && stop == nil:
+			if err := v.Mail.Recover(); err != nil {
+				v.log.Warn("take over the mail queue", zap.Error(err))
+				break
+			}
+			sctx, cancel := context.WithCancel(ctx)
+			stop = cancel
+			done = make(chan struct{})
+			go func() { defer close(done); v.Mail.Run(sctx) }()
+			v.log.Info("leading: this member sends the pair's mail")
+		case !leads && stop != nil:
+			stop()
+			<-done
+			stop = nil
+			v.log.Info("no longer leading: another member sends the pair's mail")
+		}
+		t := v.clk.NewTimer(500 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+	}
+}
