@@ -190,7 +190,11 @@ func TestPairAppliances(t *testing.T) {
 	if !hasFile("bin/vaultd") || !hasFile("bin/vaultctl") {
 		t.Fatalf("the image has no vaultd/vaultctl (left out: %v)", image.Skipped)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	limit := 15 * time.Minute
+	if os.Getenv("VAULTNODE_PAIR_REPLACE") != "" {
+		limit = 25 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	start := time.Now()
 	const heartbeat = "3s"
@@ -347,6 +351,63 @@ func TestPairAppliances(t *testing.T) {
 	}
 	if out := shB("vaultctl -data /data/vault verify"); !strings.Contains(out, " 0 problems") {
 		t.Errorf("verify on b: %s", out)
+	}
+	t.Logf("failover checked %.0fs after the boots began", time.Since(start).Seconds())
+	if os.Getenv("VAULTNODE_PAIR_REPLACE") == "" {
+		t.Log("the replacement of the dead appliance runs with VAULTNODE_PAIR_REPLACE=1 (make soak)")
+		return
+	}
+
+	// Replace the dead appliance by a new one set up standalone, which
+	// joins with `vaultctl pair join`; once it caught up, cut b's power:
+	// the new one (with the witness) serves every version.
+	shB("vaultctl -data /data/vault pair remove a")
+	rtok := pairTokenRE.FindString(shB("vaultctl -data /data/vault pair create -ttl 1h"))
+	if rtok == "" {
+		t.Fatal("vaultctl pair create on b printed no token")
+	}
+	c := &pairGuest{name: "c", ip: a.ip, tap: a.tap, mac: a.mac} // a's place on the network
+	c.boot(ctx, t, lab, heartbeat)
+	c.dialogUpToPair(ctx, t)
+	c.answer(ctx, t, [][2]string{{"or join (a pair) [standalone]: ", ""}})
+	c.dialogRest(ctx, t)
+	c.waitVault(ctx, t)
+	shC := shell(ctx, t, c.vm)
+	if out := shC("vaultctl -data /data/vault pair join -id c " + rtok); !strings.Contains(out, "vaultd joins the pair led by "+b.ip+":7443 as member c at "+c.ip) {
+		t.Fatalf("vaultctl pair join on c:\n%s", out)
+	}
+	for {
+		var raw string
+		st, raw = pairStatusOf(shB)
+		voters := map[string]bool{}
+		for _, m := range st.Members {
+			if m.Voter {
+				voters[m.ID] = true
+			}
+		}
+		if len(voters) == 3 && voters["c"] && len(st.Behind) == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("c never caught up to a voter with nothing behind; last status on b:\n%s", raw)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Logf("c joined and caught up %.0fs after the boots began", time.Since(start).Seconds())
+	b.vm.Kill()
+	must(t, os.WriteFile(filepath.Join(src, "readme.txt"), []byte("changed after the replacement\n"), 0o644))
+	if err := agent("backup", "docs"); err != nil {
+		t.Fatalf("backup after b's power cut: %v", err)
+	}
+	for _, v := range []struct{ version, want string }{{"docs@1", v1}, {"docs@latest", src}} {
+		dst := filepath.Join(t.TempDir(), "restored")
+		if err := agent("restore", v.version, "-to", dst); err != nil {
+			t.Fatalf("restore %s from c: %v", v.version, err)
+		}
+		compareTrees(t, v.want, filepath.Join(dst, src))
+	}
+	if out := shC("vaultctl -data /data/vault verify"); !strings.Contains(out, " 0 problems") {
+		t.Errorf("verify on c: %s", out)
 	}
 	t.Logf("done %.0fs after the boots began", time.Since(start).Seconds())
 }

@@ -85,10 +85,13 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 		}
 	}
 	qmp := filepath.Join(o.Dir, fmt.Sprintf("qmp-%d.sock", time.Now().UnixNano()))
+	// no_timer_check: under TCG on a loaded machine the kernel's check of
+	// the IO-APIC timer can miss its window and panic ("IO-APIC + timer
+	// doesn't work!"); the emulated timer is known good.
 	args := []string{"-accel", "tcg", "-m", o.Memory, "-smp", fmt.Sprint(o.CPUs), "-nodefaults", "-no-reboot",
 		"-display", "none", "-serial", "stdio", "-qmp", "unix:" + qmp + ",server=on,wait=off",
 		"-kernel", o.Kernel, "-initrd", o.Initramfs,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 " + o.Append)}
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 no_timer_check " + o.Append)}
 	for i, d := range o.Disks {
 		args = append(args, "-drive", fmt.Sprintf("if=none,id=d%d,file=%s,format=raw,cache=unsafe", i, d.Path),
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,id=disk%d,serial=%s", i, i, d.Serial))
