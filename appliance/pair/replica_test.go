@@ -1,10 +1,14 @@
 package pair
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -319,5 +323,56 @@ func TestJoinToken(t *testing.T) {
 	}
 	if s, err := OpenSecrets([]byte("secret"), sealed); err != nil || string(s.CAKey) != "k" {
 		t.Fatalf("open secrets: %v", err)
+	}
+}
+
+// TestCopyWaitsForTheSweep: a copy (or a lack question) that names the
+// leader's last sweep index is stored only once the member applied its log
+// up to there, so a sweep it applies late never deletes a chunk the leader
+// stored again after its own sweep.
+func TestCopyWaitsForTheSweep(t *testing.T) {
+	ca, err := pki.LoadOrCreate(t.TempDir(), testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := startData(t, ca, "a", t.TempDir(), "")
+	if err := a.node.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
+		t.Fatal(err)
+	}
+	b := startData(t, ca, "b", t.TempDir(), "")
+	if err := a.node.AddMember(ctx, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}); err != nil {
+		t.Fatal(err)
+	}
+	promote(t, a.node, 1)
+	waitFor(t, "b to apply a's log", func() bool { return b.node.Applied() >= a.node.Applied() })
+
+	es, ids := entries(t, 3)
+	var body []byte
+	for _, e := range es {
+		body = append(body, e.Data...)
+	}
+	post := func(ctx context.Context, sweep uint64) int {
+		req := httptest.NewRequestWithContext(ctx, "POST", PathEntries+"?company=acme", bytes.NewReader(body))
+		req.Header.Set(HeaderSweep, strconv.FormatUint(sweep, 10))
+		rec := httptest.NewRecorder()
+		b.rep.Handler().ServeHTTP(rec, req)
+		return rec.Code
+	}
+	next := a.node.Applied() + 1 // a sweep b has not applied: not even in the log yet
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	code := post(short, next)
+	cancel()
+	if code != http.StatusServiceUnavailable || hasAll(t, b.st, ids[:1]) {
+		t.Fatalf("a copy naming sweep %d, b at %d: %d, stored %v", next, b.node.Applied(), code, hasAll(t, b.st, ids[:1]))
+	}
+	if err := a.cat.CreateCompany(catalog.Company{Name: "globex", Sealed: []byte("s"), Created: testStart}); err != nil {
+		t.Fatal(err)
+	}
+	if code := post(ctx, next); code != http.StatusOK || !hasAll(t, b.st, ids) {
+		t.Fatalf("the copy once b can apply %d: %d", next, code)
 	}
 }
