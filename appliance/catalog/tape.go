@@ -37,6 +37,7 @@ const (
 	KindTapeState     Kind = "tape_state"
 	KindTapeFile      Kind = "tape_file"
 	KindTapeCloseSet  Kind = "tape_close_set"
+	KindTapeCleaned   Kind = "tape_cleaned"
 )
 
 // Allocation policies of a pool: which media set a job writes to.
@@ -126,6 +127,12 @@ type Cartridge struct {
 	Labelled    time.Time `json:"labelled,omitzero"`
 	LastWritten time.Time `json:"last_written,omitzero"`
 	Seen        time.Time `json:"seen,omitzero"` // last time the library showed it
+	// A cleaning cartridge's uses (cleanings its drive accepted), its
+	// last one, and whether a drive reported it expired (TapeAlert 22/23):
+	// it is not used again.
+	Cleanings   int       `json:"cleanings,omitempty"`
+	LastCleaned time.Time `json:"last_cleaned,omitzero"`
+	Expired     bool      `json:"expired,omitempty"`
 }
 
 // MediaSet is the cartridges a pool's jobs write in sequence; chunks are
@@ -261,6 +268,15 @@ type (
 	TapeCloseSetCmd struct {
 		MediaSet string `json:"media_set"`
 	}
+	// TapeCleanedCmd records a cleaning cartridge's use, after the
+	// library showed it back in its slot: counted unless the drive
+	// refused it as expired, which marks it expired.
+	TapeCleanedCmd struct {
+		Barcode string    `json:"barcode"`
+		Drive   uint16    `json:"drive"`
+		When    time.Time `json:"when"`
+		Expired bool      `json:"expired,omitempty"`
+	}
 )
 
 func init() {
@@ -271,6 +287,24 @@ func init() {
 	appliers[KindTapeState] = typed(applyTapeState)
 	appliers[KindTapeFile] = typed(applyTapeFile)
 	appliers[KindTapeCloseSet] = typed(applyTapeCloseSet)
+	appliers[KindTapeCleaned] = typed(applyTapeCleaned)
+}
+
+func applyTapeCleaned(c *Catalog, tx *bbolt.Tx, p TapeCleanedCmd) (any, error) {
+	cr, err := getCart(tx, p.Barcode)
+	if err != nil {
+		return nil, err
+	}
+	if cr.State != CartCleaning {
+		return nil, fmt.Errorf("%w: cartridge %s is %s, not a cleaning cartridge", ErrInvalid, cr.Barcode, cr.State)
+	}
+	if p.Expired {
+		cr.Expired = true
+	} else {
+		cr.Cleanings++
+		cr.LastCleaned = p.When
+	}
+	return nil, put(tx.Bucket(bTapeCarts), bTapeCarts, []byte(cr.Barcode), cr)
 }
 
 // ValidPoolName checks a pool's name.

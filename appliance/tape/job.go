@@ -177,7 +177,7 @@ func (s *Service) writePool(ctx context.Context, prog *jobs.Progress, name strin
 			s.log.Warn("unload after the tape job", zap.Error(uerr))
 			err = errors.Join(err, uerr)
 		}
-		_ = flags
+		s.afterAlerts(ctx, addr, flags, res)
 	}
 	if err != nil {
 		return res, err

@@ -144,6 +144,9 @@ type Status struct {
 	Last          string   `json:"last,omitempty"`       // the last operation's outcome
 	// Drives is each drive's part, by address.
 	Drives []DriveStatus `json:"drives,omitempty"`
+	// Cleaning is what the last job did or could not do about TapeAlert
+	// flags asking for cleaning (cleaning.go).
+	Cleaning []string `json:"cleaning,omitempty"`
 }
 
 // New returns a Service over lib (no drives or changer: every operation
@@ -218,6 +221,7 @@ func (s *Service) Status() Status {
 	st := s.status
 	st.Cartridges = slices.Clone(st.Cartridges)
 	st.Alerts = slices.Clone(st.Alerts)
+	st.Cleaning = slices.Clone(st.Cleaning)
 	st.Drives = slices.Clone(st.Drives)
 	for i := range st.Drives {
 		st.Drives[i].Alerts = slices.Clone(st.Drives[i].Alerts)
@@ -236,7 +240,10 @@ func (s *Service) begin(op string) func(err error) {
 	for i := range drives {
 		drives[i].Pool, drives[i].Bytes, drives[i].Error = "", 0, ""
 	}
-	s.status = Status{Busy: true, Operation: op, Started: s.clk.Now(), Alerts: s.status.Alerts, Drives: drives}
+	s.status = Status{Busy: true, Operation: op, Started: s.clk.Now(), Alerts: s.status.Alerts, Drives: drives, Cleaning: s.status.Cleaning}
+	if op == "tape job" {
+		s.status.Cleaning = nil
+	}
 	s.smu.Unlock()
 	return func(err error) {
 		s.smu.Lock()

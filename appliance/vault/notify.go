@@ -44,10 +44,11 @@ const (
 	EventQuota     = "quota"     // a company passed its quota's warning level
 	EventJobFailed = "job_failed"
 	EventStorage   = "storage" // the appliance's disk array became degraded or failed, or clean again
+	EventTape      = "tape"    // TapeAlert flags after a tape job; a drive cleaned, or not (tape.go)
 )
 
 // EventKinds lists every kind.
-var EventKinds = []string{EventProtected, EventWarnings, EventBehind, EventError, EventOffline, EventRecovered, EventQuota, EventJobFailed, EventStorage}
+var EventKinds = []string{EventProtected, EventWarnings, EventBehind, EventError, EventOffline, EventRecovered, EventQuota, EventJobFailed, EventStorage, EventTape}
 
 // Kinds a user receives until they choose: a company user their
 // computers' events and their company's quota; an operator quota and
@@ -55,7 +56,7 @@ var EventKinds = []string{EventProtected, EventWarnings, EventBehind, EventError
 // the computer, at once.
 var (
 	defaultUserEvents     = []string{EventProtected, EventWarnings, EventBehind, EventError, EventOffline, EventRecovered, EventQuota}
-	defaultOperatorEvents = []string{EventQuota, EventJobFailed, EventStorage}
+	defaultOperatorEvents = []string{EventQuota, EventJobFailed, EventStorage, EventTape}
 )
 
 // Timing of the notifier.
@@ -96,6 +97,7 @@ type notifyState struct {
 	Quota      map[string]string       `json:"quota"` // company -> quota state told
 	JobsSeen   time.Time               `json:"jobs_seen"`
 	Storage    string                  `json:"storage,omitempty"` // the storage state told last (storage.go)
+	Tape       string                  `json:"tape,omitempty"`    // the tape flags and cleaning notes told last (tape.go)
 	Digests    map[string][]digestItem `json:"digests,omitempty"` // user -> events since the last digest
 	LastDigest time.Time               `json:"last_digest"`
 	// Pending is the outbox: messages decided, with their ids, not yet
@@ -320,6 +322,7 @@ func (v *Vault) NotifyOnce(ctx context.Context) error {
 	}
 	st.JobsSeen = newest
 	evs = append(evs, v.storageEvents(st, first)...)
+	evs = append(evs, v.tapeEvents(st, first)...)
 
 	if err := v.route(evs, now); err != nil {
 		return err
@@ -515,7 +518,7 @@ func (v *Vault) route(evs []event, now time.Time) error {
 			}
 			p := principalOf(u)
 			switch {
-			case (e.kind == EventJobFailed || e.kind == EventStorage) && u.Kind != catalog.UserOperator:
+			case (e.kind == EventJobFailed || e.kind == EventStorage || e.kind == EventTape) && u.Kind != catalog.UserOperator:
 				continue
 			case e.company != "" && !p.Covers(e.company, e.computer):
 				continue

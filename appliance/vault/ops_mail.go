@@ -116,7 +116,7 @@ func (v *Vault) putMailPrefs(u catalog.User, req MailPrefs) (UserInfo, error) {
 		if !slices.Contains(EventKinds, e) {
 			return UserInfo{}, fail(http.StatusBadRequest, wire.CodeBadRequest, "no event kind %q: choose among %v", e, EventKinds)
 		}
-		if (e == EventJobFailed || e == EventStorage) && u.Kind != catalog.UserOperator {
+		if (e == EventJobFailed || e == EventStorage || e == EventTape) && u.Kind != catalog.UserOperator {
 			return UserInfo{}, fail(http.StatusBadRequest, wire.CodeBadRequest, "%q goes to operators only", e)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -298,7 +299,7 @@ func (v *Vault) TapeStatus(ctx context.Context, p *Principal) (TapeOverview, err
 
 // TapeRequest is every tape operation's request; each uses some fields.
 type TapeRequest struct {
-	Op       string               `json:"op"` // inventory load unload move export import label state scan restore pool cover
+	Op       string               `json:"op"` // inventory load unload move export import label state scan clean restore pool cover
 	Barcode  string               `json:"barcode,omitempty"`
 	Drive    uint16               `json:"drive,omitempty"`
 	From     uint16               `json:"from,omitempty"`
@@ -365,6 +366,12 @@ func (v *Vault) TapeOp(ctx context.Context, p *Principal, req TapeRequest) (any,
 		cv := *req.Cover
 		cv.Set = v.clk.Now()
 		return nil, catalogErr(v.Catalog.Tape(catalog.KindSetTapeCover, catalog.SetTapeCoverCmd{Cover: cv, Remove: req.Remove}))
+	case "clean":
+		out, err := t.Clean(ctx, req.Drive)
+		if errors.Is(err, tape.ErrNoCleaningCartridge) {
+			return out, fail(http.StatusBadRequest, wire.CodeBadRequest, "%v", err)
+		}
+		return out, tapeErr(err)
 	case "needs":
 		if req.Restore == nil {
 			return nil, fail(http.StatusBadRequest, wire.CodeBadRequest, "name the version: computer, config, seq")
@@ -465,4 +472,31 @@ func (v *Vault) tapeRoutes(rt *router) {
 		writeJSON(w, out)
 		return nil
 	})
+}
+
+// tapeEvents tells operators of a change in the tape library's TapeAlert
+// flags (read after each job) and of what a job did about a drive asking
+// for cleaning: cleaned, no usable cleaning cartridge, an expired one.
+func (v *Vault) tapeEvents(st *notifyState, first bool) []event {
+	if v.Tape == nil {
+		return nil
+	}
+	ts := v.Tape.Status()
+	lines := append(slices.Clone(ts.Cleaning), ts.Alerts...)
+	sig := strings.Join(lines, "\n")
+	was := st.Tape
+	st.Tape = sig
+	if first || sig == was || sig == "" {
+		return nil
+	}
+	subject := fmt.Sprintf("Tape library: %d TapeAlert flags", len(ts.Alerts))
+	if len(ts.Cleaning) > 0 {
+		subject = "Tape library: " + ts.Cleaning[0]
+	}
+	body := "After the last tape job:\n\n"
+	for _, l := range lines {
+		body += "  " + l + "\n"
+	}
+	body += "\nSee `vaultctl tape status` on the vault; `vaultctl tape clean DRIVE` cleans a drive with a cleaning cartridge (barcode CLN…) in the library.\n"
+	return []event{{kind: EventTape, subject: subject, body: body}}
 }

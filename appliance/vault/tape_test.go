@@ -915,3 +915,127 @@ func TestTapeTwoDrivesAtOnce(t *testing.T) {
 	}
 	checkPhysical(t, v, lab)
 }
+
+// runJobTicking runs a job while the fake clock moves on (a second per
+// millisecond), for waits on the vault's clock such as a drive's cleaning.
+func runJobTicking(t *testing.T, v *Vault, clk *clock.Fake, kind jobs.Kind) jobs.View {
+	t.Helper()
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				clk.Advance(time.Second)
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	return runJob(t, v, kind)
+}
+
+// TestTapeCleaningOnTapeAlert: a drive raising "clean now" after a job is
+// cleaned with the library's cleaning cartridge (moved in, waited for
+// until the drive ejected it, moved back to its slot, where the library
+// and then the catalog show it), its use counted; an expired cleaning
+// cartridge is refused by the drive, marked expired and reported; with
+// none left the job reports that the drive needs cleaning; operators get
+// the tape events by mail, company users do not.
+func TestTapeCleaningOnTapeAlert(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewFake(time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC))
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5", "TAPE02L5", "", "CLN001L1")
+	lab.emu.CleaningLife = 1
+	lab.tapes[1].CleaningTURs = 4
+	v := openTapeVaultClock(t, t.TempDir(), lab, nil, clk)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []struct {
+		req  UserRequest
+		mail string
+	}{{UserRequest{Name: "op", Kind: catalog.UserOperator, Caps: []string{"operate"}}, "op@provider.example"},
+		{UserRequest{Name: "ann", Company: "acme"}, "ann@acme.example"}} {
+		u.req.Password = "password-of-" + u.req.Name
+		if _, err := v.AddUser(ctx, operator, u.req); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.SetUserMail(ctx, operator, u.req.Name, MailPrefs{Email: u.mail}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	notify(t, v)
+	a := newGCAgent(t, v, "acme", "pc-1")
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily", Allocation: catalog.AllocContinue}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
+	job := func(flag int) tape.JobResult {
+		t.Helper()
+		if _, err := a.backup(ctx, randomFiles(2, 50<<10)); err != nil {
+			t.Fatal(err)
+		}
+		lab.tapes[1].SetAlert(flag)
+		view := runJobTicking(t, v, clk, tape.KindTape)
+		if view.State != jobs.Done {
+			t.Fatalf("tape job: %s %s", view.State, view.Error)
+		}
+		var jr tape.JobResult
+		json.Unmarshal(view.Result, &jr)
+		return jr
+	}
+	slot, _ := lab.emu.Where("CLN001L1")
+	home := func() catalog.Cartridge {
+		t.Helper()
+		cr, _ := v.Catalog.Cartridge("CLN001L1")
+		if where, _ := lab.emu.Where("CLN001L1"); where != slot || cr.Where != catalog.WhereSlot || cr.Addr != slot {
+			t.Fatalf("CLN001L1 is at %d in the library, %s %d in the catalog: want back in slot %d", where, cr.Where, cr.Addr, slot)
+		}
+		return cr
+	}
+
+	// "Clean now": cleaned after the job, the flag gone.
+	jr := job(tape.AlertCleanNow)
+	if len(jr.Cleaning) != 1 || !strings.Contains(jr.Cleaning[0], "drive 1 cleaned with CLN001L1 (use 1)") {
+		t.Fatalf("cleaning after the job: %q (alerts %q)", jr.Cleaning, jr.Alerts)
+	}
+	if lab.emu.CleaningUses("CLN001L1") != 1 {
+		t.Fatalf("the drive was cleaned %d times", lab.emu.CleaningUses("CLN001L1"))
+	}
+	if cr := home(); cr.Cleanings != 1 || cr.Expired || cr.LastCleaned.IsZero() {
+		t.Fatalf("CLN001L1 after one cleaning: %+v", cr)
+	}
+	if st := v.Tape.Status(); len(st.Drives[0].Alerts) != 0 || st.Drives[0].Barcode != "" {
+		t.Fatalf("drive 1 after cleaning: %+v", st.Drives[0])
+	}
+	notify(t, v)
+	if body := mailTo(t, v, "op@provider.example", EventTape); !strings.Contains(body, "drive 1 cleaned with CLN001L1") {
+		t.Fatalf("tape mail to the operator: %s", body)
+	}
+
+	// "Clean periodic" with an expired cleaning cartridge: the drive
+	// refuses it; it is back in its slot, marked expired, not counted.
+	jr = job(tape.AlertCleanPeriodic)
+	if len(jr.Cleaning) != 1 || !strings.Contains(jr.Cleaning[0], "CLN001L1 is expired") {
+		t.Fatalf("cleaning with an expired cartridge: %q", jr.Cleaning)
+	}
+	if cr := home(); cr.Cleanings != 1 || !cr.Expired {
+		t.Fatalf("CLN001L1 after the refused cleaning: %+v", cr)
+	}
+
+	// None left: the job says the drive needs cleaning and why.
+	lab.tapes[1].ClearAlert(tape.AlertExpiredCleaning)
+	jr = job(tape.AlertCleanNow)
+	if len(jr.Cleaning) != 1 || !strings.Contains(jr.Cleaning[0], "drive 1 needs cleaning") || !strings.Contains(jr.Cleaning[0], "CLN001L1] expired") {
+		t.Fatalf("cleaning without a usable cartridge: %q", jr.Cleaning)
+	}
+	home()
+	if _, err := v.TapeOp(ctx, operator, TapeRequest{Op: "clean", Drive: 1}); err == nil || !strings.Contains(err.Error(), "no usable cleaning cartridge") {
+		t.Fatalf("vaultctl tape clean without a usable cartridge: %v", err)
+	}
+	notify(t, v)
+	got := outbox(t, v)
+	if countPrefix(got["op@provider.example"], "tape: ") < 2 || countPrefix(got["ann@acme.example"], "tape: ") != 0 {
+		t.Fatalf("tape mail: %v", got)
+	}
+}

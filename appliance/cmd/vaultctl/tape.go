@@ -26,6 +26,8 @@ const tapeUsage = `Usage: vaultctl tape COMMAND (docs/tape.md)
   load BARCODE [DRIVE]           move a cartridge into a drive (default: the first free one)
   unload DRIVE                   return the drive's cartridge to a slot
   move FROM TO                   move a cartridge between two elements (addresses from inventory)
+  clean DRIVE                    clean a drive with a cleaning cartridge (barcode CLN…) from the library: moved in,
+                                 waited for until the drive ejects it, moved back; its uses are counted
   export BARCODE                 move a cartridge to the import/export slot (to take it out)
   import [IE]                    move cartridges put into the import/export slot into free slots
   label BARCODE POOL [-force]    write a label (and the recovery program) on a cartridge for POOL;
@@ -106,6 +108,19 @@ func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 			return err
 		}
 		printInv(inv)
+	case a[0] == "clean" && len(a) == 2:
+		d, err := addr(a[1])
+		if err != nil {
+			return err
+		}
+		var cr tape.CleanResult
+		if err := op(vault.TapeRequest{Op: "clean", Drive: d}, &cr); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, cr.Outcome)
+		for _, al := range cr.Alerts {
+			fmt.Fprintln(stdout, al)
+		}
 	case a[0] == "move" && len(a) == 3:
 		from, err := addr(a[1])
 		if err != nil {
@@ -293,7 +308,17 @@ func printCartridges(w io.Writer, carts []catalog.Cartridge) {
 			last = c.LastWritten.Local().Format(time.DateTime)
 		}
 		files := max(c.Files-1, 0) // data files; the label is file 0
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Barcode, c.State, dash(c.Pool), dash(c.MediaSet), files, bytesString(c.Bytes), where, last)
+		state := string(c.State)
+		if c.State == catalog.CartCleaning {
+			state = fmt.Sprintf("cleaning (%d uses)", c.Cleanings)
+			if c.Expired {
+				state = fmt.Sprintf("cleaning, expired (%d uses)", c.Cleanings)
+			}
+			if !c.LastCleaned.IsZero() {
+				last = c.LastCleaned.Local().Format(time.DateTime)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Barcode, state, dash(c.Pool), dash(c.MediaSet), files, bytesString(c.Bytes), where, last)
 	}
 	tw.Flush()
 }
@@ -328,6 +353,9 @@ func printTapeStatus(w io.Writer, o vault.TapeOverview) {
 	}
 	for _, a := range st.Alerts {
 		fmt.Fprintln(w, a)
+	}
+	for _, c := range st.Cleaning {
+		fmt.Fprintln(w, "cleaning:", c)
 	}
 	if j := o.LastJob; j != nil {
 		fmt.Fprintf(w, "last tape job %s: %s, started %s", j.ID, j.State, j.Started.Local().Format(time.DateTime))

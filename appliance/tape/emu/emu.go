@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"vaultnode/appliance/tape/scsi"
@@ -66,6 +67,10 @@ type Library struct {
 	mediaDir          string
 	attention         bool
 	moves             int
+	// CleaningLife is how many cleanings a cleaning cartridge (barcode
+	// CLN...) gives before a drive refuses it as expired (0: 50).
+	CleaningLife int
+	cleanUses    map[string]int
 }
 
 // New returns an empty library whose picker sits at transport.
@@ -187,6 +192,13 @@ func (l *Library) FailNextMove(f MoveFailure) { l.mu.Lock(); l.next = f; l.mu.Un
 
 // FailReads makes the next n READ ELEMENT STATUS fail with HARDWARE ERROR.
 func (l *Library) FailReads(n int) { l.mu.Lock(); l.failReads = n; l.mu.Unlock() }
+
+// CleaningUses counts the cleanings a cleaning cartridge gave.
+func (l *Library) CleaningUses(barcode string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cleanUses[barcode]
+}
 
 // Moves counts the MOVE MEDIUM commands that reached the mechanics.
 func (l *Library) Moves() int { l.mu.Lock(); defer l.mu.Unlock(); return l.moves }
@@ -379,7 +391,21 @@ func (l *Library) moveMedium(c scsi.Command) scsi.Response {
 	f := l.next
 	l.next = MoveOK
 	l.moves++
-	if t := l.tapes[dst.addr]; t != nil && dst.typ == scsi.ElementDrive && f != MoveStuckInPicker && f != MoveNotStarted {
+	if t := l.tapes[dst.addr]; t != nil && dst.typ == scsi.ElementDrive && f != MoveStuckInPicker && f != MoveNotStarted &&
+		strings.HasPrefix(src.barcode, "CLN") {
+		life := l.CleaningLife
+		if life <= 0 {
+			life = 50
+		}
+		if l.cleanUses == nil {
+			l.cleanUses = map[string]int{}
+		}
+		expired := l.cleanUses[src.barcode] >= life
+		if !expired {
+			l.cleanUses[src.barcode]++
+		}
+		t.insertCleaning(expired)
+	} else if t := l.tapes[dst.addr]; t != nil && dst.typ == scsi.ElementDrive && f != MoveStuckInPicker && f != MoveNotStarted {
 		m, err := l.mediaOf(src.barcode)
 		if err != nil {
 			return sense(scsi.KeyHardwareError, 0x44, 0)

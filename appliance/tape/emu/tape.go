@@ -39,6 +39,14 @@ type Tape struct {
 	// ZeroResid reports every transfer as complete, as QEMU's iscsi
 	// scsi-generic path does (TgtQuirks implies it).
 	ZeroResid bool
+	// CleaningTURs is how many TEST UNIT READYs a cleaning lasts (0: 3):
+	// meanwhile the drive answers NOT READY, cleaning cartridge installed
+	// (2/30/03), then it ejects the cartridge (2/3A/00) for the library to
+	// take back, as real drives do.
+	CleaningTURs int
+	cleaning     bool // a cleaning cartridge is in
+	cleanLeft    int
+	cleanExpired bool
 	// OnWrite, when set, is called before each WRITE is executed, outside
 	// the drive's lock: tests hold a drive there to see what the others
 	// do meanwhile.
@@ -75,6 +83,43 @@ func (t *Tape) insert(m *Media) {
 	defer t.mu.Unlock()
 	t.m, t.loaded, t.pos = m, true, 0
 }
+
+// insertCleaning threads a cleaning cartridge: it cleans (clearing
+// TapeAlert 20 and 21) or, expired, sets TapeAlert 22 instead, then ejects.
+func (t *Tape) insertCleaning(expired bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m, t.loaded, t.pos = &Media{}, true, 0
+	t.cleaning, t.cleanExpired, t.cleanLeft = true, expired, t.CleaningTURs
+	if t.cleanLeft <= 0 {
+		t.cleanLeft = 3
+	}
+}
+
+// clean answers a command while a cleaning cartridge is threaded.
+func (t *Tape) clean(op byte) scsi.Response {
+	if op != 0x00 || t.cleanLeft > 1 {
+		if op == 0x00 {
+			t.cleanLeft--
+		}
+		t.alerts[11] = op != 0x00 // data access with a cleaning cartridge in
+		return sense(scsi.KeyNotReady, 0x30, 0x03)
+	}
+	t.cleanLeft = 0
+	if t.cleanExpired {
+		t.alerts[22] = true
+	} else {
+		delete(t.alerts, 20)
+		delete(t.alerts, 21)
+		delete(t.alerts, 22)
+	}
+	delete(t.alerts, 11)
+	t.cleaning, t.loaded = false, false // ejected: the library may take it
+	return sense(scsi.KeyNotReady, 0x3A, 0x00)
+}
+
+// ClearAlert lowers TapeAlert flag n.
+func (t *Tape) ClearAlert(n int) { t.mu.Lock(); delete(t.alerts, n); t.mu.Unlock() }
 
 // remove gives the cartridge to the library; false while it is still
 // threaded (not unloaded).
@@ -162,6 +207,10 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		}
 		t.loaded = c.CDB[4]&1 != 0
 		t.pos = 0
+		if t.cleaning {
+			t.cleaning, t.loaded = false, false // an unload ends a cleaning early
+			return good(0), nil
+		}
 		t.m.save()
 		return good(0), nil
 	case 0x4D: // LOG SENSE
@@ -195,6 +244,9 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		}
 		t.block = uint32(c.Data[13])<<16 | uint32(c.Data[14])<<8 | uint32(c.Data[15])
 		return good(0), nil
+	}
+	if t.cleaning && t.loaded {
+		return t.clean(op), nil
 	}
 	if !t.loaded || t.m == nil {
 		return sense(scsi.KeyNotReady, 0x3A, 0), nil
