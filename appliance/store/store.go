@@ -534,7 +534,19 @@ func (s *Store) get(company string, aead cipher.AEAD, id [32]byte, dst []byte) (
 	if err != nil {
 		return nil, loc, fmt.Errorf("%w: pack %08x: %w", ErrDamaged, loc.Pack, err)
 	}
-	buf := make([]byte, pack.EntryHeaderSize+int(loc.BodyLen))
+	n := pack.EntryHeaderSize + int(loc.BodyLen)
+	var buf []byte
+	if aead == nil {
+		buf = make([]byte, n) // the sealed entry is the answer
+	} else {
+		// Only the plaintext leaves: the sealed entry is read into a
+		// pooled buffer (a restore reads hundreds of MiB through here;
+		// a new buffer per chunk cost its zeroing and the collector's
+		// time).
+		bp := getSealed(n)
+		defer sealedPool.Put(bp)
+		buf = (*bp)[:n]
+	}
 	_, err = f.ReadAt(buf, int64(loc.Offset))
 	s.release(f)
 	if err != nil {
@@ -558,6 +570,20 @@ func (s *Store) get(company string, aead cipher.AEAD, id [32]byte, dst []byte) (
 		return nil, loc, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
 	}
 	return out, loc, nil
+}
+
+// sealedPool holds buffers for sealed entries being opened (*[]byte).
+var sealedPool sync.Pool
+
+// getSealed returns a pooled buffer of at least n bytes.
+func getSealed(n int) *[]byte {
+	if bp, ok := sealedPool.Get().(*[]byte); ok {
+		if cap(*bp) >= n {
+			return bp
+		}
+	}
+	b := make([]byte, max(n, 1<<20)) // most chunks fit, however the sizes mix
+	return &b
 }
 
 // PackInfo describes one pack for verification.

@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"testing"
@@ -546,4 +548,37 @@ func TestGroupCommit(t *testing.T) {
 	f.reopen()
 	f.mustGet("co0", e, p)
 	check()
+}
+
+// TestGetReusesItsReadBuffer: reading a chunk back allocates no buffer of
+// the chunk's size when the caller gives one for the plaintext: the sealed
+// entry is read into a pooled buffer (a restore reads every chunk through
+// Get).
+func TestGetReusesItsReadBuffer(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	p, e := f.chunk(1 << 20)
+	if err := f.s.Put("acme", []store.Entry{e}); err != nil {
+		t.Fatal(err)
+	}
+	dst := make([]byte, 0, 2<<20)
+	get := func() {
+		got, _, err := f.s.Get("acme", f.aead, e.Header.ID, dst[:0])
+		if err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("Get: %v (content equal: %v)", err, bytes.Equal(got, p))
+		}
+	}
+	get()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pool
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 20
+	for range n {
+		get()
+	}
+	runtime.ReadMemStats(&after)
+	// The pool keeps a buffer per processor: one more may be made when the
+	// goroutine moves to another, never one per read (20 MiB here).
+	if got := after.TotalAlloc - before.TotalAlloc; got > uint64(runtime.GOMAXPROCS(0)+1)<<20 {
+		t.Fatalf("%d reads of a 1 MiB chunk allocated %d bytes: a buffer per read", n, got)
+	}
 }
