@@ -164,7 +164,7 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 	defer v.collecting.Unlock()
 	start := v.clk.Now()
 	if v.pair != nil {
-		stop, err := v.pairCollecting()
+		stop, err := v.pairCollecting(ctx)
 		if err != nil {
 			return res, err
 		}

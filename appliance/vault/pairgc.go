@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
@@ -111,9 +112,17 @@ type pairGC struct {
 
 // pairCollecting starts a collection on the leader: its run id lets this
 // member's apply of its own sweeps trust the mark just made.
-func (v *Vault) pairCollecting() (stop func(), err error) {
+func (v *Vault) pairCollecting(ctx context.Context) (stop func(), err error) {
 	if !v.pair.node.IsLeader() {
 		return nil, v.notLeader()
+	}
+	// Every earlier entry applied first: an older sweep still to apply
+	// here would wait for gcMu, which this collection holds while its own
+	// sweeps go through the log.
+	bctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := v.pair.node.WaitLeader(bctx); err != nil {
+		return nil, err
 	}
 	var b [12]byte
 	rand.Read(b[:])
@@ -197,6 +206,24 @@ func (v *Vault) applySweep(plan sweepPlan) (int, int64, error) {
 		if ids, err = v.unreferenced(plan.Company, ids); err != nil {
 			return 0, 0, err
 		}
+		// A member that leads now (it took over before applying this
+		// entry) may have sessions counting on some of these chunks:
+		// their versions come later in the log. As the collection does,
+		// spare what a session protects, under gcMu held exclusively.
+		// (Collect holds gcMu only for its own sweeps, which take the
+		// path above, and starts after a barrier, so no older sweep waits
+		// here for it.)
+		v.gcMu.Lock()
+		defer v.gcMu.Unlock()
+		v.smu.Lock()
+		kept := ids[:0]
+		for _, id := range ids {
+			if !v.protectedLocked(plan.Company, id) {
+				kept = append(kept, id)
+			}
+		}
+		v.smu.Unlock()
+		ids = kept
 	}
 	var n int
 	var nb int64
