@@ -78,13 +78,13 @@ func TestPairCollect(t *testing.T) {
 	if b := p.b.storeBytes(); bBefore-b < (aBefore-p.a.storeBytes())/2 {
 		t.Fatalf("the follower gave back %d bytes, the leader %d", bBefore-b, aBefore-p.a.storeBytes())
 	}
-	p.verifyRestoreEach(want)
-
-	// The follower dies in the middle of the next sweep.
-	lead, fol := p.a, p.b
-	if p.leader() == p.b {
-		lead, fol = p.b, p.a
+	if r := p.a.ctl("verify"); r.code != 0 {
+		t.Fatalf("verify on the leader: %s", r)
 	}
+	p.verifyRestoreAlone(p.b, want) // b leads from here
+
+	// The follower (a now) dies in the middle of the next sweep.
+	lead, fol := p.b, p.a
 	fol.kill()
 	fol.env = []string{"VAULTNODE_TEST_CRASH_SWEEP=1"}
 	fol.start()
@@ -113,26 +113,28 @@ func TestPairCollect(t *testing.T) {
 	fol.start()
 	until(t, "the pair whole", func() bool { return lead.whole(3) })
 	shrunkToMatch(t, lead, fol)
-	p.verifyRestoreEach(want)
+	if r := lead.ctl("verify"); r.code != 0 {
+		t.Fatalf("verify on the leader: %s", r)
+	}
+	p.verifyRestoreAlone(fol, want)
 }
 
-// verifyRestoreEach stops each data member in turn: the other leads,
-// verifies clean and restores every version of want alone.
-func (p *pairEnv) verifyRestoreEach(want map[uint64]map[string]entryState) {
+// verifyRestoreAlone stops the other data member: m leads, verifies
+// clean and restores every version of want alone; then the other starts
+// again as a follower.
+func (p *pairEnv) verifyRestoreAlone(m *vaultProc, want map[uint64]map[string]entryState) {
 	t := p.t
 	t.Helper()
-	for _, m := range []*vaultProc{p.a, p.b} {
-		other := p.a
-		if m == p.a {
-			other = p.b
-		}
-		other.kill()
-		until(t, m.dir+" to lead", func() bool { st, ok := m.pairStatus(); return ok && st.State == "Leader" })
-		if r := m.ctl("verify"); r.code != 0 {
-			t.Fatalf("verify on %s: %s", m.dir, r)
-		}
-		p.restoreAll(filepath.Base(m.dir), want)
-		other.start()
-		until(t, "the pair whole again", func() bool { return m.whole(3) })
+	other := p.a
+	if m == p.a {
+		other = p.b
 	}
+	other.kill()
+	until(t, m.dir+" to lead", func() bool { st, ok := m.pairStatus(); return ok && st.State == "Leader" })
+	if r := m.ctl("verify"); r.code != 0 {
+		t.Fatalf("verify on %s: %s", m.dir, r)
+	}
+	p.restoreAll(filepath.Base(m.dir), want)
+	other.start()
+	until(t, "the pair whole again", func() bool { return m.whole(3) })
 }
