@@ -30,7 +30,7 @@ const (
 	prefetchPending = 16384
 	// prefetchKept bounds the stats kept for the walker (256 bytes each):
 	// beyond it, directories read ahead are stat'ed again by the walker.
-	prefetchKept = 16384
+	prefetchKept = 4096
 )
 
 // readAhead is what the prefetcher learnt of one directory: the statx of
