@@ -66,6 +66,7 @@ type pairGuest struct {
 	name, ip, tap, mac string
 	dir                string
 	vm                 *VM
+	sh                 func(cmd string) string // the support shell, once logged in
 }
 
 func (g *pairGuest) boot(ctx context.Context, t *testing.T, l *pairLab, heartbeat string) {
@@ -250,12 +251,30 @@ func TestPairAppliances(t *testing.T) {
 	}
 	t.Logf("pair formed through the setup dialogs %.0fs after the boots began", time.Since(start).Seconds())
 
-	// The witness: vaultd on this machine, joined with a token made on A.
-	shA := shell(ctx, t, a.vm)
-	wtok := pairTokenRE.FindString(shA("vaultctl -data /data/vault pair create -ttl 1h"))
-	if wtok == "" {
-		t.Fatal("vaultctl pair create printed no token")
+	// The witness: vaultd on this machine, joined with a token made on the
+	// leader. A TCG guest on a loaded machine may lose its leadership for
+	// a while: a change is asked of each member in turn until the one
+	// that leads takes it.
+	a.sh, b.sh = shell(ctx, t, a.vm), shell(ctx, t, b.vm)
+	onLeader := func(cmd string, ok func(string) bool, members ...*pairGuest) string {
+		t.Helper()
+		for {
+			var outs []string
+			for _, g := range members {
+				out := g.sh(cmd)
+				if ok(out) {
+					return out
+				}
+				outs = append(outs, g.name+": "+out)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("no member took %q:\n%s", cmd, strings.Join(outs, "\n"))
+			}
+			time.Sleep(2 * time.Second)
+		}
 	}
+	hasToken := func(out string) bool { return pairTokenRE.MatchString(out) }
+	wtok := pairTokenRE.FindString(onLeader("vaultctl -data /data/vault pair create -ttl 1h", hasToken, a, b))
 	wdir := t.TempDir()
 	wlog, err := os.Create(filepath.Join(wdir, "witness.log"))
 	must(t, err)
@@ -275,35 +294,32 @@ func TestPairAppliances(t *testing.T) {
 		}
 	})
 
-	// Whole: three voters, nobody behind.
+	// Whole: three voters, nobody behind, a leader.
 	var st pairStatusJSON
 	for {
 		var raw string
-		st, raw = pairStatusOf(shA)
+		st, raw = pairStatusOf(a.sh)
 		voters := 0
 		for _, m := range st.Members {
 			if m.Voter {
 				voters++
 			}
 		}
-		if st.State == "Leader" && voters == 3 && len(st.Behind) == 0 {
+		if st.Leader != "" && voters == 3 && len(st.Behind) == 0 {
 			break
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the pair never became whole with a as leader; last status:\n%s", raw)
+			t.Fatalf("the pair never became whole; last status on a:\n%s", raw)
 		}
 		time.Sleep(2 * time.Second)
 	}
 	t.Logf("pair whole (a, b, witness voters) %.0fs after the boots began", time.Since(start).Seconds())
 
 	// An agent on this machine enrols through the leader and backs up.
-	if out := shA("vaultctl -data /data/vault company create acme"); !strings.Contains(out, "acme") {
-		t.Fatalf("company create: %s", out)
-	}
-	etok := tokenRE.FindString(shA("vaultctl -data /data/vault token create acme"))
-	if etok == "" {
-		t.Fatal("no enrolment token printed")
-	}
+	onLeader("vaultctl -data /data/vault company create acme", func(out string) bool {
+		return strings.Contains(out, "acme") && !strings.Contains(out, "vaultctl:")
+	}, a, b)
+	etok := tokenRE.FindString(onLeader("vaultctl -data /data/vault token create acme", tokenRE.MatchString, a, b))
 	state := filepath.Join(t.TempDir(), "agent")
 	agent := func(args ...string) error {
 		t.Helper()
@@ -317,7 +333,7 @@ func TestPairAppliances(t *testing.T) {
 	if out, err := exec.Command("cp", "-a", src, v1).CombinedOutput(); err != nil {
 		t.Fatalf("copy the first version: %v: %s", err, out)
 	}
-	if err := agent("enroll", "-vault", a.ip+":7443", "-token", etok); err != nil {
+	if err := agent("enroll", "-vault", a.ip+":7443", "-token", etok); err != nil { // a follower sends it to the leader
 		t.Fatalf("enroll: %v", err)
 	}
 	if err := agent("config", "set", "docs", "-path", src); err != nil {
@@ -329,28 +345,41 @@ func TestPairAppliances(t *testing.T) {
 
 	// Cut the leader's power, change the tree, back up again: the other
 	// appliance (with the witness) leads and acknowledges it.
-	a.vm.Kill()
-	t.Logf("power of a cut %.0fs after the boots began", time.Since(start).Seconds())
+	var dead, live *pairGuest
+	for {
+		st, raw := pairStatusOf(a.sh)
+		if st.Leader == "a" || st.Leader == "b" {
+			dead, live = a, b
+			if st.Leader == "b" {
+				dead, live = b, a
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no data member leads; last status on a:\n%s", raw)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	dead.vm.Kill()
+	t.Logf("power of the leader %s cut %.0fs after the boots began", dead.name, time.Since(start).Seconds())
 	writeTree(t, filepath.Join(src, "new"), 6, 40<<10)
 	must(t, os.WriteFile(filepath.Join(src, "readme.txt"), []byte("changed after the failover\n"), 0o644))
 	if err := agent("backup", "docs"); err != nil {
 		t.Fatalf("backup after the leader's power cut: %v", err)
 	}
 	t.Logf("backup acknowledged after the power cut %.0fs after the boots began", time.Since(start).Seconds())
-	shB := shell(ctx, t, b.vm)
-	st, raw := pairStatusOf(shB)
-	if st.State != "Leader" || st.Leader != "b" {
-		t.Fatalf("b does not lead after a's power cut:\n%s", raw)
+	if st, raw := pairStatusOf(live.sh); st.Leader != live.name {
+		t.Fatalf("%s does not lead after %s's power cut:\n%s", live.name, dead.name, raw)
 	}
 	for _, c := range []struct{ version, want string }{{"docs@1", v1}, {"docs@latest", src}} {
 		dst := filepath.Join(t.TempDir(), "restored")
 		if err := agent("restore", c.version, "-to", dst); err != nil {
-			t.Fatalf("restore %s from b: %v", c.version, err)
+			t.Fatalf("restore %s from %s: %v", c.version, live.name, err)
 		}
 		compareTrees(t, c.want, filepath.Join(dst, src))
 	}
-	if out := shB("vaultctl -data /data/vault verify"); !strings.Contains(out, " 0 problems") {
-		t.Errorf("verify on b: %s", out)
+	if out := live.sh("vaultctl -data /data/vault verify"); !strings.Contains(out, " 0 problems") {
+		t.Errorf("verify on %s: %s", live.name, out)
 	}
 	t.Logf("failover checked %.0fs after the boots began", time.Since(start).Seconds())
 	if os.Getenv("VAULTNODE_PAIR_REPLACE") == "" {
@@ -359,26 +388,23 @@ func TestPairAppliances(t *testing.T) {
 	}
 
 	// Replace the dead appliance by a new one set up standalone, which
-	// joins with `vaultctl pair join`; once it caught up, cut b's power:
-	// the new one (with the witness) serves every version.
-	shB("vaultctl -data /data/vault pair remove a")
-	rtok := pairTokenRE.FindString(shB("vaultctl -data /data/vault pair create -ttl 1h"))
-	if rtok == "" {
-		t.Fatal("vaultctl pair create on b printed no token")
-	}
-	c := &pairGuest{name: "c", ip: a.ip, tap: a.tap, mac: a.mac} // a's place on the network
+	// joins with `vaultctl pair join`; once it caught up, cut the other's
+	// power: the new one (with the witness) serves every version.
+	onLeader("vaultctl -data /data/vault pair remove "+dead.name, func(out string) bool { return strings.Contains(out, "removed from the pair") }, live)
+	rtok := pairTokenRE.FindString(onLeader("vaultctl -data /data/vault pair create -ttl 1h", hasToken, live))
+	c := &pairGuest{name: "c", ip: dead.ip, tap: dead.tap, mac: dead.mac} // the dead one's place on the network
 	c.boot(ctx, t, lab, heartbeat)
 	c.dialogUpToPair(ctx, t)
 	c.answer(ctx, t, [][2]string{{"or join (a pair) [standalone]: ", ""}})
 	c.dialogRest(ctx, t)
 	c.waitVault(ctx, t)
-	shC := shell(ctx, t, c.vm)
-	if out := shC("vaultctl -data /data/vault pair join -id c " + rtok); !strings.Contains(out, "vaultd joins the pair led by "+b.ip+":7443 as member c at "+c.ip) {
+	c.sh = shell(ctx, t, c.vm)
+	if out := c.sh("vaultctl -data /data/vault pair join -id c " + rtok); !strings.Contains(out, "vaultd joins the pair led by "+live.ip+":7443 as member c at "+c.ip) {
 		t.Fatalf("vaultctl pair join on c:\n%s", out)
 	}
 	for {
 		var raw string
-		st, raw = pairStatusOf(shB)
+		st, raw = pairStatusOf(live.sh)
 		voters := map[string]bool{}
 		for _, m := range st.Members {
 			if m.Voter {
@@ -389,15 +415,15 @@ func TestPairAppliances(t *testing.T) {
 			break
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("c never caught up to a voter with nothing behind; last status on b:\n%s", raw)
+			t.Fatalf("c never caught up to a voter with nothing behind; last status on %s:\n%s", live.name, raw)
 		}
 		time.Sleep(2 * time.Second)
 	}
 	t.Logf("c joined and caught up %.0fs after the boots began", time.Since(start).Seconds())
-	b.vm.Kill()
+	live.vm.Kill()
 	must(t, os.WriteFile(filepath.Join(src, "readme.txt"), []byte("changed after the replacement\n"), 0o644))
 	if err := agent("backup", "docs"); err != nil {
-		t.Fatalf("backup after b's power cut: %v", err)
+		t.Fatalf("backup after %s's power cut: %v", live.name, err)
 	}
 	for _, v := range []struct{ version, want string }{{"docs@1", v1}, {"docs@latest", src}} {
 		dst := filepath.Join(t.TempDir(), "restored")
@@ -406,7 +432,7 @@ func TestPairAppliances(t *testing.T) {
 		}
 		compareTrees(t, v.want, filepath.Join(dst, src))
 	}
-	if out := shC("vaultctl -data /data/vault verify"); !strings.Contains(out, " 0 problems") {
+	if out := c.sh("vaultctl -data /data/vault verify"); !strings.Contains(out, " 0 problems") {
 		t.Errorf("verify on c: %s", out)
 	}
 	t.Logf("done %.0fs after the boots began", time.Since(start).Seconds())
