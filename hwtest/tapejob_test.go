@@ -18,38 +18,6 @@ func (l *tapeLab) vaultctl(args string) string {
 	return l.sh("vaultctl -data /data/vault " + args)
 }
 
-// needTapeLab skips the tape library tests unless VAULTNODE_TAPE_LAB is set
-// (`make test-tape`): the lab's intermittent misread (docs/tape.md) failed one
-// of them in two of three runs on the last day, and `make test` must not
-// depend on it until it is found.
-func needTapeLab(t *testing.T) {
-	t.Helper()
-	if os.Getenv("VAULTNODE_TAPE_LAB") == "" {
-		t.Skip("tgt's library in QEMU misreads a block now and then (docs/tape.md): run with VAULTNODE_TAPE_LAB=1 (make test-tape)")
-	}
-}
-
-// labMisread says whether out shows the lab's intermittent misread of one
-// block soon after a cartridge load (docs/tape.md, "Known intermittent fault
-// in the lab": QEMU's libiscsi path or tgt 1.0.85, seen through st and SG_IO
-// alike), which the product's checks or tar caught.
-func labMisread(out string) bool {
-	return strings.Contains(out, "invalid tar header") || strings.Contains(out, "Skipping to next header")
-}
-
-// vaultctlLab runs a tape command and, when it failed on the lab's misread,
-// once more (the product refused the bad block; a job run again resumes).
-// A workaround for the test lab, never the product.
-func (l *tapeLab) vaultctlLab(args string) string {
-	l.t.Helper()
-	out := l.vaultctl(args)
-	if labMisread(out) {
-		l.t.Logf("the lab's intermittent misread (docs/tape.md) hit %q; running it again once:\n%s", args, out)
-		out = l.vaultctl(args)
-	}
-	return out
-}
-
 // mediaBytes is the size of every cartridge's media file on the host.
 func (l *tapeLab) mediaBytes() int64 {
 	var n int64
@@ -88,7 +56,6 @@ var (
 // cartridge is read in the guest with mt, tar and the recovery program
 // from its first file alone.
 func TestTapeJob(t *testing.T) {
-	needTapeLab(t)
 	needQEMU(t)
 	if !hasFile("bin/vaultd") || !hasFile("bin/vault-tape-recover") || !hasFile("bin/mt") {
 		t.Fatalf("the image lacks vaultd, vault-tape-recover or mt (left out: %v)", image.Skipped)
@@ -175,7 +142,7 @@ func TestTapeJob(t *testing.T) {
 	var written []string
 	t.Run("the next job completes, spanning two cartridges", func(t *testing.T) {
 		l.t = t
-		out := l.vaultctlLab("tape run")
+		out := l.vaultctl("tape run")
 		sm := tapeRunRE.FindStringSubmatch(out)
 		if sm == nil {
 			fail("tape run: %s", out)
@@ -231,7 +198,7 @@ func TestTapeJob(t *testing.T) {
 		if out := l.vaultctl("tape import"); strings.Contains(out, "vaultctl: ") {
 			fail("tape import: %s", out)
 		}
-		out = l.vaultctlLab("tape restore " + pc + " data " + mid)
+		out = l.vaultctl("tape restore " + pc + " data " + mid)
 		if !strings.Contains(out, "restored from") {
 			fail("tape restore: %s", out)
 		}
@@ -251,11 +218,6 @@ func TestTapeJob(t *testing.T) {
 			l.sh("mt -f " + nst + " setblk 0")
 			if ci == 0 {
 				out := l.sh("tar -x -b 512 -f " + nst + " -C /tmp --one-top-level=rec")
-				if strings.Contains(out, "exit status") && labMisread(out) {
-					t.Logf("the lab's intermittent misread (docs/tape.md) hit tar of file 0; reading it again once:\n%s", out)
-					l.sh("mt -f " + nst + " rewind")
-					out = l.sh("tar -x -b 512 -f " + nst + " -C /tmp --one-top-level=rec")
-				}
 				if strings.Contains(out, "exit status") {
 					fail("tar of file 0: %s", out)
 				}
@@ -266,11 +228,6 @@ func TestTapeJob(t *testing.T) {
 					break
 				}
 				out = l.sh("tar -x -b 512 -f " + nst + " -C /tmp/rec --one-top-level=data")
-				if strings.Contains(out, "exit status") && labMisread(out) {
-					t.Logf("the lab's intermittent misread (docs/tape.md) hit tar of file %d; reading it again once:\n%s", n, out)
-					l.sh(fmt.Sprintf("mt -f %s asf %d", nst, n))
-					out = l.sh("tar -x -b 512 -f " + nst + " -C /tmp/rec --one-top-level=data")
-				}
 				if strings.Contains(out, "exit status") {
 					break
 				}
