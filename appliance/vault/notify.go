@@ -198,9 +198,20 @@ func (n *notifier) save() error {
 
 // runNotify looks every NotifyEvery, or when poked, until ctx is done.
 func (v *Vault) runNotify(ctx context.Context) {
+	ready := false // in a pair: leading, with every earlier entry applied
 	for {
 		if v.pair != nil && !v.pair.node.IsLeader() {
-			// Only the pair's leader tells (pairmail.go).
+			ready = false // only the pair's leader tells (pairmail.go)
+		} else if v.pair != nil && !ready {
+			// The old leader's last state applied first (a barrier), or
+			// this pass would tell again what it told.
+			bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := v.pair.node.WaitLeader(bctx)
+			cancel()
+			if ready = err == nil; ready {
+				continue
+			}
+			v.log.Warn("mail notifier: take over", zap.Error(err))
 		} else if err := v.NotifyOnce(ctx); err != nil && ctx.Err() == nil {
 			v.log.Warn("mail notifier", zap.Error(err))
 		}

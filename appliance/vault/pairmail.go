@@ -211,6 +211,16 @@ func (v *Vault) runMail(ctx context.Context) {
 		leads := v.pair.node.IsLeader()
 		switch {
 		case leads && stop == nil:
+			// Every entry of the old leader's applied first (a barrier):
+			// else a "sending" mark still to apply would be overwritten
+			// by the recovery's "queued" and the message sent twice.
+			bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := v.pair.node.WaitLeader(bctx)
+			cancel()
+			if err != nil {
+				v.log.Warn("take over the mail queue", zap.Error(err))
+				break
+			}
 			if err := v.Mail.Recover(); err != nil {
 				v.log.Warn("take over the mail queue", zap.Error(err))
 				break
