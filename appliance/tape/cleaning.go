@@ -98,6 +98,16 @@ func (s *Service) afterAlerts(ctx context.Context, addr uint16, flags []scsi.Tap
 	s.setStatus(func(st *Status) { st.Cleaning = append(st.Cleaning, notes...) })
 }
 
+// alertsAfterError reads every drive's TapeAlert flags after a restore or
+// scan failed (the drive may be why) and cleans a drive that asks for it.
+func (s *Service) alertsAfterError(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	for _, addr := range s.sortedDrives() {
+		flags, _ := s.alerts(ctx, addr, s.lib.Drives[addr])
+		s.afterAlerts(ctx, addr, flags, &JobResult{})
+	}
+}
+
 // pickCleaning chooses the cleaning cartridge for drive addr: in a slot,
 // not expired, not held by another drive, the least used first; reserved
 // for addr.

@@ -452,7 +452,9 @@ func (w *writer) maybeRotate(ctx context.Context, files map[catalog.TapeFileRef]
 	if err := w.closeFile(ctx, warn); err != nil {
 		return err
 	}
-	if warn {
+	// The early warning may also have come with the file's last blocks or
+	// its filemark: the cartridge is full either way.
+	if warn || w.cart.State == catalog.CartFull {
 		w.catalogFile(ctx)
 		if err := w.nextCartridge(ctx); err != nil {
 			return err

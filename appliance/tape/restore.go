@@ -77,6 +77,9 @@ func (s *Service) Restore(ctx context.Context, prog *jobs.Progress, req RestoreR
 	defer unlock()
 	end := s.begin(fmt.Sprintf("restore %s@%d of %s", req.Config, req.Seq, req.Computer))
 	res, err := s.restore(ctx, prog, req)
+	if err != nil {
+		s.alertsAfterError(ctx)
+	}
 	end(err)
 	return res, err
 }
@@ -248,6 +251,9 @@ func (s *Service) Scan(ctx context.Context, barcode string) (*ScanResult, error)
 	defer unlock()
 	end := s.begin("scan " + barcode)
 	res, err := s.scan(ctx, barcode)
+	if err != nil {
+		s.alertsAfterError(ctx)
+	}
 	end(err)
 	return res, err
 }

@@ -144,8 +144,8 @@ type Status struct {
 	Last          string   `json:"last,omitempty"`       // the last operation's outcome
 	// Drives is each drive's part, by address.
 	Drives []DriveStatus `json:"drives,omitempty"`
-	// Cleaning is what the last job did or could not do about TapeAlert
-	// flags asking for cleaning (cleaning.go).
+	// Cleaning is what the last operation did or could not do about
+	// TapeAlert flags asking for cleaning (cleaning.go).
 	Cleaning []string `json:"cleaning,omitempty"`
 }
 
@@ -240,10 +240,7 @@ func (s *Service) begin(op string) func(err error) {
 	for i := range drives {
 		drives[i].Pool, drives[i].Bytes, drives[i].Error = "", 0, ""
 	}
-	s.status = Status{Busy: true, Operation: op, Started: s.clk.Now(), Alerts: s.status.Alerts, Drives: drives, Cleaning: s.status.Cleaning}
-	if op == "tape job" {
-		s.status.Cleaning = nil
-	}
+	s.status = Status{Busy: true, Operation: op, Started: s.clk.Now(), Alerts: s.status.Alerts, Drives: drives}
 	s.smu.Unlock()
 	return func(err error) {
 		s.smu.Lock()

@@ -194,6 +194,11 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 	if jr.Versions != 3-onTape || jr.Left != 0 {
 		t.Fatalf("second job wrote %d versions (%d left), want %d", jr.Versions, jr.Left, 3-onTape)
 	}
+	// Each cartridge got its catalog file: the full one before the job
+	// spanned to the next, the last one before it was unloaded.
+	if fmt.Sprint(jr.CatalogFiles) != fmt.Sprint(jr.Cartridges) || len(jr.CatalogMissing) != 0 {
+		t.Fatalf("catalog files %v (missing %v), cartridges written %v", jr.CatalogFiles, jr.CatalogMissing, jr.Cartridges)
+	}
 	if used := checkPhysical(t, v, lab); used < 2 {
 		t.Fatalf("the versions fit one cartridge (%d used): the test does not span", used)
 	}
@@ -259,6 +264,9 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 		}
 		sr := tapeOp(t, v2, TapeRequest{Op: "scan", Barcode: c.Barcode}).(*tape.ScanResult)
 		scanned += sr.Versions
+		if !sr.FromCatalog {
+			t.Fatalf("scan of %s read every file: %s", c.Barcode, sr.Catalog)
+		}
 	}
 	if scanned != 3 {
 		t.Fatalf("scans found %d versions, want 3", scanned)
@@ -920,6 +928,13 @@ func TestTapeTwoDrivesAtOnce(t *testing.T) {
 // millisecond), for waits on the vault's clock such as a drive's cleaning.
 func runJobTicking(t *testing.T, v *Vault, clk *clock.Fake, kind jobs.Kind) jobs.View {
 	t.Helper()
+	defer ticking(clk)()
+	return runJob(t, v, kind)
+}
+
+// ticking moves the fake clock on (a second per millisecond) until the
+// function it returns is called.
+func ticking(clk *clock.Fake) func() {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -932,8 +947,7 @@ func runJobTicking(t *testing.T, v *Vault, clk *clock.Fake, kind jobs.Kind) jobs
 			}
 		}
 	}()
-	defer func() { close(stop); <-done }()
-	return runJob(t, v, kind)
+	return func() { close(stop); <-done }
 }
 
 // TestTapeCleaningOnTapeAlert: a drive raising "clean now" after a job is
@@ -947,7 +961,7 @@ func TestTapeCleaningOnTapeAlert(t *testing.T) {
 	ctx := context.Background()
 	clk := clock.NewFake(time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC))
 	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5", "TAPE02L5", "", "CLN001L1")
-	lab.emu.CleaningLife = 1
+	lab.emu.CleaningLife = 2
 	lab.tapes[1].CleaningTURs = 4
 	v := openTapeVaultClock(t, t.TempDir(), lab, nil, clk)
 	if err := v.NewCompany("acme"); err != nil {
@@ -1013,13 +1027,27 @@ func TestTapeCleaningOnTapeAlert(t *testing.T) {
 		t.Fatalf("tape mail to the operator: %s", body)
 	}
 
+	// A failed scan reads every drive's flags too: drive 2 asks for a
+	// cleaning and gets it.
+	lab.tapes[2].SetAlert(tape.AlertCleanNow)
+	stop := ticking(clk)
+	_, err := v.TapeOp(ctx, operator, TapeRequest{Op: "scan", Barcode: "NOSUCH01"})
+	stop()
+	if err == nil {
+		t.Fatal("scan of a cartridge not in the library succeeded")
+	}
+	if st := v.Tape.Status(); fmt.Sprint(st.Cleaning) != "[drive 2 cleaned with CLN001L1 (use 2)]" || len(st.Drives[1].Alerts) != 0 {
+		t.Fatalf("after the failed scan: cleaning %q, drive 2 %+v", st.Cleaning, st.Drives[1])
+	}
+	home()
+
 	// "Clean periodic" with an expired cleaning cartridge: the drive
 	// refuses it; it is back in its slot, marked expired, not counted.
 	jr = job(tape.AlertCleanPeriodic)
 	if len(jr.Cleaning) != 1 || !strings.Contains(jr.Cleaning[0], "CLN001L1 is expired") {
 		t.Fatalf("cleaning with an expired cartridge: %q", jr.Cleaning)
 	}
-	if cr := home(); cr.Cleanings != 1 || !cr.Expired {
+	if cr := home(); cr.Cleanings != 2 || !cr.Expired {
 		t.Fatalf("CLN001L1 after the refused cleaning: %+v", cr)
 	}
 
