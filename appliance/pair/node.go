@@ -268,7 +268,10 @@ func Start(cfg Config) (*Node, error) {
 	if n.h == nil {
 		n.h = n.StatusHandler()
 	}
-	n.http = &http.Server{Handler: http.HandlerFunc(n.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
+	n.http = &http.Server{Handler: http.HandlerFunc(n.serveHTTP), ReadHeaderTimeout: 10 * time.Second,
+		// Copies stream in while the leader writes: windows of a few
+		// MiB let it send on without waiting for each update.
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerConnection: 32 << 20, MaxReceiveBufferPerStream: 16 << 20, MaxReadFrameSize: 1 << 20}}
 	go n.http.Serve(chanListener{m: n.mux, ch: n.mux.http})
 	if cfg.Catalog == nil {
 		n.stop, n.stopped = make(chan struct{}), make(chan struct{})
