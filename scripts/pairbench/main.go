@@ -278,13 +278,29 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	// then mib/16 MiB more (an incremental backup).
 	type round struct{ sInit, pInit, sIncr, pIncr time.Duration }
 	var rs []round
-	both := func(r int) (time.Duration, time.Duration, error) {
+	// CPU time the vaults spent on the initial backups (the single vault;
+	// the pair's three processes): on a loaded machine the share of CPU a
+	// backup gets, not the wall clock, is what a ratio of speeds compares.
+	var sCPU, pCPU time.Duration
+	var memCPU [3]time.Duration // a, b, w
+	both := func(r int, init bool) (time.Duration, time.Duration, error) {
 		var ds [2]time.Duration
 		for i := 0; i < 2; i++ {
 			k := (i + r) % 2 // 0: single, 1: pair
+			vs := [][]*proc{{single}, {a, b, w}}[k]
+			c0 := cpu(vs...)
+			m0 := [3]time.Duration{cpu(a), cpu(b), cpu(w)}
 			d, err := backup([]string{sst, st}[k])
 			if err != nil {
 				return 0, 0, err
+			}
+			if init {
+				*[]*time.Duration{&sCPU, &pCPU}[k] += cpu(vs...) - c0
+				if k == 1 {
+					for j, p := range []*proc{a, b, w} {
+						memCPU[j] += cpu(p) - m0[j]
+					}
+				}
 			}
 			ds[k] = d
 		}
@@ -296,13 +312,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		var x round
-		if x.sInit, x.pInit, err = both(r); err != nil {
+		if x.sInit, x.pInit, err = both(r, true); err != nil {
 			return err
 		}
 		if err := corpus(src, max(*mib/16, 1), uint64(100+r)); err != nil {
 			return err
 		}
-		if x.sIncr, x.pIncr, err = both(r); err != nil {
+		if x.sIncr, x.pIncr, err = both(r, false); err != nil {
 			return err
 		}
 		rs = append(rs, x)
@@ -392,7 +408,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	catch := time.Since(t0)
-	jobBytes, jobTime, err := catchUpJob(lead.dir)
+	jobBytes, jobTime, err := catchUpJob(lead.dir, t0)
 	if err != nil {
 		return err
 	}
@@ -419,6 +435,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return v[len(v)/2]
 	}
 	fmt.Fprintf(out, "median ratio pair/single: initial %.2fx, incremental %.2fx (target: at least 0.75x)\n", medf(ri), medf(rn))
+	fmt.Fprintf(out, "vault CPU time of the initial backups: single %.1f s, pair %.1f s (%.2fx; leader %.1f s, other member %.1f s, witness %.1f s)\n",
+		sCPU.Seconds(), pCPU.Seconds(), pCPU.Seconds()/sCPU.Seconds(), memCPU[0].Seconds(), memCPU[1].Seconds(), memCPU[2].Seconds())
 	fmt.Fprintf(out, "failover (kill -9 to the next acknowledged backup), %d runs: median %.2f s, max %.2f s\n",
 		len(times), times[len(times)/2].Seconds(), times[len(times)-1].Seconds())
 	fmt.Fprintf(out, "  medians: survivor stands for election %.2f s, leads %.2f s, agent's backup acknowledged %.2f s (%.2f s without a failover)\n",
@@ -431,9 +449,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-// catchUpJob reads the leader's last catch-up job from its admin socket:
-// the bytes it copied and how long it ran.
-func catchUpJob(dir string) (int64, time.Duration, error) {
+// catchUpJob reads the catch-up jobs that copied something and ended
+// after t0 from the leader's admin socket: the bytes they copied and the
+// time from the first one's start (t0 at the earliest) to the last one's
+// end (a run that fails is started again).
+func catchUpJob(dir string, t0 time.Time) (int64, time.Duration, error) {
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", filepath.Join(dir, "admin.sock"))
@@ -445,7 +465,6 @@ func catchUpJob(dir string) (int64, time.Duration, error) {
 	defer resp.Body.Close()
 	var jobs []struct {
 		Kind     string    `json:"kind"`
-		State    string    `json:"state"`
 		Started  time.Time `json:"started"`
 		Ended    time.Time `json:"ended"`
 		Progress struct {
@@ -455,18 +474,54 @@ func catchUpJob(dir string) (int64, time.Duration, error) {
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&jobs); err != nil {
 		return 0, 0, fmt.Errorf("read the jobs: %w", err)
 	}
-	var best int64
-	var d time.Duration
-	var last time.Time
+	var n int64
+	var first, last time.Time
 	for _, j := range jobs {
-		if j.Kind == "catch-up" && !j.Ended.IsZero() && j.Progress.Bytes > 0 && j.Started.After(last) {
-			best, d, last = j.Progress.Bytes, j.Ended.Sub(j.Started), j.Started
+		// A run may have started before the member came back (it
+		// failed at its first copy): counted from t0 then.
+		if j.Kind != "catch-up" || !j.Ended.After(t0) || j.Progress.Bytes == 0 {
+			continue
+		}
+		n += j.Progress.Bytes
+		st := j.Started
+		if st.Before(t0) {
+			st = t0
+		}
+		if first.IsZero() || st.Before(first) {
+			first = st
+		}
+		if j.Ended.After(last) {
+			last = j.Ended
 		}
 	}
-	if best == 0 {
-		return 0, 0, errors.New("no finished catch-up job that copied anything on the leader")
+	if n == 0 {
+		return 0, 0, errors.New("no catch-up job copied anything on the leader")
 	}
-	return best, d, nil
+	return n, last.Sub(first), nil
+}
+
+// cpu is the user and system time the processes used so far.
+func cpu(ps ...*proc) time.Duration {
+	var t time.Duration
+	for _, p := range ps {
+		if p.cmd == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command's closing parenthesis: utime and
+		// stime are the 12th and 13th, in clock ticks (100 a second).
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 12 {
+			var u, s int64
+			fmt.Sscan(f[11], &u)
+			fmt.Sscan(f[12], &s)
+			t += time.Duration(u+s) * 10 * time.Millisecond
+		}
+	}
+	return t
 }
 
 // diskRate writes mib MiB of random data to a file under dir in 1 MiB
