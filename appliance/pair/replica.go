@@ -485,7 +485,12 @@ func (r *Replicator) storeEntries(company string, body io.Reader) (int, error) {
 		if err != nil {
 			return 0, fmt.Errorf("copied entry: %w", err)
 		}
-		buf = append(append(buf[:0], hdr...), make([]byte, h.BodyLen)...)
+		n := pack.EntryHeaderSize + int(h.BodyLen) // bounded by ParseEntryHeader
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		copy(buf, hdr)
 		if _, err := io.ReadFull(body, buf[pack.EntryHeaderSize:]); err != nil {
 			return 0, fmt.Errorf("read copied entry %x: %w", h.ID[:8], err)
 		}
@@ -639,15 +644,34 @@ func (r *Replicator) copyLacking(ctx context.Context, m Member, company string, 
 		return fmt.Errorf("ask %s what it lacks: %s (%d bytes, %v)", m.ID, resp.Status, len(bm), err)
 	}
 	p.Checked += int64(len(ids))
-	var out []byte
+	// Two buffers: one is sent (the member writes and syncs it) while the
+	// next is read here.
+	var bufs [2][]byte
+	cur := 0
 	var entry []byte
-	sendOut := func() error {
-		if len(out) == 0 {
+	var inflight chan error // the send of bufs[1-cur], if any
+	wait := func() error {
+		if inflight == nil {
 			return nil
 		}
-		err := r.send(ctx, m, company, bytes.NewReader(out), int64(len(out)))
-		out = out[:0]
+		err := <-inflight
+		inflight = nil
 		return err
+	}
+	defer wait() // an early return still owns the send in flight
+	sendOut := func() error {
+		if len(bufs[cur]) == 0 {
+			return nil
+		}
+		if err := wait(); err != nil {
+			return err
+		}
+		out, ch := bufs[cur], make(chan error, 1)
+		go func() { ch <- r.send(ctx, m, company, bytes.NewReader(out), int64(len(out))) }() // owner: wait
+		inflight = ch
+		cur = 1 - cur
+		bufs[cur] = bufs[cur][:0]
+		return nil
 	}
 	for i, id := range ids {
 		if bm[i/8]&(1<<(i%8)) == 0 {
@@ -662,14 +686,17 @@ func (r *Replicator) copyLacking(ctx context.Context, m Member, company string, 
 		if err != nil {
 			return fmt.Errorf("read chunk %x to copy: %w", id[:8], err)
 		}
-		out = append(out, entry...)
+		bufs[cur] = append(bufs[cur], entry...)
 		p.Copied++
 		p.Bytes += int64(len(entry))
-		if len(out) >= 16<<20 {
+		if len(bufs[cur]) >= 16<<20 {
 			if err := sendOut(); err != nil {
 				return err
 			}
 		}
 	}
-	return sendOut()
+	if err := sendOut(); err != nil {
+		return err
+	}
+	return wait()
 }
