@@ -126,8 +126,19 @@ func (n *Node) observeLeader(o *raft.Observation) bool {
 	return false
 }
 
-// Deposed is, while this member leads, the member that led before it;
-// empty if none or if this member does not lead.
+// answered notes that member took a copy: it is back, no longer treated
+// as the deposed leader.
+func (n *Node) answered(member string) {
+	n.leaderMu.Lock()
+	defer n.leaderMu.Unlock()
+	if n.deposed == member {
+		n.deposed = ""
+	}
+}
+
+// Deposed is, while this member leads, the member that led before it
+// and has not taken a copy since; empty if none or if this member does
+// not lead.
 func (n *Node) Deposed() string {
 	if !n.IsLeader() {
 		return ""

@@ -206,6 +206,7 @@ func (r *Replicator) replicate(company string, entries *io.SectionReader, copied
 		}
 		err := r.sendRetry(m, company, entries)
 		if err == nil {
+			r.node.answered(m.ID)
 			continue
 		}
 		if behind[m.ID] {
@@ -240,7 +241,10 @@ func (r *Replicator) Replica(company string) store.Replica {
 		r.mu.Lock()
 		live, dirty := r.live[m.ID], r.dirty[m.ID] != nil
 		r.mu.Unlock()
-		if dirty || (behind[m.ID] && !live) {
+		if dirty || (behind[m.ID] && !live) || m.ID == r.node.Deposed() {
+			// The leader before an election may be gone without a word
+			// (a stream to it could hang on a dead connection): it gets
+			// the bounded copy of Commit instead.
 			continue
 		}
 		pr, pw := io.Pipe()
@@ -345,9 +349,15 @@ var errAborted = errors.New("upload aborted on the leader")
 // led before this one is not waited for when it cannot be reached: the
 // pair elected this one because it stopped answering, so it is down or
 // cut off already, and every upload of the failover would wait
-// DegradeAfter for nothing.
+// DegradeAfter for nothing; nor is it waited for longer than two
+// heartbeat timeouts when it does not answer at all (powered off: a dial
+// or a dead connection hangs rather than fails).
 func (r *Replicator) sendRetry(m Member, company string, entries *io.SectionReader) error {
-	ctx, cancel := context.WithTimeout(context.Background(), r.after)
+	window := r.after
+	if r.node.Deposed() == m.ID {
+		window = min(window, 2*r.node.cfg.HeartbeatTimeout)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
 	for {
 		err := r.send(ctx, m, company, io.NewSectionReader(entries, 0, entries.Size()), entries.Size())
@@ -612,6 +622,7 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 	if !live {
 		return fmt.Errorf("catch up %s: a live copy failed meanwhile; trying again", member)
 	}
+	r.node.answered(member)
 	cmd, err := catalog.NewCommand(KindBehind, Behind{Member: member, Caught: true})
 	if err != nil {
 		return err
