@@ -133,7 +133,7 @@ func BenchmarkTapeStream(b *testing.B) {
 	pr := l.probe(false, "rate", "PROBE1L5", "1", strconv.Itoa(int(ddBytes)>>20))
 	if m := rateRE.FindStringSubmatch(pr); m != nil {
 		sg, _ := strconv.ParseFloat(m[1], 64)
-		msg := fmt.Sprintf("the drive package alone (8 queued WRITE(6)s of 256 KiB, direct I/O, same drive) %.2f MiB/s = %.0f %% of dd", sg, 100*sg/ddRate)
+		msg := fmt.Sprintf("the drive package alone (4 queued WRITE(6)s of 256 KiB, direct I/O, same drive) %.2f MiB/s = %.0f %% of dd", sg, 100*sg/ddRate)
 		b.Logf("tape: %s", msg)
 		fmt.Fprintln(os.Stderr, "tape:", msg)
 		b.ReportMetric(sg, "sgio-MiB/s")

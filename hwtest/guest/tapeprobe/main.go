@@ -599,7 +599,7 @@ func (w *blockWriter) end() error {
 }
 
 // rate streams mib MiB in 256 KiB blocks to the cartridge through the
-// drive package's BlockQueue as the tape job does (up to 8 WRITEs
+// drive package's BlockQueue as the tape job does (up to 4 WRITEs
 // outstanding, direct I/O), and prints the rate, for the benchmark's
 // comparison against dd.
 func (p *probe) rate(ctx context.Context, l *lab, barcode string, addr uint16, mib int) {
@@ -607,7 +607,7 @@ func (p *probe) rate(ctx context.Context, l *lab, barcode string, addr uint16, m
 	if !ok {
 		return
 	}
-	blocks := make([][]byte, 8)
+	blocks := make([][]byte, 4)
 	for i := range blocks {
 		blocks[i] = pattern(256<<10, byte(9+i))
 	}
