@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"strconv"
 	"strings"
 	"sync"
@@ -544,7 +545,7 @@ func (s *Store) get(company string, aead cipher.AEAD, id [32]byte, dst []byte) (
 		// a new buffer per chunk cost its zeroing and the collector's
 		// time).
 		bp := getSealed(n)
-		defer sealedPool.Put(bp)
+		defer putSealed(bp)
 		buf = (*bp)[:n]
 	}
 	_, err = f.ReadAt(buf, int64(loc.Offset))
@@ -572,18 +573,45 @@ func (s *Store) get(company string, aead cipher.AEAD, id [32]byte, dst []byte) (
 	return out, loc, nil
 }
 
-// sealedPool holds buffers for sealed entries being opened (*[]byte).
-var sealedPool sync.Pool
+// sealedPools hold buffers for sealed entries being opened (*[]byte),
+// one pool per power-of-two size from 4 KiB to 16 MiB, so that a small
+// entry never holds (or allocates) a chunk-sized buffer and a big one
+// never finds only small ones.
+var sealedPools [13]sync.Pool
 
-// getSealed returns a pooled buffer of at least n bytes.
-func getSealed(n int) *[]byte {
-	if bp, ok := sealedPool.Get().(*[]byte); ok {
-		if cap(*bp) >= n {
-			return bp
-		}
+const minSealedShift = 12 // 4 KiB
+
+// sealedClass returns the pool index of an n-byte buffer, or -1 when n is
+// larger than the largest class (then the buffer is not pooled).
+func sealedClass(n int) int {
+	c := bits.Len(uint(max(n, 1)-1)) - minSealedShift
+	c = max(c, 0)
+	if c >= len(sealedPools) {
+		return -1
 	}
-	b := make([]byte, max(n, 1<<20)) // most chunks fit, however the sizes mix
+	return c
+}
+
+// getSealed returns a buffer of at least n bytes, pooled when it fits a class.
+func getSealed(n int) *[]byte {
+	c := sealedClass(n)
+	if c < 0 {
+		b := make([]byte, n)
+		return &b
+	}
+	if bp, ok := sealedPools[c].Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, 1<<(c+minSealedShift))
 	return &b
+}
+
+// putSealed returns a buffer from getSealed to its pool.
+func putSealed(bp *[]byte) {
+	n := cap(*bp)
+	if c := sealedClass(n); c >= 0 && n == 1<<(c+minSealedShift) {
+		sealedPools[c].Put(bp)
+	}
 }
 
 // PackInfo describes one pack for verification.
