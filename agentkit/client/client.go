@@ -12,9 +12,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"vaultnode/internal/clock"
@@ -120,10 +122,17 @@ func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.R
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
+	// A request that never got a connection (dial or TLS handshake failed,
+	// or the vault closed it during the handshake) reached nothing and may
+	// go again even to a single vault (failoverWait).
+	var connected atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+	}))
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.unreachable(base)
-		return nil, &reachError{err: err, addr: base}
+		return nil, &reachError{err: err, addr: base, connected: connected.Load()}
 	}
 	c.reached(resp.StatusCode < 300)
 	if h := resp.Header.Get(wire.HeaderVaults); h != "" {

@@ -30,6 +30,10 @@ const (
 	failoverStep     = 100 * time.Millisecond
 	failoverMaxWait  = time.Second
 	staleAnswers     = 4
+
+	// unconnectedAttempts bounds the tries of a request to a single vault
+	// that never got a connection: 1+2+3+4+5 = 15 s of waits.
+	unconnectedAttempts = 6
 )
 
 type pair struct {
@@ -173,8 +177,9 @@ func (p *pair) notLeader(base, leader string) {
 
 // reachError is a request that reached no vault.
 type reachError struct {
-	err  error
-	addr string
+	err       error
+	addr      string
+	connected bool // a connection was made: the vault may have read the request
 }
 
 func (e *reachError) Error() string { return fmt.Sprintf("reach the vault at %s: %v", e.addr, e.err) }
@@ -199,7 +204,14 @@ func (c *Client) failoverWait(err error, attempt int) (time.Duration, bool) {
 		n, missed := len(c.addrs), c.missed
 		c.mu.Unlock()
 		if n < 2 {
-			return 0, false // a single vault: the caller's own retries decide
+			// A single vault: a request that never got a connection (a
+			// vault restarting, or so loaded that the TLS handshake timed
+			// out) is sent again a few times, waiting a second more each
+			// time; any other failure is for the caller's own retries.
+			if e.connected || attempt >= unconnectedAttempts {
+				return 0, false
+			}
+			return time.Duration(attempt) * time.Second, true
 		}
 		if missed < n {
 			return 0, true // the next address has not failed yet

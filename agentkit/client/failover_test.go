@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,5 +71,98 @@ func TestFailoverStaysOnLiveMember(t *testing.T) {
 	// millisecond, so only a bound is exact).
 	if d := clk.Now().Sub(start); d < 600*time.Millisecond {
 		t.Fatalf("waited %v in all, want at least the 0.6 s of three steps", d)
+	}
+}
+
+// dropFirst accepts connections for to and closes the first n at once,
+// as a vault restarting or too loaded to finish a TLS handshake does;
+// later connections are relayed to to.
+func dropFirst(t *testing.T, to string, n int) (addr string, accepted func() int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	count := 0
+	go func() { // owner: the listener, closed at cleanup
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			count++
+			drop := count <= n
+			mu.Unlock()
+			if drop {
+				c.Close()
+				continue
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", to)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go io.Copy(up, c)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return ln.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return count }
+}
+
+// TestSingleVaultRetriesUnconnected: with a single vault, a request whose
+// connection closed before the TLS handshake ended reached nothing and is
+// sent again after a growing wait; one that reached the vault is not.
+func TestSingleVaultRetriesUnconnected(t *testing.T) {
+	s := &electingServer{}
+	c, _, stop := testClient(t, s)
+	defer stop()
+	addr, accepted := dropFirst(t, c.addrs[0], 2)
+	c.pair = newPair(addr)
+	resp, err := c.do(context.Background(), "POST", wire.PathComputer, "application/json", []byte(`{}`))
+	if err != nil {
+		t.Fatalf("after two connections closed in the handshake: %v", err)
+	}
+	resp.Body.Close()
+	if n := accepted(); n != 3 || s.attempts != 1 {
+		t.Fatalf("%d connections, %d requests served; want 3 and 1", n, s.attempts)
+	}
+
+	// Every connection closed: the client gives up after its attempts.
+	addr, accepted = dropFirst(t, c.addrs[0], 1000)
+	c.pair = newPair(addr)
+	if _, err := c.do(context.Background(), "POST", wire.PathComputer, "application/json", []byte(`{}`)); err == nil {
+		t.Fatal("a vault that never completes a handshake: no error")
+	}
+	if n := accepted(); n != unconnectedAttempts {
+		t.Fatalf("%d connections, want %d attempts", n, unconnectedAttempts)
+	}
+}
+
+// abortServer cuts every request it read, as a vault that dies during one.
+type abortServer struct{ attempts atomic.Int32 }
+
+func (s *abortServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.attempts.Add(1)
+	io.Copy(io.Discard, r.Body)
+	panic(http.ErrAbortHandler)
+}
+
+// TestSingleVaultNoRetryAfterConnect: a request the vault may have read is
+// not sent again by the client (the caller's own retries decide).
+func TestSingleVaultNoRetryAfterConnect(t *testing.T) {
+	s := &abortServer{}
+	c, _, stop := testClient(t, s)
+	defer stop()
+	if _, err := c.do(context.Background(), "POST", wire.PathComputer, "application/json", []byte(`{}`)); err == nil {
+		t.Fatal("a request cut by the vault: no error")
+	}
+	if n := s.attempts.Load(); n != 1 {
+		t.Fatalf("the vault saw the request %d times, want 1", n)
 	}
 }
