@@ -333,6 +333,15 @@ func (w *writer) version(ctx context.Context, v Version) error {
 	if err != nil {
 		return err
 	}
+	var todo []chunkKey
+	for i, id := range ids {
+		k := chunkKey{v.Company, id}
+		if _, ok := w.committed[k]; !onSet[i] && !ok && !w.inFile[k] {
+			todo = append(todo, k)
+		}
+	}
+	rd := newEntryReader(ctx, w.s.src, todo)
+	defer rd.Close()
 	for i, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -348,7 +357,7 @@ func (w *writer) version(ctx context.Context, v Version) error {
 		if w.inFile[k] {
 			continue
 		}
-		if err := w.chunk(ctx, k); err != nil {
+		if err := w.chunk(ctx, rd, k); err != nil {
 			return err
 		}
 		if err := w.maybeRotate(ctx, files); err != nil {
@@ -416,8 +425,8 @@ func (w *writer) member(fn func() error) error {
 	return err
 }
 
-func (w *writer) chunk(ctx context.Context, k chunkKey) error {
-	e, err := w.s.src.Entry(ctx, k.company, k.id)
+func (w *writer) chunk(ctx context.Context, rd *entryReader, k chunkKey) error {
+	e, err := rd.Entry(ctx, k)
 	if err != nil {
 		return fmt.Errorf("read chunk %x of %s: %w", k.id[:8], k.company, err)
 	}
