@@ -545,6 +545,7 @@ func (m *Machine) Services() []service.Spec {
 			Args: append([]string{"-data", VaultDataDir, "-listen", fmt.Sprintf("0.0.0.0:%d", VaultPort),
 				"-storage-state", storagehealth.DefaultPath}, m.pairArgs()...),
 			Health: vaultHealth,
+			Secret: []string{"-pair-join"},
 		})
 		if _, err := os.Stat("/bin/vaultctl"); err == nil {
 			specs = append(specs, service.Spec{

@@ -17,6 +17,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -66,6 +68,29 @@ type Spec struct {
 	// Health, if set, is polled while the service runs; the service is
 	// ready only once it returns nil.
 	Health func(ctx context.Context) error
+	// Secret names flags of Args whose values never reach the log (a
+	// pair's join token): "-flag value" and "-flag=value" alike.
+	Secret []string
+}
+
+// logArgs are sp.Args with the values of its Secret flags replaced.
+func (sp *Spec) logArgs() []string {
+	if len(sp.Secret) == 0 {
+		return sp.Args
+	}
+	out := slices.Clone(sp.Args)
+	for i := 0; i < len(out); i++ {
+		for _, f := range sp.Secret {
+			switch {
+			case out[i] == f && i+1 < len(out):
+				out[i+1] = "[redacted]"
+				i++
+			case strings.HasPrefix(out[i], f+"="):
+				out[i] = f + "=[redacted]"
+			}
+		}
+	}
+	return out
 }
 
 // Policy holds the supervision parameters shared by every service.
@@ -382,7 +407,7 @@ func (s *Supervisor) runOnce(ctx context.Context, log *zap.Logger, sp Spec) (rea
 		return reaper.Exit{}, err
 	}
 	s.update(sp.Name, func(st *Status) { st.State, st.Pid, st.Healthy = Running, pid, sp.Health == nil })
-	log.Info("service started", zap.Int("pid", pid), zap.String("command", sp.Command), zap.Strings("args", sp.Args))
+	log.Info("service started", zap.Int("pid", pid), zap.String("command", sp.Command), zap.Strings("args", sp.logArgs()))
 
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,5 +192,21 @@ func TestReapsOrphans(t *testing.T) {
 			t.Fatal("orphan never reaped")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestLogArgsRedactsSecrets: a Secret flag's value (a join token) never
+// reaches the "service started" line, in either flag form; Args run as given.
+func TestLogArgsRedactsSecrets(t *testing.T) {
+	sp := Spec{Args: []string{"-data", "/d", "-pair-join", "vnpair1.tok", "-x", "-pair-join=vnpair1.tok2", "-pair-join"}, Secret: []string{"-pair-join"}}
+	got := strings.Join(sp.logArgs(), " ")
+	if strings.Contains(got, "vnpair1") {
+		t.Fatalf("logged args %q hold the token", got)
+	}
+	if want := "-data /d -pair-join [redacted] -x -pair-join=[redacted] -pair-join"; got != want {
+		t.Fatalf("logged args %q, want %q", got, want)
+	}
+	if sp.Args[3] != "vnpair1.tok" {
+		t.Fatalf("the command's own args changed: %q", sp.Args)
 	}
 }
