@@ -1,12 +1,7 @@
 package firmware
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -16,16 +11,6 @@ import (
 // the term and log index, and each member's lag; "" when vaultd does not
 // answer or is a single vault.
 func pairText(dataDir string) string {
-	sock := filepath.Join(dataDir, "admin.sock")
-	// vaultd asks each other member for its status (3 s at most each).
-	c := &http.Client{Timeout: 8 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	resp, err := c.Get("http://vault/admin/pair")
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
 	var st struct {
 		ID      string `json:"id"`
 		State   string `json:"state"`
@@ -48,7 +33,8 @@ func pairText(dataDir string) string {
 			Reason string    `json:"reason"`
 		} `json:"behind"`
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&st) != nil || st.ID == "" {
+	// vaultd asks each other member for its status (3 s at most each).
+	if !adminGet(dataDir, "/admin/pair", 8*time.Second, &st) || st.ID == "" {
 		return ""
 	}
 	var b strings.Builder

@@ -1,12 +1,7 @@
 package firmware
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -15,15 +10,6 @@ import (
 // socket (GET /admin/tape, docs/tape.md); "" when vaultd does not answer
 // or found no tape library.
 func tapeLine(dataDir string) string {
-	sock := filepath.Join(dataDir, "admin.sock")
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	resp, err := c.Get("http://vault/admin/tape")
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
 	var o struct {
 		Library bool `json:"library"`
 		Status  struct {
@@ -37,7 +23,7 @@ func tapeLine(dataDir string) string {
 			Last       string   `json:"last"`
 		} `json:"status"`
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&o) != nil || !o.Library {
+	if !adminGet(dataDir, "/admin/tape", time.Second, &o) || !o.Library {
 		return ""
 	}
 	st := o.Status
