@@ -8,6 +8,7 @@ import (
 	"sort"
 	"sync"
 	"time"
+	"vaultnode/internal/fwctl"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -422,19 +423,9 @@ func (c *Controller) redirect(up, ifb netlink.Link) error {
 	return nil
 }
 
-// ClassStatus is one class as the kernel reports it, rates in bits/s.
-type ClassStatus struct {
-	Device     string `json:"device"`
-	Direction  string `json:"direction"` // egress (uplink) or ingress (ifb)
-	Handle     string `json:"handle"`
-	Name       string `json:"name"`
-	Rate       uint64 `json:"rate_bits"`
-	Ceil       uint64 `json:"ceil_bits"`
-	Bytes      uint64 `json:"bytes"`
-	Packets    uint64 `json:"packets"`
-	Drops      uint64 `json:"drops"`
-	Overlimits uint64 `json:"overlimits"`
-}
+// ClassStatus is one class as the kernel reports it, rates in bits/s: the
+// control socket's wire form, which vaultctl qos decodes (internal/fwctl).
+type ClassStatus = fwctl.QoSClass
 
 // Status reads the classes back from the kernel.
 func (c *Controller) Status() ([]ClassStatus, error) {

@@ -10,7 +10,7 @@ import (
 )
 
 // QoSClass is one traffic class of the uplink's shaping as the kernel
-// reports it (firmware/qos.ClassStatus). Rates are bits per second.
+// reports it (firmware/qos.ClassStatus is this type). Rates are bits per second.
 type QoSClass struct {
 	Device     string `json:"device"`
 	Direction  string `json:"direction"` // egress (uplink) or ingress (ifb)
