@@ -648,15 +648,20 @@ func (c *Catalog) LastSeq(computer, config string) (uint64, error) {
 	return seq, err
 }
 
+// lastBefore places cur on the last key of prefix followed by a sequence
+// number (8 bytes), or just before where such keys would be: the caller
+// checks the prefix.
+func lastBefore(cur *bbolt.Cursor, prefix []byte) (k, v []byte) {
+	k, _ = cur.Seek(append(bytes.Clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+	if k == nil {
+		return cur.Last()
+	}
+	return cur.Prev()
+}
+
 func lastSeq(tx *bbolt.Tx, computer, config string) uint64 {
 	prefix := []byte(computer + "/" + config + "/")
-	cur := tx.Bucket(bVersions).Cursor()
-	k, _ := cur.Seek(append(bytes.Clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
-	if k == nil {
-		k, _ = cur.Last()
-	} else {
-		k, _ = cur.Prev()
-	}
+	k, _ := lastBefore(tx.Bucket(bVersions).Cursor(), prefix)
 	if k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 {
 		return binary.BigEndian.Uint64(k[len(prefix):])
 	}

@@ -78,12 +78,7 @@ func (c *Catalog) lastJournal(tx *bbolt.Tx, computer, config string, base uint64
 	prefix := journalKey(computer, config, base, 0)
 	prefix = prefix[:len(prefix)-8]
 	cur := tx.Bucket(bJournal).Cursor()
-	k, v := cur.Seek(append(bytes.Clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
-	if k == nil {
-		k, v = cur.Last()
-	} else {
-		k, v = cur.Prev()
-	}
+	k, v := lastBefore(cur, prefix)
 	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Prev() {
 		_, _, j, err := decodeJournal(k, v)
 		if err != nil {
