@@ -99,14 +99,19 @@ func list(dir string, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		var files []string
-		for _, f := range vi.Files {
-			files = append(files, f.String())
-		}
-		fmt.Fprintf(w, "%s/%s/%s/%d\tstarted %s\tneeds %s\n", vi.Company, vi.Computer, vi.Config, vi.Seq,
-			vi.Started.Format(time.RFC3339), strings.Join(files, " "))
+		printVersion(w, "", vi)
 		return nil
 	})
+}
+
+// printVersion prints one line of a version and the tape files it needs.
+func printVersion(w io.Writer, indent string, vi format.VersionInfo) {
+	var files []string
+	for _, f := range vi.Files {
+		files = append(files, f.String())
+	}
+	fmt.Fprintf(w, "%s%s/%s/%s/%d\tstarted %s\tneeds %s\n", indent, vi.Company, vi.Computer, vi.Config, vi.Seq,
+		vi.Started.Format(time.RFC3339), strings.Join(files, " "))
 }
 
 // listCatalog prints what the catalog files extracted into dir say: each
@@ -138,12 +143,7 @@ func listCatalog(dir string, w io.Writer) error {
 		}
 		fmt.Fprintf(w, "%s:%d\tmedia set %s\t%d bytes\t%d chunks\n", barcode, f.File, f.MediaSet, f.Bytes, chunks)
 		for _, v := range f.Versions {
-			var files []string
-			for _, r := range v.Files {
-				files = append(files, r.String())
-			}
-			fmt.Fprintf(w, "  %s/%s/%s/%d\tstarted %s\tneeds %s\n", v.Company, v.Computer, v.Config, v.Seq,
-				v.Started.Format(time.RFC3339), strings.Join(files, " "))
+			printVersion(w, "  ", v.VersionInfo)
 		}
 		return nil
 	})
