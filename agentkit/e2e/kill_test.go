@@ -230,6 +230,17 @@ func (c *killEnv) instant(op int) time.Duration {
 	return time.Duration(c.rnd.Int64N(int64(c.est[op])*11/10 + 1))
 }
 
+// runLength is what a run says of its operation's length: the whole run
+// when it ended by itself; when the kill landed, only the instant of the
+// kill (an agent whose vault was killed goes on retrying its connection
+// for up to 15 s, which is not the operation's length).
+func runLength(took, kill time.Duration, landed bool) time.Duration {
+	if landed {
+		return kill
+	}
+	return took
+}
+
 // learn adjusts the estimate: a run that ended before the kill gives its
 // length; a killed run lasted at least until the kill.
 func (c *killEnv) learn(op int, took time.Duration, ended bool) {
@@ -277,7 +288,7 @@ func (c *killEnv) killBackup(t *testing.T, round, victim int) bool {
 		inCommit = landed && strings.Contains(p.out.String(), "/commit")
 		c.v.start()
 	}
-	c.learn(opBackup, p.end.Sub(start), !landed)
+	c.learn(opBackup, runLength(p.end.Sub(start), d, landed), !landed)
 	c.account(snap)
 	if landed && len(c.snaps) > before {
 		inCommit = true // committed, but the agent never heard so
@@ -309,7 +320,7 @@ func (c *killEnv) killRestore(t *testing.T, round, victim int) bool {
 		landed = landed && code != 0
 		c.v.start()
 	}
-	c.learn(opRestore, p.end.Sub(start), !landed)
+	c.learn(opRestore, runLength(p.end.Sub(start), d, landed), !landed)
 	os.RemoveAll(to)
 	t.Logf("round %d: %s killed %v into a restore of home@%d: %s", round, victimName(victim), d, seq, landedWord(landed))
 	c.checked[seq] = false // restore it again now
