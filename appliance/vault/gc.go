@@ -3,6 +3,7 @@ package vault
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -208,7 +209,7 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 		live[co] = newMarks(ids)
 	}
 	snap = nil
-	bad, err := v.mark(ctx, "", func(company string, ids ...[32]byte) {
+	bad, err := v.mark(ctx, "", nil, func(company string, ids ...[32]byte) {
 		if m := live[company]; m != nil {
 			m.add(ids...)
 		}
@@ -260,7 +261,7 @@ func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res 
 	if v.pair != nil {
 		// Each batch is a command of the pair's log that every member
 		// applies (pairgc.go): fewer, larger ones.
-		batch = MaxSweepIDs
+		batch = sweepBatch
 	}
 	for len(cand) > 0 {
 		if err := ctx.Err(); err != nil {
@@ -284,7 +285,7 @@ func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res 
 		var bytes int64
 		var err error
 		if v.pair != nil {
-			n, bytes, err = v.submitSweep(company, del)
+			n, bytes, err = v.submitSweep(company, del, len(cand) == 0)
 		} else {
 			n, bytes, err = v.Store.DeleteChunks(company, del)
 		}
@@ -322,10 +323,31 @@ func (v *Vault) protectedLocked(company string, id [32]byte) bool {
 	return false
 }
 
+// markFilter makes mark walk only some records: want says whether to walk
+// the record of that key (recordKey), done is told each record whose
+// references were all reported.
+type markFilter struct {
+	want func(key [32]byte) bool
+	done func(key [32]byte)
+}
+
+// recordKey names a version or journal record with everything its marks
+// depend on: the same key is the same references.
+func recordKey(computer, config string, seq, n uint64, manifest [32]byte, listing []tree.ChunkRef) [32]byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q %q %d %d ", computer, config, seq, n)
+	h.Write(manifest[:])
+	for _, r := range listing {
+		h.Write(r.ID[:])
+	}
+	return [32]byte(h.Sum(nil))
+}
+
 // mark reports, per company (only the company only, when given), every id
 // reachable from the catalog to add (in batches, with repeats); bad names
-// the companies whose references could not all be read.
-func (v *Vault) mark(ctx context.Context, only string, add func(company string, ids ...[32]byte)) (bad map[string]string, err error) {
+// the companies whose references could not all be read. With f, only the
+// records f wants are walked.
+func (v *Vault) mark(ctx context.Context, only string, f *markFilter, add func(company string, ids ...[32]byte)) (bad map[string]string, err error) {
 	bad = map[string]string{}
 	walk := func(company, what string, listing []tree.ChunkRef) {
 		if bad[company] != "" {
@@ -354,8 +376,17 @@ func (v *Vault) mark(ctx context.Context, only string, add func(company string, 
 			bad[ver.Company] = fmt.Sprintf("version %s/%s@%d has no manifest id recorded", ver.Computer, ver.Config, ver.Seq)
 			continue
 		}
+		var key [32]byte
+		if f != nil {
+			if key = recordKey(ver.Computer, ver.Config, ver.Seq, 0, ver.ManifestID, ver.Listing); !f.want(key) {
+				continue
+			}
+		}
 		add(ver.Company, [32]byte(ver.ManifestID))
 		walk(ver.Company, fmt.Sprintf("version %s/%s@%d", ver.Computer, ver.Config, ver.Seq), ver.Listing)
+		if f != nil && bad[ver.Company] == "" {
+			f.done(key)
+		}
 		if err = v.pace(ctx, start); err != nil {
 			break
 		}
@@ -383,10 +414,19 @@ func (v *Vault) mark(ctx context.Context, only string, add func(company string, 
 		if only != "" && co != only {
 			continue
 		}
+		var key [32]byte
+		if f != nil {
+			if key = recordKey(r.computer, r.config, r.j.Base, r.j.N, [32]byte{}, r.j.Listing); !f.want(key) {
+				continue
+			}
+		}
 		if testHookWalk != nil {
 			testHookWalk()
 		}
 		walk(co, fmt.Sprintf("journal record %s/%s@%d+%d", r.computer, r.config, r.j.Base, r.j.N), r.j.Listing)
+		if f != nil && bad[co] == "" {
+			f.done(key)
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("mark journal records: %w", err)
 		}
@@ -417,6 +457,14 @@ func (m *marks) add(ids ...[32]byte) {
 		}
 	}
 }
+
+// find answers id's place in the snapshot, and whether it is there.
+func (m *marks) find(id [32]byte) (int, bool) {
+	return slices.BinarySearchFunc(m.snap, id, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+}
+
+// has reports whether the snapshot's i-th id is marked.
+func (m *marks) has(i int) bool { return m.bits[i/64]&(1<<(i%64)) != 0 }
 
 // unmarked returns the snapshot's ids that were not marked, in order.
 func (m *marks) unmarked() [][32]byte {
@@ -457,6 +505,7 @@ func (v *Vault) journalRecords(ctx context.Context) ([]journalRecord, error) {
 // markListing reports the listing's chunks and every chunk its nodes
 // reference.
 func (v *Vault) markListing(ctx context.Context, company string, listing []tree.ChunkRef, mark func([][32]byte)) error {
+	v.listingsMarked.Add(1)
 	k, err := v.companyKeys(company)
 	if err != nil {
 		return err

@@ -249,7 +249,7 @@ func TestCollectDuringBackups(t *testing.T) {
 		}
 	}
 	live := map[string][][32]byte{}
-	bad, err := v.mark(ctx, "", func(company string, ids ...[32]byte) { live[company] = append(live[company], ids...) })
+	bad, err := v.mark(ctx, "", nil, func(company string, ids ...[32]byte) { live[company] = append(live[company], ids...) })
 	if err != nil || len(bad) > 0 {
 		t.Fatal(err, bad)
 	}

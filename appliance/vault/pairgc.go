@@ -29,8 +29,9 @@ import (
 // forgetting it. Never delete data because an index forgot it: a member
 // other than the collecting leader (the follower, or the leader itself
 // replaying after a restart) deletes only the ids that its own catalog,
-// at that log index, does not reference: it marks the company again
-// (same catalog, so the same marks, plus whatever was committed since the
+// at that log index, does not reference (sweepCheck: one mark of the
+// company per collection, then only the records committed since; the
+// same catalog, so the same marks, plus whatever was committed since the
 // leader's mark, which it protected anyway). The leader's own run relies
 // on its mark and its sessions' protect sets, under gcMu, as alone.
 //
@@ -49,12 +50,19 @@ const KindSweep catalog.Kind = "gc_sweep"
 // catalog.MaxCommand once encoded).
 const MaxSweepIDs = 1 << 16
 
+// sweepBatch is the ids the leader puts in one sweep command (tests make
+// it small to have many batches).
+var sweepBatch = MaxSweepIDs
+
 // sweepPlan is a KindSweep command's payload.
 type sweepPlan struct {
 	Collection string `json:"collection"` // the collection's run (random)
 	Origin     string `json:"origin"`     // the member that collected
 	Company    string `json:"company"`
 	IDs        []byte `json:"ids"` // 32 bytes each, sorted
+	// Last: the collection's last batch of this company (a member drops
+	// its check of the company).
+	Last bool `json:"last,omitempty"`
 }
 
 func init() {
@@ -104,6 +112,8 @@ type pairGC struct {
 	swept      atomic.Int64           // records its own sweeps removed here
 	sweptBytes atomic.Int64
 	repackDue  atomic.Bool // sweeps applied since the packs were last rewritten
+	checkMu    sync.Mutex
+	check      *sweepCheck // the running collection's check here, if any
 	// crashAfter, when > 0, kills the process (SIGKILL) after that many
 	// deletion batches of a sweep applied for another member: the e2e
 	// test's crash in the middle of a sweep (VAULTNODE_TEST_CRASH_SWEEP).
@@ -134,7 +144,7 @@ func (v *Vault) pairCollecting(ctx context.Context) (stop func(), err error) {
 // submitSweep sends one batch of the leader's sweep through the log; gcMu
 // is held, so no session sees these chunks before every member that
 // applies the sweep deletes them. It answers what the apply removed here.
-func (v *Vault) submitSweep(company string, ids [][32]byte) (int, int64, error) {
+func (v *Vault) submitSweep(company string, ids [][32]byte, last bool) (int, int64, error) {
 	if len(ids) == 0 {
 		return 0, 0, nil
 	}
@@ -142,7 +152,7 @@ func (v *Vault) submitSweep(company string, ids [][32]byte) (int, int64, error) 
 	if run == nil {
 		return 0, 0, fmt.Errorf("sweep %s: no collection runs", company)
 	}
-	plan := sweepPlan{Collection: *run, Origin: v.pair.node.ID(), Company: company, IDs: make([]byte, 0, 32*len(ids))}
+	plan := sweepPlan{Collection: *run, Origin: v.pair.node.ID(), Company: company, IDs: make([]byte, 0, 32*len(ids)), Last: last}
 	for _, id := range ids {
 		plan.IDs = append(plan.IDs, id[:]...)
 	}
@@ -203,7 +213,10 @@ func (v *Vault) applySweep(plan sweepPlan) (int, int64, error) {
 	}
 	if !own {
 		var err error
-		if ids, err = v.unreferenced(plan.Company, ids); err != nil {
+		gc.checkMu.Lock()
+		ids, err = v.unreferenced(plan, ids)
+		gc.checkMu.Unlock()
+		if err != nil {
 			return 0, 0, err
 		}
 		// A member that leads now (it took over before applying this
@@ -248,34 +261,92 @@ func (v *Vault) applySweep(plan sweepPlan) (int, int64, error) {
 	return n, nb, nil
 }
 
-// unreferenced returns the ids (sorted) that no version or journal record
-// of company references in this member's catalog now.
-func (v *Vault) unreferenced(company string, ids [][32]byte) ([][32]byte, error) {
+// sweepCheck is a member's mark of one company, kept across the sweep
+// batches of one collection (docs/pair.md, "Checking a sweep"): made once
+// over the ids this member held when the check began, then brought up to
+// date at each batch by walking only the version and journal records
+// committed since. A record pruned since stays marked: the marks are a
+// superset of what the catalog references now, so the check only keeps
+// more, never deletes what a committed record references.
+type sweepCheck struct {
+	collection, company string
+	marks               *marks                // over this member's ids of company when the check began
+	walked              map[[32]byte]struct{} // records (recordKey) whose references are marked
+}
+
+// unreferenced returns the ids (sorted) of the plan that this member held
+// when its check of the collection began and that no version or journal
+// record of the company in its catalog references now; gc.checkMu is held.
+func (v *Vault) unreferenced(plan sweepPlan, ids [][32]byte) ([][32]byte, error) {
+	gc := &v.pair.gc
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
 		select {
-		case <-v.pair.gc.quit:
+		case <-gc.quit:
 			cancel()
 		case <-ctx.Done():
 		}
 	}()
-	m := newMarks(ids)
-	bad, err := v.mark(ctx, company, func(co string, refs ...[32]byte) {
-		if co == company {
-			m.add(refs...)
+	c := gc.check
+	fresh := false
+	if c == nil || c.collection != plan.Collection || c.company != plan.Company {
+		gc.check = nil
+		snap, err := v.Store.ChunkIDs(ctx, plan.Company)
+		if err != nil {
+			return nil, fmt.Errorf("list %s's chunks to check a sweep: %w", plan.Company, err)
+		}
+		c = &sweepCheck{collection: plan.Collection, company: plan.Company, marks: newMarks(snap), walked: map[[32]byte]struct{}{}}
+		fresh = true
+	}
+	if !fresh {
+		// A candidate this member did not hold when the check began may
+		// have been copied here since: check it against a fresh mark
+		// rather than keep it for ever (a catch-up's copy; rare).
+		for _, id := range ids {
+			if _, ok := c.marks.find(id); !ok {
+				gc.check = nil
+				return v.unreferenced(plan, ids)
+			}
+		}
+	}
+	bad, err := v.mark(ctx, plan.Company, &markFilter{
+		want: func(k [32]byte) bool { _, ok := c.walked[k]; return !ok },
+		done: func(k [32]byte) { c.walked[k] = struct{}{} },
+	}, func(co string, refs ...[32]byte) {
+		if co == plan.Company {
+			c.marks.add(refs...)
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mark %s to check a sweep: %w", company, err)
+		return nil, fmt.Errorf("mark %s to check a sweep: %w", plan.Company, err)
 	}
-	if why := bad[company]; why != "" {
-		return nil, fmt.Errorf("mark %s to check a sweep: %s", company, why)
+	if why := bad[plan.Company]; why != "" {
+		// The records walked are marked; the one that failed is walked
+		// again at the next batch.
+		gc.check = c
+		return nil, fmt.Errorf("mark %s to check a sweep: %s", plan.Company, why)
 	}
-	if m.n > 0 {
-		v.log.Warn("a sweep names chunks this member's catalog references: kept", zap.String("company", company), zap.Int64("kept", m.n))
+	gc.check = c
+	if plan.Last {
+		gc.check = nil // the collection's last batch of this company
 	}
-	return m.unmarked(), nil
+	out := make([][32]byte, 0, len(ids))
+	kept := 0
+	for _, id := range ids {
+		i, ok := c.marks.find(id)
+		switch {
+		case !ok: // not held here when the check began (fresh): nothing to delete
+		case c.marks.has(i):
+			kept++
+		default:
+			out = append(out, id)
+		}
+	}
+	if kept > 0 {
+		v.log.Warn("a sweep names chunks this member's catalog references: kept", zap.String("company", plan.Company), zap.Int("kept", kept))
+	}
+	return out, nil
 }
 
 // followerRepack rewrites or removes this member's packs whose dead share

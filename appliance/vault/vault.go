@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,6 +101,8 @@ type Vault struct {
 
 	kmu  sync.Mutex
 	keys map[string]*companyKeys
+
+	listingsMarked atomic.Int64 // listings walked by marks (collections, sweep checks)
 
 	smu      sync.Mutex
 	sessions map[string]*session
