@@ -30,7 +30,7 @@ var testStart = time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
 
 // startMember starts (or restarts) a member on loopback; witness members
 // have no catalog.
-func startMember(t *testing.T, ca *pki.Authority, id, dir, addr string, witness bool, threshold uint64) *testMember {
+func startMember(t testing.TB, ca *pki.Authority, id, dir, addr string, witness bool, threshold uint64) *testMember {
 	t.Helper()
 	m := &testMember{id: id, dir: dir}
 	cert, err := ca.LoadOrCreateMember(filepath.Join(dir, "tls"), id, testStart)
@@ -63,7 +63,7 @@ func startMember(t *testing.T, ca *pki.Authority, id, dir, addr string, witness 
 	return m
 }
 
-func (m *testMember) stop(t *testing.T) {
+func (m *testMember) stop(t testing.TB) {
 	t.Helper()
 	if err := m.node.Close(); err != nil {
 		t.Logf("close %s: %v", m.id, err)
@@ -76,7 +76,7 @@ func (m *testMember) stop(t *testing.T) {
 }
 
 // promote waits until the leader made every non-voter a voter.
-func promote(t *testing.T, n *Node, want int) {
+func promote(t testing.TB, n *Node, want int) {
 	t.Helper()
 	got := 0
 	waitFor(t, "members to become voters", func() bool {
@@ -89,7 +89,7 @@ func promote(t *testing.T, n *Node, want int) {
 	})
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -2,12 +2,14 @@ package pair
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -590,29 +592,7 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 	}
 	p := CatchUpProgress{Member: member}
 	for _, co := range cos {
-		var batch [][32]byte
-		flush := func() error {
-			if len(batch) == 0 {
-				return nil
-			}
-			err := r.copyLacking(ctx, m, co.Name, batch, &p)
-			batch = batch[:0]
-			if progress != nil {
-				progress(p)
-			}
-			return err
-		}
-		err := r.st.ForEachChunk(co.Name, func(id [32]byte, _ store.Location) error {
-			batch = append(batch, id)
-			if len(batch) == 4096 {
-				return flush()
-			}
-			return ctx.Err()
-		})
-		if err == nil {
-			err = flush()
-		}
-		if err != nil {
+		if err := r.catchUpCompany(ctx, m, co.Name, &p, progress); err != nil {
 			return fmt.Errorf("catch up %s: %w", member, err)
 		}
 	}
@@ -634,80 +614,202 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 	return nil
 }
 
-func (r *Replicator) copyLacking(ctx context.Context, m Member, company string, ids [][32]byte, p *CatchUpProgress) error {
-	body := make([]byte, 0, len(ids)*32)
-	for _, id := range ids {
-		body = append(body, id[:]...)
+// catchUpBatch is how many chunk ids one lack request of a catch-up asks
+// about.
+const catchUpBatch = 4096
+
+// catchUpStreamBytes is how much one streamed request of a catch-up
+// carries before the member commits it (and the next request starts
+// while it does).
+const catchUpStreamBytes = 48 << 20
+
+// catchUpCompany copies to m the chunks of one company it lacks: the
+// index is listed in batches, the member says which of a batch it lacks,
+// and those entries are read in pack order and streamed to it as they are
+// read, in requests of catchUpStreamBytes, each committed by the member
+// while the next one is sent.
+func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company string, p *CatchUpProgress, progress func(CatchUpProgress)) error {
+	cs := &catchStream{r: r, ctx: ctx, m: m, company: company}
+	defer cs.abort() // an early return still owns the requests in flight
+	var batch []idLoc
+	var entry []byte
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		lack, err := r.lacking(ctx, m, company, batch)
+		if err != nil {
+			return err
+		}
+		p.Checked += int64(len(batch))
+		// In pack order: the leader reads each pack front to back.
+		slices.SortFunc(lack, func(a, b idLoc) int {
+			if c := cmp.Compare(a.loc.Pack, b.loc.Pack); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.loc.Offset, b.loc.Offset)
+		})
+		for _, x := range lack {
+			entry, err = r.st.ReadEntry(company, x.id, entry)
+			if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrDamaged) {
+				// Collected meanwhile, or damaged here (verify reports
+				// it, and the next backup that has it heals it on both).
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read chunk %x to copy: %w", x.id[:8], err)
+			}
+			if err := cs.add(entry); err != nil {
+				return err
+			}
+			p.Copied++
+			p.Bytes += int64(len(entry))
+		}
+		batch = batch[:0]
+		if progress != nil {
+			progress(*p)
+		}
+		return nil
+	}
+	err := r.st.ForEachChunk(company, func(id [32]byte, loc store.Location) error {
+		batch = append(batch, idLoc{id, loc})
+		if len(batch) == catchUpBatch {
+			return flush()
+		}
+		return ctx.Err()
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = cs.finish()
+	}
+	return err
+}
+
+type idLoc struct {
+	id  [32]byte
+	loc store.Location
+}
+
+// lacking asks m which of batch it lacks.
+func (r *Replicator) lacking(ctx context.Context, m Member, company string, batch []idLoc) ([]idLoc, error) {
+	body := make([]byte, 0, len(batch)*32)
+	for _, x := range batch {
+		body = append(body, x.id[:]...)
 	}
 	u := "https://" + m.Raft + PathLack + "?company=" + url.QueryEscape(company)
 	req, err := http.NewRequestWithContext(ctx, "POST", u, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	r.setSweepHeader(req)
 	resp, err := r.node.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("ask %s what it lacks: %w", m.ID, err)
+		return nil, fmt.Errorf("ask %s what it lacks: %w", m.ID, err)
 	}
-	bm, err := io.ReadAll(io.LimitReader(resp.Body, int64(len(ids)/8+2)))
+	bm, err := io.ReadAll(io.LimitReader(resp.Body, int64(len(batch)/8+2)))
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || len(bm) != (len(ids)+7)/8 {
-		return fmt.Errorf("ask %s what it lacks: %s (%d bytes, %v)", m.ID, resp.Status, len(bm), err)
+	if err != nil || resp.StatusCode != http.StatusOK || len(bm) != (len(batch)+7)/8 {
+		return nil, fmt.Errorf("ask %s what it lacks: %s (%d bytes, %v)", m.ID, resp.Status, len(bm), err)
 	}
-	p.Checked += int64(len(ids))
-	// Two buffers: one is sent (the member writes and syncs it) while the
-	// next is read here.
-	var bufs [2][]byte
-	cur := 0
-	var entry []byte
-	var inflight chan error // the send of bufs[1-cur], if any
-	wait := func() error {
-		if inflight == nil {
-			return nil
+	var out []idLoc
+	for i, x := range batch {
+		if bm[i/8]&(1<<(i%8)) != 0 {
+			out = append(out, x)
 		}
-		err := <-inflight
-		inflight = nil
-		return err
 	}
-	defer wait() // an early return still owns the send in flight
-	sendOut := func() error {
-		if len(bufs[cur]) == 0 {
-			return nil
+	return out, nil
+}
+
+// catchStream streams a catch-up's entries of one company to the member:
+// one request at a time is written, and the one before it may still be
+// committing on the member.
+type catchStream struct {
+	r       *Replicator
+	ctx     context.Context
+	m       Member
+	company string
+
+	cur, prev *peerCopy // the request being written, the one committing
+	n         int64     // bytes written to cur
+}
+
+func (c *catchStream) add(entry []byte) error {
+	if c.cur == nil {
+		pr, pw := io.Pipe()
+		ctx, cancel := context.WithCancel(c.ctx)
+		pc := &peerCopy{m: c.m, pw: pw, cancel: cancel, done: make(chan error, 1)}
+		go func() { // owner: the catchStream (end or abort waits for it)
+			err := c.r.send(ctx, c.m, c.company, pr, -1)
+			if err == nil {
+				err = io.ErrClosedPipe // the member answered: nothing more is read
+			}
+			pr.CloseWithError(err)
+			pc.done <- err
+		}()
+		c.cur, c.n = pc, 0
+	}
+	if _, err := c.cur.pw.Write(entry); err != nil {
+		// The request ended early: its own answer says why.
+		pc := c.cur
+		c.cur = nil
+		if werr := c.wait(pc); werr != nil {
+			return werr
 		}
-		if err := wait(); err != nil {
-			return err
-		}
-		out, ch := bufs[cur], make(chan error, 1)
-		go func() { ch <- r.send(ctx, m, company, bytes.NewReader(out), int64(len(out))) }() // owner: wait
-		inflight = ch
-		cur = 1 - cur
-		bufs[cur] = bufs[cur][:0]
+		return fmt.Errorf("copy entries to %s: the member answered before the copy ended", c.m.ID)
+	}
+	c.n += int64(len(entry))
+	if c.n >= catchUpStreamBytes {
+		return c.end()
+	}
+	return nil
+}
+
+// end closes the current request's body and waits for the one before it
+// (the member commits the current one while the next is written).
+func (c *catchStream) end() error {
+	if c.cur == nil {
 		return nil
 	}
-	for i, id := range ids {
-		if bm[i/8]&(1<<(i%8)) == 0 {
-			continue
-		}
-		entry, err = r.st.ReadEntry(company, id, entry)
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrDamaged) {
-			// Collected meanwhile, or damaged here (verify reports it,
-			// and the next backup that has it heals it on both).
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read chunk %x to copy: %w", id[:8], err)
-		}
-		bufs[cur] = append(bufs[cur], entry...)
-		p.Copied++
-		p.Bytes += int64(len(entry))
-		if len(bufs[cur]) >= 16<<20 {
-			if err := sendOut(); err != nil {
-				return err
-			}
+	c.cur.pw.Close()
+	err := c.wait(c.prev)
+	c.prev, c.cur = c.cur, nil
+	return err
+}
+
+func (c *catchStream) wait(pc *peerCopy) error {
+	if pc == nil {
+		return nil
+	}
+	err := <-pc.done
+	pc.cancel()
+	if err == io.ErrClosedPipe {
+		return nil
+	}
+	return err
+}
+
+// finish ends the last request and waits until the member committed
+// every one.
+func (c *catchStream) finish() error {
+	err := c.end()
+	if err2 := c.wait(c.prev); err == nil {
+		err = err2
+	}
+	c.prev = nil
+	return err
+}
+
+// abort cuts the requests still running short: the member stores none of
+// their entries.
+func (c *catchStream) abort() {
+	for _, pc := range []*peerCopy{c.cur, c.prev} {
+		if pc != nil {
+			pc.cancel()
+			pc.pw.CloseWithError(errAborted)
+			<-pc.done
 		}
 	}
-	if err := sendOut(); err != nil {
-		return err
-	}
-	return wait()
+	c.cur, c.prev = nil, nil
 }

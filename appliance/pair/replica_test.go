@@ -28,7 +28,7 @@ type dataMember struct {
 	rep *Replicator
 }
 
-func startData(t *testing.T, ca *pki.Authority, id, dir, addr string) *dataMember {
+func startData(t testing.TB, ca *pki.Authority, id, dir, addr string) *dataMember {
 	t.Helper()
 	m := &dataMember{testMember: startMember(t, ca, id, dir, addr, false, 0)}
 	m.rep = NewReplicator(m.node, nil, nil, zaptest.NewLogger(t).Named(id), 2*time.Second)
@@ -42,7 +42,7 @@ func startData(t *testing.T, ca *pki.Authority, id, dir, addr string) *dataMembe
 	return m
 }
 
-func (m *dataMember) stop(t *testing.T) {
+func (m *dataMember) stop(t testing.TB) {
 	m.testMember.stop(t)
 	m.st.Close()
 }

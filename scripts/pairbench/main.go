@@ -190,6 +190,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	mib := fs.Int("mib", 512, "MiB of the initial corpus")
 	failovers := fs.Int("failovers", 5, "leader kills to time")
 	rounds := fs.Int("rounds", 3, "rounds of an initial and an incremental backup to both the single vault and the pair")
+	keep := fs.Bool("keep", false, "keep the vaults' directories and logs (their place is printed)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -201,7 +202,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(root)
+	if *keep {
+		fmt.Fprintln(out, "vaults and logs kept in", root)
+	} else {
+		defer os.RemoveAll(root)
+	}
 	src := filepath.Join(root, "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		return err
