@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,12 +22,16 @@ import (
 // restore holds no chunk beyond the frame being read, and the HTTP/2
 // stream's window is the read-ahead. Small files are batched: one request
 // fetches the chunks of many files, which costs one round trip instead of
-// one per file.
+// one per file. A large file is cut into parts of about partBytes, each
+// its own job, so several workers fetch and write one file at once (at
+// their offsets): a restore that ends with one large file does not end at
+// the speed of one download.
 const (
 	smallFile    = 1 << 20 // files up to this size share requests
 	batchFiles   = 128     // files per batched request, at most
 	batchBytes   = 8 << 20 // bytes per batched request, about
 	idsPerFetch  = 1024    // chunks per request for one large file
+	partBytes    = 8 << 20 // bytes of a large file's part, about
 	openJobSlack = 16      // jobs queued ahead of the workers
 )
 
@@ -37,6 +42,22 @@ type fileJob struct {
 	node *tree.Node
 	// fresh: nothing had the name when the policy was applied.
 	fresh bool
+	// part, when not nil: this job writes only chunks [from, to) of the
+	// file, which other jobs write the rest of.
+	part     *sharedFile
+	from, to int
+}
+
+// sharedFile is a large file written by several jobs (parts): the first
+// to start creates it, the last to finish completes it.
+type sharedFile struct {
+	once sync.Once
+	tmp  string
+	fd   int
+	err  error // creating it
+	mu   sync.Mutex
+	perr error        // the first problem of any part
+	left atomic.Int32 // parts not finished yet
 }
 
 // job is what a worker does at once: one large file, or a batch of small
@@ -45,11 +66,23 @@ type job struct {
 	files []fileJob
 }
 
-// queueFile hands a file to the workers, batching small ones.
+// queueFile hands a file to the workers, batching small ones and cutting
+// large ones into parts.
 func (r *restorer) queueFile(f fileJob) {
 	f.dir.wg.Add(1)
 	if f.node.Size > smallFile {
-		r.jobs <- &job{files: []fileJob{f}}
+		parts := cutParts(f.node)
+		if len(parts) < 2 {
+			r.jobs <- &job{files: []fileJob{f}}
+			return
+		}
+		sf := &sharedFile{fd: -1}
+		sf.left.Store(int32(len(parts)))
+		for _, p := range parts {
+			pf := f
+			pf.part, pf.from, pf.to = sf, p[0], p[1]
+			r.jobs <- &job{files: []fileJob{pf}}
+		}
 		return
 	}
 	r.batch = append(r.batch, f)
@@ -57,6 +90,38 @@ func (r *restorer) queueFile(f fileJob) {
 	if len(r.batch) >= batchFiles || r.batchSize >= batchBytes {
 		r.flushBatch()
 	}
+}
+
+// cutParts returns the chunk ranges of n's parts: about partBytes each,
+// or one range when its chunks do not hold exactly the bytes its extents
+// say (the single job then reports that).
+func cutParts(n *tree.Node) [][2]int {
+	var total, part int64
+	from := 0
+	var parts [][2]int
+	for i, c := range n.Chunks {
+		total += int64(c.Len)
+		part += int64(c.Len)
+		if part >= partBytes || i == len(n.Chunks)-1 {
+			parts = append(parts, [2]int{from, i + 1})
+			from, part = i+1, 0
+		}
+	}
+	if total != dataLen(fileExtents(n)) {
+		return [][2]int{{0, len(n.Chunks)}}
+	}
+	return parts
+}
+
+// fileExtents are where the content of n goes in the file.
+func fileExtents(n *tree.Node) []tree.Extent {
+	if n.Sparse {
+		return n.Extents
+	}
+	if n.Size > 0 {
+		return []tree.Extent{{Off: 0, Len: n.Size}}
+	}
+	return nil
 }
 
 func (r *restorer) flushBatch() {
@@ -83,6 +148,7 @@ type openFile struct {
 	ext  []tree.Extent // where the chunks' bytes go
 	ei   int           // current extent
 	eoff int64         // bytes written into it
+	next int           // the chunk that comes next
 	left int           // chunks still to come
 	err  error         // the first problem; later chunks are skipped
 }
@@ -92,7 +158,7 @@ func (w *fileWriter) run(j *job) {
 	w.jobErr = nil
 	var ids [][32]byte
 	for _, f := range j.files {
-		for _, c := range f.node.Chunks {
+		for _, c := range chunksOf(f) {
 			ids = append(ids, c.ID)
 		}
 	}
@@ -149,22 +215,51 @@ func (w *fileWriter) run(j *job) {
 // default -existing skip, never keeps a partial file as if restored. (Files
 // created under their own name with O_EXCL, one system call less, left
 // exactly that after a crash.)
+//
+// A part of a large file writes into the file the first part to start
+// created, from where its first chunk's content goes.
 func (w *fileWriter) start(f fileJob) *openFile {
-	o := &openFile{fileJob: f, fd: -1, left: len(f.node.Chunks)}
-	o.ext = f.node.Extents
-	if !f.node.Sparse {
-		o.ext = nil
-		if f.node.Size > 0 {
-			o.ext = []tree.Extent{{Off: 0, Len: f.node.Size}}
-		}
-	}
+	o := &openFile{fileJob: f, fd: -1, left: len(chunksOf(f)), next: f.from, ext: fileExtents(f.node)}
 	if w.jobErr != nil {
 		o.err = w.jobErr
 		return o
 	}
-	o.tmp = fmt.Sprintf(".%s.vaultnode-%d", truncName(f.name), time.Now().UnixNano())
-	o.fd, o.err = meta.CreateFD(f.dir.fd, o.tmp, meta.Options{})
+	if sf := f.part; sf != nil {
+		sf.once.Do(func() { sf.tmp, sf.fd, sf.err = w.create(f) })
+		o.tmp, o.fd, o.err = sf.tmp, sf.fd, sf.err
+		o.seek(f.node.Chunks[:f.from])
+		return o
+	}
+	o.tmp, o.fd, o.err = w.create(f)
 	return o
+}
+
+// create makes the file f under a temporary name beside its own.
+func (w *fileWriter) create(f fileJob) (tmp string, fd int, err error) {
+	tmp = fmt.Sprintf(".%s.vaultnode-%d", truncName(f.name), time.Now().UnixNano())
+	fd, err = meta.CreateFD(f.dir.fd, tmp, meta.Options{})
+	return tmp, fd, err
+}
+
+// chunksOf are the chunks job f writes.
+func chunksOf(f fileJob) []tree.ChunkRef {
+	if f.part != nil {
+		return f.node.Chunks[f.from:f.to]
+	}
+	return f.node.Chunks
+}
+
+// seek places o where the content after chunks goes.
+func (o *openFile) seek(chunks []tree.ChunkRef) {
+	var skip int64
+	for _, c := range chunks {
+		skip += int64(c.Len)
+	}
+	for o.ei < len(o.ext) && skip >= o.ext[o.ei].Len {
+		skip -= o.ext[o.ei].Len
+		o.ei++
+	}
+	o.eoff = skip
 }
 
 // chunk checks one downloaded chunk and writes it into o.
@@ -175,7 +270,8 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 	// The frame must be the chunk asked for at this place, of the length
 	// the listing says: a vault that answers another (valid) chunk would
 	// otherwise put foreign content into the file.
-	want := o.node.Chunks[len(o.node.Chunks)-o.left]
+	want := o.node.Chunks[o.next]
+	o.next++
 	if fr.ID != want.ID {
 		o.err = &ChunkError{want.ID, fmt.Sprintf("the vault answered chunk %x in its place", fr.ID[:8])}
 		return
@@ -267,12 +363,30 @@ func dataLen(ext []tree.Extent) int64 {
 // finish completes o: size, rename into place (a temporary file),
 // metadata, close; or removes the file written and reports why o could not
 // be restored.
+//
+// A part of a large file only notes its problem, unless it is the last
+// part to finish: that one completes the file for all.
 func (w *fileWriter) finish(o *openFile) {
 	r := w.r
 	n := o.node
 	err := o.err
 	if err == nil && o.left > 0 {
 		err = fmt.Errorf("%d chunks never arrived", o.left)
+	}
+	if sf := o.part; sf != nil {
+		sf.mu.Lock()
+		if sf.perr == nil {
+			sf.perr = err
+		}
+		err = sf.perr
+		sf.mu.Unlock()
+		if sf.left.Add(-1) > 0 {
+			return
+		}
+		// The parts wrote every chunk, which hold the file's data
+		// exactly (cutParts).
+		o.tmp, o.fd = sf.tmp, sf.fd
+		o.ei, o.eoff = len(o.ext), 0
 	}
 	if err == nil && (o.ei < len(o.ext)) {
 		err = fmt.Errorf("content ends after %d of %d bytes of data: %w", written(o), dataLen(o.ext), io.ErrUnexpectedEOF)

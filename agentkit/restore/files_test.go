@@ -225,3 +225,113 @@ func noTemporaries(t *testing.T, root string) {
 		return nil
 	})
 }
+
+// A large file is cut into parts that several workers fetch and write at
+// once: every part lands at its offset (holes included), a part that fails
+// fails the whole file, and the file takes its name only once all parts
+// are written.
+func TestRunLargeFileInParts(t *testing.T) {
+	src := &countingSource{memSource: memSource{}}
+	rng := rand.NewChaCha8([32]byte{7})
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		rng.Read(b)
+		return b
+	}
+	nodes := []tree.Node{dir("r")}
+	var want []wantFile
+	add := func(p string, data []byte, chunk int) *tree.Node {
+		n := file(p)
+		n.Size = int64(len(data))
+		n.Chunks = src.put(data, chunk)
+		nodes = append(nodes, n)
+		want = append(want, wantFile{path: p, data: data})
+		return &nodes[len(nodes)-1]
+	}
+	// Dense: 21 MiB in chunks of 1 MiB less a few bytes, so parts and
+	// chunks do not fall on round offsets: three parts.
+	add("r/dense", random(21<<20), 1<<20-3)
+	// Sparse: extents of odd sizes between holes, crossing the parts'
+	// and chunks' boundaries; the file ends in a hole.
+	ext := []tree.Extent{{Off: 4096, Len: 7<<20 + 5}, {Off: 9 << 20, Len: 3 << 20}, {Off: 13<<20 + 17, Len: 9 << 20}}
+	full := make([]byte, 30<<20)
+	var data []byte
+	for _, e := range ext {
+		d := random(int(e.Len))
+		copy(full[e.Off:], d)
+		data = append(data, d...)
+	}
+	n := add("r/sparse", data, 3<<20+11)
+	n.Size, n.Sparse, n.Extents = int64(len(full)), true, ext
+	want[len(want)-1].data = full
+	// A chunk of the last part missing: the whole file is not restored.
+	n = add("r/torn", random(20<<20), 1<<20)
+	delete(src.memSource, n.Chunks[len(n.Chunks)-2].ID)
+	want[len(want)-1].bad = true
+	m := wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(t, nodes...)}
+	for _, w := range nodes[1:] {
+		if parts := cutParts(&w); len(parts) < 3 {
+			t.Fatalf("%s: cut into %d parts, the test wants at least 3", w.Path, len(parts))
+		}
+	}
+
+	to := t.TempDir()
+	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+		Meta: meta.Options{SkipOwner: true}, Workers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.requests < 1+9 {
+		t.Errorf("%d requests: the large files were not fetched in parts", src.requests)
+	}
+	for _, w := range want {
+		got, err := os.ReadFile(filepath.Join(to, w.path))
+		if w.bad {
+			if !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s: a file with a missing chunk left in place (%v)", w.path, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", w.path, err)
+		}
+		if !bytes.Equal(got, w.data) {
+			i := 0
+			for i < min(len(got), len(w.data)) && got[i] == w.data[i] {
+				i++
+			}
+			t.Errorf("%s: %d bytes restored, want %d; first difference at %d", w.path, len(got), len(w.data), i)
+		}
+	}
+	if len(res.Problems) != 1 || !strings.Contains(res.Problems[0], "r/torn: NOT RESTORED") {
+		t.Errorf("problems %q, want one for r/torn", res.Problems)
+	}
+	if res.Stats.Files != 2 {
+		t.Errorf("stats: %d files restored, want 2", res.Stats.Files)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(to, "r/sparse"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if alloc := st.Blocks * 512; alloc > 21<<20 {
+		t.Errorf("sparse file takes %d bytes on disk: its holes were written", alloc)
+	}
+	noTemporaries(t, to)
+}
+
+// A file whose chunks do not hold what its extents say is not cut: one job
+// reports it.
+func TestCutPartsMismatch(t *testing.T) {
+	n := file("f")
+	n.Size = 40 << 20
+	for range 5 {
+		n.Chunks = append(n.Chunks, tree.ChunkRef{Len: 4 << 20})
+	}
+	if got := cutParts(&n); len(got) != 1 || got[0] != [2]int{0, 5} {
+		t.Errorf("cutParts of 20 MiB of chunks for 40 MiB of data = %v, want one range", got)
+	}
+	n.Size = 20 << 20
+	if got := cutParts(&n); len(got) != 3 {
+		t.Errorf("cutParts of 20 MiB in 4 MiB chunks = %v, want 3 parts of 8 MiB or less", got)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"vaultnode/internal/clock"
 	"vaultnode/internal/wire"
 )
@@ -36,6 +38,9 @@ type Limits struct {
 	Uploads   SlotLimits // 4 / 2 / 2
 	Downloads SlotLimits // 8 / 4 / 4
 	SlotWait  time.Duration
+	// ReadAheadBytes bounds the chunks downloads have read ahead of what
+	// they wrote, all downloads together (GetChunks).
+	ReadAheadBytes int64 // 32 MiB
 
 	// Connections: at most ConnsPerComputer with one computer's
 	// certificate; at most UnauthPerAddr from one address (and
@@ -64,7 +69,7 @@ func DefaultLimits() Limits {
 	return Limits{ReadIdle: 30 * time.Second, WriteIdle: 30 * time.Second, ProgressBytes: 16 << 10,
 		RequestMax: time.Minute, StreamMax: 15 * time.Minute,
 		Uploads: SlotLimits{4, 2, 2}, Downloads: SlotLimits{8, 4, 4}, SlotWait: 30 * time.Second,
-		ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256, PortalPerAddr: 64, PortalTotal: 1024,
+		ReadAheadBytes: 32 << 20, ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256, PortalPerAddr: 64, PortalTotal: 1024,
 		EnrollPerAddr: 10, EnrollTotal: 120}
 }
 
@@ -89,6 +94,9 @@ func (l Limits) withDefaults() Limits {
 	dur(&l.RequestMax, d.RequestMax)
 	dur(&l.StreamMax, d.StreamMax)
 	dur(&l.SlotWait, d.SlotWait)
+	if l.ReadAheadBytes <= 0 {
+		l.ReadAheadBytes = d.ReadAheadBytes
+	}
 	for _, s := range []struct{ p, d *SlotLimits }{{&l.Uploads, &d.Uploads}, {&l.Downloads, &d.Downloads}} {
 		num(&s.p.Global, s.d.Global)
 		num(&s.p.PerCompany, min(s.d.PerCompany, s.p.Global))
@@ -294,6 +302,7 @@ func (v *Vault) initLimits(lim Limits) {
 	v.limits = lim.withDefaults()
 	v.uploads = newSlotPool("uploads", v.limits.Uploads, v.limits.SlotWait, v.clk)
 	v.downloads = newSlotPool("downloads", v.limits.Downloads, v.limits.SlotWait, v.clk)
+	v.readAhead = semaphore.NewWeighted(v.limits.ReadAheadBytes)
 	v.conns = newConnCaps(&v.limits, v.log.Named("limits"))
 	v.enrollRate = newEnrollLimiter(&v.limits, v.clk)
 }

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"crypto/cipher"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -51,35 +52,118 @@ func (v *Vault) JournalRecords(ctx context.Context, p *Principal, ref, config st
 // per id, in order: the chunk as stored, or a missing or damaged status. A
 // damaged frame names the request and not the store's error, which goes to
 // the log. An error from emit (the client went away) ends it.
+//
+// The chunks are read and opened ahead of emit by a goroutine of the call
+// (readAheadChunks at most), so the disk's waits and the AEAD overlap the
+// network's writes. Every chunk read waits for its plaintext in the
+// vault's read-ahead budget (Limits.ReadAheadBytes, all downloads
+// together) before it goes to emit, and gives it back once written: the
+// downloads hold at most one chunk each beyond that budget.
 func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emit func(*wire.Frame) error) error {
 	c, err := self(p, CapRestore)
 	if err != nil {
 		return err
 	}
 	requestID := requestOf(ctx).id
-	var buf []byte
-	for _, id := range ids {
-		if err := ctx.Err(); err != nil {
-			return err
+	rctx, cancel := context.WithCancel(ctx)
+	read := make(chan chunkRead, readAheadChunks)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(read)
+		v.readChunks(rctx, c.Company, c.keys.aead, ids, read)
+	}()
+	defer func() {
+		cancel()
+		for r := range read { // what was read ahead and not written
+			v.doneChunk(r)
 		}
-		var loc store.Location
-		buf, loc, err = v.Store.Get(c.Company, c.keys.aead, id, buf[:0])
-		f := wire.Frame{ID: id, Kind: wire.StatusOK, Flags: loc.Flags, PlainLen: loc.PlainLen, Payload: buf}
+		<-done
+	}()
+	for range ids {
+		var r chunkRead
+		select {
+		case r = <-read:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.buf == nil { // the reader stopped: ctx ended
+			return ctx.Err()
+		}
+		id, err := r.f.ID, r.err
+		f := r.f
 		switch {
+		case err == nil:
 		case errors.Is(err, store.ErrNotFound):
 			f = wire.Frame{ID: id, Kind: wire.StatusMissing, Payload: []byte("the vault has no such chunk")}
 		case errors.Is(err, store.ErrQuarantined):
 			f = wire.Frame{ID: id, Kind: wire.StatusDamaged,
 				Payload: []byte("the vault's copy of this chunk is damaged (quarantined by verify); the next backup of a computer that has it repairs it")}
-		case err != nil:
+		default:
 			v.log.Error("damaged chunk requested", zap.String("request_id", requestID), zap.String("principal", p.String()),
 				zap.String("company", c.Company), zap.String("id", hex.EncodeToString(id[:])), zap.Error(err))
 			f = wire.Frame{ID: id, Kind: wire.StatusDamaged,
 				Payload: fmt.Appendf(nil, "the vault cannot read this chunk (request id %s); the vault's log has the details", requestID)}
 		}
-		if err := emit(&f); err != nil {
+		err = emit(&f)
+		v.doneChunk(r)
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// readAheadChunks is how many chunks a download reads ahead of what it
+// writes, at most.
+const readAheadChunks = 4
+
+// chunkRead is one chunk read for a download: its frame (the payload in
+// buf), or the store's error; held is what it holds of the read-ahead
+// budget.
+type chunkRead struct {
+	f    wire.Frame
+	err  error
+	buf  *[]byte
+	held int64
+}
+
+// readChunks reads the chunks ids of company in order and sends them on
+// out, each once its plaintext fits the read-ahead budget, until ctx ends.
+func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD, ids [][32]byte, out chan<- chunkRead) {
+	for _, id := range ids {
+		bp, _ := v.chunkBufs.Get().(*[]byte)
+		if bp == nil {
+			bp = new([]byte)
+		}
+		var loc store.Location
+		buf, loc, err := v.Store.Get(company, aead, id, (*bp)[:0])
+		*bp = buf
+		r := chunkRead{f: wire.Frame{ID: id, Kind: wire.StatusOK, Flags: loc.Flags, PlainLen: loc.PlainLen, Payload: buf}, err: err, buf: bp}
+		if err == nil {
+			r.held = min(int64(len(buf)), v.limits.ReadAheadBytes)
+			if v.readAhead.Acquire(ctx, r.held) != nil {
+				r.held = 0
+				v.doneChunk(r)
+				return
+			}
+		}
+		select {
+		case out <- r:
+		case <-ctx.Done():
+			v.doneChunk(r)
+			return
+		}
+	}
+}
+
+// doneChunk gives back what r holds: its budget and its buffer.
+func (v *Vault) doneChunk(r chunkRead) {
+	if r.held > 0 {
+		v.readAhead.Release(r.held)
+	}
+	if r.buf != nil && cap(*r.buf) <= wire.MaxPlain {
+		*r.buf = (*r.buf)[:0]
+		v.chunkBufs.Put(r.buf)
+	}
 }

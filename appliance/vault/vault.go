@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -115,6 +117,8 @@ type Vault struct {
 	limits     Limits
 	uploads    *slotPool // upload, commit and journal requests (limits.go)
 	downloads  *slotPool
+	readAhead  *semaphore.Weighted // bytes of chunks read ahead by downloads (GetChunks)
+	chunkBufs  sync.Pool           // *[]byte: plaintext buffers of downloads
 	conns      *connCaps
 	enrollRate *enrollLimiter
 	logins     loginLimiter  // portal sign-ins per client address (ops_users.go)
