@@ -79,10 +79,13 @@ func (c *Catalog) ApplyLog(index uint64, cmd Command) (res any, skipped bool, er
 				skipped = true
 				return nil
 			}
-			if res, failed = fn(c, tx, cmd.Payload); failed != nil {
-				return failed
+			// Recorded first, in the same transaction: an applier reads
+			// its entry's index with EntryIndex.
+			if err := setApplied(tx, index); err != nil {
+				return err
 			}
-			return setApplied(tx, index)
+			res, failed = fn(c, tx, cmd.Payload)
+			return failed
 		})
 		switch {
 		case skipped:
@@ -106,6 +109,10 @@ func (c *Catalog) ApplyLog(index uint64, cmd Command) (res any, skipped bool, er
 	}
 	return nil, skipped, err
 }
+
+// EntryIndex is, inside a command's applier run by ApplyLog, the log index
+// of the entry being applied (0 outside a log).
+func EntryIndex(tx *bbolt.Tx) uint64 { return appliedIndex(tx) }
 
 func setApplied(tx *bbolt.Tx, index uint64) error {
 	b, err := tx.CreateBucketIfNotExists(bLog)

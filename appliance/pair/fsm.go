@@ -106,6 +106,11 @@ type fsm struct {
 	// before, when set, sees each command before the catalog applies it
 	// (Config.BeforeApply).
 	before func(index uint64, cmd catalog.Command)
+	// restoring and restored, when set, are told the catalog's applied
+	// index before and after a snapshot replaces it (Config.Restoring,
+	// Config.Restored).
+	restoring func(prev uint64) error
+	restored  func(prev uint64)
 }
 
 var testLogApply func(index uint64, cmd catalog.Command, skipped bool, err error)
@@ -156,7 +161,29 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if testRestored != nil {
 		testRestored()
 	}
-	return f.cat.Restore(rc)
+	prev, err := f.cat.AppliedIndex()
+	if err != nil {
+		return fmt.Errorf("restore a catalog snapshot: %w", err)
+	}
+	if f.restoring != nil {
+		if err := f.restoring(prev); err != nil {
+			return err
+		}
+	}
+	if err := f.cat.Restore(rc); err != nil {
+		return err
+	}
+	if f.restored != nil {
+		f.restored(prev)
+	}
+	if f.applied != nil {
+		// Copies waiting for this member to apply a sweep (HeaderSweep)
+		// go on once the snapshot's sweeps were applied (Restored).
+		if idx, err := f.cat.AppliedIndex(); err == nil {
+			f.applied(idx)
+		}
+	}
+	return nil
 }
 
 var testRestored func() // tests: told of each snapshot restored

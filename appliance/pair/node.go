@@ -74,6 +74,13 @@ type Config struct {
 	// that a crash before the catalog records the entry replays the
 	// deletion rather than forgetting it.
 	BeforeApply func(index uint64, cmd catalog.Command)
+	// Restoring, when set, is told the catalog's applied index before a
+	// snapshot from the leader replaces the catalog, and Restored after,
+	// both on the FSM's goroutine: the vault brings its store and mail
+	// queue to what the entries inside the snapshot did (an error from
+	// Restoring fails the install; raft tries again).
+	Restoring func(prev uint64) error
+	Restored  func(prev uint64)
 }
 
 // Node is a running member.
@@ -264,7 +271,7 @@ func Start(cfg Config) (*Node, error) {
 	// (catalog.ApplyLog): a restart replays only what it lacks, without
 	// first rolling the catalog back to the last snapshot.
 	rc.NoSnapshotRestoreOnStart = true
-	f := &fsm{cat: cfg.Catalog, applied: n.setApplied, before: cfg.BeforeApply}
+	f := &fsm{cat: cfg.Catalog, applied: n.setApplied, before: cfg.BeforeApply, restoring: cfg.Restoring, restored: cfg.Restored}
 	if cfg.Catalog != nil {
 		if idx, err := cfg.Catalog.AppliedIndex(); err == nil {
 			n.applied = idx
@@ -387,6 +394,15 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Snapshot takes a snapshot of the catalog now and compacts the log
+// behind it (raft does it by itself every SnapshotThreshold entries).
+func (n *Node) Snapshot() error {
+	if err := n.raft.Snapshot().Error(); err != nil {
+		return fmt.Errorf("snapshot the pair's log: %w", err)
+	}
+	return nil
 }
 
 // IsLeader reports whether this member leads now.

@@ -45,6 +45,8 @@ type PairOptions struct {
 	DegradeAfter time.Duration
 	// HeartbeatTimeout: raft's; the default (1 s) suits a LAN.
 	HeartbeatTimeout time.Duration
+	// SnapshotThreshold: raft's entries between snapshots (default 8192).
+	SnapshotThreshold uint64
 	// TestCrashSweep, tests only: kill this process (SIGKILL) after that
 	// many deletion batches of a sweep it applies for another member.
 	TestCrashSweep int
@@ -95,7 +97,8 @@ func (v *Vault) startPair() error {
 	}
 	n, err := pair.Start(pair.Config{ID: po.ID, Dir: filepath.Join(v.opts.Dir, "pair"), Bind: po.Listen, Advertise: po.Advertise,
 		Agent: agent, TLS: pair.MemberTLS(cert, v.CA.Pool()), Catalog: v.Catalog, Log: v.log.Named("pair"),
-		HeartbeatTimeout: po.HeartbeatTimeout, BeforeApply: v.beforeApply})
+		HeartbeatTimeout: po.HeartbeatTimeout, SnapshotThreshold: po.SnapshotThreshold, BeforeApply: v.beforeApply,
+		Restoring: v.pairRestoring, Restored: v.pairRestored})
 	if err != nil {
 		return err
 	}
@@ -397,6 +400,7 @@ func (v *Vault) pairVaults() []string {
 func (v *Vault) runPair(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var forgot time.Time // the last time the kept sweeps were looked at
 	for {
 		select {
 		case <-ctx.Done():
@@ -408,6 +412,12 @@ func (v *Vault) runPair(ctx context.Context) {
 			v.pair.led.Store(false)
 			v.followerRepack(ctx)
 			continue
+		}
+		if now := v.clk.Now(); now.Sub(forgot) >= 10*time.Second {
+			forgot = now
+			if err := v.forgetSweeps(ctx); err != nil {
+				v.log.Warn("forget the sweeps every member applied", zap.Error(err))
+			}
 		}
 		if !v.pair.led.Load() {
 			if _, err := v.Jobs.Recover(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/mail"
 	"vaultnode/appliance/pair"
 	"vaultnode/internal/wire"
 )
@@ -21,39 +22,69 @@ import (
 // and master key (as a join sends them) and follows as a non-voter, so a
 // commits alone and b applies the whole log.
 func openTestPair(t *testing.T) (a, b *Vault) {
+	p := newTestPair(t, 0)
+	return p.a, p.b
+}
+
+type testPair struct {
+	t      *testing.T
+	a, b   *Vault
+	da, db string
+	opened map[*Vault]bool
+	snap   uint64
+}
+
+func newTestPair(t *testing.T, snapshotThreshold uint64) *testPair {
 	t.Helper()
-	open := func(id, dir string, form bool) *Vault {
-		v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Log: zaptest.NewLogger(t).Named(id),
-			Pair: &PairOptions{ID: id, Listen: "127.0.0.1:0", Agent: "agent-" + id, Form: form, HeartbeatTimeout: time.Second}})
-		if err != nil {
-			t.Fatal(err)
+	p := &testPair{t: t, da: t.TempDir(), db: t.TempDir(), opened: map[*Vault]bool{}, snap: snapshotThreshold}
+	t.Cleanup(func() {
+		for v, open := range p.opened {
+			if open {
+				v.Close()
+			}
 		}
-		t.Cleanup(func() { v.Close() })
-		return v
-	}
-	da, db := t.TempDir(), t.TempDir()
-	a = open("a", da, true)
-	os.MkdirAll(filepath.Join(db, "tls"), 0o700)
+	})
+	p.a = p.open("a", p.da, "127.0.0.1:0", true)
+	os.MkdirAll(filepath.Join(p.db, "tls"), 0o700)
 	for _, f := range []string{"master.key", "tls/ca.pem", "tls/ca.key"} {
-		raw, err := os.ReadFile(filepath.Join(da, f))
+		raw, err := os.ReadFile(filepath.Join(p.da, f))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(db, f), raw, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(p.db, f), raw, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b = open("b", db, false)
+	p.b = p.open("b", p.db, "127.0.0.1:0", false)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := a.pair.node.AddMember(ctx, pair.Member{ID: "b", Raft: b.pair.node.Addr(), Agent: "agent-b"}); err != nil {
+	if err := p.a.pair.node.AddMember(ctx, pair.Member{ID: "b", Raft: p.b.pair.node.Addr(), Agent: "agent-b"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.NewCompany("acme"); err != nil {
+	if err := p.a.NewCompany("acme"); err != nil {
 		t.Fatal(err)
 	}
-	caughtUp(t, a, b)
-	return a, b
+	caughtUp(t, p.a, p.b)
+	return p
+}
+
+func (p *testPair) open(id, dir, listen string, form bool) *Vault {
+	p.t.Helper()
+	v, err := Open(Options{Dir: dir, Listen: "127.0.0.1:0", Log: zaptest.NewLogger(p.t).Named(id),
+		Pair: &PairOptions{ID: id, Listen: listen, Agent: "agent-" + id, Form: form, HeartbeatTimeout: time.Second, SnapshotThreshold: p.snap}})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.opened[v] = true
+	return v
+}
+
+func (p *testPair) close(v *Vault) {
+	p.t.Helper()
+	p.opened[v] = false
+	if err := v.Close(); err != nil {
+		p.t.Logf("close: %v", err)
+	}
 }
 
 // caughtUp waits until b applied every entry a applied.
@@ -172,4 +203,104 @@ func TestFollowerSweepCheck(t *testing.T) {
 	want := map[string][][]byte{"c1@3": testFiles("v2", 30), "c1@4": testFiles("v3", 30), "c1@5": testFiles("late", 10)}
 	restoreAll(t, a, want)
 	restoreAll(t, b, want)
+}
+
+// TestSnapshotInstall: a member brought up to date by a catalog snapshot
+// (it was down while the log was compacted) ends as one that replayed the
+// log: the chunks swept meanwhile are gone from its store, its mail queue
+// and SMTP settings are the leader's. Then the sweeps kept for it are
+// forgotten once it applied them.
+func TestSnapshotInstall(t *testing.T) {
+	p := newTestPair(t, 4)
+	a := p.a
+	ctx := context.Background()
+	ag := newGCAgent(t, a, "acme", "c1")
+	for i := range 3 {
+		if _, err := ag.backup(ctx, testFiles(fmt.Sprint("v", i), 20)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Catalog.Prune(catalog.PruneCmd{Versions: []catalog.VersionKey{{Computer: "c1", Config: "home", Seq: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	m1 := mail.Message{ID: "m1", To: "ops@example.com", Subject: "one", Body: "first", Created: time.Now().UTC()}
+	if _, err := a.Mail.Add(m1); err != nil {
+		t.Fatal(err)
+	}
+	caughtUp(t, a, p.b)
+	if _, err := p.b.Mail.Get("m1"); err != nil {
+		t.Fatalf("the follower lacks the queued message: %v", err)
+	}
+	addr := p.b.pair.node.Addr()
+	p.close(p.b)
+
+	// While b is down: a collection, mail sent and queued, new settings,
+	// and the log compacted behind a snapshot.
+	res, err := a.Collect(ctx, nil)
+	if err != nil || res.Swept < 20 {
+		t.Fatalf("the collection swept %d chunks (%v); the pruned version held 20 files", res.Swept, err)
+	}
+	sent := m1
+	sent.State, sent.Done = mail.StateSent, time.Now().UTC()
+	cmd, _ := catalog.NewCommand(KindMailOp, mail.Op{Where: "done", Msg: sent})
+	if _, err := a.pair.node.Submit(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Mail.Add(mail.Message{ID: "m2", To: "ops@example.com", Subject: "two", Body: "second", Created: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.saveMailSettings(mail.Settings{Host: "smtp.example.com", From: "vault@example.com", Username: "vault", Password: "s3cret"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 { // entries past the trailing logs
+		if err := a.NewCompany(fmt.Sprint("filler", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.pair.node.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+
+	p.b = p.open("b", p.db, addr, false)
+	b := p.b
+	caughtUp(t, a, b)
+	if n := b.pair.gc.restores.Load(); n != 1 {
+		t.Fatalf("the member installed %d catalog snapshots; the test wants it brought up to date by one", n)
+	}
+	if ia, ib := chunkIDs(t, a), chunkIDs(t, b); !slices.Equal(ia, ib) {
+		t.Fatalf("after the snapshot the leader holds %d chunks, the member %d (the sweeps inside the snapshot not applied)", len(ia), len(ib))
+	}
+	qa, err := a.Mail.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	qb, err := b.Mail.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(qa) != fmt.Sprint(qb) {
+		t.Fatalf("mail queues differ after the snapshot:\nleader %v\nmember %v", qa, qb)
+	}
+	sa, _ := mail.LoadSettings(a.Mail.Dir())
+	sb, _ := mail.LoadSettings(b.Mail.Dir())
+	if sa != sb || sb.Host != "smtp.example.com" {
+		t.Fatalf("mail settings after the snapshot: leader %+v, member %+v", sa, sb)
+	}
+	if _, err := os.Stat(filepath.Join(p.db, "pair", restoredFile)); err == nil {
+		t.Fatal("pair/restored.json left after the install finished")
+	}
+	restoreAll(t, b, map[string][][]byte{"c1@2": testFiles("v1", 20), "c1@3": testFiles("v2", 20)})
+
+	// Every member applied the sweeps: the leader forgets them.
+	if err := a.forgetSweeps(ctx); err != nil {
+		t.Fatal(err)
+	}
+	caughtUp(t, a, b)
+	for _, v := range []*Vault{a, b} {
+		n := 0
+		v.keptSweeps(0, func(uint64, sweepPlan) error { n++; return nil })
+		if n != 0 {
+			t.Fatalf("%s keeps %d sweeps every member applied", v.pair.node.ID(), n)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -65,12 +66,125 @@ type sweepPlan struct {
 	Last bool `json:"last,omitempty"`
 }
 
+// KindSweepsDone forgets the sweeps kept for snapshots up to an index
+// every data member applied.
+const KindSweepsDone catalog.Kind = "gc_sweeps_done"
+
+// bucketSweeps keeps each sweep applied (log index, big-endian -> the
+// command's payload) until every data member applied it: a member brought
+// up to date by a catalog snapshot applies to its store the sweeps inside
+// the snapshot (pairsnap.go).
+var bucketSweeps = []byte("gc_sweeps")
+
+// sweepsDone is a KindSweepsDone command's payload.
+type sweepsDone struct {
+	Upto uint64 `json:"upto"`
+}
+
 func init() {
-	catalog.RegisterKind(KindSweep, func(_ *bbolt.Tx, payload []byte) (any, error) {
-		// The catalog keeps nothing of a sweep: the stores apply it.
-		_, err := decodeSweep(payload)
-		return nil, err
+	catalog.RegisterKind(KindSweep, func(tx *bbolt.Tx, payload []byte) (any, error) {
+		// The stores apply the sweep (beforeApply); the catalog keeps it
+		// for the members that will receive it inside a snapshot.
+		if _, err := decodeSweep(payload); err != nil {
+			return nil, err
+		}
+		b, err := tx.CreateBucketIfNotExists(bucketSweeps)
+		if err != nil {
+			return nil, err
+		}
+		return nil, b.Put(binary.BigEndian.AppendUint64(nil, catalog.EntryIndex(tx)), payload)
 	})
+	catalog.RegisterKind(KindSweepsDone, func(tx *bbolt.Tx, payload []byte) (any, error) {
+		var d sweepsDone
+		if err := json.Unmarshal(payload, &d); err != nil {
+			return nil, fmt.Errorf("%w: sweeps done: %v", catalog.ErrInvalid, err)
+		}
+		b := tx.Bucket(bucketSweeps)
+		if b == nil {
+			return nil, nil
+		}
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= d.Upto; k, _ = c.First() {
+			if err := c.Delete(); err != nil {
+				return nil, err
+			}
+		}
+		return nil, nil
+	})
+}
+
+// keptSweeps calls fn for each sweep the catalog keeps after index from,
+// in log order.
+func (v *Vault) keptSweeps(from uint64, fn func(index uint64, plan sweepPlan) error) error {
+	type kept struct {
+		index   uint64
+		payload []byte
+	}
+	var ks []kept
+	err := v.Catalog.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketSweeps)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, val := c.Seek(binary.BigEndian.AppendUint64(nil, from+1)); k != nil; k, val = c.Next() {
+			ks = append(ks, kept{binary.BigEndian.Uint64(k), slices.Clone(val)})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read the sweeps kept in the catalog: %w", err)
+	}
+	for _, k := range ks {
+		plan, err := decodeSweep(k.payload)
+		if err != nil {
+			return fmt.Errorf("sweep kept at index %d: %w", k.index, err)
+		}
+		if err := fn(k.index, plan); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forgetSweeps runs on the leader: once every data member applied the
+// sweeps kept in the catalog, they are dropped (KindSweepsDone). A member
+// unreachable now keeps them there until it is back or removed.
+func (v *Vault) forgetSweeps(ctx context.Context) error {
+	var first uint64
+	err := v.Catalog.View(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(bucketSweeps); b != nil {
+			if k, _ := b.Cursor().First(); k != nil {
+				first = binary.BigEndian.Uint64(k)
+			}
+		}
+		return nil
+	})
+	if err != nil || first == 0 {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	upto := v.pair.node.Applied()
+	for _, m := range v.pair.node.Status().Members {
+		if m.Witness || m.ID == v.pair.node.ID() {
+			continue
+		}
+		st, err := v.pair.node.PeerStatus(ctx, m.Raft)
+		if err != nil {
+			return nil // asked again later
+		}
+		upto = min(upto, st.Applied)
+	}
+	if upto < first {
+		return nil
+	}
+	cmd, err := catalog.NewCommand(KindSweepsDone, sweepsDone{Upto: upto})
+	if err != nil {
+		return err
+	}
+	_, err = v.pair.node.Submit(cmd)
+	return err
 }
 
 func decodeSweep(b []byte) (sweepPlan, error) {
@@ -111,7 +225,8 @@ type pairGC struct {
 	run        atomic.Pointer[string] // this process's running collection
 	swept      atomic.Int64           // records its own sweeps removed here
 	sweptBytes atomic.Int64
-	repackDue  atomic.Bool // sweeps applied since the packs were last rewritten
+	repackDue  atomic.Bool  // sweeps applied since the packs were last rewritten
+	restores   atomic.Int64 // catalog snapshots installed, their sweeps and mail applied here
 	checkMu    sync.Mutex
 	check      *sweepCheck // the running collection's check here, if any
 	// crashAfter, when > 0, kills the process (SIGKILL) after that many

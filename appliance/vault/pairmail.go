@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -59,18 +60,79 @@ func init() {
 		}
 		return nil, b.Put(keyNotify, payload)
 	})
-	catalog.RegisterKind(KindMailOp, func(_ *bbolt.Tx, payload []byte) (any, error) {
-		_, err := decodeMailOp(payload)
-		return nil, err
+	catalog.RegisterKind(KindMailOp, func(tx *bbolt.Tx, payload []byte) (any, error) {
+		op, err := decodeMailOp(payload)
+		if err != nil {
+			return nil, err
+		}
+		return nil, keepMailOp(tx, op)
 	})
-	catalog.RegisterKind(KindMailSettings, func(_ *bbolt.Tx, payload []byte) (any, error) {
+	catalog.RegisterKind(KindMailSettings, func(tx *bbolt.Tx, payload []byte) (any, error) {
 		var s mail.Settings
 		if err := json.Unmarshal(payload, &s); err != nil {
 			return nil, fmt.Errorf("%w: mail settings: %v", catalog.ErrInvalid, err)
 		}
-		_, err := s.Normalize()
-		return nil, err
+		if _, err := s.Normalize(); err != nil {
+			return nil, err
+		}
+		b, err := tx.CreateBucketIfNotExists(bucketMail)
+		if err != nil {
+			return nil, err
+		}
+		return nil, b.Put(keyMailSettings, payload)
 	})
+}
+
+// The catalog keeps the mail queue's state as the log left it, so that a
+// member brought up to date by a catalog snapshot rewrites its DATA/mail
+// from there (pairsnap.go): bucketMail holds the settings command's
+// payload; bucketMailQueue each message's last change (id -> mail.Op).
+var (
+	bucketMail      = []byte("mail")
+	keyMailSettings = []byte("settings")
+	bucketMailQueue = []byte("mail_queue")
+)
+
+// keepMailOp records op's message in the catalog; a done message is
+// dropped KeepDone after it ended (as each member prunes DATA/mail/done),
+// measured from the latest message's end: the same on every member.
+func keepMailOp(tx *bbolt.Tx, op mail.Op) error {
+	b, err := tx.CreateBucketIfNotExists(bucketMailQueue)
+	if err != nil {
+		return err
+	}
+	if op.Where == "queue" {
+		if old := b.Get([]byte(op.Msg.ID)); old != nil {
+			var o mail.Op
+			if json.Unmarshal(old, &o) == nil && o.Where == "done" {
+				return nil // a message done stays done (mail.Queue.Apply)
+			}
+		}
+	}
+	raw, err := json.Marshal(op)
+	if err != nil {
+		return err
+	}
+	if err := b.Put([]byte(op.Msg.ID), raw); err != nil {
+		return err
+	}
+	if op.Where != "done" || op.Msg.Done.IsZero() {
+		return nil
+	}
+	var old [][]byte
+	b.ForEach(func(k, val []byte) error {
+		var o mail.Op
+		if json.Unmarshal(val, &o) == nil && o.Where == "done" && op.Msg.Done.Sub(o.Msg.Done) > mail.KeepDone {
+			old = append(old, slices.Clone(k))
+		}
+		return nil
+	})
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func decodeMailOp(b []byte) (mail.Op, error) {
@@ -121,14 +183,22 @@ func (v *Vault) beforeApplyMail(index uint64, cmd catalog.Command) {
 			err = v.Mail.Apply(op)
 		}
 	case KindMailSettings:
-		var s mail.Settings
-		if err = json.Unmarshal(cmd.Payload, &s); err == nil {
-			_, err = mail.SaveSettings(v.Mail.Dir(), s)
-		}
+		err = v.applyMailSettings(cmd.Payload)
 	}
 	if err != nil {
 		v.log.Warn("apply a mail change of the log", zap.Uint64("index", index), zap.String("kind", string(cmd.Kind)), zap.Error(err))
 	}
+}
+
+// applyMailSettings writes a mail_settings command's payload to this
+// member's DATA/mail.
+func (v *Vault) applyMailSettings(payload []byte) error {
+	var s mail.Settings
+	if err := json.Unmarshal(payload, &s); err != nil {
+		return err
+	}
+	_, err := mail.SaveSettings(v.Mail.Dir(), s)
+	return err
 }
 
 // saveMailSettings saves the SMTP settings: through the log in a pair.

@@ -240,6 +240,7 @@ func Open(opts Options) (*Vault, error) {
 	}
 	if v.pair != nil {
 		v.pair.rep.SetStore(v.Store)
+		v.finishRestore() // a snapshot's install a crash interrupted (pairsnap.go)
 		close(v.pair.gc.storeReady)
 	}
 	v.Metrics = prometheus.NewRegistry()
