@@ -87,6 +87,8 @@ type Queue struct {
 	marked func(Message)
 	// through, when set, carries every change of the files (SetThrough).
 	through func(Op) error
+	// unseal opens a sealed SMTP password (SetUnseal).
+	unseal func(sealed []byte) (string, error)
 }
 
 // Op is one change of the queue's files: m written to queue/ or, for
@@ -436,7 +438,7 @@ func (q *Queue) pruneDone(now time.Time) {
 // deliver sends ms over one connection; each message ends sent, failed,
 // uncertain, or queued again with its next attempt.
 func (q *Queue) deliver(ctx context.Context, ms []Message) {
-	s, err := LoadSettings(q.dir)
+	s, err := q.Settings()
 	if err != nil {
 		for _, m := range ms {
 			q.retry(m, err)

@@ -46,6 +46,10 @@ type Settings struct {
 	Security string `json:"security,omitempty"` // SecuritySTARTTLS (default), SecurityTLS or SecurityNone
 	Username string `json:"username,omitempty"`
 	Password string `json:"password,omitempty"`
+	// SealedPassword is the password sealed by the vault (Queue.SetUnseal
+	// opens it), as the settings file and a pair's log hold it; Password
+	// is then empty.
+	SealedPassword []byte `json:"sealed_password,omitempty"`
 	// From is the envelope and header sender.
 	From string `json:"from"`
 	// CA is PEM of the certificates that sign the server's; empty: the
@@ -56,6 +60,9 @@ type Settings struct {
 // settingsFile is the settings' file under the mail directory (mode 0600:
 // it holds the SMTP password).
 const settingsFile = "smtp.json"
+
+// maxSealed bounds a sealed password.
+const maxSealed = 1024
 
 // maxFile bounds every file the package reads.
 const maxFile = 1 << 20
@@ -86,10 +93,14 @@ func (s Settings) Normalize() (Settings, error) {
 	if _, err := ParseAddress(s.From); err != nil {
 		return s, fmt.Errorf("sender: %w", err)
 	}
-	if s.Security == SecurityNone && s.Password != "" {
+	hasPassword := s.Password != "" || len(s.SealedPassword) > 0
+	if len(s.SealedPassword) > maxSealed {
+		return s, fmt.Errorf("%w: sealed password of %d bytes, at most %d", ErrInvalid, len(s.SealedPassword), maxSealed)
+	}
+	if s.Security == SecurityNone && hasPassword {
 		return s, fmt.Errorf("%w: a password is never sent without TLS: use -security starttls or tls", ErrInvalid)
 	}
-	if (s.Username == "") != (s.Password == "") {
+	if (s.Username == "") != !hasPassword {
 		return s, fmt.Errorf("%w: give both a user name and a password, or neither", ErrInvalid)
 	}
 	if s.CA != "" {
@@ -142,6 +153,27 @@ func SaveSettings(dir string, s Settings) (Settings, error) {
 	if err := atomicfile.WriteFile(filepath.Join(dir, settingsFile), b, 0o600); err != nil {
 		return s, fmt.Errorf("save mail settings: %w", err)
 	}
+	return s, nil
+}
+
+// SetUnseal gives the queue what opens a sealed password (the vault's
+// master key). Call it before Run.
+func (q *Queue) SetUnseal(fn func(sealed []byte) (string, error)) { q.unseal = fn }
+
+// Settings reads the settings with the password opened.
+func (q *Queue) Settings() (Settings, error) {
+	s, err := LoadSettings(q.dir)
+	if err != nil || len(s.SealedPassword) == 0 {
+		return s, err
+	}
+	if q.unseal == nil {
+		return s, fmt.Errorf("open the SMTP password: it is sealed and nothing here opens it")
+	}
+	pw, err := q.unseal(s.SealedPassword)
+	if err != nil {
+		return s, fmt.Errorf("open the SMTP password: %w (set the mail settings again)", err)
+	}
+	s.Password, s.SealedPassword = pw, nil
 	return s, nil
 }
 

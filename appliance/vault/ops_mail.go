@@ -39,7 +39,7 @@ func (v *Vault) MailInfo(ctx context.Context, p *Principal) (MailInfo, error) {
 	out := MailInfo{Messages: []mail.Message{}}
 	s, err := mail.LoadSettings(v.Mail.Dir())
 	if err == nil {
-		out.HasPassword, s.Password = s.Password != "", ""
+		out.HasPassword, s.Password, s.SealedPassword = s.Password != "" || len(s.SealedPassword) > 0, "", nil
 		out.Settings = &s
 	} else if !errors.Is(err, mail.ErrNotConfigured) {
 		return out, err
@@ -60,6 +60,7 @@ func (v *Vault) SetMail(ctx context.Context, p *Principal, s mail.Settings) (Mai
 	if !p.Has(CapOperate) {
 		return MailInfo{}, forbid(p, CapOperate)
 	}
+	s.SealedPassword = nil // only the vault seals
 	if err := v.saveMailSettings(s); err != nil {
 		return MailInfo{}, mailErr(err)
 	}

@@ -201,8 +201,50 @@ func (v *Vault) applyMailSettings(payload []byte) error {
 	return err
 }
 
-// saveMailSettings saves the SMTP settings: through the log in a pair.
+// smtpPasswordAD binds a sealed SMTP password to its use.
+var smtpPasswordAD = []byte("smtp password")
+
+// sealPassword seals the settings' password with the master key (which
+// both members of a pair hold, and a witness does not): the log, the
+// catalog's snapshots and DATA/mail/smtp.json hold it sealed.
+func (v *Vault) sealPassword(s mail.Settings) mail.Settings {
+	if s.Password == "" {
+		return s
+	}
+	nonce := randomBytes(v.master.NonceSize())
+	s.SealedPassword = v.master.Seal(nonce, nonce, []byte(s.Password), smtpPasswordAD)
+	s.Password = ""
+	return s
+}
+
+// openPassword is the mail queue's unseal.
+func (v *Vault) openPassword(sealed []byte) (string, error) {
+	ns := v.master.NonceSize()
+	if len(sealed) < ns {
+		return "", fmt.Errorf("sealed SMTP password of %d bytes", len(sealed))
+	}
+	pw, err := v.master.Open(nil, sealed[:ns], sealed[ns:], smtpPasswordAD)
+	if err != nil {
+		return "", fmt.Errorf("the sealed SMTP password does not open with this vault's master key")
+	}
+	return string(pw), nil
+}
+
+// sealMailFile seals a password DATA/mail/smtp.json holds in clear (saved
+// before passwords were sealed).
+func (v *Vault) sealMailFile() error {
+	s, err := mail.LoadSettings(v.Mail.Dir())
+	if err != nil || s.Password == "" {
+		return nil
+	}
+	_, err = mail.SaveSettings(v.Mail.Dir(), v.sealPassword(s))
+	return err
+}
+
+// saveMailSettings saves the SMTP settings, the password sealed: through
+// the log in a pair.
 func (v *Vault) saveMailSettings(s mail.Settings) error {
+	s = v.sealPassword(s)
 	if v.pair == nil {
 		_, err := mail.SaveSettings(v.Mail.Dir(), s)
 		return err

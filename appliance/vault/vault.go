@@ -231,6 +231,10 @@ func Open(opts Options) (*Vault, error) {
 		v.Catalog.Close()
 		return nil, err
 	}
+	v.Mail.SetUnseal(v.openPassword)
+	if err := v.sealMailFile(); err != nil {
+		v.log.Warn("seal the SMTP password of the mail settings", zap.Error(err))
+	}
 	v.notes = newNotifier(filepath.Join(opts.Dir, "mail"))
 	if v.pair != nil {
 		// Only the leader tells and sends; what it did goes through the
