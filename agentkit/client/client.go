@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"vaultnode/internal/clock"
+	"vaultnode/internal/deadpeer"
 	"vaultnode/internal/wire"
 )
 
@@ -49,9 +50,18 @@ type Client struct {
 	clk clock.Clock // waits before retrying a busy answer
 }
 
+// A vault that died without closing its connections (a power cut, a
+// frozen machine) answers nothing: a dial, a handshake or a request to it
+// would hang until the kernel gave up, minutes later, and the agent would
+// stay on the dead member of a pair meanwhile. So a dial or TLS handshake
+// is given up after 10 s, a connection whose data stays unacknowledged for
+// 15 s or whose keepalives go unanswered (5 s idle + 3 x 2.5 s) ends;
+// HTTP/2 pings (30 s + 15 s) catch a vault whose machine answers but whose
+// process does not. None of these fires on a slow link that moves data.
 func newTransport(conf *tls.Config) *http.Transport {
-	t := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConns: 4,
-		IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 30 * time.Second, ResponseHeaderTimeout: 10 * time.Minute,
+	d := deadpeer.Dialer(10*time.Second, 15*time.Second, 5*time.Second)
+	t := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConns: 4, DialContext: d.DialContext,
+		IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 10 * time.Minute,
 		ExpectContinueTimeout: time.Minute} // an upload's body waits for the vault's slot (Upload)
 	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second,
 		MaxReceiveBufferPerConnection: 64 << 20, MaxReceiveBufferPerStream: 16 << 20}

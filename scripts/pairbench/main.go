@@ -190,6 +190,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	mib := fs.Int("mib", 512, "MiB of the initial corpus")
 	failovers := fs.Int("failovers", 5, "leader kills to time")
 	rounds := fs.Int("rounds", 3, "rounds of an initial and an incremental backup to both the single vault and the pair")
+	freeze := fs.Bool("freeze", false, "fail the leader over by SIGSTOP instead of SIGKILL: its sockets stay open and silent, as a powered-off machine's do")
 	keep := fs.Bool("keep", false, "keep the vaults' directories and logs (their place is printed)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -353,7 +354,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		os.WriteFile(filepath.Join(src, fmt.Sprintf("failover-%d", i)), []byte(time.Now().String()), 0o644)
 		t0 := time.Now()
-		lead.kill()
+		if *freeze {
+			lead.cmd.Process.Signal(syscall.SIGSTOP)
+		} else {
+			lead.kill()
+		}
 		watch := make(chan [2]time.Duration, 1)
 		go func() {
 			var cand time.Duration
@@ -379,6 +384,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		times = append(times, time.Since(t0))
 		w := <-watch
 		noticed, elected = append(noticed, w[0]), append(elected, w[1])
+		lead.kill() // a stopped process dies of SIGKILL too
 		if err := lead.start(); err != nil {
 			return err
 		}
@@ -442,8 +448,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "median ratio pair/single: initial %.2fx, incremental %.2fx (target: at least 0.75x)\n", medf(ri), medf(rn))
 	fmt.Fprintf(out, "vault CPU time of the initial backups: single %.1f s, pair %.1f s (%.2fx; leader %.1f s, other member %.1f s, witness %.1f s)\n",
 		sCPU.Seconds(), pCPU.Seconds(), pCPU.Seconds()/sCPU.Seconds(), memCPU[0].Seconds(), memCPU[1].Seconds(), memCPU[2].Seconds())
-	fmt.Fprintf(out, "failover (kill -9 to the next acknowledged backup), %d runs: median %.2f s, max %.2f s\n",
-		len(times), times[len(times)/2].Seconds(), times[len(times)-1].Seconds())
+	how := "kill -9"
+	if *freeze {
+		how = "SIGSTOP"
+	}
+	fmt.Fprintf(out, "failover (%s to the next acknowledged backup), %d runs: median %.2f s, max %.2f s\n",
+		how, len(times), times[len(times)/2].Seconds(), times[len(times)-1].Seconds())
 	fmt.Fprintf(out, "  medians: survivor stands for election %.2f s, leads %.2f s, agent's backup acknowledged %.2f s (%.2f s without a failover)\n",
 		med(noticed).Seconds(), med(elected).Seconds(), med(times).Seconds(), med(plain).Seconds())
 	fmt.Fprintf(out, "catch-up of %d MiB missed by the follower (restart to whole): %.1f s, %.1f MiB/s\n", *mib/2, catch.Seconds(), rate(*mib/2, catch))
