@@ -48,7 +48,9 @@ func drivesOf(out string) map[string]guestDrive {
 	return m
 }
 
-func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig) *tapeLab {
+// startTapeLab boots the appliance with cfg's library; appendArgs go on
+// the kernel command line.
+func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig, appendArgs ...string) *tapeLab {
 	t.Helper()
 	lib, err := StartLibrary(ctx, cfg, t.Logf)
 	if err != nil {
@@ -66,7 +68,7 @@ func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig) *tapeLab
 	vaultPort, err := FreePort()
 	must(t, err)
 	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: disks,
-		Forward: map[int]int{7443: vaultPort}, Extra: lib.QEMUArgs(), Log: func(s string) { t.Log("console: " + s) }})
+		Append: strings.Join(appendArgs, " "), Forward: map[int]int{7443: vaultPort}, Extra: lib.QEMUArgs(), Log: func(s string) { t.Log("console: " + s) }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package hwtest
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -61,7 +62,15 @@ func BenchmarkTapeStream(b *testing.B) {
 	cfg := LibraryConfig{Drives: []string{"VNDRV0A", "VNDRV0B"}, Slots: 8, IE: 1, Cartridges: []Cartridge{
 		{Barcode: "TAPE01L5", SizeMB: size}, {Barcode: "TAPE02L5", SizeMB: size},
 		{Barcode: "DDREF1L5", SizeMB: size}, {Barcode: "PROBE1L5", SizeMB: size}, {Barcode: "FULL01L5", SizeMB: 96}}}
-	l := startTapeLab(ctx, b, cfg)
+	// TAPE_BENCH_CPUPROFILE=FILE: the CPU profile of vaultd's tape job in
+	// the guest (VAULTNODE_JOB_CPUPROFILE, which the kernel hands to the
+	// firmware's environment and the firmware to vaultd), fetched into FILE.
+	hostProf := os.Getenv("TAPE_BENCH_CPUPROFILE")
+	var appendArgs []string
+	if hostProf != "" {
+		appendArgs = append(appendArgs, "VAULTNODE_JOB_CPUPROFILE=/tmp/vaultd-job")
+	}
+	l := startTapeLab(ctx, b, cfg, appendArgs...)
 	if _, err := l.vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
 		b.Fatalf("%v\n%s", err, l.vm.Console())
 	}
@@ -89,6 +98,16 @@ func BenchmarkTapeStream(b *testing.B) {
 	}
 	streamMiB, streamRate := toMiB(sr[1], sr[2]), toMiB(sr[3], sr[4])
 	written := strings.Split(strings.TrimSpace(sm[3]), ", ")
+	if hostProf != "" {
+		fetchGuestFile(b, l, "/tmp/vaultd-job.tape", hostProf)
+	}
+	// Each data file's bytes, preparation (listing, catalog, first
+	// chunks: before its first block) and streaming time, from vaultd's log.
+	for _, ln := range strings.Split(l.sh("logs 300"), "\n") {
+		if strings.Contains(ln, "tape file written") {
+			fmt.Fprintln(os.Stderr, "tape: vaultd:", strings.TrimSpace(ln))
+		}
+	}
 
 	// The same bytes with dd: the job's data file, read back from its
 	// cartridge into the guest's memory, then written to a blank cartridge
@@ -183,6 +202,26 @@ func BenchmarkTapeWritePaths(b *testing.B) {
 			fmt.Fprintln(os.Stderr, "tape:", ln)
 		}
 	}
+}
+
+// fetchGuestFile copies a guest file to the host through the console
+// (tapeprobe b64).
+func fetchGuestFile(b *testing.B, l *tapeLab, guest, host string) {
+	b.Helper()
+	out := l.probe(false, "b64", guest)
+	_, rest, ok := strings.Cut(out, "TAPEPROBE B64 BEGIN")
+	enc, _, ok2 := strings.Cut(rest, "TAPEPROBE B64 END")
+	if !ok || !ok2 {
+		b.Fatalf("tapeprobe b64 %s: %s", guest, out)
+	}
+	data, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(enc), ""))
+	if err != nil {
+		b.Fatalf("decode %s from the console: %v", guest, err)
+	}
+	if err := os.WriteFile(host, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	fmt.Fprintf(os.Stderr, "tape: the guest's %s (%d bytes) is in %s\n", guest, len(data), host)
 }
 
 func median(v []float64) float64 {

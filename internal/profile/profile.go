@@ -1,6 +1,8 @@
 // Package profile writes profiles for diagnosing the benchmark's figures:
 // a CPU profile when VAULTNODE_CPUPROFILE names a file, and the heap at its
-// largest when VAULTNODE_HEAPPROFILE does (tag appended to either name).
+// largest when VAULTNODE_HEAPPROFILE does (tag appended to either name);
+// and a CPU profile of one job at a time when VAULTNODE_JOB_CPUPROFILE
+// does (Span: the job's kind appended).
 package profile
 
 import (
@@ -30,6 +32,29 @@ func Start(tag string) func() {
 			s()
 		}
 	}
+}
+
+// Span profiles the CPU from now until the returned function is called,
+// into VAULTNODE_JOB_CPUPROFILE + "." + tag (overwritten by the next span
+// of the same tag), when that variable is set: a long-running process
+// (vaultd in the appliance) profiles just the job being measured. A span
+// started while another profile runs (VAULTNODE_CPUPROFILE, or a span of
+// another job) profiles nothing.
+func Span(tag string) func() {
+	p := os.Getenv("VAULTNODE_JOB_CPUPROFILE")
+	if p == "" {
+		return func() {}
+	}
+	f, err := os.Create(p + "." + tag)
+	if err != nil {
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // peakHeap samples the heap every 100 ms and writes a heap profile each

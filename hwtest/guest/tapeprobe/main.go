@@ -8,6 +8,7 @@
 //	tapeprobe selftest BARCODE           the drive and changer over SG_IO
 //	tapeprobe write BARCODE DIR          DIR as a tar archive in tape file 1 (file 0: a label archive)
 //	tapeprobe export BARCODE | import IE move through the import/export slot
+//	tapeprobe b64 FILE                   FILE in base64, between TAPEPROBE B64 BEGIN and END lines
 //	tapeprobe rate BARCODE DRIVE MIB     stream MIB MiB of 256 KiB blocks, print the rate
 //	tapeprobe modes BARCODE DRIVE MIB N  the same through every write path (synchronous SG_IO, direct I/O,
 //	                                     queued WRITEs, the st driver, dd), N rounds, one rate line each
@@ -22,6 +23,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -163,6 +165,22 @@ func (p *probe) run(ctx context.Context, args []string) error {
 			err = os.WriteFile(args[1], out, 0o600)
 		}
 		p.check("capture "+args[2], err)
+		return nil
+	case "b64": // b64 FILE: a binary file (a profile) for the host over the console
+		if len(args) != 2 {
+			return errors.New("usage: tapeprobe b64 FILE")
+		}
+		b, err := os.ReadFile(args[1])
+		if p.check("read "+args[1], err) {
+			enc := base64.StdEncoding.EncodeToString(b)
+			fmt.Fprintln(p.out, "TAPEPROBE B64 BEGIN")
+			for len(enc) > 0 {
+				n := min(len(enc), 76)
+				fmt.Fprintln(p.out, enc[:n])
+				enc = enc[n:]
+			}
+			fmt.Fprintln(p.out, "TAPEPROBE B64 END")
+		}
 		return nil
 	case "sums": // sums DIR: the SHA-256 of every regular file under DIR
 		err := filepath.WalkDir(args[1], func(path string, de fs.DirEntry, err error) error {
