@@ -512,6 +512,13 @@ func (s *Store) GetSealed(company string, id [32]byte) ([]byte, Location, error)
 	return s.get(company, nil, id, nil)
 }
 
+// GetSealedInto is GetSealed reading into dst's memory when it is large
+// enough (the tape job reuses its buffers instead of allocating one per
+// chunk): the answer then shares dst's array.
+func (s *Store) GetSealedInto(company string, id [32]byte, dst []byte) ([]byte, Location, error) {
+	return s.get(company, nil, id, dst)
+}
+
 func (s *Store) get(company string, aead cipher.AEAD, id [32]byte, dst []byte) ([]byte, Location, error) {
 	loc, err := s.Lookup(company, id)
 	if err != nil {
@@ -538,7 +545,12 @@ func (s *Store) get(company string, aead cipher.AEAD, id [32]byte, dst []byte) (
 	n := pack.EntryHeaderSize + int(loc.BodyLen)
 	var buf []byte
 	if aead == nil {
-		buf = make([]byte, n) // the sealed entry is the answer
+		// The sealed entry is the answer, in dst when it fits.
+		if cap(dst) >= n {
+			buf = dst[:n]
+		} else {
+			buf = make([]byte, n)
+		}
 	} else {
 		// Only the plaintext leaves: the sealed entry is read into a
 		// pooled buffer (a restore reads hundreds of MiB through here;

@@ -19,6 +19,7 @@ import (
 	"vaultnode/appliance/tape/drive"
 	"vaultnode/appliance/tape/format"
 	"vaultnode/internal/pack"
+	"vaultnode/internal/profile"
 )
 
 // KindTape is the daily tape job; KindTapeRestore restores a version from
@@ -64,6 +65,7 @@ func (s *Service) Run(ctx context.Context, prog *jobs.Progress) (any, error) {
 		return nil, err
 	}
 	defer unlock()
+	defer profile.Span("tape")()
 	end := s.begin("tape job")
 	res, err := s.run(ctx, prog)
 	end(err)
@@ -137,6 +139,7 @@ func (s *Service) run(ctx context.Context, prog *jobs.Progress) (*JobResult, err
 		go func(addr uint16, first string) {
 			defer wg.Done()
 			defer s.release(addr)
+			defer s.driveBusy(addr)()
 			for name := first; name != ""; {
 				r, err := s.writePool(ctx, prog, name, addr, byPool[name])
 				mu.Lock()
@@ -168,7 +171,8 @@ func (s *Service) writePool(ctx context.Context, prog *jobs.Progress, name strin
 		return res, fmt.Errorf("pool %q: %w", name, err)
 	}
 	s.driveStatus(addr, func(ds *DriveStatus) { ds.Pool = name })
-	w := &writer{s: s, pool: pool, res: res, prog: prog, drive: addr, committed: map[chunkKey]catalog.TapeFileRef{}}
+	w := &writer{s: s, pool: pool, res: res, prog: prog, drive: addr, committed: map[chunkKey]catalog.TapeFileRef{},
+		bufs: newEntryBuffers()}
 	err = w.writeAll(ctx, vers)
 	if w.d != nil {
 		flags, out := s.alerts(ctx, addr, w.d)
@@ -234,11 +238,12 @@ type writer struct {
 	fileCopies []catalog.TapeCopy
 	inFile     map[chunkKey]bool
 	mark       drive.Mark // where the open file starts
-	opened     time.Time  // when the open file's first block was queued
+	opened     time.Time  // when the open file was opened (its first block is queued later: bw.FirstQueued)
 	cur        int        // the version being written
 	firstVer   int        // the first version with a member in the open file
 
 	committed map[chunkKey]catalog.TapeFileRef
+	bufs      *entryBuffers // entry buffers reused from chunk to chunk
 }
 
 func (w *writer) ref() catalog.TapeFileRef {
@@ -340,7 +345,7 @@ func (w *writer) version(ctx context.Context, v Version) error {
 			todo = append(todo, k)
 		}
 	}
-	rd := newEntryReader(ctx, w.s.src, todo)
+	rd := newEntryReader(ctx, w.s.src, w.bufs, todo)
 	defer rd.Close()
 	for i, id := range ids {
 		if err := ctx.Err(); err != nil {
@@ -430,6 +435,7 @@ func (w *writer) chunk(ctx context.Context, rd *entryReader, k chunkKey) error {
 	if err != nil {
 		return fmt.Errorf("read chunk %x of %s: %w", k.id[:8], k.company, err)
 	}
+	defer rd.Done(e) // the member is copied into the stream's blocks
 	body := e
 	if w.pool.Plain {
 		p, err := w.s.src.Open(k.company, e)
@@ -480,7 +486,7 @@ func (w *writer) openFile(ctx context.Context) error {
 	w.mark = m
 	w.opened = w.s.clk.Now()
 	w.endStream()
-	w.bw = newStream(ctx, w.d, w.spare)
+	w.bw = newStream(ctx, w.s.clk, w.d, w.spare)
 	w.tw = tar.NewWriter(w.bw)
 	w.open = true
 	w.firstVer = w.cur
@@ -514,7 +520,14 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 		return fmt.Errorf("write the filemark of tape file %d of %s: %w", w.cart.Files, w.cart.Barcode, err)
 	}
 	full = full || w.bw.EarlyWarning()
-	secs := w.s.clk.Now().Sub(w.opened).Seconds()
+	// The file streamed from its first block handed to the drive to its
+	// filemark; before the first block the job was reading the version's
+	// listing, its catalog records and its first chunks (prep).
+	end, first := w.s.clk.Now(), w.bw.FirstQueued()
+	if first.IsZero() {
+		first = w.opened
+	}
+	secs, prep := end.Sub(first).Seconds(), first.Sub(w.opened)
 	w.s.setStatus(func(st *Status) {
 		st.StreamBytes += w.bw.Written()
 		st.StreamSeconds += secs
@@ -544,7 +557,8 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 		w.cart.State = catalog.CartFull
 	}
 	w.s.log.Info("tape file written", zap.String("barcode", ref.Barcode), zap.Int("file", ref.File),
-		zap.Int("chunks", len(w.fileChunks)), zap.Int("versions", len(w.fileCopies)), zap.Bool("full", full))
+		zap.Int("chunks", len(w.fileChunks)), zap.Int("versions", len(w.fileCopies)), zap.Bool("full", full),
+		zap.Int64("bytes", w.bw.Written()), zap.Duration("prep", prep), zap.Float64("stream_seconds", secs))
 	w.fileChunks, w.fileCopies = nil, nil
 	return nil
 }

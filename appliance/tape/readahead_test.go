@@ -16,14 +16,14 @@ type countingSource struct {
 	bad   map[byte]bool
 }
 
-func (s *countingSource) Entry(_ context.Context, company string, id [32]byte) ([]byte, error) {
+func (s *countingSource) Entry(_ context.Context, company string, id [32]byte, dst []byte) ([]byte, error) {
 	s.mu.Lock()
 	s.reads[id[0]]++
 	s.mu.Unlock()
 	if s.bad[id[0]] {
 		return nil, errors.New("damaged")
 	}
-	return []byte{id[0]}, nil
+	return append(dst[:0], id[0]), nil
 }
 
 func key(b byte) chunkKey { return chunkKey{"acme", [32]byte{b}} }
@@ -37,7 +37,7 @@ func TestEntryReader(t *testing.T) {
 	for b := range byte(10) {
 		keys = append(keys, key(b))
 	}
-	r := newEntryReader(context.Background(), src, keys)
+	r := newEntryReader(context.Background(), src, newEntryBuffers(), keys)
 	defer r.Close()
 	for _, b := range []byte{0, 1, 3, 4, 20, 5} { // 2 skipped; 20 never asked ahead
 		e, err := r.Entry(context.Background(), key(b))
@@ -73,7 +73,7 @@ func TestEntryReaderCloseEarly(t *testing.T) {
 	for b := range byte(200) {
 		keys = append(keys, key(b))
 	}
-	r := newEntryReader(context.Background(), src, keys)
+	r := newEntryReader(context.Background(), src, newEntryBuffers(), keys)
 	if _, err := r.Entry(context.Background(), key(0)); err != nil {
 		t.Fatal(err)
 	}

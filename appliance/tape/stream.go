@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"vaultnode/appliance/tape/drive"
 	"vaultnode/appliance/tape/format"
+	"vaultnode/internal/clock"
 )
 
 // streamDepth is how many full blocks wait for the writer while the job
@@ -110,6 +112,8 @@ type blockStream struct {
 	werr   error // the writer's error; read after done is closed
 
 	queued int64 // bytes in whole blocks handed to the writer
+	now    func() time.Time
+	first  time.Time // when the first block was handed to the writer
 	warn   atomic.Bool
 	err    error // the producer's sticky error
 	ended  bool  // the writer was told to stop (Close or abort)
@@ -118,10 +122,10 @@ type blockStream struct {
 
 // newStream starts a stream to dev with the buffers in spare (allocating
 // what is missing).
-func newStream(ctx context.Context, dev format.BlockDevice, spare [][]byte) *blockStream {
+func newStream(ctx context.Context, clk clock.Clock, dev format.BlockDevice, spare [][]byte) *blockStream {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &blockStream{full: make(chan []byte, streamDepth), free: make(chan []byte, streamBuffers),
-		done: make(chan struct{}), stop: make(chan struct{}), cancel: cancel}
+		done: make(chan struct{}), stop: make(chan struct{}), cancel: cancel, now: clk.Now}
 	for i := range streamBuffers {
 		var b []byte
 		if i < len(spare) {
@@ -260,6 +264,9 @@ func (s *blockStream) send() error {
 	case <-s.done:
 		return s.failed()
 	}
+	if s.queued == 0 {
+		s.first = s.now()
+	}
 	s.queued += format.RecordSize
 	select {
 	case s.cur = <-s.free:
@@ -288,6 +295,10 @@ func (s *blockStream) EarlyWarning() bool { return s.warn.Load() }
 // Written is the bytes of whole blocks handed to the drive; after a
 // successful Close, every one of them is written.
 func (s *blockStream) Written() int64 { return s.queued }
+
+// FirstQueued is when the first block was handed to the writer (zero
+// before): the start of the file's streaming.
+func (s *blockStream) FirstQueued() time.Time { return s.first }
 
 // Pending is the bytes buffered in the block being filled.
 func (s *blockStream) Pending() int { return len(s.cur) }

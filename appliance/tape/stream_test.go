@@ -13,6 +13,7 @@ import (
 	"vaultnode/appliance/tape/emu"
 	"vaultnode/appliance/tape/format"
 	"vaultnode/appliance/tape/scsi"
+	"vaultnode/internal/clock"
 )
 
 // TestStreamBlocks: what goes through the pipeline reaches the drive in
@@ -29,7 +30,7 @@ func TestStreamBlocks(t *testing.T) {
 	}
 	var spare [][]byte
 	for file := range 2 {
-		s := newStream(ctx, d, spare)
+		s := newStream(ctx, clock.Real{}, d, spare)
 		for p := data; len(p) > 0; {
 			n := min(len(p), 1+r.IntN(300<<10))
 			if _, err := s.Write(p[:n]); err != nil {
@@ -87,7 +88,7 @@ func TestStreamDriveError(t *testing.T) {
 	tp := emu.NewTape("SN-STREAM", 0)
 	tp.EarlyWarning = 2 * format.RecordSize
 	tp.FailWritesAfter(5)
-	s := newStream(ctx, drive.New(tp, nil), nil)
+	s := newStream(ctx, clock.Real{}, drive.New(tp, nil), nil)
 	blk := make([]byte, format.RecordSize)
 	var err error
 	for range 100 {
@@ -130,7 +131,7 @@ func (b blockingDev) ReadBlock(ctx context.Context, buf []byte) (int, error) {
 // WRITE it is in; the queued blocks never reach the drive.
 func TestStreamAbort(t *testing.T) {
 	dev := blockingDev{release: make(chan struct{}), writes: new(atomic.Int32)}
-	s := newStream(context.Background(), dev, nil)
+	s := newStream(context.Background(), clock.Real{}, dev, nil)
 	blk := make([]byte, format.RecordSize)
 	for range streamDepth {
 		if _, err := s.Write(blk); err != nil {
@@ -167,7 +168,7 @@ func TestStreamQueued(t *testing.T) {
 	for i := range data {
 		data[i] = byte(r.Uint32())
 	}
-	s := newStream(ctx, d, nil)
+	s := newStream(ctx, clock.Real{}, d, nil)
 	for p := data; len(p) > 0; {
 		n := min(len(p), 1+r.IntN(600<<10))
 		if _, err := s.Write(p[:n]); err != nil {
@@ -228,7 +229,7 @@ func TestStreamQueuedErrorInFlight(t *testing.T) {
 		}
 	}
 	d := drive.New(q, nil)
-	s := newStream(ctx, d, nil)
+	s := newStream(ctx, clock.Real{}, d, nil)
 	blk := make([]byte, format.RecordSize)
 	for i := range 4 {
 		blk[0] = byte(i + 1)
@@ -295,7 +296,7 @@ func TestStreamQueuedAbort(t *testing.T) {
 		}
 	}
 	d := drive.New(q, nil)
-	s := newStream(ctx, d, nil)
+	s := newStream(ctx, clock.Real{}, d, nil)
 	blk := make([]byte, format.RecordSize)
 	for range 3 {
 		if _, err := s.Write(blk); err != nil {

@@ -93,8 +93,9 @@ type Source interface {
 	// listing chunks and every chunk its listing names (repeats allowed).
 	Chunks(ctx context.Context, v Version, fn func(ids [][32]byte) error) error
 	// Entry returns a chunk's pack entry as stored (header and sealed
-	// body), checked against its id.
-	Entry(ctx context.Context, company string, id [32]byte) ([]byte, error)
+	// body), checked against its id, in dst's memory when it fits (the
+	// job reuses a few buffers instead of allocating one per chunk).
+	Entry(ctx context.Context, company string, id [32]byte, dst []byte) ([]byte, error)
 	// Open returns the payload of a checked entry, opened with the
 	// company's key (as stored: maybe compressed, per the header's flags).
 	Open(company string, entry []byte) ([]byte, error)

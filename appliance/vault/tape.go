@@ -75,9 +75,9 @@ func (s tapeSource) Chunks(ctx context.Context, tv tape.Version, fn func(ids [][
 // processors that was most of the job's time). The body's tag still
 // authenticates it wherever it is read back (restore, vault-tape-recover,
 // which also check each chunk against its id); verify checks the stored
-// entries themselves.
-func (s tapeSource) Entry(ctx context.Context, company string, id [32]byte) ([]byte, error) {
-	e, _, err := s.v.Store.GetSealed(company, id)
+// entries themselves. It reads into dst when it fits.
+func (s tapeSource) Entry(ctx context.Context, company string, id [32]byte, dst []byte) ([]byte, error) {
+	e, _, err := s.v.Store.GetSealedInto(company, id, dst)
 	return e, err
 }
 
