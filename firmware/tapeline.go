@@ -21,6 +21,15 @@ func tapeLine(dataDir string) string {
 			Cartridges []string `json:"cartridges"`
 			Alerts     []string `json:"alerts"`
 			Last       string   `json:"last"`
+			Drives     []struct {
+				Drive   uint16  `json:"drive"`
+				Barcode string  `json:"barcode"`
+				Pool    string  `json:"pool"`
+				Bytes   int64   `json:"bytes"`
+				Busy    bool    `json:"busy"`
+				Rate    float64 `json:"bytes_per_second"`
+				Error   string  `json:"error"`
+			} `json:"drives"`
 		} `json:"status"`
 	}
 	if !adminGet(dataDir, "/admin/tape", time.Second, &o) || !o.Library {
@@ -39,5 +48,31 @@ func tapeLine(dataDir string) string {
 	if len(st.Alerts) > 0 {
 		line += fmt.Sprintf("; %d TapeAlert flags: %s", len(st.Alerts), strings.Join(st.Alerts, "; "))
 	}
-	return line + "\n"
+	line += "\n"
+	// One line per drive: what it does, its bytes and rate (of the
+	// running job, or of the last one when idle).
+	for _, d := range st.Drives {
+		dl := fmt.Sprintf("  drive %d: idle", d.Drive)
+		if d.Busy {
+			dl = fmt.Sprintf("  drive %d: busy", d.Drive)
+		}
+		if d.Barcode != "" {
+			dl += ", " + d.Barcode + " loaded"
+		}
+		if d.Pool != "" {
+			dl += ", pool " + d.Pool
+		}
+		if d.Bytes > 0 || d.Busy {
+			what := "wrote"
+			if !d.Busy {
+				what = "last job wrote"
+			}
+			dl += fmt.Sprintf(", %s %d MiB at %.1f MiB/s", what, d.Bytes>>20, d.Rate/(1<<20))
+		}
+		if d.Error != "" {
+			dl += "; error: " + d.Error
+		}
+		line += dl + "\n"
+	}
+	return line
 }

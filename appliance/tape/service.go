@@ -122,6 +122,11 @@ type DriveStatus struct {
 	Bytes   int64    `json:"bytes"`             // written by the running or last job
 	Alerts  []string `json:"alerts,omitempty"`  // TapeAlert flags read last
 	Error   string   `json:"error,omitempty"`   // the last job's error on this drive
+	// Busy: a job's writer uses the drive now, since Started; Rate is
+	// Bytes over that time (up to now while busy, the whole of it after).
+	Busy    bool      `json:"busy,omitempty"`
+	Started time.Time `json:"started,omitzero"`
+	Rate    float64   `json:"bytes_per_second,omitempty"`
 }
 
 // Status is what the library is doing (vaultctl tape status, metrics).
@@ -174,6 +179,20 @@ func New(lib Library, cat Catalog, src Source, sink Sink, opt Options) *Service 
 	return s
 }
 
+// driveBusy marks drive addr used by a job's writer from now on; the
+// function returned marks it done and fixes its rate.
+func (s *Service) driveBusy(addr uint16) func() {
+	s.driveStatus(addr, func(ds *DriveStatus) { ds.Busy, ds.Started = true, s.clk.Now() })
+	return func() {
+		s.driveStatus(addr, func(ds *DriveStatus) {
+			ds.Busy = false
+			if secs := s.clk.Now().Sub(ds.Started).Seconds(); secs > 0 {
+				ds.Rate = float64(ds.Bytes) / secs
+			}
+		})
+	}
+}
+
 // driveStatus changes drive addr's status.
 func (s *Service) driveStatus(addr uint16, fn func(ds *DriveStatus)) {
 	s.smu.Lock()
@@ -224,7 +243,13 @@ func (s *Service) Status() Status {
 	st.Cleaning = slices.Clone(st.Cleaning)
 	st.Drives = slices.Clone(st.Drives)
 	for i := range st.Drives {
-		st.Drives[i].Alerts = slices.Clone(st.Drives[i].Alerts)
+		ds := &st.Drives[i]
+		ds.Alerts = slices.Clone(ds.Alerts)
+		if ds.Busy {
+			if secs := s.clk.Now().Sub(ds.Started).Seconds(); secs > 0 {
+				ds.Rate = float64(ds.Bytes) / secs
+			}
+		}
 	}
 	if st.Busy {
 		if secs := s.clk.Now().Sub(st.Started).Seconds(); secs > 0 {
@@ -239,6 +264,7 @@ func (s *Service) begin(op string) func(err error) {
 	drives := s.status.Drives
 	for i := range drives {
 		drives[i].Pool, drives[i].Bytes, drives[i].Error = "", 0, ""
+		drives[i].Busy, drives[i].Started, drives[i].Rate = false, time.Time{}, 0
 	}
 	s.status = Status{Busy: true, Operation: op, Started: s.clk.Now(), Alerts: s.status.Alerts, Drives: drives}
 	s.smu.Unlock()

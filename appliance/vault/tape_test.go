@@ -882,6 +882,11 @@ func TestTapeTwoDrivesAtOnce(t *testing.T) {
 	if len(st.Drives) != 2 || st.Drives[0].Pool != "alpha" || st.Drives[1].Pool != "beta" || st.Drives[0].Bytes == 0 || st.Drives[1].Bytes == 0 {
 		t.Fatalf("drives' status after the job: %+v", st.Drives)
 	}
+	for _, ds := range st.Drives {
+		if ds.Busy || ds.Rate <= 0 || ds.Started.IsZero() {
+			t.Fatalf("drive %d after the job: busy %v, rate %.0f B/s, started %v; want idle with its rate", ds.Drive, ds.Busy, ds.Rate, ds.Started)
+		}
+	}
 	a, b := poolCarts("alpha"), poolCarts("beta")
 	if len(a) != 1 || len(b) != 1 || a[0] == b[0] {
 		t.Fatalf("cartridges written: alpha %v, beta %v", a, b)
