@@ -244,6 +244,7 @@ type writer struct {
 
 	committed map[chunkKey]catalog.TapeFileRef
 	bufs      *entryBuffers // entry buffers reused from chunk to chunk
+	ahead     *idsAhead     // the next version's chunk ids, being listed
 }
 
 func (w *writer) ref() catalog.TapeFileRef {
@@ -261,6 +262,7 @@ func (w *writer) endStream() {
 
 func (w *writer) writeAll(ctx context.Context, vers []Version) error {
 	defer w.endStream()
+	defer w.stopAhead()
 	if err := w.chooseSet(ctx); err != nil {
 		return err
 	}
@@ -275,7 +277,7 @@ func (w *writer) writeAll(ctx context.Context, vers []Version) error {
 			err = w.openFile(ctx)
 		case i < len(vers):
 			w.cur = i
-			if err = w.version(ctx, vers[i]); err == nil {
+			if err = w.version(ctx, vers, i); err == nil {
 				i++
 			}
 		case w.open:
@@ -291,6 +293,12 @@ func (w *writer) writeAll(ctx context.Context, vers []Version) error {
 			w.s.log.Warn("end of medium inside a tape file: continuing on the next cartridge", zap.String("barcode", w.cart.Barcode))
 			w.open = false
 			w.endStream()
+			if w.cart.Files >= 2 {
+				// No room is left after the end of medium: the cartridge
+				// ends with its last complete data file.
+				w.res.CatalogMissing = append(w.res.CatalogMissing, w.cart.Barcode+
+					": the end of medium came inside a data file without an early warning, leaving no room for a catalog file (a scan reads every file)")
+			}
 			if err := w.s.cat.Tape(catalog.KindTapeState, catalog.TapeStateCmd{Barcode: w.cart.Barcode, State: catalog.CartFull}); err != nil {
 				return err
 			}
@@ -308,22 +316,12 @@ func (w *writer) writeAll(ctx context.Context, vers []Version) error {
 
 // version writes one version's chunks not yet in the media set, its
 // manifest entry and its version.json.
-func (w *writer) version(ctx context.Context, v Version) error {
-	var ids [][32]byte
-	seen := map[[32]byte]bool{}
-	add := func(batch [][32]byte) error {
-		for _, id := range batch {
-			if !seen[id] {
-				seen[id] = true
-				ids = append(ids, id)
-			}
-		}
-		return nil
+func (w *writer) version(ctx context.Context, vers []Version, i int) error {
+	v := vers[i]
+	ids, err := w.idsOf(ctx, vers, i)
+	if err != nil {
+		return err
 	}
-	if err := w.s.src.Chunks(ctx, v, add); err != nil {
-		return fmt.Errorf("read version %s/%s@%d: %w", v.Computer, v.Config, v.Seq, err)
-	}
-	add([][32]byte{v.ManifestID})
 	// Which of them the media set already holds (earlier jobs).
 	files := map[catalog.TapeFileRef]bool{}
 	cids := make([]catalog.ID, len(ids))
@@ -331,7 +329,7 @@ func (w *writer) version(ctx context.Context, v Version) error {
 		cids[i] = id
 	}
 	onSet := make([]bool, len(ids))
-	err := w.s.cat.TapeChunks(w.set.ID, v.Company, cids, func(i int, ref catalog.TapeFileRef) {
+	err = w.s.cat.TapeChunks(w.set.ID, v.Company, cids, func(i int, ref catalog.TapeFileRef) {
 		onSet[i] = true
 		files[ref] = true
 	})
@@ -397,6 +395,75 @@ func (w *writer) version(ctx context.Context, v Version) error {
 	w.fileCopies = append(w.fileCopies, tc)
 	w.prog.Add(1, 0)
 	return w.maybeRotate(ctx, files)
+}
+
+// versionIDs lists the ids of every chunk version v needs, each once: its
+// listing chunks, every chunk its listing names, and its manifest.
+func versionIDs(ctx context.Context, src Source, v Version) ([][32]byte, error) {
+	var ids [][32]byte
+	seen := map[[32]byte]bool{}
+	add := func(batch [][32]byte) error {
+		for _, id := range batch {
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	}
+	if err := src.Chunks(ctx, v, add); err != nil {
+		return nil, fmt.Errorf("read version %s/%s@%d: %w", v.Computer, v.Config, v.Seq, err)
+	}
+	add([][32]byte{v.ManifestID})
+	return ids, nil
+}
+
+// idsAhead lists the next version's chunk ids in a goroutine (owned by the
+// writer: stopAhead) while the current version streams: reading a
+// version's listing (its chunks opened and decompressed) takes long for a
+// computer of many files, and the drive would wait for it between two
+// versions of one file.
+type idsAhead struct {
+	idx    int
+	done   chan struct{}
+	cancel context.CancelFunc
+	ids    [][32]byte
+	err    error
+}
+
+// idsOf returns the chunk ids of vers[i] (listed ahead when they were) and
+// starts listing those of vers[i+1].
+func (w *writer) idsOf(ctx context.Context, vers []Version, i int) ([][32]byte, error) {
+	var ids [][32]byte
+	var err error
+	if a := w.ahead; a != nil && a.idx == i {
+		w.ahead = nil
+		<-a.done
+		a.cancel()
+		ids, err = a.ids, a.err
+	} else {
+		w.stopAhead()
+		ids, err = versionIDs(ctx, w.s.src, vers[i])
+	}
+	if err == nil && i+1 < len(vers) {
+		actx, cancel := context.WithCancel(ctx)
+		a := &idsAhead{idx: i + 1, done: make(chan struct{}), cancel: cancel}
+		w.ahead = a
+		go func() { // owner: the writer (idsOf, stopAhead)
+			defer close(a.done)
+			a.ids, a.err = versionIDs(actx, w.s.src, vers[a.idx])
+		}()
+	}
+	return ids, err
+}
+
+// stopAhead stops listing ahead and waits for it.
+func (w *writer) stopAhead() {
+	if a := w.ahead; a != nil {
+		w.ahead = nil
+		a.cancel()
+		<-a.done
+	}
 }
 
 // maxFileCmd bounds the estimated size of a file's tape_file command,
