@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -490,6 +491,14 @@ func TestTapeEndOfMediumWithoutWarning(t *testing.T) {
 	if cr, _ := v.Catalog.Cartridge("TAPE01L5"); cr.State != catalog.CartFull {
 		t.Fatalf("TAPE01L5 is %s after the end of medium", cr.State)
 	}
+	// The cartridge that hit the end of medium has no room for its catalog
+	// file, and the job says so; the last one got its catalog file.
+	var jr tape.JobResult
+	json.Unmarshal(view.Result, &jr)
+	if fmt.Sprint(jr.Cartridges) != "[TAPE01L5 TAPE02L5]" || fmt.Sprint(jr.CatalogFiles) != "[TAPE02L5]" || len(jr.CatalogMissing) != 1 ||
+		!strings.HasPrefix(jr.CatalogMissing[0], "TAPE01L5: the end of medium came inside a data file") {
+		t.Fatalf("cartridges %v, catalog files %v, missing %q; want TAPE01L5 missing its catalog file with the reason", jr.Cartridges, jr.CatalogFiles, jr.CatalogMissing)
+	}
 	// Each file's recorded start is where LOCATE finds its first block.
 	var bc string
 	var files []catalog.TapeFile
@@ -528,7 +537,11 @@ func TestTapeEndOfMediumWithoutWarning(t *testing.T) {
 		if cr, _ := v.Catalog.Cartridge(bc); cr.UUID == "" {
 			continue
 		}
-		found += tapeOp(t, v2, TapeRequest{Op: "scan", Barcode: bc}).(*tape.ScanResult).Versions
+		sr := tapeOp(t, v2, TapeRequest{Op: "scan", Barcode: bc}).(*tape.ScanResult)
+		found += sr.Versions
+		if sr.FromCatalog != slices.Contains(jr.CatalogFiles, bc) {
+			t.Fatalf("scan of %s: from its catalog file %v (%s), catalog files written %v", bc, sr.FromCatalog, sr.Catalog, jr.CatalogFiles)
+		}
 	}
 	if found != 3 {
 		t.Fatalf("scans found %d versions, want 3", found)
