@@ -13,12 +13,13 @@ const readAheadEntries = 8
 // the next reads: the job reads every chunk into one of a few buffers
 // instead of allocating (and zeroing, and collecting) one per chunk, which
 // in the appliance's profile of the job was most of its processor time
-// (docs/tape.md). It holds at most cap(ch) buffers; more are left to the
-// collector. Safe for concurrent use.
+// (docs/tape.md). It holds at most cap(ch) buffers, the working set (the
+// entries queued ahead, the one being read, the writer's and one being
+// dropped); more are left to the collector. Safe for concurrent use.
 type entryBuffers struct{ ch chan []byte }
 
 func newEntryBuffers() *entryBuffers {
-	return &entryBuffers{ch: make(chan []byte, readAheadEntries+2)}
+	return &entryBuffers{ch: make(chan []byte, readAheadEntries+4)}
 }
 
 // get returns a free buffer, or nil (the source then allocates).

@@ -84,3 +84,70 @@ func TestEntryReaderCloseEarly(t *testing.T) {
 		t.Fatalf("%d entries read after the writer stopped at the first, want at most %d", n, 2+readAheadEntries+1)
 	}
 }
+
+// reusingSource serves 1 KiB entries filled with the id's first byte and
+// counts the reads that came with a buffer large enough to reuse.
+type reusingSource struct {
+	Source
+	mu     sync.Mutex
+	reads  int
+	reused int
+}
+
+func (s *reusingSource) Entry(_ context.Context, company string, id [32]byte, dst []byte) ([]byte, error) {
+	s.mu.Lock()
+	s.reads++
+	if cap(dst) >= 1024 {
+		s.reused++
+	}
+	s.mu.Unlock()
+	e := dst[:0]
+	for range 1024 {
+		e = append(e, id[0])
+	}
+	return e, nil
+}
+
+// TestEntryReaderReusesBuffers: entries the writer is done with are read
+// into again (by the next version's reader too) instead of allocated, and
+// an entry in the writer's hands is never overwritten.
+func TestEntryReaderReusesBuffers(t *testing.T) {
+	src := &reusingSource{}
+	bufs := newEntryBuffers()
+	for v := range 3 {
+		var keys []chunkKey
+		for b := range byte(50) {
+			keys = append(keys, key(b))
+		}
+		r := newEntryReader(context.Background(), src, bufs, keys)
+		var held [][]byte
+		for _, k := range keys {
+			e, err := r.Entry(context.Background(), k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, e)
+			if len(held) == 2 { // the writer holds two entries at a time
+				r.Done(held[0])
+				held = held[1:]
+			}
+			for _, h := range held {
+				for _, c := range h {
+					if c != h[0] {
+						t.Fatalf("version %d: an entry in the writer's hands was overwritten", v)
+					}
+				}
+			}
+			if held[len(held)-1][0] != k.id[0] {
+				t.Fatalf("version %d: entry %d came back as %d", v, k.id[0], held[len(held)-1][0])
+			}
+		}
+		for _, h := range held {
+			r.Done(h)
+		}
+		r.Close()
+	}
+	if src.reads != 150 || src.reused < 150-(readAheadEntries+4) {
+		t.Fatalf("%d reads, %d into a reused buffer; want 150 and at least %d", src.reads, src.reused, 150-(readAheadEntries+4))
+	}
+}
