@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,6 +49,10 @@ type Client struct {
 	pair
 	hc  *http.Client
 	clk clock.Clock // waits before retrying a busy answer
+	// frames holds download readers (*wire.FrameReader) between
+	// requests, so their buffers grow to a chunk's size once per restore
+	// rather than once per request.
+	frames sync.Pool
 }
 
 // A vault that died without closing its connections (a power cut, a
@@ -301,7 +306,16 @@ func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.
 		return err
 	}
 	defer resp.Body.Close()
-	fr := wire.NewFrameReader(resp.Body)
+	fr, _ := c.frames.Get().(*wire.FrameReader)
+	if fr == nil {
+		fr = wire.NewFrameReader(resp.Body)
+	} else {
+		fr.Reset(resp.Body)
+	}
+	defer func() {
+		fr.Reset(nil)
+		c.frames.Put(fr)
+	}()
 	for i := range ids {
 		f, err := fr.Next()
 		if err != nil {

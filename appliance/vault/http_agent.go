@@ -280,15 +280,11 @@ func (v *Vault) agentRoutes(authn authenticator) *router {
 			return err
 		}
 		w.Header().Set("Content-Type", wire.MediaFrames)
-		err = v.GetChunks(r.Context(), p, ids, func(f *wire.Frame) error {
-			// Header and payload are written from where they are: a
-			// download holds one chunk, not a copy of it as a frame.
-			hdr := wire.FrameHeader(f)
-			if _, err := w.Write(hdr[:]); err != nil {
+		err = v.GetChunks(r.Context(), p, ids, func(frame []byte) error {
+			// One write a frame, from where it was read and opened:
+			// one hand-over to the connection's writer, no copy.
+			if _, err := w.Write(frame); err != nil {
 				return errClientGone // or stopped reading: deadline.go
-			}
-			if _, err := w.Write(f.Payload); err != nil {
-				return errClientGone
 			}
 			return nil
 		})

@@ -49,7 +49,8 @@ func (v *Vault) JournalRecords(ctx context.Context, p *Principal, ref, config st
 }
 
 // GetChunks reads chunks of the agent's company and hands emit one frame
-// per id, in order: the chunk as stored, or a missing or damaged status. A
+// per id, in order, encoded (header and payload in one piece, written
+// with one call): the chunk as stored, or a missing or damaged status. A
 // damaged frame names the request and not the store's error, which goes to
 // the log. An error from emit (the client went away) ends it.
 //
@@ -59,7 +60,7 @@ func (v *Vault) JournalRecords(ctx context.Context, p *Principal, ref, config st
 // vault's read-ahead budget (Limits.ReadAheadBytes, all downloads
 // together) before it goes to emit, and gives it back once written: the
 // downloads hold at most one chunk each beyond that budget.
-func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emit func(*wire.Frame) error) error {
+func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emit func(frame []byte) error) error {
 	c, err := self(p, CapRestore)
 	if err != nil {
 		return err
@@ -90,8 +91,8 @@ func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emi
 		if r.buf == nil { // the reader stopped: ctx ended
 			return ctx.Err()
 		}
-		id, err := r.f.ID, r.err
-		f := r.f
+		id, err := r.id, r.err
+		var f wire.Frame
 		switch {
 		case err == nil:
 		case errors.Is(err, store.ErrNotFound):
@@ -105,7 +106,11 @@ func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emi
 			f = wire.Frame{ID: id, Kind: wire.StatusDamaged,
 				Payload: fmt.Appendf(nil, "the vault cannot read this chunk (request id %s); the vault's log has the details", requestID)}
 		}
-		err = emit(&f)
+		framed := r.framed
+		if err != nil {
+			framed = wire.AppendFrame(nil, &f)
+		}
+		err = emit(framed)
 		v.doneChunk(r)
 		if err != nil {
 			return err
@@ -118,14 +123,14 @@ func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emi
 // writes, at most.
 const readAheadChunks = 4
 
-// chunkRead is one chunk read for a download: its frame (the payload in
-// buf), or the store's error; held is what it holds of the read-ahead
-// budget.
+// chunkRead is one chunk read for a download: its frame encoded in buf,
+// or the store's error; held is what it holds of the read-ahead budget.
 type chunkRead struct {
-	f    wire.Frame
-	err  error
-	buf  *[]byte
-	held int64
+	id     [32]byte
+	framed []byte
+	err    error
+	buf    *[]byte
+	held   int64
 }
 
 // readChunks reads the chunks ids of company in order and sends them on
@@ -136,11 +141,18 @@ func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD
 		if bp == nil {
 			bp = new([]byte)
 		}
-		var loc store.Location
-		buf, loc, err := v.Store.Get(company, aead, id, (*bp)[:0])
-		*bp = buf
-		r := chunkRead{f: wire.Frame{ID: id, Kind: wire.StatusOK, Flags: loc.Flags, PlainLen: loc.PlainLen, Payload: buf}, err: err, buf: bp}
+		if cap(*bp) < wire.FrameHeaderSize {
+			*bp = make([]byte, 0, 64<<10)
+		}
+		// The plaintext goes right after room for the frame's header.
+		buf, loc, err := v.Store.Get(company, aead, id, (*bp)[:wire.FrameHeaderSize])
+		r := chunkRead{id: id, err: err, buf: bp}
 		if err == nil {
+			*bp = buf
+			f := wire.Frame{ID: id, Kind: wire.StatusOK, Flags: loc.Flags, PlainLen: loc.PlainLen, Payload: buf[wire.FrameHeaderSize:]}
+			h := wire.FrameHeader(&f)
+			copy(buf, h[:])
+			r.framed = buf
 			r.held = min(int64(len(buf)), v.limits.ReadAheadBytes)
 			if v.readAhead.Acquire(ctx, r.held) != nil {
 				r.held = 0
@@ -162,7 +174,7 @@ func (v *Vault) doneChunk(r chunkRead) {
 	if r.held > 0 {
 		v.readAhead.Release(r.held)
 	}
-	if r.buf != nil && cap(*r.buf) <= wire.MaxPlain {
+	if r.buf != nil && cap(*r.buf) <= wire.FrameHeaderSize+wire.MaxPlain {
 		*r.buf = (*r.buf)[:0]
 		v.chunkBufs.Put(r.buf)
 	}
