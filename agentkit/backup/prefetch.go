@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"io"
@@ -16,21 +17,25 @@ import (
 )
 
 // Prefetch tuning. The walker reads a tree one directory at a time, in
-// tree order, so on a cold cache it waits for one directory block or inode
-// table block after another. A few readers running ahead of it, each in a
-// different directory, keep several of those reads in flight: on this
-// machine's virtual disk a synchronization with no change took 0.18 s
-// instead of 0.22 s on the benchmark corpus, and devices with deeper queues
-// (SSDs, arrays) gain more. When the tree is already cached it costs one
-// extra statx per object on another core.
+// tree order, so on a cold cache it would wait for one directory block or
+// inode table block after another. Readers running ahead of it, each in a
+// different directory, keep several of those reads in flight and hand the
+// walker each directory's stats (docs/performance.md, "The walker's second
+// statx" and "Read-ahead in tree order"): on this machine's virtual disk a
+// cold stat of 50,000 files in 512 directories takes 0.94 s from one
+// thread, 0.40 s from four and 0.28 s from sixteen.
 const (
-	prefetchReaders = 4
+	prefetchReaders = 8
 	// prefetchPending bounds the directories waiting to be read ahead; a
 	// subtree found when the queue is full is simply read cold.
 	prefetchPending = 16384
 	// prefetchKept bounds the stats kept for the walker (256 bytes each):
-	// beyond it, directories read ahead are stat'ed again by the walker.
+	// a reader starts no directory while that many wait for the walker,
+	// unless the walker waits for that very directory.
 	prefetchKept = 4096
+	// prefetchDirKept bounds the stats kept of one directory; the walker
+	// stats the rest of a wider one itself (the inodes are cached by then).
+	prefetchDirKept = 1024
 )
 
 // readAhead is what the prefetcher learnt of one directory: the statx of
@@ -42,89 +47,133 @@ type readAhead struct {
 	ents     map[string]unix.Statx_t
 }
 
-// prefetcher reads directories and stats their entries, discarding what it
-// learns: its only effect is that the kernel has the metadata cached when
-// the walker asks. It never opens files, follows the walker's exclusions,
-// stays on the filesystem of the root it started from (other filesystems
-// are read cold, and pseudo-filesystems never) and stops when the walk
-// ends.
+// cost is what a read-ahead counts against prefetchKept: its stats, and
+// one for the directory itself so that empty ones are bounded too.
+func (ra *readAhead) cost() int { return len(ra.ents) + 1 }
+
+// prefetcher reads directories and stats their entries for the walker,
+// nearest to the walker first (in tree order), waiting when prefetchKept
+// stats wait for it. It never opens files, follows the walker's
+// exclusions, stays on the filesystem of the root it started from (other
+// filesystems are read cold, and pseudo-filesystems never) and stops when
+// the walk ends.
 type prefetcher struct {
 	ctx context.Context
 	sel *selection.Selection
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	pending []prefetchDir // a stack: depth first, close to the walker's order
+	pending pendingDirs // by tree order: the walker's next directory first
+	reading map[string]bool
 	busy    int
 	done    bool
 
 	// known holds the stats of directories read ahead, by path (as
 	// recorded: relative to the root set), until the walker takes them;
-	// kept counts their entries. walkerAt is the directory the walker
-	// entered last: it walks in tree order, so a directory at or before
-	// it will not be asked for.
+	// kept counts their cost. walkerAt is the directory the walker
+	// entered last: it walks in tree order, so a directory before it will
+	// not be asked for. waiting is the directory the walker waits for
+	// ("" none): being read, or pending.
 	known    map[string]*readAhead
 	kept     int
 	walkerAt []byte
+	waiting  string
 }
 
 // take hands the walker, as it enters the directory at path (dev, ino),
-// the stats read ahead in it, or nil.
+// the stats read ahead in it, or nil. When a reader is reading that
+// directory, or will next, it waits for it rather than stat the entries
+// again itself.
 func (p *prefetcher) take(path []byte, dev, ino uint64) map[string]unix.Statx_t {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.walkerAt = append(p.walkerAt[:0], path...)
+	if p.cond != nil {
+		p.waiting = string(path)
+		p.dropPassed()
+		for !p.done && (p.reading[p.waiting] || (len(p.pending) > 0 && p.pending[0].path == p.waiting)) {
+			p.cond.Broadcast()
+			p.cond.Wait()
+		}
+		p.waiting = ""
+		defer p.cond.Broadcast() // room for the readers
+	}
 	ra := p.known[string(path)]
 	if ra == nil {
 		return nil
 	}
 	delete(p.known, string(path))
-	p.kept -= len(ra.ents)
+	p.kept -= ra.cost()
 	if ra.dev != dev || ra.ino != ino {
 		return nil // another directory now has that name
 	}
 	return ra.ents
 }
 
-// keep stores a directory's stats for the walker unless the walker has
-// entered it already or they do not fit. p.mu is held.
-func (p *prefetcher) keep(path string, ra *readAhead) {
-	if p.walkerAt != nil && tree.Compare([]byte(path), p.walkerAt) <= 0 {
+// dropPassed forgets the pending directories and the stats the walker
+// has gone past (directories it skipped). p.mu is held.
+func (p *prefetcher) dropPassed() {
+	if p.walkerAt == nil {
 		return
 	}
-	if p.kept+len(ra.ents) > prefetchKept {
-		// Forget what the walker has gone past (a directory it skipped).
+	for len(p.pending) > 0 && p.pending[0].path != p.waiting && tree.Compare([]byte(p.pending[0].path), p.walkerAt) <= 0 {
+		heap.Pop(&p.pending)
+	}
+	if p.kept >= prefetchKept {
 		for k, old := range p.known {
-			if tree.Compare([]byte(k), p.walkerAt) <= 0 {
+			if k != p.waiting && tree.Compare([]byte(k), p.walkerAt) <= 0 {
 				delete(p.known, k)
-				p.kept -= len(old.ents)
+				p.kept -= old.cost()
 			}
 		}
-		if p.kept+len(ra.ents) > prefetchKept {
-			return
-		}
+	}
+}
+
+// keep stores a directory's stats for the walker unless the walker has
+// entered it already and does not wait for it. p.mu is held.
+func (p *prefetcher) keep(path string, ra *readAhead) {
+	if path != p.waiting && p.walkerAt != nil && tree.Compare([]byte(path), p.walkerAt) <= 0 {
+		return
 	}
 	if p.known == nil {
 		p.known = map[string]*readAhead{}
 	}
 	p.known[path] = ra
-	p.kept += len(ra.ents)
+	p.kept += ra.cost()
 }
 
 type prefetchDir struct {
-	src string // where it is read (a snapshot's copy of the tree, or the tree)
-	abs string // the path the selection sees
-	dev uint64 // the device of its root; 0 for a root, learnt when read
+	src  string // where it is read (a snapshot's copy of the tree, or the tree)
+	abs  string // the path the selection sees
+	path string // as recorded: rel(abs)
+	dev  uint64 // the device of its root; 0 for a root, learnt when read
+}
+
+// pendingDirs is a heap of directories by tree order of their paths.
+type pendingDirs []prefetchDir
+
+func (h pendingDirs) Len() int { return len(h) }
+func (h pendingDirs) Less(i, j int) bool {
+	return tree.Compare([]byte(h[i].path), []byte(h[j].path)) < 0
+}
+func (h pendingDirs) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *pendingDirs) Push(x any)   { *h = append(*h, x.(prefetchDir)) }
+func (h *pendingDirs) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // startPrefetch reads ahead under each root (src is read, abs selects) and
 // returns the function that stops the readers and waits for them.
 func startPrefetch(ctx context.Context, sel *selection.Selection, roots []prefetchDir) (p *prefetcher, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	// A stack: reversed so that the first root is read first.
-	pending := slices.Clone(roots)
-	slices.Reverse(pending)
-	p = &prefetcher{ctx: ctx, sel: sel, pending: pending}
+	p = &prefetcher{ctx: ctx, sel: sel, reading: map[string]bool{}}
+	for _, r := range roots {
+		r.path = rel(r.abs)
+		heap.Push(&p.pending, r)
+	}
 	p.cond = sync.NewCond(&p.mu)
 	var wg sync.WaitGroup
 	for range prefetchReaders {
@@ -147,50 +196,67 @@ func startPrefetch(ctx context.Context, sel *selection.Selection, roots []prefet
 	}
 }
 
-func (p *prefetcher) reader() {
+// next waits for the next directory to read; false when there is none
+// left or the walk ended. p.mu is held.
+func (p *prefetcher) next() (prefetchDir, bool) {
 	for {
-		p.mu.Lock()
-		for len(p.pending) == 0 && !p.done && p.busy > 0 {
-			p.cond.Wait()
+		if p.done {
+			return prefetchDir{}, false
 		}
-		if p.done || len(p.pending) == 0 {
-			// Cancelled, or nothing pending and no reader can add more.
+		p.dropPassed()
+		if len(p.pending) > 0 && (p.kept < prefetchKept || p.pending[0].path == p.waiting) {
+			return heap.Pop(&p.pending).(prefetchDir), true
+		}
+		if len(p.pending) == 0 && p.busy == 0 {
+			// Nothing pending and no reader can add more.
 			p.done = true
 			p.cond.Broadcast()
-			p.mu.Unlock()
-			return
+			return prefetchDir{}, false
 		}
-		d := p.pending[len(p.pending)-1]
-		p.pending = p.pending[:len(p.pending)-1]
-		p.busy++
-		p.mu.Unlock()
-
-		subs := p.read(d)
-
-		p.mu.Lock()
-		p.busy--
-		// The first subdirectories are the ones the walker enters soonest:
-		// they are kept when not all fit, and pushed last to be popped first.
-		subs = subs[:min(len(subs), max(0, prefetchPending-len(p.pending)))]
-		slices.Reverse(subs)
-		p.pending = append(p.pending, subs...)
-		p.cond.Broadcast()
-		p.mu.Unlock()
+		p.cond.Wait()
 	}
 }
 
-// read lists d, stats each entry and returns the subdirectories the walker
-// will enter.
-func (p *prefetcher) read(d prefetchDir) []prefetchDir {
+func (p *prefetcher) reader() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		d, ok := p.next()
+		if !ok {
+			return
+		}
+		p.busy++
+		p.reading[d.path] = true
+		p.mu.Unlock()
+
+		ra, subs := p.read(d)
+
+		p.mu.Lock()
+		p.busy--
+		delete(p.reading, d.path)
+		if ra != nil {
+			p.keep(d.path, ra)
+		}
+		for _, s := range subs[:min(len(subs), max(0, prefetchPending-len(p.pending)))] {
+			heap.Push(&p.pending, s)
+		}
+		p.cond.Broadcast()
+	}
+}
+
+// read lists d, stats each entry and returns the stats for the walker
+// (nil when d could not be read to its end) and the subdirectories the
+// walker will enter.
+func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 	fd, err := openDir(unix.AT_FDCWD, d.src)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	f := os.NewFile(uintptr(fd), d.src)
 	defer f.Close()
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil {
-		return nil
+		return nil, nil
 	}
 	if d.dev == 0 {
 		d.dev = st.Dev
@@ -201,13 +267,13 @@ func (p *prefetcher) read(d prefetchDir) []prefetchDir {
 		ents, err := f.ReadDir(256)
 		for _, e := range ents {
 			if p.ctx.Err() != nil {
-				return nil
+				return nil, nil
 			}
 			var stx unix.Statx_t
 			if meta.Statx(fd, e.Name(), &stx) != nil {
 				continue
 			}
-			if len(ra.ents) < prefetchKept {
+			if len(ra.ents) < prefetchDirKept {
 				ra.ents[e.Name()] = stx
 			}
 			if !e.IsDir() {
@@ -223,15 +289,16 @@ func (p *prefetcher) read(d prefetchDir) []prefetchDir {
 			if ex, _ := p.sel.Excluded(abs); ex {
 				continue
 			}
-			subs = append(subs, prefetchDir{src: d.src + "/" + e.Name(), abs: abs, dev: d.dev})
+			subs = append(subs, prefetchDir{src: d.src + "/" + e.Name(), abs: abs, path: rel(abs), dev: d.dev})
 		}
 		if err != nil || len(ents) == 0 {
+			// The first subdirectories in tree order are the ones the
+			// walker enters soonest: they are kept when not all fit.
+			slices.SortFunc(subs, func(a, b prefetchDir) int { return tree.Compare([]byte(a.path), []byte(b.path)) })
 			if errors.Is(err, io.EOF) || (err == nil && len(ents) == 0) {
-				p.mu.Lock()
-				p.keep(rel(d.abs), ra)
-				p.mu.Unlock()
+				return ra, subs
 			}
-			return subs // io.EOF, or unreadable: the walker reports it
+			return nil, subs // unreadable: the walker reports it
 		}
 	}
 }

@@ -2,9 +2,11 @@ package backup
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -178,14 +180,15 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 	}
 }
 
-// Stats of a directory the walker has entered already are not kept; when
-// they do not fit, those of directories it went past are dropped first.
+// Stats of a directory the walker has entered already are not kept, unless
+// it waits for them; those of directories it went past are dropped when the
+// stats kept reach prefetchKept.
 func TestReadAheadKeep(t *testing.T) {
 	p := &prefetcher{}
 	ents := func(n int) *readAhead {
 		ra := &readAhead{ents: map[string]unix.Statx_t{}}
 		for i := range n {
-			ra.ents[string(rune('a'+i))] = unix.Statx_t{}
+			ra.ents[string(rune(0x100+i))] = unix.Statx_t{}
 		}
 		return ra
 	}
@@ -196,17 +199,54 @@ func TestReadAheadKeep(t *testing.T) {
 	if _, ok := p.known["r/a"]; ok || len(p.known) != 1 {
 		t.Fatalf("kept %v, want only r/b", p.known)
 	}
-	p.keep("r/d", &readAhead{ents: make(map[string]unix.Statx_t, 0)})
-	big := ents(1)
-	for i := range prefetchKept - 1 {
-		big.ents[string(rune(0x100+i))] = unix.Statx_t{}
+	p.keep("r/e", ents(prefetchKept))
+	p.mu.Lock()
+	p.dropPassed()
+	p.mu.Unlock()
+	if _, ok := p.known["r/b"]; ok || p.kept != prefetchKept+1 {
+		t.Fatalf("kept %d stats in %v, want only r/e's %d", p.kept, len(p.known), prefetchKept+1)
 	}
-	p.keep("r/e", big) // fits once r/b, which the walker went past, is dropped
-	if _, ok := p.known["r/e"]; !ok || p.kept != prefetchKept {
-		t.Fatalf("kept %d stats in %d directories, want r/e's %d", p.kept, len(p.known), prefetchKept)
+}
+
+// Readers take the pending directory nearest to the walker first, start
+// none while prefetchKept stats wait for the walker, except the one the
+// walker waits for, and the walker waits for a directory being read
+// instead of reading it again.
+func TestReadAheadOrderAndWait(t *testing.T) {
+	p := &prefetcher{reading: map[string]bool{}}
+	p.cond = sync.NewCond(&p.mu)
+	for _, d := range []string{"r/b/x", "r/a", "r/b", "r/c"} {
+		heap.Push(&p.pending, prefetchDir{path: d})
 	}
-	p.keep("r/f", ents(1))
-	if _, ok := p.known["r/f"]; ok || p.kept > prefetchKept {
-		t.Fatalf("kept %d stats, over %d", p.kept, prefetchKept)
+	p.mu.Lock()
+	for _, want := range []string{"r/a", "r/b"} {
+		d, ok := p.next()
+		if !ok || d.path != want {
+			t.Fatalf("next: %q, %v; want %q", d.path, ok, want)
+		}
+	}
+	p.busy++ // a reader is at r/b/x's sibling: next must not end the prefetch
+	p.kept = prefetchKept
+	p.waiting, p.walkerAt = "r/c", []byte("r/c")
+	if d, ok := p.next(); !ok || d.path != "r/c" {
+		// The walker went past r/b/x and waits for r/c; stats are full.
+		t.Fatalf("next with the stats full: %q, %v; want r/c", d.path, ok)
+	}
+	p.waiting, p.kept, p.busy = "", 0, 0
+	p.reading["r/d"] = true
+	p.mu.Unlock()
+
+	got := make(chan map[string]unix.Statx_t)
+	go func() { got <- p.take([]byte("r/d"), 1, 2) }()
+	p.mu.Lock()
+	for p.waiting != "r/d" {
+		p.cond.Wait()
+	}
+	delete(p.reading, "r/d")
+	p.keep("r/d", &readAhead{dev: 1, ino: 2, ents: map[string]unix.Statx_t{"f": {Ino: 7}}})
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	if ents := <-got; ents["f"].Ino != 7 {
+		t.Fatalf("take of a directory being read: %v, want the reader's stats", ents)
 	}
 }

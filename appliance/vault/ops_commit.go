@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -291,25 +292,113 @@ type storeReadError struct {
 func (e *storeReadError) Error() string { return fmt.Sprintf("listing chunk %x: %v", e.id[:8], e.err) }
 func (e *storeReadError) Unwrap() error { return e.err }
 
+// listingAhead is how many listing chunks listingReader reads at once: a
+// listing's chunks lie scattered over packs the page cache may no longer
+// hold, and one cold read at a time left a no-change commit of 50,000 files
+// waiting on 130 of them in turn (docs/performance.md, "Listing chunks
+// read ahead").
+const listingAhead = 4
+
+// listingAheadMax is the largest listing chunk read ahead of others; a
+// larger one is read alone, so reading ahead holds at most listingAhead
+// chunks of this size, or one larger.
+const listingAheadMax = 256 << 10
+
+// listingCost is how many of listingAhead's places the chunk takes.
+func listingCost(ref tree.ChunkRef) int {
+	if ref.Len > listingAheadMax {
+		return listingAhead
+	}
+	return 1
+}
+
 // listingReader streams the plaintext of a listing's chunks. The caller
-// closes it, which also ends its goroutine. With a session, each chunk is
-// protected for the session's life before it is read (gc.go).
+// closes it, which also ends its goroutines. With a session, each chunk is
+// protected for the session's life before it is read (gc.go). From the
+// first Read on, up to listingAhead chunks are read, opened and checked at
+// once, and written in order; nothing is read before (a caller may refuse
+// the listing's references first).
 func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkRef, s *session) io.ReadCloser {
 	pr, pw := io.Pipe()
-	done := make(chan struct{})
+	lp := &listingPipe{PipeReader: pr, done: make(chan struct{})}
+	lp.start = func() { v.readListing(company, k, refs, s, pw, lp.done) }
+	return lp
+}
+
+// readListing feeds pw with the plaintext of refs, then closes done.
+func (v *Vault) readListing(company string, k *companyKeys, refs []tree.ChunkRef, s *session, pw *io.PipeWriter, done chan struct{}) {
+	type fetched struct {
+		sealed []byte // as stored: maybe compressed
+		loc    store.Location
+		err    error
+	}
+	// Chunk i travels through slots[i%listingAhead]; the dispatcher hands
+	// out chunk i only once chunk i-listingAhead was written (once all
+	// before it were, for a large one: listingCost), so each slot holds at
+	// most one and at most listingAhead read buffers exist (they go round
+	// through free). Only the reads run ahead: one buffer holds the
+	// plaintext, opened and checked in order.
+	var slots [listingAhead]chan fetched
+	for i := range slots {
+		slots[i] = make(chan fetched, 1)
+	}
+	free := make(chan []byte, listingAhead)
+	taken := make(chan struct{}, listingAhead)
+	for range listingAhead {
+		free <- nil
+		taken <- struct{}{}
+	}
+	stop := make(chan struct{})
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(listingAhead, len(refs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				ref := refs[i]
+				if s != nil {
+					v.protect(s, [][32]byte{ref.ID})
+				}
+				buf, loc, err := v.Store.Get(company, k.aead, ref.ID, (<-free)[:0])
+				select {
+				case slots[i%listingAhead] <- fetched{sealed: buf, loc: loc, err: err}:
+				case <-stop:
+					return
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(next)
+		for i := range refs {
+			for range listingCost(refs[i]) {
+				select {
+				case <-taken:
+				case <-stop:
+					return
+				}
+			}
+			select {
+			case next <- i:
+			case <-stop:
+				return
+			}
+		}
+	}()
 	go func() {
 		defer close(done)
+		defer wg.Wait()
+		defer close(stop)
 		h := keys.NewHasher(k.set.ChunkID)
-		var buf, plain []byte
-		for _, ref := range refs {
-			var err error
-			var loc store.Location
-			if s != nil {
-				v.protect(s, [][32]byte{ref.ID})
-			}
-			buf, loc, err = v.Store.Get(company, k.aead, ref.ID, buf[:0])
+		var plain []byte
+		for i, ref := range refs {
+			f := <-slots[i%listingAhead]
+			err := f.err
 			if err == nil {
-				plain, err = wire.Decompress(plain[:0], loc.Flags, buf, loc.PlainLen)
+				plain, err = wire.Decompress(plain[:0], f.loc.Flags, f.sealed, f.loc.PlainLen)
 			}
 			if err == nil && h.Sum(plain) != ref.ID {
 				err = fmt.Errorf("%w: listing chunk %x does not hash to its id", store.ErrDamaged, ref.ID[:8])
@@ -318,24 +407,36 @@ func (v *Vault) listingReader(company string, k *companyKeys, refs []tree.ChunkR
 				pw.CloseWithError(&storeReadError{id: ref.ID, err: err})
 				return
 			}
+			free <- f.sealed
 			if _, err := pw.Write(plain); err != nil {
 				return
+			}
+			for range listingCost(ref) {
+				taken <- struct{}{}
 			}
 		}
 		pw.Close()
 	}()
-	return &listingPipe{PipeReader: pr, done: done}
 }
 
-// listingPipe is the reading end of listingReader; Close also waits for
-// the goroutine that feeds it, so no chunk is still being read (and no
-// memory still being taken) once a refused commit has returned.
+// listingPipe is the reading end of listingReader; its first Read starts
+// the reading, and Close also waits for the goroutines that feed it, so no
+// chunk is still being read (and no memory still being taken) once a
+// refused commit has returned.
 type listingPipe struct {
 	*io.PipeReader
-	done chan struct{}
+	start func()
+	once  sync.Once
+	done  chan struct{}
+}
+
+func (p *listingPipe) Read(b []byte) (int, error) {
+	p.once.Do(p.start)
+	return p.PipeReader.Read(b)
 }
 
 func (p *listingPipe) Close() error {
+	p.once.Do(func() { close(p.done) }) // never started
 	err := p.PipeReader.Close()
 	<-p.done
 	return err
