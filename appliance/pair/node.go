@@ -396,6 +396,28 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 	}
 }
 
+// TransferLeadership hands leadership to the voter id (a planned stop of
+// this member); on the leader only. This member is deposed at once: it
+// refuses writes from then on.
+func (n *Node) TransferLeadership(id string) error {
+	if !n.IsLeader() {
+		return n.notLeader()
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, srv := range cf.Configuration().Servers {
+		if string(srv.ID) == id && srv.Suffrage == raft.Voter {
+			if err := n.raft.LeadershipTransferToServer(srv.ID, srv.Address).Error(); err != nil {
+				return fmt.Errorf("hand leadership to %s: %w", id, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("hand leadership to %s: no such voter in the pair", id)
+}
+
 // Snapshot takes a snapshot of the catalog now and compacts the log
 // behind it (raft does it by itself every SnapshotThreshold entries).
 func (n *Node) Snapshot() error {

@@ -3,7 +3,11 @@ package vault
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -360,5 +364,109 @@ func TestSMTPPasswordSealedAtRest(t *testing.T) {
 	info, err := v.MailInfo(context.Background(), &Principal{Kind: Operator, Name: "root", Caps: []Capability{CapOperate}})
 	if err != nil || !info.HasPassword || info.Settings.Password != "" || info.Settings.SealedPassword != nil {
 		t.Fatalf("mail info: %+v, %v", info.Settings, err)
+	}
+}
+
+// TestDeposedLeader: a leader deposed while a backup is under way (its
+// leadership handed to the other data member) acknowledges nothing more:
+// the session's upload and commit on it are refused with not_leader, as is
+// any catalog write and its agent routes (naming the new leader). The new
+// leader treats it as the deposed member until it takes a copy again; the
+// agent's retry there commits, and the old leader, now a follower, holds
+// the version and its chunks.
+func TestDeposedLeader(t *testing.T) {
+	p := newTestPair(t, 0)
+	a, b := p.a, p.b
+	ctx := context.Background()
+	waitUntil(t, "b to become a voter", func() bool {
+		ids, err := a.pair.node.PromoteReady(ctx)
+		return err == nil && len(ids) == 1
+	})
+	ag := newGCAgent(t, a, "acme", "c1")
+	files := testFiles("kept", 10)
+	sid, listing, err := ag.stage(ctx, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := testFiles("after", 3)
+	// b is recorded behind (a copy to it failed, say): the leader then
+	// stores uploads without copying them, and only its leadership stands
+	// between such an upload and an acknowledgement.
+	cmd, _ := catalog.NewCommand(pair.KindBehind, pair.Behind{Member: "b", Since: time.Now().UTC(), Reason: "test"})
+	if _, err := a.pair.node.Submit(cmd); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := a.pair.node.TransferLeadership("b"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "b to lead", func() bool { return b.pair.node.IsLeader() })
+	if a.pair.node.IsLeader() {
+		t.Fatal("two leaders after the transfer")
+	}
+
+	// The old leader acknowledges nothing.
+	var body []byte
+	for _, f := range late {
+		body = wire.AppendFrame(body, &wire.Frame{ID: ag.hs.Sum(f), Kind: wire.FrameData, PlainLen: uint32(len(f)), Payload: f})
+	}
+	// (These calls passed the agent API's leader check as requests that
+	// began while it led would; the answer is what the agent reads.)
+	if _, err := a.Upload(ctx, ag.p, sid, int64(len(body)), bytes.NewReader(body)); answered(a, err) != wire.CodeNotLeader {
+		t.Fatalf("an upload on the deposed leader answered %s (%v), want %s", answered(a, err), err, wire.CodeNotLeader)
+	}
+	if _, err := a.Commit(ctx, ag.p, sid, wire.Commit{Listing: listing}); answered(a, err) != wire.CodeNotLeader {
+		t.Fatalf("a commit on the deposed leader answered %s (%v), want %s", answered(a, err), err, wire.CodeNotLeader)
+	}
+	if err := a.NewCompany("globex"); !errors.Is(err, catalog.ErrNotLeader) {
+		t.Fatalf("a catalog write on the deposed leader: %v, want %v", err, catalog.ErrNotLeader)
+	}
+	rec := httptest.NewRecorder()
+	a.agentHandler().ServeHTTP(rec, httptest.NewRequest("POST", wire.PathSessions, nil))
+	if rec.Code != http.StatusMisdirectedRequest || rec.Header().Get(wire.HeaderLeader) != "agent-b" {
+		t.Fatalf("the deposed leader's agent API answered %d naming %q, want %d naming agent-b",
+			rec.Code, rec.Header().Get(wire.HeaderLeader), http.StatusMisdirectedRequest)
+	}
+	if d := b.pair.node.Deposed(); d != "a" {
+		t.Fatalf("the new leader holds %q as the deposed member, want a", d)
+	}
+
+	// The agent's retry on the new leader: a new session, the same files.
+	ag.v = b
+	seq, err := ag.backup(ctx, files)
+	if err != nil {
+		t.Fatalf("the backup on the new leader: %v", err)
+	}
+	if d := b.pair.node.Deposed(); d != "" {
+		t.Fatalf("the old leader took copies again, yet the new leader still holds %q deposed", d)
+	}
+	caughtUp(t, b, a)
+	want := map[string][][]byte{fmt.Sprintf("c1@%d", seq): files}
+	if n := restoreAll(t, a, want); n != 1 {
+		t.Fatalf("the old leader holds %d versions, want the one the new leader committed", n)
+	}
+	restoreAll(t, b, want)
+}
+
+// answered is the error code an agent reads for err.
+func answered(v *Vault, err error) string {
+	if err == nil {
+		return "ok"
+	}
+	rec := httptest.NewRecorder()
+	v.writeErr(rec, httptest.NewRequest("POST", wire.PathSessions, nil), err)
+	var e wire.Error
+	json.NewDecoder(rec.Body).Decode(&e)
+	return e.Code
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited a minute for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
