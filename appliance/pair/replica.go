@@ -251,7 +251,8 @@ func (r *Replicator) Replica(company string) store.Replica {
 		}
 		pr, pw := io.Pipe()
 		ctx, cancel := context.WithCancel(context.Background())
-		c := &peerCopy{m: m, pw: pw, cancel: cancel, done: make(chan error, 1)}
+		c := &peerCopy{m: m, pw: pw, cancel: cancel, done: make(chan error, 1),
+			q: make(chan []byte, copyQueueMiB), room: make(chan struct{}, copyQueueMiB), wrote: make(chan struct{})}
 		go func() { // owner: the stream (Commit or Abort waits for it)
 			err := r.send(ctx, m, company, pr, -1)
 			if err == nil {
@@ -260,6 +261,7 @@ func (r *Replicator) Replica(company string) store.Replica {
 			pr.CloseWithError(err)
 			c.done <- err
 		}()
+		go c.write() // owner: the stream (End closes its queue, Commit and Abort wait for it)
 		s.copies = append(s.copies, c)
 	}
 	return s
@@ -282,30 +284,69 @@ type peerCopy struct {
 	pw     *io.PipeWriter
 	cancel context.CancelFunc
 	done   chan error
-	failed bool // a write failed: the copy is made again at Commit
+	failed atomic.Bool // a write failed: the copy is made again at Commit
+
+	// A streamed copy is written to the request by its own goroutine
+	// from a queue of up to copyQueueMiB MiB, so the upload goes on
+	// while the copy is framed, encrypted and sent: an entry costs the
+	// upload about the longer of its local write and its copy, not both.
+	q     chan []byte   // entries to write; closed by End
+	room  chan struct{} // one token per MiB queued
+	wrote chan struct{} // closed when the writer ended
 }
 
-// Add writes the entry to each member's request. The pipe hands it over
-// whole before it returns, so data is the caller's again.
+// copyQueueMiB bounds the entries queued for one streamed copy.
+const copyQueueMiB = 8
+
+// copyBufs holds entry buffers of streamed copies.
+var copyBufs sync.Pool
+
+func entryMiB(n int) int { return min(max((n+1<<20-1)>>20, 1), copyQueueMiB) }
+
+// write hands the queued entries to the request, then ends its body.
+func (c *peerCopy) write() {
+	defer close(c.wrote)
+	for b := range c.q {
+		if !c.failed.Load() {
+			if _, err := c.pw.Write(b); err != nil {
+				c.failed.Store(true)
+			}
+		}
+		for range entryMiB(len(b)) {
+			<-c.room
+		}
+		copyBufs.Put(&b)
+	}
+	c.pw.Close() // after Abort's CloseWithError, the member still sees the abort
+}
+
+// Add queues the entry for each member's request; data is the caller's
+// again when it returns.
 func (s *stream) Add(data []byte) {
 	for _, c := range s.copies {
-		if c.failed {
+		if c.failed.Load() {
 			continue
 		}
-		if _, err := c.pw.Write(data); err != nil {
-			c.failed = true
+		for range entryMiB(len(data)) {
+			c.room <- struct{}{}
 		}
+		var b []byte
+		if p, ok := copyBufs.Get().(*[]byte); ok {
+			b = *p
+		}
+		c.q <- append(b[:0], data...)
 	}
 }
 
-// End closes each request's body: the member commits what it got.
+// End closes each request's queue: once written, its body ends and the
+// member commits what it got.
 func (s *stream) End() {
 	if s.ended {
 		return
 	}
 	s.ended = true
 	for _, c := range s.copies {
-		c.pw.Close()
+		close(c.q)
 	}
 }
 
@@ -316,12 +357,13 @@ func (s *stream) Commit(entries *io.SectionReader) error {
 	copied := map[string]bool{}
 	swept := s.r.sweepIndex() != s.sweep
 	for _, c := range s.copies {
+		<-c.wrote
 		err := <-c.done
 		c.cancel()
 		if swept {
 			err = errors.New("a garbage collection sweep was applied meanwhile")
 		}
-		if err == io.ErrClosedPipe && !c.failed {
+		if err == io.ErrClosedPipe && !c.failed.Load() {
 			copied[c.m.ID] = true
 			s.r.streamed.Add(1)
 		} else {
@@ -338,6 +380,10 @@ func (s *stream) Abort() {
 	for _, c := range s.copies {
 		c.cancel()
 		c.pw.CloseWithError(errAborted)
+	}
+	s.End()
+	for _, c := range s.copies {
+		<-c.wrote
 		<-c.done
 	}
 	s.copies = nil

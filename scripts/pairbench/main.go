@@ -419,9 +419,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	catch := time.Since(t0)
-	jobBytes, jobTime, err := catchUpJob(lead.dir, t0)
-	if err != nil {
-		return err
+	// The job records the member caught up, then itself ended: whole
+	// may be seen between the two.
+	var jobBytes int64
+	var jobTime time.Duration
+	var jerr error
+	if werr := waitFor("the catch-up job to end", func() bool {
+		jobBytes, jobTime, jerr = catchUpJob(lead.dir, t0)
+		return jerr == nil
+	}); werr != nil {
+		return fmt.Errorf("%w: %v", werr, jerr)
 	}
 
 	// The disk's write rate, measured now on the same file system: as
