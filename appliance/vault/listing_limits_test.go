@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
+	"vaultnode/appliance/catalog"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
@@ -77,5 +79,42 @@ func TestCommitListingLimits(t *testing.T) {
 		if got > tt.maxAlloc {
 			t.Errorf("%s: allocated %d bytes, want at most %d", tt.name, got, tt.maxAlloc)
 		}
+	}
+}
+
+// The testing period's examination reads a listing once: a newer version
+// with the same listing (a synchronization that found no change) gets the
+// same warnings without its listing being read again.
+func TestExamineReadsAListingOnce(t *testing.T) {
+	v := openTestVault(t)
+	k, err := v.companyKeys("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	w, err := tree.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []tree.Node{{Path: []byte("home"), Type: tree.TypeDir}, {Path: []byte("home/.cache"), Type: tree.TypeDir},
+		{Path: []byte("home/.cache/x"), Type: tree.TypeFile}} {
+		if err := w.Write(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref := putListing(t, v, k, buf.Bytes())
+	cp := catalog.Computer{ID: "pc-1", Company: "acme"}
+	ms := []wire.Manifest{{Seq: 1, Listing: []tree.ChunkRef{ref}}}
+	first, err := v.examineConfig(context.Background(), cp, wire.Config{Name: "home"}, ms)
+	if err != nil || len(first) != 1 || !strings.Contains(first[0], "home/.cache") {
+		t.Fatalf("first examination: %q, %v; want the cache directory's warning", first, err)
+	}
+	if _, _, err := v.Store.DeleteChunks("acme", [][32]byte{ref.ID}); err != nil {
+		t.Fatal(err)
+	}
+	ms = append(ms, wire.Manifest{Seq: 2, Listing: []tree.ChunkRef{ref}})
+	again, err := v.examineConfig(context.Background(), cp, wire.Config{Name: "home"}, ms)
+	if err != nil || !slices.Equal(again, first) {
+		t.Fatalf("same listing examined again: %q, %v; want %q without reading it", again, err, first)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"vaultnode/appliance/catalog"
@@ -46,6 +47,48 @@ var (
 	swapNames = map[string]bool{"swapfile": true, "swap.img": true, "pagefile.sys": true, "hiberfil.sys": true, "swapfile.sys": true}
 )
 
+// listingFacts is what the examination learns by reading a version's
+// listing: at most maxWarned of each kind of path, and how many there were.
+type listingFacts struct {
+	bad       []string // unreadable or inconsistent files
+	temp      []string // "dir (size)", largest first
+	tempTotal int
+	images    []imageFact
+}
+
+type imageFact struct {
+	path  string
+	size  int64
+	print [32]byte // contentPrint
+}
+
+// examined remembers the listing facts of each configuration's newest
+// version examined, by the listing's chunks: a version with the listing of
+// the one examined before (a synchronization that found no change) is not
+// read again (docs/performance.md, "The testing period's examination").
+type examined struct {
+	mu    sync.Mutex
+	facts map[string]examinedFacts // computer + "/" + configuration
+}
+
+type examinedFacts struct {
+	listing [32]byte // listingKey
+	facts   *listingFacts
+}
+
+// listingKey identifies a listing by its chunks.
+func listingKey(refs []tree.ChunkRef) [32]byte {
+	h := sha256.New()
+	for _, r := range refs {
+		h.Write(r.ID[:])
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+func sameListing(a, b []tree.ChunkRef) bool {
+	return slices.EqualFunc(a, b, func(x, y tree.ChunkRef) bool { return x.ID == y.ID })
+}
+
 // examineConfig looks at the versions of one configuration and answers its
 // warnings, most important first. ms are its versions, oldest first.
 func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire.Config, ms []wire.Manifest) ([]string, error) {
@@ -53,61 +96,40 @@ func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire
 		return nil, nil
 	}
 	newest := ms[len(ms)-1]
-	var warns []string
-	if t := newest.Totals; t.Unreadable+t.Inconsistent > 0 {
-		bad, err := v.walkListing(ctx, cp.Company, newest.Listing, func(n *tree.Node) bool {
-			return n.Status == tree.StatusUnreadable || n.Status == tree.StatusInconsistent
-		})
-		if err != nil {
+	memoKey, lkey := cp.ID+"/"+cfg.Name, listingKey(newest.Listing)
+	v.examined.mu.Lock()
+	memo, ok := v.examined.facts[memoKey]
+	v.examined.mu.Unlock()
+	var facts *listingFacts
+	if ok && memo.listing == lkey {
+		facts = memo.facts
+	} else {
+		var err error
+		if facts, err = v.readListingFacts(ctx, cp.Company, newest); err != nil {
 			return nil, err
 		}
-		names := make([]string, 0, len(bad))
-		for _, n := range bad {
-			names = append(names, string(n.Path))
+		v.examined.mu.Lock()
+		if v.examined.facts == nil {
+			v.examined.facts = map[string]examinedFacts{}
 		}
+		v.examined.facts[memoKey] = examinedFacts{listing: lkey, facts: facts}
+		v.examined.mu.Unlock()
+	}
+	var warns []string
+	if t := newest.Totals; t.Unreadable+t.Inconsistent > 0 {
 		warns = append(warns, fmt.Sprintf("%d file(s) could not be read or kept changing while read, so the newest version is not complete: %s",
-			t.Unreadable+t.Inconsistent, listNames(names, int(t.Unreadable+t.Inconsistent))))
+			t.Unreadable+t.Inconsistent, listNames(facts.bad, int(t.Unreadable+t.Inconsistent))))
 	}
-
-	// Temporary and cache directories, swap files and VM images.
-	tempBytes := map[string]int64{}
-	var tempOrder []string
-	var images []*tree.Node
-	_, err := v.walkListing(ctx, cp.Company, newest.Listing, func(n *tree.Node) bool {
-		if n.Type != tree.TypeFile {
-			return false
-		}
-		p := string(n.Path)
-		if dir := tempDir(p); dir != "" {
-			if _, ok := tempBytes[dir]; !ok {
-				tempOrder = append(tempOrder, dir)
-			}
-			tempBytes[dir] += n.Size
-		}
-		base := path.Base(p)
-		if n.Size >= imageMin && (swapNames[strings.ToLower(base)] || imageExts[strings.ToLower(path.Ext(base))]) && len(images) < maxWarned {
-			images = append(images, n)
-		}
-		return false
-	})
-	if err != nil {
-		return nil, err
-	}
-	if len(tempOrder) > 0 {
-		slices.SortStableFunc(tempOrder, func(a, b string) int { return int(min(max(tempBytes[b]-tempBytes[a], -1), 1)) })
-		var names []string
-		for _, d := range tempOrder {
-			names = append(names, fmt.Sprintf("%s (%s)", d, humanBytes(tempBytes[d])))
-		}
+	if facts.tempTotal > 0 {
 		warns = append(warns, fmt.Sprintf("temporary or cache directories are backed up; their contents are thrown away and remade, so they only cost space and time: %s. Exclude them (-exclude)",
-			listNames(names, len(names))))
+			listNames(facts.temp, facts.tempTotal)))
 	}
-	if len(images) > 0 {
+	if len(facts.images) > 0 {
 		changed := map[string]bool{}
-		if len(ms) > 1 {
+		if len(ms) > 1 && !sameListing(ms[len(ms)-2].Listing, newest.Listing) {
 			prints := map[string][32]byte{}
-			for _, n := range images {
-				prints[string(n.Path)] = contentPrint(n)
+			for _, im := range facts.images {
+				prints[im.path] = im.print
 			}
 			_, err := v.walkListing(ctx, cp.Company, ms[len(ms)-2].Listing, func(n *tree.Node) bool {
 				if p, ok := prints[string(n.Path)]; ok && p != contentPrint(n) {
@@ -120,9 +142,9 @@ func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire
 			}
 		}
 		var names []string
-		for _, n := range images {
-			s := fmt.Sprintf("%s (%s", n.Path, humanBytes(n.Size))
-			if changed[string(n.Path)] {
+		for _, im := range facts.images {
+			s := fmt.Sprintf("%s (%s", im.path, humanBytes(im.size))
+			if changed[im.path] {
 				s += ", changed since the previous version"
 			}
 			names = append(names, s+")")
@@ -155,6 +177,42 @@ func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire
 		}
 	}
 	return warns, nil
+}
+
+// readListingFacts reads a version's listing once for the examination.
+func (v *Vault) readListingFacts(ctx context.Context, company string, m wire.Manifest) (*listingFacts, error) {
+	f := &listingFacts{}
+	tempBytes := map[string]int64{}
+	var tempOrder []string
+	_, err := v.walkListing(ctx, company, m.Listing, func(n *tree.Node) bool {
+		if (n.Status == tree.StatusUnreadable || n.Status == tree.StatusInconsistent) && len(f.bad) < maxWarned {
+			f.bad = append(f.bad, string(n.Path))
+		}
+		if n.Type != tree.TypeFile {
+			return false
+		}
+		p := string(n.Path)
+		if dir := tempDir(p); dir != "" {
+			if _, ok := tempBytes[dir]; !ok {
+				tempOrder = append(tempOrder, dir)
+			}
+			tempBytes[dir] += n.Size
+		}
+		base := path.Base(p)
+		if n.Size >= imageMin && (swapNames[strings.ToLower(base)] || imageExts[strings.ToLower(path.Ext(base))]) && len(f.images) < maxWarned {
+			f.images = append(f.images, imageFact{path: p, size: n.Size, print: contentPrint(n)})
+		}
+		return false
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(tempOrder, func(a, b string) int { return int(min(max(tempBytes[b]-tempBytes[a], -1), 1)) })
+	f.tempTotal = len(tempOrder)
+	for _, d := range tempOrder[:min(len(tempOrder), maxWarned)] {
+		f.temp = append(f.temp, fmt.Sprintf("%s (%s)", d, humanBytes(tempBytes[d])))
+	}
+	return f, nil
 }
 
 // tempDir answers the path of the outermost temporary or cache directory

@@ -101,8 +101,9 @@ type Vault struct {
 	Catalog *catalog.Catalog
 	CA      *pki.Authority
 
-	kmu  sync.Mutex
-	keys map[string]*companyKeys
+	examined examined // testing.go
+	kmu      sync.Mutex
+	keys     map[string]*companyKeys
 
 	listingsMarked atomic.Int64 // listings walked by marks (collections, sweep checks)
 
