@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"slices"
 
 	"go.etcd.io/bbolt"
@@ -10,10 +12,11 @@ import (
 
 // indexCommit is one appender waiting for its entries to reach the index.
 type indexCommit struct {
-	a    *Appender
-	err  error
-	lead bool          // woken to commit the queue, not with a result
-	wake chan struct{} // closed with a result or the lead
+	a       *Appender
+	err     error
+	partial bool          // err came after some of a's entries were indexed
+	lead    bool          // woken to commit the queue, not with a result
+	wake    chan struct{} // closed with a result or the lead
 }
 
 // commitIndex records an appender's entries and its pack's committed length
@@ -39,7 +42,7 @@ func (s *Store) commitIndex(a *Appender) error {
 	if !lead {
 		<-c.wake
 		if !c.lead {
-			return c.err
+			return c.result()
 		}
 	}
 	s.imu.Lock()
@@ -63,28 +66,65 @@ func (s *Store) commitIndex(a *Appender) error {
 		s.irunning = false
 	}
 	s.imu.Unlock()
+	return c.result()
+}
+
+// errPartialIndex is an index commit that failed after some of its
+// entries were indexed: the pack must keep its bytes past the committed
+// length (see indexPut).
+var errPartialIndex = errors.New("index commit failed part way")
+
+func (c *indexCommit) result() error {
+	if c.err != nil && c.partial {
+		return fmt.Errorf("%w: %w", errPartialIndex, c.err)
+	}
 	return c.err
 }
 
-// commitBatch commits the batch in one transaction; if that fails, each
-// appender alone, so that one appender's failure is its own.
+// commitBatch commits the batch (in transactions of at most maxTxEntries
+// entries); if its first transaction fails, each appender alone, so that
+// one appender's failure is its own.
 func (s *Store) commitBatch(batch []*indexCommit) {
-	if err := s.db.Update(func(tx *bbolt.Tx) error { return s.indexPut(tx, batch) }); err == nil || len(batch) == 1 {
+	done, err := s.indexPut(batch)
+	if err == nil || len(batch) == 1 || done > 0 {
 		for _, c := range batch {
-			c.err = err
+			c.err, c.partial = err, done > 0
 		}
 		return
 	}
 	for _, c := range batch {
-		one := []*indexCommit{c}
-		c.err = s.db.Update(func(tx *bbolt.Tx) error { return s.indexPut(tx, one) })
+		done, err := s.indexPut([]*indexCommit{c})
+		c.err, c.partial = err, done > 0
 	}
 }
 
-// indexPut writes the batch's entries in key order, then each appender's
-// pack record. Of two entries for one chunk the first (in the order the
-// appenders queued and then added them) wins, as putChunk keeps the first.
-func (s *Store) indexPut(tx *bbolt.Tx, batch []*indexCommit) error {
+// maxTxEntries bounds the index entries of one write transaction. bbolt
+// holds every leaf a transaction touches as a decoded node until it
+// commits (about 64 bytes per record in the leaf, plus a page-sized write
+// buffer): with random chunk ids an upload of n entries touches up to n
+// leaves, so one transaction of an upload of 30,000 small chunks into an
+// index of millions held most of the index's leaves decoded, about 135 MB
+// a million chunks (issue 16). 4,096 entries touch at most 4,096 leaves:
+// about 30 MB at most, whatever the index's size.
+var maxTxEntries = 4096
+
+// testHookIndexTx runs after each of an index commit's transactions but
+// the last (tests: an error stops the commit there).
+var testHookIndexTx func(done int) error
+
+// indexPut writes the batch's entries in key order, in transactions of at
+// most maxTxEntries entries, then each appender's pack record in the last
+// one; done is how many transactions committed before an error. Of two
+// entries for one chunk the first (in the order the appenders queued and
+// then added them) wins, as putChunk keeps the first.
+//
+// A crash between two of those transactions leaves some of the entries
+// indexed and the pack records at their old committed lengths: the entries
+// are synced in their packs already, and opening the store indexes the
+// complete entries past a pack's committed length (recover), so nothing an
+// agent was told is stored can be missing, and nothing is told before the
+// last transaction commits.
+func (s *Store) indexPut(batch []*indexCommit) (done int, err error) {
 	type ref struct {
 		c, i int // appender in batch, entry in appender
 	}
@@ -106,32 +146,60 @@ func (s *Store) indexPut(tx *bbolt.Tx, batch []*indexCommit) error {
 		return bytes.Compare(ax.ids[x.i][:], ay.ids[y.i][:])
 	})
 	now := s.opts.Clock.Now().Unix()
-	var (
-		cb      *bbolt.Bucket
-		company string
-	)
-	for _, r := range refs {
-		a := batch[r.c].a
-		if cb == nil || a.company != company {
-			b, err := tx.Bucket(bucketChunks).CreateBucketIfNotExists([]byte(a.company))
-			if err != nil {
-				return err
-			}
-			cb, company = b, a.company
-		}
-		id := a.ids[r.i]
-		if a.move {
-			if v := cb.Get(id[:]); v != nil && bytes.Equal(v, a.from[r.i].marshal()) {
-				if err := cb.Put(id[:], a.locs[r.i].marshal()); err != nil {
+	for {
+		part := refs[:min(maxTxEntries, len(refs))]
+		refs = refs[len(part):]
+		last := len(refs) == 0
+		err := s.db.Update(func(tx *bbolt.Tx) error {
+			var (
+				cb      *bbolt.Bucket
+				company string
+			)
+			for _, r := range part {
+				a := batch[r.c].a
+				if cb == nil || a.company != company {
+					b, err := tx.Bucket(bucketChunks).CreateBucketIfNotExists([]byte(a.company))
+					if err != nil {
+						return err
+					}
+					cb, company = b, a.company
+				}
+				id := a.ids[r.i]
+				if a.move {
+					if v := cb.Get(id[:]); v != nil && bytes.Equal(v, a.from[r.i].marshal()) {
+						if err := cb.Put(id[:], a.locs[r.i].marshal()); err != nil {
+							return err
+						}
+					}
+					continue
+				}
+				if err := putChunk(tx, cb, a.company, id, a.locs[r.i], now); err != nil {
 					return err
 				}
 			}
-			continue
+			if !last {
+				return nil
+			}
+			return putPackRecords(tx, batch)
+		})
+		if err != nil {
+			return done, err
 		}
-		if err := putChunk(tx, cb, a.company, id, a.locs[r.i], now); err != nil {
-			return err
+		done++
+		if last {
+			return done, nil
+		}
+		if testHookIndexTx != nil {
+			if err := testHookIndexTx(done); err != nil {
+				return done, err
+			}
 		}
 	}
+}
+
+// putPackRecords writes each appender's pack record: its new committed
+// length, and the next pack number for a new pack.
+func putPackRecords(tx *bbolt.Tx, batch []*indexCommit) error {
 	for _, c := range batch {
 		a := c.a
 		w := a.w

@@ -342,7 +342,11 @@ func (a *Appender) commit() error {
 	err := s.commitIndex(a)
 	if err != nil {
 		a.abortReplica()
-		s.dropWriter(w)
+		if errors.Is(err, errPartialIndex) {
+			s.retireWriter(w) // entries past the committed length are indexed
+		} else {
+			s.dropWriter(w)
+		}
 		return classify(fmt.Errorf("commit index: %w", err))
 	}
 	if w.fresh {
@@ -452,6 +456,16 @@ func (s *Store) dropWriter(w *writer) {
 	}
 	w.f.Close()
 	_ = s.packs.Remove(context.Background(), w.number)
+}
+
+// retireWriter stops appending to a pack after an index commit that failed
+// part way: its tail past the committed length is kept (some of it is
+// indexed; opening the store indexes the rest).
+func (s *Store) retireWriter(w *writer) {
+	s.mu.Lock()
+	delete(s.writing, w.number)
+	s.mu.Unlock()
+	w.f.Close()
 }
 
 // packFile is an open pack shared by concurrent Gets. An evicted one is

@@ -122,12 +122,7 @@ func (v *Vault) protect(s *session, ids [][32]byte) {
 
 func (s *session) protectIDs(ids [][32]byte) {
 	s.mu.Lock()
-	if s.protect == nil {
-		s.protect = make(map[[32]byte]struct{}, len(ids))
-	}
-	for _, id := range ids {
-		s.protect[id] = struct{}{}
-	}
+	s.protect.add(ids...)
 	s.mu.Unlock()
 }
 
@@ -138,19 +133,16 @@ func (v *Vault) retireLocked(s *session) {
 		return
 	}
 	s.mu.Lock()
-	set := s.protect
-	s.mu.Unlock()
-	if len(set) == 0 {
+	defer s.mu.Unlock()
+	if s.protect.len() == 0 {
 		return
 	}
 	r := v.retired[s.company]
 	if r == nil {
-		r = map[[32]byte]struct{}{}
+		r = new(idSet)
 		v.retired[s.company] = r
 	}
-	for id := range set {
-		r[id] = struct{}{}
-	}
+	r.addSet(&s.protect)
 }
 
 // Collect runs one garbage collection; p (may be nil) gets progress.
@@ -175,7 +167,7 @@ func (v *Vault) Collect(ctx context.Context, p *jobs.Progress) (CollectResult, e
 		return res, err
 	}
 	v.smu.Lock()
-	v.retired = map[string]map[[32]byte]struct{}{}
+	v.retired = map[string]*idSet{}
 	v.smu.Unlock()
 	// Barrier: a commit that found its session open (holdOpen) before
 	// retired was set writes its catalog record before the mark below
@@ -306,7 +298,7 @@ func (v *Vault) sweep(ctx context.Context, company string, cand [][32]byte, res 
 // protectedLocked reports whether an open session of the company, or one
 // that ended during this collection, protects id. smu is held.
 func (v *Vault) protectedLocked(company string, id [32]byte) bool {
-	if _, ok := v.retired[company][id]; ok {
+	if r := v.retired[company]; r != nil && r.has(id) {
 		return true
 	}
 	for _, s := range v.sessions {
@@ -314,7 +306,7 @@ func (v *Vault) protectedLocked(company string, id [32]byte) bool {
 			continue
 		}
 		s.mu.Lock()
-		_, ok := s.protect[id]
+		ok := s.protect.has(id)
 		s.mu.Unlock()
 		if ok {
 			return true

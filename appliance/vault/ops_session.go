@@ -37,8 +37,8 @@ type session struct {
 	bytesSent  int64
 	// protect holds every chunk id the session asked about, uploaded or
 	// referenced: live for garbage collection until the session ends
-	// (gc.go). 32 bytes plus map overhead per id.
-	protect map[[32]byte]struct{}
+	// (gc.go). 8-12 bytes per id (idset.go).
+	protect idSet
 }
 
 // OpenSession opens a session for one of the agent's configurations; it

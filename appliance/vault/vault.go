@@ -109,7 +109,7 @@ type Vault struct {
 
 	smu      sync.Mutex
 	sessions map[string]*session
-	retired  map[string]map[[32]byte]struct{} // per company: protect sets of sessions ended during a collection (gc.go)
+	retired  map[string]*idSet // per company: protect sets of sessions ended during a collection (gc.go)
 
 	gcMu       sync.RWMutex // shared: a session protecting ids and asking Has; exclusive: a sweep batch (gc.go)
 	collecting sync.Mutex   // held by the running collection
