@@ -346,6 +346,12 @@ func printTapeStatus(w io.Writer, o vault.TapeOverview) {
 	}
 	for _, d := range st.Drives {
 		fmt.Fprintf(w, "drive %d: cartridge %s, pool %s, %s written", d.Drive, dash(d.Barcode), dash(d.Pool), bytesString(d.Bytes))
+		if d.Rate > 0 {
+			fmt.Fprintf(w, " at %s/s", bytesString(int64(d.Rate)))
+		}
+		if d.Busy {
+			fmt.Fprint(w, ", busy")
+		}
 		if d.Error != "" {
 			fmt.Fprintf(w, ", failed: %s", d.Error)
 		}
