@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"container/heap"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -248,5 +249,55 @@ func TestReadAheadOrderAndWait(t *testing.T) {
 	p.mu.Unlock()
 	if ents := <-got; ents["f"].Ino != 7 {
 		t.Fatalf("take of a directory being read: %v, want the reader's stats", ents)
+	}
+}
+
+// A walk of many directories with the read-ahead running records every
+// object once, in tree order, and leaves no stats behind (run with -race).
+func TestWalkWithReadAhead(t *testing.T) {
+	root := t.TempDir()
+	want := 0
+	for i := range 60 {
+		for j := range 5 {
+			d := filepath.Join(root, fmt.Sprintf("d%02d", i), fmt.Sprintf("s%d", j))
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for k := range 4 {
+				if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%d", k)), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want += 5
+		}
+		want++
+	}
+	want++ // the root
+	sel, err := selection.New(selection.Options{StatePath: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	order, work := make(chan *item, 2*want), make(chan *item, 2*want)
+	w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}},
+		order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir()}
+	if err := w.run(); err != nil {
+		t.Fatal(err)
+	}
+	close(order)
+	close(work)
+	var last []byte
+	got := 0
+	for it := range order {
+		if got > 0 && tree.Compare(last, it.node.Path) >= 0 {
+			t.Fatalf("%s after %s: out of tree order", it.node.Path, last)
+		}
+		last = it.node.Path
+		got++
+	}
+	if got != want {
+		t.Errorf("recorded %d objects, want %d", got, want)
+	}
+	if w.pf.kept != 0 || len(w.pf.known) != 0 {
+		t.Errorf("the walk left %d stats of %d directories behind", w.pf.kept, len(w.pf.known))
 	}
 }
