@@ -110,7 +110,7 @@ type fsm struct {
 	// index before and after a snapshot replaces it (Config.Restoring,
 	// Config.Restored).
 	restoring func(prev uint64) error
-	restored  func(prev uint64)
+	restored  func(prev uint64) error
 }
 
 var testLogApply func(index uint64, cmd catalog.Command, skipped bool, err error)
@@ -174,7 +174,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	if f.restored != nil {
-		f.restored(prev)
+		if err := f.restored(prev); err != nil {
+			return err // raft installs the snapshot again
+		}
 	}
 	if f.applied != nil {
 		// Copies waiting for this member to apply a sweep (HeaderSweep)

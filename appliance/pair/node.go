@@ -77,10 +77,12 @@ type Config struct {
 	// Restoring, when set, is told the catalog's applied index before a
 	// snapshot from the leader replaces the catalog, and Restored after,
 	// both on the FSM's goroutine: the vault brings its store and mail
-	// queue to what the entries inside the snapshot did (an error from
-	// Restoring fails the install; raft tries again).
+	// queue to what the entries inside the snapshot did. An error from
+	// either fails the install: raft sends the snapshot again, and this
+	// member's applied index (WaitApplied, copies waiting for a sweep)
+	// does not move meanwhile.
 	Restoring func(prev uint64) error
-	Restored  func(prev uint64)
+	Restored  func(prev uint64) error
 }
 
 // Node is a running member.

@@ -216,6 +216,14 @@ func TestFollowerSweepCheck(t *testing.T) {
 // and SMTP settings are the leader's. Then the sweeps kept for it are
 // forgotten once it applied them.
 func TestSnapshotInstall(t *testing.T) {
+	t.Run("finished at once", func(t *testing.T) { testSnapshotInstall(t, false) })
+	t.Run("finished at the next start", func(t *testing.T) { testSnapshotInstall(t, true) })
+}
+
+// testSnapshotInstall: with crash, the member stops right after its
+// catalog was replaced (before the sweeps and mail were applied) and
+// finishes at its next start.
+func testSnapshotInstall(t *testing.T, crash bool) {
 	p := newTestPair(t, 4)
 	a := p.a
 	ctx := context.Background()
@@ -266,9 +274,19 @@ func TestSnapshotInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	testRestoredCrash = crash
 	p.b = p.open("b", p.db, addr, false)
+	caughtUp(t, a, p.b)
+	if crash {
+		testRestoredCrash = false
+		if _, err := os.Stat(filepath.Join(p.db, "pair", restoredFile)); err != nil {
+			t.Fatalf("pair/%s after an unfinished install: %v", restoredFile, err)
+		}
+		p.close(p.b)
+		p.b = p.open("b", p.db, addr, false)
+		caughtUp(t, a, p.b)
+	}
 	b := p.b
-	caughtUp(t, a, b)
 	if n := b.pair.gc.restores.Load(); n != 1 {
 		t.Fatalf("the member installed %d catalog snapshots; the test wants it brought up to date by one", n)
 	}

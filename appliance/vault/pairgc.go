@@ -114,37 +114,37 @@ func init() {
 }
 
 // keptSweeps calls fn for each sweep the catalog keeps after index from,
-// in log order.
+// in log order, reading one at a time (they may be many after a long
+// absence).
 func (v *Vault) keptSweeps(from uint64, fn func(index uint64, plan sweepPlan) error) error {
-	type kept struct {
-		index   uint64
-		payload []byte
-	}
-	var ks []kept
-	err := v.Catalog.View(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketSweeps)
-		if b == nil {
+	for {
+		var index uint64
+		var payload []byte
+		err := v.Catalog.View(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketSweeps)
+			if b == nil {
+				return nil
+			}
+			if k, val := b.Cursor().Seek(binary.BigEndian.AppendUint64(nil, from+1)); k != nil {
+				index, payload = binary.BigEndian.Uint64(k), slices.Clone(val)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("read the sweeps kept in the catalog: %w", err)
+		}
+		if payload == nil {
 			return nil
 		}
-		c := b.Cursor()
-		for k, val := c.Seek(binary.BigEndian.AppendUint64(nil, from+1)); k != nil; k, val = c.Next() {
-			ks = append(ks, kept{binary.BigEndian.Uint64(k), slices.Clone(val)})
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("read the sweeps kept in the catalog: %w", err)
-	}
-	for _, k := range ks {
-		plan, err := decodeSweep(k.payload)
+		plan, err := decodeSweep(payload)
 		if err != nil {
-			return fmt.Errorf("sweep kept at index %d: %w", k.index, err)
+			return fmt.Errorf("sweep kept at index %d: %w", index, err)
 		}
-		if err := fn(k.index, plan); err != nil {
+		if err := fn(index, plan); err != nil {
 			return err
 		}
+		from = index
 	}
-	return nil
 }
 
 // forgetSweeps runs on the leader: once every data member applied the

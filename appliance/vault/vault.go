@@ -245,7 +245,10 @@ func Open(opts Options) (*Vault, error) {
 	}
 	if v.pair != nil {
 		v.pair.rep.SetStore(v.Store)
-		v.finishRestore() // a snapshot's install a crash interrupted (pairsnap.go)
+		// A snapshot's install a crash interrupted (pairsnap.go).
+		if err := v.finishRestore(); err != nil {
+			v.log.Warn("finish a catalog snapshot's install at start: tried again at the next install or start", zap.Error(err))
+		}
 		close(v.pair.gc.storeReady)
 	}
 	v.Metrics = prometheus.NewRegistry()
