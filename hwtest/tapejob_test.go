@@ -159,6 +159,11 @@ func TestTapeJob(t *testing.T) {
 				t.Errorf("data@%s is not on tape: %s", seq, out)
 			}
 		}
+		// The console's status screen has a line per drive: the one the
+		// job used says what it wrote and at what rate.
+		if out := l.sh("status"); !regexp.MustCompile(`\n  drive \d+: idle.*, last job wrote \d+ MiB at [0-9.]+ MiB/s`).MatchString(out) {
+			t.Errorf("the console's status screen has no line of the drive the job used:\n%s", out)
+		}
 	})
 	if t.Failed() {
 		return
