@@ -60,7 +60,8 @@ func testClient(t *testing.T, h http.Handler) (*Client, *clock.Fake, func()) {
 	conf := srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
 	conf.NextProtos = []string{"h2"}
 	clk := clock.NewFake(time.Unix(1e9, 0))
-	c := &Client{pair: newPair(strings.TrimPrefix(srv.URL, "https://")), hc: &http.Client{Transport: newTransport(conf)}, clk: clk}
+	c := &Client{pair: newPair(strings.TrimPrefix(srv.URL, "https://")), clk: clk}
+	c.hc = &http.Client{Transport: newTransport(conf, c.connectTimeout)}
 	// Advance the fake clock while the test runs, so that busy waits end.
 	stop := make(chan struct{})
 	done := make(chan struct{})

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -58,15 +59,35 @@ type Client struct {
 // A vault that died without closing its connections (a power cut, a
 // frozen machine) answers nothing: a dial, a handshake or a request to it
 // would hang until the kernel gave up, minutes later, and the agent would
-// stay on the dead member of a pair meanwhile. So a dial or TLS handshake
-// is given up after 10 s, a connection whose data stays unacknowledged for
-// 15 s or whose keepalives go unanswered (5 s idle + 3 x 2.5 s) ends;
-// HTTP/2 pings (30 s + 15 s) catch a vault whose machine answers but whose
-// process does not. None of these fires on a slow link that moves data.
-func newTransport(conf *tls.Config) *http.Transport {
-	d := deadpeer.Dialer(10*time.Second, 15*time.Second, 5*time.Second)
-	t := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConns: 4, DialContext: d.DialContext,
-		IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 10 * time.Minute,
+// stay on the dead member of a pair meanwhile. So a dial and TLS handshake
+// is given up after connectTimeout (connect says how long), a connection
+// whose data stays unacknowledged for 15 s or whose keepalives go
+// unanswered (5 s idle + 3 x 2.5 s) ends; HTTP/2 pings (30 s + 15 s) catch
+// a vault whose machine answers but whose process does not. None of these
+// fires on a slow link that moves data.
+func newTransport(conf *tls.Config, connect func() time.Duration) *http.Transport {
+	d := deadpeer.Dialer(connectTimeout, 15*time.Second, 5*time.Second)
+	t := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConns: 4,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, connect())
+			defer cancel()
+			raw, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			cf := conf
+			if cf.ServerName == "" {
+				cf = conf.Clone()
+				cf.ServerName, _, _ = net.SplitHostPort(addr)
+			}
+			tc := tls.Client(raw, cf)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				raw.Close()
+				return nil, err
+			}
+			return tc, nil
+		},
+		IdleConnTimeout: time.Minute, ResponseHeaderTimeout: 10 * time.Minute,
 		ExpectContinueTimeout: time.Minute} // an upload's body waits for the vault's slot (Upload)
 	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second,
 		MaxReceiveBufferPerConnection: 64 << 20, MaxReceiveBufferPerStream: 16 << 20}
@@ -78,11 +99,13 @@ func newTransport(conf *tls.Config) *http.Transport {
 func New(addr string, cert tls.Certificate, ca *x509.CertPool, wrap func(http.RoundTripper) http.RoundTripper) *Client {
 	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: ca,
 		ServerName: wire.ServerName, NextProtos: []string{"h2"}}
-	var rt http.RoundTripper = newTransport(conf)
+	c := &Client{pair: newPair(addr), clk: clock.Real{}}
+	var rt http.RoundTripper = newTransport(conf, c.connectTimeout)
 	if wrap != nil {
 		rt = wrap(rt)
 	}
-	return &Client{pair: newPair(addr), hc: &http.Client{Transport: rt}, clk: clock.Real{}}
+	c.hc = &http.Client{Transport: rt}
+	return c
 }
 
 // Enroll registers a computer. The vault is trusted only if its CA matches
@@ -93,7 +116,8 @@ func Enroll(ctx context.Context, addr string, token wire.Token, req wire.EnrollR
 			_, err := wire.VerifyChainPin(raw, token.CAPin)
 			return err
 		}}
-	c := &Client{pair: newPair(addr), hc: &http.Client{Transport: newTransport(conf), Timeout: time.Minute}, clk: clock.Real{}}
+	c := &Client{pair: newPair(addr), clk: clock.Real{}}
+	c.hc = &http.Client{Transport: newTransport(conf, c.connectTimeout), Timeout: time.Minute}
 	var resp wire.EnrollResponse
 	if err := c.json(ctx, "POST", wire.PathEnroll, req, &resp); err != nil {
 		return nil, err

@@ -106,6 +106,24 @@ func newPair(addr string) pair {
 	return pair{addrs: addrs}
 }
 
+// connectTimeout bounds a dial and TLS handshake to a single vault (one
+// so loaded that its handshake takes seconds is still waited for);
+// pairConnectTimeout to a member of a pair, where a dead member's address
+// is given up sooner because another one may serve.
+const (
+	connectTimeout     = 10 * time.Second
+	pairConnectTimeout = 4 * time.Second
+)
+
+func (p *pair) connectTimeout() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.addrs) > 1 {
+		return pairConnectTimeout
+	}
+	return connectTimeout
+}
+
 func (p *pair) base() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
