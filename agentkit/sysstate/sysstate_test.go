@@ -61,15 +61,17 @@ func TestCollect(t *testing.T) {
 	}
 
 	// A second run with nothing changed keeps the reports' times (the
-	// backup's cache then skips them), and removes stale reports.
-	fi1, _ := os.Stat(filepath.Join(staging, "disks/lsblk.json"))
+	// backup's cache then skips them), and removes stale reports. The EFI
+	// listing comes from the test's own tree; lsblk describes the host,
+	// whose loop devices other tests running at the same time change.
+	fi1, _ := os.Stat(filepath.Join(staging, "boot/efi-listing.txt"))
 	stale := filepath.Join(staging, "disks/sfdisk-gone.txt")
 	os.WriteFile(stale, []byte("x"), 0o600)
 	time.Sleep(10 * time.Millisecond) // let a rewrite show in the mtime
 	if _, err := Collect(context.Background(), Options{Staging: staging, Root: root}); err != nil {
 		t.Fatal(err)
 	}
-	fi2, _ := os.Stat(filepath.Join(staging, "disks/lsblk.json"))
+	fi2, _ := os.Stat(filepath.Join(staging, "boot/efi-listing.txt"))
 	if !fi1.ModTime().Equal(fi2.ModTime()) {
 		t.Errorf("an unchanged report was rewritten: %v then %v", fi1.ModTime(), fi2.ModTime())
 	}
