@@ -72,7 +72,7 @@ func Delta(ctx context.Context, o Options, jv JournalVault, ch Changes, when tim
 		o.Vault.Abort(actx, sess.ID)
 		cancel()
 	}()
-	produce := func(ctx context.Context, up *uploader, order, work chan<- *item) error {
+	produce := func(ctx context.Context, up *uploader, order chan<- []*item, work chan<- *item) error {
 		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, order: order, work: work, stats: stats,
 			links: map[[2]uint64][]byte{}, log: o.Log, spill: filepath.Join(o.State.Path, "tmp")}
 		for _, t := range targets {
@@ -80,7 +80,7 @@ func Delta(ctx context.Context, o Options, jv JournalVault, ch Changes, when tim
 				return err
 			}
 		}
-		return nil
+		return w.flush()
 	}
 	listing, problems, err := pipeline(ctx, o, sess.ID, gear, stats, nil, produce)
 	if err != nil {

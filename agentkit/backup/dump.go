@@ -62,7 +62,7 @@ func tail(b []byte) string {
 	return string(b)
 }
 
-func (d *dumper) run(ctx context.Context, order chan<- *item) (err error) {
+func (d *dumper) run(ctx context.Context, order chan<- []*item) (err error) {
 	if len(d.cfg.Command) == 0 {
 		return fmt.Errorf("configuration %q has no dump command", d.cfg.Name)
 	}
@@ -121,7 +121,7 @@ func (d *dumper) run(ctx context.Context, order chan<- *item) (err error) {
 	atomic.AddInt64(&d.stats.FilesRead, 1)
 	atomic.AddInt64(&d.stats.Bytes, n.Size)
 	select {
-	case order <- &item{node: n, done: closedDone}:
+	case order <- []*item{{node: n, done: closedDone}}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

@@ -56,7 +56,8 @@ type walker struct {
 	// its nodes are reused only when not racy (see trusted).
 	prevStarted time.Time
 	pcur        *tree.Node
-	order       chan<- *item
+	order       chan<- []*item
+	batch       []*item // for order, sent when orderBatch long or at the end
 	work        chan<- *item
 	stats       *Stats
 	links       map[[2]uint64][]byte // (dev, ino) of multi-link files -> first path
@@ -133,7 +134,10 @@ func (w *walker) run() error {
 			return err
 		}
 	}
-	return w.catchUp(nil)
+	if err := w.catchUp(nil); err != nil {
+		return err
+	}
+	return w.flush()
 }
 
 // Racy objects. An object changed again in the same timestamp tick in which
@@ -229,10 +233,11 @@ func (w *walker) peek(p []byte) (*tree.Node, error) {
 }
 
 func (w *walker) send(it *item, read bool) error {
-	select {
-	case w.order <- it:
-	case <-w.ctx.Done():
-		return w.ctx.Err()
+	w.batch = append(w.batch, it)
+	if len(w.batch) >= orderBatch {
+		if err := w.flush(); err != nil {
+			return err
+		}
 	}
 	if read {
 		select {
@@ -241,6 +246,20 @@ func (w *walker) send(it *item, read bool) error {
 			return w.ctx.Err()
 		}
 	}
+	return nil
+}
+
+// flush sends the nodes batched for the listing writer.
+func (w *walker) flush() error {
+	if len(w.batch) == 0 {
+		return nil
+	}
+	select {
+	case w.order <- w.batch:
+	case <-w.ctx.Done():
+		return w.ctx.Err()
+	}
+	w.batch = make([]*item, 0, orderBatch)
 	return nil
 }
 

@@ -43,7 +43,7 @@ func walkOnce(t *testing.T, root string, prev []tree.Node, started time.Time) (m
 	if err != nil {
 		t.Fatal(err)
 	}
-	order, work := make(chan *item, 100), make(chan *item, 100)
+	order, work := make(chan []*item, 100), make(chan *item, 100)
 	w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}}, prev: pr, prevStarted: started,
 		order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir()}
 	if err := w.run(); err != nil {
@@ -52,8 +52,10 @@ func walkOnce(t *testing.T, root string, prev []tree.Node, started time.Time) (m
 	close(order)
 	close(work)
 	nodes, read := map[string]tree.Node{}, map[string]bool{}
-	for it := range order {
-		nodes[string(it.node.Path)] = it.node
+	for batch := range order {
+		for _, it := range batch {
+			nodes[string(it.node.Path)] = it.node
+		}
 	}
 	for it := range work {
 		read[string(it.node.Path)] = true
@@ -147,7 +149,7 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 		}
 		p := &prefetcher{}
 		p.keep(dirPath, &readAhead{dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, ents: ents})
-		order, work := make(chan *item, 100), make(chan *item, 100)
+		order, work := make(chan []*item, 100), make(chan *item, 100)
 		w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}},
 			order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir(), pf: p}
 		if err := w.run(); err != nil {
@@ -159,8 +161,10 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 			unix.Close(it.fd)
 		}
 		nodes := map[string]tree.Node{}
-		for it := range order {
-			nodes[string(it.node.Path)] = it.node
+		for batch := range order {
+			for _, it := range batch {
+				nodes[string(it.node.Path)] = it.node
+			}
 		}
 		if p.kept != 0 || len(p.known) != 0 {
 			t.Errorf("the walker left %d stats of %d directories behind", p.kept, len(p.known))
@@ -277,7 +281,7 @@ func TestWalkWithReadAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	order, work := make(chan *item, 2*want), make(chan *item, 2*want)
+	order, work := make(chan []*item, 2*want), make(chan *item, 2*want)
 	w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}},
 		order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir()}
 	if err := w.run(); err != nil {
@@ -287,12 +291,14 @@ func TestWalkWithReadAhead(t *testing.T) {
 	close(work)
 	var last []byte
 	got := 0
-	for it := range order {
-		if got > 0 && tree.Compare(last, it.node.Path) >= 0 {
-			t.Fatalf("%s after %s: out of tree order", it.node.Path, last)
+	for batch := range order {
+		for _, it := range batch {
+			if got > 0 && tree.Compare(last, it.node.Path) >= 0 {
+				t.Fatalf("%s after %s: out of tree order", it.node.Path, last)
+			}
+			last = it.node.Path
+			got++
 		}
-		last = it.node.Path
-		got++
 	}
 	if got != want {
 		t.Errorf("recorded %d objects, want %d", got, want)

@@ -118,3 +118,11 @@ func TestExamineReadsAListingOnce(t *testing.T) {
 		t.Fatalf("same listing examined again: %q, %v; want %q without reading it", again, err, first)
 	}
 }
+
+func TestTempDirOf(t *testing.T) {
+	for p, want := range map[string]string{"a/tmp/b/c": "a/tmp", "tmp/x": "tmp", "a/b/tmp": "", "x": "", "a/.cache/tmp/f": "a/.cache", "a/b": ""} {
+		if got := string(tempDirOf([]byte(p))); got != want {
+			t.Errorf("tempDirOf(%q) = %q, want %q", p, got, want)
+		}
+	}
+}

@@ -37,7 +37,8 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	if err != nil {
 		return wire.Committed{}, err
 	}
-	totals, err := v.checkListing(ctx, s, c.keys, req.Listing)
+	var facts factsGatherer // for the testing period's examination (testing.go)
+	totals, err := v.checkListingFacts(ctx, s, c.keys, req.Listing, &facts)
 	if err != nil {
 		return wire.Committed{}, err
 	}
@@ -80,6 +81,7 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 		return wire.Committed{}, err
 	}
 	v.endSession(s)
+	v.rememberFacts(c.ID, s.config, req.Listing, facts.finish())
 	v.log.Info("version committed", zap.String("computer", c.ID), zap.String("config", s.config), zap.Uint64("seq", m.Seq),
 		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent))
 	v.pokeNotify() // a new version may make the computer protected, or bring warnings (notify.go)
@@ -156,6 +158,12 @@ func (v *Vault) holdOpen(s *session) (release func(), err error) {
 // Every id is protected from garbage collection for the session's life
 // before the store is asked for it (gc.go).
 func (v *Vault) checkListing(ctx context.Context, s *session, k *companyKeys, listing []tree.ChunkRef) (wire.Totals, error) {
+	return v.checkListingFacts(ctx, s, k, listing, nil)
+}
+
+// checkListingFacts is checkListing that also hands every node to facts
+// when not nil.
+func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKeys, listing []tree.ChunkRef, facts *factsGatherer) (wire.Totals, error) {
 	var t wire.Totals
 	company := s.company
 	if len(listing) == 0 {
@@ -232,6 +240,9 @@ func (v *Vault) checkListing(ctx context.Context, s *session, k *companyKeys, li
 		}
 		if err != nil {
 			return t, finish(listingErr(err))
+		}
+		if facts != nil {
+			facts.add(n)
 		}
 		switch n.Type {
 		case tree.TypeFile:

@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -181,50 +182,83 @@ func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire
 
 // readListingFacts reads a version's listing once for the examination.
 func (v *Vault) readListingFacts(ctx context.Context, company string, m wire.Manifest) (*listingFacts, error) {
-	f := &listingFacts{}
-	tempBytes := map[string]int64{}
-	var tempOrder []string
+	var g factsGatherer
 	_, err := v.walkListing(ctx, company, m.Listing, func(n *tree.Node) bool {
-		if (n.Status == tree.StatusUnreadable || n.Status == tree.StatusInconsistent) && len(f.bad) < maxWarned {
-			f.bad = append(f.bad, string(n.Path))
-		}
-		if n.Type != tree.TypeFile {
-			return false
-		}
-		p := string(n.Path)
-		if dir := tempDir(p); dir != "" {
-			if _, ok := tempBytes[dir]; !ok {
-				tempOrder = append(tempOrder, dir)
-			}
-			tempBytes[dir] += n.Size
-		}
-		base := path.Base(p)
-		if n.Size >= imageMin && (swapNames[strings.ToLower(base)] || imageExts[strings.ToLower(path.Ext(base))]) && len(f.images) < maxWarned {
-			f.images = append(f.images, imageFact{path: p, size: n.Size, print: contentPrint(n)})
-		}
+		g.add(n)
 		return false
 	})
 	if err != nil {
 		return nil, err
 	}
-	slices.SortStableFunc(tempOrder, func(a, b string) int { return int(min(max(tempBytes[b]-tempBytes[a], -1), 1)) })
-	f.tempTotal = len(tempOrder)
-	for _, d := range tempOrder[:min(len(tempOrder), maxWarned)] {
-		f.temp = append(f.temp, fmt.Sprintf("%s (%s)", d, humanBytes(tempBytes[d])))
-	}
-	return f, nil
+	return g.finish(), nil
 }
 
-// tempDir answers the path of the outermost temporary or cache directory
-// holding p ("" when none).
-func tempDir(p string) string {
-	parts := strings.Split(p, "/")
-	for i, name := range parts[:len(parts)-1] {
-		if tempNames[name] {
-			return strings.Join(parts[:i+1], "/")
+// rememberFacts keeps the listing facts a commit gathered while it checked
+// the listing, for the examination of that version.
+func (v *Vault) rememberFacts(computer, config string, listing []tree.ChunkRef, f *listingFacts) {
+	v.examined.mu.Lock()
+	defer v.examined.mu.Unlock()
+	if v.examined.facts == nil {
+		v.examined.facts = map[string]examinedFacts{}
+	}
+	v.examined.facts[computer+"/"+config] = examinedFacts{listing: listingKey(listing), facts: f}
+}
+
+// factsGatherer gathers a listing's facts node by node.
+type factsGatherer struct {
+	f         listingFacts
+	tempBytes map[string]int64
+	tempOrder []string
+}
+
+func (g *factsGatherer) add(n *tree.Node) {
+	if (n.Status == tree.StatusUnreadable || n.Status == tree.StatusInconsistent) && len(g.f.bad) < maxWarned {
+		g.f.bad = append(g.f.bad, string(n.Path))
+	}
+	if n.Type != tree.TypeFile {
+		return
+	}
+	if dir := tempDirOf(n.Path); dir != nil {
+		if g.tempBytes == nil {
+			g.tempBytes = map[string]int64{}
+		}
+		if _, ok := g.tempBytes[string(dir)]; !ok {
+			g.tempOrder = append(g.tempOrder, string(dir))
+		}
+		g.tempBytes[string(dir)] += n.Size
+	}
+	if n.Size >= imageMin && len(g.f.images) < maxWarned {
+		p := string(n.Path)
+		base := path.Base(p)
+		if swapNames[strings.ToLower(base)] || imageExts[strings.ToLower(path.Ext(base))] {
+			g.f.images = append(g.f.images, imageFact{path: p, size: n.Size, print: contentPrint(n)})
 		}
 	}
-	return ""
+}
+
+func (g *factsGatherer) finish() *listingFacts {
+	f := g.f
+	slices.SortStableFunc(g.tempOrder, func(a, b string) int { return int(min(max(g.tempBytes[b]-g.tempBytes[a], -1), 1)) })
+	f.tempTotal = len(g.tempOrder)
+	for _, d := range g.tempOrder[:min(len(g.tempOrder), maxWarned)] {
+		f.temp = append(f.temp, fmt.Sprintf("%s (%s)", d, humanBytes(g.tempBytes[d])))
+	}
+	return &f
+}
+
+// tempDirOf answers the outermost temporary or cache directory holding p,
+// as a prefix of p (nil when none), without allocating.
+func tempDirOf(p []byte) []byte {
+	for i := 0; ; {
+		j := bytes.IndexByte(p[i:], '/')
+		if j < 0 {
+			return nil // the last part is the file's own name
+		}
+		if tempNames[string(p[i:i+j])] {
+			return p[:i+j]
+		}
+		i += j + 1
+	}
 }
 
 // contentPrint identifies a file's content: its size, time and chunks.
