@@ -38,9 +38,9 @@ type Limits struct {
 	Uploads   SlotLimits // 4 / 2 / 2
 	Downloads SlotLimits // 8 / 4 / 4
 	SlotWait  time.Duration
-	// ReadAheadBytes bounds the chunks downloads have read ahead of what
-	// they wrote, all downloads together (GetChunks).
-	ReadAheadBytes int64 // 32 MiB
+	// ReadAheadBytes bounds the chunks downloads hold, read and not yet
+	// written, all downloads together (GetChunks).
+	ReadAheadBytes int64 // 16 MiB
 
 	// Connections: at most ConnsPerComputer with one computer's
 	// certificate; at most UnauthPerAddr from one address (and
@@ -69,7 +69,7 @@ func DefaultLimits() Limits {
 	return Limits{ReadIdle: 30 * time.Second, WriteIdle: 30 * time.Second, ProgressBytes: 16 << 10,
 		RequestMax: time.Minute, StreamMax: 15 * time.Minute,
 		Uploads: SlotLimits{4, 2, 2}, Downloads: SlotLimits{8, 4, 4}, SlotWait: 30 * time.Second,
-		ReadAheadBytes: 32 << 20, ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256, PortalPerAddr: 64, PortalTotal: 1024,
+		ReadAheadBytes: 16 << 20, ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256, PortalPerAddr: 64, PortalTotal: 1024,
 		EnrollPerAddr: 10, EnrollTotal: 120}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/bits"
 
 	"go.uber.org/zap"
 
@@ -56,10 +57,9 @@ func (v *Vault) JournalRecords(ctx context.Context, p *Principal, ref, config st
 //
 // The chunks are read and opened ahead of emit by a goroutine of the call
 // (readAheadChunks at most), so the disk's waits and the AEAD overlap the
-// network's writes. Every chunk read waits for its plaintext in the
-// vault's read-ahead budget (Limits.ReadAheadBytes, all downloads
-// together) before it goes to emit, and gives it back once written: the
-// downloads hold at most one chunk each beyond that budget.
+// network's writes. A chunk takes its size from the vault's budget
+// (Limits.ReadAheadBytes, all downloads together) before it is read and
+// gives it back once written: that bounds what all downloads hold.
 func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emit func(frame []byte) error) error {
 	c, err := self(p, CapRestore)
 	if err != nil {
@@ -119,9 +119,9 @@ func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emi
 	return nil
 }
 
-// readAheadChunks is how many chunks a download reads ahead of what it
-// writes, at most.
-const readAheadChunks = 4
+// readAheadChunks is how many chunks a download has read and not yet
+// begun to write, at most.
+const readAheadChunks = 2
 
 // chunkRead is one chunk read for a download: its frame encoded in buf,
 // or the store's error; held is what it holds of the read-ahead budget.
@@ -134,31 +134,30 @@ type chunkRead struct {
 }
 
 // readChunks reads the chunks ids of company in order and sends them on
-// out, each once its plaintext fits the read-ahead budget, until ctx ends.
+// out until ctx ends. What a chunk takes is known from the index before
+// it is read: the budget is taken first, so what the downloads hold stays
+// within it.
 func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD, ids [][32]byte, out chan<- chunkRead) {
 	for _, id := range ids {
-		bp, _ := v.chunkBufs.Get().(*[]byte)
-		if bp == nil {
-			bp = new([]byte)
+		need := wire.FrameHeaderSize + 64<<10 // not found: Get says why
+		if loc, err := v.Store.Lookup(company, id); err == nil {
+			need = wire.FrameHeaderSize + int(loc.BodyLen) // the plaintext is shorter
 		}
-		if cap(*bp) < wire.FrameHeaderSize {
-			*bp = make([]byte, 0, 64<<10)
+		// The budget counts the buffer the chunk takes, its size class.
+		held := min(int64(chunkBufSize(need)), v.limits.ReadAheadBytes)
+		if v.readAhead.Acquire(ctx, held) != nil {
+			return
 		}
+		bp := v.chunkBuf(need)
 		// The plaintext goes right after room for the frame's header.
 		buf, loc, err := v.Store.Get(company, aead, id, (*bp)[:wire.FrameHeaderSize])
-		r := chunkRead{id: id, err: err, buf: bp}
+		r := chunkRead{id: id, err: err, buf: bp, held: held}
 		if err == nil {
 			*bp = buf
 			f := wire.Frame{ID: id, Kind: wire.StatusOK, Flags: loc.Flags, PlainLen: loc.PlainLen, Payload: buf[wire.FrameHeaderSize:]}
 			h := wire.FrameHeader(&f)
 			copy(buf, h[:])
 			r.framed = buf
-			r.held = min(int64(len(buf)), v.limits.ReadAheadBytes)
-			if v.readAhead.Acquire(ctx, r.held) != nil {
-				r.held = 0
-				v.doneChunk(r)
-				return
-			}
 		}
 		select {
 		case out <- r:
@@ -169,13 +168,46 @@ func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD
 	}
 }
 
+// Download buffers are pooled by size class, a power of two from 64 KiB
+// to 16 MiB, so a small chunk never holds a large buffer.
+const (
+	minChunkBufShift = 16
+	chunkBufClasses  = 9
+)
+
+// chunkBufSize is the size of the buffer chunkBuf returns for n bytes.
+func chunkBufSize(n int) int {
+	c := max(bits.Len(uint(n-1))-minChunkBufShift, 0)
+	if c >= chunkBufClasses {
+		return n
+	}
+	return 1 << (c + minChunkBufShift)
+}
+
+// chunkBuf returns a buffer of at least n bytes.
+func (v *Vault) chunkBuf(n int) *[]byte {
+	c := max(bits.Len(uint(n-1))-minChunkBufShift, 0)
+	if c >= chunkBufClasses {
+		b := make([]byte, 0, n)
+		return &b
+	}
+	if bp, ok := v.chunkBufs[c].Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, 0, 1<<(c+minChunkBufShift))
+	return &b
+}
+
 // doneChunk gives back what r holds: its budget and its buffer.
 func (v *Vault) doneChunk(r chunkRead) {
 	if r.held > 0 {
 		v.readAhead.Release(r.held)
 	}
-	if r.buf != nil && cap(*r.buf) <= wire.FrameHeaderSize+wire.MaxPlain {
+	// A buffer that grew past its class (Get appended more than the
+	// index said) is left to the collector.
+	n := cap(*r.buf)
+	if c := bits.Len(uint(n-1)) - minChunkBufShift; c >= 0 && c < len(v.chunkBufs) && n == 1<<(c+minChunkBufShift) {
 		*r.buf = (*r.buf)[:0]
-		v.chunkBufs.Put(r.buf)
+		v.chunkBufs[c].Put(r.buf)
 	}
 }

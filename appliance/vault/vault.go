@@ -118,8 +118,8 @@ type Vault struct {
 	limits     Limits
 	uploads    *slotPool // upload, commit and journal requests (limits.go)
 	downloads  *slotPool
-	readAhead  *semaphore.Weighted // bytes of chunks read ahead by downloads (GetChunks)
-	chunkBufs  sync.Pool           // *[]byte: plaintext buffers of downloads
+	readAhead  *semaphore.Weighted        // bytes of chunks read ahead by downloads (GetChunks)
+	chunkBufs  [chunkBufClasses]sync.Pool // *[]byte: downloads' buffers by size class (GetChunks)
 	conns      *connCaps
 	enrollRate *enrollLimiter
 	logins     loginLimiter  // portal sign-ins per client address (ops_users.go)
