@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -279,7 +280,7 @@ func (s *Service) begin(op string) func(err error) {
 		if err != nil {
 			s.status.Last = op + ": " + err.Error()
 		}
-		s.m.busy.Set(0)
+		s.m.busy.Reset()
 	}
 }
 
@@ -503,7 +504,7 @@ func (s *Service) load(ctx context.Context, barcode string, addr uint16) (Drive,
 	}
 	s.setStatus(func(st *Status) { st.Drive, st.Barcode = addr, barcode })
 	s.driveStatus(addr, func(ds *DriveStatus) { ds.Barcode = barcode })
-	s.m.busy.Set(1)
+	s.m.busy.WithLabelValues(driveLabel(addr)).Set(1)
 	return d, inv, nil
 }
 
@@ -516,6 +517,7 @@ func (s *Service) unload(ctx context.Context, addr uint16) (changer.Inventory, e
 
 func (s *Service) unloadLocked(ctx context.Context, addr uint16) (changer.Inventory, error) {
 	defer s.driveStatus(addr, func(ds *DriveStatus) { ds.Barcode = "" })
+	defer s.m.busy.DeleteLabelValues(driveLabel(addr))
 	d := s.lib.Drives[addr]
 	if d == nil {
 		return changer.Inventory{}, fmt.Errorf("unload drive %d: %w", addr, changer.ErrNoSuchElement)
@@ -644,6 +646,9 @@ func (s *Service) alerts(ctx context.Context, addr uint16, d Drive) ([]scsi.Tape
 	return a, out
 }
 
+// driveLabel is drive addr's label in the metrics: its element address.
+func driveLabel(addr uint16) string { return strconv.Itoa(int(addr)) }
+
 // sortedDrives lists the drive addresses in order.
 func (s *Service) sortedDrives() []uint16 {
 	var out []uint16
@@ -655,7 +660,7 @@ func (s *Service) sortedDrives() []uint16 {
 }
 
 type metrics struct {
-	busy   prometheus.Gauge
+	busy   *prometheus.GaugeVec // by drive: 1 from a load for an operation to the drive's unload or the operation's end
 	bytes  prometheus.Counter
 	carts  prometheus.Gauge
 	alerts prometheus.Gauge
@@ -663,7 +668,7 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		busy:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "vaultnode_tape_drive_busy", Help: "1 while a tape operation uses a drive."}),
+		busy:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "vaultnode_tape_drive_busy", Help: "1 while a tape operation uses the drive (its element address)."}, []string{"drive"}),
 		bytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "vaultnode_tape_written_bytes_total", Help: "Bytes written to tape."}),
 		carts:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "vaultnode_tape_last_job_cartridges", Help: "Cartridges the last tape job wrote to."}),
 		alerts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vaultnode_tape_alerts", Help: "TapeAlert flags set when last read (after each job)."}),

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -806,7 +807,11 @@ func TestTapeScanFromCatalogFile(t *testing.T) {
 // rendezvous holds each drive at its first WRITE until every other drive
 // wrote too: a job writing with one drive after the other never gets past
 // it (the test then fails after a minute, instead of hanging).
-func rendezvous(t *testing.T, lab *tapeLab, addrs ...uint16) {
+// rendezvous makes each of drives addrs wait, at its first write, until
+// all of them are writing; then the first to get there calls both (if not
+// nil) while every drive is still busy.
+func rendezvous(t *testing.T, lab *tapeLab, both func(), addrs ...uint16) {
+	var bothOnce sync.Once
 	started := map[uint16]chan struct{}{}
 	for _, a := range addrs {
 		started[a] = make(chan struct{})
@@ -823,6 +828,9 @@ func rendezvous(t *testing.T, lab *tapeLab, addrs ...uint16) {
 						t.Errorf("drive %d waited a minute for drive %d to write: the drives do not write at once", a, b)
 						return
 					}
+				}
+				if both != nil {
+					bothOnce.Do(both)
 				}
 			})
 		}
@@ -876,10 +884,28 @@ func TestTapeTwoDrivesAtOnce(t *testing.T) {
 	}
 
 	seqs := backup("pc-1", "pc-2")
-	rendezvous(t, lab, 1, 2)
+	// While both drives write, the busy gauge says so for each of them.
+	busy := map[string]float64{}
+	rendezvous(t, lab, func() {
+		mfs, err := v.Metrics.Gather()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "vaultnode_tape_drive_busy" {
+				for _, m := range mf.GetMetric() {
+					busy[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}, 1, 2)
 	view := runJob(t, v, tape.KindTape)
 	if view.State != jobs.Done {
 		t.Fatalf("tape job with two pools: %s %s", view.State, view.Error)
+	}
+	if want := map[string]float64{"1": 1, "2": 1}; !maps.Equal(busy, want) {
+		t.Errorf("vaultnode_tape_drive_busy while both drives wrote: %v, want %v", busy, want)
 	}
 	var jr tape.JobResult
 	json.Unmarshal(view.Result, &jr)
@@ -908,7 +934,7 @@ func TestTapeTwoDrivesAtOnce(t *testing.T) {
 
 	// Drive 1 fails after a few blocks while drive 2 writes.
 	seqs = backup("pc-1", "pc-2")
-	rendezvous(t, lab, 1, 2)
+	rendezvous(t, lab, nil, 1, 2)
 	lab.tapes[1].FailWritesAfter(3)
 	view = runJob(t, v, tape.KindTape)
 	if view.State != jobs.Failed || !strings.Contains(view.Error, "pool alpha (drive 1)") || strings.Contains(view.Error, "beta") {
