@@ -269,6 +269,22 @@ func TestTapeJob(t *testing.T) {
 			t.Errorf("recovered %d files by hand, the version has %d", len(got), n)
 		}
 	})
+
+	// The job ended its last cartridge with a catalog file: a scan finds it
+	// by SPACE to the end of data and back over two filemarks on tgt's
+	// drive, and rebuilds the cartridge's records from it alone.
+	t.Run("a scan rebuilds the last cartridge's records from its catalog file", func(t *testing.T) {
+		l.t = t
+		bc := written[len(written)-1]
+		out := l.vaultctl("tape scan " + bc)
+		if !strings.Contains(out, "records: read from the catalog file") || strings.Contains(out, "vaultctl: ") {
+			fail("tape scan %s: %s", bc, out)
+		}
+		if m := regexp.MustCompile(`: (\d+) files, (\d+) versions`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+			t.Errorf("tape scan %s recorded no files: %s", bc, out)
+		}
+		t.Logf("tape scan: %s", out)
+	})
 }
 
 // enroll makes company acme in the vault, enrolls an agent on the host as
