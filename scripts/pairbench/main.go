@@ -208,6 +208,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	} else {
 		defer os.RemoveAll(root)
 	}
+	// The disk's write rate before any vault runs. Measured again around
+	// the catch-up it has come out ten times lower on this machine (the
+	// cause is not known); the catch-up is judged against the highest.
+	diskIdle, err := diskRate(root, *mib/2)
+	if err != nil {
+		return err
+	}
 	src := filepath.Join(root, "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		return err
@@ -444,7 +451,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	disk := (diskBefore + diskAfter) / 2
+	disk := max(diskIdle, (diskBefore+diskAfter)/2)
 
 	fmt.Fprintf(out, "pair vs single vault, %d MiB corpus (random data), loopback, %d rounds\n", *mib, len(rs))
 	fmt.Fprintf(out, "%-22s %12s %12s %7s %10s %10s %7s\n", "round", "single init", "pair init", "ratio", "single inc", "pair inc", "ratio")
@@ -474,8 +481,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "catch-up of %d MiB missed by the follower (restart to whole): %.1f s, %.1f MiB/s\n", *mib/2, catch.Seconds(), rate(*mib/2, catch))
 	jobRate := float64(jobBytes) / (1 << 20) / jobTime.Seconds()
 	fmt.Fprintf(out, "  the catch-up job: %.1f MiB copied in %.2f s, %.1f MiB/s\n", float64(jobBytes)/(1<<20), jobTime.Seconds(), jobRate)
-	fmt.Fprintf(out, "disk write rate (%d MiB written and synced, before and after the catch-up): %.1f and %.1f MiB/s; catch-up job %.2fx of their mean, restart to whole %.2fx (target: at least 0.5x)\n",
-		*mib/2, diskBefore, diskAfter, jobRate/disk, rate(*mib/2, catch)/disk)
+	fmt.Fprintf(out, "disk write rate (%d MiB written and synced; before any vault ran, then just before and after the catch-up): %.1f, %.1f and %.1f MiB/s; catch-up job %.2fx of the highest (idle, or the mean around the catch-up), restart to whole %.2fx (target: at least 0.5x)\n",
+		*mib/2, diskIdle, diskBefore, diskAfter, jobRate/disk, rate(*mib/2, catch)/disk)
 	return nil
 }
 
@@ -568,6 +575,10 @@ func diskRate(dir string, mib int) (float64, error) {
 	for j := range buf {
 		buf[j] = byte(r.Uint32())
 	}
+	// Other files' dirty pages (the corpus just written, the vaults'
+	// packs) go first, or the file system's journal could flush them in
+	// this file's fsync and count them against the disk.
+	syscall.Sync()
 	t := time.Now()
 	for i := 0; i < mib; i++ {
 		if _, err := f.Write(buf); err != nil {
