@@ -57,9 +57,13 @@ func (v *Vault) JournalRecords(ctx context.Context, p *Principal, ref, config st
 //
 // The chunks are read and opened ahead of emit by a goroutine of the call
 // (readAheadChunks at most), so the disk's waits and the AEAD overlap the
-// network's writes. A chunk takes its size from the vault's budget
-// (Limits.ReadAheadBytes, all downloads together) before it is read and
-// gives it back once written: that bounds what all downloads hold.
+// network's writes. Each download may always hold one chunk of its own, as
+// it did before reading ahead; a chunk beyond that is read ahead only if
+// it can take its size from the vault's budget (Limits.ReadAheadBytes, all
+// downloads together) at once, and gives it back once written. So the
+// budget bounds what all downloads hold beyond their one chunk each, and
+// downloads that stall (a hostile or stuck client) can use it up and stop
+// others from reading ahead, never from going on.
 func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emit func(frame []byte) error) error {
 	c, err := self(p, CapRestore)
 	if err != nil {
@@ -69,10 +73,12 @@ func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emi
 	rctx, cancel := context.WithCancel(ctx)
 	read := make(chan chunkRead, readAheadChunks)
 	done := make(chan struct{})
+	own := make(chan struct{}, 1) // the download's one chunk outside the budget
+	own <- struct{}{}
 	go func() {
 		defer close(done)
 		defer close(read)
-		v.readChunks(rctx, c.Company, c.keys.aead, ids, read)
+		v.readChunks(rctx, c.Company, c.keys.aead, ids, own, read)
 	}()
 	defer func() {
 		cancel()
@@ -124,34 +130,49 @@ func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emi
 const readAheadChunks = 2
 
 // chunkRead is one chunk read for a download: its frame encoded in buf,
-// or the store's error; held is what it holds of the read-ahead budget.
+// or the store's error; held is what it holds of the read-ahead budget,
+// own (when not nil) the download's token of its one chunk outside it.
 type chunkRead struct {
 	id     [32]byte
 	framed []byte
 	err    error
 	buf    *[]byte
 	held   int64
+	own    chan<- struct{}
 }
 
 // readChunks reads the chunks ids of company in order and sends them on
-// out until ctx ends. What a chunk takes is known from the index before
-// it is read: the budget is taken first, so what the downloads hold stays
-// within it.
-func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD, ids [][32]byte, out chan<- chunkRead) {
+// out until ctx ends. Each chunk first takes the download's own token (a
+// chunk it may hold outside the budget) if it is free, else what it takes
+// from the budget if that is there at once, else waits for the token:
+// what a chunk takes is known from the index before it is read.
+func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD, ids [][32]byte, own chan struct{}, out chan<- chunkRead) {
 	for _, id := range ids {
 		need := wire.FrameHeaderSize + 64<<10 // not found: Get says why
 		if loc, err := v.Store.Lookup(company, id); err == nil {
 			need = wire.FrameHeaderSize + int(loc.BodyLen) // the plaintext is shorter
 		}
-		// The budget counts the buffer the chunk takes, its size class.
-		held := min(int64(chunkBufSize(need)), v.limits.ReadAheadBytes)
-		if v.readAhead.Acquire(ctx, held) != nil {
-			return
+		var r chunkRead
+		select {
+		case <-own:
+			r.own = own
+		default:
+			// The budget counts the buffer the chunk takes, its size class.
+			if held := int64(chunkBufSize(need)); v.readAhead.TryAcquire(held) {
+				r.held = held
+				break
+			}
+			select {
+			case <-own:
+				r.own = own
+			case <-ctx.Done():
+				return
+			}
 		}
 		bp := v.chunkBuf(need)
 		// The plaintext goes right after room for the frame's header.
 		buf, loc, err := v.Store.Get(company, aead, id, (*bp)[:wire.FrameHeaderSize])
-		r := chunkRead{id: id, err: err, buf: bp, held: held}
+		r.id, r.err, r.buf = id, err, bp
 		if err == nil {
 			*bp = buf
 			f := wire.Frame{ID: id, Kind: wire.StatusOK, Flags: loc.Flags, PlainLen: loc.PlainLen, Payload: buf[wire.FrameHeaderSize:]}
@@ -198,10 +219,14 @@ func (v *Vault) chunkBuf(n int) *[]byte {
 	return &b
 }
 
-// doneChunk gives back what r holds: its budget and its buffer.
+// doneChunk gives back what r holds: its budget or its download's token,
+// and its buffer.
 func (v *Vault) doneChunk(r chunkRead) {
 	if r.held > 0 {
 		v.readAhead.Release(r.held)
+	}
+	if r.own != nil {
+		r.own <- struct{}{}
 	}
 	// A buffer that grew past its class (Get appended more than the
 	// index said) is left to the collector.

@@ -21,7 +21,8 @@ import (
 // TestGetChunksReadAhead: chunks read ahead come out in order, a missing
 // one as its status; a client that leaves mid-download gives back every
 // byte of the read-ahead budget and leaves no goroutine behind, even with
-// chunks larger than the whole budget.
+// chunks larger than the whole budget; a download goes on while others
+// hold the whole budget.
 func TestGetChunksReadAhead(t *testing.T) {
 	v := openTestVault(t)
 	v.limits.ReadAheadBytes = 100 << 10 // less than two chunks
@@ -86,6 +87,28 @@ func TestGetChunksReadAhead(t *testing.T) {
 			v.readAhead.Release(v.limits.ReadAheadBytes)
 		})
 	}
+	// Downloads that stall (TestHostileAgents' "stalled downloads") can
+	// hold the whole budget: the others then go on a chunk at a time.
+	t.Run("budget held by others", func(t *testing.T) {
+		if !v.readAhead.TryAcquire(v.limits.ReadAheadBytes) {
+			t.Fatal("the read-ahead budget is not free")
+		}
+		defer v.readAhead.Release(v.limits.ReadAheadBytes)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		n := 0
+		err := v.GetChunks(ctx, p, ids, func(frame []byte) error {
+			fr, err := wire.NewFrameReader(bytes.NewReader(frame)).Next()
+			if err != nil || fr.ID != ids[n] {
+				t.Fatalf("frame %d: %v, chunk %x", n, err, fr.ID[:4])
+			}
+			n++
+			return nil
+		})
+		if err != nil || n != len(ids) {
+			t.Fatalf("GetChunks with the budget held by others: %v after %d of %d frames", err, n, len(ids))
+		}
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
