@@ -9,6 +9,7 @@ import (
 	"math/bits"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 
 	"vaultnode/appliance/store"
 	"vaultnode/internal/wire"
@@ -60,10 +61,11 @@ func (v *Vault) JournalRecords(ctx context.Context, p *Principal, ref, config st
 // network's writes. Each download may always hold one chunk of its own, as
 // it did before reading ahead; a chunk beyond that is read ahead only if
 // it can take its size from the vault's budget (Limits.ReadAheadBytes, all
-// downloads together) at once, and gives it back once written. So the
-// budget bounds what all downloads hold beyond their one chunk each, and
-// downloads that stall (a hostile or stuck client) can use it up and stop
-// others from reading ahead, never from going on.
+// downloads together; at most half of it for one company) at once, and
+// gives it back once written. So the budget bounds what all downloads
+// hold beyond their one chunk each, and one company's downloads that stall
+// (a hostile or stuck client) can take half of it, never stop another
+// company's downloads from reading ahead or any download from going on.
 func (v *Vault) GetChunks(ctx context.Context, p *Principal, ids [][32]byte, emit func(frame []byte) error) error {
 	c, err := self(p, CapRestore)
 	if err != nil {
@@ -139,6 +141,42 @@ type chunkRead struct {
 	buf    *[]byte
 	held   int64
 	own    chan<- struct{}
+	// company is whose share of the budget held counts against.
+	company string
+}
+
+// takeReadAhead takes n bytes of the read-ahead budget for a download of
+// company if they are there at once: at most half the budget goes to one
+// company, so the others' downloads keep reading ahead whatever its
+// downloads do.
+func (v *Vault) takeReadAhead(company string, n int64) bool {
+	v.raMu.Lock()
+	co := v.raCompany[company]
+	if co == nil {
+		if v.raCompany == nil {
+			v.raCompany = map[string]*semaphore.Weighted{}
+		}
+		co = semaphore.NewWeighted(v.limits.ReadAheadBytes / 2)
+		v.raCompany[company] = co
+	}
+	v.raMu.Unlock()
+	if !co.TryAcquire(n) {
+		return false
+	}
+	if !v.readAhead.TryAcquire(n) {
+		co.Release(n)
+		return false
+	}
+	return true
+}
+
+// giveReadAhead gives back what takeReadAhead took.
+func (v *Vault) giveReadAhead(company string, n int64) {
+	v.readAhead.Release(n)
+	v.raMu.Lock()
+	co := v.raCompany[company]
+	v.raMu.Unlock()
+	co.Release(n)
 }
 
 // readChunks reads the chunks ids of company in order and sends them on
@@ -158,8 +196,8 @@ func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD
 			r.own = own
 		default:
 			// The budget counts the buffer the chunk takes, its size class.
-			if held := int64(chunkBufSize(need)); v.readAhead.TryAcquire(held) {
-				r.held = held
+			if held := int64(chunkBufSize(need)); v.takeReadAhead(company, held) {
+				r.held, r.company = held, company
 				break
 			}
 			select {
@@ -223,7 +261,7 @@ func (v *Vault) chunkBuf(n int) *[]byte {
 // and its buffer.
 func (v *Vault) doneChunk(r chunkRead) {
 	if r.held > 0 {
-		v.readAhead.Release(r.held)
+		v.giveReadAhead(r.company, r.held)
 	}
 	if r.own != nil {
 		r.own <- struct{}{}

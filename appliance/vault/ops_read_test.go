@@ -25,7 +25,7 @@ import (
 // hold the whole budget.
 func TestGetChunksReadAhead(t *testing.T) {
 	v := openTestVault(t)
-	v.limits.ReadAheadBytes = 100 << 10 // less than two chunks
+	v.limits.ReadAheadBytes = 256 << 10 // a company's half: two small chunks, less than one large
 	v.readAhead = semaphore.NewWeighted(v.limits.ReadAheadBytes)
 	k, err := v.companyKeys("acme")
 	if err != nil {
@@ -108,6 +108,26 @@ func TestGetChunksReadAhead(t *testing.T) {
 		if err != nil || n != len(ids) {
 			t.Fatalf("GetChunks with the budget held by others: %v after %d of %d frames", err, n, len(ids))
 		}
+	})
+	// One company's downloads take at most half the budget: another's
+	// still read ahead.
+	t.Run("a company's share", func(t *testing.T) {
+		half := v.limits.ReadAheadBytes / 2
+		if !v.takeReadAhead("acme", half) {
+			t.Fatal("acme could not take half the budget")
+		}
+		if v.takeReadAhead("acme", 64<<10) {
+			t.Fatal("acme took more than half the budget")
+		}
+		if !v.takeReadAhead("bolt", half) {
+			t.Fatal("bolt could not read ahead while acme held its half")
+		}
+		v.giveReadAhead("acme", half)
+		v.giveReadAhead("bolt", half)
+		if !v.readAhead.TryAcquire(v.limits.ReadAheadBytes) {
+			t.Fatal("the read-ahead budget was not given back whole")
+		}
+		v.readAhead.Release(v.limits.ReadAheadBytes)
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {

@@ -118,8 +118,10 @@ type Vault struct {
 	limits     Limits
 	uploads    *slotPool // upload, commit and journal requests (limits.go)
 	downloads  *slotPool
-	readAhead  *semaphore.Weighted        // bytes of chunks read ahead by downloads (GetChunks)
-	chunkBufs  [chunkBufClasses]sync.Pool // *[]byte: downloads' buffers by size class (GetChunks)
+	readAhead  *semaphore.Weighted // bytes of chunks read ahead by downloads (GetChunks)
+	raMu       sync.Mutex
+	raCompany  map[string]*semaphore.Weighted // per company: at most half of readAhead
+	chunkBufs  [chunkBufClasses]sync.Pool     // *[]byte: downloads' buffers by size class (GetChunks)
 	conns      *connCaps
 	enrollRate *enrollLimiter
 	logins     loginLimiter  // portal sign-ins per client address (ops_users.go)
