@@ -234,10 +234,20 @@ const (
 	chunkBufClasses  = 9
 )
 
-// chunkBufSize is the size of the buffer chunkBuf returns for n bytes.
-func chunkBufSize(n int) int {
+// chunkBufClass returns the pool index of an n-byte buffer, or -1 when n
+// is larger than the largest class (then the buffer is not pooled).
+func chunkBufClass(n int) int {
 	c := max(bits.Len(uint(n-1))-minChunkBufShift, 0)
 	if c >= chunkBufClasses {
+		return -1
+	}
+	return c
+}
+
+// chunkBufSize is the size of the buffer chunkBuf returns for n bytes.
+func chunkBufSize(n int) int {
+	c := chunkBufClass(n)
+	if c < 0 {
 		return n
 	}
 	return 1 << (c + minChunkBufShift)
@@ -245,8 +255,8 @@ func chunkBufSize(n int) int {
 
 // chunkBuf returns a buffer of at least n bytes.
 func (v *Vault) chunkBuf(n int) *[]byte {
-	c := max(bits.Len(uint(n-1))-minChunkBufShift, 0)
-	if c >= chunkBufClasses {
+	c := chunkBufClass(n)
+	if c < 0 {
 		b := make([]byte, 0, n)
 		return &b
 	}
@@ -269,7 +279,7 @@ func (v *Vault) doneChunk(r chunkRead) {
 	// A buffer that grew past its class (Get appended more than the
 	// index said) is left to the collector.
 	n := cap(*r.buf)
-	if c := bits.Len(uint(n-1)) - minChunkBufShift; c >= 0 && c < len(v.chunkBufs) && n == 1<<(c+minChunkBufShift) {
+	if c := chunkBufClass(n); c >= 0 && n == 1<<(c+minChunkBufShift) {
 		*r.buf = (*r.buf)[:0]
 		v.chunkBufs[c].Put(r.buf)
 	}
