@@ -46,6 +46,10 @@ type fileJob struct {
 	// file, which other jobs write the rest of.
 	part     *sharedFile
 	from, to int
+	// src is the file's place as others' copies see it (repeats.go);
+	// copies are its chunks copied from an earlier place, in order.
+	src    *srcFile
+	copies []copyOp
 }
 
 // sharedFile is a large file written by several jobs (parts): the first
@@ -58,6 +62,7 @@ type sharedFile struct {
 	mu   sync.Mutex
 	perr error        // the first problem of any part
 	left atomic.Int32 // parts not finished yet
+	src  *srcFile
 }
 
 // job is what a worker does at once: one large file, or a batch of small
@@ -73,14 +78,16 @@ func (r *restorer) queueFile(f fileJob) {
 	if f.node.Size > smallFile {
 		parts := cutParts(f.node)
 		if len(parts) < 2 {
+			r.plan(&f)
 			r.jobs <- &job{files: []fileJob{f}}
 			return
 		}
-		sf := &sharedFile{fd: -1}
+		sf := &sharedFile{fd: -1, src: &srcFile{done: make(chan struct{})}}
 		sf.left.Store(int32(len(parts)))
 		for _, p := range parts {
 			pf := f
-			pf.part, pf.from, pf.to = sf, p[0], p[1]
+			pf.part, pf.from, pf.to, pf.src = sf, p[0], p[1], sf.src
+			r.plan(&pf)
 			r.jobs <- &job{files: []fileJob{pf}}
 		}
 		return
@@ -128,6 +135,9 @@ func (r *restorer) flushBatch() {
 	if len(r.batch) == 0 {
 		return
 	}
+	for i := range r.batch {
+		r.plan(&r.batch[i])
+	}
 	r.jobs <- &job{files: r.batch}
 	r.batch, r.batchSize = nil, 0
 }
@@ -138,6 +148,11 @@ type fileWriter struct {
 	h      *keys.Hasher
 	buf    []byte // decompressed chunk
 	jobErr error  // the download of the current job failed
+	// The file copied from last (repeats.go), open while the job runs,
+	// and the chunk read from it.
+	srcF  *srcFile
+	srcFD int
+	cbuf  []byte
 }
 
 // open is a file being written.
@@ -149,16 +164,23 @@ type openFile struct {
 	ei   int           // current extent
 	eoff int64         // bytes written into it
 	next int           // the chunk that comes next
-	left int           // chunks still to come
+	ci   int           // copies[ci] is the next copied chunk
+	left int           // chunks still to download
 	err  error         // the first problem; later chunks are skipped
 }
 
 // run writes the files of j.
 func (w *fileWriter) run(j *job) {
 	w.jobErr = nil
+	defer w.closeSrc()
 	var ids [][32]byte
 	for _, f := range j.files {
-		for _, c := range chunksOf(f) {
+		ci := 0
+		for i, c := range chunksOf(f) {
+			if ci < len(f.copies) && f.copies[ci].idx == f.from+i {
+				ci++
+				continue
+			}
 			ids = append(ids, c.ID)
 		}
 	}
@@ -219,7 +241,7 @@ func (w *fileWriter) run(j *job) {
 // A part of a large file writes into the file the first part to start
 // created, from where its first chunk's content goes.
 func (w *fileWriter) start(f fileJob) *openFile {
-	o := &openFile{fileJob: f, fd: -1, left: len(chunksOf(f)), next: f.from, ext: fileExtents(f.node)}
+	o := &openFile{fileJob: f, fd: -1, left: len(chunksOf(f)) - len(f.copies), next: f.from, ext: fileExtents(f.node)}
 	if w.jobErr != nil {
 		o.err = w.jobErr
 		return o
@@ -267,14 +289,25 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 	if o.err != nil {
 		return
 	}
+	o.skipCopies()
+	want := o.node.Chunks[o.next]
+	o.next++
+	data, err := w.check(fr, want)
+	if err != nil {
+		o.err = err
+		return
+	}
+	o.err = o.write(data)
+	atomic.AddInt64(&w.r.stats.Bytes, int64(len(data)))
+}
+
+// check returns the content of the chunk want, which fr must hold.
+func (w *fileWriter) check(fr *wire.Frame, want tree.ChunkRef) ([]byte, error) {
 	// The frame must be the chunk asked for at this place, of the length
 	// the listing says: a vault that answers another (valid) chunk would
 	// otherwise put foreign content into the file.
-	want := o.node.Chunks[o.next]
-	o.next++
 	if fr.ID != want.ID {
-		o.err = &ChunkError{want.ID, fmt.Sprintf("the vault answered chunk %x in its place", fr.ID[:8])}
-		return
+		return nil, &ChunkError{want.ID, fmt.Sprintf("the vault answered chunk %x in its place", fr.ID[:8])}
 	}
 	var err error
 	data := fr.Payload
@@ -298,11 +331,9 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 		if !errors.As(err, &ce) {
 			err = &ChunkError{fr.ID, err.Error()}
 		}
-		o.err = err
-		return
+		return nil, err
 	}
-	o.err = o.write(data)
-	atomic.AddInt64(&w.r.stats.Bytes, int64(len(data)))
+	return data, nil
 }
 
 // write puts the next bytes of the content where the extents say.
@@ -373,6 +404,10 @@ func (w *fileWriter) finish(o *openFile) {
 	if err == nil && o.left > 0 {
 		err = fmt.Errorf("%d chunks never arrived", o.left)
 	}
+	if err == nil && len(o.copies) > 0 {
+		o.skipCopies()
+		err = w.copyChunks(o)
+	}
 	if sf := o.part; sf != nil {
 		sf.mu.Lock()
 		if sf.perr == nil {
@@ -399,6 +434,13 @@ func (w *fileWriter) finish(o *openFile) {
 		}
 	}
 	defer o.dir.wg.Done()
+	// Later copies of its chunks wait for the file (repeats.go).
+	published := o.src == nil
+	defer func() {
+		if !published {
+			close(o.src.done)
+		}
+	}()
 	if err == nil && o.tmp != "" {
 		if r.o.Existing == Overwrite {
 			_ = meta.Unprotect(o.dir.fd, o.name)
@@ -419,18 +461,25 @@ func (w *fileWriter) finish(o *openFile) {
 	// which someone with access to the target could swap meanwhile.
 	opts := r.o.Meta
 	opts.New = o.dir.bare // a file this restore created, in a directory it made
-	if n.Nlink > 1 {
-		opts.SkipFlags = true // links come later; an immutable file cannot be linked
-		var st unix.Stat_t
-		if err := unix.Fstat(o.fd, &st); err == nil {
-			rel := o.name
-			if len(o.dir.path) > 0 {
-				rel = string(o.dir.path) + "/" + o.name
-			}
+	var st unix.Stat_t
+	if (n.Nlink > 1 || o.src != nil) && unix.Fstat(o.fd, &st) == nil {
+		rel := o.name
+		if len(o.dir.path) > 0 {
+			rel = string(o.dir.path) + "/" + o.name
+		}
+		if o.src != nil {
+			o.src.ok, o.src.rel, o.src.dev, o.src.ino = true, rel, st.Dev, st.Ino
+			close(o.src.done)
+			published = true
+		}
+		if n.Nlink > 1 {
 			r.mu.Lock()
 			r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
 			r.mu.Unlock()
 		}
+	}
+	if n.Nlink > 1 {
+		opts.SkipFlags = true // links come later; an immutable file cannot be linked
 	}
 	if err := meta.ApplyFD(o.fd, n, opts); err != nil {
 		r.problem("%s: metadata: %v", n.Path, err)

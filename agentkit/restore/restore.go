@@ -67,6 +67,9 @@ type Stats struct {
 	Skipped int64
 	Failed  int64
 	Total   int64 // bytes to restore, known as the listing is read
+	// Copied counts chunks written from a place restored earlier in the
+	// run instead of downloaded again (repeats.go).
+	Copied int64
 }
 
 // Result is what a restore did.
@@ -113,6 +116,10 @@ type restorer struct {
 	placed     map[string]struct{}
 	restored   map[string]restoredFile
 	privileged bool // running as root: devices and set-id bits may be asked for
+	// srcs are the first places of the chunks queued so far (repeats.go),
+	// used by the walker only; root is the target's descriptor.
+	srcs map[[32]byte]srcRef
+	root int
 }
 
 type link struct {
@@ -175,7 +182,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 // run restores the nodes rd yields.
 func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, openJobSlack),
-		dirs: map[string]*tree.Node{}, linkDirs: map[string]bool{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{},
+		dirs: map[string]*tree.Node{}, linkDirs: map[string]bool{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{}, srcs: map[[32]byte]srcRef{},
 		privileged: geteuid() == 0}
 	if !o.DryRun {
 		if err := os.MkdirAll(o.Target, 0o700); err != nil {
@@ -186,6 +193,7 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 			return nil, fmt.Errorf("open target %s: %w", o.Target, err)
 		}
 		r.stack = []*dirEntry{{path: nil, fd: fd}}
+		r.root = fd
 		if !probeOpenat2(fd) {
 			o.Log.Info("openat2 is not available (Linux before 5.6, or filtered): hard links are resolved component by component with O_NOFOLLOW")
 		}

@@ -1,0 +1,275 @@
+package restore
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// A chunk that recurs in a version (the same block in two images, a file
+// copied into several directories, a block repeated within a file) is
+// downloaded once per restore: its first place is written from the
+// download, and every later place is copied from there once that file is
+// complete. The walker decides which places copy and from where, as it
+// hands the files to the workers (plan), so a source is always in a job
+// queued earlier: a worker waiting for one waits for a job already taken
+// by a worker, never for one behind itself.
+//
+// Memory stays bounded: the walker remembers the first place of at most
+// maxSources chunks (about 100 bytes each), and forgets them all when that
+// many are known; the copies hold no chunk in memory beyond the one being
+// copied. A copy from another file reads the file back by its name
+// beneath the target, checked to be the inode written, and checks the
+// bytes read against the chunk's id, since whoever may write that file by
+// its restored mode could have changed it meanwhile; a copy within the
+// file being written (not yet under its name) is copied in the kernel.
+// Whatever fails (the first file was not restored, or is no longer what
+// was written) downloads the chunk after all.
+const maxSources = 1 << 17
+
+// srcFile is a restored file whose chunks later files may copy. done is
+// closed once it is complete (or failed); then ok says whether it is
+// under rel, beneath the target, as inode dev/ino.
+type srcFile struct {
+	done     chan struct{}
+	ok       bool
+	rel      string
+	dev, ino uint64
+}
+
+// srcRef is where a chunk was first placed: in file f, in the job that
+// writes its chunks from index part on, at offset off.
+type srcRef struct {
+	f    *srcFile
+	part int
+	off  int64
+	len  uint32
+}
+
+// copyOp is one place of a file's content copied instead of downloaded:
+// chunk idx of the node, at offset off.
+type copyOp struct {
+	idx  int
+	off  int64
+	from srcRef
+}
+
+// plan decides, for the chunks of f about to be queued, which are copied
+// from an earlier place and which the first places of later copies are.
+// Only a chunk lying within one extent is either.
+func (r *restorer) plan(f *fileJob) {
+	if f.src == nil {
+		f.src = &srcFile{done: make(chan struct{})}
+	}
+	n := f.node
+	ext := fileExtents(n)
+	ei := 0
+	var edata, pos int64 // data bytes before extent ei, and before the chunk
+	for i, c := range n.Chunks[:f.end()] {
+		start := pos
+		pos += int64(c.Len)
+		if i < f.from || c.Len == 0 {
+			continue
+		}
+		for ei < len(ext) && start >= edata+ext[ei].Len {
+			edata += ext[ei].Len
+			ei++
+		}
+		if ei == len(ext) || pos > edata+ext[ei].Len {
+			continue // straddles extents (or lies beyond them): downloaded
+		}
+		off := ext[ei].Off + start - edata
+		ref, ok := r.srcs[c.ID]
+		switch {
+		case !ok:
+			if len(r.srcs) >= maxSources {
+				clear(r.srcs)
+			}
+			r.srcs[c.ID] = srcRef{f: f.src, part: f.from, off: off, len: c.Len}
+		case ref.len != c.Len:
+			// The listing gives two lengths for one id: downloaded, and
+			// checked as usual.
+		case ref.f == f.src && ref.part != f.from:
+			// Another part of the same file, written meanwhile by another
+			// worker: not waited for.
+		default:
+			f.copies = append(f.copies, copyOp{idx: i, off: off, from: ref})
+		}
+	}
+}
+
+// end is the index after the last chunk f writes.
+func (f *fileJob) end() int {
+	if f.part != nil {
+		return f.to
+	}
+	return len(f.node.Chunks)
+}
+
+// skipCopies moves o past the copied chunks that come next in its order.
+func (o *openFile) skipCopies() {
+	for o.ci < len(o.copies) && o.copies[o.ci].idx == o.next {
+		ln := int64(o.node.Chunks[o.next].Len)
+		for ln > 0 && o.ei < len(o.ext) {
+			k := min(ln, o.ext[o.ei].Len-o.eoff)
+			ln -= k
+			o.eoff += k
+			if o.eoff == o.ext[o.ei].Len {
+				o.ei, o.eoff = o.ei+1, 0
+			}
+		}
+		o.next++
+		o.ci++
+	}
+}
+
+// copyChunks writes o's copied chunks once its downloaded ones are.
+func (w *fileWriter) copyChunks(o *openFile) error {
+	for _, c := range o.copies {
+		want := o.node.Chunks[c.idx]
+		var err error
+		if c.from.f == o.src {
+			err = copyRange(o.fd, c.from.off, o.fd, c.off, int64(want.Len))
+		} else {
+			err = w.copyFrom(o, c, want)
+		}
+		if err != nil {
+			if err = w.fetchOne(o, c, want); err != nil {
+				return err
+			}
+			continue
+		}
+		atomic.AddInt64(&w.r.stats.Bytes, int64(want.Len))
+		atomic.AddInt64(&w.r.stats.Copied, 1)
+	}
+	return nil
+}
+
+// copyFrom copies chunk want from the file restored earlier that c names,
+// checking what it reads.
+func (w *fileWriter) copyFrom(o *openFile, c copyOp, want tree.ChunkRef) error {
+	sf := c.from.f
+	select {
+	case <-sf.done:
+	case <-w.r.ctx.Done():
+		return w.r.ctx.Err()
+	}
+	if !sf.ok {
+		return fmt.Errorf("the first place of chunk %x was not restored", want.ID[:8])
+	}
+	if w.srcF != sf {
+		w.closeSrc()
+		fd, err := openBeneath(w.r.root, sf.rel, unix.O_RDONLY)
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != sf.dev || st.Ino != sf.ino {
+			unix.Close(fd)
+			return fmt.Errorf("%q is no longer the file restored there", sf.rel)
+		}
+		w.srcF, w.srcFD = sf, fd
+	}
+	w.cbuf = growTo(w.cbuf, int(want.Len))
+	if err := preadAll(w.srcFD, w.cbuf, c.from.off); err != nil {
+		return err
+	}
+	if w.h.Sum(w.cbuf) != want.ID {
+		return fmt.Errorf("%q changed since it was restored", sf.rel)
+	}
+	return pwriteAll(o.fd, w.cbuf, c.off)
+}
+
+// closeSrc closes the file the worker copied from last.
+func (w *fileWriter) closeSrc() {
+	if w.srcF != nil {
+		unix.Close(w.srcFD)
+		w.srcF, w.srcFD = nil, -1
+	}
+}
+
+// fetchOne downloads chunk want for the place c after all.
+func (w *fileWriter) fetchOne(o *openFile, c copyOp, want tree.ChunkRef) error {
+	got := false
+	var werr error
+	err := w.r.o.Source.GetChunks(w.r.ctx, [][32]byte{want.ID}, func(fr *wire.Frame) error {
+		if got {
+			return nil
+		}
+		got = true
+		data, err := w.check(fr, want)
+		if err == nil {
+			err = pwriteAll(o.fd, data, c.off)
+		}
+		if err == nil {
+			atomic.AddInt64(&w.r.stats.Bytes, int64(len(data)))
+		}
+		werr = err
+		return nil
+	})
+	if err == nil && !got {
+		err = &ChunkError{want.ID, "never arrived"}
+	}
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
+// copyRange copies n bytes within or between files in the kernel, or
+// through memory where the filesystem cannot.
+func copyRange(src int, soff int64, dst int, doff int64, n int64) error {
+	for n > 0 {
+		k, err := unix.CopyFileRange(src, &soff, dst, &doff, int(n), 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || k == 0 {
+			break
+		}
+		n -= int64(k)
+	}
+	if n == 0 {
+		return nil
+	}
+	buf := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		b := buf[:min(n, int64(len(buf)))]
+		if err := preadAll(src, b, soff); err != nil {
+			return err
+		}
+		if err := pwriteAll(dst, b, doff); err != nil {
+			return err
+		}
+		soff, doff, n = soff+int64(len(b)), doff+int64(len(b)), n-int64(len(b))
+	}
+	return nil
+}
+
+func preadAll(fd int, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pread(fd, p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("read at %d: the file ends", off)
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+func growTo(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}

@@ -1,0 +1,231 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// idCountingSource counts the frames served for each chunk id.
+type idCountingSource struct {
+	memSource
+	mu     sync.Mutex
+	served map[[32]byte]int
+}
+
+func (c *idCountingSource) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	return c.memSource.GetChunks(ctx, ids, func(f *wire.Frame) error {
+		c.mu.Lock()
+		c.served[f.ID]++
+		c.mu.Unlock()
+		return fn(f)
+	})
+}
+
+// repeatCorpus is a version whose chunks recur: across small files in
+// different directories and batches, within a file, across large files cut
+// into parts, and into a sparse file's extents.
+func repeatCorpus(t *testing.T, src *idCountingSource) (wire.Manifest, []wantFile, [][32]byte) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(3, 4))
+	random := func(n int) []byte {
+		b := make([]byte, n+8)
+		for i := 0; i < n; i += 8 {
+			binary.LittleEndian.PutUint64(b[i:], rng.Uint64())
+		}
+		return b[:n]
+	}
+	nodes := []tree.Node{dir("r")}
+	var want []wantFile
+	add := func(p string, data []byte, chunk int) *tree.Node {
+		n := file(p)
+		n.Size = int64(len(data))
+		n.Chunks = src.put(data, chunk)
+		nodes = append(nodes, n)
+		want = append(want, wantFile{path: p, data: data})
+		return &nodes[len(nodes)-1]
+	}
+	license := random(5000)
+	block := random(64 << 10)
+	for i := range 400 { // more than three batches of small files
+		p := fmt.Sprintf("r/d%02d/f%03d", i/50, i)
+		if i%50 == 0 {
+			nodes = append(nodes, dir(filepath.Dir(p)))
+		}
+		switch i % 4 {
+		case 0:
+			add(p, license, 8192) // the same file in every directory
+		case 1:
+			add(p, slices.Concat(block, random(100), block), 64<<10) // a block twice in a file
+		default:
+			add(p, random(1+rng.IntN(3000)), 4096)
+		}
+	}
+	// Two large images sharing most of their content, each cut into parts:
+	// the second repeats the first's chunks, and its own first part.
+	img := random(20 << 20)
+	add("r/img1", img, 1<<20)
+	img2 := slices.Concat(img[:8<<20], img[:8<<20], random(1<<20))
+	add("r/img2", img2, 1<<20)
+	// A sparse file whose two extents hold the block, and the license
+	// straddling them (downloaded, not copied).
+	data := slices.Concat(block, license[:2000], license[2000:], block)
+	full := make([]byte, 4<<20)
+	copy(full, data[:len(block)+2000])
+	copy(full[2<<20:], data[len(block)+2000:])
+	n := file("r/sparse")
+	n.Size, n.Sparse = int64(len(full)), true
+	n.Extents = []tree.Extent{{Off: 0, Len: int64(len(block) + 2000)}, {Off: 2 << 20, Len: int64(len(data) - len(block) - 2000)}}
+	n.Chunks = slices.Concat(src.put(block, 64<<10), src.put(license, 8192), src.put(block, 64<<10))
+	nodes = append(nodes, n)
+	want = append(want, wantFile{path: "r/sparse", data: full})
+	slices.SortFunc(nodes, func(a, b tree.Node) int { return tree.Compare(a.Path, b.Path) })
+	var ids [][32]byte
+	for _, n := range nodes {
+		for _, c := range n.Chunks {
+			ids = append(ids, c.ID)
+		}
+	}
+	return wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(t, nodes...)}, want, ids
+}
+
+func checkRestored(t *testing.T, to string, want []wantFile) {
+	t.Helper()
+	for _, w := range want {
+		got, err := os.ReadFile(filepath.Join(to, w.path))
+		if err != nil {
+			t.Errorf("%s: %v", w.path, err)
+			continue
+		}
+		if !bytes.Equal(got, w.data) {
+			t.Errorf("%s: restored %d bytes that differ from the %d backed up", w.path, len(got), len(w.data))
+		}
+	}
+	noTemporaries(t, to)
+}
+
+func TestRunDownloadsARepeatedChunkOnce(t *testing.T) {
+	for _, workers := range []int{1, 4} {
+		t.Run(fmt.Sprint(workers), func(t *testing.T) {
+			src := &idCountingSource{memSource: memSource{}, served: map[[32]byte]int{}}
+			m, want, ids := repeatCorpus(t, src)
+			to := t.TempDir()
+			res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+				Meta: meta.Options{SkipOwner: true}, Workers: workers})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Problems) > 0 {
+				t.Fatalf("problems: %q", res.Problems)
+			}
+			checkRestored(t, to, want)
+			distinct := map[[32]byte]bool{}
+			for _, id := range ids {
+				distinct[id] = true
+			}
+			var again int
+			for id := range distinct {
+				switch n := src.served[id]; {
+				case n == 0:
+					t.Errorf("chunk %x never downloaded", id[:8])
+				case n > 1:
+					again++
+				}
+			}
+			// The license's chunk straddling the sparse file's extents is
+			// downloaded again (it is neither a copy nor a source); nothing
+			// else is.
+			if again > 1 {
+				t.Errorf("%d of %d distinct chunks downloaded more than once", again, len(distinct))
+			}
+			if copies := int64(len(ids) - len(distinct) - again); res.Stats.Copied < copies {
+				t.Errorf("%d chunks copied, want at least %d", res.Stats.Copied, copies)
+			}
+			var total int64
+			for _, w := range want {
+				if w.path == "r/sparse" {
+					total += int64(2*(64<<10) + 5000)
+					continue
+				}
+				total += int64(len(w.data))
+			}
+			if res.Stats.Bytes != total {
+				t.Errorf("stats: %d bytes written, want %d", res.Stats.Bytes, total)
+			}
+		})
+	}
+}
+
+// A copy whose first place was not restored, or was changed since,
+// downloads the chunk after all.
+func TestRunRepeatedChunkFallsBack(t *testing.T) {
+	src := &idCountingSource{memSource: memSource{}, served: map[[32]byte]int{}}
+	rng := rand.New(rand.NewPCG(5, 6))
+	random := func(n int) []byte {
+		b := make([]byte, n+8)
+		for i := 0; i < n; i += 8 {
+			binary.LittleEndian.PutUint64(b[i:], rng.Uint64())
+		}
+		return b[:n]
+	}
+	shared := random(4096)
+	changed := random(4096)
+	broken := file("r/a/broken") // its other chunk is missing: not restored
+	missing := random(4096)
+	broken.Chunks = slices.Concat(src.put(shared, 4096), src.put(missing, 4096))
+	broken.Size = 8192
+	delete(src.memSource, broken.Chunks[1].ID)
+	first := file("r/a/first") // changed after its restore
+	first.Chunks, first.Size = src.put(changed, 4096), 4096
+	uses := file("r/b/uses")
+	uses.Chunks = slices.Concat(src.put(shared, 4096), src.put(changed, 4096))
+	uses.Size = 8192
+	m := wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(t, dir("r"), dir("r/a"), broken, first, dir("r/b"), uses)}
+	to := t.TempDir()
+	// r/a/first is changed once written, before it takes its name.
+	testHookBeforeRename = func(p []byte) {
+		if string(p) != "r/a/first" {
+			return
+		}
+		tmps, _ := filepath.Glob(filepath.Join(to, "r/a/.first.vaultnode-*"))
+		for _, f := range tmps {
+			if err := os.WriteFile(f, bytes.Repeat([]byte{'x'}, 4096), 0); err != nil {
+				t.Error(err)
+			}
+		}
+		if len(tmps) != 1 {
+			t.Errorf("temporary files of r/a/first: %q", tmps)
+		}
+	}
+	defer func() { testHookBeforeRename = nil }()
+	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+		Meta: meta.Options{SkipOwner: true}, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Problems) != 1 || !strings.Contains(res.Problems[0], "r/a/broken: NOT RESTORED") {
+		t.Errorf("problems %q, want one for r/a/broken", res.Problems)
+	}
+	got, err := os.ReadFile(filepath.Join(to, "r/b/uses"))
+	if err != nil || !bytes.Equal(got, slices.Concat(shared, changed)) {
+		t.Errorf("r/b/uses: %v, content differs: %v", err, !bytes.Equal(got, slices.Concat(shared, changed)))
+	}
+	if n := src.served[uses.Chunks[0].ID]; n != 2 {
+		t.Errorf("the chunk of a file not restored was downloaded %d times, want 2", n)
+	}
+	if n := src.served[uses.Chunks[1].ID]; n != 2 {
+		t.Errorf("the chunk of a file changed since was downloaded %d times, want 2", n)
+	}
+}
