@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -580,5 +581,66 @@ func TestGetReusesItsReadBuffer(t *testing.T) {
 	// goroutine moves to another, never one per read (20 MiB here).
 	if got := after.TotalAlloc - before.TotalAlloc; got > uint64(runtime.GOMAXPROCS(0)+1)<<20 {
 		t.Fatalf("%d reads of a 1 MiB chunk allocated %d bytes: a buffer per read", n, got)
+	}
+}
+
+// TestHasInKeyOrder checks Has's forward walk of the index: ids asked in
+// any order, repeated, absent ones between present ones (some a key or two
+// apart, some far), another company's bucket after this one's, and ids
+// past the last key all come back as a lookup of each alone would say.
+func TestHasInKeyOrder(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	var stored []store.Entry
+	for range 3000 {
+		_, e := f.chunk(8)
+		stored = append(stored, e)
+	}
+	// Index two thirds of them, leaving every third one out, so absent ids
+	// lie one key from present ones as well as far from them.
+	present := map[[32]byte]bool{}
+	var put []store.Entry
+	for i, e := range stored {
+		if i%3 != 0 {
+			put = append(put, e)
+			present[e.Header.ID] = true
+		}
+	}
+	if err := f.s.Put("acme", put); err != nil {
+		t.Fatal(err)
+	}
+	_, g := f.chunk(8)
+	if err := f.s.Put("globex", []store.Entry{g}); err != nil {
+		t.Fatal(err)
+	}
+	// A commit that looks up much of the index has it read ahead first.
+	if n, err := f.s.IndexPages(); err != nil || n == 0 {
+		t.Fatalf("IndexPages = %d, %v", n, err)
+	}
+	if err := f.s.WarmIndex(); err != nil {
+		t.Fatal(err)
+	}
+	var ids [][32]byte
+	for _, e := range stored {
+		ids = append(ids, e.Header.ID)
+	}
+	ids = append(ids, g.Header.ID, [32]byte{}, [32]byte{0xff, 0xff, 0xff, 0xff}, ids[5], ids[6], ids[5])
+	var sparse [][32]byte
+	for i := 0; i < len(ids); i += 40 {
+		sparse = append(sparse, ids[i])
+	}
+	for _, sub := range [][][32]byte{ids, slices.Clone(ids[:1]), slices.Clone(ids[len(ids)-4:]), sparse} {
+		f.r.Shuffle(len(sub), func(i, j int) { sub[i], sub[j] = sub[j], sub[i] })
+		has, err := f.s.Has("acme", sub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, id := range sub {
+			if has[i] != present[id] {
+				t.Fatalf("Has(%x) = %v among %d ids, want %v", id[:8], has[i], len(sub), present[id])
+			}
+			if _, err := f.s.Lookup("acme", id); (err == nil) != present[id] {
+				t.Fatalf("Lookup(%x): %v, want present %v", id[:8], err, present[id])
+			}
+		}
 	}
 }

@@ -25,7 +25,7 @@ func TestCommitChecksEveryBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	hs := keys.NewHasher(k.set.ChunkID)
-	const files = 10000 // two full batches and part of a third
+	const files = 2*listingLookupBatch + listingLookupBatch/2 // two full batches and part of a third
 	ids := make([][32]byte, files)
 	var entries []store.Entry
 	for i := range ids {
@@ -34,7 +34,7 @@ func TestCommitChecksEveryBatch(t *testing.T) {
 		ids[i] = h.ID
 		entries = append(entries, store.Entry{Header: h, Data: pack.AppendEntry(nil, k.aead, &h, p)})
 	}
-	missing := map[int]bool{0: true, 4096: true, 8192: true, files - 1: true}
+	missing := map[int]bool{0: true, listingLookupBatch: true, 2 * listingLookupBatch: true, files - 1: true}
 	var stored []store.Entry
 	for i, e := range entries {
 		if !missing[i] {
@@ -76,7 +76,7 @@ func TestCommitChecksEveryBatch(t *testing.T) {
 		for _, malformed := range []bool{false, true} {
 			_, err := v.checkListing(context.Background(), &session{company: "acme"}, k, listing(lack, malformed))
 			var ae *apiError
-			if malformed && lack >= 8192 { // the last batch is checked at the listing's end
+			if malformed && lack >= 2*listingLookupBatch { // the last batch is checked at the listing's end
 				if !errors.As(err, &ae) || ae.code != wire.CodeBadRequest {
 					t.Errorf("chunk %d missing, malformed end: err = %v, want %s", lack, err, wire.CodeBadRequest)
 				}

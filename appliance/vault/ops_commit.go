@@ -191,13 +191,28 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 		}
 		return nil
 	}
+	// Past warmIndexFraction of the index's pages in ids the commit will
+	// have touched a good part of the index's leaves: the rest is read
+	// whole, sequentially, before the next lookups (Store.WarmIndex).
+	warmAt := int64(-1)
+	if pages, err := v.Store.IndexPages(); err == nil {
+		warmAt = max(pages/warmIndexFraction, listingLookupBatch)
+	}
 	batches := make(chan [][32]byte)
 	checked := make(chan error, 1)
 	var failed atomic.Bool
 	go func() {
 		var err error
+		var seen int64
 		for ids := range batches {
 			if err == nil {
+				seen += int64(len(ids))
+				if warmAt >= 0 && seen >= warmAt {
+					warmAt = -1
+					if werr := v.Store.WarmIndex(); werr != nil {
+						v.log.Warn("commit: reading the index ahead failed; its lookups read it page by page", zap.Error(werr))
+					}
+				}
 				if err = check(ids); err != nil {
 					failed.Store(true)
 				}
@@ -219,8 +234,7 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 		return err
 	}
 	defer finish(nil)
-	const batch = 4096
-	bufs := [2][][32]byte{make([][32]byte, 0, batch), make([][32]byte, 0, batch)}
+	bufs := [2][][32]byte{make([][32]byte, 0, listingLookupBatch), make([][32]byte, 0, listingLookupBatch)}
 	cur := 0
 	pending := bufs[cur]
 	flush := func() {
@@ -261,7 +275,7 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 		}
 		for _, c := range n.Chunks {
 			pending = append(pending, c.ID)
-			if len(pending) == batch {
+			if len(pending) == listingLookupBatch {
 				flush()
 				if failed.Load() {
 					return t, finish(nil)
@@ -274,6 +288,17 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 	}
 	return t, finish(nil)
 }
+
+// listingLookupBatch is how many ids a commit looks up at once (Store.Has
+// walks them in key order): two batches of 32-byte ids, 1 MiB, at a time.
+const listingLookupBatch = 16384
+
+// warmIndexFraction: a commit that looks up more ids than the index has
+// pages over this has the index read ahead whole (Store.WarmIndex). Each
+// lookup in a cold index reads a leaf page alone; reading the file in large
+// sequential reads costs about as much as a few per cent of its pages read
+// one at a time.
+const warmIndexFraction = 16
 
 func listingErr(err error) error {
 	var ae *apiError
