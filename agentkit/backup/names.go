@@ -42,6 +42,9 @@ func (h *runHeap) Pop() any {
 	return x
 }
 
+// namesOf yields sorted, already sorted in byte order.
+func namesOf(sorted []string) *names { return &names{mem: sorted} }
+
 // readNames reads d's names; spillDir holds the runs of a wide directory.
 func readNames(d *os.File, spillDir string) (*names, error) {
 	n := &names{}

@@ -45,11 +45,22 @@ const (
 type readAhead struct {
 	dev, ino uint64
 	ents     map[string]unix.Statx_t
+	// names, when not nil, are all the directory's entries in byte order,
+	// every one of them stat'ed into ents: the walker lists the directory
+	// no second time (docs/performance.md, "The walker's names from the
+	// read-ahead").
+	names []string
 }
 
 // cost is what a read-ahead counts against prefetchKept: its stats, and
 // one for the directory itself so that empty ones are bounded too.
 func (ra *readAhead) cost() int { return len(ra.ents) + 1 }
+
+// dirAhead is what take hands the walker of one directory.
+type dirAhead struct {
+	ents  map[string]unix.Statx_t
+	names []string // nil: the walker lists the directory itself
+}
 
 // prefetcher reads directories and stats their entries for the walker,
 // nearest to the walker first (in tree order), waiting when prefetchKept
@@ -84,7 +95,7 @@ type prefetcher struct {
 // the stats read ahead in it, or nil. When a reader is reading that
 // directory, or will next, it waits for it rather than stat the entries
 // again itself.
-func (p *prefetcher) take(path []byte, dev, ino uint64) map[string]unix.Statx_t {
+func (p *prefetcher) take(path []byte, dev, ino uint64) dirAhead {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.walkerAt = append(p.walkerAt[:0], path...)
@@ -100,14 +111,14 @@ func (p *prefetcher) take(path []byte, dev, ino uint64) map[string]unix.Statx_t 
 	}
 	ra := p.known[string(path)]
 	if ra == nil {
-		return nil
+		return dirAhead{}
 	}
 	delete(p.known, string(path))
 	p.kept -= ra.cost()
 	if ra.dev != dev || ra.ino != ino {
-		return nil // another directory now has that name
+		return dirAhead{} // another directory now has that name
 	}
-	return ra.ents
+	return dirAhead{ents: ra.ents, names: ra.names}
 }
 
 // dropPassed forgets the pending directories and the stats the walker
@@ -263,6 +274,8 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 	}
 	ra := &readAhead{dev: st.Dev, ino: st.Ino, ents: map[string]unix.Statx_t{}}
 	var subs []prefetchDir
+	var names []string
+	complete := true // every entry listed is in ra.ents
 	for {
 		ents, err := f.ReadDir(256)
 		for _, e := range ents {
@@ -271,10 +284,14 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 			}
 			var stx unix.Statx_t
 			if meta.Statx(fd, e.Name(), &stx) != nil {
+				complete = false
 				continue
 			}
 			if len(ra.ents) < prefetchDirKept {
 				ra.ents[e.Name()] = stx
+				names = append(names, e.Name())
+			} else {
+				complete = false
 			}
 			if !e.IsDir() {
 				continue
@@ -296,6 +313,13 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 			// walker enters soonest: they are kept when not all fit.
 			slices.SortFunc(subs, func(a, b prefetchDir) int { return tree.Compare([]byte(a.path), []byte(b.path)) })
 			if errors.Is(err, io.EOF) || (err == nil && len(ents) == 0) {
+				if complete {
+					slices.Sort(names) // bytewise, as tree order wants
+					if names == nil {
+						names = []string{} // empty, and known to be
+					}
+					ra.names = names
+				}
 				return ra, subs
 			}
 			return nil, subs // unreadable: the walker reports it

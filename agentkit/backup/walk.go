@@ -395,8 +395,17 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	}
 	d := os.NewFile(uintptr(fd), abs)
 	defer d.Close()
-	names, err := readNames(d, w.spill) // bytewise order, as tree order wants
-	if err != nil {
+	var ahead dirAhead
+	if w.pf != nil {
+		ahead = w.pf.take(n.Path, n.Dev, n.Ino)
+	}
+	known := ahead.ents
+	var names *names
+	if ahead.names != nil {
+		// Read ahead whole: the same directory (dev, ino), listed and
+		// stat'ed moments ago, as if read now.
+		names = namesOf(ahead.names)
+	} else if names, err = readNames(d, w.spill); err != nil { // bytewise order, as tree order wants
 		atomic.AddInt64(&w.stats.Unreadable, 1)
 		n.Status, n.Err = tree.StatusUnreadable, "read directory: "+err.Error()
 		return w.emit(n)
@@ -405,13 +414,11 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	if err := w.emit(n); err != nil {
 		return err
 	}
-	var st unix.Stat_t
-	if unix.Fstatat(fd, VaultMarker, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
-		return nil // this directory is a vault's data: only the directory itself is recorded
-	}
-	var known map[string]unix.Statx_t
-	if w.pf != nil {
-		known = w.pf.take(n.Path, n.Dev, n.Ino)
+	if _, listed := known[VaultMarker]; ahead.names == nil || listed {
+		var st unix.Stat_t
+		if unix.Fstatat(fd, VaultMarker, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			return nil // this directory is a vault's data: only the directory itself is recorded
+		}
 	}
 	for {
 		child, ok, err := names.next()

@@ -142,13 +142,14 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 	}
 	dst := stat(".")
 	dirPath := root[1:] + "/d"
+	var names []string // the read-ahead's whole listing, when set
 	walk := func(ino uint64) map[string]tree.Node {
 		sel, err := selection.New(selection.Options{StatePath: t.TempDir()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		p := &prefetcher{}
-		p.keep(dirPath, &readAhead{dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, ents: ents})
+		p.keep(dirPath, &readAhead{dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, ents: ents, names: names})
 		order, work := make(chan []*item, 100), make(chan *item, 100)
 		w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}},
 			order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir(), pf: p}
@@ -182,6 +183,32 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 	nodes = walk(dst.Ino + 1)
 	if got := nodes[dirPath+"/a"]; got.Mode != 0o644 {
 		t.Errorf("a, read ahead in another directory: mode %o, want its own 644", got.Mode)
+	}
+
+	// A directory read ahead whole is not listed again: c, made since, is
+	// seen next time (as if made just after the listing); in another
+	// directory inode of that name the walker lists it itself.
+	if err := os.WriteFile(filepath.Join(d, "c"), []byte("c"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	names = []string{"a", "b"}
+	if nodes = walk(dst.Ino); nodes[dirPath+"/a"].Mode != 0o600 || nodes[dirPath+"/b"].Type != tree.TypeFile {
+		t.Errorf("read ahead whole: a %+v b %+v, want both from the read-ahead", nodes[dirPath+"/a"], nodes[dirPath+"/b"])
+	}
+	if _, ok := nodes[dirPath+"/c"]; ok {
+		t.Errorf("read ahead whole without c: the walker listed the directory again")
+	}
+	if nodes = walk(dst.Ino + 1); nodes[dirPath+"/c"].Type != tree.TypeFile {
+		t.Errorf("read ahead in another directory: c missing, the walker used the other one's names")
+	}
+	// A vault's data directory read ahead whole is still recorded alone.
+	if err := os.WriteFile(filepath.Join(d, VaultMarker), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ents[VaultMarker] = stat(VaultMarker)
+	names = []string{VaultMarker, "a", "b"}
+	if nodes = walk(dst.Ino); len(nodes) != 2 || nodes[dirPath].Type != tree.TypeDir {
+		t.Errorf("a vault's directory read ahead whole: recorded %d objects, want the root and it, nothing in it", len(nodes))
 	}
 }
 
@@ -242,7 +269,7 @@ func TestReadAheadOrderAndWait(t *testing.T) {
 	p.mu.Unlock()
 
 	got := make(chan map[string]unix.Statx_t)
-	go func() { got <- p.take([]byte("r/d"), 1, 2) }()
+	go func() { got <- p.take([]byte("r/d"), 1, 2).ents }()
 	p.mu.Lock()
 	for p.waiting != "r/d" {
 		p.cond.Wait()
