@@ -20,7 +20,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	aead := pack.NewAEAD([32]byte{7})
+	aead := pack.NewSealer([32]byte{7})
 	put := func(st *store.Store, mib int) {
 		payload := make([]byte, 1<<20)
 		var es []store.Entry

@@ -48,7 +48,7 @@ func (m *dataMember) stop(t testing.TB) {
 }
 
 func entries(t *testing.T, n int) ([]store.Entry, [][32]byte) {
-	aead := pack.NewAEAD([32]byte{7})
+	aead := pack.NewSealer([32]byte{7})
 	var out []store.Entry
 	var ids [][32]byte
 	for i := 0; i < n; i++ {

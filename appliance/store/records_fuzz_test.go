@@ -73,7 +73,7 @@ func FuzzParseQuarantine(f *testing.F) {
 // pack bytes, reports every byte as an entry or a span exactly once, and
 // marks as torn only a span that reaches the end.
 func FuzzWalk(f *testing.F) {
-	aead := pack.NewAEAD([32]byte{1})
+	aead := pack.NewSealer([32]byte{1})
 	h := pack.EntryHeader{Kind: pack.KindData, ID: [32]byte{2}, PlainLen: 5}
 	good := pack.AppendEntry(nil, aead, &h, []byte("hello"))
 	f.Add(good)

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 	"io"
@@ -25,7 +24,7 @@ type Options struct {
 	// index does not yet hold are authenticated before Open or Rebuild
 	// indexes them; without it (or when it fails for a company) only their
 	// headers are checked, and verify finds a bad body later.
-	Keys func(company string) (cipher.AEAD, error)
+	Keys func(company string) (*pack.Sealer, error)
 	// Clock stamps quarantine and heal records; the real clock if nil.
 	Clock clock.Clock
 	// LockTimeout is how long Open waits for another process to release
@@ -367,7 +366,7 @@ func (s *Store) indexPack(ctx context.Context, n uint32, company string, from in
 		}
 		company = h.Company
 	}
-	var aead cipher.AEAD
+	var aead *pack.Sealer
 	if s.opts.Keys != nil {
 		if aead, err = s.opts.Keys(company); err != nil {
 			s.log.Warn("no key for the pack's company: entries are checked by their headers only",

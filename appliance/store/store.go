@@ -12,7 +12,6 @@ package store
 import (
 	"bytes"
 	"context"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 	"io"
@@ -587,7 +586,7 @@ func (s *Store) release(pf *packFile) {
 
 // Get reads and opens an entry, appending its payload (as stored: maybe
 // zstd) to dst. A damaged entry gives ErrDamaged, never data.
-func (s *Store) Get(company string, aead cipher.AEAD, id [32]byte, dst []byte) ([]byte, Location, error) {
+func (s *Store) Get(company string, aead *pack.Sealer, id [32]byte, dst []byte) ([]byte, Location, error) {
 	return s.get(company, aead, id, dst)
 }
 
@@ -606,7 +605,7 @@ func (s *Store) GetSealedInto(company string, id [32]byte, dst []byte) ([]byte, 
 	return s.get(company, nil, id, dst)
 }
 
-func (s *Store) get(company string, aead cipher.AEAD, id [32]byte, dst []byte) ([]byte, Location, error) {
+func (s *Store) get(company string, aead *pack.Sealer, id [32]byte, dst []byte) ([]byte, Location, error) {
 	loc, err := s.Lookup(company, id)
 	if err != nil {
 		return nil, loc, err

@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"bytes"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 	"io"
@@ -28,7 +27,7 @@ type fixture struct {
 	t    *testing.T
 	dir  string
 	s    *store.Store
-	aead cipher.AEAD
+	aead *pack.Sealer
 	hs   *keys.Hasher
 	r    *rand.Rand
 }
@@ -38,7 +37,7 @@ func newFixture(t *testing.T, dir string) *fixture {
 	var secret [32]byte
 	secret[0] = 42
 	ks := keys.Derive(secret)
-	f := &fixture{t: t, dir: dir, aead: pack.NewAEAD(ks.Pack), hs: keys.NewHasher(ks.ChunkID), r: rand.New(rand.NewPCG(1, 1))}
+	f := &fixture{t: t, dir: dir, aead: pack.NewSealer(ks.Pack), hs: keys.NewHasher(ks.ChunkID), r: rand.New(rand.NewPCG(1, 1))}
 	f.open()
 	t.Cleanup(func() {
 		if f.s != nil {
@@ -58,7 +57,7 @@ func (f *fixture) open() {
 }
 
 // keys gives the fixture's key to every company but "nokey".
-func (f *fixture) keys(company string) (cipher.AEAD, error) {
+func (f *fixture) keys(company string) (*pack.Sealer, error) {
 	if company == "nokey" {
 		return nil, errors.New("no such company")
 	}

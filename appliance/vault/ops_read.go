@@ -2,7 +2,6 @@ package vault
 
 import (
 	"context"
-	"crypto/cipher"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"vaultnode/appliance/store"
+	"vaultnode/internal/pack"
 	"vaultnode/internal/wire"
 )
 
@@ -184,7 +184,7 @@ func (v *Vault) giveReadAhead(company string, n int64) {
 // chunk it may hold outside the budget) if it is free, else what it takes
 // from the budget if that is there at once, else waits for the token:
 // what a chunk takes is known from the index before it is read.
-func (v *Vault) readChunks(ctx context.Context, company string, aead cipher.AEAD, ids [][32]byte, own chan struct{}, out chan<- chunkRead) {
+func (v *Vault) readChunks(ctx context.Context, company string, aead *pack.Sealer, ids [][32]byte, own chan struct{}, out chan<- chunkRead) {
 	for _, id := range ids {
 		need := wire.FrameHeaderSize + 64<<10 // not found: Get says why
 		if loc, err := v.Store.Lookup(company, id); err == nil {

@@ -157,7 +157,7 @@ type Vault struct {
 
 type companyKeys struct {
 	set  keys.Set
-	aead cipher.AEAD
+	aead *pack.Sealer
 }
 
 // Open opens (or creates) the vault in opts.Dir.
@@ -337,7 +337,7 @@ func (v *Vault) companyKeys(name string) (*companyKeys, error) {
 		return nil, err
 	}
 	k := &companyKeys{set: keys.Derive(secret)}
-	k.aead = pack.NewAEAD(k.set.Pack)
+	k.aead = pack.NewSealer(k.set.Pack)
 	v.keys[name] = k
 	return k, nil
 }

@@ -2,6 +2,7 @@ package pack_test
 
 import (
 	"bytes"
+	"crypto/cipher"
 	"crypto/sha256"
 	"encoding/hex"
 	"flag"
@@ -18,15 +19,20 @@ import (
 	"vaultnode/internal/pack"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
+	"vaultnode/internal/xaes"
 )
 
-// The frozen fixture of repository format version 1. It was written once by
-// `go test ./internal/pack -run TestFixtureV1 -update-fixture` and must never
-// be regenerated: it stands for packs already on disk at customers. If the
-// format moves on, add a v2 fixture next to it and keep this one readable.
+// The frozen fixtures of the pack format. Each was written once by
+// `go test ./internal/pack -run TestFixtureVN -update-fixture` and must
+// never be regenerated: they stand for packs already on disk at customers.
+// If the format moves on, add a fixture next to them and keep these
+// readable. Version 1 sealed entries with XChaCha20-Poly1305 (cipher byte
+// 0, then reserved); version 2 with XAES-256-GCM (cipher byte 1).
 const (
 	fixtureV1     = "testdata/v1.pack"
 	fixtureV1Hash = "73f2bd50a29e6aa8990367af15b25abb54b10d2b0264f82865b0fc2003d357d9"
+	fixtureV2     = "testdata/v2.pack"
+	fixtureV2Hash = "711cc89c95b909579e733f51fbd26e9c4702a6fec29e0837a9db9cf880b3c8b7"
 )
 
 var updateFixture = flag.Bool("update-fixture", false, "rewrite the frozen format fixtures (never for a released format)")
@@ -86,16 +92,27 @@ func fixtureManifest(hs *keys.Hasher, listing []byte) wire.Manifest {
 		Totals:  wire.Totals{Files: 1, Dirs: 1, Bytes: 11, ChunksSent: 2, BytesSent: 11 + int64(len(listing))}}
 }
 
-// sealEntry builds an entry like pack.AppendEntry but with a given nonce.
-func sealEntry(dst []byte, key [32]byte, h *pack.EntryHeader, nonce [pack.NonceSize]byte, payload []byte) []byte {
+// sealEntry builds an entry like pack.AppendEntry but with a given cipher
+// and nonce: with pack.CipherXChaCha20Poly1305 it is the sealing path of
+// the versions before XAES-256-GCM.
+func sealEntry(dst []byte, key [32]byte, c pack.Cipher, h *pack.EntryHeader, nonce [pack.NonceSize]byte, payload []byte) []byte {
+	h.Cipher = c
 	h.BodyLen = uint32(pack.Overhead + len(payload))
 	hb := h.Marshal()
 	dst = append(dst, hb[:]...)
 	dst = append(dst, nonce[:]...)
-	return pack.NewAEAD(key).Seal(dst, nonce[:], payload, hb[:48])
+	var a cipher.AEAD = pack.NewAEAD(key)
+	if c == pack.CipherXAES256GCM {
+		x, err := xaes.New(key[:])
+		if err != nil {
+			panic(err)
+		}
+		a = x
+	}
+	return a.Seal(dst, nonce[:], payload, hb[:48])
 }
 
-func writeFixtureV1(t *testing.T) {
+func writeFixture(t *testing.T, path string, c pack.Cipher) {
 	ks := keys.Derive(fixtureSecret())
 	hs := keys.NewHasher(ks.ChunkID)
 	listing := fixtureListing(t, hs)
@@ -124,37 +141,48 @@ func writeFixtureV1(t *testing.T) {
 			}
 			h.Flags = pack.FlagZstd
 		}
-		b = sealEntry(b, ks.Pack, &h, fixtureNonce(i), payload)
+		b = sealEntry(b, ks.Pack, c, &h, fixtureNonce(i), payload)
 	}
-	if err := os.MkdirAll(filepath.Dir(fixtureV1), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(fixtureV1, b, 0o644); err != nil {
+	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(b)
-	t.Logf("wrote %s (%d bytes), sha256 %x: put it in fixtureV1Hash", fixtureV1, len(b), sum)
+	t.Logf("wrote %s (%d bytes), sha256 %x: put it in its hash constant", path, len(b), sum)
 }
 
-// TestFixtureV1 reads the frozen version 1 pack with the current code.
+// TestFixtureV1 reads the frozen version 1 pack (XChaCha20-Poly1305) with
+// the current code.
 func TestFixtureV1(t *testing.T) {
-	if *updateFixture {
-		writeFixtureV1(t)
+	testFixture(t, fixtureV1, fixtureV1Hash, pack.CipherXChaCha20Poly1305)
+}
+
+// TestFixtureV2 reads the frozen version 2 pack (XAES-256-GCM) with the
+// current code.
+func TestFixtureV2(t *testing.T) {
+	testFixture(t, fixtureV2, fixtureV2Hash, pack.CipherXAES256GCM)
+}
+
+func testFixture(t *testing.T, path, hash string, c pack.Cipher) {
+	if *updateFixture && hash == "" {
+		writeFixture(t, path, c)
 	}
-	b, err := os.ReadFile(fixtureV1)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != fixtureV1Hash {
-		t.Fatalf("%s was changed (sha256 %x): frozen fixtures are never rewritten; restore it with git", fixtureV1, sum)
+	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != hash {
+		t.Fatalf("%s was changed (sha256 %x): frozen fixtures are never rewritten; restore it with git", path, sum)
 	}
 	ks := keys.Derive(fixtureSecret())
 	hs := keys.NewHasher(ks.ChunkID)
-	aead := pack.NewAEAD(ks.Pack)
+	aead := pack.NewSealer(ks.Pack)
 
 	sc, err := pack.NewScanner(bytes.NewReader(b))
 	if err != nil {
-		t.Fatalf("current code cannot read a v1 pack header: %v", err)
+		t.Fatalf("current code cannot read the pack header of %s: %v", path, err)
 	}
 	if want := (pack.FileHeader{Company: fixtureCompany, Number: 0x102}); sc.Header != want {
 		t.Fatalf("header = %+v, want %+v", sc.Header, want)
@@ -188,15 +216,16 @@ func TestFixtureV1(t *testing.T) {
 		if i >= len(want) {
 			t.Fatalf("more than %d entries", len(want))
 		}
-		if e.Offset != off || e.Header.Kind != want[i].kind || e.Header.Flags != want[i].flags {
-			t.Fatalf("entry %d: offset %d kind %d flags %d, want %d %d %d", i, e.Offset, e.Header.Kind, e.Header.Flags, off, want[i].kind, want[i].flags)
+		if e.Offset != off || e.Header.Kind != want[i].kind || e.Header.Flags != want[i].flags || e.Header.Cipher != c {
+			t.Fatalf("entry %d: offset %d kind %d flags %d cipher %v, want %d %d %d %v", i, e.Offset, e.Header.Kind, e.Header.Flags, e.Header.Cipher,
+				off, want[i].kind, want[i].flags, c)
 		}
 		if got := [pack.NonceSize]byte(e.Body[:pack.NonceSize]); got != fixtureNonce(i) {
 			t.Fatalf("entry %d: nonce is not at the start of the body", i)
 		}
 		payload, err := pack.OpenBody(nil, aead, &e.Header, e.Body)
 		if err != nil {
-			t.Fatalf("entry %d: current code cannot open a v1 entry: %v", i, err)
+			t.Fatalf("entry %d: current code cannot open a %s entry: %v", i, path, err)
 		}
 		plain, err := wire.Decompress(nil, e.Header.Flags, payload, e.Header.PlainLen)
 		if err != nil {
@@ -213,10 +242,10 @@ func TestFixtureV1(t *testing.T) {
 		}
 		// The current writer, given the same nonce, writes the same bytes.
 		h := pack.EntryHeader{Kind: e.Header.Kind, Flags: e.Header.Flags, ID: e.Header.ID, PlainLen: e.Header.PlainLen}
-		rebuilt = sealEntry(rebuilt, ks.Pack, &h, fixtureNonce(i), payload)
+		rebuilt = sealEntry(rebuilt, ks.Pack, c, &h, fixtureNonce(i), payload)
 	}
 	if !bytes.Equal(rebuilt, b) {
-		t.Fatal("the current encoder writes different bytes for the v1 entries")
+		t.Fatalf("the current encoder writes different bytes for the %s entries", path)
 	}
 
 	// The listing chunk reads with the current listing reader.
@@ -239,9 +268,9 @@ func TestFixtureV1(t *testing.T) {
 	// The manifest decodes strictly into the current Manifest.
 	var m wire.Manifest
 	if err := tree.Unmarshal(manifest, &m); err != nil {
-		t.Fatalf("current code cannot decode a v1 manifest: %v", err)
+		t.Fatalf("current code cannot decode the manifest of %s: %v", path, err)
 	}
 	if diff := cmp.Diff(fixtureManifest(hs, wantListing), m); diff != "" {
-		t.Fatalf("v1 manifest decodes differently (-want +got):\n%s", diff)
+		t.Fatalf("%s manifest decodes differently (-want +got):\n%s", path, diff)
 	}
 }

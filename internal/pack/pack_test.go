@@ -6,6 +6,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"io"
+	"strings"
 	"testing"
 
 	"vaultnode/internal/pack"
@@ -75,12 +76,12 @@ func TestFileHeaderErrors(t *testing.T) {
 
 func sealed(t testing.TB, key [32]byte, h pack.EntryHeader, payload []byte) []byte {
 	t.Helper()
-	return pack.AppendEntry(nil, pack.NewAEAD(key), &h, payload)
+	return pack.AppendEntry(nil, pack.NewSealer(key), &h, payload)
 }
 
 func TestEntryRoundTrip(t *testing.T) {
 	key := testKey(1)
-	aead := pack.NewAEAD(key)
+	aead := pack.NewSealer(key)
 	tests := []struct {
 		name    string
 		h       pack.EntryHeader
@@ -109,6 +110,9 @@ func TestEntryRoundTrip(t *testing.T) {
 			}
 			if string(b[:4]) != "VNE1" {
 				t.Fatalf("entry magic %q", b[:4])
+			}
+			if b[6] != byte(pack.CipherXAES256GCM) || h.Cipher != pack.CipherXAES256GCM {
+				t.Fatalf("cipher byte %d, header says %v: new entries are sealed with XAES-256-GCM", b[6], h.Cipher)
 			}
 			if crc := crc32.Checksum(b[:48], crc32.MakeTable(crc32.Castagnoli)); crc != binary.LittleEndian.Uint32(b[48:52]) {
 				t.Fatalf("header crc %08x does not match bytes", crc)
@@ -141,7 +145,7 @@ func TestEntryRoundTrip(t *testing.T) {
 // caught by the header parser or by authentication, never give data.
 func TestEntryTamper(t *testing.T) {
 	key := testKey(1)
-	aead := pack.NewAEAD(key)
+	aead := pack.NewSealer(key)
 	payload := []byte("the quick brown fox jumps over the lazy dog")
 	b := sealed(t, key, pack.EntryHeader{Kind: pack.KindData, ID: [32]byte{4, 5}, PlainLen: uint32(len(payload))}, payload)
 	for i := range b {
@@ -162,8 +166,46 @@ func TestEntryTamper(t *testing.T) {
 	}
 	// The wrong key never opens.
 	h, _ := pack.ParseEntryHeader(b)
-	if _, err := pack.OpenBody(nil, pack.NewAEAD(testKey(2)), &h, b[pack.EntryHeaderSize:]); !errors.Is(err, pack.ErrAuth) {
+	if _, err := pack.OpenBody(nil, pack.NewSealer(testKey(2)), &h, b[pack.EntryHeaderSize:]); !errors.Is(err, pack.ErrAuth) {
 		t.Fatalf("wrong key: err = %v, want ErrAuth", err)
+	}
+}
+
+// TestCiphers opens entries sealed by the versions before XAES-256-GCM
+// (XChaCha20-Poly1305, cipher byte 0) next to new ones, and checks the
+// cipher byte is bound to the body and bounded.
+func TestCiphers(t *testing.T) {
+	key := testKey(3)
+	s := pack.NewSealer(key)
+	payload := []byte("sealed before and after")
+	for _, c := range []pack.Cipher{pack.CipherXChaCha20Poly1305, pack.CipherXAES256GCM} {
+		h := pack.EntryHeader{Kind: pack.KindData, ID: [32]byte{5}, PlainLen: uint32(len(payload))}
+		b := sealEntry(nil, key, c, &h, fixtureNonce(1), payload)
+		got, err := pack.ParseEntryHeader(b)
+		if err != nil || got.Cipher != c {
+			t.Fatalf("%v: parsed cipher %v, %v", c, got.Cipher, err)
+		}
+		out, err := pack.OpenBody(nil, s, &got, b[pack.EntryHeaderSize:])
+		if err != nil || !bytes.Equal(out, payload) {
+			t.Fatalf("%v: OpenBody = %q, %v", c, out, err)
+		}
+		// The cipher byte is in the associated data: naming the other
+		// cipher (with a fixed CRC) never opens.
+		other := got
+		other.Cipher = 1 - c
+		if _, err := pack.OpenBody(nil, s, &other, b[pack.EntryHeaderSize:]); !errors.Is(err, pack.ErrAuth) {
+			t.Fatalf("%v body under a %v header: err = %v, want ErrAuth", c, other.Cipher, err)
+		}
+	}
+	// An unknown cipher is a clear error naming the byte, never a panic.
+	h := pack.EntryHeader{Kind: pack.KindData, Cipher: 9, PlainLen: 1, BodyLen: pack.Overhead + 1}
+	_, err := pack.OpenBody(nil, s, &h, make([]byte, pack.Overhead+1))
+	if !errors.Is(err, pack.ErrCipher) || !errors.Is(err, pack.ErrCorrupt) || !strings.Contains(err.Error(), "cipher byte 9") {
+		t.Fatalf("unknown cipher: err = %v, want ErrCipher naming byte 9", err)
+	}
+	hb := h.Marshal()
+	if _, err := pack.ParseEntryHeader(hb[:]); !errors.Is(err, pack.ErrCipher) || !strings.Contains(err.Error(), "cipher byte 9") {
+		t.Fatalf("unknown cipher header: err = %v, want ErrCipher naming byte 9", err)
 	}
 }
 
@@ -171,7 +213,7 @@ func TestEntryTamper(t *testing.T) {
 // seal's associated data must refuse it.
 func TestBodyBoundToHeader(t *testing.T) {
 	key := testKey(1)
-	aead := pack.NewAEAD(key)
+	aead := pack.NewSealer(key)
 	b := sealed(t, key, pack.EntryHeader{Kind: pack.KindData, ID: [32]byte{1}, PlainLen: 3}, []byte("abc"))
 	h, _ := pack.ParseEntryHeader(b)
 	for name, mut := range map[string]func(h *pack.EntryHeader){
@@ -222,7 +264,9 @@ func TestParseEntryHeaderErrors(t *testing.T) {
 		{"kind 4", mut(func(b []byte) { b[4] = 4; withCRC(b) }), pack.ErrCorrupt},
 		{"unknown flag", mut(func(b []byte) { b[5] = 4; withCRC(b) }), pack.ErrCorrupt},
 		{"two codecs", mut(func(b []byte) { b[5] = pack.FlagZstd | pack.FlagS2; withCRC(b) }), pack.ErrCorrupt},
-		{"reserved", mut(func(b []byte) { b[6] = 1; withCRC(b) }), pack.ErrCorrupt},
+		{"reserved", mut(func(b []byte) { b[7] = 1; withCRC(b) }), pack.ErrCorrupt},
+		{"unknown cipher", mut(func(b []byte) { b[6] = 2; withCRC(b) }), pack.ErrCipher},
+		{"unknown cipher is corrupt", mut(func(b []byte) { b[6] = 0xff; withCRC(b) }), pack.ErrCorrupt},
 		{"plain too long", mut(func(b []byte) { binary.LittleEndian.PutUint32(b[40:], pack.MaxPlain+1); withCRC(b) }), pack.ErrCorrupt},
 		{"body under overhead", mut(func(b []byte) { binary.LittleEndian.PutUint32(b[44:], pack.Overhead-1); withCRC(b) }), pack.ErrCorrupt},
 		{"body huge", mut(func(b []byte) { binary.LittleEndian.PutUint32(b[44:], 0xffffffff); withCRC(b) }), pack.ErrCorrupt},
@@ -244,14 +288,14 @@ func buildPack(t testing.TB, key [32]byte, payloads ...[]byte) ([]byte, []int64)
 	for i, p := range payloads {
 		offs = append(offs, int64(len(b)))
 		h := pack.EntryHeader{Kind: pack.KindData, ID: [32]byte{byte(i)}, PlainLen: uint32(len(p))}
-		b = pack.AppendEntry(b, pack.NewAEAD(key), &h, p)
+		b = pack.AppendEntry(b, pack.NewSealer(key), &h, p)
 	}
 	return b, offs
 }
 
 func TestScanner(t *testing.T) {
 	key := testKey(3)
-	aead := pack.NewAEAD(key)
+	aead := pack.NewSealer(key)
 	payloads := [][]byte{[]byte("one"), nil, bytes.Repeat([]byte("three"), 300000), []byte("four")}
 	b, offs := buildPack(t, key, payloads...)
 
@@ -400,7 +444,7 @@ func FuzzScanner(f *testing.F) {
 		if err != nil {
 			return
 		}
-		aead := pack.NewAEAD(key)
+		aead := pack.NewSealer(key)
 		prev := int64(pack.FileHeaderSize)
 		for {
 			off := sc.Offset()
@@ -431,16 +475,21 @@ func FuzzScanner(f *testing.F) {
 
 func FuzzOpenBody(f *testing.F) {
 	key := testKey(6)
-	aead := pack.NewAEAD(key)
+	aead := pack.NewSealer(key)
 	payload := []byte("sealed payload")
 	h := pack.EntryHeader{Kind: pack.KindData, ID: [32]byte{7}, PlainLen: uint32(len(payload))}
 	// A fixed nonce: the fuzzing workers must compute the same entry.
-	e := sealEntry(nil, key, &h, fixtureNonce(0), payload)
-	f.Add(e[pack.EntryHeaderSize:], uint32(0))
-	f.Add(e[pack.EntryHeaderSize:pack.EntryHeaderSize+20], uint32(0))
-	f.Add([]byte{}, uint32(1))
-	f.Fuzz(func(t *testing.T, body []byte, delta uint32) {
+	hOld := h
+	e := sealEntry(nil, key, pack.CipherXAES256GCM, &h, fixtureNonce(0), payload)
+	old := sealEntry(nil, key, pack.CipherXChaCha20Poly1305, &hOld, fixtureNonce(0), payload)
+	f.Add(e[pack.EntryHeaderSize:], uint32(0), uint8(pack.CipherXAES256GCM))
+	f.Add(old[pack.EntryHeaderSize:], uint32(0), uint8(pack.CipherXChaCha20Poly1305))
+	f.Add(e[pack.EntryHeaderSize:], uint32(0), uint8(2))
+	f.Add(e[pack.EntryHeaderSize:pack.EntryHeaderSize+20], uint32(0), uint8(1))
+	f.Add([]byte{}, uint32(1), uint8(0))
+	f.Fuzz(func(t *testing.T, body []byte, delta uint32, c uint8) {
 		hh := h
+		hh.Cipher = pack.Cipher(c)
 		hh.BodyLen = uint32(len(body)) + delta%2
 		out, err := pack.OpenBody(nil, aead, &hh, body)
 		if err != nil {
@@ -449,9 +498,53 @@ func FuzzOpenBody(f *testing.F) {
 			}
 			return
 		}
-		// Only the genuine body may open, and only to its payload.
-		if !bytes.Equal(body, e[pack.EntryHeaderSize:]) || !bytes.Equal(out, payload) {
+		// Only a genuine body may open, under its own cipher, and only to
+		// its payload.
+		genuine := (hh.Cipher == pack.CipherXAES256GCM && bytes.Equal(body, e[pack.EntryHeaderSize:])) ||
+			(hh.Cipher == pack.CipherXChaCha20Poly1305 && bytes.Equal(body, old[pack.EntryHeaderSize:]))
+		if !genuine || !bytes.Equal(out, payload) {
 			t.Fatalf("forged body opened to %q", out)
 		}
 	})
+}
+
+// BenchmarkEntry seals and opens entries of 4 KiB, 64 KiB and 1 MiB with
+// each cipher: xchacha is the sealing of the versions before XAES-256-GCM.
+func BenchmarkEntry(b *testing.B) {
+	key := testKey(8)
+	s := pack.NewSealer(key)
+	for _, size := range []struct {
+		name string
+		n    int
+	}{{"4KiB", 4 << 10}, {"64KiB", 64 << 10}, {"1MiB", 1 << 20}} {
+		payload := bytes.Repeat([]byte{0x5a}, size.n)
+		for _, c := range []struct {
+			name string
+			c    pack.Cipher
+		}{{"xchacha", pack.CipherXChaCha20Poly1305}, {"xaes", pack.CipherXAES256GCM}} {
+			b.Run("seal/"+c.name+"/"+size.name, func(b *testing.B) {
+				b.SetBytes(int64(size.n))
+				var dst []byte
+				for b.Loop() {
+					h := pack.EntryHeader{Kind: pack.KindData, PlainLen: uint32(size.n)}
+					if c.c == pack.CipherXAES256GCM {
+						dst = pack.AppendEntry(dst[:0], s, &h, payload)
+					} else {
+						dst = sealEntry(dst[:0], key, c.c, &h, fixtureNonce(0), payload)
+					}
+				}
+			})
+			b.Run("open/"+c.name+"/"+size.name, func(b *testing.B) {
+				h := pack.EntryHeader{Kind: pack.KindData, PlainLen: uint32(size.n)}
+				e := sealEntry(nil, key, c.c, &h, fixtureNonce(0), payload)
+				out := make([]byte, 0, size.n)
+				b.SetBytes(int64(size.n))
+				for b.Loop() {
+					if _, err := pack.OpenBody(out[:0], s, &h, e[pack.EntryHeaderSize:]); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }

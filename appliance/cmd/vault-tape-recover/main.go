@@ -236,7 +236,7 @@ func (r *recoverer) chunk(company string, id [32]byte) ([]byte, error) {
 		if r.set == nil {
 			return nil, fmt.Errorf("chunk %x is encrypted: give the company's key with -key", id[:8])
 		}
-		if payload, err = pack.OpenBody(nil, pack.NewAEAD(r.set.Pack), &h, payload); err != nil {
+		if payload, err = pack.OpenBody(nil, pack.NewSealer(r.set.Pack), &h, payload); err != nil {
 			return nil, fmt.Errorf("chunk %x: %w (is -key the key of company %s?)", id[:8], err, company)
 		}
 	}

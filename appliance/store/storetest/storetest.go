@@ -7,7 +7,6 @@ package storetest
 import (
 	"bytes"
 	"context"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 	"io"
@@ -261,10 +260,10 @@ func RunStore(t *testing.T, open func(t *testing.T) store.Packs) {
 	var secret [32]byte
 	secret[0] = 7
 	ks := keys.Derive(secret)
-	aead := pack.NewAEAD(ks.Pack)
+	aead := pack.NewSealer(ks.Pack)
 	h := keys.NewHasher(ks.ChunkID)
 	opts := func(p store.Packs) store.Options {
-		return store.Options{Packs: p, Keys: func(string) (cipher.AEAD, error) { return aead, nil }}
+		return store.Options{Packs: p, Keys: func(string) (*pack.Sealer, error) { return aead, nil }}
 	}
 	t.Run("PutRestartRebuild", func(t *testing.T) {
 		ctx := context.Background()
