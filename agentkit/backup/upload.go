@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
 	"vaultnode/internal/wire"
@@ -49,11 +50,14 @@ const (
 	// senders is the number of uploads in flight: the vault syncs each
 	// before answering, so several in flight keep its disk busy.
 	senders     = 2
-	budgetBytes = 8 << 20
+	budgetBytes = 32 << 20
 	// requestBytes ends an upload request: the vault acknowledges (syncs)
 	// what it holds at the end of each.
 	requestBytes = 16 << 20
 	lackBatch    = 256
+	// lackQueries is how many lack queries may wait for their answers at
+	// once.
+	lackQueries = 4
 )
 
 func newUploader(v Vault, session string, stats *Stats) *uploader {
@@ -89,17 +93,21 @@ func (u *uploader) done(c *chunk) {
 	u.budget.Release(c.held)
 }
 
-// lacker batches candidates into lack queries.
+// lacker batches candidates into lack queries, up to lackQueries of them
+// in flight: one at a time, the chunks of a batch waited in the budget for
+// its answer while the readers, out of budget, waited for them
+// (docs/performance.md, "Lack queries in flight").
 func (u *uploader) lacker(ctx context.Context) error {
 	defer close(u.comp)
-	batch := make([]*chunk, 0, lackBatch)
-	ids := make([][32]byte, 0, lackBatch)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(lackQueries)
 	for {
 		c, ok := <-u.cand
 		if !ok {
-			return nil
+			break
 		}
-		batch = append(batch[:0], c)
+		batch := make([]*chunk, 1, lackBatch)
+		batch[0] = c
 		size := len(c.data)
 	fill:
 		for len(batch) < lackBatch && size < 32<<20 {
@@ -114,27 +122,47 @@ func (u *uploader) lacker(ctx context.Context) error {
 				break fill
 			}
 		}
-		ids = ids[:0]
-		for _, c := range batch {
-			ids = append(ids, c.id)
-		}
-		lacks, err := u.vault.Lack(ctx, u.session, ids)
-		if err != nil {
-			return err
-		}
-		for i, c := range batch {
-			if !lacks[i] {
-				atomic.AddInt64(&u.stats.ChunksKnown, 1)
+		if gctx.Err() != nil {
+			for _, c := range batch {
 				u.done(c)
-				continue
 			}
-			select {
-			case u.comp <- c:
-			case <-ctx.Done():
-				return ctx.Err()
+			break
+		}
+		g.Go(func() error { return u.lack(gctx, batch) })
+	}
+	return g.Wait()
+}
+
+// lack asks the vault which chunks of batch it lacks and passes those on
+// to the compressors; it gives back the budget of the others.
+func (u *uploader) lack(ctx context.Context, batch []*chunk) error {
+	ids := make([][32]byte, len(batch))
+	for i, c := range batch {
+		ids[i] = c.id
+	}
+	lacks, err := u.vault.Lack(ctx, u.session, ids)
+	if err != nil {
+		for _, c := range batch {
+			u.done(c)
+		}
+		return err
+	}
+	for i, c := range batch {
+		if !lacks[i] {
+			atomic.AddInt64(&u.stats.ChunksKnown, 1)
+			u.done(c)
+			continue
+		}
+		select {
+		case u.comp <- c:
+		case <-ctx.Done():
+			for _, c := range batch[i:] {
+				u.done(c)
 			}
+			return ctx.Err()
 		}
 	}
+	return nil
 }
 
 // compressor compresses lacking chunks. The compressed payload is smaller

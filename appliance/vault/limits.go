@@ -268,6 +268,18 @@ func setRetryAfter(w http.ResponseWriter, d time.Duration) {
 // maxStreams bounds the concurrent requests of one HTTP/2 connection.
 const maxStreams = 32
 
+// connRecvWindow and streamRecvWindow are the HTTP/2 receive windows of an
+// agent connection: how much request body it may send ahead of the
+// handlers' reads, buffered by vaultd. At Go's default of 1 MiB a
+// connection, an agent's two uploads and its lack queries waited for
+// window updates most of an initial backup (docs/performance.md, "Lack
+// queries in flight"). Bounded per connection, so per computer by
+// Limits.ConnsPerComputer (docs/protocol.md, Memory bounds).
+const (
+	connRecvWindow   = 4 << 20
+	streamRecvWindow = 2 << 20
+)
+
 // maxSessionsPerComputer bounds the open sessions of one computer: opening
 // one more forgets its least recently used.
 const maxSessionsPerComputer = 64

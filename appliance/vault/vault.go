@@ -424,7 +424,8 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	ln, tlsConf = v.conns.listener(ln), v.conns.tlsConfig(tlsConf) // connection caps (conn.go)
 	errLog, _ := zap.NewStdLogAt(v.log.Named("http"), zap.WarnLevel)
 	agentSrv := &http.Server{Handler: v.agentHandler(), TLSConfig: tlsConf, ErrorLog: errLog,
-		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxStreams}}
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxStreams,
+			MaxReceiveBufferPerConnection: connRecvWindow, MaxReceiveBufferPerStream: streamRecvWindow}}
 	adminSrv := &http.Server{Handler: v.adminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 30 * time.Second}
 	portalSrv, pln, err := v.listenPortal(errLog)
 	if err != nil {

@@ -2,13 +2,15 @@
 // a CPU profile when VAULTNODE_CPUPROFILE names a file, and the heap at its
 // largest when VAULTNODE_HEAPPROFILE does (tag appended to either name);
 // and a CPU profile of one job at a time when VAULTNODE_JOB_CPUPROFILE
-// does (Span: the job's kind appended).
+// does (Span: the job's kind appended); and an execution trace (go tool
+// trace: which goroutine waited for what) when VAULTNODE_TRACE does.
 package profile
 
 import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 )
 
@@ -21,6 +23,15 @@ func Start(tag string) func() {
 				f.Close()
 			} else {
 				stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+			}
+		}
+	}
+	if p := os.Getenv("VAULTNODE_TRACE"); p != "" {
+		if f, err := os.Create(p + "." + tag); err == nil {
+			if err := trace.Start(f); err != nil {
+				f.Close()
+			} else {
+				stops = append(stops, func() { trace.Stop(); f.Close() })
 			}
 		}
 	}
