@@ -109,21 +109,27 @@ func (v *Vault) CollectJob(ctx context.Context, p *jobs.Progress) (any, error) {
 func (v *Vault) hasProtected(s *session, ids [][32]byte) ([]bool, error) {
 	v.gcMu.RLock()
 	defer v.gcMu.RUnlock()
-	s.protectIDs(ids)
+	v.protectIDs(s, ids)
 	return v.Store.Has(s.company, ids)
 }
 
 // protect adds ids to a session's protect set.
 func (v *Vault) protect(s *session, ids [][32]byte) {
 	v.gcMu.RLock()
-	s.protectIDs(ids)
+	v.protectIDs(s, ids)
 	v.gcMu.RUnlock()
 }
 
-func (s *session) protectIDs(ids [][32]byte) {
+func (v *Vault) protectIDs(s *session, ids [][32]byte) {
 	s.mu.Lock()
+	was := s.protect.all
 	s.protect.add(ids...)
+	now := s.protect.all
 	s.mu.Unlock()
+	if now && !was {
+		v.log.Info("a session names more chunks than its protect set keeps: a collection while it is open, or ending, sweeps nothing of its company",
+			zap.String("company", s.company), zap.String("session", s.id), zap.Int("max_chunks", maxProtectKeys))
+	}
 }
 
 // retireLocked hands an ending session's protect set to a running
@@ -134,7 +140,7 @@ func (v *Vault) retireLocked(s *session) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.protect.len() == 0 {
+	if s.protect.empty() {
 		return
 	}
 	r := v.retired[s.company]

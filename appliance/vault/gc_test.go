@@ -454,3 +454,46 @@ func TestMarks(t *testing.T) {
 		t.Fatalf("unmarked %x", got)
 	}
 }
+
+// TestSaturatedProtectSet: a session that names more chunks than a protect
+// set keeps (maxProtectKeys) protects everything of its company: a
+// collection while it is open sweeps nothing there, and the next one after
+// its commit sweeps the garbage.
+func TestSaturatedProtectSet(t *testing.T) {
+	defer func(n int) { maxProtectKeys = n }(maxProtectKeys)
+	maxProtectKeys = 2
+	v := openTestVault(t)
+	ctx := context.Background()
+	a := newGCAgent(t, v, "acme", "c1")
+	if _, err := a.backup(ctx, [][]byte{[]byte("the old content, pruned away")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.backup(ctx, [][]byte{[]byte("newer")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Catalog.Prune(catalog.PruneCmd{Versions: []catalog.VersionKey{{Computer: "c1", Config: "home", Seq: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	// Neither chunk of the new session is the pruned version's garbage.
+	sid, listing, err := a.stage(ctx, [][]byte{[]byte("one"), []byte("two"), []byte("three"), []byte("four")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := v.Collect(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Swept != 0 || res.Protected == 0 {
+		t.Fatalf("a collection beside a saturated session swept %d, protected %d: want nothing swept", res.Swept, res.Protected)
+	}
+	if _, err := v.Commit(ctx, a.p, sid, wire.Commit{Listing: listing}); err != nil {
+		t.Fatalf("commit after a collection: %v", err)
+	}
+	if res, err = v.Collect(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res.Swept == 0 {
+		t.Fatalf("the collection after the commit swept nothing: %+v", res)
+	}
+	restoreAll(t, v, map[string][][]byte{"c1@2": {[]byte("newer")}, "c1@3": {[]byte("one"), []byte("two"), []byte("three"), []byte("four")}})
+}

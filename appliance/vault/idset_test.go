@@ -83,3 +83,36 @@ func TestIDSet(t *testing.T) {
 		t.Fatal("the empty set has something")
 	}
 }
+
+// TestIDSetSaturates: past maxProtectKeys distinct keys a set drops them
+// and protects every id; addSet carries that over.
+func TestIDSetSaturates(t *testing.T) {
+	defer func(n int) { maxProtectKeys = n }(maxProtectKeys)
+	maxProtectKeys = 10_000
+	r := rand.New(rand.NewPCG(3, 4))
+	rid := func() (id [32]byte) {
+		for i := 0; i < 32; i += 8 {
+			binary.LittleEndian.PutUint64(id[i:], r.Uint64())
+		}
+		return id
+	}
+	var s idSet
+	for range 10_000 {
+		s.add(rid())
+	}
+	if s.all || s.has(rid()) || s.empty() {
+		t.Fatal("a set at its bound saturated early")
+	}
+	for range 5_000 {
+		s.add(rid())
+	}
+	if !s.all || !s.has(rid()) || s.empty() || cap(s.sorted)+cap(s.tail) != 0 {
+		t.Fatalf("past its bound: all %v, keys kept %d", s.all, cap(s.sorted)+cap(s.tail))
+	}
+	var retired idSet
+	retired.add(rid())
+	retired.addSet(&s)
+	if !retired.all || !retired.has(rid()) {
+		t.Fatal("addSet of a saturated set did not saturate")
+	}
+}
