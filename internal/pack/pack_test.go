@@ -525,25 +525,25 @@ func BenchmarkEntry(b *testing.B) {
 			b.Run("seal/"+c.name+"/"+size.name, func(b *testing.B) {
 				b.SetBytes(int64(size.n))
 				var dst []byte
-				for b.Loop() {
+				cpuPerOp(b, func() {
 					h := pack.EntryHeader{Kind: pack.KindData, PlainLen: uint32(size.n)}
 					if c.c == pack.CipherXAES256GCM {
 						dst = pack.AppendEntry(dst[:0], s, &h, payload)
 					} else {
 						dst = sealEntry(dst[:0], key, c.c, &h, fixtureNonce(0), payload)
 					}
-				}
+				})
 			})
 			b.Run("open/"+c.name+"/"+size.name, func(b *testing.B) {
 				h := pack.EntryHeader{Kind: pack.KindData, PlainLen: uint32(size.n)}
 				e := sealEntry(nil, key, c.c, &h, fixtureNonce(0), payload)
 				out := make([]byte, 0, size.n)
 				b.SetBytes(int64(size.n))
-				for b.Loop() {
+				cpuPerOp(b, func() {
 					if _, err := pack.OpenBody(out[:0], s, &h, e[pack.EntryHeaderSize:]); err != nil {
 						b.Fatal(err)
 					}
-				}
+				})
 			})
 		}
 	}
