@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -189,7 +190,14 @@ var (
 func codecs() {
 	encOnce.Do(func() {
 		var err error
-		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		// One encoder per thread: EncodeAll takes an encoder from the
+		// Encoder's pool and waits while all are in use, so with one the
+		// agent's compressors took turns (docs/performance.md, "One zstd
+		// encoder for all compressors"). No xxhash of the frame: every
+		// chunk is checked against its keyed BLAKE3 id, and decoders skip
+		// it (IgnoreChecksum below); a frame without one is standard zstd.
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
 		if err != nil {
 			panic("zstd encoder: " + err.Error())
 		}
