@@ -25,7 +25,6 @@ import (
 
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"vaultnode/internal/pack"
 )
@@ -205,28 +204,37 @@ func (s *Store) IndexPages() (int64, error) {
 	return fi.Size() / 4096, nil
 }
 
-// WarmIndex has the kernel read the whole index file into the page cache,
-// in large sequential reads, and returns once they are under way (or done).
+// WarmIndex reads the whole index file once, in large sequential reads,
+// so that the page cache holds it; it stops early when stop is closed.
 // bbolt maps the index with MADV_RANDOM: every leaf a lookup touches is
 // read alone, 4 KiB at a time, at random offsets, and a commit that looks
 // up millions of chunks in an index the page cache no longer holds waited
 // on one such read after another (issue 16: the commit's time grew 7-9x
 // from one to three million chunks). A caller about to touch a large part
-// of the index asks for it whole first.
-func (s *Store) WarmIndex() error {
+// of the index reads it whole beside its lookups. (posix_fadvise's
+// WILLNEED reads only the device's read-ahead window of the range on
+// current kernels, so the file is read here.)
+func (s *Store) WarmIndex(stop <-chan struct{}) error {
 	f, err := os.Open(s.db.Path())
 	if err != nil {
 		return fmt.Errorf("open index to read ahead: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat index: %w", err)
+	buf := make([]byte, 1<<20)
+	for off := int64(0); ; off += int64(len(buf)) {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		n, err := f.ReadAt(buf, off)
+		if err == io.EOF || n == 0 {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read index ahead: %w", err)
+		}
 	}
-	if err := unix.Fadvise(int(f.Fd()), 0, fi.Size(), unix.FADV_WILLNEED); err != nil {
-		return fmt.Errorf("read index ahead: %w", err)
-	}
-	return nil
 }
 
 // Lookup returns where an entry is: ErrNotFound when the index has no

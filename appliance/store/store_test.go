@@ -615,7 +615,7 @@ func TestHasInKeyOrder(t *testing.T) {
 	if n, err := f.s.IndexPages(); err != nil || n == 0 {
 		t.Fatalf("IndexPages = %d, %v", n, err)
 	}
-	if err := f.s.WarmIndex(); err != nil {
+	if err := f.s.WarmIndex(nil); err != nil {
 		t.Fatal(err)
 	}
 	var ids [][32]byte

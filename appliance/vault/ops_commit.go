@@ -204,19 +204,31 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 	go func() {
 		var err error
 		var seen int64
+		// The index is read ahead beside the lookups, stopped when they
+		// are done.
+		stopWarm := make(chan struct{})
+		var warmed chan struct{}
 		for ids := range batches {
 			if err == nil {
 				seen += int64(len(ids))
 				if warmAt >= 0 && seen >= warmAt {
 					warmAt = -1
-					if werr := v.Store.WarmIndex(); werr != nil {
-						v.log.Warn("commit: reading the index ahead failed; its lookups read it page by page", zap.Error(werr))
-					}
+					warmed = make(chan struct{})
+					go func() {
+						defer close(warmed)
+						if werr := v.Store.WarmIndex(stopWarm); werr != nil {
+							v.log.Warn("commit: reading the index ahead failed; its lookups read it page by page", zap.Error(werr))
+						}
+					}()
 				}
 				if err = check(ids); err != nil {
 					failed.Store(true)
 				}
 			}
+		}
+		close(stopWarm)
+		if warmed != nil {
+			<-warmed
 		}
 		checked <- err
 	}()
