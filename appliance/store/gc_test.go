@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -82,5 +83,61 @@ func TestRepackCrashBeforeRemoval(t *testing.T) {
 	use, err := f.s.PackUsage(ctx)
 	if err != nil || len(use) != 1 || use[0].Dead() != 0 {
 		t.Fatalf("packs after the collection: %+v, %v", use, err)
+	}
+}
+
+// TestGetAtStaleLocation: a download looks a chunk up, then reads it with
+// GetAt after garbage collection moved it and removed its pack; GetAt looks
+// it up again. A location naming another entry is damage, never its data.
+func TestGetAtStaleLocation(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	ctx := context.Background()
+	var dead [][32]byte
+	var live []stored
+	for i := 0; i < 10; i++ {
+		p, e := f.chunk(3000 + i)
+		if err := f.s.Put("acme", []store.Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			dead = append(dead, e.Header.ID)
+		} else {
+			live = append(live, stored{"acme", p, e})
+		}
+	}
+	f.reopen() // pack 0 is no longer open for appending
+	stale := make([]store.Location, len(live))
+	for i, st := range live {
+		loc, err := f.s.Lookup("acme", st.e.Header.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale[i] = loc
+		got, _, err := f.s.GetAt("acme", f.aead, st.e.Header.ID, loc, nil)
+		if err != nil || !bytes.Equal(got, st.plain) {
+			t.Fatalf("GetAt at a fresh location: %v", err)
+		}
+	}
+	// Another entry's location is damage.
+	if _, _, err := f.s.GetAt("acme", f.aead, live[0].e.Header.ID, stale[1], nil); !errors.Is(err, store.ErrDamaged) {
+		t.Fatalf("GetAt at another entry's location: %v, want ErrDamaged", err)
+	}
+	if n, _, err := f.s.DeleteChunks("acme", dead); err != nil || n != len(dead) {
+		t.Fatalf("DeleteChunks: %d, %v", n, err)
+	}
+	if _, err := f.s.Repack(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(f.s.PackPath(0)); !os.IsNotExist(err) {
+		t.Fatalf("pack 0 is still there after the repack: %v", err)
+	}
+	for i, st := range live {
+		got, loc, err := f.s.GetAt("acme", f.aead, st.e.Header.ID, stale[i], nil)
+		if err != nil || !bytes.Equal(got, st.plain) {
+			t.Fatalf("GetAt at a location gone stale: %v", err)
+		}
+		if loc.Pack == stale[i].Pack {
+			t.Fatalf("GetAt answered from pack %d, which the repack removed", loc.Pack)
+		}
 	}
 }

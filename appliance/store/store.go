@@ -598,6 +598,15 @@ func (s *Store) Get(company string, aead *pack.Sealer, id [32]byte, dst []byte) 
 	return s.get(company, aead, id, dst)
 }
 
+// GetAt is Get for a caller that has just looked id up (a download sizes
+// its buffer from the location): it reads at loc without a second index
+// lookup. A loc gone stale since (garbage collection moved the entry and
+// removed its pack) is looked up again, as Get does; one pointing at
+// another entry is reported as damage by the header check.
+func (s *Store) GetAt(company string, aead *pack.Sealer, id [32]byte, loc Location, dst []byte) ([]byte, Location, error) {
+	return s.getAt(company, aead, id, loc, dst)
+}
+
 // GetSealed reads an entry as stored, header and sealed body, without
 // opening it (the tape copies it so: its tag still authenticates it when
 // it is read back). The header is checked (CRC, id, length); the body is
@@ -618,6 +627,10 @@ func (s *Store) get(company string, aead *pack.Sealer, id [32]byte, dst []byte) 
 	if err != nil {
 		return nil, loc, err
 	}
+	return s.getAt(company, aead, id, loc, dst)
+}
+
+func (s *Store) getAt(company string, aead *pack.Sealer, id [32]byte, loc Location, dst []byte) ([]byte, Location, error) {
 	f, err := s.reader(loc.Pack)
 	if errors.Is(err, ErrPackNotFound) {
 		// Garbage collection moved the entry and removed its pack between

@@ -187,7 +187,8 @@ func (v *Vault) giveReadAhead(company string, n int64) {
 func (v *Vault) readChunks(ctx context.Context, company string, aead *pack.Sealer, ids [][32]byte, own chan struct{}, out chan<- chunkRead) {
 	for _, id := range ids {
 		need := wire.FrameHeaderSize + 64<<10 // not found: Get says why
-		if loc, err := v.Store.Lookup(company, id); err == nil {
+		loc, lerr := v.Store.Lookup(company, id)
+		if lerr == nil {
 			need = wire.FrameHeaderSize + int(loc.BodyLen) // the plaintext is shorter
 		}
 		var r chunkRead
@@ -209,7 +210,15 @@ func (v *Vault) readChunks(ctx context.Context, company string, aead *pack.Seale
 		}
 		bp := v.chunkBuf(need)
 		// The plaintext goes right after room for the frame's header.
-		buf, loc, err := v.Store.Get(company, aead, id, (*bp)[:wire.FrameHeaderSize])
+		var buf []byte
+		var err error
+		if lerr == nil {
+			// Read where the lookup found it (looked up again only if
+			// garbage collection removed that pack meanwhile).
+			buf, loc, err = v.Store.GetAt(company, aead, id, loc, (*bp)[:wire.FrameHeaderSize])
+		} else {
+			buf, loc, err = v.Store.Get(company, aead, id, (*bp)[:wire.FrameHeaderSize])
+		}
 		r.id, r.err, r.buf = id, err, bp
 		if err == nil {
 			*bp = buf
