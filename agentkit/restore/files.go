@@ -461,25 +461,23 @@ func (w *fileWriter) finish(o *openFile) {
 	// which someone with access to the target could swap meanwhile.
 	opts := r.o.Meta
 	opts.New = o.dir.bare // a file this restore created, in a directory it made
-	var st unix.Stat_t
-	if (n.Nlink > 1 || o.src != nil) && unix.Fstat(o.fd, &st) == nil {
-		rel := o.name
-		if len(o.dir.path) > 0 {
-			rel = string(o.dir.path) + "/" + o.name
-		}
-		if o.src != nil {
-			o.src.ok, o.src.rel, o.src.dev, o.src.ino = true, rel, st.Dev, st.Ino
-			close(o.src.done)
-			published = true
-		}
-		if n.Nlink > 1 {
+	if o.src != nil {
+		o.src.ok, o.src.dir, o.src.name = true, o.dir, o.name
+		close(o.src.done)
+		published = true
+	}
+	if n.Nlink > 1 {
+		opts.SkipFlags = true // links come later; an immutable file cannot be linked
+		var st unix.Stat_t
+		if err := unix.Fstat(o.fd, &st); err == nil {
+			rel := o.name
+			if len(o.dir.path) > 0 {
+				rel = string(o.dir.path) + "/" + o.name
+			}
 			r.mu.Lock()
 			r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
 			r.mu.Unlock()
 		}
-	}
-	if n.Nlink > 1 {
-		opts.SkipFlags = true // links come later; an immutable file cannot be linked
 	}
 	if err := meta.ApplyFD(o.fd, n, opts); err != nil {
 		r.problem("%s: metadata: %v", n.Path, err)

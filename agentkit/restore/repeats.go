@@ -23,22 +23,31 @@ import (
 // maxSources chunks (about 100 bytes each), and forgets them all when that
 // many are known; the copies hold no chunk in memory beyond the one being
 // copied. A copy from another file reads the file back by its name
-// beneath the target, checked to be the inode written, and checks the
-// bytes read against the chunk's id, since whoever may write that file by
-// its restored mode could have changed it meanwhile; a copy within the
+// beneath the target and checks the bytes read against the chunk's id,
+// since whoever may write that file or its directory by their restored
+// modes could have changed or replaced it meanwhile; a copy within the
 // file being written (not yet under its name) is copied in the kernel.
 // Whatever fails (the first file was not restored, or is no longer what
 // was written) downloads the chunk after all.
 const maxSources = 1 << 17
 
 // srcFile is a restored file whose chunks later files may copy. done is
-// closed once it is complete (or failed); then ok says whether it is
-// under rel, beneath the target, as inode dev/ino.
+// closed once it is complete (or failed); then ok says whether it was
+// given its name in dir. (Its inode is not kept: that would cost an fstat
+// of every file restored, and what is read from it is checked anyway.)
 type srcFile struct {
-	done     chan struct{}
-	ok       bool
-	rel      string
-	dev, ino uint64
+	done chan struct{}
+	ok   bool
+	dir  *dirEntry
+	name string
+}
+
+// rel is the file's name beneath the target.
+func (sf *srcFile) rel() string {
+	if len(sf.dir.path) == 0 {
+		return sf.name
+	}
+	return string(sf.dir.path) + "/" + sf.name
 }
 
 // srcRef is where a chunk was first placed: in file f, in the job that
@@ -150,7 +159,9 @@ func (w *fileWriter) copyChunks(o *openFile) error {
 }
 
 // copyFrom copies chunk want from the file restored earlier that c names,
-// checking what it reads.
+// checking what it reads: whatever has that name now (another file, a
+// hard link to one, the file changed) gives its bytes only if they are
+// the chunk's, so the copy never takes anything but the chunk's content.
 func (w *fileWriter) copyFrom(o *openFile, c copyOp, want tree.ChunkRef) error {
 	sf := c.from.f
 	select {
@@ -163,14 +174,15 @@ func (w *fileWriter) copyFrom(o *openFile, c copyOp, want tree.ChunkRef) error {
 	}
 	if w.srcF != sf {
 		w.closeSrc()
-		fd, err := openBeneath(w.r.root, sf.rel, unix.O_RDONLY)
+		// O_NONBLOCK: a FIFO put there meanwhile does not block the open.
+		fd, err := openBeneath(w.r.root, sf.rel(), unix.O_RDONLY|unix.O_NONBLOCK)
 		if err != nil {
 			return err
 		}
 		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != sf.dev || st.Ino != sf.ino {
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			unix.Close(fd)
-			return fmt.Errorf("%q is no longer the file restored there", sf.rel)
+			return fmt.Errorf("%q is no longer a regular file", sf.rel())
 		}
 		w.srcF, w.srcFD = sf, fd
 	}
@@ -179,7 +191,7 @@ func (w *fileWriter) copyFrom(o *openFile, c copyOp, want tree.ChunkRef) error {
 		return err
 	}
 	if w.h.Sum(w.cbuf) != want.ID {
-		return fmt.Errorf("%q changed since it was restored", sf.rel)
+		return fmt.Errorf("%q changed since it was restored", sf.rel())
 	}
 	return pwriteAll(o.fd, w.cbuf, c.off)
 }
