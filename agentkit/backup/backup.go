@@ -376,7 +376,11 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 		}
 	})
 	pg.Go(func() error {
-		tw, err := tree.NewWriter(listingOut(cache, lw))
+		// Nodes reach the listing chunker through a buffer: written to the
+		// pipe one at a time, each node was a handoff between goroutines
+		// (docs/performance.md, "The listing to its chunker in 64 KiB").
+		bw := bufio.NewWriterSize(lw, 64<<10)
+		tw, err := tree.NewWriter(listingOut(cache, bw))
 		if err != nil {
 			lw.CloseWithError(err)
 			return err
@@ -413,6 +417,10 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 				}
 				return err
 			}
+		}
+		if err := bw.Flush(); err != nil {
+			lw.CloseWithError(err)
+			return err
 		}
 		return lw.Close()
 	})
