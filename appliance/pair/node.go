@@ -102,6 +102,14 @@ type Node struct {
 	appliedC  chan struct{} // closed and replaced at each applied index
 
 	client *http.Client
+	copies *copyPool // connections of copies to the other members
+
+	// copyHandler serves the copy streams from the leader (SetCopyHandler);
+	// copyConns are those open, closed by Close.
+	copyHandler atomic.Pointer[func(net.Conn)]
+	copyMu      sync.Mutex
+	copyConns   map[net.Conn]bool
+	copyWG      sync.WaitGroup
 
 	stop, stopped chan struct{} // the witness's handOver loop
 
@@ -199,6 +207,29 @@ func (n *Node) handOver() {
 	}
 }
 
+// HandOverTo hands this leader's leadership to data member m if it
+// answers over the pair address: a leader recorded behind does so when a
+// whole member is up, which then copies to it what it lacks (no member
+// copies to the leader).
+func (n *Node) HandOverTo(ctx context.Context, m Member) error {
+	if !n.IsLeader() {
+		return n.notLeader()
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.HeartbeatTimeout)
+	st, err := n.PeerStatus(ctx, m.Raft)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("hand leadership to %s: %w", m.ID, err)
+	}
+	if st.ID != m.ID {
+		return fmt.Errorf("hand leadership to %s: %s answers there", m.ID, st.ID)
+	}
+	if err := n.raft.LeadershipTransferToServer(raft.ServerID(m.ID), raft.ServerAddress(m.Raft)).Error(); err != nil {
+		return fmt.Errorf("hand leadership to %s: %w", m.ID, err)
+	}
+	return nil
+}
+
 // Start opens the log, listens on cfg.Bind and starts raft. A member with
 // no raft state waits to be bootstrapped (Bootstrap) or added by a leader.
 func Start(cfg Config) (*Node, error) {
@@ -220,7 +251,8 @@ func Start(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("start pair member: %w", err)
 	}
-	n := &Node{cfg: cfg, log: cfg.Log, h: cfg.Handler, appliedC: make(chan struct{}), client: memberClient(cfg.TLS)}
+	n := &Node{cfg: cfg, log: cfg.Log, h: cfg.Handler, appliedC: make(chan struct{}), client: memberClient(cfg.TLS),
+		copies: newCopyPool(cfg.TLS), copyConns: map[net.Conn]bool{}}
 	var err error
 	if n.logs, err = OpenLogStore(filepath.Join(cfg.Dir, "raft.db")); err != nil {
 		return nil, err
@@ -293,6 +325,8 @@ func Start(cfg Config) (*Node, error) {
 		// MiB let it send on without waiting for each update.
 		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerConnection: 32 << 20, MaxReceiveBufferPerStream: 16 << 20, MaxReadFrameSize: 1 << 20}}
 	go n.http.Serve(chanListener{m: n.mux, ch: n.mux.http})
+	n.copyWG.Add(1)
+	go n.serveCopies() // owner: the node (Close closes the mux and waits)
 	if cfg.Catalog == nil {
 		n.stop, n.stopped = make(chan struct{}), make(chan struct{})
 		go n.handOver()
@@ -326,6 +360,54 @@ func (n *Node) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	h.ServeHTTP(w, r)
 }
 
+// SetCopyHandler sets what serves the copy streams from the leader (the
+// replicator of a data member; a witness takes none).
+func (n *Node) SetCopyHandler(h func(net.Conn)) { n.copyHandler.Store(&h) }
+
+// serveCopies hands each copy stream to the copy handler, until the mux
+// closes.
+func (n *Node) serveCopies() {
+	defer n.copyWG.Done()
+	l := chanListener{m: n.mux, ch: n.mux.copy}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		h := n.copyHandler.Load()
+		n.copyMu.Lock()
+		closed := n.copyConns == nil
+		if h != nil && !closed {
+			n.copyConns[c] = true
+		}
+		n.copyMu.Unlock()
+		if h == nil || closed {
+			c.Close()
+			continue
+		}
+		n.copyWG.Add(1)
+		go func() {
+			defer n.copyWG.Done()
+			(*h)(c)
+			n.copyMu.Lock()
+			delete(n.copyConns, c)
+			n.copyMu.Unlock()
+		}()
+	}
+}
+
+// closeCopies ends every copy stream and waits for their handlers.
+func (n *Node) closeCopies() {
+	n.copyMu.Lock()
+	for c := range n.copyConns {
+		c.Close()
+	}
+	n.copyConns = nil
+	n.copyMu.Unlock()
+	n.copyWG.Wait()
+	n.copies.close()
+}
+
 // Client is an HTTP client to the other members' pair addresses.
 func (n *Node) Client() *http.Client { return n.client }
 
@@ -338,6 +420,7 @@ func (n *Node) Close() error {
 	err := n.raft.Shutdown().Error()
 	n.mux.close() // the HTTP side's listener ends with it
 	n.http.Close()
+	n.closeCopies()
 	n.closeTransport()
 	return err
 }

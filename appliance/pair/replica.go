@@ -1,16 +1,14 @@
 package pair
 
 import (
-	"bytes"
 	"cmp"
 	"context"
+	"crypto/cipher"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,19 +31,16 @@ import (
 // refused (Gate): nothing is acknowledged that only one member holds
 // unless the pair knows it.
 
-// Paths on the HTTP side of the pair address.
-const (
-	PathEntries = "/pair/entries" // POST ?company=C: whole sealed entries to store
-	PathLack    = "/pair/lack"    // POST ?company=C: ids (32 bytes each) -> bitmap of those lacking
-	PathStatus  = "/pair/status"  // GET: the member's Status
-)
+// PathStatus is the member's Status on the HTTP side of the pair address
+// (GET). Copies and lack questions have a stream of their own
+// (copyconn.go).
+const PathStatus = "/pair/status"
 
-// HeaderSweep, on an entries or lack request, is the log index of the
-// last garbage collection sweep the leader applied: the member applies
-// its log up to there before it answers, so a sweep it has not applied yet
-// never deletes a chunk the leader stored again after its own sweep, nor
-// does a lack answer count a chunk that sweep is about to delete.
-const HeaderSweep = "X-Vaultnode-Sweep"
+// Every copy or lack request carries the log index of the last garbage
+// collection sweep the leader applied: the member applies its log up to
+// there before it answers, so a sweep it has not applied yet never
+// deletes a chunk the leader stored again after its own sweep, nor does a
+// lack answer count a chunk that sweep is about to delete.
 
 // MaxLackIDs bounds one lack request.
 const MaxLackIDs = 1 << 16
@@ -72,6 +67,9 @@ type Replicator struct {
 	// sweep is the log index of the last garbage collection sweep
 	// applied here (SetSweepIndex).
 	sweep atomic.Pointer[func() uint64]
+	// opener gives the AEAD of a company's pack key, to check copies
+	// (SetOpener).
+	opener atomic.Pointer[func(company string) (cipher.AEAD, error)]
 	// streamed and recopied count copies to a member made while the
 	// entries were written, and those made again after the stream failed.
 	streamed, recopied atomic.Int64
@@ -116,38 +114,15 @@ func (r *Replicator) SetStore(st *store.Store) {
 // last sweep applied here (HeaderSweep).
 func (r *Replicator) SetSweepIndex(f func() uint64) { r.sweep.Store(&f) }
 
-func (r *Replicator) setSweepHeader(req *http.Request) {
-	if i := r.sweepIndex(); i > 0 {
-		req.Header.Set(HeaderSweep, strconv.FormatUint(i, 10))
-	}
-}
+// SetOpener tells the replicator how to get a company's pack AEAD: a
+// member checks every copied entry's tag before it stores it.
+func (r *Replicator) SetOpener(f func(company string) (cipher.AEAD, error)) { r.opener.Store(&f) }
 
 func (r *Replicator) sweepIndex() uint64 {
 	if f := r.sweep.Load(); f != nil {
 		return (*f)()
 	}
 	return 0
-}
-
-// awaitSweep applies the log up to the leader's last sweep (HeaderSweep)
-// before a copy or a lack answer; false when it could not (answered).
-func (r *Replicator) awaitSweep(w http.ResponseWriter, req *http.Request) bool {
-	h := req.Header.Get(HeaderSweep)
-	if h == "" {
-		return true
-	}
-	i, err := strconv.ParseUint(h, 10, 64)
-	if err != nil {
-		http.Error(w, "bad "+HeaderSweep, http.StatusBadRequest)
-		return false
-	}
-	ctx, cancel := context.WithTimeout(req.Context(), 5*time.Second)
-	defer cancel()
-	if err := r.node.WaitApplied(ctx, i); err != nil {
-		http.Error(w, "this member has not yet applied the leader's last sweep: "+err.Error(), http.StatusServiceUnavailable)
-		return false
-	}
-	return true
 }
 
 // peers are the other data members and which of them are behind.
@@ -249,19 +224,10 @@ func (r *Replicator) Replica(company string) store.Replica {
 			// the bounded copy of Commit instead.
 			continue
 		}
-		pr, pw := io.Pipe()
 		ctx, cancel := context.WithCancel(context.Background())
-		c := &peerCopy{m: m, pw: pw, cancel: cancel, done: make(chan error, 1),
+		c := &peerCopy{m: m, cancel: cancel, done: make(chan error, 1),
 			q: make(chan []byte, copyQueueMiB), room: make(chan struct{}, copyQueueMiB), wrote: make(chan struct{})}
-		go func() { // owner: the stream (Commit or Abort waits for it)
-			err := r.send(ctx, m, company, pr, -1)
-			if err == nil {
-				err = io.ErrClosedPipe // the member answered: nothing more is read
-			}
-			pr.CloseWithError(err)
-			c.done <- err
-		}()
-		go c.write() // owner: the stream (End closes its queue, Commit and Abort wait for it)
+		go c.write(ctx, r.node.copies, company, s.sweep) // owner: the stream (End closes its queue, Commit and Abort wait for it)
 		s.copies = append(s.copies, c)
 	}
 	return s
@@ -280,13 +246,13 @@ type stream struct {
 }
 
 type peerCopy struct {
-	m      Member
-	pw     *io.PipeWriter
-	cancel context.CancelFunc
-	done   chan error
-	failed atomic.Bool // a write failed: the copy is made again at Commit
+	m       Member
+	cancel  context.CancelFunc
+	done    chan error  // the member's answer (nil: it stored every entry)
+	failed  atomic.Bool // a write failed: the copy is made again at Commit
+	aborted atomic.Bool // the upload was aborted: the member keeps nothing
 
-	// A streamed copy is written to the request by its own goroutine
+	// A streamed copy is written to the member by its own goroutine
 	// from a queue of up to copyQueueMiB MiB, so the upload goes on
 	// while the copy is framed, encrypted and sent: an entry costs the
 	// upload about the longer of its local write and its copy, not both.
@@ -303,12 +269,17 @@ var copyBufs sync.Pool
 
 func entryMiB(n int) int { return min(max((n+1<<20-1)>>20, 1), copyQueueMiB) }
 
-// write hands the queued entries to the request, then ends its body.
-func (c *peerCopy) write() {
+// write sends the queued entries as one request, one frame each, then
+// asks the member to commit them and waits for its answer.
+func (c *peerCopy) write(ctx context.Context, pool *copyPool, company string, sweep uint64) {
 	defer close(c.wrote)
+	q, err := pool.openEntries(ctx, c.m.ID, c.m.Raft, company, sweep)
+	if err != nil {
+		c.failed.Store(true)
+	}
 	for b := range c.q {
 		if !c.failed.Load() {
-			if _, err := c.pw.Write(b); err != nil {
+			if err = q.add(b); err != nil {
 				c.failed.Store(true)
 			}
 		}
@@ -317,7 +288,25 @@ func (c *peerCopy) write() {
 		}
 		copyBufs.Put(&b)
 	}
-	c.pw.Close() // after Abort's CloseWithError, the member still sees the abort
+	switch {
+	case c.aborted.Load():
+		if q != nil {
+			q.abort()
+		}
+		err = errAborted
+	case !c.failed.Load():
+		if err = q.commit(); err == nil {
+			err = q.end()
+		}
+		if err != nil {
+			c.failed.Store(true)
+		}
+	default:
+		if q != nil {
+			q.abort()
+		}
+	}
+	c.done <- err
 }
 
 // Add queues the entry for each member's request; data is the caller's
@@ -363,7 +352,7 @@ func (s *stream) Commit(entries *io.SectionReader) error {
 		if swept {
 			err = errors.New("a garbage collection sweep was applied meanwhile")
 		}
-		if err == io.ErrClosedPipe && !c.failed.Load() {
+		if err == nil && !c.failed.Load() {
 			copied[c.m.ID] = true
 			s.r.streamed.Add(1)
 		} else {
@@ -378,8 +367,8 @@ func (s *stream) Commit(entries *io.SectionReader) error {
 // Abort cuts every request short: the members store none of it.
 func (s *stream) Abort() {
 	for _, c := range s.copies {
+		c.aborted.Store(true)
 		c.cancel()
-		c.pw.CloseWithError(errAborted)
 	}
 	s.End()
 	for _, c := range s.copies {
@@ -408,7 +397,7 @@ func (r *Replicator) sendRetry(m Member, company string, entries *io.SectionRead
 	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
 	for {
-		err := r.send(ctx, m, company, io.NewSectionReader(entries, 0, entries.Size()), entries.Size())
+		err := r.send(ctx, m, company, io.NewSectionReader(entries, 0, entries.Size()))
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
@@ -464,138 +453,65 @@ func (r *Replicator) Gate() error {
 	return errors.Join(errs...)
 }
 
-func (r *Replicator) send(ctx context.Context, m Member, company string, body io.Reader, size int64) error {
-	u := "https://" + m.Raft + PathEntries + "?company=" + url.QueryEscape(company)
-	req, err := http.NewRequestWithContext(ctx, "POST", u, body)
+// sendFrame is the size a copy's frames are cut at (whole entries; one
+// larger entry goes alone).
+const sendFrame = 1 << 20
+
+// send copies the whole sealed entries of body, as they lie in a pack, to
+// m in one request, and returns once the member committed them.
+func (r *Replicator) send(ctx context.Context, m Member, company string, body io.Reader) error {
+	q, err := r.node.copies.openEntries(ctx, m.ID, m.Raft, company, r.sweepIndex())
 	if err != nil {
 		return err
 	}
-	req.ContentLength = size // -1: a stream
-	r.setSweepHeader(req)
-	resp, err := r.node.client.Do(req)
-	if err != nil {
-		return fmt.Errorf("copy entries to %s: %w: %w", m.ID, errUnreachable, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("copy entries to %s: %s: %s", m.ID, resp.Status, bytes.TrimSpace(b))
-	}
-	return nil
-}
-
-// Handler serves the replication side of the pair address on a data
-// member: storing entries the leader copies, answering which it lacks,
-// and this member's status.
-func (r *Replicator) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+PathEntries, r.serveEntries)
-	mux.HandleFunc("POST "+PathLack, r.serveLack)
-	mux.Handle("GET "+PathStatus, r.node.StatusHandler())
-	return mux
-}
-
-func (r *Replicator) serveEntries(w http.ResponseWriter, req *http.Request) {
-	company := req.URL.Query().Get("company")
-	if err := catalog.ValidCompanyName(company); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if r.node.IsLeader() {
-		http.Error(w, "this member leads: it takes no copies", http.StatusConflict)
-		return
-	}
-	if !r.awaitSweep(w, req) {
-		return
-	}
-	n, err := r.storeEntries(company, http.MaxBytesReader(w, req.Body, MaxEntriesBody))
-	if err != nil {
-		r.log.Warn("store copied entries", zap.String("company", company), zap.Error(err))
-		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
-		return
-	}
-	r.log.Debug("stored copied entries", zap.String("company", company), zap.Int("entries", n))
-}
-
-// storeEntries reads whole sealed entries and stores those this member
-// lacks, all or none, durably before it returns.
-func (r *Replicator) storeEntries(company string, body io.Reader) (int, error) {
-	app, err := r.st.Append(company)
-	if err != nil {
-		return 0, err
-	}
-	app.Copied()
-	done := false
-	defer func() {
-		if !done {
-			app.Abort()
-		}
-	}()
+	buf := make([]byte, 0, sendFrame)
 	hdr := make([]byte, pack.EntryHeaderSize)
-	var buf []byte
 	for {
 		if _, err := io.ReadFull(body, hdr); err == io.EOF {
 			break
 		} else if err != nil {
-			return 0, fmt.Errorf("read copied entry header: %w", err)
+			q.abort()
+			return fmt.Errorf("read entries to copy: %w", err)
 		}
 		h, err := pack.ParseEntryHeader(hdr)
 		if err != nil {
-			return 0, fmt.Errorf("copied entry: %w", err)
+			q.abort()
+			return fmt.Errorf("read entries to copy: %w", err)
 		}
-		n := pack.EntryHeaderSize + int(h.BodyLen) // bounded by ParseEntryHeader
-		if cap(buf) < n {
-			buf = make([]byte, n)
+		n := pack.EntryHeaderSize + int(h.BodyLen)
+		if len(buf) > 0 && len(buf)+n > sendFrame {
+			if err := q.add(buf); err != nil {
+				q.abort()
+				return err
+			}
+			buf = buf[:0]
 		}
-		buf = buf[:n]
-		copy(buf, hdr)
-		if _, err := io.ReadFull(body, buf[pack.EntryHeaderSize:]); err != nil {
-			return 0, fmt.Errorf("read copied entry %x: %w", h.ID[:8], err)
-		}
-		if has, err := r.st.Has(company, [][32]byte{h.ID}); err != nil {
-			return 0, err
-		} else if has[0] {
-			continue
-		}
-		if err := app.Add(h, buf); err != nil {
-			return 0, err
+		at := len(buf)
+		buf = append(append(buf, hdr...), make([]byte, int(h.BodyLen))...)
+		if _, err := io.ReadFull(body, buf[at+pack.EntryHeaderSize:]); err != nil {
+			q.abort()
+			return fmt.Errorf("read entries to copy: %w", err)
 		}
 	}
-	n := app.Len()
-	done = true
-	return n, app.Commit()
+	if len(buf) > 0 {
+		if err := q.add(buf); err != nil {
+			q.abort()
+			return err
+		}
+	}
+	if err := q.commit(); err != nil {
+		q.abort()
+		return err
+	}
+	return q.end()
 }
 
-func (r *Replicator) serveLack(w http.ResponseWriter, req *http.Request) {
-	company := req.URL.Query().Get("company")
-	if err := catalog.ValidCompanyName(company); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if !r.awaitSweep(w, req) {
-		return
-	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, req.Body, MaxLackIDs*32))
-	if err != nil || len(b)%32 != 0 {
-		http.Error(w, fmt.Sprintf("lack: a body of whole 32-byte ids, at most %d", MaxLackIDs), http.StatusBadRequest)
-		return
-	}
-	ids := make([][32]byte, len(b)/32)
-	for i := range ids {
-		copy(ids[i][:], b[i*32:])
-	}
-	has, err := r.st.Has(company, ids)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	bm := make([]byte, (len(ids)+7)/8)
-	for i, h := range has {
-		if !h {
-			bm[i/8] |= 1 << (i % 8)
-		}
-	}
-	w.Write(bm)
+// Handler serves the HTTP side of the pair address on a data member:
+// this member's status. Copies come on their own stream (ServeCopy).
+func (r *Replicator) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET "+PathStatus, r.node.StatusHandler())
+	return mux
 }
 
 // CatchUpProgress is what a running catch-up reports.
@@ -671,14 +587,14 @@ const catchUpStreamBytes = 48 << 20
 
 // catchUpCompany copies to m the chunks of one company it lacks: the
 // index is listed in batches, the member says which of a batch it lacks,
-// and those entries are read in pack order and streamed to it as they are
-// read, in requests of catchUpStreamBytes, each committed by the member
-// while the next one is sent.
+// and those entries are read in pack order, runs of neighbours in one
+// read, and streamed to it in one request, which the member commits every
+// catchUpStreamBytes while the next part arrives.
 func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company string, p *CatchUpProgress, progress func(CatchUpProgress)) error {
 	cs := &catchStream{r: r, ctx: ctx, m: m, company: company}
-	defer cs.abort() // an early return still owns the requests in flight
+	defer cs.abort() // an early return still owns the request
 	var batch []idLoc
-	var entry []byte
+	var run []byte
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -695,22 +611,26 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 			}
 			return cmp.Compare(a.loc.Offset, b.loc.Offset)
 		})
-		for _, x := range lack {
-			entry, err = r.st.ReadEntry(company, x.id, entry)
-			if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrDamaged) {
-				// Collected meanwhile, or damaged here (verify reports
-				// it, and the next backup that has it heals it on both).
-				continue
+		for len(lack) > 0 {
+			// A run: entries that lie one after the other in a pack.
+			n, end := 1, entryEnd(lack[0].loc)
+			for n < len(lack) && lack[n].loc.Pack == lack[0].loc.Pack && int64(lack[n].loc.Offset) == end &&
+				end-int64(lack[0].loc.Offset)+int64(pack.EntryHeaderSize)+int64(lack[n].loc.BodyLen) <= catchUpRun {
+				end = entryEnd(lack[n].loc)
+				n++
 			}
-			if err != nil {
-				return fmt.Errorf("read chunk %x to copy: %w", x.id[:8], err)
-			}
-			if err := cs.add(entry); err != nil {
+			if run, err = r.readRun(company, lack[:n], run); err != nil {
 				return err
 			}
-			p.Copied++
-			p.Bytes += int64(len(entry))
+			if len(run) > 0 {
+				if err := cs.add(run); err != nil {
+					return err
+				}
+			}
+			lack = lack[n:]
 		}
+		p.Copied, p.Bytes = p.Copied+cs.copied, p.Bytes+cs.bytes
+		cs.copied, cs.bytes = 0, 0
 		batch = batch[:0]
 		if progress != nil {
 			progress(*p)
@@ -733,6 +653,51 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 	return err
 }
 
+// catchUpRun bounds one read of neighbouring entries in a catch-up.
+const catchUpRun = 4 << 20
+
+func entryEnd(l store.Location) int64 {
+	return int64(l.Offset) + pack.EntryHeaderSize + int64(l.BodyLen)
+}
+
+// readRun reads the entries of run (neighbours in one pack) into dst: in
+// one read when each header is where the index says, else one by one,
+// leaving out those collected or damaged meanwhile (verify reports
+// damage, and the next backup that has such a chunk heals it on both).
+func (r *Replicator) readRun(company string, run []idLoc, dst []byte) ([]byte, error) {
+	first := run[0].loc
+	n := int(entryEnd(run[len(run)-1].loc) - int64(first.Offset))
+	dst = slices.Grow(dst[:0], n)[:n]
+	if err := r.st.ReadPackAt(first.Pack, dst, int64(first.Offset)); err == nil {
+		ok := true
+		for _, x := range run {
+			at := int(x.loc.Offset - first.Offset)
+			h, err := pack.ParseEntryHeader(dst[at:])
+			if err != nil || h.ID != x.id || h.BodyLen != x.loc.BodyLen {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return dst, nil
+		}
+	}
+	dst = dst[:0]
+	var entry []byte
+	for _, x := range run {
+		var err error
+		entry, err = r.st.ReadEntry(company, x.id, entry)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrDamaged) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read chunk %x to copy: %w", x.id[:8], err)
+		}
+		dst = append(dst, entry...)
+	}
+	return dst, nil
+}
+
 type idLoc struct {
 	id  [32]byte
 	loc store.Location
@@ -744,20 +709,9 @@ func (r *Replicator) lacking(ctx context.Context, m Member, company string, batc
 	for _, x := range batch {
 		body = append(body, x.id[:]...)
 	}
-	u := "https://" + m.Raft + PathLack + "?company=" + url.QueryEscape(company)
-	req, err := http.NewRequestWithContext(ctx, "POST", u, bytes.NewReader(body))
+	bm, err := r.node.copies.lack(ctx, m.ID, m.Raft, company, r.sweepIndex(), body)
 	if err != nil {
 		return nil, err
-	}
-	r.setSweepHeader(req)
-	resp, err := r.node.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("ask %s what it lacks: %w", m.ID, err)
-	}
-	bm, err := io.ReadAll(io.LimitReader(resp.Body, int64(len(batch)/8+2)))
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || len(bm) != (len(batch)+7)/8 {
-		return nil, fmt.Errorf("ask %s what it lacks: %s (%d bytes, %v)", m.ID, resp.Status, len(bm), err)
 	}
 	var out []idLoc
 	for i, x := range batch {
@@ -768,94 +722,75 @@ func (r *Replicator) lacking(ctx context.Context, m Member, company string, batc
 	return out, nil
 }
 
-// catchStream streams a catch-up's entries of one company to the member:
-// one request at a time is written, and the one before it may still be
-// committing on the member.
+// catchStream streams a catch-up's entries of one company to the member
+// in one request: it asks for a commit every catchUpStreamBytes and reads
+// the answer to one only once the next was asked, so the member commits
+// one part while the next arrives.
 type catchStream struct {
 	r       *Replicator
 	ctx     context.Context
 	m       Member
 	company string
 
-	cur, prev *peerCopy // the request being written, the one committing
-	n         int64     // bytes written to cur
+	q             *entriesReq
+	n             int64 // bytes since the last commit
+	copied, bytes int64 // entries and bytes sent, for the progress
 }
 
-func (c *catchStream) add(entry []byte) error {
-	if c.cur == nil {
-		pr, pw := io.Pipe()
-		ctx, cancel := context.WithCancel(c.ctx)
-		pc := &peerCopy{m: c.m, pw: pw, cancel: cancel, done: make(chan error, 1)}
-		go func() { // owner: the catchStream (end or abort waits for it)
-			err := c.r.send(ctx, c.m, c.company, pr, -1)
-			if err == nil {
-				err = io.ErrClosedPipe // the member answered: nothing more is read
-			}
-			pr.CloseWithError(err)
-			pc.done <- err
-		}()
-		c.cur, c.n = pc, 0
-	}
-	if _, err := c.cur.pw.Write(entry); err != nil {
-		// The request ended early: its own answer says why.
-		pc := c.cur
-		c.cur = nil
-		if werr := c.wait(pc); werr != nil {
-			return werr
+func (c *catchStream) add(entries []byte) error {
+	if c.q == nil {
+		q, err := c.r.node.copies.openEntries(c.ctx, c.m.ID, c.m.Raft, c.company, c.r.sweepIndex())
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("copy entries to %s: the member answered before the copy ended", c.m.ID)
+		c.q = q
 	}
-	c.n += int64(len(entry))
-	if c.n >= catchUpStreamBytes {
-		return c.end()
+	if err := c.q.add(entries); err != nil {
+		return err
+	}
+	for at := 0; at < len(entries); {
+		h, err := pack.ParseEntryHeader(entries[at:])
+		if err != nil {
+			return fmt.Errorf("copy entries to %s: %w", c.m.ID, err)
+		}
+		at += pack.EntryHeaderSize + int(h.BodyLen)
+		c.copied++
+	}
+	c.bytes += int64(len(entries))
+	if c.n += int64(len(entries)); c.n >= catchUpStreamBytes {
+		c.n = 0
+		if err := c.q.commit(); err != nil {
+			return err
+		}
+		if c.q.pending > 1 {
+			return c.q.wait()
+		}
 	}
 	return nil
 }
 
-// end closes the current request's body and waits for the one before it
-// (the member commits the current one while the next is written).
-func (c *catchStream) end() error {
-	if c.cur == nil {
-		return nil
-	}
-	c.cur.pw.Close()
-	err := c.wait(c.prev)
-	c.prev, c.cur = c.cur, nil
-	return err
-}
-
-func (c *catchStream) wait(pc *peerCopy) error {
-	if pc == nil {
-		return nil
-	}
-	err := <-pc.done
-	pc.cancel()
-	if err == io.ErrClosedPipe {
-		return nil
-	}
-	return err
-}
-
-// finish ends the last request and waits until the member committed
-// every one.
+// finish asks for the last commit and waits until the member committed
+// every part.
 func (c *catchStream) finish() error {
-	err := c.end()
-	if err2 := c.wait(c.prev); err == nil {
-		err = err2
+	if c.q == nil {
+		return nil
 	}
-	c.prev = nil
-	return err
-}
-
-// abort cuts the requests still running short: the member stores none of
-// their entries.
-func (c *catchStream) abort() {
-	for _, pc := range []*peerCopy{c.cur, c.prev} {
-		if pc != nil {
-			pc.cancel()
-			pc.pw.CloseWithError(errAborted)
-			<-pc.done
+	q := c.q
+	c.q = nil
+	if c.n > 0 {
+		if err := q.commit(); err != nil {
+			q.abort()
+			return err
 		}
 	}
-	c.cur, c.prev = nil, nil
+	return q.end()
+}
+
+// abort cuts the request short: the member keeps only the parts it
+// committed.
+func (c *catchStream) abort() {
+	if c.q != nil {
+		c.q.abort()
+		c.q = nil
+	}
 }

@@ -3,12 +3,10 @@ package pair
 import (
 	"bytes"
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -38,7 +36,9 @@ func startData(t testing.TB, ca *pki.Authority, id, dir, addr string) *dataMembe
 	}
 	m.st = st
 	m.rep.SetStore(st)
+	m.rep.SetOpener(func(string) (cipher.AEAD, error) { return pack.NewAEAD([32]byte{7}), nil })
 	m.node.SetHandler(m.rep.Handler())
+	m.node.SetCopyHandler(m.rep.ServeCopy)
 	return m
 }
 
@@ -355,24 +355,115 @@ func TestCopyWaitsForTheSweep(t *testing.T) {
 	for _, e := range es {
 		body = append(body, e.Data...)
 	}
-	post := func(ctx context.Context, sweep uint64) int {
-		req := httptest.NewRequestWithContext(ctx, "POST", PathEntries+"?company=acme", bytes.NewReader(body))
-		req.Header.Set(HeaderSweep, strconv.FormatUint(sweep, 10))
-		rec := httptest.NewRecorder()
-		b.rep.Handler().ServeHTTP(rec, req)
-		return rec.Code
+	post := func(sweep uint64) error {
+		return copyTo(ctx, a, b, "acme", sweep, body)
 	}
 	next := a.node.Applied() + 1 // a sweep b has not applied: not even in the log yet
-	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	code := post(short, next)
-	cancel()
-	if code != http.StatusServiceUnavailable || hasAll(t, b.st, ids[:1]) {
-		t.Fatalf("a copy naming sweep %d, b at %d: %d, stored %v", next, b.node.Applied(), code, hasAll(t, b.st, ids[:1]))
+	err = post(next)
+	if err == nil || !strings.Contains(err.Error(), "not yet applied") || hasAll(t, b.st, ids[:1]) {
+		t.Fatalf("a copy naming sweep %d, b at %d: %v, stored %v", next, b.node.Applied(), err, hasAll(t, b.st, ids[:1]))
 	}
 	if err := a.cat.CreateCompany(catalog.Company{Name: "globex", Sealed: []byte("s"), Created: testStart}); err != nil {
 		t.Fatal(err)
 	}
-	if code := post(ctx, next); code != http.StatusOK || !hasAll(t, b.st, ids) {
-		t.Fatalf("the copy once b can apply %d: %d", next, code)
+	if err := post(next); err != nil || !hasAll(t, b.st, ids) {
+		t.Fatalf("the copy once b can apply %d: %v", next, err)
 	}
+}
+
+// copyTo sends body (whole sealed entries) from a to b on a copy stream,
+// in one frame and one commit.
+func copyTo(ctx context.Context, a, b *dataMember, company string, sweep uint64, body []byte) error {
+	q, err := a.node.copies.openEntries(ctx, b.node.cfg.ID, b.addr, company, sweep)
+	if err != nil {
+		return err
+	}
+	if err := q.add(body); err != nil {
+		q.abort()
+		return err
+	}
+	if err := q.commit(); err != nil {
+		q.abort()
+		return err
+	}
+	return q.end()
+}
+
+// TestCopyChecked: the member stores no entry whose tag does not open
+// with the company's key (a leader sending garbage, or an entry whose
+// header it altered), and refuses a frame past its bound, naming it; a
+// good copy on the same pooled connection still goes through after.
+func TestCopyChecked(t *testing.T) {
+	ca, err := pki.LoadOrCreate(t.TempDir(), testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := startData(t, ca, "a", t.TempDir(), "")
+	if err := a.node.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
+		t.Fatal(err)
+	}
+	b := startData(t, ca, "b", t.TempDir(), "")
+	if err := a.node.AddMember(ctx, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}); err != nil {
+		t.Fatal(err)
+	}
+	promote(t, a.node, 1)
+
+	es, ids := entries(t, 3)
+	body := func() []byte {
+		var b []byte
+		for _, e := range es {
+			b = append(b, e.Data...)
+		}
+		return b
+	}
+	flipBody := body()
+	flipBody[len(es[0].Data)+pack.EntryHeaderSize+pack.NonceSize+5] ^= 1 // the second entry's ciphertext
+	otherKey := pack.AppendEntry(nil, pack.NewAEAD([32]byte{8}), &es[2].Header, []byte("sealed by someone else"))
+	wrongID := bytes.Clone(es[1].Data)
+	h := es[1].Header
+	h.ID[0] ^= 1 // a valid header naming another id: its CRC is made again, not its tag
+	hb := h.Marshal()
+	copy(wrongID, hb[:])
+	for name, bad := range map[string][]byte{"flipped": flipBody, "other key": otherKey, "wrong id": wrongID} {
+		err := copyTo(ctx, a, b, "acme", 0, bad)
+		if err == nil || !errors.Is(err, pack.ErrAuth) && !strings.Contains(err.Error(), "authentication") {
+			t.Fatalf("%s: copy answered %v, want an authentication failure", name, err)
+		}
+		if n := stored(t, b.st, ids); n != 0 {
+			t.Fatalf("%s: b stored %d entries of a refused copy", name, n)
+		}
+	}
+	// A frame over the bound is refused before it is read.
+	q, err := a.node.copies.openEntries(ctx, "b", b.addr, "acme", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.cc.bw.Write([]byte{frameEntries, 0xff, 0xff, 0xff, 0x7f})
+	q.cc.flush()
+	q.pending++
+	if err := q.end(); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("a frame of 2 GiB: %v, want the bound named", err)
+	}
+	if err := copyTo(ctx, a, b, "acme", 0, body()); err != nil || !hasAll(t, b.st, ids) {
+		t.Fatalf("a good copy after the refused ones: %v", err)
+	}
+}
+
+func stored(t *testing.T, st *store.Store, ids [][32]byte) int {
+	t.Helper()
+	has, err := st.Has("acme", ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, h := range has {
+		if h {
+			n++
+		}
+	}
+	return n
 }

@@ -457,6 +457,20 @@ func (a *Appender) abortReplica() {
 	}
 }
 
+// ReadPackAt reads len(dst) bytes of pack n at off: neighbouring entries
+// in one read (a catch-up's copy). The caller checks what it got.
+func (s *Store) ReadPackAt(n uint32, dst []byte, off int64) error {
+	f, err := s.reader(n)
+	if err != nil {
+		return fmt.Errorf("%w: pack %08x: %w", ErrDamaged, n, err)
+	}
+	defer s.release(f)
+	if _, err := f.ReadAt(dst, off); err != nil {
+		return fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, n, off, err)
+	}
+	return nil
+}
+
 // ReadEntry reads a chunk's whole sealed entry (header and body) as it
 // lies in its pack, checking only its header: what a replica copies.
 func (s *Store) ReadEntry(company string, id [32]byte, dst []byte) ([]byte, error) {

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -110,7 +111,15 @@ func (v *Vault) startPair() error {
 	}
 	v.pair.rep = pair.NewReplicator(n, nil, v.clk, v.log.Named("replica"), po.DegradeAfter)
 	v.pair.rep.SetSweepIndex(v.pair.gc.sweepIndex.Load)
+	v.pair.rep.SetOpener(func(company string) (cipher.AEAD, error) {
+		k, err := v.companyKeys(company)
+		if err != nil {
+			return nil, err
+		}
+		return k.aead, nil
+	})
 	n.SetHandler(v.pair.rep.Handler())
+	n.SetCopyHandler(v.pair.rep.ServeCopy)
 	if po.Form {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -433,10 +442,46 @@ func (v *Vault) runPair(ctx context.Context) {
 		if err != nil || len(bs) == 0 {
 			continue
 		}
+		if v.handOverBehind(ctx, bs) {
+			continue
+		}
 		if _, err := v.Jobs.Start(KindCatchUp, "pair"); err != nil && !errors.Is(err, jobs.ErrBusy) {
 			v.log.Warn("start the catch-up job", zap.Error(err))
 		}
 	}
+}
+
+// handOverBehind hands leadership to a whole data member that answers
+// when this leader is itself recorded behind (it was elected while the
+// other was up and whole, e.g. late heartbeats on a loaded machine): no
+// member copies to the leader, so it would stay behind for good. True
+// when it did. A behind leader whose other member is gone serves on.
+func (v *Vault) handOverBehind(ctx context.Context, bs []pair.Behind) bool {
+	self := v.pair.node.ID()
+	behind := map[string]bool{}
+	for _, b := range bs {
+		behind[b.Member] = true
+	}
+	if !behind[self] {
+		return false
+	}
+	ms, err := pair.Members(v.Catalog)
+	if err != nil {
+		return false
+	}
+	for _, m := range ms {
+		if m.ID == self || m.Witness || behind[m.ID] {
+			continue
+		}
+		if err := v.pair.node.HandOverTo(ctx, m); err != nil {
+			v.log.Debug("a leader recorded behind hands over", zap.Error(err))
+			continue
+		}
+		v.log.Info("this leader is recorded behind: handed leadership to a whole member, which copies what this one lacks",
+			zap.String("member", m.ID))
+		return true
+	}
+	return false
 }
 
 // catchUpJob copies to each member recorded behind what it lacks.

@@ -1,0 +1,706 @@
+package pair
+
+import (
+	"bufio"
+	"context"
+	"crypto/cipher"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/store"
+	"vaultnode/internal/pack"
+)
+
+// Copies between members (an upload's streamed copy, a copy made again at
+// the commit, a catch-up, lack) go over a raw TLS stream of their own
+// ('C' after the handshake), length-framed, rather than HTTP/2: HTTP/2's
+// framing, flow control and the copies between its buffers took about a
+// fifth of a copy's CPU on both members. docs/protocol.md, "Copies between
+// members", is the wire format; this file is both ends of it.
+//
+// A connection carries one request at a time, then the next:
+//
+//	request  = op company(1 + n bytes) sweep(u64)  op: 'E' entries, 'L' lack
+//	entries  = { 'e' len(u32) whole sealed entries | 'c' } 'q'
+//	lack     = count(u32) ids(32 bytes each)
+//	answer   = 'k' [stored(u32) | bitmap] | 'x' len(u16) message
+//
+// Each 'c' asks the member to commit (sync and index) what came since the
+// last one and answer it; the leader sends on meanwhile, so a catch-up
+// streams without a round trip per commit. A connection cut before a 'c'
+// was answered leaves nothing of that part on the member.
+const streamCopy = 'C'
+
+const (
+	copyOpEntries = 'E'
+	copyOpLack    = 'L'
+
+	frameEntries = 'e'
+	frameCommit  = 'c'
+	frameEnd     = 'q'
+
+	answerOK    = 'k'
+	answerError = 'x'
+)
+
+// Bounds of the copy stream's decoder.
+const (
+	// MaxCopyFrame bounds one entries frame: a whole entry of the
+	// largest chunk fits, and a catch-up's run of entries read at once.
+	MaxCopyFrame = 16 << 20
+	// MaxCopyCommit bounds what one commit of a copy may carry.
+	MaxCopyCommit = MaxEntriesBody
+	maxCompany    = 64
+	maxAnswerMsg  = 4096
+)
+
+// ErrCopyStream is a copy stream that broke its format or a bound.
+var ErrCopyStream = errors.New("bad copy stream")
+
+// copyAnswerTimeout bounds the wait for a member's answer to a commit (it
+// syncs up to MaxCopyCommit) or a lack question. A dead member is noticed
+// sooner by the connection's keepalives and TCP_USER_TIMEOUT.
+const copyAnswerTimeout = 2 * time.Minute
+
+// copyConn is the leader's end of one copy connection.
+type copyConn struct {
+	addr string
+	c    *tls.Conn
+	raw  *bufConn // under c: its writes go out at flush
+	bw   *bufio.Writer
+	br   *bufio.Reader
+	used time.Time
+}
+
+// copyPool keeps idle copy connections per member address.
+type copyPool struct {
+	conf *tls.Config
+	mu   sync.Mutex
+	idle map[string][]*copyConn
+}
+
+func newCopyPool(conf *tls.Config) *copyPool {
+	return &copyPool{conf: conf, idle: map[string][]*copyConn{}}
+}
+
+// get returns an idle connection to addr that is still open, or a new one.
+func (p *copyPool) get(ctx context.Context, addr string) (*copyConn, error) {
+	for {
+		p.mu.Lock()
+		cs := p.idle[addr]
+		var cc *copyConn
+		if n := len(cs); n > 0 {
+			cc, p.idle[addr] = cs[n-1], cs[:n-1]
+		}
+		p.mu.Unlock()
+		if cc == nil {
+			break
+		}
+		if cc.alive() {
+			return cc, nil
+		}
+		cc.c.Close()
+	}
+	c, bc, err := dialBuffered(ctx, addr, 5*time.Second, p.conf, streamCopy, true)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUnreachable, err)
+	}
+	return &copyConn{addr: addr, c: c, raw: bc, bw: bufio.NewWriterSize(c, 64<<10), br: bufio.NewReaderSize(c, 4096)}, nil
+}
+
+// alive reports whether an idle connection was not closed by the member
+// meanwhile (a restart): nothing may be waiting to be read on it.
+func (cc *copyConn) alive() bool {
+	if time.Since(cc.used) > time.Minute {
+		return false
+	}
+	cc.c.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := cc.br.Peek(1)
+	cc.c.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// put keeps a connection whose request ended cleanly for the next one.
+func (p *copyPool) put(cc *copyConn) {
+	cc.used = time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle[cc.addr]) >= 4 {
+		cc.c.Close()
+		return
+	}
+	p.idle[cc.addr] = append(p.idle[cc.addr], cc)
+}
+
+func (p *copyPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, cs := range p.idle {
+		for _, cc := range cs {
+			cc.c.Close()
+		}
+	}
+	p.idle = map[string][]*copyConn{}
+}
+
+// flush sends everything written.
+func (cc *copyConn) flush() error {
+	if err := cc.bw.Flush(); err != nil {
+		return err
+	}
+	return cc.raw.Flush()
+}
+
+// writeRequest starts a request on the connection.
+func (cc *copyConn) writeRequest(op byte, company string, sweep uint64) error {
+	var b [1 + 1 + maxCompany + 8]byte
+	b[0], b[1] = op, byte(len(company))
+	n := 2 + copy(b[2:], company)
+	binary.LittleEndian.PutUint64(b[n:], sweep)
+	_, err := cc.bw.Write(b[:n+8])
+	return err
+}
+
+// readAnswer reads one answer; its payload (the stored count or a lack
+// bitmap, n bytes) into dst.
+func (cc *copyConn) readAnswer(dst []byte) error {
+	cc.c.SetReadDeadline(time.Now().Add(copyAnswerTimeout))
+	defer cc.c.SetReadDeadline(time.Time{})
+	t, err := cc.br.ReadByte()
+	if err != nil {
+		return fmt.Errorf("read the member's answer: %w", err)
+	}
+	switch t {
+	case answerOK:
+		if _, err := io.ReadFull(cc.br, dst); err != nil {
+			return fmt.Errorf("read the member's answer: %w", err)
+		}
+		return nil
+	case answerError:
+		var l [2]byte
+		if _, err := io.ReadFull(cc.br, l[:]); err != nil {
+			return fmt.Errorf("read the member's answer: %w", err)
+		}
+		n := binary.LittleEndian.Uint16(l[:])
+		if n > maxAnswerMsg {
+			return fmt.Errorf("%w: an error answer of %d bytes, over %d", ErrCopyStream, n, maxAnswerMsg)
+		}
+		msg := make([]byte, n)
+		if _, err := io.ReadFull(cc.br, msg); err != nil {
+			return fmt.Errorf("read the member's answer: %w", err)
+		}
+		return &memberError{msg: string(msg)}
+	default:
+		return fmt.Errorf("%w: answer type %q", ErrCopyStream, t)
+	}
+}
+
+// memberError is an error the member answered.
+type memberError struct{ msg string }
+
+func (e *memberError) Error() string { return "the member refused the copy: " + e.msg }
+
+// entriesReq is one entries request in progress on the leader.
+type entriesReq struct {
+	pool    *copyPool
+	cc      *copyConn
+	stop    func() bool // the context's watch
+	pending int         // commits sent, not yet answered
+	err     error       // the first failure; the connection is not reused
+	member  string
+}
+
+// openEntries starts an entries request to the member at addr.
+func (p *copyPool) openEntries(ctx context.Context, member, addr, company string, sweep uint64) (*entriesReq, error) {
+	cc, err := p.get(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("copy entries to %s: %w", member, err)
+	}
+	q := &entriesReq{pool: p, cc: cc, member: member}
+	q.stop = context.AfterFunc(ctx, func() { cc.c.Close() })
+	if err := cc.writeRequest(copyOpEntries, company, sweep); err != nil {
+		q.fail(err)
+		return nil, q.err
+	}
+	return q, nil
+}
+
+func (q *entriesReq) fail(err error) error {
+	if q.err == nil {
+		var me *memberError
+		if !errors.As(err, &me) {
+			// The member may have answered why before it closed.
+			q.cc.c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			if rerr := q.cc.readAnswer(make([]byte, 4)); errors.As(rerr, &me) {
+				err = me
+			} else {
+				err = fmt.Errorf("%w: %w", errUnreachable, err)
+			}
+		}
+		q.err = fmt.Errorf("copy entries to %s: %w", q.member, err)
+		q.cc.c.Close()
+	}
+	return q.err
+}
+
+// add sends whole sealed entries as one frame.
+func (q *entriesReq) add(entries []byte) error {
+	if q.err != nil {
+		return q.err
+	}
+	var h [5]byte
+	h[0] = frameEntries
+	binary.LittleEndian.PutUint32(h[1:], uint32(len(entries)))
+	if _, err := q.cc.bw.Write(h[:]); err != nil {
+		return q.fail(err)
+	}
+	if _, err := q.cc.bw.Write(entries); err != nil {
+		return q.fail(err)
+	}
+	return nil
+}
+
+// commit asks the member to commit what it got since the last commit;
+// the answer is read by wait.
+func (q *entriesReq) commit() error {
+	if q.err != nil {
+		return q.err
+	}
+	if err := q.cc.bw.WriteByte(frameCommit); err != nil {
+		return q.fail(err)
+	}
+	if err := q.cc.flush(); err != nil {
+		return q.fail(err)
+	}
+	q.pending++
+	return nil
+}
+
+// wait reads the answer to the oldest unanswered commit.
+func (q *entriesReq) wait() error {
+	if q.err != nil {
+		return q.err
+	}
+	if q.pending == 0 {
+		return nil
+	}
+	var n [4]byte
+	if err := q.cc.readAnswer(n[:]); err != nil {
+		return q.fail(err)
+	}
+	q.pending--
+	return nil
+}
+
+// end waits for every commit's answer and ends the request; the
+// connection serves the next one.
+func (q *entriesReq) end() error {
+	for q.pending > 0 {
+		if err := q.wait(); err != nil {
+			q.close()
+			return err
+		}
+	}
+	if q.err == nil {
+		if err := q.cc.bw.WriteByte(frameEnd); err != nil {
+			q.fail(err)
+		} else if err := q.cc.flush(); err != nil {
+			q.fail(err)
+		}
+	}
+	err := q.err
+	q.close()
+	return err
+}
+
+// abort cuts the request: the member keeps nothing it had not committed.
+func (q *entriesReq) abort() {
+	if q.err == nil {
+		q.err = errAborted
+		q.cc.c.Close()
+	}
+	q.close()
+}
+
+func (q *entriesReq) close() {
+	if !q.stop() && q.err == nil {
+		q.err = context.Canceled // the watch closed the connection
+	}
+	if q.err == nil {
+		q.pool.put(q.cc)
+		q.err = errors.New("request ended")
+		return
+	}
+	q.cc.c.Close()
+}
+
+// lack asks the member at addr which of ids it lacks: a bitmap, bit i set
+// when it lacks ids[i].
+func (p *copyPool) lack(ctx context.Context, member, addr, company string, sweep uint64, ids []byte) ([]byte, error) {
+	cc, err := p.get(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("ask %s what it lacks: %w", member, err)
+	}
+	stop := context.AfterFunc(ctx, func() { cc.c.Close() })
+	bm := make([]byte, (len(ids)/32+7)/8)
+	err = cc.writeRequest(copyOpLack, company, sweep)
+	if err == nil {
+		var n [4]byte
+		binary.LittleEndian.PutUint32(n[:], uint32(len(ids)/32))
+		cc.bw.Write(n[:])
+		cc.bw.Write(ids)
+		err = cc.flush()
+	}
+	if err == nil {
+		err = cc.readAnswer(bm)
+	}
+	if !stop() && err == nil {
+		err = context.Canceled
+	}
+	if err != nil {
+		cc.c.Close()
+		return nil, fmt.Errorf("ask %s what it lacks: %w", member, err)
+	}
+	p.put(cc)
+	return bm, nil
+}
+
+// ServeCopy serves the copy requests of one connection from the leader
+// until it ends.
+func (r *Replicator) ServeCopy(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReaderSize(c, 256<<10)
+	bw := bufio.NewWriterSize(c, 4096)
+	for {
+		op, err := br.ReadByte()
+		if err != nil {
+			return // the leader closed it, or cut a request short
+		}
+		company, sweep, err := readRequestHead(br)
+		if err == nil {
+			err = r.waitSweep(sweep)
+		}
+		if err == nil {
+			switch op {
+			case copyOpEntries:
+				err = r.serveEntriesStream(br, bw, company)
+			case copyOpLack:
+				err = r.serveLackStream(br, bw, company)
+			default:
+				err = fmt.Errorf("%w: unknown request %q", ErrCopyStream, op)
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, errCutShort) {
+			return
+		}
+		r.log.Warn("copy from the leader refused", zap.String("company", company), zap.Error(err))
+		writeError(bw, err)
+		// Read on a little, so the leader's writes in flight do not
+		// reset the connection before it read why.
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		io.Copy(io.Discard, io.LimitReader(br, 2*MaxCopyFrame))
+		return
+	}
+}
+
+// errCutShort: the leader closed the connection in the middle of a
+// request (an aborted upload): nothing to answer.
+var errCutShort = errors.New("copy cut short by the leader")
+
+func readRequestHead(br *bufio.Reader) (string, uint64, error) {
+	n, err := br.ReadByte()
+	if err != nil {
+		return "", 0, errCutShort
+	}
+	if n == 0 || n > maxCompany {
+		return "", 0, fmt.Errorf("%w: company name of %d bytes (1 to %d)", ErrCopyStream, n, maxCompany)
+	}
+	b := make([]byte, int(n)+8)
+	if _, err := io.ReadFull(br, b); err != nil {
+		return "", 0, errCutShort
+	}
+	company := string(b[:n])
+	if err := catalog.ValidCompanyName(company); err != nil {
+		return "", 0, fmt.Errorf("%w: %w", ErrCopyStream, err)
+	}
+	return company, binary.LittleEndian.Uint64(b[n:]), nil
+}
+
+// waitSweep applies the log up to the leader's last sweep before a copy
+// or a lack answer (HeaderSweep says why).
+func (r *Replicator) waitSweep(i uint64) error {
+	if i == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.node.WaitApplied(ctx, i); err != nil {
+		return fmt.Errorf("this member has not yet applied the leader's last sweep: %w", err)
+	}
+	return nil
+}
+
+func writeError(bw *bufio.Writer, err error) {
+	msg := err.Error()
+	if len(msg) > maxAnswerMsg {
+		msg = msg[:maxAnswerMsg]
+	}
+	var h [3]byte
+	h[0] = answerError
+	binary.LittleEndian.PutUint16(h[1:], uint16(len(msg)))
+	bw.Write(h[:])
+	bw.WriteString(msg)
+	bw.Flush()
+}
+
+// serveLackStream answers which of the ids that follow this member lacks.
+func (r *Replicator) serveLackStream(br *bufio.Reader, bw *bufio.Writer, company string) error {
+	var nb [4]byte
+	if _, err := io.ReadFull(br, nb[:]); err != nil {
+		return errCutShort
+	}
+	n := binary.LittleEndian.Uint32(nb[:])
+	if n > MaxLackIDs {
+		return fmt.Errorf("%w: lack of %d ids, at most %d", ErrCopyStream, n, MaxLackIDs)
+	}
+	ids := make([][32]byte, n)
+	for i := range ids {
+		if _, err := io.ReadFull(br, ids[i][:]); err != nil {
+			return errCutShort
+		}
+	}
+	has, err := r.st.Has(company, ids)
+	if err != nil {
+		return err
+	}
+	bm := make([]byte, 1+(len(ids)+7)/8)
+	bm[0] = answerOK
+	for i, h := range has {
+		if !h {
+			bm[1+i/8] |= 1 << (i % 8)
+		}
+	}
+	bw.Write(bm)
+	return bw.Flush()
+}
+
+// serveEntriesStream stores the entries the leader copies, committing
+// at each 'c' (on a goroutine of its own, while the next part arrives)
+// and answering each commit in order.
+//
+// The leader is trusted to send what it stored, not to be right: each
+// entry's header is checked (its CRC and bounds) and its AEAD tag
+// authenticated with the company's pack key, which covers the header's
+// id, kind, flags and lengths too, before it is written. A leader that
+// sends garbage, or an entry whose header it altered, is refused; only a
+// leader holding the company's key can seal an entry (whose content then
+// may still not hash to its id: verify on the member finds that).
+func (r *Replicator) serveEntriesStream(br *bufio.Reader, bw *bufio.Writer, company string) error {
+	if r.node.IsLeader() {
+		return errors.New("this member leads: it takes no copies")
+	}
+	open := r.opener.Load()
+	if open == nil {
+		return errors.New("this member cannot check copies yet (no keys)")
+	}
+	aead, err := (*open)(company)
+	if err != nil {
+		return fmt.Errorf("check copies of company %s: %w", company, err)
+	}
+	// Three stages, each on its own goroutine: this one reads frames
+	// off the connection (and TLS decrypts them), the store stage checks
+	// and writes a frame's entries, the commit stage syncs and answers.
+	// Two frame buffers: one is read while the other is stored.
+	var failed atomic.Pointer[error]
+	fail := func(err error) {
+		if err != nil {
+			failed.CompareAndSwap(nil, &err)
+		}
+	}
+	free := make(chan []byte, 2)
+	free <- nil
+	free <- nil
+	frames := make(chan copyFrame, 1)
+	stored := make(chan struct{})
+	go func() { // owner: serveEntriesStream (closes frames, waits for stored)
+		defer close(stored)
+		r.storeFrames(company, aead, frames, free, bw, &failed, fail)
+	}()
+	stop := func() error {
+		close(frames)
+		<-stored
+		if p := failed.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}
+	var size int64
+	for {
+		if failed.Load() != nil {
+			return stop()
+		}
+		t, err := br.ReadByte()
+		if err != nil {
+			stop()
+			return errCutShort
+		}
+		switch t {
+		case frameEntries:
+			var lb [4]byte
+			if _, err := io.ReadFull(br, lb[:]); err != nil {
+				stop()
+				return errCutShort
+			}
+			l := binary.LittleEndian.Uint32(lb[:])
+			if l > MaxCopyFrame {
+				fail(fmt.Errorf("%w: a frame of %d bytes, at most %d", ErrCopyStream, l, MaxCopyFrame))
+				return stop()
+			}
+			if size += int64(l); size > MaxCopyCommit {
+				fail(fmt.Errorf("%w: more than %d bytes before a commit", ErrCopyStream, int64(MaxCopyCommit)))
+				return stop()
+			}
+			frame := <-free
+			if cap(frame) < int(l) {
+				frame = make([]byte, l)
+			}
+			frame = frame[:l]
+			if _, err := io.ReadFull(br, frame); err != nil {
+				stop()
+				return errCutShort
+			}
+			frames <- copyFrame{kind: frameEntries, data: frame}
+		case frameCommit:
+			frames <- copyFrame{kind: frameCommit}
+			size = 0
+		case frameEnd:
+			frames <- copyFrame{kind: frameEnd}
+			return stop()
+		default:
+			fail(fmt.Errorf("%w: frame type %q", ErrCopyStream, t))
+			return stop()
+		}
+	}
+}
+
+type copyFrame struct {
+	kind byte
+	data []byte
+}
+
+// storeFrames checks and writes the entries of each frame, and hands each
+// commit to a goroutine of its own that syncs and answers in order.
+func (r *Replicator) storeFrames(company string, aead cipher.AEAD, frames <-chan copyFrame, free chan<- []byte,
+	bw *bufio.Writer, failed *atomic.Pointer[error], fail func(error)) {
+	commits := make(chan *store.Appender)
+	committed := make(chan struct{})
+	go func() { // owner: storeFrames (closes commits, waits for committed)
+		defer close(committed)
+		for app := range commits {
+			if failed.Load() != nil {
+				if app != nil {
+					app.Abort()
+				}
+				continue
+			}
+			var n int
+			if app != nil {
+				n = app.Len()
+				if err := app.Commit(); err != nil {
+					fail(err)
+					continue
+				}
+			}
+			var a [5]byte
+			a[0] = answerOK
+			binary.LittleEndian.PutUint32(a[1:], uint32(n))
+			bw.Write(a[:])
+			fail(bw.Flush())
+		}
+	}()
+	var (
+		app   *store.Appender
+		plain []byte
+		ids   [][32]byte
+		hs    []pack.EntryHeader
+		offs  []int
+	)
+	for f := range frames {
+		if failed.Load() != nil {
+			if f.data != nil {
+				free <- f.data
+			}
+			continue
+		}
+		switch f.kind {
+		case frameCommit:
+			commits <- app
+			app = nil
+			continue
+		case frameEnd:
+			if app != nil {
+				fail(fmt.Errorf("%w: entries after the last commit", ErrCopyStream))
+			}
+			continue
+		}
+		frame := f.data
+		ids, hs, offs = ids[:0], hs[:0], offs[:0]
+		err := func() error {
+			for off := 0; off < len(frame); {
+				h, err := pack.ParseEntryHeader(frame[off:])
+				if err != nil {
+					return fmt.Errorf("copied entry: %w", err)
+				}
+				end := off + pack.EntryHeaderSize + int(h.BodyLen)
+				if end > len(frame) {
+					return fmt.Errorf("%w: entry %x runs past its frame", ErrCopyStream, h.ID[:8])
+				}
+				if plain, err = pack.OpenBody(plain[:0], aead, &h, frame[off+pack.EntryHeaderSize:end]); err != nil {
+					return fmt.Errorf("copied entry: %w", err)
+				}
+				ids, hs, offs = append(ids, h.ID), append(hs, h), append(offs, off)
+				off = end
+			}
+			has, err := r.st.Has(company, ids)
+			if err != nil {
+				return err
+			}
+			for i, h := range hs {
+				if has[i] {
+					continue
+				}
+				if app == nil {
+					if app, err = r.st.Append(company); err != nil {
+						return err
+					}
+					app.Copied()
+				}
+				if err := app.Add(h, frame[offs[i]:offs[i]+pack.EntryHeaderSize+int(h.BodyLen)]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		free <- frame
+		fail(err)
+	}
+	close(commits)
+	<-committed
+	if app != nil {
+		app.Abort()
+	}
+}
