@@ -24,7 +24,7 @@ func BenchmarkStreamedCopy(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	aead := pack.NewAEAD([32]byte{7})
+	aead := pack.NewSealer([32]byte{7})
 	const mib = 64
 	var es []store.Entry
 	payload := make([]byte, 1<<20)

@@ -3,7 +3,6 @@ package pair
 import (
 	"bufio"
 	"context"
-	"crypto/cipher"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -604,7 +603,7 @@ type copyFrame struct {
 
 // storeFrames checks and writes the entries of each frame, and hands each
 // commit to a goroutine of its own that syncs and answers in order.
-func (r *Replicator) storeFrames(company string, aead cipher.AEAD, frames <-chan copyFrame, free chan<- []byte,
+func (r *Replicator) storeFrames(company string, aead *pack.Sealer, frames <-chan copyFrame, free chan<- []byte,
 	bw *bufio.Writer, failed *atomic.Pointer[error], fail func(error)) {
 	commits := make(chan *store.Appender)
 	committed := make(chan struct{})

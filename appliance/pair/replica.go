@@ -3,7 +3,6 @@ package pair
 import (
 	"cmp"
 	"context"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 	"io"
@@ -69,7 +68,7 @@ type Replicator struct {
 	sweep atomic.Pointer[func() uint64]
 	// opener gives the AEAD of a company's pack key, to check copies
 	// (SetOpener).
-	opener atomic.Pointer[func(company string) (cipher.AEAD, error)]
+	opener atomic.Pointer[func(company string) (*pack.Sealer, error)]
 	// streamed and recopied count copies to a member made while the
 	// entries were written, and those made again after the stream failed.
 	streamed, recopied atomic.Int64
@@ -116,7 +115,7 @@ func (r *Replicator) SetSweepIndex(f func() uint64) { r.sweep.Store(&f) }
 
 // SetOpener tells the replicator how to get a company's pack AEAD: a
 // member checks every copied entry's tag before it stores it.
-func (r *Replicator) SetOpener(f func(company string) (cipher.AEAD, error)) { r.opener.Store(&f) }
+func (r *Replicator) SetOpener(f func(company string) (*pack.Sealer, error)) { r.opener.Store(&f) }
 
 func (r *Replicator) sweepIndex() uint64 {
 	if f := r.sweep.Load(); f != nil {

@@ -3,7 +3,6 @@ package pair
 import (
 	"bytes"
 	"context"
-	"crypto/cipher"
 	"crypto/rand"
 	"errors"
 	"path/filepath"
@@ -36,7 +35,7 @@ func startData(t testing.TB, ca *pki.Authority, id, dir, addr string) *dataMembe
 	}
 	m.st = st
 	m.rep.SetStore(st)
-	m.rep.SetOpener(func(string) (cipher.AEAD, error) { return pack.NewAEAD([32]byte{7}), nil })
+	m.rep.SetOpener(func(string) (*pack.Sealer, error) { return pack.NewSealer([32]byte{7}), nil })
 	m.node.SetHandler(m.rep.Handler())
 	m.node.SetCopyHandler(m.rep.ServeCopy)
 	return m
@@ -422,7 +421,7 @@ func TestCopyChecked(t *testing.T) {
 	}
 	flipBody := body()
 	flipBody[len(es[0].Data)+pack.EntryHeaderSize+pack.NonceSize+5] ^= 1 // the second entry's ciphertext
-	otherKey := pack.AppendEntry(nil, pack.NewAEAD([32]byte{8}), &es[2].Header, []byte("sealed by someone else"))
+	otherKey := pack.AppendEntry(nil, pack.NewSealer([32]byte{8}), &es[2].Header, []byte("sealed by someone else"))
 	wrongID := bytes.Clone(es[1].Data)
 	h := es[1].Header
 	h.ID[0] ^= 1 // a valid header naming another id: its CRC is made again, not its tag

@@ -2,7 +2,6 @@ package vault
 
 import (
 	"context"
-	"crypto/cipher"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"vaultnode/internal/pack"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -111,7 +111,7 @@ func (v *Vault) startPair() error {
 	}
 	v.pair.rep = pair.NewReplicator(n, nil, v.clk, v.log.Named("replica"), po.DegradeAfter)
 	v.pair.rep.SetSweepIndex(v.pair.gc.sweepIndex.Load)
-	v.pair.rep.SetOpener(func(company string) (cipher.AEAD, error) {
+	v.pair.rep.SetOpener(func(company string) (*pack.Sealer, error) {
 		k, err := v.companyKeys(company)
 		if err != nil {
 			return nil, err
