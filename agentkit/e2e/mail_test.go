@@ -156,6 +156,11 @@ func TestMailProtected(t *testing.T) {
 		if strings.Contains(m, "X-Sink-Rcpt-To: it@acme.example") && strings.Contains(m, "is now protected") {
 			n++
 		}
+		// The configuration's root lies under /tmp: that is the operator's
+		// choice, not a temporary directory backed up by mistake.
+		if strings.Contains(m, "temporary or cache directories") {
+			t.Errorf("a root under the temporary directory was taken for a mistake:\n%s", m)
+		}
 	}
 	if n != 1 {
 		t.Errorf("the technical contact got %d \"now protected\" messages, want 1", n)

@@ -126,3 +126,22 @@ func TestTempDirOf(t *testing.T) {
 		}
 	}
 }
+
+// TestTempDirBeneathRoot: a root the operator chose under /tmp (or named
+// cache) is not a temporary directory backed up by mistake; one beneath it is.
+func TestTempDirBeneathRoot(t *testing.T) {
+	g := factsGatherer{roots: cfgRoots([]string{"/tmp/job/src/", "/var/cache", "/"})}
+	for p, want := range map[string]string{
+		"tmp/job/src/a":           "",
+		"tmp/job/src/x/cache/f":   "tmp/job/src/x/cache",
+		"var/cache/apt/f":         "",
+		"var/cache/apt/tmp/f":     "var/cache/apt/tmp",
+		"tmp/other/f":             "tmp", // beneath the whole-system root only
+		"tmp/job/srcfoo/tmp/f":    "tmp",
+		"home/u/.cache/tmp/thumb": "home/u/.cache",
+	} {
+		if got := string(g.tempDirOf([]byte(p))); got != want {
+			t.Errorf("tempDirOf(%q) under %q = %q, want %q", p, g.roots, got, want)
+		}
+	}
+}

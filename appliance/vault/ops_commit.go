@@ -38,6 +38,9 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 		return wire.Committed{}, err
 	}
 	var facts factsGatherer // for the testing period's examination (testing.go)
+	if cfg, err := v.Catalog.Config(c.ID, s.config); err == nil {
+		facts.roots = cfgRoots(cfg.Paths)
+	} // a configuration removed meanwhile is examined without its roots
 	totals, err := v.checkListingFacts(ctx, s, c.keys, req.Listing, &facts)
 	if err != nil {
 		return wire.Committed{}, err

@@ -106,7 +106,7 @@ func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire
 		facts = memo.facts
 	} else {
 		var err error
-		if facts, err = v.readListingFacts(ctx, cp.Company, newest); err != nil {
+		if facts, err = v.readListingFacts(ctx, cp.Company, cfg, newest); err != nil {
 			return nil, err
 		}
 		v.examined.mu.Lock()
@@ -181,8 +181,8 @@ func (v *Vault) examineConfig(ctx context.Context, cp catalog.Computer, cfg wire
 }
 
 // readListingFacts reads a version's listing once for the examination.
-func (v *Vault) readListingFacts(ctx context.Context, company string, m wire.Manifest) (*listingFacts, error) {
-	var g factsGatherer
+func (v *Vault) readListingFacts(ctx context.Context, company string, cfg wire.Config, m wire.Manifest) (*listingFacts, error) {
+	g := factsGatherer{roots: cfgRoots(cfg.Paths)}
 	_, err := v.walkListing(ctx, company, m.Listing, func(n *tree.Node) bool {
 		g.add(n)
 		return false
@@ -206,6 +206,7 @@ func (v *Vault) rememberFacts(computer, config string, listing []tree.ChunkRef, 
 
 // factsGatherer gathers a listing's facts node by node.
 type factsGatherer struct {
+	roots     [][]byte // the configuration's roots as listing paths: what they are under is not examined
 	f         listingFacts
 	tempBytes map[string]int64
 	tempOrder []string
@@ -218,7 +219,7 @@ func (g *factsGatherer) add(n *tree.Node) {
 	if n.Type != tree.TypeFile {
 		return
 	}
-	if dir := tempDirOf(n.Path); dir != nil {
+	if dir := g.tempDirOf(n.Path); dir != nil {
 		if g.tempBytes == nil {
 			g.tempBytes = map[string]int64{}
 		}
@@ -244,6 +245,33 @@ func (g *factsGatherer) finish() *listingFacts {
 		f.temp = append(f.temp, fmt.Sprintf("%s (%s)", d, humanBytes(g.tempBytes[d])))
 	}
 	return &f
+}
+
+// cfgRoots answers a configuration's roots as they begin listing paths
+// (without the leading slash; "" for the whole system).
+func cfgRoots(paths []string) [][]byte {
+	roots := make([][]byte, 0, len(paths))
+	for _, p := range paths {
+		roots = append(roots, []byte(strings.Trim(path.Clean("/"+p), "/")))
+	}
+	return roots
+}
+
+// tempDirOf answers the outermost temporary or cache directory holding p
+// beneath the configuration's root that holds it: a root the operator chose
+// under /tmp, or named cache, is what they asked for, not a mistake.
+func (g *factsGatherer) tempDirOf(p []byte) []byte {
+	start := 0
+	for _, r := range g.roots {
+		if len(r) == 0 || !bytes.HasPrefix(p, r) || len(p) <= len(r) || p[len(r)] != '/' {
+			continue
+		}
+		start = max(start, len(r)+1)
+	}
+	if dir := tempDirOf(p[start:]); dir != nil {
+		return p[:start+len(dir)]
+	}
+	return nil
 }
 
 // tempDirOf answers the outermost temporary or cache directory holding p,
