@@ -539,6 +539,26 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 	if m.ID == "" {
 		return fmt.Errorf("catch up %s: %w: not a data member of this pair", member, ErrInvalid)
 	}
+	// A member just restarting answers within seconds: wait for it here
+	// (asking every 100 ms, up to catchUpWait) rather than fail and be
+	// started again by the next tick, so the copy starts as soon as it is
+	// back.
+	for wait := time.Now().Add(catchUpWait); ; {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := r.node.PeerStatus(pctx, m.Raft)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(wait) {
+			return fmt.Errorf("catch up %s: it does not answer: %w", member, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	r.mu.Lock()
 	r.live[member] = true
 	r.mu.Unlock()
@@ -574,6 +594,9 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 	r.log.Info("member caught up", zap.String("member", member), zap.Int64("chunks_copied", p.Copied), zap.Int64("bytes", p.Bytes))
 	return nil
 }
+
+// catchUpWait is how long a catch-up waits for its member to answer.
+const catchUpWait = 10 * time.Second
 
 // catchUpBatch is how many chunk ids one lack request of a catch-up asks
 // about.
