@@ -209,8 +209,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		defer os.RemoveAll(root)
 	}
 	// The disk's write rate before any vault runs. Measured again around
-	// the catch-up it has come out ten times lower on this machine (the
-	// cause is not known); the catch-up is judged against the highest.
+	// the catch-up it has come out ten times lower on this machine: its
+	// virtio disk caches writes on the host, and a synced write waits
+	// behind the host writing back the GiB the backups wrote before
+	// (docs/pair.md, "Benchmark"); the catch-up is judged against the
+	// highest.
 	diskIdle, err := diskRate(root, *mib/2)
 	if err != nil {
 		return err
