@@ -71,6 +71,10 @@ var ErrCopyStream = errors.New("bad copy stream")
 // sooner by the connection's keepalives and TCP_USER_TIMEOUT.
 const copyAnswerTimeout = 2 * time.Minute
 
+// copyIdle is how long a member keeps a copy connection that carries no
+// request; the leader reuses one idle for at most half of it.
+const copyIdle = 2 * time.Minute
+
 // copyConn is the leader's end of one copy connection.
 type copyConn struct {
 	addr string
@@ -120,7 +124,7 @@ func (p *copyPool) get(ctx context.Context, addr string) (*copyConn, error) {
 // alive reports whether an idle connection was not closed by the member
 // meanwhile (a restart): nothing may be waiting to be read on it.
 func (cc *copyConn) alive() bool {
-	if time.Since(cc.used) > time.Minute {
+	if time.Since(cc.used) > copyIdle/2 {
 		return false
 	}
 	cc.c.SetReadDeadline(time.Now().Add(time.Millisecond))
@@ -382,7 +386,11 @@ func (r *Replicator) ServeCopy(c net.Conn) {
 	br := bufio.NewReaderSize(c, 256<<10)
 	bw := bufio.NewWriterSize(c, 4096)
 	for {
+		// Between requests a connection idles at most copyIdle (the
+		// leader reuses one idle for less).
+		c.SetReadDeadline(time.Now().Add(copyIdle))
 		op, err := br.ReadByte()
+		c.SetReadDeadline(time.Time{})
 		if err != nil {
 			return // the leader closed it, or cut a request short
 		}
