@@ -638,6 +638,25 @@ func (c *Catalog) NewestVersions() ([]Version, error) {
 	return out, err
 }
 
+// Newest returns a configuration's newest version, decoding that record
+// only; ok is false when it has none.
+func (c *Catalog) Newest(computer, config string) (m wire.Manifest, ok bool, err error) {
+	err = c.db.View(func(tx *bbolt.Tx) error {
+		prefix := []byte(computer + "/" + config + "/")
+		k, v := lastBefore(tx.Bucket(bVersions).Cursor(), prefix)
+		if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+8 {
+			return nil
+		}
+		ver, err := decodeVersion(k, v)
+		if err != nil {
+			return fmt.Errorf("newest version of %s/%s: %w", computer, config, err)
+		}
+		m, ok = ver.Manifest, true
+		return nil
+	})
+	return m, ok, err
+}
+
 // LastSeq returns the newest committed sequence of a configuration, 0 if none.
 func (c *Catalog) LastSeq(computer, config string) (uint64, error) {
 	var seq uint64

@@ -46,6 +46,23 @@ func (s *Store) Quarantine(company string, id [32]byte, reason string) (bool, er
 	return added, nil
 }
 
+// AnyQuarantined reports whether a company has a quarantined chunk, without
+// reading them all.
+func (s *Store) AnyQuarantined(company string) (bool, error) {
+	found := false
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		if qb := tx.Bucket(bucketQuarantine).Bucket([]byte(company)); qb != nil {
+			k, _ := qb.Cursor().First()
+			found = k != nil
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("quarantine of %s: %w", company, err)
+	}
+	return found, nil
+}
+
 // Quarantined returns a company's quarantined chunks; malformed records
 // are skipped (CheckIndex reports them).
 func (s *Store) Quarantined(company string) (map[[32]byte]Quarantine, error) {

@@ -3,6 +3,7 @@ package vault
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -496,4 +497,63 @@ func TestSaturatedProtectSet(t *testing.T) {
 		t.Fatalf("the collection after the commit swept nothing: %+v", res)
 	}
 	restoreAll(t, v, map[string][][]byte{"c1@2": {[]byte("newer")}, "c1@3": {[]byte("one"), []byte("two"), []byte("three"), []byte("four")}})
+}
+
+// TestCommitSameListing: a commit whose listing is the newest version's (a
+// no-change backup of an agent whose cache says every chunk is stored) is
+// not read again; its session protects the whole company meanwhile. A
+// quarantined chunk or a pruned newest version sends it through the full
+// check, which names what the vault lacks.
+func TestCommitSameListing(t *testing.T) {
+	v := openTestVault(t)
+	ctx := context.Background()
+	a := newGCAgent(t, v, "acme", "c1")
+	files := [][]byte{[]byte("first file"), []byte("second file")}
+	if _, err := a.backup(ctx, files); err != nil {
+		t.Fatal(err)
+	}
+	first, ok, err := v.Catalog.Newest("c1", "home")
+	if err != nil || !ok {
+		t.Fatalf("newest version: %v, %v", ok, err)
+	}
+	// commit sends the first version's listing again, without a lack or an
+	// upload; saturated tells whether the session protected its company.
+	commit := func() (wire.Committed, bool, error) {
+		s, err := v.OpenSession(ctx, a.p, "home")
+		if err != nil {
+			t.Fatal(err)
+		}
+		saturated := false
+		testHookBeforeRecord = func() {
+			v.smu.Lock()
+			if ss := v.sessions[s.ID]; ss != nil {
+				ss.mu.Lock()
+				saturated = ss.protect.all
+				ss.mu.Unlock()
+			}
+			v.smu.Unlock()
+		}
+		defer func() { testHookBeforeRecord = nil }()
+		c, err := v.Commit(ctx, a.p, s.ID, wire.Commit{Listing: first.Listing})
+		return c, saturated, err
+	}
+	c, saturated, err := commit()
+	if err != nil || c.Seq != 2 || !saturated {
+		t.Fatalf("same listing: seq %d, company protected %v, %v; want seq 2 taken without reading", c.Seq, saturated, err)
+	}
+	second, _, err := v.Catalog.Newest("c1", "home")
+	if err != nil || second.Totals.Files != first.Totals.Files || second.Totals.Bytes != first.Totals.Bytes || second.Totals.ChunksSent != 0 {
+		t.Fatalf("totals %+v after %+v (%v): want the same files and bytes, nothing sent", second.Totals, first.Totals, err)
+	}
+
+	restoreAll(t, v, map[string][][]byte{"c1@1": files, "c1@2": files})
+
+	// A damaged chunk: the commit must still ask for its good copy.
+	if _, err := v.Store.Quarantine("acme", a.hs.Sum(files[0]), "test"); err != nil {
+		t.Fatal(err)
+	}
+	var ae *apiError
+	if _, saturated, err := commit(); !errors.As(err, &ae) || ae.code != wire.CodeMissingChunk || saturated {
+		t.Fatalf("same listing with a quarantined chunk: %v (company protected %v); want the missing chunk named", err, saturated)
+	}
 }

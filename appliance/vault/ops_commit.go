@@ -41,9 +41,14 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	if cfg, err := v.Catalog.Config(c.ID, s.config); err == nil {
 		facts.roots = cfgRoots(cfg.Paths)
 	} // a configuration removed meanwhile is examined without its roots
-	totals, err := v.checkListingFacts(ctx, s, c.keys, req.Listing, &facts)
+	totals, same, err := v.sameAsNewest(s, c.ID, req.Listing)
 	if err != nil {
 		return wire.Committed{}, err
+	}
+	if !same {
+		if totals, err = v.checkListingFacts(ctx, s, c.keys, req.Listing, &facts); err != nil {
+			return wire.Committed{}, err
+		}
 	}
 	s.mu.Lock()
 	totals.ChunksSent, totals.BytesSent = s.chunksSent, s.bytesSent
@@ -84,7 +89,9 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 		return wire.Committed{}, err
 	}
 	v.endSession(s)
-	v.rememberFacts(c.ID, s.config, req.Listing, facts.finish())
+	if !same { // else the newest version's facts, remembered or read when examined
+		v.rememberFacts(c.ID, s.config, req.Listing, facts.finish())
+	}
 	v.log.Info("version committed", zap.String("computer", c.ID), zap.String("config", s.config), zap.Uint64("seq", m.Seq),
 		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent))
 	v.pokeNotify() // a new version may make the computer protected, or bring warnings (notify.go)
@@ -153,6 +160,44 @@ func (v *Vault) holdOpen(s *session) (release func(), err error) {
 			"session %q ended while its commit was checked (expired, or replaced by a new session): open a new session and commit again", s.id)
 	}
 	return v.recordMu.RUnlock, nil
+}
+
+// sameAsNewest answers the newest version's totals when a commit's listing
+// is that version's (a no-change backup): every chunk it references is then
+// stored, so the listing is neither read nor looked up again. The session
+// first protects its whole company until it ends, and only then checks that
+// the version is still there: one that a prune took meanwhile may have lost
+// chunks to a collection, and the listing is checked as any other. A
+// quarantined chunk anywhere in the company also means the listing is
+// checked, so that the commit still asks the agent for a damaged chunk's
+// good copy (TestDamageHeals).
+func (v *Vault) sameAsNewest(s *session, computer string, listing []tree.ChunkRef) (wire.Totals, bool, error) {
+	newest := func() (wire.Manifest, bool) {
+		m, ok, err := v.Catalog.Newest(computer, s.config)
+		if err != nil {
+			v.log.Warn("commit: the newest version is unreadable; the listing is checked in full", zap.Error(err))
+		}
+		return m, ok && err == nil && sameListing(m.Listing, listing)
+	}
+	m, ok := newest()
+	if !ok {
+		return wire.Totals{}, false, nil
+	}
+	if q, err := v.Store.AnyQuarantined(s.company); err != nil || q {
+		return wire.Totals{}, false, err
+	}
+	v.gcMu.RLock()
+	s.mu.Lock()
+	s.protect.saturate()
+	s.mu.Unlock()
+	v.gcMu.RUnlock()
+	again, ok := newest()
+	if !ok || again.Seq != m.Seq {
+		return wire.Totals{}, false, nil
+	}
+	t := m.Totals
+	t.ChunksSent, t.BytesSent = 0, 0 // the session's, set by the caller
+	return t, true, nil
 }
 
 // checkListing reads a version's listing and checks that every chunk it
