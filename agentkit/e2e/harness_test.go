@@ -205,7 +205,13 @@ func (v *vaultProc) tryStart(retry bool) bool {
 		}
 	}()
 	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }() // owner: the process's life
+	go func() { // owner: the process's life
+		err := cmd.Wait()
+		// Say in the log how it ended: a vaultd that dies on its own
+		// (not by kill or stop) may have printed nothing.
+		fmt.Fprintf(v.log, "e2e harness: vaultd (pid %d) ended: %v\n", cmd.Process.Pid, exitOf(err, cmd))
+		close(done)
+	}()
 	v.cmd, v.done = cmd, done
 	select {
 	case v.banner = <-ready:
@@ -221,6 +227,29 @@ func (v *vaultProc) tryStart(retry bool) bool {
 		v.t.Fatal("vaultd did not serve within 60s")
 	}
 	return true
+}
+
+// exitOf says how a process ended: its exit code or the signal that
+// killed it.
+func exitOf(err error, cmd *exec.Cmd) string {
+	if cmd.ProcessState == nil {
+		return fmt.Sprintf("wait: %v", err)
+	}
+	return cmd.ProcessState.String()
+}
+
+// exited reports whether the running vaultd ended on its own (not by
+// kill or stop).
+func (v *vaultProc) exited() bool {
+	if v.cmd == nil {
+		return false
+	}
+	select {
+	case <-v.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // kill SIGKILLs vaultd and waits for it.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
@@ -449,9 +450,16 @@ func TestPairRandomFaults(t *testing.T) {
 	ns := newNetns(t)
 	p := newPair(t, ns)
 	var seed [8]byte
-	rand.Read(seed[:])
+	if s := os.Getenv("VAULTNODE_FAULT_SEED"); s != "" {
+		if b, err := hex.DecodeString(s); err != nil || len(b) != len(seed) {
+			t.Fatalf("VAULTNODE_FAULT_SEED=%q: give the 16 hex digits a run logged", s)
+		}
+		hex.Decode(seed[:], []byte(s))
+	} else {
+		rand.Read(seed[:])
+	}
 	r := mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:]), 1))
-	t.Logf("seed %x", seed)
+	t.Logf("seed %x: replay the same faults with VAULTNODE_FAULT_SEED=%x go test -count=1 ./agentkit/e2e/ -run 'TestPairRandomFaults$' (the timings differ)", seed, seed)
 	fas := []*faultAgent{{name: "pc1", a: p.env.a, src: p.src, g: newGen(t, p.src, 17)}}
 	for i := 2; i <= 3; i++ {
 		fa := &faultAgent{name: fmt.Sprintf("pc%d", i), a: &agent{t: t, state: filepath.Join(p.root, fmt.Sprintf("agent%d", i))},
@@ -526,7 +534,19 @@ func TestPairRandomFaults(t *testing.T) {
 		} else {
 			ns.heal(t)
 		}
-		until(t, "the pair whole again", func() bool { l := p.leader(); return l != nil && l.whole(3) })
+		until(t, "the pair whole again", func() bool {
+			for _, m := range []*vaultProc{p.a, p.b, p.w} {
+				if m.exited() {
+					b, _ := os.ReadFile(m.log.Name())
+					if len(b) > 6000 {
+						b = b[len(b)-6000:]
+					}
+					t.Fatalf("round %d (%s): %s's vaultd ended on its own:\n%s", i, names[f], filepath.Base(m.dir), b)
+				}
+			}
+			l := p.leader()
+			return l != nil && l.whole(3)
+		})
 	}
 	t.Logf("faults: %v %v; %d of %d backups acknowledged", names, counts, acked, faults*len(fas))
 	if acked < faults*len(fas)/2 {

@@ -402,6 +402,8 @@ func (v *Vault) PortalAddr() string { return v.portalAddr }
 
 // Serve runs the agent API and the admin socket until ctx is done.
 func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
+	ctx, stopRuns := context.WithCancel(ctx)
+	defer stopRuns()
 	ln, err := net.Listen("tcp", v.opts.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", v.opts.Listen, err)
@@ -460,6 +462,12 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
+		// A server that stops stops the vault, and says why: the pair,
+		// the schedule and the mail run on ctx, and waiting for them
+		// without ending them would leave a vault that serves nothing
+		// and never exits.
+		v.log.Error("a listener failed; the vault stops", zap.Error(err))
+		stopRuns()
 		agentSrv.Close()
 		adminSrv.Close()
 		if portalSrv != nil {
