@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"testing"
 
-	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
 	"vaultnode/internal/pack"
@@ -41,13 +40,7 @@ func BenchmarkCatchUp(b *testing.B) {
 	b.SetBytes(missed << 20)
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		x := startData(b, ca, "a", b.TempDir(), "")
-		if err := x.node.Bootstrap(ctx); err != nil {
-			b.Fatal(err)
-		}
-		if err := x.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
-			b.Fatal(err)
-		}
+		x := startLeader(b, ca, "a")
 		y := startData(b, ca, "b", b.TempDir(), "")
 		w := startMember(b, ca, "w", b.TempDir(), "", true, 0)
 		for _, m := range []Member{{ID: "b", Raft: y.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"vaultnode/appliance/catalog"
 	"vaultnode/appliance/pki"
 	"vaultnode/appliance/store"
 	"vaultnode/internal/pack"
@@ -38,13 +37,7 @@ func BenchmarkStreamedCopy(b *testing.B) {
 	var cpu time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		x := startData(b, ca, "a", b.TempDir(), "")
-		if err := x.node.Bootstrap(ctx); err != nil {
-			b.Fatal(err)
-		}
-		if err := x.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
-			b.Fatal(err)
-		}
+		x := startLeader(b, ca, "a")
 		y := startData(b, ca, "b", b.TempDir(), "")
 		if err := x.node.AddMember(ctx, Member{ID: "b", Raft: y.addr, Agent: "agent-b"}); err != nil {
 			b.Fatal(err)

@@ -46,6 +46,20 @@ func (m *dataMember) stop(t testing.TB) {
 	m.st.Close()
 }
 
+// startLeader starts data member id on a pair of its own (bootstrapped,
+// so it leads) holding company acme.
+func startLeader(t testing.TB, ca *pki.Authority, id string) *dataMember {
+	t.Helper()
+	x := startData(t, ca, id, t.TempDir(), "")
+	if err := x.node.Bootstrap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
 func entries(t *testing.T, n int) ([]store.Entry, [][32]byte) {
 	aead := pack.NewSealer([32]byte{7})
 	var out []store.Entry
@@ -86,13 +100,7 @@ func TestReplication(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	a := startData(t, ca, "a", t.TempDir(), "")
-	if err := a.node.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
-		t.Fatal(err)
-	}
+	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
 	w := startMember(t, ca, "w", t.TempDir(), "", true, 0)
 	for _, m := range []Member{{ID: "b", Raft: b.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {
@@ -178,13 +186,7 @@ func TestStreamedCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	a := startData(t, ca, "a", t.TempDir(), "")
-	if err := a.node.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
-		t.Fatal(err)
-	}
+	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
 	w := startMember(t, ca, "w", t.TempDir(), "", true, 0)
 	for _, m := range []Member{{ID: "b", Raft: b.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {
@@ -335,13 +337,7 @@ func TestCopyWaitsForTheSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	a := startData(t, ca, "a", t.TempDir(), "")
-	if err := a.node.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
-		t.Fatal(err)
-	}
+	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
 	if err := a.node.AddMember(ctx, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}); err != nil {
 		t.Fatal(err)
@@ -398,13 +394,7 @@ func TestCopyChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	a := startData(t, ca, "a", t.TempDir(), "")
-	if err := a.node.Bootstrap(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cat.CreateCompany(catalog.Company{Name: "acme", Sealed: []byte("s"), Created: testStart}); err != nil {
-		t.Fatal(err)
-	}
+	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
 	if err := a.node.AddMember(ctx, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}); err != nil {
 		t.Fatal(err)
