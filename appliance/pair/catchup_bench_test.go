@@ -43,12 +43,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		x := startLeader(b, ca, "a")
 		y := startData(b, ca, "b", b.TempDir(), "")
 		w := startMember(b, ca, "w", b.TempDir(), "", true, 0)
-		for _, m := range []Member{{ID: "b", Raft: y.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {
-			if err := x.node.AddMember(ctx, m); err != nil {
-				b.Fatal(err)
-			}
-		}
-		promote(b, x.node, 2)
+		join(b, x, Member{ID: "b", Raft: y.addr, Agent: "agent-b"}, Member{ID: "w", Raft: w.addr, Witness: true})
 		waitFor(b, "a to know b as a member", func() bool { ms, _ := Members(x.cat); return len(ms) == 3 })
 		put(x.st, 16)
 		yDir, yAddr := y.dir, y.addr

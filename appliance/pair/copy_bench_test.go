@@ -1,7 +1,6 @@
 package pair
 
 import (
-	"context"
 	"crypto/rand"
 	"syscall"
 	"testing"
@@ -22,7 +21,6 @@ func BenchmarkStreamedCopy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
 	aead := pack.NewSealer([32]byte{7})
 	const mib = 64
 	var es []store.Entry
@@ -39,10 +37,7 @@ func BenchmarkStreamedCopy(b *testing.B) {
 		b.StopTimer()
 		x := startLeader(b, ca, "a")
 		y := startData(b, ca, "b", b.TempDir(), "")
-		if err := x.node.AddMember(ctx, Member{ID: "b", Raft: y.addr, Agent: "agent-b"}); err != nil {
-			b.Fatal(err)
-		}
-		promote(b, x.node, 1)
+		join(b, x, Member{ID: "b", Raft: y.addr, Agent: "agent-b"})
 		waitFor(b, "a to know b as a member", func() bool { ms, _ := Members(x.cat); return len(ms) == 2 })
 		c0 := cpuTime()
 		b.StartTimer()

@@ -60,6 +60,17 @@ func startLeader(t testing.TB, ca *pki.Authority, id string) *dataMember {
 	return x
 }
 
+// join adds members to leader a's pair and waits until they vote.
+func join(t testing.TB, a *dataMember, ms ...Member) {
+	t.Helper()
+	for _, m := range ms {
+		if err := a.node.AddMember(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	promote(t, a.node, len(ms))
+}
+
 func entries(t *testing.T, n int) ([]store.Entry, [][32]byte) {
 	aead := pack.NewSealer([32]byte{7})
 	var out []store.Entry
@@ -103,12 +114,7 @@ func TestReplication(t *testing.T) {
 	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
 	w := startMember(t, ca, "w", t.TempDir(), "", true, 0)
-	for _, m := range []Member{{ID: "b", Raft: b.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {
-		if err := a.node.AddMember(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	promote(t, a.node, 2)
+	join(t, a, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}, Member{ID: "w", Raft: w.addr, Witness: true})
 	waitFor(t, "b to learn the members", func() bool { ms, _ := Members(b.cat); return len(ms) == 3 })
 	waitFor(t, "a to know b as a member", func() bool { ms, _ := Members(a.cat); return len(ms) == 3 })
 
@@ -185,16 +191,10 @@ func TestStreamedCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
 	w := startMember(t, ca, "w", t.TempDir(), "", true, 0)
-	for _, m := range []Member{{ID: "b", Raft: b.addr, Agent: "agent-b"}, {ID: "w", Raft: w.addr, Witness: true}} {
-		if err := a.node.AddMember(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	promote(t, a.node, 2)
+	join(t, a, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}, Member{ID: "w", Raft: w.addr, Witness: true})
 	waitFor(t, "a to know b as a member", func() bool { ms, _ := Members(a.cat); return len(ms) == 3 })
 
 	for i := 0; i < 3; i++ {
@@ -339,10 +339,7 @@ func TestCopyWaitsForTheSweep(t *testing.T) {
 	ctx := context.Background()
 	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
-	if err := a.node.AddMember(ctx, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}); err != nil {
-		t.Fatal(err)
-	}
-	promote(t, a.node, 1)
+	join(t, a, Member{ID: "b", Raft: b.addr, Agent: "agent-b"})
 	waitFor(t, "b to apply a's log", func() bool { return b.node.Applied() >= a.node.Applied() })
 
 	es, ids := entries(t, 3)
@@ -396,10 +393,7 @@ func TestCopyChecked(t *testing.T) {
 	ctx := context.Background()
 	a := startLeader(t, ca, "a")
 	b := startData(t, ca, "b", t.TempDir(), "")
-	if err := a.node.AddMember(ctx, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}); err != nil {
-		t.Fatal(err)
-	}
-	promote(t, a.node, 1)
+	join(t, a, Member{ID: "b", Raft: b.addr, Agent: "agent-b"})
 
 	es, ids := entries(t, 3)
 	body := func() []byte {
