@@ -304,8 +304,13 @@ func planSmall(opts Options) ([]smallFile, []string, [][2]string) {
 }
 
 func (f smallFile) content() []byte {
+	return f.appendContent(make([]byte, 0, f.size+4096))
+}
+
+// appendContent appends the file's content to b[:0]'s array (b must be
+// empty) and returns it.
+func (f smallFile) appendContent(b []byte) []byte {
 	g := textGen{r: rand.New(rand.NewPCG(f.seed, 2))}
-	b := make([]byte, 0, f.size+4096)
 	switch f.kind {
 	case kindGo:
 		b = g.goFile(b, f.module, f.pkg, f.size)
