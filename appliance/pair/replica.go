@@ -607,16 +607,44 @@ const catchUpBatch = 4096
 // while it does).
 const catchUpStreamBytes = 48 << 20
 
+// catchUpStreams is how many copy streams one company's catch-up runs at
+// once. One stream is one goroutine on each end that reads, frames and
+// TLS-encrypts (the leader) or reads and decrypts (the member), the
+// stages a copy's CPU goes to: two keep both cores of each member busy
+// where one left most of a core idle. Each stream commits its own parts;
+// the runs of a batch go to whichever stream is free.
+const catchUpStreams = 2
+
 // catchUpCompany copies to m the chunks of one company it lacks: the
 // index is listed in batches, the member says which of a batch it lacks,
 // and those entries are read in pack order, runs of neighbours in one
-// read, and streamed to it in one request, which the member commits every
-// catchUpStreamBytes while the next part arrives.
+// read, and streamed to it over catchUpStreams requests at once, each of
+// which the member commits every catchUpStreamBytes while the next part
+// arrives. The next batch is listed and asked about while the last one's
+// runs are sent.
 func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company string, p *CatchUpProgress, progress func(CatchUpProgress)) error {
-	cs := &catchStream{r: r, ctx: ctx, m: m, company: company}
-	defer cs.abort() // an early return still owns the request
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var copied, bytes atomic.Int64
+	work := make(chan []idLoc, 2*catchUpStreams)
+	errs := make([]error, catchUpStreams)
+	var wg sync.WaitGroup
+	for i := range catchUpStreams {
+		wg.Add(1)
+		go func() { // owner: catchUpCompany (closes work, waits for wg)
+			defer wg.Done()
+			if errs[i] = r.catchUpStream(ctx, m, company, work, &copied, &bytes); errs[i] != nil {
+				cancel()
+			}
+		}()
+	}
+	report := func() {
+		p.Copied, p.Bytes = p.Copied+copied.Swap(0), p.Bytes+bytes.Swap(0)
+		if progress != nil {
+			progress(*p)
+		}
+	}
 	var batch []idLoc
-	var run []byte
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -626,6 +654,7 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 			return err
 		}
 		p.Checked += int64(len(batch))
+		batch = batch[:0]
 		// In pack order: the leader reads each pack front to back.
 		slices.SortFunc(lack, func(a, b idLoc) int {
 			if c := cmp.Compare(a.loc.Pack, b.loc.Pack); c != 0 {
@@ -641,22 +670,14 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 				end = entryEnd(lack[n].loc)
 				n++
 			}
-			if run, err = r.readRun(company, lack[:n], run); err != nil {
-				return err
-			}
-			if len(run) > 0 {
-				if err := cs.add(run); err != nil {
-					return err
-				}
+			select {
+			case work <- lack[:n:n]:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 			lack = lack[n:]
 		}
-		p.Copied, p.Bytes = p.Copied+cs.copied, p.Bytes+cs.bytes
-		cs.copied, cs.bytes = 0, 0
-		batch = batch[:0]
-		if progress != nil {
-			progress(*p)
-		}
+		report()
 		return nil
 	}
 	err := r.st.ForEachChunk(company, func(id [32]byte, loc store.Location) error {
@@ -669,10 +690,49 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 	if err == nil {
 		err = flush()
 	}
-	if err == nil {
-		err = cs.finish()
+	if err != nil {
+		cancel() // the streams end without their last commit
+	}
+	close(work)
+	wg.Wait()
+	report()
+	// The first cause, not a stream cut because another failed.
+	for _, e := range errs {
+		if e != nil && (err == nil || errors.Is(err, context.Canceled) && !errors.Is(e, context.Canceled)) {
+			err = e
+		}
 	}
 	return err
+}
+
+// catchUpStream sends the runs it takes from work to m on one entries
+// request and ends it when work is closed; cancelled, it cuts the request
+// (the member keeps the parts it committed).
+func (r *Replicator) catchUpStream(ctx context.Context, m Member, company string, work <-chan []idLoc, copied, bytes *atomic.Int64) error {
+	cs := &catchStream{r: r, ctx: ctx, m: m, company: company}
+	defer cs.abort() // an early return still owns the request
+	var buf []byte
+	for run := range work {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var err error
+		if buf, err = r.readRun(company, run, buf); err != nil {
+			return err
+		}
+		if len(buf) > 0 {
+			if err := cs.add(buf); err != nil {
+				return err
+			}
+		}
+		copied.Add(cs.copied)
+		bytes.Add(cs.bytes)
+		cs.copied, cs.bytes = 0, 0
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return cs.finish()
 }
 
 // catchUpRun bounds one read of neighbouring entries in a catch-up.
