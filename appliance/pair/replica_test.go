@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -449,4 +451,102 @@ func stored(t *testing.T, st *store.Store, ids [][32]byte) int {
 		}
 	}
 	return n
+}
+
+// TestCatchUpStreams: a catch-up of many runs goes over several streams at
+// once and the member ends with every chunk; an entry damaged on the
+// leader's disk is refused by the member, the catch-up fails, and the
+// member stays recorded behind.
+func TestCatchUpStreams(t *testing.T) {
+	ca, err := pki.LoadOrCreate(t.TempDir(), testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := startLeader(t, ca, "a")
+	b := startData(t, ca, "b", t.TempDir(), "")
+	w := startMember(t, ca, "w", t.TempDir(), "", true, 0)
+	join(t, a, Member{ID: "b", Raft: b.addr, Agent: "agent-b"}, Member{ID: "w", Raft: w.addr, Witness: true})
+	waitFor(t, "a to know b as a member", func() bool { ms, _ := Members(a.cat); return len(ms) == 3 })
+	defer w.stop(t)
+	defer a.stop(t)
+
+	bDir, bAddr := b.dir, b.addr
+	b.stop(t)
+	// 24 MiB of 512 KiB entries: runs of at most catchUpRun, several
+	// for each stream.
+	aead := pack.NewSealer([32]byte{7})
+	var ids [][32]byte
+	for range 3 {
+		var es []store.Entry
+		for range 16 {
+			payload := make([]byte, 512<<10)
+			rand.Read(payload)
+			h := pack.EntryHeader{Kind: pack.KindData, PlainLen: uint32(len(payload))}
+			rand.Read(h.ID[:])
+			es = append(es, store.Entry{Header: h, Data: pack.AppendEntry(nil, aead, &h, payload)})
+			ids = append(ids, h.ID)
+		}
+		if err := a.st.Put("acme", es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if bs, _ := BehindMembers(a.cat); len(bs) != 1 {
+		t.Fatalf("behind records: %+v", bs)
+	}
+
+	// One entry's body damaged on the leader's disk (its header intact,
+	// so the leader reads and sends it): the member refuses it.
+	victim := ids[29]
+	loc, err := a.st.Lookup("acme", victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs, _ := filepath.Glob(filepath.Join(a.dir, "store", "*", "*", fmt.Sprintf("%08x.pack", loc.Pack)))
+	if len(packs) != 1 {
+		t.Fatalf("pack %08x of the victim: %v", loc.Pack, packs)
+	}
+	flip := func() {
+		f, err := os.OpenFile(packs[0], os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		at := int64(loc.Offset) + pack.EntryHeaderSize + int64(loc.BodyLen)/2
+		var c [1]byte
+		f.ReadAt(c[:], at)
+		c[0] ^= 1
+		if _, err := f.WriteAt(c[:], at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flip()
+	b = startData(t, ca, "b", bDir, bAddr)
+	defer func() { b.stop(t) }()
+	waitFor(t, "a to lead", func() bool { return a.node.IsLeader() })
+	err = a.rep.CatchUp(ctx, "b", nil)
+	if err == nil || !strings.Contains(err.Error(), "authentication") {
+		t.Fatalf("catch-up of a damaged entry: %v, want the member's refusal", err)
+	}
+	if has, _ := b.st.Has("acme", [][32]byte{victim}); has[0] {
+		t.Fatal("the member stored a damaged entry")
+	}
+	if bs, _ := BehindMembers(a.cat); len(bs) != 1 {
+		t.Fatalf("behind records after a failed catch-up: %+v", bs)
+	}
+
+	flip() // repaired
+	var last CatchUpProgress
+	if err := a.rep.CatchUp(ctx, "b", func(p CatchUpProgress) { last = p }); err != nil {
+		t.Fatal(err)
+	}
+	if !hasAll(t, b.st, ids) {
+		t.Fatal("b lacks chunks after catching up")
+	}
+	if last.Checked != int64(len(ids)) || last.Copied == 0 || last.Copied > int64(len(ids)) {
+		t.Fatalf("catch-up progress %+v, want %d checked", last, len(ids))
+	}
+	if bs, _ := BehindMembers(a.cat); len(bs) != 0 {
+		t.Fatalf("still behind after catching up: %+v", bs)
+	}
 }
