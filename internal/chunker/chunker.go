@@ -171,15 +171,18 @@ func (c *Chunker) Next() ([]byte, error) {
 			if c.end == c.beg {
 				return nil, io.EOF
 			}
-			n := c.gear.cut(c.p, c.buf[c.beg:c.end], c.eof)
-			chunk := c.buf[c.beg : c.beg+n]
-			c.beg += n
-			if c.p == &listingParams {
-				if c.small--; c.small <= 0 {
-					c.toContent()
-				}
+			return c.take(c.gear.cut(c.p, c.buf[c.beg:c.end], c.eof)), nil
+		}
+		// Less than a largest chunk is left. cut scans in order and stops
+		// at the first boundary, with the same masks whatever the data's
+		// length, so a boundary within what is left is the one a full
+		// window would give: cut there, and move only a tail without one
+		// to the buffer's front (moving everything left after each largest
+		// chunk's worth of room copied about as much as was read).
+		if c.end-c.beg > c.p.min {
+			if n := c.gear.cut(c.p, c.buf[c.beg:c.end], false); n > 0 {
+				return c.take(n), nil
 			}
-			return chunk, nil
 		}
 		// Refill: move what is left to the front, then read.
 		if c.beg > 0 {
@@ -201,4 +204,16 @@ func (c *Chunker) Next() ([]byte, error) {
 			}
 		}
 	}
+}
+
+// take returns the next n bytes as a chunk.
+func (c *Chunker) take(n int) []byte {
+	chunk := c.buf[c.beg : c.beg+n]
+	c.beg += n
+	if c.p == &listingParams {
+		if c.small--; c.small <= 0 {
+			c.toContent()
+		}
+	}
+	return chunk
 }
