@@ -20,7 +20,7 @@ import (
 // Every request gets a total deadline (Limits.RequestMax, or StreamMax for
 // uploads, commits, journal records and downloads), an idle read deadline
 // extended each time the body brings Limits.ProgressBytes, and an idle
-// write deadline extended before each ProgressBytes of the answer. A
+// write deadline extended before each Limits.AnswerBytes of the answer. A
 // client that trickles its body or stops reading its answer is cut off
 // and its buffers freed. Over HTTP/2 the deadlines are per stream (the
 // stream is reset; the connection's other streams go on).
@@ -143,8 +143,9 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 
 func (b *deadlineBody) Close() error { return b.rc.Close() }
 
-// deadlineWriter writes the answer in pieces of ProgressBytes, each with
+// deadlineWriter writes the answer in pieces of AnswerBytes, each with
 // WriteIdle to leave: a client must take the answer at that pace at least.
+// A piece is one HTTP/2 DATA frame (the agent accepts frames of 1 MiB).
 type deadlineWriter struct {
 	http.ResponseWriter
 	d *deadlines
@@ -154,8 +155,8 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 	done := 0
 	for done < len(p) {
 		piece := p[done:]
-		if int64(len(piece)) > w.d.lim.ProgressBytes {
-			piece = piece[:w.d.lim.ProgressBytes]
+		if int64(len(piece)) > w.d.lim.AnswerBytes {
+			piece = piece[:w.d.lim.AnswerBytes]
 		}
 		w.d.beforeWrite()
 		n, err := w.ResponseWriter.Write(piece)

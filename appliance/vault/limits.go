@@ -20,11 +20,16 @@ import (
 type Limits struct {
 	// ReadIdle cuts off a request whose body has not brought
 	// ProgressBytes for this long; WriteIdle an answer the client has not
-	// taken ProgressBytes of for this long. A body shorter than
-	// ProgressBytes must arrive whole within ReadIdle.
+	// taken AnswerBytes of for this long. A body shorter than
+	// ProgressBytes must arrive whole within ReadIdle. AnswerBytes is
+	// larger: each piece of an answer is one HTTP/2 DATA frame for the
+	// vault to write, and a download in 16 KiB frames cost the vault a
+	// frame, a deadline and two TLS records (two system calls) every
+	// 16 KiB.
 	ReadIdle      time.Duration // 30s
 	WriteIdle     time.Duration // 30s
 	ProgressBytes int64         // 16 KiB
+	AnswerBytes   int64         // 256 KiB
 	// RequestMax caps a whole request, body and answer, whatever its
 	// progress; StreamMax does so for uploads and downloads.
 	RequestMax time.Duration // 1m
@@ -66,7 +71,7 @@ type SlotLimits struct{ Global, PerCompany, PerComputer int }
 
 // DefaultLimits are the limits of a vault whose Options leave them zero.
 func DefaultLimits() Limits {
-	return Limits{ReadIdle: 30 * time.Second, WriteIdle: 30 * time.Second, ProgressBytes: 16 << 10,
+	return Limits{ReadIdle: 30 * time.Second, WriteIdle: 30 * time.Second, ProgressBytes: 16 << 10, AnswerBytes: 256 << 10,
 		RequestMax: time.Minute, StreamMax: 15 * time.Minute,
 		Uploads: SlotLimits{4, 2, 2}, Downloads: SlotLimits{8, 4, 4}, SlotWait: 30 * time.Second,
 		ReadAheadBytes: 16 << 20, ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256, PortalPerAddr: 64, PortalTotal: 1024,
@@ -90,6 +95,9 @@ func (l Limits) withDefaults() Limits {
 	dur(&l.WriteIdle, d.WriteIdle)
 	if l.ProgressBytes <= 0 {
 		l.ProgressBytes = d.ProgressBytes
+	}
+	if l.AnswerBytes <= 0 {
+		l.AnswerBytes = d.AnswerBytes
 	}
 	dur(&l.RequestMax, d.RequestMax)
 	dur(&l.StreamMax, d.StreamMax)

@@ -400,3 +400,39 @@ func TestConnsPerCertificate(t *testing.T) {
 	}
 	c.Close()
 }
+
+// recordWriter records the size of each write it is given.
+type recordWriter struct {
+	http.ResponseWriter
+	writes []int
+}
+
+func (r *recordWriter) Write(p []byte) (int, error) {
+	r.writes = append(r.writes, len(p))
+	return len(p), nil
+}
+
+// TestAnswerPieces: an answer leaves in pieces of AnswerBytes (each one
+// HTTP/2 DATA frame with its own write deadline), not of the body's
+// ProgressBytes: a 1 MiB chunk once went out as 64 frames of 16 KiB.
+func TestAnswerPieces(t *testing.T) {
+	lim := DefaultLimits()
+	rec := &recordWriter{}
+	w := &deadlineWriter{ResponseWriter: rec, d: &deadlines{lim: &lim}}
+	n, err := w.Write(make([]byte, 4*lim.AnswerBytes+5))
+	if err != nil || n != int(4*lim.AnswerBytes+5) {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	want := []int{int(lim.AnswerBytes), int(lim.AnswerBytes), int(lim.AnswerBytes), int(lim.AnswerBytes), 5}
+	if len(rec.writes) != len(want) {
+		t.Fatalf("pieces %v, want %v", rec.writes, want)
+	}
+	for i := range want {
+		if rec.writes[i] != want[i] {
+			t.Fatalf("pieces %v, want %v", rec.writes, want)
+		}
+	}
+	if lim.AnswerBytes <= lim.ProgressBytes || lim.AnswerBytes > 1<<20 {
+		t.Fatalf("AnswerBytes %d: want more than ProgressBytes (%d) and at most the agent's 1 MiB frames", lim.AnswerBytes, lim.ProgressBytes)
+	}
+}
