@@ -402,7 +402,7 @@ func (r *Replicator) ServeCopy(c net.Conn) {
 		if err == nil {
 			switch op {
 			case copyOpEntries:
-				err = r.serveEntriesStream(br, bw, company)
+				err = r.serveEntriesStream(c, br, bw, company)
 			case copyOpLack:
 				err = r.serveLackStream(br, bw, company)
 			default:
@@ -517,7 +517,11 @@ func (r *Replicator) serveLackStream(br *bufio.Reader, bw *bufio.Writer, company
 // sends garbage, or an entry whose header it altered, is refused; only a
 // leader holding the company's key can seal an entry (whose content then
 // may still not hash to its id: verify on the member finds that).
-func (r *Replicator) serveEntriesStream(br *bufio.Reader, bw *bufio.Writer, company string) error {
+//
+// A failure in the store or commit stage interrupts the read (c's read
+// deadline) and is answered: the leader may have sent its last commit and
+// be waiting for the answer, sending nothing more.
+func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.Writer, company string) error {
 	if r.node.IsLeader() {
 		return errors.New("this member leads: it takes no copies")
 	}
@@ -536,8 +540,8 @@ func (r *Replicator) serveEntriesStream(br *bufio.Reader, bw *bufio.Writer, comp
 	// Two frame buffers: one is read while the other is stored.
 	var failed atomic.Pointer[error]
 	fail := func(err error) {
-		if err != nil {
-			failed.CompareAndSwap(nil, &err)
+		if err != nil && failed.CompareAndSwap(nil, &err) {
+			c.SetReadDeadline(time.Now()) // the reader may wait for bytes that never come
 		}
 	}
 	free := make(chan []byte, 2)
@@ -557,6 +561,14 @@ func (r *Replicator) serveEntriesStream(br *bufio.Reader, bw *bufio.Writer, comp
 		}
 		return nil
 	}
+	// cut is a read that failed: the leader went, or a stage failed and
+	// interrupted the read (its error is the answer).
+	cut := func() error {
+		if err := stop(); err != nil {
+			return err
+		}
+		return errCutShort
+	}
 	var size int64
 	for {
 		if failed.Load() != nil {
@@ -564,15 +576,13 @@ func (r *Replicator) serveEntriesStream(br *bufio.Reader, bw *bufio.Writer, comp
 		}
 		t, err := br.ReadByte()
 		if err != nil {
-			stop()
-			return errCutShort
+			return cut()
 		}
 		switch t {
 		case frameEntries:
 			var lb [4]byte
 			if _, err := io.ReadFull(br, lb[:]); err != nil {
-				stop()
-				return errCutShort
+				return cut()
 			}
 			l := binary.LittleEndian.Uint32(lb[:])
 			if l > MaxCopyFrame {
@@ -589,8 +599,7 @@ func (r *Replicator) serveEntriesStream(br *bufio.Reader, bw *bufio.Writer, comp
 			}
 			frame = frame[:l]
 			if _, err := io.ReadFull(br, frame); err != nil {
-				stop()
-				return errCutShort
+				return cut()
 			}
 			frames <- copyFrame{kind: frameEntries, data: frame}
 		case frameCommit:

@@ -626,15 +626,27 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var copied, bytes atomic.Int64
+	// The first failure is the cause; the others are streams it cut.
+	var (
+		firstMu sync.Mutex
+		first   error
+	)
+	failWith := func(err error) {
+		firstMu.Lock()
+		if first == nil {
+			first = err
+		}
+		firstMu.Unlock()
+		cancel()
+	}
 	work := make(chan []idLoc, 2*catchUpStreams)
-	errs := make([]error, catchUpStreams)
 	var wg sync.WaitGroup
-	for i := range catchUpStreams {
+	for range catchUpStreams {
 		wg.Add(1)
 		go func() { // owner: catchUpCompany (closes work, waits for wg)
 			defer wg.Done()
-			if errs[i] = r.catchUpStream(ctx, m, company, work, &copied, &bytes); errs[i] != nil {
-				cancel()
+			if err := r.catchUpStream(ctx, m, company, work, &copied, &bytes); err != nil {
+				failWith(err)
 			}
 		}()
 	}
@@ -691,18 +703,12 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 		err = flush()
 	}
 	if err != nil {
-		cancel() // the streams end without their last commit
+		failWith(err) // the streams end without their last commit
 	}
 	close(work)
 	wg.Wait()
 	report()
-	// The first cause, not a stream cut because another failed.
-	for _, e := range errs {
-		if e != nil && (err == nil || errors.Is(err, context.Canceled) && !errors.Is(e, context.Canceled)) {
-			err = e
-		}
-	}
-	return err
+	return first
 }
 
 // catchUpStream sends the runs it takes from work to m on one entries
