@@ -63,8 +63,8 @@ func Create(dirfd int, name string, n *tree.Node, opts Options) error {
 	return nil
 }
 
-// CreateFile creates a regular file named name in dirfd for writing, mode
-// 0600 until Apply. It never follows a symlink at name; an existing name is
+// CreateFile creates a regular file named name in dirfd for writing (and
+// reading back what was written), mode 0600 until Apply. It never follows a symlink at name; an existing name is
 // an error unless opts.Replace.
 func CreateFile(dirfd int, name string, opts Options) (*os.File, error) {
 	fd, err := CreateFD(dirfd, name, opts)
@@ -77,11 +77,17 @@ func CreateFile(dirfd int, name string, opts Options) (*os.File, error) {
 // CreateFD is CreateFile returning the bare descriptor, for writers that
 // create many files and want no *os.File bookkeeping per file.
 func CreateFD(dirfd int, name string, opts Options) (int, error) {
-	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOCTTY
-	fd, err := unix.Openat(dirfd, name, flags, 0o600)
+	return CreateFDMode(dirfd, name, 0o600, opts)
+}
+
+// CreateFDMode is CreateFD creating the file with permission bits perm
+// (less the umask, or as a default ACL of dirfd says) instead of 0600.
+func CreateFDMode(dirfd int, name string, perm uint32, opts Options) (int, error) {
+	const flags = unix.O_RDWR | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOCTTY
+	fd, err := unix.Openat(dirfd, name, flags, perm&0o777)
 	if errors.Is(err, unix.EEXIST) && opts.Replace {
 		if err = remove(dirfd, name); err == nil {
-			fd, err = unix.Openat(dirfd, name, flags, 0o600)
+			fd, err = unix.Openat(dirfd, name, flags, perm&0o777)
 		}
 	}
 	if err != nil {
@@ -223,6 +229,10 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 		if n.Type == tree.TypeSymlink {
 			return // a symlink's mode is always 0777 on Linux
 		}
+		if opts.New && opts.ModeSet {
+			opts.ModeSet = false // only the first time: see the access ACL below
+			return
+		}
 		chmodFD := fchmod
 		if opts.New {
 			chmodFD = unix.Fchmod // a regular descriptor: no need to ask
@@ -261,6 +271,33 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 	}
 	return errors.Join(errs...)
 }
+
+// KeepsPerm reports whether a regular file created with mode's permission
+// bits, in a directory that passes no default ACL on (BareEntries), has
+// exactly mode: mode has no set-user-ID, set-group-ID or sticky bit (which
+// a chown may clear, or open does not set), and the process's umask clears
+// none of its bits. ApplyFD then needs no chmod (Options.ModeSet).
+func KeepsPerm(mode uint32) bool {
+	mask, ok := umask()
+	return ok && mode&0o7000 == 0 && mode&0o777&mask == 0
+}
+
+// umask is the process's file mode creation mask, which the agent never
+// changes: read once from /proc/self/status (reading it with umask(2)
+// would change it for a moment, for every thread).
+var umask = sync.OnceValues(func() (uint32, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for line := range bytes.Lines(b) {
+		if v, ok := bytes.CutPrefix(line, []byte("Umask:")); ok {
+			m, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 8, 32)
+			return uint32(m), err == nil
+		}
+	}
+	return 0, false
+})
 
 // effectiveIDs are the process's effective user and group IDs, which the
 // agent never changes: asked once.

@@ -55,6 +55,10 @@ type Options struct {
 	// sets n's without reading the file's first (no listxattr, no
 	// FS_IOC_GETFLAGS when n has no flags, no chown to the IDs it has).
 	New bool
+	// ModeSet tells ApplyFD, with New, that the file was created with
+	// n's mode (CreateFDMode, and KeepsPerm held for it): no chmod is
+	// needed, unless setting an access ACL changes the mode.
+	ModeSet bool
 }
 
 // xattrPath names dirfd/name for the path-based xattr calls.

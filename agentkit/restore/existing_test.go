@@ -120,11 +120,13 @@ func TestHardLinksAndImmutable(t *testing.T) {
 
 // A file that appears at a name after the policy was checked is left as
 // it is unless the policy is overwrite.
-func TestExistingAppearsMeanwhile(t *testing.T) {
+func TestExistingAppearsMeanwhile(t *testing.T) { forEachNaming(t, testExistingAppearsMeanwhile) }
+
+func testExistingAppearsMeanwhile(t *testing.T) {
 	for _, existing := range []Existing{Skip, KeepBoth, Overwrite} {
 		t.Run(string(existing), func(t *testing.T) {
 			h := newHostile(t)
-			testHookBeforeRename = func(p []byte) {
+			testHookBeforeRename = func(p []byte, _ int) {
 				if string(p) == "f" {
 					must(t, os.WriteFile(filepath.Join(h.target, "f"), []byte("made meanwhile\n"), 0o644))
 				}

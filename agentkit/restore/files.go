@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -55,14 +54,16 @@ type fileJob struct {
 // sharedFile is a large file written by several jobs (parts): the first
 // to start creates it, the last to finish completes it.
 type sharedFile struct {
-	once sync.Once
-	tmp  string
-	fd   int
-	err  error // creating it
-	mu   sync.Mutex
-	perr error        // the first problem of any part
-	left atomic.Int32 // parts not finished yet
-	src  *srcFile
+	once    sync.Once
+	tmp     string
+	anon    bool
+	modeSet bool
+	fd      int
+	err     error // creating it
+	mu      sync.Mutex
+	perr    error        // the first problem of any part
+	left    atomic.Int32 // parts not finished yet
+	src     *srcFile
 }
 
 // job is what a worker does at once: one large file, or a batch of small
@@ -158,15 +159,18 @@ type fileWriter struct {
 // open is a file being written.
 type openFile struct {
 	fileJob
-	tmp  string // the temporary name; "" when written under its name
-	fd   int
-	ext  []tree.Extent // where the chunks' bytes go
-	ei   int           // current extent
-	eoff int64         // bytes written into it
-	next int           // the chunk that comes next
-	ci   int           // copies[ci] is the next copied chunk
-	left int           // chunks still to download
-	err  error         // the first problem; later chunks are skipped
+	tmp  string // the temporary name; "" when unnamed or under its name
+	anon bool   // unnamed (O_TMPFILE) until giveName
+	// modeSet: created with its node's mode (meta.Options.ModeSet).
+	modeSet bool
+	fd      int
+	ext     []tree.Extent // where the chunks' bytes go
+	ei      int           // current extent
+	eoff    int64         // bytes written into it
+	next    int           // the chunk that comes next
+	ci      int           // copies[ci] is the next copied chunk
+	left    int           // chunks still to download
+	err     error         // the first problem; later chunks are skipped
 }
 
 // run writes the files of j.
@@ -230,13 +234,13 @@ func (w *fileWriter) run(j *job) {
 	}
 }
 
-// start creates the file f under a temporary name beside its own; finish
-// renames it onto the name once written (RENAME_NOREPLACE unless
-// -existing overwrite replaces what is there), so no file is ever seen
+// start creates the file f unnamed, or under a temporary name beside its
+// own (anon.go); finish gives it its name once written (never replacing
+// what is there unless -existing overwrite), so no file is ever seen
 // half-written under its name: a restore run again after a crash, with the
 // default -existing skip, never keeps a partial file as if restored. (Files
-// created under their own name with O_EXCL, one system call less, left
-// exactly that after a crash.)
+// created under their own name with O_EXCL left exactly that after a
+// crash.)
 //
 // A part of a large file writes into the file the first part to start
 // created, from where its first chunk's content goes.
@@ -247,20 +251,13 @@ func (w *fileWriter) start(f fileJob) *openFile {
 		return o
 	}
 	if sf := f.part; sf != nil {
-		sf.once.Do(func() { sf.tmp, sf.fd, sf.err = w.create(f) })
-		o.tmp, o.fd, o.err = sf.tmp, sf.fd, sf.err
+		sf.once.Do(func() { sf.tmp, sf.anon, sf.modeSet, sf.fd, sf.err = w.create(f) })
+		o.tmp, o.anon, o.modeSet, o.fd, o.err = sf.tmp, sf.anon, sf.modeSet, sf.fd, sf.err
 		o.seek(f.node.Chunks[:f.from])
 		return o
 	}
-	o.tmp, o.fd, o.err = w.create(f)
+	o.tmp, o.anon, o.modeSet, o.fd, o.err = w.create(f)
 	return o
-}
-
-// create makes the file f under a temporary name beside its own.
-func (w *fileWriter) create(f fileJob) (tmp string, fd int, err error) {
-	tmp = fmt.Sprintf(".%s.vaultnode-%d", truncName(f.name), time.Now().UnixNano())
-	fd, err = meta.CreateFD(f.dir.fd, tmp, meta.Options{})
-	return tmp, fd, err
 }
 
 // chunksOf are the chunks job f writes.
@@ -297,6 +294,7 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 		o.err = err
 		return
 	}
+	w.r.mem.put(fr.ID, data)
 	o.err = o.write(data)
 	atomic.AddInt64(&w.r.stats.Bytes, int64(len(data)))
 }
@@ -391,7 +389,7 @@ func dataLen(ext []tree.Extent) int64 {
 	return n
 }
 
-// finish completes o: size, rename into place (a temporary file),
+// finish completes o: size, name (giveName),
 // metadata, close; or removes the file written and reports why o could not
 // be restored.
 //
@@ -420,7 +418,7 @@ func (w *fileWriter) finish(o *openFile) {
 		}
 		// The parts wrote every chunk, which hold the file's data
 		// exactly (cutParts).
-		o.tmp, o.fd = sf.tmp, sf.fd
+		o.tmp, o.anon, o.modeSet, o.fd = sf.tmp, sf.anon, sf.modeSet, sf.fd
 		o.ei, o.eoff = len(o.ext), 0
 	}
 	if err == nil && (o.ei < len(o.ext)) {
@@ -441,14 +439,11 @@ func (w *fileWriter) finish(o *openFile) {
 			close(o.src.done)
 		}
 	}()
-	if err == nil && o.tmp != "" {
-		if r.o.Existing == Overwrite {
-			_ = meta.Unprotect(o.dir.fd, o.name)
-		}
+	if err == nil && (o.tmp != "" || o.anon) {
 		if testHookBeforeRename != nil {
-			testHookBeforeRename(n.Path)
+			testHookBeforeRename(n.Path, o.fd)
 		}
-		err = rename(o.dir.fd, o.tmp, o.name, r.o.Existing == Overwrite)
+		err = w.giveName(o)
 	}
 	if err != nil {
 		if o.fd >= 0 {
@@ -461,6 +456,7 @@ func (w *fileWriter) finish(o *openFile) {
 	// which someone with access to the target could swap meanwhile.
 	opts := r.o.Meta
 	opts.New = o.dir.bare // a file this restore created, in a directory it made
+	opts.ModeSet = o.modeSet
 	if o.src != nil {
 		o.src.ok, o.src.dir, o.src.name = true, o.dir, o.name
 		close(o.src.done)
@@ -496,20 +492,21 @@ func rename(dirfd int, tmp, name string, replace bool) error {
 	if !replace {
 		err := unix.Renameat2(dirfd, tmp, dirfd, name, unix.RENAME_NOREPLACE)
 		if err == nil || (err != unix.EINVAL && err != unix.ENOSYS) {
-			if err == unix.EEXIST {
-				return fmt.Errorf("%q appeared meanwhile; it was left as it is: %w", name, err)
-			}
 			return err
 		}
 	}
 	return unix.Renameat(dirfd, tmp, dirfd, name)
 }
 
-// remove closes and deletes the file o could not complete: its temporary
-// name, or its own name while that is still the file written (it is never
-// another object put there meanwhile).
+// remove closes and deletes the file o could not complete: nothing to
+// delete when it is unnamed, else its temporary name, or its own name
+// while that is still the file written (it is never another object put
+// there meanwhile).
 func (o *openFile) remove() {
 	defer unix.Close(o.fd)
+	if o.anon {
+		return
+	}
 	if o.tmp != "" {
 		unix.Unlinkat(o.dir.fd, o.tmp, 0)
 		return

@@ -132,6 +132,10 @@ func restoreCorpus(t *testing.T, src *countingSource) (wire.Manifest, []wantFile
 }
 
 func TestRunBatchesSmallFilesAndIsolatesDamage(t *testing.T) {
+	forEachNaming(t, testRunBatchesSmallFilesAndIsolatesDamage)
+}
+
+func testRunBatchesSmallFilesAndIsolatesDamage(t *testing.T) {
 	src := &countingSource{memSource: memSource{}}
 	m, want := restoreCorpus(t, src)
 	to := t.TempDir()
@@ -184,7 +188,9 @@ func TestRunBatchesSmallFilesAndIsolatesDamage(t *testing.T) {
 	noTemporaries(t, to)
 }
 
-func TestRunConnectionLostMidBatch(t *testing.T) {
+func TestRunConnectionLostMidBatch(t *testing.T) { forEachNaming(t, testRunConnectionLostMidBatch) }
+
+func testRunConnectionLostMidBatch(t *testing.T) {
 	src := &countingSource{memSource: memSource{}}
 	m, want := restoreCorpus(t, src)
 	src.cutAfter = 1 + 100 // the listing, then 100 chunks
@@ -230,7 +236,9 @@ func noTemporaries(t *testing.T, root string) {
 // once: every part lands at its offset (holes included), a part that fails
 // fails the whole file, and the file takes its name only once all parts
 // are written.
-func TestRunLargeFileInParts(t *testing.T) {
+func TestRunLargeFileInParts(t *testing.T) { forEachNaming(t, testRunLargeFileInParts) }
+
+func testRunLargeFileInParts(t *testing.T) {
 	src := &countingSource{memSource: memSource{}}
 	rng := rand.NewChaCha8([32]byte{7})
 	random := func(n int) []byte {
@@ -334,4 +342,67 @@ func TestCutPartsMismatch(t *testing.T) {
 	if got := cutParts(&n); len(got) != 3 {
 		t.Errorf("cutParts of 20 MiB in 4 MiB chunks = %v, want 3 parts of 8 MiB or less", got)
 	}
+}
+
+// forEachNaming runs fn with files written unnamed and named once complete
+// (where the filesystem and process allow), then under temporary names
+// renamed once complete (where they do not).
+func forEachNaming(t *testing.T, fn func(t *testing.T)) {
+	t.Run("unnamed", fn)
+	t.Run("temporary-names", func(t *testing.T) {
+		testTempNames = true
+		defer func() { testTempNames = false }()
+		fn(t)
+	})
+}
+
+// A file being written has no name anybody could open or see: not its
+// own, not a temporary one; it takes its name once complete.
+func TestRunWritesFilesUnnamed(t *testing.T) {
+	src := &countingSource{memSource: memSource{}}
+	m, want := restoreCorpus(t, src)
+	to := t.TempDir()
+	var mu sync.Mutex
+	checked := 0
+	testHookBeforeRename = func(p []byte, fd int) {
+		mu.Lock()
+		defer mu.Unlock()
+		dir, name := filepath.Split(string(p))
+		ents, err := os.ReadDir(filepath.Join(to, dir))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, e := range ents {
+			if e.Name() == name || strings.Contains(e.Name(), ".vaultnode-") {
+				t.Errorf("%s has a name while being written: %s", p, e.Name())
+			}
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Nlink != 0 {
+			t.Errorf("%s: %d links while being written (%v), want 0", p, st.Nlink, err)
+		}
+		checked++
+	}
+	defer func() { testHookBeforeRename = nil }()
+	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+		Meta: meta.Options{SkipOwner: true}, Workers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := 0
+	for _, w := range want {
+		if w.bad {
+			continue
+		}
+		good++
+		got, err := os.ReadFile(filepath.Join(to, w.path))
+		if err != nil || !bytes.Equal(got, w.data) {
+			t.Errorf("%s: %v, or content differs", w.path, err)
+		}
+	}
+	if checked != good || len(res.Problems) != len(want)-good {
+		t.Errorf("%d files checked while written, want %d; problems %q", checked, good, res.Problems)
+	}
+	noTemporaries(t, to)
 }

@@ -88,3 +88,44 @@ func splitNUL(b []byte) []string {
 	}
 	return out
 }
+
+// A file created with its own mode in a directory the restore made (no
+// chmod afterwards) ends with exactly that mode, as does one whose mode the
+// umask would cut, one with a sticky bit, one given an access ACL (which
+// changes the mode's group bits) and one in the target itself; both ways of
+// naming files.
+func TestNewFilesModes(t *testing.T) { forEachNaming(t, testNewFilesModes) }
+
+func testNewFilesModes(t *testing.T) {
+	h := newHostile(t)
+	modes := map[string]uint32{"d/a": 0o644, "d/b": 0o755, "d/c": 0o640, "d/e": 0o444, "d/f": 0o000, "d/g": 0o666,
+		"d/h": 0o1755, "d/i": 0o600, "top": 0o664}
+	nodes := []tree.Node{dir("d")}
+	for p, m := range modes {
+		n := h.content(p, p+"\n")
+		n.Mode = m
+		nodes = append(nodes, n)
+	}
+	acl := h.content("d/acl", "with an access ACL\n")
+	acl.Mode = 0o650 // the group bits are the mask's, as a backup records them
+	acl.Xattrs = []tree.Xattr{{Name: meta.XattrACLAccess, Value: meta.EncodeACL([]meta.ACLEntry{{Tag: meta.ACLUserObj, Perm: 6},
+		{Tag: meta.ACLUser, Perm: 7, ID: 65534}, {Tag: meta.ACLGroupObj, Perm: 4}, {Tag: meta.ACLMask, Perm: 5}, {Tag: meta.ACLOther, Perm: 0}})}}
+	nodes = append(nodes, acl)
+	slices.SortFunc(nodes, func(a, b tree.Node) int { return tree.Compare(a.Path, b.Path) })
+	res, err := h.restore(h.options(), nodes...)
+	if err != nil || len(res.Problems) > 0 {
+		t.Fatalf("restore: %v, problems %q", err, res.Problems)
+	}
+	modes["d/acl"] = 0o650
+	for p, want := range modes {
+		var st unix.Stat_t
+		must(t, unix.Lstat(filepath.Join(h.target, p), &st))
+		if got := st.Mode & 0o7777; got != want {
+			t.Errorf("%s: mode %04o, want %04o", p, got, want)
+		}
+	}
+	got, err := unix.Lgetxattr(filepath.Join(h.target, "d/acl"), meta.XattrACLAccess, make([]byte, 256))
+	if err != nil || got == 0 {
+		t.Errorf("d/acl: no access ACL (%v)", err)
+	}
+}

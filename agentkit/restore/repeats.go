@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -163,6 +164,10 @@ func (w *fileWriter) copyChunks(o *openFile) error {
 // hard link to one, the file changed) gives its bytes only if they are
 // the chunk's, so the copy never takes anything but the chunk's content.
 func (w *fileWriter) copyFrom(o *openFile, c copyOp, want tree.ChunkRef) error {
+	if buf, ok := w.r.mem.get(want.ID, int(want.Len), w.cbuf); ok {
+		w.cbuf = buf
+		return pwriteAll(o.fd, buf, c.off)
+	}
 	sf := c.from.f
 	select {
 	case <-sf.done:
@@ -284,4 +289,92 @@ func growTo(b []byte, n int) []byte {
 		return make([]byte, n)
 	}
 	return b[:n]
+}
+
+// The content of small chunks downloaded in this run is kept in memory
+// (memBytes in all, the oldest forgotten first), so a later place of one is
+// written from there: no open, read and hash of the file written first, no
+// wait for it to be complete. Trees of many small files repeat whole files
+// (a licence, an empty module, a vendored copy): each copy would cost five
+// system calls more than the write. The content was checked against its id
+// when downloaded; memory is not a place anybody else may change.
+var (
+	memChunkMax = 64 << 10 // larger chunks are copied from the file
+	memBytes    = 16 << 20
+)
+
+// memChunks is a ring of chunk contents: each new chunk goes after the
+// last one, overwriting the oldest, which are forgotten first.
+type memChunks struct {
+	mu   sync.Mutex
+	buf  []byte
+	pos  int // where the next chunk goes
+	m    map[[32]byte]memRef
+	fifo []memEntry // the chunks in buf, oldest first, from fifo[head]
+	head int
+}
+
+type memRef struct{ off, len int }
+
+type memEntry struct {
+	id [32]byte
+	memRef
+}
+
+// put keeps a copy of data, the checked content of chunk id, when small.
+func (c *memChunks) put(id [32]byte, data []byte) {
+	n := len(data)
+	if n == 0 || n > memChunkMax || n > memBytes {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[id]; ok {
+		return
+	}
+	if c.m == nil {
+		c.m = map[[32]byte]memRef{}
+	}
+	if c.pos+n > memBytes {
+		// Wrap: the chunks after pos, the oldest, are forgotten now.
+		for c.head < len(c.fifo) && c.fifo[c.head].off >= c.pos {
+			c.forget()
+		}
+		c.pos = 0
+	}
+	// Forget the chunks the new one overwrites.
+	for c.head < len(c.fifo) && c.fifo[c.head].off < c.pos+n && c.fifo[c.head].off >= c.pos {
+		c.forget()
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, memBytes) // its pages are taken as they are written
+	}
+	copy(c.buf[c.pos:], data)
+	ref := memRef{c.pos, n}
+	c.m[id] = ref
+	if c.head > 0 && c.head >= len(c.fifo)/2 {
+		c.fifo = append(c.fifo[:0], c.fifo[c.head:]...)
+		c.head = 0
+	}
+	c.fifo = append(c.fifo, memEntry{id, ref})
+	c.pos += n
+}
+
+// forget drops the oldest chunk.
+func (c *memChunks) forget() {
+	delete(c.m, c.fifo[c.head].id)
+	c.head++
+}
+
+// get copies the content of chunk id, n bytes, into buf when it is kept.
+func (c *memChunks) get(id [32]byte, n int, buf []byte) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ref, ok := c.m[id]
+	if !ok || ref.len != n {
+		return buf, false
+	}
+	buf = growTo(buf, n)
+	copy(buf, c.buf[ref.off:ref.off+n])
+	return buf, true
 }

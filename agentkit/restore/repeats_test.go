@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"vaultnode/agentkit/meta"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
@@ -117,8 +119,15 @@ func checkRestored(t *testing.T, to string, want []wantFile) {
 }
 
 func TestRunDownloadsARepeatedChunkOnce(t *testing.T) {
-	for _, workers := range []int{1, 4} {
-		t.Run(fmt.Sprint(workers), func(t *testing.T) {
+	for _, c := range []struct {
+		workers int
+		mem     bool
+	}{{1, false}, {4, false}, {1, true}, {4, true}} {
+		workers := c.workers
+		t.Run(fmt.Sprintf("workers=%d,memory=%v", workers, c.mem), func(t *testing.T) {
+			if !c.mem {
+				withMemChunks(t, 0)
+			}
 			src := &idCountingSource{memSource: memSource{}, served: map[[32]byte]int{}}
 			m, want, ids := repeatCorpus(t, src)
 			to := t.TempDir()
@@ -169,8 +178,20 @@ func TestRunDownloadsARepeatedChunkOnce(t *testing.T) {
 }
 
 // A copy whose first place was not restored, or was changed since,
-// downloads the chunk after all.
+// downloads the chunk after all when it is read back from that file; a
+// small chunk kept in memory is written from there, downloaded once.
 func TestRunRepeatedChunkFallsBack(t *testing.T) {
+	for _, mem := range []bool{false, true} {
+		t.Run(fmt.Sprintf("memory=%v", mem), func(t *testing.T) {
+			if !mem {
+				withMemChunks(t, 0)
+			}
+			testRepeatedChunkFallsBack(t, mem)
+		})
+	}
+}
+
+func testRepeatedChunkFallsBack(t *testing.T, mem bool) {
 	src := &idCountingSource{memSource: memSource{}, served: map[[32]byte]int{}}
 	rng := rand.New(rand.NewPCG(5, 6))
 	random := func(n int) []byte {
@@ -195,18 +216,12 @@ func TestRunRepeatedChunkFallsBack(t *testing.T) {
 	m := wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(t, dir("r"), dir("r/a"), broken, first, dir("r/b"), uses)}
 	to := t.TempDir()
 	// r/a/first is changed once written, before it takes its name.
-	testHookBeforeRename = func(p []byte) {
+	testHookBeforeRename = func(p []byte, fd int) {
 		if string(p) != "r/a/first" {
 			return
 		}
-		tmps, _ := filepath.Glob(filepath.Join(to, "r/a/.first.vaultnode-*"))
-		for _, f := range tmps {
-			if err := os.WriteFile(f, bytes.Repeat([]byte{'x'}, 4096), 0); err != nil {
-				t.Error(err)
-			}
-		}
-		if len(tmps) != 1 {
-			t.Errorf("temporary files of r/a/first: %q", tmps)
+		if _, err := unix.Pwrite(fd, bytes.Repeat([]byte{'x'}, 4096), 0); err != nil {
+			t.Error(err)
 		}
 	}
 	defer func() { testHookBeforeRename = nil }()
@@ -222,10 +237,96 @@ func TestRunRepeatedChunkFallsBack(t *testing.T) {
 	if err != nil || !bytes.Equal(got, slices.Concat(shared, changed)) {
 		t.Errorf("r/b/uses: %v, content differs: %v", err, !bytes.Equal(got, slices.Concat(shared, changed)))
 	}
-	if n := src.served[uses.Chunks[0].ID]; n != 2 {
-		t.Errorf("the chunk of a file not restored was downloaded %d times, want 2", n)
+	want := 2
+	if mem {
+		want = 1
 	}
-	if n := src.served[uses.Chunks[1].ID]; n != 2 {
-		t.Errorf("the chunk of a file changed since was downloaded %d times, want 2", n)
+	if n := src.served[uses.Chunks[0].ID]; n != want {
+		t.Errorf("the chunk of a file not restored was downloaded %d times, want %d", n, want)
 	}
+	if n := src.served[uses.Chunks[1].ID]; n != want {
+		t.Errorf("the chunk of a file changed since was downloaded %d times, want %d", n, want)
+	}
+	if mem && res.Stats.Copied != 2 {
+		t.Errorf("%d chunks copied, want 2", res.Stats.Copied)
+	}
+}
+
+// withMemChunks sets, for the test, the largest chunk whose content is
+// kept in memory for its copies (0: none).
+func withMemChunks(t *testing.T, n int) {
+	old := memChunkMax
+	memChunkMax = n
+	t.Cleanup(func() { memChunkMax = old })
+}
+
+// The ring of chunk contents never answers with bytes other than the
+// chunk's, across many wraps with chunks of every size, and keeps the
+// newest ones.
+func TestMemChunksRing(t *testing.T) {
+	oldMax, oldBytes := memChunkMax, memBytes
+	memChunkMax, memBytes = 3000, 10000
+	defer func() { memChunkMax, memBytes = oldMax, oldBytes }()
+	rng := rand.New(rand.NewPCG(7, 8))
+	var c memChunks
+	content := map[[32]byte][]byte{}
+	var order [][32]byte
+	for i := range 5000 {
+		var id [32]byte
+		binary.LittleEndian.PutUint64(id[:], uint64(i))
+		data := make([]byte, 1+rng.IntN(3500))
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		content[id] = data
+		order = append(order, id)
+		c.put(id, data)
+		if len(data) <= memChunkMax {
+			if got, ok := c.get(id, len(data), nil); !ok || !bytes.Equal(got, data) {
+				t.Fatalf("chunk %d of %d bytes just put: kept %v, same %v", i, len(data), ok, bytes.Equal(got, data))
+			}
+		} else if _, ok := c.get(id, len(data), nil); ok {
+			t.Fatalf("chunk %d of %d bytes kept, over the limit", i, len(data))
+		}
+		// Every chunk still answered holds its own content.
+		for _, old := range order[max(0, len(order)-40):] {
+			if got, ok := c.get(old, len(content[old]), nil); ok && !bytes.Equal(got, content[old]) {
+				t.Fatalf("after chunk %d: a kept chunk answers other bytes", i)
+			}
+		}
+		kept := 0
+		for _, ref := range c.m {
+			kept += ref.len
+		}
+		if kept > memBytes || len(c.buf) > memBytes {
+			t.Fatalf("after chunk %d: %d bytes kept in a buffer of %d, limit %d", i, kept, len(c.buf), memBytes)
+		}
+	}
+}
+
+// A chunk repeated within one file is copied within the file (in the
+// kernel), not downloaded again: the file is open for reading back too.
+func TestRunRepeatWithinAFile(t *testing.T) {
+	forEachNaming(t, func(t *testing.T) {
+		src := &idCountingSource{memSource: memSource{}, served: map[[32]byte]int{}}
+		rng := rand.New(rand.NewPCG(9, 10))
+		a, b := make([]byte, 4096), make([]byte, 4096)
+		for i := range a {
+			a[i], b[i] = byte(rng.Uint32()), byte(rng.Uint32())
+		}
+		data := slices.Concat(a, b, a, a)
+		f := file("r/f")
+		f.Chunks, f.Size = src.put(data, 4096), int64(len(data))
+		m := wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(t, dir("r"), f)}
+		to := t.TempDir()
+		res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+			Meta: meta.Options{SkipOwner: true}, Workers: 1})
+		if err != nil || len(res.Problems) > 0 {
+			t.Fatalf("restore: %v, problems %q", err, res.Problems)
+		}
+		checkRestored(t, to, []wantFile{{path: "r/f", data: data}})
+		if n := src.served[f.Chunks[0].ID]; n != 1 || res.Stats.Copied != 2 {
+			t.Errorf("the repeated chunk was downloaded %d times and copied %d times, want 1 and 2", n, res.Stats.Copied)
+		}
+	})
 }

@@ -94,6 +94,7 @@ type dirEntry struct {
 	// restore's own owner and group (meta.BareEntries), so its metadata is
 	// set without reading those first.
 	created, bare bool
+	anonDir
 }
 
 type restorer struct {
@@ -120,6 +121,9 @@ type restorer struct {
 	// used by the walker only; root is the target's descriptor.
 	srcs map[[32]byte]srcRef
 	root int
+	mem  memChunks // small chunks' content, for their copies (repeats.go)
+	// linkHow is how unnamed files get their names (anon.go).
+	linkHow int32
 }
 
 type link struct {
@@ -136,12 +140,15 @@ type restoredFile struct {
 
 // Test hooks: geteuid decides whether the restore runs as root;
 // testHookDir runs after each directory is created and entered, and
-// testHookBeforeRename before a file takes its name: before it is created
-// under that name, or renamed onto it once written.
+// testHookBeforeRename before a file written takes its name (fd is the
+// file written).
 var (
 	geteuid              = os.Geteuid
 	testHookDir          func(path []byte)
-	testHookBeforeRename func(path []byte)
+	testHookBeforeRename func(path []byte, fd int)
+	// testTempNames writes every file under a temporary name, as where
+	// unnamed files cannot be named.
+	testTempNames bool
 )
 
 func (r *restorer) note(format string, args ...any) {
@@ -196,6 +203,11 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 		r.root = fd
 		if !probeOpenat2(fd) {
 			o.Log.Info("openat2 is not available (Linux before 5.6, or filtered): hard links are resolved component by component with O_NOFOLLOW")
+		}
+		if r.linkHow = probeLink(fd); testTempNames {
+			r.linkHow = linkNone
+		} else if r.linkHow == linkNone {
+			o.Log.Info("files are written under temporary names and renamed: unnamed files (O_TMPFILE) cannot be named here (no CAP_DAC_READ_SEARCH and no /proc)")
 		}
 	}
 	if o.Progress != nil {
