@@ -396,6 +396,9 @@ func (r *Replicator) ServeCopy(c net.Conn) {
 			return // the leader closed it, or cut a request short
 		}
 		company, sweep, err := readRequestHead(br)
+		if err == nil && !r.stored.Load() {
+			err = errors.New("this member is starting: its store is not open yet")
+		}
 		if err == nil {
 			err = r.waitSweep(sweep)
 		}

@@ -73,6 +73,11 @@ type Replicator struct {
 	// entries were written, and those made again after the stream failed.
 	streamed, recopied atomic.Int64
 
+	// stored is set once the store is (SetStore): a member's pair
+	// address serves (status, raft) while its store still opens, and a
+	// copy or lack question then is refused, not served from no store.
+	stored atomic.Bool
+
 	mu    sync.Mutex
 	dirty map[string]error // member -> copy failed and not yet recorded behind
 	live  map[string]bool  // members catching up: copy new entries too
@@ -87,14 +92,17 @@ func NewReplicator(n *Node, st *store.Store, clk clock.Clock, log *zap.Logger, d
 	if clk == nil {
 		clk = clock.Real{}
 	}
-	return &Replicator{node: n, st: st, log: log, clk: clk, after: degradeAfter,
+	r := &Replicator{node: n, st: st, log: log, clk: clk, after: degradeAfter,
 		dirty: map[string]error{}, live: map[string]bool{}}
+	r.stored.Store(st != nil)
+	return r
 }
 
 // SetStore gives the replicator its store (the store is opened with the
 // replicator's Replicate as its hook, so it comes second).
 func (r *Replicator) SetStore(st *store.Store) {
 	r.st = st
+	r.stored.Store(true)
 	f := func() int64 {
 		use, err := st.CountUsage()
 		if err != nil {

@@ -550,3 +550,32 @@ func TestCatchUpStreams(t *testing.T) {
 		t.Fatalf("still behind after catching up: %+v", bs)
 	}
 }
+
+// TestCopyBeforeStore: a member whose pair address serves while its store
+// still opens (a restart) refuses a lack question or a copy, naming why,
+// rather than serve it from no store (a catch-up asks as soon as the
+// member answers its status).
+func TestCopyBeforeStore(t *testing.T) {
+	ca, err := pki.LoadOrCreate(t.TempDir(), testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := startLeader(t, ca, "a")
+	defer a.stop(t)
+	b := &dataMember{testMember: startMember(t, ca, "b", t.TempDir(), "", false, 0)}
+	defer b.testMember.stop(t)
+	b.rep = NewReplicator(b.node, nil, nil, zaptest.NewLogger(t).Named("b"), 2*time.Second)
+	b.rep.SetOpener(func(string) (*pack.Sealer, error) { return pack.NewSealer([32]byte{7}), nil })
+	b.node.SetCopyHandler(b.rep.ServeCopy)
+	_, ids := entries(t, 2)
+	_, err = a.node.copies.lack(ctx, "b", b.addr, "acme", 0, append(ids[0][:], ids[1][:]...))
+	if err == nil || !strings.Contains(err.Error(), "store is not open") {
+		t.Fatalf("lack before the store: %v, want a refusal naming the store", err)
+	}
+	es, _ := entries(t, 2)
+	err = copyTo(ctx, a, b, "acme", 0, append(es[0].Data, es[1].Data...))
+	if err == nil || !strings.Contains(err.Error(), "store is not open") {
+		t.Fatalf("copy before the store: %v, want a refusal naming the store", err)
+	}
+}
