@@ -231,7 +231,7 @@ func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func(
 
 func (t *vaultnode) Backup(ctx context.Context, res *phaseResult) error {
 	return t.measureVault(ctx, res, func() error {
-		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("backup", "-json", "corpus"), logTo: t.logFile(), stdout: true})
+		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("backup", "-json", "corpus"), env: phaseProfiles(res.Phase), logTo: t.logFile(), stdout: true})
 		res.addClient(u)
 		if n, ok := findInt(u.stdout, "bytes_sent"); ok {
 			res.ReportedBytesSent = &n
@@ -245,7 +245,7 @@ func (t *vaultnode) Backup(ctx context.Context, res *phaseResult) error {
 
 func (t *vaultnode) Restore(ctx context.Context, dir string, res *phaseResult) (string, error) {
 	err := t.measureVault(ctx, res, func() error {
-		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("restore", "corpus@latest", "-to", dir), logTo: t.logFile()})
+		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("restore", "corpus@latest", "-to", dir), env: phaseProfiles(res.Phase), logTo: t.logFile()})
 		res.addClient(u)
 		return err
 	})
@@ -276,6 +276,20 @@ func (t *vaultnode) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// phaseProfiles names the agent's profiles of one phase after it, so the
+// next phase's agent (whose tag is the same) does not overwrite them:
+// VAULTNODE_CPUPROFILE=P gives P.initial.agent, P.no-change.agent, ...
+// beside vaultd's P.vaultd, which spans every phase.
+func phaseProfiles(phase string) []string {
+	var env []string
+	for _, k := range []string{"VAULTNODE_CPUPROFILE", "VAULTNODE_HEAPPROFILE", "VAULTNODE_TRACE"} {
+		if p := os.Getenv(k); p != "" {
+			env = append(env, k+"="+p+"."+phase)
+		}
+	}
+	return env
 }
 
 // findFloat is findInt for a number that may have a fraction.
