@@ -32,6 +32,7 @@ const (
 	idsPerFetch  = 1024    // chunks per request for one large file
 	partBytes    = 8 << 20 // bytes of a large file's part, about
 	openJobSlack = 16      // jobs queued ahead of the workers
+	maxPending   = 64      // files a worker keeps open waiting for their copies' sources
 )
 
 // fileJob is one regular file to write.
@@ -154,6 +155,11 @@ type fileWriter struct {
 	srcF  *srcFile
 	srcFD int
 	cbuf  []byte
+	// pending are files of the current job written but for copies from
+	// files not complete yet: finished at the end of the job (final), so
+	// the worker goes on with the next files meanwhile instead of waiting.
+	pending []*openFile
+	final   bool
 }
 
 // open is a file being written.
@@ -232,6 +238,14 @@ func (w *fileWriter) run(j *job) {
 	for cur != nil || next < len(j.files) {
 		advance()
 	}
+	// The files whose copies had to wait for files other workers write,
+	// which had the rest of this job's time to complete.
+	w.final = true
+	for _, o := range w.pending {
+		w.finish(o)
+	}
+	clear(w.pending)
+	w.pending, w.final = w.pending[:0], false
 }
 
 // start creates the file f unnamed, or under a temporary name beside its
@@ -404,6 +418,10 @@ func (w *fileWriter) finish(o *openFile) {
 	}
 	if err == nil && len(o.copies) > 0 {
 		o.skipCopies()
+		if !w.final && len(w.pending) < maxPending && !w.copiesReady(o) {
+			w.pending = append(w.pending, o) // finished at the end of the job
+			return
+		}
 		err = w.copyChunks(o)
 	}
 	if sf := o.part; sf != nil {

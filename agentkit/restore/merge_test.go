@@ -33,7 +33,7 @@ func (m memSource) GetChunks(_ context.Context, ids [][32]byte, fn func(f *wire.
 var testKey = [32]byte{7}
 
 // listing stores the nodes as one listing chunk and returns its reference.
-func (m memSource) listing(t *testing.T, nodes ...tree.Node) []tree.ChunkRef {
+func (m memSource) listing(t testing.TB, nodes ...tree.Node) []tree.ChunkRef {
 	t.Helper()
 	var buf bytes.Buffer
 	w, err := tree.NewWriter(&buf)

@@ -159,6 +159,22 @@ func (w *fileWriter) copyChunks(o *openFile) error {
 	return nil
 }
 
+// copiesReady reports whether every copy of o can be made without
+// waiting: from memory, within o, or from a file already complete.
+func (w *fileWriter) copiesReady(o *openFile) bool {
+	for _, c := range o.copies {
+		if c.from.f == o.src || w.r.mem.has(o.node.Chunks[c.idx].ID) {
+			continue
+		}
+		select {
+		case <-c.from.f.done:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // copyFrom copies chunk want from the file restored earlier that c names,
 // checking what it reads: whatever has that name now (another file, a
 // hard link to one, the file changed) gives its bytes only if they are
@@ -364,6 +380,14 @@ func (c *memChunks) put(id [32]byte, data []byte) {
 func (c *memChunks) forget() {
 	delete(c.m, c.fifo[c.head].id)
 	c.head++
+}
+
+// has reports whether the content of chunk id is kept.
+func (c *memChunks) has(id [32]byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.m[id]
+	return ok
 }
 
 // get copies the content of chunk id, n bytes, into buf when it is kept.

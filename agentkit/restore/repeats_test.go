@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -329,4 +330,75 @@ func TestRunRepeatWithinAFile(t *testing.T) {
 			t.Errorf("the repeated chunk was downloaded %d times and copied %d times, want 1 and 2", n, res.Stats.Copied)
 		}
 	})
+}
+
+// gatedSource holds back one chunk until another has been served (or a
+// long while has passed, so a failing test ends).
+type gatedSource struct {
+	memSource
+	hold, after [32]byte
+	once        sync.Once
+	released    chan struct{}
+	timedOut    bool // hold was released by the timer, not by after
+}
+
+func (g *gatedSource) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	return g.memSource.GetChunks(ctx, ids, func(f *wire.Frame) error {
+		switch f.ID {
+		case g.hold:
+			select {
+			case <-g.released:
+			case <-time.After(10 * time.Second):
+				g.timedOut = true
+			}
+		case g.after:
+			g.once.Do(func() { close(g.released) })
+		}
+		return fn(f)
+	})
+}
+
+// A file whose copy comes from a file another worker has not completed
+// yet does not hold up its worker: the worker goes on with the rest of its
+// job and completes the file at the end.
+func TestRunCopyWaitsAtTheEndOfItsJob(t *testing.T) {
+	withMemChunks(t, 0)
+	src := &gatedSource{memSource: memSource{}, released: make(chan struct{})}
+	rng := rand.New(rand.NewPCG(13, 14))
+	random := func() []byte {
+		b := make([]byte, 100+rng.IntN(900))
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	nodes := []tree.Node{dir("r")}
+	var want []wantFile
+	shared := random()
+	for i := range 2 * batchFiles {
+		data := random()
+		if i == batchFiles-1 || i == batchFiles {
+			data = shared // the last file of the first job, and the first of the second
+		}
+		f := file(fmt.Sprintf("r/f%04d", i))
+		f.Chunks, f.Size = src.put(data, 4096), int64(len(data))
+		nodes = append(nodes, f)
+		want = append(want, wantFile{path: string(f.Path), data: data})
+	}
+	src.hold = nodes[batchFiles].Chunks[0].ID    // the first job's last file
+	src.after = nodes[2*batchFiles].Chunks[0].ID // the second job's last file
+	m := wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(t, nodes...)}
+	to := t.TempDir()
+	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
+		Meta: meta.Options{SkipOwner: true}, Workers: 2})
+	if err != nil || len(res.Problems) > 0 {
+		t.Fatalf("restore: %v, problems %q", err, res.Problems)
+	}
+	checkRestored(t, to, want)
+	if src.timedOut {
+		t.Error("the second job waited for the first job's file before going on with its other files")
+	}
+	if res.Stats.Copied != 1 {
+		t.Errorf("%d chunks copied, want 1", res.Stats.Copied)
+	}
 }
