@@ -643,3 +643,52 @@ func TestHasInKeyOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendSmallAndLarge: small entries gathered into larger writes and
+// large ones written directly land where the index says, in the order
+// added, after an aborted append and across a reopen.
+func TestAppendSmallAndLarge(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	// An aborted appender's gathered entries are neither written nor indexed.
+	a, err := f.s.Append("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, lost := f.chunk(100)
+	if err := a.Add(lost.Header, lost.Data); err != nil {
+		t.Fatal(err)
+	}
+	a.Abort()
+
+	var plains [][]byte
+	var entries []store.Entry
+	for i := range 2000 {
+		size := 1 + i%900
+		switch i % 500 {
+		case 7:
+			size = 64 << 10 // at the threshold: written directly
+		case 8:
+			size = 300 << 10 // larger than the whole buffer
+		case 9:
+			size = 64<<10 - 100 // gathered, near the threshold
+		}
+		p, e := f.chunk(size)
+		plains = append(plains, p)
+		entries = append(entries, e)
+	}
+	if err := f.s.Put("acme", entries); err != nil {
+		t.Fatal(err)
+	}
+	check := func() {
+		t.Helper()
+		for i := range entries {
+			f.mustGet("acme", entries[i], plains[i])
+		}
+		if has, err := f.s.Has("acme", [][32]byte{lost.Header.ID}); err != nil || has[0] {
+			t.Fatalf("aborted entry: Has = %v, %v; want false", has, err)
+		}
+	}
+	check()
+	f.reopen()
+	check()
+}
