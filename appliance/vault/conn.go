@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"vaultnode/internal/bufconn"
 	"vaultnode/internal/clock"
 	"vaultnode/internal/wire"
 )
@@ -86,6 +87,18 @@ func (cc *connCaps) admit(addr string) bool {
 	return true
 }
 
+// bufListener reads its connections through a buffer (bufconn), under
+// the TLS that http.Server runs over them.
+type bufListener struct{ net.Listener }
+
+func (l bufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return bufconn.New(c), nil
+}
+
 // capConn is an accepted connection; it gives its count back once closed.
 type capConn struct {
 	net.Conn
@@ -156,7 +169,11 @@ func (cc *connCaps) counts(computer string) (unauth, withCert int) {
 func (cc *connCaps) tlsConfig(base *tls.Config) *tls.Config {
 	conf := base.Clone()
 	conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		c, ok := hello.Conn.(*capConn)
+		hc := hello.Conn
+		if u, ok := hc.(interface{ NetConn() net.Conn }); ok { // bufconn
+			hc = u.NetConn()
+		}
+		c, ok := hc.(*capConn)
 		if !ok {
 			return nil, nil
 		}
