@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -43,8 +44,11 @@ func BenchmarkRestoreSmallFiles(b *testing.B) {
 		res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
 			Meta: meta.Options{SkipOwner: true}, Workers: 8})
 		cpu += cpuTime() - c0
-		if err != nil || len(res.Problems) > 0 || res.Stats.Files != int64(n) {
-			b.Fatalf("restore: %v, %d files, problems %q", err, res.Stats.Files, res.Problems[:min(3, len(res.Problems))])
+		if err != nil {
+			b.Fatalf("restore: %v", err)
+		}
+		if len(res.Problems) > 0 || res.Stats.Files != int64(n) {
+			b.Fatalf("restore: %d files, problems %q", res.Stats.Files, res.Problems[:min(3, len(res.Problems))])
 		}
 	}
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*n), "cpu-us/file")
@@ -89,5 +93,16 @@ func smallFilesVersion(tb testing.TB, src memSource, n int) wire.Manifest {
 		nodes = append(nodes, f)
 	}
 	slices.SortFunc(nodes, func(a, b tree.Node) int { return tree.Compare(a.Path, b.Path) })
-	return wire.Manifest{Config: "c", Seq: 1, Listing: src.listing(tb, nodes...)}
+	var buf bytes.Buffer
+	w, err := tree.NewWriter(&buf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := range nodes {
+		if err := w.Write(&nodes[i]); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	// The listing in chunks of 1 MiB, within tree.MaxListingChunk.
+	return wire.Manifest{Config: "c", Seq: 1, Listing: src.put(buf.Bytes(), 1<<20)}
 }
