@@ -25,11 +25,14 @@ type Limits struct {
 	// larger: each piece of an answer is one HTTP/2 DATA frame for the
 	// vault to write, and a download in 16 KiB frames cost the vault a
 	// frame, a deadline and two TLS records (two system calls) every
-	// 16 KiB.
+	// 16 KiB. It is 64 KiB, not the agent's 1 MiB: it is also the least
+	// a client must take every WriteIdle (about 17 kbit/s), and a restore
+	// shaped into a shared QoS class, or over a thin link, may be slow
+	// (256 KiB would cut off anything under about 70 kbit/s).
 	ReadIdle      time.Duration // 30s
 	WriteIdle     time.Duration // 30s
 	ProgressBytes int64         // 16 KiB
-	AnswerBytes   int64         // 256 KiB
+	AnswerBytes   int64         // 64 KiB
 	// RequestMax caps a whole request, body and answer, whatever its
 	// progress; StreamMax does so for uploads and downloads.
 	RequestMax time.Duration // 1m
@@ -71,7 +74,7 @@ type SlotLimits struct{ Global, PerCompany, PerComputer int }
 
 // DefaultLimits are the limits of a vault whose Options leave them zero.
 func DefaultLimits() Limits {
-	return Limits{ReadIdle: 30 * time.Second, WriteIdle: 30 * time.Second, ProgressBytes: 16 << 10, AnswerBytes: 256 << 10,
+	return Limits{ReadIdle: 30 * time.Second, WriteIdle: 30 * time.Second, ProgressBytes: 16 << 10, AnswerBytes: 64 << 10,
 		RequestMax: time.Minute, StreamMax: 15 * time.Minute,
 		Uploads: SlotLimits{4, 2, 2}, Downloads: SlotLimits{8, 4, 4}, SlotWait: 30 * time.Second,
 		ReadAheadBytes: 16 << 20, ConnsPerComputer: 8, UnauthPerAddr: 16, UnauthTotal: 256, PortalPerAddr: 64, PortalTotal: 1024,
