@@ -5,33 +5,125 @@
 // 16 KiB on the receiving end; with a buffer under TLS one read takes
 // whatever has arrived, up to the buffer's size, and TLS takes its records
 // from memory. Nothing changes on the wire.
+//
+// The buffer is held only while it holds bytes: a connection waits for its
+// next bytes without one and takes one from a shared pool once they have
+// arrived, giving it back when TLS has taken them all. A vault's thousands
+// of idle agent connections (long polls) hold no buffer at all.
 package bufconn
 
 import (
-	"bufio"
+	"io"
 	"net"
+	"os"
+	"sync"
+	"syscall"
 )
 
 // ReadSize is the buffer a Conn reads into: 256 KiB, what loopback or a
 // fast link delivers between two reads of a busy receiver.
 const ReadSize = 256 << 10
 
+var pool = sync.Pool{New: func() any { return new([ReadSize]byte) }}
+
 // Conn is a connection whose reads go through a buffer of ReadSize.
-// Everything else is the connection's own.
+// Everything else is the connection's own. Reads must not be concurrent
+// (TLS reads one at a time).
 type Conn struct {
 	net.Conn
-	r *bufio.Reader
+	rc   syscall.RawConn // nil: the connection has no descriptor (a pipe)
+	buf  *[ReadSize]byte // nil while empty
+	r, w int             // unread bytes are buf[r:w]
 }
 
 // New returns c with its reads buffered.
 func New(c net.Conn) *Conn {
-	return &Conn{Conn: c, r: bufio.NewReaderSize(c, ReadSize)}
+	bc := &Conn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			bc.rc = rc
+		}
+	}
+	return bc
 }
 
 // Read reads from the buffer, refilling it with one read of the
 // connection when it is empty (a read larger than the buffer goes to the
 // connection directly).
-func (c *Conn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.buf == nil {
+		if len(p) >= ReadSize {
+			return c.Conn.Read(p)
+		}
+		if err := c.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, c.buf[c.r:c.w])
+	c.r += n
+	if c.r == c.w {
+		pool.Put(c.buf)
+		c.buf, c.r, c.w = nil, 0, 0
+	}
+	return n, nil
+}
+
+// fill waits for bytes to arrive and reads what has into a buffer from
+// the pool; the buffer is taken only once the descriptor is readable.
+func (c *Conn) fill() error {
+	if c.rc == nil {
+		b := pool.Get().(*[ReadSize]byte)
+		n, err := c.Conn.Read(b[:])
+		if n == 0 {
+			pool.Put(b)
+			if err == nil {
+				err = io.ErrNoProgress
+			}
+			return err
+		}
+		c.buf, c.r, c.w = b, 0, n
+		return nil // an error comes back with the next read
+	}
+	var n int
+	var rerr error
+	err := c.rc.Read(func(fd uintptr) bool {
+		b := pool.Get().(*[ReadSize]byte)
+		for {
+			n, rerr = syscall.Read(int(fd), b[:])
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			pool.Put(b)
+			return false // wait until readable (or the deadline)
+		}
+		if n > 0 {
+			c.buf, c.r, c.w = b, 0, n
+		} else {
+			pool.Put(b)
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		// The deadline, or a closed connection: as net.Conn reports them.
+		return c.opErr(err)
+	case rerr != nil:
+		return c.opErr(os.NewSyscallError("read", rerr))
+	case n <= 0:
+		return io.EOF
+	}
+	return nil
+}
+
+func (c *Conn) opErr(err error) error {
+	return &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// Buffered reports whether the connection holds a buffer (bytes read
+// from the connection that TLS has not taken yet).
+func (c *Conn) Buffered() bool { return c.buf != nil }
 
 // NetConn returns the connection under the buffer.
 func (c *Conn) NetConn() net.Conn { return c.Conn }
