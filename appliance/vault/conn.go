@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -136,6 +137,17 @@ func (cc *connCaps) dropUnauthLocked(addr string) {
 	if cc.byAddr[addr]--; cc.byAddr[addr] <= 0 {
 		delete(cc.byAddr, addr)
 	}
+}
+
+// SyscallConn is the TCP connection's (capConn reads it as it is): through
+// it bufconn waits for an idle connection's next bytes without holding a
+// buffer.
+func (c *capConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("the connection has no descriptor")
+	}
+	return sc.SyscallConn()
 }
 
 func (c *capConn) Close() error {

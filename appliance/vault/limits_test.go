@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"vaultnode/internal/bufconn"
 	"vaultnode/internal/clock"
 	"vaultnode/internal/wire"
 )
@@ -434,5 +435,33 @@ func TestAnswerPieces(t *testing.T) {
 	}
 	if lim.AnswerBytes <= lim.ProgressBytes || lim.AnswerBytes > 1<<20 {
 		t.Fatalf("AnswerBytes %d: want more than ProgressBytes (%d) and at most the agent's 1 MiB frames", lim.AnswerBytes, lim.ProgressBytes)
+	}
+}
+
+// TestListenerConnsLazy: the agent API's connections, as Serve stacks its
+// listeners (caps, then the read buffer under TLS), wait for their bytes
+// without a buffer: a vault's idle long polls hold none (bufconn). The
+// caps' wrapper once hid the descriptor, and every idle connection held
+// 256 KiB.
+func TestListenerConnsLazy(t *testing.T) {
+	lim := DefaultLimits()
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := bufListener{newConnCaps(&lim, zap.NewNop()).listener(raw)}
+	defer ln.Close()
+	c, err := net.Dial("tcp", raw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if !sc.(*bufconn.Conn).Lazy() {
+		t.Fatal("an accepted connection holds a read buffer while it waits: its descriptor is hidden")
 	}
 }

@@ -121,6 +121,12 @@ func (c *Conn) opErr(err error) error {
 	return &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
+// Lazy reports whether the connection waits for its bytes without a
+// buffer (it reads through its descriptor). Without a descriptor (a
+// wrapper that does not offer syscall.Conn, a pipe) it holds a buffer
+// while a read waits.
+func (c *Conn) Lazy() bool { return c.rc != nil }
+
 // Buffered reports whether the connection holds a buffer (bytes read
 // from the connection that TLS has not taken yet).
 func (c *Conn) Buffered() bool { return c.buf != nil }
