@@ -92,24 +92,25 @@ func tmpName(name string) string {
 // 0700 until its metadata is applied, passing nothing on) the file is
 // created with its own mode where that comes out exact (modeSet): no chmod
 // afterwards; elsewhere with mode 0600 until its metadata is applied.
-func (w *fileWriter) create(f fileJob) (tmp string, anon, modeSet bool, fd int, err error) {
+func (w *fileWriter) create(f fileJob) (m made, err error) {
 	perm := uint32(0o600)
 	if f.dir.bare && meta.KeepsPerm(f.node.Mode) {
-		perm, modeSet = f.node.Mode&0o777, true
+		perm, m.modeSet = f.node.Mode&0o777, true
 	}
 	if f.fresh && w.r.linkHow != linkNone && !f.dir.noAnon.Load() {
 		fd, err := createAnon(f.dir.fd, perm)
 		if err == nil {
-			return "", true, modeSet, fd, nil
+			m.anon, m.fd = true, fd
+			return m, nil
 		}
 		// No O_TMPFILE on this filesystem (EOPNOTSUPP, or EISDIR from a
 		// kernel before 3.11): not tried again in this directory. A
 		// problem that is not the filesystem's shows below.
 		f.dir.noAnon.Store(true)
 	}
-	tmp = tmpName(f.name)
-	fd, err = meta.CreateFDMode(f.dir.fd, tmp, perm, meta.Options{})
-	return tmp, false, modeSet, fd, err
+	m.tmp = tmpName(f.name)
+	m.fd, err = meta.CreateFDMode(f.dir.fd, m.tmp, perm, meta.Options{})
+	return m, err
 }
 
 // giveName puts the written file o in place: links the unnamed file at its

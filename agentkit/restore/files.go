@@ -55,16 +55,22 @@ type fileJob struct {
 // sharedFile is a large file written by several jobs (parts): the first
 // to start creates it, the last to finish completes it.
 type sharedFile struct {
-	once    sync.Once
-	tmp     string
-	anon    bool
-	modeSet bool
+	once sync.Once
+	made
+	err  error // creating it
+	mu   sync.Mutex
+	perr error        // the first problem of any part
+	left atomic.Int32 // parts not finished yet
+	src  *srcFile
+}
+
+// made is a file created for writing (create): its descriptor, and how it
+// gets its name once written (giveName).
+type made struct {
+	tmp     string // the temporary name; "" when unnamed or under its name
+	anon    bool   // unnamed (O_TMPFILE) until giveName
+	modeSet bool   // created with its node's mode (meta.Options.ModeSet)
 	fd      int
-	err     error // creating it
-	mu      sync.Mutex
-	perr    error        // the first problem of any part
-	left    atomic.Int32 // parts not finished yet
-	src     *srcFile
 }
 
 // job is what a worker does at once: one large file, or a batch of small
@@ -84,7 +90,7 @@ func (r *restorer) queueFile(f fileJob) {
 			r.jobs <- &job{files: []fileJob{f}}
 			return
 		}
-		sf := &sharedFile{fd: -1, src: &srcFile{done: make(chan struct{})}}
+		sf := &sharedFile{made: made{fd: -1}, src: &srcFile{done: make(chan struct{})}}
 		sf.left.Store(int32(len(parts)))
 		for _, p := range parts {
 			pf := f
@@ -165,18 +171,14 @@ type fileWriter struct {
 // open is a file being written.
 type openFile struct {
 	fileJob
-	tmp  string // the temporary name; "" when unnamed or under its name
-	anon bool   // unnamed (O_TMPFILE) until giveName
-	// modeSet: created with its node's mode (meta.Options.ModeSet).
-	modeSet bool
-	fd      int
-	ext     []tree.Extent // where the chunks' bytes go
-	ei      int           // current extent
-	eoff    int64         // bytes written into it
-	next    int           // the chunk that comes next
-	ci      int           // copies[ci] is the next copied chunk
-	left    int           // chunks still to download
-	err     error         // the first problem; later chunks are skipped
+	made
+	ext  []tree.Extent // where the chunks' bytes go
+	ei   int           // current extent
+	eoff int64         // bytes written into it
+	next int           // the chunk that comes next
+	ci   int           // copies[ci] is the next copied chunk
+	left int           // chunks still to download
+	err  error         // the first problem; later chunks are skipped
 }
 
 // run writes the files of j.
@@ -259,18 +261,18 @@ func (w *fileWriter) run(j *job) {
 // A part of a large file writes into the file the first part to start
 // created, from where its first chunk's content goes.
 func (w *fileWriter) start(f fileJob) *openFile {
-	o := &openFile{fileJob: f, fd: -1, left: len(chunksOf(f)) - len(f.copies), next: f.from, ext: fileExtents(f.node)}
+	o := &openFile{fileJob: f, made: made{fd: -1}, left: len(chunksOf(f)) - len(f.copies), next: f.from, ext: fileExtents(f.node)}
 	if w.jobErr != nil {
 		o.err = w.jobErr
 		return o
 	}
 	if sf := f.part; sf != nil {
-		sf.once.Do(func() { sf.tmp, sf.anon, sf.modeSet, sf.fd, sf.err = w.create(f) })
-		o.tmp, o.anon, o.modeSet, o.fd, o.err = sf.tmp, sf.anon, sf.modeSet, sf.fd, sf.err
+		sf.once.Do(func() { sf.made, sf.err = w.create(f) })
+		o.made, o.err = sf.made, sf.err
 		o.seek(f.node.Chunks[:f.from])
 		return o
 	}
-	o.tmp, o.anon, o.modeSet, o.fd, o.err = w.create(f)
+	o.made, o.err = w.create(f)
 	return o
 }
 
@@ -436,7 +438,7 @@ func (w *fileWriter) finish(o *openFile) {
 		}
 		// The parts wrote every chunk, which hold the file's data
 		// exactly (cutParts).
-		o.tmp, o.anon, o.modeSet, o.fd = sf.tmp, sf.anon, sf.modeSet, sf.fd
+		o.made = sf.made
 		o.ei, o.eoff = len(o.ext), 0
 	}
 	if err == nil && (o.ei < len(o.ext)) {
