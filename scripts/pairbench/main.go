@@ -39,6 +39,22 @@ type proc struct {
 	ready     string
 	cmd       *exec.Cmd
 	done      chan struct{}
+	prof      string // VAULTNODE_CPUPROFILE, if profiled
+}
+
+// profFile is the profile path of name in dir ("" when not profiling).
+func profFile(dir, name string) string {
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, name)
+}
+
+// withProfile is the environment of a process profiled into prof.
+func withProfile(cmd *exec.Cmd, prof string) {
+	if prof != "" {
+		cmd.Env = append(os.Environ(), "VAULTNODE_CPUPROFILE="+prof)
+	}
 }
 
 var bin string
@@ -54,6 +70,7 @@ func freeAddr() string {
 
 func (p *proc) start() error {
 	cmd := exec.Command(filepath.Join(bin, "vaultd"), p.args...)
+	withProfile(cmd, p.prof)
 	logf, err := os.OpenFile(p.dir+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -102,6 +119,21 @@ func (p *proc) kill() {
 	}
 }
 
+// stop ends the process by SIGTERM (it writes its profile), or kills it
+// after 30 s.
+func (p *proc) stop() {
+	if p.cmd == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		p.cmd = nil
+	case <-time.After(30 * time.Second):
+		p.kill()
+	}
+}
+
 func ctl(dir string, args ...string) (string, error) {
 	cmd := exec.Command(filepath.Join(bin, "vaultctl"), append([]string{"-data", dir}, args...)...)
 	var stderr strings.Builder
@@ -114,7 +146,13 @@ func ctl(dir string, args ...string) (string, error) {
 }
 
 func agent(state string, args ...string) (string, error) {
-	out, err := exec.Command(filepath.Join(bin, "vault-agent"), append([]string{"-state", state}, args...)...).Output()
+	return agentProf(state, "", args...)
+}
+
+func agentProf(state, prof string, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(bin, "vault-agent"), append([]string{"-state", state}, args...)...)
+	withProfile(cmd, prof)
+	out, err := cmd.Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -178,9 +216,11 @@ func corpus(dir string, mib int, seed uint64) error {
 	return nil
 }
 
-func backup(state string) (time.Duration, error) {
+func backup(state string) (time.Duration, error) { return backupProf(state, "") }
+
+func backupProf(state, prof string) (time.Duration, error) {
 	t := time.Now()
-	_, err := agent(state, "backup", "home")
+	_, err := agentProf(state, prof, "backup", "home")
 	return time.Since(t), err
 }
 
@@ -192,8 +232,19 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	rounds := fs.Int("rounds", 3, "rounds of an initial and an incremental backup to both the single vault and the pair")
 	freeze := fs.Bool("freeze", false, "fail the leader over by SIGSTOP instead of SIGKILL: its sockets stay open and silent, as a powered-off machine's do")
 	keep := fs.Bool("keep", false, "keep the vaults' directories and logs (their place is printed)")
+	roundsOnly := fs.Bool("rounds-only", false, "stop after the backup rounds (no failover, no catch-up)")
+	profDir := fs.String("profile", "", "write CPU profiles into this directory: each vaultd's (single, a, b, w) over the rounds, and each backup's agent (implies -rounds-only)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *profDir != "" {
+		*roundsOnly = true
+		if err := os.MkdirAll(*profDir, 0o755); err != nil {
+			return err
+		}
+		if profDir2, err := filepath.Abs(*profDir); err == nil {
+			*profDir = profDir2
+		}
 	}
 	var err error
 	if bin, err = filepath.Abs(*binDir); err != nil {
@@ -229,7 +280,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}()
 	vault := func(name string, extra ...string) (*proc, error) {
-		p := &proc{dir: filepath.Join(root, name), addr: freeAddr(), ready: "serving agents on"}
+		p := &proc{dir: filepath.Join(root, name), addr: freeAddr(), ready: "serving agents on", prof: profFile(*profDir, name)}
 		p.args = append([]string{"-data", p.dir, "-listen", p.addr, "-portal", "off"}, extra...)
 		procs = append(procs, p)
 		return p, p.start()
@@ -276,7 +327,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	wtok, _ := ctl(a.dir, "pair", "create")
-	w := &proc{dir: filepath.Join(root, "w"), ready: "vaultd: witness"}
+	w := &proc{dir: filepath.Join(root, "w"), ready: "vaultd: witness", prof: profFile(*profDir, "w")}
 	w.args = append([]string{"witness", "-data", w.dir}, append(pairArgs("w"), "-pair-join", strings.TrimSpace(wtok))...)
 	procs = append(procs, w)
 	if err := w.start(); err != nil {
@@ -306,7 +357,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			vs := [][]*proc{{single}, {a, b, w}}[k]
 			c0 := cpu(vs...)
 			m0 := [3]time.Duration{cpu(a), cpu(b), cpu(w)}
-			d, err := backup([]string{sst, st}[k])
+			phase := "incr"
+			if init {
+				phase = "init"
+			}
+			d, err := backupProf([]string{sst, st}[k], profFile(*profDir, fmt.Sprintf("%s-%s-%d", []string{"single", "pair"}[k], phase, r)))
 			if err != nil {
 				return 0, 0, err
 			}
@@ -339,9 +394,32 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		rs = append(rs, x)
 	}
-	single.kill()
+	single.stop()
 
 	rate := func(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
+	fmt.Fprintf(out, "pair vs single vault, %d MiB corpus (random data), loopback, %d rounds\n", *mib, len(rs))
+	fmt.Fprintf(out, "%-22s %12s %12s %7s %10s %10s %7s\n", "round", "single init", "pair init", "ratio", "single inc", "pair inc", "ratio")
+	var ri, rn []float64
+	for i, x := range rs {
+		ri = append(ri, x.sInit.Seconds()/x.pInit.Seconds())
+		rn = append(rn, x.sIncr.Seconds()/x.pIncr.Seconds())
+		fmt.Fprintf(out, "%-22d %6.1f MiB/s %6.1f MiB/s %6.2fx %8.2f s %8.2f s %6.2fx\n", i+1,
+			rate(*mib, x.sInit), rate(*mib, x.pInit), ri[i], x.sIncr.Seconds(), x.pIncr.Seconds(), rn[i])
+	}
+	medf := func(v []float64) float64 {
+		v = append([]float64(nil), v...)
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	fmt.Fprintf(out, "median ratio pair/single: initial %.2fx, incremental %.2fx (target: at least 0.75x)\n", medf(ri), medf(rn))
+	fmt.Fprintf(out, "vault CPU time of the initial backups: single %.1f s, pair %.1f s (%.2fx; leader %.1f s, other member %.1f s, witness %.1f s)\n",
+		sCPU.Seconds(), pCPU.Seconds(), pCPU.Seconds()/sCPU.Seconds(), memCPU[0].Seconds(), memCPU[1].Seconds(), memCPU[2].Seconds())
+	if *roundsOnly {
+		for _, p := range []*proc{a, b, w} {
+			p.stop()
+		}
+		return nil
+	}
 
 	// Failover: kill the leader, time until a small backup is acknowledged
 	// by the new one; restart the dead member and wait for the pair whole.
@@ -462,23 +540,6 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	disk := max(diskIdle, (diskBefore+diskAfter)/2)
 
-	fmt.Fprintf(out, "pair vs single vault, %d MiB corpus (random data), loopback, %d rounds\n", *mib, len(rs))
-	fmt.Fprintf(out, "%-22s %12s %12s %7s %10s %10s %7s\n", "round", "single init", "pair init", "ratio", "single inc", "pair inc", "ratio")
-	var ri, rn []float64
-	for i, x := range rs {
-		ri = append(ri, x.sInit.Seconds()/x.pInit.Seconds())
-		rn = append(rn, x.sIncr.Seconds()/x.pIncr.Seconds())
-		fmt.Fprintf(out, "%-22d %6.1f MiB/s %6.1f MiB/s %6.2fx %8.2f s %8.2f s %6.2fx\n", i+1,
-			rate(*mib, x.sInit), rate(*mib, x.pInit), ri[i], x.sIncr.Seconds(), x.pIncr.Seconds(), rn[i])
-	}
-	medf := func(v []float64) float64 {
-		v = append([]float64(nil), v...)
-		sort.Float64s(v)
-		return v[len(v)/2]
-	}
-	fmt.Fprintf(out, "median ratio pair/single: initial %.2fx, incremental %.2fx (target: at least 0.75x)\n", medf(ri), medf(rn))
-	fmt.Fprintf(out, "vault CPU time of the initial backups: single %.1f s, pair %.1f s (%.2fx; leader %.1f s, other member %.1f s, witness %.1f s)\n",
-		sCPU.Seconds(), pCPU.Seconds(), pCPU.Seconds()/sCPU.Seconds(), memCPU[0].Seconds(), memCPU[1].Seconds(), memCPU[2].Seconds())
 	how := "kill -9"
 	if *freeze {
 		how = "SIGSTOP"
