@@ -548,8 +548,13 @@ func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.
 		}
 	}
 	free := make(chan []byte, 2)
-	free <- nil
-	free <- nil
+	for range 2 {
+		var b []byte
+		if p, ok := frameBufs.Get().(*[]byte); ok {
+			b = *p
+		}
+		free <- b
+	}
 	frames := make(chan copyFrame, 1)
 	stored := make(chan struct{})
 	go func() { // owner: serveEntriesStream (closes frames, waits for stored)
@@ -559,6 +564,14 @@ func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.
 	stop := func() error {
 		close(frames)
 		<-stored
+		// The frame buffers serve the next request (one being read
+		// when the read failed is left to the collector).
+		for len(free) > 0 {
+			b := <-free
+			if b != nil {
+				frameBufs.Put(&b)
+			}
+		}
 		if p := failed.Load(); p != nil {
 			return *p
 		}
@@ -601,7 +614,7 @@ func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.
 				frame = make([]byte, l)
 			}
 			frame = frame[:l]
-			if _, err := io.ReadFull(br, frame); err != nil {
+			if err := readFrame(br, c, frame); err != nil {
 				return cut()
 			}
 			frames <- copyFrame{kind: frameEntries, data: frame}
@@ -616,6 +629,24 @@ func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.
 			return stop()
 		}
 	}
+}
+
+// frameBufs holds the frame buffers of entries requests between them
+// (two were made for each upload's copy).
+var frameBufs sync.Pool
+
+// readFrame reads len(frame) bytes: what br holds, then the rest from c
+// straight into frame. Through br, the part of each frame past its last
+// 256 KiB was copied twice (into br's buffer, then into frame).
+func readFrame(br *bufio.Reader, c io.Reader, frame []byte) error {
+	n := min(br.Buffered(), len(frame))
+	if n > 0 {
+		if _, err := io.ReadFull(br, frame[:n]); err != nil {
+			return err
+		}
+	}
+	_, err := io.ReadFull(c, frame[n:])
+	return err
 }
 
 type copyFrame struct {

@@ -267,7 +267,7 @@ func (s *Store) Repack(ctx context.Context, n uint32) (RepackResult, error) {
 			}
 			hb := h.Marshal()
 			data := append(hb[:], body...)
-			if err := app.add(*h, data); err != nil {
+			if err := app.add(*h, data, nil); err != nil {
 				return err
 			}
 			entries = append(entries, moved{id: h.ID, from: from, to: app.locs[len(app.locs)-1]})

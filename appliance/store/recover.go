@@ -57,6 +57,10 @@ type Replica interface {
 	// Add copies one whole sealed entry; data is the caller's again when
 	// Add returns.
 	Add(data []byte)
+	// AddOwned is Add of an entry the caller gives away: the replica
+	// sends data itself, without a copy, and calls release once it no
+	// longer needs it (at the latest when Commit or Abort returns).
+	AddOwned(data []byte, release func())
 	// End says no more entries come, before this member syncs them.
 	End()
 	// Commit returns once the entries, all of which lie in entries here

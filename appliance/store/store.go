@@ -343,9 +343,26 @@ func (s *Store) Append(company string) (*Appender, error) {
 }
 
 // Add writes one sealed entry (header and body, as pack.AppendEntry makes).
-func (a *Appender) Add(h pack.EntryHeader, data []byte) error { return a.add(h, data) }
+func (a *Appender) Add(h pack.EntryHeader, data []byte) error { return a.add(h, data, nil) }
 
-func (a *Appender) add(h pack.EntryHeader, data []byte) error {
+// AddOwned is Add of an entry the caller gives away: release is called
+// once neither the appender nor the copy to another member needs data any
+// more (before AddOwned returns when there is no such copy, or it fails).
+// An upload that seals each entry into a buffer of its own so spares the
+// copy a copy of each entry (Options.Replica).
+func (a *Appender) AddOwned(h pack.EntryHeader, data []byte, release func()) error {
+	return a.add(h, data, release)
+}
+
+func (a *Appender) add(h pack.EntryHeader, data []byte, release func()) error {
+	given := false
+	if release != nil {
+		defer func() {
+			if !given {
+				release()
+			}
+		}()
+	}
 	if a.done {
 		return errors.New("appender already finished")
 	}
@@ -378,7 +395,11 @@ func (a *Appender) add(h pack.EntryHeader, data []byte) error {
 	if a.rep == nil && a.s.opts.Replica != nil && !a.move && !a.copied {
 		a.rep = a.s.opts.Replica(a.company)
 	}
-	if a.rep != nil {
+	switch {
+	case a.rep != nil && release != nil:
+		given = true
+		a.rep.AddOwned(data, release)
+	case a.rep != nil:
 		a.rep.Add(data)
 	}
 	a.ids = append(a.ids, h.ID)

@@ -181,11 +181,15 @@ func (v *Vault) Lack(ctx context.Context, p *Principal, id string, ids [][32]byt
 }
 
 // uploadBuffers are an upload request's working buffers: the frame as
-// read, its plaintext, its sealed entry. Reused, they spare the collector
-// three chunk-sized allocations per chunk.
-type uploadBuffers struct{ frame, plain, sealed []byte }
+// read, its plaintext. Reused, they spare the collector chunk-sized
+// allocations per chunk.
+type uploadBuffers struct{ frame, plain []byte }
 
 var uploadBufs = sync.Pool{New: func() any { return new(uploadBuffers) }}
+
+// sealedBufs hold sealed entries, each given to the appender until it is
+// written here and, on a pair's leader, sent to the other member.
+var sealedBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // Upload stores the chunks of body, a stream of frames of at most
 // wire.MaxUploadBody bytes (size is its declared length, -1 if unknown),
@@ -215,9 +219,9 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 	lb := &limitedBody{r: body, left: wire.MaxUploadBody}
 	bufs := uploadBufs.Get().(*uploadBuffers)
 	fr := wire.NewFrameReaderBuffer(lb, bufs.frame)
-	scratch, sealed := bufs.plain, bufs.sealed
+	scratch := bufs.plain
 	defer func() {
-		bufs.frame, bufs.plain, bufs.sealed = fr.Buffer(), scratch[:0], sealed[:0]
+		bufs.frame, bufs.plain = fr.Buffer(), scratch[:0]
 		uploadBufs.Put(bufs)
 	}()
 	h := keys.NewHasher(c.keys.set.ChunkID)
@@ -264,8 +268,12 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 			continue // already stored (a retry, or another session): append nothing
 		}
 		eh := pack.EntryHeader{Kind: pack.Kind(f.Kind), Flags: f.Flags, ID: f.ID, PlainLen: f.PlainLen}
-		sealed = pack.AppendEntry(sealed[:0], c.keys.aead, &eh, f.Payload)
-		if err := app.Add(eh, sealed); err != nil {
+		// Each entry is sealed into a buffer the appender may keep: a
+		// pair's leader sends it to the other member from there, without
+		// a copy, and gives it back once sent (at once on a single vault).
+		sb := sealedBufs.Get().(*[]byte)
+		*sb = pack.AppendEntry((*sb)[:0], c.keys.aead, &eh, f.Payload)
+		if err := app.AddOwned(eh, *sb, func() { sealedBufs.Put(sb) }); err != nil {
 			return 0, err
 		}
 	}
