@@ -411,9 +411,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		sort.Float64s(v)
 		return v[len(v)/2]
 	}
-	fmt.Fprintf(out, "median ratio pair/single: initial %.2fx, incremental %.2fx (target: at least 0.75x)\n", medf(ri), medf(rn))
-	fmt.Fprintf(out, "vault CPU time of the initial backups: single %.1f s, pair %.1f s (%.2fx; leader %.1f s, other member %.1f s, witness %.1f s)\n",
-		sCPU.Seconds(), pCPU.Seconds(), pCPU.Seconds()/sCPU.Seconds(), memCPU[0].Seconds(), memCPU[1].Seconds(), memCPU[2].Seconds())
+	if len(rs) > 0 { // -rounds 0: the catch-up alone
+		fmt.Fprintf(out, "median ratio pair/single: initial %.2fx, incremental %.2fx (target: at least 0.75x)\n", medf(ri), medf(rn))
+		fmt.Fprintf(out, "vault CPU time of the initial backups: single %.1f s, pair %.1f s (%.2fx; leader %.1f s, other member %.1f s, witness %.1f s)\n",
+			sCPU.Seconds(), pCPU.Seconds(), pCPU.Seconds()/sCPU.Seconds(), memCPU[0].Seconds(), memCPU[1].Seconds(), memCPU[2].Seconds())
+	}
 	if *roundsOnly {
 		for _, p := range []*proc{a, b, w} {
 			p.stop()
@@ -540,14 +542,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	disk := max(diskIdle, (diskBefore+diskAfter)/2)
 
-	how := "kill -9"
-	if *freeze {
-		how = "SIGSTOP"
+	if len(times) > 0 { // -failovers 0: the catch-up alone
+		how := "kill -9"
+		if *freeze {
+			how = "SIGSTOP"
+		}
+		fmt.Fprintf(out, "failover (%s to the next acknowledged backup), %d runs: median %.2f s, max %.2f s\n",
+			how, len(times), times[len(times)/2].Seconds(), times[len(times)-1].Seconds())
+		fmt.Fprintf(out, "  medians: survivor stands for election %.2f s, leads %.2f s, agent's backup acknowledged %.2f s (%.2f s without a failover)\n",
+			med(noticed).Seconds(), med(elected).Seconds(), med(times).Seconds(), med(plain).Seconds())
 	}
-	fmt.Fprintf(out, "failover (%s to the next acknowledged backup), %d runs: median %.2f s, max %.2f s\n",
-		how, len(times), times[len(times)/2].Seconds(), times[len(times)-1].Seconds())
-	fmt.Fprintf(out, "  medians: survivor stands for election %.2f s, leads %.2f s, agent's backup acknowledged %.2f s (%.2f s without a failover)\n",
-		med(noticed).Seconds(), med(elected).Seconds(), med(times).Seconds(), med(plain).Seconds())
 	fmt.Fprintf(out, "catch-up of %d MiB missed by the follower (restart to whole): %.1f s, %.1f MiB/s\n", *mib/2, catch.Seconds(), rate(*mib/2, catch))
 	jobRate := float64(jobBytes) / (1 << 20) / jobTime.Seconds()
 	fmt.Fprintf(out, "  the catch-up job: %.1f MiB copied in %.2f s from the follower serving (%.2f s after its restart), %.1f MiB/s\n",
