@@ -686,6 +686,18 @@ func (r *Replicator) storeFrames(company string, aead *pack.Sealer, frames <-cha
 	}()
 	chk := newEntryChecker(aead)
 	defer chk.stop()
+	// The next part's appender is prepared ahead: taking a new pack
+	// syncs its header and directory (a fifth of a catch-up's time at
+	// load 20 when the store stage did it at the part's first entry).
+	next := r.prepareAppender(company)
+	defer func() {
+		if next == nil {
+			return
+		}
+		if p := <-next; p.app != nil {
+			p.app.Abort()
+		}
+	}()
 	var (
 		app  *store.Appender
 		ids  [][32]byte
@@ -702,7 +714,10 @@ func (r *Replicator) storeFrames(company string, aead *pack.Sealer, frames <-cha
 		switch f.kind {
 		case frameCommit:
 			commits <- app
-			app = nil
+			if app != nil {
+				app = nil
+				next = r.prepareAppender(company)
+			}
 			continue
 		case frameEnd:
 			if app != nil {
@@ -737,10 +752,12 @@ func (r *Replicator) storeFrames(company string, aead *pack.Sealer, frames <-cha
 					continue
 				}
 				if app == nil {
-					if app, err = r.st.Append(company); err != nil {
-						return err
+					p := <-next
+					next = nil
+					if p.err != nil {
+						return p.err
 					}
-					app.Copied()
+					app = p.app
 				}
 				if err := app.Add(h, frame[offs[i]:offs[i]+pack.EntryHeaderSize+int(h.BodyLen)]); err != nil {
 					return err
@@ -756,6 +773,30 @@ func (r *Replicator) storeFrames(company string, aead *pack.Sealer, frames <-cha
 	if app != nil {
 		app.Abort()
 	}
+}
+
+type preparedAppender struct {
+	app *store.Appender
+	err error
+}
+
+// prepareAppender starts an appender of copies whose pack is taken on a
+// goroutine of its own; the caller receives from the channel once, then
+// owns the appender (Commit or Abort).
+func (r *Replicator) prepareAppender(company string) <-chan preparedAppender {
+	ch := make(chan preparedAppender, 1)
+	go func() { // owner: the caller, which receives once
+		app, err := r.st.Append(company)
+		if err == nil {
+			app.Copied()
+			if err = app.Reserve(); err != nil {
+				app.Abort()
+				app = nil
+			}
+		}
+		ch <- preparedAppender{app, err}
+	}()
+	return ch
 }
 
 // entryChecker authenticates the entries of a frame on every core: the

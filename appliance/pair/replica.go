@@ -590,7 +590,7 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 		return fmt.Errorf("catch up %s: %w: not a data member of this pair", member, ErrInvalid)
 	}
 	// A member just restarting answers within seconds: wait for it here
-	// (asking every 100 ms, up to catchUpWait) rather than fail and be
+	// (asking every catchUpPoll, up to catchUpWait) rather than fail and be
 	// started again by the next tick, so the copy starts as soon as it is
 	// back.
 	for wait := time.Now().Add(catchUpWait); ; {
@@ -606,7 +606,7 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(catchUpPoll):
 		}
 	}
 	r.mu.Lock()
@@ -645,8 +645,15 @@ func (r *Replicator) CatchUp(ctx context.Context, member string, progress func(C
 	return nil
 }
 
-// catchUpWait is how long a catch-up waits for its member to answer.
-const catchUpWait = 10 * time.Second
+// catchUpWait is how long a catch-up waits for its member to answer,
+// asking every catchUpPoll: a member that is down refuses the connection
+// at once, so asking often costs little, and the copy starts within
+// catchUpPoll of the member's coming back (it was 100 ms, against the
+// 0.3-0.4 s a catch-up of 128 MiB takes on a quiet machine).
+const (
+	catchUpWait = 10 * time.Second
+	catchUpPoll = 20 * time.Millisecond
+)
 
 // catchUpBatch is how many chunk ids one lack request of a catch-up asks
 // about.

@@ -345,6 +345,29 @@ func (s *Store) Append(company string) (*Appender, error) {
 // Add writes one sealed entry (header and body, as pack.AppendEntry makes).
 func (a *Appender) Add(h pack.EntryHeader, data []byte) error { return a.add(h, data, nil) }
 
+// Reserve takes the pack the entries go to now rather than at the first
+// Add: a new pack is created (and synced, with its directory) here, so a
+// caller can do it ahead, off its path (a copy's next part is prepared
+// while the frames of this one arrive). Abort gives an unused pack back.
+func (a *Appender) Reserve() error {
+	if a.done {
+		return errors.New("appender already finished")
+	}
+	return a.take()
+}
+
+func (a *Appender) take() error {
+	if a.w != nil {
+		return nil
+	}
+	w, err := a.s.takeWriter(a.company)
+	if err != nil {
+		return err
+	}
+	a.w, a.off = w, w.size
+	return nil
+}
+
 // AddOwned is Add of an entry the caller gives away: release is called
 // once neither the appender nor the copy to another member needs data any
 // more (before AddOwned returns when there is no such copy, or it fails).
@@ -366,12 +389,8 @@ func (a *Appender) add(h pack.EntryHeader, data []byte, release func()) error {
 	if a.done {
 		return errors.New("appender already finished")
 	}
-	if a.w == nil {
-		w, err := a.s.takeWriter(a.company)
-		if err != nil {
-			return err
-		}
-		a.w, a.off = w, w.size
+	if err := a.take(); err != nil {
+		return err
 	}
 	a.dirty = true
 	if len(data) >= appendDirect {

@@ -692,3 +692,47 @@ func TestAppendSmallAndLarge(t *testing.T) {
 	f.reopen()
 	check()
 }
+
+// A reserved appender has its pack before its first entry; one given back
+// unused is the next appender's pack, not a pack left empty.
+func TestAppendReserve(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	packFiles := func() []string {
+		t.Helper()
+		ps, err := filepath.Glob(filepath.Join(f.dir, "packs", "*", "*.pack"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps
+	}
+	a, err := f.s.Append("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reserve(); err != nil {
+		t.Fatal(err)
+	}
+	if ps := packFiles(); len(ps) != 1 {
+		t.Fatalf("after Reserve: pack files %v, want one", ps)
+	}
+	a.Abort()
+	b, err := f.s.Append("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Reserve(); err != nil {
+		t.Fatal(err)
+	}
+	p, e := f.chunk(100 << 10)
+	if err := b.Add(e.Header, e.Data); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if ps := packFiles(); len(ps) != 1 {
+		t.Fatalf("after a reserved pack was given back and reused: pack files %v, want one", ps)
+	}
+	f.reopen()
+	f.mustGet("acme", e, p)
+}
