@@ -172,15 +172,25 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := o.Vault.Open(ctx, o.Config.Name)
-	if err != nil {
-		return nil, fmt.Errorf("open session: %w", err)
+	// The session opens while the walk starts (pipeline): the walk and the
+	// first reads do not need it, and the open's round trip came before
+	// any file was looked at (9-96 ms of an incremental backup in traces
+	// under load; docs/performance.md, "Incremental backups of large
+	// changed files").
+	var sessID string // set by open, read after pipeline returns
+	open := func(ctx context.Context) (string, error) {
+		sess, err := o.Vault.Open(ctx, o.Config.Name)
+		if err != nil {
+			return "", fmt.Errorf("open session: %w", err)
+		}
+		sessID = sess.ID
+		return sess.ID, nil
 	}
 	committed := false
 	defer func() {
-		if !committed {
+		if !committed && sessID != "" {
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			o.Vault.Abort(actx, sess.ID)
+			o.Vault.Abort(actx, sessID)
 			cancel()
 		}
 	}()
@@ -221,7 +231,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 			links: map[[2]uint64][]byte{}, log: o.Log, spill: filepath.Join(o.State.Path, "tmp"), sourceOf: o.SourceOf}
 		return w.run()
 	}
-	listing, problems, err := pipeline(ctx, o, sess.ID, gear, stats, zw, produce)
+	listing, problems, err := pipeline(ctx, o, open, gear, stats, zw, produce)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +242,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		return nil, fmt.Errorf("write listing cache: %w", err)
 	}
 	commitStart := time.Now()
-	seq, err := o.Vault.Commit(ctx, sess.ID, wire.Commit{Listing: listing, Started: stats.Start})
+	seq, err := o.Vault.Commit(ctx, sessID, wire.Commit{Listing: listing, Started: stats.Start})
 	commitTook := time.Since(commitStart)
 	if err != nil {
 		return nil, fmt.Errorf("commit version: %w", err)
@@ -265,9 +275,30 @@ const orderBatch = 64
 // pipeline runs a producer with the file readers, the listing writer (into
 // the vault as listing chunks, and into cache when not nil) and the upload
 // stages, and returns the listing's chunks once every chunk is acknowledged.
-func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear, stats *Stats, cache io.Writer, produce producer) ([]tree.ChunkRef, []string, error) {
+// open gives the session's id: it runs beside the producer and the readers,
+// and only the requests to the vault (lack queries, uploads) wait for it;
+// until then the readers stop at the upload budget.
+func pipeline(ctx context.Context, o Options, open func(context.Context) (string, error), gear *chunker.Gear, stats *Stats, cache io.Writer, produce producer) ([]tree.ChunkRef, []string, error) {
 	g, gctx := errgroup.WithContext(ctx)
-	up := newUploader(o.Vault, session, stats)
+	up := newUploader(o.Vault, "", stats)
+	opened := make(chan struct{})
+	g.Go(func() error {
+		id, err := open(gctx)
+		if err != nil {
+			return err
+		}
+		up.session = id // before close: the stages read it after <-opened
+		close(opened)
+		return nil
+	})
+	waitOpen := func() error {
+		select {
+		case <-opened:
+			return nil
+		case <-gctx.Done():
+			return gctx.Err()
+		}
+	}
 	order := make(chan []*item, 4096/orderBatch)
 	work := make(chan *item, 64)
 	var problems []string
@@ -290,7 +321,13 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 	}
 
 	// Upload stages: lack queries, compression, streamed upload requests.
-	g.Go(func() error { return up.lacker(gctx) })
+	g.Go(func() error {
+		// Without a session the lacker still runs, on a cancelled
+		// context: it gives back the candidates' budget and closes the
+		// compressors' channel, asking nothing.
+		waitOpen()
+		return up.lacker(gctx)
+	})
 	cg, cctx := errgroup.WithContext(gctx)
 	for range max(1, runtime.GOMAXPROCS(0)) {
 		cg.Go(func() error { return up.compressor(cctx) })
@@ -301,7 +338,12 @@ func pipeline(ctx context.Context, o Options, session string, gear *chunker.Gear
 		return err
 	})
 	for range senders {
-		g.Go(func() error { return up.sender(gctx) })
+		g.Go(func() error {
+			if err := waitOpen(); err != nil {
+				return err
+			}
+			return up.sender(gctx)
+		})
 	}
 
 	// Producers of chunks: the walker, the file readers and the listing.

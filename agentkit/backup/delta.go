@@ -82,7 +82,8 @@ func Delta(ctx context.Context, o Options, jv JournalVault, ch Changes, when tim
 		}
 		return w.flush()
 	}
-	listing, problems, err := pipeline(ctx, o, sess.ID, gear, stats, nil, produce)
+	opened := func(context.Context) (string, error) { return sess.ID, nil }
+	listing, problems, err := pipeline(ctx, o, opened, gear, stats, nil, produce)
 	if err != nil {
 		return nil, err
 	}
