@@ -135,7 +135,7 @@ const maxDownloadConns = 5
 // its way to the frame reader (the read loop's frame buffer, then the
 // stream's pipe) and went through the read loop's goroutine and flow
 // control; from HTTP/1.1 the frame reader reads it straight out of TLS
-// (docs/performance.md, item 30).
+// (docs/performance.md, item 32).
 func newDownloadTransport(conf *tls.Config, connect func() time.Duration) *http.Transport {
 	conf = conf.Clone()
 	conf.NextProtos = []string{"http/1.1"}
