@@ -135,6 +135,7 @@ func (v *Vault) protectIDs(s *session, ids [][32]byte) {
 // retireLocked hands an ending session's protect set to a running
 // collection. smu is held.
 func (v *Vault) retireLocked(s *session) {
+	s.stopWarmLocked() // the session ended: its listing read-ahead too (warm.go)
 	if v.retired == nil {
 		return
 	}

@@ -45,8 +45,11 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	if err != nil {
 		return wire.Committed{}, err
 	}
+	var learned *learnedListing
 	if !same {
-		if totals, err = v.checkListingFacts(ctx, s, c.keys, req.Listing, &facts); err != nil {
+		learned = newLearned(req.Listing)
+		known := v.knownFor(s, c.ID) // known.go
+		if totals, err = v.checkListingKnown(ctx, s, c.keys, req.Listing, &facts, known, learned); err != nil {
 			return wire.Committed{}, err
 		}
 	}
@@ -91,6 +94,9 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	v.endSession(s)
 	if !same { // else the newest version's facts, remembered or read when examined
 		v.rememberFacts(c.ID, s.config, req.Listing, facts.finish())
+		v.remember(c.ID, s.config, learned.record(m.Seq))
+	} else {
+		v.renumber(c.ID, s.config, last, m.Seq)
 	}
 	v.log.Info("version committed", zap.String("computer", c.ID), zap.String("config", s.config), zap.Uint64("seq", m.Seq),
 		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent))
@@ -131,6 +137,10 @@ func (v *Vault) AddJournal(ctx context.Context, p *Principal, id string, req wir
 	defer release()
 	return v.Catalog.AddJournal(c.ID, s.config, wire.Journal{Base: base, Time: t.UTC(), Listing: req.Listing, Totals: totals})
 }
+
+// testHookLookups, set by tests, is told how many references a commit's
+// check looks up, batch by batch.
+var testHookLookups func(ids int)
 
 // testHookBeforeRecord, set by tests, runs in a commit or journal record
 // after its checks and before holdOpen.
@@ -212,6 +222,15 @@ func (v *Vault) checkListing(ctx context.Context, s *session, k *companyKeys, li
 // checkListingFacts is checkListing that also hands every node to facts
 // when not nil.
 func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKeys, listing []tree.ChunkRef, facts *factsGatherer) (wire.Totals, error) {
+	return v.checkListingKnown(ctx, s, k, listing, facts, nil, nil)
+}
+
+// checkListingKnown is checkListingFacts that notes in learned (when not
+// nil) where each listing chunk's first node begins, and does not look up
+// the references of a node lying wholly inside a chunk that known (when not
+// nil) trusts (known.go).
+func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKeys, listing []tree.ChunkRef, facts *factsGatherer,
+	known *knownListing, learned *learnedListing) (wire.Totals, error) {
 	var t wire.Totals
 	company := s.company
 	if len(listing) == 0 {
@@ -228,6 +247,9 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 	// reflection"). The checker holds one batch, the decoder fills the
 	// other.
 	check := func(ids [][32]byte) error {
+		if testHookLookups != nil {
+			testHookLookups(len(ids))
+		}
 		has, err := v.hasProtected(s, ids)
 		if err != nil {
 			return err
@@ -308,12 +330,17 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 		if err := ctx.Err(); err != nil {
 			return t, finish(err)
 		}
+		start := rd.Offset()
 		n, err := rd.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return t, finish(listingErr(err))
+		}
+		lookup := true
+		if learned != nil {
+			lookup = !learned.trusted(learned.node(start, rd.Offset()), known)
 		}
 		if facts != nil {
 			facts.add(n)
@@ -332,6 +359,9 @@ func (v *Vault) checkListingFacts(ctx context.Context, s *session, k *companyKey
 			t.Unreadable++
 		case tree.StatusInconsistent:
 			t.Inconsistent++
+		}
+		if !lookup {
+			continue
 		}
 		for _, c := range n.Chunks {
 			pending = append(pending, c.ID)

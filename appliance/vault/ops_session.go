@@ -39,6 +39,9 @@ type session struct {
 	// referenced: live for garbage collection until the session ends
 	// (gc.go). 8-12 bytes per id (idset.go).
 	protect idSet
+	// stopWarm stops reading the previous listing ahead (warm.go); set
+	// and called with the vault's smu held.
+	stopWarm func()
 }
 
 // OpenSession opens a session for one of the agent's configurations; it
@@ -69,6 +72,7 @@ func (v *Vault) OpenSession(ctx context.Context, p *Principal, config string) (w
 	}
 	v.capSessionsLocked(c.ID) // limits.go
 	v.sessions[s.id] = s
+	v.startWarm(s)
 	v.smu.Unlock()
 	return wire.Session{ID: s.id, Previous: prev, Expires: now.Add(v.opts.SessionTTL)}, nil
 }

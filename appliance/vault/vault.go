@@ -102,6 +102,8 @@ type Vault struct {
 	CA      *pki.Authority
 
 	examined examined // testing.go
+	knownMu  sync.Mutex
+	known    knownListings // listing chunks a commit checked, per configuration (known.go)
 	kmu      sync.Mutex
 	keys     map[string]*companyKeys
 
@@ -109,6 +111,8 @@ type Vault struct {
 
 	smu      sync.Mutex
 	sessions map[string]*session
+	closing  bool              // Close began: no session reads ahead any more (warm.go); smu
+	warmWG   sync.WaitGroup    // sessions' listing read-aheads (warm.go)
 	retired  map[string]*idSet // per company: protect sets of sessions ended during a collection (gc.go)
 
 	gcMu       sync.RWMutex // shared: a session protecting ids and asking Has; exclusive: a sweep batch (gc.go)
@@ -280,6 +284,7 @@ func Open(opts Options) (*Vault, error) {
 // closes the store and catalog.
 func (v *Vault) Close() error {
 	v.Jobs.Close()
+	v.stopWarms()
 	var perr error
 	if v.pair != nil {
 		perr = v.pair.close()

@@ -109,6 +109,7 @@ func (w *Writer) Count() int64 { return w.n }
 // read) and the node decoded from it.
 type Reader struct {
 	br   *bufio.Reader
+	src  *countReader
 	buf  []byte
 	last []byte
 	n    int64
@@ -117,7 +118,8 @@ type Reader struct {
 
 // NewReader checks the magic and returns a Reader.
 func NewReader(r io.Reader) (*Reader, error) {
-	rd := &Reader{br: bufio.NewReaderSize(r, 64<<10)}
+	src := &countReader{r: r}
+	rd := &Reader{br: bufio.NewReaderSize(src, 64<<10), src: src}
 	b, err := readItem(rd.br, nil, &magicLimits)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read magic: %w", ErrListing, err)
@@ -171,6 +173,22 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Offset is how many bytes of the stream the reader has consumed: after
+// Next, where the node it returned ends (and the next one begins).
+func (r *Reader) Offset() int64 { return r.src.n - int64(r.br.Buffered()) }
 
 // Next returns the next node or io.EOF.
 func (r *Reader) Next() (*Node, error) {

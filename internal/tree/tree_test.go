@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -463,5 +464,44 @@ func TestFixtureV1(t *testing.T) {
 	}
 	if !bytes.Equal(encode(t, got), b) {
 		t.Fatal("the current encoder writes the v1 nodes differently")
+	}
+}
+
+// TestReaderOffset: after each Next the reader's offset is where that node
+// ends in the stream, magic included.
+func TestReaderOffset(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := tree.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends := []int64{int64(buf.Len())}
+	for i := range 500 {
+		n := &tree.Node{Path: fmt.Appendf(nil, "d/f%04d", i), Type: tree.TypeFile, Mode: 0o644, Size: int64(i * 1000), Chunks: []tree.ChunkRef{{ID: [32]byte{byte(i)}, Len: uint32(i * 1000)}}}
+		if i == 0 {
+			n.Chunks = nil
+		}
+		if i%7 == 0 {
+			n.Xattrs = []tree.Xattr{{Name: "user.x", Value: bytes.Repeat([]byte{'v'}, i*10)}}
+		}
+		if err := w.Write(n); err != nil {
+			t.Fatal(err)
+		}
+		ends = append(ends, int64(buf.Len()))
+	}
+	r, err := tree.NewReader(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Offset() != ends[0] {
+		t.Fatalf("offset after the magic %d, want %d", r.Offset(), ends[0])
+	}
+	for i := 1; i < len(ends); i++ {
+		if _, err := r.Next(); err != nil {
+			t.Fatal(err)
+		}
+		if r.Offset() != ends[i] {
+			t.Fatalf("offset after node %d: %d, want %d", i, r.Offset(), ends[i])
+		}
 	}
 }
