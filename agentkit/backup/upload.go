@@ -40,6 +40,12 @@ type uploader struct {
 	mu   sync.Mutex
 	seen map[[32]byte]struct{}
 
+	// handed counts the bytes every upload body handed over; endMu
+	// guards nextEnd, where the next request to start ends (endAt).
+	handed  atomic.Int64
+	endMu   sync.Mutex
+	nextEnd int64
+
 	budget *semaphore.Weighted
 	cand   chan *chunk
 	comp   chan *chunk
@@ -52,16 +58,28 @@ const (
 	senders     = 2
 	budgetBytes = 32 << 20
 	// requestBytes ends an upload request: the vault acknowledges (syncs)
-	// what it holds at the end of each.
+	// what it holds at the end of each, and the request's stream sends
+	// nothing while it waits for that answer. A request ends at its first
+	// frame past requestBytes, so it stays under wire.MaxUploadBody by
+	// more than a largest frame (wire.MaxPlain). Larger requests wait
+	// less often, but in a pair a leader's death loses what its
+	// unanswered requests carried: all of it is sent again
+	// (TestPairFailover failed with 48 MiB).
 	requestBytes = 16 << 20
-	lackBatch    = 256
+	// maxRequest ends a request whatever endAt says.
+	maxRequest = 2 * requestBytes
+	lackBatch  = 256
 	// lackQueries is how many lack queries may wait for their answers at
 	// once.
 	lackQueries = 4
 )
 
+// A request's body stays within the vault's limit: this does not compile
+// otherwise.
+const _ = uint(wire.MaxUploadBody - maxRequest - wire.MaxPlain - wire.FrameHeaderSize)
+
 func newUploader(v Vault, session string, stats *Stats) *uploader {
-	return &uploader{vault: v, session: session, stats: stats, seen: map[[32]byte]struct{}{},
+	return &uploader{vault: v, session: session, stats: stats, seen: map[[32]byte]struct{}{}, nextEnd: requestBytes / 2,
 		budget: semaphore.NewWeighted(budgetBytes), cand: make(chan *chunk, lackBatch),
 		comp: make(chan *chunk, 16), frames: make(chan *chunk, 16)}
 }
@@ -202,7 +220,7 @@ func (u *uploader) sender(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		body := &frameBody{u: u, ctx: ctx, next: first}
+		body := &frameBody{u: u, ctx: ctx, next: first, endAt: u.endAt()}
 		err := u.vault.Upload(ctx, u.session, body)
 		chunks, bytes := body.Close()
 		if err != nil {
@@ -213,18 +231,34 @@ func (u *uploader) sender(ctx context.Context) error {
 	}
 }
 
+// endAt returns where a request starting now ends: when all bodies have
+// handed over that many bytes. The senders share the frames, so requests
+// ended by their own size started and ended together, and while both
+// waited for the vault's answer (its sync) nothing was sent
+// (docs/performance.md, "Upload requests out of step"). Ends spaced by
+// requestBytes of all bodies' bytes alternate between the senders, and a
+// request carries about requestBytes; the first ends after half of it.
+func (u *uploader) endAt() int64 {
+	u.endMu.Lock()
+	defer u.endMu.Unlock()
+	e := max(u.nextEnd, u.handed.Load()+requestBytes/2)
+	u.nextEnd = e + requestBytes
+	return e
+}
+
 // requestIdle ends an upload request when no frame has come for this long,
 // so that what was sent is acknowledged instead of waiting for more.
 const requestIdle = 250 * time.Millisecond
 
 // frameBody is an upload request's body: frames taken from u.frames as the
-// connection takes bytes, written from their own buffers, until
-// requestBytes, the end of the frames, or requestIdle without one.
+// connection takes bytes, written from their own buffers, until endAt (or
+// maxRequest), the end of the frames, or requestIdle without one.
 type frameBody struct {
 	u      *uploader
 	ctx    context.Context
 	mu     sync.Mutex // Read against Close after an early answer
 	closed bool
+	endAt  int64  // u.handed after which no frame is started
 	next   *chunk // frame to start when cur is written
 	cur    *chunk
 	hdr    [wire.FrameHeaderSize]byte
@@ -241,7 +275,7 @@ func (b *frameBody) take(wait bool) *chunk {
 		b.next = nil
 		return c
 	}
-	if b.bytes >= requestBytes {
+	if b.bytes >= maxRequest || b.bytes > 0 && b.u.handed.Load() >= b.endAt {
 		return nil
 	}
 	select {
@@ -295,6 +329,7 @@ func (b *frameBody) Read(p []byte) (int, error) {
 		}
 		if b.off == len(b.hdr)+len(b.cur.payload) {
 			b.bytes += int64(b.off)
+			b.u.handed.Add(int64(b.off))
 			b.chunks++
 			b.u.done(b.cur)
 			b.cur = nil

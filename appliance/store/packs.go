@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"vaultnode/internal/atomicfile"
 	"vaultnode/internal/pack"
 )
@@ -212,6 +214,13 @@ func (p diskPack) Size() (int64, error) {
 func (p diskPack) WriteAt(b []byte, off int64) (int, error) {
 	n, err := p.File.WriteAt(b, off)
 	return n, classify(err)
+}
+
+// WriteBehind starts writing n bytes at off to the disk without waiting
+// (sync_file_range SYNC_FILE_RANGE_WRITE), so that the Sync that makes
+// them durable finds less left to write. A hint: an error shows in Sync.
+func (p diskPack) WriteBehind(off, n int64) {
+	_ = unix.SyncFileRange(int(p.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
 
 func (p diskPack) Sync(ctx context.Context) error {
