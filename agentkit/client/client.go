@@ -411,7 +411,7 @@ func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.
 	var err error
 	if c.takeDownloadConn() {
 		resp, err = c.doOn(ctx, c.dl, "POST", wire.PathChunks, wire.MediaFrames, body)
-		if errors.Is(err, errDownloadConn) {
+		if errors.Is(err, errDownloadConn) && ctx.Err() == nil {
 			c.dlMu.Lock()
 			c.dlOffUntil = c.clk.Now().Add(time.Minute)
 			c.dlMu.Unlock()
