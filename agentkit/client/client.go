@@ -58,21 +58,13 @@ type Client struct {
 	// growing them again.)
 	framesMu sync.Mutex
 	frames   []*wire.FrameReader
-	// dl downloads chunks over HTTP/1.1 connections of their own (see
-	// GetChunks); dlBusy counts those under way, dlOffUntil is when to
-	// try it again after one failed to connect.
-	dl         *http.Client
-	dlMu       sync.Mutex
-	dlBusy     int
-	dlOffUntil time.Time
 }
 
 // maxIdleFrameReaders bounds the readers kept between downloads, each
 // holding a buffer of up to a frame's size: as many as a restore's
-// downloads at once (its workers and its listing), and one more. (With
-// fewer, one download in five started with a new reader whose buffer
-// grew again.)
-const maxIdleFrameReaders = maxDownloadConns + 1
+// downloads at once (its four workers and its listing). With four, one
+// download in five started with a new reader whose buffer grew again.
+const maxIdleFrameReaders = 5
 
 // A vault that died without closing its connections (a power cut, a
 // frozen machine) answers nothing: a dial, a handshake or a request to it
@@ -84,8 +76,29 @@ const maxIdleFrameReaders = maxDownloadConns + 1
 // a vault whose machine answers but whose process does not. None of these
 // fires on a slow link that moves data.
 func newTransport(conf *tls.Config, connect func() time.Duration) *http.Transport {
+	d := deadpeer.Dialer(connectTimeout, 15*time.Second, 5*time.Second)
 	t := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConns: 4,
-		DialTLSContext:  dialTLS(conf, connect),
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, connect())
+			defer cancel()
+			raw, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			cf := conf
+			if cf.ServerName == "" {
+				cf = conf.Clone()
+				cf.ServerName, _, _ = net.SplitHostPort(addr)
+			}
+			// Reads buffered under TLS: a download's 16 KiB records
+			// cost one system call per buffer, not one each.
+			tc := tls.Client(bufconn.New(raw), cf)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				raw.Close()
+				return nil, err
+			}
+			return tc, nil
+		},
 		IdleConnTimeout: time.Minute, ResponseHeaderTimeout: 10 * time.Minute,
 		ExpectContinueTimeout: time.Minute} // an upload's body waits for the vault's slot (Upload)
 	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second,
@@ -97,68 +110,17 @@ func newTransport(conf *tls.Config, connect func() time.Duration) *http.Transpor
 	return t
 }
 
-// dialTLS dials the vault and runs the TLS handshake (see newTransport
-// for the timeouts).
-func dialTLS(conf *tls.Config, connect func() time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	d := deadpeer.Dialer(connectTimeout, 15*time.Second, 5*time.Second)
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		ctx, cancel := context.WithTimeout(ctx, connect())
-		defer cancel()
-		raw, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		cf := conf
-		if cf.ServerName == "" {
-			cf = conf.Clone()
-			cf.ServerName, _, _ = net.SplitHostPort(addr)
-		}
-		// Reads buffered under TLS: a download's 16 KiB records
-		// cost one system call per buffer, not one each.
-		tc := tls.Client(bufconn.New(raw), cf)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
-			return nil, err
-		}
-		return tc, nil
-	}
-}
-
-// maxDownloadConns bounds the HTTP/1.1 connections downloads use at once
-// (a restore's four workers and its listing); more go over HTTP/2. With the
-// HTTP/2 connection they stay within the vault's connections per
-// computer (Limits.ConnsPerComputer, 8).
-const maxDownloadConns = 5
-
-// newDownloadTransport is newTransport's for downloads: HTTP/1.1, one
-// download per connection. A chunk read from HTTP/2 was copied twice on
-// its way to the frame reader (the read loop's frame buffer, then the
-// stream's pipe) and went through the read loop's goroutine and flow
-// control; from HTTP/1.1 the frame reader reads it straight out of TLS
-// (docs/performance.md, item 32).
-func newDownloadTransport(conf *tls.Config, connect func() time.Duration) *http.Transport {
-	conf = conf.Clone()
-	conf.NextProtos = []string{"http/1.1"}
-	return &http.Transport{TLSClientConfig: conf, DialTLSContext: dialTLS(conf, connect),
-		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}, // never HTTP/2
-		MaxIdleConns: maxDownloadConns, MaxIdleConnsPerHost: maxDownloadConns,
-		// The read buffer stays small (the default 4 KiB): a read larger
-		// than it (a frame's payload) goes from TLS straight into the
-		// frame reader's buffer.
-		IdleConnTimeout: time.Minute, ResponseHeaderTimeout: 10 * time.Minute}
-}
-
 // New returns a client authenticated with cert, trusting only ca. wrap,
 // when not nil, decorates the transport (a bandwidth limit, metrics).
 func New(addr string, cert tls.Certificate, ca *x509.CertPool, wrap func(http.RoundTripper) http.RoundTripper) *Client {
 	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: ca,
 		ServerName: wire.ServerName, NextProtos: []string{"h2"}}
 	c := &Client{pair: newPair(addr), clk: clock.Real{}}
-	var rt, dl http.RoundTripper = newTransport(conf, c.connectTimeout), newDownloadTransport(conf, c.connectTimeout)
+	var rt http.RoundTripper = newTransport(conf, c.connectTimeout)
 	if wrap != nil {
-		rt, dl = wrap(rt), wrap(dl)
+		rt = wrap(rt)
 	}
-	c.hc, c.dl = &http.Client{Transport: rt}, &http.Client{Transport: dl}
+	c.hc = &http.Client{Transport: rt}
 	return c
 }
 
@@ -182,17 +144,12 @@ func Enroll(ctx context.Context, addr string, token wire.Token, req wire.EnrollR
 // do sends a request with a body held in memory, again after each busy
 // answer (busy.go).
 func (c *Client) do(ctx context.Context, method, path, ctype string, body []byte) (*http.Response, error) {
-	return c.doOn(ctx, c.hc, method, path, ctype, body)
-}
-
-// doOn is do on the HTTP client hc.
-func (c *Client) doOn(ctx context.Context, hc *http.Client, method, path, ctype string, body []byte) (*http.Response, error) {
 	for attempt := 1; ; attempt++ {
 		var rd io.Reader
 		if body != nil {
 			rd = bytes.NewReader(body)
 		}
-		resp, err := c.doBodyOn(ctx, hc, method, path, ctype, rd)
+		resp, err := c.doBody(ctx, method, path, ctype, rd)
 		wait, again := c.busyWait(err, attempt)
 		if !again {
 			return resp, err
@@ -206,15 +163,6 @@ func (c *Client) doOn(ctx context.Context, hc *http.Client, method, path, ctype 
 // doBody is do with a streamed body (sent as it is read, length unknown).
 // header holds extra header names and values, in pairs.
 func (c *Client) doBody(ctx context.Context, method, path, ctype string, rd io.Reader, header ...string) (*http.Response, error) {
-	return c.doBodyOn(ctx, c.hc, method, path, ctype, rd, header...)
-}
-
-// errDownloadConn is a download whose HTTP/1.1 connection failed before
-// the vault answered: GetChunks asks again over HTTP/2, whose own
-// failures decide whether the vault is unreachable.
-var errDownloadConn = errors.New("download connection failed")
-
-func (c *Client) doBodyOn(ctx context.Context, hc *http.Client, method, path, ctype string, rd io.Reader, header ...string) (*http.Response, error) {
 	base := c.base()
 	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
@@ -229,11 +177,6 @@ func (c *Client) doBodyOn(ctx context.Context, hc *http.Client, method, path, ct
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
-	if hc != c.hc {
-		// A download changes nothing: sent again if the idle
-		// connection it went on turns out closed by the vault meanwhile.
-		req.Header["Idempotency-Key"] = nil
-	}
 	// A request that never got a connection (dial or TLS handshake failed,
 	// or the vault closed it during the handshake) reached nothing and may
 	// go again even to a single vault (failoverWait).
@@ -241,10 +184,7 @@ func (c *Client) doBodyOn(ctx context.Context, hc *http.Client, method, path, ct
 	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
 	}))
-	resp, err := hc.Do(req)
-	if err != nil && hc != c.hc {
-		return nil, fmt.Errorf("%w: %w", errDownloadConn, err)
-	}
+	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.unreachable(base)
 		return nil, &reachError{err: err, addr: base, connected: connected.Load()}
@@ -400,32 +340,8 @@ func (c *Client) Versions(ctx context.Context, config string) ([]wire.Manifest, 
 
 // GetChunks downloads chunks; fn is called for each frame in order (the
 // frame is valid only during the call).
-//
-// A download goes over one of up to maxDownloadConns HTTP/1.1 connections
-// (newDownloadTransport) when one is free, else over HTTP/2; one whose
-// connection fails before the vault answered goes over HTTP/2 again, and
-// the next downloads too for a minute.
 func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
-	body := wire.AppendIDs(nil, ids)
-	var resp *http.Response
-	var err error
-	if c.takeDownloadConn() {
-		resp, err = c.doOn(ctx, c.dl, "POST", wire.PathChunks, wire.MediaFrames, body)
-		if errors.Is(err, errDownloadConn) && ctx.Err() == nil {
-			c.dlMu.Lock()
-			c.dlOffUntil = c.clk.Now().Add(time.Minute)
-			c.dlMu.Unlock()
-			resp, err = nil, nil
-		}
-		if resp == nil || err != nil {
-			c.giveDownloadConn()
-		} else {
-			defer c.giveDownloadConn()
-		}
-	}
-	if resp == nil && err == nil {
-		resp, err = c.do(ctx, "POST", wire.PathChunks, wire.MediaFrames, body)
-	}
+	resp, err := c.do(ctx, "POST", wire.PathChunks, wire.MediaFrames, wire.AppendIDs(nil, ids))
 	if err != nil {
 		return err
 	}
@@ -469,27 +385,6 @@ func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.
 		}
 	}
 	return nil
-}
-
-// takeDownloadConn reserves one of the HTTP/1.1 download connections, if
-// one is free and they are not off after a failure.
-func (c *Client) takeDownloadConn() bool {
-	if c.dl == nil {
-		return false
-	}
-	c.dlMu.Lock()
-	defer c.dlMu.Unlock()
-	if c.dlBusy >= maxDownloadConns || c.clk.Now().Before(c.dlOffUntil) {
-		return false
-	}
-	c.dlBusy++
-	return true
-}
-
-func (c *Client) giveDownloadConn() {
-	c.dlMu.Lock()
-	c.dlBusy--
-	c.dlMu.Unlock()
 }
 
 // Journal records changed nodes on top of the configuration's last version.
