@@ -26,7 +26,7 @@ const (
 // is checked (the later read checks it). It stops early, without error,
 // when ctx is done. A commit reads its listing's chunks one after another
 // scattered over the packs; a session reads the previous version's ahead
-// with this while its agent walks (docs/performance.md, item 30).
+// with this while its agent walks (docs/performance.md, item 33).
 func (s *Store) Warm(ctx context.Context, company string, ids [][32]byte, limit int64) error {
 	sorted := slices.Clone(ids)
 	slices.SortFunc(sorted, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })

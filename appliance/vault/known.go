@@ -23,7 +23,7 @@ import (
 // node starting in it begins, and a chunk is trusted only when the new
 // listing's first node in it begins at the same place. Every node is still
 // decoded, counted and handed to the examination's facts; only lookups are
-// skipped (docs/performance.md, item 30).
+// skipped (docs/performance.md, item 33).
 
 // knownListing is what the commit of a configuration's newest version
 // learned of its listing's chunks.
@@ -59,6 +59,8 @@ type learnedListing struct {
 	bounds []int64 // bounds[i]: offset of chunk i's first byte; one past the last
 	first  []int32 // first[i]: see knownListing.starts; noStart until a node begins in chunk i
 	i      int     // the chunk the decoder is in
+	// known counts the references not looked up (logged).
+	known int
 }
 
 func newLearned(refs []tree.ChunkRef) *learnedListing {

@@ -98,8 +98,13 @@ func (v *Vault) Commit(ctx context.Context, p *Principal, id string, req wire.Co
 	} else {
 		v.renumber(c.ID, s.config, last, m.Seq)
 	}
+	trusted := -1 // the listing was the newest version's: nothing read
+	if learned != nil {
+		trusted = learned.known
+	}
 	v.log.Info("version committed", zap.String("computer", c.ID), zap.String("config", s.config), zap.Uint64("seq", m.Seq),
-		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent))
+		zap.Int64("files", totals.Files), zap.Int64("bytes", totals.Bytes), zap.Int64("bytes_sent", totals.BytesSent),
+		zap.Int("references_known", trusted))
 	v.pokeNotify() // a new version may make the computer protected, or bring warnings (notify.go)
 	return wire.Committed{Seq: m.Seq}, nil
 }
@@ -361,6 +366,7 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 			t.Inconsistent++
 		}
 		if !lookup {
+			learned.known += len(n.Chunks)
 			continue
 		}
 		for _, c := range n.Chunks {

@@ -15,7 +15,7 @@ const warmListingMax = 256 << 20
 // the page cache while the session's agent walks its tree, so that the
 // commit, which reads the new listing's chunks (most of them the same
 // ones), finds them there instead of waiting on scattered cold reads one
-// after another at its end (docs/performance.md, item 30). It only reads:
+// after another at its end (docs/performance.md, item 33). It only reads:
 // the commit checks everything it reads as before. The session's end, or
 // the vault's Close, stops it. Called with v.smu held, s just added.
 func (v *Vault) startWarm(s *session) {
