@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -56,7 +57,7 @@ func hungry(ctx context.Context, wg *sync.WaitGroup, l *Limiter, chunk int) *cou
 // granted and counted.
 func settle(t *testing.T, l *Limiter, clk *clock.Fake, streams int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second) // a liveness bound, generous for a loaded machine
 	for {
 		l.mu.Lock()
 		ok := len(l.queue) == streams && l.sleeping && l.wakeAt.After(clk.Now())
@@ -65,9 +66,15 @@ func settle(t *testing.T, l *Limiter, clk *clock.Fake, streams int) {
 			return
 		}
 		if time.Now().After(deadline) {
+			// The state is read under the lock, and the lock given back
+			// before Fatalf: the test's deferred cleanup waits for
+			// streams that need it (holding it there hung the test
+			// until the package's timeout instead of failing it).
 			l.mu.Lock()
-			t.Fatalf("limiter did not settle at %v: queue %d, sleeping %v until %v, tokens %v, rate %v until %v",
+			msg := fmt.Sprintf("limiter did not settle at %v: queue %d, sleeping %v until %v, tokens %v, rate %v until %v",
 				clk.Now(), len(l.queue), l.sleeping, l.wakeAt, l.tokens, l.rate, l.until)
+			l.mu.Unlock()
+			t.Fatal(msg)
 		}
 		time.Sleep(50 * time.Microsecond)
 	}
@@ -275,7 +282,7 @@ func send(t testing.TB, ctx context.Context, wg *sync.WaitGroup, l *Limiter, r *
 // what each received.
 func caughtUp(t *testing.T, l *Limiter, rs ...*receiver) []int64 {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second) // liveness only: loopback delivers in microseconds
+	deadline := time.Now().Add(60 * time.Second) // a liveness bound, generous for a loaded machine // liveness only: loopback delivers in microseconds
 	for {
 		var got []int64
 		var sum int64
