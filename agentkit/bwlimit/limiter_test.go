@@ -282,7 +282,7 @@ func send(t testing.TB, ctx context.Context, wg *sync.WaitGroup, l *Limiter, r *
 // what each received.
 func caughtUp(t *testing.T, l *Limiter, rs ...*receiver) []int64 {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // a liveness bound, generous for a loaded machine // liveness only: loopback delivers in microseconds
+	deadline := time.Now().Add(60 * time.Second) // liveness only: loopback delivers in microseconds
 	for {
 		var got []int64
 		var sum int64
