@@ -249,6 +249,10 @@ func TestPairFailover(t *testing.T) {
 	want[s1.Version+1] = snapshot(t, p.src)
 	stored := func() int64 { st, _ := p.b.pairStatus(); return st.StoreBytes }
 	base := stored()
+	// An upload limit makes the backup last a few seconds, so the kill
+	// below lands in its middle: unlimited, on a loaded machine, the
+	// backup once finished before the 100 ms polls saw 8 MiB on b.
+	p.env.a.must("limit", "160Mbit/s")
 	done := make(chan result, 1)
 	go func() { done <- p.env.a.run("backup", "-json", "home") }()
 	// Killed once b committed 8 MiB of the backup's copies: uploads
@@ -260,6 +264,7 @@ func TestPairFailover(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("the backup did not finish against the new leader: %s", r)
 	}
+	p.env.a.must("limit", "unlimited")
 	var s2 summary
 	if err := json.Unmarshal([]byte(strings.TrimSpace(r.stdout)), &s2); err != nil || s2.Version != s1.Version+1 {
 		t.Fatalf("backup after the failover: %q %v", r.stdout, err)
