@@ -39,8 +39,16 @@ func newGCAgent(t testing.TB, v *Vault, company, id string) *gcAgent {
 }
 
 // stage opens a session and stores (lack, upload) the files' chunks and
-// the listing; it returns the session and the listing's references.
+// the listing, as one listing chunk; it returns the session and the
+// listing's references.
 func (a *gcAgent) stage(ctx context.Context, files [][]byte) (string, []tree.ChunkRef, error) {
+	return a.stageCut(ctx, files, 0)
+}
+
+// stageCut is gcAgent.stage with the listing cut into pieces of cut bytes
+// (mid-node, as a content-defined chunker cuts), each piece a listing
+// chunk (one piece when cut is 0); only what the vault lacks is uploaded.
+func (a *gcAgent) stageCut(ctx context.Context, files [][]byte, cut int) (string, []tree.ChunkRef, error) {
 	s, err := a.v.OpenSession(ctx, a.p, "home")
 	if err != nil {
 		return "", nil, err
@@ -57,8 +65,17 @@ func (a *gcAgent) stage(ctx context.Context, files [][]byte) (string, []tree.Chu
 			return "", nil, err
 		}
 	}
-	lid := a.hs.Sum(lst.Bytes())
-	frames = append(frames, wire.Frame{ID: lid, Kind: wire.FrameListing, PlainLen: uint32(lst.Len()), Payload: lst.Bytes()})
+	if cut <= 0 {
+		cut = lst.Len()
+	}
+	var refs []tree.ChunkRef
+	for b := lst.Bytes(); len(b) > 0; {
+		p := b[:min(cut, len(b))]
+		b = b[len(p):]
+		id := a.hs.Sum(p)
+		frames = append(frames, wire.Frame{ID: id, Kind: wire.FrameListing, PlainLen: uint32(len(p)), Payload: p})
+		refs = append(refs, tree.ChunkRef{ID: id, Len: uint32(len(p))})
+	}
 	ids := make([][32]byte, len(frames))
 	for i := range frames {
 		ids[i] = frames[i].ID
@@ -78,7 +95,7 @@ func (a *gcAgent) stage(ctx context.Context, files [][]byte) (string, []tree.Chu
 			return "", nil, err
 		}
 	}
-	return s.ID, []tree.ChunkRef{{ID: lid, Len: uint32(lst.Len())}}, nil
+	return s.ID, refs, nil
 }
 
 func (a *gcAgent) backup(ctx context.Context, files [][]byte) (uint64, error) {

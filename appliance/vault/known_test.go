@@ -11,56 +11,6 @@ import (
 	"vaultnode/internal/wire"
 )
 
-// stageCut is gcAgent.stage with the listing cut into pieces of cut bytes
-// (mid-node, as a content-defined chunker cuts), each piece a listing
-// chunk; only what the vault lacks is uploaded.
-func (a *gcAgent) stageCut(ctx context.Context, files [][]byte, cut int) (string, []tree.ChunkRef, error) {
-	s, err := a.v.OpenSession(ctx, a.p, "home")
-	if err != nil {
-		return "", nil, err
-	}
-	var frames []wire.Frame
-	var lst bytes.Buffer
-	w, _ := tree.NewWriter(&lst)
-	for i, f := range files {
-		id := a.hs.Sum(f)
-		frames = append(frames, wire.Frame{ID: id, Kind: wire.FrameData, PlainLen: uint32(len(f)), Payload: f})
-		n := &tree.Node{Path: fmt.Appendf(nil, "f%04d", i), Type: tree.TypeFile, Mode: 0o644, Size: int64(len(f)),
-			Chunks: []tree.ChunkRef{{ID: id, Len: uint32(len(f))}}}
-		if err := w.Write(n); err != nil {
-			return "", nil, err
-		}
-	}
-	var refs []tree.ChunkRef
-	for b := lst.Bytes(); len(b) > 0; {
-		p := b[:min(cut, len(b))]
-		b = b[len(p):]
-		id := a.hs.Sum(p)
-		frames = append(frames, wire.Frame{ID: id, Kind: wire.FrameListing, PlainLen: uint32(len(p)), Payload: p})
-		refs = append(refs, tree.ChunkRef{ID: id, Len: uint32(len(p))})
-	}
-	ids := make([][32]byte, len(frames))
-	for i := range frames {
-		ids[i] = frames[i].ID
-	}
-	bm, err := a.v.Lack(ctx, a.p, s.ID, ids)
-	if err != nil {
-		return "", nil, err
-	}
-	var body []byte
-	for i := range frames {
-		if bm[i/8]&(1<<(i%8)) != 0 {
-			body = wire.AppendFrame(body, &frames[i])
-		}
-	}
-	if len(body) > 0 {
-		if _, err := a.v.Upload(ctx, a.p, s.ID, int64(len(body)), bytes.NewReader(body)); err != nil {
-			return "", nil, err
-		}
-	}
-	return s.ID, refs, nil
-}
-
 // TestCommitKnownListingChunks: a commit whose listing shares most chunks
 // with the newest version's looks up only the references of nodes outside
 // them (known.go), and its totals are the listing's; a quarantined chunk,
