@@ -1,7 +1,6 @@
 package pair
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -725,18 +724,13 @@ func (r *Replicator) catchUpCompany(ctx context.Context, m Member, company strin
 		p.Checked += int64(len(batch))
 		batch = batch[:0]
 		// In pack order: the leader reads each pack front to back.
-		slices.SortFunc(lack, func(a, b idLoc) int {
-			if c := cmp.Compare(a.loc.Pack, b.loc.Pack); c != 0 {
-				return c
-			}
-			return cmp.Compare(a.loc.Offset, b.loc.Offset)
-		})
+		slices.SortFunc(lack, func(a, b idLoc) int { return store.ComparePackOrder(a.loc, b.loc) })
 		for len(lack) > 0 {
 			// A run: entries that lie one after the other in a pack.
-			n, end := 1, entryEnd(lack[0].loc)
+			n, end := 1, lack[0].loc.End()
 			for n < len(lack) && lack[n].loc.Pack == lack[0].loc.Pack && int64(lack[n].loc.Offset) == end &&
-				end-int64(lack[0].loc.Offset)+int64(pack.EntryHeaderSize)+int64(lack[n].loc.BodyLen) <= catchUpRun {
-				end = entryEnd(lack[n].loc)
+				lack[n].loc.End()-int64(lack[0].loc.Offset) <= catchUpRun {
+				end = lack[n].loc.End()
 				n++
 			}
 			select {
@@ -801,17 +795,13 @@ func (r *Replicator) catchUpStream(ctx context.Context, m Member, company string
 // catchUpRun bounds one read of neighbouring entries in a catch-up.
 const catchUpRun = 4 << 20
 
-func entryEnd(l store.Location) int64 {
-	return int64(l.Offset) + pack.EntryHeaderSize + int64(l.BodyLen)
-}
-
 // readRun reads the entries of run (neighbours in one pack) into dst: in
 // one read when each header is where the index says, else one by one,
 // leaving out those collected or damaged meanwhile (verify reports
 // damage, and the next backup that has such a chunk heals it on both).
 func (r *Replicator) readRun(company string, run []idLoc, dst []byte) ([]byte, error) {
 	first := run[0].loc
-	n := int(entryEnd(run[len(run)-1].loc) - int64(first.Offset))
+	n := int(run[len(run)-1].loc.End() - int64(first.Offset))
 	dst = slices.Grow(dst[:0], n)[:n]
 	if err := r.st.ReadPackAt(first.Pack, dst, int64(first.Offset)); err == nil {
 		ok := true

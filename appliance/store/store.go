@@ -11,6 +11,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,18 @@ type Location struct {
 	PlainLen uint32
 	Kind     pack.Kind
 	Flags    uint8
+}
+
+// End is the offset just past the entry (header and body) in its pack.
+func (l Location) End() int64 { return int64(l.Offset) + pack.EntryHeaderSize + int64(l.BodyLen) }
+
+// ComparePackOrder orders locations as they lie on the disk: by pack, then
+// by offset (for slices.SortFunc: reads in that order go front to back).
+func ComparePackOrder(a, b Location) int {
+	if c := cmp.Compare(a.Pack, b.Pack); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Offset, b.Offset)
 }
 
 // Store is a chunk store in one directory.

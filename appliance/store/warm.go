@@ -7,8 +7,6 @@ import (
 	"slices"
 
 	"go.etcd.io/bbolt"
-
-	"vaultnode/internal/pack"
 )
 
 // warmSpan is the most one read of Warm takes in: neighbouring entries of
@@ -49,12 +47,7 @@ func (s *Store) Warm(ctx context.Context, company string, ids [][32]byte, limit 
 	if err != nil {
 		return fmt.Errorf("look up entries to read ahead: %w", err)
 	}
-	slices.SortFunc(locs, func(a, b Location) int {
-		if a.Pack != b.Pack {
-			return int(int64(a.Pack) - int64(b.Pack))
-		}
-		return int(int64(a.Offset) - int64(b.Offset))
-	})
+	slices.SortFunc(locs, ComparePackOrder)
 	var buf []byte
 	var total int64
 	for i := 0; i < len(locs); {
@@ -65,14 +58,14 @@ func (s *Store) Warm(ctx context.Context, company string, ids [][32]byte, limit 
 		// within warmGap of its end, up to warmSpan.
 		first := locs[i]
 		start := int64(first.Offset)
-		end := start + pack.EntryHeaderSize + int64(first.BodyLen)
+		end := first.End()
 		if total+end-start > limit {
 			return nil
 		}
 		j := i + 1
 		for ; j < len(locs); j++ {
 			l := locs[j]
-			lend := int64(l.Offset) + pack.EntryHeaderSize + int64(l.BodyLen)
+			lend := l.End()
 			if l.Pack != first.Pack || int64(l.Offset) > end+warmGap || lend-start > warmSpan || total+lend-start > limit {
 				break
 			}
@@ -80,18 +73,12 @@ func (s *Store) Warm(ctx context.Context, company string, ids [][32]byte, limit 
 		}
 		i = j
 		total += end - start
-		f, err := s.reader(first.Pack)
-		if err != nil {
-			continue // removed by a collection meanwhile: the later read looks it up again
-		}
 		if int64(cap(buf)) < end-start {
 			buf = make([]byte, end-start)
 		}
-		_, err = f.ReadAt(buf[:end-start], start)
-		s.release(f)
-		if err != nil {
-			continue // the later read reports it
-		}
+		// An error is left to the later read, which reports it (a pack
+		// removed by a collection meanwhile is looked up again there).
+		_ = s.ReadPackAt(first.Pack, buf[:end-start], start)
 	}
 	return nil
 }

@@ -263,7 +263,7 @@ func (v *Vault) VerifyProgress(ctx context.Context, prog Progress) (*Report, err
 			committed[p.Number] = p.Committed
 		}
 		for _, l := range late {
-			if int64(l.loc.Offset)+pack.EntryHeaderSize+int64(l.loc.BodyLen) > committed[l.loc.Pack] {
+			if l.loc.End() > committed[l.loc.Pack] {
 				l.why = "the index points past the committed end of its pack"
 			} else if err := v.checkEntry(l.company, l.id); err != nil && !errors.Is(err, store.ErrQuarantined) {
 				l.why = err.Error()
