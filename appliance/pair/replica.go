@@ -322,25 +322,16 @@ func (c *peerCopy) write(ctx context.Context, pool *copyPool, company string, sw
 	c.done <- err
 }
 
-// Add queues a copy of the entry for each member's request; data is the
-// caller's again when it returns.
+// Add queues a copy of the entry for each member's request (one copy, in a
+// buffer of copyBufs, shared as AddOwned shares an owned entry); data is
+// the caller's again when it returns.
 func (s *stream) Add(data []byte) {
-	for _, c := range s.copies {
-		if c.failed.Load() {
-			continue
-		}
-		for range entryMiB(len(data)) {
-			c.room <- struct{}{}
-		}
-		var p *[]byte
-		if v, ok := copyBufs.Get().(*[]byte); ok {
-			p = v
-		} else {
-			p = new([]byte)
-		}
-		*p = append((*p)[:0], data...)
-		c.q <- queued{b: *p, release: func() { copyBufs.Put(p) }}
+	p, ok := copyBufs.Get().(*[]byte)
+	if !ok {
+		p = new([]byte)
 	}
+	*p = append((*p)[:0], data...)
+	s.AddOwned(*p, func() { copyBufs.Put(p) })
 }
 
 // AddOwned queues the entry itself for each member's request (no copy:
