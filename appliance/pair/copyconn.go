@@ -76,25 +76,59 @@ const copyAnswerTimeout = 2 * time.Minute
 // request; the leader reuses one idle for at most half of it.
 const copyIdle = 2 * time.Minute
 
-// copyConn is the leader's end of one copy connection.
+// copyConn is the leader's end of one copy connection: a copy stream
+// ('C': conn is the TLS connection) or a raw one ('D': conn is the TCP
+// connection beneath, sw and sr seal and open its records).
 type copyConn struct {
 	addr string
-	c    *tls.Conn
-	raw  *bufConn // under c: its writes go out at flush
-	bw   *bufio.Writer
-	br   *bufio.Reader
+	conn net.Conn      // closes, deadlines
+	raw  *bufConn      // 'C': under conn, its writes go out at flush
+	bw   *bufio.Writer // 'C': over conn; 'D': the raw writes
+	br   *bufio.Reader // 'C': over conn; 'D': the raw reads
+	sw   *sealedWriter // 'D'
+	sr   *sealedReader // 'D'
 	used time.Time
+
+	hs     []int // addRaw's scratch
+	bodies [][]byte
+}
+
+// meta is where a request's bytes (not entry bodies) are written.
+func (cc *copyConn) meta() interface {
+	io.Writer
+	io.ByteWriter
+} {
+	if cc.sw != nil {
+		return cc.sw
+	}
+	return cc.bw
+}
+
+// answers is where the member's answers are read.
+func (cc *copyConn) answers() interface {
+	io.Reader
+	io.ByteReader
+} {
+	if cc.sr != nil {
+		return cc.sr
+	}
+	return cc.br
 }
 
 // copyPool keeps idle copy connections per member address.
 type copyPool struct {
 	conf *tls.Config
-	mu   sync.Mutex
-	idle map[string][]*copyConn
+	// raw: dial raw copy streams ('D'), falling back to 'C' for a
+	// member that refuses them (an older version) for rawRefusedFor.
+	raw bool
+	mu  sync.Mutex
+	// noRaw holds when each member that refused 'D' is asked again.
+	noRaw map[string]time.Time
+	idle  map[string][]*copyConn
 }
 
 func newCopyPool(conf *tls.Config) *copyPool {
-	return &copyPool{conf: conf, idle: map[string][]*copyConn{}}
+	return &copyPool{conf: conf, raw: true, noRaw: map[string]time.Time{}, idle: map[string][]*copyConn{}}
 }
 
 // get returns an idle connection to addr that is still open, or a new one.
@@ -113,13 +147,28 @@ func (p *copyPool) get(ctx context.Context, addr string) (*copyConn, error) {
 		if cc.alive() {
 			return cc, nil
 		}
-		cc.c.Close()
+		cc.conn.Close()
+	}
+	p.mu.Lock()
+	raw := p.raw && time.Now().After(p.noRaw[addr])
+	p.mu.Unlock()
+	if raw {
+		cc, err := dialRaw(ctx, addr, 5*time.Second, p.conf)
+		if err == nil {
+			return cc, nil
+		}
+		if !errors.Is(err, errRawRefused) {
+			return nil, fmt.Errorf("%w: %w", errUnreachable, err)
+		}
+		p.mu.Lock()
+		p.noRaw[addr] = time.Now().Add(rawRefusedFor)
+		p.mu.Unlock()
 	}
 	c, bc, err := dialBuffered(ctx, addr, 5*time.Second, p.conf, streamCopy, true)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errUnreachable, err)
 	}
-	return &copyConn{addr: addr, c: c, raw: bc, bw: bufio.NewWriterSize(c, 64<<10), br: bufio.NewReaderSize(c, 4096)}, nil
+	return &copyConn{addr: addr, conn: c, raw: bc, bw: bufio.NewWriterSize(c, 64<<10), br: bufio.NewReaderSize(c, 4096)}, nil
 }
 
 // alive reports whether an idle connection was not closed by the member
@@ -128,9 +177,9 @@ func (cc *copyConn) alive() bool {
 	if time.Since(cc.used) > copyIdle/2 {
 		return false
 	}
-	cc.c.SetReadDeadline(time.Now().Add(time.Millisecond))
+	cc.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
 	_, err := cc.br.Peek(1)
-	cc.c.SetReadDeadline(time.Time{})
+	cc.conn.SetReadDeadline(time.Time{})
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
@@ -141,7 +190,7 @@ func (p *copyPool) put(cc *copyConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.idle[cc.addr]) >= 4 {
-		cc.c.Close()
+		cc.conn.Close()
 		return
 	}
 	p.idle[cc.addr] = append(p.idle[cc.addr], cc)
@@ -152,7 +201,7 @@ func (p *copyPool) close() {
 	defer p.mu.Unlock()
 	for _, cs := range p.idle {
 		for _, cc := range cs {
-			cc.c.Close()
+			cc.conn.Close()
 		}
 	}
 	p.idle = map[string][]*copyConn{}
@@ -160,6 +209,9 @@ func (p *copyPool) close() {
 
 // flush sends everything written.
 func (cc *copyConn) flush() error {
+	if cc.sw != nil {
+		return cc.sw.Flush()
+	}
 	if err := cc.bw.Flush(); err != nil {
 		return err
 	}
@@ -172,28 +224,29 @@ func (cc *copyConn) writeRequest(op byte, company string, sweep uint64) error {
 	b[0], b[1] = op, byte(len(company))
 	n := 2 + copy(b[2:], company)
 	binary.LittleEndian.PutUint64(b[n:], sweep)
-	_, err := cc.bw.Write(b[:n+8])
+	_, err := cc.meta().Write(b[:n+8])
 	return err
 }
 
 // readAnswer reads one answer; its payload (the stored count or a lack
 // bitmap, n bytes) into dst.
 func (cc *copyConn) readAnswer(dst []byte) error {
-	cc.c.SetReadDeadline(time.Now().Add(copyAnswerTimeout))
-	defer cc.c.SetReadDeadline(time.Time{})
-	t, err := cc.br.ReadByte()
+	cc.conn.SetReadDeadline(time.Now().Add(copyAnswerTimeout))
+	defer cc.conn.SetReadDeadline(time.Time{})
+	br := cc.answers()
+	t, err := br.ReadByte()
 	if err != nil {
 		return fmt.Errorf("read the member's answer: %w", err)
 	}
 	switch t {
 	case answerOK:
-		if _, err := io.ReadFull(cc.br, dst); err != nil {
+		if _, err := io.ReadFull(br, dst); err != nil {
 			return fmt.Errorf("read the member's answer: %w", err)
 		}
 		return nil
 	case answerError:
 		var l [2]byte
-		if _, err := io.ReadFull(cc.br, l[:]); err != nil {
+		if _, err := io.ReadFull(br, l[:]); err != nil {
 			return fmt.Errorf("read the member's answer: %w", err)
 		}
 		n := binary.LittleEndian.Uint16(l[:])
@@ -201,7 +254,7 @@ func (cc *copyConn) readAnswer(dst []byte) error {
 			return fmt.Errorf("%w: an error answer of %d bytes, over %d", ErrCopyStream, n, maxAnswerMsg)
 		}
 		msg := make([]byte, n)
-		if _, err := io.ReadFull(cc.br, msg); err != nil {
+		if _, err := io.ReadFull(br, msg); err != nil {
 			return fmt.Errorf("read the member's answer: %w", err)
 		}
 		return &memberError{msg: string(msg)}
@@ -232,7 +285,7 @@ func (p *copyPool) openEntries(ctx context.Context, member, addr, company string
 		return nil, fmt.Errorf("copy entries to %s: %w", member, err)
 	}
 	q := &entriesReq{pool: p, cc: cc, member: member}
-	q.stop = context.AfterFunc(ctx, func() { cc.c.Close() })
+	q.stop = context.AfterFunc(ctx, func() { cc.conn.Close() })
 	if err := cc.writeRequest(copyOpEntries, company, sweep); err != nil {
 		q.fail(err)
 		return nil, q.err
@@ -245,7 +298,7 @@ func (q *entriesReq) fail(err error) error {
 		var me *memberError
 		if !errors.As(err, &me) {
 			// The member may have answered why before it closed.
-			q.cc.c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			q.cc.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 			if rerr := q.cc.readAnswer(make([]byte, 4)); errors.As(rerr, &me) {
 				err = me
 			} else {
@@ -253,7 +306,7 @@ func (q *entriesReq) fail(err error) error {
 			}
 		}
 		q.err = fmt.Errorf("copy entries to %s: %w", q.member, err)
-		q.cc.c.Close()
+		q.cc.conn.Close()
 	}
 	return q.err
 }
@@ -262,6 +315,12 @@ func (q *entriesReq) fail(err error) error {
 func (q *entriesReq) add(entries []byte) error {
 	if q.err != nil {
 		return q.err
+	}
+	if q.cc.sw != nil {
+		if err := q.cc.addRaw(entries); err != nil {
+			return q.fail(err)
+		}
+		return nil
 	}
 	var h [5]byte
 	h[0] = frameEntries
@@ -281,7 +340,7 @@ func (q *entriesReq) commit() error {
 	if q.err != nil {
 		return q.err
 	}
-	if err := q.cc.bw.WriteByte(frameCommit); err != nil {
+	if err := q.cc.meta().WriteByte(frameCommit); err != nil {
 		return q.fail(err)
 	}
 	if err := q.cc.flush(); err != nil {
@@ -317,7 +376,7 @@ func (q *entriesReq) end() error {
 		}
 	}
 	if q.err == nil {
-		if err := q.cc.bw.WriteByte(frameEnd); err != nil {
+		if err := q.cc.meta().WriteByte(frameEnd); err != nil {
 			q.fail(err)
 		} else if err := q.cc.flush(); err != nil {
 			q.fail(err)
@@ -332,7 +391,7 @@ func (q *entriesReq) end() error {
 func (q *entriesReq) abort() {
 	if q.err == nil {
 		q.err = errAborted
-		q.cc.c.Close()
+		q.cc.conn.Close()
 	}
 	q.close()
 }
@@ -346,7 +405,7 @@ func (q *entriesReq) close() {
 		q.err = errors.New("request ended")
 		return
 	}
-	q.cc.c.Close()
+	q.cc.conn.Close()
 }
 
 // lack asks the member at addr which of ids it lacks: a bitmap, bit i set
@@ -356,14 +415,14 @@ func (p *copyPool) lack(ctx context.Context, member, addr, company string, sweep
 	if err != nil {
 		return nil, fmt.Errorf("ask %s what it lacks: %w", member, err)
 	}
-	stop := context.AfterFunc(ctx, func() { cc.c.Close() })
+	stop := context.AfterFunc(ctx, func() { cc.conn.Close() })
 	bm := make([]byte, (len(ids)/32+7)/8)
 	err = cc.writeRequest(copyOpLack, company, sweep)
 	if err == nil {
 		var n [4]byte
 		binary.LittleEndian.PutUint32(n[:], uint32(len(ids)/32))
-		cc.bw.Write(n[:])
-		cc.bw.Write(ids)
+		cc.meta().Write(n[:])
+		cc.meta().Write(ids)
 		err = cc.flush()
 	}
 	if err == nil {
@@ -373,7 +432,7 @@ func (p *copyPool) lack(ctx context.Context, member, addr, company string, sweep
 		err = context.Canceled
 	}
 	if err != nil {
-		cc.c.Close()
+		cc.conn.Close()
 		return nil, fmt.Errorf("ask %s what it lacks: %w", member, err)
 	}
 	p.put(cc)
@@ -384,18 +443,21 @@ func (p *copyPool) lack(ctx context.Context, member, addr, company string, sweep
 // until it ends.
 func (r *Replicator) ServeCopy(c net.Conn) {
 	defer c.Close()
-	br := bufio.NewReaderSize(c, 256<<10)
-	bw := bufio.NewWriterSize(c, 4096)
+	w := newMemberWire(c)
 	for {
 		// Between requests a connection idles at most copyIdle (the
 		// leader reuses one idle for less).
-		c.SetReadDeadline(time.Now().Add(copyIdle))
-		op, err := br.ReadByte()
-		c.SetReadDeadline(time.Time{})
-		if err != nil {
+		w.c.SetReadDeadline(time.Now().Add(copyIdle))
+		op, err := w.meta.ReadByte()
+		w.c.SetReadDeadline(time.Time{})
+		if err != nil && !errors.Is(err, ErrCopyStream) {
 			return // the leader closed it, or cut a request short
 		}
-		company, sweep, err := readRequestHead(br)
+		var company string
+		var sweep uint64
+		if err == nil {
+			company, sweep, err = readRequestHead(w.meta)
+		}
 		if err == nil && !r.stored.Load() {
 			err = errors.New("this member is starting: its store is not open yet")
 		}
@@ -405,9 +467,9 @@ func (r *Replicator) ServeCopy(c net.Conn) {
 		if err == nil {
 			switch op {
 			case copyOpEntries:
-				err = r.serveEntriesStream(c, br, bw, company)
+				err = r.serveEntriesStream(w, company)
 			case copyOpLack:
-				err = r.serveLackStream(br, bw, company)
+				err = r.serveLackStream(w, company)
 			default:
 				err = fmt.Errorf("%w: unknown request %q", ErrCopyStream, op)
 			}
@@ -419,30 +481,96 @@ func (r *Replicator) ServeCopy(c net.Conn) {
 			return
 		}
 		r.log.Warn("copy from the leader refused", zap.String("company", company), zap.Error(err))
-		writeError(bw, err)
+		writeError(w.out, err)
 		// Read on a little, so the leader's writes in flight do not
 		// reset the connection before it read why.
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		io.Copy(io.Discard, io.LimitReader(br, 2*MaxCopyFrame))
+		w.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		io.Copy(io.Discard, io.LimitReader(w.in, 2*MaxCopyFrame))
 		return
 	}
+}
+
+// memberWire is the member's end of a copy stream ('C') or a raw copy
+// stream ('D').
+type memberWire struct {
+	c    net.Conn      // deadlines; a frame's bulk is read from it past in's buffer
+	in   *bufio.Reader // what arrives on c: decrypted ('C') or raw ('D')
+	meta metaReader    // in, or the sealed records read off it
+	out  answerWriter  // the answers
+	sr   *sealedReader // 'D'
+	rf   rawFrame      // 'D': the frame being read
+}
+
+type metaReader interface {
+	io.Reader
+	io.ByteReader
+}
+
+type answerWriter interface {
+	io.Writer
+	Flush() error
+}
+
+func newMemberWire(c net.Conn) *memberWire {
+	if rc, ok := c.(*rawCopyConn); ok {
+		w := &memberWire{c: rc.Conn, in: rc.r}
+		w.sr = &sealedReader{r: rc.r, aead: rc.toMember}
+		w.meta = w.sr
+		w.out = &sealedWriter{w: bufio.NewWriterSize(rc.Conn, 4096), aead: rc.toLeader}
+		return w
+	}
+	br := bufio.NewReaderSize(c, 256<<10)
+	return &memberWire{c: c, in: br, meta: br, out: bufio.NewWriterSize(c, 4096)}
+}
+
+// frameHead reads an entries frame's head: the size of its entries.
+func (w *memberWire) frameHead() (int, error) {
+	if w.sr != nil {
+		return w.rf.head(w.sr)
+	}
+	var lb [4]byte
+	if _, err := io.ReadFull(w.in, lb[:]); err != nil {
+		return 0, err
+	}
+	l := binary.LittleEndian.Uint32(lb[:])
+	if l > MaxCopyFrame {
+		return 0, fmt.Errorf("%w: a frame of %d bytes, at most %d", ErrCopyStream, l, MaxCopyFrame)
+	}
+	return int(l), nil
+}
+
+// frameBody reads the entries of the frame whose head was read.
+func (w *memberWire) frameBody(frame []byte) error {
+	if w.sr != nil {
+		return w.rf.body(w.in, w.c, frame)
+	}
+	return readFrame(w.in, w.c, frame)
 }
 
 // errCutShort: the leader closed the connection in the middle of a
 // request (an aborted upload): nothing to answer.
 var errCutShort = errors.New("copy cut short by the leader")
 
-func readRequestHead(br *bufio.Reader) (string, uint64, error) {
+// cutOr is a read that failed: a record that breaks the stream's format
+// is refused (answered), any other failure is the leader gone.
+func cutOr(err error) error {
+	if errors.Is(err, ErrCopyStream) {
+		return err
+	}
+	return errCutShort
+}
+
+func readRequestHead(br metaReader) (string, uint64, error) {
 	n, err := br.ReadByte()
 	if err != nil {
-		return "", 0, errCutShort
+		return "", 0, cutOr(err)
 	}
 	if n == 0 || n > maxCompany {
 		return "", 0, fmt.Errorf("%w: company name of %d bytes (1 to %d)", ErrCopyStream, n, maxCompany)
 	}
 	b := make([]byte, int(n)+8)
 	if _, err := io.ReadFull(br, b); err != nil {
-		return "", 0, errCutShort
+		return "", 0, cutOr(err)
 	}
 	company := string(b[:n])
 	if err := catalog.ValidCompanyName(company); err != nil {
@@ -465,7 +593,7 @@ func (r *Replicator) waitSweep(i uint64) error {
 	return nil
 }
 
-func writeError(bw *bufio.Writer, err error) {
+func writeError(bw answerWriter, err error) {
 	msg := err.Error()
 	if len(msg) > maxAnswerMsg {
 		msg = msg[:maxAnswerMsg]
@@ -474,15 +602,16 @@ func writeError(bw *bufio.Writer, err error) {
 	h[0] = answerError
 	binary.LittleEndian.PutUint16(h[1:], uint16(len(msg)))
 	bw.Write(h[:])
-	bw.WriteString(msg)
+	bw.Write([]byte(msg))
 	bw.Flush()
 }
 
 // serveLackStream answers which of the ids that follow this member lacks.
-func (r *Replicator) serveLackStream(br *bufio.Reader, bw *bufio.Writer, company string) error {
+func (r *Replicator) serveLackStream(w *memberWire, company string) error {
+	br, bw := w.meta, w.out
 	var nb [4]byte
 	if _, err := io.ReadFull(br, nb[:]); err != nil {
-		return errCutShort
+		return cutOr(err)
 	}
 	n := binary.LittleEndian.Uint32(nb[:])
 	if n > MaxLackIDs {
@@ -491,7 +620,7 @@ func (r *Replicator) serveLackStream(br *bufio.Reader, bw *bufio.Writer, company
 	ids := make([][32]byte, n)
 	for i := range ids {
 		if _, err := io.ReadFull(br, ids[i][:]); err != nil {
-			return errCutShort
+			return cutOr(err)
 		}
 	}
 	has, err := r.st.Has(company, ids)
@@ -524,7 +653,8 @@ func (r *Replicator) serveLackStream(br *bufio.Reader, bw *bufio.Writer, company
 // A failure in the store or commit stage interrupts the read (c's read
 // deadline) and is answered: the leader may have sent its last commit and
 // be waiting for the answer, sending nothing more.
-func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.Writer, company string) error {
+func (r *Replicator) serveEntriesStream(w *memberWire, company string) error {
+	c, bw := w.c, w.out
 	if r.node.IsLeader() {
 		return errors.New("this member leads: it takes no copies")
 	}
@@ -579,7 +709,12 @@ func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.
 	}
 	// cut is a read that failed: the leader went, or a stage failed and
 	// interrupted the read (its error is the answer).
-	cut := func() error {
+	// A record that breaks the format (raw: one that does not
+	// authenticate, a body whose tag is not the one listed) is refused.
+	cut := func(err error) error {
+		if errors.Is(err, ErrCopyStream) {
+			fail(err)
+		}
 		if err := stop(); err != nil {
 			return err
 		}
@@ -590,20 +725,15 @@ func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.
 		if failed.Load() != nil {
 			return stop()
 		}
-		t, err := br.ReadByte()
+		t, err := w.meta.ReadByte()
 		if err != nil {
-			return cut()
+			return cut(err)
 		}
 		switch t {
 		case frameEntries:
-			var lb [4]byte
-			if _, err := io.ReadFull(br, lb[:]); err != nil {
-				return cut()
-			}
-			l := binary.LittleEndian.Uint32(lb[:])
-			if l > MaxCopyFrame {
-				fail(fmt.Errorf("%w: a frame of %d bytes, at most %d", ErrCopyStream, l, MaxCopyFrame))
-				return stop()
+			l, err := w.frameHead()
+			if err != nil {
+				return cut(err)
 			}
 			if size += int64(l); size > MaxCopyCommit {
 				fail(fmt.Errorf("%w: more than %d bytes before a commit", ErrCopyStream, int64(MaxCopyCommit)))
@@ -614,8 +744,9 @@ func (r *Replicator) serveEntriesStream(c net.Conn, br *bufio.Reader, bw *bufio.
 				frame = make([]byte, l)
 			}
 			frame = frame[:l]
-			if err := readFrame(br, c, frame); err != nil {
-				return cut()
+			if err := w.frameBody(frame); err != nil {
+				free <- frame
+				return cut(err)
 			}
 			frames <- copyFrame{kind: frameEntries, data: frame}
 		case frameCommit:
@@ -657,7 +788,7 @@ type copyFrame struct {
 // storeFrames checks and writes the entries of each frame, and hands each
 // commit to a goroutine of its own that syncs and answers in order.
 func (r *Replicator) storeFrames(company string, aead *pack.Sealer, frames <-chan copyFrame, free chan<- []byte,
-	bw *bufio.Writer, failed *atomic.Pointer[error], fail func(error)) {
+	bw answerWriter, failed *atomic.Pointer[error], fail func(error)) {
 	commits := make(chan *store.Appender)
 	committed := make(chan struct{})
 	go func() { // owner: storeFrames (closes commits, waits for committed)

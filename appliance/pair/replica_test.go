@@ -427,7 +427,7 @@ func TestCopyChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q.cc.bw.Write([]byte{frameEntries, 0xff, 0xff, 0xff, 0x7f})
+	q.cc.meta().Write([]byte{frameEntries, 0xff, 0xff, 0xff, 0x7f})
 	q.cc.flush()
 	q.pending++
 	if err := q.end(); err == nil || !strings.Contains(err.Error(), "at most") {

@@ -23,7 +23,8 @@ import (
 // One pair address carries raft and replication, over mutual TLS with
 // certificates of the vault's CA that name a member (MemberOrg). After the
 // handshake the dialer sends one byte: 'R' for raft's stream, 'C' for a
-// copy stream (copyconn.go: chunk copies, lack), 'H' for HTTP/2 (join,
+// copy stream (copyconn.go: chunk copies, lack), 'D' for a raw copy
+// stream (rawcopy.go: the same beneath TLS), 'H' for HTTP/2 (join,
 // status).
 const (
 	streamRaft = 'R'
@@ -120,7 +121,10 @@ func (m *mux) serve() {
 func (m *mux) route(c net.Conn) {
 	// Reads are buffered under TLS: a copy arrives as 16 KiB records, and
 	// one read of many records costs one system call instead of one each.
-	tc := tls.Server(&bufConn{Conn: c, r: bufio.NewReaderSize(c, 256<<10)}, m.conf)
+	// TLS reads whole records only (recordReader): after a raw copy
+	// stream's switch, what follows is still in the buffer.
+	rr := &recordReader{r: bufio.NewReaderSize(c, 256<<10)}
+	tc := tls.Server(&bufConn{Conn: c, r: rr}, m.conf)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	var b [1]byte
 	if err := tc.Handshake(); err != nil {
@@ -132,21 +136,33 @@ func (m *mux) route(c net.Conn) {
 		c.Close()
 		return
 	}
+	var (
+		ch   chan net.Conn
+		conn net.Conn = tc
+	)
+	if b[0] == streamRawCopy {
+		rc, err := acceptRaw(tc, c, rr)
+		if err != nil {
+			m.log.Debug("raw copy stream refused", zap.String("from", c.RemoteAddr().String()), zap.Error(err))
+			c.Close()
+			return
+		}
+		conn = rc
+	}
 	c.SetDeadline(time.Time{})
-	var ch chan net.Conn
 	switch b[0] {
 	case streamRaft:
 		ch = m.raft
 	case streamHTTP:
 		ch = m.http
-	case streamCopy:
+	case streamCopy, streamRawCopy:
 		ch = m.copy
 	default:
 		c.Close()
 		return
 	}
 	select {
-	case ch <- tc:
+	case ch <- conn:
 	case <-m.done:
 		c.Close()
 	}
@@ -211,6 +227,11 @@ func dialBuffered(ctx context.Context, addr string, timeout time.Duration, conf 
 		return nil, nil, fmt.Errorf("reach member %s: %w", addr, err)
 	}
 	bc := &bufConn{Conn: raw, r: bufio.NewReaderSize(raw, 64<<10)}
+	if kind == streamRawCopy {
+		// TLS reads whole records only: what follows the member's
+		// answer is the raw stream's.
+		bc.r = &recordReader{r: bufio.NewReaderSize(raw, 64<<10)}
+	}
 	tc := tls.Client(bc, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
@@ -237,7 +258,7 @@ func dialBuffered(ctx context.Context, addr string, timeout time.Duration, conf 
 // under a TLS connection.
 type bufConn struct {
 	net.Conn
-	r *bufio.Reader
+	r io.Reader
 	w *bufio.Writer
 }
 
