@@ -105,9 +105,9 @@ func TestRawSwitchReadAhead(t *testing.T) {
 			t.Fatalf("the member's answer to 'D': %q, %v", ack, err)
 		}
 		cc.conn, cc.sr = raw, &sealedReader{r: rr.r, aead: toLeader}
-		bm := make([]byte, 1)
-		if err := cc.readAnswer(bm); err != nil || bm[0] != 0b11 {
-			t.Fatalf("lack read ahead with the switch: %08b, %v", bm[0], err)
+		bm := make([]byte, 2)
+		if _, err := io.ReadFull(cc.sr, bm); err != nil || bm[0] != answerOK || bm[1] != 0b11 {
+			t.Fatalf("lack read ahead with the switch: %q, %v", bm, err)
 		}
 	})
 
