@@ -37,8 +37,12 @@ func (m *Machine) pairArgs() []string {
 		args = append(args, "-pair-heartbeat", v)
 	}
 	joined := false
-	if _, err := os.Stat(filepath.Join(VaultDataDir, "pair", "raft.db")); err == nil {
-		joined = true
+	// The raft log: raft-wal, or raft.db before vaultd moved it there
+	// (appliance/pair.HasLogStore).
+	for _, f := range []string{"raft-wal", "raft.db"} {
+		if _, err := os.Stat(filepath.Join(VaultDataDir, "pair", f)); err == nil {
+			joined = true
+		}
 	}
 	switch {
 	case p.Role == config.PairFirst:

@@ -1,229 +1,138 @@
 package pair
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 	"go.etcd.io/bbolt"
 )
 
-// LogStore is raft's log and stable store in one bbolt file
-// (DATA/pair/raft.db). It stands in for raft-boltdb: the vault already
-// keeps its index and catalog in bbolt, and raft-boltdb/v2 pins an older
-// raft and pulls in the unmaintained boltdb/bolt for a migration we never
-// need. Every write is one synced bbolt transaction, so a log entry raft
-// was told is stored survives a power cut.
-type LogStore struct {
-	db *bbolt.DB
-}
-
-var (
-	bucketLogs   = []byte("logs")   // u64 BE index -> encoded raft.Log
-	bucketStable = []byte("stable") // raft's term and vote
+// Raft's log and stable store is a hashicorp/raft-wal write-ahead log in
+// DATA/pair/raft-wal: segment files that append a batch of entries with
+// one fsync, and a small bbolt file (wal-meta.db) for raft's term and vote
+// and the list of segments. Before, it was our own bbolt file
+// DATA/pair/raft.db (a synced transaction, two fdatasyncs, per write);
+// OpenLogStore migrates that file once (migrateLegacy).
+const (
+	LogDir        = "raft-wal"
+	LegacyLogFile = "raft.db"
 )
 
 // Errors of the log store.
 var (
 	// ErrBadLog is a stored log entry that does not decode; it names the
-	// index and the broken rule.
+	// index or the broken rule.
 	ErrBadLog = errors.New("malformed raft log entry")
-	// ErrKeyNotFound is raft's "not found" for the stable store (raft
-	// compares the message).
-	ErrKeyNotFound = errors.New("not found")
 )
 
 // MaxLogData bounds a log entry's data and extensions: a catalog command
 // is at most catalog.MaxCommand plus its envelope.
 const MaxLogData = 8 << 20
 
-// OpenLogStore opens or creates the log store at path.
-func OpenLogStore(path string) (*LogStore, error) {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
-	if err != nil {
+// HasLogStore reports whether dir (DATA/pair) holds raft's log, in either
+// form: this member has formed or joined a pair before.
+func HasLogStore(dir string) bool {
+	for _, f := range []string{LogDir, LegacyLogFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// LogStore is the WAL with the meta store it owns: raft-wal's Close
+// leaves its meta store's bbolt file open (v0.4.0), so Close closes it.
+type LogStore struct {
+	*wal.WAL
+	meta *metadb.BoltMetaDB
+}
+
+// Close closes the segments and the meta store.
+func (s *LogStore) Close() error {
+	err := s.WAL.Close()
+	if merr := s.meta.Close(); err == nil {
+		err = merr
+	}
+	return err
+}
+
+// OpenLogStore opens or creates raft's log and stable store in dir
+// (DATA/pair), first moving a legacy raft.db into it.
+func OpenLogStore(dir string, hl hclog.Logger) (*LogStore, error) {
+	if err := migrateLegacy(dir, hl); err != nil {
+		return nil, err
+	}
+	return openWAL(filepath.Join(dir, LogDir), hl)
+}
+
+func openWAL(path string, hl hclog.Logger) (*LogStore, error) {
+	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketLogs, bucketStable} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+	// raft-wal opens its meta file without a timeout: a second process
+	// on the same directory would wait for ever. Fail it first.
+	if meta := filepath.Join(path, metadb.FileName); fileExists(meta) {
+		db, err := bbolt.Open(meta, 0o600, &bbolt.Options{Timeout: time.Second})
+		if err != nil {
+			return nil, fmt.Errorf("open raft log %s (is another vaultd running on it?): %w", path, err)
 		}
-		return nil
-	})
-	if err != nil {
 		db.Close()
+	}
+	meta := &metadb.BoltMetaDB{}
+	w, err := wal.Open(path, wal.WithMetaStore(meta), wal.WithLogger(hl.Named("wal")))
+	if err != nil {
+		meta.Close()
 		return nil, fmt.Errorf("open raft log %s: %w", path, err)
 	}
-	return &LogStore{db: db}, nil
+	return &LogStore{WAL: w, meta: meta}, nil
 }
 
-// Close closes the file.
-func (s *LogStore) Close() error { return s.db.Close() }
-
-func u64(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
-
-// FirstIndex is the first stored index, 0 if none.
-func (s *LogStore) FirstIndex() (uint64, error) {
-	var n uint64
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		if k, _ := tx.Bucket(bucketLogs).Cursor().First(); len(k) == 8 {
-			n = binary.BigEndian.Uint64(k)
-		}
-		return nil
-	})
-	return n, err
-}
-
-// LastIndex is the last stored index, 0 if none.
-func (s *LogStore) LastIndex() (uint64, error) {
-	var n uint64
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		if k, _ := tx.Bucket(bucketLogs).Cursor().Last(); len(k) == 8 {
-			n = binary.BigEndian.Uint64(k)
-		}
-		return nil
-	})
-	return n, err
-}
-
-// GetLog reads entry index into log; raft.ErrLogNotFound if absent.
-func (s *LogStore) GetLog(index uint64, log *raft.Log) error {
-	return s.db.View(func(tx *bbolt.Tx) error {
-		v := tx.Bucket(bucketLogs).Get(u64(index))
-		if v == nil {
-			return raft.ErrLogNotFound
-		}
-		return decodeLog(v, log)
-	})
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // StoreLog stores one entry.
-func (s *LogStore) StoreLog(log *raft.Log) error { return s.StoreLogs([]*raft.Log{log}) }
+func (s *LogStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
-// StoreLogs stores entries in one synced transaction.
+// StoreLogs appends entries, one write and one fsync for them all.
 func (s *LogStore) StoreLogs(logs []*raft.Log) error {
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketLogs)
-		for _, l := range logs {
-			v, err := encodeLog(l)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(u64(l.Index), v); err != nil {
-				return err
-			}
+	for _, l := range logs {
+		if len(l.Data) > MaxLogData || len(l.Extensions) > MaxLogData {
+			return fmt.Errorf("store raft log: entry %d of %d bytes is over the %d-byte limit", l.Index, len(l.Data)+len(l.Extensions), MaxLogData)
 		}
-		return nil
-	})
-	if err != nil {
+	}
+	if err := s.WAL.StoreLogs(logs); err != nil {
 		return fmt.Errorf("store raft log: %w", err)
 	}
 	return nil
 }
 
-// DeleteRange deletes entries min to max, both included.
-func (s *LogStore) DeleteRange(min, max uint64) error {
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		c := tx.Bucket(bucketLogs).Cursor()
-		for k, _ := c.Seek(u64(min)); k != nil && binary.BigEndian.Uint64(k) <= max; k, _ = c.Next() {
-			if err := c.Delete(); err != nil {
-				return err
-			}
+// GetLog reads entry index into l. raft-wal bounds a record by its frame
+// (at most 64 MiB, segment.MaxEntrySize) but its decoder slices by a
+// malformed varint's length unchecked: a damaged record is ErrBadLog here,
+// not a panic of the goroutine that reads the log. An entry before the
+// first index is gone, as raft expects after it compacted the log:
+// raft-wal's tail segment still reads the entries a head truncation
+// dropped until the segment is sealed, and raft would then send those to
+// a member that needs the snapshot.
+func (s *LogStore) GetLog(index uint64, l *raft.Log) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: entry %d: %v", ErrBadLog, index, r)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("delete raft log %d-%d: %w", min, max, err)
+	}()
+	if first, err := s.WAL.FirstIndex(); err != nil {
+		return err
+	} else if index < first {
+		return raft.ErrLogNotFound
 	}
-	return nil
-}
-
-// Set stores a stable value.
-func (s *LogStore) Set(key, val []byte) error {
-	return s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketStable).Put(key, val) })
-}
-
-// Get reads a stable value; ErrKeyNotFound if absent.
-func (s *LogStore) Get(key []byte) ([]byte, error) {
-	var out []byte
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		v := tx.Bucket(bucketStable).Get(key)
-		if v == nil {
-			return ErrKeyNotFound
-		}
-		out = append([]byte(nil), v...)
-		return nil
-	})
-	return out, err
-}
-
-// SetUint64 stores a stable number.
-func (s *LogStore) SetUint64(key []byte, val uint64) error { return s.Set(key, u64(val)) }
-
-// GetUint64 reads a stable number; 0 and ErrKeyNotFound if absent.
-func (s *LogStore) GetUint64(key []byte) (uint64, error) {
-	v, err := s.Get(key)
-	if err != nil {
-		return 0, err
-	}
-	if len(v) != 8 {
-		return 0, fmt.Errorf("%w: stable value %q is %d bytes, want 8", ErrBadLog, key, len(v))
-	}
-	return binary.BigEndian.Uint64(v), nil
-}
-
-// An entry is: index u64, term u64, type u8, appended-at Unix ns i64,
-// data length u32, data, extensions length u32, extensions (big-endian).
-const logHeader = 8 + 8 + 1 + 8
-
-func encodeLog(l *raft.Log) ([]byte, error) {
-	if len(l.Data) > MaxLogData || len(l.Extensions) > MaxLogData {
-		return nil, fmt.Errorf("raft log entry %d of %d bytes is over the %d-byte limit", l.Index, len(l.Data)+len(l.Extensions), MaxLogData)
-	}
-	b := make([]byte, 0, logHeader+8+len(l.Data)+len(l.Extensions))
-	b = binary.BigEndian.AppendUint64(b, l.Index)
-	b = binary.BigEndian.AppendUint64(b, l.Term)
-	b = append(b, byte(l.Type))
-	var at int64
-	if !l.AppendedAt.IsZero() {
-		at = l.AppendedAt.UnixNano()
-	}
-	b = binary.BigEndian.AppendUint64(b, uint64(at))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(l.Data)))
-	b = append(b, l.Data...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(l.Extensions)))
-	return append(b, l.Extensions...), nil
-}
-
-func decodeLog(v []byte, l *raft.Log) error {
-	if len(v) < logHeader+8 {
-		return fmt.Errorf("%w: %d bytes, under the %d-byte header", ErrBadLog, len(v), logHeader+8)
-	}
-	l.Index = binary.BigEndian.Uint64(v)
-	l.Term = binary.BigEndian.Uint64(v[8:])
-	l.Type = raft.LogType(v[16])
-	if at := int64(binary.BigEndian.Uint64(v[17:])); at != 0 {
-		l.AppendedAt = time.Unix(0, at)
-	} else {
-		l.AppendedAt = time.Time{}
-	}
-	rest := v[logHeader:]
-	n := binary.BigEndian.Uint32(rest)
-	if n > MaxLogData || int(n) > len(rest)-8 {
-		return fmt.Errorf("%w: entry %d: data of %d bytes in a %d-byte record", ErrBadLog, l.Index, n, len(v))
-	}
-	l.Data = append([]byte(nil), rest[4:4+n]...)
-	rest = rest[4+n:]
-	m := binary.BigEndian.Uint32(rest)
-	if m > MaxLogData || int(m) != len(rest)-4 {
-		return fmt.Errorf("%w: entry %d: extensions of %d bytes, %d left", ErrBadLog, l.Index, m, len(rest)-4)
-	}
-	l.Extensions = nil
-	if m > 0 {
-		l.Extensions = append([]byte(nil), rest[4:]...)
-	}
-	return nil
+	return s.WAL.GetLog(index, l)
 }

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -48,7 +47,7 @@ func validMemberID(id string) error {
 // Config configures a member.
 type Config struct {
 	ID   string // member id, unique in the pair
-	Dir  string // DATA/pair: raft.db and snapshots
+	Dir  string // DATA/pair: raft-wal (the log) and snapshots
 	Bind string // pair address to listen on
 	// Advertise is the pair address the others reach (default Bind's
 	// address once listening).
@@ -253,8 +252,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Log, h: cfg.Handler, appliedC: make(chan struct{}), client: memberClient(cfg.TLS),
 		copies: newCopyPool(cfg.TLS), copyConns: map[net.Conn]bool{}}
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: zapWriter{n.log.Named("raft")}})
 	var err error
-	if n.logs, err = OpenLogStore(filepath.Join(cfg.Dir, "raft.db")); err != nil {
+	if n.logs, err = OpenLogStore(cfg.Dir, hl); err != nil {
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.Bind)
@@ -274,7 +274,6 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.cfg.Advertise = adv
 	n.mux = newMux(ln, cfg.TLS, n.log)
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: zapWriter{n.log.Named("raft")}})
 	n.trans = raft.NewNetworkTransportWithLogger(&streamLayer{chanListener: chanListener{m: n.mux, ch: n.mux.raft}, conf: cfg.TLS, advertise: advAddr},
 		3, 10*time.Second, hl)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hl)
@@ -692,12 +691,12 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 // elect: raft's recovery, on a stopped raft. It risks a split brain if
 // the other member is alive after all (docs/pair.md).
 func Promote(cfg Config) error {
-	logs, err := OpenLogStore(filepath.Join(cfg.Dir, "raft.db"))
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: io.Discard})
+	logs, err := OpenLogStore(cfg.Dir, hl)
 	if err != nil {
 		return err
 	}
 	defer logs.Close()
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: io.Discard})
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hl)
 	if err != nil {
 		return err

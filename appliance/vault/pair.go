@@ -162,7 +162,7 @@ func JoinPair(ctx context.Context, dir, token string, po PairOptions, agentAddr 
 	if err != nil {
 		return err
 	}
-	for _, f := range []string{"master.key", catalog.File, filepath.Join("tls", "ca.pem"), filepath.Join("pair", "raft.db")} {
+	for _, f := range []string{"master.key", catalog.File, filepath.Join("tls", "ca.pem"), filepath.Join("pair", pair.LegacyLogFile), filepath.Join("pair", pair.LogDir)} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
 			return fmt.Errorf("join a pair: %s already holds a vault (%s): a member joins empty", dir, f)
 		}

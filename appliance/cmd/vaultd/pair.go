@@ -61,7 +61,7 @@ func (p *pairFlagSet) options(ctx context.Context, data, listen string, witness 
 		}
 		po.TestCrashSweep = n
 	}
-	if _, err := os.Stat(filepath.Join(data, "pair", "raft.db")); *p.join != "" && err != nil {
+	if *p.join != "" && !pair.HasLogStore(filepath.Join(data, "pair")) {
 		jctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		if err := vault.JoinPair(jctx, data, *p.join, *po, po.Agent, witness); err != nil {
@@ -70,7 +70,7 @@ func (p *pairFlagSet) options(ctx context.Context, data, listen string, witness 
 	}
 	if po.Form {
 		// Forming is once: a restart finds the raft state and carries on.
-		if _, err := os.Stat(filepath.Join(data, "pair", "raft.db")); err == nil {
+		if pair.HasLogStore(filepath.Join(data, "pair")) {
 			po.Form = false
 		}
 	}
