@@ -11,3 +11,6 @@ func SetIndexTxHook(f func(done int) error) { testHookIndexTx = f }
 // SetMaxTxEntries sets the entries of one index transaction; it returns
 // the previous value.
 func SetMaxTxEntries(n int) int { old := maxTxEntries; maxTxEntries = n; return old }
+
+// ColdReads is how many entries have been read from direct spans.
+func ColdReads() int64 { return coldReads.Load() }

@@ -130,7 +130,7 @@ func (d *DiskPacks) Create(ctx context.Context, n uint32, company string) (PackW
 		os.Remove(p)
 		return nil, packErr("create", n, err)
 	}
-	return diskPack{f}, nil
+	return diskPack{File: f}, nil
 }
 
 // OpenWriter opens pack n for writing.
@@ -142,7 +142,7 @@ func (d *DiskPacks) OpenWriter(ctx context.Context, n uint32) (PackWriter, error
 	if err != nil {
 		return nil, packErr("open", n, err)
 	}
-	return diskPack{f}, nil
+	return diskPack{File: f}, nil
 }
 
 // Open opens pack n for reading.
@@ -154,7 +154,7 @@ func (d *DiskPacks) Open(ctx context.Context, n uint32) (PackReader, error) {
 	if err != nil {
 		return nil, packErr("open", n, err)
 	}
-	return diskPack{f}, nil
+	return diskPack{File: f, direct: &directFile{path: d.Name(n)}}, nil
 }
 
 // List walks the pack files; files that are not packs, or packs in
@@ -201,7 +201,23 @@ func (d *DiskPacks) Remove(ctx context.Context, n uint32) error {
 	return nil
 }
 
-type diskPack struct{ *os.File }
+// diskPack is a pack file; direct, for a reader, its O_DIRECT twin
+// (coldread.go).
+type diskPack struct {
+	*os.File
+	direct *directFile
+}
+
+// Close closes the file and its twin.
+func (p diskPack) Close() error {
+	err := p.File.Close()
+	if p.direct != nil {
+		if derr := p.direct.close(); err == nil {
+			err = derr
+		}
+	}
+	return err
+}
 
 func (p diskPack) Size() (int64, error) {
 	fi, err := p.Stat()

@@ -818,21 +818,29 @@ func (s *Store) getAt(company string, aead *pack.Sealer, id [32]byte, loc Locati
 		}
 		return nil, loc, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
 	}
+	out, err := checkEntry(aead, id, loc, buf, dst)
+	return out, loc, err
+}
+
+// checkEntry checks the sealed entry buf read at loc (its header: CRC, id,
+// length) and, with aead, opens its body (the tag) appending the payload to
+// dst; without, buf is the answer.
+func checkEntry(aead *pack.Sealer, id [32]byte, loc Location, buf, dst []byte) ([]byte, error) {
 	h, err := pack.ParseEntryHeader(buf)
 	if err != nil {
-		return nil, loc, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+		return nil, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
 	}
 	if h.ID != id || h.BodyLen != loc.BodyLen {
-		return nil, loc, fmt.Errorf("%w: pack %08x offset %d holds another entry", ErrDamaged, loc.Pack, loc.Offset)
+		return nil, fmt.Errorf("%w: pack %08x offset %d holds another entry", ErrDamaged, loc.Pack, loc.Offset)
 	}
 	if aead == nil {
-		return buf, loc, nil
+		return buf, nil
 	}
 	out, err := pack.OpenBody(dst, aead, &h, buf[pack.EntryHeaderSize:])
 	if err != nil {
-		return nil, loc, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+		return nil, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
 	}
-	return out, loc, nil
+	return out, nil
 }
 
 // sealedPools hold buffers for sealed entries being opened (*[]byte),

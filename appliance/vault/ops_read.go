@@ -184,11 +184,23 @@ func (v *Vault) giveReadAhead(company string, n int64) {
 // chunk it may hold outside the budget) if it is free, else what it takes
 // from the budget if that is there at once, else waits for the token:
 // what a chunk takes is known from the index before it is read.
+//
+// The ids are looked up first, so that the store's stream reads the
+// entries ahead in spans, directly from the disk when the page cache lacks
+// them (store.ReadStream).
 func (v *Vault) readChunks(ctx context.Context, company string, aead *pack.Sealer, ids [][32]byte, own chan struct{}, out chan<- chunkRead) {
-	for _, id := range ids {
+	locs := make([]store.Location, len(ids))
+	found := make([]bool, len(ids))
+	for i, id := range ids {
+		loc, err := v.Store.Lookup(company, id)
+		locs[i], found[i] = loc, err == nil
+	}
+	rs := v.Store.ReadStream(company, aead, locs, found)
+	defer rs.Close()
+	for i, id := range ids {
 		need := wire.FrameHeaderSize + 64<<10 // not found: Get says why
-		loc, lerr := v.Store.Lookup(company, id)
-		if lerr == nil {
+		loc := locs[i]
+		if found[i] {
 			need = wire.FrameHeaderSize + int(loc.BodyLen) // the plaintext is shorter
 		}
 		var r chunkRead
@@ -212,10 +224,10 @@ func (v *Vault) readChunks(ctx context.Context, company string, aead *pack.Seale
 		// The plaintext goes right after room for the frame's header.
 		var buf []byte
 		var err error
-		if lerr == nil {
+		if found[i] {
 			// Read where the lookup found it (looked up again only if
 			// garbage collection removed that pack meanwhile).
-			buf, loc, err = v.Store.GetAt(company, aead, id, loc, (*bp)[:wire.FrameHeaderSize])
+			buf, loc, err = rs.Get(i, id, loc, (*bp)[:wire.FrameHeaderSize])
 		} else {
 			buf, loc, err = v.Store.Get(company, aead, id, (*bp)[:wire.FrameHeaderSize])
 		}
