@@ -50,6 +50,14 @@ const (
 	// through rather than ending: cheaper than a seek, and than a second
 	// read on a disk that does not seek.
 	spanGap = 128 << 10
+	// spanMin is the least a span must want (bytes of its entries) to be
+	// read directly: a direct read costs the vault a device round trip
+	// (tens of µs of CPU in a VM) however small, and small entries that
+	// do not lie together (small files backed up by parallel readers,
+	// restored in name order) made 28,000 reads of a few KiB in a restore
+	// of 100,000 small files, 0.86 CPU s against 0.16 s through the cache,
+	// whose readahead serves them from a few large reads.
+	spanMin = 256 << 10
 	// spansAhead is how many spans a stream reads ahead of the one its
 	// caller is using.
 	spansAhead = 2
@@ -186,20 +194,37 @@ type ReadStream struct {
 	aead    *pack.Sealer
 	locs    []Location
 	ok      []bool
-	spans   chan *span
-	stop    chan struct{}
-	done    chan struct{}
-	cur     *span
-	ended   bool // spans closed and drained
+	// plans are the spans to read directly, in order; the goroutine
+	// sends each on spans once read (or found cached), and Get takes
+	// them in turn: plans[k] is the next.
+	plans []*span
+	k     int
+	spans chan *span
+	stop  chan struct{}
+	done  chan struct{}
+	cur   *span
 }
 
 // ReadStream starts reading ahead the entries at locs for company (ok[i]
-// false: locs[i] is not known; Get(i) looks it up). The stream owns a
-// goroutine until Close.
+// false: locs[i] is not known; Get(i) looks it up). When some span is
+// worth reading directly, the stream owns a goroutine until Close.
 func (s *Store) ReadStream(company string, aead *pack.Sealer, locs []Location, ok []bool) *ReadStream {
 	rs := &ReadStream{s: s, company: company, aead: aead, locs: locs, ok: ok}
-	if noCachestat.Load() || aead == nil || len(locs) == 0 {
-		rs.ended = true
+	if noCachestat.Load() || aead == nil {
+		return rs
+	}
+	for i := 0; i < len(locs); {
+		if !ok[i] {
+			i++
+			continue
+		}
+		sp := rs.plan(i)
+		i = sp.last + 1
+		if sp.held > 0 {
+			rs.plans = append(rs.plans, sp)
+		}
+	}
+	if len(rs.plans) == 0 {
 		return rs
 	}
 	rs.spans = make(chan *span, spansAhead)
@@ -245,35 +270,35 @@ func (rs *ReadStream) Get(i int, id [32]byte, loc Location, dst []byte) ([]byte,
 	return rs.s.getAt(rs.company, rs.aead, id, loc, dst)
 }
 
-// spanFor returns the span that covers entry i, or nil.
+// spanFor returns the span that covers entry i, or nil; the spans before
+// it are given back.
 func (rs *ReadStream) spanFor(i int) *span {
-	for !rs.ended && (rs.cur == nil || rs.cur.last < i) {
-		if rs.cur != nil {
-			rs.cur.free()
-			rs.cur = nil
-		}
+	if rs.cur != nil && rs.cur.last < i {
+		rs.cur.free()
+		rs.cur = nil
+	}
+	for rs.cur == nil && rs.k < len(rs.plans) && rs.plans[rs.k].first <= i {
 		sp, more := <-rs.spans
-		if !more {
-			rs.ended = true
+		if !more { // stopped
+			rs.k = len(rs.plans)
 			break
+		}
+		rs.k++
+		if sp.last < i {
+			sp.free()
+			continue
 		}
 		rs.cur = sp
 	}
-	if rs.cur != nil && rs.cur.first <= i && i <= rs.cur.last {
+	if rs.cur != nil && rs.cur.first <= i {
 		return rs.cur
 	}
 	return nil
 }
 
-// readAhead plans the spans in order and reads each that is cold.
+// readAhead reads the planned spans in order, each that is cold.
 func (rs *ReadStream) readAhead() {
-	for i := 0; i < len(rs.locs); {
-		if !rs.ok[i] {
-			i++
-			continue
-		}
-		sp := rs.plan(i)
-		i = sp.last + 1
+	for _, sp := range rs.plans {
 		rs.read(sp)
 		select {
 		case rs.spans <- sp:
@@ -281,19 +306,18 @@ func (rs *ReadStream) readAhead() {
 			sp.free()
 			return
 		}
-		if noCachestat.Load() {
-			return
-		}
 	}
 }
 
 // plan makes the span that begins with entry i: the entries after it in
 // the same pack, each at or after the one before, no more than spanGap
-// after its end, while the aligned span stays within spanMax.
+// after its end, while the aligned span stays within spanMax. A span that
+// wants less than spanMin is left to the page cache.
 func (rs *ReadStream) plan(i int) *span {
 	l := rs.locs[i]
 	sp := &span{pack: l.Pack, first: i, last: i, start: int64(l.Offset) &^ (directAlign - 1)}
 	end := l.End()
+	want := end - int64(l.Offset)
 	for j := i + 1; j < len(rs.locs) && rs.ok[j]; j++ {
 		n := rs.locs[j]
 		if n.Pack != l.Pack || n.Offset < rs.locs[j-1].Offset || int64(n.Offset) > end+spanGap ||
@@ -301,9 +325,13 @@ func (rs *ReadStream) plan(i int) *span {
 			break
 		}
 		end = max(end, n.End())
+		want += n.End() - int64(n.Offset)
 		sp.last = j
 	}
 	sp.held = alignUp(end) - sp.start // the bytes to read, until read sets what it holds
+	if want < spanMin {
+		sp.held = 0 // through the cache
+	}
 	return sp
 }
 
@@ -314,6 +342,9 @@ func alignUp(n int64) int64 { return (n + directAlign - 1) &^ (directAlign - 1) 
 func (rs *ReadStream) read(sp *span) {
 	size := sp.held
 	sp.held = 0
+	if size == 0 {
+		return
+	}
 	f, err := rs.s.reader(sp.pack)
 	if err != nil {
 		return // getAt says why, or finds the entry elsewhere

@@ -24,7 +24,7 @@ import (
 )
 
 type fixture struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	s    *store.Store
 	aead *pack.Sealer
@@ -32,7 +32,7 @@ type fixture struct {
 	r    *rand.Rand
 }
 
-func newFixture(t *testing.T, dir string) *fixture {
+func newFixture(t testing.TB, dir string) *fixture {
 	t.Helper()
 	var secret [32]byte
 	secret[0] = 42
