@@ -210,7 +210,7 @@ type ReadStream struct {
 // worth reading directly, the stream owns a goroutine until Close.
 func (s *Store) ReadStream(company string, aead *pack.Sealer, locs []Location, ok []bool) *ReadStream {
 	rs := &ReadStream{s: s, company: company, aead: aead, locs: locs, ok: ok}
-	if noCachestat.Load() || aead == nil {
+	if !s.opts.DirectReads || noCachestat.Load() || aead == nil {
 		return rs
 	}
 	for i := 0; i < len(locs); {

@@ -157,6 +157,15 @@ func TestColdStream(t *testing.T) {
 	if n := store.ColdReads() - before; n != 0 {
 		t.Fatalf("%d entries read directly while the page cache held them", n)
 	}
+	// Without Options.DirectReads, cold entries go through the cache.
+	f.noDirect = true
+	f.reopen()
+	dropCache(t, f.dir)
+	before = store.ColdReads()
+	check("cold, direct reads off")
+	if n := store.ColdReads() - before; n != 0 {
+		t.Fatalf("%d entries read directly with DirectReads off", n)
+	}
 }
 
 // TestColdStreamDamage: a damaged entry (its tag), a damaged header, and a

@@ -48,6 +48,10 @@ type Options struct {
 	// entry, so the other member writes them meanwhile and syncs them
 	// while this one does (appliance/pair).
 	Replica func(company string) Replica
+	// DirectReads lets a ReadStream read the spans of a download that the
+	// page cache lacks with O_DIRECT (coldread.go); off: every entry is
+	// read through the cache.
+	DirectReads bool
 }
 
 // Replica is the copy of one appender's new entries to another member,

@@ -30,6 +30,8 @@ type fixture struct {
 	aead *pack.Sealer
 	hs   *keys.Hasher
 	r    *rand.Rand
+	// noDirect opens the store without DirectReads (coldread_test.go).
+	noDirect bool
 }
 
 func newFixture(t testing.TB, dir string) *fixture {
@@ -49,7 +51,7 @@ func newFixture(t testing.TB, dir string) *fixture {
 
 func (f *fixture) open() {
 	f.t.Helper()
-	s, err := store.Open(f.dir, zaptest.NewLogger(f.t, zaptest.Level(zap.WarnLevel)), store.Options{Keys: f.keys})
+	s, err := store.Open(f.dir, zaptest.NewLogger(f.t, zaptest.Level(zap.WarnLevel)), store.Options{Keys: f.keys, DirectReads: !f.noDirect})
 	if err != nil {
 		f.t.Fatalf("open store: %v", err)
 	}

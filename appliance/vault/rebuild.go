@@ -24,7 +24,7 @@ var ErrRunning = errors.New("the vault is running")
 // storeOptions lets the store authenticate entries it indexes by scanning
 // with the company's pack key.
 func (v *Vault) storeOptions() store.Options {
-	return store.Options{Clock: v.clk, Keys: func(company string) (*pack.Sealer, error) {
+	return store.Options{Clock: v.clk, DirectReads: v.opts.DirectReads, Keys: func(company string) (*pack.Sealer, error) {
 		k, err := v.companyKeys(company)
 		if err != nil {
 			return nil, err

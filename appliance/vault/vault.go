@@ -89,6 +89,10 @@ type Options struct {
 	// Pair makes the vault a member of a pair (pair.go); nil: a single
 	// vault, as before (no raft: the catalog applies at once).
 	Pair *PairOptions
+	// DirectReads reads the packs of a download that the page cache lacks
+	// with O_DIRECT, in spans read ahead (store.Options.DirectReads;
+	// vaultd -direct-reads; docs/performance.md, item 36).
+	DirectReads bool
 }
 
 // Vault is a running vault.
