@@ -91,7 +91,7 @@ type Options struct {
 	Pair *PairOptions
 	// DirectReads reads the packs of a download that the page cache lacks
 	// with O_DIRECT, in spans read ahead (store.Options.DirectReads;
-	// vaultd -direct-reads; docs/performance.md, item 36).
+	// vaultd -direct-reads; docs/performance.md, item 38).
 	DirectReads bool
 }
 

@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	portalURL := fs.String("portal-url", "", "the portal's `URL` as people reach it (https://backup.example.com), the base of mailed links; default: https:// and the -portal address")
 	storageState := fs.String("storage-state", "", "the appliance firmware's storage report `file` (it sets this); with a failed disk array the agent API refuses writes and reads")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
-	directReads := fs.Bool("direct-reads", false, "read the packs of a restore that the page cache lacks with O_DIRECT, in spans read ahead (docs/performance.md, item 36: no wall gain measured yet)")
+	directReads := fs.Bool("direct-reads", false, "read the packs of a restore that the page cache lacks with O_DIRECT, in spans read ahead (docs/performance.md, item 38: no wall gain measured yet)")
 	tapeDev := fs.String("tape", "auto", "tape library: \"auto\" scans /dev/sg* for a changer and its drives (matched by serial number), \"off\" none, or a `directory` to scan instead of /dev")
 	tapeRecover := fs.String("tape-recover", "", "the static vault-tape-recover `file` written on every cartridge (default: next to vaultd)")
 	pf := pairFlags(fs)
