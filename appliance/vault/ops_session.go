@@ -273,13 +273,32 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 		// Each entry is sealed into a buffer the appender may keep: a
 		// pair's leader sends it to the other member from there, without
 		// a copy, and gives it back once sent (at once on a single vault).
+		if len(f.Payload) < pendingSmall {
+			sb := smallSealed.Get().(*[]byte)
+			*sb = pack.AppendEntry((*sb)[:0], c.keys.aead, &eh, f.Payload)
+			pend.add(eh, sb)
+			if pend.full() {
+				if err := v.appendPending(s, app, &pend); err != nil {
+					return 0, err
+				}
+			}
+			continue
+		}
+		// A larger chunk is looked up alone, as it comes (in order after
+		// the small ones before it): its lookup costs little beside its
+		// bytes, and its buffer does not wait.
+		if err := v.appendPending(s, app, &pend); err != nil {
+			return 0, err
+		}
+		if has, err := v.hasProtected(s, [][32]byte{f.ID}); err != nil {
+			return 0, err
+		} else if has[0] {
+			continue // already stored (a retry, or another session): append nothing
+		}
 		sb := sealedBufs.Get().(*[]byte)
 		*sb = pack.AppendEntry((*sb)[:0], c.keys.aead, &eh, f.Payload)
-		pend.add(eh, sb)
-		if pend.full() {
-			if err := v.appendPending(s, app, &pend); err != nil {
-				return 0, err
-			}
+		if err := app.AddOwned(eh, *sb, func() { sealedBufs.Put(sb) }); err != nil {
+			return 0, err
 		}
 	}
 	if err := v.appendPending(s, app, &pend); err != nil {
@@ -325,18 +344,28 @@ func (l *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// An upload's verified, sealed entries wait in a pendingEntries until
-// pendingMax of them or pendingBytes of sealed bytes have come, and are
-// then looked up together (hasProtected) and appended unless stored: one
-// index transaction for each such batch, not one for each chunk (the
-// vault's CPU profile of an initial backup of 100,000 small files had
-// 18 % of its samples in Store.Has called chunk by chunk;
-// docs/performance.md, item 36). Memory: at most pendingBytes of sealed
-// entries, plus one chunk.
+// An upload's verified, sealed entries of chunks under pendingSmall wait
+// in a pendingEntries until pendingMax of them or pendingBytes of sealed
+// bytes have come, and are then looked up together (hasProtected) and
+// appended unless stored: one index transaction for each such batch, not
+// one for each chunk (the vault's CPU profile of an initial backup of
+// 100,000 small files had 18 % of its samples in Store.Has called chunk by
+// chunk; docs/performance.md, item 36). Memory: at most about pendingBytes
+// of sealed entries, in buffers of their own (smallSealed) that are not
+// kept once grown past twice pendingSmall.
 const (
 	pendingMax   = 256
 	pendingBytes = 1 << 20
+	pendingSmall = 64 << 10
 )
+
+var smallSealed = sync.Pool{New: func() any { return new([]byte) }}
+
+func putSmallSealed(sb *[]byte) {
+	if cap(*sb) <= 2*pendingSmall {
+		smallSealed.Put(sb)
+	}
+}
 
 type pendingEntries struct {
 	hdrs  []pack.EntryHeader
@@ -358,7 +387,7 @@ func (p *pendingEntries) full() bool { return len(p.ids) >= pendingMax || p.byte
 func (p *pendingEntries) release() {
 	for i, sb := range p.bufs {
 		if sb != nil {
-			sealedBufs.Put(sb)
+			putSmallSealed(sb)
 			p.bufs[i] = nil
 		}
 	}
@@ -383,7 +412,7 @@ func (v *Vault) appendPending(s *session, app *store.Appender, p *pendingEntries
 			continue
 		}
 		p.bufs[i] = nil // the appender releases it
-		if err := app.AddOwned(p.hdrs[i], *sb, func() { sealedBufs.Put(sb) }); err != nil {
+		if err := app.AddOwned(p.hdrs[i], *sb, func() { putSmallSealed(sb) }); err != nil {
 			return err
 		}
 	}

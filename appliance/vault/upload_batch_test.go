@@ -12,7 +12,7 @@ import (
 // TestUploadSkipsStoredAcrossBatches: an upload's entries are looked up in
 // batches (pendingMax, pendingBytes); every entry the store already holds
 // is skipped and every other one appended, in the last, partial batch too,
-// with a large chunk among them (a batch of its own) and one twice.
+// with a large chunk among them (looked up alone) and one twice.
 func TestUploadSkipsStoredAcrossBatches(t *testing.T) {
 	v := openTestVault(t)
 	ctx := context.Background()
