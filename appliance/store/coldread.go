@@ -68,9 +68,11 @@ const (
 
 var spanSem = semaphore.NewWeighted(spanBudget)
 
-// spanBufs pools buffers of spanMax+directAlign bytes (a span's aligned
-// bytes at an aligned place in them).
-var spanBufs sync.Pool
+// spanBufs keeps buffers of spanMax+directAlign bytes (a span's aligned
+// bytes at an aligned place in them), as many as spanBudget holds: kept
+// across the collector's cycles (a sync.Pool emptied by each cycle made the
+// stream allocate and zero 2 MiB buffers again and again).
+var spanBufs = make(chan *[]byte, spanBudget/(spanMax+directAlign))
 
 // noCachestat is set once cachestat(2) is missing (ENOSYS): no stream
 // reads directly from then on.
@@ -180,7 +182,10 @@ func (sp *span) free() {
 		spanSem.Release(sp.held)
 	}
 	if sp.bp != nil {
-		spanBufs.Put(sp.bp)
+		select {
+		case spanBufs <- sp.bp:
+		default:
+		}
 	}
 	sp.buf, sp.bp, sp.held = nil, nil, 0
 }
@@ -363,8 +368,10 @@ func (rs *ReadStream) read(sp *span) {
 	sp.held = size + directAlign
 	var raw []byte
 	if size <= spanMax {
-		bp, _ := spanBufs.Get().(*[]byte)
-		if bp == nil {
+		var bp *[]byte
+		select {
+		case bp = <-spanBufs:
+		default:
 			b := make([]byte, spanMax+directAlign)
 			bp = &b
 		}
