@@ -312,26 +312,49 @@ func (q *entriesReq) fail(err error) error {
 }
 
 // add sends whole sealed entries as one frame.
-func (q *entriesReq) add(entries []byte) error {
+func (q *entriesReq) add(entries []byte) (int, error) {
 	if q.err != nil {
-		return q.err
+		return 0, q.err
 	}
 	if q.cc.sw != nil {
-		if err := q.cc.addRaw(entries); err != nil {
-			return q.fail(err)
+		n, err := q.cc.addRaw(entries)
+		if err != nil {
+			return 0, q.fail(err)
 		}
-		return nil
+		return n, nil
+	}
+	n := 0
+	for at := 0; at < len(entries); n++ {
+		_, end, err := nextEntry(entries, at)
+		if err != nil {
+			return 0, q.fail(fmt.Errorf("copy an entry: %w", err))
+		}
+		at = end
 	}
 	var h [5]byte
 	h[0] = frameEntries
 	binary.LittleEndian.PutUint32(h[1:], uint32(len(entries)))
 	if _, err := q.cc.bw.Write(h[:]); err != nil {
-		return q.fail(err)
+		return 0, q.fail(err)
 	}
 	if _, err := q.cc.bw.Write(entries); err != nil {
-		return q.fail(err)
+		return 0, q.fail(err)
 	}
-	return nil
+	return n, nil
+}
+
+// nextEntry parses the sealed entry at buf[at:] and returns its header
+// and where it ends; an entry whose body runs past buf is ErrCopyStream.
+func nextEntry(buf []byte, at int) (pack.EntryHeader, int, error) {
+	h, err := pack.ParseEntryHeader(buf[at:])
+	if err != nil {
+		return h, 0, err
+	}
+	end := at + pack.EntryHeaderSize + int(h.BodyLen)
+	if end > len(buf) {
+		return h, 0, fmt.Errorf("%w: entry %x runs past its buffer", ErrCopyStream, h.ID[:8])
+	}
+	return h, end, nil
 }
 
 // commit asks the member to commit what it got since the last commit;
@@ -860,13 +883,9 @@ func (r *Replicator) storeFrames(company string, aead *pack.Sealer, frames <-cha
 		ids, hs, offs = ids[:0], hs[:0], offs[:0]
 		err := func() error {
 			for off := 0; off < len(frame); {
-				h, err := pack.ParseEntryHeader(frame[off:])
+				h, end, err := nextEntry(frame, off)
 				if err != nil {
 					return fmt.Errorf("copied entry: %w", err)
-				}
-				end := off + pack.EntryHeaderSize + int(h.BodyLen)
-				if end > len(frame) {
-					return fmt.Errorf("%w: entry %x runs past its frame", ErrCopyStream, h.ID[:8])
 				}
 				ids, hs, offs = append(ids, h.ID), append(hs, h), append(offs, off)
 				off = end

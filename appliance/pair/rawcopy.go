@@ -303,20 +303,17 @@ func (s *sealedReader) ReadByte() (byte, error) {
 
 // addRaw sends whole sealed entries as raw frames: each frame's record
 // lists its entries' headers and tags (sealed), the bodies follow as
-// they are.
-func (cc *copyConn) addRaw(entries []byte) error {
+// they are. It returns how many entries it sent.
+func (cc *copyConn) addRaw(entries []byte) (int, error) {
+	sent := 0
 	for len(entries) > 0 {
 		cc.hs = cc.hs[:0]
 		cc.bodies = cc.bodies[:0]
 		at, total := 0, 0
 		for at < len(entries) && len(cc.hs) < maxFrameEntries {
-			h, err := pack.ParseEntryHeader(entries[at:])
+			_, end, err := nextEntry(entries, at)
 			if err != nil {
-				return fmt.Errorf("copy an entry: %w", err)
-			}
-			end := at + pack.EntryHeaderSize + int(h.BodyLen)
-			if end > len(entries) {
-				return fmt.Errorf("copy an entry: %w: entry %x runs past its buffer", ErrCopyStream, h.ID[:8])
+				return 0, fmt.Errorf("copy an entry: %w", err)
 			}
 			cc.hs = append(cc.hs, at)
 			cc.bodies = append(cc.bodies, entries[at+pack.EntryHeaderSize:end])
@@ -333,28 +330,29 @@ func (cc *copyConn) addRaw(entries []byte) error {
 			cc.sw.Write(body[len(body)-tagSize:])
 		}
 		if err := cc.sw.seal(); err != nil {
-			return err
+			return 0, err
 		}
 		if total >= 64<<10 {
 			// Large bodies go to the socket as they are, not through
 			// the buffer (one copy fewer).
 			if err := cc.bw.Flush(); err != nil {
-				return err
+				return 0, err
 			}
 			bufs := net.Buffers(cc.bodies)
 			if _, err := bufs.WriteTo(cc.conn); err != nil {
-				return err
+				return 0, err
 			}
 		} else {
 			for _, b := range cc.bodies {
 				if _, err := cc.bw.Write(b); err != nil {
-					return err
+					return 0, err
 				}
 			}
 		}
+		sent += len(cc.hs)
 		entries = entries[at:]
 	}
-	return nil
+	return sent, nil
 }
 
 // rawFrame is the member's reading of one raw entries frame: the headers

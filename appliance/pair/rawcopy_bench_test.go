@@ -47,7 +47,7 @@ func BenchmarkCopyStream(b *testing.B) {
 					b.Fatal(err)
 				}
 				for j, e := range es {
-					if err := q.add(e); err != nil {
+					if _, err := q.add(e); err != nil {
 						b.Fatal(err)
 					}
 					if j%16 == 15 {

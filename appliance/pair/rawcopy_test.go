@@ -63,6 +63,39 @@ func TestRawCopy(t *testing.T) {
 	}
 }
 
+// TestEntriesAddCounts: add returns how many entries it sent, on the raw
+// stream and on 'C', and refuses a buffer whose last entry is cut off
+// before sending any of it.
+func TestEntriesAddCounts(t *testing.T) {
+	a, b := startPair(t)
+	ctx := context.Background()
+	es, _ := entries(t, 4)
+	older := &copyPool{conf: a.node.cfg.TLS, idle: map[string][]*copyConn{}}
+	defer older.close()
+	for _, tc := range []struct {
+		name string
+		pool *copyPool
+		raw  bool
+	}{{"raw", a.node.copies, true}, {"C", older, false}} {
+		q, err := tc.pool.openEntries(ctx, "b", b.addr, "acme", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (q.cc.sw != nil) != tc.raw {
+			t.Fatalf("%s: raw stream %v", tc.name, q.cc.sw != nil)
+		}
+		all := bytes.Join([][]byte{es[0].Data, es[1].Data, es[2].Data}, nil)
+		if n, err := q.add(all); err != nil || n != 3 {
+			t.Fatalf("%s: add of 3 entries: %d, %v", tc.name, n, err)
+		}
+		cut := bytes.Join([][]byte{es[3].Data, es[0].Data[:len(es[0].Data)-1]}, nil)
+		if n, err := q.add(cut); !errors.Is(err, ErrCopyStream) || n != 0 {
+			t.Fatalf("%s: add of a cut entry: %d, %v; want ErrCopyStream", tc.name, n, err)
+		}
+		q.abort()
+	}
+}
+
 // TestRawSwitchReadAhead: the switch from TLS to the raw stream holds
 // when raw bytes arrive in the same read as the last TLS record, on
 // either end (TLS must not read them ahead into its own buffer).
@@ -211,7 +244,7 @@ func TestRawFallback(t *testing.T) {
 		if q.cc.sw != nil {
 			t.Fatal("a raw stream to a member that does not know it")
 		}
-		if err := q.add(es[i].Data); err != nil {
+		if _, err := q.add(es[i].Data); err != nil {
 			t.Fatal(err)
 		}
 		if err := q.commit(); err != nil {
@@ -384,7 +417,7 @@ func TestRawWireTamper(t *testing.T) {
 			t.Fatal("no raw stream through the proxy")
 		}
 		defer q.abort()
-		if err := q.add(es[0].Data); err != nil {
+		if _, err := q.add(es[0].Data); err != nil {
 			return false, err
 		}
 		if err := q.commit(); err != nil {
@@ -394,7 +427,7 @@ func TestRawWireTamper(t *testing.T) {
 			return false, err
 		}
 		for _, e := range es[1:] {
-			if err := q.add(e.Data); err != nil {
+			if _, err := q.add(e.Data); err != nil {
 				return true, err
 			}
 		}

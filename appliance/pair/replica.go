@@ -292,7 +292,7 @@ func (c *peerCopy) write(ctx context.Context, pool *copyPool, company string, sw
 	}
 	for e := range c.q {
 		if !c.failed.Load() {
-			if err = q.add(e.b); err != nil {
+			if _, err = q.add(e.b); err != nil {
 				c.failed.Store(true)
 			}
 		}
@@ -519,7 +519,7 @@ func (r *Replicator) send(ctx context.Context, m Member, company string, body io
 		}
 		n := pack.EntryHeaderSize + int(h.BodyLen)
 		if len(buf) > 0 && len(buf)+n > sendFrame {
-			if err := q.add(buf); err != nil {
+			if _, err := q.add(buf); err != nil {
 				q.abort()
 				return err
 			}
@@ -533,7 +533,7 @@ func (r *Replicator) send(ctx context.Context, m Member, company string, body io
 		}
 	}
 	if len(buf) > 0 {
-		if err := q.add(buf); err != nil {
+		if _, err := q.add(buf); err != nil {
 			q.abort()
 			return err
 		}
@@ -871,17 +871,11 @@ func (c *catchStream) add(entries []byte) error {
 		}
 		c.q = q
 	}
-	if err := c.q.add(entries); err != nil {
+	n, err := c.q.add(entries)
+	if err != nil {
 		return err
 	}
-	for at := 0; at < len(entries); {
-		h, err := pack.ParseEntryHeader(entries[at:])
-		if err != nil {
-			return fmt.Errorf("copy entries to %s: %w", c.m.ID, err)
-		}
-		at += pack.EntryHeaderSize + int(h.BodyLen)
-		c.copied++
-	}
+	c.copied += int64(n)
 	c.bytes += int64(len(entries))
 	if c.n += int64(len(entries)); c.n >= catchUpStreamBytes {
 		c.n = 0

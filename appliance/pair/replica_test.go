@@ -372,7 +372,7 @@ func copyTo(ctx context.Context, a, b *dataMember, company string, sweep uint64,
 	if err != nil {
 		return err
 	}
-	if err := q.add(body); err != nil {
+	if _, err := q.add(body); err != nil {
 		q.abort()
 		return err
 	}
