@@ -7,9 +7,11 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
@@ -30,10 +32,15 @@ type connCaps struct {
 	lim *Limits
 	log *zap.Logger
 
+	// Bytes read from and written to the connections, TLS included: what
+	// crossed the network (the agent API's /metrics series).
+	read, written atomic.Uint64
+
 	mu       sync.Mutex
 	unauth   int
 	byAddr   map[string]int // unauthenticated connections per source address
 	computer map[string]int // connections per certificate (computer id)
+	open     int            // connections accepted and not closed
 }
 
 func newConnCaps(lim *Limits, log *zap.Logger) *connCaps {
@@ -85,19 +92,24 @@ func (cc *connCaps) admit(addr string) bool {
 	}
 	cc.unauth++
 	cc.byAddr[addr]++
+	cc.open++
 	return true
 }
 
 // bufListener reads its connections through a buffer (bufconn), under
 // the TLS that http.Server runs over them.
-type bufListener struct{ net.Listener }
+// The bytes read from them are added to read (when not nil).
+type bufListener struct {
+	net.Listener
+	read *atomic.Uint64
+}
 
 func (l bufListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return bufconn.New(c), nil
+	return bufconn.NewCounting(c, l.read), nil
 }
 
 // capConn is an accepted connection; it gives its count back once closed.
@@ -150,6 +162,14 @@ func (c *capConn) SyscallConn() (syscall.RawConn, error) {
 	return sc.SyscallConn()
 }
 
+// Write counts what it wrote (reads are counted by bufconn, which reads
+// the descriptor itself).
+func (c *capConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.cc.written.Add(uint64(n))
+	return n, err
+}
+
 func (c *capConn) Close() error {
 	c.mu.Lock()
 	if !c.closed {
@@ -161,10 +181,30 @@ func (c *capConn) Close() error {
 		} else if cc.computer[c.computer]--; cc.computer[c.computer] <= 0 {
 			delete(cc.computer, c.computer)
 		}
+		cc.open--
 		cc.mu.Unlock()
 	}
 	c.mu.Unlock()
 	return c.Conn.Close()
+}
+
+// register adds the connections' series to reg, named vaultnode_NAME_...:
+// bytes received and sent, TLS included, and connections open.
+func (cc *connCaps) register(reg prometheus.Registerer, name string) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "vaultnode_" + name + "_received_bytes_total",
+			Help: "Bytes read from the connections, TLS included (what crossed the network)."},
+			func() float64 { return float64(cc.read.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "vaultnode_" + name + "_sent_bytes_total",
+			Help: "Bytes written to the connections, TLS included."},
+			func() float64 { return float64(cc.written.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vaultnode_" + name + "_connections",
+			Help: "Connections accepted and not yet closed."},
+			func() float64 {
+				cc.mu.Lock()
+				defer cc.mu.Unlock()
+				return float64(cc.open)
+			}))
 }
 
 // counts reports the open connections: unauthenticated, and with

@@ -449,7 +449,7 @@ func TestListenerConnsLazy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := bufListener{newConnCaps(&lim, zap.NewNop()).listener(raw)}
+	ln := bufListener{Listener: newConnCaps(&lim, zap.NewNop()).listener(raw)}
 	defer ln.Close()
 	c, err := net.Dial("tcp", raw.Addr().String())
 	if err != nil {

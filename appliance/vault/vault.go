@@ -262,6 +262,7 @@ func Open(opts Options) (*Vault, error) {
 		close(v.pair.gc.storeReady)
 	}
 	v.Metrics = prometheus.NewRegistry()
+	v.conns.register(v.Metrics, "agent_api")
 	v.Jobs = jobs.New(opts.Clock, v.Catalog, opts.Log.Named("jobs"), v.Metrics)
 	v.schedPoke = make(chan struct{}, 1)
 	if err := v.checkIndex(func() error { _, err := v.Store.Rebuild(context.Background(), nil); return err }); err != nil {
@@ -448,7 +449,7 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	// Reads buffered under TLS (internal/bufconn): an upload arrives as
 	// 16 KiB records, and one read of many costs one system call, not one
 	// each. What ServeTLS does, with the buffer between.
-	go func() { errc <- agentSrv.Serve(tls.NewListener(bufListener{ln}, tlsConf)) }()
+	go func() { errc <- agentSrv.Serve(tls.NewListener(bufListener{ln, &v.conns.read}, tlsConf)) }()
 	go func() { errc <- adminSrv.Serve(aln) }()
 	if portalSrv != nil {
 		go func() { errc <- portalSrv.ServeTLS(pln, "", "") }()

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -34,6 +35,7 @@ type Conn struct {
 	rc   syscall.RawConn // nil: the connection has no descriptor (a pipe)
 	buf  *[ReadSize]byte // nil while empty
 	r, w int             // unread bytes are buf[r:w]
+	read *atomic.Uint64  // nil, or counts the bytes read from the connection
 }
 
 // New returns c with its reads buffered.
@@ -47,13 +49,28 @@ func New(c net.Conn) *Conn {
 	return bc
 }
 
+// NewCounting is New, and adds the bytes read from c to read.
+func NewCounting(c net.Conn, read *atomic.Uint64) *Conn {
+	bc := New(c)
+	bc.read = read
+	return bc
+}
+
+func (c *Conn) count(n int) {
+	if c.read != nil && n > 0 {
+		c.read.Add(uint64(n))
+	}
+}
+
 // Read reads from the buffer, refilling it with one read of the
 // connection when it is empty (a read larger than the buffer goes to the
 // connection directly).
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.buf == nil {
 		if len(p) >= ReadSize {
-			return c.Conn.Read(p)
+			n, err := c.Conn.Read(p)
+			c.count(n)
+			return n, err
 		}
 		if err := c.fill(); err != nil {
 			return 0, err
@@ -82,6 +99,7 @@ func (c *Conn) fill() error {
 			return err
 		}
 		c.buf, c.r, c.w = b, 0, n
+		c.count(n)
 		return nil // an error comes back with the next read
 	}
 	var n int
@@ -114,6 +132,7 @@ func (c *Conn) fill() error {
 	case n <= 0:
 		return io.EOF
 	}
+	c.count(n)
 	return nil
 }
 

@@ -228,3 +228,59 @@ func TestIdleHoldsNoBuffer(t *testing.T) {
 		t.Fatalf("%d idle connections hold %d MiB, want well under their %d MiB of buffers", conns, grew>>20, conns*ReadSize>>20)
 	}
 }
+
+// TestCounting: NewCounting counts every byte read from the connection,
+// through the descriptor, through a connection without one (a pipe) and
+// in reads larger than the buffer, whatever is still buffered.
+func TestCounting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, server := tcpPair(t, ln)
+	pc, ps := net.Pipe()
+	for _, tc := range []struct {
+		name     string
+		w, r     net.Conn
+		viaDescr bool
+	}{{"descriptor", client, server, true}, {"pipe", pc, ps, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer tc.w.Close()
+			var n atomic.Uint64
+			bc := NewCounting(tc.r, &n)
+			defer bc.Close()
+			if (bc.rc != nil) != tc.viaDescr {
+				t.Fatalf("descriptor used: %v", bc.rc != nil)
+			}
+			want := make([]byte, 3*ReadSize+77)
+			rand.Read(want)
+			go func() { // owner: the test; ends when the write does
+				tc.w.Write(want)
+				tc.w.Close()
+			}()
+			got := make([]byte, 0, len(want))
+			small := make([]byte, 1000)
+			large := make([]byte, ReadSize)
+			for i := 0; ; i++ {
+				p := small
+				if i%2 == 1 && !bc.Buffered() {
+					p = large
+				}
+				k, err := bc.Read(p)
+				got = append(got, p[:k]...)
+				if err == io.EOF {
+					break
+				} else if err != nil {
+					t.Fatal(err)
+				}
+				if c := n.Load(); c < uint64(len(got)) || c > uint64(len(want)) {
+					t.Fatalf("counted %d bytes with %d taken of %d", c, len(got), len(want))
+				}
+			}
+			if !bytes.Equal(got, want) || n.Load() != uint64(len(want)) {
+				t.Fatalf("read %d bytes, counted %d, of %d", len(got), n.Load(), len(want))
+			}
+		})
+	}
+}
