@@ -188,7 +188,7 @@ func printReport(w io.Writer, r *results) {
 				p.Tool, p.Phase, mb(p.ServerPeakRSSBytes), mb(p.ServerPeakAnonBytes))
 		}
 	}
-	fmt.Fprintln(w, "restic's sent = its repository growth (local repository); vaultnode's = bytes on the wire through a counting proxy")
+	fmt.Fprintln(w, "restic's sent = its repository growth (local repository); vaultnode's = bytes on the wire, TLS included, as the vault counted them on its agent connections")
 	fmt.Fprintln(w, "other CPU s = CPU the rest of the machine used during the phase; when it is large, other work competed and the timings are noisy")
 
 	fmt.Fprintln(w, "\nvaultnode / restic:")

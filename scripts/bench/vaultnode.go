@@ -22,8 +22,9 @@ import (
 )
 
 // vaultnode drives vaultd, vaultctl and vault-agent as README.md documents
-// them. The agent reaches the vault through a counting proxy, so bytes sent
-// are bytes on the wire (TLS and HTTP/2 included).
+// them. The agent reaches the vault directly; bytes sent are the vault's
+// own counts of its agent connections (wirecount.go), TLS and HTTP/2
+// included.
 type vaultnode struct {
 	bin    string // directory holding vaultd, vaultctl, vault-agent
 	work   string // working directory of this tool
@@ -34,7 +35,7 @@ type vaultnode struct {
 	vaultd    *exec.Cmd
 	exited    chan struct{} // closed when vaultd has exited
 	exitErr   error         // set before exited is closed
-	proxy     *proxy
+	addr      string // the agent API's address
 	hwmReset  bool // resetting the vault's peak RSS works
 	hwmWarned bool
 	// setupNotes are reported with the first phase.
@@ -82,9 +83,7 @@ func (t *vaultnode) Setup(ctx context.Context) error {
 	if err := t.waitHealthy(ctx, listen); err != nil {
 		return err
 	}
-	if t.proxy, err = startProxy(listen); err != nil {
-		return err
-	}
+	t.addr = listen
 	if _, err := t.r.run(ctx, command{name: t.prog("vaultctl"), args: []string{"-data", t.StoreDir(), "company", "create", "bench"}, logTo: t.logFile()}); err != nil {
 		return err
 	}
@@ -98,7 +97,7 @@ func (t *vaultnode) Setup(ctx context.Context) error {
 	return nil
 }
 
-// enroll creates a token and enrols the agent through the proxy. A token
+// enroll creates a token and enrols the agent. A token
 // the agent calls malformed is replaced by a fresh one a few times: token
 // parsing once split base64url text on "_", which that alphabet contains.
 func (t *vaultnode) enroll(ctx context.Context) error {
@@ -119,7 +118,7 @@ func (t *vaultnode) enrollAt(ctx context.Context, company, state, name string) e
 		if token == "" {
 			return errors.New("create token: vaultctl printed nothing; see " + t.logFile())
 		}
-		args := []string{"-state", state, "enroll", "-vault", t.proxy.addr(), "-token", token}
+		args := []string{"-state", state, "enroll", "-vault", t.addr, "-token", token}
 		if name != "" {
 			args = append(args, "-name", name)
 		}
@@ -183,7 +182,7 @@ func (t *vaultnode) waitHealthy(ctx context.Context, addr string) error {
 }
 
 // measureVault runs fn and adds the vault's CPU time and peak RSS during it,
-// and the bytes that crossed the proxy, to res.
+// and the bytes that crossed the network (the vault's counts), to res.
 func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func() error) error {
 	if t.vaultd == nil {
 		return errors.New("vaultd is not running")
@@ -206,19 +205,19 @@ func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func(
 	if err != nil {
 		return err
 	}
-	up0, down0 := t.proxy.counts()
+	w0, err := t.wireIdle(ctx)
+	if err != nil {
+		return err
+	}
 	stopAnon := make(chan struct{})
 	anon := make(chan int64, 1)
 	go func() { anon <- pollAnon(pid, stopAnon) }()
 	runErr := fn()
 	close(stopAnon)
 	res.ServerPeakAnonBytes = <-anon
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	idleErr := t.proxy.idle(wctx, t.clk)
-	cancel()
-	up1, down1 := t.proxy.counts()
-	res.BytesSent = up1 - up0
-	res.BytesReceived = down1 - down0
+	w1, idleErr := t.wireIdle(ctx)
+	res.BytesSent = w1.received - w0.received
+	res.BytesReceived = w1.sent - w0.sent
 	cpu1, err1 := procCPU(pid)
 	hwm, err2 := procPeakRSS(pid)
 	if err := errors.Join(err1, err2); err != nil {
@@ -259,12 +258,9 @@ func (t *vaultnode) Restore(ctx context.Context, dir string, res *phaseResult) (
 	return dir, err
 }
 
-// Close stops the proxy and vaultd (SIGTERM, then SIGKILL after 30 s).
+// Close stops vaultd (SIGTERM, then SIGKILL after 30 s).
 func (t *vaultnode) Close() error {
 	var errs []error
-	if t.proxy != nil {
-		errs = append(errs, t.proxy.Close())
-	}
 	if t.vaultd != nil {
 		_ = syscall.Kill(-t.vaultd.Process.Pid, syscall.SIGTERM)
 		select {
