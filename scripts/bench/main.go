@@ -76,6 +76,10 @@ type phaseResult struct {
 	PeakRSSBytes       int64   `json:"peak_rss_bytes"`           // client + server
 	ClientPeakRSSBytes int64   `json:"client_peak_rss_bytes"`
 	ServerPeakRSSBytes int64   `json:"server_peak_rss_bytes"`
+	// Minor page faults (first touches of memory): each costs the kernel
+	// work, on some virtual machines tens of microseconds.
+	ClientMinorFaults int64 `json:"client_minor_faults"`
+	ServerMinorFaults int64 `json:"server_minor_faults"`
 	// ServerPeakAnonBytes: of the vault's resident memory, the largest part
 	// no file backs (polled; the rest of its peak is mapped files: its program,
 	// the index).
@@ -96,6 +100,7 @@ func (r *phaseResult) addClient(u usage) {
 	r.clientWall += u.wall
 	r.ClientCPUSeconds += u.cpu.Seconds()
 	r.ClientPeakRSSBytes = max(r.ClientPeakRSSBytes, u.maxRSS)
+	r.ClientMinorFaults += u.minflt
 }
 
 // results is what results.json holds.

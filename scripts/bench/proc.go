@@ -22,6 +22,7 @@ type usage struct {
 	wall   time.Duration
 	cpu    time.Duration // user + system
 	maxRSS int64         // bytes
+	minflt int64         // minor page faults
 	stdout []byte
 }
 
@@ -76,6 +77,7 @@ func (r runner) run(ctx context.Context, c command) (usage, error) {
 	if ps := cmd.ProcessState; ps != nil {
 		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
 			u.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			u.minflt = ru.Minflt
 			// ru_maxrss counts the memory of this process (the benchmark)
 			// that the child shared between its start and its exec (Go
 			// starts children with vfork): with a corpus of a million files
@@ -113,28 +115,34 @@ func tail(path string) string {
 // Linux architecture Go supports.
 const clockTicks = 100
 
-// procCPU returns the user+system time a running process has used.
-func procCPU(pid int) (time.Duration, error) {
+// procStats are a running process's figures from /proc/PID/stat.
+type procStats struct {
+	cpu    time.Duration // user + system
+	minflt int64         // minor page faults
+}
+
+func procStat(pid int) (procStats, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read process times: %w", err)
+		return procStats{}, fmt.Errorf("read process times: %w", err)
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, errors.New("read process times: malformed /proc stat")
+		return procStats{}, errors.New("read process times: malformed /proc stat")
 	}
 	f := strings.Fields(s[i+1:])
-	// After the command name: state is field 3, utime 14, stime 15.
+	// After the command name: state is field 3, minflt 10, utime 14, stime 15.
 	if len(f) < 13 {
-		return 0, errors.New("read process times: short /proc stat")
+		return procStats{}, errors.New("read process times: short /proc stat")
 	}
+	mf, err0 := strconv.ParseInt(f[7], 10, 64)
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("read process times: %w", err)
+	if err := errors.Join(err0, err1, err2); err != nil {
+		return procStats{}, fmt.Errorf("read process times: %w", err)
 	}
-	return time.Duration(ut+st) * time.Second / clockTicks, nil
+	return procStats{cpu: time.Duration(ut+st) * time.Second / clockTicks, minflt: mf}, nil
 }
 
 // procPeakRSS returns VmHWM, the peak resident set of a running process

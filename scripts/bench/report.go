@@ -188,6 +188,14 @@ func printReport(w io.Writer, r *results) {
 				p.Tool, p.Phase, mb(p.ServerPeakRSSBytes), mb(p.ServerPeakAnonBytes))
 		}
 	}
+	for _, p := range r.Phases {
+		switch {
+		case p.Tool == "vaultnode" && p.ClientMinorFaults+p.ServerMinorFaults > 0:
+			fmt.Fprintf(w, "%s %s: minor page faults %d+%d (agent+vault)\n", p.Tool, p.Phase, p.ClientMinorFaults, p.ServerMinorFaults)
+		case p.ClientMinorFaults > 0:
+			fmt.Fprintf(w, "%s %s: minor page faults %d\n", p.Tool, p.Phase, p.ClientMinorFaults)
+		}
+	}
 	fmt.Fprintln(w, "restic's sent = its repository growth (local repository); vaultnode's = bytes on the wire, TLS included, as the vault counted them on its agent connections")
 	fmt.Fprintln(w, "other CPU s = CPU the rest of the machine used during the phase; when it is large, other work competed and the timings are noisy")
 

@@ -201,7 +201,7 @@ func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func(
 		res.Notes = append(res.Notes, "vault peak RSS is since its start: /proc/PID/clear_refs is not writable")
 		t.hwmWarned = true
 	}
-	cpu0, err := procCPU(pid)
+	st0, err := procStat(pid)
 	if err != nil {
 		return err
 	}
@@ -218,12 +218,13 @@ func (t *vaultnode) measureVault(ctx context.Context, res *phaseResult, fn func(
 	w1, idleErr := t.wireIdle(ctx)
 	res.BytesSent = w1.received - w0.received
 	res.BytesReceived = w1.sent - w0.sent
-	cpu1, err1 := procCPU(pid)
+	st1, err1 := procStat(pid)
 	hwm, err2 := procPeakRSS(pid)
 	if err := errors.Join(err1, err2); err != nil {
 		return errors.Join(runErr, err)
 	}
-	res.ServerCPUSeconds = (cpu1 - cpu0).Seconds()
+	res.ServerCPUSeconds = (st1.cpu - st0.cpu).Seconds()
+	res.ServerMinorFaults = st1.minflt - st0.minflt
 	res.ServerPeakRSSBytes = hwm
 	return errors.Join(runErr, idleErr)
 }
