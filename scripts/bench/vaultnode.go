@@ -35,8 +35,8 @@ type vaultnode struct {
 	vaultd    *exec.Cmd
 	exited    chan struct{} // closed when vaultd has exited
 	exitErr   error         // set before exited is closed
-	addr      string // the agent API's address
-	hwmReset  bool // resetting the vault's peak RSS works
+	addr      string        // the agent API's address
+	hwmReset  bool          // resetting the vault's peak RSS works
 	hwmWarned bool
 	// setupNotes are reported with the first phase.
 	setupNotes []string
