@@ -38,6 +38,13 @@ func TestAgentRestoreAudited(t *testing.T) {
 	if !started || !finished {
 		t.Errorf("vaultctl audit lacks the agent's restore (started %v, finished %v):\n%s", started, finished, out)
 	}
+	// A -parallel out of range is a usage error, before anything starts
+	// (so not audited either).
+	for _, bad := range []string{"-1", "65"} {
+		if r := e.a.run("restore", "home@1", "-to", filepath.Join(e.root, "bad"), "-parallel", bad); r.code != 2 || !strings.Contains(r.stderr, "-parallel") {
+			t.Errorf("restore -parallel %s: want a usage error (exit 2) naming -parallel, got %s", bad, r)
+		}
+	}
 	// A dry run changes nothing and is not recorded.
 	e.a.must("restore", "home@1", "-to", filepath.Join(e.root, "dry"), "-dry-run")
 	n := 0

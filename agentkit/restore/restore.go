@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -49,7 +50,8 @@ type Options struct {
 	Log      *zap.Logger
 	Out      io.Writer // dry-run listing
 	Progress func(s *Stats)
-	Workers  int
+	// Workers is how many files are restored at once (0: DefaultWorkers).
+	Workers int
 	// Devices recreates character and block device nodes, and SetID keeps
 	// set-user-ID and set-group-ID bits and file capabilities
 	// (security.capability), when running as root. Otherwise device nodes
@@ -164,13 +166,26 @@ func (r *restorer) problem(format string, args ...any) {
 	r.mu.Unlock()
 }
 
+// DefaultWorkers is how many files a restore writes at once unless told:
+// two per CPU the process may use, 4 to 16. A worker waits for the vault's
+// answers, for file creation and for the disk in turn, so two a core keep
+// every core busy; more only add buffers. Each holds a download's frame
+// and decompressed chunk (up to 4 MiB each), and on machines whose first
+// touch of a page is dear that memory costs CPU: restoring the benchmark's
+// current tree with eight workers on two cores took 14 % more of the
+// agent's CPU and 12 % more wall time than with four (docs/performance.md,
+// item 40), while many small files gained nothing from eight.
+func DefaultWorkers() int {
+	return min(max(2*runtime.GOMAXPROCS(0), 4), 16)
+}
+
 // Run restores the version described by o.Manifest.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
 	if o.Workers <= 0 {
-		o.Workers = 4
+		o.Workers = DefaultWorkers()
 	}
 	if o.Existing == "" {
 		o.Existing = Skip

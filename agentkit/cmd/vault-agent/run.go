@@ -720,13 +720,17 @@ func quote(b []byte) string {
 	return q[1 : len(q)-1]
 }
 
+// maxParallel bounds -parallel: each file restored at once holds up to two
+// chunk-sized buffers.
+const maxParallel = 64
+
 func (a *app) restore(ctx context.Context, args []string) error {
 	fs := a.flags("restore")
 	to := fs.String("to", "", "restore under this `directory` (default: the original place)")
 	dry := fs.Bool("dry-run", false, "list what would be restored, change nothing")
 	existing := fs.String("existing", "skip", "for files that exist: `skip`, overwrite or keep-both")
 	byName := fs.Bool("by-name", false, "map owners by user and group names instead of numbers")
-	parallel := fs.Int("parallel", 8, "files restored at once")
+	parallel := fs.Int("parallel", 0, "files restored at once (0: two per CPU, 4 to 16)")
 	devices := fs.Bool("devices", false, "recreate device nodes (as root only)")
 	setid := fs.Bool("setid", false, "keep set-user-ID and set-group-ID bits and file capabilities (as root only)")
 	pos, err := parseInterleaved(fs, args)
@@ -740,6 +744,9 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	case restore.Skip, restore.Overwrite, restore.KeepBoth:
 	default:
 		return usageError{fmt.Sprintf("-existing %q: want skip, overwrite or keep-both", *existing)}
+	}
+	if *parallel < 0 || *parallel > maxParallel {
+		return usageError{fmt.Sprintf("-parallel %d: want 0 (two per CPU) to %d", *parallel, maxParallel)}
 	}
 	v, err := a.open(ctx, pos[0])
 	if err != nil {
