@@ -152,15 +152,17 @@ func (r *restorer) flushBatch() {
 
 // fileWriter is one worker's state.
 type fileWriter struct {
-	r      *restorer
-	h      *keys.Hasher
-	buf    []byte // decompressed chunk
-	jobErr error  // the download of the current job failed
-	// The file copied from last (repeats.go), open while the job runs,
-	// and the chunk read from it.
+	r *restorer
+	h *keys.Hasher
+	// buf holds a decompressed chunk, or one read back for a copy
+	// (repeats.go): never both at once, so one buffer of a chunk's size a
+	// worker (each is fresh memory, dear to touch: docs/performance.md,
+	// item 40).
+	buf    []byte
+	jobErr error // the download of the current job failed
+	// The file copied from last (repeats.go), open while the job runs.
 	srcF  *srcFile
 	srcFD int
-	cbuf  []byte
 	// pending are files of the current job written but for copies from
 	// files not complete yet: finished at the end of the job (final), so
 	// the worker goes on with the next files meanwhile instead of waiting.

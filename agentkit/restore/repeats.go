@@ -180,8 +180,8 @@ func (w *fileWriter) copiesReady(o *openFile) bool {
 // hard link to one, the file changed) gives its bytes only if they are
 // the chunk's, so the copy never takes anything but the chunk's content.
 func (w *fileWriter) copyFrom(o *openFile, c copyOp, want tree.ChunkRef) error {
-	if buf, ok := w.r.mem.get(want.ID, int(want.Len), w.cbuf); ok {
-		w.cbuf = buf
+	if buf, ok := w.r.mem.get(want.ID, int(want.Len), w.buf); ok {
+		w.buf = buf
 		return pwriteAll(o.fd, buf, c.off)
 	}
 	sf := c.from.f
@@ -207,14 +207,14 @@ func (w *fileWriter) copyFrom(o *openFile, c copyOp, want tree.ChunkRef) error {
 		}
 		w.srcF, w.srcFD = sf, fd
 	}
-	w.cbuf = growTo(w.cbuf, int(want.Len))
-	if err := preadAll(w.srcFD, w.cbuf, c.from.off); err != nil {
+	w.buf = growTo(w.buf, int(want.Len))
+	if err := preadAll(w.srcFD, w.buf, c.from.off); err != nil {
 		return err
 	}
-	if w.h.Sum(w.cbuf) != want.ID {
+	if w.h.Sum(w.buf) != want.ID {
 		return fmt.Errorf("%q changed since it was restored", sf.rel())
 	}
-	return pwriteAll(o.fd, w.cbuf, c.off)
+	return pwriteAll(o.fd, w.buf, c.off)
 }
 
 // closeSrc closes the file the worker copied from last.
