@@ -793,6 +793,11 @@ func (s *Store) getAt(company string, aead *pack.Sealer, id [32]byte, loc Locati
 		return nil, loc, fmt.Errorf("%w: pack %08x: %w", ErrDamaged, loc.Pack, err)
 	}
 	n := pack.EntryHeaderSize + int(loc.BodyLen)
+	if sealed := int(loc.BodyLen) - pack.NonceSize; aead != nil && sealed >= 0 && cap(dst)-len(dst) >= sealed {
+		out, err := openInPlace(f, aead, id, loc, dst, sealed)
+		s.release(f)
+		return out, loc, err
+	}
 	var buf []byte
 	if aead == nil {
 		// The sealed entry is the answer, in dst when it fits.
@@ -822,16 +827,62 @@ func (s *Store) getAt(company string, aead *pack.Sealer, id [32]byte, loc Locati
 	return out, loc, err
 }
 
+// openInPlace reads the entry at loc in two parts, its header and nonce,
+// then the ciphertext (sealed bytes, with the tag) right after dst where
+// its plaintext goes, and opens it there: one buffer a chunk read, not a
+// sealed copy beside it. Each pooled buffer a restore touches afresh
+// costs page faults, dear on some machines (docs/performance.md, item 41).
+func openInPlace(f io.ReaderAt, aead *pack.Sealer, id [32]byte, loc Location, dst []byte, sealed int) ([]byte, error) {
+	var pre [pack.EntryHeaderSize + pack.NonceSize]byte
+	if err := readAt(f, pre[:], int64(loc.Offset), loc); err != nil {
+		return nil, err
+	}
+	h, err := checkHeader(id, loc, pre[:pack.EntryHeaderSize])
+	if err != nil {
+		return nil, err
+	}
+	ct := dst[len(dst) : len(dst)+sealed]
+	if err := readAt(f, ct, int64(loc.Offset)+int64(len(pre)), loc); err != nil {
+		return nil, err
+	}
+	out, err := pack.OpenSealed(dst, aead, &h, pre[pack.EntryHeaderSize:], ct)
+	if err != nil {
+		return nil, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+	}
+	return out, nil
+}
+
+// readAt fills b from f at off, a part of the entry at loc.
+func readAt(f io.ReaderAt, b []byte, off int64, loc Location) error {
+	if _, err := f.ReadAt(b, off); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+	}
+	return nil
+}
+
+// checkHeader parses the header of the entry read at loc and checks that
+// it is the one the index says.
+func checkHeader(id [32]byte, loc Location, b []byte) (pack.EntryHeader, error) {
+	h, err := pack.ParseEntryHeader(b)
+	if err != nil {
+		return h, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
+	}
+	if h.ID != id || h.BodyLen != loc.BodyLen {
+		return h, fmt.Errorf("%w: pack %08x offset %d holds another entry", ErrDamaged, loc.Pack, loc.Offset)
+	}
+	return h, nil
+}
+
 // checkEntry checks the sealed entry buf read at loc (its header: CRC, id,
 // length) and, with aead, opens its body (the tag) appending the payload to
 // dst; without, buf is the answer.
 func checkEntry(aead *pack.Sealer, id [32]byte, loc Location, buf, dst []byte) ([]byte, error) {
-	h, err := pack.ParseEntryHeader(buf)
+	h, err := checkHeader(id, loc, buf)
 	if err != nil {
-		return nil, fmt.Errorf("%w: pack %08x offset %d: %w", ErrDamaged, loc.Pack, loc.Offset, err)
-	}
-	if h.ID != id || h.BodyLen != loc.BodyLen {
-		return nil, fmt.Errorf("%w: pack %08x offset %d holds another entry", ErrDamaged, loc.Pack, loc.Offset)
+		return nil, err
 	}
 	if aead == nil {
 		return buf, nil

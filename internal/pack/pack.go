@@ -239,12 +239,23 @@ func OpenBody(dst []byte, s *Sealer, h *EntryHeader, body []byte) ([]byte, error
 	if uint32(len(body)) != h.BodyLen || len(body) < Overhead {
 		return nil, fmt.Errorf("open entry %x: %w: body is %d bytes, header says %d", h.ID[:8], ErrCorrupt, len(body), h.BodyLen)
 	}
+	return OpenSealed(dst, s, h, body[:NonceSize], body[NonceSize:])
+}
+
+// OpenSealed is OpenBody for a body read in two parts: its nonce, and the
+// ciphertext with its tag. The plaintext may take the ciphertext's place
+// (sealed starting at len(dst) in dst's array): a reader that reads the
+// ciphertext where the plaintext goes needs one buffer, not two.
+func OpenSealed(dst []byte, s *Sealer, h *EntryHeader, nonce, sealed []byte) ([]byte, error) {
+	if len(nonce) != NonceSize || uint32(NonceSize+len(sealed)) != h.BodyLen || len(sealed) < Overhead-NonceSize {
+		return nil, fmt.Errorf("open entry %x: %w: body is %d bytes, header says %d", h.ID[:8], ErrCorrupt, len(nonce)+len(sealed), h.BodyLen)
+	}
 	a := s.aead(h.Cipher)
 	if a == nil {
 		return nil, fmt.Errorf("open entry %x: %w: %w: cipher byte %d", h.ID[:8], ErrCorrupt, ErrCipher, uint8(h.Cipher))
 	}
 	hb := h.Marshal()
-	out, err := a.Open(dst, body[:NonceSize], body[NonceSize:], hb[:48])
+	out, err := a.Open(dst, nonce, sealed, hb[:48])
 	if err != nil {
 		return nil, fmt.Errorf("open entry %x (%v): %w", h.ID[:8], h.Cipher, ErrAuth)
 	}
