@@ -112,6 +112,7 @@ type results struct {
 	NoSparse      bool                  `json:"no_sparse,omitempty"`
 	Seed          uint64                `json:"seed"`
 	Caches        string                `json:"caches"`
+	RestoreFS     string                `json:"restore_fs"`
 	Corpus        corpus.Stats          `json:"corpus"`
 	CorpusSeconds float64               `json:"corpus_generate_seconds"`
 	Mutation      corpus.MutationStats  `json:"mutation"`
@@ -145,6 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	resticBin := fs.String("restic", "restic", "restic program")
 	out := fs.String("out", "out/bench/results.json", "where to write the results as JSON")
 	warm := fs.Bool("warm", false, "do not drop page caches between phases")
+	freshFS := fs.Bool("restore-fs", true, "restore into a fresh ext4 filesystem each time (as root), not a directory of the work directory's")
 	runs := fs.Int("runs", 1, "repeat everything (fresh corpus and stores) this many times and report the median run of each phase")
 	shape := fs.String("shape", corpus.ShapeCurrent, fmt.Sprintf("corpus shape, one of %v", corpus.Shapes))
 	files := fs.Int("files", 0, "files of the small-files shape (0: 500,000 times -scale)")
@@ -212,6 +214,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		res.Caches = "warm: -warm given; every phase of both tools runs with warm caches"
 	}
 	b.logf("caches: %s", res.Caches)
+	b.freshFS = *freshFS
+	res.RestoreFS = restoreFSDir
+	if b.freshFS {
+		res.RestoreFS = restoreFSFresh
+	}
 	if *agents > 0 {
 		return b.manyAgents(ctx, *agents, *out, stdout)
 	}
@@ -254,6 +261,7 @@ type bench struct {
 	files     int
 	noSparse  bool
 	cold      bool
+	freshFS   bool // restore into a fresh filesystem (restorefs.go)
 	logf      func(format string, a ...any)
 }
 
@@ -262,6 +270,15 @@ var workSubdirs = []string{"corpus", "vaultnode", "restic", "restore-vaultnode",
 // clean removes the subdirectories of the work directory bench makes;
 // anything else there is left alone.
 func (b *bench) clean() error {
+	for _, name := range []string{"vaultnode", "restic"} {
+		f := &restoreFS{img: filepath.Join(b.work, "restorefs-"+name+".img"), mnt: filepath.Join(b.work, "restorefs-"+name)}
+		if err := f.unmountStale(); err != nil {
+			return fmt.Errorf("clean work dir: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("clean work dir: %w", err)
+		}
+	}
 	for _, d := range workSubdirs {
 		if err := os.RemoveAll(filepath.Join(b.work, d)); err != nil {
 			return fmt.Errorf("clean work dir: %w", err)
@@ -336,13 +353,24 @@ func (b *bench) once(ctx context.Context, res *results) error {
 				pr.Error = "setup failed"
 				continue
 			}
+			restoreDir := filepath.Join(b.work, "restore-"+t.Name())
+			var rfs *restoreFS
+			if ph == phaseRestore && b.freshFS {
+				if rfs, err = newRestoreFS(b.work, t.Name(), restoreFSSize(res.Corpus.DataBytes, res.Corpus.Files)); err != nil {
+					b.freshFS = false
+					res.RestoreFS = fmt.Sprintf("%s (no fresh filesystem: %v)", restoreFSDir, err)
+					b.logf("%s", res.RestoreFS)
+				} else {
+					restoreDir = rfs.Dir()
+				}
+			}
 			if b.cold {
 				if err := dropCaches(); err != nil {
 					return err
 				}
 			}
 			b.logf("%s: %s", t.Name(), ph)
-			root, err := runPhase(ctx, t, ph, filepath.Join(b.work, "restore-"+t.Name()), res.Corpus.DataBytes, pr)
+			root, err := runPhase(ctx, t, ph, restoreDir, res.Corpus.DataBytes, pr)
 			if err != nil {
 				pr.Error = err.Error()
 				b.logf("%s: %s failed: %v", t.Name(), ph, err)
@@ -356,6 +384,11 @@ func (b *bench) once(ctx context.Context, res *results) error {
 					c = prev // keep the first failure
 				}
 				res.Restores[t.Name()] = c
+			}
+			if rfs != nil {
+				if err := rfs.Close(); err != nil {
+					return fmt.Errorf("remove the restore filesystem: %w", err)
+				}
 			}
 		}
 	}

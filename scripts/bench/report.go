@@ -145,6 +145,9 @@ func printReport(w io.Writer, r *results) {
 	fmt.Fprintf(w, "mutation: %d files edited, %d insertions, %d append, %d hole write, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
 		m.FilesEdited, m.Insertions, m.Appends, m.HoleWrites, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
 	fmt.Fprintf(w, "caches: %s\n", r.Caches)
+	if r.RestoreFS != "" {
+		fmt.Fprintf(w, "restores: %s\n", r.RestoreFS)
+	}
 	fmt.Fprintf(w, "host: %s\n\n", hostLine(r.Host))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
