@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"runtime"
 	"slices"
 	"sync"
@@ -132,11 +133,16 @@ func (fr *FrameReader) Next() (*Frame, error) {
 	}
 	// The buffer grows with the bytes that really arrive, not with the
 	// declared size: a peer that declares big frames and stalls costs
-	// little.
+	// little (at most twice what arrived). It grows to the power of two
+	// above the frame's size, not to the size itself: chunk sizes vary,
+	// and a reader reused across downloads grown to each frame exactly
+	// grew again for nearly every larger one, copying its whole buffer
+	// into fresh memory each time (docs/performance.md, item 43).
 	have := 0
 	for have < int(size) {
 		if cap(fr.buf) < int(size) && have == cap(fr.buf) {
-			nb := make([]byte, have, min(int(size), max(2*have, 64<<10)))
+			roof := min(1<<bits.Len(uint(size-1)), MaxFramePayload)
+			nb := make([]byte, have, min(roof, max(2*have, 64<<10)))
 			copy(nb, fr.buf[:have])
 			fr.buf = nb
 		}

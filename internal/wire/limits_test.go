@@ -88,6 +88,31 @@ func TestFramePayloadGrowsWithTheBytes(t *testing.T) {
 	}
 }
 
+// A reader kept across downloads grows its buffer with headroom: frames
+// a little larger each time (chunk sizes vary) do not each make a new
+// buffer and copy the old one into it.
+func TestFrameReaderGrowsWithHeadroom(t *testing.T) {
+	var b []byte
+	for k := range 20 {
+		n := 1<<20 + 1 + k*50_000 // 1 MiB + 1 to about 1.9 MiB
+		b = wire.AppendFrame(b, &wire.Frame{PlainLen: uint32(n), Payload: make([]byte, n)})
+	}
+	fr := wire.NewFrameReader(bytes.NewReader(b))
+	if _, err := fr.Next(); err != nil {
+		t.Fatal(err)
+	}
+	got := allocated(func() {
+		for range 19 {
+			if _, err := fr.Next(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if got > 64<<10 {
+		t.Fatalf("19 frames of 1-2 MiB after one of just over 1 MiB allocated %d bytes", got)
+	}
+}
+
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
