@@ -139,7 +139,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	scale := fs.Float64("scale", 1, "corpus size: 1 is about 1 GiB of data (plus 8 GiB of sparse holes)")
 	seed := fs.Uint64("seed", 1, "corpus and mutation seed")
-	keep := fs.Bool("keep", false, "keep the work directory (corpus, stores, restores, logs)")
+	keep := fs.Bool("keep", false, "keep the work directory (corpus, stores, logs; the restored trees too with -restore-fs=false)")
 	work := fs.String("work", "out/bench/work", "work directory; its bench subdirectories are replaced")
 	only := fs.String("only", "", "run one tool: vaultnode or restic")
 	bin := fs.String("bin", "bin", "directory holding vaultd, vaultctl and vault-agent")
