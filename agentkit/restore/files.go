@@ -312,7 +312,7 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 		o.err = err
 		return
 	}
-	w.r.mem.put(fr.ID, data)
+	w.r.mem.keep(fr.ID, data)
 	o.err = o.write(data)
 	atomic.AddInt64(&w.r.stats.Bytes, int64(len(data)))
 }

@@ -314,20 +314,34 @@ func growTo(b []byte, n int) []byte {
 // (a licence, an empty module, a vendored copy): each copy would cost five
 // system calls more than the write. The content was checked against its id
 // when downloaded; memory is not a place anybody else may change.
+//
+// The ring starts at memStart and doubles, up to memBytes, each time it
+// comes round after a lap in which copies asked for a small chunk at least
+// once per memAskBytes put: its memory is fresh pages, which cost more than
+// the system calls they save when few chunks recur (a restore of the
+// benchmark's current tree put 16.9 MB there for 90 hits: 4,096 first
+// touches of pages, about 0.09 s of CPU on this machine kind,
+// docs/performance.md item 44).
 var (
 	memChunkMax = 64 << 10 // larger chunks are copied from the file
 	memBytes    = 16 << 20
+	memStart    = 1 << 20
+	memAskBytes = 32 << 10
 )
 
 // memChunks is a ring of chunk contents: each new chunk goes after the
 // last one, overwriting the oldest, which are forgotten first.
 type memChunks struct {
-	mu   sync.Mutex
-	buf  []byte
-	pos  int // where the next chunk goes
-	m    map[[32]byte]memRef
-	fifo []memEntry // the chunks in buf, oldest first, from fifo[head]
-	head int
+	mu    sync.Mutex
+	buf   []byte
+	limit int // the ring's size now (see memStart)
+	// put and asked count the bytes put and the small chunks copies
+	// asked for since the ring last came round.
+	put, asked int
+	pos        int // where the next chunk goes
+	m          map[[32]byte]memRef
+	fifo       []memEntry // the chunks in buf, oldest first, from fifo[head]
+	head       int
 }
 
 type memRef struct{ off, len int }
@@ -337,8 +351,8 @@ type memEntry struct {
 	memRef
 }
 
-// put keeps a copy of data, the checked content of chunk id, when small.
-func (c *memChunks) put(id [32]byte, data []byte) {
+// keep keeps a copy of data, the checked content of chunk id, when small.
+func (c *memChunks) keep(id [32]byte, data []byte) {
 	n := len(data)
 	if n == 0 || n > memChunkMax || n > memBytes {
 		return
@@ -350,8 +364,17 @@ func (c *memChunks) put(id [32]byte, data []byte) {
 	}
 	if c.m == nil {
 		c.m = map[[32]byte]memRef{}
+		c.limit = min(memStart, memBytes)
 	}
-	if c.pos+n > memBytes {
+	if c.pos+n > c.limit {
+		// Come round: grow if the last lap's copies asked for kept
+		// chunks often enough, else wrap.
+		if c.limit < memBytes && c.asked*memAskBytes >= c.put {
+			c.limit = min(2*c.limit, memBytes)
+		}
+		c.put, c.asked = 0, 0
+	}
+	if c.pos+n > c.limit {
 		// Wrap: the chunks after pos, the oldest, are forgotten now.
 		for c.head < len(c.fifo) && c.fifo[c.head].off >= c.pos {
 			c.forget()
@@ -374,6 +397,7 @@ func (c *memChunks) put(id [32]byte, data []byte) {
 	}
 	c.fifo = append(c.fifo, memEntry{id, ref})
 	c.pos += n
+	c.put += n
 }
 
 // forget drops the oldest chunk.
@@ -394,6 +418,9 @@ func (c *memChunks) has(id [32]byte) bool {
 func (c *memChunks) get(id [32]byte, n int, buf []byte) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if n <= memChunkMax {
+		c.asked++
+	}
 	ref, ok := c.m[id]
 	if !ok || ref.len != n {
 		return buf, false

@@ -265,9 +265,9 @@ func withMemChunks(t *testing.T, n int) {
 // chunk's, across many wraps with chunks of every size, and keeps the
 // newest ones.
 func TestMemChunksRing(t *testing.T) {
-	oldMax, oldBytes := memChunkMax, memBytes
-	memChunkMax, memBytes = 3000, 10000
-	defer func() { memChunkMax, memBytes = oldMax, oldBytes }()
+	oldMax, oldBytes, oldStart := memChunkMax, memBytes, memStart
+	memChunkMax, memBytes, memStart = 3000, 10000, 2500
+	defer func() { memChunkMax, memBytes, memStart = oldMax, oldBytes, oldStart }()
 	rng := rand.New(rand.NewPCG(7, 8))
 	var c memChunks
 	content := map[[32]byte][]byte{}
@@ -281,7 +281,7 @@ func TestMemChunksRing(t *testing.T) {
 		}
 		content[id] = data
 		order = append(order, id)
-		c.put(id, data)
+		c.keep(id, data)
 		if len(data) <= memChunkMax {
 			if got, ok := c.get(id, len(data), nil); !ok || !bytes.Equal(got, data) {
 				t.Fatalf("chunk %d of %d bytes just put: kept %v, same %v", i, len(data), ok, bytes.Equal(got, data))
@@ -302,6 +302,47 @@ func TestMemChunksRing(t *testing.T) {
 		if kept > memBytes || len(c.buf) > memBytes {
 			t.Fatalf("after chunk %d: %d bytes kept in a buffer of %d, limit %d", i, kept, len(c.buf), memBytes)
 		}
+	}
+}
+
+// The ring grows from memStart only while copies ask for small chunks:
+// kept chunks nobody asks for stay within its first size (fresh memory is
+// dear); asked for at least once per memAskBytes put, it doubles up to
+// memBytes.
+func TestMemChunksRingGrowsWhenAsked(t *testing.T) {
+	oldMax, oldBytes, oldStart := memChunkMax, memBytes, memStart
+	memChunkMax, memBytes, memStart = 3000, 64<<10, 8<<10
+	defer func() { memChunkMax, memBytes, memStart = oldMax, oldBytes, oldStart }()
+	rng := rand.New(rand.NewPCG(3, 4))
+	used := func(c *memChunks) int {
+		top := 0
+		for _, ref := range c.m {
+			top = max(top, ref.off+ref.len)
+		}
+		return top
+	}
+	var c memChunks
+	for i := range 2000 {
+		var id [32]byte
+		binary.LittleEndian.PutUint64(id[:], uint64(i))
+		c.keep(id, make([]byte, 1+rng.IntN(3000)))
+		if u := used(&c); u > memStart {
+			t.Fatalf("nothing asked for: chunk %d kept at %d bytes into the ring, past its first size %d", i, u, memStart)
+		}
+	}
+	// Asked for (hits or not), once per 1,000 bytes put: it grows to
+	// memBytes, never past.
+	grew := 0
+	for i := range 2000 {
+		var id [32]byte
+		binary.LittleEndian.PutUint64(id[:], uint64(10000+i))
+		data := make([]byte, 1000)
+		c.keep(id, data)
+		c.get(id, len(data), nil)
+		grew = max(grew, used(&c))
+	}
+	if grew <= memBytes/2 || grew > memBytes {
+		t.Fatalf("asked for: the ring used %d bytes, want more than %d and at most %d", grew, memBytes/2, memBytes)
 	}
 }
 
