@@ -333,7 +333,9 @@ func (w *fileWriter) check(fr *wire.Frame, want tree.ChunkRef) ([]byte, error) {
 	case fr.Kind != wire.StatusOK:
 		err = &ChunkError{fr.ID, "damaged on the vault: " + string(fr.Payload)}
 	case fr.Flags != 0 || uint32(len(data)) != fr.PlainLen: // else checked and written as is
-		w.buf, err = wire.Decompress(w.buf[:0], fr.Flags, fr.Payload, fr.PlainLen)
+		// Room for the plaintext first (growTo's headroom), so the
+		// decoder does not grow the buffer by appending.
+		w.buf, err = wire.Decompress(growTo(w.buf, int(fr.PlainLen))[:0], fr.Flags, fr.Payload, fr.PlainLen)
 		data = w.buf
 	}
 	if err == nil && w.h.Sum(data) != fr.ID {

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 
@@ -300,9 +301,14 @@ func preadAll(fd int, p []byte, off int64) error {
 	return nil
 }
 
+// growTo returns b resliced to n bytes, or a new buffer of n bytes when b
+// is too small. A new buffer gets the power of two above n as its
+// capacity: chunk sizes vary, and a worker's buffer grown to each larger
+// chunk exactly was replaced, fresh memory each time, for nearly every
+// one (docs/performance.md, item 45).
 func growTo(b []byte, n int) []byte {
 	if cap(b) < n {
-		return make([]byte, n)
+		return make([]byte, n, 1<<bits.Len(uint(n-1)))
 	}
 	return b[:n]
 }
