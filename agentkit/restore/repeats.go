@@ -2,7 +2,6 @@ package restore
 
 import (
 	"fmt"
-	"math/bits"
 	"sync"
 	"sync/atomic"
 
@@ -301,16 +300,10 @@ func preadAll(fd int, p []byte, off int64) error {
 	return nil
 }
 
-// growTo returns b resliced to n bytes, or a new buffer of n bytes when b
-// is too small. A new buffer gets the power of two above n as its
-// capacity: chunk sizes vary, and a worker's buffer grown to each larger
-// chunk exactly was replaced, fresh memory each time, for nearly every
-// one (docs/performance.md, item 45).
+// growTo returns b resliced to n bytes, or a new buffer of n bytes with
+// room to spare (wire.Room) when b is too small.
 func growTo(b []byte, n int) []byte {
-	if cap(b) < n {
-		return make([]byte, n, 1<<bits.Len(uint(n-1)))
-	}
-	return b[:n]
+	return wire.Room(b, n)[:n]
 }
 
 // The content of small chunks downloaded in this run is kept in memory

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"math/bits"
 	"net/http"
 	"sync"
 	"time"
@@ -197,18 +196,6 @@ var uploadBufs = sync.Pool{New: func() any { return new(uploadBuffers) }}
 // written here and, on a pair's leader, sent to the other member.
 var sealedBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-// roomFor returns b emptied, or a new empty buffer when b cannot hold n
-// bytes, of the power of two above n: chunk sizes vary, and a buffer
-// grown by append to each larger chunk exactly (AES-GCM's Seal and the
-// decompressor do) was replaced, fresh memory each time, for nearly every
-// one (docs/performance.md, item 46). n is bounded by the frame's limits.
-func roomFor(b []byte, n int) []byte {
-	if cap(b) < n {
-		return make([]byte, 0, 1<<bits.Len(uint(n-1)))
-	}
-	return b[:0]
-}
-
 // Upload stores the chunks of body, a stream of frames of at most
 // wire.MaxUploadBody bytes (size is its declared length, -1 if unknown),
 // and returns how many it appended. Every chunk is checked against its id;
@@ -272,7 +259,7 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 		}
 		plain := f.Payload // checked as is unless compressed (or lying about its length)
 		if f.Flags != 0 || uint32(len(f.Payload)) != f.PlainLen {
-			scratch, err = wire.Decompress(roomFor(scratch, int(f.PlainLen)), f.Flags, f.Payload, f.PlainLen)
+			scratch, err = wire.Decompress(wire.Room(scratch, int(f.PlainLen)), f.Flags, f.Payload, f.PlainLen)
 			if err != nil {
 				return 0, fail(http.StatusBadRequest, wire.CodeBadRequest, "upload: chunk %x: %v", f.ID[:8], err)
 			}
@@ -309,7 +296,7 @@ func (v *Vault) Upload(ctx context.Context, p *Principal, id string, size int64,
 			continue // already stored (a retry, or another session): append nothing
 		}
 		sb := sealedBufs.Get().(*[]byte)
-		*sb = pack.AppendEntry(roomFor(*sb, pack.EntryHeaderSize+pack.Overhead+len(f.Payload)), c.keys.aead, &eh, f.Payload)
+		*sb = pack.AppendEntry(wire.Room(*sb, pack.EntryHeaderSize+pack.Overhead+len(f.Payload)), c.keys.aead, &eh, f.Payload)
 		if err := app.AddOwned(eh, *sb, func() { sealedBufs.Put(sb) }); err != nil {
 			return 0, err
 		}

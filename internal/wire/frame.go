@@ -156,6 +156,18 @@ func (fr *FrameReader) Next() (*Frame, error) {
 	return f, nil
 }
 
+// Room returns b emptied, or a new empty buffer when b cannot hold n
+// bytes, of the power of two above n. Chunk sizes vary: a buffer reused
+// for chunk after chunk and grown to each larger one exactly is replaced,
+// fresh memory each time, for nearly every one (docs/performance.md,
+// items 43-46). Callers bound n (a frame's limits).
+func Room(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, 0, 1<<bits.Len(uint(n-1)))
+	}
+	return b[:0]
+}
+
 // IDs encodes a list of chunk IDs as a request body.
 func AppendIDs(dst []byte, ids [][32]byte) []byte {
 	for i := range ids {

@@ -215,3 +215,20 @@ func TestDecodeManifest(t *testing.T) {
 		t.Fatalf("other magic: %v", err)
 	}
 }
+
+// Room keeps a buffer that holds n bytes and makes one of the power of two
+// above n otherwise.
+func TestRoom(t *testing.T) {
+	b := make([]byte, 10, 100)
+	if r := wire.Room(b, 100); len(r) != 0 || cap(r) != 100 || &r[:1][0] != &b[0] {
+		t.Errorf("Room of a buffer that fits: len %d cap %d, same array %v", len(r), cap(r), &r[:1][0] == &b[0])
+	}
+	for _, c := range []struct{ n, want int }{{1, 1}, {101, 128}, {1024, 1024}, {1025, 2048}, {3 << 20, 4 << 20}} {
+		if r := wire.Room(nil, c.n); len(r) != 0 || cap(r) != c.want {
+			t.Errorf("Room(%d): len %d cap %d, want 0 and %d", c.n, len(r), cap(r), c.want)
+		}
+	}
+	if r := wire.Room(nil, 0); len(r) != 0 {
+		t.Errorf("Room(nil, 0): len %d", len(r))
+	}
+}
