@@ -307,8 +307,12 @@ func TestDamage(t *testing.T) {
 	f := newFixture(t, t.TempDir())
 	var plains [][]byte
 	var entries []store.Entry
-	for i := 0; i < 3; i++ {
-		p, e := f.chunk(4096)
+	// The middle entry is large enough to be opened in place when dst has
+	// room for it (the sealed bytes read where the plaintext goes); Get
+	// reads it into a buffer of its own otherwise, and every small entry
+	// too. Both ways see every damage.
+	for _, size := range []int{4096, 300 << 10, 4096} {
+		p, e := f.chunk(size)
 		plains = append(plains, p)
 		entries = append(entries, e)
 	}
@@ -317,10 +321,7 @@ func TestDamage(t *testing.T) {
 	}
 	loc, _ := f.s.Lookup("acme", entries[1].Header.ID)
 	path := f.s.PackPath(loc.Pack)
-	// Get opens an entry in place when dst has room for it (the sealed
-	// bytes read where the plaintext goes), else from a buffer of its own:
-	// both ways see every damage.
-	room := make([]byte, 7, 64<<10)
+	room := make([]byte, 7, 1<<20)
 	for _, at := range []int64{0, 4, 30, 45, 49, 60, pack.EntryHeaderSize + 10, pack.EntryHeaderSize + 30, pack.EntryHeaderSize + 2000, pack.EntryHeaderSize + int64(loc.BodyLen) - 1} {
 		flip(t, path, int64(loc.Offset)+at)
 		for _, dst := range [][]byte{nil, room} {
