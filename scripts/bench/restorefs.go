@@ -12,8 +12,9 @@ import (
 
 // A restore creates every file of the corpus, and on ext4 without a
 // journal (this machine kind's root filesystem) each create skips the
-// free inodes whose deletion is under 5 minutes old, or 300 s when their
-// inode table block is dirty again (the kernel's recently_deleted): the
+// free inodes deleted in the last minute, or the last six when their
+// inode table block is dirty again (the kernel's recently_deleted,
+// RECENTCY_MIN and RECENTCY_DIRTY in fs/ext4/ialloc.c): the
 // previous run's corpus, stores and restored trees, removed moments
 // before, made one tool's restore of 100,000 small files take 3.7 s in
 // one run and 6.6 s in the next. So each restore goes into an ext4
