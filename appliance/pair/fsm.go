@@ -158,12 +158,24 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		_, err := io.Copy(io.Discard, rc)
 		return err
 	}
-	if testRestored != nil {
-		testRestored()
-	}
 	prev, err := f.cat.AppliedIndex()
 	if err != nil {
 		return fmt.Errorf("restore a catalog snapshot: %w", err)
+	}
+	if index, ok := snapshotIndex(rc); ok && index == prev {
+		// The catalog holds this snapshot's state already (the entries up
+		// to an index are the same on every member). The leader sends a
+		// snapshot again when the answer to the last one was lost: raft
+		// on the leader learns of an install from that answer alone, so a
+		// member that stopped after its catalog was replaced and before it
+		// answered gets the same snapshot once it is back. Replacing the
+		// catalog by the same copy would rewrite all of it for nothing and
+		// count as a second install; an earlier install left unfinished is
+		// still finished (Restored).
+		return f.finishRestored(prev)
+	}
+	if testRestored != nil {
+		testRestored()
 	}
 	if f.restoring != nil {
 		if err := f.restoring(prev); err != nil {
@@ -173,6 +185,11 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err := f.cat.Restore(rc); err != nil {
 		return err
 	}
+	return f.finishRestored(prev)
+}
+
+// finishRestored tells Restored, then the applied index.
+func (f *fsm) finishRestored(prev uint64) error {
 	if f.restored != nil {
 		if err := f.restored(prev); err != nil {
 			return err // raft installs the snapshot again
@@ -189,6 +206,41 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 }
 
 var testRestored func() // tests: told of each snapshot restored
+
+// metaSnapshots is raft's snapshot store with each snapshot opened as a
+// snapshotReader: raft hands FSM.Restore the reader alone (under its own
+// counting one, a raft.ReadCloserWrapper), and Restore needs the
+// snapshot's last index to recognise a snapshot the catalog holds already.
+type metaSnapshots struct{ raft.SnapshotStore }
+
+func (s metaSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	meta, rc, err := s.SnapshotStore.Open(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return meta, snapshotReader{ReadCloser: rc, index: meta.Index}, nil
+}
+
+type snapshotReader struct {
+	io.ReadCloser
+	index uint64
+}
+
+// snapshotIndex is the last index inside the snapshot rc reads, when
+// metaSnapshots opened it.
+func snapshotIndex(rc io.ReadCloser) (uint64, bool) {
+	for range 8 { // raft wraps it once; more would be a loop
+		switch r := rc.(type) {
+		case snapshotReader:
+			return r.index, true
+		case raft.ReadCloserWrapper:
+			rc = r.WrappedReadCloser()
+		default:
+			return 0, false
+		}
+	}
+	return 0, false
+}
 
 type catalogSnapshot struct{ s *catalog.Snapshot }
 

@@ -79,7 +79,11 @@ type Config struct {
 	// queue to what the entries inside the snapshot did. An error from
 	// either fails the install: raft sends the snapshot again, and this
 	// member's applied index (WaitApplied, copies waiting for a sweep)
-	// does not move meanwhile.
+	// does not move meanwhile. A snapshot of the state the catalog holds
+	// already (its applied index is the snapshot's: the leader sends a
+	// snapshot again when the answer to an install was lost) does not
+	// replace the catalog: Restoring is not told, Restored is (it finishes
+	// an earlier install left unfinished).
 	Restoring func(prev uint64) error
 	Restored  func(prev uint64) error
 }
@@ -310,7 +314,7 @@ func Start(cfg Config) (*Node, error) {
 			n.applied = idx
 		}
 	}
-	n.raft, err = raft.NewRaft(rc, f, n.logs, n.logs, snaps, n.trans)
+	n.raft, err = raft.NewRaft(rc, f, n.logs, n.logs, metaSnapshots{snaps}, n.trans)
 	if err != nil {
 		n.closeTransport()
 		return nil, fmt.Errorf("start raft: %w", err)
