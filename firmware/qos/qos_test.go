@@ -9,14 +9,17 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 
 	"vaultnode/internal/clock"
 )
@@ -232,14 +235,104 @@ func TestRatesReadBackInKernelUnits(t *testing.T) {
 	}
 }
 
-// flow is one TCP stream; rx counts the bytes its receiver read.
+// flow is one TCP stream; tx is its sending socket, rx counts the bytes its
+// receiver read.
 type flow struct {
 	name string
+	tx   syscall.RawConn
 	rx   atomic.Int64
 	err  atomic.Pointer[error]
 }
 
 func (f *flow) fail(err error) { f.err.CompareAndSwap(nil, &err) }
+
+// flowBuffer is the send and receive buffer of every socket in the shaping
+// test, bytes; the kernel doubles it. The flows are goroutines, and on a
+// loaded machine (CI runs many test binaries on 2 cores) a goroutine can go
+// unscheduled for a second or more. With autotuned buffers (1.3-1.6 MB) the
+// send buffer then ran dry and the class went idle: a sender with nothing to
+// send for 185 ms of a 2.5 s window left its class 7.5 % short. A writer
+// refills its socket once a third of the buffer has drained, so 8 MiB keeps
+// a class backlogged through a stall of 2 s at the 20 Mbit/s a checked class
+// carries at most, 10 s at management's 4; a receiver may lag about as long
+// before its window closes.
+const flowBuffer = 4 << 20
+
+// flowSocket is the Control of the shaping test's listeners and dialers. It
+// runs before connect, so the window scale is chosen for the receive buffer
+// and the connection has one congestion control throughout; accepted
+// sockets inherit the listener's. FORCE, as root, goes past
+// net.core.wmem_max and rmem_max, 208 KiB on a fresh machine.
+//
+// The congestion control is cubic (reno, which is always built in, if the
+// kernel lacks it), not the kernel's default, which is BBR on the appliance
+// kernel. BBR paces at its estimate of the bottleneck and caps what is in
+// flight near its estimate of the path's BDP, a segment or two over a veth,
+// so the class's queue is refilled by ACKs coming back through the peer and
+// the IFB and by pacing timers, all in softirq; under CPU load it runs dry
+// while the socket still counts as busy. Sampled every 5 ms under load, the
+// egress leaves were empty 0.4-0.9 % of the time, management's median was
+// 1.7 % under its rate and 2 runs in 36 failed. A loss-based sender, which
+// loses nothing here, is limited only by TCP small queues: two segments in
+// the class's queue, the next queued as one leaves. The leaves were empty
+// 0-0.05 % of the time and no run in 36 failed.
+func flowSocket(_, _ string, c syscall.RawConn) error {
+	var err error
+	if cerr := c.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if err == nil {
+				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, flowBuffer)
+			}
+		}
+		if err == nil {
+			if err = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "cubic"); errors.Is(err, unix.ENOENT) {
+				err = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "reno")
+			}
+		}
+	}); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// chrono is a sending socket's TCP chronographs (tcp_info, Linux 4.10+) at
+// a moment: busy is how long it has had data unsent or unacknowledged,
+// including the time the receiver's window held it back (rwnd). A sender
+// that is not busy has left its class without anything of it to shape.
+type chrono struct {
+	at         time.Time
+	busy, rwnd time.Duration
+}
+
+func readChrono(c syscall.RawConn) (chrono, error) {
+	var ti *unix.TCPInfo
+	var err error
+	if cerr := c.Control(func(fd uintptr) { ti, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); cerr != nil {
+		return chrono{}, cerr
+	}
+	if err != nil {
+		return chrono{}, err
+	}
+	return chrono{at: time.Now(), busy: time.Duration(ti.Busy_time) * time.Microsecond, rwnd: time.Duration(ti.Rwnd_limited) * time.Microsecond}, nil
+}
+
+// starved says how a flow failed to keep its class backlogged between a and
+// b, "" if it did or the kernel cannot tell (before 4.10 busy stays 0). The
+// chronographs count in jiffies (up to 10 ms), so a stall under 1 % of the
+// window passes; a class short by more than the 5 % limit is not explained
+// by it.
+func starved(f *flow, a, b chrono) string {
+	if b.busy == 0 {
+		return ""
+	}
+	span := b.at.Sub(a.at)
+	idle, rwnd := span-(b.busy-a.busy), b.rwnd-a.rwnd
+	if idle+rwnd <= span/100 {
+		return ""
+	}
+	return fmt.Sprintf("%s: sender idle %v, held by the receiver's window %v, of %v",
+		f.name, max(idle, 0).Round(time.Millisecond), rwnd.Round(time.Millisecond), span.Round(time.Millisecond))
+}
 
 func TestShapingUnderSaturation(t *testing.T) {
 	l := newLab(t)
@@ -285,16 +378,17 @@ func TestShapingUnderSaturation(t *testing.T) {
 		}
 	}
 	var lnAPI, lnMgmt, lnPeer net.Listener
+	lc := net.ListenConfig{Control: flowSocket}
 	if err := in(l.a, func() (err error) {
-		if lnAPI, err = net.Listen("tcp4", "198.18.0.1:8443"); err != nil {
+		if lnAPI, err = lc.Listen(ctx, "tcp4", "198.18.0.1:8443"); err != nil {
 			return err
 		}
-		lnMgmt, err = net.Listen("tcp4", "198.18.0.1:443")
+		lnMgmt, err = lc.Listen(ctx, "tcp4", "198.18.0.1:443")
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := in(l.b, func() (err error) { lnPeer, err = net.Listen("tcp4", "198.18.0.3:7000"); return err }); err != nil {
+	if err := in(l.b, func() (err error) { lnPeer, err = lc.Listen(ctx, "tcp4", "198.18.0.3:7000"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	for _, ln := range []net.Listener{lnAPI, lnMgmt, lnPeer} {
@@ -306,7 +400,7 @@ func TestShapingUnderSaturation(t *testing.T) {
 	dial := func(ns netns.NsHandle, from, to string) net.Conn {
 		var c net.Conn
 		if err := in(ns, func() (err error) {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Control: flowSocket}
 			c, err = d.Dial("tcp4", to)
 			return err
 		}); err != nil {
@@ -323,25 +417,16 @@ func TestShapingUnderSaturation(t *testing.T) {
 		keep(c)
 		return c
 	}
-	// The appliance (A) sends management and restore data and replicates to
-	// the peer; agents in B upload to A.
-	wg.Add(10)
-	c := dial(l.b, "198.18.0.2", "198.18.0.1:443")
-	go recv(mgmt, c)
-	go send(mgmt, accept(lnMgmt))
-	c = dial(l.b, "198.18.0.2", "198.18.0.1:8443")
-	go recv(restore, c)
-	go send(restore, accept(lnAPI))
-	c = dial(l.a, "198.18.0.1", "198.18.0.3:7000")
-	go send(repl, c)
-	go recv(repl, accept(lnPeer))
-	c = dial(l.b, "198.18.0.2", "198.18.0.1:8443")
-	go send(upX, c)
-	go recv(upX, accept(lnAPI))
-	c = dial(l.b, "198.18.0.4", "198.18.0.1:8443")
-	go send(upY, c)
-	go recv(upY, accept(lnAPI))
-
+	// start runs f from the socket tx to rx.
+	start := func(f *flow, tx, rx net.Conn) {
+		var err error
+		if f.tx, err = tx.(syscall.Conn).SyscallConn(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(2)
+		go send(f, tx)
+		go recv(f, rx)
+	}
 	capX := func(ceil uint64) []Cap {
 		return []Cap{{Name: "computer-x", Sources: []netip.Prefix{netip.MustParsePrefix("198.18.0.2/32")}, Rate: ceil, Ceil: ceil}}
 	}
@@ -354,10 +439,28 @@ func TestShapingUnderSaturation(t *testing.T) {
 		Ports:       Ports{AgentAPI: 8443, Management: []uint16{443}, Replication: 7000},
 		Caps:        capX(5 * Mbit),
 	}
+	// The flows start shaped. Started unshaped, they ran at gigabits into
+	// windows of megabytes, lost segments at the veth, and were still
+	// recovering through a 4 Mbit/s class seconds later: management's class
+	// busy at its rate while its receiver got nothing in order for a whole
+	// window. Started shaped, no segment is lost or retransmitted.
 	ctl := New(zaptest.NewLogger(t), l.ha, clock.Real{})
 	if err := ctl.Apply(cfg); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
+	// The appliance (A) sends management and restore data and replicates to
+	// the peer; agents in B upload to A.
+	c := dial(l.b, "198.18.0.2", "198.18.0.1:443")
+	start(mgmt, accept(lnMgmt), c)
+	c = dial(l.b, "198.18.0.2", "198.18.0.1:8443")
+	start(restore, accept(lnAPI), c)
+	c = dial(l.a, "198.18.0.1", "198.18.0.3:7000")
+	start(repl, c, accept(lnPeer))
+	c = dial(l.b, "198.18.0.2", "198.18.0.1:8443")
+	start(upX, c, accept(lnAPI))
+	c = dial(l.b, "198.18.0.4", "198.18.0.1:8443")
+	start(upY, c, accept(lnAPI))
+
 	up0, _ := l.ha.LinkByName("up0")
 	rootBytes := func() uint64 {
 		qs, err := l.ha.QdiscList(up0)
@@ -373,33 +476,68 @@ func TestShapingUnderSaturation(t *testing.T) {
 		return 0
 	}
 
-	// measure returns each class's rate from the kernel's byte counters and
-	// each flow's goodput, bits/s, over a window after the queues settle.
-	measure := func() (map[string]float64, map[*flow]float64) {
-		time.Sleep(time.Second)
-		s0, err := ctl.Status()
-		if err != nil {
-			t.Fatal(err)
+	// snapshot reads the classes' counters, and when: the middle of the read.
+	// The counters come from somewhere within it, and under CPU load a read
+	// in which the goroutine was descheduled took up to 21 ms, 0.8 % of the
+	// window: a read over 2 ms is taken again, up to 5 times, and the
+	// quickest kept.
+	snapshot := func() ([]ClassStatus, time.Time) {
+		var best []ClassStatus
+		var at time.Time
+		var took time.Duration
+		for try := 0; try < 5 && (best == nil || took > 2*time.Millisecond); try++ {
+			t0 := time.Now()
+			s, err := ctl.Status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(t0); best == nil || d < took {
+				best, at, took = s, t0.Add(d/2), d
+			}
 		}
+		return best, at
+	}
+	// short holds the flows that did not keep their class backlogged over
+	// the last window, and how: such a class carried less than its rate for
+	// a reason that is not the shaping.
+	var short map[*flow]string
+	// window returns each class's rate from the kernel's byte counters and
+	// each flow's goodput, bits/s, over a window after the queues settle, and
+	// sets short from the senders' chronographs around it.
+	window := func() (map[string]float64, map[*flow]float64) {
+		time.Sleep(time.Second)
+		c0 := map[*flow]chrono{}
+		for _, f := range flows {
+			c, err := readChrono(f.tx)
+			if err != nil {
+				t.Fatalf("%s: tcp_info: %v", f.name, err)
+			}
+			c0[f] = c
+		}
+		s0, t0 := snapshot()
 		rx0 := map[*flow]int64{}
 		for _, f := range flows {
 			rx0[f] = f.rx.Load()
 		}
-		t0 := time.Now()
 		time.Sleep(2500 * time.Millisecond)
-		s1, err := ctl.Status()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dt := time.Since(t0).Seconds()
+		s1, t1 := snapshot()
+		dt := t1.Sub(t0).Seconds()
 		rates, good := map[string]float64{}, map[*flow]float64{}
 		for i := range s1 {
 			rates[s1[i].Direction+" "+s1[i].Name] = float64(s1[i].Bytes-s0[i].Bytes) * 8 / dt
 		}
+		short = map[*flow]string{}
 		for _, f := range flows {
 			good[f] = float64(f.rx.Load()-rx0[f]) * 8 / dt
 			if e := f.err.Load(); e != nil {
 				t.Fatalf("stream broke: %v", *e)
+			}
+			c1, err := readChrono(f.tx)
+			if err != nil {
+				t.Fatalf("%s: tcp_info: %v", f.name, err)
+			}
+			if why := starved(f, c0[f], c1); why != "" {
+				short[f] = why
 			}
 		}
 		gm := map[string]float64{}
@@ -409,21 +547,51 @@ func TestShapingUnderSaturation(t *testing.T) {
 		t.Logf("classes (Mbit/s): %v; goodput: %v", mbit(rates), mbit(gm))
 		return rates, good
 	}
-	within := func(what string, got float64, want uint64) {
+	// measure is window, and once more if a flow left its class without
+	// traffic: its goroutines were starved for longer than its socket's
+	// buffers last, and one window later they usually are not.
+	measure := func() (map[string]float64, map[*flow]float64) {
+		rates, good := window()
+		if len(short) > 0 {
+			var why []string
+			for _, f := range flows {
+				if w, ok := short[f]; ok {
+					why = append(why, w)
+				}
+			}
+			t.Logf("qos: the test's own flows left classes under-offered, measuring again: %s", strings.Join(why, "; "))
+			rates, good = window()
+		}
+		return rates, good
+	}
+	// fed says whether the flows feeding a class kept it backlogged over the
+	// last window. A class that was not can be under its rate without the
+	// shaping being wrong: its lower bound is reported, not checked. Upper
+	// bounds hold whatever the flows did.
+	fed := func(what string, by ...*flow) bool {
+		for _, f := range by {
+			if why, ok := short[f]; ok {
+				t.Logf("qos: %s: below its rate, not checked: under-offered: %s", what, why)
+				return false
+			}
+		}
+		return true
+	}
+	within := func(what string, got float64, want uint64, by ...*flow) {
 		t.Helper()
 		// make bench prints these lines: configured against measured.
 		t.Logf("qos: %-42s configured %7.2f  measured %7.2f Mbit/s  %+5.1f %%", what, float64(want)/Mbit, got/Mbit, (got/float64(want)-1)*100)
-		if d := got/float64(want) - 1; d < -0.05 || d > 0.05 {
+		if d := got/float64(want) - 1; d > 0.05 || (d < -0.05 && fed(what, by...)) {
 			t.Errorf("%s: %.2f Mbit/s, configured %.2f (%+.1f %%, limit 5 %%)", what, got/Mbit, float64(want)/Mbit, d*100)
 		}
 	}
 	// Phase 1: every class saturated and held at its ceiling.
 	rates, good := measure()
-	within("egress management", rates["egress management"], cfg.Management.Rate)
-	within("egress replication", rates["egress replication"], cfg.Replication.Rate)
-	within("egress restores", rates["egress restores"], cfg.Restores.Rate)
-	within("ingress capped computer", rates["ingress uploads/cap/computer-x"], 5*Mbit)
-	within("ingress other uploads", rates["ingress uploads/other"], 15*Mbit)
+	within("egress management", rates["egress management"], cfg.Management.Rate, mgmt)
+	within("egress replication", rates["egress replication"], cfg.Replication.Rate, repl)
+	within("egress restores", rates["egress restores"], cfg.Restores.Rate, restore)
+	within("ingress capped computer", rates["ingress uploads/cap/computer-x"], 5*Mbit, upX)
+	within("ingress other uploads", rates["ingress uploads/other"], 15*Mbit, upY)
 	// Goodput is only checked for progress: the receivers are goroutines on
 	// a shared machine, so their reads lag and bunch; the kernel's class
 	// counters are what holds the rate.
@@ -447,14 +615,14 @@ func TestShapingUnderSaturation(t *testing.T) {
 	}
 	rates, good = measure()
 	t.Logf("qos: %-42s guaranteed %7.2f  measured %7.2f Mbit/s (may borrow more)", "egress management, bulk saturating the link", float64(cfg.Management.Rate)/Mbit, rates["egress management"]/Mbit)
-	if m := rates["egress management"]; m < 0.95*float64(cfg.Management.Rate) {
+	if m := rates["egress management"]; m < 0.95*float64(cfg.Management.Rate) && fed("management's guarantee", mgmt) {
 		t.Errorf("management %.2f Mbit/s under saturation, guaranteed %d", m/Mbit, cfg.Management.Rate/Mbit)
 	}
-	if m := rates["egress management"]; m < 1.05*4*Mbit {
+	if m := rates["egress management"]; m < 1.05*4*Mbit && fed("management's old ceiling lifted", mgmt) {
 		t.Errorf("management %.2f Mbit/s: the change did not lift its old 4 Mbit/s ceiling", m/Mbit)
 	}
-	within("egress link (all classes)", rates["egress link"], cfg.LinkRate)
-	within("ingress capped computer after the change", rates["ingress uploads/cap/computer-x"], 10*Mbit)
+	within("egress link (all classes)", rates["egress link"], cfg.LinkRate, mgmt, repl, restore)
+	within("ingress capped computer after the change", rates["ingress uploads/cap/computer-x"], 10*Mbit, upX)
 	for _, f := range flows {
 		if good[f] == 0 {
 			t.Errorf("%s carried nothing after the change", f.name)
