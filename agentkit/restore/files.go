@@ -335,7 +335,7 @@ func (w *fileWriter) check(fr *wire.Frame, want tree.ChunkRef) ([]byte, error) {
 	case fr.Flags != 0 || uint32(len(data)) != fr.PlainLen: // else checked and written as is
 		// Room for the plaintext first (growTo's headroom), so the
 		// decoder does not grow the buffer by appending.
-		w.buf, err = wire.Decompress(growTo(w.buf, int(fr.PlainLen))[:0], fr.Flags, fr.Payload, fr.PlainLen)
+		w.buf, err = wire.Decompress(wire.Room(w.buf, int(fr.PlainLen)), fr.Flags, fr.Payload, fr.PlainLen)
 		data = w.buf
 	}
 	if err == nil && w.h.Sum(data) != fr.ID {
