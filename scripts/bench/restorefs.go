@@ -25,7 +25,7 @@ import (
 // no second copy. Without root (or mkfs.ext4, mount's loop option) the
 // restore goes into a plain directory, as the report says.
 type restoreFS struct {
-	img, mnt, loop string
+	img, mnt string
 }
 
 // restoreFSNote describes where restores go, for the report.
@@ -73,8 +73,7 @@ func newRestoreFS(work, tool string, size int64) (*restoreFS, error) {
 	}
 	out, err := exec.Command("findmnt", "-n", "-o", "SOURCE", f.mnt).Output()
 	if err == nil {
-		f.loop = strings.TrimSpace(string(out))
-		_, err = exec.Command("losetup", "--direct-io=on", f.loop).CombinedOutput()
+		_, err = exec.Command("losetup", "--direct-io=on", strings.TrimSpace(string(out))).CombinedOutput()
 	}
 	if err != nil {
 		f.Close()
