@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,22 +51,66 @@ type Client struct {
 	pair
 	hc  *http.Client
 	clk clock.Clock // waits before retrying a busy answer
-	// frames holds up to maxIdleFrameReaders download readers between
-	// requests, so their buffers grow to a chunk's size once per restore
-	// rather than once per request. (A sync.Pool lost them at each
-	// garbage collection: restore's agent CPU profile showed 10 % in
-	// growing them again.)
+	// frames holds up to keep download readers between requests, so
+	// their buffers grow to a chunk's size once per restore rather than
+	// once per request. (A sync.Pool lost them at each garbage
+	// collection: restore's agent CPU profile showed 10 % in growing
+	// them again.)
 	framesMu sync.Mutex
 	frames   []*wire.FrameReader
+	keep     int // 0: idleFrameReaders (KeepFrameReaders)
 }
 
-// maxIdleFrameReaders bounds the readers kept between downloads, each
-// holding a buffer of up to a frame's size: as many as a restore's
-// downloads at once by default (restore.DefaultWorkers, two workers per
-// CPU from 4 to 16, and its listing). With one fewer, one download in five
-// started with a new reader whose buffer grew again; eight workers with
-// five kept readers cost 3 % more of the agent's CPU.
-var maxIdleFrameReaders = min(max(2*runtime.GOMAXPROCS(0), 4), 16) + 1
+// idleFrameReaders bounds the readers kept between downloads, each holding
+// a buffer of up to a frame's size, until a caller says it runs more
+// downloads at once (KeepFrameReaders). A restore does: with one reader
+// fewer than its downloads, one download in five started with a new reader
+// whose buffer grew again, and eight workers with five kept readers cost
+// 3 % more of the agent's CPU.
+const idleFrameReaders = 5
+
+// maxKeptFrameReaders bounds KeepFrameReaders: a restore's most workers
+// (vault-agent restore -parallel 64) and its listing.
+const maxKeptFrameReaders = 65
+
+// KeepFrameReaders lets the client keep up to n download readers between
+// requests, for a caller that runs n downloads at once (a restore: its
+// workers and its listing). It never lowers the bound: a daemon's client
+// keeps what its largest restore needed.
+func (c *Client) KeepFrameReaders(n int) {
+	c.framesMu.Lock()
+	c.keep = max(c.keep, min(n, maxKeptFrameReaders))
+	c.framesMu.Unlock()
+}
+
+// takeFrameReader returns a kept download reader, or nil.
+func (c *Client) takeFrameReader() *wire.FrameReader {
+	c.framesMu.Lock()
+	defer c.framesMu.Unlock()
+	n := len(c.frames)
+	if n == 0 {
+		return nil
+	}
+	fr := c.frames[n-1]
+	c.frames[n-1] = nil
+	c.frames = c.frames[:n-1]
+	return fr
+}
+
+// keepFrameReader keeps fr (emptied) for a later download, unless the
+// client keeps as many as it may already.
+func (c *Client) keepFrameReader(fr *wire.FrameReader) {
+	fr.Reset(nil)
+	c.framesMu.Lock()
+	defer c.framesMu.Unlock()
+	limit := c.keep
+	if limit == 0 {
+		limit = idleFrameReaders
+	}
+	if len(c.frames) < limit {
+		c.frames = append(c.frames, fr)
+	}
+}
 
 // A vault that died without closing its connections (a power cut, a
 // frozen machine) answers nothing: a dial, a handshake or a request to it
@@ -349,26 +392,13 @@ func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.
 		return err
 	}
 	defer resp.Body.Close()
-	var fr *wire.FrameReader
-	c.framesMu.Lock()
-	if n := len(c.frames); n > 0 {
-		fr = c.frames[n-1]
-		c.frames = c.frames[:n-1]
-	}
-	c.framesMu.Unlock()
+	fr := c.takeFrameReader()
 	if fr == nil {
 		fr = wire.NewFrameReader(resp.Body)
 	} else {
 		fr.Reset(resp.Body)
 	}
-	defer func() {
-		fr.Reset(nil)
-		c.framesMu.Lock()
-		if len(c.frames) < maxIdleFrameReaders {
-			c.frames = append(c.frames, fr)
-		}
-		c.framesMu.Unlock()
-	}()
+	defer c.keepFrameReader(fr)
 	for i := range ids {
 		f, err := fr.Next()
 		if err != nil {

@@ -179,6 +179,12 @@ func DefaultWorkers() int {
 	return min(max(2*runtime.GOMAXPROCS(0), 4), 16)
 }
 
+// readerKeeper is a Source that keeps its download readers between
+// requests (*client.Client): a restore tells it how many downloads it runs
+// at once, so that each reuses a reader whose buffer grew to a chunk's
+// size once.
+type readerKeeper interface{ KeepFrameReaders(n int) }
+
 // Run restores the version described by o.Manifest.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Log == nil {
@@ -186,6 +192,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers()
+	}
+	if k, ok := o.Source.(readerKeeper); ok {
+		k.KeepFrameReaders(o.Workers + 1) // the workers' downloads and the listing's
 	}
 	if o.Existing == "" {
 		o.Existing = Skip
