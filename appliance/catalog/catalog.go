@@ -220,7 +220,12 @@ func Open(dir string, opts Options) (*Catalog, error) {
 		db.Close()
 		return nil, err
 	}
-	if err := c.keepSealed(); err != nil {
+	// The files kept beside the catalog (sealed secrets, revocation lines)
+	// get what the catalog holds and they lack: a crash between a
+	// catalog's replacement (a pair's snapshot install) and their rewrite
+	// left them short, and a snapshot the catalog held already is not
+	// installed again.
+	if err := c.restoreFiles(); err != nil {
 		db.Close()
 		return nil, err
 	}

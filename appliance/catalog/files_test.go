@@ -46,6 +46,41 @@ func TestRevocationFileTorn(t *testing.T) {
 	}
 }
 
+// TestRevocationLinesRestoredAtOpen: a revocation the catalog holds and
+// DATA/revoked lacks (a crash after a pair member's catalog was replaced,
+// before the files beside it were rewritten) is written at the next open,
+// once.
+func TestRevocationLinesRestoredAtOpen(t *testing.T) {
+	now := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	c, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrolled(t, c, now, "pc-1", "pc-2")
+	if err := c.Revoke("pc-1", now); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := os.Remove(filepath.Join(dir, RevocationFile)); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		c, err := Open(dir, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	rs, err := ReadRevocations(dir, func(line int, err error) { t.Errorf("line %d: %v", line, err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 || rs[0].Computer != "pc-1" || !rs[0].Time.Equal(now) {
+		t.Fatalf("DATA/revoked after two opens: %+v, want pc-1's revocation once", rs)
+	}
+}
+
 // FuzzRevocations: any DATA/revoked decodes to revocations of valid
 // computer ids and errors marked corrupt, never a panic.
 func FuzzRevocations(f *testing.F) {
