@@ -112,9 +112,9 @@ func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig, appendAr
 }
 
 // restart powers the appliance off with its power button (a clean
-// shutdown), boots it again from the same disks and logs in to the
-// support shell once vaultd is healthy. QEMU's connections to the library
-// are new ones: nothing of the old initiator's sessions survives.
+// shutdown), stops and starts the library, boots the appliance again from
+// the same disks and logs in to the support shell once vaultd is healthy.
+// Neither QEMU nor tgtd keeps anything of the sessions before.
 func (l *tapeLab) restart(ctx context.Context) {
 	l.t.Helper()
 	must(l.t, l.vm.PowerButton(ctx))
@@ -123,6 +123,14 @@ func (l *tapeLab) restart(ctx context.Context) {
 	}
 	if err := l.vm.Wait(ctx); err != nil {
 		l.t.Fatalf("qemu exit after power off: %v", err)
+	}
+	// The library too starts again, cleanly: no session or command of the
+	// old initiator stays in tgtd.
+	if err := l.lib.Stop(ctx); err != nil {
+		l.t.Fatalf("tape library: %v", err)
+	}
+	if err := l.lib.Start(ctx); err != nil {
+		l.t.Fatalf("tape library: %v", err)
 	}
 	vm, err := Start(ctx, l.opt)
 	if err != nil {
