@@ -140,16 +140,13 @@ func TestTapeJob(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	// The appliance and the library restart before the next job. After
-	// tgtd came back, QEMU's iSCSI initiator (libiscsi) reconnected and
-	// issued again the commands it had in flight, and in about one run in
-	// seven the next job's file then held one 256 KiB block that no job
-	// wrote, found by the restore below as a tar member cut in two. The
-	// product saw every block it wrote acknowledged, in order. Restarting
-	// QEMU alone did not stop it (CI failed so once); restarting tgtd too,
-	// so that neither keeps anything of those sessions, did (0 of 14 runs
-	// killed at the same blocks). A library on SAS or Fibre Channel has no
-	// initiator that replays commands.
+	// The appliance and the library restart before the next job. This was
+	// tried against a flaw it does not mend: in about one run in ten the
+	// next job's file holds one 256 KiB block of bytes read from the
+	// vault's disk, not of the job's stream, in place of a block of it
+	// (docs/tape.md, "A foreign block in a tape file"); the restore below
+	// then meets a tar member cut in two. It happened with and without
+	// the restarts.
 	l.restart(ctx)
 
 	var written []string
