@@ -141,12 +141,11 @@ func TestTapeJob(t *testing.T) {
 		return
 	}
 	// The appliance and the library restart before the next job. This was
-	// tried against a flaw it does not mend: in about one run in ten the
-	// next job's file holds one 256 KiB block of bytes read from the
-	// vault's disk, not of the job's stream, in place of a block of it
-	// (docs/tape.md, "A foreign block in a tape file"); the restore below
-	// then meets a tar member cut in two. It happened with and without
-	// the restarts.
+	// tried against a flaw it did not mend: in about one run in ten the
+	// next job's file held a block three places early, and the restore
+	// below met a tar member cut in two. The cause was the tape job's four
+	// queued WRITEs, which a transport may run out of order (docs/tape.md,
+	// "A block out of order"); the job now writes one block at a time.
 	l.restart(ctx)
 
 	var written []string

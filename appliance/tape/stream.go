@@ -18,14 +18,21 @@ import (
 // few MiB.
 const streamDepth = 4
 
-// streamInFlight is how many WRITEs the writer keeps outstanding on a
+// streamInFlight is how many WRITEs a stream may keep outstanding on a
 // drive that can queue them (drive.BlockQueue over the sg driver's
-// asynchronous interface): the drive gets its next WRITE as soon as it
-// finished one, instead of waiting for the kernel and the writer to turn
-// each command around. Measured in the lab (docs/tape.md,
-// BenchmarkTapeWritePaths): 4 queued WRITEs with direct I/O had the best
-// median over two runs, ahead of 8 and of dd through the st driver.
+// asynchronous interface), and so how many buffers sit at the drive.
+// Measured in the lab (docs/tape.md, BenchmarkTapeWritePaths): 4 queued
+// WRITEs with direct I/O had the best median over two runs.
 const streamInFlight = 4
+
+// streamDepthDrive is how many WRITEs the tape job keeps outstanding: one.
+// The WRITEs go out with the SIMPLE task attribute (the sg driver gives
+// no other), and a transport may run SIMPLE commands in any order. In the
+// lab (tgt over iSCSI) four queued WRITEs reached the tape out of order in
+// about one run in ten of TestTapeJob: a block three places early, and a
+// tar member came back cut in two (docs/tape.md, "A block out of order").
+// The order of the blocks is the format; speed comes after it.
+const streamDepthDrive = 1
 
 // streamBuffers is every block buffer of a stream: streamInFlight at the
 // drive, streamDepth queued and one being filled.
@@ -123,6 +130,12 @@ type blockStream struct {
 // newStream starts a stream to dev with the buffers in spare (allocating
 // what is missing).
 func newStream(ctx context.Context, clk clock.Clock, dev format.BlockDevice, spare [][]byte) *blockStream {
+	return newStreamDepth(ctx, clk, dev, spare, streamDepthDrive)
+}
+
+// newStreamDepth is newStream keeping up to depth (1 to streamInFlight)
+// WRITEs outstanding on a drive that can queue them.
+func newStreamDepth(ctx context.Context, clk clock.Clock, dev format.BlockDevice, spare [][]byte, depth int) *blockStream {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &blockStream{full: make(chan []byte, streamDepth), free: make(chan []byte, streamBuffers),
 		done: make(chan struct{}), stop: make(chan struct{}), cancel: cancel, now: clk.Now}
@@ -141,7 +154,7 @@ func newStream(ctx context.Context, clk clock.Clock, dev format.BlockDevice, spa
 	}
 	var q blockQueue = &syncQueue{dev: dev}
 	if qd, ok := dev.(queueDrive); ok {
-		q = qd.Queue(streamInFlight)
+		q = qd.Queue(max(1, min(depth, streamInFlight)))
 	}
 	go s.write(ctx, q)
 	return s

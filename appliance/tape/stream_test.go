@@ -168,7 +168,7 @@ func TestStreamQueued(t *testing.T) {
 	for i := range data {
 		data[i] = byte(r.Uint32())
 	}
-	s := newStream(ctx, clock.Real{}, d, nil)
+	s := newStreamDepth(ctx, clock.Real{}, d, nil, streamInFlight) // the queue's own behaviour
 	for p := data; len(p) > 0; {
 		n := min(len(p), 1+r.IntN(600<<10))
 		if _, err := s.Write(p[:n]); err != nil {
@@ -229,7 +229,7 @@ func TestStreamQueuedErrorInFlight(t *testing.T) {
 		}
 	}
 	d := drive.New(q, nil)
-	s := newStream(ctx, clock.Real{}, d, nil)
+	s := newStreamDepth(ctx, clock.Real{}, d, nil, streamInFlight) // the queue's own behaviour
 	blk := make([]byte, format.RecordSize)
 	for i := range 4 {
 		blk[0] = byte(i + 1)
@@ -296,7 +296,7 @@ func TestStreamQueuedAbort(t *testing.T) {
 		}
 	}
 	d := drive.New(q, nil)
-	s := newStream(ctx, clock.Real{}, d, nil)
+	s := newStreamDepth(ctx, clock.Real{}, d, nil, streamInFlight) // the queue's own behaviour
 	blk := make([]byte, format.RecordSize)
 	for range 3 {
 		if _, err := s.Write(blk); err != nil {
