@@ -20,7 +20,6 @@ type tapeLab struct {
 	vm        *VM
 	sh        func(string) string
 	vaultPort int
-	opt       Options // how the VM was started: restart boots it again with it
 }
 
 // probe runs tapeprobe in the guest and returns its output; failed checks
@@ -68,16 +67,14 @@ func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig, appendAr
 		{Serial: "data1", Path: filepath.Join(dir, "data1.img"), Size: 512 << 20}}
 	vaultPort, err := FreePort()
 	must(t, err)
-	opt := Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: disks,
-		Append: strings.Join(appendArgs, " "), Forward: map[int]int{7443: vaultPort}, Extra: lib.QEMUArgs(), Log: func(s string) { t.Log("console: " + s) }}
-	vm, err := Start(ctx, opt)
+	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: disks,
+		Append: strings.Join(appendArgs, " "), Forward: map[int]int{7443: vaultPort}, Extra: lib.QEMUArgs(), Log: func(s string) { t.Log("console: " + s) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &tapeLab{t: t, ctx: ctx, lib: lib, vm: vm, vaultPort: vaultPort, opt: opt}
 	t.Cleanup(func() {
-		if !l.vm.Exited() {
-			l.vm.Kill()
+		if !vm.Exited() {
+			vm.Kill()
 		}
 	})
 	for _, s := range []struct{ prompt, answer string }{
@@ -98,50 +95,18 @@ func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig, appendAr
 	}
 	waitReady(ctx, t, vm)
 	shell(ctx, t, vm) // logs in to the support shell
+	l := &tapeLab{t: t, ctx: ctx, lib: lib, vm: vm, vaultPort: vaultPort}
 	// Commands fail the running subtest (l.t), never a parent.
 	l.sh = func(cmd string) string {
 		l.t.Helper()
-		must(l.t, l.vm.Send(cmd))
-		out, err := l.vm.Expect(ctx, "# ")
+		must(l.t, vm.Send(cmd))
+		out, err := vm.Expect(ctx, "# ")
 		if err != nil {
-			l.t.Fatalf("%s: %v\n%s", cmd, err, l.vm.Since())
+			l.t.Fatalf("%s: %v\n%s", cmd, err, vm.Since())
 		}
 		return out
 	}
 	return l
-}
-
-// restart powers the appliance off with its power button (a clean
-// shutdown), stops and starts the library, boots the appliance again from
-// the same disks and logs in to the support shell once vaultd is healthy.
-// Neither QEMU nor tgtd keeps anything of the sessions before.
-func (l *tapeLab) restart(ctx context.Context) {
-	l.t.Helper()
-	must(l.t, l.vm.PowerButton(ctx))
-	if _, err := l.vm.Expect(ctx, "VAULTNODE-HALT power off"); err != nil {
-		l.t.Fatalf("%v\n%s", err, l.vm.Since())
-	}
-	if err := l.vm.Wait(ctx); err != nil {
-		l.t.Fatalf("qemu exit after power off: %v", err)
-	}
-	// The library too starts again, cleanly: no session or command of the
-	// old initiator stays in tgtd.
-	if err := l.lib.Stop(ctx); err != nil {
-		l.t.Fatalf("tape library: %v", err)
-	}
-	if err := l.lib.Start(ctx); err != nil {
-		l.t.Fatalf("tape library: %v", err)
-	}
-	vm, err := Start(ctx, l.opt)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	l.vm = vm
-	waitReady(ctx, l.t, vm)
-	if _, err := vm.Expect(ctx, "*** service vaultd healthy"); err != nil {
-		l.t.Fatalf("%v\n%s", err, vm.Console())
-	}
-	shell(ctx, l.t, vm)
 }
 
 // TestTapeLibrary boots the appliance once with tgt's virtual library (2
