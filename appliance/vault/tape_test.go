@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,7 +51,8 @@ func newTapeLab(t testing.TB, capacity, warning int, barcodes ...string) *tapeLa
 		tp := emu.NewEmptyTape(serial)
 		tp.Capacity, tp.EarlyWarning = capacity, warning
 		e.AttachDrive(a, tp)
-		lab.tapes[a], lab.lib.Drives[a] = tp, drive.New(tp, nil)
+		// Each drive too, as discover opens them.
+		lab.tapes[a], lab.lib.Drives[a] = tp, drive.New(&scsi.Retry{Next: tp, Clock: clock.Real{}}, nil)
 	}
 	return lab
 }
@@ -289,6 +291,79 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestTapeDriveResetMidFile: a drive reset in the middle of a data file
+// (a power cycle: the drive rewinds and answers the next WRITE with a unit
+// attention) stops the job with "position lost" instead of repeating the
+// WRITE at the beginning of the tape over the label; the catalog keeps
+// only the complete files, and the next job writes the version after them.
+func TestTapeDriveResetMidFile(t *testing.T) {
+	ctx := context.Background()
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
+	v := openTapeVault(t, t.TempDir(), lab, nil)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily", Allocation: catalog.AllocContinue}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
+	first, err := a.backup(ctx, randomFiles(3, 100<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
+		t.Fatalf("first job: %s %s", view.State, view.Error)
+	}
+	m, err := lab.emu.Media("TAPE01L5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	label, err := m.ReadFile(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filesBefore := m.Files()
+
+	second, err := a.backup(ctx, randomFiles(10, 100<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var writes atomic.Int32
+	for _, tp := range lab.tapes {
+		tp.OnWrite = func() {
+			if writes.Add(1) == 3 {
+				tp.Reset()
+			}
+		}
+	}
+	view := runJob(t, v, tape.KindTape)
+	if view.State != jobs.Failed || !strings.Contains(view.Error, drive.ErrPositionLost.Error()) {
+		t.Fatalf("job with a drive reset in the middle of a file: %s %q", view.State, view.Error)
+	}
+	for _, tp := range lab.tapes {
+		tp.OnWrite = nil
+	}
+	if got, err := m.ReadFile(0); err != nil || !bytes.Equal(got, label) {
+		t.Fatalf("the label file after the reset: %d bytes (%v), want the %d written first", len(got), err, len(label))
+	}
+	if ok, _ := v.Catalog.OnTape("pc-1", "home", second); ok {
+		t.Fatal("the version whose file the reset tore is recorded on tape")
+	}
+	checkPhysical(t, v, lab)
+
+	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
+		t.Fatalf("job after the reset: %s %s", view.State, view.Error)
+	}
+	for _, seq := range []uint64{first, second} {
+		if ok, _ := v.Catalog.OnTape("pc-1", "home", seq); !ok {
+			t.Fatalf("version %d not on tape after the next job", seq)
+		}
+	}
+	if got, _ := m.ReadFile(0); !bytes.Equal(got, label) || m.Files() <= filesBefore {
+		t.Fatalf("after the next job: label intact %v, %d files (were %d)", bytes.Equal(got, label), m.Files(), filesBefore)
+	}
+	checkPhysical(t, v, lab)
 }
 
 func buildRecover(t *testing.T, dir string) []byte {

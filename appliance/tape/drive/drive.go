@@ -44,6 +44,13 @@ var (
 	// LOCATE and TapeAlert are optional in practice: tgt's virtual drive
 	// lacks both, and so do some older drives.
 	ErrUnsupported = errors.New("not supported by this drive")
+	// ErrPositionLost: a command at the current position (READ, WRITE,
+	// WRITE FILEMARKS, SPACE) met a unit attention or "not ready": the
+	// drive was reset or its cartridge changed, and may have lost its
+	// position and block mode. It was not executed, and must not be
+	// repeated before the tape is positioned again; a file being written
+	// is torn (it never gets its filemark).
+	ErrPositionLost = errors.New("tape position lost (the drive was reset or its cartridge changed)")
 )
 
 // unsupported says whether err is the drive refusing a command it does not
@@ -73,7 +80,17 @@ func (d *Drive) run(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 	if err != nil {
 		return resp, fmt.Errorf("tape drive: %w", err)
 	}
-	return resp, resp.Err(c)
+	return resp, respErr(c, resp)
+}
+
+// respErr is resp's error, ErrPositionLost added for a positional command
+// that met a unit attention or "not ready".
+func respErr(c scsi.Command, resp scsi.Response) error {
+	err := resp.Err(c)
+	if s, ok := scsi.AsSense(err); ok && c.Relative() && (s.Key == scsi.KeyUnitAttention || s.Key == scsi.KeyNotReady) {
+		return fmt.Errorf("%w: %w", ErrPositionLost, err)
+	}
+	return err
 }
 
 // Identity is what the drive says it is.

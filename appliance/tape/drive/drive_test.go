@@ -165,6 +165,9 @@ func TestWriteReadBack(t *testing.T) {
 func TestReadBlockTooLarge(t *testing.T) {
 	ctx := context.Background()
 	_, d := newDrive(t, false)
+	if err := d.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.WriteBlock(ctx, block(5000, 9)); err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +185,9 @@ func TestEndOfMedium(t *testing.T) {
 	ctx := context.Background()
 	tape, d := newDrive(t, false)
 	tape.Capacity, tape.EarlyWarning = 10000, 6000
+	if err := d.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 2 {
 		if err := d.WriteBlock(ctx, block(3000, 1)); err != nil {
 			t.Fatalf("block %d: %v", i, err)
@@ -233,5 +239,40 @@ func TestSetVariableModeSelect6(t *testing.T) {
 	}
 	if bd, err := d.Mode(ctx); err != nil || bd.BlockLength != 0 {
 		t.Fatalf("mode after SetVariable %+v, %v", bd, err)
+	}
+}
+
+// TestWriteAfterReset: a WRITE the drive answers with a unit attention
+// after a reset is ErrPositionLost, through the handle the product uses
+// (scsi.Retry) and through the queue, and is not executed: the tape stays
+// at its beginning, where the reset left it, holding what was flushed.
+func TestWriteAfterReset(t *testing.T) {
+	ctx := context.Background()
+	for _, depth := range []int{1, 4} {
+		tape, d := newDrive(t, false)
+		if err := d.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.WriteBlock(ctx, block(100, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.WriteFilemarks(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		tape.Reset()
+		q := d.Queue(depth)
+		if err := q.Submit(ctx, block(200, 2)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := q.Reap(ctx); !errors.Is(err, ErrPositionLost) {
+			t.Fatalf("depth %d: WRITE after a reset: %v", depth, err)
+		}
+		if err := d.Rewind(ctx); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1000)
+		if n, err := d.ReadBlock(ctx, buf); err != nil || !bytes.Equal(buf[:n], block(100, 1)) {
+			t.Fatalf("depth %d: first block after the refused WRITE: %d bytes, %v", depth, n, err)
+		}
 	}
 }

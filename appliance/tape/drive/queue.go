@@ -144,7 +144,7 @@ func (b *BlockQueue) Reap(ctx context.Context) (p []byte, seq int64, err error) 
 		if ferr != nil {
 			err = writeResult(fmt.Errorf("tape drive: %w", ferr))
 		} else {
-			err = writeResult(resp.Err(o.c))
+			err = writeResult(respErr(o.c, resp))
 		}
 		if err != nil && !errors.Is(err, ErrEarlyWarning) && b.err == nil {
 			b.err = fmt.Errorf("block %d: %w", o.seq, err)

@@ -30,6 +30,7 @@ type Tape struct {
 	// failAfter > 0: that many more WRITEs succeed, then the drive fails
 	// (failWrites).
 	failAfter int
+	reset     bool // a power-on reset happened: the next command gets 6/29/00
 	reads     int // READ commands answered
 	// Capacity and EarlyWarning (bytes) apply to a cartridge that sets
 	// none: a write past EarlyWarning succeeds with EOM set; one past
@@ -76,6 +77,20 @@ func NewEmptyTape(serial string) *Tape {
 // the drive's buffer, are lost. Later commands work again (the next job
 // resumes).
 func (t *Tape) FailWritesAfter(n int) { t.mu.Lock(); t.failAfter = n + 1; t.mu.Unlock() }
+
+// Reset resets the drive as a power cycle or a bus reset of a drive that
+// rewinds does: the blocks still in its buffer are lost, the tape is at
+// its beginning, and the next command but INQUIRY and REQUEST SENSE is
+// answered with UNIT ATTENTION, power on or reset (6/29/00), and not
+// executed.
+func (t *Tape) Reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m != nil {
+		t.m.lose()
+	}
+	t.pos, t.reset = 0, true
+}
 
 // insert threads a cartridge the library put in.
 func (t *Tape) insert(m *Media) {
@@ -184,6 +199,10 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 		return sense(scsi.KeyIllegalRequest, 0x20, 0), nil
 	}
 	op := c.CDB[0]
+	if t.reset && op != 0x12 && op != 0x03 {
+		t.reset = false
+		return sense(scsi.KeyUnitAttention, 0x29, 0x00), nil
+	}
 	if t.TgtQuirks {
 		switch op {
 		case 0x55, 0x4D, 0x2B, 0x92: // tgt 1.0.85's SSC: no MODE SELECT(10), LOG SENSE or LOCATE

@@ -85,6 +85,24 @@ func (c Command) Name() string {
 	return fmt.Sprintf("opcode 0x%02x", c.CDB[0])
 }
 
+// Relative says whether the command acts at the tape's current position:
+// READ(6), WRITE(6), WRITE FILEMARKS and SPACE(6) other than to end of
+// data. After a reset such a command must not simply be repeated: the
+// drive may have lost its position (a power-on reset rewinds) and its
+// block mode, so a repeated WRITE could overwrite the label.
+func (c Command) Relative() bool {
+	if len(c.CDB) == 0 {
+		return false
+	}
+	switch c.CDB[0] {
+	case opRead6, opWrite6, opWriteFilemarks:
+		return true
+	case opSpace6:
+		return len(c.CDB) < 2 || SpaceCode(c.CDB[1]&0x0F) != SpaceEOD
+	}
+	return false
+}
+
 // Response is what came back: the SCSI status, sense data when the status
 // is CHECK CONDITION, and how many bytes of Data the device transferred.
 // Some transports (QEMU's iscsi scsi-generic path) always report a residue

@@ -21,6 +21,14 @@ type Executor interface {
 // in progress" (2/04/07), while it is BUSY, and a few times after a UNIT
 // ATTENTION (reset, medium changed, door opened), which reports an event
 // and not a failure of the command. Every other answer is passed through.
+//
+// A command that acts at the current position (Command.Relative: READ,
+// WRITE, WRITE FILEMARKS, SPACE) is repeated only while the unit is BUSY:
+// a unit attention or "not ready" means the drive was reset or its
+// cartridge changed, its position and block mode may be lost, and the
+// caller must find its place again (the tape job stops, and the next one
+// resumes after the last complete file). Linux's st driver does the same:
+// after a reset it refuses to write until the tape is repositioned.
 type Retry struct {
 	Next  Executor
 	Clock clock.Clock
@@ -67,6 +75,10 @@ func (r *Retry) Exec(ctx context.Context, c Command) (Response, error) {
 				return resp, nil
 			}
 			switch {
+			case c.Relative() && (s.Key == KeyUnitAttention || s.Key == KeyNotReady):
+				log.Warn("unit attention or not ready during a positional command: the position may be lost, not repeating it",
+					zap.String("command", c.Name()), zap.Stringer("sense", s))
+				return resp, nil
 			case s.Key == KeyUnitAttention:
 				attention++
 				if attention > maxUA {

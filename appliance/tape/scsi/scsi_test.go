@@ -358,6 +358,42 @@ func TestRetry(t *testing.T) {
 			}
 		})
 	}
+	// A command at the current position is repeated while BUSY, never
+	// after a unit attention or "not ready": the position may be lost.
+	write, err := Write6(make([]byte, 512))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eod, _ := Space(SpaceEOD, 0)
+	blocks, _ := Space(SpaceBlocks, -1)
+	reset := Response{Status: StatusCheckCondition, Sense: unhex(t, "70 00 06 00 00 00 00 0a 00 00 00 00 29 00 00 00")}
+	for _, tt := range []struct {
+		name    string
+		c       Command
+		replies []Response
+		calls   int
+		status  byte
+	}{
+		{"WRITE after a reset", write, []Response{reset, good}, 1, StatusCheckCondition},
+		{"WRITE becoming ready", write, []Response{ready, good}, 1, StatusCheckCondition},
+		{"WRITE busy", write, []Response{{Status: StatusBusy}, good}, 2, StatusGood},
+		{"SPACE blocks after a reset", blocks, []Response{reset, good}, 1, StatusCheckCondition},
+		{"SPACE to end of data after a reset", eod, []Response{reset, good}, 2, StatusGood},
+		{"REWIND after a reset", Rewind(), []Response{reset, good}, 2, StatusGood},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dev := &scripted{replies: tt.replies}
+			r := &Retry{Next: dev, Clock: &instant{Fake: clock.NewFake(time.Unix(0, 0))}}
+			resp, err := r.Exec(context.Background(), tt.c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dev.calls != tt.calls || resp.Status != tt.status {
+				t.Errorf("calls %d status %d, want %d %d", dev.calls, resp.Status, tt.calls, tt.status)
+			}
+		})
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	r := &Retry{Next: &scripted{replies: []Response{ready}}, Clock: clock.NewFake(time.Unix(0, 0))}
