@@ -31,7 +31,7 @@ type Tape struct {
 	// (failWrites).
 	failAfter int
 	reset     bool // a power-on reset happened: the next command gets 6/29/00
-	reads     int // READ commands answered
+	reads     int  // READ commands answered
 	// Capacity and EarlyWarning (bytes) apply to a cartridge that sets
 	// none: a write past EarlyWarning succeeds with EOM set; one past
 	// Capacity fails with VOLUME OVERFLOW.
