@@ -2,7 +2,6 @@ package firmware
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -31,8 +30,7 @@ func TestQoSControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("fwqos-%d", os.Getpid())
-	ns, err := netns.NewNamed(name)
+	ns, err := netns.New() // unnamed: see newLab in firmware/qos's tests
 	if serr := netns.Set(orig); serr != nil {
 		t.Fatalf("back to the test's namespace: %v", serr) // the thread stays locked and dies with the test
 	}
@@ -41,7 +39,7 @@ func TestQoSControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Close(); netns.DeleteNamed(name) })
+	t.Cleanup(func() { ns.Close() })
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		t.Fatal(err)

@@ -83,15 +83,19 @@ func newLab(t *testing.T) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	na, nb := fmt.Sprintf("qos-a-%d", os.Getpid()), fmt.Sprintf("qos-b-%d", os.Getpid())
+	// Unnamed namespaces, held by their handles: a named one is a bind
+	// mount under /run/netns, and the first `ip netns add` of the boot (the
+	// pair tests run it, maybe at the same moment) bind-mounts /run/netns
+	// over itself, which hides such mounts: DeleteNamed then failed, left
+	// the file, and the next test's NewNamed met "file exists".
 	l := &lab{}
-	l.a, err = netns.NewNamed(na)
+	l.a, err = netns.New()
 	if err == nil {
-		t.Cleanup(func() { l.a.Close(); netns.DeleteNamed(na) })
-		l.b, err = netns.NewNamed(nb)
+		t.Cleanup(func() { l.a.Close() })
+		l.b, err = netns.New()
 	}
 	if err == nil {
-		t.Cleanup(func() { l.b.Close(); netns.DeleteNamed(nb) })
+		t.Cleanup(func() { l.b.Close() })
 	}
 	if serr := netns.Set(orig); serr != nil {
 		t.Fatalf("back to the test's namespace: %v", serr) // the thread stays locked and dies with the test
