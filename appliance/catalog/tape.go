@@ -61,8 +61,14 @@ type TapePool struct {
 	Plain bool `json:"plain,omitempty"`
 	// Export: after a job, the cartridges it wrote go to the
 	// import/export slots for off-site storage, and the media set closes.
-	Export bool      `json:"export,omitempty"`
-	Set    time.Time `json:"set"`
+	Export bool `json:"export,omitempty"`
+	// NoVerify skips reading each data file back after its filemark. By
+	// default a file is recorded only once every block read back from the
+	// tape matched what was written, in order: a block lost, changed or
+	// out of place on its way to the medium is found while the disk still
+	// holds the versions (docs/tape.md, "Read-back verification").
+	NoVerify bool      `json:"no_verify,omitempty"`
+	Set      time.Time `json:"set"`
 }
 
 // RetentionSpan parses Retention (ok false: forever).

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"go.uber.org/zap"
 
 	"vaultnode/appliance/catalog"
@@ -554,6 +555,7 @@ func (w *writer) openFile(ctx context.Context) error {
 	w.opened = w.s.clk.Now()
 	w.endStream()
 	w.bw = newStream(ctx, w.s.clk, w.d, w.spare)
+	w.bw.keepSums = !w.pool.NoVerify
 	w.tw = tar.NewWriter(w.bw)
 	w.open = true
 	w.firstVer = w.cur
@@ -591,12 +593,22 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 	// filemark; before the first block the job was reading the version's
 	// listing, its catalog records and its first chunks (prep).
 	end, first := w.s.clk.Now(), w.bw.FirstQueued()
+	written, sums := w.bw.Written(), w.bw.Sums()
+	var verified time.Duration
+	if !w.pool.NoVerify {
+		w.endStream()
+		if err := w.verifyFile(ctx, sums); err != nil {
+			w.s.m.verifyFailures.Inc()
+			return fmt.Errorf("verify tape file %d of %s: %w; the file is not recorded, and the next job writes its versions again", w.cart.Files, w.cart.Barcode, err)
+		}
+		verified = w.s.clk.Now().Sub(end)
+	}
 	if first.IsZero() {
 		first = w.opened
 	}
 	secs, prep := end.Sub(first).Seconds(), first.Sub(w.opened)
 	w.s.setStatus(func(st *Status) {
-		st.StreamBytes += w.bw.Written()
+		st.StreamBytes += written
 		st.StreamSeconds += secs
 		if st.StreamSeconds > 0 {
 			st.StreamRate = float64(st.StreamBytes) / st.StreamSeconds
@@ -604,7 +616,7 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 	})
 	ref := w.ref()
 	cmd := catalog.TapeFileCmd{
-		File: catalog.TapeFile{Barcode: w.cart.Barcode, File: w.cart.Files, MediaSet: w.set.ID, Written: w.s.clk.Now().UTC(), Bytes: w.bw.Written(),
+		File: catalog.TapeFile{Barcode: w.cart.Barcode, File: w.cart.Files, MediaSet: w.set.ID, Written: w.s.clk.Now().UTC(), Bytes: written,
 			Block: w.mark.Block, BlockKnown: w.mark.BlockKnown},
 		Pool: w.pool.Name, SetCreated: w.set.Created, Chunks: w.fileChunks, Copies: w.fileCopies, Full: full,
 	}
@@ -625,10 +637,55 @@ func (w *writer) closeFile(ctx context.Context, full bool) error {
 	}
 	w.s.log.Info("tape file written", zap.String("barcode", ref.Barcode), zap.Int("file", ref.File),
 		zap.Int("chunks", len(w.fileChunks)), zap.Int("versions", len(w.fileCopies)), zap.Bool("full", full),
-		zap.Int64("bytes", w.bw.Written()), zap.Duration("prep", prep), zap.Float64("stream_seconds", secs))
+		zap.Int64("bytes", written), zap.Duration("prep", prep), zap.Float64("stream_seconds", secs),
+		zap.Bool("verified", !w.pool.NoVerify), zap.Duration("verify", verified))
 	w.fileChunks, w.fileCopies = nil, nil
 	return nil
 }
+
+// verifyFile reads the data file just closed back from its start and
+// compares each block with what was written (sums, in order), then reads
+// its filemark: the tape is then where it was after the filemark was
+// written, at the end of data. A block that differs says which written
+// block it holds, if any, so a block out of place shows as such.
+func (w *writer) verifyFile(ctx context.Context, sums [][32]byte) error {
+	if err := w.d.SeekFile(ctx, w.mark); err != nil {
+		return fmt.Errorf("go back to its start: %w", err)
+	}
+	var buf []byte
+	if len(w.spare) > 0 && cap(w.spare[0]) >= format.RecordSize {
+		buf = w.spare[0][:format.RecordSize]
+	} else {
+		buf = make([]byte, format.RecordSize)
+	}
+	for i := 0; ; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := w.d.ReadBlock(ctx, buf)
+		switch {
+		case errors.Is(err, drive.ErrFilemark) && i == len(sums):
+			return nil
+		case errors.Is(err, drive.ErrFilemark):
+			return fmt.Errorf("%w: it ends after %d blocks, %d were written", errVerify, i, len(sums))
+		case err != nil:
+			return fmt.Errorf("read block %d of %d back: %w", i+1, len(sums), err)
+		case i >= len(sums):
+			return fmt.Errorf("%w: a block past the %d written", errVerify, len(sums))
+		case n != format.RecordSize:
+			return fmt.Errorf("%w: block %d is %d bytes, %d were written", errVerify, i+1, n, format.RecordSize)
+		}
+		if got := blake3.Sum256(buf); got != sums[i] {
+			if j := slices.Index(sums, got); j >= 0 {
+				return fmt.Errorf("%w: block %d holds what was written as block %d (blocks out of order on the way to the tape)", errVerify, i+1, j+1)
+			}
+			return fmt.Errorf("%w: block %d differs from what was written", errVerify, i+1)
+		}
+	}
+}
+
+// errVerify: a data file read back does not match what was written.
+var errVerify = errors.New("the file read back from the tape differs from what was written")
 
 // catalogFile writes the cartridge's catalog file after its last data
 // file, before the job leaves it. A failure costs only speed (a scan then

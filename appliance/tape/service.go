@@ -664,6 +664,8 @@ type metrics struct {
 	bytes  prometheus.Counter
 	carts  prometheus.Gauge
 	alerts prometheus.Gauge
+	// verifyFailures counts data files that did not read back as written.
+	verifyFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -672,9 +674,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		bytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "vaultnode_tape_written_bytes_total", Help: "Bytes written to tape."}),
 		carts:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "vaultnode_tape_last_job_cartridges", Help: "Cartridges the last tape job wrote to."}),
 		alerts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vaultnode_tape_alerts", Help: "TapeAlert flags set when last read (after each job)."}),
+		verifyFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "vaultnode_tape_verify_failures_total",
+			Help: "Tape data files that did not read back as written (not recorded; written again by the next job)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.busy, m.bytes, m.carts, m.alerts)
+		reg.MustRegister(m.busy, m.bytes, m.carts, m.alerts, m.verifyFailures)
 	}
 	return m
 }

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"vaultnode/appliance/tape/drive"
 	"vaultnode/appliance/tape/format"
 	"vaultnode/internal/clock"
@@ -125,6 +127,10 @@ type blockStream struct {
 	err    error // the producer's sticky error
 	ended  bool  // the writer was told to stop (Close or abort)
 	closed bool  // full is closed (Close)
+	// sums, when keepSums was set before the first Write, holds each
+	// block's BLAKE3 digest in order, for reading the file back.
+	keepSums bool
+	sums     [][32]byte
 }
 
 // newStream starts a stream to dev with the buffers in spare (allocating
@@ -272,6 +278,9 @@ func (s *blockStream) Write(p []byte) (int, error) {
 
 // send queues the filled block and takes an empty one.
 func (s *blockStream) send() error {
+	if s.keepSums {
+		s.sums = append(s.sums, blake3.Sum256(s.cur))
+	}
 	select {
 	case s.full <- s.cur:
 	case <-s.done:
@@ -312,6 +321,10 @@ func (s *blockStream) Written() int64 { return s.queued }
 // FirstQueued is when the first block was handed to the writer (zero
 // before): the start of the file's streaming.
 func (s *blockStream) FirstQueued() time.Time { return s.first }
+
+// Sums is each block's BLAKE3 digest, in the order handed to the drive
+// (nil unless keepSums was set before the first Write).
+func (s *blockStream) Sums() [][32]byte { return s.sums }
 
 // Pending is the bytes buffered in the block being filled.
 func (s *blockStream) Pending() int { return len(s.cur) }

@@ -366,6 +366,67 @@ func TestTapeDriveResetMidFile(t *testing.T) {
 	checkPhysical(t, v, lab)
 }
 
+// TestTapeVerifyFindsMisorderedBlock: a drive that stores two blocks of a
+// data file swapped while acknowledging every WRITE (as a transport that
+// reorders queued commands did in the lab) fails the job at the file's
+// read-back, naming the misplaced block; the version is not recorded on
+// tape, so retention still keeps it on disk, and the next job writes it
+// over the bad file.
+func TestTapeVerifyFindsMisorderedBlock(t *testing.T) {
+	ctx := context.Background()
+	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
+	v := openTapeVault(t, t.TempDir(), lab, nil)
+	if err := v.NewCompany("acme"); err != nil {
+		t.Fatal(err)
+	}
+	a := newGCAgent(t, v, "acme", "pc-1")
+	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily", Allocation: catalog.AllocContinue}})
+	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
+	first, err := a.backup(ctx, randomFiles(3, 100<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
+		t.Fatalf("first job: %s %s", view.State, view.Error)
+	}
+	second, err := a.backup(ctx, randomFiles(10, 100<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab.tapes[1].MisorderAfter(2)
+	view := runJob(t, v, tape.KindTape)
+	if view.State != jobs.Failed || !strings.Contains(view.Error, "block 2 holds what was written as block 3") {
+		t.Fatalf("job on a drive storing blocks out of order: %s %q", view.State, view.Error)
+	}
+	if ok, _ := v.Catalog.OnTape("pc-1", "home", second); ok {
+		t.Fatal("the version whose file read back wrong is recorded on tape")
+	}
+	checkPhysical(t, v, lab)
+	mfs, err := v.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	failures := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "vaultnode_tape_verify_failures_total" {
+			failures = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if failures != 1 {
+		t.Fatalf("vaultnode_tape_verify_failures_total %v, want 1", failures)
+	}
+
+	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
+		t.Fatalf("job after the failed verification: %s %s", view.State, view.Error)
+	}
+	for _, seq := range []uint64{first, second} {
+		if ok, _ := v.Catalog.OnTape("pc-1", "home", seq); !ok {
+			t.Fatalf("version %d not on tape after the next job", seq)
+		}
+	}
+	checkPhysical(t, v, lab)
+}
+
 func buildRecover(t *testing.T, dir string) []byte {
 	t.Helper()
 	bin := filepath.Join(dir, "vault-tape-recover")

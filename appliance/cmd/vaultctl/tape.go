@@ -191,13 +191,13 @@ func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "POOL\tALLOCATION\tRETENTION\tENCRYPTED\tEXPORT")
+		fmt.Fprintln(tw, "POOL\tALLOCATION\tRETENTION\tENCRYPTED\tEXPORT\tVERIFY")
 		for _, p := range pools {
 			ret := p.Retention
 			if ret == "" {
 				ret = "forever"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\n", p.Name, p.Allocation, ret, !p.Plain, p.Export)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%v\n", p.Name, p.Allocation, ret, !p.Plain, p.Export, !p.NoVerify)
 		}
 		tw.Flush()
 	case a[0] == "pool" && len(a) >= 2:
@@ -207,10 +207,11 @@ func tapeCmd(ctx context.Context, c *client, a []string, stdout, stderr io.Write
 		ret := fs.String("retention", "forever", "how long a written cartridge is kept before it may be overwritten (30d, 720h, forever)")
 		plain := fs.Bool("plain", false, "write chunks unencrypted")
 		export := fs.Bool("export", false, "after each job, move the cartridges written to the import/export slot")
+		verify := fs.Bool("verify", true, "read each data file back after writing it, and record it only if it matches (-verify=false: about half the tape time, no check)")
 		if err := fs.Parse(a[2:]); err != nil {
 			return err
 		}
-		p := catalog.TapePool{Name: a[1], Allocation: *alloc, Retention: *ret, Plain: *plain, Export: *export}
+		p := catalog.TapePool{Name: a[1], Allocation: *alloc, Retention: *ret, Plain: *plain, Export: *export, NoVerify: !*verify}
 		if err := op(vault.TapeRequest{Op: "pool", PoolSpec: &p}, nil); err != nil {
 			return err
 		}
@@ -372,7 +373,7 @@ func printTapeStatus(w io.Writer, o vault.TapeOverview) {
 	}
 	fmt.Fprintln(w)
 	for _, p := range o.Pools {
-		fmt.Fprintf(w, "pool %s: %s, retention %s, encrypted %v, export %v\n", p.Name, p.Allocation, dash(p.Retention), !p.Plain, p.Export)
+		fmt.Fprintf(w, "pool %s: %s, retention %s, encrypted %v, export %v, verify %v\n", p.Name, p.Allocation, dash(p.Retention), !p.Plain, p.Export, !p.NoVerify)
 	}
 	for _, cv := range o.Coverage {
 		what := "company " + cv.Company

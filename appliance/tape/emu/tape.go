@@ -31,7 +31,10 @@ type Tape struct {
 	// (failWrites).
 	failAfter int
 	reset     bool // a power-on reset happened: the next command gets 6/29/00
-	reads     int  // READ commands answered
+	// misorder > 0: that many more WRITEs are stored in order, then the
+	// next one lands before the block preceding it (MisorderAfter).
+	misorder int
+	reads    int // READ commands answered
 	// Capacity and EarlyWarning (bytes) apply to a cartridge that sets
 	// none: a write past EarlyWarning succeeds with EOM set; one past
 	// Capacity fails with VOLUME OVERFLOW.
@@ -77,6 +80,12 @@ func NewEmptyTape(serial string) *Tape {
 // the drive's buffer, are lost. Later commands work again (the next job
 // resumes).
 func (t *Tape) FailWritesAfter(n int) { t.mu.Lock(); t.failAfter = n + 1; t.mu.Unlock() }
+
+// MisorderAfter makes the drive store blocks out of order, as a transport
+// that reorders queued commands does: after n more WRITEs (n >= 1), the
+// next one is stored before the block written just before it. Every WRITE
+// is acknowledged.
+func (t *Tape) MisorderAfter(n int) { t.mu.Lock(); t.misorder = n + 1; t.mu.Unlock() }
 
 // Reset resets the drive as a power cycle or a bus reset of a drive that
 // rewinds does: the blocks still in its buffer are lost, the tape is at
@@ -298,6 +307,12 @@ func (t *Tape) Exec(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 			return streamSense(scsi.KeyVolumeOverflow, 0, 0x02, false, true, false, int32(n)), nil
 		}
 		t.m.recs = append(t.m.recs, record{data: append([]byte(nil), c.Data...)})
+		if t.misorder > 0 {
+			if t.misorder--; t.misorder == 0 && len(t.m.recs) >= 2 && t.pos > t.m.flushed {
+				r := t.m.recs
+				r[len(r)-1], r[len(r)-2] = r[len(r)-2], r[len(r)-1]
+			}
+		}
 		t.pos++
 		t.m.used += n
 		if t.m.used > warning {
