@@ -146,8 +146,10 @@ func BenchmarkTapeStream(b *testing.B) {
 	b.ReportMetric(jobRate, "job-MiB/s")
 	b.ReportMetric(ddRate, "dd-MiB/s")
 
-	// The drive package alone, same drive, same block size, through the
-	// BlockQueue the job uses: what the job could reach if preparing its
+	// The drive package alone, same drive, same block size, through a
+	// BlockQueue of four queued WRITEs (the job keeps one outstanding since
+	// 2 December: docs/tape.md, "A block out of order"): what a drive that
+	// keeps the order of queued commands could reach if preparing the
 	// blocks cost nothing.
 	pr := l.probe(false, "rate", "PROBE1L5", "1", strconv.Itoa(int(ddBytes)>>20))
 	if m := rateRE.FindStringSubmatch(pr); m != nil {
