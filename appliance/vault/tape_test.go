@@ -293,13 +293,11 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 	}
 }
 
-// TestTapeDriveResetMidFile: a drive reset in the middle of a data file
-// (a power cycle: the drive rewinds and answers the next WRITE with a unit
-// attention) stops the job with "position lost" instead of repeating the
-// WRITE at the beginning of the tape over the label; the catalog keeps
-// only the complete files, and the next job writes the version after them.
-func TestTapeDriveResetMidFile(t *testing.T) {
-	ctx := context.Background()
+// tapeOneFileWritten is a vault with one cartridge in a pool covering
+// company acme, whose computer pc-1 backed up a first version that a tape
+// job wrote.
+func tapeOneFileWritten(t *testing.T) (*tapeLab, *Vault, *gcAgent, uint64) {
+	t.Helper()
 	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
 	v := openTapeVault(t, t.TempDir(), lab, nil)
 	if err := v.NewCompany("acme"); err != nil {
@@ -308,13 +306,24 @@ func TestTapeDriveResetMidFile(t *testing.T) {
 	a := newGCAgent(t, v, "acme", "pc-1")
 	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily", Allocation: catalog.AllocContinue}})
 	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
-	first, err := a.backup(ctx, randomFiles(3, 100<<10))
+	first, err := a.backup(context.Background(), randomFiles(3, 100<<10))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
 		t.Fatalf("first job: %s %s", view.State, view.Error)
 	}
+	return lab, v, a, first
+}
+
+// TestTapeDriveResetMidFile: a drive reset in the middle of a data file
+// (a power cycle: the drive rewinds and answers the next WRITE with a unit
+// attention) stops the job with "position lost" instead of repeating the
+// WRITE at the beginning of the tape over the label; the catalog keeps
+// only the complete files, and the next job writes the version after them.
+func TestTapeDriveResetMidFile(t *testing.T) {
+	ctx := context.Background()
+	lab, v, a, first := tapeOneFileWritten(t)
 	m, err := lab.emu.Media("TAPE01L5")
 	if err != nil {
 		t.Fatal(err)
@@ -374,21 +383,7 @@ func TestTapeDriveResetMidFile(t *testing.T) {
 // over the bad file.
 func TestTapeVerifyFindsMisorderedBlock(t *testing.T) {
 	ctx := context.Background()
-	lab := newTapeLab(t, 1<<30, 1<<29, "TAPE01L5")
-	v := openTapeVault(t, t.TempDir(), lab, nil)
-	if err := v.NewCompany("acme"); err != nil {
-		t.Fatal(err)
-	}
-	a := newGCAgent(t, v, "acme", "pc-1")
-	tapeOp(t, v, TapeRequest{Op: "pool", PoolSpec: &catalog.TapePool{Name: "daily", Allocation: catalog.AllocContinue}})
-	tapeOp(t, v, TapeRequest{Op: "cover", Cover: &catalog.TapeCover{Company: "acme", Pool: "daily"}})
-	first, err := a.backup(ctx, randomFiles(3, 100<<10))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if view := runJob(t, v, tape.KindTape); view.State != jobs.Done {
-		t.Fatalf("first job: %s %s", view.State, view.Error)
-	}
+	lab, v, a, first := tapeOneFileWritten(t)
 	second, err := a.backup(ctx, randomFiles(10, 100<<10))
 	if err != nil {
 		t.Fatal(err)
