@@ -87,7 +87,7 @@ func (d *Drive) run(ctx context.Context, c scsi.Command) (scsi.Response, error) 
 // that met a unit attention or "not ready".
 func respErr(c scsi.Command, resp scsi.Response) error {
 	err := resp.Err(c)
-	if s, ok := scsi.AsSense(err); ok && c.Relative() && (s.Key == scsi.KeyUnitAttention || s.Key == scsi.KeyNotReady) {
+	if s, ok := scsi.AsSense(err); ok && c.LosesPosition(s) {
 		return fmt.Errorf("%w: %w", ErrPositionLost, err)
 	}
 	return err

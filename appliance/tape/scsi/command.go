@@ -103,6 +103,13 @@ func (c Command) Relative() bool {
 	return false
 }
 
+// LosesPosition says whether s, answering c, means the drive may have lost
+// its position: a unit attention or "not ready" to a Relative command.
+// Such a command was not executed and must not be repeated in place.
+func (c Command) LosesPosition(s Sense) bool {
+	return c.Relative() && (s.Key == KeyUnitAttention || s.Key == KeyNotReady)
+}
+
 // Response is what came back: the SCSI status, sense data when the status
 // is CHECK CONDITION, and how many bytes of Data the device transferred.
 // Some transports (QEMU's iscsi scsi-generic path) always report a residue

@@ -75,7 +75,7 @@ func (r *Retry) Exec(ctx context.Context, c Command) (Response, error) {
 				return resp, nil
 			}
 			switch {
-			case c.Relative() && (s.Key == KeyUnitAttention || s.Key == KeyNotReady):
+			case c.LosesPosition(s):
 				log.Warn("unit attention or not ready during a positional command: the position may be lost, not repeating it",
 					zap.String("command", c.Name()), zap.Stringer("sense", s))
 				return resp, nil
