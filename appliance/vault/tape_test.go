@@ -90,6 +90,21 @@ func runJob(t testing.TB, v *Vault, kind jobs.Kind) jobs.View {
 	return waitJob(t, v, rec.ID)
 }
 
+// counter is the value of the vault's counter name (0 when absent).
+func counter(t *testing.T, v *Vault, name string) float64 {
+	t.Helper()
+	mfs, err := v.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
 // checkPhysical: every tape file the catalog records is on its cartridge
 // with its closing filemark, and nothing recorded is missing.
 func checkPhysical(t *testing.T, v *Vault, lab *tapeLab) (used int) {
@@ -214,17 +229,7 @@ func TestTapeJobSpansResumesRestores(t *testing.T) {
 	if st := v.Tape.Status(); st.Busy || st.Bytes == 0 {
 		t.Fatalf("status after the job: %+v", st)
 	}
-	mfs, err := v.Metrics.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	written := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == "vaultnode_tape_written_bytes_total" {
-			written = mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	if written < 3*10*100<<10 {
+	if written := counter(t, v, "vaultnode_tape_written_bytes_total"); written < 3*10*100<<10 {
 		t.Fatalf("vaultnode_tape_written_bytes_total %v after writing three versions of 1 MB", written)
 	}
 
@@ -397,17 +402,7 @@ func TestTapeVerifyFindsMisorderedBlock(t *testing.T) {
 		t.Fatal("the version whose file read back wrong is recorded on tape")
 	}
 	checkPhysical(t, v, lab)
-	mfs, err := v.Metrics.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	failures := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == "vaultnode_tape_verify_failures_total" {
-			failures = mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	if failures != 1 {
+	if failures := counter(t, v, "vaultnode_tape_verify_failures_total"); failures != 1 {
 		t.Fatalf("vaultnode_tape_verify_failures_total %v, want 1", failures)
 	}
 
