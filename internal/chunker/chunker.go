@@ -83,38 +83,104 @@ func NewGear(key [32]byte) (*Gear, error) {
 func (g *Gear) Cut(data []byte, atEOF bool) int { return g.cut(&contentParams, data, atEOF) }
 
 func (g *Gear) cut(p *params, data []byte, atEOF bool) int {
+	n, _ := g.cutFrom(p, data, atEOF, scanState{})
+	return n
+}
+
+// scanState is how far a cut that found no boundary in the data it had
+// got (the hash's value after data[at-1]; at 0: nothing scanned), so that
+// a call with more of the same chunk's data resumes there.
+type scanState struct {
+	at int
+	fp uint64
+}
+
+// cutFrom is cut resuming from s (of an earlier call on a prefix of data);
+// when it returns 0 it also returns the state to resume from.
+func (g *Gear) cutFrom(p *params, data []byte, atEOF bool, s scanState) (int, scanState) {
 	n := len(data)
 	if n <= p.min {
 		if atEOF {
-			return n
+			return n, scanState{}
 		}
-		return 0
+		return 0, scanState{}
 	}
 	if n > p.max {
 		n = p.max
 	}
-	normal := p.avg
-	if n < normal {
-		normal = n
+	normal := min(p.avg, n)
+	i, fp := p.min, uint64(0)
+	if s.at > i && s.at <= n {
+		i, fp = s.at, s.fp
 	}
-	var fp uint64
-	i := p.min
-	for ; i < normal; i++ {
-		fp = (fp << 1) + g[data[i]]
-		if fp&p.maskS == 0 {
-			return i + 1
-		}
+	var at int
+	if i < normal {
+		at, fp = g.scan(data, i, normal, fp, p.maskS)
+		i = normal
 	}
-	for ; i < n; i++ {
-		fp = (fp << 1) + g[data[i]]
-		if fp&p.maskL == 0 {
-			return i + 1
-		}
+	if at == 0 && i < n {
+		at, fp = g.scan(data, i, n, fp, p.maskL)
+	}
+	if at > 0 {
+		return at, scanState{}
 	}
 	if n == p.max || atEOF {
-		return n
+		return n, scanState{}
 	}
-	return 0
+	return 0, scanState{at: n, fp: fp}
+}
+
+// scanBlock is how many bytes each of scan's two chains hashes between
+// checks of which found a boundary first.
+const scanBlock = 16 << 10
+
+// scan rolls the gear hash over data[lo:hi], fp being its value after
+// data[lo-1] (0 at a chunk's minimum size), and returns the index after
+// the first byte at which fp&mask is 0 (0: none) and fp after data[hi-1].
+//
+// The hash after byte i is the sum of g[data[i-j]]<<j for j = 0..63 (older
+// bytes are shifted out), so it can be computed afresh from the 64 bytes
+// before any position past lo+63. scan runs two chains at once, over two
+// adjacent blocks, the second started from its 64 bytes before: the
+// processor overlaps their additions, which one chain serializes, and the
+// boundaries are the ones a single chain finds (the chunker's test pins
+// them).
+func (g *Gear) scan(data []byte, lo, hi int, fp, mask uint64) (int, uint64) {
+	for hi-lo >= 2*scanBlock {
+		a := data[lo : lo+scanBlock]
+		b := data[lo+scanBlock : lo+2*scanBlock]
+		var fb uint64
+		for _, c := range data[lo+scanBlock-64 : lo+scanBlock] {
+			fb = fb<<1 + g[c]
+		}
+		fa := fp
+		for k := 0; k < len(a) && k < len(b); k++ {
+			fa = fa<<1 + g[a[k]]
+			if fa&mask == 0 {
+				return lo + k + 1, 0
+			}
+			fb = fb<<1 + g[b[k]]
+			if fb&mask == 0 {
+				// The first chain may still find an earlier one.
+				for j := k + 1; j < len(a); j++ {
+					fa = fa<<1 + g[a[j]]
+					if fa&mask == 0 {
+						return lo + j + 1, 0
+					}
+				}
+				return lo + scanBlock + k + 1, 0
+			}
+		}
+		fp = fb
+		lo += 2 * scanBlock
+	}
+	for i, c := range data[lo:hi] {
+		fp = fp<<1 + g[c]
+		if fp&mask == 0 {
+			return lo + i + 1, 0
+		}
+	}
+	return 0, fp
 }
 
 // Chunker reads a stream and returns its chunks one at a time.
@@ -128,6 +194,9 @@ type Chunker struct {
 	beg   int // start of unconsumed data
 	end   int // end of valid data
 	eof   bool
+	// scanned is how far the chunk at beg was scanned without a boundary
+	// before the buffer was refilled.
+	scanned scanState
 }
 
 // New returns a Chunker reading r. buf, if longer than MaxSize, is used as
@@ -171,7 +240,8 @@ func (c *Chunker) Next() ([]byte, error) {
 			if c.end == c.beg {
 				return nil, io.EOF
 			}
-			return c.take(c.gear.cut(c.p, c.buf[c.beg:c.end], c.eof)), nil
+			n, _ := c.gear.cutFrom(c.p, c.buf[c.beg:c.end], c.eof, c.scanned)
+			return c.take(n), nil
 		}
 		// Less than a largest chunk is left. cut scans in order and stops
 		// at the first boundary, with the same masks whatever the data's
@@ -180,9 +250,11 @@ func (c *Chunker) Next() ([]byte, error) {
 		// to the buffer's front (moving everything left after each largest
 		// chunk's worth of room copied about as much as was read).
 		if c.end-c.beg > c.p.min {
-			if n := c.gear.cut(c.p, c.buf[c.beg:c.end], false); n > 0 {
+			n, s := c.gear.cutFrom(c.p, c.buf[c.beg:c.end], false, c.scanned)
+			if n > 0 {
 				return c.take(n), nil
 			}
+			c.scanned = s // refilled below: resume there
 		}
 		// Refill: move what is left to the front, then read.
 		if c.beg > 0 {
@@ -210,6 +282,7 @@ func (c *Chunker) Next() ([]byte, error) {
 func (c *Chunker) take(n int) []byte {
 	chunk := c.buf[c.beg : c.beg+n]
 	c.beg += n
+	c.scanned = scanState{}
 	if c.p == &listingParams {
 		if c.small--; c.small <= 0 {
 			c.toContent()

@@ -369,3 +369,71 @@ func TestListingSwitch(t *testing.T) {
 		t.Errorf("after the switch %d of %d boundaries are the content chunker's, want all but 3", shared, after)
 	}
 }
+
+// serialCut is the rolling hash written as the format describes it, one
+// byte at a time: the reference scan's two chains must agree with.
+func serialCut(g *Gear, p *params, data []byte, atEOF bool) int {
+	n := len(data)
+	if n <= p.min {
+		if atEOF {
+			return n
+		}
+		return 0
+	}
+	n = min(n, p.max)
+	var fp uint64
+	for i := p.min; i < n; i++ {
+		fp = (fp << 1) + g[data[i]]
+		mask := p.maskL
+		if i < p.avg {
+			mask = p.maskS
+		}
+		if fp&mask == 0 {
+			return i + 1
+		}
+	}
+	if n == p.max || atEOF {
+		return n
+	}
+	return 0
+}
+
+// TestScanMatchesSerial cuts random data with easy masks, so that
+// boundaries fall in either of scan's chains, in its tail, and right after
+// a block's start, and with the resumption of a cut given part of the data
+// first: every cut must be the serial one's.
+func TestScanMatchesSerial(t *testing.T) {
+	g := testGear(t)
+	r := rand.New(rand.NewPCG(7, 11))
+	for _, p := range []params{
+		{min: 64, avg: 40 << 10, max: 200 << 10, maskS: 0x94b5294a53f00000 & ^uint64(0xfff00000), maskL: 0x94a5294a52a00000 & ^uint64(0xfff00000)},
+		{min: 1000, avg: 2000, max: 300 << 10, maskS: 0xf000000000000000, maskL: 0xfff0000000000000},
+		contentParams,
+		listingParams,
+	} {
+		data := randBytes(r.Uint64(), 16<<20)
+		for off, n := 0, 0; off < len(data); off += n {
+			rest := data[off:]
+			want := serialCut(g, &p, rest, true)
+			if got := g.cut(&p, rest, true); got != want {
+				t.Fatalf("params %+v at %d: cut %d, serial %d", p, off, got, want)
+			}
+			// The same chunk found in two steps: a prefix first, then
+			// all; the prefix at random, or ending just before the
+			// boundary, which the resumed hash must then find.
+			for _, plen := range []int{r.IntN(p.max + 1), want - 1 - r.IntN(80)} {
+				part := rest[:max(0, min(len(rest), plen))]
+				n1, s := g.cutFrom(&p, part, false, scanState{})
+				if w := serialCut(g, &p, part, false); n1 != w {
+					t.Fatalf("params %+v at %d, prefix %d: cut %d, serial %d", p, off, len(part), n1, w)
+				}
+				if n1 == 0 {
+					if n2, _ := g.cutFrom(&p, rest, true, s); n2 != want {
+						t.Fatalf("params %+v at %d: resumed after %d: cut %d, serial %d", p, off, len(part), n2, want)
+					}
+				}
+			}
+			n = want
+		}
+	}
+}
