@@ -437,7 +437,7 @@ func (v *Vault) Serve(ctx context.Context, ready func(agentAddr string)) error {
 	errLog, _ := zap.NewStdLogAt(v.log.Named("http"), zap.WarnLevel)
 	agentSrv := &http.Server{Handler: v.agentHandler(), TLSConfig: tlsConf, ErrorLog: errLog,
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxStreams,
-			MaxReceiveBufferPerConnection: connRecvWindow, MaxReceiveBufferPerStream: streamRecvWindow}}
+			MaxReceiveBufferPerConnection: connRecvWindow, MaxReceiveBufferPerStream: streamRecvWindow, MaxReadFrameSize: readFrameSize}}
 	adminSrv := &http.Server{Handler: v.adminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 30 * time.Second}
 	portalSrv, pln, err := v.listenPortal(errLog)
 	if err != nil {
