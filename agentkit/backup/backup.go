@@ -378,12 +378,26 @@ func pipeline(ctx context.Context, o Options, open func(context.Context) (string
 		}
 		return nil
 	})
+	// The producer starts first: its walk (cold directory and inode
+	// reads) is what a no-change or incremental backup waits for, and the
+	// readers' buffers are made when a file first comes, so a backup that
+	// reads no file allocates none of them and its start runs no garbage
+	// collection for them (docs/performance.md, "Chunker, frames, readers' buffers").
+	pg.Go(func() error {
+		err := produce(pctx, up, order, work)
+		close(work)
+		close(order)
+		return err
+	})
 	readers := func(n, bufSize int, from <-chan *item) {
 		for range n {
 			pg.Go(func() error {
-				r := &reader{gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, retries: o.Retries,
-					buf: make([]byte, bufSize)}
+				var r *reader
 				for it := range from {
+					if r == nil {
+						r = &reader{gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, retries: o.Retries,
+							buf: make([]byte, bufSize)}
+					}
 					if err := r.read(pctx, it); err != nil {
 						return err
 					}
@@ -394,12 +408,6 @@ func pipeline(ctx context.Context, o Options, open func(context.Context) (string
 	}
 	readers(o.Workers, 2*chunker.MaxSize, bigWork)
 	readers(max(o.Workers, smallReaders), chunker.MinSize+1, smallWork)
-	pg.Go(func() error {
-		err := produce(pctx, up, order, work)
-		close(work)
-		close(order)
-		return err
-	})
 	var listing []tree.ChunkRef
 	lr, lw := io.Pipe()
 	pg.Go(func() error {

@@ -293,7 +293,7 @@ const (
 	// protocol's 16 KiB default made an upload about 14,000 frames of
 	// 230 MB, each read, checked and handed to the handler's pipe in
 	// turn; with 256 KiB frames the vault's CPU for an initial backup
-	// fell about 6 % (docs/performance.md, "Larger HTTP/2 frames"). Each
+	// fell about 6 % (docs/performance.md, "Chunker, frames, readers' buffers"). Each
 	// connection's frame reader holds one frame.
 	readFrameSize = 256 << 10
 )
