@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -70,5 +71,29 @@ func TestSelectPhases(t *testing.T) {
 		if _, err := selectPhases(bad); err == nil {
 			t.Errorf("selectPhases(%q) accepted", bad)
 		}
+	}
+}
+
+func TestRunOrder(t *testing.T) {
+	for _, c := range []struct {
+		n        int
+		reversed bool
+		want     string
+	}{{2, false, "[0 1]"}, {2, true, "[1 0]"}, {1, true, "[0]"}, {3, true, "[2 1 0]"}} {
+		if got := fmt.Sprint(runOrder(c.n, c.reversed)); got != c.want {
+			t.Errorf("runOrder(%d, %v) = %s, want %s", c.n, c.reversed, got, c.want)
+		}
+	}
+}
+
+// TestMediansByTool: results of reversed runs keep the tools' order, so the
+// median of each tool's phase is taken over that tool's runs only.
+func TestMediansByTool(t *testing.T) {
+	run := func(a, b float64) []*phaseResult {
+		return []*phaseResult{{Tool: "vaultnode", Phase: "initial", WallSeconds: a}, {Tool: "restic", Phase: "initial", WallSeconds: b}}
+	}
+	m := medians([][]*phaseResult{run(1, 10), run(3, 30), run(2, 20)})
+	if len(m) != 2 || m[0].Tool != "vaultnode" || m[0].WallSeconds != 2 || m[1].Tool != "restic" || m[1].WallSeconds != 20 {
+		t.Fatalf("medians = %+v %+v", m[0], m[1])
 	}
 }

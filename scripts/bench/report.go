@@ -148,6 +148,9 @@ func printReport(w io.Writer, r *results) {
 	if r.RestoreFS != "" {
 		fmt.Fprintf(w, "restores: %s\n", r.RestoreFS)
 	}
+	if r.Order != "" {
+		fmt.Fprintf(w, "order: %s\n", r.Order)
+	}
 	fmt.Fprintf(w, "host: %s\n\n", hostLine(r.Host))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
