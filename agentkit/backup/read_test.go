@@ -1,7 +1,9 @@
 package backup
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -72,5 +74,52 @@ func TestSmallReaderMatchesChunker(t *testing.T) {
 		if total != size || (size == 0) != (len(small) == 0) {
 			t.Errorf("size %d: chunks cover %d bytes in %d chunks", size, total, len(small))
 		}
+	}
+}
+
+// askedReader records the largest read asked of it.
+type askedReader struct{ most int }
+
+func (a *askedReader) Read(p []byte) (int, error) {
+	a.most = max(a.most, len(p))
+	return len(p), nil
+}
+
+// TestPiecesBoundEachRead: a large file is read readPiece bytes at a time
+// however much room the chunker's buffer has, and its chunks are the ones
+// of reads as large as that room.
+func TestPiecesBoundEachRead(t *testing.T) {
+	src := &askedReader{}
+	if n, _ := (pieces{src}).Read(make([]byte, 2*chunker.MaxSize)); n != readPiece || src.most != readPiece {
+		t.Fatalf("a read into %d bytes asked %d and gave %d, want %d", 2*chunker.MaxSize, src.most, n, readPiece)
+	}
+
+	var key [32]byte
+	gear, err := chunker.NewGear(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	data := make([]byte, 3*chunker.MaxSize+12345)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	cut := func(r io.Reader) []int {
+		c := chunker.New(gear, r, nil)
+		var sizes []int
+		for {
+			b, err := c.Next()
+			if err == io.EOF {
+				return sizes
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			sizes = append(sizes, len(b))
+		}
+	}
+	inPieces, whole := cut(pieces{bytes.NewReader(data)}), cut(bytes.NewReader(data))
+	if !slices.Equal(inPieces, whole) || len(whole) < 3 {
+		t.Fatalf("chunks read in pieces %v, in reads as large as the room %v", inPieces, whole)
 	}
 }
