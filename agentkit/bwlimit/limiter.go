@@ -243,7 +243,12 @@ func (l *Limiter) take(ctx context.Context, s *stream, n int) error {
 		}
 		changed := l.changed
 		l.sleeping, l.wakeAt = true, now.Add(wait)
-		t := l.clk.NewTimer(wait) // under the lock, so wakeAt and the timer agree
+		var t clock.Timer
+		if at, ok := l.clk.(timerAt); ok {
+			t = at.NewTimerAt(l.wakeAt)
+		} else {
+			t = l.clk.NewTimer(wait)
+		}
 		l.mu.Unlock()
 
 		select {
@@ -255,6 +260,15 @@ func (l *Limiter) take(ctx context.Context, s *stream, n int) error {
 			return l.leave(w, ctx.Err())
 		}
 	}
+}
+
+// timerAt is a clock that sets a timer for an instant (clock.Fake): the
+// timer then fires at wakeAt exactly, even when a test advances the clock
+// between the reading of now above and the timer's making; with a relative
+// timer it fired that much later than wakeAt, and a test waiting for the
+// limiter to sleep until after now waited for ever.
+type timerAt interface {
+	NewTimerAt(t time.Time) clock.Timer
 }
 
 // bestLocked returns the waiting request with the smallest tag (the

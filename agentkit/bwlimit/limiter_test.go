@@ -423,3 +423,53 @@ func TestFlowsSharePerFlow(t *testing.T) {
 		}
 	}
 }
+
+// movingClock is a fake clock that a test moves on once, armed, just before
+// the limiter makes its next timer: what a test advancing the clock from
+// another goroutine can do between the limiter's reading of now and its
+// timer (TestUnusedShareFlowsToOthers failed so, once, in CI).
+type movingClock struct {
+	*clock.Fake
+	armed atomic.Bool
+}
+
+func (c *movingClock) move() {
+	if c.armed.CompareAndSwap(true, false) {
+		c.Fake.Advance(time.Second)
+	}
+}
+
+func (c *movingClock) NewTimer(d time.Duration) clock.Timer {
+	c.move()
+	return c.Fake.NewTimer(d)
+}
+
+func (c *movingClock) NewTimerAt(t time.Time) clock.Timer {
+	c.move()
+	return c.Fake.NewTimerAt(t)
+}
+
+// TestSleepSurvivesClockMovingOn: the limiter's timer fires at the instant
+// it recorded, so a clock moved past that instant before the timer was made
+// wakes it at once, and it sleeps again until after the new now.
+func TestSleepSurvivesClockMovingOn(t *testing.T) {
+	clk := &movingClock{Fake: clock.NewFake(mon(12, 0, 0))}
+	l := New(bandwidth.Fixed(1000000), clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	c := hungry(ctx, &wg, l, 1<<20)
+	settle(t, l, clk.Fake, 1)
+	clk.armed.Store(true)
+	clk.Advance(200 * time.Millisecond) // past the head's wake time: it makes a new timer
+	settle(t, l, clk.Fake, 1)
+	if clk.armed.Load() {
+		t.Fatal("the limiter made no timer after the clock moved")
+	}
+	// Everything up to now was granted, the second moved on included.
+	elapsed := clk.Now().Sub(mon(12, 0, 0))
+	got, want := float64(c.n.Load()), elapsed.Seconds()*1000000
+	if elapsed < 1200*time.Millisecond || got > want || got < want-2*float64(quantum(1000000)) {
+		t.Fatalf("granted %v bytes in %v, want %v", got, elapsed, want)
+	}
+}

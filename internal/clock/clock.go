@@ -67,6 +67,18 @@ func (f *Fake) NewTimer(d time.Duration) Timer {
 	return t
 }
 
+// NewTimerAt creates a Timer that fires when the clock reaches t (at once
+// when it already has). Unlike NewTimer(t.Sub(f.Now())) it reads the clock
+// once, so a test advancing the clock meanwhile cannot move the deadline.
+func (f *Fake) NewTimerAt(t time.Time) Timer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ft := &fakeTimer{f: f, c: make(chan time.Time, 1), when: t, active: true}
+	f.timers = append(f.timers, ft)
+	f.fireLocked()
+	return ft
+}
+
 // Advance moves the clock forward by d and fires every timer that is due.
 func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()

@@ -44,3 +44,31 @@ func TestFakeFiresInOrder(t *testing.T) {
 		t.Fatal("reset timer did not fire")
 	}
 }
+
+// TestFakeTimerAt: a timer for an instant fires when the clock reaches it,
+// not before, and at once when the clock is already past it.
+func TestFakeTimerAt(t *testing.T) {
+	start := time.Date(2026, 1, 5, 12, 0, 0, 0, time.UTC)
+	f := NewFake(start)
+	tm := f.NewTimerAt(start.Add(time.Second))
+	f.Advance(999 * time.Millisecond)
+	select {
+	case <-tm.C():
+		t.Fatal("fired before its instant")
+	default:
+	}
+	f.Advance(time.Millisecond)
+	select {
+	case at := <-tm.C():
+		if !at.Equal(start.Add(time.Second)) {
+			t.Fatalf("fired at %v", at)
+		}
+	default:
+		t.Fatal("did not fire at its instant")
+	}
+	select {
+	case <-f.NewTimerAt(start).C():
+	default:
+		t.Fatal("a timer for a past instant did not fire at once")
+	}
+}
