@@ -243,12 +243,11 @@ func (l *Limiter) take(ctx context.Context, s *stream, n int) error {
 		}
 		changed := l.changed
 		l.sleeping, l.wakeAt = true, now.Add(wait)
-		var t clock.Timer
-		if at, ok := l.clk.(timerAt); ok {
-			t = at.NewTimerAt(l.wakeAt)
-		} else {
-			t = l.clk.NewTimer(wait)
-		}
+		// A timer for the instant itself: a clock moved on meanwhile (a
+		// test advancing a fake one) fires it at once rather than late,
+		// and a waiter for the limiter to sleep past now is not left
+		// waiting for ever.
+		t := l.clk.NewTimerAt(l.wakeAt)
 		l.mu.Unlock()
 
 		select {
@@ -260,15 +259,6 @@ func (l *Limiter) take(ctx context.Context, s *stream, n int) error {
 			return l.leave(w, ctx.Err())
 		}
 	}
-}
-
-// timerAt is a clock that sets a timer for an instant (clock.Fake): the
-// timer then fires at wakeAt exactly, even when a test advances the clock
-// between the reading of now above and the timer's making; with a relative
-// timer it fired that much later than wakeAt, and a test waiting for the
-// limiter to sleep until after now waited for ever.
-type timerAt interface {
-	NewTimerAt(t time.Time) clock.Timer
 }
 
 // bestLocked returns the waiting request with the smallest tag (the

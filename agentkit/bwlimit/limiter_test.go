@@ -439,11 +439,6 @@ func (c *movingClock) move() {
 	}
 }
 
-func (c *movingClock) NewTimer(d time.Duration) clock.Timer {
-	c.move()
-	return c.Fake.NewTimer(d)
-}
-
 func (c *movingClock) NewTimerAt(t time.Time) clock.Timer {
 	c.move()
 	return c.Fake.NewTimerAt(t)

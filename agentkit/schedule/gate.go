@@ -141,7 +141,7 @@ func (g *Gate) Wait(ctx context.Context) (*Permit, error) {
 		var fire <-chan time.Time
 		var t clock.Timer
 		if !next.IsZero() {
-			t = g.clk.NewTimer(next.Sub(g.clk.Now()))
+			t = g.clk.NewTimerAt(next)
 			fire = t.C()
 		}
 		select {

@@ -188,14 +188,9 @@ func (v *Vault) runSchedule(ctx context.Context) {
 				wake = n
 			}
 		}
-		t := v.clk.NewTimer(wake.Sub(now))
-		if !v.clk.Now().Before(wake) {
-			// The clock passed wake while the timer was being armed (a
-			// jump, or a fake clock set meanwhile): the timer counts from
-			// the later time, so look again now instead of waiting on it.
-			t.Stop()
-			continue
-		}
+		// A timer for wake itself: a clock that passed it meanwhile (a
+		// jump, or a fake clock set by a test) fires it at once.
+		t := v.clk.NewTimerAt(wake)
 		select {
 		case <-ctx.Done():
 			t.Stop()

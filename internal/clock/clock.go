@@ -15,6 +15,11 @@ type Clock interface {
 	After(d time.Duration) <-chan time.Time
 	// NewTimer creates a Timer that fires after d.
 	NewTimer(d time.Duration) Timer
+	// NewTimerAt creates a Timer that fires when the clock reaches t, at
+	// once when it already has. A deadline computed from an earlier Now
+	// stays that deadline: NewTimer(t.Sub(c.Now())) would read the clock a
+	// second time and fire late by however far it moved in between.
+	NewTimerAt(t time.Time) Timer
 }
 
 // Timer is the part of *time.Timer a component uses.
@@ -30,6 +35,7 @@ type Real struct{}
 func (Real) Now() time.Time                         { return time.Now() }
 func (Real) After(d time.Duration) <-chan time.Time { return time.After(d) }
 func (Real) NewTimer(d time.Duration) Timer         { return realTimer{time.NewTimer(d)} }
+func (Real) NewTimerAt(t time.Time) Timer           { return realTimer{time.NewTimer(time.Until(t))} }
 
 type realTimer struct{ t *time.Timer }
 
@@ -68,8 +74,7 @@ func (f *Fake) NewTimer(d time.Duration) Timer {
 }
 
 // NewTimerAt creates a Timer that fires when the clock reaches t (at once
-// when it already has). Unlike NewTimer(t.Sub(f.Now())) it reads the clock
-// once, so a test advancing the clock meanwhile cannot move the deadline.
+// when it already has).
 func (f *Fake) NewTimerAt(t time.Time) Timer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -152,3 +157,8 @@ type Skewed struct {
 }
 
 func (s Skewed) Now() time.Time { return time.Now().Add(s.Offset) }
+
+// NewTimerAt fires when the skewed clock reaches t.
+func (s Skewed) NewTimerAt(t time.Time) Timer {
+	return realTimer{time.NewTimer(t.Sub(s.Now()))}
+}

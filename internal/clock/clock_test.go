@@ -72,3 +72,24 @@ func TestFakeTimerAt(t *testing.T) {
 		t.Fatal("a timer for a past instant did not fire at once")
 	}
 }
+
+// TestTimerAtOnItsOwnClock: Real and Skewed timers for an instant count to
+// it on their own clock. A Skewed clock an hour ahead, given an instant just
+// after its own now, fires in milliseconds (a timer counting on the wall
+// clock would wait an hour), and an instant already past fires at once.
+func TestTimerAtOnItsOwnClock(t *testing.T) {
+	for _, c := range []Clock{Real{}, Skewed{Offset: time.Hour}, Skewed{Offset: -time.Hour}} {
+		for _, ahead := range []time.Duration{20 * time.Millisecond, -time.Minute} {
+			at := c.Now().Add(ahead)
+			tm := c.NewTimerAt(at)
+			select {
+			case <-tm.C():
+				if now := c.Now(); now.Before(at) {
+					t.Fatalf("%#v: fired at %v, before %v", c, now, at)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%#v: timer for %v ahead did not fire", c, ahead)
+			}
+		}
+	}
+}
