@@ -55,8 +55,13 @@ type uploader struct {
 const (
 	// senders is the number of uploads in flight: the vault syncs each
 	// before answering, so several in flight keep its disk busy.
-	senders     = 2
-	budgetBytes = 32 << 20
+	senders = 2
+	// budgetBytes bounds the chunk content the pipeline holds. 32 MiB
+	// (item 21 of docs/performance.md) was no faster than 16 on a quiet
+	// machine, and every byte of it is a page touched once more: 16 MiB
+	// took the agent's peak RSS in an initial backup from 95-104 MB to
+	// 70-78 MB ("Page faults: first touches, not churn").
+	budgetBytes = 16 << 20
 	// requestBytes ends an upload request: the vault acknowledges (syncs)
 	// what it holds at the end of each, and the request's stream sends
 	// nothing while it waits for that answer. A request ends at its first

@@ -35,7 +35,7 @@ func main() {
 
 // commandGC is the collector's target of one-shot commands: collect when
 // the heap is 1.25x what is live. A backup's live heap is about 50 MiB
-// (the readers' buffers, 8 MiB of chunks in flight, the listing, the
+// (the readers' buffers, 16 MiB of chunks in flight, the listing, the
 // compressors) plus the chunk ids queued in this run; a target relative to
 // it never makes the collector run without pause, as a fixed limit would
 // once the live heap reached it.
