@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/pair"
 )
 
 // ErrIndexBehind is an index that lacks entries the catalog says are
@@ -114,8 +115,15 @@ func missingFromIndex(cat *catalog.Catalog, idx indexHas) ([]missingEntry, error
 // missing and rebuild is not nil, it rebuilds the index from the packs and
 // checks again; what is still missing stops the vault with a message that
 // names it and says what to do.
+//
+// A pair member recorded behind lacks, by that record, what the other
+// member committed without it; the leader's catch-up copies it. Such a
+// member starts: its raft log may have brought it those versions before
+// this check (the leader records a member behind before it acknowledges
+// an upload it did not copy there), and refusing would keep it from ever
+// catching up.
 func (v *Vault) checkIndex(rebuild func() error) error {
-	missing, err := missingFromIndex(v.Catalog, v.Store)
+	missing, err := v.missingUnlessBehind()
 	if err != nil {
 		return fmt.Errorf("check the index against the catalog: %w", err)
 	}
@@ -125,7 +133,7 @@ func (v *Vault) checkIndex(rebuild func() error) error {
 		if err := rebuild(); err != nil {
 			return fmt.Errorf("rebuild the index: %w", err)
 		}
-		if missing, err = missingFromIndex(v.Catalog, v.Store); err != nil {
+		if missing, err = v.missingUnlessBehind(); err != nil {
 			return fmt.Errorf("check the index against the catalog: %w", err)
 		}
 	}
@@ -150,4 +158,28 @@ func (v *Vault) checkIndex(rebuild func() error) error {
 		"restore DATA/index.db from the same backup as DATA/catalog.db, or run `vaultctl rebuild-index` (the vault "+
 		"stopped) to rebuild it from the packs; if the packs holding them are lost, run `vaultctl rebuild-catalog -fresh` "+
 		"to make the catalog agree with the packs", ErrIndexBehind, strings.Join(names, "; "))
+}
+
+// missingUnlessBehind is missingFromIndex, or nothing on a pair member
+// recorded behind (checkIndex). The record is read after the index: one
+// a catch-up cleared in between had copied what was missing first.
+func (v *Vault) missingUnlessBehind() ([]missingEntry, error) {
+	missing, err := missingFromIndex(v.Catalog, v.Store)
+	if err != nil || len(missing) == 0 || v.pair == nil {
+		return missing, err
+	}
+	bs, err := pair.BehindMembers(v.Catalog)
+	if err != nil {
+		return nil, err
+	}
+	self := v.pair.node.ID()
+	for _, b := range bs {
+		if b.Member == self {
+			v.log.Warn("the index lacks entries the catalog says are committed, and this pair member is recorded behind: "+
+				"the leader's catch-up copies them", zap.Int("missing", len(missing)), zap.Stringer("first", missing[0]),
+				zap.Time("behind_since", b.Since), zap.String("reason", b.Reason))
+			return nil, nil
+		}
+	}
+	return missing, nil
 }

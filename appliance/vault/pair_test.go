@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"vaultnode/appliance/catalog"
+	"vaultnode/appliance/jobs"
 	"vaultnode/appliance/mail"
 	"vaultnode/appliance/pair"
 	"vaultnode/internal/wire"
@@ -506,6 +507,58 @@ func TestDeposedLeader(t *testing.T) {
 		t.Fatalf("the old leader holds %d versions, want the one the new leader committed", n)
 	}
 	restoreAll(t, b, want)
+}
+
+// TestBehindMemberStarts: a member recorded behind, whose log brought it
+// a version the leader committed without copying its chunks there, starts
+// again (its start-up check would otherwise refuse an index older than the
+// catalog), and the catch-up then copies what it lacks: both versions
+// restore from it. TestPairFailover (agentkit/e2e) met this when the
+// restarted member's raft applied the new leader's entries before its
+// store had opened.
+func TestBehindMemberStarts(t *testing.T) {
+	p := newTestPair(t, 0) // in-process, without Serve: no catch-up starts by itself
+	a := p.a
+	ctx := context.Background()
+	ag := newGCAgent(t, a, "acme", "c1")
+	first, second := testFiles("first", 10), testFiles("second", 10)
+	s1, err := ag.backup(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, _ := catalog.NewCommand(pair.KindBehind, pair.Behind{Member: "b", Since: time.Now().UTC(), Reason: "test"})
+	if _, err := a.pair.node.Submit(cmd); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := ag.backup(ctx, second) // not copied to b, which is behind
+	if err != nil {
+		t.Fatal(err)
+	}
+	caughtUp(t, a, p.b)
+	if missing, err := missingFromIndex(p.b.Catalog, p.b.Store); err != nil || len(missing) == 0 {
+		t.Fatalf("b lacks %v (%v); the test wants it to lack the second version's chunks", missing, err)
+	}
+	addr := p.b.pair.node.Addr()
+	p.close(p.b)
+	p.b = p.open("b", p.db, addr, false) // fails the test if b refuses to start
+	b := p.b
+
+	rec, err := a.Jobs.Start(KindCatchUp, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-a.Jobs.Done(rec.ID)
+	if j, err := a.Jobs.Get(rec.ID); err != nil || j.State != jobs.Done {
+		t.Fatalf("the catch-up: %+v (%v)", j, err)
+	}
+	if bs, err := pair.BehindMembers(a.Catalog); err != nil || len(bs) > 0 {
+		t.Fatalf("after the catch-up the pair records %v behind (%v)", bs, err)
+	}
+	caughtUp(t, a, b)
+	if missing, err := missingFromIndex(b.Catalog, b.Store); err != nil || len(missing) > 0 {
+		t.Fatalf("after the catch-up b lacks %v (%v)", missing, err)
+	}
+	restoreAll(t, b, map[string][][]byte{fmt.Sprintf("c1@%d", s1): first, fmt.Sprintf("c1@%d", s2): second})
 }
 
 // answered is the error code an agent reads for err.
