@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,16 +50,17 @@ func TestHostileAgents(t *testing.T) {
 		name  string
 		tally hostile.Tally
 		ready chan struct{}
+		ended chan struct{} // closed when run returned; err is then set
 		err   error
 		run   func(t *hostile.Tally, ready func()) error
 	}
+	// The first three upload a chunk of up to 15 MiB before they get
+	// going, through the company's two upload slots; they start first,
+	// for the slow uploads would hold those slots 30 s at a time, and a
+	// waiter that gives up after SlotWait goes to the back of the queue
+	// and may wait minutes behind them. Same company, so that starving
+	// itself is its own affair (companies get their share: TestSlotsFair).
 	attacks := []*attack{
-		{name: "slow uploads", run: func(tl *hostile.Tally, ready func()) error {
-			return evil[0].SlowUploads(actx, 2, 4, 20*time.Second, tl, ready)
-		}},
-		{name: "slow uploads (second computer)", run: func(tl *hostile.Tally, ready func()) error {
-			return evil[1].SlowUploads(actx, 2, 4, 20*time.Second, tl, ready)
-		}},
 		{name: "stalled downloads", run: func(tl *hostile.Tally, ready func()) error {
 			return evil[2].StalledDownloads(actx, 4, 24, 45*time.Second, tl, ready)
 		}},
@@ -67,6 +69,12 @@ func TestHostileAgents(t *testing.T) {
 		}},
 		{name: "malformed listings", run: func(tl *hostile.Tally, ready func()) error {
 			return evil[1].MalformedListingCommits(actx, tl, ready)
+		}},
+		{name: "slow uploads", run: func(tl *hostile.Tally, ready func()) error {
+			return evil[0].SlowUploads(actx, 2, 4, 20*time.Second, tl, ready)
+		}},
+		{name: "slow uploads (second computer)", run: func(tl *hostile.Tally, ready func()) error {
+			return evil[1].SlowUploads(actx, 2, 4, 20*time.Second, tl, ready)
 		}},
 		{name: "session flood", run: func(tl *hostile.Tally, ready func()) error {
 			return evil[3].SessionFlood(actx, 100, 4, tl, ready)
@@ -86,23 +94,33 @@ func TestHostileAgents(t *testing.T) {
 		return nil
 	}
 	var wg sync.WaitGroup
-	for _, at := range attacks {
-		at.ready = make(chan struct{})
-		var once sync.Once
-		wg.Add(1)
-		go func() { // owner: this test, which cancels actx and waits
-			defer wg.Done()
-			at.err = at.run(&at.tally, func() { once.Do(func() { close(at.ready) }) })
-			once.Do(func() { close(at.ready) }) // an attack that failed to start
-		}()
-	}
 	defer func() { stop(); wg.Wait() }()
-	startBy := time.After(2 * time.Minute) // generous: a hang, not a speed
+	for i, phase := range [][]*attack{attacks[:3], attacks[3:]} {
+		for _, at := range phase {
+			at.ready, at.ended = make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			wg.Add(1)
+			go func() { // owner: this test, which cancels actx and waits
+				defer wg.Done()
+				defer close(at.ended)
+				at.err = at.run(&at.tally, func() { once.Do(func() { close(at.ready) }) })
+				once.Do(func() { close(at.ready) }) // an attack that failed to start
+			}()
+		}
+		startBy := time.After(2 * time.Minute) // generous: a hang, not a speed
+		for _, at := range phase {
+			select {
+			case <-at.ready:
+			case <-startBy:
+				t.Fatalf("attack %q (phase %d) did not get going within 2 minutes: the vault stopped answering it (%s)", at.name, i+1, at.tally.String())
+			}
+		}
+	}
 	for _, at := range attacks {
 		select {
-		case <-at.ready:
-		case <-startBy:
-			t.Errorf("attack %q did not get going within 2 minutes: the vault stopped answering it", at.name)
+		case <-at.ended:
+			t.Fatalf("%s: ended before the victim's backup: %v (%s)", at.name, at.err, at.tally.String())
+		default:
 		}
 	}
 	t.Log("every attack is in flight; the victim backs up")
@@ -112,15 +130,30 @@ func TestHostileAgents(t *testing.T) {
 	t.Logf("victim's backup under attack: version %d, %d bytes sent, %s", s.Version, s.BytesSent, time.Since(began).Round(time.Millisecond))
 
 	// Keep the attacks on until the vault's deadlines (30 s idle) have
-	// cut the slow and stalled ones at least once.
+	// cut the slow and stalled ones at least once. The first cut comes within ReadIdle (30 s) of a slot, or hold (45 s)
+	// plus WriteIdle for a download; 4 minutes is a hang, not a speed,
+	// and failing then (not at ctx's 10) leaves the tallies and vaultd's
+	// log to say which.
 	cutOff := []string{"slow uploads", "stalled downloads", "slow enrolments"}
+	cutBy := time.After(4 * time.Minute)
+	tallies := func() string {
+		var b strings.Builder
+		for _, at := range attacks {
+			fmt.Fprintf(&b, "\n\t%s: %s", at.name, at.tally.String())
+		}
+		return b.String()
+	}
 	for _, name := range cutOff {
 		at := find(name)
 		for at.tally.Get("cut off") == 0 {
 			select {
 			case <-time.After(time.Second):
-			case <-ctx.Done():
-				t.Fatalf("%s: never cut off (%s); vaultd lets them hold on forever", name, at.tally.String())
+			case <-at.ended:
+				if at.tally.Get("cut off") == 0 {
+					t.Fatalf("%s: ended without being cut off: %v; tallies:%s", name, at.err, tallies())
+				}
+			case <-cutBy:
+				t.Fatalf("%s: not cut off within 4 minutes of the victim's backup; vaultd lets them hold on; tallies:%s", name, tallies())
 			}
 		}
 		t.Logf("%s: cut off (%s)", name, at.tally.String())

@@ -23,7 +23,8 @@ import (
 // ("cut off": the vault cut the request by a deadline or reset it; a wire
 // code: the vault refused it; "held to the end": still open when ctx
 // ended), and calls ready once all its workers have sent a request (and,
-// for downloads, had it answered or refused).
+// for downloads, had it answered or refused; for commits, had one
+// answered other than busy).
 
 // countdown calls fn once n workers have called done.
 type countdown struct {
@@ -265,13 +266,11 @@ func (a *Agent) listingCommits(ctx context.Context, listings [][]byte, zeros boo
 				continue
 			}
 		}
-		once.Do(func() {
-			if ready != nil {
-				ready()
-			}
-		})
 		err := a.Commit(ctx, sess, bodies[i%len(bodies)])
 		t.add(outcome(err))
+		if !IsCode(err, wire.CodeBusy) && ready != nil {
+			once.Do(ready) // answered, not just queued
+		}
 		if err == nil {
 			return errors.New("the vault committed a hostile listing")
 		}

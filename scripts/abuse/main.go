@@ -170,37 +170,47 @@ func underAttack(ctx context.Context, v *vault, victim *agent) (time.Duration, m
 	}
 	actx, stop := context.WithCancel(ctx)
 	defer stop()
-	attacks := map[string]func(*hostile.Tally, func()) error{
-		"slow uploads": func(t *hostile.Tally, ready func()) error {
-			return evil[0].SlowUploads(actx, 2, 4, 20*time.Second, t, ready)
-		},
-		"stalled downloads": func(t *hostile.Tally, ready func()) error {
+	type attack struct {
+		name string
+		run  func(*hostile.Tally, func()) error
+	}
+	// The downloads and the commit upload a chunk first, through the
+	// company's two upload slots, which the slow uploads hold 30 s at a
+	// time: they go first, or they may wait out the run.
+	phases := [][]attack{{
+		{"stalled downloads", func(t *hostile.Tally, ready func()) error {
 			return evil[1].StalledDownloads(actx, 4, 24, 45*time.Second, t, ready)
-		},
-		"memory-exhaustion commit": func(t *hostile.Tally, ready func()) error {
+		}},
+		{"memory-exhaustion commit", func(t *hostile.Tally, ready func()) error {
 			return evil[2].BigListingCommits(actx, t, ready)
-		},
-	}
+		}},
+	}, {
+		{"slow uploads", func(t *hostile.Tally, ready func()) error {
+			return evil[0].SlowUploads(actx, 2, 4, 20*time.Second, t, ready)
+		}},
+	}}
 	tallies := map[string]*hostile.Tally{}
-	errs := make(chan error, len(attacks))
+	errs := make(chan error, 3)
 	var wg sync.WaitGroup
-	var readyWG sync.WaitGroup
-	for name, fn := range attacks {
-		t := &hostile.Tally{}
-		tallies[name] = t
-		var once sync.Once
-		readyWG.Add(1)
-		wg.Add(1)
-		go func() { // owner: underAttack, which stops and waits for it
-			defer wg.Done()
-			if err := fn(t, func() { once.Do(readyWG.Done) }); err != nil {
-				errs <- fmt.Errorf("attack %s: %w", name, err)
-			}
-			once.Do(readyWG.Done)
-		}()
-	}
 	defer wg.Wait()
-	readyWG.Wait()
+	for _, phase := range phases {
+		var readyWG sync.WaitGroup
+		for _, at := range phase {
+			t := &hostile.Tally{}
+			tallies[at.name] = t
+			var once sync.Once
+			readyWG.Add(1)
+			wg.Add(1)
+			go func() { // owner: underAttack, which stops and waits for it
+				defer wg.Done()
+				if err := at.run(t, func() { once.Do(readyWG.Done) }); err != nil {
+					errs <- fmt.Errorf("attack %s: %w", at.name, err)
+				}
+				once.Do(readyWG.Done)
+			}()
+		}
+		readyWG.Wait()
+	}
 	select {
 	case err := <-errs:
 		return 0, nil, err
