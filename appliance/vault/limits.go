@@ -233,15 +233,23 @@ func (p *slotPool) dropLocked(w *slotWaiter) {
 	}
 }
 
-// grantLocked hands free slots to the waiters that may take them, oldest
-// first.
+// grantLocked hands free slots to the waiters that may take them: to the
+// computer that holds the fewest, the oldest waiter first among equals.
+// Oldest first alone let one computer's many requests keep another
+// computer of its company waiting: its own requests queue again as soon
+// as they end, and a waiter that gives up after SlotWait goes to the end.
 func (p *slotPool) grantLocked() {
-	for i := 0; i < len(p.queue) && p.used < p.lim.Global; {
-		w := p.queue[i]
-		if !p.canTake(w.company, w.computer) {
-			i++
-			continue
+	for p.used < p.lim.Global {
+		best := -1
+		for i, w := range p.queue {
+			if p.canTake(w.company, w.computer) && (best < 0 || p.computer[w.computer] < p.computer[p.queue[best].computer]) {
+				best = i
+			}
 		}
+		if best < 0 {
+			return
+		}
+		w := p.queue[best]
 		p.dropLocked(w)
 		p.takeLocked(w.company, w.computer)
 		w.granted = true

@@ -124,6 +124,53 @@ func TestSlotsPerComputer(t *testing.T) {
 	}
 }
 
+// TestSlotsTurnByComputer: a freed slot goes to the waiting computer that
+// holds the fewest, not to the oldest waiter: one computer's many requests
+// do not keep another computer of its company waiting.
+func TestSlotsTurnByComputer(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1e9, 0))
+	p := newSlotPool("uploads", SlotLimits{Global: 4, PerCompany: 2, PerComputer: 2}, time.Minute, clk)
+	ctx := context.Background()
+	var releases []func()
+	for i := 0; i < 2; i++ {
+		rel, err := p.acquire(ctx, "acme", "pc1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, rel)
+	}
+	var pc1 []chan error
+	for i := 0; i < 3; i++ {
+		pc1 = append(pc1, acquireAsync(p, "acme", "pc1"))
+		waitQueued(t, p, i+1)
+	}
+	pc2 := acquireAsync(p, "acme", "pc2") // the newest waiter
+	waitQueued(t, p, 4)
+	releases[0]()
+	waitQueued(t, p, 3) // one waiter granted
+	select {
+	case err := <-pc2:
+		if err != nil {
+			t.Fatalf("pc2's request: %v", err)
+		}
+	case <-time.After(10 * time.Second): // granted already: a bound on a hang
+		t.Fatal("the freed slot went to one of pc1's older waiters, not to pc2, which held none")
+	}
+	for i, c := range pc1 {
+		select {
+		case err := <-c:
+			t.Fatalf("pc1's waiter %d got the slot (err %v) before pc2, which held none", i, err)
+		default:
+		}
+	}
+	// pc2 holds one, pc1 one: the next freed slot goes to pc1's oldest.
+	releases[1]()
+	if err := <-pc1[0]; err != nil {
+		t.Fatalf("pc1's oldest waiter: %v", err)
+	}
+	waitQueued(t, p, 2)
+}
+
 // TestEnrollRate: a source address gets a burst of EnrollPerAddr attempts,
 // then one every 60/EnrollPerAddr s; another address is not affected.
 func TestEnrollRate(t *testing.T) {
