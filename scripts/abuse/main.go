@@ -192,7 +192,7 @@ func underAttack(ctx context.Context, v *vault, victim *agent) (time.Duration, m
 	tallies := map[string]*hostile.Tally{}
 	errs := make(chan error, 3)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() { stop(); wg.Wait() }() // an early return stops the attacks before waiting for them
 	for _, phase := range phases {
 		var readyWG sync.WaitGroup
 		for _, at := range phase {
