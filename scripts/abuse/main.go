@@ -190,7 +190,11 @@ func underAttack(ctx context.Context, v *vault, victim *agent) (time.Duration, m
 		}},
 	}}
 	tallies := map[string]*hostile.Tally{}
-	errs := make(chan error, 3)
+	n := 0
+	for _, phase := range phases {
+		n += len(phase)
+	}
+	errs := make(chan error, n) // one error per attack at most: none blocks
 	var wg sync.WaitGroup
 	defer func() { stop(); wg.Wait() }() // an early return stops the attacks before waiting for them
 	for _, phase := range phases {
