@@ -130,10 +130,10 @@ func TestHostileAgents(t *testing.T) {
 	t.Logf("victim's backup under attack: version %d, %d bytes sent, %s", s.Version, s.BytesSent, time.Since(began).Round(time.Millisecond))
 
 	// Keep the attacks on until the vault's deadlines (30 s idle) have
-	// cut the slow and stalled ones at least once. The first cut comes within ReadIdle (30 s) of a slot, or hold (45 s)
-	// plus WriteIdle for a download; 4 minutes is a hang, not a speed,
-	// and failing then (not at ctx's 10) leaves the tallies and vaultd's
-	// log to say which.
+	// cut the slow and stalled ones at least once. The first cut comes
+	// within ReadIdle (30 s) of a slot, or hold (45 s) plus WriteIdle for
+	// a download; 4 minutes is a hang, not a speed, and failing then (not
+	// at ctx's 10) leaves the tallies and vaultd's log to say which.
 	cutOff := []string{"slow uploads", "stalled downloads", "slow enrolments"}
 	cutBy := time.After(4 * time.Minute)
 	tallies := func() string {
