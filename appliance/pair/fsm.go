@@ -278,6 +278,24 @@ func Members(cat *catalog.Catalog) ([]Member, error) {
 	return out, err
 }
 
+// BehindRecord is the record of member as lacking chunks; false when it
+// is not recorded behind (or, as BehindMembers, its record is unreadable).
+func BehindRecord(cat *catalog.Catalog, member string) (Behind, bool, error) {
+	var r Behind
+	found := false
+	err := cat.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketBehind)
+		if b == nil {
+			return nil
+		}
+		if v := b.Get([]byte(member)); v != nil {
+			found = json.Unmarshal(v, &r) == nil
+		}
+		return nil
+	})
+	return r, found, err
+}
+
 // BehindMembers lists the data members recorded as lacking chunks.
 func BehindMembers(cat *catalog.Catalog) ([]Behind, error) {
 	var out []Behind

@@ -168,18 +168,12 @@ func (v *Vault) missingUnlessBehind() ([]missingEntry, error) {
 	if err != nil || len(missing) == 0 || v.pair == nil {
 		return missing, err
 	}
-	bs, err := pair.BehindMembers(v.Catalog)
-	if err != nil {
-		return nil, err
+	b, behind, err := pair.BehindRecord(v.Catalog, v.pair.node.ID())
+	if err != nil || !behind {
+		return missing, err
 	}
-	self := v.pair.node.ID()
-	for _, b := range bs {
-		if b.Member == self {
-			v.log.Warn("the index lacks entries the catalog says are committed, and this pair member is recorded behind: "+
-				"the leader's catch-up copies them", zap.Int("missing", len(missing)), zap.Stringer("first", missing[0]),
-				zap.Time("behind_since", b.Since), zap.String("reason", b.Reason))
-			return nil, nil
-		}
-	}
-	return missing, nil
+	v.log.Warn("the index lacks entries the catalog says are committed, and this pair member is recorded behind: "+
+		"the leader's catch-up copies them", zap.Int("missing", len(missing)), zap.Stringer("first", missing[0]),
+		zap.Time("behind_since", b.Since), zap.String("reason", b.Reason))
+	return nil, nil
 }
