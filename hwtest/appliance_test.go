@@ -17,7 +17,7 @@ import (
 // appliance is one virtual machine's hardware: disks and forwarded ports,
 // kept across boots.
 type appliance struct {
-	t                      testing.TB
+	t                      testing.TB // the running (sub)test: set by each subtest
 	dir                    string
 	disks                  []Disk
 	vaultPort, metricsPort int
@@ -44,9 +44,9 @@ func newAppliance(t *testing.T) *appliance {
 // boot starts the VM; it is killed when the test ends.
 func (a *appliance) boot(ctx context.Context, extraAppend string) *VM {
 	a.t.Helper()
-	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: a.dir, Disks: a.disks,
+	vm, err := Boot(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: a.dir, Disks: a.disks,
 		Append: extraAppend, Forward: map[int]int{7443: a.vaultPort, 9100: a.metricsPort},
-		Log: func(l string) { a.t.Log("console: " + l) }})
+		Log: func(l string) { a.t.Log("console: " + l) }}, a.t.Logf)
 	if err != nil {
 		a.t.Fatal(err)
 	}
@@ -177,6 +177,7 @@ func TestAppliance(t *testing.T) {
 	hasVault := hasFile("bin/vaultd") && hasFile("bin/vaultctl")
 
 	ok := t.Run("first boot: setup dialog, vault healthy, ACPI power off", func(t *testing.T) {
+		a.t = t // its VMs and failures belong to the subtest
 		vm := a.boot(ctx, "")
 		firstBootDialog(ctx, t, vm)
 		if _, err := vm.Expect(ctx, "Setup complete."); err != nil {
@@ -210,6 +211,7 @@ func TestAppliance(t *testing.T) {
 	}
 
 	t.Run("second boot: no dialog, config kept, crashing service contained, console poweroff", func(t *testing.T) {
+		a.t = t // its VMs and failures belong to the subtest
 		vm := a.boot(ctx, "vaultnode.testcrash=1")
 		waitReady(ctx, t, vm)
 		if strings.Contains(vm.Console(), "first boot setup") {
@@ -335,6 +337,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	ag.bin = buildAgent(t)
 
 	ok := t.Run("agent on the host backs up to the vault in the VM and restores", func(t *testing.T) {
+		a.t = t
 		ag.t = t
 		vm := a.boot(ctx, "")
 		waitReady(ctx, t, vm)
@@ -377,6 +380,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	}
 
 	ok = t.Run("power cut in the middle of a backup", func(t *testing.T) {
+		a.t = t
 		ag.t = t
 		vm := a.boot(ctx, "")
 		waitReady(ctx, t, vm)
@@ -414,6 +418,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	}
 
 	t.Run("after the power cut: mounts, verifies, next backup completes, data intact", func(t *testing.T) {
+		a.t = t
 		ag.t = t
 		vm := a.boot(ctx, "")
 		waitReady(ctx, t, vm)
@@ -446,6 +451,7 @@ func testVault(ctx context.Context, t *testing.T, a *appliance) {
 	})
 
 	t.Run("a mirror disk is missing: boots degraded, says so, data still served", func(t *testing.T) {
+		a.t = t
 		ag.t = t
 		full := a.disks
 		defer func() { a.disks = full }()

@@ -72,13 +72,13 @@ type pairGuest struct {
 func (g *pairGuest) boot(ctx context.Context, t *testing.T, l *pairLab, heartbeat string) {
 	t.Helper()
 	g.dir = t.TempDir()
-	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: g.dir,
+	vm, err := Boot(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: g.dir,
 		Disks: []Disk{{Serial: "system", Path: filepath.Join(g.dir, "system.img"), Size: 64 << 20},
 			{Serial: "data1", Path: filepath.Join(g.dir, "data1.img"), Size: 256 << 20}},
 		Append: "vaultnode.pairheartbeat=" + heartbeat, Memory: "512M", CPUs: 1,
 		Netdev: "tap,id=n0,ifname=" + g.tap + ",script=no,downscript=no", MAC: g.mac,
 		Wrap: []string{"ip", "netns", "exec", l.ns},
-		Log:  func(s string) { t.Logf("%s console: %s", g.name, s) }})
+		Log:  func(s string) { t.Logf("%s console: %s", g.name, s) }}, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}

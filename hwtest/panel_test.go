@@ -122,10 +122,10 @@ func TestPanel(t *testing.T) {
 	a := newAppliance(t)
 	a.disks[3].Size = a.disks[1].Size // the spare must be as large as the mirror's members
 	sock := filepath.Join(a.dir, "panel.sock")
-	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: a.dir, Disks: a.disks,
+	vm, err := Boot(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: a.dir, Disks: a.disks,
 		Append: "vaultnode.testpanel=1", CPUs: 1, Log: func(l string) { t.Log("console: " + l) },
 		Extra: []string{"-device", "virtio-serial-pci", "-chardev", "socket,id=panelch,path=" + sock + ",server=on,wait=off",
-			"-device", "virtserialport,chardev=panelch,name=vaultnode.panel"}})
+			"-device", "virtserialport,chardev=panelch,name=vaultnode.panel"}}, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}

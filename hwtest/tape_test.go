@@ -67,8 +67,8 @@ func startTapeLab(ctx context.Context, t testing.TB, cfg LibraryConfig, appendAr
 		{Serial: "data1", Path: filepath.Join(dir, "data1.img"), Size: 512 << 20}}
 	vaultPort, err := FreePort()
 	must(t, err)
-	vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: disks,
-		Append: strings.Join(appendArgs, " "), Forward: map[int]int{7443: vaultPort}, Extra: lib.QEMUArgs(), Log: func(s string) { t.Log("console: " + s) }})
+	vm, err := Boot(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: disks,
+		Append: strings.Join(appendArgs, " "), Forward: map[int]int{7443: vaultPort}, Extra: lib.QEMUArgs(), Log: func(s string) { t.Log("console: " + s) }}, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,7 @@ type VM struct {
 	notify chan struct{}
 	exited chan struct{}
 	err    error // exit error once exited
+	killed bool  // Kill was called
 }
 
 // Start boots a VM; it dies with ctx.
@@ -179,6 +180,84 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 // ErrExited means QEMU exited while something was expected.
 var ErrExited = errors.New("qemu exited")
 
+// exitError wraps ErrExited with how QEMU ended: an exit status of 0 with
+// -no-reboot is the guest's reset or power-off (a triple fault prints
+// nothing), a signal is the host's doing.
+func (vm *VM) exitError(what string) error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	how := "exit status 0"
+	if vm.err != nil {
+		how = vm.err.Error()
+	}
+	if vm.killed {
+		how += ", killed by the test"
+	}
+	return fmt.Errorf("%s: %w (%s)", what, ErrExited, how)
+}
+
+// banner is the first line the image's PID 1 prints.
+const banner = "vaultnode firmware "
+
+// Boot starts a VM and waits until the image's PID 1 has printed its
+// banner. A QEMU that exits before then, and was not killed by the test,
+// died in the Debian kernel's early boot or of the host (a signal, the OOM
+// killer, a fault of TCG; CI once lost a VM so, silently, 0.8 s into the
+// kernel's boot): none of the image's own code had run. Boot then says so
+// through logf, with QEMU's exit status and the console's last lines, and
+// boots once more; a second such death is an error.
+func Boot(ctx context.Context, o Options, logf func(format string, args ...any)) (*VM, error) {
+	for attempt := 1; ; attempt++ {
+		vm, err := Start(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		err = vm.waitSeen(ctx, banner)
+		if err == nil || !errors.Is(err, ErrExited) {
+			return vm, err
+		}
+		if attempt == 2 {
+			return vm, fmt.Errorf("QEMU died twice before the image's init started: %w", err)
+		}
+		logf("QEMU died before the image's init started (%v); booting again. The console's end:\n%s", err, tail(vm.Console(), 10))
+	}
+}
+
+// waitSeen waits until s is anywhere on the console, without moving the
+// cursor of Expect.
+func (vm *VM) waitSeen(ctx context.Context, s string) error {
+	for {
+		vm.mu.Lock()
+		found := bytes.Contains(vm.buf, []byte(s))
+		ch := vm.notify
+		vm.mu.Unlock()
+		if found {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %q on the console: %w", s, ctx.Err())
+		case <-vm.exited:
+			vm.mu.Lock()
+			found := bytes.Contains(vm.buf, []byte(s))
+			vm.mu.Unlock()
+			if !found {
+				return vm.exitError(fmt.Sprintf("wait for %q on the console", s))
+			}
+		case <-ch:
+		}
+	}
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
 // Expect waits for s on the console after the last match and returns the
 // console text from the last match to the end of s.
 func (vm *VM) Expect(ctx context.Context, s string) (string, error) {
@@ -201,7 +280,7 @@ func (vm *VM) Expect(ctx context.Context, s string) (string, error) {
 			found := bytes.Contains(vm.buf[vm.cursor:], []byte(s))
 			vm.mu.Unlock()
 			if !found {
-				return "", fmt.Errorf("wait for %q on the console: %w", s, ErrExited)
+				return "", vm.exitError(fmt.Sprintf("wait for %q on the console", s))
 			}
 		case <-ch:
 		}
@@ -229,7 +308,7 @@ func (vm *VM) ExpectAny(ctx context.Context, ss ...string) (int, error) {
 		case <-ctx.Done():
 			return -1, fmt.Errorf("wait for %q on the console: %w", ss, ctx.Err())
 		case <-vm.exited:
-			return -1, fmt.Errorf("wait for %q on the console: %w", ss, ErrExited)
+			return -1, vm.exitError(fmt.Sprintf("wait for %q on the console", ss))
 		case <-ch:
 		}
 	}
@@ -338,7 +417,10 @@ func (vm *VM) Wait(ctx context.Context) error {
 
 // Kill cuts the power: QEMU is killed at once.
 func (vm *VM) Kill() {
-	if vm.cmd.Process != nil {
+	if vm.cmd.Process != nil && !vm.Exited() { // once reaped, the group's id may be another's
+		vm.mu.Lock()
+		vm.killed = true
+		vm.mu.Unlock()
 		_ = syscall.Kill(-vm.cmd.Process.Pid, syscall.SIGKILL)
 	}
 	<-vm.exited
