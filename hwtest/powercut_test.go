@@ -79,10 +79,10 @@ func TestPowerCutVolatileCache(t *testing.T) {
 		if srv, err = serveNBD(sock, disk, t.Logf); err != nil {
 			t.Fatal(err)
 		}
-		vm, err := Start(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: a.disks,
+		vm, err := Boot(ctx, Options{Kernel: image.Kernel, Initramfs: image.Initramfs, Dir: dir, Disks: a.disks,
 			Forward: map[int]int{7443: a.vaultPort, 9100: a.metricsPort},
 			Extra: []string{"-drive", "if=none,id=nd,driver=nbd,server.type=unix,server.path=" + sock + ",export=" + nbdExportName + ",cache=writeback",
-				"-device", "virtio-blk-pci,drive=nd,id=disknbd,serial=data1"}})
+				"-device", "virtio-blk-pci,drive=nd,id=disknbd,serial=data1"}}, t.Logf)
 		if err != nil {
 			t.Fatal(err)
 		}
