@@ -389,16 +389,18 @@ func pipeline(ctx context.Context, o Options, open func(context.Context) (string
 		close(order)
 		return err
 	})
-	readers := func(n, bufSize int, from <-chan *item) {
+	readers := func(n, bufSize, batch int, from <-chan *item) {
 		for range n {
 			pg.Go(func() error {
 				var r *reader
+				var b readBatch
 				for it := range from {
 					if r == nil {
 						r = &reader{gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, retries: o.Retries,
 							buf: make([]byte, bufSize)}
 					}
-					if err := r.read(pctx, it); err != nil {
+					b.take(it, from, batch)
+					if err := b.read(pctx, r); err != nil {
 						return err
 					}
 				}
@@ -406,8 +408,8 @@ func pipeline(ctx context.Context, o Options, open func(context.Context) (string
 			})
 		}
 	}
-	readers(o.Workers, 2*chunker.MaxSize, bigWork)
-	readers(max(o.Workers, smallReaders), chunker.MinSize+1, smallWork)
+	readers(o.Workers, 2*chunker.MaxSize, 1, bigWork)
+	readers(max(o.Workers, smallReaders), chunker.MinSize+1, smallBatch, smallWork)
 	var listing []tree.ChunkRef
 	lr, lw := io.Pipe()
 	pg.Go(func() error {

@@ -3,12 +3,14 @@ package backup
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -121,5 +123,134 @@ func TestPiecesBoundEachRead(t *testing.T) {
 	inPieces, whole := cut(pieces{bytes.NewReader(data)}), cut(bytes.NewReader(data))
 	if !slices.Equal(inPieces, whole) || len(whole) < 3 {
 		t.Fatalf("chunks read in pieces %v, in reads as large as the room %v", inPieces, whole)
+	}
+}
+
+// resident is how many of the file's pages are in the page cache.
+func resident(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var cs unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &cs, 0); err != nil {
+		t.Fatalf("cachestat %s: %v", path, err)
+	}
+	return int(cs.Cache)
+}
+
+// TestReadBatch: a small-file reader takes the files waiting for it, up to
+// its batch, has the kernel start reading all of them before it reads the
+// first, reads each whole, and closes those it did not read when a read
+// fails.
+func TestReadBatch(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(5, 6))
+	var key [32]byte
+	key[0] = 9
+	gear, err := chunker.NewGear(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const files, size = 20, 64 << 10
+	var paths []string
+	var want [][32]byte
+	h := keys.NewHasher(key)
+	for i := range files {
+		p := filepath.Join(dir, string(rune('a'+i)))
+		data := make([]byte, size)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil { // clean pages, so the kernel may drop them
+			t.Fatal(err)
+		}
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if n := resident(t, p); n != 0 {
+			t.Fatalf("%s keeps %d pages cached after POSIX_FADV_DONTNEED: this filesystem cannot show read-ahead", p, n)
+		}
+		paths = append(paths, p)
+		want = append(want, h.Sum(data))
+	}
+	from := make(chan *item, files)
+	var items []*item
+	for _, p := range paths {
+		fd, err := unix.Open(p, unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		it := &item{fd: fd, file: os.NewFile(uintptr(fd), p), done: make(chan struct{})}
+		it.node.Path, it.node.Size = []byte(filepath.Base(p)), size
+		items = append(items, it)
+		from <- it
+	}
+	up := newUploader(nil, "", &Stats{})
+	go func() {
+		for c := range up.cand {
+			up.done(c)
+		}
+	}()
+	defer close(up.cand)
+	r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, chunker.MinSize+1)}
+
+	var b readBatch
+	b.take(<-from, from, smallBatch)
+	if len(b.items) != smallBatch {
+		t.Fatalf("took %d files, want %d of the %d waiting", len(b.items), smallBatch, files)
+	}
+	for _, p := range paths[smallBatch:] {
+		if n := resident(t, p); n != 0 {
+			t.Errorf("%s, not taken, has %d pages cached", p, n)
+		}
+	}
+	// The reads were started, not made: wait for them to land.
+	pages := size / os.Getpagesize()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range paths[:smallBatch] {
+		for resident(t, p) < pages && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := resident(t, p); n < pages {
+			t.Errorf("%s taken in a batch: %d of %d pages cached, the read was not started", p, n, pages)
+		}
+	}
+	if err := b.read(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range items[:smallBatch] {
+		if it.node.Status != tree.StatusOK || len(it.node.Chunks) != 1 || it.node.Chunks[0].ID != want[i] {
+			t.Errorf("file %d read as %+v", i, it.node)
+		}
+		if err := it.file.Close(); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("file %d read but left open (close: %v)", i, err)
+		}
+	}
+
+	// A failing read (the backup is cancelled) leaves no file open.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b.take(<-from, from, smallBatch)
+	if len(b.items) != files-smallBatch {
+		t.Fatalf("took %d files, want the %d left", len(b.items), files-smallBatch)
+	}
+	if err := b.read(ctx, r); !errors.Is(err, context.Canceled) {
+		t.Fatalf("read with the backup cancelled: %v", err)
+	}
+	for i, it := range items[smallBatch:] {
+		if err := it.file.Close(); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("file %d not read after the failure but left open (close: %v)", smallBatch+i, err)
+		}
 	}
 }
