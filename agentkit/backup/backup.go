@@ -371,7 +371,9 @@ func pipeline(ctx context.Context, o Options, open func(context.Context) (string
 			select {
 			case to <- it:
 			case <-pctx.Done():
-				for range work {
+				it.closeFile()
+				for it := range work {
+					it.closeFile()
 				}
 				return pctx.Err()
 			}
@@ -485,6 +487,13 @@ func pipeline(ctx context.Context, o Options, open func(context.Context) (string
 	g.Go(func() error {
 		err := pg.Wait()
 		close(up.cand)
+		// A failed backup leaves files its readers did not take: close
+		// them (a daemon retries failed backups for days).
+		for _, ch := range []chan *item{bigWork, smallWork} {
+			for it := range ch {
+				it.closeFile()
+			}
+		}
 		return err
 	})
 	if err := g.Wait(); err != nil {

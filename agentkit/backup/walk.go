@@ -236,6 +236,9 @@ func (w *walker) send(it *item, read bool) error {
 	w.batch = append(w.batch, it)
 	if len(w.batch) >= orderBatch {
 		if err := w.flush(); err != nil {
+			if read {
+				it.closeFile()
+			}
 			return err
 		}
 	}
@@ -243,6 +246,7 @@ func (w *walker) send(it *item, read bool) error {
 		select {
 		case w.work <- it:
 		case <-w.ctx.Done():
+			it.closeFile()
 			return w.ctx.Err()
 		}
 	}
