@@ -11,6 +11,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -135,10 +136,32 @@ func resident(t *testing.T, path string) int {
 	}
 	defer f.Close()
 	var cs unix.Cachestat_t
-	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &cs, 0); err != nil {
+	err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &cs, 0)
+	if err == nil {
+		return int(cs.Cache)
+	}
+	if err != unix.ENOSYS {
 		t.Fatalf("cachestat %s: %v", path, err)
 	}
-	return int(cs.Cache)
+	// Before Linux 6.5: mincore(2) of a mapping of the file.
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatalf("mincore %s: %v", path, e)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }
 
 // TestReadBatch: a small-file reader takes the files waiting for it, up to
