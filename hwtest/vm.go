@@ -212,7 +212,7 @@ func Boot(ctx context.Context, o Options, logf func(format string, args ...any))
 		if err != nil {
 			return nil, err
 		}
-		err = vm.waitSeen(ctx, banner)
+		_, err = vm.expect(ctx, banner, false) // tests still read the console from its start
 		if err == nil || !errors.Is(err, ErrExited) {
 			return vm, err
 		}
@@ -220,32 +220,6 @@ func Boot(ctx context.Context, o Options, logf func(format string, args ...any))
 			return vm, fmt.Errorf("QEMU died twice before the image's init started: %w", err)
 		}
 		logf("QEMU died before the image's init started (%v); booting again. The console's end:\n%s", err, tail(vm.Console(), 10))
-	}
-}
-
-// waitSeen waits until s is anywhere on the console, without moving the
-// cursor of Expect.
-func (vm *VM) waitSeen(ctx context.Context, s string) error {
-	for {
-		vm.mu.Lock()
-		found := bytes.Contains(vm.buf, []byte(s))
-		ch := vm.notify
-		vm.mu.Unlock()
-		if found {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %q on the console: %w", s, ctx.Err())
-		case <-vm.exited:
-			vm.mu.Lock()
-			found := bytes.Contains(vm.buf, []byte(s))
-			vm.mu.Unlock()
-			if !found {
-				return vm.exitError(fmt.Sprintf("wait for %q on the console", s))
-			}
-		case <-ch:
-		}
 	}
 }
 
@@ -261,13 +235,21 @@ func tail(s string, n int) string {
 // Expect waits for s on the console after the last match and returns the
 // console text from the last match to the end of s.
 func (vm *VM) Expect(ctx context.Context, s string) (string, error) {
+	return vm.expect(ctx, s, true)
+}
+
+// expect waits for s after the last match and returns the text up to its
+// end; with move the next match starts after it, without the cursor stays.
+func (vm *VM) expect(ctx context.Context, s string, move bool) (string, error) {
 	for {
 		vm.mu.Lock()
 		i := bytes.Index(vm.buf[vm.cursor:], []byte(s))
 		ch := vm.notify
 		if i >= 0 {
 			out := string(vm.buf[vm.cursor : vm.cursor+i+len(s)])
-			vm.cursor += i + len(s)
+			if move {
+				vm.cursor += i + len(s)
+			}
 			vm.mu.Unlock()
 			return out, nil
 		}
