@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"vaultnode/agentkit/state"
+	"vaultnode/internal/testtree"
 	"vaultnode/internal/wire"
 )
 
@@ -43,22 +44,6 @@ func (failingVault) Commit(context.Context, string, wire.Commit) (uint64, error)
 
 func (failingVault) Abort(context.Context, string) error { return nil }
 
-// openUnder counts this process's descriptors open on files under dir.
-func openUnder(t *testing.T, dir string) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, e := range ents {
-		if target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(target, dir+"/") {
-			n++
-		}
-	}
-	return n
-}
-
 // TestFailedBackupClosesItsFiles: a backup that fails while files wait in
 // its queues (opened by the walker, not yet read) leaves none of them
 // open; a daemon retries failed backups for days.
@@ -85,8 +70,12 @@ func TestFailedBackupClosesItsFiles(t *testing.T) {
 		if !errors.Is(err, errUploadFailed) {
 			t.Fatalf("backup against a vault whose uploads fail: %v", err)
 		}
-		if n := openUnder(t, root); n != 0 {
-			t.Fatalf("attempt %d: %d files of the tree still open after the backup failed", attempt+1, n)
+		open, err := testtree.OpenUnder(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(open) != 0 {
+			t.Fatalf("attempt %d: %d files of the tree still open after the backup failed: %q", attempt+1, len(open), open[:min(5, len(open))])
 		}
 	}
 }

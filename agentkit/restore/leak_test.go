@@ -2,31 +2,12 @@ package restore
 
 import (
 	"context"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"vaultnode/agentkit/meta"
+	"vaultnode/internal/testtree"
 	"vaultnode/internal/wire"
 )
-
-// openUnder counts this process's descriptors open on files under dir
-// (files being written unnamed show as dir/#ino (deleted)).
-func openUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var open []string
-	for _, e := range ents {
-		if target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(target, dir+"/") {
-			open = append(open, target)
-		}
-	}
-	return open
-}
 
 // cancellingSource cancels the restore after a number of frames.
 type cancellingSource struct {
@@ -68,7 +49,11 @@ func testRunLeavesNothingOpen(t *testing.T) {
 		if cancel && err == nil {
 			t.Errorf("a cancelled restore returned no error")
 		}
-		if open := openUnder(t, to); len(open) != 0 {
+		open, err := testtree.OpenUnder(to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(open) != 0 {
 			t.Errorf("cancelled %v: %d files of the target still open after the restore ended: %q", cancel, len(open), open[:min(5, len(open))])
 		}
 	}
