@@ -65,17 +65,19 @@ func TestFloorOnSmallHeap(t *testing.T) {
 	goal := readUint(t, "/gc/heap/goal:bytes")
 	t.Logf("256 MiB of garbage over a heap of about 1 MiB: %d collections at 25 %%, %d with a 16 MiB floor (percentage %d, target %d bytes)",
 		plain, floored, p, goal)
+	// Above 400 % the runtime's least target (4 MiB at 100 %) passes the
+	// floor: a first version made the second collection's target 94 MB.
+	// The target itself is not checked: the runtime counts what is
+	// allocated during a mark as live, so under load a collection may
+	// find several megabytes live and aim at several times that.
 	if p > 400 {
-		t.Errorf("percentage %d: above 400 the runtime's least target (4 MiB at 100 %%) passes the floor", p)
+		t.Errorf("percentage %d over a heap of about 1 MiB; want at most 400", p)
 	}
 	if floored > 256/16*2 {
 		t.Errorf("%d collections for 256 MiB with a 16 MiB floor; want at most %d", floored, 256/16*2)
 	}
 	if floored*4 > plain {
 		t.Errorf("%d collections with the floor against %d without: want a quarter or fewer", floored, plain)
-	}
-	if goal > 24<<20 {
-		t.Errorf("target %d bytes: more than the floor above a heap of about 1 MiB", goal)
 	}
 }
 
