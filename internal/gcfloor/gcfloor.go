@@ -15,7 +15,6 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
-	"sync/atomic"
 )
 
 // minHeap is the runtime's least target at 100 %, which it scales by the
@@ -23,11 +22,12 @@ import (
 // heap must not raise that least target past the floor.
 const minHeap = 4 << 20
 
+// The settings in force, and whether a sentinel is set; mu guards them.
 var (
 	mu      sync.Mutex
 	armed   bool
-	percent atomic.Int64
-	floor   atomic.Uint64
+	percent int
+	floor   uint64
 )
 
 // Keep makes the collector's target percent of the live heap (with the
@@ -39,8 +39,7 @@ var (
 func Keep(pct int, fl uint64) {
 	mu.Lock()
 	defer mu.Unlock()
-	percent.Store(int64(pct))
-	floor.Store(fl)
+	percent, floor = pct, fl
 	debug.SetGCPercent(pct)
 	if !armed && pct >= 0 {
 		armed = true
@@ -57,7 +56,7 @@ func arm() {
 	runtime.SetFinalizer(new(sentinel), func(*sentinel) {
 		mu.Lock()
 		defer mu.Unlock()
-		if percent.Load() < 0 {
+		if percent < 0 {
 			armed = false
 			return
 		}
@@ -75,7 +74,7 @@ var sample = []metrics.Sample{
 // tune sets the percentage for the next collection. The runtime's target
 // is live + (live + stacks + globals) * percent / 100; mu is held.
 func tune() {
-	p, fl := int(percent.Load()), floor.Load()
+	p, fl := percent, floor
 	metrics.Read(sample)
 	var base uint64
 	for _, s := range sample {
