@@ -47,7 +47,10 @@ func Keep(pct int, fl uint64) {
 	}
 }
 
-// sentinel is an object that only the next collection frees.
+// sentinel is an object that only the next collection frees. It is 16
+// bytes so that the runtime does not put it in a tiny block with other
+// objects (under 16 bytes without pointers), which could keep it, and its
+// finalizer, from ever being freed.
 type sentinel struct{ _ [16]byte }
 
 // arm sets the next sentinel; its finalizer, run after the collection that
