@@ -387,6 +387,20 @@ func (c *Client) Versions(ctx context.Context, config string) ([]wire.Manifest, 
 // GetChunks downloads chunks; fn is called for each frame in order (the
 // frame is valid only during the call).
 func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	return c.getChunks(ctx, ids, 0, func(f *wire.Frame, _ io.Reader) error { return fn(f) })
+}
+
+// GetChunksStream is GetChunks for a caller that writes a large chunk out
+// as it arrives instead of holding it whole: a chunk the vault holds and
+// sends stored (no codec) of at least stream bytes comes with Payload nil
+// and its content to read from body during fn (what fn leaves unread is
+// skipped); every other frame comes whole, with body nil. Nothing in such
+// a chunk is checked against its id before fn has read it all.
+func (c *Client) GetChunksStream(ctx context.Context, ids [][32]byte, stream int, fn func(f *wire.Frame, body io.Reader) error) error {
+	return c.getChunks(ctx, ids, max(stream, 1), fn)
+}
+
+func (c *Client) getChunks(ctx context.Context, ids [][32]byte, stream int, fn func(f *wire.Frame, body io.Reader) error) error {
 	resp, err := c.do(ctx, "POST", wire.PathChunks, wire.MediaFrames, wire.AppendIDs(nil, ids))
 	if err != nil {
 		return err
@@ -400,20 +414,28 @@ func (c *Client) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.
 	}
 	defer c.keepFrameReader(fr)
 	for i := range ids {
-		f, err := fr.Next()
+		f, err := fr.NextHeader()
+		if err == nil && f.ID != ids[i] {
+			return fmt.Errorf("download: vault answered chunk %x for %x", f.ID[:8], ids[i][:8])
+		}
+		var body io.Reader
+		if err == nil {
+			if stream > 0 && f.Kind == wire.StatusOK && f.Flags == 0 && fr.PayloadLeft() >= stream && fr.PayloadLeft() == int(f.PlainLen) {
+				body = fr
+			} else {
+				err = fr.ReadPayload(f)
+			}
+		}
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
 			return fmt.Errorf("download chunk %d of %d: %w", i+1, len(ids), err)
 		}
-		if f.ID != ids[i] {
-			return fmt.Errorf("download: vault answered chunk %x for %x", f.ID[:8], ids[i][:8])
-		}
 		if f.Kind != wire.StatusOK && len(f.Payload) > wire.MaxReason {
 			f.Payload = f.Payload[:wire.MaxReason] // a reason, shown to the user
 		}
-		if err := fn(f); err != nil {
+		if err := fn(f, body); err != nil {
 			return err
 		}
 	}

@@ -149,6 +149,16 @@ func testRunBatchesSmallFilesAndIsolatesDamage(t *testing.T) {
 	if src.requests > 8 {
 		t.Errorf("%d requests for %d files: small files are not batched", src.requests, len(want))
 	}
+	checkCorpusRestored(t, to, res, want)
+	noTemporaries(t, to)
+}
+
+// checkCorpusRestored checks the restore of restoreCorpus into to: every file
+// but the bad ones is its content (the sparse one without its holes
+// written), each bad one is absent and named once among the problems, and
+// no temporary file is left.
+func checkCorpusRestored(t *testing.T, to string, res *Result, want []wantFile) {
+	t.Helper()
 	var bad []string
 	for _, w := range want {
 		got, err := os.ReadFile(filepath.Join(to, w.path))

@@ -46,6 +46,19 @@ func NewHasher(k [32]byte) *Hasher {
 	return &Hasher{h: h}
 }
 
+// Reset starts an ID over content given in pieces (Write), read with ID.
+func (h *Hasher) Reset() { h.h.Reset() }
+
+// Write adds p to the content whose ID is computed since Reset.
+func (h *Hasher) Write(p []byte) (int, error) { return h.h.Write(p) }
+
+// ID returns the chunk ID of the content written since Reset.
+func (h *Hasher) ID() ID {
+	var id ID
+	h.h.Sum(id[:0])
+	return id
+}
+
 // Sum returns the chunk ID of data.
 func (h *Hasher) Sum(data []byte) ID {
 	h.h.Reset()

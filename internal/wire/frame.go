@@ -84,6 +84,9 @@ func FrameHeader(f *Frame) [FrameHeaderSize]byte {
 type FrameReader struct {
 	r   *bufio.Reader
 	buf []byte
+	// left is what remains unread of the payload of the frame NextHeader
+	// returned last (Read, ReadPayload); the next frame skips it.
+	left int
 }
 
 // NewFrameReader reads frames from r.
@@ -105,11 +108,33 @@ func (fr *FrameReader) Buffer() []byte { return fr.buf[:0] }
 
 // Reset makes fr read frames from r, keeping its buffers (a reader reused
 // across downloads grows them once).
-func (fr *FrameReader) Reset(r io.Reader) { fr.r.Reset(r) }
+func (fr *FrameReader) Reset(r io.Reader) { fr.r.Reset(r); fr.left = 0 }
 
 // Next returns the next frame (its payload valid until the next call), or
 // io.EOF after the last one.
 func (fr *FrameReader) Next() (*Frame, error) {
+	f, err := fr.NextHeader()
+	if err != nil {
+		return nil, err
+	}
+	if err := fr.ReadPayload(f); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// NextHeader returns the next frame without its payload (Payload nil),
+// or io.EOF after the last one; the payload's PayloadLeft bytes are then
+// read whole into the frame (ReadPayload) or in pieces (Read), for a
+// caller that writes a large chunk out as it arrives instead of holding
+// it. What is not read is skipped by the next call.
+func (fr *FrameReader) NextHeader() (*Frame, error) {
+	if fr.left > 0 {
+		if _, err := fr.r.Discard(fr.left); err != nil {
+			return nil, fmt.Errorf("%w: truncated payload: %w", ErrFrame, err)
+		}
+		fr.left = 0
+	}
 	var h [FrameHeaderSize]byte
 	n, err := io.ReadFull(fr.r, h[:])
 	if err == io.EOF {
@@ -131,6 +156,38 @@ func (fr *FrameReader) Next() (*Frame, error) {
 	if !KnownFlags(f.Flags) {
 		return nil, fmt.Errorf("%w: unknown flags %#x", ErrFrame, f.Flags)
 	}
+	fr.left = int(size)
+	return f, nil
+}
+
+// PayloadLeft is how much of the payload of the frame NextHeader returned
+// is still to be read.
+func (fr *FrameReader) PayloadLeft() int { return fr.left }
+
+// Read reads the payload of the frame NextHeader returned, returning
+// io.EOF at its end.
+func (fr *FrameReader) Read(p []byte) (int, error) {
+	if fr.left == 0 {
+		return 0, io.EOF
+	}
+	if len(p) > fr.left {
+		p = p[:fr.left]
+	}
+	n, err := fr.r.Read(p)
+	fr.left -= n
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return n, fmt.Errorf("%w: truncated payload: %w", ErrFrame, err)
+	}
+	return n, nil
+}
+
+// ReadPayload reads the rest of the payload of f, the frame NextHeader
+// returned, into f.Payload (valid until the next frame).
+func (fr *FrameReader) ReadPayload(f *Frame) error {
+	size := fr.left
 	// The buffer grows with the bytes that really arrive, not with the
 	// declared size: a peer that declares big frames and stalls costs
 	// little (at most twice what arrived). It grows to the power of two
@@ -139,21 +196,22 @@ func (fr *FrameReader) Next() (*Frame, error) {
 	// grew again for nearly every larger one, copying its whole buffer
 	// into fresh memory each time (docs/performance.md, item 43).
 	have := 0
-	for have < int(size) {
-		if cap(fr.buf) < int(size) && have == cap(fr.buf) {
+	for have < size {
+		if cap(fr.buf) < size && have == cap(fr.buf) {
 			roof := min(1<<bits.Len(uint(size-1)), MaxFramePayload)
 			nb := make([]byte, have, min(roof, max(2*have, 64<<10)))
 			copy(nb, fr.buf[:have])
 			fr.buf = nb
 		}
-		end := min(int(size), cap(fr.buf))
+		end := min(size, cap(fr.buf))
 		if _, err := io.ReadFull(fr.r, fr.buf[have:end]); err != nil {
-			return nil, fmt.Errorf("%w: truncated payload: %w", ErrFrame, err)
+			return fmt.Errorf("%w: truncated payload: %w", ErrFrame, err)
 		}
+		fr.left -= end - have
 		have = end
 	}
 	f.Payload = fr.buf[:size]
-	return f, nil
+	return nil
 }
 
 // Room returns b emptied, or a new empty buffer when b cannot hold n

@@ -79,6 +79,88 @@ func TestFrameReaderErrors(t *testing.T) {
 	}
 }
 
+// A frame's payload read in pieces (Read), in part, or not at all is the
+// same stream as one read whole: the next frame skips what was left, and
+// a payload cut short is an ErrFrame, not a short chunk.
+func TestFrameReaderPieces(t *testing.T) {
+	big := make([]byte, 300<<10)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	frames := []wire.Frame{
+		{ID: [32]byte{1}, PlainLen: uint32(len(big)), Payload: big},
+		{ID: [32]byte{2}, PlainLen: 3, Payload: []byte("abc")},
+		{ID: [32]byte{3}, PlainLen: uint32(len(big)), Payload: big},
+		{ID: [32]byte{4}, PlainLen: uint32(len(big)), Payload: big},
+		{ID: [32]byte{5}, PlainLen: 2, Payload: []byte("de")},
+	}
+	var b []byte
+	for i := range frames {
+		b = wire.AppendFrame(b, &frames[i])
+	}
+	fr := wire.NewFrameReader(bytes.NewReader(b))
+	next := func(id byte) *wire.Frame {
+		t.Helper()
+		f, err := fr.NextHeader()
+		if err != nil || f.ID[0] != id || f.Payload != nil {
+			t.Fatalf("NextHeader = %v, %v; want frame %d without its payload", f, err, id)
+		}
+		return f
+	}
+	// Read in pieces of 64 KiB.
+	next(1)
+	if fr.PayloadLeft() != len(big) {
+		t.Fatalf("PayloadLeft = %d, want %d", fr.PayloadLeft(), len(big))
+	}
+	var got []byte
+	p := make([]byte, 64<<10)
+	for {
+		n, err := fr.Read(p)
+		got = append(got, p[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, big) {
+		t.Fatalf("read %d bytes in pieces, not the payload", len(got))
+	}
+	// Whole.
+	f := next(2)
+	if err := fr.ReadPayload(f); err != nil || string(f.Payload) != "abc" {
+		t.Fatalf("ReadPayload = %q, %v", f.Payload, err)
+	}
+	// Read in part, then not at all: both skipped.
+	next(3)
+	if _, err := io.ReadFull(fr, p[:1000]); err != nil || !bytes.Equal(p[:1000], big[:1000]) {
+		t.Fatalf("first 1000 bytes: %v", err)
+	}
+	next(4)
+	f, err := fr.Next()
+	if err != nil || f.ID[0] != 5 || string(f.Payload) != "de" {
+		t.Fatalf("after skipped payloads: %v, %v", f, err)
+	}
+	if _, err := fr.NextHeader(); err != io.EOF {
+		t.Fatalf("after the last frame: %v, want io.EOF", err)
+	}
+
+	// Cut in the middle of a payload read in pieces, or of one skipped.
+	for _, skip := range []bool{false, true} {
+		fr = wire.NewFrameReader(bytes.NewReader(b[:wire.FrameHeaderSize+1000]))
+		next(1)
+		if skip {
+			_, err = fr.NextHeader()
+		} else {
+			_, err = io.ReadAll(fr)
+		}
+		if !errors.Is(err, wire.ErrFrame) || !errors.Is(err, io.ErrUnexpectedEOF) && !skip {
+			t.Errorf("payload cut short (skipped %v): %v, want ErrFrame", skip, err)
+		}
+	}
+}
+
 func TestIDs(t *testing.T) {
 	ids := [][32]byte{{1}, {2, 3}, {0xff}}
 	b := wire.AppendIDs(nil, ids)
