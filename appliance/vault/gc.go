@@ -520,6 +520,7 @@ func (v *Vault) markListing(ctx context.Context, company string, listing []tree.
 	if err != nil {
 		return err
 	}
+	rd.Reuse() // mark takes each node's ids, copied
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

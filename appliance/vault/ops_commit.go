@@ -247,6 +247,7 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 	if err != nil {
 		return t, listingErr(err)
 	}
+	rd.Reuse() // each node is counted, looked up and handed to facts (which copies what it keeps), then dropped
 	// The store lookups of one batch of ids run on another core while the
 	// next batch is decoded (docs/performance.md, "Listing nodes through
 	// reflection"). The checker holds one batch, the decoder fills the

@@ -480,6 +480,7 @@ func (v *Vault) verifyListing(company, computer, ver string, listing []tree.Chun
 		rep.add(Problem{Computer: computer, Version: ver, What: "listing unreadable: " + err.Error()})
 		return
 	}
+	rd.Reuse() // a problem copies the node's path
 	for {
 		n, err := rd.Next()
 		if err == io.EOF {

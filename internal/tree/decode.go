@@ -23,6 +23,11 @@ type fastDec struct {
 	i int
 	// Interned owner names: consecutive nodes mostly share them.
 	user, group *string
+	// Storage for the next node's path and references, empty: set only
+	// for a Reader that reuses its node (Reader.Reuse); nil, each node's
+	// are its own.
+	path []byte
+	refs []ChunkRef
 }
 
 // head reads a data item's head in its shortest form.
@@ -138,12 +143,15 @@ func (d *fastDec) bytes(major byte, max uint64) ([]byte, bool) {
 }
 
 // copyBytes returns a copy of a byte string of 1 to max bytes.
-func (d *fastDec) copyBytes(max uint64) ([]byte, bool) {
+func (d *fastDec) copyBytes(max uint64) ([]byte, bool) { return d.appendBytes(nil, max) }
+
+// appendBytes appends a byte string of 1 to max bytes to dst.
+func (d *fastDec) appendBytes(dst []byte, max uint64) ([]byte, bool) {
 	s, ok := d.bytes(2, max)
 	if !ok {
 		return nil, false
 	}
-	return append([]byte(nil), s...), true
+	return append(dst, s...), true
 }
 
 // text returns a valid UTF-8 text string of 1 to max bytes; cache, when
@@ -244,7 +252,7 @@ func (d *fastDec) decodeNode(b []byte, n *Node) (int, bool) {
 		var v uint64
 		switch k {
 		case 1:
-			n.Path, ok = d.copyBytes(MaxPathLen)
+			n.Path, ok = d.appendBytes(d.path, MaxPathLen)
 		case 2:
 			v, ok = d.uint(math.MaxUint8)
 			n.Type = Type(v)
@@ -317,7 +325,12 @@ func (d *fastDec) chunks(n *Node) bool {
 	if !ok {
 		return false
 	}
-	n.Chunks = make([]ChunkRef, cnt)
+	if cap(d.refs) >= cnt {
+		n.Chunks = d.refs[:cnt]
+		clear(n.Chunks)
+	} else {
+		n.Chunks = make([]ChunkRef, cnt)
+	}
 	for j := range n.Chunks {
 		c := &n.Chunks[j]
 		pairs, ok := d.mapLen(2)

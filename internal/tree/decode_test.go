@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"testing"
+	"testing/iotest"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -168,11 +170,19 @@ func BenchmarkReader(b *testing.B) {
 		}
 	}
 	data := buf.Bytes()
-	b.ResetTimer()
+	for _, reuse := range []bool{false, true} {
+		b.Run(fmt.Sprintf("reuse=%v", reuse), func(b *testing.B) { benchmarkRead(b, data, count, reuse) })
+	}
+}
+
+func benchmarkRead(b *testing.B, data []byte, count int, reuse bool) {
 	for range b.N {
 		rd, err := NewReader(bytes.NewReader(data))
 		if err != nil {
 			b.Fatal(err)
+		}
+		if reuse {
+			rd.Reuse()
 		}
 		for {
 			if _, err := rd.Next(); err == io.EOF {
@@ -183,4 +193,99 @@ func BenchmarkReader(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*count), "ns/node")
+}
+
+// A Reader that reuses its node returns, node after node, what a fresh
+// node would hold: nothing of a longer path, more references or a field
+// of the node before is left over, whether the node was decoded from the
+// read buffer, framed first (one crossing the buffer's end) or by the
+// library; and it allocates next to nothing a node.
+func TestReaderReuse(t *testing.T) {
+	var nodes []Node
+	long := bytes.Repeat([]byte("d"), 300)
+	for i := range 3000 {
+		n := Node{Path: fmt.Appendf(nil, "a/%s/f%05d", long[:i%300+1], i), Type: TypeFile, Mode: 0o644, Size: int64(100 * (i % 5)),
+			Mtime: Timespec{Sec: int64(i)}}
+		for j := range i % 5 {
+			n.Chunks = append(n.Chunks, ChunkRef{ID: [32]byte{byte(i), byte(j)}, Len: 100})
+		}
+		switch i % 7 {
+		case 1:
+			n.Type, n.Chunks, n.Size, n.Target = TypeSymlink, nil, 0, []byte("target")
+		case 2:
+			n.Status, n.Err, n.Chunks, n.Size = StatusUnreadable, "permission denied", nil, 0
+		case 3:
+			n.Xattrs = []Xattr{{Name: "user.x", Value: []byte{byte(i)}}}
+			n.User, n.Group = "ann", "staff"
+		case 4:
+			if len(n.Chunks) > 0 {
+				n.Sparse, n.Size = true, n.Size+4096
+				n.Extents = []Extent{{Off: 4096, Len: n.Size - 4096}}
+			}
+		case 5:
+			n.Type, n.Chunks, n.Size = TypeDir, nil, 0
+		}
+		nodes = append(nodes, n)
+	}
+	slices.SortFunc(nodes, func(a, b Node) int { return Compare(a.Path, b.Path) })
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range nodes {
+		if err := w.Write(&nodes[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A last node in a form only the library decodes (its keys in two
+	// bytes), after one the fast decoder took into the reused node.
+	data := append(buf.Bytes(), 0xa2, 0x18, 0x01, 0x43, 'z', 'z', 'z', 0x18, 0x02, 0x01)
+	nodes = append(nodes, Node{Path: []byte("zzz"), Type: TypeFile})
+	read := func(reuse bool, each func(*Node)) {
+		t.Helper()
+		// One byte at a time now and then, so nodes cross the buffer's end.
+		rd, err := NewReader(iotest.HalfReader(bytes.NewReader(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reuse {
+			rd.Reuse()
+		}
+		for {
+			n, err := rd.Next()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			each(n)
+		}
+	}
+	var fresh []Node
+	read(false, func(n *Node) { fresh = append(fresh, *n) })
+	if len(fresh) != len(nodes) {
+		t.Fatalf("read %d nodes of %d", len(fresh), len(nodes))
+	}
+	i := 0
+	var prev *Node
+	read(true, func(n *Node) {
+		if diff := cmp.Diff(fresh[i], *n); diff != "" {
+			t.Fatalf("node %d reused differs (-fresh +reused):\n%s", i, diff)
+		}
+		if prev != nil && prev != n {
+			t.Fatalf("node %d: a new node, not the reused one", i)
+		}
+		prev = n
+		i++
+	})
+	// Each node saves at least its own allocation and its path's, and most
+	// their references'; the rarer fields (names, xattrs, extents, errors)
+	// still allocate.
+	reused := testing.AllocsPerRun(3, func() { read(true, func(*Node) {}) })
+	own := testing.AllocsPerRun(3, func() { read(false, func(*Node) {}) })
+	if saved := (own - reused) / float64(len(nodes)); saved < 2 {
+		t.Errorf("Reuse saves %.2f allocations a node (%.0f against %.0f for %d nodes)", saved, reused, own, len(nodes))
+	}
 }
