@@ -348,8 +348,9 @@ func (w *fileWriter) get(ids [][32]byte, fn func(fr *wire.Frame, body io.Reader)
 // chunkStream writes a large stored chunk into o as it arrives, a piece
 // at a time, hashing each piece, so a worker holds no buffer of the
 // chunk's size: on this machine kind fresh memory costs 11-20 µs a page
-// at its first touch, and four workers' buffers grown to 4 MiB chunks
-// were about 20,000 of them (docs/performance.md, item 55). The content
+// at its first touch, and the download readers' buffers grown to the
+// largest chunk (4 MiB) were a thousand pages each (docs/performance.md,
+// item 55). The content
 // is checked against its id once written: a chunk that does not match
 // fails its file, which is then removed (finish), never named, like any
 // file that failed. It returns only the download's errors (the reader
