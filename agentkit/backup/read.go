@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -189,7 +190,11 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 			return r.buf[:m], nil
 		}
 	} else {
-		next = chunker.New(r.gear, lr, r.buf).Next
+		c := chunker.New(r.gear, lr, r.buf)
+		if limit >= hashAsideMin {
+			return r.cutAside(ctx, it, c, limit)
+		}
+		next = c.Next
 	}
 	var total int64
 	for {
@@ -200,18 +205,82 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
-		id := r.hasher.Sum(b)
-		n.Chunks = append(n.Chunks, tree.ChunkRef{ID: id, Len: uint32(len(b))})
 		total += int64(len(b))
-		atomic.AddInt64(&r.stats.BytesRead, int64(len(b)))
-		if _, ok := it.known[id]; ok {
-			atomic.AddInt64(&r.stats.ChunksReused, 1)
-			continue
-		}
-		if err := r.up.add(ctx, wire.FrameData, id, b); err != nil {
+		if err := r.take(ctx, it, b); err != nil {
 			return err
 		}
 	}
+	return r.readTotal(n, total, limit)
+}
+
+// take hashes chunk b of it's file, adds it to the node and hands it to
+// the uploader unless the vault has it.
+func (r *reader) take(ctx context.Context, it *item, b []byte) error {
+	id := r.hasher.Sum(b)
+	it.node.Chunks = append(it.node.Chunks, tree.ChunkRef{ID: id, Len: uint32(len(b))})
+	atomic.AddInt64(&r.stats.BytesRead, int64(len(b)))
+	if _, ok := it.known[id]; ok {
+		atomic.AddInt64(&r.stats.ChunksReused, 1)
+		return nil
+	}
+	return r.up.add(ctx, wire.FrameData, id, b)
+}
+
+// hashAsideMin is the size from which a file's chunks are hashed (and
+// handed to the uploader) on a goroutine of their own while the reader
+// reads and cuts the next ones.
+const hashAsideMin = 2 * chunker.MaxSize
+
+// cutAside reads and cuts a large file while another goroutine hashes its
+// chunks in order, so one large file (a changed image in an incremental, a
+// database dump) keeps two cores busy rather than one. The chunks stay in
+// the chunker's buffer until hashed: it waits for them before it moves
+// its buffer (Chunker.Hold).
+func (r *reader) cutAside(ctx context.Context, it *item, c *chunker.Chunker, limit int64) error {
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Bool
+		herr   error
+		total  int64
+	)
+	chunks := make(chan []byte, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for b := range chunks {
+			if herr == nil {
+				total += int64(len(b))
+				if herr = r.take(ctx, it, b); herr != nil {
+					failed.Store(true)
+				}
+			}
+			wg.Done()
+		}
+	}()
+	c.Hold(wg.Wait)
+	var err error
+	for !failed.Load() {
+		var b []byte
+		b, err = c.Next()
+		if err != nil {
+			break
+		}
+		wg.Add(1)
+		chunks <- b
+	}
+	close(chunks)
+	<-done
+	switch {
+	case herr != nil:
+		return herr
+	case err != nil && err != io.EOF:
+		return fmt.Errorf("read: %w", err)
+	}
+	return r.readTotal(&it.node, total, limit)
+}
+
+// readTotal checks what was read of a file against its size.
+func (r *reader) readTotal(n *tree.Node, total, limit int64) error {
 	if total != limit {
 		// The file shrank while read: the stat after will differ; make
 		// the node consistent with what was read until then.

@@ -80,6 +80,98 @@ func TestSmallReaderMatchesChunker(t *testing.T) {
 	}
 }
 
+// TestCutAsideMatchesChunker: a large file's chunks hashed on a goroutine
+// of their own (cutAside) are the chunks, ids and bytes of one chunker
+// hashing in turn, in order, though the uploader takes them slowly (so the
+// hashing lags the cutting and the chunker must wait before it moves its
+// buffer); and a backup cancelled in the middle of such a file ends.
+func TestCutAsideMatchesChunker(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(5, 6))
+	key := [32]byte{9}
+	gear, err := chunker.NewGear(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{hashAsideMin - 1, hashAsideMin, 7*chunker.MaxSize + 12345} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		for i := 0; i+4096 < size; i += 1 << 20 { // zero blocks: chunks of every size
+			clear(data[i : i+4096])
+		}
+		p := filepath.Join(dir, "f")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var want []tree.ChunkRef
+		h := keys.NewHasher(key)
+		c := chunker.New(gear, bytes.NewReader(data), nil)
+		for {
+			b, err := c.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, tree.ChunkRef{ID: h.Sum(b), Len: uint32(len(b))})
+		}
+
+		up := newUploader(nil, "", &Stats{})
+		got := map[[32]byte]bool{}
+		consumed := make(chan struct{})
+		go func() {
+			defer close(consumed)
+			h := keys.NewHasher(key)
+			for c := range up.cand {
+				time.Sleep(time.Millisecond) // slower than cutting
+				if h.Sum(c.data) != c.id {
+					t.Errorf("size %d: chunk %x handed to the uploader holds other bytes", size, c.id[:8])
+				}
+				got[c.id] = true
+				up.done(c)
+			}
+		}()
+		r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
+		fd, err := unix.Open(p, unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		it := &item{fd: fd, done: make(chan struct{})}
+		it.node.Path = []byte("f")
+		if err := r.read(context.Background(), it); err != nil {
+			t.Fatal(err)
+		}
+		close(up.cand)
+		<-consumed
+		if !slices.Equal(it.node.Chunks, want) {
+			t.Errorf("size %d: %d chunks, want %d (or not the same)", size, len(it.node.Chunks), len(want))
+		}
+		for _, w := range want {
+			if !got[w.ID] {
+				t.Errorf("size %d: chunk %x never reached the uploader", size, w.ID[:8])
+			}
+		}
+	}
+
+	// Cancelled while the uploader takes nothing: the read ends.
+	up := newUploader(nil, "", &Stats{})
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
+	fd, err := unix.Open(filepath.Join(dir, "f"), unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := &item{fd: fd, done: make(chan struct{})}
+	it.node.Path = []byte("f")
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if err := r.read(ctx, it); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled read: %v", err)
+	}
+}
+
 // askedReader records the largest read asked of it.
 type askedReader struct{ most int }
 

@@ -197,7 +197,15 @@ type Chunker struct {
 	// scanned is how far the chunk at beg was scanned without a boundary
 	// before the buffer was refilled.
 	scanned scanState
+	// hold, when set, is called before the buffer is overwritten (Hold).
+	hold func()
 }
+
+// Hold makes the chunker call fn before it overwrites the chunks it has
+// returned (moving what is left to its buffer's front): a caller that still
+// uses them elsewhere (hashes them on another goroutine) waits there, and
+// the chunks stay valid until then instead of until the next call.
+func (c *Chunker) Hold(fn func()) { c.hold = fn }
 
 // New returns a Chunker reading r. buf, if longer than MaxSize, is used as
 // the working buffer so callers can pool it; with less than 2*MaxSize the
@@ -258,6 +266,9 @@ func (c *Chunker) Next() ([]byte, error) {
 		}
 		// Refill: move what is left to the front, then read.
 		if c.beg > 0 {
+			if c.hold != nil {
+				c.hold()
+			}
 			c.end = copy(c.buf, c.buf[c.beg:c.end])
 			c.beg = 0
 		}
