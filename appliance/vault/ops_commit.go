@@ -147,6 +147,8 @@ func (v *Vault) AddJournal(ctx context.Context, p *Principal, id string, req wir
 // check looks up, batch by batch.
 var testHookLookups func(ids int)
 
+var testHookMu sync.Mutex
+
 // testHookBeforeRecord, set by tests, runs in a commit or journal record
 // after its checks and before holdOpen.
 var testHookBeforeRecord func()
@@ -254,7 +256,9 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 	// other.
 	check := func(ids [][32]byte) error {
 		if testHookLookups != nil {
+			testHookMu.Lock() // a second decoder looks up too (commit_split.go)
 			testHookLookups(len(ids))
+			testHookMu.Unlock()
 		}
 		has, err := v.hasProtected(s, ids)
 		if err != nil {
@@ -322,6 +326,18 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 		return err
 	}
 	defer finish(nil)
+	// A second decoder takes the listing's second half when the newest
+	// version's record says where it likely begins (commit_split.go).
+	var sp *listingSplit
+	if known != nil && learned != nil {
+		sp = v.startSplit(ctx, s, k, listing, facts, known, check)
+	}
+	defer func() {
+		if sp != nil {
+			sp.stop()
+		}
+	}()
+	var last []byte // the last node's path, while a second decoder runs
 	bufs := [2][][32]byte{make([][32]byte, 0, listingLookupBatch), make([][32]byte, 0, listingLookupBatch)}
 	cur := 0
 	pending := bufs[cur]
@@ -337,12 +353,31 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 			return t, finish(err)
 		}
 		start := rd.Offset()
+		if sp != nil && start >= sp.seam {
+			if start == sp.seam {
+				if tail, ok := sp.wait(last); ok {
+					joinTail(&t, facts, learned, tail, sp.j)
+					if testHookSplit != nil {
+						testHookSplit(true)
+					}
+					break
+				}
+			}
+			sp.stop() // not a node boundary, or a fault after it: read on alone
+			sp = nil
+			if testHookSplit != nil {
+				testHookSplit(false)
+			}
+		}
 		n, err := rd.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return t, finish(listingErr(err))
+		}
+		if sp != nil {
+			last = append(last[:0], n.Path...)
 		}
 		lookup := true
 		if learned != nil {
@@ -351,21 +386,7 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 		if facts != nil {
 			facts.add(n)
 		}
-		switch n.Type {
-		case tree.TypeFile:
-			t.Files++
-			t.Bytes += n.Size
-		case tree.TypeDir:
-			t.Dirs++
-		case tree.TypeDeleted:
-			t.Deleted++
-		}
-		switch n.Status {
-		case tree.StatusUnreadable:
-			t.Unreadable++
-		case tree.StatusInconsistent:
-			t.Inconsistent++
-		}
+		countNode(&t, n)
 		if !lookup {
 			learned.known += len(n.Chunks)
 			continue

@@ -237,6 +237,32 @@ func (g *factsGatherer) add(n *tree.Node) {
 	}
 }
 
+// merge adds what o gathered from the nodes after g's (a commit's second
+// half, commit_split.go), as if g had been handed them in turn: the first
+// files of each kind in listing order, the directories' sizes summed and
+// kept in the order first met.
+func (g *factsGatherer) merge(o *factsGatherer) {
+	for _, b := range o.f.bad {
+		if len(g.f.bad) < maxWarned {
+			g.f.bad = append(g.f.bad, b)
+		}
+	}
+	for _, im := range o.f.images {
+		if len(g.f.images) < maxWarned {
+			g.f.images = append(g.f.images, im)
+		}
+	}
+	for _, d := range o.tempOrder {
+		if g.tempBytes == nil {
+			g.tempBytes = map[string]int64{}
+		}
+		if _, ok := g.tempBytes[d]; !ok {
+			g.tempOrder = append(g.tempOrder, d)
+		}
+		g.tempBytes[d] += o.tempBytes[d]
+	}
+}
+
 func (g *factsGatherer) finish() *listingFacts {
 	f := g.f
 	slices.SortStableFunc(g.tempOrder, func(a, b string) int { return int(min(max(g.tempBytes[b]-g.tempBytes[a], -1), 1)) })

@@ -185,6 +185,30 @@ func NewListingReader(r io.Reader, refs []ChunkRef) (*Reader, error) {
 	return NewReader(&exactReader{r: r, left: total, total: total})
 }
 
+// NewTailReader reads the nodes of a listing from a node boundary inside
+// it, for a second decoder that takes a listing's second half (the vault's
+// commit): r streams the plaintext of refs, a listing's chunks from one on,
+// whose first skip bytes are skipped; there is no magic. Offset counts from
+// the first of refs, skip included. Whether skip is a node boundary is the
+// caller's to establish (a decoder from the listing's start must end its
+// last node there); the reader checks what it decodes as NewListingReader's
+// does, and fails when r holds more or fewer bytes than refs declare.
+func NewTailReader(r io.Reader, refs []ChunkRef, skip int64) (*Reader, error) {
+	var total uint64
+	for _, c := range refs {
+		total += uint64(c.Len)
+	}
+	if skip < 0 || uint64(skip) >= total {
+		return nil, fmt.Errorf("%w: a tail from byte %d of %d", ErrListing, skip, total)
+	}
+	src := &countReader{r: &exactReader{r: r, left: total, total: total}}
+	rd := &Reader{br: bufio.NewReaderSize(src, 64<<10), src: src}
+	if _, err := rd.br.Discard(int(skip)); err != nil {
+		return nil, fmt.Errorf("%w: skip %d bytes: %w", ErrListing, skip, err)
+	}
+	return rd, nil
+}
+
 // exactReader fails when r does not hold exactly total bytes.
 type exactReader struct {
 	r           io.Reader
