@@ -20,6 +20,19 @@ import (
 	"vaultnode/internal/tree"
 )
 
+// readPath has r read the file at p as the pipeline would hand it over
+// (opened, its node named "f"), and returns the item read and read's error.
+func readPath(ctx context.Context, t *testing.T, r *reader, p string) (*item, error) {
+	t.Helper()
+	fd, err := unix.Open(p, unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := &item{fd: fd, done: make(chan struct{})}
+	it.node.Path = []byte("f")
+	return it, r.read(ctx, it)
+}
+
 // TestSmallReaderMatchesChunker: a reader with a small-file buffer (the
 // small-file readers) makes the same chunks as a chunking reader, for sizes
 // around the minimum chunk, empty and sparse files, and falls back to
@@ -52,13 +65,8 @@ func TestSmallReaderMatchesChunker(t *testing.T) {
 			}()
 			defer close(up.cand)
 			r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, bufSize)}
-			fd, err := unix.Open(p, unix.O_RDONLY, 0)
+			it, err := readPath(context.Background(), t, r, p)
 			if err != nil {
-				t.Fatal(err)
-			}
-			it := &item{fd: fd, done: make(chan struct{})}
-			it.node.Path = []byte("f")
-			if err := r.read(context.Background(), it); err != nil {
 				t.Fatal(err)
 			}
 			if it.node.Status != tree.StatusOK || it.node.Size != int64(size) {
@@ -135,13 +143,8 @@ func TestCutAsideMatchesChunker(t *testing.T) {
 			}
 		}()
 		r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
-		fd, err := unix.Open(p, unix.O_RDONLY, 0)
+		it, err := readPath(context.Background(), t, r, p)
 		if err != nil {
-			t.Fatal(err)
-		}
-		it := &item{fd: fd, done: make(chan struct{})}
-		it.node.Path = []byte("f")
-		if err := r.read(context.Background(), it); err != nil {
 			t.Fatal(err)
 		}
 		close(up.cand)
@@ -160,14 +163,8 @@ func TestCutAsideMatchesChunker(t *testing.T) {
 	up := newUploader(nil, "", &Stats{})
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
-	fd, err := unix.Open(filepath.Join(dir, "f"), unix.O_RDONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	it := &item{fd: fd, done: make(chan struct{})}
-	it.node.Path = []byte("f")
 	time.AfterFunc(50*time.Millisecond, cancel)
-	if err := r.read(ctx, it); !errors.Is(err, context.Canceled) {
+	if _, err := readPath(ctx, t, r, filepath.Join(dir, "f")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled read: %v", err)
 	}
 }

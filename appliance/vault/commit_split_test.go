@@ -52,24 +52,8 @@ func (a *gcAgent) stageListing(ctx context.Context, t *testing.T, contents [][]b
 		frames = append(frames, wire.Frame{ID: id, Kind: wire.FrameListing, PlainLen: uint32(len(p)), Payload: p})
 		refs = append(refs, tree.ChunkRef{ID: id, Len: uint32(len(p))})
 	}
-	ids := make([][32]byte, len(frames))
-	for i := range frames {
-		ids[i] = frames[i].ID
-	}
-	bm, err := a.v.Lack(ctx, a.p, s.ID, ids)
-	if err != nil {
+	if err := a.storeFrames(ctx, s.ID, frames); err != nil {
 		t.Fatal(err)
-	}
-	var body []byte
-	for i := range frames {
-		if bm[i/8]&(1<<(i%8)) != 0 {
-			body = wire.AppendFrame(body, &frames[i])
-		}
-	}
-	if len(body) > 0 {
-		if _, err := a.v.Upload(ctx, a.p, s.ID, int64(len(body)), bytes.NewReader(body)); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return s.ID, refs
 }

@@ -76,13 +76,18 @@ func (a *gcAgent) stageCut(ctx context.Context, files [][]byte, cut int) (string
 		frames = append(frames, wire.Frame{ID: id, Kind: wire.FrameListing, PlainLen: uint32(len(p)), Payload: p})
 		refs = append(refs, tree.ChunkRef{ID: id, Len: uint32(len(p))})
 	}
+	return s.ID, refs, a.storeFrames(ctx, s.ID, frames)
+}
+
+// storeFrames uploads to session sid the frames the vault lacks.
+func (a *gcAgent) storeFrames(ctx context.Context, sid string, frames []wire.Frame) error {
 	ids := make([][32]byte, len(frames))
 	for i := range frames {
 		ids[i] = frames[i].ID
 	}
-	bm, err := a.v.Lack(ctx, a.p, s.ID, ids)
+	bm, err := a.v.Lack(ctx, a.p, sid, ids)
 	if err != nil {
-		return "", nil, err
+		return err
 	}
 	var body []byte
 	for i := range frames {
@@ -91,11 +96,11 @@ func (a *gcAgent) stageCut(ctx context.Context, files [][]byte, cut int) (string
 		}
 	}
 	if len(body) > 0 {
-		if _, err := a.v.Upload(ctx, a.p, s.ID, int64(len(body)), bytes.NewReader(body)); err != nil {
-			return "", nil, err
+		if _, err := a.v.Upload(ctx, a.p, sid, int64(len(body)), bytes.NewReader(body)); err != nil {
+			return err
 		}
 	}
-	return s.ID, refs, nil
+	return nil
 }
 
 func (a *gcAgent) backup(ctx context.Context, files [][]byte) (uint64, error) {
