@@ -364,10 +364,10 @@ func (w *fileWriter) chunkStream(o *openFile, fr *wire.Frame, body io.Reader) er
 	o.next++
 	switch {
 	case fr.ID != want.ID:
-		o.err = &ChunkError{want.ID, fmt.Sprintf("the vault answered chunk %x in its place", fr.ID[:8])}
+		o.err = errSubstituted(want.ID, fr.ID)
 		return nil
 	case fr.PlainLen != want.Len:
-		o.err = &ChunkError{fr.ID, fmt.Sprintf("holds %d bytes, the listing says %d", fr.PlainLen, want.Len)}
+		o.err = errLength(fr.ID, fr.PlainLen, want.Len)
 		return nil
 	}
 	if len(w.piece) == 0 {
@@ -386,7 +386,7 @@ func (w *fileWriter) chunkStream(o *openFile, fr *wire.Frame, body io.Reader) er
 		left -= len(p)
 	}
 	if w.h.ID() != fr.ID {
-		o.err = &ChunkError{fr.ID, "content does not match its id (damaged)"}
+		o.err = errDamaged(fr.ID)
 		return nil
 	}
 	atomic.AddInt64(&w.r.stats.Bytes, int64(fr.PlainLen))
@@ -399,15 +399,15 @@ func (w *fileWriter) check(fr *wire.Frame, want tree.ChunkRef) ([]byte, error) {
 	// the listing says: a vault that answers another (valid) chunk would
 	// otherwise put foreign content into the file.
 	if fr.ID != want.ID {
-		return nil, &ChunkError{want.ID, fmt.Sprintf("the vault answered chunk %x in its place", fr.ID[:8])}
+		return nil, errSubstituted(want.ID, fr.ID)
 	}
 	var err error
 	data := fr.Payload
 	switch {
 	case fr.Kind == wire.StatusMissing:
-		err = &ChunkError{fr.ID, "missing from the vault"}
+		err = errMissing(fr.ID)
 	case fr.Kind != wire.StatusOK:
-		err = &ChunkError{fr.ID, "damaged on the vault: " + string(fr.Payload)}
+		err = errVault(fr.ID, fr.Payload)
 	case fr.Flags != 0 || uint32(len(data)) != fr.PlainLen: // else checked and written as is
 		// Room for the plaintext first (growTo's headroom), so the
 		// decoder does not grow the buffer by appending.
@@ -415,10 +415,10 @@ func (w *fileWriter) check(fr *wire.Frame, want tree.ChunkRef) ([]byte, error) {
 		data = w.buf
 	}
 	if err == nil && w.h.Sum(data) != fr.ID {
-		err = &ChunkError{fr.ID, "content does not match its id (damaged)"}
+		err = errDamaged(fr.ID)
 	}
 	if err == nil && uint32(len(data)) != want.Len {
-		err = &ChunkError{fr.ID, fmt.Sprintf("holds %d bytes, the listing says %d", len(data), want.Len)}
+		err = errLength(fr.ID, uint32(len(data)), want.Len)
 	}
 	if err != nil {
 		var ce *ChunkError

@@ -27,21 +27,34 @@ type ChunkError struct {
 
 func (e *ChunkError) Error() string { return fmt.Sprintf("chunk %x: %s", e.ID[:8], e.Reason) }
 
+// The faults a downloaded chunk can have, each worded once.
+func errDamaged(id [32]byte) error { return &ChunkError{id, "content does not match its id (damaged)"} }
+func errMissing(id [32]byte) error { return &ChunkError{id, "missing from the vault"} }
+func errVault(id [32]byte, msg []byte) error {
+	return &ChunkError{id, "damaged on the vault: " + string(msg)}
+}
+func errSubstituted(want, got [32]byte) error {
+	return &ChunkError{want, fmt.Sprintf("the vault answered chunk %x in its place", got[:8])}
+}
+func errLength(id [32]byte, got, want uint32) error {
+	return &ChunkError{id, fmt.Sprintf("holds %d bytes, the listing says %d", got, want)}
+}
+
 // verify turns a downloaded frame into checked plaintext appended to dst.
 func verify(h *keys.Hasher, f *wire.Frame, dst []byte) ([]byte, error) {
 	switch f.Kind {
 	case wire.StatusOK:
 	case wire.StatusMissing:
-		return nil, &ChunkError{f.ID, "missing from the vault"}
+		return nil, errMissing(f.ID)
 	default:
-		return nil, &ChunkError{f.ID, "damaged on the vault: " + string(f.Payload)}
+		return nil, errVault(f.ID, f.Payload)
 	}
 	out, err := wire.Decompress(dst, f.Flags, f.Payload, f.PlainLen)
 	if err != nil {
 		return nil, &ChunkError{f.ID, err.Error()}
 	}
 	if h.Sum(out[len(dst):]) != f.ID {
-		return nil, &ChunkError{f.ID, "content does not match its id (damaged)"}
+		return nil, errDamaged(f.ID)
 	}
 	return out, nil
 }

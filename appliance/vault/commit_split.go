@@ -148,6 +148,11 @@ func (v *Vault) checkTail(ctx context.Context, s *session, k *companyKeys, listi
 	rd.Reuse()
 	base := r.learned.bounds[j]
 	pending := make([][32]byte, 0, listingLookupBatch)
+	flush := func() error {
+		err := check(pending)
+		pending = pending[:0]
+		return err
+	}
 	for {
 		if r.err = ctx.Err(); r.err != nil {
 			return r
@@ -165,22 +170,8 @@ func (v *Vault) checkTail(ctx context.Context, s *session, k *companyKeys, listi
 			r.first = append([]byte{}, n.Path...)
 		}
 		i := r.learned.node(start, base+rd.Offset())
-		if facts != nil {
-			facts.add(n)
-		}
-		countNode(&r.t, n)
-		if i > j && r.learned.trusted(i, known) {
-			r.learned.known += len(n.Chunks)
-			continue
-		}
-		for _, c := range n.Chunks {
-			pending = append(pending, c.ID)
-			if len(pending) == listingLookupBatch {
-				if r.err = check(pending); r.err != nil {
-					return r
-				}
-				pending = pending[:0]
-			}
+		if r.err = tallyNode(&r.t, facts, r.learned, n, i > j && r.learned.trusted(i, known), &pending, flush); r.err != nil {
+			return r
 		}
 	}
 	if len(pending) > 0 {

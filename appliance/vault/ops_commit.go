@@ -341,12 +341,16 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 	bufs := [2][][32]byte{make([][32]byte, 0, listingLookupBatch), make([][32]byte, 0, listingLookupBatch)}
 	cur := 0
 	pending := bufs[cur]
-	flush := func() {
+	flush := func() error {
 		// The checker took the other buffer only after it was done with
 		// the one it held before: the decoder may fill that again.
 		batches <- pending
 		cur = 1 - cur
 		pending = bufs[cur][:0]
+		if failed.Load() {
+			return errLookupFailed // the checker's own error comes from finish
+		}
+		return nil
 	}
 	for {
 		if err := ctx.Err(); err != nil {
@@ -379,33 +383,44 @@ func (v *Vault) checkListingKnown(ctx context.Context, s *session, k *companyKey
 		if sp != nil {
 			last = append(last[:0], n.Path...)
 		}
-		lookup := true
-		if learned != nil {
-			lookup = !learned.trusted(learned.node(start, rd.Offset()), known)
-		}
-		if facts != nil {
-			facts.add(n)
-		}
-		countNode(&t, n)
-		if !lookup {
-			learned.known += len(n.Chunks)
-			continue
-		}
-		for _, c := range n.Chunks {
-			pending = append(pending, c.ID)
-			if len(pending) == listingLookupBatch {
-				flush()
-				if failed.Load() {
-					return t, finish(nil)
-				}
-			}
+		trusted := learned != nil && learned.trusted(learned.node(start, rd.Offset()), known)
+		if tallyNode(&t, facts, learned, n, trusted, &pending, flush) != nil {
+			return t, finish(nil)
 		}
 	}
 	if len(pending) > 0 {
-		flush()
+		flush() // a lookup failure comes from finish
 	}
 	return t, finish(nil)
 }
+
+// tallyNode counts n into t and hands it to facts (when not nil). A node
+// whose chunks are trusted counts them known in learned; the ids of any
+// other are appended to pending, each full batch handed to flush, whose
+// error ends the walk. Both decoders of a commit (commit_split.go) use it.
+func tallyNode(t *wire.Totals, facts *factsGatherer, learned *learnedListing, n *tree.Node, trusted bool,
+	pending *[][32]byte, flush func() error) error {
+	if facts != nil {
+		facts.add(n)
+	}
+	countNode(t, n)
+	if trusted {
+		learned.known += len(n.Chunks)
+		return nil
+	}
+	for _, c := range n.Chunks {
+		*pending = append(*pending, c.ID)
+		if len(*pending) == listingLookupBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// errLookupFailed stops a commit's decoder once its checker failed.
+var errLookupFailed = errors.New("commit: a lookup failed")
 
 // listingLookupBatch is how many ids a commit looks up at once (Store.Has
 // walks them in key order): two batches of 32-byte ids, 1 MiB, at a time.

@@ -61,9 +61,7 @@ func (h *Hasher) ID() ID {
 
 // Sum returns the chunk ID of data.
 func (h *Hasher) Sum(data []byte) ID {
-	h.h.Reset()
-	h.h.Write(data)
-	var id ID
-	h.h.Sum(id[:0])
-	return id
+	h.Reset()
+	h.Write(data)
+	return h.ID()
 }
