@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -95,5 +98,35 @@ func TestMediansByTool(t *testing.T) {
 	m := medians([][]*phaseResult{run(1, 10), run(3, 30), run(2, 20)})
 	if len(m) != 2 || m[0].Tool != "vaultnode" || m[0].WallSeconds != 2 || m[1].Tool != "restic" || m[1].WallSeconds != 20 {
 		t.Fatalf("medians = %+v %+v", m[0], m[1])
+	}
+}
+
+// TestAgentsNeedNoRestic: the many-agents run (make bench's "many agents at
+// once") measures vaultnode alone, so it must not stop for a restic missing
+// from PATH, as the phases do.
+func TestAgentsNeedNoRestic(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // no restic, nor anything else
+	bin := t.TempDir()
+	for _, p := range []string{"vaultd", "vaultctl", "vault-agent"} {
+		// Present, so the check for them passes; empty, so the run fails
+		// as soon as it starts one, before any real work.
+		if err := os.WriteFile(filepath.Join(bin, p), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := func(extra ...string) []string {
+		return append([]string{"-bin", bin, "-work", t.TempDir(), "-out", filepath.Join(t.TempDir(), "r.json"), "-warm", "-scale", "0.0001"}, extra...)
+	}
+	var out strings.Builder
+	err := run(context.Background(), args(), &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "find restic") {
+		t.Fatalf("phases without restic on PATH: %v, want a find restic error", err)
+	}
+	err = run(context.Background(), args("-agents", "1"), &out, &out)
+	if err == nil {
+		t.Fatal("agents with empty vaultnode programs succeeded")
+	}
+	if strings.Contains(err.Error(), "restic") {
+		t.Fatalf("agents stopped for restic: %v", err)
 	}
 }

@@ -197,7 +197,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	if *only != "vaultnode" {
+	if *only != "vaultnode" && *agents == 0 { // many agents run vaultnode alone
 		if b.restic, err = exec.LookPath(*resticBin); err != nil {
 			return fmt.Errorf("find restic: %w; scripts/bench.sh installs restic 0.18.1 into out/bench/bin (or -only vaultnode)", err)
 		}
