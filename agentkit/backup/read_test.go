@@ -115,17 +115,9 @@ func TestCutAsideMatchesChunker(t *testing.T) {
 		}
 		var want []tree.ChunkRef
 		h := keys.NewHasher(key)
-		c := chunker.New(gear, bytes.NewReader(data), nil)
-		for {
-			b, err := c.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+		eachChunk(t, gear, bytes.NewReader(data), func(b []byte) {
 			want = append(want, tree.ChunkRef{ID: h.Sum(b), Len: uint32(len(b))})
-		}
+		})
 
 		up := newUploader(nil, "", &Stats{})
 		got := map[[32]byte]bool{}
@@ -169,6 +161,23 @@ func TestCutAsideMatchesChunker(t *testing.T) {
 	}
 }
 
+// eachChunk cuts what r holds with a content chunker and hands each chunk
+// to fn (valid until fn returns).
+func eachChunk(t *testing.T, gear *chunker.Gear, r io.Reader, fn func([]byte)) {
+	t.Helper()
+	c := chunker.New(gear, r, nil)
+	for {
+		b, err := c.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(b)
+	}
+}
+
 // askedReader records the largest read asked of it.
 type askedReader struct{ most int }
 
@@ -197,18 +206,9 @@ func TestPiecesBoundEachRead(t *testing.T) {
 		data[i] = byte(rng.Uint32())
 	}
 	cut := func(r io.Reader) []int {
-		c := chunker.New(gear, r, nil)
 		var sizes []int
-		for {
-			b, err := c.Next()
-			if err == io.EOF {
-				return sizes
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			sizes = append(sizes, len(b))
-		}
+		eachChunk(t, gear, r, func(b []byte) { sizes = append(sizes, len(b)) })
+		return sizes
 	}
 	inPieces, whole := cut(pieces{bytes.NewReader(data)}), cut(bytes.NewReader(data))
 	if !slices.Equal(inPieces, whole) || len(whole) < 3 {

@@ -91,18 +91,8 @@ func TestExamineReadsAListingOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	w, err := tree.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []tree.Node{{Path: []byte("home"), Type: tree.TypeDir}, {Path: []byte("home/.cache"), Type: tree.TypeDir},
-		{Path: []byte("home/.cache/x"), Type: tree.TypeFile}} {
-		if err := w.Write(&n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ref := putListing(t, v, k, buf.Bytes())
+	ref := putListing(t, v, k, encodeListing(t, []tree.Node{{Path: []byte("home"), Type: tree.TypeDir},
+		{Path: []byte("home/.cache"), Type: tree.TypeDir}, {Path: []byte("home/.cache/x"), Type: tree.TypeFile}}))
 	cp := catalog.Computer{ID: "pc-1", Company: "acme"}
 	ms := []wire.Manifest{{Seq: 1, Listing: []tree.ChunkRef{ref}}}
 	first, err := v.examineConfig(context.Background(), cp, wire.Config{Name: "home"}, ms)

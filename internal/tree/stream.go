@@ -178,11 +178,7 @@ func NewListingReader(r io.Reader, refs []ChunkRef) (*Reader, error) {
 	if err := CheckRefs(refs); err != nil {
 		return nil, err
 	}
-	var total uint64
-	for _, c := range refs {
-		total += uint64(c.Len)
-	}
-	return NewReader(&exactReader{r: r, left: total, total: total})
+	return NewReader(exactFor(r, refs))
 }
 
 // NewTailReader reads the nodes of a listing from a node boundary inside
@@ -194,19 +190,25 @@ func NewListingReader(r io.Reader, refs []ChunkRef) (*Reader, error) {
 // last node there); the reader checks what it decodes as NewListingReader's
 // does, and fails when r holds more or fewer bytes than refs declare.
 func NewTailReader(r io.Reader, refs []ChunkRef, skip int64) (*Reader, error) {
-	var total uint64
-	for _, c := range refs {
-		total += uint64(c.Len)
+	ex := exactFor(r, refs)
+	if skip < 0 || uint64(skip) >= ex.total {
+		return nil, fmt.Errorf("%w: a tail from byte %d of %d", ErrListing, skip, ex.total)
 	}
-	if skip < 0 || uint64(skip) >= total {
-		return nil, fmt.Errorf("%w: a tail from byte %d of %d", ErrListing, skip, total)
-	}
-	src := &countReader{r: &exactReader{r: r, left: total, total: total}}
+	src := &countReader{r: ex}
 	rd := &Reader{br: bufio.NewReaderSize(src, 64<<10), src: src}
 	if _, err := rd.br.Discard(int(skip)); err != nil {
 		return nil, fmt.Errorf("%w: skip %d bytes: %w", ErrListing, skip, err)
 	}
 	return rd, nil
+}
+
+// exactFor returns r read as holding exactly the bytes refs declare.
+func exactFor(r io.Reader, refs []ChunkRef) *exactReader {
+	var total uint64
+	for _, c := range refs {
+		total += uint64(c.Len)
+	}
+	return &exactReader{r: r, left: total, total: total}
 }
 
 // exactReader fails when r does not hold exactly total bytes.
