@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"sync"
@@ -25,6 +24,7 @@ type chunk struct {
 	flags   uint8
 	plain   uint32 // length of the plain content
 	held    int64  // budget held
+	slot    span   // where data (and then payload) lies
 }
 
 // uploader sends each new chunk once: it asks the vault in batches which
@@ -47,6 +47,7 @@ type uploader struct {
 	nextEnd int64
 
 	budget *semaphore.Weighted
+	arena  *arena
 	cand   chan *chunk
 	comp   chan *chunk
 	frames chan *chunk
@@ -62,6 +63,10 @@ const (
 	// took the agent's peak RSS in an initial backup from 95-104 MB to
 	// 70-78 MB ("Page faults: first touches, not churn").
 	budgetBytes = 16 << 20
+	// arenaBytes is the ring the copies are taken from: twice the budget,
+	// so that a few copies held up (a lack query's answer, a frame the
+	// vault is slow to take) leave room for the others.
+	arenaBytes = 2 * budgetBytes
 	// requestBytes ends an upload request: the vault acknowledges (syncs)
 	// what it holds at the end of each, and the request's stream sends
 	// nothing while it waits for that answer. A request ends at its first
@@ -85,7 +90,7 @@ const _ = uint(wire.MaxUploadBody - maxRequest - wire.MaxPlain - wire.FrameHeade
 
 func newUploader(v Vault, session string, stats *Stats) *uploader {
 	return &uploader{vault: v, session: session, stats: stats, seen: map[[32]byte]struct{}{}, nextEnd: requestBytes / 2,
-		budget: semaphore.NewWeighted(budgetBytes), cand: make(chan *chunk, lackBatch),
+		budget: semaphore.NewWeighted(budgetBytes), arena: newArena(arenaBytes), cand: make(chan *chunk, lackBatch),
 		comp: make(chan *chunk, 16), frames: make(chan *chunk, 16)}
 }
 
@@ -101,7 +106,9 @@ func (u *uploader) add(ctx context.Context, kind uint8, id [32]byte, data []byte
 	if err := u.budget.Acquire(ctx, int64(len(data))); err != nil {
 		return err
 	}
-	c := &chunk{id: id, kind: kind, data: bytes.Clone(data), plain: uint32(len(data)), held: int64(len(data))}
+	c := &chunk{id: id, kind: kind, plain: uint32(len(data)), held: int64(len(data))}
+	c.data = u.arena.take(&c.slot, len(data))
+	copy(c.data, data)
 	select {
 	case u.cand <- c:
 		return nil
@@ -113,6 +120,7 @@ func (u *uploader) add(ctx context.Context, kind uint8, id [32]byte, data []byte
 // done drops c's buffers and gives its budget back.
 func (u *uploader) done(c *chunk) {
 	c.data, c.payload = nil, nil
+	u.arena.give(&c.slot)
 	u.budget.Release(c.held)
 }
 
@@ -189,14 +197,13 @@ func (u *uploader) lack(ctx context.Context, batch []*chunk) error {
 }
 
 // compressor compresses lacking chunks. The compressed payload is smaller
-// than the plain copy, which is dropped at once: the chunk's budget covers
-// either.
+// than the plain copy, over whose front it is copied.
 func (u *uploader) compressor(ctx context.Context) error {
 	var scratch []byte
 	for c := range u.comp {
 		payload, flags := wire.Compress(scratch, c.data)
 		if flags != 0 {
-			c.payload, c.flags, c.data = bytes.Clone(payload), flags, nil
+			c.payload, c.flags, c.data = c.data[:copy(c.data, payload)], flags, nil
 			scratch = payload
 		} else {
 			c.payload = c.data
