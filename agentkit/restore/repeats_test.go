@@ -326,8 +326,8 @@ func TestMemChunksRingGrowsWhenAsked(t *testing.T) {
 		var id [32]byte
 		binary.LittleEndian.PutUint64(id[:], uint64(i))
 		c.keep(id, make([]byte, 1+rng.IntN(3000)))
-		if u := used(&c); u > memStart {
-			t.Fatalf("nothing asked for: chunk %d kept at %d bytes into the ring, past its first size %d", i, u, memStart)
+		if u := used(&c); u > memStart || len(c.buf) > memStart {
+			t.Fatalf("nothing asked for: chunk %d kept at %d bytes into the ring, its buffer %d bytes, past its first size %d", i, u, len(c.buf), memStart)
 		}
 	}
 	// Asked for (hits or not), once per 1,000 bytes put: it grows to
