@@ -31,7 +31,8 @@ type chunk struct {
 // chunks it lacks, compresses those and streams them to the vault in
 // upload requests of up to requestBytes. Memory is bounded by budget: every
 // byte of chunk content the uploader holds, from the reader's copy to the
-// moment its frame is on the wire, is in it.
+// moment its frame is on the wire, is in it. The copies lie in the arena's
+// ring (arenaBytes) when it has room, else on the heap.
 type uploader struct {
 	vault   Vault
 	session string
@@ -113,6 +114,7 @@ func (u *uploader) add(ctx context.Context, kind uint8, id [32]byte, data []byte
 	case u.cand <- c:
 		return nil
 	case <-ctx.Done():
+		u.done(c)
 		return ctx.Err()
 	}
 }
