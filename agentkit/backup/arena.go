@@ -27,15 +27,13 @@ type arena struct {
 	// first is the index in live of the oldest; live is compacted when
 	// first passes half of it.
 	first int
-	hits  int64 // copies taken from the ring
-	miss  int64 // copies taken from the heap
 }
 
 // span is one copy's place in the ring.
 type span struct {
-	off, end int
-	freed    bool
-	ring     bool // taken from the ring, not the heap
+	off   int
+	freed bool
+	ring  bool // taken from the ring, not the heap
 }
 
 func newArena(size int) *arena { return &arena{size: size} }
@@ -58,14 +56,12 @@ func (a *arena) take(s *span, n int) []byte {
 		a.buf = make([]byte, a.size)
 	}
 	if off, ok := a.room(n); ok && a.buf != nil {
-		*s = span{off: off, end: off + n, ring: true}
+		*s = span{off: off, ring: true}
 		a.head = off + n
 		a.live = append(a.live, s)
-		a.hits++
 		return a.buf[off : off+n : off+n]
 	}
 	*s = span{}
-	a.miss++
 	if a.buf == nil {
 		a.copied += n
 	}
