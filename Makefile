@@ -5,7 +5,7 @@ BIN := $(CURDIR)/bin
 export CGO_ENABLED ?= 0
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
 
-.PHONY: help build run test test-tape test-unit soak bench bench-portal bench-pair bench-scale fmt vet clean image qemu test-image
+.PHONY: help build run test test-tape test-unit soak bench bench-portal bench-pair bench-scale bench-tree fmt vet clean image qemu test-image
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench-pair: build ## a pair of vaults and a witness against a single vault: back
 
 bench-scale: build ## back up 10 million small files (SCALE_FILES): peak memory, no-change backup and commit times
 	@bash scripts/bench.sh scale
+
+bench-tree: build ## the benchmark on a tree of yours instead of generated data: make bench-tree TREE=/srv/data (read only; no incremental phase)
+	@bash scripts/bench.sh tree
 
 image: ## build the appliance image out/image/{vmlinux,initramfs.cpio} (reproducible)
 	$(GO) run ./images/cmd/mkimage -o out/image

@@ -1,6 +1,7 @@
 package corpus
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -255,5 +256,42 @@ func TestManifestSparseEqualsDense(t *testing.T) {
 	}
 	if dd, _ = fileDigest(dense); ds == dd {
 		t.Errorf("different contents hash alike")
+	}
+}
+
+// TestMeasure counts an existing tree's entries and tells its data from its
+// holes, as a benchmark of a tree it did not generate reports them.
+func TestMeasure(t *testing.T) {
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "a", "b"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "a", "one"), bytes.Repeat([]byte("x"), 10000), 0o644))
+	must(os.WriteFile(filepath.Join(dir, "a", "b", "two"), []byte("hello"), 0o644))
+	must(os.Symlink("one", filepath.Join(dir, "a", "link")))
+	f, err := os.Create(filepath.Join(dir, "sparse"))
+	must(err)
+	_, err = f.WriteAt(bytes.Repeat([]byte("y"), 4096), 64<<20)
+	must(err)
+	must(f.Close())
+
+	st, err := Measure(dir)
+	must(err)
+	want := Stats{Files: 3, Dirs: 2, Symlinks: 1, SparseFiles: 1, Bytes: 10000 + 5 + 64<<20 + 4096}
+	got := st
+	got.DataBytes = 0
+	if got != want {
+		t.Fatalf("Measure = %+v, want %+v (data aside)", st, want)
+	}
+	// The sparse file holds one block of data, the others all theirs.
+	if st.DataBytes < 10000+5+4096 || st.DataBytes > 10000+5+4*4096 {
+		t.Fatalf("Measure's data = %d bytes, want about %d", st.DataBytes, 10000+5+4096)
+	}
+	if _, err := Measure(filepath.Join(dir, "none")); err == nil {
+		t.Fatal("Measure of a missing tree succeeded")
 	}
 }

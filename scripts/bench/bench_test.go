@@ -130,3 +130,41 @@ func TestAgentsNeedNoRestic(t *testing.T) {
 		t.Fatalf("agents stopped for restic: %v", err)
 	}
 }
+
+// TestTreeRefusals: -tree measures an existing tree in place, so it
+// refuses what would mutate or swallow it before any work starts: an
+// incremental phase asked for by name, a tree holding the work directory,
+// an empty or missing directory, and many agents.
+func TestTreeRefusals(t *testing.T) {
+	tree := t.TempDir()
+	if err := os.WriteFile(filepath.Join(tree, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	empty := t.TempDir()
+	run1 := func(extra ...string) error {
+		args := append([]string{"-bin", t.TempDir(), "-work", t.TempDir(), "-out", filepath.Join(t.TempDir(), "r.json"), "-warm"}, extra...)
+		var out strings.Builder
+		return run(context.Background(), args, &out, &out)
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"incremental asked for", []string{"-tree", tree, "-phases", "initial,incremental"}, "incremental phase mutates"},
+		{"work directory inside", []string{"-tree", tree, "-work", filepath.Join(tree, "work")}, "holds the work directory"},
+		{"empty", []string{"-tree", empty}, "is empty"},
+		{"missing", []string{"-tree", filepath.Join(empty, "none")}, "no such file"},
+		{"many agents", []string{"-tree", tree, "-agents", "2"}, "-agents"},
+		// The incremental phase is left out when -phases is not given;
+		// the run then stops at the missing programs.
+		{"default phases", []string{"-tree", tree}, "run make build first"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := run1(tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("run %q: %v, want an error saying %q", tt.args, err, tt.want)
+			}
+		})
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -109,6 +110,7 @@ type results struct {
 	Host          map[string]string     `json:"host"`
 	Scale         float64               `json:"scale"`
 	Shape         string                `json:"shape"`
+	Tree          string                `json:"tree,omitempty"` // -tree: the existing tree measured instead of a generated corpus
 	NoSparse      bool                  `json:"no_sparse,omitempty"`
 	Seed          uint64                `json:"seed"`
 	Caches        string                `json:"caches"`
@@ -154,6 +156,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	noSparse := fs.Bool("no-sparse", false, "leave the sparse files out of the corpus, so holes do not decide the ratios")
 	phaseList := fs.String("phases", strings.Join(phases, ","), "phases to run, in their order (bench-scale: initial,no-change)")
 	summary := fs.Bool("summarize", false, "print the ratios of the results files given as arguments, one line per shape and phase, and exit")
+	treeDir := fs.String("tree", "", "instead of a generated corpus, back up this existing tree where it is (read only; the incremental phase, which mutates a generated corpus, is left out)")
 	agents := fs.Int("agents", 0, "instead of the phases: this many agents back up different trees (each -scale) into one vault at once, against one alone")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -171,6 +174,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if phases, err = selectPhases(*phaseList); err != nil {
 		return err
 	}
+	var tree string
+	if *treeDir != "" {
+		if tree, err = existingTree(*treeDir); err != nil {
+			return err
+		}
+		if *agents > 0 {
+			return fmt.Errorf("-tree and -agents: the many agents back up generated trees; give one of them")
+		}
+		if slices.Contains(phases, phaseIncremental) {
+			if !flagGiven(fs, "phases") {
+				phases = slices.DeleteFunc(phases, func(p string) bool { return p == phaseIncremental })
+			} else {
+				return fmt.Errorf("-tree: the incremental phase mutates a generated corpus and cannot run on %s; leave it out of -phases", tree)
+			}
+		}
+	}
 	if *runs < 1 {
 		return fmt.Errorf("-runs %d: give at least 1", *runs)
 	}
@@ -179,13 +198,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("resolve work dir: %w", err)
 	}
+	if tree != "" {
+		if r, err := filepath.Rel(tree, workDir); err == nil && r != ".." && !strings.HasPrefix(r, "../") {
+			return fmt.Errorf("-tree %s holds the work directory %s, where the stores and restores go; give -work outside it", tree, workDir)
+		}
+	}
 	binDir, err := filepath.Abs(*bin)
 	if err != nil {
 		return fmt.Errorf("resolve bin dir: %w", err)
 	}
 	b := &bench{
 		clk: clk, r: runner{clk: clk}, work: workDir, bin: binDir, only: *only, scale: *scale, seed: *seed,
-		shape: *shape, files: *files, noSparse: *noSparse,
+		shape: *shape, files: *files, noSparse: *noSparse, tree: tree,
 		logf: func(format string, a ...any) {
 			fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 		},
@@ -203,7 +227,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Shape: *shape, NoSparse: *noSparse, Host: hostInfo(b.restic), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
+	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Shape: *shape, NoSparse: *noSparse, Tree: tree, Host: hostInfo(b.restic), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
 	b.cold = !*warm
 	res.Caches = "cold: page caches dropped before every phase"
 	if b.cold {
@@ -262,6 +286,7 @@ type bench struct {
 	shape     string
 	files     int
 	noSparse  bool
+	tree      string // an existing tree measured in place of a generated corpus
 	cold      bool
 	freshFS   bool // restore into a fresh filesystem (restorefs.go)
 	logf      func(format string, a ...any)
@@ -300,20 +325,34 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 	if err := b.clean(); err != nil {
 		return err
 	}
-	corpusDir := filepath.Join(b.work, "corpus")
+	corpusDir, marker := filepath.Join(b.work, "corpus"), corpus.SourceDir
+	if b.tree != "" {
+		var err error
+		corpusDir = b.tree
+		if marker, err = firstEntry(b.tree); err != nil {
+			return err
+		}
+	}
 	var tools []tool
 	if b.only != "restic" {
-		tools = append(tools, &vaultnode{bin: b.bin, work: filepath.Join(b.work, "vaultnode"), corpus: corpusDir, r: b.r, clk: b.clk})
+		tools = append(tools, &vaultnode{bin: b.bin, work: filepath.Join(b.work, "vaultnode"), corpus: corpusDir, marker: marker, r: b.r, clk: b.clk})
 	}
 	if b.restic != "" {
 		tools = append(tools, &restic{bin: b.restic, work: filepath.Join(b.work, "restic"), corpus: corpusDir, r: b.r})
 	}
 
-	b.logf("generating the corpus (shape %s, scale %g, seed %d, no sparse %v) in %s", b.shape, b.scale, b.seed, b.noSparse, corpusDir)
 	t0 := b.clk.Now()
 	var err error
-	if res.Corpus, err = corpus.Generate(corpusDir, b.corpusOptions(b.seed)); err != nil {
-		return err
+	if b.tree != "" {
+		b.logf("measuring the tree %s", corpusDir)
+		if res.Corpus, err = corpus.Measure(corpusDir); err != nil {
+			return err
+		}
+	} else {
+		b.logf("generating the corpus (shape %s, scale %g, seed %d, no sparse %v) in %s", b.shape, b.scale, b.seed, b.noSparse, corpusDir)
+		if res.Corpus, err = corpus.Generate(corpusDir, b.corpusOptions(b.seed)); err != nil {
+			return err
+		}
 	}
 	res.CorpusSeconds = b.clk.Now().Sub(t0).Seconds()
 	b.logf("corpus: %d files, %s of data, %s apparent, in %.1f s", res.Corpus.Files, mb(res.Corpus.DataBytes), mb(res.Corpus.Bytes), res.CorpusSeconds)
@@ -423,6 +462,48 @@ func runOrder(n int, reversed bool) []int {
 
 func (b *bench) corpusOptions(seed uint64) corpus.Options {
 	return corpus.Options{Seed: seed, Scale: b.scale, Shape: b.shape, Files: b.files, NoSparse: b.noSparse}
+}
+
+// existingTree resolves -tree's directory: absolute, symbolic links
+// resolved (both tools record the path they are given), and a directory
+// with at least one entry, which the restore check looks for.
+func existingTree(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return "", fmt.Errorf("-tree %s: %w", dir, err)
+	}
+	if _, err := firstEntry(abs); err != nil {
+		return "", err
+	}
+	return abs, nil
+}
+
+// firstEntry is the name of one entry of the directory dir: the mark by
+// which a restore's copy of the tree is found under its target.
+func firstEntry(dir string) (string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return "", fmt.Errorf("-tree: %w", err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if len(names) == 0 {
+		if err == nil || errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("-tree %s: the directory is empty; give a tree to back up", dir)
+		}
+		return "", fmt.Errorf("-tree: %w", err)
+	}
+	return names[0], nil
+}
+
+// flagGiven reports whether the flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
 
 // selectPhases keeps the phases named in list (comma-separated), in their

@@ -63,7 +63,7 @@ func evaluate(r *results) []target {
 	}
 
 	initial := 3.0
-	if r.Shape == "small-files" {
+	if r.Shape == "small-files" && r.Tree == "" {
 		initial = 2
 	}
 	speed("initial backup throughput", phaseInitial, initial)
@@ -139,11 +139,16 @@ func mbCol(b int64) string { return fmt.Sprintf("%.1f", float64(b)/1e6) }
 
 func printReport(w io.Writer, r *results) {
 	c := r.Corpus
-	fmt.Fprintf(w, "\ncorpus: shape %s%s, scale %g seed %d: %d files (%d source-like, %d images, %d sparse), %d dirs; %s of data, %s apparent\n",
-		r.Shape, map[bool]string{true: " without sparse files"}[r.NoSparse], r.Scale, r.Seed, c.Files, c.SmallFiles, c.LargeFiles, c.SparseFiles, c.Dirs, mb(c.DataBytes), mb(c.Bytes))
-	m := r.Mutation
-	fmt.Fprintf(w, "mutation: %d files edited, %d insertions, %d append, %d hole write, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
-		m.FilesEdited, m.Insertions, m.Appends, m.HoleWrites, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
+	if r.Tree != "" {
+		fmt.Fprintf(w, "\ntree %s: %d files (%d sparse), %d dirs, %d symlinks; %s of data, %s apparent\n",
+			r.Tree, c.Files, c.SparseFiles, c.Dirs, c.Symlinks, mb(c.DataBytes), mb(c.Bytes))
+	} else {
+		fmt.Fprintf(w, "\ncorpus: shape %s%s, scale %g seed %d: %d files (%d source-like, %d images, %d sparse), %d dirs; %s of data, %s apparent\n",
+			r.Shape, map[bool]string{true: " without sparse files"}[r.NoSparse], r.Scale, r.Seed, c.Files, c.SmallFiles, c.LargeFiles, c.SparseFiles, c.Dirs, mb(c.DataBytes), mb(c.Bytes))
+		m := r.Mutation
+		fmt.Fprintf(w, "mutation: %d files edited, %d insertions, %d append, %d hole write, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
+			m.FilesEdited, m.Insertions, m.Appends, m.HoleWrites, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
+	}
 	fmt.Fprintf(w, "caches: %s\n", r.Caches)
 	if r.RestoreFS != "" {
 		fmt.Fprintf(w, "restores: %s\n", r.RestoreFS)

@@ -27,6 +27,9 @@ func summarize(w io.Writer, paths []string) error {
 		if r.NoSparse {
 			name += " (no sparse)"
 		}
+		if r.Tree != "" {
+			name = "tree " + r.Tree
+		}
 		for _, ph := range []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore} {
 			v, rs := r.find("vaultnode", ph), r.find("restic", ph)
 			if v == nil || rs == nil {

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"vaultnode/internal/clock"
-	"vaultnode/internal/corpus"
 )
 
 // vaultnode drives vaultd, vaultctl and vault-agent as README.md documents
@@ -29,6 +28,7 @@ type vaultnode struct {
 	bin    string // directory holding vaultd, vaultctl, vault-agent
 	work   string // working directory of this tool
 	corpus string // absolute path of the tree to protect
+	marker string // the name of an entry of the tree, by which a restore's copy is found
 	r      runner
 	clk    clock.Clock
 
@@ -251,8 +251,9 @@ func (t *vaultnode) Restore(ctx context.Context, dir string, res *phaseResult) (
 	})
 	// The contract does not say whether the configured path is recreated
 	// under the target: look for the tree in the likely places.
-	for _, root := range []string{dir, filepath.Join(dir, t.corpus), filepath.Join(dir, filepath.Base(t.corpus))} {
-		if _, serr := os.Lstat(filepath.Join(root, corpus.SourceDir)); serr == nil {
+	// The most specific place first: the mark is one entry's name.
+	for _, root := range []string{filepath.Join(dir, t.corpus), filepath.Join(dir, filepath.Base(t.corpus)), dir} {
+		if _, serr := os.Lstat(filepath.Join(root, t.marker)); serr == nil {
 			return root, err
 		}
 	}
