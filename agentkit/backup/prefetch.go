@@ -43,6 +43,7 @@ const (
 // calling statx again (docs/performance.md, "The walker's second statx").
 // The walker takes it only for the same directory inode.
 type readAhead struct {
+	at       []byte // the directory's path, as recorded: its place in tree order
 	dev, ino uint64
 	ents     map[string]unix.Statx_t
 	// names, when not nil, are all the directory's entries in byte order,
@@ -89,6 +90,11 @@ type prefetcher struct {
 	kept     int
 	walkerAt []byte
 	waiting  string
+	// byOrder holds what known holds, nearest to the walker first, so
+	// that the stats it has gone past are found at the front; an entry
+	// known no longer holds (taken, or kept again) is dropped when it
+	// reaches the front.
+	byOrder keptDirs
 }
 
 // take hands the walker, as it enters the directory at path (dev, ino),
@@ -122,56 +128,84 @@ func (p *prefetcher) take(path []byte, dev, ino uint64) dirAhead {
 }
 
 // dropPassed forgets the pending directories and the stats the walker
-// has gone past (directories it skipped). p.mu is held.
+// has gone past (directories it skipped). p.mu is held. Both are ordered
+// (docs/performance.md, "Real trees"): every reader
+// calls this each time it looks for work, and a scan of all the stats
+// kept took a tenth of an initial backup's CPU on a tree of small
+// directories.
 func (p *prefetcher) dropPassed() {
 	if p.walkerAt == nil {
 		return
 	}
-	for len(p.pending) > 0 && p.pending[0].path != p.waiting && tree.Compare([]byte(p.pending[0].path), p.walkerAt) <= 0 {
+	for len(p.pending) > 0 && p.pending[0].path != p.waiting && tree.Compare(p.pending[0].at, p.walkerAt) <= 0 {
 		heap.Pop(&p.pending)
 	}
-	if p.kept >= prefetchKept {
-		for k, old := range p.known {
-			if k != p.waiting && tree.Compare([]byte(k), p.walkerAt) <= 0 {
-				delete(p.known, k)
-				p.kept -= old.cost()
-			}
+	for len(p.byOrder) > 0 {
+		ra := p.byOrder[0]
+		live := p.known[string(ra.at)] == ra
+		if live && (string(ra.at) == p.waiting || tree.Compare(ra.at, p.walkerAt) > 0) {
+			return
+		}
+		heap.Pop(&p.byOrder)
+		if live {
+			delete(p.known, string(ra.at))
+			p.kept -= ra.cost()
 		}
 	}
 }
 
 // keep stores a directory's stats for the walker unless the walker has
 // entered it already and does not wait for it. p.mu is held.
-func (p *prefetcher) keep(path string, ra *readAhead) {
+func (p *prefetcher) keep(ra *readAhead) {
+	path := string(ra.at)
 	if path != p.waiting && p.walkerAt != nil && tree.Compare([]byte(path), p.walkerAt) <= 0 {
 		return
 	}
 	if p.known == nil {
 		p.known = map[string]*readAhead{}
 	}
+	if old := p.known[path]; old != nil {
+		p.kept -= old.cost()
+	}
 	p.known[path] = ra
 	p.kept += ra.cost()
+	heap.Push(&p.byOrder, ra)
 }
 
 type prefetchDir struct {
 	src  string // where it is read (a snapshot's copy of the tree, or the tree)
 	abs  string // the path the selection sees
 	path string // as recorded: rel(abs)
+	at   []byte // path, compared without a copy each time
 	dev  uint64 // the device of its root; 0 for a root, learnt when read
 }
 
 // pendingDirs is a heap of directories by tree order of their paths.
 type pendingDirs []prefetchDir
 
-func (h pendingDirs) Len() int { return len(h) }
-func (h pendingDirs) Less(i, j int) bool {
-	return tree.Compare([]byte(h[i].path), []byte(h[j].path)) < 0
-}
-func (h pendingDirs) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *pendingDirs) Push(x any)   { *h = append(*h, x.(prefetchDir)) }
+func (h pendingDirs) Len() int           { return len(h) }
+func (h pendingDirs) Less(i, j int) bool { return tree.Compare(h[i].at, h[j].at) < 0 }
+func (h pendingDirs) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *pendingDirs) Push(x any)        { *h = append(*h, x.(prefetchDir)) }
 func (h *pendingDirs) Pop() any {
 	old := *h
 	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// keptDirs is a heap of the stats read ahead by tree order of their
+// directories.
+type keptDirs []*readAhead
+
+func (h keptDirs) Len() int           { return len(h) }
+func (h keptDirs) Less(i, j int) bool { return tree.Compare(h[i].at, h[j].at) < 0 }
+func (h keptDirs) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *keptDirs) Push(x any)        { *h = append(*h, x.(*readAhead)) }
+func (h *keptDirs) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	return x
 }
@@ -183,6 +217,7 @@ func startPrefetch(ctx context.Context, sel *selection.Selection, roots []prefet
 	p = &prefetcher{ctx: ctx, sel: sel, reading: map[string]bool{}}
 	for _, r := range roots {
 		r.path = rel(r.abs)
+		r.at = []byte(r.path)
 		heap.Push(&p.pending, r)
 	}
 	p.cond = sync.NewCond(&p.mu)
@@ -246,7 +281,7 @@ func (p *prefetcher) reader() {
 		p.busy--
 		delete(p.reading, d.path)
 		if ra != nil {
-			p.keep(d.path, ra)
+			p.keep(ra)
 		}
 		for _, s := range subs[:min(len(subs), max(0, prefetchPending-len(p.pending)))] {
 			heap.Push(&p.pending, s)
@@ -272,7 +307,7 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 	if d.dev == 0 {
 		d.dev = st.Dev
 	}
-	ra := &readAhead{dev: st.Dev, ino: st.Ino, ents: map[string]unix.Statx_t{}}
+	ra := &readAhead{at: d.at, dev: st.Dev, ino: st.Ino, ents: map[string]unix.Statx_t{}}
 	var subs []prefetchDir
 	var names []string
 	complete := true // every entry listed is in ra.ents
@@ -306,12 +341,13 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 			if ex, _ := p.sel.Excluded(abs); ex {
 				continue
 			}
-			subs = append(subs, prefetchDir{src: d.src + "/" + e.Name(), abs: abs, path: rel(abs), dev: d.dev})
+			path := rel(abs)
+			subs = append(subs, prefetchDir{src: d.src + "/" + e.Name(), abs: abs, path: path, at: []byte(path), dev: d.dev})
 		}
 		if err != nil || len(ents) == 0 {
 			// The first subdirectories in tree order are the ones the
 			// walker enters soonest: they are kept when not all fit.
-			slices.SortFunc(subs, func(a, b prefetchDir) int { return tree.Compare([]byte(a.path), []byte(b.path)) })
+			slices.SortFunc(subs, func(a, b prefetchDir) int { return tree.Compare(a.at, b.at) })
 			if errors.Is(err, io.EOF) || (err == nil && len(ents) == 0) {
 				if complete {
 					slices.Sort(names) // bytewise, as tree order wants

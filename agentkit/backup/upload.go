@@ -201,12 +201,23 @@ func (u *uploader) lack(ctx context.Context, batch []*chunk) error {
 // compressor compresses lacking chunks. The compressed payload is smaller
 // than the plain copy, over whose front it is copied.
 func (u *uploader) compressor(ctx context.Context) error {
+	// scratch receives each payload before it is copied over its plain
+	// copy. It is as long as the longest chunk yet: a zstd frame is
+	// appended to it piece by piece, and a small chunk's S2 block, made in
+	// a buffer of its own when scratch was shorter, would otherwise have
+	// replaced it, so that a file tree mixing small and large files grew
+	// it again for every large chunk.
 	var scratch []byte
 	for c := range u.comp {
+		if cap(scratch) < len(c.data) {
+			scratch = make([]byte, 0, len(c.data))
+		}
 		payload, flags := wire.Compress(scratch, c.data)
 		if flags != 0 {
 			c.payload, c.flags, c.data = c.data[:copy(c.data, payload)], flags, nil
-			scratch = payload
+			if cap(payload) > cap(scratch) {
+				scratch = payload
+			}
 		} else {
 			c.payload = c.data
 		}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,7 +151,7 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := &prefetcher{}
-		p.keep(dirPath, &readAhead{dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, ents: ents, names: names})
+		p.keep(&readAhead{at: []byte(dirPath), dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, ents: ents, names: names})
 		order, work := make(chan []*item, 100), make(chan *item, 100)
 		w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}},
 			order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir(), pf: p}
@@ -213,30 +215,50 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 }
 
 // Stats of a directory the walker has entered already are not kept, unless
-// it waits for them; those of directories it went past are dropped when the
-// stats kept reach prefetchKept.
+// it waits for them; those of directories it went past are dropped, in
+// tree order, the next time a reader looks for work. Stats kept again for
+// the same directory replace the first.
 func TestReadAheadKeep(t *testing.T) {
 	p := &prefetcher{}
-	ents := func(n int) *readAhead {
-		ra := &readAhead{ents: map[string]unix.Statx_t{}}
+	ents := func(path string, n int) *readAhead {
+		ra := &readAhead{at: []byte(path), ents: map[string]unix.Statx_t{}}
 		for i := range n {
 			ra.ents[string(rune(0x100+i))] = unix.Statx_t{}
 		}
 		return ra
 	}
-	p.keep("r/b", ents(1))
-	p.take([]byte("r/c"), 0, 0)
-	p.keep("r/a", ents(1)) // behind the walker
-	p.keep("r/c", ents(1)) // entered
-	if _, ok := p.known["r/a"]; ok || len(p.known) != 1 {
-		t.Fatalf("kept %v, want only r/b", p.known)
+	p.keep(ents("r/b", 1))
+	p.keep(ents("r/b/x", 2))
+	p.keep(ents("r/d", 3))
+	p.keep(ents("r/d", 4)) // read again: replaces the first
+	if p.kept != 2+3+5 {
+		t.Fatalf("kept %d stats, want 10", p.kept)
 	}
-	p.keep("r/e", ents(prefetchKept))
+	p.take([]byte("r/c"), 0, 0)
+	p.keep(ents("r/a", 1)) // behind the walker
+	p.keep(ents("r/c", 1)) // entered
+	if len(p.known) != 3 {
+		t.Fatalf("kept %v, want r/b, r/b/x and r/d", p.known)
+	}
+	p.keep(ents("r/e", prefetchKept))
 	p.mu.Lock()
 	p.dropPassed()
 	p.mu.Unlock()
-	if _, ok := p.known["r/b"]; ok || p.kept != prefetchKept+1 {
-		t.Fatalf("kept %d stats in %v, want only r/e's %d", p.kept, len(p.known), prefetchKept+1)
+	_, b := p.known["r/b"]
+	_, bx := p.known["r/b/x"]
+	if b || bx || len(p.known) != 2 || p.kept != 5+prefetchKept+1 {
+		t.Fatalf("kept %d stats in %d directories, want r/d's 5 and r/e's %d", p.kept, len(p.known), prefetchKept+1)
+	}
+	if len(p.byOrder) != 3 { // r/d twice (one of them dropped when it is first), r/e
+		t.Fatalf("%d stats in tree order, want 3", len(p.byOrder))
+	}
+	p.take([]byte("r/d"), 0, 0) // dev and ino differ: not handed over, but gone
+	p.take([]byte("r/f"), 0, 0)
+	p.mu.Lock()
+	p.dropPassed()
+	p.mu.Unlock()
+	if len(p.known) != 0 || p.kept != 0 || len(p.byOrder) != 0 {
+		t.Fatalf("after the walker passed everything: %d directories, %d stats, %d in order", len(p.known), p.kept, len(p.byOrder))
 	}
 }
 
@@ -248,7 +270,7 @@ func TestReadAheadOrderAndWait(t *testing.T) {
 	p := &prefetcher{reading: map[string]bool{}}
 	p.cond = sync.NewCond(&p.mu)
 	for _, d := range []string{"r/b/x", "r/a", "r/b", "r/c"} {
-		heap.Push(&p.pending, prefetchDir{path: d})
+		heap.Push(&p.pending, prefetchDir{path: d, at: []byte(d)})
 	}
 	p.mu.Lock()
 	for _, want := range []string{"r/a", "r/b"} {
@@ -275,7 +297,7 @@ func TestReadAheadOrderAndWait(t *testing.T) {
 		p.cond.Wait()
 	}
 	delete(p.reading, "r/d")
-	p.keep("r/d", &readAhead{dev: 1, ino: 2, ents: map[string]unix.Statx_t{"f": {Ino: 7}}})
+	p.keep(&readAhead{at: []byte("r/d"), dev: 1, ino: 2, ents: map[string]unix.Statx_t{"f": {Ino: 7}}})
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	if ents := <-got; ents["f"].Ino != 7 {
@@ -332,5 +354,71 @@ func TestWalkWithReadAhead(t *testing.T) {
 	}
 	if w.pf.kept != 0 || len(w.pf.known) != 0 {
 		t.Errorf("the walk left %d stats of %d directories behind", w.pf.kept, len(w.pf.known))
+	}
+}
+
+// A pseudo filesystem mounted in the tree is left out even where the
+// walker has already learnt its device, and the real directories around
+// it are walked: the walker asks each device's type once.
+func TestWalkSkipsPseudoFilesystems(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	root := t.TempDir()
+	for _, d := range []string{"a", "p1", "p2", "z/p3", "z/y"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// p1 and z/p3 are the same sysfs (one superblock per network
+	// namespace): z/p3 is found by its device alone. p2 is proc.
+	for _, m := range []struct{ dir, fs string }{{"p1", "sysfs"}, {"p2", "proc"}, {"z/p3", "sysfs"}} {
+		dir := filepath.Join(root, m.dir)
+		if err := unix.Mount(m.fs, dir, m.fs, unix.MS_RDONLY, ""); err != nil {
+			t.Skipf("mount %s: %v", m.fs, err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	}
+	sel, err := selection.New(selection.Options{StatePath: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A walker that went into sysfs or proc would read on for long: the
+	// channels are drained as it goes and a deadline ends it.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	order, work := make(chan []*item), make(chan *item)
+	w := &walker{ctx: ctx, sel: sel, cfg: wire.Config{Paths: []string{root}, CrossMounts: true},
+		order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir()}
+	var got []string
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for batch := range order {
+			for _, it := range batch {
+				if len(got) < 100 {
+					got = append(got, strings.TrimPrefix(string(it.node.Path), root[1:]))
+				}
+			}
+		}
+	}()
+	go func() {
+		for it := range work {
+			it.closeFile()
+		}
+	}()
+	err = w.run()
+	close(order)
+	close(work)
+	<-drained
+	if err != nil {
+		t.Fatalf("walk: %v (walked %q)", err, got)
+	}
+	want := []string{"", "/a", "/z", "/z/y"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("walked %q, want %q", got, want)
+	}
+	if len(w.pseudo) != 3 { // the tree's device, sysfs's and proc's
+		t.Fatalf("asked %d devices' type, want 3: %v", len(w.pseudo), w.pseudo)
 	}
 }
