@@ -46,7 +46,7 @@ bench-pair: build ## a pair of vaults and a witness against a single vault: back
 bench-scale: build ## back up 10 million small files (SCALE_FILES): peak memory, no-change backup and commit times
 	@bash scripts/bench.sh scale
 
-bench-tree: build ## the benchmark on a tree of yours instead of generated data: make bench-tree TREE=/srv/data (read only; no incremental phase)
+bench-tree: build ## the benchmark on a tree of yours instead of generated data: make bench-tree TREE=/srv/data (read only; TREE_FLAGS="-phases initial,incremental,no-change,restore" works on a copy)
 	@bash scripts/bench.sh tree
 
 image: ## build the appliance image out/image/{vmlinux,initramfs.cpio} (reproducible)

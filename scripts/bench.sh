@@ -5,7 +5,7 @@
 #                                       # every part at a small scale, to try it quickly
 #   make bench BENCH_SHAPES="small-files" BENCH_FLAGS="-files 100000"
 #   make bench-scale SCALE_FILES=1000000 # the scale run (10 million files by default)
-#   make bench-tree TREE=/srv/data      # initial, no-change and restore of a tree of yours
+#   make bench-tree TREE=/srv/data      # initial, no-change and restore of a tree of yours (TREE_FLAGS)
 #   make bench-portal PORTAL_COMPUTERS=1000 # the portal part alone (10,000 computers by default)
 #   make bench BENCH_RAID=1             # also: backup throughput into a healthy, degraded and rebuilding RAID6 in QEMU
 #   make bench BENCH_NO_TAPE=1          # without the tape benchmark (tape job against dd, locate, in QEMU with tgt)
@@ -51,7 +51,9 @@ if [ "${1:-}" = "tree" ]; then
 	# make bench-tree TREE=DIR: the initial, no-change and restore phases on
 	# an existing tree of yours instead of a generated corpus, both tools
 	# backing it up where it is (read only). TREE_FLAGS adds bench flags
-	# (e.g. -runs 3).
+	# (e.g. -runs 3); naming the incremental phase in -phases makes them
+	# back up a copy in the work directory, changed before that phase
+	# (corpus.MutateTree).
 	if [ -z "${TREE:-}" ]; then
 		echo "bench: give the tree to measure: make bench-tree TREE=/some/dir" >&2
 		exit 2

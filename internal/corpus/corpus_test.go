@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -293,5 +294,93 @@ func TestMeasure(t *testing.T) {
 	}
 	if _, err := Measure(filepath.Join(dir, "none")); err == nil {
 		t.Fatal("Measure of a missing tree succeeded")
+	}
+}
+
+// TestMutateTree changes a tree it did not generate: the same seed on two
+// copies gives the same result, and the changes are those it reports.
+func TestMutateTree(t *testing.T) {
+	mk := func() string {
+		dir := t.TempDir()
+		for d := range 10 {
+			sub := filepath.Join(dir, "d"+strconv.Itoa(d))
+			if err := os.MkdirAll(sub, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for f := range 30 {
+				b := bytes.Repeat([]byte("line "+strconv.Itoa(d*100+f)+"\n"), 50+f)
+				p := filepath.Join(sub, "f"+strconv.Itoa(f))
+				if err := os.WriteFile(p, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chtimes(p, BaseTime, BaseTime); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return dir
+	}
+	a, b := mk(), mk()
+	before, err := Manifest(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, err := MutateTree(a, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := MutateTree(b, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sa != sb {
+		t.Fatalf("two copies mutated differently: %+v and %+v", sa, sb)
+	}
+	// 300 files: 1 % is 3 edits, 300/120 rounds to 3 added and deleted.
+	if sa.FilesEdited != 3 || sa.Added != 3 || sa.Deleted != 3 || sa.DirsRenamed != 1 || sa.Edits != 6 {
+		t.Fatalf("stats %+v", sa)
+	}
+	ma, err := Manifest(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := Manifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(ma, mb); d != "" {
+		t.Fatalf("two copies differ after the same mutation:\n%s", d)
+	}
+	// Every change is one the stats count: grown files, added, gone, and
+	// the renamed directory's files under their new name.
+	from, to, _ := strings.Cut(sa.RenamedDir, " -> ")
+	old := map[string]Entry{}
+	for _, e := range before {
+		old[e.Path] = e
+	}
+	var grown, added, added2 int
+	var growth int64
+	for _, e := range ma {
+		p := e.Path
+		if rest, ok := strings.CutPrefix(p, to); ok {
+			p = from + rest
+		}
+		o, ok := old[p]
+		delete(old, p)
+		switch {
+		case !ok && strings.Contains(p, "added_7_"):
+			added++
+			added2 += int(e.Size)
+		case !ok:
+			t.Fatalf("%s appeared", e.Path)
+		case e.Mode.IsRegular() && e.Size != o.Size:
+			grown++
+			growth += e.Size - o.Size
+		case e.Mode.IsRegular() && e.Digest != o.Digest:
+			t.Fatalf("%s changed but kept its size", e.Path)
+		}
+	}
+	if grown != 3 || added != 3 || len(old) != 3 || growth+int64(added2) != sa.BytesChanged {
+		t.Fatalf("grown %d (+%d B), added %d (%d B), gone %d; stats %+v", grown, growth, added, added2, len(old), sa)
 	}
 }

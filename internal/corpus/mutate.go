@@ -322,3 +322,130 @@ func writeIntoHole(path string, data []byte, mtime time.Time) (int64, error) {
 	}
 	return 0, nil
 }
+
+// MutateTree changes any tree, a copy the caller may change, as Mutate
+// changes a generated one but without knowing its layout, so that an
+// incremental backup can be measured on data the generator does not make:
+//   - an insertion of 64 bytes to 4 KiB of random bytes at a random place
+//     in the middle fifth of 1 % of the regular files (at least one),
+//     shifting what follows, as an edit does;
+//   - new files of text (one for every 120 files, 1 to 50) in random
+//     directories, and as many files deleted (never an edited one);
+//   - one directory renamed, its files unchanged.
+//
+// Files are chosen by seed among the tree's regular files in walk order, so
+// the same tree and seed give the same result. Empty files, and files or
+// directories this process may not change, are passed over.
+func MutateTree(dir string, seed uint64) (MutationStats, error) {
+	r := rand.New(rand.NewPCG(seed, 0x74726565))
+	var st MutationStats
+	var tick int
+	now := func() time.Time {
+		tick++
+		return MutationTime.Add(time.Duration(tick) * time.Second)
+	}
+	var files, dirs []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == dir {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case d.Type().IsRegular():
+			files = append(files, rel)
+		case d.IsDir():
+			dirs = append(dirs, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("mutate tree: %w", err)
+	}
+	if len(files) < 2 || len(dirs) == 0 {
+		return st, fmt.Errorf("mutate tree: %s needs at least two files and a directory", dir)
+	}
+
+	perm := r.Perm(len(files))
+	nEdit := max(1, int(math.Round(float64(len(files))*0.01)))
+	edited := map[int]bool{}
+	for _, i := range perm {
+		if len(edited) == nEdit {
+			break
+		}
+		p := filepath.Join(dir, files[i])
+		if fi, err := os.Lstat(p); err != nil || fi.Size() == 0 {
+			continue
+		}
+		data := make([]byte, 64+r.IntN(4033))
+		fillRandom(data, r.Uint64())
+		n, err := insertMiddle(p, data, r, now())
+		if errors.Is(err, fs.ErrPermission) {
+			continue
+		}
+		if err != nil {
+			return st, err
+		}
+		edited[i] = true
+		st.FilesEdited++
+		st.BytesChanged += n
+	}
+
+	nAddDel := min(50, max(1, int(math.Round(float64(len(files))/120))))
+	g := textGen{r: r}
+	for i := range nAddDel {
+		b := g.sentence(nil, 8)
+		for want := 256 + r.IntN(16<<10); len(b) < want; {
+			b = g.sentence(b, 12)
+		}
+		p := filepath.Join(dir, dirs[r.IntN(len(dirs))], "added_"+strconv.FormatUint(seed, 10)+"_"+strconv.Itoa(i)+".txt")
+		err := os.WriteFile(p, b, 0o644)
+		if errors.Is(err, fs.ErrPermission) {
+			continue
+		}
+		if err != nil {
+			return st, fmt.Errorf("mutate tree: %w", err)
+		}
+		t := now()
+		if err := os.Chtimes(p, t, t); err != nil {
+			return st, fmt.Errorf("mutate tree: %w", err)
+		}
+		st.Added++
+		st.BytesChanged += int64(len(b))
+	}
+	for _, i := range perm {
+		if st.Deleted == nAddDel {
+			break
+		}
+		if edited[i] {
+			continue
+		}
+		err := os.Remove(filepath.Join(dir, files[i]))
+		if errors.Is(err, fs.ErrPermission) {
+			continue
+		}
+		if err != nil {
+			return st, fmt.Errorf("mutate tree: %w", err)
+		}
+		st.Deleted++
+	}
+
+	for _, k := range r.Perm(len(dirs)) {
+		from := dirs[k]
+		to := from + "_r" + strconv.FormatUint(seed, 10)
+		err := os.Rename(filepath.Join(dir, from), filepath.Join(dir, to))
+		if errors.Is(err, fs.ErrPermission) {
+			continue
+		}
+		if err != nil {
+			return st, fmt.Errorf("mutate tree: rename a directory: %w", err)
+		}
+		st.DirsRenamed = 1
+		st.RenamedDir = from + " -> " + to
+		break
+	}
+	st.Edits = st.FilesEdited + st.Added
+	return st, nil
+}

@@ -131,10 +131,9 @@ func TestAgentsNeedNoRestic(t *testing.T) {
 	}
 }
 
-// TestTreeRefusals: -tree measures an existing tree in place, so it
-// refuses what would mutate or swallow it before any work starts: an
-// incremental phase asked for by name, a tree holding the work directory,
-// an empty or missing directory, and many agents.
+// TestTreeRefusals: -tree measures an existing tree, so it refuses what
+// would swallow it before any work starts: a tree holding the work
+// directory, an empty or missing directory, and many agents.
 func TestTreeRefusals(t *testing.T) {
 	tree := t.TempDir()
 	if err := os.WriteFile(filepath.Join(tree, "f"), []byte("x"), 0o644); err != nil {
@@ -151,7 +150,6 @@ func TestTreeRefusals(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"incremental asked for", []string{"-tree", tree, "-phases", "initial,incremental"}, "incremental phase mutates"},
 		{"work directory inside", []string{"-tree", tree, "-work", filepath.Join(tree, "work")}, "holds the work directory"},
 		{"empty", []string{"-tree", empty}, "is empty"},
 		{"missing", []string{"-tree", filepath.Join(empty, "none")}, "no such file"},

@@ -156,7 +156,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	noSparse := fs.Bool("no-sparse", false, "leave the sparse files out of the corpus, so holes do not decide the ratios")
 	phaseList := fs.String("phases", strings.Join(phases, ","), "phases to run, in their order (bench-scale: initial,no-change)")
 	summary := fs.Bool("summarize", false, "print the ratios of the results files given as arguments, one line per shape and phase, and exit")
-	treeDir := fs.String("tree", "", "instead of a generated corpus, back up this existing tree where it is (read only; the incremental phase, which mutates a generated corpus, is left out)")
+	treeDir := fs.String("tree", "", "instead of a generated corpus, back up this existing tree where it is, read only (initial, no-change and restore); with the incremental phase named in -phases, a copy of it in the work directory, changed between the backups")
 	agents := fs.Int("agents", 0, "instead of the phases: this many agents back up different trees (each -scale) into one vault at once, against one alone")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -182,12 +182,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if *agents > 0 {
 			return fmt.Errorf("-tree and -agents: the many agents back up generated trees; give one of them")
 		}
-		if slices.Contains(phases, phaseIncremental) {
-			if !flagGiven(fs, "phases") {
-				phases = slices.DeleteFunc(phases, func(p string) bool { return p == phaseIncremental })
-			} else {
-				return fmt.Errorf("-tree: the incremental phase mutates a generated corpus and cannot run on %s; leave it out of -phases", tree)
-			}
+		if slices.Contains(phases, phaseIncremental) && !flagGiven(fs, "phases") {
+			// The tree is measured where it is unless the incremental
+			// phase, which changes it, is asked for by name.
+			phases = slices.DeleteFunc(phases, func(p string) bool { return p == phaseIncremental })
 		}
 	}
 	if *runs < 1 {
@@ -326,9 +324,12 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 		return err
 	}
 	corpusDir, marker := filepath.Join(b.work, "corpus"), corpus.SourceDir
+	copyTree := b.tree != "" && slices.Contains(phases, phaseIncremental)
 	if b.tree != "" {
 		var err error
-		corpusDir = b.tree
+		if !copyTree {
+			corpusDir = b.tree
+		}
 		if marker, err = firstEntry(b.tree); err != nil {
 			return err
 		}
@@ -344,6 +345,12 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 	t0 := b.clk.Now()
 	var err error
 	if b.tree != "" {
+		if copyTree {
+			b.logf("copying the tree %s into %s: the incremental phase changes it", b.tree, corpusDir)
+			if out, err := exec.CommandContext(ctx, "cp", "-a", b.tree+"/.", corpusDir).CombinedOutput(); err != nil {
+				return fmt.Errorf("copy the tree for the incremental phase: %w: %s", err, out)
+			}
+		}
 		b.logf("measuring the tree %s", corpusDir)
 		if res.Corpus, err = corpus.Measure(corpusDir); err != nil {
 			return err
@@ -381,7 +388,11 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 		switch ph {
 		case phaseIncremental:
 			b.logf("mutating the corpus")
-			if res.Mutation, err = corpus.Mutate(corpusDir, b.seed); err != nil {
+			mutate := corpus.Mutate
+			if b.tree != "" {
+				mutate = corpus.MutateTree
+			}
+			if res.Mutation, err = mutate(corpusDir, b.seed); err != nil {
 				return err
 			}
 		case phaseRestore:

@@ -142,6 +142,10 @@ func printReport(w io.Writer, r *results) {
 	if r.Tree != "" {
 		fmt.Fprintf(w, "\ntree %s: %d files (%d sparse), %d dirs, %d symlinks; %s of data, %s apparent\n",
 			r.Tree, c.Files, c.SparseFiles, c.Dirs, c.Symlinks, mb(c.DataBytes), mb(c.Bytes))
+		if m := r.Mutation; m.Edits > 0 {
+			fmt.Fprintf(w, "mutation of a copy: %d files with an insertion, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
+				m.FilesEdited, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
+		}
 	} else {
 		fmt.Fprintf(w, "\ncorpus: shape %s%s, scale %g seed %d: %d files (%d source-like, %d images, %d sparse), %d dirs; %s of data, %s apparent\n",
 			r.Shape, map[bool]string{true: " without sparse files"}[r.NoSparse], r.Scale, r.Seed, c.Files, c.SmallFiles, c.LargeFiles, c.SparseFiles, c.Dirs, mb(c.DataBytes), mb(c.Bytes))
