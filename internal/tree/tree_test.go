@@ -86,6 +86,62 @@ func randPath(r *rand.Rand) []byte {
 	return p
 }
 
+// compareByComponents is tree order as its definition says, component by
+// component: the reference Compare's byte scan must agree with.
+func compareByComponents(a, b []byte) int {
+	if bytes.Equal(a, b) {
+		return 0
+	}
+	if string(a) == "." {
+		return -1
+	}
+	if string(b) == "." {
+		return 1
+	}
+	for {
+		ia, ib := bytes.IndexByte(a, '/'), bytes.IndexByte(b, '/')
+		ca, cb := a, b
+		if ia >= 0 {
+			ca = a[:ia]
+		}
+		if ib >= 0 {
+			cb = b[:ib]
+		}
+		if c := bytes.Compare(ca, cb); c != 0 {
+			return c
+		}
+		switch {
+		case ia < 0 && ib < 0:
+			return 0
+		case ia < 0:
+			return -1
+		case ib < 0:
+			return 1
+		}
+		a, b = a[ia+1:], b[ib+1:]
+	}
+}
+
+// TestCompareAgreesWithComponents: Compare's scan of bytes orders every
+// pair of paths as comparing their components one by one does, on short
+// paths over bytes on both sides of '/' and on long ones that differ late.
+func TestCompareAgreesWithComponents(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	long := func() []byte {
+		p := []byte("github.com/envoyproxy/go-control-plane/envoy@v1.32.4/config/")
+		return append(p, randPath(r)...)
+	}
+	for i := 0; i < 300000; i++ {
+		a, b := randPath(r), randPath(r)
+		if i%2 == 1 {
+			a, b = long(), long()
+		}
+		if got, want := sign(tree.Compare(a, b)), sign(compareByComponents(a, b)); got != want {
+			t.Fatalf("Compare(%q, %q) = %d, by components %d", a, b, got, want)
+		}
+	}
+}
+
 // TestCompareProperties checks that Compare is a total order: antisymmetric,
 // transitive, consistent with equality, with every directory before its
 // contents and the root first.
