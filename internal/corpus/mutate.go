@@ -45,11 +45,7 @@ var MutationTime = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 func Mutate(dir string, seed uint64) (MutationStats, error) {
 	r := rand.New(rand.NewPCG(seed, 0x6d7574617465))
 	var st MutationStats
-	var tick int
-	now := func() time.Time {
-		tick++
-		return MutationTime.Add(time.Duration(tick) * time.Second)
-	}
+	now := mutationClock()
 
 	var files, pkgDirs []string
 	src := filepath.Join(dir, SourceDir)
@@ -168,6 +164,16 @@ func Mutate(dir string, seed uint64) (MutationStats, error) {
 
 	st.Edits = st.FilesEdited + st.Insertions + st.Appends + st.HoleWrites + st.Added
 	return st, nil
+}
+
+// mutationClock returns the times a mutation gives what it touches, in
+// turn: MutationTime plus one second, two, and so on.
+func mutationClock() func() time.Time {
+	var tick int
+	return func() time.Time {
+		tick++
+		return MutationTime.Add(time.Duration(tick) * time.Second)
+	}
 }
 
 func fillRandom(b []byte, stream uint64) {
@@ -339,11 +345,7 @@ func writeIntoHole(path string, data []byte, mtime time.Time) (int64, error) {
 func MutateTree(dir string, seed uint64) (MutationStats, error) {
 	r := rand.New(rand.NewPCG(seed, 0x74726565))
 	var st MutationStats
-	var tick int
-	now := func() time.Time {
-		tick++
-		return MutationTime.Add(time.Duration(tick) * time.Second)
-	}
+	now := mutationClock()
 	var files, dirs []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
