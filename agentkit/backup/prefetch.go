@@ -158,7 +158,7 @@ func (p *prefetcher) dropPassed() {
 // entered it already and does not wait for it. p.mu is held.
 func (p *prefetcher) keep(ra *readAhead) {
 	path := string(ra.at)
-	if path != p.waiting && p.walkerAt != nil && tree.Compare([]byte(path), p.walkerAt) <= 0 {
+	if path != p.waiting && p.walkerAt != nil && tree.Compare(ra.at, p.walkerAt) <= 0 {
 		return
 	}
 	if p.known == nil {
