@@ -174,9 +174,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if phases, err = selectPhases(*phaseList); err != nil {
 		return err
 	}
-	var tree string
+	var tree, treeMark string
 	if *treeDir != "" {
-		if tree, err = existingTree(*treeDir); err != nil {
+		if tree, treeMark, err = existingTree(*treeDir); err != nil {
 			return err
 		}
 		if *agents > 0 {
@@ -207,7 +207,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	b := &bench{
 		clk: clk, r: runner{clk: clk}, work: workDir, bin: binDir, only: *only, scale: *scale, seed: *seed,
-		shape: *shape, files: *files, noSparse: *noSparse, tree: tree,
+		shape: *shape, files: *files, noSparse: *noSparse, tree: tree, treeMark: treeMark,
 		logf: func(format string, a ...any) {
 			fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 		},
@@ -285,6 +285,7 @@ type bench struct {
 	files     int
 	noSparse  bool
 	tree      string // an existing tree measured in place of a generated corpus
+	treeMark  string // the name of one of tree's entries (firstEntry)
 	cold      bool
 	freshFS   bool // restore into a fresh filesystem (restorefs.go)
 	logf      func(format string, a ...any)
@@ -326,12 +327,9 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 	corpusDir, marker := filepath.Join(b.work, "corpus"), corpus.SourceDir
 	copyTree := b.tree != "" && slices.Contains(phases, phaseIncremental)
 	if b.tree != "" {
-		var err error
+		marker = b.treeMark
 		if !copyTree {
 			corpusDir = b.tree
-		}
-		if marker, err = firstEntry(b.tree); err != nil {
-			return err
 		}
 	}
 	var tools []tool
@@ -477,19 +475,20 @@ func (b *bench) corpusOptions(seed uint64) corpus.Options {
 
 // existingTree resolves -tree's directory: absolute, symbolic links
 // resolved (both tools record the path they are given), and a directory
-// with at least one entry, which the restore check looks for.
-func existingTree(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
+// with at least one entry, whose name it returns as the mark the restore
+// check looks for.
+func existingTree(dir string) (abs, mark string, err error) {
+	abs, err = filepath.Abs(dir)
 	if err == nil {
 		abs, err = filepath.EvalSymlinks(abs)
 	}
 	if err != nil {
-		return "", fmt.Errorf("-tree %s: %w", dir, err)
+		return "", "", fmt.Errorf("-tree %s: %w", dir, err)
 	}
-	if _, err := firstEntry(abs); err != nil {
-		return "", err
+	if mark, err = firstEntry(abs); err != nil {
+		return "", "", err
 	}
-	return abs, nil
+	return abs, mark, nil
 }
 
 // firstEntry is the name of one entry of the directory dir: the mark by
