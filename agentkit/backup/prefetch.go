@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -45,22 +46,71 @@ const (
 type readAhead struct {
 	at       []byte // the directory's path, as recorded: its place in tree order
 	dev, ino uint64
-	ents     map[string]unix.Statx_t
-	// names, when not nil, are all the directory's entries in byte order,
-	// every one of them stat'ed into ents: the walker lists the directory
-	// no second time (docs/performance.md, "The walker's names from the
-	// read-ahead").
-	names []string
+	dirAhead
 }
 
 // cost is what a read-ahead counts against prefetchKept: its stats, and
 // one for the directory itself so that empty ones are bounded too.
-func (ra *readAhead) cost() int { return len(ra.ents) + 1 }
+func (ra *readAhead) cost() int { return len(ra.stats) + 1 }
 
-// dirAhead is what take hands the walker of one directory.
+// dirAhead is what take hands the walker of one directory: the entries
+// stat'ed, in byte order, each with its stat. They are slices, not a map:
+// a map's values of 256 bytes are each allocated apart, and the walker
+// asks for the names in byte order anyway, so it finds each one by moving
+// a cursor (docs/performance.md, item 64).
 type dirAhead struct {
-	ents  map[string]unix.Statx_t
-	names []string // nil: the walker lists the directory itself
+	names []string
+	stats []unix.Statx_t // in the order listed
+	// order[i] is the index in stats of names[i]'s; nil when they are in
+	// the same order.
+	order []int32
+	// whole: names are all the directory's entries, every one of them
+	// stat'ed; the walker lists the directory no second time
+	// (docs/performance.md, "The walker's names from the read-ahead").
+	whole bool
+}
+
+// sortedAhead returns the entries stat'ed, names[i] with stats[i] in the
+// order listed, with the names sorted (bytewise, as tree order wants).
+// The stats stay where they are.
+func sortedAhead(names []string, stats []unix.Statx_t, whole bool) dirAhead {
+	d := dirAhead{names: names, stats: stats, whole: whole}
+	if slices.IsSorted(names) {
+		return d
+	}
+	d.order = make([]int32, len(names))
+	for i := range d.order {
+		d.order[i] = int32(i)
+	}
+	slices.SortFunc(d.order, func(a, b int32) int { return strings.Compare(names[a], names[b]) })
+	d.names = make([]string, len(names))
+	for i, j := range d.order {
+		d.names[i] = names[j]
+	}
+	return d
+}
+
+// find returns the stat of name, if it was read ahead. Asked in byte
+// order, it looks on from where the last call stopped (*at, 0 at first).
+func (d *dirAhead) find(name string, at *int) (*unix.Statx_t, bool) {
+	i := *at
+	for i < len(d.names) && d.names[i] < name {
+		i++
+	}
+	*at = i
+	if i == len(d.names) || d.names[i] != name {
+		return nil, false
+	}
+	if d.order != nil {
+		return &d.stats[d.order[i]], true
+	}
+	return &d.stats[i], true
+}
+
+// has reports whether name was read ahead, wherever it falls.
+func (d *dirAhead) has(name string) bool {
+	_, ok := slices.BinarySearch(d.names, name)
+	return ok
 }
 
 // prefetcher reads directories and stats their entries for the walker,
@@ -124,7 +174,7 @@ func (p *prefetcher) take(path []byte, dev, ino uint64) dirAhead {
 	if ra.dev != dev || ra.ino != ino {
 		return dirAhead{} // another directory now has that name
 	}
-	return dirAhead{ents: ra.ents, names: ra.names}
+	return ra.dirAhead
 }
 
 // dropPassed forgets the pending directories and the stats the walker
@@ -307,12 +357,15 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 	if d.dev == 0 {
 		d.dev = st.Dev
 	}
-	ra := &readAhead{at: d.at, dev: st.Dev, ino: st.Ino, ents: map[string]unix.Statx_t{}}
 	var subs []prefetchDir
 	var names []string
-	complete := true // every entry listed is in ra.ents
+	var stats []unix.Statx_t
+	complete := true // every entry listed is in names
 	for {
 		ents, err := f.ReadDir(256)
+		if n := min(len(ents), prefetchDirKept-len(names)); n > 0 {
+			names, stats = slices.Grow(names, n), slices.Grow(stats, n) // most directories: one allocation each
+		}
 		for _, e := range ents {
 			if p.ctx.Err() != nil {
 				return nil, nil
@@ -322,9 +375,9 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 				complete = false
 				continue
 			}
-			if len(ra.ents) < prefetchDirKept {
-				ra.ents[e.Name()] = stx
+			if len(names) < prefetchDirKept {
 				names = append(names, e.Name())
+				stats = append(stats, stx)
 			} else {
 				complete = false
 			}
@@ -349,14 +402,7 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 			// walker enters soonest: they are kept when not all fit.
 			slices.SortFunc(subs, func(a, b prefetchDir) int { return tree.Compare(a.at, b.at) })
 			if errors.Is(err, io.EOF) || (err == nil && len(ents) == 0) {
-				if complete {
-					slices.Sort(names) // bytewise, as tree order wants
-					if names == nil {
-						names = []string{} // empty, and known to be
-					}
-					ra.names = names
-				}
-				return ra, subs
+				return &readAhead{at: d.at, dev: st.Dev, ino: st.Ino, dirAhead: sortedAhead(names, stats, complete)}, subs
 			}
 			return nil, subs // unreadable: the walker reports it
 		}

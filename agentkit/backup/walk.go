@@ -409,9 +409,8 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	if w.pf != nil {
 		ahead = w.pf.take(n.Path, n.Dev, n.Ino)
 	}
-	known := ahead.ents
 	var names *names
-	if ahead.names != nil {
+	if ahead.whole {
 		// Read ahead whole: the same directory (dev, ino), listed and
 		// stat'ed moments ago, as if read now.
 		names = namesOf(ahead.names)
@@ -424,12 +423,13 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	if err := w.emit(n); err != nil {
 		return err
 	}
-	if _, listed := known[VaultMarker]; ahead.names == nil || listed {
+	if !ahead.whole || ahead.has(VaultMarker) {
 		var st unix.Stat_t
 		if unix.Fstatat(fd, VaultMarker, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 			return nil // this directory is a vault's data: only the directory itself is recorded
 		}
 	}
+	at := 0 // where ahead.find looks on from
 	for {
 		child, ok, err := names.next()
 		if err != nil {
@@ -458,8 +458,8 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 		}
 		var cn tree.Node
 		var op *meta.Opened
-		if stx, ok := known[child]; ok {
-			cn, op, err = meta.LstatOpenFrom(fd, child, prev, &stx)
+		if stx, ok := ahead.find(child, &at); ok {
+			cn, op, err = meta.LstatOpenFrom(fd, child, prev, stx)
 			if err != nil {
 				// Changed or replaced since it was read ahead: stat it now.
 				if op != nil {

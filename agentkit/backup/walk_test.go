@@ -5,6 +5,8 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -137,21 +139,26 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 		}
 	}
 	a := stat("a")
-	a.Mode = unix.S_IFREG | 0o600 // what only the read-ahead's stat says
-	ents := map[string]unix.Statx_t{"a": a, "b": stat("old-b")}
+	a.Mode = unix.S_IFREG | 0o600                               // what only the read-ahead's stat says
+	ents := map[string]unix.Statx_t{"a": a, "b": stat("old-b")} // in no order: sortedAhead sorts them
 	if err := os.Remove(filepath.Join(d, "old-b")); err != nil {
 		t.Fatal(err)
 	}
 	dst := stat(".")
 	dirPath := root[1:] + "/d"
-	var names []string // the read-ahead's whole listing, when set
+	whole := false // the read-ahead's listing is the whole directory
 	walk := func(ino uint64) map[string]tree.Node {
 		sel, err := selection.New(selection.Options{StatePath: t.TempDir()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		p := &prefetcher{}
-		p.keep(&readAhead{at: []byte(dirPath), dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, ents: ents, names: names})
+		var names []string
+		var stats []unix.Statx_t
+		for name, stx := range ents {
+			names, stats = append(names, name), append(stats, stx)
+		}
+		p.keep(&readAhead{at: []byte(dirPath), dev: unix.Mkdev(dst.Dev_major, dst.Dev_minor), ino: ino, dirAhead: sortedAhead(names, stats, whole)})
 		order, work := make(chan []*item, 100), make(chan *item, 100)
 		w := &walker{ctx: context.Background(), sel: sel, cfg: wire.Config{Paths: []string{root}},
 			order: order, work: work, stats: &Stats{}, links: map[[2]uint64][]byte{}, log: zap.NewNop(), spill: t.TempDir(), pf: p}
@@ -193,7 +200,7 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(d, "c"), []byte("c"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	names = []string{"a", "b"}
+	whole = true
 	if nodes = walk(dst.Ino); nodes[dirPath+"/a"].Mode != 0o600 || nodes[dirPath+"/b"].Type != tree.TypeFile {
 		t.Errorf("read ahead whole: a %+v b %+v, want both from the read-ahead", nodes[dirPath+"/a"], nodes[dirPath+"/b"])
 	}
@@ -208,10 +215,58 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	ents[VaultMarker] = stat(VaultMarker)
-	names = []string{VaultMarker, "a", "b"}
 	if nodes = walk(dst.Ino); len(nodes) != 2 || nodes[dirPath].Type != tree.TypeDir {
 		t.Errorf("a vault's directory read ahead whole: recorded %d objects, want the root and it, nothing in it", len(nodes))
 	}
+}
+
+// The stats of a directory read ahead, given in listing order, are sorted
+// with their names; the walker, asking for a superset of them in byte
+// order, finds each with its own stat and no other.
+func TestDirAheadFind(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	all := map[string]bool{}
+	for len(all) < 3000 {
+		b := make([]byte, 1+rng.IntN(12))
+		for i := range b {
+			b[i] = byte(1 + rng.IntN(255))
+			if b[i] == '/' {
+				b[i] = '.'
+			}
+		}
+		all[string(b)] = true
+	}
+	var names []string
+	var stats []unix.Statx_t
+	asked := slices.Sorted(maps.Keys(all))
+	for i, name := range asked {
+		if i%3 != 0 { // a third were not stat'ed ahead
+			names = append(names, name)
+			stats = append(stats, unix.Statx_t{Ino: uint64(i), Size: uint64(len(name))})
+		}
+	}
+	check := func(d dirAhead) {
+		t.Helper()
+		if !slices.IsSorted(d.names) || len(d.stats) != len(d.names) {
+			t.Fatalf("sortedAhead: %d names sorted %v, %d stats", len(d.names), slices.IsSorted(d.names), len(d.stats))
+		}
+		at := 0
+		for i, name := range asked {
+			stx, ok := d.find(name, &at)
+			if ok != (i%3 != 0) || ok && (stx.Ino != uint64(i) || stx.Size != uint64(len(name))) {
+				t.Fatalf("find(%q): %v %+v; want found %v with inode %d", name, ok, stx, i%3 != 0, i)
+			}
+			if d.has(name) != ok {
+				t.Fatalf("has(%q) = %v, find says %v", name, !ok, ok)
+			}
+		}
+	}
+	check(sortedAhead(names, stats, false)) // listed in order already
+	rng.Shuffle(len(names), func(i, j int) {
+		names[i], names[j] = names[j], names[i]
+		stats[i], stats[j] = stats[j], stats[i]
+	})
+	check(sortedAhead(names, stats, false))
 }
 
 // Stats of a directory the walker has entered already are not kept, unless
@@ -221,9 +276,10 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 func TestReadAheadKeep(t *testing.T) {
 	p := &prefetcher{}
 	ents := func(path string, n int) *readAhead {
-		ra := &readAhead{at: []byte(path), ents: map[string]unix.Statx_t{}}
+		ra := &readAhead{at: []byte(path)}
 		for i := range n {
-			ra.ents[string(rune(0x100+i))] = unix.Statx_t{}
+			ra.names = append(ra.names, string(rune(0x100+i)))
+			ra.stats = append(ra.stats, unix.Statx_t{})
 		}
 		return ra
 	}
@@ -290,17 +346,17 @@ func TestReadAheadOrderAndWait(t *testing.T) {
 	p.reading["r/d"] = true
 	p.mu.Unlock()
 
-	got := make(chan map[string]unix.Statx_t)
-	go func() { got <- p.take([]byte("r/d"), 1, 2).ents }()
+	got := make(chan dirAhead)
+	go func() { got <- p.take([]byte("r/d"), 1, 2) }()
 	p.mu.Lock()
 	for p.waiting != "r/d" {
 		p.cond.Wait()
 	}
 	delete(p.reading, "r/d")
-	p.keep(&readAhead{at: []byte("r/d"), dev: 1, ino: 2, ents: map[string]unix.Statx_t{"f": {Ino: 7}}})
+	p.keep(&readAhead{at: []byte("r/d"), dev: 1, ino: 2, dirAhead: dirAhead{names: []string{"f"}, stats: []unix.Statx_t{{Ino: 7}}}})
 	p.cond.Broadcast()
 	p.mu.Unlock()
-	if ents := <-got; ents["f"].Ino != 7 {
+	if ents := <-got; len(ents.stats) != 1 || ents.stats[0].Ino != 7 {
 		t.Fatalf("take of a directory being read: %v, want the reader's stats", ents)
 	}
 }
