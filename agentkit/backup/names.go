@@ -142,6 +142,11 @@ func (r *nameRun) next() (bool, error) {
 	return true, nil
 }
 
+// more reports whether more than k names are left to yield.
+func (n *names) more(k int) bool {
+	return n.files != nil || len(n.mem)-n.i > k
+}
+
 // next returns the next name, or false at the end.
 func (n *names) next() (string, bool, error) {
 	if n.files == nil {

@@ -35,7 +35,8 @@ const (
 	// unless the walker waits for that very directory.
 	prefetchKept = 4096
 	// prefetchDirKept bounds the stats kept of one directory; the walker
-	// stats the rest of a wider one itself (the inodes are cached by then).
+	// stats the rest of a wider one itself, several at once (statAhead),
+	// and the reader stats only its subdirectories past that bound.
 	prefetchDirKept = 1024
 )
 
@@ -369,6 +370,12 @@ func (p *prefetcher) read(d prefetchDir) (*readAhead, []prefetchDir) {
 		for _, e := range ents {
 			if p.ctx.Err() != nil {
 				return nil, nil
+			}
+			if len(names) >= prefetchDirKept && !e.IsDir() {
+				// Not kept: the walker stats the rest of a wide
+				// directory itself, several at once (statAhead).
+				complete = false
+				continue
 			}
 			var stx unix.Statx_t
 			if meta.Statx(fd, e.Name(), &stx) != nil {

@@ -429,9 +429,21 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 			return nil // this directory is a vault's data: only the directory itself is recorded
 		}
 	}
+	var wide *statAhead
+	if !ahead.whole && names.more(len(ahead.names)+statAheadMin) {
+		wide = startStatAhead(fd, names, ahead.has)
+		defer wide.close() // before names and d are closed
+	}
 	at := 0 // where ahead.find looks on from
 	for {
-		child, ok, err := names.next()
+		var child string
+		var stx *unix.Statx_t
+		var ok bool
+		if wide != nil {
+			child, stx, ok, err = wide.next()
+		} else {
+			child, ok, err = names.next()
+		}
 		if err != nil {
 			return fmt.Errorf("read directory %s: %w", abs, err)
 		}
@@ -458,7 +470,10 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 		}
 		var cn tree.Node
 		var op *meta.Opened
-		if stx, ok := ahead.find(child, &at); ok {
+		if stx == nil {
+			stx, _ = ahead.find(child, &at)
+		}
+		if stx != nil {
 			cn, op, err = meta.LstatOpenFrom(fd, child, prev, stx)
 			if err != nil {
 				// Changed or replaced since it was read ahead: stat it now.

@@ -381,6 +381,33 @@ func TestWalkWithReadAhead(t *testing.T) {
 		}
 		want++
 	}
+	// A directory wider than the read-ahead keeps, its names spilled in
+	// runs: the reader stats its subdirectories, the walker the rest a
+	// window ahead (statAhead). Each file's size tells its stat from
+	// another's.
+	defer func(n int) { spillAt = n }(spillAt)
+	spillAt = 700
+	wide := filepath.Join(root, "wide")
+	sizes := map[string]int64{}
+	if err := os.MkdirAll(wide, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range prefetchDirKept + 1500 {
+		name := fmt.Sprintf("w%05d", (i*7919)%100000)
+		if err := os.WriteFile(filepath.Join(wide, name), make([]byte, i%13), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sizes[name] = int64(i % 13)
+		want++
+		if i%1000 == 999 {
+			sub := filepath.Join(wide, fmt.Sprintf("sub%d", i))
+			if err := os.MkdirAll(filepath.Join(sub, "deeper"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			want += 2
+		}
+	}
+	want++ // wide
 	want++ // the root
 	sel, err := selection.New(selection.Options{StatePath: t.TempDir()})
 	if err != nil {
@@ -403,7 +430,13 @@ func TestWalkWithReadAhead(t *testing.T) {
 			}
 			last = it.node.Path
 			got++
+			if size, ok := sizes[filepath.Base(string(it.node.Path))]; ok && (it.node.Size != size || it.node.Status != tree.StatusOK) {
+				t.Fatalf("%s: size %d status %d, want %d: another entry's stat", it.node.Path, it.node.Size, it.node.Status, size)
+			}
 		}
+	}
+	for it := range work {
+		unix.Close(it.fd)
 	}
 	if got != want {
 		t.Errorf("recorded %d objects, want %d", got, want)
@@ -477,4 +510,54 @@ func TestWalkSkipsPseudoFilesystems(t *testing.T) {
 	if len(w.pseudo) != 3 { // the tree's device, sysfs's and proc's
 		t.Fatalf("asked %d devices' type, want 3: %v", len(w.pseudo), w.pseudo)
 	}
+}
+
+// statAhead yields every name of a directory in order, each with its own
+// stat except those skipped, and stops cleanly when closed midway.
+func TestStatAhead(t *testing.T) {
+	dir := t.TempDir()
+	const n = 3*statAheadWindow + 17
+	for i := range n {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%04d", i)), make([]byte, i), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func() (*os.File, *names) {
+		d, err := os.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := readNames(d, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, ns
+	}
+	d, ns := open()
+	skip := func(name string) bool { return strings.HasSuffix(name, "5") }
+	s := startStatAhead(int(d.Fd()), ns, skip)
+	for i := range n {
+		name, stx, ok, err := s.next()
+		if err != nil || !ok || name != fmt.Sprintf("f%04d", i) {
+			t.Fatalf("next: %q %v %v, want f%04d", name, ok, err, i)
+		}
+		if skip(name) != (stx == nil) || stx != nil && stx.Size != uint64(i) {
+			t.Fatalf("%s: stat %+v, want size %d (or none, skipped: %v)", name, stx, i, skip(name))
+		}
+	}
+	if name, _, ok, err := s.next(); ok || err != nil {
+		t.Fatalf("after the last name: %q %v %v", name, ok, err)
+	}
+	s.close()
+	ns.close()
+	d.Close()
+
+	d, ns = open() // closed after one name: the stats ahead stop
+	s = startStatAhead(int(d.Fd()), ns, func(string) bool { return false })
+	if _, _, ok, err := s.next(); !ok || err != nil {
+		t.Fatalf("first name: %v %v", ok, err)
+	}
+	s.close()
+	ns.close()
+	d.Close()
 }
