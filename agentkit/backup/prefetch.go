@@ -27,9 +27,12 @@ import (
 // thread, 0.40 s from four and 0.28 s from sixteen.
 const (
 	prefetchReaders = 8
-	// prefetchPending bounds the directories waiting to be read ahead; a
-	// subtree found when the queue is full is simply read cold.
-	prefetchPending = 16384
+	// prefetchPending bounds the directories waiting to be read ahead.
+	// Subdirectories found when the queue is full wait apart, up to
+	// prefetchOverflow of them, and join the queue as it empties; past
+	// that a subtree is simply read cold (docs/performance.md, item 66).
+	prefetchPending  = 16384
+	prefetchOverflow = 32768
 	// prefetchKept bounds the stats kept for the walker (256 bytes each):
 	// a reader starts no directory while that many wait for the walker,
 	// unless the walker waits for that very directory.
@@ -146,6 +149,11 @@ type prefetcher struct {
 	// known no longer holds (taken, or kept again) is dropped when it
 	// reaches the front.
 	byOrder keptDirs
+	// overflow holds, in tree order within each, the subdirectories found
+	// while pending was full (overflowed counts them all): they join
+	// pending as it empties.
+	overflow   [][]prefetchDir
+	overflowed int
 }
 
 // take hands the walker, as it enters the directory at path (dev, ino),
@@ -301,6 +309,7 @@ func (p *prefetcher) next() (prefetchDir, bool) {
 			return prefetchDir{}, false
 		}
 		p.dropPassed()
+		p.refill()
 		if len(p.pending) > 0 && (p.kept < prefetchKept || p.pending[0].path == p.waiting) {
 			return heap.Pop(&p.pending).(prefetchDir), true
 		}
@@ -334,10 +343,43 @@ func (p *prefetcher) reader() {
 		if ra != nil {
 			p.keep(ra)
 		}
-		for _, s := range subs[:min(len(subs), max(0, prefetchPending-len(p.pending)))] {
+		p.queue(subs)
+		p.cond.Broadcast()
+	}
+}
+
+// queue adds subs, a directory's subdirectories in tree order, to the
+// directories pending; those past prefetchPending wait in the overflow,
+// those past prefetchOverflow are left to the walker. p.mu is held.
+func (p *prefetcher) queue(subs []prefetchDir) {
+	n := min(len(subs), max(0, prefetchPending-len(p.pending)))
+	for _, s := range subs[:n] {
+		heap.Push(&p.pending, s)
+	}
+	rest := subs[n:min(len(subs), n+prefetchOverflow-p.overflowed)]
+	if len(rest) > 0 {
+		p.overflow = append(p.overflow, slices.Clone(rest)) // not the queued ones' array
+		p.overflowed += len(rest)
+	}
+}
+
+// refill moves directories from the overflow to pending once pending is
+// half empty, the first found first. p.mu is held.
+func (p *prefetcher) refill() {
+	for len(p.overflow) > 0 && len(p.pending) <= prefetchPending/2 {
+		first := p.overflow[0]
+		n := min(len(first), prefetchPending-len(p.pending))
+		for _, s := range first[:n] {
 			heap.Push(&p.pending, s)
 		}
-		p.cond.Broadcast()
+		p.overflowed -= n
+		clear(first[:n]) // their paths are pending's now
+		if n == len(first) {
+			p.overflow[0] = nil
+			p.overflow = p.overflow[1:]
+		} else {
+			p.overflow[0] = first[n:]
+		}
 	}
 }
 

@@ -561,3 +561,44 @@ func TestStatAhead(t *testing.T) {
 	ns.close()
 	d.Close()
 }
+
+// Subdirectories found while the pending queue is full wait in the
+// overflow and are all read in the end, in tree order as the queue
+// empties; past the overflow's bound they are left to the walker.
+func TestReadAheadOverflow(t *testing.T) {
+	p := &prefetcher{reading: map[string]bool{}}
+	p.cond = sync.NewCond(&p.mu)
+	dirs := func(parent string, n int) []prefetchDir {
+		var ds []prefetchDir
+		for i := range n {
+			path := fmt.Sprintf("%s/%06d", parent, i)
+			ds = append(ds, prefetchDir{path: path, at: []byte(path)})
+		}
+		return ds
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.queue(dirs("r/a", prefetchPending+100)) // 100 over
+	p.queue(dirs("r/b", prefetchOverflow))    // all but 100 fit
+	if len(p.pending) != prefetchPending || p.overflowed != prefetchOverflow || len(p.overflow) != 2 {
+		t.Fatalf("pending %d, overflow %d in %d; want %d and %d in 2", len(p.pending), p.overflowed, len(p.overflow), prefetchPending, prefetchOverflow)
+	}
+	var last []byte
+	read := 0
+	for {
+		// As readers would, each read adding nothing: the last one's
+		// end leaves nothing pending and nothing to add.
+		d, ok := p.next()
+		if !ok {
+			break
+		}
+		if last != nil && tree.Compare(last, d.at) >= 0 {
+			t.Fatalf("%s after %s: out of tree order", d.at, last)
+		}
+		last = d.at
+		read++
+	}
+	if want := prefetchPending + prefetchOverflow; read != want || p.overflowed != 0 || len(p.overflow) != 0 {
+		t.Fatalf("read %d directories, want %d; %d left in the overflow", read, want, p.overflowed)
+	}
+}
