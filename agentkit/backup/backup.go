@@ -221,14 +221,18 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	zw := s2.NewWriter(tmp, s2.WriterConcurrency(1))
 
 	stats := &Stats{Start: time.Now()}
+	dirs := &dirRecorder{}
 	produce := func(ctx context.Context, up *uploader, order chan<- []*item, work chan<- *item) error {
 		if o.Config.Kind == wire.KindDatabase {
 			d := &dumper{cfg: o.Config, gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, log: o.Log}
 			return d.run(ctx, order)
 		}
-		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, prev: prev, prevStarted: last.Started,
+		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, prev: prev, prevStarted: last.Started, dirs: dirs,
 			order: order, work: work, stats: stats,
 			links: map[[2]uint64][]byte{}, log: o.Log, spill: filepath.Join(o.State.Path, "tmp"), sourceOf: o.SourceOf}
+		if prev != nil {
+			w.prevPath, w.prevDir, w.prevTag = path, filepath.Dir(path), last.Started.UnixNano()
+		}
 		return w.run()
 	}
 	listing, problems, err := pipeline(ctx, o, open, gear, stats, zw, produce)
@@ -237,6 +241,14 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	}
 	if err := zw.Close(); err != nil {
 		return nil, fmt.Errorf("write listing cache: %w", err)
+	}
+	// The directory index beside it, kept once the listing is (renamed.go).
+	dirsTmp, dirsErr := "", error(nil)
+	if o.Config.Kind != wire.KindDatabase {
+		dirsTmp, dirsErr = dirs.write(cdir, stats.Start.UnixNano())
+		if dirsTmp != "" {
+			defer os.Remove(dirsTmp) // gone once kept
+		}
 	}
 	// The cache must be on disk before it is kept (CommitListing), not
 	// before the commit: its fsync runs beside the commit's request instead
@@ -256,6 +268,13 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		o.Log.Warn("could not write the listing cache; the next synchronization reads every file", zap.Error(syncErr))
 	} else if err := o.State.CommitListing(o.Config.Name, tmp.Name(), state.Last{Seq: seq, Started: stats.Start}); err != nil {
 		o.Log.Warn("could not keep the listing cache; the next synchronization reads every file", zap.Error(err))
+	} else if o.Config.Kind != wire.KindDatabase {
+		if dirsErr == nil {
+			dirsErr = keepDirIndex(cdir, dirsTmp)
+		}
+		if dirsErr != nil {
+			o.Log.Warn("could not keep the directory index; renamed directories will be read again", zap.Error(dirsErr))
+		}
 	}
 	stats.Done = true
 	if o.Progress != nil {

@@ -52,6 +52,16 @@ type walker struct {
 	sel  *selection.Selection
 	cfg  wire.Config
 	prev *tree.Reader
+	// The listing cache prev reads (its path, directory and tag: when its
+	// synchronization started), the directories this walk records for the
+	// next one's index, and the renamed directory being walked (renamed.go).
+	prevPath, prevDir string
+	prevTag           int64
+	dirs              *dirRecorder
+	index             map[dirKey][]byte
+	indexLoaded       bool
+	ren               *renamed
+	renOpened         int
 	// prevStarted is when the synchronization that recorded prev began:
 	// its nodes are reused only when not racy (see trusted).
 	prevStarted time.Time
@@ -280,7 +290,7 @@ func (w *walker) emit(n tree.Node) error {
 	if err != nil {
 		return err
 	}
-	keepAtime(&n, prev)
+	keepAtime(&n, w.previousOf(prev, n.Path))
 	return w.send(&item{node: n, done: closedDone}, false)
 }
 
@@ -325,6 +335,7 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node, op *meta.Opened)
 	if err != nil {
 		return err
 	}
+	prev = w.previousOf(prev, n.Path)
 	if n.Nlink > 1 {
 		key := [2]uint64{n.Dev, n.Ino}
 		if first, ok := w.links[key]; ok {
@@ -423,6 +434,7 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 	if err := w.emit(n); err != nil {
 		return err
 	}
+	w.dirs.add(&n)
 	if !ahead.whole || ahead.has(VaultMarker) {
 		var st unix.Stat_t
 		if unix.Fstatat(fd, VaultMarker, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
@@ -465,6 +477,7 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 		if err != nil {
 			return err
 		}
+		prev = w.previousOf(prev, cpath)
 		if !w.trusted(prev) {
 			prev = nil
 		}
@@ -520,7 +533,11 @@ func (w *walker) visitDir(dirfd int, name, abs string, n tree.Node, rootDev uint
 			}
 			err = w.visitFile(fd, child, cn, op)
 		} else {
+			started := prev == nil && cn.Type == tree.TypeDir && w.startRenamed(&cn)
 			err = w.visit(fd, child, cabs, cn, rootDev, cinc)
+			if started {
+				w.endRenamed()
+			}
 		}
 		if err != nil {
 			return err
