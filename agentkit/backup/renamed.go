@@ -30,8 +30,8 @@ import (
 // tree.Unchanged and the racy check agree, as for one found by path.
 const (
 	// dirIndexMax bounds the directories kept (in memory while the walk
-	// records them, about 60 bytes each); a tree with more keeps none, and
-	// its renamed directories are read again.
+	// records them, about 60 bytes each besides its path); a tree with more
+	// keeps none, and its renamed directories are read again.
 	dirIndexMax = 1 << 18
 	// renamedMax bounds the second readers opened in one synchronization:
 	// each reads the listing cache from its start to the old path.

@@ -139,8 +139,9 @@ func TestWalkUsesReadAheadStats(t *testing.T) {
 		}
 	}
 	a := stat("a")
-	a.Mode = unix.S_IFREG | 0o600                               // what only the read-ahead's stat says
-	ents := map[string]unix.Statx_t{"a": a, "b": stat("old-b")} // in no order: sortedAhead sorts them
+	a.Mode = unix.S_IFREG | 0o600 // what only the read-ahead's stat says
+	// In a map's order: sortedAhead sorts them.
+	ents := map[string]unix.Statx_t{"a": a, "b": stat("old-b")}
 	if err := os.Remove(filepath.Join(d, "old-b")); err != nil {
 		t.Fatal(err)
 	}
