@@ -151,7 +151,11 @@ func loadDirIndex(dir string, tag int64) (map[dirKey][]byte, error) {
 	if err != nil || n > dirIndexMax {
 		return nil, fmt.Errorf("directory index: %d directories, over %d", n, dirIndexMax)
 	}
-	idx := make(map[dirKey][]byte, n)
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	idx := make(map[dirKey][]byte, min(n, uint64(fi.Size())/6)) // a record takes 6 bytes at least
 	var v [5]uint64
 	for range n {
 		for i := range v {

@@ -2,9 +2,11 @@ package backup
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/klauspost/compress/s2"
@@ -57,6 +59,19 @@ func TestDirIndex(t *testing.T) {
 	}
 	if idx, err := loadDirIndex(dir, 42); idx != nil || err == nil {
 		t.Fatalf("a truncated index: %d directories, %v; want an error", len(idx), err)
+	}
+	// One that claims the most directories and holds none: refused
+	// without making room for them.
+	lie := append(append(append([]byte{}, dirIndexMagic...), binary.AppendUvarint(nil, 42)...), binary.AppendUvarint(nil, dirIndexMax)...)
+	if err := os.WriteFile(filepath.Join(dir, dirIndexName), lie, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	idx, err = loadDirIndex(dir, 42)
+	runtime.ReadMemStats(&after)
+	if idx != nil || err == nil || after.TotalAlloc-before.TotalAlloc > 1<<20 {
+		t.Fatalf("an index claiming %d directories in %d bytes: %v, %d bytes allocated", dirIndexMax, len(lie), err, after.TotalAlloc-before.TotalAlloc)
 	}
 	over := &dirRecorder{}
 	for i := range dirIndexMax + 1 {
