@@ -333,8 +333,10 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 		}
 	}
 	var tools []tool
+	var vn *vaultnode
 	if b.only != "restic" {
-		tools = append(tools, &vaultnode{bin: b.bin, work: filepath.Join(b.work, "vaultnode"), corpus: corpusDir, marker: marker, r: b.r, clk: b.clk})
+		vn = &vaultnode{bin: b.bin, work: filepath.Join(b.work, "vaultnode"), corpus: corpusDir, marker: marker, r: b.r, clk: b.clk}
+		tools = append(tools, vn)
 	}
 	if b.restic != "" {
 		tools = append(tools, &restic{bin: b.restic, work: filepath.Join(b.work, "restic"), corpus: corpusDir, r: b.r})
@@ -392,6 +394,13 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 			}
 			if res.Mutation, err = mutate(corpusDir, b.seed); err != nil {
 				return err
+			}
+			if b.tree != "" && vn != nil {
+				// The mark may have been the directory MutateTree renamed:
+				// the restore's copy is found by an entry it has now.
+				if vn.marker, err = firstEntry(corpusDir); err != nil {
+					return err
+				}
 			}
 		case phaseRestore:
 			if want, err = corpus.Manifest(corpusDir); err != nil {
