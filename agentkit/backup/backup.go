@@ -201,14 +201,11 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		f, err := os.Open(path)
 		if err == nil {
 			defer f.Close()
-			cr, closeCache, err := openListingCache(f)
-			if err == nil {
+			var closeCache func()
+			if prev, closeCache, err = openListingCache(f); err == nil {
 				defer closeCache()
-				prev, err = tree.NewReader(cr)
-			}
-			if err != nil {
+			} else {
 				o.Log.Warn("ignoring unreadable listing cache", zap.String("path", path), zap.Error(err))
-				prev = nil
 			}
 		}
 	}
@@ -536,20 +533,29 @@ func listingOut(cache io.Writer, lw io.Writer) io.Writer {
 // before are zstd streams and are still read.
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
-// openListingCache returns a reader of the listing cache f, S2 or zstd by
-// its first bytes, and the function that releases the reader.
-func openListingCache(f io.Reader) (io.Reader, func(), error) {
+// openListingCache returns the nodes of the listing cache f, S2 or zstd
+// by its first bytes, and the function that releases its decompressor.
+// The walk's previous listing and a renamed directory's second reader of
+// it (renamed.go) both open it so.
+func openListingCache(f io.Reader) (*tree.Reader, func(), error) {
 	br := bufio.NewReaderSize(f, 64<<10)
 	head, err := br.Peek(len(zstdMagic))
 	if err != nil && err != io.EOF {
 		return nil, nil, fmt.Errorf("read listing cache: %w", err)
 	}
+	var r io.Reader = s2.NewReader(br)
+	release := func() {}
 	if bytes.Equal(head, zstdMagic) {
 		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
 		if err != nil {
 			return nil, nil, fmt.Errorf("read listing cache: %w", err)
 		}
-		return zr, zr.Close, nil
+		r, release = zr, zr.Close
 	}
-	return s2.NewReader(br), func() {}, nil
+	tr, err := tree.NewReader(r)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return tr, release, nil
 }

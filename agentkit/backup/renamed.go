@@ -235,14 +235,8 @@ func (w *walker) startRenamed(n *tree.Node) bool {
 	if err != nil {
 		return false
 	}
-	cr, closeCache, err := openListingCache(f)
+	r, closeCache, err := openListingCache(f)
 	if err != nil {
-		f.Close()
-		return false
-	}
-	r, err := tree.NewReader(cr)
-	if err != nil {
-		closeCache()
 		f.Close()
 		return false
 	}
