@@ -60,6 +60,10 @@ type Options struct {
 	// read instead (a read-only snapshot of it); the version records the
 	// root's paths.
 	SourceOf func(root string) string
+	// Lock is the configuration's lock when the caller took it, to prepare
+	// the source under it (snapshots, system state); else Run takes it and
+	// refuses with state.ErrBusy when another synchronization holds it.
+	Lock *state.Lock
 }
 
 // Stats are the counters of a run, updated atomically.
@@ -101,6 +105,17 @@ type Result struct {
 
 // Run synchronizes one configuration and commits a version.
 func Run(ctx context.Context, o Options) (*Result, error) {
+	switch {
+	case o.Lock == nil:
+		l, err := o.State.Lock(o.Config.Name)
+		if err != nil {
+			return nil, err
+		}
+		defer l.Release()
+		o.Lock = l
+	case o.Lock.Config != o.Config.Name:
+		return nil, fmt.Errorf("synchronizing configuration %q under the lock of %q", o.Config.Name, o.Lock.Config)
+	}
 	res, err := runFollowing(ctx, o, true)
 	if client.IsCode(err, wire.CodeMissingChunk) {
 		// The vault lacks chunks our cache says it has (it was restored
@@ -172,6 +187,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	sweepTemps(cdir, o.Log)
 	// The session opens while the walk starts (pipeline): the walk and the
 	// first reads do not need it, and the open's round trip came before
 	// any file was looked at (9-96 ms of an incremental backup in traces
@@ -209,7 +225,7 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 			}
 		}
 	}
-	tmp, err := os.CreateTemp(cdir, "listing-*.tmp")
+	tmp, err := os.CreateTemp(cdir, listingTemp)
 	if err != nil {
 		return nil, fmt.Errorf("create listing cache: %w", err)
 	}
@@ -278,6 +294,30 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		o.Progress(stats)
 	}
 	return &Result{Seq: seq, Stats: stats.Snapshot(), Problems: problems, Duration: time.Since(stats.Start), Commit: commitTook}, nil
+}
+
+// tempPatterns are the temporary files a synchronization writes in its
+// configuration's directory and renames in, or removes, when it ends.
+var tempPatterns = []string{listingTemp, dirsTemp}
+
+const (
+	listingTemp = "listing-*.tmp"
+	dirsTemp    = "dirs-*.tmp"
+)
+
+// sweepTemps removes the temporary files of synchronizations killed before
+// they ended. Run holds the configuration's lock, so none is in use.
+func sweepTemps(cdir string, log *zap.Logger) {
+	for _, pat := range tempPatterns {
+		stale, _ := filepath.Glob(filepath.Join(cdir, pat))
+		for _, p := range stale {
+			if err := os.Remove(p); err != nil {
+				log.Warn("cannot remove a temporary file of an earlier synchronization", zap.String("path", p), zap.Error(err))
+				continue
+			}
+			log.Info("removed a temporary file of a synchronization that did not end", zap.String("path", p))
+		}
+	}
 }
 
 // smallReaders is the least number of readers of small files.

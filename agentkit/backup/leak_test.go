@@ -79,3 +79,68 @@ func TestFailedBackupClosesItsFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestRunTakesTheLockAndSweeps: a synchronization of a configuration
+// another holds is refused before it touches anything; once it holds the
+// lock it removes the temporary files of synchronizations killed midway
+// (nothing else removes them), and its own are gone when it ends, failed
+// or not.
+func TestRunTakesTheLockAndSweeps(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "f"), []byte("content"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdir, err := st.ConfigDir("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := []string{filepath.Join(cdir, "listing-123.tmp"), filepath.Join(cdir, "dirs-456.tmp")}
+	keep := filepath.Join(cdir, "listing-notes.txt")
+	for _, p := range append(stale, keep) {
+		if err := os.WriteFile(p, []byte("left by a killed synchronization"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := Options{Vault: failingVault{}, Config: wire.Config{Name: "c", Paths: []string{root}}, State: st, Interval: time.Hour}
+
+	held, err := st.Lock("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), o); !errors.Is(err, state.ErrBusy) {
+		t.Fatalf("Run while the configuration's lock is held: %v", err)
+	}
+	for _, p := range stale {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("a busy Run touched %s: %v", p, err)
+		}
+	}
+	other := o
+	other.Lock = held
+	other.Config.Name = "d"
+	if _, err := Run(context.Background(), other); err == nil || errors.Is(err, errUploadFailed) {
+		t.Fatalf("Run of one configuration under another's lock: %v", err)
+	}
+	held.Release()
+
+	if _, err := Run(context.Background(), o); !errors.Is(err, errUploadFailed) {
+		t.Fatalf("Run once the lock is free: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(cdir, "*.tmp"))
+	if len(left) != 0 {
+		t.Fatalf("temporary files left after the run: %q", left)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("the sweep removed a file not its own: %v", err)
+	}
+	// The lock is free again for the next synchronization.
+	l, err := st.Lock("c")
+	if err != nil {
+		t.Fatalf("Lock after Run: %v", err)
+	}
+	l.Release()
+}

@@ -86,7 +86,7 @@ func (r *dirRecorder) write(dir string, tag int64) (string, error) {
 	slices.SortFunc(r.recs, func(a, b dirRec) int {
 		return cmp.Or(cmp.Compare(a.key.dev, b.key.dev), cmp.Compare(a.key.ino, b.key.ino))
 	})
-	f, err := os.CreateTemp(dir, "dirs-*.tmp")
+	f, err := os.CreateTemp(dir, dirsTemp)
 	if err != nil {
 		return "", err
 	}

@@ -16,6 +16,7 @@ import (
 	"vaultnode/agentkit/journal"
 	schedgate "vaultnode/agentkit/schedule"
 	"vaultnode/agentkit/source"
+	"vaultnode/agentkit/state"
 	"vaultnode/agentkit/watch"
 	"vaultnode/internal/schedule"
 	"vaultnode/internal/wire"
@@ -183,6 +184,14 @@ func (r *runner) scheduled(ctx context.Context, gate *schedgate.Gate) {
 			return
 		case stopped:
 			r.report(ctx, wire.AgentWaiting, "the window closed during a synchronization; it resumes at the next window without re-sending what was sent")
+		case errors.Is(err, state.ErrBusy):
+			// `vault-agent backup` runs it now: not a failure.
+			r.log.Info("synchronization deferred", zap.Error(err))
+			r.report(ctx, wire.AgentWaiting, err.Error()+"; trying again in "+retry.String())
+			if _, err := r.sleep(ctx, retry); err != nil {
+				return
+			}
+			continue
 		case err != nil:
 			r.log.Error("synchronization failed", zap.Error(err))
 			r.report(ctx, wire.AgentError, err.Error())
@@ -275,6 +284,12 @@ func (r *runner) sync(ctx context.Context, permit *schedgate.Permit) (res *backu
 			}
 		}
 	}
+	// The lock first: the source's snapshots and staging are the
+	// configuration's, as its cache is.
+	if o.Lock, err = r.d.o.State.Lock(r.cfg.Name); err != nil {
+		return nil, false, err
+	}
+	defer o.Lock.Release()
 	release, err := source.Prepare(sctx, &o) // snapshots, system state
 	if err != nil {
 		return nil, false, err
@@ -402,6 +417,12 @@ func (r *runner) continuous(ctx context.Context, gate *schedgate.Gate) error {
 					r.report(ctx, wire.AgentIdle, fmt.Sprintf("journal record %d on version %d", res.Journal.N, res.Journal.Base))
 				}
 			}
+		}
+		if errors.Is(err, state.ErrBusy) && ctx.Err() == nil {
+			r.log.Info("checkpoint deferred", zap.Error(err))
+			r.report(ctx, wire.AgentWaiting, err.Error()+"; trying again in "+retry.String())
+			retryAt = r.d.clk.Now().Add(retry)
+			return nil
 		}
 		if err != nil && ctx.Err() == nil {
 			r.log.Error("continuous synchronization failed; retrying", zap.Error(err))

@@ -411,12 +411,17 @@ func (a *app) backup(ctx context.Context, args []string) error {
 				a.prog.Show("backup "+cfg.Name+":", x.Files, x.BytesRead, 0, x.Start)
 			}
 		}
+		if o.Lock, err = a.st.Lock(cfg.Name); err != nil {
+			return fmt.Errorf("backup %s: %w", cfg.Name, err)
+		}
 		release, err := a.prepare(ctx, &o)
 		if err != nil {
+			o.Lock.Release()
 			return fmt.Errorf("backup %s: %w", cfg.Name, err)
 		}
 		res, err := backup.Run(ctx, o)
 		release()
+		o.Lock.Release()
 		a.prog.Done()
 		if err != nil {
 			return fmt.Errorf("backup %s: %w", cfg.Name, err)
