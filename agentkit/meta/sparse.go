@@ -109,12 +109,85 @@ func WriteSparse(f *os.File, n *tree.Node, data io.Reader) error {
 
 // ExtentReader returns the content of f's extents concatenated in order,
 // the byte stream a sparse node's chunks hold (WriteSparse's input).
+//
+// It asks the kernel to read the extents ahead of it, range by range
+// (POSIX_FADV_WILLNEED, up to extentAhead bytes of data ahead). The
+// kernel's own read-ahead knows nothing of holes: past the end of each
+// extent it fills up to read_ahead_kb (8 MiB on some disks) of the hole
+// with pages of zeros, which cost more than the reads themselves (a file
+// of 20,000 extents of 4-40 KiB between holes of 4 KiB-1 MiB: 3.2-4.1 CPU
+// seconds read cold, 0.22 s read this way; docs/performance.md).
 func ExtentReader(f *os.File, extents []tree.Extent) io.Reader {
-	rs := make([]io.Reader, len(extents))
-	for i, e := range extents {
-		rs[i] = io.NewSectionReader(f, e.Off, e.Len)
+	return &extentReader{f: f, ext: extents}
+}
+
+// extentAhead is how many bytes of data ExtentReader asks the kernel to
+// read ahead of what it returned; it asks again once less than half of
+// that is left, at most extentAdvise bytes of one extent per request.
+const (
+	extentAhead  = 4 << 20
+	extentAdvise = 1 << 20
+)
+
+type extentReader struct {
+	f   *os.File
+	ext []tree.Extent
+	i   int   // the extent being read
+	off int64 // bytes of ext[i] read
+	pos int64 // bytes of the stream read, or skipped where a file shrank
+
+	ai    int   // the extent being advised
+	aoff  int64 // bytes of ext[ai] advised
+	apos  int64 // bytes of the stream advised
+	noAdv bool  // the filesystem refused advice: read without it
+}
+
+func (r *extentReader) advise() {
+	if r.noAdv || r.apos-r.pos >= extentAhead/2 {
+		return
 	}
-	return io.MultiReader(rs...)
+	if r.ai < r.i { // a shrunk file skipped what was advised
+		r.ai, r.aoff, r.apos = r.i, r.off, r.pos
+	}
+	fd := int(r.f.Fd())
+	for r.ai < len(r.ext) && r.apos-r.pos < extentAhead {
+		e := r.ext[r.ai]
+		n := min(e.Len-r.aoff, extentAdvise)
+		if err := unix.Fadvise(fd, e.Off+r.aoff, n, unix.FADV_WILLNEED); err != nil {
+			r.noAdv = true
+			return
+		}
+		r.aoff += n
+		r.apos += n
+		if r.aoff == e.Len {
+			r.ai, r.aoff = r.ai+1, 0
+		}
+	}
+}
+
+func (r *extentReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) && r.i < len(r.ext) {
+		r.advise()
+		e := r.ext[r.i]
+		m, err := r.f.ReadAt(p[n:n+int(min(int64(len(p)-n), e.Len-r.off))], e.Off+r.off)
+		n += m
+		r.off += int64(m)
+		r.pos += int64(m)
+		switch {
+		case err == io.EOF: // the file shrank: the next extent, as io.SectionReader would
+			r.pos += e.Len - r.off
+			fallthrough
+		case r.off == e.Len:
+			r.i, r.off = r.i+1, 0
+		case err != nil:
+			return n, err
+		}
+	}
+	if n == 0 && r.i >= len(r.ext) {
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // copyBufs holds WriteSparse's copy buffers: a restore of many small files

@@ -22,7 +22,7 @@ func TestRestoreFS(t *testing.T) {
 		}
 	}
 	work := t.TempDir()
-	f, err := newRestoreFS(work, "vaultnode", restoreFSSize(10<<20, 1000))
+	f, err := newRestoreFS(work, "vaultnode", restoreFSSize(10<<20, 10<<20, 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
