@@ -1,10 +1,12 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -72,7 +74,7 @@ func TestPrefetchEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := runtime.NumGoroutine()
-	_, stop := startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}})
+	_, stop := startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}}, time.Time{})
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > before+1 && time.Now().Before(deadline) { // +1: the goroutine waiting for stop
 		time.Sleep(time.Millisecond)
@@ -82,9 +84,58 @@ func TestPrefetchEnds(t *testing.T) {
 	}
 	stop()
 
-	_, stop = startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}})
+	_, stop = startPrefetch(context.Background(), sel, []prefetchDir{{src: root, abs: root}}, time.Time{})
 	stop()
 	if n := runtime.NumGoroutine(); n > before+1 {
 		t.Errorf("%d goroutines still running after stop, want at most %d", n, before+1)
+	}
+}
+
+// TestPrefetchXattrs: a reader lists ahead the extended attributes of the
+// files whose attributes have a block of their own, changed since the
+// time given, and of no other file.
+func TestPrefetchXattrs(t *testing.T) {
+	root := t.TempDir()
+	write := func(name string, size int, attr int) {
+		p := filepath.Join(root, name)
+		if err := os.WriteFile(p, make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if attr > 0 {
+			if err := unix.Setxattr(p, "user.note", bytes.Repeat([]byte{'x'}, attr), 0); err != nil {
+				t.Skipf("user xattrs: %v", err)
+			}
+		}
+	}
+	write("block", 100, 2000) // too large for the inode: a block of its own
+	write("block-big", 9000, 2000)
+	write("inline", 100, 8) // fits in the inode
+	write("plain", 5000, 0)
+	write("empty", 0, 0)
+	if err := os.Mkdir(filepath.Join(root, "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(root, "dir"), "user.note", bytes.Repeat([]byte{'x'}, 2000), 0); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := selection.New(selection.Options{StatePath: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead := func(since time.Time) []string {
+		var got []string
+		p := &prefetcher{ctx: context.Background(), sel: sel, reading: map[string]bool{}, xattrsSince: since,
+			xattrAhead: func(path string) { got = append(got, filepath.Base(path)) }}
+		if ra, _ := p.read(prefetchDir{src: root, abs: root}); ra == nil {
+			t.Fatal("the directory was not read")
+		}
+		slices.Sort(got)
+		return got
+	}
+	if got, want := ahead(time.Time{}), []string{"block", "block-big"}; !slices.Equal(got, want) {
+		t.Errorf("attributes read ahead of an initial backup: %q, want %q", got, want)
+	}
+	if got := ahead(time.Now().Add(time.Minute)); len(got) != 0 {
+		t.Errorf("attributes read ahead of files unchanged since the last synchronization: %q", got)
 	}
 }

@@ -127,7 +127,12 @@ func (w *walker) run() error {
 		ahead[i] = prefetchDir{src: w.source(root), abs: root}
 	}
 	if w.pf == nil { // tests hand one over
-		pf, stop := startPrefetch(w.ctx, w.sel, ahead)
+		var xattrsSince time.Time // all read: no previous listing
+		if w.prev != nil {
+			// files changed since are read again; the others keep what was recorded
+			xattrsSince = w.prevStarted.Add(-racyCoarse)
+		}
+		pf, stop := startPrefetch(w.ctx, w.sel, ahead, xattrsSince)
 		defer stop()
 		w.pf = pf
 	}
