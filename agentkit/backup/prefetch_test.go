@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,10 +92,11 @@ func TestPrefetchEnds(t *testing.T) {
 	}
 }
 
-// TestPrefetchXattrs: a reader lists ahead the extended attributes of the
-// files whose attributes have a block of their own, changed since the
-// time given, and of no other file.
-func TestPrefetchXattrs(t *testing.T) {
+// TestPrefetchBlocks: a reader reads ahead the extended attributes of the
+// files whose attributes have a block of their own, and the targets of
+// symlinks kept in a block, of objects changed since the time given, and
+// of no other.
+func TestPrefetchBlocks(t *testing.T) {
 	root := t.TempDir()
 	write := func(name string, size int, attr int) {
 		p := filepath.Join(root, name)
@@ -112,6 +114,12 @@ func TestPrefetchXattrs(t *testing.T) {
 	write("inline", 100, 8) // fits in the inode
 	write("plain", 5000, 0)
 	write("empty", 0, 0)
+	if err := os.Symlink(strings.Repeat("long/", 40), filepath.Join(root, "link-long")); err != nil { // a block of its own
+		t.Fatal(err)
+	}
+	if err := os.Symlink("short", filepath.Join(root, "link-short")); err != nil { // in the inode
+		t.Fatal(err)
+	}
 	if err := os.Mkdir(filepath.Join(root, "dir"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -124,15 +132,20 @@ func TestPrefetchXattrs(t *testing.T) {
 	}
 	ahead := func(since time.Time) []string {
 		var got []string
-		p := &prefetcher{ctx: context.Background(), sel: sel, reading: map[string]bool{}, xattrsSince: since,
-			xattrAhead: func(path string) { got = append(got, filepath.Base(path)) }}
+		p := &prefetcher{ctx: context.Background(), sel: sel, reading: map[string]bool{}, changedSince: since,
+			blockAhead: func(_ int, path, name string, link bool) {
+				if filepath.Base(path) != name || link != strings.HasPrefix(name, "link") {
+					t.Errorf("read ahead %q (%q, link %v)", path, name, link)
+				}
+				got = append(got, name)
+			}}
 		if ra, _ := p.read(prefetchDir{src: root, abs: root}); ra == nil {
 			t.Fatal("the directory was not read")
 		}
 		slices.Sort(got)
 		return got
 	}
-	if got, want := ahead(time.Time{}), []string{"block", "block-big"}; !slices.Equal(got, want) {
+	if got, want := ahead(time.Time{}), []string{"block", "block-big", "link-long"}; !slices.Equal(got, want) {
 		t.Errorf("attributes read ahead of an initial backup: %q, want %q", got, want)
 	}
 	if got := ahead(time.Now().Add(time.Minute)); len(got) != 0 {

@@ -127,12 +127,12 @@ func (w *walker) run() error {
 		ahead[i] = prefetchDir{src: w.source(root), abs: root}
 	}
 	if w.pf == nil { // tests hand one over
-		var xattrsSince time.Time // all read: no previous listing
+		var changedSince time.Time // all read: no previous listing
 		if w.prev != nil {
 			// files changed since are read again; the others keep what was recorded
-			xattrsSince = w.prevStarted.Add(-racyCoarse)
+			changedSince = w.prevStarted.Add(-racyCoarse)
 		}
-		pf, stop := startPrefetch(w.ctx, w.sel, ahead, xattrsSince)
+		pf, stop := startPrefetch(w.ctx, w.sel, ahead, changedSince)
 		defer stop()
 		w.pf = pf
 	}

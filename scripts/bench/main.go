@@ -426,7 +426,7 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 			restoreDir := filepath.Join(b.work, "restore-"+t.Name())
 			var rfs *restoreFS
 			if ph == phaseRestore && b.freshFS {
-				if rfs, err = newRestoreFS(b.work, t.Name(), restoreFSSize(res.Corpus.DataBytes, res.Corpus.Bytes, res.Corpus.Files)); err != nil {
+				if rfs, err = newRestoreFS(b.work, t.Name(), restoreFSSize(res.Corpus.DataBytes, res.Corpus.Bytes, res.Corpus.Files+res.Corpus.Dirs+res.Corpus.Symlinks)); err != nil {
 					b.freshFS = false
 					res.RestoreFS = fmt.Sprintf("%s (no fresh filesystem: %v)", restoreFSDir, err)
 					b.logf("%s", res.RestoreFS)

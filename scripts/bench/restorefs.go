@@ -119,8 +119,9 @@ func (f *restoreFS) unmountStale() error {
 // restoreFSSize is the image's size for a corpus: room for its data
 // twice, or for its apparent size when larger (a tool may write zeros where
 // a sparse file's holes share chunks with data: restic does), an inode for
-// each file with ext4's usual ratio (16 KiB), and a GiB; the image is
+// each entry (file, directory, symlink) with ext4's usual ratio (16 KiB),
+// and a GiB; the image is
 // sparse, so only what is written takes space.
-func restoreFSSize(dataBytes, apparent int64, files int) int64 {
-	return max(2*dataBytes, apparent) + int64(files)*16<<10 + 1<<30
+func restoreFSSize(dataBytes, apparent int64, entries int) int64 {
+	return max(2*dataBytes, apparent) + int64(entries)*16<<10 + 1<<30
 }
