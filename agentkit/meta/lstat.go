@@ -216,6 +216,20 @@ func readlink(dirfd int, name string, hint int) ([]byte, error) {
 // symlink) that this process can see, sorted by name. A filesystem without
 // xattr support has none.
 func Xattrs(dirfd int, name string) ([]tree.Xattr, error) {
+	if dirfd != unix.AT_FDCWD && name != "" && name[0] != '/' && !noXattrAt.Load() {
+		missing := false // the kernel lacks the calls (or a filter refuses them)
+		xs, err := readXattrs(name,
+			func(b []byte) (int, error) {
+				n, err := listxattrat(dirfd, name, b)
+				missing = err == unix.ENOSYS || err == unix.EPERM
+				return n, err
+			},
+			func(a string, b []byte) (int, error) { return getxattrat(dirfd, name, a, b) })
+		if !missing {
+			return xs, err
+		}
+		noXattrAt.Store(true) // xattrat.go
+	}
 	p := xattrPath(dirfd, name)
 	return readXattrs(name,
 		func(b []byte) (int, error) { return unix.Llistxattr(p, b) },
