@@ -234,7 +234,7 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 			return
 		}
 		chmodFD := fchmod
-		if opts.New {
+		if opts.New && n.Type == tree.TypeFile {
 			chmodFD = unix.Fchmod // a regular descriptor: no need to ask
 		}
 		if err := chmodFD(fd, n.Mode&0o7777); err != nil {
@@ -242,14 +242,19 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 		}
 	}
 	chmod()
-	if opts.New {
+	switch {
+	case opts.New && len(n.Xattrs) == 0:
+		// none to set, none to remove
+	case opts.New && n.Type == tree.TypeFile: // a regular descriptor: set straight
 		for _, x := range n.Xattrs {
 			if err := unix.Fsetxattr(fd, x.Name, x.Value, 0); err != nil {
 				errs = append(errs, fmt.Errorf("set xattr %s: %w", x.Name, err))
 			}
 		}
-	} else if err := SetXattrsFD(fd, n.Xattrs); err != nil {
-		errs = append(errs, err)
+	default: // O_PATH descriptors included
+		if err := SetXattrsFD(fd, n.Xattrs); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for _, x := range n.Xattrs {
 		if x.Name == XattrACLAccess {
@@ -303,12 +308,12 @@ var umask = sync.OnceValues(func() (uint32, bool) {
 // agent never changes: asked once.
 var effectiveIDs = sync.OnceValues(func() (int, int) { return unix.Geteuid(), unix.Getegid() })
 
-// BareEntries reports whether a regular file created in the directory open
+// BareEntries reports whether an object created in the directory open
 // as dirfd starts with no extended attributes, no settable inode flags and
 // the caller's effective user and group, so that ApplyFD may skip reading
 // or setting them (Options.New): the directory is not set-group-ID (whose
 // group new entries take), and has no
-// extended attributes (no default POSIX ACL, which a new file inherits, and
+// extended attributes (no default POSIX ACL, which a new entry inherits, and
 // no security label, without which no LSM labels new files either) and no
 // settable flags (ext4 and others pass some on to new entries). It is worth
 // asking once per directory, and only of a directory nobody else may change

@@ -48,11 +48,12 @@ type Options struct {
 	// Replace makes Create, CreateFile and Link remove an existing
 	// non-directory at the name first (clearing immutable and append-only).
 	Replace bool
-	// New tells ApplyFD that fd is a regular descriptor of a file the
-	// caller has just created (CreateFD) in a directory for which
+	// New tells ApplyFD that fd is an object the caller has just created
+	// (CreateFD for a file, whose descriptor is then a regular one; Create
+	// and OpenNode for the other types) in a directory for which
 	// BareEntries holds: it starts with no extended attributes, no
 	// settable inode flags and the process's effective IDs, so ApplyFD
-	// sets n's without reading the file's first (no listxattr, no
+	// sets n's without reading the object's first (no listxattr, no
 	// FS_IOC_GETFLAGS when n has no flags, no chown to the IDs it has).
 	New bool
 	// ModeSet tells ApplyFD, with New, that the file was created with

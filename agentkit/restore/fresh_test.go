@@ -1,8 +1,10 @@
 package restore
 
 import (
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -127,5 +129,78 @@ func testNewFilesModes(t *testing.T) {
 	got, err := unix.Lgetxattr(filepath.Join(h.target, "d/acl"), meta.XattrACLAccess, make([]byte, 256))
 	if err != nil || got == 0 {
 		t.Errorf("d/acl: no access ACL (%v)", err)
+	}
+}
+
+// Symlinks and FIFOs are made with their owner, mode, attributes and times
+// whether their directory was made by the restore and passes nothing on
+// (no lookups, no attributes read: meta.Options.New), made by the restore
+// in a target with a default ACL (which it passes on to FIFOs) or a
+// set-group-ID one (whose group new entries take), or is the target
+// itself; none keeps an attribute its node lacks.
+func TestNewOtherObjects(t *testing.T) {
+	if unix.Geteuid() != 0 {
+		t.Skip("needs root: owners and trusted attributes")
+	}
+	acl := meta.EncodeACL([]meta.ACLEntry{{Tag: meta.ACLUserObj, Perm: 7}, {Tag: meta.ACLUser, Perm: 7, ID: 65534},
+		{Tag: meta.ACLGroupObj, Perm: 5}, {Tag: meta.ACLMask, Perm: 7}, {Tag: meta.ACLOther, Perm: 5}})
+	for _, target := range []string{"plain", "setgid", "default ACL"} {
+		h := newHostile(t)
+		switch target {
+		case "setgid":
+			must(t, unix.Chown(h.target, 0, 4321))
+			must(t, os.Chmod(h.target, 0o2755))
+		case "default ACL":
+			if err := unix.Setxattr(h.target, meta.XattrACLDefault, acl, 0); err != nil {
+				t.Skipf("no POSIX ACLs on %s: %v", h.target, err)
+			}
+		}
+		when := tree.Timespec{Sec: 1_600_000_000, Nsec: 123_456_789}
+		link := func(p, target string, uid, gid uint32, xs ...tree.Xattr) tree.Node {
+			return tree.Node{Path: []byte(p), Type: tree.TypeSymlink, Mode: 0o777, Target: []byte(target), UID: uid, GID: gid,
+				Atime: when, Mtime: when, Xattrs: xs}
+		}
+		fifo := func(p string, mode, uid, gid uint32, xs ...tree.Xattr) tree.Node {
+			return tree.Node{Path: []byte(p), Type: tree.TypeFIFO, Mode: mode, UID: uid, GID: gid, Atime: when, Mtime: when, Xattrs: xs}
+		}
+		note := tree.Xattr{Name: "trusted.note", Value: []byte("kept")}
+		nodes := []tree.Node{
+			dir("d"),
+			link("d/a", "short", 0, 0),
+			link("d/b", strings.Repeat("long/", 30), 1234, 5678, note),
+			fifo("d/p", 0o640, 42, 43, note),
+			fifo("d/q", 0o600, 0, 0),
+			link("z", "in the target", 0, 0),
+		}
+		o := h.options()
+		o.Meta.SkipOwner = false
+		res, err := h.restore(o, nodes...)
+		if err != nil || len(res.Problems) > 0 {
+			t.Fatalf("%s target: restore: %v, problems %q", target, err, res.Problems)
+		}
+		for _, n := range nodes[1:] {
+			p := filepath.Join(h.target, string(n.Path))
+			var st unix.Stat_t
+			must(t, unix.Lstat(p, &st))
+			var names []string
+			for _, x := range n.Xattrs {
+				names = append(names, x.Name)
+			}
+			switch {
+			case st.Uid != n.UID || st.Gid != n.GID:
+				t.Errorf("%s target: %s owned by %d:%d, want %d:%d", target, n.Path, st.Uid, st.Gid, n.UID, n.GID)
+			case n.Type == tree.TypeFIFO && st.Mode&0o7777 != n.Mode:
+				t.Errorf("%s target: %s mode %04o, want %04o", target, n.Path, st.Mode&0o7777, n.Mode)
+			case st.Mtim.Sec != when.Sec || st.Mtim.Nsec != when.Nsec:
+				t.Errorf("%s target: %s mtime %v, want %v", target, n.Path, st.Mtim, when)
+			case !slices.Equal(xattrNames(t, p), names):
+				t.Errorf("%s target: %s xattrs %q, want %q", target, n.Path, xattrNames(t, p), names)
+			}
+			if n.Type == tree.TypeSymlink {
+				if got, err := os.Readlink(p); err != nil || got != string(n.Target) {
+					t.Errorf("%s target: %s points to %q (%v), want %q", target, n.Path, got, err, n.Target)
+				}
+			}
+		}
 	}
 }

@@ -476,16 +476,22 @@ func (r *restorer) place(n *tree.Node) error {
 	case tree.TypeSocket:
 		return nil // recorded, not recreated
 	default:
-		final, _, skip, err := r.targetName(parent.fd, string(name))
-		if err != nil || skip {
-			return err
+		final := string(name)
+		if !parent.created { // else nothing has the name: Create makes it or fails
+			var skip bool
+			var err error
+			if final, _, skip, err = r.targetName(parent.fd, final); err != nil || skip {
+				return err
+			}
 		}
 		opts := r.o.Meta
-		opts.Replace = r.o.Existing == Overwrite
+		opts.Replace = r.o.Existing == Overwrite && !parent.created
 		if err := meta.Create(parent.fd, final, n, opts); err != nil {
 			return err
 		}
-		if err := meta.Apply(parent.fd, final, n, r.o.Meta); err != nil {
+		opts = r.o.Meta
+		opts.New = parent.bare // made now, in a directory that gives it nothing
+		if err := meta.Apply(parent.fd, final, n, opts); err != nil {
 			return fmt.Errorf("metadata: %w", err)
 		}
 		return nil
