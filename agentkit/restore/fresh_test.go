@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -203,4 +204,48 @@ func TestNewOtherObjects(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Symlinks and FIFOs in directories the restore made go to the workers in
+// batches: every one is made, and each directory's times are set after
+// the last of them (making one later would change its mtime).
+func TestOthersMadeByWorkers(t *testing.T) {
+	h := newHostile(t)
+	when := tree.Timespec{Sec: 1_500_000_000, Nsec: 5}
+	var nodes []tree.Node
+	count := map[string]int{"a": 700, "b": 3}
+	for _, d := range []string{"a", "b"} {
+		dn := dir(d)
+		dn.Mtime, dn.Atime = when, when
+		nodes = append(nodes, dn)
+		for i := range count[d] {
+			p := fmt.Sprintf("%s/%04d", d, i)
+			if d == "b" {
+				nodes = append(nodes, tree.Node{Path: []byte(p), Type: tree.TypeFIFO, Mode: 0o600})
+				continue
+			}
+			nodes = append(nodes, tree.Node{Path: []byte(p), Type: tree.TypeSymlink, Mode: 0o777, Target: []byte("to-" + p)})
+		}
+	}
+	nodes = append(nodes, h.content("c", "a file after them\n"))
+	res, err := h.restore(h.options(), nodes...)
+	if err != nil || len(res.Problems) > 0 {
+		t.Fatalf("restore: %v, problems %q", err, res.Problems)
+	}
+	for d, n := range count {
+		ents, err := os.ReadDir(filepath.Join(h.target, d))
+		must(t, err)
+		if len(ents) != n {
+			t.Errorf("%s holds %d entries, want %d", d, len(ents), n)
+		}
+		var st unix.Stat_t
+		must(t, unix.Lstat(filepath.Join(h.target, d), &st))
+		if st.Mtim.Sec != when.Sec || st.Mtim.Nsec != when.Nsec {
+			t.Errorf("%s: mtime %v, want %v (an entry made after its times were set?)", d, st.Mtim, when)
+		}
+	}
+	if got, err := os.Readlink(filepath.Join(h.target, "a/0699")); err != nil || got != "to-a/0699" {
+		t.Errorf("a/0699 points to %q (%v)", got, err)
+	}
+	requireContent(t, filepath.Join(h.target, "c"), "a file after them\n")
 }

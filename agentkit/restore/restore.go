@@ -109,6 +109,7 @@ type restorer struct {
 	jobs      chan *job
 	batch     []fileJob // small files waiting to fill a request
 	batchSize int64
+	others    []fileJob // symlinks, FIFOs, devices waiting for a worker
 	notes     []string
 	links     []link
 	linkDirs  map[string]bool // directories that get hard links at the end
@@ -263,6 +264,7 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 	}
 	walkErr := r.walk(rd)
 	r.flushBatch()
+	r.flushOthers()
 	close(r.jobs)
 	wg.Wait()
 	if !o.DryRun {
@@ -476,26 +478,33 @@ func (r *restorer) place(n *tree.Node) error {
 	case tree.TypeSocket:
 		return nil // recorded, not recreated
 	default:
-		final := string(name)
-		if !parent.created { // else nothing has the name: Create makes it or fails
-			var skip bool
-			var err error
-			if final, _, skip, err = r.targetName(parent.fd, final); err != nil || skip {
-				return err
-			}
+		if parent.created {
+			// Nothing has the name: the workers make it, a batch at a
+			// time, beside the files (files.go).
+			r.queueOther(fileJob{dir: parent, name: string(name), node: n})
+			return nil
 		}
-		opts := r.o.Meta
-		opts.Replace = r.o.Existing == Overwrite && !parent.created
-		if err := meta.Create(parent.fd, final, n, opts); err != nil {
+		final, _, skip, err := r.targetName(parent.fd, string(name))
+		if err != nil || skip {
 			return err
 		}
-		opts = r.o.Meta
-		opts.New = parent.bare // made now, in a directory that gives it nothing
-		if err := meta.Apply(parent.fd, final, n, opts); err != nil {
-			return fmt.Errorf("metadata: %w", err)
-		}
-		return nil
+		return r.makeOther(parent, final, n)
 	}
+}
+
+// makeOther makes a symlink, FIFO or device node with its metadata.
+func (r *restorer) makeOther(parent *dirEntry, name string, n *tree.Node) error {
+	opts := r.o.Meta
+	opts.Replace = r.o.Existing == Overwrite && !parent.created
+	if err := meta.Create(parent.fd, name, n, opts); err != nil {
+		return err
+	}
+	opts = r.o.Meta
+	opts.New = parent.bare // made now, in a directory that gives it nothing
+	if err := meta.Apply(parent.fd, name, n, opts); err != nil {
+		return fmt.Errorf("metadata: %w", err)
+	}
+	return nil
 }
 
 // targetName applies the policy for an existing object: it returns the
