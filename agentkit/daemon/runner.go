@@ -159,6 +159,7 @@ func (r *runner) sleep(ctx context.Context, d time.Duration) (now bool, err erro
 func (r *runner) scheduled(ctx context.Context, gate *schedgate.Gate) {
 	last := r.last(ctx)
 	retry := r.d.o.Retry
+	asked := false // a back-up-now request came while waiting to retry
 	for ctx.Err() == nil {
 		due := last.Add(r.cfg.SyncInterval())
 		if last.IsZero() {
@@ -167,9 +168,13 @@ func (r *runner) scheduled(ctx context.Context, gate *schedgate.Gate) {
 		if !gate.Schedule().Open(r.d.clk.Now()) {
 			r.report(ctx, wire.AgentWaiting, "outside the schedule; next window opens "+gate.NextStart().Format(time.RFC3339))
 		}
-		now, err := r.sleep(ctx, due.Sub(r.d.clk.Now()))
-		if err != nil {
-			return
+		now := asked
+		asked = false
+		if !now {
+			var err error
+			if now, err = r.sleep(ctx, due.Sub(r.d.clk.Now())); err != nil {
+				return
+			}
 		}
 		if now {
 			gate.RunNow()
@@ -188,14 +193,17 @@ func (r *runner) scheduled(ctx context.Context, gate *schedgate.Gate) {
 			// `vault-agent backup` runs it now: not a failure.
 			r.log.Info("synchronization deferred", zap.Error(err))
 			r.report(ctx, wire.AgentWaiting, err.Error()+"; trying again in "+retry.String())
-			if _, err := r.sleep(ctx, retry); err != nil {
+			if asked, err = r.sleep(ctx, retry); err != nil {
 				return
 			}
+			// The other process's version counts: the schedule goes on
+			// from the newest one.
+			last = r.last(ctx)
 			continue
 		case err != nil:
 			r.log.Error("synchronization failed", zap.Error(err))
 			r.report(ctx, wire.AgentError, err.Error())
-			if _, err := r.sleep(ctx, retry); err != nil {
+			if asked, err = r.sleep(ctx, retry); err != nil {
 				return
 			}
 			retry = min(2*retry, 15*time.Minute)

@@ -156,7 +156,7 @@ func newPortalEnv(t *testing.T) *portalEnv {
 // startDaemonArgs starts `vault-agent run` with args after "run".
 func startDaemonArgs(t *testing.T, a *agent, args ...string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{log: &bytes.Buffer{}}
+	d := &daemonProc{log: &syncBuffer{}}
 	d.cmd = exec.Command(filepath.Join(binDir, "vault-agent"), append([]string{"-state", a.state, "-v", "run"}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

@@ -20,12 +20,12 @@ import (
 // daemonProc is a running `vault-agent run`.
 type daemonProc struct {
 	cmd *exec.Cmd
-	log *bytes.Buffer
+	log *syncBuffer // read while the daemon writes it
 }
 
 func startDaemon(t *testing.T, a *agent) *daemonProc {
 	t.Helper()
-	d := &daemonProc{log: &bytes.Buffer{}}
+	d := &daemonProc{log: &syncBuffer{}}
 	d.cmd = exec.Command(filepath.Join(binDir, "vault-agent"), "-state", a.state, "-v", "run", "-poll", "1s")
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
