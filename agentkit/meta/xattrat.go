@@ -11,10 +11,11 @@ import (
 // (listxattrat, getxattrat). Before it, the attributes of what cannot be
 // opened (symlinks above all) were read through /proc/self/fd/N/NAME,
 // whose resolution cost about 3 µs of each symlink's 5 (docs/performance.md,
-// item 71). Older kernels answer ENOSYS once; the /proc path is used from
-// then on.
+// item 71). Older kernels answer ENOSYS (a seccomp filter that does not
+// know the calls may answer EPERM) once; the /proc path is used from then
+// on.
 
-// noXattrAt is set once the kernel lacks the calls.
+// noXattrAt is set once the kernel lacks the calls, or refuses them.
 var noXattrAt atomic.Bool
 
 // xattrArgs is the kernel's struct xattr_args.

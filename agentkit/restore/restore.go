@@ -263,8 +263,7 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 		}()
 	}
 	walkErr := r.walk(rd)
-	r.flushBatch()
-	r.flushOthers()
+	r.flushBatch() // and the other objects waiting
 	close(r.jobs)
 	wg.Wait()
 	if !o.DryRun {
