@@ -24,6 +24,8 @@ type reader struct {
 	stats   *Stats
 	retries int
 	buf     []byte
+	// zeroID is the id of a largest chunk of zeros, once one was read.
+	zeroID *keys.ID
 }
 
 // read fills it.node's chunks from its open file. A file that changes while
@@ -216,7 +218,7 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 // take hashes chunk b of it's file, adds it to the node and hands it to
 // the uploader unless the vault has it.
 func (r *reader) take(ctx context.Context, it *item, b []byte) error {
-	id := r.hasher.Sum(b)
+	id := r.sum(b)
 	it.node.Chunks = append(it.node.Chunks, tree.ChunkRef{ID: id, Len: uint32(len(b))})
 	atomic.AddInt64(&r.stats.BytesRead, int64(len(b)))
 	if _, ok := it.known[id]; ok {
@@ -224,6 +226,21 @@ func (r *reader) take(ctx context.Context, it *item, b []byte) error {
 		return nil
 	}
 	return r.up.add(ctx, wire.FrameData, id, b)
+}
+
+// sum returns the id of chunk b. A largest chunk of zeros, which a zero
+// run longer than chunker.MaxSize cuts into (preallocated files, the empty
+// space of disk images), is hashed once per reader: checking that a chunk
+// is zeros stops at its first byte that is not.
+func (r *reader) sum(b []byte) keys.ID {
+	if len(b) != chunker.MaxSize || !chunker.IsZero(b) {
+		return r.hasher.Sum(b)
+	}
+	if r.zeroID == nil {
+		id := r.hasher.Sum(b)
+		r.zeroID = &id
+	}
+	return *r.zeroID
 }
 
 // hashAsideMin is the size from which a file's chunks are hashed (and

@@ -101,13 +101,19 @@ func TestCutAsideMatchesChunker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, size := range []int{hashAsideMin - 1, hashAsideMin, 7*chunker.MaxSize + 12345} {
+	for _, size := range []int{hashAsideMin - 1, hashAsideMin, 7*chunker.MaxSize + 12345, 9*chunker.MaxSize + 777} {
 		data := make([]byte, size)
 		for i := range data {
 			data[i] = byte(rng.Uint32())
 		}
 		for i := 0; i+4096 < size; i += 1 << 20 { // zero blocks: chunks of every size
 			clear(data[i : i+4096])
+		}
+		if size%chunker.MaxSize == 777 {
+			// A zero run of largest chunks of zeros (read.go, sum), and
+			// one to the end.
+			clear(data[2<<20 : 2<<20+5*chunker.MaxSize+99])
+			clear(data[size-chunker.MaxSize-5000:])
 		}
 		p := filepath.Join(dir, "f")
 		if err := os.WriteFile(p, data, 0o600); err != nil {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vaultnode/agentkit/meta"
+	"vaultnode/internal/chunker"
 	"vaultnode/internal/keys"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
@@ -351,6 +352,9 @@ func (w *fileWriter) chunk(o *openFile, fr *wire.Frame) {
 		o.err = err
 		return
 	}
+	if chunker.IsZero(data) {
+		w.r.zeros.found(fr.ID)
+	}
 	w.r.mem.keep(fr.ID, data)
 	o.err = o.write(data)
 	atomic.AddInt64(&w.r.stats.Bytes, int64(len(data)))
@@ -469,7 +473,11 @@ func (o *openFile) write(p []byte) error {
 		}
 		e := o.ext[o.ei]
 		n := int(min(int64(len(p)), e.Len-o.eoff))
-		if err := pwriteAll(o.fd, p[:n], e.Off+o.eoff); err != nil {
+		put := pwriteAll
+		if n >= zeroPieceMin && chunker.IsZero(p[:n]) {
+			put = allocateLike
+		}
+		if err := put(o.fd, p[:n], e.Off+o.eoff); err != nil {
 			return fmt.Errorf("write at %d: %w", e.Off+o.eoff, err)
 		}
 		p = p[n:]

@@ -61,7 +61,8 @@ type srcRef struct {
 }
 
 // copyOp is one place of a file's content copied instead of downloaded:
-// chunk idx of the node, at offset off.
+// chunk idx of the node, at offset off; from nothing (from.f nil) when the
+// chunk is zeros, which are allocated.
 type copyOp struct {
 	idx  int
 	off  int64
@@ -93,6 +94,12 @@ func (r *restorer) plan(f *fileJob) {
 			continue // straddles extents (or lies beyond them): downloaded
 		}
 		off := ext[ei].Off + start - edata
+		if r.zeros.is(c) {
+			// Allocated once the file's downloads are written; never
+			// a source (zeros.go).
+			f.copies = append(f.copies, copyOp{idx: i, off: off})
+			continue
+		}
 		ref, ok := r.srcs[c.ID]
 		switch {
 		case !ok:
@@ -142,7 +149,9 @@ func (w *fileWriter) copyChunks(o *openFile) error {
 	for _, c := range o.copies {
 		want := o.node.Chunks[c.idx]
 		var err error
-		if c.from.f == o.src {
+		if c.from.f == nil || w.r.zeros.is(want) {
+			err = allocate(o.fd, c.off, int64(want.Len))
+		} else if c.from.f == o.src {
 			err = copyRange(o.fd, c.from.off, o.fd, c.off, int64(want.Len))
 		} else {
 			err = w.copyFrom(o, c, want)
@@ -163,7 +172,7 @@ func (w *fileWriter) copyChunks(o *openFile) error {
 // waiting: from memory, within o, or from a file already complete.
 func (w *fileWriter) copiesReady(o *openFile) bool {
 	for _, c := range o.copies {
-		if c.from.f == o.src || w.r.mem.has(o.node.Chunks[c.idx].ID) {
+		if c.from.f == nil || c.from.f == o.src || w.r.mem.has(o.node.Chunks[c.idx].ID) {
 			continue
 		}
 		select {

@@ -5,6 +5,7 @@
 package chunker
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -145,7 +146,17 @@ const scanBlock = 16 << 10
 // processor overlaps their additions, which one chain serializes, and the
 // boundaries are the ones a single chain finds (the chunker's test pins
 // them).
+//
+// A range of zeros longer than the hash's window is rolled over only for
+// its first 64 bytes: from the 64th zero on, the hash no longer depends on
+// what came before and stays one value, which either made the 64th a
+// boundary or makes none in the rest of the range. Zero-filled regions of
+// disk images and preallocated files (gigabytes of them) cost the cut
+// nothing then.
 func (g *Gear) scan(data []byte, lo, hi int, fp, mask uint64) (int, uint64) {
+	if hi-lo > 2*zeroWindow && data[lo] == 0 && IsZero(data[lo:hi]) {
+		hi = lo + zeroWindow
+	}
 	for hi-lo >= 2*scanBlock {
 		a := data[lo : lo+scanBlock]
 		b := data[lo+scanBlock : lo+2*scanBlock]
@@ -181,6 +192,29 @@ func (g *Gear) scan(data []byte, lo, hi int, fp, mask uint64) (int, uint64) {
 		}
 	}
 	return 0, fp
+}
+
+// zeroWindow is the bytes the gear hash depends on: fp after byte i is the
+// sum of g[data[i-j]]<<j for j below 64.
+const zeroWindow = 64
+
+// zeroBlock is compared against by IsZero.
+var zeroBlock [64 << 10]byte
+
+// IsZero reports whether b holds only zero bytes. It reads as far as the
+// first byte that is not, so data that is not zeros costs it nothing.
+func IsZero(b []byte) bool {
+	if len(b) > 0 && b[0] != 0 {
+		return false
+	}
+	for len(b) > 0 {
+		n := min(len(b), len(zeroBlock))
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 // Chunker reads a stream and returns its chunks one at a time.

@@ -437,3 +437,65 @@ func TestScanMatchesSerial(t *testing.T) {
 		}
 	}
 }
+
+// TestZeroRunsMatchSerial cuts data of random runs and zero runs (shorter
+// and longer than the hash's window, up to several chunks long), with a
+// gear table whose zero-run hash meets no mask and with one whose meets
+// every mask only at a run's 64th zero (g[0] = 2^64-1: the hash after k
+// zeros from 0 is 2^64-2^k+1, whose high bits are set until it is 1):
+// each cut, whole or resumed, must be the serial one's.
+func TestZeroRunsMatchSerial(t *testing.T) {
+	g := testGear(t)
+	g0 := *g
+	g0[0] = ^uint64(0)
+	r := rand.New(rand.NewPCG(3, 5))
+	var data []byte
+	for len(data) < 24<<20 {
+		if r.IntN(2) == 0 {
+			data = append(data, randBytes(r.Uint64(), r.IntN(300<<10))...)
+			continue
+		}
+		n := []int{1, 63, 64, 65, 127, 128, 129, 4096, r.IntN(1 << 20), r.IntN(9 << 20)}[r.IntN(10)]
+		data = append(data, make([]byte, n)...)
+	}
+	for _, gear := range []*Gear{g, &g0} {
+		for _, p := range []params{
+			{min: 64, avg: 40 << 10, max: 200 << 10, maskS: 0x94b5294a53f00000 & ^uint64(0xfff00000), maskL: 0x94a5294a52a00000 & ^uint64(0xfff00000)},
+			contentParams,
+			listingParams,
+		} {
+			for off, n := 0, 0; off < len(data); off += n {
+				rest := data[off:]
+				want := serialCut(gear, &p, rest, true)
+				if got := gear.cut(&p, rest, true); got != want {
+					t.Fatalf("g[0]=%#x params %+v at %d: cut %d, serial %d", gear[0], p, off, got, want)
+				}
+				part := rest[:min(len(rest), r.IntN(p.max+1))]
+				n1, s := gear.cutFrom(&p, part, false, scanState{})
+				if w := serialCut(gear, &p, part, false); n1 != w {
+					t.Fatalf("g[0]=%#x params %+v at %d, prefix %d: cut %d, serial %d", gear[0], p, off, len(part), n1, w)
+				}
+				if n1 == 0 {
+					if n2, _ := gear.cutFrom(&p, rest, true, s); n2 != want {
+						t.Fatalf("g[0]=%#x params %+v at %d: resumed after %d: cut %d, serial %d", gear[0], p, off, len(part), n2, want)
+					}
+				}
+				n = want
+			}
+		}
+	}
+}
+
+func TestIsZero(t *testing.T) {
+	b := make([]byte, 200<<10)
+	if !IsZero(b) || !IsZero(nil) || !IsZero(b[:1]) {
+		t.Fatal("zeros not seen as zeros")
+	}
+	for _, i := range []int{0, 1, 63, 64<<10 - 1, 64 << 10, len(b) - 1} {
+		b[i] = 1
+		if IsZero(b) {
+			t.Fatalf("a one at %d not seen", i)
+		}
+		b[i] = 0
+	}
+}

@@ -1,0 +1,104 @@
+package restore
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/internal/chunker"
+	"vaultnode/internal/keys"
+	"vaultnode/internal/tree"
+)
+
+// Chunks of zeros are allocated, not written. A file's zero-filled regions
+// (a preallocated database file, the empty space of a raw disk image) keep
+// their blocks, as the backup recorded them, but through fallocate: no page
+// cache is filled and nothing is written to the disk, and the blocks read
+// as zeros like the ones written would. (Holes, which the backup recorded
+// as holes, stay holes.)
+//
+// A zero run longer than chunker.MaxSize is cut into largest chunks of
+// zeros, whose id the restore computes itself once: those are never
+// downloaded. A chunk of zeros of any other length is known as such once
+// downloaded, and its later places are allocated too.
+type zeroChunks struct {
+	key  [32]byte
+	once sync.Once
+	max  keys.ID // the id of chunker.MaxSize zeros
+
+	any  atomic.Bool // seen holds an id
+	mu   sync.Mutex
+	seen map[[32]byte]struct{} // other chunks downloaded and found zeros
+}
+
+// zeroSeenMax bounds zeroChunks.seen: a zero chunk of each length is
+// possible, but only a file's last chunk has a length of its own.
+const zeroSeenMax = 4096
+
+// is reports whether c is known to hold zeros only.
+func (z *zeroChunks) is(c tree.ChunkRef) bool {
+	if c.Len == chunker.MaxSize {
+		z.once.Do(func() { z.max = keys.NewHasher(z.key).Sum(make([]byte, chunker.MaxSize)) })
+		if c.ID == z.max {
+			return true
+		}
+	}
+	if !z.any.Load() {
+		return false
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	_, ok := z.seen[c.ID]
+	return ok
+}
+
+// found records that chunk id, checked against its id, is zeros.
+func (z *zeroChunks) found(id [32]byte) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if z.seen == nil {
+		z.seen = map[[32]byte]struct{}{}
+	}
+	if len(z.seen) < zeroSeenMax {
+		z.seen[id] = struct{}{}
+		z.any.Store(true)
+	}
+}
+
+// zeroPieceMin is the least run of zeros in downloaded content that is
+// allocated rather than written: below a block, allocating saves nothing.
+const zeroPieceMin = 4 << 10
+
+// zeroBuf is written where a filesystem cannot allocate.
+var zeroBuf [1 << 20]byte
+
+// allocate makes [off, off+n) of a file this restore created read as
+// zeros, giving it blocks without writing them; where the filesystem
+// cannot (no fallocate), it writes zeros.
+func allocate(fd int, off, n int64) error {
+	for {
+		err := unix.Fallocate(fd, 0, off, n)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EOPNOTSUPP, unix.ENOSYS:
+		default:
+			return err
+		}
+		break
+	}
+	for n > 0 {
+		k := min(n, int64(len(zeroBuf)))
+		if err := pwriteAll(fd, zeroBuf[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
+}
+
+// allocateLike allocates as many bytes as p holds (zeros) at off.
+func allocateLike(fd int, p []byte, off int64) error { return allocate(fd, off, int64(len(p))) }
