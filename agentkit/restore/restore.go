@@ -218,7 +218,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, openJobSlack),
 		dirs: map[string]*tree.Node{}, linkDirs: map[string]bool{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{}, srcs: map[[32]byte]srcRef{},
-		zeros: zeroChunks{key: o.ChunkKey},
+		zeros:      zeroChunks{key: o.ChunkKey},
 		privileged: geteuid() == 0}
 	if !o.DryRun {
 		if err := os.MkdirAll(o.Target, 0o700); err != nil {
