@@ -39,7 +39,13 @@ const zeroSeenMax = 4096
 // is reports whether c is known to hold zeros only.
 func (z *zeroChunks) is(c tree.ChunkRef) bool {
 	if c.Len == chunker.MaxSize {
-		z.once.Do(func() { z.max = keys.NewHasher(z.key).Sum(make([]byte, chunker.MaxSize)) })
+		z.once.Do(func() {
+			h := keys.NewHasher(z.key) // over zeroBuf: no 4 MiB of fresh pages
+			for range chunker.MaxSize / len(zeroBuf) {
+				h.Write(zeroBuf[:])
+			}
+			z.max = h.ID()
+		})
 		if c.ID == z.max {
 			return true
 		}
@@ -72,6 +78,10 @@ const zeroPieceMin = 4 << 10
 
 // zeroBuf is written where a filesystem cannot allocate.
 var zeroBuf [1 << 20]byte
+
+// The id of a largest chunk of zeros is hashed over zeroBuf, repeated: a
+// whole number of times.
+const _ = uint(0) - uint(chunker.MaxSize%len(zeroBuf)) // does not compile unless a whole number
 
 // allocate makes [off, off+n) of a file this restore created read as
 // zeros, giving it blocks without writing them; where the filesystem
