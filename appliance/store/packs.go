@@ -239,6 +239,12 @@ func (p diskPack) WriteBehind(off, n int64) {
 	_ = unix.SyncFileRange(int(p.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
 
+// DropCached drops the cached pages of [off, off+n) that are clean (a
+// hint: pages still dirty, and the partly written last one, stay).
+func (p diskPack) DropCached(off, n int64) {
+	_ = unix.Fadvise(int(p.Fd()), off, n, unix.FADV_DONTNEED)
+}
+
 func (p diskPack) Sync(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

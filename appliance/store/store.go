@@ -334,6 +334,11 @@ type Appender struct {
 	bufOff int64
 	// behind: the pack's bytes before it were handed to WriteBehind.
 	behind int64
+	// kept is where the first entry that is not content (a listing, a
+	// manifest) lies, when hasKept: a commit reads listings back soon,
+	// so the page cache keeps them and what follows (commit).
+	kept    int64
+	hasKept bool
 }
 
 // WriteBehinder is a PackWriter that can start writing a range to its
@@ -344,6 +349,12 @@ type Appender struct {
 // "Upload requests out of step").
 type WriteBehinder interface {
 	WriteBehind(off, n int64)
+}
+
+// CacheDropper is a PackWriter whose committed bytes can leave the page
+// cache (diskPack: posix_fadvise DONTNEED).
+type CacheDropper interface {
+	DropCached(off, n int64)
 }
 
 // writeBehind is how many bytes an appender writes before it starts their
@@ -452,6 +463,9 @@ func (a *Appender) add(h pack.EntryHeader, data []byte, release func()) error {
 		a.rep.Add(data)
 	}
 	a.ids = append(a.ids, h.ID)
+	if h.Kind != pack.KindData && !a.hasKept {
+		a.kept, a.hasKept = a.off, true
+	}
 	a.locs = append(a.locs, Location{Pack: a.w.number, Offset: uint32(a.off), BodyLen: h.BodyLen,
 		PlainLen: h.PlainLen, Kind: h.Kind, Flags: h.Flags})
 	a.off += int64(len(data))
@@ -574,6 +588,21 @@ func (a *Appender) commit() error {
 		rerr = a.rep.Commit(io.NewSectionReader(w.f, from, off-from))
 	case s.opts.Replica == nil && s.opts.Replicate != nil && !a.move && !a.copied && off > from:
 		rerr = s.opts.Replicate(a.company, io.NewSectionReader(w.f, from, off-from))
+	}
+	// The content a commit wrote is read again seldom (a restore, a
+	// check, a collection, all long after) and from the disk anyway by
+	// then: it leaves the page cache once synced (and replicated),
+	// instead of pushing the index's pages out. Its pages go back to the
+	// kernel while still warm, and the next commit's writes take them:
+	// filling the cache with new pages instead cost the vault 1.6 CPU s a
+	// GB written on this machine kind (docs/performance.md, item 75).
+	// Listings stay: the version's commit reads them.
+	end := off
+	if a.hasKept {
+		end = min(end, a.kept)
+	}
+	if d, ok := w.f.(CacheDropper); ok && end > from {
+		d.DropCached(from, end-from)
 	}
 	s.giveWriter(w)
 	return rerr
