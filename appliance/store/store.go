@@ -824,6 +824,7 @@ func (s *Store) getAt(company string, aead *pack.Sealer, id [32]byte, loc Locati
 	n := pack.EntryHeaderSize + int(loc.BodyLen)
 	if sealed := int(loc.BodyLen) - pack.NonceSize; aead != nil && loc.BodyLen >= inPlaceMin && cap(dst)-len(dst) >= sealed {
 		out, err := openInPlace(f, aead, id, loc, dst, sealed)
+		dropRead(f, loc, n)
 		s.release(f)
 		return out, loc, err
 	}
@@ -845,6 +846,7 @@ func (s *Store) getAt(company string, aead *pack.Sealer, id [32]byte, loc Locati
 		buf = (*bp)[:n]
 	}
 	_, err = f.ReadAt(buf, int64(loc.Offset))
+	dropRead(f, loc, n)
 	s.release(f)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -861,6 +863,25 @@ func (s *Store) getAt(company string, aead *pack.Sealer, id [32]byte, loc Locati
 // costs more than copying it (a restore of 100,000 small files spent 0.25 s
 // more of the vault's CPU in the second pread).
 const inPlaceMin = 256 << 10
+
+// dropReadMin is the least content entry dropped from the page cache once
+// read.
+const dropReadMin = 256 << 10
+
+// dropRead drops a large content entry just read (n bytes at loc) from the
+// page cache, like a commit's content (item 75): a restore reads each once,
+// and the kernel's readahead then takes the pages given back, while still
+// warm, for the entries that follow, instead of new ones (the page
+// cache's new pages cost a restore of 1.9 GiB of photos 1.34 of the vault's
+// 4.04 CPU s on this machine kind). Listings stay: commits read them.
+func dropRead(f *packFile, loc Location, n int) {
+	if loc.Kind != pack.KindData || n < dropReadMin {
+		return
+	}
+	if d, ok := f.PackReader.(CacheDropper); ok {
+		d.DropCached(int64(loc.Offset), int64(n))
+	}
+}
 
 // openInPlace reads the entry at loc in two parts, its header and nonce,
 // then the ciphertext (sealed bytes, with the tag) right after dst where
