@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -19,34 +18,18 @@ import (
 	"vaultnode/internal/wire"
 )
 
-// askedSource records which chunks were asked for.
-type askedSource struct {
-	memSource
-	mu    sync.Mutex
-	asked map[[32]byte]int
-}
-
-func (a *askedSource) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
-	a.mu.Lock()
-	for _, id := range ids {
-		a.asked[id]++
-	}
-	a.mu.Unlock()
-	return a.memSource.GetChunks(ctx, ids, fn)
-}
-
 // TestZeroChunksAllocated restores files whose content holds chunks of
 // zeros: largest ones (never downloaded: their id is known), a file's last
 // chunk of zeros of its own length (downloaded once, then known), in plain
 // and sparse files, in files cut into parts. Each file must read back as
 // backed up and keep its blocks (allocated, not holes), and no largest
-// chunk of zeros may be asked of the vault.
+// chunk of zeros may be downloaded.
 func TestZeroChunksAllocated(t *testing.T) {
 	forEachNaming(t, testZeroChunksAllocated)
 }
 
 func testZeroChunksAllocated(t *testing.T) {
-	src := &askedSource{memSource: memSource{}, asked: map[[32]byte]int{}}
+	src := &idCountingSource{memSource: memSource{}, served: map[[32]byte]int{}}
 	rng := rand.New(rand.NewPCG(5, 6))
 	random := func(n int) []byte {
 		b := make([]byte, n)
@@ -137,10 +120,10 @@ func testZeroChunksAllocated(t *testing.T) {
 		}
 	}
 	zid := h.Sum(zmax)
-	if n := src.asked[zid]; n > 0 {
-		t.Errorf("the largest chunk of zeros was asked for %d times", n)
+	if n := src.served[zid]; n > 0 {
+		t.Errorf("the largest chunk of zeros was downloaded %d times", n)
 	}
-	if n := src.asked[h.Sum(ztail)]; n != 1 {
-		t.Errorf("the last chunk of zeros was asked for %d times, want once", n)
+	if n := src.served[h.Sum(ztail)]; n != 1 {
+		t.Errorf("the last chunk of zeros was downloaded %d times, want once", n)
 	}
 }
