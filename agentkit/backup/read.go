@@ -26,6 +26,9 @@ type reader struct {
 	buf     []byte
 	// zeroID is the id of a largest chunk of zeros, once one was read.
 	zeroID *keys.ID
+	// uncut counts the chunks cutKnown took at a previous version's
+	// boundaries without looking for one (tests).
+	uncut int
 }
 
 // read fills it.node's chunks from its open file. A file that changes while
@@ -193,6 +196,9 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 		}
 	} else {
 		c := chunker.New(r.gear, lr, r.buf)
+		if it.known != nil {
+			return r.cutKnown(ctx, it, c, limit)
+		}
 		if limit >= hashAsideMin {
 			return r.cutAside(ctx, it, c, limit)
 		}
@@ -208,24 +214,96 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 			return fmt.Errorf("read: %w", err)
 		}
 		total += int64(len(b))
-		if err := r.take(ctx, it, b); err != nil {
+		if err := r.take(ctx, it, b, r.sum(b)); err != nil {
 			return err
 		}
 	}
 	return r.readTotal(n, total, limit)
 }
 
-// take hashes chunk b of it's file, adds it to the node and hands it to
-// the uploader unless the vault has it.
-func (r *reader) take(ctx context.Context, it *item, b []byte) error {
-	id := r.sum(b)
+// take adds chunk b of it's file, whose id is id, to the node and hands it
+// to the uploader unless the vault has it.
+func (r *reader) take(ctx context.Context, it *item, b []byte, id keys.ID) error {
 	it.node.Chunks = append(it.node.Chunks, tree.ChunkRef{ID: id, Len: uint32(len(b))})
 	atomic.AddInt64(&r.stats.BytesRead, int64(len(b)))
-	if _, ok := it.known[id]; ok {
+	if it.known.has(id) {
 		atomic.AddInt64(&r.stats.ChunksReused, 1)
 		return nil
 	}
 	return r.up.add(ctx, wire.FrameData, id, b)
+}
+
+// cutKnown reads a changed file whose previous version had several chunks.
+// Where the content is still theirs it cuts where they ended without
+// looking for boundaries: the chunk of the previous version's length is
+// hashed, and if its id is the one recorded the boundary is the one the
+// chunker would find, since a chunk's end depends only on its own bytes
+// (the rolling hash starts afresh at each chunk). Only the previous
+// version's last chunk is not taken so: the end of the file cut it. On a
+// mismatch the chunker looks for the boundary as usual (the hash is kept
+// when it ends at the same place, as an edit in place leaves it), and the
+// known chunks are taken again from the next one the chunker makes that is
+// among them. The chunks are the ones a plain pass makes: an appended log
+// or an image with a few blocks changed costs its reading and hashing,
+// not the search for boundaries in what did not change
+// (docs/performance.md, item 77).
+func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, limit int64) error {
+	refs := it.known.refs[:len(it.known.refs)-1]
+	var total int64
+	next := 0 // the previous chunk expected next; len(refs): none
+	for {
+		var (
+			b      []byte
+			id     keys.ID
+			missID keys.ID // the id of the expected length's bytes, not the one expected
+			missN  int
+			missAt int
+		)
+		if next < len(refs) {
+			want, at := refs[next], next
+			next = len(refs)
+			if want.Len > 0 && int(want.Len) <= chunker.MaxSize {
+				k, err := c.NextN(int(want.Len))
+				switch {
+				case err == nil:
+					if id = r.sum(k); id == want.ID {
+						b = k
+						r.uncut++
+						next = at + 1
+					} else {
+						missID, missN, missAt = id, len(k), at
+						c.Unread(len(k))
+					}
+				case err != io.ErrUnexpectedEOF:
+					return fmt.Errorf("read: %w", err)
+				}
+			}
+		}
+		if b == nil {
+			var err error
+			if b, err = c.Next(); err == io.EOF {
+				break
+			} else if err != nil {
+				return fmt.Errorf("read: %w", err)
+			}
+			if len(b) == missN {
+				// The same bytes, changed within: the boundary after them is
+				// the previous one's again.
+				id, next = missID, missAt+1
+			} else {
+				id = r.sum(b)
+				if i, ok := it.known.at[id]; ok {
+					next = i + 1
+				}
+			}
+			next = min(next, len(refs))
+		}
+		total += int64(len(b))
+		if err := r.take(ctx, it, b, id); err != nil {
+			return err
+		}
+	}
+	return r.readTotal(&it.node, total, limit)
 }
 
 // sum returns the id of chunk b. A largest chunk of zeros, which a zero
@@ -267,7 +345,7 @@ func (r *reader) cutAside(ctx context.Context, it *item, c *chunker.Chunker, lim
 		for b := range chunks {
 			if herr == nil {
 				total += int64(len(b))
-				if herr = r.take(ctx, it, b); herr != nil {
+				if herr = r.take(ctx, it, b, r.sum(b)); herr != nil {
 					failed.Store(true)
 				}
 			}

@@ -372,3 +372,117 @@ func TestReadBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestCutKnownMatchesChunker: a changed file read with its previous
+// version's chunks makes the chunks a plain pass makes, whatever the
+// change, and takes the unchanged ones at their recorded ends (cutKnown).
+// Previous chunks the vault could have lied about (lengths out of bounds,
+// ids of other bytes) change nothing either.
+func TestCutKnownMatchesChunker(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(11, 12))
+	key := [32]byte{4}
+	gear, err := chunker.NewGear(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	refsOf := func(data []byte) []tree.ChunkRef {
+		var refs []tree.ChunkRef
+		h := keys.NewHasher(key)
+		eachChunk(t, gear, bytes.NewReader(data), func(b []byte) {
+			refs = append(refs, tree.ChunkRef{ID: h.Sum(b), Len: uint32(len(b))})
+		})
+		return refs
+	}
+	base := random(24 << 20)
+	clear(base[9<<20 : 9<<20+3*chunker.MaxSize+5]) // zero chunks, some of the largest size
+	splice := func(b []byte, at, del int, ins []byte) []byte {
+		return slices.Concat(b[:at], ins, b[at+del:])
+	}
+	inPlace := slices.Clone(base)
+	for range 5 {
+		at := rng.IntN(len(inPlace) - 4096)
+		copy(inPlace[at:], random(4096))
+	}
+	cases := []struct {
+		name     string
+		old, new []byte
+		// fewest chunks taken at a previous end; -1: every one but the last
+		leastUncut int
+		mangle     func([]tree.ChunkRef)
+	}{
+		{"unchanged", base, base, -1, nil},
+		{"appended", base, slices.Concat(base, random(100_000)), -1, nil},
+		{"written in place", base, inPlace, 10, nil},
+		{"inserted in the middle", base, splice(base, 13<<20, 0, random(1000)), 10, nil},
+		{"inserted at the start", base, splice(base, 0, 0, random(77)), 10, nil},
+		{"cut near the start", base, splice(base, 300_000, 50_000, nil), 10, nil},
+		{"truncated", base, base[:15<<20], 5, nil},
+		{"grown from one chunk's worth", base[:3<<20], base, 1, nil},
+		{"new content", base, random(len(base)), 0, nil},
+		{"lengths out of bounds", base, base, 0, func(r []tree.ChunkRef) {
+			r[0].Len = chunker.MaxSize + 1
+			r[3].Len = 0
+		}},
+		{"ids of other bytes", base, base, 0, func(r []tree.ChunkRef) {
+			r[0].ID[0] ^= 1
+			r[5].Len++
+			r[6].ID = r[2].ID
+		}},
+	}
+	for _, tc := range cases {
+		old := refsOf(tc.old)
+		want := refsOf(tc.new)
+		if tc.mangle != nil {
+			tc.mangle(old)
+		}
+		p := filepath.Join(dir, "f")
+		if err := os.WriteFile(p, tc.new, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		up := newUploader(nil, "", &Stats{})
+		sent := map[[32]byte]bool{}
+		consumed := make(chan struct{})
+		go func() {
+			defer close(consumed)
+			for c := range up.cand {
+				sent[c.id] = true
+				up.done(c)
+			}
+		}()
+		r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
+		fd, err := unix.Open(p, unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		it := &item{fd: fd, done: make(chan struct{}), known: newKnownChunks(&tree.Node{Type: tree.TypeFile, Chunks: old})}
+		it.node.Path = []byte("f")
+		if err := r.read(context.Background(), it); err != nil {
+			t.Fatal(err)
+		}
+		close(up.cand)
+		<-consumed
+		if !slices.Equal(it.node.Chunks, want) {
+			t.Errorf("%s: %d chunks, want the %d of a plain pass (or not the same)", tc.name, len(it.node.Chunks), len(want))
+		}
+		least := tc.leastUncut
+		if least < 0 {
+			least = len(old) - 1
+		}
+		if r.uncut < least || r.uncut > len(old)-1 {
+			t.Errorf("%s: %d chunks taken at their previous ends, want %d to %d", tc.name, r.uncut, least, len(old)-1)
+		}
+		for _, c := range want {
+			if known := it.known.has(c.ID); known == sent[c.ID] {
+				t.Errorf("%s: chunk %x known %v, offered to the vault %v", tc.name, c.ID[:8], known, sent[c.ID])
+			}
+		}
+	}
+}

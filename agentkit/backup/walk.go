@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -40,8 +41,9 @@ type item struct {
 	// version's, so the vault has them): a chunk read again that is among
 	// them is neither copied nor offered to the vault. An edit in a large
 	// file then costs the reading and hashing, not a lack query and a copy
-	// of every chunk.
-	known map[[32]byte]struct{}
+	// of every chunk; and the reader cuts where those chunks ended without
+	// looking for boundaries while the content is theirs (cutKnown).
+	known *knownChunks
 	done  chan struct{} // closed when node is final
 }
 
@@ -357,7 +359,7 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node, op *meta.Opened)
 	if n.Size == 0 {
 		return w.send(&item{node: n, done: closedDone}, false) // nothing to read
 	}
-	known := knownChunks(prev)
+	known := newKnownChunks(prev)
 	if op != nil {
 		keep = true
 		return w.send(&item{node: n, fd: op.FD, before: &op.Stat, known: known, done: make(chan struct{})}, true)
@@ -371,17 +373,36 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node, op *meta.Opened)
 	return w.send(&item{node: n, fd: fd, known: known, done: make(chan struct{})}, true)
 }
 
-// knownChunks is the set of chunks of a file's previous version, when it
-// had more than one (a file of one chunk that changed has a new one).
-func knownChunks(prev *tree.Node) map[[32]byte]struct{} {
+// knownChunks are the chunks of a file's previous version, in order, and
+// the first place of each.
+type knownChunks struct {
+	refs []tree.ChunkRef
+	at   map[[32]byte]int
+}
+
+// newKnownChunks returns the chunks of a file's previous version, when it
+// had more than one (a file of one chunk that changed has a new one); nil
+// otherwise. It copies them: prev may be reused by its reader.
+func newKnownChunks(prev *tree.Node) *knownChunks {
 	if prev == nil || prev.Type != tree.TypeFile || prev.Status != tree.StatusOK || prev.LinkTo != nil || len(prev.Chunks) < 2 {
 		return nil
 	}
-	known := make(map[[32]byte]struct{}, len(prev.Chunks))
-	for _, c := range prev.Chunks {
-		known[c.ID] = struct{}{}
+	k := &knownChunks{refs: slices.Clone(prev.Chunks), at: make(map[[32]byte]int, len(prev.Chunks))}
+	for i, c := range k.refs {
+		if _, ok := k.at[c.ID]; !ok {
+			k.at[c.ID] = i
+		}
 	}
-	return known
+	return k
+}
+
+// has reports whether id is one of the chunks.
+func (k *knownChunks) has(id [32]byte) bool {
+	if k == nil {
+		return false
+	}
+	_, ok := k.at[id]
+	return ok
 }
 
 func openFile(dirfd int, name string) (int, error) {

@@ -299,28 +299,68 @@ func (c *Chunker) Next() ([]byte, error) {
 			c.scanned = s // refilled below: resume there
 		}
 		// Refill: move what is left to the front, then read.
-		if c.beg > 0 {
-			if c.hold != nil {
-				c.hold()
-			}
-			c.end = copy(c.buf, c.buf[c.beg:c.end])
-			c.beg = 0
-		}
-		for c.end < len(c.buf) && !c.eof {
-			m, err := c.r.Read(c.buf[c.end:])
-			c.end += m
-			if errors.Is(err, io.EOF) {
-				c.eof = true
-			} else if err != nil {
-				return nil, fmt.Errorf("read: %w", err)
-			} else if m == 0 {
-				continue
-			}
-			if c.end-c.beg >= c.p.max {
-				break
-			}
+		if err := c.refill(); err != nil {
+			return nil, err
 		}
 	}
+}
+
+// NextN returns the next n bytes (at most MaxSize) as a chunk, without
+// looking for a boundary: for a caller that expects a chunk of a known
+// length there (a file's unchanged chunk) and checks it itself. When the
+// stream ends before n bytes it returns io.ErrUnexpectedEOF and consumes
+// nothing. The slice is valid as Next's is.
+func (c *Chunker) NextN(n int) ([]byte, error) {
+	if n <= 0 || n > MaxSize || n > len(c.buf) {
+		return nil, fmt.Errorf("chunker: NextN(%d) outside 1..%d", n, min(MaxSize, len(c.buf)))
+	}
+	for c.end-c.beg < n {
+		if c.eof {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err := c.refill(); err != nil {
+			return nil, err
+		}
+	}
+	return c.take(n), nil
+}
+
+// Unread puts back the chunk of n bytes just returned by Next or NextN,
+// so that the next call starts at it again. Only that chunk: nothing else
+// may have been called since.
+func (c *Chunker) Unread(n int) {
+	if n > c.beg {
+		panic("chunker: Unread of more than was returned")
+	}
+	c.beg -= n
+	c.scanned = scanState{}
+}
+
+// refill moves what is left to the buffer's front and reads until a
+// largest chunk's worth is there or the stream ends.
+func (c *Chunker) refill() error {
+	if c.beg > 0 {
+		if c.hold != nil {
+			c.hold()
+		}
+		c.end = copy(c.buf, c.buf[c.beg:c.end])
+		c.beg = 0
+	}
+	for c.end < len(c.buf) && !c.eof {
+		m, err := c.r.Read(c.buf[c.end:])
+		c.end += m
+		if errors.Is(err, io.EOF) {
+			c.eof = true
+		} else if err != nil {
+			return fmt.Errorf("read: %w", err)
+		} else if m == 0 {
+			continue
+		}
+		if c.end-c.beg >= c.p.max {
+			break
+		}
+	}
+	return nil
 }
 
 // take returns the next n bytes as a chunk.

@@ -499,3 +499,53 @@ func TestIsZero(t *testing.T) {
 		b[i] = 0
 	}
 }
+
+// TestNextNAndUnread: NextN takes exactly the length asked across refills,
+// refuses a length the stream no longer has without consuming anything,
+// and a chunk put back with Unread is cut again as if never taken.
+func TestNextNAndUnread(t *testing.T) {
+	g := testGear(t)
+	data := make([]byte, 5*MaxSize+123)
+	rng := rand.New(rand.NewPCG(8, 9))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	var want [][]byte
+	c := New(g, bytes.NewReader(data), nil)
+	for {
+		b, err := c.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, bytes.Clone(b))
+	}
+	c = New(g, iotest.OneByteReader(bytes.NewReader(data)), make([]byte, MaxSize+1))
+	off := 0
+	for i, w := range want {
+		if i%2 == 0 {
+			// Taken by length, then put back: Next cuts the same chunk.
+			b, err := c.NextN(len(w))
+			if err != nil || !bytes.Equal(b, data[off:off+len(w)]) {
+				t.Fatalf("chunk %d: NextN: %v", i, err)
+			}
+			c.Unread(len(b))
+		}
+		b, err := c.Next()
+		if err != nil || !bytes.Equal(b, w) {
+			t.Fatalf("chunk %d: Next after Unread: %d bytes, %v; want %d", i, len(b), err, len(w))
+		}
+		off += len(w)
+		if i == len(want)-2 {
+			// The last chunk's length and a byte more: refused, nothing consumed.
+			if _, err := c.NextN(len(want[i+1]) + 1); err != io.ErrUnexpectedEOF {
+				t.Fatalf("NextN past the end: %v", err)
+			}
+		}
+	}
+	if _, err := c.NextN(MaxSize + 1); err == nil {
+		t.Fatal("NextN of more than MaxSize accepted")
+	}
+}
