@@ -27,8 +27,9 @@ type reader struct {
 	// zeroID is the id of a largest chunk of zeros, once one was read.
 	zeroID *keys.ID
 	// uncut counts the chunks cutKnown took at a previous version's
-	// boundaries without looking for one (tests).
-	uncut int
+	// boundaries without looking for one, aside the files it left to
+	// cutAside (tests).
+	uncut, aside int
 }
 
 // read fills it.node's chunks from its open file. A file that changes while
@@ -250,7 +251,8 @@ func (r *reader) take(ctx context.Context, it *item, b []byte, id keys.ID) error
 func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, limit int64) error {
 	refs := it.known.refs[:len(it.known.refs)-1]
 	var total int64
-	next := 0 // the previous chunk expected next; len(refs): none
+	next := 0    // the previous chunk expected next; len(refs): none
+	strange := 0 // chunks cut in a row without finding the previous version's
 	for {
 		var (
 			b      []byte
@@ -280,6 +282,12 @@ func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, lim
 			}
 		}
 		if b == nil {
+			if strange++; strange > unknownRun && limit-total >= hashAsideMin {
+				// Nothing here is the previous version's any more: the
+				// search for boundaries and the hashing on two goroutines.
+				r.aside++
+				return r.cutAsideFrom(ctx, it, c, limit, total)
+			}
 			var err error
 			if b, err = c.Next(); err == io.EOF {
 				break
@@ -295,6 +303,9 @@ func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, lim
 				if i, ok := it.known.at[id]; ok {
 					next = i + 1
 				}
+			}
+			if next < len(refs) {
+				strange = 0
 			}
 			next = min(next, len(refs))
 		}
@@ -321,6 +332,11 @@ func (r *reader) sum(b []byte) keys.ID {
 	return *r.zeroID
 }
 
+// unknownRun is how many chunks in a row cutKnown cuts without finding
+// one of the previous version's before it leaves the rest of a large file
+// to cutAside: a file rewritten whole keeps both cores busy.
+const unknownRun = 4
+
 // hashAsideMin is the size from which a file's chunks are hashed (and
 // handed to the uploader) on a goroutine of their own while the reader
 // reads and cuts the next ones.
@@ -332,11 +348,17 @@ const hashAsideMin = 2 * chunker.MaxSize
 // the chunker's buffer until hashed: it waits for them before it moves
 // its buffer (Chunker.Hold).
 func (r *reader) cutAside(ctx context.Context, it *item, c *chunker.Chunker, limit int64) error {
+	return r.cutAsideFrom(ctx, it, c, limit, 0)
+}
+
+// cutAsideFrom is cutAside for the rest of a file of which taken bytes were
+// taken already.
+func (r *reader) cutAsideFrom(ctx context.Context, it *item, c *chunker.Chunker, limit, taken int64) error {
 	var (
 		wg     sync.WaitGroup
 		failed atomic.Bool
 		herr   error
-		total  int64
+		total  = taken
 	)
 	chunks := make(chan []byte, 16)
 	done := make(chan struct{})

@@ -472,12 +472,20 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		if !slices.Equal(it.node.Chunks, want) {
 			t.Errorf("%s: %d chunks, want the %d of a plain pass (or not the same)", tc.name, len(it.node.Chunks), len(want))
 		}
+		if it.node.Size != int64(len(tc.new)) || it.node.Status != tree.StatusOK {
+			t.Errorf("%s: size %d, status %v; want %d, ok", tc.name, it.node.Size, it.node.Status, len(tc.new))
+		}
 		least := tc.leastUncut
 		if least < 0 {
 			least = len(old) - 1
 		}
 		if r.uncut < least || r.uncut > len(old)-1 {
 			t.Errorf("%s: %d chunks taken at their previous ends, want %d to %d", tc.name, r.uncut, least, len(old)-1)
+		}
+		// The rest of a large file that is nothing of its previous version's
+		// is cut aside.
+		if aside := tc.name == "new content" || tc.name == "grown from one chunk's worth"; (r.aside == 1) != aside {
+			t.Errorf("%s: left to cutAside %d times, want %v", tc.name, r.aside, aside)
 		}
 		for _, c := range want {
 			if known := it.known.has(c.ID); known == sent[c.ID] {
