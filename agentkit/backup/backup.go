@@ -237,7 +237,8 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	dirs := &dirRecorder{}
 	produce := func(ctx context.Context, up *uploader, order chan<- []*item, work chan<- *item) error {
 		if o.Config.Kind == wire.KindDatabase {
-			d := &dumper{cfg: o.Config, gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, log: o.Log}
+			d := &dumper{cfg: o.Config, gear: gear, hasher: keys.NewHasher(o.ChunkKey), up: up, stats: stats, log: o.Log,
+				known: previousDump(prev, o.Config.Name)}
 			return d.run(ctx, order)
 		}
 		w := &walker{ctx: ctx, sel: sel, cfg: o.Config, prev: prev, prevStarted: last.Started, dirs: dirs,

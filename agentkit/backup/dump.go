@@ -33,6 +33,23 @@ type dumper struct {
 	up     *uploader
 	stats  *Stats
 	log    *zap.Logger
+	// known holds the chunks of the previous version's dump (nil: none):
+	// they are neither offered to the vault nor searched for boundaries
+	// while the output is theirs (cutKnown).
+	known *knownChunks
+}
+
+// previousDump returns the chunks of the dump in a database configuration's
+// previous listing (nil when there is none).
+func previousDump(prev *tree.Reader, config string) *knownChunks {
+	if prev == nil {
+		return nil
+	}
+	n, err := prev.Next()
+	if err != nil || string(n.Path) != DumpName(config) {
+		return nil
+	}
+	return newKnownChunks(n)
 }
 
 func (d *dumper) command(ctx context.Context, argv []string) *exec.Cmd {
@@ -91,8 +108,23 @@ func (d *dumper) run(ctx context.Context, order chan<- []*item) (err error) {
 	}
 	n := tree.Node{Path: []byte(DumpName(d.cfg.Name)), Type: tree.TypeFile, Mode: 0o600, Nlink: 1}
 	c := chunker.New(d.gear, out, nil)
+	next := func() ([]byte, keys.ID, error) {
+		b, err := c.Next()
+		if err != nil {
+			return nil, keys.ID{}, err
+		}
+		return b, d.hasher.Sum(b), nil
+	}
+	if d.known != nil {
+		// A dump is mostly its previous one's chunks.
+		kc := newKnownCut(c, d.known, d.hasher.Sum)
+		next = func() ([]byte, keys.ID, error) {
+			b, id, _, err := kc.next()
+			return b, id, err
+		}
+	}
 	for {
-		b, rerr := c.Next()
+		b, id, rerr := next()
 		if rerr == io.EOF {
 			break
 		}
@@ -101,10 +133,13 @@ func (d *dumper) run(ctx context.Context, order chan<- []*item) (err error) {
 			cmd.Wait()
 			return fmt.Errorf("read dump output: %w", rerr)
 		}
-		id := d.hasher.Sum(b)
 		n.Chunks = append(n.Chunks, tree.ChunkRef{ID: id, Len: uint32(len(b))})
 		n.Size += int64(len(b))
 		atomic.AddInt64(&d.stats.BytesRead, int64(len(b)))
+		if d.known.has(id) {
+			atomic.AddInt64(&d.stats.ChunksReused, 1)
+			continue
+		}
 		if err := d.up.add(ctx, wire.FrameData, id, b); err != nil {
 			cmd.Process.Kill()
 			cmd.Wait()

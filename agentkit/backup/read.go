@@ -249,65 +249,24 @@ func (r *reader) take(ctx context.Context, it *item, b []byte, id keys.ID) error
 // not the search for boundaries in what did not change
 // (docs/performance.md, item 77).
 func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, limit int64) error {
-	refs := it.known.refs[:len(it.known.refs)-1]
+	kc := newKnownCut(c, it.known, r.sum)
 	var total int64
-	next := 0    // the previous chunk expected next; len(refs): none
-	strange := 0 // chunks cut in a row without finding the previous version's
 	for {
-		var (
-			b      []byte
-			id     keys.ID
-			missID keys.ID // the id of the expected length's bytes, not the one expected
-			missN  int
-			missAt int
-		)
-		if next < len(refs) {
-			want, at := refs[next], next
-			next = len(refs)
-			if want.Len > 0 && int(want.Len) <= chunker.MaxSize {
-				k, err := c.NextN(int(want.Len))
-				switch {
-				case err == nil:
-					if id = r.sum(k); id == want.ID {
-						b = k
-						r.uncut++
-						next = at + 1
-					} else {
-						missID, missN, missAt = id, len(k), at
-						c.Unread(len(k))
-					}
-				case err != io.ErrUnexpectedEOF:
-					return fmt.Errorf("read: %w", err)
-				}
-			}
+		if kc.strange >= unknownRun && limit-total >= hashAsideMin {
+			// Nothing here is the previous version's any more: the search
+			// for boundaries and the hashing on two goroutines.
+			r.aside++
+			return r.cutAsideFrom(ctx, it, c, limit, total)
 		}
-		if b == nil {
-			if strange++; strange > unknownRun && limit-total >= hashAsideMin {
-				// Nothing here is the previous version's any more: the
-				// search for boundaries and the hashing on two goroutines.
-				r.aside++
-				return r.cutAsideFrom(ctx, it, c, limit, total)
-			}
-			var err error
-			if b, err = c.Next(); err == io.EOF {
-				break
-			} else if err != nil {
-				return fmt.Errorf("read: %w", err)
-			}
-			if len(b) == missN {
-				// The same bytes, changed within: the boundary after them is
-				// the previous one's again.
-				id, next = missID, missAt+1
-			} else {
-				id = r.sum(b)
-				if i, ok := it.known.at[id]; ok {
-					next = i + 1
-				}
-			}
-			if next < len(refs) {
-				strange = 0
-			}
-			next = min(next, len(refs))
+		b, id, uncut, err := kc.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		if uncut {
+			r.uncut++
 		}
 		total += int64(len(b))
 		if err := r.take(ctx, it, b, id); err != nil {
@@ -315,6 +274,71 @@ func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, lim
 		}
 	}
 	return r.readTotal(&it.node, total, limit)
+}
+
+// knownCut cuts a stream whose previous version's chunks are known, as
+// cutKnown says.
+type knownCut struct {
+	c    *chunker.Chunker
+	k    *knownChunks
+	sum  func([]byte) keys.ID
+	refs []tree.ChunkRef // the previous chunks but the last
+	// want is the index of the previous chunk expected next (len(refs):
+	// none); strange counts the chunks cut in a row that the previous
+	// version did not have.
+	want, strange int
+}
+
+func newKnownCut(c *chunker.Chunker, k *knownChunks, sum func([]byte) keys.ID) *knownCut {
+	return &knownCut{c: c, k: k, sum: sum, refs: k.refs[:len(k.refs)-1]}
+}
+
+// next returns the next chunk and its id, and whether it was taken at a
+// previous chunk's end; io.EOF at the end.
+func (kc *knownCut) next() (b []byte, id keys.ID, uncut bool, err error) {
+	var (
+		missID keys.ID // the id of the expected length's bytes, not the one expected
+		missN  int
+		missAt int
+	)
+	if kc.want < len(kc.refs) {
+		want, at := kc.refs[kc.want], kc.want
+		kc.want = len(kc.refs)
+		if want.Len > 0 && int(want.Len) <= chunker.MaxSize {
+			k, err := kc.c.NextN(int(want.Len))
+			switch {
+			case err == nil:
+				if id = kc.sum(k); id == want.ID {
+					kc.want, kc.strange = at+1, 0
+					return k, id, true, nil
+				}
+				missID, missN, missAt = id, len(k), at
+				kc.c.Unread(len(k))
+			case err != io.ErrUnexpectedEOF:
+				return nil, id, false, err
+			}
+		}
+	}
+	if b, err = kc.c.Next(); err != nil {
+		return nil, id, false, err
+	}
+	if len(b) == missN {
+		// The same bytes, changed within: the boundary after them is the
+		// previous one's again.
+		id, kc.want = missID, missAt+1
+	} else {
+		id = kc.sum(b)
+		if i, ok := kc.k.at[id]; ok {
+			kc.want = i + 1
+		}
+	}
+	kc.want = min(kc.want, len(kc.refs))
+	if kc.want < len(kc.refs) {
+		kc.strange = 0
+	} else {
+		kc.strange++
+	}
+	return b, id, false, nil
 }
 
 // sum returns the id of chunk b. A largest chunk of zeros, which a zero
