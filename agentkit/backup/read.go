@@ -253,8 +253,9 @@ func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, lim
 	var total int64
 	for {
 		if kc.strange >= unknownRun && limit-total >= hashAsideMin {
-			// Nothing here is the previous version's any more: the search
-			// for boundaries and the hashing on two goroutines.
+			// Little here is the previous version's any more (new content,
+			// or a change in every chunk): the search for boundaries and
+			// the hashing on two goroutines.
 			r.aside++
 			return r.cutAsideFrom(ctx, it, c, limit, total)
 		}
@@ -284,8 +285,8 @@ type knownCut struct {
 	sum  func([]byte) keys.ID
 	refs []tree.ChunkRef // the previous chunks but the last
 	// want is the index of the previous chunk expected next (len(refs):
-	// none); strange counts the chunks cut in a row that the previous
-	// version did not have.
+	// none); strange counts the chunks in a row the chunker had to cut,
+	// not taken at a previous chunk's end.
 	want, strange int
 }
 
@@ -333,11 +334,7 @@ func (kc *knownCut) next() (b []byte, id keys.ID, uncut bool, err error) {
 		}
 	}
 	kc.want = min(kc.want, len(kc.refs))
-	if kc.want < len(kc.refs) {
-		kc.strange = 0
-	} else {
-		kc.strange++
-	}
+	kc.strange++
 	return b, id, false, nil
 }
 
@@ -356,9 +353,10 @@ func (r *reader) sum(b []byte) keys.ID {
 	return *r.zeroID
 }
 
-// unknownRun is how many chunks in a row cutKnown cuts without finding
-// one of the previous version's before it leaves the rest of a large file
-// to cutAside: a file rewritten whole keeps both cores busy.
+// unknownRun is how many chunks in a row cutKnown has the chunker cut
+// (none of them where a previous chunk ended) before it leaves the rest of
+// a large file to cutAside: a file rewritten whole, or changed in every
+// chunk, keeps both cores busy.
 const unknownRun = 4
 
 // hashAsideMin is the size from which a file's chunks are hashed (and

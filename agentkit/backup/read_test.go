@@ -411,6 +411,10 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		at := rng.IntN(len(inPlace) - 4096)
 		copy(inPlace[at:], random(4096))
 	}
+	everyChunk := slices.Clone(base) // a write in every quarter of the smallest chunk
+	for at := 1000; at+64 < len(everyChunk); at += chunker.MinSize / 4 {
+		copy(everyChunk[at:], random(64))
+	}
 	cases := []struct {
 		name     string
 		old, new []byte
@@ -427,6 +431,7 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		{"truncated", base, base[:15<<20], 5, nil},
 		{"grown from one chunk's worth", base[:3<<20], base, 1, nil},
 		{"new content", base, random(len(base)), 0, nil},
+		{"written in every chunk", base, everyChunk, 0, nil},
 		{"lengths out of bounds", base, base, 0, func(r []tree.ChunkRef) {
 			r[0].Len = chunker.MaxSize + 1
 			r[3].Len = 0
@@ -484,7 +489,8 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		}
 		// The rest of a large file that is nothing of its previous version's
 		// is cut aside.
-		if aside := tc.name == "new content" || tc.name == "grown from one chunk's worth"; (r.aside == 1) != aside {
+		aside := tc.name == "new content" || tc.name == "grown from one chunk's worth" || tc.name == "written in every chunk"
+		if (r.aside == 1) != aside {
 			t.Errorf("%s: left to cutAside %d times, want %v", tc.name, r.aside, aside)
 		}
 		for _, c := range want {
