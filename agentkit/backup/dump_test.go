@@ -35,15 +35,7 @@ func TestDumpCutWithPreviousChunks(t *testing.T) {
 		old[i] = byte(rng.Uint32())
 	}
 	changed := slices.Concat(old[:7<<20], []byte("a changed row"), old[7<<20+13:], []byte("appended rows"))
-	refsOf := func(data []byte) []tree.ChunkRef {
-		var refs []tree.ChunkRef
-		h := keys.NewHasher(key)
-		eachChunk(t, gear, bytes.NewReader(data), func(b []byte) {
-			refs = append(refs, tree.ChunkRef{ID: h.Sum(b), Len: uint32(len(b))})
-		})
-		return refs
-	}
-	oldRefs, want := refsOf(old), refsOf(changed)
+	oldRefs, want := chunkRefs(t, gear, key, old), chunkRefs(t, gear, key, changed)
 
 	// The previous listing as the listing cache holds it.
 	var lb bytes.Buffer

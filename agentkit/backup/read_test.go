@@ -184,6 +184,18 @@ func eachChunk(t *testing.T, gear *chunker.Gear, r io.Reader, fn func([]byte)) {
 	}
 }
 
+// chunkRefs are the chunks a plain pass of the content chunker makes of
+// data, with their ids under key.
+func chunkRefs(t *testing.T, gear *chunker.Gear, key [32]byte, data []byte) []tree.ChunkRef {
+	t.Helper()
+	var refs []tree.ChunkRef
+	h := keys.NewHasher(key)
+	eachChunk(t, gear, bytes.NewReader(data), func(b []byte) {
+		refs = append(refs, tree.ChunkRef{ID: h.Sum(b), Len: uint32(len(b))})
+	})
+	return refs
+}
+
 // askedReader records the largest read asked of it.
 type askedReader struct{ most int }
 
@@ -393,14 +405,7 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		}
 		return b
 	}
-	refsOf := func(data []byte) []tree.ChunkRef {
-		var refs []tree.ChunkRef
-		h := keys.NewHasher(key)
-		eachChunk(t, gear, bytes.NewReader(data), func(b []byte) {
-			refs = append(refs, tree.ChunkRef{ID: h.Sum(b), Len: uint32(len(b))})
-		})
-		return refs
-	}
+	refsOf := func(data []byte) []tree.ChunkRef { return chunkRefs(t, gear, key, data) }
 	base := random(24 << 20)
 	clear(base[9<<20 : 9<<20+3*chunker.MaxSize+5]) // zero chunks, some of the largest size
 	splice := func(b []byte, at, del int, ins []byte) []byte {
