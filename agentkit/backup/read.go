@@ -24,8 +24,9 @@ type reader struct {
 	stats   *Stats
 	retries int
 	buf     []byte
-	// zeroID is the id of a largest chunk of zeros, once one was read.
-	zeroID *keys.ID
+	// zeroIDs are the ids of chunks of zeros by length in chunker.ZeroUnit
+	// units (index: units less one), once one was read.
+	zeroIDs [chunker.MaxSize / chunker.ZeroUnit]*keys.ID
 	// uncut counts the chunks cutKnown took at a previous version's
 	// boundaries without looking for one, aside the files it left to
 	// cutAside (tests).
@@ -338,19 +339,20 @@ func (kc *knownCut) next() (b []byte, id keys.ID, uncut bool, err error) {
 	return b, id, false, nil
 }
 
-// sum returns the id of chunk b. A largest chunk of zeros, which a zero
-// run longer than chunker.MaxSize cuts into (preallocated files, the empty
-// space of disk images), is hashed once per reader: checking that a chunk
-// is zeros stops at its first byte that is not.
+// sum returns the id of chunk b. A chunk of zeros (whole chunker.ZeroUnit
+// units, as the chunker cuts zero runs: preallocated files, the empty space
+// of disk images) is hashed once per reader and length: checking that a
+// chunk is zeros stops at its first byte that is not.
 func (r *reader) sum(b []byte) keys.ID {
-	if len(b) != chunker.MaxSize || !chunker.IsZero(b) {
+	if len(b) == 0 || len(b)%chunker.ZeroUnit != 0 || len(b) > chunker.MaxSize || !chunker.IsZero(b) {
 		return r.hasher.Sum(b)
 	}
-	if r.zeroID == nil {
+	z := &r.zeroIDs[len(b)/chunker.ZeroUnit-1]
+	if *z == nil {
 		id := r.hasher.Sum(b)
-		r.zeroID = &id
+		*z = &id
 	}
-	return *r.zeroID
+	return **z
 }
 
 // unknownRun is how many chunks in a row cutKnown has the chunker cut

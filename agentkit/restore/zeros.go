@@ -18,17 +18,17 @@ import (
 // as zeros like the ones written would. (Holes, which the backup recorded
 // as holes, stay holes.)
 //
-// A zero run longer than chunker.MaxSize is cut into largest chunks of
-// zeros, whose id the restore computes itself once: those are never
-// downloaded. A chunk of zeros of any other length is known as such once
-// downloaded, and its later places are allocated too.
+// The chunker cuts a run of zeros into chunks of whole chunker.ZeroUnit
+// units (at most chunker.MaxSize): the restore computes the id of each such
+// length itself, once, and those chunks are never downloaded. A chunk of
+// zeros of any other length (cut before that rule, or a file's last chunk)
+// is known as such once downloaded, and its later places are allocated too.
 type zeroChunks struct {
 	key  [32]byte
-	once sync.Once
-	max  keys.ID // the id of chunker.MaxSize zeros
-
-	any  atomic.Bool // seen holds an id
 	mu   sync.Mutex
+	unit [chunker.MaxSize / chunker.ZeroUnit]*keys.ID // by length in units, less one
+
+	any  atomic.Bool           // seen holds an id
 	seen map[[32]byte]struct{} // other chunks downloaded and found zeros
 }
 
@@ -38,15 +38,11 @@ const zeroSeenMax = 4096
 
 // is reports whether c is known to hold zeros only.
 func (z *zeroChunks) is(c tree.ChunkRef) bool {
-	if c.Len == chunker.MaxSize {
-		z.once.Do(func() {
-			h := keys.NewHasher(z.key) // over zeroBuf: no 4 MiB of fresh pages
-			for range chunker.MaxSize / len(zeroBuf) {
-				h.Write(zeroBuf[:])
-			}
-			z.max = h.ID()
-		})
-		if c.ID == z.max {
+	if c.Len > 0 && c.Len%chunker.ZeroUnit == 0 && c.Len <= chunker.MaxSize {
+		// A data chunk of such a length is rare (one in 65,536 of the
+		// lengths the rolling hash cuts, and largest chunks): each length's
+		// id is hashed once per restore, at most 64 of them.
+		if c.ID == z.unitID(int(c.Len)) {
 			return true
 		}
 	}
@@ -57,6 +53,22 @@ func (z *zeroChunks) is(c tree.ChunkRef) bool {
 	defer z.mu.Unlock()
 	_, ok := z.seen[c.ID]
 	return ok
+}
+
+// unitID is the id of n zeros, n a whole number of chunker.ZeroUnit.
+func (z *zeroChunks) unitID(n int) keys.ID {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	p := &z.unit[n/chunker.ZeroUnit-1]
+	if *p == nil {
+		h := keys.NewHasher(z.key) // over zeroBuf: no 4 MiB of fresh pages
+		for left := n; left > 0; left -= min(left, len(zeroBuf)) {
+			h.Write(zeroBuf[:min(left, len(zeroBuf))])
+		}
+		id := h.ID()
+		*p = &id
+	}
+	return **p
 }
 
 // found records that chunk id, checked against its id, is zeros.
@@ -78,10 +90,6 @@ const zeroPieceMin = 4 << 10
 
 // zeroBuf is written where a filesystem cannot allocate.
 var zeroBuf [1 << 20]byte
-
-// The id of a largest chunk of zeros is hashed over zeroBuf, repeated: a
-// whole number of times.
-const _ = uint(0) - uint(chunker.MaxSize%len(zeroBuf)) // does not compile unless a whole number
 
 // allocate makes [off, off+n) of a file this restore created read as
 // zeros, giving it blocks without writing them; where the filesystem

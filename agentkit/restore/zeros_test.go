@@ -46,6 +46,7 @@ func testZeroChunksAllocated(t *testing.T) {
 	}
 	zmax := make([]byte, chunker.MaxSize)
 	ztail := make([]byte, 10<<10+3)
+	zunits := make([]byte, 3*chunker.ZeroUnit) // a run's chunk of whole units
 	type spec struct {
 		path   string
 		pieces [][]byte
@@ -56,6 +57,7 @@ func testZeroChunksAllocated(t *testing.T) {
 		{path: "r/z1", pieces: [][]byte{random(100 << 10), zmax, zmax, zmax, random(50 << 10), ztail}},
 		{path: "r/z2", pieces: [][]byte{zmax, zmax, ztail}},
 		{path: "r/z3", pieces: [][]byte{ztail}},
+		{path: "r/z3-units", pieces: [][]byte{random(300 << 10), zunits, random(200 << 10), zunits, ztail}},
 		{path: "r/z4-sparse", pieces: [][]byte{zmax, random(4 << 10), ztail},
 			ext: []tree.Extent{{Off: 0, Len: chunker.MaxSize + 4<<10}, {Off: 20 << 20, Len: int64(len(ztail))}}, size: 24 << 20},
 	}
@@ -122,6 +124,9 @@ func testZeroChunksAllocated(t *testing.T) {
 	zid := h.Sum(zmax)
 	if n := src.served[zid]; n > 0 {
 		t.Errorf("the largest chunk of zeros was downloaded %d times", n)
+	}
+	if n := src.served[h.Sum(zunits)]; n > 0 {
+		t.Errorf("a chunk of zeros of whole units was downloaded %d times", n)
 	}
 	if n := src.served[h.Sum(ztail)]; n != 1 {
 		t.Errorf("the last chunk of zeros was downloaded %d times, want once", n)

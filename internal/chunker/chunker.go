@@ -47,15 +47,27 @@ const (
 	listingMaskL = uint64(0x94a5294a40000000)
 )
 
-// params are the sizes and masks of one kind of chunk.
+// ZeroUnit is the least run of zeros that content chunks cut around, and
+// the unit of a chunk of zeros's length (docs/format.md, "Chunking"): a
+// chunk that starts with at least ZeroUnit zeros holds only zeros, as many
+// whole units as the run has (at most MaxSize), and a chunk past MinSize
+// ends where such a run starts. Zero-filled regions of disk images and
+// preallocated files then make chunks of zeros of at most 64 lengths, which
+// both ends know without reading them, rather than ending up inside chunks
+// of data that are compressed, sent, checked and restored byte by byte.
+const ZeroUnit = 64 << 10
+
+// params are the sizes and masks of one kind of chunk, and whether it is
+// cut around runs of zeros.
 type params struct {
 	min, avg, max int
 	maskS, maskL  uint64
+	zeroRuns      bool
 }
 
 var (
-	contentParams = params{MinSize, AvgSize, MaxSize, maskS, maskL}
-	listingParams = params{ListingMinSize, ListingAvgSize, ListingMaxSize, listingMaskS, listingMaskL}
+	contentParams = params{MinSize, AvgSize, MaxSize, maskS, maskL, true}
+	listingParams = params{ListingMinSize, ListingAvgSize, ListingMaxSize, listingMaskS, listingMaskL, false}
 )
 
 // Gear is the table of 256 pseudo-random values the rolling hash uses.
@@ -98,6 +110,13 @@ type scanState struct {
 
 // cutFrom is cut resuming from s (of an earlier call on a prefix of data);
 // when it returns 0 it also returns the state to resume from.
+//
+// With zeroRuns: a chunk that starts with ZeroUnit zeros or more is the
+// run's whole units (at most max); otherwise the chunk also ends at the
+// first place past min where ZeroUnit zeros start (and that end at max at
+// the latest). The run's length decides the first, and ZeroUnit bytes
+// after a place the second: while the data ends in zeros that may go on,
+// neither is decided there.
 func (g *Gear) cutFrom(p *params, data []byte, atEOF bool, s scanState) (int, scanState) {
 	n := len(data)
 	if n <= p.min {
@@ -109,26 +128,102 @@ func (g *Gear) cutFrom(p *params, data []byte, atEOF bool, s scanState) (int, sc
 	if n > p.max {
 		n = p.max
 	}
+	// full: nothing past data[:n] can change this chunk's end.
+	full := n == p.max || atEOF
+	if p.zeroRuns && data[0] == 0 {
+		z := zeroPrefix(data[:n])
+		if z == n && !full {
+			return 0, scanState{}
+		}
+		if z >= ZeroUnit {
+			return z - z%ZeroUnit, scanState{}
+		}
+	}
 	normal := min(p.avg, n)
 	i, fp := p.min, uint64(0)
 	if s.at > i && s.at <= n {
 		i, fp = s.at, s.fp
 	}
+	// The gear hash is rolled up to end: the data's end, or the first
+	// place a zero run starts (zeroCut), or where trailing zeros that may
+	// still make one start.
+	end, zeroCut := n, false
+	if p.zeroRuns {
+		end, zeroCut = zeroRunFrom(data[:n], i, full)
+	}
 	var at int
-	if i < normal {
-		at, fp = g.scan(data, i, normal, fp, p.maskS)
-		i = normal
+	if i < normal && i < end {
+		at, fp = g.scan(data, i, min(normal, end), fp, p.maskS)
+		i = min(normal, end)
 	}
-	if at == 0 && i < n {
-		at, fp = g.scan(data, i, n, fp, p.maskL)
+	if at == 0 && i < end {
+		at, fp = g.scan(data, i, end, fp, p.maskL)
+		i = end
 	}
-	if at > 0 {
+	switch {
+	case at > 0:
 		return at, scanState{}
-	}
-	if n == p.max || atEOF {
+	case zeroCut:
+		return end, scanState{}
+	case end == n && full:
 		return n, scanState{}
 	}
-	return 0, scanState{at: n, fp: fp}
+	return 0, scanState{at: end, fp: fp}
+}
+
+// zeroPrefix is how many bytes of b from its start are zeros.
+func zeroPrefix(b []byte) int {
+	n := 0
+	for n < len(b) {
+		k := min(len(b)-n, len(zeroBlock))
+		if bytes.Equal(b[n:n+k], zeroBlock[:k]) {
+			n += k
+			continue
+		}
+		for b[n] == 0 {
+			n++
+		}
+		break
+	}
+	return n
+}
+
+// zeroRunFrom looks in data from from on for the first place where
+// ZeroUnit zeros start: it returns that place and true. Otherwise it
+// returns len(data), or, unless full, where trailing zeros start (fewer
+// than ZeroUnit, which more data may make a run), and false.
+//
+// Any ZeroUnit zeros hold the byte at a multiple of ZeroUnit past from,
+// less one: only those bytes are looked at until one is zero, so data
+// without long zero runs costs a byte in 64 KiB.
+func zeroRunFrom(data []byte, from int, full bool) (int, bool) {
+	k := from + ZeroUnit - 1
+	for k < len(data) {
+		if data[k] != 0 {
+			k += ZeroUnit
+			continue
+		}
+		beg := k
+		for beg > from && data[beg-1] == 0 {
+			beg--
+		}
+		end := beg + zeroPrefix(data[beg:min(len(data), beg+ZeroUnit)])
+		if end-beg == ZeroUnit {
+			return beg, true
+		}
+		if end == len(data) {
+			break // trailing zeros
+		}
+		k = end + ZeroUnit // data[end] is not zero
+	}
+	if full {
+		return len(data), false
+	}
+	t := len(data)
+	for t > from && data[t-1] == 0 {
+		t--
+	}
+	return t, false
 }
 
 // scanBlock is how many bytes each of scan's two chains hashes between

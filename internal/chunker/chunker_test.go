@@ -381,8 +381,37 @@ func serialCut(g *Gear, p *params, data []byte, atEOF bool) int {
 		return 0
 	}
 	n = min(n, p.max)
+	full := n == p.max || atEOF
+	// zeros(i): how many zeros start at data[i] (within data[:n]), from
+	// the first byte at or after i that is not zero.
+	nonzero := -1
+	zeros := func(i int) int {
+		if nonzero < i {
+			for nonzero = i; nonzero < n && data[nonzero] == 0; nonzero++ {
+			}
+		}
+		return nonzero - i
+	}
+	if p.zeroRuns {
+		if z := zeros(0); z > 0 {
+			switch {
+			case z == n && !full:
+				return 0
+			case z >= ZeroUnit:
+				return z - z%ZeroUnit
+			}
+		}
+	}
 	var fp uint64
 	for i := p.min; i < n; i++ {
+		if p.zeroRuns {
+			if zeros(i) >= ZeroUnit {
+				return i
+			}
+			if !full && i+zeros(i) == n {
+				return 0 // zeros to the end: a run may start here
+			}
+		}
 		fp = (fp << 1) + g[data[i]]
 		mask := p.maskL
 		if i < p.avg {
@@ -392,7 +421,7 @@ func serialCut(g *Gear, p *params, data []byte, atEOF bool) int {
 			return i + 1
 		}
 	}
-	if n == p.max || atEOF {
+	if full {
 		return n
 	}
 	return 0
@@ -455,7 +484,8 @@ func TestZeroRunsMatchSerial(t *testing.T) {
 			data = append(data, randBytes(r.Uint64(), r.IntN(300<<10))...)
 			continue
 		}
-		n := []int{1, 63, 64, 65, 127, 128, 129, 4096, r.IntN(1 << 20), r.IntN(9 << 20)}[r.IntN(10)]
+		n := []int{1, 63, 64, 65, 127, 128, 129, 4096, ZeroUnit - 1, ZeroUnit, ZeroUnit + 1, 2*ZeroUnit - 1,
+			r.IntN(1 << 20), r.IntN(9 << 20)}[r.IntN(14)]
 		data = append(data, make([]byte, n)...)
 	}
 	for _, gear := range []*Gear{g, &g0} {
@@ -470,14 +500,22 @@ func TestZeroRunsMatchSerial(t *testing.T) {
 				if got := gear.cut(&p, rest, true); got != want {
 					t.Fatalf("g[0]=%#x params %+v at %d: cut %d, serial %d", gear[0], p, off, got, want)
 				}
-				part := rest[:min(len(rest), r.IntN(p.max+1))]
-				n1, s := gear.cutFrom(&p, part, false, scanState{})
-				if w := serialCut(gear, &p, part, false); n1 != w {
-					t.Fatalf("g[0]=%#x params %+v at %d, prefix %d: cut %d, serial %d", gear[0], p, off, len(part), n1, w)
+				// Prefixes: at random, and ending within the first zero run
+				// past the minimum (a run that may go on).
+				plens := []int{r.IntN(p.max + 1)}
+				if z := bytes.IndexByte(rest[min(len(rest), p.min):], 0); z >= 0 {
+					plens = append(plens, p.min+z+1+r.IntN(ZeroUnit+2))
 				}
-				if n1 == 0 {
-					if n2, _ := gear.cutFrom(&p, rest, true, s); n2 != want {
-						t.Fatalf("g[0]=%#x params %+v at %d: resumed after %d: cut %d, serial %d", gear[0], p, off, len(part), n2, want)
+				for _, plen := range plens {
+					part := rest[:min(len(rest), plen)]
+					n1, s := gear.cutFrom(&p, part, false, scanState{})
+					if w := serialCut(gear, &p, part, false); n1 != w {
+						t.Fatalf("g[0]=%#x params %+v at %d, prefix %d: cut %d, serial %d", gear[0], p, off, len(part), n1, w)
+					}
+					if n1 == 0 {
+						if n2, _ := gear.cutFrom(&p, rest, true, s); n2 != want {
+							t.Fatalf("g[0]=%#x params %+v at %d: resumed after %d: cut %d, serial %d", gear[0], p, off, len(part), n2, want)
+						}
 					}
 				}
 				n = want
@@ -547,5 +585,81 @@ func TestNextNAndUnread(t *testing.T) {
 	}
 	if _, err := c.NextN(MaxSize + 1); err == nil {
 		t.Fatal("NextN of more than MaxSize accepted")
+	}
+}
+
+// TestZeroRunFrom places a run of exactly ZeroUnit zeros (and one zero
+// fewer) at many places in bytes that are not zeros, after a shorter run
+// or not: the first is found where it starts, the second never, and data
+// ending in zeros is said to end where they start unless it is all there.
+func TestZeroRunFrom(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	base := make([]byte, 5*ZeroUnit)
+	for i := range base {
+		base[i] = byte(1 + r.IntN(255))
+	}
+	const from = 1000
+	var places []int // every 331 bytes, and each byte near the bytes looked at
+	for q := from; q+ZeroUnit <= len(base); q += 331 {
+		places = append(places, q)
+	}
+	for m := 0; m < 4; m++ {
+		for d := -3; d <= 3; d++ {
+			if q := from + m*ZeroUnit + d; q >= from && q+ZeroUnit <= len(base) {
+				places = append(places, q)
+			}
+		}
+	}
+	for _, q := range places {
+		for _, short := range []int{0, 1, ZeroUnit - 1} {
+			data := bytes.Clone(base)
+			at := q
+			if short > 0 && q-from > short+1 {
+				s := from + r.IntN(q-from-short) // a shorter run first, ending before q
+				clear(data[s : s+short])
+			}
+			clear(data[at : at+ZeroUnit])
+			if got, ok := zeroRunFrom(data, from, true); !ok || got != at {
+				t.Fatalf("run at %d (short run %d before): found %d %v", at, short, got, ok)
+			}
+			data[at+ZeroUnit-1-r.IntN(ZeroUnit)] = 7
+			if got, ok := zeroRunFrom(data, from, true); ok {
+				t.Fatalf("a run one zero short at %d found at %d", at, got)
+			}
+		}
+	}
+	data := bytes.Clone(base)
+	clear(data[len(data)-100:])
+	if got, ok := zeroRunFrom(data, from, false); ok || got != len(data)-100 {
+		t.Fatalf("trailing zeros: %d %v, want %d", got, ok, len(data)-100)
+	}
+	if got, ok := zeroRunFrom(data, from, true); ok || got != len(data) {
+		t.Fatalf("trailing zeros of data all there: %d %v", got, ok)
+	}
+}
+
+// TestFrozenZeroRuns pins the boundaries around runs of zeros (a run
+// shorter than ZeroUnit, one of ZeroUnit less one inside data, one of
+// several largest chunks, trailing zeros): if this fails, the chunker
+// changed and stores lose deduplication against old data.
+func TestFrozenZeroRuns(t *testing.T) {
+	g := testGear(t)
+	data := randBytes(9, 16<<20)
+	clear(data[1<<20 : 1<<20+100<<10])
+	clear(data[2<<20 : 2<<20+ZeroUnit-1])
+	clear(data[3<<20+5 : 3<<20+5+5<<20+77])
+	clear(data[len(data)-70000:])
+	h := sha256.New()
+	var lens []int
+	for _, c := range chunks(t, g, bytes.NewReader(data)) {
+		var b [4]byte
+		b[0], b[1], b[2], b[3] = byte(len(c)), byte(len(c)>>8), byte(len(c)>>16), byte(len(c)>>24)
+		h.Write(b[:])
+		lens = append(lens, len(c))
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	const want = "35b52a66fd46f3661640f4fc94d560834cdfa4622d4d9c2a8600d0b1e9cfcc37"
+	if got != want {
+		t.Fatalf("chunk boundaries changed: digest %s, want %s (lengths %v)", got, want, lens)
 	}
 }
