@@ -68,6 +68,9 @@ type params struct {
 var (
 	contentParams = params{MinSize, AvgSize, MaxSize, maskS, maskL, true}
 	listingParams = params{ListingMinSize, ListingAvgSize, ListingMaxSize, listingMaskS, listingMaskL, false}
+	// largeListingParams cut a listing past its small chunks: the content
+	// sizes, not around zeros.
+	largeListingParams = params{MinSize, AvgSize, MaxSize, maskS, maskL, false}
 )
 
 // Gear is the table of 256 pseudo-random values the rolling hash uses.
@@ -360,7 +363,7 @@ func NewListing(g *Gear, r io.Reader, buf []byte) *Chunker {
 // large enough for them. The chunk just returned stays valid: the old
 // buffer is not reused.
 func (c *Chunker) toContent() {
-	c.p = &contentParams
+	c.p = &largeListingParams
 	if len(c.buf) <= MaxSize {
 		nb := make([]byte, 2*MaxSize)
 		c.end = copy(nb, c.buf[c.beg:c.end])
