@@ -245,10 +245,14 @@ func (r *reader) take(ctx context.Context, it *item, b []byte, id keys.ID) error
 // mismatch the chunker looks for the boundary as usual (the hash is kept
 // when it ends at the same place, as an edit in place leaves it), and the
 // known chunks are taken again from the next one the chunker makes that is
-// among them. The chunks are the ones a plain pass makes: an appended log
-// or an image with a few blocks changed costs its reading and hashing,
-// not the search for boundaries in what did not change
-// (docs/performance.md, item 77).
+// among them. The chunks are the ones a plain pass makes (but where a run
+// of zeros at a previous chunk's end grew or shrank: the chunker's zero
+// rule looks up to chunker.ZeroUnit bytes past a place, so the previous
+// end is kept where a plain pass might cut elsewhere; any cut is valid,
+// this one costs that chunk's deduplication only): an appended log or an
+// image with a few blocks changed costs its reading and hashing, not the
+// search for boundaries in what did not change (docs/performance.md,
+// items 77 and 79).
 func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, limit int64) error {
 	kc := newKnownCut(c, it.known, r.sum)
 	var total int64
