@@ -107,24 +107,10 @@ func (d *dumper) run(ctx context.Context, order chan<- []*item) (err error) {
 		return fmt.Errorf("start dump command %q: %w", strings.Join(d.cfg.Command, " "), err)
 	}
 	n := tree.Node{Path: []byte(DumpName(d.cfg.Name)), Type: tree.TypeFile, Mode: 0o600, Nlink: 1}
-	c := chunker.New(d.gear, out, nil)
-	next := func() ([]byte, keys.ID, error) {
-		b, err := c.Next()
-		if err != nil {
-			return nil, keys.ID{}, err
-		}
-		return b, d.hasher.Sum(b), nil
-	}
-	if d.known != nil {
-		// A dump is mostly its previous one's chunks.
-		kc := newKnownCut(c, d.known, d.hasher.Sum)
-		next = func() ([]byte, keys.ID, error) {
-			b, id, _, err := kc.next()
-			return b, id, err
-		}
-	}
+	// A dump is mostly its previous one's chunks (when there is one).
+	kc := newKnownCut(chunker.New(d.gear, out, nil), d.known, d.hasher.Sum)
 	for {
-		b, id, rerr := next()
+		b, id, _, rerr := kc.next()
 		if rerr == io.EOF {
 			break
 		}

@@ -295,8 +295,14 @@ type knownCut struct {
 	want, strange int
 }
 
+// newKnownCut cuts c knowing the chunks k (nil: none, so that every chunk
+// is the chunker's).
 func newKnownCut(c *chunker.Chunker, k *knownChunks, sum func([]byte) keys.ID) *knownCut {
-	return &knownCut{c: c, k: k, sum: sum, refs: k.refs[:len(k.refs)-1]}
+	kc := &knownCut{c: c, k: k, sum: sum}
+	if k != nil {
+		kc.refs = k.refs[:len(k.refs)-1]
+	}
+	return kc
 }
 
 // next returns the next chunk and its id, and whether it was taken at a
@@ -334,7 +340,7 @@ func (kc *knownCut) next() (b []byte, id keys.ID, uncut bool, err error) {
 		id, kc.want = missID, missAt+1
 	} else {
 		id = kc.sum(b)
-		if i, ok := kc.k.at[id]; ok {
+		if i, ok := kc.k.first(id); ok {
 			kc.want = i + 1
 		}
 	}

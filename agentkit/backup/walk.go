@@ -398,11 +398,18 @@ func newKnownChunks(prev *tree.Node) *knownChunks {
 
 // has reports whether id is one of the chunks.
 func (k *knownChunks) has(id [32]byte) bool {
-	if k == nil {
-		return false
-	}
-	_, ok := k.at[id]
+	_, ok := k.first(id)
 	return ok
+}
+
+// first returns the first place of chunk id, if it is one of them (none
+// of a nil k).
+func (k *knownChunks) first(id [32]byte) (int, bool) {
+	if k == nil {
+		return 0, false
+	}
+	i, ok := k.at[id]
+	return i, ok
 }
 
 func openFile(dirfd int, name string) (int, error) {
