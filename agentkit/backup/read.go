@@ -238,21 +238,20 @@ func (r *reader) take(ctx context.Context, it *item, b []byte, id keys.ID) error
 // cutKnown reads a changed file whose previous version had several chunks.
 // Where the content is still theirs it cuts where they ended without
 // looking for boundaries: the chunk of the previous version's length is
-// hashed, and if its id is the one recorded the boundary is the one the
-// chunker would find, since a chunk's end depends only on its own bytes
-// (the rolling hash starts afresh at each chunk). Only the previous
-// version's last chunk is not taken so: the end of the file cut it. On a
-// mismatch the chunker looks for the boundary as usual (the hash is kept
-// when it ends at the same place, as an edit in place leaves it), and the
-// known chunks are taken again from the next one the chunker makes that is
-// among them. The chunks are the ones a plain pass makes (but where a run
-// of zeros at a previous chunk's end grew or shrank: the chunker's zero
-// rule looks up to chunker.ZeroUnit bytes past a place, so the previous
-// end is kept where a plain pass might cut elsewhere; any cut is valid,
-// this one costs that chunk's deduplication only): an appended log or an
-// image with a few blocks changed costs its reading and hashing, not the
-// search for boundaries in what did not change (docs/performance.md,
-// items 77 and 79).
+// hashed, and if its id is the one recorded, the rolling hash (which
+// starts afresh at each chunk, and stopped at its first boundary when that
+// chunk was cut) has no boundary in it before its end; the chunker then
+// checks what else decides the end: the hash at that end, and its rule
+// for runs of zeros, which looks up to chunker.ZeroUnit bytes past it
+// (a run of zeros there that grew or shrank moves the end). Only the
+// previous version's last chunk is not taken so: the end of the file cut
+// it. On a mismatch the chunker looks for the boundary as usual (the hash
+// is kept when it ends at the same place, as an edit in place leaves it),
+// and the known chunks are taken again from the next one the chunker makes
+// that is among them. The chunks are the ones a plain pass makes: an
+// appended log or an image with a few blocks changed costs its reading and
+// hashing, not the search for boundaries in what did not change
+// (docs/performance.md, items 77, 79 and 80).
 func (r *reader) cutKnown(ctx context.Context, it *item, c *chunker.Chunker, limit int64) error {
 	kc := newKnownCut(c, it.known, r.sum)
 	var total int64
@@ -317,10 +316,10 @@ func (kc *knownCut) next() (b []byte, id keys.ID, uncut bool, err error) {
 		want, at := kc.refs[kc.want], kc.want
 		kc.want = len(kc.refs)
 		if want.Len > 0 && int(want.Len) <= chunker.MaxSize {
-			k, err := kc.c.NextN(int(want.Len))
+			k, ends, err := kc.c.NextKnown(int(want.Len))
 			switch {
 			case err == nil:
-				if id = kc.sum(k); id == want.ID {
+				if id = kc.sum(k); id == want.ID && ends {
 					kc.want, kc.strange = at+1, 0
 					return k, id, true, nil
 				}

@@ -423,6 +423,11 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 	for at := 1000; at+64 < len(everyChunk); at += chunker.MinSize / 4 {
 		copy(everyChunk[at:], random(64))
 	}
+	// A byte in the run of zeros just past the chunk that ended where it
+	// started: the chunk's bytes are the same, but a plain pass no longer
+	// ends it there (the zero rule looks past a chunk's end).
+	runCut := slices.Clone(base)
+	runCut[9<<20+100] = 1
 	cases := []struct {
 		name     string
 		old, new []byte
@@ -438,6 +443,7 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		{"cut near the start", base, splice(base, 300_000, 50_000, nil), 10, nil},
 		{"truncated", base, base[:15<<20], 5, nil},
 		{"grown from one chunk's worth", base[:3<<20], base, 1, nil},
+		{"a run of zeros past a chunk's end cut short", base, runCut, 10, nil},
 		{"new content", base, random(len(base)), 0, nil},
 		{"written in every chunk", base, everyChunk, 0, nil},
 		{"lengths out of bounds", base, base, 0, func(r []tree.ChunkRef) {

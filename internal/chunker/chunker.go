@@ -174,6 +174,65 @@ func (g *Gear) cutFrom(p *params, data []byte, atEOF bool, s scanState) (int, sc
 	return 0, scanState{at: end, fp: fp}
 }
 
+// endsAt reports whether cut(p, data, atEOF) is l, for data whose first l
+// bytes are a chunk that some pass cut at l, so that the rolling hash finds
+// no boundary in them before l (it started afresh at their start, and each
+// pass stops at the first one). What else decides the cut is checked: the
+// hash at l, the zero runs in the chunk, and the zero rule at and before l,
+// which looks at up to ZeroUnit bytes past l. data must reach l+ZeroUnit
+// bytes and more than p.min, or p.max, or the end of the stream (atEOF);
+// with less it may say false where more data would say true.
+func (g *Gear) endsAt(p *params, data []byte, atEOF bool, l int) bool {
+	n := len(data)
+	if n <= p.min {
+		return atEOF && l == n
+	}
+	if n > p.max {
+		n = p.max
+	}
+	if l <= 0 || l > n {
+		return false
+	}
+	full := n == p.max || atEOF
+	if p.zeroRuns && data[0] == 0 {
+		z := zeroPrefix(data[:n])
+		if z == n && !full {
+			return false
+		}
+		if z >= ZeroUnit {
+			return l == z-z%ZeroUnit
+		}
+	}
+	end, zeroCut := n, false
+	if p.zeroRuns {
+		end, zeroCut = zeroRunFrom(data[:n], p.min, full)
+	}
+	switch {
+	case end < l:
+		return false // a run of zeros starts before l (or may yet)
+	case l > p.min && g.boundaryAt(p, data, l):
+		return true // the hash cuts first (or where a run starts)
+	case zeroCut:
+		return end == l
+	}
+	return full && end == n && l == n
+}
+
+// boundaryAt reports whether the rolling hash, started at p.min, has a
+// boundary after data[l-1]: its value there depends on the zeroWindow
+// bytes before l only.
+func (g *Gear) boundaryAt(p *params, data []byte, l int) bool {
+	var fp uint64
+	for _, c := range data[max(p.min, l-zeroWindow):l] {
+		fp = fp<<1 + g[c]
+	}
+	mask := p.maskL
+	if l-1 < p.avg {
+		mask = p.maskS
+	}
+	return fp&mask == 0
+}
+
 // zeroPrefix is how many bytes of b from its start are zeros.
 func zeroPrefix(b []byte) int {
 	n := 0
@@ -403,24 +462,32 @@ func (c *Chunker) Next() ([]byte, error) {
 	}
 }
 
-// NextN returns the next n bytes (at most MaxSize) as a chunk, without
-// looking for a boundary: for a caller that expects a chunk of a known
-// length there (a file's unchanged chunk) and checks it itself. When the
-// stream ends before n bytes it returns io.ErrUnexpectedEOF and consumes
-// nothing. The slice is valid as Next's is.
-func (c *Chunker) NextN(n int) ([]byte, error) {
-	if n <= 0 || n > MaxSize || n > len(c.buf) {
-		return nil, fmt.Errorf("chunker: NextN(%d) outside 1..%d", n, min(MaxSize, len(c.buf)))
+// NextKnown returns the next n bytes (at most MaxSize) as a chunk without
+// looking for a boundary in them, for a caller that expects a chunk of a
+// known length there (a file's unchanged chunk) and checks its id itself;
+// and whether Next would return the same chunk, if they are the bytes of a
+// chunk some pass cut at n (the rolling hash is tested at n only, the rules
+// for zero runs in full: endsAt). When the stream ends before n bytes it
+// returns io.ErrUnexpectedEOF and consumes nothing. The slice is valid as
+// Next's is.
+func (c *Chunker) NextKnown(n int) ([]byte, bool, error) {
+	if n <= 0 || n > MaxSize || n+ZeroUnit > len(c.buf) {
+		return nil, false, fmt.Errorf("chunker: NextKnown(%d) outside 1..%d", n, min(MaxSize, len(c.buf)-ZeroUnit))
 	}
-	for c.end-c.beg < n {
-		if c.eof {
-			return nil, io.ErrUnexpectedEOF
-		}
+	// The zero rule looks up to ZeroUnit bytes past n; nothing is cut
+	// with MinSize bytes or fewer but at the end, nor decided by what lies
+	// past MaxSize.
+	need := min(max(n+ZeroUnit, c.p.min+1), c.p.max)
+	for c.end-c.beg < need && !c.eof {
 		if err := c.refill(); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
-	return c.take(n), nil
+	if c.end-c.beg < n {
+		return nil, false, io.ErrUnexpectedEOF
+	}
+	ends := c.gear.endsAt(c.p, c.buf[c.beg:c.end], c.eof, n)
+	return c.take(n), ends, nil
 }
 
 // Unread puts back the chunk of n bytes just returned by Next or NextN,

@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/bits"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"testing/iotest"
 )
@@ -538,10 +539,12 @@ func TestIsZero(t *testing.T) {
 	}
 }
 
-// TestNextNAndUnread: NextN takes exactly the length asked across refills,
-// refuses a length the stream no longer has without consuming anything,
-// and a chunk put back with Unread is cut again as if never taken.
-func TestNextNAndUnread(t *testing.T) {
+// TestNextKnownAndUnread: NextKnown takes exactly the length asked across
+// refills and says that a plain pass's chunk ends there (and that a chunk
+// one byte shorter does not), refuses a length the stream no longer has
+// without consuming anything, and a chunk put back with Unread is cut
+// again as if never taken.
+func TestNextKnownAndUnread(t *testing.T) {
 	g := testGear(t)
 	data := make([]byte, 5*MaxSize+123)
 	rng := rand.New(rand.NewPCG(8, 9))
@@ -560,16 +563,22 @@ func TestNextNAndUnread(t *testing.T) {
 		}
 		want = append(want, bytes.Clone(b))
 	}
-	c = New(g, iotest.OneByteReader(bytes.NewReader(data)), make([]byte, MaxSize+1))
+	c = New(g, iotest.OneByteReader(bytes.NewReader(data)), make([]byte, MaxSize+ZeroUnit))
 	off := 0
 	for i, w := range want {
 		if i%2 == 0 {
 			// Taken by length, then put back: Next cuts the same chunk.
-			b, err := c.NextN(len(w))
-			if err != nil || !bytes.Equal(b, data[off:off+len(w)]) {
-				t.Fatalf("chunk %d: NextN: %v", i, err)
+			b, ends, err := c.NextKnown(len(w))
+			if err != nil || !bytes.Equal(b, data[off:off+len(w)]) || !ends {
+				t.Fatalf("chunk %d: NextKnown: ends %v, %v", i, ends, err)
 			}
 			c.Unread(len(b))
+			if i < len(want)-1 {
+				if _, ends, err := c.NextKnown(len(w) - 1); err != nil || ends {
+					t.Fatalf("chunk %d one byte short: NextKnown: ends %v, %v", i, ends, err)
+				}
+				c.Unread(len(w) - 1)
+			}
 		}
 		b, err := c.Next()
 		if err != nil || !bytes.Equal(b, w) {
@@ -578,13 +587,33 @@ func TestNextNAndUnread(t *testing.T) {
 		off += len(w)
 		if i == len(want)-2 {
 			// The last chunk's length and a byte more: refused, nothing consumed.
-			if _, err := c.NextN(len(want[i+1]) + 1); err != io.ErrUnexpectedEOF {
-				t.Fatalf("NextN past the end: %v", err)
+			if _, _, err := c.NextKnown(len(want[i+1]) + 1); err != io.ErrUnexpectedEOF {
+				t.Fatalf("NextKnown past the end: %v", err)
 			}
 		}
 	}
-	if _, err := c.NextN(MaxSize + 1); err == nil {
-		t.Fatal("NextN of more than MaxSize accepted")
+	if _, _, err := c.NextKnown(MaxSize + 1); err == nil {
+		t.Fatal("NextKnown of more than MaxSize accepted")
+	}
+
+	// A chunk ended where a run of zeros starts, with fewer than ZeroUnit
+	// bytes past it in the buffer: NextKnown reads more before it decides.
+	r := randBytes(10, MaxSize)
+	a := r[:g.Cut(r, true)-1] // no boundary of the hash in it
+	if len(a) <= MinSize {
+		t.Fatalf("test data: first chunk of %d bytes", len(a)+1)
+	}
+	x := MaxSize + ZeroUnit - len(a) - ZeroUnit/2
+	data = slices.Concat(randBytes(11, x), a, make([]byte, ZeroUnit), randBytes(12, 1<<20))
+	if n := g.Cut(data[x:], true); n != len(a) {
+		t.Fatalf("test data: cut at %d, want %d", n, len(a))
+	}
+	c = New(g, bytes.NewReader(data), make([]byte, MaxSize+ZeroUnit))
+	if _, _, err := c.NextKnown(x); err != nil {
+		t.Fatal(err)
+	}
+	if b, ends, err := c.NextKnown(len(a)); err != nil || !bytes.Equal(b, a) || !ends {
+		t.Fatalf("chunk before a run of zeros: ends %v, %v", ends, err)
 	}
 }
 
@@ -661,5 +690,143 @@ func TestFrozenZeroRuns(t *testing.T) {
 	const want = "35b52a66fd46f3661640f4fc94d560834cdfa4622d4d9c2a8600d0b1e9cfcc37"
 	if got != want {
 		t.Fatalf("chunk boundaries changed: digest %s, want %s (lengths %v)", got, want, lens)
+	}
+}
+
+// TestEndsAtMatchesCut: for every chunk that a plain pass cut in one
+// version of some data, at the same place in another version that still
+// holds its bytes, endsAt says whether a plain pass cuts it there too, and
+// says it alike from the window NextKnown reads. The versions grow and
+// shrink runs of zeros just after chunks' ends, so that the zero rule (which
+// looks past an end) moves them; besides a keyed gear table, one whose hash
+// makes a boundary 64 bytes into every run of zeros, so that chunks end in
+// zeros that a longer run then takes.
+func TestEndsAtMatchesCut(t *testing.T) {
+	keyed := testGear(t)
+	zeroing := *keyed
+	zeroing[0] = 0 // 64 zeros hash to 0, a boundary under either mask
+	runs := []int{1, 30, 63, 64, 65, 100, 200, 1000, 4000, 30000, ZeroUnit - 1, ZeroUnit, ZeroUnit + 1, 2*ZeroUnit + 7,
+		5 * ZeroUnit, MaxSize - ZeroUnit/2, MaxSize + 3*ZeroUnit}
+	p := &contentParams
+	for gi, g := range []*Gear{keyed, &zeroing} {
+		rng := rand.New(rand.NewPCG(uint64(gi), 77))
+		var same, moved, movedInZeros int
+		for round := range 20 {
+			// Random bytes and runs of zeros of lengths around the rule's.
+			var old []byte
+			for len(old) < 5<<20 {
+				if rng.IntN(2) == 0 {
+					old = append(old, randBytes(rng.Uint64(), 1+rng.IntN(1<<20))...)
+				} else {
+					old = append(old, make([]byte, runs[rng.IntN(len(runs))])...)
+				}
+			}
+			type span struct{ at, n int }
+			var cuts []span
+			for at := 0; at < len(old); {
+				n := g.cut(p, old[at:], true)
+				cuts = append(cuts, span{at, n})
+				at += n
+			}
+			for v := range 12 {
+				// Past some chunks' ends, zeros of a length that makes (with
+				// the chunk's own trailing zeros) a run just short of the
+				// rule's, just long enough, or longer; or a byte that is not
+				// zero where a run went on.
+				cur := bytes.Clone(old)
+				for _, e := range cuts {
+					if rng.IntN(2) == 0 {
+						continue
+					}
+					end := e.at + e.n
+					if end >= len(cur) {
+						continue
+					}
+					tz := 0
+					for tz < e.n && cur[end-1-tz] == 0 {
+						tz++
+					}
+					switch k := (v + rng.IntN(3)) % 3; k {
+					case 0, 1:
+						n := []int{1, ZeroUnit - tz - 1, ZeroUnit - tz, ZeroUnit, 3 * ZeroUnit}[rng.IntN(5)]
+						clear(cur[end:min(len(cur), end+max(n, 0))])
+					default:
+						at := end + []int{0, 1, 63, ZeroUnit - tz - 1, ZeroUnit - tz, ZeroUnit - 1}[rng.IntN(6)]
+						if at >= end && at < len(cur) {
+							cur[at] = 0xa5
+						}
+					}
+				}
+				// A chunker takes the old lengths one after another, with a
+				// buffer that leaves it the least room past them.
+				ck := New(g, bytes.NewReader(cur), make([]byte, MaxSize+ZeroUnit))
+				for _, c := range cuts {
+					b, ends, err := ck.NextKnown(c.n)
+					if err != nil || !bytes.Equal(b, cur[c.at:c.at+c.n]) {
+						t.Fatalf("gear %d, round %d, version %d: NextKnown(%d) at %d: %d bytes, %v", gi, round, v, c.n, c.at, len(b), err)
+					}
+					if !bytes.Equal(cur[c.at:c.at+c.n], old[c.at:c.at+c.n]) {
+						continue
+					}
+					if want := g.cut(p, cur[c.at:], true) == c.n; ends != want {
+						t.Fatalf("gear %d, round %d, version %d: chunk of %d at %d: NextKnown says ends %v, a plain cut %v", gi, round, v, c.n, c.at, ends, want)
+					}
+					want := g.cut(p, cur[c.at:], true) == c.n
+					if got := g.endsAt(p, cur[c.at:], true, c.n); got != want {
+						t.Fatalf("gear %d, round %d, version %d: chunk of %d at %d: endsAt %v, a plain cut %v", gi, round, v, c.n, c.at, got, want)
+					}
+					// NextKnown's window: ZeroUnit bytes past the end and more
+					// than MinSize, or MaxSize.
+					w := min(len(cur), c.at+min(max(c.n+ZeroUnit, MinSize+1), MaxSize))
+					if got := g.endsAt(p, cur[c.at:w], w == len(cur), c.n); got != want {
+						t.Fatalf("gear %d, round %d, version %d: chunk of %d at %d, from %d bytes: endsAt %v, a plain cut %v (len %d, zeros %d)", gi, round, v, c.n, c.at, w-c.at, got, want, len(cur), zeroPrefix(cur[c.at:]))
+					}
+					if want {
+						same++
+					} else {
+						moved++
+						if cur[c.at] != 0 && cur[c.at+c.n-1] == 0 {
+							movedInZeros++
+						}
+					}
+				}
+			}
+		}
+		// Both answers must have come up often, or the versions tested little.
+		t.Logf("gear %d: %d ends kept, %d moved (%d of chunks ending in zeros)", gi, same, moved, movedInZeros)
+		if same < 500 || moved < 50 || gi == 1 && movedInZeros < 4 {
+			t.Errorf("gear %d: %d ends kept and %d moved (%d of chunks ending in zeros); the versions should move more", gi, same, moved, movedInZeros)
+		}
+	}
+}
+
+// TestBoundaryAt: boundaryAt says, at every place of random data, what the
+// rolling hash started at a chunk's minimum size says there, with the
+// smaller chunks' mask before the average size and the other after it.
+func TestBoundaryAt(t *testing.T) {
+	g := testGear(t)
+	data := randBytes(31, MaxSize)
+	clear(data[MinSize+10 : MinSize+5000]) // zeros within the hash's window of MinSize
+	easy := params{MinSize, AvgSize, MaxSize, 0x3 << 60, 0x1 << 62, true}
+	for _, p := range []*params{&contentParams, &easy} {
+		var fp uint64
+		hits := 0
+		for i := p.min; i < p.max; i++ {
+			fp = fp<<1 + g[data[i]]
+			mask := p.maskL
+			if i < p.avg {
+				mask = p.maskS
+			}
+			want := fp&mask == 0
+			if got := g.boundaryAt(p, data, i+1); got != want {
+				t.Fatalf("masks %x/%x: boundaryAt(%d) %v, the rolled hash %v", p.maskS, p.maskL, i+1, got, want)
+			}
+			if want {
+				hits++
+			}
+		}
+		if p == &easy && hits < 1000 {
+			t.Fatalf("easy masks: %d boundaries", hits)
+		}
 	}
 }
