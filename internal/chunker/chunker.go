@@ -490,7 +490,7 @@ func (c *Chunker) NextKnown(n int) ([]byte, bool, error) {
 	return c.take(n), ends, nil
 }
 
-// Unread puts back the chunk of n bytes just returned by Next or NextN,
+// Unread puts back the chunk of n bytes just returned by Next or NextKnown,
 // so that the next call starts at it again. Only that chunk: nothing else
 // may have been called since.
 func (c *Chunker) Unread(n int) {
