@@ -198,7 +198,9 @@ func (r *reader) readOnce(ctx context.Context, it *item, allocated int64) error 
 		}
 	} else {
 		c := chunker.New(r.gear, lr, r.buf)
-		if it.known != nil {
+		if it.known != nil && len(it.known.refs) > 1 {
+			// (A previous version of one chunk has no ends to cut at:
+			// take checks the chunks against it.)
 			return r.cutKnown(ctx, it, c, limit)
 		}
 		if limit >= hashAsideMin {

@@ -514,3 +514,78 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		}
 	}
 }
+
+// TestOneChunkFileReadAgain: a file of one chunk read again with the same
+// content (its times or owner changed: touch, chown -R) takes its previous
+// chunk as it is, neither copied for the uploader nor offered to the
+// vault; with other content its chunk is offered as before.
+func TestOneChunkFileReadAgain(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(21, 22))
+	key := [32]byte{5}
+	gear, err := chunker.NewGear(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	// One read whole (at most MinSize), one through the chunker (past
+	// MinSize, no boundary before its end), one of several chunks.
+	for _, size := range []int{100_000, chunker.MinSize + 40_000, 3 << 20} {
+		data := random(size)
+		refs := chunkRefs(t, gear, key, data)
+		if size <= chunker.MinSize+40_000 && len(refs) != 1 {
+			t.Fatalf("%d bytes: %d chunks, want one", size, len(refs))
+		}
+		p := filepath.Join(dir, "f")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		other := chunkRefs(t, gear, key, random(size))
+		for _, same := range []bool{true, false} {
+			prev := other
+			if same {
+				prev = refs
+			}
+			up := newUploader(nil, "", &Stats{})
+			var offered int
+			consumed := make(chan struct{})
+			go func() {
+				defer close(consumed)
+				for c := range up.cand {
+					offered++
+					up.done(c)
+				}
+			}()
+			stats := &Stats{}
+			r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: stats, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
+			fd, err := unix.Open(p, unix.O_RDONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			it := &item{fd: fd, done: make(chan struct{}), known: newKnownChunks(&tree.Node{Type: tree.TypeFile, Chunks: prev})}
+			it.node.Path = []byte("f")
+			if err := r.read(context.Background(), it); err != nil {
+				t.Fatal(err)
+			}
+			close(up.cand)
+			<-consumed
+			if !slices.Equal(it.node.Chunks, refs) {
+				t.Errorf("%d bytes, same %v: chunks %v, want %v", size, same, it.node.Chunks, refs)
+			}
+			wantReused, wantOffered := len(refs), 0
+			if !same {
+				wantReused, wantOffered = 0, len(refs)
+			}
+			if stats.ChunksReused != int64(wantReused) || offered != wantOffered {
+				t.Errorf("%d bytes, same content %v: %d chunks reused, %d offered to the vault; want %d and %d",
+					size, same, stats.ChunksReused, offered, wantReused, wantOffered)
+			}
+		}
+	}
+}

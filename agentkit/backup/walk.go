@@ -374,20 +374,38 @@ func (w *walker) visitFile(dirfd int, name string, n tree.Node, op *meta.Opened)
 }
 
 // knownChunks are the chunks of a file's previous version, in order, and
-// the first place of each.
+// where each first occurs.
 type knownChunks struct {
 	refs []tree.ChunkRef
-	at   map[[32]byte]int
+	// at is nil for a few chunks (knownScan at most): first looks through
+	// refs, and a file of one chunk costs no map.
+	at  map[[32]byte]int
+	one [1]tree.ChunkRef // refs of a file of one chunk
 }
 
-// newKnownChunks returns the chunks of a file's previous version, when it
-// had more than one (a file of one chunk that changed has a new one); nil
-// otherwise. It copies them: prev may be reused by its reader.
+// knownScan is the most chunks first looks through without a map.
+const knownScan = 8
+
+// newKnownChunks returns the chunks of a file's previous version; nil when
+// it has none. It copies them: prev may be reused by its reader. A file of
+// one chunk is read again when only its times or owner changed (touch,
+// chown -R, a copy that did not keep them): its chunk is then the previous
+// one, which goes neither to the uploader's copy nor to a lack query.
 func newKnownChunks(prev *tree.Node) *knownChunks {
-	if prev == nil || prev.Type != tree.TypeFile || prev.Status != tree.StatusOK || prev.LinkTo != nil || len(prev.Chunks) < 2 {
+	if prev == nil || prev.Type != tree.TypeFile || prev.Status != tree.StatusOK || prev.LinkTo != nil || len(prev.Chunks) == 0 {
 		return nil
 	}
-	k := &knownChunks{refs: slices.Clone(prev.Chunks), at: make(map[[32]byte]int, len(prev.Chunks))}
+	k := &knownChunks{}
+	if len(prev.Chunks) == 1 {
+		k.one[0] = prev.Chunks[0]
+		k.refs = k.one[:]
+		return k
+	}
+	k.refs = slices.Clone(prev.Chunks)
+	if len(k.refs) <= knownScan {
+		return k
+	}
+	k.at = make(map[[32]byte]int, len(k.refs))
 	for i, c := range k.refs {
 		if _, ok := k.at[c.ID]; !ok {
 			k.at[c.ID] = i
@@ -396,7 +414,7 @@ func newKnownChunks(prev *tree.Node) *knownChunks {
 	return k
 }
 
-// has reports whether id is one of the chunks.
+// has says whether id is one of the chunks (none of a nil k).
 func (k *knownChunks) has(id [32]byte) bool {
 	_, ok := k.first(id)
 	return ok
@@ -406,6 +424,14 @@ func (k *knownChunks) has(id [32]byte) bool {
 // of a nil k).
 func (k *knownChunks) first(id [32]byte) (int, bool) {
 	if k == nil {
+		return 0, false
+	}
+	if k.at == nil {
+		for i, c := range k.refs {
+			if c.ID == id {
+				return i, true
+			}
+		}
 		return 0, false
 	}
 	i, ok := k.at[id]
