@@ -105,19 +105,30 @@ if [ "${1:-}" = "scale" ]; then
 	exit 0
 fi
 
-# Every shape of data, each also without its sparse files where it has some
-# (BENCH_SHAPES chooses; BENCH_FLAGS is passed to each, e.g. "-scale 0.01"
-# for a quick try; see: out/bench/bench -help).
-shapes=${BENCH_SHAPES:-"current current:no-sparse small-files mixed mixed:no-sparse"}
+# Every shape of data, each also without its sparse files where it has some,
+# and two of them touched (every file's times set, content kept, as touch or
+# chown -R leave a tree: the incremental phase reads every file again). A
+# shape is NAME[:no-sparse][:touch]; BENCH_SHAPES chooses; BENCH_FLAGS is
+# passed to each, e.g. "-scale 0.01" for a quick try; see: out/bench/bench
+# -help.
+shapes=${BENCH_SHAPES:-"current current:no-sparse small-files mixed mixed:no-sparse current:no-sparse:touch small-files:touch"}
 results=()
 for s in $shapes; do
 	shape=${s%%:*}
 	extra=()
 	name=$shape
-	if [ "$s" != "$shape" ]; then
-		extra=(-no-sparse)
-		name=$shape-no-sparse
-	fi
+	IFS=: read -ra opts <<< "${s#"$shape"}"
+	for o in "${opts[@]}"; do
+		case $o in
+		"") ;;
+		no-sparse) extra+=(-no-sparse) name+=-no-sparse ;;
+		touch) extra+=(-mutation touch -phases initial,incremental) name+=-touch ;;
+		*)
+			echo "bench: shape $s: unknown option $o (no-sparse, touch)" >&2
+			exit 2
+			;;
+		esac
+	done
 	echo "== shape $name"
 	# BENCH_FLAGS is split on spaces on purpose.
 	# shellcheck disable=SC2086

@@ -384,3 +384,40 @@ func TestMutateTree(t *testing.T) {
 		t.Fatalf("grown %d (+%d B), added %d (%d B), gone %d; stats %+v", grown, growth, added, added2, len(old), sa)
 	}
 }
+
+// TestTouch: every regular file gets MutationTime and keeps its content;
+// nothing else changes.
+func TestTouch(t *testing.T) {
+	dir, _ := generate(t, Options{Scale: 0.01})
+	before, err := Manifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Touch(dir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := Manifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Fatalf("%d entries after, %d before", len(after), len(before))
+	}
+	files := 0
+	for i, e := range after {
+		b := before[i]
+		if e.Path != b.Path || e.Mode != b.Mode || e.Size != b.Size || e.Digest != b.Digest || e.Link != b.Link {
+			t.Errorf("%s changed: %+v, was %+v", e.Path, e, b)
+		}
+		if e.Mode.IsRegular() {
+			files++
+			if !e.Mtime.Equal(MutationTime) {
+				t.Errorf("%s: mtime %v, want %v", e.Path, e.Mtime, MutationTime)
+			}
+		}
+	}
+	if files == 0 || st.Touched != files || st.Edits != 0 || st.BytesChanged != 0 {
+		t.Errorf("stats %+v for %d files: want all touched, no edits", st, files)
+	}
+}

@@ -26,6 +26,8 @@ type MutationStats struct {
 	DirsRenamed  int    // renamed directories (their files unchanged)
 	RenamedDir   string // the renamed directory, "old -> new", relative to the root
 	BytesChanged int64  // bytes of new content: inserted, replaced, appended, added
+	// Touched counts the files whose times alone Touch set.
+	Touched int
 	// Edits counts the places new content went: FilesEdited + Insertions +
 	// Appends + HoleWrites + Added. A deduplicating backup should send about
 	// BytesChanged plus one chunk per edit.
@@ -35,6 +37,25 @@ type MutationStats struct {
 // MutationTime is the modification time Mutate gives what it touches (plus
 // one second per change).
 var MutationTime = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+
+// Touch sets the access and modification times of every regular file under
+// dir to MutationTime and changes nothing else: what touch, chown -R or a
+// copy that did not keep the times leave behind. Each file's ctime moves,
+// so a backup reads every file again and finds its content unchanged.
+func Touch(dir string, _ uint64) (MutationStats, error) {
+	var st MutationStats
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		if err := os.Chtimes(p, MutationTime, MutationTime); err != nil {
+			return fmt.Errorf("touch: %w", err)
+		}
+		st.Touched++
+		return nil
+	})
+	return st, err
+}
 
 // Mutate changes a generated corpus deterministically: edits in 1% of the
 // small files, an insertion of a few KiB in the middle of three images, an

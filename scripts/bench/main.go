@@ -44,6 +44,12 @@ const (
 	phaseRestore     = "restore"
 )
 
+// What the incremental phase follows (-mutation).
+const (
+	mutationEdit  = "edit"
+	mutationTouch = "touch"
+)
+
 var phases = []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore}
 
 // avgChunk is the chunker's average chunk size (internal/chunker.AvgSize).
@@ -118,6 +124,7 @@ type results struct {
 	Order         string                `json:"order"`
 	Corpus        corpus.Stats          `json:"corpus"`
 	CorpusSeconds float64               `json:"corpus_generate_seconds"`
+	MutationKind  string                `json:"mutation_kind"` // -mutation: edit or touch
 	Mutation      corpus.MutationStats  `json:"mutation"`
 	SetupErrors   map[string]string     `json:"setup_errors,omitempty"`
 	Phases        []*phaseResult        `json:"phases"` // the median run of each tool and phase
@@ -154,6 +161,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	shape := fs.String("shape", corpus.ShapeCurrent, fmt.Sprintf("corpus shape, one of %v", corpus.Shapes))
 	files := fs.Int("files", 0, "files of the small-files shape (0: 500,000 times -scale)")
 	noSparse := fs.Bool("no-sparse", false, "leave the sparse files out of the corpus, so holes do not decide the ratios")
+	mutation := fs.String("mutation", mutationEdit, "the change before the incremental phase: edit (new content in places, files added and deleted, a directory renamed) or touch (every file's times set, its content kept, as touch or chown -R leave a tree)")
 	phaseList := fs.String("phases", strings.Join(phases, ","), "phases to run, in their order (bench-scale: initial,no-change)")
 	summary := fs.Bool("summarize", false, "print the ratios of the results files given as arguments, one line per shape and phase, and exit")
 	treeDir := fs.String("tree", "", "instead of a generated corpus, back up this existing tree where it is, read only (initial, no-change and restore); with the incremental phase named in -phases, a copy of it in the work directory, changed between the backups")
@@ -188,6 +196,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			phases = slices.DeleteFunc(phases, func(p string) bool { return p == phaseIncremental })
 		}
 	}
+	if *mutation != mutationEdit && *mutation != mutationTouch {
+		return fmt.Errorf("-mutation %q: use %s or %s", *mutation, mutationEdit, mutationTouch)
+	}
 	if *runs < 1 {
 		return fmt.Errorf("-runs %d: give at least 1", *runs)
 	}
@@ -207,7 +218,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	b := &bench{
 		clk: clk, r: runner{clk: clk}, work: workDir, bin: binDir, only: *only, scale: *scale, seed: *seed,
-		shape: *shape, files: *files, noSparse: *noSparse, tree: tree, treeMark: treeMark,
+		shape: *shape, files: *files, noSparse: *noSparse, mutation: *mutation, tree: tree, treeMark: treeMark,
 		logf: func(format string, a ...any) {
 			fmt.Fprintf(stderr, "bench: %s %s\n", clk.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 		},
@@ -225,7 +236,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Shape: *shape, NoSparse: *noSparse, Tree: tree, Host: hostInfo(b.restic), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
+	res := &results{Started: clk.Now().UTC(), Scale: *scale, Seed: *seed, Shape: *shape, NoSparse: *noSparse, MutationKind: *mutation, Tree: tree, Host: hostInfo(b.restic), Restores: map[string]restoreChk{}, SetupErrors: map[string]string{}}
 	b.cold = !*warm
 	res.Caches = "cold: page caches dropped before every phase"
 	if b.cold {
@@ -284,6 +295,7 @@ type bench struct {
 	shape     string
 	files     int
 	noSparse  bool
+	mutation  string // mutationEdit or mutationTouch
 	tree      string // an existing tree measured in place of a generated corpus
 	treeMark  string // the name of one of tree's entries (firstEntry)
 	cold      bool
@@ -389,7 +401,10 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 		case phaseIncremental:
 			b.logf("mutating the corpus")
 			mutate := corpus.Mutate
-			if b.tree != "" {
+			switch {
+			case b.mutation == mutationTouch:
+				mutate = corpus.Touch
+			case b.tree != "":
 				mutate = corpus.MutateTree
 			}
 			if res.Mutation, err = mutate(corpusDir, b.seed); err != nil {

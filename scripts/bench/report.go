@@ -107,6 +107,8 @@ func evaluate(r *results) []target {
 		if rs := r.find("restic", phaseIncremental); rs != nil {
 			t.Detail += fmt.Sprintf("; restic added %s (%.2fx)", mb(rs.BytesSent), float64(rs.BytesSent)/float64(budget))
 		}
+	} else if v != nil && m.Touched > 0 {
+		t.Detail = fmt.Sprintf("no content changed (%d files touched); sent %s on the wire", m.Touched, mb(v.BytesSent))
 	} else {
 		t.Detail = r.failure("vaultnode", phaseIncremental)
 	}
@@ -142,16 +144,22 @@ func printReport(w io.Writer, r *results) {
 	if r.Tree != "" {
 		fmt.Fprintf(w, "\ntree %s: %d files (%d sparse), %d dirs, %d symlinks; %s of data, %s apparent\n",
 			r.Tree, c.Files, c.SparseFiles, c.Dirs, c.Symlinks, mb(c.DataBytes), mb(c.Bytes))
-		if m := r.Mutation; m.Edits > 0 {
+		if m := r.Mutation; m.Touched > 0 {
+			fmt.Fprintf(w, "mutation of a copy: every file's times set, content kept (%d files)\n", m.Touched)
+		} else if m.Edits > 0 {
 			fmt.Fprintf(w, "mutation of a copy: %d files with an insertion, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
 				m.FilesEdited, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
 		}
 	} else {
 		fmt.Fprintf(w, "\ncorpus: shape %s%s, scale %g seed %d: %d files (%d source-like, %d images, %d sparse), %d dirs; %s of data, %s apparent\n",
 			r.Shape, map[bool]string{true: " without sparse files"}[r.NoSparse], r.Scale, r.Seed, c.Files, c.SmallFiles, c.LargeFiles, c.SparseFiles, c.Dirs, mb(c.DataBytes), mb(c.Bytes))
-		m := r.Mutation
-		fmt.Fprintf(w, "mutation: %d files edited, %d insertions, %d append, %d hole write, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
-			m.FilesEdited, m.Insertions, m.Appends, m.HoleWrites, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
+		if m := r.Mutation; m.Touched > 0 {
+			fmt.Fprintf(w, "mutation: every file's times set, content kept (%d files)\n", m.Touched)
+		} else {
+			m := r.Mutation
+			fmt.Fprintf(w, "mutation: %d files edited, %d insertions, %d append, %d hole write, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
+				m.FilesEdited, m.Insertions, m.Appends, m.HoleWrites, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
+		}
 	}
 	fmt.Fprintf(w, "caches: %s\n", r.Caches)
 	if r.RestoreFS != "" {

@@ -27,6 +27,9 @@ func summarize(w io.Writer, paths []string) error {
 		if r.NoSparse {
 			name += " (no sparse)"
 		}
+		if r.MutationKind == mutationTouch {
+			name += " (touched)"
+		}
 		if r.Tree != "" {
 			name = "tree " + r.Tree
 		}
