@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -213,16 +214,31 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 
 	var prev *tree.Reader
 	path, last := o.State.LastListing(o.Config.Name)
-	if path != "" && useCache {
-		f, err := os.Open(path)
-		if err == nil {
-			defer f.Close()
-			var closeCache func()
-			if prev, closeCache, err = openListingCache(f); err == nil {
-				defer closeCache()
-			} else {
-				o.Log.Warn("ignoring unreadable listing cache", zap.String("path", path), zap.Error(err))
+	if useCache {
+		// The cache, or when there is none or it cannot be read, the
+		// newest version's listing fetched from the vault (fetch.go).
+		tr, closeCache, err := openCacheFile(path)
+		if err != nil {
+			o.Log.Warn("ignoring unreadable listing cache", zap.String("path", path), zap.Error(err))
+		}
+		if src, ok := o.Vault.(listingSource); ok && tr == nil {
+			t0 := time.Now()
+			switch l, err := fetchListing(ctx, src, o.State, o.Config.Name, cdir, o.ChunkKey); {
+			case err == nil:
+				path, last = o.State.LastListing(o.Config.Name)
+				if tr, closeCache, err = openCacheFile(path); err != nil {
+					o.Log.Warn("ignoring unreadable listing cache", zap.String("path", path), zap.Error(err))
+				} else {
+					o.Log.Info("no listing cache: the newest version's listing was fetched from the vault",
+						zap.Uint64("version", l.Seq), zap.Duration("took", time.Since(t0)))
+				}
+			case !errors.Is(err, errNoVersion) && ctx.Err() == nil:
+				o.Log.Warn("no listing cache, and the newest version's listing could not be fetched from the vault: every file is read", zap.Error(err))
 			}
+		}
+		if tr != nil {
+			prev = tr
+			defer closeCache()
 		}
 	}
 	tmp, err := os.CreateTemp(cdir, listingTemp)
@@ -573,6 +589,27 @@ func listingOut(cache io.Writer, lw io.Writer) io.Writer {
 // large (docs/performance.md, "The listing cache in S2"). Caches written
 // before are zstd streams and are still read.
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+
+// openCacheFile opens the listing cache at path ("": none) and returns its
+// nodes and what closes it; nil nodes when there is no cache.
+func openCacheFile(path string) (*tree.Reader, func(), error) {
+	if path == "" {
+		return nil, nil, nil
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	tr, release, err := openListingCache(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return tr, func() { release(); f.Close() }, nil
+}
 
 // openListingCache returns the nodes of the listing cache f, S2 or zstd
 // by its first bytes, and the function that releases its decompressor.
