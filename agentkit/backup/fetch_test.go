@@ -67,14 +67,7 @@ func TestFetchListing(t *testing.T) {
 	started := time.Date(2026, 12, 5, 10, 0, 0, 123, time.UTC)
 	v.versions = []wire.Manifest{{Seq: 1, Started: started.Add(-time.Hour), Listing: refs[:1]}, {Seq: 2, Started: started, Listing: refs}}
 
-	st, err := state.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cdir, err := st.ConfigDir("home")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, cdir := stateFor(t, "home")
 	last, err := fetchListing(context.Background(), v, st, "home", cdir, key)
 	if err != nil {
 		t.Fatal(err)
@@ -113,20 +106,13 @@ func TestFetchListing(t *testing.T) {
 		{"no start", func(v *versionVault) { v.versions[1].Started = time.Time{} }, "does not say when it started"},
 		{"no version", func(v *versionVault) { v.versions = nil }, errNoVersion.Error()},
 	} {
-		st, err := state.Open(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		cdir, err := st.ConfigDir("home")
-		if err != nil {
-			t.Fatal(err)
-		}
+		st, cdir := stateFor(t, "home")
 		bad := &versionVault{versions: append([]wire.Manifest(nil), v.versions...), chunks: map[[32]byte][]byte{}}
 		for id, b := range v.chunks {
 			bad.chunks[id] = b
 		}
 		tc.mangle(bad)
-		_, err = fetchListing(context.Background(), bad, st, "home", cdir, key)
+		_, err := fetchListing(context.Background(), bad, st, "home", cdir, key)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.want)
 		}
@@ -140,4 +126,19 @@ func TestFetchListing(t *testing.T) {
 			t.Errorf("%s: left %v behind", tc.name, left)
 		}
 	}
+}
+
+// stateFor returns a fresh agent state directory and the cache directory
+// of configuration config in it.
+func stateFor(t *testing.T, config string) (*state.Dir, string) {
+	t.Helper()
+	st, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdir, err := st.ConfigDir(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, cdir
 }

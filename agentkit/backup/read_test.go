@@ -466,28 +466,7 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 		if err := os.WriteFile(p, tc.new, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		up := newUploader(nil, "", &Stats{})
-		sent := map[[32]byte]bool{}
-		consumed := make(chan struct{})
-		go func() {
-			defer close(consumed)
-			for c := range up.cand {
-				sent[c.id] = true
-				up.done(c)
-			}
-		}()
-		r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
-		fd, err := unix.Open(p, unix.O_RDONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		it := &item{fd: fd, done: make(chan struct{}), known: newKnownChunks(&tree.Node{Type: tree.TypeFile, Chunks: old})}
-		it.node.Path = []byte("f")
-		if err := r.read(context.Background(), it); err != nil {
-			t.Fatal(err)
-		}
-		close(up.cand)
-		<-consumed
+		r, it, sent := readKnown(t, gear, key, p, old)
 		if !slices.Equal(it.node.Chunks, want) {
 			t.Errorf("%s: %d chunks, want the %d of a plain pass (or not the same)", tc.name, len(it.node.Chunks), len(want))
 		}
@@ -521,19 +500,13 @@ func TestCutKnownMatchesChunker(t *testing.T) {
 // vault; with other content its chunk is offered as before.
 func TestOneChunkFileReadAgain(t *testing.T) {
 	dir := t.TempDir()
-	rng := rand.New(rand.NewPCG(21, 22))
+	src := rand.NewChaCha8([32]byte{21})
 	key := [32]byte{5}
 	gear, err := chunker.NewGear(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	random := func(n int) []byte {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
-		return b
-	}
+	random := func(n int) []byte { b := make([]byte, n); src.Read(b); return b }
 	// One read whole (at most MinSize), one through the chunker (past
 	// MinSize, no boundary before its end), one of several chunks.
 	for _, size := range []int{100_000, chunker.MinSize + 40_000, 3 << 20} {
@@ -552,29 +525,7 @@ func TestOneChunkFileReadAgain(t *testing.T) {
 			if same {
 				prev = refs
 			}
-			up := newUploader(nil, "", &Stats{})
-			var offered int
-			consumed := make(chan struct{})
-			go func() {
-				defer close(consumed)
-				for c := range up.cand {
-					offered++
-					up.done(c)
-				}
-			}()
-			stats := &Stats{}
-			r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: stats, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
-			fd, err := unix.Open(p, unix.O_RDONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			it := &item{fd: fd, done: make(chan struct{}), known: newKnownChunks(&tree.Node{Type: tree.TypeFile, Chunks: prev})}
-			it.node.Path = []byte("f")
-			if err := r.read(context.Background(), it); err != nil {
-				t.Fatal(err)
-			}
-			close(up.cand)
-			<-consumed
+			r, it, sent := readKnown(t, gear, key, p, prev)
 			if !slices.Equal(it.node.Chunks, refs) {
 				t.Errorf("%d bytes, same %v: chunks %v, want %v", size, same, it.node.Chunks, refs)
 			}
@@ -582,10 +533,40 @@ func TestOneChunkFileReadAgain(t *testing.T) {
 			if !same {
 				wantReused, wantOffered = 0, len(refs)
 			}
-			if stats.ChunksReused != int64(wantReused) || offered != wantOffered {
+			if r.stats.ChunksReused != int64(wantReused) || len(sent) != wantOffered {
 				t.Errorf("%d bytes, same content %v: %d chunks reused, %d offered to the vault; want %d and %d",
-					size, same, stats.ChunksReused, offered, wantReused, wantOffered)
+					size, same, r.stats.ChunksReused, len(sent), wantReused, wantOffered)
 			}
 		}
 	}
+}
+
+// readKnown reads the file at p as the pipeline reads a changed file whose
+// previous version had the chunks prev, and returns the reader (its
+// counters), the item (its node) and the ids offered to the vault.
+func readKnown(t *testing.T, gear *chunker.Gear, key [32]byte, p string, prev []tree.ChunkRef) (*reader, *item, map[[32]byte]bool) {
+	t.Helper()
+	up := newUploader(nil, "", &Stats{})
+	sent := map[[32]byte]bool{}
+	consumed := make(chan struct{})
+	go func() {
+		defer close(consumed)
+		for c := range up.cand {
+			sent[c.id] = true
+			up.done(c)
+		}
+	}()
+	r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
+	fd, err := unix.Open(p, unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := &item{fd: fd, done: make(chan struct{}), known: newKnownChunks(&tree.Node{Type: tree.TypeFile, Chunks: prev})}
+	it.node.Path = []byte(filepath.Base(p))
+	if err := r.read(context.Background(), it); err != nil {
+		t.Fatal(err)
+	}
+	close(up.cand)
+	<-consumed
+	return r, it, sent
 }
