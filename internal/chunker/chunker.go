@@ -133,14 +133,8 @@ func (g *Gear) cutFrom(p *params, data []byte, atEOF bool, s scanState) (int, sc
 	}
 	// full: nothing past data[:n] can change this chunk's end.
 	full := n == p.max || atEOF
-	if p.zeroRuns && data[0] == 0 {
-		z := zeroPrefix(data[:n])
-		if z == n && !full {
-			return 0, scanState{}
-		}
-		if z >= ZeroUnit {
-			return z - z%ZeroUnit, scanState{}
-		}
+	if z, undecided := p.leadingZeros(data[:n], full); undecided || z > 0 {
+		return z, scanState{}
 	}
 	normal := min(p.avg, n)
 	i, fp := p.min, uint64(0)
@@ -194,14 +188,8 @@ func (g *Gear) endsAt(p *params, data []byte, atEOF bool, l int) bool {
 		return false
 	}
 	full := n == p.max || atEOF
-	if p.zeroRuns && data[0] == 0 {
-		z := zeroPrefix(data[:n])
-		if z == n && !full {
-			return false
-		}
-		if z >= ZeroUnit {
-			return l == z-z%ZeroUnit
-		}
+	if z, undecided := p.leadingZeros(data[:n], full); undecided || z > 0 {
+		return z > 0 && l == z
 	}
 	end, zeroCut := n, false
 	if p.zeroRuns {
@@ -231,6 +219,26 @@ func (g *Gear) boundaryAt(p *params, data []byte, l int) bool {
 		mask = p.maskS
 	}
 	return fp&mask == 0
+}
+
+// leadingZeros applies the zero rule to a chunk at data's start (data
+// clipped to p.max; full: nothing past it can change the chunk): with
+// zeroRuns, a chunk that starts with ZeroUnit zeros or more is the run's
+// whole units. It returns that length, 0 when the rule does not apply, or
+// undecided when data is all zeros and more of them may follow. cutFrom
+// and endsAt both follow it.
+func (p *params) leadingZeros(data []byte, full bool) (n int, undecided bool) {
+	if !p.zeroRuns || data[0] != 0 {
+		return 0, false
+	}
+	z := zeroPrefix(data)
+	switch {
+	case z == len(data) && !full:
+		return 0, true
+	case z >= ZeroUnit:
+		return z - z%ZeroUnit, false
+	}
+	return 0, false
 }
 
 // zeroPrefix is how many bytes of b from its start are zeros.
