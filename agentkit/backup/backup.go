@@ -118,14 +118,25 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("synchronizing configuration %q under the lock of %q", o.Config.Name, o.Lock.Config)
 	}
 	res, err := runFollowing(ctx, o, true)
-	if client.IsCode(err, wire.CodeMissingChunk) {
-		// The vault lacks chunks our cache says it has (it was restored
-		// from an older state, or the cache is from another vault): read
-		// everything again.
-		o.Log.Warn("vault lacks chunks of the cached version; synchronizing without the cache", zap.Error(err))
-		return runFollowing(ctx, o, false)
+	if !client.IsCode(err, wire.CodeMissingChunk) {
+		return res, err
 	}
-	return res, err
+	// The vault lacks chunks our cache says it has: it was restored from
+	// an older state, or the cache's version was pruned and collected, or
+	// the cache is from another vault. Synchronize against the vault's
+	// newest version (the cache dropped, its listing is fetched: fetch.go),
+	// whose chunks it should have; failing that, read everything again.
+	if _, ok := o.Vault.(listingSource); ok {
+		o.Log.Warn("vault lacks chunks of the cached version; synchronizing against its newest version", zap.Error(err))
+		if derr := o.State.DropListing(o.Config.Name); derr != nil {
+			return nil, fmt.Errorf("drop the listing cache: %w (after: %w)", derr, err)
+		}
+		if res, err = runFollowing(ctx, o, true); !client.IsCode(err, wire.CodeMissingChunk) {
+			return res, err
+		}
+	}
+	o.Log.Warn("vault lacks chunks of the version the synchronization started from; synchronizing without it", zap.Error(err))
+	return runFollowing(ctx, o, false)
 }
 
 // failoverer is a vault client that follows a pair's leader.

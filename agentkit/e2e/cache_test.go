@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -74,5 +75,62 @@ func TestLostListingCache(t *testing.T) {
 			continue
 		}
 		compareTrees(t, fmt.Sprintf("restore of home@%d", v), snaps[v], snapshot(t, dir))
+	}
+}
+
+// TestVaultRolledBack: the vault is put back to a copy of its data taken
+// after the first version, so the agent's cache names chunks the vault never
+// had; the commit fails with missing_chunk, and the agent synchronizes again
+// against the vault's newest version instead of reading every file. The
+// version restores as the tree was, and so does the first.
+func TestVaultRolledBack(t *testing.T) {
+	e := newEnv(t)
+	g := newGen(t, e.src, 8)
+	g.makeTree(200, 3<<20)
+	time.Sleep(50 * time.Millisecond)
+	snap1 := snapshot(t, e.src)
+	if s := e.a.backup("home"); s.Version != 1 {
+		t.Fatalf("first backup committed version %d", s.Version)
+	}
+	e.v.stop()
+	old := filepath.Join(e.root, "vault-after-1")
+	if out, err := exec.Command("cp", "-a", e.v.dir, old).CombinedOutput(); err != nil {
+		t.Fatalf("copy the vault's data: %v: %s", err, out)
+	}
+	e.v.start()
+	for round := 2; round <= 3; round++ {
+		g.mutate(round)
+		time.Sleep(50 * time.Millisecond)
+		if s := e.a.backup("home"); s.Version != uint64(round) {
+			t.Fatalf("backup %d committed version %d", round, s.Version)
+		}
+	}
+	e.v.stop()
+	if err := os.RemoveAll(e.v.dir); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", old, e.v.dir).CombinedOutput(); err != nil {
+		t.Fatalf("put the old copy back: %v: %s", err, out)
+	}
+	e.v.start()
+
+	snap2 := snapshot(t, e.src)
+	s := e.a.backup("home")
+	t.Logf("after the roll-back: %+v", s)
+	if s.Version != 2 {
+		t.Errorf("after the vault went back to version 1, the backup committed version %d, want 2", s.Version)
+	}
+	// The files mutate left alone are version 1's: not read again. (Without
+	// the vault's listing every one of them was.)
+	if s.FilesRead >= s.Files/2 {
+		t.Errorf("the backup against the vault's version 1 read %d of %d files", s.FilesRead, s.Files)
+	}
+	for v, want := range map[uint64]map[string]entryState{1: snap1, 2: snap2} {
+		dir, r := e.restore(v)
+		if r.code != 0 {
+			t.Errorf("restore home@%d: %s", v, r)
+			continue
+		}
+		compareTrees(t, fmt.Sprintf("restore of home@%d", v), want, snapshot(t, dir))
 	}
 }

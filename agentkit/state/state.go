@@ -171,6 +171,18 @@ func (d *Dir) LastListing(config string) (string, Last) {
 	return p, l
 }
 
+// DropListing forgets the cached listing of config: the next
+// synchronization has none (and fetches the vault's newest).
+func (d *Dir) DropListing(config string) error {
+	dir := filepath.Join(d.Path, "configs", config)
+	for _, name := range []string{"last.json", "last.listing"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
 // CommitListing makes a freshly written listing file the cache for last.
 func (d *Dir) CommitListing(config, tmp string, last Last) error {
 	dir, err := d.ConfigDir(config)
