@@ -86,8 +86,15 @@ func TestExtentReaderLeavesHolesUncached(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), want) {
 		t.Fatalf("read %d bytes, want the %d of the extents", got.Len(), len(want))
 	}
+	// Read without advice, the kernel's read-ahead fills about 64 pages of
+	// the hole past each extent (28,944 pages cached here). With it, a read
+	// that overtakes its advice on a loaded machine still starts one such
+	// read-ahead (a CI run cached 588 pages more than the data): allow the
+	// data's own number of pages again, far below the holes' fill.
 	dataPages := len(want) / 4096
-	if c := cached(t, f); c > dataPages+64 {
+	c := cached(t, f)
+	t.Logf("%d pages cached after reading %d pages of data", c, dataPages)
+	if c > 2*dataPages {
 		t.Fatalf("%d pages cached after reading %d pages of data: the holes were read ahead", c, dataPages)
 	}
 
