@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,14 +67,7 @@ func TestLostListingCache(t *testing.T) {
 		t.Errorf("with an unreadable cache: version %d, read %d files; want 4, none", s4.Version, s4.FilesRead)
 	}
 
-	for v := uint64(1); v <= 4; v++ {
-		dir, r := e.restore(v)
-		if r.code != 0 {
-			t.Errorf("restore home@%d: %s", v, r)
-			continue
-		}
-		compareTrees(t, fmt.Sprintf("restore of home@%d", v), snaps[v], snapshot(t, dir))
-	}
+	e.mustRestoreAll(snaps)
 }
 
 // TestVaultRolledBack: the vault is put back to a copy of its data taken
@@ -125,12 +117,5 @@ func TestVaultRolledBack(t *testing.T) {
 	if s.FilesRead >= s.Files/2 {
 		t.Errorf("the backup against the vault's version 1 read %d of %d files", s.FilesRead, s.Files)
 	}
-	for v, want := range map[uint64]map[string]entryState{1: snap1, 2: snap2} {
-		dir, r := e.restore(v)
-		if r.code != 0 {
-			t.Errorf("restore home@%d: %s", v, r)
-			continue
-		}
-		compareTrees(t, fmt.Sprintf("restore of home@%d", v), want, snapshot(t, dir))
-	}
+	e.mustRestoreAll(map[uint64]map[string]entryState{1: snap1, 2: snap2})
 }
