@@ -379,8 +379,7 @@ type knownChunks struct {
 	refs []tree.ChunkRef
 	// at is nil for a few chunks (knownScan at most): first looks through
 	// refs, and a file of one chunk costs no map.
-	at  map[[32]byte]int
-	one [1]tree.ChunkRef // refs of a file of one chunk
+	at map[[32]byte]int
 }
 
 // knownScan is the most chunks first looks through without a map.
@@ -395,13 +394,7 @@ func newKnownChunks(prev *tree.Node) *knownChunks {
 	if prev == nil || prev.Type != tree.TypeFile || prev.Status != tree.StatusOK || prev.LinkTo != nil || len(prev.Chunks) == 0 {
 		return nil
 	}
-	k := &knownChunks{}
-	if len(prev.Chunks) == 1 {
-		k.one[0] = prev.Chunks[0]
-		k.refs = k.one[:]
-		return k
-	}
-	k.refs = slices.Clone(prev.Chunks)
+	k := &knownChunks{refs: slices.Clone(prev.Chunks)}
 	if len(k.refs) <= knownScan {
 		return k
 	}
