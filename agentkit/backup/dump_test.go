@@ -66,15 +66,7 @@ func TestDumpCutWithPreviousChunks(t *testing.T) {
 	for _, withKnown := range []bool{false, true} {
 		stats := &Stats{}
 		up := newUploader(nil, "", stats)
-		offered := map[[32]byte]bool{}
-		consumed := make(chan struct{})
-		go func() {
-			defer close(consumed)
-			for c := range up.cand {
-				offered[c.id] = true
-				up.done(c)
-			}
-		}()
+		offered, offersDone := collectOffered(up)
 		d := &dumper{cfg: wire.Config{Name: "db", Kind: wire.KindDatabase, Command: []string{"cat", p}},
 			gear: gear, hasher: keys.NewHasher(key), up: up, stats: stats, log: zap.NewNop()}
 		if withKnown {
@@ -84,8 +76,7 @@ func TestDumpCutWithPreviousChunks(t *testing.T) {
 		if err := d.run(context.Background(), order); err != nil {
 			t.Fatal(err)
 		}
-		close(up.cand)
-		<-consumed
+		offersDone()
 		n := (<-order)[0].node
 		if !slices.Equal(n.Chunks, want) || n.Size != int64(len(changed)) {
 			t.Fatalf("known %v: %d chunks of %d bytes, want the %d of a plain pass", withKnown, len(n.Chunks), n.Size, len(want))

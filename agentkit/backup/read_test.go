@@ -547,15 +547,7 @@ func TestOneChunkFileReadAgain(t *testing.T) {
 func readKnown(t *testing.T, gear *chunker.Gear, key [32]byte, p string, prev []tree.ChunkRef) (*reader, *item, map[[32]byte]bool) {
 	t.Helper()
 	up := newUploader(nil, "", &Stats{})
-	sent := map[[32]byte]bool{}
-	consumed := make(chan struct{})
-	go func() {
-		defer close(consumed)
-		for c := range up.cand {
-			sent[c.id] = true
-			up.done(c)
-		}
-	}()
+	sent, offersDone := collectOffered(up)
 	r := &reader{gear: gear, hasher: keys.NewHasher(key), up: up, stats: &Stats{}, retries: 1, buf: make([]byte, 2*chunker.MaxSize)}
 	fd, err := unix.Open(p, unix.O_RDONLY, 0)
 	if err != nil {
@@ -566,7 +558,25 @@ func readKnown(t *testing.T, gear *chunker.Gear, key [32]byte, p string, prev []
 	if err := r.read(context.Background(), it); err != nil {
 		t.Fatal(err)
 	}
-	close(up.cand)
-	<-consumed
+	offersDone()
 	return r, it, sent
+}
+
+// collectOffered takes the chunks offered to up (for its lack queries), as
+// the pipeline would, recording their ids; done ends the offers and waits
+// for the last to be taken.
+func collectOffered(up *uploader) (ids map[[32]byte]bool, done func()) {
+	ids = map[[32]byte]bool{}
+	consumed := make(chan struct{})
+	go func() {
+		defer close(consumed)
+		for c := range up.cand {
+			ids[c.id] = true
+			up.done(c)
+		}
+	}()
+	return ids, func() {
+		close(up.cand)
+		<-consumed
+	}
 }

@@ -156,7 +156,6 @@ func printReport(w io.Writer, r *results) {
 		if m := r.Mutation; m.Touched > 0 {
 			fmt.Fprintf(w, "mutation: every file's times set, content kept (%d files)\n", m.Touched)
 		} else {
-			m := r.Mutation
 			fmt.Fprintf(w, "mutation: %d files edited, %d insertions, %d append, %d hole write, %d added, %d deleted, rename %s; %s of new content in %d edits\n",
 				m.FilesEdited, m.Insertions, m.Appends, m.HoleWrites, m.Added, m.Deleted, m.RenamedDir, mb(m.BytesChanged), m.Edits)
 		}
