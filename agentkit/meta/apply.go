@@ -210,15 +210,7 @@ var typeBits = map[tree.Type]uint32{
 func ApplyFD(fd int, n *tree.Node, opts Options) error {
 	var errs []error
 	if !opts.SkipOwner {
-		uid, gid := n.UID, n.GID
-		if opts.ByName {
-			if id, ok := LookupUser(n.User); ok {
-				uid = id
-			}
-			if id, ok := LookupGroup(n.Group); ok {
-				gid = id
-			}
-		}
+		uid, gid := Owner(n, opts)
 		if euid, egid := effectiveIDs(); opts.New && int(uid) == euid && int(gid) == egid {
 			// created so: nothing to change
 		} else if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -275,6 +267,22 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Owner is the owner and group ApplyFD gives the object of n (unless
+// opts.SkipOwner): the recorded numbers, or with opts.ByName the IDs its
+// recorded names have here.
+func Owner(n *tree.Node, opts Options) (uid, gid uint32) {
+	uid, gid = n.UID, n.GID
+	if opts.ByName {
+		if id, ok := LookupUser(n.User); ok {
+			uid = id
+		}
+		if id, ok := LookupGroup(n.Group); ok {
+			gid = id
+		}
+	}
+	return uid, gid
 }
 
 // KeepsPerm reports whether a regular file created with mode's permission

@@ -42,8 +42,9 @@ type fileJob struct {
 	dir  *dirEntry
 	name string
 	node *tree.Node
-	// fresh: nothing had the name when the policy was applied.
-	fresh bool
+	// fresh: nothing had the name when the policy was applied; existing:
+	// a regular file had it, which the job reads first (inplace.go).
+	fresh, existing bool
 	// part, when not nil: this job writes only chunks [from, to) of the
 	// file, which other jobs write the rest of.
 	part     *sharedFile
@@ -111,7 +112,7 @@ func (r *restorer) queueFile(f fileJob) {
 	f.dir.wg.Add(1)
 	if f.node.Size > smallFile {
 		parts := cutParts(f.node)
-		if len(parts) < 2 {
+		if len(parts) < 2 || f.existing { // one job reads what is there (inplace.go)
 			r.plan(&f)
 			r.jobs <- &job{files: []fileJob{f}}
 			return
@@ -221,6 +222,14 @@ func (w *fileWriter) run(j *job) {
 	}
 	w.jobErr = nil
 	defer w.closeSrc()
+	files := j.files[:0]
+	for _, f := range j.files {
+		if f.existing && w.reuse(&f) {
+			continue // kept as it is
+		}
+		files = append(files, f)
+	}
+	j.files = files
 	var ids [][32]byte
 	for _, f := range j.files {
 		ci := 0

@@ -41,6 +41,9 @@ type srcFile struct {
 	ok   bool
 	dir  *dirEntry
 	name string
+	// there: the file found at the target, which the one restored
+	// replaces (inplace.go).
+	there bool
 }
 
 // rel is the file's name beneath the target.
@@ -163,7 +166,11 @@ func (w *fileWriter) copyChunks(o *openFile) error {
 			continue
 		}
 		atomic.AddInt64(&w.r.stats.Bytes, int64(want.Len))
-		atomic.AddInt64(&w.r.stats.Copied, 1)
+		if c.from.f != nil && c.from.f.there {
+			atomic.AddInt64(&w.r.stats.Reused, int64(want.Len))
+		} else {
+			atomic.AddInt64(&w.r.stats.Copied, 1)
+		}
 	}
 	return nil
 }

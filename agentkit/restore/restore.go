@@ -72,6 +72,11 @@ type Stats struct {
 	// Copied counts chunks written from a place restored earlier in the
 	// run instead of downloaded again (repeats.go).
 	Copied int64
+	// Kept counts the files found at the target with the version's
+	// content (-existing overwrite), whose metadata alone was set;
+	// Reused the bytes copied from files found there into the files
+	// replacing them, instead of downloaded (inplace.go).
+	Kept, Reused int64
 }
 
 // Result is what a restore did.
@@ -130,6 +135,8 @@ type restorer struct {
 	zeros zeroChunks
 	// linkHow is how unnamed files get their names (anon.go).
 	linkHow int32
+	// euid and egid own the files this restore creates (inplace.go).
+	euid, egid uint32
 }
 
 type link struct {
@@ -219,7 +226,7 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 	r := &restorer{o: o, ctx: ctx, stats: &Stats{Start: time.Now()}, jobs: make(chan *job, openJobSlack),
 		dirs: map[string]*tree.Node{}, linkDirs: map[string]bool{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{}, srcs: map[[32]byte]srcRef{},
 		zeros:      zeroChunks{key: o.ChunkKey},
-		privileged: geteuid() == 0}
+		privileged: geteuid() == 0, euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid())}
 	if !o.DryRun {
 		if err := os.MkdirAll(o.Target, 0o700); err != nil {
 			return nil, fmt.Errorf("create target: %w", err)
@@ -472,11 +479,15 @@ func (r *restorer) place(n *tree.Node) error {
 			r.queueFile(fileJob{dir: parent, name: string(name), node: n, fresh: true})
 			return nil
 		}
-		final, fresh, skip, err := r.targetName(parent.fd, string(name))
+		final, fresh, skip, mode, err := r.targetName(parent.fd, string(name))
 		if err != nil || skip {
 			return err
 		}
-		r.queueFile(fileJob{dir: parent, name: final, node: n, fresh: fresh})
+		// A regular file at the name, to be overwritten: read first, and
+		// kept or copied from where its content is the version's
+		// (inplace.go).
+		existing := !fresh && r.o.Existing == Overwrite && mode&unix.S_IFMT == unix.S_IFREG
+		r.queueFile(fileJob{dir: parent, name: final, node: n, fresh: fresh, existing: existing})
 		return nil
 	case tree.TypeSocket:
 		return nil // recorded, not recreated
@@ -487,7 +498,7 @@ func (r *restorer) place(n *tree.Node) error {
 			r.queueOther(fileJob{dir: parent, name: string(name), node: n})
 			return nil
 		}
-		final, _, skip, err := r.targetName(parent.fd, string(name))
+		final, _, skip, _, err := r.targetName(parent.fd, string(name))
 		if err != nil || skip {
 			return err
 		}
@@ -511,16 +522,16 @@ func (r *restorer) makeOther(parent *dirEntry, name string, n *tree.Node) error 
 }
 
 // targetName applies the policy for an existing object: it returns the
-// name to restore to, whether nothing had that name (fresh), and whether
-// to skip the object.
-func (r *restorer) targetName(dirfd int, name string) (final string, fresh, skip bool, err error) {
+// name to restore to, whether nothing had that name (fresh), whether to
+// skip the object, and the mode of what has the name (0 when nothing).
+func (r *restorer) targetName(dirfd int, name string) (final string, fresh, skip bool, mode uint32, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
-		return name, true, false, nil
+		return name, true, false, 0, nil
 	}
 	switch r.o.Existing {
 	case Overwrite:
-		return name, false, false, nil
+		return name, false, false, st.Mode, nil
 	case KeepBoth:
 		for i := 1; ; i++ {
 			alt := name + ".restored"
@@ -528,12 +539,12 @@ func (r *restorer) targetName(dirfd int, name string) (final string, fresh, skip
 				alt += "-" + strconv.Itoa(i)
 			}
 			if err := unix.Fstatat(dirfd, alt, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
-				return alt, true, false, nil
+				return alt, true, false, 0, nil
 			}
 		}
 	}
 	atomic.AddInt64(&r.stats.Skipped, 1)
-	return name, false, true, nil
+	return name, false, true, st.Mode, nil
 }
 
 // policy applies what a listing may not decide alone: device nodes are
@@ -644,7 +655,7 @@ func (r *restorer) makeLink(root int, n *tree.Node, opts meta.Options) error {
 		return err
 	}
 	defer unix.Close(dfd)
-	final, _, skip, err := r.targetName(dfd, string(name))
+	final, _, skip, _, err := r.targetName(dfd, string(name))
 	if err != nil || skip {
 		return err
 	}

@@ -733,7 +733,7 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	fs := a.flags("restore")
 	to := fs.String("to", "", "restore under this `directory` (default: the original place)")
 	dry := fs.Bool("dry-run", false, "list what would be restored, change nothing")
-	existing := fs.String("existing", "skip", "for files that exist: `skip`, overwrite or keep-both")
+	existing := fs.String("existing", "skip", "for files that exist: `skip`, overwrite (what there already holds the version's content is kept, or copied, not downloaded) or keep-both")
 	byName := fs.Bool("by-name", false, "map owners by user and group names instead of numbers")
 	parallel := fs.Int("parallel", 0, "files restored at once (0: two per CPU, 4 to 16)")
 	devices := fs.Bool("devices", false, "recreate device nodes (as root only)")
@@ -804,6 +804,11 @@ func (a *app) restore(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(a.stdout, "%s %d files (%s) of %s to %s; %d skipped (exist), %d failed\n", verb, res.Stats.Files,
 			progress.Bytes(res.Stats.Bytes), m, target, res.Stats.Skipped, res.Stats.Failed)
+		if st := res.Stats; st.Kept > 0 || st.Reused > 0 {
+			// -existing overwrite read the files there first.
+			fmt.Fprintf(a.stdout, "%d of them were there with their content (only their metadata set); %s of the others copied from the files there, not downloaded\n",
+				st.Kept, progress.Bytes(st.Reused))
+		}
 	}
 	if err != nil {
 		return err

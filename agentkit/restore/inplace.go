@@ -1,0 +1,253 @@
+package restore
+
+import (
+	"bytes"
+	"cmp"
+	"slices"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/chunker"
+	"vaultnode/internal/tree"
+)
+
+// A restore over files already at the target (-existing overwrite: a
+// rollback after ransomware or a mistaken change) mostly finds the
+// version's content there already. Downloading every file again costs the
+// vault's reads, the network and decompression for bytes the disk holds.
+// So a worker first reads each regular file found at a file's name along
+// the listing's chunks, hashing every chunk with the repository's key:
+//
+//   - when every chunk is there, the holes read as zeros and the size is
+//     the version's, the file is kept: only its metadata is set, on the
+//     descriptor read, and nothing is written or downloaded. It is kept
+//     only where keeping the inode gives nobody a way to write it that a
+//     new file would not (keepable): someone who could write the old file
+//     and opened it before may still write through that descriptor.
+//   - otherwise the chunks found are copied from it into the new file,
+//     each read again and checked as it is copied (repeats.go: the file
+//     may change meanwhile), and only the others are downloaded; the new
+//     file then replaces it, as before.
+//
+// Each such file is one job (never cut into parts), so one worker reads
+// it once. A file that holds none of the version's content (encrypted
+// whole) costs that read on top of the download, as restic's default
+// --overwrite always does.
+
+// closedDone is the done channel of a file found at the target: complete.
+var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// reuse reads the regular file at f's name: it returns true when the file
+// was kept (f is done), else adds the chunks found there to f's copies.
+func (w *fileWriter) reuse(f *fileJob) bool {
+	r := w.r
+	// O_NONBLOCK: a FIFO put at the name since the walker saw a file
+	// there does not block the open; what is opened must be a regular
+	// file.
+	fd, err := unix.Openat(f.dir.fd, f.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var stx unix.Statx_t
+	const want = unix.STATX_TYPE | unix.STATX_MODE | unix.STATX_UID | unix.STATX_GID | unix.STATX_NLINK | unix.STATX_SIZE
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, want, &stx); err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false
+	}
+	_ = unix.Fadvise(fd, 0, 0, unix.FADV_SEQUENTIAL)
+	n := f.node
+	ext := fileExtents(n)
+	size := int64(stx.Size)
+	var found []copyOp
+	all := true
+	ei := 0
+	var edata, pos int64 // data bytes before extent ei, and before the chunk
+	for i, c := range n.Chunks {
+		if r.ctx.Err() != nil {
+			return false
+		}
+		start := pos
+		pos += int64(c.Len)
+		if c.Len == 0 {
+			all = all && w.h.Sum(nil) == c.ID
+			continue
+		}
+		for ei < len(ext) && start >= edata+ext[ei].Len {
+			edata += ext[ei].Len
+			ei++
+		}
+		if ei == len(ext) || pos > edata+ext[ei].Len {
+			all = false // straddles extents: downloaded
+			continue
+		}
+		off := ext[ei].Off + start - edata
+		if off+int64(c.Len) > size || !w.holds(fd, off, c) {
+			all = false
+			continue
+		}
+		found = append(found, copyOp{idx: i, off: off})
+	}
+	if all && size == n.Size && pos == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(fd, ext, size) {
+		w.keep(f, fd)
+		return true
+	}
+	if len(found) == 0 {
+		return false
+	}
+	// The chunks found are copied from the file there, unless the plan
+	// already copies them (zeros, repeats within the version).
+	there := &srcFile{done: closedDone, ok: true, dir: f.dir, name: f.name, there: true}
+	planned := len(f.copies)
+	for _, c := range found {
+		if _, dup := slices.BinarySearchFunc(f.copies[:planned], c.idx, func(o copyOp, idx int) int { return cmp.Compare(o.idx, idx) }); dup {
+			continue
+		}
+		c.from = srcRef{f: there, off: c.off, len: n.Chunks[c.idx].Len}
+		f.copies = append(f.copies, c)
+	}
+	slices.SortFunc(f.copies, func(a, b copyOp) int { return cmp.Compare(a.idx, b.idx) })
+	if testHookReused != nil {
+		testHookReused(n.Path)
+	}
+	return false
+}
+
+// testHookReused runs once a file's chunks found at the target are known,
+// before any is copied.
+var testHookReused func(path []byte)
+
+// holds reports whether the file fd holds chunk c at off.
+func (w *fileWriter) holds(fd int, off int64, c tree.ChunkRef) bool {
+	if len(w.piece) == 0 {
+		w.piece = make([]byte, streamPiece)
+	}
+	w.h.Reset()
+	for left := int64(c.Len); left > 0; {
+		p := w.piece[:min(left, int64(len(w.piece)))]
+		if preadAll(fd, p, off) != nil {
+			return false
+		}
+		w.h.Write(p)
+		off += int64(len(p))
+		left -= int64(len(p))
+	}
+	return w.h.ID() == c.ID
+}
+
+// holesZero reports whether the file fd, size bytes, reads as zeros
+// outside the extents ext (ascending): where the version has holes. Only
+// the data the filesystem reports there (SEEK_DATA) is read.
+func (w *fileWriter) holesZero(fd int, ext []tree.Extent, size int64) bool {
+	var from int64
+	for _, e := range ext {
+		if e.Off < from || !w.zeroRange(fd, from, e.Off) {
+			return false
+		}
+		from = e.Off + e.Len
+	}
+	return w.zeroRange(fd, from, size)
+}
+
+// zeroRange reports whether bytes [from, to) of fd read as zeros.
+func (w *fileWriter) zeroRange(fd int, from, to int64) bool {
+	if len(w.piece) == 0 {
+		w.piece = make([]byte, streamPiece)
+	}
+	for from < to {
+		d, err := unix.Seek(fd, from, unix.SEEK_DATA)
+		switch {
+		case err == unix.ENXIO:
+			return true // no data after from
+		case err != nil:
+			d = from // no SEEK_DATA here: read it all
+		case d >= to:
+			return true
+		}
+		e, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil || e > to {
+			e = to
+		}
+		for d < e {
+			p := w.piece[:min(e-d, int64(len(w.piece)))]
+			if preadAll(fd, p, d) != nil || !chunker.IsZero(p) {
+				return false
+			}
+			d += int64(len(p))
+		}
+		from = e
+	}
+	return true
+}
+
+// keepable reports whether the file found at the target (fd, stx) may stay
+// as n's inode: its only name, not immutable nor append-only, and nobody
+// may write it who could not write n as restored (its owner is n's, group
+// and others have write permission only where n gives it, and any access
+// ACL is n's own). The content was checked before the metadata is set, and
+// whoever could write the file may have it open: they keep that access.
+func (r *restorer) keepable(fd int, stx *unix.Statx_t, n *tree.Node) bool {
+	if stx.Nlink != 1 || stx.Attributes&stx.Attributes_mask&(unix.STATX_ATTR_IMMUTABLE|unix.STATX_ATTR_APPEND) != 0 {
+		return false
+	}
+	uid, gid := meta.Owner(n, r.o.Meta)
+	if r.o.Meta.SkipOwner {
+		uid, gid = r.euid, r.egid // a new file's, as created
+	}
+	switch {
+	case stx.Uid != uid:
+		return false
+	case stx.Mode&0o020 != 0 && (n.Mode&0o020 == 0 || stx.Gid != gid):
+		return false
+	case stx.Mode&0o002 != 0 && n.Mode&0o002 == 0:
+		return false
+	}
+	var acl []byte
+	for _, x := range n.Xattrs {
+		if x.Name == meta.XattrACLAccess {
+			acl = x.Value
+		}
+	}
+	buf := make([]byte, len(acl)+1) // one byte more: a longer ACL is not n's
+	k, err := unix.Fgetxattr(fd, meta.XattrACLAccess, buf)
+	switch {
+	case err == unix.ENODATA || err == unix.ENOTSUP:
+		return true
+	case err != nil:
+		return false // ERANGE: longer than n's
+	}
+	return bytes.Equal(buf[:k], acl)
+}
+
+// keep completes f, found at the target with its content: its metadata is
+// set on the descriptor read, fd.
+func (w *fileWriter) keep(f *fileJob, fd int) {
+	r := w.r
+	n := f.node
+	defer f.dir.wg.Done()
+	opts := r.o.Meta
+	if n.Nlink > 1 {
+		opts.SkipFlags = true // links come later; an immutable file cannot be linked
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err == nil {
+			rel := f.name
+			if len(f.dir.path) > 0 {
+				rel = string(f.dir.path) + "/" + f.name
+			}
+			r.mu.Lock()
+			r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
+			r.mu.Unlock()
+		}
+	}
+	if err := meta.ApplyFD(fd, n, opts); err != nil {
+		r.problem("%s: metadata: %v", n.Path, err)
+	}
+	if f.src != nil { // later copies of its chunks may read it (repeats.go)
+		f.src.ok, f.src.dir, f.src.name = true, f.dir, f.name
+		close(f.src.done)
+	}
+	atomic.AddInt64(&r.stats.Files, 1)
+	atomic.AddInt64(&r.stats.Kept, 1)
+	atomic.AddInt64(&r.stats.Bytes, dataLen(fileExtents(n)))
+}

@@ -1,0 +1,314 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"vaultnode/agentkit/meta"
+	"vaultnode/internal/tree"
+	"vaultnode/internal/wire"
+)
+
+// fetchLog is a memSource that records every chunk asked for.
+type fetchLog struct {
+	memSource
+	mu  sync.Mutex
+	ids map[[32]byte]int
+}
+
+func (l *fetchLog) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
+	l.mu.Lock()
+	for _, id := range ids {
+		l.ids[id]++
+	}
+	l.mu.Unlock()
+	return l.memSource.GetChunks(ctx, ids, fn)
+}
+
+// fetched counts the chunks of n asked for.
+func (l *fetchLog) fetched(n tree.Node) int {
+	k := 0
+	for _, c := range n.Chunks {
+		k += l.ids[c.ID]
+	}
+	return k
+}
+
+// requireBytes requires the file p to hold want, saying where it differs.
+func requireBytes(t *testing.T, p string, want []byte) {
+	t.Helper()
+	got, err := os.ReadFile(p)
+	if err != nil {
+		t.Errorf("%s: %v", p, err)
+		return
+	}
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < min(len(got), len(want)) && got[i] == want[i] {
+			i++
+		}
+		t.Errorf("%s: %d bytes, want %d; they differ from byte %d", p, len(got), len(want), i)
+	}
+}
+
+func inode(t *testing.T, p string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	must(t, unix.Lstat(p, &st))
+	return st.Ino
+}
+
+// A restore with -existing overwrite reads the files at the target first:
+// a file holding the version's content is kept (same inode, metadata set,
+// nothing downloaded); one that holds part of it gets a new file with
+// those parts copied and only the rest downloaded; whatever the file
+// there, the result is the version's content and metadata.
+func TestOverwriteReusesWhatIsThere(t *testing.T) { forEachNaming(t, testOverwriteReusesWhatIsThere) }
+
+func testOverwriteReusesWhatIsThere(t *testing.T) {
+	h := newHostile(t)
+	src := &fetchLog{memSource: h.src, ids: map[[32]byte]int{}}
+	rng := rand.NewChaCha8([32]byte{3})
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		rng.Read(b)
+		return b
+	}
+	const chunk = 4096
+	type tc struct {
+		name    string
+		data    []byte // the version's content
+		there   []byte // the file at the target
+		mode    uint32 // of the file at the target
+		kept    bool
+		fetched int // chunks downloaded
+	}
+	// Every file its own content: no chunk repeats between them.
+	same, writable, linked := random(50*chunk), random(50*chunk), random(20*chunk)
+	edited := random(64 * chunk)
+	editedThere := bytes.Clone(edited)
+	editedThere[3*chunk+5] ^= 1
+	editedThere[40*chunk] ^= 1
+	large := random(3<<20 + 777) // its own job
+	largeThere := bytes.Clone(large)
+	largeThere[2<<20] ^= 0xff
+	short, long, encrypted := random(10*chunk), random(10*chunk), random(10*chunk)
+	cases := []tc{
+		{name: "same", data: same, there: same, mode: 0o644, kept: true},
+		{name: "empty", data: nil, there: nil, mode: 0o644, kept: true},
+		{name: "edited", data: edited, there: editedThere, mode: 0o644, fetched: 2},
+		{name: "large", data: large, there: largeThere, mode: 0o644, fetched: 1},
+		// The same content, but others may write the file there: they
+		// could have it open, so it is replaced (by a copy of itself).
+		{name: "writable", data: writable, there: writable, mode: 0o646},
+		// Truncated, and grown.
+		{name: "short", data: short, there: short[:4*chunk+10], mode: 0o644, fetched: 6},
+		{name: "long", data: long, there: append(bytes.Clone(long), 'x'), mode: 0o644},
+		{name: "encrypted", data: encrypted, there: random(len(encrypted)), mode: 0o644, fetched: 10},
+	}
+	nodes := []tree.Node{dir("d")}
+	must(t, os.Mkdir(filepath.Join(h.target, "d"), 0o755))
+	at := func(name string) string { return filepath.Join(h.target, "d", name) }
+	mtime := tree.Timespec{Sec: 1_600_000_000, Nsec: 7}
+	for _, c := range cases {
+		n := file("d/" + c.name)
+		n.Size, n.Chunks, n.Mtime = int64(len(c.data)), h.src.put(c.data, chunk), mtime
+		nodes = append(nodes, n)
+		must(t, os.WriteFile(at(c.name), c.there, 0o600))
+		must(t, os.Chmod(at(c.name), os.FileMode(c.mode)))
+	}
+	// Sparse: two extents of data; the file there has the data but junk
+	// in the hole between them: not kept, and restored with the hole.
+	sparseData := random(6 * chunk)
+	sp := file("d/sparse")
+	sp.Size, sp.Sparse, sp.Mtime = 1<<20, true, mtime
+	sp.Extents = []tree.Extent{{Off: 0, Len: 3 * chunk}, {Off: 512 << 10, Len: 3 * chunk}}
+	sp.Chunks = h.src.put(sparseData, chunk)
+	full := make([]byte, sp.Size)
+	copy(full, sparseData[:3*chunk])
+	copy(full[512<<10:], sparseData[3*chunk:])
+	junk := bytes.Clone(full)
+	junk[300<<10] = 1
+	must(t, os.WriteFile(at("sparse"), junk, 0o644))
+	// The same sparse file, its hole a hole there: kept.
+	sk := sp
+	sk.Path = []byte("d/sparse-kept")
+	holey, err := os.OpenFile(at("sparse-kept"), os.O_CREATE|os.O_WRONLY, 0o644)
+	must(t, err)
+	_, err = holey.WriteAt(sparseData[:3*chunk], 0)
+	must(t, err)
+	_, err = holey.WriteAt(sparseData[3*chunk:], 512<<10)
+	must(t, err)
+	must(t, holey.Truncate(sp.Size))
+	must(t, holey.Close())
+	// A file with a second name: replaced, the other name keeps the old
+	// inode.
+	ln := file("d/linked")
+	ln.Size, ln.Chunks, ln.Mtime = int64(len(linked)), h.src.put(linked, chunk), mtime
+	must(t, os.WriteFile(at("linked"), linked, 0o644))
+	must(t, os.Link(at("linked"), at("linked-elsewhere")))
+	nodes = append(nodes, sp, sk, ln)
+	slices.SortFunc(nodes, func(a, b tree.Node) int { return tree.Compare(a.Path, b.Path) })
+
+	before := map[string]uint64{}
+	for _, n := range nodes[1:] {
+		before[filepath.Base(string(n.Path))] = inode(t, filepath.Join(h.target, string(n.Path)))
+	}
+	o := h.options()
+	o.Source, o.Existing = src, Overwrite
+	res, err := h.restore(o, nodes...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Problems) > 0 {
+		t.Fatalf("problems: %q", res.Problems)
+	}
+	h.requireOutsideUnchanged()
+	noTemporaries(t, h.target)
+	byName := map[string]tree.Node{}
+	for _, n := range nodes {
+		byName[filepath.Base(string(n.Path))] = n
+	}
+	cases = append(cases,
+		tc{name: "sparse", data: full, fetched: 0},
+		tc{name: "sparse-kept", data: full, kept: true},
+		tc{name: "linked", data: linked})
+	var kept int64
+	for _, c := range cases {
+		n := byName[c.name]
+		requireBytes(t, at(c.name), c.data)
+		var st unix.Stat_t
+		must(t, unix.Lstat(at(c.name), &st))
+		if st.Mode&0o7777 != 0o644 || st.Mtim.Sec != 1_600_000_000 || st.Mtim.Nsec != 7 {
+			t.Errorf("%s: mode %o, mtime %d.%d; want the version's", c.name, st.Mode&0o7777, st.Mtim.Sec, st.Mtim.Nsec)
+		}
+		if (st.Ino == before[c.name]) != c.kept {
+			t.Errorf("%s: inode kept %v, want %v", c.name, st.Ino == before[c.name], c.kept)
+		}
+		if got := src.fetched(n); got != c.fetched {
+			t.Errorf("%s: %d chunks downloaded, want %d", c.name, got, c.fetched)
+		}
+		if c.kept {
+			kept++
+		}
+	}
+	if st := res.Stats; st.Kept != kept || st.Files != int64(len(cases)) {
+		t.Errorf("stats: %d files, %d kept; want %d, %d", st.Files, st.Kept, len(cases), kept)
+	}
+	requireBytes(t, at("linked-elsewhere"), linked)
+	if inode(t, at("linked-elsewhere")) != before["linked"] {
+		t.Errorf("linked-elsewhere is no longer the old inode")
+	}
+	// The hole is a hole again.
+	fd, err := unix.Open(at("sparse"), unix.O_RDONLY, 0)
+	must(t, err)
+	off, err := unix.Seek(fd, 12*chunk, unix.SEEK_DATA)
+	unix.Close(fd)
+	if err != nil || off != 512<<10 {
+		t.Errorf("sparse: data after its first extent at %d (%v), want the hole up to %d", off, err, 512<<10)
+	}
+}
+
+// A file changed after it was read, before its parts are copied: the copy
+// checks what it reads, and downloads what no longer matches.
+func TestOverwriteFileChangedMeanwhile(t *testing.T) {
+	h := newHostile(t)
+	src := &fetchLog{memSource: h.src, ids: map[[32]byte]int{}}
+	data := make([]byte, 16*4096)
+	rand.NewChaCha8([32]byte{4}).Read(data)
+	n := h.content("f", "")
+	n.Size, n.Chunks = int64(len(data)), h.src.put(data, 4096)
+	there := bytes.Clone(data)
+	there[100] = 'X'
+	must(t, os.WriteFile(filepath.Join(h.target, "f"), there, 0o666)) // not kept: others may write
+	testHookReused = func(p []byte) {
+		if string(p) == "f" {
+			b := bytes.Clone(there)
+			b[20000] = 'Y' // the second chunk found there changes
+			must(t, os.WriteFile(filepath.Join(h.target, "f"), b, 0o666))
+		}
+	}
+	defer func() { testHookReused = nil }()
+	o := h.options()
+	o.Source, o.Existing = src, Overwrite
+	res, err := h.restore(o, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Problems) > 0 {
+		t.Fatalf("problems: %q", res.Problems)
+	}
+	requireBytes(t, filepath.Join(h.target, "f"), data)
+	// Chunk 0 differed when read, chunk 4 changed before its copy: both
+	// downloaded, the other 14 copied.
+	if got := src.fetched(n); got != 2 {
+		t.Errorf("%d chunks downloaded, want 2", got)
+	}
+	if res.Stats.Reused != 14*4096 {
+		t.Errorf("%d bytes reused from the file there, want %d", res.Stats.Reused, 14*4096)
+	}
+}
+
+// A file whose access ACL lets another user write it is replaced, though
+// its content and mode are the version's; the same ACL in the version
+// keeps it.
+func TestOverwriteKeepsNoForeignWriters(t *testing.T) {
+	h := newHostile(t)
+	data := "the version's content\n"
+	aclFor := func(uid uint32) []byte {
+		return meta.EncodeACL([]meta.ACLEntry{
+			{Tag: 0x01, Perm: 6},          // user::rw-
+			{Tag: 0x02, Perm: 6, ID: uid}, // user:UID:rw-
+			{Tag: 0x04, Perm: 4},          // group::r--
+			{Tag: 0x10, Perm: 6},          // mask::rw-
+			{Tag: 0x20, Perm: 4},          // other::r--
+		})
+	}
+	acl := aclFor(4242)
+	foreign, other, mine := h.content("foreign", data), h.content("other", data), h.content("mine", data)
+	// The mask shows as the group's bits: the mode is the same, only
+	// the ACL differs (none, another user's, the same).
+	foreign.Mode, other.Mode, mine.Mode = 0o664, 0o664, 0o664
+	other.Xattrs = []tree.Xattr{{Name: meta.XattrACLAccess, Value: aclFor(4243)}}
+	mine.Xattrs = []tree.Xattr{{Name: meta.XattrACLAccess, Value: acl}}
+	ino := map[string]uint64{}
+	for _, name := range []string{"foreign", "other", "mine"} {
+		p := filepath.Join(h.target, name)
+		must(t, os.WriteFile(p, []byte(data), 0o644))
+		if err := unix.Setxattr(p, meta.XattrACLAccess, acl, 0); err != nil {
+			t.Skipf("SKIPPED LOUDLY: no POSIX ACLs on %s: %v", h.target, err)
+		}
+		ino[name] = inode(t, p)
+	}
+	o := h.options()
+	o.Existing = Overwrite
+	res, err := h.restore(o, foreign, mine, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Problems) > 0 {
+		t.Fatalf("problems: %q", res.Problems)
+	}
+	for _, name := range []string{"foreign", "other"} {
+		if inode(t, filepath.Join(h.target, name)) == ino[name] {
+			t.Errorf("%s: kept, though user 4242 may write it", name)
+		}
+	}
+	if inode(t, filepath.Join(h.target, "mine")) != ino["mine"] {
+		t.Errorf("mine: replaced, though its ACL is the version's")
+	}
+	for _, name := range []string{"foreign", "other", "mine"} {
+		requireContent(t, filepath.Join(h.target, name), data)
+	}
+	if got, _ := unix.Getxattr(filepath.Join(h.target, "foreign"), meta.XattrACLAccess, make([]byte, 256)); got > 0 {
+		t.Errorf("foreign still has an access ACL")
+	}
+}
