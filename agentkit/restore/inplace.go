@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"cmp"
+	"io"
 	"slices"
 	"sync/atomic"
 
@@ -87,7 +88,7 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 			all = false
 			continue
 		}
-		found = append(found, copyOp{idx: i, off: off})
+		found = append(found, copyOp{idx: i, off: off, from: srcRef{off: off}})
 	}
 	if all && size == n.Size && pos == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(fd, ext, size) {
 		w.keep(f, fd)
@@ -95,6 +96,9 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 	}
 	if len(found) == 0 {
 		return false
+	}
+	if len(found) < len(n.Chunks) && !n.Sparse && r.gear != nil {
+		found = w.findMoved(fd, n, found)
 	}
 	// The chunks found are copied from the file there, unless the plan
 	// already copies them (zeros, repeats within the version).
@@ -104,7 +108,7 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 		if _, dup := slices.BinarySearchFunc(f.copies[:planned], c.idx, func(o copyOp, idx int) int { return cmp.Compare(o.idx, idx) }); dup {
 			continue
 		}
-		c.from = srcRef{f: there, off: c.off, len: n.Chunks[c.idx].Len}
+		c.from.f, c.from.len = there, n.Chunks[c.idx].Len
 		f.copies = append(f.copies, c)
 	}
 	slices.SortFunc(f.copies, func(a, b copyOp) int { return cmp.Compare(a.idx, b.idx) })
@@ -117,6 +121,79 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 // testHookReused runs once a file's chunks found at the target are known,
 // before any is copied.
 var testHookReused func(path []byte)
+
+// findMoved looks for the chunks of n not found in place in the file fd
+// (found: those that were, by index) elsewhere in it, cutting it as a
+// backup cuts files: after bytes inserted or removed, content-defined
+// boundaries fall in step again a chunk later, so only the chunks around
+// the change are downloaded. Only for a file part of which was found in
+// place (an insertion, an edit): one that holds none of the version's
+// content at its offsets, as when encrypted whole, is not read again.
+// Only a file without holes (n's chunks follow each other from offset 0)
+// is searched.
+func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp) []copyOp {
+	type place struct {
+		idx int
+		off int64
+	}
+	want := map[[32]byte][]place{}
+	var off int64
+	k := 0
+	for i, c := range n.Chunks {
+		if k < len(found) && found[k].idx == i {
+			k++
+		} else if c.Len > 0 {
+			want[c.ID] = append(want[c.ID], place{i, off})
+		}
+		off += int64(c.Len)
+	}
+	if len(w.cut) == 0 {
+		w.cut = make([]byte, 2*chunker.MaxSize)
+	}
+	ck := chunker.New(w.r.gear, &fdReader{fd: fd}, w.cut)
+	var src int64
+	for len(want) > 0 && w.r.ctx.Err() == nil {
+		b, err := ck.Next()
+		if err != nil {
+			break // the end, or a read error: what is not found is downloaded
+		}
+		id := w.h.Sum(b)
+		if ps, ok := want[id]; ok {
+			delete(want, id)
+			for _, p := range ps {
+				if n.Chunks[p.idx].Len == uint32(len(b)) {
+					found = append(found, copyOp{idx: p.idx, off: p.off, from: srcRef{off: src}})
+				}
+			}
+		}
+		src += int64(len(b))
+	}
+	return found
+}
+
+// fdReader reads a file from its start with pread, leaving the
+// descriptor's offset alone.
+type fdReader struct {
+	fd  int
+	off int64
+}
+
+func (r *fdReader) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Pread(r.fd, p, r.off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 && len(p) > 0 {
+			return 0, io.EOF
+		}
+		r.off += int64(n)
+		return n, nil
+	}
+}
 
 // holds reports whether the file fd holds chunk c at off.
 func (w *fileWriter) holds(fd int, off int64, c tree.ChunkRef) bool {

@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vaultnode/agentkit/meta"
+	"vaultnode/internal/chunker"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
 )
@@ -310,5 +312,61 @@ func TestOverwriteKeepsNoForeignWriters(t *testing.T) {
 	}
 	if got, _ := unix.Getxattr(filepath.Join(h.target, "foreign"), meta.XattrACLAccess, make([]byte, 256)); got > 0 {
 		t.Errorf("foreign still has an access ACL")
+	}
+}
+
+// A file with bytes inserted in its middle since: the chunks after the
+// insertion are found where they moved (the file cut as a backup cuts
+// it), so only those around it are downloaded. Without the chunker's key
+// everything after the insertion is.
+func TestOverwriteFindsMovedContent(t *testing.T) {
+	gearKey := [32]byte{9}
+	gear, err := chunker.NewGear(gearKey)
+	must(t, err)
+	rng := rand.NewChaCha8([32]byte{5})
+	data := make([]byte, 24<<20)
+	rng.Read(data)
+	for _, withKey := range []bool{true, false} {
+		t.Run(fmt.Sprintf("gear-key-%v", withKey), func(t *testing.T) {
+			h := newHostile(t)
+			src := &fetchLog{memSource: h.src, ids: map[[32]byte]int{}}
+			n := file("f")
+			n.Size = int64(len(data))
+			ck := chunker.New(gear, bytes.NewReader(data), nil)
+			for {
+				b, err := ck.Next()
+				if err != nil {
+					break
+				}
+				n.Chunks = append(n.Chunks, h.src.put(b, len(b))...)
+			}
+			if len(n.Chunks) < 10 {
+				t.Fatalf("%d chunks; the test wants at least 10", len(n.Chunks))
+			}
+			mid := len(data) / 2
+			there := append(append(bytes.Clone(data[:mid]), bytes.Repeat([]byte("inserted"), 1280)...), data[mid:]...)
+			must(t, os.WriteFile(filepath.Join(h.target, "f"), there, 0o644))
+			o := h.options()
+			o.Source, o.Existing = src, Overwrite
+			if withKey {
+				o.GearKey = gearKey
+			}
+			res, err := h.restore(o, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Problems) > 0 {
+				t.Fatalf("problems: %q", res.Problems)
+			}
+			requireBytes(t, filepath.Join(h.target, "f"), data)
+			got := src.fetched(n)
+			t.Logf("%d of %d chunks downloaded", got, len(n.Chunks))
+			if withKey && got > 2 {
+				t.Errorf("%d of %d chunks downloaded; want those around the insertion, at most 2", got, len(n.Chunks))
+			}
+			if !withKey && got < len(n.Chunks)/3 {
+				t.Errorf("%d of %d chunks downloaded without the chunker's key; the test wants the moved ones downloaded", got, len(n.Chunks))
+			}
+		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vaultnode/agentkit/meta"
+	"vaultnode/internal/chunker"
 	"vaultnode/internal/keys"
 	"vaultnode/internal/tree"
 	"vaultnode/internal/wire"
@@ -35,6 +36,9 @@ const (
 type Options struct {
 	Source   Source
 	ChunkKey [32]byte
+	// GearKey is the chunker's key: with it, -existing overwrite finds
+	// content that moved within a file (inplace.go). Optional.
+	GearKey  [32]byte
 	Manifest wire.Manifest
 	// Journal are continuous-mode records on top of Manifest to apply.
 	Journal []wire.Journal
@@ -137,6 +141,9 @@ type restorer struct {
 	linkHow int32
 	// euid and egid own the files this restore creates (inplace.go).
 	euid, egid uint32
+	// gear cuts files found at the target as backups cut them; nil
+	// without Options.GearKey (inplace.go).
+	gear *chunker.Gear
 }
 
 type link struct {
@@ -227,6 +234,13 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 		dirs: map[string]*tree.Node{}, linkDirs: map[string]bool{}, placed: map[string]struct{}{}, restored: map[string]restoredFile{}, srcs: map[[32]byte]srcRef{},
 		zeros:      zeroChunks{key: o.ChunkKey},
 		privileged: geteuid() == 0, euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid())}
+	if o.GearKey != ([32]byte{}) {
+		g, err := chunker.NewGear(o.GearKey)
+		if err != nil {
+			return nil, err
+		}
+		r.gear = g
+	}
 	if !o.DryRun {
 		if err := os.MkdirAll(o.Target, 0o700); err != nil {
 			return nil, fmt.Errorf("create target: %w", err)

@@ -581,21 +581,24 @@ func versionPath(p string) []byte {
 	return []byte(p)
 }
 
-func (a *app) keys(ctx context.Context, c *client.Client) ([32]byte, error) {
+// keys are the company's chunk key and the chunker's gear key.
+func (a *app) keys(ctx context.Context, c *client.Client) (chunk, gear [32]byte, err error) {
 	comp, err := c.Computer(ctx)
 	if err != nil {
-		return [32]byte{}, err
+		return chunk, gear, err
 	}
-	return [32]byte(comp.ChunkKey), nil
+	return [32]byte(comp.ChunkKey), [32]byte(comp.GearKey), nil
 }
 
 // pointed is what commands reading a version need: the client, the
-// version (with journal records), the path asked for and the chunk key.
+// version (with journal records), the path asked for, the chunk key and
+// the chunker's key.
 type pointed struct {
-	c    *client.Client
-	pt   point
-	path []byte
-	key  [32]byte
+	c       *client.Client
+	pt      point
+	path    []byte
+	key     [32]byte
+	gearKey [32]byte
 }
 
 // open connects and resolves a CONFIG@VERSION[:PATH] argument.
@@ -608,11 +611,11 @@ func (a *app) open(ctx context.Context, spec string) (*pointed, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := a.keys(ctx, c)
+	key, gear, err := a.keys(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	return &pointed{c: c, pt: pt, path: p, key: key}, nil
+	return &pointed{c: c, pt: pt, path: p, key: key, gearKey: gear}, nil
 }
 
 func (a *app) ls(ctx context.Context, args []string) error {
@@ -762,7 +765,7 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	if target == "" {
 		target = "/"
 	}
-	o := restore.Options{Source: c, ChunkKey: key, Manifest: m.m, Journal: m.journal, Prefix: prefix, Target: target, DryRun: *dry,
+	o := restore.Options{Source: c, ChunkKey: key, GearKey: v.gearKey, Manifest: m.m, Journal: m.journal, Prefix: prefix, Target: target, DryRun: *dry,
 		Existing: restore.Existing(*existing), Meta: meta.Options{ByName: *byName, SkipOwner: os.Geteuid() != 0},
 		Log: a.log, Out: a.stdout, Workers: *parallel, Devices: *devices, SetID: *setid}
 	if a.prog.Enabled() {
