@@ -1,0 +1,58 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestRollbackOverExistingTree: a version restored with -existing
+// overwrite over a copy of the tree that was changed since (edits, an
+// insertion in the large file, deletions, a mode change) comes back as the
+// version was; the files the changes did not touch are kept where they
+// are (the agent reads them, downloads nothing for them), and the large
+// file's part before the insertion is copied from the file there.
+func TestRollbackOverExistingTree(t *testing.T) {
+	e := newEnv(t)
+	g := newGen(t, e.src, 11)
+	g.makeTree(200, 6<<20)
+	want := snapshot(t, e.src)
+	e.a.backup("home")
+	root, r := e.restore(1)
+	if r.code != 0 {
+		t.Fatalf("restore: %s", r)
+	}
+	// restore's -to: the source's path is recreated under it.
+	to := strings.TrimSuffix(root, e.src)
+	// A day of changes on the restored copy, then the rollback.
+	newGen(t, root, 12).mutate(1)
+	r = e.a.run("restore", "home@1", "-to", to, "-setid", "-existing", "overwrite")
+	if r.code != 0 {
+		t.Fatalf("restore -existing overwrite: %s", r)
+	}
+	got := snapshot(t, root)
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			delete(got, p) // added since: a restore does not remove it
+		}
+	}
+	compareTrees(t, "rollback", want, got)
+	m := regexp.MustCompile(`(\d+) of them were there with their content .*; (\S+ \S+) of the others copied`).FindStringSubmatch(r.stdout)
+	if m == nil {
+		t.Fatalf("no line on what was there in the output:\n%s", r.stdout)
+	}
+	kept, _ := strconv.Atoi(m[1])
+	// 200 small files and a dozen others; the mutation edits 5, deletes
+	// up to 5 and a directory of about 20, changes one's mode and
+	// inserts into the large file; the hard links are rewritten.
+	if kept < 150 {
+		t.Errorf("%d files kept where they were, want most of the %d", kept, len(want))
+	}
+	if m[2] == "0 B" {
+		t.Errorf("nothing copied from the files there (the large file's first half is there)")
+	}
+	fmt.Fprintln(os.Stderr, "rollback:", m[0])
+}
