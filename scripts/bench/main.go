@@ -42,6 +42,11 @@ const (
 	phaseIncremental = "incremental"
 	phaseNoChange    = "no-change"
 	phaseRestore     = "restore"
+	// phaseRollback restores the latest version over the tree a restore
+	// made and the corpus's mutation then changed (untimed), as after
+	// ransomware or a mistake: vaultnode with -existing overwrite, restic
+	// with its default --overwrite always. Only when -phases names it.
+	phaseRollback = "rollback"
 )
 
 // What the incremental phase follows (-mutation).
@@ -50,7 +55,10 @@ const (
 	mutationTouch = "touch"
 )
 
-var phases = []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore}
+var phases = []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore, phaseRollback}
+
+// defaultPhases are the phases run unless -phases says otherwise.
+var defaultPhases = phases[:4]
 
 // avgChunk is the chunker's average chunk size (internal/chunker.AvgSize).
 const avgChunk = 1 << 20
@@ -61,8 +69,8 @@ type tool interface {
 	Setup(ctx context.Context) error
 	Backup(ctx context.Context, res *phaseResult) error
 	// Restore restores the latest version into dir and returns where the
-	// corpus root landed.
-	Restore(ctx context.Context, dir string, res *phaseResult) (string, error)
+	// corpus root landed; over: over the files there, replacing them.
+	Restore(ctx context.Context, dir string, over bool, res *phaseResult) (string, error)
 	StoreDir() string
 	// SentIsStoreGrowth says bytes sent are measured as store growth.
 	SentIsStoreGrowth() bool
@@ -162,7 +170,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	files := fs.Int("files", 0, "files of the small-files shape (0: 500,000 times -scale)")
 	noSparse := fs.Bool("no-sparse", false, "leave the sparse files out of the corpus, so holes do not decide the ratios")
 	mutation := fs.String("mutation", mutationEdit, "the change before the incremental phase: edit (new content in places, files added and deleted, a directory renamed) or touch (every file's times set, its content kept, as touch or chown -R leave a tree)")
-	phaseList := fs.String("phases", strings.Join(phases, ","), "phases to run, in their order (bench-scale: initial,no-change)")
+	phaseList := fs.String("phases", strings.Join(defaultPhases, ","), "phases to run, in their order (bench-scale: initial,no-change)")
 	summary := fs.Bool("summarize", false, "print the ratios of the results files given as arguments, one line per shape and phase, and exit")
 	treeDir := fs.String("tree", "", "instead of a generated corpus, back up this existing tree where it is, read only (initial, no-change and restore); with the incremental phase named in -phases, a copy of it in the work directory, changed between the backups")
 	agents := fs.Int("agents", 0, "instead of the phases: this many agents back up different trees (each -scale) into one vault at once, against one alone")
@@ -417,9 +425,11 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 					return err
 				}
 			}
-		case phaseRestore:
-			if want, err = corpus.Manifest(corpusDir); err != nil {
-				return err
+		case phaseRestore, phaseRollback:
+			if want == nil {
+				if want, err = corpus.Manifest(corpusDir); err != nil {
+					return err
+				}
 			}
 		}
 		// The results keep the tools' order whatever the order they run
@@ -440,13 +450,24 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 			}
 			restoreDir := filepath.Join(b.work, "restore-"+t.Name())
 			var rfs *restoreFS
-			if ph == phaseRestore && b.freshFS {
+			if (ph == phaseRestore || ph == phaseRollback) && b.freshFS {
 				if rfs, err = newRestoreFS(b.work, t.Name(), restoreFSSize(res.Corpus.DataBytes, res.Corpus.Bytes, res.Corpus.Files+res.Corpus.Dirs+res.Corpus.Symlinks)); err != nil {
 					b.freshFS = false
 					res.RestoreFS = fmt.Sprintf("%s (no fresh filesystem: %v)", restoreFSDir, err)
 					b.logf("%s", res.RestoreFS)
 				} else {
 					restoreDir = rfs.Dir()
+				}
+			}
+			if ph == phaseRollback {
+				b.logf("%s: restoring and changing the tree to roll back", t.Name())
+				if err := b.rollbackSetup(ctx, t, restoreDir); err != nil {
+					pr.Error = err.Error()
+					b.logf("%s: %v", t.Name(), err)
+					if rfs != nil {
+						rfs.Close()
+					}
+					continue
 				}
 			}
 			if b.cold {
@@ -462,13 +483,18 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 			} else {
 				b.logf("%s: %s took %.2f s", t.Name(), ph, pr.WallSeconds)
 			}
-			if ph == phaseRestore && root != "" {
+			if (ph == phaseRestore || ph == phaseRollback) && root != "" {
 				syscall.Sync()
-				c := checkRestore(want, root)
-				if prev, ok := res.Restores[t.Name()]; ok && !prev.Identical {
+				key := t.Name()
+				if ph == phaseRollback {
+					// Neither tool removes what the mutation added.
+					key += rollbackSuffix
+				}
+				c := checkRestore(want, root, ph == phaseRollback)
+				if prev, ok := res.Restores[key]; ok && !prev.Identical {
 					c = prev // keep the first failure
 				}
-				res.Restores[t.Name()] = c
+				res.Restores[key] = c
 			}
 			if rfs != nil {
 				if err := rfs.Close(); err != nil {
@@ -604,11 +630,11 @@ func runPhase(ctx context.Context, t tool, ph, restoreDir string, dataBytes int6
 		return "", err
 	}
 	var root string
-	if ph == phaseRestore {
+	if ph == phaseRestore || ph == phaseRollback {
 		if err := os.MkdirAll(restoreDir, 0o755); err != nil {
 			return "", fmt.Errorf("create restore dir: %w", err)
 		}
-		root, err = t.Restore(ctx, restoreDir, pr)
+		root, err = t.Restore(ctx, restoreDir, ph == phaseRollback, pr)
 	} else {
 		err = t.Backup(ctx, pr)
 	}
@@ -634,10 +660,44 @@ func runPhase(ctx context.Context, t tool, ph, restoreDir string, dataBytes int6
 	return root, err
 }
 
-func checkRestore(want []corpus.Entry, root string) restoreChk {
+// rollbackSuffix names the check of a tool's rollback in results.Restores.
+const rollbackSuffix = " (rollback)"
+
+// rollbackSetup restores the latest version into dir and changes the
+// tree there as the incremental phase changes the corpus (another seed):
+// what the rollback phase restores over.
+func (b *bench) rollbackSetup(ctx context.Context, t tool, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create restore dir: %w", err)
+	}
+	root, err := t.Restore(ctx, dir, false, &phaseResult{Tool: t.Name(), Phase: "rollback-setup"})
+	if err != nil {
+		return fmt.Errorf("restore before the rollback: %w", err)
+	}
+	mutate := corpus.Mutate
+	if b.tree != "" {
+		mutate = corpus.MutateTree
+	}
+	if _, err := mutate(root, b.seed+1); err != nil {
+		return fmt.Errorf("change the restored tree: %w", err)
+	}
+	syscall.Sync()
+	return nil
+}
+
+// checkRestore compares the tree at root with want; extra: entries not in
+// want are allowed (a rollback leaves what was added since).
+func checkRestore(want []corpus.Entry, root string, extra bool) restoreChk {
 	got, err := corpus.Manifest(root)
 	if err != nil {
 		return restoreChk{Root: root, Differences: []string{err.Error()}}
+	}
+	if extra {
+		known := map[string]bool{}
+		for _, e := range want {
+			known[e.Path] = true
+		}
+		got = slices.DeleteFunc(got, func(e corpus.Entry) bool { return !known[e.Path] })
 	}
 	d := corpus.Diff(want, got, 10)
 	c := restoreChk{Root: root, Identical: len(d) == 0, Differences: d}

@@ -240,7 +240,7 @@ func printReport(w io.Writer, r *results) {
 
 	if len(r.Restores) > 0 {
 		fmt.Fprintln(w, "\nrestore check (content, size, mode, file mtime, symlinks):")
-		for _, name := range []string{"vaultnode", "restic"} {
+		for _, name := range []string{"vaultnode", "restic", "vaultnode" + rollbackSuffix, "restic" + rollbackSuffix} {
 			c, ok := r.Restores[name]
 			if !ok {
 				continue

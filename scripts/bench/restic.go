@@ -68,9 +68,15 @@ func resticDataAdded(out []byte) (int64, bool) {
 	return 0, false
 }
 
-func (t *restic) Restore(ctx context.Context, dir string, res *phaseResult) (string, error) {
+func (t *restic) Restore(ctx context.Context, dir string, over bool, res *phaseResult) (string, error) {
+	args := []string{"restore", "--sparse", "latest", "--target", dir}
+	if over {
+		// The default, said: existing files are read and only the
+		// parts that differ written.
+		args = append(args, "--overwrite", "always")
+	}
 	u, err := t.r.run(ctx, command{
-		name: t.bin, args: []string{"restore", "--sparse", "latest", "--target", dir},
+		name: t.bin, args: args,
 		env: t.env(), logTo: t.logFile(),
 	})
 	res.addClient(u)

@@ -243,9 +243,13 @@ func (t *vaultnode) Backup(ctx context.Context, res *phaseResult) error {
 	})
 }
 
-func (t *vaultnode) Restore(ctx context.Context, dir string, res *phaseResult) (string, error) {
+func (t *vaultnode) Restore(ctx context.Context, dir string, over bool, res *phaseResult) (string, error) {
+	args := []string{"restore", "corpus@latest", "-to", dir}
+	if over {
+		args = append(args, "-existing", "overwrite")
+	}
 	err := t.measureVault(ctx, res, func() error {
-		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent("restore", "corpus@latest", "-to", dir), env: phaseProfiles(res.Phase), logTo: t.logFile()})
+		u, err := t.r.run(ctx, command{name: t.prog("vault-agent"), args: t.agent(args...), env: phaseProfiles(res.Phase), logTo: t.logFile()})
 		res.addClient(u)
 		return err
 	})
