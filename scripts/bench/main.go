@@ -55,10 +55,13 @@ const (
 	mutationTouch = "touch"
 )
 
-var phases = []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore, phaseRollback}
-
-// defaultPhases are the phases run unless -phases says otherwise.
-var defaultPhases = phases[:4]
+// allPhases are every phase, in their order; defaultPhases those run
+// unless -phases says otherwise; phases those this run runs.
+var (
+	allPhases     = []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore, phaseRollback}
+	defaultPhases = allPhases[:4]
+	phases        = defaultPhases
+)
 
 // avgChunk is the chunker's average chunk size (internal/chunker.AvgSize).
 const avgChunk = 1 << 20
@@ -576,14 +579,14 @@ func selectPhases(list string) ([]string, error) {
 		}
 	}
 	var out []string
-	for _, p := range phases {
+	for _, p := range allPhases {
 		if want[p] {
 			out = append(out, p)
 			delete(want, p)
 		}
 	}
 	if len(want) > 0 || len(out) == 0 {
-		return nil, fmt.Errorf("-phases %q: choose among %s", list, strings.Join(phases, ","))
+		return nil, fmt.Errorf("-phases %q: choose among %s", list, strings.Join(allPhases, ","))
 	}
 	return out, nil
 }
