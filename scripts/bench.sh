@@ -106,12 +106,15 @@ if [ "${1:-}" = "scale" ]; then
 fi
 
 # Every shape of data, each also without its sparse files where it has some,
-# and two of them touched (every file's times set, content kept, as touch or
-# chown -R leave a tree: the incremental phase reads every file again). A
-# shape is NAME[:no-sparse][:touch]; BENCH_SHAPES chooses; BENCH_FLAGS is
+# two of them touched (every file's times set, content kept, as touch or
+# chown -R leave a tree: the incremental phase reads every file again), and
+# two rolled back (a restored tree changed as the incremental phase changes
+# the corpus, then the version restored over it: vaultnode -existing
+# overwrite, restic --overwrite always). A shape is
+# NAME[:no-sparse][:touch|:rollback]; BENCH_SHAPES chooses; BENCH_FLAGS is
 # passed to each, e.g. "-scale 0.01" for a quick try; see: out/bench/bench
 # -help.
-shapes=${BENCH_SHAPES:-"current current:no-sparse small-files mixed mixed:no-sparse current:no-sparse:touch small-files:touch"}
+shapes=${BENCH_SHAPES:-"current current:no-sparse small-files mixed mixed:no-sparse current:no-sparse:touch small-files:touch current:no-sparse:rollback small-files:rollback"}
 results=()
 for s in $shapes; do
 	shape=${s%%:*}
@@ -123,8 +126,9 @@ for s in $shapes; do
 		"") ;;
 		no-sparse) extra+=(-no-sparse) name+=-no-sparse ;;
 		touch) extra+=(-mutation touch -phases initial,incremental) name+=-touch ;;
+		rollback) extra+=(-phases initial,rollback) name+=-rollback ;;
 		*)
-			echo "bench: shape $s: unknown option $o (no-sparse, touch)" >&2
+			echo "bench: shape $s: unknown option $o (no-sparse, touch, rollback)" >&2
 			exit 2
 			;;
 		esac

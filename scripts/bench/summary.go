@@ -33,7 +33,7 @@ func summarize(w io.Writer, paths []string) error {
 		if r.Tree != "" {
 			name = "tree " + r.Tree
 		}
-		for _, ph := range []string{phaseInitial, phaseIncremental, phaseNoChange, phaseRestore} {
+		for _, ph := range allPhases {
 			v, rs := r.find("vaultnode", ph), r.find("restic", ph)
 			if v == nil || rs == nil {
 				continue
