@@ -209,10 +209,13 @@ var typeBits = map[tree.Type]uint32{
 // the error joins the steps that failed.
 func ApplyFD(fd int, n *tree.Node, opts Options) error {
 	var errs []error
+	have := opts.Have
 	if !opts.SkipOwner {
 		uid, gid := Owner(n, opts)
 		if euid, egid := effectiveIDs(); opts.New && int(uid) == euid && int(gid) == egid {
 			// created so: nothing to change
+		} else if h := opts.Have; h != nil && h.Uid == uid && h.Gid == gid {
+			// has them already
 		} else if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			errs = append(errs, fmt.Errorf("chown to %d:%d: %w", uid, gid, err))
 		}
@@ -225,8 +228,12 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 			opts.ModeSet = false // only the first time: see the access ACL below
 			return
 		}
+		if h := opts.Have; h != nil && uint32(h.Mode)&0o7777 == n.Mode&0o7777 {
+			opts.Have = nil // has it; only the first time: see the access ACL below
+			return
+		}
 		chmodFD := fchmod
-		if opts.New && n.Type == tree.TypeFile {
+		if (opts.New || opts.Have != nil) && n.Type == tree.TypeFile {
 			chmodFD = unix.Fchmod // a regular descriptor: no need to ask
 		}
 		if err := chmodFD(fd, n.Mode&0o7777); err != nil {
@@ -258,11 +265,20 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 		{Sec: n.Atime.Sec, Nsec: n.Atime.Nsec},
 		{Sec: n.Mtime.Sec, Nsec: n.Mtime.Nsec},
 	}
-	if err := futimens(fd, t); err != nil {
+	if h := have; h != nil && h.Atime.Sec == n.Atime.Sec && int64(h.Atime.Nsec) == n.Atime.Nsec &&
+		h.Mtime.Sec == n.Mtime.Sec && int64(h.Mtime.Nsec) == n.Mtime.Nsec {
+		// has them: setting the xattrs changed no time but the ctime
+	} else if err := futimens(fd, t); err != nil {
 		errs = append(errs, fmt.Errorf("set times: %w", err))
 	}
 	if !opts.SkipFlags && (n.Type == tree.TypeFile || n.Type == tree.TypeDir) && !(opts.New && n.Flags&SettableFlags == 0) {
-		if err := SetFlagsFD(fd, n.Flags); err != nil {
+		var err error
+		if have != nil { // a regular descriptor
+			err = changeFlagsFD(fd, "", SettableFlags, n.Flags&SettableFlags)
+		} else {
+			err = SetFlagsFD(fd, n.Flags)
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -120,5 +121,55 @@ func TestSetXattrsFD(t *testing.T) {
 		if len(got) != 3 || got["user.changed"] != "new" || got["user.same"] != "s" || got["user.added"] != "a" {
 			t.Errorf("flags %#x: xattrs %v", flags, got)
 		}
+	}
+}
+
+// With Options.Have, ApplyFD sets only what differs from what the file
+// has: a file whose owner, mode and times are n's keeps its ctime (nothing
+// was changed); one whose mode and times differ gets n's.
+func TestApplyHave(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte("x"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	n := tree.Node{Path: []byte("f"), Type: tree.TypeFile, Mode: 0o640,
+		Mtime: tree.Timespec{Sec: 1_500_000_000, Nsec: 3}, Atime: tree.Timespec{Sec: 1_500_000_001, Nsec: 4},
+		UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
+	if err := os.Chtimes(p, time.Unix(n.Atime.Sec, n.Atime.Nsec), time.Unix(n.Mtime.Sec, n.Mtime.Nsec)); err != nil {
+		t.Fatal(err)
+	}
+	apply := func() unix.Statx_t {
+		t.Helper()
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOATIME|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		var have unix.Statx_t
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &have); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // a change would move the ctime visibly
+		if err := ApplyFD(fd, &n, Options{Have: &have}); err != nil {
+			t.Fatal(err)
+		}
+		return have
+	}
+	before := apply()
+	var after unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_BASIC_STATS, &after); err != nil {
+		t.Fatal(err)
+	}
+	if after.Ctime != before.Ctime {
+		t.Errorf("ctime moved from %v to %v: something was set though the file had n's metadata", before.Ctime, after.Ctime)
+	}
+	n.Mode, n.Mtime = 0o604, tree.Timespec{Sec: 1_600_000_000, Nsec: 9}
+	apply()
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o604 || st.Mtim.Sec != 1_600_000_000 || st.Mtim.Nsec != 9 || st.Atim.Sec != n.Atime.Sec {
+		t.Errorf("mode %o, mtime %d.%d, atime %d; want the node's", st.Mode&0o7777, st.Mtim.Sec, st.Mtim.Nsec, st.Atim.Sec)
 	}
 }

@@ -60,6 +60,12 @@ type Options struct {
 	// n's mode (CreateFDMode, and KeepsPerm held for it): no chmod is
 	// needed, unless setting an access ACL changes the mode.
 	ModeSet bool
+	// Have tells ApplyFD that fd is a regular descriptor of an existing
+	// regular file that had this owner, mode and times (statx with at
+	// least STATX_BASIC_STATS) and has not changed since: the owner, mode
+	// and times are set only where they differ from n's. The caller must
+	// not have moved the file's atime since (O_NOATIME).
+	Have *unix.Statx_t
 }
 
 // xattrPath names dirfd/name for the path-based xattr calls.

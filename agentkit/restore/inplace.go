@@ -46,15 +46,22 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 	r := w.r
 	// O_NONBLOCK: a FIFO put at the name since the walker saw a file
 	// there does not block the open; what is opened must be a regular
-	// file.
-	fd, err := unix.Openat(f.dir.fd, f.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	// file. O_NOATIME (for the file's owner and root): reading it leaves
+	// its times as they were, so a kept file whose times are the
+	// version's needs none set.
+	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC | unix.O_NOCTTY
+	noatime := true
+	fd, err := unix.Openat(f.dir.fd, f.name, flags|unix.O_NOATIME, 0)
+	if err == unix.EPERM {
+		noatime = false
+		fd, err = unix.Openat(f.dir.fd, f.name, flags, 0)
+	}
 	if err != nil {
 		return false
 	}
 	defer unix.Close(fd)
 	var stx unix.Statx_t
-	const want = unix.STATX_TYPE | unix.STATX_MODE | unix.STATX_UID | unix.STATX_GID | unix.STATX_NLINK | unix.STATX_SIZE
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, want, &stx); err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &stx); err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {
 		return false
 	}
 	_ = unix.Fadvise(fd, 0, 0, unix.FADV_SEQUENTIAL)
@@ -91,7 +98,11 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 		found = append(found, copyOp{idx: i, off: off, from: srcRef{off: off}})
 	}
 	if all && size == n.Size && pos == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(fd, ext, size) {
-		w.keep(f, fd)
+		have := &stx
+		if !noatime {
+			have = nil // its atime may have moved since
+		}
+		w.keep(f, fd, have)
 		return true
 	}
 	if len(found) == 0 {
@@ -298,12 +309,14 @@ func (r *restorer) keepable(fd int, stx *unix.Statx_t, n *tree.Node) bool {
 }
 
 // keep completes f, found at the target with its content: its metadata is
-// set on the descriptor read, fd.
-func (w *fileWriter) keep(f *fileJob, fd int) {
+// set on the descriptor read, fd, where it differs from what the file had
+// (have, unless nil).
+func (w *fileWriter) keep(f *fileJob, fd int, have *unix.Statx_t) {
 	r := w.r
 	n := f.node
 	defer f.dir.wg.Done()
 	opts := r.o.Meta
+	opts.Have = have
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
 		var st unix.Stat_t
