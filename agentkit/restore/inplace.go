@@ -64,7 +64,10 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &stx); err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {
 		return false
 	}
-	_ = unix.Fadvise(fd, 0, 0, unix.FADV_SEQUENTIAL)
+	if stx.Size > smallFile {
+		// Read ahead further (a small file is read in one call).
+		_ = unix.Fadvise(fd, 0, 0, unix.FADV_SEQUENTIAL)
+	}
 	n := f.node
 	ext := fileExtents(n)
 	size := int64(stx.Size)
