@@ -151,25 +151,45 @@ func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp) []copyOp {
 		off int64
 	}
 	want := map[[32]byte][]place{}
+	// at: the chunks found in place, by offset; from: where the first
+	// chunk not found starts.
+	at := make(map[int64]uint32, len(found))
+	from := int64(-1)
 	var off int64
 	k := 0
 	for i, c := range n.Chunks {
 		if k < len(found) && found[k].idx == i {
+			at[off] = c.Len
 			k++
 		} else if c.Len > 0 {
 			want[c.ID] = append(want[c.ID], place{i, off})
+			if from < 0 {
+				from = off
+			}
 		}
 		off += int64(c.Len)
+	}
+	if from < 0 {
+		return found
 	}
 	if len(w.cut) == 0 {
 		w.cut = make([]byte, 2*chunker.MaxSize)
 	}
-	ck := chunker.New(w.r.gear, &fdReader{fd: fd}, w.cut)
-	var src int64
+	// The cut starts where the first chunk not found starts, a boundary
+	// of the version's chunks that the file there shares (content
+	// before it was all found in place): what moved after an insertion
+	// moved forward. A chunk cut where a chunk found in place lies is
+	// that chunk: not hashed again.
+	ck := chunker.New(w.r.gear, &fdReader{fd: fd, off: from}, w.cut)
+	src := from
 	for len(want) > 0 && w.r.ctx.Err() == nil {
 		b, err := ck.Next()
 		if err != nil {
 			break // the end, or a read error: what is not found is downloaded
+		}
+		if l, ok := at[src]; ok && l == uint32(len(b)) {
+			src += int64(len(b))
+			continue
 		}
 		id := w.h.Sum(b)
 		if ps, ok := want[id]; ok {
