@@ -340,19 +340,29 @@ func trim(s string) string {
 }
 
 func (d *daemon) chunkKey() ([32]byte, error) {
+	key, _, err := d.keys()
+	return key, err
+}
+
+// keys are the company's chunk key and the chunker's key (zero when the
+// vault sent none).
+func (d *daemon) keys() (chunk, gear [32]byte, err error) {
 	d.mu.Lock()
 	comp := d.comp
 	d.mu.Unlock()
 	if comp == nil || len(comp.ChunkKey) != 32 {
-		return [32]byte{}, errors.New("the agent has not reached the vault yet: try again in a moment")
+		return chunk, gear, errors.New("the agent has not reached the vault yet: try again in a moment")
 	}
-	return [32]byte(comp.ChunkKey), nil
+	if len(comp.GearKey) == 32 {
+		gear = [32]byte(comp.GearKey)
+	}
+	return [32]byte(comp.ChunkKey), gear, nil
 }
 
 // restore restores a version, path by path, to its original place or
 // under another directory.
 func (d *daemon) restore(ctx context.Context, id string, a *wire.RestoreArgs, pr *progress, log *zap.Logger) wire.CommandResult {
-	key, err := d.chunkKey()
+	key, gear, err := d.keys()
 	if err != nil {
 		return failed(err)
 	}
@@ -388,7 +398,7 @@ func (d *daemon) restore(ctx context.Context, id string, a *wire.RestoreArgs, pr
 	res := wire.CommandResult{State: wire.CmdDone}
 	for _, prefix := range prefixes {
 		var base wire.CommandProgress = wire.CommandProgress{Files: res.Files, Bytes: res.Bytes}
-		o := restore.Options{Source: d.client, ChunkKey: key, Manifest: m, Journal: js, Prefix: prefix, Target: target,
+		o := restore.Options{Source: d.client, ChunkKey: key, GearKey: gear, Manifest: m, Journal: js, Prefix: prefix, Target: target,
 			Existing: existing, Meta: meta.Options{SkipOwner: os.Geteuid() != 0}, Log: log,
 			Progress: func(s *restore.Stats) {
 				pr.report(ctx, wire.CommandProgress{Files: base.Files + s.Files, Bytes: base.Bytes + s.Bytes, TotalBytes: m.Totals.Bytes,

@@ -587,7 +587,13 @@ func (a *app) keys(ctx context.Context, c *client.Client) (chunk, gear [32]byte,
 	if err != nil {
 		return chunk, gear, err
 	}
-	return [32]byte(comp.ChunkKey), [32]byte(comp.GearKey), nil
+	if len(comp.ChunkKey) != 32 {
+		return chunk, gear, fmt.Errorf("the vault sent a chunk key of %d bytes, not 32: ask the vault's operator", len(comp.ChunkKey))
+	}
+	if len(comp.GearKey) == 32 {
+		gear = [32]byte(comp.GearKey)
+	}
+	return [32]byte(comp.ChunkKey), gear, nil
 }
 
 // pointed is what commands reading a version need: the client, the
