@@ -188,7 +188,6 @@ type fileWriter struct {
 	// item 40).
 	buf    []byte
 	piece  []byte // a piece of a large stored chunk (chunkStream)
-	cut    []byte // the chunker's buffer for files found at the target (inplace.go)
 	jobErr error  // the download of the current job failed
 	// The file copied from last (repeats.go), open while the job runs.
 	srcF  *srcFile

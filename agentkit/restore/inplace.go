@@ -172,15 +172,20 @@ func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp) []copyOp {
 	if from < 0 {
 		return found
 	}
-	if len(w.cut) == 0 {
-		w.cut = make([]byte, 2*chunker.MaxSize)
+	// The chunker's buffer (8 MiB) is shared by the workers: few files
+	// are searched, and each buffer is fresh pages to fault in.
+	buf, _ := w.r.cuts.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, 2*chunker.MaxSize)
+		buf = &b
 	}
+	defer w.r.cuts.Put(buf)
 	// The cut starts where the first chunk not found starts, a boundary
 	// of the version's chunks that the file there shares (content
 	// before it was all found in place): what moved after an insertion
 	// moved forward. A chunk cut where a chunk found in place lies is
 	// that chunk: not hashed again.
-	ck := chunker.New(w.r.gear, &fdReader{fd: fd, off: from}, w.cut)
+	ck := chunker.New(w.r.gear, &fdReader{fd: fd, off: from}, *buf)
 	src := from
 	for len(want) > 0 && w.r.ctx.Err() == nil {
 		b, err := ck.Next()

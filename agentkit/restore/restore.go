@@ -142,8 +142,10 @@ type restorer struct {
 	// euid and egid own the files this restore creates (inplace.go).
 	euid, egid uint32
 	// gear cuts files found at the target as backups cut them; nil
-	// without Options.GearKey (inplace.go).
+	// without Options.GearKey. cuts holds the chunker's buffers
+	// (inplace.go).
 	gear *chunker.Gear
+	cuts sync.Pool
 }
 
 type link struct {
