@@ -612,16 +612,7 @@ func (w *fileWriter) finish(o *openFile) {
 	}
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
-		var st unix.Stat_t
-		if err := unix.Fstat(o.fd, &st); err == nil {
-			rel := o.name
-			if len(o.dir.path) > 0 {
-				rel = string(o.dir.path) + "/" + o.name
-			}
-			r.mu.Lock()
-			r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
-			r.mu.Unlock()
-		}
+		r.linkable(o.dir, o.name, o.fd, n)
 	}
 	if err := meta.ApplyFD(o.fd, n, opts); err != nil {
 		r.problem("%s: metadata: %v", n.Path, err)
@@ -631,6 +622,22 @@ func (w *fileWriter) finish(o *openFile) {
 		return
 	}
 	atomic.AddInt64(&r.stats.Files, 1)
+}
+
+// linkable records the file n, written or kept as fd under name in dir,
+// as one hard links may point at (makeLinks).
+func (r *restorer) linkable(dir *dirEntry, name string, fd int, n *tree.Node) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return
+	}
+	rel := name
+	if len(dir.path) > 0 {
+		rel = string(dir.path) + "/" + name
+	}
+	r.mu.Lock()
+	r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
+	r.mu.Unlock()
 }
 
 // rename puts the written file in place. Unless replace, a name that

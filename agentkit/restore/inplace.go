@@ -347,16 +347,7 @@ func (w *fileWriter) keep(f *fileJob, fd int, have *unix.Statx_t) {
 	opts.Have = have
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err == nil {
-			rel := f.name
-			if len(f.dir.path) > 0 {
-				rel = string(f.dir.path) + "/" + f.name
-			}
-			r.mu.Lock()
-			r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
-			r.mu.Unlock()
-		}
+		r.linkable(f.dir, f.name, fd, n)
 	}
 	if err := meta.ApplyFD(fd, n, opts); err != nil {
 		r.problem("%s: metadata: %v", n.Path, err)

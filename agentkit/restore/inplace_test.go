@@ -2,13 +2,11 @@ package restore
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -16,32 +14,28 @@ import (
 	"vaultnode/agentkit/meta"
 	"vaultnode/internal/chunker"
 	"vaultnode/internal/tree"
-	"vaultnode/internal/wire"
 )
 
-// fetchLog is a memSource that records every chunk asked for.
-type fetchLog struct {
-	memSource
-	mu  sync.Mutex
-	ids map[[32]byte]int
-}
-
-func (l *fetchLog) GetChunks(ctx context.Context, ids [][32]byte, fn func(f *wire.Frame) error) error {
-	l.mu.Lock()
-	for _, id := range ids {
-		l.ids[id]++
-	}
-	l.mu.Unlock()
-	return l.memSource.GetChunks(ctx, ids, fn)
-}
-
-// fetched counts the chunks of n asked for.
-func (l *fetchLog) fetched(n tree.Node) int {
+// fetched counts the chunks of n the source served.
+func (c *idCountingSource) fetched(n tree.Node) int {
 	k := 0
-	for _, c := range n.Chunks {
-		k += l.ids[c.ID]
+	for _, ch := range n.Chunks {
+		k += c.served[ch.ID]
 	}
 	return k
+}
+
+// mustRestore restores nodes into h's target and requires no problem.
+func (h *hostile) mustRestore(o Options, nodes ...tree.Node) *Result {
+	h.t.Helper()
+	res, err := h.restore(o, nodes...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if len(res.Problems) > 0 {
+		h.t.Fatalf("problems: %q", res.Problems)
+	}
+	return res
 }
 
 // requireBytes requires the file p to hold want, saying where it differs.
@@ -77,7 +71,7 @@ func TestOverwriteReusesWhatIsThere(t *testing.T) { forEachNaming(t, testOverwri
 
 func testOverwriteReusesWhatIsThere(t *testing.T) {
 	h := newHostile(t)
-	src := &fetchLog{memSource: h.src, ids: map[[32]byte]int{}}
+	src := &idCountingSource{memSource: h.src, served: map[[32]byte]int{}}
 	rng := rand.NewChaCha8([32]byte{3})
 	random := func(n int) []byte {
 		b := make([]byte, n)
@@ -166,13 +160,7 @@ func testOverwriteReusesWhatIsThere(t *testing.T) {
 	}
 	o := h.options()
 	o.Source, o.Existing = src, Overwrite
-	res, err := h.restore(o, nodes...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Problems) > 0 {
-		t.Fatalf("problems: %q", res.Problems)
-	}
+	res := h.mustRestore(o, nodes...)
 	h.requireOutsideUnchanged()
 	noTemporaries(t, h.target)
 	byName := map[string]tree.Node{}
@@ -223,7 +211,7 @@ func testOverwriteReusesWhatIsThere(t *testing.T) {
 // checks what it reads, and downloads what no longer matches.
 func TestOverwriteFileChangedMeanwhile(t *testing.T) {
 	h := newHostile(t)
-	src := &fetchLog{memSource: h.src, ids: map[[32]byte]int{}}
+	src := &idCountingSource{memSource: h.src, served: map[[32]byte]int{}}
 	data := make([]byte, 16*4096)
 	rand.NewChaCha8([32]byte{4}).Read(data)
 	n := h.content("f", "")
@@ -241,13 +229,7 @@ func TestOverwriteFileChangedMeanwhile(t *testing.T) {
 	defer func() { testHookReused = nil }()
 	o := h.options()
 	o.Source, o.Existing = src, Overwrite
-	res, err := h.restore(o, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Problems) > 0 {
-		t.Fatalf("problems: %q", res.Problems)
-	}
+	res := h.mustRestore(o, n)
 	requireBytes(t, filepath.Join(h.target, "f"), data)
 	// Chunk 0 differed when read, chunk 4 changed before its copy: both
 	// downloaded, the other 14 copied.
@@ -292,13 +274,7 @@ func TestOverwriteKeepsNoForeignWriters(t *testing.T) {
 	}
 	o := h.options()
 	o.Existing = Overwrite
-	res, err := h.restore(o, foreign, mine, other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Problems) > 0 {
-		t.Fatalf("problems: %q", res.Problems)
-	}
+	h.mustRestore(o, foreign, mine, other)
 	for _, name := range []string{"foreign", "other"} {
 		if inode(t, filepath.Join(h.target, name)) == ino[name] {
 			t.Errorf("%s: kept, though user 4242 may write it", name)
@@ -329,7 +305,7 @@ func TestOverwriteFindsMovedContent(t *testing.T) {
 	for _, withKey := range []bool{true, false} {
 		t.Run(fmt.Sprintf("gear-key-%v", withKey), func(t *testing.T) {
 			h := newHostile(t)
-			src := &fetchLog{memSource: h.src, ids: map[[32]byte]int{}}
+			src := &idCountingSource{memSource: h.src, served: map[[32]byte]int{}}
 			n := file("f")
 			n.Size = int64(len(data))
 			ck := chunker.New(gear, bytes.NewReader(data), nil)
@@ -351,13 +327,7 @@ func TestOverwriteFindsMovedContent(t *testing.T) {
 			if withKey {
 				o.GearKey = gearKey
 			}
-			res, err := h.restore(o, n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(res.Problems) > 0 {
-				t.Fatalf("problems: %q", res.Problems)
-			}
+			h.mustRestore(o, n)
 			requireBytes(t, filepath.Join(h.target, "f"), data)
 			got := src.fetched(n)
 			t.Logf("%d of %d chunks downloaded", got, len(n.Chunks))
