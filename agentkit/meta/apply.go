@@ -210,14 +210,18 @@ var typeBits = map[tree.Type]uint32{
 func ApplyFD(fd int, n *tree.Node, opts Options) error {
 	var errs []error
 	have := opts.Have
+	haveMode := have != nil // have's mode is the file's still
 	if !opts.SkipOwner {
 		uid, gid := Owner(n, opts)
 		if euid, egid := effectiveIDs(); opts.New && int(uid) == euid && int(gid) == egid {
 			// created so: nothing to change
-		} else if h := opts.Have; h != nil && h.Uid == uid && h.Gid == gid {
+		} else if have != nil && have.Uid == uid && have.Gid == gid {
 			// has them already
-		} else if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			errs = append(errs, fmt.Errorf("chown to %d:%d: %w", uid, gid, err))
+		} else {
+			haveMode = false // a chown may clear set-ID bits
+			if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				errs = append(errs, fmt.Errorf("chown to %d:%d: %w", uid, gid, err))
+			}
 		}
 	}
 	chmod := func() {
@@ -228,12 +232,13 @@ func ApplyFD(fd int, n *tree.Node, opts Options) error {
 			opts.ModeSet = false // only the first time: see the access ACL below
 			return
 		}
-		if h := opts.Have; h != nil && uint32(h.Mode)&0o7777 == n.Mode&0o7777 {
-			opts.Have = nil // has it; only the first time: see the access ACL below
+		if haveMode && uint32(have.Mode)&0o7777 == n.Mode&0o7777 {
+			haveMode = false // has it; only the first time: see the access ACL below
 			return
 		}
+		haveMode = false
 		chmodFD := fchmod
-		if (opts.New || opts.Have != nil) && n.Type == tree.TypeFile {
+		if (opts.New || have != nil) && n.Type == tree.TypeFile {
 			chmodFD = unix.Fchmod // a regular descriptor: no need to ask
 		}
 		if err := chmodFD(fd, n.Mode&0o7777); err != nil {
