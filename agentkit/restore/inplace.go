@@ -185,7 +185,10 @@ func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp) []copyOp {
 	// before it was all found in place): what moved after an insertion
 	// moved forward. A chunk cut where a chunk found in place lies is
 	// that chunk: not hashed again.
-	ck := chunker.New(w.r.gear, &fdReader{fd: fd, off: from}, *buf)
+	// The file there may be far larger than the version's (an attacker
+	// or a mistake can make it a terabyte of holes): content moved
+	// forward by at most the version's size is searched.
+	ck := chunker.New(w.r.gear, &fdReader{fd: fd, off: from, end: 2*off + chunker.MaxSize}, *buf)
 	src := from
 	for len(want) > 0 && w.r.ctx.Err() == nil {
 		b, err := ck.Next()
@@ -210,14 +213,18 @@ func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp) []copyOp {
 	return found
 }
 
-// fdReader reads a file from its start with pread, leaving the
+// fdReader reads a file with pread from off up to end, leaving the
 // descriptor's offset alone.
 type fdReader struct {
-	fd  int
-	off int64
+	fd       int
+	off, end int64
 }
 
 func (r *fdReader) Read(p []byte) (int, error) {
+	if r.off >= r.end {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), r.end-r.off)]
 	for {
 		n, err := unix.Pread(r.fd, p, r.off)
 		if err == unix.EINTR {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -339,4 +341,44 @@ func TestOverwriteFindsMovedContent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A file there far larger than the version's (16 GiB of holes after the
+// version's first chunk) is searched for moved content only as far as
+// content moved by the version's size could be: the restore reads a few
+// MiB of it, not 16 GiB.
+func TestOverwriteBoundsTheSearch(t *testing.T) {
+	h := newHostile(t)
+	data := make([]byte, 4*4096)
+	rand.NewChaCha8([32]byte{6}).Read(data)
+	n := file("f")
+	n.Size, n.Chunks = int64(len(data)), h.src.put(data, 4096)
+	p := filepath.Join(h.target, "f")
+	must(t, os.WriteFile(p, data[:4096], 0o644))
+	must(t, os.Truncate(p, 16<<30))
+	o := h.options()
+	o.Existing, o.GearKey = Overwrite, [32]byte{9}
+	before := readBytes(t)
+	h.mustRestore(o, n)
+	if read := readBytes(t) - before; read > 256<<20 {
+		t.Errorf("the restore read %d MiB", read>>20)
+	}
+	requireBytes(t, p, data)
+}
+
+// readBytes is how many bytes this process has read (/proc/self/io's
+// rchar).
+func readBytes(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	must(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "rchar: "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			must(t, err)
+			return n
+		}
+	}
+	t.Fatal("no rchar in /proc/self/io")
+	return 0
 }
