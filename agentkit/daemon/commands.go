@@ -408,6 +408,8 @@ func (d *daemon) restore(ctx context.Context, id string, a *wire.RestoreArgs, pr
 		if out != nil {
 			res.Files += out.Stats.Files
 			res.Bytes += out.Stats.Bytes
+			res.Kept += out.Stats.Kept
+			res.Reused += out.Stats.Reused
 			for _, p := range out.Problems {
 				addFailure(&res, p)
 			}

@@ -368,6 +368,14 @@ func browserRestore(t *testing.T, ctx context.Context, v *vaultProc, root string
 	if got, err := os.ReadFile(filepath.Join(into, src+".restored")); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("keep-both: %d bytes (%v)", len(got), err)
 	}
+	// Again, overwriting: the file there is the version's, so it is kept
+	// (checked, not downloaded), and the page says so.
+	if state := restoreInto("pc-acme-1", into, "overwrite"); !strings.Contains(state, "1 of them already as in the version") {
+		t.Errorf("overwrite over the file restored before shows:\n%s\nwant it kept", state)
+	}
+	if got, err := os.ReadFile(filepath.Join(into, src)); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("overwrite: %d bytes (%v)", len(got), err)
+	}
 	// Onto pc-acme-2, whose agent reads pc-acme-1's version.
 	onto := filepath.Join(root, "onto-acme-2")
 	restoreInto("pc-acme-2", onto, "skip")

@@ -169,6 +169,12 @@ type CommandResult struct {
 	Error string `json:"error,omitempty"`
 	Files int64  `json:"files,omitempty"`
 	Bytes int64  `json:"bytes,omitempty"`
+	// Kept counts the files a restore over existing ones (existing
+	// "overwrite") found with the version's content, whose metadata alone
+	// it set; Reused the bytes it copied from files there instead of
+	// downloading them. Both are among Files and Bytes.
+	Kept   int64 `json:"kept,omitempty"`
+	Reused int64 `json:"reused,omitempty"`
 	// Failures lists files that failed (at most MaxCommandFailures);
 	// FailedCount counts them all.
 	Failures    []FileFailure `json:"failures,omitempty"`

@@ -136,6 +136,8 @@
         const pr = c.progress, res = c.result;
         if (res) {
           $("restore-detail").textContent = (res.error ? res.error + " · " : "") + (res.files || 0) + " files, " + fmtBytes(res.bytes || 0) + " restored" +
+            (res.kept ? " (" + res.kept + " of them already as in the version: checked, not downloaded)" : "") +
+            (res.reused ? ", " + fmtBytes(res.reused) + " taken from the files there" : "") +
             (res.failed_count ? ", " + res.failed_count + " failed" : "");
           $("restore-bar").value = 100;
           const fb = $("restore-failures");
