@@ -138,24 +138,7 @@ func TestApplyHave(t *testing.T) {
 	if err := os.Chtimes(p, time.Unix(n.Atime.Sec, n.Atime.Nsec), time.Unix(n.Mtime.Sec, n.Mtime.Nsec)); err != nil {
 		t.Fatal(err)
 	}
-	apply := func() unix.Statx_t {
-		t.Helper()
-		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOATIME|unix.O_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(fd)
-		var have unix.Statx_t
-		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &have); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond) // a change would move the ctime visibly
-		if err := ApplyFD(fd, &n, Options{Have: &have}); err != nil {
-			t.Fatal(err)
-		}
-		return have
-	}
-	before := apply()
+	before := applyHave(t, p, &n, 10*time.Millisecond) // a change would move the ctime visibly
 	var after unix.Statx_t
 	if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_BASIC_STATS, &after); err != nil {
 		t.Fatal(err)
@@ -164,7 +147,7 @@ func TestApplyHave(t *testing.T) {
 		t.Errorf("ctime moved from %v to %v: something was set though the file had n's metadata", before.Ctime, after.Ctime)
 	}
 	n.Mode, n.Mtime = 0o604, tree.Timespec{Sec: 1_600_000_000, Nsec: 9}
-	apply()
+	applyHave(t, p, &n, 0)
 	var st unix.Stat_t
 	if err := unix.Stat(p, &st); err != nil {
 		t.Fatal(err)
@@ -188,6 +171,21 @@ func TestApplyHaveChownKeepsSetID(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := tree.Node{Path: []byte("f"), Type: tree.TypeFile, Mode: 0o2750, UID: 0, GID: 4242}
+	applyHave(t, p, &n, 0)
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Gid != 4242 || st.Mode&0o7777 != 0o2750 {
+		t.Errorf("group %d, mode %04o; want 4242, 2750", st.Gid, st.Mode&0o7777)
+	}
+}
+
+// applyHave opens p as a restore opens a file it found (O_NOATIME), takes
+// its statx, waits, and applies n with that statx as Options.Have; it
+// returns the statx.
+func applyHave(t *testing.T, p string, n *tree.Node, wait time.Duration) unix.Statx_t {
+	t.Helper()
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOATIME|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -197,14 +195,9 @@ func TestApplyHaveChownKeepsSetID(t *testing.T) {
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &have); err != nil {
 		t.Fatal(err)
 	}
-	if err := ApplyFD(fd, &n, Options{Have: &have}); err != nil {
+	time.Sleep(wait)
+	if err := ApplyFD(fd, n, Options{Have: &have}); err != nil {
 		t.Fatal(err)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil {
-		t.Fatal(err)
-	}
-	if st.Gid != 4242 || st.Mode&0o7777 != 0o2750 {
-		t.Errorf("group %d, mode %04o; want 4242, 2750", st.Gid, st.Mode&0o7777)
-	}
+	return have
 }
