@@ -466,7 +466,14 @@ func (c *Client) Report(ctx context.Context, r wire.Report) error {
 // ReportRestore tells the vault of a restore the agent runs on its own, as
 // it starts and as it ends (its audit log shows every restore).
 func (c *Client) ReportRestore(ctx context.Context, r wire.RestoreReport) error {
-	return c.json(ctx, "POST", wire.PathRestoreReport, r, nil)
+	err := c.json(ctx, "POST", wire.PathRestoreReport, r, nil)
+	if IsCode(err, wire.CodeBadRequest) && (r.Kept != 0 || r.Reused != 0) {
+		// A vault older than these counts refuses fields it does not
+		// know (strict decoding): the report goes without them.
+		r.Kept, r.Reused = 0, 0
+		err = c.json(ctx, "POST", wire.PathRestoreReport, r, nil)
+	}
+	return err
 }
 
 // PutSettings sets the computer's settings (its bandwidth profile).
@@ -496,5 +503,13 @@ func (c *Client) RestorePoint(ctx context.Context, id string) (*wire.RestorePoin
 
 // CommandResult reports how a command ended.
 func (c *Client) CommandResult(ctx context.Context, id string, r wire.CommandResult) error {
-	return c.json(ctx, "POST", wire.PathCommand+url.PathEscape(id)+"/result", r, nil)
+	path := wire.PathCommand + url.PathEscape(id) + "/result"
+	err := c.json(ctx, "POST", path, r, nil)
+	if IsCode(err, wire.CodeBadRequest) && (r.Kept != 0 || r.Reused != 0) {
+		// A vault older than these counts refuses fields it does not
+		// know (strict decoding): the result goes without them.
+		r.Kept, r.Reused = 0, 0
+		err = c.json(ctx, "POST", path, r, nil)
+	}
+	return err
 }

@@ -152,13 +152,6 @@ func (c *commander) send(ctx context.Context, id string) {
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err := c.d.client.CommandResult(sctx, id, *res)
-	if client.IsCode(err, wire.CodeBadRequest) && (res.Kept != 0 || res.Reused != 0) {
-		// A vault older than these counts refuses fields it does not
-		// know: the result goes without them.
-		old := *res
-		old.Kept, old.Reused = 0, 0
-		err = c.d.client.CommandResult(sctx, id, old)
-	}
 	if err != nil && !client.IsCode(err, wire.CodeNotFound) {
 		c.d.log.Debug("cannot report a command's result yet", zap.String("command", id), zap.Error(err))
 		return

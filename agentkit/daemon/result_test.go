@@ -35,18 +35,51 @@ type oldResult struct {
 	FailedCount int64              `json:"failed_count,omitempty"`
 }
 
-// A restore's result with kept and reused counts reaches a vault that
-// predates them: refused with them (bad_request, as its strict decoding
-// answers), it is sent again without them and taken.
+// oldReport is wire.RestoreReport as vaults before the kept and reused
+// counts decode it.
+type oldReport struct {
+	ID       string `json:"id"`
+	Phase    string `json:"phase"`
+	Config   string `json:"config"`
+	Version  uint64 `json:"version"`
+	Journal  int    `json:"journal,omitempty"`
+	Path     string `json:"path,omitempty"`
+	Target   string `json:"target"`
+	Existing string `json:"existing,omitempty"`
+	Files    int64  `json:"files,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
+	Skipped  int64  `json:"skipped,omitempty"`
+	Failed   int64  `json:"failed,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// A restore's result (a command's, or the report of vault-agent restore)
+// with kept and reused counts reaches a vault that predates them: refused
+// with them (bad_request, as its strict decoding answers), it is sent
+// again without them and taken.
 func TestResultToAnOlderVault(t *testing.T) {
 	var mu sync.Mutex
 	var taken []oldResult
+	var reports []oldReport
 	refused := 0
 	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		answer := func(code int, v any) (*http.Response, error) {
 			b, _ := json.Marshal(v)
 			return &http.Response{StatusCode: code, Header: http.Header{"Content-Type": {"application/json"}},
 				Body: io.NopCloser(bytes.NewReader(b)), Request: r}, nil
+		}
+		if r.URL.Path == wire.PathRestoreReport {
+			var rep oldReport
+			if err := wire.DecodeJSON(r.Body, wire.MaxJSONBody, "wire.MaxJSONBody", &rep, true); err != nil {
+				mu.Lock()
+				refused++
+				mu.Unlock()
+				return answer(http.StatusBadRequest, wire.Error{Code: wire.CodeBadRequest, Message: "malformed JSON request: " + err.Error()})
+			}
+			mu.Lock()
+			reports = append(reports, rep)
+			mu.Unlock()
+			return &http.Response{StatusCode: http.StatusNoContent, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
 		}
 		if !strings.HasSuffix(r.URL.Path, "/result") {
 			return answer(http.StatusNotFound, wire.Error{Code: wire.CodeNotFound, Message: "not this test's"})
@@ -72,5 +105,13 @@ func TestResultToAnOlderVault(t *testing.T) {
 	}
 	if len(cm.results) != 0 {
 		t.Errorf("the result is still waiting to be sent")
+	}
+	rep := wire.RestoreReport{ID: "r-1", Phase: wire.RestoreFinished, Config: "home", Version: 2, Target: "/", Existing: "overwrite",
+		Files: 5, Bytes: 500, Kept: 4, Reused: 50}
+	if err := c.ReportRestore(context.Background(), rep); err != nil {
+		t.Fatalf("report a restore to the older vault: %v", err)
+	}
+	if refused != 2 || len(reports) != 1 || reports[0].Files != 5 || reports[0].Existing != "overwrite" {
+		t.Errorf("refused %d times in all, reports taken %+v; want the report refused once, then taken", refused, reports)
 	}
 }

@@ -31,6 +31,9 @@ func (v *Vault) ReportRestore(ctx context.Context, p *Principal, rep wire.Restor
 	d := fmt.Sprintf("restore %s on the computer (vault-agent restore %s) %s into %s, existing files: %s", rep.ID, what, rep.Phase, rep.Target, rep.Existing)
 	if rep.Phase == wire.RestoreFinished {
 		d += fmt.Sprintf(": %d files, %d bytes, %d skipped, %d failed", rep.Files, rep.Bytes, rep.Skipped, rep.Failed)
+		if rep.Kept > 0 || rep.Reused > 0 {
+			d += fmt.Sprintf(" (%d of the files kept as they were there, %d bytes taken from the files there)", rep.Kept, rep.Reused)
+		}
 		if rep.Error != "" {
 			d += "; error: " + rep.Error
 		}

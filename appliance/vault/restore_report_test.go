@@ -29,7 +29,7 @@ func TestAgentRestoreIsAudited(t *testing.T) {
 	if st := post(b); st != 204 {
 		t.Fatalf("report started: %d", st)
 	}
-	rep.Phase, rep.Files, rep.Bytes, rep.Failed = wire.RestoreFinished, 12, 3456, 1
+	rep.Phase, rep.Files, rep.Bytes, rep.Failed, rep.Kept, rep.Reused = wire.RestoreFinished, 12, 3456, 1, 9, 2000
 	b, _ = json.Marshal(rep)
 	if st := post(b); st != 204 {
 		t.Fatalf("report finished: %d", st)
@@ -46,6 +46,12 @@ func TestAgentRestoreIsAudited(t *testing.T) {
 	if st := post(b); st != 400 {
 		t.Errorf("a report of phase %q: %d; want 400", bad.Phase, st)
 	}
+	bad = rep
+	bad.Kept = -1
+	b, _ = json.Marshal(bad)
+	if st := post(b); st != 400 {
+		t.Errorf("a report of %d files kept: %d; want 400", bad.Kept, st)
+	}
 	page, err := sv.AuditLog(t.Context(), operator, "acme", 0, 10, "restores/report")
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +65,7 @@ func TestAgentRestoreIsAudited(t *testing.T) {
 			t.Errorf("audit entry %+v: want the computer, its address, home@3+2:/home/ann into /tmp/r", e)
 		}
 	}
-	if !strings.Contains(start.Detail, "started") || !strings.Contains(fin.Detail, "finished") || !strings.Contains(fin.Detail, "12 files, 3456 bytes, 0 skipped, 1 failed") {
+	if !strings.Contains(start.Detail, "started") || !strings.Contains(fin.Detail, "finished") || !strings.Contains(fin.Detail, "12 files, 3456 bytes, 0 skipped, 1 failed (9 of the files kept as they were there, 2000 bytes taken from the files there)") {
 		t.Errorf("entries: %q, %q", start.Detail, fin.Detail)
 	}
 }

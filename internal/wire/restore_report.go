@@ -37,11 +37,14 @@ type RestoreReport struct {
 	Target   string `json:"target"`
 	Existing string `json:"existing,omitempty"`
 	// How it ended (RestoreFinished): counts and the error, if any.
-	Files   int64  `json:"files,omitempty"`
-	Bytes   int64  `json:"bytes,omitempty"`
-	Skipped int64  `json:"skipped,omitempty"`
-	Failed  int64  `json:"failed,omitempty"`
-	Error   string `json:"error,omitempty"`
+	Files   int64 `json:"files,omitempty"`
+	Bytes   int64 `json:"bytes,omitempty"`
+	Skipped int64 `json:"skipped,omitempty"`
+	Failed  int64 `json:"failed,omitempty"`
+	// Kept and Reused: as in CommandResult (existing "overwrite").
+	Kept   int64  `json:"kept,omitempty"`
+	Reused int64  `json:"reused,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // CheckRestoreReport checks a report's fields against their bounds.
@@ -59,7 +62,7 @@ func CheckRestoreReport(r *RestoreReport) error {
 		return fmt.Errorf("restore report target %q: want an absolute directory", r.Target)
 	case len(r.Existing) > 32 || len(r.Error) > MaxCommandText:
 		return fmt.Errorf("restore report existing or error over its bound (32, %d bytes)", MaxCommandText)
-	case r.Journal < 0 || r.Files < 0 || r.Bytes < 0 || r.Skipped < 0 || r.Failed < 0:
+	case r.Journal < 0 || r.Files < 0 || r.Bytes < 0 || r.Skipped < 0 || r.Failed < 0 || r.Kept < 0 || r.Reused < 0:
 		return fmt.Errorf("restore report with a negative count")
 	}
 	return nil

@@ -795,6 +795,7 @@ func (a *app) restore(ctx context.Context, args []string) error {
 	rep.Phase = wire.RestoreFinished
 	if res != nil {
 		rep.Files, rep.Bytes, rep.Skipped, rep.Failed = res.Stats.Files, res.Stats.Bytes, res.Stats.Skipped, res.Stats.Failed
+		rep.Kept, rep.Reused = res.Stats.Kept, res.Stats.Reused
 	}
 	if err != nil {
 		rep.Error = truncateText(err.Error(), wire.MaxCommandText)
