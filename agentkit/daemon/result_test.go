@@ -68,13 +68,23 @@ func TestResultToAnOlderVault(t *testing.T) {
 			return &http.Response{StatusCode: code, Header: http.Header{"Content-Type": {"application/json"}},
 				Body: io.NopCloser(bytes.NewReader(b)), Request: r}, nil
 		}
+		// refuse decodes the body into v strictly, as the older vault
+		// does, and returns its answer when it refuses it.
+		refuse := func(v any) *http.Response {
+			err := wire.DecodeJSON(r.Body, wire.MaxJSONBody, "wire.MaxJSONBody", v, true)
+			if err == nil {
+				return nil
+			}
+			mu.Lock()
+			refused++
+			mu.Unlock()
+			resp, _ := answer(http.StatusBadRequest, wire.Error{Code: wire.CodeBadRequest, Message: "malformed JSON request: " + err.Error()})
+			return resp
+		}
 		if r.URL.Path == wire.PathRestoreReport {
 			var rep oldReport
-			if err := wire.DecodeJSON(r.Body, wire.MaxJSONBody, "wire.MaxJSONBody", &rep, true); err != nil {
-				mu.Lock()
-				refused++
-				mu.Unlock()
-				return answer(http.StatusBadRequest, wire.Error{Code: wire.CodeBadRequest, Message: "malformed JSON request: " + err.Error()})
+			if resp := refuse(&rep); resp != nil {
+				return resp, nil
 			}
 			mu.Lock()
 			reports = append(reports, rep)
@@ -85,11 +95,8 @@ func TestResultToAnOlderVault(t *testing.T) {
 			return answer(http.StatusNotFound, wire.Error{Code: wire.CodeNotFound, Message: "not this test's"})
 		}
 		var res oldResult
-		if err := wire.DecodeJSON(r.Body, wire.MaxJSONBody, "wire.MaxJSONBody", &res, true); err != nil {
-			mu.Lock()
-			refused++
-			mu.Unlock()
-			return answer(http.StatusBadRequest, wire.Error{Code: wire.CodeBadRequest, Message: "malformed JSON request: " + err.Error()})
+		if resp := refuse(&res); resp != nil {
+			return resp, nil
 		}
 		mu.Lock()
 		taken = append(taken, res)
