@@ -187,7 +187,7 @@ type fileWriter struct {
 	// worker (each is fresh memory, dear to touch: docs/performance.md,
 	// item 40).
 	buf    []byte
-	piece  []byte // a piece of a large stored chunk (chunkStream)
+	piece  []byte // a piece of a large stored chunk (chunkStream) or of a file at the target (inplace.go): pieceOf
 	jobErr error  // the download of the current job failed
 	// The file copied from last (repeats.go), open while the job runs.
 	srcF  *srcFile
@@ -414,12 +414,9 @@ func (w *fileWriter) chunkStream(o *openFile, fr *wire.Frame, body io.Reader) er
 		o.err = errLength(fr.ID, fr.PlainLen, want.Len)
 		return nil
 	}
-	if len(w.piece) == 0 {
-		w.piece = make([]byte, streamPiece)
-	}
 	w.h.Reset()
 	for left := int(fr.PlainLen); left > 0; {
-		p := w.piece[:min(left, len(w.piece))]
+		p := w.pieceOf(int64(left))
 		if _, err := io.ReadFull(body, p); err != nil {
 			return err
 		}
@@ -435,6 +432,15 @@ func (w *fileWriter) chunkStream(o *openFile, fr *wire.Frame, body io.Reader) er
 	}
 	atomic.AddInt64(&w.r.stats.Bytes, int64(fr.PlainLen))
 	return nil
+}
+
+// pieceOf is the worker's piece buffer (made at its first use), up to n
+// bytes of it.
+func (w *fileWriter) pieceOf(n int64) []byte {
+	if len(w.piece) == 0 {
+		w.piece = make([]byte, streamPiece)
+	}
+	return w.piece[:min(n, int64(len(w.piece)))]
 }
 
 // check returns the content of the chunk want, which fr must hold.

@@ -73,34 +73,28 @@ func (w *fileWriter) reuse(f *fileJob) bool {
 	size := int64(stx.Size)
 	var found []copyOp
 	all := true
-	ei := 0
-	var edata, pos int64 // data bytes before extent ei, and before the chunk
-	for i, c := range n.Chunks {
+	var total int64 // the chunks' bytes
+	for i, off := range chunkOffsets(n, 0, len(n.Chunks)) {
 		if r.ctx.Err() != nil {
 			return false
 		}
-		start := pos
-		pos += int64(c.Len)
+		c := n.Chunks[i]
+		total += int64(c.Len)
 		if c.Len == 0 {
 			all = all && w.h.Sum(nil) == c.ID
 			continue
 		}
-		for ei < len(ext) && start >= edata+ext[ei].Len {
-			edata += ext[ei].Len
-			ei++
-		}
-		if ei == len(ext) || pos > edata+ext[ei].Len {
+		if off < 0 {
 			all = false // straddles extents: downloaded
 			continue
 		}
-		off := ext[ei].Off + start - edata
 		if off+int64(c.Len) > size || !w.holds(fd, off, c) {
 			all = false
 			continue
 		}
 		found = append(found, copyOp{idx: i, off: off, from: srcRef{off: off}})
 	}
-	if all && size == n.Size && pos == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(fd, ext, size) {
+	if all && size == n.Size && total == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(fd, ext, size) {
 		have := &stx
 		if !noatime {
 			have = nil // its atime may have moved since
@@ -243,12 +237,9 @@ func (r *fdReader) Read(p []byte) (int, error) {
 
 // holds reports whether the file fd holds chunk c at off.
 func (w *fileWriter) holds(fd int, off int64, c tree.ChunkRef) bool {
-	if len(w.piece) == 0 {
-		w.piece = make([]byte, streamPiece)
-	}
 	w.h.Reset()
 	for left := int64(c.Len); left > 0; {
-		p := w.piece[:min(left, int64(len(w.piece)))]
+		p := w.pieceOf(left)
 		if preadAll(fd, p, off) != nil {
 			return false
 		}
@@ -275,9 +266,6 @@ func (w *fileWriter) holesZero(fd int, ext []tree.Extent, size int64) bool {
 
 // zeroRange reports whether bytes [from, to) of fd read as zeros.
 func (w *fileWriter) zeroRange(fd int, from, to int64) bool {
-	if len(w.piece) == 0 {
-		w.piece = make([]byte, streamPiece)
-	}
 	for from < to {
 		d, err := unix.Seek(fd, from, unix.SEEK_DATA)
 		switch {
@@ -293,7 +281,7 @@ func (w *fileWriter) zeroRange(fd int, from, to int64) bool {
 			e = to
 		}
 		for d < e {
-			p := w.piece[:min(e-d, int64(len(w.piece)))]
+			p := w.pieceOf(e - d)
 			if preadAll(fd, p, d) != nil || !chunker.IsZero(p) {
 				return false
 			}

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"iter"
 	"sync"
 	"sync/atomic"
 
@@ -80,23 +81,11 @@ func (r *restorer) plan(f *fileJob) {
 		f.src = &srcFile{done: make(chan struct{})}
 	}
 	n := f.node
-	ext := fileExtents(n)
-	ei := 0
-	var edata, pos int64 // data bytes before extent ei, and before the chunk
-	for i, c := range n.Chunks[:f.end()] {
-		start := pos
-		pos += int64(c.Len)
-		if i < f.from || c.Len == 0 {
-			continue
+	for i, off := range chunkOffsets(n, f.from, f.end()) {
+		c := n.Chunks[i]
+		if c.Len == 0 || off < 0 {
+			continue // empty, or straddles extents (or lies beyond them): downloaded
 		}
-		for ei < len(ext) && start >= edata+ext[ei].Len {
-			edata += ext[ei].Len
-			ei++
-		}
-		if ei == len(ext) || pos > edata+ext[ei].Len {
-			continue // straddles extents (or lies beyond them): downloaded
-		}
-		off := ext[ei].Off + start - edata
 		if r.zeros.is(c) {
 			// Allocated once the file's downloads are written; never
 			// a source (zeros.go).
@@ -118,6 +107,35 @@ func (r *restorer) plan(f *fileJob) {
 			// worker: not waited for.
 		default:
 			f.copies = append(f.copies, copyOp{idx: i, off: off, from: ref})
+		}
+	}
+}
+
+// chunkOffsets yields the index of each chunk of n in [from, end) and the
+// offset in the file where its content goes: in one extent, or -1 when it
+// straddles extents or lies beyond them.
+func chunkOffsets(n *tree.Node, from, end int) iter.Seq2[int, int64] {
+	return func(yield func(int, int64) bool) {
+		ext := fileExtents(n)
+		ei := 0
+		var edata, pos int64 // data bytes before extent ei, and before the chunk
+		for i, c := range n.Chunks[:end] {
+			start := pos
+			pos += int64(c.Len)
+			if i < from {
+				continue
+			}
+			for ei < len(ext) && start >= edata+ext[ei].Len {
+				edata += ext[ei].Len
+				ei++
+			}
+			off := int64(-1)
+			if ei < len(ext) && pos <= edata+ext[ei].Len {
+				off = ext[ei].Off + start - edata
+			}
+			if !yield(i, off) {
+				return
+			}
 		}
 	}
 }
