@@ -411,12 +411,9 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 		switch ph {
 		case phaseIncremental:
 			b.logf("mutating the corpus")
-			mutate := corpus.Mutate
-			switch {
-			case b.mutation == mutationTouch:
+			mutate := b.edit()
+			if b.mutation == mutationTouch {
 				mutate = corpus.Touch
-			case b.tree != "":
-				mutate = corpus.MutateTree
 			}
 			if res.Mutation, err = mutate(corpusDir, b.seed); err != nil {
 				return err
@@ -663,6 +660,15 @@ func runPhase(ctx context.Context, t tool, ph, restoreDir string, dataBytes int6
 	return root, err
 }
 
+// edit is how the tree is changed: corpus.Mutate for a generated corpus,
+// corpus.MutateTree for -tree's.
+func (b *bench) edit() func(dir string, seed uint64) (corpus.MutationStats, error) {
+	if b.tree != "" {
+		return corpus.MutateTree
+	}
+	return corpus.Mutate
+}
+
 // rollbackSuffix names the check of a tool's rollback in results.Restores.
 const rollbackSuffix = " (rollback)"
 
@@ -677,11 +683,7 @@ func (b *bench) rollbackSetup(ctx context.Context, t tool, dir string) error {
 	if err != nil {
 		return fmt.Errorf("restore before the rollback: %w", err)
 	}
-	mutate := corpus.Mutate
-	if b.tree != "" {
-		mutate = corpus.MutateTree
-	}
-	if _, err := mutate(root, b.seed+1); err != nil {
+	if _, err := b.edit()(root, b.seed+1); err != nil {
 		return fmt.Errorf("change the restored tree: %w", err)
 	}
 	syscall.Sync()
