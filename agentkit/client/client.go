@@ -466,12 +466,20 @@ func (c *Client) Report(ctx context.Context, r wire.Report) error {
 // ReportRestore tells the vault of a restore the agent runs on its own, as
 // it starts and as it ends (its audit log shows every restore).
 func (c *Client) ReportRestore(ctx context.Context, r wire.RestoreReport) error {
-	err := c.json(ctx, "POST", wire.PathRestoreReport, r, nil)
-	if IsCode(err, wire.CodeBadRequest) && (r.Kept != 0 || r.Reused != 0) {
-		// A vault older than these counts refuses fields it does not
-		// know (strict decoding): the report goes without them.
+	return c.postCounted(ctx, wire.PathRestoreReport, r, r.Kept != 0 || r.Reused != 0, func() any {
 		r.Kept, r.Reused = 0, 0
-		err = c.json(ctx, "POST", wire.PathRestoreReport, r, nil)
+		return r
+	})
+}
+
+// postCounted posts body to path. A vault older than the kept and reused
+// counts of a restore refuses fields it does not know (strict decoding:
+// bad_request): when body has them (counted), plain's body without them is
+// posted then.
+func (c *Client) postCounted(ctx context.Context, path string, body any, counted bool, plain func() any) error {
+	err := c.json(ctx, "POST", path, body, nil)
+	if counted && IsCode(err, wire.CodeBadRequest) {
+		err = c.json(ctx, "POST", path, plain(), nil)
 	}
 	return err
 }
@@ -503,13 +511,8 @@ func (c *Client) RestorePoint(ctx context.Context, id string) (*wire.RestorePoin
 
 // CommandResult reports how a command ended.
 func (c *Client) CommandResult(ctx context.Context, id string, r wire.CommandResult) error {
-	path := wire.PathCommand + url.PathEscape(id) + "/result"
-	err := c.json(ctx, "POST", path, r, nil)
-	if IsCode(err, wire.CodeBadRequest) && (r.Kept != 0 || r.Reused != 0) {
-		// A vault older than these counts refuses fields it does not
-		// know (strict decoding): the result goes without them.
+	return c.postCounted(ctx, wire.PathCommand+url.PathEscape(id)+"/result", r, r.Kept != 0 || r.Reused != 0, func() any {
 		r.Kept, r.Reused = 0, 0
-		err = c.json(ctx, "POST", path, r, nil)
-	}
-	return err
+		return r
+	})
 }
