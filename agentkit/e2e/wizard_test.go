@@ -113,9 +113,13 @@ func TestPortalWizard(t *testing.T) {
 		saved, _ := chromedp.Run(ctx, chromedp.Text(chromedp.ID("saved")))
 		t.Fatalf("save the configuration: %v (%q)", err, saved)
 	}
-	row, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#configs tr[data-config="wizard"]`)))
-	if !strings.Contains(row, pe.src) || !strings.Contains(row, "*.tmp") {
-		t.Errorf("the saved configuration shows %q", row)
+	// The table is drawn again as the agent reports the new configuration:
+	// the row read at once can be one being replaced (empty), so its text is
+	// waited for.
+	shows := fmt.Sprintf(`(() => { const r = document.querySelector('#configs tr[data-config="wizard"]'); return r != null && r.textContent.includes(%q) && r.textContent.includes("*.tmp"); })()`, pe.src)
+	if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](shows, chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+		row, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#configs tr[data-config="wizard"]`)))
+		t.Errorf("the saved configuration shows %q (%v)", row, err)
 	}
 	backupNow() // the agent may have made version 1 itself already: the schedule is 24x7
 	if st := stateOf("wizard"); st != "testing configuration and initial synchronization" {
