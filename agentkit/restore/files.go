@@ -187,8 +187,9 @@ type fileWriter struct {
 	// worker (each is fresh memory, dear to touch: docs/performance.md,
 	// item 40).
 	buf    []byte
-	piece  []byte // a piece of a large stored chunk (chunkStream) or of a file at the target (inplace.go): pieceOf
-	jobErr error  // the download of the current job failed
+	piece  []byte      // a piece of a large stored chunk (chunkStream) or of a file at the target (inplace.go): pieceOf
+	ahead  []thereFile // files at the target opened ahead of their reading (reuseThere)
+	jobErr error       // the download of the current job failed
 	// The file copied from last (repeats.go), open while the job runs.
 	srcF  *srcFile
 	srcFD int
@@ -222,14 +223,7 @@ func (w *fileWriter) run(j *job) {
 	}
 	w.jobErr = nil
 	defer w.closeSrc()
-	files := j.files[:0]
-	for _, f := range j.files {
-		if f.existing && w.reuse(&f) {
-			continue // kept as it is
-		}
-		files = append(files, f)
-	}
-	j.files = files
+	j.files = w.reuseThere(j.files)
 	var ids [][32]byte
 	for _, f := range j.files {
 		ci := 0

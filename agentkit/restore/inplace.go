@@ -40,25 +40,102 @@ import (
 // closedDone is the done channel of a file found at the target: complete.
 var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// reuse reads the regular file at f's name: it returns true when the file
-// was kept (f is done), else adds the chunks found there to f's copies.
-func (w *fileWriter) reuse(f *fileJob) bool {
-	r := w.r
+// thereFile is a regular file found at a file's name, opened for reuse.
+type thereFile struct {
+	fd      int  // -1: none could be opened
+	noatime bool // opened with O_NOATIME: reading it keeps its atime
+}
+
+// openThere opens what is at f's name for reading, without following a
+// symlink or blocking.
+func openThere(f *fileJob) thereFile {
 	// O_NONBLOCK: a FIFO put at the name since the walker saw a file
 	// there does not block the open; what is opened must be a regular
-	// file. O_NOATIME (for the file's owner and root): reading it leaves
-	// its times as they were, so a kept file whose times are the
-	// version's needs none set.
+	// file (reuse checks). O_NOATIME (for the file's owner and root):
+	// reading it leaves its times as they were, so a kept file whose
+	// times are the version's needs none set.
 	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC | unix.O_NOCTTY
-	noatime := true
 	fd, err := unix.Openat(f.dir.fd, f.name, flags|unix.O_NOATIME, 0)
 	if err == unix.EPERM {
-		noatime = false
 		fd, err = unix.Openat(f.dir.fd, f.name, flags, 0)
+		if err != nil {
+			return thereFile{fd: -1}
+		}
+		return thereFile{fd: fd}
 	}
 	if err != nil {
+		return thereFile{fd: -1}
+	}
+	return thereFile{fd: fd, noatime: true}
+}
+
+// readAhead is how many small files found at the target a worker opens
+// at once and has the kernel start reading (runThere): one after another,
+// each cold read waited for the disk alone (docs/performance.md, item 84).
+const readAhead = 16
+
+// reuseThere reads the files found at the names of the job's files that
+// had one (inplace.go) and returns the files still to write: the kept ones
+// are done. The files there are opened readAhead at a time, and when a
+// job has several the kernel is asked to start reading them all before
+// the first is read, so their cold reads reach the disk together instead
+// of one after another.
+func (w *fileWriter) reuseThere(files []fileJob) []fileJob {
+	out := files[:0] // written at or before the file being read
+	var ahead []thereFile
+	for i, f := range files {
+		if !f.existing {
+			out = append(out, f)
+			continue
+		}
+		if len(ahead) == 0 {
+			w.ahead = openAhead(files[i:], w.ahead[:0])
+			ahead = w.ahead
+		}
+		t := ahead[0]
+		ahead = ahead[1:]
+		if !w.reuse(&f, t) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// openAhead opens what is at the names of the first readAhead existing
+// files of files (the first of which is one), appending them to to, and
+// advises the kernel to read them when there are several.
+func openAhead(files []fileJob, to []thereFile) []thereFile {
+	var sizes [readAhead]int64
+	for _, f := range files {
+		if len(to) == readAhead {
+			break
+		}
+		if f.existing {
+			sizes[len(to)] = f.node.Size
+			to = append(to, openThere(&f))
+		}
+	}
+	if len(to) > 1 {
+		for i, t := range to {
+			if t.fd >= 0 {
+				// Advice: a filesystem that ignores it reads as before.
+				// The file's size as the version has it: what is read.
+				_ = unix.Fadvise(t.fd, 0, sizes[i], unix.FADV_WILLNEED)
+			}
+		}
+	}
+	return to
+}
+
+// reuse reads the regular file at f's name (t, which it closes): it
+// returns true when the file was kept (f is done), else adds the chunks
+// found there to f's copies.
+func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
+	r := w.r
+	if t.fd < 0 {
 		return false
 	}
+	fd, noatime := t.fd, t.noatime
 	defer unix.Close(fd)
 	var stx unix.Statx_t
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &stx); err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -381,4 +382,86 @@ func readBytes(t *testing.T) int64 {
 	}
 	t.Fatal("no rchar in /proc/self/io")
 	return 0
+}
+
+// Files found at the target are opened readAhead at a time, and the
+// kernel starts reading every one of them before the first is read
+// (openAhead): their pages arrive without a read; the files past the
+// window, and those the restore does not read (none there), are not
+// touched.
+func TestOverwriteReadsAhead(t *testing.T) {
+	dir := t.TempDir()
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(dfd)
+	d := &dirEntry{fd: dfd}
+	const files, size = readAhead + 4, 64 << 10
+	rng := rand.NewChaCha8([32]byte{5})
+	var jobs []fileJob
+	var there []string
+	for i := range files {
+		name := fmt.Sprintf("f%02d", i)
+		data := make([]byte, size)
+		rng.Read(data)
+		p := filepath.Join(dir, name)
+		must(t, os.WriteFile(p, data, 0o600))
+		f, err := os.Open(p)
+		must(t, err)
+		must(t, f.Sync()) // clean pages, so the kernel may drop them
+		must(t, unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED))
+		f.Close()
+		if n := cachedPages(t, p); n != 0 {
+			t.Fatalf("%s keeps %d pages cached after POSIX_FADV_DONTNEED: this filesystem cannot show read-ahead", p, n)
+		}
+		there = append(there, p)
+		jobs = append(jobs, fileJob{dir: d, name: name, node: &tree.Node{Size: size}, existing: true})
+		if i == 2 { // a file the restore creates: nothing there to open
+			jobs = append(jobs, fileJob{dir: d, name: "f02", node: &tree.Node{Size: size}, fresh: true})
+		}
+	}
+	got := openAhead(jobs, nil)
+	defer func() {
+		for _, f := range got {
+			if f.fd >= 0 {
+				unix.Close(f.fd)
+			}
+		}
+	}()
+	if len(got) != readAhead {
+		t.Fatalf("opened %d files, want %d", len(got), readAhead)
+	}
+	for i, f := range got {
+		if f.fd < 0 {
+			t.Fatalf("file %d not opened", i)
+		}
+	}
+	for _, p := range there[readAhead:] {
+		if n := cachedPages(t, p); n != 0 {
+			t.Errorf("%s, past the window, has %d pages cached", p, n)
+		}
+	}
+	// The reads were started, not made: wait for them to land.
+	pages := size / os.Getpagesize()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range there[:readAhead] {
+		for cachedPages(t, p) < pages && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := cachedPages(t, p); n < pages {
+			t.Errorf("%s opened ahead: %d of %d pages cached, its read was not started", p, n, pages)
+		}
+	}
+}
+
+// cachedPages is how many pages of the file p are in the page cache.
+func cachedPages(t *testing.T, p string) int {
+	t.Helper()
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(fd)
+	var cs unix.Cachestat_t
+	if err := unix.Cachestat(uint(fd), &unix.CachestatRange{}, &cs, 0); err != nil {
+		t.Fatalf("cachestat %s: %v (Linux 6.5 or later)", p, err)
+	}
+	return int(cs.Cache)
 }

@@ -2,6 +2,9 @@ package restore
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 
 	"vaultnode/agentkit/meta"
@@ -32,29 +35,57 @@ func (c *cancellingSource) GetChunks(ctx context.Context, ids [][32]byte, fn fun
 // leaves no file of the target open: a daemon runs restores for months.
 func TestRunLeavesNothingOpen(t *testing.T) { forEachNaming(t, testRunLeavesNothingOpen) }
 
+// Over files already there (-existing overwrite), every third of them
+// changed, the files opened ahead of their reading (inplace.go) are
+// closed too.
 func testRunLeavesNothingOpen(t *testing.T) {
-	for _, cancel := range []bool{false, true} {
-		src := &cancellingSource{countingSource: countingSource{memSource: memSource{}}, cancelAfter: 1 << 30}
-		m, _ := restoreCorpus(t, &src.countingSource)
-		ctx, stop := context.WithCancel(context.Background())
-		if cancel {
-			src.cancelAfter, src.cancel = 1+60, stop
-		} else {
-			src.cutAfter = 1 + 60
-		}
-		to := t.TempDir()
-		_, err := Run(ctx, Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
-			Meta: meta.Options{SkipOwner: true}, Workers: 4})
-		stop()
-		if cancel && err == nil {
-			t.Errorf("a cancelled restore returned no error")
-		}
-		open, err := testtree.OpenUnder(to)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(open) != 0 {
-			t.Errorf("cancelled %v: %d files of the target still open after the restore ended: %q", cancel, len(open), open[:min(5, len(open))])
+	for _, over := range []bool{false, true} {
+		for _, cancel := range []bool{false, true} {
+			src := &cancellingSource{countingSource: countingSource{memSource: memSource{}}, cancelAfter: 1 << 30}
+			m, want := restoreCorpus(t, &src.countingSource)
+			to := t.TempDir()
+			o := Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to, Meta: meta.Options{SkipOwner: true}, Workers: 4}
+			if over {
+				if _, err := Run(context.Background(), o); err != nil {
+					t.Fatal(err)
+				}
+				for i, w := range want {
+					if i%3 == 0 && len(w.data) > 0 {
+						p := filepath.Join(to, w.path)
+						b := slices.Clone(w.data)
+						b[len(b)/2]++
+						if err := os.WriteFile(p, b, 0o600); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				o.Existing = Overwrite
+			}
+			ctx, stop := context.WithCancel(context.Background())
+			after := src.frames + 1 + 60 // the listing, then 60 chunks
+			if over {
+				after = src.frames + 1 + 20
+			}
+			if cancel {
+				src.cancelAfter, src.cancel = after, stop
+			} else {
+				src.cutAfter = after
+			}
+			_, err := Run(ctx, o)
+			stop()
+			if src.frames <= after {
+				t.Fatalf("over files there %v: the restore took %d frames, ended before the failure after %d", over, src.frames, after)
+			}
+			if cancel && err == nil {
+				t.Errorf("a cancelled restore returned no error")
+			}
+			open, err := testtree.OpenUnder(to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(open) != 0 {
+				t.Errorf("over files there %v, cancelled %v: %d files of the target still open after the restore ended: %q", over, cancel, len(open), open[:min(5, len(open))])
+			}
 		}
 	}
 }
