@@ -53,6 +53,8 @@ type fileJob struct {
 	// copies are its chunks copied from an earlier place, in order.
 	src    *srcFile
 	copies []copyOp
+	// pre: the file, made before the job wrote to it (inplace.go).
+	pre *made
 }
 
 // sharedFile is a large file written by several jobs (parts): the first
@@ -307,8 +309,14 @@ func (w *fileWriter) run(j *job) {
 // created, from where its first chunk's content goes.
 func (w *fileWriter) start(f fileJob) *openFile {
 	o := &openFile{fileJob: f, made: made{fd: -1}, left: len(chunksOf(f)) - len(f.copies), next: f.from, ext: fileExtents(f.node)}
+	if f.pre != nil {
+		o.made = *f.pre
+	}
 	if w.jobErr != nil {
 		o.err = w.jobErr
+		return o
+	}
+	if f.pre != nil {
 		return o
 	}
 	if sf := f.part; sf != nil {

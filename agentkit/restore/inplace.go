@@ -151,6 +151,10 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	var found []copyOp
 	all := true
 	var total int64 // the chunks' bytes
+	// search: the rest of the file is cut as backups cut files (findMoved)
+	// instead of read at the chunks' offsets, which after an insertion
+	// would read and hash the rest of the file in vain first.
+	search := !n.Sparse && r.gear != nil
 	for i, off := range chunkOffsets(n, 0, len(n.Chunks)) {
 		if r.ctx.Err() != nil {
 			return false
@@ -167,6 +171,11 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 		}
 		if off+int64(c.Len) > size || !w.holds(fd, off, c) {
 			all = false
+			if search && len(found) > 0 {
+				// Part of the file is the version's (not encrypted
+				// whole, say): search from here.
+				break
+			}
 			continue
 		}
 		found = append(found, copyOp{idx: i, off: off, from: srcRef{off: off}})
@@ -182,18 +191,30 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	if len(found) == 0 {
 		return false
 	}
-	if len(found) < len(n.Chunks) && !n.Sparse && r.gear != nil {
-		found = w.findMoved(fd, n, found)
+	planned := len(f.copies)
+	isPlanned := func(idx int) bool {
+		_, dup := slices.BinarySearchFunc(f.copies[:planned], idx, func(o copyOp, idx int) int { return cmp.Compare(o.idx, idx) })
+		return dup
+	}
+	if len(found) < len(n.Chunks) && search {
+		// The file is replaced: made now, so the chunks the search finds
+		// are written into it as they are checked, not read again.
+		if m, err := w.create(*f); err == nil {
+			f.pre = &m
+		}
+		found = w.findMoved(fd, n, found, f.pre, isPlanned)
 	}
 	// The chunks found are copied from the file there, unless the plan
 	// already copies them (zeros, repeats within the version).
 	there := &srcFile{done: closedDone, ok: true, dir: f.dir, name: f.name, there: true}
-	planned := len(f.copies)
 	for _, c := range found {
-		if _, dup := slices.BinarySearchFunc(f.copies[:planned], c.idx, func(o copyOp, idx int) int { return cmp.Compare(o.idx, idx) }); dup {
-			continue
+		if c.from.f != writtenThere {
+			if isPlanned(c.idx) {
+				continue
+			}
+			c.from.f = there
 		}
-		c.from.f, c.from.len = there, n.Chunks[c.idx].Len
+		c.from.len = n.Chunks[c.idx].Len
 		f.copies = append(f.copies, c)
 	}
 	slices.SortFunc(f.copies, func(a, b copyOp) int { return cmp.Compare(a.idx, b.idx) })
@@ -216,7 +237,11 @@ var testHookReused func(path []byte)
 // content at its offsets, as when encrypted whole, is not read again.
 // Only a file without holes (n's chunks follow each other from offset 0)
 // is searched.
-func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp) []copyOp {
+//
+// A chunk found is written into dst (when not nil) at its places as it is
+// checked, its copy marked written (writtenThere), unless the plan
+// already copies it there (planned).
+func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp, dst *made, planned func(idx int) bool) []copyOp {
 	type place struct {
 		idx int
 		off int64
@@ -274,9 +299,15 @@ func (w *fileWriter) findMoved(fd int, n *tree.Node, found []copyOp) []copyOp {
 		if ps, ok := want[id]; ok {
 			delete(want, id)
 			for _, p := range ps {
-				if n.Chunks[p.idx].Len == uint32(len(b)) {
-					found = append(found, copyOp{idx: p.idx, off: p.off, from: srcRef{off: src}})
+				if n.Chunks[p.idx].Len != uint32(len(b)) {
+					continue
 				}
+				c := copyOp{idx: p.idx, off: p.off, from: srcRef{off: src}}
+				// n has no holes: its content's offset is the file's.
+				if dst != nil && !planned(p.idx) && pwriteAll(dst.fd, b, p.off) == nil {
+					c.from.f = writtenThere
+				}
+				found = append(found, c)
 			}
 		}
 		src += int64(len(b))

@@ -330,10 +330,28 @@ func TestOverwriteFindsMovedContent(t *testing.T) {
 			if withKey {
 				o.GearKey = gearKey
 			}
-			h.mustRestore(o, n)
+			before := readBytes(t)
+			res := h.mustRestore(o, n)
+			read := readBytes(t) - before
+			var reused int64
+			for _, c := range n.Chunks {
+				if src.served[c.ID] == 0 {
+					reused += int64(c.Len)
+				}
+			}
+			if res.Stats.Reused != reused {
+				t.Errorf("%d bytes reported taken from the file there; the chunks not downloaded hold %d", res.Stats.Reused, reused)
+			}
 			requireBytes(t, filepath.Join(h.target, "f"), data)
 			got := src.fetched(n)
-			t.Logf("%d of %d chunks downloaded", got, len(n.Chunks))
+			t.Logf("%d of %d chunks downloaded, %.2f times the file's size read", got, len(n.Chunks), float64(read)/float64(len(data)))
+			// The half before the insertion read in place and again as
+			// copied, the rest once, cut and written as found: 1.5
+			// times the file (2.5 before: the whole file in place first,
+			// the rest once more as copied).
+			if withKey && read > int64(len(data))*16/10 {
+				t.Errorf("read %.2f times the file's size; want at most 1.6", float64(read)/float64(len(data)))
+			}
 			if withKey && got > 2 {
 				t.Errorf("%d of %d chunks downloaded; want those around the insertion, at most 2", got, len(n.Chunks))
 			}

@@ -47,6 +47,11 @@ type srcFile struct {
 	there bool
 }
 
+// writtenThere is the source of the chunks written into a file while the
+// file found at its name was read (inplace.go, findMoved): in place
+// already, checked as they were written.
+var writtenThere = &srcFile{done: closedDone, ok: true, there: true}
+
 // rel is the file's name beneath the target.
 func (sf *srcFile) rel() string {
 	if len(sf.dir.path) == 0 {
@@ -170,6 +175,11 @@ func (w *fileWriter) copyChunks(o *openFile) error {
 	for _, c := range o.copies {
 		want := o.node.Chunks[c.idx]
 		var err error
+		if c.from.f == writtenThere {
+			atomic.AddInt64(&w.r.stats.Bytes, int64(want.Len))
+			atomic.AddInt64(&w.r.stats.Reused, int64(want.Len))
+			continue
+		}
 		if c.from.f == nil || w.r.zeros.is(want) {
 			err = allocate(o.fd, c.off, int64(want.Len))
 		} else if c.from.f == o.src {
