@@ -155,6 +155,31 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	// instead of read at the chunks' offsets, which after an insertion
 	// would read and hash the rest of the file in vain first.
 	search := !n.Sparse && r.gear != nil
+	planned := len(f.copies)
+	isPlanned := func(idx int) bool {
+		_, dup := slices.BinarySearchFunc(f.copies[:planned], idx, func(o copyOp, idx int) int { return cmp.Compare(o.idx, idx) })
+		return dup
+	}
+	// Once the file there is known to be replaced (a chunk missing) and
+	// to hold some of the version's content (a chunk found), the new file
+	// is made and the chunks read after that are written into it as they
+	// are read, and kept there when they check: not read again to be
+	// copied. (A chunk that does not check is downloaded over what was
+	// written. A file holding none of the version's content, as when
+	// encrypted whole, is not written twice.)
+	tried := false
+	into := func() int {
+		if !tried {
+			tried = true
+			if m, err := w.create(*f); err == nil {
+				f.pre = &m
+			}
+		}
+		if f.pre == nil {
+			return -1
+		}
+		return f.pre.fd
+	}
 	for i, off := range chunkOffsets(n, 0, len(n.Chunks)) {
 		if r.ctx.Err() != nil {
 			return false
@@ -169,7 +194,14 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			all = false // straddles extents: downloaded
 			continue
 		}
-		if off+int64(c.Len) > size || !w.holds(fd, off, c) {
+		dst := -1
+		if !all && len(found) > 0 {
+			if isPlanned(i) {
+				continue // copied or allocated as the plan says
+			}
+			dst = into()
+		}
+		if off+int64(c.Len) > size || !w.holds(fd, off, c, dst) {
 			all = false
 			if search && len(found) > 0 {
 				// Part of the file is the version's (not encrypted
@@ -178,7 +210,11 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			}
 			continue
 		}
-		found = append(found, copyOp{idx: i, off: off, from: srcRef{off: off}})
+		op := copyOp{idx: i, off: off, from: srcRef{off: off}}
+		if dst >= 0 {
+			op.from.f = writtenThere
+		}
+		found = append(found, op)
 	}
 	if all && size == n.Size && total == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(fd, ext, size) {
 		have := &stx
@@ -191,18 +227,14 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	if len(found) == 0 {
 		return false
 	}
-	planned := len(f.copies)
-	isPlanned := func(idx int) bool {
-		_, dup := slices.BinarySearchFunc(f.copies[:planned], idx, func(o copyOp, idx int) int { return cmp.Compare(o.idx, idx) })
-		return dup
-	}
 	if len(found) < len(n.Chunks) && search {
-		// The file is replaced: made now, so the chunks the search finds
-		// are written into it as they are checked, not read again.
-		if m, err := w.create(*f); err == nil {
-			f.pre = &m
+		// The chunks the search finds are written into the new file as
+		// they are checked.
+		var dst *made
+		if into() >= 0 {
+			dst = f.pre
 		}
-		found = w.findMoved(fd, n, found, f.pre, isPlanned)
+		found = w.findMoved(fd, n, found, dst, isPlanned)
 	}
 	// The chunks found are copied from the file there, unless the plan
 	// already copies them (zeros, repeats within the version).
@@ -343,12 +375,16 @@ func (r *fdReader) Read(p []byte) (int, error) {
 	}
 }
 
-// holds reports whether the file fd holds chunk c at off.
-func (w *fileWriter) holds(fd int, off int64, c tree.ChunkRef) bool {
+// holds reports whether the file fd holds chunk c at off; it writes what
+// it reads into dst at the same place when dst is not -1.
+func (w *fileWriter) holds(fd int, off int64, c tree.ChunkRef, dst int) bool {
 	w.h.Reset()
 	for left := int64(c.Len); left > 0; {
 		p := w.pieceOf(left)
 		if preadAll(fd, p, off) != nil {
+			return false
+		}
+		if dst >= 0 && pwriteAll(dst, p, off) != nil {
 			return false
 		}
 		w.h.Write(p)

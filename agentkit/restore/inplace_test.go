@@ -225,7 +225,10 @@ func TestOverwriteFileChangedMeanwhile(t *testing.T) {
 	testHookReused = func(p []byte) {
 		if string(p) == "f" {
 			b := bytes.Clone(there)
-			b[20000] = 'Y' // the second chunk found there changes
+			// The first chunk found there changes: it is copied later
+			// (those read after it were written into the new file as
+			// they were read and checked).
+			b[5000] = 'Y'
 			must(t, os.WriteFile(filepath.Join(h.target, "f"), b, 0o666))
 		}
 	}
@@ -234,8 +237,8 @@ func TestOverwriteFileChangedMeanwhile(t *testing.T) {
 	o.Source, o.Existing = src, Overwrite
 	res := h.mustRestore(o, n)
 	requireBytes(t, filepath.Join(h.target, "f"), data)
-	// Chunk 0 differed when read, chunk 4 changed before its copy: both
-	// downloaded, the other 14 copied.
+	// Chunk 0 differed when read, chunk 1 changed before its copy: both
+	// downloaded, the other 14 taken from the file there.
 	if got := src.fetched(n); got != 2 {
 		t.Errorf("%d chunks downloaded, want 2", got)
 	}
@@ -482,4 +485,60 @@ func cachedPages(t *testing.T, p string) int {
 		t.Fatalf("cachestat %s: %v (Linux 6.5 or later)", p, err)
 	}
 	return int(cs.Cache)
+}
+
+// A file there that is replaced but holds most of the version's content
+// (a disk image written in place in two places) is read about once: the
+// chunks read after the first change are written into the new file as
+// they are read, not read again to be copied. A sparse file, so read at
+// its chunks' offsets only (no search for moved content); its holes stay
+// holes.
+func TestOverwriteWritesWhatItReads(t *testing.T) {
+	h := newHostile(t)
+	src := &idCountingSource{memSource: h.src, served: map[[32]byte]int{}}
+	const chunk, extent, gap = 64 << 10, 1 << 20, 8 << 20
+	data := make([]byte, 2*extent)
+	rand.NewChaCha8([32]byte{8}).Read(data)
+	n := file("image")
+	n.Size, n.Sparse = gap+extent, true
+	n.Extents = []tree.Extent{{Off: 0, Len: extent}, {Off: gap, Len: extent}}
+	n.Chunks = h.src.put(data, chunk)
+	p := filepath.Join(h.target, "image")
+	f, err := os.Create(p)
+	must(t, err)
+	_, err = f.WriteAt(data[:extent], 0)
+	must(t, err)
+	tail := bytes.Clone(data[extent:])
+	tail[5*chunk+7] ^= 1 // chunk 21
+	_, err = f.WriteAt(tail, gap)
+	must(t, err)
+	_, err = f.WriteAt([]byte{data[chunk+3] ^ 1}, chunk+3) // chunk 1
+	must(t, err)
+	must(t, f.Close())
+	o := h.options()
+	o.Source, o.Existing = src, Overwrite
+	before := readBytes(t)
+	res := h.mustRestore(o, n)
+	read := readBytes(t) - before
+	full := make([]byte, n.Size)
+	copy(full, data[:extent])
+	copy(full[gap:], data[extent:])
+	requireBytes(t, p, full)
+	if got := src.fetched(n); got != 2 {
+		t.Errorf("%d chunks downloaded, want the 2 changed", got)
+	}
+	if want := int64(len(data) - 2*chunk); res.Stats.Reused != want {
+		t.Errorf("%d bytes reported taken from the file there, want %d", res.Stats.Reused, want)
+	}
+	// Chunk 0 is read twice (found before the file was known to be
+	// replaced); every other chunk once.
+	if limit := int64(len(data) + 2*chunk); read > limit {
+		t.Errorf("read %d KiB of the file there, want at most %d KiB (its data once, and a chunk again)", read>>10, limit>>10)
+	}
+	fd, err := unix.Open(p, unix.O_RDONLY, 0)
+	must(t, err)
+	defer unix.Close(fd)
+	if off, err := unix.Seek(fd, extent, unix.SEEK_DATA); err != nil || off != gap {
+		t.Errorf("data after the first extent at %d (%v), want the hole up to %d", off, err, gap)
+	}
 }
