@@ -11,12 +11,12 @@ import (
 	"slices"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"vaultnode/internal/chunker"
 	"vaultnode/internal/keys"
+	"vaultnode/internal/testtree"
 	"vaultnode/internal/tree"
 )
 
@@ -237,36 +237,9 @@ func TestPiecesBoundEachRead(t *testing.T) {
 // resident is how many of the file's pages are in the page cache.
 func resident(t *testing.T, path string) int {
 	t.Helper()
-	f, err := os.Open(path)
+	n, err := testtree.CachedPages(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	var cs unix.Cachestat_t
-	err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &cs, 0)
-	if err == nil {
-		return int(cs.Cache)
-	}
-	if err != unix.ENOSYS {
-		t.Fatalf("cachestat %s: %v", path, err)
-	}
-	// Before Linux 6.5: mincore(2) of a mapping of the file.
-	fi, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(m)
-	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
-		t.Fatalf("mincore %s: %v", path, e)
-	}
-	n := 0
-	for _, v := range vec {
-		n += int(v & 1)
 	}
 	return n
 }
@@ -347,14 +320,12 @@ func TestReadBatch(t *testing.T) {
 	}
 	// The reads were started, not made: wait for them to land.
 	pages := size / os.Getpagesize()
-	deadline := time.Now().Add(10 * time.Second)
-	for _, p := range paths[:smallBatch] {
-		for resident(t, p) < pages && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if n := resident(t, p); n < pages {
-			t.Errorf("%s taken in a batch: %d of %d pages cached, the read was not started", p, n, pages)
-		}
+	short, err := testtree.WaitCached(paths[:smallBatch], pages, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, n := range short {
+		t.Errorf("%s taken in a batch: %d of %d pages cached, the read was not started", p, n, pages)
 	}
 	if err := b.read(context.Background(), r); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 
 	"vaultnode/agentkit/meta"
 	"vaultnode/internal/chunker"
+	"vaultnode/internal/testtree"
 	"vaultnode/internal/tree"
 )
 
@@ -463,28 +464,19 @@ func TestOverwriteReadsAhead(t *testing.T) {
 	}
 	// The reads were started, not made: wait for them to land.
 	pages := size / os.Getpagesize()
-	deadline := time.Now().Add(10 * time.Second)
-	for _, p := range there[:readAhead] {
-		for cachedPages(t, p) < pages && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if n := cachedPages(t, p); n < pages {
-			t.Errorf("%s opened ahead: %d of %d pages cached, its read was not started", p, n, pages)
-		}
+	short, err := testtree.WaitCached(there[:readAhead], pages, 10*time.Second)
+	must(t, err)
+	for p, n := range short {
+		t.Errorf("%s opened ahead: %d of %d pages cached, its read was not started", p, n, pages)
 	}
 }
 
 // cachedPages is how many pages of the file p are in the page cache.
 func cachedPages(t *testing.T, p string) int {
 	t.Helper()
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	n, err := testtree.CachedPages(p)
 	must(t, err)
-	defer unix.Close(fd)
-	var cs unix.Cachestat_t
-	if err := unix.Cachestat(uint(fd), &unix.CachestatRange{}, &cs, 0); err != nil {
-		t.Fatalf("cachestat %s: %v (Linux 6.5 or later)", p, err)
-	}
-	return int(cs.Cache)
+	return n
 }
 
 // A file there that is replaced but holds most of the version's content
