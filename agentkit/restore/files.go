@@ -53,8 +53,10 @@ type fileJob struct {
 	// copies are its chunks copied from an earlier place, in order.
 	src    *srcFile
 	copies []copyOp
-	// pre: the file, made before the job wrote to it (inplace.go).
-	pre *made
+	// pre: the file, made before the job wrote to it (inplace.go);
+	// preErr: what makes it unfit (a range it could not clear).
+	pre    *made
+	preErr error
 }
 
 // sharedFile is a large file written by several jobs (parts): the first
@@ -310,13 +312,14 @@ func (w *fileWriter) run(j *job) {
 func (w *fileWriter) start(f fileJob) *openFile {
 	o := &openFile{fileJob: f, made: made{fd: -1}, left: len(chunksOf(f)) - len(f.copies), next: f.from, ext: fileExtents(f.node)}
 	if f.pre != nil {
-		o.made = *f.pre
+		o.made, o.err = *f.pre, f.preErr
+		if o.err == nil {
+			o.err = w.jobErr
+		}
+		return o
 	}
 	if w.jobErr != nil {
 		o.err = w.jobErr
-		return o
-	}
-	if f.pre != nil {
 		return o
 	}
 	if sf := f.part; sf != nil {

@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"cmp"
+	"fmt"
 	"io"
 	"slices"
 	"sync/atomic"
@@ -202,6 +203,15 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			dst = into()
 		}
 		if off+int64(c.Len) > size || !w.holds(fd, off, c, dst) {
+			if dst >= 0 {
+				// What was written is not the chunk: cleared, so that
+				// its download finds the range as in a new file (a
+				// download of zeros is an allocation, which would keep
+				// it).
+				if err := clearRange(dst, off, int64(c.Len)); err != nil && f.preErr == nil {
+					f.preErr = fmt.Errorf("clear %d bytes at %d of the new file: %w", c.Len, off, err)
+				}
+			}
 			all = false
 			if search && len(found) > 0 {
 				// Part of the file is the version's (not encrypted

@@ -94,9 +94,20 @@ var zeroBuf [1 << 20]byte
 // allocate makes [off, off+n) of a file this restore created read as
 // zeros, giving it blocks without writing them; where the filesystem
 // cannot (no fallocate), it writes zeros.
-func allocate(fd int, off, n int64) error {
+func allocate(fd int, off, n int64) error { return fallocateOrZero(fd, 0, off, n) }
+
+// clearRange makes n bytes at off of the file fd read as zeros, holding no
+// blocks where the filesystem can punch a hole, written with zeros where
+// it cannot.
+func clearRange(fd int, off, n int64) error {
+	return fallocateOrZero(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// fallocateOrZero is fallocate(2) with mode, or zeros written over the
+// range where the filesystem does not support it.
+func fallocateOrZero(fd int, mode uint32, off, n int64) error {
 	for {
-		err := unix.Fallocate(fd, 0, off, n)
+		err := unix.Fallocate(fd, mode, off, n)
 		switch err {
 		case nil:
 			return nil
