@@ -151,5 +151,6 @@ func nameErr(name string, err error) error {
 // anonDir is the part of a directory's state the workers share: whether
 // O_TMPFILE failed there.
 type anonDir struct {
-	noAnon atomic.Bool
+	noAnon  atomic.Bool
+	noClone atomic.Bool // FICLONE failed there (inplace.go)
 }

@@ -169,6 +169,25 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	// written. A file holding none of the version's content, as when
 	// encrypted whole, is not written twice.)
 	tried := false
+	// A large file there is first cloned into the new file where the
+	// filesystem shares blocks between files (reflinks: XFS, btrfs): the
+	// clone is read and checked instead, the chunks found stay where they
+	// are, and only the others are written: no second copy of the file's
+	// blocks, and the rename over the old file stays (finishClone).
+	var clone *made
+	rd := fd // what is read
+	if stx.Size > smallFile && !f.dir.noClone.Load() {
+		if m, err := w.create(*f); err == nil {
+			if err := unix.IoctlFileClone(m.fd, fd); err == nil {
+				tried, f.pre = true, &m
+				clone, rd = &m, m.fd
+				_ = unix.Fadvise(rd, 0, 0, unix.FADV_SEQUENTIAL)
+			} else {
+				(&openFile{fileJob: *f, made: m}).remove()
+				f.dir.noClone.Store(true) // not tried again in this directory
+			}
+		}
+	}
 	into := func() int {
 		if !tried {
 			tried = true
@@ -200,9 +219,11 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			if isPlanned(i) {
 				continue // copied or allocated as the plan says
 			}
-			dst = into()
+			if clone == nil {
+				dst = into()
+			}
 		}
-		if off+int64(c.Len) > size || !w.holds(fd, off, c, dst) {
+		if off+int64(c.Len) > size || !w.holds(rd, off, c, dst) {
 			if dst >= 0 {
 				// What was written is not the chunk: cleared, so that
 				// its download finds the range as in a new file (a
@@ -221,12 +242,16 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			continue
 		}
 		op := copyOp{idx: i, off: off, from: srcRef{off: off}}
-		if dst >= 0 {
+		if dst >= 0 || clone != nil {
 			op.from.f = writtenThere
 		}
 		found = append(found, op)
 	}
-	if all && size == n.Size && total == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(fd, ext, size) {
+	if all && size == n.Size && total == dataLen(ext) && r.keepable(fd, &stx, n) && w.holesZero(rd, ext, size) {
+		if clone != nil {
+			(&openFile{fileJob: *f, made: *clone}).remove()
+			f.pre = nil
+		}
 		have := &stx
 		if !noatime {
 			have = nil // its atime may have moved since
@@ -235,6 +260,9 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 		return true
 	}
 	if len(found) == 0 {
+		if clone != nil {
+			w.finishClone(f, clone, size)
+		}
 		return false
 	}
 	if len(found) < len(n.Chunks) && search {
@@ -250,20 +278,57 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	// already copies them (zeros, repeats within the version).
 	there := &srcFile{done: closedDone, ok: true, dir: f.dir, name: f.name, there: true}
 	for _, c := range found {
+		if isPlanned(c.idx) {
+			continue
+		}
 		if c.from.f != writtenThere {
-			if isPlanned(c.idx) {
-				continue
-			}
 			c.from.f = there
 		}
 		c.from.len = n.Chunks[c.idx].Len
 		f.copies = append(f.copies, c)
 	}
 	slices.SortFunc(f.copies, func(a, b copyOp) int { return cmp.Compare(a.idx, b.idx) })
+	if clone != nil {
+		w.finishClone(f, clone, size)
+	}
 	if testHookReused != nil {
 		testHookReused(n.Path)
 	}
 	return false
+}
+
+// finishClone makes the clone of the file there (size bytes) hold only
+// what f's copies say was found in it (writtenThere), zeros elsewhere, and
+// f's size: what the downloads and the plan's copies and allocations then
+// write finds the range as in a new file, and the version's holes are
+// holes. A clone in which nothing was found is emptied whole.
+func (w *fileWriter) finishClone(f *fileJob, clone *made, size int64) {
+	n := f.node
+	var err error
+	fail := func(what string, e error) {
+		if e != nil && err == nil {
+			err = fmt.Errorf("%s the new file made as a clone of the file there: %w", what, e)
+		}
+	}
+	var pos int64
+	for _, c := range f.copies {
+		if c.from.f != writtenThere {
+			continue
+		}
+		if c.off > pos {
+			fail("clear", clearRange(clone.fd, pos, c.off-pos))
+		}
+		pos = max(pos, c.off+int64(c.from.len))
+	}
+	if pos == 0 {
+		fail("empty", unix.Ftruncate(clone.fd, 0))
+	} else if end := max(size, n.Size); end > pos {
+		fail("clear", clearRange(clone.fd, pos, end-pos))
+	}
+	fail("size", unix.Ftruncate(clone.fd, n.Size))
+	if err != nil && f.preErr == nil {
+		f.preErr = err
+	}
 }
 
 // testHookReused runs once a file's chunks found at the target are known,

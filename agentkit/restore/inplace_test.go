@@ -16,6 +16,7 @@ import (
 
 	"vaultnode/agentkit/meta"
 	"vaultnode/internal/chunker"
+	"vaultnode/internal/loopfs"
 	"vaultnode/internal/testtree"
 	"vaultnode/internal/tree"
 )
@@ -539,4 +540,165 @@ func TestOverwriteWritesWhatItReads(t *testing.T) {
 	if off, err := unix.Seek(fd, extent, unix.SEEK_DATA); err != nil || off != gap {
 		t.Errorf("data after the first extent at %d (%v), want the hole up to %d", off, err, gap)
 	}
+}
+
+// On a filesystem with reflinks (btrfs here) a large file there that is
+// replaced starts as a clone of itself: the chunks found stay where they
+// are, the others are downloaded into it, and what the clone held where the
+// version has other content, zeros or holes is cleared. The result is the
+// version's content and holes, written with a small part of the files'
+// bytes; a kept file leaves no clone behind.
+func TestOverwriteClonesWhereItCan(t *testing.T) {
+	mnt := loopfs.MountBtrfs(t, t.TempDir(), 512<<20)
+	h := newHostile(t)
+	h.target = filepath.Join(mnt, "target")
+	must(t, os.Mkdir(h.target, 0o755))
+	src := &idCountingSource{memSource: h.src, served: map[[32]byte]int{}}
+	rng := rand.NewChaCha8([32]byte{10})
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		rng.Read(b)
+		return b
+	}
+	const chunk, size = 64 << 10, 4 << 20
+	gearKey := [32]byte{9}
+	gear, err := chunker.NewGear(gearKey)
+	must(t, err)
+	type tc struct {
+		name        string
+		data, there []byte
+		node        func(n *tree.Node) // a sparse layout, when not nil
+		cut         bool               // chunked as backups cut, else every 64 KiB
+		fetched     int                // chunks downloaded, -1: not checked
+	}
+	edited := random(size)
+	editedThere := bytes.Clone(edited)
+	editedThere[size/2+5] ^= 1
+	inserted := random(size)
+	insertedThere := append(append(bytes.Clone(inserted[:size/2]), random(10000)...), inserted[size/2:]...)
+	zeros := random(size + 5000)
+	clear(zeros[chunk : 2*chunk]) // a chunk of zeros the restore knows as such
+	clear(zeros[size:])           // an odd-length last chunk of zeros, known once downloaded
+	zerosThere := random(len(zeros))
+	copy(zerosThere[:chunk], zeros[:chunk])
+	copy(zerosThere[2*chunk:size], zeros[2*chunk:size])
+	sparse := random(2 << 20)
+	sparseThere := make([]byte, 8<<20+1<<20)
+	rng.Read(sparseThere) // data where the version has a hole
+	copy(sparseThere, sparse[:1<<20])
+	copy(sparseThere[8<<20:], sparse[1<<20:])
+	sparseThere[8<<20+100] ^= 1
+	same := random(size)
+	larger := random(size)
+	largerThere := append(bytes.Clone(larger), random(1<<20)...)
+	largerThere[100] ^= 1
+	cases := []tc{
+		{name: "edited", data: edited, there: editedThere, fetched: 1},
+		{name: "inserted", data: inserted, there: insertedThere, cut: true, fetched: -1},
+		{name: "zeros", data: zeros, there: zerosThere, fetched: 1},
+		{name: "sparse", data: sparse, there: sparseThere, fetched: 1, node: func(n *tree.Node) {
+			n.Size, n.Sparse = 9<<20, true
+			n.Extents = []tree.Extent{{Off: 0, Len: 1 << 20}, {Off: 8 << 20, Len: 1 << 20}}
+		}},
+		{name: "same", data: same, there: same, fetched: 0},
+		{name: "encrypted", data: random(size), there: random(size), fetched: size / chunk},
+		{name: "larger", data: larger, there: largerThere, fetched: 1},
+	}
+	slices.SortFunc(cases, func(a, b tc) int { return strings.Compare(a.name, b.name) }) // the listing's order
+	var nodes []tree.Node
+	want := map[string][]byte{}
+	for _, c := range cases {
+		n := file(c.name)
+		n.Size = int64(len(c.data))
+		if c.cut {
+			ck := chunker.New(gear, bytes.NewReader(c.data), nil)
+			for {
+				b, err := ck.Next()
+				if err != nil {
+					break
+				}
+				n.Chunks = append(n.Chunks, h.src.put(b, len(b))...)
+			}
+		} else {
+			n.Chunks = h.src.put(c.data, chunk)
+		}
+		full := c.data
+		if c.node != nil {
+			c.node(&n)
+			full = make([]byte, n.Size)
+			copy(full, c.data[:1<<20])
+			copy(full[8<<20:], c.data[1<<20:])
+		}
+		want[c.name] = full
+		nodes = append(nodes, n)
+		must(t, os.WriteFile(filepath.Join(h.target, c.name), c.there, 0o644))
+	}
+	sameIno := inode(t, filepath.Join(h.target, "same"))
+	// Two restores: the files cut every 64 KiB without the chunker's key
+	// (so read at their chunks' offsets only), the one cut as backups cut
+	// with it (so searched for moved content).
+	var fixed, cut []tree.Node
+	for i, c := range cases {
+		if c.cut {
+			cut = append(cut, nodes[i])
+		} else {
+			fixed = append(fixed, nodes[i])
+		}
+	}
+	o := h.options()
+	o.Source, o.Existing = src, Overwrite
+	before := writtenBytes(t)
+	h.mustRestore(o, fixed...)
+	o.GearKey = gearKey
+	h.mustRestore(o, cut...)
+	written := writtenBytes(t) - before
+	for i, c := range cases {
+		p := filepath.Join(h.target, c.name)
+		requireBytes(t, p, want[c.name])
+		if got := src.fetched(nodes[i]); c.fetched >= 0 && got != c.fetched {
+			t.Errorf("%s: %d chunks downloaded, want %d", c.name, got, c.fetched)
+		}
+	}
+	if inode(t, filepath.Join(h.target, "same")) != sameIno {
+		t.Errorf("same: replaced, want kept")
+	}
+	fd, err := unix.Open(filepath.Join(h.target, "sparse"), unix.O_RDONLY, 0)
+	must(t, err)
+	defer unix.Close(fd)
+	if off, err := unix.Seek(fd, 1<<20, unix.SEEK_DATA); err != nil || off != 8<<20 {
+		t.Errorf("sparse: data after its first extent at %d (%v), want the hole up to %d", off, err, 8<<20)
+	}
+	ents, err := os.ReadDir(h.target)
+	must(t, err)
+	if len(ents) != len(cases) {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("the target holds %q, want only the %d files", names, len(cases))
+	}
+	// Written: the encrypted file (4 MiB), the inserted file's second half
+	// (moved: 2 MiB), a chunk here and there. Without clones, every file
+	// replaced is written whole (about 26 MiB).
+	t.Logf("%.1f MiB written", float64(written)/(1<<20))
+	if written > 8<<20 {
+		t.Errorf("%.1f MiB written; want at most 8", float64(written)/(1<<20))
+	}
+}
+
+// writtenBytes is how many bytes this process has written (/proc/self/io's
+// wchar).
+func writtenBytes(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	must(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "wchar: "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			must(t, err)
+			return n
+		}
+	}
+	t.Fatal("no wchar in /proc/self/io")
+	return 0
 }
