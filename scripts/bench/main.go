@@ -167,7 +167,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	resticBin := fs.String("restic", "restic", "restic program")
 	out := fs.String("out", "out/bench/results.json", "where to write the results as JSON")
 	warm := fs.Bool("warm", false, "do not drop page caches between phases")
-	freshFS := fs.Bool("restore-fs", true, "restore into a fresh ext4 filesystem each time (as root), not a directory of the work directory's")
+	freshFS := fs.Bool("restore-fs", true, "restore into a fresh filesystem each time (as root), not a directory of the work directory's")
+	fsType := fs.String("restore-fstype", "ext4", "type of the fresh restore filesystem: ext4 or btrfs (reflinks, which a rollback uses)")
 	runs := fs.Int("runs", 1, "repeat everything (fresh corpus and stores) this many times and report the median run of each phase")
 	shape := fs.String("shape", corpus.ShapeCurrent, fmt.Sprintf("corpus shape, one of %v", corpus.Shapes))
 	files := fs.Int("files", 0, "files of the small-files shape (0: 500,000 times -scale)")
@@ -259,10 +260,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		res.Caches = "warm: -warm given; every phase of both tools runs with warm caches"
 	}
 	b.logf("caches: %s", res.Caches)
-	b.freshFS = *freshFS
+	b.freshFS, b.fsType = *freshFS, *fsType
+	if _, ok := mkfs[b.fsType]; !ok {
+		return fmt.Errorf("-restore-fstype %q: want ext4 or btrfs", b.fsType)
+	}
 	res.RestoreFS = restoreFSDir
 	if b.freshFS {
-		res.RestoreFS = restoreFSFresh
+		res.RestoreFS = fmt.Sprintf(restoreFSFresh, b.fsType)
 	}
 	if *agents > 0 {
 		return b.manyAgents(ctx, *agents, *out, stdout)
@@ -310,7 +314,8 @@ type bench struct {
 	tree      string // an existing tree measured in place of a generated corpus
 	treeMark  string // the name of one of tree's entries (firstEntry)
 	cold      bool
-	freshFS   bool // restore into a fresh filesystem (restorefs.go)
+	freshFS   bool   // restore into a fresh filesystem (restorefs.go)
+	fsType    string // of that filesystem
 	logf      func(format string, a ...any)
 }
 
@@ -451,7 +456,7 @@ func (b *bench) once(ctx context.Context, res *results, reversed bool) error {
 			restoreDir := filepath.Join(b.work, "restore-"+t.Name())
 			var rfs *restoreFS
 			if (ph == phaseRestore || ph == phaseRollback) && b.freshFS {
-				if rfs, err = newRestoreFS(b.work, t.Name(), restoreFSSize(res.Corpus.DataBytes, res.Corpus.Bytes, res.Corpus.Files+res.Corpus.Dirs+res.Corpus.Symlinks)); err != nil {
+				if rfs, err = newRestoreFS(b.work, t.Name(), b.fsType, restoreFSSize(res.Corpus.DataBytes, res.Corpus.Bytes, res.Corpus.Files+res.Corpus.Dirs+res.Corpus.Symlinks)); err != nil {
 					b.freshFS = false
 					res.RestoreFS = fmt.Sprintf("%s (no fresh filesystem: %v)", restoreFSDir, err)
 					b.logf("%s", res.RestoreFS)

@@ -30,15 +30,27 @@ type restoreFS struct {
 
 // restoreFSNote describes where restores go, for the report.
 const (
-	restoreFSFresh = "each restore into a fresh ext4 filesystem (sparse image, loop device with direct I/O)"
+	restoreFSFresh = "each restore into a fresh %s filesystem (sparse image, loop device with direct I/O)"
 	restoreFSDir   = "restores into a directory of the work directory's filesystem"
 )
 
-// newRestoreFS makes and mounts a filesystem of size bytes for tool's
-// restore under work.
-func newRestoreFS(work, tool string, size int64) (*restoreFS, error) {
+// mkfs are the commands that make a restore filesystem of each type
+// (-restore-fstype), the image's path last: ext4, the common target, and
+// btrfs, whose reflinks a rollback uses.
+var mkfs = map[string][]string{
+	"ext4":  {"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"},
+	"btrfs": {"mkfs.btrfs", "-q", "-f"},
+}
+
+// newRestoreFS makes and mounts a filesystem of type fstype (a key of
+// mkfs) and size bytes for tool's restore under work.
+func newRestoreFS(work, tool, fstype string, size int64) (*restoreFS, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("not root: cannot mount a filesystem")
+	}
+	mk, ok := mkfs[fstype]
+	if !ok {
+		return nil, fmt.Errorf("restore filesystem: unknown type %q (ext4 or btrfs)", fstype)
 	}
 	f := &restoreFS{img: filepath.Join(work, "restorefs-"+tool+".img"), mnt: filepath.Join(work, "restorefs-"+tool)}
 	if err := f.unmountStale(); err != nil {
@@ -57,9 +69,9 @@ func newRestoreFS(work, tool string, size int64) (*restoreFS, error) {
 		os.Remove(f.img)
 		return nil, fmt.Errorf("restore filesystem: %w", err)
 	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", f.img).CombinedOutput(); err != nil {
+	if out, err := exec.Command(mk[0], append(mk[1:], f.img)...).CombinedOutput(); err != nil {
 		os.Remove(f.img)
-		return nil, fmt.Errorf("restore filesystem: mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))
+		return nil, fmt.Errorf("restore filesystem: %s: %w: %s", mk[0], err, strings.TrimSpace(string(out)))
 	}
 	if err := os.MkdirAll(f.mnt, 0o755); err != nil {
 		os.Remove(f.img)

@@ -8,8 +8,8 @@ import (
 	"testing"
 )
 
-// TestRestoreFS: a restore's filesystem is a fresh ext4 of its own (not
-// the work directory's), writable where the tool restores; Close leaves
+// TestRestoreFS: a restore's filesystem is a fresh ext4 (or btrfs) of its
+// own (not the work directory's), writable where the tool restores; Close leaves
 // nothing behind; and a filesystem a killed run left mounted is taken
 // down by the next run's clean.
 func TestRestoreFS(t *testing.T) {
@@ -22,7 +22,7 @@ func TestRestoreFS(t *testing.T) {
 		}
 	}
 	work := t.TempDir()
-	f, err := newRestoreFS(work, "vaultnode", restoreFSSize(10<<20, 10<<20, 1000))
+	f, err := newRestoreFS(work, "vaultnode", "ext4", restoreFSSize(10<<20, 10<<20, 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,9 +51,30 @@ func TestRestoreFS(t *testing.T) {
 	if ents, _ := os.ReadDir(work); len(ents) != 0 {
 		t.Fatalf("after Close the work directory holds %v", ents)
 	}
+	// -restore-fstype btrfs: a btrfs, for rollbacks that clone.
+	g, err := newRestoreFS(work, "vaultnode", "btrfs", 300<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(g.mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type != 0x9123683e { // BTRFS_SUPER_MAGIC
+		t.Errorf("-restore-fstype btrfs made a filesystem of type %#x", st.Type)
+	}
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newRestoreFS(work, "vaultnode", "xfs", 300<<20); err == nil {
+		t.Errorf("an unknown filesystem type was accepted")
+	}
+	if ents, _ := os.ReadDir(work); len(ents) != 0 {
+		t.Fatalf("after Close the work directory holds %v", ents)
+	}
 	// A run killed during its restore leaves the filesystem mounted: the
 	// next run's clean unmounts it and removes the image.
-	if _, err := newRestoreFS(work, "restic", 1<<30); err != nil {
+	if _, err := newRestoreFS(work, "restic", "ext4", 1<<30); err != nil {
 		t.Fatal(err)
 	}
 	b := &bench{work: work}
