@@ -201,7 +201,10 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 		return f.pre.fd
 	}
 	for i, off := range chunkOffsets(n, 0, len(n.Chunks)) {
-		if r.ctx.Err() != nil {
+		if err := r.ctx.Err(); err != nil {
+			if f.pre != nil {
+				f.preErr = err // a clone not cleared is never named
+			}
 			return false
 		}
 		c := n.Chunks[i]
