@@ -542,14 +542,19 @@ func TestOverwriteWritesWhatItReads(t *testing.T) {
 	}
 }
 
-// On a filesystem with reflinks (btrfs here) a large file there that is
+// On a filesystem with reflinks (btrfs, XFS) a large file there that is
 // replaced starts as a clone of itself: the chunks found stay where they
 // are, the others are downloaded into it, and what the clone held where the
 // version has other content, zeros or holes is cleared. The result is the
 // version's content and holes, written with a small part of the files'
 // bytes; a kept file leaves no clone behind.
 func TestOverwriteClonesWhereItCan(t *testing.T) {
-	mnt := loopfs.MountBtrfs(t, t.TempDir(), 512<<20)
+	for _, fstype := range []string{"btrfs", "xfs"} {
+		t.Run(fstype, func(t *testing.T) { testOverwriteClones(t, loopfs.Mount(t, t.TempDir(), fstype, 512<<20)) })
+	}
+}
+
+func testOverwriteClones(t *testing.T, mnt string) {
 	h := newHostile(t)
 	h.target = filepath.Join(mnt, "target")
 	must(t, os.Mkdir(h.target, 0o755))

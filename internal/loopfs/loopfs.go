@@ -1,7 +1,7 @@
 // Package loopfs gives tests a real filesystem of a given type on a loop
 // device: a sparse image file in a temporary directory, formatted and
 // mounted for the test and unmounted when it ends. It needs root and the
-// filesystem's mkfs tool (btrfs-progs, installed by .ci/run).
+// filesystem's mkfs tool (btrfs-progs, xfsprogs: installed by .ci/run).
 package loopfs
 
 import (
@@ -16,10 +16,29 @@ import (
 // skipped with a loud message; CI runs as root.
 func MountBtrfs(t testing.TB, dir string, size int64) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED LOUDLY: mounting a btrfs loop filesystem needs root (CI runs as root)")
+	return Mount(t, dir, "btrfs", size)
+}
+
+// mkfs are the commands that make each type of filesystem Mount knows, the
+// image's path last.
+var mkfs = map[string][]string{
+	"btrfs": {"mkfs.btrfs", "-q"},
+	"xfs":   {"mkfs.xfs", "-q", "-f"}, // reflinks by default since xfsprogs 5.1
+}
+
+// Mount makes a filesystem of type fstype (btrfs or xfs) and size bytes on
+// a sparse file in dir and loop-mounts it at dir/mnt, which it returns.
+// Without root the test is skipped with a loud message; CI runs as root.
+func Mount(t testing.TB, dir, fstype string, size int64) string {
+	t.Helper()
+	mk, ok := mkfs[fstype]
+	if !ok {
+		t.Fatalf("loopfs: no filesystem type %q", fstype)
 	}
-	img := filepath.Join(dir, "btrfs.img")
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED LOUDLY: mounting a " + fstype + " loop filesystem needs root (CI runs as root)")
+	}
+	img := filepath.Join(dir, fstype+".img")
 	f, err := os.Create(img)
 	if err != nil {
 		t.Fatal(err)
@@ -31,8 +50,8 @@ func MountBtrfs(t testing.TB, dir string, size int64) string {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mkfs.btrfs", "-q", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.btrfs (install btrfs-progs): %v\n%s", err, out)
+	if out, err := exec.Command(mk[0], append(mk[1:], img)...).CombinedOutput(); err != nil {
+		t.Fatalf("%s (install its package, as .ci/run does): %v\n%s", mk[0], err, out)
 	}
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {

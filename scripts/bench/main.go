@@ -168,7 +168,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "out/bench/results.json", "where to write the results as JSON")
 	warm := fs.Bool("warm", false, "do not drop page caches between phases")
 	freshFS := fs.Bool("restore-fs", true, "restore into a fresh filesystem each time (as root), not a directory of the work directory's")
-	fsType := fs.String("restore-fstype", "ext4", "type of the fresh restore filesystem: ext4 or btrfs (reflinks, which a rollback uses)")
+	fsType := fs.String("restore-fstype", "ext4", "type of the fresh restore filesystem: ext4, btrfs or xfs (reflinks, which a rollback uses)")
 	runs := fs.Int("runs", 1, "repeat everything (fresh corpus and stores) this many times and report the median run of each phase")
 	shape := fs.String("shape", corpus.ShapeCurrent, fmt.Sprintf("corpus shape, one of %v", corpus.Shapes))
 	files := fs.Int("files", 0, "files of the small-files shape (0: 500,000 times -scale)")
@@ -262,7 +262,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	b.logf("caches: %s", res.Caches)
 	b.freshFS, b.fsType = *freshFS, *fsType
 	if _, ok := mkfs[b.fsType]; !ok {
-		return fmt.Errorf("-restore-fstype %q: want ext4 or btrfs", b.fsType)
+		return fmt.Errorf("-restore-fstype %q: want ext4, btrfs or xfs", b.fsType)
 	}
 	res.RestoreFS = restoreFSDir
 	if b.freshFS {

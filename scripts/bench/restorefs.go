@@ -36,10 +36,11 @@ const (
 
 // mkfs are the commands that make a restore filesystem of each type
 // (-restore-fstype), the image's path last: ext4, the common target, and
-// btrfs, whose reflinks a rollback uses.
+// btrfs and XFS, whose reflinks a rollback uses.
 var mkfs = map[string][]string{
 	"ext4":  {"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"},
 	"btrfs": {"mkfs.btrfs", "-q", "-f"},
+	"xfs":   {"mkfs.xfs", "-q", "-f"},
 }
 
 // newRestoreFS makes and mounts a filesystem of type fstype (a key of
@@ -50,7 +51,7 @@ func newRestoreFS(work, tool, fstype string, size int64) (*restoreFS, error) {
 	}
 	mk, ok := mkfs[fstype]
 	if !ok {
-		return nil, fmt.Errorf("restore filesystem: unknown type %q (ext4 or btrfs)", fstype)
+		return nil, fmt.Errorf("restore filesystem: unknown type %q (ext4, btrfs or xfs)", fstype)
 	}
 	f := &restoreFS{img: filepath.Join(work, "restorefs-"+tool+".img"), mnt: filepath.Join(work, "restorefs-"+tool)}
 	if err := f.unmountStale(); err != nil {

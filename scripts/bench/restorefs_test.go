@@ -66,7 +66,7 @@ func TestRestoreFS(t *testing.T) {
 	if err := g.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := newRestoreFS(work, "vaultnode", "xfs", 300<<20); err == nil {
+	if _, err := newRestoreFS(work, "vaultnode", "vfat", 300<<20); err == nil {
 		t.Errorf("an unknown filesystem type was accepted")
 	}
 	if ents, _ := os.ReadDir(work); len(ents) != 0 {
