@@ -28,10 +28,13 @@ import (
 //     only where keeping the inode gives nobody a way to write it that a
 //     new file would not (keepable): someone who could write the old file
 //     and opened it before may still write through that descriptor.
-//   - otherwise the chunks found are copied from it into the new file,
-//     each read again and checked as it is copied (repeats.go: the file
-//     may change meanwhile), and only the others are downloaded; the new
-//     file then replaces it, as before.
+//   - otherwise the chunks found go into the new file and only the others
+//     are downloaded; the new file then replaces it, as before. Those read
+//     once the file is known to be replaced go in as they are read and
+//     checked; those found before are copied at the end, each read again
+//     and checked (repeats.go: the file may change meanwhile). Where the
+//     filesystem has reflinks a large file's new file starts as a clone
+//     of it, and only what differs is written (finishClone).
 //
 // Each such file is one job (never cut into parts), so one worker reads
 // it once. A file that holds none of the version's content (encrypted
@@ -71,7 +74,7 @@ func openThere(f *fileJob) thereFile {
 }
 
 // readAhead is how many small files found at the target a worker opens
-// at once and has the kernel start reading (runThere): one after another,
+// at once and has the kernel start reading (reuseThere): one after another,
 // each cold read waited for the disk alone (docs/performance.md, item 84).
 const readAhead = 16
 
