@@ -3,10 +3,12 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
+
+	"vaultnode/internal/loopfs"
 )
 
 // TestRollbackOverExistingTree: a version restored with -existing
@@ -15,18 +17,31 @@ import (
 // version was; the files the changes did not touch are kept where they
 // are (the agent reads them, downloads nothing for them), and the large
 // file's part before the insertion is copied from the file there.
+//
+// On btrfs the large file, replaced, starts as a clone of itself
+// (reflinks: agentkit/restore, finishClone).
 func TestRollbackOverExistingTree(t *testing.T) {
+	t.Run("ext4", func(t *testing.T) { testRollbackOverExistingTree(t, "") })
+	t.Run("btrfs", func(t *testing.T) { testRollbackOverExistingTree(t, "btrfs") })
+}
+
+func testRollbackOverExistingTree(t *testing.T, fstype string) {
 	e := newEnv(t)
 	g := newGen(t, e.src, 11)
 	g.makeTree(200, 6<<20)
 	want := snapshot(t, e.src)
 	e.a.backup("home")
-	root, r := e.restore(1)
+	to := filepath.Join(e.root, "restore")
+	if fstype != "" {
+		to = filepath.Join(loopfs.Mount(t, t.TempDir(), fstype, 512<<20), "restore")
+	}
+	// -setid: the corpus holds a setgid file (the tests run as root).
+	r := e.a.run("restore", "home@1", "-to", to, "-setid")
 	if r.code != 0 {
 		t.Fatalf("restore: %s", r)
 	}
 	// restore's -to: the source's path is recreated under it.
-	to := strings.TrimSuffix(root, e.src)
+	root := filepath.Join(to, e.src)
 	// A day of changes on the restored copy, then the rollback.
 	newGen(t, root, 12).mutate(1)
 	r = e.a.run("restore", "home@1", "-to", to, "-setid", "-existing", "overwrite")
