@@ -392,18 +392,24 @@ func TestOverwriteBoundsTheSearch(t *testing.T) {
 
 // readBytes is how many bytes this process has read (/proc/self/io's
 // rchar).
-func readBytes(t *testing.T) int64 {
+func readBytes(t *testing.T) int64 { t.Helper(); return procIO(t, "rchar") }
+
+// writtenBytes is how many bytes this process has written (wchar).
+func writtenBytes(t *testing.T) int64 { t.Helper(); return procIO(t, "wchar") }
+
+// procIO is the count field of /proc/self/io.
+func procIO(t *testing.T, field string) int64 {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/io")
 	must(t, err)
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "rchar: "); ok {
+		if v, ok := strings.CutPrefix(l, field+": "); ok {
 			n, err := strconv.ParseInt(v, 10, 64)
 			must(t, err)
 			return n
 		}
 	}
-	t.Fatal("no rchar in /proc/self/io")
+	t.Fatalf("no %s in /proc/self/io", field)
 	return 0
 }
 
@@ -689,21 +695,4 @@ func testOverwriteClones(t *testing.T, mnt string) {
 	if written > 8<<20 {
 		t.Errorf("%.1f MiB written; want at most 8", float64(written)/(1<<20))
 	}
-}
-
-// writtenBytes is how many bytes this process has written (/proc/self/io's
-// wchar).
-func writtenBytes(t *testing.T) int64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/io")
-	must(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "wchar: "); ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			must(t, err)
-			return n
-		}
-	}
-	t.Fatal("no wchar in /proc/self/io")
-	return 0
 }
