@@ -149,7 +149,7 @@ func nameErr(name string, err error) error {
 }
 
 // anonDir is the part of a directory's state the workers share: whether
-// O_TMPFILE failed there.
+// O_TMPFILE, and FICLONE, failed there.
 type anonDir struct {
 	noAnon  atomic.Bool
 	noClone atomic.Bool // FICLONE failed there (inplace.go)

@@ -53,6 +53,9 @@ func newRestoreFS(work, tool, fstype string, size int64) (*restoreFS, error) {
 	if !ok {
 		return nil, fmt.Errorf("restore filesystem: unknown type %q (ext4, btrfs or xfs)", fstype)
 	}
+	if fstype != "ext4" {
+		size = max(size, 512<<20) // mkfs.xfs wants 300 MB at least, mkfs.btrfs 109 MiB (a sparse image)
+	}
 	f := &restoreFS{img: filepath.Join(work, "restorefs-"+tool+".img"), mnt: filepath.Join(work, "restorefs-"+tool)}
 	if err := f.unmountStale(); err != nil {
 		return nil, err

@@ -52,7 +52,7 @@ func TestRestoreFS(t *testing.T) {
 		t.Fatalf("after Close the work directory holds %v", ents)
 	}
 	// -restore-fstype btrfs: a btrfs, for rollbacks that clone.
-	g, err := newRestoreFS(work, "vaultnode", "btrfs", 300<<20)
+	g, err := newRestoreFS(work, "vaultnode", "btrfs", 10<<20) // made larger: mkfs.btrfs's least
 	if err != nil {
 		t.Fatal(err)
 	}
