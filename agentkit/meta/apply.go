@@ -7,7 +7,9 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -20,7 +22,7 @@ import (
 // A directory that already exists is reused. Sockets give ErrSocket, regular
 // files ErrType (use CreateFile).
 func Create(dirfd int, name string, n *tree.Node, opts Options) error {
-	mk := func() error {
+	mk := func(name string) error {
 		switch n.Type {
 		case tree.TypeDir:
 			return unix.Mkdirat(dirfd, name, 0o700)
@@ -42,7 +44,7 @@ func Create(dirfd int, name string, n *tree.Node, opts Options) error {
 	default:
 		return pathErr("create "+n.Type.String(), name, ErrType)
 	}
-	err := mk()
+	err := mk(name)
 	if errors.Is(err, unix.EEXIST) {
 		var stx unix.Statx_t
 		if serr := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE, &stx); serr == nil {
@@ -50,9 +52,13 @@ func Create(dirfd int, name string, n *tree.Node, opts Options) error {
 			switch {
 			case isDir && n.Type == tree.TypeDir:
 				return nil
+			case opts.Replace && sameObject(dirfd, name, n, &stx):
+				return nil // already what n makes: kept (Apply sets the rest)
+			case opts.Replace && !isDir && n.Type != tree.TypeDir:
+				err = replace(dirfd, name, mk)
 			case opts.Replace && !isDir:
 				if err = remove(dirfd, name); err == nil {
-					err = mk()
+					err = mk(name)
 				}
 			}
 		}
@@ -61,6 +67,33 @@ func Create(dirfd int, name string, n *tree.Node, opts Options) error {
 		return pathErr("create "+n.Type.String(), name, err)
 	}
 	return nil
+}
+
+// sameObject reports whether name in dirfd, of type stx.Mode, is the
+// object Create would make for n: a symlink to the same target bytes, a
+// FIFO, a device node of the same number. Replacing it would change
+// nothing but its inode.
+func sameObject(dirfd int, name string, n *tree.Node, stx *unix.Statx_t) bool {
+	switch typ := stx.Mode & unix.S_IFMT; n.Type {
+	case tree.TypeSymlink:
+		if typ != unix.S_IFLNK {
+			return false
+		}
+		buf := make([]byte, len(n.Target)+1) // one more: a longer target shows
+		k, err := unix.Readlinkat(dirfd, name, buf)
+		return err == nil && bytes.Equal(buf[:k], n.Target)
+	case tree.TypeFIFO:
+		return typ == unix.S_IFIFO
+	case tree.TypeChar, tree.TypeBlock:
+		want := uint32(unix.S_IFCHR)
+		if n.Type == tree.TypeBlock {
+			want = unix.S_IFBLK
+		}
+		var st unix.Stat_t
+		return uint32(typ) == want && unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+			st.Mode&unix.S_IFMT == want && st.Rdev == n.Rdev
+	}
+	return false
 }
 
 // CreateFile creates a regular file named name in dirfd for writing (and
@@ -100,10 +133,12 @@ func CreateFDMode(dirfd int, name string, perm uint32, opts Options) (int, error
 // node with LinkTo). An immutable or append-only file cannot be linked: set
 // such flags after the last link.
 func Link(olddirfd int, oldname string, dirfd int, name string, opts Options) error {
-	err := unix.Linkat(olddirfd, oldname, dirfd, name, 0)
+	mk := func(name string) error { return unix.Linkat(olddirfd, oldname, dirfd, name, 0) }
+	err := mk(name)
 	if errors.Is(err, unix.EEXIST) && opts.Replace {
-		if err = remove(dirfd, name); err == nil {
-			err = unix.Linkat(olddirfd, oldname, dirfd, name, 0)
+		var src unix.Stat_t
+		if err = unix.Fstatat(olddirfd, oldname, &src, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+			err = replaceLink(dirfd, name, &src, mk)
 		}
 	}
 	if err != nil {
@@ -117,23 +152,69 @@ func Link(olddirfd int, oldname string, dirfd int, name string, opts Options) er
 // needs CAP_DAC_READ_SEARCH), else through /proc/self/fd. The link is to
 // exactly that inode, whatever its old name points to meanwhile.
 func LinkFD(src int, dirfd int, name string, opts Options) error {
-	mk := func() error {
+	mk := func(name string) error {
 		err := unix.Linkat(src, "", dirfd, name, unix.AT_EMPTY_PATH)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
 			err = unix.Linkat(unix.AT_FDCWD, fdPath(src), dirfd, name, unix.AT_SYMLINK_FOLLOW)
 		}
 		return err
 	}
-	err := mk()
+	err := mk(name)
 	if errors.Is(err, unix.EEXIST) && opts.Replace {
-		if err = remove(dirfd, name); err == nil {
-			err = mk()
+		var st unix.Stat_t
+		if err = unix.Fstat(src, &st); err == nil {
+			err = replaceLink(dirfd, name, &st, mk)
 		}
 	}
 	if err != nil {
 		return pathErr("link", name, err)
 	}
 	return nil
+}
+
+// TempName is a temporary name beside name (in its directory when name is
+// a relative path), for an object made complete under it and then renamed
+// onto name.
+func TempName(name string) string {
+	dir, base := "", name
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		dir, base = name[:i+1], name[i+1:]
+	}
+	if len(base) > 200 {
+		base = base[:200]
+	}
+	return dir + "." + base + ".vaultnode-" + strconv.FormatInt(time.Now().UnixNano(), 10)
+}
+
+// replace puts a new object at name, which holds a non-directory, in one
+// step: mk makes it under a temporary name, which is renamed onto name
+// (immutable and append-only flags cleared first). Removing the old one
+// and then making the new one left neither at the name for a moment, and
+// nothing there at all when the process died in it.
+func replace(dirfd int, name string, mk func(string) error) error {
+	tmp := TempName(name)
+	if err := mk(tmp); err != nil {
+		return err
+	}
+	err := Unprotect(dirfd, name)
+	if err == nil {
+		err = unix.Renameat(dirfd, tmp, dirfd, name)
+	}
+	if err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
+	}
+	return err
+}
+
+// replaceLink replaces name with a link that mk makes, unless name is a
+// link to src's inode already: renaming one link of an inode onto another
+// does nothing and would leave the temporary name.
+func replaceLink(dirfd int, name string, src *unix.Stat_t, mk func(string) error) error {
+	var there unix.Stat_t
+	if unix.Fstatat(dirfd, name, &there, unix.AT_SYMLINK_NOFOLLOW) == nil && there.Dev == src.Dev && there.Ino == src.Ino {
+		return nil
+	}
+	return replace(dirfd, name, mk)
 }
 
 // remove deletes a non-directory, clearing immutable and append-only first.

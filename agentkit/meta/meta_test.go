@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -651,6 +652,99 @@ func TestHardLinks(t *testing.T) {
 	if a.Ino != b.Ino || a.Dev != b.Dev || a.Nlink != 2 {
 		t.Errorf("a %d/%d/%d b %d/%d", a.Dev, a.Ino, a.Nlink, b.Dev, b.Ino)
 	}
+	// A link that replaces another file, and one that is there already,
+	// through a descriptor.
+	os.WriteFile(filepath.Join(src, "b", "h"), []byte("other"), 0o644)
+	fd, err := unix.Open(filepath.Join(src, "a", "f"), unix.O_PATH, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	bfd := openDir(t, filepath.Join(src, "b"))
+	for _, name := range []string{"h", "g"} {
+		if err := LinkFD(fd, bfd, name, Options{Replace: true}); err != nil {
+			t.Errorf("replace %s by a link: %v", name, err)
+		}
+		if h := mustLstat(t, bfd, name); h.Ino != a.Ino {
+			t.Errorf("%s is not a link of a/f", name)
+		}
+	}
+	requireOnly(t, filepath.Join(src, "b"), "g", "h")
+}
+
+// Replacing a non-directory puts the new object at the name in one
+// rename: no temporary name stays, whatever was there.
+func TestCreateReplaces(t *testing.T) {
+	dst := t.TempDir()
+	dfd := openDir(t, dst)
+	os.WriteFile(filepath.Join(dst, "f"), []byte("file"), 0o644)
+	unix.Symlinkat("old", dfd, "s")
+	unix.Mknodat(dfd, "p", unix.S_IFIFO|0o600, 0)
+	for _, name := range []string{"f", "s", "p"} {
+		if err := Create(dfd, name, &tree.Node{Type: tree.TypeSymlink, Target: []byte("new-" + name)}, Options{Replace: true}); err != nil {
+			t.Errorf("replace %s by a symlink: %v", name, err)
+		}
+		if got, err := os.Readlink(filepath.Join(dst, name)); err != nil || got != "new-"+name {
+			t.Errorf("%s -> %q (%v), want new-%s", name, got, err, name)
+		}
+	}
+	if err := Create(dfd, "f", &tree.Node{Type: tree.TypeFIFO}, Options{Replace: true}); err != nil {
+		t.Errorf("replace a symlink by a FIFO: %v", err)
+	}
+	if n := mustLstat(t, dfd, "f"); n.Type != tree.TypeFIFO {
+		t.Errorf("f is a %v, want a FIFO", n.Type)
+	}
+	requireOnly(t, dst, "f", "p", "s")
+	// What is already the object asked for is kept (same inode); a
+	// symlink whose target only starts like the one asked for is not.
+	unix.Symlinkat("new-s-and-more", dfd, "longer")
+	for _, tc := range []struct {
+		name string
+		n    tree.Node
+		kept bool
+	}{
+		{"s", tree.Node{Type: tree.TypeSymlink, Target: []byte("new-s")}, true},
+		{"f", tree.Node{Type: tree.TypeFIFO}, true},
+		{"p", tree.Node{Type: tree.TypeFIFO}, false},
+		{"longer", tree.Node{Type: tree.TypeSymlink, Target: []byte("new-s")}, false},
+		{"s", tree.Node{Type: tree.TypeSymlink, Target: []byte("new-s2")}, false},
+	} {
+		var before, after unix.Stat_t
+		if err := unix.Fstatat(dfd, tc.name, &before, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+		if err := Create(dfd, tc.name, &tc.n, Options{Replace: true}); err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if err := unix.Fstatat(dfd, tc.name, &after, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+		if kept := before.Ino == after.Ino; kept != tc.kept {
+			t.Errorf("%s as %s %q: kept %v, want %v", tc.name, tc.n.Type, tc.n.Target, kept, tc.kept)
+		}
+		if tc.n.Type == tree.TypeSymlink {
+			if got, _ := os.Readlink(filepath.Join(dst, tc.name)); got != string(tc.n.Target) {
+				t.Errorf("%s -> %q, want %q", tc.name, got, tc.n.Target)
+			}
+		}
+	}
+	requireOnly(t, dst, "f", "longer", "p", "s")
+}
+
+// requireOnly fails unless dir holds exactly names.
+func requireOnly(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range ents {
+		got = append(got, e.Name())
+	}
+	if !slices.Equal(got, names) {
+		t.Errorf("%s holds %q, want %q", dir, got, names)
+	}
 }
 
 func TestIDNames(t *testing.T) {
@@ -696,6 +790,18 @@ func BenchmarkLstat(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, err := Lstat(fd, "f"); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestTempName(t *testing.T) {
+	for _, tc := range []struct{ name, prefix string }{
+		{"f", ".f.vaultnode-"},
+		{"b/g", "b/.g.vaultnode-"},
+		{"a/b/" + strings.Repeat("x", 250), "a/b/." + strings.Repeat("x", 200) + ".vaultnode-"},
+	} {
+		if got := TempName(tc.name); !strings.HasPrefix(got, tc.prefix) || len(got) > len(tc.prefix)+20 {
+			t.Errorf("TempName(%q) = %q, want %q and digits", tc.name, got, tc.prefix)
 		}
 	}
 }
