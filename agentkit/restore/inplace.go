@@ -217,7 +217,11 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			continue
 		}
 		if off < 0 {
-			all = false // straddles extents: downloaded
+			// Straddles extents (a sparse file's data is chunked as one
+			// stream): checked piece by piece, so that a file holding
+			// all of the version is kept; when the file is replaced it
+			// is downloaded (a copy reads one range).
+			all = all && w.holdsSpread(rd, ext, total-int64(c.Len), c, size)
 			continue
 		}
 		dst := -1
@@ -473,6 +477,42 @@ func (w *fileWriter) holds(fd int, off int64, c tree.ChunkRef, dst int) bool {
 		left -= int64(len(p))
 	}
 	return w.h.ID() == c.ID
+}
+
+// holdsSpread reports whether fd (size bytes) holds the chunk c whose
+// data starts start bytes into the version's data, laid out over the
+// extents ext: read and hashed range by range.
+func (w *fileWriter) holdsSpread(fd int, ext []tree.Extent, start int64, c tree.ChunkRef, size int64) bool {
+	w.h.Reset()
+	left := int64(c.Len)
+	var edata int64 // data bytes before extent e
+	for _, e := range ext {
+		if left == 0 {
+			break
+		}
+		if start >= edata+e.Len {
+			edata += e.Len
+			continue
+		}
+		off := e.Off + start - edata
+		k := min(left, edata+e.Len-start)
+		if off+k > size {
+			return false
+		}
+		for k > 0 {
+			p := w.pieceOf(k)
+			if preadAll(fd, p, off) != nil {
+				return false
+			}
+			w.h.Write(p)
+			off += int64(len(p))
+			k -= int64(len(p))
+			start += int64(len(p))
+			left -= int64(len(p))
+		}
+		edata += e.Len
+	}
+	return left == 0 && w.h.ID() == c.ID
 }
 
 // holesZero reports whether the file fd, size bytes, reads as zeros

@@ -150,13 +150,31 @@ func testOverwriteReusesWhatIsThere(t *testing.T) {
 	must(t, err)
 	must(t, holey.Truncate(sp.Size))
 	must(t, holey.Close())
+	// Sparse, a chunk straddling its two extents (the data is chunked as
+	// one stream), all of it there: kept.
+	ss := file("d/sparse-straddling")
+	ss.Size, ss.Sparse, ss.Mtime = 1<<20, true, mtime
+	ss.Extents = []tree.Extent{{Off: 0, Len: 3*chunk + 100}, {Off: 512 << 10, Len: 3*chunk - 100}}
+	straddling := random(6 * chunk)
+	ss.Chunks = h.src.put(straddling, chunk)
+	fullStraddling := make([]byte, ss.Size)
+	copy(fullStraddling, straddling[:3*chunk+100])
+	copy(fullStraddling[512<<10:], straddling[3*chunk+100:])
+	holey, err = os.OpenFile(at("sparse-straddling"), os.O_CREATE|os.O_WRONLY, 0o644)
+	must(t, err)
+	_, err = holey.WriteAt(fullStraddling[:3*chunk+100], 0)
+	must(t, err)
+	_, err = holey.WriteAt(fullStraddling[512<<10:512<<10+3*chunk-100], 512<<10)
+	must(t, err)
+	must(t, holey.Truncate(ss.Size))
+	must(t, holey.Close())
 	// A file with a second name: replaced, the other name keeps the old
 	// inode.
 	ln := file("d/linked")
 	ln.Size, ln.Chunks, ln.Mtime = int64(len(linked)), h.src.put(linked, chunk), mtime
 	must(t, os.WriteFile(at("linked"), linked, 0o644))
 	must(t, os.Link(at("linked"), at("linked-elsewhere")))
-	nodes = append(nodes, sp, sk, ln)
+	nodes = append(nodes, sp, sk, ss, ln)
 	slices.SortFunc(nodes, func(a, b tree.Node) int { return tree.Compare(a.Path, b.Path) })
 
 	before := map[string]uint64{}
@@ -175,6 +193,7 @@ func testOverwriteReusesWhatIsThere(t *testing.T) {
 	cases = append(cases,
 		tc{name: "sparse", data: full, fetched: 0},
 		tc{name: "sparse-kept", data: full, kept: true},
+		tc{name: "sparse-straddling", data: fullStraddling, kept: true},
 		tc{name: "linked", data: linked})
 	var kept int64
 	for _, c := range cases {
