@@ -127,6 +127,10 @@ func (w *fileWriter) giveName(o *openFile) error {
 		// meanwhile, which a process killed then left behind. Started
 		// now, before the file has any name, the rename finds it done.
 		_ = unix.SyncFileRange(o.fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		if replace {
+			// Its flags, too, are cleared before the link.
+			_ = meta.Unprotect(o.dir.fd, o.name)
+		}
 	}
 	if o.anon {
 		if o.fresh {
@@ -147,8 +151,8 @@ func (w *fileWriter) giveName(o *openFile) error {
 		}
 		o.tmp, o.anon = tmp, false
 	}
-	if replace {
-		_ = meta.Unprotect(o.dir.fd, o.name)
+	if replace && o.fresh {
+		_ = meta.Unprotect(o.dir.fd, o.name) // what appeared meanwhile
 	}
 	return nameErr(o.name, rename(o.dir.fd, o.tmp, o.name, replace))
 }
