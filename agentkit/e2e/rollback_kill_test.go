@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"math/rand/v2"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"vaultnode/internal/loopfs"
+)
+
+// TestRollbackKills SIGKILLs the agent at random instants of rollbacks (a
+// version restored with -existing overwrite over a copy of the tree
+// changed since: files replaced, a large file with an insertion rebuilt
+// from the one there, deleted files and a directory made again, a hard
+// link and symlinks replaced). After each kill every name there is what
+// it was before the rollback or the version's, whole (content, type,
+// link target): nothing half-written, nothing lost, no temporary file
+// beside one. A rollback run to its end then gives the version. On btrfs
+// the large file is rebuilt from a clone of itself (reflinks).
+//
+// VAULTNODE_ROLLBACK_KILLS kills must land while the rollback runs, 6 by
+// default (`make test`).
+func TestRollbackKills(t *testing.T) {
+	t.Run("ext4", func(t *testing.T) { testRollbackKills(t, "") })
+	t.Run("btrfs", func(t *testing.T) { testRollbackKills(t, "btrfs") })
+}
+
+// tempLeft matches the temporary name a replaced object has for the
+// moment between its link and its rename (meta.TempName).
+var tempLeft = regexp.MustCompile(`^(.*/)?\.([^/]*)\.vaultnode-[0-9]+$`)
+
+func testRollbackKills(t *testing.T, fstype string) {
+	want := envKills(t, "VAULTNODE_ROLLBACK_KILLS", 6)
+	e := newEnv(t)
+	g := newGen(t, e.src, 21)
+	g.makeTree(200, 24<<20)
+	version := snapshot(t, e.src)
+	e.a.backup("home")
+	to := filepath.Join(e.root, "restore")
+	if fstype != "" {
+		to = filepath.Join(loopfs.Mount(t, t.TempDir(), fstype, 768<<20), "restore")
+	}
+	if r := e.a.run("restore", "home@1", "-to", to, "-setid"); r.code != 0 {
+		t.Fatalf("restore: %s", r)
+	}
+	root := filepath.Join(to, e.src)
+	rollback := []string{"restore", "home@1", "-to", to, "-setid", "-existing", "overwrite"}
+	// inVersion is what of root the version has (a rollback removes
+	// nothing it lacks).
+	inVersion := func(s map[string]entryState) map[string]entryState {
+		for p := range s {
+			if _, ok := version[p]; !ok {
+				delete(s, p)
+			}
+		}
+		return s
+	}
+	mut := newGen(t, root, 22)
+	mut.mutate(0)
+	start := time.Now()
+	if r := e.a.run(rollback...); r.code != 0 {
+		t.Fatalf("rollback: %s", r)
+	}
+	est := time.Since(start)
+	compareTrees(t, "rollback run to its end", version, inVersion(snapshot(t, root)))
+
+	rnd := rand.New(rand.NewPCG(23, uint64(len(fstype))))
+	landed, round := 0, 1
+	for ; landed < want; round++ {
+		if round > 3*want {
+			t.Fatalf("only %d of %d kills landed while the rollback ran (it takes about %v); %d needed", landed, round-1, est, want)
+		}
+		mut.mutate(round)
+		before := snapshot(t, root)
+		d := time.Duration(float64(est) * (0.1 + 0.9*rnd.Float64()))
+		p := startAgentProc(t, e.a, rollback...)
+		time.Sleep(d)
+		killed := p.kill()
+		if killed {
+			landed++
+		}
+		after := snapshot(t, root)
+		var bad []string
+		for path, a := range after {
+			b, wasThere := before[path]
+			v, inVersion := version[path]
+			if (wasThere && sameWhole(a, b)) || (inVersion && sameWhole(a, v)) {
+				continue
+			}
+			if m := tempLeft.FindStringSubmatch(path); m != nil {
+				// Killed between a replacement's link and its rename: the
+				// temporary name must hold the version's whole file.
+				if v, ok := version[m[1]+m[2]]; ok && sameWhole(a, v) {
+					t.Logf("round %d: %s left, the version's %s whole (killed between its link and its rename)", round, path, m[1]+m[2])
+					continue
+				}
+			}
+			bad = append(bad, path+": neither what was there nor the version's ("+a.Type+")")
+		}
+		for path := range before {
+			if _, ok := after[path]; !ok {
+				bad = append(bad, path+": there before the rollback, gone after the kill")
+			}
+		}
+		if len(bad) > 0 {
+			sort.Strings(bad)
+			t.Fatalf("round %d, killed %v into a rollback (%v to its end), %d wrong:\n  %s\n%s", round, d, est, len(bad), strings.Join(bad[:min(len(bad), 20)], "\n  "), p.out)
+		}
+		t.Logf("round %d: killed %v into a rollback: %s; every name old or the version's", round, d, landedWord(killed))
+	}
+	if r := e.a.run(rollback...); r.code != 0 {
+		t.Fatalf("rollback after the kills: %s", r)
+	}
+	compareTrees(t, "rollback after the kills", version, inVersion(snapshot(t, root)))
+	t.Logf("%d kills of %d rounds landed while a rollback ran (about %v to its end)", landed, round-1, est)
+}
+
+// sameWhole reports whether a and b are the same object as far as a
+// killed restore must keep it whole: type, content, link target. Modes
+// and times are set once an object is in place, so a kill may land
+// before them.
+func sameWhole(a, b entryState) bool {
+	return a.Type == b.Type && a.Size == b.Size && a.Sum == b.Sum && a.Target == b.Target
+}
