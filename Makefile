@@ -27,8 +27,9 @@ test: build ## run every test (unit, end to end, crash, image in QEMU)
 	@# with its reason and "N passed, N failed, N skipped"; with CI set, a skip not in .ci/allowed-skips fails.
 	set -o pipefail; $(GO) test -count=1 -timeout 60m -json ./... | $(BIN)/testreport -allow .ci/allowed-skips
 
-soak: build ## the long crash runs: 100 SIGKILLs of vaultd and agents, 60 during garbage collection, 30 power cuts of the image, 300 faults of a pair, a dead appliance of a pair replaced (VAULTNODE_KILLS, VAULTNODE_GC_KILLS, VAULTNODE_POWERCUTS, VAULTNODE_PAIR_FAULTS, VAULTNODE_PAIR_REPLACE)
+soak: build ## the long crash runs: 100 SIGKILLs of vaultd and agents, 100 of rollbacks, 60 during garbage collection, 30 power cuts of the image, 300 faults of a pair, a dead appliance of a pair replaced (VAULTNODE_KILLS, VAULTNODE_ROLLBACK_KILLS, VAULTNODE_GC_KILLS, VAULTNODE_POWERCUTS, VAULTNODE_PAIR_FAULTS, VAULTNODE_PAIR_REPLACE)
 	VAULTNODE_KILLS=$${VAULTNODE_KILLS:-100} $(GO) test -count=1 -timeout 90m -v -run 'TestRandomKills' ./agentkit/e2e/
+	VAULTNODE_ROLLBACK_KILLS=$${VAULTNODE_ROLLBACK_KILLS:-100} $(GO) test -count=1 -timeout 30m -v -run 'TestRollbackKills' ./agentkit/e2e/
 	VAULTNODE_GC_KILLS=$${VAULTNODE_GC_KILLS:-60} $(GO) test -count=1 -timeout 90m -v -run 'TestCollectKills' ./agentkit/e2e/
 	VAULTNODE_POWERCUTS=$${VAULTNODE_POWERCUTS:-30} $(GO) test -count=1 -timeout 90m -v -run 'TestPowerCutVolatileCache' ./hwtest/
 	VAULTNODE_PAIR_FAULTS=$${VAULTNODE_PAIR_FAULTS:-300} $(GO) test -count=1 -timeout 120m -v -run 'TestPairRandomFaults' ./agentkit/e2e/
