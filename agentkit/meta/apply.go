@@ -57,7 +57,9 @@ func Create(dirfd int, name string, n *tree.Node, opts Options) error {
 			case opts.Replace && !isDir && n.Type != tree.TypeDir:
 				err = replace(dirfd, name, mk)
 			case opts.Replace && !isDir:
-				if err = remove(dirfd, name); err == nil {
+				err = replaceByDir(dirfd, name)
+			case opts.Replace:
+				if err = RemoveEmptyDir(dirfd, name); err == nil {
 					err = mk(name)
 				}
 			}
@@ -215,6 +217,49 @@ func replaceLink(dirfd int, name string, src *unix.Stat_t, mk func(string) error
 		return nil
 	}
 	return replace(dirfd, name, mk)
+}
+
+// replaceByDir puts a new directory (mode 0700) at name, which holds a
+// non-directory: made under a temporary name and exchanged with it
+// (RENAME_EXCHANGE), then the old object, now under the temporary name,
+// removed. Where the filesystem cannot exchange, the old object is
+// removed first.
+func replaceByDir(dirfd int, name string) error {
+	tmp := TempName(name)
+	if err := unix.Mkdirat(dirfd, tmp, 0o700); err != nil {
+		return err
+	}
+	err := Unprotect(dirfd, name)
+	if err == nil {
+		err = unix.Renameat2(dirfd, tmp, dirfd, name, unix.RENAME_EXCHANGE)
+	}
+	if err == nil {
+		return unix.Unlinkat(dirfd, tmp, 0)
+	}
+	unix.Unlinkat(dirfd, tmp, unix.AT_REMOVEDIR)
+	if err != unix.EINVAL && err != unix.ENOSYS {
+		return err
+	}
+	if err = remove(dirfd, name); err == nil {
+		err = unix.Mkdirat(dirfd, name, 0o700)
+	}
+	return err
+}
+
+// ErrDirNotEmpty: a directory is where the version has another type of
+// object, and it is not empty. A restore does not delete what the version
+// lacks, so the object is not restored there.
+var ErrDirNotEmpty = errors.New("a directory that is not empty is there; the version's object was not put in its place (move the directory away and restore again)")
+
+// RemoveEmptyDir removes the directory name, which is to be replaced by
+// an object of another type, when it is empty (ErrDirNotEmpty when not).
+func RemoveEmptyDir(dirfd int, name string) error {
+	_ = Unprotect(dirfd, name)
+	err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	if err == unix.ENOTEMPTY || err == unix.EEXIST {
+		return ErrDirNotEmpty
+	}
+	return err
 }
 
 // remove deletes a non-directory, clearing immutable and append-only first.

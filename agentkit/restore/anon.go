@@ -154,7 +154,15 @@ func (w *fileWriter) giveName(o *openFile) error {
 	if replace && o.fresh {
 		_ = meta.Unprotect(o.dir.fd, o.name) // what appeared meanwhile
 	}
-	return nameErr(o.name, rename(o.dir.fd, o.tmp, o.name, replace))
+	err := rename(o.dir.fd, o.tmp, o.name, replace)
+	if err == unix.EISDIR && replace {
+		// A directory where the version has this file: replaced when
+		// empty, else left as it is, the file not restored.
+		if err = meta.RemoveEmptyDir(o.dir.fd, o.name); err == nil {
+			err = rename(o.dir.fd, o.tmp, o.name, replace)
+		}
+	}
+	return nameErr(o.name, err)
 }
 
 func nameErr(name string, err error) error {

@@ -149,3 +149,54 @@ func testExistingAppearsMeanwhile(t *testing.T) {
 		})
 	}
 }
+
+// -existing overwrite where the object there is of another type than the
+// version's: a file, symlink or FIFO where the version has a directory is
+// replaced by it; an empty directory where it has a file or a symlink is
+// replaced; a directory with something in it is left as it is, reported,
+// since a restore deletes nothing the version lacks. Nothing else stays.
+func TestOverwriteChangesTypes(t *testing.T) { forEachNaming(t, testOverwriteChangesTypes) }
+
+func testOverwriteChangesTypes(t *testing.T) {
+	h := newHostile(t)
+	at := func(p string) string { return filepath.Join(h.target, p) }
+	must(t, os.WriteFile(at("d"), []byte("a file where the version has a directory\n"), 0o644))
+	must(t, os.Symlink("elsewhere", at("ds")))
+	must(t, unix.Mkfifo(at("dp"), 0o600))
+	for _, p := range []string{"e", "es", "full", "fulls"} {
+		must(t, os.Mkdir(at(p), 0o755))
+	}
+	for _, p := range []string{"full/kept", "fulls/kept"} {
+		must(t, os.WriteFile(at(p), []byte("not in the version\n"), 0o644))
+	}
+	o := h.options()
+	o.Existing = Overwrite
+	symlink := func(p string) tree.Node {
+		return tree.Node{Path: []byte(p), Type: tree.TypeSymlink, Target: []byte("target-" + p)}
+	}
+	res, err := h.restore(o, dir("d"), h.content("d/in", "in d\n"), dir("dp"), dir("ds"),
+		h.content("e", "was an empty directory\n"), symlink("es"),
+		h.content("full", "the version's file\n"), symlink("fulls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.requireOutsideUnchanged()
+	noTemporaries(t, h.target)
+	requireContent(t, at("d/in"), "in d\n")
+	for _, p := range []string{"dp", "ds"} {
+		if fi, err := os.Lstat(at(p)); err != nil || !fi.IsDir() {
+			t.Errorf("%s: %v, want the version's directory", p, err)
+		}
+	}
+	requireContent(t, at("e"), "was an empty directory\n")
+	if got, err := os.Readlink(at("es")); err != nil || got != "target-es" {
+		t.Errorf("es -> %q (%v), want target-es", got, err)
+	}
+	for _, p := range []string{"full", "fulls"} {
+		requireContent(t, at(p+"/kept"), "not in the version\n")
+		requireReported(t, "problem", res.Problems, p, "not empty")
+	}
+	if len(res.Problems) != 2 {
+		t.Errorf("problems %q, want the two full directories'", res.Problems)
+	}
+}

@@ -496,7 +496,8 @@ func TestHostileAbsurdSizes(t *testing.T) {
 
 // Symlinks to outside planted in the target before the restore, at the
 // names of a directory, a file and a hard link, are never written
-// through, whatever the policy for existing objects.
+// through, whatever the policy for existing objects; overwrite replaces
+// them.
 func TestHostileExistingSymlinks(t *testing.T) {
 	for _, existing := range []Existing{Skip, Overwrite, KeepBoth} {
 		t.Run(string(existing), func(t *testing.T) {
@@ -519,9 +520,18 @@ func TestHostileExistingSymlinks(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.requireOutsideUnchanged()
-			// A directory never replaces what is there (as before).
-			requireReported(t, "problem", res.Problems, "d", "exists")
-			requireReported(t, "problem", res.Problems, "d/x", "not a directory")
+			if existing == Overwrite {
+				// The symlink is replaced by the directory, which is
+				// restored into (nothing outside is touched: above).
+				if fi, err := os.Lstat(filepath.Join(h.target, "d")); err != nil || !fi.IsDir() {
+					t.Errorf("d: %v, want the version's directory in place of the symlink", err)
+				}
+				requireContent(t, filepath.Join(h.target, "d/x"), "restored x\n")
+			} else {
+				// Otherwise a directory never replaces what is there.
+				requireReported(t, "problem", res.Problems, "d", "exists")
+				requireReported(t, "problem", res.Problems, "d/x", "not a directory")
+			}
 			if existing == Overwrite {
 				requireContent(t, filepath.Join(h.target, "f"), "restored f\n")
 				requireContent(t, filepath.Join(h.target, "l"), "restored g\n")

@@ -473,7 +473,10 @@ func (r *restorer) place(n *tree.Node) error {
 		// another filesystem, not part of the version.
 		created := unix.Mkdirat(parent.fd, string(name), 0o700) == nil
 		if !created {
-			if err := meta.Create(parent.fd, string(name), n, r.o.Meta); err != nil {
+			// -existing overwrite: a non-directory there is replaced.
+			opts := r.o.Meta
+			opts.Replace = r.o.Existing == Overwrite
+			if err := meta.Create(parent.fd, string(name), n, opts); err != nil {
 				return err
 			}
 		}
