@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -59,8 +59,11 @@ func Create(dirfd int, name string, n *tree.Node, opts Options) error {
 			case opts.Replace && !isDir:
 				err = replaceByDir(dirfd, name)
 			case opts.Replace:
-				if err = RemoveEmptyDir(dirfd, name); err == nil {
-					err = mk(name)
+				var tmp string
+				if tmp, err = MakeTemp(dirfd, name, mk); err == nil {
+					if err = ExchangeDir(dirfd, tmp, name); err != nil {
+						unix.Unlinkat(dirfd, tmp, 0)
+					}
 				}
 			}
 		}
@@ -174,9 +177,9 @@ func LinkFD(src int, dirfd int, name string, opts Options) error {
 	return nil
 }
 
-// TempName is a temporary name beside name (in its directory when name is
-// a relative path), for an object made complete under it and then renamed
-// onto name.
+// TempName is the temporary name beside name (in its directory when name
+// is a relative path), for an object made complete under it and then
+// renamed onto name: ".NAME.vaultnode-tmp", the same on every run.
 func TempName(name string) string {
 	dir, base := "", name
 	if i := strings.LastIndexByte(name, '/'); i >= 0 {
@@ -185,7 +188,27 @@ func TempName(name string) string {
 	if len(base) > 200 {
 		base = base[:200]
 	}
-	return dir + "." + base + ".vaultnode-" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	return dir + "." + base + ".vaultnode-tmp"
+}
+
+// MakeTemp makes an object with mk at name's temporary name (TempName)
+// and returns that name. What is already there, left by a process killed
+// between making such an object and renaming it (a file, a symlink, an
+// empty directory), is removed and the object made again, so a restore
+// run again clears what a killed one left at the names it replaces.
+func MakeTemp(dirfd int, name string, mk func(tmp string) error) (string, error) {
+	tmp := TempName(name)
+	err := mk(tmp)
+	if errors.Is(err, unix.EEXIST) {
+		_ = Unprotect(dirfd, tmp)
+		if err = unix.Unlinkat(dirfd, tmp, 0); err == unix.EISDIR {
+			err = unix.Unlinkat(dirfd, tmp, unix.AT_REMOVEDIR)
+		}
+		if err == nil {
+			err = mk(tmp)
+		}
+	}
+	return tmp, err
 }
 
 // replace puts a new object at name, which holds a non-directory, in one
@@ -194,12 +217,11 @@ func TempName(name string) string {
 // and then making the new one left neither at the name for a moment, and
 // nothing there at all when the process died in it.
 func replace(dirfd int, name string, mk func(string) error) error {
-	tmp := TempName(name)
-	if err := mk(tmp); err != nil {
+	tmp, err := MakeTemp(dirfd, name, mk)
+	if err != nil {
 		return err
 	}
-	err := Unprotect(dirfd, name)
-	if err == nil {
+	if err = Unprotect(dirfd, name); err == nil {
 		err = unix.Renameat(dirfd, tmp, dirfd, name)
 	}
 	if err != nil {
@@ -225,11 +247,11 @@ func replaceLink(dirfd int, name string, src *unix.Stat_t, mk func(string) error
 // removed. Where the filesystem cannot exchange, the old object is
 // removed first.
 func replaceByDir(dirfd int, name string) error {
-	tmp := TempName(name)
-	if err := unix.Mkdirat(dirfd, tmp, 0o700); err != nil {
+	tmp, err := MakeTemp(dirfd, name, func(tmp string) error { return unix.Mkdirat(dirfd, tmp, 0o700) })
+	if err != nil {
 		return err
 	}
-	err := Unprotect(dirfd, name)
+	err = Unprotect(dirfd, name)
 	if err == nil {
 		err = unix.Renameat2(dirfd, tmp, dirfd, name, unix.RENAME_EXCHANGE)
 	}
@@ -251,15 +273,45 @@ func replaceByDir(dirfd int, name string) error {
 // lacks, so the object is not restored there.
 var ErrDirNotEmpty = errors.New("a directory that is not empty is there; the version's object was not put in its place (move the directory away and restore again)")
 
-// RemoveEmptyDir removes the directory name, which is to be replaced by
-// an object of another type, when it is empty (ErrDirNotEmpty when not).
-func RemoveEmptyDir(dirfd int, name string) error {
+// ExchangeDir puts the object at tmp (a non-directory) in place of the
+// directory name when that is empty: the two are exchanged
+// (RENAME_EXCHANGE) and the directory, now at tmp, removed, so name is
+// never without an object. A directory with anything in it stays at name
+// (ErrDirNotEmpty), as does one given something meanwhile (exchanged
+// back); the object at tmp is then the caller's to remove. Where the
+// filesystem cannot exchange, the empty directory is removed first.
+func ExchangeDir(dirfd int, tmp, name string) error {
+	if !emptyDir(dirfd, name) {
+		return ErrDirNotEmpty
+	}
 	_ = Unprotect(dirfd, name)
-	err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	err := unix.Renameat2(dirfd, tmp, dirfd, name, unix.RENAME_EXCHANGE)
+	if err == unix.EINVAL || err == unix.ENOSYS {
+		if err = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err == nil {
+			err = unix.Renameat(dirfd, tmp, dirfd, name)
+		}
+	} else if err == nil {
+		if err = unix.Unlinkat(dirfd, tmp, unix.AT_REMOVEDIR); err != nil {
+			unix.Renameat2(dirfd, tmp, dirfd, name, unix.RENAME_EXCHANGE) // back as it was
+		}
+	}
 	if err == unix.ENOTEMPTY || err == unix.EEXIST {
 		return ErrDirNotEmpty
 	}
 	return err
+}
+
+// emptyDir reports whether name in dirfd is a directory with nothing in
+// it (not following a symlink).
+func emptyDir(dirfd int, name string) bool {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	return len(names) == 0 && err == io.EOF
 }
 
 // remove deletes a non-directory, clearing immutable and append-only first.

@@ -795,13 +795,34 @@ func BenchmarkLstat(b *testing.B) {
 }
 
 func TestTempName(t *testing.T) {
-	for _, tc := range []struct{ name, prefix string }{
-		{"f", ".f.vaultnode-"},
-		{"b/g", "b/.g.vaultnode-"},
-		{"a/b/" + strings.Repeat("x", 250), "a/b/." + strings.Repeat("x", 200) + ".vaultnode-"},
+	for _, tc := range []struct{ name, want string }{
+		{"f", ".f.vaultnode-tmp"},
+		{"b/g", "b/.g.vaultnode-tmp"},
+		{"a/b/" + strings.Repeat("x", 250), "a/b/." + strings.Repeat("x", 200) + ".vaultnode-tmp"},
 	} {
-		if got := TempName(tc.name); !strings.HasPrefix(got, tc.prefix) || len(got) > len(tc.prefix)+20 {
-			t.Errorf("TempName(%q) = %q, want %q and digits", tc.name, got, tc.prefix)
+		if got := TempName(tc.name); got != tc.want {
+			t.Errorf("TempName(%q) = %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// What a killed run left at a temporary name (a file, a symlink, an empty
+// directory) is cleared by the next object made there; a directory with
+// something in it is not.
+func TestMakeTempClearsLeftovers(t *testing.T) {
+	dst := t.TempDir()
+	dfd := openDir(t, dst)
+	os.WriteFile(filepath.Join(dst, ".f.vaultnode-tmp"), []byte("left"), 0o644)
+	os.Symlink("x", filepath.Join(dst, ".s.vaultnode-tmp"))
+	os.Mkdir(filepath.Join(dst, ".e.vaultnode-tmp"), 0o755)
+	os.MkdirAll(filepath.Join(dst, ".full.vaultnode-tmp/in"), 0o755)
+	for _, name := range []string{"f", "s", "e"} {
+		tmp, err := MakeTemp(dfd, name, func(tmp string) error { return unix.Symlinkat("new", dfd, tmp) })
+		if got, _ := os.Readlink(filepath.Join(dst, tmp)); err != nil || got != "new" {
+			t.Errorf("%s: %q -> %q (%v), want a new symlink there", name, tmp, got, err)
+		}
+	}
+	if _, err := MakeTemp(dfd, "full", func(tmp string) error { return unix.Symlinkat("new", dfd, tmp) }); err == nil {
+		t.Errorf("a directory with something in it cleared")
 	}
 }

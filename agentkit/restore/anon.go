@@ -80,9 +80,6 @@ func linkAnon(how int32, fd, dirfd int, name string) error {
 	return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, name, unix.AT_SYMLINK_FOLLOW)
 }
 
-// tmpName is a temporary name beside name.
-func tmpName(name string) string { return meta.TempName(name) }
-
 // create makes the file f: unnamed in its directory where it can, else
 // under a temporary name beside its own. A file that is to replace an
 // existing one (-existing overwrite) is unnamed too: giveName links it at
@@ -109,8 +106,10 @@ func (w *fileWriter) create(f fileJob) (m made, err error) {
 		// problem that is not the filesystem's shows below.
 		f.dir.noAnon.Store(true)
 	}
-	m.tmp = tmpName(f.name)
-	m.fd, err = meta.CreateFDMode(f.dir.fd, m.tmp, perm, meta.Options{})
+	m.tmp, err = meta.MakeTemp(f.dir.fd, f.name, func(tmp string) (err error) {
+		m.fd, err = meta.CreateFDMode(f.dir.fd, tmp, perm, meta.Options{})
+		return err
+	})
 	return m, err
 }
 
@@ -145,8 +144,8 @@ func (w *fileWriter) giveName(o *openFile) error {
 		}
 		// Replace the file there, or what appeared: through a temporary
 		// name, named only for the moment before the rename.
-		tmp := tmpName(o.name)
-		if err := linkAnon(w.r.linkHow, o.fd, o.dir.fd, tmp); err != nil {
+		tmp, err := meta.MakeTemp(o.dir.fd, o.name, func(tmp string) error { return linkAnon(w.r.linkHow, o.fd, o.dir.fd, tmp) })
+		if err != nil {
 			return err
 		}
 		o.tmp, o.anon = tmp, false
@@ -158,8 +157,8 @@ func (w *fileWriter) giveName(o *openFile) error {
 	if err == unix.EISDIR && replace {
 		// A directory where the version has this file: replaced when
 		// empty, else left as it is, the file not restored.
-		if err = meta.RemoveEmptyDir(o.dir.fd, o.name); err == nil {
-			err = rename(o.dir.fd, o.tmp, o.name, replace)
+		if err = meta.ExchangeDir(o.dir.fd, o.tmp, o.name); err == nil {
+			o.tmp = ""
 		}
 	}
 	return nameErr(o.name, err)
