@@ -118,7 +118,7 @@ func WriteSparse(f *os.File, n *tree.Node, data io.Reader) error {
 // of 20,000 extents of 4-40 KiB between holes of 4 KiB-1 MiB: 3.2-4.1 CPU
 // seconds read cold, 0.22 s read this way; docs/performance.md, item 68).
 func ExtentReader(f *os.File, extents []tree.Extent) io.Reader {
-	return &extentReader{f: f, ext: extents}
+	return &extentReader{f: f, ext: extents, adv: NewExtentAdvisor(int(f.Fd()), extents)}
 }
 
 // extentAhead is how many bytes of data ExtentReader asks the kernel to
@@ -135,32 +135,56 @@ type extentReader struct {
 	i   int   // the extent being read
 	off int64 // bytes of ext[i] read
 	pos int64 // bytes of the stream read, or skipped where a file shrank
+	adv ExtentAdvisor
+}
 
+// ExtentAdvisor asks the kernel to read a sparse file's extents ahead of a
+// reader going through them in order (ExtentReader, and a restore checking
+// the file at the target against the version), as POSIX_FADV_WILLNEED
+// requests of at most extentAdvise bytes, up to extentAhead bytes of data
+// ahead of the reader's position in the extents' concatenated data.
+type ExtentAdvisor struct {
+	fd    int
+	ext   []tree.Extent
 	ai    int   // the extent being advised
 	aoff  int64 // bytes of ext[ai] advised
-	apos  int64 // bytes of the stream advised
+	apos  int64 // bytes of the data advised
 	noAdv bool  // the filesystem refused advice: read without it
 }
 
-func (r *extentReader) advise() {
-	if r.noAdv || r.apos-r.pos >= extentAhead/2 {
+// NewExtentAdvisor advises the reads of fd's extents ext.
+func NewExtentAdvisor(fd int, ext []tree.Extent) ExtentAdvisor {
+	return ExtentAdvisor{fd: fd, ext: ext}
+}
+
+// Advise asks for the data after pos (bytes of the extents' data) once
+// less than half of extentAhead is asked for ahead of it.
+func (a *ExtentAdvisor) Advise(pos int64) {
+	if a.noAdv || a.apos-pos >= extentAhead/2 {
 		return
 	}
-	if r.ai < r.i { // a shrunk file skipped what was advised
-		r.ai, r.aoff, r.apos = r.i, r.off, r.pos
+	if a.apos < pos { // the reader went past what was advised (a shrunk file)
+		a.ai, a.aoff, a.apos = 0, 0, 0
+		for a.ai < len(a.ext) && a.apos+a.ext[a.ai].Len <= pos {
+			a.apos += a.ext[a.ai].Len
+			a.ai++
+		}
+		if a.ai < len(a.ext) {
+			a.aoff = pos - a.apos
+			a.apos = pos
+		}
 	}
-	fd := int(r.f.Fd())
-	for r.ai < len(r.ext) && r.apos-r.pos < extentAhead {
-		e := r.ext[r.ai]
-		n := min(e.Len-r.aoff, extentAdvise)
-		if err := unix.Fadvise(fd, e.Off+r.aoff, n, unix.FADV_WILLNEED); err != nil {
-			r.noAdv = true
+	for a.ai < len(a.ext) && a.apos-pos < extentAhead {
+		e := a.ext[a.ai]
+		n := min(e.Len-a.aoff, extentAdvise)
+		if err := unix.Fadvise(a.fd, e.Off+a.aoff, n, unix.FADV_WILLNEED); err != nil {
+			a.noAdv = true
 			return
 		}
-		r.aoff += n
-		r.apos += n
-		if r.aoff == e.Len {
-			r.ai, r.aoff = r.ai+1, 0
+		a.aoff += n
+		a.apos += n
+		if a.aoff == e.Len {
+			a.ai, a.aoff = a.ai+1, 0
 		}
 	}
 }
@@ -168,7 +192,7 @@ func (r *extentReader) advise() {
 func (r *extentReader) Read(p []byte) (int, error) {
 	n := 0
 	for n < len(p) && r.i < len(r.ext) {
-		r.advise()
+		r.adv.Advise(r.pos)
 		e := r.ext[r.i]
 		m, err := r.f.ReadAt(p[n:n+int(min(int64(len(p)-n), e.Len-r.off))], e.Off+r.off)
 		n += m

@@ -145,12 +145,20 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &stx); err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {
 		return false
 	}
-	if stx.Size > smallFile {
-		// Read ahead further (a small file is read in one call).
-		_ = unix.Fadvise(fd, 0, 0, unix.FADV_SEQUENTIAL)
-	}
 	n := f.node
 	ext := fileExtents(n)
+	// A sparse file's extents are asked for ahead of the reads, range by
+	// range, with the kernel's own read-ahead off: it would fill the
+	// holes past each extent with pages of zeros (docs/performance.md,
+	// items 68 and 87). Other large files: the kernel reads further ahead
+	// (a small file is read in one call).
+	readahead, sparse := unix.FADV_SEQUENTIAL, n.Sparse && len(ext) > 1
+	if sparse {
+		readahead = unix.FADV_RANDOM
+	}
+	if stx.Size > smallFile || sparse {
+		_ = unix.Fadvise(fd, 0, 0, readahead)
+	}
 	size := int64(stx.Size)
 	var found []copyOp
 	all := true
@@ -184,7 +192,7 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			if err := unix.IoctlFileClone(m.fd, fd); err == nil {
 				tried, f.pre = true, &m
 				clone, rd = &m, m.fd
-				_ = unix.Fadvise(rd, 0, 0, unix.FADV_SEQUENTIAL)
+				_ = unix.Fadvise(rd, 0, 0, readahead)
 			} else {
 				(&openFile{fileJob: *f, made: m}).remove()
 				f.dir.noClone.Store(true) // not tried again in this directory
@@ -203,6 +211,14 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 		}
 		return f.pre.fd
 	}
+	var adv meta.ExtentAdvisor
+	if sparse {
+		adv = meta.NewExtentAdvisor(rd, ext)
+		adv.Advise(0)
+		if testHookSparseRead != nil {
+			testHookSparseRead(n.Path, rd)
+		}
+	}
 	for i, off := range chunkOffsets(n, 0, len(n.Chunks)) {
 		if err := r.ctx.Err(); err != nil {
 			if f.pre != nil {
@@ -211,6 +227,9 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			return false
 		}
 		c := n.Chunks[i]
+		if sparse {
+			adv.Advise(total)
+		}
 		total += int64(c.Len)
 		if c.Len == 0 {
 			all = all && w.h.Sum(nil) == c.ID
@@ -344,6 +363,10 @@ func (w *fileWriter) finishClone(f *fileJob, clone *made, size int64) {
 // testHookReused runs once a file's chunks found at the target are known,
 // before any is copied.
 var testHookReused func(path []byte)
+
+// testHookSparseRead runs when the reads of a sparse file found at the
+// target (fd) have been asked for, before the first.
+var testHookSparseRead func(path []byte, fd int)
 
 // findMoved looks for the chunks of n not found in place in the file fd
 // (found: those that were, by index) elsewhere in it, cutting it as a
