@@ -242,69 +242,6 @@ func noTemporaries(t *testing.T, root string) {
 	})
 }
 
-// A file that replaces one there (-existing overwrite) is written unnamed
-// too: while it is written the old file keeps its name and content and no
-// other name appears beside it, so a restore killed then leaves the old
-// file and nothing else; a file that fails keeps the old one.
-func TestOverwriteWritesUnnamed(t *testing.T) {
-	src := &countingSource{memSource: memSource{}}
-	m, want := restoreCorpus(t, src)
-	to := t.TempDir()
-	old := func(p string) []byte { return []byte("old content of " + p + "\n") }
-	for _, w := range want {
-		must(t, os.MkdirAll(filepath.Join(to, filepath.Dir(w.path)), 0o755))
-		must(t, os.WriteFile(filepath.Join(to, w.path), old(w.path), 0o644))
-	}
-	var mu sync.Mutex
-	checked := 0
-	testHookBeforeRename = func(p []byte, fd int) {
-		mu.Lock()
-		defer mu.Unlock()
-		dir, name := filepath.Split(string(p))
-		ents, err := os.ReadDir(filepath.Join(to, dir))
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		for _, e := range ents {
-			if strings.Contains(e.Name(), ".vaultnode-") {
-				t.Errorf("%s: a name beside the old file while the new one is written: %s", p, e.Name())
-			}
-		}
-		if got, err := os.ReadFile(filepath.Join(to, dir, name)); err != nil || !bytes.Equal(got, old(string(p))) {
-			t.Errorf("%s: the old file not there as it was while the new one is written (%v)", p, err)
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil || st.Nlink != 0 {
-			t.Errorf("%s: %d links while being written (%v), want 0", p, st.Nlink, err)
-		}
-		checked++
-	}
-	defer func() { testHookBeforeRename = nil }()
-	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
-		Meta: meta.Options{SkipOwner: true}, Workers: 4, Existing: Overwrite})
-	if err != nil {
-		t.Fatal(err)
-	}
-	good := 0
-	for _, w := range want {
-		data := w.data
-		if w.bad {
-			data = old(w.path)
-		} else {
-			good++
-		}
-		got, err := os.ReadFile(filepath.Join(to, w.path))
-		if err != nil || !bytes.Equal(got, data) {
-			t.Errorf("%s (failing: %v): %v, or content differs", w.path, w.bad, err)
-		}
-	}
-	if checked != good || len(res.Problems) != len(want)-good {
-		t.Errorf("%d files checked while written, want %d; problems %q", checked, good, res.Problems)
-	}
-	noTemporaries(t, to)
-}
-
 // A large file is cut into parts that several workers fetch and write at
 // once: every part lands at its offset (holes included), a part that fails
 // fails the whole file, and the file takes its name only once all parts
@@ -431,10 +368,25 @@ func forEachNaming(t *testing.T, fn func(t *testing.T)) {
 
 // A file being written has no name anybody could open or see: not its
 // own, not a temporary one; it takes its name once complete.
-func TestRunWritesFilesUnnamed(t *testing.T) {
+func TestRunWritesFilesUnnamed(t *testing.T) { testWritesUnnamed(t, false) }
+
+// A file that replaces one there (-existing overwrite) is written unnamed
+// too: while it is written the old file keeps its name and content and no
+// other name appears beside it, so a restore killed then leaves the old
+// file and nothing else; a file that fails keeps the old one.
+func TestOverwriteWritesUnnamed(t *testing.T) { testWritesUnnamed(t, true) }
+
+func testWritesUnnamed(t *testing.T, overwrite bool) {
 	src := &countingSource{memSource: memSource{}}
 	m, want := restoreCorpus(t, src)
 	to := t.TempDir()
+	old := func(p string) []byte { return []byte("old content of " + p + "\n") }
+	if overwrite {
+		for _, w := range want {
+			must(t, os.MkdirAll(filepath.Join(to, filepath.Dir(w.path)), 0o755))
+			must(t, os.WriteFile(filepath.Join(to, w.path), old(w.path), 0o644))
+		}
+	}
 	var mu sync.Mutex
 	checked := 0
 	testHookBeforeRename = func(p []byte, fd int) {
@@ -447,9 +399,12 @@ func TestRunWritesFilesUnnamed(t *testing.T) {
 			return
 		}
 		for _, e := range ents {
-			if e.Name() == name || strings.Contains(e.Name(), ".vaultnode-") {
-				t.Errorf("%s has a name while being written: %s", p, e.Name())
+			if (e.Name() == name && !overwrite) || strings.Contains(e.Name(), ".vaultnode-") {
+				t.Errorf("%s: a name while being written: %s", p, e.Name())
 			}
+		}
+		if got, err := os.ReadFile(filepath.Join(to, dir, name)); overwrite && (err != nil || !bytes.Equal(got, old(string(p)))) {
+			t.Errorf("%s: the old file not there as it was while the new one is written (%v)", p, err)
 		}
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil || st.Nlink != 0 {
@@ -458,20 +413,28 @@ func TestRunWritesFilesUnnamed(t *testing.T) {
 		checked++
 	}
 	defer func() { testHookBeforeRename = nil }()
-	res, err := Run(context.Background(), Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to,
-		Meta: meta.Options{SkipOwner: true}, Workers: 4})
+	o := Options{Source: src, ChunkKey: testKey, Manifest: m, Target: to, Meta: meta.Options{SkipOwner: true}, Workers: 4}
+	if overwrite {
+		o.Existing = Overwrite
+	}
+	res, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	good := 0
 	for _, w := range want {
-		if w.bad {
+		data := w.data
+		switch {
+		case !w.bad:
+			good++
+		case overwrite:
+			data = old(w.path) // kept
+		default:
 			continue
 		}
-		good++
 		got, err := os.ReadFile(filepath.Join(to, w.path))
-		if err != nil || !bytes.Equal(got, w.data) {
-			t.Errorf("%s: %v, or content differs", w.path, err)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s (failing: %v): %v, or content differs", w.path, w.bad, err)
 		}
 	}
 	if checked != good || len(res.Problems) != len(want)-good {
