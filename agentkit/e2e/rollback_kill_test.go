@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"vaultnode/internal/loopfs"
 )
 
 // TestRollbackKills SIGKILLs the agent at random instants of rollbacks (a
@@ -27,10 +25,7 @@ import (
 //
 // VAULTNODE_ROLLBACK_KILLS kills must land while the rollback runs, 6 by
 // default (`make test`).
-func TestRollbackKills(t *testing.T) {
-	t.Run("ext4", func(t *testing.T) { testRollbackKills(t, "") })
-	t.Run("btrfs", func(t *testing.T) { testRollbackKills(t, "btrfs") })
-}
+func TestRollbackKills(t *testing.T) { onExt4AndBtrfs(t, testRollbackKills) }
 
 // tempLeft matches the temporary name a replaced object has for the
 // moment between its link and its rename (meta.TempName).
@@ -38,30 +33,8 @@ var tempLeft = regexp.MustCompile(`^(.*/)?\.([^/]*)\.vaultnode-tmp$`)
 
 func testRollbackKills(t *testing.T, fstype string) {
 	want := envKills(t, "VAULTNODE_ROLLBACK_KILLS", 6)
-	e := newEnv(t)
-	g := newGen(t, e.src, 21)
-	g.makeTree(200, 24<<20)
-	version := snapshot(t, e.src)
-	e.a.backup("home")
-	to := filepath.Join(e.root, "restore")
-	if fstype != "" {
-		to = filepath.Join(loopfs.Mount(t, t.TempDir(), fstype, 768<<20), "restore")
-	}
-	if r := e.a.run("restore", "home@1", "-to", to, "-setid"); r.code != 0 {
-		t.Fatalf("restore: %s", r)
-	}
-	root := filepath.Join(to, e.src)
+	e, version, to, root := restoredCopy(t, fstype, 21, 24<<20)
 	rollback := []string{"restore", "home@1", "-to", to, "-setid", "-existing", "overwrite"}
-	// inVersion is what of root the version has (a rollback removes
-	// nothing it lacks).
-	inVersion := func(s map[string]entryState) map[string]entryState {
-		for p := range s {
-			if _, ok := version[p]; !ok {
-				delete(s, p)
-			}
-		}
-		return s
-	}
 	mut := newGen(t, root, 22)
 	mut.mutate(0)
 	changeTypes(t, root)
@@ -70,7 +43,7 @@ func testRollbackKills(t *testing.T, fstype string) {
 		t.Fatalf("rollback: %s", r)
 	}
 	est := time.Since(start)
-	compareTrees(t, "rollback run to its end", version, inVersion(snapshot(t, root)))
+	compareTrees(t, "rollback run to its end", version, inVersion(version, snapshot(t, root)))
 
 	rnd := rand.New(rand.NewPCG(23, uint64(len(fstype))))
 	landed, round := 0, 1
@@ -140,7 +113,7 @@ func testRollbackKills(t *testing.T, fstype string) {
 			}
 		}
 	}
-	compareTrees(t, "rollback after the kills", version, inVersion(final))
+	compareTrees(t, "rollback after the kills", version, inVersion(version, final))
 	t.Logf("%d kills of %d rounds landed while a rollback ran (about %v to its end)", landed, round-1, est)
 }
 
