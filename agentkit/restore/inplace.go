@@ -148,10 +148,11 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 	n := f.node
 	ext := fileExtents(n)
 	// A sparse file's extents are asked for ahead of the reads, range by
-	// range, with the kernel's own read-ahead off: it would fill the
-	// holes past each extent with pages of zeros (docs/performance.md,
-	// items 68 and 87). Other large files: the kernel reads further ahead
-	// (a small file is read in one call).
+	// range, with the kernel's own read-ahead off, as backups read them
+	// (meta.ExtentReader): cold extents read one after another were slow,
+	// and the kernel's read-ahead can fill holes with pages of zeros
+	// (docs/performance.md, items 68 and 87). Other large files: the
+	// kernel reads further ahead (a small file is read in one call).
 	readahead, sparse := unix.FADV_SEQUENTIAL, n.Sparse && len(ext) > 1
 	if sparse {
 		readahead = unix.FADV_RANDOM
@@ -212,6 +213,7 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 		return f.pre.fd
 	}
 	var adv meta.ExtentAdvisor
+	var spread extCursor // where the last chunk spanning extents began
 	if sparse {
 		adv = meta.NewExtentAdvisor(rd, ext)
 		adv.Advise(0)
@@ -240,7 +242,7 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 			// stream): checked piece by piece, so that a file holding
 			// all of the version is kept; when the file is replaced it
 			// is downloaded (a copy reads one range).
-			all = all && w.holdsSpread(rd, ext, total-int64(c.Len), c, size)
+			all = all && w.holdsSpread(rd, ext, &spread, total-int64(c.Len), c, size)
 			continue
 		}
 		dst := -1
@@ -502,20 +504,29 @@ func (w *fileWriter) holds(fd int, off int64, c tree.ChunkRef, dst int) bool {
 	return w.h.ID() == c.ID
 }
 
+// extCursor is a place in a file's extents: extent i, whose data starts
+// data bytes into the file's data. Chunks are checked in order, so the
+// cursor only moves forward: O(chunks + extents) for the whole file.
+type extCursor struct {
+	i    int
+	data int64
+}
+
 // holdsSpread reports whether fd (size bytes) holds the chunk c whose
 // data starts start bytes into the version's data, laid out over the
-// extents ext: read and hashed range by range.
-func (w *fileWriter) holdsSpread(fd int, ext []tree.Extent, start int64, c tree.ChunkRef, size int64) bool {
+// extents ext: read and hashed range by range. cur is at or before the
+// chunk's first extent and is moved to it.
+func (w *fileWriter) holdsSpread(fd int, ext []tree.Extent, cur *extCursor, start int64, c tree.ChunkRef, size int64) bool {
+	for cur.i < len(ext) && start >= cur.data+ext[cur.i].Len {
+		cur.data += ext[cur.i].Len
+		cur.i++
+	}
 	w.h.Reset()
 	left := int64(c.Len)
-	var edata int64 // data bytes before extent e
-	for _, e := range ext {
+	edata := cur.data // data bytes before extent e
+	for _, e := range ext[cur.i:] {
 		if left == 0 {
 			break
-		}
-		if start >= edata+e.Len {
-			edata += e.Len
-			continue
 		}
 		off := e.Off + start - edata
 		k := min(left, edata+e.Len-start)
