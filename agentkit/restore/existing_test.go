@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -198,5 +199,89 @@ func testOverwriteChangesTypes(t *testing.T) {
 	}
 	if len(res.Problems) != 2 {
 		t.Errorf("problems %q, want the two full directories'", res.Problems)
+	}
+}
+
+// -existing overwrite over a file with several names that holds the
+// version: kept (same inode, its links left as they are) when its names
+// are the version's; when it has a name the version does not give it
+// (a hard link elsewhere), the version's names get a copy of their own
+// and the other name keeps the old inode.
+func TestOverwriteKeepsLinkedFiles(t *testing.T) {
+	for _, foreign := range []bool{false, true} {
+		t.Run(map[bool]string{false: "the-versions-names", true: "a-foreign-name"}[foreign], func(t *testing.T) {
+			h := newHostile(t)
+			src := &idCountingSource{memSource: h.src, served: map[[32]byte]int{}}
+			at := func(p string) string { return filepath.Join(h.target, p) }
+			must(t, os.MkdirAll(at("d"), 0o755))
+			must(t, os.MkdirAll(at("other"), 0o755))
+			x := h.content("d/x", "linked content\n")
+			x.Nlink = 2
+			y := file("d/y")
+			y.LinkTo, y.Nlink = []byte("d/x"), 2
+			must(t, os.WriteFile(at("d/x"), []byte("linked content\n"), 0o644))
+			second := "d/y"
+			if foreign {
+				second = "other/z" // the version's d/y is missing there
+			}
+			must(t, os.Link(at("d/x"), at(second)))
+			old := inode(t, at("d/x"))
+			o := h.options()
+			o.Source, o.Existing = src, Overwrite
+			res := h.mustRestore(o, dir("d"), x, y)
+			requireContent(t, at("d/x"), "linked content\n")
+			requireContent(t, at("d/y"), "linked content\n")
+			if inode(t, at("d/x")) != inode(t, at("d/y")) {
+				t.Errorf("d/x and d/y are not one file")
+			}
+			if got := src.fetched(x); got != 0 {
+				t.Errorf("%d chunks downloaded, want none (the content is there)", got)
+			}
+			noTemporaries(t, h.target)
+			if !foreign {
+				if inode(t, at("d/x")) != old || res.Stats.Kept != 1 {
+					t.Errorf("not kept: inode kept %v, %d kept", inode(t, at("d/x")) == old, res.Stats.Kept)
+				}
+				if len(res.Notes) > 0 {
+					t.Errorf("notes %q", res.Notes)
+				}
+				return
+			}
+			if inode(t, at("d/x")) == old || inode(t, at("other/z")) != old {
+				t.Errorf("the version's names still share the inode of other/z")
+			}
+			requireContent(t, at("other/z"), "linked content\n")
+			requireReported(t, "note", res.Notes, "d/x", "names there are not the version's")
+		})
+	}
+}
+
+// copyData copies a file's data and leaves its holes holes.
+func TestCopyDataKeepsHoles(t *testing.T) {
+	dir := t.TempDir()
+	src, err := os.Create(filepath.Join(dir, "src"))
+	must(t, err)
+	defer src.Close()
+	_, err = src.WriteAt([]byte("head"), 0)
+	must(t, err)
+	_, err = src.WriteAt([]byte("middle"), 1<<20)
+	must(t, err)
+	must(t, src.Truncate(3<<20))
+	dst, err := os.Create(filepath.Join(dir, "dst"))
+	must(t, err)
+	defer dst.Close()
+	must(t, copyData(int(dst.Fd()), int(src.Fd()), 3<<20))
+	want, err := os.ReadFile(src.Name())
+	must(t, err)
+	got, err := os.ReadFile(dst.Name())
+	must(t, err)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("copy differs (%d bytes, want %d)", len(got), len(want))
+	}
+	if off, err := unix.Seek(int(dst.Fd()), 4096, unix.SEEK_DATA); err != nil || off != 1<<20 {
+		t.Errorf("data after the first block at %d (%v), want the hole up to %d", off, err, 1<<20)
+	}
+	if off, err := unix.Seek(int(dst.Fd()), 1<<20+4096, unix.SEEK_DATA); err != unix.ENXIO {
+		t.Errorf("data at %d (%v) in the trailing hole", off, err)
 	}
 }

@@ -623,7 +623,7 @@ func (w *fileWriter) finish(o *openFile) {
 	}
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
-		r.linkable(o.dir, o.name, o.fd, n)
+		r.linkable(o.dir, o.name, o.fd, n, false)
 	}
 	if err := meta.ApplyFD(o.fd, n, opts); err != nil {
 		r.problem("%s: metadata: %v", n.Path, err)
@@ -636,8 +636,9 @@ func (w *fileWriter) finish(o *openFile) {
 }
 
 // linkable records the file n, written or kept as fd under name in dir,
-// as one hard links may point at (makeLinks).
-func (r *restorer) linkable(dir *dirEntry, name string, fd int, n *tree.Node) {
+// as one hard links may point at (makeLinks); named: kept with several
+// names there.
+func (r *restorer) linkable(dir *dirEntry, name string, fd int, n *tree.Node, named bool) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return
@@ -647,7 +648,7 @@ func (r *restorer) linkable(dir *dirEntry, name string, fd int, n *tree.Node) {
 		rel = string(dir.path) + "/" + name
 	}
 	r.mu.Lock()
-	r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n}
+	r.restored[string(n.Path)] = restoredFile{rel: rel, dev: st.Dev, ino: st.Ino, node: n, named: named}
 	r.mu.Unlock()
 }
 

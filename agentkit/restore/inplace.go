@@ -287,7 +287,7 @@ func (w *fileWriter) reuse(f *fileJob, t thereFile) bool {
 		if !noatime {
 			have = nil // its atime may have moved since
 		}
-		w.keep(f, fd, have)
+		w.keep(f, fd, have, stx.Nlink > 1)
 		return true
 	}
 	if len(found) == 0 {
@@ -598,7 +598,10 @@ func (w *fileWriter) zeroRange(fd int, from, to int64) bool {
 // ACL is n's own). The content was checked before the metadata is set, and
 // whoever could write the file may have it open: they keep that access.
 func (r *restorer) keepable(fd int, stx *unix.Statx_t, n *tree.Node) bool {
-	if stx.Nlink != 1 || stx.Attributes&stx.Attributes_mask&(unix.STATX_ATTR_IMMUTABLE|unix.STATX_ATTR_APPEND) != 0 {
+	// A file with several names is kept only where the version gives it
+	// as many: once its links are made, a name the version does not give
+	// it sends it to a file of its own (unshareKept).
+	if (stx.Nlink != 1 && stx.Nlink != n.Nlink) || stx.Attributes&stx.Attributes_mask&(unix.STATX_ATTR_IMMUTABLE|unix.STATX_ATTR_APPEND) != 0 {
 		return false
 	}
 	uid, gid := meta.Owner(n, r.o.Meta)
@@ -633,7 +636,7 @@ func (r *restorer) keepable(fd int, stx *unix.Statx_t, n *tree.Node) bool {
 // keep completes f, found at the target with its content: its metadata is
 // set on the descriptor read, fd, where it differs from what the file had
 // (have, unless nil).
-func (w *fileWriter) keep(f *fileJob, fd int, have *unix.Statx_t) {
+func (w *fileWriter) keep(f *fileJob, fd int, have *unix.Statx_t, named bool) {
 	r := w.r
 	n := f.node
 	defer f.dir.wg.Done()
@@ -641,7 +644,7 @@ func (w *fileWriter) keep(f *fileJob, fd int, have *unix.Statx_t) {
 	opts.Have = have
 	if n.Nlink > 1 {
 		opts.SkipFlags = true // links come later; an immutable file cannot be linked
-		r.linkable(f.dir, f.name, fd, n)
+		r.linkable(f.dir, f.name, fd, n, named)
 	}
 	if err := meta.ApplyFD(fd, n, opts); err != nil {
 		r.problem("%s: metadata: %v", n.Path, err)

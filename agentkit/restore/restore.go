@@ -158,6 +158,7 @@ type restoredFile struct {
 	rel      string // its name beneath the target (keep-both may rename it)
 	dev, ino uint64
 	node     *tree.Node
+	named    bool // kept with several names there (unshareKept)
 }
 
 // Test hooks: geteuid decides whether the restore runs as root;
@@ -615,6 +616,7 @@ func (r *restorer) makeLinks() {
 			r.problem("%q: NOT RESTORED: %v", l.node.Path, err)
 		}
 	}
+	r.unshareKept(root, opts)
 	// The sources' inode flags wait for their last link (an immutable
 	// file cannot be linked).
 	for _, f := range r.restored {
@@ -659,6 +661,154 @@ func (r *restorer) withRestored(root int, f restoredFile, fn func(fd int) error)
 		return fmt.Errorf("%w: %q is no longer the file restored there", ErrRefused, f.rel)
 	}
 	return fn(fd)
+}
+
+// unshareKept checks each file kept with several names (keepable), now
+// that the links are made: a name there that is none of the version's
+// names of the file (a hard link elsewhere beneath or outside the target,
+// which someone may have made to keep reaching it) would keep reaching the
+// restored file. Such a file is replaced by a copy of itself, and the
+// version's names are linked to the copy; the other names keep the old
+// inode.
+func (r *restorer) unshareKept(root int, opts meta.Options) {
+	var names map[string][]*tree.Node
+	for p, f := range r.restored {
+		if !f.named {
+			continue
+		}
+		if names == nil {
+			names = map[string][]*tree.Node{}
+			for _, l := range r.links {
+				names[string(l.node.LinkTo)] = append(names[string(l.node.LinkTo)], l.node)
+			}
+		}
+		have := uint64(1) // the version's names that are the file
+		for _, l := range names[p] {
+			if sameInode(root, string(l.Path), f) {
+				have++
+			}
+		}
+		var nlink uint64
+		err := r.withRestored(root, f, func(fd int) error {
+			var st unix.Stat_t
+			err := unix.Fstat(fd, &st)
+			nlink = st.Nlink
+			return err
+		})
+		if err != nil || nlink <= have {
+			continue // gone meanwhile: makeLinks' flags report it
+		}
+		nf, err := r.unshare(root, f)
+		if err != nil {
+			r.problem("%q: some of its names there are not the version's, and no copy could be made to restore it alone: %v", p, err)
+			continue
+		}
+		r.mu.Lock()
+		r.restored[p] = nf
+		r.mu.Unlock()
+		r.note("%q: %d of its names there are not the version's (hard links elsewhere): restored as a file of its own, those names left to the old one", p, nlink-have)
+		for _, l := range names[p] {
+			if err := r.makeLink(root, l, opts); err != nil {
+				r.problem("%q: NOT RESTORED: %v", l.Path, err)
+			}
+		}
+	}
+}
+
+// sameInode reports whether rel beneath root is the file f.
+func sameInode(root int, rel string, f restoredFile) bool {
+	dir, name := splitPath([]byte(rel))
+	dfd, err := openBeneath(root, string(dir), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	return unix.Fstatat(dfd, string(name), &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Dev == f.dev && st.Ino == f.ino
+}
+
+// unshare replaces the file f by a copy of itself (its data ranges copied
+// in the kernel, its holes left as holes, its metadata set from its node)
+// put at its name in one rename, and returns the copy.
+func (r *restorer) unshare(root int, f restoredFile) (restoredFile, error) {
+	dir, name := splitPath([]byte(f.rel))
+	dfd, err := openBeneath(root, string(dir), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return f, err
+	}
+	defer unix.Close(dfd)
+	src, err := openBeneath(root, f.rel, unix.O_RDONLY)
+	if err != nil {
+		return f, err
+	}
+	defer unix.Close(src)
+	var st unix.Stat_t
+	if err := unix.Fstat(src, &st); err != nil {
+		return f, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != f.dev || st.Ino != f.ino {
+		return f, fmt.Errorf("%w: %q is no longer the file restored there", ErrRefused, f.rel)
+	}
+	tmp, err := meta.MakeTemp(dfd, string(name), func(tmp string) error {
+		fd, err := meta.CreateFDMode(dfd, tmp, 0o600, meta.Options{})
+		if err == nil {
+			err = copyData(fd, src, st.Size)
+			if err == nil {
+				opts := r.o.Meta
+				opts.SkipFlags = true // set after the links (makeLinks)
+				err = meta.ApplyFD(fd, f.node, opts)
+			}
+			if err == nil {
+				err = unix.Fstat(fd, &st)
+			}
+			if cerr := unix.Close(fd); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				unix.Unlinkat(dfd, tmp, 0)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return f, err
+	}
+	if err := unix.Renameat(dfd, tmp, dfd, string(name)); err != nil {
+		unix.Unlinkat(dfd, tmp, 0)
+		return f, err
+	}
+	return restoredFile{rel: f.rel, dev: st.Dev, ino: st.Ino, node: f.node}, nil
+}
+
+// copyData copies the size bytes of src into dst, data ranges only
+// (SEEK_DATA, SEEK_HOLE), so holes stay holes; copy_file_range copies in
+// the kernel, or shares the blocks where the filesystem can.
+func copyData(dst, src int, size int64) error {
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(src, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // only a hole after off
+		}
+		if err != nil {
+			return err
+		}
+		end, err := unix.Seek(src, data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		end = min(end, size)
+		for in, out := data, data; in < end; {
+			n, err := unix.CopyFileRange(src, &in, dst, &out, int(min(end-in, 1<<30)), 0)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("copy: the file ended at %d of %d bytes", in, size)
+			}
+		}
+		off = end
+	}
+	return unix.Ftruncate(dst, size)
 }
 
 func (r *restorer) makeLink(root int, n *tree.Node, opts meta.Options) error {
