@@ -737,7 +737,7 @@ func (r *restorer) unshare(root int, f restoredFile) (restoredFile, error) {
 		return f, err
 	}
 	defer unix.Close(dfd)
-	src, err := openBeneath(root, f.rel, unix.O_RDONLY)
+	src, err := openBeneath(root, f.rel, unix.O_RDONLY|unix.O_NONBLOCK) // a FIFO put there meanwhile does not block
 	if err != nil {
 		return f, err
 	}
