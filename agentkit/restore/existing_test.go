@@ -270,7 +270,7 @@ func TestCopyDataKeepsHoles(t *testing.T) {
 	dst, err := os.Create(filepath.Join(dir, "dst"))
 	must(t, err)
 	defer dst.Close()
-	must(t, copyData(int(dst.Fd()), int(src.Fd()), 3<<20))
+	must(t, copyData(int(dst.Fd()), src, 3<<20))
 	want, err := os.ReadFile(src.Name())
 	must(t, err)
 	got, err := os.ReadFile(dst.Name())

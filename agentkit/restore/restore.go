@@ -648,19 +648,31 @@ func (r *restorer) makeLinks() {
 // withRestored runs fn on an O_PATH descriptor of f, checked to be the
 // inode written.
 func (r *restorer) withRestored(root int, f restoredFile, fn func(fd int) error) error {
-	fd, err := openBeneath(root, f.rel, unix.O_PATH)
+	fd, _, err := openRestored(root, f, unix.O_PATH)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	return fn(fd)
+}
+
+// openRestored opens f beneath root with flags and returns it with its
+// status, checked to be the inode written.
+func openRestored(root int, f restoredFile, flags int) (int, unix.Stat_t, error) {
 	var st unix.Stat_t
+	fd, err := openBeneath(root, f.rel, flags)
+	if err != nil {
+		return -1, st, err
+	}
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("stat %q: %w", f.rel, err)
+		unix.Close(fd)
+		return -1, st, fmt.Errorf("stat %q: %w", f.rel, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != f.dev || st.Ino != f.ino {
-		return fmt.Errorf("%w: %q is no longer the file restored there", ErrRefused, f.rel)
+		unix.Close(fd)
+		return -1, st, fmt.Errorf("%w: %q is no longer the file restored there", ErrRefused, f.rel)
 	}
-	return fn(fd)
+	return fd, st, nil
 }
 
 // unshareKept checks each file kept with several names (keepable), now
@@ -684,19 +696,18 @@ func (r *restorer) unshareKept(root int, opts meta.Options) {
 		}
 		have := uint64(1) // the version's names that are the file
 		for _, l := range names[p] {
-			if sameInode(root, string(l.Path), f) {
+			if r.withRestored(root, restoredFile{rel: string(l.Path), dev: f.dev, ino: f.ino}, func(int) error { return nil }) == nil {
 				have++
 			}
 		}
-		var nlink uint64
-		err := r.withRestored(root, f, func(fd int) error {
-			var st unix.Stat_t
-			err := unix.Fstat(fd, &st)
-			nlink = st.Nlink
-			return err
-		})
-		if err != nil || nlink <= have {
+		fd, st, err := openRestored(root, f, unix.O_PATH)
+		if err != nil {
 			continue // gone meanwhile: makeLinks' flags report it
+		}
+		unix.Close(fd)
+		nlink := st.Nlink
+		if nlink <= have {
+			continue
 		}
 		nf, err := r.unshare(root, f)
 		if err != nil {
@@ -715,18 +726,6 @@ func (r *restorer) unshareKept(root int, opts meta.Options) {
 	}
 }
 
-// sameInode reports whether rel beneath root is the file f.
-func sameInode(root int, rel string, f restoredFile) bool {
-	dir, name := splitPath([]byte(rel))
-	dfd, err := openBeneath(root, string(dir), unix.O_PATH|unix.O_DIRECTORY)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(dfd)
-	var st unix.Stat_t
-	return unix.Fstatat(dfd, string(name), &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Dev == f.dev && st.Ino == f.ino
-}
-
 // unshare replaces the file f by a copy of itself (its data ranges copied
 // in the kernel, its holes left as holes, its metadata set from its node)
 // put at its name in one rename, and returns the copy.
@@ -737,18 +736,13 @@ func (r *restorer) unshare(root int, f restoredFile) (restoredFile, error) {
 		return f, err
 	}
 	defer unix.Close(dfd)
-	src, err := openBeneath(root, f.rel, unix.O_RDONLY|unix.O_NONBLOCK) // a FIFO put there meanwhile does not block
+	sfd, st, err := openRestored(root, f, unix.O_RDONLY|unix.O_NONBLOCK) // a FIFO put there meanwhile does not block
 	if err != nil {
 		return f, err
 	}
-	defer unix.Close(src)
-	var st unix.Stat_t
-	if err := unix.Fstat(src, &st); err != nil {
-		return f, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != f.dev || st.Ino != f.ino {
-		return f, fmt.Errorf("%w: %q is no longer the file restored there", ErrRefused, f.rel)
-	}
+	src := os.NewFile(uintptr(sfd), f.rel)
+	defer src.Close()
+	var copied unix.Stat_t
 	tmp, err := meta.MakeTemp(dfd, string(name), func(tmp string) error {
 		fd, err := meta.CreateFDMode(dfd, tmp, 0o600, meta.Options{})
 		if err == nil {
@@ -759,7 +753,7 @@ func (r *restorer) unshare(root int, f restoredFile) (restoredFile, error) {
 				err = meta.ApplyFD(fd, f.node, opts)
 			}
 			if err == nil {
-				err = unix.Fstat(fd, &st)
+				err = unix.Fstat(fd, &copied)
 			}
 			if cerr := unix.Close(fd); err == nil {
 				err = cerr
@@ -777,36 +771,21 @@ func (r *restorer) unshare(root int, f restoredFile) (restoredFile, error) {
 		unix.Unlinkat(dfd, tmp, 0)
 		return f, err
 	}
-	return restoredFile{rel: f.rel, dev: st.Dev, ino: st.Ino, node: f.node}, nil
+	return restoredFile{rel: f.rel, dev: copied.Dev, ino: copied.Ino, node: f.node}, nil
 }
 
-// copyData copies the size bytes of src into dst, data ranges only
-// (SEEK_DATA, SEEK_HOLE), so holes stay holes; copy_file_range copies in
-// the kernel, or shares the blocks where the filesystem can.
-func copyData(dst, src int, size int64) error {
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(src, off, unix.SEEK_DATA)
-		if err == unix.ENXIO {
-			break // only a hole after off
-		}
-		if err != nil {
+// copyData copies the size bytes of src into dst, its data extents only
+// (meta.DataExtents), so holes stay holes; copyRange copies in the kernel,
+// or shares the blocks where the filesystem can.
+func copyData(dst int, src *os.File, size int64) error {
+	ext, _, err := meta.DataExtents(src, size)
+	if err != nil {
+		return err
+	}
+	for _, e := range ext {
+		if err := copyRange(int(src.Fd()), e.Off, dst, e.Off, e.Len); err != nil {
 			return err
 		}
-		end, err := unix.Seek(src, data, unix.SEEK_HOLE)
-		if err != nil {
-			return err
-		}
-		end = min(end, size)
-		for in, out := data, data; in < end; {
-			n, err := unix.CopyFileRange(src, &in, dst, &out, int(min(end-in, 1<<30)), 0)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				return fmt.Errorf("copy: the file ended at %d of %d bytes", in, size)
-			}
-		}
-		off = end
 	}
 	return unix.Ftruncate(dst, size)
 }
