@@ -142,14 +142,7 @@ func testOverwriteReusesWhatIsThere(t *testing.T) {
 	// The same sparse file, its hole a hole there: kept.
 	sk := sp
 	sk.Path = []byte("d/sparse-kept")
-	holey, err := os.OpenFile(at("sparse-kept"), os.O_CREATE|os.O_WRONLY, 0o644)
-	must(t, err)
-	_, err = holey.WriteAt(sparseData[:3*chunk], 0)
-	must(t, err)
-	_, err = holey.WriteAt(sparseData[3*chunk:], 512<<10)
-	must(t, err)
-	must(t, holey.Truncate(sp.Size))
-	must(t, holey.Close())
+	writeSparse(t, at("sparse-kept"), &sk, sparseData)
 	// Sparse, a chunk straddling its two extents (the data is chunked as
 	// one stream), all of it there: kept.
 	ss := file("d/sparse-straddling")
@@ -160,14 +153,7 @@ func testOverwriteReusesWhatIsThere(t *testing.T) {
 	fullStraddling := make([]byte, ss.Size)
 	copy(fullStraddling, straddling[:3*chunk+100])
 	copy(fullStraddling[512<<10:], straddling[3*chunk+100:])
-	holey, err = os.OpenFile(at("sparse-straddling"), os.O_CREATE|os.O_WRONLY, 0o644)
-	must(t, err)
-	_, err = holey.WriteAt(fullStraddling[:3*chunk+100], 0)
-	must(t, err)
-	_, err = holey.WriteAt(fullStraddling[512<<10:512<<10+3*chunk-100], 512<<10)
-	must(t, err)
-	must(t, holey.Truncate(ss.Size))
-	must(t, holey.Close())
+	writeSparse(t, at("sparse-straddling"), &ss, straddling)
 	// A file with a second name: replaced, the other name keeps the old
 	// inode.
 	ln := file("d/linked")
@@ -255,13 +241,9 @@ func TestOverwriteReadsSparseFileAlongItsExtents(t *testing.T) {
 	}
 	n.Chunks = h.src.put(data, 64<<10) // each chunk spans 16 extents
 	p := filepath.Join(h.target, "frag")
-	f, err := os.Create(p)
+	writeSparse(t, p, &n, data)
+	f, err := os.Open(p)
 	must(t, err)
-	for i := range extents {
-		_, err := f.WriteAt(data[i*size:(i+1)*size], int64(i)*every)
-		must(t, err)
-	}
-	must(t, f.Truncate(n.Size))
 	must(t, f.Sync())
 	must(t, unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED))
 	must(t, f.Close())
@@ -293,6 +275,16 @@ func TestOverwriteReadsSparseFileAlongItsExtents(t *testing.T) {
 	if cached, err := testtree.CachedPages(p); err != nil || cached > 2*pages {
 		t.Errorf("%d pages of the file cached after reading its %d pages of data (%v)", cached, pages, err)
 	}
+}
+
+// writeSparse makes the file p hold the sparse node n, data being its
+// chunks' bytes (the extents' data in order), holes as holes.
+func writeSparse(t *testing.T, p string, n *tree.Node, data []byte) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	must(t, err)
+	must(t, meta.WriteSparse(f, n, bytes.NewReader(data)))
+	must(t, f.Close())
 }
 
 // A file changed after it was read, before its parts are copied: the copy
