@@ -84,9 +84,8 @@ func sameObject(dirfd int, name string, n *tree.Node, stx *unix.Statx_t) bool {
 		if typ != unix.S_IFLNK {
 			return false
 		}
-		buf := make([]byte, len(n.Target)+1) // one more: a longer target shows
-		k, err := unix.Readlinkat(dirfd, name, buf)
-		return err == nil && bytes.Equal(buf[:k], n.Target)
+		target, err := readlink(dirfd, name, len(n.Target))
+		return err == nil && bytes.Equal(target, n.Target)
 	case tree.TypeFIFO:
 		return typ == unix.S_IFIFO
 	case tree.TypeChar, tree.TypeBlock:
