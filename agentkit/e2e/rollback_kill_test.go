@@ -37,7 +37,7 @@ func testRollbackKills(t *testing.T, fstype string) {
 	rollback := []string{"restore", "home@1", "-to", to, "-setid", "-existing", "overwrite"}
 	mut := newGen(t, root, 22)
 	mut.mutate(0)
-	changeTypes(t, root)
+	mut.changeTypes()
 	start := time.Now()
 	if r := e.a.run(rollback...); r.code != 0 {
 		t.Fatalf("rollback: %s", r)
@@ -52,7 +52,7 @@ func testRollbackKills(t *testing.T, fstype string) {
 			t.Fatalf("only %d of %d kills landed while the rollback ran (it takes about %v); %d needed", landed, round-1, est, want)
 		}
 		mut.mutate(round)
-		changeTypes(t, root)
+		mut.changeTypes()
 		before := snapshot(t, root)
 		d := time.Duration(float64(est) * (0.1 + 0.9*rnd.Float64()))
 		p := startAgentProc(t, e.a, rollback...)
@@ -120,23 +120,19 @@ func testRollbackKills(t *testing.T, fstype string) {
 // changeTypes puts objects of other types at names of the version's tree
 // (makeTree's): a file where a directory was, an empty directory where a
 // file and a symlink were, a FIFO where a directory was.
-func changeTypes(t *testing.T, root string) {
-	t.Helper()
+func (g *gen) changeTypes() {
+	g.t.Helper()
 	for _, p := range []string{"empty", "empty.txt", "links/rel", "deep/a/b/c/d/e/f/g"} {
-		if err := os.RemoveAll(filepath.Join(root, p)); err != nil {
-			t.Fatal(err)
+		if err := os.RemoveAll(filepath.Join(g.root, p)); err != nil {
+			g.t.Fatal(err)
 		}
 	}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
+	g.write("empty", []byte("a file where a directory was\n"), 0o644)
+	g.mkdir("empty.txt", 0o755)
+	g.mkdir("links/rel", 0o755)
+	if err := syscall.Mkfifo(filepath.Join(g.root, "deep/a/b/c/d/e/f/g"), 0o600); err != nil {
+		g.t.Fatal(err)
 	}
-	must(os.WriteFile(filepath.Join(root, "empty"), []byte("a file where a directory was\n"), 0o644))
-	must(os.Mkdir(filepath.Join(root, "empty.txt"), 0o755))
-	must(os.Mkdir(filepath.Join(root, "links/rel"), 0o755))
-	must(syscall.Mkfifo(filepath.Join(root, "deep/a/b/c/d/e/f/g"), 0o600))
 }
 
 // sameWhole reports whether a and b are the same object as far as a
