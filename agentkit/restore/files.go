@@ -217,6 +217,14 @@ type openFile struct {
 	err  error         // the first problem; later chunks are skipped
 }
 
+// trimmed prints an error without the "restore: " its message may begin
+// with, which the problem's own words make redundant, and keeps it for
+// errors.Is (problem looks for a full filesystem).
+type trimmed struct{ err error }
+
+func (e trimmed) Error() string { return strings.TrimPrefix(e.err.Error(), "restore: ") }
+func (e trimmed) Unwrap() error { return e.err }
+
 // run writes the files of j.
 func (w *fileWriter) run(j *job) {
 	for _, f := range j.others {
@@ -608,7 +616,7 @@ func (w *fileWriter) finish(o *openFile) {
 		if o.fd >= 0 {
 			o.remove()
 		}
-		r.problem("%s: NOT RESTORED: %s", n.Path, strings.TrimPrefix(err.Error(), "restore: "))
+		r.problem("%s: NOT RESTORED: %v", n.Path, trimmed{err})
 		return
 	}
 	// Metadata goes on the descriptor written, never through the name,

@@ -88,6 +88,9 @@ type Result struct {
 	Stats    Stats
 	Problems []string // every object that could not be restored or was refused, and why
 	Notes    []string // what was left out on purpose (device nodes, set-id bits)
+	// NoSpace: at least one of the problems was the target's filesystem
+	// full or a disk quota reached (ENOSPC, EDQUOT).
+	NoSpace bool
 }
 
 type dirEntry struct {
@@ -114,6 +117,7 @@ type restorer struct {
 	stats     *Stats
 	mu        sync.Mutex
 	probs     []string
+	noSpace   bool // a problem was the target's filesystem full (problem)
 	stack     []*dirEntry
 	jobs      chan *job
 	batch     []fileJob // small files waiting to fill a request
@@ -180,10 +184,20 @@ func (r *restorer) note(format string, args ...any) {
 	r.mu.Unlock()
 }
 
+// problem records an object that could not be restored. An error among
+// args that is the target running out of space (ENOSPC, EDQUOT) is noted
+// for the summary (Result.NoSpace), so it can say what to do.
 func (r *restorer) problem(format string, args ...any) {
 	atomic.AddInt64(&r.stats.Failed, 1)
+	full := false
+	for _, a := range args {
+		if err, ok := a.(error); ok && (errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) {
+			full = true
+		}
+	}
 	r.mu.Lock()
 	r.probs = append(r.probs, fmt.Sprintf(format, args...))
+	r.noSpace = r.noSpace || full
 	r.mu.Unlock()
 }
 
@@ -305,7 +319,7 @@ func run(ctx context.Context, o Options, rd Nodes) (*Result, error) {
 	if o.Progress != nil {
 		o.Progress(r.stats)
 	}
-	res := &Result{Stats: *r.stats, Problems: r.probs, Notes: r.notes}
+	res := &Result{Stats: *r.stats, Problems: r.probs, Notes: r.notes, NoSpace: r.noSpace}
 	if walkErr != nil {
 		return res, walkErr
 	}

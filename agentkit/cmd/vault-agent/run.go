@@ -824,7 +824,11 @@ func (a *app) restore(ctx context.Context, args []string) error {
 		return err
 	}
 	if len(res.Problems) > 0 {
-		return incomplete{fmt.Sprintf("%d object(s) could not be restored: listed above", len(res.Problems))}
+		msg := fmt.Sprintf("%d object(s) could not be restored: listed above", len(res.Problems))
+		if res.NoSpace {
+			msg += fmt.Sprintf("; the filesystem under %s is full (or a disk quota reached): free space there, or restore to another place with -to, and run the restore again (what was restored is skipped)", target)
+		}
+		return incomplete{msg}
 	}
 	return nil
 }
