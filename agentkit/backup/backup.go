@@ -252,13 +252,21 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 			defer closeCache()
 		}
 	}
-	tmp, err := os.CreateTemp(cdir, listingTemp)
-	if err != nil {
-		return nil, fmt.Errorf("create listing cache: %w", err)
+	// The new listing cache. The disk under the agent's state may be full
+	// or failing (a full disk is when a backup matters most): the backup
+	// then goes on without it, and the next one compares its files with an
+	// older cache or the vault's listing (cacheWriter).
+	var cache *cacheWriter
+	var zw *s2.Writer
+	tmp, cacheErr := os.CreateTemp(cdir, listingTemp)
+	if cacheErr != nil {
+		cacheErr = fmt.Errorf("create listing cache: %w", cacheErr)
+	} else {
+		defer os.Remove(tmp.Name())
+		defer tmp.Close()
+		zw = s2.NewWriter(tmp, s2.WriterConcurrency(1))
+		cache = &cacheWriter{w: zw}
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	zw := s2.NewWriter(tmp, s2.WriterConcurrency(1))
 
 	stats := &Stats{Start: time.Now()}
 	dirs := &dirRecorder{}
@@ -276,12 +284,20 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 		}
 		return w.run()
 	}
-	listing, problems, err := pipeline(ctx, o, open, gear, stats, zw, produce)
+	var cw io.Writer // nil, not a nil *cacheWriter, when there is no cache
+	if cache != nil {
+		cw = cache
+	}
+	listing, problems, err := pipeline(ctx, o, open, gear, stats, cw, produce)
 	if err != nil {
 		return nil, err
 	}
-	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("write listing cache: %w", err)
+	if cache != nil {
+		if cacheErr = cache.err; cacheErr == nil {
+			if err := zw.Close(); err != nil {
+				cacheErr = fmt.Errorf("write listing cache: %w", err)
+			}
+		}
 	}
 	// The directory index beside it, kept once the listing is (renamed.go).
 	dirsTmp, dirsErr := "", error(nil)
@@ -296,7 +312,11 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	// of between the last upload and it (4-74 ms in traces under load;
 	// docs/performance.md, "Incremental backups of large changed files").
 	synced := make(chan error, 1)
-	go func() { synced <- tmp.Sync() }()
+	if cacheErr != nil {
+		synced <- cacheErr
+	} else {
+		go func() { synced <- tmp.Sync() }()
+	}
 	commitStart := time.Now()
 	seq, err := o.Vault.Commit(ctx, sessID, wire.Commit{Listing: listing, Started: stats.Start})
 	commitTook := time.Since(commitStart)
@@ -306,9 +326,11 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 	}
 	committed = true
 	if syncErr != nil {
-		o.Log.Warn("could not write the listing cache; the next synchronization reads every file", zap.Error(syncErr))
+		o.Log.Warn("could not write the listing cache under the agent's state (the version is committed; free space there): the next synchronization compares the files with an older cache or the vault's listing",
+			zap.String("dir", cdir), zap.Error(syncErr))
 	} else if err := o.State.CommitListing(o.Config.Name, tmp.Name(), state.Last{Seq: seq, Started: stats.Start}); err != nil {
-		o.Log.Warn("could not keep the listing cache; the next synchronization reads every file", zap.Error(err))
+		o.Log.Warn("could not keep the listing cache (the version is committed); the next synchronization compares the files with an older cache or the vault's listing",
+			zap.String("dir", cdir), zap.Error(err))
 	} else if o.Config.Kind != wire.KindDatabase {
 		if dirsErr == nil {
 			dirsErr = keepDirIndex(cdir, dirsTmp)
@@ -584,6 +606,23 @@ func pipeline(ctx context.Context, o Options, open func(context.Context) (string
 		return nil, nil, err
 	}
 	return listing, problems, nil
+}
+
+// cacheWriter passes the listing on to the listing cache until a write
+// fails, then drops the rest and keeps the error: the listing still reaches
+// the vault, and the cache is not kept.
+type cacheWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *cacheWriter) Write(p []byte) (int, error) {
+	if c.err == nil {
+		if _, err := c.w.Write(p); err != nil {
+			c.err = fmt.Errorf("write listing cache: %w", err)
+		}
+	}
+	return len(p), nil
 }
 
 func listingOut(cache io.Writer, lw io.Writer) io.Writer {
