@@ -228,6 +228,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("resolve bin dir: %w", err)
 	}
+	if err := ownModule(workDir); err != nil {
+		return err
+	}
 	b := &bench{
 		clk: clk, r: runner{clk: clk}, work: workDir, bin: binDir, only: *only, scale: *scale, seed: *seed,
 		shape: *shape, files: *files, noSparse: *noSparse, mutation: *mutation, tree: tree, treeMark: treeMark,
@@ -744,6 +747,24 @@ func writeJSONValue(path string, res any) error {
 	}
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+// ownModule makes dir a Go module of its own (a go.mod at its root), so
+// that `go vet ./...` and `go test ./...` in the repository skip it: the
+// corpora hold source-like files named .go that are not Go, and the work
+// directory's default is under out/.
+func ownModule(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("make the work directory: %w", err)
+	}
+	p := filepath.Join(dir, "go.mod")
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte("module scratch/benchwork\n"), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
 	}
 	return nil
 }
