@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestBackupStateDiskFull: with the agent's state on a full filesystem a
@@ -34,10 +32,7 @@ func TestBackupStateDiskFull(t *testing.T) {
 	if err := os.CopyFS(saved, os.DirFS(e.a.state)); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("tmpfs", e.a.state, "tmpfs", 0, "size=40k,mode=0700"); err != nil {
-		t.Fatalf("mount a 40 KiB tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(e.a.state, unix.MNT_DETACH) })
+	grow := smallFS(t, e.a.state, "40k")
 	if err := os.CopyFS(e.a.state, os.DirFS(saved)); err != nil {
 		t.Fatal(err)
 	}
@@ -67,9 +62,7 @@ func TestBackupStateDiskFull(t *testing.T) {
 		compareTrees(t, fmt.Sprintf("home@%d, backed up with the agent's state full", seq), want, snapshot(t, got))
 	}
 
-	if err := unix.Mount("tmpfs", e.a.state, "tmpfs", unix.MS_REMOUNT, "size=16m,mode=0700"); err != nil {
-		t.Fatalf("grow the tmpfs: %v", err)
-	}
+	grow("16m")
 	if _, stderr := backup(3); strings.Contains(stderr, "listing cache") {
 		t.Errorf("backup 3, with room, warns about its listing cache:\n%s", stderr)
 	}

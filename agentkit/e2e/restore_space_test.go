@@ -34,10 +34,7 @@ func TestRestoreFullDisk(t *testing.T) {
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=6m,mode=0755"); err != nil {
-		t.Fatalf("mount a 6 MiB tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	grow := smallFS(t, mnt, "6m")
 
 	r := e.a.run("restore", "home@1", "-to", mnt)
 	if r.code != 3 {
@@ -70,11 +67,26 @@ func TestRestoreFullDisk(t *testing.T) {
 	}
 
 	// Room made, the same restore again restores what is missing.
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", unix.MS_REMOUNT, "size=64m,mode=0755"); err != nil {
-		t.Fatalf("grow the tmpfs: %v", err)
-	}
+	grow("64m")
 	if r := e.a.run("restore", "home@1", "-to", mnt); r.code != 0 {
 		t.Fatalf("restore again once there is room: %s", r)
 	}
 	compareTrees(t, "the restore run again once there was room", want, snapshot(t, got))
+}
+
+// smallFS mounts a tmpfs of size (as mount's size= takes it) on dir, which
+// must exist, until the test ends, and returns what resizes it, keeping
+// its files: the full-disk tests fill it, then make room.
+func smallFS(t *testing.T, dir, size string) (grow func(size string)) {
+	t.Helper()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
+		t.Fatalf("mount a tmpfs of %s on %s: %v", size, dir, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return func(size string) {
+		t.Helper()
+		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_REMOUNT, "size="+size+",mode=0700"); err != nil {
+			t.Fatalf("resize the tmpfs on %s to %s: %v", dir, size, err)
+		}
+	}
 }
