@@ -299,9 +299,11 @@ func run(ctx context.Context, o Options, useCache bool) (*Result, error) {
 			}
 		}
 	}
-	// The directory index beside it, kept once the listing is (renamed.go).
+	// The directory index beside it, kept once the listing is (renamed.go):
+	// not written when the listing cache could not be, since it is kept
+	// only with it.
 	dirsTmp, dirsErr := "", error(nil)
-	if o.Config.Kind != wire.KindDatabase {
+	if o.Config.Kind != wire.KindDatabase && cacheErr == nil {
 		dirsTmp, dirsErr = dirs.write(cdir, stats.Start.UnixNano())
 		if dirsTmp != "" {
 			defer os.Remove(dirsTmp) // gone once kept
